@@ -1,0 +1,107 @@
+/* A loaded MoE checkpoint: its configuration and views of every weight
+ * tensor. Weights stay where they were mapped (safetensors files or memory
+ * the synthetic generator filled); nothing here copies them. Expert tensors
+ * also record where they live in their file so a worker on the same host can
+ * map them itself and the coordinator never touches them. */
+#ifndef MB_BROKER_MODEL_H
+#define MB_BROKER_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "protocol/dtype.h"
+#include "protocol/status.h"
+
+typedef enum {
+    MB_ARCH_MIXTRAL = 0,   /* MixtralForCausalLM */
+    MB_ARCH_QWEN2_MOE = 1, /* Qwen2MoeForCausalLM: shared expert + sigmoid gate, qkv bias */
+    MB_ARCH_QWEN3_MOE = 2, /* Qwen3MoeForCausalLM: q/k RMSNorm per head */
+} mb_arch;
+
+typedef struct {
+    mb_arch arch;
+    uint32_t n_layers;
+    uint32_t d_model;          /* hidden_size */
+    uint32_t n_heads;          /* num_attention_heads */
+    uint32_t n_kv_heads;       /* num_key_value_heads */
+    uint32_t head_dim;         /* head_dim, or hidden_size / num_attention_heads */
+    uint32_t vocab;
+    uint32_t n_experts;        /* num_local_experts / num_experts */
+    uint32_t top_k;            /* num_experts_per_tok */
+    uint32_t d_ff_expert;      /* intermediate_size (Mixtral) / moe_intermediate_size (Qwen) */
+    uint32_t d_ff_shared;      /* shared_expert_intermediate_size, 0 when none */
+    uint32_t max_positions;    /* max_position_embeddings */
+    float rms_eps;
+    float rope_theta;
+    int norm_topk_prob;        /* renormalise the top-k weights to sum to 1 */
+    int qkv_bias;              /* q/k/v projections have biases */
+    int qk_norm;               /* RMSNorm over each head of q and k */
+    int tie_embeddings;        /* lm_head shares embed_tokens */
+    mb_dtype dtype;            /* dtype of the weights as stored */
+} mb_model_config;
+
+/* A view of one tensor: row-major [rows][cols] (1-D tensors have rows 1). */
+typedef struct {
+    mb_dtype dtype;
+    const void *data;      /* NULL when absent (optional tensors) */
+    uint64_t rows;
+    uint64_t cols;
+    int file;              /* index into mb_model.files, -1 for in-memory */
+    uint64_t file_offset;  /* byte offset of data in that file */
+} mb_tensor;
+
+typedef struct {
+    mb_tensor gate; /* [d_ff][d_model]  w1 / gate_proj */
+    mb_tensor up;   /* [d_ff][d_model]  w3 / up_proj */
+    mb_tensor down; /* [d_model][d_ff]  w2 / down_proj */
+} mb_expert_tensors;
+
+typedef struct {
+    mb_tensor attn_norm;          /* [d_model] input_layernorm */
+    mb_tensor wq, wk, wv;         /* [n_heads*head_dim][d_model], [n_kv*head_dim][d_model] x2 */
+    mb_tensor bq, bk, bv;         /* biases, Qwen2-MoE only */
+    mb_tensor q_norm, k_norm;     /* [head_dim], Qwen3-MoE only */
+    mb_tensor wo;                 /* [d_model][n_heads*head_dim] */
+    mb_tensor ffn_norm;           /* [d_model] post_attention_layernorm */
+    mb_tensor router;             /* [n_experts][d_model] */
+    mb_expert_tensors *experts;   /* [n_experts] */
+    mb_expert_tensors shared;     /* Qwen2-MoE shared expert, data NULL otherwise */
+    mb_tensor shared_gate;        /* [1][d_model] shared_expert_gate, Qwen2-MoE */
+} mb_layer_weights;
+
+typedef struct {
+    char *path;           /* absolute path */
+    const void *map;      /* whole-file read-only mapping */
+    uint64_t bytes;
+    int fd;
+} mb_model_file;
+
+typedef struct {
+    mb_model_config cfg;
+    mb_tensor embed;          /* [vocab][d_model] */
+    mb_tensor final_norm;     /* [d_model] */
+    mb_tensor lm_head;        /* [vocab][d_model] (embed when tied) */
+    mb_layer_weights *layers; /* [n_layers] */
+    mb_model_file *files;     /* [n_files] */
+    uint32_t n_files;
+    void *owned;              /* memory owned by the model (synthetic weights) */
+    size_t owned_bytes;
+    char *dir;                /* checkpoint folder, NULL for synthetic */
+} mb_model;
+
+/* Loads config.json and the safetensors files of a Hugging Face checkpoint
+ * folder (model.safetensors, or the shards named by
+ * model.safetensors.index.json), mapping the files read-only. Validates the
+ * architecture, every required tensor's presence, dtype and shape, and every
+ * header offset against the file size. On failure writes a message naming the
+ * file and the tensor or field into err (err_cap bytes) and returns FORMAT,
+ * CONFIG, NOT_FOUND, IO or UNSUPPORTED. On success *out owns the mappings. */
+mb_status mb_model_load(const char *dir, mb_model **out, char *err, size_t err_cap);
+
+/* Parses config.json text (both the current form with rope_parameters/dtype
+ * and the older rope_theta/torch_dtype form). */
+mb_status mb_model_config_parse(const char *json_text, mb_model_config *cfg, char *err, size_t err_cap);
+
+void mb_model_destroy(mb_model *m);
+
+#endif
