@@ -1,10 +1,164 @@
-/* moe-worker: serves expert FFN work for the coordinator over a transport. */
+/* moe-worker: serves expert FFN work for the coordinator over shared memory
+ * (spawned by moe-broker, which hands it the segment's fd) or ZeroMQ
+ * (ipc:// or tcp://, started by hand, possibly on another machine).
+ * Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage. */
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/backend.h"
+#include "backends/worker.h"
+#include "protocol/transport.h"
+#include "shm/shm.h"
+
+static volatile sig_atomic_t mb_worker_stop;
+
+static void mb_worker_on_signal(int sig)
+{
+    (void)sig;
+    mb_worker_stop = 1;
+}
+
+static void mb_worker_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moe-worker --backend cpu[:NUMA_NODE] --listen shm|ipc://PATH|tcp://HOST:PORT\n"
+            "                  [--threads N] [--numa default|bind|interleave] [--shm-fd FD]\n"
+            "                  [--max-slots N] [--allow-file-weights]\n"
+            "  --backend            backend and device: cpu, cpu:0 (NUMA node 0)\n"
+            "  --listen             shm (spawned by moe-broker, with --shm-fd), or a ZeroMQ endpoint\n"
+            "  --threads N          compute threads (default: all CPUs the process may use)\n"
+            "  --numa POLICY        expert weight placement (default: bind when a node is given)\n"
+            "  --shm-fd FD          the shared-memory segment's inherited descriptor\n"
+            "  --max-slots N        expert slots to hold (default 4096)\n"
+            "  --allow-file-weights accept weights as file regions over tcp:// too (same filesystem)\n");
+}
+
+static int mb_worker_parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (!s[0] || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "moe-worker: not built yet\n");
-    return 2;
+    const char *backend_spec = "cpu", *listen = NULL, *numa = NULL;
+    long threads = 0, shm_fd = -1, max_slots = 4096;
+    int allow_files = 0;
+    static const struct option opts[] = {
+        {"backend", required_argument, 0, 'b'}, {"listen", required_argument, 0, 'l'},
+        {"threads", required_argument, 0, 't'}, {"numa", required_argument, 0, 'n'},
+        {"shm-fd", required_argument, 0, 'f'},  {"max-slots", required_argument, 0, 's'},
+        {"allow-file-weights", no_argument, 0, 'a'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "b:l:t:n:f:s:ah", opts, NULL)) != -1) {
+        switch (c) {
+        case 'b': backend_spec = optarg; break;
+        case 'l': listen = optarg; break;
+        case 'n': numa = optarg; break;
+        case 'a': allow_files = 1; break;
+        case 't':
+            if (mb_worker_parse_int(optarg, 0, 4096, &threads)) {
+                fprintf(stderr, "moe-worker: invalid --threads '%s' (0..4096)\n", optarg);
+                return 2;
+            }
+            break;
+        case 'f':
+            if (mb_worker_parse_int(optarg, 0, 1 << 20, &shm_fd)) {
+                fprintf(stderr, "moe-worker: invalid --shm-fd '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 's':
+            if (mb_worker_parse_int(optarg, 1, 1 << 20, &max_slots)) {
+                fprintf(stderr, "moe-worker: invalid --max-slots '%s' (1..1048576)\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': mb_worker_usage(stdout); return 0;
+        default: mb_worker_usage(stderr); return 2;
+        }
+    }
+    if (optind != argc || !listen) {
+        mb_worker_usage(stderr);
+        return 2;
+    }
+    char name[32];
+    int device = -1;
+    if (mb_backend_spec_parse(backend_spec, name, sizeof name, &device) != MB_STATUS_OK) {
+        fprintf(stderr, "moe-worker: invalid --backend '%s' (cpu, cpu:NODE, cuda:N, vulkan:N)\n", backend_spec);
+        return 2;
+    }
+    const mb_backend_ops *ops = mb_backend_find(name);
+    if (!ops) {
+        fprintf(stderr, "moe-worker: backend '%s' is not built into this binary\n", name);
+        return 2;
+    }
+    mb_backend_config bcfg = {.device = device, .n_threads = (int)threads, .numa = MB_NUMA_DEFAULT,
+                              .max_slots = (uint32_t)max_slots};
+    if (device >= 0) bcfg.numa = MB_NUMA_BIND;
+    if (numa) {
+        if (!strcmp(numa, "default")) bcfg.numa = MB_NUMA_DEFAULT;
+        else if (!strcmp(numa, "bind")) bcfg.numa = MB_NUMA_BIND;
+        else if (!strcmp(numa, "interleave")) bcfg.numa = MB_NUMA_INTERLEAVE;
+        else {
+            fprintf(stderr, "moe-worker: invalid --numa '%s' (valid: default, bind, interleave)\n", numa);
+            return 2;
+        }
+    }
+
+    char tag[96];
+    snprintf(tag, sizeof tag, "moe-worker[%s %s]", backend_spec, listen);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = mb_worker_on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    mb_transport transport = {0};
+    mb_status st;
+    int allow_file_weights = 1;
+    if (!strcmp(listen, "shm")) {
+        if (shm_fd < 0) {
+            fprintf(stderr, "%s: --listen shm needs --shm-fd (moe-broker passes it)\n", tag);
+            return 2;
+        }
+        st = mb_shm_transport_attach((int)shm_fd, &transport);
+    } else if (!strncmp(listen, "ipc://", 6) || !strncmp(listen, "tcp://", 6)) {
+        st = mb_zmq_transport_listen(listen, NULL, &transport);
+        allow_file_weights = allow_files || !strncmp(listen, "ipc://", 6);
+    } else {
+        fprintf(stderr, "moe-worker: invalid --listen '%s' (valid: shm, ipc://PATH, tcp://HOST:PORT)\n", listen);
+        return 2;
+    }
+    if (st != MB_STATUS_OK) {
+        fprintf(stderr, "%s: cannot open the transport: %s\n", tag, mb_status_str(st));
+        return 1;
+    }
+
+    mb_backend *backend = NULL;
+    st = mb_backend_open(ops, &bcfg, &backend);
+    if (st != MB_STATUS_OK) {
+        fprintf(stderr, "%s: cannot open backend %s: %s\n", tag, backend_spec, mb_status_str(st));
+        mb_transport_destroy(&transport);
+        return 1;
+    }
+    mb_worker_config wcfg = {.backend = backend, .transport = &transport,
+                             .allow_file_weights = allow_file_weights, .stop = &mb_worker_stop, .name = tag};
+    st = mb_worker_serve(&wcfg);
+    mb_backend_close(backend);
+    mb_transport_destroy(&transport);
+    if (st != MB_STATUS_OK) {
+        fprintf(stderr, "%s: stopped: %s\n", tag, mb_status_str(st));
+        return 1;
+    }
+    return 0;
 }

@@ -1,0 +1,279 @@
+/* The worker's serving loop. Requests are decoded in place in the transport's
+ * receive buffer and replies encoded in place in its send buffer, so an
+ * expert request costs one read of the activations and one write of the sums. */
+#include "backends/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "protocol/message.h"
+
+#define MB_WORKER_MAX_FILES 64
+#define MB_WORKER_POLL_NS 100000000LL /* re-check the stop flag every 100 ms */
+
+typedef struct {
+    char *path;
+    const unsigned char *map;
+    uint64_t bytes;
+} mb_worker_file;
+
+struct mb_worker {
+    const mb_worker_config *cfg;
+    mb_backend_caps caps;
+    mb_proto_limits limits;
+    mb_worker_file files[MB_WORKER_MAX_FILES];
+    unsigned n_files;
+};
+
+static uint64_t mb_worker_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Sends a body-less reply (STATUS or PONG) with the request's tag. */
+static mb_status mb_worker_reply_empty(mb_worker *w, mb_proto_opcode op, uint64_t tag, mb_status status)
+{
+    void *buf = NULL;
+    mb_status st = mb_transport_send_reserve(w->cfg->transport, MB_PROTO_HEADER_BYTES, -1, &buf);
+    if (st != MB_STATUS_OK) return st;
+    size_t bytes = 0;
+    st = mb_proto_encode_empty(buf, MB_PROTO_HEADER_BYTES, op, tag, status, &bytes);
+    if (st != MB_STATUS_OK) return st;
+    return mb_transport_send_commit(w->cfg->transport, bytes);
+}
+
+static mb_status mb_worker_on_hello(mb_worker *w, const void *msg, size_t len, uint64_t tag)
+{
+    uint32_t version = 0;
+    mb_status st = mb_proto_decode_hello(msg, len, &version);
+    if (st != MB_STATUS_OK) return mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
+    mb_backend_caps caps;
+    st = mb_backend_caps_get(w->cfg->backend, &caps);
+    if (st != MB_STATUS_OK) return mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
+    w->caps = caps;
+    mb_proto_hello_reply r;
+    memset(&r, 0, sizeof r);
+    r.version = MB_PROTO_VERSION;
+    r.payload_dtype_mask = caps.payload_dtype_mask;
+    r.weight_dtype_mask = caps.weight_dtype_mask;
+    r.preferred_batch = caps.preferred_batch;
+    r.n_threads = caps.n_threads;
+    r.max_slots = caps.max_slots;
+    r.mem_total_bytes = caps.mem_total_bytes;
+    r.mem_free_bytes = caps.mem_free_bytes;
+    r.max_message_bytes = mb_transport_max_message_bytes(w->cfg->transport);
+    memcpy(r.backend, caps.name, sizeof r.backend);
+    memcpy(r.device, caps.device, sizeof r.device);
+    r.backend[sizeof r.backend - 1] = '\0';
+    r.device[sizeof r.device - 1] = '\0';
+    void *buf = NULL;
+    size_t cap = 1024, bytes = 0;
+    st = mb_transport_send_reserve(w->cfg->transport, cap, -1, &buf);
+    if (st != MB_STATUS_OK) return st;
+    st = mb_proto_encode_hello_reply(buf, cap, tag, &r, &bytes);
+    if (st != MB_STATUS_OK) {
+        /* Cannot happen with a 1 KiB reservation; answer with the error. */
+        mb_proto_encode_empty(buf, cap, MB_OP_STATUS, tag, st, &bytes);
+    }
+    return mb_transport_send_commit(w->cfg->transport, bytes);
+}
+
+/* Maps path read-only once and returns the mapping; later loads from the
+ * same file reuse it. */
+static mb_status mb_worker_map_file(mb_worker *w, const char *path, mb_worker_file **out)
+{
+    for (unsigned i = 0; i < w->n_files; i++) {
+        if (strcmp(w->files[i].path, path) == 0) {
+            *out = &w->files[i];
+            return MB_STATUS_OK;
+        }
+    }
+    if (w->n_files == MB_WORKER_MAX_FILES) return MB_STATUS_FULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? MB_STATUS_NOT_FOUND : MB_STATUS_IO;
+    struct stat sb;
+    mb_status st = MB_STATUS_OK;
+    void *map = MAP_FAILED;
+    if (fstat(fd, &sb) != 0 || sb.st_size <= 0) {
+        st = MB_STATUS_IO;
+        goto done;
+    }
+    map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        st = MB_STATUS_IO;
+        goto done;
+    }
+    char *copy = strdup(path);
+    if (!copy) {
+        munmap(map, (size_t)sb.st_size);
+        st = MB_STATUS_NOMEM;
+        goto done;
+    }
+    mb_worker_file *f = &w->files[w->n_files++];
+    f->path = copy;
+    f->map = map;
+    f->bytes = (uint64_t)sb.st_size;
+    *out = f;
+done:
+    close(fd);
+    return st;
+}
+
+static mb_status mb_worker_load(mb_worker *w, const void *msg, size_t len)
+{
+    mb_proto_load_expert m;
+    mb_status st = mb_proto_decode_load_expert(msg, len, &w->limits, &m);
+    if (st != MB_STATUS_OK) return st;
+    const void *data[3] = {m.data[0], m.data[1], m.data[2]};
+    if (m.source == MB_WEIGHTS_FILE) {
+        if (!w->cfg->allow_file_weights) return MB_STATUS_UNSUPPORTED;
+        char path[MB_PROTO_PATH_BYTES];
+        memcpy(path, m.path, m.path_len);
+        path[m.path_len] = '\0';
+        mb_worker_file *f = NULL;
+        st = mb_worker_map_file(w, path, &f);
+        if (st != MB_STATUS_OK) return st;
+        for (int i = 0; i < 3; i++) {
+            uint64_t end;
+            if (__builtin_add_overflow(m.offset[i], m.bytes[i], &end) || end > f->bytes)
+                return MB_STATUS_BAD_LENGTH;
+            data[i] = f->map + m.offset[i];
+        }
+    }
+    mb_expert_weights ew = {
+        .layer = m.layer, .expert_id = m.expert_id, .slot = m.slot, .d_model = m.d_model,
+        .d_ff = m.d_ff, .wdtype = m.wdtype, .gate = data[0], .up = data[1], .down = data[2],
+    };
+    return mb_backend_load_expert(w->cfg->backend, &ew);
+}
+
+static mb_status mb_worker_on_expert_req(mb_worker *w, const void *msg, size_t len, uint64_t tag)
+{
+    uint64_t t0 = mb_worker_now_ns();
+    mb_proto_expert_req req;
+    mb_status st = mb_proto_decode_expert_req(msg, len, &w->limits, &req);
+    if (st != MB_STATUS_OK) return mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
+    size_t bytes = 0;
+    st = mb_proto_expert_reply_size(req.n_tokens, req.d_model, req.dtype, &bytes);
+    if (st != MB_STATUS_OK) return mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
+    void *buf = NULL;
+    st = mb_transport_send_reserve(w->cfg->transport, bytes, -1, &buf);
+    if (st == MB_STATUS_FULL) return mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
+    if (st != MB_STATUS_OK) return st;
+    void *out = NULL;
+    size_t enc_bytes = 0;
+    st = mb_proto_encode_expert_reply(buf, bytes, tag, req.n_tokens, req.d_model, req.dtype, &out, &enc_bytes);
+    uint64_t t1 = mb_worker_now_ns();
+    uint64_t compute_ns = 0;
+    if (st == MB_STATUS_OK) st = mb_backend_run(w->cfg->backend, &req, out, &compute_ns);
+    if (st != MB_STATUS_OK) {
+        /* The reservation is at least a header long: reuse it for the error. */
+        mb_proto_encode_empty(buf, bytes, MB_OP_STATUS, tag, st, &enc_bytes);
+        return mb_transport_send_commit(w->cfg->transport, enc_bytes);
+    }
+    mb_proto_timings tm = {.decode_ns = t1 - t0, .compute_ns = compute_ns, .encode_ns = 0};
+    mb_proto_expert_reply_set_timings(buf, &tm);
+    return mb_transport_send_commit(w->cfg->transport, enc_bytes);
+}
+
+mb_status mb_worker_handle(mb_worker *w, const void *msg, size_t len)
+{
+    mb_proto_header h;
+    mb_status st = mb_proto_decode_header(msg, len, &h);
+    if (st != MB_STATUS_OK) {
+        /* Echo the tag when at least the tag field arrived, so the sender can
+         * match the error to its request. */
+        uint64_t tag = 0;
+        if (len >= 16) memcpy(&tag, (const unsigned char *)msg + 8, sizeof tag);
+        return mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
+    }
+    switch (h.opcode) {
+    case MB_OP_HELLO:
+        return mb_worker_on_hello(w, msg, len, h.tag);
+    case MB_OP_LOAD_EXPERT:
+        return mb_worker_reply_empty(w, MB_OP_STATUS, h.tag, mb_worker_load(w, msg, len));
+    case MB_OP_EXPERT_REQ:
+        return mb_worker_on_expert_req(w, msg, len, h.tag);
+    case MB_OP_PING:
+        return mb_worker_reply_empty(w, MB_OP_PONG, h.tag, MB_STATUS_OK);
+    case MB_OP_SHUTDOWN:
+        st = mb_worker_reply_empty(w, MB_OP_STATUS, h.tag, MB_STATUS_OK);
+        return st == MB_STATUS_OK ? MB_STATUS_CLOSED : st;
+    default:
+        return mb_worker_reply_empty(w, MB_OP_STATUS, h.tag, MB_STATUS_PROTOCOL);
+    }
+}
+
+mb_status mb_worker_create(const mb_worker_config *cfg, mb_worker **out)
+{
+    if (!cfg || !cfg->backend || !cfg->transport || !out) return MB_STATUS_INVALID_ARG;
+    mb_worker *w = calloc(1, sizeof *w);
+    if (!w) return MB_STATUS_NOMEM;
+    w->cfg = cfg;
+    mb_status st = mb_backend_caps_get(cfg->backend, &w->caps);
+    if (st != MB_STATUS_OK) {
+        free(w);
+        return st;
+    }
+    w->limits.max_slots = w->caps.max_slots;
+    *out = w;
+    return MB_STATUS_OK;
+}
+
+void mb_worker_destroy(mb_worker *w)
+{
+    if (!w) return;
+    for (unsigned i = 0; i < w->n_files; i++) {
+        munmap((void *)w->files[i].map, w->files[i].bytes);
+        free(w->files[i].path);
+    }
+    free(w);
+}
+
+/* Consecutive transport-level rejections after which the channel is taken
+ * to be broken rather than hit by one bad message. */
+#define MB_WORKER_MAX_BAD_IN_A_ROW 16
+
+mb_status mb_worker_serve(const mb_worker_config *cfg)
+{
+    mb_worker *w = NULL;
+    mb_status st = mb_worker_create(cfg, &w);
+    if (st != MB_STATUS_OK) return st;
+    int bad = 0;
+    for (;;) {
+        if (cfg->stop && *cfg->stop) {
+            st = MB_STATUS_OK;
+            break;
+        }
+        const void *msg = NULL;
+        size_t len = 0;
+        st = mb_transport_recv(cfg->transport, MB_WORKER_POLL_NS, &msg, &len);
+        if (st == MB_STATUS_TIMEOUT) continue;
+        if (st == MB_STATUS_CORRUPT || st == MB_STATUS_PROTOCOL || st == MB_STATUS_TRUNCATED) {
+            fprintf(stderr, "%s: dropped a malformed message: %s\n", cfg->name ? cfg->name : "moe-worker",
+                    mb_status_str(st));
+            if (++bad >= MB_WORKER_MAX_BAD_IN_A_ROW) break;
+            continue;
+        }
+        if (st != MB_STATUS_OK) break;
+        bad = 0;
+        st = mb_worker_handle(w, msg, len);
+        mb_transport_recv_release(cfg->transport);
+        if (st == MB_STATUS_CLOSED) {
+            st = MB_STATUS_OK;
+            break;
+        }
+        if (st != MB_STATUS_OK) break;
+    }
+    mb_worker_destroy(w);
+    return st;
+}

@@ -1,0 +1,75 @@
+/* The dispatcher: turns one layer's routing into expert requests for every
+ * link holding a routed expert, keeps them all in flight at once, and adds
+ * the gate-weighted sums that come back. It is the mb_moe_fn the forward
+ * pass calls per layer and chunk.
+ *
+ * Per link, each token's activations travel once however many of its experts
+ * that link holds, and tokens with none there are not sent. Links' partial
+ * sums are added in link order, so results do not depend on reply timing.
+ *
+ * Modes:
+ *  - stream:  slices of at most stream_slice tokens, pipelined (window of
+ *             requests in flight per link).
+ *  - batched: chunks of at most batch_capacity tokens (one call per link per
+ *             layer when the chunk fits).
+ *  - auto:    per link and per phase, the slice size c that minimises the
+ *             modelled time  T(c) = ceil(N/c) * alpha + N * beta + c * p,
+ *             where alpha and beta are fitted (least squares, decaying) to
+ *             the measured service time of that link's calls (alpha: fixed
+ *             cost of a call, i.e. transport round trip plus the weights a
+ *             call streams; beta: cost per token) and p is the
+ *             coordinator's measured pack+unpack cost per token (what a
+ *             large slice leaves unoverlapped). So c* = sqrt(N alpha / p),
+ *             clamped to [stream_slice, batch_capacity]. Until a link has
+ *             samples of two sizes in a phase, auto sends the first slice of
+ *             a layer at stream size and the rest batched, to measure both. */
+#ifndef MB_BROKER_DISPATCH_H
+#define MB_BROKER_DISPATCH_H
+
+#include <stdint.h>
+
+#include "broker/forward.h"
+#include "broker/link.h"
+#include "broker/options.h"
+#include "broker/placement.h"
+#include "broker/stats.h"
+
+typedef struct {
+    mb_link *links;               /* [n_links], borrowed */
+    uint32_t n_links;
+    const mb_placement *placement; /* borrowed */
+    mb_ipc_mode mode;
+    uint32_t batch_capacity;      /* 1..4096 */
+    uint32_t stream_slice;        /* 1..4096 */
+    mb_dtype payload;             /* activations and sums on the wire */
+    uint32_t d_model;
+    uint32_t top_k;
+    uint32_t max_tokens;          /* largest n_tokens a call may bring */
+    uint32_t window;              /* requests in flight per link, 0: 2 */
+    int64_t timeout_ns;           /* per request, 0: 30 s */
+    mb_stats *stats;              /* may be NULL */
+} mb_dispatch_config;
+
+typedef struct mb_dispatch mb_dispatch;
+
+/* Allocates every buffer the dispatcher needs for max_tokens, so calls
+ * allocate nothing. cfg's pointers are borrowed. */
+mb_status mb_dispatch_create(const mb_dispatch_config *cfg, mb_dispatch **out);
+void mb_dispatch_destroy(mb_dispatch *d);
+
+/* mb_moe_fn: computes w->out for one layer's routed tokens. On failure the
+ * message (naming the worker) is in mb_dispatch_error. ctx is the dispatcher. */
+mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w);
+
+/* The last failure's message, "" if none. */
+const char *mb_dispatch_error(const mb_dispatch *d);
+
+/* Time the last mb_dispatch_moe spent blocked waiting for replies, and its
+ * whole duration (ns), for per-step timing. Cumulative until reset. */
+void mb_dispatch_take_times(mb_dispatch *d, uint64_t *dispatch_ns, uint64_t *wait_ns);
+
+/* Slice size auto would pick now for link and phase for n tokens (tests and
+ * the statistics report). */
+uint32_t mb_dispatch_auto_slice(const mb_dispatch *d, uint32_t link, int decode, uint32_t n_tokens);
+
+#endif

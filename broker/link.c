@@ -1,0 +1,313 @@
+/* Links to backends: spawning local workers, connecting to running ones,
+ * wrapping an in-process backend, the HELLO handshake and shutdown. */
+#include "broker/link.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backends/worker.h"
+#include "protocol/inproc.h"
+#include "shm/shm.h"
+
+uint64_t mb_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Finds moe-worker: MB_WORKER_BIN, else the folder of this executable. */
+static int mb_link_worker_path(char *path, size_t cap)
+{
+    const char *env = getenv("MB_WORKER_BIN");
+    if (env && env[0]) {
+        if ((size_t)snprintf(path, cap, "%s", env) >= cap) return -1;
+        return 0;
+    }
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return -1;
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (!slash) return -1;
+    *slash = '\0';
+    if ((size_t)snprintf(path, cap, "%s/moe-worker", self) >= cap) return -1;
+    return 0;
+}
+
+static mb_status mb_link_hello(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap)
+{
+    unsigned char msg[64] __attribute__((aligned(8)));
+    size_t len = 0;
+    mb_status st = mb_proto_encode_hello(msg, sizeof msg, l->next_tag++, &len);
+    if (st != MB_STATUS_OK) return st;
+    st = mb_link_call(l, msg, len, timeout_ns, err, err_cap);
+    if (st != MB_STATUS_OK) return st;
+    if (l->caps.version != MB_PROTO_VERSION) {
+        snprintf(err, err_cap, "%s: protocol version %u, expected %u", l->name, l->caps.version, MB_PROTO_VERSION);
+        return MB_STATUS_BAD_VERSION;
+    }
+    return MB_STATUS_OK;
+}
+
+mb_status mb_link_call(mb_link *l, const void *msg, size_t len, int64_t timeout_ns, char *err, size_t err_cap)
+{
+    mb_proto_header req;
+    mb_status st = mb_proto_decode_header(msg, len, &req);
+    if (st != MB_STATUS_OK) return st;
+    st = mb_transport_send_copy(&l->transport, msg, len, timeout_ns);
+    if (st != MB_STATUS_OK) {
+        snprintf(err, err_cap, "%s: sending failed: %s", l->name, mb_status_str(st));
+        return st;
+    }
+    uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : mb_now_ns() + (uint64_t)timeout_ns;
+    for (;;) {
+        uint64_t now = mb_now_ns();
+        if (now >= deadline) {
+            snprintf(err, err_cap, "%s: no reply within %.1f s", l->name, (double)timeout_ns / 1e9);
+            return MB_STATUS_TIMEOUT;
+        }
+        const void *rep = NULL;
+        size_t rlen = 0;
+        int64_t left = deadline == UINT64_MAX ? -1 : (int64_t)(deadline - now);
+        st = mb_transport_recv(&l->transport, left, &rep, &rlen);
+        if (st == MB_STATUS_TIMEOUT) continue;
+        if (st != MB_STATUS_OK) {
+            snprintf(err, err_cap, "%s: %s", l->name,
+                     st == MB_STATUS_PEER_DEAD ? "worker died or hung up" : mb_status_str(st));
+            return st;
+        }
+        mb_proto_header h;
+        st = mb_proto_decode_header(rep, rlen, &h);
+        if (st == MB_STATUS_OK && h.tag != req.tag) {
+            /* A stale reply to an abandoned request: skip it. */
+            mb_transport_recv_release(&l->transport);
+            continue;
+        }
+        if (st == MB_STATUS_OK && h.opcode == MB_OP_HELLO_REPLY)
+            st = mb_proto_decode_hello_reply(rep, rlen, &l->caps);
+        else if (st == MB_STATUS_OK)
+            st = (mb_status)h.status;
+        mb_transport_recv_release(&l->transport);
+        if (st != MB_STATUS_OK) snprintf(err, err_cap, "%s: worker answered: %s", l->name, mb_status_str(st));
+        return st;
+    }
+}
+
+mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, int64_t timeout_ns, mb_link *out,
+                        char *err, size_t err_cap)
+{
+    mb_link l;
+    memset(&l, 0, sizeof l);
+    l.kind = kind;
+    l.weight = spec->weight > 0 ? spec->weight : 1.0;
+    l.same_host = 1;
+    l.next_tag = 1;
+    char bspec[48];
+    if (spec->device >= 0) snprintf(bspec, sizeof bspec, "%s:%d", spec->backend, spec->device);
+    else snprintf(bspec, sizeof bspec, "%s", spec->backend);
+    snprintf(l.name, sizeof l.name, "w%d %s %s", index, bspec, kind == MB_LINK_SPAWNED_SHM ? "shm" : "zmq-ipc");
+
+    char bin[PATH_MAX];
+    if (mb_link_worker_path(bin, sizeof bin) != 0 || access(bin, X_OK) != 0) {
+        snprintf(err, err_cap, "%s: cannot find moe-worker (set MB_WORKER_BIN)", l.name);
+        return MB_STATUS_NOT_FOUND;
+    }
+    int peer_fd = -1;
+    mb_status st;
+    char listen[300];
+    if (kind == MB_LINK_SPAWNED_SHM) {
+        st = mb_shm_transport_create(NULL, &l.transport, &peer_fd);
+        snprintf(listen, sizeof listen, "shm");
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(l.ipc_path, sizeof l.ipc_path, "%s/moe-broker-%d-w%d.sock", tmp && tmp[0] ? tmp : "/tmp",
+                 (int)getpid(), index);
+        snprintf(listen, sizeof listen, "ipc://%s", l.ipc_path);
+        st = mb_zmq_transport_connect(listen, NULL, &l.transport);
+    }
+    if (st != MB_STATUS_OK) {
+        snprintf(err, err_cap, "%s: cannot create the transport: %s", l.name, mb_status_str(st));
+        return st;
+    }
+    char fd_text[16], threads_text[16], slots_text[16];
+    snprintf(fd_text, sizeof fd_text, "%d", peer_fd);
+    snprintf(threads_text, sizeof threads_text, "%u", spec->threads);
+    snprintf(slots_text, sizeof slots_text, "%u", spec->max_slots ? spec->max_slots : 4096u);
+    char *argv[16];
+    int argc = 0;
+    argv[argc++] = bin;
+    argv[argc++] = "--backend";
+    argv[argc++] = bspec;
+    argv[argc++] = "--listen";
+    argv[argc++] = listen;
+    argv[argc++] = "--threads";
+    argv[argc++] = threads_text;
+    argv[argc++] = "--max-slots";
+    argv[argc++] = slots_text;
+    if (kind == MB_LINK_SPAWNED_SHM) {
+        argv[argc++] = "--shm-fd";
+        argv[argc++] = fd_text;
+    }
+    argv[argc] = NULL;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, err_cap, "%s: fork failed: %s", l.name, strerror(errno));
+        mb_transport_destroy(&l.transport);
+        if (peer_fd >= 0) close(peer_fd);
+        return MB_STATUS_IO;
+    }
+    if (pid == 0) {
+        /* Child: die with the coordinator; keep the segment's fd across exec. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        if (peer_fd >= 0) fcntl(peer_fd, F_SETFD, 0);
+        execv(bin, argv);
+        _exit(127);
+    }
+    l.pid = pid;
+    if (peer_fd >= 0) close(peer_fd);
+    if (kind == MB_LINK_SPAWNED_SHM) mb_shm_transport_set_peer_pid(&l.transport, pid);
+    st = mb_link_hello(&l, timeout_ns, err, err_cap);
+    if (st != MB_STATUS_OK) {
+        mb_link_close(&l);
+        return st;
+    }
+    *out = l;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_link_connect(const mb_link_spec *spec, int index, int64_t timeout_ns, mb_link *out, char *err,
+                          size_t err_cap)
+{
+    mb_link l;
+    memset(&l, 0, sizeof l);
+    l.kind = MB_LINK_REMOTE;
+    l.weight = spec->weight > 0 ? spec->weight : 1.0;
+    l.same_host = strncmp(spec->endpoint, "ipc://", 6) == 0;
+    l.next_tag = 1;
+    snprintf(l.name, sizeof l.name, "w%d %.80s", index, spec->endpoint);
+    mb_status st = mb_zmq_transport_connect(spec->endpoint, NULL, &l.transport);
+    if (st != MB_STATUS_OK) {
+        snprintf(err, err_cap, "%s: cannot connect: %s", l.name, mb_status_str(st));
+        return st;
+    }
+    st = mb_link_hello(&l, timeout_ns, err, err_cap);
+    if (st != MB_STATUS_OK) {
+        mb_transport_destroy(&l.transport);
+        return st;
+    }
+    snprintf(l.name, sizeof l.name, "w%d %.16s %.60s", index, l.caps.backend, spec->endpoint);
+    *out = l;
+    return MB_STATUS_OK;
+}
+
+static mb_status mb_link_inproc_handle(void *ctx, const void *msg, size_t len)
+{
+    return mb_worker_handle(ctx, msg, len);
+}
+
+mb_status mb_link_open_inproc(const mb_link_spec *spec, int index, mb_link *out, char *err, size_t err_cap)
+{
+    mb_link l;
+    memset(&l, 0, sizeof l);
+    l.kind = MB_LINK_INPROC;
+    l.weight = spec->weight > 0 ? spec->weight : 1.0;
+    l.same_host = 1;
+    l.next_tag = 1;
+    snprintf(l.name, sizeof l.name, "local %s", spec->backend);
+    const mb_backend_ops *ops = mb_backend_find(spec->backend);
+    if (!ops) {
+        snprintf(err, err_cap, "%s: backend not built into this binary", l.name);
+        return MB_STATUS_NOT_FOUND;
+    }
+    mb_backend_config cfg = {.device = spec->device, .n_threads = (int)spec->threads,
+                             .numa = spec->device >= 0 ? MB_NUMA_BIND : MB_NUMA_DEFAULT,
+                             .max_slots = spec->max_slots ? spec->max_slots : 4096u};
+    mb_status st = mb_backend_open(ops, &cfg, &l.backend);
+    if (st != MB_STATUS_OK) {
+        snprintf(err, err_cap, "%s: cannot open backend: %s", l.name, mb_status_str(st));
+        return st;
+    }
+    mb_worker_config *wcfg = calloc(1, sizeof *wcfg);
+    if (!wcfg) {
+        mb_backend_close(l.backend);
+        return MB_STATUS_NOMEM;
+    }
+    st = mb_inproc_transport_create(&l.transport, &l.handler_end);
+    if (st != MB_STATUS_OK) goto fail;
+    *out = l; /* the worker config points at out's handler end, so build it there */
+    wcfg->backend = out->backend;
+    wcfg->transport = &out->handler_end;
+    wcfg->allow_file_weights = 1;
+    wcfg->name = out->name;
+    out->worker_cfg = wcfg;
+    st = mb_worker_create(wcfg, &out->worker);
+    if (st != MB_STATUS_OK) {
+        mb_link_close(out);
+        snprintf(err, err_cap, "%s: %s", l.name, mb_status_str(st));
+        return st;
+    }
+    mb_inproc_transport_set_handler(&out->transport, mb_link_inproc_handle, out->worker);
+    st = mb_link_hello(out, 0, err, err_cap);
+    if (st != MB_STATUS_OK) mb_link_close(out);
+    return st;
+fail:
+    free(wcfg);
+    mb_backend_close(l.backend);
+    snprintf(err, err_cap, "%s: %s", l.name, mb_status_str(st));
+    return st;
+}
+
+/* Waits up to timeout_ms for the child to exit; returns 1 once reaped. */
+static int mb_link_reap(pid_t pid, int timeout_ms)
+{
+    for (int waited = 0;; waited++) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid || (r < 0 && errno == ECHILD)) return 1;
+        if (waited >= timeout_ms) return 0;
+        usleep(1000);
+    }
+}
+
+void mb_link_close(mb_link *l)
+{
+    if (!l) return;
+    if (l->pid > 0 || l->kind == MB_LINK_REMOTE) {
+        if (l->transport.ops) {
+            unsigned char msg[MB_PROTO_HEADER_BYTES] __attribute__((aligned(8)));
+            size_t len = 0;
+            char err[160];
+            if (mb_proto_encode_empty(msg, sizeof msg, MB_OP_SHUTDOWN, l->next_tag++, MB_STATUS_OK, &len) ==
+                MB_STATUS_OK)
+                mb_link_call(l, msg, len, 500000000LL, err, sizeof err);
+        }
+    }
+    if (l->pid > 0) {
+        if (!mb_link_reap(l->pid, 1000)) {
+            kill(l->pid, SIGKILL);
+            mb_link_reap(l->pid, 1000);
+        }
+        l->pid = 0;
+    }
+    mb_transport_destroy(&l->transport);
+    if (l->worker) mb_worker_destroy(l->worker);
+    l->worker = NULL;
+    free(l->worker_cfg);
+    l->worker_cfg = NULL;
+    if (l->backend) mb_backend_close(l->backend);
+    l->backend = NULL;
+    if (l->ipc_path[0]) unlink(l->ipc_path);
+    l->ipc_path[0] = '\0';
+}

@@ -1,0 +1,76 @@
+/* A link is the coordinator's connection to one backend: a worker process it
+ * spawned on this host (shared memory or ZeroMQ ipc), a running worker it
+ * connects to (ZeroMQ tcp/ipc), or an in-process backend (no IPC). All three
+ * speak the same protocol over a transport, so dispatch treats them alike. */
+#ifndef MB_BROKER_LINK_H
+#define MB_BROKER_LINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "backends/backend.h"
+#include "protocol/message.h"
+#include "protocol/transport.h"
+
+typedef enum {
+    MB_LINK_SPAWNED_SHM = 0, /* child process, shared-memory ring */
+    MB_LINK_SPAWNED_ZMQ = 1, /* child process, ZeroMQ ipc:// */
+    MB_LINK_REMOTE = 2,      /* running worker, ZeroMQ tcp:// or ipc:// */
+    MB_LINK_INPROC = 3,      /* backend inside the coordinator */
+} mb_link_kind;
+
+typedef struct mb_link {
+    char name[96];              /* "w0 cpu:0 shm" for messages and statistics */
+    mb_link_kind kind;
+    mb_transport transport;     /* caller end */
+    pid_t pid;                  /* spawned worker, 0 otherwise */
+    char ipc_path[256];         /* spawned zmq worker's socket file, "" otherwise */
+    mb_proto_hello_reply caps;  /* from the worker's HELLO_REPLY */
+    double weight;              /* placement share */
+    int same_host;              /* the worker can map the checkpoint's files */
+    uint64_t next_tag;
+    /* In-process only. */
+    mb_backend *backend;
+    struct mb_worker *worker;
+    mb_transport handler_end;
+    void *worker_cfg;
+} mb_link;
+
+/* What to start or reach. */
+typedef struct {
+    const char *backend;   /* "cpu", "cuda", "vulkan" (spawned / in-process) */
+    int device;            /* NUMA node or GPU index, -1 any */
+    uint32_t threads;      /* 0: the worker decides */
+    const char *endpoint;  /* REMOTE: "tcp://h:p" / "ipc:///p" */
+    double weight;
+    uint32_t max_slots;    /* slots to ask for (spawned / in-process) */
+} mb_link_spec;
+
+/* Starts a local moe-worker (MB_WORKER_BIN, else beside this executable)
+ * over shared memory (MB_LINK_SPAWNED_SHM) or ZeroMQ ipc
+ * (MB_LINK_SPAWNED_ZMQ) and completes the HELLO handshake. Blocking (up to
+ * timeout_ns). On failure writes a message into err and cleans up. */
+mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, int64_t timeout_ns, mb_link *out,
+                        char *err, size_t err_cap);
+
+/* Connects to a running worker and completes the handshake. */
+mb_status mb_link_connect(const mb_link_spec *spec, int index, int64_t timeout_ns, mb_link *out, char *err,
+                          size_t err_cap);
+
+/* Opens a backend inside this process behind the in-process transport. */
+mb_status mb_link_open_inproc(const mb_link_spec *spec, int index, mb_link *out, char *err, size_t err_cap);
+
+/* Sends a message built in msg (len bytes) and waits for its reply with the
+ * same tag; control traffic only (not on the hot path). The reply's header
+ * status is returned; a PEER_DEAD or TIMEOUT names the worker in err. */
+mb_status mb_link_call(mb_link *l, const void *msg, size_t len, int64_t timeout_ns, char *err, size_t err_cap);
+
+/* Asks the worker to stop, waits briefly, then kills it if needed; frees
+ * everything. Safe on a zeroed link. */
+void mb_link_close(mb_link *l);
+
+/* Monotonic nanoseconds. */
+uint64_t mb_now_ns(void);
+
+#endif

@@ -1,0 +1,121 @@
+/* Placement planning: a smooth weighted round-robin per layer, so each link
+ * gets its share of every layer and consecutive experts land on different
+ * links, capped by each link's memory and slots. */
+#include "broker/placement.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t mb_expert_bytes(const mb_model_config *cfg)
+{
+    return 3ull * cfg->d_model * cfg->d_ff_expert * mb_dtype_size(cfg->dtype);
+}
+
+void mb_placement_free(mb_placement *p)
+{
+    if (!p) return;
+    free(p->table);
+    free(p->slots_used);
+    free(p->bytes_placed);
+    memset(p, 0, sizeof *p);
+}
+
+mb_status mb_placement_plan(const mb_model_config *cfg, const mb_link *links, uint32_t n_links, int local_link,
+                            uint32_t local_experts, uint64_t local_budget, mb_placement *out, char *err,
+                            size_t err_cap)
+{
+    if (!cfg || !links || n_links == 0 || n_links > 65535 || !out) return MB_STATUS_INVALID_ARG;
+    const uint32_t L = cfg->n_layers, E = cfg->n_experts;
+    const uint64_t eb = mb_expert_bytes(cfg);
+    mb_placement p = {.n_layers = L, .n_experts = E, .n_links = n_links};
+    p.table = calloc((size_t)L * E, sizeof *p.table);
+    p.slots_used = calloc(n_links, sizeof *p.slots_used);
+    p.bytes_placed = calloc(n_links, sizeof *p.bytes_placed);
+    double *share = calloc(n_links, sizeof *share);
+    double *credit = calloc(n_links, sizeof *credit);
+    uint64_t *cap_experts = calloc(n_links, sizeof *cap_experts);
+    mb_status st = MB_STATUS_OK;
+    if (!p.table || !p.slots_used || !p.bytes_placed || !share || !credit || !cap_experts) {
+        st = MB_STATUS_NOMEM;
+        goto done;
+    }
+    if (local_link >= 0 && (uint32_t)local_link >= n_links) {
+        st = MB_STATUS_INVALID_ARG;
+        goto done;
+    }
+    /* The in-process link's experts per layer, limited by its byte budget. */
+    uint32_t local_per_layer = 0;
+    if (local_link >= 0) {
+        local_per_layer = local_experts < E ? local_experts : E;
+        if (local_budget && eb && L) {
+            uint64_t fit = local_budget / eb / L;
+            if (fit < local_per_layer) local_per_layer = (uint32_t)fit;
+        }
+    }
+    double weight_sum = 0;
+    uint32_t n_workers = 0;
+    for (uint32_t i = 0; i < n_links; i++) {
+        /* How many experts the link can hold in all: slots and memory. */
+        uint64_t by_mem = eb ? links[i].caps.mem_free_bytes / eb : UINT64_MAX;
+        uint64_t by_slots = links[i].caps.max_slots;
+        cap_experts[i] = by_mem < by_slots ? by_mem : by_slots;
+        if ((int)i == local_link) continue;
+        weight_sum += links[i].weight > 0 ? links[i].weight : 1.0;
+        n_workers++;
+    }
+    if (n_workers == 0 && local_per_layer < E) {
+        snprintf(err, err_cap, "placement: %u experts per layer need a worker (only %u run in-process)", E,
+                 local_per_layer);
+        st = MB_STATUS_CONFIG;
+        goto done;
+    }
+    for (uint32_t i = 0; i < n_links; i++) {
+        if ((int)i == local_link) share[i] = E ? (double)local_per_layer / E : 0;
+        else share[i] = (1.0 - (E ? (double)local_per_layer / E : 0)) * (links[i].weight > 0 ? links[i].weight : 1.0) /
+                        weight_sum;
+    }
+    for (uint32_t layer = 0; layer < L; layer++) {
+        memset(credit, 0, n_links * sizeof *credit);
+        for (uint32_t e = 0; e < E; e++) {
+            /* Smooth weighted round-robin: every link earns its share each
+             * step; the richest link that still has room takes the expert. */
+            int best = -1;
+            for (uint32_t i = 0; i < n_links; i++) {
+                credit[i] += share[i];
+                if (share[i] <= 0 || p.slots_used[i] >= cap_experts[i]) continue;
+                if (best < 0 || credit[i] > credit[best]) best = (int)i;
+            }
+            if (best < 0) {
+                snprintf(err, err_cap,
+                         "placement: layer %u expert %u fits on no backend (%.2f GiB per expert; add workers or "
+                         "memory)",
+                         layer, e, (double)eb / (1 << 30));
+                st = MB_STATUS_CONFIG;
+                goto done;
+            }
+            credit[best] -= 1.0;
+            mb_place *pl = &p.table[(size_t)layer * E + e];
+            pl->link = (uint16_t)best;
+            pl->slot = p.slots_used[best]++;
+            p.bytes_placed[best] += eb;
+        }
+    }
+    *out = p;
+    memset(&p, 0, sizeof p);
+done:
+    mb_placement_free(&p);
+    free(share);
+    free(credit);
+    free(cap_experts);
+    return st;
+}
+
+void mb_placement_print(const mb_placement *p, const mb_link *links, FILE *f)
+{
+    fprintf(f, "placement: %u layers x %u experts over %u backend(s)\n", p->n_layers, p->n_experts, p->n_links);
+    for (uint32_t i = 0; i < p->n_links; i++) {
+        fprintf(f, "  %-32s %-40.40s %6u experts (%5.1f per layer)  %8.3f GiB\n", links[i].name, links[i].caps.device,
+                p->slots_used[i], p->n_layers ? (double)p->slots_used[i] / p->n_layers : 0.0,
+                (double)p->bytes_placed[i] / (double)(1ull << 30));
+    }
+}

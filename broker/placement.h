@@ -1,0 +1,51 @@
+/* Placement: which link computes each (layer, expert), and in which of that
+ * backend's slots the weights live. Every expert of every layer is placed
+ * exactly once. */
+#ifndef MB_BROKER_PLACEMENT_H
+#define MB_BROKER_PLACEMENT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "broker/link.h"
+#include "broker/model.h"
+
+typedef struct {
+    uint16_t link; /* index into the links array */
+    uint32_t slot; /* backend-local slot */
+} mb_place;
+
+typedef struct {
+    uint32_t n_layers;
+    uint32_t n_experts;
+    uint32_t n_links;
+    mb_place *table;        /* [n_layers][n_experts] */
+    uint32_t *slots_used;   /* [n_links]: slots assigned on each link */
+    uint64_t *bytes_placed; /* [n_links]: expert weight bytes on each link */
+} mb_placement;
+
+/* Plans a placement over links. local_link (-1 if none) is the in-process
+ * link; it takes local_experts experts per layer (0 also when local_budget
+ * bytes limits it) before the workers share the rest in proportion to
+ * their weights. Each link's share is capped by its reported free memory
+ * and its slot count; CONFIG (with a message) when the experts do not fit.
+ * Experts of a layer are interleaved over links so that routing load
+ * spreads. Allocates out's tables. */
+mb_status mb_placement_plan(const mb_model_config *cfg, const mb_link *links, uint32_t n_links, int local_link,
+                            uint32_t local_experts, uint64_t local_budget, mb_placement *out, char *err,
+                            size_t err_cap);
+
+void mb_placement_free(mb_placement *p);
+
+static inline const mb_place *mb_placement_at(const mb_placement *p, uint32_t layer, uint32_t expert)
+{
+    return &p->table[(size_t)layer * p->n_experts + expert];
+}
+
+/* Prints one line per link: experts per layer, slots and GiB placed. */
+void mb_placement_print(const mb_placement *p, const mb_link *links, FILE *f);
+
+/* Bytes of one expert's three matrices. */
+uint64_t mb_expert_bytes(const mb_model_config *cfg);
+
+#endif
