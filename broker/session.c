@@ -1,0 +1,231 @@
+/* Session setup: backends, placement, expert loading, dispatcher, forward. */
+#include "broker/session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MB_SESSION_HELLO_TIMEOUT_NS 20000000000LL
+#define MB_SESSION_LOAD_TIMEOUT_NS 120000000000LL
+
+static uint32_t mb_session_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (uint32_t)n : 1;
+}
+
+/* Starts link i from a --worker spec. */
+static mb_status mb_session_start_link(const mb_options *opt, const char *spec_text, uint32_t n_workers, int index,
+                                       uint32_t max_slots, mb_link *out, char *err, size_t err_cap)
+{
+    mb_worker_spec ws;
+    mb_status st = mb_worker_spec_parse(spec_text, &ws, err, err_cap);
+    if (st != MB_STATUS_OK) return st;
+    mb_link_spec ls = {.backend = ws.backend, .device = ws.device, .threads = ws.threads,
+                       .endpoint = ws.endpoint, .weight = ws.weight, .max_slots = max_slots};
+    if (ws.kind == MB_WORKER_KIND_REMOTE) return mb_link_connect(&ls, index, MB_SESSION_HELLO_TIMEOUT_NS, out, err, err_cap);
+    if (ls.threads == 0) {
+        /* Share the machine's cores between the local workers. */
+        uint32_t cpus = mb_session_cpus();
+        ls.threads = cpus / (n_workers ? n_workers : 1);
+        if (ls.threads == 0) ls.threads = 1;
+    }
+    mb_link_kind kind = opt->transport == MB_TRANSPORT_ZMQ ? MB_LINK_SPAWNED_ZMQ : MB_LINK_SPAWNED_SHM;
+    return mb_link_spawn(&ls, kind, index, MB_SESSION_HELLO_TIMEOUT_NS, out, err, err_cap);
+}
+
+/* Sends one LOAD_EXPERT: a file region when the worker shares this host's
+ * files, the bytes otherwise. */
+static mb_status mb_session_load_one(mb_session *s, uint32_t layer, uint32_t expert, void **scratch, size_t *scratch_cap,
+                                     char *err, size_t err_cap)
+{
+    const mb_model *m = s->model;
+    const mb_place *p = mb_placement_at(&s->placement, layer, expert);
+    mb_link *l = &s->links[p->link];
+    const mb_expert_tensors *x = &m->layers[layer].experts[expert];
+    const mb_tensor *t[3] = {&x->gate, &x->up, &x->down};
+    mb_proto_load_expert le;
+    memset(&le, 0, sizeof le);
+    le.layer = layer;
+    le.expert_id = expert;
+    le.slot = p->slot;
+    le.d_model = m->cfg.d_model;
+    le.d_ff = m->cfg.d_ff_expert;
+    le.wdtype = x->gate.dtype;
+    int same_file = t[0]->file >= 0 && t[0]->file == t[1]->file && t[1]->file == t[2]->file;
+    int by_file = l->same_host && l->kind != MB_LINK_INPROC && same_file;
+    for (int i = 0; i < 3; i++) {
+        le.bytes[i] = t[i]->rows * t[i]->cols * mb_dtype_size(t[i]->dtype);
+        if (t[i]->dtype != le.wdtype) {
+            snprintf(err, err_cap, "layer %u expert %u: mixed weight dtypes", layer, expert);
+            return MB_STATUS_BAD_DTYPE;
+        }
+        if (by_file) le.offset[i] = t[i]->file_offset;
+        else le.data[i] = t[i]->data;
+    }
+    if (by_file) {
+        le.source = MB_WEIGHTS_FILE;
+        le.path = m->files[t[0]->file].path;
+        le.path_len = (uint32_t)strlen(le.path);
+    } else {
+        le.source = MB_WEIGHTS_INLINE;
+    }
+    size_t bytes = 0;
+    mb_status st = mb_proto_load_expert_size(&le, &bytes);
+    if (st != MB_STATUS_OK) return st;
+    if (bytes > *scratch_cap) {
+        free(*scratch);
+        *scratch = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        *scratch_cap = *scratch ? bytes : 0;
+        if (!*scratch) return MB_STATUS_NOMEM;
+    }
+    size_t len = 0;
+    st = mb_proto_encode_load_expert(*scratch, *scratch_cap, l->next_tag++, &le, &len);
+    if (st != MB_STATUS_OK) return st;
+    char why[200];
+    st = mb_link_call(l, *scratch, len, MB_SESSION_LOAD_TIMEOUT_NS, why, sizeof why);
+    if (st != MB_STATUS_OK) snprintf(err, err_cap, "loading layer %u expert %u: %s", layer, expert, why);
+    return st;
+}
+
+static mb_status mb_session_load_experts(mb_session *s, int progress, char *err, size_t err_cap)
+{
+    const mb_model_config *c = &s->model->cfg;
+    void *scratch = NULL;
+    size_t cap = 0;
+    mb_status st = MB_STATUS_OK;
+    uint64_t total = (uint64_t)c->n_layers * c->n_experts, done = 0;
+    for (uint32_t layer = 0; layer < c->n_layers && st == MB_STATUS_OK; layer++) {
+        for (uint32_t e = 0; e < c->n_experts && st == MB_STATUS_OK; e++) {
+            st = mb_session_load_one(s, layer, e, &scratch, &cap, err, err_cap);
+            done++;
+        }
+        if (progress) {
+            fprintf(stderr, "\rloading experts: %llu/%llu", (unsigned long long)done, (unsigned long long)total);
+            fflush(stderr);
+        }
+    }
+    if (progress) fprintf(stderr, "\n");
+    free(scratch);
+    return st;
+}
+
+mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int progress,
+                          mb_session **out, char *err, size_t err_cap)
+{
+    if (!opt || !model || !out || max_ctx == 0) return MB_STATUS_INVALID_ARG;
+    mb_session *s = calloc(1, sizeof *s);
+    if (!s) return MB_STATUS_NOMEM;
+    s->model = model;
+    s->local_link = -1;
+    s->max_ctx = max_ctx;
+    const mb_model_config *c = &model->cfg;
+    static const char *const default_workers[] = {"cpu", "cpu"};
+    const char *const *specs = opt->n_workers ? (const char *const *)opt->workers : default_workers;
+    uint32_t n_workers = opt->n_workers ? (uint32_t)opt->n_workers : 2;
+    int want_local = opt->local_experts > 0;
+    s->links = calloc(n_workers + 1, sizeof *s->links);
+    if (!s->links) {
+        free(s);
+        return MB_STATUS_NOMEM;
+    }
+    uint32_t max_slots = c->n_layers * c->n_experts;
+    mb_status st = MB_STATUS_OK;
+    for (uint32_t i = 0; i < n_workers; i++) {
+        if (progress) fprintf(stderr, "starting backend %u: %s\n", i, specs[i]);
+        st = mb_session_start_link(opt, specs[i], n_workers, (int)i, max_slots, &s->links[i], err, err_cap);
+        if (st != MB_STATUS_OK) goto fail;
+        s->n_links++;
+    }
+    if (want_local) {
+        mb_link_spec ls = {.backend = "cpu", .device = -1, .threads = opt->threads, .weight = 1,
+                           .max_slots = max_slots};
+        st = mb_link_open_inproc(&ls, (int)n_workers, &s->links[n_workers], err, err_cap);
+        if (st != MB_STATUS_OK) goto fail;
+        s->local_link = (int)n_workers;
+        s->n_links++;
+    }
+    st = mb_placement_plan(c, s->links, s->n_links, s->local_link, opt->local_experts, opt->local_budget_bytes,
+                           &s->placement, err, err_cap);
+    if (st != MB_STATUS_OK) goto fail;
+    if (progress) mb_placement_print(&s->placement, s->links, stderr);
+    st = mb_session_load_experts(s, progress, err, err_cap);
+    if (st != MB_STATUS_OK) goto fail;
+
+    const char *names[65];
+    for (uint32_t i = 0; i < s->n_links && i < 65; i++) names[i] = s->links[i].name;
+    st = mb_stats_create(s->n_links, names, c->n_layers, opt->stats_per_layer, &s->stats);
+    if (st != MB_STATUS_OK) goto fail;
+    mb_stats_set_config(s->stats, "ipc_mode", mb_ipc_mode_name(opt->ipc_mode));
+    mb_stats_set_config(s->stats, "payload_dtype", mb_dtype_name(opt->payload_dtype));
+    mb_stats_set_config_int(s->stats, "batch_capacity", opt->batch_capacity);
+    mb_stats_set_config_int(s->stats, "stream_slice", opt->stream_slice);
+    if (opt->step_timing) {
+        st = mb_stats_open_step_timing(s->stats, opt->step_timing);
+        if (st != MB_STATUS_OK) {
+            snprintf(err, err_cap, "cannot open --step-timing file %s", opt->step_timing);
+            goto fail;
+        }
+    }
+    uint32_t chunk = opt->chunk ? opt->chunk : MB_FORWARD_CHUNK_DEFAULT;
+    if (chunk > max_ctx) chunk = max_ctx;
+    mb_dispatch_config dc = {
+        .links = s->links, .n_links = s->n_links, .placement = &s->placement, .mode = opt->ipc_mode,
+        .batch_capacity = opt->batch_capacity, .stream_slice = opt->stream_slice, .payload = opt->payload_dtype,
+        .d_model = c->d_model, .top_k = c->top_k, .max_tokens = chunk, .stats = s->stats,
+    };
+    st = mb_dispatch_create(&dc, &s->dispatch);
+    if (st != MB_STATUS_OK) {
+        snprintf(err, err_cap, "dispatcher: %s", mb_status_str(st));
+        goto fail;
+    }
+    s->pool = mb_kcpu_pool_create((int)opt->threads, -1);
+    if (!s->pool) {
+        st = MB_STATUS_NOMEM;
+        snprintf(err, err_cap, "cannot start the coordinator's threads");
+        goto fail;
+    }
+    st = mb_forward_create(model, max_ctx, s->pool, mb_dispatch_moe, s->dispatch, &s->fwd);
+    if (st == MB_STATUS_OK && chunk < MB_FORWARD_CHUNK_DEFAULT) st = mb_forward_set_chunk(s->fwd, chunk);
+    if (st != MB_STATUS_OK) {
+        snprintf(err, err_cap, "forward pass: %s", mb_status_str(st));
+        goto fail;
+    }
+    *out = s;
+    return MB_STATUS_OK;
+fail:
+    mb_session_close(s);
+    return st;
+}
+
+void mb_session_close(mb_session *s)
+{
+    if (!s) return;
+    mb_forward_destroy(s->fwd);
+    mb_kcpu_pool_destroy(s->pool);
+    mb_dispatch_destroy(s->dispatch);
+    mb_stats_destroy(s->stats);
+    mb_placement_free(&s->placement);
+    for (uint32_t i = 0; i < s->n_links; i++) mb_link_close(&s->links[i]);
+    free(s->links);
+    free(s);
+}
+
+mb_status mb_session_step(mb_session *s, const int32_t *ids, uint32_t n, float *logits, float *last_logits,
+                          char *err, size_t err_cap)
+{
+    uint64_t t0 = mb_now_ns();
+    mb_status st = mb_forward_step(s->fwd, ids, n, logits, last_logits);
+    uint64_t t1 = mb_now_ns();
+    uint64_t dispatch_ns = 0, wait_ns = 0;
+    mb_dispatch_take_times(s->dispatch, &dispatch_ns, &wait_ns);
+    if (st != MB_STATUS_OK) {
+        const char *why = mb_dispatch_error(s->dispatch);
+        snprintf(err, err_cap, "%s", why[0] ? why : mb_status_str(st));
+        return st;
+    }
+    mb_stats_record_step(s->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, n, t1 - t0, dispatch_ns,
+                         wait_ns);
+    return MB_STATUS_OK;
+}

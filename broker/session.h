@@ -1,0 +1,47 @@
+/* A session is everything a run needs once the model is in memory: the links
+ * to backends (spawned, connected or in-process), the placement with every
+ * expert loaded where it was placed, statistics, the dispatcher and the
+ * forward pass. The run command, the end-to-end benchmark and the
+ * integration tests all start one the same way. */
+#ifndef MB_BROKER_SESSION_H
+#define MB_BROKER_SESSION_H
+
+#include "broker/dispatch.h"
+#include "broker/forward.h"
+#include "broker/link.h"
+#include "broker/model.h"
+#include "broker/options.h"
+#include "broker/placement.h"
+#include "broker/stats.h"
+#include "kernels/cpu/pool.h"
+
+typedef struct {
+    const mb_model *model;   /* borrowed */
+    mb_link *links;          /* [n_links]; never moved (in-process links point into it) */
+    uint32_t n_links;
+    int local_link;          /* index of the in-process link, -1 when none */
+    mb_placement placement;
+    mb_stats *stats;
+    mb_dispatch *dispatch;
+    mb_kcpu_pool *pool;      /* the coordinator's threads */
+    mb_forward *fwd;
+    uint32_t max_ctx;
+} mb_session;
+
+/* Starts the backends opt asks for (opt->workers; none given: two local CPU
+ * workers), places and loads the experts, and builds the forward pass for
+ * max_ctx positions. Progress goes to stderr when progress is set. On
+ * failure err names what failed and everything started is stopped. */
+mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int progress,
+                          mb_session **out, char *err, size_t err_cap);
+
+/* Stops the workers and frees everything. NULL is a no-op. */
+void mb_session_close(mb_session *s);
+
+/* One forward step with timing recorded in the statistics (and the
+ * step-timing file): see mb_forward_step. On failure err carries the
+ * dispatcher's message when it has one. */
+mb_status mb_session_step(mb_session *s, const int32_t *ids, uint32_t n, float *logits, float *last_logits,
+                          char *err, size_t err_cap);
+
+#endif
