@@ -146,6 +146,15 @@ int main(int argc, char **argv)
 
     mb_backend *backend = NULL;
     st = mb_backend_open(ops, &bcfg, &backend);
+    if (st == MB_STATUS_OK && strcmp(listen, "shm") != 0) {
+        /* Say where we listen (the port when "*" was asked for), once the
+         * backend is ready, so scripts can wait for this line. */
+        char bound[300];
+        if (mb_zmq_transport_endpoint(&transport, bound, sizeof bound) == MB_STATUS_OK) {
+            printf("moe-worker: listening on %s\n", bound);
+            fflush(stdout);
+        }
+    }
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "%s: cannot open backend %s: %s\n", tag, backend_spec, mb_status_str(st));
         mb_transport_destroy(&transport);

@@ -72,15 +72,15 @@ mb_status mb_link_call(mb_link *l, const void *msg, size_t len, int64_t timeout_
     uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : mb_now_ns() + (uint64_t)timeout_ns;
     for (;;) {
         uint64_t now = mb_now_ns();
-        if (now >= deadline) {
+        const void *rep = NULL;
+        size_t rlen = 0;
+        int64_t left = deadline == UINT64_MAX ? -1 : now >= deadline ? 0 : (int64_t)(deadline - now);
+        st = mb_transport_recv(&l->transport, left, &rep, &rlen);
+        if (st == MB_STATUS_TIMEOUT) {
+            if (mb_now_ns() < deadline) continue;
             snprintf(err, err_cap, "%s: no reply within %.1f s", l->name, (double)timeout_ns / 1e9);
             return MB_STATUS_TIMEOUT;
         }
-        const void *rep = NULL;
-        size_t rlen = 0;
-        int64_t left = deadline == UINT64_MAX ? -1 : (int64_t)(deadline - now);
-        st = mb_transport_recv(&l->transport, left, &rep, &rlen);
-        if (st == MB_STATUS_TIMEOUT) continue;
         if (st != MB_STATUS_OK) {
             snprintf(err, err_cap, "%s: %s", l->name,
                      st == MB_STATUS_PEER_DEAD ? "worker died or hung up" : mb_status_str(st));

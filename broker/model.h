@@ -33,14 +33,20 @@ typedef struct {
     uint32_t max_positions;    /* max_position_embeddings */
     float rms_eps;
     float rope_theta;
-    int norm_topk_prob;        /* renormalise the top-k weights to sum to 1 */
-    int qkv_bias;              /* q/k/v projections have biases */
+    int norm_topk_prob;        /* renormalise the top-k weights to sum to 1 (1 for Mixtral) */
+    int qkv_bias;              /* q/k/v projections have biases (1 for Qwen2-MoE) */
     int qk_norm;               /* RMSNorm over each head of q and k */
     int tie_embeddings;        /* lm_head shares embed_tokens */
-    mb_dtype dtype;            /* dtype of the weights as stored */
+    uint32_t sliding_window;   /* Mixtral sliding_window; 0 = full attention */
+    /* dtype of the weights as stored. mb_model_config_parse sets it from the
+     * config's dtype/torch_dtype (MB_DTYPE_COUNT_ when the config names none);
+     * mb_model_load overwrites it with the dtype every weight tensor shares. */
+    mb_dtype dtype;
 } mb_model_config;
 
-/* A view of one tensor: row-major [rows][cols] (1-D tensors have rows 1). */
+/* A view of one tensor: row-major [rows][cols] (1-D tensors have rows 1).
+ * data is aligned to the dtype's size (the loader checks). For a fused 3-D
+ * expert tensor each expert's view is a sub-region of it. */
 typedef struct {
     mb_dtype dtype;
     const void *data;      /* NULL when absent (optional tensors) */
@@ -69,11 +75,14 @@ typedef struct {
     mb_tensor shared_gate;        /* [1][d_model] shared_expert_gate, Qwen2-MoE */
 } mb_layer_weights;
 
+struct mb_safetensors;
+
 typedef struct {
     char *path;           /* absolute path */
     const void *map;      /* whole-file read-only mapping */
     uint64_t bytes;
-    int fd;
+    int fd;               /* open read-only until mb_model_destroy */
+    struct mb_safetensors *st; /* owns map and fd (broker/safetensors.h) */
 } mb_model_file;
 
 typedef struct {
@@ -91,17 +100,33 @@ typedef struct {
 
 /* Loads config.json and the safetensors files of a Hugging Face checkpoint
  * folder (model.safetensors, or the shards named by
- * model.safetensors.index.json), mapping the files read-only. Validates the
- * architecture, every required tensor's presence, dtype and shape, and every
- * header offset against the file size. On failure writes a message naming the
- * file and the tensor or field into err (err_cap bytes) and returns FORMAT,
- * CONFIG, NOT_FOUND, IO or UNSUPPORTED. On success *out owns the mappings. */
+ * model.safetensors.index.json, each mapped once), mapping the files
+ * read-only. Validates the architecture, every required tensor's presence,
+ * dtype and shape, and every header offset against the file size. Expert
+ * tensors are bound by name (per-expert hub names, or the fused 3-D
+ * mlp.experts.gate_up_proj / down_proj layout) but never read: only the
+ * headers are touched. On failure writes a message naming the file and the
+ * tensor or field into err (err_cap bytes) and returns IO, FORMAT, CONFIG,
+ * UNSUPPORTED, NOT_FOUND (missing file or tensor), BAD_DTYPE, BAD_SHAPE,
+ * MISALIGNED, OVERFLOW or NOMEM; *out is then untouched. On success *out
+ * owns the mappings (mb_model_destroy). Blocks on reading headers. */
 mb_status mb_model_load(const char *dir, mb_model **out, char *err, size_t err_cap);
 
-/* Parses config.json text (both the current form with rope_parameters/dtype
- * and the older rope_theta/torch_dtype form). */
+/* Parses config.json text (NUL-terminated; both the current form with
+ * rope_parameters/dtype and the older rope_theta/torch_dtype form) into *cfg,
+ * written only on success. Errors: CONFIG naming the missing or invalid
+ * field, UNSUPPORTED naming an unknown architecture or a feature this build
+ * cannot run (dense layers, rope scaling, sliding windows in Qwen, ...). */
 mb_status mb_model_config_parse(const char *json_text, mb_model_config *cfg, char *err, size_t err_cap);
 
+/* "MixtralForCausalLM", ...; "?" for a value that is not an mb_arch. */
+const char *mb_model_arch_name(int arch);
+
+/* Frees a model from mb_model_load or from a synthetic generator. Contract
+ * for anyone building an mb_model by hand: m, layers, each layers[i].experts,
+ * files, each files[i].path, owned and dir are malloc'd (or NULL) and freed
+ * here; files[i].st, when set, is closed (which unmaps and closes fd). NULL
+ * is a no-op. */
 void mb_model_destroy(mb_model *m);
 
 #endif

@@ -37,12 +37,11 @@ static mb_status mb_session_start_link(const mb_options *opt, const char *spec_t
 
 /* Sends one LOAD_EXPERT: a file region when the worker shares this host's
  * files, the bytes otherwise. */
-static mb_status mb_session_load_one(mb_session *s, uint32_t layer, uint32_t expert, void **scratch, size_t *scratch_cap,
-                                     char *err, size_t err_cap)
+static mb_status mb_session_load_one(const mb_model *m, mb_link *links, const mb_placement *pl, uint32_t layer,
+                                     uint32_t expert, void **scratch, size_t *scratch_cap, char *err, size_t err_cap)
 {
-    const mb_model *m = s->model;
-    const mb_place *p = mb_placement_at(&s->placement, layer, expert);
-    mb_link *l = &s->links[p->link];
+    const mb_place *p = mb_placement_at(pl, layer, expert);
+    mb_link *l = &links[p->link];
     const mb_expert_tensors *x = &m->layers[layer].experts[expert];
     const mb_tensor *t[3] = {&x->gate, &x->up, &x->down};
     mb_proto_load_expert le;
@@ -89,16 +88,17 @@ static mb_status mb_session_load_one(mb_session *s, uint32_t layer, uint32_t exp
     return st;
 }
 
-static mb_status mb_session_load_experts(mb_session *s, int progress, char *err, size_t err_cap)
+mb_status mb_experts_load(const mb_model *m, mb_link *links, const mb_placement *pl, int progress, char *err,
+                          size_t err_cap)
 {
-    const mb_model_config *c = &s->model->cfg;
+    const mb_model_config *c = &m->cfg;
     void *scratch = NULL;
     size_t cap = 0;
     mb_status st = MB_STATUS_OK;
     uint64_t total = (uint64_t)c->n_layers * c->n_experts, done = 0;
     for (uint32_t layer = 0; layer < c->n_layers && st == MB_STATUS_OK; layer++) {
         for (uint32_t e = 0; e < c->n_experts && st == MB_STATUS_OK; e++) {
-            st = mb_session_load_one(s, layer, e, &scratch, &cap, err, err_cap);
+            st = mb_session_load_one(m, links, pl, layer, e, &scratch, &cap, err, err_cap);
             done++;
         }
         if (progress) {
@@ -150,7 +150,7 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
                            &s->placement, err, err_cap);
     if (st != MB_STATUS_OK) goto fail;
     if (progress) mb_placement_print(&s->placement, s->links, stderr);
-    st = mb_session_load_experts(s, progress, err, err_cap);
+    st = mb_experts_load(model, s->links, &s->placement, progress, err, err_cap);
     if (st != MB_STATUS_OK) goto fail;
 
     const char *names[65];

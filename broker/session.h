@@ -35,6 +35,12 @@ typedef struct {
 mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int progress,
                           mb_session **out, char *err, size_t err_cap);
 
+/* Sends every expert's weights to the link the placement names: as a file
+ * region when the worker shares this host's files, as bytes otherwise.
+ * Blocking; progress on stderr when progress is set. */
+mb_status mb_experts_load(const mb_model *m, mb_link *links, const mb_placement *pl, int progress, char *err,
+                          size_t err_cap);
+
 /* Stops the workers and frees everything. NULL is a no-op. */
 void mb_session_close(mb_session *s);
 

@@ -59,19 +59,55 @@ void mb_transport_destroy(mb_transport *t);
 /* Copies a ready message (len bytes) through reserve + commit. */
 mb_status mb_transport_send_copy(mb_transport *t, const void *msg, size_t len, int64_t timeout_ns);
 
-/* ---- ZeroMQ (ipc:// and tcp://) ---- */
+/* ---- ZeroMQ (ipc:// and tcp://) ----
+ * One worker (ROUTER, binds) serves one coordinator (DEALER, connects). Each
+ * message travels as two frames, the 32-byte header and the body (possibly
+ * empty), so messages are at least MB_PROTO_HEADER_BYTES long: send_reserve
+ * refuses smaller ones (INVALID_ARG). Large bodies go out zero-copy; recv
+ * copies the two frames into one 64-aligned buffer. A malformed message (frame
+ * count, header frame not 32 bytes, too long) makes recv return PROTOCOL or
+ * TRUNCATED; it is dropped and the channel keeps serving, except a frame
+ * past max_message_bytes, on which libzmq drops the sender's connection. The
+ * worker learns its coordinator from the first well-formed message and
+ * silently drops messages from any other; until then its sends return
+ * PEER_DEAD (nobody to answer). A lost peer (connection dropped, or ZMTP
+ * heartbeats unanswered for heartbeat_timeout_ms) makes recv and send return
+ * PEER_DEAD, for good: in-flight work on the lost connection is gone.
+ * send_commit may wait for queue room (the connection not up yet, or 64
+ * messages queued) up to the timeout given to send_reserve, or
+ * send_timeout_ms when that was < 0; it returns TIMEOUT or PEER_DEAD then,
+ * and the reservation is gone either way. Each transport has its own libzmq
+ * context, so a forked child may open its own. */
 
 typedef struct {
     size_t max_message_bytes; /* ZMQ_MAXMSGSIZE; 0: 1 GiB */
     int heartbeat_ms;         /* ZMTP heartbeat interval; 0: 250 */
-    int heartbeat_timeout_ms; /* peer declared dead after this; 0: 1000 */
+    int heartbeat_timeout_ms; /* peer declared dead after this; 0: 1000. Must
+                                 exceed the transfer time of the largest
+                                 message: ZMTP counts only whole messages. */
+    int send_timeout_ms;      /* send_commit's bound when send_reserve had no
+                                 timeout; 0: 5000 */
 } mb_zmq_options;
 
-/* Worker side: binds endpoint ("ipc:///path", "tcp://host:port") and waits
- * for one coordinator. Non-blocking: the peer is accepted on first recv. */
+/* Worker side: binds endpoint ("ipc:///path", "tcp://host:port"; a port of
+ * "*" picks a free one, see mb_zmq_transport_endpoint) and waits for one
+ * coordinator. Non-blocking: the peer is accepted on first recv. opt may be
+ * NULL (defaults). For ipc:// a stale socket file at the path is replaced; a
+ * path that holds another kind of file is refused (INVALID_ARG) and one a
+ * live process listens on is refused (IO); destroy removes the socket file.
+ * INVALID_ARG for a bad endpoint or option, IO when the address is taken. */
 mb_status mb_zmq_transport_listen(const char *endpoint, const mb_zmq_options *opt, mb_transport *out);
 
-/* Coordinator side: connects to a listening worker. Non-blocking. */
+/* Coordinator side: connects to a listening worker. Non-blocking: the
+ * connection comes up in the background (and is retried until it does); the
+ * first send_commit waits for it. opt may be NULL. INVALID_ARG for a bad
+ * endpoint or option. */
 mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *opt, mb_transport *out);
+
+/* Writes the transport's endpoint, NUL-terminated, into buf (cap bytes): for
+ * a listener the address it is bound to with wildcards resolved
+ * ("tcp://127.0.0.1:41234"), for a connector the one it connects to.
+ * INVALID_ARG when t is not a ZeroMQ transport, FULL when cap is too small. */
+mb_status mb_zmq_transport_endpoint(const mb_transport *t, char *buf, size_t cap);
 
 #endif

@@ -21,4 +21,22 @@ void mb_kcpu_gemm(mb_kcpu_pool *pool, int wdtype, const void *w, size_t m, size_
 void mb_kcpu_gemm_serial(int wdtype, const void *w, size_t m, size_t k, const float *x, size_t ldx,
                          size_t n, float *y, size_t ldy, int accumulate);
 
+/* As mb_kcpu_gemm with a weight row stride ldw (>= k elements), e.g. for
+ * rows padded to a cache line. */
+void mb_kcpu_gemm_ex(mb_kcpu_pool *pool, int wdtype, const void *w, size_t ldw, size_t m, size_t k,
+                     const float *x, size_t ldx, size_t n, float *y, size_t ldy, int accumulate);
+
+/* Both entry points keep a per-thread buffer of packed activations that grows
+ * to the largest n * k seen; it is freed at thread exit. If it cannot grow
+ * (out of memory) they fall back to the scalar path, which needs none. */
+
+/* Instruction-set path used by every CPU kernel: "avx512", "avx2" or
+ * "scalar", chosen once from the CPU's features. */
+const char *mb_kcpu_isa_name(void);
+
+/* For tests and benchmarks: force a path by name ("auto" restores the
+ * detected one). Returns 0, or -1 if the name is unknown or this CPU cannot
+ * run it. Not thread-safe against running kernels. */
+int mb_kcpu_force_isa(const char *name);
+
 #endif

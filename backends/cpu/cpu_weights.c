@@ -1,0 +1,114 @@
+/* Expert slots of the CPU backend: copies an expert's three matrices into
+ * one NUMA-placed allocation per slot (bound to the backend's node, or
+ * interleaved, or plain aligned memory), with rows padded to 64 bytes so
+ * every row the kernels stream starts on a cache line. */
+#include <numa.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cpu/cpu_internal.h"
+
+#define MB_CPU_ROW_ALIGN 64u
+
+void mb_cpu_slot_free(mb_cpu_backend *be, mb_cpu_slot *s)
+{
+    if (!s->mem) {
+        memset(s, 0, sizeof *s);
+        return;
+    }
+    if (s->mem_kind == MB_CPU_MEM_NUMA)
+        numa_free(s->mem, s->mem_bytes);
+    else
+        free(s->mem);
+    be->weight_bytes -= s->mem_bytes;
+    memset(s, 0, sizeof *s);
+}
+
+/* Elements per padded row of k elements of esz bytes. */
+static size_t mb_cpu_padded(size_t k, size_t esz)
+{
+    size_t per = MB_CPU_ROW_ALIGN / esz;
+    return (k + per - 1) / per * per;
+}
+
+static void *mb_cpu_alloc(const mb_cpu_backend *be, size_t bytes, mb_cpu_mem_kind *kind)
+{
+    void *p = NULL;
+    if (be->numa_ok && be->cfg.numa == MB_NUMA_BIND && be->node >= 0) {
+        p = numa_alloc_onnode(bytes, be->node);
+        *kind = MB_CPU_MEM_NUMA;
+    } else if (be->numa_ok && be->cfg.numa == MB_NUMA_INTERLEAVE) {
+        p = numa_alloc_interleaved(bytes);
+        *kind = MB_CPU_MEM_NUMA;
+    } else {
+        p = aligned_alloc(MB_CPU_ROW_ALIGN, bytes);
+        *kind = MB_CPU_MEM_ALIGNED;
+    }
+    return p;
+}
+
+/* Copies rows x cols elements into rows padded to ld elements. */
+static void mb_cpu_copy_rows(char *dst, const char *src, size_t rows, size_t cols, size_t ld, size_t esz)
+{
+    for (size_t r = 0; r < rows; r++) {
+        memcpy(dst + r * ld * esz, src + r * cols * esz, cols * esz);
+        memset(dst + (r * ld + cols) * esz, 0, (ld - cols) * esz);
+    }
+}
+
+mb_status mb_cpu_load_expert(void *state, const mb_expert_weights *w)
+{
+    mb_cpu_backend *be = state;
+    if (!be || !w || !w->gate || !w->up || !w->down) return MB_STATUS_INVALID_ARG;
+    if (!mb_dtype_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE;
+    if (w->slot >= be->max_slots) return MB_STATUS_SLOT_RANGE;
+    if (w->d_model == 0 || w->d_ff == 0) return MB_STATUS_BAD_SHAPE;
+
+    /* All slots of one layer share shapes and dtype (the kernel runs a
+     * layer's experts as one problem). */
+    for (uint32_t i = 0; i < be->max_slots; i++) {
+        const mb_cpu_slot *o = &be->slots[i];
+        if (i == w->slot || !o->loaded || o->layer != w->layer) continue;
+        if (o->d_model != w->d_model || o->d_ff != w->d_ff || o->wdtype != w->wdtype) return MB_STATUS_BAD_SHAPE;
+        break;
+    }
+
+    const size_t esz = mb_dtype_size(w->wdtype);
+    const size_t ld_in = mb_cpu_padded(w->d_model, esz), ld_ff = mb_cpu_padded(w->d_ff, esz);
+    /* 2 * d_ff * ld_in + d_model * ld_ff elements; each factor < 2^32 and
+     * padding adds < 64, so check the products against SIZE_MAX. */
+    size_t gu = 0, dn = 0, bytes = 0;
+    if (__builtin_mul_overflow((size_t)w->d_ff, ld_in, &gu) || __builtin_mul_overflow(gu, (size_t)2, &gu) ||
+        __builtin_mul_overflow((size_t)w->d_model, ld_ff, &dn) || __builtin_add_overflow(gu, dn, &bytes) ||
+        __builtin_mul_overflow(bytes, esz, &bytes))
+        return MB_STATUS_OVERFLOW;
+
+    mb_cpu_mem_kind kind = MB_CPU_MEM_NONE;
+    char *mem = mb_cpu_alloc(be, bytes, &kind);
+    if (!mem) return MB_STATUS_NOMEM;
+    const size_t mat_gu = (size_t)w->d_ff * ld_in * esz;
+    mb_cpu_copy_rows(mem, w->gate, w->d_ff, w->d_model, ld_in, esz);
+    mb_cpu_copy_rows(mem + mat_gu, w->up, w->d_ff, w->d_model, ld_in, esz);
+    mb_cpu_copy_rows(mem + 2 * mat_gu, w->down, w->d_model, w->d_ff, ld_ff, esz);
+
+    mb_cpu_slot *s = &be->slots[w->slot];
+    mb_cpu_slot_free(be, s);
+    *s = (mb_cpu_slot){
+        .loaded = 1,
+        .layer = w->layer,
+        .expert_id = w->expert_id,
+        .d_model = w->d_model,
+        .d_ff = w->d_ff,
+        .wdtype = w->wdtype,
+        .ld_in = ld_in,
+        .ld_ff = ld_ff,
+        .mem = mem,
+        .mem_bytes = bytes,
+        .mem_kind = kind,
+        .gate = mem,
+        .up = mem + mat_gu,
+        .down = mem + 2 * mat_gu,
+    };
+    be->weight_bytes += bytes;
+    return MB_STATUS_OK;
+}

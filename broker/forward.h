@@ -1,0 +1,75 @@
+/* The coordinator's forward pass over a loaded MoE checkpoint: embeddings,
+ * attention with RoPE and a KV cache, routing, the Qwen2-MoE shared expert,
+ * final norm and lm_head. The routed experts are not computed here: each
+ * layer hands its routed tokens to a callback (the dispatcher) and adds
+ * what it returns. One mb_forward is one sequence; not thread-safe. */
+#ifndef MB_BROKER_FORWARD_H
+#define MB_BROKER_FORWARD_H
+
+#include <stdint.h>
+
+#include "broker/model.h"
+#include "kernels/cpu/pool.h"
+#include "protocol/status.h"
+
+/* Longest run of tokens pushed through the layers at once; longer steps are
+ * cut into chunks so scratch memory stays bounded. */
+#define MB_FORWARD_CHUNK_DEFAULT 512u
+
+/* One layer's routed-expert work, valid only during the callback. */
+typedef struct {
+    uint32_t layer;            /* 0..n_layers-1 */
+    uint32_t n_tokens;         /* rows in this chunk, >= 1 */
+    uint32_t top_k;            /* experts per token */
+    int decode;                /* 1 when the step is a single token */
+    const int32_t *expert_ids; /* [n_tokens][top_k], each in [0, n_experts) */
+    const float *gate;         /* [n_tokens][top_k] routing weights */
+    const float *x;            /* [n_tokens][d_model] post-attention-norm input */
+    float *out;                /* [n_tokens][d_model]: the callback overwrites it with
+                                * sum_k gate[t][k] * FFN_{expert_ids[t][k]}(x[t]) */
+} mb_moe_work;
+
+/* Computes the routed experts of one layer. Blocking: returns when out is
+ * written. A status other than OK aborts the step, which returns it. */
+typedef mb_status (*mb_moe_fn)(void *ctx, const mb_moe_work *w);
+
+typedef struct mb_forward mb_forward;
+
+/* Creates a forward pass for model m with room for max_ctx positions:
+ * checks every non-expert tensor's presence, dtype and shape against
+ * m->cfg, and allocates the KV cache, RoPE tables and all scratch now, so
+ * steps allocate nothing. m, pool (may be NULL: single-threaded) and
+ * moe_ctx are borrowed and must outlive the result. Errors: INVALID_ARG
+ * (NULL m or moe_fn, max_ctx 0), BAD_SHAPE / BAD_DTYPE / CONFIG (the model
+ * does not fit its config), OVERFLOW, NOMEM. */
+mb_status mb_forward_create(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool *pool,
+                            mb_moe_fn moe_fn, void *moe_ctx, mb_forward **out);
+
+/* Frees everything create allocated. NULL is a no-op. */
+void mb_forward_destroy(mb_forward *f);
+
+/* Forgets the sequence: the next step starts at position 0. Cannot fail. */
+void mb_forward_reset(mb_forward *f);
+
+/* Sets the chunk size for later steps: 1..the size chosen at create
+ * (min(MB_FORWARD_CHUNK_DEFAULT, max_ctx)). Errors: INVALID_ARG. */
+mb_status mb_forward_set_chunk(mb_forward *f, uint32_t chunk_tokens);
+
+/* Position the next token will take (tokens in the KV cache). */
+uint32_t mb_forward_pos(const mb_forward *f);
+
+/* Appends n_tokens tokens at the current position and runs them through
+ * the model (a prefill when n_tokens > 1, a decode step when 1), in chunks
+ * of at most the chunk size. Writes logits[n_tokens][vocab] for every new
+ * position when logits is not NULL, and the last position's logits into
+ * last_logits[vocab] when that is not NULL (either or both may be NULL;
+ * with only last_logits, lm_head runs for the last token alone). Blocking:
+ * calls moe_fn once per layer per chunk.
+ * Errors, leaving the position unchanged: INVALID_ARG (NULL f or ids,
+ * n_tokens 0, an id outside [0, vocab)), FULL (the context would exceed
+ * max_ctx), or moe_fn's status. After an error the contents of logits and
+ * last_logits are unspecified. */
+mb_status mb_forward_step(mb_forward *f, const int32_t *ids, uint32_t n_tokens, float *logits,
+                          float *last_logits);
+
+#endif

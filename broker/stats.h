@@ -1,0 +1,151 @@
+/* IPC statistics: counters per backend and phase (and optionally per layer)
+ * for every dispatch call, per-step timing with an optional JSON-lines log,
+ * and the reports (a human table, a JSON file). Recording is built for the
+ * dispatch hot path: all storage is allocated at create, and a record is a
+ * few plain additions, with no lock, syscall or allocation.
+ *
+ * Threading: one writer. Only the single dispatch thread records; reports,
+ * getters and reset run on that thread, or after it has stopped (joined).
+ * Timestamps are the caller's (clock_gettime(CLOCK_MONOTONIC) differences). */
+#ifndef MB_BROKER_STATS_H
+#define MB_BROKER_STATS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "protocol/status.h"
+
+typedef enum {
+    MB_STATS_PHASE_PREFILL = 0,
+    MB_STATS_PHASE_DECODE = 1,
+    MB_STATS_PHASE_COUNT_
+} mb_stats_phase;
+
+/* The per-call quantities, in one list so that the structs, the additions and
+ * the JSON keys cannot drift apart. X(field, description). */
+#define MB_STATS_CALL_FIELDS(X)                                                                    \
+    X(tokens, "tokens sent")                                                                       \
+    X(pairs, "token-expert pairs")                                                                 \
+    X(bytes_sent, "bytes the coordinator sent")                                                    \
+    X(bytes_received, "bytes the coordinator received")                                            \
+    X(pack_ns, "gathering and encoding the request")                                               \
+    X(send_ns, "handing the request to the transport")                                             \
+    X(wait_ns, "waiting for the reply")                                                            \
+    X(unpack_ns, "decoding and scattering the reply")                                              \
+    X(worker_compute_ns, "expert compute, as the worker reports it")                               \
+    X(worker_decode_ns, "request decoding in the worker")                                          \
+    X(worker_encode_ns, "reply encoding in the worker")
+
+/* One dispatch call to one backend, filled by the caller. */
+typedef struct {
+#define MB_STATS_FIELD_(name, doc) uint64_t name;
+    MB_STATS_CALL_FIELDS(MB_STATS_FIELD_)
+#undef MB_STATS_FIELD_
+} mb_stats_call;
+
+/* Sums over calls; calls counts them. */
+typedef struct {
+    uint64_t calls;
+#define MB_STATS_FIELD_(name, doc) uint64_t name;
+    MB_STATS_CALL_FIELDS(MB_STATS_FIELD_)
+#undef MB_STATS_FIELD_
+} mb_stats_counters;
+
+/* Per-phase forward-step totals (mb_stats_record_step). */
+typedef struct {
+    uint64_t count;       /* steps */
+    uint64_t tokens;      /* tokens over those steps */
+    uint64_t time_ns;     /* step wall time */
+    uint64_t dispatch_ns; /* time inside expert dispatch */
+    uint64_t wait_ns;     /* time the dispatcher waited on workers */
+} mb_stats_steps;
+
+typedef struct mb_stats mb_stats;
+
+/* Most backends and layers a stats object holds. */
+#define MB_STATS_MAX_BACKENDS 1024u
+#define MB_STATS_MAX_LAYERS 4096u
+
+/* Allocates all counters: n_backends (1..MB_STATS_MAX_BACKENDS) with names
+ * (copied; names or any entry may be NULL for "b<i>"), and when per_layer,
+ * n_layers (1..MB_STATS_MAX_LAYERS) per backend. Errors:
+ * MB_STATUS_INVALID_ARG (counts out of range, out NULL), MB_STATUS_NOMEM.
+ * *out is written only on success; release with mb_stats_destroy. */
+mb_status mb_stats_create(uint32_t n_backends, const char *const names[], uint32_t n_layers,
+                          int per_layer, mb_stats **out);
+
+/* Closes the step-timing file (ignoring its errors; call
+ * mb_stats_close_step_timing first to see them) and frees everything.
+ * NULL is a no-op. */
+void mb_stats_destroy(mb_stats *s);
+
+/* Zeroes every counter and step total (e.g. after warm-up). Keeps names,
+ * config and the step-timing file, whose step numbers go on. */
+void mb_stats_reset(mb_stats *s);
+
+/* Hot path: adds one call to backend's phase totals and, when per-layer, to
+ * the layer's. s == NULL (statistics off) is a no-op returning OK. Returns
+ * MB_STATUS_INVALID_ARG and records nothing for a backend, phase or (when
+ * per-layer) layer out of range, or c NULL. Cannot block; no allocation. */
+mb_status mb_stats_record_call(mb_stats *s, uint32_t backend, uint32_t layer, mb_stats_phase phase,
+                               const mb_stats_call *c);
+
+/* Adds one forward step to phase's totals and, when a step-timing file is
+ * open, appends one JSON line to its stdio buffer (no flush per line):
+ * {"step":N,"phase":"prefill","tokens":T,"step_ms":..,"dispatch_ms":..,"wait_ms":..}
+ * N counts steps from 0 over both phases. s == NULL is a no-op returning OK;
+ * MB_STATUS_INVALID_ARG for a bad phase. A write error surfaces at
+ * mb_stats_close_step_timing. */
+mb_status mb_stats_record_step(mb_stats *s, mb_stats_phase phase, uint64_t n_tokens,
+                               uint64_t step_ns, uint64_t dispatch_ns, uint64_t wait_ns);
+
+/* Opens (truncates) path for the per-step JSON lines; "-" is stdout. A file
+ * already open is closed first. Errors: MB_STATUS_IO (with errno),
+ * MB_STATUS_INVALID_ARG. */
+mb_status mb_stats_open_step_timing(mb_stats *s, const char *path);
+
+/* Flushes and closes the step-timing file. Returns MB_STATUS_IO if any line
+ * failed to reach it; OK when none was open. */
+mb_status mb_stats_close_step_timing(mb_stats *s);
+
+/* Adds or replaces a "config" entry of the JSON report (a string, or an
+ * integer for the _int form): run settings worth keeping next to the
+ * numbers. Not for the hot path: allocates. Errors: MB_STATUS_INVALID_ARG,
+ * MB_STATUS_NOMEM. */
+mb_status mb_stats_set_config(mb_stats *s, const char *key, const char *value);
+mb_status mb_stats_set_config_int(mb_stats *s, const char *key, int64_t value);
+
+/* Readers. Each writes *out only on success; MB_STATUS_INVALID_ARG for an
+ * index out of range, MB_STATUS_UNSUPPORTED for a layer without per-layer
+ * statistics. */
+uint32_t mb_stats_n_backends(const mb_stats *s);
+uint32_t mb_stats_n_layers(const mb_stats *s); /* 0 unless per-layer */
+const char *mb_stats_backend_name(const mb_stats *s, uint32_t backend);
+mb_status mb_stats_get(const mb_stats *s, uint32_t backend, mb_stats_phase phase,
+                       mb_stats_counters *out);
+mb_status mb_stats_get_layer(const mb_stats *s, uint32_t backend, uint32_t layer,
+                             mb_stats_phase phase, mb_stats_counters *out);
+mb_status mb_stats_get_steps(const mb_stats *s, mb_stats_phase phase, mb_stats_steps *out);
+
+/* "prefill", "decode"; "?" otherwise. */
+const char *mb_stats_phase_name(int phase);
+
+/* Prints the human table: a row per backend and phase with calls, tokens,
+ * MiB sent and received, and pack/send/wait/unpack/worker-compute ms; per
+ * phase, step time and the IPC share (pack+send+wait+unpack summed over
+ * backends, against step time; it can pass 100% when backends overlap); and,
+ * when per-layer, a row per layer and phase summed over backends. Rows with
+ * no calls are left out. Errors: MB_STATUS_INVALID_ARG, MB_STATUS_IO. */
+mb_status mb_stats_print_table(const mb_stats *s, FILE *f);
+
+/* Writes the JSON report to path ("-" = stdout):
+ * {"backends":[{"name":..,"prefill":{"calls":..,"tokens":.., ...every
+ *   mb_stats_call field..},"decode":{..},"layers":[{"layer":0,"prefill":{..},
+ *   "decode":{..}},..] (per-layer only)}],
+ *  "steps":{"prefill":{"count","tokens","time_ns","dispatch_ns","wait_ns"},
+ *   "decode":{..}}, "config":{..}}
+ * Numbers are JSON doubles: exact below 2^53. Errors: MB_STATUS_IO,
+ * MB_STATUS_NOMEM, MB_STATUS_INVALID_ARG. */
+mb_status mb_stats_write_json(const mb_stats *s, const char *path);
+
+#endif

@@ -1,0 +1,63 @@
+/* The shared-memory transport: the same-host fast path between the
+ * coordinator and one worker process. One sealed memfd segment holds two
+ * single-producer/single-consumer rings (requests coordinator->worker,
+ * replies worker->coordinator); messages are encoded and decoded in place,
+ * a waiting side spins briefly then sleeps on a futex, and a dead peer is
+ * reported as MB_STATUS_PEER_DEAD instead of being waited on. Everything read
+ * from the segment is validated: a corrupt peer yields MB_STATUS_CORRUPT,
+ * never a crash or a hang. Implements protocol/transport.h. */
+#ifndef MB_SHM_SHM_H
+#define MB_SHM_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "protocol/status.h"
+#include "protocol/transport.h"
+
+typedef struct {
+    uint32_t n_slots; /* messages in flight per direction, power of two in [2, 65536]; 0: 64 */
+    uint64_t
+        request_bytes;    /* coordinator->worker payload ring, multiple of 8, >= 4096; 0: 64 MiB */
+    uint64_t reply_bytes; /* worker->coordinator payload ring, likewise; 0: 64 MiB */
+    int64_t spin_ns;      /* busy-wait before sleeping, <= 1 ms; 0: 30 us; < 0: never spin */
+    int peer_fd_inheritable; /* nonzero: *fd_for_peer comes without FD_CLOEXEC */
+} mb_shm_options;
+
+#define MB_SHM_DEFAULT_SLOTS 64u
+#define MB_SHM_DEFAULT_RING_BYTES                                                                  \
+    (64ull << 20) /* a 4096 x 2048 x f32 prefill chunk (32 MiB) fits */
+#define MB_SHM_DEFAULT_SPIN_NS 30000
+
+/* Coordinator side: creates the segment (a sealed memfd, mode 0600, counted
+ * against memory only as pages are touched) and the transport on it.
+ * opt may be NULL for the defaults. *fd_for_peer is a new fd for the
+ * segment, owned by the caller: hand it to the worker, then close it. It is
+ * FD_CLOEXEC unless opt->peer_fd_inheritable; to pass it across exec either
+ * set that, or dup2() it onto the worker's fd number in the child (dup2
+ * clears FD_CLOEXEC on the copy), or clear the flag in the child after fork.
+ * Outputs are written only on success. Never blocks. INVALID_ARG for bad
+ * options, OVERFLOW, NOMEM, IO. On either endpoint, max_message_bytes is the
+ * largest message it can send (its outgoing ring's bytes); what it can
+ * receive is the peer's. After fork, a child must not destroy its parent's
+ * endpoint (that would hang up for the parent): it attaches its own. */
+mb_status mb_shm_transport_create(const mb_shm_options *opt, mb_transport *out, int *fd_for_peer);
+
+/* Coordinator side: after spawning the worker, watch it (a pidfd) so that
+ * waits return PEER_DEAD once it exits. PEER_DEAD if it already exited and
+ * was reaped; INVALID_ARG if t is not a coordinator-side shm transport or
+ * pid <= 0; IO. Until this is called, only a worker's clean hang-up (its
+ * destroy) is noticed. Never blocks. */
+mb_status mb_shm_transport_set_peer_pid(mb_transport *t, pid_t pid);
+
+/* Worker side: maps the segment of fd (inherited or received) after
+ * validating its header against the file: magic (BAD_MAGIC), ABI version
+ * (BAD_VERSION), sizes, offsets, alignment, overlaps and seals (CORRUPT).
+ * Watches the coordinator whose pid the header records (PEER_DEAD if it is
+ * gone). Does not take ownership of fd: the caller may close it at once. A
+ * segment serves one worker: attach once per segment. Setting
+ * prctl(PR_SET_PDEATHSIG) is left to the worker's main. Never blocks. */
+mb_status mb_shm_transport_attach(int fd, mb_transport *out);
+
+#endif

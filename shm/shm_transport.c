@@ -1,0 +1,241 @@
+/* The transport ops over one segment: each endpoint produces on one ring and
+ * consumes the other, waits through doorbells, and treats the peer's death,
+ * its hang-up and any failed validation as terminal (CORRUPT is sticky). */
+#include "shm/shm.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "shm/doorbell.h"
+#include "shm/ring.h"
+#include "shm/segment.h"
+
+typedef struct {
+    mb_shm_segment seg;
+    mb_shm_ring tx; /* we produce: requests (coordinator) or replies (worker) */
+    mb_shm_ring rx; /* we consume */
+    mb_shm_state *state;
+    int side; /* MB_SHM_SIDE_* */
+    mb_shm_peer peer;
+    int64_t spin_ns;
+    int corrupt; /* sticky: the segment failed validation once */
+
+    /* Arguments and results of the operation being waited for. */
+    size_t want_bytes;
+    void *res_buf;
+    const void *rx_buf;
+    size_t rx_bytes;
+} mb_shm_transport;
+
+static int mb_shm_peer_closed(const mb_shm_transport *t)
+{
+    /* acquire: whatever the peer published before it hung up is visible after. */
+    return atomic_load_explicit(&t->state->closed[1 - t->side], memory_order_acquire) != 0;
+}
+
+static mb_status mb_shm_alive(void *ctx)
+{
+    mb_shm_transport *t = ctx;
+    if (t->corrupt) return MB_STATUS_CORRUPT;
+    if (mb_shm_peer_closed(t)) return MB_STATUS_PEER_DEAD;
+    return mb_shm_peer_check(&t->peer);
+}
+
+static mb_status mb_shm_try_reserve(void *ctx)
+{
+    mb_shm_transport *t = ctx;
+    mb_status st = mb_shm_ring_reserve(&t->tx, t->want_bytes, &t->res_buf);
+    if (st == MB_STATUS_CORRUPT) t->corrupt = 1;
+    return st;
+}
+
+static mb_status mb_shm_try_peek(void *ctx)
+{
+    mb_shm_transport *t = ctx;
+    mb_status st = mb_shm_ring_peek(&t->rx, &t->rx_buf, &t->rx_bytes);
+    if (st == MB_STATUS_CORRUPT) t->corrupt = 1;
+    return st;
+}
+
+static mb_status mb_shm_send_reserve(void *impl, size_t bytes, int64_t timeout_ns, void **buf)
+{
+    mb_shm_transport *t = impl;
+    if (t->corrupt) return MB_STATUS_CORRUPT;
+    if (t->tx.reserving || bytes < MB_SHM_MIN_MESSAGE_BYTES) return MB_STATUS_INVALID_ARG;
+    if (bytes > t->tx.payload_bytes) return MB_STATUS_FULL;
+    if (mb_shm_peer_closed(t)) return MB_STATUS_PEER_DEAD;
+    t->want_bytes = bytes;
+    mb_status st = mb_shm_bell_wait(&t->tx.ctrl->space, mb_shm_try_reserve, mb_shm_alive, t,
+                                    timeout_ns, t->spin_ns);
+    if (st != MB_STATUS_OK) return st;
+    *buf = t->res_buf;
+    return MB_STATUS_OK;
+}
+
+static mb_status mb_shm_send_commit(void *impl, size_t bytes)
+{
+    mb_shm_transport *t = impl;
+    if (!t->tx.reserving || bytes < MB_SHM_MIN_MESSAGE_BYTES || bytes > t->tx.res_bytes)
+        return MB_STATUS_INVALID_ARG;
+    if (t->corrupt) return MB_STATUS_CORRUPT;
+    mb_shm_ring_commit(&t->tx, bytes);
+    mb_shm_bell_ring(&t->tx.ctrl->data);
+    return MB_STATUS_OK;
+}
+
+static mb_status mb_shm_recv(void *impl, int64_t timeout_ns, const void **buf, size_t *bytes)
+{
+    mb_shm_transport *t = impl;
+    if (t->corrupt) return MB_STATUS_CORRUPT;
+    if (t->rx.holding) return MB_STATUS_INVALID_ARG; /* one message at a time */
+    mb_status st = mb_shm_bell_wait(&t->rx.ctrl->data, mb_shm_try_peek, mb_shm_alive, t, timeout_ns,
+                                    t->spin_ns);
+    if (st != MB_STATUS_OK) return st;
+    *buf = t->rx_buf;
+    *bytes = t->rx_bytes;
+    return MB_STATUS_OK;
+}
+
+static void mb_shm_recv_release(void *impl)
+{
+    mb_shm_transport *t = impl;
+    if (!t->rx.holding) return;
+    mb_shm_ring_release(&t->rx);
+    mb_shm_bell_ring(&t->rx.ctrl->space);
+}
+
+static size_t mb_shm_max_message_bytes(void *impl)
+{
+    mb_shm_transport *t = impl;
+    return (size_t)t->tx.payload_bytes;
+}
+
+/* Frees what mb_shm_transport_open built; t may be partly built. */
+static void mb_shm_free(mb_shm_transport *t)
+{
+    mb_shm_ring_fini(&t->tx);
+    mb_shm_ring_fini(&t->rx);
+    mb_shm_peer_fini(&t->peer);
+    mb_shm_segment_unmap(&t->seg);
+    free(t);
+}
+
+static void mb_shm_destroy(void *impl)
+{
+    mb_shm_transport *t = impl;
+    /* release: everything we published is visible to a peer that sees the flag. */
+    atomic_store_explicit(&t->state->closed[t->side], 1, memory_order_release);
+    /* Wake the peer wherever it may sleep on us, so it sees the hang-up now. */
+    mb_shm_bell_ring(&t->tx.ctrl->data);
+    mb_shm_bell_ring(&t->rx.ctrl->space);
+    mb_shm_free(t);
+}
+
+static const mb_transport_ops mb_shm_ops = {
+    .name = "shm",
+    .send_reserve = mb_shm_send_reserve,
+    .send_commit = mb_shm_send_commit,
+    .recv = mb_shm_recv,
+    .recv_release = mb_shm_recv_release,
+    .max_message_bytes = mb_shm_max_message_bytes,
+    .destroy = mb_shm_destroy,
+};
+
+/* Builds the endpoint of side on a mapped segment; takes the mapping, also
+ * on failure. */
+static mb_status mb_shm_transport_open(mb_shm_segment *seg, int side, mb_transport *out,
+                                       mb_shm_transport **tp)
+{
+    mb_shm_transport *t = calloc(1, sizeof(*t));
+    if (!t) {
+        mb_shm_segment_unmap(seg);
+        return MB_STATUS_NOMEM;
+    }
+    t->seg = *seg;
+    t->side = side;
+    t->spin_ns = (int64_t)seg->hdr.spin_ns;
+    t->state = mb_shm_segment_state(&t->seg);
+    mb_shm_peer_init(&t->peer);
+    int tx = side == MB_SHM_SIDE_COORDINATOR ? MB_SHM_RING_REQUEST : MB_SHM_RING_REPLY;
+    mb_status st = mb_shm_ring_init(&t->tx, &t->seg, &t->seg.hdr.ring[tx]);
+    if (st == MB_STATUS_OK) st = mb_shm_ring_init(&t->rx, &t->seg, &t->seg.hdr.ring[1 - tx]);
+    if (st != MB_STATUS_OK) {
+        mb_shm_free(t);
+        return st;
+    }
+    out->ops = &mb_shm_ops;
+    out->impl = t;
+    *tp = t;
+    return MB_STATUS_OK;
+}
+
+static mb_status mb_shm_ring_bytes(uint64_t v, uint64_t *out)
+{
+    if (v == 0) v = MB_SHM_DEFAULT_RING_BYTES;
+    if (v % 8 != 0 || v < MB_SHM_MIN_RING_BYTES || v > MB_SHM_MAX_RING_BYTES)
+        return MB_STATUS_INVALID_ARG;
+    *out = v;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_shm_transport_create(const mb_shm_options *opt, mb_transport *out, int *fd_for_peer)
+{
+    static const mb_shm_options defaults = {0};
+    if (!out || !fd_for_peer) return MB_STATUS_INVALID_ARG;
+    if (!opt) opt = &defaults;
+    uint32_t n_slots = opt->n_slots ? opt->n_slots : MB_SHM_DEFAULT_SLOTS;
+    if (n_slots < MB_SHM_MIN_SLOTS || n_slots > MB_SHM_MAX_SLOTS || (n_slots & (n_slots - 1)) != 0)
+        return MB_STATUS_INVALID_ARG;
+    uint64_t req = 0, rep = 0;
+    if (mb_shm_ring_bytes(opt->request_bytes, &req) != MB_STATUS_OK ||
+        mb_shm_ring_bytes(opt->reply_bytes, &rep) != MB_STATUS_OK)
+        return MB_STATUS_INVALID_ARG;
+    if (opt->spin_ns > (int64_t)MB_SHM_MAX_SPIN_NS) return MB_STATUS_INVALID_ARG;
+    uint64_t spin = opt->spin_ns == 0  ? MB_SHM_DEFAULT_SPIN_NS
+                    : opt->spin_ns < 0 ? 0
+                                       : (uint64_t)opt->spin_ns;
+
+    mb_shm_header hdr;
+    mb_status st = mb_shm_layout_compute(n_slots, req, rep, spin, getpid(), &hdr);
+    if (st != MB_STATUS_OK) return st;
+    mb_shm_segment seg;
+    int fd = -1;
+    st = mb_shm_segment_create(&hdr, opt->peer_fd_inheritable, &seg, &fd);
+    if (st != MB_STATUS_OK) return st;
+    mb_shm_transport *t = NULL;
+    st = mb_shm_transport_open(&seg, MB_SHM_SIDE_COORDINATOR, out, &t);
+    if (st != MB_STATUS_OK) {
+        close(fd);
+        return st;
+    }
+    *fd_for_peer = fd;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_shm_transport_set_peer_pid(mb_transport *t, pid_t pid)
+{
+    if (!t || t->ops != &mb_shm_ops || !t->impl) return MB_STATUS_INVALID_ARG;
+    mb_shm_transport *s = t->impl;
+    if (s->side != MB_SHM_SIDE_COORDINATOR) return MB_STATUS_INVALID_ARG;
+    return mb_shm_peer_watch(&s->peer, pid);
+}
+
+mb_status mb_shm_transport_attach(int fd, mb_transport *out)
+{
+    if (!out) return MB_STATUS_INVALID_ARG;
+    mb_shm_segment seg;
+    mb_status st = mb_shm_segment_attach(fd, &seg);
+    if (st != MB_STATUS_OK) return st;
+    pid_t creator = (pid_t)seg.hdr.creator_pid;
+    mb_transport tr;
+    mb_shm_transport *t = NULL;
+    st = mb_shm_transport_open(&seg, MB_SHM_SIDE_WORKER, &tr, &t);
+    if (st != MB_STATUS_OK) return st;
+    st = mb_shm_peer_watch(&t->peer, creator);
+    if (st != MB_STATUS_OK) {
+        mb_shm_free(t);
+        return st;
+    }
+    *out = tr;
+    return MB_STATUS_OK;
+}

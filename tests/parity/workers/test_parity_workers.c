@@ -1,0 +1,123 @@
+/* End-to-end parity with experts on real worker processes: every checkpoint
+ * under MB_TEST_DATA (Hugging Face transformers fixtures with their float32
+ * reference logits) is prefilled with its prompt and decoded teacher-forced
+ * one token at a time, with two CPU workers over shared memory and with one
+ * worker over ZeroMQ tcp, in stream, batched and auto modes and every
+ * payload dtype; every position's logits are compared with the reference.
+ *
+ * Bounds, relative to max|reference| over the whole sequence:
+ *   f32 payloads:  max |diff| <= 1e-3 and the same argmax at every position;
+ *   f16 payloads:  max |diff| <= 2e-2;  bf16 payloads: max |diff| <= 6e-2.
+ * Rounding activations to 11 (f16) or 8 (bf16) significant bits moves
+ * logits by well under these; a wrong expert, a wrong gate weight or a
+ * token's sum landing on another position moves them by O(1). */
+#include <dirent.h>
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "broker/model.h"
+#include "broker/safetensors.h"
+#include "broker/session.h"
+#include "tests/integration/worker_util.h"
+#include "tests/testutil.h"
+
+static void compare(const char *what, const float *got, const mb_reference *ref, mb_dtype dt)
+{
+    double max_ref = 0, max_diff = 0;
+    uint32_t argmax_bad = 0;
+    for (uint32_t t = 0; t < ref->n_tokens; t++) {
+        const float *g = got + (size_t)t * ref->vocab, *r = ref->logits + (size_t)t * ref->vocab;
+        uint32_t ag = 0, ar = 0;
+        for (uint32_t v = 0; v < ref->vocab; v++) {
+            max_ref = fmax(max_ref, fabs(r[v]));
+            double d = fabs((double)g[v] - r[v]);
+            if (!(d <= max_diff)) max_diff = isnan(d) ? INFINITY : d;
+            if (g[v] > g[ag]) ag = v;
+            if (r[v] > r[ar]) ar = v;
+        }
+        argmax_bad += ag != ar;
+    }
+    double bound = dt == MB_DTYPE_F32 ? 1e-3 : dt == MB_DTYPE_F16 ? 2e-2 : 6e-2;
+    double rel = max_diff / max_ref;
+    printf("  %-40s max|diff|/max|ref| = %.2e (bound %.0e), argmax mismatches %u/%u\n", what, rel, bound, argmax_bad,
+           ref->n_tokens);
+    CHECK_MSG(rel <= bound, "%s: relative error %.3e > %.0e", what, rel, bound);
+    if (dt == MB_DTYPE_F32) CHECK_MSG(argmax_bad == 0, "%s: %u argmax mismatches", what, argmax_bad);
+}
+
+static void run_case(const char *name, const mb_model *m, const mb_reference *ref, char **workers, size_t n_workers,
+                     mb_ipc_mode mode, mb_dtype dt, float *logits)
+{
+    mb_options opt;
+    mb_options_init(&opt);
+    opt.workers = workers;
+    opt.n_workers = n_workers;
+    opt.ipc_mode = mode;
+    opt.payload_dtype = dt;
+    opt.threads = 1;
+    opt.chunk = 16; /* several prefill chunks per prompt */
+    char err[512], what[128];
+    snprintf(what, sizeof what, "%s %s %s %s", name, workers[0], mb_ipc_mode_name(mode), mb_dtype_name(dt));
+    mb_session *s = NULL;
+    mb_status st = mb_session_open(&opt, m, ref->n_tokens, 0, &s, err, sizeof err);
+    CHECK_MSG(st == MB_STATUS_OK, "%s: session: %s", what, err);
+    if (st != MB_STATUS_OK) return;
+    for (uint32_t i = 0; i < ref->n_tokens * ref->vocab; i++) logits[i] = NAN;
+    st = mb_session_step(s, ref->input_ids, ref->prompt_len, logits, NULL, err, sizeof err);
+    for (uint32_t pos = ref->prompt_len; st == MB_STATUS_OK && pos < ref->n_tokens; pos++)
+        st = mb_session_step(s, ref->input_ids + pos, 1, logits + (size_t)pos * ref->vocab, NULL, err, sizeof err);
+    CHECK_MSG(st == MB_STATUS_OK, "%s: step: %s", what, err);
+    if (st == MB_STATUS_OK) compare(what, logits, ref, dt);
+    mb_session_close(s);
+}
+
+int main(void)
+{
+    const char *data = getenv("MB_TEST_DATA");
+    if (!data) MB_TEST_SKIP("MB_TEST_DATA not set");
+    DIR *dir = opendir(data);
+    REQUIRE(dir);
+    struct dirent *de;
+    int n_models = 0;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.') continue;
+        char path[1024], cfg[1100], refpath[1100];
+        snprintf(path, sizeof path, "%s/%s", data, de->d_name);
+        snprintf(cfg, sizeof cfg, "%s/config.json", path);
+        snprintf(refpath, sizeof refpath, "%s/reference.safetensors", path);
+        struct stat sb;
+        if (stat(cfg, &sb) != 0 || stat(refpath, &sb) != 0) continue;
+        char err[512];
+        mb_model *m = NULL;
+        mb_reference ref;
+        REQUIRE(mb_model_load(path, &m, err, sizeof err) == MB_STATUS_OK);
+        REQUIRE(mb_reference_init(&ref, refpath, err, sizeof err) == MB_STATUS_OK);
+        REQUIRE(ref.vocab == m->cfg.vocab);
+        float *logits = malloc((size_t)ref.n_tokens * ref.vocab * sizeof *logits);
+        REQUIRE(logits);
+        printf("%s:\n", de->d_name);
+
+        char *shm_workers[] = {"cpu,threads=1", "cpu,threads=1"};
+        for (int mode = 0; mode < 3; mode++) {
+            for (int dt = 0; dt < 3; dt++) {
+                run_case(de->d_name, m, &ref, shm_workers, 2, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+                /* A worker started by hand, as on another machine. */
+                char ep[256];
+                pid_t tcp_pid = mb_test_start_worker("tcp://127.0.0.1:*", 1, ep, sizeof ep);
+                CHECK_MSG(tcp_pid > 0, "cannot start a tcp worker");
+                char *tcp_workers[] = {ep};
+                if (tcp_pid > 0) run_case(de->d_name, m, &ref, tcp_workers, 1, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+                kill(tcp_pid, SIGTERM);
+                mb_test_stop_worker(tcp_pid);
+            }
+        }
+        free(logits);
+        mb_reference_fini(&ref);
+        mb_model_destroy(m);
+        n_models++;
+    }
+    closedir(dir);
+    CHECK_MSG(n_models >= 1, "no checkpoints found under %s", data);
+    return mb_test_finish("test_parity_workers");
+}
