@@ -58,22 +58,25 @@ int mb_bench_cpu_count(void)
     return n > 0 ? n : 1;
 }
 
-int mb_bench_pin_to_cpu(int index)
+int mb_bench_cpu_nth(int index)
 {
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) != 0) return -1;
+    if (index < 0 || sched_getaffinity(0, sizeof(set), &set) != 0) return -1;
     int n = CPU_COUNT(&set);
     if (n <= 0) return -1;
     int want = index % n, seen = 0;
-    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
-        if (!CPU_ISSET(cpu, &set)) continue;
-        if (seen++ != want) continue;
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        return sched_setaffinity(0, sizeof(one), &one) == 0 ? cpu : -1;
-    }
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, &set) && seen++ == want) return cpu;
     return -1;
+}
+
+int mb_bench_pin_to_cpu(int cpu)
+{
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return -1;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return sched_setaffinity(0, sizeof(one), &one) == 0 ? cpu : -1;
 }
 
 mb_status mb_bench_memcpy_gbps(size_t bytes, int64_t duration_ns, double *gbps)

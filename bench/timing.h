@@ -32,10 +32,14 @@ void mb_bench_samples_fini(mb_bench_samples *s);
 /* CPUs this process may run on (sched_getaffinity), at least 1. */
 int mb_bench_cpu_count(void);
 
-/* Pins the calling process to the index-th CPU it may run on (index modulo
- * the count). Returns the CPU number, or -1 when the kernel refused (the
- * process then runs unpinned). */
-int mb_bench_pin_to_cpu(int index);
+/* The number of the index-th CPU this process may run on (index modulo the
+ * count), or -1 when the affinity mask cannot be read. Ask before pinning:
+ * a pinned process (and a child forked after) may run on one CPU only. */
+int mb_bench_cpu_nth(int index);
+
+/* Pins the calling process to CPU cpu. Returns cpu, or -1 when the kernel
+ * refused (the process then runs where it did). */
+int mb_bench_pin_to_cpu(int cpu);
 
 /* Single-thread memcpy bandwidth in GB/s (1e9 bytes per second, bytes read
  * once and written once count as bytes) copying bytes between two warm

@@ -125,8 +125,10 @@ const char *mb_model_arch_name(int arch);
 /* Frees a model from mb_model_load or from a synthetic generator. Contract
  * for anyone building an mb_model by hand: m, layers, each layers[i].experts,
  * files, each files[i].path, owned and dir are malloc'd (or NULL) and freed
- * here; files[i].st, when set, is closed (which unmaps and closes fd). NULL
- * is a no-op. */
+ * here. For each file, st when set is closed (which unmaps and closes fd);
+ * otherwise map (bytes long, from mmap) is unmapped when non-NULL and fd
+ * closed when >= 0, so a hand-built file must set fd = -1 when it has none.
+ * NULL is a no-op. */
 void mb_model_destroy(mb_model *m);
 
 #endif

@@ -309,7 +309,7 @@ mb_status mb_model_config_parse(const char *json_text, mb_model_config *cfg, cha
 {
     if (!json_text || !cfg)
         return MB_STATUS_INVALID_ARG;
-    cJSON *root = cJSON_Parse(json_text);
+    cJSON *root = cJSON_ParseWithOpts(json_text, NULL, 1); /* nothing but spaces after */
     ctx c = {root, err, err_cap};
     mb_model_config m;
     memset(&m, 0, sizeof(m));

@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "broker/model_names.h"
 #include "broker/safetensors.h"
@@ -182,9 +184,10 @@ static mb_status load_index(loader *L)
     if (!m->files)
         return MB_STATUS_NOMEM;
     m->n_files = n_files;
+    for (uint32_t i = 0; i < n_files; i++)
+        m->files[i].fd = -1;
     for (size_t i = 0; i < n; i++) {
         mb_model_file *f = &m->files[L->index[i].file];
-        f->fd = -1;
         if (!f->path && !(f->path = path_join(L->dir, L->index[i].shard)))
             return MB_STATUS_NOMEM;
     }
@@ -517,8 +520,16 @@ void mb_model_destroy(mb_model *m)
             free(m->layers[i].experts);
     free(m->layers);
     for (uint32_t i = 0; m->files && i < m->n_files; i++) {
-        mb_safetensors_close(m->files[i].st);
-        free(m->files[i].path);
+        mb_model_file *f = &m->files[i];
+        if (f->st) {
+            mb_safetensors_close(f->st); /* owns map and fd */
+        } else {
+            if (f->map)
+                munmap((void *)f->map, f->bytes);
+            if (f->fd >= 0)
+                close(f->fd);
+        }
+        free(f->path);
     }
     free(m->files);
     free(m->owned);

@@ -123,7 +123,8 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     const mb_model_config *c = &model->cfg;
     static const char *const default_workers[] = {"cpu", "cpu"};
     const char *const *specs = opt->n_workers ? (const char *const *)opt->workers : default_workers;
-    uint32_t n_workers = opt->n_workers ? (uint32_t)opt->n_workers : 2;
+    /* No --worker: two local CPU workers, unless every expert runs here. */
+    uint32_t n_workers = opt->n_workers ? (uint32_t)opt->n_workers : opt->local_experts >= c->n_experts ? 0 : 2;
     int want_local = opt->local_experts > 0;
     s->links = calloc(n_workers + 1, sizeof *s->links);
     if (!s->links) {

@@ -29,9 +29,10 @@ typedef struct {
 } mb_session;
 
 /* Starts the backends opt asks for (opt->workers; none given: two local CPU
- * workers), places and loads the experts, and builds the forward pass for
- * max_ctx positions. Progress goes to stderr when progress is set. On
- * failure err names what failed and everything started is stopped. */
+ * workers, or none when opt->local_experts covers every expert), places and
+ * loads the experts, and builds the forward pass for max_ctx positions.
+ * Progress goes to stderr when progress is set. On failure err names what
+ * failed and everything started is stopped. */
 mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int progress,
                           mb_session **out, char *err, size_t err_cap);
 

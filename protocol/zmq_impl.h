@@ -69,7 +69,7 @@ typedef struct {
     void *mon;  /* PAIR receiving sock's DISCONNECTED events */
     size_t max_message_bytes;
     int send_timeout_ms;
-    int rcvtimeo_ms;        /* value now set on sock, to skip redundant calls */
+    int rcvtimeo_ms;           /* value now set on sock, to skip redundant calls */
     unsigned recv_since_drain; /* messages read since the monitor was drained */
 
     /* The peer. A listener learns it from the first well-formed message. */
@@ -82,8 +82,8 @@ typedef struct {
     /* Sending: one reservation at a time, in small or in a pool buffer. */
     mb_zmq_pool *pool;
     mb_zmq_buf *send_buf;
-    unsigned char *small; /* MB_PROTO_HEADER_BYTES + MB_ZMQ_COPY_MAX_BYTES, 64-aligned */
-    size_t reserved_bytes; /* 0: nothing reserved */
+    unsigned char *small;     /* MB_PROTO_HEADER_BYTES + MB_ZMQ_COPY_MAX_BYTES, 64-aligned */
+    size_t reserved_bytes;    /* 0: nothing reserved */
     int64_t send_deadline_ns; /* set by send_reserve for send_commit */
 
     /* Receiving: messages are assembled here, contiguous and 64-aligned. */

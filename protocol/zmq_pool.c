@@ -53,7 +53,8 @@ static size_t mb_zmq_pool_round(size_t bytes)
     size_t step = 4096;
     if (bytes > ((size_t)64 << 10)) {
         size_t pow2 = (size_t)64 << 10;
-        while (pow2 < bytes / 2 && pow2 <= SIZE_MAX / 4) pow2 *= 2;
+        while (pow2 < bytes / 2 && pow2 <= SIZE_MAX / 4)
+            pow2 *= 2;
         step = pow2 / 8;
     }
     if (bytes > SIZE_MAX - step) return 0;

@@ -15,6 +15,10 @@
 #include "protocol/zmq_impl.h"
 
 #define MB_ZMQ_MONITOR_ENDPOINT "inproc://mb-zmq-monitor"
+/* A connector retries every 100-200 ms (libzmq adds jitter) without backing
+ * off, so a worker spawned after the coordinator connects is reached as soon
+ * as it binds. */
+#define MB_ZMQ_RECONNECT_IVL_MS 100
 /* ZMTP carries the heartbeat TTL in deciseconds in 16 bits. */
 #define MB_ZMQ_MAX_HEARTBEAT_MS 6553500
 
@@ -35,17 +39,23 @@ int64_t mb_zmq_deadline_ns(int64_t timeout_ns)
 mb_status mb_zmq_errno_status(int err)
 {
     switch (err) {
-    case EAGAIN: return MB_STATUS_AGAIN;
-    case ENOMEM: return MB_STATUS_NOMEM;
+    case EAGAIN:
+        return MB_STATUS_AGAIN;
+    case ENOMEM:
+        return MB_STATUS_NOMEM;
     case EINVAL:
     case EPROTONOSUPPORT:
     case ENOCOMPATPROTO:
     case ENAMETOOLONG:
-    case ENODEV: return MB_STATUS_INVALID_ARG;
-    case EHOSTUNREACH: return MB_STATUS_PEER_DEAD;
+    case ENODEV:
+        return MB_STATUS_INVALID_ARG;
+    case EHOSTUNREACH:
+        return MB_STATUS_PEER_DEAD;
     case ETERM:
-    case ENOTSOCK: return MB_STATUS_CLOSED;
-    default: return MB_STATUS_IO;
+    case ENOTSOCK:
+        return MB_STATUS_CLOSED;
+    default:
+        return MB_STATUS_IO;
     }
 }
 
@@ -62,18 +72,21 @@ static void mb_zmq_close_quietly(void **sock)
     *sock = NULL;
 }
 
-static mb_status mb_zmq_check_options(const mb_zmq_options *opt, size_t *max_bytes, int *hb_ms, int *hb_timeout_ms,
-                                      int *send_timeout_ms)
+static mb_status mb_zmq_check_options(const mb_zmq_options *opt, size_t *max_bytes, int *hb_ms,
+                                      int *hb_timeout_ms, int *send_timeout_ms)
 {
     mb_zmq_options o = {0};
     if (opt) o = *opt;
     *max_bytes = o.max_message_bytes ? o.max_message_bytes : MB_ZMQ_DEFAULT_MAX_MESSAGE_BYTES;
     *hb_ms = o.heartbeat_ms ? o.heartbeat_ms : MB_ZMQ_DEFAULT_HEARTBEAT_MS;
-    *hb_timeout_ms = o.heartbeat_timeout_ms ? o.heartbeat_timeout_ms : MB_ZMQ_DEFAULT_HEARTBEAT_TIMEOUT_MS;
+    *hb_timeout_ms =
+        o.heartbeat_timeout_ms ? o.heartbeat_timeout_ms : MB_ZMQ_DEFAULT_HEARTBEAT_TIMEOUT_MS;
     *send_timeout_ms = o.send_timeout_ms ? o.send_timeout_ms : MB_ZMQ_DEFAULT_SEND_TIMEOUT_MS;
-    if (*max_bytes < MB_PROTO_HEADER_BYTES || *max_bytes > (uint64_t)INT64_MAX) return MB_STATUS_INVALID_ARG;
+    if (*max_bytes < MB_PROTO_HEADER_BYTES || *max_bytes > (uint64_t)INT64_MAX)
+        return MB_STATUS_INVALID_ARG;
     if (*hb_ms < 0 || *hb_ms > MB_ZMQ_MAX_HEARTBEAT_MS) return MB_STATUS_INVALID_ARG;
-    if (*hb_timeout_ms < 0 || *hb_timeout_ms > MB_ZMQ_MAX_HEARTBEAT_MS) return MB_STATUS_INVALID_ARG;
+    if (*hb_timeout_ms < 0 || *hb_timeout_ms > MB_ZMQ_MAX_HEARTBEAT_MS)
+        return MB_STATUS_INVALID_ARG;
     if (*send_timeout_ms < 0) return MB_STATUS_INVALID_ARG;
     return MB_STATUS_OK;
 }
@@ -102,7 +115,8 @@ mb_status mb_zmq_socket_open(mb_zmq_transport *t, int type, const mb_zmq_options
         mb_zmq_set_int(t->sock, ZMQ_HEARTBEAT_IVL, hb_ms) ||
         mb_zmq_set_int(t->sock, ZMQ_HEARTBEAT_TIMEOUT, hb_timeout_ms) ||
         mb_zmq_set_int(t->sock, ZMQ_HEARTBEAT_TTL, hb_timeout_ms) ||
-        mb_zmq_set_int(t->sock, ZMQ_RECONNECT_IVL, 100) || mb_zmq_set_int(t->sock, ZMQ_RECONNECT_IVL_MAX, 1000))
+        mb_zmq_set_int(t->sock, ZMQ_RECONNECT_IVL, MB_ZMQ_RECONNECT_IVL_MS) ||
+        mb_zmq_set_int(t->sock, ZMQ_RECONNECT_IVL_MAX, 0))
         goto fail_errno;
     if (type == ZMQ_ROUTER) {
         /* Sending to a peer that is gone fails (EHOSTUNREACH) instead of
@@ -116,9 +130,10 @@ mb_status mb_zmq_socket_open(mb_zmq_transport *t, int type, const mb_zmq_options
     t->rcvtimeo_ms = -1;
 
     /* The monitor's queue is unbounded (RCVHWM 0 on our side of the inproc
-     * pipe): libzmq's I/O thread blocks on a full monitor queue, and a peer
-     * flooding connections must not stall it. recv drains it regularly. */
-    if (zmq_socket_monitor(t->sock, MB_ZMQ_MONITOR_ENDPOINT, ZMQ_EVENT_DISCONNECTED)) goto fail_errno;
+     * pipe): libzmq's I/O thread may block sending to a full monitor queue,
+     * and a peer flooding connections must not stall it. recv drains it. */
+    if (zmq_socket_monitor(t->sock, MB_ZMQ_MONITOR_ENDPOINT, ZMQ_EVENT_DISCONNECTED))
+        goto fail_errno;
     t->mon = zmq_socket(t->ctx, ZMQ_PAIR);
     if (!t->mon) goto fail_errno;
     if (mb_zmq_set_int(t->mon, ZMQ_LINGER, 0) || mb_zmq_set_int(t->mon, ZMQ_RCVHWM, 0) ||
@@ -178,7 +193,9 @@ void mb_zmq_socket_note_bound(mb_zmq_transport *t)
     t->endpoint[sizeof t->endpoint - 1] = '\0';
     const char *path = mb_zmq_ipc_path(t->endpoint);
     struct stat sb;
-    if (!path || strlen(path) >= sizeof t->ipc_path || lstat(path, &sb) != 0 || !S_ISSOCK(sb.st_mode)) return;
+    if (!path || strlen(path) >= sizeof t->ipc_path || lstat(path, &sb) != 0 ||
+        !S_ISSOCK(sb.st_mode))
+        return;
     memcpy(t->ipc_path, path, strlen(path) + 1);
     t->ipc_dev = sb.st_dev;
     t->ipc_ino = sb.st_ino;
@@ -201,8 +218,8 @@ void mb_zmq_socket_close(mb_zmq_transport *t)
      * the case where it could not, and never touches a file someone else
      * bound at the same path since. */
     struct stat sb;
-    if (t->ipc_owned && lstat(t->ipc_path, &sb) == 0 && S_ISSOCK(sb.st_mode) && sb.st_dev == t->ipc_dev &&
-        sb.st_ino == t->ipc_ino)
+    if (t->ipc_owned && lstat(t->ipc_path, &sb) == 0 && S_ISSOCK(sb.st_mode) &&
+        sb.st_dev == t->ipc_dev && sb.st_ino == t->ipc_ino)
         unlink(t->ipc_path);
     t->ipc_owned = 0;
 }
@@ -235,7 +252,8 @@ void mb_zmq_monitor_drain(mb_zmq_transport *t)
         /* A connecting socket has one connection, so any drop is the peer.
          * A listener also sees strangers come and go: only the connection
          * its peer's messages came from counts. */
-        if (t->role == MB_ZMQ_ROLE_CONNECT || (t->peer_known && (int)value == t->peer_fd)) t->peer_dead = 1;
+        if (t->role == MB_ZMQ_ROLE_CONNECT || (t->peer_known && (int)value == t->peer_fd))
+            t->peer_dead = 1;
     }
 }
 

@@ -43,7 +43,8 @@ static mb_status mb_zmq_send_reserve(void *impl, size_t bytes, int64_t timeout_n
     mb_zmq_transport *t = impl;
     if (t->reserved_bytes || bytes < MB_PROTO_HEADER_BYTES) return MB_STATUS_INVALID_ARG;
     if (bytes > t->max_message_bytes) return MB_STATUS_FULL;
-    if (t->peer_dead || (t->role == MB_ZMQ_ROLE_LISTEN && !t->peer_known)) return MB_STATUS_PEER_DEAD;
+    if (t->peer_dead || (t->role == MB_ZMQ_ROLE_LISTEN && !t->peer_known))
+        return MB_STATUS_PEER_DEAD;
     unsigned char *p = t->small;
     if (bytes > MB_ZMQ_SMALL_BYTES) {
         t->send_buf = mb_zmq_pool_get(t->pool, bytes);
@@ -51,7 +52,8 @@ static mb_status mb_zmq_send_reserve(void *impl, size_t bytes, int64_t timeout_n
         p = mb_zmq_buf_data(t->send_buf);
     }
     t->reserved_bytes = bytes;
-    t->send_deadline_ns = timeout_ns < 0 ? -1 : timeout_ns; /* a timeout until commit starts the clock */
+    t->send_deadline_ns =
+        timeout_ns < 0 ? -1 : timeout_ns; /* a timeout until commit starts the clock */
     *buf = p;
     return MB_STATUS_OK;
 }
@@ -95,7 +97,8 @@ static mb_status mb_zmq_send_first(mb_zmq_transport *t, const void *data, size_t
 
 /* Sends msg[bytes] held in b (a pool buffer) or in t->small (b NULL); b is
  * consumed whatever happens. */
-static mb_status mb_zmq_send_message(mb_zmq_transport *t, const unsigned char *msg, size_t bytes, mb_zmq_buf *b)
+static mb_status mb_zmq_send_message(mb_zmq_transport *t, const unsigned char *msg, size_t bytes,
+                                     mb_zmq_buf *b)
 {
     mb_status st;
     if (t->peer_dead || (t->role == MB_ZMQ_ROLE_LISTEN && !t->peer_known)) {
@@ -118,7 +121,8 @@ static mb_status mb_zmq_send_message(mb_zmq_transport *t, const unsigned char *m
         goto out;
     }
     zmq_msg_t frame;
-    if (zmq_msg_init_data(&frame, (void *)(msg + MB_PROTO_HEADER_BYTES), body, mb_zmq_pool_free_frame, b)) {
+    if (zmq_msg_init_data(&frame, (void *)(msg + MB_PROTO_HEADER_BYTES), body,
+                          mb_zmq_pool_free_frame, b)) {
         /* Out of memory with a message half sent: end it with an empty body
          * (no allocation) so the stream stays framed; the peer's decoder
          * rejects the short message. */
@@ -223,8 +227,10 @@ static mb_status mb_zmq_read_message(mb_zmq_transport *t, int flags, size_t *byt
         }
         n++;
         more = zmq_msg_more(m);
-        if (m == &scratch) zmq_msg_close(m);
-        else n_kept++;
+        if (m == &scratch)
+            zmq_msg_close(m);
+        else
+            n_kept++;
     }
 
     mb_status st = MB_STATUS_OK;
@@ -258,7 +264,8 @@ static mb_status mb_zmq_read_message(mb_zmq_transport *t, int flags, size_t *byt
     }
     if (st != MB_STATUS_OK) t->n_rejected++;
 out:
-    for (size_t i = 0; i < n_kept; i++) zmq_msg_close(&f[i]);
+    for (size_t i = 0; i < n_kept; i++)
+        zmq_msg_close(&f[i]);
     return st;
 }
 
@@ -359,7 +366,8 @@ static const mb_transport_ops mb_zmq_ops = {
 static mb_status mb_zmq_check_endpoint(const char *endpoint)
 {
     if (!endpoint) return MB_STATUS_INVALID_ARG;
-    if (strncmp(endpoint, "ipc://", 6) != 0 && strncmp(endpoint, "tcp://", 6) != 0) return MB_STATUS_INVALID_ARG;
+    if (strncmp(endpoint, "ipc://", 6) != 0 && strncmp(endpoint, "tcp://", 6) != 0)
+        return MB_STATUS_INVALID_ARG;
     size_t len = strlen(endpoint);
     if (len <= 6 || len >= sizeof(((mb_zmq_transport *)0)->endpoint)) return MB_STATUS_INVALID_ARG;
     return MB_STATUS_OK;
@@ -392,7 +400,8 @@ fail:
     return st;
 }
 
-mb_status mb_zmq_transport_listen(const char *endpoint, const mb_zmq_options *opt, mb_transport *out)
+mb_status mb_zmq_transport_listen(const char *endpoint, const mb_zmq_options *opt,
+                                  mb_transport *out)
 {
     if (!out) return MB_STATUS_INVALID_ARG;
     mb_status st = mb_zmq_check_endpoint(endpoint);
@@ -414,7 +423,8 @@ mb_status mb_zmq_transport_listen(const char *endpoint, const mb_zmq_options *op
     return MB_STATUS_OK;
 }
 
-mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *opt, mb_transport *out)
+mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *opt,
+                                   mb_transport *out)
 {
     if (!out) return MB_STATUS_INVALID_ARG;
     mb_status st = mb_zmq_check_endpoint(endpoint);

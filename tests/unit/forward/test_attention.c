@@ -6,7 +6,7 @@
 #include "broker/attention.h"
 #include "tests/testutil.h"
 
-enum { L = 2, H = 8, KV = 2, HD = 20, MAX_CTX = 64 };
+enum { L = 2, H = 8, KV = 2, HD = 20, MAX_CTX = 1100 };
 
 /* All keys/values ever stored, per layer: [L][MAX_CTX][KV*HD]. */
 static float hist_k[L][MAX_CTX][KV * HD], hist_v[L][MAX_CTX][KV * HD];
@@ -42,8 +42,11 @@ static void run(mb_kcpu_pool *pool, int n_threads, uint32_t window)
     unsigned long long seed = 99;
     mb_attn a;
     REQUIRE(mb_attn_init(&a, L, H, KV, HD, MAX_CTX, window, n_threads) == MB_STATUS_OK);
-    /* prefill, decode, a second prefill appended, then decodes to the end */
-    const uint32_t steps[] = {13, 1, 9, 1, 1, 17, 1, 1, 1, 19};
+    memset(hist_k, 0, sizeof(hist_k));
+    memset(hist_v, 0, sizeof(hist_v));
+    /* prefill, decode, more prefills appended, decodes; the long prefill
+     * makes the decodes after it split the positions across the pool */
+    const uint32_t steps[] = {13, 1, 9, 1, 1, 17, 1, 1, 1, 19, 1000, 1, 1, 1, 1};
     uint32_t pos = 0;
     const size_t ldq = H * HD + 1, ldkv = KV * HD + 3, ldo = H * HD + 2;
     static float q[MAX_CTX * (H * HD + 1)], k[MAX_CTX * (KV * HD + 3)], v[MAX_CTX * (KV * HD + 3)];
@@ -96,6 +99,7 @@ int main(void)
     /* sliding windows shorter than a step, than a query block, and 1 */
     run(pool, mb_kcpu_pool_threads(pool), 11);
     run(pool, mb_kcpu_pool_threads(pool), 5);
+    run(pool, mb_kcpu_pool_threads(pool), 300); /* split decode with a window */
     run(NULL, 1, 1);
     run(pool, mb_kcpu_pool_threads(pool), MAX_CTX); /* as wide as the cache: full */
     mb_kcpu_pool_destroy(pool);

@@ -42,4 +42,13 @@ static inline double kcpu_w(int wdtype, const void *w, size_t i)
     return (double)mb_kcpu_load_w(wdtype, w, i);
 }
 
+/* The n weights as doubles (caller frees), so references convert once. */
+static inline double *kcpu_w_double(int wdtype, const void *w, size_t n)
+{
+    double *d = malloc(sizeof(double) * n + 8);
+    REQUIRE(d != NULL);
+    for (size_t i = 0; i < n; i++) d[i] = kcpu_w(wdtype, w, i);
+    return d;
+}
+
 #endif

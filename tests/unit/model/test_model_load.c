@@ -1,6 +1,6 @@
 /* mb_model_load on the three fixtures (shapes checked against each config,
  * views checked against the file's own header, expert pages never touched),
- * the same checkpoints resharded and refused into the fused 3-D layout
+ * the same checkpoints resharded and rewritten into the fused 3-D layout
  * (identical data), and damaged copies: truncated files, unknown
  * architecture, missing tensors, wrong shape or dtype, misaligned data,
  * hostile index files. Every refusal must name the file and the culprit. */

@@ -134,13 +134,13 @@ static void arguments(void)
     mb_zmq_options small = {.max_message_bytes = 4096};
     REQUIRE(mb_zmq_transport_connect("tcp://127.0.0.1:1", &small, &t) == MB_STATUS_OK);
     void *p = NULL;
-    CHECK_EQ(mb_transport_send_reserve(&t, 16, 0, &p), MB_STATUS_INVALID_ARG);  /* below a header */
+    CHECK_EQ(mb_transport_send_reserve(&t, 16, 0, &p), MB_STATUS_INVALID_ARG); /* below a header */
     CHECK_EQ(mb_transport_send_reserve(&t, 4097, 0, &p), MB_STATUS_FULL);
-    CHECK_EQ(mb_transport_send_commit(&t, 64), MB_STATUS_INVALID_ARG);          /* nothing reserved */
+    CHECK_EQ(mb_transport_send_commit(&t, 64), MB_STATUS_INVALID_ARG); /* nothing reserved */
     CHECK_EQ(mb_transport_send_reserve(&t, 64, 0, &p), MB_STATUS_OK);
     CHECK(((uintptr_t)p & 63) == 0);
-    CHECK_EQ(mb_transport_send_reserve(&t, 64, 0, &p), MB_STATUS_INVALID_ARG);  /* one at a time */
-    CHECK_EQ(mb_transport_send_commit(&t, 128), MB_STATUS_INVALID_ARG);         /* more than reserved */
+    CHECK_EQ(mb_transport_send_reserve(&t, 64, 0, &p), MB_STATUS_INVALID_ARG); /* one at a time */
+    CHECK_EQ(mb_transport_send_commit(&t, 128), MB_STATUS_INVALID_ARG); /* more than reserved */
     const void *m = NULL;
     size_t n = 0;
     CHECK_EQ(mb_transport_recv(&t, 0, &m, &n), MB_STATUS_TIMEOUT);
@@ -175,7 +175,8 @@ static void worker_never_comes(void)
     CHECK_EQ(mb_transport_recv(&c, 120000000ll, &m, &n), MB_STATUS_TIMEOUT);
     double s3 = (double)(zt_now_ns() - t0) / 1e9;
     CHECK_MSG(s3 >= 0.11 && s3 < 1.0, "%.3f s", s3);
-    printf("no worker: commit TIMEOUT after %.3f s and %.3f s, recv TIMEOUT after %.3f s\n", s1, s2, s3);
+    printf("no worker: commit TIMEOUT after %.3f s and %.3f s, recv TIMEOUT after %.3f s\n", s1, s2,
+           s3);
 
     /* The worker shows up late: the next send goes through. */
     mb_transport l = {0};

@@ -20,10 +20,12 @@ static unsigned char scratch[4 * MAX_BYTES];
 static void raw_send(void *sock, const zmq_msg_t *id, uint64_t seq, const size_t *frames, size_t n)
 {
     size_t total = 0;
-    for (size_t i = 0; i < n; i++) total += frames[i];
+    for (size_t i = 0; i < n; i++)
+        total += frames[i];
     REQUIRE(total <= sizeof scratch);
     zt_fill(scratch, total, seq);
-    if (id) REQUIRE(zmq_send(sock, zmq_msg_data((zmq_msg_t *)id), zmq_msg_size(id), ZMQ_SNDMORE) >= 0);
+    if (id)
+        REQUIRE(zmq_send(sock, zmq_msg_data((zmq_msg_t *)id), zmq_msg_size(id), ZMQ_SNDMORE) >= 0);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
         REQUIRE(zmq_send(sock, scratch + off, frames[i], i + 1 < n ? ZMQ_SNDMORE : 0) >= 0);
@@ -70,13 +72,13 @@ static void hostile_coordinator(void *ctx)
         size_t n;
         mb_status want;
     } bad[] = {
-        {{32}, 1, MB_STATUS_PROTOCOL},              /* header without body frame */
-        {{0}, 1, MB_STATUS_PROTOCOL},               /* one empty frame */
-        {{32, 16, 16}, 3, MB_STATUS_PROTOCOL},      /* an extra frame */
+        {{32}, 1, MB_STATUS_PROTOCOL},         /* header without body frame */
+        {{0}, 1, MB_STATUS_PROTOCOL},          /* one empty frame */
+        {{32, 16, 16}, 3, MB_STATUS_PROTOCOL}, /* an extra frame */
         {{32, 8, 8, 8}, 4, MB_STATUS_PROTOCOL},
-        {{16, 16}, 2, MB_STATUS_TRUNCATED},         /* short header frame */
-        {{0, 32}, 2, MB_STATUS_TRUNCATED},          /* empty header frame */
-        {{40, 8}, 2, MB_STATUS_PROTOCOL},           /* long header frame */
+        {{16, 16}, 2, MB_STATUS_TRUNCATED},            /* short header frame */
+        {{0, 32}, 2, MB_STATUS_TRUNCATED},             /* empty header frame */
+        {{40, 8}, 2, MB_STATUS_PROTOCOL},              /* long header frame */
         {{32, MAX_BYTES - 16}, 2, MB_STATUS_PROTOCOL}, /* message past max_message_bytes */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -86,7 +88,8 @@ static void hostile_coordinator(void *ctx)
     }
     /* 100 frames. */
     size_t many[100];
-    for (size_t i = 0; i < 100; i++) many[i] = 8;
+    for (size_t i = 0; i < 100; i++)
+        many[i] = 8;
     raw_send(d, NULL, 200, many, 100);
     CHECK_EQ(recv_status(&l, 5 * SEC, 0), MB_STATUS_PROTOCOL);
 

@@ -148,7 +148,8 @@ static void coordinator_killed(void)
         size_t bytes = 0;
         if (mb_transport_recv(&c, 5 * SEC, &msg, &bytes) != MB_STATUS_OK) _exit(2);
         if (write(ack[1], "k", 1) != 1) _exit(2);
-        for (;;) pause();
+        for (;;)
+            pause();
     }
     close(fds[0]);
     close(ack[1]);

@@ -12,7 +12,18 @@
 #define SEC 1000000000ll
 
 static const size_t sizes[] = {
-    32, 40, 64, 1000, 4096, 8224, 8232, 65536, 100000, (size_t)1 << 20, (size_t)8 << 20, ((size_t)8 << 20) + 8,
+    32,
+    40,
+    64,
+    1000,
+    4096,
+    8224,
+    8232,
+    65536,
+    100000,
+    (size_t)1 << 20,
+    (size_t)8 << 20,
+    ((size_t)8 << 20) + 8,
 };
 #define N_SIZES (sizeof sizes / sizeof sizes[0])
 
@@ -22,7 +33,8 @@ static unsigned roundtrip_burst(mb_transport *c, uint64_t *seq, size_t max_bytes
 {
     uint64_t first = *seq;
     size_t n = 0;
-    while (n < N_SIZES && sizes[n] <= max_bytes) n++;
+    while (n < N_SIZES && sizes[n] <= max_bytes)
+        n++;
     for (size_t i = 0; i < n; i++) {
         mb_status st = zt_send(c, sizes[i], (*seq)++, 5 * SEC);
         CHECK_MSG(st == MB_STATUS_OK, "send %zu bytes: %s", sizes[i], mb_status_name(st));
@@ -63,10 +75,16 @@ static void second_coordinator_ignored(const char *endpoint, mb_transport *c, ui
     mb_transport_destroy(&other);
 }
 
-static void run(const char *listen_endpoint)
+/* full: all sizes in three bursts and the second-coordinator check; else
+ * one burst up to 1 MiB (for IPv6, skipped where the host has none). */
+static void run(const char *listen_endpoint, int full)
 {
     mb_transport l = {0}, c = {0};
     mb_status st = mb_zmq_transport_listen(listen_endpoint, NULL, &l);
+    if (!full && st != MB_STATUS_OK) {
+        printf("%s: skipped, cannot listen (%s)\n", listen_endpoint, mb_status_name(st));
+        return;
+    }
     REQUIRE(st == MB_STATUS_OK);
     char endpoint[256];
     REQUIRE(mb_zmq_transport_endpoint(&l, endpoint, sizeof endpoint) == MB_STATUS_OK);
@@ -84,10 +102,11 @@ static void run(const char *listen_endpoint)
     int64_t t0 = zt_now_ns();
     /* The first burst carries the 8 MiB messages; the others reuse pooled
      * buffers of the smaller sizes. */
-    unsigned long sent = roundtrip_burst(&c, &seq, SIZE_MAX);
-    for (int round = 0; round < 2; round++) sent += roundtrip_burst(&c, &seq, (size_t)1 << 20);
+    unsigned long sent = roundtrip_burst(&c, &seq, full ? SIZE_MAX : (size_t)1 << 20);
+    for (int round = 0; full && round < 2; round++)
+        sent += roundtrip_burst(&c, &seq, (size_t)1 << 20);
     int64_t t1 = zt_now_ns();
-    second_coordinator_ignored(endpoint, &c, &seq);
+    if (full) second_coordinator_ignored(endpoint, &c, &seq);
     int64_t t2 = zt_now_ns();
 
     CHECK_EQ(zt_send(&c, 32, ZT_SEQ_STOP, 5 * SEC), MB_STATUS_OK);
@@ -98,10 +117,10 @@ static void run(const char *listen_endpoint)
     if (st == MB_STATUS_OK) mb_transport_recv_release(&c);
     pthread_join(th, NULL);
     CHECK_EQ(echo.last, MB_STATUS_OK);
-    CHECK_EQ(echo.n_echoed, sent + 2);
+    CHECK_EQ(echo.n_echoed, sent + (full ? 2 : 1));
     int64_t t3 = zt_now_ns();
-    printf("%s: %lu messages echoed; bursts %.1f ms, second coordinator %.1f ms, stop %.1f ms\n", endpoint,
-           echo.n_echoed, (t1 - t0) / 1e6, (t2 - t1) / 1e6, (t3 - t2) / 1e6);
+    printf("%s: %lu messages echoed; bursts %.1f ms, second coordinator %.1f ms, stop %.1f ms\n",
+           endpoint, echo.n_echoed, (t1 - t0) / 1e6, (t2 - t1) / 1e6, (t3 - t2) / 1e6);
 
     mb_transport_destroy(&c);
     mb_transport_destroy(&l);
@@ -112,9 +131,9 @@ int main(void)
     char dir[256], ep[320];
     zt_mkdtemp(dir, sizeof dir);
     snprintf(ep, sizeof ep, "ipc://%s/worker.sock", dir);
-    run(ep);
-    run("tcp://127.0.0.1:*");
-    run("tcp://[::1]:*");
+    run(ep, 1);
+    run("tcp://127.0.0.1:*", 1);
+    run("tcp://[::1]:*", 0);
     rmdir(dir);
     return mb_test_finish("zmq_roundtrip_test");
 }

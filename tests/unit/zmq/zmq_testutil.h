@@ -43,13 +43,15 @@ static inline void zt_fill(void *msg, size_t bytes, uint64_t seq)
     size_t i = 16;
     if (((uintptr_t)p & 7) == 0) {
         uint64_t *w = (uint64_t *)(void *)p;
-        for (; i + 8 <= bytes; i += 8) w[i / 8] = zt_word(seq, i);
+        for (; i + 8 <= bytes; i += 8)
+            w[i / 8] = zt_word(seq, i);
     }
     for (; i + 8 <= bytes; i += 8) {
         uint64_t w = zt_word(seq, i);
         memcpy(p + i, &w, 8);
     }
-    for (; i < bytes; i++) p[i] = (unsigned char)zt_word(seq, i);
+    for (; i < bytes; i++)
+        p[i] = (unsigned char)zt_word(seq, i);
 }
 
 /* 1 when msg[bytes] is exactly what zt_fill(bytes, seq) wrote. */
@@ -98,7 +100,7 @@ typedef struct {
     mb_transport *t;
     int64_t idle_timeout_ns; /* stop when nothing came for this long */
     unsigned long n_echoed;
-    mb_status last;          /* why it stopped: OK after STOP */
+    mb_status last; /* why it stopped: OK after STOP */
 } zt_echo;
 
 /* Echoes every message back (copying it into a fresh reservation) until a
@@ -118,7 +120,8 @@ static inline void *zt_echo_run(void *arg)
         }
         uint64_t seq = bytes >= 8 ? zt_seq(msg) : 0;
         if (seq == ZT_SEQ_HANG) {
-            for (;;) pause();
+            for (;;)
+                pause();
         }
         void *out = NULL;
         st = mb_transport_send_reserve(e->t, bytes, 5000000000ll, &out);

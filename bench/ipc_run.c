@@ -1,0 +1,294 @@
+/* Echo children and timing loops of bench/ipc_run.h. Each child is forked
+ * from a parent that holds no libzmq context of its own, opens its end after
+ * the fork, and leaves with _exit so it never runs the parent's cleanup. */
+#include "bench/ipc_run.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "shm/shm.h"
+
+#define MB_BENCH_ENDPOINT_BYTES 256
+
+const char *mb_bench_ipc_kind_name(mb_bench_ipc_kind kind)
+{
+    static const char *const names[MB_BENCH_IPC_KIND_COUNT_] = {
+        "spin_ring", "shm", "zmq_bare_ipc", "zmq_ipc", "zmq_bare_tcp", "zmq_tcp"};
+    return (unsigned)kind < MB_BENCH_IPC_KIND_COUNT_ ? names[kind] : "?";
+}
+
+static int mb_bench_ipc_is_bare(mb_bench_ipc_kind kind)
+{
+    return kind == MB_BENCH_IPC_ZMQ_BARE_IPC || kind == MB_BENCH_IPC_ZMQ_BARE_TCP;
+}
+
+static int mb_bench_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int mb_bench_read_all(int fd, void *buf, size_t n)
+{
+    char *p = buf;
+    while (n) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* The child's side of a ZeroMQ variant: listens, reports the bound
+ * endpoint through the pipe (empty on failure). */
+static mb_status mb_bench_child_zmq(mb_bench_ipc_kind kind, const char *endpoint, int report_fd,
+                                    mb_bench_chan *out)
+{
+    char bound[MB_BENCH_ENDPOINT_BYTES] = {0};
+    mb_status st;
+    if (mb_bench_ipc_is_bare(kind)) {
+        st = mb_bench_chan_zmq_listen(endpoint, out, bound, sizeof(bound));
+    } else {
+        mb_transport t;
+        st = mb_zmq_transport_listen(endpoint, NULL, &t);
+        if (st == MB_STATUS_OK) {
+            st = mb_zmq_transport_endpoint(&t, bound, sizeof(bound));
+            if (st != MB_STATUS_OK) mb_transport_destroy(&t);
+            else st = mb_bench_chan_from_transport(&t, out);
+        }
+    }
+    if (st != MB_STATUS_OK) memset(bound, 0, sizeof(bound));
+    if (mb_bench_write_all(report_fd, bound, sizeof(bound)) != 0 && st == MB_STATUS_OK) {
+        mb_bench_chan_destroy(out);
+        st = MB_STATUS_IO;
+    }
+    return st;
+}
+
+/* Runs in the forked child; never returns. */
+static void mb_bench_child_main(mb_bench_ipc_kind kind, int child_cpu, mb_bench_spin_chan *spin,
+                                int shm_fd, const char *endpoint, int report_fd)
+{
+    if (child_cpu >= 0) mb_bench_pin_to_cpu(child_cpu);
+    mb_bench_chan c = {0};
+    mb_status st;
+    if (kind == MB_BENCH_IPC_SPIN) {
+        st = mb_bench_chan_from_spin(spin, 1, &c);
+    } else if (kind == MB_BENCH_IPC_SHM) {
+        mb_transport t;
+        st = mb_shm_transport_attach(shm_fd, &t);
+        close(shm_fd);
+        if (st == MB_STATUS_OK) st = mb_bench_chan_from_transport(&t, &c);
+    } else {
+        st = mb_bench_child_zmq(kind, endpoint, report_fd, &c);
+    }
+    if (report_fd >= 0) close(report_fd);
+    if (st == MB_STATUS_OK) {
+        st = mb_bench_chan_serve_all(&c);
+        mb_bench_chan_destroy(&c);
+    }
+    if (st != MB_STATUS_OK)
+        fprintf(stderr, "bench_ipc: %s echo child: %s\n", mb_bench_ipc_kind_name(kind),
+                mb_status_str(st));
+    _exit(st == MB_STATUS_OK ? 0 : 1);
+}
+
+/* The parent's end for a ZeroMQ child: reads the endpoint it bound. */
+static mb_status mb_bench_parent_zmq(mb_bench_ipc_kind kind, int report_fd, mb_bench_chan *out)
+{
+    char bound[MB_BENCH_ENDPOINT_BYTES];
+    if (mb_bench_read_all(report_fd, bound, sizeof(bound)) != 0) return MB_STATUS_IO;
+    bound[sizeof(bound) - 1] = '\0';
+    if (!bound[0]) return MB_STATUS_IO;
+    if (mb_bench_ipc_is_bare(kind)) return mb_bench_chan_zmq_connect(bound, out);
+    mb_transport t;
+    mb_status st = mb_zmq_transport_connect(bound, NULL, &t);
+    if (st != MB_STATUS_OK) return st;
+    return mb_bench_chan_from_transport(&t, out);
+}
+
+mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, mb_bench_ipc_peer *out)
+{
+    mb_bench_ipc_peer p = {.kind = kind, .pid = -1, .park_when_idle = kind == MB_BENCH_IPC_SPIN};
+    mb_transport shm = {0};
+    int shm_fd = -1, pipe_fd[2] = {-1, -1};
+    char endpoint[MB_BENCH_ENDPOINT_BYTES] = "tcp://127.0.0.1:*";
+    mb_status st = MB_STATUS_OK;
+
+    if (kind == MB_BENCH_IPC_SPIN) {
+        st = mb_bench_spin_chan_create(MB_SHM_DEFAULT_SLOTS, MB_SHM_DEFAULT_RING_BYTES, &p.spin);
+    } else if (kind == MB_BENCH_IPC_SHM) {
+        st = mb_shm_transport_create(NULL, &shm, &shm_fd);
+    } else {
+        if (kind == MB_BENCH_IPC_ZMQ_BARE_IPC || kind == MB_BENCH_IPC_ZMQ_IPC)
+            snprintf(endpoint, sizeof(endpoint), "ipc:///tmp/mb-bench-ipc-%d-%d.sock",
+                     (int)getpid(), (int)kind);
+        if (pipe(pipe_fd) != 0) st = MB_STATUS_IO;
+    }
+    if (st != MB_STATUS_OK) goto fail;
+
+    fflush(NULL);
+    p.pid = fork();
+    if (p.pid < 0) {
+        st = MB_STATUS_IO;
+        goto fail;
+    }
+    if (p.pid == 0) {
+        if (pipe_fd[0] >= 0) close(pipe_fd[0]);
+        mb_bench_child_main(kind, child_cpu, p.spin, shm_fd, endpoint, pipe_fd[1]);
+    }
+
+    if (kind == MB_BENCH_IPC_SPIN) {
+        st = mb_bench_chan_from_spin(p.spin, 0, &p.chan);
+    } else if (kind == MB_BENCH_IPC_SHM) {
+        close(shm_fd);
+        shm_fd = -1;
+        st = mb_shm_transport_set_peer_pid(&shm, p.pid);
+        if (st == MB_STATUS_OK) st = mb_bench_chan_from_transport(&shm, &p.chan);
+    } else {
+        close(pipe_fd[1]);
+        pipe_fd[1] = -1;
+        st = mb_bench_parent_zmq(kind, pipe_fd[0], &p.chan);
+    }
+    if (st != MB_STATUS_OK) goto fail;
+    if (pipe_fd[0] >= 0) close(pipe_fd[0]);
+    *out = p;
+    return MB_STATUS_OK;
+
+fail:
+    mb_transport_destroy(&shm);
+    if (shm_fd >= 0) close(shm_fd);
+    for (int i = 0; i < 2; i++)
+        if (pipe_fd[i] >= 0) close(pipe_fd[i]);
+    if (p.pid > 0) {
+        kill(p.pid, SIGKILL);
+        waitpid(p.pid, NULL, 0);
+    }
+    mb_bench_spin_chan_destroy(p.spin);
+    return st;
+}
+
+mb_status mb_bench_ipc_peer_park(mb_bench_ipc_peer *p)
+{
+    if (!p->park_when_idle || p->parked) return MB_STATUS_OK;
+    if (kill(p->pid, SIGSTOP) != 0) return MB_STATUS_IO;
+    int status;
+    pid_t r;
+    while ((r = waitpid(p->pid, &status, WUNTRACED)) < 0 && errno == EINTR) {
+    }
+    if (r != p->pid || !WIFSTOPPED(status)) return MB_STATUS_IO;
+    p->parked = 1;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_bench_ipc_peer_unpark(mb_bench_ipc_peer *p)
+{
+    if (!p->parked) return MB_STATUS_OK;
+    if (kill(p->pid, SIGCONT) != 0) return MB_STATUS_IO;
+    p->parked = 0;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_bench_ipc_peer_stop(mb_bench_ipc_peer *p)
+{
+    mb_status st = mb_bench_ipc_peer_unpark(p);
+    static const unsigned char empty[MB_BENCH_ACK_BYTES] = {0};
+    mb_bench_msg_info info;
+    if (st == MB_STATUS_OK)
+        st = p->chan.ops->send(p->chan.impl, MB_OP_SHUTDOWN, p->tag++, MB_BENCH_ACK_BYTES, empty);
+    if (st == MB_STATUS_OK) st = p->chan.ops->recv(p->chan.impl, &info);
+    if (st != MB_STATUS_OK) kill(p->pid, SIGKILL);
+    int status = 0;
+    pid_t r;
+    while ((r = waitpid(p->pid, &status, 0)) < 0 && errno == EINTR) {
+    }
+    if (st == MB_STATUS_OK && (r != p->pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0))
+        st = MB_STATUS_PEER_DEAD;
+    mb_bench_chan_destroy(&p->chan);
+    mb_bench_spin_chan_destroy(p->spin);
+    p->spin = NULL;
+    p->pid = -1;
+    return st;
+}
+
+/* Receives the reply to tag and checks it is what was asked for. */
+static mb_status mb_bench_ipc_expect(mb_bench_ipc_peer *p, uint64_t tag, mb_proto_opcode op,
+                                     size_t bytes)
+{
+    mb_bench_msg_info info;
+    mb_status st = p->chan.ops->recv(p->chan.impl, &info);
+    if (st != MB_STATUS_OK) return st;
+    if (info.tag != tag || info.op != op || info.bytes != bytes) return MB_STATUS_PROTOCOL;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_bench_ipc_pingpong(mb_bench_ipc_peer *p, size_t bytes, const void *body,
+                                int64_t warm_ns, int64_t run_ns, mb_bench_samples *out)
+{
+    const mb_bench_chan_ops *ops = p->chan.ops;
+    int64_t start = mb_bench_now_ns(), measure_from = start + warm_ns;
+    for (;;) {
+        int64_t t0 = mb_bench_now_ns();
+        if (t0 - measure_from >= run_ns) return MB_STATUS_OK;
+        uint64_t tag = p->tag++;
+        mb_status st = ops->send(p->chan.impl, MB_OP_PING, tag, bytes, body);
+        if (st == MB_STATUS_OK) st = mb_bench_ipc_expect(p, tag, MB_OP_PONG, bytes);
+        int64_t t1 = mb_bench_now_ns();
+        if (st == MB_STATUS_OK && t0 >= measure_from) st = mb_bench_samples_add(out, t1 - t0);
+        if (st != MB_STATUS_OK) return st;
+    }
+}
+
+/* One stream of at least min_msgs messages lasting about run_ns. */
+static mb_status mb_bench_ipc_stream_once(mb_bench_ipc_peer *p, size_t bytes, const void *body,
+                                          unsigned window, uint64_t min_msgs, int64_t run_ns,
+                                          uint64_t *n_acked, int64_t *ns)
+{
+    const mb_bench_chan_ops *ops = p->chan.ops;
+    uint64_t sent = 0, acked = 0, first = p->tag;
+    int sending = 1;
+    int64_t t0 = mb_bench_now_ns();
+    for (;;) {
+        while (sending && sent - acked < window) {
+            mb_status st = ops->send(p->chan.impl, MB_OP_EXPERT_REQ, first + sent, bytes, body);
+            if (st != MB_STATUS_OK) return st;
+            sent++;
+        }
+        if (acked == sent) break;
+        mb_status st = mb_bench_ipc_expect(p, first + acked, MB_OP_STATUS, MB_BENCH_ACK_BYTES);
+        if (st != MB_STATUS_OK) return st;
+        acked++;
+        if (sending && sent >= min_msgs && mb_bench_now_ns() - t0 >= run_ns) sending = 0;
+    }
+    *ns = mb_bench_now_ns() - t0;
+    *n_acked = acked;
+    p->tag = first + sent;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_bench_ipc_stream(mb_bench_ipc_peer *p, size_t bytes, const void *body,
+                              unsigned window, uint64_t warm_msgs, int64_t warm_ns, int64_t run_ns,
+                              uint64_t *bytes_moved, int64_t *ns)
+{
+    uint64_t n = 0;
+    int64_t t = 0;
+    mb_status st = mb_bench_ipc_stream_once(p, bytes, body, window, warm_msgs, warm_ns, &n, &t);
+    if (st == MB_STATUS_OK) st = mb_bench_ipc_stream_once(p, bytes, body, window, 1, run_ns, &n, &t);
+    if (st != MB_STATUS_OK) return st;
+    *bytes_moved += n * bytes;
+    *ns += t;
+    return MB_STATUS_OK;
+}
