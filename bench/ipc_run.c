@@ -120,7 +120,8 @@ static mb_status mb_bench_parent_zmq(mb_bench_ipc_kind kind, int report_fd, mb_b
     return mb_bench_chan_from_transport(&t, out);
 }
 
-mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, mb_bench_ipc_peer *out)
+mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, int64_t shm_spin_ns,
+                                  mb_bench_ipc_peer *out)
 {
     mb_bench_ipc_peer p = {.kind = kind, .pid = -1, .park_when_idle = kind == MB_BENCH_IPC_SPIN};
     mb_transport shm = {0};
@@ -131,7 +132,8 @@ mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, mb_benc
     if (kind == MB_BENCH_IPC_SPIN) {
         st = mb_bench_spin_chan_create(MB_SHM_DEFAULT_SLOTS, MB_SHM_DEFAULT_RING_BYTES, &p.spin);
     } else if (kind == MB_BENCH_IPC_SHM) {
-        st = mb_shm_transport_create(NULL, &shm, &shm_fd);
+        mb_shm_options opt = {.spin_ns = shm_spin_ns};
+        st = mb_shm_transport_create(&opt, &shm, &shm_fd);
     } else {
         if (kind == MB_BENCH_IPC_ZMQ_BARE_IPC || kind == MB_BENCH_IPC_ZMQ_IPC)
             snprintf(endpoint, sizeof(endpoint), "ipc:///tmp/mb-bench-ipc-%d-%d.sock",
@@ -252,15 +254,17 @@ mb_status mb_bench_ipc_pingpong(mb_bench_ipc_peer *p, size_t bytes, const void *
     }
 }
 
-/* One stream of at least min_msgs messages lasting about run_ns. */
+/* One stream of at least min_msgs messages lasting about run_ns; batch
+ * (NULL during warm-up) gets the time between every batch_msgs-th ack. */
 static mb_status mb_bench_ipc_stream_once(mb_bench_ipc_peer *p, size_t bytes, const void *body,
                                           unsigned window, uint64_t min_msgs, int64_t run_ns,
+                                          uint64_t batch_msgs, mb_bench_samples *batch,
                                           uint64_t *n_acked, int64_t *ns)
 {
     const mb_bench_chan_ops *ops = p->chan.ops;
     uint64_t sent = 0, acked = 0, first = p->tag;
     int sending = 1;
-    int64_t t0 = mb_bench_now_ns();
+    int64_t t0 = mb_bench_now_ns(), t_batch = t0;
     for (;;) {
         while (sending && sent - acked < window) {
             mb_status st = ops->send(p->chan.impl, MB_OP_EXPERT_REQ, first + sent, bytes, body);
@@ -271,7 +275,14 @@ static mb_status mb_bench_ipc_stream_once(mb_bench_ipc_peer *p, size_t bytes, co
         mb_status st = mb_bench_ipc_expect(p, first + acked, MB_OP_STATUS, MB_BENCH_ACK_BYTES);
         if (st != MB_STATUS_OK) return st;
         acked++;
-        if (sending && sent >= min_msgs && mb_bench_now_ns() - t0 >= run_ns) sending = 0;
+        int64_t now = mb_bench_now_ns();
+        /* Batches while the window is full: the drain would read as slow. */
+        if (batch && sending && acked % batch_msgs == 0) {
+            st = mb_bench_samples_add(batch, now - t_batch);
+            if (st != MB_STATUS_OK) return st;
+            t_batch = now;
+        }
+        if (sending && sent >= min_msgs && now - t0 >= run_ns) sending = 0;
     }
     *ns = mb_bench_now_ns() - t0;
     *n_acked = acked;
@@ -281,14 +292,18 @@ static mb_status mb_bench_ipc_stream_once(mb_bench_ipc_peer *p, size_t bytes, co
 
 mb_status mb_bench_ipc_stream(mb_bench_ipc_peer *p, size_t bytes, const void *body,
                               unsigned window, uint64_t warm_msgs, int64_t warm_ns, int64_t run_ns,
-                              uint64_t *bytes_moved, int64_t *ns)
+                              mb_bench_stream_acc *acc)
 {
     uint64_t n = 0;
     int64_t t = 0;
-    mb_status st = mb_bench_ipc_stream_once(p, bytes, body, window, warm_msgs, warm_ns, &n, &t);
-    if (st == MB_STATUS_OK) st = mb_bench_ipc_stream_once(p, bytes, body, window, 1, run_ns, &n, &t);
+    if (acc->batch_msgs == 0) return MB_STATUS_INVALID_ARG;
+    mb_status st = mb_bench_ipc_stream_once(p, bytes, body, window, warm_msgs, warm_ns,
+                                            acc->batch_msgs, NULL, &n, &t);
+    if (st == MB_STATUS_OK)
+        st = mb_bench_ipc_stream_once(p, bytes, body, window, 1, run_ns, acc->batch_msgs,
+                                      &acc->batch, &n, &t);
     if (st != MB_STATUS_OK) return st;
-    *bytes_moved += n * bytes;
-    *ns += t;
+    acc->bytes += n * bytes;
+    acc->ns += t;
     return MB_STATUS_OK;
 }

@@ -38,9 +38,11 @@ typedef struct {
 } mb_bench_ipc_peer;
 
 /* Forks the echo child of kind, pinned to CPU child_cpu (-1: not pinned),
- * and connects to it. The child serves until SHUTDOWN. IO, NOMEM or the
+ * and connects to it. shm_spin_ns is the shm transport's spin_ns option (0:
+ * its default). The child serves until SHUTDOWN. IO, NOMEM or the
  * transport's status on failure (the child, if any, is reaped). */
-mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, mb_bench_ipc_peer *out);
+mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, int64_t shm_spin_ns,
+                                  mb_bench_ipc_peer *out);
 
 /* Stops (SIGSTOP, waited for) or resumes a child that busy-polls; no-op for
  * the others. Call park only when no request is outstanding. IO. */
@@ -58,13 +60,21 @@ mb_status mb_bench_ipc_peer_stop(mb_bench_ipc_peer *p);
 mb_status mb_bench_ipc_pingpong(mb_bench_ipc_peer *p, size_t bytes, const void *body,
                                 int64_t warm_ns, int64_t run_ns, mb_bench_samples *out);
 
+/* What streams measured, accumulated over calls. Zero-initialise. */
+typedef struct {
+    uint64_t bytes;          /* acknowledged */
+    int64_t ns;              /* taken, drains included */
+    uint64_t batch_msgs;     /* messages per batch sample */
+    mb_bench_samples batch;  /* time between every batch_msgs-th ack */
+} mb_bench_stream_acc;
+
 /* One-way stream: EXPERT_REQ messages of bytes with up to window
  * unacknowledged, each acked by a 64-byte STATUS. Warm-up for warm_ns and
  * at least warm_msgs messages (so every page of a ring is touched), then
- * sends for run_ns and drains; adds the bytes acknowledged and the time
- * taken to *bytes_moved and *ns. Errors as for pingpong. */
+ * sends for run_ns and drains, adding to *acc (acc->batch_msgs, nonzero,
+ * set by the caller). Errors as for pingpong. */
 mb_status mb_bench_ipc_stream(mb_bench_ipc_peer *p, size_t bytes, const void *body,
                               unsigned window, uint64_t warm_msgs, int64_t warm_ns, int64_t run_ns,
-                              uint64_t *bytes_moved, int64_t *ns);
+                              mb_bench_stream_acc *acc);
 
 #endif

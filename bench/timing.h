@@ -41,9 +41,9 @@ int mb_bench_cpu_nth(int index);
  * refused (the process then runs where it did). */
 int mb_bench_pin_to_cpu(int cpu);
 
-/* Single-thread memcpy bandwidth in GB/s (1e9 bytes per second, bytes read
- * once and written once count as bytes) copying bytes between two warm
- * buffers for about duration_ns. NOMEM. */
+/* Single-thread memcpy bandwidth in GB/s (1e9 bytes copied per second)
+ * between two warm buffers of bytes, from the median of short batches over
+ * about duration_ns, so preemptions do not count. NOMEM. */
 mb_status mb_bench_memcpy_gbps(size_t bytes, int64_t duration_ns, double *gbps);
 
 #endif

@@ -18,10 +18,10 @@
 
 /* One layer's routed-expert work, valid only during the callback. */
 typedef struct {
-    uint32_t layer;            /* 0..n_layers-1 */
-    uint32_t n_tokens;         /* rows in this chunk, >= 1 */
-    uint32_t top_k;            /* experts per token */
-    int decode;                /* 1 when the step is a single token */
+    uint32_t layer;    /* 0..n_layers-1 */
+    uint32_t n_tokens; /* rows in this chunk: 1..the chunk size (<= MB_FORWARD_CHUNK_DEFAULT) */
+    uint32_t top_k;    /* experts per token */
+    int decode;        /* 1 when the step is a single token */
     const int32_t *expert_ids; /* [n_tokens][top_k], each in [0, n_experts) */
     const float *gate;         /* [n_tokens][top_k] routing weights */
     const float *x;            /* [n_tokens][d_model] post-attention-norm input */
@@ -39,9 +39,12 @@ typedef struct mb_forward mb_forward;
  * checks every non-expert tensor's presence, dtype and shape against
  * m->cfg, and allocates the KV cache, RoPE tables and all scratch now, so
  * steps allocate nothing. m, pool (may be NULL: single-threaded) and
- * moe_ctx are borrowed and must outlive the result. Errors: INVALID_ARG
- * (NULL m or moe_fn, max_ctx 0), BAD_SHAPE / BAD_DTYPE / CONFIG (the model
- * does not fit its config), OVERFLOW, NOMEM. */
+ * moe_ctx are borrowed and must outlive the result. Memory: the f32 KV
+ * cache, 2 * n_layers * n_kv_heads * head_dim * max_ctx floats, dominates.
+ * Errors: INVALID_ARG (NULL m or moe_fn, max_ctx 0), UNSUPPORTED (an
+ * architecture this pass does not know), BAD_SHAPE / BAD_DTYPE / CONFIG (the
+ * model does not fit its config, or a required tensor is missing),
+ * OVERFLOW, NOMEM. */
 mb_status mb_forward_create(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool *pool,
                             mb_moe_fn moe_fn, void *moe_ctx, mb_forward **out);
 

@@ -77,7 +77,8 @@ mb_status mb_transport_send_copy(mb_transport *t, const void *msg, size_t len, i
  * messages queued) up to the timeout given to send_reserve, or
  * send_timeout_ms when that was < 0; it returns TIMEOUT or PEER_DEAD then,
  * and the reservation is gone either way. Each transport has its own libzmq
- * context, so a forked child may open its own. */
+ * context, so a forked child may open its own (but must not use or destroy
+ * its parent's). */
 
 typedef struct {
     size_t max_message_bytes; /* ZMQ_MAXMSGSIZE; 0: 1 GiB */

@@ -59,8 +59,15 @@ static void ipc_file_and_fds(void)
     }
     CHECK_EQ(zt_count_fds(), fds_before);
 
-    /* tcp too, and a listener nobody ever talked to. */
-    mb_transport l = {0};
+    /* An abstract-namespace name (no file), tcp, and a listener nobody ever
+     * talked to. */
+    mb_transport l = {0}, c = {0};
+    snprintf(ep, sizeof ep, "ipc://@mb-zmq-lifecycle-%d", (int)getpid());
+    REQUIRE(mb_zmq_transport_listen(ep, NULL, &l) == MB_STATUS_OK);
+    REQUIRE(mb_zmq_transport_connect(ep, NULL, &c) == MB_STATUS_OK);
+    one_roundtrip(&l, &c, 64);
+    mb_transport_destroy(&c);
+    mb_transport_destroy(&l);
     REQUIRE(mb_zmq_transport_listen("tcp://127.0.0.1:*", NULL, &l) == MB_STATUS_OK);
     mb_transport_destroy(&l);
     CHECK_EQ(zt_count_fds(), fds_before);

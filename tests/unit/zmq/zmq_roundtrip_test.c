@@ -12,18 +12,7 @@
 #define SEC 1000000000ll
 
 static const size_t sizes[] = {
-    32,
-    40,
-    64,
-    1000,
-    4096,
-    8224,
-    8232,
-    65536,
-    100000,
-    (size_t)1 << 20,
-    (size_t)8 << 20,
-    ((size_t)8 << 20) + 8,
+    32, 40, 64, 1000, 4096, 8224, 8232, 65536, 100000, (size_t)1 << 20, (size_t)8 << 20,
 };
 #define N_SIZES (sizeof sizes / sizeof sizes[0])
 
@@ -62,7 +51,7 @@ static void second_coordinator_ignored(const char *endpoint, mb_transport *c, ui
     CHECK_EQ(zt_send(&other, 64, 777, 2 * SEC), MB_STATUS_OK);
     const void *msg = NULL;
     size_t bytes = 0;
-    CHECK_EQ(mb_transport_recv(&other, 300000000ll, &msg, &bytes), MB_STATUS_TIMEOUT);
+    CHECK_EQ(mb_transport_recv(&other, 200000000ll, &msg, &bytes), MB_STATUS_TIMEOUT);
 
     CHECK_EQ(zt_send(c, 128, *seq, 2 * SEC), MB_STATUS_OK);
     mb_status st = mb_transport_recv(c, 5 * SEC, &msg, &bytes);

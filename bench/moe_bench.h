@@ -1,0 +1,40 @@
+/* Helpers the MoE benchmarks (bench_dispatch, bench_e2e) share: finding
+ * moe-worker, argument parsing, emitting JSON, memory and CPU plumbing for
+ * making one worker slow. Nothing here knows what is being measured. */
+#ifndef MB_BENCH_MOE_BENCH_H
+#define MB_BENCH_MOE_BENCH_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Sets MB_WORKER_BIN to <this executable's folder>/../bin/moe-worker (where
+ * the build puts it) unless the variable is set or that file is missing. */
+void mb_bench_find_worker(void);
+
+/* Parses a decimal in [lo, hi] into *out. Returns 0, or -1 (out untouched). */
+int mb_bench_parse_u32(const char *text, uint32_t lo, uint32_t hi, uint32_t *out);
+
+/* Parses a comma-separated list of names[0..n): on[i] = 1 for each named,
+ * 0 otherwise. Returns -1 on an unknown name or a list over 255 chars. */
+int mb_bench_parse_list(const char *text, const char *const *names, int n, int *on);
+
+/* Prints text to stdout and, when path is not NULL, writes it to path.
+ * Returns 0, or -1 with a message on stderr naming prog and path. */
+int mb_bench_emit_json(const char *text, const char *path, const char *prog);
+
+/* MemAvailable from /proc/meminfo in bytes, 0 when unknown. */
+uint64_t mb_bench_mem_available(void);
+
+/* The first and last CPU this process may run on. */
+void mb_bench_cpu_range(int *first, int *last);
+
+/* Pins every thread of process pid to cpu. Returns 0 when all were pinned. */
+int mb_bench_pin_process(pid_t pid, int cpu);
+
+/* Forks a process that spins on cpu until killed (and dies with its
+ * parent): the load that makes a process sharing that core slow. Returns
+ * its pid, or 0 when fork failed. Stop it with mb_bench_hog_stop. */
+pid_t mb_bench_hog_start(int cpu);
+void mb_bench_hog_stop(pid_t pid);
+
+#endif
