@@ -26,6 +26,12 @@ typedef struct {
 
 struct mb_worker {
     const mb_worker_config *cfg;
+    /* Private copies of a request's pair arrays: the request itself sits in
+     * memory the peer can still write, and the backend reads these arrays
+     * more than once. */
+    uint16_t *counts;
+    mb_proto_pair *pairs;
+    size_t counts_cap, pairs_cap;
     mb_backend_caps caps;
     mb_proto_limits limits;
     mb_worker_file files[MB_WORKER_MAX_FILES];
@@ -156,11 +162,40 @@ static mb_status mb_worker_load(mb_worker *w, const void *msg, size_t len)
     return mb_backend_load_expert(w->cfg->backend, &ew);
 }
 
+/* Copies the pair arrays out of the (shared, peer-writable) message and
+ * validates the copies, so what the backend reads cannot change under it. */
+static mb_status mb_worker_snapshot_pairs(mb_worker *w, mb_proto_expert_req *req)
+{
+    if (req->n_tokens > w->counts_cap) {
+        uint16_t *c = realloc(w->counts, (size_t)req->n_tokens * sizeof *c);
+        if (!c) return MB_STATUS_NOMEM;
+        w->counts = c;
+        w->counts_cap = req->n_tokens;
+    }
+    if (req->n_pairs > w->pairs_cap) {
+        mb_proto_pair *p = realloc(w->pairs, (size_t)req->n_pairs * sizeof *p);
+        if (!p) return MB_STATUS_NOMEM;
+        w->pairs = p;
+        w->pairs_cap = req->n_pairs;
+    }
+    memcpy(w->counts, req->pair_counts, (size_t)req->n_tokens * sizeof *w->counts);
+    memcpy(w->pairs, req->pairs, (size_t)req->n_pairs * sizeof *w->pairs);
+    uint64_t sum = 0;
+    for (uint32_t t = 0; t < req->n_tokens; t++) sum += w->counts[t];
+    if (sum != req->n_pairs) return MB_STATUS_PAIR_COUNT;
+    for (uint32_t i = 0; i < req->n_pairs; i++)
+        if (w->pairs[i].slot >= w->limits.max_slots) return MB_STATUS_SLOT_RANGE;
+    req->pair_counts = w->counts;
+    req->pairs = w->pairs;
+    return MB_STATUS_OK;
+}
+
 static mb_status mb_worker_on_expert_req(mb_worker *w, const void *msg, size_t len, uint64_t tag)
 {
     uint64_t t0 = mb_worker_now_ns();
     mb_proto_expert_req req;
     mb_status st = mb_proto_decode_expert_req(msg, len, &w->limits, &req);
+    if (st == MB_STATUS_OK) st = mb_worker_snapshot_pairs(w, &req);
     if (st != MB_STATUS_OK) return mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
     size_t bytes = 0;
     st = mb_proto_expert_reply_size(req.n_tokens, req.d_model, req.dtype, &bytes);
@@ -232,6 +267,8 @@ mb_status mb_worker_create(const mb_worker_config *cfg, mb_worker **out)
 void mb_worker_destroy(mb_worker *w)
 {
     if (!w) return;
+    free(w->counts);
+    free(w->pairs);
     for (unsigned i = 0; i < w->n_files; i++) {
         munmap((void *)w->files[i].map, w->files[i].bytes);
         free(w->files[i].path);

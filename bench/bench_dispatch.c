@@ -30,7 +30,7 @@
 typedef enum { BD_SLOW_HOG = 0, BD_SLOW_THREADS = 1 } bd_slow_kind;
 
 typedef struct {
-    uint32_t layers, prefill_tokens, decode_steps, chunk, batch_capacity, stream_slice;
+    uint32_t layers, prefill_tokens, decode_steps, chunk, batch_capacity, stream_slice, repeat;
     double budget_s;     /* prefill measured this long at most, then extrapolated */
     double skew;         /* expert popularity skew (0: uniform) */
     uint64_t seed;
@@ -41,15 +41,6 @@ typedef struct {
     bd_slow_kind slow_kind;
     const char *json_path;
 } bd_args;
-
-/* Routing and activations for every token of the run: prefill tokens, then
- * one token per decode step. */
-typedef struct {
-    uint32_t n_total, top_k, d_model;
-    int32_t *ids; /* [layers][n_total][top_k] */
-    float *gate;  /* [layers][n_total][top_k] */
-    float *x;     /* [n_total][d_model] */
-} bd_routing;
 
 /* The backends of one scenario. */
 typedef struct {
@@ -68,7 +59,8 @@ typedef struct {
 typedef struct {
     mb_ipc_mode mode;
     uint32_t prefill_measured;  /* tokens actually run */
-    double prefill_s_measured;
+    double prefill_s_measured;  /* sum over chunks of each chunk's fastest repeat */
+    double prefill_s_first;     /* the first repeat */
     double scale;               /* prefill_tokens / prefill_measured */
     double decode_s;
     double decode_median_ms;    /* per step; robust to other load on the machine */
@@ -76,82 +68,6 @@ typedef struct {
     uint32_t slice_pre[BD_MAX_LINKS], slice_dec[BD_MAX_LINKS];
     double max_diff;            /* vs the first mode of the scenario, -1: not compared */
 } bd_result;
-
-static uint64_t bd_rand(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double bd_uniform(uint64_t *s)
-{
-    return ((double)(bd_rand(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-static double bd_normal(uint64_t *s)
-{
-    return sqrt(-2.0 * log(bd_uniform(s))) * cos(6.283185307179586 * bd_uniform(s));
-}
-
-/* Router-like routing: logits ~ N(0,1) plus a per-expert popularity bias
- * -skew * log(rank + 1) (ranks a random permutation per layer), top_k
- * distinct experts by logit, gates the softmax over those k. */
-static mb_status bd_routing_make(const bd_args *a, const mb_model_config *c, bd_routing *r)
-{
-    memset(r, 0, sizeof *r);
-    r->n_total = a->prefill_tokens + a->decode_steps;
-    r->top_k = c->top_k;
-    r->d_model = c->d_model;
-    size_t pairs = (size_t)a->layers * r->n_total * c->top_k;
-    r->ids = malloc(pairs * sizeof *r->ids);
-    r->gate = malloc(pairs * sizeof *r->gate);
-    r->x = malloc((size_t)r->n_total * c->d_model * sizeof *r->x);
-    double *bias = malloc(c->n_experts * sizeof *bias), *logit = malloc(c->n_experts * sizeof *logit);
-    if (!r->ids || !r->gate || !r->x || !bias || !logit) {
-        free(bias);
-        free(logit);
-        return MB_STATUS_NOMEM;
-    }
-    uint64_t s = a->seed;
-    for (uint32_t l = 0; l < a->layers; l++) {
-        for (uint32_t e = 0; e < c->n_experts; e++) bias[e] = -a->skew * log((double)e + 1.0);
-        for (uint32_t e = c->n_experts - 1; e > 0; e--) { /* shuffle which expert is popular */
-            uint32_t j = (uint32_t)(bd_rand(&s) % (e + 1));
-            double t = bias[e];
-            bias[e] = bias[j];
-            bias[j] = t;
-        }
-        for (uint32_t t = 0; t < r->n_total; t++) {
-            for (uint32_t e = 0; e < c->n_experts; e++) logit[e] = bias[e] + bd_normal(&s);
-            size_t at = ((size_t)l * r->n_total + t) * c->top_k;
-            double sum = 0, top = 0;
-            for (uint32_t k = 0; k < c->top_k; k++) {
-                uint32_t best = 0;
-                for (uint32_t e = 1; e < c->n_experts; e++)
-                    if (logit[e] > logit[best]) best = e;
-                if (k == 0) top = logit[best];
-                r->ids[at + k] = (int32_t)best;
-                r->gate[at + k] = (float)exp(logit[best] - top);
-                sum += r->gate[at + k];
-                logit[best] = -INFINITY;
-            }
-            for (uint32_t k = 0; k < c->top_k; k++) r->gate[at + k] = (float)(r->gate[at + k] / sum);
-        }
-    }
-    for (size_t i = 0; i < (size_t)r->n_total * c->d_model; i++) r->x[i] = (float)(2.0 * bd_uniform(&s) - 1.0);
-    free(bias);
-    free(logit);
-    return MB_STATUS_OK;
-}
-
-static void bd_routing_free(bd_routing *r)
-{
-    free(r->ids);
-    free(r->gate);
-    free(r->x);
-}
 
 /* ---- backends ---- */
 
@@ -202,13 +118,14 @@ typedef struct {
     mb_stats *stats;
     mb_dispatch *d;
     float *out;               /* [chunk][d_model] */
-    int stopped;              /* prefill past the budget */
-    uint64_t pre_ns;
+    uint32_t n_chunks;        /* prefill chunks it runs: fewer once past the budget */
+    uint64_t pre_ns;          /* first repeat */
+    uint64_t *chunk_ns;       /* [chunks] fastest repeat of each chunk */
     mb_bench_samples steps;   /* decode step times */
 } bd_lane;
 
 /* Runs every layer for tokens [tok, tok + n) through one lane. */
-static mb_status bd_lane_step(bd_lane *ln, const bd_routing *r, uint32_t layers, uint32_t tok, uint32_t n)
+static mb_status bd_lane_step(bd_lane *ln, const mb_bench_routing *r, uint32_t layers, uint32_t tok, uint32_t n)
 {
     mb_status st = MB_STATUS_OK;
     for (uint32_t l = 0; l < layers && st == MB_STATUS_OK; l++) {
@@ -225,7 +142,7 @@ static mb_status bd_lane_step(bd_lane *ln, const bd_routing *r, uint32_t layers,
  * load from other users of the machine falls on every mode alike. A mode
  * whose prefill time passes the budget stops there; its figures are then
  * extrapolated. modes[0] is the reference the others' sums are compared to. */
-static mb_status bd_run_modes(const bd_args *a, bd_setup *s, const bd_routing *r, const mb_ipc_mode *modes,
+static mb_status bd_run_modes(const bd_args *a, bd_setup *s, const mb_bench_routing *r, const mb_ipc_mode *modes,
                               uint32_t n_modes, bd_result *res, char *err, size_t err_cap)
 {
     bd_lane lanes[BD_MODES];
@@ -252,24 +169,41 @@ static mb_status bd_run_modes(const bd_args *a, bd_setup *s, const bd_routing *r
         goto done;
     }
     /* Prefill: chunk-major like the forward pass (every layer of a chunk,
-     * then the next chunk). */
-    uint32_t chunk_i = 0, n = 0;
-    for (uint32_t tok = 0; tok < a->prefill_tokens; tok += n, chunk_i++) {
-        n = a->prefill_tokens - tok < a->chunk ? a->prefill_tokens - tok : a->chunk;
-        for (uint32_t k = 0; k < n_modes; k++) {
-            j = (k + chunk_i) % n_modes;
-            if (lanes[j].stopped) continue;
-            uint64_t t0 = mb_now_ns();
-            if ((st = bd_lane_step(&lanes[j], r, a->layers, tok, n)) != MB_STATUS_OK) goto fail;
-            lanes[j].pre_ns += mb_now_ns() - t0;
-            res[j].prefill_measured = tok + n;
-            if (a->budget_s > 0 && (double)lanes[j].pre_ns * 1e-9 > a->budget_s) lanes[j].stopped = 1;
+     * then the next chunk). The first repeat fixes how many chunks each mode
+     * runs (the budget); statistics are those of the last repeat. */
+    const uint32_t n_chunks = (a->prefill_tokens + a->chunk - 1) / a->chunk;
+    for (j = 0; j < n_modes; j++) {
+        lanes[j].n_chunks = n_chunks;
+        lanes[j].chunk_ns = calloc(n_chunks, sizeof *lanes[j].chunk_ns);
+        if (!lanes[j].chunk_ns) {
+            st = MB_STATUS_NOMEM;
+            goto fail;
+        }
+    }
+    uint32_t n = 0;
+    for (uint32_t rep = 0; rep < a->repeat; rep++) {
+        for (j = 0; j < n_modes && rep > 0; j++) mb_stats_reset(lanes[j].stats);
+        for (uint32_t c = 0; c < n_chunks; c++) {
+            uint32_t tok = c * a->chunk;
+            n = a->prefill_tokens - tok < a->chunk ? a->prefill_tokens - tok : a->chunk;
+            for (uint32_t k = 0; k < n_modes; k++) {
+                j = (k + c + rep) % n_modes;
+                if (c >= lanes[j].n_chunks) continue;
+                uint64_t t0 = mb_now_ns();
+                if ((st = bd_lane_step(&lanes[j], r, a->layers, tok, n)) != MB_STATUS_OK) goto fail;
+                uint64_t dt = mb_now_ns() - t0;
+                if (rep == 0 || dt < lanes[j].chunk_ns[c]) lanes[j].chunk_ns[c] = dt;
+                if (rep > 0) continue;
+                lanes[j].pre_ns += dt;
+                res[j].prefill_measured = tok + n;
+                if (a->budget_s > 0 && (double)lanes[j].pre_ns * 1e-9 > a->budget_s) lanes[j].n_chunks = c + 1;
+            }
         }
     }
     /* The last chunk's sums (last layer): equal across modes up to the order
      * a worker adds its experts in? */
     for (j = 0; j < n_modes; j++) {
-        if (res[j].prefill_measured != a->prefill_tokens || res[0].prefill_measured != a->prefill_tokens) continue;
+        if (lanes[j].n_chunks != n_chunks || lanes[0].n_chunks != n_chunks) continue;
         double md = 0;
         for (size_t i = 0; i < (size_t)n * D; i++) md = fmax(md, fabs((double)lanes[j].out[i] - lanes[0].out[i]));
         res[j].max_diff = md;
@@ -286,7 +220,8 @@ static mb_status bd_run_modes(const bd_args *a, bd_setup *s, const bd_routing *r
     }
     for (j = 0; j < n_modes; j++) {
         bd_result *o = &res[j];
-        o->prefill_s_measured = (double)lanes[j].pre_ns * 1e-9;
+        o->prefill_s_first = (double)lanes[j].pre_ns * 1e-9;
+        for (uint32_t c = 0; c < lanes[j].n_chunks; c++) o->prefill_s_measured += (double)lanes[j].chunk_ns[c] * 1e-9;
         o->scale = o->prefill_measured ? (double)a->prefill_tokens / o->prefill_measured : 0;
         o->decode_median_ms = (double)mb_bench_samples_quantile(&lanes[j].steps, 0.5) * 1e-6;
         for (uint32_t i = 0; i < s->n_links; i++) {
@@ -306,6 +241,7 @@ done:
         mb_stats_destroy(lanes[j].stats);
         free(lanes[j].out);
         mb_bench_samples_fini(&lanes[j].steps);
+        free(lanes[j].chunk_ns);
     }
     return st;
 }
@@ -421,6 +357,7 @@ static cJSON *bd_result_json(const bd_args *a, const bd_setup *s, const bd_resul
     cJSON_AddNumberToObject(o, "prefill_tokens_measured", r->prefill_measured);
     cJSON_AddBoolToObject(o, "prefill_extrapolated", r->scale > 1.0001);
     cJSON_AddNumberToObject(o, "prefill_s_measured", r->prefill_s_measured);
+    cJSON_AddNumberToObject(o, "prefill_s_first_repeat_measured", r->prefill_s_first);
     cJSON_AddNumberToObject(o, "prefill_s", bd_prefill_s(r));
     cJSON_AddNumberToObject(o, "prefill_calls", bd_calls(r, 0, s->n_links));
     cJSON_AddNumberToObject(o, "decode_steps", a->decode_steps);
@@ -439,16 +376,17 @@ static void bd_usage(FILE *f)
             "usage: bench_dispatch [--layers N] [--prefill-tokens N] [--decode-steps N] [--chunk N]\n"
             "       [--batch-capacity N] [--stream-slice N] [--payload f32|f16|bf16] [--skew S] [--seed S]\n"
             "       [--budget SECONDS] [--modes stream,batched,auto] [--scenarios even,split,slow,inproc]\n"
-            "       [--slow hog|threads] [--quick] [--json FILE]\n"
+            "       [--slow hog|threads] [--repeat R] [--quick] [--json FILE]\n"
             "defaults: 1 layer, 4248 prefill tokens in chunks of 512, 128 decode steps, f32 payload,\n"
             "budget 180 s per mode's prefill (past it the rest is extrapolated, marked *), all modes\n"
-            "and scenarios. --quick: 512 prefill tokens, 16 decode steps, budget 30 s.\n");
+            "and scenarios; --repeat R runs the prefill R times, each chunk's fastest counting (the budget\n"
+            "applies to the first). --quick: 512 prefill tokens, 16 decode steps, budget 30 s.\n");
 }
 
 static int bd_parse_args(int argc, char **argv, bd_args *a)
 {
     *a = (bd_args){.layers = 1, .prefill_tokens = 4248, .decode_steps = 128, .chunk = 512, .batch_capacity = 1024,
-                   .stream_slice = 4, .budget_s = 180, .seed = 42, .payload = MB_DTYPE_F32,
+                   .stream_slice = 4, .repeat = 1, .budget_s = 180, .seed = 42, .payload = MB_DTYPE_F32,
                    .mode_on = {1, 1, 1}, .even = 1, .split = 1, .slow = 1, .inproc = 1};
     int given_pre = 0, given_dec = 0, given_budget = 0;
     for (int i = 1; i < argc; i++) {
@@ -466,6 +404,7 @@ static int bd_parse_args(int argc, char **argv, bd_args *a)
         else if (strcmp(k, "--layers") == 0) ok = !mb_bench_parse_u32(v, 1, 64, &a->layers);
         else if (strcmp(k, "--prefill-tokens") == 0) ok = !mb_bench_parse_u32(v, 1, 1 << 20, &a->prefill_tokens), given_pre = 1;
         else if (strcmp(k, "--decode-steps") == 0) ok = !mb_bench_parse_u32(v, 0, 1 << 20, &a->decode_steps), given_dec = 1;
+        else if (strcmp(k, "--repeat") == 0) ok = !mb_bench_parse_u32(v, 1, 100, &a->repeat);
         else if (strcmp(k, "--chunk") == 0) ok = !mb_bench_parse_u32(v, 1, 65536, &a->chunk);
         else if (strcmp(k, "--batch-capacity") == 0) ok = !mb_bench_parse_u32(v, 1, 4096, &a->batch_capacity);
         else if (strcmp(k, "--stream-slice") == 0) ok = !mb_bench_parse_u32(v, 1, 4096, &a->stream_slice);
@@ -511,7 +450,7 @@ typedef struct {
 
 /* Runs the enabled modes on an opened setup, interleaved, batched first
  * (the reference for the comparison of sums). */
-static int bd_run_scenario(const bd_args *a, bd_scenario *sc, const bd_routing *r, int only_batched, cJSON *runs)
+static int bd_run_scenario(const bd_args *a, bd_scenario *sc, const mb_bench_routing *r, int only_batched, cJSON *runs)
 {
     static const mb_ipc_mode order[] = {MB_IPC_MODE_BATCHED, MB_IPC_MODE_STREAM, MB_IPC_MODE_AUTO};
     mb_ipc_mode modes[BD_MODES];
@@ -617,10 +556,10 @@ int main(int argc, char **argv)
     mb_bench_ceilings ceil;
     mb_bench_ceilings_measure(2, a.quick, &ceil);
     fprintf(stderr, "[%6.1f s] ceilings measured\n", (double)mb_bench_now_ns() * 1e-9 - bd_t0);
-    bd_routing r;
+    mb_bench_routing r;
     mb_model *model = NULL;
     char err[512];
-    if (bd_routing_make(&a, &cfg, &r) != MB_STATUS_OK ||
+    if (mb_bench_routing_make(&r, a.layers, a.prefill_tokens + a.decode_steps, cfg.n_experts, cfg.top_k, cfg.d_model, a.skew, a.seed) != MB_STATUS_OK ||
         mb_synthetic_create(&cfg, a.seed, 0, &model, err, sizeof err) != MB_STATUS_OK) {
         fprintf(stderr, "bench_dispatch: cannot build the model or routing\n");
         return 1;
@@ -641,6 +580,7 @@ int main(int argc, char **argv)
     cJSON_AddStringToObject(conf, "payload", mb_dtype_name(a.payload));
     cJSON_AddNumberToObject(conf, "skew", a.skew);
     cJSON_AddNumberToObject(conf, "budget_s", a.budget_s);
+    cJSON_AddNumberToObject(conf, "repeat", a.repeat);
     cJSON_AddNumberToObject(conf, "seed", (double)a.seed);
     cJSON_AddStringToObject(conf, "slow", a.slow_kind == BD_SLOW_HOG ? "hog" : "threads");
     cJSON *cj = cJSON_AddObjectToObject(root, "ceilings");
@@ -705,10 +645,11 @@ int main(int argc, char **argv)
         bd_setup_close(s);
     }
     printf("\n* extrapolated linearly from the measured prefix (in brackets) past the %.0f s budget.\n"
+           "prefill s: sum over chunks of each chunk's fastest of %u repeat(s).\n"
            "compute s: prefill expert compute the workers report; med/mean ms: decode step time (all layers);\n"
            "modes run interleaved chunk by chunk and step by step on the same workers; auto c: slice auto would pick now for a %u-token chunk;\n"
            "max|d|: largest difference of the last prefill chunk's sums from the scenario's batched run\n"
-           "(expert sums are added in a different order when slices differ).\n", a.budget_s, a.chunk);
+           "(expert sums are added in a different order when slices differ).\n", a.budget_s, a.repeat, a.chunk);
     for (int k = 0; k < 4; k++)
         if (sc[k].setup.name) printf("%-7s %s\n", sc[k].setup.name, sc[k].setup.note);
 
@@ -749,7 +690,7 @@ int main(int argc, char **argv)
     if (!text || mb_bench_emit_json(text, a.json_path, "bench_dispatch") != 0) rc = 1;
     free(text);
     cJSON_Delete(root);
-    bd_routing_free(&r);
+    mb_bench_routing_free(&r);
     mb_synthetic_destroy(model);
     return rc;
 }

@@ -192,6 +192,12 @@ static double mb_bench_ratio(double a, double b)
     return b > 0 ? a / b : 0;
 }
 
+/* "ok" within the goal, "MISS" beyond it, "n/a" when a side has no figure. */
+static const char *mb_bench_verdict(double ratio, double goal)
+{
+    return ratio <= 0 ? "n/a" : ratio <= goal ? "ok" : "MISS";
+}
+
 static void mb_bench_size_name(size_t bytes, char *buf, size_t cap)
 {
     if (bytes >= (1u << 20)) snprintf(buf, cap, "%zu MiB", bytes >> 20);
@@ -215,10 +221,15 @@ static void mb_bench_print_table(const mb_bench_result *res, size_t n)
                "%7.3f %7.3f\n",
                mb_bench_ipc_kind_name(r->pair->transport),
                mb_bench_ipc_kind_name(r->pair->baseline), size, r->tr.p50_us, r->base.p50_us,
-               lat, lat > 0 && lat <= r->pair->goal ? "ok" : "MISS", r->tr.p99_us, r->base.p99_us,
-               r->tr.gbps, r->base.gbps, tput, tput > 0 && tput <= r->pair->goal ? "ok" : "MISS",
+               lat, mb_bench_verdict(lat, r->pair->goal), r->tr.p99_us, r->base.p99_us,
+               r->tr.gbps, r->base.gbps, tput, mb_bench_verdict(tput, r->pair->goal),
                r->tr.gbps_mean, r->base.gbps_mean);
     }
+}
+
+static const char *mb_bench_json_verdict(double ratio, double goal)
+{
+    return ratio <= 0 ? "null" : ratio <= goal ? "true" : "false";
 }
 
 static void mb_bench_json_figures(FILE *f, const char *key, const mb_bench_figures *x)
@@ -252,8 +263,8 @@ static void mb_bench_write_json(FILE *f, const mb_bench_opts *o, const mb_bench_
         fprintf(f,
                 ", \"rtt_ratio\": %.3f, \"stream_time_ratio\": %.3f, \"goal_ratio\": %.2f, "
                 "\"rtt_goal_met\": %s, \"stream_goal_met\": %s, \"memcpy_fraction\": %.3f}",
-                lat, tput, r->pair->goal, lat > 0 && lat <= r->pair->goal ? "true" : "false",
-                tput > 0 && tput <= r->pair->goal ? "true" : "false",
+                lat, tput, r->pair->goal, mb_bench_json_verdict(lat, r->pair->goal),
+                mb_bench_json_verdict(tput, r->pair->goal),
                 mb_bench_ratio(r->tr.gbps, env->memcpy_gbps));
     }
     fputs("\n ]}\n", f);

@@ -53,8 +53,9 @@ mb_status mb_bench_ipc_peer_unpark(mb_bench_ipc_peer *p);
  * channel. OK only if the child exited 0. Always reaps the child. */
 mb_status mb_bench_ipc_peer_stop(mb_bench_ipc_peer *p);
 
-/* Round trips of PING/PONG messages of bytes each: warm-up for warm_ns,
- * then one sample per round trip appended to out until run_ns passed. The
+/* Round trips of PING/PONG messages of bytes each: warm-up for warm_ns (2
+ * trips at least), then one sample per round trip appended to out until
+ * run_ns passed (10 samples at least). The
  * body is copied from body[bytes - 32]. PROTOCOL if a reply is out of
  * order or of the wrong size; the channel's status on failure. */
 mb_status mb_bench_ipc_pingpong(mb_bench_ipc_peer *p, size_t bytes, const void *body,
@@ -71,7 +72,7 @@ typedef struct {
 /* One-way stream: EXPERT_REQ messages of bytes with up to window
  * unacknowledged, each acked by a 64-byte STATUS. Warm-up for warm_ns and
  * at least warm_msgs messages (so every page of a ring is touched), then
- * sends for run_ns and drains, adding to *acc (acc->batch_msgs, nonzero,
+ * sends for run_ns (two batches at least) and drains, adding to *acc (acc->batch_msgs, nonzero,
  * set by the caller). Errors as for pingpong. */
 mb_status mb_bench_ipc_stream(mb_bench_ipc_peer *p, size_t bytes, const void *body,
                               unsigned window, uint64_t warm_msgs, int64_t warm_ns, int64_t run_ns,

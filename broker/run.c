@@ -180,8 +180,7 @@ int mb_run(const mb_options *opt)
     free(last);
     mb_session_close(sess);
     free(ids);
-    if (embedded) mb_synthetic_destroy(model);
-    else mb_model_destroy(model);
+    mb_model_destroy(model);
     return 0;
 
 fail_step:
@@ -193,7 +192,6 @@ fail_session:
 fail_ids:
     free(ids);
 fail_model:
-    if (embedded) mb_synthetic_destroy(model);
-    else mb_model_destroy(model);
+    mb_model_destroy(model);
     return 1;
 }

@@ -142,17 +142,9 @@ static void mb_synthetic_layout(mb_layout *L, mb_model *m, uint64_t seed, int pr
 
 void mb_synthetic_destroy(mb_model *m)
 {
-    if (!m) return;
-    if (m->layers)
-        for (uint32_t i = 0; i < m->cfg.n_layers; i++) free(m->layers[i].experts);
-    free(m->layers);
-    for (uint32_t i = 0; m->files && i < m->n_files; i++) {
-        if (m->files[i].map) munmap((void *)m->files[i].map, m->files[i].bytes);
-        if (m->files[i].fd >= 0) close(m->files[i].fd);
-        free(m->files[i].path);
-    }
-    free(m->files);
-    free(m);
+    /* The memfd is a file without a safetensors handle: mb_model_destroy
+     * unmaps and closes it like any hand-built model's file. */
+    mb_model_destroy(m);
 }
 
 mb_status mb_synthetic_create(const mb_model_config *cfg, uint64_t seed, int progress, mb_model **out, char *err,

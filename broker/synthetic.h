@@ -24,7 +24,7 @@ void mb_synthetic_qwen3_30b_config(mb_model_config *cfg, uint32_t n_layers);
 mb_status mb_synthetic_create(const mb_model_config *cfg, uint64_t seed, int progress, mb_model **out, char *err,
                               size_t err_cap);
 
-/* Frees a model made by mb_synthetic_create. */
+/* Frees a model made by mb_synthetic_create (same as mb_model_destroy). */
 void mb_synthetic_destroy(mb_model *m);
 
 #endif
