@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -129,4 +130,82 @@ void mb_bench_hog_stop(pid_t pid)
     if (pid <= 0) return;
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+}
+
+static uint64_t mb_bench_rand(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in (0, 1). */
+static double mb_bench_uniform(uint64_t *s)
+{
+    return ((double)(mb_bench_rand(s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+static double mb_bench_normal(uint64_t *s)
+{
+    return sqrt(-2.0 * log(mb_bench_uniform(s))) * cos(6.283185307179586 * mb_bench_uniform(s));
+}
+
+void mb_bench_routing_free(mb_bench_routing *r)
+{
+    free(r->ids);
+    free(r->gate);
+    free(r->x);
+    memset(r, 0, sizeof *r);
+}
+
+mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n_total, uint32_t n_experts,
+                                uint32_t top_k, uint32_t d_model, double skew, uint64_t seed)
+{
+    memset(r, 0, sizeof *r);
+    if (top_k == 0 || top_k > n_experts) return MB_STATUS_INVALID_ARG;
+    r->n_total = n_total;
+    r->top_k = top_k;
+    r->d_model = d_model;
+    size_t pairs = (size_t)layers * n_total * top_k;
+    r->ids = malloc(pairs * sizeof *r->ids);
+    r->gate = malloc(pairs * sizeof *r->gate);
+    r->x = malloc((size_t)n_total * d_model * sizeof *r->x);
+    double *bias = malloc(n_experts * sizeof *bias), *logit = malloc(n_experts * sizeof *logit);
+    if (!r->ids || !r->gate || !r->x || !bias || !logit) {
+        free(bias);
+        free(logit);
+        mb_bench_routing_free(r);
+        return MB_STATUS_NOMEM;
+    }
+    uint64_t s = seed;
+    for (uint32_t l = 0; l < layers; l++) {
+        for (uint32_t e = 0; e < n_experts; e++) bias[e] = -skew * log((double)e + 1.0);
+        for (uint32_t e = n_experts - 1; e > 0; e--) { /* which expert is popular */
+            uint32_t j = (uint32_t)(mb_bench_rand(&s) % (e + 1));
+            double t = bias[e];
+            bias[e] = bias[j];
+            bias[j] = t;
+        }
+        for (uint32_t t = 0; t < n_total; t++) {
+            for (uint32_t e = 0; e < n_experts; e++) logit[e] = bias[e] + mb_bench_normal(&s);
+            size_t at = ((size_t)l * n_total + t) * top_k;
+            double sum = 0, top = 0;
+            for (uint32_t k = 0; k < top_k; k++) {
+                uint32_t best = 0;
+                for (uint32_t e = 1; e < n_experts; e++)
+                    if (logit[e] > logit[best]) best = e;
+                if (k == 0) top = logit[best];
+                r->ids[at + k] = (int32_t)best;
+                r->gate[at + k] = (float)exp(logit[best] - top);
+                sum += r->gate[at + k];
+                logit[best] = -INFINITY;
+            }
+            for (uint32_t k = 0; k < top_k; k++) r->gate[at + k] = (float)(r->gate[at + k] / sum);
+        }
+    }
+    for (size_t i = 0; i < (size_t)n_total * d_model; i++) r->x[i] = (float)(2.0 * mb_bench_uniform(&s) - 1.0);
+    free(bias);
+    free(logit);
+    return MB_STATUS_OK;
 }

@@ -1,11 +1,31 @@
 /* Helpers the MoE benchmarks (bench_dispatch, bench_e2e) share: finding
  * moe-worker, argument parsing, emitting JSON, memory and CPU plumbing for
- * making one worker slow. Nothing here knows what is being measured. */
+ * making one worker slow, and synthetic routing. Nothing here knows what is
+ * being measured. */
 #ifndef MB_BENCH_MOE_BENCH_H
 #define MB_BENCH_MOE_BENCH_H
 
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "protocol/status.h"
+
+/* Routing and activations for a run of n_total tokens per layer. */
+typedef struct {
+    uint32_t n_total, top_k, d_model;
+    int32_t *ids; /* [layers][n_total][top_k], distinct experts per token */
+    float *gate;  /* [layers][n_total][top_k], each token's gates sum to 1 */
+    float *x;     /* [n_total][d_model] uniform in [-1, 1] */
+} mb_bench_routing;
+
+/* Router-like routing from seed: logits ~ N(0, 1) plus a per-expert
+ * popularity bias -skew * log(rank + 1) (ranks a random permutation per
+ * layer; skew 0: uniform), the top_k experts by logit, gates the softmax
+ * over those k. Allocates r's arrays (mb_bench_routing_free); NOMEM leaves
+ * nothing allocated. */
+mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n_total, uint32_t n_experts,
+                                uint32_t top_k, uint32_t d_model, double skew, uint64_t seed);
+void mb_bench_routing_free(mb_bench_routing *r);
 
 /* Sets MB_WORKER_BIN to <this executable's folder>/../bin/moe-worker (where
  * the build puts it) unless the variable is set or that file is missing. */

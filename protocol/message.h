@@ -19,8 +19,9 @@
  *                version below it
  *   BAD_OPCODE   header.opcode is not a known opcode
  *   PROTOCOL     a known opcode, but not the one the decoder was called for
- *   BAD_FLAGS    unknown header flag bits; a nonzero reserved field, padding
- *                byte or request status (all "must be zero" fields)
+ *   BAD_FLAGS    unknown header flag bits, or flags on any opcode but
+ *                EXPERT_REQ; a nonzero reserved field, padding byte or
+ *                request status (all "must be zero" fields)
  *   OVERFLOW     a size computed from header or body fields does not fit
  *                64 bits or size_t
  *   BAD_LENGTH   more bytes than 32 + body_bytes; body_bytes not a multiple of
@@ -90,7 +91,7 @@ typedef enum {
 int mb_proto_opcode_is_reply(int opcode);
 
 /* Header flags. Unknown bits are rejected. */
-#define MB_PROTO_FLAG_LAST 0x1u /* last chunk of a layer's work (informational) */
+#define MB_PROTO_FLAG_LAST 0x1u /* EXPERT_REQ only: last chunk of a layer's work (informational) */
 #define MB_PROTO_FLAGS_KNOWN 0x1u
 
 /* The 32-byte header as laid out on the wire (offsets 0, 4, 6, 8, 16, 20,
