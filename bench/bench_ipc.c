@@ -148,6 +148,10 @@ static mb_status mb_bench_run_pair(const mb_bench_pair *pair, const mb_bench_opt
                                    const mb_bench_env *env, const void *body,
                                    mb_bench_result *res)
 {
+    for (size_t s = 0; s < MB_BENCH_N_SIZES; s++) { /* rows stay valid whatever fails */
+        res[s].pair = pair;
+        res[s].bytes = mb_bench_sizes[s];
+    }
     mb_bench_ipc_peer tr, base;
     mb_status st = mb_bench_ipc_peer_start(pair->baseline, env->child_cpu, o->shm_spin_ns, &base);
     if (st != MB_STATUS_OK) {
@@ -156,7 +160,8 @@ static mb_status mb_bench_run_pair(const mb_bench_pair *pair, const mb_bench_opt
         return st;
     }
     st = mb_bench_ipc_peer_park(&base);
-    if (st == MB_STATUS_OK) st = mb_bench_ipc_peer_start(pair->transport, env->child_cpu, o->shm_spin_ns, &tr);
+    if (st == MB_STATUS_OK)
+        st = mb_bench_ipc_peer_start(pair->transport, env->child_cpu, o->shm_spin_ns, &tr);
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "bench_ipc: cannot start %s: %s\n",
                 mb_bench_ipc_kind_name(pair->transport), mb_status_str(st));
@@ -176,8 +181,6 @@ static mb_status mb_bench_run_pair(const mb_bench_pair *pair, const mb_bench_opt
             fprintf(stderr, "bench_ipc: %s / %s, %zu B: %s\n",
                     mb_bench_ipc_kind_name(pair->transport),
                     mb_bench_ipc_kind_name(pair->baseline), bytes, mb_status_str(st));
-        res[s].pair = pair;
-        res[s].bytes = bytes;
         mb_bench_acc_finish(&acc_tr, bytes, &res[s].tr);
         mb_bench_acc_finish(&acc_base, bytes, &res[s].base);
     }

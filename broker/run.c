@@ -110,7 +110,9 @@ int mb_run(const mb_options *opt)
     }
 
     mb_session *sess = NULL;
-    st = mb_session_open(opt, model, max_ctx, !opt->quiet, &sess, err, sizeof err);
+    st = mb_session_open(opt, model, max_ctx,
+                         opt->quiet ? MB_SESSION_QUIET : progress ? MB_SESSION_PROGRESS : MB_SESSION_INFO, &sess, err,
+                         sizeof err);
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "moe-broker: %s\n", err[0] ? err : mb_status_str(st));
         goto fail_ids;

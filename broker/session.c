@@ -111,7 +111,7 @@ mb_status mb_experts_load(const mb_model *m, mb_link *links, const mb_placement 
     return st;
 }
 
-mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int progress,
+mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int verbosity,
                           mb_session **out, char *err, size_t err_cap)
 {
     if (!opt || !model || !out || max_ctx == 0) return MB_STATUS_INVALID_ARG;
@@ -134,7 +134,7 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     uint32_t max_slots = c->n_layers * c->n_experts;
     mb_status st = MB_STATUS_OK;
     for (uint32_t i = 0; i < n_workers; i++) {
-        if (progress) fprintf(stderr, "starting backend %u: %s\n", i, specs[i]);
+        if (verbosity >= MB_SESSION_INFO) fprintf(stderr, "starting backend %u: %s\n", i, specs[i]);
         st = mb_session_start_link(opt, specs[i], n_workers, (int)i, max_slots, &s->links[i], err, err_cap);
         if (st != MB_STATUS_OK) goto fail;
         s->n_links++;
@@ -150,8 +150,11 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     st = mb_placement_plan(c, s->links, s->n_links, s->local_link, opt->local_experts, opt->local_budget_bytes,
                            &s->placement, err, err_cap);
     if (st != MB_STATUS_OK) goto fail;
-    if (progress) mb_placement_print(&s->placement, s->links, stderr);
-    st = mb_experts_load(model, s->links, &s->placement, progress, err, err_cap);
+    if (verbosity >= MB_SESSION_INFO) mb_placement_print(&s->placement, s->links, stderr);
+    uint64_t t_load = mb_now_ns();
+    st = mb_experts_load(model, s->links, &s->placement, verbosity >= MB_SESSION_PROGRESS, err, err_cap);
+    if (st == MB_STATUS_OK && verbosity >= MB_SESSION_INFO)
+        fprintf(stderr, "experts loaded in %.2f s\n", (double)(mb_now_ns() - t_load) / 1e9);
     if (st != MB_STATUS_OK) goto fail;
 
     const char *names[65];

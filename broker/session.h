@@ -31,9 +31,16 @@ typedef struct {
 /* Starts the backends opt asks for (opt->workers; none given: two local CPU
  * workers, or none when opt->local_experts covers every expert), places and
  * loads the experts, and builds the forward pass for max_ctx positions.
- * Progress goes to stderr when progress is set. On failure err names what
+ * verbosity is one of MB_SESSION_*. On failure err names what
  * failed and everything started is stopped. */
-mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int progress,
+/* How much mb_session_open says on stderr. */
+enum {
+    MB_SESSION_QUIET = 0,    /* nothing */
+    MB_SESSION_INFO = 1,     /* backends started and the placement summary */
+    MB_SESSION_PROGRESS = 2, /* also a live loading counter (for terminals) */
+};
+
+mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int verbosity,
                           mb_session **out, char *err, size_t err_cap);
 
 /* Sends every expert's weights to the link the placement names: as a file

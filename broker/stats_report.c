@@ -20,10 +20,15 @@ static double mib(uint64_t bytes)
     return (double)bytes / BYTES_PER_MIB;
 }
 
-/* Time the coordinator spends on IPC for these calls. */
+/* Time these calls spent on IPC rather than on expert work: the
+ * coordinator's packing, sending and unpacking, plus the part of each wait
+ * the worker did not spend decoding, computing or encoding (transfer,
+ * wake-ups, queueing). */
 static uint64_t ipc_ns(const mb_stats_counters *c)
 {
-    return c->pack_ns + c->send_ns + c->wait_ns + c->unpack_ns;
+    uint64_t worker = c->worker_decode_ns + c->worker_compute_ns + c->worker_encode_ns;
+    uint64_t idle = c->wait_ns > worker ? c->wait_ns - worker : 0;
+    return c->pack_ns + c->send_ns + c->unpack_ns + idle;
 }
 
 static void counters_accumulate(mb_stats_counters *t, const mb_stats_counters *c)
@@ -79,8 +84,8 @@ static void print_steps(const mb_stats *s, FILE *f)
                 (unsigned long long)t->count, (unsigned long long)t->tokens, ms(t->time_ns),
                 ms(t->dispatch_ns), ms(t->wait_ns), ms(ipc), share);
     }
-    fprintf(f, "(ipc = pack + send + wait + unpack summed over backends; it can pass 100%% of\n"
-               " step time when backends are served in parallel)\n");
+    fprintf(f, "(ipc = pack + send + unpack + (wait - worker time), summed over backends: an upper\n"
+               " bound on the step time IPC costs, since backends' waits overlap)\n");
 }
 
 static void print_layers(const mb_stats *s, FILE *f)
