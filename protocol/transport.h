@@ -73,7 +73,7 @@ mb_status mb_transport_send_copy(mb_transport *t, const void *msg, size_t len, i
  * PEER_DEAD (nobody to answer). A lost peer (connection dropped, or ZMTP
  * heartbeats unanswered for heartbeat_timeout_ms) makes recv and send return
  * PEER_DEAD, for good: in-flight work on the lost connection is gone.
- * send_commit may wait for queue room (the connection not up yet, or 64
+ * send_commit may wait for queue room (the connection not up yet, or 256
  * messages queued) up to the timeout given to send_reserve, or
  * send_timeout_ms when that was < 0; it returns TIMEOUT or PEER_DEAD then,
  * and the reservation is gone either way. Each transport has its own libzmq

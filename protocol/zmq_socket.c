@@ -214,9 +214,9 @@ void mb_zmq_socket_close(mb_zmq_transport *t)
         }
         t->ctx = NULL;
     }
-    /* libzmq removes its socket file when the listener closes; this catches
-     * the case where it could not, and never touches a file someone else
-     * bound at the same path since. */
+    /* libzmq (4.3) leaves the socket file of an explicit ipc:// path behind.
+     * Remove it, but only if it is still the file this transport bound, not
+     * one someone else bound at the same path since. */
     struct stat sb;
     if (t->ipc_owned && lstat(t->ipc_path, &sb) == 0 && S_ISSOCK(sb.st_mode) &&
         sb.st_dev == t->ipc_dev && sb.st_ino == t->ipc_ino)

@@ -52,8 +52,7 @@ static mb_status mb_zmq_send_reserve(void *impl, size_t bytes, int64_t timeout_n
         p = mb_zmq_buf_data(t->send_buf);
     }
     t->reserved_bytes = bytes;
-    t->send_deadline_ns =
-        timeout_ns < 0 ? -1 : timeout_ns; /* a timeout until commit starts the clock */
+    t->send_timeout_ns = timeout_ns; /* commit starts the clock if it has to wait */
     *buf = p;
     return MB_STATUS_OK;
 }
@@ -68,8 +67,8 @@ static int mb_zmq_send_frame(void *sock, const void *data, size_t len, int more)
     }
 }
 
-/* Sends a message's first frame, waiting for queue room until the deadline
- * the reservation set. libzmq checks the queue limit on first frames only,
+/* Sends a message's first frame, waiting for queue room as long as the
+ * reservation's timeout allows. libzmq checks the queue limit on first frames only,
  * so once it is in, the others are too. */
 static mb_status mb_zmq_send_first(mb_zmq_transport *t, const void *data, size_t len)
 {
@@ -85,7 +84,7 @@ static mb_status mb_zmq_send_first(mb_zmq_transport *t, const void *data, size_t
             return st;
         }
         if (!have_deadline) {
-            int64_t timeout_ns = t->send_deadline_ns;
+            int64_t timeout_ns = t->send_timeout_ns;
             if (timeout_ns < 0) timeout_ns = (int64_t)t->send_timeout_ms * 1000000;
             deadline = mb_zmq_deadline_ns(timeout_ns);
             have_deadline = 1;
@@ -126,7 +125,7 @@ static mb_status mb_zmq_send_message(mb_zmq_transport *t, const unsigned char *m
         /* Out of memory with a message half sent: end it with an empty body
          * (no allocation) so the stream stays framed; the peer's decoder
          * rejects the short message. */
-        mb_zmq_send_frame(t->sock, NULL, 0, 0);
+        mb_zmq_send_frame(t->sock, "", 0, 0);
         st = MB_STATUS_NOMEM;
         goto out;
     }
@@ -167,7 +166,10 @@ static mb_status mb_zmq_send_commit(void *impl, size_t bytes)
 static mb_status mb_zmq_rbuf_reserve(mb_zmq_transport *t, size_t bytes)
 {
     if (bytes <= t->rbuf_cap) return MB_STATUS_OK;
-    size_t cap = mb_zmq_round64(bytes);
+    /* 1/8 headroom: messages that grow a little at a time (a batch of a few
+     * more tokens) do not reallocate each time. bytes <= max_message_bytes
+     * <= INT64_MAX, so this cannot overflow. */
+    size_t cap = mb_zmq_round64(bytes + bytes / 8);
     unsigned char *p = aligned_alloc(64, cap);
     if (!p) return MB_STATUS_NOMEM;
     free(t->rbuf);

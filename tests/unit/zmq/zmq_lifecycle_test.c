@@ -193,6 +193,34 @@ static void worker_never_comes(void)
     mb_transport_destroy(&c);
 }
 
+/* A worker that stops reading: once both queues and the socket buffers are
+ * full, commit gives up after the reservation's timeout instead of blocking. */
+static void worker_stops_reading(void)
+{
+    mb_transport l = {0}, c = {0};
+    REQUIRE(mb_zmq_transport_listen("tcp://127.0.0.1:*", NULL, &l) == MB_STATUS_OK);
+    char ep[256];
+    REQUIRE(mb_zmq_transport_endpoint(&l, ep, sizeof ep) == MB_STATUS_OK);
+    REQUIRE(mb_zmq_transport_connect(ep, NULL, &c) == MB_STATUS_OK);
+    one_roundtrip(&l, &c, 64);
+    mb_status st = MB_STATUS_OK;
+    int sent = 0;
+    double s = 0;
+    while (sent < 4000) {
+        int64_t t0 = zt_now_ns();
+        st = zt_send(&c, 65536, (uint64_t)sent, 100000000ll);
+        s = (double)(zt_now_ns() - t0) / 1e9;
+        if (st != MB_STATUS_OK) break;
+        sent++;
+    }
+    printf("worker not reading: commit %s after %d messages queued, in %.3f s\n",
+           mb_status_name(st), sent, s);
+    CHECK_EQ(st, MB_STATUS_TIMEOUT);
+    CHECK_MSG(s >= 0.09 && s < 1.0, "%.3f s", s);
+    mb_transport_destroy(&c);
+    mb_transport_destroy(&l);
+}
+
 int main(void)
 {
     zt_mkdtemp(dir, sizeof dir);
@@ -200,6 +228,7 @@ int main(void)
     ipc_path_rules();
     arguments();
     worker_never_comes();
+    worker_stops_reading();
     CHECK_MSG(rmdir(dir) == 0, "scratch dir not empty: %s", strerror(errno));
     return mb_test_finish("zmq_lifecycle_test");
 }
