@@ -26,14 +26,16 @@ static void mb_worker_usage(FILE *f)
     fprintf(f,
             "usage: moe-worker --backend cpu[:NUMA_NODE] --listen shm|ipc://PATH|tcp://HOST:PORT\n"
             "                  [--threads N] [--numa default|bind|interleave] [--shm-fd FD]\n"
-            "                  [--max-slots N] [--allow-file-weights]\n"
+            "                  [--max-slots N] [--allow-file-weights] [--once]\n"
             "  --backend            backend and device: cpu, cpu:0 (NUMA node 0)\n"
             "  --listen             shm (spawned by moe-broker, with --shm-fd), or a ZeroMQ endpoint\n"
             "  --threads N          compute threads (default: all CPUs the process may use)\n"
             "  --numa POLICY        expert weight placement (default: bind when a node is given)\n"
             "  --shm-fd FD          the shared-memory segment's inherited descriptor\n"
             "  --max-slots N        expert slots to hold (default 4096)\n"
-            "  --allow-file-weights accept weights as file regions over tcp:// too (same filesystem)\n");
+            "  --allow-file-weights accept weights as file regions over tcp:// too (same filesystem)\n"
+            "  --once               over ZeroMQ, exit after one coordinator's session (default: serve the next)\n"
+            "Stop a ZeroMQ worker with SIGTERM or SIGINT.\n");
 }
 
 static int mb_worker_parse_int(const char *s, long lo, long hi, long *out)
@@ -49,21 +51,23 @@ int main(int argc, char **argv)
 {
     const char *backend_spec = "cpu", *listen = NULL, *numa = NULL;
     long threads = 0, shm_fd = -1, max_slots = 4096;
-    int allow_files = 0;
+    int allow_files = 0, once = 0;
     static const struct option opts[] = {
         {"backend", required_argument, 0, 'b'}, {"listen", required_argument, 0, 'l'},
         {"threads", required_argument, 0, 't'}, {"numa", required_argument, 0, 'n'},
         {"shm-fd", required_argument, 0, 'f'},  {"max-slots", required_argument, 0, 's'},
-        {"allow-file-weights", no_argument, 0, 'a'}, {"help", no_argument, 0, 'h'},
+        {"allow-file-weights", no_argument, 0, 'a'}, {"once", no_argument, 0, 'o'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "b:l:t:n:f:s:ah", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "b:l:t:n:f:s:aoh", opts, NULL)) != -1) {
         switch (c) {
         case 'b': backend_spec = optarg; break;
         case 'l': listen = optarg; break;
         case 'n': numa = optarg; break;
         case 'a': allow_files = 1; break;
+        case 'o': once = 1; break;
         case 't':
             if (mb_worker_parse_int(optarg, 0, 4096, &threads)) {
                 fprintf(stderr, "moe-worker: invalid --threads '%s' (0..4096)\n", optarg);
@@ -162,7 +166,27 @@ int main(int argc, char **argv)
     }
     mb_worker_config wcfg = {.backend = backend, .transport = &transport,
                              .allow_file_weights = allow_file_weights, .stop = &mb_worker_stop, .name = tag};
-    st = mb_worker_serve(&wcfg);
+    for (;;) {
+        st = mb_worker_serve(&wcfg);
+        /* A ZeroMQ worker outlives its coordinators: when one ends its
+         * session (SHUTDOWN) or goes away, it listens again on the same
+         * endpoint for the next, which loads its own experts. A
+         * shared-memory worker, or one started with --once, serves one. */
+        if ((st != MB_STATUS_PEER_DEAD && st != MB_STATUS_OK) || !strcmp(listen, "shm") || once || mb_worker_stop)
+            break;
+        char again[300];
+        if (mb_zmq_transport_endpoint(&transport, again, sizeof again) != MB_STATUS_OK) break;
+        mb_transport_destroy(&transport);
+        fprintf(stderr, "%s: %s; listening again on %s\n", tag,
+                st == MB_STATUS_OK ? "session ended" : "coordinator gone", again);
+        st = mb_zmq_transport_listen(again, NULL, &transport);
+        if (st != MB_STATUS_OK) {
+            fprintf(stderr, "%s: cannot listen again: %s\n", tag, mb_status_str(st));
+            mb_backend_close(backend);
+            return 1;
+        }
+    }
+    if (st == MB_STATUS_PEER_DEAD && mb_worker_stop) st = MB_STATUS_OK;
     mb_backend_close(backend);
     mb_transport_destroy(&transport);
     if (st != MB_STATUS_OK) {

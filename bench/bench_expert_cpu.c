@@ -7,6 +7,8 @@
  *
  *   bench_expert_cpu [--quick] [--threads N] [--json FILE] [--model qwen|mixtral|all]
  *                    [--decode 1,4,16] [--prefill 512,4248] [--reps N]
+ * Defaults: decode 1,4,16; prefill 512 and 4248 (Qwen) or 512 (Mixtral);
+ * --quick: fewer repetitions, smaller ceiling buffers, prefill 128.
  *                    [--payload bf16|f16|f32] [--numa default|bind|interleave] [--node N]
  *                    [--isa auto|avx512|avx2|scalar] */
 #include <math.h>
@@ -22,11 +24,12 @@
 typedef struct {
     const char *name;
     uint32_t d_model, d_ff, n_experts, top_k;
+    uint32_t prefill[2]; /* default prefill token counts (0: none) */
 } mb_model_shape;
 
 static const mb_model_shape mb_models[] = {
-    {"qwen3-30b-a3b", 2048, 768, 128, 8},
-    {"mixtral-8x7b", 4096, 14336, 8, 2},
+    {"qwen3-30b-a3b", 2048, 768, 128, 8, {512, 4248}},
+    {"mixtral-8x7b", 4096, 14336, 8, 2, {512, 0}},
 };
 
 typedef struct {
@@ -46,6 +49,7 @@ typedef struct {
     mb_numa_policy numa;
     uint32_t decode[8], n_decode;
     uint32_t prefill[8], n_prefill;
+    int prefill_default; /* use each model's own prefill sizes */
 } mb_opts;
 
 static unsigned long long mb_rng = 0x9E3779B97F4A7C15ull;
@@ -78,9 +82,11 @@ static uint32_t mb_parse_list(const char *s, uint32_t *out, uint32_t cap)
 
 static void mb_usage(void)
 {
-    fprintf(stderr, "usage: bench_expert_cpu [--quick] [--threads N] [--json FILE] [--model qwen|mixtral|all]\n"
-                    "  [--decode 1,4,16] [--prefill 512,4248] [--reps N] [--payload bf16|f16|f32]\n"
-                    "  [--numa default|bind|interleave] [--node N] [--isa auto|avx512|avx2|scalar]\n");
+    fprintf(
+        stderr,
+        "usage: bench_expert_cpu [--quick] [--threads N] [--json FILE] [--model qwen|mixtral|all]\n"
+        "  [--decode 1,4,16] [--prefill 512,4248] [--reps N] [--payload bf16|f16|f32]\n"
+        "  [--numa default|bind|interleave] [--node N] [--isa auto|avx512|avx2|scalar]\n");
     exit(2);
 }
 
@@ -95,34 +101,45 @@ static void mb_parse_opts(int argc, char **argv, mb_opts *o)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--quick")) o->quick = 1;
-        else if (!strcmp(a, "--threads") && v) o->threads = atoi(argv[++i]);
-        else if (!strcmp(a, "--reps") && v) o->reps = atoi(argv[++i]);
-        else if (!strcmp(a, "--node") && v) o->node = atoi(argv[++i]);
-        else if (!strcmp(a, "--json") && v) o->json = argv[++i];
-        else if (!strcmp(a, "--model") && v) o->model = argv[++i];
-        else if (!strcmp(a, "--isa") && v) o->isa = argv[++i];
+        if (!strcmp(a, "--quick"))
+            o->quick = 1;
+        else if (!strcmp(a, "--threads") && v)
+            o->threads = atoi(argv[++i]);
+        else if (!strcmp(a, "--reps") && v)
+            o->reps = atoi(argv[++i]);
+        else if (!strcmp(a, "--node") && v)
+            o->node = atoi(argv[++i]);
+        else if (!strcmp(a, "--json") && v)
+            o->json = argv[++i];
+        else if (!strcmp(a, "--model") && v)
+            o->model = argv[++i];
+        else if (!strcmp(a, "--isa") && v)
+            o->isa = argv[++i];
         else if (!strcmp(a, "--payload") && v) {
             if (mb_dtype_parse(argv[++i], &o->payload) != MB_STATUS_OK) mb_usage();
         } else if (!strcmp(a, "--numa") && v) {
             const char *p = argv[++i];
-            o->numa = !strcmp(p, "bind") ? MB_NUMA_BIND : !strcmp(p, "interleave") ? MB_NUMA_INTERLEAVE : MB_NUMA_DEFAULT;
+            o->numa = !strcmp(p, "bind")         ? MB_NUMA_BIND
+                      : !strcmp(p, "interleave") ? MB_NUMA_INTERLEAVE
+                                                 : MB_NUMA_DEFAULT;
         } else if (!strcmp(a, "--decode") && v) {
             o->n_decode = mb_parse_list(argv[++i], o->decode, 8);
             decode_set = 1;
         } else if (!strcmp(a, "--prefill") && v) {
             o->n_prefill = mb_parse_list(argv[++i], o->prefill, 8);
             prefill_set = 1;
-        } else mb_usage();
+        } else
+            mb_usage();
     }
     if (!decode_set) {
         o->decode[0] = 1, o->decode[1] = 4, o->decode[2] = 16;
         o->n_decode = 3;
     }
-    if (!prefill_set) {
-        o->prefill[0] = o->quick ? 128 : 512;
+    if (!prefill_set && o->quick) {
+        o->prefill[0] = 128;
         o->n_prefill = 1;
     }
+    o->prefill_default = !prefill_set && !o->quick;
 }
 
 /* A request with random top-k routing over the layer's experts. */
@@ -134,7 +151,8 @@ typedef struct {
     double weight_bytes;
 } mb_bench_req;
 
-static int mb_req_make(mb_bench_req *r, const mb_model_shape *m, uint32_t n_tokens, mb_dtype payload)
+static int mb_req_make(mb_bench_req *r, const mb_model_shape *m, uint32_t n_tokens,
+                       mb_dtype payload)
 {
     uint32_t n_pairs = n_tokens * m->top_k;
     size_t n_act = (size_t)n_tokens * m->d_model;
@@ -144,7 +162,8 @@ static int mb_req_make(mb_bench_req *r, const mb_model_shape *m, uint32_t n_toke
     float *tmp = malloc(sizeof(float) * n_act);
     uint8_t *used = calloc(m->n_experts, 1);
     if (!r->counts || !r->pairs || !r->act || !tmp || !used) return -1;
-    for (size_t i = 0; i < n_act; i++) tmp[i] = mb_randf();
+    for (size_t i = 0; i < n_act; i++)
+        tmp[i] = mb_randf();
     mb_dtype_encode_f32(payload, r->act, tmp, n_act);
     uint32_t q = 0, distinct = 0;
     for (uint32_t t = 0; t < n_tokens; t++) {
@@ -152,7 +171,8 @@ static int mb_req_make(mb_bench_req *r, const mb_model_shape *m, uint32_t n_toke
         uint8_t pick[256] = {0};
         for (uint32_t i = 0; i < m->top_k; i++) {
             uint32_t e;
-            do e = (uint32_t)(mb_rand() % m->n_experts);
+            do
+                e = (uint32_t)(mb_rand() % m->n_experts);
             while (pick[e]);
             pick[e] = 1;
             if (!used[e]) distinct++;
@@ -161,7 +181,8 @@ static int mb_req_make(mb_bench_req *r, const mb_model_shape *m, uint32_t n_toke
         }
     }
     r->weight_bytes = (double)distinct * 3.0 * m->d_model * m->d_ff * 2.0;
-    r->req = (mb_proto_expert_req){0, n_tokens, m->d_model, payload, n_pairs, r->counts, r->pairs, r->act};
+    r->req = (mb_proto_expert_req){0,       n_tokens,  m->d_model, payload,
+                                   n_pairs, r->counts, r->pairs,   r->act};
     free(tmp);
     free(used);
     return 0;
@@ -181,8 +202,8 @@ static int mb_cmp_double(const void *a, const void *b)
 }
 
 /* Runs one case: n_reqs different routings, reps calls in all. */
-static int mb_run_case(mb_backend *b, const mb_model_shape *m, const char *phase, uint32_t n_tokens, int reps,
-                       const mb_opts *o, const mb_bench_ceilings *c, mb_result *res)
+static int mb_run_case(mb_backend *b, const mb_model_shape *m, const char *phase, uint32_t n_tokens,
+                       int reps, const mb_opts *o, const mb_bench_ceilings *c, mb_result *res)
 {
     enum { N_REQS = 8 };
     int n_reqs = reps < N_REQS ? reps : N_REQS;
@@ -223,7 +244,8 @@ static int mb_run_case(mb_backend *b, const mb_model_shape *m, const char *phase
     res->fma_ratio = c->fma_gflops > 0 ? res->gflops / c->fma_gflops : 0;
     rc = 0;
 done:
-    for (int i = 0; i < n_reqs; i++) mb_req_free(&reqs[i]);
+    for (int i = 0; i < n_reqs; i++)
+        mb_req_free(&reqs[i]);
     free(out);
     free(times);
     return rc;
@@ -243,7 +265,8 @@ static int mb_load_layer(mb_backend *b, const mb_model_shape *m)
         float scale = 1.0f / sqrtf((float)(i == 2 ? m->d_ff : m->d_model));
         for (size_t j = 0; j < n; j += 4096) {
             size_t len = n - j < 4096 ? n - j : 4096;
-            for (size_t q = 0; q < len; q++) tmp[q] = mb_randf() * scale;
+            for (size_t q = 0; q < len; q++)
+                tmp[q] = mb_randf() * scale;
             mb_dtype_encode_f32(MB_DTYPE_BF16, w[i] + j, tmp, len);
         }
     }
@@ -256,41 +279,47 @@ static int mb_load_layer(mb_backend *b, const mb_model_shape *m)
             rc = -1;
         }
     }
-    for (int i = 0; i < 3; i++) free(w[i]);
+    for (int i = 0; i < 3; i++)
+        free(w[i]);
     free(tmp);
     return rc;
 }
 
 static void mb_print_row(const mb_result *r)
 {
-    printf("%-14s %-8s %6u %6u %10.3f %10.3f %9.1f %8.1f %9.1f %8.1f\n", r->model, r->phase, r->n_tokens, r->n_pairs,
-           r->best_s * 1e3, r->median_s * 1e3, r->gbs, r->bw_ratio * 100, r->gflops, r->fma_ratio * 100);
+    printf("%-14s %-8s %6u %6u %10.3f %10.3f %9.1f %8.1f %9.1f %8.1f\n", r->model, r->phase,
+           r->n_tokens, r->n_pairs, r->best_s * 1e3, r->median_s * 1e3, r->gbs, r->bw_ratio * 100,
+           r->gflops, r->fma_ratio * 100);
     fflush(stdout);
 }
 
-static void mb_write_json(const char *path, const mb_opts *o, const mb_bench_ceilings *c, const char *device,
-                          const mb_result *res, int n)
+static void mb_write_json(const char *path, const mb_opts *o, const mb_bench_ceilings *c,
+                          const char *device, const mb_result *res, int n)
 {
     FILE *f = fopen(path, "w");
     if (!f) {
         perror(path);
         return;
     }
-    fprintf(f, "{\n  \"bench\": \"expert_cpu\",\n  \"device\": \"%s\",\n  \"isa\": \"%s\",\n", device, mb_kcpu_isa_name());
+    fprintf(f, "{\n  \"bench\": \"expert_cpu\",\n  \"device\": \"%s\",\n  \"isa\": \"%s\",\n",
+            device, mb_kcpu_isa_name());
     fprintf(f, "  \"payload\": \"%s\",\n  \"weights\": \"bf16\",\n", mb_dtype_name(o->payload));
     fprintf(f,
-            "  \"ceilings\": {\"threads\": %d, \"read_gbs\": %.3f, \"memcpy_gbs\": %.3f, \"fma_gflops\": %.3f, "
+            "  \"ceilings\": {\"threads\": %d, \"read_gbs\": %.3f, \"memcpy_gbs\": %.3f, "
+            "\"fma_gflops\": %.3f, "
             "\"fma_gflops_thread\": %.3f},\n",
             c->n_threads, c->read_gbs, c->memcpy_gbs, c->fma_gflops, c->fma_gflops_thread);
     fprintf(f, "  \"results\": [\n");
     for (int i = 0; i < n; i++) {
         const mb_result *r = &res[i];
         fprintf(f,
-                "    {\"model\": \"%s\", \"phase\": \"%s\", \"tokens\": %u, \"pairs\": %u, \"best_ms\": %.4f, "
+                "    {\"model\": \"%s\", \"phase\": \"%s\", \"tokens\": %u, \"pairs\": %u, "
+                "\"best_ms\": %.4f, "
                 "\"median_ms\": %.4f, \"weight_bytes\": %.0f, \"gbs\": %.3f, \"gflops\": %.3f, "
                 "\"read_bw_ratio\": %.4f, \"fma_ratio\": %.4f}%s\n",
-                r->model, r->phase, r->n_tokens, r->n_pairs, r->best_s * 1e3, r->median_s * 1e3, r->weight_bytes,
-                r->gbs, r->gflops, r->bw_ratio, r->fma_ratio, i + 1 < n ? "," : "");
+                r->model, r->phase, r->n_tokens, r->n_pairs, r->best_s * 1e3, r->median_s * 1e3,
+                r->weight_bytes, r->gbs, r->gflops, r->bw_ratio, r->fma_ratio,
+                i + 1 < n ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
     fclose(f);
@@ -305,7 +334,8 @@ int main(int argc, char **argv)
         return 1;
     }
     const mb_backend_ops *ops = mb_backend_find("cpu");
-    mb_backend_config cfg = {.device = o.node, .n_threads = o.threads, .numa = o.numa, .max_slots = 256};
+    mb_backend_config cfg = {
+        .device = o.node, .n_threads = o.threads, .numa = o.numa, .max_slots = 256};
     mb_backend *b = NULL;
     mb_status st = mb_backend_open(ops, &cfg, &b);
     if (st != MB_STATUS_OK) {
@@ -317,17 +347,19 @@ int main(int argc, char **argv)
     mb_bench_ceilings c;
     mb_bench_ceilings_measure((int)caps.n_threads, o.quick, &c);
     printf("device: %s\n", caps.device);
-    printf("ceilings (%d threads, %s): read %.1f GB/s, memcpy %.1f GB/s, FMA %.1f GFLOP/s (%.1f per thread)\n",
+    printf("ceilings (%d threads, %s): read %.1f GB/s, memcpy %.1f GB/s, FMA %.1f GFLOP/s (%.1f "
+           "per thread)\n",
            c.n_threads, c.isa, c.read_gbs, c.memcpy_gbs, c.fma_gflops, c.fma_gflops_thread);
     printf("payload %s, weights bf16\n\n", mb_dtype_name(o.payload));
-    printf("%-14s %-8s %6s %6s %10s %10s %9s %8s %9s %8s\n", "model", "phase", "tokens", "pairs", "best_ms",
-           "median_ms", "GB/s", "%readBW", "GFLOP/s", "%FMA");
+    printf("%-14s %-8s %6s %6s %10s %10s %9s %8s %9s %8s\n", "model", "phase", "tokens", "pairs",
+           "best_ms", "median_ms", "GB/s", "%readBW", "GFLOP/s", "%FMA");
 
     mb_result res[64];
     int n_res = 0, rc = 0;
     for (size_t mi = 0; mi < sizeof mb_models / sizeof mb_models[0]; mi++) {
         const mb_model_shape *m = &mb_models[mi];
-        if (strcmp(o.model, "all") != 0 && strncmp(m->name, o.model, strlen(o.model)) != 0) continue;
+        if (strcmp(o.model, "all") != 0 && strncmp(m->name, o.model, strlen(o.model)) != 0)
+            continue;
         /* A fresh backend per model so the other model's weights are freed. */
         if (n_res > 0) {
             mb_backend_close(b);
@@ -340,18 +372,25 @@ int main(int argc, char **argv)
         }
         for (uint32_t i = 0; i < o.n_decode && n_res < 64; i++) {
             int reps = o.reps ? o.reps : (o.quick ? 10 : 40);
-            if (mb_run_case(b, m, "decode", o.decode[i], reps, &o, &c, &res[n_res]) == 0) mb_print_row(&res[n_res++]);
-            else rc = 1;
-        }
-        for (uint32_t i = 0; i < o.n_prefill && n_res < 64; i++) {
-            int reps = o.reps ? (o.reps < 3 ? o.reps : 3) : (o.quick ? 1 : 3);
-            if (mb_run_case(b, m, "prefill", o.prefill[i], reps, &o, &c, &res[n_res]) == 0)
+            if (mb_run_case(b, m, "decode", o.decode[i], reps, &o, &c, &res[n_res]) == 0)
                 mb_print_row(&res[n_res++]);
-            else rc = 1;
+            else
+                rc = 1;
+        }
+        const uint32_t *pf = o.prefill_default ? m->prefill : o.prefill;
+        uint32_t n_pf = o.prefill_default ? 2 : o.n_prefill;
+        for (uint32_t i = 0; i < n_pf && pf[i] && n_res < 64; i++) {
+            int reps = o.reps ? (o.reps < 3 ? o.reps : 3) : (o.quick ? 1 : 3);
+            if (mb_run_case(b, m, "prefill", pf[i], reps, &o, &c, &res[n_res]) == 0)
+                mb_print_row(&res[n_res++]);
+            else
+                rc = 1;
         }
     }
-    printf("\ndecode: GB/s = expert weight bytes touched per call / best time; goal >= 70%% of read BW.\n"
-           "prefill: GFLOP/s = 6 * d_model * d_ff * pairs / best time; goal >= 50%% of peak FMA.\n");
+    printf(
+        "\ndecode: GB/s = expert weight bytes touched per call / best time; goal >= 70%% of read "
+        "BW.\n"
+        "prefill: GFLOP/s = 6 * d_model * d_ff * pairs / best time; goal >= 50%% of peak FMA.\n");
     if (o.json) mb_write_json(o.json, &o, &c, caps.device, res, n_res);
     mb_backend_close(b);
     return rc;

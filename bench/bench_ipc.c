@@ -186,6 +186,10 @@ static mb_status mb_bench_run_pair(const mb_bench_pair *pair, const mb_bench_opt
     }
     mb_status st_tr = mb_bench_ipc_peer_stop(&tr);
     mb_status st_base = mb_bench_ipc_peer_stop(&base);
+    if (st_tr != MB_STATUS_OK || st_base != MB_STATUS_OK)
+        fprintf(stderr, "bench_ipc: stopping %s: %s, %s: %s\n",
+                mb_bench_ipc_kind_name(pair->transport), mb_status_str(st_tr),
+                mb_bench_ipc_kind_name(pair->baseline), mb_status_str(st_base));
     if (st == MB_STATUS_OK) st = st_tr != MB_STATUS_OK ? st_tr : st_base;
     return st;
 }

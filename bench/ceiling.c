@@ -55,16 +55,20 @@ static double mb_bench_fma_scalar(uint64_t iters)
     float a[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     const float m = 0.9999999f, c = 1e-7f;
     for (uint64_t i = 0; i < iters; i++)
-        for (int j = 0; j < 8; j++) a[j] = a[j] * m + c;
+        for (int j = 0; j < 8; j++)
+            a[j] = a[j] * m + c;
     return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
 }
 
 static uint64_t mb_bench_read(const void *p, size_t bytes)
 {
     switch (mb_bench_isa()) {
-    case 2: return mb_bench_read_avx512(p, bytes);
-    case 1: return mb_bench_read_avx2(p, bytes);
-    default: return mb_bench_read_scalar(p, bytes);
+    case 2:
+        return mb_bench_read_avx512(p, bytes);
+    case 1:
+        return mb_bench_read_avx2(p, bytes);
+    default:
+        return mb_bench_read_scalar(p, bytes);
     }
 }
 
@@ -76,7 +80,7 @@ typedef struct {
     size_t slice;
     int reps;
     uint64_t iters;
-    double *t_rep;      /* [reps] time of each rep, measured by thread 0 */
+    double *t_rep; /* [reps] time of each rep, measured by thread 0 */
     volatile uint64_t sink;
     volatile double fsink;
 } mb_bench_shared;
@@ -110,8 +114,9 @@ static void *mb_bench_fma_thread(void *argp)
     pthread_barrier_wait(&s->start);
     double t0 = mb_bench_now();
     int isa = mb_bench_isa();
-    double v = isa == 2 ? mb_bench_fma_avx512(s->iters) : isa == 1 ? mb_bench_fma_avx2(s->iters)
-                                                                  : mb_bench_fma_scalar(s->iters);
+    double v = isa == 2   ? mb_bench_fma_avx512(s->iters)
+               : isa == 1 ? mb_bench_fma_avx2(s->iters)
+                          : mb_bench_fma_scalar(s->iters);
     pthread_barrier_wait(&s->end);
     if (a->index == 0) s->t_rep[0] = mb_bench_now() - t0;
     s->fsink += v;
@@ -142,7 +147,8 @@ static int mb_bench_run_threads(int n, mb_bench_shared *s, void *(*fn)(void *))
     }
     args[0] = (mb_bench_arg){s, 0};
     fn(&args[0]);
-    for (int i = 1; i < n; i++) pthread_join(th[i], NULL);
+    for (int i = 1; i < n; i++)
+        pthread_join(th[i], NULL);
     pthread_barrier_destroy(&s->start);
     pthread_barrier_destroy(&s->end);
     free(th);
@@ -172,7 +178,8 @@ double mb_bench_read_gbs(int n_threads, size_t bytes, int reps)
 
 double mb_bench_memcpy_gbs(size_t bytes, int reps)
 {
-    char *a = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096), *b = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+    char *a = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096),
+         *b = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
     double best = 0;
     if (a && b) {
         memset(a, 1, bytes);
@@ -194,7 +201,7 @@ double mb_bench_fma_gflops(int n_threads, double seconds)
 {
     if (n_threads < 1) n_threads = 1;
     int isa = mb_bench_isa();
-    double per_iter = isa == 2 ? MB_BENCH_FMA512_FLOPS_PER_ITER
+    double per_iter = isa == 2   ? MB_BENCH_FMA512_FLOPS_PER_ITER
                       : isa == 1 ? MB_BENCH_FMA256_FLOPS_PER_ITER
                                  : MB_BENCH_FMA1_FLOPS_PER_ITER;
     /* Calibrate on one thread, then size the run to the requested time. */
@@ -225,5 +232,6 @@ void mb_bench_ceilings_measure(int n_threads, int quick, mb_bench_ceilings *out)
     out->read_gbs = mb_bench_read_gbs(n_threads, (quick ? 128u : 512u) << 20, quick ? 3 : 5);
     out->memcpy_gbs = mb_bench_memcpy_gbs((quick ? 64u : 256u) << 20, 3);
     out->fma_gflops_thread = mb_bench_fma_gflops(1, quick ? 0.1 : 0.3);
-    out->fma_gflops = n_threads > 1 ? mb_bench_fma_gflops(n_threads, quick ? 0.1 : 0.3) : out->fma_gflops_thread;
+    out->fma_gflops =
+        n_threads > 1 ? mb_bench_fma_gflops(n_threads, quick ? 0.1 : 0.3) : out->fma_gflops_thread;
 }

@@ -23,14 +23,17 @@ uint64_t mb_bench_read_avx2(const void *p, size_t bytes)
 double mb_bench_fma_avx2(uint64_t iters)
 {
     __m256 acc[10];
-    for (int j = 0; j < 10; j++) acc[j] = _mm256_set1_ps(1.0f + (float)j * 1e-3f);
+    for (int j = 0; j < 10; j++)
+        acc[j] = _mm256_set1_ps(1.0f + (float)j * 1e-3f);
     const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
     for (uint64_t i = 0; i < iters; i++) {
 #pragma GCC unroll 10
-        for (int j = 0; j < 10; j++) acc[j] = _mm256_fmadd_ps(acc[j], m, c);
+        for (int j = 0; j < 10; j++)
+            acc[j] = _mm256_fmadd_ps(acc[j], m, c);
     }
     __m256 s = acc[0];
-    for (int j = 1; j < 10; j++) s = _mm256_add_ps(s, acc[j]);
+    for (int j = 1; j < 10; j++)
+        s = _mm256_add_ps(s, acc[j]);
     float out[8];
     _mm256_storeu_ps(out, s);
     return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];

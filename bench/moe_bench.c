@@ -13,6 +13,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench/timing.h"
+#include "broker/link.h"
+#include "protocol/message.h"
+
 void mb_bench_find_worker(void)
 {
     if (getenv("MB_WORKER_BIN")) return;
@@ -208,4 +212,26 @@ mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n
     free(bias);
     free(logit);
     return MB_STATUS_OK;
+}
+
+mb_status mb_bench_link_ping(struct mb_link *l, uint32_t n, uint32_t idle_us, double *median_us, double *p99_us)
+{
+    unsigned char msg[MB_PROTO_HEADER_BYTES] __attribute__((aligned(8)));
+    mb_bench_samples rtt = {0};
+    mb_status st = MB_STATUS_OK;
+    char err[200];
+    for (uint32_t i = 0; i < n && st == MB_STATUS_OK; i++) {
+        if (idle_us) usleep(idle_us);
+        size_t len = 0;
+        st = mb_proto_encode_empty(msg, sizeof msg, MB_OP_PING, l->next_tag++, MB_STATUS_OK, &len);
+        int64_t t0 = mb_bench_now_ns();
+        if (st == MB_STATUS_OK) st = mb_link_call(l, msg, len, 1000000000LL, err, sizeof err);
+        if (st == MB_STATUS_OK) st = mb_bench_samples_add(&rtt, mb_bench_now_ns() - t0);
+    }
+    if (st == MB_STATUS_OK) {
+        *median_us = (double)mb_bench_samples_quantile(&rtt, 0.5) * 1e-3;
+        *p99_us = (double)mb_bench_samples_quantile(&rtt, 0.99) * 1e-3;
+    }
+    mb_bench_samples_fini(&rtt);
+    return st;
 }

@@ -27,6 +27,14 @@ mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n
                                 uint32_t top_k, uint32_t d_model, double skew, uint64_t seed);
 void mb_bench_routing_free(mb_bench_routing *r);
 
+struct mb_link;
+
+/* Round trip of n PINGs on a link, each after idle_us microseconds of
+ * silence (0: back to back, the worker still spinning; a few ms: the worker
+ * asleep, as between decode steps). Writes the median and 99th percentile
+ * in microseconds. Blocking. Returns the first failure's status. */
+mb_status mb_bench_link_ping(struct mb_link *l, uint32_t n, uint32_t idle_us, double *median_us, double *p99_us);
+
 /* Sets MB_WORKER_BIN to <this executable's folder>/../bin/moe-worker (where
  * the build puts it) unless the variable is set or that file is missing. */
 void mb_bench_find_worker(void);

@@ -157,6 +157,8 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     if (kind == MB_LINK_SPAWNED_SHM) {
         argv[argc++] = "--shm-fd";
         argv[argc++] = fd_text;
+    } else {
+        argv[argc++] = "--once";
     }
     argv[argc] = NULL;
     pid_t parent = getpid();
@@ -197,15 +199,22 @@ mb_status mb_link_connect(const mb_link_spec *spec, int index, int64_t timeout_n
     l.same_host = strncmp(spec->endpoint, "ipc://", 6) == 0;
     l.next_tag = 1;
     snprintf(l.name, sizeof l.name, "w%d %.80s", index, spec->endpoint);
-    mb_status st = mb_zmq_transport_connect(spec->endpoint, NULL, &l.transport);
-    if (st != MB_STATUS_OK) {
-        snprintf(err, err_cap, "%s: cannot connect: %s", l.name, mb_status_str(st));
-        return st;
-    }
-    st = mb_link_hello(&l, timeout_ns, err, err_cap);
-    if (st != MB_STATUS_OK) {
+    /* A worker still winding down its previous coordinator's session drops
+     * the connection once; reconnect until the deadline. */
+    uint64_t deadline = mb_now_ns() + (uint64_t)timeout_ns;
+    mb_status st;
+    for (;;) {
+        st = mb_zmq_transport_connect(spec->endpoint, NULL, &l.transport);
+        if (st != MB_STATUS_OK) {
+            snprintf(err, err_cap, "%s: cannot connect: %s", l.name, mb_status_str(st));
+            return st;
+        }
+        uint64_t now = mb_now_ns();
+        st = mb_link_hello(&l, now < deadline ? (int64_t)(deadline - now) : 0, err, err_cap);
+        if (st == MB_STATUS_OK) break;
         mb_transport_destroy(&l.transport);
-        return st;
+        if (st != MB_STATUS_PEER_DEAD || mb_now_ns() + 100000000ull >= deadline) return st;
+        usleep(100000);
     }
     snprintf(l.name, sizeof l.name, "w%d %.16s %.60s", index, l.caps.backend, spec->endpoint);
     *out = l;
@@ -284,6 +293,8 @@ static int mb_link_reap(pid_t pid, int timeout_ms)
 void mb_link_close(mb_link *l)
 {
     if (!l) return;
+    /* SHUTDOWN ends the session: a spawned worker exits, a remote one goes
+     * back to waiting for the next coordinator. */
     if (l->pid > 0 || l->kind == MB_LINK_REMOTE) {
         if (l->transport.ops) {
             unsigned char msg[MB_PROTO_HEADER_BYTES] __attribute__((aligned(8)));

@@ -22,7 +22,8 @@ static void mb_cpu_model_name(char *buf, size_t cap)
         const char *v = strchr(line, ':');
         if (!v) break;
         v++;
-        while (*v == ' ' || *v == '\t') v++;
+        while (*v == ' ' || *v == '\t')
+            v++;
         size_t n = strcspn(v, "\n");
         snprintf(buf, cap, "%.*s", (int)n, v);
         break;
@@ -39,8 +40,10 @@ static void mb_cpu_meminfo(uint64_t *total, uint64_t *avail)
     char line[256];
     while (fgets(line, sizeof line, f)) {
         unsigned long long kb;
-        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) *total = (uint64_t)kb * 1024u;
-        else if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) *avail = (uint64_t)kb * 1024u;
+        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1)
+            *total = (uint64_t)kb * 1024u;
+        else if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            *avail = (uint64_t)kb * 1024u;
     }
     fclose(f);
 }
@@ -50,7 +53,8 @@ static void mb_cpu_close(void *state)
     mb_cpu_backend *be = state;
     if (!be) return;
     if (be->slots)
-        for (uint32_t i = 0; i < be->max_slots; i++) mb_cpu_slot_free(be, &be->slots[i]);
+        for (uint32_t i = 0; i < be->max_slots; i++)
+            mb_cpu_slot_free(be, &be->slots[i]);
     mb_kcpu_pool_destroy(be->pool);
     mb_kcpu_moe_ws_destroy(be->ws);
     free(be->slots);
@@ -98,7 +102,9 @@ static mb_status mb_cpu_open(const mb_backend_config *cfg, void **state)
     long long node_free = 0;
     if (be->node >= 0) {
         /* A node that does not exist (or has no memory) is a missing device. */
-        if (be->numa_ok ? (be->node > numa_max_node() || numa_node_size64(be->node, &node_free) <= 0) : be->node != 0) {
+        if (be->numa_ok
+                ? (be->node > numa_max_node() || numa_node_size64(be->node, &node_free) <= 0)
+                : be->node != 0) {
             st = MB_STATUS_DEVICE;
             goto fail;
         }
@@ -109,7 +115,8 @@ static mb_status mb_cpu_open(const mb_backend_config *cfg, void **state)
     be->slot_to_expert = malloc(sizeof(int32_t) * max_slots);
     be->ws = mb_kcpu_moe_ws_create();
     if (!be->slots || !be->slot_to_expert || !be->ws) goto fail;
-    for (uint32_t i = 0; i < max_slots; i++) be->slot_to_expert[i] = -1;
+    for (uint32_t i = 0; i < max_slots; i++)
+        be->slot_to_expert[i] = -1;
 
     be->pool = mb_kcpu_pool_create(cfg->n_threads, be->node);
     if (!be->pool) goto fail;
@@ -121,8 +128,8 @@ static mb_status mb_cpu_open(const mb_backend_config *cfg, void **state)
     char node[24] = "";
     if (be->node >= 0) snprintf(node, sizeof node, " node %d", be->node);
     /* A long model name is cut; the tail (threads, ISA) matters less. */
-    int n = snprintf(be->device, sizeof be->device, "%s%s, %d threads, %s", model, node, be->n_threads,
-                     mb_kcpu_isa_name());
+    int n = snprintf(be->device, sizeof be->device, "%s%s, %d threads, %s", model, node,
+                     be->n_threads, mb_kcpu_isa_name());
     (void)n;
     *state = be;
     return MB_STATUS_OK;

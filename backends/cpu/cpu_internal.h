@@ -39,8 +39,8 @@ typedef struct {
 
 typedef struct {
     mb_backend_config cfg;
-    int numa_ok;      /* libnuma usable on this machine */
-    int node;         /* NUMA node of the threads and BIND memory, or -1 */
+    int numa_ok; /* libnuma usable on this machine */
+    int node;    /* NUMA node of the threads and BIND memory, or -1 */
     mb_kcpu_pool *pool;
     int n_threads;
     uint32_t max_slots;
@@ -57,7 +57,7 @@ typedef struct {
     float *pair_gate;        /* [cap] */
     mb_kcpu_expert *experts; /* [cap] */
     size_t pairs_cap;
-    float *out_f32;          /* [out_cap] result before conversion */
+    float *out_f32; /* [out_cap] result before conversion */
     size_t out_cap;
 } mb_cpu_backend;
 

@@ -36,8 +36,8 @@ static void mb_cpu_store_out(void *ctx, size_t col0, size_t col1)
     const mb_cpu_io *io = ctx;
     const size_t d = io->req->d_model, esz = mb_dtype_size(io->req->dtype);
     for (size_t t = 0; t < io->req->n_tokens; t++)
-        mb_dtype_encode_f32(io->req->dtype, (char *)io->out + (t * d + col0) * esz, io->out_f32 + t * d + col0,
-                            col1 - col0);
+        mb_dtype_encode_f32(io->req->dtype, (char *)io->out + (t * d + col0) * esz,
+                            io->out_f32 + t * d + col0, col1 - col0);
 }
 
 /* Grows the per-pair scratch to hold n pairs. */
@@ -45,7 +45,8 @@ static mb_status mb_cpu_reserve_pairs(mb_cpu_backend *be, size_t n)
 {
     if (n <= be->pairs_cap) return MB_STATUS_OK;
     size_t cap = be->pairs_cap ? be->pairs_cap : 64;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+        cap *= 2;
     uint32_t *es = realloc(be->expert_slot, cap * sizeof *es);
     if (es) be->expert_slot = es;
     size_t *p0 = realloc(be->expert_pair0, (cap + 1) * sizeof *p0);
@@ -63,7 +64,8 @@ static mb_status mb_cpu_reserve_pairs(mb_cpu_backend *be, size_t n)
 
 /* Validates every pair's slot against the request and assigns each active
  * slot a dense expert index; on failure every mapping made is undone. */
-static mb_status mb_cpu_map_slots(mb_cpu_backend *be, const mb_proto_expert_req *req, size_t *n_experts)
+static mb_status mb_cpu_map_slots(mb_cpu_backend *be, const mb_proto_expert_req *req,
+                                  size_t *n_experts)
 {
     size_t ne = 0;
     mb_status st = MB_STATUS_OK;
@@ -95,7 +97,8 @@ static mb_status mb_cpu_map_slots(mb_cpu_backend *be, const mb_proto_expert_req 
         be->expert_slot[ne++] = slot;
     }
     if (st != MB_STATUS_OK) {
-        for (size_t e = 0; e < ne; e++) be->slot_to_expert[be->expert_slot[e]] = -1;
+        for (size_t e = 0; e < ne; e++)
+            be->slot_to_expert[be->expert_slot[e]] = -1;
         return st;
     }
     *n_experts = ne;
@@ -109,18 +112,22 @@ mb_status mb_cpu_run(void *state, const mb_proto_expert_req *req, void *out, uin
     const uint64_t t0 = mb_cpu_now_ns();
     if (!mb_dtype_valid(req->dtype)) return MB_STATUS_BAD_DTYPE;
     if (req->n_tokens == 0 || req->d_model == 0) {
-        if (req->n_pairs != 0) return req->n_tokens == 0 ? MB_STATUS_PAIR_COUNT : MB_STATUS_BAD_SHAPE;
+        if (req->n_pairs != 0)
+            return req->n_tokens == 0 ? MB_STATUS_PAIR_COUNT : MB_STATUS_BAD_SHAPE;
         if (compute_ns) *compute_ns = 0;
         return MB_STATUS_OK;
     }
-    if (!out || !req->act || !req->pair_counts || (req->n_pairs && !req->pairs)) return MB_STATUS_INVALID_ARG;
+    if (!out || !req->act || !req->pair_counts || (req->n_pairs && !req->pairs))
+        return MB_STATUS_INVALID_ARG;
     uint64_t sum = 0;
-    for (uint32_t t = 0; t < req->n_tokens; t++) sum += req->pair_counts[t];
+    for (uint32_t t = 0; t < req->n_tokens; t++)
+        sum += req->pair_counts[t];
     if (sum != req->n_pairs) return MB_STATUS_PAIR_COUNT;
 
     const size_t esz = mb_dtype_size(req->dtype), d = req->d_model;
     size_t out_elems;
-    if (__builtin_mul_overflow((size_t)req->n_tokens, d, &out_elems) || out_elems > SIZE_MAX / sizeof(float))
+    if (__builtin_mul_overflow((size_t)req->n_tokens, d, &out_elems) ||
+        out_elems > SIZE_MAX / sizeof(float))
         return MB_STATUS_OVERFLOW;
     mb_status st = mb_cpu_reserve_pairs(be, req->n_pairs);
     if (st != MB_STATUS_OK) return st;
@@ -142,8 +149,10 @@ mb_status mb_cpu_run(void *state, const mb_proto_expert_req *req, void *out, uin
     /* Counting sort of the pairs by expert, tokens ascending within each. */
     size_t *p0 = be->expert_pair0;
     memset(p0, 0, (ne + 1) * sizeof *p0);
-    for (uint32_t i = 0; i < req->n_pairs; i++) p0[be->slot_to_expert[req->pairs[i].slot] + 1]++;
-    for (size_t e = 0; e < ne; e++) p0[e + 1] += p0[e];
+    for (uint32_t i = 0; i < req->n_pairs; i++)
+        p0[be->slot_to_expert[req->pairs[i].slot] + 1]++;
+    for (size_t e = 0; e < ne; e++)
+        p0[e + 1] += p0[e];
     {
         uint32_t i = 0;
         for (uint32_t t = 0; t < req->n_tokens; t++)

@@ -48,7 +48,8 @@ static void *mb_cpu_alloc(const mb_cpu_backend *be, size_t bytes, mb_cpu_mem_kin
 }
 
 /* Copies rows x cols elements into rows padded to ld elements. */
-static void mb_cpu_copy_rows(char *dst, const char *src, size_t rows, size_t cols, size_t ld, size_t esz)
+static void mb_cpu_copy_rows(char *dst, const char *src, size_t rows, size_t cols, size_t ld,
+                             size_t esz)
 {
     for (size_t r = 0; r < rows; r++) {
         memcpy(dst + r * ld * esz, src + r * cols * esz, cols * esz);
@@ -69,7 +70,8 @@ mb_status mb_cpu_load_expert(void *state, const mb_expert_weights *w)
     for (uint32_t i = 0; i < be->max_slots; i++) {
         const mb_cpu_slot *o = &be->slots[i];
         if (i == w->slot || !o->loaded || o->layer != w->layer) continue;
-        if (o->d_model != w->d_model || o->d_ff != w->d_ff || o->wdtype != w->wdtype) return MB_STATUS_BAD_SHAPE;
+        if (o->d_model != w->d_model || o->d_ff != w->d_ff || o->wdtype != w->wdtype)
+            return MB_STATUS_BAD_SHAPE;
         break;
     }
 
@@ -78,9 +80,10 @@ mb_status mb_cpu_load_expert(void *state, const mb_expert_weights *w)
     /* 2 * d_ff * ld_in + d_model * ld_ff elements; each factor < 2^32 and
      * padding adds < 64, so check the products against SIZE_MAX. */
     size_t gu = 0, dn = 0, bytes = 0;
-    if (__builtin_mul_overflow((size_t)w->d_ff, ld_in, &gu) || __builtin_mul_overflow(gu, (size_t)2, &gu) ||
-        __builtin_mul_overflow((size_t)w->d_model, ld_ff, &dn) || __builtin_add_overflow(gu, dn, &bytes) ||
-        __builtin_mul_overflow(bytes, esz, &bytes))
+    if (__builtin_mul_overflow((size_t)w->d_ff, ld_in, &gu) ||
+        __builtin_mul_overflow(gu, (size_t)2, &gu) ||
+        __builtin_mul_overflow((size_t)w->d_model, ld_ff, &dn) ||
+        __builtin_add_overflow(gu, dn, &bytes) || __builtin_mul_overflow(bytes, esz, &bytes))
         return MB_STATUS_OVERFLOW;
 
     mb_cpu_mem_kind kind = MB_CPU_MEM_NONE;

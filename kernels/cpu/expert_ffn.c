@@ -19,13 +19,13 @@
 #define MB_MOE_RB_MAX 96
 
 struct mb_kcpu_moe_ws {
-    float *xp;            /* [n_tokens][kp_model] packed activations */
+    float *xp; /* [n_tokens][kp_model] packed activations */
     size_t xp_cap;
-    float *h;             /* [n_pairs][kp_ff] packed SiLU products */
+    float *h; /* [n_pairs][kp_ff] packed SiLU products */
     size_t h_cap;
-    const float **rows;   /* [2][n_pairs]: x row and h row of each pair */
+    const float **rows; /* [2][n_pairs]: x row and h row of each pair */
     size_t rows_cap;
-    float *scratch;       /* [n_threads][per_thread] */
+    float *scratch; /* [n_threads][per_thread] */
     size_t scratch_cap;
 };
 
@@ -71,7 +71,8 @@ void mb_kcpu_moe_ws_destroy(mb_kcpu_moe_ws *ws)
 size_t mb_kcpu_moe_ws_bytes(const mb_kcpu_moe_ws *ws)
 {
     if (!ws) return 0;
-    return (ws->xp_cap + ws->h_cap + ws->scratch_cap) * sizeof(float) + ws->rows_cap * sizeof(float *);
+    return (ws->xp_cap + ws->h_cap + ws->scratch_cap) * sizeof(float) +
+           ws->rows_cap * sizeof(float *);
 }
 
 static size_t mb_moe_round16(size_t n)
@@ -113,11 +114,12 @@ static void mb_moe_gate_up_task(void *ctx, size_t task, int thread)
     float *acc_u = acc_g + MB_MOE_NB * j->rb1;
     float *hrow = acc_u + MB_MOE_NB * j->rb1;
     for (size_t q0 = p->expert_pair0[e]; q0 < p->expert_pair0[e + 1]; q0 += MB_MOE_NB) {
-        size_t nq = p->expert_pair0[e + 1] - q0 < MB_MOE_NB ? p->expert_pair0[e + 1] - q0 : MB_MOE_NB;
-        mb_kcpu_gemm_block(j->isa, p->wdtype, E->gate, E->ld_in, r0, r1, j->xrow + q0, nq, p->d_model, acc_g,
-                           j->rb1, 0);
-        mb_kcpu_gemm_block(j->isa, p->wdtype, E->up, E->ld_in, r0, r1, j->xrow + q0, nq, p->d_model, acc_u,
-                           j->rb1, 0);
+        size_t nq =
+            p->expert_pair0[e + 1] - q0 < MB_MOE_NB ? p->expert_pair0[e + 1] - q0 : MB_MOE_NB;
+        mb_kcpu_gemm_block(j->isa, p->wdtype, E->gate, E->ld_in, r0, r1, j->xrow + q0, nq,
+                           p->d_model, acc_g, j->rb1, 0);
+        mb_kcpu_gemm_block(j->isa, p->wdtype, E->up, E->ld_in, r0, r1, j->xrow + q0, nq, p->d_model,
+                           acc_u, j->rb1, 0);
         for (size_t q = 0; q < nq; q++) {
             j->isa->silu_mul(acc_g + q * j->rb1, acc_u + q * j->rb1, hrow, r1 - r0);
             /* r0 is a multiple of the chunk, so this block packs on its own;
@@ -134,18 +136,21 @@ static void mb_moe_down_task(void *ctx, size_t task, int thread)
     const size_t c0 = task * j->rb2, c1 = c0 + j->rb2 < p->d_model ? c0 + j->rb2 : p->d_model;
     const size_t nc = c1 - c0;
     float *acc = mb_moe_scratch(j, thread) + 2 * MB_MOE_NB * j->rb1 + j->rb1;
-    for (size_t t = 0; t < p->n_tokens; t++) memset(p->out + t * p->ldo + c0, 0, nc * sizeof(float));
+    for (size_t t = 0; t < p->n_tokens; t++)
+        memset(p->out + t * p->ldo + c0, 0, nc * sizeof(float));
     for (size_t e = 0; e < p->n_experts; e++) {
         const mb_kcpu_expert *E = &p->experts[e];
         for (size_t q0 = p->expert_pair0[e]; q0 < p->expert_pair0[e + 1]; q0 += MB_MOE_NB) {
-            size_t nq = p->expert_pair0[e + 1] - q0 < MB_MOE_NB ? p->expert_pair0[e + 1] - q0 : MB_MOE_NB;
-            mb_kcpu_gemm_block(j->isa, p->wdtype, E->down, E->ld_ff, c0, c1, j->hrow + q0, nq, p->d_ff, acc,
-                               j->rb2, 0);
+            size_t nq =
+                p->expert_pair0[e + 1] - q0 < MB_MOE_NB ? p->expert_pair0[e + 1] - q0 : MB_MOE_NB;
+            mb_kcpu_gemm_block(j->isa, p->wdtype, E->down, E->ld_ff, c0, c1, j->hrow + q0, nq,
+                               p->d_ff, acc, j->rb2, 0);
             for (size_t q = 0; q < nq; q++) {
                 const float g = p->pair_gate[q0 + q];
                 const float *src = acc + q * j->rb2;
                 float *dst = p->out + (size_t)p->pair_token[q0 + q] * p->ldo + c0;
-                for (size_t c = 0; c < nc; c++) dst[c] += g * src[c];
+                for (size_t c = 0; c < nc; c++)
+                    dst[c] += g * src[c];
             }
         }
     }
@@ -165,7 +170,8 @@ static int mb_moe_validate(const mb_kcpu_moe_problem *p, size_t *n_pairs)
     for (size_t e = 0; e < p->n_experts; e++) {
         if (p->expert_pair0[e + 1] < p->expert_pair0[e]) return -1;
         const mb_kcpu_expert *E = &p->experts[e];
-        if (!E->gate || !E->up || !E->down || E->ld_in < p->d_model || E->ld_ff < p->d_ff) return -1;
+        if (!E->gate || !E->up || !E->down || E->ld_in < p->d_model || E->ld_ff < p->d_ff)
+            return -1;
     }
     if (np > 0 && (!p->pair_token || !p->pair_gate)) return -1;
     for (size_t q = 0; q < np; q++)
@@ -191,17 +197,21 @@ int mb_kcpu_moe_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_pr
 
     /* Block sizes: the largest that still gives each thread a few tasks. */
     j.rb1 = MB_MOE_RB_MAX;
-    while (j.rb1 > 32 && p->n_experts * ((p->d_ff + j.rb1 - 1) / j.rb1) < (size_t)threads * 4) j.rb1 -= 32;
+    while (j.rb1 > 32 && p->n_experts * ((p->d_ff + j.rb1 - 1) / j.rb1) < (size_t)threads * 4)
+        j.rb1 -= 32;
     j.nb1 = (p->d_ff + j.rb1 - 1) / j.rb1;
     j.rb2 = n_pairs >= 32 * p->n_experts ? 96 : 48;
-    while (j.rb2 > 24 && (p->d_model + j.rb2 - 1) / j.rb2 < (size_t)threads * 4) j.rb2 /= 2;
-    j.per_thread = mb_moe_round16(2 * MB_MOE_NB * j.rb1 + j.rb1 + MB_MOE_NB * j.rb2) + mb_moe_round16(p->d_model);
+    while (j.rb2 > 24 && (p->d_model + j.rb2 - 1) / j.rb2 < (size_t)threads * 4)
+        j.rb2 /= 2;
+    j.per_thread = mb_moe_round16(2 * MB_MOE_NB * j.rb1 + j.rb1 + MB_MOE_NB * j.rb2) +
+                   mb_moe_round16(p->d_model);
 
-    if (mb_moe_grow((void **)&ws->xp, &ws->xp_cap, mb_moe_mul(p->n_tokens, j.kp_model), sizeof(float)) ||
+    if (mb_moe_grow((void **)&ws->xp, &ws->xp_cap, mb_moe_mul(p->n_tokens, j.kp_model),
+                    sizeof(float)) ||
         mb_moe_grow((void **)&ws->h, &ws->h_cap, mb_moe_mul(n_pairs, j.kp_ff), sizeof(float)) ||
         mb_moe_grow((void **)&ws->rows, &ws->rows_cap, mb_moe_mul(n_pairs, 2), sizeof(float *)) ||
-        mb_moe_grow((void **)&ws->scratch, &ws->scratch_cap, mb_moe_mul(j.per_thread, (size_t)threads),
-                    sizeof(float)))
+        mb_moe_grow((void **)&ws->scratch, &ws->scratch_cap,
+                    mb_moe_mul(j.per_thread, (size_t)threads), sizeof(float)))
         return -1;
     j.xrow = ws->rows;
     j.hrow = ws->rows + n_pairs;

@@ -25,7 +25,7 @@ typedef struct {
 } mb_kcpu_expert;
 
 typedef struct {
-    int wdtype;      /* MB_KCPU_F32, MB_KCPU_F16, MB_KCPU_BF16 */
+    int wdtype; /* MB_KCPU_F32, MB_KCPU_F16, MB_KCPU_BF16 */
     size_t d_model;
     size_t d_ff;
     size_t n_tokens;
@@ -33,10 +33,10 @@ typedef struct {
     /* Experts with work and their pairs: the pairs of expert e are
      * [expert_pair0[e], expert_pair0[e + 1]) in pair_token / pair_gate. */
     size_t n_experts;
-    const mb_kcpu_expert *experts;   /* [n_experts] */
-    const size_t *expert_pair0;      /* [n_experts + 1], non-decreasing, from 0 */
-    const uint32_t *pair_token;      /* [n_pairs] each < n_tokens */
-    const float *pair_gate;          /* [n_pairs] */
+    const mb_kcpu_expert *experts; /* [n_experts] */
+    const size_t *expert_pair0;    /* [n_experts + 1], non-decreasing, from 0 */
+    const uint32_t *pair_token;    /* [n_pairs] each < n_tokens */
+    const float *pair_gate;        /* [n_pairs] */
 
     /* Activations: f32 rows x[n_tokens][ldx], or when load_x is set, a
      * callback that writes token t's row (d_model floats) into dst; it is

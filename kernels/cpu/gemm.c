@@ -19,7 +19,8 @@ static const mb_kcpu_isa_impl *mb_kcpu_isa_detect(void)
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         return &mb_kcpu_isa_avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
         return &mb_kcpu_isa_avx2;
 #endif
     return &mb_kcpu_isa_scalar;
@@ -66,9 +67,9 @@ int mb_kcpu_force_isa(const char *name)
     return -1;
 }
 
-void mb_kcpu_gemm_block(const mb_kcpu_isa_impl *isa, int wdtype, const void *w, size_t ldw, size_t r0,
-                        size_t r1, const float *const *xp, size_t n_tok, size_t k, float *acc, size_t ldacc,
-                        int add)
+void mb_kcpu_gemm_block(const mb_kcpu_isa_impl *isa, int wdtype, const void *w, size_t ldw,
+                        size_t r0, size_t r1, const float *const *xp, size_t n_tok, size_t k,
+                        float *acc, size_t ldacc, int add)
 {
     if (r1 <= r0 || n_tok == 0) return;
     const size_t esz = mb_kcpu_wsize(wdtype);
@@ -78,11 +79,14 @@ void mb_kcpu_gemm_block(const mb_kcpu_isa_impl *isa, int wdtype, const void *w, 
 
     if (k == 0) {
         if (!add)
-            for (size_t t = 0; t < n_tok; t++) memset(acc + t * ldacc, 0, (r1 - r0) * sizeof(float));
+            for (size_t t = 0; t < n_tok; t++)
+                memset(acc + t * ldacc, 0, (r1 - r0) * sizeof(float));
         return;
     }
-    for (size_t k0 = 0; k0 < k; k0 += MB_KCPU_KC) {
-        const size_t k1 = k - k0 > MB_KCPU_KC ? k0 + MB_KCPU_KC : k;
+    size_t kc = MB_KCPU_KC_BYTES / sizeof(float) / n_tok / 32 * 32;
+    if (kc < MB_KCPU_KC_MIN) kc = MB_KCPU_KC_MIN;
+    for (size_t k0 = 0; k0 < k; k0 += kc) {
+        const size_t k1 = k - k0 > kc ? k0 + kc : k;
         const int store = k0 == 0 && !add;
         for (size_t r = r0; r < r1;) {
             /* A short last group is computed as the last rows_main rows of
@@ -91,8 +95,10 @@ void mb_kcpu_gemm_block(const mb_kcpu_isa_impl *isa, int wdtype, const void *w, 
             int rows = rows_main;
             size_t rs = r;
             if (r1 - r < (size_t)rows) {
-                if (r1 - r0 >= (size_t)rows) rs = r1 - (size_t)rows;
-                else rows = 1;
+                if (r1 - r0 >= (size_t)rows)
+                    rs = r1 - (size_t)rows;
+                else
+                    rows = 1;
             }
             const void *wr = (const char *)w + rs * ldw * esz;
             for (size_t t0 = 0; t0 < n_tok; t0 += (size_t)t_main) {
@@ -103,9 +109,11 @@ void mb_kcpu_gemm_block(const mb_kcpu_isa_impl *isa, int wdtype, const void *w, 
                     const float *src = out + (size_t)t * (size_t)rows - rs;
                     size_t re = rs + (size_t)rows;
                     if (store)
-                        for (size_t q = r; q < re; q++) dst[q] = src[q];
+                        for (size_t q = r; q < re; q++)
+                            dst[q] = src[q];
                     else
-                        for (size_t q = r; q < re; q++) dst[q] += src[q];
+                        for (size_t q = r; q < re; q++)
+                            dst[q] += src[q];
                 }
             }
             r = rs + (size_t)rows;
@@ -167,14 +175,15 @@ static void mb_kcpu_gemm_task(void *ctx, size_t task, int thread)
     size_t t0 = tt * j->tok_per_task, t1 = t0 + j->tok_per_task;
     if (r1 > j->m) r1 = j->m;
     if (t1 > j->n) t1 = j->n;
-    mb_kcpu_gemm_block(j->isa, j->wdtype, j->w, j->ldw, r0, r1, j->xp + t0, t1 - t0, j->k, j->y + t0 * j->ldy + r0,
-                       j->ldy, j->add);
+    mb_kcpu_gemm_block(j->isa, j->wdtype, j->w, j->ldw, r0, r1, j->xp + t0, t1 - t0, j->k,
+                       j->y + t0 * j->ldy + r0, j->ldy, j->add);
 }
 
 #define MB_KCPU_PTRS_STACK 64
 
-static void mb_kcpu_gemm_run(mb_kcpu_pool *pool, int wdtype, const void *w, size_t ldw, size_t m, size_t k,
-                             const float *x, size_t ldx, size_t n, float *y, size_t ldy, int accumulate)
+static void mb_kcpu_gemm_run(mb_kcpu_pool *pool, int wdtype, const void *w, size_t ldw, size_t m,
+                             size_t k, const float *x, size_t ldx, size_t n, float *y, size_t ldy,
+                             int accumulate)
 {
     if (m == 0 || n == 0) return;
     const mb_kcpu_isa_impl *isa = mb_kcpu_isa_current();
@@ -189,7 +198,8 @@ static void mb_kcpu_gemm_run(mb_kcpu_pool *pool, int wdtype, const void *w, size
         if (!buf) {
             isa = &mb_kcpu_isa_scalar;
         } else {
-            for (size_t t = 0; t < n; t++) isa->pack(wdtype, x + t * ldx, k, buf + t * kp);
+            for (size_t t = 0; t < n; t++)
+                isa->pack(wdtype, x + t * ldx, k, buf + t * kp);
             xpk = buf;
             ldp = kp;
         }
@@ -202,13 +212,16 @@ static void mb_kcpu_gemm_run(mb_kcpu_pool *pool, int wdtype, const void *w, size
             /* Out of memory: run in slices that fit the stack array. */
             for (size_t t0 = 0; t0 < n; t0 += MB_KCPU_PTRS_STACK) {
                 size_t nt = n - t0 < MB_KCPU_PTRS_STACK ? n - t0 : MB_KCPU_PTRS_STACK;
-                for (size_t t = 0; t < nt; t++) stack_ptrs[t] = xpk + (t0 + t) * ldp;
-                mb_kcpu_gemm_block(isa, wdtype, w, ldw, 0, m, stack_ptrs, nt, k, y + t0 * ldy, ldy, accumulate);
+                for (size_t t = 0; t < nt; t++)
+                    stack_ptrs[t] = xpk + (t0 + t) * ldp;
+                mb_kcpu_gemm_block(isa, wdtype, w, ldw, 0, m, stack_ptrs, nt, k, y + t0 * ldy, ldy,
+                                   accumulate);
             }
             return;
         }
     }
-    for (size_t t = 0; t < n; t++) ptrs[t] = xpk + t * ldp;
+    for (size_t t = 0; t < n; t++)
+        ptrs[t] = xpk + t * ldp;
 
     mb_kcpu_gemm_job j = {isa, wdtype, w, ldw, m, k, n, ptrs, y, ldy, accumulate, m, n, 1};
     int threads = mb_kcpu_pool_threads(pool);

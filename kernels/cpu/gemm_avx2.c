@@ -1,4 +1,4 @@
-/* AVX2+FMA+F16C GEMM tiles: up to 4 weight rows by 4 tokens, k in chunks of
+/* AVX2+FMA+F16C GEMM tiles: 4x1, 4x2, 2x3, 2x4 weight rows by tokens, k in chunks of
  * 16. Same scheme as the AVX-512 path with 8-lane registers: bf16 rows
  * widen with a shift (even k) and a mask (odd k) against deinterleaved
  * activations, f16 rows with vcvtph2ps. AVX2 has no 16-bit masked loads, so
@@ -39,8 +39,9 @@ MB_INLINE void mb_k256_widen(const int wdtype, const void *p, __m256 *lo, __m256
     }
 }
 
-MB_INLINE void mb_k256_step(const int wdtype, const char *const *wr, size_t esz, const int R, const float *const *xp,
-                            const int T, size_t kk, size_t n, __m256 acc[MB_KCPU_TILE_R_MAX][MB_KCPU_TILE_T_MAX])
+MB_INLINE void mb_k256_step(const int wdtype, const char *const *wr, size_t esz, const int R,
+                            const float *const *xp, const int T, size_t kk, size_t n,
+                            __m256 acc[MB_KCPU_TILE_R_MAX][MB_KCPU_TILE_T_MAX])
 {
     __m256 xa[MB_KCPU_TILE_T_MAX], xb[MB_KCPU_TILE_T_MAX];
 #pragma GCC unroll 8
@@ -68,8 +69,8 @@ MB_INLINE void mb_k256_step(const int wdtype, const char *const *wr, size_t esz,
     }
 }
 
-MB_INLINE void mb_k256_tile(const int wdtype, const void *w, size_t ldw, const int R, const float *const *xp,
-                            const int T, size_t k0, size_t k1, float *out)
+MB_INLINE void mb_k256_tile(const int wdtype, const void *w, size_t ldw, const int R,
+                            const float *const *xp, const int T, size_t k0, size_t k1, float *out)
 {
     const size_t esz = wdtype == 0 ? 4 : 2;
     const char *wr[MB_KCPU_TILE_R_MAX];
@@ -78,7 +79,8 @@ MB_INLINE void mb_k256_tile(const int wdtype, const void *w, size_t ldw, const i
     for (int r = 0; r < R; r++) {
         wr[r] = (const char *)w + (size_t)r * ldw * esz;
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm256_setzero_ps();
     }
     size_t kk = k0;
     for (; kk + MB_K256_CHUNK <= k1; kk += MB_K256_CHUNK)
@@ -91,39 +93,47 @@ MB_INLINE void mb_k256_tile(const int wdtype, const void *w, size_t ldw, const i
         float tmp[4];
         __m256 b = R > 1 ? acc[1][t] : z, c = R > 2 ? acc[2][t] : z, d = R > 3 ? acc[3][t] : z;
         _mm_storeu_ps(tmp, mb_k256_reduce4(acc[0][t], b, c, d));
-        for (int r = 0; r < R; r++) out[t * R + r] = tmp[r];
+        for (int r = 0; r < R; r++)
+            out[t * R + r] = tmp[r];
     }
 }
 
-#define MB_K256_FN(DT, R, T)                                                                                 \
-    static void mb_k256_tile_##DT##_##R##_##T(const void *w, size_t ldw, const float *const *xp, size_t k0, \
-                                              size_t k1, float *out)                                         \
-    {                                                                                                        \
-        mb_k256_tile(DT, w, ldw, R, xp, T, k0, k1, out);                                                     \
+#define MB_K256_FN(DT, R, T)                                                                       \
+    static void mb_k256_tile_##DT##_##R##_##T(const void *w, size_t ldw, const float *const *xp,   \
+                                              size_t k0, size_t k1, float *out)                    \
+    {                                                                                              \
+        mb_k256_tile(DT, w, ldw, R, xp, T, k0, k1, out);                                           \
     }
-#define MB_K256_DT(DT)                                                                                       \
-    MB_K256_FN(DT, 4, 1)                                                                                     \
-    MB_K256_FN(DT, 2, 1) MB_K256_FN(DT, 2, 2) MB_K256_FN(DT, 2, 3) MB_K256_FN(DT, 2, 4)                      \
-    MB_K256_FN(DT, 1, 1) MB_K256_FN(DT, 1, 2) MB_K256_FN(DT, 1, 3) MB_K256_FN(DT, 1, 4)
+#define MB_K256_DT(DT)                                                                             \
+    MB_K256_FN(DT, 4, 1)                                                                           \
+    MB_K256_FN(DT, 4, 2) MB_K256_FN(DT, 2, 1) MB_K256_FN(DT, 2, 2) MB_K256_FN(DT, 2, 3)            \
+        MB_K256_FN(DT, 2, 4) MB_K256_FN(DT, 1, 1) MB_K256_FN(DT, 1, 2) MB_K256_FN(DT, 1, 3)        \
+            MB_K256_FN(DT, 1, 4)
 MB_K256_DT(0)
 MB_K256_DT(1)
 MB_K256_DT(2)
 
-typedef void (*mb_k256_tile_fn)(const void *, size_t, const float *const *, size_t, size_t, float *);
+typedef void (*mb_k256_tile_fn)(const void *, size_t, const float *const *, size_t, size_t,
+                                float *);
 
-#define MB_K256_ROW(DT)                                                                                      \
-    {{NULL},                                                                                                 \
-     {NULL, mb_k256_tile_##DT##_1_1, mb_k256_tile_##DT##_1_2, mb_k256_tile_##DT##_1_3,                       \
-      mb_k256_tile_##DT##_1_4},                                                                              \
-     {NULL, mb_k256_tile_##DT##_2_1, mb_k256_tile_##DT##_2_2, mb_k256_tile_##DT##_2_3,                       \
-      mb_k256_tile_##DT##_2_4},                                                                              \
-     {NULL},                                                                                                 \
-     {NULL, mb_k256_tile_##DT##_4_1, NULL, NULL, NULL}}
+#define MB_K256_ROW(DT)                                                                            \
+    {                                                                                              \
+        {NULL},                                                                                    \
+            {NULL, mb_k256_tile_##DT##_1_1, mb_k256_tile_##DT##_1_2, mb_k256_tile_##DT##_1_3,      \
+             mb_k256_tile_##DT##_1_4},                                                             \
+            {NULL, mb_k256_tile_##DT##_2_1, mb_k256_tile_##DT##_2_2, mb_k256_tile_##DT##_2_3,      \
+             mb_k256_tile_##DT##_2_4},                                                             \
+            {NULL},                                                                                \
+        {                                                                                          \
+            NULL, mb_k256_tile_##DT##_4_1, mb_k256_tile_##DT##_4_2, NULL, NULL                     \
+        }                                                                                          \
+    }
 
-static const mb_k256_tile_fn mb_k256_tiles[3][5][5] = {MB_K256_ROW(0), MB_K256_ROW(1), MB_K256_ROW(2)};
+static const mb_k256_tile_fn mb_k256_tiles[3][5][5] = {MB_K256_ROW(0), MB_K256_ROW(1),
+                                                       MB_K256_ROW(2)};
 
-static void mb_k256_tile_any(int wdtype, const void *w, size_t ldw, int rows, const float *const *xp, int n_tok,
-                             size_t k0, size_t k1, float *out)
+static void mb_k256_tile_any(int wdtype, const void *w, size_t ldw, int rows,
+                             const float *const *xp, int n_tok, size_t k0, size_t k1, float *out)
 {
     mb_k256_tile_fn fn = NULL;
     if (wdtype >= 0 && wdtype <= 2 && rows >= 1 && rows <= 4 && n_tok >= 1 && n_tok <= 4)
@@ -137,8 +147,10 @@ static void mb_k256_tile_any(int wdtype, const void *w, size_t ldw, int rows, co
     for (int r = 0; r < rows; r++) {
         for (int t0 = 0; t0 < n_tok; t0 += 4) {
             int nt = n_tok - t0 < 4 ? n_tok - t0 : 4;
-            mb_k256_tiles[wdtype][1][nt]((const char *)w + (size_t)r * ldw * esz, ldw, xp + t0, k0, k1, tmp);
-            for (int t = 0; t < nt; t++) out[(t0 + t) * rows + r] = tmp[t];
+            mb_k256_tiles[wdtype][1][nt]((const char *)w + (size_t)r * ldw * esz, ldw, xp + t0, k0,
+                                         k1, tmp);
+            for (int t = 0; t < nt; t++)
+                out[(t0 + t) * rows + r] = tmp[t];
         }
     }
 }
@@ -167,7 +179,8 @@ const mb_kcpu_isa_impl mb_kcpu_isa_avx2 = {
     .chunk = MB_K256_CHUNK,
     .bf16_deinterleave = 1,
     .t_max = 4,
-    .rows_for_t = {4, 4, 2, 2, 2, 2, 2, 2, 2},
+    /* 4x2 needs 8 accumulators + 4 activations + 2 weights = 14 registers. */
+    .rows_for_t = {4, 4, 4, 2, 2, 2, 2, 2, 2},
     .pack = mb_k256_pack,
     .tile = mb_k256_tile_any,
     .silu_mul = mb_kcpu_silu_mul_avx2,

@@ -1,4 +1,5 @@
-/* AVX-512 GEMM tiles: up to 8 weight rows by 5 tokens, k in chunks of 32.
+/* AVX-512 GEMM tiles: 8x1, 8x2, 6x3, 4x4 and 4x5 weight rows by tokens, k in
+ * chunks of 32.
  * bf16 rows widen exactly to f32 with one shift (even k) and one mask (odd k)
  * against deinterleaved activations, so results match an f32 reference up
  * to summation order; f16 rows widen with vcvtph2ps. Each weight chunk is
@@ -27,8 +28,8 @@ MB_INLINE __m128 mb_k512_reduce4(__m512 a, __m512 b, __m512 c, __m512 d)
 }
 
 /* Writes the tile's horizontal sums to out[t * R + r]. */
-MB_INLINE void mb_k512_store(__m512 acc[MB_KCPU_TILE_R_MAX][MB_KCPU_TILE_T_MAX], const int R, const int T,
-                             float *out)
+MB_INLINE void mb_k512_store(__m512 acc[MB_KCPU_TILE_R_MAX][MB_KCPU_TILE_T_MAX], const int R,
+                             const int T, float *out)
 {
     const __m512 z = _mm512_setzero_ps();
 #pragma GCC unroll 8
@@ -40,23 +41,27 @@ MB_INLINE void mb_k512_store(__m512 acc[MB_KCPU_TILE_R_MAX][MB_KCPU_TILE_T_MAX],
         int r = 0;
 #pragma GCC unroll 8
         for (; r + 4 <= R; r += 4)
-            _mm_storeu_ps(out + t * R + r, mb_k512_reduce4(acc[r][t], acc[r + 1][t], acc[r + 2][t], acc[r + 3][t]));
+            _mm_storeu_ps(out + t * R + r,
+                          mb_k512_reduce4(acc[r][t], acc[r + 1][t], acc[r + 2][t], acc[r + 3][t]));
         if (r < R) {
             float tmp[4];
             __m512 b = r + 1 < R ? acc[r + 1][t] : z, c = r + 2 < R ? acc[r + 2][t] : z;
             _mm_storeu_ps(tmp, mb_k512_reduce4(acc[r][t], b, c, z));
-            for (int q = 0; r + q < R; q++) out[t * R + r + q] = tmp[q];
+            for (int q = 0; r + q < R; q++)
+                out[t * R + r + q] = tmp[q];
         }
     }
 }
 
 /* Widens 32 weights of one row: lo/hi are the halves that pair with the
  * packed activations' first and second 16 floats of the chunk. */
-MB_INLINE void mb_k512_widen(const int wdtype, const void *row, size_t kk, size_t n, __m512 *lo, __m512 *hi)
+MB_INLINE void mb_k512_widen(const int wdtype, const void *row, size_t kk, size_t n, __m512 *lo,
+                             __m512 *hi)
 {
     if (wdtype == 2) {
         const uint16_t *p = (const uint16_t *)row + kk;
-        __m512i v = n >= 32 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16((__mmask32)((1ull << n) - 1), p);
+        __m512i v = n >= 32 ? _mm512_loadu_si512(p)
+                            : _mm512_maskz_loadu_epi16((__mmask32)((1ull << n) - 1), p);
         *lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
         *hi = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
     } else if (wdtype == 1) {
@@ -85,8 +90,9 @@ MB_INLINE void mb_k512_widen(const int wdtype, const void *row, size_t kk, size_
 }
 
 /* One chunk of k (n = 32, or fewer in the tail) for every row and token. */
-MB_INLINE void mb_k512_step(const int wdtype, const char *const *wr, size_t esz, const int R, const float *const *xp,
-                            const int T, size_t kk, size_t n, __m512 acc[MB_KCPU_TILE_R_MAX][MB_KCPU_TILE_T_MAX])
+MB_INLINE void mb_k512_step(const int wdtype, const char *const *wr, size_t esz, const int R,
+                            const float *const *xp, const int T, size_t kk, size_t n,
+                            __m512 acc[MB_KCPU_TILE_R_MAX][MB_KCPU_TILE_T_MAX])
 {
     __m512 xa[MB_KCPU_TILE_T_MAX], xb[MB_KCPU_TILE_T_MAX];
 #pragma GCC unroll 8
@@ -107,8 +113,8 @@ MB_INLINE void mb_k512_step(const int wdtype, const char *const *wr, size_t esz,
     }
 }
 
-MB_INLINE void mb_k512_tile(const int wdtype, const void *w, size_t ldw, const int R, const float *const *xp,
-                            const int T, size_t k0, size_t k1, float *out)
+MB_INLINE void mb_k512_tile(const int wdtype, const void *w, size_t ldw, const int R,
+                            const float *const *xp, const int T, size_t k0, size_t k1, float *out)
 {
     const size_t esz = wdtype == 0 ? 4 : 2;
     const char *wr[MB_KCPU_TILE_R_MAX];
@@ -117,49 +123,70 @@ MB_INLINE void mb_k512_tile(const int wdtype, const void *w, size_t ldw, const i
     for (int r = 0; r < R; r++) {
         wr[r] = (const char *)w + (size_t)r * ldw * esz;
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm512_setzero_ps();
     }
     size_t kk = k0;
-    for (; kk + MB_K512_CHUNK <= k1; kk += MB_K512_CHUNK) mb_k512_step(wdtype, wr, esz, R, xp, T, kk, MB_K512_CHUNK, acc);
+    for (; kk + MB_K512_CHUNK <= k1; kk += MB_K512_CHUNK)
+        mb_k512_step(wdtype, wr, esz, R, xp, T, kk, MB_K512_CHUNK, acc);
     if (kk < k1) mb_k512_step(wdtype, wr, esz, R, xp, T, kk, k1 - kk, acc);
     mb_k512_store(acc, R, T, out);
 }
 
 /* One function per (dtype, rows, tokens) so every loop above is unrolled
  * with constant bounds and the accumulators live in registers. */
-#define MB_K512_FN(DT, R, T)                                                                                 \
-    static void mb_k512_tile_##DT##_##R##_##T(const void *w, size_t ldw, const float *const *xp, size_t k0, \
-                                              size_t k1, float *out)                                         \
-    {                                                                                                        \
-        mb_k512_tile(DT, w, ldw, R, xp, T, k0, k1, out);                                                     \
+#define MB_K512_FN(DT, R, T)                                                                       \
+    static void mb_k512_tile_##DT##_##R##_##T(const void *w, size_t ldw, const float *const *xp,   \
+                                              size_t k0, size_t k1, float *out)                    \
+    {                                                                                              \
+        mb_k512_tile(DT, w, ldw, R, xp, T, k0, k1, out);                                           \
     }
-#define MB_K512_DT(DT)                                                                                       \
-    MB_K512_FN(DT, 8, 1)                                                                                     \
-    MB_K512_FN(DT, 6, 1) MB_K512_FN(DT, 6, 2)                                                                \
-    MB_K512_FN(DT, 4, 1) MB_K512_FN(DT, 4, 2) MB_K512_FN(DT, 4, 3) MB_K512_FN(DT, 4, 4) MB_K512_FN(DT, 4, 5) \
-    MB_K512_FN(DT, 1, 1) MB_K512_FN(DT, 1, 2) MB_K512_FN(DT, 1, 3) MB_K512_FN(DT, 1, 4) MB_K512_FN(DT, 1, 5)
+#define MB_K512_DT(DT)                                                                             \
+    MB_K512_FN(DT, 8, 1)                                                                           \
+    MB_K512_FN(DT, 8, 2) MB_K512_FN(DT, 6, 1) MB_K512_FN(DT, 6, 2) MB_K512_FN(DT, 6, 3)            \
+        MB_K512_FN(DT, 4, 1) MB_K512_FN(DT, 4, 2) MB_K512_FN(DT, 4, 3) MB_K512_FN(DT, 4, 4)        \
+            MB_K512_FN(DT, 4, 5) MB_K512_FN(DT, 1, 1) MB_K512_FN(DT, 1, 2) MB_K512_FN(DT, 1, 3)    \
+                MB_K512_FN(DT, 1, 4) MB_K512_FN(DT, 1, 5)
 MB_K512_DT(0)
 MB_K512_DT(1)
 MB_K512_DT(2)
 
-typedef void (*mb_k512_tile_fn)(const void *, size_t, const float *const *, size_t, size_t, float *);
+typedef void (*mb_k512_tile_fn)(const void *, size_t, const float *const *, size_t, size_t,
+                                float *);
 
-#define MB_K512_ROW(DT)                                                                                      \
-    {{NULL, NULL, NULL, NULL, NULL, NULL},                                                                   \
-     {NULL, mb_k512_tile_##DT##_1_1, mb_k512_tile_##DT##_1_2, mb_k512_tile_##DT##_1_3,                       \
-      mb_k512_tile_##DT##_1_4, mb_k512_tile_##DT##_1_5},                                                     \
-     {NULL}, {NULL}, /* rows 2, 3 unused */                                                                  \
-     {NULL, mb_k512_tile_##DT##_4_1, mb_k512_tile_##DT##_4_2, mb_k512_tile_##DT##_4_3,                       \
-      mb_k512_tile_##DT##_4_4, mb_k512_tile_##DT##_4_5},                                                     \
-     {NULL},                                                                                                 \
-     {NULL, mb_k512_tile_##DT##_6_1, mb_k512_tile_##DT##_6_2, NULL, NULL, NULL},                             \
-     {NULL},                                                                                                 \
-     {NULL, mb_k512_tile_##DT##_8_1, NULL, NULL, NULL, NULL}}
+#define MB_K512_ROW(DT)                                                                            \
+    {                                                                                              \
+        {NULL, NULL, NULL, NULL, NULL, NULL},                                                      \
+            {NULL,                                                                                 \
+             mb_k512_tile_##DT##_1_1,                                                              \
+             mb_k512_tile_##DT##_1_2,                                                              \
+             mb_k512_tile_##DT##_1_3,                                                              \
+             mb_k512_tile_##DT##_1_4,                                                              \
+             mb_k512_tile_##DT##_1_5},                                                             \
+            {NULL}, {NULL}, /* rows 2, 3 unused */                                                 \
+            {NULL,                                                                                 \
+             mb_k512_tile_##DT##_4_1,                                                              \
+             mb_k512_tile_##DT##_4_2,                                                              \
+             mb_k512_tile_##DT##_4_3,                                                              \
+             mb_k512_tile_##DT##_4_4,                                                              \
+             mb_k512_tile_##DT##_4_5},                                                             \
+            {NULL}, {NULL,                                                                         \
+                     mb_k512_tile_##DT##_6_1,                                                      \
+                     mb_k512_tile_##DT##_6_2,                                                      \
+                     mb_k512_tile_##DT##_6_3,                                                      \
+                     NULL,                                                                         \
+                     NULL},                                                                        \
+            {NULL},                                                                                \
+        {                                                                                          \
+            NULL, mb_k512_tile_##DT##_8_1, mb_k512_tile_##DT##_8_2, NULL, NULL, NULL               \
+        }                                                                                          \
+    }
 
-static const mb_k512_tile_fn mb_k512_tiles[3][9][6] = {MB_K512_ROW(0), MB_K512_ROW(1), MB_K512_ROW(2)};
+static const mb_k512_tile_fn mb_k512_tiles[3][9][6] = {MB_K512_ROW(0), MB_K512_ROW(1),
+                                                       MB_K512_ROW(2)};
 
-static void mb_k512_tile_any(int wdtype, const void *w, size_t ldw, int rows, const float *const *xp, int n_tok,
-                             size_t k0, size_t k1, float *out)
+static void mb_k512_tile_any(int wdtype, const void *w, size_t ldw, int rows,
+                             const float *const *xp, int n_tok, size_t k0, size_t k1, float *out)
 {
     mb_k512_tile_fn fn = NULL;
     if (wdtype >= 0 && wdtype <= 2 && rows >= 1 && rows <= 8 && n_tok >= 1 && n_tok <= 5)
@@ -174,8 +201,10 @@ static void mb_k512_tile_any(int wdtype, const void *w, size_t ldw, int rows, co
     for (int r = 0; r < rows; r++) {
         for (int t0 = 0; t0 < n_tok; t0 += 5) {
             int nt = n_tok - t0 < 5 ? n_tok - t0 : 5;
-            mb_k512_tiles[wdtype][1][nt]((const char *)w + (size_t)r * ldw * esz, ldw, xp + t0, k0, k1, tmp);
-            for (int t = 0; t < nt; t++) out[(t0 + t) * rows + r] = tmp[t];
+            mb_k512_tiles[wdtype][1][nt]((const char *)w + (size_t)r * ldw * esz, ldw, xp + t0, k0,
+                                         k1, tmp);
+            for (int t = 0; t < nt; t++)
+                out[(t0 + t) * rows + r] = tmp[t];
         }
     }
 }
@@ -212,7 +241,9 @@ const mb_kcpu_isa_impl mb_kcpu_isa_avx512 = {
     .chunk = MB_K512_CHUNK,
     .bf16_deinterleave = 1,
     .t_max = 5,
-    .rows_for_t = {8, 8, 6, 4, 4, 4, 4, 4, 4},
+    /* Decode tiles (few tokens) take more rows: more weight streams in
+     * flight; 8x2 and 6x3 still fit the 32 registers without spills. */
+    .rows_for_t = {8, 8, 8, 6, 4, 4, 4, 4, 4},
     .pack = mb_k512_pack,
     .tile = mb_k512_tile_any,
     .silu_mul = mb_kcpu_silu_mul_avx512,

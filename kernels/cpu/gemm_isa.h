@@ -16,15 +16,19 @@
 #define MB_KCPU_TILE_R_MAX 8
 #define MB_KCPU_TILE_T_MAX 8
 
-/* k is processed in blocks of this many elements (a multiple of every
- * chunk) so a tile's weight rows stay in L1 while token tiles reuse them. */
-#define MB_KCPU_KC 1024
+/* k is processed in blocks sized so that the activation rows of all tokens
+ * of a block (n_tok * kc floats) stay in L2 while the row groups of W sweep
+ * over them: at most MB_KCPU_KC_BYTES of them, and at least MB_KCPU_KC_MIN
+ * elements (a multiple of every chunk). With few tokens (decode) a block
+ * spans all of k, so each weight row is one continuous stream. */
+#define MB_KCPU_KC_BYTES (512u * 1024u)
+#define MB_KCPU_KC_MIN 1024u
 
 typedef struct {
     const char *name;
-    size_t chunk;          /* packed rows hold a multiple of chunk floats */
-    int bf16_deinterleave; /* bf16 packing splits each chunk into even/odd k */
-    int t_max;             /* tokens per tile, <= MB_KCPU_TILE_T_MAX */
+    size_t chunk;                           /* packed rows hold a multiple of chunk floats */
+    int bf16_deinterleave;                  /* bf16 packing splits each chunk into even/odd k */
+    int t_max;                              /* tokens per tile, <= MB_KCPU_TILE_T_MAX */
     int rows_for_t[MB_KCPU_TILE_T_MAX + 1]; /* rows per tile for t tokens */
 
     /* xp[kpad] = x[k] packed for weights of wdtype; pads with zeros. */
@@ -75,8 +79,8 @@ static inline size_t mb_kcpu_wsize(int wdtype)
 /* acc[t * ldacc + (r - r0)] (=, or += when add) for r in [r0, r1), t < n_tok:
  * rows of w (row stride ldw elements) dotted with packed rows xp[t], over
  * the whole of k, blocked over k and tiled with isa->tile. Single thread. */
-void mb_kcpu_gemm_block(const mb_kcpu_isa_impl *isa, int wdtype, const void *w, size_t ldw, size_t r0,
-                        size_t r1, const float *const *xp, size_t n_tok, size_t k, float *acc, size_t ldacc,
-                        int add);
+void mb_kcpu_gemm_block(const mb_kcpu_isa_impl *isa, int wdtype, const void *w, size_t ldw,
+                        size_t r0, size_t r1, const float *const *xp, size_t n_tok, size_t k,
+                        float *acc, size_t ldacc, int add);
 
 #endif

@@ -11,8 +11,8 @@ static void mb_kcpu_scalar_pack(int wdtype, const float *x, size_t k, float *xp)
     memcpy(xp, x, k * sizeof *xp);
 }
 
-static void mb_kcpu_scalar_tile(int wdtype, const void *w, size_t ldw, int rows, const float *const *xp, int n_tok,
-                                size_t k0, size_t k1, float *out)
+static void mb_kcpu_scalar_tile(int wdtype, const void *w, size_t ldw, int rows,
+                                const float *const *xp, int n_tok, size_t k0, size_t k1, float *out)
 {
     const size_t esz = mb_kcpu_wsize(wdtype);
     for (int r = 0; r < rows; r++) {
@@ -20,7 +20,8 @@ static void mb_kcpu_scalar_tile(int wdtype, const void *w, size_t ldw, int rows,
         for (int t = 0; t < n_tok; t++) {
             const float *x = xp[t];
             float s = 0.0f;
-            for (size_t kk = k0; kk < k1; kk++) s += mb_kcpu_load_w(wdtype, wr, kk) * x[kk];
+            for (size_t kk = k0; kk < k1; kk++)
+                s += mb_kcpu_load_w(wdtype, wr, kk) * x[kk];
             out[t * rows + r] = s;
         }
     }

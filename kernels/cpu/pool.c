@@ -167,7 +167,8 @@ static int mb_pool_node_cpus(int node, int **out)
         }
         for (long c = a; c <= b && c < CPU_SETSIZE; c++)
             if (c >= 0 && CPU_ISSET((int)c, &allowed)) cpus[n++] = (int)c;
-        while (*s == ',' || *s == '\n' || *s == ' ') s++;
+        while (*s == ',' || *s == '\n' || *s == ' ')
+            s++;
     }
     if (n == 0) {
         free(cpus);
@@ -254,7 +255,8 @@ void mb_kcpu_pool_destroy(mb_kcpu_pool *pool)
     atomic_store(&pool->stop, 1);
     pthread_cond_broadcast(&pool->cv);
     pthread_mutex_unlock(&pool->mu);
-    for (int i = 0; i < pool->n_started; i++) pthread_join(pool->threads[i], NULL);
+    for (int i = 0; i < pool->n_started; i++)
+        pthread_join(pool->threads[i], NULL);
     free(pool->threads);
     pthread_cond_destroy(&pool->cv);
     pthread_mutex_destroy(&pool->mu);
@@ -270,7 +272,8 @@ void mb_kcpu_pool_run(mb_kcpu_pool *pool, size_t n_tasks, mb_kcpu_task_fn fn, vo
 {
     if (n_tasks == 0) return;
     if (!pool || pool->n_started == 0 || n_tasks == 1 || n_tasks > 0xffffffffull) {
-        for (size_t i = 0; i < n_tasks; i++) fn(ctx, i, 0);
+        for (size_t i = 0; i < n_tasks; i++)
+            fn(ctx, i, 0);
         return;
     }
     pool->fn = fn;
@@ -295,8 +298,10 @@ void mb_kcpu_pool_run(mb_kcpu_pool *pool, size_t n_tasks, mb_kcpu_task_fn fn, vo
     while (atomic_load_explicit(&pool->done, memory_order_acquire) < n_tasks) {
         mb_pool_cpu_relax();
         if ((++spins & 255u) == 0) {
-            if (t0 == 0) t0 = mb_pool_now_ns();
-            else if (mb_pool_now_ns() - t0 > MB_POOL_SPIN_NS) sched_yield();
+            if (t0 == 0)
+                t0 = mb_pool_now_ns();
+            else if (mb_pool_now_ns() - t0 > MB_POOL_SPIN_NS)
+                sched_yield();
         }
     }
 }

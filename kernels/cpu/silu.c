@@ -6,5 +6,6 @@
 
 void mb_kcpu_silu_mul_scalar(const float *g, const float *u, float *h, size_t n)
 {
-    for (size_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    for (size_t i = 0; i < n; i++)
+        h[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }

@@ -57,9 +57,11 @@ static inline pid_t mb_test_start_worker(const char *listen, int threads, char *
     return pid;
 }
 
+/* Stops a worker as a user would (SIGTERM), killing it if it lingers. */
 static inline void mb_test_stop_worker(pid_t pid)
 {
     if (pid <= 0) return;
+    kill(pid, SIGTERM);
     for (int i = 0; i < 2000; i++) {
         if (waitpid(pid, NULL, WNOHANG) == pid) return;
         usleep(1000);

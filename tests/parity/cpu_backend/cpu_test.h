@@ -33,13 +33,15 @@ static inline void ct_expert_init(ct_expert *e, mb_dtype wd, uint32_t d_model, u
     REQUIRE(tmp);
     for (int m = 0; m < 3; m++) {
         float scale = 2.0f / sqrtf((float)(m == 2 ? d_ff : d_model));
-        for (size_t i = 0; i < n; i++) tmp[i] = mb_test_rand_f32(seed) * scale;
+        for (size_t i = 0; i < n; i++)
+            tmp[i] = mb_test_rand_f32(seed) * scale;
         e->w[m] = malloc(n * esz);
         e->wr[m] = malloc(n * sizeof(double));
         REQUIRE(e->w[m] && e->wr[m]);
         mb_dtype_encode_f32(wd, e->w[m], tmp, n);
         mb_dtype_decode_f32(wd, tmp, e->w[m], n);
-        for (size_t i = 0; i < n; i++) e->wr[m][i] = tmp[i];
+        for (size_t i = 0; i < n; i++)
+            e->wr[m][i] = tmp[i];
     }
     free(tmp);
 }
@@ -54,7 +56,8 @@ static inline void ct_expert_fini(ct_expert *e)
 
 static inline mb_status ct_load(mb_backend *b, const ct_expert *e, uint32_t layer, uint32_t slot)
 {
-    mb_expert_weights w = {layer, slot + 1000u, slot, e->d_model, e->d_ff, e->wd, e->w[0], e->w[1], e->w[2]};
+    mb_expert_weights w = {layer, slot + 1000u, slot,    e->d_model, e->d_ff,
+                           e->wd, e->w[0],      e->w[1], e->w[2]};
     return mb_backend_load_expert(b, &w);
 }
 
@@ -76,7 +79,8 @@ static inline void ct_ref_add(const ct_expert *e, const double *x, double g, dou
     for (size_t c = 0; c < dm; c++) {
         const double *dr = e->wr[2] + c * df;
         double s = 0;
-        for (size_t f = 0; f < df; f++) s += dr[f] * h[f];
+        for (size_t f = 0; f < df; f++)
+            s += dr[f] * h[f];
         y[c] += g * s;
     }
     free(h);
@@ -93,8 +97,8 @@ typedef struct {
 
 /* Random activations in dtype; token t gets counts[t] pairs from slots[]
  * (caller fills pairs afterwards through r->pairs). */
-static inline void ct_req_init(ct_req *r, uint32_t layer, uint32_t n_tokens, uint32_t d_model, mb_dtype dt,
-                               uint32_t n_pairs, unsigned long long *seed)
+static inline void ct_req_init(ct_req *r, uint32_t layer, uint32_t n_tokens, uint32_t d_model,
+                               mb_dtype dt, uint32_t n_pairs, unsigned long long *seed)
 {
     memset(r, 0, sizeof *r);
     size_t n = (size_t)n_tokens * d_model;
@@ -104,12 +108,15 @@ static inline void ct_req_init(ct_req *r, uint32_t layer, uint32_t n_tokens, uin
     r->act_ref = malloc(sizeof(double) * n + 8);
     float *tmp = malloc(sizeof(float) * n + 4);
     REQUIRE(r->counts && r->pairs && r->act && r->act_ref && tmp);
-    for (size_t i = 0; i < n; i++) tmp[i] = mb_test_rand_f32(seed) * 2.0f;
+    for (size_t i = 0; i < n; i++)
+        tmp[i] = mb_test_rand_f32(seed) * 2.0f;
     mb_dtype_encode_f32(dt, r->act, tmp, n);
     mb_dtype_decode_f32(dt, tmp, r->act, n);
-    for (size_t i = 0; i < n; i++) r->act_ref[i] = tmp[i];
+    for (size_t i = 0; i < n; i++)
+        r->act_ref[i] = tmp[i];
     free(tmp);
-    r->req = (mb_proto_expert_req){layer, n_tokens, d_model, dt, n_pairs, r->counts, r->pairs, r->act};
+    r->req =
+        (mb_proto_expert_req){layer, n_tokens, d_model, dt, n_pairs, r->counts, r->pairs, r->act};
 }
 
 static inline void ct_req_fini(ct_req *r)

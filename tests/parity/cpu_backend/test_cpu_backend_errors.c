@@ -18,13 +18,14 @@ static int out_untouched(const void *out, size_t bytes)
 
 /* One token, pairs with the given slots and gate 1; returns the run status
  * and checks the output stays poisoned on failure. */
-static mb_status run_slots(mb_backend *b, uint32_t layer, uint32_t d_model, const uint32_t *slots, uint32_t n,
-                           void **out_keep, unsigned long long *seed)
+static mb_status run_slots(mb_backend *b, uint32_t layer, uint32_t d_model, const uint32_t *slots,
+                           uint32_t n, void **out_keep, unsigned long long *seed)
 {
     ct_req r;
     ct_req_init(&r, layer, 1, d_model, MB_DTYPE_F32, n, seed);
     r.counts[0] = (uint16_t)n;
-    for (uint32_t i = 0; i < n; i++) r.pairs[i] = (mb_proto_pair){slots[i], 1.0f};
+    for (uint32_t i = 0; i < n; i++)
+        r.pairs[i] = (mb_proto_pair){slots[i], 1.0f};
     void *out = ct_out_poisoned(&r.req);
     mb_status st = mb_backend_run(b, &r.req, out, NULL);
     if (st != MB_STATUS_OK) CHECK(out_untouched(out, d_model * sizeof(float)));
@@ -61,7 +62,8 @@ int main(void)
     CHECK_EQ(caps.weight_dtype_mask, MB_DTYPE_MASK_ALL);
     CHECK(caps.preferred_batch > 0);
     CHECK(caps.mem_total_bytes > 0 && caps.mem_free_bytes <= caps.mem_total_bytes);
-    printf("device: %s, mem %llu MiB\n", caps.device, (unsigned long long)(caps.mem_total_bytes >> 20));
+    printf("device: %s, mem %llu MiB\n", caps.device,
+           (unsigned long long)(caps.mem_total_bytes >> 20));
 
     ct_expert e1, e2, e_other;
     ct_expert_init(&e1, MB_DTYPE_BF16, 64, 40, &seed);
@@ -135,7 +137,8 @@ int main(void)
     }
     void *first = NULL;
     for (int i = 0; i < 3; i++) {
-        mb_backend_config pc = {.device = i == 0 ? -1 : 0, .n_threads = 2, .numa = pols[i], .max_slots = 8};
+        mb_backend_config pc = {
+            .device = i == 0 ? -1 : 0, .n_threads = 2, .numa = pols[i], .max_slots = 8};
         mb_backend *pb = NULL;
         REQUIRE(mb_backend_open(ops, &pc, &pb) == MB_STATUS_OK);
         CHECK_EQ(ct_load(pb, &e1, 1, 0), MB_STATUS_OK);

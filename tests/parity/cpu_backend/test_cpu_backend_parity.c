@@ -16,13 +16,14 @@ typedef struct {
     uint32_t layer, d_model, d_ff, n_experts;
 } shape;
 
-static double run_case(mb_backend *b, const shape *s, ct_expert *ex, mb_dtype payload, uint32_t n_tokens,
-                       unsigned long long *seed)
+static double run_case(mb_backend *b, const shape *s, ct_expert *ex, mb_dtype payload,
+                       uint32_t n_tokens, unsigned long long *seed)
 {
     /* Routing: token t has (t % 3) + 1 experts, none when t % 5 == 2; the
      * layer's last expert never gets a token. */
     uint32_t n_pairs = 0;
-    for (uint32_t t = 0; t < n_tokens; t++) n_pairs += t % 5 == 2 ? 0 : t % 3 + 1;
+    for (uint32_t t = 0; t < n_tokens; t++)
+        n_pairs += t % 5 == 2 ? 0 : t % 3 + 1;
     ct_req r;
     ct_req_init(&r, s->layer, n_tokens, s->d_model, payload, n_pairs, seed);
     double *ref = calloc((size_t)n_tokens * s->d_model + 1, sizeof *ref);
@@ -35,7 +36,8 @@ static double run_case(mb_backend *b, const shape *s, ct_expert *ex, mb_dtype pa
             uint32_t e = (first + i) % (s->n_experts - 1);
             r.pairs[q].slot = s->layer * 100 + e;
             r.pairs[q].gate = 0.1f + 0.9f * fabsf(mb_test_rand_f32(seed));
-            ct_ref_add(&ex[e], r.act_ref + (size_t)t * s->d_model, r.pairs[q].gate, ref + (size_t)t * s->d_model);
+            ct_ref_add(&ex[e], r.act_ref + (size_t)t * s->d_model, r.pairs[q].gate,
+                       ref + (size_t)t * s->d_model);
         }
     }
     void *out = ct_out_poisoned(&r.req), *out2 = ct_out_poisoned(&r.req);
@@ -58,7 +60,8 @@ int main(int argc, char **argv)
     if (argc > 1) REQUIRE(mb_dtype_parse(argv[1], &wd) == MB_STATUS_OK);
     const mb_backend_ops *ops = mb_backend_find("cpu");
     REQUIRE(ops != NULL);
-    mb_backend_config cfg = {.device = -1, .n_threads = 2, .numa = MB_NUMA_DEFAULT, .max_slots = 512};
+    mb_backend_config cfg = {
+        .device = -1, .n_threads = 2, .numa = MB_NUMA_DEFAULT, .max_slots = 512};
     mb_backend *b = NULL;
     REQUIRE(mb_backend_open(ops, &cfg, &b) == MB_STATUS_OK);
 
@@ -68,7 +71,8 @@ int main(int argc, char **argv)
     for (int si = 0; si < 2; si++)
         for (uint32_t e = 0; e < shapes[si].n_experts; e++) {
             ct_expert_init(&ex[si][e], wd, shapes[si].d_model, shapes[si].d_ff, &seed);
-            CHECK_EQ(ct_load(b, &ex[si][e], shapes[si].layer, shapes[si].layer * 100 + e), MB_STATUS_OK);
+            CHECK_EQ(ct_load(b, &ex[si][e], shapes[si].layer, shapes[si].layer * 100 + e),
+                     MB_STATUS_OK);
         }
 
     static const uint32_t tokens[] = {1, 3, 17, 300};
@@ -79,9 +83,10 @@ int main(int argc, char **argv)
                 /* The big normal case once per weight dtype keeps ASan runs short. */
                 if (si == 1 && tokens[ti] == 300 && pd != (int)wd) continue;
                 double err = run_case(b, &shapes[si], ex[si], payload, tokens[ti], &seed);
-                printf("w %-4s payload %-4s d_model %3u d_ff %3u tokens %3u: err %.3g (limit %.0e)\n",
-                       mb_dtype_name(wd), mb_dtype_name(payload), shapes[si].d_model, shapes[si].d_ff, tokens[ti],
-                       err, ct_threshold(payload));
+                printf(
+                    "w %-4s payload %-4s d_model %3u d_ff %3u tokens %3u: err %.3g (limit %.0e)\n",
+                    mb_dtype_name(wd), mb_dtype_name(payload), shapes[si].d_model, shapes[si].d_ff,
+                    tokens[ti], err, ct_threshold(payload));
                 CHECK(err <= ct_threshold(payload));
             }
     }
@@ -93,15 +98,17 @@ int main(int argc, char **argv)
         for (int pd = 0; pd < 3; pd++)
             for (int ti = 0; ti < 3; ti++) {
                 double err = run_case(b, &shapes[0], ex[0], (mb_dtype)pd, tokens[ti], &seed);
-                CHECK_MSG(err <= ct_threshold((mb_dtype)pd), "isa %s payload %s tokens %u: err %.3g", isas[ii],
-                          mb_dtype_name(pd), tokens[ti], err);
+                CHECK_MSG(err <= ct_threshold((mb_dtype)pd),
+                          "isa %s payload %s tokens %u: err %.3g", isas[ii], mb_dtype_name(pd),
+                          tokens[ti], err);
             }
         printf("isa %s: odd shape ok\n", isas[ii]);
     }
     CHECK(mb_kcpu_force_isa("auto") == 0);
 
     for (int si = 0; si < 2; si++)
-        for (uint32_t e = 0; e < shapes[si].n_experts; e++) ct_expert_fini(&ex[si][e]);
+        for (uint32_t e = 0; e < shapes[si].n_experts; e++)
+            ct_expert_fini(&ex[si][e]);
     mb_backend_close(b);
     return mb_test_finish("test_cpu_backend_parity");
 }

@@ -100,19 +100,19 @@ int main(void)
         printf("%s:\n", de->d_name);
 
         char *shm_workers[] = {"cpu,threads=1", "cpu,threads=1"};
+        /* A worker started by hand, as on another machine; it serves one
+         * coordinator session after another. */
+        char ep[256];
+        pid_t tcp_pid = mb_test_start_worker("tcp://127.0.0.1:*", 1, ep, sizeof ep);
+        CHECK_MSG(tcp_pid > 0, "cannot start a tcp worker");
+        char *tcp_workers[] = {ep};
         for (int mode = 0; mode < 3; mode++) {
             for (int dt = 0; dt < 3; dt++) {
                 run_case(de->d_name, m, &ref, shm_workers, 2, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
-                /* A worker started by hand, as on another machine. */
-                char ep[256];
-                pid_t tcp_pid = mb_test_start_worker("tcp://127.0.0.1:*", 1, ep, sizeof ep);
-                CHECK_MSG(tcp_pid > 0, "cannot start a tcp worker");
-                char *tcp_workers[] = {ep};
                 if (tcp_pid > 0) run_case(de->d_name, m, &ref, tcp_workers, 1, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
-                kill(tcp_pid, SIGTERM);
-                mb_test_stop_worker(tcp_pid);
             }
         }
+        mb_test_stop_worker(tcp_pid);
         free(logits);
         mb_reference_fini(&ref);
         mb_model_destroy(m);

@@ -30,7 +30,8 @@ static inline void *kcpu_rand_weights(int wdtype, size_t n, float scale, unsigne
         } else {
             /* f16 built from parts: exponent 7..16 (2^-8 .. 2^1), random mantissa. */
             uint64_t r = mb_test_rand_u64(seed);
-            uint16_t h = (uint16_t)(((r >> 20) & 1u) << 15 | (7u + (uint16_t)(r % 10u)) << 10 | ((r >> 8) & 0x3ffu));
+            uint16_t h = (uint16_t)(((r >> 20) & 1u) << 15 | (7u + (uint16_t)(r % 10u)) << 10 |
+                                    ((r >> 8) & 0x3ffu));
             ((uint16_t *)w)[i] = h;
         }
     }
@@ -47,7 +48,8 @@ static inline double *kcpu_w_double(int wdtype, const void *w, size_t n)
 {
     double *d = malloc(sizeof(double) * n + 8);
     REQUIRE(d != NULL);
-    for (size_t i = 0; i < n; i++) d[i] = kcpu_w(wdtype, w, i);
+    for (size_t i = 0; i < n; i++)
+        d[i] = kcpu_w(wdtype, w, i);
     return d;
 }
 

@@ -22,7 +22,8 @@ typedef struct {
 static void load_row(void *ctx, size_t t, float *dst)
 {
     loader *l = ctx;
-    for (size_t i = 0; i < l->ldx; i++) dst[i] = l->x[t * l->ldx + i];
+    for (size_t i = 0; i < l->ldx; i++)
+        dst[i] = l->x[t * l->ldx + i];
     atomic_fetch_add(&l->calls, 1);
 }
 
@@ -33,7 +34,8 @@ typedef struct {
 static void on_done(void *ctx, size_t c0, size_t c1)
 {
     done_ctx *d = ctx;
-    for (size_t c = c0; c < c1; c++) atomic_fetch_add(&d->hits[c], 1);
+    for (size_t c = c0; c < c1; c++)
+        atomic_fetch_add(&d->hits[c], 1);
 }
 
 static double silu(double g)
@@ -45,12 +47,14 @@ static const char *const isas[] = {"scalar", "avx2", "avx512"};
 
 /* Runs one case on every path this CPU has; err[i] receives path i's
  * normalised error (-1 when the path is not supported). */
-static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_model, size_t d_ff, size_t n_tok,
-                     size_t n_exp, size_t top_k, int use_loader, unsigned long long *seed, double err[3])
+static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_model, size_t d_ff,
+                     size_t n_tok, size_t n_exp, size_t top_k, int use_loader,
+                     unsigned long long *seed, double err[3])
 {
     /* Weights of n_exp experts; gate/up rows padded to show ld_in works. */
     size_t ld_in = d_model + 8, ld_ff = d_ff;
-    void **wg = calloc(n_exp, sizeof *wg), **wu = calloc(n_exp, sizeof *wu), **wdn = calloc(n_exp, sizeof *wdn);
+    void **wg = calloc(n_exp, sizeof *wg), **wu = calloc(n_exp, sizeof *wu),
+         **wdn = calloc(n_exp, sizeof *wdn);
     REQUIRE(wg && wu && wdn);
     float sc = 2.0f / sqrtf((float)d_model), sd = 2.0f / sqrtf((float)d_ff);
     for (size_t e = 0; e < n_exp; e++) {
@@ -60,12 +64,14 @@ static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_mo
     }
     float *x = malloc(sizeof(float) * n_tok * d_model + 4);
     REQUIRE(x);
-    for (size_t i = 0; i < n_tok * d_model; i++) x[i] = mb_test_rand_f32(seed);
+    for (size_t i = 0; i < n_tok * d_model; i++)
+        x[i] = mb_test_rand_f32(seed);
 
     /* Routing: token t picks top_k distinct experts, except every 7th token
      * which has none; expert n_exp - 1 is never picked. */
     size_t max_pairs = n_tok * top_k;
-    uint32_t *tok_of = malloc(sizeof(uint32_t) * max_pairs + 4), *exp_of = malloc(sizeof(uint32_t) * max_pairs + 4);
+    uint32_t *tok_of = malloc(sizeof(uint32_t) * max_pairs + 4),
+             *exp_of = malloc(sizeof(uint32_t) * max_pairs + 4);
     float *gate_of = malloc(sizeof(float) * max_pairs + 4);
     REQUIRE(tok_of && exp_of && gate_of);
     size_t np = 0;
@@ -85,8 +91,10 @@ static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_mo
     float *pgate = malloc(sizeof(float) * np + 4);
     mb_kcpu_expert *ex = calloc(n_exp, sizeof *ex);
     REQUIRE(pair0 && ptok && pgate && ex);
-    for (size_t q = 0; q < np; q++) pair0[exp_of[q] + 1]++;
-    for (size_t e = 0; e < n_exp; e++) pair0[e + 1] += pair0[e];
+    for (size_t q = 0; q < np; q++)
+        pair0[exp_of[q] + 1]++;
+    for (size_t e = 0; e < n_exp; e++)
+        pair0[e + 1] += pair0[e];
     size_t *fill = calloc(n_exp, sizeof *fill);
     REQUIRE(fill);
     for (size_t q = 0; q < np; q++) {
@@ -94,11 +102,13 @@ static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_mo
         ptok[at] = tok_of[q];
         pgate[at] = gate_of[q];
     }
-    for (size_t e = 0; e < n_exp; e++) ex[e] = (mb_kcpu_expert){wg[e], wu[e], wdn[e], ld_in, ld_ff};
+    for (size_t e = 0; e < n_exp; e++)
+        ex[e] = (mb_kcpu_expert){wg[e], wu[e], wdn[e], ld_in, ld_ff};
 
     /* Reference in double. */
     double *ref = calloc(n_tok * d_model + 1, sizeof *ref), *h = malloc(sizeof(double) * d_ff);
-    double **dg = calloc(n_exp, sizeof *dg), **du = calloc(n_exp, sizeof *du), **dd = calloc(n_exp, sizeof *dd);
+    double **dg = calloc(n_exp, sizeof *dg), **du = calloc(n_exp, sizeof *du),
+           **dd = calloc(n_exp, sizeof *dd);
     REQUIRE(ref && h && dg && du && dd);
     for (size_t e = 0; e < n_exp; e++) {
         dg[e] = kcpu_w_double(wd, wg[e], d_ff * ld_in);
@@ -120,7 +130,8 @@ static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_mo
         for (size_t c = 0; c < d_model; c++) {
             const double *dr = dd[e] + c * ld_ff;
             double s = 0;
-            for (size_t f = 0; f < d_ff; f++) s += dr[f] * h[f];
+            for (size_t f = 0; f < d_ff; f++)
+                s += dr[f] * h[f];
             ref[t * d_model + c] += (double)gate_of[q] * s;
         }
     }
@@ -138,15 +149,30 @@ static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_mo
     for (int ii = 0; ii < 3; ii++) {
         err[ii] = -1;
         if (mb_kcpu_force_isa(isas[ii]) != 0) continue;
-        for (size_t i = 0; i < n_tok * ldo; i++) out[i] = NAN;
-        for (size_t c = 0; c < d_model; c++) atomic_store(&hits[c], 0);
+        for (size_t i = 0; i < n_tok * ldo; i++)
+            out[i] = NAN;
+        for (size_t c = 0; c < d_model; c++)
+            atomic_store(&hits[c], 0);
         loader ld = {x, d_model, 0};
         done_ctx dc = {hits};
         mb_kcpu_moe_problem p = {
-            .wdtype = wd, .d_model = d_model, .d_ff = d_ff, .n_tokens = n_tok,
-            .n_experts = n_exp, .experts = ex, .expert_pair0 = pair0, .pair_token = ptok, .pair_gate = pgate,
-            .x = use_loader ? NULL : x, .ldx = d_model, .load_x = use_loader ? load_row : NULL, .load_ctx = &ld,
-            .out = out, .ldo = ldo, .out_done = on_done, .out_ctx = &dc,
+            .wdtype = wd,
+            .d_model = d_model,
+            .d_ff = d_ff,
+            .n_tokens = n_tok,
+            .n_experts = n_exp,
+            .experts = ex,
+            .expert_pair0 = pair0,
+            .pair_token = ptok,
+            .pair_gate = pgate,
+            .x = use_loader ? NULL : x,
+            .ldx = d_model,
+            .load_x = use_loader ? load_row : NULL,
+            .load_ctx = &ld,
+            .out = out,
+            .ldo = ldo,
+            .out_done = on_done,
+            .out_ctx = &dc,
         };
         REQUIRE(mb_kcpu_moe_run(pool, ws, &p) == 0);
 
@@ -159,9 +185,11 @@ static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_mo
                 if (t % 7 == 3) CHECK(out[t * ldo + c] == 0.0f);
             }
         int bad_hits = 0;
-        for (size_t c = 0; c < d_model; c++) bad_hits += atomic_load(&hits[c]) != 1;
+        for (size_t c = 0; c < d_model; c++)
+            bad_hits += atomic_load(&hits[c]) != 1;
         CHECK_EQ(bad_hits, 0);
-        if (use_loader) CHECK(atomic_load(&ld.calls) == 0 || (size_t)atomic_load(&ld.calls) == n_tok);
+        if (use_loader)
+            CHECK(atomic_load(&ld.calls) == 0 || (size_t)atomic_load(&ld.calls) == n_tok);
         err[ii] = maxdiff / maxref;
     }
 
@@ -171,14 +199,15 @@ static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_mo
         free(wdn[e]);
     }
     free(wg), free(wu), free(wdn), free(x), free(tok_of), free(exp_of), free(gate_of), free(pair0);
-    free(ptok), free(pgate), free(ex), free(fill), free(ref), free(h), free(out), free((void *)hits);
+    free(ptok), free(pgate), free(ex), free(fill), free(ref), free(h), free(out),
+        free((void *)hits);
 }
 
 int main(void)
 {
     static const size_t cases[][5] = {
         /* d_model, d_ff, n_tokens, n_experts, top_k */
-        {136, 72, 1, 4, 2}, {136, 72, 3, 5, 3}, {136, 72, 17, 6, 2}, {256, 512, 1, 9, 8},
+        {136, 72, 1, 4, 2},  {136, 72, 3, 5, 3},  {136, 72, 17, 6, 2}, {256, 512, 1, 9, 8},
         {256, 512, 3, 4, 2}, {64, 96, 300, 5, 2}, {40, 200, 9, 3, 1},
     };
     mb_kcpu_pool *pool = mb_kcpu_pool_create(2, -1);
@@ -197,18 +226,19 @@ int main(void)
             int use_loader = (int)(c & 1);
             mb_kcpu_pool *pl = c == 2 ? NULL : pool;
             double err[3];
-            run_case(pl, ws, wd, cases[c][0], cases[c][1], cases[c][2], cases[c][3], cases[c][4], use_loader, &seed,
-                     err);
+            run_case(pl, ws, wd, cases[c][0], cases[c][1], cases[c][2], cases[c][3], cases[c][4],
+                     use_loader, &seed, err);
             for (int ii = 0; ii < 3; ii++) {
                 if (err[ii] < 0) continue;
-                CHECK_MSG(err[ii] <= 1e-5, "isa %s w %s case %zu: err %.3g", isas[ii], kcpu_wdtype_names[wd], c,
-                          err[ii]);
+                CHECK_MSG(err[ii] <= 1e-5, "isa %s w %s case %zu: err %.3g", isas[ii],
+                          kcpu_wdtype_names[wd], c, err[ii]);
                 if (!(err[ii] <= worst[ii])) worst[ii] = err[ii];
             }
         }
         for (int ii = 0; ii < 3; ii++)
             if (worst[ii] >= 0)
-                printf("isa %-6s w %-4s: worst normalised error %.3g\n", isas[ii], kcpu_wdtype_names[wd], worst[ii]);
+                printf("isa %-6s w %-4s: worst normalised error %.3g\n", isas[ii],
+                       kcpu_wdtype_names[wd], worst[ii]);
             else
                 printf("isa %-6s: not supported on this CPU, skipped\n", isas[ii]);
     }

@@ -22,17 +22,20 @@ static void check_case(mb_kcpu_pool *pool, int wdtype, size_t m, size_t k, size_
     float *y = malloc(sizeof(float) * n * ldy + 4);
     double *ref = malloc(sizeof(double) * n * m + 8);
     REQUIRE(x && y && ref);
-    for (size_t i = 0; i < n * ldx; i++) x[i] = mb_test_rand_f32(seed);
+    for (size_t i = 0; i < n * ldx; i++)
+        x[i] = mb_test_rand_f32(seed);
     float *y0 = malloc(sizeof(float) * n * ldy + 4);
     REQUIRE(y0);
-    for (size_t i = 0; i < n * ldy; i++) y0[i] = accumulate ? mb_test_rand_f32(seed) : NAN;
+    for (size_t i = 0; i < n * ldy; i++)
+        y0[i] = accumulate ? mb_test_rand_f32(seed) : NAN;
     double *wd = kcpu_w_double(wdtype, w, m * k);
     for (size_t t = 0; t < n; t++)
         for (size_t r = 0; r < m; r++) {
             double s = accumulate ? (double)y0[t * ldy + r] : 0.0;
             const double *wr = wd + r * k;
             const float *xr = x + t * ldx;
-            for (size_t kk = 0; kk < k; kk++) s += wr[kk] * (double)xr[kk];
+            for (size_t kk = 0; kk < k; kk++)
+                s += wr[kk] * (double)xr[kk];
             ref[t * m + r] = s;
         }
     free(wd);
@@ -55,7 +58,8 @@ static void check_case(mb_kcpu_pool *pool, int wdtype, size_t m, size_t k, size_
         int pad_touched = 0;
         if (!accumulate)
             for (size_t t = 0; t < n; t++)
-                for (size_t r = m; r < ldy; r++) pad_touched += !isnan(y[t * ldy + r]);
+                for (size_t r = m; r < ldy; r++)
+                    pad_touched += !isnan(y[t * ldy + r]);
         CHECK_EQ(pad_touched, 0);
         err[ii] = maxdiff / maxref;
     }
@@ -70,7 +74,7 @@ int main(void)
 {
     static const size_t shapes[][3] = {
         /* m, k, n */
-        {1, 1, 1},   {7, 5, 3},     {8, 32, 1},   {13, 33, 2},  {72, 136, 1}, {136, 72, 3},
+        {1, 1, 1},    {7, 5, 3},      {8, 32, 1},    {13, 33, 2},    {72, 136, 1}, {136, 72, 3},
         {64, 256, 5}, {100, 1100, 4}, {49, 2056, 6}, {256, 512, 17}, {30, 64, 64}, {96, 200, 130},
     };
     mb_kcpu_pool *pool = mb_kcpu_pool_create(3, -1);
@@ -94,14 +98,16 @@ int main(void)
                 double tol = 1e-6 * sqrt((double)k) + 1e-6;
                 for (int ii = 0; ii < 3; ii++) {
                     if (err[ii] < 0) continue;
-                    CHECK_MSG(err[ii] <= tol, "isa %s w %s m %zu k %zu n %zu variant %d: err %.3g > %.3g", isas[ii],
+                    CHECK_MSG(err[ii] <= tol,
+                              "isa %s w %s m %zu k %zu n %zu variant %d: err %.3g > %.3g", isas[ii],
                               kcpu_wdtype_names[wd], m, k, n, variant, err[ii], tol);
                     if (!(err[ii] <= worst[ii])) worst[ii] = err[ii];
                 }
             }
         for (int ii = 0; ii < 3; ii++)
             if (worst[ii] >= 0)
-                printf("isa %-6s w %-4s: worst normalised error %.3g\n", isas[ii], kcpu_wdtype_names[wd], worst[ii]);
+                printf("isa %-6s w %-4s: worst normalised error %.3g\n", isas[ii],
+                       kcpu_wdtype_names[wd], worst[ii]);
             else
                 printf("isa %-6s: not supported on this CPU, skipped\n", isas[ii]);
         CHECK(worst[0] >= 0); /* scalar always runs */

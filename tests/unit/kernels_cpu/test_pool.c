@@ -24,7 +24,8 @@ static void count_task(void *ctx, size_t task, int thread)
 static void run_and_check(mb_kcpu_pool *pool, int n_threads, size_t n_tasks)
 {
     static _Atomic int hits[5000];
-    for (size_t i = 0; i < n_tasks; i++) atomic_store(&hits[i], 0);
+    for (size_t i = 0; i < n_tasks; i++)
+        atomic_store(&hits[i], 0);
     pool_ctx c = {hits, n_threads, 0};
     mb_kcpu_pool_run(pool, n_tasks, count_task, &c);
     int wrong = 0;
@@ -34,7 +35,8 @@ static void run_and_check(mb_kcpu_pool *pool, int n_threads, size_t n_tasks)
         if (h != 1 && first_bad < 0) first_bad = (int)i * 100 + h;
         wrong += h != 1;
     }
-    CHECK_MSG(wrong == 0, "threads %d tasks %zu: %d tasks not run exactly once (first bad %d)", n_threads, n_tasks, wrong, first_bad);
+    CHECK_MSG(wrong == 0, "threads %d tasks %zu: %d tasks not run exactly once (first bad %d)",
+              n_threads, n_tasks, wrong, first_bad);
     CHECK_EQ(atomic_load(&c.bad_thread), 0);
 }
 
@@ -49,7 +51,8 @@ int main(void)
         CHECK_EQ(mb_kcpu_pool_threads(pool), nt);
         run_and_check(pool, nt, 0);
         run_and_check(pool, nt, 1);
-        for (int rep = 0; rep < 2000; rep++) run_and_check(pool, nt, (size_t)(rep % 37) + 1);
+        for (int rep = 0; rep < 2000; rep++)
+            run_and_check(pool, nt, (size_t)(rep % 37) + 1);
         run_and_check(pool, nt, 5000);
         /* Let the workers fall asleep, then wake them. */
         struct timespec ts = {0, 5 * 1000 * 1000};
