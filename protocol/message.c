@@ -18,7 +18,8 @@ _Static_assert(offsetof(mb_proto_header, flags) == 16, "wire offset");
 _Static_assert(offsetof(mb_proto_header, status) == 20, "wire offset");
 _Static_assert(offsetof(mb_proto_header, reserved) == 22, "wire offset");
 _Static_assert(offsetof(mb_proto_header, body_bytes) == 24, "wire offset");
-_Static_assert(sizeof(mb_proto_pair) == 8 && offsetof(mb_proto_pair, gate) == 4, "pair is 8 bytes on the wire");
+_Static_assert(sizeof(mb_proto_pair) == 8 && offsetof(mb_proto_pair, gate) == 4,
+               "pair is 8 bytes on the wire");
 _Static_assert(sizeof(float) == 4, "gate weights are IEEE binary32");
 _Static_assert(MB_DTYPE_COUNT_ == 3, "a new dtype needs its size in mb_wire_dtype_bytes");
 _Static_assert(MB_STATUS_COUNT_ <= UINT16_MAX, "status travels in a u16");
@@ -61,8 +62,8 @@ void mb_proto_header_init(mb_proto_header *h, mb_proto_opcode op, uint64_t tag, 
     h->body_bytes = body_bytes;
 }
 
-void mb_wire_write_header(unsigned char *p, mb_proto_opcode op, uint64_t tag, uint32_t flags, uint16_t status,
-                          uint64_t body_bytes)
+void mb_wire_write_header(unsigned char *p, mb_proto_opcode op, uint64_t tag, uint32_t flags,
+                          uint16_t status, uint64_t body_bytes)
 {
     mb_proto_header h;
     mb_proto_header_init(&h, op, tag, body_bytes);
@@ -102,7 +103,8 @@ mb_status mb_proto_decode_header(const void *buf, size_t len, mb_proto_header *o
     return MB_STATUS_OK;
 }
 
-mb_status mb_wire_decode_header_op(const void *buf, size_t len, mb_proto_opcode op, mb_proto_header *out)
+mb_status mb_wire_decode_header_op(const void *buf, size_t len, mb_proto_opcode op,
+                                   mb_proto_header *out)
 {
     mb_status st = mb_proto_decode_header(buf, len, out);
     if (st != MB_STATUS_OK) return st;
@@ -116,7 +118,8 @@ mb_status mb_wire_decode_header_op(const void *buf, size_t len, mb_proto_opcode 
 static mb_status array_bytes(uint32_t n_tokens, uint32_t d_model, uint64_t dsize, uint64_t *out)
 {
     uint64_t elems, bytes;
-    if (__builtin_mul_overflow((uint64_t)n_tokens, (uint64_t)d_model, &elems)) return MB_STATUS_OVERFLOW;
+    if (__builtin_mul_overflow((uint64_t)n_tokens, (uint64_t)d_model, &elems))
+        return MB_STATUS_OVERFLOW;
     if (__builtin_mul_overflow(elems, dsize, &bytes)) return MB_STATUS_OVERFLOW;
     *out = bytes;
     return MB_STATUS_OK;
@@ -131,8 +134,8 @@ typedef struct {
     uint64_t total;      /* whole message */
 } req_layout;
 
-static mb_status req_layout_compute(uint32_t n_tokens, uint32_t d_model, uint64_t dsize, uint32_t n_pairs,
-                                    req_layout *l)
+static mb_status req_layout_compute(uint32_t n_tokens, uint32_t d_model, uint64_t dsize,
+                                    uint32_t n_pairs, req_layout *l)
 {
     uint64_t counts_bytes, pairs_bytes, act_bytes;
     if (__builtin_mul_overflow((uint64_t)n_tokens, (uint64_t)sizeof(uint16_t), &counts_bytes) ||
@@ -143,7 +146,8 @@ static mb_status req_layout_compute(uint32_t n_tokens, uint32_t d_model, uint64_
         return MB_STATUS_OVERFLOW;
     mb_status st = array_bytes(n_tokens, d_model, dsize, &act_bytes);
     if (st != MB_STATUS_OK) return st;
-    if (__builtin_add_overflow(l->act, act_bytes, &l->act_end) || !mb_wire_align8(l->act_end, &l->total))
+    if (__builtin_add_overflow(l->act, act_bytes, &l->act_end) ||
+        !mb_wire_align8(l->act_end, &l->total))
         return MB_STATUS_OVERFLOW;
     size_t unused;
     if (!mb_wire_to_size(l->total, &unused)) return MB_STATUS_OVERFLOW;
@@ -151,7 +155,8 @@ static mb_status req_layout_compute(uint32_t n_tokens, uint32_t d_model, uint64_
 }
 
 /* Argument checks shared by the EXPERT_REQ size function and encoder. */
-static mb_status req_plan(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, uint32_t n_pairs, req_layout *l)
+static mb_status req_plan(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, uint32_t n_pairs,
+                          req_layout *l)
 {
     uint64_t dsize = mb_wire_dtype_bytes((uint32_t)dtype);
     if (!dsize) return MB_STATUS_BAD_DTYPE;
@@ -161,8 +166,8 @@ static mb_status req_plan(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, u
 
 /* ---- EXPERT_REQ ---- */
 
-mb_status mb_proto_expert_req_size(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, uint32_t n_pairs,
-                                   size_t *bytes)
+mb_status mb_proto_expert_req_size(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype,
+                                   uint32_t n_pairs, size_t *bytes)
 {
     if (!bytes) return MB_STATUS_INVALID_ARG;
     req_layout l;
@@ -172,8 +177,9 @@ mb_status mb_proto_expert_req_size(uint32_t n_tokens, uint32_t d_model, mb_dtype
     return MB_STATUS_OK;
 }
 
-mb_status mb_proto_encode_expert_req(void *buf, size_t cap, uint64_t tag, uint32_t flags, uint32_t layer,
-                                     uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, uint32_t n_pairs,
+mb_status mb_proto_encode_expert_req(void *buf, size_t cap, uint64_t tag, uint32_t flags,
+                                     uint32_t layer, uint32_t n_tokens, uint32_t d_model,
+                                     mb_dtype dtype, uint32_t n_pairs,
                                      mb_proto_expert_req_writer *w)
 {
     if (!buf || !w) return MB_STATUS_INVALID_ARG;
@@ -278,13 +284,14 @@ mb_status mb_proto_decode_expert_req(const void *buf, size_t len, const mb_proto
 /* ---- EXPERT_REPLY ---- */
 
 /* Size of an OK EXPERT_REPLY; *out_end receives the end of out[][]. */
-static mb_status reply_layout(uint32_t n_tokens, uint32_t d_model, uint64_t dsize, uint64_t *out_end,
-                              uint64_t *total)
+static mb_status reply_layout(uint32_t n_tokens, uint32_t d_model, uint64_t dsize,
+                              uint64_t *out_end, uint64_t *total)
 {
     uint64_t out_bytes;
     mb_status st = array_bytes(n_tokens, d_model, dsize, &out_bytes);
     if (st != MB_STATUS_OK) return st;
-    if (__builtin_add_overflow((uint64_t)REP_OUT, out_bytes, out_end) || !mb_wire_align8(*out_end, total))
+    if (__builtin_add_overflow((uint64_t)REP_OUT, out_bytes, out_end) ||
+        !mb_wire_align8(*out_end, total))
         return MB_STATUS_OVERFLOW;
     size_t unused;
     if (!mb_wire_to_size(*total, &unused)) return MB_STATUS_OVERFLOW;
@@ -300,7 +307,8 @@ static mb_status reply_plan(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype,
     return reply_layout(n_tokens, d_model, dsize, out_end, total);
 }
 
-mb_status mb_proto_expert_reply_size(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, size_t *bytes)
+mb_status mb_proto_expert_reply_size(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype,
+                                     size_t *bytes)
 {
     if (!bytes) return MB_STATUS_INVALID_ARG;
     uint64_t out_end, total;
@@ -310,8 +318,9 @@ mb_status mb_proto_expert_reply_size(uint32_t n_tokens, uint32_t d_model, mb_dty
     return MB_STATUS_OK;
 }
 
-mb_status mb_proto_encode_expert_reply(void *buf, size_t cap, uint64_t tag, uint32_t n_tokens, uint32_t d_model,
-                                       mb_dtype dtype, void **out_data, size_t *bytes)
+mb_status mb_proto_encode_expert_reply(void *buf, size_t cap, uint64_t tag, uint32_t n_tokens,
+                                       uint32_t d_model, mb_dtype dtype, void **out_data,
+                                       size_t *bytes)
 {
     if (!buf || !out_data || !bytes) return MB_STATUS_INVALID_ARG;
     if ((uintptr_t)buf % MB_PROTO_ALIGN) return MB_STATUS_MISALIGNED;
@@ -321,7 +330,8 @@ mb_status mb_proto_encode_expert_reply(void *buf, size_t cap, uint64_t tag, uint
     if (total > cap) return MB_STATUS_FULL;
 
     unsigned char *p = buf;
-    mb_wire_write_header(p, MB_OP_EXPERT_REPLY, tag, 0, MB_STATUS_OK, total - MB_PROTO_HEADER_BYTES);
+    mb_wire_write_header(p, MB_OP_EXPERT_REPLY, tag, 0, MB_STATUS_OK,
+                         total - MB_PROTO_HEADER_BYTES);
     mb_wire_wr32(p + REP_N_TOKENS, n_tokens);
     mb_wire_wr32(p + REP_D_MODEL, d_model);
     mb_wire_wr16(p + REP_DTYPE, (uint16_t)dtype);

@@ -74,15 +74,15 @@
 #define MB_PROTO_LOAD_EXPERT_FIXED_BYTES 80u
 
 typedef enum {
-    MB_OP_HELLO = 1,          /* coordinator -> worker, worker replies HELLO_REPLY */
+    MB_OP_HELLO = 1, /* coordinator -> worker, worker replies HELLO_REPLY */
     MB_OP_HELLO_REPLY = 2,
-    MB_OP_LOAD_EXPERT = 3,    /* coordinator -> worker; reply STATUS */
-    MB_OP_EXPERT_REQ = 4,     /* coordinator -> worker; reply EXPERT_REPLY */
+    MB_OP_LOAD_EXPERT = 3, /* coordinator -> worker; reply STATUS */
+    MB_OP_EXPERT_REQ = 4,  /* coordinator -> worker; reply EXPERT_REPLY */
     MB_OP_EXPERT_REPLY = 5,
-    MB_OP_PING = 6,           /* reply PONG with the same tag */
+    MB_OP_PING = 6, /* reply PONG with the same tag */
     MB_OP_PONG = 7,
-    MB_OP_SHUTDOWN = 8,       /* reply STATUS, then the worker exits */
-    MB_OP_STATUS = 9,         /* generic reply carrying only header.status */
+    MB_OP_SHUTDOWN = 8, /* reply STATUS, then the worker exits */
+    MB_OP_STATUS = 9,   /* generic reply carrying only header.status */
     MB_OP_COUNT_
 } mb_proto_opcode;
 
@@ -90,22 +90,23 @@ typedef enum {
  * header.status may be nonzero; 0 for requests and unknown values. */
 int mb_proto_opcode_is_reply(int opcode);
 
-/* Header flags. Unknown bits are rejected. */
-#define MB_PROTO_FLAG_LAST 0x1u /* EXPERT_REQ only: last chunk of a layer's work (informational) */
+/* Header flags. Unknown bits are rejected. LAST (EXPERT_REQ only): the last
+ * chunk of a layer's work, informational. */
+#define MB_PROTO_FLAG_LAST 0x1u
 #define MB_PROTO_FLAGS_KNOWN 0x1u
 
 /* The 32-byte header as laid out on the wire (offsets 0, 4, 6, 8, 16, 20,
  * 22, 24; message.c asserts them). */
 typedef struct {
-    uint32_t magic;         /* MB_PROTO_MAGIC */
-    uint16_t version;       /* MB_PROTO_VERSION */
-    uint16_t opcode;        /* mb_proto_opcode */
-    uint64_t tag;           /* request tag, echoed by the reply */
-    uint32_t flags;         /* MB_PROTO_FLAG_* */
-    uint16_t status;        /* mb_status in replies (any value: a newer peer
-                               may send codes this build lacks), 0 in requests */
-    uint16_t reserved;      /* must be 0 */
-    uint64_t body_bytes;    /* bytes after the header, a multiple of 8 */
+    uint32_t magic;      /* MB_PROTO_MAGIC */
+    uint16_t version;    /* MB_PROTO_VERSION */
+    uint16_t opcode;     /* mb_proto_opcode */
+    uint64_t tag;        /* request tag, echoed by the reply */
+    uint32_t flags;      /* MB_PROTO_FLAG_* */
+    uint16_t status;     /* mb_status in replies (any value: a newer peer
+                            may send codes this build lacks), 0 in requests */
+    uint16_t reserved;   /* must be 0 */
+    uint64_t body_bytes; /* bytes after the header, a multiple of 8 */
 } mb_proto_header;
 
 /* One (expert slot, gate weight) pair of a token. The slot is the
@@ -163,15 +164,15 @@ typedef struct {
  * HELLO_REPLY body: the fields below in this order, packed (176 bytes):
  * six u32 at 32..55, three u64 at 56..79, backend at 80, device at 144. */
 typedef struct {
-    uint32_t version;              /* worker's highest version, >= MB_PROTO_VERSION */
-    uint32_t payload_dtype_mask;   /* MB_DTYPE_MASK bits accepted for payloads, nonzero */
-    uint32_t weight_dtype_mask;    /* MB_DTYPE_MASK bits accepted for weights, nonzero */
-    uint32_t preferred_batch;      /* tokens per request the backend prefers */
+    uint32_t version;            /* worker's highest version, >= MB_PROTO_VERSION */
+    uint32_t payload_dtype_mask; /* MB_DTYPE_MASK bits accepted for payloads, nonzero */
+    uint32_t weight_dtype_mask;  /* MB_DTYPE_MASK bits accepted for weights, nonzero */
+    uint32_t preferred_batch;    /* tokens per request the backend prefers */
     uint32_t n_threads;
-    uint32_t max_slots;            /* how many expert slots it can hold */
+    uint32_t max_slots; /* how many expert slots it can hold */
     uint64_t mem_total_bytes;
     uint64_t mem_free_bytes;
-    uint64_t max_message_bytes;    /* largest message it accepts */
+    uint64_t max_message_bytes;        /* largest message it accepts */
     char backend[MB_PROTO_NAME_BYTES]; /* NUL-terminated, zero after the NUL */
     char device[MB_PROTO_NAME_BYTES];  /* NUL-terminated, zero after the NUL */
 } mb_proto_hello_reply;
@@ -208,16 +209,16 @@ typedef struct {
     mb_proto_weight_source source;
     uint64_t offset[3];
     uint64_t bytes[3];
-    const char *path;          /* FILE: points into the buffer, path_len bytes, not NUL-terminated */
+    const char *path; /* FILE: points into the buffer, path_len bytes, not NUL-terminated */
     uint32_t path_len;
-    const void *data[3];       /* INLINE: points into the buffer; FILE: NULL */
+    const void *data[3]; /* INLINE: points into the buffer; FILE: NULL */
 } mb_proto_load_expert;
 
 /* Limits a decoder enforces beyond the buffer's own bounds. */
 typedef struct {
-    uint32_t max_slots;        /* pairs with slot >= max_slots are rejected (0: no slots) */
-    uint32_t max_tokens;       /* 0 means no limit beyond the buffer */
-    uint32_t max_d_model;      /* 0 means no limit beyond the buffer */
+    uint32_t max_slots;   /* pairs with slot >= max_slots are rejected (0: no slots) */
+    uint32_t max_tokens;  /* 0 means no limit beyond the buffer */
+    uint32_t max_d_model; /* 0 means no limit beyond the buffer */
 } mb_proto_limits;
 
 /* ---- header ---- */
@@ -225,7 +226,8 @@ typedef struct {
 /* Fills *h for a message of opcode op: magic, version, tag, body_bytes;
  * flags, status and reserved zero. Does not touch any buffer (copy it out
  * with memcpy). Cannot fail. */
-void mb_proto_header_init(mb_proto_header *h, mb_proto_opcode op, uint64_t tag, uint64_t body_bytes);
+void mb_proto_header_init(mb_proto_header *h, mb_proto_opcode op, uint64_t tag,
+                          uint64_t body_bytes);
 
 /* Validates the first MB_PROTO_HEADER_BYTES of buf (magic, version, opcode,
  * flags, reserved, status zero for requests, body_bytes a multiple of 8 and
@@ -238,8 +240,8 @@ mb_status mb_proto_decode_header(const void *buf, size_t len, mb_proto_header *o
 
 /* Bytes an EXPERT_REQ message needs. BAD_DTYPE, BAD_SHAPE (zero n_tokens or
  * d_model), OVERFLOW if it does not fit size_t. */
-mb_status mb_proto_expert_req_size(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, uint32_t n_pairs,
-                                   size_t *bytes);
+mb_status mb_proto_expert_req_size(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype,
+                                   uint32_t n_pairs, size_t *bytes);
 
 /* Writes the header, fixed part and padding of an EXPERT_REQ into buf (cap
  * bytes, 8-aligned) and returns writable pointers to the arrays so the caller
@@ -253,8 +255,9 @@ typedef struct {
     void *act;             /* [n_tokens][d_model] in dtype */
     size_t bytes;          /* whole message */
 } mb_proto_expert_req_writer;
-mb_status mb_proto_encode_expert_req(void *buf, size_t cap, uint64_t tag, uint32_t flags, uint32_t layer,
-                                     uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, uint32_t n_pairs,
+mb_status mb_proto_encode_expert_req(void *buf, size_t cap, uint64_t tag, uint32_t flags,
+                                     uint32_t layer, uint32_t n_tokens, uint32_t d_model,
+                                     mb_dtype dtype, uint32_t n_pairs,
                                      mb_proto_expert_req_writer *w);
 
 /* Decodes a whole EXPERT_REQ message (header included). Checks: header,
@@ -266,15 +269,17 @@ mb_status mb_proto_decode_expert_req(const void *buf, size_t len, const mb_proto
                                      mb_proto_expert_req *out);
 
 /* Bytes an EXPERT_REPLY message needs; errors as mb_proto_expert_req_size. */
-mb_status mb_proto_expert_reply_size(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, size_t *bytes);
+mb_status mb_proto_expert_reply_size(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype,
+                                     size_t *bytes);
 
 /* Writes an EXPERT_REPLY header+fixed part (status OK, timings zero) and the
  * tail padding; *out_data receives where the caller writes
  * out[n_tokens][d_model], *bytes the message size. Timings may be patched
  * later with mb_proto_expert_reply_set_timings. Errors as
  * mb_proto_encode_expert_req; buf is untouched then. */
-mb_status mb_proto_encode_expert_reply(void *buf, size_t cap, uint64_t tag, uint32_t n_tokens, uint32_t d_model,
-                                       mb_dtype dtype, void **out_data, size_t *bytes);
+mb_status mb_proto_encode_expert_reply(void *buf, size_t cap, uint64_t tag, uint32_t n_tokens,
+                                       uint32_t d_model, mb_dtype dtype, void **out_data,
+                                       size_t *bytes);
 
 /* Overwrites the timings of an EXPERT_REPLY already encoded in buf. Cannot
  * fail. */
@@ -293,8 +298,8 @@ mb_status mb_proto_decode_expert_reply(const void *buf, size_t len, mb_proto_exp
  * (status must not be OK). status may be any value that fits 16 bits so a
  * relay can pass on codes it does not know. INVALID_ARG for another opcode
  * or status, MISALIGNED, FULL if cap < 32. */
-mb_status mb_proto_encode_empty(void *buf, size_t cap, mb_proto_opcode op, uint64_t tag, mb_status status,
-                                size_t *bytes);
+mb_status mb_proto_encode_empty(void *buf, size_t cap, mb_proto_opcode op, uint64_t tag,
+                                mb_status status, size_t *bytes);
 
 /* Decodes PING, PONG, SHUTDOWN or STATUS (PROTOCOL for any other opcode):
  * header checks plus an empty body. The header, status included, is copied
@@ -310,8 +315,8 @@ mb_status mb_proto_decode_hello(const void *buf, size_t len, uint32_t *version);
  * NUL-terminated within their fields (INVALID_ARG otherwise); bytes after the
  * NUL are written as zero. Masks and version are checked as the decoder does
  * (BAD_DTYPE, BAD_VERSION). */
-mb_status mb_proto_encode_hello_reply(void *buf, size_t cap, uint64_t tag, const mb_proto_hello_reply *r,
-                                      size_t *bytes);
+mb_status mb_proto_encode_hello_reply(void *buf, size_t cap, uint64_t tag,
+                                      const mb_proto_hello_reply *r, size_t *bytes);
 /* Decodes a HELLO_REPLY into a copy (no views). A non-OK header status with
  * an empty body is returned as it came, like mb_proto_decode_expert_reply. */
 mb_status mb_proto_decode_hello_reply(const void *buf, size_t len, mb_proto_hello_reply *out);
@@ -325,8 +330,8 @@ mb_status mb_proto_load_expert_size(const mb_proto_load_expert *m, size_t *bytes
  * FILE, m->path/path_len are copied and m->data is ignored. Errors as
  * mb_proto_load_expert_size plus INVALID_ARG (NULL data or path, a path with
  * a NUL), MISALIGNED and FULL; buf is untouched then. */
-mb_status mb_proto_encode_load_expert(void *buf, size_t cap, uint64_t tag, const mb_proto_load_expert *m,
-                                      size_t *bytes);
+mb_status mb_proto_encode_load_expert(void *buf, size_t cap, uint64_t tag,
+                                      const mb_proto_load_expert *m, size_t *bytes);
 /* Decodes LOAD_EXPERT: shapes non-zero (d_model within limits), bytes[i] ==
  * rows*cols*size, slot < limits->max_slots, reserved and padding zero, path_len
  * in range and free of NUL, inline regions inside the buffer where the layout

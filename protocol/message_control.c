@@ -44,8 +44,8 @@ _Static_assert(LE_DATA % MB_PROTO_ALIGN == 0, "LOAD_EXPERT data area is 8-aligne
 
 /* ---- empty bodies ---- */
 
-mb_status mb_proto_encode_empty(void *buf, size_t cap, mb_proto_opcode op, uint64_t tag, mb_status status,
-                                size_t *bytes)
+mb_status mb_proto_encode_empty(void *buf, size_t cap, mb_proto_opcode op, uint64_t tag,
+                                mb_status status, size_t *bytes)
 {
     if (!buf || !bytes) return MB_STATUS_INVALID_ARG;
     if ((unsigned long)status > UINT16_MAX) return MB_STATUS_INVALID_ARG;
@@ -135,21 +135,24 @@ static mb_status hello_name_check(const unsigned char *field)
     return MB_STATUS_OK;
 }
 
-mb_status mb_proto_encode_hello_reply(void *buf, size_t cap, uint64_t tag, const mb_proto_hello_reply *r,
-                                      size_t *bytes)
+mb_status mb_proto_encode_hello_reply(void *buf, size_t cap, uint64_t tag,
+                                      const mb_proto_hello_reply *r, size_t *bytes)
 {
     if (!buf || !r || !bytes) return MB_STATUS_INVALID_ARG;
     if ((uintptr_t)buf % MB_PROTO_ALIGN) return MB_STATUS_MISALIGNED;
     if (r->version < MB_PROTO_VERSION) return MB_STATUS_BAD_VERSION;
-    if (!hello_mask_ok(r->payload_dtype_mask) || !hello_mask_ok(r->weight_dtype_mask)) return MB_STATUS_BAD_DTYPE;
+    if (!hello_mask_ok(r->payload_dtype_mask) || !hello_mask_ok(r->weight_dtype_mask))
+        return MB_STATUS_BAD_DTYPE;
     size_t backend_len = strnlen(r->backend, MB_PROTO_NAME_BYTES);
     size_t device_len = strnlen(r->device, MB_PROTO_NAME_BYTES);
-    if (backend_len == MB_PROTO_NAME_BYTES || device_len == MB_PROTO_NAME_BYTES) return MB_STATUS_INVALID_ARG;
+    if (backend_len == MB_PROTO_NAME_BYTES || device_len == MB_PROTO_NAME_BYTES)
+        return MB_STATUS_INVALID_ARG;
     const size_t total = HR_END;
     if (cap < total) return MB_STATUS_FULL;
 
     unsigned char *p = buf;
-    mb_wire_write_header(p, MB_OP_HELLO_REPLY, tag, 0, MB_STATUS_OK, MB_PROTO_HELLO_REPLY_BODY_BYTES);
+    mb_wire_write_header(p, MB_OP_HELLO_REPLY, tag, 0, MB_STATUS_OK,
+                         MB_PROTO_HELLO_REPLY_BODY_BYTES);
     mb_wire_wr32(p + HR_VERSION, r->version);
     mb_wire_wr32(p + HR_PAYLOAD_MASK, r->payload_dtype_mask);
     mb_wire_wr32(p + HR_WEIGHT_MASK, r->weight_dtype_mask);
@@ -195,7 +198,8 @@ mb_status mb_proto_decode_hello_reply(const void *buf, size_t len, mb_proto_hell
     memcpy(r.device, p + HR_DEVICE, MB_PROTO_NAME_BYTES);
 
     if (r.version < MB_PROTO_VERSION) return MB_STATUS_BAD_VERSION;
-    if (!hello_mask_ok(r.payload_dtype_mask) || !hello_mask_ok(r.weight_dtype_mask)) return MB_STATUS_BAD_DTYPE;
+    if (!hello_mask_ok(r.payload_dtype_mask) || !hello_mask_ok(r.weight_dtype_mask))
+        return MB_STATUS_BAD_DTYPE;
     st = hello_name_check((const unsigned char *)r.backend);
     if (st != MB_STATUS_OK) return st;
     st = hello_name_check((const unsigned char *)r.device);
@@ -215,8 +219,9 @@ typedef struct {
 /* Checks shared by the size function, encoder and decoder, on field values
  * already read once. offset[] is only checked for FILE (INLINE offsets are
  * the encoder's to compute and the decoder's to compare). */
-static mb_status le_check(uint32_t d_model, uint32_t d_ff, uint32_t wdtype, uint32_t source, const uint64_t *offset,
-                          const uint64_t *bytes, uint32_t path_len, le_layout *l)
+static mb_status le_check(uint32_t d_model, uint32_t d_ff, uint32_t wdtype, uint32_t source,
+                          const uint64_t *offset, const uint64_t *bytes, uint32_t path_len,
+                          le_layout *l)
 {
     uint64_t dsize = mb_wire_dtype_bytes(wdtype);
     if (!dsize) return MB_STATUS_BAD_DTYPE;
@@ -233,7 +238,8 @@ static mb_status le_check(uint32_t d_model, uint32_t d_ff, uint32_t wdtype, uint
     if (source == MB_WEIGHTS_INLINE) {
         if (path_len) return MB_STATUS_BAD_LENGTH;
         uint64_t step;
-        if (!mb_wire_align8(l->mat_bytes, &step) || __builtin_mul_overflow(step, (uint64_t)3, &body))
+        if (!mb_wire_align8(l->mat_bytes, &step) ||
+            __builtin_mul_overflow(step, (uint64_t)3, &body))
             return MB_STATUS_OVERFLOW;
         l->off[0] = 0;
         l->off[1] = step;
@@ -249,15 +255,16 @@ static mb_status le_check(uint32_t d_model, uint32_t d_ff, uint32_t wdtype, uint
         l->off[0] = l->off[1] = l->off[2] = 0;
     }
     size_t unused;
-    if (__builtin_add_overflow((uint64_t)LE_DATA, body, &l->total) || !mb_wire_to_size(l->total, &unused))
+    if (__builtin_add_overflow((uint64_t)LE_DATA, body, &l->total) ||
+        !mb_wire_to_size(l->total, &unused))
         return MB_STATUS_OVERFLOW;
     return MB_STATUS_OK;
 }
 
 static mb_status le_plan(const mb_proto_load_expert *m, le_layout *l)
 {
-    return le_check(m->d_model, m->d_ff, (uint32_t)m->wdtype, (uint32_t)m->source, m->offset, m->bytes,
-                    m->path_len, l);
+    return le_check(m->d_model, m->d_ff, (uint32_t)m->wdtype, (uint32_t)m->source, m->offset,
+                    m->bytes, m->path_len, l);
 }
 
 mb_status mb_proto_load_expert_size(const mb_proto_load_expert *m, size_t *bytes)
@@ -270,8 +277,8 @@ mb_status mb_proto_load_expert_size(const mb_proto_load_expert *m, size_t *bytes
     return MB_STATUS_OK;
 }
 
-mb_status mb_proto_encode_load_expert(void *buf, size_t cap, uint64_t tag, const mb_proto_load_expert *m,
-                                      size_t *bytes)
+mb_status mb_proto_encode_load_expert(void *buf, size_t cap, uint64_t tag,
+                                      const mb_proto_load_expert *m, size_t *bytes)
 {
     if (!buf || !m || !bytes) return MB_STATUS_INVALID_ARG;
     if ((uintptr_t)buf % MB_PROTO_ALIGN) return MB_STATUS_MISALIGNED;
@@ -329,7 +336,8 @@ static mb_status le_check_inline(const unsigned char *data, uint64_t area, const
     for (int i = 0; i < 3; i++) {
         uint64_t pad_from = l->off[i] + l->mat_bytes;
         uint64_t pad_to = i < 2 ? l->off[i + 1] : area;
-        if (!mb_wire_all_zero(data + pad_from, (size_t)(pad_to - pad_from))) return MB_STATUS_BAD_FLAGS;
+        if (!mb_wire_all_zero(data + pad_from, (size_t)(pad_to - pad_from)))
+            return MB_STATUS_BAD_FLAGS;
     }
     return MB_STATUS_OK;
 }
@@ -378,7 +386,8 @@ mb_status mb_proto_decode_load_expert(const void *buf, size_t len, const mb_prot
     } else {
         if (l.total != (uint64_t)len) return MB_STATUS_BAD_LENGTH;
         if (memchr(data, 0, m.path_len)) return MB_STATUS_BAD_LENGTH;
-        if (!mb_wire_all_zero(data + m.path_len, (size_t)(area - m.path_len))) return MB_STATUS_BAD_FLAGS;
+        if (!mb_wire_all_zero(data + m.path_len, (size_t)(area - m.path_len)))
+            return MB_STATUS_BAD_FLAGS;
         m.path = (const char *)data;
     }
     m.wdtype = (mb_dtype)wdtype;

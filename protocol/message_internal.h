@@ -95,10 +95,11 @@ static inline int mb_wire_f32_bits_finite(uint32_t bits)
 }
 
 /* Writes a 32-byte header at p. */
-void mb_wire_write_header(unsigned char *p, mb_proto_opcode op, uint64_t tag, uint32_t flags, uint16_t status,
-                          uint64_t body_bytes);
+void mb_wire_write_header(unsigned char *p, mb_proto_opcode op, uint64_t tag, uint32_t flags,
+                          uint16_t status, uint64_t body_bytes);
 
 /* mb_proto_decode_header, then MB_STATUS_PROTOCOL unless the opcode is op. */
-mb_status mb_wire_decode_header_op(const void *buf, size_t len, mb_proto_opcode op, mb_proto_header *out);
+mb_status mb_wire_decode_header_op(const void *buf, size_t len, mb_proto_opcode op,
+                                   mb_proto_header *out);
 
 #endif

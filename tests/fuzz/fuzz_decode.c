@@ -18,7 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define FUZZ_REQUIRE(cond)                                                                         \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_decode: %s:%d: property failed: %s\n", __FILE__, __LINE__,      \
+            fprintf(stderr, "fuzz_decode: %s:%d: property failed: %s\n", __FILE__, __LINE__,       \
                     #cond);                                                                        \
             abort();                                                                               \
         }                                                                                          \
@@ -68,11 +68,26 @@ static void require_same(const fuzz_input *in, const unsigned char *re, size_t r
     FUZZ_REQUIRE(memcmp(re, in->buf, in->len) == 0);
 }
 
-static int is_expert_req(int op) { return op == MB_OP_EXPERT_REQ; }
-static int is_expert_reply(int op) { return op == MB_OP_EXPERT_REPLY; }
-static int is_hello(int op) { return op == MB_OP_HELLO; }
-static int is_hello_reply(int op) { return op == MB_OP_HELLO_REPLY; }
-static int is_load_expert(int op) { return op == MB_OP_LOAD_EXPERT; }
+static int is_expert_req(int op)
+{
+    return op == MB_OP_EXPERT_REQ;
+}
+static int is_expert_reply(int op)
+{
+    return op == MB_OP_EXPERT_REPLY;
+}
+static int is_hello(int op)
+{
+    return op == MB_OP_HELLO;
+}
+static int is_hello_reply(int op)
+{
+    return op == MB_OP_HELLO_REPLY;
+}
+static int is_load_expert(int op)
+{
+    return op == MB_OP_LOAD_EXPERT;
+}
 static int is_empty(int op)
 {
     return op == MB_OP_PING || op == MB_OP_PONG || op == MB_OP_SHUTDOWN || op == MB_OP_STATUS;
@@ -82,7 +97,8 @@ static int is_empty(int op)
  * must hand back the peer's status, and encode_empty must reproduce it. */
 static void check_error_reply(const fuzz_input *in, mb_status st, unsigned char *re)
 {
-    FUZZ_REQUIRE(in->h.body_bytes == 0 ? st == (mb_status)in->h.status : st == MB_STATUS_BAD_LENGTH);
+    FUZZ_REQUIRE(in->h.body_bytes == 0 ? st == (mb_status)in->h.status
+                                       : st == MB_STATUS_BAD_LENGTH);
     if (in->h.body_bytes) return;
     size_t n;
     FUZZ_REQUIRE(mb_proto_encode_empty(re, in->len, (mb_proto_opcode)in->h.opcode, in->h.tag,
@@ -100,8 +116,9 @@ static void fuzz_expert_req(const fuzz_input *in, unsigned char *re)
     FUZZ_REQUIRE(within(in, v.pairs, (size_t)v.n_pairs * sizeof(mb_proto_pair)));
     FUZZ_REQUIRE(within(in, v.act, act_bytes));
     mb_proto_expert_req_writer w;
-    FUZZ_REQUIRE(mb_proto_encode_expert_req(re, in->len, in->h.tag, in->h.flags, v.layer, v.n_tokens, v.d_model,
-                                            v.dtype, v.n_pairs, &w) == MB_STATUS_OK);
+    FUZZ_REQUIRE(mb_proto_encode_expert_req(re, in->len, in->h.tag, in->h.flags, v.layer,
+                                            v.n_tokens, v.d_model, v.dtype, v.n_pairs,
+                                            &w) == MB_STATUS_OK);
     memcpy(w.pair_counts, v.pair_counts, (size_t)v.n_tokens * sizeof(uint16_t));
     if (v.n_pairs) memcpy(w.pairs, v.pairs, (size_t)v.n_pairs * sizeof(mb_proto_pair));
     memcpy(w.act, v.act, act_bytes);
@@ -122,8 +139,8 @@ static void fuzz_expert_reply(const fuzz_input *in, unsigned char *re)
     FUZZ_REQUIRE(within(in, v.out, out_bytes));
     void *out;
     size_t n;
-    FUZZ_REQUIRE(mb_proto_encode_expert_reply(re, in->len, in->h.tag, v.n_tokens, v.d_model, v.dtype, &out, &n) ==
-                 MB_STATUS_OK);
+    FUZZ_REQUIRE(mb_proto_encode_expert_reply(re, in->len, in->h.tag, v.n_tokens, v.d_model,
+                                              v.dtype, &out, &n) == MB_STATUS_OK);
     memcpy(out, v.out, out_bytes);
     mb_proto_expert_reply_set_timings(re, &v.timings);
     require_same(in, re, n);
@@ -165,11 +182,13 @@ static void fuzz_load_expert(const fuzz_input *in, unsigned char *re)
     if (!header_agrees(in, st, is_load_expert) || st != MB_STATUS_OK) return;
     FUZZ_REQUIRE(v.slot < fuzz_limits.max_slots);
     if (v.source == MB_WEIGHTS_INLINE) {
-        for (int i = 0; i < 3; i++) FUZZ_REQUIRE(within(in, v.data[i], (size_t)v.bytes[i]));
+        for (int i = 0; i < 3; i++)
+            FUZZ_REQUIRE(within(in, v.data[i], (size_t)v.bytes[i]));
         FUZZ_REQUIRE(v.path == NULL);
     } else {
         FUZZ_REQUIRE(within(in, v.path, v.path_len));
-        FUZZ_REQUIRE(v.path_len > 0 && v.path_len < MB_PROTO_PATH_BYTES && !memchr(v.path, 0, v.path_len));
+        FUZZ_REQUIRE(v.path_len > 0 && v.path_len < MB_PROTO_PATH_BYTES &&
+                     !memchr(v.path, 0, v.path_len));
     }
     size_t n;
     FUZZ_REQUIRE(mb_proto_encode_load_expert(re, in->len, in->h.tag, &v, &n) == MB_STATUS_OK);
@@ -183,8 +202,8 @@ static void fuzz_empty(const fuzz_input *in, unsigned char *re)
     if (!header_agrees(in, st, is_empty) || st != MB_STATUS_OK) return;
     FUZZ_REQUIRE(memcmp(&h, &in->h, sizeof h) == 0);
     size_t n;
-    FUZZ_REQUIRE(mb_proto_encode_empty(re, in->len, (mb_proto_opcode)h.opcode, h.tag, (mb_status)h.status, &n) ==
-                 MB_STATUS_OK);
+    FUZZ_REQUIRE(mb_proto_encode_empty(re, in->len, (mb_proto_opcode)h.opcode, h.tag,
+                                       (mb_status)h.status, &n) == MB_STATUS_OK);
     require_same(in, re, n);
 }
 
@@ -195,7 +214,8 @@ static void fuzz_misaligned(const uint8_t *data, size_t size)
     unsigned char *raw = malloc(size + 1);
     FUZZ_REQUIRE(raw);
     memcpy(raw + 1, data, size);
-    const mb_status want = size < MB_PROTO_HEADER_BYTES ? MB_STATUS_TRUNCATED : MB_STATUS_MISALIGNED;
+    const mb_status want =
+        size < MB_PROTO_HEADER_BYTES ? MB_STATUS_TRUNCATED : MB_STATUS_MISALIGNED;
     const unsigned char *p = raw + 1;
     mb_proto_header h;
     mb_proto_expert_req req;

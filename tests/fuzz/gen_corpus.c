@@ -1,7 +1,9 @@
 /* Writes the seed corpus for fuzz_decode: valid messages of every opcode and
  * one malformed message per rejection class, each checked against the status
  * it must decode to before it is written. Run once by hand
- * (fuzz_gen_corpus tests/fuzz/corpus); the output is committed. */
+ * (fuzz_gen_corpus tests/fuzz/corpus); the output is committed. It writes
+ * only valid-* and bad-* files: the fuzz-* files beside them are inputs
+ * libFuzzer found and stay as they are. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,7 +22,8 @@ static void emit(const char *name, fx_msg m, mb_status want)
 {
     mb_status got = fx_decode_any(m.p, m.len, &limits);
     if (got != want) {
-        fprintf(stderr, "gen_corpus: %s decodes to %s, want %s\n", name, mb_status_name(got), mb_status_name(want));
+        fprintf(stderr, "gen_corpus: %s decodes to %s, want %s\n", name, mb_status_name(got),
+                mb_status_name(want));
         n_failed++;
     }
     char path[4096];
@@ -86,7 +89,8 @@ static void gen_expert(void)
     emit("bad-expert-req-slot", patched(&m, 104, 4, limits.max_slots), MB_STATUS_SLOT_RANGE);
     emit("bad-expert-req-gate-nan", patched(&m, 108, 4, 0x7fc00000u), MB_STATUS_INVALID_ARG);
     emit("bad-expert-req-gate-inf", patched(&m, 108, 4, 0xff800000u), MB_STATUS_INVALID_ARG);
-    emit("bad-expert-req-relabelled-reply", patched(&m, 6, 2, MB_OP_EXPERT_REPLY), MB_STATUS_BAD_FLAGS);
+    emit("bad-expert-req-relabelled-reply", patched(&m, 6, 2, MB_OP_EXPERT_REPLY),
+         MB_STATUS_BAD_FLAGS);
     fx_msg cut = fx_msg_copy(m.p, 100);
     emit("bad-expert-req-truncated-100", cut, MB_STATUS_TRUNCATED);
     fx_msg longer = fx_msg_grow(&m, 8);
@@ -108,11 +112,15 @@ static void gen_expert(void)
     emit("valid-expert-reply-f16-3x5", fx_msg_copy(m.p, m.len), MB_STATUS_OK);
     emit("bad-expert-reply-padding", patched(&m, 102, 1, 1), MB_STATUS_BAD_FLAGS);
     emit("bad-expert-reply-shape", patched(&m, 36, 4, 4), MB_STATUS_BAD_LENGTH);
-    emit("bad-expert-reply-status-with-body", patched(&m, 20, 2, MB_STATUS_BACKEND), MB_STATUS_BAD_LENGTH);
+    emit("bad-expert-reply-status-with-body", patched(&m, 20, 2, MB_STATUS_BACKEND),
+         MB_STATUS_BAD_LENGTH);
     fx_msg_free(&m);
-    emit("valid-expert-reply-f32-2x3", fx_build_expert_reply(2, 3, MB_DTYPE_F32, 10, NULL), MB_STATUS_OK);
-    emit("valid-expert-reply-bf16-4x8", fx_build_expert_reply(4, 8, MB_DTYPE_BF16, 11, NULL), MB_STATUS_OK);
-    emit("valid-expert-reply-error", fx_build_empty(MB_OP_EXPERT_REPLY, 12, MB_STATUS_BACKEND), MB_STATUS_BACKEND);
+    emit("valid-expert-reply-f32-2x3", fx_build_expert_reply(2, 3, MB_DTYPE_F32, 10, NULL),
+         MB_STATUS_OK);
+    emit("valid-expert-reply-bf16-4x8", fx_build_expert_reply(4, 8, MB_DTYPE_BF16, 11, NULL),
+         MB_STATUS_OK);
+    emit("valid-expert-reply-error", fx_build_empty(MB_OP_EXPERT_REPLY, 12, MB_STATUS_BACKEND),
+         MB_STATUS_BACKEND);
     raw = fx_build_raw(MB_OP_EXPERT_REPLY, MB_PROTO_EXPERT_REPLY_FIXED_BYTES);
     fx_put32(&raw, 32, 3969050863u); /* x 2323823089 = 2^63 - 1 */
     fx_put32(&raw, 36, 2323823089u);
@@ -141,14 +149,16 @@ static void gen_control(void)
     r.backend[0] = 0;
     memset(r.device, 'd', MB_PROTO_NAME_BYTES - 1);
     emit("valid-hello-reply-names", fx_build_hello_reply(&r, 3), MB_STATUS_OK);
-    emit("valid-hello-reply-error", fx_build_empty(MB_OP_HELLO_REPLY, 4, MB_STATUS_DEVICE), MB_STATUS_DEVICE);
+    emit("valid-hello-reply-error", fx_build_empty(MB_OP_HELLO_REPLY, 4, MB_STATUS_DEVICE),
+         MB_STATUS_DEVICE);
 
     emit("valid-ping", fx_build_empty(MB_OP_PING, 5, MB_STATUS_OK), MB_STATUS_OK);
     emit("valid-pong", fx_build_empty(MB_OP_PONG, 5, MB_STATUS_OK), MB_STATUS_OK);
     emit("valid-shutdown", fx_build_empty(MB_OP_SHUTDOWN, 6, MB_STATUS_OK), MB_STATUS_OK);
     emit("valid-status-ok", fx_build_empty(MB_OP_STATUS, 7, MB_STATUS_OK), MB_STATUS_OK);
     emit("valid-status-nomem", fx_build_empty(MB_OP_STATUS, 8, MB_STATUS_NOMEM), MB_STATUS_OK);
-    emit("valid-status-unknown-code", fx_build_empty(MB_OP_STATUS, 9, (mb_status)0xfffe), MB_STATUS_OK);
+    emit("valid-status-unknown-code", fx_build_empty(MB_OP_STATUS, 9, (mb_status)0xfffe),
+         MB_STATUS_OK);
     m = fx_build_empty(MB_OP_PING, 10, MB_STATUS_OK);
     emit("bad-ping-flags", patched(&m, 16, 4, MB_PROTO_FLAG_LAST), MB_STATUS_BAD_FLAGS);
     emit("bad-ping-truncated-header", fx_msg_copy(m.p, 16), MB_STATUS_TRUNCATED);
@@ -177,9 +187,11 @@ static void gen_load_expert(void)
     emit("bad-load-expert-inline-padding", patched(&m, 112 + 30, 1, 1), MB_STATUS_BAD_FLAGS);
     fx_msg_free(&m);
     fx_load_expert_free(&f);
-    emit("valid-load-expert-inline-f32", fx_build_load_expert_inline(&f, 2, 2, MB_DTYPE_F32, 0, 2), MB_STATUS_OK);
+    emit("valid-load-expert-inline-f32", fx_build_load_expert_inline(&f, 2, 2, MB_DTYPE_F32, 0, 2),
+         MB_STATUS_OK);
     fx_load_expert_free(&f);
-    emit("valid-load-expert-inline-bf16", fx_build_load_expert_inline(&f, 4, 8, MB_DTYPE_BF16, 63, 3), MB_STATUS_OK);
+    emit("valid-load-expert-inline-bf16",
+         fx_build_load_expert_inline(&f, 4, 8, MB_DTYPE_BF16, 63, 3), MB_STATUS_OK);
     fx_load_expert_free(&f);
 
     /* File source: "/m/w.bin" at 112..120. */
@@ -187,12 +199,15 @@ static void gen_load_expert(void)
     m = fx_build_load_expert_file(&lf, "/m/w.bin", 4, 8, MB_DTYPE_BF16, 1);
     emit("valid-load-expert-file", fx_msg_copy(m.p, m.len), MB_STATUS_OK);
     emit("bad-load-expert-path-len-0", patched(&m, 104, 4, 0), MB_STATUS_BAD_LENGTH);
-    emit("bad-load-expert-path-len-4096", patched(&m, 104, 4, MB_PROTO_PATH_BYTES), MB_STATUS_BAD_LENGTH);
+    emit("bad-load-expert-path-len-4096", patched(&m, 104, 4, MB_PROTO_PATH_BYTES),
+         MB_STATUS_BAD_LENGTH);
     emit("bad-load-expert-path-len-long", patched(&m, 104, 4, 9), MB_STATUS_BAD_LENGTH);
     emit("bad-load-expert-path-nul", patched(&m, 115, 1, 0), MB_STATUS_BAD_LENGTH);
-    emit("bad-load-expert-file-offset", patched(&m, 64, 8, (uint64_t)INT64_MAX), MB_STATUS_OVERFLOW);
+    emit("bad-load-expert-file-offset", patched(&m, 64, 8, (uint64_t)INT64_MAX),
+         MB_STATUS_OVERFLOW);
     fx_msg_free(&m);
-    emit("valid-load-expert-file-short", fx_build_load_expert_file(&lf, "w", 1, 1, MB_DTYPE_F32, 2), MB_STATUS_OK);
+    emit("valid-load-expert-file-short", fx_build_load_expert_file(&lf, "w", 1, 1, MB_DTYPE_F32, 2),
+         MB_STATUS_OK);
     m = fx_build_load_expert_file(&lf, "/m/x", 4, 8, MB_DTYPE_F16, 3);
     emit("bad-load-expert-path-padding", patched(&m, 116, 1, '!'), MB_STATUS_BAD_FLAGS);
     fx_msg_free(&m);

@@ -75,7 +75,8 @@ static inline uint64_t fx_rand(uint64_t *s)
 static inline void fx_fill_random(void *dst, size_t n, uint64_t *seed)
 {
     unsigned char *d = dst;
-    for (size_t i = 0; i < n; i++) d[i] = (unsigned char)(fx_rand(seed) >> 56);
+    for (size_t i = 0; i < n; i++)
+        d[i] = (unsigned char)(fx_rand(seed) >> 56);
 }
 
 static inline size_t fx_dtype_bytes(mb_dtype d)
@@ -103,8 +104,8 @@ static inline void fx_expert_req_free(fx_expert_req *r)
 
 /* Token i gets (i * 5 + 1) % 4 pairs, slots < max_slots, gates in [-1, 1),
  * random activation bytes (any bit pattern is valid payload). */
-static inline fx_msg fx_build_expert_req(fx_expert_req *src, uint32_t n_tokens, uint32_t d_model, mb_dtype dtype,
-                                         uint32_t max_slots, uint64_t seed)
+static inline fx_msg fx_build_expert_req(fx_expert_req *src, uint32_t n_tokens, uint32_t d_model,
+                                         mb_dtype dtype, uint32_t max_slots, uint64_t seed)
 {
     memset(src, 0, sizeof *src);
     src->tag = 0x1000 + seed;
@@ -123,18 +124,20 @@ static inline fx_msg fx_build_expert_req(fx_expert_req *src, uint32_t n_tokens, 
     src->pairs = calloc(n_pairs ? n_pairs : 1, sizeof(mb_proto_pair));
     for (uint32_t i = 0; i < n_pairs; i++) {
         src->pairs[i].slot = max_slots ? (uint32_t)(fx_rand(&seed) % max_slots) : 0;
-        src->pairs[i].gate = (float)((double)(fx_rand(&seed) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        src->pairs[i].gate =
+            (float)((double)(fx_rand(&seed) >> 11) / 9007199254740992.0 * 2.0 - 1.0);
     }
     src->act_bytes = (size_t)n_tokens * d_model * fx_dtype_bytes(dtype);
     src->act = malloc(src->act_bytes ? src->act_bytes : 1);
     fx_fill_random(src->act, src->act_bytes, &seed);
 
     size_t bytes;
-    fx_require_ok(mb_proto_expert_req_size(n_tokens, d_model, dtype, n_pairs, &bytes), "expert_req_size");
+    fx_require_ok(mb_proto_expert_req_size(n_tokens, d_model, dtype, n_pairs, &bytes),
+                  "expert_req_size");
     void *scratch = malloc(bytes);
     mb_proto_expert_req_writer w;
-    fx_require_ok(mb_proto_encode_expert_req(scratch, bytes, src->tag, src->flags, src->layer, n_tokens, d_model,
-                                             dtype, n_pairs, &w),
+    fx_require_ok(mb_proto_encode_expert_req(scratch, bytes, src->tag, src->flags, src->layer,
+                                             n_tokens, d_model, dtype, n_pairs, &w),
                   "encode_expert_req");
     memcpy(w.pair_counts, src->pair_counts, n_tokens * sizeof(uint16_t));
     if (n_pairs) memcpy(w.pairs, src->pairs, n_pairs * sizeof(mb_proto_pair));
@@ -145,15 +148,17 @@ static inline fx_msg fx_build_expert_req(fx_expert_req *src, uint32_t n_tokens, 
 }
 
 /* EXPERT_REPLY with random output bytes and timings (1, 2, 3) * seed. */
-static inline fx_msg fx_build_expert_reply(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, uint64_t seed,
-                                           unsigned char **out_src)
+static inline fx_msg fx_build_expert_reply(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype,
+                                           uint64_t seed, unsigned char **out_src)
 {
     size_t bytes, out_bytes = (size_t)n_tokens * d_model * fx_dtype_bytes(dtype);
-    fx_require_ok(mb_proto_expert_reply_size(n_tokens, d_model, dtype, &bytes), "expert_reply_size");
+    fx_require_ok(mb_proto_expert_reply_size(n_tokens, d_model, dtype, &bytes),
+                  "expert_reply_size");
     void *scratch = malloc(bytes);
     void *out;
     size_t got;
-    fx_require_ok(mb_proto_encode_expert_reply(scratch, bytes, 0x2000 + seed, n_tokens, d_model, dtype, &out, &got),
+    fx_require_ok(mb_proto_encode_expert_reply(scratch, bytes, 0x2000 + seed, n_tokens, d_model,
+                                               dtype, &out, &got),
                   "encode_expert_reply");
     unsigned char *src = malloc(out_bytes);
     uint64_t rs = seed;
@@ -200,7 +205,8 @@ static inline fx_msg fx_build_hello_reply(const mb_proto_hello_reply *r, uint64_
 {
     uint64_t scratch[64];
     size_t bytes;
-    fx_require_ok(mb_proto_encode_hello_reply(scratch, sizeof scratch, tag, r, &bytes), "encode_hello_reply");
+    fx_require_ok(mb_proto_encode_hello_reply(scratch, sizeof scratch, tag, r, &bytes),
+                  "encode_hello_reply");
     return fx_msg_copy(scratch, bytes);
 }
 
@@ -212,11 +218,12 @@ typedef struct {
 
 static inline void fx_load_expert_free(fx_load_expert *f)
 {
-    for (int i = 0; i < 3; i++) free(f->w[i]);
+    for (int i = 0; i < 3; i++)
+        free(f->w[i]);
 }
 
-static inline fx_msg fx_build_load_expert_inline(fx_load_expert *f, uint32_t d_model, uint32_t d_ff, mb_dtype wdtype,
-                                                 uint32_t slot, uint64_t seed)
+static inline fx_msg fx_build_load_expert_inline(fx_load_expert *f, uint32_t d_model, uint32_t d_ff,
+                                                 mb_dtype wdtype, uint32_t slot, uint64_t seed)
 {
     memset(f, 0, sizeof *f);
     f->m.layer = 3;
@@ -236,14 +243,16 @@ static inline fx_msg fx_build_load_expert_inline(fx_load_expert *f, uint32_t d_m
     size_t bytes, got;
     fx_require_ok(mb_proto_load_expert_size(&f->m, &bytes), "load_expert_size");
     void *scratch = malloc(bytes);
-    fx_require_ok(mb_proto_encode_load_expert(scratch, bytes, 0x3000 + seed, &f->m, &got), "encode_load_expert");
+    fx_require_ok(mb_proto_encode_load_expert(scratch, bytes, 0x3000 + seed, &f->m, &got),
+                  "encode_load_expert");
     fx_msg m = fx_msg_copy(scratch, got);
     free(scratch);
     return m;
 }
 
-static inline fx_msg fx_build_load_expert_file(mb_proto_load_expert *m, const char *path, uint32_t d_model,
-                                               uint32_t d_ff, mb_dtype wdtype, uint32_t slot)
+static inline fx_msg fx_build_load_expert_file(mb_proto_load_expert *m, const char *path,
+                                               uint32_t d_model, uint32_t d_ff, mb_dtype wdtype,
+                                               uint32_t slot)
 {
     memset(m, 0, sizeof *m);
     m->layer = 11;
@@ -263,7 +272,8 @@ static inline fx_msg fx_build_load_expert_file(mb_proto_load_expert *m, const ch
     size_t bytes, got;
     fx_require_ok(mb_proto_load_expert_size(m, &bytes), "load_expert_size");
     void *scratch = malloc(bytes);
-    fx_require_ok(mb_proto_encode_load_expert(scratch, bytes, 0x4000, m, &got), "encode_load_expert");
+    fx_require_ok(mb_proto_encode_load_expert(scratch, bytes, 0x4000, m, &got),
+                  "encode_load_expert");
     fx_msg out = fx_msg_copy(scratch, got);
     free(scratch);
     return out;
@@ -273,7 +283,8 @@ static inline fx_msg fx_build_empty(mb_proto_opcode op, uint64_t tag, mb_status 
 {
     uint64_t scratch[4];
     size_t bytes;
-    fx_require_ok(mb_proto_encode_empty(scratch, sizeof scratch, op, tag, status, &bytes), "encode_empty");
+    fx_require_ok(mb_proto_encode_empty(scratch, sizeof scratch, op, tag, status, &bytes),
+                  "encode_empty");
     return fx_msg_copy(scratch, bytes);
 }
 

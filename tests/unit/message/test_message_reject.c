@@ -51,17 +51,18 @@ static mb_status decode_any(const void *p, size_t len, uint16_t as)
     } while (0)
 
 /* Patches a field of a fresh copy of base and expects a status. */
-static void expect_patch(const fx_msg *base, uint16_t as, size_t off, size_t width, uint64_t value, mb_status want,
-                         int line)
+static void expect_patch(const fx_msg *base, uint16_t as, size_t off, size_t width, uint64_t value,
+                         mb_status want, int line)
 {
     fx_msg m = fx_msg_copy(base->p, base->len);
     memcpy(m.p + off, &value, width);
     mb_status got = decode_any(m.p, m.len, as);
-    CHECK_MSG(got == want, "line %d: patch @%zu=%llu: got %s, want %s", line, off, (unsigned long long)value,
-              mb_status_name(got), mb_status_name(want));
+    CHECK_MSG(got == want, "line %d: patch @%zu=%llu: got %s, want %s", line, off,
+              (unsigned long long)value, mb_status_name(got), mb_status_name(want));
     fx_msg_free(&m);
 }
-#define PATCH(base, as, off, width, value, want) expect_patch(base, as, off, width, value, want, __LINE__)
+#define PATCH(base, as, off, width, value, want)                                                   \
+    expect_patch(base, as, off, width, value, want, __LINE__)
 
 static void test_header(void)
 {
@@ -141,14 +142,14 @@ static void test_expert_req(void)
     REQUIRE(src.n_pairs == 7 && m.len == 288);
     EXPECT_AS(&m, op, MB_STATUS_OK);
 
-    PATCH(&m, op, 46, 2, 1, MB_STATUS_BAD_FLAGS);     /* reserved */
-    PATCH(&m, op, 52, 4, 1, MB_STATUS_BAD_FLAGS);     /* reserved2 */
-    PATCH(&m, op, 66, 1, 0xff, MB_STATUS_BAD_FLAGS);  /* padding after pair_counts */
+    PATCH(&m, op, 46, 2, 1, MB_STATUS_BAD_FLAGS);    /* reserved */
+    PATCH(&m, op, 52, 4, 1, MB_STATUS_BAD_FLAGS);    /* reserved2 */
+    PATCH(&m, op, 66, 1, 0xff, MB_STATUS_BAD_FLAGS); /* padding after pair_counts */
     PATCH(&m, op, 71, 1, 0x01, MB_STATUS_BAD_FLAGS);
     PATCH(&m, op, 44, 2, 3, MB_STATUS_BAD_DTYPE);
     PATCH(&m, op, 44, 2, 0xffff, MB_STATUS_BAD_DTYPE);
-    PATCH(&m, op, 36, 4, 0, MB_STATUS_BAD_SHAPE);     /* n_tokens */
-    PATCH(&m, op, 40, 4, 0, MB_STATUS_BAD_SHAPE);     /* d_model */
+    PATCH(&m, op, 36, 4, 0, MB_STATUS_BAD_SHAPE); /* n_tokens */
+    PATCH(&m, op, 40, 4, 0, MB_STATUS_BAD_SHAPE); /* d_model */
     PATCH(&m, op, 36, 4, limits.max_tokens + 1, MB_STATUS_BAD_SHAPE);
     PATCH(&m, op, 40, 4, limits.max_d_model + 1, MB_STATUS_BAD_SHAPE);
     /* n_tokens x d_model larger (or smaller) than the payload. */
@@ -156,7 +157,7 @@ static void test_expert_req(void)
     PATCH(&m, op, 40, 4, 12, MB_STATUS_BAD_LENGTH);
     PATCH(&m, op, 44, 2, MB_DTYPE_F32, MB_STATUS_BAD_LENGTH);
     PATCH(&m, op, 36, 4, 6, MB_STATUS_BAD_LENGTH);
-    PATCH(&m, op, 48, 4, 8, MB_STATUS_BAD_LENGTH);    /* n_pairs */
+    PATCH(&m, op, 48, 4, 8, MB_STATUS_BAD_LENGTH); /* n_pairs */
     /* pair_counts that do not sum to n_pairs. */
     PATCH(&m, op, 56, 2, 2, MB_STATUS_PAIR_COUNT);
     PATCH(&m, op, 56 + 2 * 3, 2, 0xffff, MB_STATUS_PAIR_COUNT);
@@ -195,9 +196,11 @@ static void test_expert_req(void)
     } ov[] = {
         {UINT32_MAX, UINT32_MAX, MB_DTYPE_F32, 0, MB_STATUS_OVERFLOW},
         {UINT32_MAX, UINT32_MAX, MB_DTYPE_BF16, UINT32_MAX, MB_STATUS_OVERFLOW},
-        {1u << 31, 1u << 31, MB_DTYPE_F32, 0, MB_STATUS_OVERFLOW},         /* act = 2^64 exactly */
-        {UINT32_MAX, 1u << 31, MB_DTYPE_F16, 0, MB_STATUS_OVERFLOW},      /* act fits, + offset does not */
-        {1u << 30, 1u << 31, MB_DTYPE_F32, 0, MB_STATUS_BAD_LENGTH},      /* fits 64 bits, not the buffer */
+        {1u << 31, 1u << 31, MB_DTYPE_F32, 0, MB_STATUS_OVERFLOW}, /* act = 2^64 exactly */
+        {UINT32_MAX, 1u << 31, MB_DTYPE_F16, 0,
+         MB_STATUS_OVERFLOW}, /* act fits, + offset does not */
+        {1u << 30, 1u << 31, MB_DTYPE_F32, 0,
+         MB_STATUS_BAD_LENGTH}, /* fits 64 bits, not the buffer */
         {1, 1, MB_DTYPE_F32, UINT32_MAX, MB_STATUS_BAD_LENGTH},
     };
     for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) {
@@ -227,7 +230,8 @@ static void test_pair_count_overflow(void)
     REQUIRE(mb_proto_expert_req_size(n_tokens, 1, MB_DTYPE_F16, 0, &bytes) == MB_STATUS_OK);
     unsigned char *buf = malloc(bytes);
     mb_proto_expert_req_writer w;
-    REQUIRE(mb_proto_encode_expert_req(buf, bytes, 1, 0, 0, n_tokens, 1, MB_DTYPE_F16, 0, &w) == MB_STATUS_OK);
+    REQUIRE(mb_proto_encode_expert_req(buf, bytes, 1, 0, 0, n_tokens, 1, MB_DTYPE_F16, 0, &w) ==
+            MB_STATUS_OK);
     memset(w.act, 0, (size_t)n_tokens * 2);
     memset(w.pair_counts, 0, (size_t)n_tokens * 2);
     const mb_proto_limits open = {UINT32_MAX, 0, 0};
@@ -237,7 +241,8 @@ static void test_pair_count_overflow(void)
     CHECK_EQ(mb_proto_decode_expert_req(buf, bytes, &open, &v), MB_STATUS_PAIR_COUNT);
     /* Counts that wrap to exactly n_pairs if summed in 32 bits unchecked:
      * 65537 * 0xffff + 1 = 2^32 -> 0. */
-    for (uint32_t i = 0; i < n_tokens; i++) w.pair_counts[i] = i < 65537 ? 0xffff : 1;
+    for (uint32_t i = 0; i < n_tokens; i++)
+        w.pair_counts[i] = i < 65537 ? 0xffff : 1;
     CHECK_EQ(mb_proto_decode_expert_req(buf, bytes, &open, &v), MB_STATUS_PAIR_COUNT);
     free(buf);
 }
@@ -339,8 +344,8 @@ static void test_load_expert_inline(void)
     PATCH(&m, op, 48, 4, 0, MB_STATUS_BAD_SHAPE); /* d_ff */
     PATCH(&m, op, 44, 4, limits.max_d_model + 1, MB_STATUS_BAD_SHAPE);
     PATCH(&m, op, 48, 4, 6, MB_STATUS_BAD_SHAPE);  /* bytes no longer rows*cols*size */
-    PATCH(&m, op, 80, 8, 32, MB_STATUS_BAD_SHAPE);  /* bytes[0] */
-    PATCH(&m, op, 96, 8, 0, MB_STATUS_BAD_SHAPE);   /* bytes[2] */
+    PATCH(&m, op, 80, 8, 32, MB_STATUS_BAD_SHAPE); /* bytes[0] */
+    PATCH(&m, op, 96, 8, 0, MB_STATUS_BAD_SHAPE);  /* bytes[2] */
     PATCH(&m, op, 52, 2, 3, MB_STATUS_BAD_DTYPE);
     PATCH(&m, op, 52, 2, MB_DTYPE_F32, MB_STATUS_BAD_SHAPE);
     PATCH(&m, op, 54, 2, 2, MB_STATUS_UNSUPPORTED);
@@ -349,12 +354,12 @@ static void test_load_expert_inline(void)
     PATCH(&m, op, 108, 4, 1, MB_STATUS_BAD_FLAGS);  /* reserved */
     PATCH(&m, op, 104, 4, 1, MB_STATUS_BAD_LENGTH); /* path_len with INLINE */
     /* Inline regions outside the buffer, overflowing, or moved. */
-    PATCH(&m, op, 72, 8, 96 - 29, MB_STATUS_BAD_LENGTH);  /* offset[2]: ends past the body */
+    PATCH(&m, op, 72, 8, 96 - 29, MB_STATUS_BAD_LENGTH); /* offset[2]: ends past the body */
     PATCH(&m, op, 72, 8, 1ull << 40, MB_STATUS_BAD_LENGTH);
     PATCH(&m, op, 72, 8, UINT64_MAX - 10, MB_STATUS_OVERFLOW);
     PATCH(&m, op, 64, 8, UINT64_MAX, MB_STATUS_OVERFLOW);
-    PATCH(&m, op, 64, 8, 40, MB_STATUS_BAD_LENGTH);  /* offset[1] in bounds, off layout */
-    PATCH(&m, op, 64, 8, 0, MB_STATUS_BAD_LENGTH);   /* overlapping matrix 0 */
+    PATCH(&m, op, 64, 8, 40, MB_STATUS_BAD_LENGTH); /* offset[1] in bounds, off layout */
+    PATCH(&m, op, 64, 8, 0, MB_STATUS_BAD_LENGTH);  /* overlapping matrix 0 */
     PATCH(&m, op, 56, 8, 8, MB_STATUS_BAD_LENGTH);
     /* Padding after each matrix (data area starts at 112). */
     PATCH(&m, op, 112 + 30, 1, 1, MB_STATUS_BAD_FLAGS);
@@ -386,12 +391,14 @@ static void test_load_expert_inline(void)
     fx_put32(&raw, 44, UINT32_MAX);
     fx_put32(&raw, 48, 1u << 31);
     fx_put16(&raw, 52, MB_DTYPE_F16);
-    for (int i = 0; i < 3; i++) fx_put64(&raw, 80 + 8 * i, (uint64_t)UINT32_MAX << 32);
+    for (int i = 0; i < 3; i++)
+        fx_put64(&raw, 80 + 8 * i, (uint64_t)UINT32_MAX << 32);
     CHECK_EQ(mb_proto_decode_load_expert(raw.p, raw.len, &open, &v), MB_STATUS_OVERFLOW);
     /* Plausible shape, no data. */
     fx_put32(&raw, 44, 4);
     fx_put32(&raw, 48, 4);
-    for (int i = 0; i < 3; i++) fx_put64(&raw, 80 + 8 * i, 32);
+    for (int i = 0; i < 3; i++)
+        fx_put64(&raw, 80 + 8 * i, 32);
     CHECK_EQ(mb_proto_decode_load_expert(raw.p, raw.len, &open, &v), MB_STATUS_BAD_LENGTH);
     fx_msg_free(&raw);
     raw = fx_build_raw(op, 72);
@@ -412,8 +419,8 @@ static void test_load_expert_file(void)
     PATCH(&m, op, 104, 4, 0, MB_STATUS_BAD_LENGTH);
     PATCH(&m, op, 104, 4, MB_PROTO_PATH_BYTES, MB_STATUS_BAD_LENGTH);
     PATCH(&m, op, 104, 4, UINT32_MAX, MB_STATUS_BAD_LENGTH);
-    PATCH(&m, op, 104, 4, 9, MB_STATUS_BAD_LENGTH);  /* runs past the body */
-    PATCH(&m, op, 104, 4, 7, MB_STATUS_BAD_FLAGS);   /* last path byte becomes padding */
+    PATCH(&m, op, 104, 4, 9, MB_STATUS_BAD_LENGTH);     /* runs past the body */
+    PATCH(&m, op, 104, 4, 7, MB_STATUS_BAD_FLAGS);      /* last path byte becomes padding */
     PATCH(&m, op, 112 + 3, 1, 0, MB_STATUS_BAD_LENGTH); /* NUL inside the path */
     PATCH(&m, op, 112, 1, 0, MB_STATUS_BAD_LENGTH);
     PATCH(&s, op, 112 + 4, 1, '!', MB_STATUS_BAD_FLAGS); /* padding after the path */
@@ -433,7 +440,8 @@ static void test_load_expert_file(void)
     fx_put32(&raw, 48, 1);
     fx_put16(&raw, 52, MB_DTYPE_F32);
     fx_put16(&raw, 54, MB_WEIGHTS_FILE);
-    for (int i = 0; i < 3; i++) fx_put64(&raw, 80 + 8 * i, 4);
+    for (int i = 0; i < 3; i++)
+        fx_put64(&raw, 80 + 8 * i, 4);
     memset(raw.p + 112, 'q', MB_PROTO_PATH_BYTES);
     fx_put32(&raw, 104, MB_PROTO_PATH_BYTES);
     EXPECT_AS(&raw, op, MB_STATUS_BAD_LENGTH);

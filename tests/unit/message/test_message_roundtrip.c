@@ -35,8 +35,9 @@ static void test_header(void)
     CHECK(memcmp(buf, "MBRK", 4) == 0);
 
     for (int op = 0; op < MB_OP_COUNT_ + 2; op++)
-        CHECK_EQ(mb_proto_opcode_is_reply(op),
-                 op == MB_OP_HELLO_REPLY || op == MB_OP_EXPERT_REPLY || op == MB_OP_PONG || op == MB_OP_STATUS);
+        CHECK_EQ(mb_proto_opcode_is_reply(op), op == MB_OP_HELLO_REPLY ||
+                                                   op == MB_OP_EXPERT_REPLY || op == MB_OP_PONG ||
+                                                   op == MB_OP_STATUS);
 }
 
 static void check_expert_req(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype, uint64_t seed)
@@ -57,8 +58,8 @@ static void check_expert_req(uint32_t n_tokens, uint32_t d_model, mb_dtype dtype
 
     mb_proto_expert_req v;
     mb_status st = mb_proto_decode_expert_req(m.p, m.len, &limits, &v);
-    CHECK_MSG(st == MB_STATUS_OK, "%s for n_tokens=%u d_model=%u dtype=%d", mb_status_name(st), n_tokens, d_model,
-              dtype);
+    CHECK_MSG(st == MB_STATUS_OK, "%s for n_tokens=%u d_model=%u dtype=%d", mb_status_name(st),
+              n_tokens, d_model, dtype);
     if (st == MB_STATUS_OK) {
         CHECK_EQ(v.layer, src.layer);
         CHECK_EQ(v.n_tokens, n_tokens);
@@ -89,22 +90,31 @@ static void test_expert_req_encoder_errors(void)
     /* 56 + 6 (+2 pad) + 32 + 30 (+2 pad) */
     CHECK_EQ(need, 128);
     memset(buf, 0xab, sizeof buf);
-    CHECK_EQ(mb_proto_encode_expert_req(buf, need - 1, 1, 0, 0, 3, 5, MB_DTYPE_F16, 4, &w), MB_STATUS_FULL);
+    CHECK_EQ(mb_proto_encode_expert_req(buf, need - 1, 1, 0, 0, 3, 5, MB_DTYPE_F16, 4, &w),
+             MB_STATUS_FULL);
     const unsigned char *b = (const unsigned char *)buf;
     int untouched = 1;
-    for (size_t i = 0; i < sizeof buf; i++) untouched &= b[i] == 0xab;
+    for (size_t i = 0; i < sizeof buf; i++)
+        untouched &= b[i] == 0xab;
     CHECK(untouched);
     CHECK_EQ(mb_proto_encode_expert_req((char *)buf + 4, 400, 1, 0, 0, 3, 5, MB_DTYPE_F16, 4, &w),
              MB_STATUS_MISALIGNED);
-    CHECK_EQ(mb_proto_encode_expert_req(buf, sizeof buf, 1, 0x2, 0, 3, 5, MB_DTYPE_F16, 4, &w), MB_STATUS_BAD_FLAGS);
-    CHECK_EQ(mb_proto_encode_expert_req(buf, sizeof buf, 1, 0, 0, 3, 5, (mb_dtype)3, 4, &w), MB_STATUS_BAD_DTYPE);
-    CHECK_EQ(mb_proto_encode_expert_req(buf, sizeof buf, 1, 0, 0, 0, 5, MB_DTYPE_F16, 4, &w), MB_STATUS_BAD_SHAPE);
-    CHECK_EQ(mb_proto_encode_expert_req(buf, sizeof buf, 1, 0, 0, 3, 0, MB_DTYPE_F16, 4, &w), MB_STATUS_BAD_SHAPE);
+    CHECK_EQ(mb_proto_encode_expert_req(buf, sizeof buf, 1, 0x2, 0, 3, 5, MB_DTYPE_F16, 4, &w),
+             MB_STATUS_BAD_FLAGS);
+    CHECK_EQ(mb_proto_encode_expert_req(buf, sizeof buf, 1, 0, 0, 3, 5, (mb_dtype)3, 4, &w),
+             MB_STATUS_BAD_DTYPE);
+    CHECK_EQ(mb_proto_encode_expert_req(buf, sizeof buf, 1, 0, 0, 0, 5, MB_DTYPE_F16, 4, &w),
+             MB_STATUS_BAD_SHAPE);
+    CHECK_EQ(mb_proto_encode_expert_req(buf, sizeof buf, 1, 0, 0, 3, 0, MB_DTYPE_F16, 4, &w),
+             MB_STATUS_BAD_SHAPE);
     CHECK_EQ(mb_proto_encode_expert_req(NULL, sizeof buf, 1, 0, 0, 3, 5, MB_DTYPE_F16, 4, &w),
              MB_STATUS_INVALID_ARG);
-    CHECK_EQ(mb_proto_expert_req_size(UINT32_MAX, UINT32_MAX, MB_DTYPE_F32, UINT32_MAX, &need), MB_STATUS_OVERFLOW);
-    CHECK_EQ(mb_proto_expert_req_size(UINT32_MAX, 1u << 31, MB_DTYPE_F16, 0, &need), MB_STATUS_OVERFLOW);
-    CHECK_EQ(mb_proto_expert_reply_size(UINT32_MAX, UINT32_MAX, MB_DTYPE_BF16, &need), MB_STATUS_OVERFLOW);
+    CHECK_EQ(mb_proto_expert_req_size(UINT32_MAX, UINT32_MAX, MB_DTYPE_F32, UINT32_MAX, &need),
+             MB_STATUS_OVERFLOW);
+    CHECK_EQ(mb_proto_expert_req_size(UINT32_MAX, 1u << 31, MB_DTYPE_F16, 0, &need),
+             MB_STATUS_OVERFLOW);
+    CHECK_EQ(mb_proto_expert_reply_size(UINT32_MAX, UINT32_MAX, MB_DTYPE_BF16, &need),
+             MB_STATUS_OVERFLOW);
     /* The largest n_pairs still has a size. */
     CHECK_EQ(mb_proto_expert_req_size(1, 1, MB_DTYPE_F32, UINT32_MAX, &need), MB_STATUS_OK);
     CHECK_EQ(need, 64 + 8ull * UINT32_MAX + 8);
@@ -157,9 +167,12 @@ static void test_error_replies(void)
              MB_STATUS_INVALID_ARG);
     CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_HELLO_REPLY, 1, MB_STATUS_OK, &bytes),
              MB_STATUS_INVALID_ARG);
-    CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_PING, 1, MB_STATUS_IO, &bytes), MB_STATUS_INVALID_ARG);
-    CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_SHUTDOWN, 1, MB_STATUS_IO, &bytes), MB_STATUS_INVALID_ARG);
-    CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_HELLO, 1, MB_STATUS_OK, &bytes), MB_STATUS_INVALID_ARG);
+    CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_PING, 1, MB_STATUS_IO, &bytes),
+             MB_STATUS_INVALID_ARG);
+    CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_SHUTDOWN, 1, MB_STATUS_IO, &bytes),
+             MB_STATUS_INVALID_ARG);
+    CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_HELLO, 1, MB_STATUS_OK, &bytes),
+             MB_STATUS_INVALID_ARG);
     CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_EXPERT_REQ, 1, MB_STATUS_OK, &bytes),
              MB_STATUS_INVALID_ARG);
     CHECK_EQ(mb_proto_encode_empty(buf, sizeof buf, MB_OP_STATUS, 1, (mb_status)70000, &bytes),
@@ -173,8 +186,9 @@ static void test_empty(void)
         mb_proto_opcode op;
         mb_status status;
     } cases[] = {
-        {MB_OP_PING, MB_STATUS_OK},     {MB_OP_PONG, MB_STATUS_OK},      {MB_OP_SHUTDOWN, MB_STATUS_OK},
-        {MB_OP_STATUS, MB_STATUS_OK},   {MB_OP_STATUS, MB_STATUS_NOMEM}, {MB_OP_STATUS, (mb_status)0xffff},
+        {MB_OP_PING, MB_STATUS_OK},      {MB_OP_PONG, MB_STATUS_OK},
+        {MB_OP_SHUTDOWN, MB_STATUS_OK},  {MB_OP_STATUS, MB_STATUS_OK},
+        {MB_OP_STATUS, MB_STATUS_NOMEM}, {MB_OP_STATUS, (mb_status)0xffff},
         {MB_OP_PONG, MB_STATUS_BACKEND},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -39,7 +39,8 @@ static void truncate_every_byte(const char *name, const fx_msg *m)
     for (size_t k = 0; k < m->len; k++) {
         fx_msg cut = fx_msg_copy(m->p, k);
         mb_status st = fx_decode_any(cut.p, k, &limits);
-        if (st != MB_STATUS_TRUNCATED || decoders_returning(cut.p, k, MB_STATUS_TRUNCATED, 1) != 7) {
+        if (st != MB_STATUS_TRUNCATED ||
+            decoders_returning(cut.p, k, MB_STATUS_TRUNCATED, 1) != 7) {
             if (!bad_plain++) fprintf(stderr, "%s cut at %zu: %s\n", name, k, mb_status_name(st));
         }
         /* The same prefix with a header that agrees with it. */
@@ -88,8 +89,8 @@ int main(void)
     fx_load_expert_free(&f);
 
     mb_proto_load_expert lf;
-    m = fx_build_load_expert_file(&lf, "/models/mixtral/model-00003-of-00019.safetensors", 4096, 14336,
-                                  MB_DTYPE_BF16, 12);
+    m = fx_build_load_expert_file(&lf, "/models/mixtral/model-00003-of-00019.safetensors", 4096,
+                                  14336, MB_DTYPE_BF16, 12);
     truncate_every_byte("load_expert file", &m);
     fx_msg_free(&m);
 
