@@ -40,6 +40,10 @@ typedef struct {
     double best_s, median_s;
     double weight_bytes; /* distinct experts touched per call, averaged */
     double gbs, gflops, bw_ratio, fma_ratio;
+    /* Median over calls of the call's rate divided by its ceiling measured
+     * right after it (read bandwidth for decode, FMA for prefill): robust
+     * to the machine's bandwidth drifting during the run. */
+    double paired_ratio;
 } mb_result;
 
 typedef struct {
@@ -203,7 +207,8 @@ static int mb_cmp_double(const void *a, const void *b)
 
 /* Runs one case: n_reqs different routings, reps calls in all. */
 static int mb_run_case(mb_backend *b, const mb_model_shape *m, const char *phase, uint32_t n_tokens,
-                       int reps, const mb_opts *o, const mb_bench_ceilings *c, mb_result *res)
+                       int reps, const mb_opts *o, const mb_bench_ceilings *c,
+                       mb_bench_reader *probe, mb_result *res)
 {
     enum { N_REQS = 8 };
     int n_reqs = reps < N_REQS ? reps : N_REQS;
@@ -212,8 +217,10 @@ static int mb_run_case(mb_backend *b, const mb_model_shape *m, const char *phase
     size_t out_bytes = (size_t)n_tokens * m->d_model * mb_dtype_size(o->payload);
     void *out = malloc(out_bytes);
     double *times = calloc((size_t)reps, sizeof *times);
+    double *paired = calloc((size_t)reps, sizeof *paired);
+    const int is_decode = strcmp(phase, "decode") == 0;
     int rc = -1;
-    if (!out || !times) goto done;
+    if (!out || !times || !paired) goto done;
     for (int i = 0; i < n_reqs; i++)
         if (mb_req_make(&reqs[i], m, n_tokens, o->payload) != 0) goto done;
     /* Warm-up: grows the backend's scratch. */
@@ -229,7 +236,17 @@ static int mb_run_case(mb_backend *b, const mb_model_shape *m, const char *phase
             goto done;
         }
         bytes += q->weight_bytes;
+        if (is_decode && probe) {
+            double ceil_gbs = mb_bench_reader_gbs(probe);
+            paired[r] = ceil_gbs > 0 ? q->weight_bytes / times[r] * 1e-9 / ceil_gbs : 0;
+        } else if (!is_decode) {
+            double ceil_gf = mb_bench_fma_gflops(c->n_threads, 0.05);
+            double gf = 2.0 * 3.0 * m->d_model * m->d_ff * n_tokens * m->top_k / times[r] * 1e-9;
+            paired[r] = ceil_gf > 0 ? gf / ceil_gf : 0;
+        }
     }
+    qsort(paired, (size_t)reps, sizeof *paired, mb_cmp_double);
+    res->paired_ratio = paired[reps / 2];
     qsort(times, (size_t)reps, sizeof *times, mb_cmp_double);
     res->model = m->name;
     res->phase = phase;
@@ -248,6 +265,7 @@ done:
         mb_req_free(&reqs[i]);
     free(out);
     free(times);
+    free(paired);
     return rc;
 }
 
@@ -287,9 +305,9 @@ static int mb_load_layer(mb_backend *b, const mb_model_shape *m)
 
 static void mb_print_row(const mb_result *r)
 {
-    printf("%-14s %-8s %6u %6u %10.3f %10.3f %9.1f %8.1f %9.1f %8.1f\n", r->model, r->phase,
+    printf("%-14s %-8s %6u %6u %10.3f %10.3f %9.1f %8.1f %9.1f %8.1f %8.1f\n", r->model, r->phase,
            r->n_tokens, r->n_pairs, r->best_s * 1e3, r->median_s * 1e3, r->gbs, r->bw_ratio * 100,
-           r->gflops, r->fma_ratio * 100);
+           r->gflops, r->fma_ratio * 100, r->paired_ratio * 100);
     fflush(stdout);
 }
 
@@ -316,9 +334,9 @@ static void mb_write_json(const char *path, const mb_opts *o, const mb_bench_cei
                 "    {\"model\": \"%s\", \"phase\": \"%s\", \"tokens\": %u, \"pairs\": %u, "
                 "\"best_ms\": %.4f, "
                 "\"median_ms\": %.4f, \"weight_bytes\": %.0f, \"gbs\": %.3f, \"gflops\": %.3f, "
-                "\"read_bw_ratio\": %.4f, \"fma_ratio\": %.4f}%s\n",
+                "\"read_bw_ratio\": %.4f, \"fma_ratio\": %.4f, \"paired_ratio\": %.4f}%s\n",
                 r->model, r->phase, r->n_tokens, r->n_pairs, r->best_s * 1e3, r->median_s * 1e3,
-                r->weight_bytes, r->gbs, r->gflops, r->bw_ratio, r->fma_ratio,
+                r->weight_bytes, r->gbs, r->gflops, r->bw_ratio, r->fma_ratio, r->paired_ratio,
                 i + 1 < n ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
@@ -346,13 +364,15 @@ int main(int argc, char **argv)
     mb_backend_caps_get(b, &caps);
     mb_bench_ceilings c;
     mb_bench_ceilings_measure((int)caps.n_threads, o.quick, &c);
+    /* 256 MiB: far past the caches, a few ms per probe. */
+    mb_bench_reader *probe = mb_bench_reader_create((int)caps.n_threads, 256u << 20);
     printf("device: %s\n", caps.device);
     printf("ceilings (%d threads, %s): read %.1f GB/s, memcpy %.1f GB/s, FMA %.1f GFLOP/s (%.1f "
            "per thread)\n",
            c.n_threads, c.isa, c.read_gbs, c.memcpy_gbs, c.fma_gflops, c.fma_gflops_thread);
     printf("payload %s, weights bf16\n\n", mb_dtype_name(o.payload));
-    printf("%-14s %-8s %6s %6s %10s %10s %9s %8s %9s %8s\n", "model", "phase", "tokens", "pairs",
-           "best_ms", "median_ms", "GB/s", "%readBW", "GFLOP/s", "%FMA");
+    printf("%-14s %-8s %6s %6s %10s %10s %9s %8s %9s %8s %8s\n", "model", "phase", "tokens",
+           "pairs", "best_ms", "median_ms", "GB/s", "%readBW", "GFLOP/s", "%FMA", "%paired");
 
     mb_result res[64];
     int n_res = 0, rc = 0;
@@ -372,7 +392,7 @@ int main(int argc, char **argv)
         }
         for (uint32_t i = 0; i < o.n_decode && n_res < 64; i++) {
             int reps = o.reps ? o.reps : (o.quick ? 10 : 40);
-            if (mb_run_case(b, m, "decode", o.decode[i], reps, &o, &c, &res[n_res]) == 0)
+            if (mb_run_case(b, m, "decode", o.decode[i], reps, &o, &c, probe, &res[n_res]) == 0)
                 mb_print_row(&res[n_res++]);
             else
                 rc = 1;
@@ -381,7 +401,7 @@ int main(int argc, char **argv)
         uint32_t n_pf = o.prefill_default ? 2 : o.n_prefill;
         for (uint32_t i = 0; i < n_pf && pf[i] && n_res < 64; i++) {
             int reps = o.reps ? (o.reps < 3 ? o.reps : 3) : (o.quick ? 1 : 3);
-            if (mb_run_case(b, m, "prefill", pf[i], reps, &o, &c, &res[n_res]) == 0)
+            if (mb_run_case(b, m, "prefill", pf[i], reps, &o, &c, probe, &res[n_res]) == 0)
                 mb_print_row(&res[n_res++]);
             else
                 rc = 1;

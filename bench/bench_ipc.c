@@ -31,10 +31,10 @@ static const mb_bench_pair mb_bench_pairs[] = {
 typedef struct {
     int quick;
     const char *json_path;
-    const char *only; /* a transport name, or NULL for all */
-    double seconds;   /* measured time per variant, case and measurement */
-    unsigned rounds;  /* alternations of transport and baseline */
-    unsigned window;  /* stream: messages in flight */
+    const char *only;    /* a transport name, or NULL for all */
+    double seconds;      /* measured time per variant, case and measurement */
+    unsigned rounds;     /* alternations of transport and baseline */
+    unsigned window;     /* stream: messages in flight */
     int64_t shm_spin_ns; /* the shm transport's spin_ns; 0: its default */
 } mb_bench_opts;
 
@@ -49,8 +49,8 @@ typedef struct {
 typedef struct {
     double p50_us, p99_us;
     size_t n_trips;
-    double gbps;      /* from the median batch: steady streaming between stalls */
-    double gbps_mean; /* bytes over the whole time, stalls and drains included */
+    double gbps;       /* from the median batch: steady streaming between stalls */
+    double gbps_mean;  /* bytes over the whole time, stalls and drains included */
     double msgs_per_s; /* from the median batch */
 } mb_bench_figures;
 
@@ -93,8 +93,8 @@ static int mb_bench_parse(int argc, char **argv, mb_bench_opts *o)
             return -1;
         }
     }
-    if (o->seconds <= 0 || o->seconds > 60 || o->rounds < 1 || o->rounds > 100 ||
-        o->window < 1 || o->window > 32 || o->shm_spin_ns < 0 || o->shm_spin_ns > 1000000)
+    if (o->seconds <= 0 || o->seconds > 60 || o->rounds < 1 || o->rounds > 100 || o->window < 1 ||
+        o->window > 32 || o->shm_spin_ns < 0 || o->shm_spin_ns > 1000000)
         return -1;
     return 0;
 }
@@ -145,26 +145,34 @@ static mb_status mb_bench_round(mb_bench_ipc_peer *run, mb_bench_ipc_peer *idle,
 }
 
 static mb_status mb_bench_run_pair(const mb_bench_pair *pair, const mb_bench_opts *o,
-                                   const mb_bench_env *env, const void *body,
-                                   mb_bench_result *res)
+                                   const mb_bench_env *env, const void *body, mb_bench_result *res)
 {
     for (size_t s = 0; s < MB_BENCH_N_SIZES; s++) { /* rows stay valid whatever fails */
         res[s].pair = pair;
         res[s].bytes = mb_bench_sizes[s];
     }
-    mb_bench_ipc_peer tr, base;
-    mb_status st = mb_bench_ipc_peer_start(pair->baseline, env->child_cpu, o->shm_spin_ns, &base);
-    if (st != MB_STATUS_OK) {
-        fprintf(stderr, "bench_ipc: cannot start %s: %s\n", mb_bench_ipc_kind_name(pair->baseline),
-                mb_status_str(st));
-        return st;
+    /* Both children are forked before the parent opens any channel, so
+     * neither inherits the other's libzmq threads half-way through a lock. */
+    mb_bench_ipc_peer tr = {.pid = -1}, base = {.pid = -1};
+    mb_bench_ipc_kind failed_kind = pair->baseline;
+    mb_status st = mb_bench_ipc_peer_spawn(pair->baseline, env->child_cpu, o->shm_spin_ns, &base);
+    if (st == MB_STATUS_OK) {
+        failed_kind = pair->transport;
+        st = mb_bench_ipc_peer_spawn(pair->transport, env->child_cpu, o->shm_spin_ns, &tr);
     }
-    st = mb_bench_ipc_peer_park(&base);
-    if (st == MB_STATUS_OK)
-        st = mb_bench_ipc_peer_start(pair->transport, env->child_cpu, o->shm_spin_ns, &tr);
+    if (st == MB_STATUS_OK) {
+        failed_kind = pair->baseline;
+        st = mb_bench_ipc_peer_connect(&base);
+    }
+    if (st == MB_STATUS_OK) st = mb_bench_ipc_peer_park(&base);
+    if (st == MB_STATUS_OK) {
+        failed_kind = pair->transport;
+        st = mb_bench_ipc_peer_connect(&tr);
+    }
     if (st != MB_STATUS_OK) {
-        fprintf(stderr, "bench_ipc: cannot start %s: %s\n",
-                mb_bench_ipc_kind_name(pair->transport), mb_status_str(st));
+        fprintf(stderr, "bench_ipc: cannot start %s: %s\n", mb_bench_ipc_kind_name(failed_kind),
+                mb_status_str(st));
+        mb_bench_ipc_peer_stop(&tr);
         mb_bench_ipc_peer_stop(&base);
         return st;
     }
@@ -179,8 +187,8 @@ static mb_status mb_bench_run_pair(const mb_bench_pair *pair, const mb_bench_opt
         }
         if (st != MB_STATUS_OK)
             fprintf(stderr, "bench_ipc: %s / %s, %zu B: %s\n",
-                    mb_bench_ipc_kind_name(pair->transport),
-                    mb_bench_ipc_kind_name(pair->baseline), bytes, mb_status_str(st));
+                    mb_bench_ipc_kind_name(pair->transport), mb_bench_ipc_kind_name(pair->baseline),
+                    bytes, mb_status_str(st));
         mb_bench_acc_finish(&acc_tr, bytes, &res[s].tr);
         mb_bench_acc_finish(&acc_base, bytes, &res[s].base);
     }
@@ -207,16 +215,19 @@ static const char *mb_bench_verdict(double ratio, double goal)
 
 static void mb_bench_size_name(size_t bytes, char *buf, size_t cap)
 {
-    if (bytes >= (1u << 20)) snprintf(buf, cap, "%zu MiB", bytes >> 20);
-    else if (bytes >= 1024) snprintf(buf, cap, "%zu KiB", bytes >> 10);
-    else snprintf(buf, cap, "%zu B", bytes);
+    if (bytes >= (1u << 20))
+        snprintf(buf, cap, "%zu MiB", bytes >> 20);
+    else if (bytes >= 1024)
+        snprintf(buf, cap, "%zu KiB", bytes >> 10);
+    else
+        snprintf(buf, cap, "%zu B", bytes);
 }
 
 static void mb_bench_print_table(const mb_bench_result *res, size_t n)
 {
-    printf("%-8s %-13s %7s | %8s %8s %6s %5s | %8s %8s | %7s %7s %6s %5s | %7s %7s\n",
-           "case", "baseline", "size", "p50 us", "base p50", "ratio", "goal", "p99 us",
-           "base p99", "GB/s", "base", "ratio", "goal", "mean", "base");
+    printf("%-8s %-13s %7s | %8s %8s %6s %5s | %8s %8s | %7s %7s %6s %5s | %7s %7s\n", "case",
+           "baseline", "size", "p50 us", "base p50", "ratio", "goal", "p99 us", "base p99", "GB/s",
+           "base", "ratio", "goal", "mean", "base");
     for (size_t i = 0; i < n; i++) {
         const mb_bench_result *r = &res[i];
         char size[32];
@@ -227,10 +238,10 @@ static void mb_bench_print_table(const mb_bench_result *res, size_t n)
         printf("%-8s %-13s %7s | %8.2f %8.2f %6.2f %5s | %8.2f %8.2f | %7.3f %7.3f %6.2f %5s | "
                "%7.3f %7.3f\n",
                mb_bench_ipc_kind_name(r->pair->transport),
-               mb_bench_ipc_kind_name(r->pair->baseline), size, r->tr.p50_us, r->base.p50_us,
-               lat, mb_bench_verdict(lat, r->pair->goal), r->tr.p99_us, r->base.p99_us,
-               r->tr.gbps, r->base.gbps, tput, mb_bench_verdict(tput, r->pair->goal),
-               r->tr.gbps_mean, r->base.gbps_mean);
+               mb_bench_ipc_kind_name(r->pair->baseline), size, r->tr.p50_us, r->base.p50_us, lat,
+               mb_bench_verdict(lat, r->pair->goal), r->tr.p99_us, r->base.p99_us, r->tr.gbps,
+               r->base.gbps, tput, mb_bench_verdict(tput, r->pair->goal), r->tr.gbps_mean,
+               r->base.gbps_mean);
     }
 }
 
@@ -254,9 +265,10 @@ static void mb_bench_write_json(FILE *f, const mb_bench_opts *o, const mb_bench_
             "{\"bench\": \"ipc\", \"quick\": %s, \"cpus\": %d, \"parent_cpu\": %d, "
             "\"child_cpu\": %d, "
             "\"load_avg_1min\": %.2f, \"seconds_per_case\": %.3f, \"rounds\": %u, "
-            "\"stream_window\": %u, \"shm_spin_ns\": %lld, \"ceiling\": {\"memcpy_1mib_gbps\": %.3f},\n \"cases\": [",
-            o->quick ? "true" : "false", env->n_cpus, env->parent_cpu, env->child_cpu, env->load1, o->seconds,
-            o->rounds, o->window, (long long)o->shm_spin_ns, env->memcpy_gbps);
+            "\"stream_window\": %u, \"shm_spin_ns\": %lld, \"ceiling\": {\"memcpy_1mib_gbps\": "
+            "%.3f},\n \"cases\": [",
+            o->quick ? "true" : "false", env->n_cpus, env->parent_cpu, env->child_cpu, env->load1,
+            o->seconds, o->rounds, o->window, (long long)o->shm_spin_ns, env->memcpy_gbps);
     for (size_t i = 0; i < n; i++) {
         const mb_bench_result *r = &res[i];
         double lat = mb_bench_ratio(r->tr.p50_us, r->base.p50_us);
@@ -306,7 +318,8 @@ int main(int argc, char **argv)
     unsigned char *body = malloc(max_bytes);
     mb_bench_result *res = calloc(MB_BENCH_N_PAIRS * MB_BENCH_N_SIZES, sizeof(*res));
     if (!body || !res) return 1;
-    for (size_t i = 0; i < max_bytes; i++) body[i] = (unsigned char)(i * 131u + 7u);
+    for (size_t i = 0; i < max_bytes; i++)
+        body[i] = (unsigned char)(i * 131u + 7u);
 
     size_t n = 0;
     int failed = 0;

@@ -176,6 +176,73 @@ double mb_bench_read_gbs(int n_threads, size_t bytes, int reps)
     return best;
 }
 
+struct mb_bench_reader {
+    int n_threads;
+    size_t slice;
+    char *buf;
+};
+
+typedef struct {
+    const mb_bench_reader *r;
+    int index;
+    pthread_barrier_t *start;
+    uint64_t sum;
+} mb_bench_probe_arg;
+
+static void *mb_bench_probe_thread(void *argp)
+{
+    mb_bench_probe_arg *a = argp;
+    pthread_barrier_wait(a->start);
+    a->sum = mb_bench_read(a->r->buf + (size_t)a->index * a->r->slice, a->r->slice);
+    return NULL;
+}
+
+mb_bench_reader *mb_bench_reader_create(int n_threads, size_t bytes)
+{
+    if (n_threads < 1) n_threads = 1;
+    mb_bench_reader *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->n_threads = n_threads;
+    r->slice = bytes / (size_t)n_threads / 4096 * 4096;
+    r->buf = aligned_alloc(4096, r->slice * (size_t)n_threads);
+    if (!r->buf || r->slice == 0) {
+        mb_bench_reader_destroy(r);
+        return NULL;
+    }
+    memset(r->buf, 1, r->slice * (size_t)n_threads);
+    return r;
+}
+
+double mb_bench_reader_gbs(mb_bench_reader *r)
+{
+    enum { MAX_T = 256 };
+    int n = r->n_threads < MAX_T ? r->n_threads : MAX_T;
+    pthread_t th[MAX_T];
+    mb_bench_probe_arg args[MAX_T];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)n + 1);
+    int started = 0;
+    for (int i = 0; i < n; i++) {
+        args[i] = (mb_bench_probe_arg){r, i, &start, 0};
+        if (pthread_create(&th[i], NULL, mb_bench_probe_thread, &args[i]) != 0) abort();
+        started++;
+    }
+    pthread_barrier_wait(&start);
+    double t0 = mb_bench_now();
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    double t = mb_bench_now() - t0;
+    pthread_barrier_destroy(&start);
+    return (double)(r->slice * (size_t)n) / t * 1e-9;
+}
+
+void mb_bench_reader_destroy(mb_bench_reader *r)
+{
+    if (!r) return;
+    free(r->buf);
+    free(r);
+}
+
 double mb_bench_memcpy_gbs(size_t bytes, int reps)
 {
     char *a = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096),

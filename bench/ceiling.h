@@ -31,6 +31,15 @@ double mb_bench_memcpy_gbs(size_t bytes, int reps);
  * register-only kernel with independent accumulators for about seconds. */
 double mb_bench_fma_gflops(int n_threads, double seconds);
 
+/* A read-bandwidth probe with a persistent buffer (first touched once), for
+ * measuring the ceiling right next to each benchmark call when neighbours
+ * make the machine's bandwidth drift. NULL when out of memory. */
+typedef struct mb_bench_reader mb_bench_reader;
+mb_bench_reader *mb_bench_reader_create(int n_threads, size_t bytes);
+/* One pass over the buffer by all threads; GB/s. Blocking. */
+double mb_bench_reader_gbs(mb_bench_reader *r);
+void mb_bench_reader_destroy(mb_bench_reader *r);
+
 /* All of the above with defaults sized for a quick run (buffer 512 MiB, or
  * 128 MiB when quick is set). */
 void mb_bench_ceilings_measure(int n_threads, int quick, mb_bench_ceilings *out);

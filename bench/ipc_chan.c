@@ -67,9 +67,13 @@ mb_status mb_bench_msg_take_request(const void *hdr, const void *body, size_t by
         plan->bytes = bytes;
         plan->copy_body = 1;
         return MB_STATUS_OK;
-    case MB_OP_EXPERT_REQ: break;
-    case MB_OP_SHUTDOWN: plan->quit = 1; break;
-    default: return MB_STATUS_PROTOCOL;
+    case MB_OP_EXPERT_REQ:
+        break;
+    case MB_OP_SHUTDOWN:
+        plan->quit = 1;
+        break;
+    default:
+        return MB_STATUS_PROTOCOL;
     }
     req->sum = mb_bench_msg_touch(body, bytes - MB_PROTO_HEADER_BYTES);
     return MB_STATUS_OK;

@@ -34,8 +34,7 @@ typedef struct {
 typedef struct {
     /* Sends one message of bytes (>= 32): the header for op and tag, then
      * bytes - 32 of body copied from body. Blocks while the channel is full. */
-    mb_status (*send)(void *impl, mb_proto_opcode op, uint64_t tag, size_t bytes,
-                      const void *body);
+    mb_status (*send)(void *impl, mb_proto_opcode op, uint64_t tag, size_t bytes, const void *body);
     /* Waits for the next message, validates its header, reads its body and
      * hands the space back. PROTOCOL for a malformed message. */
     mb_status (*recv)(void *impl, mb_bench_msg_info *info);

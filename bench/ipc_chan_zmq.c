@@ -39,8 +39,10 @@ static mb_status mb_bench_zmq_send_frames(mb_bench_zmq *z, zmq_msg_t *id, mb_pro
         return MB_STATUS_NOMEM;
     }
     mb_bench_msg_put_header(zmq_msg_data(&h), op, tag, bytes);
-    if (body) memcpy(zmq_msg_data(&b), body, n);
-    else memset(zmq_msg_data(&b), 0, n);
+    if (body)
+        memcpy(zmq_msg_data(&b), body, n);
+    else
+        memset(zmq_msg_data(&b), 0, n);
     if (id && zmq_msg_send(id, z->sock, ZMQ_SNDMORE) < 0) goto fail;
     if (zmq_msg_send(&h, z->sock, ZMQ_SNDMORE) < 0) goto fail;
     if (zmq_msg_send(&b, z->sock, 0) < 0) goto fail;
@@ -72,7 +74,8 @@ static mb_status mb_bench_zmq_recv_frames(mb_bench_zmq *z, zmq_msg_t *f, int wan
     }
     if (st == MB_STATUS_OK && n != want) st = MB_STATUS_PROTOCOL;
     if (st != MB_STATUS_OK)
-        for (int i = 0; i < n && i < want; i++) zmq_msg_close(&f[i]);
+        for (int i = 0; i < n && i < want; i++)
+            zmq_msg_close(&f[i]);
     return st;
 }
 
@@ -88,7 +91,8 @@ static mb_status mb_bench_zmq_recv(void *impl, mb_bench_msg_info *info)
     zmq_msg_t f[2];
     mb_status st = mb_bench_zmq_recv_frames(z, f, 2);
     if (st != MB_STATUS_OK) return st;
-    if (zmq_msg_size(&f[0]) != MB_PROTO_HEADER_BYTES) st = MB_STATUS_PROTOCOL;
+    if (zmq_msg_size(&f[0]) != MB_PROTO_HEADER_BYTES)
+        st = MB_STATUS_PROTOCOL;
     else
         st = mb_bench_msg_read(zmq_msg_data(&f[0]), zmq_msg_data(&f[1]),
                                MB_PROTO_HEADER_BYTES + zmq_msg_size(&f[1]), info);
@@ -105,7 +109,8 @@ static mb_status mb_bench_zmq_serve(void *impl, int *quit)
     if (st != MB_STATUS_OK) return st;
     mb_bench_msg_info req;
     mb_bench_reply_plan plan;
-    if (zmq_msg_size(&f[1]) != MB_PROTO_HEADER_BYTES) st = MB_STATUS_PROTOCOL;
+    if (zmq_msg_size(&f[1]) != MB_PROTO_HEADER_BYTES)
+        st = MB_STATUS_PROTOCOL;
     else
         st = mb_bench_msg_take_request(zmq_msg_data(&f[1]), zmq_msg_data(&f[2]),
                                        MB_PROTO_HEADER_BYTES + zmq_msg_size(&f[2]), &req, &plan);
@@ -114,7 +119,8 @@ static mb_status mb_bench_zmq_serve(void *impl, int *quit)
                                       plan.copy_body ? zmq_msg_data(&f[2]) : NULL);
         *quit = plan.quit;
     }
-    for (int i = 0; i < 3; i++) zmq_msg_close(&f[i]); /* a sent id is empty now */
+    for (int i = 0; i < 3; i++)
+        zmq_msg_close(&f[i]); /* a sent id is empty now */
     return st;
 }
 
@@ -134,7 +140,9 @@ static mb_status mb_bench_zmq_open(int type, mb_bench_zmq **out)
     if (!z->ctx) goto fail;
     z->sock = zmq_socket(z->ctx, type);
     if (!z->sock) goto fail;
-    int linger = 0, hwm = MB_BENCH_ZMQ_HWM, timeo = (int)(MB_BENCH_WAIT_NS / 1000000);
+    /* Linger so that the echo side's last ack leaves before its context
+     * ends; the parent hangs up only after it got that ack. */
+    int linger = 1000, hwm = MB_BENCH_ZMQ_HWM, timeo = (int)(MB_BENCH_WAIT_NS / 1000000);
     if (zmq_setsockopt(z->sock, ZMQ_LINGER, &linger, sizeof(linger)) ||
         zmq_setsockopt(z->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) ||
         zmq_setsockopt(z->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm)) ||

@@ -1,6 +1,6 @@
-/* Echo children and timing loops of bench/ipc_run.h. Each child is forked
- * from a parent that holds no libzmq context of its own, opens its end after
- * the fork, and leaves with _exit so it never runs the parent's cleanup. */
+/* Echo children and timing loops of bench/ipc_run.h. A child opens its end
+ * after the fork, serves, and leaves with _exit so it never runs the
+ * parent's cleanup; the parent connects only once every child is forked. */
 #include "bench/ipc_run.h"
 
 #include <errno.h>
@@ -69,8 +69,10 @@ static mb_status mb_bench_child_zmq(mb_bench_ipc_kind kind, const char *endpoint
         st = mb_zmq_transport_listen(endpoint, NULL, &t);
         if (st == MB_STATUS_OK) {
             st = mb_zmq_transport_endpoint(&t, bound, sizeof(bound));
-            if (st != MB_STATUS_OK) mb_transport_destroy(&t);
-            else st = mb_bench_chan_from_transport(&t, out);
+            if (st != MB_STATUS_OK)
+                mb_transport_destroy(&t);
+            else
+                st = mb_bench_chan_from_transport(&t, out);
         }
     }
     if (st != MB_STATUS_OK) memset(bound, 0, sizeof(bound));
@@ -79,6 +81,11 @@ static mb_status mb_bench_child_zmq(mb_bench_ipc_kind kind, const char *endpoint
         st = MB_STATUS_IO;
     }
     return st;
+}
+
+static int mb_bench_ipc_is_transport(mb_bench_ipc_kind kind)
+{
+    return kind == MB_BENCH_IPC_SHM || kind == MB_BENCH_IPC_ZMQ_IPC || kind == MB_BENCH_IPC_ZMQ_TCP;
 }
 
 /* Runs in the forked child; never returns. */
@@ -101,6 +108,12 @@ static void mb_bench_child_main(mb_bench_ipc_kind kind, int child_cpu, mb_bench_
     if (report_fd >= 0) close(report_fd);
     if (st == MB_STATUS_OK) {
         st = mb_bench_chan_serve_all(&c);
+        /* A transport may drop a reply still queued when it is destroyed
+         * (the ZeroMQ one lingers 0 ms): wait until the parent hung up. */
+        mb_bench_msg_info info;
+        if (st == MB_STATUS_OK && mb_bench_ipc_is_transport(kind) &&
+            c.ops->recv(c.impl, &info) != MB_STATUS_PEER_DEAD)
+            st = MB_STATUS_PROTOCOL;
         mb_bench_chan_destroy(&c);
     }
     if (st != MB_STATUS_OK)
@@ -123,11 +136,36 @@ static mb_status mb_bench_parent_zmq(mb_bench_ipc_kind kind, int report_fd, mb_b
     return mb_bench_chan_from_transport(&t, out);
 }
 
-mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, int64_t shm_spin_ns,
+/* Frees what the parent holds for p and reaps the child (killed first
+ * when kill_child). Returns the child's wait status, or -1. */
+static int mb_bench_ipc_peer_release(mb_bench_ipc_peer *p, int kill_child)
+{
+    mb_bench_chan_destroy(&p->chan);
+    mb_transport_destroy(&p->shm);
+    if (p->report_fd >= 0) close(p->report_fd);
+    p->report_fd = -1;
+    int status = -1;
+    if (p->pid > 0) {
+        if (kill_child) kill(p->pid, SIGKILL);
+        pid_t r;
+        while ((r = waitpid(p->pid, &status, 0)) < 0 && errno == EINTR) {
+        }
+        if (r != p->pid) status = -1;
+    }
+    p->pid = -1;
+    mb_bench_spin_chan_destroy(p->spin);
+    p->spin = NULL;
+    /* A bare libzmq listener may leave its socket file behind. */
+    if (p->ipc_path[0]) unlink(p->ipc_path);
+    p->ipc_path[0] = '\0';
+    return status;
+}
+
+mb_status mb_bench_ipc_peer_spawn(mb_bench_ipc_kind kind, int child_cpu, int64_t shm_spin_ns,
                                   mb_bench_ipc_peer *out)
 {
-    mb_bench_ipc_peer p = {.kind = kind, .pid = -1, .park_when_idle = kind == MB_BENCH_IPC_SPIN};
-    mb_transport shm = {0};
+    mb_bench_ipc_peer p = {
+        .kind = kind, .pid = -1, .report_fd = -1, .park_when_idle = kind == MB_BENCH_IPC_SPIN};
     int shm_fd = -1, pipe_fd[2] = {-1, -1};
     char endpoint[MB_BENCH_ENDPOINT_BYTES] = "tcp://127.0.0.1:*";
     mb_status st = MB_STATUS_OK;
@@ -136,11 +174,13 @@ mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, int64_t
         st = mb_bench_spin_chan_create(MB_SHM_DEFAULT_SLOTS, MB_SHM_DEFAULT_RING_BYTES, &p.spin);
     } else if (kind == MB_BENCH_IPC_SHM) {
         mb_shm_options opt = {.spin_ns = shm_spin_ns};
-        st = mb_shm_transport_create(&opt, &shm, &shm_fd);
+        st = mb_shm_transport_create(&opt, &p.shm, &shm_fd);
     } else {
-        if (kind == MB_BENCH_IPC_ZMQ_BARE_IPC || kind == MB_BENCH_IPC_ZMQ_IPC)
-            snprintf(endpoint, sizeof(endpoint), "ipc:///tmp/mb-bench-ipc-%d-%d.sock",
-                     (int)getpid(), (int)kind);
+        if (kind == MB_BENCH_IPC_ZMQ_BARE_IPC || kind == MB_BENCH_IPC_ZMQ_IPC) {
+            snprintf(p.ipc_path, sizeof(p.ipc_path), "/tmp/mb-bench-ipc-%d-%d.sock", (int)getpid(),
+                     (int)kind);
+            snprintf(endpoint, sizeof(endpoint), "ipc://%s", p.ipc_path);
+        }
         if (pipe(pipe_fd) != 0) st = MB_STATUS_IO;
     }
     if (st != MB_STATUS_OK) goto fail;
@@ -155,34 +195,34 @@ mb_status mb_bench_ipc_peer_start(mb_bench_ipc_kind kind, int child_cpu, int64_t
         if (pipe_fd[0] >= 0) close(pipe_fd[0]);
         mb_bench_child_main(kind, child_cpu, p.spin, shm_fd, endpoint, pipe_fd[1]);
     }
-
-    if (kind == MB_BENCH_IPC_SPIN) {
-        st = mb_bench_chan_from_spin(p.spin, 0, &p.chan);
-    } else if (kind == MB_BENCH_IPC_SHM) {
-        close(shm_fd);
-        shm_fd = -1;
-        st = mb_shm_transport_set_peer_pid(&shm, p.pid);
-        if (st == MB_STATUS_OK) st = mb_bench_chan_from_transport(&shm, &p.chan);
-    } else {
-        close(pipe_fd[1]);
-        pipe_fd[1] = -1;
-        st = mb_bench_parent_zmq(kind, pipe_fd[0], &p.chan);
-    }
-    if (st != MB_STATUS_OK) goto fail;
-    if (pipe_fd[0] >= 0) close(pipe_fd[0]);
+    if (shm_fd >= 0) close(shm_fd);
+    if (pipe_fd[1] >= 0) close(pipe_fd[1]);
+    p.report_fd = pipe_fd[0];
     *out = p;
     return MB_STATUS_OK;
 
 fail:
-    mb_transport_destroy(&shm);
     if (shm_fd >= 0) close(shm_fd);
     for (int i = 0; i < 2; i++)
         if (pipe_fd[i] >= 0) close(pipe_fd[i]);
-    if (p.pid > 0) {
-        kill(p.pid, SIGKILL);
-        waitpid(p.pid, NULL, 0);
+    mb_bench_ipc_peer_release(&p, 1);
+    return st;
+}
+
+mb_status mb_bench_ipc_peer_connect(mb_bench_ipc_peer *p)
+{
+    mb_status st;
+    if (p->kind == MB_BENCH_IPC_SPIN) {
+        st = mb_bench_chan_from_spin(p->spin, 0, &p->chan);
+    } else if (p->kind == MB_BENCH_IPC_SHM) {
+        st = mb_shm_transport_set_peer_pid(&p->shm, p->pid);
+        if (st == MB_STATUS_OK) st = mb_bench_chan_from_transport(&p->shm, &p->chan);
+    } else {
+        st = mb_bench_parent_zmq(p->kind, p->report_fd, &p->chan);
+        close(p->report_fd);
+        p->report_fd = -1;
     }
-    mb_bench_spin_chan_destroy(p.spin);
+    if (st != MB_STATUS_OK) mb_bench_ipc_peer_release(p, 1);
     return st;
 }
 
@@ -209,23 +249,17 @@ mb_status mb_bench_ipc_peer_unpark(mb_bench_ipc_peer *p)
 
 mb_status mb_bench_ipc_peer_stop(mb_bench_ipc_peer *p)
 {
-    mb_status st = mb_bench_ipc_peer_unpark(p);
+    if (p->pid <= 0) return MB_STATUS_OK;
+    mb_status st = p->chan.ops ? mb_bench_ipc_peer_unpark(p) : MB_STATUS_INVALID_ARG;
     static const unsigned char empty[MB_BENCH_ACK_BYTES] = {0};
     mb_bench_msg_info info;
     if (st == MB_STATUS_OK)
         st = p->chan.ops->send(p->chan.impl, MB_OP_SHUTDOWN, p->tag++, MB_BENCH_ACK_BYTES, empty);
     if (st == MB_STATUS_OK) st = p->chan.ops->recv(p->chan.impl, &info);
-    if (st != MB_STATUS_OK) kill(p->pid, SIGKILL);
-    int status = 0;
-    pid_t r;
-    while ((r = waitpid(p->pid, &status, 0)) < 0 && errno == EINTR) {
-    }
-    if (st == MB_STATUS_OK && (r != p->pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0))
+    /* Hanging up first lets a transport child see PEER_DEAD and leave. */
+    int status = mb_bench_ipc_peer_release(p, st != MB_STATUS_OK);
+    if (st == MB_STATUS_OK && (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0))
         st = MB_STATUS_PEER_DEAD;
-    mb_bench_chan_destroy(&p->chan);
-    mb_bench_spin_chan_destroy(p->spin);
-    p->spin = NULL;
-    p->pid = -1;
     return st;
 }
 
@@ -306,8 +340,8 @@ static mb_status mb_bench_ipc_stream_once(mb_bench_ipc_peer *p, size_t bytes, co
     return MB_STATUS_OK;
 }
 
-mb_status mb_bench_ipc_stream(mb_bench_ipc_peer *p, size_t bytes, const void *body,
-                              unsigned window, uint64_t warm_msgs, int64_t warm_ns, int64_t run_ns,
+mb_status mb_bench_ipc_stream(mb_bench_ipc_peer *p, size_t bytes, const void *body, unsigned window,
+                              uint64_t warm_msgs, int64_t warm_ns, int64_t run_ns,
                               mb_bench_stream_acc *acc)
 {
     uint64_t n = 0;
@@ -316,8 +350,8 @@ mb_status mb_bench_ipc_stream(mb_bench_ipc_peer *p, size_t bytes, const void *bo
     mb_status st = mb_bench_ipc_stream_once(p, bytes, body, window, warm_msgs, warm_ns,
                                             acc->batch_msgs, NULL, &n, &t);
     if (st == MB_STATUS_OK)
-        st = mb_bench_ipc_stream_once(p, bytes, body, window, 2 * acc->batch_msgs + window,
-                                      run_ns, acc->batch_msgs, &acc->batch, &n, &t);
+        st = mb_bench_ipc_stream_once(p, bytes, body, window, 2 * acc->batch_msgs + window, run_ns,
+                                      acc->batch_msgs, &acc->batch, &n, &t);
     if (st != MB_STATUS_OK) return st;
     acc->bytes += n * bytes;
     acc->ns += t;

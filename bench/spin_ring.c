@@ -112,7 +112,7 @@ static int mb_bench_spin_try_reserve(mb_bench_spin_end *e, uint64_t need, void *
     uint64_t head = atomic_load_explicit(&e->tx->head, memory_order_acquire);
     for (; e->head_seen != head; e->head_seen++)
         e->used_bytes -= e->cost[e->head_seen & e->mask];
-    if (e->head_seen == e->tail) e->write_off = 0; /* empty: restart at 0 */
+    if (e->head_seen == e->tail) e->write_off = 0;  /* empty: restart at 0 */
     if (e->tail - e->head_seen > e->mask) return 0; /* every slot in flight */
     uint64_t off = e->write_off, pad = 0;
     if (need > e->payload_bytes - off) { /* would wrap: skip the end */
@@ -136,8 +136,10 @@ mb_status mb_bench_spin_reserve(mb_bench_spin_end *e, size_t bytes, void **buf)
         mb_bench_spin_pause();
         if ((i & 4095) == 0) {
             int64_t now = mb_bench_now_ns();
-            if (!since) since = now;
-            else if (now - since > MB_BENCH_SPIN_STALL_NS) return MB_STATUS_TIMEOUT;
+            if (!since)
+                since = now;
+            else if (now - since > MB_BENCH_SPIN_STALL_NS)
+                return MB_STATUS_TIMEOUT;
         }
     }
 }
@@ -165,8 +167,10 @@ mb_status mb_bench_spin_recv(mb_bench_spin_end *e, const void **buf, size_t *byt
         mb_bench_spin_pause();
         if ((i & 4095) == 0) {
             int64_t now = mb_bench_now_ns();
-            if (!since) since = now;
-            else if (now - since > MB_BENCH_SPIN_STALL_NS) return MB_STATUS_TIMEOUT;
+            if (!since)
+                since = now;
+            else if (now - since > MB_BENCH_SPIN_STALL_NS)
+                return MB_STATUS_TIMEOUT;
         }
     }
     const struct mb_bench_spin_desc *d = &e->rx_desc[e->head & e->mask];

@@ -32,9 +32,9 @@ void mb_bench_spin_chan_destroy(mb_bench_spin_chan *c);
 /* One process's endpoint: side 0 produces on ring 0 and consumes ring 1,
  * side 1 the other way round. Private state lives here; the caller owns it. */
 typedef struct {
-    struct mb_bench_spin_ctrl *tx, *rx; /* shared head/tail of each ring */
+    struct mb_bench_spin_ctrl *tx, *rx;           /* shared head/tail of each ring */
     struct mb_bench_spin_desc *tx_desc, *rx_desc; /* shared [n_slots] */
-    unsigned char *tx_payload, *rx_payload;        /* shared [payload_bytes] */
+    unsigned char *tx_payload, *rx_payload;       /* shared [payload_bytes] */
     uint64_t payload_bytes;
     uint32_t mask;
     /* Producer, private. */
