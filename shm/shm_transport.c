@@ -10,6 +10,9 @@
 #include "shm/ring.h"
 #include "shm/segment.h"
 
+/* Longest spin the adaptive rule in mb_shm_recv may choose. */
+#define MB_SHM_ADAPTIVE_SPIN_CAP_NS 400000
+
 typedef struct {
     mb_shm_segment seg;
     mb_shm_ring tx; /* we produce: requests (coordinator) or replies (worker) */
@@ -18,6 +21,7 @@ typedef struct {
     int side; /* MB_SHM_SIDE_* */
     mb_shm_peer peer;
     int64_t spin_ns;
+    int64_t recv_wait_avg_ns; /* decaying mean of recent receive waits (local) */
     int corrupt; /* sticky: the segment failed validation once */
 
     /* Arguments and results of the operation being waited for. */
@@ -88,9 +92,16 @@ static mb_status mb_shm_recv(void *impl, int64_t timeout_ns, const void **buf, s
     mb_shm_transport *t = impl;
     if (t->corrupt) return MB_STATUS_CORRUPT;
     if (t->rx.holding) return MB_STATUS_INVALID_ARG; /* one message at a time */
-    mb_status st = mb_shm_bell_wait(&t->rx.ctrl->data, mb_shm_try_peek, mb_shm_alive, t, timeout_ns,
-                                    t->spin_ns);
+    /* Spin longer when replies have lately come a little after the base
+     * spin (a large transfer): a futex sleep and wake costs more than such a
+     * wait. Long waits (expert compute) keep the base spin and sleep. */
+    int64_t spin = t->spin_ns;
+    if (spin > 0 && 2 * t->recv_wait_avg_ns > spin && 2 * t->recv_wait_avg_ns <= MB_SHM_ADAPTIVE_SPIN_CAP_NS)
+        spin = 2 * t->recv_wait_avg_ns;
+    int64_t t0 = mb_shm_now_ns();
+    mb_status st = mb_shm_bell_wait(&t->rx.ctrl->data, mb_shm_try_peek, mb_shm_alive, t, timeout_ns, spin);
     if (st != MB_STATUS_OK) return st;
+    if (timeout_ns != 0) t->recv_wait_avg_ns += (mb_shm_now_ns() - t0 - t->recv_wait_avg_ns) / 4;
     *buf = t->rx_buf;
     *bytes = t->rx_bytes;
     return MB_STATUS_OK;
