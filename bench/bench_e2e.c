@@ -24,11 +24,12 @@
 #define BE_MAX_LINKS 8
 
 typedef struct {
-    uint32_t layers, prompt, gen, chunk, batch_capacity, stream_slice, repeat, threads;
+    uint32_t layers, prompt, gen, chunk, batch_capacity, stream_slice, repeat, threads, worker_nice,
+        workers;
     double budget_s;
     uint64_t seed;
     mb_dtype payload;
-    int quick, ref;
+    int quick, ref, pin;
     int mode_on[3]; /* indexed by mb_ipc_mode */
     const char *json_path;
 } be_args;
@@ -44,15 +45,15 @@ typedef struct {
     mb_dispatch *d, *fill;
     int use_fill;
     mb_forward *fwd;
-    float *logits;            /* [vocab] */
-    int32_t *tokens;          /* [gen] generated in the first repeat */
+    float *logits;   /* [vocab] */
+    int32_t *tokens; /* [gen] generated in the first repeat */
     int32_t next;
     uint32_t n_links;
-    uint32_t n_chunks;        /* prefill chunks timed */
+    uint32_t n_chunks; /* prefill chunks timed */
     uint32_t timed_tokens;
-    uint64_t pre_ns, dec_ns;  /* over all repeats */
-    mb_bench_samples steps;   /* decode step times */
-    int same_tokens;          /* generated what the first lane generated */
+    uint64_t pre_ns, dec_ns; /* over all repeats */
+    mb_bench_samples steps;  /* decode step times */
+    int same_tokens;         /* generated what the first lane generated */
     /* Per phase: wall time inside the dispatcher, and the part of it the
      * slowest backend of each call spent computing (its critical path). */
     uint64_t disp_ns[MB_STATS_PHASE_COUNT_], crit_ns[MB_STATS_PHASE_COUNT_];
@@ -72,7 +73,8 @@ static mb_status be_moe(void *ctx, const mb_moe_work *w)
     ln->disp_ns[ph] += mb_now_ns() - t0;
     uint64_t crit = 0;
     for (uint32_t i = 0; i < ln->n_links; i++)
-        if (mb_stats_get(ln->stats, i, ph, &c) == MB_STATUS_OK && c.worker_compute_ns - before[i] > crit)
+        if (mb_stats_get(ln->stats, i, ph, &c) == MB_STATUS_OK &&
+            c.worker_compute_ns - before[i] > crit)
             crit = c.worker_compute_ns - before[i];
     ln->crit_ns[ph] += crit;
     return st;
@@ -90,8 +92,8 @@ static void be_lane_destroy(be_lane *ln)
     memset(ln, 0, sizeof *ln);
 }
 
-static mb_status be_lane_create(const be_args *a, mb_session *s, const mb_model *m, const char *name,
-                                mb_ipc_mode mode, be_lane *ln)
+static mb_status be_lane_create(const be_args *a, mb_session *s, const mb_model *m,
+                                const char *name, mb_ipc_mode mode, be_lane *ln)
 {
     memset(ln, 0, sizeof *ln);
     ln->name = name;
@@ -99,21 +101,32 @@ static mb_status be_lane_create(const be_args *a, mb_session *s, const mb_model 
     ln->n_links = s->n_links < BE_MAX_LINKS ? s->n_links : BE_MAX_LINKS;
     ln->same_tokens = 1;
     const char *names[BE_MAX_LINKS];
-    for (uint32_t i = 0; i < s->n_links && i < BE_MAX_LINKS; i++) names[i] = s->links[i].name;
+    for (uint32_t i = 0; i < s->n_links && i < BE_MAX_LINKS; i++)
+        names[i] = s->links[i].name;
     ln->logits = malloc((size_t)m->cfg.vocab * sizeof *ln->logits);
     ln->tokens = calloc(a->gen + 1, sizeof *ln->tokens);
     mb_status st = ln->logits && ln->tokens ? MB_STATUS_OK : MB_STATUS_NOMEM;
     if (st == MB_STATUS_OK) st = mb_stats_create(s->n_links, names, m->cfg.n_layers, 0, &ln->stats);
-    mb_dispatch_config dc = {.links = s->links, .n_links = s->n_links, .placement = &s->placement, .mode = mode,
-                             .batch_capacity = a->batch_capacity, .stream_slice = a->stream_slice,
-                             .payload = a->payload, .d_model = m->cfg.d_model, .top_k = m->cfg.top_k,
-                             .max_tokens = a->chunk, .timeout_ns = 300000000000LL, .stats = ln->stats};
+    mb_dispatch_config dc = {.links = s->links,
+                             .n_links = s->n_links,
+                             .placement = &s->placement,
+                             .mode = mode,
+                             .batch_capacity = a->batch_capacity,
+                             .stream_slice = a->stream_slice,
+                             .payload = a->payload,
+                             .d_model = m->cfg.d_model,
+                             .top_k = m->cfg.top_k,
+                             .max_tokens = a->chunk,
+                             .timeout_ns = 300000000000LL,
+                             .stats = ln->stats};
     if (st == MB_STATUS_OK) st = mb_dispatch_create(&dc, &ln->d);
     dc.mode = MB_IPC_MODE_BATCHED;
     dc.stats = NULL;
     if (st == MB_STATUS_OK) st = mb_dispatch_create(&dc, &ln->fill);
-    if (st == MB_STATUS_OK) st = mb_forward_create(m, a->prompt + a->gen, s->pool, be_moe, ln, &ln->fwd);
-    if (st == MB_STATUS_OK && a->chunk < MB_FORWARD_CHUNK_DEFAULT) st = mb_forward_set_chunk(ln->fwd, a->chunk);
+    if (st == MB_STATUS_OK)
+        st = mb_forward_create(m, a->prompt + a->gen, s->pool, be_moe, ln, &ln->fwd);
+    if (st == MB_STATUS_OK && a->chunk < MB_FORWARD_CHUNK_DEFAULT)
+        st = mb_forward_set_chunk(ln->fwd, a->chunk);
     if (st != MB_STATUS_OK) be_lane_destroy(ln);
     return st;
 }
@@ -134,25 +147,28 @@ static mb_status be_step(be_lane *ln, const int32_t *ids, uint32_t n, int want_l
     uint64_t dt = mb_now_ns() - t0, dispatch_ns = 0, wait_ns = 0;
     mb_dispatch_take_times(ln->d, &dispatch_ns, &wait_ns);
     if (st == MB_STATUS_OK)
-        mb_stats_record_step(ln->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, n, dt, dispatch_ns,
-                             wait_ns);
+        mb_stats_record_step(ln->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, n,
+                             dt, dispatch_ns, wait_ns);
     *ns = dt;
     return st;
 }
 
 /* Runs prompt and generation on every lane, interleaved (the first lane to
  * go rotating per chunk and step), repeat times. */
-static mb_status be_run(const be_args *a, be_lane *lanes, uint32_t n_lanes, const int32_t *prompt, uint32_t vocab,
-                        char *err, size_t err_cap)
+static mb_status be_run(const be_args *a, be_lane *lanes, uint32_t n_lanes, const int32_t *prompt,
+                        uint32_t vocab, char *err, size_t err_cap)
 {
     const uint32_t n_chunks = (a->prompt + a->chunk - 1) / a->chunk;
-    for (uint32_t j = 0; j < n_lanes; j++) lanes[j].n_chunks = n_chunks;
+    for (uint32_t j = 0; j < n_lanes; j++)
+        lanes[j].n_chunks = n_chunks;
     mb_status st = MB_STATUS_OK;
     uint32_t j = 0;
     for (uint32_t rep = 0; rep < a->repeat; rep++) {
-        for (j = 0; j < n_lanes; j++) mb_forward_reset(lanes[j].fwd);
+        for (j = 0; j < n_lanes; j++)
+            mb_forward_reset(lanes[j].fwd);
         for (uint32_t c = 0; c < n_chunks; c++) {
-            uint32_t tok = c * a->chunk, n = a->prompt - tok < a->chunk ? a->prompt - tok : a->chunk;
+            uint32_t tok = c * a->chunk,
+                     n = a->prompt - tok < a->chunk ? a->prompt - tok : a->chunk;
             for (uint32_t k = 0; k < n_lanes; k++) {
                 be_lane *ln = &lanes[j = (k + c + rep) % n_lanes];
                 int last = tok + n == a->prompt;
@@ -168,10 +184,12 @@ static mb_status be_run(const be_args *a, be_lane *lanes, uint32_t n_lanes, cons
                 ln->pre_ns += dt;
                 if (rep > 0) continue;
                 ln->timed_tokens += n;
-                if (a->budget_s > 0 && (double)ln->pre_ns * 1e-9 > a->budget_s) ln->n_chunks = c + 1;
+                if (a->budget_s > 0 && (double)ln->pre_ns * 1e-9 > a->budget_s)
+                    ln->n_chunks = c + 1;
             }
         }
-        for (j = 0; j < n_lanes; j++) lanes[j].next = be_argmax(lanes[j].logits, vocab);
+        for (j = 0; j < n_lanes; j++)
+            lanes[j].next = be_argmax(lanes[j].logits, vocab);
         for (uint32_t step = 0; step < a->gen; step++) {
             for (uint32_t k = 0; k < n_lanes; k++) {
                 be_lane *ln = &lanes[j = (k + step + rep) % n_lanes];
@@ -199,11 +217,12 @@ fail:
 typedef struct {
     double prefill_s, prefill_s_timed, scale;
     double decode_tok_s, step_ms_median, step_ms_mean;
-    mb_stats_counters pre, dec;         /* summed over backends, per repeat (prefill scaled) */
+    mb_stats_counters pre, dec; /* summed over backends, per repeat (prefill scaled) */
     mb_stats_counters dec_b[BE_MAX_LINKS];
     /* Decode, per step in microseconds. */
-    double pack_us, send_us, unpack_us, dispatch_us, crit_us, step_us, ipc_share, ipc_share_dispatch;
-    double prefill_ipc_share;           /* the same measure over the timed prefill */
+    double pack_us, send_us, unpack_us, dispatch_us, crit_us, step_us, ipc_share,
+        ipc_share_dispatch;
+    double prefill_ipc_share; /* the same measure over the timed prefill */
 } be_fig;
 
 static void be_counters_add(mb_stats_counters *to, const mb_stats_counters *c, double k)
@@ -249,7 +268,8 @@ static void be_figures(const be_args *a, const be_lane *ln, be_fig *f)
     f->step_us = (double)ln->dec_ns * us;
     f->ipc_share = f->step_us > 0 ? (f->dispatch_us - f->crit_us) / f->step_us : 0;
     f->ipc_share_dispatch = f->dispatch_us > 0 ? (f->dispatch_us - f->crit_us) / f->dispatch_us : 0;
-    double pre_disp = (double)ln->disp_ns[MB_STATS_PHASE_PREFILL], pre_crit = (double)ln->crit_ns[MB_STATS_PHASE_PREFILL];
+    double pre_disp = (double)ln->disp_ns[MB_STATS_PHASE_PREFILL],
+           pre_crit = (double)ln->crit_ns[MB_STATS_PHASE_PREFILL];
     f->prefill_ipc_share = ln->pre_ns ? (pre_disp - pre_crit) / (double)ln->pre_ns : 0;
 }
 
@@ -261,24 +281,16 @@ static double be_mib(uint64_t bytes)
 static void be_print_row(const be_args *a, const be_lane *ln, const be_fig *f)
 {
     char pre[48];
-    if (f->scale > 1.0001) snprintf(pre, sizeof pre, "%.2f* (%.1f/%u tok)", f->prefill_s, f->prefill_s_timed,
-                                    ln->timed_tokens);
-    else snprintf(pre, sizeof pre, "%.2f", f->prefill_s);
-    printf("%-8s %-24s %7.1f %8.0f %9.1f %9.1f | %7.2f %7.2f %6.0f %7.2f %7.2f | %6.2f%% %5s\n", ln->name, pre,
-           (double)a->prompt / f->prefill_s, (double)f->pre.calls, be_mib(f->pre.bytes_sent),
-           be_mib(f->pre.bytes_received), f->decode_tok_s, f->step_ms_median, (double)f->dec.calls,
-           be_mib(f->dec.bytes_sent), be_mib(f->dec.bytes_received), 100 * f->ipc_share,
-           ln->same_tokens ? "yes" : "NO");
-}
-
-static cJSON *be_counters_json(const mb_stats_counters *c)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "calls", (double)c->calls);
-#define BE_FIELD_(name, doc) cJSON_AddNumberToObject(o, #name, (double)c->name);
-    MB_STATS_CALL_FIELDS(BE_FIELD_)
-#undef BE_FIELD_
-    return o;
+    if (f->scale > 1.0001)
+        snprintf(pre, sizeof pre, "%.2f* (%.1f/%u tok)", f->prefill_s, f->prefill_s_timed,
+                 ln->timed_tokens);
+    else
+        snprintf(pre, sizeof pre, "%.2f", f->prefill_s);
+    printf("%-8s %-24s %7.1f %8.0f %9.1f %9.1f | %7.2f %7.2f %6.0f %7.2f %7.2f | %6.2f%% %5s\n",
+           ln->name, pre, (double)a->prompt / f->prefill_s, (double)f->pre.calls,
+           be_mib(f->pre.bytes_sent), be_mib(f->pre.bytes_received), f->decode_tok_s,
+           f->step_ms_median, (double)f->dec.calls, be_mib(f->dec.bytes_sent),
+           be_mib(f->dec.bytes_received), 100 * f->ipc_share, ln->same_tokens ? "yes" : "NO");
 }
 
 static cJSON *be_lane_json(const be_args *a, const be_lane *ln, const be_fig *f)
@@ -293,12 +305,13 @@ static cJSON *be_lane_json(const be_args *a, const be_lane *ln, const be_fig *f)
     cJSON_AddNumberToObject(o, "decode_tok_s", f->decode_tok_s);
     cJSON_AddNumberToObject(o, "decode_step_ms_median", f->step_ms_median);
     cJSON_AddNumberToObject(o, "decode_step_ms_mean", f->step_ms_mean);
-    cJSON_AddItemToObject(o, "prefill_ipc_per_run", be_counters_json(&f->pre));
-    cJSON_AddItemToObject(o, "decode_ipc_per_run", be_counters_json(&f->dec));
+    cJSON_AddItemToObject(o, "prefill_ipc_per_run", mb_bench_counters_json(&f->pre));
+    cJSON_AddItemToObject(o, "decode_ipc_per_run", mb_bench_counters_json(&f->dec));
     cJSON_AddNumberToObject(o, "prefill_ipc_share_timed", f->prefill_ipc_share);
     cJSON *d = cJSON_AddObjectToObject(o, "decode_ipc_share");
-    cJSON_AddStringToObject(d, "definition", "sum over dispatch calls of (dispatch wall - slowest backend's worker "
-                                             "compute) / decode step time");
+    cJSON_AddStringToObject(d, "definition",
+                            "sum over dispatch calls of (dispatch wall - slowest backend's worker "
+                            "compute) / decode step time");
     cJSON_AddNumberToObject(d, "share_of_step", f->ipc_share);
     cJSON_AddNumberToObject(d, "share_of_dispatch", f->ipc_share_dispatch);
     cJSON_AddNumberToObject(d, "step_us", f->step_us);
@@ -309,7 +322,7 @@ static cJSON *be_lane_json(const be_args *a, const be_lane *ln, const be_fig *f)
     cJSON_AddNumberToObject(d, "unpack_us_per_step", f->unpack_us);
     cJSON *bk = cJSON_AddArrayToObject(d, "backends_all_repeats");
     for (uint32_t i = 0; i < ln->n_links && i < BE_MAX_LINKS; i++) {
-        cJSON *b = be_counters_json(&f->dec_b[i]);
+        cJSON *b = mb_bench_counters_json(&f->dec_b[i]);
         cJSON_AddStringToObject(b, "name", mb_stats_backend_name(ln->stats, i));
         cJSON_AddItemToArray(bk, b);
     }
@@ -321,52 +334,96 @@ static cJSON *be_lane_json(const be_args *a, const be_lane *ln, const be_fig *f)
 
 static void be_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: bench_e2e [--layers N] [--prompt N] [--gen N] [--modes stream,batched,auto,inproc]\n"
-            "       [--chunk N] [--batch-capacity N] [--stream-slice N] [--payload f32|f16|bf16] [--threads N]\n"
-            "       [--repeat R] [--budget SECONDS] [--seed S] [--quick] [--json FILE]\n"
-            "defaults: 4 layers (about 10 GiB: the coordinator's memfd plus the workers' copies), a 4248-token\n"
-            "prompt in chunks of 512, 128 generated tokens, every mode, f32 payload, coordinator threads = CPUs,\n"
-            "one repeat, a 300 s prefill budget per mode (past it the rest of the prompt runs batched and\n"
-            "untimed and the prefill is extrapolated, marked *). --quick: 1 layer, 512-token prompt, 16 tokens.\n");
+    fprintf(f, "usage: bench_e2e [--layers N] [--prompt N] [--gen N] [--modes "
+               "stream,batched,auto,inproc]\n"
+               "       [--chunk N] [--batch-capacity N] [--stream-slice N] [--payload "
+               "f32|f16|bf16] [--threads N]\n"
+               "       [--repeat R] [--budget SECONDS] [--seed S] [--workers N] [--pin] "
+               "[--worker-nice N] [--quick]\n"
+               "       [--json FILE]\n"
+               "defaults: 4 layers (about 10 GiB: the coordinator's memfd plus the workers' "
+               "copies), a 4248-token\n"
+               "prompt in chunks of 512, 128 generated tokens, every mode, f32 payload, "
+               "coordinator threads = CPUs,\n"
+               "one repeat, a 300 s prefill budget per mode (past it the rest of the prompt runs "
+               "batched and\n"
+               "untimed and the prefill is extrapolated, marked *). --pin: worker i pinned to the "
+               "i-th CPU (the\n"
+               "coordinator stays unpinned). --workers N: N CPU workers of 1 thread (default 2). "
+               "--worker-nice N: the workers run at nice N (0..19), below the\n"
+               "coordinator, so that a worker it wakes does not take its CPU. --quick: 1 layer, "
+               "512-token prompt, 16 tokens.\n");
 }
 
 static int be_parse_args(int argc, char **argv, be_args *a)
 {
-    *a = (be_args){.layers = 4, .prompt = 4248, .gen = 128, .chunk = 512, .batch_capacity = 1024, .stream_slice = 4,
-                   .repeat = 1, .threads = (uint32_t)mb_bench_cpu_count(), .budget_s = 300, .seed = 7,
-                   .payload = MB_DTYPE_F32, .ref = 1, .mode_on = {1, 1, 1}};
+    *a = (be_args){.layers = 4,
+                   .prompt = 4248,
+                   .gen = 128,
+                   .chunk = 512,
+                   .batch_capacity = 1024,
+                   .stream_slice = 4,
+                   .repeat = 1,
+                   .workers = 2,
+                   .threads = (uint32_t)mb_bench_cpu_count(),
+                   .budget_s = 300,
+                   .seed = 7,
+                   .payload = MB_DTYPE_F32,
+                   .ref = 1,
+                   .mode_on = {1, 1, 1}};
     int given[3] = {0, 0, 0}; /* layers, prompt, gen */
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
-        if (strcmp(k, "--quick") == 0) {
-            a->quick = 1;
+        if (strcmp(k, "--quick") == 0 || strcmp(k, "--pin") == 0) {
+            if (k[2] == 'q')
+                a->quick = 1;
+            else
+                a->pin = 1;
             continue;
         }
         if (strcmp(k, "-h") == 0 || strcmp(k, "--help") == 0) {
             be_usage(stdout);
             exit(0);
         }
-        if (!v) ok = 0;
-        else if (strcmp(k, "--layers") == 0) ok = !mb_bench_parse_u32(v, 1, 64, &a->layers), given[0] = 1;
-        else if (strcmp(k, "--prompt") == 0) ok = !mb_bench_parse_u32(v, 1, 8000, &a->prompt), given[1] = 1;
-        else if (strcmp(k, "--gen") == 0) ok = !mb_bench_parse_u32(v, 1, 4096, &a->gen), given[2] = 1;
-        else if (strcmp(k, "--chunk") == 0) ok = !mb_bench_parse_u32(v, 1, MB_FORWARD_CHUNK_DEFAULT, &a->chunk);
-        else if (strcmp(k, "--batch-capacity") == 0) ok = !mb_bench_parse_u32(v, 1, 4096, &a->batch_capacity);
-        else if (strcmp(k, "--stream-slice") == 0) ok = !mb_bench_parse_u32(v, 1, 4096, &a->stream_slice);
-        else if (strcmp(k, "--threads") == 0) ok = !mb_bench_parse_u32(v, 1, 1024, &a->threads);
-        else if (strcmp(k, "--repeat") == 0) ok = !mb_bench_parse_u32(v, 1, 100, &a->repeat);
-        else if (strcmp(k, "--payload") == 0) ok = mb_dtype_parse(v, &a->payload) == MB_STATUS_OK;
-        else if (strcmp(k, "--budget") == 0) a->budget_s = atof(v), ok = a->budget_s >= 0;
-        else if (strcmp(k, "--seed") == 0) a->seed = strtoull(v, NULL, 10);
-        else if (strcmp(k, "--json") == 0) a->json_path = v;
+        if (!v)
+            ok = 0;
+        else if (strcmp(k, "--layers") == 0)
+            ok = !mb_bench_parse_u32(v, 1, 64, &a->layers), given[0] = 1;
+        else if (strcmp(k, "--prompt") == 0)
+            ok = !mb_bench_parse_u32(v, 1, 8000, &a->prompt), given[1] = 1;
+        else if (strcmp(k, "--gen") == 0)
+            ok = !mb_bench_parse_u32(v, 1, 4096, &a->gen), given[2] = 1;
+        else if (strcmp(k, "--chunk") == 0)
+            ok = !mb_bench_parse_u32(v, 1, MB_FORWARD_CHUNK_DEFAULT, &a->chunk);
+        else if (strcmp(k, "--batch-capacity") == 0)
+            ok = !mb_bench_parse_u32(v, 1, 4096, &a->batch_capacity);
+        else if (strcmp(k, "--stream-slice") == 0)
+            ok = !mb_bench_parse_u32(v, 1, 4096, &a->stream_slice);
+        else if (strcmp(k, "--threads") == 0)
+            ok = !mb_bench_parse_u32(v, 1, 1024, &a->threads);
+        else if (strcmp(k, "--workers") == 0)
+            ok = !mb_bench_parse_u32(v, 1, BE_MAX_LINKS, &a->workers);
+        else if (strcmp(k, "--worker-nice") == 0)
+            ok = !mb_bench_parse_u32(v, 0, 19, &a->worker_nice);
+        else if (strcmp(k, "--repeat") == 0)
+            ok = !mb_bench_parse_u32(v, 1, 100, &a->repeat);
+        else if (strcmp(k, "--payload") == 0)
+            ok = mb_dtype_parse(v, &a->payload) == MB_STATUS_OK;
+        else if (strcmp(k, "--budget") == 0)
+            a->budget_s = atof(v), ok = a->budget_s >= 0;
+        else if (strcmp(k, "--seed") == 0)
+            a->seed = strtoull(v, NULL, 10);
+        else if (strcmp(k, "--json") == 0)
+            a->json_path = v;
         else if (strcmp(k, "--modes") == 0) {
-            static const char *const m[] = {"auto", "batched", "stream", "inproc"}; /* mb_ipc_mode order */
+            static const char *const m[] = {"auto", "batched", "stream",
+                                            "inproc"}; /* mb_ipc_mode order */
             int on[4];
             ok = !mb_bench_parse_list(v, m, 4, on);
             a->mode_on[0] = on[0], a->mode_on[1] = on[1], a->mode_on[2] = on[2], a->ref = on[3];
-        } else ok = 0;
+        } else
+            ok = 0;
         if (!ok) {
             fprintf(stderr, "bench_e2e: bad or missing value for %s\n", k);
             be_usage(stderr);
@@ -382,27 +439,20 @@ static int be_parse_args(int argc, char **argv, be_args *a)
     return 0;
 }
 
-static cJSON *be_goal(cJSON *goals, const char *name, double value, const char *goal, int met)
-{
-    cJSON *g = cJSON_CreateObject();
-    cJSON_AddNumberToObject(g, "value", value);
-    cJSON_AddStringToObject(g, "goal", goal);
-    cJSON_AddBoolToObject(g, "met", met);
-    cJSON_AddItemToObject(goals, name, g);
-    return g;
-}
-
 /* Opens a session (two CPU workers of 1 thread each on shm, or every expert
  * in-process), runs its lanes and reports them. */
-static int be_session_run(const be_args *a, const mb_model *m, const int32_t *prompt, int inproc, be_lane *lanes,
-                          uint32_t *n_lanes, be_fig *figs, cJSON *runs, cJSON *pings)
+static int be_session_run(const be_args *a, const mb_model *m, const int32_t *prompt, int inproc,
+                          be_lane *lanes, uint32_t *n_lanes, be_fig *figs, cJSON *runs,
+                          cJSON *pings)
 {
     static char spec[] = "cpu,threads=1";
-    char *workers[2] = {spec, spec};
+    char *workers[BE_MAX_LINKS];
+    for (uint32_t i = 0; i < BE_MAX_LINKS; i++)
+        workers[i] = spec;
     mb_options opt;
     mb_options_init(&opt);
     opt.workers = inproc ? NULL : workers;
-    opt.n_workers = inproc ? 0 : 2;
+    opt.n_workers = inproc ? 0 : a->workers;
     opt.local_experts = inproc ? m->cfg.n_experts : 0;
     opt.transport = MB_TRANSPORT_SHM;
     opt.ipc_mode = MB_IPC_MODE_BATCHED;
@@ -415,8 +465,18 @@ static int be_session_run(const be_args *a, const mb_model *m, const int32_t *pr
     char err[512];
     mb_status st = mb_session_open(&opt, m, a->prompt + a->gen, isatty(2), &s, err, sizeof err);
     if (st != MB_STATUS_OK) {
-        fprintf(stderr, "bench_e2e: cannot open the %s session: %s\n", inproc ? "in-process" : "worker", err);
+        fprintf(stderr, "bench_e2e: cannot open the %s session: %s\n",
+                inproc ? "in-process" : "worker", err);
         return -1;
+    }
+    for (uint32_t i = 0; i < s->n_links && !inproc; i++) {
+        int first, last;
+        mb_bench_cpu_range(&first, &last);
+        int cpu = first + (int)i <= last ? first + (int)i : last;
+        if (a->pin && mb_bench_pin_process(s->links[i].pid, cpu) != 0)
+            fprintf(stderr, "bench_e2e: warning: cannot pin %s to CPU %d\n", s->links[i].name, cpu);
+        if (a->worker_nice && mb_bench_nice_process(s->links[i].pid, (int)a->worker_nice) != 0)
+            fprintf(stderr, "bench_e2e: warning: cannot renice %s\n", s->links[i].name);
     }
     /* The transport's own round trip, idle machine permitting: back to back
      * (the worker still spinning) and after 3 ms (asleep, as in decode). */
@@ -425,7 +485,9 @@ static int be_session_run(const be_args *a, const mb_model *m, const int32_t *pr
         if (mb_bench_link_ping(&s->links[i], 200, 0, &hot, &p99_hot) != MB_STATUS_OK ||
             mb_bench_link_ping(&s->links[i], 50, 3000, &idle, &p99_idle) != MB_STATUS_OK)
             hot = idle = -1;
-        fprintf(stderr, "%s: PING round trip median %.1f us (p99 %.1f) back to back, %.1f us (p99 %.1f) after 3 ms idle\n",
+        fprintf(stderr,
+                "%s: PING round trip median %.1f us (p99 %.1f) back to back, %.1f us (p99 %.1f) "
+                "after 3 ms idle\n",
                 s->links[i].name, hot, p99_hot, idle, p99_idle);
         cJSON *pj = cJSON_CreateObject();
         cJSON_AddStringToObject(pj, "link", s->links[i].name);
@@ -439,14 +501,18 @@ static int be_session_run(const be_args *a, const mb_model *m, const int32_t *pr
     *n_lanes = 0;
     for (int i = 0; i < 3 && st == MB_STATUS_OK; i++) {
         if (inproc ? i > 0 : !a->mode_on[order[i]]) continue;
-        st = be_lane_create(a, s, m, inproc ? "inproc" : mb_ipc_mode_name((int)order[i]), order[i], &lanes[*n_lanes]);
+        st = be_lane_create(a, s, m, inproc ? "inproc" : mb_ipc_mode_name((int)order[i]), order[i],
+                            &lanes[*n_lanes]);
         if (st == MB_STATUS_OK) (*n_lanes)++;
     }
-    if (st == MB_STATUS_OK) st = be_run(a, lanes, *n_lanes, prompt, m->cfg.vocab, err, sizeof err);
-    else snprintf(err, sizeof err, "cannot set up a forward pass: %s", mb_status_str(st));
+    if (st == MB_STATUS_OK)
+        st = be_run(a, lanes, *n_lanes, prompt, m->cfg.vocab, err, sizeof err);
+    else
+        snprintf(err, sizeof err, "cannot set up a forward pass: %s", mb_status_str(st));
     if (st == MB_STATUS_OK) {
         for (uint32_t j = 0; j < *n_lanes; j++) {
-            lanes[j].same_tokens = memcmp(lanes[j].tokens, lanes[0].tokens, a->gen * sizeof(int32_t)) == 0;
+            lanes[j].same_tokens =
+                memcmp(lanes[j].tokens, lanes[0].tokens, a->gen * sizeof(int32_t)) == 0;
             be_figures(a, &lanes[j], &figs[j]);
             be_print_row(a, &lanes[j], &figs[j]);
             cJSON_AddItemToArray(runs, be_lane_json(a, &lanes[j], &figs[j]));
@@ -479,10 +545,13 @@ int main(int argc, char **argv)
      * copy the experts; the embedding and lm_head add 2 x 128 MiB. */
     const double need_gib = 2 * expert_gib + 0.1 * a.layers + 0.5;
     const double avail_gib = (double)mb_bench_mem_available() / gib;
-    fprintf(stderr, "bench_e2e: %u layers: %.2f GiB of experts, about %.1f GiB in all (%.1f GiB available)\n",
-            a.layers, expert_gib, need_gib, avail_gib);
+    fprintf(
+        stderr,
+        "bench_e2e: %u layers: %.2f GiB of experts, about %.1f GiB in all (%.1f GiB available)\n",
+        a.layers, expert_gib, need_gib, avail_gib);
     if (avail_gib > 0 && need_gib + 2.0 > avail_gib) {
-        fprintf(stderr, "bench_e2e: not enough memory for %u layers: use fewer --layers\n", a.layers);
+        fprintf(stderr, "bench_e2e: not enough memory for %u layers: use fewer --layers\n",
+                a.layers);
         return 1;
     }
     mb_model *model = NULL;
@@ -503,26 +572,51 @@ int main(int argc, char **argv)
     cJSON *pings = cJSON_CreateArray();
     cJSON_AddStringToObject(root, "bench", "e2e");
     cJSON *conf = cJSON_AddObjectToObject(root, "config");
-    const struct { const char *k; double v; } cv[] = {
-        {"layers", a.layers}, {"d_model", cfg.d_model}, {"n_experts", cfg.n_experts}, {"top_k", cfg.top_k},
-        {"d_ff", cfg.d_ff_expert}, {"vocab", cfg.vocab}, {"prompt_tokens", a.prompt}, {"gen_tokens", a.gen},
-        {"chunk", a.chunk}, {"batch_capacity", a.batch_capacity}, {"stream_slice", a.stream_slice},
-        {"coordinator_threads", a.threads}, {"worker_threads", 1}, {"repeat", a.repeat}, {"budget_s", a.budget_s},
-        {"seed", (double)a.seed}, {"expert_gib", expert_gib}, {"memory_estimate_gib", need_gib}};
-    for (size_t i = 0; i < sizeof cv / sizeof cv[0]; i++) cJSON_AddNumberToObject(conf, cv[i].k, cv[i].v);
+    const struct {
+        const char *k;
+        double v;
+    } cv[] = {{"layers", a.layers},
+              {"d_model", cfg.d_model},
+              {"n_experts", cfg.n_experts},
+              {"top_k", cfg.top_k},
+              {"d_ff", cfg.d_ff_expert},
+              {"vocab", cfg.vocab},
+              {"prompt_tokens", a.prompt},
+              {"gen_tokens", a.gen},
+              {"chunk", a.chunk},
+              {"batch_capacity", a.batch_capacity},
+              {"stream_slice", a.stream_slice},
+              {"coordinator_threads", a.threads},
+              {"worker_threads", 1},
+              {"repeat", a.repeat},
+              {"budget_s", a.budget_s},
+              {"seed", (double)a.seed},
+              {"expert_gib", expert_gib},
+              {"memory_estimate_gib", need_gib}};
+    for (size_t i = 0; i < sizeof cv / sizeof cv[0]; i++)
+        cJSON_AddNumberToObject(conf, cv[i].k, cv[i].v);
     cJSON_AddStringToObject(conf, "payload", mb_dtype_name(a.payload));
-    cJSON_AddStringToObject(conf, "workers", "2 x cpu,threads=1 over shm");
+    cJSON_AddNumberToObject(conf, "workers", a.workers);
+    cJSON_AddStringToObject(conf, "worker_spec", "cpu,threads=1 over shm");
+    cJSON_AddBoolToObject(conf, "workers_pinned", a.pin);
+    cJSON_AddNumberToObject(conf, "worker_nice", a.worker_nice);
     cJSON_AddItemToObject(root, "runs", runs);
     cJSON_AddItemToObject(root, "goals", goals);
     cJSON_AddItemToObject(root, "ping", pings);
 
-    printf("bench_e2e: synthetic Qwen3-30B-A3B shapes, %u layers (d_model 2048, 128 experts top-8, d_ff 768,\n"
-           "vocab 32768, bf16; %.1f GiB of experts, ~%.1f GiB resident in all); prompt %u tokens in chunks of %u,\n"
-           "%u generated; experts split over 2 CPU workers (1 thread each, shm), coordinator %u threads, %s payload,\n"
-           "%u repeat(s)\n\n",
-           a.layers, expert_gib, need_gib, a.prompt, a.chunk, a.gen, a.threads, mb_dtype_name(a.payload), a.repeat);
-    printf("%-8s %-24s %7s %8s %9s %9s | %7s %7s %6s %7s %7s | %7s %5s\n", "mode", "prefill s", "tok/s", "calls",
-           "MiB tx", "MiB rx", "dec t/s", "med ms", "calls", "MiB tx", "MiB rx", "IPC", "same");
+    printf("bench_e2e: synthetic Qwen3-30B-A3B shapes, %u layers (d_model 2048, 128 experts top-8, "
+           "d_ff 768,\n"
+           "vocab 32768, bf16; %.1f GiB of experts, ~%.1f GiB resident in all); prompt %u tokens "
+           "in chunks of %u,\n"
+           "%u generated; experts split over %u CPU worker(s) (1 thread each, shm%s, nice %u), "
+           "coordinator %u\n"
+           "threads, %s payload, %u repeat(s)\n\n",
+           a.layers, expert_gib, need_gib, a.prompt, a.chunk, a.gen, a.workers,
+           a.pin ? ", pinned to CPUs 0 and 1" : "", a.worker_nice, a.threads,
+           mb_dtype_name(a.payload), a.repeat);
+    printf("%-8s %-24s %7s %8s %9s %9s | %7s %7s %6s %7s %7s | %7s %5s\n", "mode", "prefill s",
+           "tok/s", "calls", "MiB tx", "MiB rx", "dec t/s", "med ms", "calls", "MiB tx", "MiB rx",
+           "IPC", "same");
     be_lane lanes[BE_MAX_LANES];
     be_fig figs[BE_MAX_LANES];
     memset(lanes, 0, sizeof lanes);
@@ -531,53 +625,70 @@ int main(int argc, char **argv)
     if (a.mode_on[0] || a.mode_on[1] || a.mode_on[2])
         rc = be_session_run(&a, model, prompt, 0, lanes, &n_lanes, figs, runs, pings);
     if (rc == 0 && a.ref) {
-        rc = be_session_run(&a, model, prompt, 1, lanes + n_lanes, &n_ref, figs + n_lanes, runs, pings);
+        rc = be_session_run(&a, model, prompt, 1, lanes + n_lanes, &n_ref, figs + n_lanes, runs,
+                            pings);
         if (rc == 0 && n_lanes)
-            lanes[n_lanes].same_tokens = memcmp(lanes[n_lanes].tokens, lanes[0].tokens, a.gen * sizeof(int32_t)) == 0;
+            lanes[n_lanes].same_tokens =
+                memcmp(lanes[n_lanes].tokens, lanes[0].tokens, a.gen * sizeof(int32_t)) == 0;
     }
-    printf("\n* prefill past the %.0f s budget: the rest ran batched and untimed; extrapolated by tokens\n"
-           "  (measured seconds / tokens in brackets). Prefill and decode figures are means over repeats.\n"
-           "IPC: share of decode step time spent in IPC = sum over dispatch calls of (dispatch wall time -\n"
-           "  the slowest backend's worker compute for that call) / decode step time. same: generated the\n"
+    printf("\n* prefill past the %.0f s budget: the rest ran batched and untimed; extrapolated by "
+           "tokens\n"
+           "  (measured seconds / tokens in brackets). Prefill and decode figures are means over "
+           "repeats.\n"
+           "IPC: share of decode step time spent in IPC = sum over dispatch calls of (dispatch "
+           "wall time -\n"
+           "  the slowest backend's worker compute for that call) / decode step time. same: "
+           "generated the\n"
            "  same tokens as the first row. med ms: median decode step.\n\n",
            a.budget_s);
-    printf("decode, per step (us)  %-8s %8s %8s %8s %10s %10s %10s %10s %8s %8s\n", "mode", "pack", "send", "unpack",
-           "dispatch", "crit.comp", "IPC", "step", "of step", "of disp");
+    printf("decode, per step (us)  %-8s %8s %8s %8s %10s %10s %10s %10s %8s %8s\n", "mode", "pack",
+           "send", "unpack", "dispatch", "crit.comp", "IPC", "step", "of step", "of disp");
     for (uint32_t j = 0; j < n_lanes + n_ref; j++) {
         const be_fig *f = &figs[j];
-        printf("                       %-8s %8.1f %8.1f %8.1f %10.1f %10.1f %10.1f %10.1f %7.2f%% %7.2f%%\n",
+        printf("                       %-8s %8.1f %8.1f %8.1f %10.1f %10.1f %10.1f %10.1f %7.2f%% "
+               "%7.2f%%\n",
                lanes[j].name, f->pack_us, f->send_us, f->unpack_us, f->dispatch_us, f->crit_us,
-               f->dispatch_us - f->crit_us, f->step_us, 100 * f->ipc_share, 100 * f->ipc_share_dispatch);
+               f->dispatch_us - f->crit_us, f->step_us, 100 * f->ipc_share,
+               100 * f->ipc_share_dispatch);
     }
-    printf("(pack/send/unpack: the coordinator's, summed over backends; send includes the time the coordinator\n"
-           " loses the CPU to the worker it wakes; crit.comp: the slowest backend's compute per call, summed;\n"
+    printf("(pack/send/unpack: the coordinator's, summed over backends; send includes the time the "
+           "coordinator\n"
+           " loses the CPU to the worker it wakes; crit.comp: the slowest backend's compute per "
+           "call, summed;\n"
            " IPC = dispatch - crit.comp. In-process: the backend computes inside send.)\n");
     int idx[3] = {-1, -1, -1}, iref = n_ref ? (int)n_lanes : -1;
-    for (uint32_t j = 0; j < n_lanes; j++) idx[lanes[j].mode] = (int)j;
+    for (uint32_t j = 0; j < n_lanes; j++)
+        idx[lanes[j].mode] = (int)j;
     printf("\n");
     if (rc == 0) {
         double worst = 0;
-        for (uint32_t j = 0; j < n_lanes; j++) worst = fmax(worst, figs[j].ipc_share);
+        for (uint32_t j = 0; j < n_lanes; j++)
+            worst = fmax(worst, figs[j].ipc_share);
         if (n_lanes) {
-            printf("IPC share of decode step time, worst mode: %.2f%% (goal <= 2%%): %s\n", 100 * worst,
-                   worst <= 0.02 ? "met" : "NOT met");
-            be_goal(goals, "decode_ipc_share", worst, "<= 0.02", worst <= 0.02);
+            printf("IPC share of decode step time, worst mode: %.2f%% (goal <= 2%%): %s\n",
+                   100 * worst, worst <= 0.02 ? "met" : "NOT met");
+            mb_bench_goal(goals, "decode_ipc_share", worst, "<= 0.02", worst <= 0.02);
         }
         int ib = idx[MB_IPC_MODE_BATCHED], is = idx[MB_IPC_MODE_STREAM], ia = idx[MB_IPC_MODE_AUTO];
         if (ib >= 0 && iref >= 0) {
             double r = figs[ib].prefill_s / figs[iref].prefill_s;
-            printf("batched prefill / in-process prefill: %.3f (goal <= 1.10): %s\n", r, r <= 1.10 ? "met" : "NOT met");
-            be_goal(goals, "batched_prefill_vs_inprocess", r, "<= 1.10", r <= 1.10);
+            printf("batched prefill / in-process prefill: %.3f (goal <= 1.10): %s\n", r,
+                   r <= 1.10 ? "met" : "NOT met");
+            mb_bench_goal(goals, "batched_prefill_vs_inprocess", r, "<= 1.10", r <= 1.10);
             double d = figs[ib].step_ms_median / figs[iref].step_ms_median;
-            printf("batched decode step / in-process decode step (median): %.3f (for information)\n", d);
+            printf(
+                "batched decode step / in-process decode step (median): %.3f (for information)\n",
+                d);
         }
         if (ia >= 0 && ib >= 0 && is >= 0) {
             double bp = fmin(figs[ib].prefill_s, figs[is].prefill_s);
             double bd = fmin(figs[ib].step_ms_median, figs[is].step_ms_median);
             double rp = figs[ia].prefill_s / bp, rd = figs[ia].step_ms_median / bd;
-            printf("auto / best fixed mode: prefill %.3f, decode step (median) %.3f (goal <= 1.05): %s\n", rp, rd,
-                   rp <= 1.05 && rd <= 1.05 ? "met" : "NOT met");
-            cJSON *g = be_goal(goals, "auto_vs_best_fixed", fmax(rp, rd), "<= 1.05", rp <= 1.05 && rd <= 1.05);
+            printf("auto / best fixed mode: prefill %.3f, decode step (median) %.3f (goal <= "
+                   "1.05): %s\n",
+                   rp, rd, rp <= 1.05 && rd <= 1.05 ? "met" : "NOT met");
+            cJSON *g = mb_bench_goal(goals, "auto_vs_best_fixed", fmax(rp, rd), "<= 1.05",
+                                     rp <= 1.05 && rd <= 1.05);
             cJSON_AddNumberToObject(g, "prefill_ratio", rp);
             cJSON_AddNumberToObject(g, "decode_ratio", rd);
         }
@@ -586,7 +697,8 @@ int main(int argc, char **argv)
             printf("prefill calls, batched vs stream: %.2f%% fewer\n", 100 * red);
         }
     }
-    for (uint32_t j = 0; j < n_lanes + n_ref; j++) be_lane_destroy(&lanes[j]);
+    for (uint32_t j = 0; j < n_lanes + n_ref; j++)
+        be_lane_destroy(&lanes[j]);
     char *text = cJSON_Print(root);
     printf("\n");
     if (!text || mb_bench_emit_json(text, a.json_path, "bench_e2e") != 0) rc = 1;

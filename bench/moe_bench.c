@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -47,8 +48,10 @@ int mb_bench_parse_list(const char *text, const char *const *names, int n, int *
     char buf[256];
     if (strlen(text) >= sizeof buf) return -1;
     snprintf(buf, sizeof buf, "%s", text);
-    for (int i = 0; i < n; i++) on[i] = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    for (int i = 0; i < n; i++)
+        on[i] = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
         int found = 0;
         for (int i = 0; i < n; i++)
             if (strcmp(tok, names[i]) == 0) on[i] = found = 1;
@@ -95,23 +98,44 @@ void mb_bench_cpu_range(int *first, int *last)
     }
 }
 
-int mb_bench_pin_process(pid_t pid, int cpu)
+/* Calls fn(tid, arg) for every thread of process pid; 0 when every call
+ * returned 0. */
+static int mb_bench_each_thread(pid_t pid, int (*fn)(pid_t, int), int arg)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
     DIR *d = opendir(path);
     if (!d) return -1;
+    int rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] >= '0' && e->d_name[0] <= '9' && fn((pid_t)atoi(e->d_name), arg) != 0)
+            rc = -1;
+    closedir(d);
+    return rc;
+}
+
+static int mb_bench_pin_thread(pid_t tid, int cpu)
+{
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
-    int rc = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-        if (sched_setaffinity((pid_t)atoi(e->d_name), sizeof set, &set) != 0) rc = -1;
-    }
-    closedir(d);
-    return rc;
+    return sched_setaffinity(tid, sizeof set, &set);
+}
+
+static int mb_bench_nice_thread(pid_t tid, int nice_value)
+{
+    return setpriority(PRIO_PROCESS, (id_t)tid, nice_value);
+}
+
+int mb_bench_pin_process(pid_t pid, int cpu)
+{
+    return mb_bench_each_thread(pid, mb_bench_pin_thread, cpu);
+}
+
+int mb_bench_nice_process(pid_t pid, int nice_value)
+{
+    return mb_bench_each_thread(pid, mb_bench_nice_thread, nice_value);
 }
 
 pid_t mb_bench_hog_start(int cpu)
@@ -163,8 +187,9 @@ void mb_bench_routing_free(mb_bench_routing *r)
     memset(r, 0, sizeof *r);
 }
 
-mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n_total, uint32_t n_experts,
-                                uint32_t top_k, uint32_t d_model, double skew, uint64_t seed)
+mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n_total,
+                                uint32_t n_experts, uint32_t top_k, uint32_t d_model, double skew,
+                                uint64_t seed)
 {
     memset(r, 0, sizeof *r);
     if (top_k == 0 || top_k > n_experts) return MB_STATUS_INVALID_ARG;
@@ -184,7 +209,8 @@ mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n
     }
     uint64_t s = seed;
     for (uint32_t l = 0; l < layers; l++) {
-        for (uint32_t e = 0; e < n_experts; e++) bias[e] = -skew * log((double)e + 1.0);
+        for (uint32_t e = 0; e < n_experts; e++)
+            bias[e] = -skew * log((double)e + 1.0);
         for (uint32_t e = n_experts - 1; e > 0; e--) { /* which expert is popular */
             uint32_t j = (uint32_t)(mb_bench_rand(&s) % (e + 1));
             double t = bias[e];
@@ -192,7 +218,8 @@ mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n
             bias[j] = t;
         }
         for (uint32_t t = 0; t < n_total; t++) {
-            for (uint32_t e = 0; e < n_experts; e++) logit[e] = bias[e] + mb_bench_normal(&s);
+            for (uint32_t e = 0; e < n_experts; e++)
+                logit[e] = bias[e] + mb_bench_normal(&s);
             size_t at = ((size_t)l * n_total + t) * top_k;
             double sum = 0, top = 0;
             for (uint32_t k = 0; k < top_k; k++) {
@@ -205,16 +232,19 @@ mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n
                 sum += r->gate[at + k];
                 logit[best] = -INFINITY;
             }
-            for (uint32_t k = 0; k < top_k; k++) r->gate[at + k] = (float)(r->gate[at + k] / sum);
+            for (uint32_t k = 0; k < top_k; k++)
+                r->gate[at + k] = (float)(r->gate[at + k] / sum);
         }
     }
-    for (size_t i = 0; i < (size_t)n_total * d_model; i++) r->x[i] = (float)(2.0 * mb_bench_uniform(&s) - 1.0);
+    for (size_t i = 0; i < (size_t)n_total * d_model; i++)
+        r->x[i] = (float)(2.0 * mb_bench_uniform(&s) - 1.0);
     free(bias);
     free(logit);
     return MB_STATUS_OK;
 }
 
-mb_status mb_bench_link_ping(struct mb_link *l, uint32_t n, uint32_t idle_us, double *median_us, double *p99_us)
+mb_status mb_bench_link_ping(struct mb_link *l, uint32_t n, uint32_t idle_us, double *median_us,
+                             double *p99_us)
 {
     unsigned char msg[MB_PROTO_HEADER_BYTES] __attribute__((aligned(8)));
     mb_bench_samples rtt = {0};
@@ -234,4 +264,24 @@ mb_status mb_bench_link_ping(struct mb_link *l, uint32_t n, uint32_t idle_us, do
     }
     mb_bench_samples_fini(&rtt);
     return st;
+}
+
+cJSON *mb_bench_counters_json(const mb_stats_counters *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "calls", (double)c->calls);
+#define MB_BENCH_FIELD_(name, doc) cJSON_AddNumberToObject(o, #name, (double)c->name);
+    MB_STATS_CALL_FIELDS(MB_BENCH_FIELD_)
+#undef MB_BENCH_FIELD_
+    return o;
+}
+
+cJSON *mb_bench_goal(cJSON *goals, const char *name, double value, const char *goal, int met)
+{
+    cJSON *g = cJSON_CreateObject();
+    cJSON_AddNumberToObject(g, "value", value);
+    cJSON_AddStringToObject(g, "goal", goal);
+    cJSON_AddBoolToObject(g, "met", met);
+    cJSON_AddItemToObject(goals, name, g);
+    return g;
 }

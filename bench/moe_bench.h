@@ -1,6 +1,6 @@
 /* Helpers the MoE benchmarks (bench_dispatch, bench_e2e) share: finding
  * moe-worker, argument parsing, emitting JSON, memory and CPU plumbing for
- * making one worker slow, and synthetic routing. Nothing here knows what is
+ * making one worker slow, synthetic routing, and JSON pieces. Nothing here knows what is
  * being measured. */
 #ifndef MB_BENCH_MOE_BENCH_H
 #define MB_BENCH_MOE_BENCH_H
@@ -8,6 +8,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <cjson/cJSON.h>
+
+#include "broker/stats.h"
 #include "protocol/status.h"
 
 /* Routing and activations for a run of n_total tokens per layer. */
@@ -23,8 +26,9 @@ typedef struct {
  * layer; skew 0: uniform), the top_k experts by logit, gates the softmax
  * over those k. Allocates r's arrays (mb_bench_routing_free); NOMEM leaves
  * nothing allocated. */
-mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n_total, uint32_t n_experts,
-                                uint32_t top_k, uint32_t d_model, double skew, uint64_t seed);
+mb_status mb_bench_routing_make(mb_bench_routing *r, uint32_t layers, uint32_t n_total,
+                                uint32_t n_experts, uint32_t top_k, uint32_t d_model, double skew,
+                                uint64_t seed);
 void mb_bench_routing_free(mb_bench_routing *r);
 
 struct mb_link;
@@ -33,7 +37,14 @@ struct mb_link;
  * silence (0: back to back, the worker still spinning; a few ms: the worker
  * asleep, as between decode steps). Writes the median and 99th percentile
  * in microseconds. Blocking. Returns the first failure's status. */
-mb_status mb_bench_link_ping(struct mb_link *l, uint32_t n, uint32_t idle_us, double *median_us, double *p99_us);
+mb_status mb_bench_link_ping(struct mb_link *l, uint32_t n, uint32_t idle_us, double *median_us,
+                             double *p99_us);
+
+/* c as a JSON object: "calls" and every mb_stats_call field. */
+cJSON *mb_bench_counters_json(const mb_stats_counters *c);
+
+/* Adds {"value", "goal", "met"} under name to goals and returns it. */
+cJSON *mb_bench_goal(cJSON *goals, const char *name, double value, const char *goal, int met);
 
 /* Sets MB_WORKER_BIN to <this executable's folder>/../bin/moe-worker (where
  * the build puts it) unless the variable is set or that file is missing. */
@@ -58,6 +69,10 @@ void mb_bench_cpu_range(int *first, int *last);
 
 /* Pins every thread of process pid to cpu. Returns 0 when all were pinned. */
 int mb_bench_pin_process(pid_t pid, int cpu);
+
+/* Sets the nice value of every thread of process pid. Returns 0 when all
+ * were set. */
+int mb_bench_nice_process(pid_t pid, int nice_value);
 
 /* Forks a process that spins on cpu until killed (and dies with its
  * parent): the load that makes a process sharing that core slow. Returns

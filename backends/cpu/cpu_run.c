@@ -43,6 +43,7 @@ static void mb_cpu_store_out(void *ctx, size_t col0, size_t col1)
 /* Grows the per-pair scratch to hold n pairs. */
 static mb_status mb_cpu_reserve_pairs(mb_cpu_backend *be, size_t n)
 {
+    if (n == 0) n = 1; /* expert_pair0 always needs one entry */
     if (n <= be->pairs_cap) return MB_STATUS_OK;
     size_t cap = be->pairs_cap ? be->pairs_cap : 64;
     while (cap < n)

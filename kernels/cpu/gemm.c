@@ -11,16 +11,28 @@
 
 static const mb_kcpu_isa_impl *mb_kcpu_isa_forced;
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+
+/* F16C from cpuid (leaf 1, ECX bit 29): clang 14's __builtin_cpu_supports
+ * does not know "f16c". */
+static int mb_kcpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
 static const mb_kcpu_isa_impl *mb_kcpu_isa_detect(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
+    const int f16c = mb_kcpu_has_f16c();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("fma") && f16c)
         return &mb_kcpu_isa_avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
         return &mb_kcpu_isa_avx2;
 #endif
     return &mb_kcpu_isa_scalar;

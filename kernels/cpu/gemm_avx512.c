@@ -1,5 +1,5 @@
-/* AVX-512 GEMM tiles: 8x1, 8x2, 6x3, 4x4 and 4x5 weight rows by tokens, k in
- * chunks of 32.
+/* AVX-512 GEMM tiles: 8x1, 8x2 (row by row), 6x3, 4x4 and 4x5 weight rows by
+ * tokens, k in chunks of 32.
  * bf16 rows widen exactly to f32 with one shift (even k) and one mask (odd k)
  * against deinterleaved activations, so results match an f32 reference up
  * to summation order; f16 rows widen with vcvtph2ps. Each weight chunk is
@@ -133,20 +133,75 @@ MB_INLINE void mb_k512_tile(const int wdtype, const void *w, size_t ldw, const i
     mb_k512_store(acc, R, T, out);
 }
 
+/* Decode tile (1-2 tokens): rows one after another, so a group of rows
+ * (contiguous in memory) is read as one sequential stream instead of R
+ * interleaved ones; four chunks in flight per row in independent
+ * accumulators hide the FMA latency. The activations stay in L1. */
+MB_INLINE void mb_k512_tile_seq(const int wdtype, const void *w, size_t ldw, const int R,
+                                const float *const *xp, const int T, size_t k0, size_t k1,
+                                float *out)
+{
+    const size_t esz = wdtype == 0 ? 4 : 2;
+#pragma GCC unroll 1
+    for (int r = 0; r < R; r++) {
+        const char *row = (const char *)w + (size_t)r * ldw * esz;
+        __m512 acc[4][2];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++)
+#pragma GCC unroll 2
+            for (int t = 0; t < T; t++)
+                acc[c][t] = _mm512_setzero_ps();
+        size_t kk = k0;
+        for (; kk + 4 * MB_K512_CHUNK <= k1; kk += 4 * MB_K512_CHUNK) {
+            _mm_prefetch(row + kk * esz + MB_K512_PREFETCH, _MM_HINT_T0);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __m512 lo, hi;
+                size_t kc = kk + (size_t)c * MB_K512_CHUNK;
+                mb_k512_widen(wdtype, row, kc, MB_K512_CHUNK, &lo, &hi);
+#pragma GCC unroll 2
+                for (int t = 0; t < T; t++) {
+                    acc[c][t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xp[t] + kc), acc[c][t]);
+                    acc[c][t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp[t] + kc + 16), acc[c][t]);
+                }
+            }
+        }
+        for (; kk < k1; kk += MB_K512_CHUNK) {
+            __m512 lo, hi;
+            mb_k512_widen(wdtype, row, kk, k1 - kk, &lo, &hi);
+#pragma GCC unroll 2
+            for (int t = 0; t < T; t++) {
+                acc[0][t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xp[t] + kk), acc[0][t]);
+                acc[0][t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp[t] + kk + 16), acc[0][t]);
+            }
+        }
+#pragma GCC unroll 2
+        for (int t = 0; t < T; t++)
+            out[t * R + r] = _mm512_reduce_add_ps(_mm512_add_ps(
+                _mm512_add_ps(acc[0][t], acc[1][t]), _mm512_add_ps(acc[2][t], acc[3][t])));
+    }
+}
+
 /* One function per (dtype, rows, tokens) so every loop above is unrolled
- * with constant bounds and the accumulators live in registers. */
+ * with constant bounds and the accumulators live in registers. One or two
+ * tokens take the row-sequential tile (measured ~6% faster streaming from
+ * DRAM in one thread, 6 of 6 alternating runs). */
 #define MB_K512_FN(DT, R, T)                                                                       \
     static void mb_k512_tile_##DT##_##R##_##T(const void *w, size_t ldw, const float *const *xp,   \
                                               size_t k0, size_t k1, float *out)                    \
     {                                                                                              \
-        mb_k512_tile(DT, w, ldw, R, xp, T, k0, k1, out);                                           \
+        if (T <= 2)                                                                                \
+            mb_k512_tile_seq(DT, w, ldw, R, xp, T, k0, k1, out);                                   \
+        else                                                                                       \
+            mb_k512_tile(DT, w, ldw, R, xp, T, k0, k1, out);                                       \
     }
 #define MB_K512_DT(DT)                                                                             \
     MB_K512_FN(DT, 8, 1)                                                                           \
-    MB_K512_FN(DT, 8, 2) MB_K512_FN(DT, 6, 1) MB_K512_FN(DT, 6, 2) MB_K512_FN(DT, 6, 3)            \
-        MB_K512_FN(DT, 4, 1) MB_K512_FN(DT, 4, 2) MB_K512_FN(DT, 4, 3) MB_K512_FN(DT, 4, 4)        \
-            MB_K512_FN(DT, 4, 5) MB_K512_FN(DT, 1, 1) MB_K512_FN(DT, 1, 2) MB_K512_FN(DT, 1, 3)    \
-                MB_K512_FN(DT, 1, 4) MB_K512_FN(DT, 1, 5)
+    MB_K512_FN(DT, 8, 2)                                                                           \
+    MB_K512_FN(DT, 6, 1)                                                                           \
+    MB_K512_FN(DT, 6, 2) MB_K512_FN(DT, 6, 3) MB_K512_FN(DT, 4, 1) MB_K512_FN(DT, 4, 2)            \
+        MB_K512_FN(DT, 4, 3) MB_K512_FN(DT, 4, 4) MB_K512_FN(DT, 4, 5) MB_K512_FN(DT, 1, 1)        \
+            MB_K512_FN(DT, 1, 2) MB_K512_FN(DT, 1, 3) MB_K512_FN(DT, 1, 4) MB_K512_FN(DT, 1, 5)
 MB_K512_DT(0)
 MB_K512_DT(1)
 MB_K512_DT(2)

@@ -22,8 +22,14 @@
 #include <string.h>
 #include <time.h>
 
-/* How long an idle worker (and a waiting caller) spins before sleeping. */
-#define MB_POOL_SPIN_NS 200000ull
+/* How long an idle worker spins before sleeping, unless set with
+ * mb_kcpu_pool_set_spin_us. On the development VM a call that found the
+ * other worker asleep after a 5 ms pause ran ~35% slower (2 threads, decode),
+ * so the window should cover the usual gap between dispatches (one layer's
+ * other work); spinning yields the CPU every few microseconds. */
+#define MB_POOL_SPIN_NS_DEFAULT 1000000ull
+/* How long a caller waiting for straggling tasks spins before yielding. */
+#define MB_POOL_WAIT_SPIN_NS 200000ull
 
 #define MB_POOL_CACHE_LINE 64
 
@@ -44,6 +50,7 @@ struct mb_kcpu_pool {
     _Alignas(MB_POOL_CACHE_LINE) _Atomic uint64_t done;    /* tasks finished this gen */
     _Alignas(MB_POOL_CACHE_LINE) _Atomic int sleepers;     /* workers in cond_wait */
     _Atomic int stop;
+    _Atomic uint64_t spin_ns;
     pthread_mutex_t mu;
     pthread_cond_t cv;
 };
@@ -115,17 +122,21 @@ static void *mb_pool_worker_main(void *argp)
             gen = (uint32_t)(atomic_load_explicit(&p->counter, memory_order_acquire) >> 32);
             if (gen != seen || atomic_load_explicit(&p->stop, memory_order_acquire)) break;
             mb_pool_cpu_relax();
-            if ((++spins & 255u) == 0 && mb_pool_now_ns() - t0 > MB_POOL_SPIN_NS) {
-                pthread_mutex_lock(&p->mu);
-                /* seq_cst pairs with the caller's seq_cst publish and load of
-                 * sleepers: one of the two sees the other. */
-                atomic_fetch_add(&p->sleepers, 1);
-                while ((uint32_t)(atomic_load(&p->counter) >> 32) == seen && !atomic_load(&p->stop))
-                    pthread_cond_wait(&p->cv, &p->mu);
-                atomic_fetch_sub(&p->sleepers, 1);
-                pthread_mutex_unlock(&p->mu);
-                t0 = mb_pool_now_ns();
-            }
+            if ((++spins & 63u) != 0) continue;
+            /* Spin politely: let any other runnable thread of this CPU (a
+             * coordinator sharing the host, say) go first. */
+            sched_yield();
+            if (mb_pool_now_ns() - t0 <= atomic_load_explicit(&p->spin_ns, memory_order_relaxed))
+                continue;
+            pthread_mutex_lock(&p->mu);
+            /* seq_cst pairs with the caller's seq_cst publish and load of
+             * sleepers: one of the two sees the other. */
+            atomic_fetch_add(&p->sleepers, 1);
+            while ((uint32_t)(atomic_load(&p->counter) >> 32) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+            t0 = mb_pool_now_ns();
         }
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) break;
         seen = gen;
@@ -201,6 +212,7 @@ mb_kcpu_pool *mb_kcpu_pool_create(int n_threads, int numa_node)
     atomic_init(&p->done, 0);
     atomic_init(&p->sleepers, 0);
     atomic_init(&p->stop, 0);
+    atomic_init(&p->spin_ns, MB_POOL_SPIN_NS_DEFAULT);
     atomic_init(&p->n_tasks[0], 0);
     atomic_init(&p->n_tasks[1], 0);
     if (pthread_mutex_init(&p->mu, NULL) != 0) goto fail_free;
@@ -263,6 +275,12 @@ void mb_kcpu_pool_destroy(mb_kcpu_pool *pool)
     free(pool);
 }
 
+void mb_kcpu_pool_set_spin_us(mb_kcpu_pool *pool, unsigned spin_us)
+{
+    if (pool)
+        atomic_store_explicit(&pool->spin_ns, (uint64_t)spin_us * 1000u, memory_order_relaxed);
+}
+
 int mb_kcpu_pool_threads(const mb_kcpu_pool *pool)
 {
     return pool ? pool->n_threads : 1;
@@ -300,7 +318,7 @@ void mb_kcpu_pool_run(mb_kcpu_pool *pool, size_t n_tasks, mb_kcpu_task_fn fn, vo
         if ((++spins & 255u) == 0) {
             if (t0 == 0)
                 t0 = mb_pool_now_ns();
-            else if (mb_pool_now_ns() - t0 > MB_POOL_SPIN_NS)
+            else if (mb_pool_now_ns() - t0 > MB_POOL_WAIT_SPIN_NS)
                 sched_yield();
         }
     }

@@ -3,7 +3,8 @@
  * load_expert rejects a shape that differs from its layer's; run rejects an
  * unloaded slot, a slot of another layer, a wrong d_model and inconsistent
  * pair counts, leaving the output untouched; reloading a slot replaces it;
- * an empty request succeeds. */
+ * an empty request succeeds; a first request without pairs gives zeros;
+ * misaligned f32 activations and output give the aligned result. */
 #include <stdio.h>
 
 #include "cpu_test.h"
@@ -126,6 +127,57 @@ int main(void)
         ct_req_fini(&r);
     }
     mb_backend_close(b);
+
+    /* A fresh backend whose first request has tokens but no pairs: zeros. */
+    {
+        mb_backend *fb = NULL;
+        REQUIRE(mb_backend_open(ops, &cfg, &fb) == MB_STATUS_OK);
+        ct_req r;
+        ct_req_init(&r, 0, 2, 64, MB_DTYPE_BF16, 0, &seed);
+        void *out = ct_out_poisoned(&r.req);
+        CHECK_EQ(mb_backend_run(fb, &r.req, out, NULL), MB_STATUS_OK);
+        const uint16_t *o = out;
+        int nonzero = 0;
+        for (int i = 0; i < 2 * 64; i++)
+            nonzero += o[i] != 0;
+        CHECK_EQ(nonzero, 0);
+        free(out);
+        ct_req_fini(&r);
+        mb_backend_close(fb);
+    }
+
+    /* f32 activations and output at misaligned addresses take the decode /
+     * encode paths and give the same bits as aligned buffers. */
+    {
+        mb_backend *ab = NULL;
+        REQUIRE(mb_backend_open(ops, &cfg, &ab) == MB_STATUS_OK);
+        CHECK_EQ(ct_load(ab, &e1, 0, 0), MB_STATUS_OK);
+        CHECK_EQ(ct_load(ab, &e2, 0, 1), MB_STATUS_OK);
+        ct_req r;
+        ct_req_init(&r, 0, 3, 64, MB_DTYPE_F32, 4, &seed);
+        r.counts[0] = 2, r.counts[1] = 0, r.counts[2] = 2;
+        r.pairs[0] = (mb_proto_pair){0, 0.5f};
+        r.pairs[1] = (mb_proto_pair){1, 0.25f};
+        r.pairs[2] = (mb_proto_pair){1, 1.0f};
+        r.pairs[3] = (mb_proto_pair){0, 0.75f};
+        size_t bytes = 3 * 64 * sizeof(float);
+        void *out = ct_out_poisoned(&r.req);
+        CHECK_EQ(mb_backend_run(ab, &r.req, out, NULL), MB_STATUS_OK);
+        unsigned char *act_mis = malloc(bytes + 2), *out_mis = malloc(bytes + 2);
+        REQUIRE(act_mis && out_mis);
+        memcpy(act_mis + 1, r.act, bytes);
+        memset(out_mis, 0xff, bytes + 2);
+        mb_proto_expert_req mis = r.req;
+        mis.act = act_mis + 1;
+        CHECK_EQ(mb_backend_run(ab, &mis, out_mis + 1, NULL), MB_STATUS_OK);
+        CHECK(memcmp(out, out_mis + 1, bytes) == 0);
+        CHECK(out_mis[0] == 0xff && out_mis[bytes + 1] == 0xff);
+        free(act_mis);
+        free(out_mis);
+        free(out);
+        ct_req_fini(&r);
+        mb_backend_close(ab);
+    }
 
     /* Placements: BIND and INTERLEAVE on node 0 give the DEFAULT result. */
     const mb_numa_policy pols[3] = {MB_NUMA_DEFAULT, MB_NUMA_BIND, MB_NUMA_INTERLEAVE};
