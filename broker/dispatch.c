@@ -187,7 +187,13 @@ uint32_t mb_dispatch_auto_slice(const mb_dispatch *d, uint32_t link, int decode,
     const mb_cost_model *m = &d->dl[link].cost[decode ? 1 : 0];
     if (!mb_cost_fit(m, &alpha, &beta)) return 0; /* explore */
     double p = m->p_ns_per_token > 1 ? m->p_ns_per_token : 1;
-    return mb_clamp_u32(sqrt((double)n_tokens * alpha / p), lo, hi);
+    uint32_t slice = mb_clamp_u32(sqrt((double)n_tokens * alpha / p), lo, hi);
+    /* Slice only for a clear predicted gain: a fit from few, noisy samples
+     * tends to underestimate alpha, and every extra call on a CPU backend
+     * streams its experts' weights again. */
+    double t_full = alpha + (double)n_tokens * (beta + p);
+    double t_c = ceil((double)n_tokens / slice) * alpha + (double)n_tokens * beta + (double)slice * p;
+    return t_c < 0.8 * t_full ? slice : hi;
 }
 
 /* ---- the call ---- */

@@ -20,7 +20,8 @@
  *             call streams; beta: cost per token) and p is the
  *             coordinator's measured pack+unpack cost per token (what a
  *             large slice leaves unoverlapped). So c* = sqrt(N alpha / p),
- *             clamped to [stream_slice, batch_capacity]. Until a link has
+ *             clamped to [stream_slice, batch_capacity], and taken only when it
+ *             beats one call for the whole chunk by 20%. Until a link has
  *             samples of two sizes in a phase, auto sends the first slice of
  *             a layer at stream size and the rest batched, to measure both. */
 #ifndef MB_BROKER_DISPATCH_H
