@@ -520,6 +520,6 @@ int main(int argc, char **argv)
     free(text);
     cJSON_Delete(root);
     mb_bench_routing_free(&r);
-    mb_synthetic_destroy(model);
+    mb_model_destroy(model);
     return rc;
 }

@@ -716,6 +716,6 @@ int main(int argc, char **argv)
     free(text);
     cJSON_Delete(root);
     free(prompt);
-    mb_synthetic_destroy(model);
+    mb_model_destroy(model);
     return rc;
 }

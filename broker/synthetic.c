@@ -140,13 +140,6 @@ static void mb_synthetic_layout(mb_layout *L, mb_model *m, uint64_t seed, int pr
 #undef MB_T
 }
 
-void mb_synthetic_destroy(mb_model *m)
-{
-    /* The memfd is a file without a safetensors handle: mb_model_destroy
-     * unmaps and closes it like any hand-built model's file. */
-    mb_model_destroy(m);
-}
-
 mb_status mb_synthetic_create(const mb_model_config *cfg, uint64_t seed, int progress, mb_model **out, char *err,
                               size_t err_cap)
 {
@@ -179,14 +172,14 @@ mb_status mb_synthetic_create(const mb_model_config *cfg, uint64_t seed, int pro
     if (fd < 0 || ftruncate(fd, (off_t)L.used) != 0) {
         if (fd >= 0) close(fd);
         snprintf(err, err_cap, "synthetic model: cannot create a %.2f GiB memfd", (double)L.used / (1 << 30));
-        mb_synthetic_destroy(m);
+        mb_model_destroy(m);
         return MB_STATUS_NOMEM;
     }
     m->files[0].fd = fd;
     void *base = mmap(NULL, L.used, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         snprintf(err, err_cap, "synthetic model: cannot map %.2f GiB", (double)L.used / (1 << 30));
-        mb_synthetic_destroy(m);
+        mb_model_destroy(m);
         return MB_STATUS_NOMEM;
     }
     m->files[0].map = base;
@@ -200,6 +193,6 @@ mb_status mb_synthetic_create(const mb_model_config *cfg, uint64_t seed, int pro
     *out = m;
     return MB_STATUS_OK;
 nomem:
-    mb_synthetic_destroy(m);
+    mb_model_destroy(m);
     return MB_STATUS_NOMEM;
 }

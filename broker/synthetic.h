@@ -20,11 +20,9 @@ void mb_synthetic_default_config(mb_model_config *cfg);
 void mb_synthetic_qwen3_30b_config(mb_model_config *cfg, uint32_t n_layers);
 
 /* Generates a model for cfg (arch must be Qwen3-MoE or Mixtral) from seed.
- * Blocking; shows progress on a terminal when progress is non-zero. */
+ * Blocking; shows progress on a terminal when progress is non-zero. Free
+ * the result with mb_model_destroy (its memfd is an ordinary model file). */
 mb_status mb_synthetic_create(const mb_model_config *cfg, uint64_t seed, int progress, mb_model **out, char *err,
                               size_t err_cap);
-
-/* Frees a model made by mb_synthetic_create (same as mb_model_destroy). */
-void mb_synthetic_destroy(mb_model *m);
 
 #endif

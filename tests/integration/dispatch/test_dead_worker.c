@@ -111,6 +111,6 @@ int main(void)
         }
         CHECK_EQ(count_fds(), fds_before);
     }
-    mb_synthetic_destroy(model);
+    mb_model_destroy(model);
     return mb_test_finish("test_dead_worker");
 }

@@ -232,6 +232,6 @@ int main(void)
     }
     for (int i = 0; i < N_LINKS; i++) mb_link_close(&ref_links[i]);
     mb_placement_free(&pl);
-    mb_synthetic_destroy(model);
+    mb_model_destroy(model);
     return mb_test_finish("test_dispatch_workers");
 }
