@@ -291,14 +291,19 @@ static mb_status mb_dispatch_unpack(mb_dispatch *d, uint32_t li, const mb_moe_wo
     mb_link *link = &c->links[li];
     mb_inflight *f = &l->fifo[l->fifo_head];
     uint64_t t0 = mb_now_ns();
+    mb_proto_header h;
     mb_proto_expert_reply r;
-    mb_status st = mb_proto_decode_expert_reply(msg, len, &r);
-    if (st == MB_STATUS_OK) {
-        mb_proto_header h;
-        memcpy(&h.tag, (const unsigned char *)msg + 8, sizeof h.tag);
-        if (h.tag != f->tag || r.n_tokens != f->n || r.d_model != c->d_model || r.dtype != c->payload)
-            st = MB_STATUS_PROTOCOL;
+    mb_status st = mb_proto_decode_header(msg, len, &h);
+    if (st == MB_STATUS_OK && h.opcode == MB_OP_STATUS && h.tag == f->tag && h.status != MB_STATUS_OK) {
+        /* The worker refused the request: pass its reason on intact. */
+        snprintf(d->err, sizeof d->err, "%s: layer %u: worker reported: %s", link->name, w->layer,
+                 mb_status_str(h.status));
+        return (mb_status)h.status;
     }
+    if (st == MB_STATUS_OK) st = mb_proto_decode_expert_reply(msg, len, &r);
+    if (st == MB_STATUS_OK &&
+        (h.tag != f->tag || r.n_tokens != f->n || r.d_model != c->d_model || r.dtype != c->payload))
+        st = MB_STATUS_PROTOCOL;
     if (st != MB_STATUS_OK) {
         snprintf(d->err, sizeof d->err, "%s: layer %u: bad reply: %s", link->name, w->layer, mb_status_str(st));
         return st;
@@ -344,7 +349,7 @@ static mb_status mb_dispatch_poll(mb_dispatch *d, uint32_t li, const mb_moe_work
     if (st == MB_STATUS_TIMEOUT) {
         mb_inflight *f = &d->dl[li].fifo[d->dl[li].fifo_head];
         if (mb_now_ns() - f->committed_ns > (uint64_t)d->cfg.timeout_ns) {
-            snprintf(d->err, sizeof d->err, "%s: no reply for layer %u within %.1f s", link->name, w->layer,
+            snprintf(d->err, sizeof d->err, "%s: no reply for layer %u within %.3g s", link->name, w->layer,
                      (double)d->cfg.timeout_ns / 1e9);
             return MB_STATUS_TIMEOUT;
         }
