@@ -1,0 +1,231 @@
+/* Requests on the CUDA backend. submit validates the pairs on the host
+ * against the slot table, copies the request into the pinned staging of a
+ * free in-flight entry (so its inputs are consumed when submit returns) and
+ * enqueues, on that entry's own stream: one host-to-device copy, the
+ * kernels of kernels/cuda/moe.h, one device-to-host copy, framed by two
+ * events. poll reports completion from the events, in whatever order the
+ * streams finish; fetch copies the result out of pinned staging. Nothing
+ * here waits on the device except poll when asked to. */
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cuda/cuda_internal.h"
+
+#define MB_CUDA_ALIGN(x) (((x) + 255) & ~(size_t)255)
+
+void mb_cuda_req_free(mb_cuda_req *r)
+{
+    if (r->ws) mb_kcuda_moe_ws_destroy(r->ws);
+    if (r->h_in) cudaFreeHost(r->h_in);
+    if (r->h_out) cudaFreeHost(r->h_out);
+    if (r->d_in) cudaFree(r->d_in);
+    if (r->d_out) cudaFree(r->d_out);
+    if (r->ev_start) cudaEventDestroy(r->ev_start);
+    if (r->ev_end) cudaEventDestroy(r->ev_end);
+    if (r->stream) cudaStreamDestroy(r->stream);
+    memset(r, 0, sizeof *r);
+}
+
+/* Creates an entry's stream, events and workspace on first use. */
+static mb_status mb_cuda_req_init(mb_cuda_backend *be, mb_cuda_req *r)
+{
+    if (r->stream) return MB_STATUS_OK;
+    cudaError_t e = cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaEventCreate(&r->ev_start);
+    if (e == cudaSuccess) e = cudaEventCreate(&r->ev_end);
+    if (e == cudaSuccess) {
+        int ke = mb_kcuda_moe_ws_create(be->max_slots, &r->ws);
+        if (ke) e = (cudaError_t)ke;
+    }
+    if (e != cudaSuccess) {
+        mb_status st = mb_cuda_fail("request setup", e);
+        mb_cuda_req_free(r);
+        return st;
+    }
+    return MB_STATUS_OK;
+}
+
+/* Grows a pinned host buffer and its device twin to bytes. */
+static mb_status mb_cuda_grow(void **h, void **d, size_t *cap, size_t bytes)
+{
+    if (bytes <= *cap) return MB_STATUS_OK;
+    size_t c = *cap ? *cap : ((size_t)1 << 20);
+    while (c < bytes)
+        c *= 2;
+    if (*h) cudaFreeHost(*h);
+    if (*d) cudaFree(*d);
+    *h = *d = NULL;
+    *cap = 0;
+    cudaError_t e = cudaHostAlloc(h, c, cudaHostAllocDefault);
+    if (e == cudaSuccess) e = cudaMalloc(d, c);
+    if (e != cudaSuccess) return mb_cuda_fail("staging allocation", e);
+    *cap = c;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *req)
+{
+    mb_cuda_backend *be = state;
+    if (!be || !req) return MB_STATUS_INVALID_ARG;
+    if (!mb_dtype_valid(req->dtype)) return MB_STATUS_BAD_DTYPE;
+    uint32_t d_ff = 0;
+    mb_dtype wdtype = MB_DTYPE_F32;
+    mb_status st = mb_route_validate(&be->table, req, &d_ff, &wdtype);
+    if (st != MB_STATUS_OK) return st;
+
+    mb_cuda_req *r = NULL;
+    unsigned busy = 0;
+    for (unsigned i = 0; i < be->max_inflight; i++) {
+        if (be->reqs[i].used) busy++;
+        else if (!r) r = &be->reqs[i];
+    }
+    if (!r || busy >= be->max_inflight) return MB_STATUS_AGAIN;
+
+    /* Sizes: counts | pairs | activations, each piece 256-aligned. */
+    const size_t esz = mb_dtype_size(req->dtype);
+    size_t act_bytes = 0, out_bytes = 0;
+    if (__builtin_mul_overflow((size_t)req->n_tokens, (size_t)req->d_model, &act_bytes) ||
+        __builtin_mul_overflow(act_bytes, esz, &act_bytes))
+        return MB_STATUS_OVERFLOW;
+    out_bytes = act_bytes;
+    const size_t counts_bytes = (size_t)req->n_tokens * sizeof(uint16_t);
+    const size_t pairs_off = MB_CUDA_ALIGN(counts_bytes);
+    const size_t act_off = pairs_off + MB_CUDA_ALIGN((size_t)req->n_pairs * sizeof(mb_proto_pair));
+    const size_t in_bytes = act_off + act_bytes;
+    if (in_bytes > be->staging_max || out_bytes > be->staging_max) return MB_STATUS_FULL;
+
+    cudaSetDevice(be->device);
+    if ((st = mb_cuda_req_init(be, r)) != MB_STATUS_OK) return st;
+    if ((st = mb_cuda_grow(&r->h_in, &r->d_in, &r->in_cap, in_bytes)) != MB_STATUS_OK) return st;
+    if ((st = mb_cuda_grow(&r->h_out, &r->d_out, &r->out_cap, out_bytes ? out_bytes : 1)) != MB_STATUS_OK)
+        return st;
+    if (be->uploads_pending) {
+        /* Weights (and slot table entries) must be on the device first. */
+        cudaError_t e = cudaStreamSynchronize(be->upload);
+        be->uploads_pending = 0;
+        if (e != cudaSuccess) return mb_cuda_fail("weight upload", e);
+    }
+    const uint32_t layer_experts =
+        req->layer < be->n_layers_cap && be->layer_experts ? be->layer_experts[req->layer] : 0;
+    mb_kcuda_moe_problem p = {
+        .n_tokens = req->n_tokens,
+        .n_pairs = req->n_pairs,
+        .d_model = req->d_model,
+        .d_ff = d_ff,
+        .max_slots = be->max_slots,
+        .layer_experts = layer_experts,
+        .payload = (int)req->dtype,
+        .wdtype = (int)wdtype,
+        .path = MB_KCUDA_PATH_AUTO,
+        .slots = be->d_slots,
+        .act = (char *)r->d_in + act_off,
+        .pair_counts = (const uint16_t *)r->d_in,
+        .pairs = (char *)r->d_in + pairs_off,
+        .out = r->d_out,
+    };
+    if (req->n_pairs) {
+        int ke = mb_kcuda_moe_ws_reserve(r->ws, &p);
+        if (ke) return mb_cuda_fail("workspace", (cudaError_t)ke);
+    }
+
+    /* The inputs are consumed here: the peer's buffer is free once this
+     * copy into pinned staging is done. */
+    memcpy(r->h_in, req->pair_counts, counts_bytes);
+    memcpy((char *)r->h_in + pairs_off, req->pairs, (size_t)req->n_pairs * sizeof(mb_proto_pair));
+    memcpy((char *)r->h_in + act_off, req->act, act_bytes);
+
+    cudaError_t e = cudaEventRecord(r->ev_start, r->stream);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(r->d_in, r->h_in, in_bytes, cudaMemcpyHostToDevice, r->stream);
+    if (e == cudaSuccess) e = (cudaError_t)mb_kcuda_moe_enqueue(r->ws, &p, r->stream);
+    if (e == cudaSuccess && out_bytes)
+        e = cudaMemcpyAsync(r->h_out, r->d_out, out_bytes, cudaMemcpyDeviceToHost, r->stream);
+    if (e == cudaSuccess) e = cudaEventRecord(r->ev_end, r->stream);
+    if (e != cudaSuccess) {
+        st = mb_cuda_fail("request launch", e);
+        cudaStreamSynchronize(r->stream);
+        return st;
+    }
+    r->used = 1;
+    r->consumed_reported = 0;
+    r->done = 0;
+    r->status = MB_STATUS_OK;
+    r->tag = tag;
+    r->seq = be->next_seq++;
+    r->n_tokens = req->n_tokens;
+    r->d_model = req->d_model;
+    r->dtype = req->dtype;
+    r->out_bytes = out_bytes;
+    return MB_STATUS_OK;
+}
+
+/* One pass over the entries: the oldest unreported CONSUMED, else the
+ * oldest finished request. Returns TIMEOUT when there is nothing to say. */
+static mb_status mb_cuda_poll_once(mb_cuda_backend *be, mb_backend_event *ev)
+{
+    mb_cuda_req *pick = NULL;
+    for (unsigned i = 0; i < be->max_inflight; i++) {
+        mb_cuda_req *r = &be->reqs[i];
+        if (r->used && !r->consumed_reported && (!pick || r->seq < pick->seq)) pick = r;
+    }
+    if (pick) {
+        pick->consumed_reported = 1;
+        *ev = (mb_backend_event){.kind = MB_BACKEND_EVENT_CONSUMED, .tag = pick->tag, .status = MB_STATUS_OK};
+        return MB_STATUS_OK;
+    }
+    for (unsigned i = 0; i < be->max_inflight; i++) {
+        mb_cuda_req *r = &be->reqs[i];
+        if (!r->used || r->done) continue;
+        cudaError_t e = cudaEventQuery(r->ev_end);
+        if (e == cudaErrorNotReady) continue;
+        if (!pick || r->seq < pick->seq) pick = r;
+    }
+    if (!pick) return MB_STATUS_TIMEOUT;
+    cudaError_t e = cudaEventQuery(pick->ev_end);
+    float ms = 0.0f;
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, pick->ev_start, pick->ev_end);
+    pick->done = 1;
+    pick->status = e == cudaSuccess ? MB_STATUS_OK : mb_cuda_fail("request", e);
+    *ev = (mb_backend_event){.kind = MB_BACKEND_EVENT_DONE, .tag = pick->tag, .status = pick->status,
+                             .compute_ns = (uint64_t)((double)ms * 1e6)};
+    if (pick->status != MB_STATUS_OK) pick->used = 0; /* a failed request is forgotten at once */
+    return MB_STATUS_OK;
+}
+
+mb_status mb_cuda_poll(void *state, int64_t timeout_ns, mb_backend_event *ev)
+{
+    mb_cuda_backend *be = state;
+    if (!be || !ev) return MB_STATUS_INVALID_ARG;
+    cudaSetDevice(be->device);
+    const uint64_t t0 = mb_cuda_now_ns();
+    for (;;) {
+        mb_status st = mb_cuda_poll_once(be, ev);
+        if (st != MB_STATUS_TIMEOUT) return st;
+        int any = 0;
+        for (unsigned i = 0; i < be->max_inflight; i++)
+            any |= be->reqs[i].used && !be->reqs[i].done;
+        if (!any || timeout_ns == 0) return MB_STATUS_TIMEOUT;
+        if (timeout_ns > 0 && mb_cuda_now_ns() - t0 >= (uint64_t)timeout_ns) return MB_STATUS_TIMEOUT;
+        /* Expert requests take tens of microseconds and up: spin politely. */
+        sched_yield();
+    }
+}
+
+mb_status mb_cuda_fetch(void *state, uint64_t tag, void *out)
+{
+    mb_cuda_backend *be = state;
+    if (!be) return MB_STATUS_INVALID_ARG;
+    for (unsigned i = 0; i < be->max_inflight; i++) {
+        mb_cuda_req *r = &be->reqs[i];
+        if (!r->used || r->tag != tag) continue;
+        if (!r->done) return MB_STATUS_AGAIN;
+        if (r->out_bytes) {
+            if (!out) return MB_STATUS_INVALID_ARG;
+            memcpy(out, r->h_out, r->out_bytes);
+        }
+        r->used = 0;
+        return MB_STATUS_OK;
+    }
+    return MB_STATUS_INVALID_ARG;
+}

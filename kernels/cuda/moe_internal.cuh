@@ -1,0 +1,79 @@
+// Shared pieces of the CUDA MoE kernels (kernels/cuda/moe_*.cu): the
+// workspace layout, element conversions and launch declarations. Private to
+// kernels/cuda/.
+#pragma once
+
+#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/moe.h"
+
+// Rows of one grouped-GEMM tile: the route kernel lays out the tile schedule
+// in units of this many pairs of one expert.
+#define MB_KCUDA_GEMM_BM 64
+
+// One wire pair: the slot and its gate weight.
+struct mb_kcuda_pair {
+    uint32_t slot;
+    float gate;
+};
+
+// One tile of the grouped GEMMs: expert index and first row within it.
+struct mb_kcuda_tile {
+    int32_t expert;
+    int32_t row0;
+};
+
+struct mb_kcuda_moe_ws {
+    uint32_t max_slots;
+    int32_t *slot_cnt;   // [max_slots], zero between requests
+    int32_t *slot_eidx;  // [max_slots], valid for active slots during a request
+    int32_t *scalars;    // [0] experts with pairs, [1] tiles
+    // Grown on demand:
+    size_t cap_tokens, cap_pairs, cap_x_bytes, cap_h_bytes, cap_y_bytes;
+    int32_t *tok_off;       // [cap_tokens + 1] first pair of each token
+    int32_t *expert_slot;   // [cap_pairs] slot of each active expert
+    int32_t *expert_off;    // [cap_pairs + 1] first grouped row of each expert
+    int32_t *pair_pos;      // [cap_pairs] grouped row of each pair (rank during route)
+    int32_t *perm_token;    // [cap_pairs] token of each grouped row
+    mb_kcuda_tile *tiles;   // [cap_pairs / BM + cap_pairs + 1]
+    void *x;                // activations for the math: f32, or 16-bit hi then lo
+    void *h;                // [n_pairs][d_ff]: f32, or 16-bit hi then lo
+    float *y;               // [n_pairs][d_model] each pair's down projection
+    size_t bytes;
+};
+
+template <typename T> __device__ __forceinline__ float mb_to_f32(T v);
+template <> __device__ __forceinline__ float mb_to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float mb_to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float mb_to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T mb_from_f32(float v);
+template <> __device__ __forceinline__ float mb_from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half mb_from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 mb_from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float mb_silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// Grid upper bounds the host can compute without reading device results.
+static inline uint32_t mb_kcuda_max_experts(const mb_kcuda_moe_problem *p)
+{
+    uint32_t e = p->n_pairs;
+    if (p->layer_experts && p->layer_experts < e) e = p->layer_experts;
+    return e ? e : 1;
+}
+static inline uint32_t mb_kcuda_max_tiles(const mb_kcuda_moe_problem *p)
+{
+    return (p->n_pairs + MB_KCUDA_GEMM_BM - 1) / MB_KCUDA_GEMM_BM + mb_kcuda_max_experts(p);
+}
+
+// Launchers (each one file), all asynchronous on stream.
+cudaError_t mb_kcuda_route_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream);
+cudaError_t mb_kcuda_convert_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split, int to16,
+                                    cudaStream_t stream);
+cudaError_t mb_kcuda_gemv_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream);
+cudaError_t mb_kcuda_gemm_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split_x, int split_h,
+                                 cudaStream_t stream);
+cudaError_t mb_kcuda_combine_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream);

@@ -1,0 +1,134 @@
+// The request pipeline of kernels/cuda/moe.h: workspace management and the
+// order of launches (route, convert, GEMV or grouped GEMM, combine), all on
+// the caller's stream with no host synchronisation.
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cuda/moe_internal.cuh"
+
+extern "C" const char *mb_kcuda_error_str(int err) { return cudaGetErrorString((cudaError_t)err); }
+
+extern "C" int mb_kcuda_moe_ws_create(uint32_t max_slots, mb_kcuda_moe_ws **out)
+{
+    if (!out || max_slots == 0) return (int)cudaErrorInvalidValue;
+    mb_kcuda_moe_ws *ws = (mb_kcuda_moe_ws *)calloc(1, sizeof *ws);
+    if (!ws) return (int)cudaErrorMemoryAllocation;
+    ws->max_slots = max_slots;
+    cudaError_t e = cudaMalloc(&ws->slot_cnt, (size_t)max_slots * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaMalloc(&ws->slot_eidx, (size_t)max_slots * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaMalloc(&ws->scalars, 4 * sizeof(int32_t));
+    // The only zeroing the workspace ever needs: the route kernel restores it.
+    if (e == cudaSuccess) e = cudaMemset(ws->slot_cnt, 0, (size_t)max_slots * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaMemset(ws->scalars, 0, 4 * sizeof(int32_t));
+    if (e != cudaSuccess) {
+        mb_kcuda_moe_ws_destroy(ws);
+        return (int)e;
+    }
+    ws->bytes = (size_t)max_slots * 8 + 16;
+    *out = ws;
+    return 0;
+}
+
+static void mb_ws_free_grown(mb_kcuda_moe_ws *ws)
+{
+    cudaFree(ws->tok_off);
+    cudaFree(ws->expert_slot);
+    cudaFree(ws->expert_off);
+    cudaFree(ws->pair_pos);
+    cudaFree(ws->perm_token);
+    cudaFree(ws->tiles);
+    cudaFree(ws->x);
+    cudaFree(ws->h);
+    cudaFree(ws->y);
+    ws->tok_off = ws->expert_slot = ws->expert_off = ws->pair_pos = ws->perm_token = nullptr;
+    ws->tiles = nullptr;
+    ws->x = ws->h = nullptr;
+    ws->y = nullptr;
+    ws->cap_tokens = ws->cap_pairs = ws->cap_x_bytes = ws->cap_h_bytes = ws->cap_y_bytes = 0;
+}
+
+extern "C" void mb_kcuda_moe_ws_destroy(mb_kcuda_moe_ws *ws)
+{
+    if (!ws) return;
+    mb_ws_free_grown(ws);
+    cudaFree(ws->slot_cnt);
+    cudaFree(ws->slot_eidx);
+    cudaFree(ws->scalars);
+    free(ws);
+}
+
+extern "C" size_t mb_kcuda_moe_ws_bytes(const mb_kcuda_moe_ws *ws) { return ws ? ws->bytes : 0; }
+
+extern "C" int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p)
+{
+    if (!ws || !p) return (int)cudaErrorInvalidValue;
+    const size_t nt = p->n_tokens ? p->n_tokens : 1, np = p->n_pairs ? p->n_pairs : 1;
+    const size_t xb = nt * p->d_model * 4, hb = np * p->d_ff * 4, yb = np * p->d_model * 4;
+    if (nt <= ws->cap_tokens && np <= ws->cap_pairs && xb <= ws->cap_x_bytes && hb <= ws->cap_h_bytes &&
+        yb <= ws->cap_y_bytes)
+        return 0;
+    // Grow everything to at least the larger of old and new, then reallocate
+    // (the old contents need not survive: only the slot counters persist).
+    const size_t ct = nt > ws->cap_tokens ? nt : ws->cap_tokens, cp = np > ws->cap_pairs ? np : ws->cap_pairs;
+    const size_t cx = xb > ws->cap_x_bytes ? xb : ws->cap_x_bytes, ch = hb > ws->cap_h_bytes ? hb : ws->cap_h_bytes;
+    const size_t cy = yb > ws->cap_y_bytes ? yb : ws->cap_y_bytes;
+    const size_t tiles = cp / MB_KCUDA_GEMM_BM + 1 + cp + 1;
+    // Whatever is queued on the old buffers must finish before they go.
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) return (int)e;
+    mb_ws_free_grown(ws);
+    e = cudaMalloc(&ws->tok_off, (ct + 1) * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaMalloc(&ws->expert_slot, cp * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaMalloc(&ws->expert_off, (cp + 1) * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaMalloc(&ws->pair_pos, cp * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaMalloc(&ws->perm_token, cp * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaMalloc(&ws->tiles, tiles * sizeof(mb_kcuda_tile));
+    if (e == cudaSuccess) e = cudaMalloc(&ws->x, cx);
+    if (e == cudaSuccess) e = cudaMalloc(&ws->h, ch);
+    if (e == cudaSuccess) e = cudaMalloc((void **)&ws->y, cy);
+    if (e != cudaSuccess) {
+        mb_ws_free_grown(ws);
+        cudaGetLastError();
+        return (int)e;
+    }
+    ws->cap_tokens = ct;
+    ws->cap_pairs = cp;
+    ws->cap_x_bytes = cx;
+    ws->cap_h_bytes = ch;
+    ws->cap_y_bytes = cy;
+    ws->bytes = (size_t)ws->max_slots * 8 + 16 + (ct + 1 + 4 * cp + 1) * 4 + tiles * sizeof(mb_kcuda_tile) + cx + ch + cy;
+    return 0;
+}
+
+extern "C" mb_kcuda_path mb_kcuda_moe_path(const mb_kcuda_moe_problem *p)
+{
+    // Tensor cores need 16-bit weights and 16-byte rows.
+    if (p->wdtype == MB_KCUDA_F32 || p->d_model % 8 || p->d_ff % 8) return MB_KCUDA_PATH_GEMV;
+    if (p->path != MB_KCUDA_PATH_AUTO) return p->path;
+    // The GEMV path streams an expert's weights once per 4 of its rows; the
+    // GEMM path once per 64. Few rows per routed expert: GEMV.
+    const uint32_t experts = mb_kcuda_max_experts(p);
+    return p->n_pairs <= 4u * experts ? MB_KCUDA_PATH_GEMV : MB_KCUDA_PATH_GEMM;
+}
+
+extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, void *stream_v)
+{
+    if (!ws || !p) return (int)cudaErrorInvalidValue;
+    cudaStream_t stream = (cudaStream_t)stream_v;
+    if (p->n_tokens == 0) return 0;
+    const size_t esz = p->payload == MB_KCUDA_F32 ? 4 : 2;
+    if (p->n_pairs == 0)
+        return (int)cudaMemsetAsync(p->out, 0, (size_t)p->n_tokens * p->d_model * esz, stream);
+    cudaError_t e = mb_kcuda_route_launch(ws, p, stream);
+    if (e != cudaSuccess) return (int)e;
+    if (mb_kcuda_moe_path(p) == MB_KCUDA_PATH_GEMV) {
+        e = mb_kcuda_convert_launch(ws, p, 0, 0, stream);
+        if (e == cudaSuccess) e = mb_kcuda_gemv_launch(ws, p, stream);
+    } else {
+        const int split_x = p->payload != p->wdtype, split_h = p->payload == MB_KCUDA_F32;
+        e = mb_kcuda_convert_launch(ws, p, split_x, 1, stream);
+        if (e == cudaSuccess) e = mb_kcuda_gemm_launch(ws, p, split_x, split_h, stream);
+    }
+    if (e == cudaSuccess) e = mb_kcuda_combine_launch(ws, p, stream);
+    return (int)e;
+}
