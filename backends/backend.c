@@ -1,18 +1,43 @@
 /* Wrappers around the backend function table: argument checks, optional
- * members' defaults, and the registry of backends built into this binary. */
+ * members' defaults, the registry of backends built into this binary, and
+ * the bridge between the two execution models (a synchronous backend seen
+ * through submit/poll/fetch, an asynchronous one seen through run). The
+ * wrapper tracks every outstanding tag, so duplicate and unknown tags are
+ * refused here rather than in each backend. */
 #include "backends/backend.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* One outstanding request as the wrapper sees it. */
+typedef struct {
+    int used;
+    uint64_t tag;
+    uint64_t seq;         /* submission order (sync emulation reports in it) */
+    size_t out_bytes;     /* result size, so fetch can check its argument */
+    int consumed;         /* CONSUMED delivered to the caller */
+    int done;             /* DONE with OK delivered: fetch may take it */
+    uint64_t compute_ns;  /* sync emulation: the run's time */
+    void *result;         /* sync emulation: [out_cap] result, reused */
+    size_t result_cap;
+} mb_backend_req;
+
+/* Events an asynchronous backend reported for other tags while
+ * mb_backend_run waited for its own; each outstanding tag yields at most
+ * two (CONSUMED, DONE), so this never overflows. */
+#define MB_BACKEND_EVQ (2u * MB_BACKEND_MAX_INFLIGHT)
 
 struct mb_backend {
     const mb_backend_ops *ops;
     void *state;
     uint32_t max_slots;
-    /* Synchronous fallback for backends without submit/wait. */
-    mb_status pending_status;
-    uint64_t pending_compute_ns;
-    int pending;
+    int async;                   /* submit/poll/fetch are the table's own */
+    mb_backend_req reqs[MB_BACKEND_MAX_INFLIGHT];
+    uint32_t n_outstanding;
+    uint64_t next_seq;
+    mb_backend_event evq[MB_BACKEND_EVQ];
+    uint32_t evq_head, evq_len;
 };
 
 extern const mb_backend_ops mb_backend_cpu_ops;
@@ -33,30 +58,47 @@ static const mb_backend_ops *const mb_backend_registry[] = {
 #endif
 };
 
+#define MB_BACKEND_N_REGISTERED (sizeof mb_backend_registry / sizeof mb_backend_registry[0])
+
 const mb_backend_ops *mb_backend_find(const char *name)
 {
     if (!name) return NULL;
-    for (size_t i = 0; i < sizeof mb_backend_registry / sizeof mb_backend_registry[0]; i++)
+    for (size_t i = 0; i < MB_BACKEND_N_REGISTERED; i++)
         if (strcmp(mb_backend_registry[i]->name, name) == 0) return mb_backend_registry[i];
     return NULL;
 }
+
+size_t mb_backend_count(void)
+{
+    return MB_BACKEND_N_REGISTERED;
+}
+
+const mb_backend_ops *mb_backend_at(size_t i)
+{
+    return i < MB_BACKEND_N_REGISTERED ? mb_backend_registry[i] : NULL;
+}
+
+/* ---- lifecycle and capabilities ---- */
 
 mb_status mb_backend_open(const mb_backend_ops *ops, const mb_backend_config *cfg, mb_backend **out)
 {
     if (!ops || !cfg || !out) return MB_STATUS_INVALID_ARG;
     if (ops->abi_version != MB_BACKEND_ABI_VERSION) return MB_STATUS_BAD_VERSION;
-    if (!ops->open || !ops->close || !ops->caps || !ops->load_expert || !ops->run)
-        return MB_STATUS_INVALID_ARG;
-    if ((ops->submit == NULL) != (ops->wait == NULL)) return MB_STATUS_INVALID_ARG;
+    if (!ops->name || !ops->open || !ops->close || !ops->caps || !ops->load_expert) return MB_STATUS_INVALID_ARG;
+    const int n_async = (ops->submit != NULL) + (ops->poll != NULL) + (ops->fetch != NULL);
+    if (n_async != 0 && n_async != 3) return MB_STATUS_INVALID_ARG; /* all three or none */
+    if (!ops->run && n_async == 0) return MB_STATUS_INVALID_ARG;
     mb_backend *b = calloc(1, sizeof *b);
     if (!b) return MB_STATUS_NOMEM;
     b->ops = ops;
+    b->async = n_async == 3;
     mb_status st = ops->open(cfg, &b->state);
     if (st != MB_STATUS_OK) {
         free(b);
         return st;
     }
     mb_backend_caps caps;
+    memset(&caps, 0, sizeof caps);
     st = ops->caps(b->state, &caps);
     if (st != MB_STATUS_OK) {
         ops->close(b->state);
@@ -71,7 +113,10 @@ mb_status mb_backend_open(const mb_backend_ops *ops, const mb_backend_config *cf
 void mb_backend_close(mb_backend *b)
 {
     if (!b) return;
+    /* The backend abandons whatever is still outstanding. */
     b->ops->close(b->state);
+    for (uint32_t i = 0; i < MB_BACKEND_MAX_INFLIGHT; i++)
+        free(b->reqs[i].result);
     free(b);
 }
 
@@ -79,8 +124,53 @@ mb_status mb_backend_caps_get(mb_backend *b, mb_backend_caps *caps)
 {
     if (!b || !caps) return MB_STATUS_INVALID_ARG;
     memset(caps, 0, sizeof *caps);
-    return b->ops->caps(b->state, caps);
+    mb_status st = b->ops->caps(b->state, caps);
+    if (st != MB_STATUS_OK) return st;
+    if (caps->max_inflight == 0) caps->max_inflight = 1;
+    if (caps->max_inflight > MB_BACKEND_MAX_INFLIGHT) caps->max_inflight = MB_BACKEND_MAX_INFLIGHT;
+    return MB_STATUS_OK;
 }
+
+/* Appends the names of the dtypes in mask ("f32, bf16") to buf. */
+static void mb_backend_mask_names(uint32_t mask, char *buf, size_t cap)
+{
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int d = 0; d < MB_DTYPE_COUNT_ && at < cap; d++) {
+        if (!(mask & MB_DTYPE_MASK(d))) continue;
+        int n = snprintf(buf + at, cap - at, "%s%s", at ? ", " : "", mb_dtype_name((mb_dtype)d));
+        if (n < 0) break;
+        at += (size_t)n;
+    }
+    if (!buf[0]) snprintf(buf, cap, "none");
+}
+
+mb_status mb_backend_caps_check(const mb_backend_caps *caps, mb_dtype wdtype, mb_dtype payload, char *why,
+                                size_t why_cap)
+{
+    if (!caps || !mb_dtype_valid(wdtype) || !mb_dtype_valid(payload)) return MB_STATUS_INVALID_ARG;
+    const char *what = NULL;
+    mb_dtype lacking = wdtype;
+    uint32_t mask = 0;
+    if (!(caps->weight_dtype_mask & MB_DTYPE_MASK(wdtype))) {
+        what = "weights";
+        mask = caps->weight_dtype_mask;
+    } else if (!(caps->payload_dtype_mask & MB_DTYPE_MASK(payload))) {
+        what = "activations (payload dtype)";
+        lacking = payload;
+        mask = caps->payload_dtype_mask;
+    }
+    if (!what) return MB_STATUS_OK;
+    if (why && why_cap) {
+        char have[64];
+        mb_backend_mask_names(mask, have, sizeof have);
+        snprintf(why, why_cap, "backend %s (%s) has no %s %s (it takes %s)", caps->name[0] ? caps->name : "?",
+                 caps->device[0] ? caps->device : "unknown device", mb_dtype_name(lacking), what, have);
+    }
+    return MB_STATUS_BAD_DTYPE;
+}
+
+/* ---- weights and host memory ---- */
 
 mb_status mb_backend_load_expert(mb_backend *b, const mb_expert_weights *w)
 {
@@ -91,57 +181,262 @@ mb_status mb_backend_load_expert(mb_backend *b, const mb_expert_weights *w)
     return b->ops->load_expert(b->state, w);
 }
 
-static mb_status mb_backend_check_req(const mb_backend *b, const mb_proto_expert_req *req, const void *out)
+mb_status mb_backend_load_finish(mb_backend *b)
 {
-    if (!req || (!out && req->n_tokens)) return MB_STATUS_INVALID_ARG;
+    if (!b) return MB_STATUS_INVALID_ARG;
+    return b->ops->load_finish ? b->ops->load_finish(b->state) : MB_STATUS_OK;
+}
+
+mb_status mb_backend_reserve_layer(mb_backend *b, uint32_t layer, uint32_t slot0, uint32_t n_slots, uint32_t d_model,
+                                   uint32_t d_ff, mb_dtype wdtype)
+{
+    if (!b) return MB_STATUS_INVALID_ARG;
+    if (n_slots == 0 || d_model == 0 || d_ff == 0) return MB_STATUS_BAD_SHAPE;
+    if (!mb_dtype_valid(wdtype)) return MB_STATUS_BAD_DTYPE;
+    if (slot0 >= b->max_slots || n_slots > b->max_slots - slot0) return MB_STATUS_SLOT_RANGE;
+    if (!b->ops->reserve_layer) return MB_STATUS_OK;
+    return b->ops->reserve_layer(b->state, layer, slot0, n_slots, d_model, d_ff, wdtype);
+}
+
+mb_status mb_backend_register_host(mb_backend *b, void *ptr, size_t bytes)
+{
+    if (!b || !ptr || bytes == 0) return MB_STATUS_INVALID_ARG;
+    /* Callers treat any failure as "copies go through staging". */
+    return b->ops->register_host ? b->ops->register_host(b->state, ptr, bytes) : MB_STATUS_UNSUPPORTED;
+}
+
+void mb_backend_unregister_host(mb_backend *b, void *ptr)
+{
+    if (!b || !ptr || !b->ops->unregister_host) return;
+    b->ops->unregister_host(b->state, ptr);
+}
+
+/* ---- requests ---- */
+
+int mb_backend_is_async(const mb_backend *b)
+{
+    return b ? b->async : 0;
+}
+
+uint32_t mb_backend_outstanding(const mb_backend *b)
+{
+    return b ? b->n_outstanding : 0;
+}
+
+static mb_status mb_backend_check_req(const mb_backend *b, const mb_proto_expert_req *req, const void *out,
+                                      int need_out)
+{
+    if (!req || (need_out && !out && req->n_tokens)) return MB_STATUS_INVALID_ARG;
     if (!mb_dtype_valid(req->dtype)) return MB_STATUS_BAD_DTYPE;
+    if (req->n_pairs && !req->pairs) return MB_STATUS_INVALID_ARG;
     for (uint32_t i = 0; i < req->n_pairs; i++)
         if (req->pairs[i].slot >= b->max_slots) return MB_STATUS_SLOT_RANGE;
+    return MB_STATUS_OK;
+}
+
+/* Bytes of req's result; OVERFLOW when they do not fit size_t. */
+static mb_status mb_backend_out_bytes(const mb_proto_expert_req *req, size_t *bytes)
+{
+    size_t n;
+    if (__builtin_mul_overflow((size_t)req->n_tokens, (size_t)req->d_model, &n) ||
+        __builtin_mul_overflow(n, mb_dtype_size(req->dtype), &n))
+        return MB_STATUS_OVERFLOW;
+    *bytes = n;
+    return MB_STATUS_OK;
+}
+
+static mb_backend_req *mb_backend_req_find(mb_backend *b, uint64_t tag)
+{
+    for (uint32_t i = 0; i < MB_BACKEND_MAX_INFLIGHT; i++)
+        if (b->reqs[i].used && b->reqs[i].tag == tag) return &b->reqs[i];
+    return NULL;
+}
+
+static mb_backend_req *mb_backend_req_free_entry(mb_backend *b)
+{
+    for (uint32_t i = 0; i < MB_BACKEND_MAX_INFLIGHT; i++)
+        if (!b->reqs[i].used) return &b->reqs[i];
+    return NULL;
+}
+
+/* Forgets r's tag; the sync emulation's result buffer stays for reuse. */
+static void mb_backend_req_release(mb_backend *b, mb_backend_req *r)
+{
+    r->used = 0;
+    r->consumed = r->done = 0;
+    b->n_outstanding--;
+}
+
+/* Records what an event tells about its tag, as the caller receives it. */
+static void mb_backend_note_event(mb_backend *b, const mb_backend_event *ev)
+{
+    mb_backend_req *r = mb_backend_req_find(b, ev->tag);
+    if (!r) return;
+    r->consumed = 1;
+    if (ev->kind != MB_BACKEND_EVENT_DONE) return;
+    if (ev->status == MB_STATUS_OK) r->done = 1;
+    else mb_backend_req_release(b, r); /* a failed request is forgotten at once */
+}
+
+/* Starts req under tag on an asynchronous backend and records the tag. */
+static mb_status mb_backend_submit_async(mb_backend *b, uint64_t tag, const mb_proto_expert_req *req,
+                                         size_t out_bytes)
+{
+    mb_backend_req *r = mb_backend_req_free_entry(b);
+    if (!r) return MB_STATUS_AGAIN;
+    mb_status st = b->ops->submit(b->state, tag, req);
+    if (st != MB_STATUS_OK) return st;
+    r->used = 1;
+    r->tag = tag;
+    r->seq = b->next_seq++;
+    r->out_bytes = out_bytes;
+    r->consumed = r->done = 0;
+    r->compute_ns = 0;
+    b->n_outstanding++;
     return MB_STATUS_OK;
 }
 
 mb_status mb_backend_run(mb_backend *b, const mb_proto_expert_req *req, void *out, uint64_t *compute_ns)
 {
     if (!b) return MB_STATUS_INVALID_ARG;
-    mb_status st = mb_backend_check_req(b, req, out);
+    mb_status st = mb_backend_check_req(b, req, out, 1);
     if (st != MB_STATUS_OK) return st;
     uint64_t ns = 0;
-    st = b->ops->run(b->state, req, out, &ns);
-    if (compute_ns) *compute_ns = ns;
-    return st;
-}
-
-mb_status mb_backend_submit(mb_backend *b, const mb_proto_expert_req *req, void *out)
-{
-    if (!b) return MB_STATUS_INVALID_ARG;
-    if (b->pending) return MB_STATUS_AGAIN;
-    mb_status st = mb_backend_check_req(b, req, out);
-    if (st != MB_STATUS_OK) return st;
-    if (b->ops->submit) {
-        st = b->ops->submit(b->state, req, out);
-        if (st == MB_STATUS_OK) b->pending = 1;
+    if (b->ops->run) {
+        st = b->ops->run(b->state, req, out, &ns);
+        if (compute_ns) *compute_ns = ns;
         return st;
     }
-    b->pending_status = b->ops->run(b->state, req, out, &b->pending_compute_ns);
-    b->pending = 1;
+    size_t out_bytes = 0;
+    st = mb_backend_out_bytes(req, &out_bytes);
+    if (st != MB_STATUS_OK) return st;
+    /* A tag nobody else holds: count down from the top of the range. */
+    uint64_t tag = UINT64_MAX;
+    while (mb_backend_req_find(b, tag))
+        tag--;
+    st = mb_backend_submit_async(b, tag, req, out_bytes);
+    if (st != MB_STATUS_OK) return st;
+    for (;;) {
+        mb_backend_event ev;
+        st = b->ops->poll(b->state, -1, &ev);
+        if (st == MB_STATUS_TIMEOUT) continue;
+        if (st != MB_STATUS_OK) {
+            /* The backend cannot report on this request any more; it still
+             * owns it until close, but the tag is no longer ours to track. */
+            mb_backend_req_release(b, mb_backend_req_find(b, tag));
+            return st;
+        }
+        if (ev.tag != tag) {
+            /* Another caller-submitted request's event: keep it for
+             * mb_backend_poll. A full queue means a backend reported more
+             * than two events for one tag. */
+            if (b->evq_len < MB_BACKEND_EVQ) {
+                b->evq[(b->evq_head + b->evq_len) % MB_BACKEND_EVQ] = ev;
+                b->evq_len++;
+            }
+            continue;
+        }
+        if (ev.kind != MB_BACKEND_EVENT_DONE) continue;
+        mb_backend_req *r = mb_backend_req_find(b, tag);
+        if (ev.status != MB_STATUS_OK) {
+            mb_backend_req_release(b, r);
+            return ev.status;
+        }
+        st = b->ops->fetch(b->state, tag, out);
+        mb_backend_req_release(b, r);
+        if (st == MB_STATUS_OK && compute_ns) *compute_ns = ev.compute_ns;
+        return st;
+    }
+}
+
+mb_status mb_backend_submit(mb_backend *b, uint64_t tag, const mb_proto_expert_req *req)
+{
+    if (!b) return MB_STATUS_INVALID_ARG;
+    mb_status st = mb_backend_check_req(b, req, NULL, 0);
+    if (st != MB_STATUS_OK) return st;
+    if (mb_backend_req_find(b, tag)) return MB_STATUS_INVALID_ARG; /* tag still outstanding */
+    size_t out_bytes = 0;
+    st = mb_backend_out_bytes(req, &out_bytes);
+    if (st != MB_STATUS_OK) return st;
+    if (b->async) return mb_backend_submit_async(b, tag, req, out_bytes);
+
+    /* Synchronous backend: run now into the entry's own buffer. */
+    mb_backend_req *r = mb_backend_req_free_entry(b);
+    if (!r) return MB_STATUS_AGAIN;
+    if (out_bytes > r->result_cap) {
+        size_t cap = (out_bytes + 63) & ~(size_t)63;
+        if (cap < out_bytes) return MB_STATUS_OVERFLOW;
+        void *p = aligned_alloc(64, cap);
+        if (!p) return MB_STATUS_NOMEM;
+        free(r->result);
+        r->result = p;
+        r->result_cap = cap;
+    }
+    uint64_t ns = 0;
+    st = b->ops->run(b->state, req, r->result, &ns);
+    if (st != MB_STATUS_OK) return st;
+    r->used = 1;
+    r->tag = tag;
+    r->seq = b->next_seq++;
+    r->out_bytes = out_bytes;
+    r->consumed = r->done = 0;
+    r->compute_ns = ns;
+    b->n_outstanding++;
     return MB_STATUS_OK;
 }
 
-mb_status mb_backend_wait(mb_backend *b, int64_t timeout_ns, uint64_t *compute_ns)
+mb_status mb_backend_poll(mb_backend *b, int64_t timeout_ns, mb_backend_event *ev)
+{
+    if (!b || !ev) return MB_STATUS_INVALID_ARG;
+    if (b->async) {
+        if (b->evq_len) {
+            *ev = b->evq[b->evq_head];
+            b->evq_head = (b->evq_head + 1) % MB_BACKEND_EVQ;
+            b->evq_len--;
+        } else {
+            mb_backend_event e;
+            mb_status st = b->ops->poll(b->state, timeout_ns, &e);
+            if (st != MB_STATUS_OK) return st;
+            /* An event for a tag nobody submitted is a backend bug. */
+            if (!mb_backend_req_find(b, e.tag)) return MB_STATUS_BACKEND;
+            *ev = e;
+        }
+        mb_backend_note_event(b, ev);
+        return MB_STATUS_OK;
+    }
+    /* Synchronous backend: everything finished inside submit. Report the
+     * oldest request with news: first CONSUMED, then DONE. */
+    mb_backend_req *oldest = NULL;
+    for (uint32_t i = 0; i < MB_BACKEND_MAX_INFLIGHT; i++) {
+        mb_backend_req *r = &b->reqs[i];
+        if (!r->used || r->done) continue;
+        if (!oldest || r->seq < oldest->seq) oldest = r;
+    }
+    if (!oldest) return MB_STATUS_TIMEOUT; /* nothing will ever come */
+    memset(ev, 0, sizeof *ev);
+    ev->tag = oldest->tag;
+    ev->status = MB_STATUS_OK;
+    if (!oldest->consumed) {
+        ev->kind = MB_BACKEND_EVENT_CONSUMED;
+        oldest->consumed = 1;
+    } else {
+        ev->kind = MB_BACKEND_EVENT_DONE;
+        ev->compute_ns = oldest->compute_ns;
+        oldest->done = 1;
+    }
+    return MB_STATUS_OK;
+}
+
+mb_status mb_backend_fetch(mb_backend *b, uint64_t tag, void *out)
 {
     if (!b) return MB_STATUS_INVALID_ARG;
-    if (!b->pending) return MB_STATUS_INVALID_ARG;
-    uint64_t ns = 0;
-    mb_status st;
-    if (b->ops->wait) {
-        st = b->ops->wait(b->state, timeout_ns, &ns);
-        if (st == MB_STATUS_TIMEOUT) return st;
-    } else {
-        st = b->pending_status;
-        ns = b->pending_compute_ns;
-    }
-    b->pending = 0;
-    if (compute_ns) *compute_ns = ns;
+    mb_backend_req *r = mb_backend_req_find(b, tag);
+    if (!r || !r->done) return MB_STATUS_INVALID_ARG; /* unknown, or DONE not reported yet */
+    if (!out && r->out_bytes) return MB_STATUS_INVALID_ARG;
+    mb_status st = MB_STATUS_OK;
+    if (b->async) st = b->ops->fetch(b->state, tag, out);
+    else if (r->out_bytes) memcpy(out, r->result, r->out_bytes);
+    mb_backend_req_release(b, r);
     return st;
 }
 

@@ -1,6 +1,8 @@
-/* The worker's serving loop. Requests are decoded in place in the transport's
- * receive buffer and replies encoded in place in its send buffer, so an
- * expert request costs one read of the activations and one write of the sums. */
+/* The worker's message handlers. Requests are decoded in place in the
+ * transport's receive buffer and replies encoded in place in its send buffer,
+ * so an expert request on a synchronous backend costs one read of the
+ * activations and one write of the sums. The serving loop, which pipelines
+ * asynchronous backends, is in worker_serve.c. */
 #include "backends/worker.h"
 
 #include <errno.h>
@@ -13,40 +15,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backends/worker_internal.h"
 #include "protocol/message.h"
 
-#define MB_WORKER_MAX_FILES 64
-#define MB_WORKER_POLL_NS 100000000LL /* re-check the stop flag every 100 ms */
-
-typedef struct {
-    char *path;
-    const unsigned char *map;
-    uint64_t bytes;
-} mb_worker_file;
-
-struct mb_worker {
-    const mb_worker_config *cfg;
-    /* Private copies of a request's pair arrays: the request itself sits in
-     * memory the peer can still write, and the backend reads these arrays
-     * more than once. */
-    uint16_t *counts;
-    mb_proto_pair *pairs;
-    size_t counts_cap, pairs_cap;
-    mb_backend_caps caps;
-    mb_proto_limits limits;
-    mb_worker_file files[MB_WORKER_MAX_FILES];
-    unsigned n_files;
-};
-
-static uint64_t mb_worker_now_ns(void)
+uint64_t mb_worker_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Sends a body-less reply (STATUS or PONG) with the request's tag. */
-static mb_status mb_worker_reply_empty(mb_worker *w, mb_proto_opcode op, uint64_t tag, mb_status status)
+mb_status mb_worker_reply_empty(mb_worker *w, mb_proto_opcode op, uint64_t tag, mb_status status)
 {
     void *buf = NULL;
     mb_status st = mb_transport_send_reserve(w->cfg->transport, MB_PROTO_HEADER_BYTES, -1, &buf);
@@ -128,6 +107,9 @@ static mb_status mb_worker_map_file(mb_worker *w, const char *path, mb_worker_fi
     f->path = copy;
     f->map = map;
     f->bytes = (uint64_t)sb.st_size;
+    /* Lets a GPU backend copy straight from the mapping; refusal only
+     * means its own staging is used. */
+    f->registered = mb_backend_register_host(w->cfg->backend, map, (size_t)sb.st_size) == MB_STATUS_OK;
     *out = f;
 done:
     close(fd);
@@ -159,12 +141,17 @@ static mb_status mb_worker_load(mb_worker *w, const void *msg, size_t len)
         .layer = m.layer, .expert_id = m.expert_id, .slot = m.slot, .d_model = m.d_model,
         .d_ff = m.d_ff, .wdtype = m.wdtype, .gate = data[0], .up = data[1], .down = data[2],
     };
-    return mb_backend_load_expert(w->cfg->backend, &ew);
+    st = mb_backend_load_expert(w->cfg->backend, &ew);
+    /* Inline weights sit in the receive buffer, released after this
+     * returns: the copy must be complete first. A file mapping stays, so a
+     * backend may finish that copy later. */
+    if (st == MB_STATUS_OK && m.source == MB_WEIGHTS_INLINE) st = mb_backend_load_finish(w->cfg->backend);
+    return st;
 }
 
-/* Copies the pair arrays out of the (shared, peer-writable) message and
- * re-checks their counts, so what the backend reads cannot change under it. */
-static mb_status mb_worker_snapshot_pairs(mb_worker *w, mb_proto_expert_req *req)
+/* The pair arrays come out of the (shared, peer-writable) message, so what
+ * the backend reads cannot change under it. */
+mb_status mb_worker_snapshot_pairs(mb_worker *w, mb_proto_expert_req *req)
 {
     if (req->n_tokens > w->counts_cap) {
         uint16_t *c = realloc(w->counts, (size_t)req->n_tokens * sizeof *c);
@@ -180,7 +167,7 @@ static mb_status mb_worker_snapshot_pairs(mb_worker *w, mb_proto_expert_req *req
     }
     memcpy(w->counts, req->pair_counts, (size_t)req->n_tokens * sizeof *w->counts);
     memcpy(w->pairs, req->pairs, (size_t)req->n_pairs * sizeof *w->pairs);
-    /* Slots of the copies are checked by mb_backend_run's wrapper. */
+    /* Slots of the copies are checked by the backend wrapper. */
     uint64_t sum = 0;
     for (uint32_t t = 0; t < req->n_tokens; t++) sum += w->counts[t];
     if (sum != req->n_pairs) return MB_STATUS_PAIR_COUNT;
@@ -268,48 +255,12 @@ void mb_worker_destroy(mb_worker *w)
     if (!w) return;
     free(w->counts);
     free(w->pairs);
+    /* A backend may still be copying from a mapping (see load_expert). */
+    if (w->n_files) (void)mb_backend_load_finish(w->cfg->backend);
     for (unsigned i = 0; i < w->n_files; i++) {
+        if (w->files[i].registered) mb_backend_unregister_host(w->cfg->backend, (void *)w->files[i].map);
         munmap((void *)w->files[i].map, w->files[i].bytes);
         free(w->files[i].path);
     }
     free(w);
-}
-
-/* Consecutive transport-level rejections after which the channel is taken
- * to be broken rather than hit by one bad message. */
-#define MB_WORKER_MAX_BAD_IN_A_ROW 16
-
-mb_status mb_worker_serve(const mb_worker_config *cfg)
-{
-    mb_worker *w = NULL;
-    mb_status st = mb_worker_create(cfg, &w);
-    if (st != MB_STATUS_OK) return st;
-    int bad = 0;
-    for (;;) {
-        if (cfg->stop && *cfg->stop) {
-            st = MB_STATUS_OK;
-            break;
-        }
-        const void *msg = NULL;
-        size_t len = 0;
-        st = mb_transport_recv(cfg->transport, MB_WORKER_POLL_NS, &msg, &len);
-        if (st == MB_STATUS_TIMEOUT) continue;
-        if (st == MB_STATUS_CORRUPT || st == MB_STATUS_PROTOCOL || st == MB_STATUS_TRUNCATED) {
-            fprintf(stderr, "%s: dropped a malformed message: %s\n", cfg->name ? cfg->name : "moe-worker",
-                    mb_status_str(st));
-            if (++bad >= MB_WORKER_MAX_BAD_IN_A_ROW) break;
-            continue;
-        }
-        if (st != MB_STATUS_OK) break;
-        bad = 0;
-        st = mb_worker_handle(w, msg, len);
-        mb_transport_recv_release(cfg->transport);
-        if (st == MB_STATUS_CLOSED) {
-            st = MB_STATUS_OK;
-            break;
-        }
-        if (st != MB_STATUS_OK) break;
-    }
-    mb_worker_destroy(w);
-    return st;
 }

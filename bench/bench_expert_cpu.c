@@ -382,8 +382,8 @@ int main(int argc, char **argv)
         return 1;
     }
     const mb_backend_ops *ops = mb_backend_find("cpu");
-    mb_backend_config cfg = {
-        .device = o.node, .n_threads = o.threads, .numa = o.numa, .max_slots = 256};
+    mb_backend_cpu_options cpu_opt = {.n_threads = o.threads, .numa = o.numa};
+    mb_backend_config cfg = {.device = o.node, .max_slots = 256, .options = &cpu_opt};
     mb_backend *b = NULL;
     mb_status st = mb_backend_open(ops, &cfg, &b);
     if (st != MB_STATUS_OK) {

@@ -1,7 +1,12 @@
 /* The dispatcher's hot path: bucket routing by link, pack requests in place
  * in each transport, keep a window of requests in flight per link, unpack
- * replies into per-link partial sums, and combine them in link order. All
- * buffers come from mb_dispatch_create; a call allocates nothing. */
+ * replies into per-link partial sums, and combine them in link order. A
+ * worker may answer a link's requests in any order (an asynchronous backend
+ * finishes them as it can): replies are matched by tag, and since each
+ * request covers its own tokens, each reply lands in its own rows of the
+ * link's partial sums, so the combined result is the same whatever the
+ * order. All buffers come from mb_dispatch_create; a call allocates
+ * nothing. */
 #include "broker/dispatch.h"
 
 #include <math.h>
@@ -16,6 +21,7 @@
 
 /* One request in flight on a link. */
 typedef struct {
+    int used;
     uint64_t tag;
     uint32_t first; /* index into the link's token list */
     uint32_t n;
@@ -41,9 +47,9 @@ typedef struct {
     mb_proto_pair *pairs; /* [max_tokens*top_k] */
     uint32_t n_tok;
     float *partial;      /* [max_tokens][d_model] sums for listed tokens */
-    /* Pipeline state. */
-    mb_inflight fifo[MB_DISPATCH_MAX_WINDOW];
-    uint32_t fifo_head, fifo_len;
+    /* Pipeline state: requests in flight, in no particular order. */
+    mb_inflight win[MB_DISPATCH_MAX_WINDOW];
+    uint32_t n_inflight;
     uint32_t next;       /* next listed token to send */
     uint32_t slice;      /* tokens per request this call */
     uint64_t last_reply_ns;
@@ -268,7 +274,11 @@ static mb_status mb_dispatch_send(mb_dispatch *d, uint32_t li, const mb_moe_work
                  st == MB_STATUS_PEER_DEAD ? "worker died" : mb_status_str(st));
         return st;
     }
-    mb_inflight *f = &l->fifo[(l->fifo_head + l->fifo_len) % MB_DISPATCH_MAX_WINDOW];
+    mb_inflight *f = NULL;
+    for (uint32_t i = 0; i < MB_DISPATCH_MAX_WINDOW && !f; i++)
+        if (!l->win[i].used) f = &l->win[i];
+    /* The caller keeps n_inflight below the window, which fits win. */
+    f->used = 1;
     f->tag = tag;
     f->first = first;
     f->n = n;
@@ -277,32 +287,54 @@ static mb_status mb_dispatch_send(mb_dispatch *d, uint32_t li, const mb_moe_work
     f->pack_ns = t1 - t0;
     f->send_ns = t2 - t1;
     f->committed_ns = t2;
-    l->fifo_len++;
+    l->n_inflight++;
     l->next += n;
     return MB_STATUS_OK;
 }
 
-/* Unpacks the reply at the head of link li's window. */
+/* The in-flight request of link l with tag, or NULL. */
+static mb_inflight *mb_dlink_find(mb_dlink *l, uint64_t tag)
+{
+    for (uint32_t i = 0; i < MB_DISPATCH_MAX_WINDOW; i++)
+        if (l->win[i].used && l->win[i].tag == tag) return &l->win[i];
+    return NULL;
+}
+
+/* The commit time of link l's oldest request in flight (UINT64_MAX: none). */
+static uint64_t mb_dlink_oldest_ns(const mb_dlink *l)
+{
+    uint64_t oldest = UINT64_MAX;
+    for (uint32_t i = 0; i < MB_DISPATCH_MAX_WINDOW; i++)
+        if (l->win[i].used && l->win[i].committed_ns < oldest) oldest = l->win[i].committed_ns;
+    return oldest;
+}
+
+/* Unpacks a reply to one of link li's requests in flight, found by tag. */
 static mb_status mb_dispatch_unpack(mb_dispatch *d, uint32_t li, const mb_moe_work *w, const void *msg, size_t len,
                                     uint64_t received_ns)
 {
     const mb_dispatch_config *c = &d->cfg;
     mb_dlink *l = &d->dl[li];
     mb_link *link = &c->links[li];
-    mb_inflight *f = &l->fifo[l->fifo_head];
     uint64_t t0 = mb_now_ns();
     mb_proto_header h;
     mb_proto_expert_reply r;
     mb_status st = mb_proto_decode_header(msg, len, &h);
-    if (st == MB_STATUS_OK && h.opcode == MB_OP_STATUS && h.tag == f->tag && h.status != MB_STATUS_OK) {
+    mb_inflight *f = st == MB_STATUS_OK ? mb_dlink_find(l, h.tag) : NULL;
+    if (st == MB_STATUS_OK && !f) {
+        /* A reply to nothing in flight: a stale or invented tag. */
+        snprintf(d->err, sizeof d->err, "%s: layer %u: bad reply: tag %llu matches no request in flight",
+                 link->name, w->layer, (unsigned long long)h.tag);
+        return MB_STATUS_PROTOCOL;
+    }
+    if (st == MB_STATUS_OK && h.opcode == MB_OP_STATUS && h.status != MB_STATUS_OK) {
         /* The worker refused the request: pass its reason on intact. */
         snprintf(d->err, sizeof d->err, "%s: layer %u: worker reported: %s", link->name, w->layer,
                  mb_status_str(h.status));
         return (mb_status)h.status;
     }
     if (st == MB_STATUS_OK) st = mb_proto_decode_expert_reply(msg, len, &r);
-    if (st == MB_STATUS_OK &&
-        (h.tag != f->tag || r.n_tokens != f->n || r.d_model != c->d_model || r.dtype != c->payload))
+    if (st == MB_STATUS_OK && (r.n_tokens != f->n || r.d_model != c->d_model || r.dtype != c->payload))
         st = MB_STATUS_PROTOCOL;
     if (st != MB_STATUS_OK) {
         snprintf(d->err, sizeof d->err, "%s: layer %u: bad reply: %s", link->name, w->layer, mb_status_str(st));
@@ -332,8 +364,8 @@ static mb_status mb_dispatch_unpack(mb_dispatch *d, uint32_t li, const mb_moe_wo
         };
         mb_stats_record_call(c->stats, li, w->layer, w->decode ? MB_STATS_PHASE_DECODE : MB_STATS_PHASE_PREFILL, &call);
     }
-    l->fifo_head = (l->fifo_head + 1) % MB_DISPATCH_MAX_WINDOW;
-    l->fifo_len--;
+    f->used = 0;
+    l->n_inflight--;
     return MB_STATUS_OK;
 }
 
@@ -347,8 +379,8 @@ static mb_status mb_dispatch_poll(mb_dispatch *d, uint32_t li, const mb_moe_work
     *got = 0;
     mb_status st = mb_transport_recv(&link->transport, timeout_ns, &msg, &len);
     if (st == MB_STATUS_TIMEOUT) {
-        mb_inflight *f = &d->dl[li].fifo[d->dl[li].fifo_head];
-        if (mb_now_ns() - f->committed_ns > (uint64_t)d->cfg.timeout_ns) {
+        uint64_t oldest = mb_dlink_oldest_ns(&d->dl[li]);
+        if (oldest != UINT64_MAX && mb_now_ns() - oldest > (uint64_t)d->cfg.timeout_ns) {
             snprintf(d->err, sizeof d->err, "%s: no reply for layer %u within %.3g s", link->name, w->layer,
                      (double)d->cfg.timeout_ns / 1e9);
             return MB_STATUS_TIMEOUT;
@@ -409,7 +441,8 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
     for (uint32_t i = 0; i < c->n_links; i++) {
         mb_dlink *l = &d->dl[i];
         l->next = 0;
-        l->fifo_head = l->fifo_len = 0;
+        memset(l->win, 0, sizeof l->win);
+        l->n_inflight = 0;
         l->last_reply_ns = 0;
         mb_dispatch_plan(d, i, w);
         exploring[i] = c->mode == MB_IPC_MODE_AUTO && mb_dispatch_auto_slice(d, i, w->decode, l->n_tok) == 0;
@@ -420,7 +453,7 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
         for (uint32_t oi = 0; oi < c->n_links; oi++) {
             uint32_t li = d->order[oi];
             mb_dlink *l = &d->dl[li];
-            while (l->fifo_len < c->window && l->next < l->n_tok) {
+            while (l->n_inflight < c->window && l->next < l->n_tok) {
                 st = mb_dispatch_send(d, li, w);
                 if (st != MB_STATUS_OK) goto fail;
                 if (exploring[li]) {
@@ -434,14 +467,13 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
         for (uint32_t oi = 0; oi < c->n_links; oi++) {
             uint32_t li = d->order[oi];
             mb_dlink *l = &d->dl[li];
-            if (!l->fifo_len) continue;
+            if (!l->n_inflight) continue;
             busy = 1;
             int got = 0;
             st = mb_dispatch_poll(d, li, w, 0, &got);
             if (st != MB_STATUS_OK) goto fail;
             if (got) progress = 1;
-            else if (oldest < 0 || l->fifo[l->fifo_head].committed_ns <
-                                       d->dl[oldest].fifo[d->dl[oldest].fifo_head].committed_ns)
+            else if (l->n_inflight && (oldest < 0 || mb_dlink_oldest_ns(l) < mb_dlink_oldest_ns(&d->dl[oldest])))
                 oldest = (int)li;
         }
         if (!busy) {
@@ -456,7 +488,7 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
              * the transport's own spin-then-sleep wait is right; with
              * several, wake up often to serve the others. */
             int n_busy = 0;
-            for (uint32_t i = 0; i < c->n_links; i++) n_busy += d->dl[i].fifo_len > 0;
+            for (uint32_t i = 0; i < c->n_links; i++) n_busy += d->dl[i].n_inflight > 0;
             int64_t slice = n_busy > 1 ? 50000 : 100000000;
             uint64_t t0 = mb_now_ns();
             int got = 0;
@@ -466,7 +498,8 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
         }
     }
     /* Combine: links' partial sums in link order, so the result does not
-     * depend on which reply came first. */
+     * depend on which reply came first (within a link, every token's sum
+     * came whole from the one request that carried it). */
     uint32_t cursor[MB_DISPATCH_MAX_LINKS] = {0};
     const size_t D = c->d_model;
     for (uint32_t t = 0; t < w->n_tokens; t++) {

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,46 @@ mb_status mb_link_call(mb_link *l, const void *msg, size_t len, int64_t timeout_
     }
 }
 
+/* Waits until a spawned worker closes its error pipe (it started serving,
+ * or it died without a word) or writes why it could not start, as
+ * "<mb_status value> <message>"; that status is returned with the message
+ * in err. */
+static mb_status mb_link_await_start(mb_link *l, int fd, int64_t timeout_ns, char *err, size_t err_cap)
+{
+    char msg[512];
+    size_t got = 0;
+    uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : mb_now_ns() + (uint64_t)timeout_ns;
+    for (;;) {
+        uint64_t now = mb_now_ns();
+        int wait_ms = deadline == UINT64_MAX ? -1 : now >= deadline ? 0 : (int)((deadline - now) / 1000000 + 1);
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int r = poll(&pfd, 1, wait_ms);
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0) {
+            snprintf(err, err_cap, "%s: worker did not start within %.1f s", l->name, (double)timeout_ns / 1e9);
+            return MB_STATUS_TIMEOUT;
+        }
+        if (r < 0) return MB_STATUS_OK; /* cannot watch: the handshake will tell */
+        ssize_t n = read(fd, msg + got, sizeof msg - 1 - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n > 0) {
+            got += (size_t)n;
+            if (got < sizeof msg - 1) continue;
+        }
+        break; /* EOF, error, or a full message */
+    }
+    if (got == 0) return MB_STATUS_OK;
+    msg[got] = '\0';
+    msg[strcspn(msg, "\n")] = '\0';
+    char *text = NULL;
+    long code = strtol(msg, &text, 10);
+    if (text == msg || code <= 0 || code >= MB_STATUS_COUNT_) code = MB_STATUS_BACKEND;
+    while (*text == ' ')
+        text++;
+    snprintf(err, err_cap, "%s: worker failed to start: %s", l->name, text);
+    return (mb_status)code;
+}
+
 mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, int64_t timeout_ns, mb_link *out,
                         char *err, size_t err_cap)
 {
@@ -139,21 +180,36 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
         snprintf(err, err_cap, "%s: cannot create the transport: %s", l.name, mb_status_str(st));
         return st;
     }
-    char fd_text[16], threads_text[16], slots_text[16];
+    /* The worker writes why it could not start into this pipe (and closes
+     * it once serving), so the error names the cause, not just a death. */
+    int err_pipe[2] = {-1, -1};
+    if (pipe2(err_pipe, O_CLOEXEC) != 0) {
+        snprintf(err, err_cap, "%s: pipe failed: %s", l.name, strerror(errno));
+        mb_transport_destroy(&l.transport);
+        if (peer_fd >= 0) close(peer_fd);
+        return MB_STATUS_IO;
+    }
+    char fd_text[16], threads_text[16], slots_text[16], err_fd_text[16];
     snprintf(fd_text, sizeof fd_text, "%d", peer_fd);
+    snprintf(err_fd_text, sizeof err_fd_text, "%d", err_pipe[1]);
     snprintf(threads_text, sizeof threads_text, "%u", spec->threads);
     snprintf(slots_text, sizeof slots_text, "%u", spec->max_slots ? spec->max_slots : 4096u);
-    char *argv[16];
+    char *argv[20];
     int argc = 0;
     argv[argc++] = bin;
     argv[argc++] = "--backend";
     argv[argc++] = bspec;
     argv[argc++] = "--listen";
     argv[argc++] = listen;
-    argv[argc++] = "--threads";
-    argv[argc++] = threads_text;
+    if (!strcmp(spec->backend, "cpu")) {
+        /* Thread counts are a CPU backend option. */
+        argv[argc++] = "--threads";
+        argv[argc++] = threads_text;
+    }
     argv[argc++] = "--max-slots";
     argv[argc++] = slots_text;
+    argv[argc++] = "--error-fd";
+    argv[argc++] = err_fd_text;
     if (kind == MB_LINK_SPAWNED_SHM) {
         argv[argc++] = "--shm-fd";
         argv[argc++] = fd_text;
@@ -167,20 +223,32 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
         snprintf(err, err_cap, "%s: fork failed: %s", l.name, strerror(errno));
         mb_transport_destroy(&l.transport);
         if (peer_fd >= 0) close(peer_fd);
+        close(err_pipe[0]);
+        close(err_pipe[1]);
         return MB_STATUS_IO;
     }
     if (pid == 0) {
-        /* Child: die with the coordinator; keep the segment's fd across exec. */
+        /* Child: die with the coordinator; keep the segment's fd and the
+         * error pipe across exec. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(127);
         if (peer_fd >= 0) fcntl(peer_fd, F_SETFD, 0);
+        fcntl(err_pipe[1], F_SETFD, 0);
         execv(bin, argv);
         _exit(127);
     }
     l.pid = pid;
     if (peer_fd >= 0) close(peer_fd);
+    close(err_pipe[1]);
     if (kind == MB_LINK_SPAWNED_SHM) mb_shm_transport_set_peer_pid(&l.transport, pid);
-    st = mb_link_hello(&l, timeout_ns, err, err_cap);
+    uint64_t t_start = mb_now_ns();
+    st = mb_link_await_start(&l, err_pipe[0], timeout_ns, err, err_cap);
+    close(err_pipe[0]);
+    if (st == MB_STATUS_OK) {
+        uint64_t spent = mb_now_ns() - t_start;
+        int64_t left = timeout_ns < 0 ? -1 : (uint64_t)timeout_ns > spent ? (int64_t)((uint64_t)timeout_ns - spent) : 0;
+        st = mb_link_hello(&l, left, err, err_cap);
+    }
     if (st != MB_STATUS_OK) {
         mb_link_close(&l);
         return st;
@@ -240,12 +308,14 @@ mb_status mb_link_open_inproc(const mb_link_spec *spec, int index, mb_link *out,
         snprintf(err, err_cap, "%s: backend not built into this binary", l.name);
         return MB_STATUS_NOT_FOUND;
     }
-    mb_backend_config cfg = {.device = spec->device, .n_threads = (int)spec->threads,
-                             .numa = spec->device >= 0 ? MB_NUMA_BIND : MB_NUMA_DEFAULT,
-                             .max_slots = spec->max_slots ? spec->max_slots : 4096u};
+    mb_backend_cpu_options cpu_opt = {.n_threads = (int)spec->threads,
+                                      .numa = spec->device >= 0 ? MB_NUMA_BIND : MB_NUMA_DEFAULT};
+    mb_backend_config cfg = {.device = spec->device, .max_slots = spec->max_slots ? spec->max_slots : 4096u,
+                             .options = !strcmp(spec->backend, "cpu") ? &cpu_opt : NULL};
     mb_status st = mb_backend_open(ops, &cfg, &l.backend);
     if (st != MB_STATUS_OK) {
-        snprintf(err, err_cap, "%s: cannot open backend: %s", l.name, mb_status_str(st));
+        snprintf(err, err_cap, "%s: cannot open backend %s: %s", l.name, spec->backend,
+                 st == MB_STATUS_DEVICE ? "no such device (device unavailable)" : mb_status_str(st));
         return st;
     }
     mb_worker_config *wcfg = calloc(1, sizeof *wcfg);

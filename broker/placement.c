@@ -3,12 +3,36 @@
  * links, capped by each link's memory and slots. */
 #include "broker/placement.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 uint64_t mb_expert_bytes(const mb_model_config *cfg)
 {
     return 3ull * cfg->d_model * cfg->d_ff_expert * mb_dtype_size(cfg->dtype);
+}
+
+mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, mb_dtype wdtype, mb_dtype payload,
+                                  char *err, size_t err_cap)
+{
+    if (!links || !mb_dtype_valid(payload)) return MB_STATUS_INVALID_ARG;
+    for (uint32_t i = 0; i < n_links; i++) {
+        const mb_proto_hello_reply *h = &links[i].caps;
+        mb_backend_caps caps;
+        memset(&caps, 0, sizeof caps);
+        snprintf(caps.name, sizeof caps.name, "%s", h->backend);
+        snprintf(caps.device, sizeof caps.device, "%s", h->device);
+        caps.payload_dtype_mask = h->payload_dtype_mask;
+        caps.weight_dtype_mask = mb_dtype_valid(wdtype) ? h->weight_dtype_mask : MB_DTYPE_MASK_ALL;
+        char why[200];
+        mb_status st = mb_backend_caps_check(&caps, mb_dtype_valid(wdtype) ? wdtype : MB_DTYPE_F32, payload, why,
+                                             sizeof why);
+        if (st != MB_STATUS_OK) {
+            snprintf(err, err_cap, "placement: %s cannot serve this model: %s", links[i].name, why);
+            return st;
+        }
+    }
+    return MB_STATUS_OK;
 }
 
 void mb_placement_free(mb_placement *p)

@@ -37,6 +37,14 @@ mb_status mb_placement_plan(const mb_model_config *cfg, const mb_link *links, ui
 
 void mb_placement_free(mb_placement *p);
 
+/* Checks, before anything is placed or loaded, that every link's backend
+ * (its HELLO_REPLY dtype masks) holds expert weights of wdtype and takes
+ * payloads of payload. BAD_DTYPE with a message naming the worker and the
+ * dtype it lacks otherwise. An invalid wdtype (a checkpoint that names
+ * none) checks the payload only. */
+mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, mb_dtype wdtype, mb_dtype payload,
+                                  char *err, size_t err_cap);
+
 static inline const mb_place *mb_placement_at(const mb_placement *p, uint32_t layer, uint32_t expert)
 {
     return &p->table[(size_t)layer * p->n_experts + expert];

@@ -147,6 +147,10 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
         s->local_link = (int)n_workers;
         s->n_links++;
     }
+    /* Refuse before loading anything when a backend cannot hold these
+     * weights or take this payload. */
+    st = mb_placement_check_caps(s->links, s->n_links, c->dtype, opt->payload_dtype, err, err_cap);
+    if (st != MB_STATUS_OK) goto fail;
     st = mb_placement_plan(c, s->links, s->n_links, s->local_link, opt->local_experts, opt->local_budget_bytes,
                            &s->placement, err, err_cap);
     if (st != MB_STATUS_OK) goto fail;

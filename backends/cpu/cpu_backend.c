@@ -58,11 +58,8 @@ static void mb_cpu_close(void *state)
     mb_kcpu_pool_destroy(be->pool);
     mb_kcpu_moe_ws_destroy(be->ws);
     free(be->slots);
-    free(be->slot_to_expert);
-    free(be->expert_slot);
-    free(be->expert_pair0);
-    free(be->pair_token);
-    free(be->pair_gate);
+    mb_route_table_fini(&be->table);
+    mb_route_plan_fini(&be->plan);
     free(be->experts);
     free(be->out_f32);
     free(be);
@@ -87,15 +84,18 @@ static void mb_cpu_pin_caller(int node)
 static mb_status mb_cpu_open(const mb_backend_config *cfg, void **state)
 {
     if (!cfg || !state) return MB_STATUS_INVALID_ARG;
-    if (cfg->n_threads < 0 || cfg->numa < MB_NUMA_DEFAULT || cfg->numa > MB_NUMA_INTERLEAVE)
-        return MB_STATUS_CONFIG;
+    /* No options: every CPU the process may use, weights bound to the node
+     * when one was named. */
+    mb_backend_cpu_options opt = {.n_threads = 0, .numa = cfg->device >= 0 ? MB_NUMA_BIND : MB_NUMA_DEFAULT};
+    if (cfg->options) opt = *(const mb_backend_cpu_options *)cfg->options;
+    if (opt.n_threads < 0 || opt.numa < MB_NUMA_DEFAULT || opt.numa > MB_NUMA_INTERLEAVE) return MB_STATUS_CONFIG;
     uint32_t max_slots = cfg->max_slots ? cfg->max_slots : MB_CPU_DEFAULT_SLOTS;
     if (max_slots > MB_CPU_MAX_SLOTS) return MB_STATUS_CONFIG;
 
     mb_status st = MB_STATUS_NOMEM;
     mb_cpu_backend *be = calloc(1, sizeof *be);
     if (!be) return MB_STATUS_NOMEM;
-    be->cfg = *cfg;
+    be->numa = opt.numa;
     be->max_slots = max_slots;
     be->numa_ok = numa_available() >= 0;
     be->node = cfg->device;
@@ -111,17 +111,15 @@ static mb_status mb_cpu_open(const mb_backend_config *cfg, void **state)
     }
     if (!be->numa_ok && be->node == 0) be->node = -1; /* one node: nothing to pin */
 
+    mb_route_plan_init(&be->plan);
     be->slots = calloc(max_slots, sizeof *be->slots);
-    be->slot_to_expert = malloc(sizeof(int32_t) * max_slots);
     be->ws = mb_kcpu_moe_ws_create();
-    if (!be->slots || !be->slot_to_expert || !be->ws) goto fail;
-    for (uint32_t i = 0; i < max_slots; i++)
-        be->slot_to_expert[i] = -1;
+    if (!be->slots || !be->ws || mb_route_table_init(&be->table, max_slots) != MB_STATUS_OK) goto fail;
 
-    be->pool = mb_kcpu_pool_create(cfg->n_threads, be->node);
+    be->pool = mb_kcpu_pool_create(opt.n_threads, be->node);
     if (!be->pool) goto fail;
     be->n_threads = mb_kcpu_pool_threads(be->pool);
-    if (cfg->numa == MB_NUMA_BIND && be->numa_ok && be->node >= 0) mb_cpu_pin_caller(be->node);
+    if (opt.numa == MB_NUMA_BIND && be->numa_ok && be->node >= 0) mb_cpu_pin_caller(be->node);
 
     char model[48];
     mb_cpu_model_name(model, sizeof model);
@@ -161,6 +159,8 @@ static mb_status mb_cpu_caps(void *state, mb_backend_caps *caps)
     caps->preferred_batch = 256;
     caps->n_threads = (uint32_t)be->n_threads;
     caps->max_slots = be->max_slots;
+    caps->max_inflight = 1; /* synchronous: one request at a time */
+    caps->max_request_bytes = 0;
     return MB_STATUS_OK;
 }
 
@@ -171,7 +171,12 @@ const mb_backend_ops mb_backend_cpu_ops = {
     .close = mb_cpu_close,
     .caps = mb_cpu_caps,
     .load_expert = mb_cpu_load_expert,
+    .load_finish = NULL,   /* loads copy synchronously */
+    .reserve_layer = NULL, /* one allocation per slot, NUMA-placed */
+    .register_host = NULL,
+    .unregister_host = NULL,
     .run = mb_cpu_run,
-    .submit = NULL,
-    .wait = NULL,
+    .submit = NULL, /* synchronous: the wrappers emulate the tagged calls */
+    .poll = NULL,
+    .fetch = NULL,
 };

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "backends/backend.h"
+#include "backends/route_plan.h"
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/cpu/pool.h"
 
@@ -21,15 +22,10 @@ typedef enum {
     MB_CPU_MEM_NUMA = 2,    /* numa_alloc_onnode / numa_alloc_interleaved */
 } mb_cpu_mem_kind;
 
-/* One loaded expert: gate and up [d_ff][ld_in], down [d_model][ld_ff] in
- * one allocation, rows padded to 64 bytes (padding zeroed). */
+/* One loaded expert's memory: gate and up [d_ff][ld_in], down
+ * [d_model][ld_ff] in one allocation, rows padded to 64 bytes (padding
+ * zeroed). What the slot holds (layer, shapes) is in the route table. */
 typedef struct {
-    int loaded;
-    uint32_t layer;
-    uint32_t expert_id;
-    uint32_t d_model;
-    uint32_t d_ff;
-    mb_dtype wdtype;
     size_t ld_in, ld_ff;
     void *mem;
     size_t mem_bytes;
@@ -38,25 +34,22 @@ typedef struct {
 } mb_cpu_slot;
 
 typedef struct {
-    mb_backend_config cfg;
+    mb_numa_policy numa;
     int numa_ok; /* libnuma usable on this machine */
     int node;    /* NUMA node of the threads and BIND memory, or -1 */
     mb_kcpu_pool *pool;
     int n_threads;
     uint32_t max_slots;
-    mb_cpu_slot *slots;    /* [max_slots] */
+    mb_cpu_slot *slots;    /* [max_slots] memory of each slot */
+    mb_route_table table;  /* what each slot holds */
     uint64_t weight_bytes; /* sum of loaded slots' mem_bytes */
     char device[MB_PROTO_NAME_BYTES];
 
     /* Run scratch, grown on demand and reused (never zeroed wholesale). */
     mb_kcpu_moe_ws *ws;
-    int32_t *slot_to_expert; /* [max_slots], -1 outside run */
-    uint32_t *expert_slot;   /* [cap] active slots in first-seen order */
-    size_t *expert_pair0;    /* [cap + 1] */
-    uint32_t *pair_token;    /* [cap] grouped by expert */
-    float *pair_gate;        /* [cap] */
-    mb_kcpu_expert *experts; /* [cap] */
-    size_t pairs_cap;
+    mb_route_plan plan;      /* the request's pairs grouped by expert */
+    mb_kcpu_expert *experts; /* [experts_cap] */
+    size_t experts_cap;
     float *out_f32; /* [out_cap] result before conversion */
     size_t out_cap;
 } mb_cpu_backend;

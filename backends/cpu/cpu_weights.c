@@ -34,10 +34,10 @@ static size_t mb_cpu_padded(size_t k, size_t esz)
 static void *mb_cpu_alloc(const mb_cpu_backend *be, size_t bytes, mb_cpu_mem_kind *kind)
 {
     void *p = NULL;
-    if (be->numa_ok && be->cfg.numa == MB_NUMA_BIND && be->node >= 0) {
+    if (be->numa_ok && be->numa == MB_NUMA_BIND && be->node >= 0) {
         p = numa_alloc_onnode(bytes, be->node);
         *kind = MB_CPU_MEM_NUMA;
-    } else if (be->numa_ok && be->cfg.numa == MB_NUMA_INTERLEAVE) {
+    } else if (be->numa_ok && be->numa == MB_NUMA_INTERLEAVE) {
         p = numa_alloc_interleaved(bytes);
         *kind = MB_CPU_MEM_NUMA;
     } else {
@@ -61,19 +61,10 @@ mb_status mb_cpu_load_expert(void *state, const mb_expert_weights *w)
 {
     mb_cpu_backend *be = state;
     if (!be || !w || !w->gate || !w->up || !w->down) return MB_STATUS_INVALID_ARG;
-    if (!mb_dtype_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE;
-    if (w->slot >= be->max_slots) return MB_STATUS_SLOT_RANGE;
-    if (w->d_model == 0 || w->d_ff == 0) return MB_STATUS_BAD_SHAPE;
-
-    /* All slots of one layer share shapes and dtype (the kernel runs a
-     * layer's experts as one problem). */
-    for (uint32_t i = 0; i < be->max_slots; i++) {
-        const mb_cpu_slot *o = &be->slots[i];
-        if (i == w->slot || !o->loaded || o->layer != w->layer) continue;
-        if (o->d_model != w->d_model || o->d_ff != w->d_ff || o->wdtype != w->wdtype)
-            return MB_STATUS_BAD_SHAPE;
-        break;
-    }
+    /* Slot in range, shapes nonzero, and all slots of one layer alike (the
+     * kernel runs a layer's experts as one problem). */
+    mb_status st = mb_route_table_check_load(&be->table, w);
+    if (st != MB_STATUS_OK) return st;
 
     const size_t esz = mb_dtype_size(w->wdtype);
     const size_t ld_in = mb_cpu_padded(w->d_model, esz), ld_ff = mb_cpu_padded(w->d_ff, esz);
@@ -97,12 +88,6 @@ mb_status mb_cpu_load_expert(void *state, const mb_expert_weights *w)
     mb_cpu_slot *s = &be->slots[w->slot];
     mb_cpu_slot_free(be, s);
     *s = (mb_cpu_slot){
-        .loaded = 1,
-        .layer = w->layer,
-        .expert_id = w->expert_id,
-        .d_model = w->d_model,
-        .d_ff = w->d_ff,
-        .wdtype = w->wdtype,
         .ld_in = ld_in,
         .ld_ff = ld_ff,
         .mem = mem,
@@ -113,5 +98,6 @@ mb_status mb_cpu_load_expert(void *state, const mb_expert_weights *w)
         .down = mem + 2 * mat_gu,
     };
     be->weight_bytes += bytes;
+    mb_route_table_set(&be->table, w);
     return MB_STATUS_OK;
 }

@@ -46,12 +46,18 @@ int main(void)
     mb_backend *b = NULL;
 
     /* A node that cannot exist. */
-    mb_backend_config bad = {.device = 4000, .n_threads = 1};
+    mb_backend_cpu_options one = {.n_threads = 1};
+    mb_backend_config bad = {.device = 4000, .options = &one};
     CHECK_EQ(mb_backend_open(ops, &bad, &b), MB_STATUS_DEVICE);
-    mb_backend_config bad2 = {.device = -1, .n_threads = -3};
+    mb_backend_cpu_options negative = {.n_threads = -3};
+    mb_backend_config bad2 = {.device = -1, .options = &negative};
     CHECK_EQ(mb_backend_open(ops, &bad2, &b), MB_STATUS_CONFIG);
+    mb_backend_cpu_options bad_numa = {.n_threads = 1, .numa = (mb_numa_policy)7};
+    mb_backend_config bad3 = {.device = -1, .options = &bad_numa};
+    CHECK_EQ(mb_backend_open(ops, &bad3, &b), MB_STATUS_CONFIG);
 
-    mb_backend_config cfg = {.device = -1, .n_threads = 2, .numa = MB_NUMA_DEFAULT, .max_slots = 0};
+    mb_backend_cpu_options two = {.n_threads = 2, .numa = MB_NUMA_DEFAULT};
+    mb_backend_config cfg = {.device = -1, .max_slots = 0, .options = &two};
     REQUIRE(mb_backend_open(ops, &cfg, &b) == MB_STATUS_OK);
     mb_backend_caps caps;
     CHECK_EQ(mb_backend_caps_get(b, &caps), MB_STATUS_OK);
@@ -189,8 +195,8 @@ int main(void)
     }
     void *first = NULL;
     for (int i = 0; i < 3; i++) {
-        mb_backend_config pc = {
-            .device = i == 0 ? -1 : 0, .n_threads = 2, .numa = pols[i], .max_slots = 8};
+        mb_backend_cpu_options po = {.n_threads = 2, .numa = pols[i]};
+        mb_backend_config pc = {.device = i == 0 ? -1 : 0, .max_slots = 8, .options = &po};
         mb_backend *pb = NULL;
         REQUIRE(mb_backend_open(ops, &pc, &pb) == MB_STATUS_OK);
         CHECK_EQ(ct_load(pb, &e1, 1, 0), MB_STATUS_OK);

@@ -60,8 +60,8 @@ int main(int argc, char **argv)
     if (argc > 1) REQUIRE(mb_dtype_parse(argv[1], &wd) == MB_STATUS_OK);
     const mb_backend_ops *ops = mb_backend_find("cpu");
     REQUIRE(ops != NULL);
-    mb_backend_config cfg = {
-        .device = -1, .n_threads = 2, .numa = MB_NUMA_DEFAULT, .max_slots = 512};
+    mb_backend_cpu_options opt = {.n_threads = 2, .numa = MB_NUMA_DEFAULT};
+    mb_backend_config cfg = {.device = -1, .max_slots = 512, .options = &opt};
     mb_backend *b = NULL;
     REQUIRE(mb_backend_open(ops, &cfg, &b) == MB_STATUS_OK);
 
