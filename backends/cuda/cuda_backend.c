@@ -89,6 +89,12 @@ static mb_status mb_cuda_open(const mb_backend_config *cfg, void **state)
     be->max_inflight = o.max_inflight;
     be->staging_max = o.staging_bytes;
     be->progress = o.progress;
+    const char *g = getenv("MB_CUDA_GRAPHS");
+    be->use_graphs = !(g && g[0] == '0');
+    const char *path = getenv("MB_CUDA_PATH");
+    be->path = path && !strcmp(path, "gemv") ? MB_KCUDA_PATH_GEMV
+               : path && !strcmp(path, "gemm") ? MB_KCUDA_PATH_GEMM
+                                               : MB_KCUDA_PATH_AUTO;
     be->upload_status = MB_STATUS_OK;
     mb_status st = mb_route_table_init(&be->table, max_slots);
     if (st != MB_STATUS_OK) {

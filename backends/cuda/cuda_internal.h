@@ -34,6 +34,17 @@ typedef struct {
     size_t bytes;
 } mb_cuda_slot_mem;
 
+/* A captured decode-shaped request (copies and kernels) for replay. */
+#define MB_CUDA_GRAPHS 8
+#define MB_CUDA_GRAPH_MAX_TOKENS 64
+typedef struct {
+    mb_kcuda_moe_problem key; /* every field that shapes the launches */
+    size_t in_bytes, out_bytes;
+    uint64_t gen;             /* buffers' generation when captured */
+    uint64_t last_use;
+    cudaGraphExec_t exec;
+} mb_cuda_graph;
+
 /* One request in flight. Staging layout (host and device alike):
  * pair_counts at 0, pairs at pairs_off, activations at act_off. */
 typedef struct {
@@ -52,6 +63,9 @@ typedef struct {
     void *h_in, *h_out; /* pinned */
     void *d_in, *d_out;
     size_t in_cap, out_cap;
+    uint64_t gen;             /* bumped whenever a buffer above moves */
+    mb_cuda_graph graphs[MB_CUDA_GRAPHS];
+    uint64_t graph_uses;
 } mb_cuda_req;
 
 typedef struct {
@@ -60,6 +74,8 @@ typedef struct {
     uint32_t max_inflight;
     uint64_t staging_max;
     int progress;
+    int use_graphs;               /* MB_CUDA_GRAPHS=0 turns replay off */
+    mb_kcuda_path path;           /* MB_CUDA_PATH=gemv|gemm forces one (benchmarks) */
     char device_name[MB_PROTO_NAME_BYTES];
 
     mb_route_table table;

@@ -15,8 +15,16 @@
 
 #define MB_CUDA_ALIGN(x) (((x) + 255) & ~(size_t)255)
 
+static void mb_cuda_graphs_drop(mb_cuda_req *r)
+{
+    for (int i = 0; i < MB_CUDA_GRAPHS; i++)
+        if (r->graphs[i].exec) cudaGraphExecDestroy(r->graphs[i].exec);
+    memset(r->graphs, 0, sizeof r->graphs);
+}
+
 void mb_cuda_req_free(mb_cuda_req *r)
 {
+    mb_cuda_graphs_drop(r);
     if (r->ws) mb_kcuda_moe_ws_destroy(r->ws);
     if (r->h_in) cudaFreeHost(r->h_in);
     if (r->h_out) cudaFreeHost(r->h_out);
@@ -54,6 +62,8 @@ static mb_status mb_cuda_grow(void **h, void **d, size_t *cap, size_t bytes)
     size_t c = *cap ? *cap : ((size_t)1 << 20);
     while (c < bytes)
         c *= 2;
+    /* Whatever is queued on the old buffers must finish before they go. */
+    cudaDeviceSynchronize();
     if (*h) cudaFreeHost(*h);
     if (*d) cudaFree(*d);
     *h = *d = NULL;
@@ -63,6 +73,63 @@ static mb_status mb_cuda_grow(void **h, void **d, size_t *cap, size_t bytes)
     if (e != cudaSuccess) return mb_cuda_fail("staging allocation", e);
     *cap = c;
     return MB_STATUS_OK;
+}
+
+/* Enqueues copies and kernels of p on r's stream directly. */
+static cudaError_t mb_cuda_enqueue(mb_cuda_req *r, const mb_kcuda_moe_problem *p, size_t in_bytes, size_t out_bytes)
+{
+    cudaError_t e = cudaMemcpyAsync(r->d_in, r->h_in, in_bytes, cudaMemcpyHostToDevice, r->stream);
+    if (e == cudaSuccess) e = (cudaError_t)mb_kcuda_moe_enqueue(r->ws, p, r->stream);
+    if (e == cudaSuccess && out_bytes)
+        e = cudaMemcpyAsync(r->h_out, r->d_out, out_bytes, cudaMemcpyDeviceToHost, r->stream);
+    return e;
+}
+
+/* Decode-shaped requests repeat the same shapes layer after layer: their
+ * copies and kernels are captured into a CUDA graph once per shape and
+ * replayed, one launch instead of seven. Larger requests launch directly
+ * (their kernels run long enough that launch costs do not matter). */
+static cudaError_t mb_cuda_launch(mb_cuda_backend *be, mb_cuda_req *r, const mb_kcuda_moe_problem *p,
+                                  size_t in_bytes, size_t out_bytes)
+{
+    if (!be->use_graphs || p->n_tokens > MB_CUDA_GRAPH_MAX_TOKENS || p->n_pairs == 0)
+        return mb_cuda_enqueue(r, p, in_bytes, out_bytes);
+    mb_cuda_graph *g = NULL, *lru = &r->graphs[0];
+    for (int i = 0; i < MB_CUDA_GRAPHS; i++) {
+        mb_cuda_graph *c = &r->graphs[i];
+        if (c->exec && c->gen == r->gen && c->in_bytes == in_bytes && c->out_bytes == out_bytes &&
+            memcmp(&c->key, p, sizeof *p) == 0) {
+            g = c;
+            break;
+        }
+        if (!c->exec || c->last_use < lru->last_use) lru = c;
+    }
+    if (!g) {
+        if (lru->exec) cudaGraphExecDestroy(lru->exec);
+        memset(lru, 0, sizeof *lru);
+        cudaGraph_t graph = NULL;
+        cudaError_t e = cudaStreamBeginCapture(r->stream, cudaStreamCaptureModeThreadLocal);
+        if (e != cudaSuccess) return e;
+        cudaError_t le = mb_cuda_enqueue(r, p, in_bytes, out_bytes);
+        e = cudaStreamEndCapture(r->stream, &graph);
+        if (le != cudaSuccess || e != cudaSuccess) {
+            if (graph) cudaGraphDestroy(graph);
+            return le != cudaSuccess ? le : e;
+        }
+        e = cudaGraphInstantiate(&lru->exec, graph, 0);
+        cudaGraphDestroy(graph);
+        if (e != cudaSuccess) {
+            lru->exec = NULL;
+            return e;
+        }
+        lru->key = *p;
+        lru->in_bytes = in_bytes;
+        lru->out_bytes = out_bytes;
+        lru->gen = r->gen;
+        g = lru;
+    }
+    g->last_use = ++r->graph_uses;
+    return cudaGraphLaunch(g->exec, r->stream);
 }
 
 mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *req)
@@ -98,6 +165,7 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
 
     cudaSetDevice(be->device);
     if ((st = mb_cuda_req_init(be, r)) != MB_STATUS_OK) return st;
+    const size_t in_cap0 = r->in_cap, out_cap0 = r->out_cap, ws_bytes0 = mb_kcuda_moe_ws_bytes(r->ws);
     if ((st = mb_cuda_grow(&r->h_in, &r->d_in, &r->in_cap, in_bytes)) != MB_STATUS_OK) return st;
     if ((st = mb_cuda_grow(&r->h_out, &r->d_out, &r->out_cap, out_bytes ? out_bytes : 1)) != MB_STATUS_OK)
         return st;
@@ -109,25 +177,30 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     }
     const uint32_t layer_experts =
         req->layer < be->n_layers_cap && be->layer_experts ? be->layer_experts[req->layer] : 0;
-    mb_kcuda_moe_problem p = {
-        .n_tokens = req->n_tokens,
-        .n_pairs = req->n_pairs,
-        .d_model = req->d_model,
-        .d_ff = d_ff,
-        .max_slots = be->max_slots,
-        .layer_experts = layer_experts,
-        .payload = (int)req->dtype,
-        .wdtype = (int)wdtype,
-        .path = MB_KCUDA_PATH_AUTO,
-        .slots = be->d_slots,
-        .act = (char *)r->d_in + act_off,
-        .pair_counts = (const uint16_t *)r->d_in,
-        .pairs = (char *)r->d_in + pairs_off,
-        .out = r->d_out,
-    };
+    /* Zeroed first: graphs are looked up by comparing whole problems. */
+    mb_kcuda_moe_problem p;
+    memset(&p, 0, sizeof p);
+    p.n_tokens = req->n_tokens;
+    p.n_pairs = req->n_pairs;
+    p.d_model = req->d_model;
+    p.d_ff = d_ff;
+    p.max_slots = be->max_slots;
+    p.layer_experts = layer_experts;
+    p.payload = (int)req->dtype;
+    p.wdtype = (int)wdtype;
+    p.path = be->path;
+    p.slots = be->d_slots;
+    p.act = (char *)r->d_in + act_off;
+    p.pair_counts = (const uint16_t *)r->d_in;
+    p.pairs = (char *)r->d_in + pairs_off;
+    p.out = r->d_out;
     if (req->n_pairs) {
         int ke = mb_kcuda_moe_ws_reserve(r->ws, &p);
         if (ke) return mb_cuda_fail("workspace", (cudaError_t)ke);
+    }
+    if (r->in_cap != in_cap0 || r->out_cap != out_cap0 || mb_kcuda_moe_ws_bytes(r->ws) != ws_bytes0) {
+        r->gen++;
+        mb_cuda_graphs_drop(r);
     }
 
     /* The inputs are consumed here: the peer's buffer is free once this
@@ -137,10 +210,7 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     memcpy((char *)r->h_in + act_off, req->act, act_bytes);
 
     cudaError_t e = cudaEventRecord(r->ev_start, r->stream);
-    if (e == cudaSuccess) e = cudaMemcpyAsync(r->d_in, r->h_in, in_bytes, cudaMemcpyHostToDevice, r->stream);
-    if (e == cudaSuccess) e = (cudaError_t)mb_kcuda_moe_enqueue(r->ws, &p, r->stream);
-    if (e == cudaSuccess && out_bytes)
-        e = cudaMemcpyAsync(r->h_out, r->d_out, out_bytes, cudaMemcpyDeviceToHost, r->stream);
+    if (e == cudaSuccess) e = mb_cuda_launch(be, r, &p, in_bytes, out_bytes);
     if (e == cudaSuccess) e = cudaEventRecord(r->ev_end, r->stream);
     if (e != cudaSuccess) {
         st = mb_cuda_fail("request launch", e);

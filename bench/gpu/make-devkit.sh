@@ -1,0 +1,29 @@
+#!/bin/sh
+# Prepares .carry/dev: the headers, link-time libraries and pkg-config files
+# of the Debian packages moe-broker builds against (ZeroMQ, libnuma, cJSON,
+# PCRE2), so the GPU machine, which reaches no package registry, can build
+# the project itself with its own nvcc. Run from the project root after
+# ../shared/device/make-carry.sh; device_run.sh uses the result.
+set -e
+top=$(realpath -m "${1:-.carry}")
+dev="$top/dev"
+rm -rf "$dev"
+mkdir -p "$dev/include" "$dev/lib/pkgconfig"
+copy_hdr() { for h in "$@"; do [ -e "$h" ] && cp -a "$h" "$dev/include/"; done; return 0; }
+copy_hdr /usr/include/zmq.h /usr/include/zmq_utils.h /usr/include/numa.h /usr/include/numaif.h \
+    /usr/include/numacompat1.h /usr/include/cjson /usr/include/pcre2.h
+ma=/usr/lib/x86_64-linux-gnu
+for l in libzmq.so.5 libnuma.so.1 libcjson.so.1 libpcre2-8.so.0; do
+    [ -e "$ma/$l" ] || continue
+    cp -L "$ma/$l" "$dev/lib/$l"
+    ln -sf "$l" "$dev/lib/${l%%.so.*}.so"
+done
+pc() { # name libs cflags
+    printf 'prefix=%s\nlibdir=${prefix}/lib\nincludedir=${prefix}/include\n\nName: %s\nDescription: carried\nVersion: 99\nLibs: -L${libdir} %s\nCflags: -I${includedir} %s\n' \
+        "$dev" "$1" "$2" "$3" > "$dev/lib/pkgconfig/$1.pc"
+}
+pc libzmq -lzmq ""
+pc libcjson -lcjson '-I${includedir}/cjson'
+pc numa -lnuma ""
+[ -e "$dev/lib/libpcre2-8.so" ] && pc libpcre2-8 -lpcre2-8 ""
+echo "ready: $dev ($(du -sh "$dev" | cut -f1))"
