@@ -9,6 +9,9 @@
  *   f32 payloads:  max |diff| <= 1e-3 and the same argmax at every position;
  *   f16 payloads:  max |diff| <= 2e-3;  bf16 payloads: max |diff| <= 1e-2
  * (seen on the fixtures: at most 2.4e-4 and 1.7e-3).
+ * With argument "cuda" (test_parity_workers_cuda) the same cases run with a
+ * cuda:0 worker beside a CPU worker over shared memory, and with the cuda:0
+ * worker alone, under the same bounds; without a CUDA device it exits 77.
  * Rounding activations to 11 (f16) or 8 (bf16) significant bits moves
  * logits by well under these; a wrong expert, a wrong gate weight or a
  * token's sum landing on another position moves them by O(1). */
@@ -17,6 +20,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "backends/backend.h"
 #include "broker/model.h"
 #include "broker/safetensors.h"
 #include "broker/session.h"
@@ -73,10 +77,24 @@ static void run_case(const char *name, const mb_model *m, const mb_reference *re
     mb_session_close(s);
 }
 
-int main(void)
+/* Whether a backend of this name opens here (else the test skips). */
+static int backend_usable(const char *name)
+{
+    const mb_backend_ops *ops = mb_backend_find(name);
+    if (!ops) return 0;
+    mb_backend_config cfg = {.device = 0, .max_slots = 16};
+    mb_backend *b = NULL;
+    if (mb_backend_open(ops, &cfg, &b) != MB_STATUS_OK) return 0;
+    mb_backend_close(b);
+    return 1;
+}
+
+int main(int argc, char **argv)
 {
     const char *data = getenv("MB_TEST_DATA");
     if (!data) MB_TEST_SKIP("MB_TEST_DATA not set");
+    const char *gpu = argc > 1 ? argv[1] : NULL;
+    if (gpu && !backend_usable(gpu)) MB_TEST_SKIP("no usable backend for this variant");
     DIR *dir = opendir(data);
     REQUIRE(dir);
     struct dirent *de;
@@ -99,6 +117,21 @@ int main(void)
         REQUIRE(logits);
         printf("%s:\n", de->d_name);
 
+        if (gpu) {
+            char spec[32];
+            snprintf(spec, sizeof spec, "%s:0", gpu);
+            char *mixed[] = {spec, "cpu,threads=1"}, *alone[] = {spec};
+            for (int mode = 0; mode < 3; mode++)
+                for (int dt = 0; dt < 3; dt++) {
+                    run_case(de->d_name, m, &ref, mixed, 2, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+                    run_case(de->d_name, m, &ref, alone, 1, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+                }
+            free(logits);
+            mb_reference_fini(&ref);
+            mb_model_destroy(m);
+            n_models++;
+            continue;
+        }
         char *shm_workers[] = {"cpu,threads=1", "cpu,threads=1"};
         /* A worker started by hand, as on another machine; it serves one
          * coordinator session after another. */
