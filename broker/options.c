@@ -389,7 +389,7 @@ mb_status mb_options_parse(int argc, char **argv, mb_options *out, char *err, si
     int first = 1;
     if (argc > 1 && argv[1][0] != '-') {
         if (strcmp(argv[1], "run") != 0) {
-            mb_options_errf(err, err_cap, "moe-broker: unknown command '%s' (valid: run)", argv[1]);
+            mb_options_errf(err, err_cap, "moe-broker: unknown command '%s' (valid: run, tokenize)", argv[1]);
             return MB_STATUS_CONFIG;
         }
         first = 2;
@@ -467,7 +467,8 @@ void mb_options_usage(FILE *f)
     enum { COL = 30 };
     mb_options d;
     mb_options_init(&d);
-    fprintf(f, "usage: moe-broker [run] [OPTION]...\n\n"
+    fprintf(f, "usage: moe-broker [run] [OPTION]...\n"
+               "       moe-broker tokenize --model DIR --text TEXT [--decode] (see tokenize --help)\n\n"
                "Runs a Mixture-of-Experts model, sending each layer's expert work to backend\n"
                "workers over shared memory or ZeroMQ, or running it in-process. Options with\n"
                "an env: variable can also be set there; the flag wins. An empty variable\n"

@@ -3,6 +3,10 @@ find_package(PkgConfig REQUIRED)
 find_package(Threads REQUIRED)
 pkg_check_modules(ZMQ REQUIRED IMPORTED_TARGET libzmq)
 pkg_check_modules(CJSON REQUIRED IMPORTED_TARGET libcjson)
+# The tokenizer: PCRE2 (Unicode properties, JIT) for pre-tokenizer regexes,
+# utf8proc for the Unicode normal forms its normalizers ask for.
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
 find_library(NUMA_LIBRARY numa REQUIRED)
 find_path(NUMA_INCLUDE_DIR numa.h REQUIRED)
 add_library(mb_numa INTERFACE)
