@@ -1,6 +1,7 @@
 /* In-process loopback transport: one request buffer and a FIFO of reply
  * buffers, all grown on demand and reused, so steady-state traffic allocates
- * nothing. Single-threaded by design. */
+ * nothing. Without a handler, requests queue in a second FIFO for recv on
+ * the handler end. Single-threaded by design. */
 #include "protocol/inproc.h"
 
 #include <stdlib.h>
@@ -20,6 +21,11 @@ typedef struct {
     uint64_t head, tail; /* replies[head..tail) are queued */
     int reply_reserved;
     int holding;         /* the caller holds replies[head] from recv */
+    /* Queue mode (no handler): requests[rq_head..rq_tail) wait for the
+     * handler end's recv. */
+    mb_inproc_buf requests[MB_INPROC_QUEUE];
+    uint64_t rq_head, rq_tail;
+    int rq_holding;      /* the handler end holds requests[rq_head] */
     mb_inproc_handler fn;
     void *ctx;
 } mb_inproc;
@@ -41,17 +47,28 @@ static mb_status mb_inproc_grow(mb_inproc_buf *b, size_t bytes)
 static mb_status mb_inproc_caller_reserve(void *impl, size_t bytes, int64_t timeout_ns, void **buf)
 {
     mb_inproc *q = impl;
-    mb_status st = mb_inproc_grow(&q->req, bytes);
+    mb_inproc_buf *b = &q->req;
+    if (!q->fn) {
+        if (q->rq_tail - q->rq_head == MB_INPROC_QUEUE) return MB_STATUS_FULL;
+        b = &q->requests[q->rq_tail & (MB_INPROC_QUEUE - 1)];
+    }
+    mb_status st = mb_inproc_grow(b, bytes);
     if (st != MB_STATUS_OK) return st;
-    *buf = q->req.data;
+    *buf = b->data;
     return MB_STATUS_OK;
 }
 
 static mb_status mb_inproc_caller_commit(void *impl, size_t bytes)
 {
     mb_inproc *q = impl;
+    if (!q->fn) {
+        mb_inproc_buf *b = &q->requests[q->rq_tail & (MB_INPROC_QUEUE - 1)];
+        if (q->rq_tail - q->rq_head == MB_INPROC_QUEUE || bytes > b->cap) return MB_STATUS_INVALID_ARG;
+        b->len = bytes;
+        q->rq_tail++;
+        return MB_STATUS_OK;
+    }
     if (bytes > q->req.cap) return MB_STATUS_INVALID_ARG;
-    if (!q->fn) return MB_STATUS_CLOSED;
     return q->fn(q->ctx, q->req.data, bytes);
 }
 
@@ -101,11 +118,28 @@ static mb_status mb_inproc_handler_commit(void *impl, size_t bytes)
 
 static mb_status mb_inproc_handler_recv(void *impl, int64_t timeout_ns, const void **buf, size_t *bytes)
 {
-    return MB_STATUS_UNSUPPORTED;
+    mb_inproc *q = impl;
+    if (q->fn) return MB_STATUS_UNSUPPORTED; /* requests go to the handler */
+    if (q->rq_holding) return MB_STATUS_INVALID_ARG;
+    /* Single-threaded: a request that is not queued now never comes. */
+    if (q->rq_head == q->rq_tail) return MB_STATUS_TIMEOUT;
+    mb_inproc_buf *b = &q->requests[q->rq_head & (MB_INPROC_QUEUE - 1)];
+    *buf = b->data;
+    *bytes = b->len;
+    q->rq_holding = 1;
+    return MB_STATUS_OK;
 }
 
 static void mb_inproc_handler_release(void *impl)
 {
+    mb_inproc *q = impl;
+    if (!q->rq_holding) return;
+    /* Scribble over the released request, as a peer reusing its slot would:
+     * a reader that held on past release sees garbage, not stale data. */
+    mb_inproc_buf *b = &q->requests[q->rq_head & (MB_INPROC_QUEUE - 1)];
+    memset(b->data, 0xdd, b->len);
+    q->rq_holding = 0;
+    q->rq_head++;
 }
 
 static size_t mb_inproc_max_bytes(void *impl)
@@ -117,7 +151,10 @@ static void mb_inproc_destroy(void *impl)
 {
     mb_inproc *q = impl;
     free(q->req.data);
-    for (unsigned i = 0; i < MB_INPROC_QUEUE; i++) free(q->replies[i].data);
+    for (unsigned i = 0; i < MB_INPROC_QUEUE; i++) {
+        free(q->replies[i].data);
+        free(q->requests[i].data);
+    }
     free(q);
 }
 

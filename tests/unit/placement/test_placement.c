@@ -128,5 +128,27 @@ int main(void)
     REQUIRE(mb_placement_plan(&cfg, links, 1, 0, 8, 0, &p, err, sizeof err) == MB_STATUS_OK);
     check_exact(&p);
     mb_placement_free(&p);
+    /* Capabilities: every link must hold the checkpoint's weight dtype and
+     * take the payload dtype; the refusal names the link and the dtype. */
+    for (int i = 0; i < 3; i++) {
+        make_link(&links[i], 1, big, 4096, MB_LINK_SPAWNED_SHM);
+        snprintf(links[i].name, sizeof links[i].name, "w%d gpu", i);
+        snprintf(links[i].caps.backend, sizeof links[i].caps.backend, "cuda");
+        links[i].caps.weight_dtype_mask = MB_DTYPE_MASK_ALL;
+        links[i].caps.payload_dtype_mask = MB_DTYPE_MASK_ALL;
+    }
+    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_BF16, MB_DTYPE_F16, err, sizeof err), MB_STATUS_OK);
+    links[1].caps.weight_dtype_mask = MB_DTYPE_MASK(MB_DTYPE_F16) | MB_DTYPE_MASK(MB_DTYPE_F32);
+    err[0] = '\0';
+    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_BF16, MB_DTYPE_F16, err, sizeof err), MB_STATUS_BAD_DTYPE);
+    CHECK_MSG(strstr(err, "w1 gpu") && strstr(err, "bf16") && strstr(err, "weights"), "%s", err);
+    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_F16, MB_DTYPE_F16, err, sizeof err), MB_STATUS_OK);
+    links[2].caps.payload_dtype_mask = MB_DTYPE_MASK(MB_DTYPE_F32);
+    err[0] = '\0';
+    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_F16, MB_DTYPE_BF16, err, sizeof err), MB_STATUS_BAD_DTYPE);
+    CHECK_MSG(strstr(err, "w2 gpu") && strstr(err, "bf16") && strstr(err, "payload"), "%s", err);
+    /* A checkpoint without a weight dtype checks the payload alone. */
+    CHECK_EQ(mb_placement_check_caps(links, 2, MB_DTYPE_COUNT_, MB_DTYPE_F32, err, sizeof err), MB_STATUS_OK);
+
     return mb_test_finish("test_placement");
 }
