@@ -11,9 +11,9 @@ rm -rf "$dev"
 mkdir -p "$dev/include" "$dev/lib/pkgconfig"
 copy_hdr() { for h in "$@"; do [ -e "$h" ] && cp -a "$h" "$dev/include/"; done; return 0; }
 copy_hdr /usr/include/zmq.h /usr/include/zmq_utils.h /usr/include/numa.h /usr/include/numaif.h \
-    /usr/include/numacompat1.h /usr/include/cjson /usr/include/pcre2.h
+    /usr/include/numacompat1.h /usr/include/cjson /usr/include/pcre2.h /usr/include/utf8proc.h
 ma=/usr/lib/x86_64-linux-gnu
-for l in libzmq.so.5 libnuma.so.1 libcjson.so.1 libpcre2-8.so.0; do
+for l in libzmq.so.5 libnuma.so.1 libcjson.so.1 libpcre2-8.so.0 libutf8proc.so.2; do
     [ -e "$ma/$l" ] || continue
     cp -L "$ma/$l" "$dev/lib/$l"
     ln -sf "$l" "$dev/lib/${l%%.so.*}.so"
@@ -26,4 +26,5 @@ pc libzmq -lzmq ""
 pc libcjson -lcjson '-I${includedir}/cjson'
 pc numa -lnuma ""
 [ -e "$dev/lib/libpcre2-8.so" ] && pc libpcre2-8 -lpcre2-8 ""
+[ -e "$dev/lib/libutf8proc.so" ] && pc libutf8proc -lutf8proc ""
 echo "ready: $dev ($(du -sh "$dev" | cut -f1))"
