@@ -55,6 +55,10 @@ int32_t mb_tokenizer_eos_id(const mb_tokenizer *tok);
  * mapped alphabet), or NULL for an unknown id. Owned by tok. */
 const char *mb_tokenizer_token_text(const mb_tokenizer *tok, int32_t id, size_t *bytes);
 
+/* 1 when id is an added token (special or not: <s>, <|im_end|>, <think>),
+ * else 0, unknown ids included. */
+int mb_tokenizer_is_added(const mb_tokenizer *tok, int32_t id);
+
 /* Encodes text[0..bytes) (need not be NUL-terminated). Added and special
  * tokens in the text become their ids; add_special also applies the
  * post-processor (a Llama BOS, for example). Invalid UTF-8 is first replaced

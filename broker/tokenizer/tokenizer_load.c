@@ -555,6 +555,11 @@ int32_t mb_tokenizer_eos_id(const mb_tokenizer *tok)
     return tok ? tok->eos_id : -1;
 }
 
+int mb_tokenizer_is_added(const mb_tokenizer *tok, int32_t id)
+{
+    return tok && id >= 0 && (uint32_t)id < tok->n_ids && tok->added_of_id[id] >= 0;
+}
+
 const char *mb_tokenizer_token_text(const mb_tokenizer *tok, int32_t id, size_t *bytes)
 {
     if (!tok || id < 0 || (uint32_t)id >= tok->n_ids) return NULL;
