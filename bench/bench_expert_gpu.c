@@ -1,0 +1,799 @@
+/* Benchmark of the CUDA expert FFN on Qwen3-30B-A3B (d_model 2048, d_ff 768,
+ * 128 experts, top-8) and Mixtral-8x7B (4096, 14336, 8 experts, top-2)
+ * shapes with random bf16 weights and bf16 payloads, at three depths:
+ *   kernel: kernels/cuda/moe.h alone, inputs already on the device, timed
+ *           with events between requests queued back to back behind a spin
+ *           kernel (device time, not launch latency), for each path (AUTO,
+ *           GEMV, GEMM);
+ *   backend: mb_backend_run in this process (pinned staging, H2D, the
+ *           kernels, D2H, completion), host clock;
+ *   worker: one EXPERT_REQ round trip to a spawned moe-worker over shared
+ *           memory (decode sizes), host clock.
+ * Ceilings measured in the same run on the same device (gpu_ceiling.h):
+ *   copy: cudaMemcpy device to device of 1 GiB. Reported as bytes copied/s
+ *         and as traffic (2 x bytes/s, every byte read and written); decode
+ *         ratios use the traffic figure, since a kernel streaming weights
+ *         only reads and HBM's bandwidth is shared by reads and writes.
+ *   gemm: cuBLAS bf16 GEMM, f32 compute, per model at M=4096, N=1536,
+ *         K=2048 (Qwen) and M=4096, N=14336, K=4096 (Mixtral).
+ * Decode: GB/s = bytes of the distinct experts a request routes to / median
+ * time; goal >= 80% of copy traffic at 1 token. Prefill: TFLOP/s = 6 *
+ * pairs * d_model * d_ff / median time; goal >= 65% of cuBLAS. Worker
+ * round trip: goal <= 1.5x the kernel time at 1 token. Routing: top-k
+ * distinct experts per token, uniform, seeded. Exits 77 without a device.
+ *
+ *   bench_expert_gpu [--backend cuda[:N]] [--json FILE] [--budget SECONDS]
+ *                    [--models qwen3,mixtral] [--decode 1,4,16,64]
+ *                    [--prefill 512,4096,16384] [--no-worker]
+ * The budget (default 90 s) is shared out among the cases; a case runs at
+ * least 5 repetitions, and a path whose smaller size already overran its
+ * share skips the larger ones. The time outside the GEMMs (route, combine)
+ * is not split out: moe.h has no per-phase hook yet. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "backends/backend.h"
+#include "bench/gpu_ceiling.h"
+#include "bench/gpu_device.h"
+#include "bench/moe_bench.h"
+#include "bench/timing.h"
+#include "bench/worker_rtt.h"
+#include "kernels/cuda/device_query.h"
+#include "kernels/cuda/moe.h"
+#include "protocol/dtype.h"
+
+typedef struct {
+    const char *key, *name;
+    uint32_t d_model, d_ff, n_experts, top_k;
+    int gemm_m, gemm_n, gemm_k; /* the cuBLAS ceiling's shape */
+} eg_model;
+
+static const eg_model eg_models[] = {
+    {"qwen3", "qwen3-30b-a3b", 2048, 768, 128, 8, 4096, 1536, 2048},
+    {"mixtral", "mixtral-8x7b", 4096, 14336, 8, 2, 4096, 14336, 4096},
+};
+#define EG_N_MODELS 2
+#define EG_MAX_SIZES 8
+#define EG_N_ROUTES 8    /* distinct routings a case cycles through */
+#define EG_BATCH 32      /* requests queued behind one spin */
+#define EG_MAX_REPS 400
+
+typedef struct {
+    int device;
+    const char *json;
+    double budget_s;
+    int model_on[EG_N_MODELS];
+    uint32_t decode[EG_MAX_SIZES], n_decode;
+    uint32_t prefill[EG_MAX_SIZES], n_prefill;
+    int worker;
+} eg_opts;
+
+/* ---- routing ---- */
+
+static uint64_t eg_rng = 0x5DEECE66Dull;
+
+static uint64_t eg_rand(void)
+{
+    eg_rng ^= eg_rng >> 12;
+    eg_rng ^= eg_rng << 25;
+    eg_rng ^= eg_rng >> 27;
+    return eg_rng * 0x2545F4914F6CDD1DULL;
+}
+
+/* One routing of n_tokens: host arrays and their device copies. */
+typedef struct {
+    uint32_t n_tokens, n_pairs, n_distinct;
+    uint16_t *counts;
+    mb_proto_pair *pairs;
+    void *d_counts, *d_pairs;
+} eg_route;
+
+static int eg_route_make(eg_route *r, const eg_model *m, uint32_t n_tokens)
+{
+    memset(r, 0, sizeof *r);
+    r->n_tokens = n_tokens;
+    r->n_pairs = n_tokens * m->top_k;
+    r->counts = malloc(sizeof *r->counts * n_tokens);
+    r->pairs = malloc(sizeof *r->pairs * r->n_pairs);
+    uint8_t *used = calloc(m->n_experts, 1);
+    if (!r->counts || !r->pairs || !used) {
+        free(used);
+        return -1;
+    }
+    uint32_t q = 0;
+    for (uint32_t t = 0; t < n_tokens; t++) {
+        r->counts[t] = (uint16_t)m->top_k;
+        uint32_t ids[8];
+        float sum = 0, g[8];
+        for (uint32_t k = 0; k < m->top_k; k++) {
+            uint32_t e, dup;
+            do {
+                e = (uint32_t)(eg_rand() % m->n_experts);
+                dup = 0;
+                for (uint32_t j = 0; j < k; j++)
+                    dup |= ids[j] == e;
+            } while (dup);
+            ids[k] = e;
+            g[k] = 0.2f + (float)(eg_rand() >> 40) * 0x1p-24f;
+            sum += g[k];
+            if (!used[e]) r->n_distinct++;
+            used[e] = 1;
+        }
+        for (uint32_t k = 0; k < m->top_k; k++)
+            r->pairs[q++] = (mb_proto_pair){ids[k], g[k] / sum};
+    }
+    free(used);
+    if (mb_gpu_alloc(&r->d_counts, sizeof *r->counts * n_tokens) ||
+        mb_gpu_alloc(&r->d_pairs, sizeof *r->pairs * r->n_pairs) ||
+        mb_gpu_upload(r->d_counts, r->counts, sizeof *r->counts * n_tokens) ||
+        mb_gpu_upload(r->d_pairs, r->pairs, sizeof *r->pairs * r->n_pairs))
+        return -1;
+    return 0;
+}
+
+static void eg_route_free(eg_route *r)
+{
+    free(r->counts);
+    free(r->pairs);
+    mb_gpu_free(r->d_counts);
+    mb_gpu_free(r->d_pairs);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- results ---- */
+
+typedef struct {
+    const eg_model *m;
+    const char *phase;
+    uint32_t n_tokens, n_pairs;
+    const char *path, *taken; /* asked for, and what AUTO chose */
+    int reps;
+    double median_s, best_s, weight_bytes;
+    double gbs, copy_ratio, tflops, gemm_ratio;
+} eg_kres;
+
+typedef struct {
+    const eg_model *m;
+    const char *what; /* "backend" or "worker" */
+    uint32_t n_tokens;
+    int reps;
+    double median_s, p99_s, compute_s, kernel_s, ratio;
+} eg_hres;
+
+typedef struct {
+    double copy_gbs, gemm_tflops[EG_N_MODELS];
+    char gemm_note[160];
+    eg_kres k[128];
+    int n_k;
+    eg_hres h[64];
+    int n_h;
+} eg_run;
+
+static const char *const eg_path_name[] = {"auto", "gemv", "gemm"};
+
+/* Kernel time of model m at n_tokens by AUTO, for the ratios; 0 if none. */
+static double eg_kernel_auto_s(const eg_run *run, const eg_model *m, uint32_t n_tokens)
+{
+    for (int i = 0; i < run->n_k; i++)
+        if (run->k[i].m == m && run->k[i].n_tokens == n_tokens && !strcmp(run->k[i].path, "auto"))
+            return run->k[i].median_s;
+    return 0;
+}
+
+static int eg_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---- weights ---- */
+
+/* One expert's bf16 gate | up | down, random, scaled like a trained layer;
+ * a 4 MiB random block tiled over it keeps the setup fast. */
+static uint16_t *eg_expert_make(const eg_model *m)
+{
+    const size_t n = (size_t)3 * m->d_model * m->d_ff, block = (size_t)2 << 20;
+    uint16_t *w = malloc(n * 2);
+    float *tmp = malloc(block * sizeof *tmp);
+    if (!w || !tmp) {
+        free(w);
+        free(tmp);
+        return NULL;
+    }
+    const float scale = 1.0f / sqrtf((float)m->d_model);
+    for (size_t i = 0; i < block; i++)
+        tmp[i] = ((float)(eg_rand() >> 40) * 0x1p-23f - 1.0f) * scale;
+    for (size_t i = 0; i < n; i += block)
+        mb_dtype_encode_f32(MB_DTYPE_BF16, w + i, tmp, n - i < block ? n - i : block);
+    free(tmp);
+    return w;
+}
+
+/* Random bf16 activations for up to n_tokens. */
+static uint16_t *eg_act_make(uint32_t n_tokens, uint32_t d_model)
+{
+    const size_t n = (size_t)n_tokens * d_model;
+    uint16_t *a = malloc(n * 2);
+    float *tmp = malloc(4096 * sizeof *tmp);
+    if (!a || !tmp) {
+        free(a);
+        free(tmp);
+        return NULL;
+    }
+    for (size_t i = 0; i < 4096; i++)
+        tmp[i] = (float)(eg_rand() >> 40) * 0x1p-23f - 1.0f;
+    for (size_t i = 0; i < n; i += 4096)
+        mb_dtype_encode_f32(MB_DTYPE_BF16, a + i, tmp, n - i < 4096 ? n - i : 4096);
+    free(tmp);
+    return a;
+}
+
+/* ---- kernel only ---- */
+
+/* Device state of one model's kernel runs. */
+typedef struct {
+    const eg_model *m;
+    void *stream;
+    mb_kcuda_moe_ws *ws;
+    mb_gpu_marks *marks; /* [EG_BATCH + 1] */
+    void *d_weights, *d_slots, *d_act, *d_out;
+} eg_kdev;
+
+static int eg_check(int err, const char *what)
+{
+    if (err) fprintf(stderr, "bench_expert_gpu: %s: %s\n", what, mb_kcuda_error_str(err));
+    return err;
+}
+
+static void eg_kdev_fini(eg_kdev *d)
+{
+    if (d->stream) mb_gpu_stream_sync(d->stream);
+    mb_kcuda_moe_ws_destroy(d->ws);
+    mb_gpu_marks_destroy(d->marks);
+    mb_gpu_stream_destroy(d->stream);
+    mb_gpu_free(d->d_weights);
+    mb_gpu_free(d->d_slots);
+    mb_gpu_free(d->d_act);
+    mb_gpu_free(d->d_out);
+    memset(d, 0, sizeof *d);
+}
+
+/* Uploads every expert slot (copies of expert), the slot table and act. */
+static int eg_kdev_init(eg_kdev *d, const eg_model *m, const uint16_t *expert, const uint16_t *act,
+                        uint32_t max_tokens)
+{
+    memset(d, 0, sizeof *d);
+    d->m = m;
+    const size_t per = (size_t)m->d_model * m->d_ff * 2, eb = 3 * per;
+    const size_t act_bytes = (size_t)max_tokens * m->d_model * 2;
+    mb_kcuda_expert *slots = calloc(m->n_experts, sizeof *slots);
+    int e = slots ? 0 : 2 /* cudaErrorMemoryAllocation */;
+    if (!e) e = eg_check(mb_gpu_stream_create(&d->stream), "stream");
+    if (!e) e = eg_check(mb_kcuda_moe_ws_create(m->n_experts, &d->ws), "workspace");
+    if (!e) e = eg_check(mb_gpu_marks_create(EG_BATCH + 1, &d->marks), "events");
+    if (!e) e = eg_check(mb_gpu_alloc(&d->d_weights, eb * m->n_experts), "weights");
+    for (uint32_t x = 0; !e && x < m->n_experts; x++) {
+        char *base = (char *)d->d_weights + eb * x;
+        slots[x] = (mb_kcuda_expert){base, base + per, base + 2 * per};
+        e = eg_check(mb_gpu_upload(base, expert, eb), "weight upload");
+    }
+    if (!e) e = eg_check(mb_gpu_alloc(&d->d_slots, sizeof *slots * m->n_experts), "slots");
+    if (!e) e = eg_check(mb_gpu_upload(d->d_slots, slots, sizeof *slots * m->n_experts), "slots");
+    if (!e) e = eg_check(mb_gpu_alloc(&d->d_act, act_bytes), "activations");
+    if (!e) e = eg_check(mb_gpu_upload(d->d_act, act, act_bytes), "activations");
+    if (!e) e = eg_check(mb_gpu_alloc(&d->d_out, act_bytes), "output");
+    free(slots);
+    if (e) eg_kdev_fini(d);
+    return e;
+}
+
+/* Times the kernels of n_tokens on path, cycling through the routings:
+ * a first request alone (*t1_s), then reps in batches queued behind a spin
+ * kernel. Returns 0 or a CUDA error code. */
+static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path, double budget_s,
+                          eg_kres *res, double *t1_s)
+{
+    const eg_model *m = d->m;
+    const uint32_t n_tokens = routes[0].n_tokens;
+    mb_kcuda_moe_problem p[EG_N_ROUTES];
+    int e = 0;
+    for (int r = 0; r < EG_N_ROUTES && !e; r++) {
+        p[r] = (mb_kcuda_moe_problem){
+            .n_tokens = n_tokens, .n_pairs = routes[r].n_pairs, .d_model = m->d_model,
+            .d_ff = m->d_ff, .max_slots = m->n_experts, .layer_experts = m->n_experts,
+            .payload = MB_KCUDA_BF16, .wdtype = MB_KCUDA_BF16, .path = path,
+            .slots = d->d_slots, .act = d->d_act, .pair_counts = routes[r].d_counts,
+            .pairs = routes[r].d_pairs, .out = d->d_out};
+        e = eg_check(mb_kcuda_moe_ws_reserve(d->ws, &p[r]), "workspace reserve");
+    }
+    /* The first request, timed alone (it also warms the device up). */
+    if (!e) e = mb_gpu_marks_record(d->marks, 0, d->stream);
+    if (!e) e = eg_check(mb_kcuda_moe_enqueue(d->ws, &p[0], d->stream), "enqueue");
+    if (!e) e = mb_gpu_marks_record(d->marks, 1, d->stream);
+    if (!e) e = eg_check(mb_gpu_stream_sync(d->stream), "first request");
+    if (!e) e = mb_gpu_marks_elapsed_s(d->marks, 0, 1, t1_s);
+    if (e) return e;
+    int reps = (int)(budget_s / (*t1_s > 1e-6 ? *t1_s : 1e-6));
+    reps = reps < 5 ? 5 : reps > EG_MAX_REPS ? EG_MAX_REPS : reps;
+    double *times = malloc(sizeof *times * (size_t)reps), bytes = 0;
+    if (!times) return 2;
+    const double eb = 3.0 * m->d_model * m->d_ff * 2;
+    for (int done = 0; done < reps && !e;) {
+        const int nb = reps - done < EG_BATCH ? reps - done : EG_BATCH;
+        /* Short requests: hold the stream until the batch is queued. */
+        if (*t1_s < 5e-4) e = mb_gpu_spin(d->stream, 50.0 + 40.0 * nb);
+        if (!e) e = mb_gpu_marks_record(d->marks, 0, d->stream);
+        for (int j = 0; j < nb && !e; j++) {
+            e = mb_kcuda_moe_enqueue(d->ws, &p[(done + j) % EG_N_ROUTES], d->stream);
+            if (!e) e = mb_gpu_marks_record(d->marks, (size_t)j + 1, d->stream);
+        }
+        if (!e) e = mb_gpu_stream_sync(d->stream);
+        for (int j = 0; j < nb && !e; j++) {
+            e = mb_gpu_marks_elapsed_s(d->marks, (size_t)j, (size_t)j + 1, &times[done + j]);
+            bytes += routes[(done + j) % EG_N_ROUTES].n_distinct * eb;
+        }
+        done += nb;
+    }
+    if (!e) {
+        res->reps = reps;
+        res->weight_bytes = bytes / reps;
+        qsort(times, (size_t)reps, sizeof *times, eg_cmp_double);
+        res->best_s = times[0];
+        res->median_s = times[reps / 2];
+        res->n_tokens = n_tokens;
+        res->n_pairs = routes[0].n_pairs;
+        res->path = eg_path_name[path];
+        res->taken = eg_path_name[path == MB_KCUDA_PATH_AUTO ? mb_kcuda_moe_path(&p[0]) : path];
+        res->gbs = res->weight_bytes / res->median_s * 1e-9;
+        res->tflops = 6.0 * res->n_pairs * m->d_model * m->d_ff / res->median_s * 1e-12;
+    }
+    eg_check(e, "timed requests");
+    free(times);
+    return e;
+}
+
+static void eg_print_kernel_header(void)
+{
+    printf("\nkernel only (device time; median over reps)\n");
+    printf("%-14s %-7s %6s %7s %-4s %-4s %5s %10s %10s %8s %6s %8s %6s\n", "model", "phase",
+           "tokens", "pairs", "path", "took", "reps", "median_us", "best_us", "GB/s", "%copy",
+           "TFLOP/s", "%cuBL");
+}
+
+static void eg_print_kernel(const eg_kres *k)
+{
+    printf("%-14s %-7s %6u %7u %-4s %-4s %5d %10.1f %10.1f %8.1f %6.1f %8.1f %6.1f\n", k->m->name,
+           k->phase, k->n_tokens, k->n_pairs, k->path, k->taken, k->reps, k->median_s * 1e6,
+           k->best_s * 1e6, k->gbs, k->copy_ratio * 100, k->tflops, k->gemm_ratio * 100);
+    fflush(stdout);
+}
+
+/* ---- backend and worker (host clock) ---- */
+
+/* Sizes of one model's run and their routings. */
+typedef struct {
+    uint32_t tokens[2 * EG_MAX_SIZES];
+    int is_decode[2 * EG_MAX_SIZES];
+    eg_route routes[2 * EG_MAX_SIZES][EG_N_ROUTES];
+    int n;
+} eg_sizes;
+
+static void eg_req_of(const eg_model *m, const eg_route *r, const uint16_t *act,
+                      mb_proto_expert_req *req)
+{
+    *req = (mb_proto_expert_req){0, r->n_tokens, m->d_model, MB_DTYPE_BF16, r->n_pairs,
+                                 r->counts, r->pairs, act};
+}
+
+/* Fills a host-side result from samples (sorted here). */
+static void eg_hres_fill(eg_hres *h, const eg_model *m, const char *what, uint32_t n_tokens,
+                         double *s, double *compute, int reps, const eg_run *run)
+{
+    qsort(s, (size_t)reps, sizeof *s, eg_cmp_double);
+    h->m = m;
+    h->what = what;
+    h->n_tokens = n_tokens;
+    h->reps = reps;
+    h->median_s = s[reps / 2];
+    h->p99_s = s[(int)((reps - 1) * 0.99)];
+    if (compute) {
+        qsort(compute, (size_t)reps, sizeof *compute, eg_cmp_double);
+        h->compute_s = compute[reps / 2];
+    }
+    h->kernel_s = eg_kernel_auto_s(run, m, n_tokens);
+    h->ratio = h->kernel_s > 0 ? h->median_s / h->kernel_s : 0;
+}
+
+static void eg_print_host(const eg_hres *h)
+{
+    printf("%-14s %-8s %6u %5d %10.1f %10.1f %10.1f %10.1f %7.2f\n", h->m->name, h->what,
+           h->n_tokens, h->reps, h->median_s * 1e6, h->p99_s * 1e6, h->compute_s * 1e6,
+           h->kernel_s * 1e6, h->ratio);
+    fflush(stdout);
+}
+
+/* mb_backend_run of every size in this process. */
+static int eg_backend_cases(const eg_opts *o, const eg_model *m, const uint16_t *expert,
+                            const uint16_t *act, const eg_sizes *sz, uint32_t max_tokens,
+                            double budget_s, eg_run *run)
+{
+    const mb_backend_ops *ops = mb_backend_find("cuda");
+    if (!ops) {
+        fprintf(stderr, "bench_expert_gpu: this build has no cuda backend\n");
+        return -1;
+    }
+    const size_t per = (size_t)m->d_model * m->d_ff;
+    const mb_backend_gpu_options gpu = {
+        .staging_bytes = (uint64_t)max_tokens * (m->d_model * 2 + m->top_k * 8 + 2) + (4u << 20),
+        .max_inflight = 2,
+        .progress = 0};
+    mb_backend_config cfg = {.device = o->device, .max_slots = m->n_experts, .options = &gpu};
+    mb_backend *b = NULL;
+    mb_status st = mb_backend_open(ops, &cfg, &b);
+    if (st == MB_STATUS_OK)
+        st = mb_backend_reserve_layer(b, 0, 0, m->n_experts, m->d_model, m->d_ff, MB_DTYPE_BF16);
+    for (uint32_t x = 0; x < m->n_experts && st == MB_STATUS_OK; x++) {
+        mb_expert_weights w = {0, x, x, m->d_model, m->d_ff, MB_DTYPE_BF16,
+                               expert, expert + per, expert + 2 * per};
+        st = mb_backend_load_expert(b, &w);
+    }
+    if (st == MB_STATUS_OK) st = mb_backend_load_finish(b);
+    void *out = malloc((size_t)max_tokens * m->d_model * 2);
+    double *s = malloc(sizeof *s * EG_MAX_REPS), *c = malloc(sizeof *c * EG_MAX_REPS);
+    if (!out || !s || !c) st = MB_STATUS_NOMEM;
+    for (int i = 0; i < sz->n && st == MB_STATUS_OK && run->n_h < 64; i++) {
+        mb_proto_expert_req req[EG_N_ROUTES];
+        for (int r = 0; r < EG_N_ROUTES; r++)
+            eg_req_of(m, &sz->routes[i][r], act, &req[r]);
+        int64_t t0 = mb_bench_now_ns();
+        st = mb_backend_run(b, &req[0], out, NULL); /* warm-up: grows staging */
+        double t1 = (double)(mb_bench_now_ns() - t0) * 1e-9;
+        int reps = (int)(budget_s / (t1 > 1e-6 ? t1 : 1e-6));
+        reps = reps < 5 ? 5 : reps > EG_MAX_REPS ? EG_MAX_REPS : reps;
+        for (int r = 0; r < reps && st == MB_STATUS_OK; r++) {
+            uint64_t ns = 0;
+            t0 = mb_bench_now_ns();
+            st = mb_backend_run(b, &req[r % EG_N_ROUTES], out, &ns);
+            s[r] = (double)(mb_bench_now_ns() - t0) * 1e-9;
+            c[r] = (double)ns * 1e-9;
+        }
+        if (st != MB_STATUS_OK) break;
+        eg_hres_fill(&run->h[run->n_h], m, "backend", sz->tokens[i], s, c, reps, run);
+        eg_print_host(&run->h[run->n_h++]);
+    }
+    if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: backend: %s\n", mb_status_str(st));
+    free(out);
+    free(s);
+    free(c);
+    if (b) mb_backend_close(b);
+    return st == MB_STATUS_OK ? 0 : -1;
+}
+
+/* EXPERT_REQ round trips to a spawned worker at the decode sizes. */
+static int eg_worker_cases(const eg_opts *o, const eg_model *m, const uint16_t *expert,
+                           const uint16_t *act, const eg_sizes *sz, double budget_s, eg_run *run)
+{
+    const size_t per = (size_t)m->d_model * m->d_ff;
+    char err[256];
+    mb_bench_worker w;
+    mb_status st = mb_bench_worker_start(&w, "cuda", o->device, 0, m->n_experts, m->d_model, m->d_ff,
+                                         expert, expert + per, expert + 2 * per, err, sizeof err);
+    if (st != MB_STATUS_OK) {
+        fprintf(stderr, "bench_expert_gpu: worker: %s\n", err);
+        return -1;
+    }
+    double *s = malloc(sizeof *s * EG_MAX_REPS);
+    if (!s) st = MB_STATUS_NOMEM;
+    for (int i = 0; i < sz->n && st == MB_STATUS_OK && run->n_h < 64; i++) {
+        if (!sz->is_decode[i]) continue;
+        mb_proto_expert_req req[EG_N_ROUTES];
+        for (int r = 0; r < EG_N_ROUTES; r++)
+            eg_req_of(m, &sz->routes[i][r], act, &req[r]);
+        int64_t ns = 0;
+        for (int r = 0; r < 3 && st == MB_STATUS_OK; r++) /* warm-up */
+            st = mb_bench_worker_rtt(&w, &req[r], &ns);
+        double t1 = (double)ns * 1e-9;
+        int reps = (int)(budget_s / (t1 > 1e-6 ? t1 : 1e-6));
+        reps = reps < 20 ? 20 : reps > EG_MAX_REPS ? EG_MAX_REPS : reps;
+        for (int r = 0; r < reps && st == MB_STATUS_OK; r++) {
+            st = mb_bench_worker_rtt(&w, &req[r % EG_N_ROUTES], &ns);
+            s[r] = (double)ns * 1e-9;
+        }
+        if (st != MB_STATUS_OK) break;
+        eg_hres_fill(&run->h[run->n_h], m, "worker", sz->tokens[i], s, NULL, reps, run);
+        eg_print_host(&run->h[run->n_h++]);
+    }
+    if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: worker: %s\n", mb_status_str(st));
+    free(s);
+    mb_bench_worker_stop(&w);
+    return st == MB_STATUS_OK ? 0 : -1;
+}
+
+/* ---- one model ---- */
+
+static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, eg_run *run)
+{
+    const eg_model *m = &eg_models[mi];
+    eg_sizes *sz = calloc(1, sizeof *sz);
+    if (!sz) return -1;
+    uint32_t max_tokens = 1;
+    for (uint32_t i = 0; i < o->n_decode + o->n_prefill; i++) {
+        int dec = i < o->n_decode;
+        sz->tokens[sz->n] = dec ? o->decode[i] : o->prefill[i - o->n_decode];
+        sz->is_decode[sz->n] = dec;
+        if (sz->tokens[sz->n] > max_tokens) max_tokens = sz->tokens[sz->n];
+        sz->n++;
+    }
+    uint16_t *expert = eg_expert_make(m), *act = eg_act_make(max_tokens, m->d_model);
+    int rc = expert && act ? 0 : -1;
+    for (int i = 0; i < sz->n && rc == 0; i++)
+        for (int r = 0; r < EG_N_ROUTES && rc == 0; r++)
+            rc = eg_route_make(&sz->routes[i][r], m, sz->tokens[i]);
+    if (rc) fprintf(stderr, "bench_expert_gpu: out of memory building %s's requests\n", m->name);
+
+    eg_kdev d;
+    if (rc == 0) rc = eg_kdev_init(&d, m, expert, act, max_tokens) ? -1 : 0;
+    if (rc == 0) {
+        eg_print_kernel_header();
+        /* Per path: the first-request time and size of the last case run,
+         * to skip sizes that would overrun the case's share of the budget. */
+        double last_t1[3] = {0, 0, 0};
+        uint32_t last_n[3] = {1, 1, 1};
+        for (int i = 0; i < sz->n && rc == 0; i++)
+            for (int p = 0; p < 3 && rc == 0 && run->n_k < 128; p++) {
+                double est = last_t1[p] * sz->tokens[i] / last_n[p];
+                if (est > 2 * case_budget_s) {
+                    printf("%-14s %-7s %6u %7s %-4s skipped: about %.2f s a request, over its "
+                           "budget\n",
+                           m->name, sz->is_decode[i] ? "decode" : "prefill", sz->tokens[i], "",
+                           eg_path_name[p], est);
+                    continue;
+                }
+                eg_kres *k = &run->k[run->n_k];
+                memset(k, 0, sizeof *k);
+                k->m = m;
+                k->phase = sz->is_decode[i] ? "decode" : "prefill";
+                double t1 = 0;
+                if (eg_kernel_case(&d, sz->routes[i], (mb_kcuda_path)p, case_budget_s, k, &t1)) {
+                    rc = -1;
+                    break;
+                }
+                last_t1[p] = t1;
+                last_n[p] = sz->tokens[i];
+                k->copy_ratio = run->copy_gbs > 0 ? k->gbs / (2 * run->copy_gbs) : 0;
+                k->gemm_ratio =
+                    run->gemm_tflops[mi] > 0 ? k->tflops / run->gemm_tflops[mi] : 0;
+                eg_print_kernel(k);
+                run->n_k++;
+            }
+        eg_kdev_fini(&d);
+    }
+    if (rc == 0) {
+        printf("\n%-14s %-8s %6s %5s %10s %10s %10s %10s %7s\n", "model", "depth", "tokens",
+               "reps", "median_us", "p99_us", "compute_us", "kernel_us", "xkernel");
+        rc = eg_backend_cases(o, m, expert, act, sz, max_tokens, case_budget_s, run);
+    }
+    if (rc == 0 && o->worker) rc = eg_worker_cases(o, m, expert, act, sz, case_budget_s, run);
+    for (int i = 0; i < sz->n; i++)
+        for (int r = 0; r < EG_N_ROUTES; r++)
+            eg_route_free(&sz->routes[i][r]);
+    free(sz);
+    free(expert);
+    free(act);
+    return rc;
+}
+
+/* ---- report ---- */
+
+static void eg_write_json(const eg_opts *o, const char *device, const eg_run *run)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "bench", "expert_gpu");
+    cJSON_AddStringToObject(root, "device", device);
+    cJSON_AddStringToObject(root, "weights", "bf16");
+    cJSON_AddStringToObject(root, "payload", "bf16");
+    cJSON *c = cJSON_AddObjectToObject(root, "ceilings");
+    cJSON_AddNumberToObject(c, "copy_copied_gbs", run->copy_gbs);
+    cJSON_AddNumberToObject(c, "copy_traffic_gbs", 2 * run->copy_gbs);
+    cJSON *g = cJSON_AddObjectToObject(c, "cublas_bf16_tflops");
+    for (int mi = 0; mi < EG_N_MODELS; mi++)
+        if (o->model_on[mi]) {
+            const eg_model *m = &eg_models[mi];
+            cJSON *x = cJSON_AddObjectToObject(g, m->key);
+            cJSON_AddNumberToObject(x, "m", m->gemm_m);
+            cJSON_AddNumberToObject(x, "n", m->gemm_n);
+            cJSON_AddNumberToObject(x, "k", m->gemm_k);
+            cJSON_AddNumberToObject(x, "tflops", run->gemm_tflops[mi]);
+        }
+    if (run->gemm_note[0]) cJSON_AddStringToObject(c, "cublas_note", run->gemm_note);
+    cJSON *ka = cJSON_AddArrayToObject(root, "kernel");
+    for (int i = 0; i < run->n_k; i++) {
+        const eg_kres *k = &run->k[i];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "model", k->m->name);
+        cJSON_AddStringToObject(x, "phase", k->phase);
+        cJSON_AddNumberToObject(x, "tokens", k->n_tokens);
+        cJSON_AddNumberToObject(x, "pairs", k->n_pairs);
+        cJSON_AddStringToObject(x, "path", k->path);
+        cJSON_AddStringToObject(x, "took", k->taken);
+        cJSON_AddNumberToObject(x, "reps", k->reps);
+        cJSON_AddNumberToObject(x, "median_us", k->median_s * 1e6);
+        cJSON_AddNumberToObject(x, "best_us", k->best_s * 1e6);
+        cJSON_AddNumberToObject(x, "weight_bytes", k->weight_bytes);
+        cJSON_AddNumberToObject(x, "gbs", k->gbs);
+        cJSON_AddNumberToObject(x, "copy_traffic_ratio", k->copy_ratio);
+        cJSON_AddNumberToObject(x, "tflops", k->tflops);
+        cJSON_AddNumberToObject(x, "cublas_ratio", k->gemm_ratio);
+        cJSON_AddItemToArray(ka, x);
+    }
+    cJSON *ha = cJSON_AddArrayToObject(root, "host");
+    for (int i = 0; i < run->n_h; i++) {
+        const eg_hres *h = &run->h[i];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "model", h->m->name);
+        cJSON_AddStringToObject(x, "depth", h->what);
+        cJSON_AddNumberToObject(x, "tokens", h->n_tokens);
+        cJSON_AddNumberToObject(x, "reps", h->reps);
+        cJSON_AddNumberToObject(x, "median_us", h->median_s * 1e6);
+        cJSON_AddNumberToObject(x, "p99_us", h->p99_s * 1e6);
+        cJSON_AddNumberToObject(x, "compute_us", h->compute_s * 1e6);
+        cJSON_AddNumberToObject(x, "kernel_us", h->kernel_s * 1e6);
+        cJSON_AddNumberToObject(x, "ratio_to_kernel", h->ratio);
+        cJSON_AddItemToArray(ha, x);
+    }
+    cJSON *goals = cJSON_AddObjectToObject(root, "goals");
+    char name[96];
+    for (int i = 0; i < run->n_k; i++) {
+        const eg_kres *k = &run->k[i];
+        if (strcmp(k->path, "auto") != 0) continue;
+        if (!strcmp(k->phase, "decode") && k->n_tokens == 1) {
+            snprintf(name, sizeof name, "%s_decode1_copy_traffic_ratio", k->m->key);
+            mb_bench_goal(goals, name, k->copy_ratio, ">= 0.80", k->copy_ratio >= 0.80);
+        } else if (!strcmp(k->phase, "prefill")) {
+            snprintf(name, sizeof name, "%s_prefill%u_cublas_ratio", k->m->key, k->n_tokens);
+            mb_bench_goal(goals, name, k->gemm_ratio, ">= 0.65", k->gemm_ratio >= 0.65);
+        }
+    }
+    for (int i = 0; i < run->n_h; i++) {
+        const eg_hres *h = &run->h[i];
+        if (strcmp(h->what, "worker") != 0 || h->n_tokens != 1) continue;
+        snprintf(name, sizeof name, "%s_worker_decode1_ratio_to_kernel", h->m->key);
+        mb_bench_goal(goals, name, h->ratio, "<= 1.5", h->ratio > 0 && h->ratio <= 1.5);
+    }
+    char *text = cJSON_Print(root);
+    FILE *f = text ? fopen(o->json, "w") : NULL;
+    if (f) {
+        fputs(text, f);
+        fputc('\n', f);
+        fclose(f);
+    } else {
+        perror(o->json);
+    }
+    free(text);
+    cJSON_Delete(root);
+}
+
+/* ---- options ---- */
+
+static uint32_t eg_parse_sizes(const char *s, uint32_t *out)
+{
+    uint32_t n = 0;
+    while (*s && n < EG_MAX_SIZES) {
+        char *end;
+        unsigned long v = strtoul(s, &end, 10);
+        if (end == s || v == 0 || v > 65536) return 0;
+        out[n++] = (uint32_t)v;
+        s = *end == ',' ? end + 1 : end;
+    }
+    return n;
+}
+
+static void eg_usage(void)
+{
+    fprintf(stderr, "usage: bench_expert_gpu [--backend cuda[:N]] [--json FILE] [--budget SECONDS]\n"
+                    "  [--models qwen3,mixtral] [--decode 1,4,16,64] [--prefill 512,4096,16384]\n"
+                    "  [--no-worker]\n");
+    exit(2);
+}
+
+static void eg_parse_opts(int argc, char **argv, eg_opts *o)
+{
+    static const uint32_t dec[] = {1, 4, 16, 64}, pre[] = {512, 4096, 16384};
+    memset(o, 0, sizeof *o);
+    o->budget_s = 90;
+    o->worker = 1;
+    o->model_on[0] = o->model_on[1] = 1;
+    memcpy(o->decode, dec, sizeof dec);
+    o->n_decode = 4;
+    memcpy(o->prefill, pre, sizeof pre);
+    o->n_prefill = 3;
+    static const char *const keys[EG_N_MODELS] = {"qwen3", "mixtral"};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--no-worker")) {
+            o->worker = 0;
+            continue;
+        }
+        if (!v) eg_usage();
+        i++;
+        if (!strcmp(a, "--backend")) {
+            char name[16];
+            if (mb_backend_spec_parse(v, name, sizeof name, &o->device) != MB_STATUS_OK) eg_usage();
+            if (strcmp(name, "cuda") != 0) {
+                fprintf(stderr, "bench_expert_gpu: backend %s: only cuda is measured so far\n", name);
+                exit(2);
+            }
+            if (o->device < 0) o->device = 0;
+        } else if (!strcmp(a, "--json")) {
+            o->json = v;
+        } else if (!strcmp(a, "--budget")) {
+            o->budget_s = atof(v);
+            if (!(o->budget_s > 0)) eg_usage();
+        } else if (!strcmp(a, "--models")) {
+            if (mb_bench_parse_list(v, keys, EG_N_MODELS, o->model_on) != 0) eg_usage();
+        } else if (!strcmp(a, "--decode")) {
+            if (!(o->n_decode = eg_parse_sizes(v, o->decode))) eg_usage();
+        } else if (!strcmp(a, "--prefill")) {
+            if (!(o->n_prefill = eg_parse_sizes(v, o->prefill))) eg_usage();
+        } else {
+            eg_usage();
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    eg_opts o;
+    eg_parse_opts(argc, argv, &o);
+    mb_bench_find_worker();
+    const int n_dev = mb_cuda_device_count();
+    if (n_dev <= o.device) {
+        fprintf(stderr, "bench_expert_gpu: no CUDA device %d (the driver reports %d): skipping\n",
+                o.device, n_dev);
+        return 77;
+    }
+    char device[160];
+    unsigned long long mem_total = 0, mem_free = 0;
+    if (mb_cuda_device_describe(o.device, device, sizeof device, &mem_total, &mem_free) != 0)
+        snprintf(device, sizeof device, "CUDA device %d", o.device);
+    if (eg_check(mb_gpu_set_device(o.device), "set device")) return 1;
+    printf("device: %s, %.1f GiB\n", device, (double)mem_total / (1u << 30));
+
+    eg_run *run = calloc(1, sizeof *run);
+    if (!run) return 1;
+    if (eg_check(mb_gpu_copy_gbs((size_t)1 << 30, 1.0, &run->copy_gbs), "copy ceiling")) return 1;
+    printf("ceilings: D2D copy %.0f GB/s copied = %.0f GB/s traffic (decode %% is of traffic)\n",
+           run->copy_gbs, 2 * run->copy_gbs);
+    int n_models = 0;
+    for (int mi = 0; mi < EG_N_MODELS; mi++) {
+        if (!o.model_on[mi]) continue;
+        n_models++;
+        const eg_model *m = &eg_models[mi];
+        int e = mb_gpu_gemm_tflops(m->gemm_m, m->gemm_n, m->gemm_k, 1.0, &run->gemm_tflops[mi],
+                                   run->gemm_note, sizeof run->gemm_note);
+        if (e > 0) eg_check(e, "cuBLAS ceiling");
+        printf("ceilings: cuBLAS bf16 GEMM M=%d N=%d K=%d: %.1f TFLOP/s%s%s\n", m->gemm_m, m->gemm_n,
+               m->gemm_k, run->gemm_tflops[mi], e ? " -- " : "", e ? run->gemm_note : "");
+    }
+    /* The budget: kernel cases (3 paths a size) get about 60%, the rest the
+     * backend and worker runs. */
+    const int n_sizes = (int)(o.n_decode + o.n_prefill);
+    const double case_budget_s = 0.6 * o.budget_s / (n_models * n_sizes * 3);
+    int rc = 0;
+    for (int mi = 0; mi < EG_N_MODELS && rc == 0; mi++)
+        if (o.model_on[mi]) rc = eg_model_run(&o, mi, case_budget_s, run);
+    printf("\ndecode: GB/s = bytes of the distinct experts routed to / median device time; goal "
+           ">= 80%% of copy traffic at 1 token.\n"
+           "prefill: TFLOP/s = 6 * pairs * d_model * d_ff / median device time; goal >= 65%% of "
+           "cuBLAS.\n"
+           "backend: mb_backend_run in process; worker: EXPERT_REQ round trip over shm; xkernel = "
+           "median / kernel median (auto); goal <= 1.5 for the worker at 1 token.\n"
+           "not measured: time outside the GEMMs (route, combine): moe.h has no per-phase hook.\n");
+    if (o.json) eg_write_json(&o, device, run);
+    free(run);
+    return rc ? 1 : 0;
+}
