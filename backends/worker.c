@@ -166,7 +166,8 @@ mb_status mb_worker_snapshot_pairs(mb_worker *w, mb_proto_expert_req *req)
         w->pairs_cap = req->n_pairs;
     }
     memcpy(w->counts, req->pair_counts, (size_t)req->n_tokens * sizeof *w->counts);
-    memcpy(w->pairs, req->pairs, (size_t)req->n_pairs * sizeof *w->pairs);
+    /* A request may carry no pairs before any did (w->pairs still NULL). */
+    if (req->n_pairs) memcpy(w->pairs, req->pairs, (size_t)req->n_pairs * sizeof *w->pairs);
     /* Slots of the copies are checked by the backend wrapper. */
     uint64_t sum = 0;
     for (uint32_t t = 0; t < req->n_tokens; t++) sum += w->counts[t];
