@@ -32,6 +32,7 @@ typedef struct {
     int quick, ref, pin;
     int mode_on[3]; /* indexed by mb_ipc_mode */
     const char *json_path;
+    const char *worker_spec; /* every worker's spec; NULL: cpu,threads=worker_threads */
 } be_args;
 
 /* One forward pass with its own dispatcher and statistics over a session's
@@ -339,7 +340,7 @@ static void be_usage(FILE *f)
                "       [--chunk N] [--batch-capacity N] [--stream-slice N] [--payload "
                "f32|f16|bf16] [--threads N]\n"
                "       [--repeat R] [--budget SECONDS] [--seed S] [--workers N] [--pin] "
-               "[--worker-nice N] [--worker-threads N] [--quick]\n"
+               "[--worker-nice N] [--worker-threads N] [--worker-spec SPEC] [--quick]\n"
                "       [--json FILE]\n"
                "defaults: 4 layers (about 10 GiB: the coordinator's memfd plus the workers' "
                "copies), a 4248-token\n"
@@ -352,7 +353,8 @@ static void be_usage(FILE *f)
                "coordinator stays unpinned). --workers N: N CPU workers of 1 thread (default 2). "
                "--worker-nice N: the workers run at nice N (0..19), below the\n"
                "coordinator, so that a worker it wakes does not take its CPU. --quick: 1 layer, "
-               "512-token prompt, 16 tokens.\n");
+               "512-token prompt, 16 tokens. --worker-spec SPEC: every worker is SPEC (e.g. cuda:0)\n"
+               "instead of a CPU worker.\n");
 }
 
 static int be_parse_args(int argc, char **argv, be_args *a)
@@ -402,6 +404,8 @@ static int be_parse_args(int argc, char **argv, be_args *a)
             ok = !mb_bench_parse_u32(v, 1, 4096, &a->stream_slice);
         else if (strcmp(k, "--threads") == 0)
             ok = !mb_bench_parse_u32(v, 1, 1024, &a->threads);
+        else if (strcmp(k, "--worker-spec") == 0)
+            a->worker_spec = v;
         else if (strcmp(k, "--workers") == 0)
             ok = !mb_bench_parse_u32(v, 1, BE_MAX_LINKS, &a->workers);
         else if (strcmp(k, "--worker-threads") == 0)
@@ -447,8 +451,11 @@ static int be_session_run(const be_args *a, const mb_model *m, const int32_t *pr
                           be_lane *lanes, uint32_t *n_lanes, be_fig *figs, cJSON *runs,
                           cJSON *pings)
 {
-    char spec[32];
-    snprintf(spec, sizeof spec, "cpu,threads=%u", a->worker_threads ? a->worker_threads : 1);
+    char spec[64];
+    if (a->worker_spec)
+        snprintf(spec, sizeof spec, "%s", a->worker_spec);
+    else
+        snprintf(spec, sizeof spec, "cpu,threads=%u", a->worker_threads ? a->worker_threads : 1);
     char *workers[BE_MAX_LINKS];
     for (uint32_t i = 0; i < BE_MAX_LINKS; i++)
         workers[i] = spec;
@@ -600,7 +607,7 @@ int main(int argc, char **argv)
         cJSON_AddNumberToObject(conf, cv[i].k, cv[i].v);
     cJSON_AddStringToObject(conf, "payload", mb_dtype_name(a.payload));
     cJSON_AddNumberToObject(conf, "workers", a.workers);
-    cJSON_AddStringToObject(conf, "worker_spec", "cpu over shm (threads: worker_threads)");
+    cJSON_AddStringToObject(conf, "worker_spec", a.worker_spec ? a.worker_spec : "cpu over shm (threads: worker_threads)");
     cJSON_AddBoolToObject(conf, "workers_pinned", a.pin);
     cJSON_AddNumberToObject(conf, "worker_nice", a.worker_nice);
     cJSON_AddItemToObject(root, "runs", runs);

@@ -139,8 +139,12 @@ static mb_status mb_cuda_caps(void *state, mb_backend_caps *caps)
     size_t fr = 0, tot = 0;
     cudaSetDevice(be->device);
     if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) cudaGetLastError();
+    /* Keep room for request workspaces and staging twins (about 1 GiB for
+     * 4096-token prefills of Mixtral-sized layers): placement sees only
+     * what weights may use. */
+    const size_t reserve = tot / 25 > ((size_t)1 << 30) ? tot / 25 : ((size_t)1 << 30);
     caps->mem_total_bytes = tot;
-    caps->mem_free_bytes = fr;
+    caps->mem_free_bytes = fr > reserve ? fr - reserve : 0;
     caps->payload_dtype_mask = MB_DTYPE_MASK_ALL;
     caps->weight_dtype_mask = MB_DTYPE_MASK_ALL;
     caps->preferred_batch = 4096;

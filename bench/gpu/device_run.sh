@@ -38,10 +38,10 @@ if has build; then
     cmake -B $B -DCMAKE_BUILD_TYPE=Release -DMB_WERROR=ON -DMB_WITH_VULKAN=${MB_WITH_VULKAN:-OFF} \
         -DCMAKE_INCLUDE_PATH=$PWD/.carry/dev/include -DCMAKE_LIBRARY_PATH=$PWD/.carry/dev/lib \
         > "$OUT/build.log" 2>&1 &&
-        cmake --build $B -j16 >> "$OUT/build.log" 2>&1
+        cmake --build $B -j16 -- -k >> "$OUT/build.log" 2>&1
     rc=$?
     echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/build.log"
-    [ $rc -eq 0 ] || { tail -60 "$OUT/build.log"; exit 1; }
+    [ $rc -eq 0 ] || grep -E "error|Error" "$OUT/build.log" | head -20
 fi
 if has test; then
     start=$(date +%s)
