@@ -16,8 +16,8 @@
  *         only reads and HBM's bandwidth is shared by reads and writes.
  *   gemm: cuBLAS bf16 GEMM, f32 compute, per model at M=4096, N=1536,
  *         K=2048 (Qwen) and M=4096, N=14336, K=4096 (Mixtral).
- * Decode: GB/s = bytes of the distinct experts a request routes to / median
- * time; goal >= 80% of copy traffic at 1 token. Prefill: TFLOP/s = 6 *
+ * Decode: GB/s = median over requests of the bytes of the distinct experts
+ * it routes to / its time; goal >= 80% of copy traffic at 1 token. Prefill: TFLOP/s = 6 *
  * pairs * d_model * d_ff / median time; goal >= 65% of cuBLAS. Worker
  * round trip: goal <= 1.5x the kernel time at 1 token. Routing: top-k
  * distinct experts per token, uniform, seeded. Exits 77 without a device.
@@ -34,9 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
-
 #include "backends/backend.h"
+#include "bench/expert_gpu_report.h"
 #include "bench/gpu_ceiling.h"
 #include "bench/gpu_device.h"
 #include "bench/moe_bench.h"
@@ -46,17 +45,11 @@
 #include "kernels/cuda/moe.h"
 #include "protocol/dtype.h"
 
-typedef struct {
-    const char *key, *name;
-    uint32_t d_model, d_ff, n_experts, top_k;
-    int gemm_m, gemm_n, gemm_k; /* the cuBLAS ceiling's shape */
-} eg_model;
-
-static const eg_model eg_models[] = {
+static const mb_egpu_model eg_models[] = {
     {"qwen3", "qwen3-30b-a3b", 2048, 768, 128, 8, 4096, 1536, 2048},
     {"mixtral", "mixtral-8x7b", 4096, 14336, 8, 2, 4096, 14336, 4096},
 };
-#define EG_N_MODELS 2
+#define MB_EGPU_N_MODELS 2
 #define EG_MAX_SIZES 8
 #define EG_N_ROUTES 8    /* distinct routings a case cycles through */
 #define EG_BATCH 32      /* requests queued behind one spin */
@@ -66,7 +59,7 @@ typedef struct {
     int device;
     const char *json;
     double budget_s;
-    int model_on[EG_N_MODELS];
+    int model_on[MB_EGPU_N_MODELS];
     uint32_t decode[EG_MAX_SIZES], n_decode;
     uint32_t prefill[EG_MAX_SIZES], n_prefill;
     int worker;
@@ -92,7 +85,7 @@ typedef struct {
     void *d_counts, *d_pairs;
 } eg_route;
 
-static int eg_route_make(eg_route *r, const eg_model *m, uint32_t n_tokens)
+static int eg_route_make(eg_route *r, const mb_egpu_model *m, uint32_t n_tokens)
 {
     memset(r, 0, sizeof *r);
     r->n_tokens = n_tokens;
@@ -144,39 +137,10 @@ static void eg_route_free(eg_route *r)
     memset(r, 0, sizeof *r);
 }
 
-/* ---- results ---- */
-
-typedef struct {
-    const eg_model *m;
-    const char *phase;
-    uint32_t n_tokens, n_pairs;
-    const char *path, *taken; /* asked for, and what AUTO chose */
-    int reps;
-    double median_s, best_s, weight_bytes;
-    double gbs, copy_ratio, tflops, gemm_ratio;
-} eg_kres;
-
-typedef struct {
-    const eg_model *m;
-    const char *what; /* "backend" or "worker" */
-    uint32_t n_tokens;
-    int reps;
-    double median_s, p99_s, compute_s, kernel_s, ratio;
-} eg_hres;
-
-typedef struct {
-    double copy_gbs, gemm_tflops[EG_N_MODELS];
-    char gemm_note[160];
-    eg_kres k[128];
-    int n_k;
-    eg_hres h[64];
-    int n_h;
-} eg_run;
-
 static const char *const eg_path_name[] = {"auto", "gemv", "gemm"};
 
 /* Kernel time of model m at n_tokens by AUTO, for the ratios; 0 if none. */
-static double eg_kernel_auto_s(const eg_run *run, const eg_model *m, uint32_t n_tokens)
+static double eg_kernel_auto_s(const mb_egpu_run *run, const mb_egpu_model *m, uint32_t n_tokens)
 {
     for (int i = 0; i < run->n_k; i++)
         if (run->k[i].m == m && run->k[i].n_tokens == n_tokens && !strcmp(run->k[i].path, "auto"))
@@ -194,7 +158,7 @@ static int eg_cmp_double(const void *a, const void *b)
 
 /* One expert's bf16 gate | up | down, random, scaled like a trained layer;
  * a 4 MiB random block tiled over it keeps the setup fast. */
-static uint16_t *eg_expert_make(const eg_model *m)
+static uint16_t *eg_expert_make(const mb_egpu_model *m)
 {
     const size_t n = (size_t)3 * m->d_model * m->d_ff, block = (size_t)2 << 20;
     uint16_t *w = malloc(n * 2);
@@ -236,7 +200,7 @@ static uint16_t *eg_act_make(uint32_t n_tokens, uint32_t d_model)
 
 /* Device state of one model's kernel runs. */
 typedef struct {
-    const eg_model *m;
+    const mb_egpu_model *m;
     void *stream;
     mb_kcuda_moe_ws *ws;
     mb_gpu_marks *marks; /* [EG_BATCH + 1] */
@@ -263,7 +227,7 @@ static void eg_kdev_fini(eg_kdev *d)
 }
 
 /* Uploads every expert slot (copies of expert), the slot table and act. */
-static int eg_kdev_init(eg_kdev *d, const eg_model *m, const uint16_t *expert, const uint16_t *act,
+static int eg_kdev_init(eg_kdev *d, const mb_egpu_model *m, const uint16_t *expert, const uint16_t *act,
                         uint32_t max_tokens)
 {
     memset(d, 0, sizeof *d);
@@ -295,9 +259,9 @@ static int eg_kdev_init(eg_kdev *d, const eg_model *m, const uint16_t *expert, c
  * a first request alone (*t1_s), then reps in batches queued behind a spin
  * kernel. Returns 0 or a CUDA error code. */
 static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path, double budget_s,
-                          eg_kres *res, double *t1_s)
+                          mb_egpu_kres *res, double *t1_s)
 {
-    const eg_model *m = d->m;
+    const mb_egpu_model *m = d->m;
     const uint32_t n_tokens = routes[0].n_tokens;
     mb_kcuda_moe_problem p[EG_N_ROUTES];
     int e = 0;
@@ -319,8 +283,15 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
     if (e) return e;
     int reps = (int)(budget_s / (*t1_s > 1e-6 ? *t1_s : 1e-6));
     reps = reps < 5 ? 5 : reps > EG_MAX_REPS ? EG_MAX_REPS : reps;
+    /* Per request: its time and its weight stream rate (the routings touch
+     * different numbers of distinct experts). */
     double *times = malloc(sizeof *times * (size_t)reps), bytes = 0;
-    if (!times) return 2;
+    double *rates = malloc(sizeof *rates * (size_t)reps);
+    if (!times || !rates) {
+        free(times);
+        free(rates);
+        return 2;
+    }
     const double eb = 3.0 * m->d_model * m->d_ff * 2;
     for (int done = 0; done < reps && !e;) {
         const int nb = reps - done < EG_BATCH ? reps - done : EG_BATCH;
@@ -334,7 +305,9 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
         if (!e) e = mb_gpu_stream_sync(d->stream);
         for (int j = 0; j < nb && !e; j++) {
             e = mb_gpu_marks_elapsed_s(d->marks, (size_t)j, (size_t)j + 1, &times[done + j]);
-            bytes += routes[(done + j) % EG_N_ROUTES].n_distinct * eb;
+            const double b = routes[(done + j) % EG_N_ROUTES].n_distinct * eb;
+            bytes += b;
+            rates[done + j] = b / times[done + j];
         }
         done += nb;
     }
@@ -348,28 +321,14 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
         res->n_pairs = routes[0].n_pairs;
         res->path = eg_path_name[path];
         res->taken = eg_path_name[path == MB_KCUDA_PATH_AUTO ? mb_kcuda_moe_path(&p[0]) : path];
-        res->gbs = res->weight_bytes / res->median_s * 1e-9;
+        qsort(rates, (size_t)reps, sizeof *rates, eg_cmp_double);
+        res->gbs = rates[reps / 2] * 1e-9;
         res->tflops = 6.0 * res->n_pairs * m->d_model * m->d_ff / res->median_s * 1e-12;
     }
     eg_check(e, "timed requests");
     free(times);
+    free(rates);
     return e;
-}
-
-static void eg_print_kernel_header(void)
-{
-    printf("\nkernel only (device time; median over reps)\n");
-    printf("%-14s %-7s %6s %7s %-4s %-4s %5s %10s %10s %8s %6s %8s %6s\n", "model", "phase",
-           "tokens", "pairs", "path", "took", "reps", "median_us", "best_us", "GB/s", "%copy",
-           "TFLOP/s", "%cuBL");
-}
-
-static void eg_print_kernel(const eg_kres *k)
-{
-    printf("%-14s %-7s %6u %7u %-4s %-4s %5d %10.1f %10.1f %8.1f %6.1f %8.1f %6.1f\n", k->m->name,
-           k->phase, k->n_tokens, k->n_pairs, k->path, k->taken, k->reps, k->median_s * 1e6,
-           k->best_s * 1e6, k->gbs, k->copy_ratio * 100, k->tflops, k->gemm_ratio * 100);
-    fflush(stdout);
 }
 
 /* ---- backend and worker (host clock) ---- */
@@ -382,7 +341,7 @@ typedef struct {
     int n;
 } eg_sizes;
 
-static void eg_req_of(const eg_model *m, const eg_route *r, const uint16_t *act,
+static void eg_req_of(const mb_egpu_model *m, const eg_route *r, const uint16_t *act,
                       mb_proto_expert_req *req)
 {
     *req = (mb_proto_expert_req){0, r->n_tokens, m->d_model, MB_DTYPE_BF16, r->n_pairs,
@@ -390,8 +349,8 @@ static void eg_req_of(const eg_model *m, const eg_route *r, const uint16_t *act,
 }
 
 /* Fills a host-side result from samples (sorted here). */
-static void eg_hres_fill(eg_hres *h, const eg_model *m, const char *what, uint32_t n_tokens,
-                         double *s, double *compute, int reps, const eg_run *run)
+static void eg_hres_fill(mb_egpu_hres *h, const mb_egpu_model *m, const char *what, uint32_t n_tokens,
+                         double *s, double *compute, int reps, const mb_egpu_run *run)
 {
     qsort(s, (size_t)reps, sizeof *s, eg_cmp_double);
     h->m = m;
@@ -408,18 +367,10 @@ static void eg_hres_fill(eg_hres *h, const eg_model *m, const char *what, uint32
     h->ratio = h->kernel_s > 0 ? h->median_s / h->kernel_s : 0;
 }
 
-static void eg_print_host(const eg_hres *h)
-{
-    printf("%-14s %-8s %6u %5d %10.1f %10.1f %10.1f %10.1f %7.2f\n", h->m->name, h->what,
-           h->n_tokens, h->reps, h->median_s * 1e6, h->p99_s * 1e6, h->compute_s * 1e6,
-           h->kernel_s * 1e6, h->ratio);
-    fflush(stdout);
-}
-
 /* mb_backend_run of every size in this process. */
-static int eg_backend_cases(const eg_opts *o, const eg_model *m, const uint16_t *expert,
+static int eg_backend_cases(const eg_opts *o, const mb_egpu_model *m, const uint16_t *expert,
                             const uint16_t *act, const eg_sizes *sz, uint32_t max_tokens,
-                            double budget_s, eg_run *run)
+                            double budget_s, mb_egpu_run *run)
 {
     const mb_backend_ops *ops = mb_backend_find("cuda");
     if (!ops) {
@@ -463,7 +414,7 @@ static int eg_backend_cases(const eg_opts *o, const eg_model *m, const uint16_t 
         }
         if (st != MB_STATUS_OK) break;
         eg_hres_fill(&run->h[run->n_h], m, "backend", sz->tokens[i], s, c, reps, run);
-        eg_print_host(&run->h[run->n_h++]);
+        mb_egpu_print_host(&run->h[run->n_h++]);
     }
     if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: backend: %s\n", mb_status_str(st));
     free(out);
@@ -474,8 +425,8 @@ static int eg_backend_cases(const eg_opts *o, const eg_model *m, const uint16_t 
 }
 
 /* EXPERT_REQ round trips to a spawned worker at the decode sizes. */
-static int eg_worker_cases(const eg_opts *o, const eg_model *m, const uint16_t *expert,
-                           const uint16_t *act, const eg_sizes *sz, double budget_s, eg_run *run)
+static int eg_worker_cases(const eg_opts *o, const mb_egpu_model *m, const uint16_t *expert,
+                           const uint16_t *act, const eg_sizes *sz, double budget_s, mb_egpu_run *run)
 {
     const size_t per = (size_t)m->d_model * m->d_ff;
     char err[256];
@@ -486,38 +437,41 @@ static int eg_worker_cases(const eg_opts *o, const eg_model *m, const uint16_t *
         fprintf(stderr, "bench_expert_gpu: worker: %s\n", err);
         return -1;
     }
-    double *s = malloc(sizeof *s * EG_MAX_REPS);
-    if (!s) st = MB_STATUS_NOMEM;
+    double *s = malloc(sizeof *s * EG_MAX_REPS), *c = malloc(sizeof *c * EG_MAX_REPS);
+    if (!s || !c) st = MB_STATUS_NOMEM;
     for (int i = 0; i < sz->n && st == MB_STATUS_OK && run->n_h < 64; i++) {
         if (!sz->is_decode[i]) continue;
         mb_proto_expert_req req[EG_N_ROUTES];
         for (int r = 0; r < EG_N_ROUTES; r++)
             eg_req_of(m, &sz->routes[i][r], act, &req[r]);
         int64_t ns = 0;
+        uint64_t compute_ns = 0;
         for (int r = 0; r < 3 && st == MB_STATUS_OK; r++) /* warm-up */
-            st = mb_bench_worker_rtt(&w, &req[r], &ns);
+            st = mb_bench_worker_rtt(&w, &req[r], &ns, &compute_ns);
         double t1 = (double)ns * 1e-9;
         int reps = (int)(budget_s / (t1 > 1e-6 ? t1 : 1e-6));
         reps = reps < 20 ? 20 : reps > EG_MAX_REPS ? EG_MAX_REPS : reps;
         for (int r = 0; r < reps && st == MB_STATUS_OK; r++) {
-            st = mb_bench_worker_rtt(&w, &req[r % EG_N_ROUTES], &ns);
+            st = mb_bench_worker_rtt(&w, &req[r % EG_N_ROUTES], &ns, &compute_ns);
             s[r] = (double)ns * 1e-9;
+            c[r] = (double)compute_ns * 1e-9;
         }
         if (st != MB_STATUS_OK) break;
-        eg_hres_fill(&run->h[run->n_h], m, "worker", sz->tokens[i], s, NULL, reps, run);
-        eg_print_host(&run->h[run->n_h++]);
+        eg_hres_fill(&run->h[run->n_h], m, "worker", sz->tokens[i], s, c, reps, run);
+        mb_egpu_print_host(&run->h[run->n_h++]);
     }
     if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: worker: %s\n", mb_status_str(st));
     free(s);
+    free(c);
     mb_bench_worker_stop(&w);
     return st == MB_STATUS_OK ? 0 : -1;
 }
 
 /* ---- one model ---- */
 
-static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, eg_run *run)
+static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, mb_egpu_run *run)
 {
-    const eg_model *m = &eg_models[mi];
+    const mb_egpu_model *m = &eg_models[mi];
     eg_sizes *sz = calloc(1, sizeof *sz);
     if (!sz) return -1;
     uint32_t max_tokens = 1;
@@ -538,7 +492,7 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, eg_run *
     eg_kdev d;
     if (rc == 0) rc = eg_kdev_init(&d, m, expert, act, max_tokens) ? -1 : 0;
     if (rc == 0) {
-        eg_print_kernel_header();
+        mb_egpu_print_kernel_header();
         /* Per path: the first-request time and size of the last case run,
          * to skip sizes that would overrun the case's share of the budget. */
         double last_t1[3] = {0, 0, 0};
@@ -553,7 +507,7 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, eg_run *
                            eg_path_name[p], est);
                     continue;
                 }
-                eg_kres *k = &run->k[run->n_k];
+                mb_egpu_kres *k = &run->k[run->n_k];
                 memset(k, 0, sizeof *k);
                 k->m = m;
                 k->phase = sz->is_decode[i] ? "decode" : "prefill";
@@ -567,14 +521,13 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, eg_run *
                 k->copy_ratio = run->copy_gbs > 0 ? k->gbs / (2 * run->copy_gbs) : 0;
                 k->gemm_ratio =
                     run->gemm_tflops[mi] > 0 ? k->tflops / run->gemm_tflops[mi] : 0;
-                eg_print_kernel(k);
+                mb_egpu_print_kernel(k);
                 run->n_k++;
             }
         eg_kdev_fini(&d);
     }
     if (rc == 0) {
-        printf("\n%-14s %-8s %6s %5s %10s %10s %10s %10s %7s\n", "model", "depth", "tokens",
-               "reps", "median_us", "p99_us", "compute_us", "kernel_us", "xkernel");
+        mb_egpu_print_host_header();
         rc = eg_backend_cases(o, m, expert, act, sz, max_tokens, case_budget_s, run);
     }
     if (rc == 0 && o->worker) rc = eg_worker_cases(o, m, expert, act, sz, case_budget_s, run);
@@ -585,96 +538,6 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, eg_run *
     free(expert);
     free(act);
     return rc;
-}
-
-/* ---- report ---- */
-
-static void eg_write_json(const eg_opts *o, const char *device, const eg_run *run)
-{
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "bench", "expert_gpu");
-    cJSON_AddStringToObject(root, "device", device);
-    cJSON_AddStringToObject(root, "weights", "bf16");
-    cJSON_AddStringToObject(root, "payload", "bf16");
-    cJSON *c = cJSON_AddObjectToObject(root, "ceilings");
-    cJSON_AddNumberToObject(c, "copy_copied_gbs", run->copy_gbs);
-    cJSON_AddNumberToObject(c, "copy_traffic_gbs", 2 * run->copy_gbs);
-    cJSON *g = cJSON_AddObjectToObject(c, "cublas_bf16_tflops");
-    for (int mi = 0; mi < EG_N_MODELS; mi++)
-        if (o->model_on[mi]) {
-            const eg_model *m = &eg_models[mi];
-            cJSON *x = cJSON_AddObjectToObject(g, m->key);
-            cJSON_AddNumberToObject(x, "m", m->gemm_m);
-            cJSON_AddNumberToObject(x, "n", m->gemm_n);
-            cJSON_AddNumberToObject(x, "k", m->gemm_k);
-            cJSON_AddNumberToObject(x, "tflops", run->gemm_tflops[mi]);
-        }
-    if (run->gemm_note[0]) cJSON_AddStringToObject(c, "cublas_note", run->gemm_note);
-    cJSON *ka = cJSON_AddArrayToObject(root, "kernel");
-    for (int i = 0; i < run->n_k; i++) {
-        const eg_kres *k = &run->k[i];
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "model", k->m->name);
-        cJSON_AddStringToObject(x, "phase", k->phase);
-        cJSON_AddNumberToObject(x, "tokens", k->n_tokens);
-        cJSON_AddNumberToObject(x, "pairs", k->n_pairs);
-        cJSON_AddStringToObject(x, "path", k->path);
-        cJSON_AddStringToObject(x, "took", k->taken);
-        cJSON_AddNumberToObject(x, "reps", k->reps);
-        cJSON_AddNumberToObject(x, "median_us", k->median_s * 1e6);
-        cJSON_AddNumberToObject(x, "best_us", k->best_s * 1e6);
-        cJSON_AddNumberToObject(x, "weight_bytes", k->weight_bytes);
-        cJSON_AddNumberToObject(x, "gbs", k->gbs);
-        cJSON_AddNumberToObject(x, "copy_traffic_ratio", k->copy_ratio);
-        cJSON_AddNumberToObject(x, "tflops", k->tflops);
-        cJSON_AddNumberToObject(x, "cublas_ratio", k->gemm_ratio);
-        cJSON_AddItemToArray(ka, x);
-    }
-    cJSON *ha = cJSON_AddArrayToObject(root, "host");
-    for (int i = 0; i < run->n_h; i++) {
-        const eg_hres *h = &run->h[i];
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddStringToObject(x, "model", h->m->name);
-        cJSON_AddStringToObject(x, "depth", h->what);
-        cJSON_AddNumberToObject(x, "tokens", h->n_tokens);
-        cJSON_AddNumberToObject(x, "reps", h->reps);
-        cJSON_AddNumberToObject(x, "median_us", h->median_s * 1e6);
-        cJSON_AddNumberToObject(x, "p99_us", h->p99_s * 1e6);
-        cJSON_AddNumberToObject(x, "compute_us", h->compute_s * 1e6);
-        cJSON_AddNumberToObject(x, "kernel_us", h->kernel_s * 1e6);
-        cJSON_AddNumberToObject(x, "ratio_to_kernel", h->ratio);
-        cJSON_AddItemToArray(ha, x);
-    }
-    cJSON *goals = cJSON_AddObjectToObject(root, "goals");
-    char name[96];
-    for (int i = 0; i < run->n_k; i++) {
-        const eg_kres *k = &run->k[i];
-        if (strcmp(k->path, "auto") != 0) continue;
-        if (!strcmp(k->phase, "decode") && k->n_tokens == 1) {
-            snprintf(name, sizeof name, "%s_decode1_copy_traffic_ratio", k->m->key);
-            mb_bench_goal(goals, name, k->copy_ratio, ">= 0.80", k->copy_ratio >= 0.80);
-        } else if (!strcmp(k->phase, "prefill")) {
-            snprintf(name, sizeof name, "%s_prefill%u_cublas_ratio", k->m->key, k->n_tokens);
-            mb_bench_goal(goals, name, k->gemm_ratio, ">= 0.65", k->gemm_ratio >= 0.65);
-        }
-    }
-    for (int i = 0; i < run->n_h; i++) {
-        const eg_hres *h = &run->h[i];
-        if (strcmp(h->what, "worker") != 0 || h->n_tokens != 1) continue;
-        snprintf(name, sizeof name, "%s_worker_decode1_ratio_to_kernel", h->m->key);
-        mb_bench_goal(goals, name, h->ratio, "<= 1.5", h->ratio > 0 && h->ratio <= 1.5);
-    }
-    char *text = cJSON_Print(root);
-    FILE *f = text ? fopen(o->json, "w") : NULL;
-    if (f) {
-        fputs(text, f);
-        fputc('\n', f);
-        fclose(f);
-    } else {
-        perror(o->json);
-    }
-    free(text);
-    cJSON_Delete(root);
 }
 
 /* ---- options ---- */
@@ -711,7 +574,7 @@ static void eg_parse_opts(int argc, char **argv, eg_opts *o)
     o->n_decode = 4;
     memcpy(o->prefill, pre, sizeof pre);
     o->n_prefill = 3;
-    static const char *const keys[EG_N_MODELS] = {"qwen3", "mixtral"};
+    static const char *const keys[MB_EGPU_N_MODELS] = {"qwen3", "mixtral"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--no-worker")) {
@@ -734,7 +597,7 @@ static void eg_parse_opts(int argc, char **argv, eg_opts *o)
             o->budget_s = atof(v);
             if (!(o->budget_s > 0)) eg_usage();
         } else if (!strcmp(a, "--models")) {
-            if (mb_bench_parse_list(v, keys, EG_N_MODELS, o->model_on) != 0) eg_usage();
+            if (mb_bench_parse_list(v, keys, MB_EGPU_N_MODELS, o->model_on) != 0) eg_usage();
         } else if (!strcmp(a, "--decode")) {
             if (!(o->n_decode = eg_parse_sizes(v, o->decode))) eg_usage();
         } else if (!strcmp(a, "--prefill")) {
@@ -763,16 +626,16 @@ int main(int argc, char **argv)
     if (eg_check(mb_gpu_set_device(o.device), "set device")) return 1;
     printf("device: %s, %.1f GiB\n", device, (double)mem_total / (1u << 30));
 
-    eg_run *run = calloc(1, sizeof *run);
+    mb_egpu_run *run = calloc(1, sizeof *run);
     if (!run) return 1;
     if (eg_check(mb_gpu_copy_gbs((size_t)1 << 30, 1.0, &run->copy_gbs), "copy ceiling")) return 1;
     printf("ceilings: D2D copy %.0f GB/s copied = %.0f GB/s traffic (decode %% is of traffic)\n",
            run->copy_gbs, 2 * run->copy_gbs);
     int n_models = 0;
-    for (int mi = 0; mi < EG_N_MODELS; mi++) {
+    for (int mi = 0; mi < MB_EGPU_N_MODELS; mi++) {
         if (!o.model_on[mi]) continue;
         n_models++;
-        const eg_model *m = &eg_models[mi];
+        const mb_egpu_model *m = &eg_models[mi];
         int e = mb_gpu_gemm_tflops(m->gemm_m, m->gemm_n, m->gemm_k, 1.0, &run->gemm_tflops[mi],
                                    run->gemm_note, sizeof run->gemm_note);
         if (e > 0) eg_check(e, "cuBLAS ceiling");
@@ -784,16 +647,16 @@ int main(int argc, char **argv)
     const int n_sizes = (int)(o.n_decode + o.n_prefill);
     const double case_budget_s = 0.6 * o.budget_s / (n_models * n_sizes * 3);
     int rc = 0;
-    for (int mi = 0; mi < EG_N_MODELS && rc == 0; mi++)
+    for (int mi = 0; mi < MB_EGPU_N_MODELS && rc == 0; mi++)
         if (o.model_on[mi]) rc = eg_model_run(&o, mi, case_budget_s, run);
-    printf("\ndecode: GB/s = bytes of the distinct experts routed to / median device time; goal "
-           ">= 80%% of copy traffic at 1 token.\n"
+    printf("\ndecode: GB/s = median of (bytes of the distinct experts routed to / device time); "
+           "goal >= 80%% of copy traffic at 1 token.\n"
            "prefill: TFLOP/s = 6 * pairs * d_model * d_ff / median device time; goal >= 65%% of "
            "cuBLAS.\n"
            "backend: mb_backend_run in process; worker: EXPERT_REQ round trip over shm; xkernel = "
            "median / kernel median (auto); goal <= 1.5 for the worker at 1 token.\n"
            "not measured: time outside the GEMMs (route, combine): moe.h has no per-phase hook.\n");
-    if (o.json) eg_write_json(&o, device, run);
+    if (o.json) mb_egpu_write_json(o.json, device, eg_models, o.model_on, run);
     free(run);
     return rc ? 1 : 0;
 }

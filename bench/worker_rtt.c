@@ -72,7 +72,8 @@ mb_status mb_bench_worker_start(mb_bench_worker *w, const char *backend, int dev
     return st;
 }
 
-mb_status mb_bench_worker_rtt(mb_bench_worker *w, const mb_proto_expert_req *req, int64_t *ns)
+mb_status mb_bench_worker_rtt(mb_bench_worker *w, const mb_proto_expert_req *req, int64_t *ns,
+                              uint64_t *compute_ns)
 {
     mb_transport *t = &w->link.transport;
     const size_t act_bytes = (size_t)req->n_tokens * req->d_model * mb_dtype_size(req->dtype);
@@ -102,6 +103,9 @@ mb_status mb_bench_worker_rtt(mb_bench_worker *w, const mb_proto_expert_req *req
         const int mine = st == MB_STATUS_OK && h.tag == tag;
         if (mine && h.opcode != MB_OP_EXPERT_REPLY)
             st = h.status != MB_STATUS_OK ? (mb_status)h.status : MB_STATUS_PROTOCOL;
+        mb_proto_expert_reply er;
+        if (mine && st == MB_STATUS_OK) st = mb_proto_decode_expert_reply(rep, len, &er);
+        if (mine && st == MB_STATUS_OK) *compute_ns = er.timings.compute_ns;
         mb_transport_recv_release(t);
         if (mine || st != MB_STATUS_OK) break;
     }

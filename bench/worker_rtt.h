@@ -28,9 +28,11 @@ mb_status mb_bench_worker_start(mb_bench_worker *w, const char *backend, int dev
                                 char *err, size_t err_cap);
 
 /* One EXPERT_REQ built in place in the transport's buffer, sent, and its
- * EXPERT_REPLY received: *ns receives the whole round trip. The worker's
- * refusal comes back as its status. Blocking (up to 60 s). */
-mb_status mb_bench_worker_rtt(mb_bench_worker *w, const mb_proto_expert_req *req, int64_t *ns);
+ * EXPERT_REPLY received: *ns receives the whole round trip, *compute_ns
+ * the worker's compute time from the reply. The worker's refusal comes
+ * back as its status. Blocking (up to 60 s). */
+mb_status mb_bench_worker_rtt(mb_bench_worker *w, const mb_proto_expert_req *req, int64_t *ns,
+                              uint64_t *compute_ns);
 
 /* Stops the worker and frees everything; also safe after a failed start. */
 void mb_bench_worker_stop(mb_bench_worker *w);

@@ -1,0 +1,61 @@
+/* The results of bench_expert_gpu and their report: the table rows it
+ * prints as it goes and the JSON it writes at the end. Nothing here
+ * measures or touches a device. */
+#ifndef MB_BENCH_EXPERT_GPU_REPORT_H
+#define MB_BENCH_EXPERT_GPU_REPORT_H
+
+#include <stdint.h>
+
+#define MB_EGPU_N_MODELS 2
+
+/* An MoE layer's expert shape, and the cuBLAS GEMM its prefill is
+ * compared with. */
+typedef struct {
+    const char *key, *name;
+    uint32_t d_model, d_ff, n_experts, top_k;
+    int gemm_m, gemm_n, gemm_k; /* the cuBLAS ceiling's shape */
+} mb_egpu_model;
+
+/* One kernel-only case: device time of a request on one path. */
+typedef struct {
+    const mb_egpu_model *m;
+    const char *phase;
+    uint32_t n_tokens, n_pairs;
+    const char *path, *taken; /* asked for, and what AUTO chose */
+    int reps;
+    double median_s, best_s, weight_bytes;
+    double gbs, copy_ratio, tflops, gemm_ratio;
+} mb_egpu_kres;
+
+/* One host-clock case: mb_backend_run or a worker round trip. */
+typedef struct {
+    const mb_egpu_model *m;
+    const char *what; /* "backend" or "worker" */
+    uint32_t n_tokens;
+    int reps;
+    double median_s, p99_s, compute_s, kernel_s, ratio;
+} mb_egpu_hres;
+
+/* Everything one run measured. */
+typedef struct {
+    double copy_gbs, gemm_tflops[MB_EGPU_N_MODELS];
+    char gemm_note[160];
+    mb_egpu_kres k[128];
+    int n_k;
+    mb_egpu_hres h[64];
+    int n_h;
+} mb_egpu_run;
+
+/* Table rows on stdout, flushed. */
+void mb_egpu_print_kernel_header(void);
+void mb_egpu_print_kernel(const mb_egpu_kres *k);
+void mb_egpu_print_host_header(void);
+void mb_egpu_print_host(const mb_egpu_hres *h);
+
+/* Writes run as JSON to path: device, ceilings (cuBLAS for the models
+ * with model_on set), every case, and the goals with whether each is met.
+ * Prints a message when path cannot be written. */
+void mb_egpu_write_json(const char *path, const char *device, const mb_egpu_model *models,
+                        const int *model_on, const mb_egpu_run *run);
+
+#endif
