@@ -52,6 +52,9 @@ static void mb_cuda_close(void *state)
     if (be->h_slots) cudaFreeHost(be->h_slots);
     if (be->d_slots) cudaFree(be->d_slots);
     free(be->slot_mem);
+    free(be->plan_by_slot);
+    free(be->plan_slot);
+    free(be->plan_count);
     free(be->layer_experts);
     mb_route_table_fini(&be->table);
     cudaGetLastError();
@@ -92,9 +95,10 @@ static mb_status mb_cuda_open(const mb_backend_config *cfg, void **state)
     const char *g = getenv("MB_CUDA_GRAPHS");
     be->use_graphs = !(g && g[0] == '0');
     const char *path = getenv("MB_CUDA_PATH");
-    be->path = path && !strcmp(path, "gemv") ? MB_KCUDA_PATH_GEMV
-               : path && !strcmp(path, "gemm") ? MB_KCUDA_PATH_GEMM
-                                               : MB_KCUDA_PATH_AUTO;
+    be->path = path && !strcmp(path, "gemv")     ? MB_KCUDA_PATH_GEMV
+               : path && !strcmp(path, "gemm")   ? MB_KCUDA_PATH_GEMM
+               : path && !strcmp(path, "cublas") ? MB_KCUDA_PATH_CUBLAS
+                                                 : MB_KCUDA_PATH_AUTO;
     be->upload_status = MB_STATUS_OK;
     mb_status st = mb_route_table_init(&be->table, max_slots);
     if (st != MB_STATUS_OK) {
@@ -102,7 +106,8 @@ static mb_status mb_cuda_open(const mb_backend_config *cfg, void **state)
         return st;
     }
     be->slot_mem = calloc(max_slots, sizeof *be->slot_mem);
-    if (!be->slot_mem) {
+    be->plan_by_slot = calloc(max_slots, sizeof *be->plan_by_slot);
+    if (!be->slot_mem || !be->plan_by_slot) {
         mb_cuda_close(be);
         return MB_STATUS_NOMEM;
     }

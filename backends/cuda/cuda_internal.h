@@ -95,6 +95,11 @@ typedef struct {
     mb_status upload_status;
     uint64_t up_bytes, up_t0_ns, up_last_print_ns;
 
+    /* Host plan scratch (the cuBLAS path's group sizes). */
+    int32_t *plan_by_slot;        /* [max_slots] pair counts, zero between requests */
+    int32_t *plan_slot, *plan_count;
+    size_t plan_cap;
+
     mb_cuda_req reqs[MB_BACKEND_MAX_INFLIGHT];
     uint64_t next_seq;
 } mb_cuda_backend;

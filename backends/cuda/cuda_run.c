@@ -92,7 +92,9 @@ static cudaError_t mb_cuda_enqueue(mb_cuda_req *r, const mb_kcuda_moe_problem *p
 static cudaError_t mb_cuda_launch(mb_cuda_backend *be, mb_cuda_req *r, const mb_kcuda_moe_problem *p,
                                   size_t in_bytes, size_t out_bytes)
 {
-    if (!be->use_graphs || p->n_tokens > MB_CUDA_GRAPH_MAX_TOKENS || p->n_pairs == 0)
+    /* Only the GEMV path is captured: cuBLAS may allocate while capturing. */
+    if (!be->use_graphs || p->n_tokens > MB_CUDA_GRAPH_MAX_TOKENS || p->n_pairs == 0 ||
+        mb_kcuda_moe_path(p) != MB_KCUDA_PATH_GEMV)
         return mb_cuda_enqueue(r, p, in_bytes, out_bytes);
     mb_cuda_graph *g = NULL, *lru = &r->graphs[0];
     for (int i = 0; i < MB_CUDA_GRAPHS; i++) {
@@ -132,6 +134,42 @@ static cudaError_t mb_cuda_launch(mb_cuda_backend *be, mb_cuda_req *r, const mb_
     return cudaGraphLaunch(g->exec, r->stream);
 }
 
+static int mb_cuda_cmp_i32(const void *a, const void *b)
+{
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The request's experts in ascending slot order with their pair counts,
+ * into be->plan_slot / plan_count; *n receives how many. The per-slot
+ * counters go back to zero. */
+static mb_status mb_cuda_plan(mb_cuda_backend *be, const mb_proto_expert_req *req, uint32_t *n)
+{
+    if (req->n_pairs > be->plan_cap) {
+        size_t cap = be->plan_cap ? be->plan_cap : 256;
+        while (cap < req->n_pairs)
+            cap *= 2;
+        int32_t *a = realloc(be->plan_slot, cap * sizeof *a);
+        if (a) be->plan_slot = a;
+        int32_t *c = realloc(be->plan_count, cap * sizeof *c);
+        if (c) be->plan_count = c;
+        if (!a || !c) return MB_STATUS_NOMEM;
+        be->plan_cap = cap;
+    }
+    uint32_t ne = 0;
+    for (uint32_t i = 0; i < req->n_pairs; i++) {
+        const uint32_t slot = req->pairs[i].slot;
+        if (be->plan_by_slot[slot]++ == 0) be->plan_slot[ne++] = (int32_t)slot;
+    }
+    qsort(be->plan_slot, ne, sizeof *be->plan_slot, mb_cuda_cmp_i32);
+    for (uint32_t e = 0; e < ne; e++) {
+        be->plan_count[e] = be->plan_by_slot[be->plan_slot[e]];
+        be->plan_by_slot[be->plan_slot[e]] = 0;
+    }
+    *n = ne;
+    return MB_STATUS_OK;
+}
+
 mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *req)
 {
     mb_cuda_backend *be = state;
@@ -160,7 +198,17 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     const size_t counts_bytes = (size_t)req->n_tokens * sizeof(uint16_t);
     const size_t pairs_off = MB_CUDA_ALIGN(counts_bytes);
     const size_t act_off = pairs_off + MB_CUDA_ALIGN((size_t)req->n_pairs * sizeof(mb_proto_pair));
-    const size_t in_bytes = act_off + act_bytes;
+    /* Requests with several pairs per expert may take the cuBLAS path,
+     * whose group sizes the host plans: experts in slot order, counts, and
+     * on the device the slots and first rows after the activations. */
+    const uint32_t layer_experts =
+        req->layer < be->n_layers_cap && be->layer_experts ? be->layer_experts[req->layer] : 0;
+    const uint32_t max_experts = layer_experts && layer_experts < req->n_pairs ? layer_experts : req->n_pairs;
+    const int want_plan = req->n_pairs > 2u * max_experts || be->path == MB_KCUDA_PATH_CUBLAS;
+    uint32_t plan_n = 0;
+    if (want_plan && req->n_pairs && (st = mb_cuda_plan(be, req, &plan_n)) != MB_STATUS_OK) return st;
+    const size_t plan_off = MB_CUDA_ALIGN(act_off + act_bytes);
+    const size_t in_bytes = plan_n ? plan_off + (2 * (size_t)plan_n + 1) * sizeof(int32_t) : act_off + act_bytes;
     if (in_bytes > be->staging_max || out_bytes > be->staging_max) return MB_STATUS_FULL;
 
     cudaSetDevice(be->device);
@@ -175,8 +223,6 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
         be->uploads_pending = 0;
         if (e != cudaSuccess) return mb_cuda_fail("weight upload", e);
     }
-    const uint32_t layer_experts =
-        req->layer < be->n_layers_cap && be->layer_experts ? be->layer_experts[req->layer] : 0;
     /* Zeroed first: graphs are looked up by comparing whole problems. */
     mb_kcuda_moe_problem p;
     memset(&p, 0, sizeof p);
@@ -194,6 +240,11 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     p.pair_counts = (const uint16_t *)r->d_in;
     p.pairs = (char *)r->d_in + pairs_off;
     p.out = r->d_out;
+    if (plan_n) {
+        p.plan_experts = plan_n;
+        p.plan_count = be->plan_count;
+        p.plan_dev = (const int32_t *)((char *)r->d_in + plan_off);
+    }
     if (req->n_pairs) {
         int ke = mb_kcuda_moe_ws_reserve(r->ws, &p);
         if (ke) return mb_cuda_fail("workspace", (cudaError_t)ke);
@@ -208,6 +259,16 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     memcpy(r->h_in, req->pair_counts, counts_bytes);
     memcpy((char *)r->h_in + pairs_off, req->pairs, (size_t)req->n_pairs * sizeof(mb_proto_pair));
     memcpy((char *)r->h_in + act_off, req->act, act_bytes);
+    if (plan_n) {
+        int32_t *pl = (int32_t *)((char *)r->h_in + plan_off);
+        memcpy(pl, be->plan_slot, plan_n * sizeof *pl);
+        int32_t off = 0;
+        for (uint32_t e = 0; e < plan_n; e++) {
+            pl[plan_n + e] = off;
+            off += be->plan_count[e];
+        }
+        pl[2 * plan_n] = (int32_t)req->n_pairs;
+    }
 
     cudaError_t e = cudaEventRecord(r->ev_start, r->stream);
     if (e == cudaSuccess) e = mb_cuda_launch(be, r, &p, in_bytes, out_bytes);

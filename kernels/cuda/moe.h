@@ -48,7 +48,8 @@ typedef struct {
 typedef enum {
     MB_KCUDA_PATH_AUTO = 0, /* GEMV when pairs per routed expert are few */
     MB_KCUDA_PATH_GEMV = 1,
-    MB_KCUDA_PATH_GEMM = 2,
+    MB_KCUDA_PATH_GEMM = 2,   /* our WMMA grouped GEMM */
+    MB_KCUDA_PATH_CUBLAS = 3, /* cuBLAS grouped GEMMs (needs a host plan and cuBLAS) */
 } mb_kcuda_path;
 
 typedef struct {
@@ -67,6 +68,14 @@ typedef struct {
     const uint16_t *pair_counts;  /* [n_tokens] */
     const void *pairs;            /* [n_pairs] of {u32 slot, f32 gate} */
     void *out;                    /* device [n_tokens][d_model] payload */
+    /* Optional host plan, which the cuBLAS path needs (its group sizes are
+     * host arguments): the request's experts in ascending slot order with
+     * their pair counts (host arrays), and the same on the device as
+     * int32 [plan_experts] slots then [plan_experts + 1] first rows. The
+     * route kernel then follows it instead of discovering experts. */
+    uint32_t plan_experts;        /* 0: no plan */
+    const int32_t *plan_count;    /* host [plan_experts] */
+    const int32_t *plan_dev;      /* device, as above */
 } mb_kcuda_moe_problem;
 
 /* Device scratch for requests, grown to the largest problem and reused;
@@ -92,6 +101,10 @@ size_t mb_kcuda_moe_ws_bytes(const mb_kcuda_moe_ws *ws);
  * < p->max_slots and name loaded slots of one layer (the caller validated
  * them). Returns 0 or the launch's CUDA error code. */
 int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, void *stream);
+
+/* Whether cuBLAS could be loaded (dlopen, once; the binary does not link
+ * it, so it runs where only the driver is installed). */
+int mb_kcuda_cublas_available(void);
 
 /* Which path AUTO would take for p (for benchmarks and tests). */
 mb_kcuda_path mb_kcuda_moe_path(const mb_kcuda_moe_problem *p);

@@ -1,9 +1,15 @@
-// The decode path: for each expert with pairs, every weight row is read once
-// and dotted with all of that expert's rows of input (NT at a time), so a
+// The decode path. For each expert with pairs, every gate/up weight row is
+// read once and dotted with all of that expert's tokens (NT at a time), so a
 // routed expert's weights stream from memory once per request whatever its
-// token count. One warp per weight row, 16-byte loads, f32 math.
+// token count; activations are read in the payload dtype as they arrived.
+// The down projection then runs either per expert (writing each pair's row
+// for the combine kernel) or, for requests of a few tokens, per token with
+// the combine fused in: a warp dots one output row of every expert the token
+// was routed to and adds them gate-weighted in request order. One warp per
+// weight row, 16-byte loads, f32 math.
 //   gate/up: h[pos][r] = silu(W_gate[r] . x[token(pos)]) * (W_up[r] . x[token(pos)])
 //   down:    y[pos][n] = W_down[n] . h[pos]
+//   fused:   out[t][n] = sum_j gate_j * (W_down(j)[n] . h[pos_j])   (j: t's pairs)
 #include "kernels/cuda/moe_internal.cuh"
 
 #define MB_GEMV_WARPS 8
@@ -13,16 +19,9 @@ template <typename W> struct mb_vec16 {
     static constexpr int n = 16 / sizeof(W);
 };
 
-// Converts 16 bytes of W into floats.
-template <typename W> __device__ __forceinline__ void mb_unpack16(const uint4 &v, float *f);
-template <> __device__ __forceinline__ void mb_unpack16<float>(const uint4 &v, float *f)
-{
-    f[0] = __uint_as_float(v.x);
-    f[1] = __uint_as_float(v.y);
-    f[2] = __uint_as_float(v.z);
-    f[3] = __uint_as_float(v.w);
-}
-template <> __device__ __forceinline__ void mb_unpack16<__half>(const uint4 &v, float *f)
+// Converts 8 16-bit values (16 bytes) into floats.
+template <typename T> __device__ __forceinline__ void mb_unpack8(const uint4 &v, float *f);
+template <> __device__ __forceinline__ void mb_unpack8<__half>(const uint4 &v, float *f)
 {
     const __half2 *h = reinterpret_cast<const __half2 *>(&v);
 #pragma unroll
@@ -32,13 +31,39 @@ template <> __device__ __forceinline__ void mb_unpack16<__half>(const uint4 &v, 
         f[2 * i + 1] = t.y;
     }
 }
-template <> __device__ __forceinline__ void mb_unpack16<__nv_bfloat16>(const uint4 &v, float *f)
+template <> __device__ __forceinline__ void mb_unpack8<__nv_bfloat16>(const uint4 &v, float *f)
 {
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         f[2 * i] = __uint_as_float(w[i] << 16);
         f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
+// Loads V consecutive elements of type T at p (16-byte aligned when VEC)
+// as floats; V = elements per 16 bytes of the weight type.
+template <typename T, int V, bool VEC> __device__ __forceinline__ void mb_loadv(const T *p, float *f)
+{
+    if constexpr (!VEC) {
+#pragma unroll
+        for (int i = 0; i < V; i++)
+            f[i] = mb_to_f32<T>(p[i]);
+    } else if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int i = 0; i < V; i += 4) {
+            const float4 a = __ldg(reinterpret_cast<const float4 *>(p + i));
+            f[i] = a.x, f[i + 1] = a.y, f[i + 2] = a.z, f[i + 3] = a.w;
+        }
+    } else if constexpr (V == 8) {
+        mb_unpack8<T>(__ldg(reinterpret_cast<const uint4 *>(p)), f);
+    } else { // 16-bit data, 4 values (8 bytes)
+        const uint2 u = __ldg(reinterpret_cast<const uint2 *>(p));
+        float t[8];
+        mb_unpack8<T>(make_uint4(u.x, u.y, 0u, 0u), t);
+#pragma unroll
+        for (int i = 0; i < V; i++)
+            f[i] = t[i];
     }
 }
 
@@ -50,15 +75,14 @@ __device__ __forceinline__ float mb_warp_sum(float v)
     return v;
 }
 
-// PAIRED: gate and up rows together with the SiLU product (writes h);
-// otherwise the down rows (writes y). VEC: K and the row starts allow
-// 16-byte loads.
-template <typename W, bool PAIRED, bool VEC>
+// h for one expert's rows: weights W, activations P read in place. VEC: the
+// row length and starts allow 16-byte weight loads (and matching x loads).
+template <typename W, typename P, bool VEC>
 __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
-mb_kcuda_gemv_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ scalars,
-                     const int32_t *__restrict__ expert_slot, const int32_t *__restrict__ expert_off,
-                     const int32_t *__restrict__ perm_token, const float *__restrict__ xin, float *__restrict__ out,
-                     int K, int N)
+mb_kcuda_gateup_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ scalars,
+                       const int32_t *__restrict__ expert_slot, const int32_t *__restrict__ expert_off,
+                       const int32_t *__restrict__ perm_token, const P *__restrict__ act, float *__restrict__ h,
+                       int K, int N)
 {
     const int e = blockIdx.y;
     if (e >= scalars[0]) return;
@@ -66,91 +90,175 @@ mb_kcuda_gemv_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *_
     if (row >= N) return;
     const int lane = threadIdx.x & 31;
     const mb_kcuda_expert ex = slots[expert_slot[e]];
-    const W *wa = (const W *)(PAIRED ? ex.gate : ex.down) + (size_t)row * K;
-    const W *wb = PAIRED ? (const W *)ex.up + (size_t)row * K : nullptr;
+    const W *wa = (const W *)ex.gate + (size_t)row * K;
+    const W *wb = (const W *)ex.up + (size_t)row * K;
     const int p0 = expert_off[e], p1 = expert_off[e + 1];
-    constexpr int V = mb_vec16<W>::n;
+    constexpr int V = VEC ? mb_vec16<W>::n : 1;
 
     for (int c0 = p0; c0 < p1; c0 += MB_GEMV_NT) {
         const int nt = min(MB_GEMV_NT, p1 - c0);
-        const float *xr[MB_GEMV_NT];
+        const P *xr[MB_GEMV_NT];
 #pragma unroll
-        for (int i = 0; i < MB_GEMV_NT; i++) {
-            const int pos = c0 + (i < nt ? i : 0);
-            xr[i] = xin + (size_t)(PAIRED ? perm_token[pos] : pos) * K;
-        }
+        for (int i = 0; i < MB_GEMV_NT; i++)
+            xr[i] = act + (size_t)perm_token[c0 + (i < nt ? i : 0)] * K;
         float acc_a[MB_GEMV_NT] = {}, acc_b[MB_GEMV_NT] = {};
-        if (VEC) {
-            for (int k = lane * V; k < K; k += 32 * V) {
-                float fa[V], fb[V];
-                mb_unpack16<W>(__ldg(reinterpret_cast<const uint4 *>(wa + k)), fa);
-                if (PAIRED) mb_unpack16<W>(__ldg(reinterpret_cast<const uint4 *>(wb + k)), fb);
+#pragma unroll 4
+        for (int k = lane * V; k < K; k += 32 * V) {
+            float fa[V], fb[V];
+            mb_loadv<W, V, VEC>(wa + k, fa);
+            mb_loadv<W, V, VEC>(wb + k, fb);
 #pragma unroll
-                for (int i = 0; i < MB_GEMV_NT; i++) {
-                    if (i >= nt) break;
+            for (int i = 0; i < MB_GEMV_NT; i++) {
+                if (i >= nt) break;
+                float x[V];
+                mb_loadv<P, V, VEC>(xr[i] + k, x);
 #pragma unroll
-                    for (int v = 0; v < V; v += 4) {
-                        const float4 x4 = __ldg(reinterpret_cast<const float4 *>(xr[i] + k + v));
-                        acc_a[i] += fa[v] * x4.x + fa[v + 1] * x4.y + fa[v + 2] * x4.z + fa[v + 3] * x4.w;
-                        if (PAIRED)
-                            acc_b[i] += fb[v] * x4.x + fb[v + 1] * x4.y + fb[v + 2] * x4.z + fb[v + 3] * x4.w;
-                    }
-                }
-            }
-        } else {
-            for (int k = lane; k < K; k += 32) {
-                const float fa = mb_to_f32<W>(wa[k]);
-                const float fb = PAIRED ? mb_to_f32<W>(wb[k]) : 0.0f;
-#pragma unroll
-                for (int i = 0; i < MB_GEMV_NT; i++) {
-                    if (i >= nt) break;
-                    const float x = xr[i][k];
-                    acc_a[i] += fa * x;
-                    if (PAIRED) acc_b[i] += fb * x;
+                for (int v = 0; v < V; v++) {
+                    acc_a[i] += fa[v] * x[v];
+                    acc_b[i] += fb[v] * x[v];
                 }
             }
         }
 #pragma unroll
         for (int i = 0; i < MB_GEMV_NT; i++) {
             if (i >= nt) break;
-            const float a = mb_warp_sum(acc_a[i]);
-            const float b = PAIRED ? mb_warp_sum(acc_b[i]) : 0.0f;
-            if (lane == 0) out[(size_t)(c0 + i) * N + row] = PAIRED ? mb_silu(a) * b : a;
+            const float a = mb_warp_sum(acc_a[i]), b = mb_warp_sum(acc_b[i]);
+            if (lane == 0) h[(size_t)(c0 + i) * N + row] = mb_silu(a) * b;
         }
     }
 }
 
-template <typename W>
-static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream)
+// y[pos][n] for one expert's rows.
+template <typename W, bool VEC>
+__global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
+mb_kcuda_down_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ scalars,
+                     const int32_t *__restrict__ expert_slot, const int32_t *__restrict__ expert_off,
+                     const float *__restrict__ h, float *__restrict__ y, int K, int N)
+{
+    const int e = blockIdx.y;
+    if (e >= scalars[0]) return;
+    const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int lane = threadIdx.x & 31;
+    const W *wa = (const W *)slots[expert_slot[e]].down + (size_t)row * K;
+    const int p0 = expert_off[e], p1 = expert_off[e + 1];
+    constexpr int V = VEC ? mb_vec16<W>::n : 1;
+    for (int c0 = p0; c0 < p1; c0 += MB_GEMV_NT) {
+        const int nt = min(MB_GEMV_NT, p1 - c0);
+        float acc[MB_GEMV_NT] = {};
+#pragma unroll 4
+        for (int k = lane * V; k < K; k += 32 * V) {
+            float fa[V];
+            mb_loadv<W, V, VEC>(wa + k, fa);
+#pragma unroll
+            for (int i = 0; i < MB_GEMV_NT; i++) {
+                if (i >= nt) break;
+                float x[V];
+                mb_loadv<float, V, VEC>(h + (size_t)(c0 + i) * K + k, x);
+#pragma unroll
+                for (int v = 0; v < V; v++)
+                    acc[i] += fa[v] * x[v];
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < MB_GEMV_NT; i++) {
+            if (i >= nt) break;
+            const float a = mb_warp_sum(acc[i]);
+            if (lane == 0) y[(size_t)(c0 + i) * N + row] = a;
+        }
+    }
+}
+
+// out[t][n] with the combine fused: token t's pairs in request order.
+template <typename W, typename P, bool VEC>
+__global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
+mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ tok_off,
+                             const mb_kcuda_pair *__restrict__ pairs, const int32_t *__restrict__ pair_pos,
+                             const float *__restrict__ h, P *__restrict__ out, int K, int N)
+{
+    const int t = blockIdx.y;
+    const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int lane = threadIdx.x & 31;
+    constexpr int V = VEC ? mb_vec16<W>::n : 1;
+    const int j0 = tok_off[t], j1 = tok_off[t + 1];
+    float total = 0.0f;
+    for (int j = j0; j < j1; j++) {
+        const mb_kcuda_pair pr = pairs[j];
+        const W *wa = (const W *)slots[pr.slot].down + (size_t)row * K;
+        const float *hr = h + (size_t)pair_pos[j] * K;
+        float acc = 0.0f;
+#pragma unroll 4
+        for (int k = lane * V; k < K; k += 32 * V) {
+            float fa[V], x[V];
+            mb_loadv<W, V, VEC>(wa + k, fa);
+            mb_loadv<float, V, VEC>(hr + k, x);
+#pragma unroll
+            for (int v = 0; v < V; v++)
+                acc += fa[v] * x[v];
+        }
+        total += pr.gate * mb_warp_sum(acc);
+    }
+    if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
+}
+
+template <typename W, typename P>
+static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused,
+                                 cudaStream_t stream)
 {
     const int dm = (int)p->d_model, dff = (int)p->d_ff;
     constexpr int V = mb_vec16<W>::n;
-    const bool vec_in = dm % V == 0 && dm % 4 == 0, vec_ff = dff % V == 0 && dff % 4 == 0;
+    const bool vec_in = dm % V == 0, vec_ff = dff % V == 0;
     const unsigned ne = mb_kcuda_max_experts(p);
-    const float *x = (const float *)ws->x;
+    const P *act = (const P *)p->act;
     float *h = (float *)ws->h;
-    dim3 g1((dff + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, ne), g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, ne);
+    const dim3 blk(MB_GEMV_WARPS * 32);
+    const dim3 g1((dff + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, ne);
     if (vec_in)
-        mb_kcuda_gemv_kernel<W, true, true><<<g1, MB_GEMV_WARPS * 32, 0, stream>>>(
-            p->slots, ws->scalars, ws->expert_slot, ws->expert_off, ws->perm_token, x, h, dm, dff);
+        mb_kcuda_gateup_kernel<W, P, true><<<g1, blk, 0, stream>>>(p->slots, ws->scalars, ws->expert_slot,
+                                                                   ws->expert_off, ws->perm_token, act, h, dm, dff);
     else
-        mb_kcuda_gemv_kernel<W, true, false><<<g1, MB_GEMV_WARPS * 32, 0, stream>>>(
-            p->slots, ws->scalars, ws->expert_slot, ws->expert_off, ws->perm_token, x, h, dm, dff);
-    if (vec_ff)
-        mb_kcuda_gemv_kernel<W, false, true><<<g2, MB_GEMV_WARPS * 32, 0, stream>>>(
-            p->slots, ws->scalars, ws->expert_slot, ws->expert_off, ws->perm_token, h, ws->y, dff, dm);
-    else
-        mb_kcuda_gemv_kernel<W, false, false><<<g2, MB_GEMV_WARPS * 32, 0, stream>>>(
-            p->slots, ws->scalars, ws->expert_slot, ws->expert_off, ws->perm_token, h, ws->y, dff, dm);
+        mb_kcuda_gateup_kernel<W, P, false><<<g1, blk, 0, stream>>>(p->slots, ws->scalars, ws->expert_slot,
+                                                                    ws->expert_off, ws->perm_token, act, h, dm, dff);
+    if (fused) {
+        const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, p->n_tokens);
+        const mb_kcuda_pair *pairs = (const mb_kcuda_pair *)p->pairs;
+        if (vec_ff)
+            mb_kcuda_down_combine_kernel<W, P, true><<<g2, blk, 0, stream>>>(p->slots, ws->tok_off, pairs,
+                                                                             ws->pair_pos, h, (P *)p->out, dff, dm);
+        else
+            mb_kcuda_down_combine_kernel<W, P, false><<<g2, blk, 0, stream>>>(p->slots, ws->tok_off, pairs,
+                                                                              ws->pair_pos, h, (P *)p->out, dff, dm);
+    } else {
+        const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, ne);
+        if (vec_ff)
+            mb_kcuda_down_kernel<W, true><<<g2, blk, 0, stream>>>(p->slots, ws->scalars, ws->expert_slot,
+                                                                  ws->expert_off, h, ws->y, dff, dm);
+        else
+            mb_kcuda_down_kernel<W, false><<<g2, blk, 0, stream>>>(p->slots, ws->scalars, ws->expert_slot,
+                                                                   ws->expert_off, h, ws->y, dff, dm);
+    }
     return cudaGetLastError();
 }
 
-cudaError_t mb_kcuda_gemv_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream)
+template <typename W>
+static cudaError_t mb_gemv_weights(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused,
+                                   cudaStream_t stream)
+{
+    switch (p->payload) {
+    case MB_KCUDA_F32: return mb_gemv_typed<W, float>(ws, p, fused, stream);
+    case MB_KCUDA_F16: return mb_gemv_typed<W, __half>(ws, p, fused, stream);
+    case MB_KCUDA_BF16: return mb_gemv_typed<W, __nv_bfloat16>(ws, p, fused, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t mb_kcuda_gemv_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused, cudaStream_t stream)
 {
     switch (p->wdtype) {
-    case MB_KCUDA_F32: return mb_gemv_typed<float>(ws, p, stream);
-    case MB_KCUDA_F16: return mb_gemv_typed<__half>(ws, p, stream);
-    case MB_KCUDA_BF16: return mb_gemv_typed<__nv_bfloat16>(ws, p, stream);
+    case MB_KCUDA_F32: return mb_gemv_weights<float>(ws, p, fused, stream);
+    case MB_KCUDA_F16: return mb_gemv_weights<__half>(ws, p, fused, stream);
+    case MB_KCUDA_BF16: return mb_gemv_weights<__nv_bfloat16>(ws, p, fused, stream);
     default: return cudaErrorInvalidValue;
     }
 }

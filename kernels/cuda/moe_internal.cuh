@@ -41,8 +41,14 @@ struct mb_kcuda_moe_ws {
     mb_kcuda_tile *tiles;   // [cap_pairs / BM + cap_pairs + 1]
     void *x;                // activations for the math: f32, or 16-bit hi then lo
     void *h;                // [n_pairs][d_ff]: f32, or 16-bit hi then lo
-    float *y;               // [n_pairs][d_model] each pair's down projection
+    float *y;               // [n_pairs][d_model] each pair's down projection (cuBLAS path:
+                            // first gate|up [n_pairs][2 d_ff], then y)
     size_t bytes;
+    // cuBLAS path: handle, device pointer arrays, host argument arrays.
+    void *cublas;
+    void **ptrs;            // device [12 * cap_groups]
+    int *host_args;         // host [11 * 2 * cap_groups]
+    size_t cap_groups;
 };
 
 template <typename T> __device__ __forceinline__ float mb_to_f32(T v);
@@ -73,7 +79,14 @@ static inline uint32_t mb_kcuda_max_tiles(const mb_kcuda_moe_problem *p)
 cudaError_t mb_kcuda_route_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream);
 cudaError_t mb_kcuda_convert_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split, int to16,
                                     cudaStream_t stream);
-cudaError_t mb_kcuda_gemv_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream);
+// fused: the down projection adds each token's pairs itself (writes p->out,
+// no combine launch); otherwise it writes ws->y for the combine kernel.
+cudaError_t mb_kcuda_gemv_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused, cudaStream_t stream);
 cudaError_t mb_kcuda_gemm_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split_x, int split_h,
                                  cudaStream_t stream);
+cudaError_t mb_kcuda_gather_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split,
+                                   cudaStream_t stream);
+cudaError_t mb_kcuda_cublas_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split_x, int split_h,
+                                   cudaStream_t stream);
+void mb_kcuda_cublas_ws_free(mb_kcuda_moe_ws *ws);
 cudaError_t mb_kcuda_combine_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream);

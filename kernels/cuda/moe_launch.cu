@@ -1,6 +1,7 @@
 // The request pipeline of kernels/cuda/moe.h: workspace management and the
 // order of launches (route, convert, GEMV or grouped GEMM, combine), all on
 // the caller's stream with no host synchronisation.
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -50,6 +51,7 @@ static void mb_ws_free_grown(mb_kcuda_moe_ws *ws)
 extern "C" void mb_kcuda_moe_ws_destroy(mb_kcuda_moe_ws *ws)
 {
     if (!ws) return;
+    mb_kcuda_cublas_ws_free(ws);
     mb_ws_free_grown(ws);
     cudaFree(ws->slot_cnt);
     cudaFree(ws->slot_eidx);
@@ -63,7 +65,10 @@ extern "C" int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_p
 {
     if (!ws || !p) return (int)cudaErrorInvalidValue;
     const size_t nt = p->n_tokens ? p->n_tokens : 1, np = p->n_pairs ? p->n_pairs : 1;
-    const size_t xb = nt * p->d_model * 4, hb = np * p->d_ff * 4, yb = np * p->d_model * 4;
+    // x: f32 or two 16-bit halves per activation, by token (GEMV, WMMA) or
+    // by pair (cuBLAS); y: per pair d_model floats, or gate|up for cuBLAS.
+    const size_t xrows = nt > np ? nt : np, ycols = p->d_model > 2 * (size_t)p->d_ff ? p->d_model : 2 * (size_t)p->d_ff;
+    const size_t xb = xrows * p->d_model * 4, hb = np * p->d_ff * 4, yb = np * ycols * 4;
     if (nt <= ws->cap_tokens && np <= ws->cap_pairs && xb <= ws->cap_x_bytes && hb <= ws->cap_h_bytes &&
         yb <= ws->cap_y_bytes)
         return 0;
@@ -100,15 +105,22 @@ extern "C" int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_p
     return 0;
 }
 
+static int mb_cublas_broken; // set once cuBLAS refused a grouped GEMM
+
 extern "C" mb_kcuda_path mb_kcuda_moe_path(const mb_kcuda_moe_problem *p)
 {
     // Tensor cores need 16-bit weights and 16-byte rows.
     if (p->wdtype == MB_KCUDA_F32 || p->d_model % 8 || p->d_ff % 8) return MB_KCUDA_PATH_GEMV;
+    const int cublas_ok = p->plan_experts && !mb_cublas_broken && mb_kcuda_cublas_available();
+    if (p->path == MB_KCUDA_PATH_CUBLAS && !cublas_ok) return MB_KCUDA_PATH_GEMM;
     if (p->path != MB_KCUDA_PATH_AUTO) return p->path;
     // The GEMV path streams an expert's weights once per 4 of its rows; the
     // GEMM path once per 64. Few rows per routed expert: GEMV.
+    // Measured on an H100 (bench/notes/gpu-expert.md): GEMV wins at one or
+    // two pairs per routed expert, GEMM from about three.
     const uint32_t experts = mb_kcuda_max_experts(p);
-    return p->n_pairs <= 4u * experts ? MB_KCUDA_PATH_GEMV : MB_KCUDA_PATH_GEMM;
+    if (p->n_pairs <= 2u * experts) return MB_KCUDA_PATH_GEMV;
+    return cublas_ok ? MB_KCUDA_PATH_CUBLAS : MB_KCUDA_PATH_GEMM;
 }
 
 extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, void *stream_v)
@@ -121,14 +133,29 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
         return (int)cudaMemsetAsync(p->out, 0, (size_t)p->n_tokens * p->d_model * esz, stream);
     cudaError_t e = mb_kcuda_route_launch(ws, p, stream);
     if (e != cudaSuccess) return (int)e;
-    if (mb_kcuda_moe_path(p) == MB_KCUDA_PATH_GEMV) {
-        e = mb_kcuda_convert_launch(ws, p, 0, 0, stream);
-        if (e == cudaSuccess) e = mb_kcuda_gemv_launch(ws, p, stream);
-    } else {
-        const int split_x = p->payload != p->wdtype, split_h = p->payload == MB_KCUDA_F32;
-        e = mb_kcuda_convert_launch(ws, p, split_x, 1, stream);
-        if (e == cudaSuccess) e = mb_kcuda_gemm_launch(ws, p, split_x, split_h, stream);
+    const mb_kcuda_path path = mb_kcuda_moe_path(p);
+    const int split_x = p->payload != p->wdtype, split_h = p->payload == MB_KCUDA_F32;
+    if (path == MB_KCUDA_PATH_CUBLAS) {
+        e = mb_kcuda_gather_launch(ws, p, split_x, stream);
+        if (e == cudaSuccess) e = mb_kcuda_cublas_launch(ws, p, split_x, split_h, stream);
+        if (e == cudaSuccess) return (int)mb_kcuda_combine_launch(ws, p, stream);
+        if (e != cudaErrorNotSupported) return (int)e;
+        // cuBLAS refused these types: the WMMA path redoes the GEMMs from
+        // the route kernel's results (every buffer is rewritten).
+        if (!mb_cublas_broken) fprintf(stderr, "cuda kernels: cuBLAS grouped GEMM unavailable; using WMMA\n");
+        mb_cublas_broken = 1;
     }
+    if (path == MB_KCUDA_PATH_GEMV) {
+        // Few pairs per expert: the per-token down projection with the
+        // combine fused re-reads little, and saves two launches.
+        const uint32_t experts = mb_kcuda_max_experts(p);
+        const int fused = 2ull * p->n_pairs <= 3ull * experts;
+        e = mb_kcuda_gemv_launch(ws, p, fused, stream);
+        if (e == cudaSuccess && !fused) e = mb_kcuda_combine_launch(ws, p, stream);
+        return (int)e;
+    }
+    e = mb_kcuda_convert_launch(ws, p, split_x, 1, stream);
+    if (e == cudaSuccess) e = mb_kcuda_gemm_launch(ws, p, split_x, split_h, stream);
     if (e == cudaSuccess) e = mb_kcuda_combine_launch(ws, p, stream);
     return (int)e;
 }

@@ -19,7 +19,7 @@ mb_kcuda_route_kernel(int32_t *__restrict__ slot_cnt, int32_t *__restrict__ slot
                       int32_t *__restrict__ expert_off, int32_t *__restrict__ pair_pos,
                       int32_t *__restrict__ perm_token, mb_kcuda_tile *__restrict__ tiles,
                       const uint16_t *__restrict__ counts, const mb_kcuda_pair *__restrict__ pairs, int n_tokens,
-                      int n_pairs)
+                      int n_pairs, const int32_t *__restrict__ plan, int n_plan)
 {
     __shared__ typename mb_route_scan::TempStorage scan_tmp;
     __shared__ int s_carry, s_carry2, s_active;
@@ -43,14 +43,23 @@ mb_kcuda_route_kernel(int32_t *__restrict__ slot_cnt, int32_t *__restrict__ slot
     if (tid == 0) tok_off[n_tokens] = s_carry;
     __syncthreads();
 
-    // 2. Count pairs per slot; the first pair of a slot makes it an expert.
-    // pair_pos holds each pair's rank within its slot for now.
+    // 2. Count pairs per slot; the first pair of a slot makes it an expert,
+    // unless the host planned the experts (ascending slots), which then
+    // take their indices from the plan. pair_pos holds each pair's rank
+    // within its slot for now.
+    if (plan) {
+        for (int e = tid; e < n_plan; e += MB_ROUTE_THREADS) {
+            expert_slot[e] = plan[e];
+            slot_eidx[plan[e]] = e;
+        }
+        if (tid == 0) s_active = n_plan;
+    }
     for (int t = tid; t < n_tokens; t += MB_ROUTE_THREADS) {
         const int j1 = tok_off[t + 1];
         for (int j = tok_off[t]; j < j1; j++) {
             const uint32_t slot = pairs[j].slot;
             const int r = atomicAdd(&slot_cnt[slot], 1);
-            if (r == 0) {
+            if (r == 0 && !plan) {
                 const int e = atomicAdd(&s_active, 1);
                 expert_slot[e] = (int32_t)slot;
                 slot_eidx[slot] = e;
@@ -116,6 +125,6 @@ cudaError_t mb_kcuda_route_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_proble
     mb_kcuda_route_kernel<<<1, MB_ROUTE_THREADS, 0, stream>>>(
         ws->slot_cnt, ws->slot_eidx, ws->scalars, ws->tok_off, ws->expert_slot, ws->expert_off, ws->pair_pos,
         ws->perm_token, ws->tiles, p->pair_counts, (const mb_kcuda_pair *)p->pairs, (int)p->n_tokens,
-        (int)p->n_pairs);
+        (int)p->n_pairs, p->plan_experts ? p->plan_dev : nullptr, (int)p->plan_experts);
     return cudaGetLastError();
 }
