@@ -83,6 +83,12 @@ typedef struct {
     uint16_t *counts;
     mb_proto_pair *pairs;
     void *d_counts, *d_pairs;
+    /* The host plan the CUDA backend makes for the cuBLAS path: experts in
+     * ascending slot order, their pair counts, and on the device the slots
+     * then the first rows. */
+    uint32_t plan_n;
+    int32_t *plan_count;
+    void *d_plan;
 } eg_route;
 
 static int eg_route_make(eg_route *r, const mb_egpu_model *m, uint32_t n_tokens)
@@ -119,7 +125,35 @@ static int eg_route_make(eg_route *r, const mb_egpu_model *m, uint32_t n_tokens)
         for (uint32_t k = 0; k < m->top_k; k++)
             r->pairs[q++] = (mb_proto_pair){ids[k], g[k] / sum};
     }
+    /* The plan: counts per expert (ids are slots here), ascending. */
+    int32_t *cnt = calloc(m->n_experts, sizeof *cnt);
+    int32_t *plan = malloc(sizeof *plan * (2 * (size_t)m->n_experts + 1));
+    r->plan_count = malloc(sizeof *r->plan_count * m->n_experts);
+    if (!cnt || !plan || !r->plan_count) {
+        free(cnt);
+        free(plan);
+        free(used);
+        return -1;
+    }
+    for (uint32_t i = 0; i < r->n_pairs; i++)
+        cnt[r->pairs[i].slot]++;
+    for (uint32_t e = 0; e < m->n_experts; e++)
+        if (cnt[e]) {
+            plan[r->plan_n] = (int32_t)e;
+            r->plan_count[r->plan_n++] = cnt[e];
+        }
+    int32_t off = 0;
+    for (uint32_t e = 0; e < r->plan_n; e++) {
+        plan[r->plan_n + e] = off;
+        off += r->plan_count[e];
+    }
+    plan[2 * r->plan_n] = off;
+    const size_t plan_bytes = sizeof *plan * (2 * (size_t)r->plan_n + 1);
+    int pe = mb_gpu_alloc(&r->d_plan, plan_bytes) || mb_gpu_upload(r->d_plan, plan, plan_bytes);
+    free(cnt);
+    free(plan);
     free(used);
+    if (pe) return -1;
     if (mb_gpu_alloc(&r->d_counts, sizeof *r->counts * n_tokens) ||
         mb_gpu_alloc(&r->d_pairs, sizeof *r->pairs * r->n_pairs) ||
         mb_gpu_upload(r->d_counts, r->counts, sizeof *r->counts * n_tokens) ||
@@ -132,12 +166,15 @@ static void eg_route_free(eg_route *r)
 {
     free(r->counts);
     free(r->pairs);
+    free(r->plan_count);
+    mb_gpu_free(r->d_plan);
     mb_gpu_free(r->d_counts);
     mb_gpu_free(r->d_pairs);
     memset(r, 0, sizeof *r);
 }
 
-static const char *const eg_path_name[] = {"auto", "gemv", "gemm"};
+static const char *const eg_path_name[] = {"auto", "gemv", "gemm", "cublas"};
+#define EG_N_PATHS 4
 
 /* Kernel time of model m at n_tokens by AUTO, for the ratios; 0 if none. */
 static double eg_kernel_auto_s(const mb_egpu_run *run, const mb_egpu_model *m, uint32_t n_tokens)
@@ -271,7 +308,8 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
             .d_ff = m->d_ff, .max_slots = m->n_experts, .layer_experts = m->n_experts,
             .payload = MB_KCUDA_BF16, .wdtype = MB_KCUDA_BF16, .path = path,
             .slots = d->d_slots, .act = d->d_act, .pair_counts = routes[r].d_counts,
-            .pairs = routes[r].d_pairs, .out = d->d_out};
+            .pairs = routes[r].d_pairs, .out = d->d_out, .plan_experts = routes[r].plan_n,
+            .plan_count = routes[r].plan_count, .plan_dev = routes[r].d_plan};
         e = eg_check(mb_kcuda_moe_ws_reserve(d->ws, &p[r]), "workspace reserve");
     }
     /* The first request, timed alone (it also warms the device up). */
@@ -320,7 +358,7 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
         res->n_tokens = n_tokens;
         res->n_pairs = routes[0].n_pairs;
         res->path = eg_path_name[path];
-        res->taken = eg_path_name[path == MB_KCUDA_PATH_AUTO ? mb_kcuda_moe_path(&p[0]) : path];
+        res->taken = eg_path_name[mb_kcuda_moe_path(&p[0])];
         qsort(rates, (size_t)reps, sizeof *rates, eg_cmp_double);
         res->gbs = rates[reps / 2] * 1e-9;
         res->tflops = 6.0 * res->n_pairs * m->d_model * m->d_ff / res->median_s * 1e-12;
@@ -495,10 +533,10 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, mb_egpu_
         mb_egpu_print_kernel_header();
         /* Per path: the first-request time and size of the last case run,
          * to skip sizes that would overrun the case's share of the budget. */
-        double last_t1[3] = {0, 0, 0};
-        uint32_t last_n[3] = {1, 1, 1};
+        double last_t1[EG_N_PATHS] = {0};
+        uint32_t last_n[EG_N_PATHS] = {1, 1, 1, 1};
         for (int i = 0; i < sz->n && rc == 0; i++)
-            for (int p = 0; p < 3 && rc == 0 && run->n_k < 128; p++) {
+            for (int p = 0; p < EG_N_PATHS && rc == 0 && run->n_k < 128; p++) {
                 double est = last_t1[p] * sz->tokens[i] / last_n[p];
                 if (est > 2 * case_budget_s) {
                     printf("%-14s %-7s %6u %7s %-4s skipped: about %.2f s a request, over its "
@@ -642,7 +680,7 @@ int main(int argc, char **argv)
         printf("ceilings: cuBLAS bf16 GEMM M=%d N=%d K=%d: %.1f TFLOP/s%s%s\n", m->gemm_m, m->gemm_n,
                m->gemm_k, run->gemm_tflops[mi], e ? " -- " : "", e ? run->gemm_note : "");
     }
-    /* The budget: kernel cases (3 paths a size) get about 60%, the rest the
+    /* The budget: kernel cases (4 paths a size) get about 60%, the rest the
      * backend and worker runs. */
     const int n_sizes = (int)(o.n_decode + o.n_prefill);
     const double case_budget_s = 0.6 * o.budget_s / (n_models * n_sizes * 3);
