@@ -21,8 +21,10 @@
  * Precision: f32 payloads keep f32 activations: the GEMV path multiplies in
  * f32, the tensor-core path splits each activation into a high and a low
  * half in the weights' 16-bit type (two MMAs), so products carry about 16
- * significant bits. f16/bf16 payloads feed tensor cores directly. f32
- * weights always take the f32 GEMV path. Accumulation is f32 throughout. */
+ * significant bits. f16/bf16 payloads feed tensor cores directly. The
+ * hidden row h between the two projections is split the same way for
+ * every payload (the CPU keeps it in f32). f32 weights always take the f32
+ * GEMV path. Accumulation is f32 throughout. */
 #ifndef MB_KERNELS_CUDA_MOE_H
 #define MB_KERNELS_CUDA_MOE_H
 

@@ -9,6 +9,7 @@
 // cuBLAS is column-major: a row-major [rows][cols] matrix is its transpose,
 // so C^T = W . X^T is computed with op(A) = T on the weights.
 #include <cublas_api.h>
+#include <cstdio>
 #include <dlfcn.h>
 #include <mutex>
 
@@ -187,7 +188,11 @@ static cudaError_t mb_cublas_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_probl
                                                  (const void *const *)(B + i), dt, lb + g0 + i, beta,
                                                  (void *const *)(C + i), CUDA_R_32F, lc + g0 + i, c, ones,
                                                  CUBLAS_COMPUTE_32F);
-            if (s != CUBLAS_STATUS_SUCCESS) return cudaErrorNotSupported;
+            if (s != CUBLAS_STATUS_SUCCESS) {
+                fprintf(stderr, "cuda kernels: cublasGemmGroupedBatchedEx(%d groups, m %d n %d k %d, type %d) "
+                                "returned status %d\n", c, mm[g0 + i], nn[g0 + i], kk[g0 + i], (int)dt, (int)s);
+                return cudaErrorNotSupported;
+            }
         }
         return cudaSuccess;
     };

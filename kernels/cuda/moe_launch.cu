@@ -134,7 +134,10 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
     cudaError_t e = mb_kcuda_route_launch(ws, p, stream);
     if (e != cudaSuccess) return (int)e;
     const mb_kcuda_path path = mb_kcuda_moe_path(p);
-    const int split_x = p->payload != p->wdtype, split_h = p->payload == MB_KCUDA_F32;
+    // The hidden row h stays f32-exact to about 16 bits (split) whatever the
+    // payload: the CPU backend keeps it in f32, and rounding it to 8 bits
+    // moved a fixture's logits by 5% through a flipped routing decision.
+    const int split_x = p->payload != p->wdtype, split_h = 1;
     if (path == MB_KCUDA_PATH_CUBLAS) {
         e = mb_kcuda_gather_launch(ws, p, split_x, stream);
         if (e == cudaSuccess) e = mb_kcuda_cublas_launch(ws, p, split_x, split_h, stream);
