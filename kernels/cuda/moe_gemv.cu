@@ -169,7 +169,10 @@ mb_kcuda_down_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *_
     }
 }
 
-// out[t][n] with the combine fused: token t's pairs in request order.
+// out[t][n] with the combine fused: token t's pairs in request order, four
+// at a time so that four rows' loads are in flight together (a down row is
+// short: d_ff elements, a few loads per lane).
+#define MB_GEMV_PJ 4
 template <typename W, typename P, bool VEC>
 __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
 mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ tok_off,
@@ -183,21 +186,38 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     const int j0 = tok_off[t], j1 = tok_off[t + 1];
     float total = 0.0f;
-    for (int j = j0; j < j1; j++) {
-        const mb_kcuda_pair pr = pairs[j];
-        const W *wa = (const W *)slots[pr.slot].down + (size_t)row * K;
-        const float *hr = h + (size_t)pair_pos[j] * K;
-        float acc = 0.0f;
-#pragma unroll 4
-        for (int k = lane * V; k < K; k += 32 * V) {
-            float fa[V], x[V];
-            mb_loadv<W, V, VEC>(wa + k, fa);
-            mb_loadv<float, V, VEC>(hr + k, x);
+    for (int jb = j0; jb < j1; jb += MB_GEMV_PJ) {
+        const int nj = min(MB_GEMV_PJ, j1 - jb);
+        const W *wa[MB_GEMV_PJ];
+        const float *hr[MB_GEMV_PJ];
+        float gate[MB_GEMV_PJ], acc[MB_GEMV_PJ] = {};
 #pragma unroll
-            for (int v = 0; v < V; v++)
-                acc += fa[v] * x[v];
+        for (int i = 0; i < MB_GEMV_PJ; i++) {
+            const mb_kcuda_pair pr = pairs[jb + (i < nj ? i : 0)];
+            gate[i] = pr.gate;
+            wa[i] = (const W *)slots[pr.slot].down + (size_t)row * K;
+            hr[i] = h + (size_t)pair_pos[jb + (i < nj ? i : 0)] * K;
         }
-        total += pr.gate * mb_warp_sum(acc);
+#pragma unroll 2
+        for (int k = lane * V; k < K; k += 32 * V) {
+            float fa[MB_GEMV_PJ][V], x[MB_GEMV_PJ][V];
+#pragma unroll
+            for (int i = 0; i < MB_GEMV_PJ; i++)
+                if (i < nj) {
+                    mb_loadv<W, V, VEC>(wa[i] + k, fa[i]);
+                    mb_loadv<float, V, VEC>(hr[i] + k, x[i]);
+                }
+#pragma unroll
+            for (int i = 0; i < MB_GEMV_PJ; i++)
+                if (i < nj) {
+#pragma unroll
+                    for (int v = 0; v < V; v++)
+                        acc[i] += fa[i][v] * x[i][v];
+                }
+        }
+#pragma unroll
+        for (int i = 0; i < MB_GEMV_PJ; i++)
+            if (i < nj) total += gate[i] * mb_warp_sum(acc[i]);
     }
     if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
 }
