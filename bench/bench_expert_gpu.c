@@ -369,6 +369,42 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
     return e;
 }
 
+/* Splits AUTO's request at n_tokens into routing bookkeeping (route and
+ * convert), expert GEMMs/GEMVs, and the combine, from events inside the
+ * request: reps queued back to back behind a spin kernel, medians. */
+#define EG_PHASE_REPS 64
+static int eg_phase_split(eg_kdev *d, const eg_route *routes, double out_us[3])
+{
+    const mb_egpu_model *m = d->m;
+    mb_gpu_marks *mk = NULL;
+    int e = eg_check(mb_gpu_marks_create(4 * EG_PHASE_REPS, &mk), "events");
+    double t[3][EG_PHASE_REPS];
+    for (int r = 0; r < EG_PHASE_REPS && !e; r++) {
+        const eg_route *ro = &routes[r % EG_N_ROUTES];
+        mb_kcuda_moe_problem p = {
+            .n_tokens = ro->n_tokens, .n_pairs = ro->n_pairs, .d_model = m->d_model, .d_ff = m->d_ff,
+            .max_slots = m->n_experts, .layer_experts = m->n_experts, .payload = MB_KCUDA_BF16,
+            .wdtype = MB_KCUDA_BF16, .path = MB_KCUDA_PATH_AUTO, .slots = d->d_slots, .act = d->d_act,
+            .pair_counts = ro->d_counts, .pairs = ro->d_pairs, .out = d->d_out, .plan_experts = ro->plan_n,
+            .plan_count = ro->plan_count, .plan_dev = ro->d_plan,
+            .phase_marks = {mb_gpu_marks_event(mk, 4 * (size_t)r + 1), mb_gpu_marks_event(mk, 4 * (size_t)r + 2)}};
+        if (r == 0) e = mb_gpu_spin(d->stream, 60.0 * EG_PHASE_REPS);
+        if (!e) e = mb_gpu_marks_record(mk, 4 * (size_t)r, d->stream);
+        if (!e) e = eg_check(mb_kcuda_moe_enqueue(d->ws, &p, d->stream), "enqueue");
+        if (!e) e = mb_gpu_marks_record(mk, 4 * (size_t)r + 3, d->stream);
+    }
+    if (!e) e = mb_gpu_stream_sync(d->stream);
+    for (int r = 0; r < EG_PHASE_REPS && !e; r++)
+        for (int k = 0; k < 3 && !e; k++)
+            e = mb_gpu_marks_elapsed_s(mk, 4 * (size_t)r + k, 4 * (size_t)r + k + 1, &t[k][r]);
+    for (int k = 0; k < 3 && !e; k++) {
+        qsort(t[k], EG_PHASE_REPS, sizeof t[k][0], eg_cmp_double);
+        out_us[k] = t[k][EG_PHASE_REPS / 2] * 1e6;
+    }
+    mb_gpu_marks_destroy(mk);
+    return e;
+}
+
 /* ---- backend and worker (host clock) ---- */
 
 /* Sizes of one model's run and their routings. */
@@ -562,6 +598,23 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, mb_egpu_
                 mb_egpu_print_kernel(k);
                 run->n_k++;
             }
+        /* Time outside the GEMMs at the smallest decode size. */
+        for (int i = 0; i < sz->n && rc == 0; i++) {
+            if (!sz->is_decode[i]) continue;
+            double us[3];
+            if (eg_phase_split(&d, sz->routes[i], us) == 0) {
+                const double all = us[0] + us[1] + us[2];
+                printf("%-14s phases at %u token(s), auto: routing %.1f us, expert GEMMs %.1f us, combine "
+                       "%.1f us: outside the GEMMs %.1f%% of %.1f us (goal <= 20%%)\n",
+                       m->name, sz->tokens[i], us[0], us[1], us[2], all > 0 ? 100.0 * (us[0] + us[2]) / all : 0,
+                       all);
+                run->phase_us[mi][0] = us[0];
+                run->phase_us[mi][1] = us[1];
+                run->phase_us[mi][2] = us[2];
+                run->phase_tokens[mi] = sz->tokens[i];
+            }
+            break;
+        }
         eg_kdev_fini(&d);
     }
     if (rc == 0) {

@@ -114,6 +114,20 @@ void mb_egpu_write_json(const char *path, const char *device, const mb_egpu_mode
         snprintf(name, sizeof name, "%s_worker_decode1_ratio_to_kernel", h->m->key);
         mb_bench_goal(goals, name, h->ratio, "<= 1.5", h->ratio > 0 && h->ratio <= 1.5);
     }
+    for (int mi = 0; mi < MB_EGPU_N_MODELS; mi++) {
+        const double *u = run->phase_us[mi], all = u[0] + u[1] + u[2];
+        if (!model_on[mi] || run->phase_tokens[mi] == 0 || all <= 0) continue;
+        cJSON *ph = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ph, "tokens", run->phase_tokens[mi]);
+        cJSON_AddNumberToObject(ph, "routing_us", u[0]);
+        cJSON_AddNumberToObject(ph, "expert_gemm_us", u[1]);
+        cJSON_AddNumberToObject(ph, "combine_us", u[2]);
+        snprintf(name, sizeof name, "%s_phases", models[mi].key);
+        cJSON_AddItemToObject(root, name, ph);
+        const double out = (u[0] + u[2]) / all;
+        snprintf(name, sizeof name, "%s_decode%u_outside_gemm_share", models[mi].key, run->phase_tokens[mi]);
+        mb_bench_goal(goals, name, out, "<= 0.20", out <= 0.20);
+    }
     char *text = cJSON_Print(root);
     FILE *f = text ? fopen(path, "w") : NULL;
     if (f) {

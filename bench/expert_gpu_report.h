@@ -44,6 +44,10 @@ typedef struct {
     int n_k;
     mb_egpu_hres h[64];
     int n_h;
+    /* Per model: AUTO's smallest decode request split into routing, expert
+     * GEMMs and combine (device microseconds), and its token count. */
+    double phase_us[MB_EGPU_N_MODELS][3];
+    uint32_t phase_tokens[MB_EGPU_N_MODELS];
 } mb_egpu_run;
 
 /* Table rows on stdout, flushed. */

@@ -77,6 +77,8 @@ extern "C" int mb_gpu_marks_record(mb_gpu_marks *m, size_t i, void *stream)
     return (int)cudaEventRecord(m->ev[i], (cudaStream_t)stream);
 }
 
+extern "C" void *mb_gpu_marks_event(mb_gpu_marks *m, size_t i) { return i < m->n ? (void *)m->ev[i] : nullptr; }
+
 extern "C" int mb_gpu_marks_elapsed_s(const mb_gpu_marks *m, size_t from, size_t to, double *seconds)
 {
     if (from >= m->n || to >= m->n) return (int)cudaErrorInvalidValue;

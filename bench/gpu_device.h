@@ -34,6 +34,8 @@ typedef struct mb_gpu_marks mb_gpu_marks;
 int mb_gpu_marks_create(size_t n, mb_gpu_marks **out);
 void mb_gpu_marks_destroy(mb_gpu_marks *m);
 int mb_gpu_marks_record(mb_gpu_marks *m, size_t i, void *stream);
+/* The i-th mark's cudaEvent_t (for kernels/cuda/moe.h's phase_marks). */
+void *mb_gpu_marks_event(mb_gpu_marks *m, size_t i);
 int mb_gpu_marks_elapsed_s(const mb_gpu_marks *m, size_t from, size_t to, double *seconds);
 
 /* Enqueues a one-thread kernel that spins for about us microseconds: the

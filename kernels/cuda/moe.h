@@ -78,6 +78,10 @@ typedef struct {
     uint32_t plan_experts;        /* 0: no plan */
     const int32_t *plan_count;    /* host [plan_experts] */
     const int32_t *plan_dev;      /* device, as above */
+    /* Optional cudaEvent_t pair for benchmarks, recorded on the stream after
+     * the routing bookkeeping (route, and convert or gather) and after the
+     * expert GEMMs or GEMVs (before the combine, if any). */
+    void *phase_marks[2];
 } mb_kcuda_moe_problem;
 
 /* Device scratch for requests, grown to the largest problem and reused;

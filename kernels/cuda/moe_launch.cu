@@ -133,6 +133,10 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
         return (int)cudaMemsetAsync(p->out, 0, (size_t)p->n_tokens * p->d_model * esz, stream);
     cudaError_t e = mb_kcuda_route_launch(ws, p, stream);
     if (e != cudaSuccess) return (int)e;
+    // Benchmarks' phase marks (route | GEMMs | combine); a no-op otherwise.
+    auto mark = [&](int i) {
+        if (p->phase_marks[i] && e == cudaSuccess) e = cudaEventRecord((cudaEvent_t)p->phase_marks[i], stream);
+    };
     const mb_kcuda_path path = mb_kcuda_moe_path(p);
     // The hidden row h stays f32-exact to about 16 bits (split) whatever the
     // payload: the CPU backend keeps it in f32, and rounding it to 8 bits
@@ -140,7 +144,9 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
     const int split_x = p->payload != p->wdtype, split_h = 1;
     if (path == MB_KCUDA_PATH_CUBLAS) {
         e = mb_kcuda_gather_launch(ws, p, split_x, stream);
+        mark(0);
         if (e == cudaSuccess) e = mb_kcuda_cublas_launch(ws, p, split_x, split_h, stream);
+        mark(1);
         if (e == cudaSuccess) return (int)mb_kcuda_combine_launch(ws, p, stream);
         if (e != cudaErrorNotSupported) return (int)e;
         // cuBLAS refused these types: the WMMA path redoes the GEMMs from
@@ -153,12 +159,16 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
         // combine fused re-reads little, and saves two launches.
         const uint32_t experts = mb_kcuda_max_experts(p);
         const int fused = 2ull * p->n_pairs <= 3ull * experts;
+        mark(0);
         e = mb_kcuda_gemv_launch(ws, p, fused, stream);
+        mark(1);
         if (e == cudaSuccess && !fused) e = mb_kcuda_combine_launch(ws, p, stream);
         return (int)e;
     }
     e = mb_kcuda_convert_launch(ws, p, split_x, 1, stream);
+    mark(0);
     if (e == cudaSuccess) e = mb_kcuda_gemm_launch(ws, p, split_x, split_h, stream);
+    mark(1);
     if (e == cudaSuccess) e = mb_kcuda_combine_launch(ws, p, stream);
     return (int)e;
 }
