@@ -82,17 +82,20 @@ __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
 mb_kcuda_gateup_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ scalars,
                        const int32_t *__restrict__ expert_slot, const int32_t *__restrict__ expert_off,
                        const int32_t *__restrict__ perm_token, const P *__restrict__ act, float *__restrict__ h,
-                       int K, int N)
+                       int K, int N, const mb_kcuda_pair *__restrict__ single, int n_single)
 {
+    // single: a one-token request, planned by nobody: block y serves pair
+    // y (its own expert; a repeated slot is computed twice, still right),
+    // writing h row y.
     const int e = blockIdx.y;
-    if (e >= scalars[0]) return;
+    if (e >= (single ? n_single : scalars[0])) return;
     const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
     const int lane = threadIdx.x & 31;
-    const mb_kcuda_expert ex = slots[expert_slot[e]];
+    const mb_kcuda_expert ex = slots[single ? (int32_t)single[e].slot : expert_slot[e]];
     const W *wa = (const W *)ex.gate + (size_t)row * K;
     const W *wb = (const W *)ex.up + (size_t)row * K;
-    const int p0 = expert_off[e], p1 = expert_off[e + 1];
+    const int p0 = single ? e : expert_off[e], p1 = single ? e + 1 : expert_off[e + 1];
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
 
     for (int c0 = p0; c0 < p1; c0 += MB_GEMV_NT) {
@@ -100,7 +103,7 @@ mb_kcuda_gateup_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t 
         const P *xr[MB_GEMV_NT];
 #pragma unroll
         for (int i = 0; i < MB_GEMV_NT; i++)
-            xr[i] = act + (size_t)perm_token[c0 + (i < nt ? i : 0)] * K;
+            xr[i] = act + (single ? (size_t)0 : (size_t)perm_token[c0 + (i < nt ? i : 0)] * K);
         float acc_a[MB_GEMV_NT] = {}, acc_b[MB_GEMV_NT] = {};
 #pragma unroll 4
         for (int k = lane * V; k < K; k += 32 * V) {
@@ -177,14 +180,16 @@ template <typename W, typename P, bool VEC>
 __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
 mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ tok_off,
                              const mb_kcuda_pair *__restrict__ pairs, const int32_t *__restrict__ pair_pos,
-                             const float *__restrict__ h, P *__restrict__ out, int K, int N)
+                             const float *__restrict__ h, P *__restrict__ out, int K, int N, int n_single)
 {
+    // tok_off NULL: a one-token request of n_single pairs whose h rows are
+    // the pairs' own indices.
     const int t = blockIdx.y;
     const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
     const int lane = threadIdx.x & 31;
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
-    const int j0 = tok_off[t], j1 = tok_off[t + 1];
+    const int j0 = tok_off ? tok_off[t] : 0, j1 = tok_off ? tok_off[t + 1] : n_single;
     float total = 0.0f;
     for (int jb = j0; jb < j1; jb += MB_GEMV_PJ) {
         const int nj = min(MB_GEMV_PJ, j1 - jb);
@@ -196,7 +201,8 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
             const mb_kcuda_pair pr = pairs[jb + (i < nj ? i : 0)];
             gate[i] = pr.gate;
             wa[i] = (const W *)slots[pr.slot].down + (size_t)row * K;
-            hr[i] = h + (size_t)pair_pos[jb + (i < nj ? i : 0)] * K;
+            const int j = jb + (i < nj ? i : 0);
+            hr[i] = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
         }
 #pragma unroll 2
         for (int k = lane * V; k < K; k += 32 * V) {
@@ -226,6 +232,9 @@ template <typename W, typename P>
 static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused,
                                  cudaStream_t stream)
 {
+    // One token: no routing kernel ran (fused is set); pairs drive both kernels.
+    const mb_kcuda_pair *single = p->n_tokens == 1 && fused ? (const mb_kcuda_pair *)p->pairs : nullptr;
+    const int n_single = single ? (int)p->n_pairs : 0;
     const int dm = (int)p->d_model, dff = (int)p->d_ff;
     constexpr int V = mb_vec16<W>::n;
     const bool vec_in = dm % V == 0, vec_ff = dff % V == 0;
@@ -233,22 +242,24 @@ static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem
     const P *act = (const P *)p->act;
     float *h = (float *)ws->h;
     const dim3 blk(MB_GEMV_WARPS * 32);
-    const dim3 g1((dff + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, ne);
+    const dim3 g1((dff + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, single ? (unsigned)n_single : ne);
     if (vec_in)
         mb_kcuda_gateup_kernel<W, P, true><<<g1, blk, 0, stream>>>(p->slots, ws->scalars, ws->expert_slot,
-                                                                   ws->expert_off, ws->perm_token, act, h, dm, dff);
+                                                                   ws->expert_off, ws->perm_token, act, h, dm, dff,
+                                                                   single, n_single);
     else
         mb_kcuda_gateup_kernel<W, P, false><<<g1, blk, 0, stream>>>(p->slots, ws->scalars, ws->expert_slot,
-                                                                    ws->expert_off, ws->perm_token, act, h, dm, dff);
+                                                                    ws->expert_off, ws->perm_token, act, h, dm, dff,
+                                                                    single, n_single);
     if (fused) {
         const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, p->n_tokens);
         const mb_kcuda_pair *pairs = (const mb_kcuda_pair *)p->pairs;
         if (vec_ff)
-            mb_kcuda_down_combine_kernel<W, P, true><<<g2, blk, 0, stream>>>(p->slots, ws->tok_off, pairs,
-                                                                             ws->pair_pos, h, (P *)p->out, dff, dm);
+            mb_kcuda_down_combine_kernel<W, P, true><<<g2, blk, 0, stream>>>(
+                p->slots, single ? nullptr : ws->tok_off, pairs, ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
         else
-            mb_kcuda_down_combine_kernel<W, P, false><<<g2, blk, 0, stream>>>(p->slots, ws->tok_off, pairs,
-                                                                              ws->pair_pos, h, (P *)p->out, dff, dm);
+            mb_kcuda_down_combine_kernel<W, P, false><<<g2, blk, 0, stream>>>(
+                p->slots, single ? nullptr : ws->tok_off, pairs, ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
     } else {
         const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, ne);
         if (vec_ff)
