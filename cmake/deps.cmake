@@ -46,15 +46,18 @@ else()
   message(STATUS "moe-broker: Vulkan backend OFF (MB_WITH_VULKAN=OFF)")
 endif()
 
-# Compile GLSL compute shaders to SPIR-V at build time.
+# Compile GLSL compute shaders to SPIR-V at build time. A shader may
+# #include the .glsl files beside it; each depends on all of them.
 function(mb_spirv out_var)
   set(outs)
   foreach(src IN LISTS ARGN)
     get_filename_component(name ${src} NAME_WE)
+    get_filename_component(dir ${src} DIRECTORY)
+    file(GLOB incs CONFIGURE_DEPENDS ${dir}/*.glsl)
     set(spv ${CMAKE_CURRENT_BINARY_DIR}/${name}.spv)
     add_custom_command(OUTPUT ${spv}
       COMMAND ${GLSLC} --target-env=vulkan1.2 -O -o ${spv} ${src}
-      DEPENDS ${src} COMMENT "glslc ${name}")
+      DEPENDS ${src} ${incs} COMMENT "glslc ${name}")
     list(APPEND outs ${spv})
   endforeach()
   set(${out_var} ${outs} PARENT_SCOPE)

@@ -1,0 +1,158 @@
+/* The Vulkan backend's function table: open (device, command pool, slot
+ * table, upload ring), close and capabilities. Weights are in vk_weights.c,
+ * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
+ * in kernels/vulkan/. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/vulkan/vk_internal.h"
+
+static void mb_vk_close(void *state)
+{
+    mb_vk_backend *be = state;
+    if (!be) return;
+    mb_vk_ctx *ctx = &be->ctx;
+    if (ctx->dev) {
+        /* Abandon whatever is in flight: wait for the device, then free. */
+        vkDeviceWaitIdle(ctx->dev);
+        for (unsigned i = 0; i < MB_BACKEND_MAX_INFLIGHT; i++)
+            mb_vk_req_free(be, &be->reqs[i]);
+        for (int i = 0; i < MB_VK_UPLOAD_BUFS; i++) {
+            mb_vk_buffer_destroy(ctx, &be->up[i].stage);
+            if (be->up[i].fence) vkDestroyFence(ctx->dev, be->up[i].fence, NULL);
+        }
+        mb_vk_weights_free(be);
+        mb_vk_buffer_destroy(ctx, &be->slots);
+        if (be->pool) vkDestroyCommandPool(ctx->dev, be->pool, NULL);
+    }
+    mb_vk_ctx_fini(ctx);
+    free(be->slot_mem);
+    free(be->layer_experts);
+    mb_route_table_fini(&be->table);
+    free(be);
+}
+
+/* Command pool, upload ring, and the slot table zeroed on the device. */
+static mb_status mb_vk_open_resources(mb_vk_backend *be)
+{
+    mb_vk_ctx *ctx = &be->ctx;
+    const VkCommandPoolCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                         .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                         .queueFamilyIndex = ctx->queue_family};
+    VkResult r = vkCreateCommandPool(ctx->dev, &pci, NULL, &be->pool);
+    if (r != VK_SUCCESS) return mb_vk_fail(ctx, "vkCreateCommandPool", r);
+    mb_status st = mb_vk_buffer_create(ctx, (VkDeviceSize)be->max_slots * sizeof(mb_kvk_slot), MB_VK_MEM_DEVICE, 0,
+                                       &be->slots);
+    if (st != MB_STATUS_OK) return st;
+    for (int i = 0; i < MB_VK_UPLOAD_BUFS; i++) {
+        const VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                                .commandPool = be->pool,
+                                                .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                                .commandBufferCount = 1};
+        const VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+        r = vkAllocateCommandBuffers(ctx->dev, &ai, &be->up[i].cb);
+        if (r == VK_SUCCESS) r = vkCreateFence(ctx->dev, &fci, NULL, &be->up[i].fence);
+        if (r != VK_SUCCESS) return mb_vk_fail(ctx, "upload ring", r);
+    }
+    /* The slot table starts empty (all addresses zero), through the ring's
+     * first command buffer. */
+    mb_vk_upload_buf *u = &be->up[0];
+    const VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                         .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    r = vkBeginCommandBuffer(u->cb, &bi);
+    if (r != VK_SUCCESS) return mb_vk_fail(ctx, "vkBeginCommandBuffer", r);
+    vkCmdFillBuffer(u->cb, be->slots.buf, 0, VK_WHOLE_SIZE, 0);
+    u->recording = 1;
+    return MB_STATUS_OK;
+}
+
+static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
+{
+    if (!cfg || !state) return MB_STATUS_INVALID_ARG;
+    const mb_backend_gpu_options *opt = cfg->options;
+    mb_backend_gpu_options o = {.staging_bytes = MB_VK_DEFAULT_STAGING, .max_inflight = 2, .progress = 1};
+    if (opt) {
+        if (opt->staging_bytes) o.staging_bytes = opt->staging_bytes;
+        if (opt->max_inflight) o.max_inflight = opt->max_inflight;
+        o.progress = opt->progress;
+    }
+    if (o.max_inflight > MB_BACKEND_MAX_INFLIGHT || o.staging_bytes < 4096) return MB_STATUS_CONFIG;
+    const uint32_t max_slots = cfg->max_slots ? cfg->max_slots : MB_VK_DEFAULT_SLOTS;
+    if (max_slots > MB_VK_MAX_SLOTS) return MB_STATUS_CONFIG;
+
+    mb_vk_backend *be = calloc(1, sizeof *be);
+    if (!be) return MB_STATUS_NOMEM;
+    be->device = cfg->device < 0 ? 0 : cfg->device;
+    be->max_slots = max_slots;
+    be->max_inflight = o.max_inflight;
+    be->staging_max = o.staging_bytes;
+    be->progress = o.progress;
+    be->upload_status = MB_STATUS_OK;
+    const char *path = getenv("MB_VULKAN_PATH");
+    be->path = path && !strcmp(path, "gemv") ? 1 : path && !strcmp(path, "gemm") ? 2 : 0;
+    mb_status st = mb_route_table_init(&be->table, max_slots);
+    if (st != MB_STATUS_OK) {
+        free(be);
+        return st;
+    }
+    be->slot_mem = calloc(max_slots, sizeof *be->slot_mem);
+    if (!be->slot_mem) {
+        mb_vk_close(be);
+        return MB_STATUS_NOMEM;
+    }
+    st = mb_vk_ctx_init(&be->ctx, be->device);
+    if (st == MB_STATUS_OK) {
+        mb_vk_describe(be->ctx.phys, be->device_name, sizeof be->device_name, NULL);
+        st = mb_vk_open_resources(be);
+    }
+    if (st != MB_STATUS_OK) {
+        mb_vk_close(be);
+        return st;
+    }
+    *state = be;
+    return MB_STATUS_OK;
+}
+
+static mb_status mb_vk_caps(void *state, mb_backend_caps *caps)
+{
+    mb_vk_backend *be = state;
+    if (!be || !caps) return MB_STATUS_INVALID_ARG;
+    memset(caps, 0, sizeof *caps);
+    snprintf(caps->name, sizeof caps->name, "vulkan");
+    snprintf(caps->device, sizeof caps->device, "%s", be->device_name);
+    uint64_t total = 0, avail = 0;
+    mb_vk_memory(&be->ctx, &total, &avail);
+    /* Keep room for request workspaces and staging (about 1 GiB for
+     * 4096-token prefills of Mixtral-sized layers on a large card, a
+     * quarter of a small one): placement sees only what weights may use. */
+    uint64_t reserve = total / 25;
+    const uint64_t floor = total / 4 < ((uint64_t)1 << 30) ? total / 4 : ((uint64_t)1 << 30);
+    if (reserve < floor) reserve = floor;
+    caps->mem_total_bytes = total;
+    caps->mem_free_bytes = avail > reserve ? avail - reserve : 0;
+    caps->payload_dtype_mask = MB_DTYPE_MASK_ALL;
+    caps->weight_dtype_mask = MB_DTYPE_MASK_ALL;
+    caps->preferred_batch = 4096;
+    caps->n_threads = 1;
+    caps->max_slots = be->max_slots;
+    caps->max_inflight = be->max_inflight;
+    caps->max_request_bytes = be->staging_max;
+    return MB_STATUS_OK;
+}
+
+const mb_backend_ops mb_backend_vulkan_ops = {
+    .abi_version = MB_BACKEND_ABI_VERSION,
+    .name = "vulkan",
+    .open = mb_vk_open,
+    .close = mb_vk_close,
+    .caps = mb_vk_caps,
+    .load_expert = mb_vk_load_expert,
+    .load_finish = mb_vk_load_finish,
+    .reserve_layer = mb_vk_reserve_layer,
+    .register_host = NULL,
+    .unregister_host = NULL,
+    .run = NULL,
+    .submit = mb_vk_submit,
+    .poll = mb_vk_poll,
+    .fetch = mb_vk_fetch,
+};

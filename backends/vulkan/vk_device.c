@@ -1,0 +1,447 @@
+/* The Vulkan backend's helper layer over the Debian loader and headers:
+ * instance and device setup (one compute queue, buffer device addresses,
+ * VK_EXT_memory_budget when present), buffers with their own memory,
+ * compute pipelines built from the embedded SPIR-V (kernels/vulkan/spirv.h)
+ * and cached per specialisation, and the mapping of VkResult to mb_status.
+ * Knows nothing of experts or requests. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backends/vulkan/vk_internal.h"
+#include "kernels/vulkan/spirv.h"
+
+uint64_t mb_vk_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static const char *mb_vk_result_str(VkResult r)
+{
+    switch (r) {
+    case VK_SUCCESS: return "success";
+    case VK_NOT_READY: return "not ready";
+    case VK_TIMEOUT: return "timeout";
+    case VK_ERROR_OUT_OF_HOST_MEMORY: return "out of host memory";
+    case VK_ERROR_OUT_OF_DEVICE_MEMORY: return "out of device memory";
+    case VK_ERROR_INITIALIZATION_FAILED: return "initialization failed";
+    case VK_ERROR_DEVICE_LOST: return "device lost";
+    case VK_ERROR_MEMORY_MAP_FAILED: return "memory map failed";
+    case VK_ERROR_EXTENSION_NOT_PRESENT: return "extension not present";
+    case VK_ERROR_FEATURE_NOT_PRESENT: return "feature not present";
+    case VK_ERROR_INCOMPATIBLE_DRIVER: return "incompatible driver (no Vulkan driver installed?)";
+    case VK_ERROR_TOO_MANY_OBJECTS: return "too many objects";
+    default: return "error";
+    }
+}
+
+mb_status mb_vk_fail(mb_vk_ctx *ctx, const char *what, VkResult r)
+{
+    fprintf(stderr, "vulkan backend: %s: %s (VkResult %d)\n", what, mb_vk_result_str(r), (int)r);
+    switch (r) {
+    case VK_ERROR_OUT_OF_HOST_MEMORY:
+    case VK_ERROR_OUT_OF_DEVICE_MEMORY:
+    case VK_ERROR_TOO_MANY_OBJECTS: return MB_STATUS_NOMEM;
+    case VK_ERROR_DEVICE_LOST:
+        if (ctx) ctx->lost = 1;
+        return MB_STATUS_DEVICE;
+    case VK_ERROR_INITIALIZATION_FAILED:
+    case VK_ERROR_INCOMPATIBLE_DRIVER: return MB_STATUS_DEVICE;
+    default: return MB_STATUS_BACKEND;
+    }
+}
+
+mb_status mb_vk_instance_create(VkInstance *out)
+{
+    const VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+                                   .pApplicationName = "moe-worker",
+                                   .pEngineName = "moe-broker",
+                                   .apiVersion = VK_API_VERSION_1_2};
+    const VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pApplicationInfo = &app};
+    VkResult r = vkCreateInstance(&ci, NULL, out);
+    if (r == VK_ERROR_INCOMPATIBLE_DRIVER || r == VK_ERROR_INITIALIZATION_FAILED) return MB_STATUS_DEVICE;
+    if (r != VK_SUCCESS) return mb_vk_fail(NULL, "vkCreateInstance", r);
+    return MB_STATUS_OK;
+}
+
+static const char *mb_vk_type_name(VkPhysicalDeviceType t)
+{
+    switch (t) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return "discrete GPU";
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return "integrated GPU";
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return "virtual GPU";
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: return "CPU";
+    default: return "other";
+    }
+}
+
+/* The largest device-local heap (there is always one). */
+static uint32_t mb_vk_main_heap(const VkPhysicalDeviceMemoryProperties *mp)
+{
+    uint32_t best = 0;
+    VkDeviceSize best_bytes = 0;
+    for (uint32_t i = 0; i < mp->memoryHeapCount; i++)
+        if ((mp->memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) && mp->memoryHeaps[i].size > best_bytes) {
+            best = i;
+            best_bytes = mp->memoryHeaps[i].size;
+        }
+    return best;
+}
+
+void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap_bytes)
+{
+    VkPhysicalDeviceProperties p;
+    VkPhysicalDeviceMemoryProperties mp;
+    vkGetPhysicalDeviceProperties(phys, &p);
+    vkGetPhysicalDeviceMemoryProperties(phys, &mp);
+    if (heap_bytes) *heap_bytes = mp.memoryHeaps[mb_vk_main_heap(&mp)].size;
+    snprintf(buf, cap, "%s (%s, Vulkan %u.%u)", p.deviceName, mb_vk_type_name(p.deviceType),
+             VK_API_VERSION_MAJOR(p.apiVersion), VK_API_VERSION_MINOR(p.apiVersion));
+}
+
+int mb_vk_list_devices(FILE *f)
+{
+    VkInstance inst = VK_NULL_HANDLE;
+    if (mb_vk_instance_create(&inst) != MB_STATUS_OK) return 0;
+    uint32_t n = 0;
+    vkEnumeratePhysicalDevices(inst, &n, NULL);
+    VkPhysicalDevice *devs = n ? calloc(n, sizeof *devs) : NULL;
+    if (n && !devs) n = 0;
+    if (n) vkEnumeratePhysicalDevices(inst, &n, devs);
+    for (uint32_t i = 0; i < n; i++) {
+        char desc[256];
+        uint64_t heap = 0;
+        mb_vk_describe(devs[i], desc, sizeof desc, &heap);
+        fprintf(f, "vulkan:%u  %s, %.0f MiB device-local\n", i, desc, heap / 1048576.0);
+    }
+    free(devs);
+    vkDestroyInstance(inst, NULL);
+    return (int)n;
+}
+
+static int mb_vk_has_extension(VkPhysicalDevice phys, const char *name)
+{
+    uint32_t n = 0;
+    if (vkEnumerateDeviceExtensionProperties(phys, NULL, &n, NULL) != VK_SUCCESS || n == 0) return 0;
+    VkExtensionProperties *e = calloc(n, sizeof *e);
+    if (!e) return 0;
+    int found = 0;
+    if (vkEnumerateDeviceExtensionProperties(phys, NULL, &n, e) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n && !found; i++)
+            found = strcmp(e[i].extensionName, name) == 0;
+    free(e);
+    return found;
+}
+
+/* Why phys cannot run the shaders, or NULL when it can. */
+static const char *mb_vk_unfit(VkPhysicalDevice phys, uint32_t *subgroup_size)
+{
+    VkPhysicalDeviceProperties p;
+    vkGetPhysicalDeviceProperties(phys, &p);
+    if (p.apiVersion < VK_API_VERSION_1_2) return "it supports only Vulkan 1.0 or 1.1 (1.2 needed)";
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+    VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
+    vkGetPhysicalDeviceFeatures2(phys, &f);
+    if (!f12.bufferDeviceAddress) return "it lacks bufferDeviceAddress";
+    VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sg};
+    vkGetPhysicalDeviceProperties2(phys, &p2);
+    const VkSubgroupFeatureFlags need = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT;
+    if (!(sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) || (sg.supportedOperations & need) != need)
+        return "it lacks subgroup arithmetic in compute shaders";
+    if (sg.subgroupSize == 0 || MB_KVK_GEMV_THREADS % sg.subgroupSize) return "its subgroup size does not divide 128";
+    const VkPhysicalDeviceLimits *l = &p.limits;
+    if (l->maxComputeWorkGroupInvocations < 256 || l->maxComputeWorkGroupSize[0] < 256)
+        return "it runs fewer than 256 invocations a workgroup";
+    if (l->maxComputeSharedMemorySize < 16384) return "it has less than 16 KiB of shared memory";
+    if (l->maxPushConstantsSize < MB_VK_PUSH_BYTES) return "it has less than 128 bytes of push constants";
+    *subgroup_size = sg.subgroupSize;
+    return NULL;
+}
+
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index)
+{
+    memset(ctx, 0, sizeof *ctx);
+    mb_status st = mb_vk_instance_create(&ctx->instance);
+    if (st != MB_STATUS_OK) {
+        fprintf(stderr, "vulkan backend: no Vulkan driver (the loader found no usable ICD)\n");
+        return st;
+    }
+    uint32_t n = 0;
+    VkResult r = vkEnumeratePhysicalDevices(ctx->instance, &n, NULL);
+    if (r != VK_SUCCESS || n == 0) {
+        fprintf(stderr, "vulkan backend: no Vulkan device (the loader reports none)\n");
+        return MB_STATUS_DEVICE;
+    }
+    if (index < 0) index = 0;
+    if ((uint32_t)index >= n) {
+        fprintf(stderr, "vulkan backend: no Vulkan device %d (the loader reports %u)\n", index, n);
+        return MB_STATUS_DEVICE;
+    }
+    VkPhysicalDevice *devs = calloc(n, sizeof *devs);
+    if (!devs) return MB_STATUS_NOMEM;
+    vkEnumeratePhysicalDevices(ctx->instance, &n, devs);
+    ctx->phys = devs[index];
+    free(devs);
+    vkGetPhysicalDeviceProperties(ctx->phys, &ctx->props);
+    vkGetPhysicalDeviceMemoryProperties(ctx->phys, &ctx->mem_props);
+    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
+    vkGetPhysicalDeviceProperties2(ctx->phys, &p2);
+    ctx->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : ((VkDeviceSize)1 << 30);
+    const char *why = mb_vk_unfit(ctx->phys, &ctx->subgroup_size);
+    if (why) {
+        fprintf(stderr, "vulkan backend: device %d (%s) cannot run the expert shaders: %s\n", index,
+                ctx->props.deviceName, why);
+        return MB_STATUS_DEVICE;
+    }
+
+    /* A compute queue: a compute-only family when there is one (it does not
+     * share the graphics engine's queue), else any with compute. */
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(ctx->phys, &nq, NULL);
+    VkQueueFamilyProperties *qf = calloc(nq ? nq : 1, sizeof *qf);
+    if (!qf) return MB_STATUS_NOMEM;
+    vkGetPhysicalDeviceQueueFamilyProperties(ctx->phys, &nq, qf);
+    uint32_t fam = UINT32_MAX;
+    for (uint32_t i = 0; i < nq; i++) {
+        if (!(qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT)) continue;
+        if (fam == UINT32_MAX || !(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) fam = i;
+        if (!(qf[i].queueFlags & VK_QUEUE_GRAPHICS_BIT)) break;
+    }
+    if (fam != UINT32_MAX) ctx->timestamp_bits = qf[fam].timestampValidBits;
+    free(qf);
+    if (fam == UINT32_MAX) {
+        fprintf(stderr, "vulkan backend: device %d has no compute queue\n", index);
+        return MB_STATUS_DEVICE;
+    }
+    ctx->queue_family = fam;
+    ctx->timestamp_period = ctx->props.limits.timestampPeriod;
+
+    const char *exts[2];
+    uint32_t n_ext = 0;
+    ctx->has_budget = mb_vk_has_extension(ctx->phys, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
+    if (ctx->has_budget) exts[n_ext++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
+    const float prio = 1.0f;
+    const VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                         .queueFamilyIndex = fam,
+                                         .queueCount = 1,
+                                         .pQueuePriorities = &prio};
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
+                                            .bufferDeviceAddress = VK_TRUE};
+    const VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
+    const VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                                    .pNext = &f2,
+                                    .queueCreateInfoCount = 1,
+                                    .pQueueCreateInfos = &qci,
+                                    .enabledExtensionCount = n_ext,
+                                    .ppEnabledExtensionNames = exts};
+    r = vkCreateDevice(ctx->phys, &dci, NULL, &ctx->dev);
+    if (r != VK_SUCCESS) {
+        ctx->dev = VK_NULL_HANDLE;
+        st = mb_vk_fail(ctx, "vkCreateDevice", r);
+        return st == MB_STATUS_BACKEND ? MB_STATUS_DEVICE : st;
+    }
+    vkGetDeviceQueue(ctx->dev, fam, 0, &ctx->queue);
+
+    const VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = MB_VK_PUSH_BYTES};
+    const VkPipelineLayoutCreateInfo lci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                            .pushConstantRangeCount = 1,
+                                            .pPushConstantRanges = &pcr};
+    r = vkCreatePipelineLayout(ctx->dev, &lci, NULL, &ctx->layout);
+    if (r == VK_SUCCESS) {
+        const VkPipelineCacheCreateInfo cci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
+        r = vkCreatePipelineCache(ctx->dev, &cci, NULL, &ctx->cache);
+    }
+    if (r != VK_SUCCESS) return mb_vk_fail(ctx, "pipeline layout", r);
+    return MB_STATUS_OK;
+}
+
+void mb_vk_ctx_fini(mb_vk_ctx *ctx)
+{
+    if (ctx->dev) {
+        vkDeviceWaitIdle(ctx->dev);
+        for (int i = 0; i < ctx->n_pipelines; i++)
+            vkDestroyPipeline(ctx->dev, ctx->pipelines[i].pipeline, NULL);
+        if (ctx->cache) vkDestroyPipelineCache(ctx->dev, ctx->cache, NULL);
+        if (ctx->layout) vkDestroyPipelineLayout(ctx->dev, ctx->layout, NULL);
+        vkDestroyDevice(ctx->dev, NULL);
+    }
+    if (ctx->instance) vkDestroyInstance(ctx->instance, NULL);
+    memset(ctx, 0, sizeof *ctx);
+}
+
+/* A memory type allowed by bits with all of need, preferring want and
+ * avoiding avoid; UINT32_MAX when none has need. */
+static uint32_t mb_vk_mem_type(const mb_vk_ctx *ctx, uint32_t bits, VkMemoryPropertyFlags need,
+                               VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid)
+{
+    uint32_t best = UINT32_MAX;
+    int best_score = -1;
+    for (uint32_t i = 0; i < ctx->mem_props.memoryTypeCount; i++) {
+        const VkMemoryPropertyFlags fl = ctx->mem_props.memoryTypes[i].propertyFlags;
+        if (!(bits & (1u << i)) || (fl & need) != need) continue;
+        const int score = ((fl & want) == want ? 2 : 0) + ((fl & avoid) ? 0 : 1);
+        if (score > best_score) {
+            best = i;
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+mb_status mb_vk_buffer_create(mb_vk_ctx *ctx, VkDeviceSize bytes, mb_vk_mem_kind kind,
+                              VkBufferUsageFlags extra_usage, mb_vk_buffer *out)
+{
+    memset(out, 0, sizeof *out);
+    if (ctx->lost) return MB_STATUS_DEVICE;
+    const VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+                                    .size = bytes,
+                                    .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                             VK_BUFFER_USAGE_TRANSFER_DST_BIT |
+                                             VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT | extra_usage,
+                                    .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+    VkResult r = vkCreateBuffer(ctx->dev, &bci, NULL, &out->buf);
+    if (r != VK_SUCCESS) {
+        out->buf = VK_NULL_HANDLE;
+        return mb_vk_fail(ctx, "vkCreateBuffer", r);
+    }
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(ctx->dev, out->buf, &req);
+    const VkMemoryPropertyFlags host = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    uint32_t type;
+    switch (kind) {
+    case MB_VK_MEM_UPLOAD:
+        /* Not device-local: that is the small BAR window on most GPUs. */
+        type = mb_vk_mem_type(ctx, req.memoryTypeBits, host, 0, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+        break;
+    case MB_VK_MEM_READBACK:
+        type = mb_vk_mem_type(ctx, req.memoryTypeBits, host, VK_MEMORY_PROPERTY_HOST_CACHED_BIT,
+                              VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+        break;
+    default:
+        type = mb_vk_mem_type(ctx, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0, 0);
+        if (type == UINT32_MAX) type = mb_vk_mem_type(ctx, req.memoryTypeBits, 0, 0, 0);
+        break;
+    }
+    if (type == UINT32_MAX) {
+        fprintf(stderr, "vulkan backend: no memory type for a %s buffer\n", kind == MB_VK_MEM_DEVICE ? "device" : "host");
+        mb_vk_buffer_destroy(ctx, out);
+        return MB_STATUS_BACKEND;
+    }
+    const VkMemoryAllocateFlagsInfo flags = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO,
+                                             .flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT};
+    const VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+                                      .pNext = &flags,
+                                      .allocationSize = req.size,
+                                      .memoryTypeIndex = type};
+    r = vkAllocateMemory(ctx->dev, &mai, NULL, &out->mem);
+    if (r != VK_SUCCESS) {
+        out->mem = VK_NULL_HANDLE;
+        mb_vk_buffer_destroy(ctx, out);
+        if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY) return MB_STATUS_NOMEM;
+        return mb_vk_fail(ctx, "vkAllocateMemory", r);
+    }
+    r = vkBindBufferMemory(ctx->dev, out->buf, out->mem, 0);
+    if (r == VK_SUCCESS && (ctx->mem_props.memoryTypes[type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT))
+        r = vkMapMemory(ctx->dev, out->mem, 0, VK_WHOLE_SIZE, 0, &out->map);
+    if (r != VK_SUCCESS) {
+        mb_vk_buffer_destroy(ctx, out);
+        return mb_vk_fail(ctx, "buffer memory", r);
+    }
+    const VkBufferDeviceAddressInfo ai = {.sType = VK_STRUCTURE_TYPE_BUFFER_DEVICE_ADDRESS_INFO, .buffer = out->buf};
+    out->addr = vkGetBufferDeviceAddress(ctx->dev, &ai);
+    out->bytes = bytes;
+    if (kind == MB_VK_MEM_DEVICE) {
+        ctx->allocated_bytes += req.size;
+        out->counted = req.size;
+    }
+    return MB_STATUS_OK;
+}
+
+void mb_vk_buffer_destroy(mb_vk_ctx *ctx, mb_vk_buffer *b)
+{
+    if (!ctx->dev) return;
+    if (b->buf) vkDestroyBuffer(ctx->dev, b->buf, NULL);
+    if (b->mem) {
+        if (b->counted && ctx->allocated_bytes >= b->counted) ctx->allocated_bytes -= b->counted;
+        vkFreeMemory(ctx->dev, b->mem, NULL);
+    }
+    memset(b, 0, sizeof *b);
+}
+
+mb_status mb_vk_pipeline_get(mb_vk_ctx *ctx, const char *shader, const uint32_t spec[4], VkPipeline *out)
+{
+    for (int i = 0; i < ctx->n_pipelines; i++) {
+        const mb_vk_pipeline *p = &ctx->pipelines[i];
+        if (strcmp(p->shader, shader) == 0 && memcmp(p->spec, spec, sizeof p->spec) == 0) {
+            *out = p->pipeline;
+            return MB_STATUS_OK;
+        }
+    }
+    if (ctx->n_pipelines == MB_VK_MAX_PIPELINES) return MB_STATUS_FULL;
+    const mb_kvk_spirv *code = mb_kvk_spirv_find(shader);
+    if (!code) {
+        fprintf(stderr, "vulkan backend: shader %s is not in this build\n", shader);
+        return MB_STATUS_BACKEND;
+    }
+    const VkShaderModuleCreateInfo mci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                          .codeSize = code->n_words * sizeof(uint32_t),
+                                          .pCode = code->words};
+    VkShaderModule mod = VK_NULL_HANDLE;
+    VkResult r = vkCreateShaderModule(ctx->dev, &mci, NULL, &mod);
+    if (r != VK_SUCCESS) return mb_vk_fail(ctx, "vkCreateShaderModule", r);
+    VkSpecializationMapEntry map[4];
+    for (uint32_t i = 0; i < 4; i++)
+        map[i] = (VkSpecializationMapEntry){.constantID = i, .offset = i * 4u, .size = 4};
+    const VkSpecializationInfo si = {.mapEntryCount = 4, .pMapEntries = map, .dataSize = 16, .pData = spec};
+    const VkComputePipelineCreateInfo pci = {
+        .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                  .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                  .module = mod,
+                  .pName = "main",
+                  .pSpecializationInfo = &si},
+        .layout = ctx->layout};
+    mb_vk_pipeline *p = &ctx->pipelines[ctx->n_pipelines];
+    r = vkCreateComputePipelines(ctx->dev, ctx->cache, 1, &pci, NULL, &p->pipeline);
+    vkDestroyShaderModule(ctx->dev, mod, NULL);
+    if (r != VK_SUCCESS) return mb_vk_fail(ctx, shader, r);
+    p->shader = code->name;
+    memcpy(p->spec, spec, sizeof p->spec);
+    ctx->n_pipelines++;
+    *out = p->pipeline;
+    return MB_STATUS_OK;
+}
+
+void mb_vk_memory(mb_vk_ctx *ctx, uint64_t *total, uint64_t *avail)
+{
+    const uint32_t h = mb_vk_main_heap(&ctx->mem_props);
+    const uint64_t heap = ctx->mem_props.memoryHeaps[h].size;
+    *total = heap;
+    if (ctx->has_budget) {
+        VkPhysicalDeviceMemoryBudgetPropertiesEXT b = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
+        VkPhysicalDeviceMemoryProperties2 mp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2,
+                                                .pNext = &b};
+        vkGetPhysicalDeviceMemoryProperties2(ctx->phys, &mp);
+        *avail = b.heapBudget[h] > b.heapUsage[h] ? b.heapBudget[h] - b.heapUsage[h] : 0;
+        return;
+    }
+    *avail = heap > ctx->allocated_bytes ? heap - ctx->allocated_bytes : 0;
+}
+
+void mb_vk_barrier(VkCommandBuffer cb)
+{
+    const VkMemoryBarrier mb = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+        .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+        .dstAccessMask = VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_READ_BIT |
+                         VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_INDIRECT_COMMAND_READ_BIT | VK_ACCESS_HOST_READ_BIT};
+    vkCmdPipelineBarrier(cb, VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                         VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT |
+                             VK_PIPELINE_STAGE_DRAW_INDIRECT_BIT | VK_PIPELINE_STAGE_HOST_BIT,
+                         0, 1, &mb, 0, NULL, 0, NULL);
+}

@@ -1,0 +1,120 @@
+/* The MoE expert FFN as Vulkan compute shaders (kernels/vulkan/moe_*.comp),
+ * described for the host that records them. For every (token, expert,
+ * gate) pair of a request:
+ *   h[pair][d_ff]       = silu(x[token] @ W_gate^T) * (x[token] @ W_up^T)
+ *   out[token][d_model] = sum over the token's pairs, in request order,
+ *                         of gate * (h[pair] @ W_down^T)
+ * recorded into one command buffer with no host synchronisation:
+ *   1. moe_route (one workgroup): groups the pairs by expert slot (a
+ *      counting sort whose per-slot counters it zeroes back itself), lays
+ *      out the tile schedule, and writes the indirect dispatch sizes of the
+ *      steps below (mb_kvk_args);
+ *   2. moe_convert: activations from the payload dtype to f32;
+ *   3. decode-sized requests: moe_gemv, gate+up+SiLU then down, streaming
+ *      each routed expert's weights once per MB_KVK_GEMV_NT of its rows,
+ *      one subgroup per weight row with subgroupAdd reductions;
+ *      prefill-sized requests: moe_gemm, tiled grouped matrix products over
+ *      every routed expert in one dispatch each (shared-memory tiles, f32
+ *      arithmetic);
+ *   4. moe_combine: per output element, its token's pairs' gate-weighted
+ *      rows summed in request order (no float atomics), encoded to the
+ *      payload dtype.
+ * Results are deterministic: the grouping may order an expert's rows
+ * differently from run to run, but no row's arithmetic depends on its
+ * position, and the combine order is fixed.
+ *
+ * Every buffer is reached through its device address (buffer references),
+ * so there are no descriptor sets: the push constants below carry the
+ * addresses. The structs here must match the shaders' push-constant blocks
+ * member for member. 16-bit values (f16, bf16 weights and payloads, pair
+ * counts) are read as 32-bit words and unpacked with shifts, so no 16-bit
+ * storage feature is needed. */
+#ifndef MB_KERNELS_VULKAN_MOE_H
+#define MB_KERNELS_VULKAN_MOE_H
+
+#include <stdint.h>
+
+/* Element types as specialisation constants, numbered as protocol/dtype.h. */
+enum { MB_KVK_F32 = 0, MB_KVK_F16 = 1, MB_KVK_BF16 = 2 };
+
+/* Workgroup sizes and tiles (the shaders hard-code the same numbers). */
+#define MB_KVK_ROUTE_THREADS 256u
+#define MB_KVK_CONVERT_THREADS 256u
+#define MB_KVK_COMBINE_THREADS 256u
+#define MB_KVK_GEMV_THREADS 128u
+#define MB_KVK_GEMV_ROWS 16u  /* weight rows per moe_gemv workgroup */
+#define MB_KVK_GEMV_NT 4u     /* expert rows sharing one pass over a weight row */
+#define MB_KVK_GEMM_BM 64u    /* grouped rows per tile */
+#define MB_KVK_GEMM_BN 64u    /* output columns per tile */
+
+/* One slot of the slot table (device memory, [max_slots]): the device
+ * addresses of the slot's gate, up [d_ff][d_model] and down
+ * [d_model][d_ff] matrices, row-major in the layer's weight dtype. */
+typedef struct {
+    uint64_t gate, up, down;
+} mb_kvk_slot;
+
+/* What moe_route writes for the host-free steps after it (32-bit words):
+ * four VkDispatchIndirectCommand and two counts. */
+typedef struct {
+    uint32_t gemv_gateup[3]; /* {ceil(d_ff / GEMV_ROWS), experts, 1} */
+    uint32_t gemv_down[3];   /* {ceil(d_model / GEMV_ROWS), experts, 1} */
+    uint32_t gemm_gateup[3]; /* {tiles, ceil(d_ff / GEMM_BN), 1} */
+    uint32_t gemm_down[3];   /* {tiles, ceil(d_model / GEMM_BN), 1} */
+    uint32_t n_experts;      /* slots with pairs */
+    uint32_t n_tiles;
+    uint32_t pad[2];
+} mb_kvk_args;
+
+/* Most tiles of a request with n_pairs pairs over at most n_experts experts. */
+#define MB_KVK_MAX_TILES(n_pairs, n_experts) ((n_pairs) / MB_KVK_GEMM_BM + (n_experts) + 1u)
+
+/* moe_route, one workgroup. Inputs as on the wire; the rest workspace. */
+typedef struct {
+    uint64_t counts;      /* u16 [n_tokens] pairs per token */
+    uint64_t pairs;       /* {u32 slot, f32 gate} [n_pairs] */
+    uint64_t slot_cnt;    /* i32 [max_slots], zero before and after */
+    uint64_t slot_eidx;   /* i32 [max_slots] */
+    uint64_t tok_off;     /* i32 [n_tokens + 1] first pair of each token */
+    uint64_t expert_slot; /* i32 [n_pairs] slot of each expert with pairs */
+    uint64_t expert_off;  /* i32 [n_pairs + 1] first grouped row of each expert */
+    uint64_t pair_pos;    /* i32 [n_pairs] grouped row of each pair */
+    uint64_t perm_token;  /* i32 [n_pairs] token of each grouped row */
+    uint64_t tiles;       /* {i32 expert, i32 row0} [MB_KVK_MAX_TILES] */
+    uint64_t args;        /* mb_kvk_args */
+    uint32_t n_tokens, n_pairs, d_model, d_ff;
+} mb_kvk_route_pc;
+
+/* moe_convert: x[i] = f32(act[i]), i < n. Specialisation 0: payload dtype. */
+typedef struct {
+    uint64_t act; /* payload [n] */
+    uint64_t x;   /* f32 [n] */
+    uint32_t n, pad;
+} mb_kvk_convert_pc;
+
+/* moe_gemv and moe_gemm, indirect dispatches sized by moe_route.
+ *   gate/up: out = h[row][N = d_ff] = silu(W_gate . x[token(row)]) * (W_up . x[token(row)]), K = d_model
+ *   down:    out = y[row][N = d_model] = W_down . h[row], K = d_ff
+ * Specialisation: 0 weight dtype, 1 gate/up (1) or down (0); moe_gemv also
+ * 2: 16-byte loads (K a multiple of 8, or of 4 for f32 weights), 3: rows per
+ * workgroup (MB_KVK_GEMV_ROWS). */
+typedef struct {
+    uint64_t slots;       /* mb_kvk_slot [max_slots] */
+    uint64_t tiles;       /* moe_gemm: the tile schedule; moe_gemv: unused */
+    uint64_t expert_slot;
+    uint64_t expert_off;
+    uint64_t perm_token;
+    uint64_t in;          /* f32: x [n_tokens][K] (gate/up) or h [n_pairs][K] (down) */
+    uint64_t out;         /* f32: h or y [n_pairs][N] */
+    uint32_t K, N;
+} mb_kvk_ffn_pc;
+
+/* moe_combine: out[t][c] = sum over t's pairs j of gate_j * y[pair_pos[j]][c].
+ * Specialisation 0: payload dtype. One invocation per 32-bit output word. */
+typedef struct {
+    uint64_t tok_off, pairs, pair_pos, y;
+    uint64_t out; /* payload [n_tokens][d_model], padded to whole words */
+    uint32_t n_tokens, d_model;
+} mb_kvk_combine_pc;
+
+#endif
