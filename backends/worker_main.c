@@ -14,6 +14,12 @@
 #include "backends/worker.h"
 #include "protocol/transport.h"
 #include "shm/shm.h"
+#ifdef MB_HAVE_VULKAN
+#include "backends/vulkan/vk_devices.h"
+#endif
+#ifdef MB_HAVE_CUDA
+#include "kernels/cuda/device_query.h"
+#endif
 
 static volatile sig_atomic_t mb_worker_stop;
 
@@ -88,7 +94,29 @@ static void mb_worker_usage(FILE *f)
             "  --max-slots N        expert slots to hold (default 4096)\n"
             "  --allow-file-weights accept weights as file regions over tcp:// too (same filesystem)\n"
             "  --once               over ZeroMQ, exit after one coordinator's session (default: serve the next)\n"
+            "  --list-devices       print the CUDA and Vulkan devices (N of cuda:N, vulkan:N) and exit\n"
             "Stop a ZeroMQ worker with SIGTERM or SIGINT.\n");
+}
+
+/* --list-devices: the GPU devices this build can use, with their memory. */
+static int mb_worker_list_devices(void)
+{
+    int n = 0;
+#ifdef MB_HAVE_CUDA
+    const int n_cuda = mb_cuda_device_count();
+    for (int i = 0; i < n_cuda; i++) {
+        char desc[256];
+        unsigned long long total = 0, free_bytes = 0;
+        if (mb_cuda_device_describe(i, desc, sizeof desc, &total, &free_bytes) != 0) continue;
+        printf("cuda:%d    %s, %.0f MiB (%.0f MiB free)\n", i, desc, total / 1048576.0, free_bytes / 1048576.0);
+        n++;
+    }
+#endif
+#ifdef MB_HAVE_VULKAN
+    n += mb_vk_devices_print(stdout);
+#endif
+    if (n == 0) printf("no CUDA or Vulkan device\n");
+    return 0;
 }
 
 static int mb_worker_parse_int(const char *s, long lo, long hi, long *out)
@@ -111,6 +139,7 @@ int main(int argc, char **argv)
         {"shm-fd", required_argument, 0, 'f'},  {"max-slots", required_argument, 0, 's'},
         {"allow-file-weights", no_argument, 0, 'a'}, {"once", no_argument, 0, 'o'},
         {"error-fd", required_argument, 0, 'e'},    {"help", no_argument, 0, 'h'},
+        {"list-devices", no_argument, 0, 'D'},
         {0, 0, 0, 0},
     };
     int c;
@@ -148,6 +177,7 @@ int main(int argc, char **argv)
             }
             break;
         case 'h': mb_worker_usage(stdout); return 0;
+        case 'D': return mb_worker_list_devices();
         default: mb_worker_usage(stderr); return 2;
         }
     }

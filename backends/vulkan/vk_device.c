@@ -101,7 +101,7 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
              VK_API_VERSION_MAJOR(p.apiVersion), VK_API_VERSION_MINOR(p.apiVersion));
 }
 
-int mb_vk_list_devices(FILE *f)
+int mb_vk_devices_print(FILE *f)
 {
     VkInstance inst = VK_NULL_HANDLE;
     if (mb_vk_instance_create(&inst) != MB_STATUS_OK) return 0;

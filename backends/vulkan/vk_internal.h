@@ -15,6 +15,7 @@
 
 #include "backends/backend.h"
 #include "backends/route_plan.h"
+#include "backends/vulkan/vk_devices.h"
 #include "kernels/vulkan/moe.h"
 
 #define MB_VK_DEFAULT_SLOTS 4096u
@@ -108,10 +109,6 @@ mb_status mb_vk_pipeline_get(mb_vk_ctx *ctx, const char *shader, const uint32_t 
  * what may still be allocated (the budget when VK_EXT_memory_budget is
  * there, else the heap size less what this context holds). */
 void mb_vk_memory(mb_vk_ctx *ctx, uint64_t *total, uint64_t *avail);
-
-/* Prints the physical devices the loader reports, one a line, as
- * "vulkan:N NAME, M MiB". Returns how many; 0 when there is no driver. */
-int mb_vk_list_devices(FILE *f);
 
 uint64_t mb_vk_now_ns(void);
 

@@ -9,9 +9,10 @@
  *   f32 payloads:  max |diff| <= 1e-3 and the same argmax at every position;
  *   f16 payloads:  max |diff| <= 2e-3;  bf16 payloads: max |diff| <= 1e-2
  * (seen on the fixtures: at most 2.4e-4 and 1.7e-3).
- * With argument "cuda" (test_parity_workers_cuda) the same cases run with a
- * cuda:0 worker beside a CPU worker over shared memory, and with the cuda:0
- * worker alone, under the same bounds; without a CUDA device it exits 77.
+ * With argument "cuda" (test_parity_workers_cuda) or "vulkan"
+ * (test_parity_workers_vulkan, on lavapipe in CI) the same cases run with a
+ * cuda:0 or vulkan:0 worker beside a CPU worker over shared memory, and with
+ * that worker alone, under the same bounds; without such a device it exits 77.
  * Rounding activations to 11 (f16) or 8 (bf16) significant bits moves
  * logits by well under these; a wrong expert, a wrong gate weight or a
  * token's sum landing on another position moves them by O(1). */
