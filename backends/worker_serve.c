@@ -53,7 +53,10 @@ static mb_status mb_worker_reply_done(mb_worker *w, mb_worker_pending *p, const 
     if (ev->status != MB_STATUS_OK) {
         /* The wrapper forgot the tag already. */
         mb_worker_pending_drop(w, p);
-        return mb_worker_reply_empty(w, MB_OP_STATUS, tag, ev->status);
+        mb_status st = mb_worker_reply_empty(w, MB_OP_STATUS, tag, ev->status);
+        /* A lost device fails every later request too: stop serving (the
+         * caller got this request's DEVICE first). */
+        return st == MB_STATUS_OK && ev->status == MB_STATUS_DEVICE ? MB_STATUS_DEVICE : st;
     }
     void *buf = NULL;
     mb_status st = mb_transport_send_reserve(w->cfg->transport, p->reply_bytes, -1, &buf);
@@ -120,7 +123,10 @@ static mb_status mb_worker_submit(mb_worker *w, const void *msg, size_t len, uin
         st = mb_worker_poll_backend(w, MB_WORKER_CONSUME_POLL_NS);
         if (st != MB_STATUS_OK) return st;
     }
-    if (st != MB_STATUS_OK) return mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
+    if (st != MB_STATUS_OK) {
+        mb_status rst = mb_worker_reply_empty(w, MB_OP_STATUS, tag, st);
+        return rst == MB_STATUS_OK && st == MB_STATUS_DEVICE ? MB_STATUS_DEVICE : rst;
+    }
     *p = (mb_worker_pending){
         .used = 1, .wtag = wtag, .peer_tag = tag, .n_tokens = req.n_tokens, .d_model = req.d_model,
         .dtype = req.dtype, .reply_bytes = reply_bytes, .decode_ns = mb_worker_now_ns() - t0,
