@@ -172,18 +172,15 @@ mb_kcuda_down_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *_
     }
 }
 
-// out[t][n] with the combine fused: token t's pairs in request order, four
-// at a time so that four rows' loads are in flight together (a down row is
-// short: d_ff elements, a few loads per lane).
-#define MB_GEMV_PJ 4
+// out[t][n] with the combine fused: token t's pairs in request order.
+// tok_off NULL: a one-token request of n_single pairs whose h rows are the
+// pairs' own indices.
 template <typename W, typename P, bool VEC>
 __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
 mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ tok_off,
                              const mb_kcuda_pair *__restrict__ pairs, const int32_t *__restrict__ pair_pos,
                              const float *__restrict__ h, P *__restrict__ out, int K, int N, int n_single)
 {
-    // tok_off NULL: a one-token request of n_single pairs whose h rows are
-    // the pairs' own indices.
     const int t = blockIdx.y;
     const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
@@ -191,39 +188,21 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     const int j0 = tok_off ? tok_off[t] : 0, j1 = tok_off ? tok_off[t + 1] : n_single;
     float total = 0.0f;
-    for (int jb = j0; jb < j1; jb += MB_GEMV_PJ) {
-        const int nj = min(MB_GEMV_PJ, j1 - jb);
-        const W *wa[MB_GEMV_PJ];
-        const float *hr[MB_GEMV_PJ];
-        float gate[MB_GEMV_PJ], acc[MB_GEMV_PJ] = {};
-#pragma unroll
-        for (int i = 0; i < MB_GEMV_PJ; i++) {
-            const mb_kcuda_pair pr = pairs[jb + (i < nj ? i : 0)];
-            gate[i] = pr.gate;
-            wa[i] = (const W *)slots[pr.slot].down + (size_t)row * K;
-            const int j = jb + (i < nj ? i : 0);
-            hr[i] = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
-        }
-#pragma unroll 2
+    for (int j = j0; j < j1; j++) {
+        const mb_kcuda_pair pr = pairs[j];
+        const W *wa = (const W *)slots[pr.slot].down + (size_t)row * K;
+        const float *hr = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
+        float acc = 0.0f;
+#pragma unroll 4
         for (int k = lane * V; k < K; k += 32 * V) {
-            float fa[MB_GEMV_PJ][V], x[MB_GEMV_PJ][V];
+            float fa[V], x[V];
+            mb_loadv<W, V, VEC>(wa + k, fa);
+            mb_loadv<float, V, VEC>(hr + k, x);
 #pragma unroll
-            for (int i = 0; i < MB_GEMV_PJ; i++)
-                if (i < nj) {
-                    mb_loadv<W, V, VEC>(wa[i] + k, fa[i]);
-                    mb_loadv<float, V, VEC>(hr[i] + k, x[i]);
-                }
-#pragma unroll
-            for (int i = 0; i < MB_GEMV_PJ; i++)
-                if (i < nj) {
-#pragma unroll
-                    for (int v = 0; v < V; v++)
-                        acc[i] += fa[i][v] * x[i][v];
-                }
+            for (int v = 0; v < V; v++)
+                acc += fa[v] * x[v];
         }
-#pragma unroll
-        for (int i = 0; i < MB_GEMV_PJ; i++)
-            if (i < nj) total += gate[i] * mb_warp_sum(acc[i]);
+        total += pr.gate * mb_warp_sum(acc);
     }
     if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
 }
