@@ -87,7 +87,7 @@ typedef struct {
      * ascending slot order, their pair counts, and on the device the slots
      * then the first rows. */
     uint32_t plan_n;
-    int32_t *plan_count;
+    int32_t *plan_slot, *plan_count;
     void *d_plan;
 } eg_route;
 
@@ -129,7 +129,8 @@ static int eg_route_make(eg_route *r, const mb_egpu_model *m, uint32_t n_tokens)
     int32_t *cnt = calloc(m->n_experts, sizeof *cnt);
     int32_t *plan = malloc(sizeof *plan * (2 * (size_t)m->n_experts + 1));
     r->plan_count = malloc(sizeof *r->plan_count * m->n_experts);
-    if (!cnt || !plan || !r->plan_count) {
+    r->plan_slot = malloc(sizeof *r->plan_slot * m->n_experts);
+    if (!cnt || !plan || !r->plan_count || !r->plan_slot) {
         free(cnt);
         free(plan);
         free(used);
@@ -140,6 +141,7 @@ static int eg_route_make(eg_route *r, const mb_egpu_model *m, uint32_t n_tokens)
     for (uint32_t e = 0; e < m->n_experts; e++)
         if (cnt[e]) {
             plan[r->plan_n] = (int32_t)e;
+            r->plan_slot[r->plan_n] = (int32_t)e;
             r->plan_count[r->plan_n++] = cnt[e];
         }
     int32_t off = 0;
@@ -167,6 +169,7 @@ static void eg_route_free(eg_route *r)
     free(r->counts);
     free(r->pairs);
     free(r->plan_count);
+    free(r->plan_slot);
     mb_gpu_free(r->d_plan);
     mb_gpu_free(r->d_counts);
     mb_gpu_free(r->d_pairs);
@@ -241,6 +244,7 @@ typedef struct {
     void *stream;
     mb_kcuda_moe_ws *ws;
     mb_gpu_marks *marks; /* [EG_BATCH + 1] */
+    mb_kcuda_expert *slots_host; /* [n_experts] */
     void *d_weights, *d_slots, *d_act, *d_out;
 } eg_kdev;
 
@@ -260,6 +264,7 @@ static void eg_kdev_fini(eg_kdev *d)
     mb_gpu_free(d->d_slots);
     mb_gpu_free(d->d_act);
     mb_gpu_free(d->d_out);
+    free(d->slots_host);
     memset(d, 0, sizeof *d);
 }
 
@@ -273,6 +278,7 @@ static int eg_kdev_init(eg_kdev *d, const mb_egpu_model *m, const uint16_t *expe
     const size_t act_bytes = (size_t)max_tokens * m->d_model * 2;
     mb_kcuda_expert *slots = calloc(m->n_experts, sizeof *slots);
     int e = slots ? 0 : 2 /* cudaErrorMemoryAllocation */;
+    d->slots_host = slots; /* kept for the cuBLAS path's host plan */
     if (!e) e = eg_check(mb_gpu_stream_create(&d->stream), "stream");
     if (!e) e = eg_check(mb_kcuda_moe_ws_create(m->n_experts, &d->ws), "workspace");
     if (!e) e = eg_check(mb_gpu_marks_create(EG_BATCH + 1, &d->marks), "events");
@@ -287,7 +293,6 @@ static int eg_kdev_init(eg_kdev *d, const mb_egpu_model *m, const uint16_t *expe
     if (!e) e = eg_check(mb_gpu_alloc(&d->d_act, act_bytes), "activations");
     if (!e) e = eg_check(mb_gpu_upload(d->d_act, act, act_bytes), "activations");
     if (!e) e = eg_check(mb_gpu_alloc(&d->d_out, act_bytes), "output");
-    free(slots);
     if (e) eg_kdev_fini(d);
     return e;
 }
@@ -309,7 +314,8 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
             .payload = MB_KCUDA_BF16, .wdtype = MB_KCUDA_BF16, .path = path,
             .slots = d->d_slots, .act = d->d_act, .pair_counts = routes[r].d_counts,
             .pairs = routes[r].d_pairs, .out = d->d_out, .plan_experts = routes[r].plan_n,
-            .plan_count = routes[r].plan_count, .plan_dev = routes[r].d_plan};
+            .plan_slot = routes[r].plan_slot, .plan_count = routes[r].plan_count, .plan_dev = routes[r].d_plan,
+            .slots_host = d->slots_host};
         e = eg_check(mb_kcuda_moe_ws_reserve(d->ws, &p[r]), "workspace reserve");
     }
     /* The first request, timed alone (it also warms the device up). */
@@ -386,7 +392,8 @@ static int eg_phase_split(eg_kdev *d, const eg_route *routes, double out_us[3])
             .max_slots = m->n_experts, .layer_experts = m->n_experts, .payload = MB_KCUDA_BF16,
             .wdtype = MB_KCUDA_BF16, .path = MB_KCUDA_PATH_AUTO, .slots = d->d_slots, .act = d->d_act,
             .pair_counts = ro->d_counts, .pairs = ro->d_pairs, .out = d->d_out, .plan_experts = ro->plan_n,
-            .plan_count = ro->plan_count, .plan_dev = ro->d_plan,
+            .plan_slot = ro->plan_slot, .plan_count = ro->plan_count, .plan_dev = ro->d_plan,
+            .slots_host = d->slots_host,
             .phase_marks = {mb_gpu_marks_event(mk, 4 * (size_t)r + 1), mb_gpu_marks_event(mk, 4 * (size_t)r + 2)}};
         if (r == 0) e = mb_gpu_spin(d->stream, 60.0 * EG_PHASE_REPS);
         if (!e) e = mb_gpu_marks_record(mk, 4 * (size_t)r, d->stream);

@@ -242,7 +242,9 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     p.out = r->d_out;
     if (plan_n) {
         p.plan_experts = plan_n;
+        p.plan_slot = be->plan_slot;
         p.plan_count = be->plan_count;
+        p.slots_host = be->h_slots;
         p.plan_dev = (const int32_t *)((char *)r->d_in + plan_off);
     }
     if (req->n_pairs) {

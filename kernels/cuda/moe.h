@@ -51,7 +51,7 @@ typedef enum {
     MB_KCUDA_PATH_AUTO = 0, /* GEMV when pairs per routed expert are few */
     MB_KCUDA_PATH_GEMV = 1,
     MB_KCUDA_PATH_GEMM = 2,   /* our WMMA grouped GEMM */
-    MB_KCUDA_PATH_CUBLAS = 3, /* cuBLAS grouped GEMMs (needs a host plan and cuBLAS) */
+    MB_KCUDA_PATH_CUBLAS = 3, /* cuBLAS GEMMs per expert (needs a host plan and cuBLAS) */
 } mb_kcuda_path;
 
 typedef struct {
@@ -70,14 +70,17 @@ typedef struct {
     const uint16_t *pair_counts;  /* [n_tokens] */
     const void *pairs;            /* [n_pairs] of {u32 slot, f32 gate} */
     void *out;                    /* device [n_tokens][d_model] payload */
-    /* Optional host plan, which the cuBLAS path needs (its group sizes are
-     * host arguments): the request's experts in ascending slot order with
-     * their pair counts (host arrays), and the same on the device as
-     * int32 [plan_experts] slots then [plan_experts + 1] first rows. The
-     * route kernel then follows it instead of discovering experts. */
+    /* Optional host plan, which the cuBLAS path needs (its sizes and
+     * pointers are host arguments): the request's experts in ascending slot
+     * order with their pair counts (host arrays), and the same on the
+     * device as int32 [plan_experts] slots then [plan_experts + 1] first
+     * rows. The route kernel then follows it instead of discovering
+     * experts. slots_host mirrors slots on the host. */
     uint32_t plan_experts;        /* 0: no plan */
+    const int32_t *plan_slot;     /* host [plan_experts] */
     const int32_t *plan_count;    /* host [plan_experts] */
     const int32_t *plan_dev;      /* device, as above */
+    const mb_kcuda_expert *slots_host; /* host [max_slots] */
     /* Optional cudaEvent_t pair for benchmarks, recorded on the stream after
      * the routing bookkeeping (route, and convert or gather) and after the
      * expert GEMMs or GEMVs (before the combine, if any). */

@@ -44,11 +44,7 @@ struct mb_kcuda_moe_ws {
     float *y;               // [n_pairs][d_model] each pair's down projection (cuBLAS path:
                             // first gate|up [n_pairs][2 d_ff], then y)
     size_t bytes;
-    // cuBLAS path: handle, device pointer arrays, host argument arrays.
-    void *cublas;
-    void **ptrs;            // device [12 * cap_groups]
-    int *host_args;         // host [11 * 2 * cap_groups]
-    size_t cap_groups;
+    void *cublas;           // cuBLAS path: its handle
 };
 
 template <typename T> __device__ __forceinline__ float mb_to_f32(T v);

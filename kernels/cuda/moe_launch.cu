@@ -105,13 +105,14 @@ extern "C" int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_p
     return 0;
 }
 
-static int mb_cublas_broken; // set once cuBLAS refused a grouped GEMM
+static int mb_cublas_broken; // set once cuBLAS refused a GEMM
 
 extern "C" mb_kcuda_path mb_kcuda_moe_path(const mb_kcuda_moe_problem *p)
 {
     // Tensor cores need 16-bit weights and 16-byte rows.
     if (p->wdtype == MB_KCUDA_F32 || p->d_model % 8 || p->d_ff % 8) return MB_KCUDA_PATH_GEMV;
-    const int cublas_ok = p->plan_experts && !mb_cublas_broken && mb_kcuda_cublas_available();
+    const int cublas_ok =
+        p->plan_experts && p->plan_slot && p->slots_host && !mb_cublas_broken && mb_kcuda_cublas_available();
     if (p->path == MB_KCUDA_PATH_CUBLAS && !cublas_ok) return MB_KCUDA_PATH_GEMM;
     if (p->path != MB_KCUDA_PATH_AUTO) return p->path;
     // The GEMV path streams an expert's weights once per 4 of its rows; the
@@ -120,7 +121,9 @@ extern "C" mb_kcuda_path mb_kcuda_moe_path(const mb_kcuda_moe_problem *p)
     // two pairs per routed expert, GEMM from about three.
     const uint32_t experts = mb_kcuda_max_experts(p);
     if (p->n_pairs <= 2u * experts) return MB_KCUDA_PATH_GEMV;
-    return cublas_ok ? MB_KCUDA_PATH_CUBLAS : MB_KCUDA_PATH_GEMM;
+    // cuBLAS costs a few microseconds of host time per expert and matrix:
+    // worth it once experts have rows to fill its tiles.
+    return cublas_ok && p->n_pairs >= 64ull * experts ? MB_KCUDA_PATH_CUBLAS : MB_KCUDA_PATH_GEMM;
 }
 
 extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, void *stream_v)
@@ -156,7 +159,7 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
         if (e != cudaErrorNotSupported) return (int)e;
         // cuBLAS refused these types: the WMMA path redoes the GEMMs from
         // the route kernel's results (every buffer is rewritten).
-        if (!mb_cublas_broken) fprintf(stderr, "cuda kernels: cuBLAS grouped GEMM unavailable; using WMMA\n");
+        if (!mb_cublas_broken) fprintf(stderr, "cuda kernels: cuBLAS unavailable; using WMMA\n");
         mb_cublas_broken = 1;
     }
     if (path == MB_KCUDA_PATH_GEMV) {
