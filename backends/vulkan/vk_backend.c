@@ -103,6 +103,10 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     st = mb_vk_ctx_init(&be->ctx, be->device);
     if (st == MB_STATUS_OK) {
         mb_vk_describe(be->ctx.phys, be->device_name, sizeof be->device_name, NULL);
+        be->gemv_rows = MB_KVK_GEMV_THREADS / be->ctx.subgroup_size;
+        /* On a CPU device (lavapipe) a spinning poll takes a core from the
+         * shaders; on a GPU it saves the driver's wake-up latency. */
+        be->spin = be->ctx.props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU;
         st = mb_vk_open_resources(be);
     }
     if (st != MB_STATUS_OK) {

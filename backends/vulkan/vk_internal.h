@@ -177,6 +177,8 @@ typedef struct {
     uint64_t staging_max;
     int progress;
     int path; /* 0 auto, 1 gemv, 2 gemm (MB_VULKAN_PATH) */
+    uint32_t gemv_rows; /* weight rows per moe_gemv workgroup: one per subgroup */
+    int spin;           /* poll spins before sleeping (not on a CPU device) */
     char device_name[MB_PROTO_NAME_BYTES];
     mb_vk_ctx ctx;
     VkCommandPool pool;

@@ -8,6 +8,7 @@
  * completion from the fences, in whatever order they signal; fetch copies
  * the result out of host-visible staging. Nothing here waits on the device
  * except poll when asked to, and buffer growth of an idle entry. */
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 #define MB_VK_ALIGN(x) (((x) + 255) & ~(size_t)255)
 #define MB_VK_MAX_GROUPS 65535u
+#define MB_VK_SPIN_NS 2000000ull /* poll's spinning before it sleeps, on a GPU */
 
 /* The fixed part of an entry's workspace: slot_cnt, slot_eidx, args. */
 static size_t mb_vk_args_off(const mb_vk_backend *be)
@@ -167,9 +169,10 @@ static mb_status mb_vk_plan_pipelines(mb_vk_backend *be, mb_vk_plan *pl)
     pl->gemm = be->path == 2 || (be->path == 0 && req->n_pairs > 4u * experts);
     const uint32_t wd = (uint32_t)pl->wdtype, pd = (uint32_t)req->dtype;
     const uint32_t v = pl->wdtype == MB_DTYPE_F32 ? 4 : 8;
-    const uint32_t s_route[4] = {0}, s_pd[4] = {pd, 0, 0, 0};
-    uint32_t s1[4] = {wd, 1, req->d_model % v == 0, MB_KVK_GEMV_ROWS};
-    uint32_t s2[4] = {wd, 0, pl->d_ff % v == 0, MB_KVK_GEMV_ROWS};
+    const uint32_t rows = be->gemv_rows;
+    const uint32_t s_route[4] = {rows, 0, 0, 0}, s_pd[4] = {pd, 0, 0, 0};
+    uint32_t s1[4] = {wd, 1, req->d_model % v == 0, rows};
+    uint32_t s2[4] = {wd, 0, pl->d_ff % v == 0, rows};
     const char *ffn = pl->gemm ? "moe_gemm" : "moe_gemv";
     if (pl->gemm) s1[3] = s2[3] = 0;
     mb_vk_ctx *ctx = &be->ctx;
@@ -419,8 +422,13 @@ mb_status mb_vk_poll(void *state, int64_t timeout_ns, mb_backend_event *ev)
             if (spent >= (uint64_t)timeout_ns) return MB_STATUS_TIMEOUT;
             wait = (uint64_t)timeout_ns - spent;
         }
-        /* Sleeps in the driver rather than spinning: on a CPU device the
-         * spinning would take a core from the shaders. */
+        /* On a GPU, spin politely for a while first (requests take tens of
+         * microseconds and up; a fence wait's wake-up costs about as
+         * much); then, and always on a CPU device, sleep in the driver. */
+        if (be->spin && mb_vk_now_ns() - t0 < MB_VK_SPIN_NS) {
+            sched_yield();
+            continue;
+        }
         const VkResult res = vkWaitForFences(be->ctx.dev, n, fences, VK_FALSE, wait);
         if (res == VK_TIMEOUT) return MB_STATUS_TIMEOUT;
         if (res == VK_ERROR_DEVICE_LOST) be->ctx.lost = 1;

@@ -42,7 +42,9 @@ enum { MB_KVK_F32 = 0, MB_KVK_F16 = 1, MB_KVK_BF16 = 2 };
 #define MB_KVK_CONVERT_THREADS 256u
 #define MB_KVK_COMBINE_THREADS 256u
 #define MB_KVK_GEMV_THREADS 128u
-#define MB_KVK_GEMV_ROWS 16u  /* weight rows per moe_gemv workgroup */
+/* Weight rows per moe_gemv workgroup: a specialisation constant of
+ * moe_gemv (3) and moe_route (0), one row per subgroup (128 / subgroup
+ * size) so that a decode step has the most rows in flight. */
 #define MB_KVK_GEMV_NT 4u     /* expert rows sharing one pass over a weight row */
 #define MB_KVK_GEMM_BM 64u    /* grouped rows per tile */
 #define MB_KVK_GEMM_BN 64u    /* output columns per tile */
@@ -57,8 +59,8 @@ typedef struct {
 /* What moe_route writes for the host-free steps after it (32-bit words):
  * four VkDispatchIndirectCommand and two counts. */
 typedef struct {
-    uint32_t gemv_gateup[3]; /* {ceil(d_ff / GEMV_ROWS), experts, 1} */
-    uint32_t gemv_down[3];   /* {ceil(d_model / GEMV_ROWS), experts, 1} */
+    uint32_t gemv_gateup[3]; /* {ceil(d_ff / gemv rows), experts, 1} */
+    uint32_t gemv_down[3];   /* {ceil(d_model / gemv rows), experts, 1} */
     uint32_t gemm_gateup[3]; /* {tiles, ceil(d_ff / GEMM_BN), 1} */
     uint32_t gemm_down[3];   /* {tiles, ceil(d_model / GEMM_BN), 1} */
     uint32_t n_experts;      /* slots with pairs */
@@ -69,7 +71,8 @@ typedef struct {
 /* Most tiles of a request with n_pairs pairs over at most n_experts experts. */
 #define MB_KVK_MAX_TILES(n_pairs, n_experts) ((n_pairs) / MB_KVK_GEMM_BM + (n_experts) + 1u)
 
-/* moe_route, one workgroup. Inputs as on the wire; the rest workspace. */
+/* moe_route, one workgroup. Inputs as on the wire; the rest workspace.
+ * Specialisation 0: moe_gemv's rows per workgroup. */
 typedef struct {
     uint64_t counts;      /* u16 [n_tokens] pairs per token */
     uint64_t pairs;       /* {u32 slot, f32 gate} [n_pairs] */
@@ -97,7 +100,7 @@ typedef struct {
  *   down:    out = y[row][N = d_model] = W_down . h[row], K = d_ff
  * Specialisation: 0 weight dtype, 1 gate/up (1) or down (0); moe_gemv also
  * 2: 16-byte loads (K a multiple of 8, or of 4 for f32 weights), 3: rows per
- * workgroup (MB_KVK_GEMV_ROWS). */
+ * workgroup (as moe_route's). */
 typedef struct {
     uint64_t slots;       /* mb_kvk_slot [max_slots] */
     uint64_t tiles;       /* moe_gemm: the tile schedule; moe_gemv: unused */

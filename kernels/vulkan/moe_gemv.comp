@@ -18,7 +18,7 @@ layout(local_size_x = 128) in;
 layout(constant_id = 0) const uint WDT = 0u;       // weight dtype
 layout(constant_id = 1) const bool GATEUP = true;  // gate/up + SiLU, else down
 layout(constant_id = 2) const bool VEC = false;    // 16-byte loads
-layout(constant_id = 3) const uint ROWS = 16u;     // weight rows per workgroup
+layout(constant_id = 3) const uint ROWS = 16u;     // weight rows per workgroup (moe_route's too)
 
 layout(push_constant) uniform P {
     uvec2 slots, tiles, expert_slot, expert_off, perm_token, xin, out_;

@@ -11,11 +11,11 @@
 #include "moe_common.glsl"
 
 #define THREADS 256u
-#define GEMV_ROWS 16u
 #define GEMM_BM 64u
 #define GEMM_BN 64u
 
 layout(local_size_x = 256) in;
+layout(constant_id = 0) const uint GEMV_ROWS = 16u; // moe_gemv's weight rows per workgroup
 
 layout(push_constant) uniform P {
     uvec2 counts, pairs, slot_cnt, slot_eidx, tok_off, expert_slot, expert_off, pair_pos, perm_token, tiles, args;
