@@ -68,7 +68,9 @@ static mb_status mb_cuda_grow(void **h, void **d, size_t *cap, size_t bytes)
     if (*d) cudaFree(*d);
     *h = *d = NULL;
     *cap = 0;
-    cudaError_t e = cudaHostAlloc(h, c, cudaHostAllocDefault);
+    /* Mapped, so small results can be written by the kernels straight into
+     * host memory (see mb_cuda_submit). */
+    cudaError_t e = cudaHostAlloc(h, c, cudaHostAllocMapped);
     if (e == cudaSuccess) e = cudaMalloc(d, c);
     if (e != cudaSuccess) return mb_cuda_fail("staging allocation", e);
     *cap = c;
@@ -80,7 +82,7 @@ static cudaError_t mb_cuda_enqueue(mb_cuda_req *r, const mb_kcuda_moe_problem *p
 {
     cudaError_t e = cudaMemcpyAsync(r->d_in, r->h_in, in_bytes, cudaMemcpyHostToDevice, r->stream);
     if (e == cudaSuccess) e = (cudaError_t)mb_kcuda_moe_enqueue(r->ws, p, r->stream);
-    if (e == cudaSuccess && out_bytes)
+    if (e == cudaSuccess && out_bytes && p->out == r->d_out)
         e = cudaMemcpyAsync(r->h_out, r->d_out, out_bytes, cudaMemcpyDeviceToHost, r->stream);
     return e;
 }
@@ -239,7 +241,15 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     p.act = (char *)r->d_in + act_off;
     p.pair_counts = (const uint16_t *)r->d_in;
     p.pairs = (char *)r->d_in + pairs_off;
+    /* Decode-sized results (a few KiB) are written by the last kernel
+     * straight into mapped pinned memory: no device-to-host copy to wait
+     * for. Larger ones go through device memory and one copy. */
     p.out = r->d_out;
+    void *h_out_dev = NULL;
+    if (req->n_tokens <= MB_CUDA_GRAPH_MAX_TOKENS && cudaHostGetDevicePointer(&h_out_dev, r->h_out, 0) == cudaSuccess)
+        p.out = h_out_dev;
+    else
+        cudaGetLastError();
     if (plan_n) {
         p.plan_experts = plan_n;
         p.plan_slot = be->plan_slot;

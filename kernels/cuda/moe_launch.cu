@@ -149,7 +149,15 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
     // The hidden row h stays f32-exact to about 16 bits (split) whatever the
     // payload: the CPU backend keeps it in f32, and rounding it to 8 bits
     // moved a fixture's logits by 5% through a flipped routing decision.
-    const int split_x = p->payload != p->wdtype, split_h = 1;
+    // MB_CUDA_HIDDEN=16 keeps only the high half (one MMA or GEMM for the
+    // down projection instead of two): faster prefill, and what other
+    // engines do, at that precision cost.
+    static int hidden16 = -1;
+    if (hidden16 < 0) {
+        const char *hv = getenv("MB_CUDA_HIDDEN");
+        hidden16 = hv && !strcmp(hv, "16");
+    }
+    const int split_x = p->payload != p->wdtype, split_h = !hidden16;
     if (path == MB_KCUDA_PATH_CUBLAS) {
         e = mb_kcuda_gather_launch(ws, p, split_x, stream);
         mark(0);
