@@ -22,13 +22,17 @@
  * round trip: goal <= 1.5x the kernel time at 1 token. Routing: top-k
  * distinct experts per token, uniform, seeded. Exits 77 without a device.
  *
- *   bench_expert_gpu [--backend cuda[:N]] [--json FILE] [--budget SECONDS]
+ *   bench_expert_gpu [--backend cuda[:N]|vulkan[:N]] [--json FILE] [--budget SECONDS]
  *                    [--models qwen3,mixtral] [--decode 1,4,16,64]
  *                    [--prefill 512,4096,16384] [--no-worker]
  * The budget (default 90 s) is shared out among the cases; a case runs at
  * least 5 repetitions, and a path whose smaller size already overran its
- * share skips the larger ones. The time outside the GEMMs (route, combine)
- * is not split out: moe.h has no per-phase hook yet. */
+ * share skips the larger ones. The time outside the GEMMs (routing,
+ * combine) is split out at the smallest decode size from phase marks.
+ * --backend vulkan[:N] also runs the backend and worker depths on that
+ * Vulkan device, each row with its throughput relative to the CUDA
+ * backend's at the same depth and size (goal >= 0.8 at 1 and 4096 tokens);
+ * kernel-only cases are CUDA's. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,7 +60,9 @@ static const mb_egpu_model eg_models[] = {
 #define EG_MAX_REPS 400
 
 typedef struct {
-    int device;
+    int device;        /* the CUDA device (kernel, backend and worker cases) */
+    char other[16];    /* "vulkan": also measured at the backend and worker depths, beside CUDA */
+    int other_device;
     const char *json;
     double budget_s;
     int model_on[MB_EGPU_N_MODELS];
@@ -448,22 +454,36 @@ static void eg_hres_fill(mb_egpu_hres *h, const mb_egpu_model *m, const char *wh
     h->ratio = h->kernel_s > 0 ? h->median_s / h->kernel_s : 0;
 }
 
-/* mb_backend_run of every size in this process. */
-static int eg_backend_cases(const eg_opts *o, const mb_egpu_model *m, const uint16_t *expert,
-                            const uint16_t *act, const eg_sizes *sz, uint32_t max_tokens,
-                            double budget_s, mb_egpu_run *run)
+/* For another backend's row: vs_cuda = the CUDA row of the same model,
+ * depth and size, median time over this row's (its relative throughput). */
+static void eg_vs_cuda(mb_egpu_hres *h, const mb_egpu_run *run, const char *cuda_what)
 {
-    const mb_backend_ops *ops = mb_backend_find("cuda");
+    h->vs_cuda = 0;
+    if (!strcmp(h->what, cuda_what)) return;
+    for (int i = 0; i < run->n_h; i++) {
+        const mb_egpu_hres *c = &run->h[i];
+        if (c->m == h->m && c->n_tokens == h->n_tokens && !strcmp(c->what, cuda_what) && h->median_s > 0)
+            h->vs_cuda = c->median_s / h->median_s;
+    }
+}
+
+/* mb_backend_run of every size in this process, on backend:device. */
+static int eg_backend_cases(const eg_opts *o, const char *backend, int device, const char *what,
+                            const mb_egpu_model *m, const uint16_t *expert, const uint16_t *act,
+                            const eg_sizes *sz, uint32_t max_tokens, double budget_s, mb_egpu_run *run)
+{
+    const mb_backend_ops *ops = mb_backend_find(backend);
     if (!ops) {
-        fprintf(stderr, "bench_expert_gpu: this build has no cuda backend\n");
+        fprintf(stderr, "bench_expert_gpu: this build has no %s backend\n", backend);
         return -1;
     }
+    (void)o;
     const size_t per = (size_t)m->d_model * m->d_ff;
     const mb_backend_gpu_options gpu = {
         .staging_bytes = (uint64_t)max_tokens * (m->d_model * 2 + m->top_k * 8 + 2) + (4u << 20),
         .max_inflight = 2,
         .progress = 0};
-    mb_backend_config cfg = {.device = o->device, .max_slots = m->n_experts, .options = &gpu};
+    mb_backend_config cfg = {.device = device, .max_slots = m->n_experts, .options = &gpu};
     mb_backend *b = NULL;
     mb_status st = mb_backend_open(ops, &cfg, &b);
     if (st == MB_STATUS_OK)
@@ -494,10 +514,11 @@ static int eg_backend_cases(const eg_opts *o, const mb_egpu_model *m, const uint
             c[r] = (double)ns * 1e-9;
         }
         if (st != MB_STATUS_OK) break;
-        eg_hres_fill(&run->h[run->n_h], m, "backend", sz->tokens[i], s, c, reps, run);
+        eg_hres_fill(&run->h[run->n_h], m, what, sz->tokens[i], s, c, reps, run);
+        eg_vs_cuda(&run->h[run->n_h], run, "backend");
         mb_egpu_print_host(&run->h[run->n_h++]);
     }
-    if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: backend: %s\n", mb_status_str(st));
+    if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: %s: %s\n", what, mb_status_str(st));
     free(out);
     free(s);
     free(c);
@@ -506,13 +527,14 @@ static int eg_backend_cases(const eg_opts *o, const mb_egpu_model *m, const uint
 }
 
 /* EXPERT_REQ round trips to a spawned worker at the decode sizes. */
-static int eg_worker_cases(const eg_opts *o, const mb_egpu_model *m, const uint16_t *expert,
-                           const uint16_t *act, const eg_sizes *sz, double budget_s, mb_egpu_run *run)
+static int eg_worker_cases(const char *backend, int device, const char *what, const mb_egpu_model *m,
+                           const uint16_t *expert, const uint16_t *act, const eg_sizes *sz, double budget_s,
+                           mb_egpu_run *run)
 {
     const size_t per = (size_t)m->d_model * m->d_ff;
     char err[256];
     mb_bench_worker w;
-    mb_status st = mb_bench_worker_start(&w, "cuda", o->device, 0, m->n_experts, m->d_model, m->d_ff,
+    mb_status st = mb_bench_worker_start(&w, backend, device, 0, m->n_experts, m->d_model, m->d_ff,
                                          expert, expert + per, expert + 2 * per, err, sizeof err);
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "bench_expert_gpu: worker: %s\n", err);
@@ -538,10 +560,11 @@ static int eg_worker_cases(const eg_opts *o, const mb_egpu_model *m, const uint1
             c[r] = (double)compute_ns * 1e-9;
         }
         if (st != MB_STATUS_OK) break;
-        eg_hres_fill(&run->h[run->n_h], m, "worker", sz->tokens[i], s, c, reps, run);
+        eg_hres_fill(&run->h[run->n_h], m, what, sz->tokens[i], s, c, reps, run);
+        eg_vs_cuda(&run->h[run->n_h], run, "worker");
         mb_egpu_print_host(&run->h[run->n_h++]);
     }
-    if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: worker: %s\n", mb_status_str(st));
+    if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: %s: %s\n", what, mb_status_str(st));
     free(s);
     free(c);
     mb_bench_worker_stop(&w);
@@ -626,9 +649,14 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, mb_egpu_
     }
     if (rc == 0) {
         mb_egpu_print_host_header();
-        rc = eg_backend_cases(o, m, expert, act, sz, max_tokens, case_budget_s, run);
+        rc = eg_backend_cases(o, "cuda", o->device, "backend", m, expert, act, sz, max_tokens, case_budget_s, run);
+        if (rc == 0 && o->other[0])
+            rc = eg_backend_cases(o, o->other, o->other_device, "vulkan-backend", m, expert, act, sz, max_tokens,
+                                  case_budget_s, run);
     }
-    if (rc == 0 && o->worker) rc = eg_worker_cases(o, m, expert, act, sz, case_budget_s, run);
+    if (rc == 0 && o->worker) rc = eg_worker_cases("cuda", o->device, "worker", m, expert, act, sz, case_budget_s, run);
+    if (rc == 0 && o->worker && o->other[0])
+        rc = eg_worker_cases(o->other, o->other_device, "vulkan-worker", m, expert, act, sz, case_budget_s, run);
     for (int i = 0; i < sz->n; i++)
         for (int r = 0; r < EG_N_ROUTES; r++)
             eg_route_free(&sz->routes[i][r]);
@@ -655,7 +683,7 @@ static uint32_t eg_parse_sizes(const char *s, uint32_t *out)
 
 static void eg_usage(void)
 {
-    fprintf(stderr, "usage: bench_expert_gpu [--backend cuda[:N]] [--json FILE] [--budget SECONDS]\n"
+    fprintf(stderr, "usage: bench_expert_gpu [--backend cuda[:N]|vulkan[:N]] [--json FILE] [--budget SECONDS]\n"
                     "  [--models qwen3,mixtral] [--decode 1,4,16,64] [--prefill 512,4096,16384]\n"
                     "  [--no-worker]\n");
     exit(2);
@@ -684,8 +712,13 @@ static void eg_parse_opts(int argc, char **argv, eg_opts *o)
         if (!strcmp(a, "--backend")) {
             char name[16];
             if (mb_backend_spec_parse(v, name, sizeof name, &o->device) != MB_STATUS_OK) eg_usage();
-            if (strcmp(name, "cuda") != 0) {
-                fprintf(stderr, "bench_expert_gpu: backend %s: only cuda is measured so far\n", name);
+            if (!strcmp(name, "vulkan")) {
+                /* Vulkan is measured beside the CUDA backend on device 0 of each. */
+                snprintf(o->other, sizeof o->other, "vulkan");
+                o->other_device = o->device < 0 ? 0 : o->device;
+                o->device = 0;
+            } else if (strcmp(name, "cuda") != 0) {
+                fprintf(stderr, "bench_expert_gpu: backend %s: cuda and vulkan are measured\n", name);
                 exit(2);
             }
             if (o->device < 0) o->device = 0;

@@ -30,10 +30,11 @@ typedef struct {
 /* One host-clock case: mb_backend_run or a worker round trip. */
 typedef struct {
     const mb_egpu_model *m;
-    const char *what; /* "backend" or "worker" */
+    const char *what; /* "backend", "worker" (CUDA), "vulkan-backend", "vulkan-worker" */
     uint32_t n_tokens;
     int reps;
     double median_s, p99_s, compute_s, kernel_s, ratio;
+    double vs_cuda; /* other backends: CUDA's time at the same depth and size / this one's */
 } mb_egpu_hres;
 
 /* Everything one run measured. */
