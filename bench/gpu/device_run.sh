@@ -35,7 +35,12 @@ B=build-gpu
 
 if has build; then
     start=$(date +%s)
-    cmake -B $B -DCMAKE_BUILD_TYPE=Release -DMB_WERROR=ON -DMB_WITH_VULKAN=${MB_WITH_VULKAN:-OFF} \
+    vk=()
+    if [ "${MB_WITH_VULKAN:-OFF}" = ON ]; then
+        vk=(-DVulkan_INCLUDE_DIR=$PWD/.carry/dev/include -DVulkan_LIBRARY=$PWD/.carry/dev/lib/libvulkan.so
+            -DGLSLC=$PWD/.carry/dev/bin/glslc -DVulkan_GLSLC_EXECUTABLE=$PWD/.carry/dev/bin/glslc)
+    fi
+    cmake -B $B -DCMAKE_BUILD_TYPE=Release -DMB_WERROR=ON -DMB_WITH_VULKAN=${MB_WITH_VULKAN:-OFF} "${vk[@]}" \
         -DCMAKE_INCLUDE_PATH=$PWD/.carry/dev/include -DCMAKE_LIBRARY_PATH=$PWD/.carry/dev/lib \
         > "$OUT/build.log" 2>&1 &&
         cmake --build $B -j16 -- -k >> "$OUT/build.log" 2>&1
@@ -50,7 +55,7 @@ if has test; then
     grep -E "tests passed|Failed|\*\*\*|Not Run|Skipped" "$OUT/ctest.log" | tail -40
 fi
 if has bench; then
-    $B/bench/bench_expert_gpu --backend cuda:0 --json "$OUT/bench_expert_gpu.json" ${MB_BENCH_ARGS:-} \
+    $B/bench/bench_expert_gpu --backend ${MB_BENCH_BACKEND:-cuda:0} --json "$OUT/bench_expert_gpu.json" ${MB_BENCH_ARGS:-} \
         > "$OUT/bench_expert_gpu.txt" 2>&1
     echo "bench_expert_gpu rc=$?"
     cat "$OUT/bench_expert_gpu.txt"

@@ -18,6 +18,16 @@ for l in libzmq.so.5 libnuma.so.1 libcjson.so.1 libpcre2-8.so.0 libutf8proc.so.2
     cp -L "$ma/$l" "$dev/lib/$l"
     ln -sf "$l" "$dev/lib/${l%%.so.*}.so"
 done
+# The Vulkan backend: loader headers (C only), glslc and its library.
+if [ -d /usr/include/vulkan ] && command -v glslc >/dev/null 2>&1; then
+    mkdir -p "$dev/include/vulkan" "$dev/include/vk_video" "$dev/bin"
+    cp /usr/include/vulkan/*.h "$dev/include/vulkan/"
+    [ -d /usr/include/vk_video ] && cp /usr/include/vk_video/*.h "$dev/include/vk_video/"
+    cp -L "$(command -v glslc)" "$dev/bin/glslc"
+    cp -L "$ma/libshaderc.so.1" "$dev/lib/libshaderc.so.1"
+    cp -L "$ma/libvulkan.so.1" "$dev/lib/libvulkan.so.1"
+    ln -sf libvulkan.so.1 "$dev/lib/libvulkan.so"
+fi
 pc() { # name libs cflags
     printf 'prefix=%s\nlibdir=${prefix}/lib\nincludedir=${prefix}/include\n\nName: %s\nDescription: carried\nVersion: 99\nLibs: -L${libdir} %s\nCflags: -I${includedir} %s\n' \
         "$dev" "$1" "$2" "$3" > "$dev/lib/pkgconfig/$1.pc"
