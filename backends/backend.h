@@ -43,8 +43,8 @@ typedef struct {
 /* Options only GPU backends read (config.options when opening "cuda" or
  * "vulkan"); NULL gives the defaults in brackets. */
 typedef struct {
-    uint64_t staging_bytes;   /* pinned bytes per in-flight request for
-                                 activations in and results out [64 MiB] */
+    uint64_t staging_bytes;   /* largest activations (and results) of one
+                                 request, in pinned staging [256 MiB] */
     uint32_t max_inflight;    /* requests held at once, 1..MB_BACKEND_MAX_INFLIGHT [2] */
     int progress;             /* print weight-upload progress on a terminal [1] */
 } mb_backend_gpu_options;

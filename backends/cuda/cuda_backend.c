@@ -91,6 +91,14 @@ static mb_status mb_cuda_open(const mb_backend_config *cfg, void **state)
     be->max_slots = max_slots;
     be->max_inflight = o.max_inflight;
     be->staging_max = o.staging_bytes;
+    /* A request's device scratch (about n_pairs * (2 d_ff + d_model) * 8
+     * bytes at most): an eighth of the card, at least 2 GiB. */
+    {
+        size_t fr = 0, tot = 0;
+        cudaSetDevice(device);
+        if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) cudaGetLastError();
+        be->ws_max = tot / 8 > ((uint64_t)2 << 30) ? tot / 8 : ((uint64_t)2 << 30);
+    }
     be->progress = o.progress;
     const char *g = getenv("MB_CUDA_GRAPHS");
     be->use_graphs = !(g && g[0] == '0');

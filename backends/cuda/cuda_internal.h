@@ -19,7 +19,7 @@
 #define MB_CUDA_UPLOAD_BUFS 2
 #define MB_CUDA_UPLOAD_BYTES ((size_t)64 << 20)
 #define MB_CUDA_ARENA_BYTES ((size_t)256 << 20)
-#define MB_CUDA_DEFAULT_STAGING ((uint64_t)1 << 30)
+#define MB_CUDA_DEFAULT_STAGING ((uint64_t)256 << 20)
 
 /* A piece of device memory that slots are carved from. */
 typedef struct mb_cuda_arena {
@@ -40,7 +40,8 @@ typedef struct {
 typedef struct {
     mb_kcuda_moe_problem key; /* every field that shapes the launches */
     size_t in_bytes, out_bytes;
-    uint64_t gen;             /* buffers' generation when captured */
+    uint64_t gen;             /* staging generation when captured */
+    uint64_t ws_gen;          /* workspace generation when captured */
     uint64_t last_use;
     cudaGraphExec_t exec;
 } mb_cuda_graph;
@@ -73,6 +74,7 @@ typedef struct {
     uint32_t max_slots;
     uint32_t max_inflight;
     uint64_t staging_max;
+    uint64_t ws_max;              /* device workspace one request may grow to */
     int progress;
     int use_graphs;               /* MB_CUDA_GRAPHS=0 turns replay off */
     mb_kcuda_path path;           /* MB_CUDA_PATH=gemv|gemm forces one (benchmarks) */

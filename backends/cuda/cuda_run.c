@@ -101,7 +101,8 @@ static cudaError_t mb_cuda_launch(mb_cuda_backend *be, mb_cuda_req *r, const mb_
     mb_cuda_graph *g = NULL, *lru = &r->graphs[0];
     for (int i = 0; i < MB_CUDA_GRAPHS; i++) {
         mb_cuda_graph *c = &r->graphs[i];
-        if (c->exec && c->gen == r->gen && c->in_bytes == in_bytes && c->out_bytes == out_bytes &&
+        if (c->exec && c->gen == r->gen && c->ws_gen == mb_kcuda_moe_ws_generation(r->ws) &&
+            c->in_bytes == in_bytes && c->out_bytes == out_bytes &&
             memcmp(&c->key, p, sizeof *p) == 0) {
             g = c;
             break;
@@ -130,6 +131,7 @@ static cudaError_t mb_cuda_launch(mb_cuda_backend *be, mb_cuda_req *r, const mb_
         lru->in_bytes = in_bytes;
         lru->out_bytes = out_bytes;
         lru->gen = r->gen;
+        lru->ws_gen = mb_kcuda_moe_ws_generation(r->ws);
         g = lru;
     }
     g->last_use = ++r->graph_uses;
@@ -211,11 +213,18 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     if (want_plan && req->n_pairs && (st = mb_cuda_plan(be, req, &plan_n)) != MB_STATUS_OK) return st;
     const size_t plan_off = MB_CUDA_ALIGN(act_off + act_bytes);
     const size_t in_bytes = plan_n ? plan_off + (2 * (size_t)plan_n + 1) * sizeof(int32_t) : act_off + act_bytes;
-    if (in_bytes > be->staging_max || out_bytes > be->staging_max) return MB_STATUS_FULL;
+    /* The limit is on activations and results (caps.max_request_bytes);
+     * pair arrays and the plan come on top. */
+    if (act_bytes > be->staging_max || out_bytes > be->staging_max) return MB_STATUS_FULL;
 
     cudaSetDevice(be->device);
     if ((st = mb_cuda_req_init(be, r)) != MB_STATUS_OK) return st;
-    const size_t in_cap0 = r->in_cap, out_cap0 = r->out_cap, ws_bytes0 = mb_kcuda_moe_ws_bytes(r->ws);
+    if (in_bytes > r->in_cap || out_bytes > r->out_cap) {
+        /* Staging is about to move (even if growing then fails): no
+         * captured graph may replay against the old buffers. */
+        mb_cuda_graphs_drop(r);
+        r->gen++;
+    }
     if ((st = mb_cuda_grow(&r->h_in, &r->d_in, &r->in_cap, in_bytes)) != MB_STATUS_OK) return st;
     if ((st = mb_cuda_grow(&r->h_out, &r->d_out, &r->out_cap, out_bytes ? out_bytes : 1)) != MB_STATUS_OK)
         return st;
@@ -223,7 +232,11 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
         /* Weights (and slot table entries) must be on the device first. */
         cudaError_t e = cudaStreamSynchronize(be->upload);
         be->uploads_pending = 0;
-        if (e != cudaSuccess) return mb_cuda_fail("weight upload", e);
+        if (e != cudaSuccess) {
+            st = mb_cuda_fail("weight upload", e);
+            if (be->upload_status == MB_STATUS_OK) be->upload_status = st;
+            return st;
+        }
     }
     /* Zeroed first: graphs are looked up by comparing whole problems. */
     mb_kcuda_moe_problem p;
@@ -258,19 +271,18 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
         p.plan_dev = (const int32_t *)((char *)r->d_in + plan_off);
     }
     if (req->n_pairs) {
+        /* Pair counts are the peer's to choose: a request whose scratch
+         * would pass the workspace limit is refused, not allocated. */
+        if (mb_kcuda_moe_ws_need(&p) > be->ws_max) return MB_STATUS_FULL;
         int ke = mb_kcuda_moe_ws_reserve(r->ws, &p);
         if (ke) return mb_cuda_fail("workspace", (cudaError_t)ke);
-    }
-    if (r->in_cap != in_cap0 || r->out_cap != out_cap0 || mb_kcuda_moe_ws_bytes(r->ws) != ws_bytes0) {
-        r->gen++;
-        mb_cuda_graphs_drop(r);
     }
 
     /* The inputs are consumed here: the peer's buffer is free once this
      * copy into pinned staging is done. */
-    memcpy(r->h_in, req->pair_counts, counts_bytes);
-    memcpy((char *)r->h_in + pairs_off, req->pairs, (size_t)req->n_pairs * sizeof(mb_proto_pair));
-    memcpy((char *)r->h_in + act_off, req->act, act_bytes);
+    if (counts_bytes) memcpy(r->h_in, req->pair_counts, counts_bytes);
+    if (req->n_pairs) memcpy((char *)r->h_in + pairs_off, req->pairs, (size_t)req->n_pairs * sizeof(mb_proto_pair));
+    if (act_bytes) memcpy((char *)r->h_in + act_off, req->act, act_bytes);
     if (plan_n) {
         int32_t *pl = (int32_t *)((char *)r->h_in + plan_off);
         memcpy(pl, be->plan_slot, plan_n * sizeof *pl);

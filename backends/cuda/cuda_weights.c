@@ -85,7 +85,10 @@ mb_status mb_cuda_reserve_layer(void *state, uint32_t layer, uint32_t slot0, uin
     char *mem = NULL;
     st = mb_cuda_arena_alloc(be, all, &mem);
     if (st != MB_STATUS_OK) return st;
+    /* Slots that already hold memory keep it (an arena piece is freed only
+     * with the backend); the rest take their share of the new piece. */
     for (uint32_t i = 0; i < n_slots; i++) {
+        if (be->slot_mem[slot0 + i].bytes >= per) continue;
         be->slot_mem[slot0 + i].mem = mem + (size_t)i * per;
         be->slot_mem[slot0 + i].bytes = per;
     }
@@ -129,19 +132,22 @@ static mb_status mb_cuda_upload(mb_cuda_backend *be, char *dst, const char *src,
     return MB_STATUS_OK;
 }
 
-static void mb_cuda_layer_count(mb_cuda_backend *be, uint32_t layer, int delta)
+/* Makes room in the per-layer slot counts for layer (they bound the
+ * kernels' grids, so they must be exact). */
+static mb_status mb_cuda_layer_reserve(mb_cuda_backend *be, uint32_t layer)
 {
-    if (layer >= be->n_layers_cap) {
-        uint32_t cap = be->n_layers_cap ? be->n_layers_cap : 64;
-        while (cap <= layer)
-            cap *= 2;
-        uint32_t *n = realloc(be->layer_experts, cap * sizeof *n);
-        if (!n) return; /* only a tuning hint is lost */
-        memset(n + be->n_layers_cap, 0, (cap - be->n_layers_cap) * sizeof *n);
-        be->layer_experts = n;
-        be->n_layers_cap = cap;
+    if (layer < be->n_layers_cap) return MB_STATUS_OK;
+    uint32_t cap = be->n_layers_cap ? be->n_layers_cap : 64;
+    while (cap <= layer) {
+        if (cap > UINT32_MAX / 2) return MB_STATUS_OVERFLOW;
+        cap *= 2;
     }
-    be->layer_experts[layer] += (uint32_t)delta;
+    uint32_t *n = realloc(be->layer_experts, (size_t)cap * sizeof *n);
+    if (!n) return MB_STATUS_NOMEM;
+    memset(n + be->n_layers_cap, 0, (cap - be->n_layers_cap) * sizeof *n);
+    be->layer_experts = n;
+    be->n_layers_cap = cap;
+    return MB_STATUS_OK;
 }
 
 mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w)
@@ -164,6 +170,18 @@ mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w)
         sm->bytes = (bytes + 255) & ~(size_t)255;
     }
     const size_t mat = bytes / 3;
+    const mb_route_slot *old = &be->table.slots[w->slot];
+    if ((st = mb_cuda_layer_reserve(be, w->layer)) != MB_STATUS_OK) return st;
+    if (old->loaded) {
+        /* The old expert is overwritten in place: until the new one is
+         * complete, the slot holds neither. */
+        size_t old_bytes = 0;
+        if (mb_cuda_expert_bytes(old->d_model, old->d_ff, old->wdtype, &old_bytes) == MB_STATUS_OK &&
+            be->weight_bytes >= old_bytes)
+            be->weight_bytes -= old_bytes;
+        be->layer_experts[old->layer]--;
+        mb_route_table_clear(&be->table, w->slot);
+    }
     /* Requests in flight may read the old weights: wait for them first. */
     for (unsigned i = 0; i < MB_BACKEND_MAX_INFLIGHT; i++)
         if (be->reqs[i].used && !be->reqs[i].done) cudaStreamSynchronize(be->reqs[i].stream);
@@ -173,14 +191,12 @@ mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w)
         be->upload_status = st;
         return st;
     }
-    const mb_route_slot *old = &be->table.slots[w->slot];
-    if (old->loaded) mb_cuda_layer_count(be, old->layer, -1);
-    mb_cuda_layer_count(be, w->layer, +1);
     be->h_slots[w->slot] = (mb_kcuda_expert){sm->mem, sm->mem + mat, sm->mem + 2 * mat};
     cudaError_t e = cudaMemcpyAsync(&be->d_slots[w->slot], &be->h_slots[w->slot], sizeof(mb_kcuda_expert),
                                     cudaMemcpyHostToDevice, be->upload);
     if (e != cudaSuccess) return be->upload_status = mb_cuda_fail("slot table upload", e);
-    if (!old->loaded) be->weight_bytes += bytes;
+    be->weight_bytes += bytes;
+    be->layer_experts[w->layer]++;
     mb_route_table_set(&be->table, w);
     return MB_STATUS_OK;
 }

@@ -24,7 +24,10 @@
  * significant bits. f16/bf16 payloads feed tensor cores directly. The
  * hidden row h between the two projections is split the same way for
  * every payload (the CPU keeps it in f32). f32 weights always take the f32
- * GEMV path. Accumulation is f32 throughout. */
+ * GEMV path. Accumulation is f32 throughout. Known limit: with f16
+ * weights, an activation or hidden value beyond f16's range (65504)
+ * becomes inf in the split and the result NaN (the CPU backend stays
+ * finite); bf16 weights have no such limit. */
 #ifndef MB_KERNELS_CUDA_MOE_H
 #define MB_KERNELS_CUDA_MOE_H
 
@@ -104,6 +107,15 @@ int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p);
 
 /* Bytes of device memory ws holds. */
 size_t mb_kcuda_moe_ws_bytes(const mb_kcuda_moe_ws *ws);
+
+/* Bytes a workspace needs for p (beyond its slot counters), to refuse a
+ * request before growing. */
+size_t mb_kcuda_moe_ws_need(const mb_kcuda_moe_problem *p);
+
+/* Changes whenever ws frees the buffers it grew (even when the reserve
+ * then fails): anything holding their addresses, such as a captured CUDA
+ * graph, is stale once this moves. */
+uint64_t mb_kcuda_moe_ws_generation(const mb_kcuda_moe_ws *ws);
 
 /* Enqueues the whole request on stream (a cudaStream_t): nothing blocks
  * the host. ws must have been reserved for p; slot ids in p->pairs must be

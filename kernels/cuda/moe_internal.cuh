@@ -44,6 +44,7 @@ struct mb_kcuda_moe_ws {
     float *y;               // [n_pairs][d_model] each pair's down projection (cuBLAS path:
                             // first gate|up [n_pairs][2 d_ff], then y)
     size_t bytes;
+    uint64_t gen;           // bumped whenever grown buffers are freed (graphs hold their addresses)
     void *cublas;           // cuBLAS path: its handle
 };
 

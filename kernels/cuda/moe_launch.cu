@@ -46,6 +46,31 @@ static void mb_ws_free_grown(mb_kcuda_moe_ws *ws)
     ws->x = ws->h = nullptr;
     ws->y = nullptr;
     ws->cap_tokens = ws->cap_pairs = ws->cap_x_bytes = ws->cap_h_bytes = ws->cap_y_bytes = 0;
+    ws->bytes = (size_t)ws->max_slots * 8 + 16;
+    ws->gen++;
+}
+
+extern "C" uint64_t mb_kcuda_moe_ws_generation(const mb_kcuda_moe_ws *ws) { return ws ? ws->gen : 0; }
+
+// The sizes ws_reserve grows to for p.
+static void mb_ws_sizes(const mb_kcuda_moe_problem *p, size_t *nt, size_t *np, size_t *xb, size_t *hb, size_t *yb)
+{
+    *nt = p->n_tokens ? p->n_tokens : 1;
+    *np = p->n_pairs ? p->n_pairs : 1;
+    // x: f32 or two 16-bit halves per activation, by token (GEMV, WMMA) or
+    // by pair (cuBLAS); y: per pair d_model floats, or gate|up for cuBLAS.
+    const size_t xrows = *nt > *np ? *nt : *np;
+    const size_t ycols = p->d_model > 2 * (size_t)p->d_ff ? p->d_model : 2 * (size_t)p->d_ff;
+    *xb = xrows * p->d_model * 4;
+    *hb = *np * p->d_ff * 4;
+    *yb = *np * ycols * 4;
+}
+
+extern "C" size_t mb_kcuda_moe_ws_need(const mb_kcuda_moe_problem *p)
+{
+    size_t nt, np, xb, hb, yb;
+    mb_ws_sizes(p, &nt, &np, &xb, &hb, &yb);
+    return (nt + 1 + 4 * np + 1) * 4 + (np / MB_KCUDA_GEMM_BM + 2 + np) * sizeof(mb_kcuda_tile) + xb + hb + yb;
 }
 
 extern "C" void mb_kcuda_moe_ws_destroy(mb_kcuda_moe_ws *ws)
@@ -64,11 +89,8 @@ extern "C" size_t mb_kcuda_moe_ws_bytes(const mb_kcuda_moe_ws *ws) { return ws ?
 extern "C" int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p)
 {
     if (!ws || !p) return (int)cudaErrorInvalidValue;
-    const size_t nt = p->n_tokens ? p->n_tokens : 1, np = p->n_pairs ? p->n_pairs : 1;
-    // x: f32 or two 16-bit halves per activation, by token (GEMV, WMMA) or
-    // by pair (cuBLAS); y: per pair d_model floats, or gate|up for cuBLAS.
-    const size_t xrows = nt > np ? nt : np, ycols = p->d_model > 2 * (size_t)p->d_ff ? p->d_model : 2 * (size_t)p->d_ff;
-    const size_t xb = xrows * p->d_model * 4, hb = np * p->d_ff * 4, yb = np * ycols * 4;
+    size_t nt, np, xb, hb, yb;
+    mb_ws_sizes(p, &nt, &np, &xb, &hb, &yb);
     if (nt <= ws->cap_tokens && np <= ws->cap_pairs && xb <= ws->cap_x_bytes && hb <= ws->cap_h_bytes &&
         yb <= ws->cap_y_bytes)
         return 0;
@@ -138,7 +160,10 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
     // GEMV with few pairs per expert fuses the combine into the down
     // projection; a one-token request then needs no routing kernel at all
     // (each pair is its own expert).
-    const int fused = path == MB_KCUDA_PATH_GEMV && 2ull * p->n_pairs <= 3ull * mb_kcuda_max_experts(p);
+    // (Grid y holds tokens or experts: past 65535 of them a launch fails
+    // with a clear error rather than running; the broker sends at most 4096.)
+    const int fused = path == MB_KCUDA_PATH_GEMV && 2ull * p->n_pairs <= 3ull * mb_kcuda_max_experts(p) &&
+                      p->n_tokens <= 65535u;
     const int single = fused && p->n_tokens == 1;
     cudaError_t e = single ? cudaSuccess : mb_kcuda_route_launch(ws, p, stream);
     if (e != cudaSuccess) return (int)e;
