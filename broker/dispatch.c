@@ -6,7 +6,15 @@
  * request covers its own tokens, each reply lands in its own rows of the
  * link's partial sums, so the combined result is the same whatever the
  * order. All buffers come from mb_dispatch_create; a call allocates
- * nothing. */
+ * nothing.
+ *
+ * Failover: per-link state is a lane (the experts placed on that link, and
+ * its partial sums), which normally goes to its own link but may be routed
+ * to another (mb_dispatch_route). When a link is lost mid-layer, the other
+ * lanes' requests in flight are drained, the loss handler reroutes the lost
+ * link's lanes, and those lanes' share of the layer is sent again from the
+ * start; since partial sums are still combined in lane order, the layer's
+ * result does not change. */
 #include "broker/dispatch.h"
 
 #include <math.h>
@@ -54,14 +62,18 @@ typedef struct {
     uint32_t slice;      /* tokens per request this call */
     uint64_t last_reply_ns;
     mb_cost_model cost[2]; /* [decode] */
+    /* Where the lane goes. */
+    mb_link *via;
+    const uint32_t *slot_map; /* NULL: the lane's own slots */
 } mb_dlink;
 
 struct mb_dispatch {
     mb_dispatch_config cfg;
     mb_dlink *dl;
     uint64_t *mask;      /* [max_tokens] links each token visits */
-    uint32_t *order;     /* [n_links] remote links first, in-process last */
+    uint32_t *order;     /* [n_links] lanes to remote links first, in-process last */
     char err[256];
+    mb_link *lost;       /* set with a transport failure: the link that failed */
     uint64_t acc_dispatch_ns, acc_wait_ns;
 };
 
@@ -103,7 +115,7 @@ mb_status mb_dispatch_create(const mb_dispatch_config *cfg, mb_dispatch **out)
     d->cfg = *cfg;
     if (d->cfg.window == 0) d->cfg.window = 2;
     if (d->cfg.window > MB_DISPATCH_MAX_WINDOW) d->cfg.window = MB_DISPATCH_MAX_WINDOW;
-    if (d->cfg.timeout_ns <= 0) d->cfg.timeout_ns = 30000000000LL;
+    if (d->cfg.timeout_ns < 0) d->cfg.timeout_ns = 0;
     if (d->cfg.batch_capacity == 0) d->cfg.batch_capacity = 1024;
     if (d->cfg.stream_slice == 0) d->cfg.stream_slice = 4;
     const size_t T = cfg->max_tokens;
@@ -120,16 +132,42 @@ mb_status mb_dispatch_create(const mb_dispatch_config *cfg, mb_dispatch **out)
         l->partial = (T > SIZE_MAX / cfg->d_model) ? NULL : mb_dispatch_alloc(T * cfg->d_model, sizeof(float));
         if (!l->tok || !l->cnt || !l->pair_off || !l->pairs || !l->partial) goto nomem;
     }
-    uint32_t n = 0;
     for (uint32_t i = 0; i < cfg->n_links; i++)
-        if (cfg->links[i].kind != MB_LINK_INPROC) d->order[n++] = i;
-    for (uint32_t i = 0; i < cfg->n_links; i++)
-        if (cfg->links[i].kind == MB_LINK_INPROC) d->order[n++] = i;
+        d->dl[i].via = &cfg->links[i];
     *out = d;
     return MB_STATUS_OK;
 nomem:
     mb_dispatch_destroy(d);
     return MB_STATUS_NOMEM;
+}
+
+void mb_dispatch_route(mb_dispatch *d, uint32_t lane, mb_link *via, const uint32_t *slot_map)
+{
+    if (!d || lane >= d->cfg.n_links || !via) return;
+    d->dl[lane].via = via;
+    d->dl[lane].slot_map = via == &d->cfg.links[lane] ? NULL : slot_map;
+}
+
+mb_link *mb_dispatch_via(const mb_dispatch *d, uint32_t lane)
+{
+    return d && lane < d->cfg.n_links ? d->dl[lane].via : NULL;
+}
+
+void mb_dispatch_set_error(mb_dispatch *d, const char *msg)
+{
+    if (d) snprintf(d->err, sizeof d->err, "%s", msg ? msg : "");
+}
+
+/* Lanes to remote links first, to in-process ones last: an in-process
+ * backend computes while it is sent to, so the others should be busy by
+ * then. */
+static void mb_dispatch_order(mb_dispatch *d)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < d->cfg.n_links; i++)
+        if (d->dl[i].via->kind != MB_LINK_INPROC) d->order[n++] = i;
+    for (uint32_t i = 0; i < d->cfg.n_links; i++)
+        if (d->dl[i].via->kind == MB_LINK_INPROC) d->order[n++] = i;
 }
 
 const char *mb_dispatch_error(const mb_dispatch *d)
@@ -239,7 +277,7 @@ static mb_status mb_dispatch_send(mb_dispatch *d, uint32_t li, const mb_moe_work
 {
     const mb_dispatch_config *c = &d->cfg;
     mb_dlink *l = &d->dl[li];
-    mb_link *link = &c->links[li];
+    mb_link *link = l->via;
     uint32_t first = l->next;
     uint32_t n = l->n_tok - first < l->slice ? l->n_tok - first : l->slice;
     uint32_t n_pairs = l->pair_off[first + n] - l->pair_off[first];
@@ -247,7 +285,10 @@ static mb_status mb_dispatch_send(mb_dispatch *d, uint32_t li, const mb_moe_work
     size_t bytes = 0;
     mb_status st = mb_proto_expert_req_size(n, c->d_model, c->payload, n_pairs, &bytes);
     void *buf = NULL;
-    if (st == MB_STATUS_OK) st = mb_transport_send_reserve(&link->transport, bytes, c->timeout_ns, &buf);
+    if (st == MB_STATUS_OK) {
+        st = mb_transport_send_reserve(&link->transport, bytes, c->timeout_ns > 0 ? c->timeout_ns : -1, &buf);
+        if (st != MB_STATUS_OK) d->lost = link;
+    }
     if (st != MB_STATUS_OK) {
         snprintf(d->err, sizeof d->err, "%s: cannot send layer %u work: %s", link->name, w->layer,
                  st == MB_STATUS_PEER_DEAD ? "worker died" : mb_status_str(st));
@@ -262,6 +303,8 @@ static mb_status mb_dispatch_send(mb_dispatch *d, uint32_t li, const mb_moe_work
     }
     memcpy(wr.pair_counts, l->cnt + first, (size_t)n * sizeof *wr.pair_counts);
     memcpy(wr.pairs, l->pairs + l->pair_off[first], (size_t)n_pairs * sizeof *wr.pairs);
+    if (l->slot_map)
+        for (uint32_t i = 0; i < n_pairs; i++) wr.pairs[i].slot = l->slot_map[wr.pairs[i].slot];
     const size_t row_bytes = (size_t)c->d_model * mb_dtype_size(c->payload);
     for (uint32_t i = 0; i < n; i++)
         mb_dtype_encode_f32(c->payload, (unsigned char *)wr.act + i * row_bytes,
@@ -270,6 +313,7 @@ static mb_status mb_dispatch_send(mb_dispatch *d, uint32_t li, const mb_moe_work
     st = mb_transport_send_commit(&link->transport, wr.bytes);
     uint64_t t2 = mb_now_ns();
     if (st != MB_STATUS_OK) {
+        d->lost = link;
         snprintf(d->err, sizeof d->err, "%s: sending layer %u work failed: %s", link->name, w->layer,
                  st == MB_STATUS_PEER_DEAD ? "worker died" : mb_status_str(st));
         return st;
@@ -315,12 +359,23 @@ static mb_status mb_dispatch_unpack(mb_dispatch *d, uint32_t li, const mb_moe_wo
 {
     const mb_dispatch_config *c = &d->cfg;
     mb_dlink *l = &d->dl[li];
-    mb_link *link = &c->links[li];
+    mb_link *link = l->via;
     uint64_t t0 = mb_now_ns();
     mb_proto_header h;
     mb_proto_expert_reply r;
     mb_status st = mb_proto_decode_header(msg, len, &h);
     mb_inflight *f = st == MB_STATUS_OK ? mb_dlink_find(l, h.tag) : NULL;
+    if (st == MB_STATUS_OK && !f) {
+        /* Another lane routed through the same link may own the tag. */
+        for (uint32_t j = 0; j < c->n_links && !f; j++) {
+            if (j == li || d->dl[j].via != link) continue;
+            f = mb_dlink_find(&d->dl[j], h.tag);
+            if (f) {
+                li = j;
+                l = &d->dl[j];
+            }
+        }
+    }
     if (st == MB_STATUS_OK && !f) {
         /* A reply to nothing in flight: a stale or invented tag. */
         snprintf(d->err, sizeof d->err, "%s: layer %u: bad reply: tag %llu matches no request in flight",
@@ -373,21 +428,23 @@ static mb_status mb_dispatch_unpack(mb_dispatch *d, uint32_t li, const mb_moe_wo
  * Returns OK with *got set, or a failure naming the link. */
 static mb_status mb_dispatch_poll(mb_dispatch *d, uint32_t li, const mb_moe_work *w, int64_t timeout_ns, int *got)
 {
-    mb_link *link = &d->cfg.links[li];
+    mb_link *link = d->dl[li].via;
     const void *msg = NULL;
     size_t len = 0;
     *got = 0;
     mb_status st = mb_transport_recv(&link->transport, timeout_ns, &msg, &len);
     if (st == MB_STATUS_TIMEOUT) {
         uint64_t oldest = mb_dlink_oldest_ns(&d->dl[li]);
-        if (oldest != UINT64_MAX && mb_now_ns() - oldest > (uint64_t)d->cfg.timeout_ns) {
+        if (d->cfg.timeout_ns > 0 && oldest != UINT64_MAX && mb_now_ns() - oldest > (uint64_t)d->cfg.timeout_ns) {
             snprintf(d->err, sizeof d->err, "%s: no reply for layer %u within %.3g s", link->name, w->layer,
                      (double)d->cfg.timeout_ns / 1e9);
+            d->lost = link;
             return MB_STATUS_TIMEOUT;
         }
         return MB_STATUS_OK;
     }
     if (st != MB_STATUS_OK) {
+        d->lost = link;
         snprintf(d->err, sizeof d->err, "%s: %s during layer %u", link->name,
                  st == MB_STATUS_PEER_DEAD ? "worker died or hung up" : mb_status_str(st), w->layer);
         return st;
@@ -423,6 +480,74 @@ static void mb_dispatch_plan(mb_dispatch *d, uint32_t li, const mb_moe_work *w)
     if (l->slice == 0) l->slice = 1;
 }
 
+static int mb_dispatch_in(mb_link *const *set, uint32_t n, const mb_link *l)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (set[i] == l) return 1;
+    return 0;
+}
+
+static void mb_dlink_restart(mb_dlink *l)
+{
+    memset(l->win, 0, sizeof l->win);
+    l->n_inflight = 0;
+    l->next = 0;
+    l->last_reply_ns = 0;
+}
+
+/* d->lost failed during layer w: lets every other lane's requests in flight
+ * finish (a link lost meanwhile joins the lost set), asks the loss handler
+ * to reroute the lost links' lanes, and restarts those lanes. */
+static mb_status mb_dispatch_failover(mb_dispatch *d, const mb_moe_work *w)
+{
+    const mb_dispatch_config *c = &d->cfg;
+    mb_link *lost[MB_DISPATCH_MAX_LINKS + 1];
+    char why[MB_DISPATCH_MAX_LINKS + 1][256];
+    uint32_t n_lost = 0;
+    int hit[MB_DISPATCH_MAX_LINKS] = {0}; /* lanes that went through a lost link */
+    mb_status st = MB_STATUS_OK;
+    while (d->lost) {
+        if (!mb_dispatch_in(lost, n_lost, d->lost) && n_lost <= MB_DISPATCH_MAX_LINKS) {
+            memcpy(why[n_lost], d->err, sizeof d->err);
+            lost[n_lost++] = d->lost;
+        }
+        d->lost = NULL;
+        for (uint32_t j = 0; j < c->n_links; j++) {
+            if (!mb_dispatch_in(lost, n_lost, d->dl[j].via)) continue;
+            hit[j] = 1;
+            mb_dlink_restart(&d->dl[j]); /* its requests in flight are gone */
+        }
+        /* Drain the others, so no reply is on its way anywhere while the
+         * handler talks to links (loading experts on a fallback). */
+        for (uint32_t j = 0; j < c->n_links && !d->lost; j++) {
+            while (d->dl[j].n_inflight && !d->lost) {
+                int got = 0;
+                st = mb_dispatch_poll(d, j, w, 100000000, &got);
+                if (st != MB_STATUS_OK && !d->lost) return st;
+            }
+        }
+    }
+    for (uint32_t i = 0; i < n_lost; i++) {
+        st = c->on_loss(c->loss_ctx, d, lost[i], w, why[i]);
+        if (st != MB_STATUS_OK) {
+            if (!d->err[0]) memcpy(d->err, why[i], sizeof d->err);
+            return st;
+        }
+    }
+    for (uint32_t j = 0; j < c->n_links; j++) {
+        if (!hit[j]) continue;
+        if (mb_dispatch_in(lost, n_lost, d->dl[j].via) || d->dl[j].via->lost) {
+            snprintf(d->err, sizeof d->err, "%.200s (no backend left for its experts)", why[0]);
+            return MB_STATUS_PEER_DEAD;
+        }
+        mb_dlink_restart(&d->dl[j]);
+        mb_dispatch_plan(d, j, w);
+    }
+    mb_dispatch_order(d);
+    d->err[0] = '\0';
+    return MB_STATUS_OK;
+}
+
 mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
 {
     mb_dispatch *d = ctx;
@@ -436,6 +561,8 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
     uint64_t t_start = mb_now_ns();
     uint64_t waited = 0;
     d->err[0] = '\0';
+    d->lost = NULL;
+    mb_dispatch_order(d);
     mb_dispatch_bucket(d, w);
     int exploring[MB_DISPATCH_MAX_LINKS];
     for (uint32_t i = 0; i < c->n_links; i++) {
@@ -449,20 +576,30 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
     }
     mb_status st = MB_STATUS_OK;
     for (;;) {
+        if (st != MB_STATUS_OK) {
+            /* A link was lost: fail over, or fail. */
+            if (!d->lost || !c->on_loss) goto fail;
+            for (uint32_t i = 0; i < c->n_links; i++)
+                exploring[i] = 0;
+            st = mb_dispatch_failover(d, w);
+            if (st != MB_STATUS_OK) goto fail;
+        }
         int progress = 0, busy = 0;
         for (uint32_t oi = 0; oi < c->n_links; oi++) {
             uint32_t li = d->order[oi];
             mb_dlink *l = &d->dl[li];
             while (l->n_inflight < c->window && l->next < l->n_tok) {
                 st = mb_dispatch_send(d, li, w);
-                if (st != MB_STATUS_OK) goto fail;
+                if (st != MB_STATUS_OK) break;
                 if (exploring[li]) {
                     l->slice = c->batch_capacity;
                     exploring[li] = 0;
                 }
                 progress = 1;
             }
+            if (st != MB_STATUS_OK) break;
         }
+        if (st != MB_STATUS_OK) continue;
         int oldest = -1;
         for (uint32_t oi = 0; oi < c->n_links; oi++) {
             uint32_t li = d->order[oi];
@@ -471,11 +608,12 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             busy = 1;
             int got = 0;
             st = mb_dispatch_poll(d, li, w, 0, &got);
-            if (st != MB_STATUS_OK) goto fail;
+            if (st != MB_STATUS_OK) break;
             if (got) progress = 1;
             else if (l->n_inflight && (oldest < 0 || mb_dlink_oldest_ns(l) < mb_dlink_oldest_ns(&d->dl[oldest])))
                 oldest = (int)li;
         }
+        if (st != MB_STATUS_OK) continue;
         if (!busy) {
             int all_sent = 1;
             for (uint32_t i = 0; i < c->n_links; i++)
@@ -494,7 +632,6 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             int got = 0;
             st = mb_dispatch_poll(d, (uint32_t)oldest, w, slice, &got);
             waited += mb_now_ns() - t0;
-            if (st != MB_STATUS_OK) goto fail;
         }
     }
     /* Combine: links' partial sums in link order, so the result does not

@@ -35,6 +35,20 @@
 #include "broker/placement.h"
 #include "broker/stats.h"
 
+typedef struct mb_dispatch mb_dispatch;
+
+/* Called when link stops answering in the middle of a layer (it died, hung
+ * up, its heartbeat stopped, or a reply missed cfg.timeout_ns), once every
+ * other link's requests in flight are answered, so nothing else is moving.
+ * The handler drops the link and routes every lane that went through it
+ * elsewhere with mb_dispatch_route (a lane it leaves there fails the layer);
+ * then the dispatcher sends those lanes' share of the layer again. what is
+ * the dispatcher's message naming the link. OK to go on; any other status
+ * fails the layer with that status (the message in mb_dispatch_error, which
+ * the handler may set with mb_dispatch_set_error). */
+typedef mb_status (*mb_dispatch_loss_fn)(void *ctx, mb_dispatch *d, mb_link *link, const mb_moe_work *w,
+                                        const char *what);
+
 typedef struct {
     mb_link *links;               /* [n_links], borrowed */
     uint32_t n_links;
@@ -47,11 +61,11 @@ typedef struct {
     uint32_t top_k;
     uint32_t max_tokens;          /* largest n_tokens a call may bring */
     uint32_t window;              /* requests in flight per link, 0: 2 */
-    int64_t timeout_ns;           /* per request, 0: 30 s */
+    int64_t timeout_ns;           /* per request; 0: none, liveness is the transport's heartbeat */
     mb_stats *stats;              /* may be NULL */
+    mb_dispatch_loss_fn on_loss;  /* NULL: a lost link fails the layer */
+    void *loss_ctx;
 } mb_dispatch_config;
-
-typedef struct mb_dispatch mb_dispatch;
 
 /* Allocates every buffer the dispatcher needs for max_tokens, so calls
  * allocate nothing. cfg's pointers are borrowed. */
@@ -61,6 +75,21 @@ void mb_dispatch_destroy(mb_dispatch *d);
 /* mb_moe_fn: computes w->out for one layer's routed tokens. On failure the
  * message (naming the worker) is in mb_dispatch_error. ctx is the dispatcher. */
 mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w);
+
+/* Lanes: lane i carries the experts the placement puts on link i, and its
+ * partial sums are added in lane order whatever computes them. By default
+ * lane i goes to links[i]; this sends it to via instead (a replica, the
+ * in-process fallback), with the lane's slots translated through
+ * slot_map[slot of links[i]] (NULL: the same slots). Results stay
+ * bit-identical when via computes like links[i] would (f32 on CPU backends).
+ * Between calls or from the loss handler. Borrowed pointers. */
+void mb_dispatch_route(mb_dispatch *d, uint32_t lane, mb_link *via, const uint32_t *slot_map);
+
+/* The link lane goes to now. */
+mb_link *mb_dispatch_via(const mb_dispatch *d, uint32_t lane);
+
+/* Sets the message mb_dispatch_error returns (for loss handlers). */
+void mb_dispatch_set_error(mb_dispatch *d, const char *msg);
 
 /* The last failure's message, "" if none. */
 const char *mb_dispatch_error(const mb_dispatch *d);

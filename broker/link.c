@@ -5,12 +5,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,6 +29,18 @@ uint64_t mb_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ZeroMQ liveness from the worker timeout: ZMTP heartbeats (answered by
+ * libzmq's I/O thread, so a worker busy computing still answers) every
+ * sixth of the timeout, at most 250 ms. */
+static mb_zmq_options mb_link_zmq_options(int64_t worker_timeout_ns)
+{
+    int timeout_ms = (int)(worker_timeout_ns / 1000000);
+    if (timeout_ms < 100) timeout_ms = 100;
+    int ivl = timeout_ms / 6;
+    mb_zmq_options o = {.heartbeat_ms = ivl > 250 ? 250 : ivl < 20 ? 20 : ivl, .heartbeat_timeout_ms = timeout_ms};
+    return o;
 }
 
 /* Finds moe-worker: MB_WORKER_BIN, else the folder of this executable. */
@@ -153,6 +170,7 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     l.weight = spec->weight > 0 ? spec->weight : 1.0;
     l.same_host = 1;
     l.next_tag = 1;
+    l.worker_timeout_ns = spec->worker_timeout_ns > 0 ? spec->worker_timeout_ns : MB_LINK_WORKER_TIMEOUT_NS;
     char bspec[48];
     if (spec->device >= 0) snprintf(bspec, sizeof bspec, "%s:%d", spec->backend, spec->device);
     else snprintf(bspec, sizeof bspec, "%s", spec->backend);
@@ -174,7 +192,8 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
         snprintf(l.ipc_path, sizeof l.ipc_path, "%s/moe-broker-%d-w%d.sock", tmp && tmp[0] ? tmp : "/tmp",
                  (int)getpid(), index);
         snprintf(listen, sizeof listen, "ipc://%s", l.ipc_path);
-        st = mb_zmq_transport_connect(listen, NULL, &l.transport);
+        mb_zmq_options zo = mb_link_zmq_options(l.worker_timeout_ns);
+        st = mb_zmq_transport_connect(listen, &zo, &l.transport);
     }
     if (st != MB_STATUS_OK) {
         snprintf(err, err_cap, "%s: cannot create the transport: %s", l.name, mb_status_str(st));
@@ -240,7 +259,10 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     l.pid = pid;
     if (peer_fd >= 0) close(peer_fd);
     close(err_pipe[1]);
-    if (kind == MB_LINK_SPAWNED_SHM) mb_shm_transport_set_peer_pid(&l.transport, pid);
+    if (kind == MB_LINK_SPAWNED_SHM) {
+        mb_shm_transport_set_peer_pid(&l.transport, pid);
+        mb_shm_transport_set_peer_timeout(&l.transport, l.worker_timeout_ns);
+    }
     uint64_t t_start = mb_now_ns();
     st = mb_link_await_start(&l, err_pipe[0], timeout_ns, err, err_cap);
     close(err_pipe[0]);
@@ -257,6 +279,132 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     return MB_STATUS_OK;
 }
 
+static int mb_link_reap(pid_t pid, int timeout_ms);
+
+/* Splits "tcp://HOST:PORT" (HOST may be "[v6]") into host and port. */
+static int mb_link_split_tcp(const char *endpoint, char *host, size_t host_cap, char *port, size_t port_cap)
+{
+    const char *h = endpoint + 6;
+    const char *colon = strrchr(h, ':');
+    if (!colon || colon == h) return -1;
+    const char *hs = h, *he = colon;
+    if (*hs == '[' && he > hs + 1 && he[-1] == ']') {
+        hs++;
+        he--;
+    }
+    if ((size_t)(he - hs) >= host_cap || strlen(colon + 1) >= port_cap || !colon[1]) return -1;
+    memcpy(host, hs, (size_t)(he - hs));
+    host[he - hs] = '\0';
+    snprintf(port, port_cap, "%s", colon + 1);
+    return 0;
+}
+
+/* Waits for a non-blocking connect on fd; returns 0 or an errno value
+ * (ETIMEDOUT past timeout_ms). */
+static int mb_link_connect_wait(int fd, const struct sockaddr *sa, socklen_t len, int timeout_ms)
+{
+    if (connect(fd, sa, len) == 0) return 0;
+    if (errno != EINPROGRESS && errno != EAGAIN) return errno;
+    struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+    int r;
+    do
+        r = poll(&pfd, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) return ETIMEDOUT;
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) return errno ? errno : EIO;
+    return soerr;
+}
+
+/* Checks that something listens at endpoint before ZeroMQ, which would
+ * retry a refused or unresolvable address silently forever. */
+static mb_status mb_link_probe(const mb_link *l, const char *endpoint, int64_t timeout_ns, char *err, size_t err_cap)
+{
+    int timeout_ms = (int)(timeout_ns / 1000000);
+    if (timeout_ms < 1) timeout_ms = 1;
+    if (!strncmp(endpoint, "ipc://", 6)) {
+        const char *path = endpoint + 6;
+        struct stat sb;
+        if (stat(path, &sb) != 0) {
+            snprintf(err, err_cap, "%s: unreachable: no socket file %s (%s; is moe-worker running there?)", l->name,
+                     path, strerror(errno));
+            return MB_STATUS_NOT_FOUND;
+        }
+        if (!S_ISSOCK(sb.st_mode)) {
+            snprintf(err, err_cap, "%s: unreachable: %s is not a socket", l->name, path);
+            return MB_STATUS_NOT_FOUND;
+        }
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof sa.sun_path) return MB_STATUS_OK; /* ZeroMQ will say */
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) return MB_STATUS_OK;
+        int e = mb_link_connect_wait(fd, (const struct sockaddr *)&sa, sizeof sa, timeout_ms);
+        close(fd);
+        if (e == ECONNREFUSED) {
+            snprintf(err, err_cap, "%s: unreachable: connection refused on %s (a stale socket file: nobody listens)",
+                     l->name, path);
+            return MB_STATUS_PEER_DEAD;
+        }
+        return MB_STATUS_OK;
+    }
+    if (strncmp(endpoint, "tcp://", 6) != 0) return MB_STATUS_OK;
+    char host[256], port[32];
+    if (mb_link_split_tcp(endpoint, host, sizeof host, port, sizeof port) != 0) return MB_STATUS_OK;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai != 0) {
+        snprintf(err, err_cap, "%s: unreachable: cannot resolve host '%s': %s", l->name, host, gai_strerror(gai));
+        return MB_STATUS_NOT_FOUND;
+    }
+    int e = EHOSTUNREACH;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+        if (fd < 0) continue;
+        e = mb_link_connect_wait(fd, a->ai_addr, a->ai_addrlen, timeout_ms);
+        close(fd);
+        if (e == 0) break;
+    }
+    freeaddrinfo(res);
+    if (e == 0) return MB_STATUS_OK;
+    if (e == ECONNREFUSED)
+        snprintf(err, err_cap, "%s: unreachable: connection refused by %s port %s (is moe-worker listening there?)",
+                 l->name, host, port);
+    else if (e == ETIMEDOUT)
+        snprintf(err, err_cap, "%s: unreachable: no answer from %s port %s within %.1f s (--connect-timeout)",
+                 l->name, host, port, (double)timeout_ns / 1e9);
+    else
+        snprintf(err, err_cap, "%s: unreachable: %s port %s: %s", l->name, host, port, strerror(e));
+    return e == ETIMEDOUT ? MB_STATUS_TIMEOUT : MB_STATUS_PEER_DEAD;
+}
+
+/* Probes, connects and says HELLO until the deadline; l's name and
+ * endpoint are set. */
+static mb_status mb_link_dial(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap)
+{
+    uint64_t deadline = mb_now_ns() + (uint64_t)timeout_ns;
+    mb_status st = mb_link_probe(l, l->endpoint, timeout_ns, err, err_cap);
+    if (st != MB_STATUS_OK) return st;
+    /* A worker still winding down its previous coordinator's session drops
+     * the connection once; reconnect until the deadline. */
+    mb_zmq_options zo = mb_link_zmq_options(l->worker_timeout_ns);
+    for (;;) {
+        st = mb_zmq_transport_connect(l->endpoint, &zo, &l->transport);
+        if (st != MB_STATUS_OK) {
+            snprintf(err, err_cap, "%s: cannot connect: %s", l->name, mb_status_str(st));
+            return st;
+        }
+        uint64_t now = mb_now_ns();
+        st = mb_link_hello(l, now < deadline ? (int64_t)(deadline - now) : 0, err, err_cap);
+        if (st == MB_STATUS_OK) return MB_STATUS_OK;
+        mb_transport_destroy(&l->transport);
+        if (st != MB_STATUS_PEER_DEAD || mb_now_ns() + 100000000ull >= deadline) return st;
+        usleep(100000);
+    }
+}
+
 mb_status mb_link_connect(const mb_link_spec *spec, int index, int64_t timeout_ns, mb_link *out, char *err,
                           size_t err_cap)
 {
@@ -266,27 +414,52 @@ mb_status mb_link_connect(const mb_link_spec *spec, int index, int64_t timeout_n
     l.weight = spec->weight > 0 ? spec->weight : 1.0;
     l.same_host = strncmp(spec->endpoint, "ipc://", 6) == 0;
     l.next_tag = 1;
+    l.worker_timeout_ns = spec->worker_timeout_ns > 0 ? spec->worker_timeout_ns : MB_LINK_WORKER_TIMEOUT_NS;
+    snprintf(l.endpoint, sizeof l.endpoint, "%s", spec->endpoint);
     snprintf(l.name, sizeof l.name, "w%d %.80s", index, spec->endpoint);
-    /* A worker still winding down its previous coordinator's session drops
-     * the connection once; reconnect until the deadline. */
-    uint64_t deadline = mb_now_ns() + (uint64_t)timeout_ns;
-    mb_status st;
-    for (;;) {
-        st = mb_zmq_transport_connect(spec->endpoint, NULL, &l.transport);
-        if (st != MB_STATUS_OK) {
-            snprintf(err, err_cap, "%s: cannot connect: %s", l.name, mb_status_str(st));
-            return st;
-        }
-        uint64_t now = mb_now_ns();
-        st = mb_link_hello(&l, now < deadline ? (int64_t)(deadline - now) : 0, err, err_cap);
-        if (st == MB_STATUS_OK) break;
-        mb_transport_destroy(&l.transport);
-        if (st != MB_STATUS_PEER_DEAD || mb_now_ns() + 100000000ull >= deadline) return st;
-        usleep(100000);
-    }
+    mb_status st = mb_link_dial(&l, spec->connect_timeout_ns > 0 ? spec->connect_timeout_ns : timeout_ns, err, err_cap);
+    if (st != MB_STATUS_OK) return st;
     snprintf(l.name, sizeof l.name, "w%d %.16s %.60s", index, l.caps.backend, spec->endpoint);
     *out = l;
     return MB_STATUS_OK;
+}
+
+mb_status mb_link_reconnect(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap)
+{
+    if (!l || l->kind != MB_LINK_REMOTE || !l->lost) return MB_STATUS_INVALID_ARG;
+    l->next_tag = 1;
+    mb_status st = mb_link_dial(l, timeout_ns, err, err_cap);
+    if (st == MB_STATUS_OK) l->lost = 0;
+    return st;
+}
+
+void mb_link_drop(mb_link *l, char *why, size_t why_cap)
+{
+    snprintf(why, why_cap, "%s", l->kind == MB_LINK_REMOTE ? "connection lost or heartbeats stopped" : "hung up");
+    if (l->pid > 0) {
+        int status = 0;
+        pid_t r = 0;
+        /* A worker whose hang-up was seen may still be on its way out. */
+        for (int i = 0; i < 50 && r == 0; i++) {
+            r = waitpid(l->pid, &status, WNOHANG);
+            if (r == 0) usleep(1000);
+        }
+        if (r == l->pid && WIFSIGNALED(status))
+            snprintf(why, why_cap, "died (killed by signal %d)", WTERMSIG(status));
+        else if (r == l->pid && WIFEXITED(status))
+            snprintf(why, why_cap, "exited with status %d", WEXITSTATUS(status));
+        else {
+            /* Alive but silent: frozen or hung. It cannot come back. */
+            snprintf(why, why_cap, "stopped answering (no heartbeat for %.1f s)", (double)l->worker_timeout_ns / 1e9);
+            kill(l->pid, SIGKILL);
+            mb_link_reap(l->pid, 1000);
+        }
+        l->pid = 0;
+    }
+    mb_transport_destroy(&l->transport);
+    if (l->ipc_path[0]) unlink(l->ipc_path);
+    l->ipc_path[0] = '\0';
+    l->lost = 1;
 }
 
 static mb_status mb_link_inproc_handle(void *ctx, const void *msg, size_t len)
@@ -365,7 +538,7 @@ void mb_link_close(mb_link *l)
     if (!l) return;
     /* SHUTDOWN ends the session: a spawned worker exits, a remote one goes
      * back to waiting for the next coordinator. */
-    if (l->pid > 0 || l->kind == MB_LINK_REMOTE) {
+    if ((l->pid > 0 || l->kind == MB_LINK_REMOTE) && !l->lost) {
         if (l->transport.ops) {
             unsigned char msg[MB_PROTO_HEADER_BYTES] __attribute__((aligned(8)));
             size_t len = 0;

@@ -30,6 +30,9 @@ typedef struct mb_link {
     double weight;              /* placement share */
     int same_host;              /* the worker can map the checkpoint's files */
     uint64_t next_tag;
+    int lost;                   /* dropped after a failure (mb_link_drop); no transport */
+    char endpoint[256];         /* REMOTE: where it was reached, for a reconnect */
+    int64_t worker_timeout_ns;  /* liveness bound the transport enforces */
     /* In-process only. */
     mb_backend *backend;
     struct mb_worker *worker;
@@ -45,7 +48,13 @@ typedef struct {
     const char *endpoint;  /* REMOTE: "tcp://h:p" / "ipc:///p" */
     double weight;
     uint32_t max_slots;    /* slots to ask for (spawned / in-process) */
+    int64_t worker_timeout_ns;  /* a worker whose heartbeat stops this long is lost; 0: 1.5 s */
+    int64_t connect_timeout_ns; /* REMOTE: reaching it and its HELLO; 0: the caller's timeout */
 } mb_link_spec;
+
+/* Liveness default: a frozen worker is noticed within about this long (plus
+ * one heartbeat), a busy one never. */
+#define MB_LINK_WORKER_TIMEOUT_NS 1500000000LL
 
 /* Starts a local moe-worker (MB_WORKER_BIN, else beside this executable)
  * over shared memory (MB_LINK_SPAWNED_SHM) or ZeroMQ ipc
@@ -54,7 +63,11 @@ typedef struct {
 mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, int64_t timeout_ns, mb_link *out,
                         char *err, size_t err_cap);
 
-/* Connects to a running worker and completes the handshake. */
+/* Connects to a running worker and completes the handshake. Before any
+ * ZeroMQ traffic the endpoint is probed (name resolved, a TCP or unix
+ * connect), so a host that cannot be resolved, a refused port, a missing
+ * socket file or silence past connect_timeout_ns (else timeout_ns) fails at
+ * once with a message saying which (NOT_FOUND, PEER_DEAD, TIMEOUT). */
 mb_status mb_link_connect(const mb_link_spec *spec, int index, int64_t timeout_ns, mb_link *out, char *err,
                           size_t err_cap);
 
@@ -65,6 +78,18 @@ mb_status mb_link_open_inproc(const mb_link_spec *spec, int index, mb_link *out,
  * same tag; control traffic only (not on the hot path). The reply's header
  * status is returned; a PEER_DEAD or TIMEOUT names the worker in err. */
 mb_status mb_link_call(mb_link *l, const void *msg, size_t len, int64_t timeout_ns, char *err, size_t err_cap);
+
+/* Drops a link that failed mid-run: kills a spawned worker (SIGKILL also
+ * ends a stopped one) and reaps it, closes the transport and removes a
+ * socket file; keeps name, caps and endpoint for messages and a reconnect.
+ * Writes how the worker ended ("killed by signal 9", "stopped answering")
+ * into why. Never blocks for long (a reap of at most 1 s). */
+void mb_link_drop(mb_link *l, char *why, size_t why_cap);
+
+/* Reconnects a dropped REMOTE link and redoes the handshake within
+ * timeout_ns; on success the link is usable again (and empty: it holds no
+ * experts). The caller reloads what it should hold. */
+mb_status mb_link_reconnect(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap);
 
 /* Asks the worker to stop, waits briefly, then kills it if needed; frees
  * everything. Safe on a zeroed link. */

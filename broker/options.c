@@ -37,11 +37,12 @@ typedef struct {
 static const char *const ipc_mode_names[] = {"auto", "batched", "stream", NULL};
 static const char *const transport_names[] = {"auto", "shm", "zmq", NULL};
 static const char *const dtype_names[] = {"f32", "f16", "bf16", NULL};
+static const char *const loss_names[] = {"fallback", "abort", NULL};
 
 _Static_assert(MB_DTYPE_F32 == 0 && MB_DTYPE_F16 == 1 && MB_DTYPE_BF16 == 2,
                "dtype_names is indexed by mb_dtype");
 _Static_assert(sizeof(mb_ipc_mode) == sizeof(int) && sizeof(mb_transport_kind) == sizeof(int) &&
-                   sizeof(mb_dtype) == sizeof(int),
+                   sizeof(mb_dtype) == sizeof(int) && sizeof(mb_on_worker_loss) == sizeof(int),
                "KNOB_ENUM fields are stored as int");
 _Static_assert(MB_OPTION_COUNT_ <= 64, "given_mask has one bit per knob");
 
@@ -81,6 +82,23 @@ static const knob knobs[MB_OPTION_COUNT_] = {
     [MB_OPTION_LOCAL_BUDGET] = {"local-budget", NULL, "MB_LOCAL_BUDGET", KNOB_BYTES,
                                 OFF(local_budget_bytes), 0, 0, NULL, "BYTES", "0 (no limit)",
                                 "memory for in-process experts, K/M/G/T suffixes (powers of 1024)"},
+    [MB_OPTION_ON_WORKER_LOSS] = {"on-worker-loss", NULL, "MB_ON_WORKER_LOSS", KNOB_ENUM,
+                                  OFF(on_worker_loss), 0, 0, loss_names, "POLICY", NULL,
+                                  "when a worker dies or stops answering: recompute its share on a\n"
+                                  "replica or in-process and go on with the same tokens (fallback),\n"
+                                  "or fail the run (abort)"},
+    [MB_OPTION_REPLICAS] = {"replicas", NULL, "MB_REPLICAS", KNOB_U32, OFF(replicas), 1, 16, NULL,
+                            "N", NULL,
+                            "place each worker's experts on N workers where memory allows, so a\n"
+                            "lost worker's share moves without reloading"},
+    [MB_OPTION_WORKER_TIMEOUT] = {"worker-timeout", NULL, "MB_WORKER_TIMEOUT", KNOB_U32,
+                                  OFF(worker_timeout_ms), 50, 3600000, NULL, "MS", NULL,
+                                  "a worker whose heartbeat stops this long is lost (a busy one\n"
+                                  "keeps beating)"},
+    [MB_OPTION_CONNECT_TIMEOUT] = {"connect-timeout", NULL, "MB_CONNECT_TIMEOUT", KNOB_U32,
+                                   OFF(connect_timeout_ms), 1, 3600000, NULL, "MS", NULL,
+                                   "reaching a tcp:// or ipc:// worker and its handshake (refused\n"
+                                   "or unresolvable fails at once)"},
     [MB_OPTION_INPUT_IDS] = {"input-ids", NULL, NULL, KNOB_IDS, 0, 0, 0, NULL, "LIST|FILE", "none",
                              "prompt token ids: '1,2,3', or a file of ids separated by commas\n"
                              "or whitespace"},
@@ -124,6 +142,10 @@ void mb_options_init(mb_options *opt)
     opt->payload_dtype = MB_DTYPE_F32;
     opt->seed = 1;
     opt->chunk = 512;
+    opt->on_worker_loss = MB_ON_WORKER_LOSS_FALLBACK;
+    opt->replicas = 1;
+    opt->worker_timeout_ms = 1500;
+    opt->connect_timeout_ms = 5000;
 }
 
 void mb_options_free(mb_options *opt)
@@ -147,6 +169,11 @@ int mb_options_given(const mb_options *opt, mb_option_id id)
 const char *mb_ipc_mode_name(int mode)
 {
     return mode >= 0 && mode < 3 ? ipc_mode_names[mode] : "?";
+}
+
+const char *mb_on_worker_loss_name(int policy)
+{
+    return policy >= 0 && policy < 2 ? loss_names[policy] : "?";
 }
 
 const char *mb_transport_kind_name(int kind)

@@ -26,6 +26,12 @@ typedef enum {
     MB_TRANSPORT_ZMQ = 2,
 } mb_transport_kind;
 
+/* What a lost worker does to the run. */
+typedef enum {
+    MB_ON_WORKER_LOSS_FALLBACK = 0, /* its experts move elsewhere; the run goes on */
+    MB_ON_WORKER_LOSS_ABORT = 1,    /* the run fails */
+} mb_on_worker_loss;
+
 /* Every knob, for mb_options_given(). The order is the order of --help. */
 typedef enum {
     MB_OPTION_MODEL = 0,
@@ -38,6 +44,10 @@ typedef enum {
     MB_OPTION_THREADS,
     MB_OPTION_LOCAL_EXPERTS,
     MB_OPTION_LOCAL_BUDGET,
+    MB_OPTION_ON_WORKER_LOSS,
+    MB_OPTION_REPLICAS,
+    MB_OPTION_WORKER_TIMEOUT,
+    MB_OPTION_CONNECT_TIMEOUT,
     MB_OPTION_INPUT_IDS,
     MB_OPTION_PREFILL,
     MB_OPTION_PROMPT_LEN,
@@ -71,6 +81,10 @@ typedef struct {
     uint32_t threads;            /* coordinator threads, 0 = auto */
     uint32_t local_experts;      /* experts per layer run in-process, default 0 */
     uint64_t local_budget_bytes; /* memory for in-process experts, 0 = no limit */
+    mb_on_worker_loss on_worker_loss; /* default fallback */
+    uint32_t replicas;           /* homes per expert, 1..16, default 1 */
+    uint32_t worker_timeout_ms;  /* heartbeat silence that loses a worker, default 1500 */
+    uint32_t connect_timeout_ms; /* reaching a tcp/ipc worker at start, default 5000 */
     int32_t *input_ids;          /* --input-ids LIST|FILE; NULL when not given */
     size_t n_input_ids;
     uint32_t prefill;       /* prompt tokens to prefill, default 0 */
@@ -121,6 +135,8 @@ void mb_options_usage(FILE *f);
 
 /* "auto", "batched", "stream"; "?" for other values. */
 const char *mb_ipc_mode_name(int mode);
+/* "fallback", "abort"; "?" for other values. */
+const char *mb_on_worker_loss_name(int policy);
 /* "auto", "shm", "zmq"; "?" for other values. */
 const char *mb_transport_kind_name(int kind);
 

@@ -38,6 +38,11 @@ mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, mb_dty
 void mb_placement_free(mb_placement *p)
 {
     if (!p) return;
+    if (p->copies)
+        for (size_t i = 0; i < (size_t)p->n_links * p->max_copies; i++) free(p->copies[i].slot);
+    free(p->copies);
+    free(p->n_copies);
+    free(p->primary_slots);
     free(p->table);
     free(p->slots_used);
     free(p->bytes_placed);
@@ -124,6 +129,12 @@ mb_status mb_placement_plan(const mb_model_config *cfg, const mb_link *links, ui
             p.bytes_placed[best] += eb;
         }
     }
+    p.primary_slots = malloc(n_links * sizeof *p.primary_slots);
+    if (!p.primary_slots) {
+        st = MB_STATUS_NOMEM;
+        goto done;
+    }
+    memcpy(p.primary_slots, p.slots_used, n_links * sizeof *p.slots_used);
     *out = p;
     memset(&p, 0, sizeof p);
 done:
@@ -132,6 +143,38 @@ done:
     free(credit);
     free(cap_experts);
     return st;
+}
+
+mb_status mb_placement_add_replicas(mb_placement *p, const mb_model_config *cfg, const mb_link *links,
+                                    int local_link, uint32_t replicas)
+{
+    if (!p || !cfg || !links || !p->primary_slots || p->copies) return MB_STATUS_INVALID_ARG;
+    if (replicas <= 1) return MB_STATUS_OK;
+    const uint32_t n = p->n_links, extra = replicas - 1;
+    const uint64_t eb = mb_expert_bytes(cfg);
+    p->copies = calloc((size_t)n * extra, sizeof *p->copies);
+    p->n_copies = calloc(n, sizeof *p->n_copies);
+    if (!p->copies || !p->n_copies) return MB_STATUS_NOMEM;
+    p->max_copies = extra;
+    for (uint32_t g = 0; g < n; g++) {
+        if ((int)g == local_link || p->primary_slots[g] == 0) continue;
+        for (uint32_t k = 1; k < n && p->n_copies[g] < extra; k++) {
+            uint32_t r = (g + k) % n;
+            if ((int)r == local_link) continue;
+            uint64_t need = p->primary_slots[g];
+            uint64_t by_mem = eb ? links[r].caps.mem_free_bytes / eb : UINT64_MAX;
+            uint64_t cap = by_mem < links[r].caps.max_slots ? by_mem : links[r].caps.max_slots;
+            if (p->slots_used[r] + need > cap) continue; /* memory does not allow */
+            mb_replica *c = &p->copies[(size_t)g * extra + p->n_copies[g]];
+            c->slot = malloc(need * sizeof *c->slot);
+            if (!c->slot) return MB_STATUS_NOMEM;
+            c->link = (uint16_t)r;
+            for (uint32_t s = 0; s < need; s++) c->slot[s] = p->slots_used[r]++;
+            p->bytes_placed[r] += need * eb;
+            p->n_copies[g]++;
+        }
+    }
+    return MB_STATUS_OK;
 }
 
 void mb_placement_print(const mb_placement *p, const mb_link *links, FILE *f)

@@ -15,13 +15,24 @@ typedef struct {
     uint32_t slot; /* backend-local slot */
 } mb_place;
 
+/* A copy of every expert one link (the group) holds, on another link, so
+ * that the group's work can move there without loading anything. */
+typedef struct {
+    uint16_t link;  /* the link holding the copies */
+    uint32_t *slot; /* [primary slots of the group]: the copy's slot on link */
+} mb_replica;
+
 typedef struct {
     uint32_t n_layers;
     uint32_t n_experts;
     uint32_t n_links;
     mb_place *table;        /* [n_layers][n_experts] */
-    uint32_t *slots_used;   /* [n_links]: slots assigned on each link */
+    uint32_t *slots_used;   /* [n_links]: slots assigned on each link, copies included */
+    uint32_t *primary_slots; /* [n_links]: slots of the experts placed there (0..n-1) */
     uint64_t *bytes_placed; /* [n_links]: expert weight bytes on each link */
+    uint32_t max_copies;    /* replicas per group the arrays have room for */
+    uint32_t *n_copies;     /* [n_links]: copies of the group placed */
+    mb_replica *copies;     /* [n_links][max_copies] */
 } mb_placement;
 
 /* Plans a placement over links. local_link (-1 if none) is the in-process
@@ -36,6 +47,14 @@ mb_status mb_placement_plan(const mb_model_config *cfg, const mb_link *links, ui
                             size_t err_cap);
 
 void mb_placement_free(mb_placement *p);
+
+/* --replicas: gives every worker's experts replicas - 1 more homes, each on
+ * the next worker in order (wrapping, never the in-process link), where that
+ * worker's memory and slots allow; a group that does not fit somewhere has
+ * fewer copies (never an error). Copies take slots after the primary ones,
+ * so the primary placement is unchanged. NOMEM; INVALID_ARG. */
+mb_status mb_placement_add_replicas(mb_placement *p, const mb_model_config *cfg, const mb_link *links,
+                                    int local_link, uint32_t replicas);
 
 /* Checks, before anything is placed or loaded, that every link's backend
  * (its HELLO_REPLY dtype masks) holds expert weights of wdtype and takes

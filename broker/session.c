@@ -1,5 +1,6 @@
 /* Session setup: backends, placement, expert loading, dispatcher, forward. */
 #include "broker/session.h"
+#include "broker/failover.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,9 @@ static mb_status mb_session_start_link(const mb_options *opt, const char *spec_t
     mb_status st = mb_worker_spec_parse(spec_text, &ws, err, err_cap);
     if (st != MB_STATUS_OK) return st;
     mb_link_spec ls = {.backend = ws.backend, .device = ws.device, .threads = ws.threads,
-                       .endpoint = ws.endpoint, .weight = ws.weight, .max_slots = max_slots};
+                       .endpoint = ws.endpoint, .weight = ws.weight, .max_slots = max_slots,
+                       .worker_timeout_ns = (int64_t)opt->worker_timeout_ms * 1000000,
+                       .connect_timeout_ns = (int64_t)opt->connect_timeout_ms * 1000000};
     if (ws.kind == MB_WORKER_KIND_REMOTE) return mb_link_connect(&ls, index, MB_SESSION_HELLO_TIMEOUT_NS, out, err, err_cap);
     if (ls.threads == 0) {
         /* Share the machine's cores between the local workers. */
@@ -35,20 +38,18 @@ static mb_status mb_session_start_link(const mb_options *opt, const char *spec_t
     return mb_link_spawn(&ls, kind, index, MB_SESSION_HELLO_TIMEOUT_NS, out, err, err_cap);
 }
 
-/* Sends one LOAD_EXPERT: a file region when the worker shares this host's
- * files, the bytes otherwise. */
-static mb_status mb_session_load_one(const mb_model *m, mb_link *links, const mb_placement *pl, uint32_t layer,
-                                     uint32_t expert, void **scratch, size_t *scratch_cap, char *err, size_t err_cap)
+/* Sends one LOAD_EXPERT of (layer, expert) into slot of l: a file region
+ * when the worker shares this host's files, the bytes otherwise. */
+static mb_status mb_session_load_one(const mb_model *m, mb_link *l, uint32_t slot, uint32_t layer, uint32_t expert,
+                                     void **scratch, size_t *scratch_cap, char *err, size_t err_cap)
 {
-    const mb_place *p = mb_placement_at(pl, layer, expert);
-    mb_link *l = &links[p->link];
     const mb_expert_tensors *x = &m->layers[layer].experts[expert];
     const mb_tensor *t[3] = {&x->gate, &x->up, &x->down};
     mb_proto_load_expert le;
     memset(&le, 0, sizeof le);
     le.layer = layer;
     le.expert_id = expert;
-    le.slot = p->slot;
+    le.slot = slot;
     le.d_model = m->cfg.d_model;
     le.d_ff = m->cfg.d_ff_expert;
     le.wdtype = x->gate.dtype;
@@ -98,7 +99,14 @@ mb_status mb_experts_load(const mb_model *m, mb_link *links, const mb_placement 
     uint64_t total = (uint64_t)c->n_layers * c->n_experts, done = 0;
     for (uint32_t layer = 0; layer < c->n_layers && st == MB_STATUS_OK; layer++) {
         for (uint32_t e = 0; e < c->n_experts && st == MB_STATUS_OK; e++) {
-            st = mb_session_load_one(m, links, pl, layer, e, &scratch, &cap, err, err_cap);
+            const mb_place *p = mb_placement_at(pl, layer, e);
+            st = mb_session_load_one(m, &links[p->link], p->slot, layer, e, &scratch, &cap, err, err_cap);
+            /* Its replicas, if --replicas placed any. */
+            for (uint32_t k = 0; pl->n_copies && k < pl->n_copies[p->link] && st == MB_STATUS_OK; k++) {
+                const mb_replica *r = &pl->copies[(size_t)p->link * pl->max_copies + k];
+                st = mb_session_load_one(m, &links[r->link], r->slot[p->slot], layer, e, &scratch, &cap, err,
+                                         err_cap);
+            }
             done++;
         }
         if (progress) {
@@ -107,6 +115,24 @@ mb_status mb_experts_load(const mb_model *m, mb_link *links, const mb_placement 
         }
     }
     if (progress) fprintf(stderr, "\n");
+    free(scratch);
+    return st;
+}
+
+mb_status mb_experts_load_group(const mb_model *m, const mb_placement *pl, uint32_t group, mb_link *to,
+                                const uint32_t *slot_map, char *err, size_t err_cap)
+{
+    void *scratch = NULL;
+    size_t cap = 0;
+    mb_status st = MB_STATUS_OK;
+    for (uint32_t layer = 0; layer < pl->n_layers && st == MB_STATUS_OK; layer++) {
+        for (uint32_t e = 0; e < pl->n_experts && st == MB_STATUS_OK; e++) {
+            const mb_place *p = mb_placement_at(pl, layer, e);
+            if (p->link != group) continue;
+            st = mb_session_load_one(m, to, slot_map ? slot_map[p->slot] : p->slot, layer, e, &scratch, &cap, err,
+                                     err_cap);
+        }
+    }
     free(scratch);
     return st;
 }
@@ -154,6 +180,8 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     st = mb_placement_plan(c, s->links, s->n_links, s->local_link, opt->local_experts, opt->local_budget_bytes,
                            &s->placement, err, err_cap);
     if (st != MB_STATUS_OK) goto fail;
+    st = mb_placement_add_replicas(&s->placement, c, s->links, s->local_link, opt->replicas);
+    if (st != MB_STATUS_OK) goto fail;
     if (verbosity >= MB_SESSION_INFO) mb_placement_print(&s->placement, s->links, stderr);
     uint64_t t_load = mb_now_ns();
     st = mb_experts_load(model, s->links, &s->placement, verbosity >= MB_SESSION_PROGRESS, err, err_cap);
@@ -176,12 +204,18 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
             goto fail;
         }
     }
+    st = mb_failover_create(s, opt->on_worker_loss, verbosity >= MB_SESSION_INFO, &s->failover);
+    if (st != MB_STATUS_OK) goto fail;
+    mb_stats_set_config(s->stats, "on_worker_loss", mb_on_worker_loss_name(opt->on_worker_loss));
+    mb_stats_set_config_int(s->stats, "replicas", opt->replicas);
+    mb_stats_set_config_int(s->stats, "worker_timeout_ms", opt->worker_timeout_ms);
     uint32_t chunk = opt->chunk ? opt->chunk : MB_FORWARD_CHUNK_DEFAULT;
     if (chunk > max_ctx) chunk = max_ctx;
     mb_dispatch_config dc = {
         .links = s->links, .n_links = s->n_links, .placement = &s->placement, .mode = opt->ipc_mode,
         .batch_capacity = opt->batch_capacity, .stream_slice = opt->stream_slice, .payload = opt->payload_dtype,
         .d_model = c->d_model, .top_k = c->top_k, .max_tokens = chunk, .stats = s->stats,
+        .on_loss = mb_failover_on_loss, .loss_ctx = s->failover,
     };
     st = mb_dispatch_create(&dc, &s->dispatch);
     if (st != MB_STATUS_OK) {
@@ -213,6 +247,7 @@ void mb_session_close(mb_session *s)
     mb_forward_destroy(s->fwd);
     mb_kcpu_pool_destroy(s->pool);
     mb_dispatch_destroy(s->dispatch);
+    mb_failover_destroy(s->failover);
     mb_stats_destroy(s->stats);
     mb_placement_free(&s->placement);
     for (uint32_t i = 0; i < s->n_links; i++) mb_link_close(&s->links[i]);
@@ -223,6 +258,7 @@ void mb_session_close(mb_session *s)
 mb_status mb_session_step(mb_session *s, const int32_t *ids, uint32_t n, float *logits, float *last_logits,
                           char *err, size_t err_cap)
 {
+    mb_failover_between_steps(s->failover);
     uint64_t t0 = mb_now_ns();
     mb_status st = mb_forward_step(s->fwd, ids, n, logits, last_logits);
     uint64_t t1 = mb_now_ns();

@@ -26,6 +26,7 @@ typedef struct {
     mb_kcpu_pool *pool;      /* the coordinator's threads */
     mb_forward *fwd;
     uint32_t max_ctx;
+    struct mb_failover *failover; /* what a lost worker does (broker/failover.h) */
 } mb_session;
 
 /* Starts the backends opt asks for (opt->workers; none given: two local CPU
@@ -48,6 +49,12 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
  * Blocking; progress on stderr when progress is set. */
 mb_status mb_experts_load(const mb_model *m, mb_link *links, const mb_placement *pl, int progress, char *err,
                           size_t err_cap);
+
+/* Loads every expert the placement puts on link group into link to, each in
+ * slot_map[its slot] (NULL: the same slot): a failover's in-process
+ * fallback, or a rejoining worker. Blocking. */
+mb_status mb_experts_load_group(const mb_model *m, const mb_placement *pl, uint32_t group, mb_link *to,
+                                const uint32_t *slot_map, char *err, size_t err_cap);
 
 /* Stops the workers and frees everything. NULL is a no-op. */
 void mb_session_close(mb_session *s);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* stdio buffer for the step-timing file: a flush every few hundred steps. */
 #define STEP_FILE_BUFFER_BYTES (64u << 10)
@@ -41,7 +42,11 @@ mb_status mb_stats_create(uint32_t n_backends, const char *const names[], uint32
     s->names = calloc(n_backends, sizeof *s->names);
     s->totals = calloc(n_totals, sizeof *s->totals);
     s->config = cJSON_CreateObject();
-    if (!s->names || !s->totals || !s->config) goto nomem;
+    s->events = cJSON_CreateArray();
+    if (!s->names || !s->totals || !s->config || !s->events) goto nomem;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    s->created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     if (per_layer) {
         s->layers = calloc(n_layer_counters, sizeof *s->layers);
         if (!s->layers) goto nomem;
@@ -75,7 +80,46 @@ void mb_stats_destroy(mb_stats *s)
     free(s->totals);
     free(s->layers);
     cJSON_Delete(s->config);
+    cJSON_Delete(s->events);
     free(s);
+}
+
+mb_status mb_stats_record_event(mb_stats *s, const mb_stats_event *e)
+{
+    if (!s || !e || !e->event || e->backend >= s->n_backends) return MB_STATUS_INVALID_ARG;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    uint64_t step = s->steps[0].count + s->steps[1].count;
+    cJSON *o = cJSON_CreateObject();
+    int ok = o && cJSON_AddStringToObject(o, "event", e->event) &&
+             cJSON_AddNumberToObject(o, "backend", e->backend) &&
+             cJSON_AddStringToObject(o, "name", s->names[e->backend]) &&
+             cJSON_AddNumberToObject(o, "at_s", (double)(now - s->created_ns) / 1e9) &&
+             cJSON_AddNumberToObject(o, "step", (double)step) &&
+             cJSON_AddStringToObject(o, "phase", e->phase >= 0 ? mb_stats_phase_name(e->phase) : "between steps") &&
+             cJSON_AddNumberToObject(o, "layer", e->layer) &&
+             (!e->detail || cJSON_AddStringToObject(o, "detail", e->detail)) &&
+             (!e->moved_to || cJSON_AddStringToObject(o, "moved_to", e->moved_to)) &&
+             cJSON_AddNumberToObject(o, "recover_ms", e->recover_ms);
+    if (!ok || !cJSON_AddItemToArray(s->events, o)) {
+        cJSON_Delete(o);
+        return MB_STATUS_NOMEM;
+    }
+    return MB_STATUS_OK;
+}
+
+uint32_t mb_stats_count_events(const mb_stats *s, const char *event)
+{
+    uint32_t n = 0;
+    const cJSON *e;
+    if (!s || !event) return 0;
+    cJSON_ArrayForEach(e, s->events)
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "event");
+        if (cJSON_IsString(name) && !strcmp(name->valuestring, event)) n++;
+    }
+    return n;
 }
 
 void mb_stats_reset(mb_stats *s)

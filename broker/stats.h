@@ -113,6 +113,26 @@ mb_status mb_stats_close_step_timing(mb_stats *s);
  * numbers. Not for the hot path: allocates. Errors: MB_STATUS_INVALID_ARG,
  * MB_STATUS_NOMEM. */
 mb_status mb_stats_set_config(mb_stats *s, const char *key, const char *value);
+
+/* Something that happened to a backend mid-run (not on the hot path): a
+ * worker lost ("worker_lost": detail says how, moved_to where its experts
+ * went) or back ("worker_rejoined"). Kept in order with the time since
+ * creation and the step it happened in; listed under the table and in the
+ * JSON's "events". NOMEM; INVALID_ARG. */
+typedef struct {
+    const char *event;    /* "worker_lost", "worker_rejoined" */
+    uint32_t backend;     /* index, as in the table */
+    const char *detail;   /* may be NULL */
+    const char *moved_to; /* may be NULL */
+    int phase;            /* mb_stats_phase of the step, -1 between steps */
+    int32_t layer;        /* -1 when not in a layer */
+    double recover_ms;    /* time spent rerouting / reloading */
+} mb_stats_event;
+
+mb_status mb_stats_record_event(mb_stats *s, const mb_stats_event *e);
+
+/* Events recorded so far with that event name. */
+uint32_t mb_stats_count_events(const mb_stats *s, const char *event);
 mb_status mb_stats_set_config_int(mb_stats *s, const char *key, int64_t value);
 
 /* Readers. Each writes *out only on success; MB_STATUS_INVALID_ARG for an

@@ -24,6 +24,8 @@ struct mb_stats {
     char *step_buf;          /* its stdio buffer, owned; NULL for stdout */
     int step_file_error;     /* a line failed to write */
     cJSON *config;           /* object of mb_stats_set_config entries */
+    cJSON *events;           /* array of mb_stats_record_event entries */
+    uint64_t created_ns;     /* monotonic, for event times */
 };
 
 /* The arrays are the object's own, so a const object still yields writable

@@ -116,6 +116,21 @@ mb_status mb_stats_print_table(const mb_stats *s, FILE *f)
     print_backends(s, f);
     print_steps(s, f);
     if (s->layers) print_layers(s, f);
+    if (cJSON_GetArraySize(s->events) > 0) fprintf(f, "\nbackend events\n");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, s->events)
+    {
+        const cJSON *moved = cJSON_GetObjectItemCaseSensitive(e, "moved_to");
+        const cJSON *detail = cJSON_GetObjectItemCaseSensitive(e, "detail");
+        fprintf(f, "  %8.3f s  step %-5.0f %-16s %-24s %s%s%s (%.1f ms)\n",
+                cJSON_GetObjectItemCaseSensitive(e, "at_s")->valuedouble,
+                cJSON_GetObjectItemCaseSensitive(e, "step")->valuedouble,
+                cJSON_GetObjectItemCaseSensitive(e, "event")->valuestring,
+                cJSON_GetObjectItemCaseSensitive(e, "name")->valuestring,
+                cJSON_IsString(detail) ? detail->valuestring : "", cJSON_IsString(moved) ? "; experts now on " : "",
+                cJSON_IsString(moved) ? moved->valuestring : "",
+                cJSON_GetObjectItemCaseSensitive(e, "recover_ms")->valuedouble);
+    }
     return ferror(f) ? MB_STATUS_IO : MB_STATUS_OK;
 }
 
@@ -231,6 +246,7 @@ mb_status mb_stats_write_json(const mb_stats *s, const char *path)
         add_arr(backends, backend_json(s, b, &failed), &failed);
     add_obj(root, "steps", steps_json(s, &failed), &failed);
     add_obj(root, "config", cJSON_Duplicate(s->config, 1), &failed);
+    add_obj(root, "events", cJSON_Duplicate(s->events, 1), &failed);
     if (failed) goto done;
     text = cJSON_Print(root);
     if (!text) goto done;

@@ -15,7 +15,7 @@
 #include "protocol/status.h"
 
 #define MB_SHM_MAGIC 0x4d485342u /* "BSHM" little-endian */
-#define MB_SHM_ABI_VERSION 1u
+#define MB_SHM_ABI_VERSION 2u /* 2: the worker's heartbeat in the state line */
 /* Two cache lines: keeps counters apart even with adjacent-line prefetch. */
 #define MB_SHM_LINE_BYTES 128u
 #define MB_SHM_PAGE_BYTES 4096u
@@ -59,10 +59,17 @@ typedef struct {
     mb_shm_ring_layout ring[MB_SHM_N_RINGS]; /* [MB_SHM_RING_REQUEST], [..._REPLY] */
 } mb_shm_header;
 
-/* Mutable shared flags, on their own line. */
+/* Mutable shared flags, on their own line. The heartbeat is a liveness
+ * signal independent of message traffic: a thread of the worker bumps its
+ * counter every MB_SHM_HEARTBEAT_NS while the process runs, so a frozen
+ * worker (SIGSTOP, a hung host) shows as a counter that stops, while a
+ * worker busy with a long request keeps counting. */
 typedef struct {
     _Alignas(MB_SHM_LINE_BYTES) _Atomic uint32_t closed[2]; /* [MB_SHM_SIDE_*]: 1 once it hung up */
+    _Atomic uint64_t heartbeat[2];                          /* [MB_SHM_SIDE_*]: beats so far */
 } mb_shm_state;
+
+#define MB_SHM_HEARTBEAT_NS 50000000ll /* 50 ms between beats */
 
 /* A mapped segment as one process sees it. */
 typedef struct {

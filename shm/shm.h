@@ -51,11 +51,19 @@ mb_status mb_shm_transport_create(const mb_shm_options *opt, mb_transport *out, 
  * destroy) is noticed. Never blocks. */
 mb_status mb_shm_transport_set_peer_pid(mb_transport *t, pid_t pid);
 
+/* Coordinator side: also declare the worker lost (PEER_DEAD, for good) once
+ * its heartbeat, which a thread of the attached worker bumps every 50 ms
+ * whatever it is doing, has not moved for timeout_ns: a frozen (SIGSTOP) or
+ * hung process, not a busy one. 0 turns the watch off (the default). The
+ * watch starts with the first beat, so a worker still starting is not
+ * judged. INVALID_ARG for a worker-side transport or timeout_ns < 0. */
+mb_status mb_shm_transport_set_peer_timeout(mb_transport *t, int64_t timeout_ns);
+
 /* Worker side: maps the segment of fd (inherited or received) after
  * validating its header against the file: magic (BAD_MAGIC), ABI version
  * (BAD_VERSION), sizes, offsets, alignment, overlaps and seals (CORRUPT).
  * Watches the coordinator whose pid the header records (PEER_DEAD if it is
- * gone). Does not take ownership of fd: the caller may close it at once. A
+ * gone) and starts the heartbeat thread (stopped by destroy). Does not take ownership of fd: the caller may close it at once. A
  * segment serves one worker: attach once per segment. Setting
  * prctl(PR_SET_PDEATHSIG) is left to the worker's main. Never blocks. */
 mb_status mb_shm_transport_attach(int fd, mb_transport *out);

@@ -3,7 +3,10 @@
  * its hang-up and any failed validation as terminal (CORRUPT is sticky). */
 #include "shm/shm.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shm/doorbell.h"
@@ -24,6 +27,18 @@ typedef struct {
     int64_t recv_wait_avg_ns; /* decaying mean of recent receive waits (local) */
     int corrupt; /* sticky: the segment failed validation once */
 
+    /* Coordinator side: the worker's heartbeat as last seen. */
+    int64_t peer_timeout_ns; /* 0: heartbeats not watched */
+    uint64_t beat_seen;      /* counter value last read */
+    int64_t beat_seen_ns;    /* when it was last seen to change */
+    int silent;              /* sticky: the heartbeat stopped for peer_timeout_ns */
+
+    /* Worker side: the heartbeat thread. */
+    pthread_t beat_thread;
+    pthread_mutex_t beat_mu;
+    pthread_cond_t beat_cv;
+    int beat_running, beat_stop;
+
     /* Arguments and results of the operation being waited for. */
     size_t want_bytes;
     void *res_buf;
@@ -37,12 +52,91 @@ static int mb_shm_peer_closed(const mb_shm_transport *t)
     return atomic_load_explicit(&t->state->closed[1 - t->side], memory_order_acquire) != 0;
 }
 
+/* PEER_DEAD once the worker's heartbeat has not moved for peer_timeout_ns
+ * (sticky). A counter still at 0 is a worker not yet started: its death is
+ * the pidfd's business, its slowness the spawner's. */
+static mb_status mb_shm_check_heartbeat(mb_shm_transport *t)
+{
+    if (t->silent) return MB_STATUS_PEER_DEAD;
+    if (t->peer_timeout_ns <= 0) return MB_STATUS_OK;
+    /* relaxed: only the value's change matters, it publishes nothing. */
+    uint64_t beat = atomic_load_explicit(&t->state->heartbeat[MB_SHM_SIDE_WORKER], memory_order_relaxed);
+    int64_t now = mb_shm_now_ns();
+    if (beat != t->beat_seen) {
+        t->beat_seen = beat;
+        t->beat_seen_ns = now;
+        return MB_STATUS_OK;
+    }
+    if (beat != 0 && now - t->beat_seen_ns > t->peer_timeout_ns) {
+        t->silent = 1;
+        return MB_STATUS_PEER_DEAD;
+    }
+    return MB_STATUS_OK;
+}
+
 static mb_status mb_shm_alive(void *ctx)
 {
     mb_shm_transport *t = ctx;
     if (t->corrupt) return MB_STATUS_CORRUPT;
     if (mb_shm_peer_closed(t)) return MB_STATUS_PEER_DEAD;
-    return mb_shm_peer_check(&t->peer);
+    mb_status st = mb_shm_peer_check(&t->peer);
+    return st != MB_STATUS_OK ? st : mb_shm_check_heartbeat(t);
+}
+
+/* Worker side: bumps our heartbeat every MB_SHM_HEARTBEAT_NS until destroy.
+ * A thread of its own, so that a long request does not stop the beat. */
+static void *mb_shm_beat_main(void *arg)
+{
+    mb_shm_transport *t = arg;
+    pthread_mutex_lock(&t->beat_mu);
+    while (!t->beat_stop) {
+        atomic_fetch_add_explicit(&t->state->heartbeat[t->side], 1, memory_order_relaxed);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += MB_SHM_HEARTBEAT_NS;
+        if (ts.tv_nsec >= 1000000000l) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000l;
+        }
+        while (!t->beat_stop && pthread_cond_timedwait(&t->beat_cv, &t->beat_mu, &ts) != ETIMEDOUT) {
+        }
+    }
+    pthread_mutex_unlock(&t->beat_mu);
+    return NULL;
+}
+
+static mb_status mb_shm_beat_start(mb_shm_transport *t)
+{
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0) return MB_STATUS_NOMEM;
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&t->beat_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0) return MB_STATUS_NOMEM;
+    if (pthread_mutex_init(&t->beat_mu, NULL) != 0) {
+        pthread_cond_destroy(&t->beat_cv);
+        return MB_STATUS_NOMEM;
+    }
+    if (pthread_create(&t->beat_thread, NULL, mb_shm_beat_main, t) != 0) {
+        pthread_mutex_destroy(&t->beat_mu);
+        pthread_cond_destroy(&t->beat_cv);
+        return MB_STATUS_IO;
+    }
+    t->beat_running = 1;
+    return MB_STATUS_OK;
+}
+
+static void mb_shm_beat_stop(mb_shm_transport *t)
+{
+    if (!t->beat_running) return;
+    pthread_mutex_lock(&t->beat_mu);
+    t->beat_stop = 1;
+    pthread_cond_signal(&t->beat_cv);
+    pthread_mutex_unlock(&t->beat_mu);
+    pthread_join(t->beat_thread, NULL);
+    pthread_mutex_destroy(&t->beat_mu);
+    pthread_cond_destroy(&t->beat_cv);
+    t->beat_running = 0;
 }
 
 static mb_status mb_shm_try_reserve(void *ctx)
@@ -124,6 +218,7 @@ static size_t mb_shm_max_message_bytes(void *impl)
 /* Frees what mb_shm_transport_open built; t may be partly built. */
 static void mb_shm_free(mb_shm_transport *t)
 {
+    mb_shm_beat_stop(t);
     mb_shm_ring_fini(&t->tx);
     mb_shm_ring_fini(&t->rx);
     mb_shm_peer_fini(&t->peer);
@@ -231,6 +326,17 @@ mb_status mb_shm_transport_set_peer_pid(mb_transport *t, pid_t pid)
     return mb_shm_peer_watch(&s->peer, pid);
 }
 
+mb_status mb_shm_transport_set_peer_timeout(mb_transport *t, int64_t timeout_ns)
+{
+    if (!t || t->ops != &mb_shm_ops || !t->impl || timeout_ns < 0) return MB_STATUS_INVALID_ARG;
+    mb_shm_transport *s = t->impl;
+    if (s->side != MB_SHM_SIDE_COORDINATOR) return MB_STATUS_INVALID_ARG;
+    s->peer_timeout_ns = timeout_ns;
+    s->beat_seen = atomic_load_explicit(&s->state->heartbeat[MB_SHM_SIDE_WORKER], memory_order_relaxed);
+    s->beat_seen_ns = mb_shm_now_ns();
+    return MB_STATUS_OK;
+}
+
 mb_status mb_shm_transport_attach(int fd, mb_transport *out)
 {
     if (!out) return MB_STATUS_INVALID_ARG;
@@ -243,6 +349,7 @@ mb_status mb_shm_transport_attach(int fd, mb_transport *out)
     st = mb_shm_transport_open(&seg, MB_SHM_SIDE_WORKER, &tr, &t);
     if (st != MB_STATUS_OK) return st;
     st = mb_shm_peer_watch(&t->peer, creator);
+    if (st == MB_STATUS_OK) st = mb_shm_beat_start(t);
     if (st != MB_STATUS_OK) {
         mb_shm_free(t);
         return st;
