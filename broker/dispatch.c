@@ -74,6 +74,7 @@ struct mb_dispatch {
     uint32_t *order;     /* [n_links] lanes to remote links first, in-process last */
     char err[256];
     mb_link *lost;       /* set with a transport failure: the link that failed */
+    const volatile sig_atomic_t *cancel;
     uint64_t acc_dispatch_ns, acc_wait_ns;
 };
 
@@ -151,6 +152,11 @@ void mb_dispatch_route(mb_dispatch *d, uint32_t lane, mb_link *via, const uint32
 mb_link *mb_dispatch_via(const mb_dispatch *d, uint32_t lane)
 {
     return d && lane < d->cfg.n_links ? d->dl[lane].via : NULL;
+}
+
+void mb_dispatch_set_cancel(mb_dispatch *d, const volatile sig_atomic_t *flag)
+{
+    if (d) d->cancel = flag;
 }
 
 void mb_dispatch_set_error(mb_dispatch *d, const char *msg)
@@ -620,6 +626,11 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
                 if (d->dl[i].next < d->dl[i].n_tok) all_sent = 0;
             if (all_sent) break;
             continue;
+        }
+        if (d->cancel && *d->cancel) {
+            snprintf(d->err, sizeof d->err, "interrupted during layer %u", w->layer);
+            st = MB_STATUS_CLOSED;
+            goto fail;
         }
         if (!progress && oldest >= 0) {
             /* Nothing moved: block on the oldest request. With one link busy

@@ -400,7 +400,14 @@ static mb_status mb_link_dial(mb_link *l, int64_t timeout_ns, char *err, size_t 
         st = mb_link_hello(l, now < deadline ? (int64_t)(deadline - now) : 0, err, err_cap);
         if (st == MB_STATUS_OK) return MB_STATUS_OK;
         mb_transport_destroy(&l->transport);
-        if (st != MB_STATUS_PEER_DEAD || mb_now_ns() + 100000000ull >= deadline) return st;
+        if (st != MB_STATUS_PEER_DEAD || mb_now_ns() + 100000000ull >= deadline) {
+            char why[160];
+            snprintf(why, sizeof why, "%s", err);
+            snprintf(err, err_cap, "%s: reached, but no moe-worker completed the handshake within %.1f s "
+                     "(--connect-timeout): %.100s", l->name, (double)timeout_ns / 1e9,
+                     strncmp(why, l->name, strlen(l->name)) ? why : why + strlen(l->name) + 2);
+            return st;
+        }
         usleep(100000);
     }
 }

@@ -2,6 +2,7 @@
  * generation loop, logits output and reports. */
 #include "broker/run.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,25 @@ static uint64_t mb_rand_next(uint64_t *s)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+/* SIGINT / SIGTERM: the run stops after the current step, stops its workers
+ * (their segments and socket files go with them), writes the statistics it
+ * was asked for and exits 128 + the signal. */
+static volatile sig_atomic_t mb_run_signal;
+
+static void mb_run_on_signal(int sig)
+{
+    mb_run_signal = sig;
+}
+
+static void mb_run_catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = mb_run_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 int mb_run(const mb_options *opt)
@@ -110,13 +130,20 @@ int mb_run(const mb_options *opt)
     }
 
     mb_session *sess = NULL;
+    mb_run_catch_signals();
     st = mb_session_open(opt, model, max_ctx,
                          opt->quiet ? MB_SESSION_QUIET : progress ? MB_SESSION_PROGRESS : MB_SESSION_INFO, &sess, err,
                          sizeof err);
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "moe-broker: %s\n", err[0] ? err : mb_status_str(st));
+        if (mb_run_signal) {
+            free(ids);
+            mb_model_destroy(model);
+            return 128 + mb_run_signal;
+        }
         goto fail_ids;
     }
+    mb_dispatch_set_cancel(sess->dispatch, &mb_run_signal);
     float *logits = NULL, *last = malloc((size_t)c->vocab * sizeof *last);
     if (opt->logits_out) logits = malloc((size_t)total64 * c->vocab * sizeof *logits);
     if (!last || (opt->logits_out && !logits)) {
@@ -128,6 +155,7 @@ int mb_run(const mb_options *opt)
     uint32_t chunk = opt->chunk ? opt->chunk : 512;
     for (uint32_t pos = 0; pos < prefill;) {
         uint32_t n = prefill - pos < chunk ? prefill - pos : chunk;
+        if (mb_run_signal) goto interrupted;
         st = mb_session_step(sess, ids + pos, n, logits ? logits + (size_t)pos * c->vocab : NULL, last, err,
                              sizeof err);
         if (st != MB_STATUS_OK) goto fail_step;
@@ -141,6 +169,7 @@ int mb_run(const mb_options *opt)
     uint64_t t1 = mb_now_ns();
     /* Teacher-forced decode of the remaining input ids. */
     for (uint32_t pos = prefill; pos < n_in; pos++) {
+        if (mb_run_signal) goto interrupted;
         st = mb_session_step(sess, ids + pos, 1, logits ? logits + (size_t)pos * c->vocab : NULL, last, err,
                              sizeof err);
         if (st != MB_STATUS_OK) goto fail_step;
@@ -148,6 +177,7 @@ int mb_run(const mb_options *opt)
     /* Greedy generation. */
     for (uint32_t g = 0; g < gen; g++) {
         uint32_t pos = n_in + g;
+        if (mb_run_signal) goto interrupted;
         ids[pos] = (int32_t)mb_argmax(last, c->vocab);
         st = mb_session_step(sess, ids + pos, 1, logits ? logits + (size_t)pos * c->vocab : NULL, last, err,
                              sizeof err);
@@ -185,7 +215,22 @@ int mb_run(const mb_options *opt)
     mb_model_destroy(model);
     return 0;
 
+interrupted:
+    fprintf(stderr, "moe-broker: %s: stopping the workers\n", mb_run_signal == SIGINT ? "interrupted (SIGINT)"
+                                                                                     : "terminated (SIGTERM)");
+    if (opt->stats) mb_stats_print_table(sess->stats, stdout);
+    if (opt->stats_json && mb_stats_write_json(sess->stats, opt->stats_json) != MB_STATUS_OK)
+        fprintf(stderr, "moe-broker: cannot write %s\n", opt->stats_json);
+    mb_stats_close_step_timing(sess->stats);
+    free(logits);
+    free(last);
+    mb_session_close(sess);
+    free(ids);
+    mb_model_destroy(model);
+    return 128 + mb_run_signal;
+
 fail_step:
+    if (mb_run_signal) goto interrupted;
     fprintf(stderr, "moe-broker: %s\n", err[0] ? err : mb_status_str(st));
 fail_session:
     free(logits);
