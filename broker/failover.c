@@ -11,6 +11,7 @@
 #define MB_FAILOVER_RECONNECT_NS 500000000LL     /* one reconnect try at most */
 #define MB_FAILOVER_BACKOFF_MIN_NS 250000000ull  /* first retry after a failed try */
 #define MB_FAILOVER_BACKOFF_MAX_NS 30000000000ull
+#define MB_FAILOVER_MAX_RECORDS 1024u
 
 struct mb_failover {
     mb_session *s;
@@ -23,6 +24,7 @@ struct mb_failover {
     uint64_t *retry_ns;  /* [n_links]: next reconnect try */
     uint64_t *backoff_ns; /* [n_links] */
     uint32_t n_lost, n_rejoined;
+    mb_failover_loss records[MB_FAILOVER_MAX_RECORDS];
 };
 
 mb_status mb_failover_create(mb_session *s, int policy, int verbose, mb_failover **out)
@@ -59,6 +61,13 @@ void mb_failover_destroy(mb_failover *f)
     if (f->owned) mb_link_close(f->owned);
     free(f->owned);
     free(f);
+}
+
+mb_status mb_failover_get_loss(const mb_failover *f, uint32_t i, mb_failover_loss *out)
+{
+    if (!f || !out || i >= f->n_lost || i >= MB_FAILOVER_MAX_RECORDS) return MB_STATUS_INVALID_ARG;
+    *out = f->records[i];
+    return MB_STATUS_OK;
 }
 
 uint32_t mb_failover_lost_count(const mb_failover *f)
@@ -188,7 +197,10 @@ mb_status mb_failover_on_loss(void *ctx, mb_dispatch *d, mb_link *link, const mb
                                     s->links[g].name, to);
         if (n > 0) used = used + (size_t)n < sizeof moved ? used + (size_t)n : sizeof moved - 1;
     }
-    double ms = (double)(mb_now_ns() - t0) / 1e6;
+    uint64_t t1 = mb_now_ns();
+    if (f->n_lost <= MB_FAILOVER_MAX_RECORDS)
+        f->records[f->n_lost - 1] = (mb_failover_loss){.link = idx, .detected_ns = t0, .rerouted_ns = t1};
+    double ms = (double)(t1 - t0) / 1e6;
     int phase = w->decode ? MB_STATS_PHASE_DECODE : MB_STATS_PHASE_PREFILL;
     if (f->verbose)
         fprintf(stderr, "moe-broker: %s %s during %s step %llu, layer %u; its experts now on %s; going on (%.1f ms)\n",

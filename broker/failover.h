@@ -32,6 +32,17 @@ mb_status mb_failover_on_loss(void *ctx, mb_dispatch *d, mb_link *link, const mb
  * A failed try is not an error. */
 void mb_failover_between_steps(mb_failover *f);
 
+/* One loss as the coordinator saw it (monotonic mb_now_ns times). */
+typedef struct {
+    uint32_t link;         /* the lost link's index */
+    uint64_t detected_ns;  /* when the dispatcher reported it */
+    uint64_t rerouted_ns;  /* when its lanes had a new home */
+} mb_failover_loss;
+
+/* The i-th loss (0-based, in order); INVALID_ARG past the last. Only the
+ * first 1024 are kept. */
+mb_status mb_failover_get_loss(const mb_failover *f, uint32_t i, mb_failover_loss *out);
+
 /* Workers lost and workers rejoined so far. */
 uint32_t mb_failover_lost_count(const mb_failover *f);
 uint32_t mb_failover_rejoined_count(const mb_failover *f);
