@@ -56,7 +56,9 @@ mb_status mb_shm_transport_set_peer_pid(mb_transport *t, pid_t pid);
  * whatever it is doing, has not moved for timeout_ns: a frozen (SIGSTOP) or
  * hung process, not a busy one. 0 turns the watch off (the default). The
  * watch starts with the first beat, so a worker still starting is not
- * judged. INVALID_ARG for a worker-side transport or timeout_ns < 0. */
+ * judged. Messages the worker published before are still delivered; once
+ * none is left every wait returns PEER_DEAD. INVALID_ARG for a worker-side
+ * transport or timeout_ns < 0. */
 mb_status mb_shm_transport_set_peer_timeout(mb_transport *t, int64_t timeout_ns);
 
 /* Worker side: maps the segment of fd (inherited or received) after

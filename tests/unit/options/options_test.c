@@ -12,7 +12,8 @@ static const char *const env_vars[] = {
     "MB_MODEL",          "MB_WORKERS",      "MB_IPC_MODE",      "MB_TRANSPORT",
     "MB_BATCH_CAPACITY", "MB_STREAM_SLICE", "MB_PAYLOAD_DTYPE", "MB_THREADS",
     "MB_LOCAL_EXPERTS",  "MB_LOCAL_BUDGET", "MB_STATS",         "MB_STATS_JSON",
-    "MB_STATS_LAYERS",   "MB_STEP_TIMING",
+    "MB_STATS_LAYERS",   "MB_STEP_TIMING",  "MB_ON_WORKER_LOSS", "MB_REPLICAS",
+    "MB_WORKER_TIMEOUT", "MB_CONNECT_TIMEOUT",
 };
 
 static void clear_env(void)
@@ -53,6 +54,10 @@ static void test_defaults(void)
     CHECK_EQ(o.threads, 0);
     CHECK_EQ(o.local_experts, 0);
     CHECK_EQ(o.local_budget_bytes, 0);
+    CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_FALLBACK);
+    CHECK_EQ(o.replicas, 1);
+    CHECK_EQ(o.worker_timeout_ms, 1500);
+    CHECK_EQ(o.connect_timeout_ms, 5000);
     CHECK(o.input_ids == NULL && o.n_input_ids == 0);
     CHECK_EQ(o.seed, 1);
     CHECK_EQ(o.gen, 0);
@@ -83,8 +88,13 @@ static void test_flags(void)
               "512M", "--input-ids", "5, 6,7", "--prefill", "128", "--prompt-len", "64", "--seed",
               "18446744073709551615", "--gen", "32", "--chunk", "256", "--max-ctx", "4096",
               "--logits-out", "/tmp/l.bin", "--stats", "--stats-json", "s.json", "--stats-layers",
-              "--step-timing", "t.jsonl", "--quiet", NULL);
+              "--step-timing", "t.jsonl", "--quiet", "--on-worker-loss", "abort", "--replicas", "2",
+              "--worker-timeout", "700", "--connect-timeout", "250", NULL);
     REQUIRE(st == MB_STATUS_OK);
+    CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_ABORT);
+    CHECK_EQ(o.replicas, 2);
+    CHECK_EQ(o.worker_timeout_ms, 700);
+    CHECK_EQ(o.connect_timeout_ms, 250);
     CHECK(o.model_dir && strcmp(o.model_dir, "/m") == 0);
     REQUIRE(o.n_workers == 2);
     CHECK(strcmp(o.workers[0], "cpu") == 0 && strcmp(o.workers[1], "tcp://h:5555") == 0);
@@ -163,6 +173,10 @@ static void test_env(void)
     setenv("MB_STATS_JSON", "/env/s.json", 1);
     setenv("MB_STATS_LAYERS", "1", 1);
     setenv("MB_STEP_TIMING", "/env/t.jsonl", 1);
+    setenv("MB_ON_WORKER_LOSS", "abort", 1);
+    setenv("MB_REPLICAS", "3", 1);
+    setenv("MB_WORKER_TIMEOUT", "2000", 1);
+    setenv("MB_CONNECT_TIMEOUT", "100", 1);
     REQUIRE(parse(&o, NULL) == MB_STATUS_OK);
     CHECK(o.model_dir && strcmp(o.model_dir, "/env/model") == 0);
     REQUIRE(o.n_workers == 2);
@@ -179,6 +193,10 @@ static void test_env(void)
     CHECK(o.stats && o.stats_per_layer);
     CHECK(o.stats_json && strcmp(o.stats_json, "/env/s.json") == 0);
     CHECK(o.step_timing && strcmp(o.step_timing, "/env/t.jsonl") == 0);
+    CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_ABORT);
+    CHECK_EQ(o.replicas, 3);
+    CHECK_EQ(o.worker_timeout_ms, 2000);
+    CHECK_EQ(o.connect_timeout_ms, 100);
     CHECK(mb_options_given(&o, MB_OPTION_IPC_MODE) && (o.from_env_mask >> MB_OPTION_IPC_MODE) & 1);
     CHECK(!mb_options_given(&o, MB_OPTION_GEN));
     mb_options_free(&o);
@@ -190,8 +208,11 @@ static void test_env(void)
                    "--transport", "zmq", "--batch-capacity", "12", "--stream-slice", "2",
                    "--payload-dtype", "bf16", "--threads", "1", "--local-experts", "0",
                    "--local-budget", "1K", "--no-stats", "--stats-json", "/f.json",
-                   "--no-stats-layers", "--step-timing", "/f.jsonl", NULL),
+                   "--no-stats-layers", "--step-timing", "/f.jsonl", "--on-worker-loss", "fallback",
+                   "--replicas", "1", "--worker-timeout", "50", "--connect-timeout", "1", NULL),
              MB_STATUS_OK);
+    CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_FALLBACK);
+    CHECK(o.replicas == 1 && o.worker_timeout_ms == 50 && o.connect_timeout_ms == 1);
     CHECK(strcmp(o.model_dir, "/flag") == 0);
     REQUIRE(o.n_workers == 1);
     CHECK(strcmp(o.workers[0], "vulkan") == 0);
