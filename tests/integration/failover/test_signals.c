@@ -79,8 +79,8 @@ static int alive(pid_t pid)
     return rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
 }
 
-/* Starts moe-broker on the embedded model with a long decode; returns once
- * its experts are loaded (it says so on stderr). */
+/* Starts moe-broker on a test checkpoint with a decode far longer than the
+ * test; returns once its experts are loaded (it says so on stderr). */
 static pid_t start_broker(const char *tmpdir, const char *transport, const char *stats_json)
 {
     const char *bin = getenv("MB_BROKER_BIN");
@@ -95,8 +95,11 @@ static pid_t start_broker(const char *tmpdir, const char *transport, const char 
         close(fds[0]);
         close(fds[1]);
         setenv("TMPDIR", tmpdir, 1);
-        execl(bin, bin, "--transport", transport, "--gen", "4000", "--max-ctx", "4200", "--threads", "1", "--worker",
-              "cpu,threads=1", "--worker", "cpu,threads=1", "--stats-json", stats_json, (char *)NULL);
+        char model[512];
+        snprintf(model, sizeof model, "%s/qwen3moe-a", getenv("MB_TEST_DATA"));
+        execl(bin, bin, "--model", model, "--transport", transport, "--gen", "60000", "--max-ctx", "60100",
+              "--threads", "1", "--worker", "cpu,threads=1", "--worker", "cpu,threads=1", "--stats-json", stats_json,
+              (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -177,7 +180,8 @@ static void stop_worker(void)
 
 int main(void)
 {
-    if (!getenv("MB_BROKER_BIN") || !getenv("MB_WORKER_BIN")) MB_TEST_SKIP("MB_BROKER_BIN / MB_WORKER_BIN not set");
+    if (!getenv("MB_BROKER_BIN") || !getenv("MB_WORKER_BIN") || !getenv("MB_TEST_DATA"))
+        MB_TEST_SKIP("MB_BROKER_BIN / MB_WORKER_BIN / MB_TEST_DATA not set");
     stop_worker();
     stop_broker(SIGTERM, "zmq", 143);
     stop_broker(SIGINT, "shm", 130);
