@@ -556,12 +556,20 @@ static int chat_loop(text_run *t)
             line[--got] = '\0';
         if (got == 0) continue;
         if (strcmp(line, "/exit") == 0 || strcmp(line, "/quit") == 0 || strcmp(line, "/bye") == 0) break;
+        text_run before = *t;
         if (history_add(&h, "user", line, (size_t)got) != 0 ||
             chat_turn(t, &h, &cached, &cached_len, &why) != 0) {
             rc = 1;
             break;
         }
-        if (tty) text_report(t, why);
+        if (tty) { /* this turn's numbers */
+            text_run turn = *t;
+            turn.n_prefill -= before.n_prefill;
+            turn.n_decode -= before.n_decode;
+            turn.prefill_ns -= before.prefill_ns;
+            turn.decode_ns -= before.decode_ns;
+            text_report(&turn, why);
+        }
     }
     if (tty) fputc('\n', stdout);
     if (!tty) text_report(t, why);
