@@ -493,7 +493,7 @@ static int chat_turn(text_run *t, history *h, char **cached, size_t *cached_len,
         return -1;
     }
     const char *delta = full;
-    if (*cached_len <= full_len && memcmp(full, *cached, *cached_len) == 0) {
+    if (*cached_len <= full_len && (*cached_len == 0 || memcmp(full, *cached, *cached_len) == 0)) {
         delta = full + *cached_len;
     } else {
         mb_forward_reset(t->sess->fwd);
