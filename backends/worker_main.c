@@ -12,6 +12,7 @@
 
 #include "backends/backend.h"
 #include "backends/worker.h"
+#include "protocol/message.h"
 #include "protocol/transport.h"
 #include "shm/shm.h"
 #ifdef MB_HAVE_VULKAN
@@ -95,6 +96,7 @@ static void mb_worker_usage(FILE *f)
             "  --allow-file-weights accept weights as file regions over tcp:// too (same filesystem)\n"
             "  --once               over ZeroMQ, exit after one coordinator's session (default: serve the next)\n"
             "  --list-devices       print the CUDA and Vulkan devices (N of cuda:N, vulkan:N) and exit\n"
+            "  --version            print the version and exit\n"
             "Stop a ZeroMQ worker with SIGTERM or SIGINT.\n");
 }
 
@@ -139,7 +141,7 @@ int main(int argc, char **argv)
         {"shm-fd", required_argument, 0, 'f'},  {"max-slots", required_argument, 0, 's'},
         {"allow-file-weights", no_argument, 0, 'a'}, {"once", no_argument, 0, 'o'},
         {"error-fd", required_argument, 0, 'e'},    {"help", no_argument, 0, 'h'},
-        {"list-devices", no_argument, 0, 'D'},
+        {"list-devices", no_argument, 0, 'D'}, {"version", no_argument, 0, 'V'},
         {0, 0, 0, 0},
     };
     int c;
@@ -178,11 +180,18 @@ int main(int argc, char **argv)
             break;
         case 'h': mb_worker_usage(stdout); return 0;
         case 'D': return mb_worker_list_devices();
+        case 'V': printf("moe-worker %s (wire protocol %u)\n", MB_VERSION, MB_PROTO_VERSION); return 0;
         default: mb_worker_usage(stderr); return 2;
         }
     }
-    if (optind != argc || !listen) {
-        mb_worker_usage(stderr);
+    if (optind != argc) {
+        fprintf(stderr, "moe-worker: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return 2;
+    }
+    if (!listen) {
+        fprintf(stderr, "moe-worker: --listen is missing: where should the worker wait for a coordinator?\n"
+                        "  e.g. moe-worker --backend cpu --listen tcp://0.0.0.0:5555   (then moe-broker run --worker tcp://HOST:5555)\n"
+                        "  (moe-broker starts its own local workers with --listen shm; see moe-worker --help)\n");
         return 2;
     }
     char name[32];

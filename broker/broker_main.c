@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "broker/options.h"
+#include "protocol/message.h"
 #include "broker/run.h"
 #include "broker/tokenizer/tokenize_command.h"
 
@@ -16,6 +17,11 @@ int main(int argc, char **argv)
     if (mb_options_parse(argc, argv, &opt, err, sizeof err) != MB_STATUS_OK) {
         fprintf(stderr, "%s\n(see moe-broker --help)\n", err);
         return 2;
+    }
+    if (opt.version) {
+        printf("moe-broker %s (wire protocol %u)\n", MB_VERSION, MB_PROTO_VERSION);
+        mb_options_free(&opt);
+        return 0;
     }
     if (opt.help) {
         mb_options_usage(stdout);

@@ -49,10 +49,20 @@ typedef enum {
     MB_OPTION_WORKER_TIMEOUT,
     MB_OPTION_CONNECT_TIMEOUT,
     MB_OPTION_INPUT_IDS,
+    MB_OPTION_PROMPT,
+    MB_OPTION_CHAT,
+    MB_OPTION_SYSTEM,
+    MB_OPTION_TOKENIZER,
     MB_OPTION_PREFILL,
     MB_OPTION_PROMPT_LEN,
     MB_OPTION_SEED,
     MB_OPTION_GEN,
+    MB_OPTION_TEMPERATURE,
+    MB_OPTION_TOP_K,
+    MB_OPTION_TOP_P,
+    MB_OPTION_MIN_P,
+    MB_OPTION_REPEAT_PENALTY,
+    MB_OPTION_REPEAT_LAST_N,
     MB_OPTION_CHUNK,
     MB_OPTION_MAX_CTX,
     MB_OPTION_LOGITS_OUT,
@@ -64,12 +74,21 @@ typedef enum {
     MB_OPTION_COUNT_
 } mb_option_id;
 
+/* The subcommand: `moe-broker [run]` or `moe-broker chat` (tokenize has its
+ * own parser). */
+typedef enum {
+    MB_COMMAND_RUN = 0,  /* one prompt (ids, random, --prompt or --chat), then exit */
+    MB_COMMAND_CHAT = 1, /* an interactive conversation on stdin/stdout */
+} mb_command;
+
 /* Parsed options. Strings and arrays are owned by the struct (freed by
  * mb_options_free). Counts that the main program defaults from the model
  * (prefill, prompt_len, gen, max_ctx, local_experts, ...) hold the value shown
  * in --help unless mb_options_given() says the user set them. */
 typedef struct {
     int help;        /* -h/--help seen: print usage, run nothing */
+    int version;     /* --version seen: print the version, run nothing */
+    mb_command command;
     char *model_dir; /* --model DIR; NULL = the embedded default */
     char **workers;  /* --worker SPEC, in order; see mb_worker_spec_parse */
     size_t n_workers;
@@ -87,10 +106,20 @@ typedef struct {
     uint32_t connect_timeout_ms; /* reaching a tcp/ipc worker at start, default 5000 */
     int32_t *input_ids;          /* --input-ids LIST|FILE; NULL when not given */
     size_t n_input_ids;
-    uint32_t prefill;       /* prompt tokens to prefill, default 0 */
-    uint32_t prompt_len;    /* random prompt length, default 0 */
-    uint64_t seed;          /* random prompt seed, default 1 */
-    uint32_t gen;           /* tokens to generate, default 0 */
+    char *prompt;           /* --prompt TEXT: raw text, no template; NULL = none */
+    char *chat;             /* --chat TEXT: one user message through the chat template */
+    char *system;           /* --system TEXT for --chat and chat; NULL = none */
+    char *tokenizer;        /* --tokenizer PATH; NULL = the model folder */
+    uint32_t prefill;       /* prompt tokens to prefill, default 0 (= all) */
+    uint32_t prompt_len;    /* random prompt length; 0 = the main program's default */
+    uint64_t seed;          /* random prompt and sampler seed, default 1 */
+    uint32_t gen;           /* tokens to generate; see mb_options_given */
+    double temperature;     /* 0 = greedy, default 0.8 */
+    uint32_t top_k;         /* 0 = off, default 40 */
+    double top_p;           /* 1 = off, default 0.95 */
+    double min_p;           /* 0 = off, default 0.05 */
+    double repeat_penalty;  /* 1 = off, default 1 */
+    uint32_t repeat_last_n; /* tokens the penalty looks back over, default 64 */
     uint32_t chunk;         /* prefill chunk in tokens, 1..65536, default 512 */
     uint32_t max_ctx;       /* context limit, 0 = the model's */
     char *logits_out;       /* --logits-out PATH; NULL = none */
@@ -108,11 +137,13 @@ typedef struct {
 void mb_options_init(mb_options *opt);
 
 /* Parses argv (argv[0] the program, argv[1] optionally the subcommand "run",
- * the default) and the MB_* environment into *out. Environment values are
+ * the default, or "chat") and the MB_* environment into *out. Environment values are
  * read only for knobs no flag set, so an invalid variable shadowed by a flag
  * is not an error; an empty variable counts as unset. When -h/--help appears
  * anywhere before "--", returns MB_STATUS_OK with out->help set, defaults
- * elsewhere, and nothing else checked.
+ * elsewhere, and nothing else checked; --version likewise sets out->version.
+ * Flags that exclude each other (--input-ids, --prompt, --chat, --prompt-len;
+ * chat with any of them) are refused here.
  * On success *out owns its strings (release with mb_options_free). On failure
  * *out is untouched and err (when err_cap > 0) holds one line such as
  * "moe-broker: invalid --ipc-mode 'fast' (valid: auto, batched, stream)".
@@ -132,6 +163,11 @@ int mb_options_given(const mb_options *opt, mb_option_id id);
 /* Prints --help: every flag with its argument, environment variable, valid
  * values or range and default. */
 void mb_options_usage(FILE *f);
+
+/* Prints the same knobs as a Markdown table (flag, variable, values and
+ * default): the README's "Knobs" table is this output, and a test keeps the
+ * two equal. */
+void mb_options_markdown(FILE *f);
 
 /* "auto", "batched", "stream"; "?" for other values. */
 const char *mb_ipc_mode_name(int mode);

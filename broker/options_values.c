@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 void mb_options_errf(char *err, size_t err_cap, const char *fmt, ...)
 {
@@ -89,6 +90,21 @@ int mb_options_text_to_bytes(const char *text, uint64_t *out)
     return 0;
 }
 
+int mb_options_text_to_f64(const char *text, double min, double max, double *out)
+{
+    if (!text || !text[0]) return -1;
+    for (const char *p = text; *p; p++) { /* plain decimal: no hex, inf, nan or spaces */
+        if (!is_digit(*p) && *p != '.' && *p != 'e' && *p != 'E' && *p != '-' && *p != '+')
+            return -1;
+    }
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (*end != '\0' || errno != 0 || !isfinite(v) || v < min || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
 int mb_options_text_to_bool(const char *text, int *out)
 {
     static const char *const yes[] = {"1", "true", "yes", "on"};
@@ -107,31 +123,62 @@ int mb_options_text_to_bool(const char *text, int *out)
     return -1;
 }
 
-static int is_id_sep(char c)
+static int is_space(char c)
 {
-    return c == ',' || c == ' ' || c == '\t' || c == '\r' || c == '\n';
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
 }
 
-/* Parses len bytes of ids separated by runs of commas/whitespace. The buffer
- * need not be NUL-terminated. source names it for messages. */
+/* Parses len bytes of ids separated by one comma and/or whitespace. The
+ * buffer need not be NUL-terminated. source names it for messages. */
 static mb_status ids_from_buffer(const char *buf, size_t len, const char *what, const char *source,
                                  int32_t **ids, size_t *n_ids, char *err, size_t err_cap)
 {
     static const char valid[] = "valid: token ids 0..2147483647 separated by commas or whitespace";
     size_t count = 0;
-    int in_token = 0;
+    /* Pass 1: check the grammar and count. A comma must follow an id (with
+     * only whitespace between) and be followed by one. after_id: 0 none yet
+     * or a comma since, 1 inside an id, 2 whitespace after an id. */
+    int after_id = 0, after_comma = 0;
     for (size_t i = 0; i < len; i++) {
-        if (is_digit(buf[i])) {
-            count += !in_token;
-            in_token = 1;
-        } else if (is_id_sep(buf[i])) {
-            in_token = 0;
-        } else {
+        char c = buf[i];
+        if (is_digit(c)) {
+            if (after_id != 1) count++; /* a new id starts */
+            after_id = 1;
+            after_comma = 0;
+            continue;
+        }
+        if (is_space(c)) {
+            if (after_id) after_id = 2; /* an id ended; a comma may still follow */
+            continue;
+        }
+        if (c == ',' && after_id) {
+            after_id = 0;
+            after_comma = 1;
+            continue;
+        }
+        if (c == ',')
+            mb_options_errf(err, err_cap,
+                            "moe-broker: invalid %s %s: empty entry before the ',' at byte %zu "
+                            "(%s)",
+                            what, source, i, valid);
+        else if (c == '-')
+            mb_options_errf(err, err_cap,
+                            "moe-broker: invalid %s %s: negative id at byte %zu (%s)", what, source,
+                            i, valid);
+        else if ((unsigned char)c >= 0x20 && (unsigned char)c < 0x7f)
             mb_options_errf(err, err_cap,
                             "moe-broker: invalid %s %s: unexpected '%c' at byte %zu (%s)", what,
-                            source, buf[i], i, valid);
-            return MB_STATUS_CONFIG;
-        }
+                            source, c, i, valid);
+        else
+            mb_options_errf(err, err_cap,
+                            "moe-broker: invalid %s %s: unexpected byte 0x%02x at byte %zu (%s)",
+                            what, source, (unsigned char)c, i, valid);
+        return MB_STATUS_CONFIG;
+    }
+    if (after_comma) {
+        mb_options_errf(err, err_cap, "moe-broker: invalid %s %s: trailing ',' (%s)", what, source,
+                        valid);
+        return MB_STATUS_CONFIG;
     }
     if (count == 0) {
         mb_options_errf(err, err_cap, "moe-broker: invalid %s %s: no token ids (%s)", what, source,
@@ -232,20 +279,20 @@ done:
 mb_status mb_options_ids_parse(const char *text, const char *what, int32_t **ids, size_t *n_ids,
                                char *err, size_t err_cap)
 {
-    int inline_list = 1, has_digit = 0;
-    for (const char *p = text; *p; p++) {
-        has_digit |= is_digit(*p);
-        if (!is_digit(*p) && !is_id_sep(*p)) inline_list = 0;
+    struct stat sb;
+    if (stat(text, &sb) != 0 || S_ISDIR(sb.st_mode)) {
+        /* Not a file: the text is the list. Say so when it fails, since the
+         * user may have meant a file. */
+        char source[300];
+        snprintf(source, sizeof source, "'%.200s' (not a file, so read as a list)", text);
+        return ids_from_buffer(text, strlen(text), what, source, ids, n_ids, err, err_cap);
     }
-    if (inline_list && has_digit)
-        return ids_from_buffer(text, strlen(text), what, "list", ids, n_ids, err, err_cap);
-
     char *buf = NULL;
     size_t len = 0;
     mb_status st = read_small_file(text, what, &buf, &len, err, err_cap);
     if (st != MB_STATUS_OK) return st;
     char source[300];
-    snprintf(source, sizeof source, "file '%s'", text);
+    snprintf(source, sizeof source, "file '%.200s'", text);
     st = ids_from_buffer(buf, len, what, source, ids, n_ids, err, err_cap);
     free(buf);
     return st;

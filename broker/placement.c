@@ -180,9 +180,18 @@ mb_status mb_placement_add_replicas(mb_placement *p, const mb_model_config *cfg,
 void mb_placement_print(const mb_placement *p, const mb_link *links, FILE *f)
 {
     fprintf(f, "placement: %u layers x %u experts over %u backend(s)\n", p->n_layers, p->n_experts, p->n_links);
+    /* Columns as wide as their longest entry: a device description is never cut. */
+    int name_w = 0, dev_w = 0;
     for (uint32_t i = 0; i < p->n_links; i++) {
-        fprintf(f, "  %-32s %-40.40s %6u experts (%5.1f per layer)  %8.3f GiB\n", links[i].name, links[i].caps.device,
-                p->slots_used[i], p->n_layers ? (double)p->slots_used[i] / p->n_layers : 0.0,
+        int n = (int)strnlen(links[i].name, sizeof links[i].name);
+        int d = (int)strnlen(links[i].caps.device, sizeof links[i].caps.device);
+        name_w = n > name_w ? n : name_w;
+        dev_w = d > dev_w ? d : dev_w;
+    }
+    for (uint32_t i = 0; i < p->n_links; i++) {
+        fprintf(f, "  %-*.*s  %-*.*s  %6u experts (%5.1f per layer)  %8.3f GiB\n", name_w, name_w, links[i].name,
+                dev_w, dev_w, links[i].caps.device, p->slots_used[i],
+                p->n_layers ? (double)p->slots_used[i] / p->n_layers : 0.0,
                 (double)p->bytes_placed[i] / (double)(1ull << 30));
     }
 }

@@ -1,5 +1,6 @@
-/* The run command: inputs, the prefill / teacher-forced decode / greedy
- * generation loop, logits output and reports. */
+/* The run command: checks, model loading, and the token-id form (given or
+ * random ids: prefill, teacher-forced decode, sampled generation, logits
+ * output and reports). Text prompts and chat live in run_text.c. */
 #include "broker/run.h"
 
 #include <signal.h>
@@ -8,6 +9,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <errno.h>
+#include <sys/stat.h>
+
+#include "broker/run_internal.h"
+#include "broker/sampler.h"
 #include "broker/session.h"
 #include "broker/synthetic.h"
 
@@ -28,14 +34,6 @@ mb_status mb_write_f32_safetensors(const char *path, const char *name, const flo
              (bytes == 0 || fwrite(data, 1, bytes, f) == bytes);
     ok = (fclose(f) == 0) && ok;
     return ok ? MB_STATUS_OK : MB_STATUS_IO;
-}
-
-static uint32_t mb_argmax(const float *v, uint32_t n)
-{
-    uint32_t best = 0;
-    for (uint32_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
 }
 
 static uint64_t mb_rand_next(uint64_t *s)
@@ -65,62 +63,144 @@ static void mb_run_catch_signals(void)
     sigaction(SIGTERM, &sa, NULL);
 }
 
-int mb_run(const mb_options *opt)
+/* An output file must be creatable before hours of work go into it: its
+ * folder exists and is writable, and the file itself, when present, is a
+ * writable regular file. Nothing is created here. */
+static int check_output_path(const char *path, const char *flag)
+{
+    if (!path) return 0;
+    if (strcmp(path, "-") == 0 && strcmp(flag, "--stats-json") == 0) return 0; /* stdout */
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "moe-broker: %s '%s' is a directory\n", flag, path);
+            return -1;
+        }
+        if (access(path, W_OK) != 0) {
+            fprintf(stderr, "moe-broker: cannot write %s '%s': %s\n", flag, path, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "moe-broker: cannot write %s '%s': no directory '%s'\n", flag, path, dir);
+        return -1;
+    }
+    if (access(dir, W_OK) != 0) {
+        fprintf(stderr, "moe-broker: cannot write %s '%s': directory '%s': %s\n", flag, path, dir,
+                strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int mb_run_check_outputs(const mb_options *opt)
+{
+    return check_output_path(opt->logits_out, "--logits-out") ||
+                   check_output_path(opt->stats_json, "--stats-json") ||
+                   check_output_path(opt->step_timing, "--step-timing")
+               ? -1
+               : 0;
+}
+
+int mb_run_context_limit(const mb_options *opt, const mb_model_config *c, uint64_t positions,
+                         const char *what)
+{
+    uint32_t limit = opt->max_ctx ? opt->max_ctx : c->max_positions;
+    if (limit && positions > limit) {
+        if (opt->max_ctx)
+            fprintf(stderr, "moe-broker: %s needs %llu positions, more than --max-ctx %u\n", what,
+                    (unsigned long long)positions, limit);
+        else
+            fprintf(stderr,
+                    "moe-broker: %s needs %llu positions, more than the model's context "
+                    "(max_position_embeddings %u); --max-ctx N overrides it\n",
+                    what, (unsigned long long)positions, limit);
+        return -1;
+    }
+    return 0;
+}
+
+int mb_run_stats_wanted(const mb_options *opt)
+{
+    if (mb_options_given(opt, MB_OPTION_STATS)) return opt->stats;
+    return opt->model_dir == NULL && !opt->quiet;
+}
+
+int mb_run_load_model(const mb_options *opt, int progress, mb_model **out)
 {
     char err[512] = "";
-    int progress = !opt->quiet && isatty(STDERR_FILENO);
-    int embedded = opt->model_dir == NULL;
-    mb_model *model = NULL;
     mb_status st;
-    if (embedded) {
+    if (opt->model_dir == NULL) {
         mb_model_config cfg;
         mb_synthetic_default_config(&cfg);
-        if (!opt->quiet) fprintf(stderr, "moe-broker: no --model given: running the embedded default (synthetic Qwen3-MoE, "
-                                         "%u layers, d_model %u, %u experts top-%u, d_ff %u)\n",
-                                 cfg.n_layers, cfg.d_model, cfg.n_experts, cfg.top_k, cfg.d_ff_expert);
-        st = mb_synthetic_create(&cfg, opt->seed, progress, &model, err, sizeof err);
+        if (!opt->quiet)
+            fprintf(stderr,
+                    "moe-broker: no --model given: running the embedded default (synthetic "
+                    "Qwen3-MoE, %u layers, d_model %u, %u experts top-%u, d_ff %u)\n",
+                    cfg.n_layers, cfg.d_model, cfg.n_experts, cfg.top_k, cfg.d_ff_expert);
+        st = mb_synthetic_create(&cfg, opt->seed, progress, out, err, sizeof err);
     } else {
         if (progress) fprintf(stderr, "loading %s\n", opt->model_dir);
-        st = mb_model_load(opt->model_dir, &model, err, sizeof err);
+        st = mb_model_load(opt->model_dir, out, err, sizeof err);
     }
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "moe-broker: %s\n", err[0] ? err : mb_status_str(st));
-        return 1;
+        return -1;
     }
-    const mb_model_config *c = &model->cfg;
+    return 0;
+}
 
-    /* Inputs: given ids, or a random prompt. */
+void mb_run_sampler_params(const mb_options *opt, mb_sampler_params *p)
+{
+    *p = (mb_sampler_params){.temperature = opt->temperature, .top_k = opt->top_k,
+                             .top_p = opt->top_p, .min_p = opt->min_p,
+                             .repeat_penalty = opt->repeat_penalty,
+                             .repeat_last_n = opt->repeat_last_n, .seed = opt->seed};
+}
+
+/* The token-id form: --input-ids, or a random prompt of --prompt-len ids. */
+static int run_ids(const mb_options *opt, mb_model *model, int progress)
+{
+    char err[512] = "";
+    mb_status st;
+    int embedded = opt->model_dir == NULL;
+    const mb_model_config *c = &model->cfg;
     uint32_t n_in = 0, prefill = 0, gen = opt->gen;
     int32_t *ids = NULL;
+    mb_sampler *sampler = NULL;
     if (opt->input_ids) {
         n_in = (uint32_t)opt->n_input_ids;
         prefill = mb_options_given(opt, MB_OPTION_PREFILL) ? opt->prefill : n_in;
     } else {
-        n_in = opt->prompt_len ? opt->prompt_len : (embedded ? 64 : 16);
+        n_in = mb_options_given(opt, MB_OPTION_PROMPT_LEN) ? opt->prompt_len : embedded ? 64 : 16;
         prefill = n_in;
         if (embedded && !mb_options_given(opt, MB_OPTION_GEN)) gen = 16;
     }
-    if (prefill > n_in || n_in == 0) {
+    if (prefill > n_in) {
         fprintf(stderr, "moe-broker: --prefill %u exceeds the %u input ids\n", prefill, n_in);
-        goto fail_model;
+        return 1;
     }
     uint64_t total64 = (uint64_t)n_in + gen;
-    uint32_t max_ctx = opt->max_ctx ? opt->max_ctx : (uint32_t)(total64 > 0 ? total64 : 1);
-    if (total64 > max_ctx || (c->max_positions && total64 > c->max_positions && !opt->max_ctx)) {
-        if (total64 > max_ctx) {
-            fprintf(stderr, "moe-broker: %llu positions exceed the context limit %u\n", (unsigned long long)total64,
-                    max_ctx);
-            goto fail_model;
-        }
-    }
-    ids = calloc(total64 ? total64 : 1, sizeof *ids);
-    if (!ids) goto fail_model;
+    if (mb_run_context_limit(opt, c, total64, "the prompt plus --gen") != 0) return 1;
+    uint32_t max_ctx = (uint32_t)total64;
+    ids = calloc(total64, sizeof *ids);
+    if (!ids) return 1;
     if (opt->input_ids) {
         for (uint32_t i = 0; i < n_in; i++) {
             if (opt->input_ids[i] < 0 || (uint32_t)opt->input_ids[i] >= c->vocab) {
                 fprintf(stderr, "moe-broker: input id %d at position %u is outside the vocabulary (0..%u)\n",
                         opt->input_ids[i], i, c->vocab - 1);
-                goto fail_ids;
+                free(ids);
+                return 1;
             }
             ids[i] = opt->input_ids[i];
         }
@@ -128,6 +208,14 @@ int mb_run(const mb_options *opt)
         uint64_t s = opt->seed;
         for (uint32_t i = 0; i < n_in; i++) ids[i] = (int32_t)(mb_rand_next(&s) % c->vocab);
     }
+    mb_sampler_params sp;
+    mb_run_sampler_params(opt, &sp);
+    if (mb_sampler_create(&sp, c->vocab, &sampler) != MB_STATUS_OK) {
+        fprintf(stderr, "moe-broker: cannot create the sampler\n");
+        free(ids);
+        return 1;
+    }
+    for (uint32_t i = 0; i < n_in; i++) mb_sampler_accept(sampler, ids[i]);
 
     mb_session *sess = NULL;
     mb_run_catch_signals();
@@ -137,8 +225,8 @@ int mb_run(const mb_options *opt)
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "moe-broker: %s\n", err[0] ? err : mb_status_str(st));
         if (mb_run_signal) {
+            mb_sampler_destroy(sampler);
             free(ids);
-            mb_model_destroy(model);
             return 128 + mb_run_signal;
         }
         goto fail_ids;
@@ -174,11 +262,11 @@ int mb_run(const mb_options *opt)
                              sizeof err);
         if (st != MB_STATUS_OK) goto fail_step;
     }
-    /* Greedy generation. */
+    /* Generation with the sampler (greedy at --temperature 0). */
     for (uint32_t g = 0; g < gen; g++) {
         uint32_t pos = n_in + g;
         if (mb_run_signal) goto interrupted;
-        ids[pos] = (int32_t)mb_argmax(last, c->vocab);
+        ids[pos] = mb_sampler_sample(sampler, last);
         st = mb_session_step(sess, ids + pos, 1, logits ? logits + (size_t)pos * c->vocab : NULL, last, err,
                              sizeof err);
         if (st != MB_STATUS_OK) goto fail_step;
@@ -202,7 +290,7 @@ int mb_run(const mb_options *opt)
             goto fail_session;
         }
     }
-    if (opt->stats || (embedded && !mb_options_given(opt, MB_OPTION_STATS))) mb_stats_print_table(sess->stats, stdout);
+    if (mb_run_stats_wanted(opt)) mb_stats_print_table(sess->stats, stdout);
     if (opt->stats_json && mb_stats_write_json(sess->stats, opt->stats_json) != MB_STATUS_OK) {
         fprintf(stderr, "moe-broker: cannot write %s\n", opt->stats_json);
         goto fail_session;
@@ -211,22 +299,22 @@ int mb_run(const mb_options *opt)
     free(logits);
     free(last);
     mb_session_close(sess);
+    mb_sampler_destroy(sampler);
     free(ids);
-    mb_model_destroy(model);
     return 0;
 
 interrupted:
     fprintf(stderr, "moe-broker: %s: stopping the workers\n", mb_run_signal == SIGINT ? "interrupted (SIGINT)"
                                                                                      : "terminated (SIGTERM)");
-    if (opt->stats) mb_stats_print_table(sess->stats, stdout);
+    if (mb_run_stats_wanted(opt)) mb_stats_print_table(sess->stats, stdout);
     if (opt->stats_json && mb_stats_write_json(sess->stats, opt->stats_json) != MB_STATUS_OK)
         fprintf(stderr, "moe-broker: cannot write %s\n", opt->stats_json);
     mb_stats_close_step_timing(sess->stats);
     free(logits);
     free(last);
     mb_session_close(sess);
+    mb_sampler_destroy(sampler);
     free(ids);
-    mb_model_destroy(model);
     return 128 + mb_run_signal;
 
 fail_step:
@@ -237,8 +325,19 @@ fail_session:
     free(last);
     mb_session_close(sess);
 fail_ids:
+    mb_sampler_destroy(sampler);
     free(ids);
-fail_model:
-    mb_model_destroy(model);
     return 1;
+}
+
+int mb_run(const mb_options *opt)
+{
+    if (mb_run_check_outputs(opt) != 0) return 1;
+    int progress = !opt->quiet && isatty(STDERR_FILENO);
+    mb_model *model = NULL;
+    if (mb_run_load_model(opt, progress, &model) != 0) return 1;
+    int text = opt->command == MB_COMMAND_CHAT || opt->prompt || opt->chat;
+    int rc = text ? mb_run_text(opt, model, progress) : run_ids(opt, model, progress);
+    mb_model_destroy(model);
+    return rc;
 }

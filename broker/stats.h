@@ -152,8 +152,10 @@ const char *mb_stats_phase_name(int phase);
 
 /* Prints the human table: a row per backend and phase with calls, tokens,
  * MiB sent and received, and pack/send/wait/unpack/worker-compute ms; per
- * phase, step time and the IPC share (pack+send+wait+unpack summed over
- * backends, against step time; it can pass 100% when backends overlap); and,
+ * phase, step time, the IPC time (pack+send+unpack+(wait-worker) summed over
+ * backends), its ratio to the step time ("ipc/step": above 1x when backends
+ * overlap) and the coordinator's pack+send+unpack as a true share of the
+ * step time ("coord ipc"); and,
  * when per-layer, a row per layer and phase summed over backends. Rows with
  * no calls are left out. Errors: MB_STATUS_INVALID_ARG, MB_STATUS_IO. */
 mb_status mb_stats_print_table(const mb_stats *s, FILE *f);

@@ -1,7 +1,10 @@
-/* The moe-broker command line, run as a user would: --help, invalid knob
- * values, a truncated checkpoint, an unknown architecture, a fixture run with
- * --input-ids/--prefill/--logits-out/--stats-json/--step-timing checked
- * against transformers' logits, and the embedded default. */
+/* The moe-broker command line, run as a user would: --help, --version,
+ * invalid knob values and input ids, output paths checked before the run,
+ * the context limit, a truncated checkpoint, an unknown architecture, a
+ * fixture run with --input-ids/--prefill/--logits-out/--stats-json/
+ * --step-timing checked against transformers' logits, the embedded default,
+ * and text: --prompt, --chat and chat over a pipe on a fixture paired with a
+ * byte-level tokenizer built here (every byte one token, ChatML specials). */
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <math.h>
@@ -48,6 +51,14 @@ static int contains(const char *file, const char *needle)
     char *s = slurp(file);
     int r = strstr(s, needle) != NULL;
     if (!r) fprintf(stderr, "---- %s lacks '%s':\n%.2000s\n----\n", file, needle, s);
+    free(s);
+    return r;
+}
+
+static int strstr_file(const char *file, const char *needle)
+{
+    char *s = slurp(file);
+    int r = strstr(s, needle) != NULL;
     free(s);
     return r;
 }
@@ -189,6 +200,252 @@ static void test_embedded_default(void)
     CHECK_EQ(rc, 0);
     CHECK(contains("out", "generated:"));
     CHECK(contains("out", "decode"));
+    CHECK(contains("out", "IPC statistics")); /* on by default for the embedded model */
+    CHECK(contains("out", "coord ipc"));
+    CHECK_EQ(sh(NULL, "run --prompt-len 8 --gen 3 --quiet"), 0);
+    CHECK(!strstr_file("out", "IPC statistics"));
+    CHECK_EQ(sh(NULL, "run --prompt-len 8 --gen 3 --no-stats"), 0);
+    CHECK(!strstr_file("out", "IPC statistics"));
+    CHECK_EQ(sh(NULL, "run --prompt hello"), 1);
+    CHECK(contains("err", "needs a tokenizer"));
+}
+
+/* What the issue found when the CLI was tried as a new user would. */
+static void test_truthful(const char *fixture)
+{
+    char args[2048];
+    CHECK_EQ(sh(NULL, "--version"), 0);
+    CHECK(contains("out", "moe-broker 0."));
+    CHECK_EQ(sh(NULL, "run --input-ids 1,-2,3"), 2);
+    CHECK(contains("err", "negative id at byte 2"));
+    CHECK_EQ(sh(NULL, "run --input-ids abc"), 2);
+    CHECK(contains("err", "unexpected 'a' at byte 0"));
+    CHECK_EQ(sh(NULL, "run --input-ids 1,,3"), 2);
+    CHECK(contains("err", "empty entry"));
+    CHECK_EQ(sh(NULL, "run --input-ids 1,2 --prompt-len 4"), 2);
+    CHECK(contains("err", "--input-ids and --prompt-len exclude each other"));
+    /* Output paths fail before anything starts. */
+    snprintf(args, sizeof args, "run --model '%s' --prompt-len 4 --stats-json /nonexistent/x.json", fixture);
+    CHECK_EQ(sh(NULL, args), 1);
+    CHECK(contains("err", "no directory '/nonexistent'"));
+    CHECK(!strstr_file("err", "starting backend"));
+    /* The model's context (max_position_embeddings 256 in the fixtures). */
+    snprintf(args, sizeof args, "run --model '%s' --prompt-len 300", fixture);
+    CHECK_EQ(sh(NULL, args), 1);
+    CHECK(contains("err", "max_position_embeddings 256"));
+    CHECK(!strstr_file("err", "starting backend"));
+    snprintf(args, sizeof args, "run --model '%s' --prompt-len 250 --gen 10", fixture);
+    CHECK_EQ(sh(NULL, args), 1);
+    /* The placement table's device column is whole. */
+    snprintf(args, sizeof args, "run --model '%s' --prompt-len 4 --worker cpu,threads=1", fixture);
+    CHECK_EQ(sh(NULL, args), 0);
+    CHECK(contains("err", " threads, ")); /* "..., 1 threads, <isa>" continues past the count */
+    /* moe-worker says what is missing. */
+    const char *worker = getenv("MB_WORKER_BIN");
+    if (worker) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd, "'%s' >'%s/out' 2>'%s/err'", worker, tmpdir, tmpdir);
+        int rc = system(cmd);
+        CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 2);
+        CHECK(contains("err", "--listen is missing"));
+    }
+}
+
+/* A byte-level BPE tokenizer without merges: token i is byte i (in GPT-2's
+ * byte-to-unicode alphabet), then <|endoftext|>, <|im_start|>, <|im_end|>
+ * (256..258) and plain added tokens "<tN>" up to vocab - 1, so every id the
+ * fixture can produce decodes to text. */
+static void write_tokenizer(const char *dir, uint32_t vocab, const char *template_path)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    int map[256], n = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        map[b] = printable ? b : 256 + n++;
+    }
+    fprintf(f, "{\"version\":\"1.0\",\"added_tokens\":[");
+    static const char *const specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+    for (uint32_t id = 256; id < vocab; id++) {
+        char content[32];
+        if (id < 259)
+            snprintf(content, sizeof content, "%s", specials[id - 256]);
+        else
+            snprintf(content, sizeof content, "<t%u>", id);
+        fprintf(f,
+                "%s{\"id\":%u,\"content\":\"%s\",\"single_word\":false,\"lstrip\":false,"
+                "\"rstrip\":false,\"normalized\":false,\"special\":%s}",
+                id > 256 ? "," : "", id, content, id < 259 ? "true" : "false");
+    }
+    fprintf(f, "],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
+               "\"trim_offsets\":true,\"use_regex\":true},\"post_processor\":null,\"decoder\":{\"type\":"
+               "\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,\"use_regex\":true},"
+               "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"fuse_unk\":false,"
+               "\"byte_fallback\":false,\"vocab\":{");
+    for (int b = 0; b < 256; b++) {
+        cJSON *key = cJSON_CreateString("");
+        char utf8[4];
+        int cp = map[b], len = cp < 0x80 ? 1 : 2;
+        if (len == 1) {
+            utf8[0] = (char)cp;
+        } else {
+            utf8[0] = (char)(0xc0 | (cp >> 6));
+            utf8[1] = (char)(0x80 | (cp & 0x3f));
+        }
+        utf8[len] = '\0';
+        cJSON_SetValuestring(key, utf8);
+        char *quoted = cJSON_PrintUnformatted(key);
+        fprintf(f, "%s%s:%d", b ? "," : "", quoted, b);
+        free(quoted);
+        cJSON_Delete(key);
+    }
+    fprintf(f, "},\"merges\":[]}}");
+    fclose(f);
+
+    /* tokenizer_config.json: the real Qwen2-MoE chat template. */
+    FILE *t = fopen(template_path, "rb");
+    REQUIRE(t);
+    char tmpl[8192];
+    size_t got = fread(tmpl, 1, sizeof tmpl - 1, t);
+    fclose(t);
+    tmpl[got] = '\0';
+    cJSON *cfg = cJSON_CreateObject();
+    cJSON_AddStringToObject(cfg, "chat_template", tmpl);
+    cJSON_AddStringToObject(cfg, "eos_token", "<|endoftext|>");
+    char *text = cJSON_Print(cfg);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    f = fopen(path, "w");
+    REQUIRE(f);
+    fputs(text, f);
+    fclose(f);
+    free(text);
+    cJSON_Delete(cfg);
+}
+
+/* Tokens of text under that tokenizer: each special one token, every other
+ * byte one token. */
+static int count_tokens(const char *text)
+{
+    int n = 0;
+    while (*text) {
+        if (strncmp(text, "<|im_start|>", 12) == 0)
+            text += 12;
+        else if (strncmp(text, "<|im_end|>", 10) == 0)
+            text += 10;
+        else
+            text++;
+        n++;
+    }
+    return n;
+}
+
+static double json_number(const char *file, const char *phase, const char *key)
+{
+    char *js = slurp(file);
+    cJSON *root = cJSON_Parse(js);
+    free(js);
+    const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(root, "steps"), phase), key);
+    double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+    cJSON_Delete(root);
+    return d;
+}
+
+static void test_text(const char *data)
+{
+    char dir[512], from[1024], to[1024], tmpl[1024], args[4096];
+    snprintf(dir, sizeof dir, "%s/textmodel", tmpdir);
+    mkdir(dir, 0700);
+    static const char *const files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(from, sizeof from, "%s/qwen3moe-a/%s", data, files[i]);
+        snprintf(to, sizeof to, "%s/%s", dir, files[i]);
+        copy_file(from, to);
+    }
+    snprintf(tmpl, sizeof tmpl, "%s/chat_templates/qwen2-moe-chat.jinja", data);
+    write_tokenizer(dir, 512, tmpl);
+    const char *w = "--worker cpu,threads=1 --threads 1";
+
+    /* Greedy is reproducible; text on stdout, the rest on stderr. */
+    snprintf(args, sizeof args, "run --model '%s' %s --prompt 'Hello' --gen 12 --temperature 0", dir, w);
+    CHECK_EQ(sh(NULL, args), 0);
+    char *first = slurp("out");
+    CHECK(first[0] != '\0' && !strstr(first, "prompt:") && !strstr(first, "IPC"));
+    CHECK(contains("err", "prompt: 5 tokens"));
+    CHECK(contains("err", "generated: 12 tokens"));
+    CHECK(contains("err", "stopped: --gen reached"));
+    CHECK_EQ(sh(NULL, args), 0);
+    char *second = slurp("out");
+    CHECK_MSG(strcmp(first, second) == 0, "greedy differs:\n%s\n%s", first, second);
+    free(second);
+
+    /* The same prompt as ids gives the greedy ids; naming the second one EOS
+     * stops the text after the first. */
+    snprintf(args, sizeof args, "run --model '%s' %s --input-ids 72,101,108,108,111 --gen 3 --temperature 0",
+             dir, w);
+    CHECK_EQ(sh(NULL, args), 0);
+    char *ids = slurp("out");
+    int g0 = -1, g1 = -1;
+    CHECK(sscanf(strstr(ids, "generated:") ? strstr(ids, "generated:") : "", "generated: %d %d", &g0, &g1) == 2);
+    free(ids);
+    printf("greedy ids after the prompt: %d %d\n", g0, g1);
+    if (g0 != g1 && g1 >= 0) {
+        char gen_cfg[1024];
+        snprintf(gen_cfg, sizeof gen_cfg, "%s/generation_config.json", dir);
+        FILE *f = fopen(gen_cfg, "w");
+        REQUIRE(f);
+        fprintf(f, "{\"eos_token_id\": [%d]}\n", g1);
+        fclose(f);
+        snprintf(args, sizeof args, "run --model '%s' %s --prompt 'Hello' --temperature 0", dir, w);
+        CHECK_EQ(sh(NULL, args), 0);
+        CHECK(contains("err", "generated: 1 tokens"));
+        CHECK(contains("err", "stopped: end of sequence"));
+        unlink(gen_cfg);
+    }
+
+    /* Sampling: the seed decides. */
+    snprintf(args, sizeof args, "run --model '%s' %s --prompt 'Hello' --gen 24 --temperature 1.5 --top-k 0 "
+             "--top-p 1 --min-p 0 --seed 5", dir, w);
+    CHECK_EQ(sh(NULL, args), 0);
+    char *s5 = slurp("out");
+    CHECK_EQ(sh(NULL, args), 0);
+    char *s5b = slurp("out");
+    CHECK(strcmp(s5, s5b) == 0);
+    snprintf(args, sizeof args, "run --model '%s' %s --prompt 'Hello' --gen 24 --temperature 1.5 --top-k 0 "
+             "--top-p 1 --min-p 0 --seed 6", dir, w);
+    CHECK_EQ(sh(NULL, args), 0);
+    char *s6 = slurp("out");
+    CHECK(strcmp(s5, s6) != 0);
+    free(s5);
+    free(s5b);
+    free(s6);
+
+    /* --chat renders the template; the prompt is its token count. */
+    snprintf(args, sizeof args, "run --model '%s' %s --chat 'Hi' --gen 4 --temperature 0", dir, w);
+    CHECK_EQ(sh(NULL, args), 0);
+    const char *turn1 = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    char want[64];
+    snprintf(want, sizeof want, "prompt: %d tokens", count_tokens(turn1));
+    CHECK(contains("err", want));
+
+    /* chat over a pipe: the second turn prefills only what the template
+     * adds after the first reply, which stays in the KV cache. */
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "printf 'Hi\\nAgain\\n' | '%s' chat --model '%s' %s --gen 4 --temperature 0 "
+             "--stats-json '%s/chat.json' >'%s/out' 2>'%s/err'",
+             broker, dir, w, tmpdir, tmpdir, tmpdir);
+    int rc = system(cmd);
+    CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+    const char *delta2 = "<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n";
+    double prefilled = json_number("chat.json", "prefill", "tokens");
+    CHECK_MSG(prefilled == count_tokens(turn1) + count_tokens(delta2), "prefilled %.0f tokens, expected %d",
+              prefilled, count_tokens(turn1) + count_tokens(delta2));
+    CHECK_EQ((int)json_number("chat.json", "decode", "count"), 8);
+    printf("chat: 2 turns, %.0f tokens prefilled (the second turn only its delta)\n", prefilled);
+    free(first);
 }
 
 int main(void)
@@ -217,6 +474,8 @@ int main(void)
     test_bad_checkpoints(fixture);
     test_fixture_run(fixture);
     test_embedded_default();
+    test_truthful(fixture);
+    test_text(data);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

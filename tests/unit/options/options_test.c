@@ -12,8 +12,10 @@ static const char *const env_vars[] = {
     "MB_MODEL",          "MB_WORKERS",      "MB_IPC_MODE",      "MB_TRANSPORT",
     "MB_BATCH_CAPACITY", "MB_STREAM_SLICE", "MB_PAYLOAD_DTYPE", "MB_THREADS",
     "MB_LOCAL_EXPERTS",  "MB_LOCAL_BUDGET", "MB_STATS",         "MB_STATS_JSON",
-    "MB_STATS_LAYERS",   "MB_STEP_TIMING",  "MB_ON_WORKER_LOSS", "MB_REPLICAS",
-    "MB_WORKER_TIMEOUT", "MB_CONNECT_TIMEOUT",
+    "MB_STATS_LAYERS",   "MB_STEP_TIMING",  "MB_SYSTEM",        "MB_TOKENIZER",
+    "MB_SEED",           "MB_TEMPERATURE",  "MB_TOP_K",         "MB_TOP_P",
+    "MB_MIN_P",          "MB_REPEAT_PENALTY", "MB_REPEAT_LAST_N",
+    "MB_ON_WORKER_LOSS", "MB_REPLICAS", "MB_WORKER_TIMEOUT", "MB_CONNECT_TIMEOUT",
 };
 
 static void clear_env(void)
@@ -27,12 +29,12 @@ static char err[512];
 /* Parses a NULL-terminated argument list after "moe-broker". */
 static mb_status parse(mb_options *o, ...)
 {
-    char *argv[64];
+    char *argv[128];
     int argc = 0;
     argv[argc++] = "moe-broker";
     va_list ap;
     va_start(ap, o);
-    for (char *a; (a = va_arg(ap, char *)) && argc < 63;)
+    for (char *a; (a = va_arg(ap, char *)) && argc < 127;)
         argv[argc++] = a;
     va_end(ap);
     argv[argc] = NULL;
@@ -63,6 +65,11 @@ static void test_defaults(void)
     CHECK_EQ(o.gen, 0);
     CHECK_EQ(o.chunk, 512);
     CHECK_EQ(o.max_ctx, 0);
+    CHECK(o.temperature == 0.8 && o.top_k == 40 && o.top_p == 0.95 && o.min_p == 0.05);
+    CHECK(o.repeat_penalty == 1.0 && o.repeat_last_n == 64);
+    CHECK(o.prompt == NULL && o.chat == NULL && o.system == NULL && o.tokenizer == NULL);
+    CHECK_EQ(o.command, MB_COMMAND_RUN);
+    CHECK(!o.version);
     CHECK(!o.stats && !o.stats_per_layer && !o.quiet && !o.help);
     CHECK(o.stats_json == NULL && o.step_timing == NULL && o.logits_out == NULL);
     CHECK_EQ(o.given_mask, 0);
@@ -74,8 +81,14 @@ static void test_defaults(void)
     CHECK_EQ(parse(&o, "run", "--gen", "3", NULL), MB_STATUS_OK);
     CHECK_EQ(o.gen, 3);
     mb_options_free(&o);
-    CHECK_EQ(parse(&o, "serve", NULL), MB_STATUS_CONFIG);
-    CHECK(strstr(err, "unknown command 'serve'") && strstr(err, "valid: run"));
+    CHECK_EQ(parse(&o, "chat", "--system", "be brief", NULL), MB_STATUS_OK);
+    CHECK(o.command == MB_COMMAND_CHAT && strcmp(o.system, "be brief") == 0);
+    mb_options_free(&o);
+    CHECK_EQ(parse(&o, "frob", NULL), MB_STATUS_CONFIG);
+    CHECK(strstr(err, "unknown command 'frob'") && strstr(err, "valid: run, chat"));
+    CHECK_EQ(parse(&o, "run", "--version", NULL), MB_STATUS_OK);
+    CHECK(o.version && !o.help);
+    mb_options_free(&o);
 }
 
 static void test_flags(void)
@@ -85,10 +98,12 @@ static void test_flags(void)
         parse(&o, "--model", "/m", "--worker", "cpu", "--worker", "tcp://h:5555", "--ipc-mode",
               "stream", "--transport", "zmq", "--batch-capacity", "4096", "--stream-slice", "16",
               "--payload-dtype", "bf16", "--threads", "8", "--local-experts", "2", "--local-budget",
-              "512M", "--input-ids", "5, 6,7", "--prefill", "128", "--prompt-len", "64", "--seed",
+              "512M", "--input-ids", "5, 6,7", "--prefill", "128", "--seed",
               "18446744073709551615", "--gen", "32", "--chunk", "256", "--max-ctx", "4096",
               "--logits-out", "/tmp/l.bin", "--stats", "--stats-json", "s.json", "--stats-layers",
-              "--step-timing", "t.jsonl", "--quiet", "--on-worker-loss", "abort", "--replicas", "2",
+              "--step-timing", "t.jsonl", "--quiet", "--system", "sys", "--tokenizer", "/t.json",
+              "--temperature", "0", "--top-k", "5", "--top-p", "0.5", "--min-p", "0.1",
+              "--repeat-penalty", "1.1", "--repeat-last-n", "32", "--on-worker-loss", "abort", "--replicas", "2",
               "--worker-timeout", "700", "--connect-timeout", "250", NULL);
     REQUIRE(st == MB_STATUS_OK);
     CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_ABORT);
@@ -109,7 +124,9 @@ static void test_flags(void)
     REQUIRE(o.n_input_ids == 3);
     CHECK(o.input_ids[0] == 5 && o.input_ids[1] == 6 && o.input_ids[2] == 7);
     CHECK_EQ(o.prefill, 128);
-    CHECK_EQ(o.prompt_len, 64);
+    CHECK(strcmp(o.system, "sys") == 0 && strcmp(o.tokenizer, "/t.json") == 0);
+    CHECK(o.temperature == 0.0 && o.top_k == 5 && o.top_p == 0.5 && o.min_p == 0.1);
+    CHECK(o.repeat_penalty == 1.1 && o.repeat_last_n == 32);
     CHECK(o.seed == UINT64_MAX);
     CHECK_EQ(o.gen, 32);
     CHECK_EQ(o.chunk, 256);
@@ -118,12 +135,29 @@ static void test_flags(void)
     CHECK(o.stats && o.stats_per_layer && o.quiet);
     CHECK(o.stats_json && strcmp(o.stats_json, "s.json") == 0);
     CHECK(o.step_timing && strcmp(o.step_timing, "t.jsonl") == 0);
-    for (int i = 0; i < MB_OPTION_COUNT_; i++)
-        CHECK_MSG(mb_options_given(&o, (mb_option_id)i), "knob %d not marked given", i);
+    /* Every knob but the prompts that exclude --input-ids. */
+    for (int i = 0; i < MB_OPTION_COUNT_; i++) {
+        int excluded = i == MB_OPTION_PROMPT || i == MB_OPTION_CHAT || i == MB_OPTION_PROMPT_LEN;
+        CHECK_MSG(mb_options_given(&o, (mb_option_id)i) == !excluded, "knob %d given: %d", i,
+                  mb_options_given(&o, (mb_option_id)i));
+    }
     CHECK_EQ(o.from_env_mask, 0);
     mb_options_free(&o);
     CHECK(o.model_dir == NULL && o.workers == NULL && o.batch_capacity == 1024);
     mb_options_free(&o); /* twice is fine */
+
+    CHECK_EQ(parse(&o, "--prompt", "Hello", "--prompt-len", "3", NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "--prompt and --prompt-len exclude each other"), "%s", err);
+    CHECK_EQ(parse(&o, "--input-ids", "1,2", "--prompt-len", "3", NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "--input-ids and --prompt-len exclude each other"), "%s", err);
+    CHECK_EQ(parse(&o, "--chat", "hi", "--input-ids", "1", NULL), MB_STATUS_CONFIG);
+    CHECK_EQ(parse(&o, "chat", "--prompt", "hi", NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "chat reads its messages from stdin"), "%s", err);
+    CHECK_EQ(parse(&o, "--prefill", "3", NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "--prefill applies only to --input-ids"), "%s", err);
+    CHECK_EQ(parse(&o, "--chat", "hi", "--system", "s", "--temperature", "0.7", NULL), MB_STATUS_OK);
+    CHECK(strcmp(o.chat, "hi") == 0 && o.temperature == 0.7);
+    mb_options_free(&o);
 
     /* --flag=value, later flags override earlier, --no- forms, each dtype. */
     CHECK_EQ(parse(&o, "--ipc-mode=batched", "--payload-dtype=f16", "--stats", "--no-stats",
@@ -177,7 +211,24 @@ static void test_env(void)
     setenv("MB_REPLICAS", "3", 1);
     setenv("MB_WORKER_TIMEOUT", "2000", 1);
     setenv("MB_CONNECT_TIMEOUT", "100", 1);
+    setenv("MB_TEMPERATURE", "1.5", 1);
+    setenv("MB_TOP_K", "7", 1);
+    setenv("MB_TOP_P", "0.9", 1);
+    setenv("MB_MIN_P", "0", 1);
+    setenv("MB_REPEAT_PENALTY", "1.2", 1);
+    setenv("MB_REPEAT_LAST_N", "16", 1);
+    setenv("MB_SEED", "42", 1);
+    setenv("MB_SYSTEM", "env system", 1);
+    setenv("MB_TOKENIZER", "/env/tok", 1);
     REQUIRE(parse(&o, NULL) == MB_STATUS_OK);
+    CHECK(o.temperature == 1.5 && o.top_k == 7 && o.top_p == 0.9 && o.min_p == 0.0);
+    CHECK(o.repeat_penalty == 1.2 && o.repeat_last_n == 16 && o.seed == 42);
+    CHECK(strcmp(o.system, "env system") == 0 && strcmp(o.tokenizer, "/env/tok") == 0);
+    static const char *const text_vars[] = {"MB_TEMPERATURE", "MB_TOP_K", "MB_TOP_P",
+                                            "MB_MIN_P", "MB_REPEAT_PENALTY", "MB_REPEAT_LAST_N",
+                                            "MB_SEED", "MB_SYSTEM", "MB_TOKENIZER"};
+    for (size_t i = 0; i < sizeof text_vars / sizeof text_vars[0]; i++)
+        unsetenv(text_vars[i]);
     CHECK(o.model_dir && strcmp(o.model_dir, "/env/model") == 0);
     REQUIRE(o.n_workers == 2);
     CHECK(strcmp(o.workers[0], "cpu:0,threads=4") == 0);
@@ -228,6 +279,7 @@ static void test_env(void)
     CHECK(strcmp(o.stats_json, "/f.json") == 0 && strcmp(o.step_timing, "/f.jsonl") == 0);
     CHECK_EQ(o.from_env_mask, 0);
     mb_options_free(&o);
+    clear_env();
 
     /* Boolean spellings; an empty variable counts as unset. */
     clear_env();
@@ -288,7 +340,13 @@ static void test_invalid(void)
     expect_reject("--local-budget", "99999999999T", "MB_LOCAL_BUDGET", "K, M, G or T");
     expect_reject("--chunk", "0", NULL, "(valid: 1..65536)");
     expect_reject("--prefill", "16777217", NULL, "(valid: 0..16777216)");
-    expect_reject("--prompt-len", "x", NULL, "(valid: 0..16777216)");
+    expect_reject("--prompt-len", "x", NULL, "(valid: 1..16777216)");
+    expect_reject("--prompt-len", "0", NULL, "(valid: 1..16777216)");
+    expect_reject("--temperature", "-1", "MB_TEMPERATURE", "(valid: 0..100)");
+    expect_reject("--temperature", "nan", "MB_TEMPERATURE", "(valid: 0..100)");
+    expect_reject("--top-p", "1.5", "MB_TOP_P", "(valid: 0..1)");
+    expect_reject("--min-p", "x", "MB_MIN_P", "(valid: 0..1)");
+    expect_reject("--repeat-penalty", "0", "MB_REPEAT_PENALTY", "(valid: 0.01..100)");
     expect_reject("--gen", "1e3", NULL, "(valid: 0..16777216)");
     expect_reject("--max-ctx", "99999999", NULL, "(valid: 0..16777216)");
     expect_reject("--seed", "18446744073709551616", NULL, "(valid: 0..");
@@ -416,10 +474,26 @@ static void test_input_ids(void)
     CHECK_MSG(strstr(err, "no token ids"), "%s", err);
     CHECK_EQ(parse(&o, "--input-ids", "1,2147483648", NULL), MB_STATUS_CONFIG);
     CHECK_MSG(strstr(err, "above 2147483647"), "%s", err);
-    CHECK_EQ(parse(&o, "--input-ids", "1,-2", NULL), MB_STATUS_IO); /* not a list: a path */
-    CHECK_MSG(strstr(err, "cannot read --input-ids file '1,-2'"), "%s", err);
+    /* Text that names no file is a list, and its mistakes are named. */
+    CHECK_EQ(parse(&o, "--input-ids", "1,-2,3", NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "negative id at byte 2") && strstr(err, "not a file"), "%s", err);
+    CHECK_EQ(parse(&o, "--input-ids", "abc", NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "unexpected 'a' at byte 0") && strstr(err, "not a file"), "%s", err);
+    CHECK_EQ(parse(&o, "--input-ids", "1,,3", NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "empty entry before the ',' at byte 2"), "%s", err);
+    CHECK_EQ(parse(&o, "--input-ids", ",1", NULL), MB_STATUS_CONFIG);
+    CHECK_EQ(parse(&o, "--input-ids", "1,2,", NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "trailing ','"), "%s", err);
+    CHECK_EQ(parse(&o, "--input-ids", "1 , 2\n3", NULL), MB_STATUS_OK);
+    CHECK(o.n_input_ids == 3);
+    mb_options_free(&o);
+    CHECK_EQ(parse(&o, "--input-ids", "1 , 2 3", NULL), MB_STATUS_OK);
+    CHECK(o.n_input_ids == 3 && o.input_ids[2] == 3);
+    mb_options_free(&o);
     unlink(path);
-    CHECK_EQ(parse(&o, "--input-ids", path, NULL), MB_STATUS_IO);
+    CHECK_EQ(parse(&o, "--input-ids", path, NULL), MB_STATUS_CONFIG);
+    CHECK_MSG(strstr(err, "not a file"), "%s", err);
+    CHECK_EQ(parse(&o, "--input-ids", "/", NULL), MB_STATUS_CONFIG); /* a directory */
 }
 
 static void test_help(void)
@@ -470,6 +544,18 @@ static void test_help(void)
         "--stats-layers, --no-stats-layers",
         "--step-timing PATH",
         "--quiet, --no-quiet",
+        "--prompt TEXT",
+        "--chat TEXT",
+        "--system TEXT",
+        "--tokenizer PATH",
+        "--temperature T",
+        "--top-k N",
+        "--top-p P",
+        "--min-p P",
+        "--repeat-penalty R",
+        "--repeat-last-n N",
+        "valid: 0..100; default: 0.8; env: MB_TEMPERATURE",
+        "--version",
         "-h, --help",
         "valid: auto, batched, stream; default: auto; env: MB_IPC_MODE",
         "valid: auto, shm, zmq; default: auto; env: MB_TRANSPORT",
@@ -497,8 +583,78 @@ static void test_help(void)
     CHECK(strcmp(mb_ipc_mode_name(7), "?") == 0);
 }
 
-int main(void)
+#define README_BEGIN "<!-- knobs:begin: generated from broker/options.c by options_test --write-readme -->\n"
+#define README_END "<!-- knobs:end -->"
+
+static char *read_all(const char *path, size_t *len)
 {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = calloc(1, (size_t)n + 1);
+    if (text && fread(text, 1, (size_t)n, f) != (size_t)n) {
+        free(text);
+        text = NULL;
+    }
+    fclose(f);
+    if (len) *len = (size_t)n;
+    return text;
+}
+
+/* The README's knob table must be mb_options_markdown's output, byte for
+ * byte: --help and the README come from the same table. With write set,
+ * rewrites the README's section instead. */
+static void test_readme(const char *readme, int write)
+{
+    FILE *f = tmpfile();
+    REQUIRE(f);
+    mb_options_markdown(f);
+    long n = ftell(f);
+    char *table = calloc(1, (size_t)n + 1);
+    REQUIRE(table);
+    rewind(f);
+    REQUIRE(fread(table, 1, (size_t)n, f) == (size_t)n);
+    fclose(f);
+    CHECK(strstr(table, "| `--temperature T` | `MB_TEMPERATURE` |"));
+    CHECK(strstr(table, "| `--local-budget BYTES` | `MB_LOCAL_BUDGET` |"));
+
+    size_t len = 0;
+    char *text = read_all(readme, &len);
+    if (!text) fprintf(stderr, "cannot read %s\n", readme);
+    REQUIRE(text);
+    char *begin = strstr(text, README_BEGIN), *end = begin ? strstr(begin, README_END) : NULL;
+    if (!begin || !end) fprintf(stderr, "%s lacks the generated knob section markers\n", readme);
+    REQUIRE(begin && end);
+    begin += strlen(README_BEGIN);
+    if (write) {
+        FILE *o = fopen(readme, "wb");
+        REQUIRE(o);
+        fwrite(text, 1, (size_t)(begin - text), o);
+        fputs(table, o);
+        fputs(end, o);
+        fclose(o);
+        printf("rewrote the knob table in %s\n", readme);
+    } else {
+        size_t have = (size_t)(end - begin);
+        int same = have == strlen(table) && memcmp(begin, table, have) == 0;
+        CHECK_MSG(same,
+                  "README.md's knob table differs from --help's table; regenerate it with\n"
+                  "  build/dev/tests/unit/options/options_test --write-readme README.md\n"
+                  "expected:\n%s",
+                  table);
+    }
+    free(text);
+    free(table);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--write-readme") == 0) {
+        test_readme(argv[2], 1);
+        return mb_test_finish("options_test --write-readme");
+    }
     clear_env();
     test_defaults();
     test_flags();
@@ -507,5 +663,11 @@ int main(void)
     test_worker_specs();
     test_input_ids();
     test_help();
+    const char *data = getenv("MB_TEST_DATA");
+    if (data) {
+        char readme[1024];
+        snprintf(readme, sizeof readme, "%s/../../README.md", data);
+        test_readme(readme, 0);
+    }
     return mb_test_finish("options_test");
 }

@@ -252,7 +252,7 @@ static void test_table(mb_stats *s)
     fclose(f);
     static const char *const needles[] = {"IPC statistics", "w0 cpu shm", "local",
                                           "prefill",        "decode",     "MiB sent",
-                                          "compute ms",     "ipc share",  "per layer"};
+                                          "compute ms",     "ipc/step",   "coord ipc", "per layer"};
     for (size_t i = 0; i < sizeof needles / sizeof needles[0]; i++)
         CHECK_MSG(strstr(text, needles[i]), "table lacks \"%s\"", needles[i]);
     /* Backend 0 prefill: the calls column holds the expected count. */

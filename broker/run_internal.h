@@ -1,0 +1,34 @@
+/* Private to the run command (run.c, run_text.c): the checks and setup both
+ * forms of a run share. Each prints its own one-line error to stderr. */
+#ifndef MB_BROKER_RUN_INTERNAL_H
+#define MB_BROKER_RUN_INTERNAL_H
+
+#include <stdint.h>
+
+#include "broker/model.h"
+#include "broker/options.h"
+#include "broker/sampler.h"
+
+/* 0 when every output path (--logits-out, --stats-json, --step-timing) can
+ * be written, else -1 after naming the first that cannot. Creates nothing. */
+int mb_run_check_outputs(const mb_options *opt);
+
+/* 0 when positions fit the context limit (--max-ctx, else the model's
+ * max_position_embeddings), else -1; what names the demand in the message. */
+int mb_run_context_limit(const mb_options *opt, const mb_model_config *c, uint64_t positions,
+                         const char *what);
+
+/* 1 when the statistics table is to be printed: --stats / MB_STATS when
+ * given, else on for the embedded model unless --quiet. */
+int mb_run_stats_wanted(const mb_options *opt);
+
+/* Loads --model, or builds the embedded model. 0 or -1. */
+int mb_run_load_model(const mb_options *opt, int progress, mb_model **out);
+
+/* The sampler settings of opt. Cannot fail. */
+void mb_run_sampler_params(const mb_options *opt, mb_sampler_params *p);
+
+/* --prompt, --chat and the chat command (run_text.c). Returns the exit code. */
+int mb_run_text(const mb_options *opt, const mb_model *model, int progress);
+
+#endif
