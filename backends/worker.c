@@ -72,48 +72,109 @@ static mb_status mb_worker_on_hello(mb_worker *w, const void *msg, size_t len, u
     return mb_transport_send_commit(w->cfg->transport, bytes);
 }
 
-/* Maps path read-only once and returns the mapping; later loads from the
- * same file reuse it. */
+mb_status mb_worker_root_resolve(const char *dir, char **out)
+{
+    if (!dir || !out) return MB_STATUS_INVALID_ARG;
+    char *real = realpath(dir, NULL);
+    if (!real) return MB_STATUS_NOT_FOUND;
+    struct stat sb;
+    if (stat(real, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        free(real);
+        return MB_STATUS_INVALID_ARG;
+    }
+    *out = real;
+    return MB_STATUS_OK;
+}
+
+uint64_t mb_worker_mem_available_bytes(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+    fclose(f);
+    return (uint64_t)kib * 1024;
+}
+
+/* 1 when real (a realpath) lies below one of the configured roots. */
+static int mb_worker_path_inside(const mb_worker_config *cfg, const char *real)
+{
+    for (unsigned i = 0; i < cfg->n_model_roots; i++) {
+        const char *root = cfg->model_roots[i];
+        size_t n = strlen(root);
+        if (n > 0 && root[n - 1] == '/') n--; /* "/" itself */
+        if (strncmp(real, root, n) == 0 && real[n] == '/') return 1;
+    }
+    return 0;
+}
+
+/* Maps a file below a model root read-only once and returns the mapping;
+ * later loads from the same file reuse it. The peer names the path: every
+ * way it can be refused is one answer (NOT_FOUND), so the worker is no
+ * oracle for which files exist outside its roots. */
 static mb_status mb_worker_map_file(mb_worker *w, const char *path, mb_worker_file **out)
 {
+    if (w->cfg->n_model_roots == 0) return MB_STATUS_UNSUPPORTED;
+    char *real = realpath(path, NULL);
+    if (!real) return MB_STATUS_NOT_FOUND;
+    mb_status st = MB_STATUS_NOT_FOUND;
+    int fd = -1;
+    if (!mb_worker_path_inside(w->cfg, real)) goto done;
     for (unsigned i = 0; i < w->n_files; i++) {
-        if (strcmp(w->files[i].path, path) == 0) {
+        if (strcmp(w->files[i].path, real) == 0) {
             *out = &w->files[i];
-            return MB_STATUS_OK;
+            st = MB_STATUS_OK;
+            goto done;
         }
     }
-    if (w->n_files == MB_WORKER_MAX_FILES) return MB_STATUS_FULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno == ENOENT ? MB_STATUS_NOT_FOUND : MB_STATUS_IO;
-    struct stat sb;
-    mb_status st = MB_STATUS_OK;
-    void *map = MAP_FAILED;
-    if (fstat(fd, &sb) != 0 || sb.st_size <= 0) {
-        st = MB_STATUS_IO;
+    if (w->n_files == MB_WORKER_MAX_FILES) {
+        st = MB_STATUS_FULL;
         goto done;
     }
-    map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    /* realpath resolved every link already; O_NOFOLLOW refuses one swapped
+     * in since, O_NONBLOCK keeps a FIFO from blocking the open. */
+    fd = open(real, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) goto done;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size <= 0) goto done;
+    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) {
         st = MB_STATUS_IO;
         goto done;
     }
-    char *copy = strdup(path);
-    if (!copy) {
-        munmap(map, (size_t)sb.st_size);
-        st = MB_STATUS_NOMEM;
-        goto done;
-    }
     mb_worker_file *f = &w->files[w->n_files++];
-    f->path = copy;
+    f->path = real;
+    real = NULL; /* the table owns it */
     f->map = map;
     f->bytes = (uint64_t)sb.st_size;
     /* Lets a GPU backend copy straight from the mapping; refusal only
      * means its own staging is used. */
     f->registered = mb_backend_register_host(w->cfg->backend, map, (size_t)sb.st_size) == MB_STATUS_OK;
     *out = f;
+    st = MB_STATUS_OK;
 done:
-    close(fd);
+    if (fd >= 0) close(fd);
+    free(real);
     return st;
+}
+
+/* Checks a load of bytes into slot against the session's memory cap; on OK
+ * *after is the session's total once the load succeeds. */
+static mb_status mb_worker_reserve_memory(mb_worker *w, uint32_t slot, uint64_t bytes, uint64_t *after)
+{
+    if (!w->slot_bytes) {
+        w->slot_bytes = calloc(w->limits.max_slots ? w->limits.max_slots : 1, sizeof *w->slot_bytes);
+        if (!w->slot_bytes) return MB_STATUS_NOMEM;
+    }
+    /* The decoder checked slot < max_slots. A reload replaces the slot's
+     * previous weights. */
+    uint64_t total = w->loaded_bytes - w->slot_bytes[slot];
+    if (__builtin_add_overflow(total, bytes, &total)) return MB_STATUS_NOMEM;
+    if (w->cfg->max_memory_bytes && total > w->cfg->max_memory_bytes) return MB_STATUS_NOMEM;
+    *after = total;
+    return MB_STATUS_OK;
 }
 
 static mb_status mb_worker_load(mb_worker *w, const void *msg, size_t len)
@@ -122,8 +183,12 @@ static mb_status mb_worker_load(mb_worker *w, const void *msg, size_t len)
     mb_status st = mb_proto_decode_load_expert(msg, len, &w->limits, &m);
     if (st != MB_STATUS_OK) return st;
     const void *data[3] = {m.data[0], m.data[1], m.data[2]};
+    uint64_t bytes = 0, after = 0;
+    for (int i = 0; i < 3; i++)
+        if (__builtin_add_overflow(bytes, m.bytes[i], &bytes)) return MB_STATUS_OVERFLOW;
+    st = mb_worker_reserve_memory(w, m.slot, bytes, &after);
+    if (st != MB_STATUS_OK) return st;
     if (m.source == MB_WEIGHTS_FILE) {
-        if (!w->cfg->allow_file_weights) return MB_STATUS_UNSUPPORTED;
         char path[MB_PROTO_PATH_BYTES];
         memcpy(path, m.path, m.path_len);
         path[m.path_len] = '\0';
@@ -146,6 +211,10 @@ static mb_status mb_worker_load(mb_worker *w, const void *msg, size_t len)
      * returns: the copy must be complete first. A file mapping stays, so a
      * backend may finish that copy later. */
     if (st == MB_STATUS_OK && m.source == MB_WEIGHTS_INLINE) st = mb_backend_load_finish(w->cfg->backend);
+    if (st == MB_STATUS_OK) {
+        w->slot_bytes[m.slot] = bytes;
+        w->loaded_bytes = after;
+    }
     return st;
 }
 
@@ -256,6 +325,7 @@ void mb_worker_destroy(mb_worker *w)
     if (!w) return;
     free(w->counts);
     free(w->pairs);
+    free(w->slot_bytes);
     /* A backend may still be copying from a mapping (see load_expert). */
     if (w->n_files) (void)mb_backend_load_finish(w->cfg->backend);
     for (unsigned i = 0; i < w->n_files; i++) {

@@ -47,6 +47,11 @@ struct mb_worker {
     mb_proto_limits limits;
     mb_worker_file files[MB_WORKER_MAX_FILES];
     unsigned n_files;
+    /* The session's memory: weight bytes loaded into each slot (allocated
+     * with the first load), and their sum, checked against
+     * cfg->max_memory_bytes. */
+    uint64_t *slot_bytes;
+    uint64_t loaded_bytes;
     mb_worker_pending pending[MB_BACKEND_MAX_INFLIGHT];
     uint32_t n_pending;
 };

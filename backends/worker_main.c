@@ -2,6 +2,7 @@
  * (spawned by moe-broker, which hands it the segment's fd) or ZeroMQ
  * (ipc:// or tcp://, started by hand, possibly on another machine).
  * Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage. */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -21,6 +22,9 @@
 #ifdef MB_HAVE_CUDA
 #include "kernels/cuda/device_query.h"
 #endif
+
+/* --model-root folders one worker accepts. */
+#define MB_WORKER_MAX_ROOTS 16
 
 static volatile sig_atomic_t mb_worker_stop;
 
@@ -85,7 +89,8 @@ static void mb_worker_usage(FILE *f)
     fprintf(f,
             "usage: moe-worker --backend cpu[:NUMA_NODE]|cuda[:N]|vulkan[:N] --listen shm|ipc://PATH|tcp://HOST:PORT\n"
             "                  [--threads N] [--numa default|bind|interleave] [--shm-fd FD]\n"
-            "                  [--max-slots N] [--allow-file-weights] [--once]\n"
+            "                  [--max-slots N] [--model-root DIR]... [--max-memory BYTES] [--once]\n"
+            "                  [--curve-secret FILE --curve-allow FILE | --insecure]\n"
             "  --backend            backend and device: cpu, cpu:0 (NUMA node 0), cuda:0, vulkan:0\n"
             "  --listen             shm (spawned by moe-broker, with --shm-fd), or a ZeroMQ endpoint\n"
             "  --threads N          cpu: compute threads (default: all CPUs the process may use)\n"
@@ -93,11 +98,19 @@ static void mb_worker_usage(FILE *f)
             "  --shm-fd FD          the shared-memory segment's inherited descriptor\n"
             "  --error-fd FD        write a failure to start there instead of stderr (moe-broker passes it)\n"
             "  --max-slots N        expert slots to hold (default 4096)\n"
-            "  --allow-file-weights accept weights as file regions over tcp:// too (same filesystem)\n"
+            "  --model-root DIR     accept weights as regions of files below DIR (repeatable; symlinks\n"
+            "                       leading out are refused); without it weights come inline only\n"
+            "  --max-memory BYTES   expert weights one session may load, K/M/G/T suffixes (powers of\n"
+            "                       1024); default: the backend's free memory when the session starts\n"
+            "  --curve-secret FILE  this worker's CURVE secret key (moe-broker keygen DIR)\n"
+            "  --curve-allow FILE   the coordinators' public keys it admits, one a line; re-read at\n"
+            "                       each connection, so deleting a line revokes that key\n"
+            "  --insecure           listen on a non-loopback tcp:// address without CURVE\n"
             "  --once               over ZeroMQ, exit after one coordinator's session (default: serve the next)\n"
             "  --list-devices       print the CUDA and Vulkan devices (N of cuda:N, vulkan:N) and exit\n"
             "  --version            print the version and exit\n"
-            "Stop a ZeroMQ worker with SIGTERM or SIGINT.\n");
+            "A ZeroMQ worker serves one coordinator at a time (another is answered BUSY); each\n"
+            "session starts with an empty backend. Stop it with SIGTERM or SIGINT.\n");
 }
 
 /* --list-devices: the GPU devices this build can use, with their memory. */
@@ -121,6 +134,28 @@ static int mb_worker_list_devices(void)
     return 0;
 }
 
+/* BYTES with an optional K/M/G/T suffix (powers of 1024). */
+static int mb_worker_parse_bytes(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (!s[0] || s[0] == '-' || errno || end == s) return -1;
+    unsigned shift = 0;
+    switch (*end) {
+    case '\0': break;
+    case 'K': case 'k': shift = 10; break;
+    case 'M': case 'm': shift = 20; break;
+    case 'G': case 'g': shift = 30; break;
+    case 'T': case 't': shift = 40; break;
+    default: return -1;
+    }
+    if (*end && end[1]) return -1;
+    if (shift && v > (UINT64_MAX >> shift)) return -1;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
 static int mb_worker_parse_int(const char *s, long lo, long hi, long *out)
 {
     char *end = NULL;
@@ -130,28 +165,115 @@ static int mb_worker_parse_int(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
+/* The network side of a ZeroMQ worker: who may connect (CURVE keys) and
+ * the options every (re)listen uses. */
+typedef struct {
+    const char *secret_file, *allow_file;
+    int insecure;
+    char secret[MB_ZMQ_KEY_CHARS + 1];
+    mb_zmq_options zopt;
+} mb_worker_net;
+
+/* Checks the authentication options against the endpoint and loads the
+ * key. Returns 0, or the exit code after saying why. */
+static int mb_worker_net_setup(mb_worker_net *n, const char *listen, const char *tag)
+{
+    const int zmq = strcmp(listen, "shm") != 0;
+    if (!n->secret_file != !n->allow_file) {
+        mb_worker_fail(MB_STATUS_CONFIG, "moe-worker: --curve-secret and --curve-allow go together");
+        return 2;
+    }
+    if (n->secret_file && !zmq) {
+        mb_worker_fail(MB_STATUS_CONFIG, "moe-worker: --curve-secret applies to ZeroMQ endpoints only");
+        return 2;
+    }
+    if (!n->secret_file) {
+        if (zmq && !mb_zmq_endpoint_is_local(listen) && !n->insecure) {
+            mb_worker_fail(MB_STATUS_CONFIG,
+                           "moe-worker: refusing to listen on %s without authentication: give --curve-secret "
+                           "and --curve-allow (keys from moe-broker keygen), or --insecure on a trusted network",
+                           listen);
+            return 2;
+        }
+        return 0;
+    }
+    if (!mb_zmq_has_curve()) {
+        mb_worker_fail(MB_STATUS_UNSUPPORTED, "moe-worker: this libzmq has no CURVE support");
+        return 2;
+    }
+    mb_status st = mb_zmq_key_load(n->secret_file, n->secret);
+    if (st != MB_STATUS_OK) {
+        mb_worker_fail(st, "moe-worker: cannot read a CURVE secret key from %s: %s", n->secret_file,
+                       mb_status_str(st));
+        return 2;
+    }
+    char probe[MB_ZMQ_KEY_CHARS + 1];
+    if (mb_zmq_key_load(n->allow_file, probe) != MB_STATUS_OK) {
+        /* Not fatal later (a file being rewritten admits nobody meanwhile),
+         * but at start it is a mistake. */
+        mb_worker_fail(MB_STATUS_CONFIG, "moe-worker: --curve-allow %s lists no public key", n->allow_file);
+        return 2;
+    }
+    n->zopt.curve_secret_key = n->secret;
+    n->zopt.curve_allow_file = n->allow_file;
+    char pub[MB_ZMQ_KEY_CHARS + 1];
+    if (mb_zmq_key_public(n->secret, pub) == MB_STATUS_OK)
+        fprintf(stderr, "%s: CURVE on; this worker's public key: %s\n", tag, pub);
+    return 0;
+}
+
+/* 1 when a session that ended with st leaves the worker unable to serve
+ * another: a lost device or a broken backend. */
+static int mb_worker_fatal(mb_status st)
+{
+    return st == MB_STATUS_DEVICE || st == MB_STATUS_BACKEND;
+}
+
 int main(int argc, char **argv)
 {
     const char *backend_spec = "cpu", *listen = NULL, *numa = NULL;
+    const char *roots_given[MB_WORKER_MAX_ROOTS];
+    unsigned n_roots = 0;
     long threads = 0, shm_fd = -1, max_slots = 4096, error_fd = -1;
-    int allow_files = 0, once = 0, threads_given = 0;
+    uint64_t max_memory = 0;
+    int once = 0, threads_given = 0, max_memory_given = 0;
+    mb_worker_net net;
+    memset(&net, 0, sizeof net);
     static const struct option opts[] = {
-        {"backend", required_argument, 0, 'b'}, {"listen", required_argument, 0, 'l'},
-        {"threads", required_argument, 0, 't'}, {"numa", required_argument, 0, 'n'},
-        {"shm-fd", required_argument, 0, 'f'},  {"max-slots", required_argument, 0, 's'},
-        {"allow-file-weights", no_argument, 0, 'a'}, {"once", no_argument, 0, 'o'},
-        {"error-fd", required_argument, 0, 'e'},    {"help", no_argument, 0, 'h'},
-        {"list-devices", no_argument, 0, 'D'}, {"version", no_argument, 0, 'V'},
+        {"backend", required_argument, 0, 'b'},      {"listen", required_argument, 0, 'l'},
+        {"threads", required_argument, 0, 't'},      {"numa", required_argument, 0, 'n'},
+        {"shm-fd", required_argument, 0, 'f'},       {"max-slots", required_argument, 0, 's'},
+        {"model-root", required_argument, 0, 'r'},   {"max-memory", required_argument, 0, 'm'},
+        {"curve-secret", required_argument, 0, 'S'}, {"curve-allow", required_argument, 0, 'A'},
+        {"insecure", no_argument, 0, 'I'},           {"once", no_argument, 0, 'o'},
+        {"error-fd", required_argument, 0, 'e'},     {"help", no_argument, 0, 'h'},
+        {"list-devices", no_argument, 0, 'D'},       {"version", no_argument, 0, 'V'},
         {0, 0, 0, 0},
     };
     int c;
-    while ((c = getopt_long(argc, argv, "b:l:t:n:f:s:e:aoh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "b:l:t:n:f:s:e:oh", opts, NULL)) != -1) {
         switch (c) {
         case 'b': backend_spec = optarg; break;
         case 'l': listen = optarg; break;
         case 'n': numa = optarg; break;
-        case 'a': allow_files = 1; break;
         case 'o': once = 1; break;
+        case 'S': net.secret_file = optarg; break;
+        case 'A': net.allow_file = optarg; break;
+        case 'I': net.insecure = 1; break;
+        case 'r':
+            if (n_roots == MB_WORKER_MAX_ROOTS) {
+                fprintf(stderr, "moe-worker: at most %d --model-root folders\n", MB_WORKER_MAX_ROOTS);
+                return 2;
+            }
+            roots_given[n_roots++] = optarg;
+            break;
+        case 'm':
+            if (mb_worker_parse_bytes(optarg, &max_memory)) {
+                fprintf(stderr, "moe-worker: invalid --max-memory '%s' (bytes, K/M/G/T suffixes)\n", optarg);
+                return 2;
+            }
+            max_memory_given = 1;
+            break;
         case 't':
             if (mb_worker_parse_int(optarg, 0, 4096, &threads)) {
                 fprintf(stderr, "moe-worker: invalid --threads '%s' (0..4096)\n", optarg);
@@ -190,7 +312,8 @@ int main(int argc, char **argv)
     }
     if (!listen) {
         fprintf(stderr, "moe-worker: --listen is missing: where should the worker wait for a coordinator?\n"
-                        "  e.g. moe-worker --backend cpu --listen tcp://0.0.0.0:5555   (then moe-broker run --worker tcp://HOST:5555)\n"
+                        "  e.g. moe-worker --backend cpu --listen tcp://127.0.0.1:5555   (then moe-broker run --worker tcp://127.0.0.1:5555;\n"
+                        "  other hosts need CURVE keys: --curve-secret and --curve-allow, see moe-broker keygen)\n"
                         "  (moe-broker starts its own local workers with --listen shm; see moe-worker --help)\n");
         return 2;
     }
@@ -226,9 +349,26 @@ int main(int argc, char **argv)
     }
     mb_backend_config bcfg = {.device = device, .max_slots = (uint32_t)max_slots,
                               .options = is_cpu ? &cpu_opt : NULL};
+    char *roots[MB_WORKER_MAX_ROOTS];
+    for (unsigned i = 0; i < n_roots; i++) {
+        mb_status rst = mb_worker_root_resolve(roots_given[i], &roots[i]);
+        if (rst != MB_STATUS_OK) {
+            mb_worker_fail(MB_STATUS_CONFIG, "moe-worker: invalid --model-root '%s': %s", roots_given[i],
+                           rst == MB_STATUS_NOT_FOUND ? "no such folder" : "not a folder");
+            return 2;
+        }
+    }
 
     char tag[96];
     snprintf(tag, sizeof tag, "moe-worker[%s %s]", backend_spec, listen);
+    const int is_shm = !strcmp(listen, "shm");
+    if (!is_shm && strncmp(listen, "ipc://", 6) && strncmp(listen, "tcp://", 6)) {
+        mb_worker_fail(MB_STATUS_CONFIG, "moe-worker: invalid --listen '%s' (valid: shm, ipc://PATH, tcp://HOST:PORT)", listen);
+        return 2;
+    }
+    net.zopt.session_hello = 1;
+    int rc = mb_worker_net_setup(&net, listen, tag);
+    if (rc) return rc;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = mb_worker_on_signal;
@@ -238,19 +378,14 @@ int main(int argc, char **argv)
 
     mb_transport transport = {0};
     mb_status st;
-    int allow_file_weights = 1;
-    if (!strcmp(listen, "shm")) {
+    if (is_shm) {
         if (shm_fd < 0) {
             mb_worker_fail(MB_STATUS_CONFIG, "%s: --listen shm needs --shm-fd (moe-broker passes it)", tag);
             return 2;
         }
         st = mb_shm_transport_attach((int)shm_fd, &transport);
-    } else if (!strncmp(listen, "ipc://", 6) || !strncmp(listen, "tcp://", 6)) {
-        st = mb_zmq_transport_listen(listen, NULL, &transport);
-        allow_file_weights = allow_files || !strncmp(listen, "ipc://", 6);
     } else {
-        mb_worker_fail(MB_STATUS_CONFIG, "moe-worker: invalid --listen '%s' (valid: shm, ipc://PATH, tcp://HOST:PORT)", listen);
-        return 2;
+        st = mb_zmq_transport_listen(listen, &net.zopt, &transport);
     }
     if (st != MB_STATUS_OK) {
         mb_worker_fail(st, "%s: cannot open the transport: %s", tag, mb_status_str(st));
@@ -259,7 +394,7 @@ int main(int argc, char **argv)
 
     mb_backend *backend = NULL;
     st = mb_backend_open(ops, &bcfg, &backend);
-    if (st == MB_STATUS_OK && strcmp(listen, "shm") != 0) {
+    if (st == MB_STATUS_OK && !is_shm) {
         /* Say where we listen (the port when "*" was asked for), once the
          * backend is ready, so scripts can wait for this line. */
         char bound[300];
@@ -280,30 +415,54 @@ int main(int argc, char **argv)
     }
     mb_worker_started();
     mb_worker_config wcfg = {.backend = backend, .transport = &transport,
-                             .allow_file_weights = allow_file_weights, .stop = &mb_worker_stop, .name = tag};
+                             .model_roots = (const char *const *)roots, .n_model_roots = n_roots,
+                             .stop = &mb_worker_stop, .name = tag};
     for (;;) {
+        wcfg.backend = backend;
+        wcfg.max_memory_bytes = max_memory;
+        if (!max_memory_given) {
+            /* What the host (or the device, when it reports more) can
+             * spare as the session starts. A NUMA node's free memory leaves
+             * out the page cache the kernel would reclaim, so the host's
+             * MemAvailable counts too. */
+            mb_backend_caps caps;
+            uint64_t dev_free = mb_backend_caps_get(backend, &caps) == MB_STATUS_OK ? caps.mem_free_bytes : 0;
+            uint64_t host = mb_worker_mem_available_bytes();
+            wcfg.max_memory_bytes = dev_free > host ? dev_free : host;
+        }
         st = mb_worker_serve(&wcfg);
-        /* A ZeroMQ worker outlives its coordinators: when one ends its
-         * session (SHUTDOWN) or goes away, it listens again on the same
-         * endpoint for the next, which loads its own experts. A
+        /* A ZeroMQ worker outlives its coordinators: when a session ends
+         * (SHUTDOWN, the peer gone or dropped for malformed input), every
+         * connection is closed, everything the session loaded is freed with
+         * the backend, and a fresh backend listens for the next. A
          * shared-memory worker, or one started with --once, serves one. */
-        if ((st != MB_STATUS_PEER_DEAD && st != MB_STATUS_OK) || !strcmp(listen, "shm") || once || mb_worker_stop)
-            break;
+        if (is_shm || once || mb_worker_stop || mb_worker_fatal(st)) break;
         char again[300];
         if (mb_zmq_transport_endpoint(&transport, again, sizeof again) != MB_STATUS_OK) break;
         mb_transport_destroy(&transport);
+        mb_backend_close(backend);
+        backend = NULL;
         fprintf(stderr, "%s: %s; listening again on %s\n", tag,
-                st == MB_STATUS_OK ? "session ended" : "coordinator gone", again);
-        st = mb_zmq_transport_listen(again, NULL, &transport);
+                st == MB_STATUS_OK ? "session ended" : st == MB_STATUS_PEER_DEAD ? "coordinator gone"
+                                                                                 : "session dropped (malformed input)",
+                again);
+        st = mb_backend_open(ops, &bcfg, &backend);
+        if (st != MB_STATUS_OK) {
+            fprintf(stderr, "%s: cannot reopen backend %s: %s\n", tag, backend_spec, mb_status_str(st));
+            break;
+        }
+        st = mb_zmq_transport_listen(again, &net.zopt, &transport);
         if (st != MB_STATUS_OK) {
             fprintf(stderr, "%s: cannot listen again: %s\n", tag, mb_status_str(st));
-            mb_backend_close(backend);
-            return 1;
+            break;
         }
     }
-    if (st == MB_STATUS_PEER_DEAD && mb_worker_stop) st = MB_STATUS_OK;
-    mb_backend_close(backend);
+    if (mb_worker_stop) st = MB_STATUS_OK;
+    if (backend) mb_backend_close(backend);
     mb_transport_destroy(&transport);
+    for (unsigned i = 0; i < n_roots; i++)
+        free(roots[i]);
+    explicit_bzero(net.secret, sizeof net.secret);
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "%s: stopped: %s\n", tag, mb_status_str(st));
         return 1;

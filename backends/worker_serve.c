@@ -18,10 +18,6 @@
 #define MB_WORKER_CONSUME_POLL_NS 10000000LL /* backend wait while a request's inputs are held */
 #define MB_WORKER_DRAIN_NS 10000000000ULL  /* abandoning: wait this long for the backend */
 
-/* Consecutive transport-level rejections after which the channel is taken
- * to be broken rather than hit by one bad message. */
-#define MB_WORKER_MAX_BAD_IN_A_ROW 16
-
 /* Tags the backend sees: unique for the process, across workers and
  * sessions sharing one backend. */
 static uint64_t mb_worker_wtag_counter;
@@ -239,7 +235,10 @@ mb_status mb_worker_serve(const mb_worker_config *cfg)
         if (st == MB_STATUS_CORRUPT || st == MB_STATUS_PROTOCOL || st == MB_STATUS_TRUNCATED) {
             fprintf(stderr, "%s: dropped a malformed message: %s\n", cfg->name ? cfg->name : "moe-worker",
                     mb_status_str(st));
-            if (++bad >= MB_WORKER_MAX_BAD_IN_A_ROW) break;
+            if (++bad >= MB_WORKER_MAX_BAD_IN_A_ROW) {
+                st = MB_STATUS_PROTOCOL;
+                break;
+            }
             continue;
         }
         if (st != MB_STATUS_OK) break;

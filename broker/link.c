@@ -24,6 +24,13 @@
 #include "protocol/inproc.h"
 #include "shm/shm.h"
 
+/* --model-root folders passed to a spawned worker (its own limit is 16). */
+#define MB_LINK_MAX_ROOTS 16
+/* How long a coordinator keeps asking a worker that answers BUSY: long
+ * enough for the previous session to wind down, short enough to fail
+ * clearly when another coordinator holds it. */
+#define MB_LINK_BUSY_RETRY_NS 3000000000ull
+
 uint64_t mb_now_ns(void)
 {
     struct timespec ts;
@@ -213,7 +220,7 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     snprintf(err_fd_text, sizeof err_fd_text, "%d", err_pipe[1]);
     snprintf(threads_text, sizeof threads_text, "%u", spec->threads);
     snprintf(slots_text, sizeof slots_text, "%u", spec->max_slots ? spec->max_slots : 4096u);
-    char *argv[20];
+    char *argv[24 + 2 * MB_LINK_MAX_ROOTS];
     int argc = 0;
     argv[argc++] = bin;
     argv[argc++] = "--backend";
@@ -229,6 +236,11 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     argv[argc++] = slots_text;
     argv[argc++] = "--error-fd";
     argv[argc++] = err_fd_text;
+    /* The worker reads weight files only below the checkpoint's folders. */
+    for (uint32_t i = 0; i < spec->n_model_roots && i < MB_LINK_MAX_ROOTS; i++) {
+        argv[argc++] = "--model-root";
+        argv[argc++] = (char *)spec->model_roots[i];
+    }
     if (kind == MB_LINK_SPAWNED_SHM) {
         argv[argc++] = "--shm-fd";
         argv[argc++] = fd_text;
@@ -276,6 +288,31 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
         return st;
     }
     *out = l;
+    return MB_STATUS_OK;
+}
+
+/* Loads the CURVE keys a REMOTE spec names into l, kept for every
+ * (re)connect. */
+static mb_status mb_link_curve_keys(const mb_link_spec *spec, mb_link *l, char *err, size_t err_cap)
+{
+    if (!spec->curve_server_key_file) return MB_STATUS_OK;
+    if (!spec->curve_secret_file) {
+        snprintf(err, err_cap, "%s: key= needs this coordinator's --curve-secret FILE", l->name);
+        return MB_STATUS_CONFIG;
+    }
+    const char *files[2] = {spec->curve_secret_file, spec->curve_server_key_file};
+    char *keys[2] = {l->curve_secret_key, l->curve_server_key};
+    for (int i = 0; i < 2; i++) {
+        mb_status st = mb_zmq_key_load(files[i], keys[i]);
+        if (st != MB_STATUS_OK) {
+            snprintf(err, err_cap, "%s: cannot read a CURVE key from %s: %s", l->name, files[i], mb_status_str(st));
+            return st == MB_STATUS_FORMAT ? MB_STATUS_CONFIG : st;
+        }
+    }
+    if (!mb_zmq_has_curve()) {
+        snprintf(err, err_cap, "%s: this libzmq has no CURVE support", l->name);
+        return MB_STATUS_UNSUPPORTED;
+    }
     return MB_STATUS_OK;
 }
 
@@ -384,12 +421,17 @@ static mb_status mb_link_probe(const mb_link *l, const char *endpoint, int64_t t
  * endpoint are set. */
 static mb_status mb_link_dial(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap)
 {
-    uint64_t deadline = mb_now_ns() + (uint64_t)timeout_ns;
+    uint64_t t0 = mb_now_ns(), deadline = t0 + (uint64_t)timeout_ns;
     mb_status st = mb_link_probe(l, l->endpoint, timeout_ns, err, err_cap);
     if (st != MB_STATUS_OK) return st;
     /* A worker still winding down its previous coordinator's session drops
-     * the connection once; reconnect until the deadline. */
+     * the connection once, or answers BUSY for a moment; reconnect until the
+     * deadline. */
     mb_zmq_options zo = mb_link_zmq_options(l->worker_timeout_ns);
+    if (l->curve_server_key[0]) {
+        zo.curve_secret_key = l->curve_secret_key;
+        zo.curve_server_key = l->curve_server_key;
+    }
     for (;;) {
         st = mb_zmq_transport_connect(l->endpoint, &zo, &l->transport);
         if (st != MB_STATUS_OK) {
@@ -399,8 +441,25 @@ static mb_status mb_link_dial(mb_link *l, int64_t timeout_ns, char *err, size_t 
         uint64_t now = mb_now_ns();
         st = mb_link_hello(l, now < deadline ? (int64_t)(deadline - now) : 0, err, err_cap);
         if (st == MB_STATUS_OK) return MB_STATUS_OK;
+        int refused = mb_zmq_transport_handshake_failed(&l->transport);
         mb_transport_destroy(&l->transport);
-        if (st != MB_STATUS_PEER_DEAD || mb_now_ns() + 100000000ull >= deadline) {
+        if (refused) {
+            snprintf(err, err_cap,
+                     "%s: the worker refused the connection (authentication: check ,key=, --curve-secret and "
+                     "the worker's --curve-allow)",
+                     l->name);
+            return MB_STATUS_CONFIG;
+        }
+        now = mb_now_ns();
+        if (st == MB_STATUS_BUSY) {
+            if (now < t0 + MB_LINK_BUSY_RETRY_NS && now + 200000000ull < deadline) {
+                usleep(200000);
+                continue;
+            }
+            snprintf(err, err_cap, "%s: the worker is busy serving another coordinator", l->name);
+            return st;
+        }
+        if (st != MB_STATUS_PEER_DEAD || now + 100000000ull >= deadline) {
             char why[160];
             snprintf(why, sizeof why, "%s", err);
             snprintf(err, err_cap, "%s: reached, but no moe-worker completed the handshake within %.1f s "
@@ -424,8 +483,13 @@ mb_status mb_link_connect(const mb_link_spec *spec, int index, int64_t timeout_n
     l.worker_timeout_ns = spec->worker_timeout_ns > 0 ? spec->worker_timeout_ns : MB_LINK_WORKER_TIMEOUT_NS;
     snprintf(l.endpoint, sizeof l.endpoint, "%s", spec->endpoint);
     snprintf(l.name, sizeof l.name, "w%d %.80s", index, spec->endpoint);
-    mb_status st = mb_link_dial(&l, spec->connect_timeout_ns > 0 ? spec->connect_timeout_ns : timeout_ns, err, err_cap);
-    if (st != MB_STATUS_OK) return st;
+    mb_status st = mb_link_curve_keys(spec, &l, err, err_cap);
+    if (st == MB_STATUS_OK)
+        st = mb_link_dial(&l, spec->connect_timeout_ns > 0 ? spec->connect_timeout_ns : timeout_ns, err, err_cap);
+    if (st != MB_STATUS_OK) {
+        explicit_bzero(l.curve_secret_key, sizeof l.curve_secret_key);
+        return st;
+    }
     snprintf(l.name, sizeof l.name, "w%d %.16s %.60s", index, l.caps.backend, spec->endpoint);
     *out = l;
     return MB_STATUS_OK;
@@ -508,7 +572,6 @@ mb_status mb_link_open_inproc(const mb_link_spec *spec, int index, mb_link *out,
     *out = l; /* the worker config points at out's handler end, so build it there */
     wcfg->backend = out->backend;
     wcfg->transport = &out->handler_end;
-    wcfg->allow_file_weights = 1;
     wcfg->name = out->name;
     out->worker_cfg = wcfg;
     st = mb_worker_create(wcfg, &out->worker);
@@ -571,4 +634,5 @@ void mb_link_close(mb_link *l)
     l->backend = NULL;
     if (l->ipc_path[0]) unlink(l->ipc_path);
     l->ipc_path[0] = '\0';
+    explicit_bzero(l->curve_secret_key, sizeof l->curve_secret_key);
 }

@@ -33,6 +33,10 @@ typedef struct mb_link {
     int lost;                   /* dropped after a failure (mb_link_drop); no transport */
     char endpoint[256];         /* REMOTE: where it was reached, for a reconnect */
     int64_t worker_timeout_ns;  /* liveness bound the transport enforces */
+    /* REMOTE over CURVE: this coordinator's secret key and the worker's
+     * public key (z85), for every (re)connect; "" = plain. */
+    char curve_secret_key[MB_ZMQ_KEY_CHARS + 1];
+    char curve_server_key[MB_ZMQ_KEY_CHARS + 1];
     /* In-process only. */
     mb_backend *backend;
     struct mb_worker *worker;
@@ -50,6 +54,14 @@ typedef struct {
     uint32_t max_slots;    /* slots to ask for (spawned / in-process) */
     int64_t worker_timeout_ns;  /* a worker whose heartbeat stops this long is lost; 0: 1.5 s */
     int64_t connect_timeout_ns; /* REMOTE: reaching it and its HELLO; 0: the caller's timeout */
+    /* Spawned: the folders the worker may read weight files from (its
+     * --model-root), realpaths; none: weights travel inline. */
+    const char *const *model_roots;
+    uint32_t n_model_roots;
+    /* REMOTE over CURVE: the worker's public key file (,key=FILE) and this
+     * coordinator's secret key file (--curve-secret); NULL: plain. */
+    const char *curve_server_key_file;
+    const char *curve_secret_file;
 } mb_link_spec;
 
 /* Liveness default: a frozen worker is noticed within about this long (plus

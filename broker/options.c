@@ -66,8 +66,13 @@ static const knob knobs[MB_OPTION_COUNT_] = {
                                   "covers every expert)",
                           .help = "add a worker (repeatable): cpu[:N], cuda[:N] or vulkan[:N] started\n"
                                   "here (N: NUMA node or GPU), or a running one at tcp://HOST:PORT or\n"
-                                  "ipc:///PATH; then optionally ,weight=W ,threads=T. MB_WORKERS takes\n"
+                                  "ipc:///PATH; then optionally ,weight=W ,threads=T, and for a\n"
+                                  "running one ,key=FILE (its CURVE public key). MB_WORKERS takes\n"
                                   "specs separated by ';'"},
+    [MB_OPTION_CURVE_SECRET] = {.flag = "curve-secret", .env = "MB_CURVE_SECRET", .kind = KNOB_STRING,
+                                .offset = OFF(curve_secret), .arg = "FILE", .dflt = "none",
+                                .help = "this coordinator's CURVE secret key (moe-broker keygen DIR), for\n"
+                                        "workers given ,key=FILE"},
     [MB_OPTION_IPC_MODE] = {.flag = "ipc-mode", .env = "MB_IPC_MODE", .kind = KNOB_ENUM,
                             .offset = OFF(ipc_mode), .names = ipc_mode_names, .arg = "MODE",
                             .help = "how expert work travels: one message per worker per layer\n"

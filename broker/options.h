@@ -36,6 +36,7 @@ typedef enum {
 typedef enum {
     MB_OPTION_MODEL = 0,
     MB_OPTION_WORKER,
+    MB_OPTION_CURVE_SECRET,
     MB_OPTION_IPC_MODE,
     MB_OPTION_TRANSPORT,
     MB_OPTION_BATCH_CAPACITY,
@@ -92,6 +93,7 @@ typedef struct {
     char *model_dir; /* --model DIR; NULL = the embedded default */
     char **workers;  /* --worker SPEC, in order; see mb_worker_spec_parse */
     size_t n_workers;
+    char *curve_secret; /* --curve-secret FILE: for workers given ,key=FILE; NULL = none */
     mb_ipc_mode ipc_mode;        /* default auto */
     mb_transport_kind transport; /* default auto */
     uint32_t batch_capacity;     /* tokens per batched message, 1..4096, default 1024 */
@@ -182,8 +184,10 @@ const char *mb_transport_kind_name(int kind);
  *   ipc:///PATH[,KEY=VALUE]...
  * BACKEND is cpu, cuda or vulkan; DEVICE is the NUMA node (cpu) or the GPU
  * index, 0..1023. KEYs: weight (share of the expert placement, > 0, default
- * 1) and threads (worker threads, 0..1024, 0 = the worker decides; a remote
- * worker receives it as a request). */
+ * 1), threads (worker threads, 0..1024, 0 = the worker decides; a remote
+ * worker receives it as a request) and, for a running worker, key (the file
+ * holding its CURVE public key: the connection is authenticated and
+ * encrypted, with the coordinator's own --curve-secret). */
 typedef enum {
     MB_WORKER_KIND_LOCAL = 0,  /* started by the coordinator on this host */
     MB_WORKER_KIND_REMOTE = 1, /* already running at endpoint */
@@ -199,6 +203,7 @@ typedef struct {
     int device;                              /* -1 = not given (any node / device 0) */
     double weight;                           /* > 0, default 1 */
     uint32_t threads;                        /* 0 = the worker decides */
+    char key_file[MB_WORKER_ENDPOINT_BYTES]; /* remote: CURVE public key file; "" = plain */
 } mb_worker_spec;
 
 /* Parses one SPEC into *out (written only on success). Errors:

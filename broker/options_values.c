@@ -380,7 +380,7 @@ static mb_status worker_key(char *item, mb_worker_spec *w, const char *text, cha
     if (!eq) {
         mb_options_errf(
             err, err_cap,
-            "invalid worker spec '%s': '%s' is not KEY=VALUE (valid keys: weight, threads)", text,
+            "invalid worker spec '%s': '%s' is not KEY=VALUE (valid keys: weight, threads, key)", text,
             item);
         return MB_STATUS_CONFIG;
     }
@@ -406,9 +406,20 @@ static mb_status worker_key(char *item, mb_worker_spec *w, const char *text, cha
             return MB_STATUS_CONFIG;
         }
         w->threads = (uint32_t)v;
+    } else if (strcmp(item, "key") == 0) {
+        /* The worker's CURVE public key file: only a running worker has one. */
+        size_t len = strlen(value);
+        if (w->kind != MB_WORKER_KIND_REMOTE || len == 0 || len >= sizeof w->key_file) {
+            mb_options_errf(err, err_cap,
+                            "invalid worker spec '%s': key '%s' (valid: the public key file of a tcp:// or "
+                            "ipc:// worker)",
+                            text, value);
+            return MB_STATUS_CONFIG;
+        }
+        memcpy(w->key_file, value, len + 1);
     } else {
         mb_options_errf(err, err_cap,
-                        "invalid worker spec '%s': unknown key '%s' (valid keys: weight, threads)",
+                        "invalid worker spec '%s': unknown key '%s' (valid keys: weight, threads, key)",
                         text, item);
         return MB_STATUS_CONFIG;
     }
@@ -448,7 +459,7 @@ mb_status mb_worker_spec_parse(const char *text, mb_worker_spec *out, char *err,
     free(tail);
     if (st == MB_STATUS_OK && n_keys == 0) {
         mb_options_errf(err, err_cap,
-                        "invalid worker spec '%s': trailing ',' (valid keys: weight, threads)",
+                        "invalid worker spec '%s': trailing ',' (valid keys: weight, threads, key)",
                         text);
         st = MB_STATUS_CONFIG;
     }

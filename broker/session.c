@@ -2,6 +2,7 @@
 #include "broker/session.h"
 #include "broker/failover.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,9 +17,39 @@ static uint32_t mb_session_cpus(void)
     return n > 0 ? (uint32_t)n : 1;
 }
 
+/* The folders holding the checkpoint's files, resolved: a spawned worker
+ * reads weight files only below them (--model-root). */
+typedef struct {
+    char *dirs[16];
+    uint32_t n;
+} mb_session_roots;
+
+static void mb_session_roots_find(const mb_model *m, mb_session_roots *r)
+{
+    memset(r, 0, sizeof *r);
+    for (uint32_t i = 0; i < m->n_files; i++) {
+        char *real = m->files[i].path ? realpath(m->files[i].path, NULL) : NULL;
+        char *slash = real ? strrchr(real, '/') : NULL;
+        if (slash) *(slash == real ? slash + 1 : slash) = '\0';
+        int known = !slash;
+        for (uint32_t j = 0; j < r->n && !known; j++) known = !strcmp(r->dirs[j], real);
+        /* A file whose folder is not passed is loaded inline instead. */
+        if (known || r->n == sizeof r->dirs / sizeof r->dirs[0]) free(real);
+        else r->dirs[r->n++] = real;
+    }
+}
+
+static void mb_session_roots_free(mb_session_roots *r)
+{
+    for (uint32_t i = 0; i < r->n; i++)
+        free(r->dirs[i]);
+    r->n = 0;
+}
+
 /* Starts link i from a --worker spec. */
 static mb_status mb_session_start_link(const mb_options *opt, const char *spec_text, uint32_t n_workers, int index,
-                                       uint32_t max_slots, mb_link *out, char *err, size_t err_cap)
+                                       uint32_t max_slots, const mb_session_roots *roots, mb_link *out, char *err,
+                                       size_t err_cap)
 {
     mb_worker_spec ws;
     mb_status st = mb_worker_spec_parse(spec_text, &ws, err, err_cap);
@@ -26,7 +57,10 @@ static mb_status mb_session_start_link(const mb_options *opt, const char *spec_t
     mb_link_spec ls = {.backend = ws.backend, .device = ws.device, .threads = ws.threads,
                        .endpoint = ws.endpoint, .weight = ws.weight, .max_slots = max_slots,
                        .worker_timeout_ns = (int64_t)opt->worker_timeout_ms * 1000000,
-                       .connect_timeout_ns = (int64_t)opt->connect_timeout_ms * 1000000};
+                       .connect_timeout_ns = (int64_t)opt->connect_timeout_ms * 1000000,
+                       .model_roots = (const char *const *)roots->dirs, .n_model_roots = roots->n,
+                       .curve_server_key_file = ws.key_file[0] ? ws.key_file : NULL,
+                       .curve_secret_file = opt->curve_secret};
     if (ws.kind == MB_WORKER_KIND_REMOTE) return mb_link_connect(&ls, index, MB_SESSION_HELLO_TIMEOUT_NS, out, err, err_cap);
     if (ls.threads == 0) {
         /* Share the machine's cores between the local workers. */
@@ -85,6 +119,12 @@ static mb_status mb_session_load_one(const mb_model *m, mb_link *l, uint32_t slo
     if (st != MB_STATUS_OK) return st;
     char why[200];
     st = mb_link_call(l, *scratch, len, MB_SESSION_LOAD_TIMEOUT_NS, why, sizeof why);
+    if (by_file && (st == MB_STATUS_NOT_FOUND || st == MB_STATUS_UNSUPPORTED)) {
+        /* The worker does not read this checkpoint's files (no --model-root
+         * covering them): send the bytes, to it from now on. */
+        l->same_host = 0;
+        return mb_session_load_one(m, links, pl, layer, expert, scratch, scratch_cap, err, err_cap);
+    }
     if (st != MB_STATUS_OK) snprintf(err, err_cap, "loading layer %u expert %u: %s", layer, expert, why);
     return st;
 }
@@ -159,12 +199,16 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     }
     uint32_t max_slots = c->n_layers * c->n_experts;
     mb_status st = MB_STATUS_OK;
+    mb_session_roots roots;
+    mb_session_roots_find(model, &roots);
     for (uint32_t i = 0; i < n_workers; i++) {
         if (verbosity >= MB_SESSION_INFO) fprintf(stderr, "starting backend %u: %s\n", i, specs[i]);
-        st = mb_session_start_link(opt, specs[i], n_workers, (int)i, max_slots, &s->links[i], err, err_cap);
-        if (st != MB_STATUS_OK) goto fail;
+        st = mb_session_start_link(opt, specs[i], n_workers, (int)i, max_slots, &roots, &s->links[i], err, err_cap);
+        if (st != MB_STATUS_OK) break;
         s->n_links++;
     }
+    mb_session_roots_free(&roots);
+    if (st != MB_STATUS_OK) goto fail;
     if (want_local) {
         mb_link_spec ls = {.backend = "cpu", .device = -1, .threads = opt->threads, .weight = 1,
                            .max_slots = max_slots};

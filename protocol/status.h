@@ -34,7 +34,8 @@
     X(CLOSED, 26, "transport closed")                                          \
     X(BAD_FLAGS, 27, "unknown flags set")                                      \
     X(NOT_FOUND, 28, "not found")                                              \
-    X(PROTOCOL, 29, "unexpected message")
+    X(PROTOCOL, 29, "unexpected message")                                      \
+    X(BUSY, 30, "worker busy serving another coordinator")
 
 typedef enum {
 #define MB_STATUS_ENUM_(name, value, text) MB_STATUS_##name = value,

@@ -68,9 +68,12 @@ mb_status mb_transport_send_copy(mb_transport *t, const void *msg, size_t len, i
  * count, header frame not 32 bytes, too long) makes recv return PROTOCOL or
  * TRUNCATED; it is dropped and the channel keeps serving, except a frame
  * past max_message_bytes, on which libzmq drops the sender's connection. The
- * worker learns its coordinator from the first well-formed message and
- * silently drops messages from any other; until then its sends return
- * PEER_DEAD (nobody to answer). A lost peer (connection dropped, or ZMTP
+ * worker learns its coordinator from the first well-formed message (with
+ * session_hello: the first well-formed HELLO, anything else from a stranger
+ * being dropped unanswered, so a peer that connects and only pings claims
+ * nothing). Later it drops messages from any other peer (with session_hello
+ * answering a stranger's HELLO with a STATUS of BUSY); until a coordinator
+ * is known its sends return PEER_DEAD (nobody to answer). A lost peer (connection dropped, or ZMTP
  * heartbeats unanswered for heartbeat_timeout_ms) makes recv and send return
  * PEER_DEAD, for good: in-flight work on the lost connection is gone.
  * send_commit may wait for queue room (the connection not up yet, or 256
@@ -88,7 +91,45 @@ typedef struct {
                                  message: ZMTP counts only whole messages. */
     int send_timeout_ms;      /* send_commit's bound when send_reserve had no
                                  timeout; 0: 5000 */
+    /* CURVE authentication and encryption: keys are z85 text (40
+     * characters, see mb_zmq_key_load); all NULL: plain ZMTP. A listener
+     * given curve_secret_key (its own) must be given curve_allow_file too:
+     * it admits only clients whose public key that file lists (one z85 key a
+     * line, '#' comments), read again at every handshake, so deleting a line
+     * revokes the key for new connections. Refused clients get no reply
+     * and leave no state: libzmq closes them during the handshake. A
+     * connector given curve_server_key (the worker's public key) must be
+     * given curve_secret_key (its own); its public key is derived. */
+    const char *curve_secret_key;
+    const char *curve_server_key;
+    const char *curve_allow_file;
+    int session_hello; /* listener: a session opens with a protocol HELLO (above) */
 } mb_zmq_options;
+
+/* ---- CURVE keys ---- */
+#define MB_ZMQ_KEY_CHARS 40
+
+/* 1 when the libzmq in use has CURVE (built with libsodium). */
+int mb_zmq_has_curve(void);
+
+/* Reads a key file: its first line that is not blank or a '#' comment must
+ * be a 40-character z85 key, written NUL-terminated into key. NOT_FOUND, IO,
+ * FORMAT (not a key). */
+mb_status mb_zmq_key_load(const char *path, char key[MB_ZMQ_KEY_CHARS + 1]);
+
+/* Derives the public key of a z85 secret key. INVALID_ARG, UNSUPPORTED
+ * (no CURVE). */
+mb_status mb_zmq_key_public(const char *secret, char pub[MB_ZMQ_KEY_CHARS + 1]);
+
+/* Writes a new keypair into dir (created 0700 when missing): secret.key
+ * (mode 0600) and public.key. Never overwrites: CONFIG when either exists.
+ * UNSUPPORTED without CURVE, IO; err says why. */
+mb_status mb_zmq_keygen(const char *dir, char *err, size_t err_cap);
+
+/* 1 when endpoint can only be reached from this host: ipc://, or tcp:// on
+ * a loopback address (127.0.0.0/8, ::1, localhost). A wildcard ("*",
+ * 0.0.0.0, ::), another address or an interface name is not. */
+int mb_zmq_endpoint_is_local(const char *endpoint);
 
 /* Worker side: binds endpoint ("ipc:///path", "tcp://host:port"; a port of
  * "*" picks a free one, see mb_zmq_transport_endpoint) and waits for one
@@ -99,11 +140,22 @@ typedef struct {
  * INVALID_ARG for a bad endpoint or option, IO when the address is taken. */
 mb_status mb_zmq_transport_listen(const char *endpoint, const mb_zmq_options *opt, mb_transport *out);
 
+/* For tests and fuzzing: a listener bound to an inproc:// endpoint inside
+ * its own libzmq context, which is returned in *ctx (borrowed: valid until
+ * the transport is destroyed) so a test peer can connect from it. */
+mb_status mb_zmq_transport_listen_inproc(const char *endpoint, const mb_zmq_options *opt, mb_transport *out,
+                                         void **ctx);
+
 /* Coordinator side: connects to a listening worker. Non-blocking: the
  * connection comes up in the background (and is retried until it does); the
  * first send_commit waits for it. opt may be NULL. INVALID_ARG for a bad
  * endpoint or option. */
 mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *opt, mb_transport *out);
+
+/* 1 when a connector's handshake was refused: the worker does not admit its
+ * CURVE key, or one side uses CURVE and the other does not. The transport
+ * reports PEER_DEAD then. 0 for anything else. */
+int mb_zmq_transport_handshake_failed(const mb_transport *t);
 
 /* Writes the transport's endpoint, NUL-terminated, into buf (cap bytes): for
  * a listener the address it is bound to with wildcards resolved

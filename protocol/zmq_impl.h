@@ -62,6 +62,21 @@ void mb_zmq_pool_put(mb_zmq_buf *b);
 /* zmq_free_fn for frames made with zmq_msg_init_data: hint is the buffer. */
 void mb_zmq_pool_free_frame(void *data, void *hint);
 
+/* ---- CURVE authentication (zmq_curve.c) ---- */
+
+/* The ZAP handler thread of one listening transport. */
+typedef struct mb_zmq_zap mb_zmq_zap;
+
+/* Binds the handler's socket on inproc://zeromq.zap.01 in ctx (before the
+ * transport's own socket binds, so no handshake finds it missing) and starts
+ * its thread, which admits the CURVE client keys listed in allow_file
+ * (copied). NOMEM, IO when the address is taken. */
+mb_status mb_zmq_zap_start(void *ctx, const char *allow_file, mb_zmq_zap **out);
+
+/* Waits for the thread, which ends when ctx shuts down; then frees z.
+ * Call after zmq_ctx_shutdown. NULL is a no-op. */
+void mb_zmq_zap_join(mb_zmq_zap *z);
+
 /* ---- transport state ---- */
 
 typedef enum { MB_ZMQ_ROLE_LISTEN = 0, MB_ZMQ_ROLE_CONNECT = 1 } mb_zmq_role;
@@ -71,14 +86,17 @@ typedef struct {
     void *ctx;  /* one libzmq context per transport: no shared state, fork-safe */
     void *sock; /* ROUTER (listen) or DEALER (connect) */
     void *mon;  /* PAIR receiving sock's DISCONNECTED events */
+    mb_zmq_zap *zap; /* listener with CURVE: its ZAP handler, else NULL */
     size_t max_message_bytes;
     int send_timeout_ms;
+    int session_hello; /* listener: only a HELLO opens a session; BUSY answers */
     int rcvtimeo_ms;           /* value now set on sock, to skip redundant calls */
     unsigned recv_since_drain; /* messages read since the monitor was drained */
 
     /* The peer. A listener learns it from the first well-formed message. */
     int peer_known;
     int peer_dead; /* sticky: the channel lost its peer, in-flight work is gone */
+    int handshake_failed; /* connector: the worker refused the handshake */
     unsigned char peer_id[255];
     size_t peer_id_len;
     int peer_fd; /* listener: the peer connection's descriptor in libzmq */
@@ -105,6 +123,7 @@ typedef struct {
 
     uint64_t n_rejected; /* malformed messages dropped */
     uint64_t n_foreign;  /* messages from a second coordinator dropped */
+    uint64_t n_busy;     /* HELLOs of a second coordinator answered BUSY */
 } mb_zmq_transport;
 
 /* ---- socket helpers (zmq_socket.c) ---- */

@@ -21,6 +21,11 @@
 #define MB_ZMQ_RECONNECT_IVL_MS 100
 /* ZMTP carries the heartbeat TTL in deciseconds in 16 bits. */
 #define MB_ZMQ_MAX_HEARTBEAT_MS 6553500
+/* ZMQ_ZAP_ENFORCE_DOMAIN, a draft option: zmq.h declares it only in draft
+ * builds. */
+#define MB_ZMQ_ZAP_ENFORCE_DOMAIN 93
+#define MB_ZMQ_EVENTS_HANDSHAKE_FAILED                                                              \
+    (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
 int64_t mb_zmq_now_ns(void)
 {
@@ -91,6 +96,43 @@ static mb_status mb_zmq_check_options(const mb_zmq_options *opt, size_t *max_byt
     return MB_STATUS_OK;
 }
 
+/* Makes t->sock a CURVE server (ROUTER, with its ZAP handler started) or
+ * client (DEALER) when opt asks for it. */
+static mb_status mb_zmq_socket_set_curve(mb_zmq_transport *t, int type, const mb_zmq_options *opt)
+{
+    if (!opt || (!opt->curve_secret_key && !opt->curve_server_key && !opt->curve_allow_file))
+        return MB_STATUS_OK;
+    const char *sec = opt->curve_secret_key;
+    if (!sec || strlen(sec) != MB_ZMQ_KEY_CHARS) return MB_STATUS_INVALID_ARG;
+    if (!mb_zmq_has_curve()) return MB_STATUS_UNSUPPORTED;
+    if (type == ZMQ_ROUTER) {
+        if (!opt->curve_allow_file || opt->curve_server_key) return MB_STATUS_INVALID_ARG;
+        /* A handshake asks the handler: it must be there before bind. */
+        mb_status st = mb_zmq_zap_start(t->ctx, opt->curve_allow_file, &t->zap);
+        if (st != MB_STATUS_OK) return st;
+        static const char domain[] = "moe-broker";
+        if (mb_zmq_set_int(t->sock, ZMQ_CURVE_SERVER, 1) ||
+            zmq_setsockopt(t->sock, ZMQ_CURVE_SECRETKEY, sec, MB_ZMQ_KEY_CHARS) ||
+            zmq_setsockopt(t->sock, ZMQ_ZAP_DOMAIN, domain, sizeof domain - 1))
+            return MB_STATUS_INVALID_ARG;
+        /* Where libzmq has it (a draft option), a missing handler refuses
+         * clients instead of admitting them; ours is bound for the
+         * transport's life either way. */
+        (void)mb_zmq_set_int(t->sock, MB_ZMQ_ZAP_ENFORCE_DOMAIN, 1);
+        return MB_STATUS_OK;
+    }
+    const char *srv = opt->curve_server_key;
+    if (!srv || strlen(srv) != MB_ZMQ_KEY_CHARS || opt->curve_allow_file) return MB_STATUS_INVALID_ARG;
+    char pub[MB_ZMQ_KEY_CHARS + 1];
+    mb_status st = mb_zmq_key_public(sec, pub);
+    if (st != MB_STATUS_OK) return st;
+    if (zmq_setsockopt(t->sock, ZMQ_CURVE_SERVERKEY, srv, MB_ZMQ_KEY_CHARS) ||
+        zmq_setsockopt(t->sock, ZMQ_CURVE_PUBLICKEY, pub, MB_ZMQ_KEY_CHARS) ||
+        zmq_setsockopt(t->sock, ZMQ_CURVE_SECRETKEY, sec, MB_ZMQ_KEY_CHARS))
+        return MB_STATUS_INVALID_ARG;
+    return MB_STATUS_OK;
+}
+
 mb_status mb_zmq_socket_open(mb_zmq_transport *t, int type, const mb_zmq_options *opt)
 {
     size_t max_bytes;
@@ -118,6 +160,11 @@ mb_status mb_zmq_socket_open(mb_zmq_transport *t, int type, const mb_zmq_options
         mb_zmq_set_int(t->sock, ZMQ_RECONNECT_IVL, MB_ZMQ_RECONNECT_IVL_MS) ||
         mb_zmq_set_int(t->sock, ZMQ_RECONNECT_IVL_MAX, 0))
         goto fail_errno;
+    st = mb_zmq_socket_set_curve(t, type, opt);
+    if (st != MB_STATUS_OK) {
+        mb_zmq_socket_close(t);
+        return st;
+    }
     if (type == ZMQ_ROUTER) {
         /* Sending to a peer that is gone fails (EHOSTUNREACH) instead of
          * vanishing, and a full queue says EAGAIN instead of dropping. */
@@ -132,7 +179,11 @@ mb_status mb_zmq_socket_open(mb_zmq_transport *t, int type, const mb_zmq_options
     /* The monitor's queue is unbounded (RCVHWM 0 on our side of the inproc
      * pipe): libzmq's I/O thread may block sending to a full monitor queue,
      * and a peer flooding connections must not stall it. recv drains it. */
-    if (zmq_socket_monitor(t->sock, MB_ZMQ_MONITOR_ENDPOINT, ZMQ_EVENT_DISCONNECTED))
+    /* A connector also hears of a refused handshake (a CURVE key the
+     * worker does not admit, a plain client at a CURVE worker). */
+    int events = ZMQ_EVENT_DISCONNECTED;
+    if (type == ZMQ_DEALER) events |= MB_ZMQ_EVENTS_HANDSHAKE_FAILED;
+    if (zmq_socket_monitor(t->sock, MB_ZMQ_MONITOR_ENDPOINT, events))
         goto fail_errno;
     t->mon = zmq_socket(t->ctx, ZMQ_PAIR);
     if (!t->mon) goto fail_errno;
@@ -140,6 +191,7 @@ mb_status mb_zmq_socket_open(mb_zmq_transport *t, int type, const mb_zmq_options
         zmq_connect(t->mon, MB_ZMQ_MONITOR_ENDPOINT))
         goto fail_errno;
 
+    t->session_hello = opt && opt->session_hello && type == ZMQ_ROUTER;
     t->max_message_bytes = max_bytes;
     t->send_timeout_ms = send_timeout_ms;
     return MB_STATUS_OK;
@@ -209,6 +261,13 @@ void mb_zmq_socket_close(mb_zmq_transport *t)
     if (t->sock && t->mon) zmq_socket_monitor(t->sock, NULL, 0);
     mb_zmq_close_quietly(&t->mon);
     mb_zmq_close_quietly(&t->sock);
+    if (t->ctx && t->zap) {
+        /* The handler's blocking recv fails with ETERM; it closes its
+         * socket and ends, and only then can the context terminate. */
+        zmq_ctx_shutdown(t->ctx);
+        mb_zmq_zap_join(t->zap);
+        t->zap = NULL;
+    }
     if (t->ctx) {
         while (zmq_ctx_term(t->ctx) != 0 && zmq_errno() == EINTR) {
         }
@@ -248,6 +307,11 @@ void mb_zmq_monitor_drain(mb_zmq_transport *t)
             if (zmq_msg_recv(&ev, t->mon, 0) < 0) break;
         }
         zmq_msg_close(&ev);
+        if (t->role == MB_ZMQ_ROLE_CONNECT && (event & MB_ZMQ_EVENTS_HANDSHAKE_FAILED)) {
+            t->handshake_failed = 1;
+            t->peer_dead = 1;
+            continue;
+        }
         if (event != ZMQ_EVENT_DISCONNECTED) continue;
         /* A connecting socket has one connection, so any drop is the peer.
          * A listener also sees strangers come and go: only the connection

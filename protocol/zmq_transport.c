@@ -3,6 +3,7 @@
  * 32-byte header frame and a body frame; large bodies leave zero-copy from a
  * pooled buffer, and recv reassembles both frames into one aligned buffer.
  * Socket setup, connection events and ipc files live in zmq_socket.c. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,11 +194,43 @@ static mb_status mb_zmq_learn_peer(mb_zmq_transport *t, zmq_msg_t *id, zmq_msg_t
     return MB_STATUS_OK;
 }
 
+/* 1 when a 32-byte header frame announces a HELLO: what opens a session. */
+static int mb_zmq_is_hello(const zmq_msg_t *header)
+{
+    if (zmq_msg_size(header) != MB_PROTO_HEADER_BYTES) return 0;
+    const unsigned char *p = zmq_msg_data((zmq_msg_t *)header);
+    uint32_t magic;
+    uint16_t opcode;
+    memcpy(&magic, p, sizeof magic);
+    memcpy(&opcode, p + 6, sizeof opcode);
+    return magic == MB_PROTO_MAGIC && opcode == MB_OP_HELLO;
+}
+
+/* Tells a second coordinator, whose HELLO came while a session runs, that
+ * this worker is taken. Best effort and never waits: a full queue or a
+ * vanished peer loses the answer. */
+static void mb_zmq_answer_busy(mb_zmq_transport *t, zmq_msg_t *id, zmq_msg_t *header)
+{
+    unsigned char reply[MB_PROTO_HEADER_BYTES] __attribute__((aligned(8)));
+    uint64_t tag;
+    size_t len = 0;
+    memcpy(&tag, (const unsigned char *)zmq_msg_data(header) + 8, sizeof tag);
+    if (mb_proto_encode_empty(reply, sizeof reply, MB_OP_STATUS, tag, MB_STATUS_BUSY, &len) != MB_STATUS_OK)
+        return;
+    if (zmq_send(t->sock, zmq_msg_data(id), zmq_msg_size(id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) return;
+    /* Once the first frame is in, the rest fit (see mb_zmq_send_first). */
+    if (mb_zmq_send_frame(t->sock, reply, len, 1) == 0 && mb_zmq_send_frame(t->sock, "", 0, 0) == 0)
+        t->n_busy++;
+}
+
 /* Receives one whole message (flags: ZMQ_DONTWAIT, or 0 to block up to the
  * socket's RCVTIMEO) and checks its framing: [routing id (listener)] header
  * of exactly 32 bytes, body within max_message_bytes. OK with the message in
  * t->rbuf; AGAIN when none came or it came from a stranger (*foreign set);
- * PROTOCOL, TRUNCATED or NOMEM for a message that was dropped. */
+ * PROTOCOL, TRUNCATED or NOMEM for a message of the peer that was dropped.
+ * A listener without a peer yet takes the sender of the first well-formed
+ * message (HELLO with session_hello) as its peer; every other message
+ * before it is a stranger's. */
 static mb_status mb_zmq_read_message(mb_zmq_transport *t, int flags, size_t *bytes, int *foreign)
 {
     enum { MAX_FRAMES = 3 };
@@ -237,17 +270,19 @@ static mb_status mb_zmq_read_message(mb_zmq_transport *t, int flags, size_t *byt
 
     mb_status st = MB_STATUS_OK;
     size_t h = 0;
+    const int claiming = t->role == MB_ZMQ_ROLE_LISTEN && !t->peer_known;
     if (t->role == MB_ZMQ_ROLE_LISTEN) {
         h = 1;
         if (t->peer_known && (zmq_msg_size(&f[0]) != t->peer_id_len ||
                               memcmp(zmq_msg_data(&f[0]), t->peer_id, t->peer_id_len) != 0)) {
-            t->n_foreign++;
-            *foreign = 1;
+            if (t->session_hello && n == want && mb_zmq_is_hello(&f[1])) mb_zmq_answer_busy(t, &f[0], &f[1]);
             st = MB_STATUS_AGAIN;
-            goto out;
+        } else if (claiming && t->session_hello && (n != want || !mb_zmq_is_hello(&f[1]))) {
+            st = MB_STATUS_AGAIN;
         }
     }
-    if (n != want) {
+    if (st != MB_STATUS_OK) {
+    } else if (n != want) {
         st = MB_STATUS_PROTOCOL;
     } else if (zmq_msg_size(&f[h]) != MB_PROTO_HEADER_BYTES) {
         st = zmq_msg_size(&f[h]) < MB_PROTO_HEADER_BYTES ? MB_STATUS_TRUNCATED : MB_STATUS_PROTOCOL;
@@ -256,16 +291,23 @@ static mb_status mb_zmq_read_message(mb_zmq_transport *t, int flags, size_t *byt
     } else {
         size_t body = zmq_msg_size(&f[h + 1]);
         st = mb_zmq_rbuf_reserve(t, MB_PROTO_HEADER_BYTES + body);
-        if (st == MB_STATUS_OK && t->role == MB_ZMQ_ROLE_LISTEN && !t->peer_known)
-            st = mb_zmq_learn_peer(t, &f[0], &f[h]);
+        if (st == MB_STATUS_OK && claiming) st = mb_zmq_learn_peer(t, &f[0], &f[h]);
         if (st == MB_STATUS_OK) {
             memcpy(t->rbuf, zmq_msg_data(&f[h]), MB_PROTO_HEADER_BYTES);
             if (body) memcpy(t->rbuf + MB_PROTO_HEADER_BYTES, zmq_msg_data(&f[h + 1]), body);
             *bytes = MB_PROTO_HEADER_BYTES + body;
         }
     }
-    if (st != MB_STATUS_OK) t->n_rejected++;
-out:
+    if (st != MB_STATUS_OK && (st == MB_STATUS_AGAIN || (claiming && t->session_hello))) {
+        /* Not the peer's: a stranger, or (session_hello) someone who has not
+         * opened a session. Dropped without an answer or a mark against the
+         * session. */
+        t->n_foreign++;
+        *foreign = 1;
+        st = MB_STATUS_AGAIN;
+    } else if (st != MB_STATUS_OK) {
+        t->n_rejected++;
+    }
     for (size_t i = 0; i < n_kept; i++)
         zmq_msg_close(&f[i]);
     return st;
@@ -425,6 +467,50 @@ mb_status mb_zmq_transport_listen(const char *endpoint, const mb_zmq_options *op
     return MB_STATUS_OK;
 }
 
+mb_status mb_zmq_transport_listen_inproc(const char *endpoint, const mb_zmq_options *opt, mb_transport *out,
+                                         void **ctx)
+{
+    if (!endpoint || !out || !ctx || strncmp(endpoint, "inproc://", 9) != 0 ||
+        strlen(endpoint) >= sizeof(((mb_zmq_transport *)0)->endpoint))
+        return MB_STATUS_INVALID_ARG;
+    mb_zmq_transport *t = NULL;
+    mb_status st = mb_zmq_create(MB_ZMQ_ROLE_LISTEN, endpoint, opt, &t);
+    if (st != MB_STATUS_OK) return st;
+    if (zmq_bind(t->sock, endpoint) != 0) {
+        st = mb_zmq_errno_status(zmq_errno());
+        if (st == MB_STATUS_AGAIN) st = MB_STATUS_IO;
+        mb_zmq_free(t);
+        return st;
+    }
+    mb_zmq_socket_note_bound(t);
+    *ctx = t->ctx;
+    out->ops = &mb_zmq_ops;
+    out->impl = t;
+    return MB_STATUS_OK;
+}
+
+int mb_zmq_endpoint_is_local(const char *endpoint)
+{
+    if (!endpoint) return 0;
+    if (!strncmp(endpoint, "ipc://", 6)) return 1;
+    if (strncmp(endpoint, "tcp://", 6) != 0) return 0;
+    const char *host = endpoint + 6;
+    /* A source address ("tcp://src;dst") is refused rather than parsed. */
+    if (strchr(host, ';')) return 0;
+    const char *colon = strrchr(host, ':');
+    if (!colon) return 0;
+    size_t len = (size_t)(colon - host);
+    if (len == 9 && !strncmp(host, "localhost", 9)) return 1;
+    if (len == 5 && !strncmp(host, "[::1]", 5)) return 1;
+    char ip[16];
+    if (len == 0 || len >= sizeof ip) return 0;
+    memcpy(ip, host, len);
+    ip[len] = '\0';
+    struct in_addr a;
+    if (inet_pton(AF_INET, ip, &a) != 1) return 0;
+    return (ntohl(a.s_addr) >> 24) == 127;
+}
+
 mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *opt,
                                    mb_transport *out)
 {
@@ -444,6 +530,12 @@ mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *o
     out->ops = &mb_zmq_ops;
     out->impl = t;
     return MB_STATUS_OK;
+}
+
+int mb_zmq_transport_handshake_failed(const mb_transport *t)
+{
+    if (!t || t->ops != &mb_zmq_ops || !t->impl) return 0;
+    return ((const mb_zmq_transport *)t->impl)->handshake_failed;
 }
 
 mb_status mb_zmq_transport_endpoint(const mb_transport *t, char *buf, size_t cap)

@@ -104,7 +104,7 @@ static void test_flags(void)
               "--step-timing", "t.jsonl", "--quiet", "--system", "sys", "--tokenizer", "/t.json",
               "--temperature", "0", "--top-k", "5", "--top-p", "0.5", "--min-p", "0.1",
               "--repeat-penalty", "1.1", "--repeat-last-n", "32", "--on-worker-loss", "abort", "--replicas", "2",
-              "--worker-timeout", "700", "--connect-timeout", "250", NULL);
+              "--worker-timeout", "700", "--connect-timeout", "250", "--curve-secret", "c.key", NULL);
     REQUIRE(st == MB_STATUS_OK);
     CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_ABORT);
     CHECK_EQ(o.replicas, 2);
@@ -135,6 +135,7 @@ static void test_flags(void)
     CHECK(o.stats && o.stats_per_layer && o.quiet);
     CHECK(o.stats_json && strcmp(o.stats_json, "s.json") == 0);
     CHECK(o.step_timing && strcmp(o.step_timing, "t.jsonl") == 0);
+    CHECK(o.curve_secret && strcmp(o.curve_secret, "c.key") == 0);
     /* Every knob but the prompts that exclude --input-ids. */
     for (int i = 0; i < MB_OPTION_COUNT_; i++) {
         int excluded = i == MB_OPTION_PROMPT || i == MB_OPTION_CHAT || i == MB_OPTION_PROMPT_LEN;
@@ -403,6 +404,9 @@ static void test_worker_specs(void)
     CHECK(strcmp(w.endpoint, "tcp://[::1]:7000") == 0 && w.weight == 3.0);
     CHECK_EQ(mb_worker_spec_parse("ipc:///tmp/w0.sock", &w, err, sizeof err), MB_STATUS_OK);
     CHECK(w.kind == MB_WORKER_KIND_REMOTE && strcmp(w.endpoint, "ipc:///tmp/w0.sock") == 0);
+    CHECK(w.key_file[0] == '\0');
+    CHECK_EQ(mb_worker_spec_parse("tcp://10.0.0.2:5555,key=/k/w.pub,weight=2", &w, err, sizeof err), MB_STATUS_OK);
+    CHECK(strcmp(w.key_file, "/k/w.pub") == 0 && w.weight == 2.0);
 
     static const struct {
         const char *spec, *needle;
@@ -424,6 +428,8 @@ static void test_worker_specs(void)
         {"tcp://host:0", "port 1..65535"},
         {"tcp://:80", "HOST:PORT"},
         {"ipc://", "empty ipc path"},
+        {"cpu,key=w.pub", "key 'w.pub'"},
+        {"tcp://h:1,key=", "tcp:// or ipc:// worker"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         memset(&w, 0x5A, sizeof w);
