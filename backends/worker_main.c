@@ -13,6 +13,7 @@
 
 #include "backends/backend.h"
 #include "backends/worker.h"
+#include "backends/worker_internal.h"
 #include "protocol/message.h"
 #include "protocol/transport.h"
 #include "shm/shm.h"
@@ -220,6 +221,25 @@ static int mb_worker_net_setup(mb_worker_net *n, const char *listen, const char 
     if (mb_zmq_key_public(n->secret, pub) == MB_STATUS_OK)
         fprintf(stderr, "%s: CURVE on; this worker's public key: %s\n", tag, pub);
     return 0;
+}
+
+/* After SHUTDOWN: the reply is queued inside libzmq, and closing the socket
+ * (linger 0) would drop it. Waits until the coordinator hangs up, as it
+ * does once it has the reply, or MB_WORKER_LINGER_NS passes; whatever else
+ * it sends meanwhile is dropped. */
+#define MB_WORKER_LINGER_NS 500000000LL
+static void mb_worker_linger(mb_transport *t)
+{
+    const uint64_t deadline = mb_worker_now_ns() + MB_WORKER_LINGER_NS;
+    while (!mb_worker_stop) {
+        uint64_t now = mb_worker_now_ns();
+        if (now >= deadline) return;
+        const void *msg = NULL;
+        size_t len = 0;
+        mb_status st = mb_transport_recv(t, (int64_t)(deadline - now), &msg, &len);
+        if (st == MB_STATUS_OK) mb_transport_recv_release(t);
+        else if (st != MB_STATUS_PROTOCOL && st != MB_STATUS_TRUNCATED) return;
+    }
 }
 
 /* 1 when a session that ended with st leaves the worker unable to serve
@@ -439,6 +459,7 @@ int main(int argc, char **argv)
         if (is_shm || once || mb_worker_stop || mb_worker_fatal(st)) break;
         char again[300];
         if (mb_zmq_transport_endpoint(&transport, again, sizeof again) != MB_STATUS_OK) break;
+        if (st == MB_STATUS_OK) mb_worker_linger(&transport);
         mb_transport_destroy(&transport);
         mb_backend_close(backend);
         backend = NULL;

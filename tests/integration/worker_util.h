@@ -11,9 +11,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Starts `moe-worker --backend cpu --listen LISTEN --threads N` and waits for
- * its "listening on" line; writes the endpoint. Returns the pid, or -1. */
-static inline pid_t mb_test_start_worker(const char *listen, int threads, char *endpoint, size_t cap)
+/* Starts `moe-worker --backend cpu --listen LISTEN --threads N EXTRA...`
+ * (extra: NULL-terminated, may be NULL) and waits for its "listening on"
+ * line; writes the endpoint. Returns the pid, or -1. */
+static inline pid_t mb_test_start_worker_args(const char *listen, int threads, const char *const *extra,
+                                              char *endpoint, size_t cap)
 {
     const char *bin = getenv("MB_WORKER_BIN");
     if (!bin) return -1;
@@ -28,7 +30,12 @@ static inline pid_t mb_test_start_worker(const char *listen, int threads, char *
         close(fds[1]);
         char t[16];
         snprintf(t, sizeof t, "%d", threads);
-        execl(bin, bin, "--backend", "cpu", "--listen", listen, "--threads", t, (char *)NULL);
+        const char *argv[32] = {bin, "--backend", "cpu", "--listen", listen, "--threads", t};
+        int argc = 7;
+        for (int i = 0; extra && extra[i] && argc < 31; i++)
+            argv[argc++] = extra[i];
+        argv[argc] = NULL;
+        execv(bin, (char *const *)argv);
         _exit(127);
     }
     close(fds[1]);
@@ -55,6 +62,13 @@ static inline pid_t mb_test_start_worker(const char *listen, int threads, char *
         return -1;
     }
     return pid;
+}
+
+/* Starts `moe-worker --backend cpu --listen LISTEN --threads N`; see
+ * mb_test_start_worker_args. */
+static inline pid_t mb_test_start_worker(const char *listen, int threads, char *endpoint, size_t cap)
+{
+    return mb_test_start_worker_args(listen, threads, NULL, endpoint, cap);
 }
 
 /* Stops a worker as a user would (SIGTERM), killing it if it lingers. */
