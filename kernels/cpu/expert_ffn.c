@@ -214,7 +214,7 @@ int mb_kcpu_moe_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_pr
                     mb_moe_mul(j.per_thread, (size_t)threads), sizeof(float)))
         return -1;
     j.xrow = ws->rows;
-    j.hrow = ws->rows + n_pairs;
+    j.hrow = n_pairs ? ws->rows + n_pairs : NULL; /* rows is NULL until a request has pairs */
     for (size_t q = 0; q < n_pairs; q++) {
         j.xrow[q] = ws->xp + (size_t)p->pair_token[q] * j.kp_model;
         j.hrow[q] = ws->h + q * j.kp_ff;
