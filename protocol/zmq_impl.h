@@ -97,6 +97,7 @@ typedef struct {
     int peer_known;
     int peer_dead; /* sticky: the channel lost its peer, in-flight work is gone */
     int handshake_failed; /* connector: the worker refused the handshake */
+    unsigned n_handshake_drops; /* connector: handshakes closed without a reason */
     unsigned char peer_id[255];
     size_t peer_id_len;
     int peer_fd; /* listener: the peer connection's descriptor in libzmq */

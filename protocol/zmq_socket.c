@@ -24,6 +24,9 @@
 /* ZMQ_ZAP_ENFORCE_DOMAIN, a draft option: zmq.h declares it only in draft
  * builds. */
 #define MB_ZMQ_ZAP_ENFORCE_DOMAIN 93
+/* Handshakes the worker closes without a word before a connector gives up
+ * (libzmq retries every MB_ZMQ_RECONNECT_IVL_MS). */
+#define MB_ZMQ_HANDSHAKE_DROPS 3
 #define MB_ZMQ_EVENTS_HANDSHAKE_FAILED                                                              \
     (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -308,8 +311,15 @@ void mb_zmq_monitor_drain(mb_zmq_transport *t)
         }
         zmq_msg_close(&ev);
         if (t->role == MB_ZMQ_ROLE_CONNECT && (event & MB_ZMQ_EVENTS_HANDSHAKE_FAILED)) {
-            t->handshake_failed = 1;
-            t->peer_dead = 1;
+            /* The worker said no (AUTH, PROTOCOL: a key it does not admit,
+             * CURVE on one side only). A connection closed mid-handshake
+             * without a word (NO_DETAIL) is a wrong worker key only when it
+             * keeps happening; once it may be a worker between sessions. */
+            if (event != ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ||
+                ++t->n_handshake_drops >= MB_ZMQ_HANDSHAKE_DROPS) {
+                t->handshake_failed = 1;
+                t->peer_dead = 1;
+            }
             continue;
         }
         if (event != ZMQ_EVENT_DISCONNECTED) continue;
