@@ -174,6 +174,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* What each tag asked, to check the replies against. */
     int path_index[FZ_MAX_MESSAGES]; /* LOAD_EXPERT from fz_paths[i], else -1 */
+    uint64_t sent_tag[FZ_MAX_MESSAGES]; /* after any corruption */
     fz_in in = {data, size};
     unsigned n = 0;
     while (in.left && n < FZ_MAX_MESSAGES) {
@@ -194,6 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         mb_proto_load_expert le;
         mb_proto_limits lim = {.max_slots = FZ_MAX_SLOTS};
         path_index[n] = -1;
+        memcpy(&sent_tag[n], msg + 8, sizeof sent_tag[n]);
         if (mb_proto_decode_load_expert(msg, len, &lim, &le) == MB_STATUS_OK && le.source == MB_WEIGHTS_FILE) {
             for (int i = 0; i < 6; i++)
                 if (le.path_len == strlen(fz_paths[i]) && !memcmp(le.path, fz_paths[i], le.path_len)) path_index[n] = i;
@@ -231,7 +233,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * not a file) is NOT_FOUND whatever the reason; only the memory cap,
          * checked first, may answer otherwise. */
         if (n_replies < n && path_index[n_replies] > 0) {
-            if (h.tag != fz_tag(n_replies)) abort();
+            if (h.tag != sent_tag[n_replies]) abort();
             if (h.status != MB_STATUS_NOT_FOUND && h.status != MB_STATUS_NOMEM) abort();
         }
         n_replies++;
