@@ -151,8 +151,8 @@ static void test_non_loopback(void)
 
 int main(void)
 {
-    const char *broker = getenv("MB_BROKER_BIN");
-    if (!broker || !getenv("MB_WORKER_BIN")) MB_TEST_SKIP("MB_BROKER_BIN / MB_WORKER_BIN not set");
+    const char *broker = getenv("MB_BROKER_BIN"), *data = getenv("MB_TEST_DATA");
+    if (!broker || !data || !getenv("MB_WORKER_BIN")) MB_TEST_SKIP("MB_BROKER_BIN / MB_TEST_DATA / MB_WORKER_BIN not set");
     if (!mb_zmq_has_curve()) MB_TEST_SKIP("libzmq without CURVE");
     signal(SIGPIPE, SIG_IGN);
     snprintf(dir, sizeof dir, "/tmp/mb-curve-test-XXXXXX");
@@ -191,15 +191,16 @@ int main(void)
     write_allow(allowed, 1);
     expect_served("alice");
 
-    /* A whole run over CURVE, and one without the coordinator's secret. */
+    /* A whole run over CURVE (the small fixture checkpoint), and one without
+     * the coordinator's secret. */
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
-             "'%s' run --worker '%s,key=%s/worker/public.key' --curve-secret '%s/alice/secret.key' --gen 2 --quiet "
+             "'%s' run --model '%s/qwen3moe-a' --worker '%s,key=%s/worker/public.key' --curve-secret '%s/alice/secret.key' --gen 2 --quiet "
              "</dev/null >/dev/null",
-             broker, ep, dir, dir);
+             broker, data, ep, dir, dir);
     CHECK_EQ(run(cmd), 0);
-    snprintf(cmd, sizeof cmd, "'%s' run --worker '%s,key=%s/worker/public.key' --gen 2 --quiet </dev/null 2>'%s/err'",
-             broker, ep, dir, dir);
+    snprintf(cmd, sizeof cmd, "'%s' run --model '%s/qwen3moe-a' --worker '%s,key=%s/worker/public.key' --gen 2 --quiet </dev/null 2>'%s/err'",
+             broker, data, ep, dir, dir);
     CHECK(run(cmd) != 0);
     snprintf(cmd, sizeof cmd, "grep -q -- '--curve-secret' '%s/err'", dir);
     CHECK_EQ(run(cmd), 0);
