@@ -554,7 +554,7 @@ mb_status mb_options_parse(int argc, char **argv, mb_options *out, char *err, si
             o.command = MB_COMMAND_CHAT;
         } else if (strcmp(argv[1], "run") != 0) {
             mb_options_errf(err, err_cap,
-                            "moe-broker: unknown command '%s' (valid: run, chat, tokenize)",
+                            "moe-broker: unknown command '%s' (valid: run, chat, tokenize, keygen)",
                             argv[1]);
             return MB_STATUS_CONFIG;
         }
@@ -650,6 +650,8 @@ void mb_options_usage(FILE *f)
                "       moe-broker chat [OPTION]...    a conversation: messages from stdin, replies\n"
                "                                      to stdout (history kept between turns)\n"
                "       moe-broker tokenize --model DIR --text TEXT [--decode] (see tokenize --help)\n"
+               "       moe-broker keygen DIR              a CURVE keypair for --curve-secret and\n"
+               "                                      moe-worker --curve-secret / --curve-allow\n"
                "       moe-broker --version\n\n"
                "Runs a Mixture-of-Experts model, sending each layer's expert work to backend\n"
                "workers over shared memory or ZeroMQ, or running it in-process. Options with\n"

@@ -123,7 +123,7 @@ static mb_status mb_session_load_one(const mb_model *m, mb_link *l, uint32_t slo
         /* The worker does not read this checkpoint's files (no --model-root
          * covering them): send the bytes, to it from now on. */
         l->same_host = 0;
-        return mb_session_load_one(m, links, pl, layer, expert, scratch, scratch_cap, err, err_cap);
+        return mb_session_load_one(m, l, slot, layer, expert, scratch, scratch_cap, err, err_cap);
     }
     if (st != MB_STATUS_OK) snprintf(err, err_cap, "loading layer %u expert %u: %s", layer, expert, why);
     return st;
