@@ -12,6 +12,7 @@
 
 #include "kernels/cpu/gemm_isa.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/quant_isa.h"
 
 /* Tokens per block: their activation rows for one k-block (MB_KCPU_KC
  * floats each) stay in L2 while row groups of W sweep over them. */
@@ -207,6 +208,7 @@ static size_t mb_moe_mul(size_t a, size_t b)
 typedef struct {
     const mb_kcpu_moe_problem *p;
     mb_kcpu_moe_ws *ws;
+    mb_kcpu_qdot_fn dot;
     size_t qx_row, qh_row;   /* bytes of a quantized activation / product row */
     size_t rb_in, rb_ff;     /* weight row bytes of gate/up and of down */
     size_t rb1, nb1, rb2;
@@ -236,8 +238,8 @@ static void mb_moeq_gate_up_task(void *ctx, size_t task, int thread)
         const unsigned char *xq = j->ws->qx + (size_t)p->pair_token[q] * j->qx_row;
         float *h = j->ws->h + q * p->d_ff;
         for (size_t r = r0; r < r1; r++) {
-            const float g = mb_kcpu_qdot(p->wdtype, (const char *)E->gate + r * j->rb_in, xq, p->d_model);
-            const float u = mb_kcpu_qdot(p->wdtype, (const char *)E->up + r * j->rb_in, xq, p->d_model);
+            const float g = j->dot(p->wdtype, (const char *)E->gate + r * j->rb_in, xq, p->d_model);
+            const float u = j->dot(p->wdtype, (const char *)E->up + r * j->rb_in, xq, p->d_model);
             h[r] = g / (1.0f + expf(-g)) * u;
         }
     }
@@ -265,7 +267,7 @@ static void mb_moeq_down_task(void *ctx, size_t task, int thread)
             float *dst = p->out + (size_t)p->pair_token[q] * p->ldo;
             const float g = p->pair_gate[q];
             for (size_t c = c0; c < c1; c++)
-                dst[c] += g * mb_kcpu_qdot(p->wdtype, (const char *)E->down + c * j->rb_ff, hq, p->d_ff);
+                dst[c] += g * j->dot(p->wdtype, (const char *)E->down + c * j->rb_ff, hq, p->d_ff);
         }
     }
     if (p->out_done) p->out_done(p->out_ctx, c0, c1);
@@ -275,7 +277,7 @@ static int mb_moeq_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe
                        size_t n_pairs)
 {
     const int threads = mb_kcpu_pool_threads(pool);
-    mb_moeq_job j = {.p = p, .ws = ws};
+    mb_moeq_job j = {.p = p, .ws = ws, .dot = mb_kcpu_qdot_get()};
     j.qx_row = mb_kcpu_qact_row_bytes(p->wdtype, p->d_model);
     j.qh_row = mb_kcpu_qact_row_bytes(p->wdtype, p->d_ff);
     j.rb_in = mb_kcpu_row_bytes(p->wdtype, p->d_model);

@@ -377,6 +377,12 @@ const char *mb_kcpu_quant_isa_name(void)
     return qdot_name;
 }
 
+mb_kcpu_qdot_fn mb_kcpu_qdot_get(void)
+{
+    pthread_once(&qdot_once, qdot_init);
+    return qdot_impl;
+}
+
 float mb_kcpu_qdot(int wdtype, const void *w, const void *xq, size_t k)
 {
     pthread_once(&qdot_once, qdot_init);

@@ -3,6 +3,7 @@
  * integer scales, then one f32 scale per block; the integer sums equal the
  * scalar path's (quant.c) exactly, only the f32 accumulation order differs. */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/quant_isa.h"
@@ -56,13 +57,26 @@ static float dot_q4_0(const mb_kcpu_block_q4_0 *a, const mb_kcpu_block_q8_0 *b, 
     return hsum8(acc);
 }
 
+/* The 8 scales and 8 mins of a Q4_K/Q5_K block (get_scale_min_k4 for
+ * every j, as 32-bit word operations: llama.cpp's utmp trick). */
+MB_INLINE void scales_k4(const uint8_t *q, uint8_t *sc, uint8_t *mn)
+{
+    uint32_t u[3], s[2], m[2];
+    memcpy(u, q, 12);
+    s[0] = u[0] & 0x3f3f3f3fu;
+    m[0] = u[1] & 0x3f3f3f3fu;
+    s[1] = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+    m[1] = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+    memcpy(sc, s, 8);
+    memcpy(mn, m, 8);
+}
+
 /* Q4_K (qh NULL) and Q5_K. */
 MB_INLINE float dot_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, uint16_t dh,
                        uint16_t dminh, const mb_kcpu_block_q8_k *y, __m256 *acc)
 {
     uint8_t sc[8], mn[8];
-    for (int j = 0; j < 8; j++)
-        mb_kcpu_scale_min_k4(j, scales, &sc[j], &mn[j]);
+    scales_k4(scales, sc, mn);
     int msum = 0;
     for (int j = 0; j < 8; j++)
         msum += mn[j] * (y->bsums[2 * j] + y->bsums[2 * j + 1]);

@@ -14,6 +14,10 @@ float mb_kcpu_qdot_scalar(int wdtype, const void *w, const void *xq, size_t k);
 /* quant_avx2.c; falls back to the scalar code for types it lacks. */
 float mb_kcpu_qdot_avx2(int wdtype, const void *w, const void *xq, size_t k);
 
+/* The dot product this CPU runs (chosen once), for loops that call it per
+ * row and should not pay for the dispatch each time. */
+mb_kcpu_qdot_fn mb_kcpu_qdot_get(void);
+
 /* Sub-block j's 6-bit scale and min from a Q4_K/Q5_K scales[12]. */
 void mb_kcpu_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m);
 
