@@ -32,6 +32,7 @@ struct mb_backend {
     const mb_backend_ops *ops;
     void *state;
     uint32_t max_slots;
+    uint32_t weight_dtype_mask;  /* caps at open: what load_expert may be given */
     int async;                   /* submit/poll/fetch are the table's own */
     mb_backend_req reqs[MB_BACKEND_MAX_INFLIGHT];
     uint32_t n_outstanding;
@@ -106,6 +107,7 @@ mb_status mb_backend_open(const mb_backend_ops *ops, const mb_backend_config *cf
         return st;
     }
     b->max_slots = caps.max_slots;
+    b->weight_dtype_mask = caps.weight_dtype_mask;
     *out = b;
     return MB_STATUS_OK;
 }
@@ -148,7 +150,7 @@ static void mb_backend_mask_names(uint32_t mask, char *buf, size_t cap)
 mb_status mb_backend_caps_check(const mb_backend_caps *caps, mb_dtype wdtype, mb_dtype payload, char *why,
                                 size_t why_cap)
 {
-    if (!caps || !mb_dtype_valid(wdtype) || !mb_dtype_valid(payload)) return MB_STATUS_INVALID_ARG;
+    if (!caps || !mb_dtype_weight_valid(wdtype) || !mb_dtype_valid(payload)) return MB_STATUS_INVALID_ARG;
     const char *what = NULL;
     mb_dtype lacking = wdtype;
     uint32_t mask = 0;
@@ -176,7 +178,12 @@ mb_status mb_backend_load_expert(mb_backend *b, const mb_expert_weights *w)
 {
     if (!b || !w || !w->gate || !w->up || !w->down) return MB_STATUS_INVALID_ARG;
     if (w->d_model == 0 || w->d_ff == 0) return MB_STATUS_BAD_SHAPE;
-    if (!mb_dtype_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE;
+    /* A backend is only handed weight dtypes its caps name (GPU backends
+     * name no quantized one yet), and quantized rows in whole blocks. */
+    if (!mb_dtype_weight_valid(w->wdtype) || !(b->weight_dtype_mask & MB_DTYPE_MASK(w->wdtype)))
+        return MB_STATUS_BAD_DTYPE;
+    const uint32_t be = mb_dtype_block_elems(w->wdtype);
+    if (w->d_model % be || w->d_ff % be) return MB_STATUS_BAD_SHAPE;
     if (w->slot >= b->max_slots) return MB_STATUS_SLOT_RANGE;
     return b->ops->load_expert(b->state, w);
 }
@@ -192,7 +199,8 @@ mb_status mb_backend_reserve_layer(mb_backend *b, uint32_t layer, uint32_t slot0
 {
     if (!b) return MB_STATUS_INVALID_ARG;
     if (n_slots == 0 || d_model == 0 || d_ff == 0) return MB_STATUS_BAD_SHAPE;
-    if (!mb_dtype_valid(wdtype)) return MB_STATUS_BAD_DTYPE;
+    if (!mb_dtype_weight_valid(wdtype) || !(b->weight_dtype_mask & MB_DTYPE_MASK(wdtype)))
+        return MB_STATUS_BAD_DTYPE;
     if (slot0 >= b->max_slots || n_slots > b->max_slots - slot0) return MB_STATUS_SLOT_RANGE;
     if (!b->ops->reserve_layer) return MB_STATUS_OK;
     return b->ops->reserve_layer(b->state, layer, slot0, n_slots, d_model, d_ff, wdtype);

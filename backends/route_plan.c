@@ -44,7 +44,7 @@ mb_status mb_route_table_check_load(const mb_route_table *t, const mb_expert_wei
     if (!t || !w) return MB_STATUS_INVALID_ARG;
     if (w->slot >= t->max_slots) return MB_STATUS_SLOT_RANGE;
     if (w->d_model == 0 || w->d_ff == 0) return MB_STATUS_BAD_SHAPE;
-    if (!mb_dtype_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE;
+    if (!mb_dtype_weight_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE;
     /* All loaded slots of a layer agree, so the first other one found
      * decides. Placement gives a layer neighbouring slots: look down from
      * w's slot first, then up, so the search usually stops at once. */

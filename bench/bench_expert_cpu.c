@@ -85,12 +85,22 @@ static uint32_t mb_parse_list(const char *s, uint32_t *out, uint32_t cap)
     return n;
 }
 
+/* Expert weight type (--weights): bf16, f16, or a quantized type. */
+static mb_dtype mb_bench_wdtype = MB_DTYPE_BF16;
+
+/* Bytes per weight element of mb_bench_wdtype (fractional when quantized). */
+static double mb_bench_elem_bytes(void)
+{
+    return (double)mb_dtype_block_bytes(mb_bench_wdtype) / mb_dtype_block_elems(mb_bench_wdtype);
+}
+
 static void mb_usage(void)
 {
     fprintf(
         stderr,
         "usage: bench_expert_cpu [--quick] [--threads N] [--json FILE] [--model qwen|mixtral|all]\n"
         "  [--decode 1,4,16] [--prefill 512,4248] [--reps N] [--payload bf16|f16|f32]\n"
+        "  [--weights bf16|q8_0|q4_0|q4_k|q5_k|q6_k]\n"
         "  [--numa default|bind|interleave] [--node N] [--isa auto|avx512|avx2|scalar]\n");
     exit(2);
 }
@@ -120,7 +130,16 @@ static void mb_parse_opts(int argc, char **argv, mb_opts *o)
             o->model = argv[++i];
         else if (!strcmp(a, "--isa") && v)
             o->isa = argv[++i];
-        else if (!strcmp(a, "--payload") && v) {
+        else if (!strcmp(a, "--weights") && v) {
+            const char *name = argv[++i];
+            int found = 0;
+            for (int d = 0; d < MB_DTYPE_COUNT_ && !found; d++)
+                if (!strcmp(name, mb_dtype_name(d)) && (d == MB_DTYPE_BF16 || mb_dtype_is_quant(d))) {
+                    mb_bench_wdtype = (mb_dtype)d;
+                    found = 1;
+                }
+            if (!found) mb_usage();
+        } else if (!strcmp(a, "--payload") && v) {
             if (mb_dtype_parse(argv[++i], &o->payload) != MB_STATUS_OK) mb_usage();
         } else if (!strcmp(a, "--numa") && v) {
             const char *p = argv[++i];
@@ -185,7 +204,7 @@ static int mb_req_make(mb_bench_req *r, const mb_model_shape *m, uint32_t n_toke
             r->pairs[q++] = (mb_proto_pair){e, 1.0f / (float)m->top_k};
         }
     }
-    r->weight_bytes = (double)distinct * 3.0 * m->d_model * m->d_ff * 2.0;
+    r->weight_bytes = (double)distinct * 3.0 * m->d_model * m->d_ff * mb_bench_elem_bytes();
     r->req = (mb_proto_expert_req){0,       n_tokens,  m->d_model, payload,
                                    n_pairs, r->counts, r->pairs,   r->act};
     free(tmp);
@@ -299,8 +318,38 @@ fail:
 
 /* Loads one layer: every slot gets a copy of the same random expert (the
  * backend copies, so slots are distinct memory). */
+static int mb_load_layer_quant(mb_backend *b, const mb_model_shape *m)
+{
+    const size_t be = mb_dtype_block_elems(mb_bench_wdtype), bb = mb_dtype_block_bytes(mb_bench_wdtype);
+    const size_t bytes = (size_t)m->d_model * m->d_ff / be * bb;
+    unsigned char *w[3];
+    for (int i = 0; i < 3; i++) {
+        if (!(w[i] = malloc(bytes))) return -1;
+        for (size_t j = 0; j < bytes; j++)
+            w[i][j] = (unsigned char)(mb_randf() * 127.0f);
+        /* Small f16 scales (2^-10) in every block so values stay sane. */
+        for (size_t blk = 0; blk < bytes / bb; blk++) {
+            const uint16_t d = 0x1400;
+            memcpy(w[i] + blk * bb + (mb_bench_wdtype == MB_DTYPE_Q6_K ? 208 : 0), &d, 2);
+        }
+    }
+    int rc = 0;
+    for (uint32_t e = 0; e < m->n_experts && rc == 0; e++) {
+        mb_expert_weights ew = {0, e, e, m->d_model, m->d_ff, mb_bench_wdtype, w[0], w[1], w[2]};
+        mb_status st = mb_backend_load_expert(b, &ew);
+        if (st != MB_STATUS_OK) {
+            fprintf(stderr, "load_expert: %s\n", mb_status_str(st));
+            rc = -1;
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        free(w[i]);
+    return rc;
+}
+
 static int mb_load_layer(mb_backend *b, const mb_model_shape *m)
 {
+    if (mb_dtype_is_quant(mb_bench_wdtype)) return mb_load_layer_quant(b, m);
     size_t n = (size_t)m->d_model * m->d_ff;
     uint16_t *w[3];
     float *tmp = malloc(sizeof(float) * 4096);
@@ -350,7 +399,8 @@ static void mb_write_json(const char *path, const mb_opts *o, const mb_bench_cei
     }
     fprintf(f, "{\n  \"bench\": \"expert_cpu\",\n  \"device\": \"%s\",\n  \"isa\": \"%s\",\n",
             device, mb_kcpu_isa_name());
-    fprintf(f, "  \"payload\": \"%s\",\n  \"weights\": \"bf16\",\n", mb_dtype_name(o->payload));
+    fprintf(f, "  \"payload\": \"%s\",\n  \"weights\": \"%s\",\n", mb_dtype_name(o->payload),
+            mb_dtype_name(mb_bench_wdtype));
     fprintf(f,
             "  \"ceilings\": {\"threads\": %d, \"read_gbs\": %.3f, \"memcpy_gbs\": %.3f, "
             "\"fma_gflops\": %.3f, "
@@ -400,7 +450,7 @@ int main(int argc, char **argv)
     printf("ceilings (%d threads, %s): read %.1f GB/s, memcpy %.1f GB/s, FMA %.1f GFLOP/s (%.1f "
            "per thread)\n",
            c.n_threads, c.isa, c.read_gbs, c.memcpy_gbs, c.fma_gflops, c.fma_gflops_thread);
-    printf("payload %s, weights bf16\n\n", mb_dtype_name(o.payload));
+    printf("payload %s, weights %s\n\n", mb_dtype_name(o.payload), mb_dtype_name(mb_bench_wdtype));
     printf("%-14s %-8s %6s %6s %10s %10s %9s %9s %8s %9s %8s %8s\n", "model", "phase", "tokens",
            "pairs", "best_ms", "median_ms", "cold_ms", "GB/s", "%readBW", "GFLOP/s", "%FMA",
            "%paired");

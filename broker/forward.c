@@ -12,6 +12,7 @@
 #include "broker/rope.h"
 #include "broker/router.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/quant.h"
 
 /* f32 copies of one layer's small 1-D tensors (NULL when absent). */
 typedef struct {
@@ -64,12 +65,15 @@ static int mul_ok(size_t a, size_t b, size_t *out)
     return 1;
 }
 
-/* A 2-D weight used by a GEMM: present, a dtype the kernels take, and
- * exactly rows x cols. */
+/* A 2-D weight used by a GEMM: present, a dtype the kernels take (rows of
+ * whole blocks when quantized), and exactly rows x cols. */
 static mb_status check_matrix(const mb_tensor *t, uint64_t rows, uint64_t cols)
 {
+    uint64_t row_bytes;
     if (!t->data) return MB_STATUS_CONFIG;
-    if (!mb_dtype_valid((int)t->dtype)) return MB_STATUS_BAD_DTYPE;
+    if (!mb_dtype_weight_valid((int)t->dtype)) return MB_STATUS_BAD_DTYPE;
+    if (mb_dtype_row_bytes((int)t->dtype, cols, &row_bytes) != MB_STATUS_OK)
+        return MB_STATUS_BAD_SHAPE;
     if (t->rows != rows || t->cols != cols) return MB_STATUS_BAD_SHAPE;
     return MB_STATUS_OK;
 }
@@ -251,6 +255,7 @@ mb_status mb_forward_create(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool *p
             MB_STATUS_OK ||
         (st = alloc_small(f)) != MB_STATUS_OK || (st = alloc_scratch(f)) != MB_STATUS_OK)
         goto fail;
+    f->rope.interleaved = f->cfg.rope_interleaved != 0;
     *out = f;
     return MB_STATUS_OK;
 fail:
@@ -384,10 +389,10 @@ static mb_status run_chunk(mb_forward *f, const int32_t *ids, uint32_t n, int de
 {
     const mb_model_config *c = &f->cfg;
     const mb_tensor *E = &f->m->embed;
-    const size_t row_bytes = (size_t)c->d_model * mb_dtype_size((int)E->dtype);
+    const size_t row_bytes = mb_kcpu_row_bytes((int)E->dtype, c->d_model);
     for (uint32_t t = 0; t < n; t++)
-        mb_dtype_decode_f32(E->dtype, f->x + (size_t)t * c->d_model,
-                            (const char *)E->data + (size_t)ids[t] * row_bytes, c->d_model);
+        mb_kcpu_dequant_row((int)E->dtype, (const char *)E->data + (size_t)ids[t] * row_bytes,
+                            f->x + (size_t)t * c->d_model, c->d_model);
     for (uint32_t l = 0; l < c->n_layers; l++) {
         attention_block(f, l, n);
         mb_status st = moe_block(f, l, n, decode);

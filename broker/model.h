@@ -38,15 +38,23 @@ typedef struct {
     int qk_norm;               /* RMSNorm over each head of q and k */
     int tie_embeddings;        /* lm_head shares embed_tokens */
     uint32_t sliding_window;   /* Mixtral sliding_window; 0 = full attention */
+    /* RoPE pairs dimension 2i with 2i+1 (ggml's NORM mode: GGUF llama
+     * checkpoints store q/k rows permuted for it) instead of i with
+     * i + head_dim/2 (transformers' rotate-half, ggml's NEOX). */
+    int rope_interleaved;
     /* dtype of the weights as stored. mb_model_config_parse sets it from the
      * config's dtype/torch_dtype (MB_DTYPE_COUNT_ when the config names none);
-     * mb_model_load overwrites it with the dtype every weight tensor shares. */
+     * mb_model_load overwrites it with the dtype every weight tensor shares.
+     * GGUF checkpoints mix types: there it is the first layer's expert
+     * gate/up type, and each mb_tensor carries its own. */
     mb_dtype dtype;
 } mb_model_config;
 
 /* A view of one tensor: row-major [rows][cols] (1-D tensors have rows 1).
  * data is aligned to the dtype's size (the loader checks). For a fused 3-D
- * expert tensor each expert's view is a sub-region of it. */
+ * expert tensor each expert's view is a sub-region of it. A quantized
+ * tensor's rows are whole blocks (cols a multiple of the block), each row
+ * mb_dtype_row_bytes(dtype, cols) bytes. */
 typedef struct {
     mb_dtype dtype;
     const void *data;      /* NULL when absent (optional tensors) */
@@ -76,6 +84,7 @@ typedef struct {
 } mb_layer_weights;
 
 struct mb_safetensors;
+struct mb_gguf;
 
 typedef struct {
     char *path;           /* absolute path */
@@ -83,6 +92,7 @@ typedef struct {
     uint64_t bytes;
     int fd;               /* open read-only until mb_model_destroy */
     struct mb_safetensors *st; /* owns map and fd (broker/safetensors.h) */
+    struct mb_gguf *gguf;      /* or this owns them (broker/gguf.h) */
 } mb_model_file;
 
 typedef struct {
@@ -98,7 +108,10 @@ typedef struct {
     char *dir;                /* checkpoint folder, NULL for synthetic */
 } mb_model;
 
-/* Loads config.json and the safetensors files of a Hugging Face checkpoint
+/* Loads a checkpoint: a GGUF file (FILE.gguf, the first of split files
+ * NAME-00001-of-0000N.gguf, or a folder holding one GGUF model; see
+ * mb_model_load_gguf) or a Hugging Face folder. For the latter: loads
+ * config.json and the safetensors files of a Hugging Face checkpoint
  * folder (model.safetensors, or the shards named by
  * model.safetensors.index.json, each mapped once), mapping the files
  * read-only. Validates the architecture, every required tensor's presence,
@@ -111,6 +124,20 @@ typedef struct {
  * MISALIGNED, OVERFLOW or NOMEM; *out is then untouched. On success *out
  * owns the mappings (mb_model_destroy). Blocks on reading headers. */
 mb_status mb_model_load(const char *dir, mb_model **out, char *err, size_t err_cap);
+
+/* Loads a GGUF checkpoint (path as for mb_model_load: a .gguf file, split
+ * files by their first part, or a folder holding exactly one model):
+ * architectures qwen3moe, qwen2moe and llama with experts (Mixtral), the
+ * configuration from the metadata with llama.cpp's per-architecture
+ * conventions (RoPE layout, top-k renormalisation), and every tensor bound
+ * by its GGUF name with its own type (F32, F16, BF16, Q8_0, Q4_0, Q4_K,
+ * Q5_K, Q6_K), mapped and never read. Errors as mb_model_load; an
+ * unsupported architecture or tensor type is refused by name. */
+mb_status mb_model_load_gguf(const char *path, mb_model **out, char *err, size_t err_cap);
+
+/* Bytes of one expert's three matrices in layer (quantized bytes for
+ * quantized types). */
+uint64_t mb_model_expert_bytes(const mb_model *m, uint32_t layer);
 
 /* Parses config.json text (NUL-terminated; both the current form with
  * rope_parameters/dtype and the older rope_theta/torch_dtype form) into *cfg,

@@ -6,6 +6,7 @@
 #include "broker/model.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "broker/gguf.h"
 #include "broker/model_names.h"
 #include "broker/safetensors.h"
 
@@ -66,6 +68,28 @@ static int is_file(const char *path)
 {
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* A GGUF checkpoint: a file (any name: GGUF has a magic), or a folder with
+ * no config.json that holds a .gguf file. */
+static int is_gguf_path(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0) return 0;
+    if (S_ISREG(sb.st_mode)) return 1;
+    if (!S_ISDIR(sb.st_mode)) return 0;
+    char *cfg = path_join(path, "config.json");
+    int hf = cfg && is_file(cfg);
+    free(cfg);
+    if (hf) return 0;
+    DIR *d = opendir(path);
+    int found = 0;
+    for (struct dirent *e; d && !found && (e = readdir(d));) {
+        size_t n = strlen(e->d_name);
+        found = n > 5 && strcmp(e->d_name + n - 5, ".gguf") == 0;
+    }
+    if (d) closedir(d);
+    return found;
 }
 
 /* Reads a whole small text file, NUL-terminated, refusing more than max. */
@@ -481,6 +505,8 @@ mb_status mb_model_load(const char *dir, mb_model **out, char *err, size_t err_c
 {
     if (!dir || !out)
         return MB_STATUS_INVALID_ARG;
+    if (is_gguf_path(dir))
+        return mb_model_load_gguf(dir, out, err, err_cap);
     loader L = {.err = err, .cap = err_cap};
     mb_status st;
     mb_model *m = calloc(1, sizeof(*m));
@@ -523,6 +549,8 @@ void mb_model_destroy(mb_model *m)
         mb_model_file *f = &m->files[i];
         if (f->st) {
             mb_safetensors_close(f->st); /* owns map and fd */
+        } else if (f->gguf) {
+            mb_gguf_close(f->gguf); /* likewise */
         } else {
             if (f->map)
                 munmap((void *)f->map, f->bytes);

@@ -9,7 +9,10 @@
 
 uint64_t mb_expert_bytes(const mb_model_config *cfg)
 {
-    return 3ull * cfg->d_model * cfg->d_ff_expert * mb_dtype_size(cfg->dtype);
+    uint64_t row = 0;
+    if (mb_dtype_row_bytes(cfg->dtype, cfg->d_model, &row) != MB_STATUS_OK)
+        row = (uint64_t)cfg->d_model * mb_dtype_size(cfg->dtype);
+    return 3ull * cfg->d_ff_expert * row;
 }
 
 mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, mb_dtype wdtype, mb_dtype payload,
@@ -23,10 +26,10 @@ mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, mb_dty
         snprintf(caps.name, sizeof caps.name, "%s", h->backend);
         snprintf(caps.device, sizeof caps.device, "%s", h->device);
         caps.payload_dtype_mask = h->payload_dtype_mask;
-        caps.weight_dtype_mask = mb_dtype_valid(wdtype) ? h->weight_dtype_mask : MB_DTYPE_MASK_ALL;
+        const int known = mb_dtype_weight_valid(wdtype);
+        caps.weight_dtype_mask = known ? h->weight_dtype_mask : MB_DTYPE_MASK_ALL;
         char why[200];
-        mb_status st = mb_backend_caps_check(&caps, mb_dtype_valid(wdtype) ? wdtype : MB_DTYPE_F32, payload, why,
-                                             sizeof why);
+        mb_status st = mb_backend_caps_check(&caps, known ? wdtype : MB_DTYPE_F32, payload, why, sizeof why);
         if (st != MB_STATUS_OK) {
             snprintf(err, err_cap, "placement: %s cannot serve this model: %s", links[i].name, why);
             return st;

@@ -60,6 +60,17 @@ void mb_rope_apply(const mb_rope *r, float *x, size_t ldx, uint32_t n_tokens, ui
         const float *c = r->cos + (size_t)(pos0 + t) * half;
         const float *s = r->sin + (size_t)(pos0 + t) * half;
         float *row = x + (size_t)t * ldx;
+        if (r->interleaved) {
+            for (uint32_t h = 0; h < n_heads; h++) {
+                float *xh = row + (size_t)h * r->head_dim;
+                for (uint32_t i = 0; i < half; i++) {
+                    float a = xh[2 * i], b = xh[2 * i + 1];
+                    xh[2 * i] = a * c[i] - b * s[i];
+                    xh[2 * i + 1] = a * s[i] + b * c[i];
+                }
+            }
+            continue;
+        }
         for (uint32_t h = 0; h < n_heads; h++) {
             float *x1 = row + (size_t)h * r->head_dim;
             float *x2 = x1 + half;

@@ -11,6 +11,9 @@
 
 typedef struct {
     uint32_t head_dim; /* even */
+    int interleaved;   /* 0 after init: pairs i, i + head_dim/2 ("rotate half",
+                        * ggml NEOX); 1: pairs 2i, 2i+1 (ggml NORM, the layout
+                        * GGUF llama checkpoints store q and k in) */
     uint32_t n_pos;    /* positions covered by the tables */
     float *cos;        /* [n_pos][head_dim/2] */
     float *sin;        /* [n_pos][head_dim/2] */
@@ -24,7 +27,7 @@ typedef struct {
 mb_status mb_rope_init(mb_rope *r, uint32_t head_dim, uint32_t n_pos, float theta);
 void mb_rope_fini(mb_rope *r);
 
-/* Rotates x in place: x[t] holds n_heads heads of head_dim values
+/* Rotates x in place (pairing dimensions as r->interleaved says): x[t] holds n_heads heads of head_dim values
  * (row stride ldx floats) for the token at position pos0 + t.
  * The caller guarantees pos0 + n_tokens <= r->n_pos. Cannot fail. */
 void mb_rope_apply(const mb_rope *r, float *x, size_t ldx, uint32_t n_tokens, uint32_t n_heads,

@@ -90,11 +90,15 @@ static mb_status mb_session_load_one(const mb_model *m, mb_link *l, uint32_t slo
     int same_file = t[0]->file >= 0 && t[0]->file == t[1]->file && t[1]->file == t[2]->file;
     int by_file = l->same_host && l->kind != MB_LINK_INPROC && same_file;
     for (int i = 0; i < 3; i++) {
-        le.bytes[i] = t[i]->rows * t[i]->cols * mb_dtype_size(t[i]->dtype);
+        uint64_t row_bytes = 0;
         if (t[i]->dtype != le.wdtype) {
-            snprintf(err, err_cap, "layer %u expert %u: mixed weight dtypes", layer, expert);
+            snprintf(err, err_cap, "layer %u expert %u: mixed weight dtypes (gate/up %s, down %s): "
+                     "backends take one type per expert", layer, expert, mb_dtype_name(le.wdtype),
+                     mb_dtype_name(t[i]->dtype));
             return MB_STATUS_BAD_DTYPE;
         }
+        if (mb_dtype_row_bytes(t[i]->dtype, t[i]->cols, &row_bytes) != MB_STATUS_OK) return MB_STATUS_BAD_SHAPE;
+        le.bytes[i] = t[i]->rows * row_bytes;
         if (by_file) le.offset[i] = t[i]->file_offset;
         else le.data[i] = t[i]->data;
     }

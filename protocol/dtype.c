@@ -20,26 +20,63 @@
 static const struct {
     const char *name;
     const char *long_name;
-    size_t size;
+    uint32_t block_elems;
+    uint32_t block_bytes;
 } mb_dtype_table_[MB_DTYPE_COUNT_] = {
-    [MB_DTYPE_F32] = {"f32", "float32", 4},
-    [MB_DTYPE_F16] = {"f16", "float16", 2},
-    [MB_DTYPE_BF16] = {"bf16", "bfloat16", 2},
+    [MB_DTYPE_F32] = {"f32", "float32", 1, 4},
+    [MB_DTYPE_F16] = {"f16", "float16", 1, 2},
+    [MB_DTYPE_BF16] = {"bf16", "bfloat16", 1, 2},
+    [MB_DTYPE_Q8_0] = {"q8_0", "q8_0", 32, 34},
+    [MB_DTYPE_Q4_0] = {"q4_0", "q4_0", 32, 18},
+    [MB_DTYPE_Q4_K] = {"q4_k", "q4_k", 256, 144},
+    [MB_DTYPE_Q5_K] = {"q5_k", "q5_k", 256, 176},
+    [MB_DTYPE_Q6_K] = {"q6_k", "q6_k", 256, 210},
 };
 
 int mb_dtype_valid(int dtype)
 {
+    return dtype >= 0 && dtype <= MB_DTYPE_BF16;
+}
+
+int mb_dtype_weight_valid(int dtype)
+{
     return dtype >= 0 && dtype < MB_DTYPE_COUNT_;
+}
+
+int mb_dtype_is_quant(int dtype)
+{
+    return mb_dtype_weight_valid(dtype) && !mb_dtype_valid(dtype);
 }
 
 size_t mb_dtype_size(int dtype)
 {
-    return mb_dtype_valid(dtype) ? mb_dtype_table_[dtype].size : 0;
+    return mb_dtype_valid(dtype) ? mb_dtype_table_[dtype].block_bytes : 0;
+}
+
+uint32_t mb_dtype_block_elems(int dtype)
+{
+    return mb_dtype_weight_valid(dtype) ? mb_dtype_table_[dtype].block_elems : 0;
+}
+
+uint32_t mb_dtype_block_bytes(int dtype)
+{
+    return mb_dtype_weight_valid(dtype) ? mb_dtype_table_[dtype].block_bytes : 0;
+}
+
+mb_status mb_dtype_row_bytes(int dtype, uint64_t n, uint64_t *bytes)
+{
+    if (!bytes) return MB_STATUS_INVALID_ARG;
+    if (!mb_dtype_weight_valid(dtype)) return MB_STATUS_BAD_DTYPE;
+    const uint32_t be = mb_dtype_table_[dtype].block_elems;
+    if (n % be) return MB_STATUS_BAD_SHAPE;
+    if (__builtin_mul_overflow(n / be, (uint64_t)mb_dtype_table_[dtype].block_bytes, bytes))
+        return MB_STATUS_OVERFLOW;
+    return MB_STATUS_OK;
 }
 
 const char *mb_dtype_name(int dtype)
 {
-    return mb_dtype_valid(dtype) ? mb_dtype_table_[dtype].name : "?";
+    return mb_dtype_weight_valid(dtype) ? mb_dtype_table_[dtype].name : "?";
 }
 
 /* ASCII case-insensitive equality, independent of the C locale. */
@@ -59,7 +96,7 @@ static int mb_dtype_name_eq_(const char *a, const char *b)
 mb_status mb_dtype_parse(const char *text, mb_dtype *out)
 {
     if (!text || !out) return MB_STATUS_INVALID_ARG;
-    for (int d = 0; d < MB_DTYPE_COUNT_; d++) {
+    for (int d = 0; d <= MB_DTYPE_BF16; d++) {
         if (mb_dtype_name_eq_(text, mb_dtype_table_[d].name) ||
             mb_dtype_name_eq_(text, mb_dtype_table_[d].long_name)) {
             *out = (mb_dtype)d;

@@ -21,7 +21,8 @@ _Static_assert(offsetof(mb_proto_header, body_bytes) == 24, "wire offset");
 _Static_assert(sizeof(mb_proto_pair) == 8 && offsetof(mb_proto_pair, gate) == 4,
                "pair is 8 bytes on the wire");
 _Static_assert(sizeof(float) == 4, "gate weights are IEEE binary32");
-_Static_assert(MB_DTYPE_COUNT_ == 3, "a new dtype needs its size in mb_wire_dtype_bytes");
+_Static_assert(MB_DTYPE_COUNT_ == 8, "a new dtype needs its size in mb_wire_dtype_bytes (payloads) "
+               "and mb_wire_weight_block (weights)");
 _Static_assert(MB_STATUS_COUNT_ <= UINT16_MAX, "status travels in a u16");
 _Static_assert(MB_OP_COUNT_ <= UINT16_MAX, "opcode travels in a u16");
 

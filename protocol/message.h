@@ -198,7 +198,9 @@ typedef enum {
  *                       after each matrix.
  * Matrices: 0 = gate [d_ff][d_model], 1 = up [d_ff][d_model],
  *           2 = down [d_model][d_ff], each row-major in the weight dtype,
- *           bytes[i] must equal rows * cols * dtype size (nonzero shapes). */
+ *           bytes[i] must equal rows * cols / block elements * block bytes
+ *           (nonzero shapes; for a quantized dtype d_model and d_ff are
+ *           multiples of its block, and rows are ggml's blocks as stored). */
 typedef struct {
     uint32_t layer;
     uint32_t expert_id;

@@ -118,10 +118,11 @@ mb_status mb_proto_decode_hello(const void *buf, size_t len, uint32_t *version)
     return MB_STATUS_OK;
 }
 
-/* A capability mask must name at least one dtype and only known ones. */
-static int hello_mask_ok(uint32_t mask)
+/* A capability mask must name at least one dtype and only known ones:
+ * element dtypes for payloads, any weight dtype for weights. */
+static int hello_mask_ok(uint32_t mask, uint32_t known)
 {
-    return mask && !(mask & ~(uint32_t)MB_DTYPE_MASK_ALL);
+    return mask && !(mask & ~known);
 }
 
 /* Checks a name field as the wire carries it: a NUL inside the field, zero
@@ -141,7 +142,8 @@ mb_status mb_proto_encode_hello_reply(void *buf, size_t cap, uint64_t tag,
     if (!buf || !r || !bytes) return MB_STATUS_INVALID_ARG;
     if ((uintptr_t)buf % MB_PROTO_ALIGN) return MB_STATUS_MISALIGNED;
     if (r->version < MB_PROTO_VERSION) return MB_STATUS_BAD_VERSION;
-    if (!hello_mask_ok(r->payload_dtype_mask) || !hello_mask_ok(r->weight_dtype_mask))
+    if (!hello_mask_ok(r->payload_dtype_mask, MB_DTYPE_MASK_ALL) ||
+        !hello_mask_ok(r->weight_dtype_mask, MB_DTYPE_MASK_WEIGHTS))
         return MB_STATUS_BAD_DTYPE;
     size_t backend_len = strnlen(r->backend, MB_PROTO_NAME_BYTES);
     size_t device_len = strnlen(r->device, MB_PROTO_NAME_BYTES);
@@ -198,7 +200,8 @@ mb_status mb_proto_decode_hello_reply(const void *buf, size_t len, mb_proto_hell
     memcpy(r.device, p + HR_DEVICE, MB_PROTO_NAME_BYTES);
 
     if (r.version < MB_PROTO_VERSION) return MB_STATUS_BAD_VERSION;
-    if (!hello_mask_ok(r.payload_dtype_mask) || !hello_mask_ok(r.weight_dtype_mask))
+    if (!hello_mask_ok(r.payload_dtype_mask, MB_DTYPE_MASK_ALL) ||
+        !hello_mask_ok(r.weight_dtype_mask, MB_DTYPE_MASK_WEIGHTS))
         return MB_STATUS_BAD_DTYPE;
     st = hello_name_check((const unsigned char *)r.backend);
     if (st != MB_STATUS_OK) return st;
@@ -223,13 +226,17 @@ static mb_status le_check(uint32_t d_model, uint32_t d_ff, uint32_t wdtype, uint
                           const uint64_t *offset, const uint64_t *bytes, uint32_t path_len,
                           le_layout *l)
 {
-    uint64_t dsize = mb_wire_dtype_bytes(wdtype);
-    if (!dsize) return MB_STATUS_BAD_DTYPE;
+    uint64_t block_bytes;
+    const uint64_t block_elems = mb_wire_weight_block(wdtype, &block_bytes);
+    if (!block_elems) return MB_STATUS_BAD_DTYPE;
     if (source != MB_WEIGHTS_INLINE && source != MB_WEIGHTS_FILE) return MB_STATUS_UNSUPPORTED;
     if (!d_model || !d_ff) return MB_STATUS_BAD_SHAPE;
+    /* Quantized rows are whole blocks: gate/up rows hold d_model elements,
+     * down rows d_ff, so both must be multiples of the block. */
+    if (d_model % block_elems || d_ff % block_elems) return MB_STATUS_BAD_SHAPE;
     uint64_t elems;
     if (__builtin_mul_overflow((uint64_t)d_model, (uint64_t)d_ff, &elems) ||
-        __builtin_mul_overflow(elems, dsize, &l->mat_bytes))
+        __builtin_mul_overflow(elems / block_elems, block_bytes, &l->mat_bytes))
         return MB_STATUS_OVERFLOW;
     for (int i = 0; i < 3; i++)
         if (bytes[i] != l->mat_bytes) return MB_STATUS_BAD_SHAPE;

@@ -63,6 +63,24 @@ static inline uint64_t mb_wire_dtype_bytes(uint32_t dtype)
     }
 }
 
+/* A weight dtype's block on the wire: elements and bytes per block (1 and
+ * the element size for element dtypes), 0 when the value names no weight
+ * dtype. Layouts are ggml's (protocol/dtype.h). */
+static inline uint64_t mb_wire_weight_block(uint32_t dtype, uint64_t *block_bytes)
+{
+    switch (dtype) {
+    case MB_DTYPE_F32: *block_bytes = 4; return 1;
+    case MB_DTYPE_F16:
+    case MB_DTYPE_BF16: *block_bytes = 2; return 1;
+    case MB_DTYPE_Q8_0: *block_bytes = 34; return 32;
+    case MB_DTYPE_Q4_0: *block_bytes = 18; return 32;
+    case MB_DTYPE_Q4_K: *block_bytes = 144; return 256;
+    case MB_DTYPE_Q5_K: *block_bytes = 176; return 256;
+    case MB_DTYPE_Q6_K: *block_bytes = 210; return 256;
+    default: *block_bytes = 0; return 0;
+    }
+}
+
 /* *out = x rounded up to MB_PROTO_ALIGN; returns 0 on overflow. */
 static inline int mb_wire_align8(uint64_t x, uint64_t *out)
 {

@@ -155,7 +155,7 @@ static mb_status mb_cpu_caps(void *state, mb_backend_caps *caps)
     caps->mem_total_bytes = total;
     caps->mem_free_bytes = avail;
     caps->payload_dtype_mask = MB_DTYPE_MASK_ALL;
-    caps->weight_dtype_mask = MB_DTYPE_MASK_ALL;
+    caps->weight_dtype_mask = MB_DTYPE_MASK_WEIGHTS; /* quantized experts too */
     caps->preferred_batch = 256;
     caps->n_threads = (uint32_t)be->n_threads;
     caps->max_slots = be->max_slots;

@@ -154,6 +154,7 @@ mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w)
 {
     mb_cuda_backend *be = state;
     if (!be || !w) return MB_STATUS_INVALID_ARG;
+    if (!mb_dtype_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE; /* no quantized kernels yet */
     mb_status st = mb_route_table_check_load(&be->table, w);
     if (st != MB_STATUS_OK) return st;
     size_t bytes = 0;

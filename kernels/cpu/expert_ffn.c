@@ -6,10 +6,13 @@
  * gemm_<isa>.c tiles; this file only schedules and owns the workspace. */
 #include "kernels/cpu/expert_ffn.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu/gemm_isa.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/cpu/quant_isa.h"
 
 /* Tokens per block: their activation rows for one k-block (MB_KCPU_KC
  * floats each) stay in L2 while row groups of W sweep over them. */
@@ -27,6 +30,11 @@ struct mb_kcpu_moe_ws {
     size_t rows_cap;
     float *scratch; /* [n_threads][per_thread] */
     size_t scratch_cap;
+    /* Quantized weights: 8-bit activations and SiLU products (bytes). */
+    unsigned char *qx; /* [n_tokens][qact row of d_model] */
+    size_t qx_cap;
+    unsigned char *qh; /* [n_pairs][qact row of d_ff] */
+    size_t qh_cap;
 };
 
 typedef struct {
@@ -65,6 +73,8 @@ void mb_kcpu_moe_ws_destroy(mb_kcpu_moe_ws *ws)
     free(ws->h);
     free(ws->rows);
     free(ws->scratch);
+    free(ws->qx);
+    free(ws->qh);
     free(ws);
 }
 
@@ -72,7 +82,7 @@ size_t mb_kcpu_moe_ws_bytes(const mb_kcpu_moe_ws *ws)
 {
     if (!ws) return 0;
     return (ws->xp_cap + ws->h_cap + ws->scratch_cap) * sizeof(float) +
-           ws->rows_cap * sizeof(float *);
+           ws->rows_cap * sizeof(float *) + ws->qx_cap + ws->qh_cap;
 }
 
 static size_t mb_moe_round16(size_t n)
@@ -159,12 +169,15 @@ static void mb_moe_down_task(void *ctx, size_t task, int thread)
 
 static int mb_moe_validate(const mb_kcpu_moe_problem *p, size_t *n_pairs)
 {
-    if (!p || p->wdtype < 0 || p->wdtype > 2 || p->d_model == 0 || p->d_ff == 0 || !p->out ||
+    if (!p || p->wdtype < 0 || p->wdtype > MB_KCPU_Q6_K || p->d_model == 0 || p->d_ff == 0 || !p->out ||
         p->ldo < p->d_model)
         return -1;
     if (p->n_tokens > 0 && !p->x && !p->load_x) return -1;
     if (p->x && !p->load_x && p->ldx < p->d_model) return -1;
     if (p->n_experts > 0 && (!p->experts || !p->expert_pair0)) return -1;
+    /* Quantized rows are whole blocks. */
+    const size_t be = mb_kcpu_block_elems(p->wdtype);
+    if (p->d_model % be || p->d_ff % be) return -1;
     size_t np = p->n_experts > 0 ? p->expert_pair0[p->n_experts] : 0;
     if (p->n_experts > 0 && p->expert_pair0[0] != 0) return -1;
     for (size_t e = 0; e < p->n_experts; e++) {
@@ -186,10 +199,118 @@ static size_t mb_moe_mul(size_t a, size_t b)
     return b != 0 && a > SIZE_MAX / b ? SIZE_MAX : a * b;
 }
 
+/* ---- quantized weights --------------------------------------------------
+ * The activations of each token are quantized once to 8-bit blocks (as
+ * llama.cpp does), gate/up rows are dotted with them block by block, and
+ * each pair's SiLU product is quantized again for down. Weight rows are
+ * unpadded: ld_in / ld_ff are d_model / d_ff. */
+
+typedef struct {
+    const mb_kcpu_moe_problem *p;
+    mb_kcpu_moe_ws *ws;
+    mb_kcpu_qdot_fn dot;
+    size_t qx_row, qh_row;   /* bytes of a quantized activation / product row */
+    size_t rb_in, rb_ff;     /* weight row bytes of gate/up and of down */
+    size_t rb1, nb1, rb2;
+} mb_moeq_job;
+
+static void mb_moeq_pack_task(void *ctx, size_t t, int thread)
+{
+    const mb_moeq_job *j = ctx;
+    const mb_kcpu_moe_problem *p = j->p;
+    const float *src = p->x ? p->x + t * p->ldx : NULL;
+    if (p->load_x) {
+        src = j->ws->scratch + (size_t)thread * mb_moe_round16(p->d_model);
+        p->load_x(p->load_ctx, t, (float *)src);
+    }
+    mb_kcpu_qact_row(p->wdtype, src, j->ws->qx + t * j->qx_row, p->d_model);
+}
+
+static void mb_moeq_gate_up_task(void *ctx, size_t task, int thread)
+{
+    (void)thread;
+    const mb_moeq_job *j = ctx;
+    const mb_kcpu_moe_problem *p = j->p;
+    const size_t e = task / j->nb1, b = task % j->nb1;
+    const mb_kcpu_expert *E = &p->experts[e];
+    const size_t r0 = b * j->rb1, r1 = r0 + j->rb1 < p->d_ff ? r0 + j->rb1 : p->d_ff;
+    for (size_t q = p->expert_pair0[e]; q < p->expert_pair0[e + 1]; q++) {
+        const unsigned char *xq = j->ws->qx + (size_t)p->pair_token[q] * j->qx_row;
+        float *h = j->ws->h + q * p->d_ff;
+        for (size_t r = r0; r < r1; r++) {
+            const float g = j->dot(p->wdtype, (const char *)E->gate + r * j->rb_in, xq, p->d_model);
+            const float u = j->dot(p->wdtype, (const char *)E->up + r * j->rb_in, xq, p->d_model);
+            h[r] = g / (1.0f + expf(-g)) * u;
+        }
+    }
+}
+
+static void mb_moeq_quant_h_task(void *ctx, size_t q, int thread)
+{
+    (void)thread;
+    const mb_moeq_job *j = ctx;
+    mb_kcpu_qact_row(j->p->wdtype, j->ws->h + q * j->p->d_ff, j->ws->qh + q * j->qh_row, j->p->d_ff);
+}
+
+static void mb_moeq_down_task(void *ctx, size_t task, int thread)
+{
+    (void)thread;
+    const mb_moeq_job *j = ctx;
+    const mb_kcpu_moe_problem *p = j->p;
+    const size_t c0 = task * j->rb2, c1 = c0 + j->rb2 < p->d_model ? c0 + j->rb2 : p->d_model;
+    for (size_t t = 0; t < p->n_tokens; t++)
+        memset(p->out + t * p->ldo + c0, 0, (c1 - c0) * sizeof(float));
+    for (size_t e = 0; e < p->n_experts; e++) {
+        const mb_kcpu_expert *E = &p->experts[e];
+        for (size_t q = p->expert_pair0[e]; q < p->expert_pair0[e + 1]; q++) {
+            const unsigned char *hq = j->ws->qh + q * j->qh_row;
+            float *dst = p->out + (size_t)p->pair_token[q] * p->ldo;
+            const float g = p->pair_gate[q];
+            for (size_t c = c0; c < c1; c++)
+                dst[c] += g * j->dot(p->wdtype, (const char *)E->down + c * j->rb_ff, hq, p->d_ff);
+        }
+    }
+    if (p->out_done) p->out_done(p->out_ctx, c0, c1);
+}
+
+static int mb_moeq_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_problem *p,
+                       size_t n_pairs)
+{
+    const int threads = mb_kcpu_pool_threads(pool);
+    mb_moeq_job j = {.p = p, .ws = ws, .dot = mb_kcpu_qdot_get()};
+    j.qx_row = mb_kcpu_qact_row_bytes(p->wdtype, p->d_model);
+    j.qh_row = mb_kcpu_qact_row_bytes(p->wdtype, p->d_ff);
+    j.rb_in = mb_kcpu_row_bytes(p->wdtype, p->d_model);
+    j.rb_ff = mb_kcpu_row_bytes(p->wdtype, p->d_ff);
+    for (size_t e = 0; e < p->n_experts; e++)
+        if (p->experts[e].ld_in != p->d_model || p->experts[e].ld_ff != p->d_ff) return -1;
+    j.rb1 = 64;
+    while (j.rb1 > 8 && p->n_experts * ((p->d_ff + j.rb1 - 1) / j.rb1) < (size_t)threads * 4)
+        j.rb1 /= 2;
+    j.nb1 = (p->d_ff + j.rb1 - 1) / j.rb1;
+    j.rb2 = 64;
+    while (j.rb2 > 8 && (p->d_model + j.rb2 - 1) / j.rb2 < (size_t)threads * 4)
+        j.rb2 /= 2;
+    if (mb_moe_grow((void **)&ws->qx, &ws->qx_cap, mb_moe_mul(p->n_tokens, j.qx_row), 1) ||
+        mb_moe_grow((void **)&ws->qh, &ws->qh_cap, mb_moe_mul(n_pairs, j.qh_row), 1) ||
+        mb_moe_grow((void **)&ws->h, &ws->h_cap, mb_moe_mul(n_pairs, p->d_ff), sizeof(float)) ||
+        mb_moe_grow((void **)&ws->scratch, &ws->scratch_cap,
+                    mb_moe_mul(mb_moe_round16(p->d_model), (size_t)threads), sizeof(float)))
+        return -1;
+    if (n_pairs > 0) {
+        mb_kcpu_pool_run(pool, p->n_tokens, mb_moeq_pack_task, &j);
+        mb_kcpu_pool_run(pool, p->n_experts * j.nb1, mb_moeq_gate_up_task, &j);
+        mb_kcpu_pool_run(pool, n_pairs, mb_moeq_quant_h_task, &j);
+    }
+    mb_kcpu_pool_run(pool, (p->d_model + j.rb2 - 1) / j.rb2, mb_moeq_down_task, &j);
+    return 0;
+}
+
 int mb_kcpu_moe_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_problem *p)
 {
     size_t n_pairs = 0;
     if (!ws || mb_moe_validate(p, &n_pairs) != 0) return -1;
+    if (mb_kcpu_quant_valid(p->wdtype)) return mb_moeq_run(pool, ws, p, n_pairs);
     const int threads = mb_kcpu_pool_threads(pool);
     mb_moe_job j = {.p = p, .isa = mb_kcpu_isa_current(), .ws = ws};
     j.kp_model = mb_kcpu_packed_len(j.isa, p->d_model);

@@ -25,7 +25,10 @@ typedef struct {
 } mb_kcpu_expert;
 
 typedef struct {
-    int wdtype; /* MB_KCPU_F32, MB_KCPU_F16, MB_KCPU_BF16 */
+    int wdtype; /* MB_KCPU_F32, MB_KCPU_F16, MB_KCPU_BF16, or a quantized type
+                 * (kernels/cpu/quant.h: d_model and d_ff whole blocks, rows
+                 * unpadded, ld_in = d_model and ld_ff = d_ff; activations
+                 * and SiLU products are quantized to 8 bits per block) */
     size_t d_model;
     size_t d_ff;
     size_t n_tokens;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels/cpu/gemm_isa.h"
+#include "kernels/cpu/quant.h"
 
 static const mb_kcpu_isa_impl *mb_kcpu_isa_forced;
 
@@ -193,11 +194,39 @@ static void mb_kcpu_gemm_task(void *ctx, size_t task, int thread)
 
 #define MB_KCPU_PTRS_STACK 64
 
+/* Quantized weights without memory for quantized activations: dequantize
+ * one block at a time (no allocation) and accumulate in f32. Serial. */
+static void mb_kcpu_gemm_dequant(int wdtype, const void *w, size_t ldw_bytes, size_t m, size_t k,
+                                 const float *x, size_t ldx, size_t n, float *y, size_t ldy,
+                                 int accumulate)
+{
+    const size_t be = mb_kcpu_block_elems(wdtype), bb = mb_kcpu_block_bytes(wdtype);
+    float blk[MB_KCPU_QK];
+    for (size_t r = 0; r < m; r++) {
+        const char *row = (const char *)w + r * ldw_bytes;
+        for (size_t t = 0; t < n; t++) {
+            float sum = 0.0f;
+            for (size_t b = 0; b < k / be; b++) {
+                mb_kcpu_dequant_row(wdtype, row + b * bb, blk, be);
+                for (size_t i = 0; i < be; i++)
+                    sum += blk[i] * x[t * ldx + b * be + i];
+            }
+            y[t * ldy + r] = accumulate ? y[t * ldy + r] + sum : sum;
+        }
+    }
+}
+
 static void mb_kcpu_gemm_run(mb_kcpu_pool *pool, int wdtype, const void *w, size_t ldw, size_t m,
                              size_t k, const float *x, size_t ldx, size_t n, float *y, size_t ldy,
                              int accumulate)
 {
     if (m == 0 || n == 0) return;
+    if (mb_kcpu_quant_valid(wdtype)) {
+        const size_t ldw_bytes = mb_kcpu_row_bytes(wdtype, ldw);
+        if (mb_kcpu_qgemm(pool, wdtype, w, ldw_bytes, m, k, x, ldx, n, y, ldy, accumulate) != 0)
+            mb_kcpu_gemm_dequant(wdtype, w, ldw_bytes, m, k, x, ldx, n, y, ldy, accumulate);
+        return;
+    }
     const mb_kcpu_isa_impl *isa = mb_kcpu_isa_current();
     size_t kp = mb_kcpu_packed_len(isa, k);
     /* Tiles read whole chunks, so rows must be padded (or already a

@@ -12,6 +12,9 @@
 enum { MB_KCPU_F32 = 0, MB_KCPU_F16 = 1, MB_KCPU_BF16 = 2 };
 
 /* y[n][m] = x[n][k] @ w[m][k]^T  (+ y when accumulate).
+ * wdtype may also be a quantized type (kernels/cpu/quant.h; k and the row
+ * stride then multiples of its block): the activations are then quantized
+ * per block as llama.cpp does (mb_kcpu_qgemm).
  * x row stride ldx (>= k), y row stride ldy (>= m), w rows contiguous (k).
  * Split over the pool by rows of w (and of x for large n). */
 void mb_kcpu_gemm(mb_kcpu_pool *pool, int wdtype, const void *w, size_t m, size_t k, const float *x,

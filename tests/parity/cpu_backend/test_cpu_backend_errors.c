@@ -66,7 +66,7 @@ int main(void)
     CHECK_EQ(caps.max_slots, 4096);
     CHECK_EQ(caps.n_threads, 2);
     CHECK_EQ(caps.payload_dtype_mask, MB_DTYPE_MASK_ALL);
-    CHECK_EQ(caps.weight_dtype_mask, MB_DTYPE_MASK_ALL);
+    CHECK_EQ(caps.weight_dtype_mask, MB_DTYPE_MASK_WEIGHTS); /* quantized experts too */
     CHECK(caps.preferred_batch > 0);
     CHECK(caps.mem_total_bytes > 0 && caps.mem_free_bytes <= caps.mem_total_bytes);
     printf("device: %s, mem %llu MiB\n", caps.device,
@@ -83,8 +83,11 @@ int main(void)
     CHECK_EQ(ct_load(b, &e_other, 5, 3), MB_STATUS_BAD_SHAPE);
     CHECK_EQ(ct_load(b, &e_other, 7, 3), MB_STATUS_OK);
     CHECK_EQ(ct_load(b, &e1, 5, 4096), MB_STATUS_SLOT_RANGE);
-    mb_expert_weights bad_dt = {5, 0, 9, 64, 40, (mb_dtype)7, e1.w[0], e1.w[1], e1.w[2]};
+    mb_expert_weights bad_dt = {5, 0, 9, 64, 40, MB_DTYPE_COUNT_, e1.w[0], e1.w[1], e1.w[2]};
     CHECK_EQ(mb_backend_load_expert(b, &bad_dt), MB_STATUS_BAD_DTYPE);
+    /* Quantized: d_model 64 is two Q8_0 blocks but d_ff 40 is not whole blocks. */
+    bad_dt.wdtype = MB_DTYPE_Q8_0;
+    CHECK_EQ(mb_backend_load_expert(b, &bad_dt), MB_STATUS_BAD_SHAPE);
 
     uint32_t ok_slots[2] = {0, 1};
     CHECK_EQ(run_slots(b, 5, 64, ok_slots, 2, NULL, &seed), MB_STATUS_OK);

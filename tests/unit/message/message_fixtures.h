@@ -84,6 +84,13 @@ static inline size_t fx_dtype_bytes(mb_dtype d)
     return d == MB_DTYPE_F32 ? 4 : 2;
 }
 
+/* Bytes of one [rows][cols] expert matrix of d_model x d_ff elements in a
+ * weight dtype (whole blocks for quantized ones). */
+static inline size_t fx_weight_mat_bytes(uint32_t d_model, uint32_t d_ff, mb_dtype d)
+{
+    return (size_t)d_model * d_ff / mb_dtype_block_elems(d) * mb_dtype_block_bytes(d);
+}
+
 /* The arrays an EXPERT_REQ fixture was built from, for comparisons. */
 typedef struct {
     uint64_t tag;
@@ -233,7 +240,7 @@ static inline fx_msg fx_build_load_expert_inline(fx_load_expert *f, uint32_t d_m
     f->m.d_ff = d_ff;
     f->m.wdtype = wdtype;
     f->m.source = MB_WEIGHTS_INLINE;
-    size_t mat = (size_t)d_model * d_ff * fx_dtype_bytes(wdtype);
+    size_t mat = fx_weight_mat_bytes(d_model, d_ff, wdtype);
     for (int i = 0; i < 3; i++) {
         f->m.bytes[i] = mat;
         f->w[i] = malloc(mat);
@@ -262,7 +269,7 @@ static inline fx_msg fx_build_load_expert_file(mb_proto_load_expert *m, const ch
     m->d_ff = d_ff;
     m->wdtype = wdtype;
     m->source = MB_WEIGHTS_FILE;
-    uint64_t mat = (uint64_t)d_model * d_ff * fx_dtype_bytes(wdtype);
+    uint64_t mat = fx_weight_mat_bytes(d_model, d_ff, wdtype);
     for (int i = 0; i < 3; i++) {
         m->bytes[i] = mat;
         m->offset[i] = 4096 + (uint64_t)i * mat;

@@ -346,7 +346,10 @@ static void test_load_expert_inline(void)
     PATCH(&m, op, 48, 4, 6, MB_STATUS_BAD_SHAPE);  /* bytes no longer rows*cols*size */
     PATCH(&m, op, 80, 8, 32, MB_STATUS_BAD_SHAPE); /* bytes[0] */
     PATCH(&m, op, 96, 8, 0, MB_STATUS_BAD_SHAPE);  /* bytes[2] */
-    PATCH(&m, op, 52, 2, 3, MB_STATUS_BAD_DTYPE);
+    PATCH(&m, op, 52, 2, MB_DTYPE_COUNT_, MB_STATUS_BAD_DTYPE);
+    PATCH(&m, op, 52, 2, 0xffff, MB_STATUS_BAD_DTYPE);
+    /* A quantized type needs d_model and d_ff in whole blocks (these are not). */
+    PATCH(&m, op, 52, 2, MB_DTYPE_Q8_0, MB_STATUS_BAD_SHAPE);
     PATCH(&m, op, 52, 2, MB_DTYPE_F32, MB_STATUS_BAD_SHAPE);
     PATCH(&m, op, 54, 2, 2, MB_STATUS_UNSUPPORTED);
     PATCH(&m, op, 40, 4, limits.max_slots, MB_STATUS_SLOT_RANGE);

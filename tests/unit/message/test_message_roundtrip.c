@@ -261,8 +261,14 @@ static void test_hello_reply(void)
     bad.payload_dtype_mask = 0;
     CHECK_EQ(mb_proto_encode_hello_reply(buf, sizeof buf, 1, &bad, &bytes), MB_STATUS_BAD_DTYPE);
     bad = fx_hello_reply_value();
-    bad.weight_dtype_mask = 1u << 5;
+    bad.weight_dtype_mask = 1u << MB_DTYPE_COUNT_; /* past every weight dtype */
     CHECK_EQ(mb_proto_encode_hello_reply(buf, sizeof buf, 1, &bad, &bytes), MB_STATUS_BAD_DTYPE);
+    bad = fx_hello_reply_value();
+    bad.payload_dtype_mask = MB_DTYPE_MASK(MB_DTYPE_Q8_0); /* quantized payloads: never */
+    CHECK_EQ(mb_proto_encode_hello_reply(buf, sizeof buf, 1, &bad, &bytes), MB_STATUS_BAD_DTYPE);
+    bad = fx_hello_reply_value();
+    bad.weight_dtype_mask = MB_DTYPE_MASK_WEIGHTS; /* quantized weights: fine */
+    CHECK_EQ(mb_proto_encode_hello_reply(buf, sizeof buf, 1, &bad, &bytes), MB_STATUS_OK);
     bad = fx_hello_reply_value();
     bad.version = 0;
     CHECK_EQ(mb_proto_encode_hello_reply(buf, sizeof buf, 1, &bad, &bytes), MB_STATUS_BAD_VERSION);
@@ -274,7 +280,7 @@ static void check_load_inline(uint32_t d_model, uint32_t d_ff, mb_dtype wdtype, 
 {
     fx_load_expert f;
     fx_msg m = fx_build_load_expert_inline(&f, d_model, d_ff, wdtype, 7, seed);
-    size_t mat = (size_t)d_model * d_ff * fx_dtype_bytes(wdtype);
+    size_t mat = fx_weight_mat_bytes(d_model, d_ff, wdtype);
     size_t step = (mat + 7) & ~(size_t)7;
     CHECK_EQ(m.len, 112 + 3 * step);
     mb_proto_load_expert v;
@@ -397,6 +403,14 @@ int main(void)
     long_path[sizeof long_path - 1] = 0;
     check_load_file(long_path, 8, 8, MB_DTYPE_BF16);
     check_load_file("x", 1, 1, MB_DTYPE_F32);
+    /* Quantized experts travel as their blocks. */
+    check_load_inline(32, 64, MB_DTYPE_Q8_0, seed++);
+    check_load_inline(64, 32, MB_DTYPE_Q4_0, seed++);
+    check_load_inline(256, 512, MB_DTYPE_Q4_K, seed++);
+    check_load_inline(512, 256, MB_DTYPE_Q5_K, seed++);
+    check_load_inline(256, 256, MB_DTYPE_Q6_K, seed++);
+    check_load_file("/models/qwen3-30b-a3b-q4_k_m.gguf", 2048, 768, MB_DTYPE_Q4_K);
+    check_load_file("/models/mixtral-q6_k.gguf", 4096, 14336, MB_DTYPE_Q6_K);
     test_expert_req_encoder_errors();
     test_error_replies();
     test_empty();

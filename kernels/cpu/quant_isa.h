@@ -1,0 +1,24 @@
+/* Private to the quantized kernels (quant.c, quant_avx2.c, the expert FFN):
+ * the per-instruction-set dot products and the scale unpacking they share. */
+#ifndef MB_KERNELS_CPU_QUANT_ISA_H
+#define MB_KERNELS_CPU_QUANT_ISA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* sum over k of w . x for a quantized row and its quantized activations;
+ * every path computes the same integer sums per block. */
+typedef float (*mb_kcpu_qdot_fn)(int wdtype, const void *w, const void *xq, size_t k);
+
+float mb_kcpu_qdot_scalar(int wdtype, const void *w, const void *xq, size_t k);
+/* quant_avx2.c; falls back to the scalar code for types it lacks. */
+float mb_kcpu_qdot_avx2(int wdtype, const void *w, const void *xq, size_t k);
+
+/* The dot product this CPU runs (chosen once), for loops that call it per
+ * row and should not pay for the dispatch each time. */
+mb_kcpu_qdot_fn mb_kcpu_qdot_get(void);
+
+/* Sub-block j's 6-bit scale and min from a Q4_K/Q5_K scales[12]. */
+void mb_kcpu_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m);
+
+#endif
