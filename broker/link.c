@@ -422,7 +422,17 @@ static mb_status mb_link_probe(const mb_link *l, const char *endpoint, int64_t t
 static mb_status mb_link_dial(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap)
 {
     uint64_t t0 = mb_now_ns(), deadline = t0 + (uint64_t)timeout_ns;
-    mb_status st = mb_link_probe(l, l->endpoint, timeout_ns, err, err_cap);
+    /* A worker between two coordinators' sessions closes its listening
+     * socket for a moment (it reopens its backend): a refusal is retried
+     * for half a second before it counts, so a refused port still fails
+     * within a second. */
+    mb_status st;
+    for (;;) {
+        st = mb_link_probe(l, l->endpoint, timeout_ns, err, err_cap);
+        if (st != MB_STATUS_PEER_DEAD || mb_now_ns() - t0 >= 500000000ull || mb_now_ns() >= deadline) break;
+        struct timespec pause = {0, 25000000};
+        nanosleep(&pause, NULL);
+    }
     if (st != MB_STATUS_OK) return st;
     /* A worker still winding down its previous coordinator's session drops
      * the connection once, or answers BUSY for a moment; reconnect until the
