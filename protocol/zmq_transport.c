@@ -444,6 +444,23 @@ fail:
     return st;
 }
 
+/* Creates a listening transport bound to endpoint (both listen calls). */
+static mb_status mb_zmq_bound_create(const char *endpoint, const mb_zmq_options *opt, mb_zmq_transport **out)
+{
+    mb_zmq_transport *t = NULL;
+    mb_status st = mb_zmq_create(MB_ZMQ_ROLE_LISTEN, endpoint, opt, &t);
+    if (st != MB_STATUS_OK) return st;
+    if (zmq_bind(t->sock, endpoint) != 0) {
+        st = mb_zmq_errno_status(zmq_errno());
+        if (st == MB_STATUS_AGAIN) st = MB_STATUS_IO;
+        mb_zmq_free(t);
+        return st;
+    }
+    mb_zmq_socket_note_bound(t);
+    *out = t;
+    return MB_STATUS_OK;
+}
+
 mb_status mb_zmq_transport_listen(const char *endpoint, const mb_zmq_options *opt,
                                   mb_transport *out)
 {
@@ -453,15 +470,8 @@ mb_status mb_zmq_transport_listen(const char *endpoint, const mb_zmq_options *op
     st = mb_zmq_ipc_prepare(endpoint);
     if (st != MB_STATUS_OK) return st;
     mb_zmq_transport *t = NULL;
-    st = mb_zmq_create(MB_ZMQ_ROLE_LISTEN, endpoint, opt, &t);
+    st = mb_zmq_bound_create(endpoint, opt, &t);
     if (st != MB_STATUS_OK) return st;
-    if (zmq_bind(t->sock, endpoint) != 0) {
-        st = mb_zmq_errno_status(zmq_errno());
-        if (st == MB_STATUS_AGAIN) st = MB_STATUS_IO;
-        mb_zmq_free(t);
-        return st;
-    }
-    mb_zmq_socket_note_bound(t);
     out->ops = &mb_zmq_ops;
     out->impl = t;
     return MB_STATUS_OK;
@@ -474,15 +484,8 @@ mb_status mb_zmq_transport_listen_inproc(const char *endpoint, const mb_zmq_opti
         strlen(endpoint) >= sizeof(((mb_zmq_transport *)0)->endpoint))
         return MB_STATUS_INVALID_ARG;
     mb_zmq_transport *t = NULL;
-    mb_status st = mb_zmq_create(MB_ZMQ_ROLE_LISTEN, endpoint, opt, &t);
+    mb_status st = mb_zmq_bound_create(endpoint, opt, &t);
     if (st != MB_STATUS_OK) return st;
-    if (zmq_bind(t->sock, endpoint) != 0) {
-        st = mb_zmq_errno_status(zmq_errno());
-        if (st == MB_STATUS_AGAIN) st = MB_STATUS_IO;
-        mb_zmq_free(t);
-        return st;
-    }
-    mb_zmq_socket_note_bound(t);
     *ctx = t->ctx;
     out->ops = &mb_zmq_ops;
     out->impl = t;
