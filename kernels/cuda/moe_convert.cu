@@ -1,15 +1,8 @@
-// Activations from the payload dtype into what the expert math reads: f32
-// for the GEMV path, or the weights' 16-bit type for tensor cores, split
+// Activations from the payload dtype into the weights' 16-bit type for the
+// WMMA path's tensor cores (the GEMV path reads payloads in place), split
 // into a high half and the rounding remainder (low half) when the payload
 // carries more precision than one 16-bit value holds.
 #include "kernels/cuda/moe_internal.cuh"
-
-template <typename P>
-__global__ void mb_kcuda_to_f32_kernel(const P *__restrict__ in, float *__restrict__ out, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        out[i] = mb_to_f32<P>(in[i]);
-}
 
 template <typename P, typename T>
 __global__ void mb_kcuda_to16_kernel(const P *__restrict__ in, T *__restrict__ hi, T *__restrict__ lo, size_t n)
@@ -23,15 +16,13 @@ __global__ void mb_kcuda_to16_kernel(const P *__restrict__ in, T *__restrict__ h
 }
 
 template <typename P>
-static cudaError_t mb_convert_from(const mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split, int to16,
+static cudaError_t mb_convert_from(const mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split,
                                    cudaStream_t stream)
 {
     const size_t n = (size_t)p->n_tokens * p->d_model;
     const unsigned blocks = (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
     const P *in = (const P *)p->act;
-    if (!to16) {
-        mb_kcuda_to_f32_kernel<P><<<blocks, 256, 0, stream>>>(in, (float *)ws->x, n);
-    } else if (p->wdtype == MB_KCUDA_BF16) {
+    if (p->wdtype == MB_KCUDA_BF16) {
         __nv_bfloat16 *hi = (__nv_bfloat16 *)ws->x;
         mb_kcuda_to16_kernel<P, __nv_bfloat16><<<blocks, 256, 0, stream>>>(in, hi, split ? hi + n : nullptr, n);
     } else {
@@ -41,13 +32,12 @@ static cudaError_t mb_convert_from(const mb_kcuda_moe_ws *ws, const mb_kcuda_moe
     return cudaGetLastError();
 }
 
-cudaError_t mb_kcuda_convert_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split, int to16,
-                                    cudaStream_t stream)
+cudaError_t mb_kcuda_convert_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split, cudaStream_t stream)
 {
     switch (p->payload) {
-    case MB_KCUDA_F32: return mb_convert_from<float>(ws, p, split, to16, stream);
-    case MB_KCUDA_F16: return mb_convert_from<__half>(ws, p, split, to16, stream);
-    case MB_KCUDA_BF16: return mb_convert_from<__nv_bfloat16>(ws, p, split, to16, stream);
+    case MB_KCUDA_F32: return mb_convert_from<float>(ws, p, split, stream);
+    case MB_KCUDA_F16: return mb_convert_from<__half>(ws, p, split, stream);
+    case MB_KCUDA_BF16: return mb_convert_from<__nv_bfloat16>(ws, p, split, stream);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -74,8 +74,7 @@ static inline uint32_t mb_kcuda_max_tiles(const mb_kcuda_moe_problem *p)
 
 // Launchers (each one file), all asynchronous on stream.
 cudaError_t mb_kcuda_route_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, cudaStream_t stream);
-cudaError_t mb_kcuda_convert_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split, int to16,
-                                    cudaStream_t stream);
+cudaError_t mb_kcuda_convert_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split, cudaStream_t stream);
 // fused: the down projection adds each token's pairs itself (writes p->out,
 // no combine launch); otherwise it writes ws->y for the combine kernel.
 cudaError_t mb_kcuda_gemv_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused, cudaStream_t stream);

@@ -202,7 +202,7 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
         if (e == cudaSuccess && !fused) e = mb_kcuda_combine_launch(ws, p, stream);
         return (int)e;
     }
-    e = mb_kcuda_convert_launch(ws, p, split_x, 1, stream);
+    e = mb_kcuda_convert_launch(ws, p, split_x, stream);
     mark(0);
     if (e == cudaSuccess) e = mb_kcuda_gemm_launch(ws, p, split_x, split_h, stream);
     mark(1);
