@@ -452,29 +452,35 @@ int main(int argc, char **argv)
         }
         st = mb_worker_serve(&wcfg);
         /* A ZeroMQ worker outlives its coordinators: when a session ends
-         * (SHUTDOWN, the peer gone or dropped for malformed input), every
-         * connection is closed, everything the session loaded is freed with
-         * the backend, and a fresh backend listens for the next. A
-         * shared-memory worker, or one started with --once, serves one. */
+         * (SHUTDOWN, the peer gone or dropped for malformed input), its
+         * connection is cut, everything it loaded is freed with the
+         * backend, and a fresh backend serves the next. A shared-memory
+         * worker, or one started with --once, serves one. */
         if (is_shm || once || mb_worker_stop || mb_worker_fatal(st)) break;
-        char again[300];
-        if (mb_zmq_transport_endpoint(&transport, again, sizeof again) != MB_STATUS_OK) break;
         if (st == MB_STATUS_OK) mb_worker_linger(&transport);
-        mb_transport_destroy(&transport);
+        /* The socket stays bound between sessions, so the endpoint never
+         * refuses a connection; a broken transport is replaced instead. */
+        mb_status tst = mb_zmq_transport_end_session(&transport);
+        char again[300];
+        if (tst != MB_STATUS_OK) {
+            if (mb_zmq_transport_endpoint(&transport, again, sizeof again) != MB_STATUS_OK) break;
+            mb_transport_destroy(&transport);
+            tst = mb_zmq_transport_listen(again, &net.zopt, &transport);
+            if (tst != MB_STATUS_OK) {
+                fprintf(stderr, "%s: cannot listen again: %s\n", tag, mb_status_str(tst));
+                break;
+            }
+        }
         mb_backend_close(backend);
         backend = NULL;
-        fprintf(stderr, "%s: %s; listening again on %s\n", tag,
-                st == MB_STATUS_OK ? "session ended" : st == MB_STATUS_PEER_DEAD ? "coordinator gone"
-                                                                                 : "session dropped (malformed input)",
-                again);
+        if (st == MB_STATUS_OK || st == MB_STATUS_PEER_DEAD)
+            fprintf(stderr, "%s: %s; waiting for the next coordinator\n", tag,
+                    st == MB_STATUS_OK ? "session ended" : "coordinator gone");
+        else
+            fprintf(stderr, "%s: session dropped (%s); waiting for the next coordinator\n", tag, mb_status_str(st));
         st = mb_backend_open(ops, &bcfg, &backend);
         if (st != MB_STATUS_OK) {
             fprintf(stderr, "%s: cannot reopen backend %s: %s\n", tag, backend_spec, mb_status_str(st));
-            break;
-        }
-        st = mb_zmq_transport_listen(again, &net.zopt, &transport);
-        if (st != MB_STATUS_OK) {
-            fprintf(stderr, "%s: cannot listen again: %s\n", tag, mb_status_str(st));
             break;
         }
     }

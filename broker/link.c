@@ -422,10 +422,10 @@ static mb_status mb_link_probe(const mb_link *l, const char *endpoint, int64_t t
 static mb_status mb_link_dial(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap)
 {
     uint64_t t0 = mb_now_ns(), deadline = t0 + (uint64_t)timeout_ns;
-    /* A worker between two coordinators' sessions closes its listening
-     * socket for a moment (it reopens its backend): a refusal is retried
-     * for half a second before it counts, so a refused port still fails
-     * within a second. */
+    /* A worker keeps its socket bound between sessions, but one that had to
+     * replace a broken transport, or an older moe-worker, closes it for a
+     * moment: a refusal is retried for half a second before it counts, so a
+     * refused port still fails within a second. */
     mb_status st;
     for (;;) {
         st = mb_link_probe(l, l->endpoint, timeout_ns, err, err_cap);

@@ -152,6 +152,15 @@ mb_status mb_zmq_transport_listen_inproc(const char *endpoint, const mb_zmq_opti
  * endpoint or option. */
 mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *opt, mb_transport *out);
 
+/* Listener: ends the current session without closing the socket, so the
+ * endpoint stays reachable between sessions. The coordinator's connection
+ * is cut (it may connect again, as a stranger), the transport forgets it,
+ * and the next well-formed HELLO (or message, without session_hello) opens
+ * a new session; messages of the old peer still queued count as a
+ * stranger's. INVALID_ARG for a connector, or while a received message or a
+ * reservation is held. */
+mb_status mb_zmq_transport_end_session(mb_transport *t);
+
 /* 1 when a connector's handshake was refused: the worker does not admit its
  * CURVE key, or one side uses CURVE and the other does not. The transport
  * reports PEER_DEAD then. 0 for anything else. */

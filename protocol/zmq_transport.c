@@ -5,6 +5,7 @@
  * Socket setup, connection events and ipc files live in zmq_socket.c. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -532,6 +533,24 @@ mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *o
     memcpy(t->endpoint, endpoint, strlen(endpoint) + 1);
     out->ops = &mb_zmq_ops;
     out->impl = t;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_zmq_transport_end_session(mb_transport *t)
+{
+    if (!t || t->ops != &mb_zmq_ops || !t->impl) return MB_STATUS_INVALID_ARG;
+    mb_zmq_transport *z = t->impl;
+    if (z->role != MB_ZMQ_ROLE_LISTEN || z->holding || z->reserved_bytes) return MB_STATUS_INVALID_ARG;
+    /* libzmq cannot drop one peer of a ROUTER; shutting its connection down
+     * makes libzmq's I/O thread see the end and close the descriptor itself
+     * (shutdown, unlike close, leaves the number allocated to it). Events
+     * read first say whether that connection is still the peer's. */
+    mb_zmq_monitor_drain(z);
+    if (z->peer_known && !z->peer_dead && z->peer_fd >= 0) shutdown(z->peer_fd, SHUT_RDWR);
+    z->peer_known = 0;
+    z->peer_dead = 0;
+    z->peer_id_len = 0;
+    z->peer_fd = -1;
     return MB_STATUS_OK;
 }
 

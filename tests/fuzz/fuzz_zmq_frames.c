@@ -1,7 +1,8 @@
 /* libFuzzer target for the ZeroMQ transport's frame handling on the worker
  * side: a listener with sessions (session_hello) over inproc://, and two
  * peers (DEALER sockets in its context) sending whatever multipart messages
- * the input describes, interleaved with the listener's recv and replies. The
+ * the input describes, interleaved with the listener's recv and replies and
+ * the end of a session (the peer's connection cut, the socket kept). The
  * input is a list of operations: a peer sends 1-4 frames (header-shaped
  * frames are built from a few bytes so the HELLO that opens a session, a
  * second coordinator's HELLO and the peer's later messages are all
@@ -95,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!peer[i] || zmq_connect(peer[i], "inproc://fuzz") != 0) abort();
     }
     /* Which peer the listener took: learnt from whom its replies reach. */
-    int session = -1;
+    int session = -1, ended = 0;
     fz_in in = {data, size};
     for (unsigned op = 0; op < FZ_MAX_OPS && in.left; op++) {
         unsigned code = fz_u(&in, 1);
@@ -125,7 +126,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             mb_transport_recv_release(&t);
             break;
         }
-        default: { /* the peers read what came back */
+        default: { /* the peers read what came back; maybe the session ends */
+            if ((code >> 2) % 8 == 7) {
+                /* Which peer a later reply belongs to is no longer
+                 * checked: queued replies of the old session may still
+                 * arrive. */
+                if (mb_zmq_transport_end_session(&t) != MB_STATUS_OK) abort();
+                ended = 1;
+            }
             for (int i = 0; i < 2; i++) {
                 zmq_pollitem_t it = {peer[i], 0, ZMQ_POLLIN, 0};
                 if (session < 0 && zmq_poll(&it, 1, 0) == 1) {
@@ -141,7 +149,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     zmq_msg_close(&f);
                     if (!(h.opcode == MB_OP_STATUS && h.status == MB_STATUS_BUSY)) session = i;
                 }
-                fz_drain(peer[i], session < 0 || session == i);
+                fz_drain(peer[i], ended || session < 0 || session == i);
             }
             break;
         }
