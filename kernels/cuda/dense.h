@@ -1,0 +1,121 @@
+/* The dense (non-expert) part of a transformer layer on a CUDA device,
+ * callable from C: what the coordinator runs when it sits on the GPU
+ * (`moe-broker run --device cuda:N`). Every function enqueues on the
+ * given stream (a cudaStream_t; NULL is the legacy default stream) and
+ * never blocks the host: no allocation, no synchronisation, no copy to the
+ * host. All pointers are device pointers unless a comment says otherwise.
+ *
+ * Arithmetic follows the CPU coordinator (broker/norm.c, rope.c,
+ * attention.c, router.c, kernels/cpu/gemm.c) so the two agree to f32
+ * rounding: activations, the KV cache and accumulation are f32; weights
+ * stay in the checkpoint's dtype (f32, f16 or bf16) and are widened to f32
+ * as they are read. Results are deterministic: no float atomics, a fixed
+ * reduction order for a given shape.
+ *
+ * Every function returns 0, or a CUDA error code (non-zero, printable with
+ * mb_kcuda_error_str) for a launch that failed or arguments it refuses
+ * (cudaErrorInvalidValue: a zero or inconsistent size, an unsupported
+ * dtype). */
+#ifndef MB_KERNELS_CUDA_DENSE_H
+#define MB_KERNELS_CUDA_DENSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/cuda/moe.h" /* MB_KCUDA_F32/F16/BF16, mb_kcuda_error_str */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* x[t][0..d) = row ids[t] of table[vocab][d] (dtype wdtype) widened to f32,
+ * for t < n. ids are device int32, each in [0, vocab) (the caller checked
+ * them on the host). */
+int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d, const int32_t *ids,
+                   uint32_t n, float *x);
+
+/* y[r][0..d) = x[r] * rsqrt(mean(x[r]^2) + eps) * w, for r < rows; row
+ * strides ldx, ldy (>= d) in floats; y may equal x. w is f32 [d]. The
+ * per-head q/k norm of Qwen3 is this with rows = tokens * heads, d =
+ * head_dim, ld = head_dim. */
+int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows,
+                     uint32_t d, const float *w, float eps);
+
+/* y[t][0..m) = x[t][0..k) @ W^T (+ bias) (+ y when accumulate), for t < n.
+ * W is [m][k] row-major in wdtype; x is f32 with row stride ldx (>= k), y
+ * f32 with row stride ldy (>= m); bias is f32 [m] or NULL. x and y must
+ * not overlap. Few rows (decode) take a GEMV path that streams W once for
+ * all rows; many rows a tiled GEMM. Accumulation in f32. */
+int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k, const float *x,
+                    size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int accumulate);
+
+/* Rotary embedding in place: x[t] holds n_heads heads of head_dim values
+ * (row stride ldx floats) for the token at position pos0 + t, t < n.
+ * cos and sin are the tables of broker/rope.h ([n_pos][head_dim/2], f32,
+ * uploaded once); the caller guarantees pos0 + n <= n_pos. interleaved 0
+ * pairs dimension i with i + head_dim/2 ("rotate half"), 1 pairs 2i with
+ * 2i+1, exactly as mb_rope_apply. */
+int mb_kcuda_rope(void *stream, float *x, size_t ldx, uint32_t n, uint32_t n_heads, uint32_t head_dim,
+                  uint32_t pos0, const float *cos, const float *sin, int interleaved);
+
+/* One layer's KV cache: k and v as [n_kv_heads][max_ctx][head_dim] f32. */
+typedef struct {
+    float *k;
+    float *v;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;
+    uint32_t max_ctx;
+} mb_kcuda_kv;
+
+/* Stores the keys k[t][n_kv_heads*head_dim] (row stride ldk) and values
+ * (ldv) of n tokens at positions pos0.. into the cache; pos0 + n <=
+ * max_ctx. */
+int mb_kcuda_kv_store(void *stream, const mb_kcuda_kv *kv, uint32_t pos0, uint32_t n, const float *k,
+                      size_t ldk, const float *v, size_t ldv);
+
+/* Causal grouped-query attention, as mb_attn_compute: for the n query
+ * tokens at positions pos0 + t, out[t][h*head_dim..] = softmax(q_t,h K^T *
+ * scale) V over cached positions p <= pos0 + t (and p > pos0 + t - window
+ * when window > 0), with query head h reading kv head h / (n_heads /
+ * n_kv_heads). q has row stride ldq, out ldo (floats). Keys and values of
+ * those positions must be stored already. Long steps (prefill) run a
+ * tiled flash-attention kernel; short ones (decode) split the cached
+ * positions over blocks and merge the partial results (log-sum-exp) in a
+ * second kernel, using work. */
+typedef struct {
+    uint32_t n_heads;
+    uint32_t window; /* 0: full causal */
+    float scale;     /* head_dim^-0.5 */
+} mb_kcuda_attn_shape;
+
+/* Floats of work attention needs for n query tokens over up to max_ctx
+ * positions (0 when it needs none). */
+size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t n);
+
+int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,
+                       uint32_t n, const float *q, size_t ldq, float *out, size_t ldo, float *work,
+                       size_t work_floats);
+
+/* Routing, as mb_router_select, fused in one kernel: for each of n rows of
+ * logits[n][n_experts] (f32), softmax in f32, the top_k largest
+ * probabilities in descending order (ties: the lower index first) into
+ * ids[t][0..top_k) (int32) and their weights into gate[t][0..top_k),
+ * divided by their sum when renorm. logits is left unchanged. top_k <=
+ * 32, n_experts <= 1024. */
+int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
+                        int renorm, int32_t *ids, float *gate);
+
+/* The shared expert's activation, in place: g[t][i] = s_t * silu(g[t][i])
+ * * u[t][i] for t < n, i < ff (row stride ld for g and u), where s_t =
+ * sigmoid(sg[t]) when sg (f32 [n]) is not NULL, else 1. */
+int mb_kcuda_silu_mul(void *stream, float *g, const float *u, size_t ld, uint32_t n, uint32_t ff,
+                      const float *sg);
+
+/* x[i] += y[i] for i < count. */
+int mb_kcuda_add(void *stream, float *x, const float *y, size_t count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
