@@ -4,10 +4,12 @@
 #include "broker/forward.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "broker/attention.h"
+#include "broker/device/forward_cuda.h"
 #include "broker/norm.h"
 #include "broker/rope.h"
 #include "broker/router.h"
@@ -47,6 +49,7 @@ struct mb_forward {
     float *sh_g, *sh_u; /* [chunk][d_ff_shared] shared expert gate/up */
     float *sh_s;        /* [chunk] shared expert gate logit */
     int32_t *ids;       /* [chunk][top_k] */
+    mb_fwd_cuda *cuda;  /* the dense part on a GPU instead (none of the above allocated) */
 };
 
 /* ---- creation: checks and allocation ---------------------------------- */
@@ -230,7 +233,15 @@ static mb_status alloc_scratch(mb_forward *f)
 mb_status mb_forward_create(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool *pool,
                             mb_moe_fn moe_fn, void *moe_ctx, mb_forward **out)
 {
-    if (!m || !moe_fn || !out || max_ctx == 0) return MB_STATUS_INVALID_ARG;
+    const mb_forward_place cpu = {.cuda_device = -1};
+    return mb_forward_create_on(m, max_ctx, pool, &cpu, moe_fn, moe_ctx, out, NULL, 0);
+}
+
+mb_status mb_forward_create_on(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool *pool,
+                               const mb_forward_place *place, mb_moe_fn moe_fn, void *moe_ctx,
+                               mb_forward **out, char *err, size_t err_cap)
+{
+    if (!m || !moe_fn || !out || max_ctx == 0 || !place) return MB_STATUS_INVALID_ARG;
     mb_status st = check_model(m);
     if (st != MB_STATUS_OK) return st;
     mb_forward *f = calloc(1, sizeof(*f));
@@ -245,6 +256,18 @@ mb_status mb_forward_create(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool *p
     f->chunk = f->chunk_cap;
     f->q_dim = f->cfg.n_heads * f->cfg.head_dim;
     f->kv_dim = f->cfg.n_kv_heads * f->cfg.head_dim;
+    if (place->cuda_device >= 0) {
+        char msg[256] = "";
+        st = mb_fwd_cuda_create(m, max_ctx, f->chunk_cap, place->cuda_device, place->progress, &f->cuda, msg,
+                                sizeof msg);
+        if (st != MB_STATUS_OK) {
+            if (err && err_cap) snprintf(err, err_cap, "%s", msg);
+            free(f);
+            return st;
+        }
+        *out = f;
+        return MB_STATUS_OK;
+    }
     int n_threads = pool ? mb_kcpu_pool_threads(pool) : 1;
     if (n_threads < 1) n_threads = 1;
     if ((st = mb_router_init(&f->router, &f->cfg)) != MB_STATUS_OK ||
@@ -266,6 +289,7 @@ fail:
 void mb_forward_destroy(mb_forward *f)
 {
     if (!f) return;
+    mb_fwd_cuda_destroy(f->cuda);
     mb_rope_fini(&f->rope);
     mb_attn_fini(&f->attn);
     free(f->small);
@@ -425,7 +449,10 @@ mb_status mb_forward_step(mb_forward *f, const int32_t *ids, uint32_t n_tokens, 
         uint32_t n = n_tokens - done < f->chunk ? n_tokens - done : f->chunk;
         float *lg = logits ? logits + (size_t)done * f->cfg.vocab : NULL;
         float *last = done + n == n_tokens ? last_logits : NULL;
-        mb_status st = run_chunk(f, ids + done, n, decode, lg, last);
+        mb_status st = f->cuda ? mb_fwd_cuda_chunk(f->cuda, ids + done, n, f->pos, decode, f->moe_fn,
+                                                   f->moe_ctx, lg, last)
+                               : run_chunk(f, ids + done, n, decode, lg, last);
+        if (st == MB_STATUS_OK && f->cuda) f->pos += n;
         if (st != MB_STATUS_OK) {
             f->pos = start; /* cache rows past pos are dead and get overwritten */
             return st;
@@ -433,4 +460,14 @@ mb_status mb_forward_step(mb_forward *f, const int32_t *ids, uint32_t n_tokens, 
         done += n;
     }
     return MB_STATUS_OK;
+}
+
+uint64_t mb_forward_take_device_ns(mb_forward *f)
+{
+    return f ? mb_fwd_cuda_take_device_ns(f->cuda) : 0;
+}
+
+const char *mb_forward_error(const mb_forward *f)
+{
+    return f && f->cuda ? mb_fwd_cuda_error(f->cuda) : "";
 }

@@ -48,6 +48,27 @@ typedef struct mb_forward mb_forward;
 mb_status mb_forward_create(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool *pool,
                             mb_moe_fn moe_fn, void *moe_ctx, mb_forward **out);
 
+/* Where the dense part runs. */
+typedef struct {
+    int cuda_device; /* -1: the CPU (on pool); N >= 0: CUDA GPU N (broker/device/forward_cuda.h) */
+    int progress;    /* a loading line on a terminal while weights go to the GPU */
+} mb_forward_place;
+
+/* As mb_forward_create, with the dense part where place says. On a GPU the
+ * dense weights are uploaded and the KV cache allocated on the device now,
+ * and pool is unused. On failure err (may be NULL) says why: no such
+ * device, a build without CUDA (UNSUPPORTED), a dense weight type the GPU
+ * path does not take (BAD_DTYPE), not enough device memory (NOMEM). */
+mb_status mb_forward_create_on(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool *pool,
+                               const mb_forward_place *place, mb_moe_fn moe_fn, void *moe_ctx,
+                               mb_forward **out, char *err, size_t err_cap);
+
+/* Device time of the steps since the last call (0 on the CPU), then zero. */
+uint64_t mb_forward_take_device_ns(mb_forward *f);
+
+/* The message of the last step's device failure ("" when none). */
+const char *mb_forward_error(const mb_forward *f);
+
 /* Frees everything create allocated. NULL is a no-op. */
 void mb_forward_destroy(mb_forward *f);
 

@@ -94,6 +94,11 @@ static const knob knobs[MB_OPTION_COUNT_] = {
     [MB_OPTION_THREADS] = {.flag = "threads", .env = "MB_THREADS", .kind = KNOB_U32,
                            .offset = OFF(threads), .max = 1024, .arg = "N", .dflt = "0 (auto)",
                            .help = "coordinator threads (attention, local experts)"},
+    [MB_OPTION_DEVICE] = {.flag = "device", .env = "MB_DEVICE", .kind = KNOB_STRING, .offset = OFF(device),
+                          .arg = "DEV", .dflt = "cpu",
+                          .help = "where the coordinator runs embeddings, attention, routing and\n"
+                                  "lm_head: cpu, or cuda[:N] (GPU N, default 0; experts given\n"
+                                  "by --local-experts then run on that GPU too)"},
     [MB_OPTION_LOCAL_EXPERTS] = {.flag = "local-experts", .env = "MB_LOCAL_EXPERTS",
                                  .kind = KNOB_U32, .offset = OFF(local_experts), .max = 65535,
                                  .arg = "N",
@@ -235,6 +240,7 @@ void mb_options_init(mb_options *opt)
     opt->min_p = 0.05;
     opt->repeat_penalty = 1.0;
     opt->repeat_last_n = 64;
+    opt->cuda_device = -1;
 }
 
 void mb_options_free(mb_options *opt)
@@ -534,6 +540,28 @@ static mb_status check_exclusive(const mb_options *o, char *err, size_t err_cap)
     return MB_STATUS_OK;
 }
 
+/* --device: "cpu" or "cuda[:N]" into o->cuda_device (-1 for the CPU). */
+static mb_status parse_device(mb_options *o, char *err, size_t err_cap)
+{
+    o->cuda_device = -1;
+    const char *d = o->device;
+    if (!d || strcmp(d, "cpu") == 0) return MB_STATUS_OK;
+    if (strncmp(d, "cuda", 4) == 0 && (d[4] == '\0' || d[4] == ':')) {
+        if (d[4] == '\0') {
+            o->cuda_device = 0;
+            return MB_STATUS_OK;
+        }
+        char *end = NULL;
+        unsigned long n = d[5] >= '0' && d[5] <= '9' ? strtoul(d + 5, &end, 10) : 0;
+        if (end && *end == '\0' && n < 1024) {
+            o->cuda_device = (int)n;
+            return MB_STATUS_OK;
+        }
+    }
+    mb_options_errf(err, err_cap, "moe-broker: --device must be cpu, cuda or cuda:N (N a GPU index), not '%s'", d);
+    return MB_STATUS_CONFIG;
+}
+
 mb_status mb_options_parse(int argc, char **argv, mb_options *out, char *err, size_t err_cap)
 {
     if (!out || argc < 0 || (argc > 0 && !argv)) return MB_STATUS_INVALID_ARG;
@@ -575,6 +603,7 @@ mb_status mb_options_parse(int argc, char **argv, mb_options *out, char *err, si
     int help = o.help, version = o.version;
     if (st == MB_STATUS_OK && !help && !version) st = apply_env(&o, flag_mask, err, err_cap);
     if (st == MB_STATUS_OK && !help && !version) st = check_exclusive(&o, err, err_cap);
+    if (st == MB_STATUS_OK && !help && !version) st = parse_device(&o, err, err_cap);
     free(args);
     if (st != MB_STATUS_OK || help || version) {
         mb_options_free(&o); /* help: back to pure defaults, as documented */

@@ -43,6 +43,7 @@ typedef enum {
     MB_OPTION_STREAM_SLICE,
     MB_OPTION_PAYLOAD_DTYPE,
     MB_OPTION_THREADS,
+    MB_OPTION_DEVICE,
     MB_OPTION_LOCAL_EXPERTS,
     MB_OPTION_LOCAL_BUDGET,
     MB_OPTION_ON_WORKER_LOSS,
@@ -100,6 +101,8 @@ typedef struct {
     uint32_t stream_slice;       /* tokens per stream slice, 1..4096, default 4 */
     mb_dtype payload_dtype;      /* activations on the wire, default f32 */
     uint32_t threads;            /* coordinator threads, 0 = auto */
+    char *device;                /* --device cpu|cuda[:N]; NULL = cpu */
+    int cuda_device;             /* from device: the GPU the dense part runs on, -1 = CPU */
     uint32_t local_experts;      /* experts per layer run in-process, default 0 */
     uint64_t local_budget_bytes; /* memory for in-process experts, 0 = no limit */
     mb_on_worker_loss on_worker_loss; /* default fallback */

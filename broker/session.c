@@ -181,6 +181,33 @@ mb_status mb_experts_load_group(const mb_model *m, const mb_placement *pl, uint3
     return st;
 }
 
+/* The forward pass calls the dispatcher, which exists only once the
+ * experts are placed: it goes through the session. */
+static mb_status session_moe(void *ctx, const mb_moe_work *w)
+{
+    mb_session *s = ctx;
+    return mb_dispatch_moe(s->dispatch, w);
+}
+
+static mb_status open_forward(mb_session *s, const mb_options *opt, int verbosity, uint32_t chunk, char *err,
+                              size_t err_cap)
+{
+    s->pool = mb_kcpu_pool_create((int)opt->threads, -1);
+    if (!s->pool) {
+        snprintf(err, err_cap, "cannot start the coordinator's threads");
+        return MB_STATUS_NOMEM;
+    }
+    const mb_forward_place place = {.cuda_device = opt->cuda_device, .progress = verbosity >= MB_SESSION_PROGRESS};
+    char msg[256] = "";
+    mb_status st = mb_forward_create_on(s->model, s->max_ctx, s->pool, &place, session_moe, s, &s->fwd, msg,
+                                        sizeof msg);
+    if (st == MB_STATUS_OK && chunk < MB_FORWARD_CHUNK_DEFAULT) st = mb_forward_set_chunk(s->fwd, chunk);
+    if (st != MB_STATUS_OK) snprintf(err, err_cap, "forward pass: %s", msg[0] ? msg : mb_status_str(st));
+    else if (verbosity >= MB_SESSION_INFO && opt->cuda_device >= 0)
+        fprintf(stderr, "coordinator on cuda:%d (dense layers, KV cache, routing)\n", opt->cuda_device);
+    return st;
+}
+
 mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int verbosity,
                           mb_session **out, char *err, size_t err_cap)
 {
@@ -202,7 +229,12 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
         return MB_STATUS_NOMEM;
     }
     uint32_t max_slots = c->n_layers * c->n_experts;
-    mb_status st = MB_STATUS_OK;
+    uint32_t chunk = opt->chunk ? opt->chunk : MB_FORWARD_CHUNK_DEFAULT;
+    if (chunk > max_ctx) chunk = max_ctx;
+    /* The forward pass first: on a GPU its dense weights and KV cache take
+     * device memory that local experts placed there must leave free. */
+    mb_status st = open_forward(s, opt, verbosity, chunk, err, err_cap);
+    if (st != MB_STATUS_OK) goto fail;
     mb_session_roots roots;
     mb_session_roots_find(model, &roots);
     for (uint32_t i = 0; i < n_workers; i++) {
@@ -214,8 +246,9 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     mb_session_roots_free(&roots);
     if (st != MB_STATUS_OK) goto fail;
     if (want_local) {
-        mb_link_spec ls = {.backend = "cpu", .device = -1, .threads = opt->threads, .weight = 1,
-                           .max_slots = max_slots};
+        /* With the coordinator on a GPU its local experts live there too. */
+        mb_link_spec ls = {.backend = opt->cuda_device >= 0 ? "cuda" : "cpu", .device = opt->cuda_device,
+                           .threads = opt->threads, .weight = 1, .max_slots = max_slots};
         st = mb_link_open_inproc(&ls, (int)n_workers, &s->links[n_workers], err, err_cap);
         if (st != MB_STATUS_OK) goto fail;
         s->local_link = (int)n_workers;
@@ -257,8 +290,6 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     mb_stats_set_config(s->stats, "on_worker_loss", mb_on_worker_loss_name(opt->on_worker_loss));
     mb_stats_set_config_int(s->stats, "replicas", opt->replicas);
     mb_stats_set_config_int(s->stats, "worker_timeout_ms", opt->worker_timeout_ms);
-    uint32_t chunk = opt->chunk ? opt->chunk : MB_FORWARD_CHUNK_DEFAULT;
-    if (chunk > max_ctx) chunk = max_ctx;
     mb_dispatch_config dc = {
         .links = s->links, .n_links = s->n_links, .placement = &s->placement, .mode = opt->ipc_mode,
         .batch_capacity = opt->batch_capacity, .stream_slice = opt->stream_slice, .payload = opt->payload_dtype,
@@ -268,18 +299,6 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     st = mb_dispatch_create(&dc, &s->dispatch);
     if (st != MB_STATUS_OK) {
         snprintf(err, err_cap, "dispatcher: %s", mb_status_str(st));
-        goto fail;
-    }
-    s->pool = mb_kcpu_pool_create((int)opt->threads, -1);
-    if (!s->pool) {
-        st = MB_STATUS_NOMEM;
-        snprintf(err, err_cap, "cannot start the coordinator's threads");
-        goto fail;
-    }
-    st = mb_forward_create(model, max_ctx, s->pool, mb_dispatch_moe, s->dispatch, &s->fwd);
-    if (st == MB_STATUS_OK && chunk < MB_FORWARD_CHUNK_DEFAULT) st = mb_forward_set_chunk(s->fwd, chunk);
-    if (st != MB_STATUS_OK) {
-        snprintf(err, err_cap, "forward pass: %s", mb_status_str(st));
         goto fail;
     }
     *out = s;
@@ -312,11 +331,14 @@ mb_status mb_session_step(mb_session *s, const int32_t *ids, uint32_t n, float *
     uint64_t t1 = mb_now_ns();
     uint64_t dispatch_ns = 0, wait_ns = 0;
     mb_dispatch_take_times(s->dispatch, &dispatch_ns, &wait_ns);
+    const uint64_t device_ns = mb_forward_take_device_ns(s->fwd);
     if (st != MB_STATUS_OK) {
         const char *why = mb_dispatch_error(s->dispatch);
+        if (!why[0]) why = mb_forward_error(s->fwd);
         snprintf(err, err_cap, "%s", why[0] ? why : mb_status_str(st));
         return st;
     }
+    if (device_ns) mb_stats_record_device(s->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, device_ns);
     mb_stats_record_step(s->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, n, t1 - t0, dispatch_ns,
                          wait_ns);
     return MB_STATUS_OK;

@@ -176,6 +176,14 @@ mb_status mb_stats_record_step(mb_stats *s, mb_stats_phase phase, uint64_t n_tok
     return MB_STATUS_OK;
 }
 
+mb_status mb_stats_record_device(mb_stats *s, mb_stats_phase phase, uint64_t device_ns)
+{
+    if (!s) return MB_STATUS_OK;
+    if ((unsigned)phase >= MB_STATS_PHASE_COUNT_) return MB_STATUS_INVALID_ARG;
+    s->steps[phase].device_ns += device_ns;
+    return MB_STATUS_OK;
+}
+
 mb_status mb_stats_open_step_timing(mb_stats *s, const char *path)
 {
     if (!s || !path || !path[0]) return MB_STATUS_INVALID_ARG;

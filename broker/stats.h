@@ -58,6 +58,7 @@ typedef struct {
     uint64_t time_ns;     /* step wall time */
     uint64_t dispatch_ns; /* time inside expert dispatch */
     uint64_t wait_ns;     /* time the dispatcher waited on workers */
+    uint64_t device_ns;   /* the coordinator's GPU busy (CUDA events; its waits for the experts excluded; 0 on the CPU) */
 } mb_stats_steps;
 
 typedef struct mb_stats mb_stats;
@@ -98,6 +99,11 @@ mb_status mb_stats_record_call(mb_stats *s, uint32_t backend, uint32_t layer, mb
  * mb_stats_close_step_timing. */
 mb_status mb_stats_record_step(mb_stats *s, mb_stats_phase phase, uint64_t n_tokens,
                                uint64_t step_ns, uint64_t dispatch_ns, uint64_t wait_ns);
+
+/* Adds the coordinator's own device time (CUDA events, read after the
+ * step) to phase's totals. s == NULL is a no-op; INVALID_ARG for a bad
+ * phase. */
+mb_status mb_stats_record_device(mb_stats *s, mb_stats_phase phase, uint64_t device_ns);
 
 /* Opens (truncates) path for the per-step JSON lines; "-" is stdout. A file
  * already open is closed first. Errors: MB_STATUS_IO (with errno),

@@ -96,6 +96,12 @@ static void print_steps(const mb_stats *s, FILE *f)
                 (unsigned long long)t->tokens, ms(t->time_ns), ms(t->dispatch_ns), ms(t->wait_ns),
                 ms(ipc), ratio, share);
     }
+    for (int p = 0; p < MB_STATS_PHASE_COUNT_; p++) {
+        const mb_stats_steps *t = &s->steps[p];
+        if (t->device_ns && t->time_ns)
+            fprintf(f, "%-7s coordinator GPU busy %.3f ms (%.1f%% of step time)\n", mb_stats_phase_name(p),
+                    ms(t->device_ns), 100.0 * (double)t->device_ns / (double)t->time_ns);
+    }
     fprintf(f, "(ipc ms = pack + send + unpack + (wait - worker time), summed over backends;\n"
                " ipc/step = ipc ms / step ms, above 1x when backends' IPC overlaps;\n"
                " coord ipc = the share of step time the coordinator spent packing, sending\n"
@@ -227,6 +233,7 @@ static cJSON *steps_json(const mb_stats *s, int *failed)
         add_num(po, "time_ns", t->time_ns, failed);
         add_num(po, "dispatch_ns", t->dispatch_ns, failed);
         add_num(po, "wait_ns", t->wait_ns, failed);
+        add_num(po, "device_ns", t->device_ns, failed);
         add_obj(o, mb_stats_phase_name(p), po, failed);
     }
     if (!o) *failed = 1;

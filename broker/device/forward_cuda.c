@@ -1,0 +1,677 @@
+/* The dense layers on a CUDA device: weights uploaded once, the layer loop
+ * enqueued on one stream, and per layer one wait for the copy that hands
+ * the routed tokens to the dispatcher (seed 000: no other host sync in a
+ * layer). The shared expert's gate and up projections are enqueued before
+ * that wait, so they run while the workers compute. */
+#include "broker/device/forward_cuda.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef MB_HAVE_CUDA
+
+struct mb_fwd_cuda {
+    int unused;
+};
+
+int mb_fwd_cuda_built(void)
+{
+    return 0;
+}
+
+mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk_cap, int device, int progress,
+                             mb_fwd_cuda **out, char *err, size_t err_cap)
+{
+    (void)m, (void)max_ctx, (void)chunk_cap, (void)progress, (void)out;
+    snprintf(err, err_cap, "--device cuda:%d: this build has no CUDA support (nvcc was not found)", device);
+    return MB_STATUS_UNSUPPORTED;
+}
+
+void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
+{
+    (void)fc;
+}
+
+mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uint32_t pos, int decode,
+                            mb_moe_fn moe_fn, void *moe_ctx, float *logits, float *last_logits)
+{
+    (void)fc, (void)ids, (void)n, (void)pos, (void)decode, (void)moe_fn, (void)moe_ctx, (void)logits,
+        (void)last_logits;
+    return MB_STATUS_UNSUPPORTED;
+}
+
+uint64_t mb_fwd_cuda_take_device_ns(mb_fwd_cuda *fc)
+{
+    (void)fc;
+    return 0;
+}
+
+const char *mb_fwd_cuda_error(const mb_fwd_cuda *fc)
+{
+    (void)fc;
+    return "";
+}
+
+#else
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <unistd.h>
+
+#include "broker/rope.h"
+#include "broker/router.h"
+#include "kernels/cuda/dense.h"
+#include "protocol/dtype.h"
+
+/* A weight matrix on the device, in its checkpoint dtype. */
+typedef struct {
+    const void *w;
+    int dtype; /* MB_KCUDA_* */
+    uint32_t rows, cols;
+} dev_mat;
+
+typedef struct {
+    dev_mat wq, wk, wv, wo, router;
+    dev_mat sh_gate, sh_up, sh_down, sh_sg; /* Qwen2-MoE shared expert */
+    float *attn_norm, *ffn_norm, *bq, *bk, *bv, *q_norm, *k_norm;
+    mb_kcuda_kv kv;
+} dev_layer;
+
+struct mb_fwd_cuda {
+    const mb_model *m;
+    mb_model_config cfg;
+    int device;
+    uint32_t max_ctx, chunk_cap, q_dim, kv_dim, window;
+    int renorm;
+    cudaStream_t stream;
+    cudaEvent_t copied, t0, t1;
+    /* Per layer, around the host's wait for the experts: the stream is
+     * idle from wait[l] to resume[l] unless work was still queued, so the
+     * device's own time is t1 - t0 less those gaps. */
+    cudaEvent_t *wait, *resume;
+    dev_layer *layers;
+    dev_mat embed, lm_head;
+    float *final_norm, *cos, *sin;
+    void **allocs; /* every cudaMalloc, for destroy */
+    size_t n_allocs, cap_allocs;
+    /* Device scratch for chunk_cap tokens. xfer is what the dispatcher
+     * needs, laid out for the current chunk's n: xn [n][d_model], then ids
+     * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three. */
+    float *x, *xfer, *q, *k, *v, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last, *logits_all, *work;
+    int32_t *tok;
+    size_t work_floats;
+    /* Pinned host twins. */
+    float *h_xfer, *h_moe, *h_logits;
+    int32_t *h_tok;
+    uint64_t device_ns;
+    char err[256];
+};
+
+int mb_fwd_cuda_built(void)
+{
+    return 1;
+}
+
+static void set_err(mb_fwd_cuda *fc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(fc->err, sizeof fc->err, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- creation ------------------------------------------------------------ */
+
+static int track(mb_fwd_cuda *fc, void *p)
+{
+    if (fc->n_allocs == fc->cap_allocs) {
+        size_t cap = fc->cap_allocs ? 2 * fc->cap_allocs : 64;
+        void **a = realloc(fc->allocs, cap * sizeof *a);
+        if (!a) return 0;
+        fc->allocs = a;
+        fc->cap_allocs = cap;
+    }
+    fc->allocs[fc->n_allocs++] = p;
+    return 1;
+}
+
+static cudaError_t dev_alloc(mb_fwd_cuda *fc, size_t bytes, void **out)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
+    if (e != cudaSuccess) return e;
+    if (!track(fc, p)) {
+        cudaFree(p);
+        return cudaErrorMemoryAllocation;
+    }
+    *out = p;
+    return cudaSuccess;
+}
+
+/* Loading progress: bytes uploaded of the dense total, on a terminal. */
+typedef struct {
+    int on;
+    uint64_t done, total, last_print;
+} progress_line;
+
+static void progress_add(progress_line *p, uint64_t bytes)
+{
+    p->done += bytes;
+    if (!p->on || (p->done - p->last_print < ((uint64_t)256 << 20) && p->done != p->total)) return;
+    p->last_print = p->done;
+    fprintf(stderr, "\rloading dense weights to the GPU: %.2f / %.2f GiB", (double)p->done / (1u << 30),
+            (double)p->total / (1u << 30));
+    if (p->done == p->total) fputc('\n', stderr);
+}
+
+static int kcuda_dtype(mb_dtype d)
+{
+    switch (d) {
+    case MB_DTYPE_F32: return MB_KCUDA_F32;
+    case MB_DTYPE_F16: return MB_KCUDA_F16;
+    case MB_DTYPE_BF16: return MB_KCUDA_BF16;
+    default: return -1;
+    }
+}
+
+static uint64_t mat_bytes(const mb_tensor *t)
+{
+    return t->data ? t->rows * t->cols * mb_dtype_size(t->dtype) : 0;
+}
+
+/* Uploads a matrix as it is stored. A matrix absent from the model (an
+ * optional tensor) stays NULL. */
+static mb_status upload_mat(mb_fwd_cuda *fc, const mb_tensor *t, const char *what, uint32_t layer, dev_mat *out,
+                            progress_line *p)
+{
+    memset(out, 0, sizeof *out);
+    if (!t->data) return MB_STATUS_OK;
+    int dt = kcuda_dtype(t->dtype);
+    if (dt < 0) {
+        set_err(fc, "--device cuda:%d: layer %u %s is %s; the GPU coordinator takes f32, f16 and bf16 dense weights",
+                fc->device, layer, what, mb_dtype_name(t->dtype));
+        return MB_STATUS_BAD_DTYPE;
+    }
+    uint64_t bytes = mat_bytes(t);
+    void *d = NULL;
+    cudaError_t e = dev_alloc(fc, bytes, &d);
+    if (e == cudaSuccess) e = cudaMemcpy(d, t->data, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: uploading layer %u %s: %s", fc->device, layer, what, cudaGetErrorString(e));
+        return MB_STATUS_DEVICE;
+    }
+    progress_add(p, bytes);
+    *out = (dev_mat){.w = d, .dtype = dt, .rows = (uint32_t)t->rows, .cols = (uint32_t)t->cols};
+    return MB_STATUS_OK;
+}
+
+/* Uploads a 1-D tensor widened to f32 (norm weights, biases); NULL stays. */
+static mb_status upload_vec(mb_fwd_cuda *fc, const mb_tensor *t, size_t n, float **out)
+{
+    *out = NULL;
+    if (!t->data) return MB_STATUS_OK;
+    float *h = malloc(n * sizeof *h);
+    if (!h) return MB_STATUS_NOMEM;
+    mb_dtype_decode_f32(t->dtype, h, t->data, n);
+    void *d = NULL;
+    cudaError_t e = dev_alloc(fc, n * sizeof(float), &d);
+    if (e == cudaSuccess) e = cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice);
+    free(h);
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: uploading a norm or bias: %s", fc->device, cudaGetErrorString(e));
+        return MB_STATUS_DEVICE;
+    }
+    *out = d;
+    return MB_STATUS_OK;
+}
+
+#define TRY(expr)                                                                                                  \
+    do {                                                                                                           \
+        mb_status st_ = (expr);                                                                                    \
+        if (st_ != MB_STATUS_OK) return st_;                                                                       \
+    } while (0)
+
+static uint64_t dense_bytes(const mb_model *m)
+{
+    uint64_t b = mat_bytes(&m->embed) + (m->lm_head.data != m->embed.data ? mat_bytes(&m->lm_head) : 0);
+    for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
+        const mb_layer_weights *L = &m->layers[l];
+        b += mat_bytes(&L->wq) + mat_bytes(&L->wk) + mat_bytes(&L->wv) + mat_bytes(&L->wo) + mat_bytes(&L->router);
+        b += mat_bytes(&L->shared.gate) + mat_bytes(&L->shared.up) + mat_bytes(&L->shared.down) +
+             mat_bytes(&L->shared_gate);
+    }
+    return b;
+}
+
+static mb_status upload_layer(mb_fwd_cuda *fc, uint32_t l, progress_line *p)
+{
+    const mb_model_config *c = &fc->cfg;
+    const mb_layer_weights *L = &fc->m->layers[l];
+    dev_layer *D = &fc->layers[l];
+    TRY(upload_mat(fc, &L->wq, "q_proj", l, &D->wq, p));
+    TRY(upload_mat(fc, &L->wk, "k_proj", l, &D->wk, p));
+    TRY(upload_mat(fc, &L->wv, "v_proj", l, &D->wv, p));
+    TRY(upload_mat(fc, &L->wo, "o_proj", l, &D->wo, p));
+    TRY(upload_mat(fc, &L->router, "router", l, &D->router, p));
+    if (c->d_ff_shared) {
+        TRY(upload_mat(fc, &L->shared.gate, "shared_expert.gate_proj", l, &D->sh_gate, p));
+        TRY(upload_mat(fc, &L->shared.up, "shared_expert.up_proj", l, &D->sh_up, p));
+        TRY(upload_mat(fc, &L->shared.down, "shared_expert.down_proj", l, &D->sh_down, p));
+        TRY(upload_mat(fc, &L->shared_gate, "shared_expert_gate", l, &D->sh_sg, p));
+    }
+    TRY(upload_vec(fc, &L->attn_norm, c->d_model, &D->attn_norm));
+    TRY(upload_vec(fc, &L->ffn_norm, c->d_model, &D->ffn_norm));
+    if (c->qkv_bias) {
+        TRY(upload_vec(fc, &L->bq, fc->q_dim, &D->bq));
+        TRY(upload_vec(fc, &L->bk, fc->kv_dim, &D->bk));
+        TRY(upload_vec(fc, &L->bv, fc->kv_dim, &D->bv));
+    }
+    if (c->qk_norm) {
+        TRY(upload_vec(fc, &L->q_norm, c->head_dim, &D->q_norm));
+        TRY(upload_vec(fc, &L->k_norm, c->head_dim, &D->k_norm));
+    }
+    return MB_STATUS_OK;
+}
+
+/* RoPE tables computed on the host exactly as the CPU coordinator's. */
+static mb_status upload_rope(mb_fwd_cuda *fc)
+{
+    mb_rope r;
+    TRY(mb_rope_init(&r, fc->cfg.head_dim, fc->max_ctx, fc->cfg.rope_theta));
+    size_t bytes = (size_t)fc->max_ctx * (fc->cfg.head_dim / 2) * sizeof(float);
+    cudaError_t e = dev_alloc(fc, bytes, (void **)&fc->cos);
+    if (e == cudaSuccess) e = dev_alloc(fc, bytes, (void **)&fc->sin);
+    if (e == cudaSuccess) e = cudaMemcpy(fc->cos, r.cos, bytes, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = cudaMemcpy(fc->sin, r.sin, bytes, cudaMemcpyHostToDevice);
+    mb_rope_fini(&r);
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: RoPE tables: %s", fc->device, cudaGetErrorString(e));
+        return MB_STATUS_DEVICE;
+    }
+    return MB_STATUS_OK;
+}
+
+/* Bytes of the KV cache and of the scratch for chunk_cap tokens. */
+static uint64_t cache_bytes(const mb_fwd_cuda *fc)
+{
+    return 2ull * fc->cfg.n_layers * fc->kv_dim * fc->max_ctx * sizeof(float);
+}
+
+static mb_status alloc_cache(mb_fwd_cuda *fc)
+{
+    const mb_model_config *c = &fc->cfg;
+    float *kv = NULL;
+    cudaError_t e = dev_alloc(fc, cache_bytes(fc), (void **)&kv);
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: KV cache for %u positions (%.2f GiB): %s", fc->device, fc->max_ctx,
+                (double)cache_bytes(fc) / (1u << 30), cudaGetErrorString(e));
+        return MB_STATUS_NOMEM;
+    }
+    const size_t per = (size_t)fc->kv_dim * fc->max_ctx;
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        fc->layers[l].kv = (mb_kcuda_kv){.k = kv + 2 * l * per, .v = kv + (2 * l + 1) * per,
+                                         .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
+                                         .max_ctx = fc->max_ctx};
+    return MB_STATUS_OK;
+}
+
+static size_t attention_work(const mb_fwd_cuda *fc)
+{
+    const mb_kcuda_attn_shape s = {.n_heads = fc->cfg.n_heads, .window = fc->window, .scale = 1.0f};
+    /* The split (decode) path needs work; it is taken for short steps,
+     * the flash path for long ones. */
+    size_t most = mb_kcuda_attention_work(&fc->layers[0].kv, &s, fc->chunk_cap);
+    for (uint32_t n = 1; n <= fc->chunk_cap && n <= 256; n++) {
+        size_t w = mb_kcuda_attention_work(&fc->layers[0].kv, &s, n);
+        if (w > most) most = w;
+    }
+    return most;
+}
+
+static mb_status alloc_scratch(mb_fwd_cuda *fc)
+{
+    const mb_model_config *c = &fc->cfg;
+    const size_t n = fc->chunk_cap, d = c->d_model, k = c->top_k;
+    fc->work_floats = attention_work(fc);
+    const size_t xfer = n * (d + 2 * k);
+    struct {
+        float **p;
+        size_t floats;
+    } bufs[] = {
+        {&fc->x, n * d},
+        {&fc->xfer, xfer},
+        {&fc->q, n * fc->q_dim},
+        {&fc->k, n * fc->kv_dim},
+        {&fc->v, n * fc->kv_dim},
+        {&fc->att, n * fc->q_dim},
+        {&fc->rlog, n * c->n_experts},
+        {&fc->moe, n * d},
+        {&fc->sh_g, n * c->d_ff_shared},
+        {&fc->sh_u, n * c->d_ff_shared},
+        {&fc->sh_s, n},
+        {&fc->logits_last, c->vocab},
+        {&fc->work, fc->work_floats},
+        {(float **)&fc->tok, n},
+    };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        cudaError_t e = dev_alloc(fc, bufs[i].floats * sizeof(float), (void **)bufs[i].p);
+        if (e != cudaSuccess) {
+            set_err(fc, "--device cuda:%d: scratch for %zu tokens: %s", fc->device, n, cudaGetErrorString(e));
+            return MB_STATUS_NOMEM;
+        }
+    }
+    cudaError_t e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_moe, n * d * sizeof(float));
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_logits, (size_t)c->vocab * sizeof(float));
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_tok, n * sizeof(int32_t));
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: pinned host buffers: %s", fc->device, cudaGetErrorString(e));
+        return MB_STATUS_NOMEM;
+    }
+    return MB_STATUS_OK;
+}
+
+/* Fails early, with figures, when the dense part cannot fit. */
+static mb_status check_memory(mb_fwd_cuda *fc, uint64_t weights)
+{
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return MB_STATUS_OK; /* the allocations will say */
+    const mb_model_config *c = &fc->cfg;
+    uint64_t scratch = (uint64_t)fc->chunk_cap * (4ull * c->d_model + 3ull * fc->q_dim + c->n_experts) * 4u;
+    uint64_t need = weights + cache_bytes(fc) + scratch;
+    if (need > free_b) {
+        set_err(fc,
+                "--device cuda:%d: the dense part needs %.2f GiB (weights %.2f, KV cache for %u positions %.2f) "
+                "but the device has %.2f GiB free: lower --max-ctx or use --device cpu",
+                fc->device, (double)need / (1u << 30), (double)weights / (1u << 30), fc->max_ctx,
+                (double)cache_bytes(fc) / (1u << 30), (double)free_b / (1u << 30));
+        return MB_STATUS_NOMEM;
+    }
+    return MB_STATUS_OK;
+}
+
+static mb_status open_device(mb_fwd_cuda *fc)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        set_err(fc, "--device cuda:%d: no CUDA device (%s)", fc->device,
+                e != cudaSuccess ? cudaGetErrorString(e) : "the driver reports none");
+        cudaGetLastError();
+        return MB_STATUS_DEVICE;
+    }
+    if (fc->device >= count) {
+        set_err(fc, "--device cuda:%d: this host has %d CUDA device%s (cuda:0..%d)", fc->device, count,
+                count == 1 ? "" : "s", count - 1);
+        return MB_STATUS_DEVICE;
+    }
+    e = cudaSetDevice(fc->device);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&fc->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fc->copied, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreate(&fc->t0);
+    if (e == cudaSuccess) e = cudaEventCreate(&fc->t1);
+    fc->wait = calloc(fc->cfg.n_layers, sizeof *fc->wait);
+    fc->resume = calloc(fc->cfg.n_layers, sizeof *fc->resume);
+    if (!fc->wait || !fc->resume) return MB_STATUS_NOMEM;
+    for (uint32_t l = 0; e == cudaSuccess && l < fc->cfg.n_layers; l++) {
+        e = cudaEventCreate(&fc->wait[l]);
+        if (e == cudaSuccess) e = cudaEventCreate(&fc->resume[l]);
+    }
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: %s", fc->device, cudaGetErrorString(e));
+        return MB_STATUS_DEVICE;
+    }
+    return MB_STATUS_OK;
+}
+
+static mb_status create_all(mb_fwd_cuda *fc, int progress)
+{
+    const mb_model_config *c = &fc->cfg;
+    TRY(open_device(fc));
+    uint64_t weights = dense_bytes(fc->m);
+    TRY(check_memory(fc, weights));
+    fc->layers = calloc(c->n_layers, sizeof *fc->layers);
+    if (!fc->layers) return MB_STATUS_NOMEM;
+    progress_line p = {.on = progress, .total = weights};
+    TRY(upload_mat(fc, &fc->m->embed, "embed_tokens", 0, &fc->embed, &p));
+    if (fc->m->lm_head.data == fc->m->embed.data && fc->m->lm_head.dtype == fc->m->embed.dtype)
+        fc->lm_head = fc->embed; /* tied: one copy */
+    else
+        TRY(upload_mat(fc, &fc->m->lm_head, "lm_head", 0, &fc->lm_head, &p));
+    for (uint32_t l = 0; l < c->n_layers; l++) TRY(upload_layer(fc, l, &p));
+    TRY(upload_vec(fc, &fc->m->final_norm, c->d_model, &fc->final_norm));
+    TRY(upload_rope(fc));
+    TRY(alloc_cache(fc));
+    TRY(alloc_scratch(fc));
+    return MB_STATUS_OK;
+}
+
+mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk_cap, int device, int progress,
+                             mb_fwd_cuda **out, char *err, size_t err_cap)
+{
+    if (!m || !out || max_ctx == 0 || chunk_cap == 0 || chunk_cap > max_ctx || device < 0)
+        return MB_STATUS_INVALID_ARG;
+    mb_fwd_cuda *fc = calloc(1, sizeof *fc);
+    if (!fc) return MB_STATUS_NOMEM;
+    fc->m = m;
+    fc->cfg = m->cfg;
+    fc->device = device;
+    fc->max_ctx = max_ctx;
+    fc->chunk_cap = chunk_cap;
+    fc->q_dim = fc->cfg.n_heads * fc->cfg.head_dim;
+    fc->kv_dim = fc->cfg.n_kv_heads * fc->cfg.head_dim;
+    /* As mb_attn_init: a window as wide as the context hides nothing. */
+    fc->window = fc->cfg.sliding_window < max_ctx ? fc->cfg.sliding_window : 0;
+    mb_router r;
+    mb_status st = mb_router_init(&r, &fc->cfg);
+    fc->renorm = r.renorm;
+    if (st == MB_STATUS_OK) st = create_all(fc, progress && isatty(STDERR_FILENO));
+    if (st != MB_STATUS_OK) {
+        snprintf(err, err_cap, "%s", fc->err[0] ? fc->err : mb_status_str(st));
+        mb_fwd_cuda_destroy(fc);
+        return st;
+    }
+    *out = fc;
+    return MB_STATUS_OK;
+}
+
+void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
+{
+    if (!fc) return;
+    cudaSetDevice(fc->device);
+    if (fc->stream) cudaStreamSynchronize(fc->stream);
+    for (size_t i = 0; i < fc->n_allocs; i++) cudaFree(fc->allocs[i]);
+    cudaFreeHost(fc->h_xfer);
+    cudaFreeHost(fc->h_moe);
+    cudaFreeHost(fc->h_logits);
+    cudaFreeHost(fc->h_tok);
+    if (fc->copied) cudaEventDestroy(fc->copied);
+    if (fc->t0) cudaEventDestroy(fc->t0);
+    if (fc->t1) cudaEventDestroy(fc->t1);
+    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
+        if (fc->wait && fc->wait[l]) cudaEventDestroy(fc->wait[l]);
+        if (fc->resume && fc->resume[l]) cudaEventDestroy(fc->resume[l]);
+    }
+    free(fc->wait);
+    free(fc->resume);
+    if (fc->stream) cudaStreamDestroy(fc->stream);
+    cudaGetLastError();
+    free(fc->allocs);
+    free(fc->layers);
+    free(fc);
+}
+
+/* ---- the layer loop -------------------------------------------------------- */
+
+/* Kernel calls return a CUDA error code; the first one ends the chunk. */
+#define K(expr)                                                                                                    \
+    do {                                                                                                           \
+        int e_ = (expr);                                                                                           \
+        if (e_) return fail(fc, e_, #expr);                                                                        \
+    } while (0)
+
+static mb_status fail(mb_fwd_cuda *fc, int e, const char *what)
+{
+    set_err(fc, "cuda:%d: %s: %s", fc->device, what, mb_kcuda_error_str(e));
+    return MB_STATUS_DEVICE;
+}
+
+static int linear(mb_fwd_cuda *fc, const dev_mat *W, const float *x, size_t ldx, uint32_t n, float *y,
+                  size_t ldy, const float *bias, int accumulate)
+{
+    return mb_kcuda_linear(fc->stream, W->dtype, W->w, W->rows, W->cols, x, ldx, n, y, ldy, bias, accumulate);
+}
+
+/* x += o_proj(attention(rope(q), rope(k), v)) for n tokens at pos. */
+static mb_status attention_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
+{
+    const mb_model_config *c = &fc->cfg;
+    const dev_layer *D = &fc->layers[l];
+    float *xn = fc->xfer;
+    const size_t d = c->d_model;
+    K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm, c->rms_eps));
+    K(linear(fc, &D->wq, xn, d, n, fc->q, fc->q_dim, D->bq, 0));
+    K(linear(fc, &D->wk, xn, d, n, fc->k, fc->kv_dim, D->bk, 0));
+    K(linear(fc, &D->wv, xn, d, n, fc->v, fc->kv_dim, D->bv, 0));
+    if (c->qk_norm) { /* Qwen3: RMSNorm over each head, before RoPE */
+        K(mb_kcuda_rmsnorm(fc->stream, fc->q, c->head_dim, fc->q, c->head_dim, n * c->n_heads, c->head_dim,
+                           D->q_norm, c->rms_eps));
+        K(mb_kcuda_rmsnorm(fc->stream, fc->k, c->head_dim, fc->k, c->head_dim, n * c->n_kv_heads, c->head_dim,
+                           D->k_norm, c->rms_eps));
+    }
+    const int il = c->rope_interleaved != 0;
+    K(mb_kcuda_rope(fc->stream, fc->q, fc->q_dim, n, c->n_heads, c->head_dim, pos, fc->cos, fc->sin, il));
+    K(mb_kcuda_rope(fc->stream, fc->k, fc->kv_dim, n, c->n_kv_heads, c->head_dim, pos, fc->cos, fc->sin, il));
+    K(mb_kcuda_kv_store(fc->stream, &D->kv, pos, n, fc->k, fc->kv_dim, fc->v, fc->kv_dim));
+    const mb_kcuda_attn_shape s = {.n_heads = c->n_heads, .window = fc->window,
+                                   .scale = (float)(1.0 / sqrt((double)c->head_dim))};
+    K(mb_kcuda_attention(fc->stream, &D->kv, &s, pos, n, fc->q, fc->q_dim, fc->att, fc->q_dim, fc->work,
+                         fc->work_floats));
+    K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, NULL, 1));
+    return MB_STATUS_OK;
+}
+
+/* x += experts(norm(x)) (+ the shared expert): routing on the device, one
+ * copy of [xn | ids | gate] to the host, the dispatcher, one copy back. */
+static mb_status moe_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int decode, mb_moe_fn moe_fn, void *moe_ctx)
+{
+    const mb_model_config *c = &fc->cfg;
+    const dev_layer *D = &fc->layers[l];
+    const size_t d = c->d_model, k = c->top_k;
+    float *xn = fc->xfer;
+    int32_t *ids = (int32_t *)(fc->xfer + n * d);
+    float *gate = fc->xfer + n * (d + k);
+    K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
+    K(linear(fc, &D->router, xn, d, n, fc->rlog, c->n_experts, NULL, 0));
+    K(mb_kcuda_route_topk(fc->stream, fc->rlog, n, c->n_experts, c->top_k, fc->renorm, ids, gate));
+    cudaError_t e = cudaMemcpyAsync(fc->h_xfer, fc->xfer, (size_t)n * (d + 2 * k) * sizeof(float),
+                                    cudaMemcpyDeviceToHost, fc->stream);
+    if (e == cudaSuccess) e = cudaEventRecord(fc->copied, fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "copying the routed tokens to the host");
+    const size_t ff = c->d_ff_shared;
+    if (ff) { /* overlaps the workers: only the down projection needs their sums */
+        K(linear(fc, &D->sh_gate, xn, d, n, fc->sh_g, ff, NULL, 0));
+        K(linear(fc, &D->sh_up, xn, d, n, fc->sh_u, ff, NULL, 0));
+        K(linear(fc, &D->sh_sg, xn, d, n, fc->sh_s, 1, NULL, 0));
+        K(mb_kcuda_silu_mul(fc->stream, fc->sh_g, fc->sh_u, ff, n, (uint32_t)ff, fc->sh_s));
+    }
+    e = cudaEventRecord(fc->wait[l], fc->stream);
+    if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
+    if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");
+    const mb_moe_work w = {.layer = l,
+                           .n_tokens = n,
+                           .top_k = c->top_k,
+                           .decode = decode,
+                           .expert_ids = (const int32_t *)(fc->h_xfer + n * d),
+                           .gate = fc->h_xfer + n * (d + k),
+                           .x = fc->h_xfer,
+                           .out = fc->h_moe};
+    mb_status st = moe_fn(moe_ctx, &w);
+    if (st != MB_STATUS_OK) return st;
+    e = cudaEventRecord(fc->resume[l], fc->stream);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(fc->moe, fc->h_moe, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "copying the experts' sums to the device");
+    if (ff) K(linear(fc, &D->sh_down, fc->sh_g, ff, n, fc->moe, d, NULL, 1));
+    K(mb_kcuda_add(fc->stream, fc->x, fc->moe, (size_t)n * d));
+    return MB_STATUS_OK;
+}
+
+/* Final norm and lm_head: every row into logits, or the last into
+ * last_logits. Ends with the chunk's one full synchronisation. */
+static mb_status head(mb_fwd_cuda *fc, uint32_t n, float *logits, float *last_logits)
+{
+    const mb_model_config *c = &fc->cfg;
+    const size_t d = c->d_model, V = c->vocab;
+    float *xn = fc->xfer;
+    cudaError_t e = cudaSuccess;
+    if (logits) {
+        if (!fc->logits_all) { /* [chunk][vocab] is large: only runs that ask for every position pay */
+            e = dev_alloc(fc, (size_t)fc->chunk_cap * V * sizeof(float), (void **)&fc->logits_all);
+            if (e != cudaSuccess) return fail(fc, e, "allocating logits for every position");
+        }
+        K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, fc->final_norm, c->rms_eps));
+        K(linear(fc, &fc->lm_head, xn, d, n, fc->logits_all, V, NULL, 0));
+        e = cudaMemcpyAsync(logits, fc->logits_all, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost,
+                            fc->stream);
+    } else if (last_logits) {
+        K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x + (size_t)(n - 1) * d, d, 1, c->d_model, fc->final_norm,
+                           c->rms_eps));
+        K(linear(fc, &fc->lm_head, xn, d, 1, fc->logits_last, V, NULL, 0));
+        e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float), cudaMemcpyDeviceToHost, fc->stream);
+    }
+    if (e == cudaSuccess) e = cudaEventRecord(fc->t1, fc->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "finishing the step");
+    if (logits && last_logits) memcpy(last_logits, logits + (size_t)(n - 1) * V, V * sizeof(float));
+    else if (last_logits) memcpy(last_logits, fc->h_logits, V * sizeof(float));
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, fc->t0, fc->t1) != cudaSuccess) return MB_STATUS_OK;
+    double busy = ms;
+    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
+        float gap = 0;
+        if (cudaEventElapsedTime(&gap, fc->wait[l], fc->resume[l]) == cudaSuccess) busy -= gap;
+    }
+    fc->device_ns += busy > 0 ? (uint64_t)(busy * 1e6) : 0;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uint32_t pos, int decode,
+                            mb_moe_fn moe_fn, void *moe_ctx, float *logits, float *last_logits)
+{
+    if (!fc || !ids || n == 0 || n > fc->chunk_cap || pos + n > fc->max_ctx) return MB_STATUS_INVALID_ARG;
+    fc->err[0] = '\0';
+    cudaError_t e = cudaSetDevice(fc->device);
+    /* A chunk that failed may have left copies in flight from the pinned
+     * buffers this one refills. */
+    if (e == cudaSuccess) e = cudaStreamSynchronize(fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "starting the step");
+    memcpy(fc->h_tok, ids, n * sizeof(int32_t));
+    if (e == cudaSuccess) e = cudaEventRecord(fc->t0, fc->stream);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(fc->tok, fc->h_tok, n * sizeof(int32_t), cudaMemcpyHostToDevice, fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "starting the step");
+    K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));
+    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
+        TRY(attention_block(fc, l, n, pos));
+        TRY(moe_block(fc, l, n, decode, moe_fn, moe_ctx));
+    }
+    return head(fc, n, logits, last_logits);
+}
+
+uint64_t mb_fwd_cuda_take_device_ns(mb_fwd_cuda *fc)
+{
+    if (!fc) return 0;
+    uint64_t ns = fc->device_ns;
+    fc->device_ns = 0;
+    return ns;
+}
+
+const char *mb_fwd_cuda_error(const mb_fwd_cuda *fc)
+{
+    return fc ? fc->err : "";
+}
+
+#endif

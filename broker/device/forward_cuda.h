@@ -1,0 +1,47 @@
+/* The coordinator's dense layers on a CUDA device (`--device cuda:N`):
+ * embeddings, attention with its KV cache, norms, routing, the shared
+ * expert and lm_head run on the GPU; the routed experts go to the same
+ * callback as on the CPU (the dispatcher), which sees host copies of what
+ * it needs. Per layer the host waits once, for one device-to-host copy of
+ * the normed activations and the routing table; the experts' sums come
+ * back in one host-to-device copy and are added on the device. Used by
+ * broker/forward.c; not thread-safe. */
+#ifndef MB_BROKER_DEVICE_FORWARD_CUDA_H
+#define MB_BROKER_DEVICE_FORWARD_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "broker/forward.h"
+
+typedef struct mb_fwd_cuda mb_fwd_cuda;
+
+/* Whether this build has the CUDA coordinator. */
+int mb_fwd_cuda_built(void);
+
+/* Uploads m's dense weights (in their own dtype; f32, f16 and bf16 only)
+ * to GPU device, allocates the KV cache for max_ctx positions and scratch
+ * for chunk_cap tokens, all now. m must have passed forward.c's checks.
+ * progress: a loading line on stderr. On failure err says why (no such
+ * device, a quantized dense tensor, not enough device memory) and the
+ * status is DEVICE, UNSUPPORTED, BAD_DTYPE, NOMEM or OVERFLOW. */
+mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk_cap, int device, int progress,
+                             mb_fwd_cuda **out, char *err, size_t err_cap);
+void mb_fwd_cuda_destroy(mb_fwd_cuda *fc);
+
+/* Runs n <= chunk_cap tokens (ids checked by the caller) at position pos,
+ * calling moe_fn once per layer; writes logits[n][vocab] and/or
+ * last_logits[vocab] when not NULL (host memory). Blocking. Errors:
+ * moe_fn's status, or DEVICE after a CUDA failure (mb_fwd_cuda_error
+ * says which). */
+mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uint32_t pos, int decode,
+                            mb_moe_fn moe_fn, void *moe_ctx, float *logits, float *last_logits);
+
+/* Device time of the chunks since the last call (CUDA events read after
+ * each chunk), then zero. */
+uint64_t mb_fwd_cuda_take_device_ns(mb_fwd_cuda *fc);
+
+/* The last CUDA failure's message ("" when none). */
+const char *mb_fwd_cuda_error(const mb_fwd_cuda *fc);
+
+#endif
