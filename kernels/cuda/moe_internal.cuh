@@ -60,6 +60,67 @@ template <> __device__ __forceinline__ __nv_bfloat16 mb_from_f32<__nv_bfloat16>(
 
 __device__ __forceinline__ float mb_silu(float g) { return g / (1.0f + __expf(-g)); }
 
+// Elements of type W in 16 bytes: the width of one vectorised load.
+template <typename W> struct mb_vec16 {
+    static constexpr int n = 16 / sizeof(W);
+};
+
+// Converts 8 16-bit values (16 bytes) into floats.
+template <typename T> __device__ __forceinline__ void mb_unpack8(const uint4 &v, float *f);
+template <> __device__ __forceinline__ void mb_unpack8<__half>(const uint4 &v, float *f)
+{
+    const __half2 *h = reinterpret_cast<const __half2 *>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __half22float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+template <> __device__ __forceinline__ void mb_unpack8<__nv_bfloat16>(const uint4 &v, float *f)
+{
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
+// Loads V consecutive elements of type T at p (16-byte aligned when VEC)
+// as floats; V = elements per 16 bytes of the weight type.
+template <typename T, int V, bool VEC> __device__ __forceinline__ void mb_loadv(const T *p, float *f)
+{
+    if constexpr (!VEC) {
+#pragma unroll
+        for (int i = 0; i < V; i++)
+            f[i] = mb_to_f32<T>(p[i]);
+    } else if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int i = 0; i < V; i += 4) {
+            const float4 a = __ldg(reinterpret_cast<const float4 *>(p + i));
+            f[i] = a.x, f[i + 1] = a.y, f[i + 2] = a.z, f[i + 3] = a.w;
+        }
+    } else if constexpr (V == 8) {
+        mb_unpack8<T>(__ldg(reinterpret_cast<const uint4 *>(p)), f);
+    } else { // 16-bit data, 4 values (8 bytes)
+        const uint2 u = __ldg(reinterpret_cast<const uint2 *>(p));
+        float t[8];
+        mb_unpack8<T>(make_uint4(u.x, u.y, 0u, 0u), t);
+#pragma unroll
+        for (int i = 0; i < V; i++)
+            f[i] = t[i];
+    }
+}
+
+__device__ __forceinline__ float mb_warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // Grid upper bounds the host can compute without reading device results.
 static inline uint32_t mb_kcuda_max_experts(const mb_kcuda_moe_problem *p)
 {

@@ -1,0 +1,459 @@
+// Causal grouped-query attention over the device KV cache (dense.h
+// mb_kcuda_attention), f32 throughout, softmax as broker/attention.c
+// (scores scaled after the dot product, expf, masked keys excluded).
+//   Decode (n <= MB_ATTN_DEC_MAX_N): split-K. A block takes one token, one
+//   kv head with up to MB_ATTN_DEC_HEADS of its query heads (each key and
+//   value row is read once for all of them) and one chunk of the token's
+//   visible positions; it leaves the unnormalised output with the chunk's
+//   max and sum in work, and a merge kernel combines the chunks in order
+//   (log-sum-exp). With one chunk the block writes the output itself.
+//   Bandwidth-bound on the cache; the chunk count aims at a couple of
+//   blocks per SM.
+//   Prefill: flash attention. A block takes 64 queries of one head and
+//   walks the visible keys in tiles of 32 through shared memory with an
+//   online softmax; 256 threads, each two query rows by four keys of the
+//   score tile and two rows by head_dim/8 columns of the output.
+//   SIMT f32: bound by shared-memory loads and FMAs.
+// Summation orders depend only on the shape: deterministic.
+#include "kernels/cuda/dense_internal.cuh"
+
+#define MB_ATTN_MAX_HD 256
+#define MB_ATTN_DEC_MAX_N 8
+#define MB_ATTN_DEC_HEADS 8
+#define MB_ATTN_DEC_THREADS 128
+#define MB_ATTN_DEC_CHUNK_MIN 64
+#define MB_ATTN_DEC_CHUNK_MAX 256
+#define MB_ATTN_DEC_TARGET_BLOCKS 264 // two per SM of an H100
+
+struct mb_attn_args {
+    const float *k, *v; // cache [n_kv][max_ctx][hd]
+    uint32_t n_kv, hd, max_ctx, n_heads, n_rep, window;
+    float scale;
+    uint32_t pos0, n;
+    const float *q;
+    size_t ldq;
+    float *out;
+    size_t ldo;
+};
+
+// ---- decode: split-K over positions ---------------------------------------
+
+struct mb_attn_dec_plan {
+    uint32_t n_hgroups; // blocks per kv head along its query heads
+    uint32_t chunk;     // positions per block
+    uint32_t n_split;   // chunks of the longest row
+};
+
+// Blocks per chunk index wanted for n tokens: enough chunks that
+// n_kv * n_hgroups * n * n_split reaches the target.
+static size_t mb_attn_dec_want(uint32_t n_kv, uint32_t n_hgroups, uint32_t n)
+{
+    const size_t base = (size_t)n_kv * n_hgroups * n;
+    return base >= MB_ATTN_DEC_TARGET_BLOCKS ? 1 : mb_dense_cdiv(MB_ATTN_DEC_TARGET_BLOCKS, base);
+}
+
+static uint32_t mb_attn_dec_hgroups(uint32_t n_rep) { return (n_rep + MB_ATTN_DEC_HEADS - 1) / MB_ATTN_DEC_HEADS; }
+
+// Chunks of MB_ATTN_DEC_CHUNK_MIN..MAX positions (a multiple of 32) for rows
+// of up to max_span visible positions, as many as mb_attn_dec_want asks
+// where the chunk bounds allow. Hence n_split <= max(want, ceil(max_span /
+// CHUNK_MAX)), the bound mb_kcuda_attention_work sizes work by.
+static mb_attn_dec_plan mb_attn_dec_plan_for(uint32_t n_kv, uint32_t n_rep, uint32_t n, uint32_t max_span)
+{
+    mb_attn_dec_plan p;
+    p.n_hgroups = mb_attn_dec_hgroups(n_rep);
+    const size_t want = mb_attn_dec_want(n_kv, p.n_hgroups, n);
+    size_t chunk = (mb_dense_cdiv(max_span, want) + 31) / 32 * 32;
+    if (chunk < MB_ATTN_DEC_CHUNK_MIN) chunk = MB_ATTN_DEC_CHUNK_MIN;
+    if (chunk > MB_ATTN_DEC_CHUNK_MAX) chunk = MB_ATTN_DEC_CHUNK_MAX;
+    p.chunk = (uint32_t)chunk;
+    p.n_split = (uint32_t)mb_dense_cdiv(max_span, chunk);
+    return p;
+}
+
+// Partial results of one (token, head, chunk): hd output sums, max, sum.
+__device__ __forceinline__ float *mb_attn_part(float *work, const mb_attn_args &a, uint32_t t, uint32_t h,
+                                               uint32_t n_split, uint32_t s)
+{
+    return work + (((size_t)t * a.n_heads + h) * n_split + s) * (a.hd + 2);
+}
+
+// grid: (n_split, n_kv * n_hgroups, n).
+__global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
+mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t chunk, uint32_t n_split,
+                            float *__restrict__ work)
+{
+    __shared__ float qs[MB_ATTN_DEC_HEADS][MB_ATTN_MAX_HD];
+    __shared__ float sc[MB_ATTN_DEC_HEADS][MB_ATTN_DEC_CHUNK_MAX];
+    __shared__ float s_m[MB_ATTN_DEC_HEADS], s_l[MB_ATTN_DEC_HEADS];
+    const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const uint32_t hd = a.hd, qpos = a.pos0 + t;
+    const uint32_t h0 = g * a.n_rep + hg * MB_ATTN_DEC_HEADS;
+    const int nh = (int)min((uint32_t)MB_ATTN_DEC_HEADS, a.n_rep - hg * MB_ATTN_DEC_HEADS);
+    const uint32_t p0 = mb_attn_first_visible(qpos, a.window) + s * chunk;
+    const uint32_t p1 = min(p0 + chunk, qpos + 1);
+
+    if (p0 >= p1) { // a chunk past this token's range (only with n_split > 1)
+        for (int i = tid; i < nh * (int)(hd + 2); i += MB_ATTN_DEC_THREADS) {
+            const int hb = i / (int)(hd + 2), d = i % (int)(hd + 2);
+            mb_attn_part(work, a, t, h0 + hb, n_split, s)[d] = d == (int)hd ? -INFINITY : 0.0f;
+        }
+        return;
+    }
+    const int len = (int)(p1 - p0);
+    for (int i = tid; i < nh * (int)hd; i += MB_ATTN_DEC_THREADS)
+        qs[i / hd][i % hd] = a.q[(size_t)t * a.ldq + (size_t)h0 * hd + i];
+    __syncthreads();
+
+    // Scores: eight lanes a position (dims sub, sub + 8, ...), four
+    // positions a warp at a time. The loop runs whole warps (the shuffles
+    // need every lane); lanes past the chunk dot position p0 and drop it.
+    const float *kc = a.k + ((size_t)g * a.max_ctx) * hd;
+    const int sub = lane & 7;
+    for (int base = warp * 4; base < len; base += MB_ATTN_DEC_THREADS / 8) {
+        const int pp = base + (lane >> 3);
+        const bool ok = pp < len;
+        const float *kr = kc + (size_t)(p0 + (ok ? pp : 0)) * hd;
+        float acc[MB_ATTN_DEC_HEADS] = {};
+        for (uint32_t d = sub; d < hd; d += 8) {
+            const float kv = __ldg(kr + d);
+#pragma unroll
+            for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++)
+                if (hb < nh) acc[hb] += qs[hb][d] * kv;
+        }
+#pragma unroll
+        for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++) {
+            if (hb >= nh) break;
+            float v = acc[hb];
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            v += __shfl_xor_sync(0xffffffffu, v, 1);
+            if (ok && sub == 0) sc[hb][pp] = v * a.scale;
+        }
+    }
+    __syncthreads();
+
+    // Softmax pieces per head: a warp a head.
+    for (int hb = warp; hb < nh; hb += MB_ATTN_DEC_THREADS / 32) {
+        float m = -INFINITY;
+        for (int i = lane; i < len; i += 32)
+            m = fmaxf(m, sc[hb][i]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        float l = 0.0f;
+        for (int i = lane; i < len; i += 32) {
+            const float e = expf(sc[hb][i] - m);
+            sc[hb][i] = e;
+            l += e;
+        }
+        l = mb_warp_sum(l);
+        if (lane == 0) {
+            s_m[hb] = m;
+            s_l[hb] = l;
+        }
+    }
+    __syncthreads();
+
+    // o[hb][d] = sum_p e[hb][p] * V[p][d]: a thread a dimension, all heads.
+    const float *vc = a.v + ((size_t)g * a.max_ctx + p0) * hd;
+    for (uint32_t d = tid; d < hd; d += MB_ATTN_DEC_THREADS) {
+        float acc[MB_ATTN_DEC_HEADS] = {};
+#pragma unroll 4
+        for (int pp = 0; pp < len; pp++) {
+            const float vv = __ldg(vc + (size_t)pp * hd + d);
+#pragma unroll
+            for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++)
+                if (hb < nh) acc[hb] += sc[hb][pp] * vv;
+        }
+#pragma unroll
+        for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++) {
+            if (hb >= nh) break;
+            if (n_split == 1) {
+                a.out[(size_t)t * a.ldo + (size_t)(h0 + hb) * hd + d] = acc[hb] * (1.0f / s_l[hb]);
+            } else {
+                float *part = mb_attn_part(work, a, t, h0 + hb, n_split, s);
+                part[d] = acc[hb];
+                if (d == 0) {
+                    part[hd] = s_m[hb];
+                    part[hd + 1] = s_l[hb];
+                }
+            }
+        }
+    }
+}
+
+// out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, chunks in order;
+// grid (n_heads, n).
+__global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
+mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t n_split, const float *__restrict__ work)
+{
+    const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = hd + 2;
+    const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
+    float M = -INFINITY;
+    for (uint32_t s = 0; s < n_split; s++)
+        M = fmaxf(M, first[s * stride + hd]);
+    float denom = 0.0f;
+    for (uint32_t s = 0; s < n_split; s++) {
+        const float m = first[s * stride + hd];
+        if (m == -INFINITY) continue; // an empty chunk
+        denom += expf(m - M) * first[s * stride + hd + 1];
+    }
+    const float inv = 1.0f / denom;
+    for (uint32_t d = threadIdx.x; d < hd; d += MB_ATTN_DEC_THREADS) {
+        float o = 0.0f;
+        for (uint32_t s = 0; s < n_split; s++) {
+            const float m = first[s * stride + hd];
+            if (m == -INFINITY) continue;
+            o += expf(m - M) * first[s * stride + d];
+        }
+        a.out[(size_t)t * a.ldo + (size_t)h * hd + d] = o * inv;
+    }
+}
+
+// ---- prefill: flash attention ---------------------------------------------
+
+#define MB_FA_BQ 64
+#define MB_FA_BC 32
+#define MB_FA_THREADS 256
+#define MB_FA_LDQ (MB_FA_BQ + 1) // padded strides: conflict-free transposed stores
+#define MB_FA_LDK (MB_FA_BC + 1)
+#define MB_FA_LDP (MB_FA_BC + 1)
+
+// Shared memory of the kernel for head dims up to HD (floats):
+// qs[HD][LDQ] (queries transposed), ks[HD][LDK] (keys transposed),
+// vs[BC][HD], ps[BQ][LDP] (probabilities of the tile).
+static constexpr size_t mb_fa_smem_floats(int hd)
+{
+    return (size_t)hd * MB_FA_LDQ + (size_t)hd * MB_FA_LDK + (size_t)MB_FA_BC * hd + (size_t)MB_FA_BQ * MB_FA_LDP;
+}
+
+// grid: (ceil(n / BQ), n_heads). Thread tid: rows 2 * (tid / 8) + {0, 1},
+// score columns 4 * (tid % 8) + {0..3}, output dims tid % 8 + 8 j.
+template <int HD>
+__global__ void __launch_bounds__(MB_FA_THREADS)
+mb_kcuda_attn_flash_kernel(const mb_attn_args a)
+{
+    extern __shared__ float mb_fa_smem[];
+    float *qs = mb_fa_smem;
+    float *ks = qs + HD * MB_FA_LDQ;
+    float *vs = ks + HD * MB_FA_LDK;
+    float *ps = vs + MB_FA_BC * HD;
+    const int tid = threadIdx.x, tx = tid & 7, ty = tid >> 3;
+    const uint32_t h = blockIdx.y, g = h / a.n_rep, hd = a.hd;
+    const uint32_t t0 = blockIdx.x * MB_FA_BQ;
+    const uint32_t rows = min((uint32_t)MB_FA_BQ, a.n - t0);
+    const int r0 = 2 * ty;
+
+    // Columns hd..HD of vs are never loaded; zeros keep the unused
+    // accumulators finite.
+    for (uint32_t i = tid; i < MB_FA_BC * (HD - hd); i += MB_FA_THREADS)
+        vs[(i / (HD - hd)) * HD + hd + i % (HD - hd)] = 0.0f;
+    for (uint32_t i = tid; i < MB_FA_BQ * hd; i += MB_FA_THREADS) {
+        const uint32_t r = i / hd, d = i % hd;
+        qs[d * MB_FA_LDQ + r] = r < rows ? a.q[(size_t)(t0 + r) * a.ldq + (size_t)h * hd + d] : 0.0f;
+    }
+    // Positions the block's rows see: from the first row's window start to
+    // the last row's own position.
+    const uint32_t kv_lo = mb_attn_first_visible(a.pos0 + t0, a.window);
+    const uint32_t kv_hi = a.pos0 + t0 + rows - 1;
+    uint32_t qpos[2], qlo[2];
+    bool live[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        live[i] = (uint32_t)(r0 + i) < rows;
+        qpos[i] = a.pos0 + t0 + r0 + i;
+        qlo[i] = mb_attn_first_visible(qpos[i], a.window);
+    }
+    const float *kc = a.k + (size_t)g * a.max_ctx * hd;
+    const float *vc = a.v + (size_t)g * a.max_ctx * hd;
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float o[2][HD / 8] = {};
+    for (uint32_t kb = kv_lo; kb <= kv_hi; kb += MB_FA_BC) {
+        __syncthreads(); // the previous tile's ks, vs and ps are consumed
+        for (uint32_t i = tid; i < MB_FA_BC * hd; i += MB_FA_THREADS) {
+            const uint32_t c = i / hd, d = i % hd, p = kb + c;
+            const bool ok = p <= kv_hi;
+            ks[d * MB_FA_LDK + c] = ok ? __ldg(kc + (size_t)p * hd + d) : 0.0f;
+            vs[c * HD + d] = ok ? __ldg(vc + (size_t)p * hd + d) : 0.0f;
+        }
+        __syncthreads();
+
+        float sv[2][4] = {};
+        for (uint32_t d = 0; d < hd; d++) {
+            const float qa = qs[d * MB_FA_LDQ + r0], qb = qs[d * MB_FA_LDQ + r0 + 1];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float kv = ks[d * MB_FA_LDK + tx * 4 + j];
+                sv[0][j] += qa * kv;
+                sv[1][j] += qb * kv;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float mt = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const uint32_t p = kb + tx * 4 + j;
+                const bool vis = live[i] && p <= qpos[i] && p >= qlo[i];
+                sv[i][j] = vis ? sv[i][j] * a.scale : -INFINITY;
+                mt = fmaxf(mt, sv[i][j]);
+            }
+            // The row's 32 scores live in 8 adjacent lanes.
+            mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+            mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+            mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 4));
+            const float mn = fmaxf(m[i], mt);
+            // A row with nothing visible yet keeps m = -inf, l = 0, o = 0.
+            const float alpha = mn == -INFINITY ? 1.0f : expf(m[i] - mn);
+            float ls = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float e = mn == -INFINITY ? 0.0f : expf(sv[i][j] - mn);
+                ps[(r0 + i) * MB_FA_LDP + tx * 4 + j] = e;
+                ls += e;
+            }
+            ls += __shfl_xor_sync(0xffffffffu, ls, 1);
+            ls += __shfl_xor_sync(0xffffffffu, ls, 2);
+            ls += __shfl_xor_sync(0xffffffffu, ls, 4);
+            l[i] = l[i] * alpha + ls;
+            m[i] = mn;
+#pragma unroll
+            for (int j = 0; j < HD / 8; j++)
+                o[i][j] *= alpha;
+        }
+        __syncthreads();
+
+        for (int c = 0; c < MB_FA_BC; c++) {
+            const float pa = ps[r0 * MB_FA_LDP + c], pb = ps[(r0 + 1) * MB_FA_LDP + c];
+#pragma unroll
+            for (int j = 0; j < HD / 8; j++) {
+                const float vv = vs[c * HD + tx + 8 * j];
+                o[0][j] += pa * vv;
+                o[1][j] += pb * vv;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (!live[i]) continue;
+        const float inv = 1.0f / l[i];
+        float *orow = a.out + (size_t)(t0 + r0 + i) * a.ldo + (size_t)h * hd;
+#pragma unroll
+        for (int j = 0; j < HD / 8; j++) {
+            const uint32_t d = tx + 8 * j;
+            if (d < hd) orow[d] = o[i][j] * inv;
+        }
+    }
+}
+
+template <int HD> static cudaError_t mb_attn_flash_launch(const mb_attn_args &a, cudaStream_t stream)
+{
+    constexpr size_t smem = mb_fa_smem_floats(HD) * sizeof(float);
+    // Above 48 KiB a kernel must opt in, once per device; setting the
+    // attribute twice is harmless, so racing first calls are fine.
+    static bool opted[64];
+    int dev = 0;
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e != cudaSuccess) return e;
+        if (dev < 0 || dev >= 64 || !opted[dev]) {
+            e = cudaFuncSetAttribute(mb_kcuda_attn_flash_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)smem);
+            if (e != cudaSuccess) return e;
+            if (dev >= 0 && dev < 64) opted[dev] = true;
+        }
+    }
+    const dim3 grid((unsigned)mb_dense_cdiv(a.n, MB_FA_BQ), a.n_heads);
+    mb_kcuda_attn_flash_kernel<HD><<<grid, MB_FA_THREADS, smem, stream>>>(a);
+    return cudaGetLastError();
+}
+
+// ---- entry points ------------------------------------------------------------
+
+// Positions the longest of n rows starting at pos0 sees.
+static uint32_t mb_attn_max_span(uint32_t pos0, uint32_t n, uint32_t window)
+{
+    const uint32_t last = pos0 + n - 1;
+    return last - mb_attn_first_visible(last, window) + 1;
+}
+
+static bool mb_attn_shape_ok(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s)
+{
+    return kv && s && kv->n_kv_heads && kv->head_dim && kv->head_dim <= MB_ATTN_MAX_HD && kv->max_ctx &&
+           s->n_heads && s->n_heads % kv->n_kv_heads == 0;
+}
+
+extern "C" size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t n)
+{
+    if (!mb_attn_shape_ok(kv, s) || n == 0) return 0;
+    // The most any call of up to n tokens may need, so one size serves a
+    // caller's every step: decode calls (n' <= MB_ATTN_DEC_MAX_N tokens)
+    // over the longest span the cache allows.
+    const uint32_t span = mb_attn_max_span(0, kv->max_ctx, s->window);
+    const uint32_t n_rep = s->n_heads / kv->n_kv_heads;
+    const uint32_t hgroups = mb_attn_dec_hgroups(n_rep);
+    const size_t by_len = mb_dense_cdiv(span, MB_ATTN_DEC_CHUNK_MAX);
+    size_t most = 0;
+    for (uint32_t nn = 1; nn <= n && nn <= MB_ATTN_DEC_MAX_N; nn++) {
+        const size_t want = mb_attn_dec_want(kv->n_kv_heads, hgroups, nn);
+        const size_t split = want > by_len ? want : by_len;
+        if (split <= 1) continue; // one chunk writes the output directly
+        const size_t need = (size_t)nn * s->n_heads * split * ((size_t)kv->head_dim + 2);
+        if (need > most) most = need;
+    }
+    return most;
+}
+
+extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,
+                                  uint32_t n, const float *q, size_t ldq, float *out, size_t ldo, float *work,
+                                  size_t work_floats)
+{
+    if (!mb_attn_shape_ok(kv, s) || !kv->k || !kv->v || !q || !out || n == 0 || pos0 > kv->max_ctx ||
+        n > kv->max_ctx - pos0)
+        return (int)cudaErrorInvalidValue;
+    const size_t row = (size_t)s->n_heads * kv->head_dim;
+    if (ldq < row || ldo < row) return (int)cudaErrorInvalidValue;
+    const cudaStream_t st = mb_dense_stream(stream);
+    mb_attn_args a;
+    a.k = kv->k;
+    a.v = kv->v;
+    a.n_kv = kv->n_kv_heads;
+    a.hd = kv->head_dim;
+    a.max_ctx = kv->max_ctx;
+    a.n_heads = s->n_heads;
+    a.n_rep = s->n_heads / kv->n_kv_heads;
+    a.window = s->window;
+    a.scale = s->scale;
+    a.pos0 = pos0;
+    a.n = n;
+    a.q = q;
+    a.ldq = ldq;
+    a.out = out;
+    a.ldo = ldo;
+
+    if (n > MB_ATTN_DEC_MAX_N) {
+        cudaError_t e;
+        if (a.hd <= 64)
+            e = mb_attn_flash_launch<64>(a, st);
+        else if (a.hd <= 128)
+            e = mb_attn_flash_launch<128>(a, st);
+        else
+            e = mb_attn_flash_launch<256>(a, st);
+        return (int)e;
+    }
+    const mb_attn_dec_plan p = mb_attn_dec_plan_for(a.n_kv, a.n_rep, n, mb_attn_max_span(pos0, n, a.window));
+    if (p.n_split > 1) {
+        const size_t need = (size_t)n * a.n_heads * p.n_split * ((size_t)a.hd + 2);
+        if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
+    }
+    const dim3 grid(p.n_split, a.n_kv * p.n_hgroups, n);
+    mb_kcuda_attn_decode_kernel<<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split, work);
+    if (p.n_split > 1) {
+        const dim3 mgrid(a.n_heads, n);
+        mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_split, work);
+    }
+    return mb_dense_launched();
+}

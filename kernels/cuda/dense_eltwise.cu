@@ -1,0 +1,47 @@
+// Element-wise ops of the dense path (dense.h): the shared expert's gated
+// SiLU and the residual add. Grid-stride loops; the SiLU follows
+// broker/forward.c operation by operation (expf, IEEE division).
+#include "kernels/cuda/dense_internal.cuh"
+
+#define MB_ELT_THREADS 256
+
+// g[t][i] = s_t * (silu(g[t][i]) * u[t][i]), s_t = sigmoid(sg[t]) or 1.
+__global__ void __launch_bounds__(MB_ELT_THREADS)
+mb_kcuda_silu_mul_kernel(float *__restrict__ g, const float *__restrict__ u, size_t ld, uint32_t ff, size_t count,
+                         const float *__restrict__ sg)
+{
+    for (size_t idx = (size_t)blockIdx.x * MB_ELT_THREADS + threadIdx.x; idx < count;
+         idx += (size_t)gridDim.x * MB_ELT_THREADS) {
+        const size_t t = idx / ff, o = t * ld + idx % ff;
+        const float gv = g[o];
+        const float silu = gv / (1.0f + expf(-gv));
+        const float prod = silu * u[o];
+        g[o] = sg ? (1.0f / (1.0f + expf(-sg[t]))) * prod : prod;
+    }
+}
+
+extern "C" int mb_kcuda_silu_mul(void *stream, float *g, const float *u, size_t ld, uint32_t n, uint32_t ff,
+                                 const float *sg)
+{
+    if (!g || !u || n == 0 || ff == 0 || ld < ff) return (int)cudaErrorInvalidValue;
+    const size_t count = (size_t)n * ff;
+    mb_kcuda_silu_mul_kernel<<<mb_dense_blocks(count, MB_ELT_THREADS), MB_ELT_THREADS, 0, mb_dense_stream(stream)>>>(
+        g, u, ld, ff, count, sg);
+    return mb_dense_launched();
+}
+
+__global__ void __launch_bounds__(MB_ELT_THREADS)
+mb_kcuda_add_kernel(float *__restrict__ x, const float *__restrict__ y, size_t count)
+{
+    for (size_t i = (size_t)blockIdx.x * MB_ELT_THREADS + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * MB_ELT_THREADS)
+        x[i] += y[i];
+}
+
+extern "C" int mb_kcuda_add(void *stream, float *x, const float *y, size_t count)
+{
+    if (!x || !y || count == 0) return (int)cudaErrorInvalidValue;
+    mb_kcuda_add_kernel<<<mb_dense_blocks(count, MB_ELT_THREADS), MB_ELT_THREADS, 0, mb_dense_stream(stream)>>>(
+        x, y, count);
+    return mb_dense_launched();
+}

@@ -1,0 +1,34 @@
+// Shared pieces of the dense-layer kernels (kernels/cuda/dense_*.cu, the API
+// of dense.h): the stream cast, grid sizing and the launch epilogue. Private
+// to kernels/cuda/.
+#pragma once
+
+#include "kernels/cuda/dense.h"
+#include "kernels/cuda/moe_internal.cuh"
+
+static inline cudaStream_t mb_dense_stream(void *stream) { return (cudaStream_t)stream; }
+
+static inline size_t mb_dense_cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
+
+// Blocks of `threads` for a grid-stride loop over `count` elements: enough
+// to fill any current GPU several times over, few enough for grid.x.
+static inline unsigned mb_dense_blocks(size_t count, unsigned threads)
+{
+    const size_t b = mb_dense_cdiv(count, threads);
+    return (unsigned)(b < 65536 ? (b ? b : 1) : 65536);
+}
+
+// The value a dense.h function returns after its launches.
+static inline int mb_dense_launched(void) { return (int)cudaGetLastError(); }
+
+static inline bool mb_dense_wdtype_ok(int wdtype)
+{
+    return wdtype == MB_KCUDA_F32 || wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16;
+}
+
+// The first cache position visible from the query at position qpos under a
+// sliding window (0: none), as broker/attention.c: q - window < p <= q.
+__host__ __device__ __forceinline__ uint32_t mb_attn_first_visible(uint32_t qpos, uint32_t window)
+{
+    return window && qpos + 1 > window ? qpos + 1 - window : 0;
+}

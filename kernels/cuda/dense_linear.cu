@@ -1,0 +1,217 @@
+// y[n][m] = x[n][k] @ W[m][k]^T (+ bias) (+ y): the coordinator's
+// projections (dense.h mb_kcuda_linear), with W in f32, f16 or bf16 widened
+// as it is read and f32 accumulation.
+//   GEMV (n <= MB_LIN_GEMV_MAX_N, decode): a block owns R rows of W and
+//   streams them once, 16 bytes a thread a load, dotting each chunk with all
+//   n tokens; the block's threads split k, then a warp butterfly and a fixed
+//   pass over the warps add the partial sums. Bandwidth-bound by design.
+//   GEMM (prefill): 64 x 64 output tiles, 16-deep k slices through shared
+//   memory (register-prefetched, double-buffered), 4 x 4 outputs a thread,
+//   f32 FMA. Compute-bound; a tensor-core path could replace it.
+// Every output's summation order depends only on the shape: deterministic.
+#include "kernels/cuda/dense_internal.cuh"
+
+#define MB_LIN_GEMV_MAX_N 8
+#define MB_LIN_GEMV_THREADS 128
+#define MB_LIN_GEMV_WARPS (MB_LIN_GEMV_THREADS / 32)
+#define MB_LIN_NT 8 // tokens a GEMV pass holds accumulators for
+
+// The epilogue both paths share: bias, then the old y when accumulating.
+__device__ __forceinline__ void mb_lin_store(float *y, float acc, const float *bias, uint32_t r, int accumulate)
+{
+    if (bias) acc += bias[r];
+    if (accumulate) acc += *y;
+    *y = acc;
+}
+
+// VEC: every row of W and of x starts 16-byte aligned and k is a multiple
+// of the 16-byte chunk, so a thread loads whole chunks; otherwise chunks
+// are single elements.
+template <typename W, int R, bool VEC>
+__global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
+mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x, size_t ldx,
+                            uint32_t n, float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
+                            int accumulate)
+{
+    constexpr int V = VEC ? mb_vec16<W>::n : 1;
+    __shared__ float red[MB_LIN_GEMV_WARPS][R * MB_LIN_NT];
+    const uint32_t row0 = blockIdx.x * R;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const uint32_t chunks = k / V;
+    // Rows past m load row m - 1 again (in bounds) and are not stored.
+    const W *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)min(row0 + r, m - 1) * k;
+
+    for (uint32_t t0 = 0; t0 < n; t0 += MB_LIN_NT) {
+        const int nt = (int)min((uint32_t)MB_LIN_NT, n - t0);
+        float acc[R][MB_LIN_NT] = {};
+#pragma unroll 2
+        for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS) {
+            float wv[R][V];
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
+#pragma unroll
+            for (int i = 0; i < MB_LIN_NT; i++) {
+                if (i >= nt) break;
+                float xv[V];
+                mb_loadv<float, V, VEC>(x + (t0 + i) * ldx + (size_t)c * V, xv);
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int v = 0; v < V; v++)
+                        acc[r][i] += wv[r][v] * xv[v];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int i = 0; i < MB_LIN_NT; i++) {
+                if (i >= nt) break;
+                const float s = mb_warp_sum(acc[r][i]);
+                if (lane == 0) red[warp][r * MB_LIN_NT + i] = s;
+            }
+        __syncthreads();
+        if (tid < R * MB_LIN_NT) {
+            const int r = tid / MB_LIN_NT, i = tid % MB_LIN_NT;
+            if (i < nt && row0 + r < m) {
+                float s = 0.0f;
+#pragma unroll
+                for (int wi = 0; wi < MB_LIN_GEMV_WARPS; wi++)
+                    s += red[wi][tid];
+                mb_lin_store(y + (t0 + i) * ldy + row0 + r, s, bias, row0 + r, accumulate);
+            }
+        }
+        __syncthreads(); // red is reused by the next pass
+    }
+}
+
+#define MB_LIN_BM 64 // tokens per tile
+#define MB_LIN_BN 64 // rows of W per tile
+#define MB_LIN_BK 16
+#define MB_LIN_LDS (MB_LIN_BM + 4) // keeps float4 reads aligned
+#define MB_LIN_GEMM_THREADS 256
+#define MB_LIN_LOADS (MB_LIN_BM * MB_LIN_BK / MB_LIN_GEMM_THREADS) // elements a thread stages per operand
+
+static_assert(MB_LIN_BM == MB_LIN_BN, "one staging index map serves both operands");
+
+// Thread tid computes tokens ty*4..+4 by rows tx*4..+4 of the tile. Each
+// k slice is staged transposed (xs[kk][token], ws[kk][row]) so both
+// operands come out of shared memory as float4.
+template <typename W>
+__global__ void __launch_bounds__(MB_LIN_GEMM_THREADS)
+mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x, size_t ldx,
+                            uint32_t n, float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
+                            int accumulate)
+{
+    __shared__ __align__(16) float xs[2][MB_LIN_BK][MB_LIN_LDS];
+    __shared__ __align__(16) float ws[2][MB_LIN_BK][MB_LIN_LDS];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const uint32_t r0 = blockIdx.x * MB_LIN_BN, t0 = blockIdx.y * MB_LIN_BM;
+
+    // Staging: element e = tid + 256 i of a 64 x 16 slice is (e / 16, e % 16):
+    // 16 threads read 16 consecutive k of one row.
+    float xr[MB_LIN_LOADS], wr[MB_LIN_LOADS];
+    auto fetch = [&](uint32_t k0) {
+#pragma unroll
+        for (int i = 0; i < MB_LIN_LOADS; i++) {
+            const int e = tid + i * MB_LIN_GEMM_THREADS, row = e / MB_LIN_BK, kk = e % MB_LIN_BK;
+            const uint32_t kc = k0 + kk;
+            const bool kin = kc < k;
+            xr[i] = kin && t0 + row < n ? x[(size_t)(t0 + row) * ldx + kc] : 0.0f;
+            wr[i] = kin && r0 + row < m ? mb_to_f32<W>(w[(size_t)(r0 + row) * k + kc]) : 0.0f;
+        }
+    };
+    auto stage = [&](int b) {
+#pragma unroll
+        for (int i = 0; i < MB_LIN_LOADS; i++) {
+            const int e = tid + i * MB_LIN_GEMM_THREADS, row = e / MB_LIN_BK, kk = e % MB_LIN_BK;
+            xs[b][kk][row] = xr[i];
+            ws[b][kk][row] = wr[i];
+        }
+    };
+
+    float acc[4][4] = {};
+    const uint32_t nk = (k + MB_LIN_BK - 1) / MB_LIN_BK;
+    fetch(0);
+    for (uint32_t kt = 0; kt < nk; kt++) {
+        const int b = kt & 1;
+        stage(b);
+        __syncthreads();
+        // The next slice's loads fly while this one is multiplied; the
+        // other buffer is free: every thread passed this iteration's sync
+        // after finishing the previous slice.
+        if (kt + 1 < nk) fetch((kt + 1) * MB_LIN_BK);
+#pragma unroll
+        for (int kk = 0; kk < MB_LIN_BK; kk++) {
+            const float4 a = *reinterpret_cast<const float4 *>(&xs[b][kk][ty * 4]);
+            const float4 c = *reinterpret_cast<const float4 *>(&ws[b][kk][tx * 4]);
+            const float av[4] = {a.x, a.y, a.z, a.w}, cv[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    acc[i][j] += av[i] * cv[j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const uint32_t t = t0 + ty * 4 + i;
+        if (t >= n) break;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t r = r0 + tx * 4 + j;
+            if (r < m) mb_lin_store(y + (size_t)t * ldy + r, acc[i][j], bias, r, accumulate);
+        }
+    }
+}
+
+template <typename W, int R>
+static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k, const float *x, size_t ldx,
+                        uint32_t n, float *y, size_t ldy, const float *bias, int acc)
+{
+    const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
+    if (vec)
+        mb_kcuda_linear_gemv_kernel<W, R, true><<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy,
+                                                                                       bias, acc);
+    else
+        mb_kcuda_linear_gemv_kernel<W, R, false><<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy,
+                                                                                        bias, acc);
+}
+
+template <typename W>
+static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, const float *x, size_t ldx,
+                        uint32_t n, float *y, size_t ldy, const float *bias, int acc)
+{
+    const W *w = (const W *)wv;
+    if (n <= MB_LIN_GEMV_MAX_N) {
+        constexpr size_t V = mb_vec16<W>::n;
+        const bool vec = k % V == 0 && ldx % 4 == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
+        // Four rows a block share each x load four ways; small m keeps one
+        // row a block so that there are blocks enough to fill the GPU.
+        if (m >= 2048)
+            mb_lin_gemv<W, 4>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
+        else
+            mb_lin_gemv<W, 1>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
+    } else {
+        const dim3 grid((unsigned)mb_dense_cdiv(m, MB_LIN_BN), (unsigned)mb_dense_cdiv(n, MB_LIN_BM));
+        mb_kcuda_linear_gemm_kernel<W><<<grid, MB_LIN_GEMM_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
+    }
+    return mb_dense_launched();
+}
+
+extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k, const float *x,
+                               size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int accumulate)
+{
+    if (!w || !x || !y || m == 0 || k == 0 || n == 0 || ldx < k || ldy < m || n > 65535u * MB_LIN_BM)
+        return (int)cudaErrorInvalidValue;
+    const cudaStream_t s = mb_dense_stream(stream);
+    switch (wdtype) {
+    case MB_KCUDA_F32: return mb_lin_typed<float>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    case MB_KCUDA_F16: return mb_lin_typed<__half>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    case MB_KCUDA_BF16: return mb_lin_typed<__nv_bfloat16>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}

@@ -1,0 +1,94 @@
+// Row-wise ops at the edges of a layer: the embedding gather and RMSNorm
+// (dense.h). Both are bandwidth-bound: plain coalesced loads.
+#include "kernels/cuda/dense_internal.cuh"
+
+#define MB_NORM_THREADS 256
+
+// x[t][0..d) = table[ids[t]][0..d) widened; one block per token.
+template <typename T>
+__global__ void __launch_bounds__(MB_NORM_THREADS)
+mb_kcuda_embed_kernel(const T *__restrict__ table, uint32_t d, const int32_t *__restrict__ ids, float *__restrict__ x)
+{
+    const T *row = table + (size_t)ids[blockIdx.x] * d;
+    float *out = x + (size_t)blockIdx.x * d;
+    for (uint32_t i = threadIdx.x; i < d; i += MB_NORM_THREADS)
+        out[i] = mb_to_f32<T>(row[i]);
+}
+
+extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d, const int32_t *ids,
+                              uint32_t n, float *x)
+{
+    if (!table || !ids || !x || d == 0 || n == 0 || n > INT32_MAX) return (int)cudaErrorInvalidValue;
+    const cudaStream_t s = mb_dense_stream(stream);
+    switch (wdtype) {
+    case MB_KCUDA_F32:
+        mb_kcuda_embed_kernel<float><<<n, MB_NORM_THREADS, 0, s>>>((const float *)table, d, ids, x);
+        break;
+    case MB_KCUDA_F16:
+        mb_kcuda_embed_kernel<__half><<<n, MB_NORM_THREADS, 0, s>>>((const __half *)table, d, ids, x);
+        break;
+    case MB_KCUDA_BF16:
+        mb_kcuda_embed_kernel<__nv_bfloat16><<<n, MB_NORM_THREADS, 0, s>>>((const __nv_bfloat16 *)table, d, ids, x);
+        break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return mb_dense_launched();
+}
+
+// TPR threads per row (a warp for head-sized rows, the whole block for
+// d_model rows). The mean of squares is accumulated in double, as
+// broker/norm.c does: each square of an f32 is exact in double, so the
+// rounded mean almost always equals the CPU's bit for bit whatever the
+// summation order, and the rest is the same f32 arithmetic. The order is
+// fixed (lane-strided, then a butterfly), so runs are reproducible.
+template <int TPR>
+__global__ void __launch_bounds__(MB_NORM_THREADS)
+mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows, uint32_t d,
+                        const float *__restrict__ w, float eps)
+{
+    constexpr int RPB = MB_NORM_THREADS / TPR; // rows per block
+    const int sub = threadIdx.x % TPR;
+    const size_t r = (size_t)blockIdx.x * RPB + threadIdx.x / TPR;
+    // No early return: TPR == MB_NORM_THREADS syncs the block below.
+    const bool live = r < rows;
+    const float *xr = x + (live ? r : 0) * ldx;
+    double ss = 0.0;
+    if (live)
+        for (uint32_t i = sub; i < d; i += TPR)
+            ss += (double)xr[i] * (double)xr[i];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if constexpr (TPR > 32) {
+        __shared__ double part[TPR / 32];
+        if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = ss;
+        __syncthreads();
+        ss = 0.0;
+#pragma unroll
+        for (int i = 0; i < TPR / 32; i++)
+            ss += part[i];
+    }
+    if (!live) return;
+    const float var = (float)(ss / (double)d);
+    const float scale = 1.0f / sqrtf(var + eps);
+    // y may be x: each element is read above and here by the same thread
+    // before it writes it.
+    float *yr = y + r * ldy;
+    for (uint32_t i = sub; i < d; i += TPR)
+        yr[i] = w[i] * (xr[i] * scale);
+}
+
+extern "C" int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows,
+                                uint32_t d, const float *w, float eps)
+{
+    if (!y || !x || !w || rows == 0 || d == 0 || ldx < d || ldy < d) return (int)cudaErrorInvalidValue;
+    const cudaStream_t s = mb_dense_stream(stream);
+    if (d <= 512) {
+        constexpr int rpb = MB_NORM_THREADS / 32;
+        const unsigned blocks = (unsigned)mb_dense_cdiv(rows, rpb);
+        mb_kcuda_rmsnorm_kernel<32><<<blocks, MB_NORM_THREADS, 0, s>>>(y, ldy, x, ldx, rows, d, w, eps);
+    } else {
+        mb_kcuda_rmsnorm_kernel<MB_NORM_THREADS><<<rows, MB_NORM_THREADS, 0, s>>>(y, ldy, x, ldx, rows, d, w, eps);
+    }
+    return mb_dense_launched();
+}

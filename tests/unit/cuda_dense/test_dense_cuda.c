@@ -1,0 +1,782 @@
+/* The dense-layer CUDA kernels (kernels/cuda/dense.h) against the CPU
+ * coordinator's functions (broker/norm.c, rope.c, attention.c, router.c,
+ * kernels/cpu/gemm.c) and double-precision references, over many shapes,
+ * with a determinism check (two runs bit-identical). Each kernel's worst
+ * error is printed with the shape it occurred at, so one run on a GPU says
+ * what is wrong. `--bench` also times decode-sized calls. Skips (77)
+ * without a CUDA device. */
+#include <cuda_runtime_api.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "broker/attention.h"
+#include "broker/norm.h"
+#include "broker/rope.h"
+#include "broker/router.h"
+#include "kernels/cpu/convert.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cuda/dense.h"
+#include "protocol/dtype.h"
+#include "tests/testutil.h"
+
+static unsigned long long seed = 2024;
+
+/* ---- device helpers: any CUDA failure ends the test ---------------------- */
+
+#define CU(call)                                                                                   \
+    do {                                                                                           \
+        int e_ = (int)(call);                                                                      \
+        if (e_ != 0) {                                                                             \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, mb_kcuda_error_str(e_)); \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static void *dev_alloc(size_t bytes)
+{
+    void *p = NULL;
+    CU(cudaMalloc(&p, bytes ? bytes : 1));
+    return p;
+}
+
+static void *dev_upload(const void *src, size_t bytes)
+{
+    void *p = dev_alloc(bytes);
+    CU(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
+    return p;
+}
+
+static void dev_download(void *dst, const void *src, size_t bytes)
+{
+    CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+/* Launch then wait, so an asynchronous fault is blamed on its kernel. */
+#define RUN(call)                                                                                  \
+    do {                                                                                           \
+        CU(call);                                                                                  \
+        CU(cudaDeviceSynchronize());                                                               \
+    } while (0)
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    REQUIRE(p);
+    return p;
+}
+
+static float *rand_f32(size_t n, float scale)
+{
+    float *p = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        p[i] = scale * mb_test_rand_f32(&seed);
+    return p;
+}
+
+/* ---- worst errors per kernel, printed at the end -------------------------- */
+
+typedef struct {
+    const char *name;
+    double worst, bound;
+    char where[160];
+    long cases;
+} err_stat;
+
+enum { E_EMBED, E_NORM, E_ROPE, E_KV, E_LIN_GEMV, E_LIN_GEMM, E_LIN_CPU, E_ATT_DEC, E_ATT_FLASH, E_ROUTE, E_SILU, E_ADD, E_N };
+static err_stat stats[E_N] = {
+    [E_EMBED] = {"embed (exact)", 0, 0, "", 0},
+    [E_NORM] = {"rmsnorm (rel to row max)", 0, 2e-6, "", 0},
+    [E_ROPE] = {"rope (abs)", 0, 1e-6, "", 0},
+    [E_KV] = {"kv_store (exact)", 0, 0, "", 0},
+    [E_LIN_GEMV] = {"linear GEMV (|err| / sum|w x|, vs double)", 0, 1e-5, "", 0},
+    [E_LIN_GEMM] = {"linear GEMM (|err| / sum|w x|, vs double)", 0, 1e-5, "", 0},
+    [E_LIN_CPU] = {"  CPU mb_kcpu_gemm, same metric (reference)", 0, 1e-5, "", 0},
+    [E_ATT_DEC] = {"attention decode/split-K (abs vs CPU)", 0, 1e-5, "", 0},
+    [E_ATT_FLASH] = {"attention flash (abs vs CPU)", 0, 1e-5, "", 0},
+    [E_ROUTE] = {"route gate (abs; ids exact)", 0, 1e-6, "", 0},
+    [E_SILU] = {"silu_mul (rel)", 0, 1e-6, "", 0},
+    [E_ADD] = {"add (exact)", 0, 0, "", 0},
+};
+
+/* Records err for kernel k at the shape described by the format; returns
+ * whether it is within the kernel's bound. */
+static int note(int k, double err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int note(int k, double err, const char *fmt, ...)
+{
+    err_stat *s = &stats[k];
+    s->cases++;
+    if (err > s->worst || (err != err)) {
+        s->worst = err != err ? INFINITY : err;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(s->where, sizeof s->where, fmt, ap);
+        va_end(ap);
+    }
+    return err <= s->bound;
+}
+
+static void print_stats(void)
+{
+    printf("\n%-46s %12s %10s %6s  %s\n", "kernel", "worst", "bound", "cases", "worst at");
+    for (int k = 0; k < E_N; k++)
+        printf("%-46s %12.3g %10.3g %6ld  %s\n", stats[k].name, stats[k].worst, stats[k].bound, stats[k].cases,
+               stats[k].where);
+}
+
+/* ---- weights in a dtype ---------------------------------------------------- */
+
+static size_t wsize(int dt) { return dt == MB_KCUDA_F32 ? 4 : 2; }
+static const char *dtname(int dt) { return dt == MB_KCUDA_F32 ? "f32" : dt == MB_KCUDA_F16 ? "f16" : "bf16"; }
+
+/* Random [rows][cols] weights stored in dt; *exact gets their f32 values. */
+static void *rand_weights(int dt, size_t count, float scale, float **exact)
+{
+    void *w = xmalloc(count * wsize(dt));
+    float *e = xmalloc(count * sizeof(float));
+    for (size_t i = 0; i < count; i++) {
+        float v = scale * mb_test_rand_f32(&seed);
+        if (dt == MB_KCUDA_F32)
+            ((float *)w)[i] = v;
+        else
+            ((uint16_t *)w)[i] = dt == MB_KCUDA_F16 ? mb_f32_to_f16(v) : mb_f32_to_bf16(v);
+        e[i] = mb_kcpu_load_w(dt, w, i);
+    }
+    *exact = e;
+    return w;
+}
+
+/* ---- embed ------------------------------------------------------------------ */
+
+static void test_embed(void)
+{
+    const uint32_t ds[] = {1, 7, 64, 2048}, ns[] = {1, 5, 300};
+    const uint32_t vocab = 97;
+    for (int dt = 0; dt < 3; dt++)
+        for (size_t di = 0; di < sizeof ds / sizeof *ds; di++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+                const uint32_t d = ds[di], n = ns[ni];
+                float *exact;
+                void *table = rand_weights(dt, (size_t)vocab * d, 2.0f, &exact);
+                int32_t *ids = xmalloc(n * sizeof(int32_t));
+                for (uint32_t t = 0; t < n; t++)
+                    ids[t] = (int32_t)(mb_test_rand_u64(&seed) % vocab);
+                ids[n - 1] = (int32_t)vocab - 1; /* the last row */
+                void *dtab = dev_upload(table, (size_t)vocab * d * wsize(dt));
+                int32_t *dids = dev_upload(ids, n * sizeof(int32_t));
+                float *dx = dev_alloc((size_t)n * d * sizeof(float));
+                RUN(mb_kcuda_embed(NULL, dt, dtab, d, dids, n, dx));
+                float *x = xmalloc((size_t)n * d * sizeof(float));
+                dev_download(x, dx, (size_t)n * d * sizeof(float));
+                double err = 0;
+                for (uint32_t t = 0; t < n; t++)
+                    for (uint32_t i = 0; i < d; i++)
+                        err = fmax(err, fabs(x[(size_t)t * d + i] - exact[(size_t)ids[t] * d + i]));
+                CHECK_MSG(note(E_EMBED, err, "%s d=%u n=%u", dtname(dt), d, n), "embed %s d=%u n=%u err %g",
+                          dtname(dt), d, n, err);
+                cudaFree(dtab);
+                cudaFree(dids);
+                cudaFree(dx);
+                free(table);
+                free(exact);
+                free(ids);
+                free(x);
+            }
+}
+
+/* ---- rmsnorm ---------------------------------------------------------------- */
+
+static void test_rmsnorm(void)
+{
+    const uint32_t ds[] = {16, 64, 128, 513, 2048, 4096}, rs[] = {1, 5, 300};
+    for (size_t di = 0; di < sizeof ds / sizeof *ds; di++)
+        for (size_t ri = 0; ri < sizeof rs / sizeof *rs; ri++)
+            for (int inplace = 0; inplace < 2; inplace++) {
+                const uint32_t d = ds[di], rows = rs[ri];
+                const size_t ldx = d + 3, ldy = inplace ? ldx : d + 1;
+                float *x = rand_f32(rows * ldx, 3.0f), *w = rand_f32(d, 1.5f);
+                float *ref = xmalloc(rows * ldy * sizeof(float)), *got = xmalloc(rows * ldy * sizeof(float));
+                for (size_t i = 0; i < rows * ldy; i++)
+                    ref[i] = inplace ? x[i] : 777.0f;
+                mb_norm_rms(ref, ldy, inplace ? ref : x, ldx, rows, d, w, 1e-6f);
+                float *dx = dev_upload(x, rows * ldx * sizeof(float)), *dw = dev_upload(w, d * sizeof(float));
+                float *dy = dx;
+                if (!inplace) {
+                    float *fill = xmalloc(rows * ldy * sizeof(float));
+                    for (size_t i = 0; i < rows * ldy; i++)
+                        fill[i] = 777.0f;
+                    dy = dev_upload(fill, rows * ldy * sizeof(float));
+                    free(fill);
+                }
+                RUN(mb_kcuda_rmsnorm(NULL, dy, ldy, dx, ldx, rows, d, dw, 1e-6f));
+                dev_download(got, dy, rows * ldy * sizeof(float));
+                double err = 0;
+                int pad_ok = 1;
+                for (uint32_t r = 0; r < rows; r++) {
+                    double mx = 0;
+                    for (uint32_t i = 0; i < d; i++)
+                        mx = fmax(mx, fabs(ref[r * ldy + i]));
+                    for (uint32_t i = 0; i < d; i++)
+                        err = fmax(err, fabs(got[r * ldy + i] - ref[r * ldy + i]) / mx);
+                    for (size_t i = d; i < ldy; i++)
+                        pad_ok &= got[r * ldy + i] == ref[r * ldy + i];
+                }
+                CHECK_MSG(note(E_NORM, err, "d=%u rows=%u inplace=%d", d, rows, inplace) && pad_ok,
+                          "rmsnorm d=%u rows=%u inplace=%d err %g pad %d", d, rows, inplace, err, pad_ok);
+                if (dy != dx) cudaFree(dy);
+                cudaFree(dx);
+                cudaFree(dw);
+                free(x);
+                free(w);
+                free(ref);
+                free(got);
+            }
+}
+
+/* ---- rope --------------------------------------------------------------------- */
+
+static void test_rope(void)
+{
+    const uint32_t hds[] = {16, 64, 128}, hs[] = {1, 4, 8}, ns[] = {1, 5, 300}, p0s[] = {0, 17};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 3; b++)
+            for (size_t c = 0; c < 3; c++)
+                for (size_t e = 0; e < 2; e++)
+                    for (int il = 0; il < 2; il++) {
+                        const uint32_t hd = hds[a], nh = hs[b], n = ns[c], pos0 = p0s[e];
+                        mb_rope r;
+                        REQUIRE(mb_rope_init(&r, hd, 400, 1e6f) == MB_STATUS_OK);
+                        r.interleaved = il;
+                        const size_t ldx = (size_t)nh * hd + 3, cnt = n * ldx;
+                        float *x = rand_f32(cnt, 2.0f), *got = xmalloc(cnt * sizeof(float));
+                        float *dx = dev_upload(x, cnt * sizeof(float));
+                        const size_t tab = (size_t)r.n_pos * (hd / 2) * sizeof(float);
+                        float *dc = dev_upload(r.cos, tab), *ds = dev_upload(r.sin, tab);
+                        RUN(mb_kcuda_rope(NULL, dx, ldx, n, nh, hd, pos0, dc, ds, il));
+                        mb_rope_apply(&r, x, ldx, n, nh, pos0);
+                        dev_download(got, dx, cnt * sizeof(float));
+                        double err = 0;
+                        for (size_t i = 0; i < cnt; i++)
+                            err = fmax(err, fabs(got[i] - x[i]));
+                        CHECK_MSG(note(E_ROPE, err, "hd=%u heads=%u n=%u pos0=%u il=%d", hd, nh, n, pos0, il),
+                                  "rope hd=%u heads=%u n=%u pos0=%u il=%d err %g", hd, nh, n, pos0, il, err);
+                        cudaFree(dx);
+                        cudaFree(dc);
+                        cudaFree(ds);
+                        free(x);
+                        free(got);
+                        mb_rope_fini(&r);
+                    }
+}
+
+/* ---- linear ------------------------------------------------------------------- */
+
+/* y[t][r] against a double reference; err normalised by sum |w x| + |b| +
+ * |y0|. Returns the worst. */
+static double linear_err(const float *y, size_t ldy, const float *we, const float *x, size_t ldx, const float *bias,
+                         const float *y0, uint32_t m, uint32_t k, uint32_t n)
+{
+    double worst = 0;
+    for (uint32_t t = 0; t < n; t++)
+        for (uint32_t r = 0; r < m; r++) {
+            double s = 0, mag = 0;
+            for (uint32_t i = 0; i < k; i++) {
+                double p = (double)we[(size_t)r * k + i] * x[(size_t)t * ldx + i];
+                s += p;
+                mag += fabs(p);
+            }
+            if (bias) {
+                s += bias[r];
+                mag += fabs(bias[r]);
+            }
+            if (y0) {
+                s += y0[(size_t)t * ldy + r];
+                mag += fabs(y0[(size_t)t * ldy + r]);
+            }
+            double e = fabs(y[(size_t)t * ldy + r] - s) / (mag > 0 ? mag : 1);
+            if (e > worst || e != e) worst = e != e ? INFINITY : e;
+        }
+    return worst;
+}
+
+static void linear_case(int dt, uint32_t m, uint32_t k, uint32_t n, size_t xpad, int with_bias, int acc)
+{
+    const size_t ldx = k + xpad, ldy = m + 2;
+    float *we;
+    void *w = rand_weights(dt, (size_t)m * k, 1.0f, &we);
+    float *x = rand_f32((size_t)n * ldx, 1.0f), *bias = with_bias ? rand_f32(m, 1.0f) : NULL;
+    float *y0 = rand_f32((size_t)n * ldy, 1.0f);
+    float *got = xmalloc((size_t)n * ldy * sizeof(float)), *cpu = xmalloc((size_t)n * ldy * sizeof(float));
+    void *dw = dev_upload(w, (size_t)m * k * wsize(dt));
+    float *dx = dev_upload(x, (size_t)n * ldx * sizeof(float));
+    float *dy = dev_upload(y0, (size_t)n * ldy * sizeof(float));
+    float *db = bias ? dev_upload(bias, m * sizeof(float)) : NULL;
+    RUN(mb_kcuda_linear(NULL, dt, dw, m, k, dx, ldx, n, dy, ldy, db, acc));
+    dev_download(got, dy, (size_t)n * ldy * sizeof(float));
+
+    const int gemv = n <= 8;
+    double err = linear_err(got, ldy, we, x, ldx, bias, acc ? y0 : NULL, m, k, n);
+    int pad_ok = 1;
+    for (uint32_t t = 0; t < n; t++)
+        for (size_t r = m; r < ldy; r++)
+            pad_ok &= got[t * ldy + r] == y0[t * ldy + r];
+    CHECK_MSG(note(gemv ? E_LIN_GEMV : E_LIN_GEMM, err, "%s m=%u k=%u n=%u xpad=%zu bias=%d acc=%d", dtname(dt), m, k,
+                   n, xpad, with_bias, acc) &&
+                  pad_ok,
+              "linear %s m=%u k=%u n=%u xpad=%zu bias=%d acc=%d: err %g pad %d", dtname(dt), m, k, n, xpad, with_bias,
+              acc, err, pad_ok);
+
+    /* The CPU reference on the same metric: a self-check of linear_err and
+     * the yardstick the GPU is held to. */
+    memcpy(cpu, y0, (size_t)n * ldy * sizeof(float));
+    mb_kcpu_gemm(NULL, dt, w, m, k, x, ldx, n, cpu, ldy, acc);
+    if (bias)
+        for (uint32_t t = 0; t < n; t++)
+            for (uint32_t r = 0; r < m; r++)
+                cpu[t * ldy + r] += bias[r];
+    double cerr = linear_err(cpu, ldy, we, x, ldx, bias, acc ? y0 : NULL, m, k, n);
+    CHECK_MSG(note(E_LIN_CPU, cerr, "%s m=%u k=%u n=%u", dtname(dt), m, k, n), "CPU reference err %g", cerr);
+
+    /* Determinism: the same call again gives the same bits. */
+    CU(cudaMemcpy(dy, y0, (size_t)n * ldy * sizeof(float), cudaMemcpyHostToDevice));
+    RUN(mb_kcuda_linear(NULL, dt, dw, m, k, dx, ldx, n, dy, ldy, db, acc));
+    dev_download(cpu, dy, (size_t)n * ldy * sizeof(float));
+    CHECK_MSG(memcmp(cpu, got, (size_t)n * ldy * sizeof(float)) == 0, "linear %s m=%u k=%u n=%u not deterministic",
+              dtname(dt), m, k, n);
+
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+    if (db) cudaFree(db);
+    free(w);
+    free(we);
+    free(x);
+    free(bias);
+    free(y0);
+    free(got);
+    free(cpu);
+}
+
+static void test_linear(void)
+{
+    /* (m, k): tails in both, k not a multiple of 8 or 4, m across the
+     * GEMV's one-row and four-row variants (m >= 2048). */
+    const uint32_t mk[][2] = {{1, 16}, {7, 13}, {64, 64}, {100, 1003}, {513, 256}, {2051, 200}, {2048, 520}};
+    const uint32_t ns[] = {1, 2, 5, 8, 9, 64, 300};
+    for (int dt = 0; dt < 3; dt++)
+        for (size_t s = 0; s < sizeof mk / sizeof *mk; s++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+                const uint32_t m = mk[s][0], k = mk[s][1], n = ns[ni];
+                if ((size_t)m * k * n > 60u * 1000 * 1000) continue; /* keep the CPU side quick */
+                const int v = (int)(s + ni + (size_t)dt); /* vary the options over the grid */
+                linear_case(dt, m, k, n, (v % 3 == 2) ? 1 : (size_t)(v % 2) * 4, v % 2, (v / 2) % 2);
+            }
+    linear_case(MB_KCUDA_BF16, 257, 300, 1100, 4, 1, 1);
+    linear_case(MB_KCUDA_F16, 130, 2048, 8, 0, 0, 0);
+}
+
+/* ---- kv_store + attention ---------------------------------------------------- */
+
+typedef struct {
+    uint32_t hd, heads, kv, window, max_ctx;
+    const uint32_t *steps;
+    size_t n_steps;
+} attn_cfg;
+
+static void attn_run(const attn_cfg *c)
+{
+    mb_attn a;
+    REQUIRE(mb_attn_init(&a, 1, c->heads, c->kv, c->hd, c->max_ctx, c->window, 1) == MB_STATUS_OK);
+    const size_t qd = (size_t)c->heads * c->hd, kvd = (size_t)c->kv * c->hd;
+    const size_t ldq = qd + 1, ldkv = kvd + 3, ldo = qd + 2;
+    mb_kcuda_kv kv = {.n_kv_heads = c->kv, .head_dim = c->hd, .max_ctx = c->max_ctx};
+    const size_t cache = (size_t)c->kv * c->max_ctx * c->hd;
+    kv.k = dev_alloc(cache * sizeof(float));
+    kv.v = dev_alloc(cache * sizeof(float));
+    mb_kcuda_attn_shape sh = {.n_heads = c->heads, .window = c->window, .scale = a.scale};
+    uint32_t max_n = 1;
+    for (size_t s = 0; s < c->n_steps; s++)
+        max_n = c->steps[s] > max_n ? c->steps[s] : max_n;
+    const size_t work_floats = mb_kcuda_attention_work(&kv, &sh, max_n);
+    for (uint32_t nn = 1; nn <= 8; nn++) /* one size for every step */
+        CHECK(mb_kcuda_attention_work(&kv, &sh, nn) <= work_floats);
+    float *work = work_floats ? dev_alloc(work_floats * sizeof(float)) : NULL;
+    float *dq = dev_alloc(max_n * ldq * sizeof(float)), *dk = dev_alloc(max_n * ldkv * sizeof(float));
+    float *dv = dev_alloc(max_n * ldkv * sizeof(float)), *dout = dev_alloc(max_n * ldo * sizeof(float));
+    float *out = xmalloc(max_n * ldo * sizeof(float)), *got = xmalloc(max_n * ldo * sizeof(float));
+    float *again = xmalloc(max_n * ldo * sizeof(float)), *cache_k = xmalloc(cache * sizeof(float));
+    float *cache_v = xmalloc(cache * sizeof(float));
+
+    uint32_t pos = 0;
+    for (size_t s = 0; s < c->n_steps; s++) {
+        const uint32_t n = c->steps[s];
+        REQUIRE(pos + n <= c->max_ctx);
+        float *q = rand_f32(n * ldq, 2.0f), *k = rand_f32(n * ldkv, 2.0f), *v = rand_f32(n * ldkv, 1.0f);
+        CU(cudaMemcpy(dq, q, n * ldq * sizeof(float), cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(dk, k, n * ldkv * sizeof(float), cudaMemcpyHostToDevice));
+        CU(cudaMemcpy(dv, v, n * ldkv * sizeof(float), cudaMemcpyHostToDevice));
+        RUN(mb_kcuda_kv_store(NULL, &kv, pos, n, dk, ldkv, dv, ldkv));
+        mb_attn_store(&a, 0, pos, n, k, ldkv, v, ldkv);
+
+        /* The cache holds exactly the stored rows. */
+        dev_download(cache_k, kv.k, cache * sizeof(float));
+        dev_download(cache_v, kv.v, cache * sizeof(float));
+        double kerr = 0;
+        for (uint32_t t = 0; t < n; t++)
+            for (uint32_t h = 0; h < c->kv; h++)
+                for (uint32_t d = 0; d < c->hd; d++) {
+                    const size_t at = ((size_t)h * c->max_ctx + pos + t) * c->hd + d;
+                    kerr = fmax(kerr, fabs(cache_k[at] - k[t * ldkv + h * c->hd + d]));
+                    kerr = fmax(kerr, fabs(cache_v[at] - v[t * ldkv + h * c->hd + d]));
+                }
+        CHECK_MSG(note(E_KV, kerr, "hd=%u kv=%u pos0=%u n=%u", c->hd, c->kv, pos, n), "kv_store err %g", kerr);
+
+        for (size_t i = 0; i < n * ldo; i++)
+            out[i] = 1234.0f;
+        CU(cudaMemcpy(dout, out, n * ldo * sizeof(float), cudaMemcpyHostToDevice));
+        RUN(mb_kcuda_attention(NULL, &kv, &sh, pos, n, dq, ldq, dout, ldo, work, work_floats));
+        dev_download(got, dout, n * ldo * sizeof(float));
+        mb_attn_compute(&a, NULL, 0, pos, n, q, ldq, out, ldo);
+        double err = 0;
+        int pad_ok = 1;
+        for (uint32_t t = 0; t < n; t++) {
+            for (size_t i = 0; i < qd; i++) {
+                const double e = fabs(got[t * ldo + i] - out[t * ldo + i]);
+                if (e > err || e != e) err = e != e ? INFINITY : e;
+            }
+            pad_ok &= got[t * ldo + qd] == 1234.0f && got[t * ldo + qd + 1] == 1234.0f;
+        }
+        const int dec = n <= 8;
+        CHECK_MSG(note(dec ? E_ATT_DEC : E_ATT_FLASH, err, "hd=%u heads=%u/%u win=%u pos0=%u n=%u", c->hd, c->heads,
+                       c->kv, c->window, pos, n) &&
+                      pad_ok,
+                  "attention hd=%u heads=%u kv=%u window=%u pos0=%u n=%u: err %g pad %d", c->hd, c->heads, c->kv,
+                  c->window, pos, n, err, pad_ok);
+
+        RUN(mb_kcuda_attention(NULL, &kv, &sh, pos, n, dq, ldq, dout, ldo, work, work_floats));
+        dev_download(again, dout, n * ldo * sizeof(float));
+        CHECK_MSG(memcmp(again, got, n * ldo * sizeof(float)) == 0, "attention pos0=%u n=%u not deterministic", pos,
+                  n);
+        free(q);
+        free(k);
+        free(v);
+        pos += n;
+    }
+    cudaFree(kv.k);
+    cudaFree(kv.v);
+    if (work) cudaFree(work);
+    cudaFree(dq);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dout);
+    free(out);
+    free(got);
+    free(again);
+    free(cache_k);
+    free(cache_v);
+    mb_attn_fini(&a);
+}
+
+static void test_attention(void)
+{
+    /* Decode steps (n <= 8) at growing positions split the keys over more
+     * chunks; longer steps take the flash kernel. */
+    static const uint32_t mixed[] = {5, 1, 2, 300, 1, 8, 9, 64, 1, 2, 5, 1};
+    static const uint32_t longer[] = {1100, 1, 8, 300, 1, 1};
+    static const uint32_t deep[] = {3, 1000, 1, 1200, 1, 5};
+    const attn_cfg cfgs[] = {
+        {16, 4, 4, 0, 512, mixed, sizeof mixed / sizeof *mixed},      /* ratio 1 */
+        {64, 8, 2, 0, 512, mixed, sizeof mixed / sizeof *mixed},      /* ratio 4 */
+        {128, 8, 1, 0, 1500, longer, sizeof longer / sizeof *longer}, /* ratio 8 */
+        {64, 4, 1, 37, 512, mixed, sizeof mixed / sizeof *mixed},     /* small window */
+        {128, 16, 2, 100, 1500, longer, sizeof longer / sizeof *longer},
+        {20, 6, 3, 0, 512, mixed, sizeof mixed / sizeof *mixed},      /* head_dim not a multiple of 8 */
+        {256, 4, 2, 0, 512, mixed, sizeof mixed / sizeof *mixed},     /* largest head_dim */
+        {32, 16, 1, 0, 512, mixed, sizeof mixed / sizeof *mixed},     /* 16 query heads a kv head */
+        {128, 4, 4, 0, 2300, deep, sizeof deep / sizeof *deep},       /* many chunks, one a block */
+        {128, 8, 2, 700, 2300, deep, sizeof deep / sizeof *deep},     /* window below the context */
+    };
+    for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++)
+        attn_run(&cfgs[i]);
+}
+
+/* ---- routing ---------------------------------------------------------------------- */
+
+static void route_case(uint32_t n, uint32_t ne, uint32_t k, int renorm, int ties)
+{
+    /* Logits on a grid: distinct values are far apart next to f32
+     * rounding (the CPU and GPU sum the softmax in different orders and
+     * their expf may differ by an ulp), equal ones tie exactly on both. */
+    float *lg = rand_f32((size_t)n * ne, 4.0f);
+    const float steps = ties ? 2.0f : 1024.0f; /* ties: 17 levels, many equal logits */
+    for (size_t i = 0; i < (size_t)n * ne; i++)
+        lg[i] = roundf(lg[i] * steps) / steps;
+    if (ties && n > 1)
+        for (uint32_t e = 0; e < ne; e++)
+            lg[e] = 0.5f; /* a row of one value: ids 0..k-1 */
+    float *dl = dev_upload(lg, (size_t)n * ne * sizeof(float));
+    int32_t *dids = dev_alloc((size_t)n * k * sizeof(int32_t));
+    float *dg = dev_alloc((size_t)n * k * sizeof(float));
+    RUN(mb_kcuda_route_topk(NULL, dl, n, ne, k, renorm, dids, dg));
+    int32_t *ids = xmalloc((size_t)n * k * sizeof(int32_t)), *ref_ids = xmalloc((size_t)n * k * sizeof(int32_t));
+    float *g = xmalloc((size_t)n * k * sizeof(float)), *ref_g = xmalloc((size_t)n * k * sizeof(float));
+    float *after = xmalloc((size_t)n * ne * sizeof(float));
+    dev_download(ids, dids, (size_t)n * k * sizeof(int32_t));
+    dev_download(g, dg, (size_t)n * k * sizeof(float));
+    dev_download(after, dl, (size_t)n * ne * sizeof(float));
+    CHECK_MSG(memcmp(after, lg, (size_t)n * ne * sizeof(float)) == 0, "route changed its logits");
+    const mb_router r = {.n_experts = ne, .top_k = k, .renorm = renorm};
+    mb_router_select(&r, lg, n, ref_ids, ref_g); /* lg becomes probabilities */
+    double err = 0;
+    int id_bad = 0;
+    for (size_t i = 0; i < (size_t)n * k; i++) {
+        if (ids[i] != ref_ids[i] && id_bad++ < 3)
+            fprintf(stderr, "route n=%u ne=%u k=%u ties=%d: token %zu slot %zu id %d, CPU %d\n", n, ne, k, ties,
+                    i / k, i % k, ids[i], ref_ids[i]);
+        err = fmax(err, fabs(g[i] - ref_g[i]));
+    }
+    CHECK_MSG(note(E_ROUTE, err, "n=%u ne=%u k=%u renorm=%d ties=%d", n, ne, k, renorm, ties) && !id_bad,
+              "route n=%u ne=%u k=%u renorm=%d ties=%d: gate err %g, %d ids differ", n, ne, k, renorm, ties, err,
+              id_bad);
+    cudaFree(dl);
+    cudaFree(dids);
+    cudaFree(dg);
+    free(lg);
+    free(ids);
+    free(ref_ids);
+    free(g);
+    free(ref_g);
+    free(after);
+}
+
+static void test_route(void)
+{
+    const uint32_t ns[] = {1, 5, 300}, nes[] = {8, 60, 64, 128, 1024}, ks[] = {1, 2, 4, 8, 32};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 5; b++)
+            for (size_t c = 0; c < 5; c++) {
+                if (ks[c] > nes[b]) continue;
+                for (int ties = 0; ties < 2; ties++)
+                    route_case(ns[a], nes[b], ks[c], (int)((a + b + c) % 2), ties);
+            }
+}
+
+/* ---- silu_mul, add ---------------------------------------------------------------- */
+
+static void test_silu_add(void)
+{
+    const uint32_t ns[] = {1, 5, 300}, ffs[] = {1, 7, 1408};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 3; b++)
+            for (int with_sg = 0; with_sg < 2; with_sg++) {
+                const uint32_t n = ns[a], ff = ffs[b];
+                const size_t ld = ff + 3, cnt = n * ld;
+                float *g = rand_f32(cnt, 6.0f), *u = rand_f32(cnt, 2.0f), *sg = with_sg ? rand_f32(n, 4.0f) : NULL;
+                float *got = xmalloc(cnt * sizeof(float));
+                float *dg = dev_upload(g, cnt * sizeof(float)), *du = dev_upload(u, cnt * sizeof(float));
+                float *dsg = sg ? dev_upload(sg, n * sizeof(float)) : NULL;
+                RUN(mb_kcuda_silu_mul(NULL, dg, du, ld, n, ff, dsg));
+                dev_download(got, dg, cnt * sizeof(float));
+                double err = 0;
+                int pad_ok = 1;
+                for (uint32_t t = 0; t < n; t++) {
+                    /* broker/forward.c's shared expert, operation by operation */
+                    const float s = sg ? 1.0f / (1.0f + expf(-sg[t])) : 1.0f;
+                    for (uint32_t i = 0; i < ff; i++) {
+                        const float gv = g[t * ld + i];
+                        const float silu = gv / (1.0f + expf(-gv));
+                        const float want = s * (silu * u[t * ld + i]);
+                        err = fmax(err, fabs(got[t * ld + i] - want) / fmax(fabs(want), 1e-3));
+                    }
+                    for (size_t i = ff; i < ld; i++)
+                        pad_ok &= got[t * ld + i] == g[t * ld + i];
+                }
+                CHECK_MSG(note(E_SILU, err, "n=%u ff=%u sg=%d", n, ff, with_sg) && pad_ok,
+                          "silu_mul n=%u ff=%u sg=%d err %g pad %d", n, ff, with_sg, err, pad_ok);
+                cudaFree(dg);
+                cudaFree(du);
+                if (dsg) cudaFree(dsg);
+                free(g);
+                free(u);
+                free(sg);
+                free(got);
+            }
+    const size_t counts[] = {1, 1000, (size_t)1 << 21};
+    for (size_t c = 0; c < 3; c++) {
+        const size_t cnt = counts[c];
+        float *x = rand_f32(cnt, 1.0f), *y = rand_f32(cnt, 1.0f), *got = xmalloc(cnt * sizeof(float));
+        float *dx = dev_upload(x, cnt * sizeof(float)), *dy = dev_upload(y, cnt * sizeof(float));
+        RUN(mb_kcuda_add(NULL, dx, dy, cnt));
+        dev_download(got, dx, cnt * sizeof(float));
+        double err = 0;
+        for (size_t i = 0; i < cnt; i++)
+            err = fmax(err, fabs(got[i] - (x[i] + y[i])));
+        CHECK_MSG(note(E_ADD, err, "count=%zu", cnt), "add count=%zu err %g", cnt, err);
+        cudaFree(dx);
+        cudaFree(dy);
+        free(x);
+        free(y);
+        free(got);
+    }
+}
+
+/* ---- refused arguments -------------------------------------------------------------- */
+
+static void test_refusals(void)
+{
+    float *d = dev_alloc(4096 * sizeof(float));
+    int32_t *di = dev_alloc(64 * sizeof(int32_t));
+    CHECK(mb_kcuda_linear(NULL, 7, d, 4, 4, d, 4, 1, d, 4, NULL, 0) != 0);   /* dtype */
+    CHECK(mb_kcuda_linear(NULL, MB_KCUDA_F32, d, 0, 4, d, 4, 1, d, 4, NULL, 0) != 0);
+    CHECK(mb_kcuda_linear(NULL, MB_KCUDA_F32, d, 4, 4, d, 3, 1, d, 4, NULL, 0) != 0); /* ldx < k */
+    CHECK(mb_kcuda_embed(NULL, MB_KCUDA_F32, d, 0, di, 1, d) != 0);
+    CHECK(mb_kcuda_rmsnorm(NULL, d, 8, d, 8, 0, 8, d, 1e-6f) != 0);
+    CHECK(mb_kcuda_rope(NULL, d, 64, 1, 1, 7, 0, d, d, 0) != 0); /* odd head_dim */
+    CHECK(mb_kcuda_route_topk(NULL, d, 1, 8, 9, 1, di, d) != 0); /* k > experts */
+    CHECK(mb_kcuda_route_topk(NULL, d, 1, 2048, 8, 1, di, d) != 0);
+    CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
+    CHECK(mb_kcuda_add(NULL, d, d, 0) != 0);
+    mb_kcuda_kv kv = {.k = d, .v = d, .n_kv_heads = 2, .head_dim = 8, .max_ctx = 16};
+    mb_kcuda_attn_shape sh = {.n_heads = 3, .window = 0, .scale = 0.3f}; /* 3 % 2 != 0 */
+    CHECK(mb_kcuda_attention(NULL, &kv, &sh, 0, 1, d, 64, d, 64, d, 4096) != 0);
+    sh.n_heads = 4;
+    CHECK(mb_kcuda_attention(NULL, &kv, &sh, 10, 7, d, 64, d, 64, d, 4096) != 0); /* past max_ctx */
+    CHECK(mb_kcuda_kv_store(NULL, &kv, 16, 1, d, 16, d, 16) != 0);
+    CU(cudaDeviceSynchronize());
+    cudaFree(d);
+    cudaFree(di);
+}
+
+/* ---- timing (--bench) ------------------------------------------------------------- */
+
+/* Device copy bandwidth (GB/s): the ceiling a weight-streaming kernel is
+ * measured against. */
+static double copy_gbps(void *a, void *b, size_t bytes)
+{
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    CU(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    CU(cudaEventRecord(e0, NULL));
+    for (int i = 0; i < 20; i++)
+        CU(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    CU(cudaEventRecord(e1, NULL));
+    CU(cudaEventSynchronize(e1));
+    float ms = 0;
+    CU(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return 2.0 * bytes * 20 / (ms * 1e-3) / 1e9; /* read + write */
+}
+
+static void bench_linear(int dt, uint32_t m, uint32_t k, uint32_t n, double ceil_gbps)
+{
+    const size_t wb = (size_t)m * k * wsize(dt);
+    void *dw = dev_alloc(wb);
+    float *dx = dev_alloc((size_t)n * k * sizeof(float)), *dy = dev_alloc((size_t)n * m * sizeof(float));
+    CU(cudaMemset(dw, 0, wb));
+    CU(cudaMemset(dx, 0, (size_t)n * k * sizeof(float)));
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    CU(mb_kcuda_linear(NULL, dt, dw, m, k, dx, k, n, dy, m, NULL, 0));
+    const int iters = 50;
+    CU(cudaEventRecord(e0, NULL));
+    for (int i = 0; i < iters; i++)
+        CU(mb_kcuda_linear(NULL, dt, dw, m, k, dx, k, n, dy, m, NULL, 0));
+    CU(cudaEventRecord(e1, NULL));
+    CU(cudaEventSynchronize(e1));
+    float ms = 0;
+    CU(cudaEventElapsedTime(&ms, e0, e1));
+    const double us = ms * 1e3 / iters, gbps = wb / (us * 1e-6) / 1e9;
+    const double flops = 2.0 * m * k * n / (us * 1e-6) / 1e12;
+    printf("linear %-4s m=%6u k=%5u n=%4u: %9.1f us  %7.1f GB/s of W (%3.0f%% of copy)  %6.2f TFLOP/s\n", dtname(dt),
+           m, k, n, us, gbps, 100 * gbps / ceil_gbps, flops);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dy);
+}
+
+static void bench_attention(uint32_t hd, uint32_t heads, uint32_t kvh, uint32_t ctx, uint32_t n, double ceil_gbps)
+{
+    mb_kcuda_kv kv = {.n_kv_heads = kvh, .head_dim = hd, .max_ctx = ctx};
+    const size_t cache = (size_t)kvh * ctx * hd * sizeof(float);
+    kv.k = dev_alloc(cache);
+    kv.v = dev_alloc(cache);
+    CU(cudaMemset(kv.k, 0, cache));
+    CU(cudaMemset(kv.v, 0, cache));
+    mb_kcuda_attn_shape sh = {.n_heads = heads, .window = 0, .scale = 1.0f / sqrtf((float)hd)};
+    const size_t wf = mb_kcuda_attention_work(&kv, &sh, n);
+    float *work = wf ? dev_alloc(wf * sizeof(float)) : NULL;
+    const size_t row = (size_t)heads * hd;
+    float *dq = dev_alloc(n * row * sizeof(float)), *dout = dev_alloc(n * row * sizeof(float));
+    CU(cudaMemset(dq, 0, n * row * sizeof(float)));
+    const uint32_t pos0 = ctx - n;
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    CU(mb_kcuda_attention(NULL, &kv, &sh, pos0, n, dq, row, dout, row, work, wf));
+    const int iters = 20;
+    CU(cudaEventRecord(e0, NULL));
+    for (int i = 0; i < iters; i++)
+        CU(mb_kcuda_attention(NULL, &kv, &sh, pos0, n, dq, row, dout, row, work, wf));
+    CU(cudaEventRecord(e1, NULL));
+    CU(cudaEventSynchronize(e1));
+    float ms = 0;
+    CU(cudaEventElapsedTime(&ms, e0, e1));
+    const double us = ms * 1e3 / iters, gbps = 2.0 * cache / (us * 1e-6) / 1e9;
+    /* causal prefill: about half the n x ctx score matrix */
+    const double pairs = n == 1 ? (double)ctx : (double)n * (ctx - n) + 0.5 * (double)n * n;
+    const double flops = 4.0 * pairs * hd * heads / (us * 1e-6) / 1e12;
+    printf("attention hd=%u heads=%u/%u ctx=%u n=%u: %9.1f us  %7.1f GB/s of cache (%3.0f%% of copy)  %6.2f "
+           "TFLOP/s\n",
+           hd, heads, kvh, ctx, n, us, gbps, 100 * gbps / ceil_gbps, flops);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(kv.k);
+    cudaFree(kv.v);
+    if (work) cudaFree(work);
+    cudaFree(dq);
+    cudaFree(dout);
+}
+
+static void bench(void)
+{
+    const size_t bytes = (size_t)256 << 20;
+    void *a = dev_alloc(bytes), *b = dev_alloc(bytes);
+    CU(cudaMemset(a, 0, bytes));
+    const double ceil_gbps = copy_gbps(a, b, bytes);
+    cudaFree(a);
+    cudaFree(b);
+    printf("\ndevice copy: %.0f GB/s (read + write)\n", ceil_gbps);
+    /* Qwen3-30B-A3B: q_proj, k/v_proj, o_proj, router, lm_head. */
+    const uint32_t shapes[][2] = {{4096, 2048}, {512, 2048}, {2048, 4096}, {128, 2048}, {151936, 2048}};
+    for (size_t s = 0; s < 5; s++)
+        for (uint32_t n = 1; n <= 8; n *= 8)
+            bench_linear(MB_KCUDA_BF16, shapes[s][0], shapes[s][1], n, ceil_gbps);
+    bench_linear(MB_KCUDA_F32, 4096, 2048, 1, ceil_gbps);
+    bench_linear(MB_KCUDA_BF16, 4096, 2048, 512, ceil_gbps);
+    bench_linear(MB_KCUDA_BF16, 4096, 2048, 2048, ceil_gbps);
+    bench_attention(128, 32, 4, 4096, 1, ceil_gbps);
+    bench_attention(128, 32, 4, 32768, 1, ceil_gbps);
+    bench_attention(128, 32, 4, 2048, 2048, ceil_gbps);
+}
+
+int main(int argc, char **argv)
+{
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev <= 0) MB_TEST_SKIP("no CUDA device");
+    test_refusals();
+    test_embed();
+    test_rmsnorm();
+    test_rope();
+    test_silu_add();
+    test_route();
+    test_linear();
+    test_attention();
+    print_stats();
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0) bench();
+    return mb_test_finish("test_dense_cuda");
+}
