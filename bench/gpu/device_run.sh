@@ -4,7 +4,9 @@
 # headers and libraries in .carry (bench/gpu/make-devkit.sh), runs the test
 # suite (CUDA tests included), then the GPU benchmarks. Logs and results go
 # to $OUT (the device tool brings them back).
-#   bash bench/gpu/device_run.sh [build] [test] [bench] [e2e] [-- ctest args]
+#   bash bench/gpu/device_run.sh [build] [test] [bench] [e2e] [device] [-- ctest args]
+# MB_TARGETS="a b" builds only those targets; stage device runs
+# bench_e2e_device (the coordinator on the GPU) with MB_DEVICE_ARGS.
 # Stages default to "build test bench".
 set -u
 cd "$(dirname "$0")/../.."
@@ -43,7 +45,7 @@ if has build; then
     cmake -B $B -DCMAKE_BUILD_TYPE=Release -DMB_WERROR=ON -DMB_WITH_VULKAN=${MB_WITH_VULKAN:-OFF} "${vk[@]}" \
         -DCMAKE_INCLUDE_PATH=$PWD/.carry/dev/include -DCMAKE_LIBRARY_PATH=$PWD/.carry/dev/lib \
         > "$OUT/build.log" 2>&1 &&
-        cmake --build $B -j16 -- -k >> "$OUT/build.log" 2>&1
+        cmake --build $B -j16 ${MB_TARGETS:+--target $MB_TARGETS} -- -k >> "$OUT/build.log" 2>&1
     rc=$?
     echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/build.log"
     [ $rc -eq 0 ] || grep -E "error|Error" "$OUT/build.log" | head -20
@@ -64,5 +66,10 @@ if has e2e; then
     $B/bench/bench_e2e ${MB_E2E_ARGS:-} --json "$OUT/bench_e2e.json" > "$OUT/bench_e2e.txt" 2>&1
     echo "bench_e2e rc=$?"
     tail -40 "$OUT/bench_e2e.txt"
+fi
+if has device; then
+    $B/bench/bench_e2e_device ${MB_DEVICE_ARGS:-} --json "$OUT/bench_e2e_device.json" > "$OUT/bench_e2e_device.txt" 2>&1
+    echo "bench_e2e_device rc=$?"
+    grep -v "^loading\|^case" "$OUT/bench_e2e_device.txt" | tail -30
 fi
 exit 0

@@ -104,9 +104,10 @@ static void test_flags(void)
               "--step-timing", "t.jsonl", "--quiet", "--system", "sys", "--tokenizer", "/t.json",
               "--temperature", "0", "--top-k", "5", "--top-p", "0.5", "--min-p", "0.1",
               "--repeat-penalty", "1.1", "--repeat-last-n", "32", "--on-worker-loss", "abort", "--replicas", "2",
-              "--worker-timeout", "700", "--connect-timeout", "250", "--curve-secret", "c.key", NULL);
+              "--worker-timeout", "700", "--connect-timeout", "250", "--curve-secret", "c.key", "--device", "cuda:1", NULL);
     REQUIRE(st == MB_STATUS_OK);
     CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_ABORT);
+    CHECK_EQ(o.cuda_device, 1);
     CHECK_EQ(o.replicas, 2);
     CHECK_EQ(o.worker_timeout_ms, 700);
     CHECK_EQ(o.connect_timeout_ms, 250);
@@ -149,6 +150,16 @@ static void test_flags(void)
 
     CHECK_EQ(parse(&o, "--prompt", "Hello", "--prompt-len", "3", NULL), MB_STATUS_CONFIG);
     CHECK_MSG(strstr(err, "--prompt and --prompt-len exclude each other"), "%s", err);
+    /* --device: cpu, cuda, cuda:N; nothing else. */
+    CHECK_EQ(parse(&o, "--device", "cpu", NULL), MB_STATUS_OK);
+    CHECK_EQ(o.cuda_device, -1);
+    mb_options_free(&o);
+    CHECK_EQ(parse(&o, "--device", "cuda", NULL), MB_STATUS_OK);
+    CHECK_EQ(o.cuda_device, 0);
+    mb_options_free(&o);
+    const char *bad_devices[] = {"cuda:", "cuda:x", "cuda:-1", "cuda:1a", "gpu", "vulkan:0", "cuda:99999"};
+    for (size_t i = 0; i < sizeof bad_devices / sizeof bad_devices[0]; i++)
+        CHECK_EQ(parse(&o, "--device", bad_devices[i], NULL), MB_STATUS_CONFIG);
     CHECK_EQ(parse(&o, "--input-ids", "1,2", "--prompt-len", "3", NULL), MB_STATUS_CONFIG);
     CHECK_MSG(strstr(err, "--input-ids and --prompt-len exclude each other"), "%s", err);
     CHECK_EQ(parse(&o, "--chat", "hi", "--input-ids", "1", NULL), MB_STATUS_CONFIG);
