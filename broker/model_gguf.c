@@ -313,8 +313,8 @@ static mb_status find(gloader *L, const char *name, uint32_t *file, const mb_ggu
 static mb_status bind(gloader *L, const char *name, uint32_t n_dims, uint64_t ne0, uint64_t ne1,
                       uint64_t ne2, mb_tensor *out, size_t stride)
 {
-    uint32_t file;
-    const mb_gguf_tensor *t;
+    uint32_t file = 0;
+    const mb_gguf_tensor *t = NULL;
     mb_status st = find(L, name, &file, &t);
     if (st != MB_STATUS_OK) return st;
     const char *path = L->m->files[file].path;
