@@ -113,7 +113,7 @@ static int text_setup(text_run *t, int want_template)
     char err[512] = "";
     if (!tok_path && !gguf) {
         fprintf(stderr, "moe-broker: text needs a tokenizer: the embedded model has none (give "
-                        "--model DIR with tokenizer.json, or --tokenizer FILE)\n");
+                        "--model DIR with tokenizer.json or FILE.gguf, or --tokenizer FILE)\n");
         return -1;
     }
     mb_status st = gguf ? mb_tokenizer_load_gguf(gguf, &t->tok, err, sizeof err)
