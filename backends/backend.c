@@ -147,29 +147,44 @@ static void mb_backend_mask_names(uint32_t mask, char *buf, size_t cap)
     if (!buf[0]) snprintf(buf, cap, "none");
 }
 
-mb_status mb_backend_caps_check(const mb_backend_caps *caps, mb_dtype wdtype, mb_dtype payload, char *why,
+mb_status mb_backend_caps_check(const mb_backend_caps *caps, uint32_t weight_mask, mb_dtype payload, char *why,
                                 size_t why_cap)
 {
-    if (!caps || !mb_dtype_weight_valid(wdtype) || !mb_dtype_valid(payload)) return MB_STATUS_INVALID_ARG;
+    if (!caps || !weight_mask || (weight_mask & ~MB_DTYPE_MASK_WEIGHTS) || !mb_dtype_valid(payload))
+        return MB_STATUS_INVALID_ARG;
     const char *what = NULL;
-    mb_dtype lacking = wdtype;
-    uint32_t mask = 0;
-    if (!(caps->weight_dtype_mask & MB_DTYPE_MASK(wdtype))) {
+    uint32_t lacking = weight_mask & ~caps->weight_dtype_mask, mask = 0;
+    if (lacking) {
         what = "weights";
         mask = caps->weight_dtype_mask;
     } else if (!(caps->payload_dtype_mask & MB_DTYPE_MASK(payload))) {
         what = "activations (payload dtype)";
-        lacking = payload;
+        lacking = MB_DTYPE_MASK(payload);
         mask = caps->payload_dtype_mask;
     }
     if (!what) return MB_STATUS_OK;
     if (why && why_cap) {
-        char have[64];
+        char have[64], lack[64];
         mb_backend_mask_names(mask, have, sizeof have);
+        mb_backend_mask_names(lacking, lack, sizeof lack);
         snprintf(why, why_cap, "backend %s (%s) has no %s %s (it takes %s)", caps->name[0] ? caps->name : "?",
-                 caps->device[0] ? caps->device : "unknown device", mb_dtype_name(lacking), what, have);
+                 caps->device[0] ? caps->device : "unknown device", lack, what, have);
     }
     return MB_STATUS_BAD_DTYPE;
+}
+
+mb_status mb_backend_expert_dtypes_check(const mb_dtype *wdtype)
+{
+    if (!wdtype) return MB_STATUS_INVALID_ARG;
+    int n_quant = 0;
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
+        if (!mb_dtype_weight_valid(wdtype[i])) return MB_STATUS_BAD_DTYPE;
+        n_quant += mb_dtype_is_quant(wdtype[i]);
+    }
+    /* Element dtypes run through one tiled GEMM per expert, so all three
+     * match; quantized rows are each dotted on their own. */
+    if (n_quant == MB_PROTO_MATS) return MB_STATUS_OK;
+    return n_quant == 0 && wdtype[0] == wdtype[1] && wdtype[1] == wdtype[2] ? MB_STATUS_OK : MB_STATUS_BAD_DTYPE;
 }
 
 /* ---- weights and host memory ---- */
@@ -179,11 +194,15 @@ mb_status mb_backend_load_expert(mb_backend *b, const mb_expert_weights *w)
     if (!b || !w || !w->gate || !w->up || !w->down) return MB_STATUS_INVALID_ARG;
     if (w->d_model == 0 || w->d_ff == 0) return MB_STATUS_BAD_SHAPE;
     /* A backend is only handed weight dtypes its caps name (GPU backends
-     * name no quantized one yet), and quantized rows in whole blocks. */
-    if (!mb_dtype_weight_valid(w->wdtype) || !(b->weight_dtype_mask & MB_DTYPE_MASK(w->wdtype)))
-        return MB_STATUS_BAD_DTYPE;
-    const uint32_t be = mb_dtype_block_elems(w->wdtype);
-    if (w->d_model % be || w->d_ff % be) return MB_STATUS_BAD_SHAPE;
+     * name no quantized one yet), in a mix it can compute, and quantized
+     * rows in whole blocks (gate/up rows hold d_model elements, down d_ff). */
+    mb_status st = mb_backend_expert_dtypes_check(w->wdtype);
+    if (st != MB_STATUS_OK) return st;
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
+        if (!(b->weight_dtype_mask & MB_DTYPE_MASK(w->wdtype[i]))) return MB_STATUS_BAD_DTYPE;
+        const uint32_t cols = i == MB_PROTO_MAT_DOWN ? w->d_ff : w->d_model;
+        if (cols % mb_dtype_block_elems(w->wdtype[i])) return MB_STATUS_BAD_SHAPE;
+    }
     if (w->slot >= b->max_slots) return MB_STATUS_SLOT_RANGE;
     return b->ops->load_expert(b->state, w);
 }

@@ -78,14 +78,17 @@ typedef struct {
  * backend copies what it keeps, though it may finish the copy later: the
  * memory stays valid until the next load_expert, load_finish or close).
  * Shapes: gate [d_ff][d_model], up [d_ff][d_model], down [d_model][d_ff],
- * row-major in wdtype. */
+ * row-major, each in its own dtype wdtype[MB_PROTO_MAT_*]. The dtypes are
+ * one element dtype for all three, or quantized dtypes that may differ
+ * (Q4_K_M files keep some down_proj in Q6_K beside Q4_K gate/up); the
+ * wrapper refuses other mixes (BAD_DTYPE). */
 typedef struct {
     uint32_t layer;
     uint32_t expert_id;
     uint32_t slot;
     uint32_t d_model;
     uint32_t d_ff;
-    mb_dtype wdtype;
+    mb_dtype wdtype[MB_PROTO_MATS];
     const void *gate;
     const void *up;
     const void *down;
@@ -135,7 +138,9 @@ typedef struct mb_backend_ops {
 
     /* Optional: reserves device memory for n_slots slots [slot0, slot0 +
      * n_slots) of one layer at once, so a layer's weights are allocated in
-     * one piece before its load_expert calls. NULL: allocated per slot. */
+     * one piece before its load_expert calls; wdtype is the layer's one
+     * element dtype (backends with this member take no quantized weights).
+     * NULL: allocated per slot. */
     mb_status (*reserve_layer)(void *state, uint32_t layer, uint32_t slot0, uint32_t n_slots,
                                uint32_t d_model, uint32_t d_ff, mb_dtype wdtype);
 
@@ -187,10 +192,17 @@ mb_status mb_backend_open(const mb_backend_ops *ops, const mb_backend_config *cf
 void mb_backend_close(mb_backend *b);
 mb_status mb_backend_caps_get(mb_backend *b, mb_backend_caps *caps);
 
-/* Whether a backend with caps can hold experts of wdtype and take payloads
- * of payload. Returns OK, or BAD_DTYPE with the reason written into why. */
-mb_status mb_backend_caps_check(const mb_backend_caps *caps, mb_dtype wdtype, mb_dtype payload, char *why,
+/* Whether a backend with caps can hold expert weights of every dtype in
+ * weight_mask (MB_DTYPE_MASK bits, nonzero) and take payloads of payload.
+ * Returns OK, or BAD_DTYPE with the reason written into why, naming each
+ * dtype it lacks. */
+mb_status mb_backend_caps_check(const mb_backend_caps *caps, uint32_t weight_mask, mb_dtype payload, char *why,
                                 size_t why_cap);
+
+/* Whether an expert's three dtypes (wdtype[MB_PROTO_MAT_*]) go together:
+ * weight dtypes, and either one element dtype for all three or quantized
+ * dtypes only (BAD_DTYPE otherwise). Cannot fail otherwise. */
+mb_status mb_backend_expert_dtypes_check(const mb_dtype *wdtype);
 
 mb_status mb_backend_load_expert(mb_backend *b, const mb_expert_weights *w);
 mb_status mb_backend_load_finish(mb_backend *b);

@@ -33,10 +33,16 @@ void mb_route_table_fini(mb_route_table *t)
     memset(t, 0, sizeof *t);
 }
 
+/* Whether two slots' dtypes differ in any matrix. */
+static int mb_route_dtypes_differ(const mb_dtype *a, const mb_dtype *b)
+{
+    return memcmp(a, b, MB_PROTO_MATS * sizeof *a) != 0;
+}
+
 /* Whether loaded slot o disagrees with w in shape or dtype. */
 static int mb_route_slot_differs(const mb_route_slot *o, const mb_expert_weights *w)
 {
-    return o->d_model != w->d_model || o->d_ff != w->d_ff || o->wdtype != w->wdtype;
+    return o->d_model != w->d_model || o->d_ff != w->d_ff || mb_route_dtypes_differ(o->wdtype, w->wdtype);
 }
 
 mb_status mb_route_table_check_load(const mb_route_table *t, const mb_expert_weights *w)
@@ -44,7 +50,8 @@ mb_status mb_route_table_check_load(const mb_route_table *t, const mb_expert_wei
     if (!t || !w) return MB_STATUS_INVALID_ARG;
     if (w->slot >= t->max_slots) return MB_STATUS_SLOT_RANGE;
     if (w->d_model == 0 || w->d_ff == 0) return MB_STATUS_BAD_SHAPE;
-    if (!mb_dtype_weight_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE;
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        if (!mb_dtype_weight_valid(w->wdtype[i])) return MB_STATUS_BAD_DTYPE;
     /* All loaded slots of a layer agree, so the first other one found
      * decides. Placement gives a layer neighbouring slots: look down from
      * w's slot first, then up, so the search usually stops at once. */
@@ -62,14 +69,15 @@ mb_status mb_route_table_check_load(const mb_route_table *t, const mb_expert_wei
 void mb_route_table_set(mb_route_table *t, const mb_expert_weights *w)
 {
     if (!t || !w || w->slot >= t->max_slots) return;
-    t->slots[w->slot] = (mb_route_slot){
+    mb_route_slot *s = &t->slots[w->slot];
+    *s = (mb_route_slot){
         .loaded = 1,
         .layer = w->layer,
         .expert_id = w->expert_id,
         .d_model = w->d_model,
         .d_ff = w->d_ff,
-        .wdtype = w->wdtype,
     };
+    memcpy(s->wdtype, w->wdtype, sizeof s->wdtype);
 }
 
 void mb_route_table_clear(mb_route_table *t, uint32_t slot)
@@ -106,12 +114,20 @@ static mb_status mb_route_check_slot(const mb_route_table *t, uint32_t slot, con
     if (s->d_model != req->d_model) return MB_STATUS_BAD_SHAPE;
     /* check_load keeps a layer's slots alike; check anyway, since backends
      * run a layer's experts as one problem. */
-    if (first && (s->d_ff != first->d_ff || s->wdtype != first->wdtype)) return MB_STATUS_BAD_SHAPE;
+    if (first && (s->d_ff != first->d_ff || mb_route_dtypes_differ(s->wdtype, first->wdtype)))
+        return MB_STATUS_BAD_SHAPE;
     return MB_STATUS_OK;
 }
 
+/* The layer's dtypes from its first slot seen, all F32 without one. */
+static void mb_route_dtypes_of(const mb_route_slot *first, mb_dtype *wdtype)
+{
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        wdtype[i] = first ? first->wdtype[i] : MB_DTYPE_F32;
+}
+
 mb_status mb_route_validate(const mb_route_table *t, const mb_proto_expert_req *req, uint32_t *d_ff,
-                            mb_dtype *wdtype)
+                            mb_dtype wdtype[MB_PROTO_MATS])
 {
     if (!t || !req) return MB_STATUS_INVALID_ARG;
     int empty = 0;
@@ -124,7 +140,7 @@ mb_status mb_route_validate(const mb_route_table *t, const mb_proto_expert_req *
         if (!first) first = &t->slots[req->pairs[i].slot];
     }
     if (d_ff) *d_ff = first ? first->d_ff : 0;
-    if (wdtype) *wdtype = first ? first->wdtype : MB_DTYPE_F32;
+    if (wdtype) mb_route_dtypes_of(first, wdtype);
     return MB_STATUS_OK;
 }
 
@@ -215,6 +231,6 @@ mb_status mb_route_plan_build(mb_route_table *t, const mb_proto_expert_req *req,
         t->slot_to_expert[p->expert_slot[e]] = -1;
     p->n_experts = ne;
     p->d_ff = first ? first->d_ff : 0;
-    p->wdtype = first ? first->wdtype : MB_DTYPE_F32;
+    mb_route_dtypes_of(first, p->wdtype);
     return MB_STATUS_OK;
 }

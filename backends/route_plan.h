@@ -20,7 +20,7 @@ typedef struct {
     uint32_t expert_id;
     uint32_t d_model;
     uint32_t d_ff;
-    mb_dtype wdtype;
+    mb_dtype wdtype[MB_PROTO_MATS]; /* gate, up, down */
 } mb_route_slot;
 
 typedef struct {
@@ -47,10 +47,11 @@ void mb_route_table_clear(mb_route_table *t, uint32_t slot);
 /* Validates req against the table: n_tokens/d_model/n_pairs consistent
  * (pair counts summing to n_pairs: PAIR_COUNT), every pair's slot in range
  * (SLOT_RANGE), loaded with req->layer (NOT_LOADED), d_model equal
- * (BAD_SHAPE). On OK, *d_ff and *wdtype receive the layer's shape (0 and
- * F32 when the request has no pairs). */
+ * (BAD_SHAPE). On OK, *d_ff and wdtype[MB_PROTO_MATS] (when not NULL)
+ * receive the layer's shape and dtypes (0 and F32 when the request has no
+ * pairs). */
 mb_status mb_route_validate(const mb_route_table *t, const mb_proto_expert_req *req, uint32_t *d_ff,
-                            mb_dtype *wdtype);
+                            mb_dtype wdtype[MB_PROTO_MATS]);
 
 /* A request's pairs grouped by expert: expert e (slot expert_slot[e]) owns
  * pairs [expert_pair0[e], expert_pair0[e + 1]) of pair_token / pair_gate,
@@ -58,7 +59,7 @@ mb_status mb_route_validate(const mb_route_table *t, const mb_proto_expert_req *
 typedef struct {
     size_t n_experts;
     uint32_t d_ff;
-    mb_dtype wdtype;
+    mb_dtype wdtype[MB_PROTO_MATS]; /* gate, up, down */
     uint32_t *expert_slot;  /* [cap] */
     size_t *expert_pair0;   /* [cap + 1] */
     uint32_t *pair_token;   /* [cap] */

@@ -204,8 +204,9 @@ static mb_status mb_worker_load(mb_worker *w, const void *msg, size_t len)
     }
     mb_expert_weights ew = {
         .layer = m.layer, .expert_id = m.expert_id, .slot = m.slot, .d_model = m.d_model,
-        .d_ff = m.d_ff, .wdtype = m.wdtype, .gate = data[0], .up = data[1], .down = data[2],
+        .d_ff = m.d_ff, .gate = data[0], .up = data[1], .down = data[2],
     };
+    memcpy(ew.wdtype, m.wdtype, sizeof ew.wdtype);
     st = mb_backend_load_expert(w->cfg->backend, &ew);
     /* Inline weights sit in the receive buffer, released after this
      * returns: the copy must be complete first. A file mapping stays, so a

@@ -335,7 +335,8 @@ static int mb_load_layer_quant(mb_backend *b, const mb_model_shape *m)
     }
     int rc = 0;
     for (uint32_t e = 0; e < m->n_experts && rc == 0; e++) {
-        mb_expert_weights ew = {0, e, e, m->d_model, m->d_ff, mb_bench_wdtype, w[0], w[1], w[2]};
+        const mb_dtype wd = mb_bench_wdtype;
+        mb_expert_weights ew = {0, e, e, m->d_model, m->d_ff, {wd, wd, wd}, w[0], w[1], w[2]};
         mb_status st = mb_backend_load_expert(b, &ew);
         if (st != MB_STATUS_OK) {
             fprintf(stderr, "load_expert: %s\n", mb_status_str(st));
@@ -367,7 +368,8 @@ static int mb_load_layer(mb_backend *b, const mb_model_shape *m)
     }
     int rc = 0;
     for (uint32_t e = 0; e < m->n_experts && rc == 0; e++) {
-        mb_expert_weights ew = {0, e, e, m->d_model, m->d_ff, MB_DTYPE_BF16, w[0], w[1], w[2]};
+        const mb_dtype wd = MB_DTYPE_BF16;
+        mb_expert_weights ew = {0, e, e, m->d_model, m->d_ff, {wd, wd, wd}, w[0], w[1], w[2]};
         mb_status st = mb_backend_load_expert(b, &ew);
         if (st != MB_STATUS_OK) {
             fprintf(stderr, "load_expert: %s\n", mb_status_str(st));

@@ -489,8 +489,9 @@ static int eg_backend_cases(const eg_opts *o, const char *backend, int device, c
     if (st == MB_STATUS_OK)
         st = mb_backend_reserve_layer(b, 0, 0, m->n_experts, m->d_model, m->d_ff, MB_DTYPE_BF16);
     for (uint32_t x = 0; x < m->n_experts && st == MB_STATUS_OK; x++) {
-        mb_expert_weights w = {0, x, x, m->d_model, m->d_ff, MB_DTYPE_BF16,
-                               expert, expert + per, expert + 2 * per};
+        const mb_dtype wd = MB_DTYPE_BF16;
+        mb_expert_weights w = {0,      x, x, m->d_model, m->d_ff, {wd, wd, wd}, expert, expert + per,
+                               expert + 2 * per};
         st = mb_backend_load_expert(b, &w);
     }
     if (st == MB_STATUS_OK) st = mb_backend_load_finish(b);

@@ -57,7 +57,7 @@ mb_status mb_bench_worker_start(mb_bench_worker *w, const char *backend, int dev
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)getpid(), w->memfd);
     mb_proto_load_expert le = {.layer = layer, .d_model = d_model, .d_ff = d_ff,
-                               .wdtype = MB_DTYPE_BF16, .source = MB_WEIGHTS_FILE,
+                               .wdtype = {MB_DTYPE_BF16, MB_DTYPE_BF16, MB_DTYPE_BF16}, .source = MB_WEIGHTS_FILE,
                                .offset = {0, bytes, 2 * bytes}, .bytes = {bytes, bytes, bytes},
                                .path = path, .path_len = (uint32_t)strlen(path)};
     unsigned char msg[512] __attribute__((aligned(8)));

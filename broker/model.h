@@ -48,6 +48,10 @@ typedef struct {
      * GGUF checkpoints mix types: there it is the first layer's expert
      * gate/up type, and each mb_tensor carries its own. */
     mb_dtype dtype;
+    /* Bytes of the largest expert over all layers when its matrices' types
+     * differ from dtype (GGUF; 0: three matrices in dtype). Placement
+     * budgets memory with it (mb_expert_bytes). */
+    uint64_t expert_bytes;
 } mb_model_config;
 
 /* A view of one tensor: row-major [rows][cols] (1-D tensors have rows 1).
@@ -138,6 +142,10 @@ mb_status mb_model_load_gguf(const char *path, mb_model **out, char *err, size_t
 /* Bytes of one expert's three matrices in layer (quantized bytes for
  * quantized types). */
 uint64_t mb_model_expert_bytes(const mb_model *m, uint32_t layer);
+
+/* MB_DTYPE_MASK bits of every dtype an expert matrix of any layer has (a
+ * Q4_K_M file: Q4_K and Q6_K); 0 when the model has no expert tensors. */
+uint32_t mb_model_expert_dtypes(const mb_model *m);
 
 /* Parses config.json text (NUL-terminated; both the current form with
  * rope_parameters/dtype and the older rope_theta/torch_dtype form) into *cfg,

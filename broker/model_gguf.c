@@ -422,6 +422,10 @@ static mb_status bind_all(gloader *L)
     for (uint32_t i = 0; i < c->n_layers; i++)
         if ((st = bind_layer(L, i, &m->layers[i]))) return st;
     m->cfg.dtype = m->layers[0].experts[0].gate.dtype;
+    for (uint32_t i = 0; i < c->n_layers; i++) {
+        const uint64_t bytes = mb_model_expert_bytes(m, i);
+        if (bytes > m->cfg.expert_bytes) m->cfg.expert_bytes = bytes;
+    }
     return MB_STATUS_OK;
 }
 
@@ -482,4 +486,18 @@ uint64_t mb_model_expert_bytes(const mb_model *m, uint32_t layer)
         sum += rb * t[i]->rows;
     }
     return sum;
+}
+
+uint32_t mb_model_expert_dtypes(const mb_model *m)
+{
+    uint32_t mask = 0;
+    for (uint32_t i = 0; m && m->layers && i < m->cfg.n_layers; i++) {
+        const mb_expert_tensors *x = m->layers[i].experts;
+        if (!x) continue;
+        /* The experts of a layer share their fused tensors' types. */
+        const mb_tensor *t[3] = {&x->gate, &x->up, &x->down};
+        for (int k = 0; k < 3; k++)
+            if (mb_dtype_weight_valid(t[k]->dtype)) mask |= MB_DTYPE_MASK(t[k]->dtype);
+    }
+    return mask;
 }

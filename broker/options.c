@@ -58,9 +58,12 @@ _Static_assert(MB_OPTION_COUNT_ <= 64, "given_mask has one bit per knob");
  * mb_options_markdown, checked by tests/unit/options) and of the parser. */
 static const knob knobs[MB_OPTION_COUNT_] = {
     [MB_OPTION_MODEL] = {.flag = "model", .env = "MB_MODEL", .kind = KNOB_STRING,
-                         .offset = OFF(model_dir), .arg = "DIR",
+                         .offset = OFF(model_dir), .arg = "DIR|FILE.gguf",
                          .dflt = "the embedded test model (a synthetic Qwen3-MoE)",
-                         .help = "model directory (config.json, *.safetensors, tokenizer.json)"},
+                         .help = "a Hugging Face model directory (config.json,\n"
+                                 "*.safetensors, tokenizer.json) or a GGUF file (FILE.gguf,\n"
+                                 "the first of NAME-00001-of-0000N.gguf, or a folder holding\n"
+                                 "one; its metadata carries the tokenizer and chat template)"},
     [MB_OPTION_WORKER] = {.flag = "worker", .env = "MB_WORKERS", .kind = KNOB_WORKERS, .arg = "SPEC",
                           .dflt = "two CPU workers on this host (none when --local-experts\n"
                                   "covers every expert)",
@@ -142,7 +145,7 @@ static const knob knobs[MB_OPTION_COUNT_] = {
                           .dflt = "none (the chat template's own default, if it has one)",
                           .help = "system message for --chat and the chat command"},
     [MB_OPTION_TOKENIZER] = {.flag = "tokenizer", .env = "MB_TOKENIZER", .kind = KNOB_STRING,
-                             .offset = OFF(tokenizer), .arg = "PATH", .dflt = "the --model folder",
+                             .offset = OFF(tokenizer), .arg = "PATH", .dflt = "the --model folder or GGUF",
                              .help = "tokenizer.json, or a folder holding it (and\n"
                                      "tokenizer_config.json with the chat template)"},
     [MB_OPTION_PREFILL] = {.flag = "prefill", .kind = KNOB_U32, .offset = OFF(prefill),
@@ -678,7 +681,7 @@ void mb_options_usage(FILE *f)
                "                                      a random one), then exit\n"
                "       moe-broker chat [OPTION]...    a conversation: messages from stdin, replies\n"
                "                                      to stdout (history kept between turns)\n"
-               "       moe-broker tokenize --model DIR --text TEXT [--decode] (see tokenize --help)\n"
+               "       moe-broker tokenize --model DIR|FILE.gguf --text TEXT [--decode] (see tokenize --help)\n"
                "       moe-broker keygen DIR              a CURVE keypair for --curve-secret and\n"
                "                                      moe-worker --curve-secret / --curve-allow\n"
                "       moe-broker --version\n\n"

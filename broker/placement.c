@@ -9,16 +9,17 @@
 
 uint64_t mb_expert_bytes(const mb_model_config *cfg)
 {
+    if (cfg->expert_bytes) return cfg->expert_bytes;
     uint64_t row = 0;
     if (mb_dtype_row_bytes(cfg->dtype, cfg->d_model, &row) != MB_STATUS_OK)
         row = (uint64_t)cfg->d_model * mb_dtype_size(cfg->dtype);
     return 3ull * cfg->d_ff_expert * row;
 }
 
-mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, mb_dtype wdtype, mb_dtype payload,
+mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, uint32_t weight_mask, mb_dtype payload,
                                   char *err, size_t err_cap)
 {
-    if (!links || !mb_dtype_valid(payload)) return MB_STATUS_INVALID_ARG;
+    if (!links || !mb_dtype_valid(payload) || (weight_mask & ~MB_DTYPE_MASK_WEIGHTS)) return MB_STATUS_INVALID_ARG;
     for (uint32_t i = 0; i < n_links; i++) {
         const mb_proto_hello_reply *h = &links[i].caps;
         mb_backend_caps caps;
@@ -26,10 +27,11 @@ mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, mb_dty
         snprintf(caps.name, sizeof caps.name, "%s", h->backend);
         snprintf(caps.device, sizeof caps.device, "%s", h->device);
         caps.payload_dtype_mask = h->payload_dtype_mask;
-        const int known = mb_dtype_weight_valid(wdtype);
-        caps.weight_dtype_mask = known ? h->weight_dtype_mask : MB_DTYPE_MASK_ALL;
+        /* A checkpoint that names no weight dtype checks the payload only. */
+        caps.weight_dtype_mask = weight_mask ? h->weight_dtype_mask : MB_DTYPE_MASK(MB_DTYPE_F32);
         char why[200];
-        mb_status st = mb_backend_caps_check(&caps, known ? wdtype : MB_DTYPE_F32, payload, why, sizeof why);
+        mb_status st = mb_backend_caps_check(&caps, weight_mask ? weight_mask : MB_DTYPE_MASK(MB_DTYPE_F32),
+                                             payload, why, sizeof why);
         if (st != MB_STATUS_OK) {
             snprintf(err, err_cap, "placement: %s cannot serve this model: %s", links[i].name, why);
             return st;

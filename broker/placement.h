@@ -57,11 +57,12 @@ mb_status mb_placement_add_replicas(mb_placement *p, const mb_model_config *cfg,
                                     int local_link, uint32_t replicas);
 
 /* Checks, before anything is placed or loaded, that every link's backend
- * (its HELLO_REPLY dtype masks) holds expert weights of wdtype and takes
- * payloads of payload. BAD_DTYPE with a message naming the worker and the
- * dtype it lacks otherwise. An invalid wdtype (a checkpoint that names
- * none) checks the payload only. */
-mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, mb_dtype wdtype, mb_dtype payload,
+ * (its HELLO_REPLY dtype masks) holds expert weights of every dtype in
+ * weight_mask (MB_DTYPE_MASK bits: mb_model_expert_dtypes) and takes
+ * payloads of payload. BAD_DTYPE with a message naming the worker and each
+ * dtype it lacks otherwise. A zero mask (a checkpoint that names no weight
+ * dtype) checks the payload only. */
+mb_status mb_placement_check_caps(const mb_link *links, uint32_t n_links, uint32_t weight_mask, mb_dtype payload,
                                   char *err, size_t err_cap);
 
 static inline const mb_place *mb_placement_at(const mb_placement *p, uint32_t layer, uint32_t expert)
@@ -72,7 +73,9 @@ static inline const mb_place *mb_placement_at(const mb_placement *p, uint32_t la
 /* Prints one line per link: experts per layer, slots and GiB placed. */
 void mb_placement_print(const mb_placement *p, const mb_link *links, FILE *f);
 
-/* Bytes of one expert's three matrices. */
+/* Bytes of one expert's three matrices: cfg->expert_bytes when the loader
+ * set it (the largest layer's, types mixed), else three matrices in
+ * cfg->dtype. */
 uint64_t mb_expert_bytes(const mb_model_config *cfg);
 
 #endif

@@ -106,28 +106,34 @@ static int text_setup(text_run *t, int want_template)
 {
     const mb_options *opt = t->opt;
     const char *tok_path = opt->tokenizer ? opt->tokenizer : opt->model_dir;
+    /* A GGUF checkpoint carries its tokenizer and chat template in its
+     * metadata, unless --tokenizer names another. */
+    const struct mb_gguf *gguf =
+        !opt->tokenizer && t->model->n_files ? t->model->files[0].gguf : NULL;
     char err[512] = "";
-    if (!tok_path) {
+    if (!tok_path && !gguf) {
         fprintf(stderr, "moe-broker: text needs a tokenizer: the embedded model has none (give "
-                        "--model DIR with tokenizer.json, or --tokenizer FILE)\n");
+                        "--model DIR with tokenizer.json or FILE.gguf, or --tokenizer FILE)\n");
         return -1;
     }
-    mb_status st = mb_tokenizer_load(tok_path, &t->tok, err, sizeof err);
+    mb_status st = gguf ? mb_tokenizer_load_gguf(gguf, &t->tok, err, sizeof err)
+                        : mb_tokenizer_load(tok_path, &t->tok, err, sizeof err);
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "moe-broker: tokenizer: %s\n", err[0] ? err : mb_status_str(st));
-        if (st == MB_STATUS_IO && !opt->tokenizer)
+        if (st == MB_STATUS_IO && !opt->tokenizer && !gguf)
             fprintf(stderr, "moe-broker: (the model folder has no tokenizer.json: --tokenizer "
                             "FILE names one)\n");
         return -1;
     }
-    if (opt->model_dir) {
+    if (opt->model_dir && !gguf) {
         add_eos_from_file(t, opt->model_dir, "config.json");
         add_eos_from_file(t, opt->model_dir, "generation_config.json");
     }
     add_eos(t, mb_tokenizer_eos_id(t->tok));
     if (want_template) {
         char *text = NULL;
-        st = mb_chat_template_read(tok_path, &text, err, sizeof err);
+        st = gguf ? mb_tokenizer_chat_template_gguf(gguf, &text, err, sizeof err)
+                  : mb_chat_template_read(tok_path, &text, err, sizeof err);
         if (st != MB_STATUS_OK) {
             fprintf(stderr, "moe-broker: %s\n", err);
             return -1;
@@ -137,8 +143,8 @@ static int text_setup(text_run *t, int want_template)
         st = mb_chat_template_init(&t->tmpl, text, arch_model_type(t->model->cfg.arch), bos, eos,
                                    err, sizeof err);
         if (st == MB_STATUS_OK && !text && !opt->quiet)
-            fprintf(stderr, "moe-broker: no chat_template in tokenizer_config.json: using the %s "
-                            "format of %s models\n",
+            fprintf(stderr, "moe-broker: no chat_template in %s: using the %s format of %s models\n",
+                    gguf ? "the GGUF metadata" : "tokenizer_config.json",
                     t->tmpl.format == MB_CHAT_FORMAT_CHATML ? "ChatML" : "[INST]",
                     arch_model_type(t->model->cfg.arch));
         free(text);

@@ -86,17 +86,18 @@ static mb_status mb_session_load_one(const mb_model *m, mb_link *l, uint32_t slo
     le.slot = slot;
     le.d_model = m->cfg.d_model;
     le.d_ff = m->cfg.d_ff_expert;
-    le.wdtype = x->gate.dtype;
     int same_file = t[0]->file >= 0 && t[0]->file == t[1]->file && t[1]->file == t[2]->file;
     int by_file = l->same_host && l->kind != MB_LINK_INPROC && same_file;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        le.wdtype[i] = t[i]->dtype;
+    if (mb_backend_expert_dtypes_check(le.wdtype) != MB_STATUS_OK) {
+        snprintf(err, err_cap, "layer %u expert %u: gate %s, up %s, down %s: backends take one element "
+                 "type for all three matrices, or quantized types only", layer, expert,
+                 mb_dtype_name(le.wdtype[0]), mb_dtype_name(le.wdtype[1]), mb_dtype_name(le.wdtype[2]));
+        return MB_STATUS_BAD_DTYPE;
+    }
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
         uint64_t row_bytes = 0;
-        if (t[i]->dtype != le.wdtype) {
-            snprintf(err, err_cap, "layer %u expert %u: mixed weight dtypes (gate/up %s, down %s): "
-                     "backends take one type per expert", layer, expert, mb_dtype_name(le.wdtype),
-                     mb_dtype_name(t[i]->dtype));
-            return MB_STATUS_BAD_DTYPE;
-        }
         if (mb_dtype_row_bytes(t[i]->dtype, t[i]->cols, &row_bytes) != MB_STATUS_OK) return MB_STATUS_BAD_SHAPE;
         le.bytes[i] = t[i]->rows * row_bytes;
         if (by_file) le.offset[i] = t[i]->file_offset;
@@ -256,7 +257,8 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     }
     /* Refuse before loading anything when a backend cannot hold these
      * weights or take this payload. */
-    st = mb_placement_check_caps(s->links, s->n_links, c->dtype, opt->payload_dtype, err, err_cap);
+    st = mb_placement_check_caps(s->links, s->n_links, mb_model_expert_dtypes(model), opt->payload_dtype, err,
+                                 err_cap);
     if (st != MB_STATUS_OK) goto fail;
     st = mb_placement_plan(c, s->links, s->n_links, s->local_link, opt->local_experts, opt->local_budget_bytes,
                            &s->placement, err, err_cap);

@@ -30,13 +30,15 @@
  *                LOAD_EXPERT inline regions outside the body or not where the
  *                layout puts them
  *   BAD_DTYPE    a dtype field or dtype mask names no known dtype
- *   BAD_SHAPE    a zero dimension, a dimension above a limit, bytes[i] that
- *                disagree with the shape
+ *   BAD_SHAPE    a zero dimension, a dimension above a limit, a LOAD_EXPERT
+ *                row that is not whole blocks of its matrix's dtype, bytes[i]
+ *                that disagree with the shape
  *   SLOT_RANGE   an expert slot >= limits->max_slots
  *   PAIR_COUNT   pair_counts that overflow when summed or do not sum to n_pairs
  *   INVALID_ARG  NULL arguments; a non-finite gate weight
  *   UNSUPPORTED  an unknown LOAD_EXPERT weight source
- *   MISALIGNED   buf not 8-byte aligned
+ *   MISALIGNED   buf not 8-byte aligned; a LOAD_EXPERT file offset not a
+ *                multiple of its matrix's dtype alignment
  * Decoders write their outputs only when they return MB_STATUS_OK.
  *
  * The views returned by the decoders point into the buffer and were validated
@@ -60,7 +62,9 @@
 #endif
 
 #define MB_PROTO_MAGIC 0x4b52424du /* "MBRK" little-endian */
-#define MB_PROTO_VERSION 1u
+/* 2: LOAD_EXPERT names a weight dtype per matrix (Q4_K_M files keep some
+ * down_proj in Q6_K beside Q4_K gate/up). */
+#define MB_PROTO_VERSION 2u
 #define MB_PROTO_HEADER_BYTES 32u
 #define MB_PROTO_ALIGN 8u
 #define MB_PROTO_NAME_BYTES 64u
@@ -183,37 +187,48 @@ typedef enum {
     MB_WEIGHTS_FILE = 1,   /* the worker maps a region of a file on its host */
 } mb_proto_weight_source;
 
+/* LOAD_EXPERT's three matrices: the index of wdtype[], offset[], bytes[]
+ * and data[]. */
+enum { MB_PROTO_MAT_GATE = 0, MB_PROTO_MAT_UP = 1, MB_PROTO_MAT_DOWN = 2, MB_PROTO_MATS = 3 };
+
 /* LOAD_EXPERT body layout:
  *    32: u32 layer, u32 expert_id, u32 slot, u32 d_model, u32 d_ff,
- *    52: u16 weight dtype, u16 source,
- *    56: u64 offset[3], 80: u64 bytes[3], 104: u32 path_len, u32 reserved
- *                                                       (80 bytes)
+ *    52: u16 gate dtype, u16 source,
+ *    56: u64 offset[3], 80: u64 bytes[3], 104: u32 path_len,
+ *   108: u16 up dtype, u16 down dtype                  (80 bytes)
  *   112: source FILE:   path[path_len] (no NUL; 1 .. MB_PROTO_PATH_BYTES-1
- *                       bytes), zero padding to 8; offsets are file offsets
- *                       and offset[i] + bytes[i] <= INT64_MAX.
+ *                       bytes), zero padding to 8; offsets are file offsets,
+ *                       each a multiple of its dtype's alignment (the element
+ *                       size, 2 for a quantized block: ggml's blocks hold f16
+ *                       scales) and offset[i] + bytes[i] <= INT64_MAX.
  *        source INLINE: path_len is 0; the data area holds the three
  *                       matrices, offsets are relative to its start and fixed
  *                       by the layout: offset[0] = 0, offset[i+1] =
  *                       offset[i] + bytes[i] rounded up to 8; zero padding
  *                       after each matrix.
+ * (Version 1 had one dtype at 52 and a zero u32 at 108; the up/down dtypes
+ * took its place.)
  * Matrices: 0 = gate [d_ff][d_model], 1 = up [d_ff][d_model],
- *           2 = down [d_model][d_ff], each row-major in the weight dtype,
- *           bytes[i] must equal rows * cols / block elements * block bytes
- *           (nonzero shapes; for a quantized dtype d_model and d_ff are
- *           multiples of its block, and rows are ggml's blocks as stored). */
+ *           2 = down [d_model][d_ff], each row-major in its own weight dtype
+ *           (the dtypes may differ: the wire carries what the file holds,
+ *           a backend says what it computes), bytes[i] must equal rows *
+ *           cols / block elements * block bytes of matrix i's dtype
+ *           (nonzero shapes; a row is whole blocks, so d_model is a multiple
+ *           of gate's and up's block and d_ff of down's; rows are ggml's
+ *           blocks as stored). */
 typedef struct {
     uint32_t layer;
     uint32_t expert_id;
     uint32_t slot;
     uint32_t d_model;
     uint32_t d_ff;
-    mb_dtype wdtype;
+    mb_dtype wdtype[MB_PROTO_MATS]; /* per matrix (MB_PROTO_MAT_*) */
     mb_proto_weight_source source;
-    uint64_t offset[3];
-    uint64_t bytes[3];
+    uint64_t offset[MB_PROTO_MATS];
+    uint64_t bytes[MB_PROTO_MATS];
     const char *path; /* FILE: points into the buffer, path_len bytes, not NUL-terminated */
     uint32_t path_len;
-    const void *data[3]; /* INLINE: points into the buffer; FILE: NULL */
+    const void *data[MB_PROTO_MATS]; /* INLINE: points into the buffer; FILE: NULL */
 } mb_proto_load_expert;
 
 /* Limits a decoder enforces beyond the buffer's own bounds. */
@@ -334,10 +349,11 @@ mb_status mb_proto_load_expert_size(const mb_proto_load_expert *m, size_t *bytes
  * a NUL), MISALIGNED and FULL; buf is untouched then. */
 mb_status mb_proto_encode_load_expert(void *buf, size_t cap, uint64_t tag,
                                       const mb_proto_load_expert *m, size_t *bytes);
-/* Decodes LOAD_EXPERT: shapes non-zero (d_model within limits), bytes[i] ==
- * rows*cols*size, slot < limits->max_slots, reserved and padding zero, path_len
- * in range and free of NUL, inline regions inside the buffer where the layout
- * puts them, file regions within INT64_MAX. */
+/* Decodes LOAD_EXPERT: every dtype a weight dtype, shapes non-zero (d_model
+ * within limits) and whole blocks of each matrix's dtype, bytes[i] == matrix
+ * i's size in its dtype, slot < limits->max_slots, padding zero, path_len in
+ * range and free of NUL, inline regions inside the buffer where the layout
+ * puts them, file regions aligned for their dtype and within INT64_MAX. */
 mb_status mb_proto_decode_load_expert(const void *buf, size_t len, const mb_proto_limits *limits,
                                       mb_proto_load_expert *out);
 

@@ -30,17 +30,21 @@ enum {
     LE_SLOT = 40,
     LE_D_MODEL = 44,
     LE_D_FF = 48,
-    LE_WDTYPE = 52,
+    LE_GATE_DTYPE = 52,
     LE_SOURCE = 54,
     LE_OFFSET = 56,
     LE_BYTES = 80,
     LE_PATH_LEN = 104,
-    LE_RESERVED = 108,
+    LE_UP_DTYPE = 108,
+    LE_DOWN_DTYPE = 110,
     LE_DATA = 112,
 };
 _Static_assert(HR_END == MB_PROTO_HEADER_BYTES + MB_PROTO_HELLO_REPLY_BODY_BYTES, "layout");
 _Static_assert(LE_DATA == MB_PROTO_HEADER_BYTES + MB_PROTO_LOAD_EXPERT_FIXED_BYTES, "layout");
 _Static_assert(LE_DATA % MB_PROTO_ALIGN == 0, "LOAD_EXPERT data area is 8-aligned");
+
+/* Where each matrix's dtype sits (indexed by MB_PROTO_MAT_*). */
+static const unsigned le_dtype_at[MB_PROTO_MATS] = {LE_GATE_DTYPE, LE_UP_DTYPE, LE_DOWN_DTYPE};
 
 /* ---- empty bodies ---- */
 
@@ -214,49 +218,61 @@ mb_status mb_proto_decode_hello_reply(const void *buf, size_t len, mb_proto_hell
 /* ---- LOAD_EXPERT ---- */
 
 typedef struct {
-    uint64_t mat_bytes; /* bytes of each of the three matrices */
-    uint64_t off[3];    /* INLINE: where the layout puts each matrix in the data area */
-    uint64_t total;     /* whole message */
+    uint64_t mat_bytes[MB_PROTO_MATS]; /* bytes of each matrix in its dtype */
+    uint64_t off[MB_PROTO_MATS];       /* INLINE: where the layout puts each matrix in the data area */
+    uint64_t total;                    /* whole message */
 } le_layout;
 
-/* Checks shared by the size function, encoder and decoder, on field values
- * already read once. offset[] is only checked for FILE (INLINE offsets are
- * the encoder's to compute and the decoder's to compare). */
-static mb_status le_check(uint32_t d_model, uint32_t d_ff, uint32_t wdtype, uint32_t source,
-                          const uint64_t *offset, const uint64_t *bytes, uint32_t path_len,
-                          le_layout *l)
+/* Bytes of matrix i (gate and up are [d_ff][d_model], down [d_model][d_ff])
+ * in wdtype, whose rows must be whole blocks. */
+static mb_status le_mat_bytes(int i, uint32_t d_model, uint32_t d_ff, uint32_t wdtype, uint64_t *bytes)
 {
     uint64_t block_bytes;
     const uint64_t block_elems = mb_wire_weight_block(wdtype, &block_bytes);
     if (!block_elems) return MB_STATUS_BAD_DTYPE;
+    const uint64_t cols = i == MB_PROTO_MAT_DOWN ? d_ff : d_model;
+    const uint64_t rows = i == MB_PROTO_MAT_DOWN ? d_model : d_ff;
+    if (cols % block_elems) return MB_STATUS_BAD_SHAPE;
+    if (__builtin_mul_overflow(rows, cols / block_elems, bytes) ||
+        __builtin_mul_overflow(*bytes, block_bytes, bytes))
+        return MB_STATUS_OVERFLOW;
+    return MB_STATUS_OK;
+}
+
+/* Checks shared by the size function, encoder and decoder, on field values
+ * already read once. offset[] is only checked for FILE (INLINE offsets are
+ * the encoder's to compute and the decoder's to compare). */
+static mb_status le_check(uint32_t d_model, uint32_t d_ff, const uint32_t *wdtype, uint32_t source,
+                          const uint64_t *offset, const uint64_t *bytes, uint32_t path_len,
+                          le_layout *l)
+{
+    uint64_t block_bytes;
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        if (!mb_wire_weight_block(wdtype[i], &block_bytes)) return MB_STATUS_BAD_DTYPE;
     if (source != MB_WEIGHTS_INLINE && source != MB_WEIGHTS_FILE) return MB_STATUS_UNSUPPORTED;
     if (!d_model || !d_ff) return MB_STATUS_BAD_SHAPE;
-    /* Quantized rows are whole blocks: gate/up rows hold d_model elements,
-     * down rows d_ff, so both must be multiples of the block. */
-    if (d_model % block_elems || d_ff % block_elems) return MB_STATUS_BAD_SHAPE;
-    uint64_t elems;
-    if (__builtin_mul_overflow((uint64_t)d_model, (uint64_t)d_ff, &elems) ||
-        __builtin_mul_overflow(elems / block_elems, block_bytes, &l->mat_bytes))
-        return MB_STATUS_OVERFLOW;
-    for (int i = 0; i < 3; i++)
-        if (bytes[i] != l->mat_bytes) return MB_STATUS_BAD_SHAPE;
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
+        mb_status st = le_mat_bytes(i, d_model, d_ff, wdtype[i], &l->mat_bytes[i]);
+        if (st != MB_STATUS_OK) return st;
+        if (bytes[i] != l->mat_bytes[i]) return MB_STATUS_BAD_SHAPE;
+    }
 
-    uint64_t body;
+    uint64_t body = 0;
     if (source == MB_WEIGHTS_INLINE) {
         if (path_len) return MB_STATUS_BAD_LENGTH;
-        uint64_t step;
-        if (!mb_wire_align8(l->mat_bytes, &step) ||
-            __builtin_mul_overflow(step, (uint64_t)3, &body))
-            return MB_STATUS_OVERFLOW;
-        l->off[0] = 0;
-        l->off[1] = step;
-        l->off[2] = 2 * step; /* < body, which did not overflow */
+        for (int i = 0; i < MB_PROTO_MATS; i++) {
+            uint64_t step;
+            l->off[i] = body;
+            if (!mb_wire_align8(l->mat_bytes[i], &step) || __builtin_add_overflow(body, step, &body))
+                return MB_STATUS_OVERFLOW;
+        }
     } else {
         if (!path_len || path_len >= MB_PROTO_PATH_BYTES) return MB_STATUS_BAD_LENGTH;
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < MB_PROTO_MATS; i++) {
             uint64_t end;
             if (__builtin_add_overflow(offset[i], bytes[i], &end) || end > (uint64_t)INT64_MAX)
                 return MB_STATUS_OVERFLOW;
+            if (offset[i] % mb_wire_weight_align(wdtype[i])) return MB_STATUS_MISALIGNED;
         }
         if (!mb_wire_align8(path_len, &body)) return MB_STATUS_OVERFLOW;
         l->off[0] = l->off[1] = l->off[2] = 0;
@@ -270,8 +286,10 @@ static mb_status le_check(uint32_t d_model, uint32_t d_ff, uint32_t wdtype, uint
 
 static mb_status le_plan(const mb_proto_load_expert *m, le_layout *l)
 {
-    return le_check(m->d_model, m->d_ff, (uint32_t)m->wdtype, (uint32_t)m->source, m->offset,
-                    m->bytes, m->path_len, l);
+    const uint32_t wdtype[MB_PROTO_MATS] = {(uint32_t)m->wdtype[0], (uint32_t)m->wdtype[1],
+                                            (uint32_t)m->wdtype[2]};
+    return le_check(m->d_model, m->d_ff, wdtype, (uint32_t)m->source, m->offset, m->bytes,
+                    m->path_len, l);
 }
 
 mb_status mb_proto_load_expert_size(const mb_proto_load_expert *m, size_t *bytes)
@@ -307,20 +325,20 @@ mb_status mb_proto_encode_load_expert(void *buf, size_t cap, uint64_t tag,
     mb_wire_wr32(p + LE_SLOT, m->slot);
     mb_wire_wr32(p + LE_D_MODEL, m->d_model);
     mb_wire_wr32(p + LE_D_FF, m->d_ff);
-    mb_wire_wr16(p + LE_WDTYPE, (uint16_t)m->wdtype);
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        mb_wire_wr16(p + le_dtype_at[i], (uint16_t)m->wdtype[i]);
     mb_wire_wr16(p + LE_SOURCE, (uint16_t)m->source);
     for (int i = 0; i < 3; i++) {
         mb_wire_wr64(p + LE_OFFSET + 8 * i, is_inline ? l.off[i] : m->offset[i]);
         mb_wire_wr64(p + LE_BYTES + 8 * i, m->bytes[i]);
     }
     mb_wire_wr32(p + LE_PATH_LEN, m->path_len);
-    mb_wire_wr32(p + LE_RESERVED, 0);
 
     /* Zero the whole data area first: that writes every padding byte. */
     memset(p + LE_DATA, 0, (size_t)(l.total - LE_DATA));
     if (is_inline) {
-        for (int i = 0; i < 3; i++)
-            memcpy(p + LE_DATA + l.off[i], m->data[i], (size_t)l.mat_bytes);
+        for (int i = 0; i < MB_PROTO_MATS; i++)
+            memcpy(p + LE_DATA + l.off[i], m->data[i], (size_t)l.mat_bytes[i]);
     } else {
         memcpy(p + LE_DATA, m->path, m->path_len);
     }
@@ -341,7 +359,7 @@ static mb_status le_check_inline(const unsigned char *data, uint64_t area, const
     }
     if (l->total - LE_DATA != area) return MB_STATUS_BAD_LENGTH;
     for (int i = 0; i < 3; i++) {
-        uint64_t pad_from = l->off[i] + l->mat_bytes;
+        uint64_t pad_from = l->off[i] + l->mat_bytes[i];
         uint64_t pad_to = i < 2 ? l->off[i + 1] : area;
         if (!mb_wire_all_zero(data + pad_from, (size_t)(pad_to - pad_from)))
             return MB_STATUS_BAD_FLAGS;
@@ -366,16 +384,16 @@ mb_status mb_proto_decode_load_expert(const void *buf, size_t len, const mb_prot
     m.slot = mb_wire_rd32(p + LE_SLOT);
     m.d_model = mb_wire_rd32(p + LE_D_MODEL);
     m.d_ff = mb_wire_rd32(p + LE_D_FF);
-    uint16_t wdtype = mb_wire_rd16(p + LE_WDTYPE);
+    uint32_t wdtype[MB_PROTO_MATS];
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        wdtype[i] = mb_wire_rd16(p + le_dtype_at[i]);
     uint16_t source = mb_wire_rd16(p + LE_SOURCE);
     for (int i = 0; i < 3; i++) {
         m.offset[i] = mb_wire_rd64(p + LE_OFFSET + 8 * i);
         m.bytes[i] = mb_wire_rd64(p + LE_BYTES + 8 * i);
     }
     m.path_len = mb_wire_rd32(p + LE_PATH_LEN);
-    uint32_t reserved = mb_wire_rd32(p + LE_RESERVED);
 
-    if (reserved) return MB_STATUS_BAD_FLAGS;
     if (limits->max_d_model && m.d_model > limits->max_d_model) return MB_STATUS_BAD_SHAPE;
     if (m.slot >= limits->max_slots) return MB_STATUS_SLOT_RANGE;
     le_layout l;
@@ -397,7 +415,8 @@ mb_status mb_proto_decode_load_expert(const void *buf, size_t len, const mb_prot
             return MB_STATUS_BAD_FLAGS;
         m.path = (const char *)data;
     }
-    m.wdtype = (mb_dtype)wdtype;
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        m.wdtype[i] = (mb_dtype)wdtype[i];
     m.source = (mb_proto_weight_source)source;
     *out = m;
     return MB_STATUS_OK;

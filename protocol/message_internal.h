@@ -81,6 +81,15 @@ static inline uint64_t mb_wire_weight_block(uint32_t dtype, uint64_t *block_byte
     }
 }
 
+/* Alignment a weight dtype's data needs in a file: the element size, or 2
+ * for a quantized block (ggml's blocks hold f16 scales). dtype must name a
+ * weight dtype. */
+static inline uint64_t mb_wire_weight_align(uint32_t dtype)
+{
+    uint64_t block_bytes;
+    return mb_wire_weight_block(dtype, &block_bytes) == 1 ? block_bytes : 2;
+}
+
 /* *out = x rounded up to MB_PROTO_ALIGN; returns 0 on overflow. */
 static inline int mb_wire_align8(uint64_t x, uint64_t *out)
 {

@@ -102,7 +102,8 @@ mb_status mb_cpu_run(void *state, const mb_proto_expert_req *req, void *out, uin
     /* f32 activations are read in place when float-aligned. */
     const int act_f32 = req->dtype == MB_DTYPE_F32 && ((uintptr_t)req->act % sizeof(float)) == 0;
     mb_kcpu_moe_problem p = {
-        .wdtype = ne ? (int)plan->wdtype : 0,
+        .wdtype = {(int)plan->wdtype[MB_PROTO_MAT_GATE], (int)plan->wdtype[MB_PROTO_MAT_UP],
+                   (int)plan->wdtype[MB_PROTO_MAT_DOWN]}, /* all F32 without experts */
         .d_model = d,
         .d_ff = ne ? plan->d_ff : 1,
         .n_tokens = req->n_tokens,

@@ -58,28 +58,31 @@ static void mb_cpu_copy_rows(char *dst, const char *src, size_t rows, size_t col
 }
 
 /* Quantized experts keep their blocks as they are, rows unpadded (a row
- * of whole blocks; the kernels read them block by block). */
+ * of whole blocks; the kernels read them block by block). Each matrix has
+ * its own dtype, so its own row size. */
 static mb_status mb_cpu_load_expert_quant(mb_cpu_backend *be, const mb_expert_weights *w)
 {
-    uint64_t rb_in, rb_ff;
-    if (mb_dtype_row_bytes(w->wdtype, w->d_model, &rb_in) != MB_STATUS_OK ||
-        mb_dtype_row_bytes(w->wdtype, w->d_ff, &rb_ff) != MB_STATUS_OK)
-        return MB_STATUS_BAD_SHAPE;
-    size_t mat_gu = 0, mat_dn = 0, bytes = 0;
-    if (__builtin_mul_overflow((size_t)w->d_ff, (size_t)rb_in, &mat_gu) ||
-        __builtin_mul_overflow((size_t)w->d_model, (size_t)rb_ff, &mat_dn) ||
-        __builtin_mul_overflow(mat_gu, (size_t)2, &bytes) ||
-        __builtin_add_overflow(bytes, mat_dn, &bytes) ||
-        __builtin_add_overflow(bytes, (size_t)MB_CPU_ROW_ALIGN, &bytes))
-        return MB_STATUS_OVERFLOW;
+    const void *src[MB_PROTO_MATS] = {w->gate, w->up, w->down};
+    size_t mat[MB_PROTO_MATS], at[MB_PROTO_MATS], bytes = 0;
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
+        const uint32_t rows = i == MB_PROTO_MAT_DOWN ? w->d_model : w->d_ff;
+        const uint32_t cols = i == MB_PROTO_MAT_DOWN ? w->d_ff : w->d_model;
+        uint64_t rb;
+        if (mb_dtype_row_bytes(w->wdtype[i], cols, &rb) != MB_STATUS_OK) return MB_STATUS_BAD_SHAPE;
+        at[i] = bytes;
+        if (__builtin_mul_overflow((size_t)rows, (size_t)rb, &mat[i]) ||
+            __builtin_add_overflow(bytes, mat[i], &bytes))
+            return MB_STATUS_OVERFLOW;
+    }
+    const size_t used = bytes;
+    if (__builtin_add_overflow(bytes, (size_t)MB_CPU_ROW_ALIGN - 1, &bytes)) return MB_STATUS_OVERFLOW;
     bytes = bytes / MB_CPU_ROW_ALIGN * MB_CPU_ROW_ALIGN;
     mb_cpu_mem_kind kind = MB_CPU_MEM_NONE;
     char *mem = mb_cpu_alloc(be, bytes, &kind);
     if (!mem) return MB_STATUS_NOMEM;
-    memcpy(mem, w->gate, mat_gu);
-    memcpy(mem + mat_gu, w->up, mat_gu);
-    memcpy(mem + 2 * mat_gu, w->down, mat_dn);
-    memset(mem + 2 * mat_gu + mat_dn, 0, bytes - 2 * mat_gu - mat_dn);
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        memcpy(mem + at[i], src[i], mat[i]);
+    memset(mem + used, 0, bytes - used);
     mb_cpu_slot *s = &be->slots[w->slot];
     mb_cpu_slot_free(be, s);
     *s = (mb_cpu_slot){
@@ -88,9 +91,9 @@ static mb_status mb_cpu_load_expert_quant(mb_cpu_backend *be, const mb_expert_we
         .mem = mem,
         .mem_bytes = bytes,
         .mem_kind = kind,
-        .gate = mem,
-        .up = mem + mat_gu,
-        .down = mem + 2 * mat_gu,
+        .gate = mem + at[MB_PROTO_MAT_GATE],
+        .up = mem + at[MB_PROTO_MAT_UP],
+        .down = mem + at[MB_PROTO_MAT_DOWN],
     };
     be->weight_bytes += bytes;
     mb_route_table_set(&be->table, w);
@@ -104,10 +107,13 @@ mb_status mb_cpu_load_expert(void *state, const mb_expert_weights *w)
     /* Slot in range, shapes nonzero, and all slots of one layer alike (the
      * kernel runs a layer's experts as one problem). */
     mb_status st = mb_route_table_check_load(&be->table, w);
+    if (st == MB_STATUS_OK) st = mb_backend_expert_dtypes_check(w->wdtype);
     if (st != MB_STATUS_OK) return st;
 
-    if (mb_dtype_is_quant(w->wdtype)) return mb_cpu_load_expert_quant(be, w);
-    const size_t esz = mb_dtype_size(w->wdtype);
+    /* The wrapper admits either quantized matrices only or one element
+     * dtype for all three. */
+    if (mb_dtype_is_quant(w->wdtype[MB_PROTO_MAT_GATE])) return mb_cpu_load_expert_quant(be, w);
+    const size_t esz = mb_dtype_size(w->wdtype[MB_PROTO_MAT_GATE]);
     const size_t ld_in = mb_cpu_padded(w->d_model, esz), ld_ff = mb_cpu_padded(w->d_ff, esz);
     /* 2 * d_ff * ld_in + d_model * ld_ff elements; each factor < 2^32 and
      * padding adds < 64, so check the products against SIZE_MAX. */

@@ -180,8 +180,8 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     if (!be || !req) return MB_STATUS_INVALID_ARG;
     if (!mb_dtype_valid(req->dtype)) return MB_STATUS_BAD_DTYPE;
     uint32_t d_ff = 0;
-    mb_dtype wdtype = MB_DTYPE_F32;
-    mb_status st = mb_route_validate(&be->table, req, &d_ff, &wdtype);
+    mb_dtype wdtype[MB_PROTO_MATS]; /* one element dtype for all three (load_expert) */
+    mb_status st = mb_route_validate(&be->table, req, &d_ff, wdtype);
     if (st != MB_STATUS_OK) return st;
 
     mb_cuda_req *r = NULL;
@@ -248,7 +248,7 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     p.max_slots = be->max_slots;
     p.layer_experts = layer_experts;
     p.payload = (int)req->dtype;
-    p.wdtype = (int)wdtype;
+    p.wdtype = (int)wdtype[MB_PROTO_MAT_GATE];
     p.path = be->path;
     p.slots = be->d_slots;
     p.act = (char *)r->d_in + act_off;

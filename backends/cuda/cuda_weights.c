@@ -154,11 +154,14 @@ mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w)
 {
     mb_cuda_backend *be = state;
     if (!be || !w) return MB_STATUS_INVALID_ARG;
-    if (!mb_dtype_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE; /* no quantized kernels yet */
+    /* No quantized kernels yet: the caps name element dtypes only, and the
+     * wrapper hands those over as one dtype for all three matrices. */
+    const mb_dtype wdtype = w->wdtype[MB_PROTO_MAT_GATE];
+    if (!mb_dtype_valid(wdtype)) return MB_STATUS_BAD_DTYPE;
     mb_status st = mb_route_table_check_load(&be->table, w);
     if (st != MB_STATUS_OK) return st;
     size_t bytes = 0;
-    st = mb_cuda_expert_bytes(w->d_model, w->d_ff, w->wdtype, &bytes);
+    st = mb_cuda_expert_bytes(w->d_model, w->d_ff, wdtype, &bytes);
     if (st != MB_STATUS_OK) return st;
     cudaSetDevice(be->device);
     if (be->up_bytes == 0) be->up_t0_ns = mb_cuda_now_ns();
@@ -177,7 +180,8 @@ mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w)
         /* The old expert is overwritten in place: until the new one is
          * complete, the slot holds neither. */
         size_t old_bytes = 0;
-        if (mb_cuda_expert_bytes(old->d_model, old->d_ff, old->wdtype, &old_bytes) == MB_STATUS_OK &&
+        const mb_dtype old_dt = old->wdtype[MB_PROTO_MAT_GATE];
+        if (mb_cuda_expert_bytes(old->d_model, old->d_ff, old_dt, &old_bytes) == MB_STATUS_OK &&
             be->weight_bytes >= old_bytes)
             be->weight_bytes -= old_bytes;
         be->layer_experts[old->layer]--;

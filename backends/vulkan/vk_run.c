@@ -302,8 +302,10 @@ mb_status mb_vk_submit(void *state, uint64_t tag, const mb_proto_expert_req *req
     if (!be || !req) return MB_STATUS_INVALID_ARG;
     if (be->ctx.lost) return MB_STATUS_DEVICE;
     if (!mb_dtype_valid(req->dtype)) return MB_STATUS_BAD_DTYPE;
-    mb_vk_plan pl = {.req = req, .wdtype = MB_DTYPE_F32};
-    mb_status st = mb_route_validate(&be->table, req, &pl.d_ff, &pl.wdtype);
+    mb_vk_plan pl = {.req = req};
+    mb_dtype wdtype[MB_PROTO_MATS]; /* one element dtype for all three (load_expert) */
+    mb_status st = mb_route_validate(&be->table, req, &pl.d_ff, wdtype);
+    pl.wdtype = wdtype[MB_PROTO_MAT_GATE];
     if (st != MB_STATUS_OK) return st;
 
     mb_vk_req *r = NULL;

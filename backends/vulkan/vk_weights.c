@@ -200,12 +200,15 @@ mb_status mb_vk_load_expert(void *state, const mb_expert_weights *w)
 {
     mb_vk_backend *be = state;
     if (!be || !w) return MB_STATUS_INVALID_ARG;
-    if (!mb_dtype_valid(w->wdtype)) return MB_STATUS_BAD_DTYPE; /* no quantized kernels yet */
+    /* No quantized kernels yet: the caps name element dtypes only, and the
+     * wrapper hands those over as one dtype for all three matrices. */
+    const mb_dtype wdtype = w->wdtype[MB_PROTO_MAT_GATE];
+    if (!mb_dtype_valid(wdtype)) return MB_STATUS_BAD_DTYPE;
     if (be->ctx.lost) return MB_STATUS_DEVICE;
     mb_status st = mb_route_table_check_load(&be->table, w);
     if (st != MB_STATUS_OK) return st;
     VkDeviceSize mat = 0, bytes = 0;
-    st = mb_vk_expert_bytes(w->d_model, w->d_ff, w->wdtype, &mat, &bytes);
+    st = mb_vk_expert_bytes(w->d_model, w->d_ff, wdtype, &mat, &bytes);
     if (st != MB_STATUS_OK) return st;
     if (be->up_bytes == 0) be->up_t0_ns = mb_vk_now_ns();
     mb_vk_slot_mem *sm = &be->slot_mem[w->slot];

@@ -7,17 +7,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker/gguf.h"
 #include "broker/tokenizer/tokenizer.h"
 
 void mb_tokenize_command_usage(FILE *f)
 {
     fprintf(f,
-            "usage: moe-broker tokenize (--model DIR | --tokenizer FILE)\n"
+            "usage: moe-broker tokenize (--model DIR|FILE.gguf | --tokenizer FILE)\n"
             "                           (--text TEXT | --file PATH) [OPTION]...\n\n"
             "Encodes text into token ids with the checkpoint's tokenizer.json (Hugging Face\n"
             "tokenizers' ids) and prints them as [id, id, ...]; with --decode, reads ids\n"
             "(separated by commas, spaces or brackets) and prints the text.\n\n"
-            "  --model DIR          checkpoint folder holding tokenizer.json\n"
+            "  --model DIR          checkpoint folder holding tokenizer.json, or a GGUF file\n"
+            "                       (its tokenizer.ggml.* metadata)\n"
             "  --tokenizer FILE     a tokenizer.json file (its folder's tokenizer_config.json\n"
             "                       is read too when present)\n"
             "  --text TEXT          the input text (or ids with --decode)\n"
@@ -154,7 +156,16 @@ int mb_tokenize_command_run(int argc, char **argv)
     int32_t *ids = NULL;
     size_t n_input = 0, n_ids = 0, n_out = 0;
     int rc = 1;
-    mb_status st = mb_tokenizer_load(path, &tok, err, sizeof err);
+    const size_t plen = strlen(path);
+    mb_status st;
+    if (plen > 5 && !strcmp(path + plen - 5, ".gguf")) {
+        mb_gguf *g = NULL;
+        st = mb_gguf_open(path, &g, err, sizeof err);
+        if (st == MB_STATUS_OK) st = mb_tokenizer_load_gguf(g, &tok, err, sizeof err);
+        mb_gguf_close(g);
+    } else {
+        st = mb_tokenizer_load(path, &tok, err, sizeof err);
+    }
     if (st != MB_STATUS_OK) {
         fprintf(stderr, "moe-broker tokenize: %s\n", err[0] ? err : mb_status_str(st));
         goto done;

@@ -41,6 +41,25 @@ mb_status mb_tokenizer_load_json(const char *json, size_t json_bytes, const char
                                  size_t config_bytes, mb_tokenizer **out, char *err,
                                  size_t err_cap);
 
+/* As mb_tokenizer_load, from a GGUF file's tokenizer.ggml.* metadata (the
+ * GGUF alone is enough): .model "gpt2" (byte-level BPE with .merges and the
+ * .pre family default, gpt2, qwen2 or llama-bpe) or "llama" (SentencePiece:
+ * .merges, or merges derived from .scores as Hugging Face's converter
+ * does), .tokens, .token_type (CONTROL and UNKNOWN tokens are special added
+ * tokens, USER_DEFINED ones plain added tokens, UNUSED ones left out),
+ * .bos_token_id / .eos_token_id / .unknown_token_id, .add_bos_token /
+ * .add_eos_token (the post-processor), .add_space_prefix. Same errors as
+ * mb_tokenizer_load_json; UNSUPPORTED names an unknown model or .pre. */
+struct mb_gguf;
+mb_status mb_tokenizer_load_gguf(const struct mb_gguf *g, mb_tokenizer **out, char *err,
+                                 size_t err_cap);
+
+/* The GGUF's tokenizer.chat_template into *text (malloc'd; NULL when the
+ * file has none, not an error). Errors: FORMAT/CONFIG for a key that is
+ * not a string, NOMEM. */
+mb_status mb_tokenizer_chat_template_gguf(const struct mb_gguf *g, char **text, char *err,
+                                          size_t err_cap);
+
 /* Frees a tokenizer; NULL is a no-op. No stream may still use it. */
 void mb_tokenizer_destroy(mb_tokenizer *tok);
 

@@ -264,6 +264,12 @@ mb_status mb_tok_parse_decoder(mb_tokenizer *tok, const struct cJSON *j, char *e
 mb_status mb_tok_parse_post_processor(mb_tokenizer *tok, const struct cJSON *j, char *err,
                                       size_t err_cap);
 
+/* Builds a tokenizer from a parsed tokenizer.json object (model, added
+ * tokens, pipeline stages; BOS/EOS left -1 for the caller): the one loader
+ * behind tokenizer.json files and GGUF metadata. Errors as
+ * mb_tokenizer_load_json. */
+mb_status mb_tok_build(const struct cJSON *root, mb_tokenizer **out, char *err, size_t err_cap);
+
 /* Writes one formatted line into err when err_cap > 0. */
 void mb_tok_errf(char *err, size_t err_cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -363,26 +363,12 @@ static mb_status load_model(mb_tokenizer *tok, const cJSON *root, char *err, siz
     return st;
 }
 
-mb_status mb_tokenizer_load_json(const char *json, size_t json_bytes, const char *config,
-                                 size_t config_bytes, mb_tokenizer **out, char *err,
-                                 size_t err_cap)
+mb_status mb_tok_build(const cJSON *root, mb_tokenizer **out, char *err, size_t err_cap)
 {
-    if (!json || !out) return MB_STATUS_INVALID_ARG;
-    if (err && err_cap) err[0] = '\0';
-    cJSON *root = cJSON_ParseWithLength(json, json_bytes), *cfg = NULL;
     mb_tokenizer *tok = calloc(1, sizeof *tok);
-    mb_status st = MB_STATUS_OK;
-    if (!tok) {
-        st = MB_STATUS_NOMEM;
-        goto done;
-    }
+    if (!tok) return MB_STATUS_NOMEM;
     tok->bos_id = tok->eos_id = -1;
-    if (!cJSON_IsObject(root)) {
-        mb_tok_errf(err, err_cap, "not a JSON object (malformed or truncated JSON)");
-        st = MB_STATUS_FORMAT;
-        goto done;
-    }
-    st = load_model(tok, root, err, err_cap);
+    mb_status st = load_model(tok, root, err, err_cap);
     if (st == MB_STATUS_OK)
         st = mb_tok_parse_normalizer(tok, cJSON_GetObjectItemCaseSensitive(root, "normalizer"),
                                      err, err_cap);
@@ -395,6 +381,29 @@ mb_status mb_tokenizer_load_json(const char *json, size_t json_bytes, const char
     if (st == MB_STATUS_OK)
         st = mb_tok_parse_decoder(tok, cJSON_GetObjectItemCaseSensitive(root, "decoder"), err,
                                   err_cap);
+    if (st != MB_STATUS_OK) {
+        mb_tokenizer_destroy(tok);
+        return st;
+    }
+    *out = tok;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_tokenizer_load_json(const char *json, size_t json_bytes, const char *config,
+                                 size_t config_bytes, mb_tokenizer **out, char *err,
+                                 size_t err_cap)
+{
+    if (!json || !out) return MB_STATUS_INVALID_ARG;
+    if (err && err_cap) err[0] = '\0';
+    cJSON *root = cJSON_ParseWithLength(json, json_bytes), *cfg = NULL;
+    mb_tokenizer *tok = NULL;
+    mb_status st = MB_STATUS_OK;
+    if (!cJSON_IsObject(root)) {
+        mb_tok_errf(err, err_cap, "not a JSON object (malformed or truncated JSON)");
+        st = MB_STATUS_FORMAT;
+        goto done;
+    }
+    st = mb_tok_build(root, &tok, err, err_cap);
     if (st != MB_STATUS_OK) goto done;
     if (config) {
         cfg = cJSON_ParseWithLength(config, config_bytes);

@@ -109,7 +109,7 @@ static void mb_moe_pack_task(void *ctx, size_t task, int thread)
             p->load_x(p->load_ctx, t, tmp);
             src = tmp;
         }
-        j->isa->pack(p->wdtype, src, p->d_model, j->ws->xp + t * j->kp_model);
+        j->isa->pack(p->wdtype[MB_KCPU_GATE], src, p->d_model, j->ws->xp + t * j->kp_model);
     }
 }
 
@@ -126,15 +126,16 @@ static void mb_moe_gate_up_task(void *ctx, size_t task, int thread)
     for (size_t q0 = p->expert_pair0[e]; q0 < p->expert_pair0[e + 1]; q0 += MB_MOE_NB) {
         size_t nq =
             p->expert_pair0[e + 1] - q0 < MB_MOE_NB ? p->expert_pair0[e + 1] - q0 : MB_MOE_NB;
-        mb_kcpu_gemm_block(j->isa, p->wdtype, E->gate, E->ld_in, r0, r1, j->xrow + q0, nq,
-                           p->d_model, acc_g, j->rb1, 0);
-        mb_kcpu_gemm_block(j->isa, p->wdtype, E->up, E->ld_in, r0, r1, j->xrow + q0, nq, p->d_model,
-                           acc_u, j->rb1, 0);
+        mb_kcpu_gemm_block(j->isa, p->wdtype[MB_KCPU_GATE], E->gate, E->ld_in, r0, r1,
+                           j->xrow + q0, nq, p->d_model, acc_g, j->rb1, 0);
+        mb_kcpu_gemm_block(j->isa, p->wdtype[MB_KCPU_UP], E->up, E->ld_in, r0, r1, j->xrow + q0,
+                           nq, p->d_model, acc_u, j->rb1, 0);
         for (size_t q = 0; q < nq; q++) {
             j->isa->silu_mul(acc_g + q * j->rb1, acc_u + q * j->rb1, hrow, r1 - r0);
             /* r0 is a multiple of the chunk, so this block packs on its own;
              * the last block also writes the zero padding up to kp_ff. */
-            j->isa->pack(p->wdtype, hrow, r1 - r0, j->ws->h + (q0 + q) * j->kp_ff + r0);
+            j->isa->pack(p->wdtype[MB_KCPU_DOWN], hrow, r1 - r0,
+                         j->ws->h + (q0 + q) * j->kp_ff + r0);
         }
     }
 }
@@ -153,8 +154,8 @@ static void mb_moe_down_task(void *ctx, size_t task, int thread)
         for (size_t q0 = p->expert_pair0[e]; q0 < p->expert_pair0[e + 1]; q0 += MB_MOE_NB) {
             size_t nq =
                 p->expert_pair0[e + 1] - q0 < MB_MOE_NB ? p->expert_pair0[e + 1] - q0 : MB_MOE_NB;
-            mb_kcpu_gemm_block(j->isa, p->wdtype, E->down, E->ld_ff, c0, c1, j->hrow + q0, nq,
-                               p->d_ff, acc, j->rb2, 0);
+            mb_kcpu_gemm_block(j->isa, p->wdtype[MB_KCPU_DOWN], E->down, E->ld_ff, c0, c1,
+                               j->hrow + q0, nq, p->d_ff, acc, j->rb2, 0);
             for (size_t q = 0; q < nq; q++) {
                 const float g = p->pair_gate[q0 + q];
                 const float *src = acc + q * j->rb2;
@@ -167,17 +168,30 @@ static void mb_moe_down_task(void *ctx, size_t task, int thread)
     if (p->out_done) p->out_done(p->out_ctx, c0, c1);
 }
 
+/* The dtypes go together: one element dtype for all three matrices, or
+ * quantized ones, each in whole blocks (gate/up rows hold d_model
+ * elements, down rows d_ff). */
+static int mb_moe_dtypes_ok(const mb_kcpu_moe_problem *p)
+{
+    int n_quant = 0;
+    for (int i = 0; i < 3; i++) {
+        const int wd = p->wdtype[i];
+        if (wd < 0 || wd > MB_KCPU_Q6_K) return 0;
+        n_quant += mb_kcpu_quant_valid(wd);
+        if ((i == MB_KCPU_DOWN ? p->d_ff : p->d_model) % mb_kcpu_block_elems(wd)) return 0;
+    }
+    if (n_quant == 3) return 1;
+    return n_quant == 0 && p->wdtype[0] == p->wdtype[1] && p->wdtype[1] == p->wdtype[2];
+}
+
 static int mb_moe_validate(const mb_kcpu_moe_problem *p, size_t *n_pairs)
 {
-    if (!p || p->wdtype < 0 || p->wdtype > MB_KCPU_Q6_K || p->d_model == 0 || p->d_ff == 0 || !p->out ||
-        p->ldo < p->d_model)
+    if (!p || p->d_model == 0 || p->d_ff == 0 || !p->out || p->ldo < p->d_model ||
+        !mb_moe_dtypes_ok(p))
         return -1;
     if (p->n_tokens > 0 && !p->x && !p->load_x) return -1;
     if (p->x && !p->load_x && p->ldx < p->d_model) return -1;
     if (p->n_experts > 0 && (!p->experts || !p->expert_pair0)) return -1;
-    /* Quantized rows are whole blocks. */
-    const size_t be = mb_kcpu_block_elems(p->wdtype);
-    if (p->d_model % be || p->d_ff % be) return -1;
     size_t np = p->n_experts > 0 ? p->expert_pair0[p->n_experts] : 0;
     if (p->n_experts > 0 && p->expert_pair0[0] != 0) return -1;
     for (size_t e = 0; e < p->n_experts; e++) {
@@ -202,15 +216,18 @@ static size_t mb_moe_mul(size_t a, size_t b)
 /* ---- quantized weights --------------------------------------------------
  * The activations of each token are quantized once to 8-bit blocks (as
  * llama.cpp does), gate/up rows are dotted with them block by block, and
- * each pair's SiLU product is quantized again for down. Weight rows are
- * unpadded: ld_in / ld_ff are d_model / d_ff. */
+ * each pair's SiLU product is quantized again for down. Each matrix has its
+ * own type: a token's record in qx holds its activations quantized for gate
+ * and, when up's type takes other blocks (Q8_0 vs Q8_K), for up after them.
+ * Weight rows are unpadded: ld_in / ld_ff are d_model / d_ff. */
 
 typedef struct {
     const mb_kcpu_moe_problem *p;
     mb_kcpu_moe_ws *ws;
     mb_kcpu_qdot_fn dot;
-    size_t qx_row, qh_row;   /* bytes of a quantized activation / product row */
-    size_t rb_in, rb_ff;     /* weight row bytes of gate/up and of down */
+    size_t qx_row, qh_row;   /* bytes of a token's qx record / a quantized product row */
+    size_t qx_up;            /* where up's activations start in a qx record */
+    size_t rb_gate, rb_up, rb_down; /* weight row bytes of each matrix */
     size_t rb1, nb1, rb2;
 } mb_moeq_job;
 
@@ -223,7 +240,9 @@ static void mb_moeq_pack_task(void *ctx, size_t t, int thread)
         src = j->ws->scratch + (size_t)thread * mb_moe_round16(p->d_model);
         p->load_x(p->load_ctx, t, (float *)src);
     }
-    mb_kcpu_qact_row(p->wdtype, src, j->ws->qx + t * j->qx_row, p->d_model);
+    unsigned char *xq = j->ws->qx + t * j->qx_row;
+    mb_kcpu_qact_row(p->wdtype[MB_KCPU_GATE], src, xq, p->d_model);
+    if (j->qx_up) mb_kcpu_qact_row(p->wdtype[MB_KCPU_UP], src, xq + j->qx_up, p->d_model);
 }
 
 static void mb_moeq_gate_up_task(void *ctx, size_t task, int thread)
@@ -238,8 +257,10 @@ static void mb_moeq_gate_up_task(void *ctx, size_t task, int thread)
         const unsigned char *xq = j->ws->qx + (size_t)p->pair_token[q] * j->qx_row;
         float *h = j->ws->h + q * p->d_ff;
         for (size_t r = r0; r < r1; r++) {
-            const float g = j->dot(p->wdtype, (const char *)E->gate + r * j->rb_in, xq, p->d_model);
-            const float u = j->dot(p->wdtype, (const char *)E->up + r * j->rb_in, xq, p->d_model);
+            const float g = j->dot(p->wdtype[MB_KCPU_GATE], (const char *)E->gate + r * j->rb_gate,
+                                   xq, p->d_model);
+            const float u = j->dot(p->wdtype[MB_KCPU_UP], (const char *)E->up + r * j->rb_up,
+                                   xq + j->qx_up, p->d_model);
             h[r] = g / (1.0f + expf(-g)) * u;
         }
     }
@@ -249,7 +270,8 @@ static void mb_moeq_quant_h_task(void *ctx, size_t q, int thread)
 {
     (void)thread;
     const mb_moeq_job *j = ctx;
-    mb_kcpu_qact_row(j->p->wdtype, j->ws->h + q * j->p->d_ff, j->ws->qh + q * j->qh_row, j->p->d_ff);
+    mb_kcpu_qact_row(j->p->wdtype[MB_KCPU_DOWN], j->ws->h + q * j->p->d_ff, j->ws->qh + q * j->qh_row,
+                     j->p->d_ff);
 }
 
 static void mb_moeq_down_task(void *ctx, size_t task, int thread)
@@ -267,7 +289,8 @@ static void mb_moeq_down_task(void *ctx, size_t task, int thread)
             float *dst = p->out + (size_t)p->pair_token[q] * p->ldo;
             const float g = p->pair_gate[q];
             for (size_t c = c0; c < c1; c++)
-                dst[c] += g * j->dot(p->wdtype, (const char *)E->down + c * j->rb_ff, hq, p->d_ff);
+                dst[c] += g * j->dot(p->wdtype[MB_KCPU_DOWN],
+                                     (const char *)E->down + c * j->rb_down, hq, p->d_ff);
         }
     }
     if (p->out_done) p->out_done(p->out_ctx, c0, c1);
@@ -278,10 +301,16 @@ static int mb_moeq_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe
 {
     const int threads = mb_kcpu_pool_threads(pool);
     mb_moeq_job j = {.p = p, .ws = ws, .dot = mb_kcpu_qdot_get()};
-    j.qx_row = mb_kcpu_qact_row_bytes(p->wdtype, p->d_model);
-    j.qh_row = mb_kcpu_qact_row_bytes(p->wdtype, p->d_ff);
-    j.rb_in = mb_kcpu_row_bytes(p->wdtype, p->d_model);
-    j.rb_ff = mb_kcpu_row_bytes(p->wdtype, p->d_ff);
+    const int wg = p->wdtype[MB_KCPU_GATE], wu = p->wdtype[MB_KCPU_UP], wd = p->wdtype[MB_KCPU_DOWN];
+    j.qx_row = mb_kcpu_qact_row_bytes(wg, p->d_model);
+    if (!mb_kcpu_qact_same(wg, wu)) {
+        j.qx_up = j.qx_row;
+        j.qx_row += mb_kcpu_qact_row_bytes(wu, p->d_model);
+    }
+    j.qh_row = mb_kcpu_qact_row_bytes(wd, p->d_ff);
+    j.rb_gate = mb_kcpu_row_bytes(wg, p->d_model);
+    j.rb_up = mb_kcpu_row_bytes(wu, p->d_model);
+    j.rb_down = mb_kcpu_row_bytes(wd, p->d_ff);
     for (size_t e = 0; e < p->n_experts; e++)
         if (p->experts[e].ld_in != p->d_model || p->experts[e].ld_ff != p->d_ff) return -1;
     j.rb1 = 64;
@@ -310,7 +339,8 @@ int mb_kcpu_moe_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_pr
 {
     size_t n_pairs = 0;
     if (!ws || mb_moe_validate(p, &n_pairs) != 0) return -1;
-    if (mb_kcpu_quant_valid(p->wdtype)) return mb_moeq_run(pool, ws, p, n_pairs);
+    /* Validated: quantized means all three are. */
+    if (mb_kcpu_quant_valid(p->wdtype[MB_KCPU_GATE])) return mb_moeq_run(pool, ws, p, n_pairs);
     const int threads = mb_kcpu_pool_threads(pool);
     mb_moe_job j = {.p = p, .isa = mb_kcpu_isa_current(), .ws = ws};
     j.kp_model = mb_kcpu_packed_len(j.isa, p->d_model);

@@ -13,7 +13,7 @@
 
 #include "kernels/cpu/pool.h"
 
-/* One expert's weights, row-major in the problem's wdtype:
+/* One expert's weights, row-major in the problem's wdtype[]:
  * gate, up [d_ff][ld_in], down [d_model][ld_ff] (row strides in elements,
  * >= d_model and >= d_ff). */
 typedef struct {
@@ -24,11 +24,17 @@ typedef struct {
     size_t ld_ff;
 } mb_kcpu_expert;
 
+/* Index of each matrix's type in mb_kcpu_moe_problem.wdtype. */
+enum { MB_KCPU_GATE = 0, MB_KCPU_UP = 1, MB_KCPU_DOWN = 2 };
+
 typedef struct {
-    int wdtype; /* MB_KCPU_F32, MB_KCPU_F16, MB_KCPU_BF16, or a quantized type
-                 * (kernels/cpu/quant.h: d_model and d_ff whole blocks, rows
-                 * unpadded, ld_in = d_model and ld_ff = d_ff; activations
-                 * and SiLU products are quantized to 8 bits per block) */
+    /* Weight types per matrix (MB_KCPU_GATE/UP/DOWN): one of MB_KCPU_F32,
+     * MB_KCPU_F16, MB_KCPU_BF16 for all three, or quantized types, each its
+     * own (kernels/cpu/quant.h: gate/up rows of d_model and down rows of
+     * d_ff in whole blocks, rows unpadded, ld_in = d_model and ld_ff =
+     * d_ff; activations and SiLU products are quantized to 8 bits per
+     * block). Other mixes are malformed. */
+    int wdtype[3];
     size_t d_model;
     size_t d_ff;
     size_t n_tokens;

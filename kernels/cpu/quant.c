@@ -158,6 +158,11 @@ static int k_family(int wdtype)
     return wdtype == MB_KCPU_Q4_K || wdtype == MB_KCPU_Q5_K || wdtype == MB_KCPU_Q6_K;
 }
 
+int mb_kcpu_qact_same(int a, int b)
+{
+    return k_family(a) == k_family(b);
+}
+
 size_t mb_kcpu_qact_row_bytes(int wdtype, size_t k)
 {
     if (k_family(wdtype)) return k / MB_KCPU_QK * sizeof(mb_kcpu_block_q8_k);

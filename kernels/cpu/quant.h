@@ -89,6 +89,10 @@ void mb_kcpu_dequant_row(int wdtype, const void *src, float *dst, size_t k);
  * the block): Q8_0 blocks for Q8_0/Q4_0, Q8_K blocks for the K-quants. */
 size_t mb_kcpu_qact_row_bytes(int wdtype, size_t k);
 
+/* 1 when weights of types a and b take the same quantized activations
+ * (both Q8_0 blocks, or both Q8_K). */
+int mb_kcpu_qact_same(int a, int b);
+
 /* Quantizes x[k] for dot products with weights of wdtype into dst
  * (mb_kcpu_qact_row_bytes bytes), with llama.cpp's rounding: Q8_0 blocks
  * scale by 127 / max|x| and round half to even (its AVX2 path); Q8_K blocks

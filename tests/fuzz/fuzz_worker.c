@@ -104,10 +104,13 @@ static size_t fz_build(fz_in *in, unsigned char *msg, uint64_t tag)
         m.slot = fz_u(in, 1) % (FZ_MAX_SLOTS + 2);
         m.d_model = 1 + fz_u(in, 1) % 8;
         m.d_ff = 1 + fz_u(in, 1) % 8;
-        m.wdtype = (mb_dtype)(fz_u(in, 1) % 3);
-        size_t esz = mb_dtype_size(m.wdtype);
+        /* One element dtype for all three, or with the top bit another
+         * for down (a mix the backend refuses). */
+        const uint32_t dt = fz_u(in, 1);
+        m.wdtype[0] = m.wdtype[1] = (mb_dtype)(dt % 3);
+        m.wdtype[2] = (dt & 0x80) ? (mb_dtype)((dt >> 3) % 3) : m.wdtype[0];
         for (int i = 0; i < 3; i++)
-            m.bytes[i] = (uint64_t)m.d_model * m.d_ff * esz;
+            m.bytes[i] = (uint64_t)m.d_model * m.d_ff * mb_dtype_size(m.wdtype[i]);
         if (kind == 2) {
             m.source = MB_WEIGHTS_INLINE;
             for (int i = 0; i < 3; i++)

@@ -66,7 +66,7 @@ static void gen_expert(void)
     m = fx_build_expert_req(&src, 5, 16, MB_DTYPE_F16, limits.max_slots, 4);
     emit("valid-expert-req-f16-5x16", fx_msg_copy(m.p, m.len), MB_STATUS_OK);
     emit("bad-expert-req-magic", patched(&m, 0, 4, 0x4b52424eu), MB_STATUS_BAD_MAGIC);
-    emit("bad-expert-req-version", patched(&m, 4, 2, 2), MB_STATUS_BAD_VERSION);
+    emit("bad-expert-req-version", patched(&m, 4, 2, 1), MB_STATUS_BAD_VERSION);
     emit("bad-opcode-0", patched(&m, 6, 2, 0), MB_STATUS_BAD_OPCODE);
     emit("bad-opcode-10", patched(&m, 6, 2, MB_OP_COUNT_), MB_STATUS_BAD_OPCODE);
     emit("bad-expert-req-flags", patched(&m, 16, 4, 0x2), MB_STATUS_BAD_FLAGS);
@@ -176,10 +176,11 @@ static void gen_load_expert(void)
     emit("valid-load-expert-inline-f16", fx_msg_copy(m.p, m.len), MB_STATUS_OK);
     emit("bad-load-expert-zero-d-ff", patched(&m, 48, 4, 0), MB_STATUS_BAD_SHAPE);
     emit("bad-load-expert-bytes", patched(&m, 88, 8, 32), MB_STATUS_BAD_SHAPE);
-    emit("bad-load-expert-dtype", patched(&m, 52, 2, 3), MB_STATUS_BAD_DTYPE);
+    emit("bad-load-expert-dtype", patched(&m, 52, 2, MB_DTYPE_COUNT_), MB_STATUS_BAD_DTYPE);
     emit("bad-load-expert-source", patched(&m, 54, 2, 2), MB_STATUS_UNSUPPORTED);
     emit("bad-load-expert-slot", patched(&m, 40, 4, limits.max_slots), MB_STATUS_SLOT_RANGE);
-    emit("bad-load-expert-reserved", patched(&m, 108, 4, 1), MB_STATUS_BAD_FLAGS);
+    emit("bad-load-expert-up-dtype", patched(&m, 108, 2, MB_DTYPE_COUNT_), MB_STATUS_BAD_DTYPE);
+    emit("bad-load-expert-down-dtype-size", patched(&m, 110, 2, MB_DTYPE_F32), MB_STATUS_BAD_SHAPE);
     emit("bad-load-expert-inline-path-len", patched(&m, 104, 4, 1), MB_STATUS_BAD_LENGTH);
     emit("bad-load-expert-inline-outside", patched(&m, 72, 8, 67), MB_STATUS_BAD_LENGTH);
     emit("bad-load-expert-inline-overflow", patched(&m, 64, 8, UINT64_MAX), MB_STATUS_OVERFLOW);
@@ -210,7 +211,26 @@ static void gen_load_expert(void)
          MB_STATUS_OK);
     m = fx_build_load_expert_file(&lf, "/m/x", 4, 8, MB_DTYPE_F16, 3);
     emit("bad-load-expert-path-padding", patched(&m, 116, 1, '!'), MB_STATUS_BAD_FLAGS);
+    emit("bad-load-expert-file-misaligned", patched(&m, 56, 8, 4097), MB_STATUS_MISALIGNED);
     fx_msg_free(&m);
+
+    /* Each matrix in its own dtype: Q8_0 gate/up and a Q4_0 down inline
+     * (32 x 32), and a Q4_K_M expert (Q4_K gate/up, Q6_K down) by file. */
+    const mb_dtype q8q4[3] = {MB_DTYPE_Q8_0, MB_DTYPE_Q8_0, MB_DTYPE_Q4_0};
+    m = fx_build_load_expert_inline_mixed(&f, 32, 32, q8q4, 4, 5);
+    emit("valid-load-expert-inline-q8_0-q4_0", fx_msg_copy(m.p, m.len), MB_STATUS_OK);
+    emit("bad-load-expert-inline-down-blocks", patched(&m, 110, 2, MB_DTYPE_Q4_K),
+         MB_STATUS_BAD_SHAPE);
+    fx_msg_free(&m);
+    fx_load_expert_free(&f);
+    const mb_dtype q4km[3] = {MB_DTYPE_Q4_K, MB_DTYPE_Q4_K, MB_DTYPE_Q6_K};
+    m = fx_build_load_expert_file_mixed(&lf, "/m/q4_k_m.gguf", 256, 512, q4km, 6);
+    emit("valid-load-expert-file-q4_k_m", fx_msg_copy(m.p, m.len), MB_STATUS_OK);
+    /* down's bytes as if it were Q4_K like gate and up */
+    emit("bad-load-expert-file-q6_k-bytes", patched(&m, 96, 8, 512 / 256 * 144 * 256),
+         MB_STATUS_BAD_SHAPE);
+    fx_msg_free(&m);
+
     fx_msg raw = fx_build_raw(MB_OP_LOAD_EXPERT, MB_PROTO_LOAD_EXPERT_FIXED_BYTES);
     fx_put32(&raw, 44, UINT32_MAX);
     fx_put32(&raw, 48, UINT32_MAX);

@@ -28,7 +28,7 @@ static inline size_t nt_load_msg(void *buf, size_t cap, uint64_t tag, uint32_t l
     le.layer = layer;
     le.slot = slot;
     le.d_model = le.d_ff = d;
-    le.wdtype = MB_DTYPE_F32;
+    le.wdtype[0] = le.wdtype[1] = le.wdtype[2] = MB_DTYPE_F32;
     le.source = MB_WEIGHTS_INLINE;
     for (int i = 0; i < 3; i++) {
         le.bytes[i] = (uint64_t)d * d * sizeof(float);

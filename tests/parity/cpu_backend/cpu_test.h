@@ -56,8 +56,8 @@ static inline void ct_expert_fini(ct_expert *e)
 
 static inline mb_status ct_load(mb_backend *b, const ct_expert *e, uint32_t layer, uint32_t slot)
 {
-    mb_expert_weights w = {layer, slot + 1000u, slot,    e->d_model, e->d_ff,
-                           e->wd, e->w[0],      e->w[1], e->w[2]};
+    mb_expert_weights w = {layer,   slot + 1000u, slot,    e->d_model, e->d_ff, {e->wd, e->wd, e->wd},
+                           e->w[0], e->w[1],      e->w[2]};
     return mb_backend_load_expert(b, &w);
 }
 

@@ -83,10 +83,18 @@ int main(void)
     CHECK_EQ(ct_load(b, &e_other, 5, 3), MB_STATUS_BAD_SHAPE);
     CHECK_EQ(ct_load(b, &e_other, 7, 3), MB_STATUS_OK);
     CHECK_EQ(ct_load(b, &e1, 5, 4096), MB_STATUS_SLOT_RANGE);
-    mb_expert_weights bad_dt = {5, 0, 9, 64, 40, MB_DTYPE_COUNT_, e1.w[0], e1.w[1], e1.w[2]};
+    mb_expert_weights bad_dt = {5, 0, 9, 64, 40, {MB_DTYPE_BF16, MB_DTYPE_BF16, MB_DTYPE_COUNT_},
+                                e1.w[0], e1.w[1], e1.w[2]};
     CHECK_EQ(mb_backend_load_expert(b, &bad_dt), MB_STATUS_BAD_DTYPE);
-    /* Quantized: d_model 64 is two Q8_0 blocks but d_ff 40 is not whole blocks. */
-    bad_dt.wdtype = MB_DTYPE_Q8_0;
+    /* Element dtypes are one for all three matrices, and never beside a
+     * quantized one. */
+    bad_dt.wdtype[2] = MB_DTYPE_F16;
+    CHECK_EQ(mb_backend_load_expert(b, &bad_dt), MB_STATUS_BAD_DTYPE);
+    bad_dt.wdtype[2] = MB_DTYPE_Q8_0;
+    CHECK_EQ(mb_backend_load_expert(b, &bad_dt), MB_STATUS_BAD_DTYPE);
+    /* Quantized: d_model 64 is two Q8_0 blocks but d_ff 40 is not whole
+     * blocks, which only down's rows need. */
+    bad_dt.wdtype[0] = bad_dt.wdtype[1] = bad_dt.wdtype[2] = MB_DTYPE_Q8_0;
     CHECK_EQ(mb_backend_load_expert(b, &bad_dt), MB_STATUS_BAD_SHAPE);
 
     uint32_t ok_slots[2] = {0, 1};

@@ -117,7 +117,7 @@ int main(void)
             CHECK_EQ(ct_load(b, &ex[e], 0, e), MB_STATUS_OK);
         }
         /* A row that is not whole blocks is refused. */
-        mb_expert_weights bad = {1, 9, 9, 250, 512, types[ti], ex[0].w[0], ex[0].w[1], ex[0].w[2]};
+        mb_expert_weights bad = {1, 9, 9, 250, 512, {types[ti], types[ti], types[ti]}, ex[0].w[0], ex[0].w[1], ex[0].w[2]};
         CHECK_EQ(mb_backend_load_expert(b, &bad), MB_STATUS_BAD_SHAPE);
         const mb_dtype payloads[] = {MB_DTYPE_F32, MB_DTYPE_BF16};
         for (int p = 0; p < 2; p++)

@@ -234,7 +234,7 @@ static void load_slots(mb_backend *b)
 {
     for (uint32_t s = 0; s < 4; s++) {
         float w[1] = {slot_scale[s]};
-        mb_expert_weights ew = {0, s, s, D_MODEL, 4, MB_DTYPE_F32, w, w, w};
+        mb_expert_weights ew = {0, s, s, D_MODEL, 4, {MB_DTYPE_F32, MB_DTYPE_F32, MB_DTYPE_F32}, w, w, w};
         REQUIRE(mb_backend_load_expert(b, &ew) == MB_STATUS_OK);
     }
 }
@@ -278,10 +278,10 @@ static void test_wrappers(void)
     REQUIRE(mb_backend_caps_get(b, &caps) == MB_STATUS_OK);
     CHECK_EQ(caps.max_inflight, FAKE_INFLIGHT);
     char why[200] = "";
-    CHECK_EQ(mb_backend_caps_check(&caps, MB_DTYPE_F32, MB_DTYPE_F32, why, sizeof why), MB_STATUS_OK);
-    CHECK_EQ(mb_backend_caps_check(&caps, MB_DTYPE_BF16, MB_DTYPE_F32, why, sizeof why), MB_STATUS_BAD_DTYPE);
+    CHECK_EQ(mb_backend_caps_check(&caps, MB_DTYPE_MASK(MB_DTYPE_F32), MB_DTYPE_F32, why, sizeof why), MB_STATUS_OK);
+    CHECK_EQ(mb_backend_caps_check(&caps, MB_DTYPE_MASK(MB_DTYPE_BF16), MB_DTYPE_F32, why, sizeof why), MB_STATUS_BAD_DTYPE);
     CHECK_MSG(strstr(why, "bf16") && strstr(why, "weights") && strstr(why, "fake"), "%s", why);
-    CHECK_EQ(mb_backend_caps_check(&caps, MB_DTYPE_F32, MB_DTYPE_F16, why, sizeof why), MB_STATUS_BAD_DTYPE);
+    CHECK_EQ(mb_backend_caps_check(&caps, MB_DTYPE_MASK(MB_DTYPE_F32), MB_DTYPE_F16, why, sizeof why), MB_STATUS_BAD_DTYPE);
     CHECK_MSG(strstr(why, "f16") && strstr(why, "payload"), "%s", why);
     load_slots(b);
 

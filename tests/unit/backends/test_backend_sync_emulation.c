@@ -51,7 +51,7 @@ int main(void)
         for (int m = 0; m < 3; m++)
             for (size_t k = 0; k < D_MODEL * D_FF; k++)
                 w[m][k] = mb_test_rand_f32(&seed) * 0.2f;
-        mb_expert_weights ew = {0, s, s, D_MODEL, D_FF, MB_DTYPE_F32, w[0], w[1], w[2]};
+        mb_expert_weights ew = {0, s, s, D_MODEL, D_FF, {MB_DTYPE_F32, MB_DTYPE_F32, MB_DTYPE_F32}, w[0], w[1], w[2]};
         REQUIRE(mb_backend_load_expert(b, &ew) == MB_STATUS_OK);
     }
 

@@ -13,7 +13,7 @@ enum { SLOTS = 16, D_MODEL = 8, D_FF = 4 };
 static mb_expert_weights weights(uint32_t layer, uint32_t slot, uint32_t d_model, uint32_t d_ff, mb_dtype wd)
 {
     static const float dummy[4];
-    return (mb_expert_weights){layer, 100 + slot, slot, d_model, d_ff, wd, dummy, dummy, dummy};
+    return (mb_expert_weights){layer, 100 + slot, slot, d_model, d_ff, {wd, wd, wd}, dummy, dummy, dummy};
 }
 
 static mb_proto_expert_req request(uint32_t layer, uint32_t n_tokens, uint32_t d_model, const uint16_t *counts,
@@ -64,16 +64,29 @@ int main(void)
     /* Reloading a slot with a new shape is judged against the others. */
     w = weights(1, 8, D_MODEL, 3 * D_FF, MB_DTYPE_F16);
     CHECK_EQ(mb_route_table_check_load(&t, &w), MB_STATUS_OK);
+    /* Each matrix's dtype counts: a layer whose down is Q6_K beside Q4_K
+     * gate/up (Q4_K_M) takes only experts typed the same way. */
+    w = weights(2, 13, D_MODEL, D_FF, MB_DTYPE_Q4_K);
+    w.wdtype[MB_PROTO_MAT_DOWN] = MB_DTYPE_Q6_K;
+    CHECK_EQ(mb_route_table_check_load(&t, &w), MB_STATUS_OK);
+    mb_route_table_set(&t, &w);
+    w = weights(2, 14, D_MODEL, D_FF, MB_DTYPE_Q4_K);
+    CHECK_EQ(mb_route_table_check_load(&t, &w), MB_STATUS_BAD_SHAPE);
+    w.wdtype[MB_PROTO_MAT_DOWN] = MB_DTYPE_Q6_K;
+    CHECK_EQ(mb_route_table_check_load(&t, &w), MB_STATUS_OK);
+    w.wdtype[MB_PROTO_MAT_UP] = (mb_dtype)99;
+    CHECK_EQ(mb_route_table_check_load(&t, &w), MB_STATUS_BAD_DTYPE);
 
     uint32_t d_ff = 77;
-    mb_dtype wd = MB_DTYPE_COUNT_;
+    mb_dtype wd[MB_PROTO_MATS] = {MB_DTYPE_COUNT_, MB_DTYPE_COUNT_, MB_DTYPE_COUNT_};
     /* Request errors, one class at a time. */
     uint16_t counts[4] = {1, 2, 0, 1};
     mb_proto_pair pairs[4] = {{2, 0.5f}, {0, 0.25f}, {2, 1.0f}, {1, 2.0f}};
     mb_proto_expert_req r = request(0, 4, D_MODEL, counts, pairs, 4);
-    CHECK_EQ(mb_route_validate(&t, &r, &d_ff, &wd), MB_STATUS_OK);
+    CHECK_EQ(mb_route_validate(&t, &r, &d_ff, wd), MB_STATUS_OK);
     CHECK_EQ(d_ff, D_FF);
-    CHECK_EQ(wd, MB_DTYPE_BF16);
+    for (int i = 0; i < MB_PROTO_MATS; i++)
+        CHECK_EQ(wd[i], MB_DTYPE_BF16);
     r = request(0, 4, D_MODEL, counts, pairs, 3);
     CHECK_EQ(mb_route_validate(&t, &r, NULL, NULL), MB_STATUS_PAIR_COUNT);
     r = request(0, 0, D_MODEL, counts, pairs, 4);
@@ -93,9 +106,9 @@ int main(void)
     CHECK_EQ(mb_route_validate(&t, &r, NULL, NULL), MB_STATUS_BAD_SHAPE);
     /* No tokens and no pairs: nothing to do, the empty shape. */
     r = request(0, 0, D_MODEL, counts, pairs, 0);
-    CHECK_EQ(mb_route_validate(&t, &r, &d_ff, &wd), MB_STATUS_OK);
+    CHECK_EQ(mb_route_validate(&t, &r, &d_ff, wd), MB_STATUS_OK);
     CHECK_EQ(d_ff, 0);
-    CHECK_EQ(wd, MB_DTYPE_F32);
+    CHECK_EQ(wd[MB_PROTO_MAT_DOWN], MB_DTYPE_F32);
 
     /* Build errors leave the table as it was. */
     mb_route_plan p;
@@ -114,7 +127,7 @@ int main(void)
     CHECK(table_clean(&t));
     CHECK_EQ(p.n_experts, 3);
     CHECK_EQ(p.d_ff, D_FF);
-    CHECK_EQ(p.wdtype, MB_DTYPE_BF16);
+    CHECK_EQ(p.wdtype[MB_PROTO_MAT_DOWN], MB_DTYPE_BF16);
     CHECK_EQ(p.expert_slot[0], 2);
     CHECK_EQ(p.expert_slot[1], 0);
     CHECK_EQ(p.expert_slot[2], 1);

@@ -47,7 +47,7 @@ static mb_status load_file(const char *path, uint32_t slot)
     memset(&le, 0, sizeof le);
     le.slot = slot;
     le.d_model = le.d_ff = D;
-    le.wdtype = MB_DTYPE_F32;
+    le.wdtype[0] = le.wdtype[1] = le.wdtype[2] = MB_DTYPE_F32;
     le.source = MB_WEIGHTS_FILE;
     le.path = path;
     le.path_len = (uint32_t)strlen(path);
@@ -68,7 +68,7 @@ static mb_status load_inline(uint32_t slot, uint32_t d)
     le.slot = slot;
     le.layer = slot; /* one layer per slot: shapes may differ */
     le.d_model = le.d_ff = d;
-    le.wdtype = MB_DTYPE_F32;
+    le.wdtype[0] = le.wdtype[1] = le.wdtype[2] = MB_DTYPE_F32;
     le.source = MB_WEIGHTS_INLINE;
     for (int i = 0; i < 3; i++) {
         le.bytes[i] = (uint64_t)d * d * sizeof(float);

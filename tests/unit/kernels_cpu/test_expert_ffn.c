@@ -156,7 +156,7 @@ static void run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, int wd, size_t d_mo
         loader ld = {x, d_model, 0};
         done_ctx dc = {hits};
         mb_kcpu_moe_problem p = {
-            .wdtype = wd,
+            .wdtype = {wd, wd, wd},
             .d_model = d_model,
             .d_ff = d_ff,
             .n_tokens = n_tok,
@@ -216,7 +216,7 @@ int main(void)
     unsigned long long seed = 77;
 
     /* Malformed problems fail without writing. */
-    mb_kcpu_moe_problem bad = {.wdtype = 7, .d_model = 8, .d_ff = 8};
+    mb_kcpu_moe_problem bad = {.wdtype = {7, 7, 7}, .d_model = 8, .d_ff = 8};
     CHECK(mb_kcpu_moe_run(pool, ws, &bad) == -1);
     CHECK(mb_kcpu_moe_run(pool, ws, NULL) == -1);
 

@@ -229,8 +229,9 @@ static inline void fx_load_expert_free(fx_load_expert *f)
         free(f->w[i]);
 }
 
-static inline fx_msg fx_build_load_expert_inline(fx_load_expert *f, uint32_t d_model, uint32_t d_ff,
-                                                 mb_dtype wdtype, uint32_t slot, uint64_t seed)
+/* A LOAD_EXPERT with inline weights, matrix i in wdtype[i]. */
+static inline fx_msg fx_build_load_expert_inline_mixed(fx_load_expert *f, uint32_t d_model, uint32_t d_ff,
+                                                       const mb_dtype *wdtype, uint32_t slot, uint64_t seed)
 {
     memset(f, 0, sizeof *f);
     f->m.layer = 3;
@@ -238,10 +239,10 @@ static inline fx_msg fx_build_load_expert_inline(fx_load_expert *f, uint32_t d_m
     f->m.slot = slot;
     f->m.d_model = d_model;
     f->m.d_ff = d_ff;
-    f->m.wdtype = wdtype;
     f->m.source = MB_WEIGHTS_INLINE;
-    size_t mat = fx_weight_mat_bytes(d_model, d_ff, wdtype);
     for (int i = 0; i < 3; i++) {
+        size_t mat = fx_weight_mat_bytes(d_model, d_ff, wdtype[i]);
+        f->m.wdtype[i] = wdtype[i];
         f->m.bytes[i] = mat;
         f->w[i] = malloc(mat);
         fx_fill_random(f->w[i], mat, &seed);
@@ -257,9 +258,19 @@ static inline fx_msg fx_build_load_expert_inline(fx_load_expert *f, uint32_t d_m
     return m;
 }
 
-static inline fx_msg fx_build_load_expert_file(mb_proto_load_expert *m, const char *path,
-                                               uint32_t d_model, uint32_t d_ff, mb_dtype wdtype,
-                                               uint32_t slot)
+/* The same with all three matrices in wdtype. */
+static inline fx_msg fx_build_load_expert_inline(fx_load_expert *f, uint32_t d_model, uint32_t d_ff,
+                                                 mb_dtype wdtype, uint32_t slot, uint64_t seed)
+{
+    const mb_dtype wd[3] = {wdtype, wdtype, wdtype};
+    return fx_build_load_expert_inline_mixed(f, d_model, d_ff, wd, slot, seed);
+}
+
+/* A LOAD_EXPERT naming a file region per matrix (matrix i in wdtype[i],
+ * the three back to back from offset 4096). */
+static inline fx_msg fx_build_load_expert_file_mixed(mb_proto_load_expert *m, const char *path,
+                                                     uint32_t d_model, uint32_t d_ff,
+                                                     const mb_dtype *wdtype, uint32_t slot)
 {
     memset(m, 0, sizeof *m);
     m->layer = 11;
@@ -267,12 +278,13 @@ static inline fx_msg fx_build_load_expert_file(mb_proto_load_expert *m, const ch
     m->slot = slot;
     m->d_model = d_model;
     m->d_ff = d_ff;
-    m->wdtype = wdtype;
     m->source = MB_WEIGHTS_FILE;
-    uint64_t mat = fx_weight_mat_bytes(d_model, d_ff, wdtype);
+    uint64_t at = 4096;
     for (int i = 0; i < 3; i++) {
-        m->bytes[i] = mat;
-        m->offset[i] = 4096 + (uint64_t)i * mat;
+        m->wdtype[i] = wdtype[i];
+        m->bytes[i] = fx_weight_mat_bytes(d_model, d_ff, wdtype[i]);
+        m->offset[i] = at;
+        at += m->bytes[i];
     }
     m->path = path;
     m->path_len = (uint32_t)strlen(path);
@@ -284,6 +296,14 @@ static inline fx_msg fx_build_load_expert_file(mb_proto_load_expert *m, const ch
     fx_msg out = fx_msg_copy(scratch, got);
     free(scratch);
     return out;
+}
+
+static inline fx_msg fx_build_load_expert_file(mb_proto_load_expert *m, const char *path,
+                                               uint32_t d_model, uint32_t d_ff, mb_dtype wdtype,
+                                               uint32_t slot)
+{
+    const mb_dtype wd[3] = {wdtype, wdtype, wdtype};
+    return fx_build_load_expert_file_mixed(m, path, d_model, d_ff, wd, slot);
 }
 
 static inline fx_msg fx_build_empty(mb_proto_opcode op, uint64_t tag, mb_status status)

@@ -74,7 +74,9 @@ static void test_header(void)
     PATCH(&req, MB_OP_EXPERT_REQ, FX_H_MAGIC, 4, 0x4b52424eu, MB_STATUS_BAD_MAGIC);
     PATCH(&req, MB_OP_EXPERT_REQ, FX_H_MAGIC, 4, 0, MB_STATUS_BAD_MAGIC);
     PATCH(&req, MB_OP_EXPERT_REQ, FX_H_VERSION, 2, 0, MB_STATUS_BAD_VERSION);
-    PATCH(&req, MB_OP_EXPERT_REQ, FX_H_VERSION, 2, 2, MB_STATUS_BAD_VERSION);
+    PATCH(&req, MB_OP_EXPERT_REQ, FX_H_VERSION, 2, MB_PROTO_VERSION + 1, MB_STATUS_BAD_VERSION);
+    /* Version 1 (one LOAD_EXPERT dtype for all three matrices) is refused. */
+    PATCH(&req, MB_OP_EXPERT_REQ, FX_H_VERSION, 2, 1, MB_STATUS_BAD_VERSION);
     PATCH(&req, MB_OP_EXPERT_REQ, FX_H_OPCODE, 2, 0, MB_STATUS_BAD_OPCODE);
     PATCH(&req, MB_OP_EXPERT_REQ, FX_H_OPCODE, 2, MB_OP_COUNT_, MB_STATUS_BAD_OPCODE);
     PATCH(&req, MB_OP_EXPERT_REQ, FX_H_OPCODE, 2, 0xffff, MB_STATUS_BAD_OPCODE);
@@ -354,7 +356,13 @@ static void test_load_expert_inline(void)
     PATCH(&m, op, 54, 2, 2, MB_STATUS_UNSUPPORTED);
     PATCH(&m, op, 40, 4, limits.max_slots, MB_STATUS_SLOT_RANGE);
     PATCH(&m, op, 40, 4, UINT32_MAX, MB_STATUS_SLOT_RANGE);
-    PATCH(&m, op, 108, 4, 1, MB_STATUS_BAD_FLAGS);  /* reserved */
+    /* up's and down's own dtypes (108, 110): named, sized as bytes[] says;
+     * element dtypes may differ on the wire (backends refuse the mix). */
+    PATCH(&m, op, 108, 2, MB_DTYPE_COUNT_, MB_STATUS_BAD_DTYPE);
+    PATCH(&m, op, 110, 2, 0xffff, MB_STATUS_BAD_DTYPE);
+    PATCH(&m, op, 110, 2, MB_DTYPE_F32, MB_STATUS_BAD_SHAPE);
+    PATCH(&m, op, 110, 2, MB_DTYPE_Q4_K, MB_STATUS_BAD_SHAPE);
+    PATCH(&m, op, 108, 2, MB_DTYPE_BF16, MB_STATUS_OK);
     PATCH(&m, op, 104, 4, 1, MB_STATUS_BAD_LENGTH); /* path_len with INLINE */
     /* Inline regions outside the buffer, overflowing, or moved. */
     PATCH(&m, op, 72, 8, 96 - 29, MB_STATUS_BAD_LENGTH); /* offset[2]: ends past the body */
@@ -394,6 +402,8 @@ static void test_load_expert_inline(void)
     fx_put32(&raw, 44, UINT32_MAX);
     fx_put32(&raw, 48, 1u << 31);
     fx_put16(&raw, 52, MB_DTYPE_F16);
+    fx_put16(&raw, 108, MB_DTYPE_F16);
+    fx_put16(&raw, 110, MB_DTYPE_F16);
     for (int i = 0; i < 3; i++)
         fx_put64(&raw, 80 + 8 * i, (uint64_t)UINT32_MAX << 32);
     CHECK_EQ(mb_proto_decode_load_expert(raw.p, raw.len, &open, &v), MB_STATUS_OVERFLOW);
@@ -431,8 +441,11 @@ static void test_load_expert_file(void)
     /* File regions must end within INT64_MAX. */
     PATCH(&m, op, 56, 8, UINT64_MAX, MB_STATUS_OVERFLOW);
     PATCH(&m, op, 64, 8, (uint64_t)INT64_MAX, MB_STATUS_OVERFLOW);
-    PATCH(&m, op, 72, 8, (uint64_t)INT64_MAX - 64, MB_STATUS_OK);
+    PATCH(&m, op, 72, 8, (uint64_t)INT64_MAX - 65, MB_STATUS_OK);
     PATCH(&m, op, 72, 8, (uint64_t)INT64_MAX - 63, MB_STATUS_OVERFLOW);
+    /* ... and start aligned for their dtype (bf16: 2 bytes). */
+    PATCH(&m, op, 72, 8, (uint64_t)INT64_MAX - 64, MB_STATUS_MISALIGNED);
+    PATCH(&m, op, 56, 8, 4097, MB_STATUS_MISALIGNED);
     PATCH(&m, op, 80, 8, 65, MB_STATUS_BAD_SHAPE);
     fx_msg_free(&m);
     fx_msg_free(&s);

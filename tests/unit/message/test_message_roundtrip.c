@@ -276,13 +276,18 @@ static void test_hello_reply(void)
     CHECK_EQ(mb_proto_encode_hello_reply(buf, 207, 1, &r, &bytes), MB_STATUS_FULL);
 }
 
-static void check_load_inline(uint32_t d_model, uint32_t d_ff, mb_dtype wdtype, uint64_t seed)
+static void check_load_inline_mixed(uint32_t d_model, uint32_t d_ff, const mb_dtype *wdtype,
+                                    uint64_t seed)
 {
     fx_load_expert f;
-    fx_msg m = fx_build_load_expert_inline(&f, d_model, d_ff, wdtype, 7, seed);
-    size_t mat = fx_weight_mat_bytes(d_model, d_ff, wdtype);
-    size_t step = (mat + 7) & ~(size_t)7;
-    CHECK_EQ(m.len, 112 + 3 * step);
+    fx_msg m = fx_build_load_expert_inline_mixed(&f, d_model, d_ff, wdtype, 7, seed);
+    size_t mat[3], at[3], end = 0;
+    for (int i = 0; i < 3; i++) {
+        mat[i] = fx_weight_mat_bytes(d_model, d_ff, wdtype[i]);
+        at[i] = end;
+        end += (mat[i] + 7) & ~(size_t)7;
+    }
+    CHECK_EQ(m.len, 112 + end);
     mb_proto_load_expert v;
     mb_status st = mb_proto_decode_load_expert(m.p, m.len, &limits, &v);
     CHECK_MSG(st == MB_STATUS_OK, "%s", mb_status_name(st));
@@ -292,26 +297,33 @@ static void check_load_inline(uint32_t d_model, uint32_t d_ff, mb_dtype wdtype, 
         CHECK_EQ(v.slot, 7);
         CHECK_EQ(v.d_model, d_model);
         CHECK_EQ(v.d_ff, d_ff);
-        CHECK_EQ(v.wdtype, wdtype);
         CHECK_EQ(v.source, MB_WEIGHTS_INLINE);
         CHECK(v.path == NULL);
         CHECK_EQ(v.path_len, 0);
         for (int i = 0; i < 3; i++) {
-            CHECK_EQ(v.bytes[i], mat);
-            CHECK_EQ(v.offset[i], i * step);
-            CHECK(inside(&m, v.data[i], mat));
+            CHECK_EQ(v.wdtype[i], wdtype[i]);
+            CHECK_EQ(v.bytes[i], mat[i]);
+            CHECK_EQ(v.offset[i], at[i]);
+            CHECK(inside(&m, v.data[i], mat[i]));
             CHECK((uintptr_t)v.data[i] % MB_PROTO_ALIGN == 0);
-            CHECK(memcmp(v.data[i], f.w[i], mat) == 0);
+            CHECK(memcmp(v.data[i], f.w[i], mat[i]) == 0);
         }
     }
     fx_load_expert_free(&f);
     fx_msg_free(&m);
 }
 
-static void check_load_file(const char *path, uint32_t d_model, uint32_t d_ff, mb_dtype wdtype)
+static void check_load_inline(uint32_t d_model, uint32_t d_ff, mb_dtype wdtype, uint64_t seed)
+{
+    const mb_dtype wd[3] = {wdtype, wdtype, wdtype};
+    check_load_inline_mixed(d_model, d_ff, wd, seed);
+}
+
+static void check_load_file_mixed(const char *path, uint32_t d_model, uint32_t d_ff,
+                                  const mb_dtype *wdtype)
 {
     mb_proto_load_expert src, v;
-    fx_msg m = fx_build_load_expert_file(&src, path, d_model, d_ff, wdtype, 63);
+    fx_msg m = fx_build_load_expert_file_mixed(&src, path, d_model, d_ff, wdtype, 63);
     size_t plen = strlen(path);
     CHECK_EQ(m.len, 112 + ((plen + 7) & ~(size_t)7));
     mb_status st = mb_proto_decode_load_expert(m.p, m.len, &limits, &v);
@@ -323,17 +335,23 @@ static void check_load_file(const char *path, uint32_t d_model, uint32_t d_ff, m
         CHECK_EQ(v.expert_id, src.expert_id);
         CHECK_EQ(v.d_model, d_model);
         CHECK_EQ(v.d_ff, d_ff);
-        CHECK_EQ(v.wdtype, wdtype);
         CHECK_EQ(v.path_len, plen);
         CHECK(inside(&m, v.path, plen));
         CHECK(memcmp(v.path, path, plen) == 0);
         for (int i = 0; i < 3; i++) {
+            CHECK_EQ(v.wdtype[i], wdtype[i]);
             CHECK_EQ(v.offset[i], src.offset[i]);
             CHECK_EQ(v.bytes[i], src.bytes[i]);
             CHECK(v.data[i] == NULL);
         }
     }
     fx_msg_free(&m);
+}
+
+static void check_load_file(const char *path, uint32_t d_model, uint32_t d_ff, mb_dtype wdtype)
+{
+    const mb_dtype wd[3] = {wdtype, wdtype, wdtype};
+    check_load_file_mixed(path, d_model, d_ff, wd);
 }
 
 static void test_load_expert_encoder_errors(void)
@@ -352,8 +370,13 @@ static void test_load_expert_encoder_errors(void)
     e.data[2] = NULL;
     CHECK_EQ(mb_proto_encode_load_expert(buf, sizeof buf, 1, &e, &bytes), MB_STATUS_INVALID_ARG);
     e = f.m;
-    e.wdtype = (mb_dtype)9;
+    e.wdtype[2] = (mb_dtype)9;
     CHECK_EQ(mb_proto_encode_load_expert(buf, sizeof buf, 1, &e, &bytes), MB_STATUS_BAD_DTYPE);
+    /* Each matrix's rows are whole blocks of its own dtype: 4 x 6 is not
+     * Q8_0 blocks for down alone either. */
+    e = f.m;
+    e.wdtype[2] = MB_DTYPE_Q8_0;
+    CHECK_EQ(mb_proto_encode_load_expert(buf, sizeof buf, 1, &e, &bytes), MB_STATUS_BAD_SHAPE);
     e = f.m;
     e.source = (mb_proto_weight_source)2;
     CHECK_EQ(mb_proto_encode_load_expert(buf, sizeof buf, 1, &e, &bytes), MB_STATUS_UNSUPPORTED);
@@ -374,6 +397,9 @@ static void test_load_expert_encoder_errors(void)
     e.path_len = 2;
     e.offset[2] = (uint64_t)INT64_MAX;
     CHECK_EQ(mb_proto_encode_load_expert(buf, sizeof buf, 1, &e, &bytes), MB_STATUS_OVERFLOW);
+    /* A file region starts aligned for its dtype (f32: 4 bytes). */
+    e.offset[2] = 4098;
+    CHECK_EQ(mb_proto_encode_load_expert(buf, sizeof buf, 1, &e, &bytes), MB_STATUS_MISALIGNED);
     fx_load_expert_free(&f);
     fx_msg_free(&m);
 }
@@ -411,6 +437,14 @@ int main(void)
     check_load_inline(256, 256, MB_DTYPE_Q6_K, seed++);
     check_load_file("/models/qwen3-30b-a3b-q4_k_m.gguf", 2048, 768, MB_DTYPE_Q4_K);
     check_load_file("/models/mixtral-q6_k.gguf", 4096, 14336, MB_DTYPE_Q6_K);
+    /* Q4_K_M: down in Q6_K beside Q4_K gate/up; matrices of one expert may
+     * each take another type (a Q8_0 down row needs d_ff in 32s only). */
+    const mb_dtype q4km[3] = {MB_DTYPE_Q4_K, MB_DTYPE_Q4_K, MB_DTYPE_Q6_K};
+    const mb_dtype odd[3] = {MB_DTYPE_Q8_0, MB_DTYPE_Q4_K, MB_DTYPE_Q8_0};
+    check_load_inline_mixed(256, 512, q4km, seed++);
+    check_load_inline_mixed(256, 96, odd, seed++);
+    check_load_file_mixed("/models/qwen3-30b-a3b-q4_k_m.gguf", 2048, 768, q4km);
+    check_load_file_mixed("/m/odd.gguf", 512, 32, odd);
     test_expert_req_encoder_errors();
     test_error_replies();
     test_empty();

@@ -137,18 +137,30 @@ int main(void)
         links[i].caps.weight_dtype_mask = MB_DTYPE_MASK_ALL;
         links[i].caps.payload_dtype_mask = MB_DTYPE_MASK_ALL;
     }
-    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_BF16, MB_DTYPE_F16, err, sizeof err), MB_STATUS_OK);
+    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_MASK(MB_DTYPE_BF16), MB_DTYPE_F16, err, sizeof err), MB_STATUS_OK);
     links[1].caps.weight_dtype_mask = MB_DTYPE_MASK(MB_DTYPE_F16) | MB_DTYPE_MASK(MB_DTYPE_F32);
     err[0] = '\0';
-    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_BF16, MB_DTYPE_F16, err, sizeof err), MB_STATUS_BAD_DTYPE);
+    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_MASK(MB_DTYPE_BF16), MB_DTYPE_F16, err, sizeof err), MB_STATUS_BAD_DTYPE);
     CHECK_MSG(strstr(err, "w1 gpu") && strstr(err, "bf16") && strstr(err, "weights"), "%s", err);
-    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_F16, MB_DTYPE_F16, err, sizeof err), MB_STATUS_OK);
+    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_MASK(MB_DTYPE_F16), MB_DTYPE_F16, err, sizeof err), MB_STATUS_OK);
     links[2].caps.payload_dtype_mask = MB_DTYPE_MASK(MB_DTYPE_F32);
     err[0] = '\0';
-    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_F16, MB_DTYPE_BF16, err, sizeof err), MB_STATUS_BAD_DTYPE);
+    CHECK_EQ(mb_placement_check_caps(links, 3, MB_DTYPE_MASK(MB_DTYPE_F16), MB_DTYPE_BF16, err, sizeof err), MB_STATUS_BAD_DTYPE);
     CHECK_MSG(strstr(err, "w2 gpu") && strstr(err, "bf16") && strstr(err, "payload"), "%s", err);
     /* A checkpoint without a weight dtype checks the payload alone. */
-    CHECK_EQ(mb_placement_check_caps(links, 2, MB_DTYPE_COUNT_, MB_DTYPE_F32, err, sizeof err), MB_STATUS_OK);
+    CHECK_EQ(mb_placement_check_caps(links, 2, 0, MB_DTYPE_F32, err, sizeof err), MB_STATUS_OK);
+    /* A Q4_K_M checkpoint (Q4_K and Q6_K experts) on a backend that takes
+     * element dtypes only: refused, naming each type it lacks. */
+    const uint32_t q4km = MB_DTYPE_MASK(MB_DTYPE_Q4_K) | MB_DTYPE_MASK(MB_DTYPE_Q6_K);
+    err[0] = '\0';
+    CHECK_EQ(mb_placement_check_caps(links, 1, q4km, MB_DTYPE_F32, err, sizeof err), MB_STATUS_BAD_DTYPE);
+    CHECK_MSG(strstr(err, "w0 gpu") && strstr(err, "q4_k, q6_k weights") && strstr(err, "takes f32, f16, bf16"),
+              "%s", err);
+    links[0].caps.weight_dtype_mask |= MB_DTYPE_MASK(MB_DTYPE_Q4_K);
+    CHECK_EQ(mb_placement_check_caps(links, 1, q4km, MB_DTYPE_F32, err, sizeof err), MB_STATUS_BAD_DTYPE);
+    CHECK_MSG(strstr(err, "no q6_k weights"), "%s", err);
+    links[0].caps.weight_dtype_mask |= MB_DTYPE_MASK(MB_DTYPE_Q6_K);
+    CHECK_EQ(mb_placement_check_caps(links, 1, q4km, MB_DTYPE_F32, err, sizeof err), MB_STATUS_OK);
 
     return mb_test_finish("test_placement");
 }

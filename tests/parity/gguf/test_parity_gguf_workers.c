@@ -1,0 +1,155 @@
+/* GGUF checkpoints with their experts on worker processes, against
+ * llama.cpp's logits (tests/data/gguf/<fixture>/reference.safetensors):
+ * prefill the prompt, decode the rest teacher-forced, with two CPU workers
+ * over shared memory (spawned on this host, so LOAD_EXPERT names regions of
+ * the GGUF file and the workers map it), with one worker over ZeroMQ tcp
+ * started by hand (no --model-root, so the blocks travel inline), and with
+ * every expert in-process. The q4_k_m fixtures mix types inside one expert
+ * (Q6_K down beside Q4_K gate/up in the last layer), which only a
+ * per-matrix dtype on the wire carries.
+ *
+ * A CUDA or Vulkan worker, where one opens, must be refused before any
+ * load with a message naming the quantized types it lacks (those backends
+ * take f32/f16/bf16 weights only).
+ *
+ * Bounds: each run meets the in-process bounds against llama.cpp
+ * (gguf_compare.h), and the workers' logits equal the in-process run's to
+ * MB_GGUF_WORKER_BOUND of max|reference| (same kernels, f32 payloads: only
+ * the order of the gate-weighted sums over workers may differ).
+ * Usage: test_parity_gguf_workers [fixture ...]. */
+#include <math.h>
+#include <string.h>
+
+#include "broker/session.h"
+#include "tests/integration/worker_util.h"
+#include "tests/parity/gguf/gguf_compare.h"
+#include "tests/testutil.h"
+
+#define MB_GGUF_WORKER_BOUND 1e-5
+
+/* Runs the reference's tokens through a session with these workers (none:
+ * every expert in-process) into logits[n_tokens][vocab]. */
+static mb_status run_session(const char *what, const mb_model *m, const mb_reference *ref, char **workers,
+                             size_t n_workers, float *logits)
+{
+    mb_options opt;
+    mb_options_init(&opt);
+    opt.workers = workers;
+    opt.n_workers = n_workers;
+    opt.local_experts = n_workers ? 0 : m->cfg.n_experts;
+    opt.payload_dtype = MB_DTYPE_F32;
+    opt.threads = 1;
+    opt.chunk = 16; /* several prefill chunks per prompt */
+    char err[512] = "";
+    mb_session *s = NULL;
+    mb_status st = mb_session_open(&opt, m, ref->n_tokens, 0, &s, err, sizeof err);
+    CHECK_MSG(st == MB_STATUS_OK, "%s: session: %s", what, err);
+    if (st != MB_STATUS_OK) return st;
+    for (size_t i = 0; i < (size_t)ref->n_tokens * ref->vocab; i++)
+        logits[i] = NAN;
+    st = mb_session_step(s, ref->input_ids, ref->prompt_len, logits, NULL, err, sizeof err);
+    for (uint32_t pos = ref->prompt_len; st == MB_STATUS_OK && pos < ref->n_tokens; pos++)
+        st = mb_session_step(s, ref->input_ids + pos, 1, logits + (size_t)pos * ref->vocab, NULL, err,
+                             sizeof err);
+    CHECK_MSG(st == MB_STATUS_OK, "%s: step: %s", what, err);
+    mb_session_close(s);
+    return st;
+}
+
+/* max |a - b| / max |ref| over the sequence. */
+static double rel_max_diff(const float *a, const float *b, const mb_reference *ref)
+{
+    double max_diff = 0, max_ref = 0;
+    for (size_t i = 0; i < (size_t)ref->n_tokens * ref->vocab; i++) {
+        const double d = fabs((double)a[i] - b[i]);
+        max_diff = !(d <= max_diff) ? (isnan(d) ? INFINITY : d) : max_diff;
+        max_ref = fmax(max_ref, fabs(ref->logits[i]));
+    }
+    return max_diff / max_ref;
+}
+
+/* Whether a backend of this name opens here. */
+static int backend_usable(const char *name)
+{
+    const mb_backend_ops *ops = mb_backend_find(name);
+    mb_backend_config cfg = {.device = 0, .max_slots = 16};
+    mb_backend *b = NULL;
+    if (!ops || mb_backend_open(ops, &cfg, &b) != MB_STATUS_OK) return 0;
+    mb_backend_close(b);
+    return 1;
+}
+
+/* A GPU worker cannot hold a quantized model: refused at placement, naming
+ * each expert type it lacks. */
+static void check_gpu_refused(const char *name, const mb_model *m, const mb_reference *ref)
+{
+    const uint32_t types = mb_model_expert_dtypes(m);
+    if (!(types & MB_DTYPE_MASK_QUANT)) return;
+    static const char *const gpus[] = {"cuda", "vulkan"};
+    for (size_t g = 0; g < 2; g++) {
+        if (!backend_usable(gpus[g])) continue;
+        char spec[32], err[512] = "";
+        snprintf(spec, sizeof spec, "%s:0", gpus[g]);
+        char *workers[] = {spec};
+        mb_options opt;
+        mb_options_init(&opt);
+        opt.workers = workers;
+        opt.n_workers = 1;
+        mb_session *s = NULL;
+        mb_status st = mb_session_open(&opt, m, ref->n_tokens, 0, &s, err, sizeof err);
+        printf("%s on %s: %s: %s\n", name, spec, mb_status_name(st), err);
+        CHECK_MSG(st == MB_STATUS_BAD_DTYPE, "%s on %s: %s", name, spec, mb_status_name(st));
+        if (st == MB_STATUS_OK) mb_session_close(s);
+        for (int d = 0; d < MB_DTYPE_COUNT_; d++)
+            if (types & MB_DTYPE_MASK(d) & MB_DTYPE_MASK_QUANT)
+                CHECK_MSG(strstr(err, mb_dtype_name((mb_dtype)d)) && strstr(err, "weights"),
+                          "%s on %s: the refusal does not name %s: %s", name, spec, mb_dtype_name((mb_dtype)d),
+                          err);
+    }
+}
+
+static void run_fixture(const char *name, const mb_model *m, const mb_reference *ref, void *ctx)
+{
+    const char *tcp_endpoint = ctx;
+    const size_t n = (size_t)ref->n_tokens * ref->vocab;
+    float *local = malloc(n * sizeof *local), *logits = malloc(n * sizeof *logits);
+    REQUIRE(local && logits);
+
+    char what[256];
+    snprintf(what, sizeof what, "%s in-process", name);
+    const int have_local = run_session(what, m, ref, NULL, 0, local) == MB_STATUS_OK;
+    if (have_local) mb_gguf_compare(what, local, ref->logits, ref->n_tokens, ref->vocab);
+
+    char *shm_workers[] = {"cpu,threads=1", "cpu,threads=1"};
+    char *tcp_workers[] = {(char *)tcp_endpoint};
+    struct {
+        const char *label;
+        char **workers;
+        size_t n;
+    } cases[] = {{"2 shm workers (file-mapped)", shm_workers, 2}, {"1 zmq tcp worker (inline)", tcp_workers, 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (!cases[i].workers[0]) continue;
+        snprintf(what, sizeof what, "%s %s", name, cases[i].label);
+        if (run_session(what, m, ref, cases[i].workers, cases[i].n, logits) != MB_STATUS_OK) continue;
+        mb_gguf_compare(what, logits, ref->logits, ref->n_tokens, ref->vocab);
+        if (!have_local) continue;
+        const double rel = rel_max_diff(logits, local, ref);
+        printf("%s: max|diff| vs in-process %.2e of max|ref|\n", what, rel);
+        CHECK_MSG(rel <= MB_GGUF_WORKER_BOUND, "%s: %.3e from the in-process run", what, rel);
+    }
+    check_gpu_refused(name, m, ref);
+    free(local);
+    free(logits);
+}
+
+int main(int argc, char **argv)
+{
+    /* A worker started by hand, as on another machine; it serves one
+     * coordinator session after another. */
+    char ep[256] = "";
+    pid_t tcp_pid = mb_test_start_worker("tcp://127.0.0.1:*", 1, ep, sizeof ep);
+    CHECK_MSG(tcp_pid > 0, "cannot start a tcp worker");
+    mb_gguf_for_fixtures(argc, argv, run_fixture, tcp_pid > 0 ? ep : NULL);
+    mb_test_stop_worker(tcp_pid);
+    return mb_test_finish("test_parity_gguf_workers");
+}
