@@ -106,6 +106,13 @@ struct mb_fwd_cuda {
     float *h_xfer, *h_moe, *h_logits;
     int32_t *h_tok;
     uint64_t device_ns;
+    /* Decode (one-token) steps replay two CUDA graphs per layer, captured
+     * at the first decode step: the layer up to the copy of the routed
+     * tokens, and from the experts' sums on. Their kernels read the
+     * position from pos_dev, so the graphs serve every position. */
+    int graphs; /* 1: on, 0: off (MB_CUDA_GRAPHS=0, or a capture failed) */
+    cudaGraphExec_t *graph_a, *graph_b; /* [n_layers], NULL until captured */
+    uint32_t *pos_dev, *h_pos;
     char err[256];
 };
 
@@ -412,6 +419,13 @@ static mb_status open_device(mb_fwd_cuda *fc)
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fc->copied, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaEventCreate(&fc->t0);
     if (e == cudaSuccess) e = cudaEventCreate(&fc->t1);
+    const char *g = getenv("MB_CUDA_GRAPHS");
+    fc->graphs = !(g && strcmp(g, "0") == 0);
+    fc->graph_a = calloc(fc->cfg.n_layers, sizeof *fc->graph_a);
+    fc->graph_b = calloc(fc->cfg.n_layers, sizeof *fc->graph_b);
+    if (!fc->graph_a || !fc->graph_b) return MB_STATUS_NOMEM;
+    if (e == cudaSuccess) e = dev_alloc(fc, sizeof(uint32_t), (void **)&fc->pos_dev);
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_pos, sizeof(uint32_t));
     fc->wait = calloc(fc->cfg.n_layers, sizeof *fc->wait);
     fc->resume = calloc(fc->cfg.n_layers, sizeof *fc->resume);
     if (!fc->wait || !fc->resume) return MB_STATUS_NOMEM;
@@ -496,6 +510,13 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
     }
     free(fc->wait);
     free(fc->resume);
+    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
+        if (fc->graph_a && fc->graph_a[l]) cudaGraphExecDestroy(fc->graph_a[l]);
+        if (fc->graph_b && fc->graph_b[l]) cudaGraphExecDestroy(fc->graph_b[l]);
+    }
+    free(fc->graph_a);
+    free(fc->graph_b);
+    cudaFreeHost(fc->h_pos);
     if (fc->stream) cudaStreamDestroy(fc->stream);
     cudaGetLastError();
     free(fc->allocs);
@@ -524,6 +545,12 @@ static int linear(mb_fwd_cuda *fc, const dev_mat *W, const float *x, size_t ldx,
     return mb_kcuda_linear(fc->stream, W->dtype, W->w, W->rows, W->cols, x, ldx, n, y, ldy, bias, accumulate);
 }
 
+/* Whether a step of n tokens runs from graphs (decode steps). */
+static int use_graph(const mb_fwd_cuda *fc, uint32_t n)
+{
+    return fc->graphs && n == 1;
+}
+
 /* x += o_proj(attention(rope(q), rope(k), v)) for n tokens at pos. */
 static mb_status attention_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
@@ -542,36 +569,104 @@ static mb_status attention_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32
                            D->k_norm, c->rms_eps));
     }
     const int il = c->rope_interleaved != 0;
-    K(mb_kcuda_rope(fc->stream, fc->q, fc->q_dim, n, c->n_heads, c->head_dim, pos, fc->cos, fc->sin, il));
-    K(mb_kcuda_rope(fc->stream, fc->k, fc->kv_dim, n, c->n_kv_heads, c->head_dim, pos, fc->cos, fc->sin, il));
-    K(mb_kcuda_kv_store(fc->stream, &D->kv, pos, n, fc->k, fc->kv_dim, fc->v, fc->kv_dim));
     const mb_kcuda_attn_shape s = {.n_heads = c->n_heads, .window = fc->window,
                                    .scale = (float)(1.0 / sqrt((double)c->head_dim))};
-    K(mb_kcuda_attention(fc->stream, &D->kv, &s, pos, n, fc->q, fc->q_dim, fc->att, fc->q_dim, fc->work,
-                         fc->work_floats));
+    if (use_graph(fc, n)) { /* the position comes from pos_dev */
+        const uint32_t *p = fc->pos_dev;
+        K(mb_kcuda_rope_at(fc->stream, fc->q, fc->q_dim, n, c->n_heads, c->head_dim, p, fc->cos, fc->sin, il));
+        K(mb_kcuda_rope_at(fc->stream, fc->k, fc->kv_dim, n, c->n_kv_heads, c->head_dim, p, fc->cos, fc->sin, il));
+        K(mb_kcuda_kv_store_at(fc->stream, &D->kv, p, n, fc->k, fc->kv_dim, fc->v, fc->kv_dim));
+        K(mb_kcuda_attention_at(fc->stream, &D->kv, &s, p, n, fc->q, fc->q_dim, fc->att, fc->q_dim, fc->work,
+                                fc->work_floats));
+    } else {
+        K(mb_kcuda_rope(fc->stream, fc->q, fc->q_dim, n, c->n_heads, c->head_dim, pos, fc->cos, fc->sin, il));
+        K(mb_kcuda_rope(fc->stream, fc->k, fc->kv_dim, n, c->n_kv_heads, c->head_dim, pos, fc->cos, fc->sin, il));
+        K(mb_kcuda_kv_store(fc->stream, &D->kv, pos, n, fc->k, fc->kv_dim, fc->v, fc->kv_dim));
+        K(mb_kcuda_attention(fc->stream, &D->kv, &s, pos, n, fc->q, fc->q_dim, fc->att, fc->q_dim, fc->work,
+                             fc->work_floats));
+    }
     K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, NULL, 1));
     return MB_STATUS_OK;
 }
 
-/* x += experts(norm(x)) (+ the shared expert): routing on the device, one
- * copy of [xn | ids | gate] to the host, the dispatcher, one copy back. */
-static mb_status moe_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int decode, mb_moe_fn moe_fn, void *moe_ctx)
+/* Segment A's tail: norm, router, top-k, and one copy of [xn | ids |
+ * gate] to the host. */
+static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
 {
     const mb_model_config *c = &fc->cfg;
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k;
     float *xn = fc->xfer;
-    int32_t *ids = (int32_t *)(fc->xfer + n * d);
-    float *gate = fc->xfer + n * (d + k);
     K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
     K(linear(fc, &D->router, xn, d, n, fc->rlog, c->n_experts, NULL, 0));
-    K(mb_kcuda_route_topk(fc->stream, fc->rlog, n, c->n_experts, c->top_k, fc->renorm, ids, gate));
+    K(mb_kcuda_route_topk(fc->stream, fc->rlog, n, c->n_experts, c->top_k, fc->renorm, (int32_t *)(xn + n * d),
+                          xn + n * (d + k)));
     cudaError_t e = cudaMemcpyAsync(fc->h_xfer, fc->xfer, (size_t)n * (d + 2 * k) * sizeof(float),
                                     cudaMemcpyDeviceToHost, fc->stream);
-    if (e == cudaSuccess) e = cudaEventRecord(fc->copied, fc->stream);
-    if (e != cudaSuccess) return fail(fc, e, "copying the routed tokens to the host");
-    const size_t ff = c->d_ff_shared;
-    if (ff) { /* overlaps the workers: only the down projection needs their sums */
+    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the routed tokens to the host");
+}
+
+static mb_status segment_a(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
+{
+    TRY(attention_block(fc, l, n, pos));
+    return route_out(fc, l, n);
+}
+
+/* Segment B: the experts' sums back, the shared expert's down projection
+ * added to them (the CPU's order), the residual. */
+static mb_status segment_b(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
+{
+    (void)pos;
+    const size_t d = fc->cfg.d_model, ff = fc->cfg.d_ff_shared;
+    cudaError_t e =
+        cudaMemcpyAsync(fc->moe, fc->h_moe, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "copying the experts' sums to the device");
+    if (ff) K(linear(fc, &fc->layers[l].sh_down, fc->sh_g, ff, n, fc->moe, d, NULL, 1));
+    K(mb_kcuda_add(fc->stream, fc->x, fc->moe, (size_t)n * d));
+    return MB_STATUS_OK;
+}
+
+typedef mb_status (*segment_fn)(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos);
+
+/* Runs a segment: enqueued directly, or for a decode step replayed from
+ * its graph, captured the first time. A capture that fails turns graphs
+ * off for good and the segment runs directly. */
+static mb_status run_segment(mb_fwd_cuda *fc, cudaGraphExec_t *exec, segment_fn fn, uint32_t l, uint32_t n,
+                             uint32_t pos)
+{
+    if (!use_graph(fc, n)) return fn(fc, l, n, pos);
+    if (!*exec) {
+        cudaError_t e = cudaStreamBeginCapture(fc->stream, cudaStreamCaptureModeThreadLocal);
+        mb_status st = e == cudaSuccess ? fn(fc, l, n, pos) : MB_STATUS_DEVICE;
+        cudaGraph_t g = NULL;
+        if (e == cudaSuccess) e = cudaStreamEndCapture(fc->stream, &g);
+        if (e == cudaSuccess && st == MB_STATUS_OK) e = cudaGraphInstantiate(exec, g, 0);
+        if (g) cudaGraphDestroy(g);
+        if (e != cudaSuccess || st != MB_STATUS_OK) {
+            cudaGetLastError();
+            *exec = NULL;
+            fc->graphs = 0;
+            fc->err[0] = '\0';
+            return fn(fc, l, n, pos);
+        }
+    }
+    cudaError_t e = cudaGraphLaunch(*exec, fc->stream);
+    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "launching a layer's graph");
+}
+
+/* One layer: segment A, the shared expert's gate and up (overlapping the
+ * workers), the host's one wait, the dispatcher, segment B. */
+static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos, int decode, mb_moe_fn moe_fn,
+                           void *moe_ctx)
+{
+    const mb_model_config *c = &fc->cfg;
+    const dev_layer *D = &fc->layers[l];
+    const size_t d = c->d_model, k = c->top_k, ff = c->d_ff_shared;
+    TRY(run_segment(fc, &fc->graph_a[l], segment_a, l, n, pos));
+    cudaError_t e = cudaEventRecord(fc->copied, fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "recording the copy");
+    if (ff) {
+        const float *xn = fc->xfer;
         K(linear(fc, &D->sh_gate, xn, d, n, fc->sh_g, ff, NULL, 0));
         K(linear(fc, &D->sh_up, xn, d, n, fc->sh_u, ff, NULL, 0));
         K(linear(fc, &D->sh_sg, xn, d, n, fc->sh_s, 1, NULL, 0));
@@ -591,12 +686,8 @@ static mb_status moe_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int decode, 
     mb_status st = moe_fn(moe_ctx, &w);
     if (st != MB_STATUS_OK) return st;
     e = cudaEventRecord(fc->resume[l], fc->stream);
-    if (e == cudaSuccess)
-        e = cudaMemcpyAsync(fc->moe, fc->h_moe, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, fc->stream);
-    if (e != cudaSuccess) return fail(fc, e, "copying the experts' sums to the device");
-    if (ff) K(linear(fc, &D->sh_down, fc->sh_g, ff, n, fc->moe, d, NULL, 1));
-    K(mb_kcuda_add(fc->stream, fc->x, fc->moe, (size_t)n * d));
-    return MB_STATUS_OK;
+    if (e != cudaSuccess) return fail(fc, e, "recording the experts' return");
+    return run_segment(fc, &fc->graph_b[l], segment_b, l, n, pos);
 }
 
 /* Final norm and lm_head: every row into logits, or the last into
@@ -652,12 +743,13 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
     if (e == cudaSuccess) e = cudaEventRecord(fc->t0, fc->stream);
     if (e == cudaSuccess)
         e = cudaMemcpyAsync(fc->tok, fc->h_tok, n * sizeof(int32_t), cudaMemcpyHostToDevice, fc->stream);
+    if (e == cudaSuccess && use_graph(fc, n)) {
+        *fc->h_pos = pos;
+        e = cudaMemcpyAsync(fc->pos_dev, fc->h_pos, sizeof(uint32_t), cudaMemcpyHostToDevice, fc->stream);
+    }
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
     K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));
-    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
-        TRY(attention_block(fc, l, n, pos));
-        TRY(moe_block(fc, l, n, decode, moe_fn, moe_ctx));
-    }
+    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));
     return head(fc, n, logits, last_logits);
 }
 

@@ -96,6 +96,21 @@ int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_
                        uint32_t n, const float *q, size_t ldq, float *out, size_t ldo, float *work,
                        size_t work_floats);
 
+/* Decode graphs: rope, kv_store and attention with the position read on
+ * the device, from *pos (a device uint32_t), when the kernels run, so one
+ * captured CUDA graph replays at every position. The caller guarantees
+ * *pos + n <= the tables' and the cache's positions (kv_store drops rows
+ * past the cache rather than write there). attention_at takes n <= 8 and
+ * splits for the whole cache (empty chunks cost a block each); work as
+ * mb_kcuda_attention_work. */
+int mb_kcuda_rope_at(void *stream, float *x, size_t ldx, uint32_t n, uint32_t n_heads, uint32_t head_dim,
+                     const uint32_t *pos, const float *cos, const float *sin, int interleaved);
+int mb_kcuda_kv_store_at(void *stream, const mb_kcuda_kv *kv, const uint32_t *pos, uint32_t n, const float *k,
+                         size_t ldk, const float *v, size_t ldv);
+int mb_kcuda_attention_at(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, const uint32_t *pos,
+                          uint32_t n, const float *q, size_t ldq, float *out, size_t ldo, float *work,
+                          size_t work_floats);
+
 /* Routing, as mb_router_select, fused in one kernel: for each of n rows of
  * logits[n][n_experts] (f32), softmax in f32, the top_k largest
  * probabilities in descending order (ties: the lower index first) into

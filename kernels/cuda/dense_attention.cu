@@ -30,6 +30,7 @@ struct mb_attn_args {
     uint32_t n_kv, hd, max_ctx, n_heads, n_rep, window;
     float scale;
     uint32_t pos0, n;
+    const uint32_t *pos_dev; // when not NULL, pos0 is read here on the device (decode graphs)
     const float *q;
     size_t ldq;
     float *out;
@@ -88,7 +89,7 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t c
     __shared__ float s_m[MB_ATTN_DEC_HEADS], s_l[MB_ATTN_DEC_HEADS];
     const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t hd = a.hd, qpos = a.pos0 + t;
+    const uint32_t hd = a.hd, qpos = (a.pos_dev ? *a.pos_dev : a.pos0) + t;
     const uint32_t h0 = g * a.n_rep + hg * MB_ATTN_DEC_HEADS;
     const int nh = (int)min((uint32_t)MB_ATTN_DEC_HEADS, a.n_rep - hg * MB_ATTN_DEC_HEADS);
     const uint32_t p0 = mb_attn_first_visible(qpos, a.window) + s * chunk;
@@ -407,16 +408,11 @@ extern "C" size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_
     return most;
 }
 
-extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,
-                                  uint32_t n, const float *q, size_t ldq, float *out, size_t ldo, float *work,
-                                  size_t work_floats)
+// Fills the arguments both entry points share.
+static mb_attn_args mb_attn_args_for(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,
+                                     const uint32_t *pos_dev, uint32_t n, const float *q, size_t ldq, float *out,
+                                     size_t ldo)
 {
-    if (!mb_attn_shape_ok(kv, s) || !kv->k || !kv->v || !q || !out || n == 0 || pos0 > kv->max_ctx ||
-        n > kv->max_ctx - pos0)
-        return (int)cudaErrorInvalidValue;
-    const size_t row = (size_t)s->n_heads * kv->head_dim;
-    if (ldq < row || ldo < row) return (int)cudaErrorInvalidValue;
-    const cudaStream_t st = mb_dense_stream(stream);
     mb_attn_args a;
     a.k = kv->k;
     a.v = kv->v;
@@ -428,12 +424,48 @@ extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_
     a.window = s->window;
     a.scale = s->scale;
     a.pos0 = pos0;
+    a.pos_dev = pos_dev;
     a.n = n;
     a.q = q;
     a.ldq = ldq;
     a.out = out;
     a.ldo = ldo;
+    return a;
+}
 
+static bool mb_attn_call_ok(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t n, const float *q,
+                            size_t ldq, const float *out, size_t ldo)
+{
+    const size_t row = mb_attn_shape_ok(kv, s) ? (size_t)s->n_heads * kv->head_dim : 0;
+    return row && kv->k && kv->v && q && out && n && ldq >= row && ldo >= row;
+}
+
+// The split-K decode over rows of up to max_span positions.
+static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, float *work, size_t work_floats,
+                                 cudaStream_t st)
+{
+    const mb_attn_dec_plan p = mb_attn_dec_plan_for(a.n_kv, a.n_rep, a.n, max_span);
+    if (p.n_split > 1) {
+        const size_t need = (size_t)a.n * a.n_heads * p.n_split * ((size_t)a.hd + 2);
+        if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
+    }
+    const dim3 grid(p.n_split, a.n_kv * p.n_hgroups, a.n);
+    mb_kcuda_attn_decode_kernel<<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split, work);
+    if (p.n_split > 1) {
+        const dim3 mgrid(a.n_heads, a.n);
+        mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_split, work);
+    }
+    return mb_dense_launched();
+}
+
+extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,
+                                  uint32_t n, const float *q, size_t ldq, float *out, size_t ldo, float *work,
+                                  size_t work_floats)
+{
+    if (!mb_attn_call_ok(kv, s, n, q, ldq, out, ldo) || pos0 > kv->max_ctx || n > kv->max_ctx - pos0)
+        return (int)cudaErrorInvalidValue;
+    const cudaStream_t st = mb_dense_stream(stream);
+    const mb_attn_args a = mb_attn_args_for(kv, s, pos0, NULL, n, q, ldq, out, ldo);
     if (n > MB_ATTN_DEC_MAX_N) {
         cudaError_t e;
         if (a.hd <= 64)
@@ -444,16 +476,18 @@ extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_
             e = mb_attn_flash_launch<256>(a, st);
         return (int)e;
     }
-    const mb_attn_dec_plan p = mb_attn_dec_plan_for(a.n_kv, a.n_rep, n, mb_attn_max_span(pos0, n, a.window));
-    if (p.n_split > 1) {
-        const size_t need = (size_t)n * a.n_heads * p.n_split * ((size_t)a.hd + 2);
-        if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
-    }
-    const dim3 grid(p.n_split, a.n_kv * p.n_hgroups, n);
-    mb_kcuda_attn_decode_kernel<<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split, work);
-    if (p.n_split > 1) {
-        const dim3 mgrid(a.n_heads, n);
-        mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_split, work);
-    }
-    return mb_dense_launched();
+    return mb_attn_decode_launch(a, mb_attn_max_span(pos0, n, a.window), work, work_floats, st);
+}
+
+extern "C" int mb_kcuda_attention_at(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s,
+                                     const uint32_t *pos, uint32_t n, const float *q, size_t ldq, float *out,
+                                     size_t ldo, float *work, size_t work_floats)
+{
+    if (!mb_attn_call_ok(kv, s, n, q, ldq, out, ldo) || !pos || n > MB_ATTN_DEC_MAX_N || n > kv->max_ctx)
+        return (int)cudaErrorInvalidValue;
+    const mb_attn_args a = mb_attn_args_for(kv, s, 0, pos, n, q, ldq, out, ldo);
+    // Split for the longest span the cache allows; chunks past a row's
+    // positions leave empty partials the merge skips.
+    return mb_attn_decode_launch(a, mb_attn_max_span(0, kv->max_ctx, a.window), work, work_floats,
+                                 mb_dense_stream(stream));
 }

@@ -5,6 +5,10 @@
  *   - on two CPU workers over shared memory, every payload dtype;
  *   - on a cuda:0 worker, every payload dtype;
  *   - in-process on the same GPU (--local-experts covering every expert);
+ *   - and with decode steps launched directly instead of replayed from
+ *     CUDA graphs (MB_CUDA_GRAPHS=0), which must agree with the graphs to
+ *     f32 rounding (relative 1e-5: the graphs' attention splits the cache
+ *     differently);
  * and every position's logits are compared with transformers' under the
  * bounds the CPU coordinator meets (test_parity_workers: relative to
  * max|reference|, f32 1e-3 with the same argmax everywhere, f16 2e-3, bf16
@@ -127,6 +131,16 @@ static void run_model(const char *name, const mb_model *m, const mb_reference *r
             double rel = rel_diff(got, cpu, n, ref->vocab, &bad);
             printf("  %-44s vs the CPU coordinator %.2e (bound 1e-4), argmax mismatches %u\n", what, rel, bad);
             CHECK_MSG(rel <= 1e-4 && bad == 0, "%s: %.3e from the CPU coordinator, %u argmax", what, rel, bad);
+        }
+        if (dt == MB_DTYPE_F32) {
+            float *direct = cpu; /* the CPU coordinator's logits are done with */
+            setenv("MB_CUDA_GRAPHS", "0", 1);
+            int ok = run_seq("no graphs", m, ref, 0, cpu_workers, 2, 0, MB_DTYPE_F32, direct) == 0;
+            unsetenv("MB_CUDA_GRAPHS");
+            uint32_t bad = 0;
+            double rel = ok ? rel_diff(direct, got, n, ref->vocab, &bad) : INFINITY;
+            printf("  %-44s direct launches vs graphs %.2e (bound 1e-5), argmax mismatches %u\n", what, rel, bad);
+            CHECK_MSG(rel <= 1e-5 && bad == 0, "%s: graphs and direct launches differ by %.3e", what, rel);
         }
         snprintf(what, sizeof what, "%s cuda coord, cuda:0 worker %s", name, mb_dtype_name(dt));
         if (run_seq(what, m, ref, 0, gpu_worker, 1, 0, (mb_dtype)dt, got) == 0) compare_ref(what, got, ref, dt);
