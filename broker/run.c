@@ -47,14 +47,22 @@ static uint64_t mb_rand_next(uint64_t *s)
 /* SIGINT / SIGTERM: the run stops after the current step, stops its workers
  * (their segments and socket files go with them), writes the statistics it
  * was asked for and exits 128 + the signal. */
-static volatile sig_atomic_t mb_run_signal;
+volatile sig_atomic_t mb_run_signal;
 
 static void mb_run_on_signal(int sig)
 {
     mb_run_signal = sig;
 }
 
-static void mb_run_catch_signals(void)
+void mb_run_say_interrupted(void)
+{
+    fprintf(stderr, "moe-broker: %s: stopping the workers\n",
+            mb_run_signal == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)");
+}
+
+/* No SA_RESTART: a blocking read (the chat's stdin) returns EINTR and the
+ * loop around it sees the flag. */
+void mb_run_catch_signals(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -304,8 +312,7 @@ static int run_ids(const mb_options *opt, mb_model *model, int progress)
     return 0;
 
 interrupted:
-    fprintf(stderr, "moe-broker: %s: stopping the workers\n", mb_run_signal == SIGINT ? "interrupted (SIGINT)"
-                                                                                     : "terminated (SIGTERM)");
+    mb_run_say_interrupted();
     if (mb_run_stats_wanted(opt)) mb_stats_print_table(sess->stats, stdout);
     if (opt->stats_json && mb_stats_write_json(sess->stats, opt->stats_json) != MB_STATUS_OK)
         fprintf(stderr, "moe-broker: cannot write %s\n", opt->stats_json);

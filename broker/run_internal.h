@@ -3,6 +3,7 @@
 #ifndef MB_BROKER_RUN_INTERNAL_H
 #define MB_BROKER_RUN_INTERNAL_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "broker/model.h"
@@ -27,6 +28,17 @@ int mb_run_load_model(const mb_options *opt, int progress, mb_model **out);
 
 /* The sampler settings of opt. Cannot fail. */
 void mb_run_sampler_params(const mb_options *opt, mb_sampler_params *p);
+
+/* SIGINT / SIGTERM: the signal that asked the run to stop, 0 until one
+ * does. mb_run_catch_signals installs the handler that sets it; runs check it
+ * between steps and hand it to the dispatcher as its cancel flag, then stop
+ * the workers (their segments and socket files go with them), write the
+ * statistics asked for and exit 128 + the signal. */
+extern volatile sig_atomic_t mb_run_signal;
+void mb_run_catch_signals(void);
+
+/* "moe-broker: interrupted (SIGINT): stopping the workers" on stderr. */
+void mb_run_say_interrupted(void);
 
 /* --prompt, --chat and the chat command (run_text.c). Returns the exit code. */
 int mb_run_text(const mb_options *opt, const mb_model *model, int progress);
