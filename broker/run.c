@@ -14,6 +14,7 @@
 
 #include "broker/run_internal.h"
 #include "broker/sampler.h"
+#include "broker/serve/serve.h"
 #include "broker/session.h"
 #include "broker/synthetic.h"
 
@@ -135,6 +136,12 @@ int mb_run_context_limit(const mb_options *opt, const mb_model_config *c, uint64
         return -1;
     }
     return 0;
+}
+
+uint32_t mb_run_text_context(const mb_options *opt, const mb_model_config *c)
+{
+    uint32_t limit = opt->max_ctx ? opt->max_ctx : c->max_positions;
+    return opt->max_ctx || (limit && limit < MB_RUN_TEXT_DEFAULT_CTX) ? limit : MB_RUN_TEXT_DEFAULT_CTX;
 }
 
 int mb_run_stats_wanted(const mb_options *opt)
@@ -344,7 +351,9 @@ int mb_run(const mb_options *opt)
     mb_model *model = NULL;
     if (mb_run_load_model(opt, progress, &model) != 0) return 1;
     int text = opt->command == MB_COMMAND_CHAT || opt->prompt || opt->chat;
-    int rc = text ? mb_run_text(opt, model, progress) : run_ids(opt, model, progress);
+    int rc = opt->command == MB_COMMAND_SERVE ? mb_serve(opt, model, progress)
+             : text                           ? mb_run_text(opt, model, progress)
+                                              : run_ids(opt, model, progress);
     mb_model_destroy(model);
     return rc;
 }

@@ -1,5 +1,6 @@
-/* Private to the run command (run.c, run_text.c): the checks and setup both
- * forms of a run share. Each prints its own one-line error to stderr. */
+/* Private to the commands that run a model (run.c, run_text.c, serve/): the
+ * checks and setup they share. Each prints its own one-line error to
+ * stderr. */
 #ifndef MB_BROKER_RUN_INTERNAL_H
 #define MB_BROKER_RUN_INTERNAL_H
 
@@ -18,6 +19,11 @@ int mb_run_check_outputs(const mb_options *opt);
  * max_position_embeddings), else -1; what names the demand in the message. */
 int mb_run_context_limit(const mb_options *opt, const mb_model_config *c, uint64_t positions,
                          const char *what);
+
+/* Positions of the KV cache for text without --gen: --max-ctx, else the
+ * model's max_position_embeddings up to MB_RUN_TEXT_DEFAULT_CTX. */
+#define MB_RUN_TEXT_DEFAULT_CTX 4096u
+uint32_t mb_run_text_context(const mb_options *opt, const mb_model_config *c);
 
 /* 1 when the statistics table is to be printed: --stats / MB_STATS when
  * given, else on for the embedded model unless --quiet. */

@@ -17,9 +17,6 @@
 #include "broker/session.h"
 #include "broker/text.h"
 
-/* Positions of the KV cache when text runs without --gen or --max-ctx. */
-#define TEXT_DEFAULT_CTX 4096u
-
 typedef struct {
     const mb_options *opt;
     const mb_model *model;
@@ -248,7 +245,7 @@ static int text_finish_stats(text_run *t)
 
 /* Sizes the KV cache. With --gen (run only): prompt + --gen positions,
  * within the context limit. Otherwise --max-ctx, or the model's
- * max_position_embeddings capped at TEXT_DEFAULT_CTX; n_prompt must fit. */
+ * max_position_embeddings capped (mb_run_text_context); n_prompt must fit. */
 static int text_size_context(text_run *t, size_t n_prompt, const char *what)
 {
     const mb_options *opt = t->opt;
@@ -260,8 +257,7 @@ static int text_size_context(text_run *t, size_t n_prompt, const char *what)
         return 0;
     }
     if (mb_run_context_limit(opt, c, n_prompt, what) != 0) return -1;
-    uint32_t limit = opt->max_ctx ? opt->max_ctx : c->max_positions;
-    t->max_ctx = opt->max_ctx || limit < TEXT_DEFAULT_CTX ? limit : TEXT_DEFAULT_CTX;
+    t->max_ctx = mb_run_text_context(opt, c);
     if (n_prompt > t->max_ctx) {
         fprintf(stderr, "moe-broker: %s needs %zu positions, more than the %u of the KV cache "
                         "(--max-ctx N raises it)\n",
