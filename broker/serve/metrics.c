@@ -16,7 +16,7 @@ static void metric_head(mb_serve_buf *b, const char *name, const char *type, con
 static void metric(mb_serve_buf *b, const char *name, const char *type, const char *help, double value)
 {
     metric_head(b, name, type, help);
-    mb_serve_buf_printf(b, "%s %.17g\n", name, value);
+    mb_serve_buf_printf(b, "%s %.15g\n", name, value);
 }
 
 /* A label value with \, " and newlines escaped, as the format asks. */
@@ -73,7 +73,11 @@ static void ipc_family(mb_serve_buf *b, const mb_stats *st, const char *field, s
             uint64_t v = *(const uint64_t *)((const char *)&c + offset);
             mb_serve_buf_printf(b, "%s{backend=\"", name);
             put_label(b, mb_stats_backend_name(st, be));
-            mb_serve_buf_printf(b, "\",phase=\"%s\"} %.17g\n", mb_stats_phase_name(ph), ns ? (double)v / 1e9 : (double)v);
+            mb_serve_buf_printf(b, "\",phase=\"%s\"} ", mb_stats_phase_name(ph));
+            if (ns)
+                mb_serve_buf_printf(b, "%.9f\n", (double)v / 1e9);
+            else
+                mb_serve_buf_printf(b, "%llu\n", (unsigned long long)v);
         }
     }
 }
