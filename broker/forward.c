@@ -303,6 +303,11 @@ void mb_forward_reset(mb_forward *f)
     if (f) f->pos = 0;
 }
 
+void mb_forward_truncate(mb_forward *f, uint32_t pos)
+{
+    if (f && pos < f->pos) f->pos = pos; /* rows past pos are dead and get overwritten */
+}
+
 mb_status mb_forward_set_chunk(mb_forward *f, uint32_t chunk_tokens)
 {
     if (!f || chunk_tokens == 0 || chunk_tokens > f->chunk_cap) return MB_STATUS_INVALID_ARG;

@@ -75,6 +75,11 @@ void mb_forward_destroy(mb_forward *f);
 /* Forgets the sequence: the next step starts at position 0. Cannot fail. */
 void mb_forward_reset(mb_forward *f);
 
+/* Keeps the first pos positions of the sequence and forgets the rest (a
+ * no-op when pos >= the current position): the next step starts at pos.
+ * A server reuses a cached prompt prefix this way. Cannot fail. */
+void mb_forward_truncate(mb_forward *f, uint32_t pos);
+
 /* Sets the chunk size for later steps: 1..the size chosen at create
  * (min(MB_FORWARD_CHUNK_DEFAULT, max_ctx)). Errors: INVALID_ARG. */
 mb_status mb_forward_set_chunk(mb_forward *f, uint32_t chunk_tokens);

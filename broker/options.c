@@ -197,6 +197,23 @@ static const knob knobs[MB_OPTION_COUNT_] = {
                                    "prompt + --gen, or up to 4096 positions for text without --gen",
                            .help = "context limit in positions: a run that would exceed it fails\n"
                                    "before it starts"},
+    [MB_OPTION_HOST] = {.flag = "host", .env = "MB_HOST", .kind = KNOB_STRING, .offset = OFF(host),
+                        .arg = "ADDR", .dflt = "127.0.0.1 (this host only)",
+                        .help = "serve: the address to listen on (a name, IPv4 or IPv6 address;\n"
+                                "0.0.0.0 for every interface)"},
+    [MB_OPTION_PORT] = {.flag = "port", .env = "MB_PORT", .kind = KNOB_U32, .offset = OFF(port), .max = 65535,
+                        .arg = "N", .help = "serve: the TCP port; 0 = any free one (printed at start)"},
+    [MB_OPTION_API_KEY] = {.flag = "api-key", .env = "MB_API_KEY", .kind = KNOB_STRING, .offset = OFF(api_key),
+                           .arg = "KEY", .dflt = "none (no key asked)",
+                           .help = "serve: every request but /health must carry\n"
+                                   "'Authorization: Bearer KEY' (prefer the variable: flags show in ps)"},
+    [MB_OPTION_QUEUE_MAX] = {.flag = "queue-max", .env = "MB_QUEUE_MAX", .kind = KNOB_U32,
+                             .offset = OFF(queue_max), .min = 1, .max = 65536, .arg = "N",
+                             .help = "serve: requests that may wait for the generation slot; more\n"
+                                     "get 503"},
+    [MB_OPTION_MAX_BODY] = {.flag = "max-body", .env = "MB_MAX_BODY", .kind = KNOB_BYTES,
+                            .offset = OFF(max_body_bytes), .arg = "BYTES", .dflt = "4M",
+                            .help = "serve: largest request body, K/M/G suffixes; larger ones get 413"},
     [MB_OPTION_LOGITS_OUT] = {.flag = "logits-out", .kind = KNOB_STRING, .offset = OFF(logits_out),
                               .arg = "PATH", .dflt = "none",
                               .help = "write the logits of every position (prompt and generated)\n"
@@ -244,6 +261,9 @@ void mb_options_init(mb_options *opt)
     opt->repeat_penalty = 1.0;
     opt->repeat_last_n = 64;
     opt->cuda_device = -1;
+    opt->port = 8080;
+    opt->queue_max = 16;
+    opt->max_body_bytes = 4u << 20;
 }
 
 void mb_options_free(mb_options *opt)
@@ -527,6 +547,13 @@ static mb_status check_exclusive(const mb_options *o, char *err, size_t err_cap)
                             name);
             return MB_STATUS_CONFIG;
         }
+        if (o->command == MB_COMMAND_SERVE) {
+            mb_options_errf(err, err_cap,
+                            "moe-broker: serve takes its prompts from HTTP requests: --%s does not "
+                            "apply",
+                            name);
+            return MB_STATUS_CONFIG;
+        }
         if (first) {
             mb_options_errf(err, err_cap,
                             "moe-broker: --%s and --%s exclude each other (one prompt: ids, text, a "
@@ -583,9 +610,12 @@ mb_status mb_options_parse(int argc, char **argv, mb_options *out, char *err, si
     if (argc > 1 && argv[1][0] != '-') {
         if (strcmp(argv[1], "chat") == 0) {
             o.command = MB_COMMAND_CHAT;
+        } else if (strcmp(argv[1], "serve") == 0) {
+            o.command = MB_COMMAND_SERVE;
         } else if (strcmp(argv[1], "run") != 0) {
             mb_options_errf(err, err_cap,
-                            "moe-broker: unknown command '%s' (valid: run, chat, tokenize, keygen)",
+                            "moe-broker: unknown command '%s' (valid: run, chat, serve, tokenize, "
+                            "keygen)",
                             argv[1]);
             return MB_STATUS_CONFIG;
         }
@@ -681,6 +711,9 @@ void mb_options_usage(FILE *f)
                "                                      a random one), then exit\n"
                "       moe-broker chat [OPTION]...    a conversation: messages from stdin, replies\n"
                "                                      to stdout (history kept between turns)\n"
+               "       moe-broker serve [OPTION]...   an OpenAI-compatible HTTP server (/v1/chat/\n"
+               "                                      completions, /v1/completions, /v1/models,\n"
+               "                                      /health, /metrics) until SIGINT/SIGTERM\n"
                "       moe-broker tokenize --model DIR|FILE.gguf --text TEXT [--decode] (see tokenize --help)\n"
                "       moe-broker keygen DIR              a CURVE keypair for --curve-secret and\n"
                "                                      moe-worker --curve-secret / --curve-allow\n"

@@ -67,6 +67,11 @@ typedef enum {
     MB_OPTION_REPEAT_LAST_N,
     MB_OPTION_CHUNK,
     MB_OPTION_MAX_CTX,
+    MB_OPTION_HOST,
+    MB_OPTION_PORT,
+    MB_OPTION_API_KEY,
+    MB_OPTION_QUEUE_MAX,
+    MB_OPTION_MAX_BODY,
     MB_OPTION_LOGITS_OUT,
     MB_OPTION_STATS,
     MB_OPTION_STATS_JSON,
@@ -76,11 +81,12 @@ typedef enum {
     MB_OPTION_COUNT_
 } mb_option_id;
 
-/* The subcommand: `moe-broker [run]` or `moe-broker chat` (tokenize has its
- * own parser). */
+/* The subcommand: `moe-broker [run]`, `moe-broker chat` or `moe-broker
+ * serve` (tokenize and keygen have their own parsers). */
 typedef enum {
-    MB_COMMAND_RUN = 0,  /* one prompt (ids, random, --prompt or --chat), then exit */
-    MB_COMMAND_CHAT = 1, /* an interactive conversation on stdin/stdout */
+    MB_COMMAND_RUN = 0,   /* one prompt (ids, random, --prompt or --chat), then exit */
+    MB_COMMAND_CHAT = 1,  /* an interactive conversation on stdin/stdout */
+    MB_COMMAND_SERVE = 2, /* an OpenAI-compatible HTTP server until a signal */
 } mb_command;
 
 /* Parsed options. Strings and arrays are owned by the struct (freed by
@@ -127,6 +133,11 @@ typedef struct {
     uint32_t repeat_last_n; /* tokens the penalty looks back over, default 64 */
     uint32_t chunk;         /* prefill chunk in tokens, 1..65536, default 512 */
     uint32_t max_ctx;       /* context limit, 0 = the model's */
+    char *host;             /* serve: address to bind; NULL = 127.0.0.1 */
+    uint32_t port;          /* serve: TCP port, 0 = any free one, default 8080 */
+    char *api_key;          /* serve: the Bearer key every request but /health needs; NULL = none */
+    uint32_t queue_max;     /* serve: requests that may wait, default 16 */
+    uint64_t max_body_bytes; /* serve: largest request body, default 4 MiB */
     char *logits_out;       /* --logits-out PATH; NULL = none */
     int stats;              /* print the IPC statistics table at exit */
     char *stats_json;       /* --stats-json PATH; NULL = none */
@@ -142,13 +153,13 @@ typedef struct {
 void mb_options_init(mb_options *opt);
 
 /* Parses argv (argv[0] the program, argv[1] optionally the subcommand "run",
- * the default, or "chat") and the MB_* environment into *out. Environment values are
+ * the default, "chat" or "serve") and the MB_* environment into *out. Environment values are
  * read only for knobs no flag set, so an invalid variable shadowed by a flag
  * is not an error; an empty variable counts as unset. When -h/--help appears
  * anywhere before "--", returns MB_STATUS_OK with out->help set, defaults
  * elsewhere, and nothing else checked; --version likewise sets out->version.
  * Flags that exclude each other (--input-ids, --prompt, --chat, --prompt-len;
- * chat with any of them) are refused here.
+ * chat or serve with any of them) are refused here.
  * On success *out owns its strings (release with mb_options_free). On failure
  * *out is untouched and err (when err_cap > 0) holds one line such as
  * "moe-broker: invalid --ipc-mode 'fast' (valid: auto, batched, stream)".

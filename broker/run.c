@@ -14,6 +14,7 @@
 
 #include "broker/run_internal.h"
 #include "broker/sampler.h"
+#include "broker/serve/serve.h"
 #include "broker/session.h"
 #include "broker/synthetic.h"
 
@@ -47,14 +48,22 @@ static uint64_t mb_rand_next(uint64_t *s)
 /* SIGINT / SIGTERM: the run stops after the current step, stops its workers
  * (their segments and socket files go with them), writes the statistics it
  * was asked for and exits 128 + the signal. */
-static volatile sig_atomic_t mb_run_signal;
+volatile sig_atomic_t mb_run_signal;
 
 static void mb_run_on_signal(int sig)
 {
     mb_run_signal = sig;
 }
 
-static void mb_run_catch_signals(void)
+void mb_run_say_interrupted(void)
+{
+    fprintf(stderr, "moe-broker: %s: stopping the workers\n",
+            mb_run_signal == SIGINT ? "interrupted (SIGINT)" : "terminated (SIGTERM)");
+}
+
+/* No SA_RESTART: a blocking read (the chat's stdin) returns EINTR and the
+ * loop around it sees the flag. */
+void mb_run_catch_signals(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -127,6 +136,12 @@ int mb_run_context_limit(const mb_options *opt, const mb_model_config *c, uint64
         return -1;
     }
     return 0;
+}
+
+uint32_t mb_run_text_context(const mb_options *opt, const mb_model_config *c)
+{
+    uint32_t limit = opt->max_ctx ? opt->max_ctx : c->max_positions;
+    return opt->max_ctx || (limit && limit < MB_RUN_TEXT_DEFAULT_CTX) ? limit : MB_RUN_TEXT_DEFAULT_CTX;
 }
 
 int mb_run_stats_wanted(const mb_options *opt)
@@ -304,8 +319,7 @@ static int run_ids(const mb_options *opt, mb_model *model, int progress)
     return 0;
 
 interrupted:
-    fprintf(stderr, "moe-broker: %s: stopping the workers\n", mb_run_signal == SIGINT ? "interrupted (SIGINT)"
-                                                                                     : "terminated (SIGTERM)");
+    mb_run_say_interrupted();
     if (mb_run_stats_wanted(opt)) mb_stats_print_table(sess->stats, stdout);
     if (opt->stats_json && mb_stats_write_json(sess->stats, opt->stats_json) != MB_STATUS_OK)
         fprintf(stderr, "moe-broker: cannot write %s\n", opt->stats_json);
@@ -337,7 +351,9 @@ int mb_run(const mb_options *opt)
     mb_model *model = NULL;
     if (mb_run_load_model(opt, progress, &model) != 0) return 1;
     int text = opt->command == MB_COMMAND_CHAT || opt->prompt || opt->chat;
-    int rc = text ? mb_run_text(opt, model, progress) : run_ids(opt, model, progress);
+    int rc = opt->command == MB_COMMAND_SERVE ? mb_serve(opt, model, progress)
+             : text                           ? mb_run_text(opt, model, progress)
+                                              : run_ids(opt, model, progress);
     mb_model_destroy(model);
     return rc;
 }

@@ -4,33 +4,26 @@
  * and written to stdout as each one is produced; timings and statistics go
  * to stderr. A chat keeps its history in the KV cache: each turn feeds only
  * the text the template adds after what the cache already holds. */
-#include <cjson/cJSON.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "broker/chat_template.h"
 #include "broker/run_internal.h"
 #include "broker/sampler.h"
 #include "broker/session.h"
-#include "broker/tokenizer/tokenizer.h"
-
-/* Positions of the KV cache when text runs without --gen or --max-ctx. */
-#define TEXT_DEFAULT_CTX 4096u
-#define MAX_EOS 16
+#include "broker/text.h"
 
 typedef struct {
     const mb_options *opt;
     const mb_model *model;
     mb_session *sess;
-    mb_tokenizer *tok;
+    mb_text text;
     mb_tokenizer_stream *stream;
     mb_sampler *sampler;
-    mb_chat_template tmpl;
-    int have_tmpl;
-    int32_t eos[MAX_EOS];
-    uint32_t n_eos;
     float *last;       /* [vocab]: the logits of the last position fed */
     uint32_t max_ctx;  /* KV cache positions */
     int progress;
@@ -38,134 +31,15 @@ typedef struct {
     uint64_t n_prefill, n_decode;
 } text_run;
 
-/* ---- end-of-sequence ids ---- */
-
-static void add_eos(text_run *t, int64_t id)
-{
-    if (id < 0 || id > INT32_MAX || t->n_eos >= MAX_EOS) return;
-    for (uint32_t i = 0; i < t->n_eos; i++)
-        if (t->eos[i] == id) return;
-    t->eos[t->n_eos++] = (int32_t)id;
-}
-
-/* eos_token_id of a JSON file in the model folder: a number or a list. */
-static void add_eos_from_file(text_run *t, const char *dir, const char *name)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return;
-    char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    cJSON *root = cJSON_Parse(buf);
-    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
-    if (cJSON_IsNumber(e)) add_eos(t, (int64_t)e->valuedouble);
-    const cJSON *item;
-    if (cJSON_IsArray(e)) cJSON_ArrayForEach(item, e)
-        {
-            if (cJSON_IsNumber(item)) add_eos(t, (int64_t)item->valuedouble);
-        }
-    cJSON_Delete(root);
-}
-
-/* The id of a text that is exactly one added token, else -1. */
-static int32_t single_token(const mb_tokenizer *tok, const char *text)
-{
-    int32_t *ids = NULL, id = -1;
-    size_t n = 0;
-    if (mb_tokenizer_encode(tok, text, strlen(text), 0, &ids, &n) == MB_STATUS_OK && n == 1 &&
-        mb_tokenizer_is_added(tok, ids[0]))
-        id = ids[0];
-    free(ids);
-    return id;
-}
-
-static char *token_text(const mb_tokenizer *tok, int32_t id)
-{
-    size_t bytes = 0;
-    const char *s = id >= 0 ? mb_tokenizer_token_text(tok, id, &bytes) : NULL;
-    if (!s) return NULL;
-    char *copy = malloc(bytes + 1);
-    if (copy) {
-        memcpy(copy, s, bytes);
-        copy[bytes] = '\0';
-    }
-    return copy;
-}
-
 /* ---- setup ---- */
-
-static const char *arch_model_type(mb_arch a)
-{
-    return a == MB_ARCH_MIXTRAL ? "mixtral" : a == MB_ARCH_QWEN2_MOE ? "qwen2_moe" : "qwen3_moe";
-}
 
 static int text_setup(text_run *t, int want_template)
 {
-    const mb_options *opt = t->opt;
-    const char *tok_path = opt->tokenizer ? opt->tokenizer : opt->model_dir;
-    /* A GGUF checkpoint carries its tokenizer and chat template in its
-     * metadata, unless --tokenizer names another. */
-    const struct mb_gguf *gguf =
-        !opt->tokenizer && t->model->n_files ? t->model->files[0].gguf : NULL;
-    char err[512] = "";
-    if (!tok_path && !gguf) {
-        fprintf(stderr, "moe-broker: text needs a tokenizer: the embedded model has none (give "
-                        "--model DIR with tokenizer.json or FILE.gguf, or --tokenizer FILE)\n");
-        return -1;
-    }
-    mb_status st = gguf ? mb_tokenizer_load_gguf(gguf, &t->tok, err, sizeof err)
-                        : mb_tokenizer_load(tok_path, &t->tok, err, sizeof err);
-    if (st != MB_STATUS_OK) {
-        fprintf(stderr, "moe-broker: tokenizer: %s\n", err[0] ? err : mb_status_str(st));
-        if (st == MB_STATUS_IO && !opt->tokenizer && !gguf)
-            fprintf(stderr, "moe-broker: (the model folder has no tokenizer.json: --tokenizer "
-                            "FILE names one)\n");
-        return -1;
-    }
-    if (opt->model_dir && !gguf) {
-        add_eos_from_file(t, opt->model_dir, "config.json");
-        add_eos_from_file(t, opt->model_dir, "generation_config.json");
-    }
-    add_eos(t, mb_tokenizer_eos_id(t->tok));
-    if (want_template) {
-        char *text = NULL;
-        st = gguf ? mb_tokenizer_chat_template_gguf(gguf, &text, err, sizeof err)
-                  : mb_chat_template_read(tok_path, &text, err, sizeof err);
-        if (st != MB_STATUS_OK) {
-            fprintf(stderr, "moe-broker: %s\n", err);
-            return -1;
-        }
-        char *bos = token_text(t->tok, mb_tokenizer_bos_id(t->tok));
-        char *eos = token_text(t->tok, mb_tokenizer_eos_id(t->tok));
-        st = mb_chat_template_init(&t->tmpl, text, arch_model_type(t->model->cfg.arch), bos, eos,
-                                   err, sizeof err);
-        if (st == MB_STATUS_OK && !text && !opt->quiet)
-            fprintf(stderr, "moe-broker: no chat_template in %s: using the %s format of %s models\n",
-                    gguf ? "the GGUF metadata" : "tokenizer_config.json",
-                    t->tmpl.format == MB_CHAT_FORMAT_CHATML ? "ChatML" : "[INST]",
-                    arch_model_type(t->model->cfg.arch));
-        free(text);
-        free(bos);
-        free(eos);
-        if (st != MB_STATUS_OK) {
-            fprintf(stderr, "moe-broker: chat template: %s\n", err[0] ? err : mb_status_str(st));
-            return -1;
-        }
-        t->have_tmpl = 1;
-        /* The template's own end of turn ends a reply even where the
-         * configs name another EOS (Qwen's <|im_end|>). */
-        if (t->tmpl.format == MB_CHAT_FORMAT_CHATML) add_eos(t, single_token(t->tok, "<|im_end|>"));
-    }
-    if (t->n_eos == 0 && !opt->quiet)
-        fprintf(stderr, "moe-broker: the model names no end-of-sequence token: generation stops "
-                        "at --gen or the context limit\n");
+    if (mb_text_open(&t->text, t->opt, t->model, want_template) != 0) return -1;
     mb_sampler_params sp;
-    mb_run_sampler_params(opt, &sp);
+    mb_run_sampler_params(t->opt, &sp);
     if (mb_sampler_create(&sp, t->model->cfg.vocab, &t->sampler) != MB_STATUS_OK ||
-        mb_tokenizer_stream_create(t->tok, 1, &t->stream) != MB_STATUS_OK ||
+        mb_tokenizer_stream_create(t->text.tok, 1, &t->stream) != MB_STATUS_OK ||
         !(t->last = malloc((size_t)t->model->cfg.vocab * sizeof *t->last))) {
         fprintf(stderr, "moe-broker: out of memory\n");
         return -1;
@@ -173,10 +47,14 @@ static int text_setup(text_run *t, int want_template)
     return 0;
 }
 
+/* Starts the backends. SIGINT / SIGTERM from here on stop the run between
+ * steps (and cancel a step waiting on workers) rather than kill it, so the
+ * workers are stopped and their segments and socket files removed. */
 static int text_open_session(text_run *t)
 {
     char err[512] = "";
     const mb_options *opt = t->opt;
+    mb_run_catch_signals();
     mb_status st = mb_session_open(opt, t->model, t->max_ctx,
                                    opt->quiet ? MB_SESSION_QUIET
                                    : t->progress ? MB_SESSION_PROGRESS
@@ -186,6 +64,7 @@ static int text_open_session(text_run *t)
         fprintf(stderr, "moe-broker: %s\n", err[0] ? err : mb_status_str(st));
         return -1;
     }
+    mb_dispatch_set_cancel(t->sess->dispatch, &mb_run_signal);
     return 0;
 }
 
@@ -193,32 +72,21 @@ static void text_teardown(text_run *t)
 {
     mb_session_close(t->sess);
     mb_tokenizer_stream_destroy(t->stream);
-    mb_tokenizer_destroy(t->tok);
+    mb_text_close(&t->text);
     mb_sampler_destroy(t->sampler);
-    if (t->have_tmpl) mb_chat_template_fini(&t->tmpl);
     free(t->last);
 }
 
 /* ---- prefill and generation ---- */
 
-/* Encodes text (no BOS unless add_special) into a malloc'd id array after
- * checking every id fits the model's vocabulary. */
+/* Encodes text (no BOS unless add_special) into a malloc'd id array. */
 static int text_encode(text_run *t, const char *text, int add_special, int32_t **ids, size_t *n)
 {
-    if (mb_tokenizer_encode(t->tok, text, strlen(text), add_special, ids, n) != MB_STATUS_OK) {
-        fprintf(stderr, "moe-broker: cannot tokenize the prompt\n");
+    char err[256];
+    if (mb_text_encode(&t->text, text, strlen(text), add_special, ids, n, err, sizeof err) !=
+        MB_STATUS_OK) {
+        fprintf(stderr, "moe-broker: the prompt: %s\n", err);
         return -1;
-    }
-    for (size_t i = 0; i < *n; i++) {
-        if ((uint32_t)(*ids)[i] >= t->model->cfg.vocab) {
-            fprintf(stderr,
-                    "moe-broker: token %d of the prompt is outside the model's vocabulary "
-                    "(%u): the tokenizer does not belong to this model\n",
-                    (*ids)[i], t->model->cfg.vocab);
-            free(*ids);
-            *ids = NULL;
-            return -1;
-        }
     }
     return 0;
 }
@@ -241,10 +109,12 @@ static int text_prefill(text_run *t, const int32_t *ids, size_t n)
     uint64_t t0 = mb_now_ns();
     for (size_t done = 0; done < n;) {
         uint32_t step = n - done < chunk ? (uint32_t)(n - done) : chunk;
-        mb_status st = mb_session_step(t->sess, ids + done, step, NULL, t->last, err, sizeof err);
+        mb_status st = mb_run_signal ? MB_STATUS_IO
+                                     : mb_session_step(t->sess, ids + done, step, NULL, t->last, err,
+                                                       sizeof err);
         if (st != MB_STATUS_OK) {
             if (show) fprintf(stderr, "\n");
-            fprintf(stderr, "moe-broker: %s\n", err[0] ? err : mb_status_str(st));
+            if (!mb_run_signal) fprintf(stderr, "moe-broker: %s\n", err[0] ? err : mb_status_str(st));
             return -1;
         }
         done += step;
@@ -261,14 +131,7 @@ static int text_prefill(text_run *t, const int32_t *ids, size_t n)
     return 0;
 }
 
-typedef enum { STOP_EOS, STOP_LENGTH, STOP_CONTEXT, STOP_ERROR } stop_reason;
-
-static int is_eos(const text_run *t, int32_t id)
-{
-    for (uint32_t i = 0; i < t->n_eos; i++)
-        if (t->eos[i] == id) return 1;
-    return 0;
-}
+typedef enum { STOP_EOS, STOP_LENGTH, STOP_CONTEXT, STOP_ERROR, STOP_SIGNAL } stop_reason;
 
 static void emit(const char *s, size_t n)
 {
@@ -291,8 +154,12 @@ static stop_reason text_generate(text_run *t, uint64_t max_gen, char **reply, si
     stop_reason why = STOP_LENGTH;
     uint64_t t0 = mb_now_ns();
     for (uint64_t g = 0; g < max_gen; g++) {
+        if (mb_run_signal) {
+            why = STOP_SIGNAL;
+            break;
+        }
         int32_t id = mb_sampler_sample(t->sampler, t->last);
-        if (is_eos(t, id)) {
+        if (mb_text_is_eos(&t->text, id)) {
             why = STOP_EOS;
             break;
         }
@@ -321,8 +188,8 @@ static stop_reason text_generate(text_run *t, uint64_t max_gen, char **reply, si
         mb_status st = mb_session_step(t->sess, &id, 1, NULL, t->last, err, sizeof err);
         t->n_decode++;
         if (st != MB_STATUS_OK) {
-            fprintf(stderr, "\nmoe-broker: %s\n", err[0] ? err : mb_status_str(st));
-            why = STOP_ERROR;
+            why = mb_run_signal ? STOP_SIGNAL : STOP_ERROR;
+            if (why == STOP_ERROR) fprintf(stderr, "\nmoe-broker: %s\n", err[0] ? err : mb_status_str(st));
             break;
         }
     }
@@ -346,9 +213,11 @@ static stop_reason text_generate(text_run *t, uint64_t max_gen, char **reply, si
 
 static const char *stop_name(stop_reason r)
 {
-    return r == STOP_EOS ? "end of sequence" : r == STOP_LENGTH ? "--gen reached"
-                                           : r == STOP_CONTEXT ? "context full"
-                                                               : "error";
+    return r == STOP_EOS       ? "end of sequence"
+           : r == STOP_LENGTH  ? "--gen reached"
+           : r == STOP_CONTEXT ? "context full"
+           : r == STOP_SIGNAL  ? "interrupted"
+                               : "error";
 }
 
 static void text_report(const text_run *t, stop_reason why)
@@ -376,7 +245,7 @@ static int text_finish_stats(text_run *t)
 
 /* Sizes the KV cache. With --gen (run only): prompt + --gen positions,
  * within the context limit. Otherwise --max-ctx, or the model's
- * max_position_embeddings capped at TEXT_DEFAULT_CTX; n_prompt must fit. */
+ * max_position_embeddings capped (mb_run_text_context); n_prompt must fit. */
 static int text_size_context(text_run *t, size_t n_prompt, const char *what)
 {
     const mb_options *opt = t->opt;
@@ -388,8 +257,7 @@ static int text_size_context(text_run *t, size_t n_prompt, const char *what)
         return 0;
     }
     if (mb_run_context_limit(opt, c, n_prompt, what) != 0) return -1;
-    uint32_t limit = opt->max_ctx ? opt->max_ctx : c->max_positions;
-    t->max_ctx = opt->max_ctx || limit < TEXT_DEFAULT_CTX ? limit : TEXT_DEFAULT_CTX;
+    t->max_ctx = mb_run_text_context(opt, c);
     if (n_prompt > t->max_ctx) {
         fprintf(stderr, "moe-broker: %s needs %zu positions, more than the %u of the KV cache "
                         "(--max-ctx N raises it)\n",
@@ -412,7 +280,7 @@ static int run_once(text_run *t)
         if (opt->system) m[nm++] = (mb_chat_message){"system", opt->system};
         m[nm++] = (mb_chat_message){"user", opt->chat};
         char *text = NULL, err[256] = "";
-        if (mb_chat_render(&t->tmpl, m, nm, 1, &text, NULL, err, sizeof err) != MB_STATUS_OK) {
+        if (mb_chat_render(&t->text.tmpl, m, nm, 1, &text, NULL, err, sizeof err) != MB_STATUS_OK) {
             fprintf(stderr, "moe-broker: chat template: %s\n", err);
             return 1;
         }
@@ -438,7 +306,7 @@ static int run_once(text_run *t)
     if (reply_len == 0 || reply[reply_len - 1] != '\n') emit("\n", 1);
     free(reply);
     text_report(t, why);
-    if (why != STOP_ERROR && text_finish_stats(t) == 0) rc = 0;
+    if (why != STOP_ERROR && why != STOP_SIGNAL && text_finish_stats(t) == 0) rc = 0;
 done:
     free(ids);
     return rc;
@@ -494,7 +362,7 @@ static int chat_turn(text_run *t, history *h, char **cached, size_t *cached_len,
 {
     char *full = NULL, err[256] = "";
     size_t full_len = 0;
-    if (mb_chat_render(&t->tmpl, h->m, h->n, 1, &full, &full_len, err, sizeof err) != MB_STATUS_OK) {
+    if (mb_chat_render(&t->text.tmpl, h->m, h->n, 1, &full, &full_len, err, sizeof err) != MB_STATUS_OK) {
         fprintf(stderr, "moe-broker: chat template: %s\n", err);
         return -1;
     }
@@ -520,7 +388,7 @@ static int chat_turn(text_run *t, history *h, char **cached, size_t *cached_len,
     char *reply = NULL;
     size_t reply_len = 0;
     *why = text_generate(t, max_gen, &reply, &reply_len);
-    if (*why == STOP_ERROR) {
+    if (*why == STOP_ERROR || *why == STOP_SIGNAL) {
         free(reply);
         return -1;
     }
@@ -539,12 +407,63 @@ static int chat_turn(text_run *t, history *h, char **cached, size_t *cached_len,
     return rc;
 }
 
+/* stdin read without stdio, so that waiting for a line can watch the
+ * signal flag: a signal may land on any of the session's threads and then
+ * interrupts no read of this one, so the wait is cut into poll() slices. */
+typedef struct {
+    char buf[4096];
+    size_t start, end; /* unread bytes: buf[start..end) */
+    int eof;
+} line_reader;
+
+/* Appends one byte to *line (growing it); -1 when out of memory. */
+static int line_put(char **line, size_t *cap, size_t len, char c)
+{
+    if (len + 2 > *cap) {
+        size_t grown = *cap ? *cap * 2 : 256;
+        char *p = realloc(*line, grown);
+        if (!p) return -1;
+        *line = p;
+        *cap = grown;
+    }
+    (*line)[len] = c;
+    (*line)[len + 1] = '\0';
+    return 0;
+}
+
+/* The next line without its '\n' (a last line without one counts); -1 at
+ * the end of input, on a read error, out of memory, or once a signal came. */
+static ssize_t read_line(line_reader *r, char **line, size_t *cap)
+{
+    size_t len = 0;
+    for (;;) {
+        while (r->start < r->end) {
+            char c = r->buf[r->start++];
+            if (c == '\n') return (ssize_t)len;
+            if (line_put(line, cap, len++, c) != 0) return -1;
+        }
+        if (r->eof) return len ? (ssize_t)len : -1;
+        struct pollfd pfd = {.fd = STDIN_FILENO, .events = POLLIN};
+        if (mb_run_signal) return -1;
+        if (poll(&pfd, 1, 100) <= 0) continue; /* a timeout or EINTR: look at the flag again */
+        ssize_t got = read(STDIN_FILENO, r->buf, sizeof r->buf);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            r->eof = 1;
+            if (got < 0) return -1;
+        }
+        r->start = 0;
+        r->end = got > 0 ? (size_t)got : 0;
+    }
+}
+
 static int chat_loop(text_run *t)
 {
     const mb_options *opt = t->opt;
     history h = {0};
     char *cached = NULL, *line = NULL;
     size_t cached_len = 0, line_cap = 0;
+    line_reader reader = {.start = 0};
     int rc = 0, tty = isatty(STDIN_FILENO);
     stop_reason why = STOP_LENGTH;
     if (opt->system && history_add(&h, "system", opt->system, strlen(opt->system)) != 0) rc = 1;
@@ -556,8 +475,8 @@ static int chat_loop(text_run *t)
             fputs("> ", stdout);
             fflush(stdout);
         }
-        ssize_t got = getline(&line, &line_cap, stdin);
-        if (got < 0) break;
+        ssize_t got = read_line(&reader, &line, &line_cap);
+        if (got < 0 || mb_run_signal) break;
         while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
             line[--got] = '\0';
         if (got == 0) continue;
@@ -579,7 +498,7 @@ static int chat_loop(text_run *t)
     }
     if (tty) fputc('\n', stdout);
     if (!tty) text_report(t, why);
-    if (t->sess && text_finish_stats(t) != 0) rc = 1;
+    if (t->sess && !mb_run_signal && text_finish_stats(t) != 0) rc = 1;
     free(line);
     free(cached);
     history_free(&h);
@@ -596,6 +515,11 @@ int mb_run_text(const mb_options *opt, const mb_model *model, int progress)
     int chat = opt->command == MB_COMMAND_CHAT || opt->chat;
     int rc = 1;
     if (text_setup(&t, chat) == 0) rc = opt->command == MB_COMMAND_CHAT ? chat_loop(&t) : run_once(&t);
+    if (mb_run_signal) { /* as the id run does: stop the workers, keep the statistics asked for */
+        mb_run_say_interrupted();
+        if (t.sess) text_finish_stats(&t);
+        rc = 128 + mb_run_signal;
+    }
     text_teardown(&t);
     return rc;
 }

@@ -7,6 +7,8 @@ pkg_check_modules(CJSON REQUIRED IMPORTED_TARGET libcjson)
 # utf8proc for the Unicode normal forms its normalizers ask for.
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+# The server (broker/serve/): GNU libmicrohttpd for HTTP.
+pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)
 find_library(NUMA_LIBRARY numa REQUIRED)
 find_path(NUMA_INCLUDE_DIR numa.h REQUIRED)
 add_library(mb_numa INTERFACE)

@@ -15,6 +15,7 @@
 
 #include "broker/safetensors.h"
 #include "tests/testutil.h"
+#include "tests/integration/text_fixture.h"
 
 static char tmpdir[256];
 static const char *broker;
@@ -251,96 +252,6 @@ static void test_truthful(const char *fixture)
     }
 }
 
-/* A byte-level BPE tokenizer without merges: token i is byte i (in GPT-2's
- * byte-to-unicode alphabet), then <|endoftext|>, <|im_start|>, <|im_end|>
- * (256..258) and plain added tokens "<tN>" up to vocab - 1, so every id the
- * fixture can produce decodes to text. */
-static void write_tokenizer(const char *dir, uint32_t vocab, const char *template_path)
-{
-    char path[1024];
-    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    FILE *f = fopen(path, "w");
-    REQUIRE(f);
-    int map[256], n = 0;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-        map[b] = printable ? b : 256 + n++;
-    }
-    fprintf(f, "{\"version\":\"1.0\",\"added_tokens\":[");
-    static const char *const specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
-    for (uint32_t id = 256; id < vocab; id++) {
-        char content[32];
-        if (id < 259)
-            snprintf(content, sizeof content, "%s", specials[id - 256]);
-        else
-            snprintf(content, sizeof content, "<t%u>", id);
-        fprintf(f,
-                "%s{\"id\":%u,\"content\":\"%s\",\"single_word\":false,\"lstrip\":false,"
-                "\"rstrip\":false,\"normalized\":false,\"special\":%s}",
-                id > 256 ? "," : "", id, content, id < 259 ? "true" : "false");
-    }
-    fprintf(f, "],\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
-               "\"trim_offsets\":true,\"use_regex\":true},\"post_processor\":null,\"decoder\":{\"type\":"
-               "\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,\"use_regex\":true},"
-               "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"fuse_unk\":false,"
-               "\"byte_fallback\":false,\"vocab\":{");
-    for (int b = 0; b < 256; b++) {
-        cJSON *key = cJSON_CreateString("");
-        char utf8[4];
-        int cp = map[b], len = cp < 0x80 ? 1 : 2;
-        if (len == 1) {
-            utf8[0] = (char)cp;
-        } else {
-            utf8[0] = (char)(0xc0 | (cp >> 6));
-            utf8[1] = (char)(0x80 | (cp & 0x3f));
-        }
-        utf8[len] = '\0';
-        cJSON_SetValuestring(key, utf8);
-        char *quoted = cJSON_PrintUnformatted(key);
-        fprintf(f, "%s%s:%d", b ? "," : "", quoted, b);
-        free(quoted);
-        cJSON_Delete(key);
-    }
-    fprintf(f, "},\"merges\":[]}}");
-    fclose(f);
-
-    /* tokenizer_config.json: the real Qwen2-MoE chat template. */
-    FILE *t = fopen(template_path, "rb");
-    REQUIRE(t);
-    char tmpl[8192];
-    size_t got = fread(tmpl, 1, sizeof tmpl - 1, t);
-    fclose(t);
-    tmpl[got] = '\0';
-    cJSON *cfg = cJSON_CreateObject();
-    cJSON_AddStringToObject(cfg, "chat_template", tmpl);
-    cJSON_AddStringToObject(cfg, "eos_token", "<|endoftext|>");
-    char *text = cJSON_Print(cfg);
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    f = fopen(path, "w");
-    REQUIRE(f);
-    fputs(text, f);
-    fclose(f);
-    free(text);
-    cJSON_Delete(cfg);
-}
-
-/* Tokens of text under that tokenizer: each special one token, every other
- * byte one token. */
-static int count_tokens(const char *text)
-{
-    int n = 0;
-    while (*text) {
-        if (strncmp(text, "<|im_start|>", 12) == 0)
-            text += 12;
-        else if (strncmp(text, "<|im_end|>", 10) == 0)
-            text += 10;
-        else
-            text++;
-        n++;
-    }
-    return n;
-}
-
 static double json_number(const char *file, const char *phase, const char *key)
 {
     char *js = slurp(file);
@@ -354,17 +265,9 @@ static double json_number(const char *file, const char *phase, const char *key)
 
 static void test_text(const char *data)
 {
-    char dir[512], from[1024], to[1024], tmpl[1024], args[4096];
+    char dir[512], args[4096];
     snprintf(dir, sizeof dir, "%s/textmodel", tmpdir);
-    mkdir(dir, 0700);
-    static const char *const files[] = {"config.json", "model.safetensors"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(from, sizeof from, "%s/qwen3moe-a/%s", data, files[i]);
-        snprintf(to, sizeof to, "%s/%s", dir, files[i]);
-        copy_file(from, to);
-    }
-    snprintf(tmpl, sizeof tmpl, "%s/chat_templates/qwen2-moe-chat.jinja", data);
-    write_tokenizer(dir, 512, tmpl);
+    mb_test_text_model(data, dir);
     const char *w = "--worker cpu,threads=1 --threads 1";
 
     /* Greedy is reproducible; text on stdout, the rest on stderr. */
@@ -427,7 +330,7 @@ static void test_text(const char *data)
     const char *turn1 = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
     char want[64];
-    snprintf(want, sizeof want, "prompt: %d tokens", count_tokens(turn1));
+    snprintf(want, sizeof want, "prompt: %d tokens", mb_test_count_tokens(turn1));
     CHECK(contains("err", want));
 
     /* chat over a pipe: the second turn prefills only what the template
@@ -441,8 +344,8 @@ static void test_text(const char *data)
     CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
     const char *delta2 = "<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n";
     double prefilled = json_number("chat.json", "prefill", "tokens");
-    CHECK_MSG(prefilled == count_tokens(turn1) + count_tokens(delta2), "prefilled %.0f tokens, expected %d",
-              prefilled, count_tokens(turn1) + count_tokens(delta2));
+    CHECK_MSG(prefilled == mb_test_count_tokens(turn1) + mb_test_count_tokens(delta2), "prefilled %.0f tokens, expected %d",
+              prefilled, mb_test_count_tokens(turn1) + mb_test_count_tokens(delta2));
     CHECK_EQ((int)json_number("chat.json", "decode", "count"), 8);
     printf("chat: 2 turns, %.0f tokens prefilled (the second turn only its delta)\n", prefilled);
     free(first);

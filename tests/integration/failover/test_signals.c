@@ -1,8 +1,9 @@
 /* Stopping with a signal leaves nothing behind. moe-broker given SIGTERM
  * (spawned ZeroMQ workers) or SIGINT (shared memory) in the middle of a run
  * exits 143 / 130 within a second, writes the statistics it was asked for,
- * and leaves no worker running and no socket file; moe-worker given SIGTERM
- * removes its ipc socket file. */
+ * and leaves no worker running and no socket file: an id run, a text run
+ * (--prompt) while it generates, and a chat waiting for its next message.
+ * moe-worker given SIGTERM removes its ipc socket file. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +26,7 @@
 #define MAX_STOP_S 3.0
 #endif
 #include "tests/testutil.h"
+#include "tests/integration/text_fixture.h"
 
 static double now_s(void)
 {
@@ -79,10 +81,19 @@ static int alive(pid_t pid)
     return rp && rp[1] == ' ' && rp[2] != 'Z' && rp[2] != 'X';
 }
 
+/* Which run a signal stops. */
+typedef enum { RUN_IDS, RUN_PROMPT, RUN_CHAT } run_form;
+
+static char text_model[256]; /* the text fixture, made once */
+
 /* Starts moe-broker on a test checkpoint with a decode far longer than the
- * test; returns once its experts are loaded (it says so on stderr). */
-static pid_t start_broker(const char *tmpdir, const char *transport, const char *stats_json)
+ * test (ids, or text: greedy "Hello" runs thousands of tokens without an
+ * end of sequence), or a chat whose stdin stays open and silent; returns
+ * once its experts are loaded (it says so on stderr). */
+static pid_t start_broker(const char *tmpdir, const char *transport, const char *stats_json, run_form form)
 {
+    int in[2];
+    REQUIRE(pipe(in) == 0);
     const char *bin = getenv("MB_BROKER_BIN");
     int fds[2];
     REQUIRE(bin && pipe(fds) == 0);
@@ -92,17 +103,25 @@ static pid_t start_broker(const char *tmpdir, const char *transport, const char 
         dup2(fds[1], STDERR_FILENO);
         int null = open("/dev/null", O_WRONLY);
         dup2(null, STDOUT_FILENO);
+        dup2(in[0], STDIN_FILENO);
         close(fds[0]);
         close(fds[1]);
+        close(in[1]);
         setenv("TMPDIR", tmpdir, 1);
         char model[512];
         snprintf(model, sizeof model, "%s/qwen3moe-a", getenv("MB_TEST_DATA"));
-        execl(bin, bin, "--model", model, "--transport", transport, "--gen", "60000", "--max-ctx", "60100",
-              "--threads", "1", "--worker", "cpu,threads=1", "--worker", "cpu,threads=1", "--stats-json", stats_json,
-              (char *)NULL);
+        const char *cmd = form == RUN_CHAT ? "chat" : "run";
+        const char *m = form == RUN_IDS ? model : text_model;
+        const char *input = form == RUN_PROMPT ? "--prompt" : "--seed";
+        const char *input_value = form == RUN_PROMPT ? "Hello" : "1";
+        const char *gen = form == RUN_CHAT ? "--seed" : "--gen";
+        execl(bin, bin, cmd, "--model", m, "--transport", transport, gen, "60000", "--max-ctx", "60100",
+              "--temperature", "0", input, input_value, "--threads", "1", "--worker", "cpu,threads=1", "--worker",
+              "cpu,threads=1", "--stats-json", stats_json, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
+    close(in[0]); /* the write end stays open (and leaks) so a chat waits on stdin */
     FILE *f = fdopen(fds[0], "r");
     char line[512];
     int loaded = 0;
@@ -116,14 +135,14 @@ static pid_t start_broker(const char *tmpdir, const char *transport, const char 
     return pid;
 }
 
-static void stop_broker(int sig, const char *transport, int want_rc)
+static void stop_broker(int sig, const char *transport, int want_rc, run_form form)
 {
     char tmpdir[] = "/tmp/mb-signals-XXXXXX";
     REQUIRE(mkdtemp(tmpdir));
     char stats[300];
     snprintf(stats, sizeof stats, "%s.json", tmpdir);
     unlink(stats);
-    pid_t pid = start_broker(tmpdir, transport, stats);
+    pid_t pid = start_broker(tmpdir, transport, stats, form);
     if (!strcmp(transport, "zmq")) CHECK_EQ(count_files(tmpdir), 2); /* the two workers' sockets */
     pid_t kids[8];
     int n_kids = children_of(pid, kids, 8);
@@ -139,7 +158,9 @@ static void stop_broker(int sig, const char *transport, int want_rc)
         waitpid(pid, &status, 0);
     }
     int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    printf("%s, %s workers: exit %d after %.3f s\n", sig == SIGTERM ? "SIGTERM" : "SIGINT", transport, rc, s);
+    static const char *const forms[] = {"id run", "text run", "chat"};
+    printf("%s, %s, %s workers: exit %d after %.3f s\n", forms[form], sig == SIGTERM ? "SIGTERM" : "SIGINT",
+           transport, rc, s);
     CHECK_EQ(rc, want_rc);
     CHECK_MSG(s < MAX_STOP_S, "took %.3f s to stop", s);
     CHECK_EQ(count_files(tmpdir), 0);
@@ -183,7 +204,16 @@ int main(void)
     if (!getenv("MB_BROKER_BIN") || !getenv("MB_WORKER_BIN") || !getenv("MB_TEST_DATA"))
         MB_TEST_SKIP("MB_BROKER_BIN / MB_WORKER_BIN / MB_TEST_DATA not set");
     stop_worker();
-    stop_broker(SIGTERM, "zmq", 143);
-    stop_broker(SIGINT, "shm", 130);
+    stop_broker(SIGTERM, "zmq", 143, RUN_IDS);
+    stop_broker(SIGINT, "shm", 130, RUN_IDS);
+    snprintf(text_model, sizeof text_model, "/tmp/mb-signals-text-%d", (int)getpid());
+    mb_test_text_model(getenv("MB_TEST_DATA"), text_model);
+    stop_broker(SIGINT, "shm", 130, RUN_PROMPT);
+    stop_broker(SIGTERM, "zmq", 143, RUN_PROMPT);
+    stop_broker(SIGINT, "shm", 130, RUN_CHAT);
+    stop_broker(SIGTERM, "zmq", 143, RUN_CHAT);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", text_model);
+    CHECK(system(cmd) == 0);
     return mb_test_finish("test_signals");
 }

@@ -104,8 +104,11 @@ static void test_flags(void)
               "--step-timing", "t.jsonl", "--quiet", "--system", "sys", "--tokenizer", "/t.json",
               "--temperature", "0", "--top-k", "5", "--top-p", "0.5", "--min-p", "0.1",
               "--repeat-penalty", "1.1", "--repeat-last-n", "32", "--on-worker-loss", "abort", "--replicas", "2",
-              "--worker-timeout", "700", "--connect-timeout", "250", "--curve-secret", "c.key", "--device", "cuda:1", NULL);
+              "--worker-timeout", "700", "--connect-timeout", "250", "--curve-secret", "c.key", "--device", "cuda:1",
+              "--host", "::1", "--port", "9000", "--api-key", "k", "--queue-max", "4", "--max-body", "1M", NULL);
     REQUIRE(st == MB_STATUS_OK);
+    CHECK(o.host && strcmp(o.host, "::1") == 0 && o.api_key && strcmp(o.api_key, "k") == 0);
+    CHECK(o.port == 9000 && o.queue_max == 4 && o.max_body_bytes == 1u << 20);
     CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_ABORT);
     CHECK_EQ(o.cuda_device, 1);
     CHECK_EQ(o.replicas, 2);
@@ -160,6 +163,12 @@ static void test_flags(void)
     const char *bad_devices[] = {"cuda:", "cuda:x", "cuda:-1", "cuda:1a", "gpu", "vulkan:0", "cuda:99999"};
     for (size_t i = 0; i < sizeof bad_devices / sizeof bad_devices[0]; i++)
         CHECK_EQ(parse(&o, "--device", bad_devices[i], NULL), MB_STATUS_CONFIG);
+    /* serve: its own command; prompts come from requests. */
+    CHECK_EQ(parse(&o, "serve", "--port", "0", NULL), MB_STATUS_OK);
+    CHECK_EQ(o.command, MB_COMMAND_SERVE);
+    mb_options_free(&o);
+    CHECK_EQ(parse(&o, "serve", "--chat", "Hi", NULL), MB_STATUS_CONFIG);
+    CHECK_EQ(parse(&o, "serve", "--port", "65536", NULL), MB_STATUS_CONFIG);
     CHECK_EQ(parse(&o, "--input-ids", "1,2", "--prompt-len", "3", NULL), MB_STATUS_CONFIG);
     CHECK_MSG(strstr(err, "--input-ids and --prompt-len exclude each other"), "%s", err);
     CHECK_EQ(parse(&o, "--chat", "hi", "--input-ids", "1", NULL), MB_STATUS_CONFIG);
