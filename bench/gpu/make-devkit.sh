@@ -1,7 +1,7 @@
 #!/bin/sh
 # Prepares .carry/dev: the headers, link-time libraries and pkg-config files
 # of the Debian packages moe-broker builds against (ZeroMQ, libnuma, cJSON,
-# PCRE2), so the GPU machine, which reaches no package registry, can build
+# PCRE2, utf8proc, libmicrohttpd), so the GPU machine, which reaches no package registry, can build
 # the project itself with its own nvcc. Run from the project root after
 # ../shared/device/make-carry.sh; device_run.sh uses the result.
 set -e
@@ -11,12 +11,19 @@ rm -rf "$dev"
 mkdir -p "$dev/include" "$dev/lib/pkgconfig"
 copy_hdr() { for h in "$@"; do [ -e "$h" ] && cp -a "$h" "$dev/include/"; done; return 0; }
 copy_hdr /usr/include/zmq.h /usr/include/zmq_utils.h /usr/include/numa.h /usr/include/numaif.h \
-    /usr/include/numacompat1.h /usr/include/cjson /usr/include/pcre2.h /usr/include/utf8proc.h
+    /usr/include/numacompat1.h /usr/include/cjson /usr/include/pcre2.h /usr/include/utf8proc.h \
+    /usr/include/microhttpd.h
 ma=/usr/lib/x86_64-linux-gnu
-for l in libzmq.so.5 libnuma.so.1 libcjson.so.1 libpcre2-8.so.0 libutf8proc.so.2; do
+for l in libzmq.so.5 libnuma.so.1 libcjson.so.1 libpcre2-8.so.0 libutf8proc.so.2 libmicrohttpd.so.12; do
     [ -e "$ma/$l" ] || continue
     cp -L "$ma/$l" "$dev/lib/$l"
     ln -sf "$l" "$dev/lib/${l%%.so.*}.so"
+done
+# libmicrohttpd's own dependencies (GnuTLS and what it needs), in case the
+# GPU machine's image lacks them; only at run time, so no .so links.
+for l in libgnutls.so.30 libp11-kit.so.0 libidn2.so.0 libunistring.so.2 libtasn1.so.6 libnettle.so.8 \
+    libhogweed.so.6 libgmp.so.10 libffi.so.8; do
+    [ -e "$ma/$l" ] && cp -L "$ma/$l" "$dev/lib/$l"
 done
 # The Vulkan backend: loader headers (C only), glslc and its library.
 if [ -d /usr/include/vulkan ] && command -v glslc >/dev/null 2>&1; then
@@ -37,4 +44,5 @@ pc libcjson -lcjson '-I${includedir}/cjson'
 pc numa -lnuma ""
 [ -e "$dev/lib/libpcre2-8.so" ] && pc libpcre2-8 -lpcre2-8 ""
 [ -e "$dev/lib/libutf8proc.so" ] && pc libutf8proc -lutf8proc ""
+[ -e "$dev/lib/libmicrohttpd.so" ] && pc libmicrohttpd -lmicrohttpd ""
 echo "ready: $dev ($(du -sh "$dev" | cut -f1))"

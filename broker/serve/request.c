@@ -73,7 +73,7 @@ static mb_status get_u32(const cJSON *root, const char *name, uint32_t min, uint
                          mb_serve_request *r, uint32_t *out, mb_serve_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
-    double d;
+    double d = 0;
     if (absent(v)) return MB_STATUS_OK;
     mb_status st = get_integer(v, name, min, max, &d, err);
     if (st != MB_STATUS_OK) return st;
@@ -97,7 +97,7 @@ static mb_status get_bool(const cJSON *root, const char *name, int *out, mb_serv
 static mb_status get_seed(const cJSON *root, mb_serve_request *r, mb_serve_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "seed");
-    double d;
+    double d = 0;
     if (absent(v)) return MB_STATUS_OK;
     mb_status st = get_integer(v, "seed", -9007199254740992.0, 9007199254740992.0, &d, err);
     if (st != MB_STATUS_OK) return st;
