@@ -46,8 +46,8 @@ if [ "$DRY" = cpu ]; then
     B=${MB_BUILD:-build/dev}
     qwen_shape=small-qwen3; mixtral_shape=small-mixtral
     qwen_layers=${qwen_layers:-2}; mixtral_layers=${mixtral_layers:-2}
-    gen=${gen:-24}; prompt_short=128; prompt_long=384
-    kill_after=6 # decode steps before the kill
+    gen=${gen:-64}; prompt_short=128; prompt_long=384
+    exit_ms=50 # from the last decode step to the coordinator's exit
 else
     B=${MB_BUILD:-build-gpu}
     qwen_shape=qwen3-30b; mixtral_shape=mixtral-8x7b
@@ -55,8 +55,8 @@ else
     # both checkpoints and their copies on the cards fit one H100 and the
     # machine's 64 GiB disk, and the whole rig fits the 10-minute limit.
     qwen_layers=${qwen_layers:-8}; mixtral_layers=${mixtral_layers:-3}
-    gen=${gen:-64}; prompt_short=512; prompt_long=4096
-    kill_after=16
+    gen=${gen:-128}; prompt_short=512; prompt_long=4096
+    exit_ms=500
     export LD_LIBRARY_PATH=$ROOT/.carry/lib:$ROOT/.carry/dev/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     export PATH=/usr/local/cuda/bin:$PATH
 fi
@@ -140,9 +140,11 @@ write_ids() {
 run_broker() {
     local name=$model-$1
     shift
-    local rc=0
+    local rc=0 t0
+    t0=$(date +%s%N)
     "$BROKER" run --model "$ck" --temperature 0 --stats --stats-json "$OUT/$name.stats.json" "$@" \
         > "$OUT/$name.txt" 2>&1 || rc=$?
+    echo $(( ($(date +%s%N) - t0) / 1000000 )) > "$OUT/$name.wall_ms"
     if [ "$rc" -ne 0 ]; then
         echo "mixed_rig: $name failed (exit $rc); the end of $OUT/$name.txt:" >&2
         tail -4 "$OUT/$name.txt" >&2
@@ -157,7 +159,7 @@ run_broker() {
 summarize_run() {
     local name=$model-$1 f=$OUT/$model-$1.txt status=$2
     awk -v name="$name" -v status="$status" '
-        /^prefill: [0-9]+ tokens in/ { pt = $2; ptps = substr($6, 2); dt = $9; dtps = substr($13, 2) }
+        /^prefill: [0-9]+ tokens in/ { pt = $2; ptps = substr($7, 2); dt = $10; dtps = substr($15, 2) }
         /^decode +[0-9]+ +[0-9]+ +[0-9.]+ / { ipc = $7; ratio = $8; coord = $9 }
         /^generated:/ { sub(/^generated: */, ""); gen = $0 }
         END {
@@ -215,40 +217,51 @@ for model in $models; do
         st=ok; run_broker "$cfg-long" "${dev_args[@]}" "${worker_args[@]}" "${extra[@]}" "${long[@]}" || st=failed
         summarize_run "$cfg-long" "$st"
 
-        # SIGKILL the first $kill_backend worker after $kill_after decode
-        # steps; the run must end as the undisturbed one did.
+        # SIGKILL the first $kill_backend worker mid-decode; the run must end
+        # as the undisturbed one did. --step-timing is block-buffered (it
+        # shows nothing until the run ends), so the moment comes from the
+        # undisturbed run: its wall time less half its decode time and a
+        # guess at the exit; the loss event's step says where it landed.
         [ -f "$OUT/$model-$cfg.logits.safetensors" ] || continue
         name=$model-$cfg-kill
-        rm -f "$OUT/$name.steps.jsonl"
-        "$BROKER" run --model "$ck" --temperature 0 --stats --stats-json "$OUT/$name.stats.json" \
-            --step-timing "$OUT/$name.steps.jsonl" "${dev_args[@]}" "${worker_args[@]}" "${extra[@]}" \
-            "${short[@]}" --logits-out "$OUT/$name.logits.safetensors" > "$OUT/$name.txt" 2>&1 &
-        cpid=$!
-        victim=""
-        for _ in $(seq 1 30000); do
-            kill -0 "$cpid" 2> /dev/null || break
-            n_dec=$(grep -c '"phase":"decode"' "$OUT/$name.steps.jsonl" 2> /dev/null || true)
-            if [ "${n_dec:-0}" -ge "$kill_after" ]; then
-                victim=$(ps -o pid=,args= --ppid "$cpid" | awk -v b="$kill_backend" \
-                    '{ for (i = 2; i < NF; i++) if ($i == "--backend" && $(i + 1) == b) { print $1; exit } }')
-                [ -n "$victim" ] && kill -9 "$victim"
+        wall_ms=$(cat "$OUT/$model-$cfg.wall_ms")
+        dec_ms=$(awk '/^prefill: [0-9]+ tokens in/ { printf "%d", $13 * 1000 }' "$OUT/$model-$cfg.txt")
+        # Prefill steps are 0 .. n_pre-1, decode steps n_pre .. n_pre+gen-1.
+        n_pre=$(( (prompt_short + 511) / 512 ))
+        for frac in 50 25 75; do
+            kill_ms=$(( wall_ms - ${dec_ms:-0} * (100 - frac) / 100 - exit_ms ))
+            "$BROKER" run --model "$ck" --temperature 0 --stats --stats-json "$OUT/$name.stats.json" \
+                "${dev_args[@]}" "${worker_args[@]}" "${extra[@]}" "${short[@]}" \
+                --logits-out "$OUT/$name.logits.safetensors" > "$OUT/$name.txt" 2>&1 &
+            cpid=$!
+            sleep "$(awk -v ms="$kill_ms" 'BEGIN { printf "%.3f", (ms > 0 ? ms : 0) / 1000 }')"
+            victim=$(ps -o pid=,args= --ppid "$cpid" | awk -v b="$kill_backend" \
+                '{ for (i = 2; i < NF; i++) if ($i == "--backend" && $(i + 1) == b) { print $1; exit } }')
+            [ -n "$victim" ] && { kill -9 "$victim" 2> /dev/null || true; }
+            rc=0; wait "$cpid" || rc=$?
+            lost_step=$(awk '/worker_lost/ { for (i = 1; i < NF; i++) if ($i == "step") { print $(i + 1); exit } }' \
+                "$OUT/$name.txt")
+            if [ -n "$lost_step" ] && [ "$lost_step" -ge "$n_pre" ] && [ "$lost_step" -lt $(( n_pre + gen )) ]; then
                 break
             fi
-            sleep 0.01
+            echo "mixed_rig: $name: the kill at ${kill_ms} ms landed at step '${lost_step}', not mid-decode;" \
+                "trying again" >&2
         done
-        rc=0; wait "$cpid" || rc=$?
+        mid_decode=false
+        [ -n "$lost_step" ] && [ "$lost_step" -ge "$n_pre" ] && [ "$lost_step" -lt $(( n_pre + gen )) ] &&
+            mid_decode=true
         same_tokens=false
         a=$(grep '^generated:' "$OUT/$model-$cfg.txt" || true)
         b=$(grep '^generated:' "$OUT/$name.txt" || true)
         [ -n "$a" ] && [ "$a" = "$b" ] && same_tokens=true
         cmp=$("$COMPARE" --tol 0 --label "$name vs $cfg" "$OUT/$name.logits.safetensors" \
             "$OUT/$model-$cfg.logits.safetensors" 2> /dev/null || true)
-        event=$(grep -o '"event":"[a-z_]*"[^}]*"step":[0-9]*' "$OUT/$name.stats.json" 2> /dev/null | head -1 ||
-            true)
-        printf '{"run":"%s","victim_pid":"%s","killed_after_decode_steps":%s,"exit":%s,"same_tokens":%s,' \
-            "$name" "$victim" "${n_dec:-0}" "$rc" "$same_tokens" >> "$OUT/failover.jsonl"
-        printf '"logits":%s,"event":"%s"}\n' "${cmp:-null}" "$(printf '%s' "$event" | sed 's/"/\\"/g')" \
-            >> "$OUT/failover.jsonl"
+        event=$(grep -m1 'worker_lost' "$OUT/$name.txt" | sed 's/^ *//; s/  */ /g; s/"/\\"/g' || true)
+        printf '{"run":"%s","victim_pid":"%s","killed_at_ms":%s,"lost_at_step":"%s","decode_steps":"%s-%s",' \
+            "$name" "$victim" "$kill_ms" "$lost_step" "$n_pre" "$(( n_pre + gen - 1 ))" >> "$OUT/failover.jsonl"
+        printf '"mid_decode":%s,"exit":%s,"same_tokens":%s,"logits":%s,"event":"%s"}\n' "$mid_decode" "$rc" \
+            "$same_tokens" "${cmp:-null}" \
+            "$event" >> "$OUT/failover.jsonl"
         summarize_run "$cfg-kill" "$([ "$rc" -eq 0 ] && echo ok || echo failed)"
     done
 done
