@@ -122,6 +122,7 @@ static mb_status mb_zmq_send_message(mb_zmq_transport *t, const unsigned char *m
         goto out;
     }
     zmq_msg_t frame;
+    mb_zmq_pool_hand_over(b);
     if (zmq_msg_init_data(&frame, (void *)(msg + MB_PROTO_HEADER_BYTES), body,
                           mb_zmq_pool_free_frame, b)) {
         /* Out of memory with a message half sent: end it with an empty body
