@@ -236,6 +236,11 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     argv[argc++] = slots_text;
     argv[argc++] = "--error-fd";
     argv[argc++] = err_fd_text;
+    /* Only this coordinator can reach the worker, and it may idle as long
+     * as it likes (a chat waiting on its user): whatever
+     * MB_WORKER_IDLE_TIMEOUT says for workers started by hand. */
+    argv[argc++] = "--idle-timeout";
+    argv[argc++] = "0";
     /* The worker reads weight files only below the checkpoint's folders. */
     for (uint32_t i = 0; i < spec->n_model_roots && i < MB_LINK_MAX_ROOTS; i++) {
         argv[argc++] = "--model-root";

@@ -157,8 +157,8 @@ mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *o
  * is cut (it may connect again, as a stranger), the transport forgets it,
  * and the next well-formed HELLO (or message, without session_hello) opens
  * a new session; messages of the old peer still queued count as a
- * stranger's. INVALID_ARG for a connector, or while a received message or a
- * reservation is held. */
+ * stranger's. The receive buffer is freed. INVALID_ARG for a connector, or
+ * while a received message or a reservation is held. */
 mb_status mb_zmq_transport_end_session(mb_transport *t);
 
 /* 1 when a connector's handshake was refused: the worker does not admit its

@@ -552,6 +552,11 @@ mb_status mb_zmq_transport_end_session(mb_transport *t)
     z->peer_dead = 0;
     z->peer_id_len = 0;
     z->peer_fd = -1;
+    /* The session's last messages (weights, activations) leave with it:
+     * the next one starts without a receive buffer, as without experts. */
+    free(z->rbuf);
+    z->rbuf = NULL;
+    z->rbuf_cap = 0;
     return MB_STATUS_OK;
 }
 
