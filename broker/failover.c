@@ -1,6 +1,7 @@
 /* Failover: rerouting a lost worker's lanes to a replica or to an
  * in-process CPU fallback (loaded on first need from the mapped
- * checkpoint), and bringing reconnected tcp/ipc workers back between steps.
+ * checkpoint), and bringing workers back between steps: reconnected tcp/ipc
+ * workers, and spawned ones started again.
  * Runs on the dispatch thread only, while nothing is in flight. */
 #include "broker/failover.h"
 
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #define MB_FAILOVER_RECONNECT_NS 500000000LL     /* one reconnect try at most */
+#define MB_FAILOVER_RESPAWN_NS 10000000000LL     /* one respawn: process start and HELLO */
 #define MB_FAILOVER_BACKOFF_MIN_NS 250000000ull  /* first retry after a failed try */
 #define MB_FAILOVER_BACKOFF_MAX_NS 30000000000ull
 #define MB_FAILOVER_MAX_RECORDS 1024u
@@ -177,10 +179,10 @@ mb_status mb_failover_on_loss(void *ctx, mb_dispatch *d, mb_link *link, const mb
     char how[128];
     mb_link_drop(link, how, sizeof how);
     f->n_lost++;
-    if (link->kind == MB_LINK_REMOTE) {
-        f->backoff_ns[idx] = MB_FAILOVER_BACKOFF_MIN_NS;
-        f->retry_ns[idx] = mb_now_ns() + MB_FAILOVER_BACKOFF_MIN_NS;
-    }
+    /* A worker this coordinator spawned is started again before the next
+     * step; a remote one gets a moment to come back first. */
+    f->backoff_ns[idx] = MB_FAILOVER_BACKOFF_MIN_NS;
+    f->retry_ns[idx] = mb_now_ns() + (link->kind == MB_LINK_REMOTE ? MB_FAILOVER_BACKOFF_MIN_NS : 0);
     char moved[400] = "";
     size_t used = 0;
     for (uint32_t g = 0; g < s->n_links; g++) {
@@ -233,10 +235,14 @@ void mb_failover_between_steps(mb_failover *f)
     mb_session *s = f->s;
     for (uint32_t g = 0; g < s->n_links; g++) {
         mb_link *l = &s->links[g];
-        if (!l->lost || l->kind != MB_LINK_REMOTE || mb_now_ns() < f->retry_ns[g]) continue;
+        if (!l->lost || l->kind == MB_LINK_INPROC || mb_now_ns() < f->retry_ns[g]) continue;
+        const int remote = l->kind == MB_LINK_REMOTE;
         uint64_t t0 = mb_now_ns();
         char err[300];
-        mb_status st = mb_link_reconnect(l, MB_FAILOVER_RECONNECT_NS, err, sizeof err);
+        mb_status st = remote ? mb_link_reconnect(l, MB_FAILOVER_RECONNECT_NS, err, sizeof err)
+                              : mb_link_respawn(l, MB_FAILOVER_RESPAWN_NS, err, sizeof err);
+        if (st != MB_STATUS_OK && !remote && f->verbose)
+            fprintf(stderr, "moe-broker: %s could not be started again: %s\n", l->name, err);
         if (st == MB_STATUS_OK) {
             st = mb_failover_reload(f, g, err, sizeof err);
             if (st != MB_STATUS_OK) {
@@ -255,9 +261,10 @@ void mb_failover_between_steps(mb_failover *f)
         f->n_rejoined++;
         double ms = (double)(mb_now_ns() - t0) / 1e6;
         if (f->verbose)
-            fprintf(stderr, "moe-broker: %s rejoined before step %llu; its experts are back on it (%.1f ms)\n",
-                    l->name, (unsigned long long)mb_failover_steps(s), ms);
-        mb_stats_event ev = {.event = "worker_rejoined", .backend = g, .detail = "reconnected and reloaded",
+            fprintf(stderr, "moe-broker: %s %s before step %llu; its experts are back on it (%.1f ms)\n", l->name,
+                    remote ? "rejoined" : "started again", (unsigned long long)mb_failover_steps(s), ms);
+        mb_stats_event ev = {.event = "worker_rejoined", .backend = g,
+                             .detail = remote ? "reconnected and reloaded" : "respawned and reloaded",
                              .phase = -1, .layer = -1, .recover_ms = ms};
         if (s->stats) mb_stats_record_event(s->stats, &ev);
     }

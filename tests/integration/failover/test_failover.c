@@ -2,9 +2,10 @@
  * decode, spawned over shared memory or ZeroMQ ipc, or running behind
  * tcp://, costs time but no tokens: the finished run's tokens and logits
  * (f32 payload) are bit-identical to an undisturbed run's. Also: replicas
- * take over without loading, a frozen worker is noticed within 2 s, a
- * restarted tcp worker rejoins and gets its experts back, and with
- * --on-worker-loss abort the step fails naming the worker. */
+ * take over without loading, a frozen worker is noticed within 2 s, a lost
+ * spawned worker is started again at the next step and a restarted tcp
+ * worker rejoins, each getting its experts back, and with --on-worker-loss
+ * abort the step fails naming the worker. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +33,7 @@ typedef struct {
     hit_when when;
     uint32_t replicas;
     uint32_t timeout_ms; /* --worker-timeout; 0: the default */
-    int restart;         /* tcp: restart the worker after the hit and expect a rejoin */
+    int restart;         /* tcp: restart the worker after the hit and expect a rejoin (spawned: always) */
     int abort_policy;
 } scenario;
 
@@ -91,6 +92,7 @@ static int run(const scenario *sc, float *logits, int32_t *out_ids, hit_times *h
     pid_t victim = sc->tcp ? tcp_pid : s->links[1].pid;
     const uint32_t V = model->cfg.vocab;
     int failed = 0;
+    const mb_link *via_after_hit = NULL; /* who took worker 1's lane in the step with the hit */
     memcpy(out_ids, ids, sizeof ids);
     *ht = (hit_times){0, -1};
     uint64_t hit_ns = 0;
@@ -106,7 +108,10 @@ static int run(const scenario *sc, float *logits, int32_t *out_ids, hit_times *h
         uint32_t n = decode ? 1 : N_PROMPT;
         uint64_t t0 = mb_now_ns();
         st = mb_session_step(s, out_ids + pos, n, logits + (size_t)pos * V, NULL, err, cap);
-        if (hit_now) ht->step_s = (double)(mb_now_ns() - t0) / 1e9;
+        if (hit_now) {
+            ht->step_s = (double)(mb_now_ns() - t0) / 1e9;
+            via_after_hit = mb_dispatch_via(s->dispatch, 1);
+        }
         if (st != MB_STATUS_OK) {
             failed = 1;
             break;
@@ -126,14 +131,18 @@ static int run(const scenario *sc, float *logits, int32_t *out_ids, hit_times *h
     if (hit_ns && mb_failover_get_loss(s->failover, 0, &loss) == MB_STATUS_OK)
         ht->detect_s = (double)(loss.detected_ns - hit_ns) / 1e9;
     if (!failed && sc->hit != HIT_NONE && !sc->abort_policy) {
+        /* A spawned worker is started again before the next step; a tcp
+         * one comes back only when restarted. */
+        const int back = !sc->tcp || sc->restart;
         CHECK_EQ(mb_failover_lost_count(s->failover), 1);
         CHECK_EQ(mb_stats_count_events(s->stats, "worker_lost"), 1);
-        CHECK(s->links[1].lost == !sc->restart);
-        if (sc->restart) {
+        CHECK_MSG(s->links[1].lost == !back, "%s: worker 1 %s", sc->what, back ? "did not come back" : "came back");
+        if (sc->replicas > 1) CHECK(via_after_hit == &s->links[0]);
+        if (back) {
             CHECK_EQ(mb_failover_rejoined_count(s->failover), 1);
+            CHECK_EQ(mb_stats_count_events(s->stats, "worker_rejoined"), 1);
             CHECK(mb_dispatch_via(s->dispatch, 1) == &s->links[1]);
-        } else if (sc->replicas > 1) {
-            CHECK(mb_dispatch_via(s->dispatch, 1) == &s->links[0]);
+            if (!sc->tcp) CHECK(s->links[1].pid > 0 && s->links[1].pid != victim);
         }
     }
     mb_session_close(s);
