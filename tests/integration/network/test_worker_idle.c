@@ -30,21 +30,6 @@ static uint64_t rss_bytes(pid_t pid)
     return kib * 1024;
 }
 
-/* A bare session: connects and says HELLO, retrying while the worker winds
- * down the previous one. */
-static void open_session(mb_transport *t)
-{
-    for (int attempt = 0; attempt < 50; attempt++) {
-        nt_client(ep, NULL, t);
-        int op = 0;
-        mb_status st = nt_call(t, msg, nt_hello_msg(msg, sizeof msg, 1), 1000000000LL, &op);
-        if (st == MB_STATUS_OK && op == MB_OP_HELLO_REPLY) return;
-        mb_transport_destroy(t);
-        usleep(100000);
-    }
-    REQUIRE(!"no session opened");
-}
-
 /* Loads a BIG_D x BIG_D f32 expert into layer 0, slot. */
 static void load_big(mb_transport *t, uint32_t slot)
 {
@@ -90,7 +75,7 @@ static void test_silent(pid_t worker)
 {
     const uint64_t rss0 = rss_bytes(worker);
     mb_transport t;
-    open_session(&t);
+    nt_open_session(ep, &t);
     for (uint32_t i = 0; i < N_BIG; i++) load_big(&t, i);
     const uint64_t rss_loaded = rss_bytes(worker);
     const uint64_t t0 = mb_now_ns();
@@ -114,7 +99,7 @@ static void test_silent(pid_t worker)
     mb_transport_destroy(&t);
     /* Its experts are gone, and so is their memory. */
     mb_transport n;
-    open_session(&n);
+    nt_open_session(ep, &n);
     st = nt_call(&n, msg, nt_req_msg(msg, sizeof msg, 6, 1), 2000000000LL, &op);
     CHECK_MSG(st == MB_STATUS_NOT_LOADED, "the idle session's expert answered %s", mb_status_str(st));
     CHECK_EQ(nt_call(&n, msg, nt_empty_msg(msg, MB_OP_SHUTDOWN, 7), 2000000000LL, &op), MB_STATUS_OK);
@@ -142,7 +127,7 @@ static void test_stopped(void)
     if (child == 0) {
         close(fds[0]);
         mb_transport t;
-        open_session(&t);
+        nt_open_session(ep, &t);
         int op = 0;
         nt_call(&t, msg, nt_load_msg(msg, sizeof msg, 2, 0, 0, NT_D, 1.0f), 2000000000LL, &op);
         if (write(fds[1], "x", 1) != 1) _exit(1);
@@ -164,7 +149,7 @@ static void test_stopped(void)
 static void test_talking(void)
 {
     mb_transport t;
-    open_session(&t);
+    nt_open_session(ep, &t);
     int op = 0;
     for (int i = 0; i < 8; i++) {
         usleep((useconds_t)(IDLE_S * 0.4e6));
