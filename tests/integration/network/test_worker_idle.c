@@ -43,9 +43,9 @@ static void load_big(mb_transport *t, uint32_t slot)
     memset(&le, 0, sizeof le);
     le.slot = slot;
     le.d_model = le.d_ff = BIG_D;
-    le.wdtype = MB_DTYPE_F32;
     le.source = MB_WEIGHTS_INLINE;
     for (int i = 0; i < 3; i++) {
+        le.wdtype[i] = MB_DTYPE_F32;
         le.bytes[i] = mat;
         le.data[i] = w;
     }
