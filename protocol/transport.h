@@ -166,6 +166,11 @@ mb_status mb_zmq_transport_end_session(mb_transport *t);
  * reports PEER_DEAD then. 0 for anything else. */
 int mb_zmq_transport_handshake_failed(const mb_transport *t);
 
+/* Connector, between requests: 0 once the connection to the peer has
+ * dropped (the worker ended the session or died), 1 while it holds. Reads
+ * connection events only, never a message; does not block. */
+int mb_zmq_transport_peer_connected(mb_transport *t);
+
 /* Writes the transport's endpoint, NUL-terminated, into buf (cap bytes): for
  * a listener the address it is bound to with wildcards resolved
  * ("tcp://127.0.0.1:41234"), for a connector the one it connects to.

@@ -566,6 +566,14 @@ int mb_zmq_transport_handshake_failed(const mb_transport *t)
     return ((const mb_zmq_transport *)t->impl)->handshake_failed;
 }
 
+int mb_zmq_transport_peer_connected(mb_transport *t)
+{
+    if (!t || t->ops != &mb_zmq_ops || !t->impl) return 0;
+    mb_zmq_transport *z = t->impl;
+    mb_zmq_monitor_drain(z);
+    return !z->peer_dead;
+}
+
 mb_status mb_zmq_transport_endpoint(const mb_transport *t, char *buf, size_t cap)
 {
     if (!t || t->ops != &mb_zmq_ops || !t->impl || !buf) return MB_STATUS_INVALID_ARG;

@@ -4,8 +4,10 @@
  * (f32 payload) are bit-identical to an undisturbed run's. Also: replicas
  * take over without loading, a frozen worker is noticed within 2 s, a lost
  * spawned worker is started again at the next step and a restarted tcp
- * worker rejoins, each getting its experts back, and with --on-worker-loss
- * abort the step fails naming the worker. */
+ * worker rejoins, each getting its experts back; a tcp worker that ends an
+ * idle coordinator's session (--idle-timeout) is reconnected before the
+ * next step without a loss; and with --on-worker-loss abort the step fails
+ * naming the worker. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +24,9 @@
 #define N_GEN 16
 #define N_POS (N_PROMPT + N_GEN)
 
-typedef enum { HIT_NONE, HIT_KILL, HIT_STOP } hit_kind;
+/* HIT_IDLE: the coordinator itself goes quiet past the tcp worker's
+ * --idle-timeout, so the worker ends the session between two steps. */
+typedef enum { HIT_NONE, HIT_KILL, HIT_STOP, HIT_IDLE } hit_kind;
 typedef enum { AT_PREFILL, AT_DECODE } hit_when;
 
 typedef struct {
@@ -51,9 +55,12 @@ static uint32_t argmax(const float *v, uint32_t n)
     return b;
 }
 
-static pid_t start_tcp(const char *listen, char *endpoint, size_t cap)
+#define IDLE_TIMEOUT "1" /* seconds, for HIT_IDLE's worker: well above a step's quiet gaps */
+
+static pid_t start_tcp(const char *listen, int short_idle, char *endpoint, size_t cap)
 {
-    return mb_test_start_worker(listen, 1, endpoint, cap);
+    const char *idle[] = {"--idle-timeout", IDLE_TIMEOUT, NULL};
+    return mb_test_start_worker_args(listen, 1, short_idle ? idle : NULL, endpoint, cap);
 }
 
 /* What a run measured about its hit. */
@@ -73,7 +80,7 @@ static int run(const scenario *sc, float *logits, int32_t *out_ids, hit_times *h
     pid_t tcp_pid = -1;
     char w0[] = "cpu,threads=1", w1[300] = "cpu,threads=1";
     if (sc->tcp) {
-        tcp_pid = start_tcp("tcp://127.0.0.1:*", endpoint, sizeof endpoint);
+        tcp_pid = start_tcp("tcp://127.0.0.1:*", sc->hit == HIT_IDLE, endpoint, sizeof endpoint);
         REQUIRE(tcp_pid > 0);
         snprintf(w1, sizeof w1, "%s", endpoint);
     }
@@ -102,7 +109,8 @@ static int run(const scenario *sc, float *logits, int32_t *out_ids, hit_times *h
                                                (sc->when == AT_DECODE && pos == N_PROMPT + 4));
         if (hit_now) {
             hit_ns = mb_now_ns();
-            kill(victim, sc->hit == HIT_KILL ? SIGKILL : SIGSTOP);
+            if (sc->hit == HIT_IDLE) usleep((useconds_t)(atof(IDLE_TIMEOUT) * 2.5e6));
+            else kill(victim, sc->hit == HIT_KILL ? SIGKILL : SIGSTOP);
         }
         if (decode) out_ids[pos] = (int32_t)argmax(logits + (size_t)(pos - 1) * V, V);
         uint32_t n = decode ? 1 : N_PROMPT;
@@ -121,7 +129,7 @@ static int run(const scenario *sc, float *logits, int32_t *out_ids, hit_times *h
              * reconnects between steps once its backoff allows. */
             waitpid(victim, NULL, 0);
             char again[256];
-            tcp_pid = start_tcp(endpoint, again, sizeof again);
+            tcp_pid = start_tcp(endpoint, 0, again, sizeof again);
             CHECK_MSG(tcp_pid > 0, "cannot restart the tcp worker on %s", endpoint);
             usleep(300000);
         }
@@ -130,7 +138,12 @@ static int run(const scenario *sc, float *logits, int32_t *out_ids, hit_times *h
     mb_failover_loss loss;
     if (hit_ns && mb_failover_get_loss(s->failover, 0, &loss) == MB_STATUS_OK)
         ht->detect_s = (double)(loss.detected_ns - hit_ns) / 1e9;
-    if (!failed && sc->hit != HIT_NONE && !sc->abort_policy) {
+    if (!failed && sc->hit == HIT_IDLE) {
+        /* Reconnected before the step: nothing lost, no fallback. */
+        CHECK_EQ(mb_failover_lost_count(s->failover), 0);
+        CHECK_EQ(mb_failover_rejoined_count(s->failover), 1);
+        CHECK(!s->links[1].lost && via_after_hit == &s->links[1]);
+    } else if (!failed && sc->hit != HIT_NONE && !sc->abort_policy) {
         /* A spawned worker is started again before the next step; a tcp
          * one comes back only when restarted. */
         const int back = !sc->tcp || sc->restart;
@@ -178,6 +191,7 @@ int main(void)
         {"tcp SIGSTOP at decode (default timeout)", MB_TRANSPORT_SHM, 1, HIT_STOP, AT_DECODE, 1, 0, 0, 0},
         {"tcp SIGSTOP at prefill", MB_TRANSPORT_SHM, 1, HIT_STOP, AT_PREFILL, 1, 500, 0, 0},
         {"tcp SIGKILL at decode, restarted: rejoins", MB_TRANSPORT_SHM, 1, HIT_KILL, AT_DECODE, 1, 0, 1, 0},
+        {"tcp session idled out at decode: reconnects", MB_TRANSPORT_SHM, 1, HIT_IDLE, AT_DECODE, 1, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const scenario *sc = &cases[i];
@@ -186,7 +200,9 @@ int main(void)
         int failed = run(sc, got_logits, got_ids, &t, err, sizeof err);
         int same_logits = !failed && memcmp(got_logits, ref_logits, logit_bytes) == 0;
         int same_ids = !failed && memcmp(got_ids, ref_ids, sizeof got_ids) == 0;
-        printf("%-44s step with the hit %.3f s, loss seen after %.3f s: %s\n", sc->what, t.step_s, t.detect_s,
+        char seen[48] = "no loss";
+        if (t.detect_s >= 0) snprintf(seen, sizeof seen, "loss seen after %.3f s", t.detect_s);
+        printf("%-44s step with the hit %.3f s, %s: %s\n", sc->what, t.step_s, seen,
                failed ? err : same_logits && same_ids ? "identical tokens and logits" : "DIFFERENT");
         CHECK_MSG(!failed, "%s: the run failed: %s", sc->what, err);
         CHECK_MSG(same_ids, "%s: tokens differ from the undisturbed run", sc->what);
