@@ -25,6 +25,11 @@ typedef struct {
     /* Expert weight bytes one session may hold; a LOAD_EXPERT beyond it is
      * refused with NOMEM. 0: no cap. */
     uint64_t max_memory_bytes;
+    /* A session whose peer has sent nothing for this long, with no request
+     * left in the backend, is ended (mb_worker_serve returns TIMEOUT), so a
+     * coordinator that went silent does not hold the worker. The clock
+     * starts at the session's first message. 0: never. */
+    int64_t idle_timeout_ns;
     const volatile sig_atomic_t *stop; /* set asynchronously to end the loop; may be NULL */
     const char *name;             /* for messages, e.g. "moe-worker[cpu:0]" */
 } mb_worker_config;
@@ -47,7 +52,8 @@ void mb_worker_destroy(mb_worker *w);
 mb_status mb_worker_handle(mb_worker *w, const void *msg, size_t len);
 
 /* Serves one session: until SHUTDOWN (returns OK), *stop becomes non-zero
- * (OK), or the peer dies or the transport fails (that status). A message
+ * (OK), the peer stays silent past cfg->idle_timeout_ns (TIMEOUT), or the
+ * peer dies or the transport fails (that status). A message
  * that decodes badly is answered with a STATUS reply carrying the decoder's
  * error and the loop goes on; MB_WORKER_MAX_BAD_IN_A_ROW messages the
  * transport itself rejects, one after another, end the session (PROTOCOL):

@@ -4,6 +4,7 @@
  * Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage. */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,6 +27,11 @@
 
 /* --model-root folders one worker accepts. */
 #define MB_WORKER_MAX_ROOTS 16
+/* --idle-timeout default for a ZeroMQ worker: long enough for a person to
+ * think between chat turns, short enough that a coordinator gone silent
+ * frees the worker the same hour. moe-broker starts its own workers with 0. */
+#define MB_WORKER_IDLE_TIMEOUT_DEFAULT_S 600.0
+#define MB_WORKER_IDLE_TIMEOUT_MAX_S 604800.0 /* a week */
 
 static volatile sig_atomic_t mb_worker_stop;
 
@@ -91,6 +97,7 @@ static void mb_worker_usage(FILE *f)
             "usage: moe-worker --backend cpu[:NUMA_NODE]|cuda[:N]|vulkan[:N] --listen shm|ipc://PATH|tcp://HOST:PORT\n"
             "                  [--threads N] [--numa default|bind|interleave] [--shm-fd FD]\n"
             "                  [--max-slots N] [--model-root DIR]... [--max-memory BYTES] [--once]\n"
+            "                  [--idle-timeout SECONDS]\n"
             "                  [--curve-secret FILE --curve-allow FILE | --insecure]\n"
             "  --backend            backend and device: cpu, cpu:0 (NUMA node 0), cuda:0, vulkan:0\n"
             "  --listen             shm (spawned by moe-broker, with --shm-fd), or a ZeroMQ endpoint\n"
@@ -107,6 +114,9 @@ static void mb_worker_usage(FILE *f)
             "  --curve-allow FILE   the coordinators' public keys it admits, one a line; re-read at\n"
             "                       each connection, so deleting a line revokes that key\n"
             "  --insecure           listen on a non-loopback tcp:// address without CURVE\n"
+            "  --idle-timeout S     end a session whose coordinator sends nothing for S seconds while\n"
+            "                       no request runs (its experts freed, the next coordinator served);\n"
+            "                       0: never; env MB_WORKER_IDLE_TIMEOUT; default 600\n"
             "  --once               over ZeroMQ, exit after one coordinator's session (default: serve the next)\n"
             "  --list-devices       print the CUDA and Vulkan devices (N of cuda:N, vulkan:N) and exit\n"
             "  --version            print the version and exit\n"
@@ -154,6 +164,18 @@ static int mb_worker_parse_bytes(const char *s, uint64_t *out)
     if (*end && end[1]) return -1;
     if (shift && v > (UINT64_MAX >> shift)) return -1;
     *out = (uint64_t)v << shift;
+    return 0;
+}
+
+/* SECONDS for --idle-timeout / MB_WORKER_IDLE_TIMEOUT: a decimal in
+ * [0, a week], fractions allowed. */
+static int mb_worker_parse_seconds(const char *s, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!s[0] || *end || errno || !(v >= 0 && v <= MB_WORKER_IDLE_TIMEOUT_MAX_S)) return -1;
+    *out = v;
     return 0;
 }
 
@@ -256,6 +278,12 @@ int main(int argc, char **argv)
     unsigned n_roots = 0;
     long threads = 0, shm_fd = -1, max_slots = 4096, error_fd = -1;
     uint64_t max_memory = 0;
+    double idle_s = MB_WORKER_IDLE_TIMEOUT_DEFAULT_S;
+    const char *idle_env = getenv("MB_WORKER_IDLE_TIMEOUT");
+    if (idle_env && mb_worker_parse_seconds(idle_env, &idle_s)) {
+        fprintf(stderr, "moe-worker: invalid MB_WORKER_IDLE_TIMEOUT '%s' (seconds, 0..604800)\n", idle_env);
+        return 2;
+    }
     int once = 0, threads_given = 0, max_memory_given = 0;
     mb_worker_net net;
     memset(&net, 0, sizeof net);
@@ -268,6 +296,7 @@ int main(int argc, char **argv)
         {"insecure", no_argument, 0, 'I'},           {"once", no_argument, 0, 'o'},
         {"error-fd", required_argument, 0, 'e'},     {"help", no_argument, 0, 'h'},
         {"list-devices", no_argument, 0, 'D'},       {"version", no_argument, 0, 'V'},
+        {"idle-timeout", required_argument, 0, 'i'},
         {0, 0, 0, 0},
     };
     int c;
@@ -286,6 +315,12 @@ int main(int argc, char **argv)
                 return 2;
             }
             roots_given[n_roots++] = optarg;
+            break;
+        case 'i':
+            if (mb_worker_parse_seconds(optarg, &idle_s)) {
+                fprintf(stderr, "moe-worker: invalid --idle-timeout '%s' (seconds, 0..604800)\n", optarg);
+                return 2;
+            }
             break;
         case 'm':
             if (mb_worker_parse_bytes(optarg, &max_memory)) {
@@ -436,7 +471,7 @@ int main(int argc, char **argv)
     mb_worker_started();
     mb_worker_config wcfg = {.backend = backend, .transport = &transport,
                              .model_roots = (const char *const *)roots, .n_model_roots = n_roots,
-                             .stop = &mb_worker_stop, .name = tag};
+                             .idle_timeout_ns = (int64_t)(idle_s * 1e9), .stop = &mb_worker_stop, .name = tag};
     for (;;) {
         wcfg.backend = backend;
         wcfg.max_memory_bytes = max_memory;
@@ -473,9 +508,15 @@ int main(int argc, char **argv)
         }
         mb_backend_close(backend);
         backend = NULL;
+        /* Give the session's freed weights back to the host now: glibc
+         * keeps freed heap memory for reuse unless asked. */
+        malloc_trim(0);
         if (st == MB_STATUS_OK || st == MB_STATUS_PEER_DEAD)
             fprintf(stderr, "%s: %s; waiting for the next coordinator\n", tag,
                     st == MB_STATUS_OK ? "session ended" : "coordinator gone");
+        else if (st == MB_STATUS_TIMEOUT)
+            fprintf(stderr, "%s: session ended: the coordinator sent nothing for %g s (--idle-timeout); waiting "
+                    "for the next coordinator\n", tag, idle_s);
         else
             fprintf(stderr, "%s: session dropped (%s); waiting for the next coordinator\n", tag, mb_status_str(st));
         st = mb_backend_open(ops, &bcfg, &backend);

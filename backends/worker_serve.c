@@ -208,12 +208,22 @@ static mb_status mb_worker_dispatch(mb_worker *w, const void *msg, size_t len)
     return mb_worker_handle(w, msg, len);
 }
 
+/* 1 when the session has been silent for cfg->idle_timeout_ns: nothing
+ * received since last_ns (0: no message yet, so no session to end) and
+ * nothing left in the backend, which a long request would still hold. */
+static int mb_worker_idle(const mb_worker *w, uint64_t last_ns)
+{
+    const int64_t limit = w->cfg->idle_timeout_ns;
+    return limit > 0 && last_ns && !w->n_pending && mb_worker_now_ns() - last_ns >= (uint64_t)limit;
+}
+
 mb_status mb_worker_serve(const mb_worker_config *cfg)
 {
     mb_worker *w = NULL;
     mb_status st = mb_worker_create(cfg, &w);
     if (st != MB_STATUS_OK) return st;
     int bad = 0;
+    uint64_t last_ns = 0; /* the peer's last message or the backend's last work */
     for (;;) {
         if (cfg->stop && *cfg->stop) {
             st = MB_STATUS_OK;
@@ -227,11 +237,19 @@ mb_status mb_worker_serve(const mb_worker_config *cfg)
         st = mb_transport_recv(cfg->transport, w->n_pending ? 0 : MB_WORKER_POLL_NS, &msg, &len);
         if (st == MB_STATUS_TIMEOUT) {
             if (w->n_pending) {
+                /* Work in the backend keeps the session busy, however
+                 * long it runs. */
                 st = mb_worker_poll_backend(w, MB_WORKER_BACKEND_POLL_NS);
                 if (st != MB_STATUS_OK) break;
+                last_ns = mb_worker_now_ns();
+            }
+            if (mb_worker_idle(w, last_ns)) {
+                st = MB_STATUS_TIMEOUT;
+                break;
             }
             continue;
         }
+        last_ns = mb_worker_now_ns();
         if (st == MB_STATUS_CORRUPT || st == MB_STATUS_PROTOCOL || st == MB_STATUS_TRUNCATED) {
             fprintf(stderr, "%s: dropped a malformed message: %s\n", cfg->name ? cfg->name : "moe-worker",
                     mb_status_str(st));
@@ -245,6 +263,7 @@ mb_status mb_worker_serve(const mb_worker_config *cfg)
         bad = 0;
         st = mb_worker_dispatch(w, msg, len);
         mb_transport_recv_release(cfg->transport);
+        last_ns = mb_worker_now_ns(); /* an inline request may have run long */
         if (st == MB_STATUS_CLOSED) {
             st = MB_STATUS_OK;
             break;

@@ -627,7 +627,7 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             if (all_sent) break;
             continue;
         }
-        if (d->cancel && *d->cancel) {
+        if (d->cancel && __atomic_load_n(d->cancel, __ATOMIC_RELAXED)) {
             snprintf(d->err, sizeof d->err, "interrupted during layer %u", w->layer);
             st = MB_STATUS_CLOSED;
             goto fail;

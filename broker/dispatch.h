@@ -89,9 +89,10 @@ void mb_dispatch_route(mb_dispatch *d, uint32_t lane, mb_link *via, const uint32
 /* The link lane goes to now. */
 mb_link *mb_dispatch_via(const mb_dispatch *d, uint32_t lane);
 
-/* While *flag is non-zero (a signal handler sets it), calls fail with
- * CLOSED ("interrupted") within about 100 ms instead of waiting for their
- * replies. NULL: never. */
+/* While *flag is non-zero (a signal handler sets it, possibly on another
+ * thread, with an atomic store: it is read with an atomic load), calls fail
+ * with CLOSED ("interrupted") within about 100 ms instead of waiting for
+ * their replies. NULL: never. */
 void mb_dispatch_set_cancel(mb_dispatch *d, const volatile sig_atomic_t *flag);
 
 /* Sets the message mb_dispatch_error returns (for loss handlers). */

@@ -1,6 +1,7 @@
 /* Failover: rerouting a lost worker's lanes to a replica or to an
  * in-process CPU fallback (loaded on first need from the mapped
- * checkpoint), and bringing reconnected tcp/ipc workers back between steps.
+ * checkpoint), and bringing workers back between steps: reconnected tcp/ipc
+ * workers, and spawned ones started again.
  * Runs on the dispatch thread only, while nothing is in flight. */
 #include "broker/failover.h"
 
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #define MB_FAILOVER_RECONNECT_NS 500000000LL     /* one reconnect try at most */
+#define MB_FAILOVER_RESPAWN_NS 10000000000LL     /* one respawn: process start and HELLO */
 #define MB_FAILOVER_BACKOFF_MIN_NS 250000000ull  /* first retry after a failed try */
 #define MB_FAILOVER_BACKOFF_MAX_NS 30000000000ull
 #define MB_FAILOVER_MAX_RECORDS 1024u
@@ -161,26 +163,22 @@ static mb_status mb_failover_reroute(mb_failover *f, mb_dispatch *d, uint32_t g,
     return MB_STATUS_OK;
 }
 
-mb_status mb_failover_on_loss(void *ctx, mb_dispatch *d, mb_link *link, const mb_moe_work *w, const char *what)
+/* Drops link (unless dropped already: how then says why it was) and sends
+ * every lane that went through it where its experts are; records and tells
+ * the loss. phase and layer: where it was noticed (-1: between steps). */
+static mb_status mb_failover_lose(mb_failover *f, mb_dispatch *d, mb_link *link, int phase, int32_t layer,
+                                  const char *what, char *how, size_t how_cap)
 {
-    mb_failover *f = ctx;
     mb_session *s = f->s;
     uint64_t t0 = mb_now_ns();
     char msg[512];
-    if (f->policy == MB_ON_WORKER_LOSS_ABORT || link->kind == MB_LINK_INPROC || link < s->links ||
-        link >= s->links + s->n_links) {
-        snprintf(msg, sizeof msg, "%.400s (--on-worker-loss %s)", what, mb_on_worker_loss_name(f->policy));
-        mb_dispatch_set_error(d, msg);
-        return MB_STATUS_PEER_DEAD;
-    }
     uint32_t idx = (uint32_t)(link - s->links);
-    char how[128];
-    mb_link_drop(link, how, sizeof how);
+    if (!link->lost) mb_link_drop(link, how, how_cap);
     f->n_lost++;
-    if (link->kind == MB_LINK_REMOTE) {
-        f->backoff_ns[idx] = MB_FAILOVER_BACKOFF_MIN_NS;
-        f->retry_ns[idx] = mb_now_ns() + MB_FAILOVER_BACKOFF_MIN_NS;
-    }
+    /* A worker this coordinator spawned is started again before the next
+     * step; a remote one gets a moment to come back first. */
+    f->backoff_ns[idx] = MB_FAILOVER_BACKOFF_MIN_NS;
+    f->retry_ns[idx] = mb_now_ns() + (link->kind == MB_LINK_REMOTE ? MB_FAILOVER_BACKOFF_MIN_NS : 0);
     char moved[400] = "";
     size_t used = 0;
     for (uint32_t g = 0; g < s->n_links; g++) {
@@ -201,15 +199,33 @@ mb_status mb_failover_on_loss(void *ctx, mb_dispatch *d, mb_link *link, const mb
     if (f->n_lost <= MB_FAILOVER_MAX_RECORDS)
         f->records[f->n_lost - 1] = (mb_failover_loss){.link = idx, .detected_ns = t0, .rerouted_ns = t1};
     double ms = (double)(t1 - t0) / 1e6;
-    int phase = w->decode ? MB_STATS_PHASE_DECODE : MB_STATS_PHASE_PREFILL;
-    if (f->verbose)
-        fprintf(stderr, "moe-broker: %s %s during %s step %llu, layer %u; its experts now on %s; going on (%.1f ms)\n",
-                link->name, how, mb_stats_phase_name(phase), (unsigned long long)mb_failover_steps(s), w->layer,
-                moved, ms);
+    if (f->verbose && phase >= 0)
+        fprintf(stderr, "moe-broker: %s %s during %s step %llu, layer %d; its experts now on %s; going on (%.1f ms)\n",
+                link->name, how, mb_stats_phase_name(phase), (unsigned long long)mb_failover_steps(s), layer, moved,
+                ms);
+    else if (f->verbose)
+        fprintf(stderr, "moe-broker: %s %s before step %llu; its experts now on %s; going on (%.1f ms)\n",
+                link->name, how, (unsigned long long)mb_failover_steps(s), moved, ms);
     mb_stats_event ev = {.event = "worker_lost", .backend = idx, .detail = how, .moved_to = moved,
-                         .phase = phase, .layer = (int32_t)w->layer, .recover_ms = ms};
+                         .phase = phase, .layer = layer, .recover_ms = ms};
     if (s->stats) mb_stats_record_event(s->stats, &ev);
     return MB_STATUS_OK;
+}
+
+mb_status mb_failover_on_loss(void *ctx, mb_dispatch *d, mb_link *link, const mb_moe_work *w, const char *what)
+{
+    mb_failover *f = ctx;
+    mb_session *s = f->s;
+    if (f->policy == MB_ON_WORKER_LOSS_ABORT || link->kind == MB_LINK_INPROC || link < s->links ||
+        link >= s->links + s->n_links) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%.400s (--on-worker-loss %s)", what, mb_on_worker_loss_name(f->policy));
+        mb_dispatch_set_error(d, msg);
+        return MB_STATUS_PEER_DEAD;
+    }
+    char how[128];
+    return mb_failover_lose(f, d, link, w->decode ? MB_STATS_PHASE_DECODE : MB_STATS_PHASE_PREFILL,
+                            (int32_t)w->layer, what, how, sizeof how);
 }
 
 /* Gives a reconnected worker back what it held: its own experts and the
@@ -227,16 +243,66 @@ static mb_status mb_failover_reload(mb_failover *f, uint32_t g, char *err, size_
     return st;
 }
 
-void mb_failover_between_steps(mb_failover *f)
+/* Tells and records a worker back with its experts. */
+static void mb_failover_note_back(mb_failover *f, uint32_t g, const char *how, const char *detail, uint64_t t0)
 {
-    if (!f || f->n_lost == 0) return;
+    mb_session *s = f->s;
+    f->n_rejoined++;
+    double ms = (double)(mb_now_ns() - t0) / 1e6;
+    if (f->verbose)
+        fprintf(stderr, "moe-broker: %s %s before step %llu; its experts are back on it (%.1f ms)\n",
+                s->links[g].name, how, (unsigned long long)mb_failover_steps(s), ms);
+    mb_stats_event ev = {.event = "worker_rejoined", .backend = g, .detail = detail, .phase = -1, .layer = -1,
+                         .recover_ms = ms};
+    if (s->stats) mb_stats_record_event(s->stats, &ev);
+}
+
+/* A tcp/ipc worker that ended this coordinator's session while nothing was
+ * asked of it (its --idle-timeout: a chat waiting on its user) is brought
+ * back before the step, reconnected and reloaded with its lanes left in
+ * place, rather than noticed mid-layer and replaced by the in-process
+ * fallback. Only when that fails is it lost as in a step (with fallback;
+ * with abort the step then fails naming it). */
+static void mb_failover_revive_ended(mb_failover *f)
+{
     mb_session *s = f->s;
     for (uint32_t g = 0; g < s->n_links; g++) {
         mb_link *l = &s->links[g];
-        if (!l->lost || l->kind != MB_LINK_REMOTE || mb_now_ns() < f->retry_ns[g]) continue;
+        if (l->lost || l->kind != MB_LINK_REMOTE || mb_zmq_transport_peer_connected(&l->transport)) continue;
+        uint64_t t0 = mb_now_ns();
+        char how[128], err[300];
+        mb_link_drop(l, how, sizeof how);
+        snprintf(how, sizeof how, "ended its session between steps");
+        mb_status st = mb_link_reconnect(l, MB_FAILOVER_RECONNECT_NS, err, sizeof err);
+        if (st == MB_STATUS_OK) st = mb_failover_reload(f, g, err, sizeof err);
+        if (st == MB_STATUS_OK) {
+            mb_failover_note_back(f, g, "had ended its session; reconnected", "session ended; reconnected and reloaded",
+                                  t0);
+            continue;
+        }
+        char scratch[128];
+        if (!l->lost) mb_link_drop(l, scratch, sizeof scratch); /* reconnected, but the reload failed */
+        if (f->policy != MB_ON_WORKER_LOSS_ABORT)
+            (void)mb_failover_lose(f, s->dispatch, l, -1, -1, err, how, sizeof how);
+    }
+}
+
+void mb_failover_between_steps(mb_failover *f)
+{
+    if (!f) return;
+    mb_failover_revive_ended(f);
+    if (f->n_lost == 0) return;
+    mb_session *s = f->s;
+    for (uint32_t g = 0; g < s->n_links; g++) {
+        mb_link *l = &s->links[g];
+        if (!l->lost || l->kind == MB_LINK_INPROC || mb_now_ns() < f->retry_ns[g]) continue;
+        const int remote = l->kind == MB_LINK_REMOTE;
         uint64_t t0 = mb_now_ns();
         char err[300];
-        mb_status st = mb_link_reconnect(l, MB_FAILOVER_RECONNECT_NS, err, sizeof err);
+        mb_status st = remote ? mb_link_reconnect(l, MB_FAILOVER_RECONNECT_NS, err, sizeof err)
+                              : mb_link_respawn(l, MB_FAILOVER_RESPAWN_NS, err, sizeof err);
+        if (st != MB_STATUS_OK && !remote && f->verbose)
+            fprintf(stderr, "moe-broker: %s could not be started again: %s\n", l->name, err);
         if (st == MB_STATUS_OK) {
             st = mb_failover_reload(f, g, err, sizeof err);
             if (st != MB_STATUS_OK) {
@@ -252,13 +318,7 @@ void mb_failover_between_steps(mb_failover *f)
             continue;
         }
         mb_dispatch_route(s->dispatch, g, l, NULL);
-        f->n_rejoined++;
-        double ms = (double)(mb_now_ns() - t0) / 1e6;
-        if (f->verbose)
-            fprintf(stderr, "moe-broker: %s rejoined before step %llu; its experts are back on it (%.1f ms)\n",
-                    l->name, (unsigned long long)mb_failover_steps(s), ms);
-        mb_stats_event ev = {.event = "worker_rejoined", .backend = g, .detail = "reconnected and reloaded",
-                             .phase = -1, .layer = -1, .recover_ms = ms};
-        if (s->stats) mb_stats_record_event(s->stats, &ev);
+        mb_failover_note_back(f, g, remote ? "rejoined" : "started again",
+                              remote ? "reconnected and reloaded" : "respawned and reloaded", t0);
     }
 }

@@ -4,8 +4,8 @@
  * a replica that holds the same experts (--replicas) or to an in-process CPU
  * backend loaded from the mapped checkpoint, so the interrupted layer is
  * recomputed and the run goes on with the same tokens. Between steps,
- * mb_failover_between_steps reconnects lost tcp/ipc workers and gives them
- * their experts back. Every loss and rejoin is told on stderr and recorded
+ * mb_failover_between_steps reconnects lost tcp/ipc workers, starts lost
+ * spawned workers again, and gives them their experts back. Every loss and rejoin is told on stderr and recorded
  * in the statistics. */
 #ifndef MB_BROKER_FAILOVER_H
 #define MB_BROKER_FAILOVER_H
@@ -27,9 +27,10 @@ void mb_failover_destroy(mb_failover *f);
 mb_status mb_failover_on_loss(void *ctx, mb_dispatch *d, mb_link *link, const mb_moe_work *w, const char *what);
 
 /* Between steps (nothing in flight): tries to reconnect lost tcp:// and
- * ipc:// workers (with a backoff, each try bounded by a short timeout) and,
- * when one answers, reloads its experts and routes its lane back to it.
- * A failed try is not an error. */
+ * ipc:// workers and to start lost spawned workers again (with a backoff,
+ * each try bounded by a timeout; a spawned worker's first try comes at the
+ * first step after its loss) and, when one answers, reloads its experts and
+ * routes its lane back to it. A failed try is not an error. */
 void mb_failover_between_steps(mb_failover *f);
 
 /* One loss as the coordinator saw it (monotonic mb_now_ns times). */

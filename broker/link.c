@@ -168,6 +168,36 @@ static mb_status mb_link_await_start(mb_link *l, int fd, int64_t timeout_ns, cha
     return (mb_status)code;
 }
 
+/* Frees what l->spawn owns. */
+static void mb_link_spawn_forget(mb_link *l)
+{
+    for (uint32_t i = 0; i < l->spawn.n_roots; i++)
+        free(l->spawn.roots[i]);
+    free(l->spawn.roots);
+    memset(&l->spawn, 0, sizeof l->spawn);
+}
+
+/* Keeps what mb_link_respawn needs to start the same worker again. */
+static mb_status mb_link_spawn_remember(const mb_link_spec *spec, int index, mb_link *l)
+{
+    if (strlen(spec->backend) >= sizeof l->spawn.backend) return MB_STATUS_INVALID_ARG;
+    snprintf(l->spawn.backend, sizeof l->spawn.backend, "%s", spec->backend);
+    l->spawn.device = spec->device;
+    l->spawn.index = index;
+    l->spawn.threads = spec->threads;
+    l->spawn.max_slots = spec->max_slots;
+    const uint32_t n = spec->n_model_roots < MB_LINK_MAX_ROOTS ? spec->n_model_roots : MB_LINK_MAX_ROOTS;
+    if (n == 0) return MB_STATUS_OK;
+    l->spawn.roots = calloc(n, sizeof *l->spawn.roots);
+    if (!l->spawn.roots) return MB_STATUS_NOMEM;
+    for (uint32_t i = 0; i < n; i++) {
+        l->spawn.roots[i] = strdup(spec->model_roots[i]);
+        if (!l->spawn.roots[i]) return MB_STATUS_NOMEM; /* the caller forgets what was copied */
+        l->spawn.n_roots = i + 1;
+    }
+    return MB_STATUS_OK;
+}
+
 mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, int64_t timeout_ns, mb_link *out,
                         char *err, size_t err_cap)
 {
@@ -236,6 +266,11 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     argv[argc++] = slots_text;
     argv[argc++] = "--error-fd";
     argv[argc++] = err_fd_text;
+    /* Only this coordinator can reach the worker, and it may idle as long
+     * as it likes (a chat waiting on its user): whatever
+     * MB_WORKER_IDLE_TIMEOUT says for workers started by hand. */
+    argv[argc++] = "--idle-timeout";
+    argv[argc++] = "0";
     /* The worker reads weight files only below the checkpoint's folders. */
     for (uint32_t i = 0; i < spec->n_model_roots && i < MB_LINK_MAX_ROOTS; i++) {
         argv[argc++] = "--model-root";
@@ -283,11 +318,31 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
         int64_t left = timeout_ns < 0 ? -1 : (uint64_t)timeout_ns > spent ? (int64_t)((uint64_t)timeout_ns - spent) : 0;
         st = mb_link_hello(&l, left, err, err_cap);
     }
+    if (st == MB_STATUS_OK) {
+        st = mb_link_spawn_remember(spec, index, &l);
+        if (st != MB_STATUS_OK) snprintf(err, err_cap, "%s: %s", l.name, mb_status_str(st));
+    }
     if (st != MB_STATUS_OK) {
         mb_link_close(&l);
         return st;
     }
     *out = l;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_link_respawn(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap)
+{
+    if (!l || (l->kind != MB_LINK_SPAWNED_SHM && l->kind != MB_LINK_SPAWNED_ZMQ) || !l->lost)
+        return MB_STATUS_INVALID_ARG;
+    mb_link_spec spec = {.backend = l->spawn.backend, .device = l->spawn.device, .threads = l->spawn.threads,
+                         .weight = l->weight, .max_slots = l->spawn.max_slots,
+                         .worker_timeout_ns = l->worker_timeout_ns,
+                         .model_roots = (const char *const *)l->spawn.roots, .n_model_roots = l->spawn.n_roots};
+    mb_link fresh;
+    mb_status st = mb_link_spawn(&spec, l->kind, l->spawn.index, timeout_ns, &fresh, err, err_cap);
+    if (st != MB_STATUS_OK) return st;
+    mb_link_spawn_forget(l);
+    *l = fresh;
     return MB_STATUS_OK;
 }
 
@@ -644,5 +699,6 @@ void mb_link_close(mb_link *l)
     l->backend = NULL;
     if (l->ipc_path[0]) unlink(l->ipc_path);
     l->ipc_path[0] = '\0';
+    mb_link_spawn_forget(l);
     explicit_bzero(l->curve_secret_key, sizeof l->curve_secret_key);
 }

@@ -37,6 +37,14 @@ typedef struct mb_link {
      * public key (z85), for every (re)connect; "" = plain. */
     char curve_secret_key[MB_ZMQ_KEY_CHARS + 1];
     char curve_server_key[MB_ZMQ_KEY_CHARS + 1];
+    /* Spawned: how the worker was started, kept through mb_link_drop for
+     * mb_link_respawn; roots are owned copies (freed by mb_link_close). */
+    struct {
+        char backend[32];
+        int device, index;
+        uint32_t threads, max_slots, n_roots;
+        char **roots;
+    } spawn;
     /* In-process only. */
     mb_backend *backend;
     struct mb_worker *worker;
@@ -102,6 +110,12 @@ void mb_link_drop(mb_link *l, char *why, size_t why_cap);
  * timeout_ns; on success the link is usable again (and empty: it holds no
  * experts). The caller reloads what it should hold. */
 mb_status mb_link_reconnect(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap);
+
+/* Starts a dropped spawned link's worker again as it was first started
+ * (same backend, threads, slots, roots, transport) and redoes the
+ * handshake within timeout_ns; on success the link is usable again and
+ * empty, as after mb_link_reconnect. On failure it stays dropped. */
+mb_status mb_link_respawn(mb_link *l, int64_t timeout_ns, char *err, size_t err_cap);
 
 /* Asks the worker to stop, waits briefly, then kills it if needed; frees
  * everything. Safe on a zeroed link. */

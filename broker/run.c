@@ -52,7 +52,10 @@ volatile sig_atomic_t mb_run_signal;
 
 static void mb_run_on_signal(int sig)
 {
-    mb_run_signal = sig;
+    /* Atomic: the handler may run on any thread (serve's HTTP and
+     * generation threads too) while another reads the flag. A lock-free
+     * int store is async-signal-safe. */
+    __atomic_store_n(&mb_run_signal, sig, __ATOMIC_RELAXED);
 }
 
 void mb_run_say_interrupted(void)

@@ -157,14 +157,19 @@ mb_status mb_zmq_transport_connect(const char *endpoint, const mb_zmq_options *o
  * is cut (it may connect again, as a stranger), the transport forgets it,
  * and the next well-formed HELLO (or message, without session_hello) opens
  * a new session; messages of the old peer still queued count as a
- * stranger's. INVALID_ARG for a connector, or while a received message or a
- * reservation is held. */
+ * stranger's. The receive buffer is freed. INVALID_ARG for a connector, or
+ * while a received message or a reservation is held. */
 mb_status mb_zmq_transport_end_session(mb_transport *t);
 
 /* 1 when a connector's handshake was refused: the worker does not admit its
  * CURVE key, or one side uses CURVE and the other does not. The transport
  * reports PEER_DEAD then. 0 for anything else. */
 int mb_zmq_transport_handshake_failed(const mb_transport *t);
+
+/* Connector, between requests: 0 once the connection to the peer has
+ * dropped (the worker ended the session or died), 1 while it holds. Reads
+ * connection events only, never a message; does not block. */
+int mb_zmq_transport_peer_connected(mb_transport *t);
 
 /* Writes the transport's endpoint, NUL-terminated, into buf (cap bytes): for
  * a listener the address it is bound to with wildcards resolved

@@ -4,6 +4,7 @@
 #ifndef MB_PROTOCOL_ZMQ_IMPL_H
 #define MB_PROTOCOL_ZMQ_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -41,7 +42,8 @@ typedef struct mb_zmq_buf {
     mb_zmq_pool *pool;
     struct mb_zmq_buf *next; /* free list link */
     size_t cap;              /* usable bytes after the header */
-    unsigned char pad_[64 - 3 * sizeof(size_t)];
+    atomic_size_t handed;    /* see mb_zmq_pool_hand_over */
+    unsigned char pad_[64 - 4 * sizeof(size_t)];
 } mb_zmq_buf;
 
 static inline unsigned char *mb_zmq_buf_data(mb_zmq_buf *b)
@@ -59,6 +61,12 @@ void mb_zmq_pool_release(mb_zmq_pool *p);
 mb_zmq_buf *mb_zmq_pool_get(mb_zmq_pool *p, size_t bytes);
 /* Gives a buffer back (cached or freed). Any thread. */
 void mb_zmq_pool_put(mb_zmq_buf *b);
+/* Called once the buffer holds the whole message, right before it becomes
+ * a zero-copy frame: libzmq carries the frame to the thread that frees it
+ * through lock-free pipes ThreadSanitizer cannot see, so this release store
+ * and the acquire load in mb_zmq_pool_free_frame state the order those pipes
+ * already give (a plain store and load on x86). Cannot fail. */
+void mb_zmq_pool_hand_over(mb_zmq_buf *b);
 /* zmq_free_fn for frames made with zmq_msg_init_data: hint is the buffer. */
 void mb_zmq_pool_free_frame(void *data, void *hint);
 

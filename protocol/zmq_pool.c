@@ -83,6 +83,7 @@ mb_zmq_buf *mb_zmq_pool_get(mb_zmq_pool *p, size_t bytes)
         if (!b) return NULL;
         b->pool = p;
         b->cap = cap;
+        atomic_init(&b->handed, 0);
     }
     b->next = NULL;
     atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
@@ -107,10 +108,18 @@ void mb_zmq_pool_put(mb_zmq_buf *b)
     mb_zmq_pool_unref(p);
 }
 
+void mb_zmq_pool_hand_over(mb_zmq_buf *b)
+{
+    atomic_store_explicit(&b->handed, 1, memory_order_release);
+}
+
 void mb_zmq_pool_free_frame(void *data, void *hint)
 {
     (void)data; /* points inside hint's block */
-    mb_zmq_pool_put(hint);
+    mb_zmq_buf *b = hint;
+    /* acquire: pairs with mb_zmq_pool_hand_over on the sending thread. */
+    (void)atomic_load_explicit(&b->handed, memory_order_acquire);
+    mb_zmq_pool_put(b);
 }
 
 void mb_zmq_pool_release(mb_zmq_pool *p)

@@ -122,6 +122,7 @@ static mb_status mb_zmq_send_message(mb_zmq_transport *t, const unsigned char *m
         goto out;
     }
     zmq_msg_t frame;
+    mb_zmq_pool_hand_over(b);
     if (zmq_msg_init_data(&frame, (void *)(msg + MB_PROTO_HEADER_BYTES), body,
                           mb_zmq_pool_free_frame, b)) {
         /* Out of memory with a message half sent: end it with an empty body
@@ -551,6 +552,11 @@ mb_status mb_zmq_transport_end_session(mb_transport *t)
     z->peer_dead = 0;
     z->peer_id_len = 0;
     z->peer_fd = -1;
+    /* The session's last messages (weights, activations) leave with it:
+     * the next one starts without a receive buffer, as without experts. */
+    free(z->rbuf);
+    z->rbuf = NULL;
+    z->rbuf_cap = 0;
     return MB_STATUS_OK;
 }
 
@@ -558,6 +564,14 @@ int mb_zmq_transport_handshake_failed(const mb_transport *t)
 {
     if (!t || t->ops != &mb_zmq_ops || !t->impl) return 0;
     return ((const mb_zmq_transport *)t->impl)->handshake_failed;
+}
+
+int mb_zmq_transport_peer_connected(mb_transport *t)
+{
+    if (!t || t->ops != &mb_zmq_ops || !t->impl) return 0;
+    mb_zmq_transport *z = t->impl;
+    mb_zmq_monitor_drain(z);
+    return !z->peer_dead;
 }
 
 mb_status mb_zmq_transport_endpoint(const mb_transport *t, char *buf, size_t cap)

@@ -9,6 +9,33 @@
 
 static int mb_test_failures_;
 
+/* MB_TEST_TSAN: a ThreadSanitizer build, where every memory access is
+ * checked and the CPU kernels run many times slower. The integration suite
+ * runs under it for its threads and processes, so tests there drop
+ * repetitions that vary only data or printing (dtypes, output flags) and
+ * never the threads or transports involved. MB_TEST_SANITIZED: any
+ * sanitizer (ASan too), for bounds that measure speed, not behaviour. */
+#if defined(__SANITIZE_THREAD__)
+#define MB_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MB_TEST_TSAN 1
+#endif
+#endif
+#ifndef MB_TEST_TSAN
+#define MB_TEST_TSAN 0
+#endif
+#if MB_TEST_TSAN || defined(__SANITIZE_ADDRESS__)
+#define MB_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MB_TEST_SANITIZED 1
+#endif
+#endif
+#ifndef MB_TEST_SANITIZED
+#define MB_TEST_SANITIZED 0
+#endif
+
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \

@@ -85,7 +85,7 @@ static int serve_until_signal(mb_serve_server *s)
     if (st != MB_STATUS_OK) fprintf(stderr, "moe-broker: %s\n", err);
     /* The handler only sets a flag, and may run on any thread: look at it
      * every 50 ms. */
-    while (st == MB_STATUS_OK && !mb_run_signal) {
+    while (st == MB_STATUS_OK && !__atomic_load_n(&mb_run_signal, __ATOMIC_RELAXED)) {
         struct timespec ts = {0, 50 * 1000000L};
         nanosleep(&ts, NULL);
     }

@@ -197,6 +197,10 @@ static void test_fixture_run(const char *fixture)
 
 static void test_embedded_default(void)
 {
+    /* Under TSan the embedded model's single-threaded build alone takes
+     * half a minute, and its run takes the session path the fixture runs
+     * (and test_parity_workers in every mode) already take there. */
+    if (MB_TEST_TSAN) return;
     int rc = sh(NULL, "run --prompt-len 8 --gen 3");
     CHECK_EQ(rc, 0);
     CHECK(contains("out", "generated:"));

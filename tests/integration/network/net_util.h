@@ -123,6 +123,22 @@ static inline size_t nt_hello_msg(void *buf, size_t cap, uint64_t tag)
     return len;
 }
 
+/* A bare session: connects to endpoint and says HELLO, retrying while the
+ * worker winds down a previous session; stops the test when none opens. */
+static inline void nt_open_session(const char *endpoint, mb_transport *t)
+{
+    unsigned char hello[256] __attribute__((aligned(64)));
+    for (int attempt = 0; attempt < 50; attempt++) {
+        nt_client(endpoint, NULL, t);
+        int op = 0;
+        mb_status st = nt_call(t, hello, nt_hello_msg(hello, sizeof hello, 1), 1000000000LL, &op);
+        if (st == MB_STATUS_OK && op == MB_OP_HELLO_REPLY) return;
+        mb_transport_destroy(t);
+        usleep(100000);
+    }
+    REQUIRE(!"no session opened");
+}
+
 /* A raw TCP connection to a tcp://127.0.0.1:PORT endpoint, retried for 3 s
  * (between sessions the worker closes its socket and binds again); -1 on
  * failure. */

@@ -37,22 +37,6 @@ static void expect_served(const char *after)
     CHECK_MSG(st == MB_STATUS_OK, "after %s: %s (%s)", after, mb_status_str(st), err);
 }
 
-/* A bare session: connects and says HELLO, retrying while the worker winds
- * down a previous session. */
-static void open_session(mb_transport *t)
-{
-    for (int attempt = 0; attempt < 50; attempt++) {
-        nt_client(ep, NULL, t);
-        int op = 0;
-        size_t len = nt_hello_msg(msg, sizeof msg, 1);
-        mb_status st = nt_call(t, msg, len, 1000000000LL, &op);
-        if (st == MB_STATUS_OK && op == MB_OP_HELLO_REPLY) return;
-        mb_transport_destroy(t);
-        usleep(100000);
-    }
-    REQUIRE(!"no session opened");
-}
-
 /* Random multipart messages from a raw DEALER; with hello, it first opens
  * a session, so the garbage comes from the session's own peer. */
 static void attack_random_frames(int hello)
@@ -111,7 +95,7 @@ static void attack_oversized(void)
     static const unsigned char huge[] = {0x02, 0, 0, 1, 0, 0, 0, 0, 0, 'x', 'x', 'x', 'x'};
     /* While a session is open: the stranger's frame must not disturb it. */
     mb_transport t;
-    open_session(&t);
+    nt_open_session(ep, &t);
     int fd = nt_tcp_connect(ep);
     REQUIRE(fd >= 0);
     nt_write_all(fd, greeting, sizeof greeting);
@@ -132,18 +116,18 @@ static void attack_oversized(void)
 static void attack_stale_experts(void)
 {
     mb_transport t;
-    open_session(&t);
+    nt_open_session(ep, &t);
     int op = 0;
     CHECK_EQ(nt_call(&t, msg, nt_load_msg(msg, sizeof msg, 2, 0, 4095, 1, 1.0f), 2000000000LL, &op), MB_STATUS_OK);
     CHECK_EQ(nt_call(&t, msg, nt_load_msg(msg, sizeof msg, 3, 1, 7, NT_D, 1.0f), 2000000000LL, &op), MB_STATUS_OK);
     mb_transport_destroy(&t); /* gone without SHUTDOWN */
     expect_served("a stale LOAD_EXPERT");
 
-    open_session(&t);
+    nt_open_session(ep, &t);
     CHECK_EQ(nt_call(&t, msg, nt_load_msg(msg, sizeof msg, 2, 0, 7, NT_D, 1.0f), 2000000000LL, &op), MB_STATUS_OK);
     CHECK_EQ(nt_call(&t, msg, nt_req_msg(msg, sizeof msg, 3, 7), 2000000000LL, &op), MB_STATUS_OK);
     mb_transport_destroy(&t);
-    open_session(&t);
+    nt_open_session(ep, &t);
     mb_status st = nt_call(&t, msg, nt_req_msg(msg, sizeof msg, 4, 7), 2000000000LL, &op);
     CHECK_MSG(st == MB_STATUS_NOT_LOADED, "the previous session's expert answered %s", mb_status_str(st));
     mb_transport_destroy(&t);
@@ -173,7 +157,7 @@ static void attack_ping_hold(void)
 static void attack_second_coordinator(void)
 {
     mb_transport a, b;
-    open_session(&a);
+    nt_open_session(ep, &a);
     nt_client(ep, NULL, &b);
     int op = 0;
     CHECK_EQ(nt_call(&b, msg, nt_hello_msg(msg, sizeof msg, 1), 2000000000LL, &op), MB_STATUS_BUSY);
