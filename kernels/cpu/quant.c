@@ -359,9 +359,17 @@ float mb_kcpu_qdot_scalar(int wdtype, const void *w, const void *xq, size_t k)
     }
 }
 
+void mb_kcpu_qdot2_scalar(int wdtype, const void *w0, const void *w1, const void *xq, size_t k,
+                          float out[2])
+{
+    out[0] = mb_kcpu_qdot_scalar(wdtype, w0, xq, k);
+    out[1] = mb_kcpu_qdot_scalar(wdtype, w1, xq, k);
+}
+
 /* ---- dispatch ---------------------------------------------------------- */
 
 static mb_kcpu_qdot_fn qdot_impl = mb_kcpu_qdot_scalar;
+static mb_kcpu_qdot2_fn qdot2_impl = mb_kcpu_qdot2_scalar;
 static const char *qdot_name = "scalar";
 static pthread_once_t qdot_once = PTHREAD_ONCE_INIT;
 
@@ -371,6 +379,7 @@ static void qdot_init(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         qdot_impl = mb_kcpu_qdot_avx2;
+        qdot2_impl = mb_kcpu_qdot2_avx2;
         qdot_name = "avx2";
     }
 #endif
@@ -386,6 +395,12 @@ mb_kcpu_qdot_fn mb_kcpu_qdot_get(void)
 {
     pthread_once(&qdot_once, qdot_init);
     return qdot_impl;
+}
+
+mb_kcpu_qdot2_fn mb_kcpu_qdot2_get(void)
+{
+    pthread_once(&qdot_once, qdot_init);
+    return qdot2_impl;
 }
 
 float mb_kcpu_qdot(int wdtype, const void *w, const void *xq, size_t k)

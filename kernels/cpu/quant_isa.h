@@ -14,9 +14,22 @@ float mb_kcpu_qdot_scalar(int wdtype, const void *w, const void *xq, size_t k);
 /* quant_avx2.c; falls back to the scalar code for types it lacks. */
 float mb_kcpu_qdot_avx2(int wdtype, const void *w, const void *xq, size_t k);
 
+/* out[0] = w0 . x and out[1] = w1 . x for two rows of the same type and
+ * k against the same activations (gate and up of a row, or two rows of
+ * down): the SIMD paths load each activation block once for both rows.
+ * Each result is bit-identical to the single-row function's. */
+typedef void (*mb_kcpu_qdot2_fn)(int wdtype, const void *w0, const void *w1, const void *xq,
+                                 size_t k, float out[2]);
+
+void mb_kcpu_qdot2_scalar(int wdtype, const void *w0, const void *w1, const void *xq, size_t k,
+                          float out[2]);
+void mb_kcpu_qdot2_avx2(int wdtype, const void *w0, const void *w1, const void *xq, size_t k,
+                        float out[2]);
+
 /* The dot product this CPU runs (chosen once), for loops that call it per
  * row and should not pay for the dispatch each time. */
 mb_kcpu_qdot_fn mb_kcpu_qdot_get(void);
+mb_kcpu_qdot2_fn mb_kcpu_qdot2_get(void);
 
 /* Sub-block j's 6-bit scale and min from a Q4_K/Q5_K scales[12]. */
 void mb_kcpu_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m);
