@@ -225,6 +225,8 @@ typedef struct {
     const mb_kcpu_moe_problem *p;
     mb_kcpu_moe_ws *ws;
     mb_kcpu_qdot_fn dot;
+    mb_kcpu_qdot2_fn dot2;
+    int gate_up_paired; /* gate and up share a type (so their activations): one dot2 per row */
     size_t qx_row, qh_row;   /* bytes of a token's qx record / a quantized product row */
     size_t qx_up;            /* where up's activations start in a qx record */
     size_t rb_gate, rb_up, rb_down; /* weight row bytes of each matrix */
@@ -257,11 +259,16 @@ static void mb_moeq_gate_up_task(void *ctx, size_t task, int thread)
         const unsigned char *xq = j->ws->qx + (size_t)p->pair_token[q] * j->qx_row;
         float *h = j->ws->h + q * p->d_ff;
         for (size_t r = r0; r < r1; r++) {
-            const float g = j->dot(p->wdtype[MB_KCPU_GATE], (const char *)E->gate + r * j->rb_gate,
-                                   xq, p->d_model);
-            const float u = j->dot(p->wdtype[MB_KCPU_UP], (const char *)E->up + r * j->rb_up,
-                                   xq + j->qx_up, p->d_model);
-            h[r] = g / (1.0f + expf(-g)) * u;
+            const char *wg = (const char *)E->gate + r * j->rb_gate;
+            const char *wu = (const char *)E->up + r * j->rb_up;
+            float gu[2];
+            if (j->gate_up_paired) {
+                j->dot2(p->wdtype[MB_KCPU_GATE], wg, wu, xq, p->d_model, gu);
+            } else {
+                gu[0] = j->dot(p->wdtype[MB_KCPU_GATE], wg, xq, p->d_model);
+                gu[1] = j->dot(p->wdtype[MB_KCPU_UP], wu, xq + j->qx_up, p->d_model);
+            }
+            h[r] = gu[0] / (1.0f + expf(-gu[0])) * gu[1];
         }
     }
 }
@@ -288,9 +295,18 @@ static void mb_moeq_down_task(void *ctx, size_t task, int thread)
             const unsigned char *hq = j->ws->qh + q * j->qh_row;
             float *dst = p->out + (size_t)p->pair_token[q] * p->ldo;
             const float g = p->pair_gate[q];
-            for (size_t c = c0; c < c1; c++)
-                dst[c] += g * j->dot(p->wdtype[MB_KCPU_DOWN],
-                                     (const char *)E->down + c * j->rb_down, hq, p->d_ff);
+            /* rows c and c + half together: two read streams in flight */
+            const size_t half = (c1 - c0) / 2;
+            for (size_t c = c0; c < c0 + half; c++) {
+                float v[2];
+                j->dot2(p->wdtype[MB_KCPU_DOWN], (const char *)E->down + c * j->rb_down,
+                        (const char *)E->down + (c + half) * j->rb_down, hq, p->d_ff, v);
+                dst[c] += g * v[0];
+                dst[c + half] += g * v[1];
+            }
+            if ((c1 - c0) % 2)
+                dst[c1 - 1] += g * j->dot(p->wdtype[MB_KCPU_DOWN],
+                                          (const char *)E->down + (c1 - 1) * j->rb_down, hq, p->d_ff);
         }
     }
     if (p->out_done) p->out_done(p->out_ctx, c0, c1);
@@ -300,8 +316,9 @@ static int mb_moeq_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe
                        size_t n_pairs)
 {
     const int threads = mb_kcpu_pool_threads(pool);
-    mb_moeq_job j = {.p = p, .ws = ws, .dot = mb_kcpu_qdot_get()};
+    mb_moeq_job j = {.p = p, .ws = ws, .dot = mb_kcpu_qdot_get(), .dot2 = mb_kcpu_qdot2_get()};
     const int wg = p->wdtype[MB_KCPU_GATE], wu = p->wdtype[MB_KCPU_UP], wd = p->wdtype[MB_KCPU_DOWN];
+    j.gate_up_paired = wg == wu;
     j.qx_row = mb_kcpu_qact_row_bytes(wg, p->d_model);
     if (!mb_kcpu_qact_same(wg, wu)) {
         j.qx_up = j.qx_row;

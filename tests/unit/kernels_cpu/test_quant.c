@@ -3,8 +3,8 @@
  * comparison on real files is tests/unit/model/test_gguf_dequant.c), the
  * dot products against the dequantized weights times the dequantized 8-bit
  * activations (they must agree to f32 rounding, since both sum the same
- * integers), the SIMD path against the scalar one, and the quantized GEMM
- * against those dots. */
+ * integers), the SIMD path against the scalar one, the two-row dots against
+ * the single-row ones, and the quantized GEMM against those dots. */
 #include <math.h>
 #include <string.h>
 
@@ -182,6 +182,7 @@ int main(void)
         uint8_t *xq = malloc(mb_kcpu_qact_row_bytes(type, k));
         REQUIRE(xq);
         double worst = 0;
+        size_t pair_bad = 0;
         for (size_t t = 0; t < n; t++) {
             mb_kcpu_qact_row(type, x + t * k, xq, k);
             act_values(type, xq, xa, k);
@@ -196,6 +197,11 @@ int main(void)
                 const double e1 = fabs(s - ref) / (mag + 1e-30), e2 = fabs(v - ref) / (mag + 1e-30);
                 worst = e1 > worst ? e1 : worst;
                 worst = e2 > worst ? e2 : worst;
+                /* Two rows at once: the same f32 results as one at a time. */
+                const size_t r2 = (r + 1) % m;
+                float v2[2];
+                mb_kcpu_qdot2_get()(type, w + r * rb, w + r2 * rb, xq, k, v2);
+                if (v2[0] != v || v2[1] != mb_kcpu_qdot(type, w + r2 * rb, xq, k)) pair_bad++;
                 /* The activations themselves: within half a step of x. */
                 if (r == 0)
                     for (size_t i = 0; i < k; i++) {
@@ -211,6 +217,7 @@ int main(void)
         }
         CHECK_MSG(bad == 0, "%s: activation quantization off by more than half a step", names[ti]);
         CHECK_MSG(worst < 1e-5, "%s: dot products off by %g of their magnitude", names[ti], worst);
+        CHECK_MSG(pair_bad == 0, "%s: %zu two-row dots differ from single-row ones", names[ti], pair_bad);
 
         /* GEMM: each output is one of those dots (any thread split). */
         mb_kcpu_pool *pool = mb_kcpu_pool_create(2, -1);
