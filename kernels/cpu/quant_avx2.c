@@ -158,15 +158,21 @@ MB_INLINE void dot_k4(int nr, int q5, const void *const *w, const mb_kcpu_block_
         out[r] = hsum8(acc[r]) - hsum4(accm[r]);
 }
 
-/* q6 in [0, 64) against y, minus 32 * y through a second maddubs. */
+/* q6 in [0, 64) against y; the offset of 32 comes off once per block as
+ * 32 * sum_s sc[s] * bsums[s] (one madd), not as a second maddubs per 32
+ * elements. Sixteen 16-bit scales are widened once per block; a shuffle
+ * puts sub-block 2g's scale in the low lane and 2g + 1's in the high one. */
 static float dot_q6_k(const mb_kcpu_block_q6_k *a, const mb_kcpu_block_q8_k *b, size_t nb)
 {
     __m256 acc = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
-    const __m256i k32 = _mm256_set1_epi8(32);
     for (size_t i = 0; i < nb; i++) {
-        __m256i sumi = _mm256_setzero_si256();
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a[i].scales));
+        const __m256i offs = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)b[i].bsums));
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offs, 5));
+        MB_UNROLL
         for (int h = 0; h < 2; h++) {
+            const __m256i sch = _mm256_permute2x128_si256(sc16, sc16, h ? 0x11 : 0x00);
             const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));
             const __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h));
@@ -179,13 +185,16 @@ static float dot_q6_k(const mb_kcpu_block_q6_k *a, const mb_kcpu_block_q8_k *b, 
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
-            const int8_t *sc = a[i].scales + 8 * h;
+            MB_UNROLL
             for (int g = 0; g < 4; g++) {
                 const __m256i y = _mm256_loadu_si256((const __m256i *)(b[i].qs + 128 * h + 32 * g));
-                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[g], y),
-                                                   _mm256_maddubs_epi16(k32, y));
-                const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * g + 1]), _mm_set1_epi16(sc[2 * g]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+                const __m256i sh = _mm256_setr_epi8(
+                    4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1,
+                    4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3, 4 * g + 2,
+                    4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2,
+                    4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3);
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], y), _mm256_shuffle_epi8(sch, sh));
+                sumi = _mm256_add_epi32(sumi, p);
             }
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
