@@ -18,6 +18,18 @@ MB_INLINE float f16(uint16_t h)
     return _cvtsh_ss(h);
 }
 
+/* Prefetches the weight bytes a block of `bytes` will use some blocks
+ * ahead: decode streams each weight once, and the hardware prefetcher alone
+ * left the dots waiting on memory (Mixtral Q4_K decode ~10% faster with it).
+ * Past a row's end it fetches the next row, which is what the caller reads
+ * next; a prefetch never faults. */
+#define MB_PREFETCH_AHEAD 1024
+MB_INLINE void prefetch_block(const void *block, size_t bytes)
+{
+    for (size_t o = 0; o < bytes; o += 64)
+        _mm_prefetch((const char *)block + MB_PREFETCH_AHEAD + o, _MM_HINT_T0);
+}
+
 MB_INLINE float hsum8(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -145,9 +157,11 @@ MB_INLINE void dot_k4(int nr, int q5, const void *const *w, const mb_kcpu_block_
         for (int r = 0; r < nr; r++) {
             if (q5) {
                 const mb_kcpu_block_q5_k *a = (const mb_kcpu_block_q5_k *)w[r] + i;
+                prefetch_block(a, sizeof *a);
                 sc[r] = a->scales, qs[r] = a->qs, qh[r] = a->qh, d[r] = a->d, dmin[r] = a->dmin;
             } else {
                 const mb_kcpu_block_q4_k *a = (const mb_kcpu_block_q4_k *)w[r] + i;
+                prefetch_block(a, sizeof *a);
                 sc[r] = a->scales, qs[r] = a->qs, d[r] = a->d, dmin[r] = a->dmin;
             }
         }
@@ -167,6 +181,7 @@ static float dot_q6_k(const mb_kcpu_block_q6_k *a, const mb_kcpu_block_q8_k *b, 
     __m256 acc = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
     for (size_t i = 0; i < nb; i++) {
+        prefetch_block(&a[i], sizeof a[i]);
         const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a[i].scales));
         const __m256i offs = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)b[i].bsums));
         __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offs, 5));
