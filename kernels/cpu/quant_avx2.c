@@ -30,12 +30,16 @@ MB_INLINE void prefetch_block(const void *block, size_t bytes)
         _mm_prefetch((const char *)block + MB_PREFETCH_AHEAD + o, _MM_HINT_T0);
 }
 
-MB_INLINE float hsum8(__m256 v)
+MB_INLINE float hsum4(__m128 s)
 {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+MB_INLINE float hsum8(__m256 v)
+{
+    return hsum4(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
 }
 
 /* int32 lanes of sum over pairs of x * y for signed x and y (|y| <= 127). */
@@ -86,9 +90,10 @@ MB_INLINE __m128i scales_k4(const uint8_t *q)
 }
 
 /* One Q4_K/Q5_K super-block of nr rows (1 or 2, a constant after inlining)
- * against y: the activation loads are shared by the rows, which is what
- * makes two rows per call faster (decode runs out of load ports before it
- * runs out of bandwidth). Per row, per 64 elements: two maddubs (u4/u5 x
+ * against y, the activation loads shared by the rows. Two rows from
+ * different places keep two read streams in flight, which decode (one pass
+ * over weights that are not in cache) needs more than the hot-cache speed,
+ * the same for one row or two. Per row, per 64 elements: two maddubs (u4/u5 x
  * s8), two madd with the 16-bit sub-block scales (broadcast by a shuffle),
  * int32 sums; then one FMA per super-block for the scales and one 4-lane
  * FMA for the mins against the bsums. The integer sums equal the scalar
@@ -135,13 +140,6 @@ MB_INLINE void block_k4(int nr, const uint8_t *const *scales, const uint8_t *con
     MB_UNROLL
     for (int r = 0; r < nr; r++)
         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(dh[r]) * y->d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-}
-
-MB_INLINE float hsum4(__m128 s)
-{
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 /* nr rows of Q4_K (q5 0) or Q5_K (q5 1) against nb blocks of x. */
