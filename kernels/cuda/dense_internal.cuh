@@ -26,6 +26,10 @@ static inline bool mb_dense_wdtype_ok(int wdtype)
     return wdtype == MB_KCUDA_F32 || wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16;
 }
 
+// mb_kcuda_linear's tensor-core GEMM for bf16 weights (dense_linear_mma.cu).
+cudaError_t mb_kcuda_linear_mma_launch(cudaStream_t s, const __nv_bfloat16 *w, uint32_t m, uint32_t k, const float *x,
+                                       size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int accumulate);
+
 // The first cache position visible from the query at position qpos under a
 // sliding window (0: none), as broker/attention.c: q - window < p <= q.
 __host__ __device__ __forceinline__ uint32_t mb_attn_first_visible(uint32_t qpos, uint32_t window)

@@ -7,8 +7,11 @@
 //   pass over the warps add the partial sums. Bandwidth-bound by design.
 //   GEMM (prefill): 64 x 64 output tiles, 16-deep k slices through shared
 //   memory (register-prefetched, double-buffered), 4 x 4 outputs a thread,
-//   f32 FMA. Compute-bound; a tensor-core path could replace it.
+//   f32 FMA, for f32 and f16 weights; bf16 weights take the tensor-core
+//   GEMM of dense_linear_mma.cu instead.
 // Every output's summation order depends only on the shape: deterministic.
+#include <type_traits>
+
 #include "kernels/cuda/dense_internal.cuh"
 
 #define MB_LIN_GEMV_MAX_N 8
@@ -195,6 +198,8 @@ static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, 
             mb_lin_gemv<W, 4>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
         else
             mb_lin_gemv<W, 1>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
+    } else if constexpr (std::is_same<W, __nv_bfloat16>::value) {
+        return (int)mb_kcuda_linear_mma_launch(s, w, m, k, x, ldx, n, y, ldy, bias, acc);
     } else {
         const dim3 grid((unsigned)mb_dense_cdiv(m, MB_LIN_BN), (unsigned)mb_dense_cdiv(n, MB_LIN_BM));
         mb_kcuda_linear_gemm_kernel<W><<<grid, MB_LIN_GEMM_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);

@@ -83,14 +83,15 @@ typedef struct {
     long cases;
 } err_stat;
 
-enum { E_EMBED, E_NORM, E_ROPE, E_KV, E_LIN_GEMV, E_LIN_GEMM, E_LIN_CPU, E_ATT_DEC, E_ATT_FLASH, E_ROUTE, E_SILU, E_ADD, E_N };
+enum { E_EMBED, E_NORM, E_ROPE, E_KV, E_LIN_GEMV, E_LIN_GEMM, E_LIN_MMA, E_LIN_CPU, E_ATT_DEC, E_ATT_FLASH, E_ROUTE, E_SILU, E_ADD, E_N };
 static err_stat stats[E_N] = {
     [E_EMBED] = {"embed (exact)", 0, 0, "", 0},
     [E_NORM] = {"rmsnorm (rel to row max)", 0, 2e-6, "", 0},
     [E_ROPE] = {"rope (abs)", 0, 1e-6, "", 0},
     [E_KV] = {"kv_store (exact)", 0, 0, "", 0},
     [E_LIN_GEMV] = {"linear GEMV (|err| / sum|w x|, vs double)", 0, 1e-5, "", 0},
-    [E_LIN_GEMM] = {"linear GEMM (|err| / sum|w x|, vs double)", 0, 1e-5, "", 0},
+    [E_LIN_GEMM] = {"linear GEMM f32/f16 (|err| / sum|w x|)", 0, 1e-5, "", 0},
+    [E_LIN_MMA] = {"linear GEMM bf16 tensor cores (same)", 0, 1e-5, "", 0},
     [E_LIN_CPU] = {"  CPU mb_kcpu_gemm, same metric (reference)", 0, 1e-5, "", 0},
     [E_ATT_DEC] = {"attention decode/split-K (abs vs CPU)", 0, 1e-5, "", 0},
     [E_ATT_FLASH] = {"attention flash (abs vs CPU)", 0, 1e-5, "", 0},
@@ -320,7 +321,8 @@ static void linear_case(int dt, uint32_t m, uint32_t k, uint32_t n, size_t xpad,
     for (uint32_t t = 0; t < n; t++)
         for (size_t r = m; r < ldy; r++)
             pad_ok &= got[t * ldy + r] == y0[t * ldy + r];
-    CHECK_MSG(note(gemv ? E_LIN_GEMV : E_LIN_GEMM, err, "%s m=%u k=%u n=%u xpad=%zu bias=%d acc=%d", dtname(dt), m, k,
+    const int kind = gemv ? E_LIN_GEMV : dt == MB_KCUDA_BF16 ? E_LIN_MMA : E_LIN_GEMM;
+    CHECK_MSG(note(kind, err, "%s m=%u k=%u n=%u xpad=%zu bias=%d acc=%d", dtname(dt), m, k,
                    n, xpad, with_bias, acc) &&
                   pad_ok,
               "linear %s m=%u k=%u n=%u xpad=%zu bias=%d acc=%d: err %g pad %d", dtname(dt), m, k, n, xpad, with_bias,
