@@ -79,12 +79,48 @@ __device__ __forceinline__ float *mb_attn_part(float *work, const mb_attn_args &
     return work + (((size_t)t * a.n_heads + h) * n_split + s) * (a.hd + 2);
 }
 
-// grid: (n_split, n_kv * n_hgroups, n).
+// Four consecutive values p[d..d+4), zeros past hd. VEC: hd % 4 == 0 and
+// the cache 16-byte aligned, so one float4 load.
+template <bool VEC> __device__ __forceinline__ float4 mb_attn_ld4(const float *p, uint32_t d, uint32_t hd)
+{
+    if (VEC) return d < hd ? __ldg(reinterpret_cast<const float4 *>(p + d)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 v;
+    v.x = d < hd ? __ldg(p + d) : 0.0f;
+    v.y = d + 1 < hd ? __ldg(p + d + 1) : 0.0f;
+    v.z = d + 2 < hd ? __ldg(p + d + 2) : 0.0f;
+    v.w = d + 3 < hd ? __ldg(p + d + 3) : 0.0f;
+    return v;
+}
+
+__device__ __forceinline__ float mb_dot4(float acc, float4 a, float4 b)
+{
+    acc += a.x * b.x;
+    acc += a.y * b.y;
+    acc += a.z * b.z;
+    return acc + a.w * b.w;
+}
+
+__device__ __forceinline__ void mb_axpy4(float4 &acc, float e, float4 v)
+{
+    acc.x += e * v.x;
+    acc.y += e * v.y;
+    acc.z += e * v.z;
+    acc.w += e * v.w;
+}
+
+#define MB_ATTN_DEC_SETS 2                        // positions a lane group dots at once
+#define MB_ATTN_DEC_STEP (16 * MB_ATTN_DEC_SETS) // positions a block dots at once
+#define MB_ATTN_DEC_Q4 (MB_ATTN_MAX_HD / 32)     // float4 of a key row a lane may hold
+
+// grid: (n_split, n_kv * n_hgroups, n). Loads are issued all together
+// (predicated, not branched) so that each lane keeps several in flight: the
+// kernel streams the cache.
+template <bool VEC>
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t chunk, uint32_t n_split,
                             float *__restrict__ work)
 {
-    __shared__ float qs[MB_ATTN_DEC_HEADS][MB_ATTN_MAX_HD];
+    __shared__ __align__(16) float qs[MB_ATTN_DEC_HEADS][MB_ATTN_MAX_HD];
     __shared__ float sc[MB_ATTN_DEC_HEADS][MB_ATTN_DEC_CHUNK_MAX];
     __shared__ float s_m[MB_ATTN_DEC_HEADS], s_l[MB_ATTN_DEC_HEADS];
     const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
@@ -103,35 +139,57 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t c
         return;
     }
     const int len = (int)(p1 - p0);
-    for (int i = tid; i < nh * (int)hd; i += MB_ATTN_DEC_THREADS)
-        qs[i / hd][i % hd] = a.q[(size_t)t * a.ldq + (size_t)h0 * hd + i];
+    // Queries, zero-padded to whole 32-dim steps (the padding meets keys
+    // loaded as zeros).
+    const uint32_t nq = (hd + 31) / 32, hd32 = nq * 32;
+    for (uint32_t i = tid; i < (uint32_t)nh * hd32; i += MB_ATTN_DEC_THREADS) {
+        const uint32_t hb = i / hd32, d = i % hd32;
+        qs[hb][d] = d < hd ? a.q[(size_t)t * a.ldq + (size_t)(h0 + hb) * hd + d] : 0.0f;
+    }
     __syncthreads();
 
-    // Scores: eight lanes a position (dims sub, sub + 8, ...), four
-    // positions a warp at a time. The loop runs whole warps (the shuffles
-    // need every lane); lanes past the chunk dot position p0 and drop it.
-    const float *kc = a.k + ((size_t)g * a.max_ctx) * hd;
-    const int sub = lane & 7;
-    for (int base = warp * 4; base < len; base += MB_ATTN_DEC_THREADS / 8) {
-        const int pp = base + (lane >> 3);
-        const bool ok = pp < len;
-        const float *kr = kc + (size_t)(p0 + (ok ? pp : 0)) * hd;
-        float acc[MB_ATTN_DEC_HEADS] = {};
-        for (uint32_t d = sub; d < hd; d += 8) {
-            const float kv = __ldg(kr + d);
+    // Scores: a group of eight lanes dots a position, lane sub taking dims
+    // 4 sub + 32 j; groups take positions b + 16 i + 4 warp + grp. The loop
+    // is uniform over the block (the shuffles need whole warps); groups
+    // past the chunk dot position p0 and drop it.
+    const float *kc = a.k + ((size_t)g * a.max_ctx + p0) * hd;
+    const int sub = lane & 7, grp = lane >> 3;
+    for (int b = 0; b < len; b += MB_ATTN_DEC_STEP) {
+        int pp[MB_ATTN_DEC_SETS];
+        float4 kv[MB_ATTN_DEC_SETS][MB_ATTN_DEC_Q4];
 #pragma unroll
-            for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++)
-                if (hb < nh) acc[hb] += qs[hb][d] * kv;
+        for (int i = 0; i < MB_ATTN_DEC_SETS; i++) {
+            pp[i] = b + 16 * i + 4 * warp + grp;
+            const float *kr = kc + (size_t)(pp[i] < len ? pp[i] : 0) * hd;
+#pragma unroll
+            for (int j = 0; j < MB_ATTN_DEC_Q4; j++)
+                kv[i][j] = (uint32_t)j < nq ? mb_attn_ld4<VEC>(kr, 32 * j + 4 * sub, hd)
+                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        float acc[MB_ATTN_DEC_SETS][MB_ATTN_DEC_HEADS] = {};
+#pragma unroll
+        for (int j = 0; j < MB_ATTN_DEC_Q4; j++) {
+            if ((uint32_t)j >= nq) break;
+#pragma unroll
+            for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++) {
+                if (hb >= nh) break;
+                const float4 qv = *reinterpret_cast<const float4 *>(&qs[hb][32 * j + 4 * sub]);
+#pragma unroll
+                for (int i = 0; i < MB_ATTN_DEC_SETS; i++)
+                    acc[i][hb] = mb_dot4(acc[i][hb], qv, kv[i][j]);
+            }
         }
 #pragma unroll
-        for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++) {
-            if (hb >= nh) break;
-            float v = acc[hb];
-            v += __shfl_xor_sync(0xffffffffu, v, 4);
-            v += __shfl_xor_sync(0xffffffffu, v, 2);
-            v += __shfl_xor_sync(0xffffffffu, v, 1);
-            if (ok && sub == 0) sc[hb][pp] = v * a.scale;
-        }
+        for (int i = 0; i < MB_ATTN_DEC_SETS; i++)
+#pragma unroll
+            for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++) {
+                if (hb >= nh) break;
+                float v = acc[i][hb];
+                v += __shfl_xor_sync(0xffffffffu, v, 4);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                if (pp[i] < len && sub == 0) sc[hb][pp[i]] = v * a.scale;
+            }
     }
     __syncthreads();
 
@@ -157,30 +215,43 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t c
     }
     __syncthreads();
 
-    // o[hb][d] = sum_p e[hb][p] * V[p][d]: a thread a dimension, all heads.
+    // o[h][d] = sum_p e[h][p] * V[p][d]: warp w takes heads w and w + 4
+    // (one V load serves both), lane dims 4 lane + 128 jq.
+    const int ha = warp, hb2 = warp + 4;
+    if (ha >= nh) return;
+    const bool two = hb2 < nh;
     const float *vc = a.v + ((size_t)g * a.max_ctx + p0) * hd;
-    for (uint32_t d = tid; d < hd; d += MB_ATTN_DEC_THREADS) {
-        float acc[MB_ATTN_DEC_HEADS] = {};
+    float4 acc[2][2] = {};
 #pragma unroll 4
-        for (int pp = 0; pp < len; pp++) {
-            const float vv = __ldg(vc + (size_t)pp * hd + d);
+    for (int pp = 0; pp < len; pp++) {
+        const float ea = sc[ha][pp], eb = two ? sc[hb2][pp] : 0.0f;
 #pragma unroll
-            for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++)
-                if (hb < nh) acc[hb] += sc[hb][pp] * vv;
+        for (int jq = 0; jq < 2; jq++) {
+            const uint32_t d = 4 * lane + 128 * jq;
+            if (d >= hd) break;
+            const float4 v = mb_attn_ld4<VEC>(vc + (size_t)pp * hd, d, hd);
+            mb_axpy4(acc[0][jq], ea, v);
+            mb_axpy4(acc[1][jq], eb, v);
         }
+    }
 #pragma unroll
-        for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++) {
-            if (hb >= nh) break;
-            if (n_split == 1) {
-                a.out[(size_t)t * a.ldo + (size_t)(h0 + hb) * hd + d] = acc[hb] * (1.0f / s_l[hb]);
-            } else {
-                float *part = mb_attn_part(work, a, t, h0 + hb, n_split, s);
-                part[d] = acc[hb];
-                if (d == 0) {
-                    part[hd] = s_m[hb];
-                    part[hd + 1] = s_l[hb];
-                }
-            }
+    for (int x = 0; x < 2; x++) {
+        if (x == 1 && !two) break;
+        const int hb = x ? hb2 : ha;
+        float *o = n_split == 1 ? a.out + (size_t)t * a.ldo + (size_t)(h0 + hb) * hd
+                                : mb_attn_part(work, a, t, h0 + hb, n_split, s);
+        const float scale = n_split == 1 ? 1.0f / s_l[hb] : 1.0f;
+#pragma unroll
+        for (int jq = 0; jq < 2; jq++) {
+            const uint32_t d = 4 * lane + 128 * jq;
+            const float v[4] = {acc[x][jq].x, acc[x][jq].y, acc[x][jq].z, acc[x][jq].w};
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                if (d + i < hd) o[d + i] = v[i] * scale;
+        }
+        if (n_split > 1 && lane == 0) {
+            o[hd] = s_m[hb];
+            o[hd + 1] = s_l[hb];
         }
     }
 }
@@ -450,7 +521,13 @@ static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, float
         if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
     }
     const dim3 grid(p.n_split, a.n_kv * p.n_hgroups, a.n);
-    mb_kcuda_attn_decode_kernel<<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split, work);
+    const bool vec = a.hd % 4 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
+    if (vec)
+        mb_kcuda_attn_decode_kernel<true><<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split,
+                                                                               work);
+    else
+        mb_kcuda_attn_decode_kernel<false><<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk,
+                                                                                p.n_split, work);
     if (p.n_split > 1) {
         const dim3 mgrid(a.n_heads, a.n);
         mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_split, work);
