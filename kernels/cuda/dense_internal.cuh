@@ -30,6 +30,23 @@ static inline bool mb_dense_wdtype_ok(int wdtype)
 cudaError_t mb_kcuda_linear_mma_launch(cudaStream_t s, const __nv_bfloat16 *w, uint32_t m, uint32_t k, const float *x,
                                        size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int accumulate);
 
+// One attention call's arguments, as the kernels take them.
+struct mb_attn_args {
+    const float *k, *v; // cache [n_kv][max_ctx][hd]
+    uint32_t n_kv, hd, max_ctx, n_heads, n_rep, window;
+    float scale;
+    uint32_t pos0, n;
+    const uint32_t *pos_dev; // when not NULL, pos0 is read here on the device (decode graphs)
+    const float *q;
+    size_t ldq;
+    float *out;
+    size_t ldo;
+};
+
+// The prefill attention kernel on tensor cores (dense_attention_mma.cu),
+// for head_dim a multiple of 8 up to 128.
+cudaError_t mb_kcuda_attn_flash_mma_launch(const mb_attn_args &a, cudaStream_t stream);
+
 // The first cache position visible from the query at position qpos under a
 // sliding window (0: none), as broker/attention.c: q - window < p <= q.
 __host__ __device__ __forceinline__ uint32_t mb_attn_first_visible(uint32_t qpos, uint32_t window)
