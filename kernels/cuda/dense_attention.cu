@@ -45,7 +45,10 @@ static size_t mb_attn_dec_want(uint32_t n_kv, uint32_t n_hgroups, uint32_t n)
     return base >= MB_ATTN_DEC_TARGET_BLOCKS ? 1 : mb_dense_cdiv(MB_ATTN_DEC_TARGET_BLOCKS, base);
 }
 
-static uint32_t mb_attn_dec_hgroups(uint32_t n_rep) { return (n_rep + MB_ATTN_DEC_HEADS - 1) / MB_ATTN_DEC_HEADS; }
+static uint32_t mb_attn_dec_hgroups(uint32_t n_rep)
+{
+    return (n_rep + MB_ATTN_DEC_HEADS - 1) / MB_ATTN_DEC_HEADS;
+}
 
 // Chunks of MB_ATTN_DEC_CHUNK_MIN..MAX positions (a multiple of 32) for rows
 // of up to max_span visible positions, as many as mb_attn_dec_want asks
@@ -100,7 +103,7 @@ __device__ __forceinline__ void mb_axpy4(float4 &acc, float e, float4 v)
     acc.w += e * v.w;
 }
 
-#define MB_ATTN_DEC_SETS 2                        // positions a lane group dots at once
+#define MB_ATTN_DEC_SETS 2                       // positions a lane group dots at once
 #define MB_ATTN_DEC_STEP (16 * MB_ATTN_DEC_SETS) // positions a block dots at once
 #define MB_ATTN_DEC_Q4 (MB_ATTN_MAX_HD / 32)     // float4 of a key row a lane may hold
 
@@ -155,8 +158,8 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t c
             const float *kr = kc + (size_t)(pp[i] < len ? pp[i] : 0) * hd;
 #pragma unroll
             for (int j = 0; j < MB_ATTN_DEC_Q4; j++)
-                kv[i][j] = (uint32_t)j < nq ? mb_attn_ld4<VEC>(kr, 32 * j + 4 * sub, hd)
-                                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                kv[i][j] =
+                    (uint32_t)j < nq ? mb_attn_ld4<VEC>(kr, 32 * j + 4 * sub, hd) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
         float acc[MB_ATTN_DEC_SETS][MB_ATTN_DEC_HEADS] = {};
 #pragma unroll
@@ -295,9 +298,7 @@ static constexpr size_t mb_fa_smem_floats(int hd)
 
 // grid: (ceil(n / BQ), n_heads). Thread tid: rows 2 * (tid / 8) + {0, 1},
 // score columns 4 * (tid % 8) + {0..3}, output dims tid % 8 + 8 j.
-template <int HD>
-__global__ void __launch_bounds__(MB_FA_THREADS)
-mb_kcuda_attn_flash_kernel(const mb_attn_args a)
+template <int HD> __global__ void __launch_bounds__(MB_FA_THREADS) mb_kcuda_attn_flash_kernel(const mb_attn_args a)
 {
     extern __shared__ float mb_fa_smem[];
     float *qs = mb_fa_smem;
@@ -458,8 +459,8 @@ static uint32_t mb_attn_max_span(uint32_t pos0, uint32_t n, uint32_t window)
 
 static bool mb_attn_shape_ok(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s)
 {
-    return kv && s && kv->n_kv_heads && kv->head_dim && kv->head_dim <= MB_ATTN_MAX_HD && kv->max_ctx &&
-           s->n_heads && s->n_heads % kv->n_kv_heads == 0;
+    return kv && s && kv->n_kv_heads && kv->head_dim && kv->head_dim <= MB_ATTN_MAX_HD && kv->max_ctx && s->n_heads &&
+           s->n_heads % kv->n_kv_heads == 0;
 }
 
 extern "C" size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t n)
@@ -508,8 +509,8 @@ static mb_attn_args mb_attn_args_for(const mb_kcuda_kv *kv, const mb_kcuda_attn_
     return a;
 }
 
-static bool mb_attn_call_ok(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t n, const float *q,
-                            size_t ldq, const float *out, size_t ldo)
+static bool mb_attn_call_ok(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t n, const float *q, size_t ldq,
+                            const float *out, size_t ldo)
 {
     const size_t row = mb_attn_shape_ok(kv, s) ? (size_t)s->n_heads * kv->head_dim : 0;
     return row && kv->k && kv->v && q && out && n && ldq >= row && ldo >= row;
@@ -527,11 +528,11 @@ static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, float
     const dim3 grid(p.n_split, a.n_kv * p.n_hgroups, a.n);
     const bool vec = a.hd % 4 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
     if (vec)
-        mb_kcuda_attn_decode_kernel<true><<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split,
-                                                                               work);
+        mb_kcuda_attn_decode_kernel<true>
+            <<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split, work);
     else
-        mb_kcuda_attn_decode_kernel<false><<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk,
-                                                                                p.n_split, work);
+        mb_kcuda_attn_decode_kernel<false>
+            <<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split, work);
     if (p.n_split > 1) {
         const dim3 mgrid(a.n_heads, a.n);
         mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_split, work);

@@ -17,12 +17,14 @@
 
 // Shared floats for head dims up to HD: q [BQ][HD + 4], k and v [BC][HD + 4]
 // (the padding makes every fragment read conflict-free).
-static constexpr size_t mb_fam_smem_floats(int hd) { return (size_t)(MB_FAM_BQ + 2 * MB_FAM_BC) * (hd + 4); }
+static constexpr size_t mb_fam_smem_floats(int hd)
+{
+    return (size_t)(MB_FAM_BQ + 2 * MB_FAM_BC) * (hd + 4);
+}
 
 // grid: (ceil(n / BQ), n_heads). VEC: float4 cache loads.
 template <int HD, bool VEC>
-__global__ void __launch_bounds__(MB_FAM_THREADS)
-mb_kcuda_attn_flash_mma_kernel(const mb_attn_args a)
+__global__ void __launch_bounds__(MB_FAM_THREADS) mb_kcuda_attn_flash_mma_kernel(const mb_attn_args a)
 {
     constexpr int LD = HD + 4;
     extern __shared__ float mb_fam_smem[];

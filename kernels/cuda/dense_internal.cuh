@@ -6,9 +6,15 @@
 #include "kernels/cuda/dense.h"
 #include "kernels/cuda/moe_internal.cuh"
 
-static inline cudaStream_t mb_dense_stream(void *stream) { return (cudaStream_t)stream; }
+static inline cudaStream_t mb_dense_stream(void *stream)
+{
+    return (cudaStream_t)stream;
+}
 
-static inline size_t mb_dense_cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
+static inline size_t mb_dense_cdiv(size_t a, size_t b)
+{
+    return (a + b - 1) / b;
+}
 
 // Blocks of `threads` for a grid-stride loop over `count` elements: enough
 // to fill any current GPU several times over, few enough for grid.x.
@@ -19,7 +25,10 @@ static inline unsigned mb_dense_blocks(size_t count, unsigned threads)
 }
 
 // The value a dense.h function returns after its launches.
-static inline int mb_dense_launched(void) { return (int)cudaGetLastError(); }
+static inline int mb_dense_launched(void)
+{
+    return (int)cudaGetLastError();
+}
 
 static inline bool mb_dense_wdtype_ok(int wdtype)
 {

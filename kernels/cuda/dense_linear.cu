@@ -32,9 +32,9 @@ __device__ __forceinline__ void mb_lin_store(float *y, float acc, const float *b
 // are single elements.
 template <typename W, int R, bool VEC>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
-mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x, size_t ldx,
-                            uint32_t n, float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                            int accumulate)
+mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
+                            size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
+                            const float *__restrict__ bias, int accumulate)
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     __shared__ float red[MB_LIN_GEMV_WARPS][R * MB_LIN_NT];
@@ -105,9 +105,9 @@ static_assert(MB_LIN_BM == MB_LIN_BN, "one staging index map serves both operand
 // operands come out of shared memory as float4.
 template <typename W>
 __global__ void __launch_bounds__(MB_LIN_GEMM_THREADS)
-mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x, size_t ldx,
-                            uint32_t n, float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                            int accumulate)
+mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
+                            size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
+                            const float *__restrict__ bias, int accumulate)
 {
     __shared__ __align__(16) float xs[2][MB_LIN_BK][MB_LIN_LDS];
     __shared__ __align__(16) float ws[2][MB_LIN_BK][MB_LIN_LDS];
@@ -177,16 +177,16 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
 {
     const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
     if (vec)
-        mb_kcuda_linear_gemv_kernel<W, R, true><<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy,
-                                                                                       bias, acc);
+        mb_kcuda_linear_gemv_kernel<W, R, true>
+            <<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
     else
-        mb_kcuda_linear_gemv_kernel<W, R, false><<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy,
-                                                                                        bias, acc);
+        mb_kcuda_linear_gemv_kernel<W, R, false>
+            <<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
 }
 
 template <typename W>
-static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, const float *x, size_t ldx,
-                        uint32_t n, float *y, size_t ldy, const float *bias, int acc)
+static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, const float *x, size_t ldx, uint32_t n,
+                        float *y, size_t ldy, const float *bias, int acc)
 {
     const W *w = (const W *)wv;
     if (n <= MB_LIN_GEMV_MAX_N) {
@@ -214,9 +214,13 @@ extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t
         return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
     switch (wdtype) {
-    case MB_KCUDA_F32: return mb_lin_typed<float>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    case MB_KCUDA_F16: return mb_lin_typed<__half>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    case MB_KCUDA_BF16: return mb_lin_typed<__nv_bfloat16>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    default: return (int)cudaErrorInvalidValue;
+    case MB_KCUDA_F32:
+        return mb_lin_typed<float>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    case MB_KCUDA_F16:
+        return mb_lin_typed<__half>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    case MB_KCUDA_BF16:
+        return mb_lin_typed<__nv_bfloat16>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    default:
+        return (int)cudaErrorInvalidValue;
     }
 }

@@ -22,7 +22,7 @@ using namespace nvcuda;
 #define MB_LMMA_THREADS 128
 #define MB_LMMA_NSPLIT 3
 #define MB_LMMA_TILE (MB_LMMA_BM * MB_LMMA_LDS) // bf16 elements of one staged tile
-#define MB_LMMA_STAGE (MB_LMMA_NSPLIT + 1)    // tiles a stage holds: the x terms, then W
+#define MB_LMMA_STAGE (MB_LMMA_NSPLIT + 1)      // tiles a stage holds: the x terms, then W
 #define MB_LMMA_SMEM (2 * MB_LMMA_STAGE * MB_LMMA_TILE * 2)
 #define MB_LMMA_XLOADS (MB_LMMA_BM * MB_LMMA_BK / 4 / MB_LMMA_THREADS) // float4 of x a thread stages
 #define MB_LMMA_WLOADS (MB_LMMA_BN * MB_LMMA_BK / 8 / MB_LMMA_THREADS) // 8 weights a thread stages
@@ -35,8 +35,8 @@ static_assert(MB_LMMA_BM * MB_LMMA_LDC * 4 <= MB_LMMA_SMEM, "epilogue tile fits 
 template <bool VEC>
 __global__ void __launch_bounds__(MB_LMMA_THREADS)
 mb_kcuda_linear_mma_kernel(const __nv_bfloat16 *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
-                           size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                           int accumulate)
+                           size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
+                           const float *__restrict__ bias, int accumulate)
 {
     __shared__ __align__(128) unsigned char smem[MB_LMMA_SMEM];
     __nv_bfloat16 *const st = reinterpret_cast<__nv_bfloat16 *>(smem);
@@ -57,8 +57,8 @@ mb_kcuda_linear_mma_kernel(const __nv_bfloat16 *__restrict__ w, uint32_t m, uint
             const bool rin = t0 + row < n;
             const float *src = x + (size_t)(t0 + row) * ldx + kc;
             if (VEC) {
-                const float4 v = rin && kc < k ? __ldg(reinterpret_cast<const float4 *>(src))
-                                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                const float4 v =
+                    rin && kc < k ? __ldg(reinterpret_cast<const float4 *>(src)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 xr[i][0] = v.x, xr[i][1] = v.y, xr[i][2] = v.z, xr[i][3] = v.w;
             } else {
 #pragma unroll
@@ -92,13 +92,15 @@ mb_kcuda_linear_mma_kernel(const __nv_bfloat16 *__restrict__ w, uint32_t m, uint
             float rest[4] = {xr[i][0], xr[i][1], xr[i][2], xr[i][3]};
 #pragma unroll
             for (int p = 0; p < MB_LMMA_NSPLIT; p++) {
-                __nv_bfloat16 b[4];
+                uint32_t bits[4];
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    b[j] = __float2bfloat16_rn(rest[j]);
-                    rest[j] -= __bfloat162float(b[j]); // exact: the next term
+                    const __nv_bfloat16 b = __float2bfloat16_rn(rest[j]);
+                    rest[j] -= __bfloat162float(b); // exact: the next term
+                    bits[j] = __bfloat16_as_ushort(b);
                 }
-                *reinterpret_cast<uint2 *>(tile(s, p) + off) = *reinterpret_cast<const uint2 *>(b);
+                *reinterpret_cast<uint2 *>(tile(s, p) + off) =
+                    make_uint2(bits[0] | bits[1] << 16, bits[2] | bits[3] << 16);
             }
         }
 #pragma unroll
@@ -132,8 +134,8 @@ mb_kcuda_linear_mma_kernel(const __nv_bfloat16 *__restrict__ w, uint32_t m, uint
             for (int j = 0; j < 2; j++)
                 wmma::load_matrix_sync(bf[j], tile(s, MB_LMMA_NSPLIT) + (wn * 32 + j * 16) * MB_LMMA_LDS + kk,
                                        MB_LMMA_LDS);
-            // Terms in a fixed order, hi first: the small ones then add
-            // into an accumulator of the final magnitude.
+                // Terms in a fixed order, hi first: the small ones then add
+                // into an accumulator of the final magnitude.
 #pragma unroll
             for (int p = 0; p < MB_LMMA_NSPLIT; p++)
 #pragma unroll
@@ -176,7 +178,7 @@ cudaError_t mb_kcuda_linear_mma_launch(cudaStream_t s, const __nv_bfloat16 *w, u
     if (vec)
         mb_kcuda_linear_mma_kernel<true><<<grid, MB_LMMA_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
     else
-        mb_kcuda_linear_mma_kernel<false><<<grid, MB_LMMA_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias,
-                                                                            accumulate);
+        mb_kcuda_linear_mma_kernel<false>
+            <<<grid, MB_LMMA_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
     return cudaGetLastError();
 }

@@ -117,3 +117,18 @@ static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 1
 }
 } // namespace wmma
 } // namespace nvcuda
+
+// Vector loads must be aligned on the GPU (a fault there, silence on x86).
+#include <cstdio>
+#include <cstdlib>
+template <class T> static inline T mb_emu_ldg_aligned(const T *p)
+{
+    if ((uintptr_t)p % sizeof(T)) {
+        fprintf(stderr, "EMU: misaligned %zu-byte load at %p\n", sizeof(T), (const void *)p);
+        abort();
+    }
+    return *p;
+}
+static inline float4 __ldg(const float4 *p) { return mb_emu_ldg_aligned(p); }
+static inline uint4 __ldg(const uint4 *p) { return mb_emu_ldg_aligned(p); }
+static inline uint2 __ldg(const uint2 *p) { return mb_emu_ldg_aligned(p); }

@@ -15,6 +15,8 @@ while True:
         out.append(s[i:]); break
     # name: back over a template argument list and an identifier
     k = j
+    while s[k-1].isspace(): k -= 1
+    name_end = k
     if s[k-1] == '>':
         depth = 0
         k -= 1
@@ -25,7 +27,7 @@ while True:
                 if depth == 0: break
             k -= 1
     while k > 0 and (s[k-1].isalnum() or s[k-1] == '_'): k -= 1
-    name = s[k:j]
+    name = s[k:name_end]
     e = s.find('>>>', j)
     cfg = s[j+3:e]
     p = e + 3
