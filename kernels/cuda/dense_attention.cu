@@ -10,15 +10,13 @@
 //   Bandwidth-bound on the cache; the chunk count aims at a couple of
 //   blocks per SM.
 //   Prefill: flash attention, on tensor cores (dense_attention_mma.cu) for
-//   head_dim a multiple of 8 up to 128, else here in SIMT f32: a block
+//   head_dim a multiple of 8 up to 128 (unless MB_CUDA_DENSE=simt), else
+//   here in SIMT f32: a block
 //   takes 64 queries of one head and walks the visible keys in tiles of 32
 //   through shared memory with an online softmax; 256 threads, each two
 //   query rows by four keys of the score tile and two rows by head_dim/8
 //   columns of the output. Bound by shared-memory loads and FMAs.
 // Summation orders depend only on the shape: deterministic.
-#include <cstdlib>
-#include <cstring>
-
 #include "kernels/cuda/dense_internal.cuh"
 
 #define MB_ATTN_MAX_HD 256
@@ -438,18 +436,6 @@ template <int HD> static cudaError_t mb_attn_flash_launch(const mb_attn_args &a,
 
 // ---- entry points ------------------------------------------------------------
 
-// MB_CUDA_ATTN=simt keeps prefill on the SIMT flash kernel (tests, and a
-// way out should the tensor-core kernel misbehave on some device). Read once.
-static bool mb_attn_force_simt(void)
-{
-    static int cached = -1;
-    if (cached < 0) {
-        const char *e = getenv("MB_CUDA_ATTN");
-        cached = e && strcmp(e, "simt") == 0;
-    }
-    return cached != 0;
-}
-
 // Positions the longest of n rows starting at pos0 sees.
 static uint32_t mb_attn_max_span(uint32_t pos0, uint32_t n, uint32_t window)
 {
@@ -549,7 +535,7 @@ extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_
     const cudaStream_t st = mb_dense_stream(stream);
     const mb_attn_args a = mb_attn_args_for(kv, s, pos0, NULL, n, q, ldq, out, ldo);
     if (n > MB_ATTN_DEC_MAX_N) {
-        if (a.hd % 8 == 0 && a.hd <= 128 && !mb_attn_force_simt()) return (int)mb_kcuda_attn_flash_mma_launch(a, st);
+        if (a.hd % 8 == 0 && a.hd <= 128 && !mb_dense_force_simt()) return (int)mb_kcuda_attn_flash_mma_launch(a, st);
         cudaError_t e;
         if (a.hd <= 64)
             e = mb_attn_flash_launch<64>(a, st);

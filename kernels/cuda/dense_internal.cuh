@@ -3,6 +3,9 @@
 // to kernels/cuda/.
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/cuda/dense.h"
 #include "kernels/cuda/moe_internal.cuh"
 
@@ -34,6 +37,25 @@ static inline bool mb_dense_wdtype_ok(int wdtype)
 {
     return wdtype == MB_KCUDA_F32 || wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16;
 }
+
+// MB_CUDA_DENSE=simt keeps every dense kernel off the tensor cores (the
+// SIMT GEMV, GEMM and flash attention): for tests, and a way out should a
+// tensor-core kernel misbehave on some device. Read once per file.
+static inline bool mb_dense_force_simt(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        const char *e = getenv("MB_CUDA_DENSE");
+        cached = e && strcmp(e, "simt") == 0;
+    }
+    return cached != 0;
+}
+
+// mb_kcuda_linear's tensor-core GEMV for 2..8 rows and bf16 weights
+// (dense_linear_mma.cu); x rows and W 16-byte aligned, k % 8 == 0.
+cudaError_t mb_kcuda_linear_mma_gemv_launch(cudaStream_t s, const __nv_bfloat16 *w, uint32_t m, uint32_t k,
+                                            const float *x, size_t ldx, uint32_t n, float *y, size_t ldy,
+                                            const float *bias, int accumulate);
 
 // mb_kcuda_linear's tensor-core GEMM for bf16 weights (dense_linear_mma.cu).
 cudaError_t mb_kcuda_linear_mma_launch(cudaStream_t s, const __nv_bfloat16 *w, uint32_t m, uint32_t k, const float *x,

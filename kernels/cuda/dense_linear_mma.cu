@@ -1,16 +1,25 @@
-// The prefill path of mb_kcuda_linear for bf16 weights, on tensor cores:
+// mb_kcuda_linear for bf16 weights on tensor cores:
 //   y[n][m] = x[n][k] @ W[m][k]^T
 // with the f32 activations split into three bf16 terms (x = hi + mid + lo
 // exactly up to f32's 24 significant bits), each multiplied by the bf16
 // weights with f32 accumulation: the result carries f32 precision, not
-// bf16's. A block computes a 64 x 64 tile (tokens x rows of W) with 4 warps
-// of 32 x 32 WMMA fragments, staging 32-deep k slices through shared memory
-// (register-prefetched, double-buffered; the split happens while staging).
-// f16 weights stay on the SIMT GEMM: an f16 split of x would overflow past
-// 65504.
+// bf16's. f16 weights stay on the SIMT kernels: an f16 split of x would
+// overflow past 65504.
+//   GEMM (prefill): a block computes a 64 x 64 tile (tokens x rows of W)
+//   with 4 warps of 32 x 32 WMMA fragments, staging 32-deep k slices through
+//   shared memory (register-prefetched, double-buffered; the split happens
+//   while staging).
+//   GEMV (2..8 rows): W is the A operand and the rows of x the 8 columns of
+//   B of mma.m16n8k16, both straight from global memory into fragments: a
+//   block owns 16 rows of W and its 8 warps split k. Each lane loads 16
+//   bytes of two W rows and 32 of one x row per 32 k; the k order inside
+//   those 32 is permuted alike in A and B (a sum does not care), which makes
+//   every load one vector. x costs as many bytes from L1 as W from memory,
+//   whatever n; the SIMT GEMV re-reads x per row and token.
 #include <mma.h>
 
 #include "kernels/cuda/dense_internal.cuh"
+#include "kernels/cuda/dense_mma.cuh"
 
 using namespace nvcuda;
 
@@ -180,5 +189,116 @@ cudaError_t mb_kcuda_linear_mma_launch(cudaStream_t s, const __nv_bfloat16 *w, u
     else
         mb_kcuda_linear_mma_kernel<false>
             <<<grid, MB_LMMA_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    return cudaGetLastError();
+}
+
+// ---- GEMV -------------------------------------------------------------------
+
+#define MB_MGV_ROWS 16
+#define MB_MGV_WARPS 8
+#define MB_MGV_THREADS (MB_MGV_WARPS * 32)
+#define MB_MGV_UNROLL 4 // 32-k steps a warp has in flight
+
+// Three bf16 terms of 8 floats, as pairs: t[p][j] holds term p of v[2j]
+// (low half) and v[2j + 1].
+__device__ __forceinline__ void mb_split3_bf16x8(const float4 &v0, const float4 &v1, uint32_t t[3][4])
+{
+    float rest[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+#pragma unroll
+    for (int p = 0; p < 3; p++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const __nv_bfloat16 lo = __float2bfloat16_rn(rest[2 * j]), hi = __float2bfloat16_rn(rest[2 * j + 1]);
+            rest[2 * j] -= __bfloat162float(lo); // exact: the next term
+            rest[2 * j + 1] -= __bfloat162float(hi);
+            t[p][j] = (uint32_t)__bfloat16_as_ushort(lo) | (uint32_t)__bfloat16_as_ushort(hi) << 16;
+        }
+}
+
+// Lane (g, i) loads W rows r0 + g and r0 + g + 8 and x row g at k = 32 s +
+// 8 i .. + 8 of each step s. Of those 8, elements 0-1 and 2-3 are the
+// lane's columns 2i..2i+1 and 2i+8..2i+9 of the first k16 step, 4-5 and 6-7
+// of the second (A's and B's fragments number k alike, so the products
+// pair up). C: c0, c1 are row g for tokens 2i, 2i + 1; c2, c3 row g + 8.
+__global__ void __launch_bounds__(MB_MGV_THREADS)
+mb_kcuda_linear_mma_gemv_kernel(const __nv_bfloat16 *__restrict__ w, uint32_t m, uint32_t k,
+                                const float *__restrict__ x, size_t ldx, uint32_t n, float *__restrict__ y,
+                                size_t ldy, const float *__restrict__ bias, int accumulate)
+{
+    __shared__ float red[MB_MGV_WARPS][MB_MGV_ROWS * 8]; // each warp's C, [row][token]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, qi = lane & 3;
+    const uint32_t r0 = blockIdx.x * MB_MGV_ROWS;
+    // Rows past m read row m - 1 again (in bounds) and are not stored.
+    const __nv_bfloat16 *wa = w + (size_t)min(r0 + g, m - 1) * k;
+    const __nv_bfloat16 *wb = w + (size_t)min(r0 + g + 8, m - 1) * k;
+    const bool xin = (uint32_t)g < n;
+    const float *xr = x + (size_t)(xin ? g : 0) * ldx;
+    const uint32_t steps = (k + 31) / 32;
+    const uint4 z4 = make_uint4(0u, 0u, 0u, 0u);
+    const float4 zf = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (uint32_t s0 = warp; s0 < steps; s0 += MB_MGV_WARPS * MB_MGV_UNROLL) {
+        uint4 va[MB_MGV_UNROLL], vb[MB_MGV_UNROLL];
+        float4 vx[MB_MGV_UNROLL][2];
+#pragma unroll
+        for (int u = 0; u < MB_MGV_UNROLL; u++) {
+            // Loads from clamped addresses, zeroed afterwards: straight-line
+            // code, so that all of them are in flight before the first use.
+            const uint32_t s = s0 + u * MB_MGV_WARPS, kk = s * 32 + 8 * qi;
+            const bool ok = s < steps && kk < k; // k % 8 == 0: all 8 or none
+            const uint32_t kc = ok ? kk : 0;
+            va[u] = __ldg(reinterpret_cast<const uint4 *>(wa + kc));
+            vb[u] = __ldg(reinterpret_cast<const uint4 *>(wb + kc));
+            vx[u][0] = __ldg(reinterpret_cast<const float4 *>(xr + kc));
+            vx[u][1] = __ldg(reinterpret_cast<const float4 *>(xr + kc + 4));
+            if (!ok) va[u] = vb[u] = z4;
+            if (!ok || !xin) vx[u][0] = vx[u][1] = zf;
+        }
+#pragma unroll
+        for (int u = 0; u < MB_MGV_UNROLL; u++) {
+            uint32_t xt[3][4];
+            mb_split3_bf16x8(vx[u][0], vx[u][1], xt);
+            const uint32_t wa_[4] = {va[u].x, va[u].y, va[u].z, va[u].w};
+            const uint32_t wb_[4] = {vb[u].x, vb[u].y, vb[u].z, vb[u].w};
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                const uint32_t a[4] = {wa_[2 * ks], wb_[2 * ks], wa_[2 * ks + 1], wb_[2 * ks + 1]};
+                // The small terms first: they add into c before the big one.
+#pragma unroll
+                for (int p = 2; p >= 0; p--) {
+                    const uint32_t b[2] = {xt[p][2 * ks], xt[p][2 * ks + 1]};
+                    mb_mma_bf16(c, a, b);
+                }
+            }
+        }
+    }
+    red[warp][g * 8 + 2 * qi] = c[0];
+    red[warp][g * 8 + 2 * qi + 1] = c[1];
+    red[warp][(g + 8) * 8 + 2 * qi] = c[2];
+    red[warp][(g + 8) * 8 + 2 * qi + 1] = c[3];
+    __syncthreads();
+    if (tid < MB_MGV_ROWS * 8) {
+        const uint32_t r = r0 + tid / 8, t = tid % 8;
+        if (r < m && t < n) {
+            float v = 0.0f;
+#pragma unroll
+            for (int wi = 0; wi < MB_MGV_WARPS; wi++)
+                v += red[wi][tid];
+            if (bias) v += bias[r];
+            float *dst = y + (size_t)t * ldy + r;
+            if (accumulate) v += *dst;
+            *dst = v;
+        }
+    }
+}
+
+cudaError_t mb_kcuda_linear_mma_gemv_launch(cudaStream_t s, const __nv_bfloat16 *w, uint32_t m, uint32_t k,
+                                            const float *x, size_t ldx, uint32_t n, float *y, size_t ldy,
+                                            const float *bias, int accumulate)
+{
+    if (n > 8) return cudaErrorInvalidValue;
+    const unsigned blocks = (unsigned)mb_dense_cdiv(m, MB_MGV_ROWS);
+    mb_kcuda_linear_mma_gemv_kernel<<<blocks, MB_MGV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
     return cudaGetLastError();
 }

@@ -22,6 +22,13 @@
 
 static unsigned long long seed = 2024;
 
+/* MB_CUDA_DENSE=simt: the kernels stay off the tensor cores. */
+static int simt_only(void)
+{
+    const char *e = getenv("MB_CUDA_DENSE");
+    return e && strcmp(e, "simt") == 0;
+}
+
 /* ---- device helpers: any CUDA failure ends the test ---------------------- */
 
 #define CU(call)                                                                                   \
@@ -89,10 +96,12 @@ enum {
     E_ROPE,
     E_KV,
     E_LIN_GEMV,
+    E_LIN_GEMV_MMA,
     E_LIN_GEMM,
     E_LIN_MMA,
     E_LIN_CPU,
     E_ATT_DEC,
+    E_ATT_AT,
     E_ATT_FLASH,
     E_ROUTE,
     E_SILU,
@@ -104,11 +113,13 @@ static err_stat stats[E_N] = {
     [E_NORM] = {"rmsnorm (rel to row max)", 0, 2e-6, "", 0},
     [E_ROPE] = {"rope (abs)", 0, 1e-6, "", 0},
     [E_KV] = {"kv_store (exact)", 0, 0, "", 0},
-    [E_LIN_GEMV] = {"linear GEMV (|err| / sum|w x|, vs double)", 0, 1e-5, "", 0},
+    [E_LIN_GEMV] = {"linear GEMV SIMT (|err| / sum|w x|, vs double)", 0, 1e-5, "", 0},
+    [E_LIN_GEMV_MMA] = {"linear GEMV bf16 tensor cores (same)", 0, 1e-5, "", 0},
     [E_LIN_GEMM] = {"linear GEMM f32/f16 (|err| / sum|w x|)", 0, 1e-5, "", 0},
     [E_LIN_MMA] = {"linear GEMM bf16 tensor cores (same)", 0, 1e-5, "", 0},
     [E_LIN_CPU] = {"  CPU mb_kcpu_gemm, same metric (reference)", 0, 1e-5, "", 0},
     [E_ATT_DEC] = {"attention decode/split-K (abs vs CPU)", 0, 1e-5, "", 0},
+    [E_ATT_AT] = {"attention_at, device position (same)", 0, 1e-5, "", 0},
     [E_ATT_FLASH] = {"attention flash (abs vs CPU)", 0, 1e-5, "", 0},
     [E_ROUTE] = {"route gate (abs; ids exact)", 0, 1e-6, "", 0},
     [E_SILU] = {"silu_mul (rel)", 0, 1e-6, "", 0},
@@ -277,9 +288,19 @@ static void test_rope(void)
                         float *dx = dev_upload(x, cnt * sizeof(float));
                         const size_t tab = (size_t)r.n_pos * (hd / 2) * sizeof(float);
                         float *dc = dev_upload(r.cos, tab), *ds = dev_upload(r.sin, tab);
+                        float *dx2 = dev_upload(x, cnt * sizeof(float));
+                        uint32_t *dpos = dev_upload(&pos0, sizeof pos0);
                         RUN(mb_kcuda_rope(NULL, dx, ldx, n, nh, hd, pos0, dc, ds, il));
+                        RUN(mb_kcuda_rope_at(NULL, dx2, ldx, n, nh, hd, dpos, dc, ds, il));
                         mb_rope_apply(&r, x, ldx, n, nh, pos0);
-                        dev_download(got, dx, cnt * sizeof(float));
+                        dev_download(got, dx2, cnt * sizeof(float));
+                        float *got2 = xmalloc(cnt * sizeof(float));
+                        dev_download(got2, dx, cnt * sizeof(float));
+                        CHECK_MSG(memcmp(got, got2, cnt * sizeof(float)) == 0,
+                                  "rope_at differs from rope (hd=%u n=%u pos0=%u)", hd, n, pos0);
+                        free(got2);
+                        cudaFree(dx2);
+                        cudaFree(dpos);
                         double err = 0;
                         for (size_t i = 0; i < cnt; i++)
                             err = fmax(err, fabs(got[i] - x[i]));
@@ -349,7 +370,11 @@ static void linear_case(int dt, uint32_t m, uint32_t k, uint32_t n, size_t xpad,
     for (uint32_t t = 0; t < n; t++)
         for (size_t r = m; r < ldy; r++)
             pad_ok &= got[t * ldy + r] == y0[t * ldy + r];
-    const int kind = gemv ? E_LIN_GEMV : dt == MB_KCUDA_BF16 ? E_LIN_MMA : E_LIN_GEMM;
+    /* which kernel ran, as mb_kcuda_linear picks (MB_CUDA_DENSE=simt: none
+     * on tensor cores) */
+    const int tc = dt == MB_KCUDA_BF16 && !simt_only();
+    const int tc_gemv = tc && n >= 2 && m >= 1024 && k % 8 == 0 && ldx % 4 == 0;
+    const int kind = gemv ? (tc_gemv ? E_LIN_GEMV_MMA : E_LIN_GEMV) : tc ? E_LIN_MMA : E_LIN_GEMM;
     CHECK_MSG(note(kind, err, "%s m=%u k=%u n=%u xpad=%zu bias=%d acc=%d", dtname(dt), m, k, n,
                    xpad, with_bias, acc) &&
                   pad_ok,
@@ -406,6 +431,8 @@ static void test_linear(void)
             }
     linear_case(MB_KCUDA_BF16, 257, 300, 1100, 4, 1, 1);
     linear_case(MB_KCUDA_F16, 130, 2048, 8, 0, 0, 0);
+    linear_case(MB_KCUDA_BF16, 1030, 2048, 8, 0, 1, 1); /* tensor-core GEMV, a short last block */
+    linear_case(MB_KCUDA_BF16, 1030, 2048, 3, 4, 0, 0);
 }
 
 /* ---- kv_store + attention ---------------------------------------------------- */
@@ -426,6 +453,10 @@ static void attn_run(const attn_cfg *c)
     const size_t cache = (size_t)c->kv * c->max_ctx * c->hd;
     kv.k = dev_alloc(cache * sizeof(float));
     kv.v = dev_alloc(cache * sizeof(float));
+    mb_kcuda_kv kv2 = kv; /* filled by kv_store_at, must equal kv */
+    kv2.k = dev_alloc(cache * sizeof(float));
+    kv2.v = dev_alloc(cache * sizeof(float));
+    uint32_t *dpos = dev_alloc(sizeof(uint32_t));
     mb_kcuda_attn_shape sh = {.n_heads = c->heads, .window = c->window, .scale = a.scale};
     uint32_t max_n = 1;
     for (size_t s = 0; s < c->n_steps; s++)
@@ -452,6 +483,8 @@ static void attn_run(const attn_cfg *c)
         CU(cudaMemcpy(dk, k, n * ldkv * sizeof(float), cudaMemcpyHostToDevice));
         CU(cudaMemcpy(dv, v, n * ldkv * sizeof(float), cudaMemcpyHostToDevice));
         RUN(mb_kcuda_kv_store(NULL, &kv, pos, n, dk, ldkv, dv, ldkv));
+        CU(cudaMemcpy(dpos, &pos, sizeof pos, cudaMemcpyHostToDevice));
+        RUN(mb_kcuda_kv_store_at(NULL, &kv2, dpos, n, dk, ldkv, dv, ldkv));
         mb_attn_store(&a, 0, pos, n, k, ldkv, v, ldkv);
 
         /* The cache holds exactly the stored rows. */
@@ -467,6 +500,18 @@ static void attn_run(const attn_cfg *c)
                 }
         CHECK_MSG(note(E_KV, kerr, "hd=%u kv=%u pos0=%u n=%u", c->hd, c->kv, pos, n),
                   "kv_store err %g", kerr);
+        float *at_k = xmalloc(cache * sizeof(float)), *at_v = xmalloc(cache * sizeof(float));
+        dev_download(at_k, kv2.k, cache * sizeof(float));
+        dev_download(at_v, kv2.v, cache * sizeof(float));
+        int same = 1;
+        for (uint32_t h = 0; h < c->kv; h++) { /* rows written so far */
+            const size_t at = (size_t)h * c->max_ctx * c->hd, len = (size_t)(pos + n) * c->hd;
+            same &= memcmp(at_k + at, cache_k + at, len * sizeof(float)) == 0 &&
+                    memcmp(at_v + at, cache_v + at, len * sizeof(float)) == 0;
+        }
+        CHECK_MSG(same, "kv_store_at differs from kv_store (pos0=%u n=%u)", pos, n);
+        free(at_k);
+        free(at_v);
 
         for (size_t i = 0; i < n * ldo; i++)
             out[i] = 1234.0f;
@@ -494,6 +539,24 @@ static void attn_run(const attn_cfg *c)
         dev_download(again, dout, n * ldo * sizeof(float));
         CHECK_MSG(memcmp(again, got, n * ldo * sizeof(float)) == 0,
                   "attention pos0=%u n=%u not deterministic", pos, n);
+
+        /* The graph variant: position on the device, chunks for the whole
+         * cache (other sums, so compared with the CPU, not bit for bit). */
+        if (dec) {
+            RUN(mb_kcuda_attention_at(NULL, &kv, &sh, dpos, n, dq, ldq, dout, ldo, work,
+                                      work_floats));
+            dev_download(again, dout, n * ldo * sizeof(float));
+            double aerr = 0;
+            for (uint32_t t = 0; t < n; t++)
+                for (size_t i = 0; i < qd; i++) {
+                    const double e = fabs(again[t * ldo + i] - out[t * ldo + i]);
+                    if (e > aerr || e != e) aerr = e != e ? INFINITY : e;
+                }
+            CHECK_MSG(note(E_ATT_AT, aerr, "hd=%u heads=%u/%u win=%u pos0=%u n=%u", c->hd, c->heads,
+                           c->kv, c->window, pos, n),
+                      "attention_at hd=%u window=%u pos0=%u n=%u: err %g", c->hd, c->window, pos, n,
+                      aerr);
+        }
         free(q);
         free(k);
         free(v);
@@ -501,6 +564,9 @@ static void attn_run(const attn_cfg *c)
     }
     cudaFree(kv.k);
     cudaFree(kv.v);
+    cudaFree(kv2.k);
+    cudaFree(kv2.v);
+    cudaFree(dpos);
     if (work) cudaFree(work);
     cudaFree(dq);
     cudaFree(dk);
