@@ -31,8 +31,8 @@
 
 struct mb_attn_dec_plan {
     uint32_t n_hgroups; // blocks per kv head along its query heads
-    uint32_t chunk;     // positions per block
-    uint32_t n_split;   // chunks of the longest row
+    uint32_t want;      // chunks wanted per row (mb_attn_dec_chunk)
+    uint32_t n_split;   // blocks per row: at least the chunks of the longest row
 };
 
 // Blocks per chunk index wanted for n tokens: enough chunks that
@@ -48,20 +48,36 @@ static uint32_t mb_attn_dec_hgroups(uint32_t n_rep)
     return (n_rep + MB_ATTN_DEC_HEADS - 1) / MB_ATTN_DEC_HEADS;
 }
 
-// Chunks of MB_ATTN_DEC_CHUNK_MIN..MAX positions (a multiple of 32) for rows
-// of up to max_span visible positions, as many as mb_attn_dec_want asks
-// where the chunk bounds allow. Hence n_split <= max(want, ceil(max_span /
-// CHUNK_MAX)), the bound mb_kcuda_attention_work sizes work by.
-static mb_attn_dec_plan mb_attn_dec_plan_for(uint32_t n_kv, uint32_t n_rep, uint32_t n, uint32_t max_span)
+// Positions a block takes: MB_ATTN_DEC_CHUNK_MIN..MAX (a multiple of 32),
+// so that a row of `span` positions makes about `want` chunks. One chunk
+// size serves a call, from its last (longest) row; host and device compute
+// it alike (the device from the position it reads, for the _at variant).
+// Hence a row has at most max(want, ceil(span / CHUNK_MAX)) chunks, the
+// bound mb_kcuda_attention_work sizes work by.
+__host__ __device__ __forceinline__ uint32_t mb_attn_dec_chunk(uint32_t span, uint32_t want)
+{
+    const uint32_t c = ((span + want - 1) / want + 31) / 32 * 32;
+    return c < MB_ATTN_DEC_CHUNK_MIN ? MB_ATTN_DEC_CHUNK_MIN : c > MB_ATTN_DEC_CHUNK_MAX ? MB_ATTN_DEC_CHUNK_MAX : c;
+}
+
+// Positions visible from the query at position last.
+__host__ __device__ __forceinline__ uint32_t mb_attn_span(uint32_t last, uint32_t window)
+{
+    return last - mb_attn_first_visible(last, window) + 1;
+}
+
+// exact: the rows' longest span is max_span, so n_split is its chunk
+// count; otherwise max_span only bounds it (the position is read on the
+// device) and n_split is the bound above: chunks past a row's last are
+// blocks that return at once, and the merge does not read them.
+static mb_attn_dec_plan mb_attn_dec_plan_for(uint32_t n_kv, uint32_t n_rep, uint32_t n, uint32_t max_span, bool exact)
 {
     mb_attn_dec_plan p;
     p.n_hgroups = mb_attn_dec_hgroups(n_rep);
-    const size_t want = mb_attn_dec_want(n_kv, p.n_hgroups, n);
-    size_t chunk = (mb_dense_cdiv(max_span, want) + 31) / 32 * 32;
-    if (chunk < MB_ATTN_DEC_CHUNK_MIN) chunk = MB_ATTN_DEC_CHUNK_MIN;
-    if (chunk > MB_ATTN_DEC_CHUNK_MAX) chunk = MB_ATTN_DEC_CHUNK_MAX;
-    p.chunk = (uint32_t)chunk;
-    p.n_split = (uint32_t)mb_dense_cdiv(max_span, chunk);
+    p.want = (uint32_t)mb_attn_dec_want(n_kv, p.n_hgroups, n);
+    const uint32_t by_len = (uint32_t)mb_dense_cdiv(max_span, MB_ATTN_DEC_CHUNK_MAX);
+    p.n_split = exact ? (uint32_t)mb_dense_cdiv(max_span, mb_attn_dec_chunk(max_span, p.want))
+                      : (p.want > by_len ? p.want : by_len);
     return p;
 }
 
@@ -110,7 +126,7 @@ __device__ __forceinline__ void mb_axpy4(float4 &acc, float e, float4 v)
 // kernel streams the cache.
 template <bool VEC>
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
-mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t chunk, uint32_t n_split,
+mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
                             float *__restrict__ work)
 {
     __shared__ __align__(16) float qs[MB_ATTN_DEC_HEADS][MB_ATTN_MAX_HD];
@@ -118,19 +134,14 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t c
     __shared__ float s_m[MB_ATTN_DEC_HEADS], s_l[MB_ATTN_DEC_HEADS];
     const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t hd = a.hd, qpos = (a.pos_dev ? *a.pos_dev : a.pos0) + t;
+    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0, hd = a.hd, qpos = pos0 + t;
+    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
     const uint32_t h0 = g * a.n_rep + hg * MB_ATTN_DEC_HEADS;
     const int nh = (int)min((uint32_t)MB_ATTN_DEC_HEADS, a.n_rep - hg * MB_ATTN_DEC_HEADS);
     const uint32_t p0 = mb_attn_first_visible(qpos, a.window) + s * chunk;
     const uint32_t p1 = min(p0 + chunk, qpos + 1);
 
-    if (p0 >= p1) { // a chunk past this token's range (only with n_split > 1)
-        for (int i = tid; i < nh * (int)(hd + 2); i += MB_ATTN_DEC_THREADS) {
-            const int hb = i / (int)(hd + 2), d = i % (int)(hd + 2);
-            mb_attn_part(work, a, t, h0 + hb, n_split, s)[d] = d == (int)hd ? -INFINITY : 0.0f;
-        }
-        return;
-    }
+    if (p0 >= p1) return; // a chunk past this row's positions: the merge stops before it
     const int len = (int)(p1 - p0);
     // Queries, zero-padded to whole 32-dim steps (the padding meets keys
     // loaded as zeros).
@@ -249,30 +260,27 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t c
     }
 }
 
-// out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s, chunks in order;
-// grid (n_heads, n).
+// out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s over the row's
+// chunks, in order; grid (n_heads, n).
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
-mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t n_split, const float *__restrict__ work)
+mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
 {
     const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = hd + 2;
+    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
+    const uint32_t live = (uint32_t)min(n_split, (mb_attn_span(pos0 + t, a.window) + chunk - 1) / chunk);
     const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
     float M = -INFINITY;
-    for (uint32_t s = 0; s < n_split; s++)
+    for (uint32_t s = 0; s < live; s++)
         M = fmaxf(M, first[s * stride + hd]);
     float denom = 0.0f;
-    for (uint32_t s = 0; s < n_split; s++) {
-        const float m = first[s * stride + hd];
-        if (m == -INFINITY) continue; // an empty chunk
-        denom += expf(m - M) * first[s * stride + hd + 1];
-    }
+    for (uint32_t s = 0; s < live; s++)
+        denom += expf(first[s * stride + hd] - M) * first[s * stride + hd + 1];
     const float inv = 1.0f / denom;
     for (uint32_t d = threadIdx.x; d < hd; d += MB_ATTN_DEC_THREADS) {
         float o = 0.0f;
-        for (uint32_t s = 0; s < n_split; s++) {
-            const float m = first[s * stride + hd];
-            if (m == -INFINITY) continue;
-            o += expf(m - M) * first[s * stride + d];
-        }
+        for (uint32_t s = 0; s < live; s++)
+            o += expf(first[s * stride + hd] - M) * first[s * stride + d];
         a.out[(size_t)t * a.ldo + (size_t)h * hd + d] = o * inv;
     }
 }
@@ -457,12 +465,9 @@ extern "C" size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_
     // over the longest span the cache allows.
     const uint32_t span = mb_attn_max_span(0, kv->max_ctx, s->window);
     const uint32_t n_rep = s->n_heads / kv->n_kv_heads;
-    const uint32_t hgroups = mb_attn_dec_hgroups(n_rep);
-    const size_t by_len = mb_dense_cdiv(span, MB_ATTN_DEC_CHUNK_MAX);
     size_t most = 0;
     for (uint32_t nn = 1; nn <= n && nn <= MB_ATTN_DEC_MAX_N; nn++) {
-        const size_t want = mb_attn_dec_want(kv->n_kv_heads, hgroups, nn);
-        const size_t split = want > by_len ? want : by_len;
+        const size_t split = mb_attn_dec_plan_for(kv->n_kv_heads, n_rep, nn, span, false).n_split;
         if (split <= 1) continue; // one chunk writes the output directly
         const size_t need = (size_t)nn * s->n_heads * split * ((size_t)kv->head_dim + 2);
         if (need > most) most = need;
@@ -502,11 +507,12 @@ static bool mb_attn_call_ok(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s,
     return row && kv->k && kv->v && q && out && n && ldq >= row && ldo >= row;
 }
 
-// The split-K decode over rows of up to max_span positions.
-static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, float *work, size_t work_floats,
+// The split-K decode over rows of up to max_span positions (exactly, or at
+// most: see mb_attn_dec_plan_for).
+static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, bool exact, float *work, size_t work_floats,
                                  cudaStream_t st)
 {
-    const mb_attn_dec_plan p = mb_attn_dec_plan_for(a.n_kv, a.n_rep, a.n, max_span);
+    const mb_attn_dec_plan p = mb_attn_dec_plan_for(a.n_kv, a.n_rep, a.n, max_span, exact);
     if (p.n_split > 1) {
         const size_t need = (size_t)a.n * a.n_heads * p.n_split * ((size_t)a.hd + 2);
         if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
@@ -515,13 +521,13 @@ static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, float
     const bool vec = a.hd % 4 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
     if (vec)
         mb_kcuda_attn_decode_kernel<true>
-            <<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split, work);
+            <<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.want, p.n_split, work);
     else
         mb_kcuda_attn_decode_kernel<false>
-            <<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.chunk, p.n_split, work);
+            <<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.want, p.n_split, work);
     if (p.n_split > 1) {
         const dim3 mgrid(a.n_heads, a.n);
-        mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_split, work);
+        mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.want, p.n_split, work);
     }
     return mb_dense_launched();
 }
@@ -545,7 +551,7 @@ extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_
             e = mb_attn_flash_launch<256>(a, st);
         return (int)e;
     }
-    return mb_attn_decode_launch(a, mb_attn_max_span(pos0, n, a.window), work, work_floats, st);
+    return mb_attn_decode_launch(a, mb_attn_max_span(pos0, n, a.window), true, work, work_floats, st);
 }
 
 extern "C" int mb_kcuda_attention_at(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s,
@@ -555,8 +561,9 @@ extern "C" int mb_kcuda_attention_at(void *stream, const mb_kcuda_kv *kv, const 
     if (!mb_attn_call_ok(kv, s, n, q, ldq, out, ldo) || !pos || n > MB_ATTN_DEC_MAX_N || n > kv->max_ctx)
         return (int)cudaErrorInvalidValue;
     const mb_attn_args a = mb_attn_args_for(kv, s, 0, pos, n, q, ldq, out, ldo);
-    // Split for the longest span the cache allows; chunks past a row's
-    // positions leave empty partials the merge skips.
-    return mb_attn_decode_launch(a, mb_attn_max_span(0, kv->max_ctx, a.window), work, work_floats,
+    // Blocks for the longest span the cache allows; the kernels size the
+    // chunks from the position they read, and blocks past a row's last
+    // chunk return at once.
+    return mb_attn_decode_launch(a, mb_attn_max_span(0, kv->max_ctx, a.window), false, work, work_floats,
                                  mb_dense_stream(stream));
 }
