@@ -89,7 +89,8 @@ typedef struct {
 } mb_kcuda_attn_shape;
 
 /* Floats of work attention needs for n query tokens over up to max_ctx
- * positions (0 when it needs none). */
+ * positions (0 when it needs none). Non-decreasing in n: work sized once
+ * for a caller's largest step serves every smaller one. */
 size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t n);
 
 int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,

@@ -41,7 +41,7 @@ mb_kcuda_add_kernel(float *__restrict__ x, const float *__restrict__ y, size_t c
 extern "C" int mb_kcuda_add(void *stream, float *x, const float *y, size_t count)
 {
     if (!x || !y || count == 0) return (int)cudaErrorInvalidValue;
-    mb_kcuda_add_kernel<<<mb_dense_blocks(count, MB_ELT_THREADS), MB_ELT_THREADS, 0, mb_dense_stream(stream)>>>(
-        x, y, count);
+    mb_kcuda_add_kernel<<<mb_dense_blocks(count, MB_ELT_THREADS), MB_ELT_THREADS, 0, mb_dense_stream(stream)>>>(x, y,
+                                                                                                                count);
     return mb_dense_launched();
 }

@@ -3,12 +3,21 @@
 // to kernels/cuda/.
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/cuda/dense.h"
 #include "kernels/cuda/moe_internal.cuh"
 
-static inline cudaStream_t mb_dense_stream(void *stream) { return (cudaStream_t)stream; }
+static inline cudaStream_t mb_dense_stream(void *stream)
+{
+    return (cudaStream_t)stream;
+}
 
-static inline size_t mb_dense_cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
+static inline size_t mb_dense_cdiv(size_t a, size_t b)
+{
+    return (a + b - 1) / b;
+}
 
 // Blocks of `threads` for a grid-stride loop over `count` elements: enough
 // to fill any current GPU several times over, few enough for grid.x.
@@ -19,12 +28,55 @@ static inline unsigned mb_dense_blocks(size_t count, unsigned threads)
 }
 
 // The value a dense.h function returns after its launches.
-static inline int mb_dense_launched(void) { return (int)cudaGetLastError(); }
+static inline int mb_dense_launched(void)
+{
+    return (int)cudaGetLastError();
+}
 
 static inline bool mb_dense_wdtype_ok(int wdtype)
 {
     return wdtype == MB_KCUDA_F32 || wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16;
 }
+
+// MB_CUDA_DENSE=simt keeps every dense kernel off the tensor cores (the
+// SIMT GEMV, GEMM and flash attention): for tests, and a way out should a
+// tensor-core kernel misbehave on some device. Read once per file.
+static inline bool mb_dense_force_simt(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        const char *e = getenv("MB_CUDA_DENSE");
+        cached = e && strcmp(e, "simt") == 0;
+    }
+    return cached != 0;
+}
+
+// mb_kcuda_linear's tensor-core GEMV for 2..8 rows and bf16 weights
+// (dense_linear_mma.cu); x rows and W 16-byte aligned, k % 8 == 0.
+cudaError_t mb_kcuda_linear_mma_gemv_launch(cudaStream_t s, const __nv_bfloat16 *w, uint32_t m, uint32_t k,
+                                            const float *x, size_t ldx, uint32_t n, float *y, size_t ldy,
+                                            const float *bias, int accumulate);
+
+// mb_kcuda_linear's tensor-core GEMM for bf16 weights (dense_linear_mma.cu).
+cudaError_t mb_kcuda_linear_mma_launch(cudaStream_t s, const __nv_bfloat16 *w, uint32_t m, uint32_t k, const float *x,
+                                       size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int accumulate);
+
+// One attention call's arguments, as the kernels take them.
+struct mb_attn_args {
+    const float *k, *v; // cache [n_kv][max_ctx][hd]
+    uint32_t n_kv, hd, max_ctx, n_heads, n_rep, window;
+    float scale;
+    uint32_t pos0, n;
+    const uint32_t *pos_dev; // when not NULL, pos0 is read here on the device (decode graphs)
+    const float *q;
+    size_t ldq;
+    float *out;
+    size_t ldo;
+};
+
+// The prefill attention kernel on tensor cores (dense_attention_mma.cu),
+// for head_dim a multiple of 8 up to 128.
+cudaError_t mb_kcuda_attn_flash_mma_launch(const mb_attn_args &a, cudaStream_t stream);
 
 // The first cache position visible from the query at position qpos under a
 // sliding window (0: none), as broker/attention.c: q - window < p <= q.

@@ -1,20 +1,26 @@
 // y[n][m] = x[n][k] @ W[m][k]^T (+ bias) (+ y): the coordinator's
 // projections (dense.h mb_kcuda_linear), with W in f32, f16 or bf16 widened
 // as it is read and f32 accumulation.
-//   GEMV (n <= MB_LIN_GEMV_MAX_N, decode): a block owns R rows of W and
+//   GEMV (n <= MB_LIN_GEMV_MAX_N, decode): bf16 weights with 2..8 rows
+//   take the tensor-core GEMV of dense_linear_mma.cu; otherwise a block owns R rows of W and
 //   streams them once, 16 bytes a thread a load, dotting each chunk with all
 //   n tokens; the block's threads split k, then a warp butterfly and a fixed
 //   pass over the warps add the partial sums. Bandwidth-bound by design.
 //   GEMM (prefill): 64 x 64 output tiles, 16-deep k slices through shared
 //   memory (register-prefetched, double-buffered), 4 x 4 outputs a thread,
-//   f32 FMA. Compute-bound; a tensor-core path could replace it.
+//   f32 FMA, for f32 and f16 weights (and for bf16 with MB_CUDA_DENSE=simt);
+//   bf16 weights take the tensor-core GEMM of dense_linear_mma.cu instead.
 // Every output's summation order depends only on the shape: deterministic.
+#include <type_traits>
+
 #include "kernels/cuda/dense_internal.cuh"
 
 #define MB_LIN_GEMV_MAX_N 8
 #define MB_LIN_GEMV_THREADS 128
 #define MB_LIN_GEMV_WARPS (MB_LIN_GEMV_THREADS / 32)
 #define MB_LIN_NT 8 // tokens a GEMV pass holds accumulators for
+// Below this m the tensor-core GEMV (16 rows a block) has too few blocks.
+#define MB_LIN_MMA_GEMV_MIN_M 1024
 
 // The epilogue both paths share: bias, then the old y when accumulating.
 __device__ __forceinline__ void mb_lin_store(float *y, float acc, const float *bias, uint32_t r, int accumulate)
@@ -29,9 +35,9 @@ __device__ __forceinline__ void mb_lin_store(float *y, float acc, const float *b
 // are single elements.
 template <typename W, int R, bool VEC>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
-mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x, size_t ldx,
-                            uint32_t n, float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                            int accumulate)
+mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
+                            size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
+                            const float *__restrict__ bias, int accumulate)
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     __shared__ float red[MB_LIN_GEMV_WARPS][R * MB_LIN_NT];
@@ -102,9 +108,9 @@ static_assert(MB_LIN_BM == MB_LIN_BN, "one staging index map serves both operand
 // operands come out of shared memory as float4.
 template <typename W>
 __global__ void __launch_bounds__(MB_LIN_GEMM_THREADS)
-mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x, size_t ldx,
-                            uint32_t n, float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                            int accumulate)
+mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
+                            size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
+                            const float *__restrict__ bias, int accumulate)
 {
     __shared__ __align__(16) float xs[2][MB_LIN_BK][MB_LIN_LDS];
     __shared__ __align__(16) float ws[2][MB_LIN_BK][MB_LIN_LDS];
@@ -174,27 +180,33 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
 {
     const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
     if (vec)
-        mb_kcuda_linear_gemv_kernel<W, R, true><<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy,
-                                                                                       bias, acc);
+        mb_kcuda_linear_gemv_kernel<W, R, true>
+            <<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
     else
-        mb_kcuda_linear_gemv_kernel<W, R, false><<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy,
-                                                                                        bias, acc);
+        mb_kcuda_linear_gemv_kernel<W, R, false>
+            <<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
 }
 
 template <typename W>
-static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, const float *x, size_t ldx,
-                        uint32_t n, float *y, size_t ldy, const float *bias, int acc)
+static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, const float *x, size_t ldx, uint32_t n,
+                        float *y, size_t ldy, const float *bias, int acc)
 {
     const W *w = (const W *)wv;
     if (n <= MB_LIN_GEMV_MAX_N) {
         constexpr size_t V = mb_vec16<W>::n;
         const bool vec = k % V == 0 && ldx % 4 == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
+        if constexpr (std::is_same<W, __nv_bfloat16>::value) {
+            if (vec && n >= 2 && m >= MB_LIN_MMA_GEMV_MIN_M && !mb_dense_force_simt())
+                return (int)mb_kcuda_linear_mma_gemv_launch(s, w, m, k, x, ldx, n, y, ldy, bias, acc);
+        }
         // Four rows a block share each x load four ways; small m keeps one
         // row a block so that there are blocks enough to fill the GPU.
         if (m >= 2048)
             mb_lin_gemv<W, 4>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
         else
             mb_lin_gemv<W, 1>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
+    } else if (std::is_same<W, __nv_bfloat16>::value && !mb_dense_force_simt()) {
+        return (int)mb_kcuda_linear_mma_launch(s, (const __nv_bfloat16 *)w, m, k, x, ldx, n, y, ldy, bias, acc);
     } else {
         const dim3 grid((unsigned)mb_dense_cdiv(m, MB_LIN_BN), (unsigned)mb_dense_cdiv(n, MB_LIN_BM));
         mb_kcuda_linear_gemm_kernel<W><<<grid, MB_LIN_GEMM_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
@@ -209,9 +221,13 @@ extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t
         return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
     switch (wdtype) {
-    case MB_KCUDA_F32: return mb_lin_typed<float>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    case MB_KCUDA_F16: return mb_lin_typed<__half>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    case MB_KCUDA_BF16: return mb_lin_typed<__nv_bfloat16>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    default: return (int)cudaErrorInvalidValue;
+    case MB_KCUDA_F32:
+        return mb_lin_typed<float>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    case MB_KCUDA_F16:
+        return mb_lin_typed<__half>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    case MB_KCUDA_BF16:
+        return mb_lin_typed<__nv_bfloat16>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    default:
+        return (int)cudaErrorInvalidValue;
     }
 }

@@ -7,7 +7,8 @@
 // x[t][0..d) = table[ids[t]][0..d) widened; one block per token.
 template <typename T>
 __global__ void __launch_bounds__(MB_NORM_THREADS)
-mb_kcuda_embed_kernel(const T *__restrict__ table, uint32_t d, const int32_t *__restrict__ ids, float *__restrict__ x)
+mb_kcuda_embed_kernel(const T *__restrict__ table, uint32_t d, const int32_t *__restrict__ ids,
+                      float *__restrict__ x)
 {
     const T *row = table + (size_t)ids[blockIdx.x] * d;
     float *out = x + (size_t)blockIdx.x * d;
@@ -15,8 +16,8 @@ mb_kcuda_embed_kernel(const T *__restrict__ table, uint32_t d, const int32_t *__
         out[i] = mb_to_f32<T>(row[i]);
 }
 
-extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d, const int32_t *ids,
-                              uint32_t n, float *x)
+extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d, const int32_t *ids, uint32_t n,
+                              float *x)
 {
     if (!table || !ids || !x || d == 0 || n == 0 || n > INT32_MAX) return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
@@ -30,7 +31,8 @@ extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint3
     case MB_KCUDA_BF16:
         mb_kcuda_embed_kernel<__nv_bfloat16><<<n, MB_NORM_THREADS, 0, s>>>((const __nv_bfloat16 *)table, d, ids, x);
         break;
-    default: return (int)cudaErrorInvalidValue;
+    default:
+        return (int)cudaErrorInvalidValue;
     }
     return mb_dense_launched();
 }
