@@ -12,7 +12,7 @@ if [ -z "${MB_SKIP_DENSE_BENCH:-}" ]; then
 fi
 (cd $B && timeout 400 ctest -L cuda -E test_parity_device -j4 --timeout 300 --output-on-failure > $OUT/ctest_cuda.txt 2>&1; echo "ctest cuda rc=$?")
 grep -E "Test +#|tests passed|FAIL" $OUT/ctest_cuda.txt | tail -30
-(cd $B && MB_TEST_DATA=$PWD/../tests/data timeout 200 tests/parity/device/test_parity_device > $OUT/parity_device.txt 2>&1; echo "parity_device rc=$?")
+(cd $B && timeout 200 ctest -R test_parity_device -V --timeout 180 > $OUT/parity_device.txt 2>&1; echo "parity_device rc=$?")
 grep -E "vs |ok|CHECK" $OUT/parity_device.txt | head -60
 if [ -z "${MB_SKIP_E2E:-}" ]; then
     timeout 200 $B/bench/bench_e2e_device ${MB_DEVICE_ARGS:---layers 4 --prompt 1024 --gen 32} --json $OUT/e2e_device.json > $OUT/e2e_device.txt 2>&1
