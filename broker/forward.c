@@ -91,12 +91,6 @@ static mb_status check_vector(const mb_tensor *t, uint64_t n)
     return MB_STATUS_OK;
 }
 
-#define TRY(expr)                                                                                  \
-    do {                                                                                           \
-        mb_status st_ = (expr);                                                                    \
-        if (st_ != MB_STATUS_OK) return st_;                                                       \
-    } while (0)
-
 static mb_status check_config(const mb_model_config *c)
 {
     if (c->arch != MB_ARCH_MIXTRAL && c->arch != MB_ARCH_QWEN2_MOE && c->arch != MB_ARCH_QWEN3_MOE)
@@ -113,36 +107,36 @@ static mb_status check_config(const mb_model_config *c)
 static mb_status check_model(const mb_model *m)
 {
     const mb_model_config *c = &m->cfg;
-    TRY(check_config(c));
+    MB_TRY(check_config(c));
     const uint64_t d = c->d_model, qd = (uint64_t)c->n_heads * c->head_dim,
                    kvd = (uint64_t)c->n_kv_heads * c->head_dim;
-    TRY(check_matrix(&m->embed, c->vocab, d));
-    TRY(check_matrix(&m->lm_head, c->vocab, d));
-    TRY(check_vector(&m->final_norm, d));
+    MB_TRY(check_matrix(&m->embed, c->vocab, d));
+    MB_TRY(check_matrix(&m->lm_head, c->vocab, d));
+    MB_TRY(check_vector(&m->final_norm, d));
     if (!m->layers) return MB_STATUS_CONFIG;
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const mb_layer_weights *L = &m->layers[l];
-        TRY(check_vector(&L->attn_norm, d));
-        TRY(check_matrix(&L->wq, qd, d));
-        TRY(check_matrix(&L->wk, kvd, d));
-        TRY(check_matrix(&L->wv, kvd, d));
-        TRY(check_matrix(&L->wo, d, qd));
-        TRY(check_vector(&L->ffn_norm, d));
-        TRY(check_matrix(&L->router, c->n_experts, d));
+        MB_TRY(check_vector(&L->attn_norm, d));
+        MB_TRY(check_matrix(&L->wq, qd, d));
+        MB_TRY(check_matrix(&L->wk, kvd, d));
+        MB_TRY(check_matrix(&L->wv, kvd, d));
+        MB_TRY(check_matrix(&L->wo, d, qd));
+        MB_TRY(check_vector(&L->ffn_norm, d));
+        MB_TRY(check_matrix(&L->router, c->n_experts, d));
         if (c->qkv_bias) {
-            TRY(check_vector(&L->bq, qd));
-            TRY(check_vector(&L->bk, kvd));
-            TRY(check_vector(&L->bv, kvd));
+            MB_TRY(check_vector(&L->bq, qd));
+            MB_TRY(check_vector(&L->bk, kvd));
+            MB_TRY(check_vector(&L->bv, kvd));
         }
         if (c->qk_norm) {
-            TRY(check_vector(&L->q_norm, c->head_dim));
-            TRY(check_vector(&L->k_norm, c->head_dim));
+            MB_TRY(check_vector(&L->q_norm, c->head_dim));
+            MB_TRY(check_vector(&L->k_norm, c->head_dim));
         }
         if (c->d_ff_shared) {
-            TRY(check_matrix(&L->shared.gate, c->d_ff_shared, d));
-            TRY(check_matrix(&L->shared.up, c->d_ff_shared, d));
-            TRY(check_matrix(&L->shared.down, d, c->d_ff_shared));
-            TRY(check_matrix(&L->shared_gate, 1, d));
+            MB_TRY(check_matrix(&L->shared.gate, c->d_ff_shared, d));
+            MB_TRY(check_matrix(&L->shared.up, c->d_ff_shared, d));
+            MB_TRY(check_matrix(&L->shared.down, d, c->d_ff_shared));
+            MB_TRY(check_matrix(&L->shared_gate, 1, d));
         }
     }
     return MB_STATUS_OK;

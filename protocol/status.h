@@ -51,4 +51,11 @@ const char *mb_status_str(int status);
 /* Returns the enum name ("MB_STATUS_TRUNCATED") for logs and tests. */
 const char *mb_status_name(int status);
 
+/* Returns expr's status from the calling function unless it is OK. */
+#define MB_TRY(expr)                                                                                                   \
+    do {                                                                                                               \
+        mb_status mb_try_ = (expr);                                                                                    \
+        if (mb_try_ != MB_STATUS_OK) return mb_try_;                                                                   \
+    } while (0)
+
 #endif

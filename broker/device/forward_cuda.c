@@ -234,12 +234,6 @@ static mb_status upload_vec(mb_fwd_cuda *fc, const mb_tensor *t, size_t n, float
     return MB_STATUS_OK;
 }
 
-#define TRY(expr)                                                                                                  \
-    do {                                                                                                           \
-        mb_status st_ = (expr);                                                                                    \
-        if (st_ != MB_STATUS_OK) return st_;                                                                       \
-    } while (0)
-
 static uint64_t dense_bytes(const mb_model *m)
 {
     uint64_t b = mat_bytes(&m->embed) + (m->lm_head.data != m->embed.data ? mat_bytes(&m->lm_head) : 0);
@@ -257,27 +251,27 @@ static mb_status upload_layer(mb_fwd_cuda *fc, uint32_t l, progress_line *p)
     const mb_model_config *c = &fc->cfg;
     const mb_layer_weights *L = &fc->m->layers[l];
     dev_layer *D = &fc->layers[l];
-    TRY(upload_mat(fc, &L->wq, "q_proj", l, &D->wq, p));
-    TRY(upload_mat(fc, &L->wk, "k_proj", l, &D->wk, p));
-    TRY(upload_mat(fc, &L->wv, "v_proj", l, &D->wv, p));
-    TRY(upload_mat(fc, &L->wo, "o_proj", l, &D->wo, p));
-    TRY(upload_mat(fc, &L->router, "router", l, &D->router, p));
+    MB_TRY(upload_mat(fc, &L->wq, "q_proj", l, &D->wq, p));
+    MB_TRY(upload_mat(fc, &L->wk, "k_proj", l, &D->wk, p));
+    MB_TRY(upload_mat(fc, &L->wv, "v_proj", l, &D->wv, p));
+    MB_TRY(upload_mat(fc, &L->wo, "o_proj", l, &D->wo, p));
+    MB_TRY(upload_mat(fc, &L->router, "router", l, &D->router, p));
     if (c->d_ff_shared) {
-        TRY(upload_mat(fc, &L->shared.gate, "shared_expert.gate_proj", l, &D->sh_gate, p));
-        TRY(upload_mat(fc, &L->shared.up, "shared_expert.up_proj", l, &D->sh_up, p));
-        TRY(upload_mat(fc, &L->shared.down, "shared_expert.down_proj", l, &D->sh_down, p));
-        TRY(upload_mat(fc, &L->shared_gate, "shared_expert_gate", l, &D->sh_sg, p));
+        MB_TRY(upload_mat(fc, &L->shared.gate, "shared_expert.gate_proj", l, &D->sh_gate, p));
+        MB_TRY(upload_mat(fc, &L->shared.up, "shared_expert.up_proj", l, &D->sh_up, p));
+        MB_TRY(upload_mat(fc, &L->shared.down, "shared_expert.down_proj", l, &D->sh_down, p));
+        MB_TRY(upload_mat(fc, &L->shared_gate, "shared_expert_gate", l, &D->sh_sg, p));
     }
-    TRY(upload_vec(fc, &L->attn_norm, c->d_model, &D->attn_norm));
-    TRY(upload_vec(fc, &L->ffn_norm, c->d_model, &D->ffn_norm));
+    MB_TRY(upload_vec(fc, &L->attn_norm, c->d_model, &D->attn_norm));
+    MB_TRY(upload_vec(fc, &L->ffn_norm, c->d_model, &D->ffn_norm));
     if (c->qkv_bias) {
-        TRY(upload_vec(fc, &L->bq, fc->q_dim, &D->bq));
-        TRY(upload_vec(fc, &L->bk, fc->kv_dim, &D->bk));
-        TRY(upload_vec(fc, &L->bv, fc->kv_dim, &D->bv));
+        MB_TRY(upload_vec(fc, &L->bq, fc->q_dim, &D->bq));
+        MB_TRY(upload_vec(fc, &L->bk, fc->kv_dim, &D->bk));
+        MB_TRY(upload_vec(fc, &L->bv, fc->kv_dim, &D->bv));
     }
     if (c->qk_norm) {
-        TRY(upload_vec(fc, &L->q_norm, c->head_dim, &D->q_norm));
-        TRY(upload_vec(fc, &L->k_norm, c->head_dim, &D->k_norm));
+        MB_TRY(upload_vec(fc, &L->q_norm, c->head_dim, &D->q_norm));
+        MB_TRY(upload_vec(fc, &L->k_norm, c->head_dim, &D->k_norm));
     }
     return MB_STATUS_OK;
 }
@@ -286,7 +280,7 @@ static mb_status upload_layer(mb_fwd_cuda *fc, uint32_t l, progress_line *p)
 static mb_status upload_rope(mb_fwd_cuda *fc)
 {
     mb_rope r;
-    TRY(mb_rope_init(&r, fc->cfg.head_dim, fc->max_ctx, fc->cfg.rope_theta));
+    MB_TRY(mb_rope_init(&r, fc->cfg.head_dim, fc->max_ctx, fc->cfg.rope_theta));
     size_t bytes = (size_t)fc->max_ctx * (fc->cfg.head_dim / 2) * sizeof(float);
     cudaError_t e = dev_alloc(fc, bytes, (void **)&fc->cos);
     if (e == cudaSuccess) e = dev_alloc(fc, bytes, (void **)&fc->sin);
@@ -443,22 +437,22 @@ static mb_status open_device(mb_fwd_cuda *fc)
 static mb_status create_all(mb_fwd_cuda *fc, int progress)
 {
     const mb_model_config *c = &fc->cfg;
-    TRY(open_device(fc));
+    MB_TRY(open_device(fc));
     uint64_t weights = dense_bytes(fc->m);
-    TRY(check_memory(fc, weights));
+    MB_TRY(check_memory(fc, weights));
     fc->layers = calloc(c->n_layers, sizeof *fc->layers);
     if (!fc->layers) return MB_STATUS_NOMEM;
     progress_line p = {.on = progress, .total = weights};
-    TRY(upload_mat(fc, &fc->m->embed, "embed_tokens", 0, &fc->embed, &p));
+    MB_TRY(upload_mat(fc, &fc->m->embed, "embed_tokens", 0, &fc->embed, &p));
     if (fc->m->lm_head.data == fc->m->embed.data && fc->m->lm_head.dtype == fc->m->embed.dtype)
         fc->lm_head = fc->embed; /* tied: one copy */
     else
-        TRY(upload_mat(fc, &fc->m->lm_head, "lm_head", 0, &fc->lm_head, &p));
-    for (uint32_t l = 0; l < c->n_layers; l++) TRY(upload_layer(fc, l, &p));
-    TRY(upload_vec(fc, &fc->m->final_norm, c->d_model, &fc->final_norm));
-    TRY(upload_rope(fc));
-    TRY(alloc_cache(fc));
-    TRY(alloc_scratch(fc));
+        MB_TRY(upload_mat(fc, &fc->m->lm_head, "lm_head", 0, &fc->lm_head, &p));
+    for (uint32_t l = 0; l < c->n_layers; l++) MB_TRY(upload_layer(fc, l, &p));
+    MB_TRY(upload_vec(fc, &fc->m->final_norm, c->d_model, &fc->final_norm));
+    MB_TRY(upload_rope(fc));
+    MB_TRY(alloc_cache(fc));
+    MB_TRY(alloc_scratch(fc));
     return MB_STATUS_OK;
 }
 
@@ -608,7 +602,7 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
 
 static mb_status segment_a(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
-    TRY(attention_block(fc, l, n, pos));
+    MB_TRY(attention_block(fc, l, n, pos));
     return route_out(fc, l, n);
 }
 
@@ -662,7 +656,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     const mb_model_config *c = &fc->cfg;
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k, ff = c->d_ff_shared;
-    TRY(run_segment(fc, &fc->graph_a[l], segment_a, l, n, pos));
+    MB_TRY(run_segment(fc, &fc->graph_a[l], segment_a, l, n, pos));
     cudaError_t e = cudaEventRecord(fc->copied, fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "recording the copy");
     if (ff) {
@@ -749,7 +743,7 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
     }
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
     K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));
-    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));
+    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) MB_TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));
     return head(fc, n, logits, last_logits);
 }
 
