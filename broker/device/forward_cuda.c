@@ -318,17 +318,12 @@ static mb_status alloc_cache(mb_fwd_cuda *fc)
     return MB_STATUS_OK;
 }
 
+/* Work for the longest step: mb_kcuda_attention_work is non-decreasing in
+ * n (dense.h), so it serves every shorter one. */
 static size_t attention_work(const mb_fwd_cuda *fc)
 {
     const mb_kcuda_attn_shape s = {.n_heads = fc->cfg.n_heads, .window = fc->window, .scale = 1.0f};
-    /* The split (decode) path needs work; it is taken for short steps,
-     * the flash path for long ones. */
-    size_t most = mb_kcuda_attention_work(&fc->layers[0].kv, &s, fc->chunk_cap);
-    for (uint32_t n = 1; n <= fc->chunk_cap && n <= 256; n++) {
-        size_t w = mb_kcuda_attention_work(&fc->layers[0].kv, &s, n);
-        if (w > most) most = w;
-    }
-    return most;
+    return mb_kcuda_attention_work(&fc->layers[0].kv, &s, fc->chunk_cap);
 }
 
 static mb_status alloc_scratch(mb_fwd_cuda *fc)
