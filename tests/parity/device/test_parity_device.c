@@ -16,15 +16,14 @@
  * same workers (relative 1e-4: both compute in f32, in different orders).
  * Without a CUDA device, `--device cuda:0` must fail at once with a message
  * saying so; then the test exits 77. */
-#include <dirent.h>
 #include <math.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "broker/model.h"
 #include "broker/safetensors.h"
 #include "broker/session.h"
 #include "kernels/cuda/device_query.h"
+#include "tests/parity/fixtures.h"
 #include "tests/testutil.h"
 
 static double rel_diff(const float *got, const float *want, size_t n, uint32_t vocab, uint32_t *argmax_bad)
@@ -152,43 +151,33 @@ static void run_model(const char *name, const mb_model *m, const mb_reference *r
     free(cpu);
 }
 
+/* Without a device: the first fixture checks the failure message. */
+static void run_no_device(const char *name, const mb_model *m, const mb_reference *ref, void *ctx)
+{
+    (void)name, (void)ref;
+    int *checked = ctx;
+    if (!*checked) check_no_device(m);
+    *checked = 1;
+}
+
+static void run_fixture(const char *name, const mb_model *m, const mb_reference *ref, void *ctx)
+{
+    (void)ctx;
+    run_model(name, m, ref);
+}
+
 int main(void)
 {
     const char *data = getenv("MB_TEST_DATA");
     if (!data) MB_TEST_SKIP("MB_TEST_DATA not set");
-    const int have_gpu = mb_cuda_device_count() > 0;
-    DIR *dir = opendir(data);
-    REQUIRE(dir);
-    struct dirent *de;
-    int n_models = 0;
-    while ((de = readdir(dir))) {
-        if (de->d_name[0] == '.') continue;
-        char path[1024], cfg[1100], refpath[1100];
-        snprintf(path, sizeof path, "%s/%s", data, de->d_name);
-        snprintf(cfg, sizeof cfg, "%s/config.json", path);
-        snprintf(refpath, sizeof refpath, "%s/reference.safetensors", path);
-        struct stat sb;
-        if (stat(cfg, &sb) != 0 || stat(refpath, &sb) != 0) continue;
-        char err[512];
-        mb_model *m = NULL;
-        mb_reference ref;
-        REQUIRE(mb_model_load(path, &m, err, sizeof err) == MB_STATUS_OK);
-        if (!have_gpu) {
-            check_no_device(m);
-            mb_model_destroy(m);
-            closedir(dir);
-            if (mb_test_failures_) return mb_test_finish("test_parity_device");
-            MB_TEST_SKIP("no CUDA device");
-        }
-        REQUIRE(mb_reference_init(&ref, refpath, err, sizeof err) == MB_STATUS_OK);
-        REQUIRE(ref.vocab == m->cfg.vocab);
-        printf("%s:\n", de->d_name);
-        run_model(de->d_name, m, &ref);
-        mb_reference_fini(&ref);
-        mb_model_destroy(m);
-        n_models++;
+    if (mb_cuda_device_count() <= 0) {
+        int checked = 0;
+        mb_test_each_fixture(data, run_no_device, &checked);
+        CHECK_MSG(checked, "no checkpoints found under %s", data);
+        if (mb_test_failures_) return mb_test_finish("test_parity_device");
+        MB_TEST_SKIP("no CUDA device");
     }
-    closedir(dir);
+    int n_models = mb_test_each_fixture(data, run_fixture, NULL);
     CHECK_MSG(n_models >= 1, "no checkpoints found under %s", data);
     return mb_test_finish("test_parity_device");
 }

@@ -16,16 +16,15 @@
  * Rounding activations to 11 (f16) or 8 (bf16) significant bits moves
  * logits by well under these; a wrong expert, a wrong gate weight or a
  * token's sum landing on another position moves them by O(1). */
-#include <dirent.h>
 #include <math.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "backends/backend.h"
 #include "broker/model.h"
 #include "broker/safetensors.h"
 #include "broker/session.h"
 #include "tests/integration/worker_util.h"
+#include "tests/parity/fixtures.h"
 #include "tests/testutil.h"
 
 static void compare(const char *what, const float *got, const mb_reference *ref, mb_dtype dt)
@@ -90,72 +89,56 @@ static int backend_usable(const char *name)
     return 1;
 }
 
+/* The GPU variant: a gpu:0 worker beside a CPU worker, and alone. */
+static void run_gpu(const char *name, const mb_model *m, const mb_reference *ref, void *ctx)
+{
+    const char *gpu = ctx;
+    float *logits = malloc((size_t)ref->n_tokens * ref->vocab * sizeof *logits);
+    REQUIRE(logits);
+    char spec[32];
+    snprintf(spec, sizeof spec, "%s:0", gpu);
+    char *mixed[] = {spec, "cpu,threads=1"}, *alone[] = {spec};
+    for (int mode = 0; mode < 3; mode++)
+        for (int dt = 0; dt < 3; dt++) {
+            run_case(name, m, ref, mixed, 2, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+            run_case(name, m, ref, alone, 1, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+        }
+    free(logits);
+}
+
+/* The CPU variant: two CPU workers over shared memory, and a tcp worker. */
+static void run_cpu(const char *name, const mb_model *m, const mb_reference *ref, void *ctx)
+{
+    (void)ctx;
+    float *logits = malloc((size_t)ref->n_tokens * ref->vocab * sizeof *logits);
+    REQUIRE(logits);
+    char *shm_workers[] = {"cpu,threads=1", "cpu,threads=1"};
+    /* A worker started by hand, as on another machine; it serves one
+     * coordinator session after another. */
+    char ep[256];
+    pid_t tcp_pid = mb_test_start_worker("tcp://127.0.0.1:*", 1, ep, sizeof ep);
+    CHECK_MSG(tcp_pid > 0, "cannot start a tcp worker");
+    char *tcp_workers[] = {ep};
+    for (int mode = 0; mode < 3; mode++) {
+        for (int dt = 0; dt < 3; dt++) {
+            /* Under TSan one dtype per mode (each still met once): a
+             * payload's dtype changes the bytes, not the threads. */
+            if (MB_TEST_TSAN && dt != mode) continue;
+            run_case(name, m, ref, shm_workers, 2, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+            if (tcp_pid > 0) run_case(name, m, ref, tcp_workers, 1, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+        }
+    }
+    mb_test_stop_worker(tcp_pid);
+    free(logits);
+}
+
 int main(int argc, char **argv)
 {
     const char *data = getenv("MB_TEST_DATA");
     if (!data) MB_TEST_SKIP("MB_TEST_DATA not set");
     const char *gpu = argc > 1 ? argv[1] : NULL;
     if (gpu && !backend_usable(gpu)) MB_TEST_SKIP("no usable backend for this variant");
-    DIR *dir = opendir(data);
-    REQUIRE(dir);
-    struct dirent *de;
-    int n_models = 0;
-    while ((de = readdir(dir))) {
-        if (de->d_name[0] == '.') continue;
-        char path[1024], cfg[1100], refpath[1100];
-        snprintf(path, sizeof path, "%s/%s", data, de->d_name);
-        snprintf(cfg, sizeof cfg, "%s/config.json", path);
-        snprintf(refpath, sizeof refpath, "%s/reference.safetensors", path);
-        struct stat sb;
-        if (stat(cfg, &sb) != 0 || stat(refpath, &sb) != 0) continue;
-        char err[512];
-        mb_model *m = NULL;
-        mb_reference ref;
-        REQUIRE(mb_model_load(path, &m, err, sizeof err) == MB_STATUS_OK);
-        REQUIRE(mb_reference_init(&ref, refpath, err, sizeof err) == MB_STATUS_OK);
-        REQUIRE(ref.vocab == m->cfg.vocab);
-        float *logits = malloc((size_t)ref.n_tokens * ref.vocab * sizeof *logits);
-        REQUIRE(logits);
-        printf("%s:\n", de->d_name);
-
-        if (gpu) {
-            char spec[32];
-            snprintf(spec, sizeof spec, "%s:0", gpu);
-            char *mixed[] = {spec, "cpu,threads=1"}, *alone[] = {spec};
-            for (int mode = 0; mode < 3; mode++)
-                for (int dt = 0; dt < 3; dt++) {
-                    run_case(de->d_name, m, &ref, mixed, 2, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
-                    run_case(de->d_name, m, &ref, alone, 1, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
-                }
-            free(logits);
-            mb_reference_fini(&ref);
-            mb_model_destroy(m);
-            n_models++;
-            continue;
-        }
-        char *shm_workers[] = {"cpu,threads=1", "cpu,threads=1"};
-        /* A worker started by hand, as on another machine; it serves one
-         * coordinator session after another. */
-        char ep[256];
-        pid_t tcp_pid = mb_test_start_worker("tcp://127.0.0.1:*", 1, ep, sizeof ep);
-        CHECK_MSG(tcp_pid > 0, "cannot start a tcp worker");
-        char *tcp_workers[] = {ep};
-        for (int mode = 0; mode < 3; mode++) {
-            for (int dt = 0; dt < 3; dt++) {
-                /* Under TSan one dtype per mode (each still met once): a
-                 * payload's dtype changes the bytes, not the threads. */
-                if (MB_TEST_TSAN && dt != mode) continue;
-                run_case(de->d_name, m, &ref, shm_workers, 2, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
-                if (tcp_pid > 0) run_case(de->d_name, m, &ref, tcp_workers, 1, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
-            }
-        }
-        mb_test_stop_worker(tcp_pid);
-        free(logits);
-        mb_reference_fini(&ref);
-        mb_model_destroy(m);
-        n_models++;
-    }
-    closedir(dir);
+    int n_models = mb_test_each_fixture(data, gpu ? run_gpu : run_cpu, (void *)gpu);
     CHECK_MSG(n_models >= 1, "no checkpoints found under %s", data);
     return mb_test_finish("test_parity_workers");
 }
