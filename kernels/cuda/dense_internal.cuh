@@ -74,9 +74,12 @@ struct mb_attn_args {
     size_t ldo;
 };
 
-// The prefill attention kernel on tensor cores (dense_attention_mma.cu),
-// for head_dim a multiple of 8 up to 128.
-cudaError_t mb_kcuda_attn_flash_mma_launch(const mb_attn_args &a, cudaStream_t stream);
+#define MB_ATTN_MAX_HD 256 // head_dim attention takes
+#define MB_ATTN_DEC_MAX_N 8 // query rows the split-K decode path takes
+#define MB_ATTN_DEC_HEADS 8
+#define MB_ATTN_DEC_THREADS 128
+#define MB_ATTN_DEC_CHUNK_MIN 64
+#define MB_ATTN_DEC_CHUNK_MAX 256
 
 // The first cache position visible from the query at position qpos under a
 // sliding window (0: none), as broker/attention.c: q - window < p <= q.
@@ -84,3 +87,31 @@ __host__ __device__ __forceinline__ uint32_t mb_attn_first_visible(uint32_t qpos
 {
     return window && qpos + 1 > window ? qpos + 1 - window : 0;
 }
+
+// Positions a block takes: MB_ATTN_DEC_CHUNK_MIN..MAX (a multiple of 32),
+// so that a row of `span` positions makes about `want` chunks. One chunk
+// size serves a call, from its last (longest) row; host and device compute
+// it alike (the device from the position it reads, for the _at variant).
+// Hence a row has at most max(want, ceil(span / CHUNK_MAX)) chunks, the
+// bound mb_kcuda_attention_work sizes work by.
+__host__ __device__ __forceinline__ uint32_t mb_attn_dec_chunk(uint32_t span, uint32_t want)
+{
+    const uint32_t c = ((span + want - 1) / want + 31) / 32 * 32;
+    return c < MB_ATTN_DEC_CHUNK_MIN ? MB_ATTN_DEC_CHUNK_MIN : c > MB_ATTN_DEC_CHUNK_MAX ? MB_ATTN_DEC_CHUNK_MAX : c;
+}
+
+// Positions visible from the query at position last.
+__host__ __device__ __forceinline__ uint32_t mb_attn_span(uint32_t last, uint32_t window)
+{
+    return last - mb_attn_first_visible(last, window) + 1;
+}
+
+// The split-K decode kernels (dense_attention_decode.cu): grid (n_split,
+// n_kv * n_hgroups, n), then the merge when n_split > 1 (work holds
+// [n][n_heads][n_split][hd + 2] partials).
+cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
+                                        float *work, cudaStream_t stream);
+
+// The prefill attention kernel on tensor cores (dense_attention_mma.cu),
+// for head_dim a multiple of 8 up to 128.
+cudaError_t mb_kcuda_attn_flash_mma_launch(const mb_attn_args &a, cudaStream_t stream);
