@@ -14,11 +14,11 @@
 // position they read, so a decode graph replays at any position.
 #include "kernels/cuda/dense_internal.cuh"
 
-#define MB_DEC_TS 32    // positions a tile: one a lane in the softmax
-#define MB_DEC_BATCH 8  // float4 of keys (and of values) a thread loads at once
-#define MB_DEC_GROUPS 4 // (head, 4 dims) output groups a thread owns: 8 heads x 64 / 128 threads
+#define MB_DEC_TS MB_ATTN_TILE // positions a tile: one a lane in the softmax
+#define MB_DEC_GROUPS 4        // (head, 4 dims) output groups a thread owns: 8 heads x 64 / 128 threads
 
 static_assert(MB_DEC_TS == 32, "the softmax gives a lane a position");
+static_assert(MB_ATTN_DEC_THREADS == MB_ATTN_TILE_THREADS, "mb_attn_load_tile's block");
 static_assert(MB_ATTN_DEC_HEADS * MB_ATTN_MAX_HD / 4 <= MB_DEC_GROUPS * MB_ATTN_DEC_THREADS, "groups cover heads");
 
 // Shared floats: qs [HEADS][ld], ks and vs [TS][ld], sc [HEADS][TS], then
@@ -59,48 +59,6 @@ static __device__ __forceinline__ float mb_warp_max(float v)
     for (int o = 16; o > 0; o >>= 1)
         v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
-}
-
-// Copies rows [r0, r0 + rows) of one head's keys and values (hd floats a
-// row, global) into ks and vs (ld floats a row); rows up to MB_DEC_TS past
-// `rows` are filled too (VEC: with row r0 again, else zeros) and masked by
-// the caller. VEC: hd % 4 == 0 and the cache 16-byte aligned; a batch's
-// loads are all issued before its stores.
-template <bool VEC>
-__device__ __forceinline__ void mb_dec_tile(const float *__restrict__ kc, const float *__restrict__ vc, uint32_t r0,
-                                            int rows, uint32_t hd, uint32_t ld, float *ks, float *vs)
-{
-    if (VEC) {
-        const int hd4 = (int)hd / 4, n4 = MB_DEC_TS * hd4;
-        for (int base = 0; base < n4; base += MB_ATTN_DEC_THREADS * MB_DEC_BATCH) {
-            float4 kr[MB_DEC_BATCH], vr[MB_DEC_BATCH];
-#pragma unroll
-            for (int u = 0; u < MB_DEC_BATCH; u++) {
-                const int i = base + (int)threadIdx.x + u * MB_ATTN_DEC_THREADS;
-                const int c = i < n4 ? i / hd4 : 0, d4 = i < n4 ? i % hd4 : 0;
-                const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
-                kr[u] = __ldg(reinterpret_cast<const float4 *>(kc + at));
-                vr[u] = __ldg(reinterpret_cast<const float4 *>(vc + at));
-            }
-#pragma unroll
-            for (int u = 0; u < MB_DEC_BATCH; u++) {
-                const int i = base + (int)threadIdx.x + u * MB_ATTN_DEC_THREADS;
-                if (i >= n4) break;
-                const int c = i / hd4, d4 = i % hd4;
-                *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) = kr[u];
-                *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) = vr[u];
-            }
-        }
-    } else {
-        const uint32_t w = ld - 4; // hd rounded up to 4: the tail is zeros
-        for (uint32_t i = threadIdx.x; i < MB_DEC_TS * w; i += MB_ATTN_DEC_THREADS) {
-            const uint32_t c = i / w, d = i % w;
-            const bool ok = (int)c < rows && d < hd;
-            const size_t at = (size_t)(r0 + c) * hd + d;
-            ks[c * ld + d] = ok ? __ldg(kc + at) : 0.0f;
-            vs[c * ld + d] = ok ? __ldg(vc + at) : 0.0f;
-        }
-    }
 }
 
 template <bool VEC>
@@ -145,7 +103,7 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
 
     for (int c0 = 0; c0 < len; c0 += MB_DEC_TS) {
         const int rows = min(MB_DEC_TS, len - c0);
-        mb_dec_tile<VEC>(kc, vc, (uint32_t)c0, rows, hd, ld, ks, vs);
+        mb_attn_load_tile<VEC>(kc, vc, (uint32_t)c0, rows, hd, ld, ks, vs);
         __syncthreads(); // the tile (and the queries) are in; the last tile's readers are done
 
         // Scores: a thread a (head, position).

@@ -74,7 +74,7 @@ struct mb_attn_args {
     size_t ldo;
 };
 
-#define MB_ATTN_MAX_HD 256 // head_dim attention takes
+#define MB_ATTN_MAX_HD 256  // head_dim attention takes
 #define MB_ATTN_DEC_MAX_N 8 // query rows the split-K decode path takes
 #define MB_ATTN_DEC_HEADS 8
 #define MB_ATTN_DEC_THREADS 128
@@ -104,6 +104,52 @@ __host__ __device__ __forceinline__ uint32_t mb_attn_dec_chunk(uint32_t span, ui
 __host__ __device__ __forceinline__ uint32_t mb_attn_span(uint32_t last, uint32_t window)
 {
     return last - mb_attn_first_visible(last, window) + 1;
+}
+
+#define MB_ATTN_TILE 32          // cache rows a tile (decode and the tensor-core flash kernel)
+#define MB_ATTN_TILE_THREADS 128 // the block that loads it
+#define MB_ATTN_TILE_BATCH 8     // float4 of keys (and of values) a thread loads at once
+
+// Copies rows [r0, r0 + rows) of one head's keys and values (hd floats a
+// row, global) into ks and vs (ld floats a row); rows up to MB_ATTN_TILE past
+// `rows` are filled too (VEC: with row r0 again, else zeros) and masked by
+// the caller. VEC: hd % 4 == 0 and the cache 16-byte aligned; a batch's
+// loads are all issued before its stores.
+template <bool VEC>
+__device__ __forceinline__ void mb_attn_load_tile(const float *__restrict__ kc, const float *__restrict__ vc,
+                                                  uint32_t r0, int rows, uint32_t hd, uint32_t ld, float *ks, float *vs)
+{
+    if (VEC) {
+        const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
+        for (int base = 0; base < n4; base += MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH) {
+            float4 kr[MB_ATTN_TILE_BATCH], vr[MB_ATTN_TILE_BATCH];
+#pragma unroll
+            for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+                const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+                const int c = i < n4 ? i / hd4 : 0, d4 = i < n4 ? i % hd4 : 0;
+                const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
+                kr[u] = __ldg(reinterpret_cast<const float4 *>(kc + at));
+                vr[u] = __ldg(reinterpret_cast<const float4 *>(vc + at));
+            }
+#pragma unroll
+            for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+                const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+                if (i >= n4) break;
+                const int c = i / hd4, d4 = i % hd4;
+                *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) = kr[u];
+                *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) = vr[u];
+            }
+        }
+    } else {
+        const uint32_t w = ld - 4; // hd rounded up to 4: the tail is zeros
+        for (uint32_t i = threadIdx.x; i < MB_ATTN_TILE * w; i += MB_ATTN_TILE_THREADS) {
+            const uint32_t c = i / w, d = i % w;
+            const bool ok = (int)c < rows && d < hd;
+            const size_t at = (size_t)(r0 + c) * hd + d;
+            ks[c * ld + d] = ok ? __ldg(kc + at) : 0.0f;
+            vs[c * ld + d] = ok ? __ldg(vc + at) : 0.0f;
+        }
+    }
 }
 
 // The split-K decode kernels (dense_attention_decode.cu): grid (n_split,
