@@ -1,14 +1,9 @@
 // Causal grouped-query attention over the device KV cache (dense.h
 // mb_kcuda_attention), f32 throughout, softmax as broker/attention.c
 // (scores scaled after the dot product, expf, masked keys excluded).
-//   Decode (n <= MB_ATTN_DEC_MAX_N): split-K. A block takes one token, one
-//   kv head with up to MB_ATTN_DEC_HEADS of its query heads (each key and
-//   value row is read once for all of them) and one chunk of the token's
-//   visible positions; it leaves the unnormalised output with the chunk's
-//   max and sum in work, and a merge kernel combines the chunks in order
-//   (log-sum-exp). With one chunk the block writes the output itself.
-//   Bandwidth-bound on the cache; the chunk count aims at a couple of
-//   blocks per SM.
+//   Decode (n <= MB_ATTN_DEC_MAX_N): split-K over the cached positions,
+//   kernels in dense_attention_decode.cu; here, how many chunks and blocks
+//   (the chunk count aims at a couple of blocks per SM).
 //   Prefill: flash attention, on tensor cores (dense_attention_mma.cu) for
 //   head_dim a multiple of 8 up to 128 (unless MB_CUDA_DENSE=simt), else
 //   here in SIMT f32: a block
@@ -19,12 +14,6 @@
 // Summation orders depend only on the shape: deterministic.
 #include "kernels/cuda/dense_internal.cuh"
 
-#define MB_ATTN_MAX_HD 256
-#define MB_ATTN_DEC_MAX_N 8
-#define MB_ATTN_DEC_HEADS 8
-#define MB_ATTN_DEC_THREADS 128
-#define MB_ATTN_DEC_CHUNK_MIN 64
-#define MB_ATTN_DEC_CHUNK_MAX 256
 #define MB_ATTN_DEC_TARGET_BLOCKS 264 // two per SM of an H100
 
 // ---- decode: split-K over positions ---------------------------------------
@@ -48,24 +37,6 @@ static uint32_t mb_attn_dec_hgroups(uint32_t n_rep)
     return (n_rep + MB_ATTN_DEC_HEADS - 1) / MB_ATTN_DEC_HEADS;
 }
 
-// Positions a block takes: MB_ATTN_DEC_CHUNK_MIN..MAX (a multiple of 32),
-// so that a row of `span` positions makes about `want` chunks. One chunk
-// size serves a call, from its last (longest) row; host and device compute
-// it alike (the device from the position it reads, for the _at variant).
-// Hence a row has at most max(want, ceil(span / CHUNK_MAX)) chunks, the
-// bound mb_kcuda_attention_work sizes work by.
-__host__ __device__ __forceinline__ uint32_t mb_attn_dec_chunk(uint32_t span, uint32_t want)
-{
-    const uint32_t c = ((span + want - 1) / want + 31) / 32 * 32;
-    return c < MB_ATTN_DEC_CHUNK_MIN ? MB_ATTN_DEC_CHUNK_MIN : c > MB_ATTN_DEC_CHUNK_MAX ? MB_ATTN_DEC_CHUNK_MAX : c;
-}
-
-// Positions visible from the query at position last.
-__host__ __device__ __forceinline__ uint32_t mb_attn_span(uint32_t last, uint32_t window)
-{
-    return last - mb_attn_first_visible(last, window) + 1;
-}
-
 // exact: the rows' longest span is max_span, so n_split is its chunk
 // count; otherwise max_span only bounds it (the position is read on the
 // device) and n_split is the bound above: chunks past a row's last are
@@ -79,210 +50,6 @@ static mb_attn_dec_plan mb_attn_dec_plan_for(uint32_t n_kv, uint32_t n_rep, uint
     p.n_split = exact ? (uint32_t)mb_dense_cdiv(max_span, mb_attn_dec_chunk(max_span, p.want))
                       : (p.want > by_len ? p.want : by_len);
     return p;
-}
-
-// Partial results of one (token, head, chunk): hd output sums, max, sum.
-__device__ __forceinline__ float *mb_attn_part(float *work, const mb_attn_args &a, uint32_t t, uint32_t h,
-                                               uint32_t n_split, uint32_t s)
-{
-    return work + (((size_t)t * a.n_heads + h) * n_split + s) * (a.hd + 2);
-}
-
-// Four consecutive values p[d..d+4), zeros past hd. VEC: hd % 4 == 0 and
-// the cache 16-byte aligned, so one float4 load.
-template <bool VEC> __device__ __forceinline__ float4 mb_attn_ld4(const float *p, uint32_t d, uint32_t hd)
-{
-    if (VEC) return d < hd ? __ldg(reinterpret_cast<const float4 *>(p + d)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float4 v;
-    v.x = d < hd ? __ldg(p + d) : 0.0f;
-    v.y = d + 1 < hd ? __ldg(p + d + 1) : 0.0f;
-    v.z = d + 2 < hd ? __ldg(p + d + 2) : 0.0f;
-    v.w = d + 3 < hd ? __ldg(p + d + 3) : 0.0f;
-    return v;
-}
-
-__device__ __forceinline__ float mb_dot4(float acc, float4 a, float4 b)
-{
-    acc += a.x * b.x;
-    acc += a.y * b.y;
-    acc += a.z * b.z;
-    return acc + a.w * b.w;
-}
-
-__device__ __forceinline__ void mb_axpy4(float4 &acc, float e, float4 v)
-{
-    acc.x += e * v.x;
-    acc.y += e * v.y;
-    acc.z += e * v.z;
-    acc.w += e * v.w;
-}
-
-#define MB_ATTN_DEC_SETS 2                       // positions a lane group dots at once
-#define MB_ATTN_DEC_STEP (16 * MB_ATTN_DEC_SETS) // positions a block dots at once
-#define MB_ATTN_DEC_Q4 (MB_ATTN_MAX_HD / 32)     // float4 of a key row a lane may hold
-
-// grid: (n_split, n_kv * n_hgroups, n). Loads are issued all together
-// (predicated, not branched) so that each lane keeps several in flight: the
-// kernel streams the cache.
-template <bool VEC>
-__global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
-mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
-                            float *__restrict__ work)
-{
-    __shared__ __align__(16) float qs[MB_ATTN_DEC_HEADS][MB_ATTN_MAX_HD];
-    __shared__ float sc[MB_ATTN_DEC_HEADS][MB_ATTN_DEC_CHUNK_MAX];
-    __shared__ float s_m[MB_ATTN_DEC_HEADS], s_l[MB_ATTN_DEC_HEADS];
-    const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0, hd = a.hd, qpos = pos0 + t;
-    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
-    const uint32_t h0 = g * a.n_rep + hg * MB_ATTN_DEC_HEADS;
-    const int nh = (int)min((uint32_t)MB_ATTN_DEC_HEADS, a.n_rep - hg * MB_ATTN_DEC_HEADS);
-    const uint32_t p0 = mb_attn_first_visible(qpos, a.window) + s * chunk;
-    const uint32_t p1 = min(p0 + chunk, qpos + 1);
-
-    if (p0 >= p1) return; // a chunk past this row's positions: the merge stops before it
-    const int len = (int)(p1 - p0);
-    // Queries, zero-padded to whole 32-dim steps (the padding meets keys
-    // loaded as zeros).
-    const uint32_t nq = (hd + 31) / 32, hd32 = nq * 32;
-    for (uint32_t i = tid; i < (uint32_t)nh * hd32; i += MB_ATTN_DEC_THREADS) {
-        const uint32_t hb = i / hd32, d = i % hd32;
-        qs[hb][d] = d < hd ? a.q[(size_t)t * a.ldq + (size_t)(h0 + hb) * hd + d] : 0.0f;
-    }
-    __syncthreads();
-
-    // Scores: a group of eight lanes dots a position, lane sub taking dims
-    // 4 sub + 32 j; groups take positions b + 16 i + 4 warp + grp. The loop
-    // is uniform over the block (the shuffles need whole warps); groups
-    // past the chunk dot position p0 and drop it.
-    const float *kc = a.k + ((size_t)g * a.max_ctx + p0) * hd;
-    const int sub = lane & 7, grp = lane >> 3;
-    for (int b = 0; b < len; b += MB_ATTN_DEC_STEP) {
-        int pp[MB_ATTN_DEC_SETS];
-        float4 kv[MB_ATTN_DEC_SETS][MB_ATTN_DEC_Q4];
-#pragma unroll
-        for (int i = 0; i < MB_ATTN_DEC_SETS; i++) {
-            pp[i] = b + 16 * i + 4 * warp + grp;
-            const float *kr = kc + (size_t)(pp[i] < len ? pp[i] : 0) * hd;
-#pragma unroll
-            for (int j = 0; j < MB_ATTN_DEC_Q4; j++)
-                kv[i][j] =
-                    (uint32_t)j < nq ? mb_attn_ld4<VEC>(kr, 32 * j + 4 * sub, hd) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-        float acc[MB_ATTN_DEC_SETS][MB_ATTN_DEC_HEADS] = {};
-#pragma unroll
-        for (int j = 0; j < MB_ATTN_DEC_Q4; j++) {
-            if ((uint32_t)j >= nq) break;
-#pragma unroll
-            for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++) {
-                if (hb >= nh) break;
-                const float4 qv = *reinterpret_cast<const float4 *>(&qs[hb][32 * j + 4 * sub]);
-#pragma unroll
-                for (int i = 0; i < MB_ATTN_DEC_SETS; i++)
-                    acc[i][hb] = mb_dot4(acc[i][hb], qv, kv[i][j]);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < MB_ATTN_DEC_SETS; i++)
-#pragma unroll
-            for (int hb = 0; hb < MB_ATTN_DEC_HEADS; hb++) {
-                if (hb >= nh) break;
-                float v = acc[i][hb];
-                v += __shfl_xor_sync(0xffffffffu, v, 4);
-                v += __shfl_xor_sync(0xffffffffu, v, 2);
-                v += __shfl_xor_sync(0xffffffffu, v, 1);
-                if (pp[i] < len && sub == 0) sc[hb][pp[i]] = v * a.scale;
-            }
-    }
-    __syncthreads();
-
-    // Softmax pieces per head: a warp a head.
-    for (int hb = warp; hb < nh; hb += MB_ATTN_DEC_THREADS / 32) {
-        float m = -INFINITY;
-        for (int i = lane; i < len; i += 32)
-            m = fmaxf(m, sc[hb][i]);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1)
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        float l = 0.0f;
-        for (int i = lane; i < len; i += 32) {
-            const float e = expf(sc[hb][i] - m);
-            sc[hb][i] = e;
-            l += e;
-        }
-        l = mb_warp_sum(l);
-        if (lane == 0) {
-            s_m[hb] = m;
-            s_l[hb] = l;
-        }
-    }
-    __syncthreads();
-
-    // o[h][d] = sum_p e[h][p] * V[p][d]: warp w takes heads w and w + 4
-    // (one V load serves both), lane dims 4 lane + 128 jq.
-    const int ha = warp, hb2 = warp + 4;
-    if (ha >= nh) return;
-    const bool two = hb2 < nh;
-    const float *vc = a.v + ((size_t)g * a.max_ctx + p0) * hd;
-    float4 acc[2][2] = {};
-#pragma unroll 4
-    for (int pp = 0; pp < len; pp++) {
-        const float ea = sc[ha][pp], eb = two ? sc[hb2][pp] : 0.0f;
-#pragma unroll
-        for (int jq = 0; jq < 2; jq++) {
-            const uint32_t d = 4 * lane + 128 * jq;
-            if (d >= hd) break;
-            const float4 v = mb_attn_ld4<VEC>(vc + (size_t)pp * hd, d, hd);
-            mb_axpy4(acc[0][jq], ea, v);
-            mb_axpy4(acc[1][jq], eb, v);
-        }
-    }
-#pragma unroll
-    for (int x = 0; x < 2; x++) {
-        if (x == 1 && !two) break;
-        const int hb = x ? hb2 : ha;
-        float *o = n_split == 1 ? a.out + (size_t)t * a.ldo + (size_t)(h0 + hb) * hd
-                                : mb_attn_part(work, a, t, h0 + hb, n_split, s);
-        const float scale = n_split == 1 ? 1.0f / s_l[hb] : 1.0f;
-#pragma unroll
-        for (int jq = 0; jq < 2; jq++) {
-            const uint32_t d = 4 * lane + 128 * jq;
-            const float v[4] = {acc[x][jq].x, acc[x][jq].y, acc[x][jq].z, acc[x][jq].w};
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                if (d + i < hd) o[d + i] = v[i] * scale;
-        }
-        if (n_split > 1 && lane == 0) {
-            o[hd] = s_m[hb];
-            o[hd + 1] = s_l[hb];
-        }
-    }
-}
-
-// out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s over the row's
-// chunks, in order; grid (n_heads, n).
-__global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
-mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
-{
-    const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = hd + 2;
-    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
-    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
-    const uint32_t live = (uint32_t)min(n_split, (mb_attn_span(pos0 + t, a.window) + chunk - 1) / chunk);
-    const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
-    float M = -INFINITY;
-    for (uint32_t s = 0; s < live; s++)
-        M = fmaxf(M, first[s * stride + hd]);
-    float denom = 0.0f;
-    for (uint32_t s = 0; s < live; s++)
-        denom += expf(first[s * stride + hd] - M) * first[s * stride + hd + 1];
-    const float inv = 1.0f / denom;
-    for (uint32_t d = threadIdx.x; d < hd; d += MB_ATTN_DEC_THREADS) {
-        float o = 0.0f;
-        for (uint32_t s = 0; s < live; s++)
-            o += expf(first[s * stride + hd] - M) * first[s * stride + d];
-        a.out[(size_t)t * a.ldo + (size_t)h * hd + d] = o * inv;
-    }
 }
 
 // ---- prefill: flash attention ---------------------------------------------
@@ -517,19 +284,7 @@ static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, bool 
         const size_t need = (size_t)a.n * a.n_heads * p.n_split * ((size_t)a.hd + 2);
         if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
     }
-    const dim3 grid(p.n_split, a.n_kv * p.n_hgroups, a.n);
-    const bool vec = a.hd % 4 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
-    if (vec)
-        mb_kcuda_attn_decode_kernel<true>
-            <<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.want, p.n_split, work);
-    else
-        mb_kcuda_attn_decode_kernel<false>
-            <<<grid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.n_hgroups, p.want, p.n_split, work);
-    if (p.n_split > 1) {
-        const dim3 mgrid(a.n_heads, a.n);
-        mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, st>>>(a, p.want, p.n_split, work);
-    }
-    return mb_dense_launched();
+    return (int)mb_kcuda_attn_decode_launch(a, p.n_hgroups, p.want, p.n_split, work, st);
 }
 
 extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,

@@ -15,6 +15,8 @@
 #define MB_FAM_BC 32
 #define MB_FAM_THREADS 128
 
+static_assert(MB_FAM_BC == MB_ATTN_TILE && MB_FAM_THREADS == MB_ATTN_TILE_THREADS, "mb_attn_load_tile's tile");
+
 // Shared floats for head dims up to HD: q [BQ][HD + 4], k and v [BC][HD + 4]
 // (the padding makes every fragment read conflict-free).
 static constexpr size_t mb_fam_smem_floats(int hd)
@@ -59,24 +61,9 @@ __global__ void __launch_bounds__(MB_FAM_THREADS) mb_kcuda_attn_flash_mma_kernel
     float o[HD / 8][4] = {};
     for (uint32_t kb = kv_lo; kb <= kv_hi; kb += MB_FAM_BC) {
         __syncthreads(); // the previous tile is consumed (and q is stored)
-        if (VEC) {
-            for (uint32_t i = tid; i < MB_FAM_BC * hd / 4; i += MB_FAM_THREADS) {
-                const uint32_t c = i / (hd / 4), d = i % (hd / 4) * 4, p = kb + c;
-                const bool ok = p <= kv_hi;
-                const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                *reinterpret_cast<float4 *>(ks + c * LD + d) =
-                    ok ? __ldg(reinterpret_cast<const float4 *>(kc + (size_t)p * hd + d)) : z;
-                *reinterpret_cast<float4 *>(vs + c * LD + d) =
-                    ok ? __ldg(reinterpret_cast<const float4 *>(vc + (size_t)p * hd + d)) : z;
-            }
-        } else {
-            for (uint32_t i = tid; i < MB_FAM_BC * hd; i += MB_FAM_THREADS) {
-                const uint32_t c = i / hd, d = i % hd, p = kb + c;
-                const bool ok = p <= kv_hi;
-                ks[c * LD + d] = ok ? __ldg(kc + (size_t)p * hd + d) : 0.0f;
-                vs[c * LD + d] = ok ? __ldg(vc + (size_t)p * hd + d) : 0.0f;
-            }
-        }
+        // All of a tile's loads in flight at once; rows past kv_hi repeat
+        // row kb (VEC) or are zeros, and are masked below.
+        mb_attn_load_tile<VEC>(kc, vc, kb, (int)min((uint32_t)MB_FAM_BC, kv_hi - kb + 1), hd, LD, ks, vs);
         __syncthreads();
 
         // S[16 x 32] of this warp: four 8-key tiles.

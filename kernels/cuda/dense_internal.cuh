@@ -74,9 +74,12 @@ struct mb_attn_args {
     size_t ldo;
 };
 
-// The prefill attention kernel on tensor cores (dense_attention_mma.cu),
-// for head_dim a multiple of 8 up to 128.
-cudaError_t mb_kcuda_attn_flash_mma_launch(const mb_attn_args &a, cudaStream_t stream);
+#define MB_ATTN_MAX_HD 256  // head_dim attention takes
+#define MB_ATTN_DEC_MAX_N 8 // query rows the split-K decode path takes
+#define MB_ATTN_DEC_HEADS 8
+#define MB_ATTN_DEC_THREADS 128
+#define MB_ATTN_DEC_CHUNK_MIN 64
+#define MB_ATTN_DEC_CHUNK_MAX 256
 
 // The first cache position visible from the query at position qpos under a
 // sliding window (0: none), as broker/attention.c: q - window < p <= q.
@@ -84,3 +87,77 @@ __host__ __device__ __forceinline__ uint32_t mb_attn_first_visible(uint32_t qpos
 {
     return window && qpos + 1 > window ? qpos + 1 - window : 0;
 }
+
+// Positions a block takes: MB_ATTN_DEC_CHUNK_MIN..MAX (a multiple of 32),
+// so that a row of `span` positions makes about `want` chunks. One chunk
+// size serves a call, from its last (longest) row; host and device compute
+// it alike (the device from the position it reads, for the _at variant).
+// Hence a row has at most max(want, ceil(span / CHUNK_MAX)) chunks, the
+// bound mb_kcuda_attention_work sizes work by.
+__host__ __device__ __forceinline__ uint32_t mb_attn_dec_chunk(uint32_t span, uint32_t want)
+{
+    const uint32_t c = ((span + want - 1) / want + 31) / 32 * 32;
+    return c < MB_ATTN_DEC_CHUNK_MIN ? MB_ATTN_DEC_CHUNK_MIN : c > MB_ATTN_DEC_CHUNK_MAX ? MB_ATTN_DEC_CHUNK_MAX : c;
+}
+
+// Positions visible from the query at position last.
+__host__ __device__ __forceinline__ uint32_t mb_attn_span(uint32_t last, uint32_t window)
+{
+    return last - mb_attn_first_visible(last, window) + 1;
+}
+
+#define MB_ATTN_TILE 32          // cache rows a tile (decode and the tensor-core flash kernel)
+#define MB_ATTN_TILE_THREADS 128 // the block that loads it
+#define MB_ATTN_TILE_BATCH 8     // float4 of keys (and of values) a thread loads at once
+
+// Copies rows [r0, r0 + rows) of one head's keys and values (hd floats a
+// row, global) into ks and vs (ld floats a row); rows up to MB_ATTN_TILE past
+// `rows` are filled too (VEC: with row r0 again, else zeros) and masked by
+// the caller. VEC: hd % 4 == 0 and the cache 16-byte aligned; a batch's
+// loads are all issued before its stores.
+template <bool VEC>
+__device__ __forceinline__ void mb_attn_load_tile(const float *__restrict__ kc, const float *__restrict__ vc,
+                                                  uint32_t r0, int rows, uint32_t hd, uint32_t ld, float *ks, float *vs)
+{
+    if (VEC) {
+        const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
+        for (int base = 0; base < n4; base += MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH) {
+            float4 kr[MB_ATTN_TILE_BATCH], vr[MB_ATTN_TILE_BATCH];
+#pragma unroll
+            for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+                const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+                const int c = i < n4 ? i / hd4 : 0, d4 = i < n4 ? i % hd4 : 0;
+                const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
+                kr[u] = __ldg(reinterpret_cast<const float4 *>(kc + at));
+                vr[u] = __ldg(reinterpret_cast<const float4 *>(vc + at));
+            }
+#pragma unroll
+            for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+                const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+                if (i >= n4) break;
+                const int c = i / hd4, d4 = i % hd4;
+                *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) = kr[u];
+                *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) = vr[u];
+            }
+        }
+    } else {
+        const uint32_t w = ld - 4; // hd rounded up to 4: the tail is zeros
+        for (uint32_t i = threadIdx.x; i < MB_ATTN_TILE * w; i += MB_ATTN_TILE_THREADS) {
+            const uint32_t c = i / w, d = i % w;
+            const bool ok = (int)c < rows && d < hd;
+            const size_t at = (size_t)(r0 + c) * hd + d;
+            ks[c * ld + d] = ok ? __ldg(kc + at) : 0.0f;
+            vs[c * ld + d] = ok ? __ldg(vc + at) : 0.0f;
+        }
+    }
+}
+
+// The split-K decode kernels (dense_attention_decode.cu): grid (n_split,
+// n_kv * n_hgroups, n), then the merge when n_split > 1 (work holds
+// [n][n_heads][n_split][hd + 2] partials).
+cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
+                                        float *work, cudaStream_t stream);
+
+// The prefill attention kernel on tensor cores (dense_attention_mma.cu),
+// for head_dim a multiple of 8 up to 128.
+cudaError_t mb_kcuda_attn_flash_mma_launch(const mb_attn_args &a, cudaStream_t stream);

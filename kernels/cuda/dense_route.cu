@@ -12,7 +12,7 @@
 #define MB_ROUTE_MAX_EXPERTS 1024
 #define MB_ROUTE_MAX_K 32
 
-__device__ __forceinline__ float mb_warp_max(float v)
+static __device__ __forceinline__ float mb_warp_max(float v)
 {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)

@@ -878,18 +878,27 @@ static void bench(void)
     bench_attention(128, 32, 4, 2048, 2048, ceil_gbps);
 }
 
+/* MB_DENSE_TESTS=name,name... runs only those groups (the emulator is
+ * slow); unset, all of them. */
+static int wanted(const char *name)
+{
+    const char *e = getenv("MB_DENSE_TESTS");
+    return !e || strstr(e, name) != NULL;
+}
+
 int main(int argc, char **argv)
 {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev <= 0) MB_TEST_SKIP("no CUDA device");
-    test_refusals();
-    test_embed();
-    test_rmsnorm();
-    test_rope();
-    test_silu_add();
-    test_route();
-    test_linear();
-    test_attention();
+    static const struct {
+        const char *name;
+        void (*run)(void);
+    } groups[] = {{"refusals", test_refusals}, {"embed", test_embed},
+                  {"rmsnorm", test_rmsnorm},   {"rope", test_rope},
+                  {"silu_add", test_silu_add}, {"route", test_route},
+                  {"linear", test_linear},     {"attention", test_attention}};
+    for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
+        if (wanted(groups[i].name)) groups[i].run();
     print_stats();
     if (argc > 1 && strcmp(argv[1], "--bench") == 0) bench();
     return mb_test_finish("test_dense_cuda");

@@ -1,0 +1,243 @@
+// Decode attention (dense.h mb_kcuda_attention for n <= MB_ATTN_DEC_MAX_N,
+// and mb_kcuda_attention_at): split-K over the cached positions. A block
+// takes one token, one kv head with up to MB_ATTN_DEC_HEADS of its query
+// heads (each key and value row is read once for all of them) and one chunk
+// of the token's visible positions, which it walks in tiles of 32: a tile's
+// keys and values go to shared memory with all of the block's loads in
+// flight at once (the kernel streams the cache, so the bytes in flight per
+// SM set its speed), then scores, an online softmax per head and the
+// weighted values come out of shared memory. The block leaves the
+// unnormalised output with the chunk's max and sum in work, and a merge
+// kernel combines a row's chunks in order (log-sum-exp); with one chunk the
+// block writes the output itself. The chunk size follows from the call's
+// longest row (mb_attn_dec_chunk), which both kernels compute from the
+// position they read, so a decode graph replays at any position.
+#include "kernels/cuda/dense_internal.cuh"
+
+#define MB_DEC_TS MB_ATTN_TILE // positions a tile: one a lane in the softmax
+#define MB_DEC_GROUPS 4        // (head, 4 dims) output groups a thread owns: 8 heads x 64 / 128 threads
+
+static_assert(MB_DEC_TS == 32, "the softmax gives a lane a position");
+static_assert(MB_ATTN_DEC_THREADS == MB_ATTN_TILE_THREADS, "mb_attn_load_tile's block");
+static_assert(MB_ATTN_DEC_HEADS * MB_ATTN_MAX_HD / 4 <= MB_DEC_GROUPS * MB_ATTN_DEC_THREADS, "groups cover heads");
+
+// Shared floats: qs [HEADS][ld], ks and vs [TS][ld], sc [HEADS][TS], then
+// alpha, m, l [HEADS]; ld = 4 ceil(hd / 4) + 4 (16-byte rows, the extra 4
+// spreading a column's float4 over the banks).
+static size_t mb_dec_smem_floats(uint32_t hd)
+{
+    const size_t ld = 4 * ((hd + 3) / 4) + 4;
+    return (MB_ATTN_DEC_HEADS + 2 * MB_DEC_TS) * ld + MB_ATTN_DEC_HEADS * MB_DEC_TS + 3 * MB_ATTN_DEC_HEADS;
+}
+
+// Partial results of one (token, head, chunk): hd output sums, max, sum.
+__device__ __forceinline__ float *mb_attn_part(float *work, const mb_attn_args &a, uint32_t t, uint32_t h,
+                                               uint32_t n_split, uint32_t s)
+{
+    return work + (((size_t)t * a.n_heads + h) * n_split + s) * (a.hd + 2);
+}
+
+__device__ __forceinline__ float mb_dot4(float acc, float4 a, float4 b)
+{
+    acc += a.x * b.x;
+    acc += a.y * b.y;
+    acc += a.z * b.z;
+    return acc + a.w * b.w;
+}
+
+__device__ __forceinline__ void mb_axpy4(float4 &acc, float e, float4 v)
+{
+    acc.x += e * v.x;
+    acc.y += e * v.y;
+    acc.z += e * v.z;
+    acc.w += e * v.w;
+}
+
+static __device__ __forceinline__ float mb_warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+template <bool VEC>
+__global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
+mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
+                            float *__restrict__ work)
+{
+    extern __shared__ float mb_dec_smem[];
+    const uint32_t hd = a.hd, hd4 = (hd + 3) / 4, ld = 4 * hd4 + 4;
+    float *qs = mb_dec_smem;
+    float *ks = qs + MB_ATTN_DEC_HEADS * ld;
+    float *vs = ks + MB_DEC_TS * ld;
+    float *sc = vs + MB_DEC_TS * ld;
+    float *s_alpha = sc + MB_ATTN_DEC_HEADS * MB_DEC_TS, *s_m = s_alpha + MB_ATTN_DEC_HEADS;
+    float *s_l = s_m + MB_ATTN_DEC_HEADS;
+    const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0, qpos = pos0 + t;
+    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
+    const uint32_t h0 = g * a.n_rep + hg * MB_ATTN_DEC_HEADS;
+    const int nh = (int)min((uint32_t)MB_ATTN_DEC_HEADS, a.n_rep - hg * MB_ATTN_DEC_HEADS);
+    const uint32_t p0 = mb_attn_first_visible(qpos, a.window) + s * chunk;
+    const uint32_t p1 = min(p0 + chunk, qpos + 1);
+    if (p0 >= p1) return; // a chunk past this row's positions: the merge stops before it
+    const int len = (int)(p1 - p0);
+
+    // Queries, zero past hd (the key tiles are too).
+    for (uint32_t i = tid; i < (uint32_t)nh * 4 * hd4; i += MB_ATTN_DEC_THREADS) {
+        const uint32_t hb = i / (4 * hd4), d = i % (4 * hd4);
+        qs[hb * ld + d] = d < hd ? a.q[(size_t)t * a.ldq + (size_t)(h0 + hb) * hd + d] : 0.0f;
+    }
+    const float *kc = a.k + ((size_t)g * a.max_ctx + p0) * hd;
+    const float *vc = a.v + ((size_t)g * a.max_ctx + p0) * hd;
+    // Warp w keeps the running max and sum of heads w and w + 4; thread tid
+    // the outputs of groups tid + 128 j: head gi / hd4, dims 4 (gi % hd4).
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    float4 acc[MB_DEC_GROUPS];
+#pragma unroll
+    for (int j = 0; j < MB_DEC_GROUPS; j++)
+        acc[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const int n_groups = nh * (int)hd4;
+
+    for (int c0 = 0; c0 < len; c0 += MB_DEC_TS) {
+        const int rows = min(MB_DEC_TS, len - c0);
+        mb_attn_load_tile<VEC>(kc, vc, (uint32_t)c0, rows, hd, ld, ks, vs);
+        __syncthreads(); // the tile (and the queries) are in; the last tile's readers are done
+
+        // Scores: a thread a (head, position).
+        for (int i = tid; i < nh * MB_DEC_TS; i += MB_ATTN_DEC_THREADS) {
+            const int hb = i / MB_DEC_TS, c = i % MB_DEC_TS;
+            const float4 *qr = reinterpret_cast<const float4 *>(qs + hb * ld);
+            const float4 *kr = reinterpret_cast<const float4 *>(ks + c * ld);
+            float d = 0.0f;
+            for (uint32_t q4 = 0; q4 < hd4; q4++)
+                d = mb_dot4(d, qr[q4], kr[q4]);
+            sc[hb * MB_DEC_TS + c] = c < rows ? d * a.scale : -INFINITY;
+        }
+        __syncthreads();
+
+        // Online softmax: a lane a position. Every tile has a visible
+        // position, so the new max is finite.
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            const int hb = warp + 4 * x;
+            if (hb >= nh) break;
+            const float v = sc[hb * MB_DEC_TS + lane];
+            const float mn = fmaxf(m_run[x], mb_warp_max(v));
+            const float alpha = expf(m_run[x] - mn); // 0 on the first tile
+            const float e = expf(v - mn);            // 0 where masked
+            l_run[x] = l_run[x] * alpha + mb_warp_sum(e);
+            m_run[x] = mn;
+            sc[hb * MB_DEC_TS + lane] = e;
+            if (lane == 0) s_alpha[hb] = alpha;
+        }
+        __syncthreads();
+
+        // Outputs: rescale, then add the tile's weighted values in order.
+#pragma unroll
+        for (int j = 0; j < MB_DEC_GROUPS; j++) {
+            const int gi = tid + j * MB_ATTN_DEC_THREADS;
+            if (gi >= n_groups) break;
+            const int hb = gi / (int)hd4, q4 = gi % (int)hd4;
+            const float al = s_alpha[hb];
+            float4 o = make_float4(acc[j].x * al, acc[j].y * al, acc[j].z * al, acc[j].w * al);
+            const float *e = sc + hb * MB_DEC_TS;
+            for (int c = 0; c < rows; c++)
+                mb_axpy4(o, e[c], *reinterpret_cast<const float4 *>(vs + c * ld + 4 * q4));
+            acc[j] = o;
+        }
+        __syncthreads(); // before the next tile overwrites ks, vs and sc
+    }
+
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int hb = warp + 4 * x;
+        if (hb < nh && lane == 0) {
+            s_m[hb] = m_run[x];
+            s_l[hb] = l_run[x];
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < MB_DEC_GROUPS; j++) {
+        const int gi = tid + j * MB_ATTN_DEC_THREADS;
+        if (gi >= n_groups) break;
+        const int hb = gi / (int)hd4;
+        const uint32_t d = 4 * (uint32_t)(gi % (int)hd4);
+        float *o = n_split == 1 ? a.out + (size_t)t * a.ldo + (size_t)(h0 + hb) * hd
+                                : mb_attn_part(work, a, t, h0 + hb, n_split, s);
+        const float scale = n_split == 1 ? 1.0f / s_l[hb] : 1.0f;
+        const float v[4] = {acc[j].x, acc[j].y, acc[j].z, acc[j].w};
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (d + i < hd) o[d + i] = v[i] * scale;
+        if (n_split > 1 && d == 0) {
+            o[hd] = s_m[hb];
+            o[hd + 1] = s_l[hb];
+        }
+    }
+}
+
+// out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s over the row's
+// chunks, in order; grid (n_heads, n).
+__global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
+mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
+{
+    const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = hd + 2;
+    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
+    const uint32_t live = (uint32_t)min(n_split, (mb_attn_span(pos0 + t, a.window) + chunk - 1) / chunk);
+    const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
+    float M = -INFINITY;
+    for (uint32_t s = 0; s < live; s++)
+        M = fmaxf(M, first[s * stride + hd]);
+    float denom = 0.0f;
+    for (uint32_t s = 0; s < live; s++)
+        denom += expf(first[s * stride + hd] - M) * first[s * stride + hd + 1];
+    const float inv = 1.0f / denom;
+    for (uint32_t d = threadIdx.x; d < hd; d += MB_ATTN_DEC_THREADS) {
+        float o = 0.0f;
+        for (uint32_t s = 0; s < live; s++)
+            o += expf(first[s * stride + hd] - M) * first[s * stride + d];
+        a.out[(size_t)t * a.ldo + (size_t)h * hd + d] = o * inv;
+    }
+}
+
+template <bool VEC>
+static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
+                                 float *work, cudaStream_t stream)
+{
+    const size_t smem = mb_dec_smem_floats(a.hd) * sizeof(float);
+    // Above 48 KiB (head_dim > 160) a kernel must opt in, once per device;
+    // setting the attribute twice is harmless, so racing first calls are
+    // fine.
+    static bool opted[64];
+    if (smem > 48 * 1024) {
+        int dev = 0;
+        cudaError_t e = cudaGetDevice(&dev);
+        if (e != cudaSuccess) return e;
+        if (dev < 0 || dev >= 64 || !opted[dev]) {
+            e = cudaFuncSetAttribute(mb_kcuda_attn_decode_kernel<VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)mb_dec_smem_floats(MB_ATTN_MAX_HD) * (int)sizeof(float));
+            if (e != cudaSuccess) return e;
+            if (dev >= 0 && dev < 64) opted[dev] = true;
+        }
+    }
+    const dim3 grid(n_split, a.n_kv * n_hgroups, a.n);
+    mb_kcuda_attn_decode_kernel<VEC><<<grid, MB_ATTN_DEC_THREADS, smem, stream>>>(a, n_hgroups, want, n_split, work);
+    return cudaGetLastError();
+}
+
+cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
+                                        float *work, cudaStream_t stream)
+{
+    const bool vec = a.hd % 4 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
+    cudaError_t e = vec ? mb_dec_launch<true>(a, n_hgroups, want, n_split, work, stream)
+                        : mb_dec_launch<false>(a, n_hgroups, want, n_split, work, stream);
+    if (e != cudaSuccess || n_split == 1) return e;
+    const dim3 mgrid(a.n_heads, a.n);
+    mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, stream>>>(a, want, n_split, work);
+    return cudaGetLastError();
+}
