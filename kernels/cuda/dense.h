@@ -41,6 +41,13 @@ int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d, cons
 int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows,
                      uint32_t d, const float *w, float eps);
 
+/* The residual add folded into the norm that follows it: x[r] += a[r]
+ * (stored), then y[r] = RMSNorm(x[r]) * w as mb_kcuda_rmsnorm, for r <
+ * rows; a has row stride lda. Bit-identical to mb_kcuda_add then
+ * mb_kcuda_rmsnorm. y may equal x; a must overlap neither. */
+int mb_kcuda_add_rmsnorm(void *stream, float *y, size_t ldy, float *x, size_t ldx, const float *a, size_t lda,
+                         uint32_t rows, uint32_t d, const float *w, float eps);
+
 /* y[t][0..m) = x[t][0..k) @ W^T (+ bias) (+ y when accumulate), for t < n.
  * W is [m][k] row-major in wdtype; x is f32 with row stride ldx (>= k), y
  * f32 with row stride ldy (>= m); bias is f32 [m] or NULL. x and y must
@@ -111,6 +118,23 @@ int mb_kcuda_kv_store_at(void *stream, const mb_kcuda_kv *kv, const uint32_t *po
 int mb_kcuda_attention_at(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, const uint32_t *pos,
                           uint32_t n, const float *q, size_t ldq, float *out, size_t ldo, float *work,
                           size_t work_floats);
+
+/* After one projection into qkv[t] = [q heads | k heads | v heads] (row
+ * stride ld floats, n_heads query and kv->n_kv_heads key/value heads of
+ * kv->head_dim), for the n tokens at positions pos0 + t: each query and
+ * key head normalised by RMSNorm with q_norm / k_norm (f32 [head_dim];
+ * NULL: no head norm) and eps, then rotated (as mb_kcuda_rope), in place;
+ * the rotated keys and the values stored in the cache at their positions.
+ * Bit-identical to mb_kcuda_rmsnorm per head, mb_kcuda_rope and
+ * mb_kcuda_kv_store in sequence. The _at variant reads the position from
+ * *pos on the device (as mb_kcuda_rope_at; rows past the cache are not
+ * stored). */
+int mb_kcuda_qk_rope_store(void *stream, float *qkv, size_t ld, uint32_t n, uint32_t n_heads, const float *q_norm,
+                           const float *k_norm, float eps, uint32_t pos0, const float *cos, const float *sin,
+                           int interleaved, const mb_kcuda_kv *kv);
+int mb_kcuda_qk_rope_store_at(void *stream, float *qkv, size_t ld, uint32_t n, uint32_t n_heads,
+                              const float *q_norm, const float *k_norm, float eps, const uint32_t *pos,
+                              const float *cos, const float *sin, int interleaved, const mb_kcuda_kv *kv);
 
 /* Routing, as mb_router_select, fused in one kernel: for each of n rows of
  * logits[n][n_experts] (f32), softmax in f32, the top_k largest

@@ -45,15 +45,20 @@ extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint3
 // fixed (lane-strided, then a butterfly), so runs are reproducible.
 template <int TPR>
 __global__ void __launch_bounds__(MB_NORM_THREADS)
-mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows, uint32_t d,
-                        const float *__restrict__ w, float eps)
+mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *x, size_t ldx, const float *__restrict__ a, size_t lda,
+                        uint32_t rows, uint32_t d, const float *__restrict__ w, float eps)
 {
     constexpr int RPB = MB_NORM_THREADS / TPR; // rows per block
     const int sub = threadIdx.x % TPR;
     const size_t r = (size_t)blockIdx.x * RPB + threadIdx.x / TPR;
     // No early return: TPR == MB_NORM_THREADS syncs the block below.
     const bool live = r < rows;
-    const float *xr = x + (live ? r : 0) * ldx;
+    float *xr = x + (live ? r : 0) * ldx;
+    if (a && live) { // the residual add folded in: x += a, stored, then normalised
+        const float *ar = a + r * lda;
+        for (uint32_t i = sub; i < d; i += TPR)
+            xr[i] += ar[i];
+    }
     double ss = 0.0;
     if (live)
         for (uint32_t i = sub; i < d; i += TPR)
@@ -80,17 +85,33 @@ mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, const float *x, size_t ldx, uint32
         yr[i] = w[i] * (xr[i] * scale);
 }
 
-extern "C" int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows,
-                                uint32_t d, const float *w, float eps)
+static int mb_rmsnorm_launch(void *stream, float *y, size_t ldy, float *x, size_t ldx, const float *a, size_t lda,
+                             uint32_t rows, uint32_t d, const float *w, float eps)
 {
-    if (!y || !x || !w || rows == 0 || d == 0 || ldx < d || ldy < d) return (int)cudaErrorInvalidValue;
+    if (!y || !x || !w || rows == 0 || d == 0 || ldx < d || ldy < d || (a && lda < d))
+        return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
     if (d <= 512) {
         constexpr int rpb = MB_NORM_THREADS / 32;
         const unsigned blocks = (unsigned)mb_dense_cdiv(rows, rpb);
-        mb_kcuda_rmsnorm_kernel<32><<<blocks, MB_NORM_THREADS, 0, s>>>(y, ldy, x, ldx, rows, d, w, eps);
+        mb_kcuda_rmsnorm_kernel<32><<<blocks, MB_NORM_THREADS, 0, s>>>(y, ldy, x, ldx, a, lda, rows, d, w, eps);
     } else {
-        mb_kcuda_rmsnorm_kernel<MB_NORM_THREADS><<<rows, MB_NORM_THREADS, 0, s>>>(y, ldy, x, ldx, rows, d, w, eps);
+        mb_kcuda_rmsnorm_kernel<MB_NORM_THREADS>
+            <<<rows, MB_NORM_THREADS, 0, s>>>(y, ldy, x, ldx, a, lda, rows, d, w, eps);
     }
     return mb_dense_launched();
+}
+
+extern "C" int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows,
+                                uint32_t d, const float *w, float eps)
+{
+    // Without an addend the kernel never writes x.
+    return mb_rmsnorm_launch(stream, y, ldy, (float *)x, ldx, NULL, 0, rows, d, w, eps);
+}
+
+extern "C" int mb_kcuda_add_rmsnorm(void *stream, float *y, size_t ldy, float *x, size_t ldx, const float *a,
+                                    size_t lda, uint32_t rows, uint32_t d, const float *w, float eps)
+{
+    if (!a) return (int)cudaErrorInvalidValue;
+    return mb_rmsnorm_launch(stream, y, ldy, x, ldx, a, lda, rows, d, w, eps);
 }

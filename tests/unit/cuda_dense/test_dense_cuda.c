@@ -106,6 +106,7 @@ enum {
     E_ROUTE,
     E_SILU,
     E_ADD,
+    E_FUSED,
     E_N
 };
 static err_stat stats[E_N] = {
@@ -124,6 +125,7 @@ static err_stat stats[E_N] = {
     [E_ROUTE] = {"route gate (abs; ids exact)", 0, 1e-6, "", 0},
     [E_SILU] = {"silu_mul (rel)", 0, 1e-6, "", 0},
     [E_ADD] = {"add (exact)", 0, 0, "", 0},
+    [E_FUSED] = {"fusions vs unfused sequence (bits differing)", 0, 0, "", 0},
 };
 
 /* Records err for kernel k at the shape described by the format; returns
@@ -729,6 +731,147 @@ static void test_silu_add(void)
     }
 }
 
+/* ---- fusions: bit-identical to the sequences they replace ------------------ */
+
+static size_t count_diff(const float *a, const float *b, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    return k;
+}
+
+static void add_rmsnorm_case(uint32_t d, uint32_t rows, int inplace)
+{
+    const size_t ldx = d + 3, lda = d + 1, ldy = inplace ? ldx : d + 2;
+    float *x = rand_f32(rows * ldx, 3.0f), *a = rand_f32(rows * lda, 2.0f), *w = rand_f32(d, 1.5f);
+    float *dx1 = dev_upload(x, rows * ldx * sizeof(float)), *dx2 = dev_upload(x, rows * ldx * sizeof(float));
+    float *da = dev_upload(a, rows * lda * sizeof(float)), *dw = dev_upload(w, d * sizeof(float));
+    float *dy1 = inplace ? dx1 : dev_upload(x, rows * ldy * sizeof(float)),
+          *dy2 = inplace ? dx2 : dev_upload(x, rows * ldy * sizeof(float));
+    /* unfused: the add row by row (a's stride differs from x's), then the norm */
+    for (uint32_t r = 0; r < rows; r++)
+        RUN(mb_kcuda_add(NULL, dx1 + r * ldx, da + r * lda, d));
+    RUN(mb_kcuda_rmsnorm(NULL, dy1, ldy, dx1, ldx, rows, d, dw, 1e-6f));
+    RUN(mb_kcuda_add_rmsnorm(NULL, dy2, ldy, dx2, ldx, da, lda, rows, d, dw, 1e-6f));
+    float *g1 = xmalloc(rows * ldx * sizeof(float)), *g2 = xmalloc(rows * ldx * sizeof(float));
+    dev_download(g1, dx1, rows * ldx * sizeof(float));
+    dev_download(g2, dx2, rows * ldx * sizeof(float));
+    size_t bad = count_diff(g1, g2, rows * ldx);
+    if (!inplace) {
+        float *h1 = xmalloc(rows * ldy * sizeof(float)), *h2 = xmalloc(rows * ldy * sizeof(float));
+        dev_download(h1, dy1, rows * ldy * sizeof(float));
+        dev_download(h2, dy2, rows * ldy * sizeof(float));
+        bad += count_diff(h1, h2, rows * ldy);
+        free(h1);
+        free(h2);
+        cudaFree(dy1);
+        cudaFree(dy2);
+    }
+    CHECK_MSG(note(E_FUSED, (double)bad, "add_rmsnorm d=%u rows=%u inplace=%d", d, rows, inplace),
+              "add_rmsnorm d=%u rows=%u inplace=%d: %zu values differ from add + rmsnorm", d, rows, inplace, bad);
+    cudaFree(dx1);
+    cudaFree(dx2);
+    cudaFree(da);
+    cudaFree(dw);
+    free(x);
+    free(a);
+    free(w);
+    free(g1);
+    free(g2);
+}
+
+static void qk_rope_store_case(uint32_t hd, uint32_t nh, uint32_t nkv, uint32_t n, uint32_t pos0, int norms, int il,
+                               int at)
+{
+    mb_rope r;
+    REQUIRE(mb_rope_init(&r, hd, 64, 1e6f) == MB_STATUS_OK);
+    const uint32_t qd = nh * hd, kd = nkv * hd, ctx = 64;
+    const size_t ld = qd + 2 * (size_t)kd + 5, cnt = n * ld, cache = (size_t)kd * ctx;
+    float *qkv = rand_f32(cnt, 2.0f), *qn = rand_f32(hd, 1.5f), *kn = rand_f32(hd, 1.5f);
+    const size_t tab = (size_t)r.n_pos * (hd / 2) * sizeof(float);
+    float *dc = dev_upload(r.cos, tab), *ds = dev_upload(r.sin, tab);
+    float *dqn = dev_upload(qn, hd * sizeof(float)), *dkn = dev_upload(kn, hd * sizeof(float));
+    float *zero = xmalloc(2 * cache * sizeof(float));
+    for (size_t i = 0; i < 2 * cache; i++)
+        zero[i] = -5.0f;
+    float *d1 = dev_upload(qkv, cnt * sizeof(float)), *d2 = dev_upload(qkv, cnt * sizeof(float));
+    float *c1 = dev_upload(zero, 2 * cache * sizeof(float)), *c2 = dev_upload(zero, 2 * cache * sizeof(float));
+    const mb_kcuda_kv kv1 = {.k = c1, .v = c1 + cache, .n_kv_heads = nkv, .head_dim = hd, .max_ctx = ctx},
+                      kv2 = {.k = c2, .v = c2 + cache, .n_kv_heads = nkv, .head_dim = hd, .max_ctx = ctx};
+    /* unfused, as forward_cuda ran it: head norms over whole rows of heads, rope, store */
+    for (uint32_t t = 0; t < n && norms; t++) {
+        RUN(mb_kcuda_rmsnorm(NULL, d1 + t * ld, hd, d1 + t * ld, hd, nh, hd, dqn, 1e-6f));
+        RUN(mb_kcuda_rmsnorm(NULL, d1 + t * ld + qd, hd, d1 + t * ld + qd, hd, nkv, hd, dkn, 1e-6f));
+    }
+    RUN(mb_kcuda_rope(NULL, d1, ld, n, nh, hd, pos0, dc, ds, il));
+    RUN(mb_kcuda_rope(NULL, d1 + qd, ld, n, nkv, hd, pos0, dc, ds, il));
+    RUN(mb_kcuda_kv_store(NULL, &kv1, pos0, n, d1 + qd, ld, d1 + qd + kd, ld));
+    if (at) {
+        uint32_t *dpos = dev_upload(&pos0, sizeof pos0);
+        RUN(mb_kcuda_qk_rope_store_at(NULL, d2, ld, n, nh, norms ? dqn : NULL, norms ? dkn : NULL, 1e-6f, dpos, dc,
+                                      ds, il, &kv2));
+        cudaFree(dpos);
+    } else {
+        RUN(mb_kcuda_qk_rope_store(NULL, d2, ld, n, nh, norms ? dqn : NULL, norms ? dkn : NULL, 1e-6f, pos0, dc, ds,
+                                   il, &kv2));
+    }
+    float *g1 = xmalloc(cnt * sizeof(float)), *g2 = xmalloc(cnt * sizeof(float));
+    float *k1 = xmalloc(2 * cache * sizeof(float)), *k2 = xmalloc(2 * cache * sizeof(float));
+    dev_download(g1, d1, cnt * sizeof(float));
+    dev_download(g2, d2, cnt * sizeof(float));
+    dev_download(k1, c1, 2 * cache * sizeof(float));
+    dev_download(k2, c2, 2 * cache * sizeof(float));
+    /* the query columns must agree; the key columns of qkv may hold either the rotated keys or not (the cache is
+     * what counts), the values and the padding must be untouched */
+    size_t bad = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        bad += count_diff(g1 + t * ld, g2 + t * ld, qd);
+        bad += count_diff(qkv + t * ld + qd + kd, g2 + t * ld + qd + kd, ld - qd - kd);
+    }
+    bad += count_diff(k1, k2, 2 * cache);
+    CHECK_MSG(note(E_FUSED, (double)bad, "qk_rope_store hd=%u heads=%u/%u n=%u pos0=%u norms=%d il=%d at=%d", hd, nh,
+                   nkv, n, pos0, norms, il, at),
+              "qk_rope_store hd=%u heads=%u/%u n=%u pos0=%u norms=%d il=%d at=%d: %zu values differ", hd, nh, nkv, n,
+              pos0, norms, il, at, bad);
+    cudaFree(d1);
+    cudaFree(d2);
+    cudaFree(c1);
+    cudaFree(c2);
+    cudaFree(dc);
+    cudaFree(ds);
+    cudaFree(dqn);
+    cudaFree(dkn);
+    free(qkv);
+    free(qn);
+    free(kn);
+    free(zero);
+    free(g1);
+    free(g2);
+    free(k1);
+    free(k2);
+    mb_rope_fini(&r);
+}
+
+static void test_fused(void)
+{
+    const uint32_t ds[] = {64, 513, 2048}, rs[] = {1, 5};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 2; b++)
+            for (int inplace = 0; inplace < 2; inplace++)
+                add_rmsnorm_case(ds[a], rs[b], inplace);
+    static const uint32_t shapes[][3] = {{128, 8, 2}, {64, 4, 4}, {16, 3, 1}};
+    const uint32_t ns[] = {1, 5}, p0s[] = {0, 17};
+    for (size_t sh = 0; sh < 3; sh++)
+        for (size_t a = 0; a < 2; a++)
+            for (size_t b = 0; b < 2; b++)
+                for (int norms = 0; norms < 2; norms++)
+                    for (int il = 0; il < 2; il++)
+                        for (int at = 0; at < 2; at++)
+                            qk_rope_store_case(shapes[sh][0], shapes[sh][1], shapes[sh][2], ns[a], p0s[b], norms, il,
+                                               at);
+}
+
 /* ---- refused arguments -------------------------------------------------------------- */
 
 static void test_refusals(void)
@@ -896,7 +1039,8 @@ int main(int argc, char **argv)
     } groups[] = {{"refusals", test_refusals}, {"embed", test_embed},
                   {"rmsnorm", test_rmsnorm},   {"rope", test_rope},
                   {"silu_add", test_silu_add}, {"route", test_route},
-                  {"linear", test_linear},     {"attention", test_attention}};
+                  {"linear", test_linear},     {"attention", test_attention},
+                  {"fused", test_fused}};
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
         if (wanted(groups[i].name)) groups[i].run();
     print_stats();
