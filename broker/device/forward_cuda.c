@@ -74,6 +74,11 @@ typedef struct {
 
 typedef struct {
     dev_mat wq, wk, wv, wo, router;
+    /* With fusions on: q_proj, k_proj and v_proj stacked in one matrix
+     * [q_dim + 2 kv_dim][d_model] (one GEMV instead of three) when they
+     * share a dtype, and their biases as one vector; else wq/wk/wv. */
+    dev_mat wqkv;
+    float *bqkv;
     dev_mat sh_gate, sh_up, sh_down, sh_sg; /* Qwen2-MoE shared expert */
     float *attn_norm, *ffn_norm, *bq, *bk, *bv, *q_norm, *k_norm;
     mb_kcuda_kv kv;
@@ -83,7 +88,11 @@ struct mb_fwd_cuda {
     const mb_model *m;
     mb_model_config cfg;
     int device;
-    uint32_t max_ctx, chunk_cap, q_dim, kv_dim, window;
+    uint32_t max_ctx, chunk_cap, q_dim, kv_dim, qkv_dim, window;
+    /* 1 (default): the fused decode path (one QKV GEMV; head norm, RoPE
+     * and KV store in one kernel; the residual add folded into the next
+     * norm). 0 (MB_CUDA_FUSE=0): one kernel per operation, as before. */
+    int fuse;
     int renorm;
     cudaStream_t stream;
     cudaEvent_t copied, t0, t1;
@@ -99,7 +108,7 @@ struct mb_fwd_cuda {
     /* Device scratch for chunk_cap tokens. xfer is what the dispatcher
      * needs, laid out for the current chunk's n: xn [n][d_model], then ids
      * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three. */
-    float *x, *xfer, *q, *k, *v, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last, *logits_all, *work;
+    float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last, *logits_all, *work;
     int32_t *tok;
     size_t work_floats;
     /* Pinned host twins. */
@@ -113,6 +122,20 @@ struct mb_fwd_cuda {
     int graphs; /* 1: on, 0: off (MB_CUDA_GRAPHS=0, or a capture failed) */
     cudaGraphExec_t *graph_a, *graph_b; /* [n_layers], NULL until captured */
     uint32_t *pos_dev, *h_pos;
+    /* MB_CUDA_PROFILE=1: decode steps run without graphs, with an event
+     * after every operation; the gaps are summed per operation and printed
+     * at destroy (a launch gap counts toward the operation after it). */
+    struct {
+        int on, marks, cap;
+        uint64_t steps;
+        cudaEvent_t *ev;
+        const char **label;
+        struct {
+            const char *label;
+            double ms;
+        } row[40];
+        int rows;
+    } prof;
     char err[256];
 };
 
@@ -246,14 +269,70 @@ static uint64_t dense_bytes(const mb_model *m)
     return b;
 }
 
+/* q_proj, k_proj and v_proj stacked into one device matrix, rows in that
+ * order (the columns of the qkv scratch). The caller checked that the
+ * three share a dtype. */
+static mb_status upload_qkv(mb_fwd_cuda *fc, const mb_layer_weights *L, uint32_t layer, dev_mat *out,
+                            progress_line *p)
+{
+    memset(out, 0, sizeof *out);
+    const mb_tensor *part[3] = {&L->wq, &L->wk, &L->wv};
+    int dt = kcuda_dtype(L->wq.dtype);
+    if (dt < 0) {
+        set_err(fc, "--device cuda:%d: layer %u q_proj is %s; the GPU coordinator takes f32, f16 and bf16 dense weights",
+                fc->device, layer, mb_dtype_name(L->wq.dtype));
+        return MB_STATUS_BAD_DTYPE;
+    }
+    uint64_t bytes = 0;
+    for (int i = 0; i < 3; i++) bytes += mat_bytes(part[i]);
+    char *d = NULL;
+    cudaError_t e = dev_alloc(fc, bytes, (void **)&d);
+    for (uint64_t off = 0, i = 0; e == cudaSuccess && i < 3; off += mat_bytes(part[i]), i++)
+        e = cudaMemcpy(d + off, part[i]->data, mat_bytes(part[i]), cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: uploading layer %u q/k/v_proj: %s", fc->device, layer, cudaGetErrorString(e));
+        return MB_STATUS_DEVICE;
+    }
+    progress_add(p, bytes);
+    *out = (dev_mat){.w = d, .dtype = dt, .rows = fc->qkv_dim, .cols = (uint32_t)L->wq.cols};
+    return MB_STATUS_OK;
+}
+
+/* The q, k and v biases as one f32 vector [q_dim + 2 kv_dim] (an absent
+ * one is zeros); bq, bk and bv point into it. */
+static mb_status upload_qkv_bias(mb_fwd_cuda *fc, const mb_layer_weights *L, dev_layer *D)
+{
+    const mb_tensor *part[3] = {&L->bq, &L->bk, &L->bv};
+    const size_t len[3] = {fc->q_dim, fc->kv_dim, fc->kv_dim};
+    float *h = calloc(fc->qkv_dim, sizeof *h);
+    if (!h) return MB_STATUS_NOMEM;
+    for (size_t i = 0, off = 0; i < 3; off += len[i], i++)
+        if (part[i]->data) mb_dtype_decode_f32(part[i]->dtype, h + off, part[i]->data, len[i]);
+    cudaError_t e = dev_alloc(fc, fc->qkv_dim * sizeof(float), (void **)&D->bqkv);
+    if (e == cudaSuccess) e = cudaMemcpy(D->bqkv, h, fc->qkv_dim * sizeof(float), cudaMemcpyHostToDevice);
+    free(h);
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: uploading the q/k/v biases: %s", fc->device, cudaGetErrorString(e));
+        return MB_STATUS_DEVICE;
+    }
+    D->bq = L->bq.data ? D->bqkv : NULL;
+    D->bk = L->bk.data ? D->bqkv + fc->q_dim : NULL;
+    D->bv = L->bv.data ? D->bqkv + fc->q_dim + fc->kv_dim : NULL;
+    return MB_STATUS_OK;
+}
+
 static mb_status upload_layer(mb_fwd_cuda *fc, uint32_t l, progress_line *p)
 {
     const mb_model_config *c = &fc->cfg;
     const mb_layer_weights *L = &fc->m->layers[l];
     dev_layer *D = &fc->layers[l];
-    MB_TRY(upload_mat(fc, &L->wq, "q_proj", l, &D->wq, p));
-    MB_TRY(upload_mat(fc, &L->wk, "k_proj", l, &D->wk, p));
-    MB_TRY(upload_mat(fc, &L->wv, "v_proj", l, &D->wv, p));
+    if (fc->fuse && L->wq.dtype == L->wk.dtype && L->wq.dtype == L->wv.dtype)
+        MB_TRY(upload_qkv(fc, L, l, &D->wqkv, p));
+    if (!D->wqkv.w) {
+        MB_TRY(upload_mat(fc, &L->wq, "q_proj", l, &D->wq, p));
+        MB_TRY(upload_mat(fc, &L->wk, "k_proj", l, &D->wk, p));
+        MB_TRY(upload_mat(fc, &L->wv, "v_proj", l, &D->wv, p));
+    }
     MB_TRY(upload_mat(fc, &L->wo, "o_proj", l, &D->wo, p));
     MB_TRY(upload_mat(fc, &L->router, "router", l, &D->router, p));
     if (c->d_ff_shared) {
@@ -264,11 +343,7 @@ static mb_status upload_layer(mb_fwd_cuda *fc, uint32_t l, progress_line *p)
     }
     MB_TRY(upload_vec(fc, &L->attn_norm, c->d_model, &D->attn_norm));
     MB_TRY(upload_vec(fc, &L->ffn_norm, c->d_model, &D->ffn_norm));
-    if (c->qkv_bias) {
-        MB_TRY(upload_vec(fc, &L->bq, fc->q_dim, &D->bq));
-        MB_TRY(upload_vec(fc, &L->bk, fc->kv_dim, &D->bk));
-        MB_TRY(upload_vec(fc, &L->bv, fc->kv_dim, &D->bv));
-    }
+    if (c->qkv_bias) MB_TRY(upload_qkv_bias(fc, L, D));
     if (c->qk_norm) {
         MB_TRY(upload_vec(fc, &L->q_norm, c->head_dim, &D->q_norm));
         MB_TRY(upload_vec(fc, &L->k_norm, c->head_dim, &D->k_norm));
@@ -341,6 +416,7 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
         {&fc->q, n * fc->q_dim},
         {&fc->k, n * fc->kv_dim},
         {&fc->v, n * fc->kv_dim},
+        {&fc->qkv, n * fc->qkv_dim},
         {&fc->att, n * fc->q_dim},
         {&fc->rlog, n * c->n_experts},
         {&fc->moe, n * d},
@@ -410,6 +486,16 @@ static mb_status open_device(mb_fwd_cuda *fc)
     if (e == cudaSuccess) e = cudaEventCreate(&fc->t1);
     const char *g = getenv("MB_CUDA_GRAPHS");
     fc->graphs = !(g && strcmp(g, "0") == 0);
+    const char *pr = getenv("MB_CUDA_PROFILE");
+    if (pr && strcmp(pr, "1") == 0) {
+        fc->graphs = 0;
+        fc->prof.cap = (int)fc->cfg.n_layers * 32 + 16;
+        fc->prof.ev = calloc((size_t)fc->prof.cap, sizeof *fc->prof.ev);
+        fc->prof.label = calloc((size_t)fc->prof.cap, sizeof *fc->prof.label);
+        if (!fc->prof.ev || !fc->prof.label) return MB_STATUS_NOMEM;
+        for (int i = 0; e == cudaSuccess && i < fc->prof.cap; i++) e = cudaEventCreate(&fc->prof.ev[i]);
+        fc->prof.on = 1;
+    }
     fc->graph_a = calloc(fc->cfg.n_layers, sizeof *fc->graph_a);
     fc->graph_b = calloc(fc->cfg.n_layers, sizeof *fc->graph_b);
     if (!fc->graph_a || !fc->graph_b) return MB_STATUS_NOMEM;
@@ -465,6 +551,9 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->chunk_cap = chunk_cap;
     fc->q_dim = fc->cfg.n_heads * fc->cfg.head_dim;
     fc->kv_dim = fc->cfg.n_kv_heads * fc->cfg.head_dim;
+    fc->qkv_dim = fc->q_dim + 2 * fc->kv_dim;
+    const char *fz = getenv("MB_CUDA_FUSE");
+    fc->fuse = !(fz && strcmp(fz, "0") == 0);
     /* As mb_attn_init: a window as wide as the context hides nothing. */
     fc->window = fc->cfg.sliding_window < max_ctx ? fc->cfg.sliding_window : 0;
     mb_router r;
@@ -478,6 +567,51 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     }
     *out = fc;
     return MB_STATUS_OK;
+}
+
+/* ---- decode profile (MB_CUDA_PROFILE=1) ------------------------------------ */
+
+/* Records an event after the operation just enqueued, in a profiled step. */
+static void prof_mark(mb_fwd_cuda *fc, const char *label)
+{
+    if (!fc->prof.on || fc->prof.marks < 0 || fc->prof.marks >= fc->prof.cap) return;
+    if (cudaEventRecord(fc->prof.ev[fc->prof.marks], fc->stream) != cudaSuccess) return;
+    fc->prof.label[fc->prof.marks++] = label;
+}
+
+/* After the step's synchronisation: each gap between marks goes to the
+ * label of the mark that ends it. */
+static void prof_collect(mb_fwd_cuda *fc)
+{
+    if (!fc->prof.on || fc->prof.marks < 0) return;
+    for (int i = 1; i < fc->prof.marks; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, fc->prof.ev[i - 1], fc->prof.ev[i]) != cudaSuccess) continue;
+        int r = 0;
+        while (r < fc->prof.rows && strcmp(fc->prof.row[r].label, fc->prof.label[i]) != 0) r++;
+        if (r == fc->prof.rows) {
+            if (r == (int)(sizeof fc->prof.row / sizeof fc->prof.row[0])) continue;
+            fc->prof.row[fc->prof.rows++].label = fc->prof.label[i];
+        }
+        fc->prof.row[r].ms += ms;
+    }
+    fc->prof.steps++;
+    fc->prof.marks = -1;
+}
+
+static void prof_print(const mb_fwd_cuda *fc)
+{
+    if (!fc->prof.on || fc->prof.steps == 0) return;
+    double total = 0;
+    for (int r = 0; r < fc->prof.rows; r++) total += fc->prof.row[r].ms;
+    fprintf(stderr, "cuda decode profile: %llu steps, %u layers, no graphs, %.1f us a step (event gaps)\n",
+            (unsigned long long)fc->prof.steps, fc->cfg.n_layers, 1e3 * total / (double)fc->prof.steps);
+    fprintf(stderr, "  %-34s %10s %10s %7s\n", "operation", "us/step", "us/layer", "share");
+    for (int r = 0; r < fc->prof.rows; r++) {
+        double us = 1e3 * fc->prof.row[r].ms / (double)fc->prof.steps;
+        fprintf(stderr, "  %-34s %10.1f %10.2f %6.1f%%\n", fc->prof.row[r].label, us,
+                us / (fc->cfg.n_layers ? fc->cfg.n_layers : 1), 100.0 * fc->prof.row[r].ms / total);
+    }
 }
 
 void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
@@ -506,6 +640,11 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
     free(fc->graph_a);
     free(fc->graph_b);
     cudaFreeHost(fc->h_pos);
+    prof_print(fc);
+    for (int i = 0; fc->prof.ev && i < fc->prof.cap; i++)
+        if (fc->prof.ev[i]) cudaEventDestroy(fc->prof.ev[i]);
+    free(fc->prof.ev);
+    free(fc->prof.label);
     if (fc->stream) cudaStreamDestroy(fc->stream);
     cudaGetLastError();
     free(fc->allocs);
@@ -540,22 +679,73 @@ static int use_graph(const mb_fwd_cuda *fc, uint32_t n)
     return fc->graphs && n == 1;
 }
 
+/* The fused attention block: the previous layer's experts added to x in
+ * its norm, one QKV projection, head norm + RoPE + KV store in one kernel,
+ * attention, o_proj accumulating into x. */
+static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
+{
+    const mb_model_config *c = &fc->cfg;
+    const dev_layer *D = &fc->layers[l];
+    float *xn = fc->xfer, *qkv = fc->qkv;
+    const size_t d = c->d_model, ld = fc->qkv_dim;
+    if (l == 0)
+        K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm, c->rms_eps));
+    else
+        K(mb_kcuda_add_rmsnorm(fc->stream, xn, d, fc->x, d, fc->moe, d, n, c->d_model, D->attn_norm, c->rms_eps));
+    prof_mark(fc, "(+ experts) attn rmsnorm");
+    if (D->wqkv.w) {
+        K(linear(fc, &D->wqkv, xn, d, n, qkv, ld, D->bqkv, 0));
+    } else {
+        K(linear(fc, &D->wq, xn, d, n, qkv, ld, D->bq, 0));
+        K(linear(fc, &D->wk, xn, d, n, qkv + fc->q_dim, ld, D->bk, 0));
+        K(linear(fc, &D->wv, xn, d, n, qkv + fc->q_dim + fc->kv_dim, ld, D->bv, 0));
+    }
+    prof_mark(fc, "qkv_proj");
+    const int il = c->rope_interleaved != 0;
+    const mb_kcuda_attn_shape s = {.n_heads = c->n_heads, .window = fc->window,
+                                   .scale = (float)(1.0 / sqrt((double)c->head_dim))};
+    if (use_graph(fc, n)) { /* the position comes from pos_dev */
+        const uint32_t *p = fc->pos_dev;
+        K(mb_kcuda_qk_rope_store_at(fc->stream, qkv, ld, n, c->n_heads, D->q_norm, D->k_norm, c->rms_eps, p, fc->cos,
+                                    fc->sin, il, &D->kv));
+        prof_mark(fc, "head norms + rope + kv store");
+        K(mb_kcuda_attention_at(fc->stream, &D->kv, &s, p, n, qkv, ld, fc->att, fc->q_dim, fc->work,
+                                fc->work_floats));
+    } else {
+        K(mb_kcuda_qk_rope_store(fc->stream, qkv, ld, n, c->n_heads, D->q_norm, D->k_norm, c->rms_eps, pos, fc->cos,
+                                 fc->sin, il, &D->kv));
+        prof_mark(fc, "head norms + rope + kv store");
+        K(mb_kcuda_attention(fc->stream, &D->kv, &s, pos, n, qkv, ld, fc->att, fc->q_dim, fc->work,
+                             fc->work_floats));
+    }
+    prof_mark(fc, "attention (+ merge)");
+    K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, NULL, 1));
+    prof_mark(fc, "o_proj + residual");
+    return MB_STATUS_OK;
+}
+
 /* x += o_proj(attention(rope(q), rope(k), v)) for n tokens at pos. */
 static mb_status attention_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
+    if (fc->fuse) return attention_block_fused(fc, l, n, pos);
     const mb_model_config *c = &fc->cfg;
     const dev_layer *D = &fc->layers[l];
     float *xn = fc->xfer;
     const size_t d = c->d_model;
     K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm, c->rms_eps));
+    prof_mark(fc, "attn rmsnorm");
     K(linear(fc, &D->wq, xn, d, n, fc->q, fc->q_dim, D->bq, 0));
+    prof_mark(fc, "q_proj");
     K(linear(fc, &D->wk, xn, d, n, fc->k, fc->kv_dim, D->bk, 0));
+    prof_mark(fc, "k_proj");
     K(linear(fc, &D->wv, xn, d, n, fc->v, fc->kv_dim, D->bv, 0));
+    prof_mark(fc, "v_proj");
     if (c->qk_norm) { /* Qwen3: RMSNorm over each head, before RoPE */
         K(mb_kcuda_rmsnorm(fc->stream, fc->q, c->head_dim, fc->q, c->head_dim, n * c->n_heads, c->head_dim,
                            D->q_norm, c->rms_eps));
         K(mb_kcuda_rmsnorm(fc->stream, fc->k, c->head_dim, fc->k, c->head_dim, n * c->n_kv_heads, c->head_dim,
                            D->k_norm, c->rms_eps));
+        prof_mark(fc, "q/k head norms");
     }
     const int il = c->rope_interleaved != 0;
     const mb_kcuda_attn_shape s = {.n_heads = c->n_heads, .window = fc->window,
@@ -570,11 +760,15 @@ static mb_status attention_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32
     } else {
         K(mb_kcuda_rope(fc->stream, fc->q, fc->q_dim, n, c->n_heads, c->head_dim, pos, fc->cos, fc->sin, il));
         K(mb_kcuda_rope(fc->stream, fc->k, fc->kv_dim, n, c->n_kv_heads, c->head_dim, pos, fc->cos, fc->sin, il));
+        prof_mark(fc, "rope q, k");
         K(mb_kcuda_kv_store(fc->stream, &D->kv, pos, n, fc->k, fc->kv_dim, fc->v, fc->kv_dim));
+        prof_mark(fc, "kv store");
         K(mb_kcuda_attention(fc->stream, &D->kv, &s, pos, n, fc->q, fc->q_dim, fc->att, fc->q_dim, fc->work,
                              fc->work_floats));
+        prof_mark(fc, "attention (+ merge)");
     }
     K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, NULL, 1));
+    prof_mark(fc, "o_proj + residual");
     return MB_STATUS_OK;
 }
 
@@ -587,11 +781,15 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     const size_t d = c->d_model, k = c->top_k;
     float *xn = fc->xfer;
     K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
+    prof_mark(fc, "ffn rmsnorm");
     K(linear(fc, &D->router, xn, d, n, fc->rlog, c->n_experts, NULL, 0));
+    prof_mark(fc, "router GEMV");
     K(mb_kcuda_route_topk(fc->stream, fc->rlog, n, c->n_experts, c->top_k, fc->renorm, (int32_t *)(xn + n * d),
                           xn + n * (d + k)));
+    prof_mark(fc, "top-k");
     cudaError_t e = cudaMemcpyAsync(fc->h_xfer, fc->xfer, (size_t)n * (d + 2 * k) * sizeof(float),
                                     cudaMemcpyDeviceToHost, fc->stream);
+    prof_mark(fc, "copy to host (xn|ids|gate)");
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the routed tokens to the host");
 }
 
@@ -610,8 +808,11 @@ static mb_status segment_b(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     cudaError_t e =
         cudaMemcpyAsync(fc->moe, fc->h_moe, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "copying the experts' sums to the device");
+    prof_mark(fc, "copy sums to device");
     if (ff) K(linear(fc, &fc->layers[l].sh_down, fc->sh_g, ff, n, fc->moe, d, NULL, 1));
-    K(mb_kcuda_add(fc->stream, fc->x, fc->moe, (size_t)n * d));
+    /* Fused: the next norm (the next layer's, or the final one) adds moe. */
+    if (!fc->fuse) K(mb_kcuda_add(fc->stream, fc->x, fc->moe, (size_t)n * d));
+    prof_mark(fc, "shared down + residual add");
     return MB_STATUS_OK;
 }
 
@@ -660,6 +861,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         K(linear(fc, &D->sh_up, xn, d, n, fc->sh_u, ff, NULL, 0));
         K(linear(fc, &D->sh_sg, xn, d, n, fc->sh_s, 1, NULL, 0));
         K(mb_kcuda_silu_mul(fc->stream, fc->sh_g, fc->sh_u, ff, n, (uint32_t)ff, fc->sh_s));
+        prof_mark(fc, "shared expert gate/up (overlapped)");
     }
     e = cudaEventRecord(fc->wait[l], fc->stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
@@ -676,7 +878,20 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     if (st != MB_STATUS_OK) return st;
     e = cudaEventRecord(fc->resume[l], fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "recording the experts' return");
+    prof_mark(fc, "(idle: host waits for the experts)");
     return run_segment(fc, &fc->graph_b[l], segment_b, l, n, pos);
+}
+
+/* The final norm of rows r0.. r0 + rows into xfer (fused: adding the last
+ * layer's experts first). */
+static int final_norm(mb_fwd_cuda *fc, uint32_t r0, uint32_t rows)
+{
+    const size_t d = fc->cfg.d_model;
+    float *x = fc->x + (size_t)r0 * d;
+    if (fc->fuse)
+        return mb_kcuda_add_rmsnorm(fc->stream, fc->xfer, d, x, d, fc->moe + (size_t)r0 * d, d, rows, fc->cfg.d_model,
+                                    fc->final_norm, fc->cfg.rms_eps);
+    return mb_kcuda_rmsnorm(fc->stream, fc->xfer, d, x, d, rows, fc->cfg.d_model, fc->final_norm, fc->cfg.rms_eps);
 }
 
 /* Final norm and lm_head: every row into logits, or the last into
@@ -692,19 +907,20 @@ static mb_status head(mb_fwd_cuda *fc, uint32_t n, float *logits, float *last_lo
             e = dev_alloc(fc, (size_t)fc->chunk_cap * V * sizeof(float), (void **)&fc->logits_all);
             if (e != cudaSuccess) return fail(fc, e, "allocating logits for every position");
         }
-        K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, fc->final_norm, c->rms_eps));
+        K(final_norm(fc, 0, n));
         K(linear(fc, &fc->lm_head, xn, d, n, fc->logits_all, V, NULL, 0));
         e = cudaMemcpyAsync(logits, fc->logits_all, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost,
                             fc->stream);
     } else if (last_logits) {
-        K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x + (size_t)(n - 1) * d, d, 1, c->d_model, fc->final_norm,
-                           c->rms_eps));
+        K(final_norm(fc, n - 1, 1)); /* only the last row: the other rows of x are not read again */
         K(linear(fc, &fc->lm_head, xn, d, 1, fc->logits_last, V, NULL, 0));
         e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float), cudaMemcpyDeviceToHost, fc->stream);
     }
     if (e == cudaSuccess) e = cudaEventRecord(fc->t1, fc->stream);
+    prof_mark(fc, "final norm + lm_head + logits copy");
     if (e == cudaSuccess) e = cudaStreamSynchronize(fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "finishing the step");
+    prof_collect(fc);
     if (logits && last_logits) memcpy(last_logits, logits + (size_t)(n - 1) * V, V * sizeof(float));
     else if (last_logits) memcpy(last_logits, fc->h_logits, V * sizeof(float));
     float ms = 0;
@@ -730,6 +946,8 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
     memcpy(fc->h_tok, ids, n * sizeof(int32_t));
     if (e == cudaSuccess) e = cudaEventRecord(fc->t0, fc->stream);
+    fc->prof.marks = fc->prof.on && n == 1 ? 0 : -1;
+    prof_mark(fc, "start");
     if (e == cudaSuccess)
         e = cudaMemcpyAsync(fc->tok, fc->h_tok, n * sizeof(int32_t), cudaMemcpyHostToDevice, fc->stream);
     if (e == cudaSuccess && use_graph(fc, n)) {
@@ -738,6 +956,7 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
     }
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
     K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));
+    prof_mark(fc, "token copy + embed");
     for (uint32_t l = 0; l < fc->cfg.n_layers; l++) MB_TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));
     return head(fc, n, logits, last_logits);
 }
