@@ -186,6 +186,7 @@ static mb_status mb_link_spawn_remember(const mb_link_spec *spec, int index, mb_
     l->spawn.index = index;
     l->spawn.threads = spec->threads;
     l->spawn.max_slots = spec->max_slots;
+    l->spawn.shm_spin_ns = spec->shm_spin_ns;
     const uint32_t n = spec->n_model_roots < MB_LINK_MAX_ROOTS ? spec->n_model_roots : MB_LINK_MAX_ROOTS;
     if (n == 0) return MB_STATUS_OK;
     l->spawn.roots = calloc(n, sizeof *l->spawn.roots);
@@ -222,7 +223,8 @@ mb_status mb_link_spawn(const mb_link_spec *spec, mb_link_kind kind, int index, 
     mb_status st;
     char listen[300];
     if (kind == MB_LINK_SPAWNED_SHM) {
-        st = mb_shm_transport_create(NULL, &l.transport, &peer_fd);
+        const mb_shm_options so = {.spin_ns = spec->shm_spin_ns};
+        st = mb_shm_transport_create(&so, &l.transport, &peer_fd);
         snprintf(listen, sizeof listen, "shm");
     } else {
         const char *tmp = getenv("TMPDIR");
@@ -336,7 +338,7 @@ mb_status mb_link_respawn(mb_link *l, int64_t timeout_ns, char *err, size_t err_
         return MB_STATUS_INVALID_ARG;
     mb_link_spec spec = {.backend = l->spawn.backend, .device = l->spawn.device, .threads = l->spawn.threads,
                          .weight = l->weight, .max_slots = l->spawn.max_slots,
-                         .worker_timeout_ns = l->worker_timeout_ns,
+                         .worker_timeout_ns = l->worker_timeout_ns, .shm_spin_ns = l->spawn.shm_spin_ns,
                          .model_roots = (const char *const *)l->spawn.roots, .n_model_roots = l->spawn.n_roots};
     mb_link fresh;
     mb_status st = mb_link_spawn(&spec, l->kind, l->spawn.index, timeout_ns, &fresh, err, err_cap);

@@ -43,6 +43,7 @@ typedef struct mb_link {
         char backend[32];
         int device, index;
         uint32_t threads, max_slots, n_roots;
+        int64_t shm_spin_ns;
         char **roots;
     } spawn;
     /* In-process only. */
@@ -61,6 +62,7 @@ typedef struct {
     double weight;
     uint32_t max_slots;    /* slots to ask for (spawned / in-process) */
     int64_t worker_timeout_ns;  /* a worker whose heartbeat stops this long is lost; 0: 1.5 s */
+    int64_t shm_spin_ns;        /* spawned shm: busy-wait before sleeping; 0: the default, < 0: never */
     int64_t connect_timeout_ns; /* REMOTE: reaching it and its HELLO; 0: the caller's timeout */
     /* Spawned: the folders the worker may read weight files from (its
      * --model-root), realpaths; none: weights travel inline. */

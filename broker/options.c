@@ -94,6 +94,11 @@ static const knob knobs[MB_OPTION_COUNT_] = {
                                  .kind = KNOB_ENUM, .offset = OFF(payload_dtype),
                                  .names = dtype_names, .arg = "DTYPE",
                                  .help = "element type of activations sent to workers"},
+    [MB_OPTION_SHM_SPIN] = {.flag = "shm-spin", .env = "MB_SHM_SPIN", .kind = KNOB_U32, .offset = OFF(shm_spin_us),
+                            .min = 0, .max = 1000, .arg = "US",
+                            .help = "shm workers: both sides busy-wait this long for the next message\n"
+                                    "before sleeping (0: never spin); a wait longer than the spin\n"
+                                    "pays a futex wake-up, a longer spin burns a core while idle"},
     [MB_OPTION_THREADS] = {.flag = "threads", .env = "MB_THREADS", .kind = KNOB_U32,
                            .offset = OFF(threads), .max = 1024, .arg = "N", .dflt = "0 (auto)",
                            .help = "coordinator threads (attention, local experts)"},
@@ -248,6 +253,7 @@ void mb_options_init(mb_options *opt)
     opt->batch_capacity = 1024;
     opt->stream_slice = 4;
     opt->payload_dtype = MB_DTYPE_F32;
+    opt->shm_spin_us = 30;
     opt->seed = 1;
     opt->chunk = 512;
     opt->on_worker_loss = MB_ON_WORKER_LOSS_FALLBACK;

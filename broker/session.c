@@ -57,6 +57,7 @@ static mb_status mb_session_start_link(const mb_options *opt, const char *spec_t
     mb_link_spec ls = {.backend = ws.backend, .device = ws.device, .threads = ws.threads,
                        .endpoint = ws.endpoint, .weight = ws.weight, .max_slots = max_slots,
                        .worker_timeout_ns = (int64_t)opt->worker_timeout_ms * 1000000,
+                       .shm_spin_ns = opt->shm_spin_us ? (int64_t)opt->shm_spin_us * 1000 : -1,
                        .connect_timeout_ns = (int64_t)opt->connect_timeout_ms * 1000000,
                        .model_roots = (const char *const *)roots->dirs, .n_model_roots = roots->n,
                        .curve_server_key_file = ws.key_file[0] ? ws.key_file : NULL,

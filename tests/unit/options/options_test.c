@@ -97,7 +97,7 @@ static void test_flags(void)
     mb_status st =
         parse(&o, "--model", "/m", "--worker", "cpu", "--worker", "tcp://h:5555", "--ipc-mode",
               "stream", "--transport", "zmq", "--batch-capacity", "4096", "--stream-slice", "16",
-              "--payload-dtype", "bf16", "--threads", "8", "--local-experts", "2", "--local-budget",
+              "--payload-dtype", "bf16", "--shm-spin", "0", "--threads", "8", "--local-experts", "2", "--local-budget",
               "512M", "--input-ids", "5, 6,7", "--prefill", "128", "--seed",
               "18446744073709551615", "--gen", "32", "--chunk", "256", "--max-ctx", "4096",
               "--logits-out", "/tmp/l.bin", "--stats", "--stats-json", "s.json", "--stats-layers",
@@ -122,6 +122,7 @@ static void test_flags(void)
     CHECK_EQ(o.batch_capacity, 4096);
     CHECK_EQ(o.stream_slice, 16);
     CHECK_EQ(o.payload_dtype, MB_DTYPE_BF16);
+    CHECK_EQ(o.shm_spin_us, 0);
     CHECK_EQ(o.threads, 8);
     CHECK_EQ(o.local_experts, 2);
     CHECK_EQ(o.local_budget_bytes, 512ull << 20);
