@@ -780,6 +780,19 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k;
     float *xn = fc->xfer;
+    if (fc->fuse) {
+        /* The dispatcher's arrays written straight into pinned host memory
+         * by the norm and the top-k kernel: no copy on the stream. */
+        float *hx = fc->h_xfer;
+        K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, hx, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
+        prof_mark(fc, "ffn rmsnorm (+ to host)");
+        K(linear(fc, &D->router, xn, d, n, fc->rlog, c->n_experts, NULL, 0));
+        prof_mark(fc, "router GEMV");
+        K(mb_kcuda_route_topk(fc->stream, fc->rlog, n, c->n_experts, c->top_k, fc->renorm, (int32_t *)(hx + n * d),
+                              hx + n * (d + k)));
+        prof_mark(fc, "top-k (to host)");
+        return MB_STATUS_OK;
+    }
     K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
     prof_mark(fc, "ffn rmsnorm");
     K(linear(fc, &D->router, xn, d, n, fc->rlog, c->n_experts, NULL, 0));

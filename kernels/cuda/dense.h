@@ -41,6 +41,12 @@ int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d, cons
 int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows,
                      uint32_t d, const float *w, float eps);
 
+/* mb_kcuda_rmsnorm writing its result to y and to y2 (row stride ldy2):
+ * y2 may be pinned host memory (the device writes it directly, so no copy
+ * on the stream is needed). y may equal x. */
+int mb_kcuda_rmsnorm_copy(void *stream, float *y, size_t ldy, float *y2, size_t ldy2, const float *x, size_t ldx,
+                          uint32_t rows, uint32_t d, const float *w, float eps);
+
 /* The residual add folded into the norm that follows it: x[r] += a[r]
  * (stored), then y[r] = RMSNorm(x[r]) * w as mb_kcuda_rmsnorm, for r <
  * rows; a has row stride lda. Bit-identical to mb_kcuda_add then
@@ -141,7 +147,7 @@ int mb_kcuda_qk_rope_store_at(void *stream, float *qkv, size_t ld, uint32_t n, u
  * probabilities in descending order (ties: the lower index first) into
  * ids[t][0..top_k) (int32) and their weights into gate[t][0..top_k),
  * divided by their sum when renorm. logits is left unchanged. top_k <=
- * 32, n_experts <= 1024. */
+ * 32, n_experts <= 1024. ids and gate may be pinned host memory. */
 int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
                         int renorm, int32_t *ids, float *gate);
 

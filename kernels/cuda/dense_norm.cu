@@ -45,8 +45,9 @@ extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint3
 // fixed (lane-strided, then a butterfly), so runs are reproducible.
 template <int TPR>
 __global__ void __launch_bounds__(MB_NORM_THREADS)
-mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *x, size_t ldx, const float *__restrict__ a, size_t lda,
-                        uint32_t rows, uint32_t d, const float *__restrict__ w, float eps)
+mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *y2, size_t ldy2, float *x, size_t ldx,
+                        const float *__restrict__ a, size_t lda, uint32_t rows, uint32_t d,
+                        const float *__restrict__ w, float eps)
 {
     constexpr int RPB = MB_NORM_THREADS / TPR; // rows per block
     const int sub = threadIdx.x % TPR;
@@ -81,23 +82,32 @@ mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *x, size_t ldx, const float 
     // y may be x: each element is read above and here by the same thread
     // before it writes it.
     float *yr = y + r * ldy;
+    if (y2) { // a second copy (mapped host memory: posted writes, no copy on the stream)
+        float *y2r = y2 + r * ldy2;
+        for (uint32_t i = sub; i < d; i += TPR) {
+            const float v = w[i] * (xr[i] * scale);
+            yr[i] = v;
+            y2r[i] = v;
+        }
+        return;
+    }
     for (uint32_t i = sub; i < d; i += TPR)
         yr[i] = w[i] * (xr[i] * scale);
 }
 
-static int mb_rmsnorm_launch(void *stream, float *y, size_t ldy, float *x, size_t ldx, const float *a, size_t lda,
-                             uint32_t rows, uint32_t d, const float *w, float eps)
+static int mb_rmsnorm_launch(void *stream, float *y, size_t ldy, float *y2, size_t ldy2, float *x, size_t ldx,
+                             const float *a, size_t lda, uint32_t rows, uint32_t d, const float *w, float eps)
 {
-    if (!y || !x || !w || rows == 0 || d == 0 || ldx < d || ldy < d || (a && lda < d))
+    if (!y || !x || !w || rows == 0 || d == 0 || ldx < d || ldy < d || (a && lda < d) || (y2 && ldy2 < d))
         return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
     if (d <= 512) {
         constexpr int rpb = MB_NORM_THREADS / 32;
         const unsigned blocks = (unsigned)mb_dense_cdiv(rows, rpb);
-        mb_kcuda_rmsnorm_kernel<32><<<blocks, MB_NORM_THREADS, 0, s>>>(y, ldy, x, ldx, a, lda, rows, d, w, eps);
+        mb_kcuda_rmsnorm_kernel<32><<<blocks, MB_NORM_THREADS, 0, s>>>(y, ldy, y2, ldy2, x, ldx, a, lda, rows, d, w, eps);
     } else {
         mb_kcuda_rmsnorm_kernel<MB_NORM_THREADS>
-            <<<rows, MB_NORM_THREADS, 0, s>>>(y, ldy, x, ldx, a, lda, rows, d, w, eps);
+            <<<rows, MB_NORM_THREADS, 0, s>>>(y, ldy, y2, ldy2, x, ldx, a, lda, rows, d, w, eps);
     }
     return mb_dense_launched();
 }
@@ -106,12 +116,19 @@ extern "C" int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float 
                                 uint32_t d, const float *w, float eps)
 {
     // Without an addend the kernel never writes x.
-    return mb_rmsnorm_launch(stream, y, ldy, (float *)x, ldx, NULL, 0, rows, d, w, eps);
+    return mb_rmsnorm_launch(stream, y, ldy, NULL, 0, (float *)x, ldx, NULL, 0, rows, d, w, eps);
+}
+
+extern "C" int mb_kcuda_rmsnorm_copy(void *stream, float *y, size_t ldy, float *y2, size_t ldy2, const float *x,
+                                     size_t ldx, uint32_t rows, uint32_t d, const float *w, float eps)
+{
+    if (!y2) return (int)cudaErrorInvalidValue;
+    return mb_rmsnorm_launch(stream, y, ldy, y2, ldy2, (float *)x, ldx, NULL, 0, rows, d, w, eps);
 }
 
 extern "C" int mb_kcuda_add_rmsnorm(void *stream, float *y, size_t ldy, float *x, size_t ldx, const float *a,
                                     size_t lda, uint32_t rows, uint32_t d, const float *w, float eps)
 {
     if (!a) return (int)cudaErrorInvalidValue;
-    return mb_rmsnorm_launch(stream, y, ldy, x, ldx, a, lda, rows, d, w, eps);
+    return mb_rmsnorm_launch(stream, y, ldy, NULL, 0, x, ldx, a, lda, rows, d, w, eps);
 }

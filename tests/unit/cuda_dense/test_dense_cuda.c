@@ -781,6 +781,37 @@ static void add_rmsnorm_case(uint32_t d, uint32_t rows, int inplace)
     free(g2);
 }
 
+/* rmsnorm_copy into device memory and pinned host memory: both copies equal
+ * mb_kcuda_rmsnorm's result, bit for bit. */
+static void rmsnorm_copy_case(uint32_t d, uint32_t rows)
+{
+    const size_t ldx = d + 3, ldy = d + 1, ldh = d + 2;
+    float *x = rand_f32(rows * ldx, 3.0f), *w = rand_f32(d, 1.5f);
+    float *dx = dev_upload(x, rows * ldx * sizeof(float)), *dw = dev_upload(w, d * sizeof(float));
+    float *dy1 = dev_upload(x, rows * ldy * sizeof(float)), *dy2 = dev_upload(x, rows * ldy * sizeof(float));
+    float *h = NULL;
+    CU(cudaMallocHost((void **)&h, rows * ldh * sizeof(float)));
+    RUN(mb_kcuda_rmsnorm(NULL, dy1, ldy, dx, ldx, rows, d, dw, 1e-6f));
+    RUN(mb_kcuda_rmsnorm_copy(NULL, dy2, ldy, h, ldh, dx, ldx, rows, d, dw, 1e-6f));
+    float *g1 = xmalloc(rows * ldy * sizeof(float)), *g2 = xmalloc(rows * ldy * sizeof(float));
+    dev_download(g1, dy1, rows * ldy * sizeof(float));
+    dev_download(g2, dy2, rows * ldy * sizeof(float));
+    size_t bad = count_diff(g1, g2, rows * ldy);
+    for (uint32_t r = 0; r < rows; r++)
+        bad += count_diff(g1 + r * ldy, h + r * ldh, d);
+    CHECK_MSG(note(E_FUSED, (double)bad, "rmsnorm_copy d=%u rows=%u", d, rows),
+              "rmsnorm_copy d=%u rows=%u: %zu values differ from rmsnorm", d, rows, bad);
+    cudaFreeHost(h);
+    cudaFree(dx);
+    cudaFree(dw);
+    cudaFree(dy1);
+    cudaFree(dy2);
+    free(x);
+    free(w);
+    free(g1);
+    free(g2);
+}
+
 static void qk_rope_store_case(uint32_t hd, uint32_t nh, uint32_t nkv, uint32_t n, uint32_t pos0, int norms, int il,
                                int at)
 {
@@ -860,6 +891,9 @@ static void test_fused(void)
         for (size_t b = 0; b < 2; b++)
             for (int inplace = 0; inplace < 2; inplace++)
                 add_rmsnorm_case(ds[a], rs[b], inplace);
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 2; b++)
+            rmsnorm_copy_case(ds[a], rs[b]);
     static const uint32_t shapes[][3] = {{128, 8, 2}, {64, 4, 4}, {16, 3, 1}};
     const uint32_t ns[] = {1, 5}, p0s[] = {0, 17};
     for (size_t sh = 0; sh < 3; sh++)

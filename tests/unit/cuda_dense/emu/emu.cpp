@@ -242,6 +242,9 @@ cudaError_t cudaFree(void *p)
     free(p);
     return cudaSuccess;
 }
+// Pinned host memory: plain host memory the kernels reach like any other.
+cudaError_t cudaMallocHost(void **p, size_t bytes) { return cudaMalloc(p, bytes); }
+cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
 cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind)
 {
     memcpy(d, s, n);
