@@ -55,6 +55,12 @@ static mb_status mb_worker_on_hello(mb_worker *w, const void *msg, size_t len, u
     r.max_slots = caps.max_slots;
     r.mem_total_bytes = caps.mem_total_bytes;
     r.mem_free_bytes = caps.mem_free_bytes;
+    /* What this session may still load: the coordinator places experts and
+     * replicas by this figure, so it must not promise past --max-memory. */
+    if (w->cfg->max_memory_bytes) {
+        uint64_t room = w->cfg->max_memory_bytes > w->loaded_bytes ? w->cfg->max_memory_bytes - w->loaded_bytes : 0;
+        if (room < r.mem_free_bytes) r.mem_free_bytes = room;
+    }
     r.max_message_bytes = mb_transport_max_message_bytes(w->cfg->transport);
     memcpy(r.backend, caps.name, sizeof r.backend);
     memcpy(r.device, caps.device, sizeof r.device);

@@ -566,6 +566,8 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             return MB_STATUS_INVALID_ARG;
     uint64_t t_start = mb_now_ns();
     uint64_t waited = 0;
+    /* Once per layer and chunk, however often failover sends it again. */
+    mb_stats_record_routing(c->stats, w->layer, w->expert_ids, (size_t)w->n_tokens * w->top_k);
     d->err[0] = '\0';
     d->lost = NULL;
     mb_dispatch_order(d);

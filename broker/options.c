@@ -123,8 +123,14 @@ static const knob knobs[MB_OPTION_COUNT_] = {
                                           "or fail the run (abort)"},
     [MB_OPTION_REPLICAS] = {.flag = "replicas", .env = "MB_REPLICAS", .kind = KNOB_U32, .offset = OFF(replicas),
                             .min = 1, .max = 16, .arg = "N",
-                            .help = "place each worker's experts on N workers where memory allows, so a\n"
-                                    "lost worker's share moves without reloading"},
+                            .help = "place each worker's experts on N workers where memory allows\n"
+                                    "(hottest first with --hotness), so a lost worker's share moves\n"
+                                    "without reloading"},
+    [MB_OPTION_HOTNESS] = {.flag = "hotness", .env = "MB_HOTNESS", .kind = KNOB_STRING, .offset = OFF(hotness),
+                           .arg = "FILE", .dflt = "none (replicas in worker order)",
+                           .help = "an earlier run's --stats-json report (its routed pairs per layer\n"
+                                   "and expert): when memory cannot hold every replica, the\n"
+                                   "hottest workers' experts get theirs first"},
     [MB_OPTION_WORKER_TIMEOUT] = {.flag = "worker-timeout", .env = "MB_WORKER_TIMEOUT", .kind = KNOB_U32,
                                   .offset = OFF(worker_timeout_ms), .min = 50, .max = 3600000, .arg = "MS",
                                   .help = "a worker whose heartbeat stops this long is lost (a busy one\n"

@@ -49,6 +49,7 @@ typedef enum {
     MB_OPTION_LOCAL_BUDGET,
     MB_OPTION_ON_WORKER_LOSS,
     MB_OPTION_REPLICAS,
+    MB_OPTION_HOTNESS,
     MB_OPTION_WORKER_TIMEOUT,
     MB_OPTION_CONNECT_TIMEOUT,
     MB_OPTION_INPUT_IDS,
@@ -115,6 +116,7 @@ typedef struct {
     uint64_t local_budget_bytes; /* memory for in-process experts, 0 = no limit */
     mb_on_worker_loss on_worker_loss; /* default fallback */
     uint32_t replicas;           /* homes per expert, 1..16, default 1 */
+    char *hotness;               /* --hotness FILE: an earlier run's routing counts; NULL = none */
     uint32_t worker_timeout_ms;  /* heartbeat silence that loses a worker, default 1500 */
     uint32_t connect_timeout_ms; /* reaching a tcp/ipc worker at start, default 5000 */
     int32_t *input_ids;          /* --input-ids LIST|FILE; NULL when not given */

@@ -47,6 +47,9 @@ void mb_placement_free(mb_placement *p)
         for (size_t i = 0; i < (size_t)p->n_links * p->max_copies; i++) free(p->copies[i].slot);
     free(p->copies);
     free(p->n_copies);
+    free(p->heat);
+    free(p->rank);
+    free(p->short_why);
     free(p->primary_slots);
     free(p->table);
     free(p->slots_used);
@@ -150,36 +153,124 @@ done:
     return st;
 }
 
+/* Whole-group capacity of link r for the copy: memory and slots. */
+static int mb_placement_fits(const mb_placement *p, const mb_link *links, uint64_t eb, uint32_t r, uint64_t need)
+{
+    uint64_t by_mem = eb ? links[r].caps.mem_free_bytes / eb : UINT64_MAX;
+    uint64_t cap = by_mem < links[r].caps.max_slots ? by_mem : links[r].caps.max_slots;
+    return p->slots_used[r] <= cap && need <= cap - p->slots_used[r];
+}
+
+/* 1 if link r holds a copy of group g already. */
+static int mb_placement_holds(const mb_placement *p, uint32_t g, uint32_t r)
+{
+    for (uint32_t k = 0; k < p->n_copies[g]; k++)
+        if (p->copies[(size_t)g * p->max_copies + k].link == r) return 1;
+    return 0;
+}
+
 mb_status mb_placement_add_replicas(mb_placement *p, const mb_model_config *cfg, const mb_link *links,
-                                    int local_link, uint32_t replicas)
+                                    int local_link, uint32_t replicas, const uint64_t *heat)
 {
     if (!p || !cfg || !links || !p->primary_slots || p->copies) return MB_STATUS_INVALID_ARG;
-    if (replicas <= 1) return MB_STATUS_OK;
-    const uint32_t n = p->n_links, extra = replicas - 1;
+    const uint32_t n = p->n_links, extra = replicas > 1 ? replicas - 1 : 0;
     const uint64_t eb = mb_expert_bytes(cfg);
-    p->copies = calloc((size_t)n * extra, sizeof *p->copies);
+    p->copies = calloc((size_t)n * (extra ? extra : 1), sizeof *p->copies);
     p->n_copies = calloc(n, sizeof *p->n_copies);
-    if (!p->copies || !p->n_copies) return MB_STATUS_NOMEM;
+    p->heat = calloc(n, sizeof *p->heat);
+    p->rank = malloc(n * sizeof *p->rank);
+    p->short_why = calloc(n, sizeof *p->short_why);
+    uint32_t *order = malloc(n * sizeof *order);
+    if (!p->copies || !p->n_copies || !p->heat || !p->rank || !p->short_why || !order) {
+        free(order);
+        return MB_STATUS_NOMEM;
+    }
     p->max_copies = extra;
+    p->heat_known = heat != NULL;
+    p->heat_total = 0;
+    for (size_t i = 0; heat && i < (size_t)p->n_layers * p->n_experts; i++) {
+        uint32_t g = p->table[i].link;
+        p->heat[g] = __builtin_add_overflow(p->heat[g], heat[i], &p->heat[g]) ? UINT64_MAX : p->heat[g];
+        p->heat_total = __builtin_add_overflow(p->heat_total, heat[i], &p->heat_total) ? UINT64_MAX : p->heat_total;
+    }
+    /* The groups that may have copies, hottest first (ties: link order; an
+     * insertion sort keeps it stable). */
+    uint32_t n_order = 0;
     for (uint32_t g = 0; g < n; g++) {
+        p->rank[g] = UINT32_MAX;
         if ((int)g == local_link || p->primary_slots[g] == 0) continue;
-        for (uint32_t k = 1; k < n && p->n_copies[g] < extra; k++) {
-            uint32_t r = (g + k) % n;
-            if ((int)r == local_link) continue;
-            uint64_t need = p->primary_slots[g];
-            uint64_t by_mem = eb ? links[r].caps.mem_free_bytes / eb : UINT64_MAX;
-            uint64_t cap = by_mem < links[r].caps.max_slots ? by_mem : links[r].caps.max_slots;
-            if (p->slots_used[r] + need > cap) continue; /* memory does not allow */
+        uint32_t at = n_order++;
+        while (at > 0 && p->heat[order[at - 1]] < p->heat[g]) {
+            order[at] = order[at - 1];
+            at--;
+        }
+        order[at] = g;
+    }
+    for (uint32_t i = 0; i < n_order; i++) p->rank[order[i]] = i;
+    /* Round k gives the k-th copy to every group that has the k-1 before
+     * it; memory only shrinks, so a group left short stays short. */
+    for (uint32_t round = 0; round < extra; round++) {
+        for (uint32_t i = 0; i < n_order; i++) {
+            uint32_t g = order[i];
+            if (p->n_copies[g] != round) continue;
+            const uint64_t need = p->primary_slots[g];
+            int candidates = 0;
+            uint32_t to = UINT32_MAX;
+            for (uint32_t k = 1; k < n && to == UINT32_MAX; k++) {
+                uint32_t r = (g + k) % n;
+                if ((int)r == local_link || mb_placement_holds(p, g, r)) continue;
+                candidates++;
+                if (mb_placement_fits(p, links, eb, r, need)) to = r;
+            }
+            if (to == UINT32_MAX) {
+                p->short_why[g] = candidates ? MB_REPLICA_SHORT_MEMORY : MB_REPLICA_SHORT_WORKERS;
+                continue;
+            }
             mb_replica *c = &p->copies[(size_t)g * extra + p->n_copies[g]];
             c->slot = malloc(need * sizeof *c->slot);
-            if (!c->slot) return MB_STATUS_NOMEM;
-            c->link = (uint16_t)r;
-            for (uint32_t s = 0; s < need; s++) c->slot[s] = p->slots_used[r]++;
-            p->bytes_placed[r] += need * eb;
+            if (!c->slot) {
+                free(order);
+                return MB_STATUS_NOMEM;
+            }
+            c->link = (uint16_t)to;
+            for (uint32_t s = 0; s < need; s++) c->slot[s] = p->slots_used[to]++;
+            p->bytes_placed[to] += need * eb;
             p->n_copies[g]++;
         }
     }
+    free(order);
     return MB_STATUS_OK;
+}
+
+void mb_placement_describe_replicas(const mb_placement *p, const mb_link *links, uint32_t g, char *buf, size_t cap)
+{
+    if (!buf || cap == 0) return;
+    buf[0] = '\0';
+    if (!p || !links || g >= p->n_links || !p->n_copies) return;
+    size_t used = 0;
+#define MB_PUT_(...)                                                                                                   \
+    do {                                                                                                               \
+        int n_ = snprintf(buf + used, cap - used, __VA_ARGS__);                                                        \
+        if (n_ > 0) used = used + (size_t)n_ < cap ? used + (size_t)n_ : cap - 1;                                      \
+    } while (0)
+    MB_PUT_("%s's %u experts", links[g].name, p->primary_slots[g]);
+    if (p->heat_known)
+        MB_PUT_(" (%.1f%% of the --hotness pairs)",
+                p->heat_total ? 100.0 * (double)p->heat[g] / (double)p->heat_total : 0.0);
+    if (p->rank[g] == UINT32_MAX) {
+        MB_PUT_(": no copy (%s)", p->primary_slots[g] ? "in-process" : "none placed");
+        return;
+    }
+    if (p->n_copies[g] == 0) MB_PUT_(": no copy");
+    for (uint32_t k = 0; k < p->n_copies[g]; k++)
+        MB_PUT_("%s%s", k ? ", " : p->n_copies[g] > 1 ? ": copies on " : ": copy on ",
+                links[p->copies[(size_t)g * p->max_copies + k].link].name);
+    if (p->n_copies[g] < p->max_copies) {
+        if (p->n_copies[g]) MB_PUT_(" (%u of %u wanted)", p->n_copies[g], p->max_copies);
+        if (p->short_why[g] == MB_REPLICA_SHORT_WORKERS) MB_PUT_(" (no other worker for more)");
+        else MB_PUT_(" (memory: no other worker has room for %u more experts)", p->primary_slots[g]);
+    }
+#undef MB_PUT_
 }
 
 void mb_placement_print(const mb_placement *p, const mb_link *links, FILE *f)
@@ -199,4 +290,14 @@ void mb_placement_print(const mb_placement *p, const mb_link *links, FILE *f)
                 p->n_layers ? (double)p->slots_used[i] / p->n_layers : 0.0,
                 (double)p->bytes_placed[i] / (double)(1ull << 30));
     }
+    if (!p->n_copies || p->max_copies == 0) return;
+    fprintf(f, "replicas: %u homes per expert wanted; workers' experts served %s\n", p->max_copies + 1,
+            p->heat_known ? "hottest first (routed pairs from --hotness)" : "in worker order (no --hotness given)");
+    for (uint32_t r = 0; r < p->n_links; r++)
+        for (uint32_t g = 0; g < p->n_links; g++) {
+            if (p->rank[g] != r) continue;
+            char line[512];
+            mb_placement_describe_replicas(p, links, g, line, sizeof line);
+            fprintf(f, "  %s\n", line);
+        }
 }

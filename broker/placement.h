@@ -33,7 +33,20 @@ typedef struct {
     uint32_t max_copies;    /* replicas per group the arrays have room for */
     uint32_t *n_copies;     /* [n_links]: copies of the group placed */
     mb_replica *copies;     /* [n_links][max_copies] */
+    /* Why copies went where they did (mb_placement_add_replicas). */
+    int heat_known;         /* groups were served hottest first */
+    uint64_t heat_total;    /* routed pairs over every expert, when heat_known */
+    uint64_t *heat;         /* [n_links]: routed pairs of the experts placed there (0 without heat) */
+    uint32_t *rank;         /* [n_links]: when the group was served (0 first; UINT32_MAX: never, local or empty) */
+    uint8_t *short_why;     /* [n_links]: mb_replica_short, when a group has fewer than max_copies copies */
 } mb_placement;
+
+/* Why a group has fewer copies than --replicas asked for. */
+typedef enum {
+    MB_REPLICA_SHORT_NONE = 0,    /* it has them all (or was not to have any) */
+    MB_REPLICA_SHORT_MEMORY = 1,  /* other workers lacked memory or slots for the whole group */
+    MB_REPLICA_SHORT_WORKERS = 2, /* too few other workers */
+} mb_replica_short;
 
 /* Plans a placement over links. local_link (-1 if none) is the in-process
  * link; it takes local_experts experts per layer (0 also when local_budget
@@ -48,13 +61,28 @@ mb_status mb_placement_plan(const mb_model_config *cfg, const mb_link *links, ui
 
 void mb_placement_free(mb_placement *p);
 
-/* --replicas: gives every worker's experts replicas - 1 more homes, each on
- * the next worker in order (wrapping, never the in-process link), where that
- * worker's memory and slots allow; a group that does not fit somewhere has
- * fewer copies (never an error). Copies take slots after the primary ones,
- * so the primary placement is unchanged. NOMEM; INVALID_ARG. */
+/* --replicas: gives every worker's experts (its group) replicas - 1 more
+ * homes, each a whole copy of the group on another worker (never the
+ * in-process link), where that worker's memory and slots allow; a group
+ * that does not fit anywhere has fewer copies (never an error). A copy is
+ * the whole group because a lost group is recomputed as one lane whose
+ * partial sums keep their order (broker/dispatch.h): split over two
+ * backends, a token's sum would be added in another order.
+ * Groups are served in rounds, every group's first copy before any
+ * group's second, and within a round the hottest group first when heat
+ * ([n_layers][n_experts] routed pairs, e.g. mb_hotness counts) is given,
+ * else in link order; a copy goes to the first worker after the group's
+ * own (wrapping) with room. So when memory runs short, the copies that are
+ * missing are those of the coldest groups. Copies take slots after the
+ * primary ones, so the primary placement is unchanged. Fills heat, rank
+ * and short_why. NOMEM; INVALID_ARG. */
 mb_status mb_placement_add_replicas(mb_placement *p, const mb_model_config *cfg, const mb_link *links,
-                                    int local_link, uint32_t replicas);
+                                    int local_link, uint32_t replicas, const uint64_t *heat);
+
+/* One line on group g's copies and why: "w1's 15 experts (52.1% of the
+ * --hotness pairs): copy on w2" or "...: no copy (memory: ...)". Cannot fail. */
+void mb_placement_describe_replicas(const mb_placement *p, const mb_link *links, uint32_t g, char *buf,
+                                    size_t cap);
 
 /* Checks, before anything is placed or loaded, that every link's backend
  * (its HELLO_REPLY dtype masks) holds expert weights of every dtype in
@@ -70,7 +98,9 @@ static inline const mb_place *mb_placement_at(const mb_placement *p, uint32_t la
     return &p->table[(size_t)layer * p->n_experts + expert];
 }
 
-/* Prints one line per link: experts per layer, slots and GiB placed. */
+/* Prints one line per link: experts per layer, slots and GiB placed; with
+ * replicas, then one line per group from mb_placement_describe_replicas,
+ * in the order the groups were served. */
 void mb_placement_print(const mb_placement *p, const mb_link *links, FILE *f);
 
 /* Bytes of one expert's three matrices: cfg->expert_bytes when the loader

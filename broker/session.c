@@ -1,6 +1,7 @@
 /* Session setup: backends, placement, expert loading, dispatcher, forward. */
 #include "broker/session.h"
 #include "broker/failover.h"
+#include "broker/hotness.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -183,6 +184,42 @@ mb_status mb_experts_load_group(const mb_model *m, const mb_placement *pl, uint3
     return st;
 }
 
+/* Tells the statistics where every expert went: the routing counts are
+ * kept per (layer, expert) with the worker each belongs to, and each
+ * worker's replicas with the reason for any missing. */
+static mb_status mb_session_stats_placement(mb_session *s, const mb_options *opt)
+{
+    const mb_placement *pl = &s->placement;
+    const size_t n = (size_t)pl->n_layers * pl->n_experts;
+    uint16_t *group = malloc(n * sizeof *group);
+    if (!group) return MB_STATUS_NOMEM;
+    for (size_t i = 0; i < n; i++) group[i] = pl->table[i].link;
+    mb_status st = mb_stats_track_routing(s->stats, pl->n_layers, pl->n_experts, group);
+    free(group);
+    if (st != MB_STATUS_OK || pl->max_copies == 0) return st;
+    char order[300];
+    if (opt->hotness) snprintf(order, sizeof order, "hottest first, by --hotness %.200s", opt->hotness);
+    else snprintf(order, sizeof order, "in worker order (no --hotness)");
+    st = mb_stats_set_config(s->stats, "replica_order", order);
+    for (uint32_t g = 0; g < pl->n_links && st == MB_STATUS_OK; g++) {
+        uint32_t copies[16];
+        uint32_t nc = pl->n_copies[g] < 16 ? pl->n_copies[g] : 16;
+        for (uint32_t k = 0; k < nc; k++) copies[k] = pl->copies[(size_t)g * pl->max_copies + k].link;
+        char detail[512];
+        mb_placement_describe_replicas(pl, s->links, g, detail, sizeof detail);
+        const int short_copies = pl->rank[g] != UINT32_MAX && nc < pl->max_copies;
+        mb_stats_replica r = {
+            .backend = g, .experts = pl->primary_slots[g],
+            .rank = pl->rank[g] == UINT32_MAX ? -1 : (int32_t)pl->rank[g],
+            .hotness_known = pl->heat_known, .hotness_pairs = pl->heat[g], .wanted = pl->max_copies,
+            .n_copies = nc, .copies = copies, .detail = detail,
+            .short_why = !short_copies ? NULL : pl->short_why[g] == MB_REPLICA_SHORT_WORKERS ? "workers" : "memory",
+        };
+        st = mb_stats_record_replica(s->stats, &r);
+    }
+    return st;
+}
+
 /* The forward pass calls the dispatcher, which exists only once the
  * experts are placed: it goes through the session. */
 static mb_status session_moe(void *ctx, const mb_moe_work *w)
@@ -233,9 +270,14 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     uint32_t max_slots = c->n_layers * c->n_experts;
     uint32_t chunk = opt->chunk ? opt->chunk : MB_FORWARD_CHUNK_DEFAULT;
     if (chunk > max_ctx) chunk = max_ctx;
+    /* A bad --hotness file is refused before anything starts. */
+    mb_hotness hot = {0};
+    mb_status st = opt->hotness ? mb_hotness_load(opt->hotness, c->n_layers, c->n_experts, &hot, err, err_cap)
+                                : MB_STATUS_OK;
+    if (st != MB_STATUS_OK) goto fail;
     /* The forward pass first: on a GPU its dense weights and KV cache take
      * device memory that local experts placed there must leave free. */
-    mb_status st = open_forward(s, opt, verbosity, chunk, err, err_cap);
+    st = open_forward(s, opt, verbosity, chunk, err, err_cap);
     if (st != MB_STATUS_OK) goto fail;
     mb_session_roots roots;
     mb_session_roots_find(model, &roots);
@@ -264,9 +306,11 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     st = mb_placement_plan(c, s->links, s->n_links, s->local_link, opt->local_experts, opt->local_budget_bytes,
                            &s->placement, err, err_cap);
     if (st != MB_STATUS_OK) goto fail;
-    st = mb_placement_add_replicas(&s->placement, c, s->links, s->local_link, opt->replicas);
+    st = mb_placement_add_replicas(&s->placement, c, s->links, s->local_link, opt->replicas, hot.counts);
     if (st != MB_STATUS_OK) goto fail;
     if (verbosity >= MB_SESSION_INFO) mb_placement_print(&s->placement, s->links, stderr);
+    if (verbosity >= MB_SESSION_INFO && opt->hotness && s->placement.max_copies == 0)
+        fprintf(stderr, "--hotness %s: read, but without --replicas 2 or more it changes nothing\n", opt->hotness);
     uint64_t t_load = mb_now_ns();
     st = mb_experts_load(model, s->links, &s->placement, verbosity >= MB_SESSION_PROGRESS, err, err_cap);
     if (st == MB_STATUS_OK && verbosity >= MB_SESSION_INFO)
@@ -276,6 +320,7 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     const char *names[65];
     for (uint32_t i = 0; i < s->n_links && i < 65; i++) names[i] = s->links[i].name;
     st = mb_stats_create(s->n_links, names, c->n_layers, opt->stats_per_layer, &s->stats);
+    if (st == MB_STATUS_OK) st = mb_session_stats_placement(s, opt);
     if (st != MB_STATUS_OK) goto fail;
     mb_stats_set_config(s->stats, "ipc_mode", mb_ipc_mode_name(opt->ipc_mode));
     mb_stats_set_config(s->stats, "payload_dtype", mb_dtype_name(opt->payload_dtype));
@@ -304,9 +349,11 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
         snprintf(err, err_cap, "dispatcher: %s", mb_status_str(st));
         goto fail;
     }
+    mb_hotness_free(&hot);
     *out = s;
     return MB_STATUS_OK;
 fail:
+    mb_hotness_free(&hot);
     mb_session_close(s);
     return st;
 }

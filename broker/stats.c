@@ -81,6 +81,7 @@ void mb_stats_destroy(mb_stats *s)
     free(s->layers);
     cJSON_Delete(s->config);
     cJSON_Delete(s->events);
+    mb_stats_routing_free_(s);
     free(s);
 }
 
@@ -130,6 +131,7 @@ void mb_stats_reset(mb_stats *s)
         memset(s->layers, 0,
                (size_t)s->n_backends * s->n_layers * MB_STATS_PHASE_COUNT_ * sizeof *s->layers);
     memset(s->steps, 0, sizeof s->steps);
+    mb_stats_routing_reset_(s);
 }
 
 static inline void counters_add(mb_stats_counters *t, const mb_stats_call *c)

@@ -141,6 +141,44 @@ mb_status mb_stats_record_event(mb_stats *s, const mb_stats_event *e);
 uint32_t mb_stats_count_events(const mb_stats *s, const char *event);
 mb_status mb_stats_set_config_int(mb_stats *s, const char *key, int64_t value);
 
+/* Routing counts: how many (token, expert) pairs the router sent to each
+ * expert of each layer, the measurement a later run's --hotness reads
+ * back (the JSON report's "routing" member). Track allocates the counts
+ * (not on the hot path; a second call replaces them); group, when not
+ * NULL, is [n_layers][n_experts] backend indices (the backend whose
+ * experts each is, copied) so the reports can sum each backend's share.
+ * Record is the hot path: adds one per id of the layer (ids outside
+ * 0..n_experts-1 are skipped), no allocation; a no-op when s is NULL or
+ * nothing is tracked. INVALID_ARG; NOMEM. */
+mb_status mb_stats_track_routing(mb_stats *s, uint32_t n_layers, uint32_t n_experts, const uint16_t *group);
+mb_status mb_stats_record_routing(mb_stats *s, uint32_t layer, const int32_t *expert_ids, size_t n_ids);
+
+/* Pairs routed to (layer, expert) so far; 0 when not tracked or out of
+ * range. */
+uint64_t mb_stats_routed(const mb_stats *s, uint32_t layer, uint32_t expert);
+
+/* Pairs routed to the experts the group array of mb_stats_track_routing
+ * gives backend; 0 without one. */
+uint64_t mb_stats_routed_to_group(const mb_stats *s, uint32_t backend);
+
+/* One worker's experts and their copies (--replicas), as placed at start:
+ * listed under the table with this run's share of routed pairs, and in the
+ * JSON's "replicas". Not for the hot path. INVALID_ARG; NOMEM. */
+typedef struct {
+    uint32_t backend;       /* whose experts: index, as in the table */
+    uint32_t experts;       /* how many */
+    int32_t rank;           /* when its copies were chosen, 0 first; -1: never (in-process, none placed) */
+    int hotness_known;      /* hotness_pairs comes from a --hotness file */
+    uint64_t hotness_pairs; /* the routed pairs that file gave these experts */
+    uint32_t wanted;        /* copies --replicas asked for */
+    uint32_t n_copies;
+    const uint32_t *copies; /* [n_copies] backend indices holding a copy */
+    const char *short_why;  /* why fewer than wanted: "memory", "workers"; NULL: none missing */
+    const char *detail;     /* one line saying it all (mb_placement_describe_replicas) */
+} mb_stats_replica;
+
+mb_status mb_stats_record_replica(mb_stats *s, const mb_stats_replica *r);
+
 /* Readers. Each writes *out only on success; MB_STATUS_INVALID_ARG for an
  * index out of range, MB_STATUS_UNSUPPORTED for a layer without per-layer
  * statistics. */
@@ -171,7 +209,11 @@ mb_status mb_stats_print_table(const mb_stats *s, FILE *f);
  *   mb_stats_call field..},"decode":{..},"layers":[{"layer":0,"prefill":{..},
  *   "decode":{..}},..] (per-layer only)}],
  *  "steps":{"prefill":{"count","tokens","time_ns","dispatch_ns","wait_ns"},
- *   "decode":{..}}, "config":{..}}
+ *   "decode":{..}}, "config":{..}, "events":[..],
+ *  "routing":{"n_layers":L,"n_experts":E,"counts":[[pairs per expert]..]}
+ *   (when tracked: what --hotness reads), "replicas":[{"backend":..,"name":..,
+ *   "experts":..,"rank":..,"wanted":..,"copies":[names],"short":..,
+ *   "hotness_pairs":..,"routed_pairs":.. (this run),"detail":..}] (when recorded)}
  * Numbers are JSON doubles: exact below 2^53. Errors: MB_STATUS_IO,
  * MB_STATUS_NOMEM, MB_STATUS_INVALID_ARG. */
 mb_status mb_stats_write_json(const mb_stats *s, const char *path);

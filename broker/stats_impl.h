@@ -26,7 +26,21 @@ struct mb_stats {
     cJSON *config;           /* object of mb_stats_set_config entries */
     cJSON *events;           /* array of mb_stats_record_event entries */
     uint64_t created_ns;     /* monotonic, for event times */
+    /* Routing counts (stats_routing.c); NULL until tracked. */
+    uint32_t route_layers, route_experts;
+    uint64_t *routed;        /* [route_layers][route_experts] */
+    uint16_t *route_group;   /* [route_layers][route_experts] backend indices, or NULL */
+    cJSON *replicas;         /* array of mb_stats_record_replica entries, or NULL */
 };
+
+/* stats_routing.c's share of mb_stats_destroy, mb_stats_reset and the
+ * reports. */
+void mb_stats_routing_free_(mb_stats *s);
+void mb_stats_routing_reset_(mb_stats *s);
+void mb_stats_routing_print_(const mb_stats *s, FILE *f);
+/* Adds "routing" and "replicas" to the JSON report's root; sets *failed on
+ * an allocation failure. */
+void mb_stats_routing_json_(const mb_stats *s, cJSON *root, int *failed);
 
 /* The arrays are the object's own, so a const object still yields writable
  * counters; only stats.c's record functions write through them. */

@@ -136,6 +136,7 @@ mb_status mb_stats_print_table(const mb_stats *s, FILE *f)
     print_backends(s, f);
     print_steps(s, f);
     if (s->layers) print_layers(s, f);
+    mb_stats_routing_print_(s, f);
     if (cJSON_GetArraySize(s->events) > 0) fprintf(f, "\nbackend events\n");
     const cJSON *e;
     cJSON_ArrayForEach(e, s->events)
@@ -268,6 +269,7 @@ mb_status mb_stats_write_json(const mb_stats *s, const char *path)
     add_obj(root, "steps", steps_json(s, &failed), &failed);
     add_obj(root, "config", cJSON_Duplicate(s->config, 1), &failed);
     add_obj(root, "events", cJSON_Duplicate(s->events, 1), &failed);
+    mb_stats_routing_json_(s, root, &failed);
     if (failed) goto done;
     text = cJSON_Print(root);
     if (!text) goto done;

@@ -16,6 +16,7 @@ static const char *const env_vars[] = {
     "MB_SEED",           "MB_TEMPERATURE",  "MB_TOP_K",         "MB_TOP_P",
     "MB_MIN_P",          "MB_REPEAT_PENALTY", "MB_REPEAT_LAST_N",
     "MB_ON_WORKER_LOSS", "MB_REPLICAS", "MB_WORKER_TIMEOUT", "MB_CONNECT_TIMEOUT",
+    "MB_HOTNESS",
 };
 
 static void clear_env(void)
@@ -104,7 +105,8 @@ static void test_flags(void)
               "--step-timing", "t.jsonl", "--quiet", "--system", "sys", "--tokenizer", "/t.json",
               "--temperature", "0", "--top-k", "5", "--top-p", "0.5", "--min-p", "0.1",
               "--repeat-penalty", "1.1", "--repeat-last-n", "32", "--on-worker-loss", "abort", "--replicas", "2",
-              "--worker-timeout", "700", "--connect-timeout", "250", "--curve-secret", "c.key", "--device", "cuda:1",
+              "--hotness", "h.json", "--worker-timeout", "700", "--connect-timeout", "250", "--curve-secret", "c.key",
+              "--device", "cuda:1",
               "--host", "::1", "--port", "9000", "--api-key", "k", "--queue-max", "4", "--max-body", "1M", NULL);
     REQUIRE(st == MB_STATUS_OK);
     CHECK(o.host && strcmp(o.host, "::1") == 0 && o.api_key && strcmp(o.api_key, "k") == 0);
@@ -112,6 +114,7 @@ static void test_flags(void)
     CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_ABORT);
     CHECK_EQ(o.cuda_device, 1);
     CHECK_EQ(o.replicas, 2);
+    CHECK(o.hotness && strcmp(o.hotness, "h.json") == 0);
     CHECK_EQ(o.worker_timeout_ms, 700);
     CHECK_EQ(o.connect_timeout_ms, 250);
     CHECK(o.model_dir && strcmp(o.model_dir, "/m") == 0);
@@ -231,6 +234,7 @@ static void test_env(void)
     setenv("MB_STEP_TIMING", "/env/t.jsonl", 1);
     setenv("MB_ON_WORKER_LOSS", "abort", 1);
     setenv("MB_REPLICAS", "3", 1);
+    setenv("MB_HOTNESS", "/env/h.json", 1);
     setenv("MB_WORKER_TIMEOUT", "2000", 1);
     setenv("MB_CONNECT_TIMEOUT", "100", 1);
     setenv("MB_TEMPERATURE", "1.5", 1);
@@ -268,6 +272,7 @@ static void test_env(void)
     CHECK(o.step_timing && strcmp(o.step_timing, "/env/t.jsonl") == 0);
     CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_ABORT);
     CHECK_EQ(o.replicas, 3);
+    CHECK(o.hotness && strcmp(o.hotness, "/env/h.json") == 0);
     CHECK_EQ(o.worker_timeout_ms, 2000);
     CHECK_EQ(o.connect_timeout_ms, 100);
     CHECK(mb_options_given(&o, MB_OPTION_IPC_MODE) && (o.from_env_mask >> MB_OPTION_IPC_MODE) & 1);
@@ -282,9 +287,11 @@ static void test_env(void)
                    "--payload-dtype", "bf16", "--threads", "1", "--local-experts", "0",
                    "--local-budget", "1K", "--no-stats", "--stats-json", "/f.json",
                    "--no-stats-layers", "--step-timing", "/f.jsonl", "--on-worker-loss", "fallback",
-                   "--replicas", "1", "--worker-timeout", "50", "--connect-timeout", "1", NULL),
+                   "--replicas", "1", "--worker-timeout", "50", "--connect-timeout", "1", "--hotness", "/f.h",
+                   NULL),
              MB_STATUS_OK);
     CHECK_EQ(o.on_worker_loss, MB_ON_WORKER_LOSS_FALLBACK);
+    CHECK(strcmp(o.hotness, "/f.h") == 0);
     CHECK(o.replicas == 1 && o.worker_timeout_ms == 50 && o.connect_timeout_ms == 1);
     CHECK(strcmp(o.model_dir, "/flag") == 0);
     REQUIRE(o.n_workers == 1);
