@@ -110,6 +110,7 @@ struct mb_fwd_cuda {
      * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three. */
     float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last, *logits_all, *work;
     int32_t *tok;
+    unsigned *route_done; /* mb_kcuda_router_topk's counter, 0 between calls */
     size_t work_floats;
     /* Pinned host twins. */
     float *h_xfer, *h_moe, *h_logits;
@@ -426,6 +427,7 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
         {&fc->logits_last, c->vocab},
         {&fc->work, fc->work_floats},
         {(float **)&fc->tok, n},
+        {(float **)&fc->route_done, 1},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         cudaError_t e = dev_alloc(fc, bufs[i].floats * sizeof(float), (void **)bufs[i].p);
@@ -434,7 +436,8 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
             return MB_STATUS_NOMEM;
         }
     }
-    cudaError_t e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
+    cudaError_t e = cudaMemset(fc->route_done, 0, sizeof *fc->route_done);
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_moe, n * d * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_logits, (size_t)c->vocab * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_tok, n * sizeof(int32_t));
@@ -786,11 +789,10 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
         float *hx = fc->h_xfer;
         K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, hx, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
         prof_mark(fc, "ffn rmsnorm (+ to host)");
-        K(linear(fc, &D->router, xn, d, n, fc->rlog, c->n_experts, NULL, 0));
-        prof_mark(fc, "router GEMV");
-        K(mb_kcuda_route_topk(fc->stream, fc->rlog, n, c->n_experts, c->top_k, fc->renorm, (int32_t *)(hx + n * d),
-                              hx + n * (d + k)));
-        prof_mark(fc, "top-k (to host)");
+        const dev_mat *R = &D->router;
+        K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
+                               (int32_t *)(hx + n * d), hx + n * (d + k), fc->route_done));
+        prof_mark(fc, "router + top-k (to host)");
         return MB_STATUS_OK;
     }
     K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));

@@ -151,6 +151,18 @@ int mb_kcuda_qk_rope_store_at(void *stream, float *qkv, size_t ld, uint32_t n, u
 int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
                         int renorm, int32_t *ids, float *gate);
 
+/* The router and the routing in one launch: logits[n][n_experts] = x @
+ * W^T (W [n_experts][k] in wdtype, exactly as mb_kcuda_linear computes
+ * them), then ids and gate as mb_kcuda_route_topk. done is a device
+ * unsigned, 0 before the first call and left 0 by each (the last block
+ * to finish routes; calls in flight at once on different streams need
+ * their own). Results bit-identical to mb_kcuda_linear then
+ * mb_kcuda_route_topk; shapes the fused kernel does not take run as those
+ * two. ids and gate may be pinned host memory. */
+int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uint32_t n_experts, uint32_t k, const float *x,
+                         size_t ldx, uint32_t n, float *logits, uint32_t top_k, int renorm, int32_t *ids, float *gate,
+                         unsigned *done);
+
 /* The shared expert's activation, in place: g[t][i] = s_t * silu(g[t][i])
  * * u[t][i] for t < n, i < ff (row stride ld for g and u), where s_t =
  * sigmoid(sg[t]) when sg (f32 [n]) is not NULL, else 1. */

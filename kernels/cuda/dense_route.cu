@@ -6,7 +6,7 @@
 // order of distinct values.
 #include <climits>
 
-#include "kernels/cuda/dense_internal.cuh"
+#include "kernels/cuda/dense_gemv.cuh"
 
 #define MB_ROUTE_WARPS 4
 #define MB_ROUTE_MAX_EXPERTS 1024
@@ -20,19 +20,13 @@ static __device__ __forceinline__ float mb_warp_max(float v)
     return v;
 }
 
-// p: this warp's n_experts floats of shared memory.
-__global__ void __launch_bounds__(MB_ROUTE_WARPS * 32)
-mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
-                           int renorm, int32_t *__restrict__ ids, float *__restrict__ gate)
+// One token's routing by one warp: row holds its n_experts logits, p is
+// the warp's n_experts floats of shared memory (p may equal row: each lane
+// reads an element before it writes it). ids_t and gate_t get top_k
+// entries.
+static __device__ __forceinline__ void mb_route_row(const float *row, float *p, int ne, int top_k, int renorm,
+                                                    int32_t *__restrict__ ids_t, float *__restrict__ gate_t, int lane)
 {
-    extern __shared__ float mb_route_smem[];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const size_t t = (size_t)blockIdx.x * MB_ROUTE_WARPS + warp;
-    if (t >= n) return; // whole warps leave; no block-wide sync below
-    float *p = mb_route_smem + (size_t)warp * n_experts;
-    const float *row = logits + t * n_experts;
-    const int ne = (int)n_experts;
-
     float mx = -INFINITY;
     for (int e = lane; e < ne; e += 32)
         mx = fmaxf(mx, row[e]);
@@ -52,7 +46,7 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
     // lane j keeps it. Taken entries become -1 (probabilities are >= 0).
     float my_g = 0.0f;
     int my_id = 0;
-    for (int j = 0; j < (int)top_k; j++) {
+    for (int j = 0; j < top_k; j++) {
         float bv = -1.0f;
         int bi = INT_MAX;
         for (int e = lane; e < ne; e += 32) {
@@ -80,12 +74,58 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
     }
     // The renormalising sum in slot order, as the CPU adds them.
     float ksum = 0.0f;
-    for (int j = 0; j < (int)top_k; j++)
+    for (int j = 0; j < top_k; j++)
         ksum += __shfl_sync(0xffffffffu, my_g, j);
-    if (lane < (int)top_k) {
-        ids[t * top_k + lane] = my_id;
-        gate[t * top_k + lane] = renorm ? my_g / ksum : my_g;
+    if (lane < top_k) {
+        ids_t[lane] = my_id;
+        gate_t[lane] = renorm ? my_g / ksum : my_g;
     }
+}
+
+// A warp per token; p: this warp's n_experts floats of shared memory.
+__global__ void __launch_bounds__(MB_ROUTE_WARPS * 32)
+mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
+                           int renorm, int32_t *__restrict__ ids, float *__restrict__ gate)
+{
+    extern __shared__ float mb_route_smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const size_t t = (size_t)blockIdx.x * MB_ROUTE_WARPS + warp;
+    if (t >= n) return; // whole warps leave; no block-wide sync below
+    mb_route_row(logits + t * n_experts, mb_route_smem + (size_t)warp * n_experts, (int)n_experts, (int)top_k, renorm,
+                 ids + t * top_k, gate + t * top_k, lane);
+}
+
+// The router GEMV and the routing in one launch: each block computes one
+// expert's logit for every token with the GEMV's own block body (so the
+// logits are mb_kcuda_linear's, bit for bit); the last block to finish,
+// found by a counter, routes every token. done returns to 0 for the next
+// launch.
+template <typename W, bool VEC>
+__global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
+mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k, const float *__restrict__ x, size_t ldx,
+                            uint32_t n, float *logits, uint32_t top_k, int renorm, int32_t *__restrict__ ids,
+                            float *__restrict__ gate, unsigned *done)
+{
+    extern __shared__ float mb_route_smem[];
+    __shared__ int last;
+    mb_lin_gemv_block<W, 1, VEC>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0);
+    __threadfence(); // this block's logits are visible device-wide before it counts itself done
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence(); // every other block's logits are visible to the loads below
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float *p = mb_route_smem + (size_t)warp * ne;
+    for (uint32_t t = warp; t < n; t += MB_LIN_GEMV_WARPS) {
+        // Through L2 (__ldcg): other blocks wrote these.
+        for (uint32_t e = lane; e < ne; e += 32)
+            p[e] = __ldcg(logits + (size_t)t * ne + e);
+        __syncwarp();
+        mb_route_row(p, p, (int)ne, (int)top_k, renorm, ids + (size_t)t * top_k, gate + (size_t)t * top_k, lane);
+        __syncwarp();
+    }
+    if (threadIdx.x == 0) *done = 0;
 }
 
 extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
@@ -99,4 +139,52 @@ extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n
     mb_kcuda_route_topk_kernel<<<blocks, MB_ROUTE_WARPS * 32, smem, mb_dense_stream(stream)>>>(
         logits, n, n_experts, top_k, renorm, ids, gate);
     return mb_dense_launched();
+}
+
+template <typename W>
+static int mb_router_topk_typed(cudaStream_t s, const W *w, uint32_t ne, uint32_t k, const float *x, size_t ldx,
+                                uint32_t n, float *logits, uint32_t top_k, int renorm, int32_t *ids, float *gate,
+                                unsigned *done)
+{
+    constexpr size_t V = mb_vec16<W>::n;
+    const bool vec = k % V == 0 && ldx % 4 == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
+    const size_t smem = (size_t)MB_LIN_GEMV_WARPS * ne * sizeof(float);
+    if (vec)
+        mb_kcuda_router_topk_kernel<W, true>
+            <<<ne, MB_LIN_GEMV_THREADS, smem, s>>>(w, ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done);
+    else
+        mb_kcuda_router_topk_kernel<W, false>
+            <<<ne, MB_LIN_GEMV_THREADS, smem, s>>>(w, ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done);
+    return mb_dense_launched();
+}
+
+extern "C" int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uint32_t n_experts, uint32_t k,
+                                    const float *x, size_t ldx, uint32_t n, float *logits, uint32_t top_k, int renorm,
+                                    int32_t *ids, float *gate, unsigned *done)
+{
+    if (!w || !x || !logits || !ids || !gate || !done || n == 0 || k == 0 || ldx < k || n_experts == 0 ||
+        n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 || top_k > MB_ROUTE_MAX_K || top_k > n_experts)
+        return (int)cudaErrorInvalidValue;
+    // Where mb_kcuda_linear would not take the one-row SIMT GEMV (more tokens
+    // than a GEMV pass, or bf16 rows enough for its tensor-core GEMV), the
+    // two launches it replaces, so the results stay theirs.
+    const bool mma = wdtype == MB_KCUDA_BF16 && n >= 2 && n_experts >= MB_LIN_MMA_GEMV_MIN_M;
+    if (n > MB_LIN_GEMV_MAX_N || mma || n_experts >= 2048) {
+        int e = mb_kcuda_linear(stream, wdtype, w, n_experts, k, x, ldx, n, logits, n_experts, NULL, 0);
+        return e ? e : mb_kcuda_route_topk(stream, logits, n, n_experts, top_k, renorm, ids, gate);
+    }
+    const cudaStream_t s = mb_dense_stream(stream);
+    switch (wdtype) {
+    case MB_KCUDA_F32:
+        return mb_router_topk_typed<float>(s, (const float *)w, n_experts, k, x, ldx, n, logits, top_k, renorm, ids,
+                                           gate, done);
+    case MB_KCUDA_F16:
+        return mb_router_topk_typed<__half>(s, (const __half *)w, n_experts, k, x, ldx, n, logits, top_k, renorm, ids,
+                                            gate, done);
+    case MB_KCUDA_BF16:
+        return mb_router_topk_typed<__nv_bfloat16>(s, (const __nv_bfloat16 *)w, n_experts, k, x, ldx, n, logits, top_k,
+                                                   renorm, ids, gate, done);
+    default:
+        return (int)cudaErrorInvalidValue;
+    }
 }

@@ -884,6 +884,59 @@ static void qk_rope_store_case(uint32_t hd, uint32_t nh, uint32_t nkv, uint32_t 
     mb_rope_fini(&r);
 }
 
+/* The fused router + routing against mb_kcuda_linear then
+ * mb_kcuda_route_topk, twice in a row (the done counter must be back at 0). */
+static void router_topk_case(int dt, uint32_t ne, uint32_t k, uint32_t n, uint32_t top_k, int renorm)
+{
+    float *we = NULL;
+    void *w = rand_weights(dt, (size_t)ne * k, 0.5f, &we);
+    const size_t ldx = k + (k % 4 ? 0 : 4);
+    float *x = rand_f32(n * ldx, 1.0f);
+    void *dw = dev_upload(w, (size_t)ne * k * wsize(dt));
+    float *dx = dev_upload(x, n * ldx * sizeof(float));
+    float *l1 = dev_alloc(n * ne * sizeof(float)), *l2 = dev_alloc(n * ne * sizeof(float));
+    int32_t *i1 = dev_alloc(n * top_k * sizeof(int32_t)), *i2 = dev_alloc(n * top_k * sizeof(int32_t));
+    float *g1 = dev_alloc(n * top_k * sizeof(float)), *g2 = dev_alloc(n * top_k * sizeof(float));
+    unsigned zero = 0, *done = dev_upload(&zero, sizeof zero);
+    RUN(mb_kcuda_linear(NULL, dt, dw, ne, k, dx, ldx, n, l1, ne, NULL, 0));
+    RUN(mb_kcuda_route_topk(NULL, l1, n, ne, top_k, renorm, i1, g1));
+    size_t bad = 0;
+    for (int rep = 0; rep < 2; rep++) {
+        RUN(mb_kcuda_router_topk(NULL, dt, dw, ne, k, dx, ldx, n, l2, top_k, renorm, i2, g2, done));
+        float *a = xmalloc(n * ne * sizeof(float)), *b = xmalloc(n * ne * sizeof(float));
+        dev_download(a, l1, n * ne * sizeof(float));
+        dev_download(b, l2, n * ne * sizeof(float));
+        bad += count_diff(a, b, (size_t)n * ne);
+        dev_download(a, i1, n * top_k * sizeof(int32_t));
+        dev_download(b, i2, n * top_k * sizeof(int32_t));
+        bad += count_diff(a, b, (size_t)n * top_k);
+        dev_download(a, g1, n * top_k * sizeof(float));
+        dev_download(b, g2, n * top_k * sizeof(float));
+        bad += count_diff(a, b, (size_t)n * top_k);
+        unsigned left = 1;
+        dev_download(&left, done, sizeof left);
+        bad += left != 0;
+        free(a);
+        free(b);
+    }
+    CHECK_MSG(note(E_FUSED, (double)bad, "router_topk %s ne=%u k=%u n=%u top_k=%u renorm=%d", dtname(dt), ne, k, n,
+                   top_k, renorm),
+              "router_topk %s ne=%u k=%u n=%u top_k=%u renorm=%d: %zu values differ", dtname(dt), ne, k, n, top_k,
+              renorm, bad);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(l1);
+    cudaFree(l2);
+    cudaFree(i1);
+    cudaFree(i2);
+    cudaFree(g1);
+    cudaFree(g2);
+    cudaFree(done);
+    free(w);
+    free(we);
+    free(x);
+}
+
 static void test_fused(void)
 {
     const uint32_t ds[] = {64, 513, 2048}, rs[] = {1, 5};
@@ -894,6 +947,12 @@ static void test_fused(void)
     for (size_t a = 0; a < 3; a++)
         for (size_t b = 0; b < 2; b++)
             rmsnorm_copy_case(ds[a], rs[b]);
+    const int dts[] = {MB_KCUDA_F32, MB_KCUDA_F16, MB_KCUDA_BF16};
+    static const uint32_t rshapes[][4] = {{128, 2048, 1, 8}, {60, 256, 3, 4}, {8, 13, 8, 2}, {128, 64, 9, 8},
+                                          {1024, 64, 2, 1}};
+    for (int di = 0; di < 3; di++)
+        for (size_t r = 0; r < sizeof rshapes / sizeof *rshapes; r++)
+            router_topk_case(dts[di], rshapes[r][0], rshapes[r][1], rshapes[r][2], rshapes[r][3], (int)(r & 1));
     static const uint32_t shapes[][3] = {{128, 8, 2}, {64, 4, 4}, {16, 3, 1}};
     const uint32_t ns[] = {1, 5}, p0s[] = {0, 17};
     for (size_t sh = 0; sh < 3; sh++)

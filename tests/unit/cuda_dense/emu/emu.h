@@ -49,6 +49,15 @@ template <class T> static inline T __shfl_sync(unsigned, T v, int src, int = 32)
     return r;
 }
 template <class T> static inline T __ldg(const T *p) { return *p; }
+template <class T> static inline T __ldcg(const T *p) { return *p; }
+// Blocks run one after another: a fence orders nothing, an atomic is a plain update.
+static inline void __threadfence() {}
+static inline unsigned atomicAdd(unsigned *p, unsigned v)
+{
+    unsigned o = *p;
+    *p = o + v;
+    return o;
+}
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }

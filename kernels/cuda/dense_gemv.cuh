@@ -1,0 +1,87 @@
+// The SIMT GEMV's block body (dense_linear.cu), shared with the kernels
+// that fuse a small projection with what follows it (dense_route.cu): one
+// body, so a fused kernel's products are bit-identical to mb_kcuda_linear's.
+// Private to kernels/cuda/.
+#pragma once
+
+#include "kernels/cuda/dense_internal.cuh"
+
+#define MB_LIN_GEMV_MAX_N 8
+#define MB_LIN_GEMV_THREADS 128
+#define MB_LIN_GEMV_WARPS (MB_LIN_GEMV_THREADS / 32)
+#define MB_LIN_NT 8 // tokens a GEMV pass holds accumulators for
+// Below this m the tensor-core GEMV (16 rows a block) has too few blocks.
+#define MB_LIN_MMA_GEMV_MIN_M 1024
+
+// The epilogue both paths share: bias, then the old y when accumulating.
+static __device__ __forceinline__ void mb_lin_store(float *y, float acc, const float *bias, uint32_t r, int accumulate)
+{
+    if (bias) acc += bias[r];
+    if (accumulate) acc += *y;
+    *y = acc;
+}
+
+// VEC: every row of W and of x starts 16-byte aligned and k is a multiple
+// of the 16-byte chunk, so a thread loads whole chunks; otherwise chunks
+// are single elements.
+template <typename W, int R, bool VEC>
+__device__ __forceinline__ void mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k,
+                                                  const float *__restrict__ x, size_t ldx, uint32_t n,
+                                                  float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
+                                                  int accumulate)
+{
+    constexpr int V = VEC ? mb_vec16<W>::n : 1;
+    __shared__ float red[MB_LIN_GEMV_WARPS][R * MB_LIN_NT];
+    const uint32_t row0 = blockIdx.x * R;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const uint32_t chunks = k / V;
+    // Rows past m load row m - 1 again (in bounds) and are not stored.
+    const W *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)min(row0 + r, m - 1) * k;
+
+    for (uint32_t t0 = 0; t0 < n; t0 += MB_LIN_NT) {
+        const int nt = (int)min((uint32_t)MB_LIN_NT, n - t0);
+        float acc[R][MB_LIN_NT] = {};
+#pragma unroll 2
+        for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS) {
+            float wv[R][V];
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
+#pragma unroll
+            for (int i = 0; i < MB_LIN_NT; i++) {
+                if (i >= nt) break;
+                float xv[V];
+                mb_loadv<float, V, VEC>(x + (t0 + i) * ldx + (size_t)c * V, xv);
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int v = 0; v < V; v++)
+                        acc[r][i] += wv[r][v] * xv[v];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int i = 0; i < MB_LIN_NT; i++) {
+                if (i >= nt) break;
+                const float s = mb_warp_sum(acc[r][i]);
+                if (lane == 0) red[warp][r * MB_LIN_NT + i] = s;
+            }
+        __syncthreads();
+        if (tid < R * MB_LIN_NT) {
+            const int r = tid / MB_LIN_NT, i = tid % MB_LIN_NT;
+            if (i < nt && row0 + r < m) {
+                float s = 0.0f;
+#pragma unroll
+                for (int wi = 0; wi < MB_LIN_GEMV_WARPS; wi++)
+                    s += red[wi][tid];
+                mb_lin_store(y + (t0 + i) * ldy + row0 + r, s, bias, row0 + r, accumulate);
+            }
+        }
+        __syncthreads(); // red is reused by the next pass
+    }
+}
+
