@@ -116,12 +116,14 @@ struct mb_fwd_cuda {
     float *h_xfer, *h_moe, *h_logits;
     int32_t *h_tok;
     uint64_t device_ns;
-    /* Decode (one-token) steps replay two CUDA graphs per layer, captured
-     * at the first decode step: the layer up to the copy of the routed
-     * tokens, and from the experts' sums on. Their kernels read the
-     * position from pos_dev, so the graphs serve every position. */
+    /* Decode (one-token) steps replay one CUDA graph per layer, captured at
+     * the first decode step: graph_a[0] is layer 0 up to the routed tokens;
+     * graph_b[l] takes layer l from the experts' sums on and runs layer
+     * l + 1 up to its routed tokens (the last layer's ends with the sums),
+     * so the host launches once per wait. Their kernels read the position
+     * from pos_dev, so the graphs serve every position. */
     int graphs; /* 1: on, 0: off (MB_CUDA_GRAPHS=0, or a capture failed) */
-    cudaGraphExec_t *graph_a, *graph_b; /* [n_layers], NULL until captured */
+    cudaGraphExec_t *graph_a, *graph_b; /* [n_layers] (graph_a: [0] only), NULL until captured */
     uint32_t *pos_dev, *h_pos;
     /* MB_CUDA_PROFILE=1: decode steps run without graphs, with an event
      * after every operation; the gaps are summed per operation and printed
@@ -831,6 +833,13 @@ static mb_status segment_b(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     return MB_STATUS_OK;
 }
 
+/* Segment B of layer l, then segment A of layer l + 1: one launch. */
+static mb_status segment_ba(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
+{
+    MB_TRY(segment_b(fc, l, n, pos));
+    return segment_a(fc, l + 1, n, pos);
+}
+
 typedef mb_status (*segment_fn)(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos);
 
 /* Runs a segment: enqueued directly, or for a decode step replayed from
@@ -859,15 +868,17 @@ static mb_status run_segment(mb_fwd_cuda *fc, cudaGraphExec_t *exec, segment_fn 
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "launching a layer's graph");
 }
 
-/* One layer: segment A, the shared expert's gate and up (overlapping the
- * workers), the host's one wait, the dispatcher, segment B. */
+/* One layer: segment A (layer 0's alone; the others' were launched with
+ * the previous layer's B), the shared expert's gate and up (overlapping
+ * the workers), the host's one wait, the dispatcher, then segment B with
+ * the next layer's A. */
 static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos, int decode, mb_moe_fn moe_fn,
                            void *moe_ctx)
 {
     const mb_model_config *c = &fc->cfg;
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k, ff = c->d_ff_shared;
-    MB_TRY(run_segment(fc, &fc->graph_a[l], segment_a, l, n, pos));
+    if (l == 0) MB_TRY(run_segment(fc, &fc->graph_a[0], segment_a, 0, n, pos)); /* later layers' A ran with B */
     cudaError_t e = cudaEventRecord(fc->copied, fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "recording the copy");
     if (ff) {
@@ -894,6 +905,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     e = cudaEventRecord(fc->resume[l], fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "recording the experts' return");
     prof_mark(fc, "(idle: host waits for the experts)");
+    if (l + 1 < c->n_layers) return run_segment(fc, &fc->graph_b[l], segment_ba, l, n, pos);
     return run_segment(fc, &fc->graph_b[l], segment_b, l, n, pos);
 }
 
