@@ -29,7 +29,7 @@
 
 typedef struct {
     uint32_t layers, prompt, gen, cpu_threads;
-    uint32_t shm_spin_us; /* the session's --shm-spin */
+    int64_t shm_spin_us; /* the session's --shm-spin; -1: its default */
     const char *json_path;
     int cpu_coord; /* also run the CPU coordinator */
 } bd_args;
@@ -42,7 +42,7 @@ typedef struct {
 static void bd_usage(FILE *f)
 {
     fprintf(f, "usage: bench_e2e_device [--layers N (4)] [--prompt N (1024)] [--gen N (32)]\n"
-               "                        [--cpu-threads N (cores/2)] [--shm-spin US (30)] [--no-cpu-coord]\n"
+               "                        [--cpu-threads N (cores/2)] [--shm-spin US (default)] [--no-cpu-coord]\n"
                "                        [--json PATH]\n");
 }
 
@@ -50,7 +50,7 @@ static int bd_parse(int argc, char **argv, bd_args *a)
 {
     int cores = mb_bench_cpu_count();
     *a = (bd_args){.layers = 4, .prompt = 1024, .gen = 32, .cpu_threads = cores > 2 ? (uint32_t)cores / 2 : 1,
-                   .shm_spin_us = 30, .cpu_coord = 1};
+                   .shm_spin_us = -1, .cpu_coord = 1};
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -72,8 +72,11 @@ static int bd_parse(int argc, char **argv, bd_args *a)
             ok = !mb_bench_parse_u32(v, 1, 4096, &a->gen);
         else if (!strcmp(k, "--cpu-threads"))
             ok = !mb_bench_parse_u32(v, 1, 1024, &a->cpu_threads);
-        else if (!strcmp(k, "--shm-spin"))
-            ok = !mb_bench_parse_u32(v, 0, 1000, &a->shm_spin_us);
+        else if (!strcmp(k, "--shm-spin")) {
+            uint32_t us = 0;
+            ok = !mb_bench_parse_u32(v, 0, 1000, &us);
+            a->shm_spin_us = us;
+        }
         else if (!strcmp(k, "--json"))
             a->json_path = v;
         else
@@ -123,7 +126,10 @@ static bd_result bd_case(const bd_args *a, const mb_model *m, const int32_t *pro
     opt.local_experts = local_experts;
     opt.cuda_device = device;
     opt.threads = a->cpu_threads;
-    opt.shm_spin_us = a->shm_spin_us;
+    if (a->shm_spin_us >= 0) { /* as if given on the command line */
+        opt.shm_spin_us = (uint32_t)a->shm_spin_us;
+        opt.given_mask |= 1ull << MB_OPTION_SHM_SPIN;
+    }
     opt.transport = MB_TRANSPORT_SHM;
     char err[512];
     mb_session *s = NULL;
@@ -238,9 +244,11 @@ int main(int argc, char **argv)
     char dname[128] = "?";
     unsigned long long tot = 0, fr = 0;
     mb_cuda_device_describe(0, dname, sizeof dname, &tot, &fr);
+    char spin_text[64] = "default (30 us; 1000 us with the GPU coordinator)";
+    if (a.shm_spin_us >= 0) snprintf(spin_text, sizeof spin_text, "%lld us", (long long)a.shm_spin_us);
     printf("bench_e2e_device: %s; Qwen3-30B-A3B shapes, %u layers, bf16; prompt %u, gen %u; CPU threads %u; "
-           "shm spin %u us\n",
-           dname, a.layers, a.prompt, a.gen, a.cpu_threads, a.shm_spin_us);
+           "shm spin %s\n",
+           dname, a.layers, a.prompt, a.gen, a.cpu_threads, spin_text);
     printf("device copy %.0f GB/s (read-equivalent %.0f GB/s%s); dense bytes per decode token %.1f MiB -> %.3f ms "
            "ideal\n",
            copy_gbs, read_gbs, ce ? ", FAILED" : "", (double)dense_b / (1 << 20), dense_ideal_ms);

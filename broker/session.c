@@ -11,6 +11,7 @@
 
 #define MB_SESSION_HELLO_TIMEOUT_NS 20000000000LL
 #define MB_SESSION_LOAD_TIMEOUT_NS 120000000000LL
+#define MB_SESSION_GPU_SHM_SPIN_US 1000u /* --shm-spin's default with --device cuda (the rings' most) */
 
 static uint32_t mb_session_cpus(void)
 {
@@ -47,6 +48,19 @@ static void mb_session_roots_free(mb_session_roots *r)
     r->n = 0;
 }
 
+/* The shm spin in ns for mb_shm_options (-1: never). Unless --shm-spin was
+ * given, a coordinator on a GPU spins the longest the rings allow: its host
+ * thread has nothing else to do while the experts run, and a worker waits
+ * only the dense part of a layer (tens of microseconds) between requests,
+ * so neither side should pay a futex sleep and wake-up per layer
+ * (bench/notes/coordinator-gpu.md measured the IPC share with both). */
+static int64_t mb_session_shm_spin_ns(const mb_options *opt)
+{
+    uint32_t us = opt->shm_spin_us;
+    if (!mb_options_given(opt, MB_OPTION_SHM_SPIN) && opt->cuda_device >= 0) us = MB_SESSION_GPU_SHM_SPIN_US;
+    return us ? (int64_t)us * 1000 : -1;
+}
+
 /* Starts link i from a --worker spec. */
 static mb_status mb_session_start_link(const mb_options *opt, const char *spec_text, uint32_t n_workers, int index,
                                        uint32_t max_slots, const mb_session_roots *roots, mb_link *out, char *err,
@@ -58,7 +72,7 @@ static mb_status mb_session_start_link(const mb_options *opt, const char *spec_t
     mb_link_spec ls = {.backend = ws.backend, .device = ws.device, .threads = ws.threads,
                        .endpoint = ws.endpoint, .weight = ws.weight, .max_slots = max_slots,
                        .worker_timeout_ns = (int64_t)opt->worker_timeout_ms * 1000000,
-                       .shm_spin_ns = opt->shm_spin_us ? (int64_t)opt->shm_spin_us * 1000 : -1,
+                       .shm_spin_ns = mb_session_shm_spin_ns(opt),
                        .connect_timeout_ns = (int64_t)opt->connect_timeout_ms * 1000000,
                        .model_roots = (const char *const *)roots->dirs, .n_model_roots = roots->n,
                        .curve_server_key_file = ws.key_file[0] ? ws.key_file : NULL,
