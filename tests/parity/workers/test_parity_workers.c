@@ -13,6 +13,9 @@
  * (test_parity_workers_vulkan, on lavapipe in CI) the same cases run with a
  * cuda:0 or vulkan:0 worker beside a CPU worker over shared memory, and with
  * that worker alone, under the same bounds; without such a device it exits 77.
+ * With "mixed" (test_parity_workers_mixed) a cuda:0, a vulkan:0 and a CPU
+ * worker each hold a third of the experts (equal weights), and the first
+ * case prints the per-backend statistics table; it needs both devices.
  * Rounding activations to 11 (f16) or 8 (bf16) significant bits moves
  * logits by well under these; a wrong expert, a wrong gate weight or a
  * token's sum landing on another position moves them by O(1). */
@@ -51,8 +54,8 @@ static void compare(const char *what, const float *got, const mb_reference *ref,
     if (dt == MB_DTYPE_F32) CHECK_MSG(argmax_bad == 0, "%s: %u argmax mismatches", what, argmax_bad);
 }
 
-static void run_case(const char *name, const mb_model *m, const mb_reference *ref, char **workers, size_t n_workers,
-                     mb_ipc_mode mode, mb_dtype dt, float *logits)
+static void run_case_stats(const char *name, const mb_model *m, const mb_reference *ref, char **workers,
+                           size_t n_workers, mb_ipc_mode mode, mb_dtype dt, float *logits, int print_stats)
 {
     mb_options opt;
     mb_options_init(&opt);
@@ -74,7 +77,14 @@ static void run_case(const char *name, const mb_model *m, const mb_reference *re
         st = mb_session_step(s, ref->input_ids + pos, 1, logits + (size_t)pos * ref->vocab, NULL, err, sizeof err);
     CHECK_MSG(st == MB_STATUS_OK, "%s: step: %s", what, err);
     if (st == MB_STATUS_OK) compare(what, logits, ref, dt);
+    if (print_stats) mb_stats_print_table(s->stats, stdout);
     mb_session_close(s);
+}
+
+static void run_case(const char *name, const mb_model *m, const mb_reference *ref, char **workers, size_t n_workers,
+                     mb_ipc_mode mode, mb_dtype dt, float *logits)
+{
+    run_case_stats(name, m, ref, workers, n_workers, mode, dt, logits, 0);
 }
 
 /* Whether a backend of this name opens here (else the test skips). */
@@ -102,6 +112,22 @@ static void run_gpu(const char *name, const mb_model *m, const mb_reference *ref
         for (int dt = 0; dt < 3; dt++) {
             run_case(name, m, ref, mixed, 2, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
             run_case(name, m, ref, alone, 1, (mb_ipc_mode)mode, (mb_dtype)dt, logits);
+        }
+    free(logits);
+}
+
+/* The mixed variant: cuda:0, vulkan:0 and a CPU worker, a third each. */
+static void run_mixed(const char *name, const mb_model *m, const mb_reference *ref, void *ctx)
+{
+    (void)ctx;
+    float *logits = malloc((size_t)ref->n_tokens * ref->vocab * sizeof *logits);
+    REQUIRE(logits);
+    char *workers[] = {"cuda:0,weight=1", "vulkan:0,weight=1", "cpu,threads=1,weight=1"};
+    int first = 1;
+    for (int mode = 0; mode < 3; mode++)
+        for (int dt = 0; dt < 3; dt++) {
+            run_case_stats(name, m, ref, workers, 3, (mb_ipc_mode)mode, (mb_dtype)dt, logits, first);
+            first = 0;
         }
     free(logits);
 }
@@ -137,8 +163,10 @@ int main(int argc, char **argv)
     const char *data = getenv("MB_TEST_DATA");
     if (!data) MB_TEST_SKIP("MB_TEST_DATA not set");
     const char *gpu = argc > 1 ? argv[1] : NULL;
-    if (gpu && !backend_usable(gpu)) MB_TEST_SKIP("no usable backend for this variant");
-    int n_models = mb_test_each_fixture(data, gpu ? run_gpu : run_cpu, (void *)gpu);
+    const int mixed = gpu && strcmp(gpu, "mixed") == 0;
+    if (mixed ? !backend_usable("cuda") || !backend_usable("vulkan") : gpu && !backend_usable(gpu))
+        MB_TEST_SKIP("no usable backend for this variant");
+    int n_models = mb_test_each_fixture(data, mixed ? run_mixed : gpu ? run_gpu : run_cpu, (void *)gpu);
     CHECK_MSG(n_models >= 1, "no checkpoints found under %s", data);
     return mb_test_finish("test_parity_workers");
 }
