@@ -181,26 +181,58 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
 }
 
 // out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s over the row's
-// chunks, in order; grid (n_heads, n).
+// chunks; grid (n_heads, n). The chunks' weights e^(m_s - M) are computed
+// once, by the threads together, into shared memory (v3 had every thread
+// walk every chunk's max and sum three times over, dependent loads one
+// after another: the merge cost as much as the attention); then each
+// thread sums its output dimensions over the chunks in order, the loads of
+// several chunks in flight.
+#define MB_MERGE_MAX_SPLIT 1024 // chunks the weights' shared memory holds; more: a second pass
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
 {
+    __shared__ float wsh[MB_MERGE_MAX_SPLIT];
+    __shared__ float red[MB_ATTN_DEC_THREADS / 32];
     const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = hd + 2;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
     const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
     const uint32_t live = (uint32_t)min(n_split, (mb_attn_span(pos0 + t, a.window) + chunk - 1) / chunk);
     const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
+    // M: the chunks' maxima, a strided pass then a fixed butterfly and warp order.
     float M = -INFINITY;
-    for (uint32_t s = 0; s < live; s++)
+    for (uint32_t s = tid; s < live; s += MB_ATTN_DEC_THREADS)
         M = fmaxf(M, first[s * stride + hd]);
-    float denom = 0.0f;
-    for (uint32_t s = 0; s < live; s++)
-        denom += expf(first[s * stride + hd] - M) * first[s * stride + hd + 1];
-    const float inv = 1.0f / denom;
-    for (uint32_t d = threadIdx.x; d < hd; d += MB_ATTN_DEC_THREADS) {
+    M = mb_warp_max(M);
+    if (lane == 0) red[warp] = M;
+    __syncthreads();
+    M = red[0];
+#pragma unroll
+    for (int i = 1; i < MB_ATTN_DEC_THREADS / 32; i++)
+        M = fmaxf(M, red[i]);
+    __syncthreads(); // red is reused below
+    // Weights, and the denominator in the same fixed order.
+    float den = 0.0f;
+    for (uint32_t s = tid; s < live; s += MB_ATTN_DEC_THREADS) {
+        const float w = expf(first[s * stride + hd] - M);
+        if (s < MB_MERGE_MAX_SPLIT) wsh[s] = w;
+        den += w * first[s * stride + hd + 1];
+    }
+    den = mb_warp_sum(den);
+    if (lane == 0) red[warp] = den;
+    __syncthreads();
+    den = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MB_ATTN_DEC_THREADS / 32; i++)
+        den += red[i];
+    const float inv = 1.0f / den;
+    for (uint32_t d = tid; d < hd; d += MB_ATTN_DEC_THREADS) {
         float o = 0.0f;
-        for (uint32_t s = 0; s < live; s++)
-            o += expf(first[s * stride + hd] - M) * first[s * stride + d];
+#pragma unroll 8
+        for (uint32_t s = 0; s < live; s++) {
+            const float w = s < MB_MERGE_MAX_SPLIT ? wsh[s] : expf(first[s * stride + hd] - M);
+            o += w * first[s * stride + d];
+        }
         a.out[(size_t)t * a.ldo + (size_t)h * hd + d] = o * inv;
     }
 }

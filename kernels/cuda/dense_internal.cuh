@@ -78,7 +78,7 @@ struct mb_attn_args {
 #define MB_ATTN_DEC_MAX_N 8 // query rows the split-K decode path takes
 #define MB_ATTN_DEC_HEADS 8
 #define MB_ATTN_DEC_THREADS 128
-#define MB_ATTN_DEC_CHUNK_MIN 64
+#define MB_ATTN_DEC_CHUNK_MIN 32
 #define MB_ATTN_DEC_CHUNK_MAX 256
 
 // The first cache position visible from the query at position qpos under a
