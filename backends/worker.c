@@ -323,6 +323,15 @@ mb_status mb_worker_create(const mb_worker_config *cfg, mb_worker **out)
         return st;
     }
     w->limits.max_slots = w->caps.max_slots;
+    /* Requests arrive and replies leave in the shared segment: a backend
+     * that can map it for its device copies them in place. Declining is
+     * not an error. The segment outlives the worker (the caller destroys
+     * the transport after it). */
+    void *base = NULL;
+    size_t bytes = 0;
+    if (mb_transport_shared_memory(cfg->transport, &base, &bytes) == MB_STATUS_OK &&
+        mb_backend_register_host(cfg->backend, base, bytes) == MB_STATUS_OK)
+        w->shared_base = base;
     *out = w;
     return MB_STATUS_OK;
 }
@@ -340,5 +349,7 @@ void mb_worker_destroy(mb_worker *w)
         munmap((void *)w->files[i].map, w->files[i].bytes);
         free(w->files[i].path);
     }
+    /* Waits for requests still copying from or into it (abandoned ones). */
+    if (w->shared_base) mb_backend_unregister_host(w->cfg->backend, w->shared_base);
     free(w);
 }

@@ -54,6 +54,10 @@ struct mb_worker {
     uint64_t loaded_bytes;
     mb_worker_pending pending[MB_BACKEND_MAX_INFLIGHT];
     uint32_t n_pending;
+    /* The transport's shared segment, registered with the backend so a
+     * GPU backend may read activations and write results in place; NULL
+     * when the transport has none or the backend declined. */
+    void *shared_base;
 };
 
 uint64_t mb_worker_now_ns(void);

@@ -24,7 +24,7 @@
  *
  *   bench_expert_gpu [--backend cuda[:N]|vulkan[:N]] [--json FILE] [--budget SECONDS]
  *                    [--models qwen3,mixtral] [--decode 1,4,16,64]
- *                    [--prefill 512,4096,16384] [--no-worker]
+ *                    [--prefill 512,4096,16384] [--no-worker] [--register-host]
  * The budget (default 90 s) is shared out among the cases; a case runs at
  * least 5 repetitions, and a path whose smaller size already overran its
  * share skips the larger ones. The time outside the GEMMs (routing,
@@ -32,7 +32,12 @@
  * --backend vulkan[:N] also runs the backend and worker depths on that
  * Vulkan device, each row with its throughput relative to the CUDA
  * backend's at the same depth and size (goal >= 0.8 at 1 and 4096 tokens);
- * kernel-only cases are CUDA's. */
+ * kernel-only cases are CUDA's. --register-host registers the backend
+ * depth's activations and outputs with the backend (mb_backend_register_host,
+ * as a worker registers its shared segment), so a backend that can import
+ * host memory (Vulkan with VK_EXT_external_memory_host, from 256 KiB of
+ * activations; MB_VULKAN_HOST_IMPORT=0 turns it off) reads and writes them
+ * in place instead of copying them through staging. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +74,7 @@ typedef struct {
     uint32_t decode[EG_MAX_SIZES], n_decode;
     uint32_t prefill[EG_MAX_SIZES], n_prefill;
     int worker;
+    int register_host; /* register the backend depth's activations and outputs */
 } eg_opts;
 
 /* ---- routing ---- */
@@ -223,11 +229,18 @@ static uint16_t *eg_expert_make(const mb_egpu_model *m)
     return w;
 }
 
+/* Page-aligned memory (whole pages), so that it can be registered with a
+ * backend whole; free() releases it. */
+static void *eg_page_alloc(size_t bytes)
+{
+    return aligned_alloc(4096, (bytes + 4095) & ~(size_t)4095);
+}
+
 /* Random bf16 activations for up to n_tokens. */
 static uint16_t *eg_act_make(uint32_t n_tokens, uint32_t d_model)
 {
     const size_t n = (size_t)n_tokens * d_model;
-    uint16_t *a = malloc(n * 2);
+    uint16_t *a = eg_page_alloc(n * 2);
     float *tmp = malloc(4096 * sizeof *tmp);
     if (!a || !tmp) {
         free(a);
@@ -477,8 +490,7 @@ static int eg_backend_cases(const eg_opts *o, const char *backend, int device, c
         fprintf(stderr, "bench_expert_gpu: this build has no %s backend\n", backend);
         return -1;
     }
-    (void)o;
-    const size_t per = (size_t)m->d_model * m->d_ff;
+    const size_t per = (size_t)m->d_model * m->d_ff, io_bytes = (size_t)max_tokens * m->d_model * 2;
     const mb_backend_gpu_options gpu = {
         .staging_bytes = (uint64_t)max_tokens * (m->d_model * 2 + m->top_k * 8 + 2) + (4u << 20),
         .max_inflight = 2,
@@ -495,9 +507,16 @@ static int eg_backend_cases(const eg_opts *o, const char *backend, int device, c
         st = mb_backend_load_expert(b, &w);
     }
     if (st == MB_STATUS_OK) st = mb_backend_load_finish(b);
-    void *out = malloc((size_t)max_tokens * m->d_model * 2);
+    void *out = eg_page_alloc(io_bytes);
     double *s = malloc(sizeof *s * EG_MAX_REPS), *c = malloc(sizeof *c * EG_MAX_REPS);
     if (!out || !s || !c) st = MB_STATUS_NOMEM;
+    int reg_act = 0, reg_out = 0;
+    if (st == MB_STATUS_OK && o->register_host) {
+        reg_act = mb_backend_register_host(b, (void *)act, io_bytes) == MB_STATUS_OK;
+        reg_out = mb_backend_register_host(b, out, io_bytes) == MB_STATUS_OK;
+        printf("%s: activations and outputs registered with the backend: %s\n", what,
+               reg_act && reg_out ? "yes" : "declined");
+    }
     for (int i = 0; i < sz->n && st == MB_STATUS_OK && run->n_h < 64; i++) {
         mb_proto_expert_req req[EG_N_ROUTES];
         for (int r = 0; r < EG_N_ROUTES; r++)
@@ -520,6 +539,8 @@ static int eg_backend_cases(const eg_opts *o, const char *backend, int device, c
         mb_egpu_print_host(&run->h[run->n_h++]);
     }
     if (st != MB_STATUS_OK) fprintf(stderr, "bench_expert_gpu: %s: %s\n", what, mb_status_str(st));
+    if (reg_act) mb_backend_unregister_host(b, (void *)act);
+    if (reg_out) mb_backend_unregister_host(b, out);
     free(out);
     free(s);
     free(c);
@@ -686,7 +707,7 @@ static void eg_usage(void)
 {
     fprintf(stderr, "usage: bench_expert_gpu [--backend cuda[:N]|vulkan[:N]] [--json FILE] [--budget SECONDS]\n"
                     "  [--models qwen3,mixtral] [--decode 1,4,16,64] [--prefill 512,4096,16384]\n"
-                    "  [--no-worker]\n");
+                    "  [--no-worker] [--register-host]\n");
     exit(2);
 }
 
@@ -706,6 +727,10 @@ static void eg_parse_opts(int argc, char **argv, eg_opts *o)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--no-worker")) {
             o->worker = 0;
+            continue;
+        }
+        if (!strcmp(a, "--register-host")) {
+            o->register_host = 1;
             continue;
         }
         if (!v) eg_usage();

@@ -36,6 +36,13 @@ size_t mb_transport_max_message_bytes(mb_transport *t)
     return mb_transport_ok(t) ? t->ops->max_message_bytes(t->impl) : 0;
 }
 
+mb_status mb_transport_shared_memory(mb_transport *t, void **base, size_t *bytes)
+{
+    if (!mb_transport_ok(t) || !base || !bytes) return MB_STATUS_INVALID_ARG;
+    if (!t->ops->shared_memory) return MB_STATUS_UNSUPPORTED;
+    return t->ops->shared_memory(t->impl, base, bytes);
+}
+
 void mb_transport_destroy(mb_transport *t)
 {
     if (!mb_transport_ok(t)) return;

@@ -40,6 +40,13 @@ typedef struct mb_transport_ops {
     /* Closes the channel and frees everything (unlinks files it created).
      * Cannot fail. */
     void (*destroy)(void *impl);
+
+    /* Optional: the one mapping that every received message and every
+     * reserved send buffer lies in (a shared-memory segment), valid until
+     * destroy, so a worker can register it with its backend for the device
+     * to read requests and write replies in place. NULL: messages live in
+     * private buffers that move (the wrapper returns UNSUPPORTED). */
+    mb_status (*shared_memory)(void *impl, void **base, size_t *bytes);
 } mb_transport_ops;
 
 typedef struct {
@@ -55,6 +62,9 @@ mb_status mb_transport_recv(mb_transport *t, int64_t timeout_ns, const void **bu
 void mb_transport_recv_release(mb_transport *t);
 size_t mb_transport_max_message_bytes(mb_transport *t);
 void mb_transport_destroy(mb_transport *t);
+/* The transport's shared mapping (see the member); UNSUPPORTED when it has
+ * none. Writes *base and *bytes only on success. */
+mb_status mb_transport_shared_memory(mb_transport *t, void **base, size_t *bytes);
 
 /* Copies a ready message (len bytes) through reserve + commit. */
 mb_status mb_transport_send_copy(mb_transport *t, const void *msg, size_t len, int64_t timeout_ns);

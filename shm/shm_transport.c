@@ -237,6 +237,14 @@ static void mb_shm_destroy(void *impl)
     mb_shm_free(t);
 }
 
+static mb_status mb_shm_shared_memory(void *impl, void **base, size_t *bytes)
+{
+    mb_shm_transport *t = impl;
+    *base = t->seg.base;
+    *bytes = t->seg.bytes;
+    return MB_STATUS_OK;
+}
+
 static const mb_transport_ops mb_shm_ops = {
     .name = "shm",
     .send_reserve = mb_shm_send_reserve,
@@ -245,6 +253,7 @@ static const mb_transport_ops mb_shm_ops = {
     .recv_release = mb_shm_recv_release,
     .max_message_bytes = mb_shm_max_message_bytes,
     .destroy = mb_shm_destroy,
+    .shared_memory = mb_shm_shared_memory,
 };
 
 /* Builds the endpoint of side on a mapped segment; takes the mapping, also

@@ -1,5 +1,11 @@
 /* The Vulkan backend's function table: open (device, command pool, slot
- * table, upload ring), close and capabilities. Weights are in vk_weights.c,
+ * table, upload ring), close and capabilities, and the environment knobs:
+ * MB_VULKAN_PATH (gemv, gemm: force a path), MB_VULKAN_HOST_IMPORT (0: never
+ * read registered host memory in place; 1, the default: from
+ * MB_VK_IMPORT_MIN_BYTES of activations; always: every request, for tests)
+ * and MB_VULKAN_VERBOSE (1: a one-line note when host memory import is
+ * unavailable or fails). Weights are in vk_weights.c, registered host
+ * memory in vk_host.c, a request's path and commands in vk_record.c,
  * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
  * in kernels/vulkan/. */
 #include <stdlib.h>
@@ -17,6 +23,8 @@ static void mb_vk_close(void *state)
         vkDeviceWaitIdle(ctx->dev);
         for (unsigned i = 0; i < MB_BACKEND_MAX_INFLIGHT; i++)
             mb_vk_req_free(be, &be->reqs[i]);
+        mb_vk_host_free(be);
+        if (be->fetch_fence) vkDestroyFence(ctx->dev, be->fetch_fence, NULL);
         for (int i = 0; i < MB_VK_UPLOAD_BUFS; i++) {
             mb_vk_buffer_destroy(ctx, &be->up[i].stage);
             if (be->up[i].fence) vkDestroyFence(ctx->dev, be->up[i].fence, NULL);
@@ -28,6 +36,8 @@ static void mb_vk_close(void *state)
     mb_vk_ctx_fini(ctx);
     free(be->slot_mem);
     free(be->layer_experts);
+    free(be->host_eidx);
+    free(be->plan);
     mb_route_table_fini(&be->table);
     free(be);
 }
@@ -41,6 +51,12 @@ static mb_status mb_vk_open_resources(mb_vk_backend *be)
                                          .queueFamilyIndex = ctx->queue_family};
     VkResult r = vkCreateCommandPool(ctx->dev, &pci, NULL, &be->pool);
     if (r != VK_SUCCESS) return mb_vk_fail(ctx, "vkCreateCommandPool", r);
+    const VkFenceCreateInfo ffi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    r = vkCreateFence(ctx->dev, &ffi, NULL, &be->fetch_fence);
+    if (r != VK_SUCCESS) {
+        be->fetch_fence = VK_NULL_HANDLE;
+        return mb_vk_fail(ctx, "vkCreateFence", r);
+    }
     mb_status st = mb_vk_buffer_create(ctx, (VkDeviceSize)be->max_slots * sizeof(mb_kvk_slot), MB_VK_MEM_DEVICE, 0,
                                        &be->slots);
     if (st != MB_STATUS_OK) return st;
@@ -90,16 +106,24 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     be->upload_status = MB_STATUS_OK;
     const char *path = getenv("MB_VULKAN_PATH");
     be->path = path && !strcmp(path, "gemv") ? 1 : path && !strcmp(path, "gemm") ? 2 : 0;
+    const char *imp = getenv("MB_VULKAN_HOST_IMPORT");
+    be->host_import = imp && imp[0] == '0'             ? MB_VK_IMPORT_OFF
+                      : imp && !strcmp(imp, "always") ? MB_VK_IMPORT_ALWAYS
+                                                      : MB_VK_IMPORT_AUTO;
+    const char *verbose = getenv("MB_VULKAN_VERBOSE");
+    be->verbose = verbose && verbose[0] && verbose[0] != '0';
     mb_status st = mb_route_table_init(&be->table, max_slots);
     if (st != MB_STATUS_OK) {
         free(be);
         return st;
     }
     be->slot_mem = calloc(max_slots, sizeof *be->slot_mem);
-    if (!be->slot_mem) {
+    be->host_eidx = malloc(max_slots * sizeof *be->host_eidx);
+    if (!be->slot_mem || !be->host_eidx) {
         mb_vk_close(be);
         return MB_STATUS_NOMEM;
     }
+    memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
     st = mb_vk_ctx_init(&be->ctx, be->device);
     if (st == MB_STATUS_OK) {
         mb_vk_describe(be->ctx.phys, be->device_name, sizeof be->device_name, NULL);
@@ -153,8 +177,8 @@ const mb_backend_ops mb_backend_vulkan_ops = {
     .load_expert = mb_vk_load_expert,
     .load_finish = mb_vk_load_finish,
     .reserve_layer = mb_vk_reserve_layer,
-    .register_host = NULL,
-    .unregister_host = NULL,
+    .register_host = mb_vk_register_host,
+    .unregister_host = mb_vk_unregister_host,
     .run = NULL,
     .submit = mb_vk_submit,
     .poll = mb_vk_poll,

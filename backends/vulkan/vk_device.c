@@ -1,6 +1,7 @@
 /* The Vulkan backend's helper layer over the Debian loader and headers:
  * instance and device setup (one compute queue, buffer device addresses,
- * VK_EXT_memory_budget when present), buffers with their own memory,
+ * timeline semaphores, VK_EXT_memory_budget and VK_EXT_external_memory_host
+ * when present), buffers with their own memory or imported host memory,
  * compute pipelines built from the embedded SPIR-V (kernels/vulkan/spirv.h)
  * and cached per specialisation, and the mapping of VkResult to mb_status.
  * Knows nothing of experts or requests. */
@@ -145,6 +146,7 @@ static const char *mb_vk_unfit(VkPhysicalDevice phys, uint32_t *subgroup_size)
     VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
     vkGetPhysicalDeviceFeatures2(phys, &f);
     if (!f12.bufferDeviceAddress) return "it lacks bufferDeviceAddress";
+    if (!f12.timelineSemaphore) return "it lacks timelineSemaphore";
     VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sg};
     vkGetPhysicalDeviceProperties2(phys, &p2);
@@ -224,13 +226,28 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index)
     uint32_t n_ext = 0;
     ctx->has_budget = mb_vk_has_extension(ctx->phys, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
     if (ctx->has_budget) exts[n_ext++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
+    /* Host memory import (VK_KHR_external_memory, which it needs, is core
+     * in 1.1). The alignment must be a power of two to round with. */
+    if (mb_vk_has_extension(ctx->phys, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME)) {
+        VkPhysicalDeviceExternalMemoryHostPropertiesEXT hp = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT};
+        VkPhysicalDeviceProperties2 hp2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &hp};
+        vkGetPhysicalDeviceProperties2(ctx->phys, &hp2);
+        const VkDeviceSize a = hp.minImportedHostPointerAlignment;
+        if (a && (a & (a - 1)) == 0) {
+            ctx->has_host_import = 1;
+            ctx->host_import_align = a;
+            exts[n_ext++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
+        }
+    }
     const float prio = 1.0f;
     const VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                          .queueFamilyIndex = fam,
                                          .queueCount = 1,
                                          .pQueuePriorities = &prio};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
-                                            .bufferDeviceAddress = VK_TRUE};
+                                            .bufferDeviceAddress = VK_TRUE,
+                                            .timelineSemaphore = VK_TRUE};
     const VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
     const VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                                     .pNext = &f2,
@@ -245,6 +262,11 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index)
         return st == MB_STATUS_BACKEND ? MB_STATUS_DEVICE : st;
     }
     vkGetDeviceQueue(ctx->dev, fam, 0, &ctx->queue);
+    if (ctx->has_host_import) {
+        const PFN_vkVoidFunction fn = vkGetDeviceProcAddr(ctx->dev, "vkGetMemoryHostPointerPropertiesEXT");
+        ctx->host_ptr_props = (PFN_vkGetMemoryHostPointerPropertiesEXT)fn;
+        if (!ctx->host_ptr_props) ctx->has_host_import = 0;
+    }
 
     const VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = MB_VK_PUSH_BYTES};
     const VkPipelineLayoutCreateInfo lci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
@@ -321,6 +343,13 @@ mb_status mb_vk_buffer_create(mb_vk_ctx *ctx, VkDeviceSize bytes, mb_vk_mem_kind
         type = mb_vk_mem_type(ctx, req.memoryTypeBits, host, VK_MEMORY_PROPERTY_HOST_CACHED_BIT,
                               VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
         break;
+    case MB_VK_MEM_DIRECT:
+        type = mb_vk_mem_type(ctx, req.memoryTypeBits, host | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0, 0);
+        if (type == UINT32_MAX) {
+            mb_vk_buffer_destroy(ctx, out);
+            return MB_STATUS_UNSUPPORTED;
+        }
+        break;
     default:
         type = mb_vk_mem_type(ctx, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0, 0);
         if (type == UINT32_MAX) type = mb_vk_mem_type(ctx, req.memoryTypeBits, 0, 0, 0);
@@ -361,6 +390,59 @@ mb_status mb_vk_buffer_create(mb_vk_ctx *ctx, VkDeviceSize bytes, mb_vk_mem_kind
     return MB_STATUS_OK;
 }
 
+mb_status mb_vk_buffer_import(mb_vk_ctx *ctx, void *ptr, VkDeviceSize bytes, mb_vk_buffer *out)
+{
+    memset(out, 0, sizeof *out);
+    if (ctx->lost) return MB_STATUS_DEVICE;
+    const VkDeviceSize a = ctx->host_import_align;
+    if (!ctx->has_host_import || !ptr || bytes == 0 || (uintptr_t)ptr % a || bytes % a) return MB_STATUS_UNSUPPORTED;
+    const VkExternalMemoryHandleTypeFlagBits ht = VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT;
+    VkMemoryHostPointerPropertiesEXT hp = {.sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT};
+    VkResult r = ctx->host_ptr_props(ctx->dev, ht, ptr, &hp);
+    if (r != VK_SUCCESS) return MB_STATUS_UNSUPPORTED;
+    const VkExternalMemoryBufferCreateInfo ext = {.sType = VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO,
+                                                  .handleTypes = ht};
+    const VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+                                    .pNext = &ext,
+                                    .size = bytes,
+                                    .usage = VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                                    .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+    r = vkCreateBuffer(ctx->dev, &bci, NULL, &out->buf);
+    if (r != VK_SUCCESS) {
+        out->buf = VK_NULL_HANDLE;
+        return r == VK_ERROR_OUT_OF_HOST_MEMORY || r == VK_ERROR_OUT_OF_DEVICE_MEMORY ? MB_STATUS_NOMEM
+                                                                                       : MB_STATUS_BACKEND;
+    }
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(ctx->dev, out->buf, &req);
+    /* Coherent only: the peer's writes must reach the device without a
+     * flush this process cannot make for it. */
+    const VkMemoryPropertyFlags coh = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    const uint32_t type = mb_vk_mem_type(ctx, req.memoryTypeBits & hp.memoryTypeBits, coh, 0, 0);
+    if (type == UINT32_MAX || req.size > bytes) {
+        mb_vk_buffer_destroy(ctx, out);
+        return MB_STATUS_UNSUPPORTED;
+    }
+    const VkImportMemoryHostPointerInfoEXT imp = {.sType = VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT,
+                                                  .handleType = ht,
+                                                  .pHostPointer = ptr};
+    const VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+                                      .pNext = &imp,
+                                      .allocationSize = bytes,
+                                      .memoryTypeIndex = type};
+    r = vkAllocateMemory(ctx->dev, &mai, NULL, &out->mem);
+    if (r != VK_SUCCESS) out->mem = VK_NULL_HANDLE;
+    if (r == VK_SUCCESS) r = vkBindBufferMemory(ctx->dev, out->buf, out->mem, 0);
+    if (r != VK_SUCCESS) {
+        mb_vk_buffer_destroy(ctx, out);
+        if (r == VK_ERROR_DEVICE_LOST) return mb_vk_fail(ctx, "host memory import", r);
+        return r == VK_ERROR_OUT_OF_HOST_MEMORY || r == VK_ERROR_OUT_OF_DEVICE_MEMORY ? MB_STATUS_NOMEM
+                                                                                       : MB_STATUS_BACKEND;
+    }
+    out->bytes = bytes;
+    return MB_STATUS_OK;
+}
+
 void mb_vk_buffer_destroy(mb_vk_ctx *ctx, mb_vk_buffer *b)
 {
     if (!ctx->dev) return;
@@ -372,7 +454,7 @@ void mb_vk_buffer_destroy(mb_vk_ctx *ctx, mb_vk_buffer *b)
     memset(b, 0, sizeof *b);
 }
 
-mb_status mb_vk_pipeline_get(mb_vk_ctx *ctx, const char *shader, const uint32_t spec[4], VkPipeline *out)
+mb_status mb_vk_pipeline_get(mb_vk_ctx *ctx, const char *shader, const uint32_t spec[MB_VK_SPECS], VkPipeline *out)
 {
     for (int i = 0; i < ctx->n_pipelines; i++) {
         const mb_vk_pipeline *p = &ctx->pipelines[i];
@@ -393,10 +475,11 @@ mb_status mb_vk_pipeline_get(mb_vk_ctx *ctx, const char *shader, const uint32_t 
     VkShaderModule mod = VK_NULL_HANDLE;
     VkResult r = vkCreateShaderModule(ctx->dev, &mci, NULL, &mod);
     if (r != VK_SUCCESS) return mb_vk_fail(ctx, "vkCreateShaderModule", r);
-    VkSpecializationMapEntry map[4];
-    for (uint32_t i = 0; i < 4; i++)
+    VkSpecializationMapEntry map[MB_VK_SPECS];
+    for (uint32_t i = 0; i < MB_VK_SPECS; i++)
         map[i] = (VkSpecializationMapEntry){.constantID = i, .offset = i * 4u, .size = 4};
-    const VkSpecializationInfo si = {.mapEntryCount = 4, .pMapEntries = map, .dataSize = 16, .pData = spec};
+    const VkSpecializationInfo si = {
+        .mapEntryCount = MB_VK_SPECS, .pMapEntries = map, .dataSize = MB_VK_SPECS * 4u, .pData = spec};
     const VkComputePipelineCreateInfo pci = {
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,

@@ -1,13 +1,17 @@
 /* Requests on the Vulkan backend. submit validates the pairs on the host
- * against the slot table, copies the request into the host-visible staging
- * of a free in-flight entry (so its inputs are consumed when submit
- * returns) and records into that entry's command buffer: one copy to
- * device-local memory, the shaders of kernels/vulkan/moe.h (routing on the
- * device, indirect dispatches sized by it), one copy back, framed by two
- * timestamps; one queue submission signals the entry's fence. poll reports
- * completion from the fences, in whatever order they signal; fetch copies
- * the result out of host-visible staging. Nothing here waits on the device
- * except poll when asked to, and buffer growth of an idle entry. */
+ * against the slot table, picks a free in-flight entry, writes the inputs
+ * where the device reads them (device-local host-mapped memory for small
+ * GEMV requests, else host-visible staging that the device copies; the
+ * activations stay in place when they lie in registered host memory the
+ * device imported) and records the commands (vk_record.c); one queue
+ * submission signals the entry's timeline semaphore twice: once the
+ * inputs were read (CONSUMED: at once unless the activations are
+ * imported, whose memory the caller may reuse only after the device copied
+ * them) and once done. poll reports both from the semaphores, in whatever
+ * order they come; fetch copies the result out of host-visible memory, or
+ * has the device copy it straight into registered host memory. Nothing here
+ * waits on the device except poll when asked to, fetch's copy, and buffer
+ * growth of an idle entry. */
 #include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -15,15 +19,7 @@
 
 #include "backends/vulkan/vk_internal.h"
 
-#define MB_VK_ALIGN(x) (((x) + 255) & ~(size_t)255)
-#define MB_VK_MAX_GROUPS 65535u
 #define MB_VK_SPIN_NS 2000000ull /* poll's spinning before it sleeps, on a GPU */
-
-/* The fixed part of an entry's workspace: slot_cnt, slot_eidx, args. */
-static size_t mb_vk_args_off(const mb_vk_backend *be)
-{
-    return MB_VK_ALIGN((size_t)be->max_slots * 8);
-}
 
 void mb_vk_req_free(mb_vk_backend *be, mb_vk_req *r)
 {
@@ -33,30 +29,39 @@ void mb_vk_req_free(mb_vk_backend *be, mb_vk_req *r)
         mb_vk_buffer_destroy(ctx, &r->d_in);
         mb_vk_buffer_destroy(ctx, &r->d_out);
         mb_vk_buffer_destroy(ctx, &r->h_out);
+        mb_vk_buffer_destroy(ctx, &r->direct);
         mb_vk_buffer_destroy(ctx, &r->fixed);
         mb_vk_buffer_destroy(ctx, &r->ws.b);
         if (r->queries) vkDestroyQueryPool(ctx->dev, r->queries, NULL);
-        if (r->fence) vkDestroyFence(ctx->dev, r->fence, NULL);
-        if (r->cb) vkFreeCommandBuffers(ctx->dev, be->pool, 1, &r->cb);
+        if (r->sem) vkDestroySemaphore(ctx->dev, r->sem, NULL);
+        VkCommandBuffer cbs[3] = {r->cb, r->cb_in, r->cb_out};
+        for (int i = 0; i < 3; i++)
+            if (cbs[i]) vkFreeCommandBuffers(ctx->dev, be->pool, 1, &cbs[i]);
     }
     memset(r, 0, sizeof *r);
 }
 
-/* Creates an entry's command buffer, fence, timestamps and fixed workspace
- * on first use. */
+/* Creates an entry's command buffers, semaphore, timestamps and fixed
+ * workspace on first use. */
 static mb_status mb_vk_req_init(mb_vk_backend *be, mb_vk_req *r)
 {
-    if (r->fence) return MB_STATUS_OK;
+    if (r->sem) return MB_STATUS_OK;
     mb_vk_ctx *ctx = &be->ctx;
     const VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
                                             .commandPool = be->pool,
                                             .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
                                             .commandBufferCount = 1};
-    const VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    const VkSemaphoreTypeCreateInfo sti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
+                                           .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
+    const VkSemaphoreCreateInfo sci = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &sti};
     VkResult res = vkAllocateCommandBuffers(ctx->dev, &ai, &r->cb);
     if (res != VK_SUCCESS) r->cb = VK_NULL_HANDLE;
-    if (res == VK_SUCCESS) res = vkCreateFence(ctx->dev, &fci, NULL, &r->fence);
-    if (res != VK_SUCCESS) r->fence = VK_NULL_HANDLE;
+    if (res == VK_SUCCESS && (res = vkAllocateCommandBuffers(ctx->dev, &ai, &r->cb_in)) != VK_SUCCESS)
+        r->cb_in = VK_NULL_HANDLE;
+    if (res == VK_SUCCESS && (res = vkAllocateCommandBuffers(ctx->dev, &ai, &r->cb_out)) != VK_SUCCESS)
+        r->cb_out = VK_NULL_HANDLE;
+    if (res == VK_SUCCESS && (res = vkCreateSemaphore(ctx->dev, &sci, NULL, &r->sem)) != VK_SUCCESS)
+        r->sem = VK_NULL_HANDLE;
     if (res == VK_SUCCESS && ctx->timestamp_bits) {
         const VkQueryPoolCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
                                            .queryType = VK_QUERY_TYPE_TIMESTAMP,
@@ -76,10 +81,11 @@ static mb_status mb_vk_req_init(mb_vk_backend *be, mb_vk_req *r)
     return MB_STATUS_OK;
 }
 
-/* Grows b (of an idle entry) to at least bytes, in powers of two. */
-static mb_status mb_vk_grow(mb_vk_ctx *ctx, mb_vk_buffer *b, mb_vk_mem_kind kind, size_t bytes)
+/* Grows b (of idle entry r) to at least bytes, in powers of two. */
+static mb_status mb_vk_grow(mb_vk_ctx *ctx, mb_vk_req *r, mb_vk_buffer *b, mb_vk_mem_kind kind, size_t bytes)
 {
     if (b->buf && b->bytes >= bytes) return MB_STATUS_OK;
+    r->gen++; /* recorded commands name the old buffer */
     size_t c = b->bytes ? (size_t)b->bytes : ((size_t)1 << 20);
     while (c < bytes)
         c *= 2;
@@ -92,13 +98,15 @@ static mb_status mb_vk_grow(mb_vk_ctx *ctx, mb_vk_buffer *b, mb_vk_mem_kind kind
 }
 
 /* Sizes an idle entry's workspace for n_tokens, n_pairs and the shape. */
-static mb_status mb_vk_ws_reserve(mb_vk_ctx *ctx, mb_vk_ws *ws, size_t nt, size_t np, size_t dm, size_t dff)
+static mb_status mb_vk_ws_reserve(mb_vk_ctx *ctx, mb_vk_req *r, size_t nt, size_t np, size_t dm, size_t dff)
 {
+    mb_vk_ws *ws = &r->ws;
     np = np ? np : 1;
     const size_t x = nt * dm * 4, h = np * dff * 4, y = np * dm * 4;
     if (ws->b.buf && nt <= ws->cap_tokens && np <= ws->cap_pairs && x <= ws->cap_x && h <= ws->cap_h &&
         y <= ws->cap_y)
         return MB_STATUS_OK;
+    r->gen++;
     mb_vk_ws n = {0};
     n.cap_tokens = nt > ws->cap_tokens ? nt : ws->cap_tokens;
     n.cap_pairs = np > ws->cap_pairs ? np : ws->cap_pairs;
@@ -128,172 +136,66 @@ static mb_status mb_vk_ws_reserve(mb_vk_ctx *ctx, mb_vk_ws *ws, size_t nt, size_
     return MB_STATUS_OK;
 }
 
-/* One dispatch with its push constants, then a barrier. */
-static void mb_vk_dispatch(mb_vk_backend *be, VkCommandBuffer cb, VkPipeline pl, const void *pc, uint32_t pc_bytes,
-                           uint32_t gx, const VkBuffer *indirect, VkDeviceSize indirect_off)
+/* The buffers of entry r for pl, sized; decides whether the inputs go
+ * straight into device-local memory (pl->in_direct). */
+static mb_status mb_vk_req_buffers(mb_vk_backend *be, mb_vk_req *r, mb_vk_plan *pl)
 {
-    vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, pl);
-    vkCmdPushConstants(cb, be->ctx.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, pc_bytes, pc);
-    if (indirect)
-        vkCmdDispatchIndirect(cb, *indirect, indirect_off);
-    else
-        vkCmdDispatch(cb, gx, 1, 1);
-    mb_vk_barrier(cb);
-}
-
-static uint32_t mb_vk_groups(size_t n, uint32_t per)
-{
-    const size_t g = (n + per - 1) / per;
-    return g < 1 ? 1 : g > MB_VK_MAX_GROUPS ? MB_VK_MAX_GROUPS : (uint32_t)g;
-}
-
-/* What one request needs to record its commands. */
-typedef struct {
-    const mb_proto_expert_req *req;
-    uint32_t d_ff;
-    mb_dtype wdtype;
-    size_t in_bytes, out_bytes, pairs_off, act_off;
-    int gemm;
-    VkPipeline route, convert, ffn1, ffn2, combine;
-} mb_vk_plan;
-
-/* Picks the path and the pipelines (created on first use). */
-static mb_status mb_vk_plan_pipelines(mb_vk_backend *be, mb_vk_plan *pl)
-{
-    const mb_proto_expert_req *req = pl->req;
-    if (req->n_pairs == 0) return MB_STATUS_OK;
-    uint32_t experts = req->layer < be->n_layers_cap && be->layer_experts ? be->layer_experts[req->layer] : 0;
-    if (experts == 0 || experts > req->n_pairs) experts = req->n_pairs;
-    /* The GEMV path streams an expert's weights once per 4 of its rows; the
-     * tiled path once per 64. Few rows per routed expert: GEMV. */
-    pl->gemm = be->path == 2 || (be->path == 0 && req->n_pairs > 4u * experts);
-    const uint32_t wd = (uint32_t)pl->wdtype, pd = (uint32_t)req->dtype;
-    const uint32_t v = pl->wdtype == MB_DTYPE_F32 ? 4 : 8;
-    const uint32_t rows = be->gemv_rows;
-    const uint32_t s_route[4] = {rows, 0, 0, 0}, s_pd[4] = {pd, 0, 0, 0};
-    uint32_t s1[4] = {wd, 1, req->d_model % v == 0, rows};
-    uint32_t s2[4] = {wd, 0, pl->d_ff % v == 0, rows};
-    const char *ffn = pl->gemm ? "moe_gemm" : "moe_gemv";
-    if (pl->gemm) s1[3] = s2[3] = 0;
     mb_vk_ctx *ctx = &be->ctx;
-    mb_status st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
-    if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_pd, &pl->convert);
-    if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, ffn, s1, &pl->ffn1);
-    if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, ffn, s2, &pl->ffn2);
-    if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_combine", s_pd, &pl->combine);
+    const mb_proto_expert_req *req = pl->req;
+    /* Inputs are read as 32-bit words: a 16-bit tail needs the word's room. */
+    const size_t in_cap = pl->in_bytes + 4, out_cap = ((pl->out_bytes + 3) & ~(size_t)3) + 4;
+    mb_status st;
+    pl->in_direct = !pl->gemm && !pl->src && !r->direct_none && in_cap <= MB_VK_DIRECT_BYTES;
+    if (pl->in_direct && !r->direct.buf) {
+        st = mb_vk_buffer_create(ctx, MB_VK_DIRECT_BYTES, MB_VK_MEM_DIRECT, 0, &r->direct);
+        if (st == MB_STATUS_UNSUPPORTED || st == MB_STATUS_NOMEM) {
+            r->direct_none = 1; /* staging and a copy from now on */
+            pl->in_direct = 0;
+        } else if (st != MB_STATUS_OK) {
+            return st;
+        }
+        r->gen++;
+    }
+    if (!pl->in_direct && ((st = mb_vk_grow(ctx, r, &r->h_in, MB_VK_MEM_UPLOAD, in_cap)) != MB_STATUS_OK ||
+                           (st = mb_vk_grow(ctx, r, &r->d_in, MB_VK_MEM_DEVICE, in_cap)) != MB_STATUS_OK))
+        return st;
+    if ((st = mb_vk_grow(ctx, r, &r->d_out, MB_VK_MEM_DEVICE, out_cap)) != MB_STATUS_OK ||
+        (st = mb_vk_grow(ctx, r, &r->h_out, MB_VK_MEM_READBACK, out_cap)) != MB_STATUS_OK)
+        return st;
+    if (req->n_pairs) st = mb_vk_ws_reserve(ctx, r, req->n_tokens, req->n_pairs, req->d_model, pl->d_ff);
     return st;
 }
 
-/* Records the expert math of pl into r's command buffer. */
-static void mb_vk_record_math(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan *pl)
+/* Submits r's command buffers: cb_in (imported inputs) signalling the
+ * consumed value, then cb signalling done. */
+static VkResult mb_vk_req_queue(mb_vk_backend *be, mb_vk_req *r, int imported)
 {
-    const mb_proto_expert_req *req = pl->req;
-    VkCommandBuffer cb = r->cb;
-    const VkDeviceAddress in = r->d_in.addr, ws = r->ws.b.addr, fx = r->fixed.addr;
-    const size_t args_off = mb_vk_args_off(be);
-    const mb_kvk_route_pc rp = {.counts = in,
-                                .pairs = in + pl->pairs_off,
-                                .slot_cnt = fx,
-                                .slot_eidx = fx + (VkDeviceSize)be->max_slots * 4,
-                                .tok_off = ws + r->ws.tok_off,
-                                .expert_slot = ws + r->ws.expert_slot,
-                                .expert_off = ws + r->ws.expert_off,
-                                .pair_pos = ws + r->ws.pair_pos,
-                                .perm_token = ws + r->ws.perm_token,
-                                .tiles = ws + r->ws.tiles,
-                                .args = fx + args_off,
-                                .n_tokens = req->n_tokens,
-                                .n_pairs = req->n_pairs,
-                                .d_model = req->d_model,
-                                .d_ff = pl->d_ff};
-    mb_vk_dispatch(be, cb, pl->route, &rp, sizeof rp, 1, NULL, 0);
-    const size_t n = (size_t)req->n_tokens * req->d_model;
-    const mb_kvk_convert_pc cp = {.act = in + pl->act_off, .x = ws + r->ws.x, .n = (uint32_t)n};
-    mb_vk_dispatch(be, cb, pl->convert, &cp, sizeof cp, mb_vk_groups(n, MB_KVK_CONVERT_THREADS), NULL, 0);
-    mb_kvk_ffn_pc fp = {.slots = be->slots.addr,
-                        .tiles = ws + r->ws.tiles,
-                        .expert_slot = rp.expert_slot,
-                        .expert_off = rp.expert_off,
-                        .perm_token = rp.perm_token,
-                        .in = cp.x,
-                        .out = ws + r->ws.h,
-                        .K = req->d_model,
-                        .N = pl->d_ff};
-    const VkDeviceSize a1 = args_off + (pl->gemm ? offsetof(mb_kvk_args, gemm_gateup) : offsetof(mb_kvk_args, gemv_gateup));
-    const VkDeviceSize a2 = args_off + (pl->gemm ? offsetof(mb_kvk_args, gemm_down) : offsetof(mb_kvk_args, gemv_down));
-    mb_vk_dispatch(be, cb, pl->ffn1, &fp, sizeof fp, 0, &r->fixed.buf, a1);
-    fp.in = fp.out;
-    fp.out = ws + r->ws.y;
-    fp.K = pl->d_ff;
-    fp.N = req->d_model;
-    mb_vk_dispatch(be, cb, pl->ffn2, &fp, sizeof fp, 0, &r->fixed.buf, a2);
-    const mb_kvk_combine_pc mp = {.tok_off = rp.tok_off,
-                                  .pairs = rp.pairs,
-                                  .pair_pos = rp.pair_pos,
-                                  .y = fp.out,
-                                  .out = r->d_out.addr,
-                                  .n_tokens = req->n_tokens,
-                                  .d_model = req->d_model};
-    const size_t words = req->dtype == MB_DTYPE_F32 ? n : (n + 1) / 2;
-    mb_vk_dispatch(be, cb, pl->combine, &mp, sizeof mp, mb_vk_groups(words, MB_KVK_COMBINE_THREADS), NULL, 0);
-}
-
-/* Records the whole request into r's command buffer. */
-static VkResult mb_vk_record(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan *pl)
-{
-    VkCommandBuffer cb = r->cb;
-    const VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-                                         .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-    VkResult res = vkResetCommandBuffer(cb, 0);
-    if (res == VK_SUCCESS) res = vkBeginCommandBuffer(cb, &bi);
-    if (res != VK_SUCCESS) return res;
-    if (r->queries) {
-        vkCmdResetQueryPool(cb, r->queries, 0, 2);
-        vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, r->queries, 0);
+    const uint64_t c = r->sem_value + 1, d = r->sem_value + 2;
+    const VkTimelineSemaphoreSubmitInfo tc = {.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
+                                              .signalSemaphoreValueCount = 1,
+                                              .pSignalSemaphoreValues = &c};
+    const VkTimelineSemaphoreSubmitInfo td = {.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
+                                              .signalSemaphoreValueCount = 1,
+                                              .pSignalSemaphoreValues = &d};
+    const VkSubmitInfo si[2] = {{.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+                                 .pNext = &tc,
+                                 .commandBufferCount = 1,
+                                 .pCommandBuffers = &r->cb_in,
+                                 .signalSemaphoreCount = 1,
+                                 .pSignalSemaphores = &r->sem},
+                                {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+                                 .pNext = &td,
+                                 .commandBufferCount = 1,
+                                 .pCommandBuffers = &r->cb,
+                                 .signalSemaphoreCount = 1,
+                                 .pSignalSemaphores = &r->sem}};
+    const VkResult res = vkQueueSubmit(be->ctx.queue, imported ? 2 : 1, imported ? si : &si[1], VK_NULL_HANDLE);
+    if (res == VK_SUCCESS) {
+        r->sem_value = d;
+        r->sem_consumed = c;
+        r->sem_done = d;
     }
-    /* The slot counters start at zero once; moe_route keeps them so. */
-    if (r->fixed_fresh) vkCmdFillBuffer(cb, r->fixed.buf, 0, (VkDeviceSize)be->max_slots * 4, 0);
-    /* Weight uploads submitted before, and this entry's last request, done. */
-    mb_vk_barrier(cb);
-    if (pl->in_bytes) {
-        const VkBufferCopy c = {.size = pl->in_bytes};
-        vkCmdCopyBuffer(cb, r->h_in.buf, r->d_in.buf, 1, &c);
-        mb_vk_barrier(cb);
-    }
-    if (pl->out_bytes) {
-        if (pl->req->n_pairs == 0) {
-            vkCmdFillBuffer(cb, r->d_out.buf, 0, (pl->out_bytes + 3) & ~(VkDeviceSize)3, 0);
-            mb_vk_barrier(cb);
-        } else {
-            mb_vk_record_math(be, r, pl);
-        }
-        const VkBufferCopy c = {.size = pl->out_bytes};
-        vkCmdCopyBuffer(cb, r->d_out.buf, r->h_out.buf, 1, &c);
-        mb_vk_barrier(cb); /* host reads after the fence */
-    }
-    if (r->queries) vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, r->queries, 1);
-    return vkEndCommandBuffer(cb);
-}
-
-/* Sizes of req's staging; FULL when past the staging area or the shaders'
- * 32-bit indexing. */
-static mb_status mb_vk_plan_sizes(const mb_vk_backend *be, mb_vk_plan *pl)
-{
-    const mb_proto_expert_req *req = pl->req;
-    size_t act = 0, h = 0, y = 0;
-    if (__builtin_mul_overflow((size_t)req->n_tokens, (size_t)req->d_model, &act) ||
-        __builtin_mul_overflow((size_t)req->n_pairs, (size_t)pl->d_ff, &h) ||
-        __builtin_mul_overflow((size_t)req->n_pairs, (size_t)req->d_model, &y))
-        return MB_STATUS_OVERFLOW;
-    const size_t lim = (size_t)1 << 31;
-    if (act >= lim || h >= lim || y >= lim) return MB_STATUS_FULL;
-    act *= mb_dtype_size(req->dtype);
-    pl->out_bytes = act;
-    pl->pairs_off = MB_VK_ALIGN((size_t)req->n_tokens * sizeof(uint16_t));
-    pl->act_off = pl->pairs_off + MB_VK_ALIGN((size_t)req->n_pairs * sizeof(mb_proto_pair));
-    pl->in_bytes = pl->act_off + act;
-    if (pl->in_bytes > be->staging_max || pl->out_bytes > be->staging_max) return MB_STATUS_FULL;
-    return MB_STATUS_OK;
+    return res;
 }
 
 mb_status mb_vk_submit(void *state, uint64_t tag, const mb_proto_expert_req *req)
@@ -315,45 +217,42 @@ mb_status mb_vk_submit(void *state, uint64_t tag, const mb_proto_expert_req *req
         else if (!r) r = &be->reqs[i];
     }
     if (!r || busy >= be->max_inflight) return MB_STATUS_AGAIN;
-    if ((st = mb_vk_plan_sizes(be, &pl)) != MB_STATUS_OK) return st;
+    if ((st = mb_vk_plan_make(be, &pl)) != MB_STATUS_OK) return st;
+    /* Activations in registered host memory are read in place, from a
+     * size where that beats the host's copies (or always, for tests). */
+    const size_t min = be->host_import == MB_VK_IMPORT_ALWAYS ? 1 : MB_VK_IMPORT_MIN_BYTES;
+    if (pl.out_bytes >= min) pl.src = mb_vk_host_find(be, req->act, pl.out_bytes, &pl.src_off);
 
     mb_vk_ctx *ctx = &be->ctx;
-    if ((st = mb_vk_req_init(be, r)) != MB_STATUS_OK) return st;
-    /* Inputs are read as 32-bit words: a 16-bit tail needs the word's room. */
-    const size_t in_cap = pl.in_bytes + 4, out_cap = ((pl.out_bytes + 3) & ~(size_t)3) + 4;
-    if ((st = mb_vk_grow(ctx, &r->h_in, MB_VK_MEM_UPLOAD, in_cap)) != MB_STATUS_OK ||
-        (st = mb_vk_grow(ctx, &r->d_in, MB_VK_MEM_DEVICE, in_cap)) != MB_STATUS_OK ||
-        (st = mb_vk_grow(ctx, &r->d_out, MB_VK_MEM_DEVICE, out_cap)) != MB_STATUS_OK ||
-        (st = mb_vk_grow(ctx, &r->h_out, MB_VK_MEM_READBACK, out_cap)) != MB_STATUS_OK)
+    if ((st = mb_vk_req_init(be, r)) != MB_STATUS_OK || (st = mb_vk_req_buffers(be, r, &pl)) != MB_STATUS_OK)
         return st;
-    if (req->n_pairs &&
-        (st = mb_vk_ws_reserve(ctx, &r->ws, req->n_tokens, req->n_pairs, req->d_model, pl.d_ff)) != MB_STATUS_OK)
-        return st;
-    if ((st = mb_vk_plan_pipelines(be, &pl)) != MB_STATUS_OK) return st;
     /* Weights (and slot table entries) recorded so far go first. */
     if ((st = mb_vk_upload_flush(be)) != MB_STATUS_OK) return st;
 
-    /* The inputs are consumed here: the peer's buffer is free once this
-     * copy into staging is done. */
-    char *h = r->h_in.map;
-    memcpy(h, req->pair_counts, (size_t)req->n_tokens * sizeof(uint16_t));
-    memcpy(h + pl.pairs_off, req->pairs, (size_t)req->n_pairs * sizeof(mb_proto_pair));
-    memcpy(h + pl.act_off, req->act, pl.out_bytes);
+    /* Without an import the inputs are consumed here: the caller's memory
+     * is free once this copy is done. */
+    mb_vk_inputs_write(be, &pl, pl.in_direct ? r->direct.map : r->h_in.map);
 
     VkResult res = mb_vk_record(be, r, &pl);
-    if (res == VK_SUCCESS) res = vkResetFences(ctx->dev, 1, &r->fence);
-    const VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &r->cb};
-    if (res == VK_SUCCESS) res = vkQueueSubmit(ctx->queue, 1, &si, r->fence);
-    if (res != VK_SUCCESS) return mb_vk_fail(ctx, "request submission", res);
+    if (res == VK_SUCCESS) res = mb_vk_req_queue(be, r, pl.src != NULL);
+    if (res != VK_SUCCESS) {
+        memset(&r->key, 0, sizeof r->key);
+        return mb_vk_fail(ctx, "request submission", res);
+    }
     r->fixed_fresh = 0;
     r->used = 1;
     r->consumed_reported = 0;
     r->done = 0;
+    r->imported_in = pl.src != NULL;
+    r->result_on_device = pl.src != NULL;
     r->status = MB_STATUS_OK;
     r->tag = tag;
     r->seq = be->next_seq++;
     r->out_bytes = pl.out_bytes;
     r->t_submit_ns = mb_vk_now_ns();
+    if (pl.src) be->stats.in_imported++;
+    else if (pl.in_direct) be->stats.in_direct++;
+    else be->stats.in_staged++;
     return MB_STATUS_OK;
 }
 
@@ -371,14 +270,26 @@ static uint64_t mb_vk_req_ns(const mb_vk_backend *be, const mb_vk_req *r)
     return mb_vk_now_ns() - r->t_submit_ns;
 }
 
-/* One pass over the entries: the oldest unreported CONSUMED, else the
- * oldest finished request. Returns TIMEOUT when there is nothing to say. */
+/* The value of r's semaphore; an error once the device is lost. */
+static VkResult mb_vk_req_value(const mb_vk_backend *be, const mb_vk_req *r, uint64_t *v)
+{
+    if (be->ctx.lost) return VK_ERROR_DEVICE_LOST;
+    return vkGetSemaphoreCounterValue(be->ctx.dev, r->sem, v);
+}
+
+/* One pass over the entries: the oldest CONSUMED to report (at once for
+ * staged inputs, once the device copied imported ones, or when the device
+ * is lost and reads nothing more), else the oldest finished request.
+ * Returns TIMEOUT when there is nothing to say. */
 static mb_status mb_vk_poll_once(mb_vk_backend *be, mb_backend_event *ev)
 {
     mb_vk_req *pick = NULL;
     for (unsigned i = 0; i < be->max_inflight; i++) {
         mb_vk_req *r = &be->reqs[i];
-        if (r->used && !r->consumed_reported && (!pick || r->seq < pick->seq)) pick = r;
+        if (!r->used || r->consumed_reported || (pick && r->seq > pick->seq)) continue;
+        uint64_t v = 0;
+        if (r->imported_in && mb_vk_req_value(be, r, &v) == VK_SUCCESS && v < r->sem_consumed) continue;
+        pick = r;
     }
     if (pick) {
         pick->consumed_reported = 1;
@@ -389,8 +300,9 @@ static mb_status mb_vk_poll_once(mb_vk_backend *be, mb_backend_event *ev)
     for (unsigned i = 0; i < be->max_inflight; i++) {
         mb_vk_req *r = &be->reqs[i];
         if (!r->used || r->done) continue;
-        const VkResult res = be->ctx.lost ? VK_ERROR_DEVICE_LOST : vkGetFenceStatus(be->ctx.dev, r->fence);
-        if (res == VK_NOT_READY) continue;
+        uint64_t v = 0;
+        const VkResult res = mb_vk_req_value(be, r, &v);
+        if (res == VK_SUCCESS && v < r->sem_done) continue;
         if (!pick || r->seq < pick->seq) {
             pick = r;
             pick_res = res;
@@ -405,6 +317,33 @@ static mb_status mb_vk_poll_once(mb_vk_backend *be, mb_backend_event *ev)
     return MB_STATUS_OK;
 }
 
+/* Waits up to wait_ns for the next value any entry waits for (all of them
+ * with all != 0): an imported request's consumed value, else its done
+ * value. OK also when there is nothing to wait for. */
+static mb_status mb_vk_wait(mb_vk_backend *be, uint64_t wait_ns, int all)
+{
+    VkSemaphore sems[MB_BACKEND_MAX_INFLIGHT];
+    uint64_t values[MB_BACKEND_MAX_INFLIGHT];
+    uint32_t n = 0;
+    for (unsigned i = 0; i < be->max_inflight; i++) {
+        const mb_vk_req *r = &be->reqs[i];
+        if (!r->used || r->done) continue;
+        sems[n] = r->sem;
+        values[n++] = !all && r->imported_in && !r->consumed_reported ? r->sem_consumed : r->sem_done;
+    }
+    if (n == 0) return MB_STATUS_OK;
+    if (be->ctx.lost) return MB_STATUS_DEVICE;
+    const VkSemaphoreWaitInfo wi = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO,
+                                    .flags = all ? 0 : VK_SEMAPHORE_WAIT_ANY_BIT,
+                                    .semaphoreCount = n,
+                                    .pSemaphores = sems,
+                                    .pValues = values};
+    const VkResult res = vkWaitSemaphores(be->ctx.dev, &wi, wait_ns);
+    if (res == VK_SUCCESS) return MB_STATUS_OK;
+    if (res == VK_TIMEOUT) return MB_STATUS_TIMEOUT;
+    return mb_vk_fail(&be->ctx, "waiting for a request", res);
+}
+
 mb_status mb_vk_poll(void *state, int64_t timeout_ns, mb_backend_event *ev)
 {
     mb_vk_backend *be = state;
@@ -413,10 +352,9 @@ mb_status mb_vk_poll(void *state, int64_t timeout_ns, mb_backend_event *ev)
     for (;;) {
         mb_status st = mb_vk_poll_once(be, ev);
         if (st != MB_STATUS_TIMEOUT) return st;
-        VkFence fences[MB_BACKEND_MAX_INFLIGHT];
         uint32_t n = 0;
         for (unsigned i = 0; i < be->max_inflight; i++)
-            if (be->reqs[i].used && !be->reqs[i].done) fences[n++] = be->reqs[i].fence;
+            n += be->reqs[i].used && !be->reqs[i].done;
         if (n == 0 || timeout_ns == 0) return MB_STATUS_TIMEOUT;
         uint64_t wait = UINT64_MAX;
         if (timeout_ns > 0) {
@@ -425,17 +363,50 @@ mb_status mb_vk_poll(void *state, int64_t timeout_ns, mb_backend_event *ev)
             wait = (uint64_t)timeout_ns - spent;
         }
         /* On a GPU, spin politely for a while first (requests take tens of
-         * microseconds and up; a fence wait's wake-up costs about as
-         * much); then, and always on a CPU device, sleep in the driver. */
+         * microseconds and up; a wait's wake-up costs about as much); then,
+         * and always on a CPU device, sleep in the driver. */
         if (be->spin && mb_vk_now_ns() - t0 < MB_VK_SPIN_NS) {
             sched_yield();
             continue;
         }
-        const VkResult res = vkWaitForFences(be->ctx.dev, n, fences, VK_FALSE, wait);
-        if (res == VK_TIMEOUT) return MB_STATUS_TIMEOUT;
-        if (res == VK_ERROR_DEVICE_LOST) be->ctx.lost = 1;
-        else if (res != VK_SUCCESS) return mb_vk_fail(&be->ctx, "waiting for a request", res);
+        st = mb_vk_wait(be, wait, 0);
+        if (st == MB_STATUS_TIMEOUT) return st;
+        /* A lost device: the next pass reports the requests as failed. */
+        if (st != MB_STATUS_OK && !be->ctx.lost) return st;
     }
+}
+
+/* The result of r, left in device memory, into out: copied by the device
+ * straight into registered host memory when out lies in an imported
+ * region, else through readback staging. Blocks until the copy is done. */
+static mb_status mb_vk_fetch_device(mb_vk_backend *be, mb_vk_req *r, void *out)
+{
+    mb_vk_ctx *ctx = &be->ctx;
+    if (ctx->lost) return MB_STATUS_DEVICE;
+    size_t off = 0;
+    const mb_vk_host_region *h = mb_vk_host_find(be, out, r->out_bytes, &off);
+    const VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                         .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    VkResult res = vkResetCommandBuffer(r->cb_out, 0);
+    if (res == VK_SUCCESS) res = vkBeginCommandBuffer(r->cb_out, &bi);
+    if (res != VK_SUCCESS) return mb_vk_fail(ctx, "fetching a result", res);
+    const VkBufferCopy c = {.srcOffset = 0, .dstOffset = h ? off : 0, .size = r->out_bytes};
+    vkCmdCopyBuffer(r->cb_out, r->d_out.buf, h ? h->buf.buf : r->h_out.buf, 1, &c);
+    mb_vk_barrier(r->cb_out); /* the host (or the peer) reads it next */
+    res = vkEndCommandBuffer(r->cb_out);
+    const VkSubmitInfo si = {
+        .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &r->cb_out};
+    if (res == VK_SUCCESS) res = vkQueueSubmit(ctx->queue, 1, &si, be->fetch_fence);
+    if (res == VK_SUCCESS) res = vkWaitForFences(ctx->dev, 1, &be->fetch_fence, VK_TRUE, UINT64_MAX);
+    if (res == VK_SUCCESS) res = vkResetFences(ctx->dev, 1, &be->fetch_fence);
+    if (res != VK_SUCCESS) return mb_vk_fail(ctx, "fetching a result", res);
+    if (h) {
+        be->stats.out_imported++;
+    } else {
+        memcpy(out, r->h_out.map, r->out_bytes);
+        be->stats.out_staged++;
+    }
+    return MB_STATUS_OK;
 }
 
 mb_status mb_vk_fetch(void *state, uint64_t tag, void *out)
@@ -446,23 +417,21 @@ mb_status mb_vk_fetch(void *state, uint64_t tag, void *out)
         mb_vk_req *r = &be->reqs[i];
         if (!r->used || r->tag != tag) continue;
         if (!r->done) return MB_STATUS_AGAIN;
-        if (r->out_bytes) {
-            if (!out) return MB_STATUS_INVALID_ARG;
+        if (r->out_bytes && !out) return MB_STATUS_INVALID_ARG;
+        mb_status st = MB_STATUS_OK;
+        if (r->out_bytes && r->result_on_device) {
+            st = mb_vk_fetch_device(be, r, out);
+        } else if (r->out_bytes) {
             memcpy(out, r->h_out.map, r->out_bytes);
+            be->stats.out_staged++;
         }
-        r->used = 0;
-        return MB_STATUS_OK;
+        r->used = 0; /* forgotten even when the copy failed: the device is gone */
+        return st;
     }
     return MB_STATUS_INVALID_ARG;
 }
 
 mb_status mb_vk_reqs_wait(mb_vk_backend *be)
 {
-    VkFence fences[MB_BACKEND_MAX_INFLIGHT];
-    uint32_t n = 0;
-    for (unsigned i = 0; i < be->max_inflight; i++)
-        if (be->reqs[i].used && !be->reqs[i].done) fences[n++] = be->reqs[i].fence;
-    if (n == 0) return MB_STATUS_OK;
-    const VkResult res = vkWaitForFences(be->ctx.dev, n, fences, VK_TRUE, UINT64_MAX);
-    return res == VK_SUCCESS ? MB_STATUS_OK : mb_vk_fail(&be->ctx, "waiting for requests", res);
+    return mb_vk_wait(be, UINT64_MAX, 1);
 }

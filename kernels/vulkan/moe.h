@@ -4,21 +4,30 @@
  *   h[pair][d_ff]       = silu(x[token] @ W_gate^T) * (x[token] @ W_up^T)
  *   out[token][d_model] = sum over the token's pairs, in request order,
  *                         of gate * (h[pair] @ W_down^T)
- * recorded into one command buffer with no host synchronisation:
+ * recorded into one command buffer with no host synchronisation, along one
+ * of two paths.
+ * Prefill-sized requests (tiled):
  *   1. moe_route (one workgroup): groups the pairs by expert slot (a
  *      counting sort whose per-slot counters it zeroes back itself), lays
  *      out the tile schedule, and writes the indirect dispatch sizes of the
  *      steps below (mb_kvk_args);
  *   2. moe_convert: activations from the payload dtype to f32;
- *   3. decode-sized requests: moe_gemv, gate+up+SiLU then down, streaming
- *      each routed expert's weights once per MB_KVK_GEMV_NT of its rows,
- *      one subgroup per weight row with subgroupAdd reductions;
- *      prefill-sized requests: moe_gemm, tiled grouped matrix products over
- *      every routed expert in one dispatch each (shared-memory tiles, f32
- *      arithmetic);
+ *   3. moe_gemm, gate/up + SiLU then down: tiled grouped matrix products
+ *      over every routed expert in one dispatch each (shared-memory tiles,
+ *      f32 arithmetic);
  *   4. moe_combine: per output element, its token's pairs' gate-weighted
  *      rows summed in request order (no float atomics), encoded to the
  *      payload dtype.
+ * Decode-sized requests (GEMV), grouped by the host (the same arrays as
+ * moe_route's, written into the request's inputs), two or three dispatches
+ * with direct sizes:
+ *   1. moe_gemv, gate/up + SiLU, reading the payload dtype directly (no
+ *      moe_convert), streaming each routed expert's weights once per
+ *      MB_KVK_GEMV_NT of its rows, one subgroup per weight row with
+ *      subgroupAdd reductions;
+ *   2. up to a few tokens whose experts hardly repeat, moe_gemv_combine:
+ *      the down product and the combine in one dispatch; else moe_gemv
+ *      (down) then moe_combine.
  * Results are deterministic: the grouping may order an expert's rows
  * differently from run to run, but no row's arithmetic depends on its
  * position, and the combine order is fixed.
@@ -95,22 +104,40 @@ typedef struct {
     uint32_t n, pad;
 } mb_kvk_convert_pc;
 
-/* moe_gemv and moe_gemm, indirect dispatches sized by moe_route.
+/* moe_gemv and moe_gemm: moe_gemm's dispatches are indirect, sized by
+ * moe_route; moe_gemv's are sized by the host.
  *   gate/up: out = h[row][N = d_ff] = silu(W_gate . x[token(row)]) * (W_up . x[token(row)]), K = d_model
  *   down:    out = y[row][N = d_model] = W_down . h[row], K = d_ff
  * Specialisation: 0 weight dtype, 1 gate/up (1) or down (0); moe_gemv also
  * 2: 16-byte loads (K a multiple of 8, or of 4 for f32 weights), 3: rows per
- * workgroup (as moe_route's). */
+ * workgroup (as moe_route's), 4: dtype of `in` (gate/up: the payload's,
+ * read in place; down: f32). */
 typedef struct {
     uint64_t slots;       /* mb_kvk_slot [max_slots] */
     uint64_t tiles;       /* moe_gemm: the tile schedule; moe_gemv: unused */
     uint64_t expert_slot;
     uint64_t expert_off;
     uint64_t perm_token;
-    uint64_t in;          /* f32: x [n_tokens][K] (gate/up) or h [n_pairs][K] (down) */
+    uint64_t in;          /* x [n_tokens][K] (gate/up; moe_gemv: in the payload dtype) or
+                             f32 h [n_pairs][K] (down) */
     uint64_t out;         /* f32: h or y [n_pairs][N] */
     uint32_t K, N;
 } mb_kvk_ffn_pc;
+
+/* moe_gemv_combine, one workgroup per MB_KVK_GEMV_THREADS / subgroup size
+ * output rows: out[t][n] = sum over t's pairs j of gate_j * (W_down[slot_j][n]
+ * . h[pair_pos[j]]). Specialisation: 0 weight dtype, 1 payload dtype, 2
+ * 16-byte loads (as moe_gemv), 3 rows per workgroup (even for 16-bit
+ * payloads, with N even). */
+typedef struct {
+    uint64_t slots;    /* mb_kvk_slot [max_slots] */
+    uint64_t tok_off;  /* i32 [n_tokens + 1] first pair of each token */
+    uint64_t pairs;    /* {u32 slot, f32 gate} [n_pairs] */
+    uint64_t pair_pos; /* i32 [n_pairs] row of h of each pair */
+    uint64_t h;        /* f32 [n_pairs][K] */
+    uint64_t out;      /* payload [n_tokens][N] */
+    uint32_t n_tokens, K, N, pad;
+} mb_kvk_gemv_combine_pc;
 
 /* moe_combine: out[t][c] = sum over t's pairs j of gate_j * y[pair_pos[j]][c].
  * Specialisation 0: payload dtype. One invocation per 32-bit output word. */

@@ -4,7 +4,9 @@
 // them, so a routed expert's weights stream from memory about once per
 // request whatever its token count. One subgroup per weight row (lanes
 // stride along K, 16-byte loads where K allows), subgroupAdd for the sums,
-// f32 math. Works for any subgroup size that divides the workgroup.
+// f32 math. Works for any subgroup size that divides the workgroup. The
+// gate/up step reads the activations in the payload dtype (XDT), so the
+// decode path needs no conversion pass.
 //   gate/up: h[pos][r] = silu(W_gate[r] . x[token(pos)]) * (W_up[r] . x[token(pos)])
 //   down:    y[pos][n] = W_down[n] . h[pos]
 #extension GL_GOOGLE_include_directive : require
@@ -19,6 +21,7 @@ layout(constant_id = 0) const uint WDT = 0u;       // weight dtype
 layout(constant_id = 1) const bool GATEUP = true;  // gate/up + SiLU, else down
 layout(constant_id = 2) const bool VEC = false;    // 16-byte loads
 layout(constant_id = 3) const uint ROWS = 16u;     // weight rows per workgroup (moe_route's too)
+layout(constant_id = 4) const uint XDT = 0u;       // dtype of the input rows: f32, or the payload's
 
 layout(push_constant) uniform P {
     uvec2 slots, tiles, expert_slot, expert_off, perm_token, xin, out_;
@@ -44,6 +47,16 @@ void unpack16(uvec4 w, out float f[8])
     }
 }
 
+// Input elements i .. i + 3 (i a multiple of 4) and element i.
+vec4 x_load4(uint i)
+{
+    if (XDT == MB_F32) return MbF32x4(p.xin).v[i >> 2];
+    const uvec2 w = MbU32x2(p.xin).v[i >> 2];
+    return vec4(mb_half(w.x, 0u, XDT), mb_half(w.x, 1u, XDT), mb_half(w.y, 0u, XDT), mb_half(w.y, 1u, XDT));
+}
+
+float x_load(uint i) { return mb_load(p.xin, i, XDT); }
+
 void main()
 {
     const uint e = gl_WorkGroupID.y;
@@ -53,8 +66,6 @@ void main()
     const uvec2 wb = st.v[slot * 3u + 1u];
     const int p0 = MbI32(p.expert_off).v[e], p1 = MbI32(p.expert_off).v[e + 1u];
     const uint lane = gl_SubgroupInvocationID, sg = gl_SubgroupSize;
-    MbF32 xin = MbF32(p.xin);
-    MbF32x4 xin4 = MbF32x4(p.xin);
     MbF32 outp = MbF32(p.out_);
 
     for (uint r = gl_SubgroupID; r < ROWS; r += gl_NumSubgroups) {
@@ -81,7 +92,7 @@ void main()
                     for (int i = 0; i < NT; i++) {
                         if (i >= nt) break;
                         for (uint v = 0u; v < V; v += 4u) {
-                            const vec4 x4 = xin4.v[(xr[i] + k + v) >> 2];
+                            const vec4 x4 = x_load4(xr[i] + k + v);
                             acc_a[i] += dot(vec4(fa[v], fa[v + 1u], fa[v + 2u], fa[v + 3u]), x4);
                             if (GATEUP) acc_b[i] += dot(vec4(fb[v], fb[v + 1u], fb[v + 2u], fb[v + 3u]), x4);
                         }
@@ -93,7 +104,7 @@ void main()
                     const float fb = GATEUP ? mb_load(wb, wrow + k, WDT) : 0.0;
                     for (int i = 0; i < NT; i++) {
                         if (i >= nt) break;
-                        const float x = xin.v[xr[i] + k];
+                        const float x = x_load(xr[i] + k);
                         acc_a[i] += fa * x;
                         if (GATEUP) acc_b[i] += fb * x;
                     }

@@ -9,6 +9,11 @@
  * poisoned once CONSUMED) and through mb_backend_run, whose bytes must
  * match; then the request errors, each followed by a correct request.
  * A backend this build lacks, or whose open returns DEVICE, exits 77.
+ * With a second argument "registered", every case's activations and
+ * outputs come from one shared mapping registered with the backend, as a
+ * worker's shared-memory segment is, so that a GPU backend may read and
+ * write them in place (the Vulkan backend does where it can import host
+ * memory; MB_VULKAN_HOST_IMPORT=0 or always picks the path).
  *
  * Error metric: max |out - ref| / max |ref| over a request's output (NaN
  * counts as infinite). Bounds by (weight dtype, payload dtype), in
@@ -32,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backends/backend.h"
 #include "protocol/dtype.h"
@@ -111,6 +117,43 @@ static uint32_t bo_layer(mb_dtype wd, size_t si)
 static uint32_t bo_slot(uint32_t layer, uint32_t e)
 {
     return layer * BO_SLOTS_PER_LAYER + e;
+}
+
+/* ---- registered host memory ---- */
+
+#define BO_ARENA_BYTES ((size_t)128 << 20)
+
+/* A bump allocator over one shared mapping, emptied whenever nothing in it
+ * is live; NULL base: plain malloc. */
+static struct {
+    uint8_t *base;
+    size_t used;
+    unsigned live;
+} bo_arena;
+
+/* Allocations are 8-aligned, as activations in a message are, and spaced
+ * so that most are not 16- or 64-aligned. */
+static void *bo_alloc(size_t bytes)
+{
+    if (!bo_arena.base) {
+        void *p = malloc(bytes ? bytes : 1);
+        REQUIRE(p);
+        return p;
+    }
+    size_t at = ((bo_arena.used + 7) & ~(size_t)7) + 8;
+    REQUIRE(at <= BO_ARENA_BYTES && bytes <= BO_ARENA_BYTES - at);
+    bo_arena.used = at + bytes;
+    bo_arena.live++;
+    return bo_arena.base + at;
+}
+
+static void bo_free(void *p)
+{
+    if (!bo_arena.base || (uint8_t *)p < bo_arena.base || (uint8_t *)p >= bo_arena.base + BO_ARENA_BYTES) {
+        free(p);
+        return;
+    }
+    if (--bo_arena.live == 0) bo_arena.used = 0;
 }
 
 /* ---- experts and the reference ---- */
@@ -235,10 +278,10 @@ static void bo_case_init(bo_case *c, const bo_shape *s, const bo_expert *ex, uin
     c->pairs = calloc((size_t)nt * k + 1, sizeof *c->pairs);
     c->pairs_keep = calloc((size_t)nt * k + 1, sizeof *c->pairs_keep);
     c->act_bytes = n_act * mb_dtype_size(pd);
-    c->act = malloc(c->act_bytes);
+    c->act = bo_alloc(c->act_bytes);
     c->act_keep = malloc(c->act_bytes);
-    c->out_async = malloc(c->act_bytes);
-    c->out_sync = malloc(c->act_bytes);
+    c->out_async = bo_alloc(c->act_bytes);
+    c->out_sync = bo_alloc(c->act_bytes);
     size_t n_ref = ex ? n_act : 1;
     c->ref = calloc(n_ref, sizeof *c->ref);
     double *x = malloc(n_ref * sizeof *x), *h = malloc(s->d_ff * sizeof *h);
@@ -289,11 +332,11 @@ static void bo_case_fini(bo_case *c)
     free(c->counts);
     free(c->pairs);
     free(c->pairs_keep);
-    free(c->act);
+    bo_free(c->act);
     free(c->act_keep);
     free(c->ref);
-    free(c->out_async);
-    free(c->out_sync);
+    bo_free(c->out_async);
+    bo_free(c->out_sync);
 }
 
 /* Once CONSUMED, the backend must not read the inputs again: make any late
@@ -494,8 +537,7 @@ static void bo_expect_error(bo_ctx *x, const mb_proto_expert_req *req, mb_status
                             const char *what)
 {
     size_t bytes = (size_t)req->n_tokens * req->d_model * mb_dtype_size(req->dtype);
-    void *out = malloc(bytes);
-    REQUIRE(out);
+    void *out = bo_alloc(bytes);
     mb_status st = mb_backend_run(x->b, req, out, NULL);
     CHECK_MSG(st == want, "%s: %s: run gave %s, expected %s", x->name, what, mb_status_name(st),
               mb_status_name(want));
@@ -516,7 +558,7 @@ static void bo_expect_error(bo_ctx *x, const mb_proto_expert_req *req, mb_status
               mb_status_name(st), mb_status_name(want));
     CHECK_EQ(mb_backend_outstanding(x->b), 0);
     printf("%-6s error: %-34s -> %s\n", x->name, what, mb_status_name(st));
-    free(out);
+    bo_free(out);
 }
 
 /* A correct request on layer after an error: the backend must have survived. */
@@ -595,8 +637,9 @@ static void bo_errors(bo_ctx *x)
     }
 }
 
-/* Opens ops' backend and runs everything: 0 when it ran, 77 when skipped. */
-static int bo_test_backend(const mb_backend_ops *ops, bo_ctx *x)
+/* Opens ops' backend and runs everything (in registered host memory when
+ * registered): 0 when it ran, 77 when skipped. */
+static int bo_test_backend(const mb_backend_ops *ops, bo_ctx *x, int registered)
 {
     const mb_backend_cpu_options cpu = {.n_threads = 0, .numa = MB_NUMA_DEFAULT};
     /* A small staging area keeps the FULL request cheap; 4 in flight
@@ -612,6 +655,15 @@ static int bo_test_backend(const mb_backend_ops *ops, bo_ctx *x)
     }
     REQUIRE(st == MB_STATUS_OK);
     REQUIRE(mb_backend_caps_get(x->b, &x->caps) == MB_STATUS_OK);
+    if (registered) {
+        bo_arena.base = mmap(NULL, BO_ARENA_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
+                             -1, 0);
+        REQUIRE(bo_arena.base != MAP_FAILED);
+        st = mb_backend_register_host(x->b, bo_arena.base, BO_ARENA_BYTES);
+        printf("backend %s: registered host memory %s\n", ops->name,
+               st == MB_STATUS_OK ? "accepted" : mb_status_name(st));
+        if (st != MB_STATUS_OK) registered = 0;
+    }
     REQUIRE(x->caps.max_slots >= BO_MAX_SLOTS && x->caps.max_inflight >= 1);
     printf("backend %s: %s, max_inflight %u, max_request_bytes %llu, %s\n", ops->name,
            x->caps.device, x->caps.max_inflight, (unsigned long long)x->caps.max_request_bytes,
@@ -623,8 +675,14 @@ static int bo_test_backend(const mb_backend_ops *ops, bo_ctx *x)
             x->worst[w][p] = -1;
     bo_parity(x);
     bo_errors(x);
+    if (registered) mb_backend_unregister_host(x->b, bo_arena.base);
     mb_backend_close(x->b);
     x->b = NULL;
+    if (bo_arena.base) {
+        CHECK_EQ(bo_arena.live, 0);
+        munmap(bo_arena.base, BO_ARENA_BYTES);
+        bo_arena.base = NULL;
+    }
 
     printf("\n%s: worst normalised error (bound) by weight dtype (rows) and payload dtype\n",
            ops->name);
@@ -647,16 +705,17 @@ static int bo_test_backend(const mb_backend_ops *ops, bo_ctx *x)
 int main(int argc, char **argv)
 {
     int ran = 0;
-    if (argc > 1) {
+    const int registered = argc > 2 && strcmp(argv[2], "registered") == 0;
+    if (argc > 1 && strcmp(argv[1], "all") != 0) {
         const mb_backend_ops *ops = mb_backend_find(argv[1]);
         if (!ops) MB_TEST_SKIP("this build has no %s backend", argv[1]);
         bo_ctx x = {0};
-        if (bo_test_backend(ops, &x) == 77) return 77;
+        if (bo_test_backend(ops, &x, registered) == 77) return 77;
         ran = 1;
     } else {
         for (size_t i = 0; i < mb_backend_count(); i++) {
             bo_ctx x = {0};
-            ran += bo_test_backend(mb_backend_at(i), &x) == 0;
+            ran += bo_test_backend(mb_backend_at(i), &x, registered) == 0;
         }
     }
     if (!ran) MB_TEST_SKIP("no backend could be opened");
