@@ -9,6 +9,7 @@
 // keeps about 16 significant bits of an f32 input.
 #include <mma.h>
 
+#include "kernels/cuda/moe_cp_async.cuh"
 #include "kernels/cuda/moe_internal.cuh"
 
 using namespace nvcuda;
@@ -23,15 +24,6 @@ using namespace nvcuda;
 #define MB_GEMM_SMEM_BYTES (2 * 4 * MB_GEMM_TILE_ELEMS * 2)
 
 static_assert(2 * MB_GEMM_BM * MB_GEMM_LDC * 4 <= MB_GEMM_SMEM_BYTES, "epilogue tile fits the staging buffers");
-
-__device__ __forceinline__ void mb_cp_async16(void *smem, const void *gmem, bool valid)
-{
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    const int n = valid ? 16 : 0; // 0: fill the 16 bytes with zeros
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void mb_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void mb_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 template <typename T, bool GATEUP, bool SPLIT>
 __global__ void __launch_bounds__(MB_GEMM_THREADS)
