@@ -27,7 +27,19 @@
  * GEMV path. Accumulation is f32 throughout. Known limit: with f16
  * weights, an activation or hidden value beyond f16's range (65504)
  * becomes inf in the split and the result NaN (the CPU backend stays
- * finite); bf16 weights have no such limit. */
+ * finite); bf16 weights have no such limit.
+ *
+ * Quantized weights (Q8_0, Q4_K, Q6_K; gate, up and down each of its own
+ * type) stay quantized in device memory, in the layout of
+ * kernels/cuda/quant_layout.h. Every path dequantizes exactly as
+ * kernels/cpu/quant.c does (bit for bit in f32). The GEMV path multiplies
+ * those f32 weights with the activations in f32 (payloads widened, no
+ * 8-bit activation quantization); the tensor-core paths (the grouped GEMM,
+ * which dequantizes weight tiles into shared memory, and cuBLAS, which
+ * dequantizes one expert at a time into an f16 scratch matrix) round each
+ * dequantized weight to f16 (relative error <= 2^-11, absolute <= 2^-25
+ * below f16's normal range) and take activations and the hidden row as
+ * f16 high and low halves, so the f16 range limit above applies to them. */
 #ifndef MB_KERNELS_CUDA_MOE_H
 #define MB_KERNELS_CUDA_MOE_H
 
@@ -38,11 +50,21 @@
 extern "C" {
 #endif
 
-/* Element types, numbered as protocol/dtype.h's mb_dtype. */
-enum { MB_KCUDA_F32 = 0, MB_KCUDA_F16 = 1, MB_KCUDA_BF16 = 2 };
+/* Element and weight types, numbered as protocol/dtype.h's mb_dtype (the
+ * quantized ones are weights only). */
+enum {
+    MB_KCUDA_F32 = 0,
+    MB_KCUDA_F16 = 1,
+    MB_KCUDA_BF16 = 2,
+    MB_KCUDA_Q8_0 = 3,
+    MB_KCUDA_Q4_K = 5,
+    MB_KCUDA_Q6_K = 7,
+};
 
 /* One slot's weights in device memory: gate and up [d_ff][d_model], down
- * [d_model][d_ff], row-major, densely packed, in the layer's weight type. */
+ * [d_model][d_ff], row-major, densely packed, in the layer's weight type;
+ * quantized matrices in kernels/cuda/quant_layout.h's layout, each starting
+ * 16-byte aligned. */
 typedef struct {
     const void *gate;
     const void *up;
@@ -65,7 +87,9 @@ typedef struct {
     uint32_t max_slots;     /* entries of slots and of the workspace's counters */
     uint32_t layer_experts; /* slots loaded for this layer (tunes AUTO) */
     int payload;            /* MB_KCUDA_* of act and out */
-    int wdtype;             /* MB_KCUDA_* of the weights */
+    int wdtype;             /* MB_KCUDA_* of the weights (the gate's, when quantized) */
+    int wdtype_up;          /* quantized weights: up's and down's types (each may */
+    int wdtype_down;        /* differ from the gate's); ignored for element types */
     mb_kcuda_path path;
     const mb_kcuda_expert *slots; /* device [max_slots] */
     /* Device inputs, as on the wire: */
@@ -126,6 +150,13 @@ int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, voi
 /* Whether cuBLAS could be loaded (dlopen, once; the binary does not link
  * it, so it runs where only the driver is installed). */
 int mb_kcuda_cublas_available(void);
+
+/* Dequantizes a quantized matrix w (device, [rows][k] in
+ * quant_layout.h's layout of type wdtype) into out (device [rows][k]):
+ * out_dtype MB_KCUDA_F32 gives exactly kernels/cpu/quant.c's values,
+ * MB_KCUDA_F16 those rounded to nearest even. Enqueued on stream. Returns
+ * 0, or cudaErrorInvalidValue for another type or k not whole blocks. */
+int mb_kcuda_dequant(int wdtype, const void *w, size_t rows, size_t k, int out_dtype, void *out, void *stream);
 
 /* Which path AUTO would take for p (for benchmarks and tests). */
 mb_kcuda_path mb_kcuda_moe_path(const mb_kcuda_moe_problem *p);

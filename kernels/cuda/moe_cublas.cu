@@ -7,6 +7,9 @@
 // use, so binaries run where only the driver is installed; without it the
 // WMMA path serves. (cublasGemmGroupedBatchedEx would take one call, but
 // it refuses 16-bit inputs with f32 outputs: status NOT_SUPPORTED on CUDA 13.)
+// Quantized weights: before each expert's GEMM, its gate|up (then its down)
+// is dequantized into one f16 scratch matrix on the same stream, which the
+// next expert's dequantization overwrites once the GEMM has read it.
 //   gate|up: g[pos][0:d_ff] = x[pos] . W_gate^T, g[pos][d_ff:2 d_ff] = x[pos] . W_up^T
 //   h[pos] = silu(g[pos][0:d_ff]) * g[pos][d_ff:]
 //   down:    y[pos] = h[pos] . W_down^T
@@ -17,7 +20,7 @@
 #include <dlfcn.h>
 #include <mutex>
 
-#include "kernels/cuda/moe_internal.cuh"
+#include "kernels/cuda/moe_quant.cuh"
 
 typedef cublasStatus_t (*mb_cublas_create_fn)(cublasHandle_t *);
 typedef cublasStatus_t (*mb_cublas_destroy_fn)(cublasHandle_t);
@@ -140,6 +143,71 @@ static cudaError_t mb_cublas_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_probl
     return cudaSuccess;
 }
 
+// Bytes of f16 scratch the quantized cuBLAS path needs: one expert's gate|up.
+size_t mb_kcuda_cublas_quant_scratch(const mb_kcuda_moe_problem *p)
+{
+    return (size_t)2 * p->d_ff * p->d_model * sizeof(__half);
+}
+
+// The quantized weights' version of mb_cublas_typed: the same GEMMs, each on
+// an expert's matrices dequantized to f16 just before (ws->wq).
+static cudaError_t mb_cublas_quant(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split_x, int split_h,
+                                   cudaStream_t stream)
+{
+    const int dm = (int)p->d_model, dff = (int)p->d_ff;
+    const size_t np = p->n_pairs;
+    if (ws->cap_wq_bytes < mb_kcuda_cublas_quant_scratch(p)) return cudaErrorNotSupported;
+    const __half *xhi = (const __half *)ws->x, *xlo = split_x ? xhi + np * dm : nullptr;
+    __half *hhi = (__half *)ws->h, *hlo = split_h ? hhi + np * dff : nullptr;
+    __half *wq = (__half *)ws->wq;
+    float *g = ws->y, *y = ws->y; // g is dead once h is made; y reuses it
+    cublasHandle_t h = (cublasHandle_t)ws->cublas;
+    if (mb_cublas.set_stream(h, stream) != CUBLAS_STATUS_SUCCESS) return cudaErrorNotSupported;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
+    cudaError_t e = cudaSuccess;
+    auto gemm = [&](int m, int n, int k, const void *A, int lda, const void *B, int ldb, float *C, int ldc,
+                    const float *beta) {
+        if (s == CUBLAS_STATUS_SUCCESS && e == cudaSuccess)
+            s = mb_cublas.gemm(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_16F, lda, B, CUDA_R_16F, ldb,
+                               beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    };
+    auto dequant = [&](int q, const void *w, int rows, int k, __half *dst) {
+        if (e == cudaSuccess && s == CUBLAS_STATUS_SUCCESS)
+            e = mb_kcuda_qdequant_launch(q, w, rows, k, MB_KCUDA_F16, dst, stream);
+    };
+    size_t off = 0;
+    for (uint32_t x = 0; x < p->plan_experts; x++) {
+        const mb_kcuda_expert ex = p->slots_host[p->plan_slot[x]];
+        const int n = p->plan_count[x];
+        dequant(p->wdtype, ex.gate, dff, dm, wq);
+        dequant(p->wdtype_up, ex.up, dff, dm, wq + (size_t)dff * dm);
+        for (int part = 0; part < 1 + split_x; part++)
+            gemm(2 * dff, n, dm, wq, dm, (part ? xlo : xhi) + off * dm, dm, g + off * 2 * dff, 2 * dff,
+                 part ? &one : &zero);
+        off += (size_t)n;
+    }
+    if (e == cudaSuccess && s == CUBLAS_STATUS_SUCCESS) {
+        mb_kcuda_silu_mul_kernel<__half><<<(unsigned)np, dff >= 256 ? 256 : 64, 0, stream>>>(g, hhi, hlo, dff);
+        e = cudaGetLastError();
+    }
+    off = 0;
+    for (uint32_t x = 0; x < p->plan_experts; x++) {
+        const mb_kcuda_expert ex = p->slots_host[p->plan_slot[x]];
+        const int n = p->plan_count[x];
+        dequant(p->wdtype_down, ex.down, dm, dff, wq);
+        for (int part = 0; part < 1 + split_h; part++)
+            gemm(dm, n, dff, wq, dff, (part ? hlo : hhi) + off * dff, dff, y + off * dm, dm, part ? &one : &zero);
+        off += (size_t)n;
+    }
+    if (e != cudaSuccess) return e;
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cuda kernels: cublasGemmEx (f16, quantized weights) returned status %d\n", (int)s);
+        return cudaErrorNotSupported;
+    }
+    return cudaSuccess;
+}
+
 cudaError_t mb_kcuda_cublas_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int split_x, int split_h,
                                    cudaStream_t stream)
 {
@@ -153,6 +221,9 @@ cudaError_t mb_kcuda_cublas_launch(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_probl
     switch (p->wdtype) {
     case MB_KCUDA_F16: return mb_cublas_typed<__half>(ws, p, split_x, split_h, stream, CUDA_R_16F);
     case MB_KCUDA_BF16: return mb_cublas_typed<__nv_bfloat16>(ws, p, split_x, split_h, stream, CUDA_R_16BF);
+    case MB_KCUDA_Q8_0:
+    case MB_KCUDA_Q4_K:
+    case MB_KCUDA_Q6_K: return mb_cublas_quant(ws, p, split_x, split_h, stream);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -43,6 +43,8 @@ struct mb_kcuda_moe_ws {
     void *h;                // [n_pairs][d_ff]: f32, or 16-bit hi then lo
     float *y;               // [n_pairs][d_model] each pair's down projection (cuBLAS path:
                             // first gate|up [n_pairs][2 d_ff], then y)
+    void *wq;               // quantized weights on the cuBLAS path: one expert's gate|up
+    size_t cap_wq_bytes;    // (or down) dequantized to f16, [2 d_ff][d_model]
     size_t bytes;
     uint64_t gen;           // bumped whenever grown buffers are freed (graphs hold their addresses)
     void *cublas;           // cuBLAS path: its handle

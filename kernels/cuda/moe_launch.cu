@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "kernels/cuda/moe_internal.cuh"
+#include "kernels/cuda/moe_quant.cuh"
 
 extern "C" const char *mb_kcuda_error_str(int err) { return cudaGetErrorString((cudaError_t)err); }
 
@@ -41,6 +41,9 @@ static void mb_ws_free_grown(mb_kcuda_moe_ws *ws)
     cudaFree(ws->x);
     cudaFree(ws->h);
     cudaFree(ws->y);
+    cudaFree(ws->wq);
+    ws->wq = nullptr;
+    ws->cap_wq_bytes = 0;
     ws->tok_off = ws->expert_slot = ws->expert_off = ws->pair_pos = ws->perm_token = nullptr;
     ws->tiles = nullptr;
     ws->x = ws->h = nullptr;
@@ -52,8 +55,11 @@ static void mb_ws_free_grown(mb_kcuda_moe_ws *ws)
 
 extern "C" uint64_t mb_kcuda_moe_ws_generation(const mb_kcuda_moe_ws *ws) { return ws ? ws->gen : 0; }
 
+static int mb_cublas_broken; // set once cuBLAS refused a GEMM
+
 // The sizes ws_reserve grows to for p.
-static void mb_ws_sizes(const mb_kcuda_moe_problem *p, size_t *nt, size_t *np, size_t *xb, size_t *hb, size_t *yb)
+static void mb_ws_sizes(const mb_kcuda_moe_problem *p, size_t *nt, size_t *np, size_t *xb, size_t *hb, size_t *yb,
+                        size_t *wqb)
 {
     *nt = p->n_tokens ? p->n_tokens : 1;
     *np = p->n_pairs ? p->n_pairs : 1;
@@ -64,13 +70,17 @@ static void mb_ws_sizes(const mb_kcuda_moe_problem *p, size_t *nt, size_t *np, s
     *xb = xrows * p->d_model * 4;
     *hb = *np * p->d_ff * 4;
     *yb = *np * ycols * 4;
+    // Quantized weights on the cuBLAS path: one expert's f16 gate|up.
+    *wqb = mb_kcuda_quant_supported(p->wdtype) && mb_kcuda_moe_path(p) == MB_KCUDA_PATH_CUBLAS
+               ? mb_kcuda_cublas_quant_scratch(p)
+               : 0;
 }
 
 extern "C" size_t mb_kcuda_moe_ws_need(const mb_kcuda_moe_problem *p)
 {
-    size_t nt, np, xb, hb, yb;
-    mb_ws_sizes(p, &nt, &np, &xb, &hb, &yb);
-    return (nt + 1 + 4 * np + 1) * 4 + (np / MB_KCUDA_GEMM_BM + 2 + np) * sizeof(mb_kcuda_tile) + xb + hb + yb;
+    size_t nt, np, xb, hb, yb, wqb;
+    mb_ws_sizes(p, &nt, &np, &xb, &hb, &yb, &wqb);
+    return (nt + 1 + 4 * np + 1) * 4 + (np / MB_KCUDA_GEMM_BM + 2 + np) * sizeof(mb_kcuda_tile) + xb + hb + yb + wqb;
 }
 
 extern "C" void mb_kcuda_moe_ws_destroy(mb_kcuda_moe_ws *ws)
@@ -89,16 +99,17 @@ extern "C" size_t mb_kcuda_moe_ws_bytes(const mb_kcuda_moe_ws *ws) { return ws ?
 extern "C" int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p)
 {
     if (!ws || !p) return (int)cudaErrorInvalidValue;
-    size_t nt, np, xb, hb, yb;
-    mb_ws_sizes(p, &nt, &np, &xb, &hb, &yb);
+    size_t nt, np, xb, hb, yb, wqb;
+    mb_ws_sizes(p, &nt, &np, &xb, &hb, &yb, &wqb);
     if (nt <= ws->cap_tokens && np <= ws->cap_pairs && xb <= ws->cap_x_bytes && hb <= ws->cap_h_bytes &&
-        yb <= ws->cap_y_bytes)
+        yb <= ws->cap_y_bytes && wqb <= ws->cap_wq_bytes)
         return 0;
     // Grow everything to at least the larger of old and new, then reallocate
     // (the old contents need not survive: only the slot counters persist).
     const size_t ct = nt > ws->cap_tokens ? nt : ws->cap_tokens, cp = np > ws->cap_pairs ? np : ws->cap_pairs;
     const size_t cx = xb > ws->cap_x_bytes ? xb : ws->cap_x_bytes, ch = hb > ws->cap_h_bytes ? hb : ws->cap_h_bytes;
     const size_t cy = yb > ws->cap_y_bytes ? yb : ws->cap_y_bytes;
+    const size_t cwq = wqb > ws->cap_wq_bytes ? wqb : ws->cap_wq_bytes;
     const size_t tiles = cp / MB_KCUDA_GEMM_BM + 1 + cp + 1;
     // Whatever is queued on the old buffers must finish before they go.
     cudaError_t e = cudaDeviceSynchronize();
@@ -113,6 +124,7 @@ extern "C" int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_p
     if (e == cudaSuccess) e = cudaMalloc(&ws->x, cx);
     if (e == cudaSuccess) e = cudaMalloc(&ws->h, ch);
     if (e == cudaSuccess) e = cudaMalloc((void **)&ws->y, cy);
+    if (e == cudaSuccess && cwq) e = cudaMalloc(&ws->wq, cwq);
     if (e != cudaSuccess) {
         mb_ws_free_grown(ws);
         cudaGetLastError();
@@ -123,15 +135,16 @@ extern "C" int mb_kcuda_moe_ws_reserve(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_p
     ws->cap_x_bytes = cx;
     ws->cap_h_bytes = ch;
     ws->cap_y_bytes = cy;
-    ws->bytes = (size_t)ws->max_slots * 8 + 16 + (ct + 1 + 4 * cp + 1) * 4 + tiles * sizeof(mb_kcuda_tile) + cx + ch + cy;
+    ws->cap_wq_bytes = cwq;
+    ws->bytes =
+        (size_t)ws->max_slots * 8 + 16 + (ct + 1 + 4 * cp + 1) * 4 + tiles * sizeof(mb_kcuda_tile) + cx + ch + cy + cwq;
     return 0;
 }
 
-static int mb_cublas_broken; // set once cuBLAS refused a GEMM
-
 extern "C" mb_kcuda_path mb_kcuda_moe_path(const mb_kcuda_moe_problem *p)
 {
-    // Tensor cores need 16-bit weights and 16-byte rows.
+    // Tensor cores need 16-bit weights (quantized ones become f16 tiles)
+    // and 16-byte rows.
     if (p->wdtype == MB_KCUDA_F32 || p->d_model % 8 || p->d_ff % 8) return MB_KCUDA_PATH_GEMV;
     const int cublas_ok =
         p->plan_experts && p->plan_slot && p->slots_host && !mb_cublas_broken && mb_kcuda_cublas_available();
@@ -156,7 +169,18 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
     const size_t esz = p->payload == MB_KCUDA_F32 ? 4 : 2;
     if (p->n_pairs == 0)
         return (int)cudaMemsetAsync(p->out, 0, (size_t)p->n_tokens * p->d_model * esz, stream);
-    const mb_kcuda_path path = mb_kcuda_moe_path(p);
+    // Quantized weights: all three matrices of a type these kernels know,
+    // rows of whole blocks (the backend checked; a bad problem must not
+    // reach a kernel).
+    const int quant = mb_kcuda_quant_supported(p->wdtype);
+    if (quant && (!mb_kcuda_quant_supported(p->wdtype_up) || !mb_kcuda_quant_supported(p->wdtype_down) ||
+                  p->d_model % mb_kcuda_qblock_elems(p->wdtype) || p->d_model % mb_kcuda_qblock_elems(p->wdtype_up) ||
+                  p->d_ff % mb_kcuda_qblock_elems(p->wdtype_down)))
+        return (int)cudaErrorInvalidValue;
+    mb_kcuda_path path = mb_kcuda_moe_path(p);
+    // Their cuBLAS path needs the f16 scratch ws_reserve grew for it.
+    if (quant && path == MB_KCUDA_PATH_CUBLAS && ws->cap_wq_bytes < mb_kcuda_cublas_quant_scratch(p))
+        path = MB_KCUDA_PATH_GEMM;
     // GEMV with few pairs per expert fuses the combine into the down
     // projection; a one-token request then needs no routing kernel at all
     // (each pair is its own expert).
@@ -182,7 +206,9 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
         const char *hv = getenv("MB_CUDA_HIDDEN");
         hidden16 = hv && !strcmp(hv, "16");
     }
-    const int split_x = p->payload != p->wdtype, split_h = !hidden16;
+    // The tensor cores' operand type: the weights', f16 for quantized ones.
+    const int mma_type = quant ? MB_KCUDA_F16 : p->wdtype;
+    const int split_x = p->payload != mma_type, split_h = !hidden16;
     if (path == MB_KCUDA_PATH_CUBLAS) {
         e = mb_kcuda_gather_launch(ws, p, split_x, stream);
         mark(0);
@@ -197,14 +223,16 @@ extern "C" int mb_kcuda_moe_enqueue(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_prob
     }
     if (path == MB_KCUDA_PATH_GEMV) {
         mark(0);
-        e = mb_kcuda_gemv_launch(ws, p, fused, stream);
+        e = quant ? mb_kcuda_qgemv_launch(ws, p, fused, stream) : mb_kcuda_gemv_launch(ws, p, fused, stream);
         mark(1);
         if (e == cudaSuccess && !fused) e = mb_kcuda_combine_launch(ws, p, stream);
         return (int)e;
     }
     e = mb_kcuda_convert_launch(ws, p, split_x, stream);
     mark(0);
-    if (e == cudaSuccess) e = mb_kcuda_gemm_launch(ws, p, split_x, split_h, stream);
+    if (e == cudaSuccess)
+        e = quant ? mb_kcuda_qgemm_launch(ws, p, split_x, split_h, stream)
+                  : mb_kcuda_gemm_launch(ws, p, split_x, split_h, stream);
     mark(1);
     if (e == cudaSuccess) e = mb_kcuda_combine_launch(ws, p, stream);
     return (int)e;
