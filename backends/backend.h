@@ -138,9 +138,9 @@ typedef struct mb_backend_ops {
 
     /* Optional: reserves device memory for n_slots slots [slot0, slot0 +
      * n_slots) of one layer at once, so a layer's weights are allocated in
-     * one piece before its load_expert calls; wdtype is the layer's one
-     * element dtype (backends with this member take no quantized weights).
-     * NULL: allocated per slot. */
+     * one piece before its load_expert calls; wdtype is the layer's dtype,
+     * taken for all three matrices (a quantized layer whose matrices
+     * differ gets what a slot lacks at load). NULL: allocated per slot. */
     mb_status (*reserve_layer)(void *state, uint32_t layer, uint32_t slot0, uint32_t n_slots,
                                uint32_t d_model, uint32_t d_ff, mb_dtype wdtype);
 

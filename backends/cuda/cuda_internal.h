@@ -114,6 +114,9 @@ mb_status mb_cuda_fail(const char *what, cudaError_t e);
 uint64_t mb_cuda_now_ns(void);
 
 /* cuda_weights.c */
+/* 1 for a weight dtype these kernels compute: f32, f16, bf16, and the
+ * quantized Q8_0, Q4_K and Q6_K. */
+int mb_cuda_weight_dtype_ok(mb_dtype wdtype);
 mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w);
 mb_status mb_cuda_load_finish(void *state);
 mb_status mb_cuda_reserve_layer(void *state, uint32_t layer, uint32_t slot0, uint32_t n_slots, uint32_t d_model,

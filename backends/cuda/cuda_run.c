@@ -180,7 +180,7 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     if (!be || !req) return MB_STATUS_INVALID_ARG;
     if (!mb_dtype_valid(req->dtype)) return MB_STATUS_BAD_DTYPE;
     uint32_t d_ff = 0;
-    mb_dtype wdtype[MB_PROTO_MATS]; /* one element dtype for all three (load_expert) */
+    mb_dtype wdtype[MB_PROTO_MATS]; /* one element dtype for all three, or quantized ones */
     mb_status st = mb_route_validate(&be->table, req, &d_ff, wdtype);
     if (st != MB_STATUS_OK) return st;
 
@@ -249,6 +249,10 @@ mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *r
     p.layer_experts = layer_experts;
     p.payload = (int)req->dtype;
     p.wdtype = (int)wdtype[MB_PROTO_MAT_GATE];
+    if (mb_dtype_is_quant(wdtype[MB_PROTO_MAT_GATE])) {
+        p.wdtype_up = (int)wdtype[MB_PROTO_MAT_UP];
+        p.wdtype_down = (int)wdtype[MB_PROTO_MAT_DOWN];
+    }
     p.path = be->path;
     p.slots = be->d_slots;
     p.act = (char *)r->d_in + act_off;

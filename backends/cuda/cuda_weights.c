@@ -3,13 +3,17 @@
  * layer reserved at once gets its slots side by side); weights travel
  * through a ring of pinned staging buffers on their own stream, so the
  * copy of one expert overlaps the host packing the next, and a request
- * waits for the uploads before it runs. */
+ * waits for the uploads before it runs. Quantized matrices (Q8_0, Q4_K,
+ * Q6_K, each matrix its own type) keep their quantized size; the host
+ * packs their blocks into kernels/cuda/quant_layout.h's sections while
+ * filling the staging buffers. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "backends/cuda/cuda_internal.h"
+#include "kernels/cuda/quant_layout.h"
 
 void mb_cuda_weights_free(mb_cuda_backend *be)
 {
@@ -58,13 +62,40 @@ static mb_status mb_cuda_arena_alloc(mb_cuda_backend *be, size_t bytes, char **o
     return MB_STATUS_OK;
 }
 
-static mb_status mb_cuda_expert_bytes(uint32_t d_model, uint32_t d_ff, mb_dtype wdtype, size_t *out)
+int mb_cuda_weight_dtype_ok(mb_dtype wdtype)
 {
-    size_t m = 0;
-    if (__builtin_mul_overflow((size_t)d_model, (size_t)d_ff, &m) || __builtin_mul_overflow(m, (size_t)3, &m) ||
-        __builtin_mul_overflow(m, mb_dtype_size(wdtype), &m))
-        return MB_STATUS_OVERFLOW;
-    *out = m;
+    return mb_dtype_valid(wdtype) || mb_kcuda_quant_supported((int)wdtype);
+}
+
+/* Where an expert's matrices go in its slot: gate, up, down at off[i],
+ * mat[i] bytes each (their quantized size for quantized types), and the
+ * bytes the slot needs (*span) and holds as weights (*bytes). Element
+ * dtypes pack the three back to back (the cuBLAS path runs gate|up as one
+ * GEMM when up follows gate); quantized matrices start 256-byte aligned,
+ * for the kernels' 16-byte loads. BAD_DTYPE, BAD_SHAPE (rows not whole
+ * blocks) or OVERFLOW. */
+static mb_status mb_cuda_expert_layout(uint32_t d_model, uint32_t d_ff, const mb_dtype wdtype[MB_PROTO_MATS],
+                                       size_t off[MB_PROTO_MATS], size_t mat[MB_PROTO_MATS], size_t *span,
+                                       size_t *bytes)
+{
+    size_t at = 0, sum = 0;
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
+        if (!mb_cuda_weight_dtype_ok(wdtype[i])) return MB_STATUS_BAD_DTYPE;
+        const uint32_t rows = i == MB_PROTO_MAT_DOWN ? d_model : d_ff, cols = i == MB_PROTO_MAT_DOWN ? d_ff : d_model;
+        uint64_t rb = 0;
+        mb_status st = mb_dtype_row_bytes(wdtype[i], cols, &rb);
+        if (st != MB_STATUS_OK) return st;
+        if (__builtin_mul_overflow((size_t)rows, rb, &mat[i])) return MB_STATUS_OVERFLOW;
+        if (mb_dtype_is_quant(wdtype[i])) {
+            if (at > SIZE_MAX - 255) return MB_STATUS_OVERFLOW;
+            at = (at + 255) & ~(size_t)255;
+        }
+        off[i] = at;
+        if (__builtin_add_overflow(at, mat[i], &at) || __builtin_add_overflow(sum, mat[i], &sum))
+            return MB_STATUS_OVERFLOW;
+    }
+    *span = at;
+    *bytes = sum;
     return MB_STATUS_OK;
 }
 
@@ -74,11 +105,15 @@ mb_status mb_cuda_reserve_layer(void *state, uint32_t layer, uint32_t slot0, uin
     mb_cuda_backend *be = state;
     if (!be || n_slots == 0 || slot0 >= be->max_slots || n_slots > be->max_slots - slot0) return MB_STATUS_SLOT_RANGE;
     if (d_model == 0 || d_ff == 0) return MB_STATUS_BAD_SHAPE;
-    if (!mb_dtype_valid(wdtype)) return MB_STATUS_BAD_DTYPE;
     (void)layer;
-    size_t per = 0, all = 0;
-    mb_status st = mb_cuda_expert_bytes(d_model, d_ff, wdtype, &per);
+    /* A quantized layer is reserved as if all three matrices had wdtype;
+     * a slot that then needs more (another type for down) gets its own
+     * piece at load. */
+    const mb_dtype dt[MB_PROTO_MATS] = {wdtype, wdtype, wdtype};
+    size_t off[MB_PROTO_MATS], mat[MB_PROTO_MATS], per = 0, all = 0, used = 0;
+    mb_status st = mb_cuda_expert_layout(d_model, d_ff, dt, off, mat, &per, &used);
     if (st != MB_STATUS_OK) return st;
+    if (per > SIZE_MAX - 255) return MB_STATUS_OVERFLOW;
     per = (per + 255) & ~(size_t)255;
     if (__builtin_mul_overflow(per, (size_t)n_slots, &all)) return MB_STATUS_OVERFLOW;
     cudaSetDevice(be->device);
@@ -108,26 +143,67 @@ static void mb_cuda_progress(mb_cuda_backend *be, int final)
     fflush(stderr);
 }
 
+/* The next staging buffer of the ring, once its previous copy is done. */
+static mb_status mb_cuda_staging_take(mb_cuda_backend *be, int *out)
+{
+    const int b = be->up_next;
+    be->up_next = (b + 1) % MB_CUDA_UPLOAD_BUFS;
+    cudaError_t e = cudaEventSynchronize(be->up_ev[b]);
+    if (e != cudaSuccess) return mb_cuda_fail("weight upload", e);
+    *out = b;
+    return MB_STATUS_OK;
+}
+
+/* Queues the first n bytes of staging buffer b to device dst. */
+static mb_status mb_cuda_staging_send(mb_cuda_backend *be, int b, char *dst, size_t n)
+{
+    cudaError_t e = cudaMemcpyAsync(dst, be->up_buf[b], n, cudaMemcpyHostToDevice, be->upload);
+    if (e == cudaSuccess) e = cudaEventRecord(be->up_ev[b], be->upload);
+    if (e != cudaSuccess) return mb_cuda_fail("weight upload", e);
+    be->up_bytes += n;
+    be->uploads_pending = 1;
+    return MB_STATUS_OK;
+}
+
 /* Queues bytes from host src to device dst through the staging ring. */
 static mb_status mb_cuda_upload(mb_cuda_backend *be, char *dst, const char *src, size_t bytes)
 {
     while (bytes) {
-        const int b = be->up_next;
-        be->up_next = (b + 1) % MB_CUDA_UPLOAD_BUFS;
         const size_t n = bytes < MB_CUDA_UPLOAD_BYTES ? bytes : MB_CUDA_UPLOAD_BYTES;
-        /* The buffer's previous copy must be done before it is refilled. */
-        cudaError_t e = cudaEventSynchronize(be->up_ev[b]);
-        if (e != cudaSuccess) return mb_cuda_fail("weight upload", e);
+        int b = 0;
+        mb_status st = mb_cuda_staging_take(be, &b);
+        if (st != MB_STATUS_OK) return st;
         memcpy(be->up_buf[b], src, n);
-        e = cudaMemcpyAsync(dst, be->up_buf[b], n, cudaMemcpyHostToDevice, be->upload);
-        if (e == cudaSuccess) e = cudaEventRecord(be->up_ev[b], be->upload);
-        if (e != cudaSuccess) return mb_cuda_fail("weight upload", e);
+        if ((st = mb_cuda_staging_send(be, b, dst, n)) != MB_STATUS_OK) return st;
         dst += n;
         src += n;
         bytes -= n;
-        be->up_bytes += n;
     }
-    be->uploads_pending = 1;
+    mb_cuda_progress(be, 0);
+    return MB_STATUS_OK;
+}
+
+/* Queues a quantized matrix (n_blocks ggml blocks at src) to dst in the
+ * kernels' layout: section by section, each packed into the staging
+ * buffers a piece at a time. */
+static mb_status mb_cuda_upload_quant(mb_cuda_backend *be, char *dst, const void *src, mb_dtype wdtype,
+                                      size_t n_blocks)
+{
+    mb_kcuda_qsection sec[MB_KCUDA_QSECTIONS_MAX];
+    const int n_sec = mb_kcuda_qsections((int)wdtype, sec);
+    for (int s = 0; s < n_sec; s++) {
+        const size_t per = MB_CUDA_UPLOAD_BYTES / sec[s].bytes;
+        for (size_t b0 = 0; b0 < n_blocks; b0 += per) {
+            const size_t nb = n_blocks - b0 < per ? n_blocks - b0 : per;
+            int b = 0;
+            mb_status st = mb_cuda_staging_take(be, &b);
+            if (st != MB_STATUS_OK) return st;
+            mb_kcuda_qsection_pack((int)wdtype, sec[s], src, b0, nb, be->up_buf[b]);
+            if ((st = mb_cuda_staging_send(be, b, dst + b0 * sec[s].bytes, nb * sec[s].bytes)) != MB_STATUS_OK)
+                return st;
+        }
+        dst += n_blocks * sec[s].bytes;
+    }
     mb_cuda_progress(be, 0);
     return MB_STATUS_OK;
 }
@@ -154,34 +230,34 @@ mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w)
 {
     mb_cuda_backend *be = state;
     if (!be || !w) return MB_STATUS_INVALID_ARG;
-    /* No quantized kernels yet: the caps name element dtypes only, and the
-     * wrapper hands those over as one dtype for all three matrices. */
-    const mb_dtype wdtype = w->wdtype[MB_PROTO_MAT_GATE];
-    if (!mb_dtype_valid(wdtype)) return MB_STATUS_BAD_DTYPE;
-    mb_status st = mb_route_table_check_load(&be->table, w);
+    /* One element dtype for all three matrices, or quantized types the
+     * kernels know (each its own); the wrapper admits no other mix, and
+     * the caps name no other quantized type. */
+    mb_status st = mb_backend_expert_dtypes_check(w->wdtype);
     if (st != MB_STATUS_OK) return st;
-    size_t bytes = 0;
-    st = mb_cuda_expert_bytes(w->d_model, w->d_ff, wdtype, &bytes);
+    st = mb_route_table_check_load(&be->table, w);
+    if (st != MB_STATUS_OK) return st;
+    size_t off[MB_PROTO_MATS], mat[MB_PROTO_MATS], span = 0, bytes = 0;
+    st = mb_cuda_expert_layout(w->d_model, w->d_ff, w->wdtype, off, mat, &span, &bytes);
     if (st != MB_STATUS_OK) return st;
     cudaSetDevice(be->device);
     if (be->up_bytes == 0) be->up_t0_ns = mb_cuda_now_ns();
     mb_cuda_slot_mem *sm = &be->slot_mem[w->slot];
-    if (sm->bytes < bytes) {
+    if (sm->bytes < span) {
         /* A reload with a larger shape leaves the old piece unused: arenas
          * are only freed with the backend. */
-        st = mb_cuda_arena_alloc(be, bytes, &sm->mem);
+        st = mb_cuda_arena_alloc(be, span, &sm->mem);
         if (st != MB_STATUS_OK) return st;
-        sm->bytes = (bytes + 255) & ~(size_t)255;
+        sm->bytes = (span + 255) & ~(size_t)255;
     }
-    const size_t mat = bytes / 3;
     const mb_route_slot *old = &be->table.slots[w->slot];
     if ((st = mb_cuda_layer_reserve(be, w->layer)) != MB_STATUS_OK) return st;
     if (old->loaded) {
         /* The old expert is overwritten in place: until the new one is
          * complete, the slot holds neither. */
-        size_t old_bytes = 0;
-        const mb_dtype old_dt = old->wdtype[MB_PROTO_MAT_GATE];
-        if (mb_cuda_expert_bytes(old->d_model, old->d_ff, old_dt, &old_bytes) == MB_STATUS_OK &&
+        size_t o_off[MB_PROTO_MATS], o_mat[MB_PROTO_MATS], o_span = 0, old_bytes = 0;
+        if (mb_cuda_expert_layout(old->d_model, old->d_ff, old->wdtype, o_off, o_mat, &o_span, &old_bytes) ==
+                MB_STATUS_OK &&
             be->weight_bytes >= old_bytes)
             be->weight_bytes -= old_bytes;
         be->layer_experts[old->layer]--;
@@ -190,13 +266,19 @@ mb_status mb_cuda_load_expert(void *state, const mb_expert_weights *w)
     /* Requests in flight may read the old weights: wait for them first. */
     for (unsigned i = 0; i < MB_BACKEND_MAX_INFLIGHT; i++)
         if (be->reqs[i].used && !be->reqs[i].done) cudaStreamSynchronize(be->reqs[i].stream);
-    if ((st = mb_cuda_upload(be, sm->mem, w->gate, mat)) != MB_STATUS_OK ||
-        (st = mb_cuda_upload(be, sm->mem + mat, w->up, mat)) != MB_STATUS_OK ||
-        (st = mb_cuda_upload(be, sm->mem + 2 * mat, w->down, mat)) != MB_STATUS_OK) {
-        be->upload_status = st;
-        return st;
+    const void *src[MB_PROTO_MATS] = {w->gate, w->up, w->down};
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
+        const mb_dtype dt = w->wdtype[i];
+        st = mb_dtype_is_quant(dt) ? mb_cuda_upload_quant(be, sm->mem + off[i], src[i], dt,
+                                                          mat[i] / mb_dtype_block_bytes(dt))
+                                   : mb_cuda_upload(be, sm->mem + off[i], src[i], mat[i]);
+        if (st != MB_STATUS_OK) {
+            be->upload_status = st;
+            return st;
+        }
     }
-    be->h_slots[w->slot] = (mb_kcuda_expert){sm->mem, sm->mem + mat, sm->mem + 2 * mat};
+    be->h_slots[w->slot] = (mb_kcuda_expert){sm->mem + off[MB_PROTO_MAT_GATE], sm->mem + off[MB_PROTO_MAT_UP],
+                                             sm->mem + off[MB_PROTO_MAT_DOWN]};
     cudaError_t e = cudaMemcpyAsync(&be->d_slots[w->slot], &be->h_slots[w->slot], sizeof(mb_kcuda_expert),
                                     cudaMemcpyHostToDevice, be->upload);
     if (e != cudaSuccess) return be->upload_status = mb_cuda_fail("slot table upload", e);
