@@ -1,7 +1,8 @@
-// The emulator's scheduler and a CUDA runtime on host memory (see emu.h and
-// run.sh).
+// The emulator's scheduler, a CUDA runtime on host memory and a cuBLAS
+// GEMM (see emu.h and run.sh).
 #include "emu.h"
 
+#include <cublas_api.h>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -104,6 +105,7 @@ void mb_emu_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t)
 
 void *mb_emu_dyn_smem() { return dyn_smem.data(); }
 int mb_emu_lane() { return cur & 31; }
+int mb_emu_warp() { return cur >> 5; }
 
 static void wait(int kind)
 {
@@ -255,6 +257,65 @@ cudaError_t cudaMemset(void *d, int v, size_t n)
     memset(d, v, n);
     return cudaSuccess;
 }
+cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t)
+{
+    memcpy(d, s, n);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t)
+{
+    memset(d, v, n);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t *s)
+{
+    *s = (cudaStream_t)malloc(8);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s)
+{
+    free(s);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+// What backends/cuda/*.c calls besides (run.sh's backend mode): pinned
+// memory is host memory, every stream and event is complete at once, graphs
+// are refused (the backend then launches directly).
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int) { return cudaStreamCreate(s); }
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int) { return cudaMalloc(p, bytes); }
+cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned int)
+{
+    *d = h;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
+{
+    *free_b = (size_t)8 << 30;
+    *total_b = (size_t)16 << 30;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
+{
+    if (d != 0) return cudaErrorInvalidDevice;
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "CPU emulator");
+    p->multiProcessorCount = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int) { return cudaEventCreate(e); }
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) { return cudaErrorNotSupported; }
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g)
+{
+    *g = nullptr;
+    return cudaErrorNotSupported;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *, cudaGraph_t, unsigned long long) { return cudaErrorNotSupported; }
+cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t) { return cudaErrorNotSupported; }
+cudaError_t cudaGraphDestroy(cudaGraph_t) { return cudaSuccess; }
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 cudaError_t cudaGetDeviceCount(int *n)
 {
@@ -291,5 +352,62 @@ cudaError_t cudaEventDestroy(cudaEvent_t e)
 }
 }
 
-// kernels/cuda/moe_launch.cu's, which the test prints errors with.
-extern "C" const char *mb_kcuda_error_str(int err) { return cudaGetErrorString((cudaError_t)err); }
+// kernels/cuda/moe_launch.cu's, which the test prints errors with (weak:
+// the quant mode builds moe_launch.cu itself).
+extern "C" __attribute__((weak)) const char *mb_kcuda_error_str(int err)
+{
+    return cudaGetErrorString((cudaError_t)err);
+}
+
+// ---- cuBLAS ----------------------------------------------------------------
+// What kernels/cuda/moe_cublas.cu loads: cublasGemmEx with 16-bit A and B
+// (f16 or bf16), f32 C, column-major as cuBLAS is, summed in double.
+static float emu_blas_ld(const void *p, cudaDataType_t t, size_t i)
+{
+    if (t == CUDA_R_32F) return ((const float *)p)[i];
+    if (t == CUDA_R_16BF) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return __half2float(((const __half *)p)[i]);
+}
+static cublasStatus_t emu_blas_create(cublasHandle_t *h)
+{
+    *h = (cublasHandle_t)malloc(8);
+    return CUBLAS_STATUS_SUCCESS;
+}
+static cublasStatus_t emu_blas_destroy(cublasHandle_t h)
+{
+    free(h);
+    return CUBLAS_STATUS_SUCCESS;
+}
+static cublasStatus_t emu_blas_stream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+static cublasStatus_t emu_blas_gemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                    const void *alpha, const void *A, cudaDataType_t at, int lda, const void *B,
+                                    cudaDataType_t bt, int ldb, const void *beta, void *C, cudaDataType_t ct, int ldc,
+                                    cublasComputeType_t, cublasGemmAlgo_t)
+{
+    if (ct != CUDA_R_32F || (at != CUDA_R_16F && at != CUDA_R_16BF) || at != bt) return CUBLAS_STATUS_NOT_SUPPORTED;
+    const float a = *(const float *)alpha, b = *(const float *)beta;
+    float *c = (float *)C;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            double s = 0;
+            for (int l = 0; l < k; l++) {
+                const size_t ia = ta == CUBLAS_OP_N ? (size_t)i + (size_t)l * lda : (size_t)l + (size_t)i * lda;
+                const size_t ib = tb == CUBLAS_OP_N ? (size_t)l + (size_t)j * ldb : (size_t)j + (size_t)l * ldb;
+                s += (double)emu_blas_ld(A, at, ia) * emu_blas_ld(B, bt, ib);
+            }
+            float &o = c[(size_t)i + (size_t)j * ldc];
+            o = (float)(a * s) + (b != 0.0f ? b * o : 0.0f);
+        }
+    return CUBLAS_STATUS_SUCCESS;
+}
+static int emu_blas_handle;
+void *mb_emu_dlopen(const char *name, int) { return strstr(name, "cublas") ? &emu_blas_handle : nullptr; }
+void *mb_emu_dlsym(void *, const char *sym)
+{
+    if (!strcmp(sym, "cublasCreate_v2")) return (void *)emu_blas_create;
+    if (!strcmp(sym, "cublasDestroy_v2")) return (void *)emu_blas_destroy;
+    if (!strcmp(sym, "cublasSetStream_v2")) return (void *)emu_blas_stream;
+    if (!strcmp(sym, "cublasGemmEx")) return (void *)emu_blas_gemm;
+    return nullptr;
+}
+int mb_emu_dlclose(void *) { return 0; }

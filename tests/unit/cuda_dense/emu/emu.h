@@ -1,4 +1,4 @@
-// A CPU emulator for the CUDA kernels of kernels/cuda/dense_*.cu (run.sh):
+// A CPU emulator for the CUDA kernels of kernels/cuda/ (run.sh):
 // each CUDA thread of a block is a fiber on its own stack; blocks run one
 // after another, so function-scope __shared__ arrays become statics. __syncthreads, __syncwarp
 // and shuffles are barriers of the block or of the warp; a barrier nobody can
@@ -28,6 +28,11 @@ template <class T> static inline cudaError_t cudaFuncSetAttribute(T *f, cudaFunc
 {
     return cudaFuncSetAttribute((const void *)f, a, v);
 }
+// kernels/cuda/moe_cublas.cu's dlopen, dlsym and dlclose (gen.py renames
+// them): they find the emulator's cuBLAS (emu.cpp), a plain GEMM.
+void *mb_emu_dlopen(const char *name, int flags);
+void *mb_emu_dlsym(void *handle, const char *symbol);
+int mb_emu_dlclose(void *handle);
 void mb_emu_cfg(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t s = 0);
 void mb_emu_run(const std::function<void()> &body);
 void *mb_emu_dyn_smem();
@@ -35,6 +40,7 @@ void __syncthreads();
 void __syncwarp(unsigned mask = 0xffffffffu);
 void mb_emu_xchg(const void *v, void *out, size_t bytes, int src_lane);
 int mb_emu_lane();
+int mb_emu_warp();
 
 template <class T> static inline T __shfl_xor_sync(unsigned, T v, int lm, int = 32)
 {
@@ -68,14 +74,23 @@ static inline float __uint_as_float(unsigned u)
     memcpy(&f, &u, 4);
     return f;
 }
+// Fibers switch only at barriers and shuffles, so a read-modify-write is
+// atomic as it stands.
+template <class T> static inline T atomicAdd(T *p, T v)
+{
+    T old = *p;
+    *p = old + v;
+    return old;
+}
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
 static inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 
 // WMMA, emulated whole-tile per lane: every lane of the warp holds the full
-// 16 x 16 fragment and computes the full product (same values, so the
-// lanes' identical stores do not conflict).
+// 16 x 16 fragment (same values, so the lanes' identical stores do not
+// conflict); mma_sync shares the product out, each lane computing 8 of
+// its 256 sums.
 namespace nvcuda {
 namespace wmma {
 struct matrix_a {};
@@ -106,15 +121,18 @@ template <class TA, class LA, class TB, class LB>
 static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, TA, LA> &a,
                             const fragment<matrix_b, 16, 16, 16, TB, LB> &b, const fragment<accumulator, 16, 16, 16, float> &c)
 {
-    float out[256];
-    for (int i = 0; i < 16; i++)
-        for (int j = 0; j < 16; j++) {
-            float s = c.v[i * 16 + j];
-            for (int k = 0; k < 16; k++)
-                s += a.v[i * 16 + k] * b.v[k * 16 + j];
-            out[i * 16 + j] = s;
-        }
-    memcpy(d.v, out, sizeof out);
+    static float out[32][256]; // per warp of the running block
+    float *o = out[mb_emu_warp()];
+    for (int e = mb_emu_lane(); e < 256; e += 32) {
+        const int i = e / 16, j = e % 16;
+        float s = c.v[e];
+        for (int k = 0; k < 16; k++)
+            s += a.v[i * 16 + k] * b.v[k * 16 + j];
+        o[e] = s;
+    }
+    __syncwarp();
+    memcpy(d.v, o, sizeof d.v);
+    __syncwarp();
 }
 static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t l)
 {

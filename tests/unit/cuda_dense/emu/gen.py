@@ -1,11 +1,13 @@
 # Rewrites a CUDA source for the emulator (run.sh): kernel launches
 # name<<<cfg>>>(args); become mb_emu_cfg(cfg) + mb_emu_run(lambda), dynamic
 # shared memory a pointer to the emulated block's, <mma.h> is dropped (emu.h
-# emulates WMMA). Usage: gen.py src dst
+# emulates WMMA), dlopen/dlsym/dlclose become the emulator's (which hand out
+# its cuBLAS). Usage: gen.py src dst
 import re, sys, os
 src, dst = sys.argv[1], sys.argv[2]
 s = open(src).read()
 s = s.replace('#include <mma.h>', '')
+s = re.sub(r'\bdl(open|sym|close)\(', r'mb_emu_dl\1(', s)
 s = re.sub(r'extern __shared__ float (\w+)\[\];', r'float *\1 = (float *)mb_emu_dyn_smem();', s)
 out = []
 i = 0
