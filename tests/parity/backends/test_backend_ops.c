@@ -30,8 +30,26 @@
  *                                     one type: CUDA rounds the f16
  *                                     activations to bf16, 8 bits [4.5e-4, 2.4e-3].
  *   any weights, bf16 payload   1e-2  8 bits throughout [3.5e-3, 3.5e-3].
+ * Quantized experts (Q8_0, Q4_K, Q6_K, gate, up and down each its own type,
+ * on backends whose caps name the types): random blocks with trained-sized
+ * scales, the reference on their exact dequantization (kernels/cpu/quant.c,
+ * the CPU backend's), bounds by how a backend computes:
+ *   CPU backend, any payload  1.5e-1  activations and the hidden row
+ *                                     quantized to 8 bits per block as
+ *                                     llama.cpp does (random blocks, signed
+ *                                     scales and mins magnify it) [4.2e-2,
+ *                                     Q6_K down with an f16 payload].
+ *   others, f32 payload         4e-3  f32 weights and activations on the
+ *                                     GEMV path; the tensor-core paths round
+ *                                     weights to f16 (2^-11 each) [emulator:
+ *                                     GEMV 3e-7, tensor cores 6e-4].
+ *   others, f16 payload         5e-3  the same and the f16 output.
+ *   others, bf16 payload        1e-2  as for element weights.
  * The summary printed at the end gives the worst error per pair of dtypes,
- * to keep these honest. */
+ * to keep these honest. For the CPU emulator of the CUDA kernels
+ * (tests/unit/cuda_dense/emu/run.sh): MB_BACKEND_OPS_ONLY=quant runs only
+ * the quantized groups and the error checks, MB_BACKEND_OPS_MAX_TOKENS=N
+ * skips requests of more tokens. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,6 +59,7 @@
 
 #include "backends/backend.h"
 #include "protocol/dtype.h"
+#include "tests/quant_testutil.h"
 #include "tests/testutil.h"
 
 /* [weight dtype][payload dtype], indexed by mb_dtype. */
@@ -52,7 +71,7 @@ static const double bo_bound[3][3] = {
 };
 
 #define BO_POLL_TIMEOUT_NS 60000000000LL /* a hung backend fails, not hangs */
-#define BO_MAX_SLOTS 128u
+#define BO_MAX_SLOTS 256u
 #define BO_SLOTS_PER_LAYER 8u
 
 typedef enum { BO_UNIFORM, BO_SKEWED, BO_SPARSE, BO_EMPTY } bo_routing;
@@ -107,8 +126,31 @@ static int bo_heavy_pair(mb_dtype wd, mb_dtype pd)
     return wd == pd || (wd == MB_DTYPE_BF16 && pd == MB_DTYPE_F32);
 }
 
+/* Quantized experts: shapes of whole 256-blocks, and the type mixes (gate,
+ * up, down): each type alone, Q4_K_M's (down in Q6_K), all three apart. */
+static const bo_case_spec bo_qsmall_cases[] = {
+    {1, BO_UNIFORM, 0}, {4, BO_UNIFORM, 0},   {16, BO_UNIFORM, 0},
+    {16, BO_SPARSE, 0}, {300, BO_SKEWED, 0}, {1100, BO_UNIFORM, 1},
+};
+static const bo_case_spec bo_qlarge_cases[] = {
+    {1, BO_UNIFORM, 0}, {16, BO_UNIFORM, 0}, {64, BO_SKEWED, 0}, {256, BO_UNIFORM, 1},
+};
+static const bo_shape bo_qshapes[] = {
+    {"256x512", 256, 512, 8, 2, 0, 0, bo_qsmall_cases, BO_N(bo_qsmall_cases)},
+    {"1024x768", 1024, 768, 8, 2, 1, 0, bo_qlarge_cases, BO_N(bo_qlarge_cases)},
+};
+#define BO_N_QSHAPES BO_N(bo_qshapes)
+static const mb_dtype bo_qmixes[][3] = {
+    {MB_DTYPE_Q8_0, MB_DTYPE_Q8_0, MB_DTYPE_Q8_0}, {MB_DTYPE_Q4_K, MB_DTYPE_Q4_K, MB_DTYPE_Q4_K},
+    {MB_DTYPE_Q6_K, MB_DTYPE_Q6_K, MB_DTYPE_Q6_K}, {MB_DTYPE_Q4_K, MB_DTYPE_Q4_K, MB_DTYPE_Q6_K},
+    {MB_DTYPE_Q6_K, MB_DTYPE_Q8_0, MB_DTYPE_Q4_K},
+};
+#define BO_N_QMIXES BO_N(bo_qmixes)
+#define BO_QLAYER0 (3 * BO_N_SHAPES + 3) /* above the error checks' layers */
+
 /* Layers and slots: one layer per (weight dtype, shape), slots in blocks of
- * BO_SLOTS_PER_LAYER; the error checks use two more layers above them. */
+ * BO_SLOTS_PER_LAYER; the error checks use two more layers above them, the
+ * quantized groups the layers from BO_QLAYER0. */
 static uint32_t bo_layer(mb_dtype wd, size_t si)
 {
     return (uint32_t)wd * BO_N_SHAPES + (uint32_t)si;
@@ -160,9 +202,9 @@ static void bo_free(void *p)
 
 typedef struct {
     uint32_t d_model, d_ff;
-    mb_dtype wd;
-    void *w[3];    /* gate, up [d_ff][d_model]; down [d_model][d_ff], in wd */
-    double *wr[3]; /* the same values as doubles */
+    mb_dtype wd[3]; /* of gate, up, down: one element dtype, or quantized ones */
+    void *w[3];     /* gate, up [d_ff][d_model]; down [d_model][d_ff], in wd */
+    double *wr[3];  /* the same values as doubles */
 } bo_expert;
 
 static void bo_expert_init(bo_expert *e, mb_dtype wd, uint32_t d_model, uint32_t d_ff,
@@ -170,7 +212,7 @@ static void bo_expert_init(bo_expert *e, mb_dtype wd, uint32_t d_model, uint32_t
 {
     e->d_model = d_model;
     e->d_ff = d_ff;
-    e->wd = wd;
+    e->wd[0] = e->wd[1] = e->wd[2] = wd;
     size_t n = (size_t)d_model * d_ff;
     float *tmp = malloc(sizeof(float) * n);
     REQUIRE(tmp);
@@ -189,6 +231,21 @@ static void bo_expert_init(bo_expert *e, mb_dtype wd, uint32_t d_model, uint32_t
     free(tmp);
 }
 
+/* Random quantized blocks of types wd (trained-sized scales) and their
+ * exact dequantization. */
+static void bo_expert_init_quant(bo_expert *e, const mb_dtype wd[3], uint32_t d_model, uint32_t d_ff,
+                                 unsigned long long *seed)
+{
+    e->d_model = d_model;
+    e->d_ff = d_ff;
+    for (int m = 0; m < 3; m++) {
+        const size_t rows = m == 2 ? d_model : d_ff, cols = m == 2 ? d_ff : d_model;
+        e->wd[m] = wd[m];
+        e->w[m] = mb_test_quant_blocks((int)wd[m], rows * cols / mb_dtype_block_elems(wd[m]), 0, seed);
+        e->wr[m] = mb_test_quant_dequant((int)wd[m], e->w[m], rows, cols);
+    }
+}
+
 static void bo_expert_fini(bo_expert *e)
 {
     for (int m = 0; m < 3; m++) {
@@ -199,7 +256,8 @@ static void bo_expert_fini(bo_expert *e)
 
 static mb_status bo_load(mb_backend *b, const bo_expert *e, uint32_t layer, uint32_t slot)
 {
-    mb_expert_weights w = {layer, slot, slot, e->d_model, e->d_ff, {e->wd, e->wd, e->wd}, e->w[0], e->w[1], e->w[2]};
+    mb_expert_weights w = {layer, slot, slot, e->d_model, e->d_ff, {e->wd[0], e->wd[1], e->wd[2]},
+                           e->w[0], e->w[1], e->w[2]};
     return mb_backend_load_expert(b, &w);
 }
 
@@ -446,30 +504,34 @@ typedef struct {
     mb_backend *b;
     mb_backend_caps caps;
     double worst[3][3]; /* worst error per (weight dtype, payload dtype); -1: not run */
+    double qworst[BO_N_QMIXES][3]; /* the same per quantized mix */
 } bo_ctx;
 
-/* Runs every case of shape s on layer (weights ex in wd) in payload pd. */
-static void bo_run_group(bo_ctx *x, const bo_shape *s, const bo_expert *ex, uint32_t layer,
-                         mb_dtype wd, mb_dtype pd, unsigned long long *seed)
+/* Runs every case of shape s (the heavy ones when heavy) on layer, weights
+ * ex named wname, in payload pd, against bound; *worst keeps the largest
+ * error. */
+static void bo_run_group(bo_ctx *x, const bo_shape *s, const bo_expert *ex, uint32_t layer, const char *wname,
+                         mb_dtype pd, double bound, int heavy, double *worst, unsigned long long *seed)
 {
     bo_case *cs = calloc(s->n_cases, sizeof *cs);
     REQUIRE(cs);
+    const char *mt = getenv("MB_BACKEND_OPS_MAX_TOKENS");
+    const unsigned long max_tokens = mt ? strtoul(mt, NULL, 10) : 0;
     size_t n = 0;
     for (size_t i = 0; i < s->n_cases; i++)
-        if (!s->cases[i].heavy || bo_heavy_pair(wd, pd))
+        if ((!s->cases[i].heavy || heavy) && (!max_tokens || s->cases[i].n_tokens <= max_tokens))
             bo_case_init(&cs[n++], s, ex, layer, pd, &s->cases[i], seed);
     bo_run_async(x->b, x->caps.max_inflight, cs, n);
     bo_run_sync(x->b, cs, n);
-    double bound = bo_bound[wd][pd];
     for (size_t i = 0; i < n; i++) {
         bo_case *c = &cs[i];
         c->err = c->ok ? bo_norm_err(&c->req, c->out_async, c->ref) : INFINITY;
         int pass = c->ok && c->err <= bound;
-        printf("%-6s %-4s %-4s %s %10.3g %8.0e %s\n", x->name, mb_dtype_name(wd), mb_dtype_name(pd),
-               c->label, c->err, bound, pass ? "ok" : "FAIL");
-        CHECK_MSG(pass, "%s w %s payload %s %s: err %.3g > %.0e", x->name, mb_dtype_name(wd),
-                  mb_dtype_name(pd), c->label, c->err, bound);
-        if (c->err > x->worst[wd][pd]) x->worst[wd][pd] = c->err;
+        printf("%-6s %-4s %-4s %s %10.3g %8.0e %s\n", x->name, wname, mb_dtype_name(pd), c->label, c->err, bound,
+               pass ? "ok" : "FAIL");
+        CHECK_MSG(pass, "%s w %s payload %s %s: err %.3g > %.0e", x->name, wname, mb_dtype_name(pd), c->label,
+                  c->err, bound);
+        if (c->err > *worst) *worst = c->err;
         bo_case_fini(c);
     }
     fflush(stdout);
@@ -486,12 +548,14 @@ static mb_status bo_load_layer(bo_ctx *x, const bo_shape *s, const bo_expert *ex
     return mb_backend_load_finish(x->b);
 }
 
-/* Whether the backend computes on the CPU: the cpu backend, or a Vulkan
+/* Whether the backend computes on the CPU: the cpu backend, a Vulkan
  * device of type CPU (Mesa's lavapipe, which CI runs the shaders on, at
- * under 1 GFLOP/s); its caps.device ends in "(TYPE, Vulkan X.Y)". */
+ * under 1 GFLOP/s; its caps.device ends in "(TYPE, Vulkan X.Y)"), or the
+ * CPU emulator of the CUDA kernels. */
 static int bo_cpu_device(const bo_ctx *x)
 {
-    return strcmp(x->name, "cpu") == 0 || (strcmp(x->name, "vulkan") == 0 && strstr(x->caps.device, "(CPU, "));
+    return strcmp(x->name, "cpu") == 0 || (strcmp(x->name, "vulkan") == 0 && strstr(x->caps.device, "(CPU, ")) ||
+           strstr(x->caps.device, "CPU emulator") != NULL;
 }
 
 /* Every shape and dtype pair this backend takes. */
@@ -522,8 +586,67 @@ static void bo_parity(bo_ctx *x)
                         if (si == 0) printf("%-6s skipped: %s\n", x->name, why);
                         continue;
                     }
-                    bo_run_group(x, s, ex, layer, wd, (mb_dtype)p, &seed);
+                    bo_run_group(x, s, ex, layer, mb_dtype_name(wd), (mb_dtype)p, bo_bound[wd][p],
+                                 bo_heavy_pair(wd, (mb_dtype)p), &x->worst[wd][p], &seed);
                 }
+            }
+            for (uint32_t e = 0; e < s->n_experts; e++)
+                bo_expert_fini(&ex[e]);
+        }
+    }
+}
+
+/* Quantized groups' bound: 8-bit activations on the CPU backend, f32 ones
+ * and f16 tensor-core weights elsewhere (see the top of this file). */
+static double bo_qbound(const bo_ctx *x, mb_dtype pd)
+{
+    if (strcmp(x->name, "cpu") == 0) return 1.5e-1;
+    return pd == MB_DTYPE_F32 ? 4e-3 : pd == MB_DTYPE_F16 ? 5e-3 : 1e-2;
+}
+
+/* Every quantized mix and payload the backend's caps name; the quantized
+ * types they lack must be refused at load, by name in caps_check. */
+static void bo_parity_quant(bo_ctx *x)
+{
+    static const mb_dtype all_q[] = {MB_DTYPE_Q8_0, MB_DTYPE_Q4_0, MB_DTYPE_Q4_K, MB_DTYPE_Q5_K, MB_DTYPE_Q6_K};
+    const int is_cpu = bo_cpu_device(x);
+    for (size_t i = 0; i < BO_N(all_q); i++) {
+        char why[160];
+        if (mb_backend_caps_check(&x->caps, MB_DTYPE_MASK(all_q[i]), MB_DTYPE_F32, why, sizeof why) == MB_STATUS_OK)
+            continue;
+        CHECK_MSG(strstr(why, mb_dtype_name(all_q[i])) != NULL, "%s: refusal does not name %s: %s", x->name,
+                  mb_dtype_name(all_q[i]), why);
+        unsigned long long seed = 0xF00ull;
+        const mb_dtype t3[3] = {all_q[i], all_q[i], all_q[i]};
+        bo_expert e;
+        bo_expert_init_quant(&e, t3, 256, 256, &seed);
+        CHECK_EQ(bo_load(x->b, &e, BO_QLAYER0, bo_slot(BO_QLAYER0, 0)), MB_STATUS_BAD_DTYPE);
+        bo_expert_fini(&e);
+        printf("%-6s refuses %s experts: %s\n", x->name, mb_dtype_name(all_q[i]), why);
+    }
+    for (size_t mi = 0; mi < BO_N_QMIXES; mi++) {
+        const mb_dtype *wd = bo_qmixes[mi];
+        const uint32_t mask = MB_DTYPE_MASK(wd[0]) | MB_DTYPE_MASK(wd[1]) | MB_DTYPE_MASK(wd[2]);
+        char wname[32], why[160];
+        snprintf(wname, sizeof wname, "%s/%s/%s", mb_dtype_name(wd[0]), mb_dtype_name(wd[1]), mb_dtype_name(wd[2]));
+        if (mb_backend_caps_check(&x->caps, mask, MB_DTYPE_F32, why, sizeof why) != MB_STATUS_OK) {
+            printf("%-6s %s skipped: %s\n", x->name, wname, why);
+            continue;
+        }
+        for (size_t si = 0; si < BO_N_QSHAPES; si++) {
+            const bo_shape *s = &bo_qshapes[si];
+            if (s->not_cpu && is_cpu) continue;
+            unsigned long long seed = 0x0B0Eull + 1031ull * (unsigned long long)(mi * 16 + si);
+            bo_expert ex[BO_SLOTS_PER_LAYER];
+            for (uint32_t e = 0; e < s->n_experts; e++)
+                bo_expert_init_quant(&ex[e], wd, s->d_model, s->d_ff, &seed);
+            const uint32_t layer = BO_QLAYER0 + (uint32_t)(mi * BO_N_QSHAPES + si);
+            mb_status st = bo_load_layer(x, s, ex, layer);
+            CHECK_MSG(st == MB_STATUS_OK, "%s: loading %s w %s: %s", x->name, s->name, wname, mb_status_str(st));
+            for (int p = 0; p < 3 && st == MB_STATUS_OK; p++) {
+                if (mb_backend_caps_check(&x->caps, mask, (mb_dtype)p, why, sizeof why) != MB_STATUS_OK) continue;
+                bo_run_group(x, s, ex, layer, wname, (mb_dtype)p, bo_qbound(x, (mb_dtype)p), p == MB_DTYPE_F32,
+                             &x->qworst[mi][p], &seed);
             }
             for (uint32_t e = 0; e < s->n_experts; e++)
                 bo_expert_fini(&ex[e]);
@@ -637,6 +760,21 @@ static void bo_errors(bo_ctx *x)
     }
 }
 
+/* One row of the summary: the worst error and bound per payload dtype. */
+static void bo_print_worst(const char *name, const double worst[3], const double bound[3])
+{
+    printf("%-14s", name);
+    for (int p = 0; p < 3; p++) {
+        char cell[32];
+        if (worst[p] < 0)
+            snprintf(cell, sizeof cell, "-");
+        else
+            snprintf(cell, sizeof cell, "%.2e (%.0e)", worst[p], bound[p]);
+        printf(" %-20s", cell);
+    }
+    printf("\n");
+}
+
 /* Opens ops' backend and runs everything (in registered host memory when
  * registered): 0 when it ran, 77 when skipped. */
 static int bo_test_backend(const mb_backend_ops *ops, bo_ctx *x, int registered)
@@ -670,10 +808,15 @@ static int bo_test_backend(const mb_backend_ops *ops, bo_ctx *x, int registered)
            mb_backend_is_async(x->b) ? "asynchronous" : "synchronous");
     printf("%-6s %-4s %-4s %-8s %5s %-7s %5s %10s %8s\n", "back", "w", "pay", "shape", "tok",
            "routing", "pairs", "err", "bound");
-    for (int w = 0; w < 3; w++)
-        for (int p = 0; p < 3; p++)
+    for (int p = 0; p < 3; p++) {
+        for (int w = 0; w < 3; w++)
             x->worst[w][p] = -1;
-    bo_parity(x);
+        for (size_t m = 0; m < BO_N_QMIXES; m++)
+            x->qworst[m][p] = -1;
+    }
+    const char *only = getenv("MB_BACKEND_OPS_ONLY");
+    if (!only || strcmp(only, "quant") != 0) bo_parity(x);
+    bo_parity_quant(x);
     bo_errors(x);
     if (registered) mb_backend_unregister_host(x->b, bo_arena.base);
     mb_backend_close(x->b);
@@ -686,18 +829,17 @@ static int bo_test_backend(const mb_backend_ops *ops, bo_ctx *x, int registered)
 
     printf("\n%s: worst normalised error (bound) by weight dtype (rows) and payload dtype\n",
            ops->name);
-    printf("%-6s %-20s %-20s %-20s\n", "", "f32", "f16", "bf16");
+    printf("%-14s %-20s %-20s %-20s\n", "", "f32", "f16", "bf16");
     for (int w = 0; w < 3; w++) {
-        printf("%-6s", mb_dtype_name(w));
-        for (int p = 0; p < 3; p++) {
-            char cell[32];
-            if (x->worst[w][p] < 0)
-                snprintf(cell, sizeof cell, "-");
-            else
-                snprintf(cell, sizeof cell, "%.2e (%.0e)", x->worst[w][p], bo_bound[w][p]);
-            printf(" %-20s", cell);
-        }
-        printf("\n");
+        const double b[3] = {bo_bound[w][0], bo_bound[w][1], bo_bound[w][2]};
+        bo_print_worst(mb_dtype_name(w), x->worst[w], b);
+    }
+    for (size_t m = 0; m < BO_N_QMIXES; m++) {
+        const mb_dtype *wd = bo_qmixes[m];
+        const double b[3] = {bo_qbound(x, MB_DTYPE_F32), bo_qbound(x, MB_DTYPE_F16), bo_qbound(x, MB_DTYPE_BF16)};
+        char name[32];
+        snprintf(name, sizeof name, "%s/%s/%s", mb_dtype_name(wd[0]), mb_dtype_name(wd[1]), mb_dtype_name(wd[2]));
+        bo_print_worst(name, x->qworst[m], b);
     }
     return 0;
 }

@@ -8,9 +8,11 @@
  * (Q6_K down beside Q4_K gate/up in the last layer), which only a
  * per-matrix dtype on the wire carries.
  *
- * A CUDA or Vulkan worker, where one opens, must be refused before any
- * load with a message naming the quantized types it lacks (those backends
- * take f32/f16/bf16 weights only).
+ * A CUDA or Vulkan worker, where one opens, runs a quantized fixture when
+ * its caps name every expert type (CUDA: Q8_0, Q4_K, Q6_K), meeting the
+ * same bounds against llama.cpp; otherwise it must be refused before any
+ * load with a message naming the quantized types it lacks (Vulkan takes
+ * f32/f16/bf16 weights only).
  *
  * Bounds: each run meets the in-process bounds against llama.cpp
  * (gguf_compare.h), and the workers' logits equal the in-process run's to
@@ -68,28 +70,39 @@ static double rel_max_diff(const float *a, const float *b, const mb_reference *r
     return max_diff / max_ref;
 }
 
-/* Whether a backend of this name opens here. */
-static int backend_usable(const char *name)
+/* Whether a backend of this name opens here; *caps receives its caps. */
+static int backend_usable(const char *name, mb_backend_caps *caps)
 {
     const mb_backend_ops *ops = mb_backend_find(name);
     mb_backend_config cfg = {.device = 0, .max_slots = 16};
     mb_backend *b = NULL;
     if (!ops || mb_backend_open(ops, &cfg, &b) != MB_STATUS_OK) return 0;
+    const int ok = mb_backend_caps_get(b, caps) == MB_STATUS_OK;
     mb_backend_close(b);
-    return 1;
+    return ok;
 }
 
-/* A GPU worker cannot hold a quantized model: refused at placement, naming
- * each expert type it lacks. */
-static void check_gpu_refused(const char *name, const mb_model *m, const mb_reference *ref)
+/* A GPU worker runs a quantized model whose every expert type its caps
+ * name, within the bounds against llama.cpp (its own arithmetic: f32
+ * activations, no 8-bit quantization, so not compared with the in-process
+ * run); otherwise it is refused at placement, naming each type it lacks. */
+static void check_gpu_workers(const char *name, const mb_model *m, const mb_reference *ref, float *logits)
 {
     const uint32_t types = mb_model_expert_dtypes(m);
     if (!(types & MB_DTYPE_MASK_QUANT)) return;
     static const char *const gpus[] = {"cuda", "vulkan"};
     for (size_t g = 0; g < 2; g++) {
-        if (!backend_usable(gpus[g])) continue;
-        char spec[32], err[512] = "";
+        mb_backend_caps caps;
+        if (!backend_usable(gpus[g], &caps)) continue;
+        char spec[32], err[512] = "", what[256];
         snprintf(spec, sizeof spec, "%s:0", gpus[g]);
+        if (!(types & ~caps.weight_dtype_mask)) {
+            char *gpu_workers[] = {spec};
+            snprintf(what, sizeof what, "%s 1 %s worker", name, spec);
+            if (run_session(what, m, ref, gpu_workers, 1, logits) == MB_STATUS_OK)
+                mb_gguf_compare(what, logits, ref->logits, ref->n_tokens, ref->vocab);
+            continue;
+        }
         char *workers[] = {spec};
         mb_options opt;
         mb_options_init(&opt);
@@ -101,7 +114,7 @@ static void check_gpu_refused(const char *name, const mb_model *m, const mb_refe
         CHECK_MSG(st == MB_STATUS_BAD_DTYPE, "%s on %s: %s", name, spec, mb_status_name(st));
         if (st == MB_STATUS_OK) mb_session_close(s);
         for (int d = 0; d < MB_DTYPE_COUNT_; d++)
-            if (types & MB_DTYPE_MASK(d) & MB_DTYPE_MASK_QUANT)
+            if (types & MB_DTYPE_MASK(d) & MB_DTYPE_MASK_QUANT & ~caps.weight_dtype_mask)
                 CHECK_MSG(strstr(err, mb_dtype_name((mb_dtype)d)) && strstr(err, "weights"),
                           "%s on %s: the refusal does not name %s: %s", name, spec, mb_dtype_name((mb_dtype)d),
                           err);
@@ -137,7 +150,7 @@ static void run_fixture(const char *name, const mb_model *m, const mb_reference 
         printf("%s: max|diff| vs in-process %.2e of max|ref|\n", what, rel);
         CHECK_MSG(rel <= MB_GGUF_WORKER_BOUND, "%s: %.3e from the in-process run", what, rel);
     }
-    check_gpu_refused(name, m, ref);
+    check_gpu_workers(name, m, ref, logits);
     free(local);
     free(logits);
 }
