@@ -25,6 +25,12 @@
  *   bench_expert_gpu [--backend cuda[:N]|vulkan[:N]] [--json FILE] [--budget SECONDS]
  *                    [--models qwen3,mixtral] [--decode 1,4,16,64]
  *                    [--prefill 512,4096,16384] [--no-worker] [--register-host]
+ *                    [--weights bf16,q8_0,q4_k,q6_k]
+ * --weights (default bf16) adds kernel-only cases with quantized experts
+ * (random blocks, all three matrices of the type, in the device layout):
+ * their decode GB/s and share of copy traffic count the quantized bytes
+ * of the distinct experts routed to. The backend and worker depths and the
+ * phase split run with bf16 weights only.
  * The budget (default 90 s) is shared out among the cases; a case runs at
  * least 5 repetitions, and a path whose smaller size already overran its
  * share skips the larger ones. The time outside the GEMMs (routing,
@@ -45,6 +51,8 @@
 
 #include "backends/backend.h"
 #include "bench/expert_gpu_report.h"
+#include "bench/expert_gpu_route.h"
+#include "bench/expert_gpu_weights.h"
 #include "bench/gpu_ceiling.h"
 #include "bench/gpu_device.h"
 #include "bench/moe_bench.h"
@@ -75,118 +83,8 @@ typedef struct {
     uint32_t prefill[EG_MAX_SIZES], n_prefill;
     int worker;
     int register_host; /* register the backend depth's activations and outputs */
+    int weights[4], n_weights; /* MB_KCUDA_* of the weight types to run */
 } eg_opts;
-
-/* ---- routing ---- */
-
-static uint64_t eg_rng = 0x5DEECE66Dull;
-
-static uint64_t eg_rand(void)
-{
-    eg_rng ^= eg_rng >> 12;
-    eg_rng ^= eg_rng << 25;
-    eg_rng ^= eg_rng >> 27;
-    return eg_rng * 0x2545F4914F6CDD1DULL;
-}
-
-/* One routing of n_tokens: host arrays and their device copies. */
-typedef struct {
-    uint32_t n_tokens, n_pairs, n_distinct;
-    uint16_t *counts;
-    mb_proto_pair *pairs;
-    void *d_counts, *d_pairs;
-    /* The host plan the CUDA backend makes for the cuBLAS path: experts in
-     * ascending slot order, their pair counts, and on the device the slots
-     * then the first rows. */
-    uint32_t plan_n;
-    int32_t *plan_slot, *plan_count;
-    void *d_plan;
-} eg_route;
-
-static int eg_route_make(eg_route *r, const mb_egpu_model *m, uint32_t n_tokens)
-{
-    memset(r, 0, sizeof *r);
-    r->n_tokens = n_tokens;
-    r->n_pairs = n_tokens * m->top_k;
-    r->counts = malloc(sizeof *r->counts * n_tokens);
-    r->pairs = malloc(sizeof *r->pairs * r->n_pairs);
-    uint8_t *used = calloc(m->n_experts, 1);
-    if (!r->counts || !r->pairs || !used) {
-        free(used);
-        return -1;
-    }
-    uint32_t q = 0;
-    for (uint32_t t = 0; t < n_tokens; t++) {
-        r->counts[t] = (uint16_t)m->top_k;
-        uint32_t ids[8];
-        float sum = 0, g[8];
-        for (uint32_t k = 0; k < m->top_k; k++) {
-            uint32_t e, dup;
-            do {
-                e = (uint32_t)(eg_rand() % m->n_experts);
-                dup = 0;
-                for (uint32_t j = 0; j < k; j++)
-                    dup |= ids[j] == e;
-            } while (dup);
-            ids[k] = e;
-            g[k] = 0.2f + (float)(eg_rand() >> 40) * 0x1p-24f;
-            sum += g[k];
-            if (!used[e]) r->n_distinct++;
-            used[e] = 1;
-        }
-        for (uint32_t k = 0; k < m->top_k; k++)
-            r->pairs[q++] = (mb_proto_pair){ids[k], g[k] / sum};
-    }
-    /* The plan: counts per expert (ids are slots here), ascending. */
-    int32_t *cnt = calloc(m->n_experts, sizeof *cnt);
-    int32_t *plan = malloc(sizeof *plan * (2 * (size_t)m->n_experts + 1));
-    r->plan_count = malloc(sizeof *r->plan_count * m->n_experts);
-    r->plan_slot = malloc(sizeof *r->plan_slot * m->n_experts);
-    if (!cnt || !plan || !r->plan_count || !r->plan_slot) {
-        free(cnt);
-        free(plan);
-        free(used);
-        return -1;
-    }
-    for (uint32_t i = 0; i < r->n_pairs; i++)
-        cnt[r->pairs[i].slot]++;
-    for (uint32_t e = 0; e < m->n_experts; e++)
-        if (cnt[e]) {
-            plan[r->plan_n] = (int32_t)e;
-            r->plan_slot[r->plan_n] = (int32_t)e;
-            r->plan_count[r->plan_n++] = cnt[e];
-        }
-    int32_t off = 0;
-    for (uint32_t e = 0; e < r->plan_n; e++) {
-        plan[r->plan_n + e] = off;
-        off += r->plan_count[e];
-    }
-    plan[2 * r->plan_n] = off;
-    const size_t plan_bytes = sizeof *plan * (2 * (size_t)r->plan_n + 1);
-    int pe = mb_gpu_alloc(&r->d_plan, plan_bytes) || mb_gpu_upload(r->d_plan, plan, plan_bytes);
-    free(cnt);
-    free(plan);
-    free(used);
-    if (pe) return -1;
-    if (mb_gpu_alloc(&r->d_counts, sizeof *r->counts * n_tokens) ||
-        mb_gpu_alloc(&r->d_pairs, sizeof *r->pairs * r->n_pairs) ||
-        mb_gpu_upload(r->d_counts, r->counts, sizeof *r->counts * n_tokens) ||
-        mb_gpu_upload(r->d_pairs, r->pairs, sizeof *r->pairs * r->n_pairs))
-        return -1;
-    return 0;
-}
-
-static void eg_route_free(eg_route *r)
-{
-    free(r->counts);
-    free(r->pairs);
-    free(r->plan_count);
-    free(r->plan_slot);
-    mb_gpu_free(r->d_plan);
-    mb_gpu_free(r->d_counts);
-    mb_gpu_free(r->d_pairs);
-    memset(r, 0, sizeof *r);
-}
 
 static const char *const eg_path_name[] = {"auto", "gemv", "gemm", "cublas"};
 #define EG_N_PATHS 4
@@ -222,7 +120,7 @@ static uint16_t *eg_expert_make(const mb_egpu_model *m)
     }
     const float scale = 1.0f / sqrtf((float)m->d_model);
     for (size_t i = 0; i < block; i++)
-        tmp[i] = ((float)(eg_rand() >> 40) * 0x1p-23f - 1.0f) * scale;
+        tmp[i] = ((float)(mb_egpu_rand() >> 40) * 0x1p-23f - 1.0f) * scale;
     for (size_t i = 0; i < n; i += block)
         mb_dtype_encode_f32(MB_DTYPE_BF16, w + i, tmp, n - i < block ? n - i : block);
     free(tmp);
@@ -248,7 +146,7 @@ static uint16_t *eg_act_make(uint32_t n_tokens, uint32_t d_model)
         return NULL;
     }
     for (size_t i = 0; i < 4096; i++)
-        tmp[i] = (float)(eg_rand() >> 40) * 0x1p-23f - 1.0f;
+        tmp[i] = (float)(mb_egpu_rand() >> 40) * 0x1p-23f - 1.0f;
     for (size_t i = 0; i < n; i += 4096)
         mb_dtype_encode_f32(MB_DTYPE_BF16, a + i, tmp, n - i < 4096 ? n - i : 4096);
     free(tmp);
@@ -257,9 +155,10 @@ static uint16_t *eg_act_make(uint32_t n_tokens, uint32_t d_model)
 
 /* ---- kernel only ---- */
 
-/* Device state of one model's kernel runs. */
+/* Device state of one model's kernel runs with one weight type. */
 typedef struct {
     const mb_egpu_model *m;
+    const mb_egpu_weights *w;
     void *stream;
     mb_kcuda_moe_ws *ws;
     mb_gpu_marks *marks; /* [EG_BATCH + 1] */
@@ -287,13 +186,14 @@ static void eg_kdev_fini(eg_kdev *d)
     memset(d, 0, sizeof *d);
 }
 
-/* Uploads every expert slot (copies of expert), the slot table and act. */
-static int eg_kdev_init(eg_kdev *d, const mb_egpu_model *m, const uint16_t *expert, const uint16_t *act,
+/* Uploads every expert slot (copies of w), the slot table and act. */
+static int eg_kdev_init(eg_kdev *d, const mb_egpu_model *m, const mb_egpu_weights *w, const uint16_t *act,
                         uint32_t max_tokens)
 {
     memset(d, 0, sizeof *d);
     d->m = m;
-    const size_t per = (size_t)m->d_model * m->d_ff * 2, eb = 3 * per;
+    d->w = w;
+    const size_t eb = w->span;
     const size_t act_bytes = (size_t)max_tokens * m->d_model * 2;
     mb_kcuda_expert *slots = calloc(m->n_experts, sizeof *slots);
     int e = slots ? 0 : 2 /* cudaErrorMemoryAllocation */;
@@ -304,8 +204,8 @@ static int eg_kdev_init(eg_kdev *d, const mb_egpu_model *m, const uint16_t *expe
     if (!e) e = eg_check(mb_gpu_alloc(&d->d_weights, eb * m->n_experts), "weights");
     for (uint32_t x = 0; !e && x < m->n_experts; x++) {
         char *base = (char *)d->d_weights + eb * x;
-        slots[x] = (mb_kcuda_expert){base, base + per, base + 2 * per};
-        e = eg_check(mb_gpu_upload(base, expert, eb), "weight upload");
+        slots[x] = (mb_kcuda_expert){base + w->off[0], base + w->off[1], base + w->off[2]};
+        e = eg_check(mb_gpu_upload(base, w->host, eb), "weight upload");
     }
     if (!e) e = eg_check(mb_gpu_alloc(&d->d_slots, sizeof *slots * m->n_experts), "slots");
     if (!e) e = eg_check(mb_gpu_upload(d->d_slots, slots, sizeof *slots * m->n_experts), "slots");
@@ -319,7 +219,7 @@ static int eg_kdev_init(eg_kdev *d, const mb_egpu_model *m, const uint16_t *expe
 /* Times the kernels of n_tokens on path, cycling through the routings:
  * a first request alone (*t1_s), then reps in batches queued behind a spin
  * kernel. Returns 0 or a CUDA error code. */
-static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path, double budget_s,
+static int eg_kernel_case(eg_kdev *d, const mb_egpu_route *routes, mb_kcuda_path path, double budget_s,
                           mb_egpu_kres *res, double *t1_s)
 {
     const mb_egpu_model *m = d->m;
@@ -330,7 +230,8 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
         p[r] = (mb_kcuda_moe_problem){
             .n_tokens = n_tokens, .n_pairs = routes[r].n_pairs, .d_model = m->d_model,
             .d_ff = m->d_ff, .max_slots = m->n_experts, .layer_experts = m->n_experts,
-            .payload = MB_KCUDA_BF16, .wdtype = MB_KCUDA_BF16, .path = path,
+            .payload = MB_KCUDA_BF16, .wdtype = d->w->wdtype, .wdtype_up = d->w->wdtype,
+            .wdtype_down = d->w->wdtype, .path = path,
             .slots = d->d_slots, .act = d->d_act, .pair_counts = routes[r].d_counts,
             .pairs = routes[r].d_pairs, .out = d->d_out, .plan_experts = routes[r].plan_n,
             .plan_slot = routes[r].plan_slot, .plan_count = routes[r].plan_count, .plan_dev = routes[r].d_plan,
@@ -355,7 +256,7 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
         free(rates);
         return 2;
     }
-    const double eb = 3.0 * m->d_model * m->d_ff * 2;
+    const double eb = (double)d->w->bytes; /* quantized bytes for quantized weights */
     for (int done = 0; done < reps && !e;) {
         const int nb = reps - done < EG_BATCH ? reps - done : EG_BATCH;
         /* Short requests: hold the stream until the batch is queued. */
@@ -383,6 +284,7 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
         res->n_tokens = n_tokens;
         res->n_pairs = routes[0].n_pairs;
         res->path = eg_path_name[path];
+        res->weights = d->w->name;
         res->taken = eg_path_name[mb_kcuda_moe_path(&p[0])];
         qsort(rates, (size_t)reps, sizeof *rates, eg_cmp_double);
         res->gbs = rates[reps / 2] * 1e-9;
@@ -398,18 +300,19 @@ static int eg_kernel_case(eg_kdev *d, const eg_route *routes, mb_kcuda_path path
  * convert), expert GEMMs/GEMVs, and the combine, from events inside the
  * request: reps queued back to back behind a spin kernel, medians. */
 #define EG_PHASE_REPS 64
-static int eg_phase_split(eg_kdev *d, const eg_route *routes, double out_us[3])
+static int eg_phase_split(eg_kdev *d, const mb_egpu_route *routes, double out_us[3])
 {
     const mb_egpu_model *m = d->m;
     mb_gpu_marks *mk = NULL;
     int e = eg_check(mb_gpu_marks_create(4 * EG_PHASE_REPS, &mk), "events");
     double t[3][EG_PHASE_REPS];
     for (int r = 0; r < EG_PHASE_REPS && !e; r++) {
-        const eg_route *ro = &routes[r % EG_N_ROUTES];
+        const mb_egpu_route *ro = &routes[r % EG_N_ROUTES];
         mb_kcuda_moe_problem p = {
             .n_tokens = ro->n_tokens, .n_pairs = ro->n_pairs, .d_model = m->d_model, .d_ff = m->d_ff,
             .max_slots = m->n_experts, .layer_experts = m->n_experts, .payload = MB_KCUDA_BF16,
-            .wdtype = MB_KCUDA_BF16, .path = MB_KCUDA_PATH_AUTO, .slots = d->d_slots, .act = d->d_act,
+            .wdtype = d->w->wdtype, .wdtype_up = d->w->wdtype, .wdtype_down = d->w->wdtype,
+            .path = MB_KCUDA_PATH_AUTO, .slots = d->d_slots, .act = d->d_act,
             .pair_counts = ro->d_counts, .pairs = ro->d_pairs, .out = d->d_out, .plan_experts = ro->plan_n,
             .plan_slot = ro->plan_slot, .plan_count = ro->plan_count, .plan_dev = ro->d_plan,
             .slots_host = d->slots_host,
@@ -437,11 +340,11 @@ static int eg_phase_split(eg_kdev *d, const eg_route *routes, double out_us[3])
 typedef struct {
     uint32_t tokens[2 * EG_MAX_SIZES];
     int is_decode[2 * EG_MAX_SIZES];
-    eg_route routes[2 * EG_MAX_SIZES][EG_N_ROUTES];
+    mb_egpu_route routes[2 * EG_MAX_SIZES][EG_N_ROUTES];
     int n;
 } eg_sizes;
 
-static void eg_req_of(const mb_egpu_model *m, const eg_route *r, const uint16_t *act,
+static void eg_req_of(const mb_egpu_model *m, const mb_egpu_route *r, const uint16_t *act,
                       mb_proto_expert_req *req)
 {
     *req = (mb_proto_expert_req){0, r->n_tokens, m->d_model, MB_DTYPE_BF16, r->n_pairs,
@@ -595,6 +498,65 @@ static int eg_worker_cases(const char *backend, int device, const char *what, co
 
 /* ---- one model ---- */
 
+/* Kernel-only cases of every size and path on d's weights; with phases,
+ * also the split of AUTO's smallest decode request. 0 or -1. */
+static int eg_kernel_cases(eg_kdev *d, const eg_sizes *sz, int mi, double case_budget_s, int phases,
+                           mb_egpu_run *run)
+{
+    const mb_egpu_model *m = d->m;
+    int rc = 0;
+    /* Per path: the first-request time and size of the last case run,
+     * to skip sizes that would overrun the case's share of the budget. */
+    double last_t1[EG_N_PATHS] = {0};
+    uint32_t last_n[EG_N_PATHS] = {1, 1, 1, 1};
+    for (int i = 0; i < sz->n && rc == 0; i++)
+        for (int p = 0; p < EG_N_PATHS && rc == 0 && run->n_k < MB_EGPU_MAX_KERNEL_CASES; p++) {
+            double est = last_t1[p] * sz->tokens[i] / last_n[p];
+            if (est > 2 * case_budget_s) {
+                printf("%-14s %-7s %6u %7s %-4s skipped: about %.2f s a request, over its "
+                       "budget\n",
+                       m->name, sz->is_decode[i] ? "decode" : "prefill", sz->tokens[i], "",
+                       eg_path_name[p], est);
+                continue;
+            }
+            mb_egpu_kres *k = &run->k[run->n_k];
+            memset(k, 0, sizeof *k);
+            k->m = m;
+            k->phase = sz->is_decode[i] ? "decode" : "prefill";
+            double t1 = 0;
+            if (eg_kernel_case(d, sz->routes[i], (mb_kcuda_path)p, case_budget_s, k, &t1)) {
+                rc = -1;
+                break;
+            }
+            last_t1[p] = t1;
+            last_n[p] = sz->tokens[i];
+            k->copy_ratio = run->copy_gbs > 0 ? k->gbs / (2 * run->copy_gbs) : 0;
+            k->gemm_ratio =
+                run->gemm_tflops[mi] > 0 ? k->tflops / run->gemm_tflops[mi] : 0;
+            mb_egpu_print_kernel(k);
+            run->n_k++;
+        }
+    /* Time outside the GEMMs at the smallest decode size. */
+    for (int i = 0; i < sz->n && rc == 0 && phases; i++) {
+        if (!sz->is_decode[i]) continue;
+        double us[3];
+        if (eg_phase_split(d, sz->routes[i], us) == 0) {
+            const double all = us[0] + us[1] + us[2];
+            printf("%-14s phases at %u token(s), auto: routing %.1f us, expert GEMMs %.1f us, combine "
+                   "%.1f us: outside the GEMMs %.1f%% of %.1f us (goal <= 20%%)\n",
+                   m->name, sz->tokens[i], us[0], us[1], us[2], all > 0 ? 100.0 * (us[0] + us[2]) / all : 0,
+                   all);
+            run->phase_us[mi][0] = us[0];
+            run->phase_us[mi][1] = us[1];
+            run->phase_us[mi][2] = us[2];
+            run->phase_tokens[mi] = sz->tokens[i];
+        }
+        break;
+    }
+    return rc;
+}
+
+
 static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, mb_egpu_run *run)
 {
     const mb_egpu_model *m = &eg_models[mi];
@@ -612,76 +574,46 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, mb_egpu_
     int rc = expert && act ? 0 : -1;
     for (int i = 0; i < sz->n && rc == 0; i++)
         for (int r = 0; r < EG_N_ROUTES && rc == 0; r++)
-            rc = eg_route_make(&sz->routes[i][r], m, sz->tokens[i]);
+            rc = mb_egpu_route_make(&sz->routes[i][r], m, sz->tokens[i]);
     if (rc) fprintf(stderr, "bench_expert_gpu: out of memory building %s's requests\n", m->name);
 
-    eg_kdev d;
-    if (rc == 0) rc = eg_kdev_init(&d, m, expert, act, max_tokens) ? -1 : 0;
-    if (rc == 0) {
-        mb_egpu_print_kernel_header();
-        /* Per path: the first-request time and size of the last case run,
-         * to skip sizes that would overrun the case's share of the budget. */
-        double last_t1[EG_N_PATHS] = {0};
-        uint32_t last_n[EG_N_PATHS] = {1, 1, 1, 1};
-        for (int i = 0; i < sz->n && rc == 0; i++)
-            for (int p = 0; p < EG_N_PATHS && rc == 0 && run->n_k < 128; p++) {
-                double est = last_t1[p] * sz->tokens[i] / last_n[p];
-                if (est > 2 * case_budget_s) {
-                    printf("%-14s %-7s %6u %7s %-4s skipped: about %.2f s a request, over its "
-                           "budget\n",
-                           m->name, sz->is_decode[i] ? "decode" : "prefill", sz->tokens[i], "",
-                           eg_path_name[p], est);
-                    continue;
-                }
-                mb_egpu_kres *k = &run->k[run->n_k];
-                memset(k, 0, sizeof *k);
-                k->m = m;
-                k->phase = sz->is_decode[i] ? "decode" : "prefill";
-                double t1 = 0;
-                if (eg_kernel_case(&d, sz->routes[i], (mb_kcuda_path)p, case_budget_s, k, &t1)) {
-                    rc = -1;
-                    break;
-                }
-                last_t1[p] = t1;
-                last_n[p] = sz->tokens[i];
-                k->copy_ratio = run->copy_gbs > 0 ? k->gbs / (2 * run->copy_gbs) : 0;
-                k->gemm_ratio =
-                    run->gemm_tflops[mi] > 0 ? k->tflops / run->gemm_tflops[mi] : 0;
-                mb_egpu_print_kernel(k);
-                run->n_k++;
-            }
-        /* Time outside the GEMMs at the smallest decode size. */
-        for (int i = 0; i < sz->n && rc == 0; i++) {
-            if (!sz->is_decode[i]) continue;
-            double us[3];
-            if (eg_phase_split(&d, sz->routes[i], us) == 0) {
-                const double all = us[0] + us[1] + us[2];
-                printf("%-14s phases at %u token(s), auto: routing %.1f us, expert GEMMs %.1f us, combine "
-                       "%.1f us: outside the GEMMs %.1f%% of %.1f us (goal <= 20%%)\n",
-                       m->name, sz->tokens[i], us[0], us[1], us[2], all > 0 ? 100.0 * (us[0] + us[2]) / all : 0,
-                       all);
-                run->phase_us[mi][0] = us[0];
-                run->phase_us[mi][1] = us[1];
-                run->phase_us[mi][2] = us[2];
-                run->phase_tokens[mi] = sz->tokens[i];
-            }
+    /* Kernel cases for each weight type; the backend and worker depths
+     * with bf16 weights only. */
+    int has_bf16 = 0;
+    for (int wi = 0; wi < o->n_weights && rc == 0; wi++) {
+        mb_egpu_weights w;
+        if (o->weights[wi] == MB_KCUDA_BF16) {
+            const size_t per = (size_t)m->d_model * m->d_ff * 2;
+            has_bf16 = 1;
+            w = (mb_egpu_weights){MB_KCUDA_BF16, "bf16", expert, 3 * per, 3 * per, {0, per, 2 * per}};
+        } else if (mb_egpu_weights_make(&w, m, o->weights[wi]) != 0) {
+            fprintf(stderr, "bench_expert_gpu: cannot make %s's %s experts\n", m->name,
+                    mb_dtype_name(o->weights[wi]));
+            rc = -1;
             break;
         }
-        eg_kdev_fini(&d);
+        eg_kdev d;
+        rc = eg_kdev_init(&d, m, &w, act, max_tokens) ? -1 : 0;
+        if (rc == 0) {
+            mb_egpu_print_kernel_header();
+            rc = eg_kernel_cases(&d, sz, mi, case_budget_s, w.wdtype == MB_KCUDA_BF16, run);
+            eg_kdev_fini(&d);
+        }
+        if (w.wdtype != MB_KCUDA_BF16) mb_egpu_weights_free(&w);
     }
-    if (rc == 0) {
+    if (rc == 0 && has_bf16) {
         mb_egpu_print_host_header();
         rc = eg_backend_cases(o, "cuda", o->device, "backend", m, expert, act, sz, max_tokens, case_budget_s, run);
         if (rc == 0 && o->other[0])
             rc = eg_backend_cases(o, o->other, o->other_device, "vulkan-backend", m, expert, act, sz, max_tokens,
                                   case_budget_s, run);
     }
-    if (rc == 0 && o->worker) rc = eg_worker_cases("cuda", o->device, "worker", m, expert, act, sz, case_budget_s, run);
-    if (rc == 0 && o->worker && o->other[0])
+    if (rc == 0 && has_bf16 && o->worker) rc = eg_worker_cases("cuda", o->device, "worker", m, expert, act, sz, case_budget_s, run);
+    if (rc == 0 && has_bf16 && o->worker && o->other[0])
         rc = eg_worker_cases(o->other, o->other_device, "vulkan-worker", m, expert, act, sz, case_budget_s, run);
     for (int i = 0; i < sz->n; i++)
         for (int r = 0; r < EG_N_ROUTES; r++)
-            eg_route_free(&sz->routes[i][r]);
+            mb_egpu_route_free(&sz->routes[i][r]);
     free(sz);
     free(expert);
     free(act);
@@ -707,7 +639,7 @@ static void eg_usage(void)
 {
     fprintf(stderr, "usage: bench_expert_gpu [--backend cuda[:N]|vulkan[:N]] [--json FILE] [--budget SECONDS]\n"
                     "  [--models qwen3,mixtral] [--decode 1,4,16,64] [--prefill 512,4096,16384]\n"
-                    "  [--no-worker] [--register-host]\n");
+                    "  [--no-worker] [--register-host] [--weights bf16,q8_0,q4_k,q6_k]\n");
     exit(2);
 }
 
@@ -722,6 +654,8 @@ static void eg_parse_opts(int argc, char **argv, eg_opts *o)
     o->n_decode = 4;
     memcpy(o->prefill, pre, sizeof pre);
     o->n_prefill = 3;
+    o->weights[0] = MB_KCUDA_BF16;
+    o->n_weights = 1;
     static const char *const keys[MB_EGPU_N_MODELS] = {"qwen3", "mixtral"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -759,6 +693,16 @@ static void eg_parse_opts(int argc, char **argv, eg_opts *o)
             if (!(o->n_decode = eg_parse_sizes(v, o->decode))) eg_usage();
         } else if (!strcmp(a, "--prefill")) {
             if (!(o->n_prefill = eg_parse_sizes(v, o->prefill))) eg_usage();
+        } else if (!strcmp(a, "--weights")) {
+            char list[64];
+            snprintf(list, sizeof list, "%s", v);
+            o->n_weights = 0;
+            for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                const int wd = mb_egpu_weights_parse(t);
+                if (wd < 0 || o->n_weights == 4) eg_usage();
+                o->weights[o->n_weights++] = wd;
+            }
+            if (!o->n_weights) eg_usage();
         } else {
             eg_usage();
         }
@@ -802,12 +746,12 @@ int main(int argc, char **argv)
     /* The budget: kernel cases (4 paths a size) get about 60%, the rest the
      * backend and worker runs. */
     const int n_sizes = (int)(o.n_decode + o.n_prefill);
-    const double case_budget_s = 0.6 * o.budget_s / (n_models * n_sizes * 3);
+    const double case_budget_s = 0.6 * o.budget_s / (n_models * n_sizes * 3 * o.n_weights);
     int rc = 0;
     for (int mi = 0; mi < MB_EGPU_N_MODELS && rc == 0; mi++)
         if (o.model_on[mi]) rc = eg_model_run(&o, mi, case_budget_s, run);
-    printf("\ndecode: GB/s = median of (bytes of the distinct experts routed to / device time); "
-           "goal >= 80%% of copy traffic at 1 token.\n"
+    printf("\ndecode: GB/s = median of (bytes of the distinct experts routed to / device time), quantized "
+           "bytes for quantized weights; goal >= 80%% of copy traffic at 1 token (bf16).\n"
            "prefill: TFLOP/s = 6 * pairs * d_model * d_ff / median device time; goal >= 65%% of "
            "cuBLAS.\n"
            "backend: mb_backend_run in process; worker: EXPERT_REQ round trip over shm; xkernel = "

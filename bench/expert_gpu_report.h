@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #define MB_EGPU_N_MODELS 2
+#define MB_EGPU_MAX_KERNEL_CASES 256
 
 /* An MoE layer's expert shape, and the cuBLAS GEMM its prefill is
  * compared with. */
@@ -22,6 +23,7 @@ typedef struct {
     const char *phase;
     uint32_t n_tokens, n_pairs;
     const char *path, *taken; /* asked for, and what AUTO chose */
+    const char *weights;      /* "bf16", "q8_0", "q4_k", "q6_k" */
     int reps;
     double median_s, best_s, weight_bytes;
     double gbs, copy_ratio, tflops, gemm_ratio;
@@ -41,7 +43,7 @@ typedef struct {
 typedef struct {
     double copy_gbs, gemm_tflops[MB_EGPU_N_MODELS];
     char gemm_note[160];
-    mb_egpu_kres k[128];
+    mb_egpu_kres k[MB_EGPU_MAX_KERNEL_CASES];
     int n_k;
     mb_egpu_hres h[64];
     int n_h;
