@@ -283,7 +283,6 @@ cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 // are refused (the backend then launches directly).
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int) { return cudaStreamCreate(s); }
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
 cudaError_t cudaHostGetDevicePointer(void **d, void *h, unsigned int)
 {
     *d = h;

@@ -56,11 +56,13 @@ template <class T> static inline T __shfl_sync(unsigned, T v, int src, int = 32)
 }
 template <class T> static inline T __ldg(const T *p) { return *p; }
 template <class T> static inline T __ldcg(const T *p) { return *p; }
-// Blocks run one after another: a fence orders nothing, an atomic is a plain update.
+// Blocks run one after another, and a block's fibers switch only at
+// barriers and shuffles: a fence orders nothing, an atomic is a plain
+// read-modify-write.
 static inline void __threadfence() {}
-static inline unsigned atomicAdd(unsigned *p, unsigned v)
+template <class T> static inline T atomicAdd(T *p, T v)
 {
-    unsigned o = *p;
+    T o = *p;
     *p = o + v;
     return o;
 }
@@ -73,14 +75,6 @@ static inline float __uint_as_float(unsigned u)
     float f;
     memcpy(&f, &u, 4);
     return f;
-}
-// Fibers switch only at barriers and shuffles, so a read-modify-write is
-// atomic as it stands.
-template <class T> static inline T atomicAdd(T *p, T v)
-{
-    T old = *p;
-    *p = old + v;
-    return old;
 }
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
