@@ -17,6 +17,8 @@ grep -E "fusions|^attention|test_dense" $OUT/dense.txt | head -12
     > $OUT/ctest_gpu.txt 2>&1; echo "ctest cuda|vulkan rc=$?")
 grep -E "tests passed|FAIL|Failed|Not Run|\*\*\*" $OUT/ctest_gpu.txt | tail -14
 grep -m3 -E "imported" $OUT/ctest_gpu.txt
+(cd $B && timeout 100 ctest -R test_parity_gguf_workers --timeout 95 --output-on-failure > $OUT/ctest_gguf.txt 2>&1; \
+    echo "gguf workers (CUDA quantized) rc=$?"; grep -E "tests passed|Failed" $OUT/ctest_gguf.txt)
 timeout 120 $B/bench/bench_e2e_device $ARGS --json $OUT/e2e_device.json > $OUT/e2e_device.txt 2>&1
 echo "e2e rc=$?"; grep -E "^bench_e2e|^device copy|^coord|^cuda |^cpu |^dense|^ipc" $OUT/e2e_device.txt
 timeout 90 $B/bench/bench_expert_gpu --backend vulkan:0 --models qwen3,mixtral --decode 1,4,16 --prefill 4096 \
