@@ -10,7 +10,11 @@
  * Defaults: decode 1,4,16; prefill 512 and 4248 (Qwen) or 512 (Mixtral);
  * --quick: fewer repetitions, smaller ceiling buffers, prefill 128.
  *                    [--payload bf16|f16|f32] [--numa default|bind|interleave] [--node N]
- *                    [--isa auto|avx512|avx2|scalar] */
+ *                    [--isa auto|avx512|avx2|scalar]
+ *                    [--weights bf16|q8_0|q4_0|q4_k|q5_k|q6_k] [--qpath auto|dots|tiles]
+ * --qpath: how quantized experts compute (kernels/cpu/expert_ffn.h): each
+ * expert's choice by type and pairs (auto), integer dots against 8-bit
+ * activations, or f32 GEMM tiles over dequantized weights. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +22,7 @@
 
 #include "backends/backend.h"
 #include "bench/ceiling.h"
+#include "kernels/cpu/expert_ffn.h"
 #include "kernels/cpu/gemm.h"
 #include "protocol/dtype.h"
 
@@ -49,6 +54,7 @@ typedef struct {
 
 typedef struct {
     int quick, threads, reps, node;
+    int qpath; /* MB_KCPU_QPATH_* */
     const char *json, *model, *isa;
     mb_dtype payload;
     mb_numa_policy numa;
@@ -100,7 +106,7 @@ static void mb_usage(void)
         stderr,
         "usage: bench_expert_cpu [--quick] [--threads N] [--json FILE] [--model qwen|mixtral|all]\n"
         "  [--decode 1,4,16] [--prefill 512,4248] [--reps N] [--payload bf16|f16|f32]\n"
-        "  [--weights bf16|q8_0|q4_0|q4_k|q5_k|q6_k]\n"
+        "  [--weights bf16|q8_0|q4_0|q4_k|q5_k|q6_k] [--qpath auto|dots|tiles]\n"
         "  [--numa default|bind|interleave] [--node N] [--isa auto|avx512|avx2|scalar]\n");
     exit(2);
 }
@@ -130,6 +136,17 @@ static void mb_parse_opts(int argc, char **argv, mb_opts *o)
             o->model = argv[++i];
         else if (!strcmp(a, "--isa") && v)
             o->isa = argv[++i];
+        else if (!strcmp(a, "--qpath") && v) {
+            const char *q = argv[++i];
+            if (!strcmp(q, "auto"))
+                o->qpath = MB_KCPU_QPATH_AUTO;
+            else if (!strcmp(q, "dots"))
+                o->qpath = MB_KCPU_QPATH_DOTS;
+            else if (!strcmp(q, "tiles"))
+                o->qpath = MB_KCPU_QPATH_TILES;
+            else
+                mb_usage();
+        }
         else if (!strcmp(a, "--weights") && v) {
             const char *name = argv[++i];
             int found = 0;
@@ -391,6 +408,11 @@ static void mb_print_row(const mb_result *r)
     fflush(stdout);
 }
 
+static const char *mb_qpath_name(int q)
+{
+    return q == MB_KCPU_QPATH_DOTS ? "dots" : q == MB_KCPU_QPATH_TILES ? "tiles" : "auto";
+}
+
 static void mb_write_json(const char *path, const mb_opts *o, const mb_bench_ceilings *c,
                           const char *device, const mb_result *res, int n)
 {
@@ -401,8 +423,8 @@ static void mb_write_json(const char *path, const mb_opts *o, const mb_bench_cei
     }
     fprintf(f, "{\n  \"bench\": \"expert_cpu\",\n  \"device\": \"%s\",\n  \"isa\": \"%s\",\n",
             device, mb_kcpu_isa_name());
-    fprintf(f, "  \"payload\": \"%s\",\n  \"weights\": \"%s\",\n", mb_dtype_name(o->payload),
-            mb_dtype_name(mb_bench_wdtype));
+    fprintf(f, "  \"payload\": \"%s\",\n  \"weights\": \"%s\",\n  \"qpath\": \"%s\",\n",
+            mb_dtype_name(o->payload), mb_dtype_name(mb_bench_wdtype), mb_qpath_name(o->qpath));
     fprintf(f,
             "  \"ceilings\": {\"threads\": %d, \"read_gbs\": %.3f, \"memcpy_gbs\": %.3f, "
             "\"fma_gflops\": %.3f, "
@@ -433,6 +455,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "isa %s not available\n", o.isa);
         return 1;
     }
+    mb_kcpu_moe_force_qpath(o.qpath);
     const mb_backend_ops *ops = mb_backend_find("cpu");
     mb_backend_cpu_options cpu_opt = {.n_threads = o.threads, .numa = o.numa};
     mb_backend_config cfg = {.device = o.node, .max_slots = 256, .options = &cpu_opt};
@@ -452,7 +475,9 @@ int main(int argc, char **argv)
     printf("ceilings (%d threads, %s): read %.1f GB/s, memcpy %.1f GB/s, FMA %.1f GFLOP/s (%.1f "
            "per thread)\n",
            c.n_threads, c.isa, c.read_gbs, c.memcpy_gbs, c.fma_gflops, c.fma_gflops_thread);
-    printf("payload %s, weights %s\n\n", mb_dtype_name(o.payload), mb_dtype_name(mb_bench_wdtype));
+    printf("payload %s, weights %s", mb_dtype_name(o.payload), mb_dtype_name(mb_bench_wdtype));
+    if (mb_dtype_is_quant(mb_bench_wdtype)) printf(", quantized experts by %s", mb_qpath_name(o.qpath));
+    printf("\n\n");
     printf("%-14s %-8s %6s %6s %10s %10s %9s %9s %8s %9s %8s %8s\n", "model", "phase", "tokens",
            "pairs", "best_ms", "median_ms", "cold_ms", "GB/s", "%readBW", "GFLOP/s", "%FMA",
            "%paired");
