@@ -396,10 +396,15 @@ int mb_moeq_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_proble
         (j.any_tiles_gu && mb_moe_grow((void **)&ws->xp, &ws->xp_cap,
                                        mb_moe_mul(p->n_tokens, j.xp_row), sizeof(float))))
         return -1;
+    /* The activation quantizations of a decode step (a few rows) run on
+     * the caller: a dispatch costs more than they do. */
+    const size_t inline_elems = 32 * 1024;
     if (n_pairs > 0) {
-        mb_kcpu_pool_run(pool, p->n_tokens, mb_moeq_pack_task, &j);
+        mb_kcpu_pool_run(p->n_tokens * p->d_model < inline_elems ? NULL : pool, p->n_tokens,
+                         mb_moeq_pack_task, &j);
         mb_kcpu_pool_run(pool, p->n_experts * j.nb1, mb_moeq_gate_up_task, &j);
-        mb_kcpu_pool_run(pool, n_pairs, mb_moeq_quant_h_task, &j);
+        mb_kcpu_pool_run(n_pairs * p->d_ff < inline_elems ? NULL : pool, n_pairs,
+                         mb_moeq_quant_h_task, &j);
     }
     mb_kcpu_pool_run(pool, (p->d_model + j.rb2 - 1) / j.rb2, mb_moeq_down_task, &j);
     return 0;
