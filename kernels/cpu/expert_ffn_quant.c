@@ -38,22 +38,21 @@
 #endif
 
 /* Pairs of an expert from which a phase whose matrix has this type runs
- * dequantized tiles rather than integer dots; SIZE_MAX: never. Measured
- * with bench_expert_cpu on the 2-core AVX2 VM (bench/notes/
- * cpu-quant-experts.md, "Prefill: integer dots or dequantized tiles"). */
+ * dequantized tiles rather than integer dots; SIZE_MAX: never. Measured on
+ * the 2-core AVX2 VM, dots and tiles alternating call by call at 4..128
+ * pairs an expert and both model shapes (bench/notes/cpu-quant-experts.md,
+ * "Prefill: integer dots or dequantized tiles"): the dots won at every
+ * count for Q8_0, Q4_K and Q6_K (maddubs does 32 multiply-adds where an
+ * FMA does 8, and a task's rows stay in L2); tiles won from 16 pairs for
+ * Q4_0, and for Q5_K from 32 at Qwen3's shape (by 5-15%) while losing by
+ * 3-9% at Mixtral's. */
 static size_t mb_moeq_tiles_from(int wdtype)
 {
     switch (wdtype) {
-    case MB_KCPU_Q8_0:
-        return 16;
     case MB_KCPU_Q4_0:
         return 16;
-    case MB_KCPU_Q4_K:
-        return 16;
     case MB_KCPU_Q5_K:
-        return 16;
-    case MB_KCPU_Q6_K:
-        return 16;
+        return 32;
     default:
         return SIZE_MAX;
     }

@@ -2,8 +2,9 @@
  * expert can compute (integer dots, dequantized f32 tiles) and the
  * automatic choice between them, on every instruction-set path: every
  * quantized type, Q4_K_M's mix (Q6_K down) and gate/up taking different
- * activation blocks (Q8_0 beside Q4_K), 1..300 tokens with experts on both
- * sides of the tiles threshold, one expert with more pairs than a block of
+ * activation blocks (Q8_0 beside Q4_K), 1..300 tokens, calls whose experts
+ * fall on both sides of the tiles threshold (so the automatic choice mixes
+ * the two ways in one call), one expert with more pairs than a block of
  * them (MB_MOE_NB), k not a multiple of the tile width, rows not a multiple
  * of the row block, the activation callback and out_done.
  * Reference: double precision over the exactly dequantized weights, with
@@ -102,7 +103,7 @@ static void on_done(void *ctx, size_t c0, size_t c1)
 typedef struct {
     int type[3];
     size_t d_model, d_ff, n_tok, n_exp, top_k;
-    int skew; /* every token routes to expert 0 first */
+    int skew; /* 1: every token routes to expert 0 first; 2: every other token */
 } qcase;
 
 static const char *const paths[] = {"auto", "dots", "tiles"};
@@ -141,7 +142,9 @@ static double run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const qcase *c, i
     size_t *first = malloc(sizeof(size_t) * n_tok);
     REQUIRE(first);
     for (size_t t = 0; t < n_tok; t++)
-        first[t] = c->skew ? 0 : mb_test_rand_u64(seed) % n_exp;
+        first[t] = c->skew == 1 || (c->skew == 2 && t % 2 == 0) ? 0
+                   : c->skew == 2 ? 1 + mb_test_rand_u64(seed) % (n_exp - 1)
+                                  : mb_test_rand_u64(seed) % n_exp;
     for (size_t e = 0; e < n_exp; e++) {
         pair0[e] = np;
         for (size_t t = 0; t < n_tok; t++) {
@@ -280,7 +283,8 @@ int main(void)
         {{Q5, Q5, Q5}, 256, 768, 24, 3, 2, 0},  {{Q6, Q6, Q6}, 512, 1280, 24, 3, 2, 0},
         {{Q8, Q8, Q8}, 160, 1184, 1, 3, 2, 0},  {{Q8, Q8, Q8}, 1184, 160, 40, 3, 2, 0},
         {{Q8, Q8, Q8}, 160, 224, 300, 2, 1, 1}, {{Q40, Q40, Q40}, 160, 1184, 32, 3, 2, 0},
-        {{Q8, Q4, Q6}, 512, 768, 32, 3, 2, 0},
+        {{Q8, Q4, Q6}, 512, 768, 32, 3, 2, 0},  {{Q40, Q40, Q40}, 160, 224, 48, 4, 1, 2},
+        {{Q5, Q5, Q5}, 256, 512, 96, 3, 1, 2},
     };
     mb_kcpu_pool *pool = mb_kcpu_pool_create(2, -1);
     mb_kcpu_moe_ws *ws = mb_kcpu_moe_ws_create();
