@@ -81,6 +81,8 @@ typedef struct {
     int reps;
     uint64_t iters;
     double *t_rep; /* [reps] time of each rep, measured by thread 0 */
+    double *t_start; /* [reps][n_threads] each reader's start of each rep */
+    int n_threads;
     volatile uint64_t sink;
     volatile double fsink;
 } mb_bench_shared;
@@ -98,10 +100,18 @@ static void *mb_bench_read_thread(void *argp)
     memset(mine, 1, s->slice); /* first touch by the reader */
     for (int r = 0; r < s->reps; r++) {
         pthread_barrier_wait(&s->start);
-        double t0 = mb_bench_now();
+        s->t_start[(size_t)r * (size_t)s->n_threads + (size_t)a->index] = mb_bench_now();
         uint64_t v = mb_bench_read(mine, s->slice);
         pthread_barrier_wait(&s->end);
-        if (a->index == 0) s->t_rep[r] = mb_bench_now() - t0;
+        if (a->index == 0) {
+            /* From the earliest reader's start: thread 0 may have been
+             * scheduled late while the others already read. */
+            double t0 = s->t_start[(size_t)r * (size_t)s->n_threads];
+            for (int i = 1; i < s->n_threads; i++)
+                if (s->t_start[(size_t)r * (size_t)s->n_threads + (size_t)i] < t0)
+                    t0 = s->t_start[(size_t)r * (size_t)s->n_threads + (size_t)i];
+            s->t_rep[r] = mb_bench_now() - t0;
+        }
         s->sink += v;
     }
     return NULL;
@@ -165,14 +175,18 @@ double mb_bench_read_gbs(int n_threads, size_t bytes, int reps)
     s.reps = reps;
     s.buf = aligned_alloc(4096, s.slice * (size_t)n_threads);
     s.t_rep = calloc((size_t)reps, sizeof *s.t_rep);
+    s.t_start = calloc((size_t)reps * (size_t)n_threads, sizeof *s.t_start);
+    s.n_threads = n_threads;
     double best = 0;
-    if (s.buf && s.t_rep && mb_bench_run_threads(n_threads, &s, mb_bench_read_thread) == 0)
+    if (s.buf && s.t_rep && s.t_start &&
+        mb_bench_run_threads(n_threads, &s, mb_bench_read_thread) == 0)
         for (int r = 0; r < reps; r++) {
             double gbs = (double)(s.slice * (size_t)n_threads) / s.t_rep[r] * 1e-9;
             if (gbs > best) best = gbs;
         }
     free(s.buf);
     free(s.t_rep);
+    free(s.t_start);
     return best;
 }
 
@@ -187,13 +201,16 @@ typedef struct {
     int index;
     pthread_barrier_t *start;
     uint64_t sum;
+    double t0, t1; /* this reader's own start and end */
 } mb_bench_probe_arg;
 
 static void *mb_bench_probe_thread(void *argp)
 {
     mb_bench_probe_arg *a = argp;
     pthread_barrier_wait(a->start);
+    a->t0 = mb_bench_now();
     a->sum = mb_bench_read(a->r->buf + (size_t)a->index * a->r->slice, a->r->slice);
+    a->t1 = mb_bench_now();
     return NULL;
 }
 
@@ -223,17 +240,24 @@ double mb_bench_reader_gbs(mb_bench_reader *r)
     pthread_barrier_init(&start, NULL, (unsigned)n + 1);
     int started = 0;
     for (int i = 0; i < n; i++) {
-        args[i] = (mb_bench_probe_arg){r, i, &start, 0};
+        args[i] = (mb_bench_probe_arg){r, i, &start, 0, 0, 0};
         if (pthread_create(&th[i], NULL, mb_bench_probe_thread, &args[i]) != 0) abort();
         started++;
     }
     pthread_barrier_wait(&start);
-    double t0 = mb_bench_now();
     for (int i = 0; i < started; i++)
         pthread_join(th[i], NULL);
-    double t = mb_bench_now() - t0;
+    /* From the first reader's start to the last one's end, as the readers
+     * timed themselves: a clock read by this thread after the barrier would
+     * miss the reading done while it waited to be scheduled (on a loaded
+     * machine that made a probe report several times the real bandwidth). */
+    double first = args[0].t0, last = args[0].t1;
+    for (int i = 1; i < started; i++) {
+        if (args[i].t0 < first) first = args[i].t0;
+        if (args[i].t1 > last) last = args[i].t1;
+    }
     pthread_barrier_destroy(&start);
-    return (double)(r->slice * (size_t)n) / t * 1e-9;
+    return (double)(r->slice * (size_t)n) / (last - first) * 1e-9;
 }
 
 void mb_bench_reader_destroy(mb_bench_reader *r)

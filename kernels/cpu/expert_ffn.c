@@ -3,39 +3,22 @@
  * d_model block tasks on the pool. A down task owns its output columns for
  * every token and loops over all experts, so the scatter-add needs no
  * atomics and no per-expert output buffers. The arithmetic is in the
- * gemm_<isa>.c tiles; this file only schedules and owns the workspace. */
+ * gemm_<isa>.c tiles; this file only schedules and owns the workspace.
+ * Quantized weights take their own driver (expert_ffn_quant.c) after the
+ * validation here. */
 #include "kernels/cpu/expert_ffn.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/expert_ffn_internal.h"
 #include "kernels/cpu/gemm_isa.h"
 #include "kernels/cpu/quant.h"
-#include "kernels/cpu/quant_isa.h"
 
-/* Tokens per block: their activation rows for one k-block (MB_KCPU_KC
- * floats each) stay in L2 while row groups of W sweep over them. */
-#define MB_MOE_NB 120
 /* Row blocks: multiples of 32 (so a d_ff block covers whole packing
  * chunks) and of 24 (so every tile height divides them). */
 #define MB_MOE_RB_MAX 96
-
-struct mb_kcpu_moe_ws {
-    float *xp; /* [n_tokens][kp_model] packed activations */
-    size_t xp_cap;
-    float *h; /* [n_pairs][kp_ff] packed SiLU products */
-    size_t h_cap;
-    const float **rows; /* [2][n_pairs]: x row and h row of each pair */
-    size_t rows_cap;
-    float *scratch; /* [n_threads][per_thread] */
-    size_t scratch_cap;
-    /* Quantized weights: 8-bit activations and SiLU products (bytes). */
-    unsigned char *qx; /* [n_tokens][qact row of d_model] */
-    size_t qx_cap;
-    unsigned char *qh; /* [n_pairs][qact row of d_ff] */
-    size_t qh_cap;
-};
 
 typedef struct {
     const mb_kcpu_moe_problem *p;
@@ -47,19 +30,6 @@ typedef struct {
     size_t rb2;      /* d_model block columns */
     const float **xrow, **hrow;
 } mb_moe_job;
-
-static int mb_moe_grow(void **buf, size_t *cap, size_t n, size_t elem)
-{
-    if (n <= *cap) return 0;
-    if (n > (SIZE_MAX - 64) / elem) return -1;
-    size_t bytes = (n * elem + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, bytes);
-    if (!p) return -1;
-    free(*buf);
-    *buf = p;
-    *cap = bytes / elem;
-    return 0;
-}
 
 mb_kcpu_moe_ws *mb_kcpu_moe_ws_create(void)
 {
@@ -83,11 +53,6 @@ size_t mb_kcpu_moe_ws_bytes(const mb_kcpu_moe_ws *ws)
     if (!ws) return 0;
     return (ws->xp_cap + ws->h_cap + ws->scratch_cap) * sizeof(float) +
            ws->rows_cap * sizeof(float *) + ws->qx_cap + ws->qh_cap;
-}
-
-static size_t mb_moe_round16(size_t n)
-{
-    return (n + 15) & ~(size_t)15;
 }
 
 /* Per-thread scratch: acc_g, acc_u [NB][rb1], silu row [rb1], acc_d
@@ -204,151 +169,6 @@ static int mb_moe_validate(const mb_kcpu_moe_problem *p, size_t *n_pairs)
     for (size_t q = 0; q < np; q++)
         if (p->pair_token[q] >= p->n_tokens) return -1;
     *n_pairs = np;
-    return 0;
-}
-
-/* a * b, or SIZE_MAX when it overflows (which then fails to allocate). */
-static size_t mb_moe_mul(size_t a, size_t b)
-{
-    return b != 0 && a > SIZE_MAX / b ? SIZE_MAX : a * b;
-}
-
-/* ---- quantized weights --------------------------------------------------
- * The activations of each token are quantized once to 8-bit blocks (as
- * llama.cpp does), gate/up rows are dotted with them block by block, and
- * each pair's SiLU product is quantized again for down. Each matrix has its
- * own type: a token's record in qx holds its activations quantized for gate
- * and, when up's type takes other blocks (Q8_0 vs Q8_K), for up after them.
- * Weight rows are unpadded: ld_in / ld_ff are d_model / d_ff. */
-
-typedef struct {
-    const mb_kcpu_moe_problem *p;
-    mb_kcpu_moe_ws *ws;
-    mb_kcpu_qdot_fn dot;
-    mb_kcpu_qdot2_fn dot2;
-    int gate_up_paired; /* gate and up share a type (so their activations): one dot2 per row */
-    size_t qx_row, qh_row;   /* bytes of a token's qx record / a quantized product row */
-    size_t qx_up;            /* where up's activations start in a qx record */
-    size_t rb_gate, rb_up, rb_down; /* weight row bytes of each matrix */
-    size_t rb1, nb1, rb2;
-} mb_moeq_job;
-
-static void mb_moeq_pack_task(void *ctx, size_t t, int thread)
-{
-    const mb_moeq_job *j = ctx;
-    const mb_kcpu_moe_problem *p = j->p;
-    const float *src = p->x ? p->x + t * p->ldx : NULL;
-    if (p->load_x) {
-        src = j->ws->scratch + (size_t)thread * mb_moe_round16(p->d_model);
-        p->load_x(p->load_ctx, t, (float *)src);
-    }
-    unsigned char *xq = j->ws->qx + t * j->qx_row;
-    mb_kcpu_qact_row(p->wdtype[MB_KCPU_GATE], src, xq, p->d_model);
-    if (j->qx_up) mb_kcpu_qact_row(p->wdtype[MB_KCPU_UP], src, xq + j->qx_up, p->d_model);
-}
-
-static void mb_moeq_gate_up_task(void *ctx, size_t task, int thread)
-{
-    (void)thread;
-    const mb_moeq_job *j = ctx;
-    const mb_kcpu_moe_problem *p = j->p;
-    const size_t e = task / j->nb1, b = task % j->nb1;
-    const mb_kcpu_expert *E = &p->experts[e];
-    const size_t r0 = b * j->rb1, r1 = r0 + j->rb1 < p->d_ff ? r0 + j->rb1 : p->d_ff;
-    for (size_t q = p->expert_pair0[e]; q < p->expert_pair0[e + 1]; q++) {
-        const unsigned char *xq = j->ws->qx + (size_t)p->pair_token[q] * j->qx_row;
-        float *h = j->ws->h + q * p->d_ff;
-        for (size_t r = r0; r < r1; r++) {
-            const char *wg = (const char *)E->gate + r * j->rb_gate;
-            const char *wu = (const char *)E->up + r * j->rb_up;
-            float gu[2];
-            if (j->gate_up_paired) {
-                j->dot2(p->wdtype[MB_KCPU_GATE], wg, wu, xq, p->d_model, gu);
-            } else {
-                gu[0] = j->dot(p->wdtype[MB_KCPU_GATE], wg, xq, p->d_model);
-                gu[1] = j->dot(p->wdtype[MB_KCPU_UP], wu, xq + j->qx_up, p->d_model);
-            }
-            h[r] = gu[0] / (1.0f + expf(-gu[0])) * gu[1];
-        }
-    }
-}
-
-static void mb_moeq_quant_h_task(void *ctx, size_t q, int thread)
-{
-    (void)thread;
-    const mb_moeq_job *j = ctx;
-    mb_kcpu_qact_row(j->p->wdtype[MB_KCPU_DOWN], j->ws->h + q * j->p->d_ff, j->ws->qh + q * j->qh_row,
-                     j->p->d_ff);
-}
-
-static void mb_moeq_down_task(void *ctx, size_t task, int thread)
-{
-    (void)thread;
-    const mb_moeq_job *j = ctx;
-    const mb_kcpu_moe_problem *p = j->p;
-    const size_t c0 = task * j->rb2, c1 = c0 + j->rb2 < p->d_model ? c0 + j->rb2 : p->d_model;
-    for (size_t t = 0; t < p->n_tokens; t++)
-        memset(p->out + t * p->ldo + c0, 0, (c1 - c0) * sizeof(float));
-    for (size_t e = 0; e < p->n_experts; e++) {
-        const mb_kcpu_expert *E = &p->experts[e];
-        for (size_t q = p->expert_pair0[e]; q < p->expert_pair0[e + 1]; q++) {
-            const unsigned char *hq = j->ws->qh + q * j->qh_row;
-            float *dst = p->out + (size_t)p->pair_token[q] * p->ldo;
-            const float g = p->pair_gate[q];
-            /* rows c and c + half together: two read streams in flight */
-            const size_t half = (c1 - c0) / 2;
-            for (size_t c = c0; c < c0 + half; c++) {
-                float v[2];
-                j->dot2(p->wdtype[MB_KCPU_DOWN], (const char *)E->down + c * j->rb_down,
-                        (const char *)E->down + (c + half) * j->rb_down, hq, p->d_ff, v);
-                dst[c] += g * v[0];
-                dst[c + half] += g * v[1];
-            }
-            if ((c1 - c0) % 2)
-                dst[c1 - 1] += g * j->dot(p->wdtype[MB_KCPU_DOWN],
-                                          (const char *)E->down + (c1 - 1) * j->rb_down, hq, p->d_ff);
-        }
-    }
-    if (p->out_done) p->out_done(p->out_ctx, c0, c1);
-}
-
-static int mb_moeq_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_problem *p,
-                       size_t n_pairs)
-{
-    const int threads = mb_kcpu_pool_threads(pool);
-    mb_moeq_job j = {.p = p, .ws = ws, .dot = mb_kcpu_qdot_get(), .dot2 = mb_kcpu_qdot2_get()};
-    const int wg = p->wdtype[MB_KCPU_GATE], wu = p->wdtype[MB_KCPU_UP], wd = p->wdtype[MB_KCPU_DOWN];
-    j.gate_up_paired = wg == wu;
-    j.qx_row = mb_kcpu_qact_row_bytes(wg, p->d_model);
-    if (!mb_kcpu_qact_same(wg, wu)) {
-        j.qx_up = j.qx_row;
-        j.qx_row += mb_kcpu_qact_row_bytes(wu, p->d_model);
-    }
-    j.qh_row = mb_kcpu_qact_row_bytes(wd, p->d_ff);
-    j.rb_gate = mb_kcpu_row_bytes(wg, p->d_model);
-    j.rb_up = mb_kcpu_row_bytes(wu, p->d_model);
-    j.rb_down = mb_kcpu_row_bytes(wd, p->d_ff);
-    for (size_t e = 0; e < p->n_experts; e++)
-        if (p->experts[e].ld_in != p->d_model || p->experts[e].ld_ff != p->d_ff) return -1;
-    j.rb1 = 64;
-    while (j.rb1 > 8 && p->n_experts * ((p->d_ff + j.rb1 - 1) / j.rb1) < (size_t)threads * 4)
-        j.rb1 /= 2;
-    j.nb1 = (p->d_ff + j.rb1 - 1) / j.rb1;
-    j.rb2 = 64;
-    while (j.rb2 > 8 && (p->d_model + j.rb2 - 1) / j.rb2 < (size_t)threads * 4)
-        j.rb2 /= 2;
-    if (mb_moe_grow((void **)&ws->qx, &ws->qx_cap, mb_moe_mul(p->n_tokens, j.qx_row), 1) ||
-        mb_moe_grow((void **)&ws->qh, &ws->qh_cap, mb_moe_mul(n_pairs, j.qh_row), 1) ||
-        mb_moe_grow((void **)&ws->h, &ws->h_cap, mb_moe_mul(n_pairs, p->d_ff), sizeof(float)) ||
-        mb_moe_grow((void **)&ws->scratch, &ws->scratch_cap,
-                    mb_moe_mul(mb_moe_round16(p->d_model), (size_t)threads), sizeof(float)))
-        return -1;
-    if (n_pairs > 0) {
-        mb_kcpu_pool_run(pool, p->n_tokens, mb_moeq_pack_task, &j);
-        mb_kcpu_pool_run(pool, p->n_experts * j.nb1, mb_moeq_gate_up_task, &j);
-        mb_kcpu_pool_run(pool, n_pairs, mb_moeq_quant_h_task, &j);
-    }
-    mb_kcpu_pool_run(pool, (p->d_model + j.rb2 - 1) / j.rb2, mb_moeq_down_task, &j);
     return 0;
 }
 

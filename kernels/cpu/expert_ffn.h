@@ -82,4 +82,16 @@ size_t mb_kcpu_moe_ws_bytes(const mb_kcpu_moe_ws *ws);
  * guarantees pair_token < n_tokens and the weight pointers' extents. */
 int mb_kcpu_moe_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_problem *p);
 
+/* How experts with quantized weights compute (expert_ffn_quant.c): by
+ * default each expert's gate/up and down choose, by their type and the
+ * expert's pairs in the call, between integer dots against 8-bit
+ * activations (decode) and f32 GEMM tiles over dequantized weights
+ * (prefill); both see the same 8-bit activations, so they differ by f32
+ * rounding only. */
+enum { MB_KCPU_QPATH_AUTO = 0, MB_KCPU_QPATH_DOTS = 1, MB_KCPU_QPATH_TILES = 2 };
+
+/* For tests and benchmarks: forces one way for every expert (or AUTO).
+ * Not thread-safe against running kernels. */
+void mb_kcpu_moe_force_qpath(int mode);
+
 #endif

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kernels/cpu/convert.h"
+#include "kernels/cpu/gemm_isa.h"
 #include "kernels/cpu/quant_isa.h"
 
 int mb_kcpu_quant_valid(int wdtype)
@@ -254,6 +255,23 @@ void mb_kcpu_qact_row(int wdtype, const float *x, void *dst, size_t k)
         qact_q8_0(x, dst, k / 32);
 }
 
+void mb_kcpu_qact_dequant_row(int wdtype, const void *xq, float *dst, size_t k)
+{
+    if (k_family(wdtype)) {
+        const mb_kcpu_block_q8_k *b = xq;
+        for (size_t i = 0; i < k / MB_KCPU_QK; i++)
+            for (int l = 0; l < MB_KCPU_QK; l++)
+                dst[i * MB_KCPU_QK + l] = b[i].d * (float)b[i].qs[l];
+    } else {
+        const mb_kcpu_block_q8_0 *b = xq;
+        for (size_t i = 0; i < k / 32; i++) {
+            const float d = mb_kcpu_f16_f32(b[i].d);
+            for (int l = 0; l < 32; l++)
+                dst[i * 32 + l] = d * (float)b[i].qs[l];
+        }
+    }
+}
+
 /* ---- scalar dot products ----------------------------------------------- */
 
 static float dot_q8_0(const void *w, const void *xq, size_t nb)
@@ -366,12 +384,30 @@ void mb_kcpu_qdot2_scalar(int wdtype, const void *w0, const void *w1, const void
     out[1] = mb_kcpu_qdot_scalar(wdtype, w1, xq, k);
 }
 
+void mb_kcpu_qdot2_rows_scalar(int wdtype, const void *w0, const void *w1, size_t row_bytes,
+                               size_t n, const void *xq, size_t k, float *out0, float *out1)
+{
+    for (size_t i = 0; i < n; i++) {
+        out0[i] = mb_kcpu_qdot_scalar(wdtype, (const char *)w0 + i * row_bytes, xq, k);
+        out1[i] = mb_kcpu_qdot_scalar(wdtype, (const char *)w1 + i * row_bytes, xq, k);
+    }
+}
+
 /* ---- dispatch ---------------------------------------------------------- */
 
 static mb_kcpu_qdot_fn qdot_impl = mb_kcpu_qdot_scalar;
 static mb_kcpu_qdot2_fn qdot2_impl = mb_kcpu_qdot2_scalar;
+static mb_kcpu_qdot2_rows_fn qdot2_rows_impl = mb_kcpu_qdot2_rows_scalar;
+static mb_kcpu_dequant_fn dequant_impl = mb_kcpu_dequant_row;
 static const char *qdot_name = "scalar";
 static pthread_once_t qdot_once = PTHREAD_ONCE_INIT;
+
+#if defined(__x86_64__)
+static void dequant_avx2_any(int wdtype, const void *src, float *dst, size_t k)
+{
+    if (!mb_kcpu_dequant_avx2(wdtype, src, dst, k)) mb_kcpu_dequant_row(wdtype, src, dst, k);
+}
+#endif
 
 static void qdot_init(void)
 {
@@ -380,33 +416,50 @@ static void qdot_init(void)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         qdot_impl = mb_kcpu_qdot_avx2;
         qdot2_impl = mb_kcpu_qdot2_avx2;
+        qdot2_rows_impl = mb_kcpu_qdot2_rows_avx2;
+        dequant_impl = dequant_avx2_any;
         qdot_name = "avx2";
     }
 #endif
 }
 
-const char *mb_kcpu_quant_isa_name(void)
+/* 1 when the SIMD paths are in use: detected, and not overridden by
+ * mb_kcpu_force_isa("scalar") (which tests and benchmarks use to run the
+ * portable code end to end). */
+static int qdot_simd(void)
 {
     pthread_once(&qdot_once, qdot_init);
-    return qdot_name;
+    return mb_kcpu_isa_current() != &mb_kcpu_isa_scalar;
+}
+
+const char *mb_kcpu_quant_isa_name(void)
+{
+    return qdot_simd() ? qdot_name : "scalar";
 }
 
 mb_kcpu_qdot_fn mb_kcpu_qdot_get(void)
 {
-    pthread_once(&qdot_once, qdot_init);
-    return qdot_impl;
+    return qdot_simd() ? qdot_impl : mb_kcpu_qdot_scalar;
 }
 
 mb_kcpu_qdot2_fn mb_kcpu_qdot2_get(void)
 {
-    pthread_once(&qdot_once, qdot_init);
-    return qdot2_impl;
+    return qdot_simd() ? qdot2_impl : mb_kcpu_qdot2_scalar;
+}
+
+mb_kcpu_qdot2_rows_fn mb_kcpu_qdot2_rows_get(void)
+{
+    return qdot_simd() ? qdot2_rows_impl : mb_kcpu_qdot2_rows_scalar;
+}
+
+mb_kcpu_dequant_fn mb_kcpu_dequant_get(void)
+{
+    return qdot_simd() ? dequant_impl : mb_kcpu_dequant_row;
 }
 
 float mb_kcpu_qdot(int wdtype, const void *w, const void *xq, size_t k)
 {
-    pthread_once(&qdot_once, qdot_init);
-    return qdot_impl(wdtype, w, xq, k);
+    return mb_kcpu_qdot_get()(wdtype, w, xq, k);
 }
 
 /* ---- quantized GEMM ---------------------------------------------------- */
@@ -487,7 +540,6 @@ int mb_kcpu_qgemm(mb_kcpu_pool *pool, int wdtype, const void *w, size_t ldw_byte
 {
     if (!mb_kcpu_quant_valid(wdtype) || k % mb_kcpu_block_elems(wdtype)) return -1;
     if (m == 0 || n == 0) return 0;
-    pthread_once(&qdot_once, qdot_init);
     const size_t xq_row = mb_kcpu_qact_row_bytes(wdtype, k);
     if (xq_row && n > SIZE_MAX / xq_row) return -1;
     char *xq = qgemm_tls_get(n * xq_row);
@@ -495,7 +547,7 @@ int mb_kcpu_qgemm(mb_kcpu_pool *pool, int wdtype, const void *w, size_t ldw_byte
     const int threads = mb_kcpu_pool_threads(pool);
     qact_job aj = {wdtype, x, ldx, k, xq, xq_row};
     mb_kcpu_pool_run(n >= 4 ? pool : NULL, n, qact_task, &aj);
-    qgemm_job j = {qdot_impl, wdtype, w, ldw_bytes, m, k, n, xq, xq_row, y, ldy, accumulate, m};
+    qgemm_job j = {mb_kcpu_qdot_get(), wdtype, w, ldw_bytes, m, k, n, xq, xq_row, y, ldy, accumulate, m};
     if (threads > 1) {
         size_t rb = 64;
         while (rb > 4 && (m + rb - 1) / rb < (size_t)threads * 4)

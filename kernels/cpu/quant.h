@@ -99,6 +99,12 @@ int mb_kcpu_qact_same(int a, int b);
  * scale by -127 / x_maxabs and round half to even (quantize_row_q8_K_ref). */
 void mb_kcpu_qact_row(int wdtype, const float *x, void *dst, size_t k);
 
+/* dst[k] = the values of activations xq quantized by mb_kcpu_qact_row for
+ * wdtype, as the dot products see them (block scale times 8-bit value, f32
+ * products): what lets a path over f32 weights compute the same sums as
+ * the dots. Cannot fail. */
+void mb_kcpu_qact_dequant_row(int wdtype, const void *xq, float *dst, size_t k);
+
 /* sum over k of w[i] * x[i], with w a quantized row and xq from
  * mb_kcpu_qact_row for the same type and k. Integer sums per block, one
  * f32 scale per block (llama.cpp's vec_dot_<type>_q8_<0|K>). */

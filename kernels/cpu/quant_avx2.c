@@ -1,33 +1,38 @@
 /* AVX2 dot products of quantized weight rows with 8-bit activations: per
  * block, u8 x s8 pair products (maddubs) widened to int32 with the block's
  * integer scales, then one f32 scale per block; the integer sums equal the
- * scalar path's (quant.c) exactly, only the f32 accumulation order differs. */
+ * scalar path's (quant.c) exactly, only the f32 accumulation order differs.
+ * Every type has a one-row and a two-row form built from the same inline
+ * body, so each row's f32 operations are the same in both. */
 #include <immintrin.h>
 #include <string.h>
 
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/quant_avx2.h"
 #include "kernels/cpu/quant_isa.h"
 
-#define MB_INLINE static inline __attribute__((always_inline))
 /* Full unrolling keeps the per-row arrays of the multi-row kernels in
  * registers; -O2 would otherwise leave them on the stack. */
 #define MB_UNROLL _Pragma("GCC unroll 4")
 
-MB_INLINE float f16(uint16_t h)
-{
-    return _cvtsh_ss(h);
-}
+#ifndef MB_PF_DIST
+#define MB_PF_DIST 1024
+#endif
+#ifndef MB_PF_HINT
+#define MB_PF_HINT _MM_HINT_T0
+#endif
 
 /* Prefetches the weight bytes a block of `bytes` will use some blocks
  * ahead: decode streams each weight once, and the hardware prefetcher alone
  * left the dots waiting on memory (Mixtral Q4_K decode ~10% faster with it).
  * Past a row's end it fetches the next row, which is what the caller reads
  * next; a prefetch never faults. */
-#define MB_PREFETCH_AHEAD 1024
 MB_INLINE void prefetch_block(const void *block, size_t bytes)
 {
+    const char *p = (const char *)block + MB_PF_DIST;
+    if (MB_PF_DIST == 0) return;
     for (size_t o = 0; o < bytes; o += 64)
-        _mm_prefetch((const char *)block + MB_PREFETCH_AHEAD + o, _MM_HINT_T0);
+        _mm_prefetch(p + o, MB_PF_HINT);
 }
 
 MB_INLINE float hsum4(__m128 s)
@@ -49,196 +54,321 @@ MB_INLINE __m256i dot_s8(__m256i x, __m256i y)
     return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
 }
 
-static float dot_q8_0(const mb_kcpu_block_q8_0 *a, const mb_kcpu_block_q8_0 *b, size_t nb)
-{
-    __m256 acc = _mm256_setzero_ps();
-    for (size_t i = 0; i < nb; i++) {
-        const __m256 d = _mm256_set1_ps(f16(a[i].d) * f16(b[i].d));
-        const __m256i s = dot_s8(_mm256_loadu_si256((const __m256i *)a[i].qs),
-                                 _mm256_loadu_si256((const __m256i *)b[i].qs));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
-    }
-    return hsum8(acc);
-}
+/* ---- Q8_0 and Q4_0: 32 weights and one f16 scale a block ---------------- */
 
-static float dot_q4_0(const mb_kcpu_block_q4_0 *a, const mb_kcpu_block_q8_0 *b, size_t nb)
+/* nr rows (1 or 2, a constant after inlining) of Q8_0 (q4 0) or Q4_0 (q4 1)
+ * against nb blocks of y. */
+MB_INLINE void dot_b32(int nr, int q4, const void *const *w, const mb_kcpu_block_q8_0 *y, size_t nb,
+                       float *out)
 {
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     const __m256i m4 = _mm256_set1_epi8(0x0F), off = _mm256_set1_epi8(8);
     for (size_t i = 0; i < nb; i++) {
-        const __m256 d = _mm256_set1_ps(f16(a[i].d) * f16(b[i].d));
-        const __m128i t = _mm_loadu_si128((const __m128i *)a[i].qs);
-        __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);
-        q = _mm256_sub_epi8(q, off);
-        const __m256i s = dot_s8(q, _mm256_loadu_si256((const __m256i *)b[i].qs));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
+        const __m256i yq = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const float yd = mb_k2_f16(y[i].d);
+        MB_UNROLL
+        for (int r = 0; r < nr; r++) {
+            __m256i q;
+            uint16_t dh;
+            if (q4) {
+                const mb_kcpu_block_q4_0 *a = (const mb_kcpu_block_q4_0 *)w[r] + i;
+                const __m128i t = _mm_loadu_si128((const __m128i *)a->qs);
+                q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);
+                q = _mm256_sub_epi8(q, off);
+                dh = a->d;
+            } else {
+                const mb_kcpu_block_q8_0 *a = (const mb_kcpu_block_q8_0 *)w[r] + i;
+                q = _mm256_loadu_si256((const __m256i *)a->qs);
+                dh = a->d;
+            }
+            const __m256 d = _mm256_set1_ps(mb_k2_f16(dh) * yd);
+            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_s8(q, yq)), acc[r]);
+        }
     }
-    return hsum8(acc);
+    MB_UNROLL
+    for (int r = 0; r < nr; r++)
+        out[r] = hsum8(acc[r]);
 }
 
-/* The 8 scales (low 8 bytes) and 8 mins (high 8) of a Q4_K/Q5_K block:
- * get_scale_min_k4 for every j as 32-bit word operations (llama.cpp's utmp
- * trick), so the unpacking costs a few instructions per super-block. */
-MB_INLINE __m128i scales_k4(const uint8_t *q)
+/* ---- Q4_K and Q5_K ------------------------------------------------------ */
+
+/* A shuffle that puts 16-bit word lo of a lane in every word of the low
+ * lane and word hi in every word of the high lane. */
+MB_INLINE __m256i word_shuffle(int lo, int hi)
 {
-    uint32_t u[3];
-    memcpy(u, q, 12);
-    const uint32_t s0 = u[0] & 0x3f3f3f3fu, m0 = u[1] & 0x3f3f3f3fu;
-    const uint32_t s1 = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
-    const uint32_t m1 = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
-    return _mm_set_epi32((int)m1, (int)m0, (int)s1, (int)s0);
+    const short l = (short)((2 * lo + 1) << 8 | 2 * lo), h = (short)((2 * hi + 1) << 8 | 2 * hi);
+    return _mm256_setr_epi16(l, l, l, l, l, l, l, l, h, h, h, h, h, h, h, h);
+}
+
+/* v shifted so that bit b of each byte lands on bit 4 (b a constant after
+ * inlining; immediates spelled out for -O0). */
+MB_INLINE __m256i shift_bit_to_4(__m256i v, int b)
+{
+    switch (b) {
+    case 0:
+        return _mm256_slli_epi16(v, 4);
+    case 1:
+        return _mm256_slli_epi16(v, 3);
+    case 2:
+        return _mm256_slli_epi16(v, 2);
+    case 3:
+        return _mm256_slli_epi16(v, 1);
+    case 4:
+        return v;
+    case 5:
+        return _mm256_srli_epi16(v, 1);
+    case 6:
+        return _mm256_srli_epi16(v, 2);
+    default:
+        return _mm256_srli_epi16(v, 3);
+    }
 }
 
 /* One Q4_K/Q5_K super-block of nr rows (1 or 2, a constant after inlining)
  * against y, the activation loads shared by the rows. Two rows from
  * different places keep two read streams in flight, which decode (one pass
  * over weights that are not in cache) needs more than the hot-cache speed,
- * the same for one row or two. Per row, per 64 elements: two maddubs (u4/u5 x
- * s8), two madd with the 16-bit sub-block scales (broadcast by a shuffle),
- * int32 sums; then one FMA per super-block for the scales and one 4-lane
- * FMA for the mins against the bsums. The integer sums equal the scalar
- * path's; each row's f32 operations are the same whatever nr is. */
-MB_INLINE void block_k4(int nr, const uint8_t *const *scales, const uint8_t *const *qs,
-                        const uint8_t *const *qh, const uint16_t *dh, const uint16_t *dminh,
-                        const mb_kcpu_block_q8_k *y, __m256 *acc, __m128 *accm)
+ * the same for one row or two. Per row: the scales and mins unpacked in
+ * SIMD, d and dmin converted together; per 64 elements two maddubs (u4/u5
+ * x s8), two madd with the 16-bit sub-block scales (broadcast by a
+ * shuffle), int32 sums; one FMA per super-block for the scales and one
+ * 4-lane FMA for the mins against the bsums. The integer sums equal the
+ * scalar path's; each row's f32 operations are the same whatever nr is. */
+MB_INLINE void block_k4(int nr, int q5, const uint8_t *const *blk, const mb_kcpu_block_q8_k *y,
+                        __m256 *acc, __m128 *accm)
 {
+    /* Block layout (quant.h): d, dmin at 0, scales at 4, then qh (Q5_K) and qs. */
+    const size_t qs_at = q5 ? 48 : 16;
     const __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsums);
-    const __m128i ysum = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const __m128i ysum =
+        _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    const __m128 yd = _mm_set1_ps(y->d);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), x10 = _mm256_set1_epi8(0x10);
     __m256i sc[2], hb[2], sumi[2];
+    __m128 dd[2];
+
     MB_UNROLL
     for (int r = 0; r < nr; r++) {
-        const __m256i sm = _mm256_cvtepu8_epi16(scales_k4(scales[r]));
+        uint32_t dw;
+        memcpy(&dw, blk[r], 4);
+        dd[r] = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dw)), yd); /* d*yd, dmin*yd */
+        const __m256i sm = _mm256_cvtepu8_epi16(mb_k2_scales_k4(blk[r] + 4));
         const __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), ysum);
-        accm[r] = _mm_fmadd_ps(_mm_set1_ps(f16(dminh[r]) * y->d), _mm_cvtepi32_ps(prod), accm[r]);
-        sc[r] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
-        hb[r] = qh[r] ? _mm256_loadu_si256((const __m256i *)qh[r]) : _mm256_setzero_si256();
+        accm[r] = _mm_fmadd_ps(_mm_permute_ps(dd[r], 0x55), _mm_cvtepi32_ps(prod), accm[r]);
+        sc[r] = _mm256_permute2x128_si256(sm, sm, 0x00);
+        hb[r] = q5 ? _mm256_loadu_si256((const __m256i *)(blk[r] + 16)) : _mm256_setzero_si256();
         sumi[r] = _mm256_setzero_si256();
     }
     MB_UNROLL
     for (int j = 0; j < 4; j++) {
         const __m256i y0 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * j));
         const __m256i y1 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * j + 32));
-        /* 16-bit word 2j (2j + 1) of the scales in every lane */
-        const __m256i sh0 = _mm256_set1_epi16((short)((4 * j + 1) << 8 | 4 * j));
-        const __m256i sh1 = _mm256_set1_epi16((short)((4 * j + 3) << 8 | (4 * j + 2)));
+        const __m256i sh0 = word_shuffle(2 * j, 2 * j), sh1 = word_shuffle(2 * j + 1, 2 * j + 1);
         MB_UNROLL
         for (int r = 0; r < nr; r++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs[r] + 32 * j));
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(blk[r] + qs_at + 32 * j));
             __m256i lo = _mm256_and_si256(q, m4);
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if (qh[r]) {
-                const __m128i s0 = _mm_cvtsi32_si128(2 * j), s1 = _mm_cvtsi32_si128(2 * j + 1);
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb[r], s0), one), 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb[r], s1), one), 4));
+            if (q5) {
+                /* bit 2j (2j + 1) of each qh byte is the fifth bit of lo
+                 * (hi): moved to bit 4 by a 16-bit shift (the bits it
+                 * carries across the byte boundary are masked off) */
+                lo = _mm256_or_si256(lo, _mm256_and_si256(shift_bit_to_4(hb[r], 2 * j), x10));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(shift_bit_to_4(hb[r], 2 * j + 1), x10));
             }
-            const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), _mm256_shuffle_epi8(sc[r], sh0));
-            const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), _mm256_shuffle_epi8(sc[r], sh1));
+            const __m256i p0 =
+                _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), _mm256_shuffle_epi8(sc[r], sh0));
+            const __m256i p1 =
+                _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), _mm256_shuffle_epi8(sc[r], sh1));
             sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
         }
     }
     MB_UNROLL
     for (int r = 0; r < nr; r++)
-        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(dh[r]) * y->d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd[r]), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
 }
 
 /* nr rows of Q4_K (q5 0) or Q5_K (q5 1) against nb blocks of x. */
-MB_INLINE void dot_k4(int nr, int q5, const void *const *w, const mb_kcpu_block_q8_k *x,
-                      size_t nb, float *out)
+MB_INLINE void dot_k4(int nr, int q5, const void *const *w, const mb_kcpu_block_q8_k *x, size_t nb,
+                      float *out)
 {
+    const size_t bb = q5 ? sizeof(mb_kcpu_block_q5_k) : sizeof(mb_kcpu_block_q4_k);
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     __m128 accm[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
     for (size_t i = 0; i < nb; i++) {
-        const uint8_t *sc[2], *qs[2], *qh[2] = {NULL, NULL};
-        uint16_t d[2], dmin[2];
+        const uint8_t *blk[2];
         MB_UNROLL
         for (int r = 0; r < nr; r++) {
-            if (q5) {
-                const mb_kcpu_block_q5_k *a = (const mb_kcpu_block_q5_k *)w[r] + i;
-                prefetch_block(a, sizeof *a);
-                sc[r] = a->scales, qs[r] = a->qs, qh[r] = a->qh, d[r] = a->d, dmin[r] = a->dmin;
-            } else {
-                const mb_kcpu_block_q4_k *a = (const mb_kcpu_block_q4_k *)w[r] + i;
-                prefetch_block(a, sizeof *a);
-                sc[r] = a->scales, qs[r] = a->qs, d[r] = a->d, dmin[r] = a->dmin;
-            }
+            blk[r] = (const uint8_t *)w[r] + i * bb;
+            prefetch_block(blk[r], bb);
         }
-        block_k4(nr, sc, qs, qh, d, dmin, &x[i], acc, accm);
+        block_k4(nr, q5, blk, &x[i], acc, accm);
     }
     MB_UNROLL
     for (int r = 0; r < nr; r++)
         out[r] = hsum8(acc[r]) - hsum4(accm[r]);
 }
 
-/* q6 in [0, 64) against y; the offset of 32 comes off once per block as
- * 32 * sum_s sc[s] * bsums[s] (one madd), not as a second maddubs per 32
- * elements. Sixteen 16-bit scales are widened once per block; a shuffle
- * puts sub-block 2g's scale in the low lane and 2g + 1's in the high one. */
-static float dot_q6_k(const mb_kcpu_block_q6_k *a, const mb_kcpu_block_q8_k *b, size_t nb)
+/* ---- Q6_K --------------------------------------------------------------- */
+
+/* nr rows of Q6_K, q6 in [0, 64), against nb blocks of y; the offset of 32
+ * comes off once per block as 32 * sum_s sc[s] * bsums[s] (one madd), not
+ * as a second maddubs per 32 elements. Sixteen 16-bit scales are widened
+ * once per block; a shuffle puts sub-block 2g's scale in the low lane and
+ * 2g + 1's in the high one. */
+MB_INLINE void dot_q6_k(int nr, const void *const *w, const mb_kcpu_block_q8_k *b, size_t nb,
+                        float *out)
 {
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
     for (size_t i = 0; i < nb; i++) {
-        prefetch_block(&a[i], sizeof a[i]);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a[i].scales));
-        const __m256i offs = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)b[i].bsums));
-        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offs, 5));
+        const mb_kcpu_block_q6_k *a[2];
+        __m256i sc16[2], sumi[2];
+        const __m256i bsums = _mm256_loadu_si256((const __m256i *)b[i].bsums);
+        MB_UNROLL
+        for (int r = 0; r < nr; r++) {
+            a[r] = (const mb_kcpu_block_q6_k *)w[r] + i;
+            prefetch_block(a[r], sizeof *a[r]);
+            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a[r]->scales));
+            sumi[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                       _mm256_slli_epi32(_mm256_madd_epi16(sc16[r], bsums), 5));
+        }
         MB_UNROLL
         for (int h = 0; h < 2; h++) {
-            /* immediates spelled out: -O0 does not fold h into one */
-            const __m256i sch = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11)
-                                  : _mm256_permute2x128_si256(sc16, sc16, 0x00);
-            const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h));
-            const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[i].ql + 64 * h + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * h));
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
             MB_UNROLL
-            for (int g = 0; g < 4; g++) {
-                const __m256i y = _mm256_loadu_si256((const __m256i *)(b[i].qs + 128 * h + 32 * g));
-                const __m256i sh = _mm256_setr_epi8(
-                    4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1,
-                    4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3, 4 * g + 2,
-                    4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2,
-                    4 * g + 3, 4 * g + 2, 4 * g + 3, 4 * g + 2, 4 * g + 3);
-                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], y), _mm256_shuffle_epi8(sch, sh));
-                sumi = _mm256_add_epi32(sumi, p);
+            for (int r = 0; r < nr; r++) {
+                /* immediates spelled out: -O0 does not fold h into one */
+                const __m256i sch = h ? _mm256_permute2x128_si256(sc16[r], sc16[r], 0x11)
+                                      : _mm256_permute2x128_si256(sc16[r], sc16[r], 0x00);
+                const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[r]->ql + 64 * h));
+                const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[r]->ql + 64 * h + 32));
+                const __m256i qh = _mm256_loadu_si256((const __m256i *)(a[r]->qh + 32 * h));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+                q[1] = _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+                q[2] = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+                q[3] = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+                MB_UNROLL
+                for (int g = 0; g < 4; g++) {
+                    const __m256i y =
+                        _mm256_loadu_si256((const __m256i *)(b[i].qs + 128 * h + 32 * g));
+                    const __m256i sh = word_shuffle(2 * g, 2 * g + 1);
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], y),
+                                                        _mm256_shuffle_epi8(sch, sh));
+                    sumi[r] = _mm256_add_epi32(sumi[r], p);
+                }
             }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(a[i].d) * b[i].d), _mm256_cvtepi32_ps(sumi), acc);
+        MB_UNROLL
+        for (int r = 0; r < nr; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(mb_k2_f16(a[r]->d) * b[i].d),
+                                     _mm256_cvtepi32_ps(sumi[r]), acc[r]);
     }
-    return hsum8(acc);
+    MB_UNROLL
+    for (int r = 0; r < nr; r++)
+        out[r] = hsum8(acc[r]);
+}
+
+/* ---- entry points ------------------------------------------------------- */
+
+/* nr rows of any type this file has; 0 when it has not the type. */
+MB_INLINE int dot_rows(int nr, int wdtype, const void *const *w, const void *xq, size_t k,
+                       float *out)
+{
+    switch (wdtype) {
+    case MB_KCPU_Q8_0:
+        dot_b32(nr, 0, w, xq, k / 32, out);
+        return 1;
+    case MB_KCPU_Q4_0:
+        dot_b32(nr, 1, w, xq, k / 32, out);
+        return 1;
+    case MB_KCPU_Q4_K:
+        dot_k4(nr, 0, w, xq, k / MB_KCPU_QK, out);
+        return 1;
+    case MB_KCPU_Q5_K:
+        dot_k4(nr, 1, w, xq, k / MB_KCPU_QK, out);
+        return 1;
+    case MB_KCPU_Q6_K:
+        dot_q6_k(nr, w, xq, k / MB_KCPU_QK, out);
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 float mb_kcpu_qdot_avx2(int wdtype, const void *w, const void *xq, size_t k)
 {
     float out;
-    switch (wdtype) {
-    case MB_KCPU_Q8_0: return dot_q8_0(w, xq, k / 32);
-    case MB_KCPU_Q4_0: return dot_q4_0(w, xq, k / 32);
-    case MB_KCPU_Q4_K: dot_k4(1, 0, &w, xq, k / MB_KCPU_QK, &out); return out;
-    case MB_KCPU_Q5_K: dot_k4(1, 1, &w, xq, k / MB_KCPU_QK, &out); return out;
-    case MB_KCPU_Q6_K: return dot_q6_k(w, xq, k / MB_KCPU_QK);
-    default: return mb_kcpu_qdot_scalar(wdtype, w, xq, k);
-    }
+    if (dot_rows(1, wdtype, &w, xq, k, &out)) return out;
+    return mb_kcpu_qdot_scalar(wdtype, w, xq, k);
 }
 
 void mb_kcpu_qdot2_avx2(int wdtype, const void *w0, const void *w1, const void *xq, size_t k,
                         float out[2])
 {
     const void *w[2] = {w0, w1};
+    if (!dot_rows(2, wdtype, w, xq, k, out)) mb_kcpu_qdot2_scalar(wdtype, w0, w1, xq, k, out);
+}
+
+/* n row pairs (w0 + i * row_bytes, w1 + i * row_bytes) in one call: the
+ * type dispatched once, no call per row (rows of a few blocks, as Qwen3's
+ * down rows of 768, spent a good part of their time in it). */
+MB_INLINE void rows2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
+                     const void *xq, size_t k, float *out0, float *out1)
+{
+    for (size_t i = 0; i < n; i++) {
+        const void *w[2] = {(const char *)w0 + i * row_bytes, (const char *)w1 + i * row_bytes};
+        float o[2];
+        switch (wdtype) {
+        case MB_KCPU_Q8_0:
+            dot_b32(2, 0, w, xq, k / 32, o);
+            break;
+        case MB_KCPU_Q4_0:
+            dot_b32(2, 1, w, xq, k / 32, o);
+            break;
+        case MB_KCPU_Q4_K:
+            dot_k4(2, 0, w, xq, k / MB_KCPU_QK, o);
+            break;
+        case MB_KCPU_Q5_K:
+            dot_k4(2, 1, w, xq, k / MB_KCPU_QK, o);
+            break;
+        default:
+            dot_q6_k(2, w, xq, k / MB_KCPU_QK, o);
+            break;
+        }
+        out0[i] = o[0];
+        out1[i] = o[1];
+    }
+}
+
+void mb_kcpu_qdot2_rows_avx2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
+                             const void *xq, size_t k, float *out0, float *out1)
+{
+    /* One copy of the loop per type, so each inlines its kernel. */
     switch (wdtype) {
-    case MB_KCPU_Q4_K: dot_k4(2, 0, w, xq, k / MB_KCPU_QK, out); return;
-    case MB_KCPU_Q5_K: dot_k4(2, 1, w, xq, k / MB_KCPU_QK, out); return;
+    case MB_KCPU_Q8_0:
+        rows2(MB_KCPU_Q8_0, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    case MB_KCPU_Q4_0:
+        rows2(MB_KCPU_Q4_0, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    case MB_KCPU_Q4_K:
+        rows2(MB_KCPU_Q4_K, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    case MB_KCPU_Q5_K:
+        rows2(MB_KCPU_Q5_K, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    case MB_KCPU_Q6_K:
+        rows2(MB_KCPU_Q6_K, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
     default:
-        out[0] = mb_kcpu_qdot_avx2(wdtype, w0, xq, k);
-        out[1] = mb_kcpu_qdot_avx2(wdtype, w1, xq, k);
+        mb_kcpu_qdot2_rows_scalar(wdtype, w0, w1, row_bytes, n, xq, k, out0, out1);
     }
 }

@@ -26,6 +26,29 @@ void mb_kcpu_qdot2_scalar(int wdtype, const void *w0, const void *w1, const void
 void mb_kcpu_qdot2_avx2(int wdtype, const void *w0, const void *w1, const void *xq, size_t k,
                         float out[2]);
 
+/* out0[i] = (w0 + i * row_bytes) . x and out1[i] = (w1 + i * row_bytes) . x
+ * for i < n: n row pairs of one type in one call (gate and up rows [r0,
+ * r1), or down rows [c0, c0 + n) beside [c0 + n, c0 + 2n): two read
+ * streams). Each result is bit-identical to mb_kcpu_qdot2's. */
+typedef void (*mb_kcpu_qdot2_rows_fn)(int wdtype, const void *w0, const void *w1, size_t row_bytes,
+                                      size_t n, const void *xq, size_t k, float *out0, float *out1);
+
+void mb_kcpu_qdot2_rows_scalar(int wdtype, const void *w0, const void *w1, size_t row_bytes,
+                               size_t n, const void *xq, size_t k, float *out0, float *out1);
+void mb_kcpu_qdot2_rows_avx2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
+                             const void *xq, size_t k, float *out0, float *out1);
+mb_kcpu_qdot2_rows_fn mb_kcpu_qdot2_rows_get(void);
+
+/* dst[k] = the quantized row src as f32, bit-identical to
+ * mb_kcpu_dequant_row (k a multiple of the type's block). Returns 0, writing
+ * nothing, for a type the path lacks. dequant_avx2.c. */
+int mb_kcpu_dequant_avx2(int wdtype, const void *src, float *dst, size_t k);
+
+/* Dequantization into f32 tiles for the prefill GEMM: the fastest exact
+ * path this CPU has, for any quantized type. */
+typedef void (*mb_kcpu_dequant_fn)(int wdtype, const void *src, float *dst, size_t k);
+mb_kcpu_dequant_fn mb_kcpu_dequant_get(void);
+
 /* The dot product this CPU runs (chosen once), for loops that call it per
  * row and should not pay for the dispatch each time. */
 mb_kcpu_qdot_fn mb_kcpu_qdot_get(void);

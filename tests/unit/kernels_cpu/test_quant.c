@@ -1,10 +1,11 @@
 /* Quantized weights on the CPU: dequantization against llama.cpp's own
  * dequantize_row_* loops (written out here independently; the gguf-py
  * comparison on real files is tests/unit/model/test_gguf_dequant.c), the
+ * SIMD dequantization against the scalar one (bit-identical), the
  * dot products against the dequantized weights times the dequantized 8-bit
  * activations (they must agree to f32 rounding, since both sum the same
- * integers), the SIMD path against the scalar one, the two-row dots against
- * the single-row ones, and the quantized GEMM against those dots. */
+ * integers), the SIMD path against the scalar one, the two-row dots (one
+ * pair, and n pairs in one call) against the single-row ones, and the quantized GEMM against those dots. */
 #include <math.h>
 #include <string.h>
 
@@ -177,15 +178,35 @@ int main(void)
             bad += memcmp(wf + r * k, wr, k * sizeof(float)) != 0;
         }
         CHECK_MSG(bad == 0, "%s: %zu rows dequantize differently from llama.cpp", names[ti], bad);
+        /* The SIMD dequantization (prefill tiles): bit-identical, also from
+         * a block in the middle of a row. */
+        for (size_t r = 0; r < m; r++) {
+            const size_t skip = mb_kcpu_block_elems(type);
+            mb_kcpu_dequant_get()(type, w + r * rb, wr, k);
+            bad += memcmp(wf + r * k, wr, k * sizeof(float)) != 0;
+            mb_kcpu_dequant_get()(type, w + r * rb + mb_kcpu_block_bytes(type), wr, k - skip);
+            bad += memcmp(wf + r * k + skip, wr, (k - skip) * sizeof(float)) != 0;
+        }
+        CHECK_MSG(bad == 0, "%s: %zu rows dequantize differently on the %s path", names[ti], bad,
+                  mb_kcpu_quant_isa_name());
 
         /* Dots: scalar = avx2 = sum of dequantized products, to f32 rounding. */
         uint8_t *xq = malloc(mb_kcpu_qact_row_bytes(type, k));
         REQUIRE(xq);
         double worst = 0;
         size_t pair_bad = 0;
+        float *o0 = malloc(sizeof(float) * m), *o1 = malloc(sizeof(float) * m);
+        REQUIRE(o0 && o1);
         for (size_t t = 0; t < n; t++) {
             mb_kcpu_qact_row(type, x + t * k, xq, k);
+            /* Row pairs in one call (rows i and i + 1): the single-row results. */
+            mb_kcpu_qdot2_rows_get()(type, w, w + rb, rb, m - 1, xq, k, o0, o1);
+            for (size_t r = 0; r + 1 < m; r++)
+                pair_bad += o0[r] != mb_kcpu_qdot(type, w + r * rb, xq, k) ||
+                            o1[r] != mb_kcpu_qdot(type, w + (r + 1) * rb, xq, k);
             act_values(type, xq, xa, k);
+            mb_kcpu_qact_dequant_row(type, xq, wr, k);
+            CHECK_MSG(memcmp(wr, xa, k * sizeof(float)) == 0, "%s: qact_dequant_row differs", names[ti]);
             for (size_t r = 0; r < m; r++) {
                 double ref = 0, mag = 0;
                 for (size_t i = 0; i < k; i++) {
@@ -218,6 +239,8 @@ int main(void)
         CHECK_MSG(bad == 0, "%s: activation quantization off by more than half a step", names[ti]);
         CHECK_MSG(worst < 1e-5, "%s: dot products off by %g of their magnitude", names[ti], worst);
         CHECK_MSG(pair_bad == 0, "%s: %zu two-row dots differ from single-row ones", names[ti], pair_bad);
+        free(o0);
+        free(o1);
 
         /* GEMM: each output is one of those dots (any thread split). */
         mb_kcpu_pool *pool = mb_kcpu_pool_create(2, -1);

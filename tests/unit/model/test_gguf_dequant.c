@@ -1,12 +1,14 @@
 /* Dequantization against gguf-py's (gguf.quants.dequantize, numpy): every
  * tensor in tests/data/gguf/<fixture>/dequant.safetensors (one per
  * quantized type of that file: Q8_0, Q4_K, Q6_K) must come out of
- * mb_kcpu_dequant_row bit for bit. */
+ * mb_kcpu_dequant_row bit for bit, and out of the SIMD dequantization the
+ * expert FFN's prefill tiles use (mb_kcpu_dequant_get) too. */
 #include <string.h>
 
 #include "broker/gguf.h"
 #include "broker/safetensors.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/quant_isa.h"
 #include "tests/testutil.h"
 
 static int check_fixture(const char *root, const char *name)
@@ -31,12 +33,16 @@ static int check_fixture(const char *root, const char *name)
         const size_t rb = mb_kcpu_row_bytes(t->dtype, k);
         float *out = malloc(sizeof(float) * k), *want = malloc(sizeof(float) * k);
         REQUIRE(out && want);
-        size_t bad = 0;
+        size_t bad = 0, bad_simd = 0;
         for (size_t row = 0; row < rows; row++) {
             mb_kcpu_dequant_row(t->dtype, (const char *)t->data + row * rb, out, k);
             memcpy(want, (const char *)r->data + row * k * sizeof(float), k * sizeof(float));
             bad += memcmp(out, want, k * sizeof(float)) != 0;
+            mb_kcpu_dequant_get()(t->dtype, (const char *)t->data + row * rb, out, k);
+            bad_simd += memcmp(out, want, k * sizeof(float)) != 0;
         }
+        CHECK_MSG(bad_simd == 0, "%s: %s: %zu of %zu rows of the %s dequantization differ", name,
+                  r->name, bad_simd, rows, mb_kcpu_quant_isa_name());
         CHECK_MSG(bad == 0, "%s: %s (%s): %zu of %zu rows differ from gguf-py", name, r->name,
                   mb_gguf_type_name(t->ggml_type), bad, rows);
         printf("%s: %s %s: %zu rows bit-identical to gguf-py\n", name, r->name,
