@@ -90,7 +90,7 @@ static void dequant_k4(const uint8_t *blk, const uint8_t *qh, const uint8_t *qs,
 /* Q6_K: element l + 32 g of half h has scale sc[8h + l/16 + 2g]. */
 static void dequant_q6_k(const mb_kcpu_block_q6_k *b, float *y, size_t nb)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), o32 = _mm256_set1_epi8(32);
+    const __m256i o32 = _mm256_set1_epi8(32);
     for (size_t i = 0; i < nb; i++, y += MB_KCPU_QK) {
         const __m256 d = _mm256_set1_ps(mb_k2_f16(b[i].d));
         float ds[16];
@@ -104,17 +104,7 @@ static void dequant_q6_k(const mb_kcpu_block_q6_k *b, float *y, size_t nb)
             const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(b[i].ql + 64 * h + 32));
             const __m256i qh = _mm256_loadu_si256((const __m256i *)(b[i].qh + 32 * h));
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            q[1] = _mm256_or_si256(
-                _mm256_and_si256(ql1, m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            q[2] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            q[3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            mb_k2_q6k_unpack(ql0, ql1, qh, q);
             float *yh = y + 128 * h;
             for (int g = 0; g < 4; g++) {
                 const __m256i v = _mm256_sub_epi8(q[g], o32);

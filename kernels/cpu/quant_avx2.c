@@ -220,7 +220,6 @@ MB_INLINE void dot_q6_k(int nr, const void *const *w, const mb_kcpu_block_q8_k *
                         float *out)
 {
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
     for (size_t i = 0; i < nb; i++) {
         const mb_kcpu_block_q6_k *a[2];
         __m256i sc16[2], sumi[2];
@@ -244,17 +243,7 @@ MB_INLINE void dot_q6_k(int nr, const void *const *w, const mb_kcpu_block_q8_k *
                 const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[r]->ql + 64 * h + 32));
                 const __m256i qh = _mm256_loadu_si256((const __m256i *)(a[r]->qh + 32 * h));
                 __m256i q[4];
-                q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
-                                       _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-                q[1] = _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-                q[2] = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-                q[3] = _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+                mb_k2_q6k_unpack(ql0, ql1, qh, q);
                 MB_UNROLL
                 for (int g = 0; g < 4; g++) {
                     const __m256i y =

@@ -30,4 +30,20 @@ MB_INLINE __m128i mb_k2_scales_k4(const uint8_t *q)
     return _mm_or_si128(lo, hi); /* s0 s1 m0 m1 */
 }
 
+/* One half of a Q6_K block (128 weights) as unsigned 6-bit values 0..63
+ * (the caller subtracts 32): q[g] holds weights 32g..32g+31 of the half,
+ * low 4 bits from ql0/ql1 (64 bytes), high 2 from qh (32 bytes), in
+ * llama.cpp's order. */
+MB_INLINE void mb_k2_q6k_unpack(__m256i ql0, __m256i ql1, __m256i qh, __m256i q[4])
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+}
+
 #endif
