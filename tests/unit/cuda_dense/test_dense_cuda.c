@@ -18,6 +18,7 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cuda/dense.h"
 #include "protocol/dtype.h"
+#include "tests/cuda_testutil.h"
 #include "tests/testutil.h"
 
 static unsigned long long seed = 2024;
@@ -29,49 +30,7 @@ static int simt_only(void)
     return e && strcmp(e, "simt") == 0;
 }
 
-/* ---- device helpers: any CUDA failure ends the test ---------------------- */
-
-#define CU(call)                                                                                   \
-    do {                                                                                           \
-        int e_ = (int)(call);                                                                      \
-        if (e_ != 0) {                                                                             \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, mb_kcuda_error_str(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-static void *dev_alloc(size_t bytes)
-{
-    void *p = NULL;
-    CU(cudaMalloc(&p, bytes ? bytes : 1));
-    return p;
-}
-
-static void *dev_upload(const void *src, size_t bytes)
-{
-    void *p = dev_alloc(bytes);
-    CU(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
-    return p;
-}
-
-static void dev_download(void *dst, const void *src, size_t bytes)
-{
-    CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
-}
-
-/* Launch then wait, so an asynchronous fault is blamed on its kernel. */
-#define RUN(call)                                                                                  \
-    do {                                                                                           \
-        CU(call);                                                                                  \
-        CU(cudaDeviceSynchronize());                                                               \
-    } while (0)
-
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    REQUIRE(p);
-    return p;
-}
+/* ---- host data ------------------------------------------------------------ */
 
 static float *rand_f32(size_t n, float scale)
 {

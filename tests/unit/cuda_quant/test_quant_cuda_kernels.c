@@ -30,38 +30,10 @@
 #include "kernels/cuda/quant_layout.h"
 #include "protocol/dtype.h"
 #include "tests/quant_testutil.h"
+#include "tests/cuda_testutil.h"
 #include "tests/testutil.h"
 
 static unsigned long long seed = 0x51AB;
-
-#define CU(call)                                                                                   \
-    do {                                                                                           \
-        int e_ = (int)(call);                                                                      \
-        if (e_ != 0) {                                                                             \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, mb_kcuda_error_str(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-static void *xmalloc(size_t bytes)
-{
-    void *p = malloc(bytes ? bytes : 1);
-    REQUIRE(p);
-    return p;
-}
-
-static void *dev_upload(const void *src, size_t bytes)
-{
-    void *p = NULL;
-    CU(cudaMalloc(&p, bytes ? bytes : 1));
-    if (bytes) CU(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
-    return p;
-}
-
-static void dev_download(void *dst, const void *src, size_t bytes)
-{
-    CU(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
-}
 
 /* ---- 1. dequantization ---------------------------------------------------- */
 
