@@ -117,13 +117,13 @@ struct mb_fwd_cuda {
     int32_t *h_tok;
     uint64_t device_ns;
     /* Decode (one-token) steps replay one CUDA graph per layer, captured at
-     * the first decode step: graph_a[0] is layer 0 up to the routed tokens;
+     * the first decode step: graph_a is layer 0 up to the routed tokens;
      * graph_b[l] takes layer l from the experts' sums on and runs layer
      * l + 1 up to its routed tokens (the last layer's ends with the sums),
      * so the host launches once per wait. Their kernels read the position
      * from pos_dev, so the graphs serve every position. */
     int graphs; /* 1: on, 0: off (MB_CUDA_GRAPHS=0, or a capture failed) */
-    cudaGraphExec_t *graph_a, *graph_b; /* [n_layers] (graph_a: [0] only), NULL until captured */
+    cudaGraphExec_t graph_a, *graph_b; /* graph_b [n_layers]; NULL until captured */
     uint32_t *pos_dev, *h_pos;
     /* MB_CUDA_PROFILE=1: decode steps run without graphs, with an event
      * after every operation; the gaps are summed per operation and printed
@@ -501,9 +501,8 @@ static mb_status open_device(mb_fwd_cuda *fc)
         for (int i = 0; e == cudaSuccess && i < fc->prof.cap; i++) e = cudaEventCreate(&fc->prof.ev[i]);
         fc->prof.on = 1;
     }
-    fc->graph_a = calloc(fc->cfg.n_layers, sizeof *fc->graph_a);
     fc->graph_b = calloc(fc->cfg.n_layers, sizeof *fc->graph_b);
-    if (!fc->graph_a || !fc->graph_b) return MB_STATUS_NOMEM;
+    if (!fc->graph_b) return MB_STATUS_NOMEM;
     if (e == cudaSuccess) e = dev_alloc(fc, sizeof(uint32_t), (void **)&fc->pos_dev);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_pos, sizeof(uint32_t));
     fc->wait = calloc(fc->cfg.n_layers, sizeof *fc->wait);
@@ -639,10 +638,9 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
     free(fc->wait);
     free(fc->resume);
     for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
-        if (fc->graph_a && fc->graph_a[l]) cudaGraphExecDestroy(fc->graph_a[l]);
         if (fc->graph_b && fc->graph_b[l]) cudaGraphExecDestroy(fc->graph_b[l]);
     }
-    free(fc->graph_a);
+    if (fc->graph_a) cudaGraphExecDestroy(fc->graph_a);
     free(fc->graph_b);
     cudaFreeHost(fc->h_pos);
     prof_print(fc);
@@ -878,7 +876,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     const mb_model_config *c = &fc->cfg;
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k, ff = c->d_ff_shared;
-    if (l == 0) MB_TRY(run_segment(fc, &fc->graph_a[0], segment_a, 0, n, pos)); /* later layers' A ran with B */
+    if (l == 0) MB_TRY(run_segment(fc, &fc->graph_a, segment_a, 0, n, pos)); /* later layers' A ran with B */
     cudaError_t e = cudaEventRecord(fc->copied, fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "recording the copy");
     if (ff) {
