@@ -239,6 +239,12 @@ void mb_backend_unregister_host(mb_backend *b, void *ptr)
     b->ops->unregister_host(b->state, ptr);
 }
 
+mb_status mb_backend_device_layer(mb_backend *b, uint32_t layer, mb_backend_device_view *out)
+{
+    if (!b || !out) return MB_STATUS_INVALID_ARG;
+    return b->ops->device_layer ? b->ops->device_layer(b->state, layer, out) : MB_STATUS_UNSUPPORTED;
+}
+
 /* ---- requests ---- */
 
 int mb_backend_is_async(const mb_backend *b)

@@ -110,6 +110,17 @@ typedef struct {
     uint64_t compute_ns;  /* DONE: device time spent on it */
 } mb_backend_event;
 
+/* What mb_backend_ops.device_layer describes: everything the CUDA expert
+ * kernels (kernels/cuda/moe.h) need besides the request itself. */
+typedef struct {
+    int device;          /* the CUDA device ordinal */
+    const void *slots;   /* device mb_kcuda_expert [max_slots] */
+    uint32_t max_slots;
+    uint32_t layer_experts; /* slots loaded for the layer */
+    uint32_t d_model, d_ff;
+    mb_dtype wdtype[MB_PROTO_MATS]; /* gate, up, down */
+} mb_backend_device_view;
+
 typedef struct mb_backend_ops {
     uint32_t abi_version; /* MB_BACKEND_ABI_VERSION */
     const char *name;
@@ -174,6 +185,14 @@ typedef struct mb_backend_ops {
     mb_status (*submit)(void *state, uint64_t tag, const mb_proto_expert_req *req);
     mb_status (*poll)(void *state, int64_t timeout_ns, mb_backend_event *ev);
     mb_status (*fetch)(void *state, uint64_t tag, void *out);
+
+    /* Optional: one layer's experts as device memory, for a caller in the
+     * same process on the same device (the GPU coordinator) that enqueues
+     * the expert kernels itself, reading its own device buffers instead of
+     * a request's host copy. Waits for pending weight uploads first.
+     * UNSUPPORTED (or NULL): the backend has no such view; NOT_LOADED: the
+     * layer holds no experts. */
+    mb_status (*device_layer)(void *state, uint32_t layer, mb_backend_device_view *out);
 } mb_backend_ops;
 
 typedef struct mb_backend mb_backend;
@@ -210,6 +229,10 @@ mb_status mb_backend_reserve_layer(mb_backend *b, uint32_t layer, uint32_t slot0
                                    uint32_t d_ff, mb_dtype wdtype);
 mb_status mb_backend_register_host(mb_backend *b, void *ptr, size_t bytes);
 void mb_backend_unregister_host(mb_backend *b, void *ptr);
+
+/* The layer's experts as device memory (mb_backend_ops.device_layer):
+ * UNSUPPORTED for a backend without the view. */
+mb_status mb_backend_device_layer(mb_backend *b, uint32_t layer, mb_backend_device_view *out);
 
 /* Whether the backend implements the asynchronous path itself (a worker
  * pipelines only such backends; others it runs inline). */

@@ -2,8 +2,10 @@
  * CPU coordinator, in the same run on the same synthetic Qwen3-30B-A3B-shaped
  * model (bf16, --layers of them): a --prompt-token prefill and --gen decode
  * steps (greedy) for three expert placements:
- *   gpu   every expert on the coordinator's GPU (in-process CUDA backend);
- *         the CPU coordinator's peer: one cuda:0 worker;
+ *   gpu   every expert on the coordinator's GPU (in-process CUDA backend,
+ *         computed from the coordinator's buffers unless
+ *         MB_CUDA_LOCAL_DIRECT=0 sends them through the dispatcher); the
+ *         CPU coordinator's peer: one cuda:0 worker;
  *   half  half of each layer's experts there, half on a CPU worker;
  *   cpu   every expert on CPU workers.
  * Per case: prefill and decode tok/s, and a decode step split into the
@@ -156,10 +158,16 @@ static bd_result bd_case(const bd_args *a, const mb_model *m, const int32_t *pro
     } else {
         mb_stats_steps steps;
         mb_stats_get_steps(s->stats, MB_STATS_PHASE_DECODE, &steps);
-        uint64_t ipc = 0;
+        uint64_t ipc = 0, local_ns = 0;
         for (uint32_t b = 0; b < mb_stats_n_backends(s->stats); b++) {
             mb_stats_counters c;
             if (mb_stats_get(s->stats, b, MB_STATS_PHASE_DECODE, &c) != MB_STATUS_OK) continue;
+            /* Experts computed from the coordinator's buffers: no IPC, and
+             * their time is the GPU's, not a wait. */
+            if (s->device_local && (int)b == s->local_link) {
+                local_ns += c.worker_compute_ns;
+                continue;
+            }
             uint64_t worker = c.worker_decode_ns + c.worker_compute_ns + c.worker_encode_ns;
             ipc += c.pack_ns + c.send_ns + c.unpack_ns + (c.wait_ns > worker ? c.wait_ns - worker : 0);
         }
@@ -168,7 +176,7 @@ static bd_result bd_case(const bd_args *a, const mb_model *m, const int32_t *pro
                         .decode_tps = n / ((double)(t3 - t2) / 1e9),
                         .step_ms = (double)(t3 - t2) / 1e6 / n,
                         .dense_ms = (double)steps.device_ns / 1e6 / n,
-                        .wait_ms = (double)steps.wait_ns / 1e6 / n,
+                        .wait_ms = (double)(steps.wait_ns + local_ns) / 1e6 / n,
                         .ipc_ms = (double)ipc / 1e6 / n,
                         .ok = 1};
     }

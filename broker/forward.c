@@ -466,6 +466,11 @@ uint64_t mb_forward_take_device_ns(mb_forward *f)
     return f ? mb_fwd_cuda_take_device_ns(f->cuda) : 0;
 }
 
+struct mb_fwd_cuda *mb_forward_cuda(mb_forward *f)
+{
+    return f ? f->cuda : NULL;
+}
+
 const char *mb_forward_error(const mb_forward *f)
 {
     return f && f->cuda ? mb_fwd_cuda_error(f->cuda) : "";

@@ -66,6 +66,10 @@ mb_status mb_forward_create_on(const mb_model *m, uint32_t max_ctx, mb_kcpu_pool
 /* Device time of the steps since the last call (0 on the CPU), then zero. */
 uint64_t mb_forward_take_device_ns(mb_forward *f);
 
+/* The dense part on a GPU (broker/device/forward_cuda.h), NULL on the CPU. */
+struct mb_fwd_cuda;
+struct mb_fwd_cuda *mb_forward_cuda(mb_forward *f);
+
 /* The message of the last step's device failure ("" when none). */
 const char *mb_forward_error(const mb_forward *f);
 

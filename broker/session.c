@@ -1,5 +1,7 @@
 /* Session setup: backends, placement, expert loading, dispatcher, forward. */
 #include "broker/session.h"
+#include "broker/device/forward_cuda.h"
+#include "broker/device/local_moe_cuda.h"
 #include "broker/failover.h"
 #include "broker/hotness.h"
 
@@ -261,6 +263,75 @@ static mb_status open_forward(mb_session *s, const mb_options *opt, int verbosit
     return st;
 }
 
+/* With the coordinator on a GPU and every expert on its in-process CUDA
+ * backend (the same device), steps compute the experts from the forward's
+ * device buffers (broker/device/local_moe_cuda.h) instead of through the
+ * dispatcher and its host copies. MB_CUDA_LOCAL_DIRECT: 0 turns that off,
+ * "decode" keeps it to one-token steps (prefill then goes through the
+ * dispatcher, whose requests may take cuBLAS); else every step. A view or
+ * workspace that cannot be had leaves the dispatcher in charge, with a
+ * note. */
+static void session_device_local(mb_session *s, const mb_options *opt, uint32_t chunk, int verbosity)
+{
+    const char *env = getenv("MB_CUDA_LOCAL_DIRECT");
+    if (opt->cuda_device < 0 || s->local_link < 0 || (env && !strcmp(env, "0"))) return;
+    const mb_model_config *c = &s->model->cfg;
+    const mb_placement *p = &s->placement;
+    for (size_t i = 0; i < (size_t)c->n_layers * c->n_experts; i++)
+        if (p->table[i].link != (uint16_t)s->local_link) return; /* some experts live elsewhere */
+    mb_cuda_local_layer *L = calloc(c->n_layers, sizeof *L);
+    uint32_t *slots = malloc((size_t)c->n_layers * c->n_experts * sizeof *slots);
+    mb_status st = L && slots ? MB_STATUS_OK : MB_STATUS_NOMEM;
+    char err[256] = "";
+    for (uint32_t l = 0; st == MB_STATUS_OK && l < c->n_layers; l++) {
+        L[l].slot_of = slots + (size_t)l * c->n_experts;
+        for (uint32_t e = 0; e < c->n_experts; e++)
+            slots[(size_t)l * c->n_experts + e] = p->table[(size_t)l * c->n_experts + e].slot;
+        st = mb_backend_device_layer(s->links[s->local_link].backend, l, &L[l].view);
+        if (st != MB_STATUS_OK) snprintf(err, sizeof err, "layer %u: %s", l, mb_status_str(st));
+    }
+    mb_cuda_local_moe *lm = NULL;
+    if (st == MB_STATUS_OK)
+        st = mb_cuda_local_moe_create(opt->cuda_device, L, c->n_layers, c->n_experts, c->top_k, c->d_model, chunk, &lm,
+                                      err, sizeof err);
+    const uint32_t max_n = env && !strcmp(env, "decode") ? 1 : chunk;
+    if (st == MB_STATUS_OK) {
+        st = mb_fwd_cuda_set_local(mb_forward_cuda(s->fwd), lm, max_n);
+        if (st != MB_STATUS_OK) mb_cuda_local_moe_destroy(lm);
+    }
+    free(L);
+    free(slots);
+    if (st != MB_STATUS_OK) {
+        if (verbosity >= MB_SESSION_INFO)
+            fprintf(stderr, "local experts go through the dispatcher: %s\n", err[0] ? err : mb_status_str(st));
+        return;
+    }
+    s->device_local = 1;
+    if (verbosity >= MB_SESSION_INFO)
+        fprintf(stderr, "local experts computed on cuda:%d from the coordinator's buffers (%s)\n", opt->cuda_device,
+                max_n == 1 ? "decode steps" : "every step");
+}
+
+/* After a step: the local experts' device time per layer and routed pairs
+ * into the statistics, as one call per layer on the local link. */
+static void session_device_local_stats(mb_session *s, uint32_t n)
+{
+    struct mb_fwd_cuda *fc = mb_forward_cuda(s->fwd);
+    uint64_t *ns = mb_fwd_cuda_local_layer_ns(fc), *routed = mb_fwd_cuda_routed(fc);
+    if (!ns || !routed) return;
+    const mb_model_config *c = &s->model->cfg;
+    const mb_stats_phase ph = n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        if (!ns[l]) continue;
+        const mb_stats_call call = {.tokens = n, .pairs = (uint64_t)n * c->top_k, .wait_ns = ns[l],
+                                    .worker_compute_ns = ns[l]};
+        mb_stats_record_call(s->stats, (uint32_t)s->local_link, l, ph, &call);
+        mb_stats_add_routed(s->stats, l, routed + (size_t)l * c->n_experts);
+        ns[l] = 0;
+        memset(routed + (size_t)l * c->n_experts, 0, c->n_experts * sizeof *routed);
+    }
+}
+
 mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t max_ctx, int verbosity,
                           mb_session **out, char *err, size_t err_cap)
 {
@@ -363,6 +434,7 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
         snprintf(err, err_cap, "dispatcher: %s", mb_status_str(st));
         goto fail;
     }
+    session_device_local(s, opt, chunk, verbosity);
     mb_hotness_free(&hot);
     *out = s;
     return MB_STATUS_OK;
@@ -402,6 +474,7 @@ mb_status mb_session_step(mb_session *s, const int32_t *ids, uint32_t n, float *
         snprintf(err, err_cap, "%s", why[0] ? why : mb_status_str(st));
         return st;
     }
+    if (s->device_local) session_device_local_stats(s, n);
     if (device_ns) mb_stats_record_device(s->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, device_ns);
     mb_stats_record_step(s->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, n, t1 - t0, dispatch_ns,
                          wait_ns);

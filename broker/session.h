@@ -27,6 +27,7 @@ typedef struct {
     mb_forward *fwd;
     uint32_t max_ctx;
     struct mb_failover *failover; /* what a lost worker does (broker/failover.h) */
+    int device_local;        /* the GPU coordinator computes its local experts from its own buffers */
 } mb_session;
 
 /* Starts the backends opt asks for (opt->workers; none given: two local CPU

@@ -152,6 +152,10 @@ mb_status mb_stats_set_config_int(mb_stats *s, const char *key, int64_t value);
  * nothing is tracked. INVALID_ARG; NOMEM. */
 mb_status mb_stats_track_routing(mb_stats *s, uint32_t n_layers, uint32_t n_experts, const uint16_t *group);
 mb_status mb_stats_record_routing(mb_stats *s, uint32_t layer, const int32_t *expert_ids, size_t n_ids);
+/* As mb_stats_record_routing, from counts already made: counts[e] pairs
+ * routed to expert e of layer (n_experts of them; the GPU coordinator's
+ * local experts count on the device). */
+mb_status mb_stats_add_routed(mb_stats *s, uint32_t layer, const uint64_t *counts);
 
 /* Pairs routed to (layer, expert) so far; 0 when not tracked or out of
  * range. */

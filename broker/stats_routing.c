@@ -62,6 +62,15 @@ mb_status mb_stats_record_routing(mb_stats *s, uint32_t layer, const int32_t *ex
     return MB_STATUS_OK;
 }
 
+mb_status mb_stats_add_routed(mb_stats *s, uint32_t layer, const uint64_t *counts)
+{
+    if (!s || !s->routed) return MB_STATUS_OK;
+    if (layer >= s->route_layers || !counts) return MB_STATUS_INVALID_ARG;
+    uint64_t *row = s->routed + (size_t)layer * s->route_experts;
+    for (uint32_t e = 0; e < s->route_experts; e++) row[e] += counts[e];
+    return MB_STATUS_OK;
+}
+
 uint64_t mb_stats_routed(const mb_stats *s, uint32_t layer, uint32_t expert)
 {
     if (!s || !s->routed || layer >= s->route_layers || expert >= s->route_experts) return 0;

@@ -186,4 +186,5 @@ const mb_backend_ops mb_backend_cuda_ops = {
     .submit = mb_cuda_submit,
     .poll = mb_cuda_poll,
     .fetch = mb_cuda_fetch,
+    .device_layer = mb_cuda_device_layer,
 };

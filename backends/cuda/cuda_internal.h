@@ -122,6 +122,8 @@ mb_status mb_cuda_load_finish(void *state);
 mb_status mb_cuda_reserve_layer(void *state, uint32_t layer, uint32_t slot0, uint32_t n_slots, uint32_t d_model,
                                 uint32_t d_ff, mb_dtype wdtype);
 void mb_cuda_weights_free(mb_cuda_backend *be);
+/* mb_backend_ops.device_layer: the layer's slots as device memory. */
+mb_status mb_cuda_device_layer(void *state, uint32_t layer, mb_backend_device_view *out);
 
 /* cuda_run.c */
 mb_status mb_cuda_submit(void *state, uint64_t tag, const mb_proto_expert_req *req);

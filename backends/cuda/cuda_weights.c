@@ -304,3 +304,26 @@ mb_status mb_cuda_load_finish(void *state)
     be->upload_status = MB_STATUS_OK;
     return st;
 }
+
+mb_status mb_cuda_device_layer(void *state, uint32_t layer, mb_backend_device_view *out)
+{
+    mb_cuda_backend *be = state;
+    if (!be || !out) return MB_STATUS_INVALID_ARG;
+    mb_status st = mb_cuda_load_finish(be);
+    if (st != MB_STATUS_OK) return st;
+    if (layer >= be->n_layers_cap || !be->layer_experts || be->layer_experts[layer] == 0) return MB_STATUS_NOT_LOADED;
+    memset(out, 0, sizeof *out);
+    for (uint32_t s = 0; s < be->max_slots; s++) {
+        const mb_route_slot *rs = &be->table.slots[s];
+        if (!rs->loaded || rs->layer != layer) continue;
+        out->d_model = rs->d_model;
+        out->d_ff = rs->d_ff;
+        memcpy(out->wdtype, rs->wdtype, sizeof out->wdtype);
+        break;
+    }
+    out->device = be->device;
+    out->slots = be->d_slots;
+    out->max_slots = be->max_slots;
+    out->layer_experts = be->layer_experts[layer];
+    return MB_STATUS_OK;
+}

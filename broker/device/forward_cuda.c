@@ -54,6 +54,30 @@ const char *mb_fwd_cuda_error(const mb_fwd_cuda *fc)
     return "";
 }
 
+mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, struct mb_cuda_local_moe *lm, uint32_t max_tokens)
+{
+    (void)fc, (void)lm, (void)max_tokens;
+    return MB_STATUS_UNSUPPORTED;
+}
+
+uint64_t mb_fwd_cuda_take_local_ns(mb_fwd_cuda *fc)
+{
+    (void)fc;
+    return 0;
+}
+
+uint64_t *mb_fwd_cuda_routed(mb_fwd_cuda *fc)
+{
+    (void)fc;
+    return NULL;
+}
+
+uint64_t *mb_fwd_cuda_local_layer_ns(mb_fwd_cuda *fc)
+{
+    (void)fc;
+    return NULL;
+}
+
 #else
 
 #include <cuda_runtime_api.h>
@@ -61,6 +85,7 @@ const char *mb_fwd_cuda_error(const mb_fwd_cuda *fc)
 #include <unistd.h>
 
 #include "broker/rope.h"
+#include "broker/device/local_moe_cuda.h"
 #include "broker/router.h"
 #include "kernels/cuda/dense.h"
 #include "protocol/dtype.h"
@@ -139,6 +164,16 @@ struct mb_fwd_cuda {
         } row[40];
         int rows;
     } prof;
+    /* Experts on this device computed from its buffers
+     * (mb_fwd_cuda_set_local) in steps of at most local_max_n tokens:
+     * no host wait in such a layer. routed_acc sums the routed pairs per
+     * (layer, expert) over those steps, for the statistics. */
+    mb_cuda_local_moe *local;
+    uint32_t local_max_n;
+    int local_step; /* the chunk now running takes the local path */
+    uint64_t local_ns;
+    uint64_t *routed_acc;
+    uint64_t *local_layer_ns; /* [n_layers], summed over steps */
     char err[256];
 };
 
@@ -643,6 +678,9 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
     if (fc->graph_a) cudaGraphExecDestroy(fc->graph_a);
     free(fc->graph_b);
     cudaFreeHost(fc->h_pos);
+    mb_cuda_local_moe_destroy(fc->local);
+    free(fc->routed_acc);
+    free(fc->local_layer_ns);
     prof_print(fc);
     for (int i = 0; fc->prof.ev && i < fc->prof.cap; i++)
         if (fc->prof.ev[i]) cudaEventDestroy(fc->prof.ev[i]);
@@ -783,6 +821,21 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k;
     float *xn = fc->xfer;
+    if (fc->local_step) {
+        /* Everything stays on the device: ids and gate after xn in xfer,
+         * the experts' sums into moe. */
+        int32_t *ids = (int32_t *)(xn + n * d);
+        float *gate = xn + n * (d + k);
+        K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
+        prof_mark(fc, "ffn rmsnorm");
+        const dev_mat *R = &D->router;
+        K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
+                               ids, gate, fc->route_done));
+        prof_mark(fc, "router + top-k");
+        K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, ids, gate, n, fc->moe));
+        prof_mark(fc, "local experts (same device)");
+        return MB_STATUS_OK;
+    }
     if (fc->fuse) {
         /* The dispatcher's arrays written straight into pinned host memory
          * by the norm and the top-k kernel: no copy on the stream. */
@@ -820,10 +873,12 @@ static mb_status segment_b(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
 {
     (void)pos;
     const size_t d = fc->cfg.d_model, ff = fc->cfg.d_ff_shared;
-    cudaError_t e =
-        cudaMemcpyAsync(fc->moe, fc->h_moe, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, fc->stream);
-    if (e != cudaSuccess) return fail(fc, e, "copying the experts' sums to the device");
-    prof_mark(fc, "copy sums to device");
+    if (!fc->local_step) { /* the local experts wrote moe on the device */
+        cudaError_t e =
+            cudaMemcpyAsync(fc->moe, fc->h_moe, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, fc->stream);
+        if (e != cudaSuccess) return fail(fc, e, "copying the experts' sums to the device");
+        prof_mark(fc, "copy sums to device");
+    }
     if (ff) K(linear(fc, &fc->layers[l].sh_down, fc->sh_g, ff, n, fc->moe, d, NULL, 1));
     /* Fused: the next norm (the next layer's, or the final one) adds moe. */
     if (!fc->fuse) K(mb_kcuda_add(fc->stream, fc->x, fc->moe, (size_t)n * d));
@@ -888,6 +943,12 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         prof_mark(fc, "shared expert gate/up (overlapped)");
     }
     e = cudaEventRecord(fc->wait[l], fc->stream);
+    if (fc->local_step) { /* nothing to wait for: no idle gap on the stream */
+        if (e == cudaSuccess) e = cudaEventRecord(fc->resume[l], fc->stream);
+        if (e != cudaSuccess) return fail(fc, e, "recording the layer's events");
+        if (l + 1 < c->n_layers) return run_segment(fc, &fc->graph_b[l], segment_ba, l, n, pos);
+        return run_segment(fc, &fc->graph_b[l], segment_b, l, n, pos);
+    }
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
     if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");
     const mb_moe_work w = {.layer = l,
@@ -943,14 +1004,22 @@ static mb_status head(mb_fwd_cuda *fc, uint32_t n, float *logits, float *last_lo
     }
     if (e == cudaSuccess) e = cudaEventRecord(fc->t1, fc->stream);
     prof_mark(fc, "final norm + lm_head + logits copy");
+    if (e == cudaSuccess && fc->local_step) e = (cudaError_t)mb_cuda_local_moe_flush(fc->local, fc->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "finishing the step");
     prof_collect(fc);
+    uint64_t local_ns = 0;
+    if (fc->local_step) {
+        local_ns = mb_cuda_local_moe_take_ns(fc->local, c->n_layers, fc->local_layer_ns);
+        fc->local_ns += local_ns;
+        const uint32_t *r = mb_cuda_local_moe_routed(fc->local);
+        for (size_t i = 0; i < (size_t)c->n_layers * c->n_experts; i++) fc->routed_acc[i] += r[i];
+    }
     if (logits && last_logits) memcpy(last_logits, logits + (size_t)(n - 1) * V, V * sizeof(float));
     else if (last_logits) memcpy(last_logits, fc->h_logits, V * sizeof(float));
     float ms = 0;
     if (cudaEventElapsedTime(&ms, fc->t0, fc->t1) != cudaSuccess) return MB_STATUS_OK;
-    double busy = ms;
+    double busy = ms - (double)local_ns / 1e6; /* the dense part's time: the experts are counted apart */
     for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
         float gap = 0;
         if (cudaEventElapsedTime(&gap, fc->wait[l], fc->resume[l]) == cudaSuccess) busy -= gap;
@@ -964,6 +1033,7 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
 {
     if (!fc || !ids || n == 0 || n > fc->chunk_cap || pos + n > fc->max_ctx) return MB_STATUS_INVALID_ARG;
     fc->err[0] = '\0';
+    fc->local_step = fc->local && n <= fc->local_max_n;
     cudaError_t e = cudaSetDevice(fc->device);
     /* A chunk that failed may have left copies in flight from the pinned
      * buffers this one refills. */
@@ -984,6 +1054,44 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
     prof_mark(fc, "token copy + embed");
     for (uint32_t l = 0; l < fc->cfg.n_layers; l++) MB_TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));
     return head(fc, n, logits, last_logits);
+}
+
+mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, mb_cuda_local_moe *lm, uint32_t max_tokens)
+{
+    if (!fc || !lm || fc->local) return MB_STATUS_INVALID_ARG;
+    fc->routed_acc = calloc((size_t)fc->cfg.n_layers * fc->cfg.n_experts, sizeof *fc->routed_acc);
+    fc->local_layer_ns = calloc(fc->cfg.n_layers, sizeof *fc->local_layer_ns);
+    if (!fc->routed_acc || !fc->local_layer_ns) return MB_STATUS_NOMEM;
+    /* Graphs captured so far ran the experts through the host. */
+    cudaSetDevice(fc->device);
+    cudaStreamSynchronize(fc->stream);
+    for (uint32_t l = 0; fc->graph_b && l < fc->cfg.n_layers; l++) {
+        if (fc->graph_b[l]) cudaGraphExecDestroy(fc->graph_b[l]);
+        fc->graph_b[l] = NULL;
+    }
+    if (fc->graph_a) cudaGraphExecDestroy(fc->graph_a);
+    fc->graph_a = NULL;
+    fc->local = lm;
+    fc->local_max_n = max_tokens < fc->chunk_cap ? max_tokens : fc->chunk_cap;
+    return MB_STATUS_OK;
+}
+
+uint64_t mb_fwd_cuda_take_local_ns(mb_fwd_cuda *fc)
+{
+    if (!fc) return 0;
+    uint64_t ns = fc->local_ns;
+    fc->local_ns = 0;
+    return ns;
+}
+
+uint64_t *mb_fwd_cuda_routed(mb_fwd_cuda *fc)
+{
+    return fc ? fc->routed_acc : NULL;
+}
+
+uint64_t *mb_fwd_cuda_local_layer_ns(mb_fwd_cuda *fc)
+{
+    return fc ? fc->local_layer_ns : NULL;
 }
 
 uint64_t mb_fwd_cuda_take_device_ns(mb_fwd_cuda *fc)

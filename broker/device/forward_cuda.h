@@ -41,6 +41,26 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
  * each chunk), then zero. */
 uint64_t mb_fwd_cuda_take_device_ns(mb_fwd_cuda *fc);
 
+/* Experts on this device (broker/device/local_moe_cuda.h), computed from
+ * the forward's own buffers in chunks of at most max_tokens tokens
+ * (larger chunks still call moe_fn). Takes lm (destroyed with fc). Call
+ * before the first step. */
+struct mb_cuda_local_moe;
+mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, struct mb_cuda_local_moe *lm, uint32_t max_tokens);
+
+/* Device time of the local experts since the last call (CUDA events), then
+ * zero. Not part of mb_fwd_cuda_take_device_ns. */
+uint64_t mb_fwd_cuda_take_local_ns(mb_fwd_cuda *fc);
+
+/* Pairs the local experts computed per (layer, expert) ([n_layers]
+ * [n_experts], summed over steps; the caller may zero it), or NULL
+ * without local experts. */
+uint64_t *mb_fwd_cuda_routed(mb_fwd_cuda *fc);
+
+/* The local experts' device time per layer ([n_layers], summed over steps;
+ * the caller may zero it), or NULL without local experts. */
+uint64_t *mb_fwd_cuda_local_layer_ns(mb_fwd_cuda *fc);
+
 /* The last CUDA failure's message ("" when none). */
 const char *mb_fwd_cuda_error(const mb_fwd_cuda *fc);
 

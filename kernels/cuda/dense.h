@@ -163,6 +163,14 @@ int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uint32_t n_exp
                          size_t ldx, uint32_t n, float *logits, uint32_t top_k, int renorm, int32_t *ids, float *gate,
                          unsigned *done);
 
+/* The routing table as an expert request (kernels/cuda/moe.h) for experts
+ * held on this device: counts[t] = top_k and pairs[t * top_k + j] = {slot
+ * of expert ids[t][j] (slot_of[n_experts], int32), gate[t][j]} for t < n,
+ * as the wire's pairs (u32 slot, f32 gate). When routed (device uint32
+ * [n_experts]) is not NULL, routed[e] += the pairs that chose expert e. */
+int mb_kcuda_local_pairs(void *stream, const int32_t *ids, const float *gate, uint32_t n, uint32_t top_k,
+                         const int32_t *slot_of, uint16_t *counts, void *pairs, uint32_t *routed);
+
 /* The shared expert's activation, in place: g[t][i] = s_t * silu(g[t][i])
  * * u[t][i] for t < n, i < ff (row stride ld for g and u), where s_t =
  * sigmoid(sg[t]) when sg (f32 [n]) is not NULL, else 1. */

@@ -188,3 +188,28 @@ extern "C" int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uin
         return (int)cudaErrorInvalidValue;
     }
 }
+
+// One thread per (token, choice): the pair the expert kernels read.
+__global__ void mb_kcuda_local_pairs_kernel(const int32_t *__restrict__ ids, const float *__restrict__ gate,
+                                            uint32_t n, uint32_t top_k, const int32_t *__restrict__ slot_of,
+                                            uint16_t *__restrict__ counts, uint2 *__restrict__ pairs,
+                                            uint32_t *__restrict__ routed)
+{
+    const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) counts[i] = (uint16_t)top_k;
+    if (i >= n * top_k) return;
+    const int32_t e = ids[i];
+    pairs[i] = make_uint2((uint32_t)slot_of[e], __float_as_uint(gate[i]));
+    if (routed) atomicAdd(&routed[e], 1u);
+}
+
+extern "C" int mb_kcuda_local_pairs(void *stream, const int32_t *ids, const float *gate, uint32_t n, uint32_t top_k,
+                                    const int32_t *slot_of, uint16_t *counts, void *pairs, uint32_t *routed)
+{
+    if (!ids || !gate || !slot_of || !counts || !pairs || n == 0 || top_k == 0 || top_k > MB_ROUTE_MAX_K)
+        return (int)cudaErrorInvalidValue;
+    const uint32_t total = n * top_k, threads = 128;
+    mb_kcuda_local_pairs_kernel<<<(total + threads - 1) / threads, threads, 0, mb_dense_stream(stream)>>>(
+        ids, gate, n, top_k, slot_of, counts, (uint2 *)pairs, routed);
+    return mb_dense_launched();
+}

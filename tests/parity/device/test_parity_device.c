@@ -82,6 +82,24 @@ static int run_seq(const char *what, const mb_model *m, const mb_reference *ref,
     mb_stats_steps steps;
     if (st == MB_STATUS_OK && device >= 0 && mb_stats_get_steps(s->stats, MB_STATS_PHASE_DECODE, &steps) == MB_STATUS_OK)
         CHECK_MSG(steps.device_ns > 0, "%s: no device time recorded", what);
+    if (st == MB_STATUS_OK && device >= 0 && local_experts >= m->cfg.n_experts) {
+        /* Experts on the coordinator's GPU: computed from its buffers
+         * unless MB_CUDA_LOCAL_DIRECT=0, and counted either way: every
+         * layer routed top_k pairs for every token. */
+        const char *env = getenv("MB_CUDA_LOCAL_DIRECT");
+        const int want = !(env && !strcmp(env, "0"));
+        CHECK_MSG(s->device_local == want, "%s: local experts %s the coordinator's buffers", what,
+                  s->device_local ? "took" : "did not take");
+        for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
+            uint64_t pairs = 0;
+            for (uint32_t e = 0; e < m->cfg.n_experts; e++) pairs += mb_stats_routed(s->stats, l, e);
+            CHECK_MSG(pairs == (uint64_t)ref->n_tokens * m->cfg.top_k, "%s: layer %u counted %llu routed pairs, not %llu",
+                      what, l, (unsigned long long)pairs, (unsigned long long)ref->n_tokens * m->cfg.top_k);
+        }
+        mb_stats_counters c;
+        if (want && mb_stats_get(s->stats, (uint32_t)s->local_link, MB_STATS_PHASE_DECODE, &c) == MB_STATUS_OK)
+            CHECK_MSG(c.calls > 0 && c.worker_compute_ns > 0, "%s: no local expert time recorded", what);
+    }
     mb_session_close(s);
     return st == MB_STATUS_OK ? 0 : -1;
 }
@@ -145,8 +163,24 @@ static void run_model(const char *name, const mb_model *m, const mb_reference *r
         if (run_seq(what, m, ref, 0, gpu_worker, 1, 0, (mb_dtype)dt, got) == 0) compare_ref(what, got, ref, dt);
     }
     snprintf(what, sizeof what, "%s cuda coord, experts on its GPU", name);
-    if (run_seq(what, m, ref, 0, NULL, 0, m->cfg.n_experts, MB_DTYPE_F32, got) == 0)
+    if (run_seq(what, m, ref, 0, NULL, 0, m->cfg.n_experts, MB_DTYPE_F32, got) == 0) {
         compare_ref(what, got, ref, MB_DTYPE_F32);
+        /* The same experts through the dispatcher (host copies, the
+         * in-process CUDA backend), and from the buffers for decode only:
+         * both compute in f32 from the same weights. */
+        static const char *const ways[] = {"0", "decode"};
+        for (int w = 0; w < 2; w++) {
+            char how[440];
+            snprintf(how, sizeof how, "%s, MB_CUDA_LOCAL_DIRECT=%s", what, ways[w]);
+            setenv("MB_CUDA_LOCAL_DIRECT", ways[w], 1);
+            int ok = run_seq(how, m, ref, 0, NULL, 0, m->cfg.n_experts, MB_DTYPE_F32, cpu) == 0;
+            unsetenv("MB_CUDA_LOCAL_DIRECT");
+            uint32_t bad = 0;
+            double rel = ok ? rel_diff(cpu, got, n, ref->vocab, &bad) : INFINITY;
+            printf("  %-44s vs from the buffers %.2e (bound 1e-4), argmax mismatches %u\n", how, rel, bad);
+            CHECK_MSG(rel <= 1e-4 && bad == 0, "%s: %.3e from the buffers' logits, %u argmax", how, rel, bad);
+        }
+    }
     free(got);
     free(cpu);
 }

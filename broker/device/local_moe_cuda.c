@@ -1,0 +1,244 @@
+/* Experts on the coordinator's own GPU, from its buffers: see
+ * local_moe_cuda.h. */
+#include "broker/device/local_moe_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef MB_HAVE_CUDA
+
+mb_status mb_cuda_local_moe_create(int device, const mb_cuda_local_layer *layers, uint32_t n_layers,
+                                   uint32_t n_experts, uint32_t top_k, uint32_t d_model, uint32_t max_tokens,
+                                   mb_cuda_local_moe **out, char *err, size_t err_cap)
+{
+    (void)layers, (void)n_layers, (void)n_experts, (void)top_k, (void)d_model, (void)max_tokens, (void)out;
+    snprintf(err, err_cap, "cuda:%d: this build has no CUDA support", device);
+    return MB_STATUS_UNSUPPORTED;
+}
+
+void mb_cuda_local_moe_destroy(mb_cuda_local_moe *lm)
+{
+    (void)lm;
+}
+
+int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t layer, const float *x,
+                              const int32_t *ids, const float *gate, uint32_t n, float *out)
+{
+    (void)lm, (void)stream, (void)layer, (void)x, (void)ids, (void)gate, (void)n, (void)out;
+    return 1;
+}
+
+int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream)
+{
+    (void)lm, (void)stream;
+    return 1;
+}
+
+const uint32_t *mb_cuda_local_moe_routed(const mb_cuda_local_moe *lm)
+{
+    (void)lm;
+    return NULL;
+}
+
+uint64_t mb_cuda_local_moe_take_ns(mb_cuda_local_moe *lm, uint32_t n_layers, uint64_t *layer_ns)
+{
+    (void)lm, (void)n_layers, (void)layer_ns;
+    return 0;
+}
+
+#else
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/dense.h"
+#include "kernels/cuda/moe.h"
+#include "protocol/dtype.h"
+
+typedef struct {
+    mb_backend_device_view view;
+    cudaEvent_t ev0, ev1; /* around the layer's experts */
+} local_layer;
+
+struct mb_cuda_local_moe {
+    int device;
+    uint32_t n_layers, n_experts, top_k, d_model, max_tokens;
+    local_layer *layers;
+    int32_t *slot_of;    /* device [n_layers][n_experts] */
+    uint16_t *counts;    /* device [max_tokens] */
+    void *pairs;         /* device [max_tokens * top_k] of {u32 slot, f32 gate} */
+    uint32_t *routed;    /* device [n_layers][n_experts] */
+    uint32_t *h_routed;  /* pinned twin */
+    mb_kcuda_moe_ws *ws;
+};
+
+static void problem(const mb_cuda_local_moe *lm, uint32_t layer, uint32_t n, const float *x, float *out,
+                    mb_kcuda_moe_problem *p)
+{
+    const mb_backend_device_view *v = &lm->layers[layer].view;
+    memset(p, 0, sizeof *p);
+    p->n_tokens = n;
+    p->n_pairs = n * lm->top_k;
+    p->d_model = lm->d_model;
+    p->d_ff = v->d_ff;
+    p->max_slots = v->max_slots;
+    p->layer_experts = v->layer_experts;
+    p->payload = MB_KCUDA_F32;
+    p->wdtype = (int)v->wdtype[MB_PROTO_MAT_GATE];
+    if (mb_dtype_is_quant(v->wdtype[MB_PROTO_MAT_GATE])) {
+        p->wdtype_up = (int)v->wdtype[MB_PROTO_MAT_UP];
+        p->wdtype_down = (int)v->wdtype[MB_PROTO_MAT_DOWN];
+    }
+    p->path = MB_KCUDA_PATH_AUTO;
+    p->slots = (const mb_kcuda_expert *)v->slots;
+    p->act = x;
+    p->pair_counts = lm->counts;
+    p->pairs = lm->pairs;
+    p->out = out;
+}
+
+mb_status mb_cuda_local_moe_create(int device, const mb_cuda_local_layer *layers, uint32_t n_layers,
+                                   uint32_t n_experts, uint32_t top_k, uint32_t d_model, uint32_t max_tokens,
+                                   mb_cuda_local_moe **out, char *err, size_t err_cap)
+{
+    if (!layers || !out || n_layers == 0 || n_experts == 0 || top_k == 0 || max_tokens == 0)
+        return MB_STATUS_INVALID_ARG;
+    for (uint32_t l = 0; l < n_layers; l++) {
+        const mb_backend_device_view *v = &layers[l].view;
+        if (v->device != device || v->d_model != d_model || !v->slots) {
+            snprintf(err, err_cap, "layer %u's experts are not on cuda:%d in this shape", l, device);
+            return MB_STATUS_UNSUPPORTED;
+        }
+        for (uint32_t e = 0; e < n_experts; e++)
+            if (layers[l].slot_of[e] >= v->max_slots) return MB_STATUS_INVALID_ARG;
+    }
+    mb_cuda_local_moe *lm = calloc(1, sizeof *lm);
+    if (!lm) return MB_STATUS_NOMEM;
+    lm->device = device;
+    lm->n_layers = n_layers;
+    lm->n_experts = n_experts;
+    lm->top_k = top_k;
+    lm->d_model = d_model;
+    lm->max_tokens = max_tokens;
+    lm->layers = calloc(n_layers, sizeof *lm->layers);
+    const size_t n_map = (size_t)n_layers * n_experts;
+    int32_t *map = malloc(n_map * sizeof *map);
+    mb_status st = lm->layers && map ? MB_STATUS_OK : MB_STATUS_NOMEM;
+    cudaError_t e = cudaSetDevice(device);
+    const char *what = "selecting the device";
+    for (uint32_t l = 0; st == MB_STATUS_OK && e == cudaSuccess && l < n_layers; l++) {
+        lm->layers[l].view = layers[l].view;
+        for (uint32_t x = 0; x < n_experts; x++) map[(size_t)l * n_experts + x] = (int32_t)layers[l].slot_of[x];
+        what = "creating events";
+        e = cudaEventCreate(&lm->layers[l].ev0);
+        if (e == cudaSuccess) e = cudaEventCreate(&lm->layers[l].ev1);
+    }
+    if (st == MB_STATUS_OK && e == cudaSuccess) {
+        what = "allocating the routing buffers";
+        e = cudaMalloc((void **)&lm->slot_of, n_map * sizeof(int32_t));
+        if (e == cudaSuccess) e = cudaMalloc((void **)&lm->counts, max_tokens * sizeof(uint16_t));
+        if (e == cudaSuccess) e = cudaMalloc(&lm->pairs, (size_t)max_tokens * top_k * 8);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&lm->routed, n_map * sizeof(uint32_t));
+        if (e == cudaSuccess) e = cudaMemset(lm->routed, 0, n_map * sizeof(uint32_t));
+        if (e == cudaSuccess) e = cudaMallocHost((void **)&lm->h_routed, n_map * sizeof(uint32_t));
+        if (e == cudaSuccess) e = cudaMemcpy(lm->slot_of, map, n_map * sizeof(int32_t), cudaMemcpyHostToDevice);
+    }
+    if (st == MB_STATUS_OK && e == cudaSuccess) {
+        memset(lm->h_routed, 0, n_map * sizeof(uint32_t));
+        what = "creating the expert workspace";
+        uint32_t max_slots = 0;
+        for (uint32_t l = 0; l < n_layers; l++)
+            if (layers[l].view.max_slots > max_slots) max_slots = layers[l].view.max_slots;
+        int ke = mb_kcuda_moe_ws_create(max_slots, &lm->ws);
+        /* The largest step of every layer (they may differ in d_ff). */
+        for (uint32_t l = 0; !ke && l < n_layers; l++) {
+            mb_kcuda_moe_problem p;
+            problem(lm, l, max_tokens, NULL, NULL, &p);
+            ke = mb_kcuda_moe_ws_reserve(lm->ws, &p);
+        }
+        e = (cudaError_t)ke;
+    }
+    free(map);
+    if (st == MB_STATUS_OK && e != cudaSuccess) {
+        snprintf(err, err_cap, "cuda:%d: %s for the local experts: %s", device, what, cudaGetErrorString(e));
+        st = e == cudaErrorMemoryAllocation ? MB_STATUS_NOMEM : MB_STATUS_DEVICE;
+        cudaGetLastError();
+    }
+    if (st != MB_STATUS_OK) {
+        mb_cuda_local_moe_destroy(lm);
+        return st;
+    }
+    *out = lm;
+    return MB_STATUS_OK;
+}
+
+void mb_cuda_local_moe_destroy(mb_cuda_local_moe *lm)
+{
+    if (!lm) return;
+    cudaSetDevice(lm->device);
+    cudaDeviceSynchronize();
+    for (uint32_t l = 0; lm->layers && l < lm->n_layers; l++) {
+        if (lm->layers[l].ev0) cudaEventDestroy(lm->layers[l].ev0);
+        if (lm->layers[l].ev1) cudaEventDestroy(lm->layers[l].ev1);
+    }
+    mb_kcuda_moe_ws_destroy(lm->ws);
+    cudaFree(lm->slot_of);
+    cudaFree(lm->counts);
+    cudaFree(lm->pairs);
+    cudaFree(lm->routed);
+    cudaFreeHost(lm->h_routed);
+    cudaGetLastError();
+    free(lm->layers);
+    free(lm);
+}
+
+int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t layer, const float *x,
+                              const int32_t *ids, const float *gate, uint32_t n, float *out)
+{
+    if (!lm || layer >= lm->n_layers || n == 0 || n > lm->max_tokens) return (int)cudaErrorInvalidValue;
+    cudaStream_t s = (cudaStream_t)stream;
+    local_layer *L = &lm->layers[layer];
+    int e = (int)cudaEventRecord(L->ev0, s);
+    if (!e)
+        e = mb_kcuda_local_pairs(stream, ids, gate, n, lm->top_k, lm->slot_of + (size_t)layer * lm->n_experts,
+                                 lm->counts, lm->pairs, lm->routed + (size_t)layer * lm->n_experts);
+    mb_kcuda_moe_problem p;
+    problem(lm, layer, n, x, out, &p);
+    if (!e) e = mb_kcuda_moe_ws_reserve(lm->ws, &p); /* reserved at create: a check, no allocation */
+    if (!e) e = mb_kcuda_moe_enqueue(lm->ws, &p, stream);
+    if (!e) e = (int)cudaEventRecord(L->ev1, s);
+    return e;
+}
+
+int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream)
+{
+    if (!lm) return (int)cudaErrorInvalidValue;
+    const size_t bytes = (size_t)lm->n_layers * lm->n_experts * sizeof(uint32_t);
+    cudaStream_t s = (cudaStream_t)stream;
+    cudaError_t e = cudaMemcpyAsync(lm->h_routed, lm->routed, bytes, cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaMemsetAsync(lm->routed, 0, bytes, s);
+    return (int)e;
+}
+
+const uint32_t *mb_cuda_local_moe_routed(const mb_cuda_local_moe *lm)
+{
+    return lm ? lm->h_routed : NULL;
+}
+
+uint64_t mb_cuda_local_moe_take_ns(mb_cuda_local_moe *lm, uint32_t n_layers, uint64_t *layer_ns)
+{
+    if (!lm) return 0;
+    double ms = 0;
+    for (uint32_t l = 0; l < n_layers && l < lm->n_layers; l++) {
+        float t = 0;
+        if (cudaEventElapsedTime(&t, lm->layers[l].ev0, lm->layers[l].ev1) != cudaSuccess) {
+            cudaGetLastError();
+            continue;
+        }
+        ms += t;
+        if (layer_ns) layer_ns[l] += (uint64_t)((double)t * 1e6);
+    }
+    return (uint64_t)(ms * 1e6);
+}
+
+#endif
