@@ -12,7 +12,8 @@
 #   bash bench/gpu/mixed_rig.sh [--layers N] [--mixtral-layers N] [--gen N]
 #                               [--models "qwen3 mixtral"] [--ckpt DIR]
 # Devices: two GPUs or more: workers cuda:1, vulkan on the second card and
-# cpu; one GPU: two cuda:0 workers (two workers on one card) and cpu.
+# cpu; one GPU: workers cuda:0, vulkan on the same card (two cuda:0 workers
+# without a Vulkan device) and cpu.
 # MB_RIG_DRY=cpu runs the same flow on this host without a GPU: small
 # shapes, a coordinator on the CPU, three CPU workers standing in for the
 # devices (build/dev by default; MB_BUILD names another build folder).
@@ -118,8 +119,15 @@ elif [ "$n_gpu" -ge 2 ]; then
 else
     dev_args=(--device cuda:0)
     g0=$(( $(gpu_free_mib 0) / 3 )) # the coordinator's share stays free
-    workers=("cuda:0,weight=$g0" "cuda:0,weight=$g0" "cpu,weight=$(host_free_mib)")
-    rig="1 GPU (fallback): coordinator cuda:0; workers cuda:0, cuda:0 (two on one card), cpu"
+    # The card's own Vulkan driver stands in for the second card's.
+    vk=${MB_RIG_VULKAN:-$(grep '^vulkan:' "$OUT/devices.txt" | grep -i nvidia | sed -n 1p | sed 's/^vulkan:\([0-9]*\).*/\1/')}
+    if [ -n "$vk" ]; then
+        workers=("cuda:0,weight=$g0" "vulkan:$vk,weight=$g0" "cpu,weight=$(host_free_mib)")
+        rig="1 GPU (fallback): coordinator cuda:0; workers cuda:0, vulkan:$vk (the same card), cpu"
+    else
+        workers=("cuda:0,weight=$g0" "cuda:0,weight=$g0" "cpu,weight=$(host_free_mib)")
+        rig="1 GPU (fallback): coordinator cuda:0; workers cuda:0, cuda:0 (two on one card), cpu"
+    fi
     kill_backend=cuda:0
 fi
 worker_args=()
