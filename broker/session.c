@@ -322,8 +322,10 @@ static void session_device_local_stats(mb_session *s, uint32_t n)
     const mb_model_config *c = &s->model->cfg;
     const mb_stats_phase ph = n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE;
     for (uint32_t l = 0; l < c->n_layers; l++) {
-        if (!ns[l]) continue;
-        const mb_stats_call call = {.tokens = n, .pairs = (uint64_t)n * c->top_k, .wait_ns = ns[l],
+        uint64_t pairs = 0;
+        for (uint32_t e = 0; e < c->n_experts; e++) pairs += routed[(size_t)l * c->n_experts + e];
+        if (!pairs) continue; /* the step went through the dispatcher */
+        const mb_stats_call call = {.tokens = pairs / c->top_k, .pairs = pairs, .wait_ns = ns[l],
                                     .worker_compute_ns = ns[l]};
         mb_stats_record_call(s->stats, (uint32_t)s->local_link, l, ph, &call);
         mb_stats_add_routed(s->stats, l, routed + (size_t)l * c->n_experts);

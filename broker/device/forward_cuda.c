@@ -149,6 +149,7 @@ struct mb_fwd_cuda {
      * from pos_dev, so the graphs serve every position. */
     int graphs; /* 1: on, 0: off (MB_CUDA_GRAPHS=0, or a capture failed) */
     cudaGraphExec_t graph_a, *graph_b; /* graph_b [n_layers]; NULL until captured */
+    cudaGraphExec_t *graph_e;          /* [n_layers]: the local experts (mb_fwd_cuda_set_local) */
     uint32_t *pos_dev, *h_pos;
     /* MB_CUDA_PROFILE=1: decode steps run without graphs, with an event
      * after every operation; the gaps are summed per operation and printed
@@ -537,7 +538,8 @@ static mb_status open_device(mb_fwd_cuda *fc)
         fc->prof.on = 1;
     }
     fc->graph_b = calloc(fc->cfg.n_layers, sizeof *fc->graph_b);
-    if (!fc->graph_b) return MB_STATUS_NOMEM;
+    fc->graph_e = calloc(fc->cfg.n_layers, sizeof *fc->graph_e);
+    if (!fc->graph_b || !fc->graph_e) return MB_STATUS_NOMEM;
     if (e == cudaSuccess) e = dev_alloc(fc, sizeof(uint32_t), (void **)&fc->pos_dev);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_pos, sizeof(uint32_t));
     fc->wait = calloc(fc->cfg.n_layers, sizeof *fc->wait);
@@ -674,9 +676,11 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
     free(fc->resume);
     for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
         if (fc->graph_b && fc->graph_b[l]) cudaGraphExecDestroy(fc->graph_b[l]);
+        if (fc->graph_e && fc->graph_e[l]) cudaGraphExecDestroy(fc->graph_e[l]);
     }
     if (fc->graph_a) cudaGraphExecDestroy(fc->graph_a);
     free(fc->graph_b);
+    free(fc->graph_e);
     cudaFreeHost(fc->h_pos);
     mb_cuda_local_moe_destroy(fc->local);
     free(fc->routed_acc);
@@ -832,8 +836,6 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
         K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
                                ids, gate, fc->route_done));
         prof_mark(fc, "router + top-k");
-        K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, ids, gate, n, fc->moe));
-        prof_mark(fc, "local experts (same device)");
         return MB_STATUS_OK;
     }
     if (fc->fuse) {
@@ -859,6 +861,18 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                                     cudaMemcpyDeviceToHost, fc->stream);
     prof_mark(fc, "copy to host (xn|ids|gate)");
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the routed tokens to the host");
+}
+
+/* The local experts of layer l, from xfer's xn | ids | gate into moe. */
+static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
+{
+    (void)pos;
+    const size_t d = fc->cfg.d_model, k = fc->cfg.top_k;
+    float *xn = fc->xfer;
+    K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, (const int32_t *)(xn + n * d), xn + n * (d + k), n,
+                                fc->moe));
+    prof_mark(fc, "local experts (same device)");
+    return MB_STATUS_OK;
 }
 
 static mb_status segment_a(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
@@ -943,9 +957,14 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         prof_mark(fc, "shared expert gate/up (overlapped)");
     }
     e = cudaEventRecord(fc->wait[l], fc->stream);
-    if (fc->local_step) { /* nothing to wait for: no idle gap on the stream */
+    if (fc->local_step) {
+        /* Nothing to wait for: no idle gap on the stream. The experts
+         * replay their own graph, between marks that time them. */
         if (e == cudaSuccess) e = cudaEventRecord(fc->resume[l], fc->stream);
         if (e != cudaSuccess) return fail(fc, e, "recording the layer's events");
+        K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 0));
+        MB_TRY(run_segment(fc, &fc->graph_e[l], segment_e, l, n, pos));
+        K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 1));
         if (l + 1 < c->n_layers) return run_segment(fc, &fc->graph_b[l], segment_ba, l, n, pos);
         return run_segment(fc, &fc->graph_b[l], segment_b, l, n, pos);
     }

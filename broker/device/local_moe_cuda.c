@@ -29,6 +29,12 @@ int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t laye
     return 1;
 }
 
+int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, int end)
+{
+    (void)lm, (void)stream, (void)layer, (void)end;
+    return 1;
+}
+
 int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream)
 {
     (void)lm, (void)stream;
@@ -196,18 +202,20 @@ int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t laye
                               const int32_t *ids, const float *gate, uint32_t n, float *out)
 {
     if (!lm || layer >= lm->n_layers || n == 0 || n > lm->max_tokens) return (int)cudaErrorInvalidValue;
-    cudaStream_t s = (cudaStream_t)stream;
-    local_layer *L = &lm->layers[layer];
-    int e = (int)cudaEventRecord(L->ev0, s);
-    if (!e)
-        e = mb_kcuda_local_pairs(stream, ids, gate, n, lm->top_k, lm->slot_of + (size_t)layer * lm->n_experts,
+    int e = mb_kcuda_local_pairs(stream, ids, gate, n, lm->top_k, lm->slot_of + (size_t)layer * lm->n_experts,
                                  lm->counts, lm->pairs, lm->routed + (size_t)layer * lm->n_experts);
     mb_kcuda_moe_problem p;
     problem(lm, layer, n, x, out, &p);
     if (!e) e = mb_kcuda_moe_ws_reserve(lm->ws, &p); /* reserved at create: a check, no allocation */
     if (!e) e = mb_kcuda_moe_enqueue(lm->ws, &p, stream);
-    if (!e) e = (int)cudaEventRecord(L->ev1, s);
     return e;
+}
+
+int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, int end)
+{
+    if (!lm || layer >= lm->n_layers) return (int)cudaErrorInvalidValue;
+    local_layer *L = &lm->layers[layer];
+    return (int)cudaEventRecord(end ? L->ev1 : L->ev0, (cudaStream_t)stream);
 }
 
 int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream)

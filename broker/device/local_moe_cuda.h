@@ -43,11 +43,15 @@ void mb_cuda_local_moe_destroy(mb_cuda_local_moe *lm);
 /* Enqueues layer's experts for n tokens on stream (a cudaStream_t): x
  * [n][d_model] f32, ids and gate [n][top_k] (device, as the router wrote
  * them), out [n][d_model] f32 overwritten with the gate-weighted sums.
- * Counts the routed pairs per expert on the device, and records the
- * expert time's events. Capturable in a CUDA graph. Returns 0 or a CUDA
- * error code. */
+ * Counts the routed pairs per expert on the device. Capturable in a CUDA
+ * graph. Returns 0 or a CUDA error code. */
 int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t layer, const float *x,
                               const int32_t *ids, const float *gate, uint32_t n, float *out);
+
+/* Records the start (end 0) or the end (1) of layer's experts on stream,
+ * for mb_cuda_local_moe_take_ns. Outside a graph capture: the events of a
+ * captured graph cannot be timed. Returns 0 or a CUDA error code. */
+int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, int end);
 
 /* Enqueues on stream the copy of the routed-pair counts to the host and
  * their reset; after the stream's next synchronisation,
@@ -59,9 +63,8 @@ int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream);
 const uint32_t *mb_cuda_local_moe_routed(const mb_cuda_local_moe *lm);
 
 /* After the step's synchronisation: the device time of the experts of
- * layers 0..n_layers-1 in that step (their events; a replayed graph
- * records them too), and each layer's added to layer_ns[l] when not
- * NULL. */
+ * layers 0..n_layers-1 in that step (between their marks), and each
+ * layer's added to layer_ns[l] when not NULL. */
 uint64_t mb_cuda_local_moe_take_ns(mb_cuda_local_moe *lm, uint32_t n_layers, uint64_t *layer_ns);
 
 #endif
