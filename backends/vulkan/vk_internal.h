@@ -27,7 +27,7 @@
 #define MB_VK_UPLOAD_BYTES ((size_t)32 << 20)
 #define MB_VK_ARENA_BYTES ((size_t)256 << 20)
 #define MB_VK_DEFAULT_STAGING ((uint64_t)1 << 30)
-#define MB_VK_MAX_PIPELINES 64
+#define MB_VK_MAX_PIPELINES 128 /* shader x specialisation variants a context caches */
 #define MB_VK_PUSH_BYTES 128u
 #define MB_VK_ALIGN(x) (((x) + 255) & ~(size_t)255) /* offsets inside request buffers */
 #define MB_VK_SPECS 6u /* specialisation constants 0..5 a pipeline may take */
