@@ -2,9 +2,16 @@
  * table, upload ring), close and capabilities, and the environment knobs:
  * MB_VULKAN_PATH (gemv, gemm: force a path), MB_VULKAN_HOST_IMPORT (0: never
  * read registered host memory in place; 1, the default: from
- * MB_VK_IMPORT_MIN_BYTES of activations; always: every request, for tests)
- * and MB_VULKAN_VERBOSE (1: a one-line note when host memory import is
- * unavailable or fails). Weights are in vk_weights.c, registered host
+ * MB_VK_IMPORT_MIN_BYTES of activations; always: every request, for tests),
+ * MB_VULKAN_COOPMAT (the tiled path's GEMMs on cooperative matrices,
+ * moe_gemm_coopmat: auto, the default, where the device has
+ * VK_NV_cooperative_matrix with 16x16x16 f16 x f16 + f32; 1 requires it, and
+ * open fails with DEVICE and the reason on stderr where it is missing; 0
+ * never), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
+ * high f16 half of the hidden row h, one MMA instead of two in the down
+ * product, as MB_CUDA_HIDDEN=16 does on the CUDA backend) and
+ * MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
+ * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c, registered host
  * memory in vk_host.c, a request's path and commands in vk_record.c,
  * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
  * in kernels/vulkan/. */
@@ -112,6 +119,10 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
                                                       : MB_VK_IMPORT_AUTO;
     const char *verbose = getenv("MB_VULKAN_VERBOSE");
     be->verbose = verbose && verbose[0] && verbose[0] != '0';
+    const char *cm = getenv("MB_VULKAN_COOPMAT");
+    const int coopmat = cm && cm[0] == '0' ? 0 : cm && cm[0] == '1' ? 1 : -1;
+    const char *hidden = getenv("MB_VULKAN_HIDDEN");
+    be->hidden16 = hidden && !strcmp(hidden, "16");
     mb_status st = mb_route_table_init(&be->table, max_slots);
     if (st != MB_STATUS_OK) {
         free(be);
@@ -124,9 +135,20 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         return MB_STATUS_NOMEM;
     }
     memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
-    st = mb_vk_ctx_init(&be->ctx, be->device);
+    st = mb_vk_ctx_init(&be->ctx, be->device, coopmat);
     if (st == MB_STATUS_OK) {
         mb_vk_describe(be->ctx.phys, be->device_name, sizeof be->device_name, NULL);
+        char note[256];
+        if (be->ctx.has_coopmat)
+            snprintf(note, sizeof note,
+                     "prefill GEMMs on cooperative matrices (moe_gemm_coopmat, VK_NV_cooperative_matrix 16x16x16 "
+                     "f16 -> f32, hidden row %s) for f16/bf16 weights with d_model and d_ff multiples of 8; "
+                     "moe_gemm (portable f32) otherwise",
+                     be->hidden16 ? "high half only" : "high + low halves");
+        else
+            snprintf(note, sizeof note, "prefill GEMMs portable (moe_gemm, f32): no cooperative matrices: %s",
+                     be->ctx.coopmat_why ? be->ctx.coopmat_why : "?");
+        mb_vk_note(be, note);
         be->gemv_rows = MB_KVK_GEMV_THREADS / be->ctx.subgroup_size;
         /* On a CPU device (lavapipe) a spinning poll takes a core from the
          * shaders; on a GPU it saves the driver's wake-up latency. */

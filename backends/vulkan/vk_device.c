@@ -163,7 +163,51 @@ static const char *mb_vk_unfit(VkPhysicalDevice phys, uint32_t *subgroup_size)
     return NULL;
 }
 
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index)
+/* Why moe_gemm_coopmat cannot run on phys, or NULL when it can:
+ * VK_NV_cooperative_matrix in compute with a 16 x 16 x 16 f16 x f16 + f32
+ * subgroup configuration, subgroups of 32, shaderFloat16 (the f16 matrix
+ * type) and the Vulkan memory model (GL_NV_cooperative_matrix's shaders
+ * declare it). Debian 12's toolchain (Vulkan headers 1.3.239, glslang 11)
+ * predates VK_KHR_cooperative_matrix, hence the NV extension. */
+static const char *mb_vk_coopmat_unfit(VkInstance inst, VkPhysicalDevice phys, uint32_t subgroup_size)
+{
+    if (!mb_vk_has_extension(phys, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME)) return "no VK_NV_cooperative_matrix";
+    if (subgroup_size != 32) return "subgroups are not 32 wide";
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
+                                            .pNext = &cm};
+    VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
+    vkGetPhysicalDeviceFeatures2(phys, &f);
+    if (!cm.cooperativeMatrix) return "cooperativeMatrix feature off";
+    if (!f12.shaderFloat16) return "no shaderFloat16";
+    if (!f12.vulkanMemoryModel) return "no vulkanMemoryModel";
+    VkPhysicalDeviceCooperativeMatrixPropertiesNV cp = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_PROPERTIES_NV};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &cp};
+    vkGetPhysicalDeviceProperties2(phys, &p2);
+    if (!(cp.cooperativeMatrixSupportedStages & VK_SHADER_STAGE_COMPUTE_BIT)) return "not in compute shaders";
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV get =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)vkGetInstanceProcAddr(
+            inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+    uint32_t n = 0;
+    if (!get || get(phys, &n, NULL) != VK_SUCCESS || n == 0) return "no matrix configurations reported";
+    VkCooperativeMatrixPropertiesNV *p = calloc(n, sizeof *p);
+    if (!p) return "out of host memory";
+    for (uint32_t i = 0; i < n; i++)
+        p[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
+    int ok = 0;
+    if (get(phys, &n, p) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n && !ok; i++)
+            ok = p[i].MSize == 16 && p[i].NSize == 16 && p[i].KSize == 16 &&
+                 p[i].AType == VK_COMPONENT_TYPE_FLOAT16_NV && p[i].BType == VK_COMPONENT_TYPE_FLOAT16_NV &&
+                 p[i].CType == VK_COMPONENT_TYPE_FLOAT32_NV && p[i].DType == VK_COMPONENT_TYPE_FLOAT32_NV &&
+                 p[i].scope == VK_SCOPE_SUBGROUP_NV;
+    free(p);
+    return ok ? NULL : "no 16x16x16 f16 x f16 + f32 subgroup configuration";
+}
+
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat)
 {
     memset(ctx, 0, sizeof *ctx);
     mb_status st = mb_vk_instance_create(&ctx->instance);
@@ -222,7 +266,7 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index)
     ctx->queue_family = fam;
     ctx->timestamp_period = ctx->props.limits.timestampPeriod;
 
-    const char *exts[2];
+    const char *exts[3];
     uint32_t n_ext = 0;
     ctx->has_budget = mb_vk_has_extension(ctx->phys, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
     if (ctx->has_budget) exts[n_ext++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
@@ -240,14 +284,31 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index)
             exts[n_ext++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
         }
     }
+    /* Cooperative matrices: required (1), off (0) or where usable (-1). */
+    const char *cm_why = coopmat == 0 ? "turned off (MB_VULKAN_COOPMAT=0)"
+                                      : mb_vk_coopmat_unfit(ctx->instance, ctx->phys, ctx->subgroup_size);
+    ctx->coopmat_why = cm_why;
+    if (cm_why && coopmat == 1) {
+        fprintf(stderr,
+                "vulkan backend: MB_VULKAN_COOPMAT=1 but device %d (%s) cannot run the cooperative-matrix GEMM: %s\n",
+                index, ctx->props.deviceName, cm_why);
+        return MB_STATUS_DEVICE;
+    }
+    ctx->has_coopmat = cm_why == NULL;
+    if (ctx->has_coopmat) exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV, .cooperativeMatrix = VK_TRUE};
     const float prio = 1.0f;
     const VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                          .queueFamilyIndex = fam,
                                          .queueCount = 1,
                                          .pQueuePriorities = &prio};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
+                                            .pNext = ctx->has_coopmat ? &cmf : NULL,
+                                            .shaderFloat16 = ctx->has_coopmat ? VK_TRUE : VK_FALSE,
                                             .bufferDeviceAddress = VK_TRUE,
-                                            .timelineSemaphore = VK_TRUE};
+                                            .timelineSemaphore = VK_TRUE,
+                                            .vulkanMemoryModel = ctx->has_coopmat ? VK_TRUE : VK_FALSE};
     const VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
     const VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                                     .pNext = &f2,

@@ -27,7 +27,7 @@
 #define MB_VK_UPLOAD_BYTES ((size_t)32 << 20)
 #define MB_VK_ARENA_BYTES ((size_t)256 << 20)
 #define MB_VK_DEFAULT_STAGING ((uint64_t)1 << 30)
-#define MB_VK_MAX_PIPELINES 64
+#define MB_VK_MAX_PIPELINES 128 /* shader x specialisation variants a context caches */
 #define MB_VK_PUSH_BYTES 128u
 #define MB_VK_ALIGN(x) (((x) + 255) & ~(size_t)255) /* offsets inside request buffers */
 #define MB_VK_SPECS 6u /* specialisation constants 0..5 a pipeline may take */
@@ -84,6 +84,9 @@ typedef struct {
     VkDeviceSize max_alloc;   /* largest single allocation */
     int has_budget;           /* VK_EXT_memory_budget enabled */
     int has_host_import;      /* VK_EXT_external_memory_host enabled */
+    int has_coopmat;          /* VK_NV_cooperative_matrix enabled, 16x16x16 f16 -> f32 on subgroups
+                                 of 32: the tiled path runs moe_gemm_coopmat */
+    const char *coopmat_why;  /* why not (static string), when has_coopmat is 0 */
     VkDeviceSize host_import_align; /* its minImportedHostPointerAlignment */
     PFN_vkGetMemoryHostPointerPropertiesEXT host_ptr_props;
     uint32_t timestamp_bits;  /* 0: no timestamps on the queue */
@@ -113,9 +116,12 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
 /* Opens physical device index (-1 = 0) with a compute queue, checking what
  * the shaders and the backend need (Vulkan 1.2, buffer device addresses,
  * timeline semaphores, subgroup arithmetic in compute), and enables
- * VK_EXT_memory_budget and VK_EXT_external_memory_host where present.
- * DEVICE when absent or unfit, with the reason on stderr. */
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index);
+ * VK_EXT_memory_budget and VK_EXT_external_memory_host where present, and
+ * VK_NV_cooperative_matrix (with shaderFloat16 and vulkanMemoryModel) where
+ * moe_gemm_coopmat can run, unless coopmat is 0; coopmat 1 requires it
+ * (DEVICE, with the reason on stderr, when it cannot run), -1 takes it
+ * where it can. DEVICE when absent or unfit, with the reason on stderr. */
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
 /* Allocates a buffer of bytes (> 0) with storage, transfer and
@@ -189,7 +195,7 @@ typedef struct {
  * it). valid 0: nothing recorded. */
 typedef struct {
     int valid;
-    int gemm, fused, in_direct, imported, fixed_fresh;
+    int gemm, fused, coopmat, in_direct, imported, fixed_fresh;
     uint32_t gen; /* the entry's buffer generation (mb_vk_req.gen) */
     uint32_t n_tokens, n_pairs, n_experts, d_model, d_ff;
     mb_dtype dtype, wdtype;
@@ -264,6 +270,8 @@ typedef struct {
     size_t in_bytes, out_bytes, pairs_off, act_off;
     int gemm;  /* tiled path, routed on the device; else GEMV, routed on the host */
     int fused; /* GEMV: down product and combine in one dispatch */
+    int coopmat; /* tiled: moe_gemm_coopmat (f16 operands) instead of moe_gemm */
+    int split_x, split_h; /* coopmat: x (f32 payloads), h (unless hidden16) as two f16 halves */
     uint32_t n_experts; /* GEMV: experts with pairs */
     size_t plan_off, tok_off, expert_slot, expert_off, pair_pos, perm_token; /* GEMV grouping */
     int in_direct; /* inputs in r->direct: no copy */
@@ -281,6 +289,8 @@ typedef struct {
     int path; /* 0 auto, 1 gemv, 2 gemm (MB_VULKAN_PATH) */
     int host_import; /* MB_VK_IMPORT_* (MB_VULKAN_HOST_IMPORT) */
     int verbose;     /* one-line notes on stderr (MB_VULKAN_VERBOSE) */
+    int hidden16;    /* coopmat path: h's high half only (MB_VULKAN_HIDDEN=16) */
+    int gemm_noted;  /* verbose: the tiled GEMMs noted (1 coopmat, 2 portable) */
     uint32_t gemv_rows; /* weight rows per moe_gemv workgroup: one per subgroup */
     int spin;           /* poll spins before sleeping (not on a CPU device) */
     char device_name[MB_PROTO_NAME_BYTES];

@@ -173,12 +173,34 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
     const uint32_t vec1 = req->d_model % v == 0, vec2 = pl->d_ff % v == 0;
     mb_vk_ctx *ctx = &be->ctx;
     if (pl->gemm) {
-        const uint32_t s_route[MB_VK_SPECS] = {rows}, s_pd[MB_VK_SPECS] = {pd};
-        const uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1}, s2[MB_VK_SPECS] = {wd, 0, vec2};
+        /* Matrix units need 16-bit weights and whole 16-byte chunks of K
+         * and N both ways; f32 weights and other shapes stay portable. */
+        pl->coopmat = ctx->has_coopmat && pl->wdtype != MB_DTYPE_F32 && req->d_model % 8 == 0 && pl->d_ff % 8 == 0;
+        pl->split_x = pl->coopmat && req->dtype == MB_DTYPE_F32;
+        pl->split_h = pl->coopmat && !be->hidden16;
+        const int seen = pl->coopmat ? 1 : 2;
+        if (!(be->gemm_noted & seen)) {
+            be->gemm_noted |= seen;
+            char note[160];
+            snprintf(note, sizeof note, "tiled request (%s weights, %s payload, %ux%u): %s", mb_dtype_name(pl->wdtype),
+                     mb_dtype_name(req->dtype), req->d_model, pl->d_ff,
+                     pl->coopmat ? "moe_gemm_coopmat (cooperative matrices)" : "moe_gemm (portable f32)");
+            mb_vk_note(be, note);
+        }
+        const uint32_t bn = pl->coopmat ? MB_KVK_GEMM_CM_BN : MB_KVK_GEMM_BN;
+        const uint32_t s_route[MB_VK_SPECS] = {rows, bn}, s_pd[MB_VK_SPECS] = {pd};
+        const uint32_t s_conv[MB_VK_SPECS] = {pd, pl->coopmat ? 1u + (uint32_t)pl->split_x : 0u};
+        const char *gemm = pl->coopmat ? "moe_gemm_coopmat" : "moe_gemm";
+        uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1}, s2[MB_VK_SPECS] = {wd, 0, vec2};
+        if (pl->coopmat) {
+            s1[2] = (uint32_t)pl->split_x;
+            s1[3] = (uint32_t)pl->split_h;
+            s2[2] = (uint32_t)pl->split_h;
+        }
         st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
-        if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_pd, &pl->convert);
-        if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_gemm", s1, &pl->ffn1);
-        if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_gemm", s2, &pl->ffn2);
+        if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_conv, &pl->convert);
+        if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, gemm, s1, &pl->ffn1);
+        if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, gemm, s2, &pl->ffn2);
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_combine", s_pd, &pl->combine);
         return st;
     }
@@ -206,8 +228,9 @@ void mb_vk_inputs_write(mb_vk_backend *be, const mb_vk_plan *pl, char *in)
 
 /* ---- recording ---- */
 
-/* The tiled path: route, convert, gate/up, down, combine; in is the input
- * buffer's address, out where the result goes. */
+/* The tiled path: route, convert, gate/up, down (moe_gemm, or
+ * moe_gemm_coopmat on f16 halves), combine; in is the input buffer's
+ * address, out where the result goes. */
 static void mb_vk_record_gemm(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan *pl, VkDeviceAddress in,
                               VkDeviceAddress out, mb_vk_rec_count *n)
 {
@@ -233,27 +256,57 @@ static void mb_vk_record_gemm(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan 
     mb_vk_dispatch(be, cb, n, pl->route, &rp, sizeof rp, 1, 1, NULL, 0);
     const size_t nx = (size_t)req->n_tokens * req->d_model;
     const mb_kvk_convert_pc cp = {.act = in + pl->act_off, .x = ws + r->ws.x, .n = (uint32_t)nx};
-    mb_vk_dispatch(be, cb, n, pl->convert, &cp, sizeof cp, mb_vk_groups(nx, MB_KVK_CONVERT_THREADS), 1, NULL, 0);
-    mb_kvk_ffn_pc fp = {.slots = be->slots.addr,
-                        .tiles = ws + r->ws.tiles,
-                        .expert_slot = rp.expert_slot,
-                        .expert_off = rp.expert_off,
-                        .perm_token = rp.perm_token,
-                        .in = cp.x,
-                        .out = ws + r->ws.h,
-                        .K = req->d_model,
-                        .N = pl->d_ff};
+    /* moe_gemm_coopmat's f16 input: one invocation a word of two. */
+    const size_t conv_items = pl->coopmat ? nx / 2 : nx;
+    mb_vk_dispatch(be, cb, n, pl->convert, &cp, sizeof cp, mb_vk_groups(conv_items, MB_KVK_CONVERT_THREADS), 1, NULL,
+                   0);
     const VkBuffer *args = &r->fixed.buf;
-    mb_vk_dispatch(be, cb, n, pl->ffn1, &fp, sizeof fp, 0, 0, args, args_off + offsetof(mb_kvk_args, gemm_gateup));
-    fp.in = fp.out;
-    fp.out = ws + r->ws.y;
-    fp.K = pl->d_ff;
-    fp.N = req->d_model;
-    mb_vk_dispatch(be, cb, n, pl->ffn2, &fp, sizeof fp, 0, 0, args, args_off + offsetof(mb_kvk_args, gemm_down));
+    if (pl->coopmat) {
+        /* x and h as f16 halves, the high ones first: the same bytes as
+         * the f32 arrays the workspace holds for them. */
+        const VkDeviceAddress h = ws + r->ws.h, h_lo = h + (VkDeviceSize)req->n_pairs * pl->d_ff * 2;
+        mb_kvk_gemm_cm_pc gp = {.slots = be->slots.addr,
+                                .tiles = ws + r->ws.tiles,
+                                .expert_slot = rp.expert_slot,
+                                .expert_off = rp.expert_off,
+                                .perm_token = rp.perm_token,
+                                .a_hi = cp.x,
+                                .a_lo = cp.x + (VkDeviceSize)nx * 2,
+                                .out = h,
+                                .out_lo = h_lo,
+                                .K = req->d_model,
+                                .N = pl->d_ff};
+        mb_vk_dispatch(be, cb, n, pl->ffn1, &gp, sizeof gp, 0, 0, args,
+                       args_off + offsetof(mb_kvk_args, gemm_gateup));
+        gp.a_hi = h;
+        gp.a_lo = h_lo;
+        gp.out = ws + r->ws.y;
+        gp.out_lo = 0;
+        gp.K = pl->d_ff;
+        gp.N = req->d_model;
+        mb_vk_dispatch(be, cb, n, pl->ffn2, &gp, sizeof gp, 0, 0, args, args_off + offsetof(mb_kvk_args, gemm_down));
+    } else {
+        mb_kvk_ffn_pc fp = {.slots = be->slots.addr,
+                            .tiles = ws + r->ws.tiles,
+                            .expert_slot = rp.expert_slot,
+                            .expert_off = rp.expert_off,
+                            .perm_token = rp.perm_token,
+                            .in = cp.x,
+                            .out = ws + r->ws.h,
+                            .K = req->d_model,
+                            .N = pl->d_ff};
+        mb_vk_dispatch(be, cb, n, pl->ffn1, &fp, sizeof fp, 0, 0, args,
+                       args_off + offsetof(mb_kvk_args, gemm_gateup));
+        fp.in = fp.out;
+        fp.out = ws + r->ws.y;
+        fp.K = pl->d_ff;
+        fp.N = req->d_model;
+        mb_vk_dispatch(be, cb, n, pl->ffn2, &fp, sizeof fp, 0, 0, args, args_off + offsetof(mb_kvk_args, gemm_down));
+    }
     const mb_kvk_combine_pc mp = {.tok_off = rp.tok_off,
                                   .pairs = rp.pairs,
                                   .pair_pos = rp.pair_pos,
-                                  .y = fp.out,
+                                  .y = ws + r->ws.y,
                                   .out = out,
                                   .n_tokens = req->n_tokens,
                                   .d_model = req->d_model};
@@ -364,6 +417,7 @@ static mb_vk_rec_key mb_vk_key(const mb_vk_req *r, const mb_vk_plan *pl)
     k.valid = 1;
     k.gemm = pl->gemm;
     k.fused = pl->fused;
+    k.coopmat = pl->coopmat;
     k.in_direct = pl->in_direct;
     k.imported = pl->src != NULL;
     k.fixed_fresh = r->fixed_fresh;

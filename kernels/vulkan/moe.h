@@ -11,10 +11,15 @@
  *      counting sort whose per-slot counters it zeroes back itself), lays
  *      out the tile schedule, and writes the indirect dispatch sizes of the
  *      steps below (mb_kvk_args);
- *   2. moe_convert: activations from the payload dtype to f32;
+ *   2. moe_convert: activations from the payload dtype to f32, or for
+ *      moe_gemm_coopmat to f16 (f32 payloads: high and low f16 halves);
  *   3. moe_gemm, gate/up + SiLU then down: tiled grouped matrix products
  *      over every routed expert in one dispatch each (shared-memory tiles,
- *      f32 arithmetic);
+ *      f32 arithmetic); or, where the device has VK_NV_cooperative_matrix
+ *      (MB_VULKAN_COOPMAT), 16-bit weights and d_model, d_ff multiples of
+ *      8, moe_gemm_coopmat: the same products on matrix units, f16
+ *      operands and f32 accumulators, the hidden row h passed between the
+ *      two as f16 high and low halves;
  *   4. moe_combine: per output element, its token's pairs' gate-weighted
  *      rows summed in request order (no float atomics), encoded to the
  *      payload dtype.
@@ -37,7 +42,18 @@
  * addresses. The structs here must match the shaders' push-constant blocks
  * member for member. 16-bit values (f16, bf16 weights and payloads, pair
  * counts) are read as 32-bit words and unpacked with shifts, so no 16-bit
- * storage feature is needed. */
+ * storage feature is needed.
+ *
+ * Precision of moe_gemm_coopmat (f16 operands, f32 accumulation): f16
+ * weights as they are; bf16 weights converted to f16, exact within f16's
+ * normal range (2^-14..65504), f16 subnormals below it (absolute error <=
+ * 2^-25), inf above it; f16 payloads exact; bf16 payloads rounded to f16
+ * (exact in its normal range); f32 payloads and the hidden row h split
+ * into a high f16 half (the mantissa cut to 10 bits) and the f16 rounding
+ * of the remainder, about 21 significant bits, two MMAs per fragment
+ * (MB_VULKAN_HIDDEN=16: h rounded to one f16, one MMA). Known limit, as on
+ * the CUDA backend with f16 weights: an activation or hidden value beyond
+ * f16's range becomes inf and the result inf or NaN. */
 #ifndef MB_KERNELS_VULKAN_MOE_H
 #define MB_KERNELS_VULKAN_MOE_H
 
@@ -57,6 +73,7 @@ enum { MB_KVK_F32 = 0, MB_KVK_F16 = 1, MB_KVK_BF16 = 2 };
 #define MB_KVK_GEMV_NT 4u     /* expert rows sharing one pass over a weight row */
 #define MB_KVK_GEMM_BM 64u    /* grouped rows per tile */
 #define MB_KVK_GEMM_BN 64u    /* output columns per tile */
+#define MB_KVK_GEMM_CM_BN 128u /* output columns per moe_gemm_coopmat tile */
 
 /* One slot of the slot table (device memory, [max_slots]): the device
  * addresses of the slot's gate, up [d_ff][d_model] and down
@@ -70,8 +87,8 @@ typedef struct {
 typedef struct {
     uint32_t gemv_gateup[3]; /* {ceil(d_ff / gemv rows), experts, 1} */
     uint32_t gemv_down[3];   /* {ceil(d_model / gemv rows), experts, 1} */
-    uint32_t gemm_gateup[3]; /* {tiles, ceil(d_ff / GEMM_BN), 1} */
-    uint32_t gemm_down[3];   /* {tiles, ceil(d_model / GEMM_BN), 1} */
+    uint32_t gemm_gateup[3]; /* {tiles, ceil(d_ff / BN), 1}, BN moe_route's specialisation 1 */
+    uint32_t gemm_down[3];   /* {tiles, ceil(d_model / BN), 1} */
     uint32_t n_experts;      /* slots with pairs */
     uint32_t n_tiles;
     uint32_t pad[2];
@@ -81,7 +98,9 @@ typedef struct {
 #define MB_KVK_MAX_TILES(n_pairs, n_experts) ((n_pairs) / MB_KVK_GEMM_BM + (n_experts) + 1u)
 
 /* moe_route, one workgroup. Inputs as on the wire; the rest workspace.
- * Specialisation 0: moe_gemv's rows per workgroup. */
+ * Specialisation 0: moe_gemv's rows per workgroup; 1: the GEMM's output
+ * columns per tile (MB_KVK_GEMM_BN or MB_KVK_GEMM_CM_BN; 0 counts as the
+ * first). */
 typedef struct {
     uint64_t counts;      /* u16 [n_tokens] pairs per token */
     uint64_t pairs;       /* {u32 slot, f32 gate} [n_pairs] */
@@ -97,7 +116,9 @@ typedef struct {
     uint32_t n_tokens, n_pairs, d_model, d_ff;
 } mb_kvk_route_pc;
 
-/* moe_convert: x[i] = f32(act[i]), i < n. Specialisation 0: payload dtype. */
+/* moe_convert: x[i] = f32(act[i]), i < n. Specialisation 0: payload dtype;
+ * 1: output, 0 f32 as above, 1 f16 (n even, two a 32-bit word), 2 f16 high
+ * halves then, n / 2 words after them, the low halves (f32 payloads). */
 typedef struct {
     uint64_t act; /* payload [n] */
     uint64_t x;   /* f32 [n] */
@@ -123,6 +144,26 @@ typedef struct {
     uint64_t out;         /* f32: h or y [n_pairs][N] */
     uint32_t K, N;
 } mb_kvk_ffn_pc;
+
+/* moe_gemm_coopmat, indirect dispatches sized by moe_route with
+ * MB_KVK_GEMM_CM_BN columns a tile, 256 invocations (8 subgroups of 32):
+ *   gate/up: h[row][N = d_ff] = silu(x[token(row)] . W_gate) * (x[token(row)] . W_up), K = d_model
+ *   down:    y[row][N = d_model] = h[row] . W_down, K = d_ff
+ * K and N multiples of 8, every address 16-byte aligned. Specialisation: 0
+ * weight dtype (f16 or bf16), 1 gate/up (1) or down (0), 2 A has a low
+ * half (a_lo), 3 gate/up writes h's low half (out_lo). */
+typedef struct {
+    uint64_t slots;       /* mb_kvk_slot [max_slots] */
+    uint64_t tiles;       /* the tile schedule */
+    uint64_t expert_slot;
+    uint64_t expert_off;
+    uint64_t perm_token;
+    uint64_t a_hi;        /* f16 x [n_tokens][K] (gate/up) or h [n_pairs][K] (down) */
+    uint64_t a_lo;        /* its low halves, the same shape (specialisation 2) */
+    uint64_t out;         /* gate/up: f16 h [n_pairs][N]; down: f32 y [n_pairs][N] */
+    uint64_t out_lo;      /* gate/up: h's low halves (specialisation 3) */
+    uint32_t K, N;
+} mb_kvk_gemm_cm_pc;
 
 /* moe_gemv_combine, one workgroup per MB_KVK_GEMV_THREADS / subgroup size
  * output rows: out[t][n] = sum over t's pairs j of gate_j * (W_down[slot_j][n]

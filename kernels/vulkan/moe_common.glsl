@@ -47,3 +47,23 @@ uint mb_pack2(float lo, float hi, uint dt)
 }
 
 float mb_silu(float g) { return g / (1.0 + exp(-g)); }
+
+// Two f32 values as f16 high and low halves (packed two a word, x[0] in the
+// low half), x = hi + lo to about 21 significant bits, for the matrix units
+// (moe_convert, moe_gemm_coopmat). hi is x with its mantissa cut to f16's
+// 10 bits by integer masking, so it is exact in f16 and no compiler can fold
+// x - hi to zero (an f32 -> f16 -> f32 round trip may be folded into x);
+// lo = x - hi is exact in f32 (precise: no contraction or reassociation)
+// and rounded to f16. Below f16's normal range (|x| < 2^-14) hi is a signed
+// zero and lo = x, an f16 subnormal (absolute error <= 2^-25); from 65536 up
+// hi is inf (the f16 range limit, as on the CUDA backend with f16 weights).
+void mb_split_f16(vec2 x, out uint hi, out uint lo)
+{
+    const uvec2 b = floatBitsToUint(x);
+    const bvec2 tiny = lessThan(b & uvec2(0x7fffffffu), uvec2(0x38800000u));
+    const uvec2 hb = mix(b & uvec2(0xffffe000u), b & uvec2(0x80000000u), tiny);
+    precise const vec2 h = uintBitsToFloat(hb);
+    precise const vec2 l = x - h;
+    hi = packHalf2x16(h);
+    lo = packHalf2x16(l);
+}

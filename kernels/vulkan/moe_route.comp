@@ -12,10 +12,13 @@
 
 #define THREADS 256u
 #define GEMM_BM 64u
-#define GEMM_BN 64u
 
 layout(local_size_x = 256) in;
 layout(constant_id = 0) const uint GEMV_ROWS = 16u; // moe_gemv's weight rows per workgroup
+// Output columns per tile of the GEMM that follows: moe_gemm's 64 or
+// moe_gemm_coopmat's 128 (0 counts as 64).
+layout(constant_id = 1) const uint GEMM_BN_SPEC = 64u;
+const uint GEMM_BN = GEMM_BN_SPEC == 0u ? 64u : GEMM_BN_SPEC;
 
 layout(push_constant) uniform P {
     uvec2 counts, pairs, slot_cnt, slot_eidx, tok_off, expert_slot, expert_off, pair_pos, perm_token, tiles, args;

@@ -13,7 +13,10 @@
  * outputs come from one shared mapping registered with the backend, as a
  * worker's shared-memory segment is, so that a GPU backend may read and
  * write them in place (the Vulkan backend does where it can import host
- * memory; MB_VULKAN_HOST_IMPORT=0 or always picks the path).
+ * memory; MB_VULKAN_HOST_IMPORT=0 or always picks the path). The Vulkan
+ * backend's prefill GEMM follows MB_VULKAN_COOPMAT (1: cooperative matrices
+ * required, so a device without them skips; 0: the portable f32 tiles) and
+ * MB_VULKAN_PATH=gemm sends every case through it; its ctests run each.
  *
  * Error metric: max |out - ref| / max |ref| over a request's output (NaN
  * counts as infinite). Bounds by (weight dtype, payload dtype), in
@@ -108,8 +111,10 @@ static const bo_case_spec bo_odd_cases[] = {
 static const bo_case_spec bo_ragged_cases[] = {
     {1, BO_UNIFORM, 0}, {16, BO_UNIFORM, 0}, {300, BO_SPARSE, 0},
 };
+/* 512 skewed: one expert with 512 rows (8 full row tiles) beside ragged
+ * ones, 32 K slices: the GPU tensor-core paths at prefill size. */
 static const bo_case_spec bo_large_cases[] = {
-    {1, BO_UNIFORM, 0}, {16, BO_UNIFORM, 0}, {64, BO_SKEWED, 0}, {256, BO_UNIFORM, 1},
+    {1, BO_UNIFORM, 0}, {16, BO_UNIFORM, 0}, {64, BO_SKEWED, 0}, {256, BO_UNIFORM, 1}, {512, BO_SKEWED, 1},
 };
 
 #define BO_N(a) (sizeof(a) / sizeof((a)[0]))
