@@ -7,7 +7,7 @@
 # every other CUDA-labelled test.
 #   bash bench/gpu/local9.sh
 set -u
-bash bench/gpu/device_run.sh build 2>&1 | tail -3
+[ -n "${MB_SKIP_BUILD:-}" ] || bash bench/gpu/device_run.sh build 2>&1 | tail -3
 B=build-gpu
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
 ARGS=${MB_DEVICE_ARGS:---layers 4 --prompt 1024 --gen 32}

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
 mkdir -p "$OUT"
 t0=$(date +%s)
-MB_WITH_VULKAN=ON MB_TARGETS="test_backend_ops bench_expert_gpu" timeout 200 bash bench/gpu/device_run.sh build 2>&1 |
+[ -n "${MB_SKIP_BUILD:-}" ] || MB_WITH_VULKAN=ON MB_TARGETS="test_backend_ops bench_expert_gpu" timeout 200 bash bench/gpu/device_run.sh build 2>&1 |
     tail -4
 B=build-gpu
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
