@@ -168,13 +168,17 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
                     (req->dtype == MB_DTYPE_F32 || (req->d_model % 2 == 0 && rows % 2 == 0));
     }
 
-    const uint32_t wd = (uint32_t)pl->wdtype, pd = (uint32_t)req->dtype;
-    const uint32_t v = pl->wdtype == MB_DTYPE_F32 ? 4 : 8;
-    const uint32_t vec1 = req->d_model % v == 0, vec2 = pl->d_ff % v == 0;
+    /* Quantized weights: the gate's, up's and down's types apart; their
+     * shaders read whole blocks, so the 16-byte loads always apply. */
+    const uint32_t wd = (uint32_t)pl->wdtype[MB_PROTO_MAT_GATE], wu = (uint32_t)pl->wdtype[MB_PROTO_MAT_UP];
+    const uint32_t wdd = (uint32_t)pl->wdtype[MB_PROTO_MAT_DOWN], pd = (uint32_t)req->dtype;
+    const int quant = mb_dtype_is_quant(pl->wdtype[MB_PROTO_MAT_GATE]);
+    const uint32_t v = pl->wdtype[MB_PROTO_MAT_GATE] == MB_DTYPE_F32 ? 4 : 8;
+    const uint32_t vec1 = quant || req->d_model % v == 0, vec2 = quant || pl->d_ff % v == 0;
     mb_vk_ctx *ctx = &be->ctx;
     if (pl->gemm) {
         const uint32_t s_route[MB_VK_SPECS] = {rows}, s_pd[MB_VK_SPECS] = {pd};
-        const uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1}, s2[MB_VK_SPECS] = {wd, 0, vec2};
+        const uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, wu}, s2[MB_VK_SPECS] = {wdd, 0, vec2, wdd};
         st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_pd, &pl->convert);
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_gemm", s1, &pl->ffn1);
@@ -182,14 +186,14 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_combine", s_pd, &pl->combine);
         return st;
     }
-    const uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, rows, pd};
+    const uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, rows, pd, wu};
     st = mb_vk_pipeline_get(ctx, "moe_gemv", s1, &pl->ffn1);
     if (st != MB_STATUS_OK) return st;
     if (pl->fused) {
-        const uint32_t sf[MB_VK_SPECS] = {wd, pd, vec2, rows};
+        const uint32_t sf[MB_VK_SPECS] = {wdd, pd, vec2, rows};
         return mb_vk_pipeline_get(ctx, "moe_gemv_combine", sf, &pl->ffn2);
     }
-    const uint32_t s2[MB_VK_SPECS] = {wd, 0, vec2, rows, MB_DTYPE_F32}, s_pd[MB_VK_SPECS] = {pd};
+    const uint32_t s2[MB_VK_SPECS] = {wdd, 0, vec2, rows, MB_DTYPE_F32, wdd}, s_pd[MB_VK_SPECS] = {pd};
     st = mb_vk_pipeline_get(ctx, "moe_gemv", s2, &pl->ffn2);
     if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_combine", s_pd, &pl->combine);
     return st;
@@ -374,7 +378,7 @@ static mb_vk_rec_key mb_vk_key(const mb_vk_req *r, const mb_vk_plan *pl)
     k.d_model = req->d_model;
     k.d_ff = pl->d_ff;
     k.dtype = req->dtype;
-    k.wdtype = pl->wdtype;
+    memcpy(k.wdtype, pl->wdtype, sizeof k.wdtype);
     return k;
 }
 
