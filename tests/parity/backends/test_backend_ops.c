@@ -42,14 +42,16 @@
  *   others, f32 payload         4e-3  f32 weights and activations on the
  *                                     GEMV path; the tensor-core paths round
  *                                     weights to f16 (2^-11 each) [emulator:
- *                                     GEMV 3e-7, tensor cores 6e-4].
- *   others, f16 payload         5e-3  the same and the f16 output.
- *   others, bf16 payload        1e-2  as for element weights.
+ *                                     GEMV 3e-7, tensor cores 6e-4; Vulkan
+ *                                     on lavapipe, f32 on both paths: 1.3e-6].
+ *   others, f16 payload         5e-3  the same and the f16 output [Vulkan 4.3e-4].
+ *   others, bf16 payload        1e-2  as for element weights [Vulkan 3.6e-3].
  * The summary printed at the end gives the worst error per pair of dtypes,
  * to keep these honest. For the CPU emulator of the CUDA kernels
  * (tests/unit/cuda_dense/emu/run.sh): MB_BACKEND_OPS_ONLY=quant runs only
  * the quantized groups and the error checks, MB_BACKEND_OPS_MAX_TOKENS=N
- * skips requests of more tokens. */
+ * skips requests of more tokens (MB_BACKEND_OPS_ONLY=quant also serves the
+ * Vulkan backend's forced-path runs). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
