@@ -37,7 +37,18 @@
  * addresses. The structs here must match the shaders' push-constant blocks
  * member for member. 16-bit values (f16, bf16 weights and payloads, pair
  * counts) are read as 32-bit words and unpacked with shifts, so no 16-bit
- * storage feature is needed. */
+ * storage feature is needed.
+ *
+ * Quantized weights (Q8_0, Q4_K, Q6_K; gate, up and down each of its own
+ * type) stay quantized in device memory, in kernels/vulkan/quant_layout.h's
+ * layout, read as 32-bit words and 16-byte loads (no 8- or 16-bit storage
+ * feature needed). Every shader dequantizes through moe_quant.glsl's
+ * mb_qdeq16, exactly as kernels/cpu/quant.c does (bit for bit in f32,
+ * checked through moe_qdequant): moe_gemv and moe_gemv_combine in
+ * registers, 16 weights a lane at a time; moe_gemm into its f32 weight
+ * tiles, one row's 16-deep slice per invocation. The arithmetic after that
+ * is f32 as for 16-bit weights: activations are not quantized to 8 bits
+ * and weights not rounded to f16. */
 #ifndef MB_KERNELS_VULKAN_MOE_H
 #define MB_KERNELS_VULKAN_MOE_H
 
