@@ -193,9 +193,9 @@ mb_status mb_backend_load_expert(mb_backend *b, const mb_expert_weights *w)
 {
     if (!b || !w || !w->gate || !w->up || !w->down) return MB_STATUS_INVALID_ARG;
     if (w->d_model == 0 || w->d_ff == 0) return MB_STATUS_BAD_SHAPE;
-    /* A backend is only handed weight dtypes its caps name (the CUDA
-     * backend names Q8_0, Q4_K and Q6_K, Vulkan no quantized one yet), in
-     * a mix it can compute, and quantized rows in whole blocks (gate/up
+    /* A backend is only handed weight dtypes its caps name (the CUDA and
+     * Vulkan backends name Q8_0, Q4_K and Q6_K), in a mix it can
+     * compute, and quantized rows in whole blocks (gate/up
      * rows hold d_model elements, down d_ff). */
     mb_status st = mb_backend_expert_dtypes_check(w->wdtype);
     if (st != MB_STATUS_OK) return st;

@@ -181,7 +181,10 @@ static mb_status mb_vk_caps(void *state, mb_backend_caps *caps)
     caps->mem_total_bytes = total;
     caps->mem_free_bytes = avail > reserve ? avail - reserve : 0;
     caps->payload_dtype_mask = MB_DTYPE_MASK_ALL;
-    caps->weight_dtype_mask = MB_DTYPE_MASK_ALL;
+    /* Quantized experts: the types of Q8_0, Q4_K_M and Q6_K files (no
+     * shaders for Q4_0 and Q5_K, so placement refuses them by name). */
+    caps->weight_dtype_mask = MB_DTYPE_MASK_ALL | MB_DTYPE_MASK(MB_DTYPE_Q8_0) | MB_DTYPE_MASK(MB_DTYPE_Q4_K) |
+                              MB_DTYPE_MASK(MB_DTYPE_Q6_K);
     caps->preferred_batch = 4096;
     caps->n_threads = 1;
     caps->max_slots = be->max_slots;

@@ -27,7 +27,7 @@
 #define MB_VK_UPLOAD_BYTES ((size_t)32 << 20)
 #define MB_VK_ARENA_BYTES ((size_t)256 << 20)
 #define MB_VK_DEFAULT_STAGING ((uint64_t)1 << 30)
-#define MB_VK_MAX_PIPELINES 128 /* shader x specialisation variants a context caches */
+#define MB_VK_MAX_PIPELINES 256 /* shader x specialisations: quantized mixes add many */
 #define MB_VK_PUSH_BYTES 128u
 #define MB_VK_ALIGN(x) (((x) + 255) & ~(size_t)255) /* offsets inside request buffers */
 #define MB_VK_SPECS 6u /* specialisation constants 0..5 a pipeline may take */
@@ -198,7 +198,7 @@ typedef struct {
     int gemm, fused, coopmat, in_direct, imported, fixed_fresh;
     uint32_t gen; /* the entry's buffer generation (mb_vk_req.gen) */
     uint32_t n_tokens, n_pairs, n_experts, d_model, d_ff;
-    mb_dtype dtype, wdtype;
+    mb_dtype dtype, wdtype[MB_PROTO_MATS];
 } mb_vk_rec_key;
 
 /* Commands recorded for one request, for tests and notes. */
@@ -266,7 +266,7 @@ typedef struct {
 typedef struct {
     const mb_proto_expert_req *req;
     uint32_t d_ff;
-    mb_dtype wdtype;
+    mb_dtype wdtype[MB_PROTO_MATS]; /* gate, up, down: one element dtype, or quantized types */
     size_t in_bytes, out_bytes, pairs_off, act_off;
     int gemm;  /* tiled path, routed on the device; else GEMV, routed on the host */
     int fused; /* GEMV: down product and combine in one dispatch */
@@ -303,6 +303,7 @@ typedef struct {
     uint32_t *layer_experts;   /* loaded slots per layer */
     uint32_t n_layers_cap;
     mb_vk_arena *arenas;
+    uint64_t weight_bytes;     /* loaded slots' weights, quantized ones at their quantized size */
 
     mb_vk_upload_buf up[MB_VK_UPLOAD_BUFS];
     int up_next;
@@ -322,6 +323,9 @@ typedef struct {
 } mb_vk_backend;
 
 /* vk_weights.c */
+/* 1 for the weight dtypes the shaders take: f32, f16, bf16, Q8_0, Q4_K,
+ * Q6_K. */
+int mb_vk_weight_dtype_ok(mb_dtype wdtype);
 mb_status mb_vk_load_expert(void *state, const mb_expert_weights *w);
 mb_status mb_vk_load_finish(void *state);
 mb_status mb_vk_reserve_layer(void *state, uint32_t layer, uint32_t slot0, uint32_t n_slots, uint32_t d_model,

@@ -168,22 +168,28 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
                     (req->dtype == MB_DTYPE_F32 || (req->d_model % 2 == 0 && rows % 2 == 0));
     }
 
-    const uint32_t wd = (uint32_t)pl->wdtype, pd = (uint32_t)req->dtype;
-    const uint32_t v = pl->wdtype == MB_DTYPE_F32 ? 4 : 8;
-    const uint32_t vec1 = req->d_model % v == 0, vec2 = pl->d_ff % v == 0;
+    /* Quantized weights: the gate's, up's and down's types apart; their
+     * shaders read whole blocks, so the 16-byte loads always apply. */
+    const uint32_t wd = (uint32_t)pl->wdtype[MB_PROTO_MAT_GATE], wu = (uint32_t)pl->wdtype[MB_PROTO_MAT_UP];
+    const uint32_t wdd = (uint32_t)pl->wdtype[MB_PROTO_MAT_DOWN], pd = (uint32_t)req->dtype;
+    const int quant = mb_dtype_is_quant(pl->wdtype[MB_PROTO_MAT_GATE]);
+    const uint32_t v = pl->wdtype[MB_PROTO_MAT_GATE] == MB_DTYPE_F32 ? 4 : 8;
+    const uint32_t vec1 = quant || req->d_model % v == 0, vec2 = quant || pl->d_ff % v == 0;
     mb_vk_ctx *ctx = &be->ctx;
     if (pl->gemm) {
         /* Matrix units need 16-bit weights and whole 16-byte chunks of K
-         * and N both ways; f32 weights and other shapes stay portable. */
-        pl->coopmat = ctx->has_coopmat && pl->wdtype != MB_DTYPE_F32 && req->d_model % 8 == 0 && pl->d_ff % 8 == 0;
+         * and N both ways; f32 and quantized weights (which the portable
+         * tiles dequantize into f32) and other shapes stay portable. */
+        pl->coopmat = ctx->has_coopmat && (wd == MB_DTYPE_F16 || wd == MB_DTYPE_BF16) && req->d_model % 8 == 0 &&
+                      pl->d_ff % 8 == 0;
         pl->split_x = pl->coopmat && req->dtype == MB_DTYPE_F32;
         pl->split_h = pl->coopmat && !be->hidden16;
         const int seen = pl->coopmat ? 1 : 2;
         if (!(be->gemm_noted & seen)) {
             be->gemm_noted |= seen;
             char note[160];
-            snprintf(note, sizeof note, "tiled request (%s weights, %s payload, %ux%u): %s", mb_dtype_name(pl->wdtype),
-                     mb_dtype_name(req->dtype), req->d_model, pl->d_ff,
+            snprintf(note, sizeof note, "tiled request (%s weights, %s payload, %ux%u): %s",
+                     mb_dtype_name(pl->wdtype[MB_PROTO_MAT_GATE]), mb_dtype_name(req->dtype), req->d_model, pl->d_ff,
                      pl->coopmat ? "moe_gemm_coopmat (cooperative matrices)" : "moe_gemm (portable f32)");
             mb_vk_note(be, note);
         }
@@ -191,11 +197,12 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
         const uint32_t s_route[MB_VK_SPECS] = {rows, bn}, s_pd[MB_VK_SPECS] = {pd};
         const uint32_t s_conv[MB_VK_SPECS] = {pd, pl->coopmat ? 1u + (uint32_t)pl->split_x : 0u};
         const char *gemm = pl->coopmat ? "moe_gemm_coopmat" : "moe_gemm";
-        uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1}, s2[MB_VK_SPECS] = {wd, 0, vec2};
+        uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, wu}, s2[MB_VK_SPECS] = {wdd, 0, vec2, wdd};
         if (pl->coopmat) {
             s1[2] = (uint32_t)pl->split_x;
             s1[3] = (uint32_t)pl->split_h;
             s2[2] = (uint32_t)pl->split_h;
+            s2[3] = 0;
         }
         st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_conv, &pl->convert);
@@ -204,14 +211,14 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_combine", s_pd, &pl->combine);
         return st;
     }
-    const uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, rows, pd};
+    const uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, rows, pd, wu};
     st = mb_vk_pipeline_get(ctx, "moe_gemv", s1, &pl->ffn1);
     if (st != MB_STATUS_OK) return st;
     if (pl->fused) {
-        const uint32_t sf[MB_VK_SPECS] = {wd, pd, vec2, rows};
+        const uint32_t sf[MB_VK_SPECS] = {wdd, pd, vec2, rows};
         return mb_vk_pipeline_get(ctx, "moe_gemv_combine", sf, &pl->ffn2);
     }
-    const uint32_t s2[MB_VK_SPECS] = {wd, 0, vec2, rows, MB_DTYPE_F32}, s_pd[MB_VK_SPECS] = {pd};
+    const uint32_t s2[MB_VK_SPECS] = {wdd, 0, vec2, rows, MB_DTYPE_F32, wdd}, s_pd[MB_VK_SPECS] = {pd};
     st = mb_vk_pipeline_get(ctx, "moe_gemv", s2, &pl->ffn2);
     if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_combine", s_pd, &pl->combine);
     return st;
@@ -428,7 +435,7 @@ static mb_vk_rec_key mb_vk_key(const mb_vk_req *r, const mb_vk_plan *pl)
     k.d_model = req->d_model;
     k.d_ff = pl->d_ff;
     k.dtype = req->dtype;
-    k.wdtype = pl->wdtype;
+    memcpy(k.wdtype, pl->wdtype, sizeof k.wdtype);
     return k;
 }
 

@@ -205,9 +205,8 @@ mb_status mb_vk_submit(void *state, uint64_t tag, const mb_proto_expert_req *req
     if (be->ctx.lost) return MB_STATUS_DEVICE;
     if (!mb_dtype_valid(req->dtype)) return MB_STATUS_BAD_DTYPE;
     mb_vk_plan pl = {.req = req};
-    mb_dtype wdtype[MB_PROTO_MATS]; /* one element dtype for all three (load_expert) */
-    mb_status st = mb_route_validate(&be->table, req, &pl.d_ff, wdtype);
-    pl.wdtype = wdtype[MB_PROTO_MAT_GATE];
+    /* One element dtype for all three, or quantized ones (load_expert). */
+    mb_status st = mb_route_validate(&be->table, req, &pl.d_ff, pl.wdtype);
     if (st != MB_STATUS_OK) return st;
 
     mb_vk_req *r = NULL;

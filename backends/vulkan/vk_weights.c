@@ -6,12 +6,16 @@
  * into one command buffer per staging buffer, so the device copies one
  * batch while the host packs the next. Requests are submitted to the same
  * queue after the pending uploads and start with a barrier, so they see the
- * weights without the host waiting. */
+ * weights without the host waiting. Quantized matrices (Q8_0, Q4_K, Q6_K,
+ * each matrix its own type) keep their quantized size; the host packs
+ * their blocks into kernels/vulkan/quant_layout.h's sections while filling
+ * the staging buffers. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "backends/vulkan/vk_internal.h"
+#include "kernels/vulkan/quant_layout.h"
 
 #define MB_VK_ALIGN256(x) (((x) + 255) & ~(VkDeviceSize)255)
 
@@ -64,16 +68,40 @@ static mb_status mb_vk_arena_alloc(mb_vk_backend *be, VkDeviceSize bytes, mb_vk_
     return MB_STATUS_OK;
 }
 
-/* Bytes of one matrix and of a slot (three matrices, each 256-aligned). */
-static mb_status mb_vk_expert_bytes(uint32_t d_model, uint32_t d_ff, mb_dtype wdtype, VkDeviceSize *mat,
-                                    VkDeviceSize *slot)
+int mb_vk_weight_dtype_ok(mb_dtype wdtype)
+{
+    return mb_dtype_valid(wdtype) || mb_kvk_quant_supported((int)wdtype);
+}
+
+/* Where an expert's matrices go in its slot: gate, up, down at off[i],
+ * mat[i] bytes each (their quantized size for quantized types), each
+ * 256-aligned, and the bytes the slot spans (*span; quantized matrices get
+ * 4 bytes of room after them for the shaders' word reads) and holds as
+ * weights (*bytes). The shaders index a matrix's elements with 32-bit
+ * integers. BAD_DTYPE, BAD_SHAPE (too large, or rows not whole blocks) or
+ * OVERFLOW. */
+static mb_status mb_vk_expert_layout(uint32_t d_model, uint32_t d_ff, const mb_dtype wdtype[MB_PROTO_MATS],
+                                     VkDeviceSize off[MB_PROTO_MATS], VkDeviceSize mat[MB_PROTO_MATS],
+                                     VkDeviceSize *span, uint64_t *bytes)
 {
     size_t m = 0;
-    /* The shaders index a matrix's elements with 32-bit integers. */
     if (__builtin_mul_overflow((size_t)d_model, (size_t)d_ff, &m) || m >= ((size_t)1 << 31))
         return MB_STATUS_BAD_SHAPE;
-    *mat = (VkDeviceSize)m * mb_dtype_size(wdtype);
-    *slot = 3 * MB_VK_ALIGN256(*mat);
+    VkDeviceSize at = 0;
+    uint64_t sum = 0;
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
+        if (!mb_vk_weight_dtype_ok(wdtype[i])) return MB_STATUS_BAD_DTYPE;
+        const uint32_t rows = i == MB_PROTO_MAT_DOWN ? d_model : d_ff, cols = i == MB_PROTO_MAT_DOWN ? d_ff : d_model;
+        uint64_t rb = 0;
+        mb_status st = mb_dtype_row_bytes(wdtype[i], cols, &rb);
+        if (st != MB_STATUS_OK) return st;
+        mat[i] = (VkDeviceSize)rows * rb; /* under 2^31 elements of at most 4 bytes */
+        off[i] = at;
+        at += MB_VK_ALIGN256(mat[i] + (mb_dtype_is_quant(wdtype[i]) ? 4 : 0));
+        sum += mat[i];
+    }
+    *span = at;
+    *bytes = sum;
     return MB_STATUS_OK;
 }
 
@@ -83,20 +111,24 @@ mb_status mb_vk_reserve_layer(void *state, uint32_t layer, uint32_t slot0, uint3
     mb_vk_backend *be = state;
     if (!be || n_slots == 0 || slot0 >= be->max_slots || n_slots > be->max_slots - slot0) return MB_STATUS_SLOT_RANGE;
     if (d_model == 0 || d_ff == 0) return MB_STATUS_BAD_SHAPE;
-    if (!mb_dtype_valid(wdtype)) return MB_STATUS_BAD_DTYPE;
     (void)layer;
-    VkDeviceSize mat = 0, per = 0, all = 0;
-    mb_status st = mb_vk_expert_bytes(d_model, d_ff, wdtype, &mat, &per);
+    /* A quantized layer is reserved as if all three matrices had wdtype;
+     * a slot that then needs more (another type for down) gets its own
+     * piece at load. */
+    const mb_dtype dt[MB_PROTO_MATS] = {wdtype, wdtype, wdtype};
+    VkDeviceSize off[MB_PROTO_MATS], mat[MB_PROTO_MATS], per = 0, all = 0;
+    uint64_t used = 0;
+    mb_status st = mb_vk_expert_layout(d_model, d_ff, dt, off, mat, &per, &used);
     if (st != MB_STATUS_OK) return st;
     if (__builtin_mul_overflow(per, (VkDeviceSize)n_slots, &all)) return MB_STATUS_OVERFLOW;
     /* Larger than one allocation may be: the slots get their pieces one by one. */
     if (all > be->ctx.max_alloc) return MB_STATUS_OK;
     mb_vk_arena *a = NULL;
-    VkDeviceSize off = 0;
-    st = mb_vk_arena_alloc(be, all, &a, &off);
+    VkDeviceSize o = 0;
+    st = mb_vk_arena_alloc(be, all, &a, &o);
     if (st != MB_STATUS_OK) return st;
     for (uint32_t i = 0; i < n_slots; i++)
-        be->slot_mem[slot0 + i] = (mb_vk_slot_mem){a, off + (VkDeviceSize)i * per, per};
+        be->slot_mem[slot0 + i] = (mb_vk_slot_mem){a, o + (VkDeviceSize)i * per, per};
     return MB_STATUS_OK;
 }
 
@@ -181,6 +213,39 @@ static mb_status mb_vk_upload(mb_vk_backend *be, VkBuffer dst, VkDeviceSize dst_
     return MB_STATUS_OK;
 }
 
+/* Queues a quantized matrix (n_blocks ggml blocks at src) to dst at
+ * dst_off in the shaders' layout: section by section, each packed straight
+ * into the staging buffers a piece at a time. */
+static mb_status mb_vk_upload_quant(mb_vk_backend *be, VkBuffer dst, VkDeviceSize dst_off, const void *src,
+                                    mb_dtype wdtype, size_t n_blocks)
+{
+    mb_kvk_qsection sec[MB_KVK_QSECTIONS_MAX];
+    const int n_sec = mb_kvk_qsections((int)wdtype, sec);
+    for (int s = 0; s < n_sec; s++) {
+        size_t b0 = 0;
+        while (b0 < n_blocks) {
+            mb_vk_upload_buf *u = NULL;
+            mb_status st = mb_vk_up_ready(be, &u);
+            if (st != MB_STATUS_OK) return st;
+            const size_t per = u->used < u->stage.bytes ? (size_t)(u->stage.bytes - u->used) / sec[s].bytes : 0;
+            if (per == 0) {
+                if ((st = mb_vk_upload_flush(be)) != MB_STATUS_OK) return st;
+                continue;
+            }
+            const size_t nb = n_blocks - b0 < per ? n_blocks - b0 : per, n = nb * sec[s].bytes;
+            mb_kvk_qsection_pack((int)wdtype, sec[s], src, b0, nb, (char *)u->stage.map + u->used);
+            const VkBufferCopy reg = {.srcOffset = u->used, .dstOffset = dst_off + b0 * sec[s].bytes, .size = n};
+            vkCmdCopyBuffer(u->cb, u->stage.buf, dst, 1, &reg);
+            u->used = (u->used + n + 15) & ~(VkDeviceSize)15;
+            be->up_bytes += n;
+            b0 += nb;
+        }
+        dst_off += (VkDeviceSize)n_blocks * sec[s].bytes;
+    }
+    mb_vk_progress(be, 0);
+    return MB_STATUS_OK;
+}
+
 static void mb_vk_layer_count(mb_vk_backend *be, uint32_t layer, int delta)
 {
     if (layer >= be->n_layers_cap) {
@@ -200,15 +265,16 @@ mb_status mb_vk_load_expert(void *state, const mb_expert_weights *w)
 {
     mb_vk_backend *be = state;
     if (!be || !w) return MB_STATUS_INVALID_ARG;
-    /* No quantized kernels yet: the caps name element dtypes only, and the
-     * wrapper hands those over as one dtype for all three matrices. */
-    const mb_dtype wdtype = w->wdtype[MB_PROTO_MAT_GATE];
-    if (!mb_dtype_valid(wdtype)) return MB_STATUS_BAD_DTYPE;
-    if (be->ctx.lost) return MB_STATUS_DEVICE;
-    mb_status st = mb_route_table_check_load(&be->table, w);
+    /* One element dtype for all three matrices, or quantized types the
+     * shaders know (each its own); the wrapper admits no other mix, and
+     * the caps name no other quantized type. */
+    mb_status st = mb_backend_expert_dtypes_check(w->wdtype);
     if (st != MB_STATUS_OK) return st;
-    VkDeviceSize mat = 0, bytes = 0;
-    st = mb_vk_expert_bytes(w->d_model, w->d_ff, wdtype, &mat, &bytes);
+    if (be->ctx.lost) return MB_STATUS_DEVICE;
+    if ((st = mb_route_table_check_load(&be->table, w)) != MB_STATUS_OK) return st;
+    VkDeviceSize off[MB_PROTO_MATS], mat[MB_PROTO_MATS], bytes = 0;
+    uint64_t wbytes = 0;
+    st = mb_vk_expert_layout(w->d_model, w->d_ff, w->wdtype, off, mat, &bytes, &wbytes);
     if (st != MB_STATUS_OK) return st;
     if (be->up_bytes == 0) be->up_t0_ns = mb_vk_now_ns();
     mb_vk_slot_mem *sm = &be->slot_mem[w->slot];
@@ -216,10 +282,10 @@ mb_status mb_vk_load_expert(void *state, const mb_expert_weights *w)
         /* A reload with a larger shape leaves the old piece unused: arenas
          * are only freed with the backend. */
         mb_vk_arena *a = NULL;
-        VkDeviceSize off = 0;
-        st = mb_vk_arena_alloc(be, bytes, &a, &off);
+        VkDeviceSize at = 0;
+        st = mb_vk_arena_alloc(be, bytes, &a, &at);
         if (st != MB_STATUS_OK) return st;
-        *sm = (mb_vk_slot_mem){a, off, bytes};
+        *sm = (mb_vk_slot_mem){a, at, bytes};
     }
     /* Requests in flight may read the old weights: wait for them first. */
     if ((st = mb_vk_reqs_wait(be)) != MB_STATUS_OK) return st;
@@ -228,20 +294,35 @@ mb_status mb_vk_load_expert(void *state, const mb_expert_weights *w)
     if ((st = mb_vk_up_ready(be, &u)) != MB_STATUS_OK) return st;
     /* A slot written before may still have copies queued: order them first. */
     if (old->loaded) mb_vk_barrier(u->cb);
-    const VkDeviceSize ms = MB_VK_ALIGN256(mat), base = sm->off;
+    const VkDeviceSize base = sm->off;
     const VkBuffer dst = sm->arena->b.buf;
-    if ((st = mb_vk_upload(be, dst, base, w->gate, (size_t)mat)) != MB_STATUS_OK ||
-        (st = mb_vk_upload(be, dst, base + ms, w->up, (size_t)mat)) != MB_STATUS_OK ||
-        (st = mb_vk_upload(be, dst, base + 2 * ms, w->down, (size_t)mat)) != MB_STATUS_OK) {
-        be->upload_status = st;
-        return st;
+    const void *src[MB_PROTO_MATS] = {w->gate, w->up, w->down};
+    for (int i = 0; i < MB_PROTO_MATS; i++) {
+        const mb_dtype dt = w->wdtype[i];
+        st = mb_dtype_is_quant(dt)
+                 ? mb_vk_upload_quant(be, dst, base + off[i], src[i], dt, (size_t)(mat[i] / mb_dtype_block_bytes(dt)))
+                 : mb_vk_upload(be, dst, base + off[i], src[i], (size_t)mat[i]);
+        if (st != MB_STATUS_OK) {
+            be->upload_status = st;
+            return st;
+        }
     }
     const VkDeviceAddress addr = sm->arena->b.addr + base;
-    const mb_kvk_slot entry = {addr, addr + ms, addr + 2 * ms};
+    const mb_kvk_slot entry = {addr + off[MB_PROTO_MAT_GATE], addr + off[MB_PROTO_MAT_UP],
+                               addr + off[MB_PROTO_MAT_DOWN]};
     if ((st = mb_vk_up_ready(be, &u)) != MB_STATUS_OK) return be->upload_status = st;
     vkCmdUpdateBuffer(u->cb, be->slots.buf, (VkDeviceSize)w->slot * sizeof entry, sizeof entry, &entry);
-    if (old->loaded) mb_vk_layer_count(be, old->layer, -1);
+    if (old->loaded) {
+        mb_vk_layer_count(be, old->layer, -1);
+        VkDeviceSize o_off[MB_PROTO_MATS], o_mat[MB_PROTO_MATS], o_span = 0;
+        uint64_t o_bytes = 0;
+        if (mb_vk_expert_layout(old->d_model, old->d_ff, old->wdtype, o_off, o_mat, &o_span, &o_bytes) ==
+                MB_STATUS_OK &&
+            be->weight_bytes >= o_bytes)
+            be->weight_bytes -= o_bytes;
+    }
     mb_vk_layer_count(be, w->layer, +1);
+    be->weight_bytes += wbytes;
     mb_route_table_set(&be->table, w);
     return MB_STATUS_OK;
 }

@@ -53,20 +53,33 @@
  * of the remainder, about 21 significant bits, two MMAs per fragment
  * (MB_VULKAN_HIDDEN=16: h rounded to one f16, one MMA). Known limit, as on
  * the CUDA backend with f16 weights: an activation or hidden value beyond
- * f16's range becomes inf and the result inf or NaN. */
+ * f16's range becomes inf and the result inf or NaN.
+ *
+ * Quantized weights (Q8_0, Q4_K, Q6_K; gate, up and down each of its own
+ * type) stay quantized in device memory, in kernels/vulkan/quant_layout.h's
+ * layout, read as 32-bit words and 16-byte loads (no 8- or 16-bit storage
+ * feature needed). Every shader dequantizes through moe_quant.glsl's
+ * mb_qdeq16, exactly as kernels/cpu/quant.c does (bit for bit in f32,
+ * checked through moe_qdequant): moe_gemv and moe_gemv_combine in
+ * registers, 16 weights a lane at a time; moe_gemm into its f32 weight
+ * tiles, one row's 16-deep slice per invocation. The arithmetic after that
+ * is f32 as for 16-bit weights: activations are not quantized to 8 bits
+ * and weights not rounded to f16. */
 #ifndef MB_KERNELS_VULKAN_MOE_H
 #define MB_KERNELS_VULKAN_MOE_H
 
 #include <stdint.h>
 
-/* Element types as specialisation constants, numbered as protocol/dtype.h. */
-enum { MB_KVK_F32 = 0, MB_KVK_F16 = 1, MB_KVK_BF16 = 2 };
+/* Element and weight types as specialisation constants, numbered as
+ * protocol/dtype.h (the quantized ones are weights only). */
+enum { MB_KVK_F32 = 0, MB_KVK_F16 = 1, MB_KVK_BF16 = 2, MB_KVK_Q8_0 = 3, MB_KVK_Q4_K = 5, MB_KVK_Q6_K = 7 };
 
 /* Workgroup sizes and tiles (the shaders hard-code the same numbers). */
 #define MB_KVK_ROUTE_THREADS 256u
 #define MB_KVK_CONVERT_THREADS 256u
 #define MB_KVK_COMBINE_THREADS 256u
 #define MB_KVK_GEMV_THREADS 128u
+#define MB_KVK_QDEQUANT_THREADS 64u
 /* Weight rows per moe_gemv workgroup: a specialisation constant of
  * moe_gemv (3) and moe_route (0), one row per subgroup (128 / subgroup
  * size) so that a decode step has the most rows in flight. */
@@ -77,7 +90,8 @@ enum { MB_KVK_F32 = 0, MB_KVK_F16 = 1, MB_KVK_BF16 = 2 };
 
 /* One slot of the slot table (device memory, [max_slots]): the device
  * addresses of the slot's gate, up [d_ff][d_model] and down
- * [d_model][d_ff] matrices, row-major in the layer's weight dtype. */
+ * [d_model][d_ff] matrices, row-major in the layer's weight dtype, or each
+ * in its own quantized type in kernels/vulkan/quant_layout.h's layout. */
 typedef struct {
     uint64_t gate, up, down;
 } mb_kvk_slot;
@@ -129,10 +143,13 @@ typedef struct {
  * moe_route; moe_gemv's are sized by the host.
  *   gate/up: out = h[row][N = d_ff] = silu(W_gate . x[token(row)]) * (W_up . x[token(row)]), K = d_model
  *   down:    out = y[row][N = d_model] = W_down . h[row], K = d_ff
- * Specialisation: 0 weight dtype, 1 gate/up (1) or down (0); moe_gemv also
- * 2: 16-byte loads (K a multiple of 8, or of 4 for f32 weights), 3: rows per
+ * Specialisation: 0 weight dtype (gate/up: the gate's; down: down's), 1
+ * gate/up (1) or down (0); moe_gemm also 2: 16-byte loads (K a multiple of
+ * 8, or of 4 for f32 weights; 1 for quantized weights), 3: up's weight
+ * dtype; moe_gemv also 2: 16-byte loads (as moe_gemm's), 3: rows per
  * workgroup (as moe_route's), 4: dtype of `in` (gate/up: the payload's,
- * read in place; down: f32). */
+ * read in place; down: f32), 5: up's weight dtype. Up's dtype equals the
+ * gate's for element dtypes; quantized gate and up may differ. */
 typedef struct {
     uint64_t slots;       /* mb_kvk_slot [max_slots] */
     uint64_t tiles;       /* moe_gemm: the tile schedule; moe_gemv: unused */
@@ -179,6 +196,15 @@ typedef struct {
     uint64_t out;      /* payload [n_tokens][N] */
     uint32_t n_tokens, K, N, pad;
 } mb_kvk_gemv_combine_pc;
+
+/* moe_qdequant, for tests: out[row][k] = the f32 value of weight (row, k)
+ * of a quantized [rows][K] matrix, one invocation per run of 16 weights.
+ * Specialisation 0: the quantized type. */
+typedef struct {
+    uint64_t w;   /* [rows][K] in quant_layout.h's layout */
+    uint64_t out; /* f32 [rows][K] */
+    uint32_t rows, K;
+} mb_kvk_qdequant_pc;
 
 /* moe_combine: out[t][c] = sum over t's pairs j of gate_j * y[pair_pos[j]][c].
  * Specialisation 0: payload dtype. One invocation per 32-bit output word. */

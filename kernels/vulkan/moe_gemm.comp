@@ -7,11 +7,15 @@
 // invocation reads its 4 rows and 4 columns as one vec4 each; each of 256
 // invocations owns a 4 x 4 block of the tile. With VEC, slices arrive in
 // 16-byte loads. f32 math, and every output element's sum runs over K in
-// the same order wherever its row sits in the tile.
+// the same order wherever its row sits in the tile. Quantized weights
+// (gate and up each of its own type) are dequantized into the weight tiles
+// exactly as kernels/cpu/quant.c does (moe_quant.glsl): a 16-deep slice of
+// a row is one run of 16 weights.
 //   gate/up: h[pos][n] = silu(x[token(pos)] . W_gate[n]) * (x[token(pos)] . W_up[n])
 //   down:    y[pos][n] = h[pos] . W_down[n]
 #extension GL_GOOGLE_include_directive : require
 #include "moe_common.glsl"
+#include "moe_quant.glsl"
 
 #define BM 64u
 #define BN 64u
@@ -21,6 +25,7 @@ layout(local_size_x = 256) in;
 layout(constant_id = 0) const uint WDT = 0u;      // weight dtype
 layout(constant_id = 1) const bool GATEUP = true; // gate/up + SiLU, else down
 layout(constant_id = 2) const bool VEC = false;   // K a multiple of 8 (16-bit) or 4 (f32)
+layout(constant_id = 3) const uint WDTB = 0u;     // up's weight dtype (gate/up)
 
 layout(push_constant) uniform P {
     uvec2 slots, tiles, expert_slot, expert_off, perm_token, ain, out_;
@@ -83,7 +88,28 @@ void main()
     }
 
     for (uint k0 = 0u; k0 < p.K; k0 += BK) {
-        if (VEC) {
+        if (mb_is_quant(WDT)) {
+            // Activations as with VEC (K is whole blocks); a 16-deep slice of
+            // a weight row is one run of 16: invocation tid < 64 dequantizes
+            // gate's (down's) row n0 + tid, the next 64 up's.
+            const uint ka = k0 + va_k;
+            const vec4 a = va_ok ? ain4.v[(va_base + ka) >> 2] : vec4(0.0);
+            for (uint c = 0u; c < 4u; c++)
+                put_a(va_k + c, va_r, a[c]);
+            const uint qm = tid >> 6, qn = tid & 63u;
+            if (qm == 0u || (GATEUP && qm == 1u)) {
+                float w[16];
+                if (n0 + qn < p.N) {
+                    const uint q = qm == 0u ? WDT : WDTB, nb = mb_qnb(q, p.K);
+                    mb_qdeq16(qm == 0u ? w0 : w1, q, p.N * nb, nb, n0 + qn, k0, w);
+                } else {
+                    for (uint c = 0u; c < 16u; c++)
+                        w[c] = 0.0;
+                }
+                for (uint c = 0u; c < 16u; c++)
+                    put_b(qm, c, qn, w[c]);
+            }
+        } else if (VEC) {
             const uint ka = k0 + va_k;
             const vec4 a = va_ok && ka < p.K ? ain4.v[(va_base + ka) >> 2] : vec4(0.0);
             for (uint c = 0u; c < 4u; c++)

@@ -6,13 +6,16 @@
 // stride along K, 16-byte loads where K allows), subgroupAdd for the sums,
 // f32 math. Works for any subgroup size that divides the workgroup. The
 // gate/up step reads the activations in the payload dtype (XDT), so the
-// decode path needs no conversion pass.
+// decode path needs no conversion pass. Quantized weights (gate and up
+// each of its own type) are read in place, each lane dequantizing runs of
+// 16 weights in registers (moe_quant.glsl) and striding 16 times its lane.
 //   gate/up: h[pos][r] = silu(W_gate[r] . x[token(pos)]) * (W_up[r] . x[token(pos)])
 //   down:    y[pos][n] = W_down[n] . h[pos]
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #include "moe_common.glsl"
+#include "moe_quant.glsl"
 
 #define NT 4
 
@@ -22,6 +25,7 @@ layout(constant_id = 1) const bool GATEUP = true;  // gate/up + SiLU, else down
 layout(constant_id = 2) const bool VEC = false;    // 16-byte loads
 layout(constant_id = 3) const uint ROWS = 16u;     // weight rows per workgroup (moe_route's too)
 layout(constant_id = 4) const uint XDT = 0u;       // dtype of the input rows: f32, or the payload's
+layout(constant_id = 5) const uint WDTB = 0u;      // up's weight dtype (gate/up)
 
 layout(push_constant) uniform P {
     uvec2 slots, tiles, expert_slot, expert_off, perm_token, xin, out_;
@@ -84,7 +88,23 @@ void main()
                 acc_a[i] = 0.0;
                 acc_b[i] = 0.0;
             }
-            if (VEC) {
+            if (mb_is_quant(WDT)) {
+                // K is whole blocks, so whole runs of 16.
+                const uint nba = mb_qnb(WDT, p.K), nbb = mb_qnb(WDTB, p.K);
+                for (uint k = lane * 16u; k < p.K; k += sg * 16u) {
+                    float fa[16], fb[16];
+                    mb_qdeq16(wa, WDT, p.N * nba, nba, row, k, fa);
+                    if (GATEUP) mb_qdeq16(wb, WDTB, p.N * nbb, nbb, row, k, fb);
+                    for (int i = 0; i < NT; i++) {
+                        if (i >= nt) break;
+                        for (uint v = 0u; v < 16u; v += 4u) {
+                            const vec4 x4 = x_load4(xr[i] + k + v);
+                            acc_a[i] += dot(vec4(fa[v], fa[v + 1u], fa[v + 2u], fa[v + 3u]), x4);
+                            if (GATEUP) acc_b[i] += dot(vec4(fb[v], fb[v + 1u], fb[v + 2u], fb[v + 3u]), x4);
+                        }
+                    }
+                }
+            } else if (VEC) {
                 for (uint k = lane * V; k < p.K; k += sg * V) {
                     float fa[8], fb[8];
                     unpack16(MbU32x4(wa).v[(wrow + k) / V], fa);

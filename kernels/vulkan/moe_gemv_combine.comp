@@ -9,11 +9,13 @@
 // expert is read once per pair. The sum runs in request order with no
 // atomics, so results are the same from run to run. 16-bit payloads pack
 // two rows a word through shared memory: N and ROWS must be even (the host
-// falls back to moe_gemv + moe_combine otherwise).
+// falls back to moe_gemv + moe_combine otherwise). Quantized down weights
+// are dequantized in registers, 16 a lane at a time (moe_quant.glsl).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #include "moe_common.glsl"
+#include "moe_quant.glsl"
 
 #define NT 4
 
@@ -72,7 +74,18 @@ float row_sum(uint t, uint row)
             hr[i] = uint(MbI32(p.pair_pos).v[j]) * p.K;
             part[i] = 0.0;
         }
-        if (VEC) {
+        if (mb_is_quant(WDT)) {
+            const uint nb = mb_qnb(WDT, p.K);
+            for (uint k = lane * 16u; k < p.K; k += sg * 16u) {
+                for (int i = 0; i < NT; i++) {
+                    if (i >= nt) break;
+                    float f[16];
+                    mb_qdeq16(w[i], WDT, p.N * nb, nb, row, k, f);
+                    for (uint v = 0u; v < 16u; v += 4u)
+                        part[i] += dot(vec4(f[v], f[v + 1u], f[v + 2u], f[v + 3u]), h4.v[(hr[i] + k + v) >> 2]);
+                }
+            }
+        } else if (VEC) {
             for (uint k = lane * V; k < p.K; k += sg * V) {
                 for (int i = 0; i < NT; i++) {
                     if (i >= nt) break;

@@ -9,16 +9,19 @@
  * per-matrix dtype on the wire carries.
  *
  * A CUDA or Vulkan worker, where one opens, runs a quantized fixture when
- * its caps name every expert type (CUDA: Q8_0, Q4_K, Q6_K), meeting the
- * same bounds against llama.cpp; otherwise it must be refused before any
- * load with a message naming the quantized types it lacks (Vulkan takes
- * f32/f16/bf16 weights only).
+ * its caps name every expert type (both take Q8_0, Q4_K and Q6_K), meeting
+ * the same bounds against llama.cpp; otherwise it must be refused before
+ * any load with a message naming the quantized types it lacks. With
+ * --gpu NAME first, only that GPU worker runs (its own ctest, labelled by
+ * backend), and the test exits 77 when the backend does not open here;
+ * without it, the CPU cases run and GPU workers only where they are
+ * refused.
  *
  * Bounds: each run meets the in-process bounds against llama.cpp
  * (gguf_compare.h), and the workers' logits equal the in-process run's to
  * MB_GGUF_WORKER_BOUND of max|reference| (same kernels, f32 payloads: only
  * the order of the gate-weighted sums over workers may differ).
- * Usage: test_parity_gguf_workers [fixture ...]. */
+ * Usage: test_parity_gguf_workers [--gpu cuda|vulkan] [fixture ...]. */
 #include <math.h>
 #include <string.h>
 
@@ -82,21 +85,31 @@ static int backend_usable(const char *name, mb_backend_caps *caps)
     return ok;
 }
 
+/* What main was asked to run. */
+typedef struct {
+    const char *tcp_endpoint; /* NULL: no tcp worker */
+    const char *gpu;          /* --gpu NAME: that GPU worker only; NULL: the CPU cases */
+} run_opts;
+
 /* A GPU worker runs a quantized model whose every expert type its caps
  * name, within the bounds against llama.cpp (its own arithmetic: f32
  * activations, no 8-bit quantization, so not compared with the in-process
- * run); otherwise it is refused at placement, naming each type it lacks. */
-static void check_gpu_workers(const char *name, const mb_model *m, const mb_reference *ref, float *logits)
+ * run), when run (only names that GPU; NULL: none runs); otherwise it is
+ * refused at placement, naming each type it lacks. */
+static void check_gpu_workers(const char *name, const mb_model *m, const mb_reference *ref, float *logits,
+                              const char *only)
 {
     const uint32_t types = mb_model_expert_dtypes(m);
     if (!(types & MB_DTYPE_MASK_QUANT)) return;
     static const char *const gpus[] = {"cuda", "vulkan"};
     for (size_t g = 0; g < 2; g++) {
         mb_backend_caps caps;
+        if (only && strcmp(only, gpus[g]) != 0) continue;
         if (!backend_usable(gpus[g], &caps)) continue;
         char spec[32], err[512] = "", what[256];
         snprintf(spec, sizeof spec, "%s:0", gpus[g]);
         if (!(types & ~caps.weight_dtype_mask)) {
+            if (!only) continue; /* its own ctest runs it */
             char *gpu_workers[] = {spec};
             snprintf(what, sizeof what, "%s 1 %s worker", name, spec);
             if (run_session(what, m, ref, gpu_workers, 1, logits) == MB_STATUS_OK)
@@ -123,10 +136,16 @@ static void check_gpu_workers(const char *name, const mb_model *m, const mb_refe
 
 static void run_fixture(const char *name, const mb_model *m, const mb_reference *ref, void *ctx)
 {
-    const char *tcp_endpoint = ctx;
+    const run_opts *o = ctx;
     const size_t n = (size_t)ref->n_tokens * ref->vocab;
     float *local = malloc(n * sizeof *local), *logits = malloc(n * sizeof *logits);
     REQUIRE(local && logits);
+    if (o->gpu) {
+        check_gpu_workers(name, m, ref, logits, o->gpu);
+        free(local);
+        free(logits);
+        return;
+    }
 
     char what[256];
     snprintf(what, sizeof what, "%s in-process", name);
@@ -134,7 +153,7 @@ static void run_fixture(const char *name, const mb_model *m, const mb_reference 
     if (have_local) mb_gguf_compare(what, local, ref->logits, ref->n_tokens, ref->vocab);
 
     char *shm_workers[] = {"cpu,threads=1", "cpu,threads=1"};
-    char *tcp_workers[] = {(char *)tcp_endpoint};
+    char *tcp_workers[] = {(char *)o->tcp_endpoint};
     struct {
         const char *label;
         char **workers;
@@ -150,19 +169,29 @@ static void run_fixture(const char *name, const mb_model *m, const mb_reference 
         printf("%s: max|diff| vs in-process %.2e of max|ref|\n", what, rel);
         CHECK_MSG(rel <= MB_GGUF_WORKER_BOUND, "%s: %.3e from the in-process run", what, rel);
     }
-    check_gpu_workers(name, m, ref, logits);
+    check_gpu_workers(name, m, ref, logits, NULL);
     free(local);
     free(logits);
 }
 
 int main(int argc, char **argv)
 {
+    run_opts o = {NULL, NULL};
+    if (argc > 2 && strcmp(argv[1], "--gpu") == 0) {
+        o.gpu = argv[2];
+        mb_backend_caps caps;
+        if (!backend_usable(o.gpu, &caps)) MB_TEST_SKIP("no %s backend or device here", o.gpu);
+        argv[2] = argv[0];
+        mb_gguf_for_fixtures(argc - 2, argv + 2, run_fixture, &o);
+        return mb_test_finish("test_parity_gguf_workers");
+    }
     /* A worker started by hand, as on another machine; it serves one
      * coordinator session after another. */
     char ep[256] = "";
     pid_t tcp_pid = mb_test_start_worker("tcp://127.0.0.1:*", 1, ep, sizeof ep);
     CHECK_MSG(tcp_pid > 0, "cannot start a tcp worker");
-    mb_gguf_for_fixtures(argc, argv, run_fixture, tcp_pid > 0 ? ep : NULL);
+    o.tcp_endpoint = tcp_pid > 0 ? ep : NULL;
+    mb_gguf_for_fixtures(argc, argv, run_fixture, &o);
     mb_test_stop_worker(tcp_pid);
     return mb_test_finish("test_parity_gguf_workers");
 }
