@@ -4,10 +4,11 @@
  * read registered host memory in place; 1, the default: from
  * MB_VK_IMPORT_MIN_BYTES of activations; always: every request, for tests),
  * MB_VULKAN_COOPMAT (the tiled path's GEMMs on cooperative matrices,
- * moe_gemm_coopmat: auto, the default, where the device has
- * VK_NV_cooperative_matrix with 16x16x16 f16 x f16 + f32; 1 requires it, and
- * open fails with DEVICE and the reason on stderr where it is missing; 0
- * never), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
+ * moe_gemm_coopmat: 0, the default, never (on the H100 it is slower than
+ * the portable f32 tiles: 129 against 94 ms for Mixtral's experts at 4096
+ * tokens); auto where the device has VK_NV_cooperative_matrix with 16x16x16
+ * f16 x f16 + f32; 1 requires it, and open fails with DEVICE and the reason
+ * on stderr where it is missing), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
  * high f16 half of the hidden row h, one MMA instead of two in the down
  * product, as MB_CUDA_HIDDEN=16 does on the CUDA backend) and
  * MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
@@ -120,7 +121,9 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     const char *verbose = getenv("MB_VULKAN_VERBOSE");
     be->verbose = verbose && verbose[0] && verbose[0] != '0';
     const char *cm = getenv("MB_VULKAN_COOPMAT");
-    const int coopmat = cm && cm[0] == '0' ? 0 : cm && cm[0] == '1' ? 1 : -1;
+    /* Off unless asked for: on the H100 it measured slower than the
+     * portable GEMM (bench/notes/vulkan-expert.md). */
+    const int coopmat = cm && cm[0] == '1' ? 1 : cm && !strcmp(cm, "auto") ? -1 : 0;
     const char *hidden = getenv("MB_VULKAN_HIDDEN");
     be->hidden16 = hidden && !strcmp(hidden, "16");
     mb_status st = mb_route_table_init(&be->table, max_slots);

@@ -285,7 +285,7 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat)
         }
     }
     /* Cooperative matrices: required (1), off (0) or where usable (-1). */
-    const char *cm_why = coopmat == 0 ? "turned off (MB_VULKAN_COOPMAT=0)"
+    const char *cm_why = coopmat == 0 ? "off (MB_VULKAN_COOPMAT=auto or 1 turns them on)"
                                       : mb_vk_coopmat_unfit(ctx->instance, ctx->phys, ctx->subgroup_size);
     ctx->coopmat_why = cm_why;
     if (cm_why && coopmat == 1) {
