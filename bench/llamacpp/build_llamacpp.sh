@@ -36,11 +36,16 @@ cmake -S "$LLAMA_DIR" -B "$LLAMA_DIR/build" \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=ON
 cmake --build "$LLAMA_DIR/build" -j "$JOBS" \
-    --target llama-bench llama-quantize llama-simple ggml-base
+    --target llama-bench llama-quantize llama-simple llama ggml ggml-cpu ggml-base
 
-# The GGUF writer uses only ggml's gguf API (ggml-base).
-inc="-I$LLAMA_DIR/ggml/include"
-lib=$(find "$LLAMA_DIR/build" -name 'libggml-base.a' | head -n1)
-cc -O2 -std=c11 -Wall -Wextra $inc -o "$LLAMA_DIR/build/bin/write_qwen3moe_gguf" \
-    "$HERE/write_qwen3moe_gguf.c" "$lib" -lm -lpthread -lstdc++
-echo "built: $(ls "$LLAMA_DIR/build/bin" | tr '\n' ' ')"
+# This folder's two tools: the GGUF writer uses only ggml's gguf API (ggml-base);
+# dump_logits links libllama and the CPU backend (OpenMP, C++ runtime).
+B="$LLAMA_DIR/build"
+lib() { find "$B" -name "lib$1.a" | head -n1; }
+inc="-I$LLAMA_DIR/include -I$LLAMA_DIR/ggml/include"
+cc -O2 -std=c11 -Wall -Wextra $inc -c -o "$B/write_qwen3moe_gguf.o" "$HERE/write_qwen3moe_gguf.c"
+c++ -fopenmp -o "$B/bin/write_qwen3moe_gguf" "$B/write_qwen3moe_gguf.o" "$(lib ggml-base)" -lm -lpthread
+cc -O2 -std=c11 -Wall -Wextra $inc -c -o "$B/dump_logits.o" "$HERE/dump_logits.c"
+c++ -fopenmp -o "$B/bin/dump_logits" "$B/dump_logits.o" "$(lib llama)" "$(lib ggml)" "$(lib ggml-cpu)" \
+    "$(lib ggml-base)" -lm -lpthread
+echo "built: $(ls "$B/bin" | tr '\n' ' ')"
