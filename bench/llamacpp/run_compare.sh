@@ -89,11 +89,11 @@ for t in "${TYPES[@]}"; do
         mb_pp+=("$(echo "$line" | sed -E 's/.*tokens in [0-9.]+ s \(([0-9.]+) tok\/s\); decode.*/\1/')")
         mb_tg+=("$(echo "$line" | sed -E 's/.*steps in [0-9.]+ s \(([0-9.]+) tok\/s\).*/\1/')")
         # pp at depth 0; tg after a PROMPT-token context, as moe-broker's decode; tg at depth 0.
-        out=$("$LB/llama-bench" -m "$f" -t "$THREADS" -r 1 -o jsonl -p "$PROMPT" -n 0 2>>"$log")
+        out=$("$LB/llama-bench" -m "$f" -mmp 0 -t "$THREADS" -r 1 -o jsonl -p "$PROMPT" -n 0 2>>"$log")
         lc_pp+=("$(echo "$out" | jnum avg_ts)")
-        out=$("$LB/llama-bench" -m "$f" -t "$THREADS" -r 1 -o jsonl -p 0 -n "$GEN" -d "$PROMPT" 2>>"$log")
+        out=$("$LB/llama-bench" -m "$f" -mmp 0 -t "$THREADS" -r 1 -o jsonl -p 0 -n "$GEN" -d "$PROMPT" 2>>"$log")
         lc_tg+=("$(echo "$out" | jnum avg_ts)")
-        out=$("$LB/llama-bench" -m "$f" -t "$THREADS" -r 1 -o jsonl -p 0 -n "$GEN" 2>>"$log")
+        out=$("$LB/llama-bench" -m "$f" -mmp 0 -t "$THREADS" -r 1 -o jsonl -p 0 -n "$GEN" 2>>"$log")
         lc_tg0+=("$(echo "$out" | jnum avg_ts)")
         echo "   llama.cpp  #$r: pp$PROMPT ${lc_pp[-1]} tok/s; tg$GEN@d$PROMPT ${lc_tg[-1]} tok/s; tg$GEN@d0 ${lc_tg0[-1]} tok/s" | tee -a "$log"
     done
@@ -134,7 +134,7 @@ done
 {
     echo "# moe-broker vs llama.cpp, same GGUF, same CPU: $cpu ($flags), shared $(nproc)-core VM (other builds running)"
     echo "# Qwen3-30B-A3B shape, $LAYERS layers, vocab $VOCAB, random weights; $THREADS threads; prompt $PROMPT ids, then $GEN greedy tokens"
-    echo "# llama.cpp $llama_rev (node-llama-cpp 3.21.1 bundle, GGML_NATIVE=ON): llama-bench -t $THREADS -p $PROMPT (pp), -n $GEN -d $PROMPT (tg after the prompt), -n $GEN (tg@d0)"
+    echo "# llama.cpp $llama_rev (node-llama-cpp 3.21.1 bundle, GGML_NATIVE=ON): llama-bench -mmp 0 -t $THREADS -p $PROMPT (pp), -n $GEN -d $PROMPT (tg after the prompt), -n $GEN (tg@d0)"
     echo "# moe-broker $mb_rev: moe-broker run --model F --input-ids P --gen $GEN --temperature 0 --threads $THREADS $MB_FLAGS"
     echo "# medians of $REPS alternating runs; ratio = moe-broker / llama.cpp; check: equal greedy tokens from the start, positions (prompt + greedy) whose logits have the same argmax"
     echo
