@@ -1,19 +1,18 @@
 // The decode path for quantized weights (moe_gemv.cu's structure, the same
-// launches and the same roles): one warp per weight row, each lane a run
-// of 16 weights at a time (two 16-byte loads and a couple of scale loads,
-// the scales once per run), dequantized in registers exactly as the CPU
-// does and multiplied in f32 with activations read in the payload dtype.
-// Gate and up of a row go through one loop even when their types differ
-// (a run covers the same 16 columns in any type), so the activations are
-// loaded once for both.
+// launches and the same roles): one warp per weight row, each lane one unit
+// of 32 or 64 weights at a time (moe_qunit.cuh: up to four 16-byte loads,
+// the scales decoded once a unit), the dot product factored per run of 16
+// (integer weights times f32 activations, then one scale and one min), the
+// activations read in the payload dtype and widened to f32. Gate and up of
+// one type go through one loop, so the activations are loaded (and for
+// Q4_K summed) once for both; of two types, one loop each.
 //   gate/up: h[pos][r] = silu(W_gate[r] . x[token(pos)]) * (W_up[r] . x[token(pos)])
 //   down:    y[pos][n] = W_down[n] . h[pos]
 //   fused:   out[t][n] = sum_j gate_j * (W_down(j)[n] . h[pos_j])   (j: t's pairs)
-#include "kernels/cuda/moe_quant.cuh"
+#include "kernels/cuda/moe_qunit.cuh"
 
 #define MB_QGEMV_WARPS 8
 #define MB_QGEMV_NT 4
-#define MB_QGEMV_RUN 16
 
 template <int QG, int QU, typename P>
 __global__ void __launch_bounds__(MB_QGEMV_WARPS * 32)
@@ -28,7 +27,7 @@ mb_kcuda_qgateup_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t
     if (row >= N) return;
     const int lane = threadIdx.x & 31;
     const mb_kcuda_expert ex = slots[single ? (int32_t)single[e].slot : expert_slot[e]];
-    const mb_qmat mg = mb_qmat_make(QG, ex.gate, N, K), mu = mb_qmat_make(QU, ex.up, N, K);
+    const mb_qmat m[2] = {mb_qmat_make(QG, ex.gate, N, K), mb_qmat_make(QU, ex.up, N, K)};
     const int p0 = single ? e : expert_off[e], p1 = single ? e + 1 : expert_off[e + 1];
 
     for (int c0 = p0; c0 < p1; c0 += MB_QGEMV_NT) {
@@ -37,49 +36,20 @@ mb_kcuda_qgateup_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t
 #pragma unroll
         for (int i = 0; i < MB_QGEMV_NT; i++)
             xr[i] = act + (single ? (size_t)0 : (size_t)perm_token[c0 + (i < nt ? i : 0)] * K);
-        float acc_a[MB_QGEMV_NT] = {}, acc_b[MB_QGEMV_NT] = {};
-#pragma unroll 2
-        for (int k = lane * MB_QGEMV_RUN; k < K; k += 32 * MB_QGEMV_RUN) {
-            const mb_qraw ra = mb_qload<QG>(mg, row, k), rb = mb_qload<QU>(mu, row, k);
-            float wa[MB_QGEMV_RUN], wb[MB_QGEMV_RUN];
-            mb_qdeq<QG>(ra, wa);
-            mb_qdeq<QU>(rb, wb);
-#pragma unroll
-            for (int i = 0; i < MB_QGEMV_NT; i++) {
-                if (i >= nt) break;
-                float x[MB_QGEMV_RUN];
-                mb_load16<P>(xr[i] + k, x);
-#pragma unroll
-                for (int v = 0; v < MB_QGEMV_RUN; v++) {
-                    acc_a[i] += wa[v] * x[v];
-                    acc_b[i] += wb[v] * x[v];
-                }
-            }
+        float acc[2][MB_QGEMV_NT] = {};
+        if constexpr (QG == QU) {
+            mb_qu_row<QG, 2, MB_QGEMV_NT, P>(m, row, K, xr, nt, lane, acc);
+        } else {
+            mb_qu_row<QG, 1, MB_QGEMV_NT, P>(m, row, K, xr, nt, lane, acc);
+            mb_qu_row<QU, 1, MB_QGEMV_NT, P>(m + 1, row, K, xr, nt, lane, acc + 1);
         }
 #pragma unroll
         for (int i = 0; i < MB_QGEMV_NT; i++) {
             if (i >= nt) break;
-            const float a = mb_warp_sum(acc_a[i]), b = mb_warp_sum(acc_b[i]);
+            const float a = mb_warp_sum(acc[0][i]), b = mb_warp_sum(acc[1][i]);
             if (lane == 0) h[(size_t)(c0 + i) * N + row] = mb_silu(a) * b;
         }
     }
-}
-
-// acc += W[row] . hr over the lane's runs (hr: f32 [K]).
-template <int Q>
-__device__ __forceinline__ float mb_qdot_f32(const mb_qmat &m, int row, int K, const float *__restrict__ hr, int lane)
-{
-    float acc = 0.0f;
-#pragma unroll 2
-    for (int k = lane * MB_QGEMV_RUN; k < K; k += 32 * MB_QGEMV_RUN) {
-        float w[MB_QGEMV_RUN], x[MB_QGEMV_RUN];
-        mb_qdeq<Q>(mb_qload<Q>(m, row, k), w);
-        mb_load16<float>(hr + k, x);
-#pragma unroll
-        for (int v = 0; v < MB_QGEMV_RUN; v++)
-            acc += w[v] * x[v];
-    }
-    return acc;
 }
 
 template <int Q>
@@ -97,32 +67,26 @@ mb_kcuda_qdown_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *
     const int p0 = expert_off[e], p1 = expert_off[e + 1];
     for (int c0 = p0; c0 < p1; c0 += MB_QGEMV_NT) {
         const int nt = min(MB_QGEMV_NT, p1 - c0);
-        float acc[MB_QGEMV_NT] = {};
-#pragma unroll 2
-        for (int k = lane * MB_QGEMV_RUN; k < K; k += 32 * MB_QGEMV_RUN) {
-            float w[MB_QGEMV_RUN];
-            mb_qdeq<Q>(mb_qload<Q>(m, row, k), w);
+        const float *xr[MB_QGEMV_NT];
 #pragma unroll
-            for (int i = 0; i < MB_QGEMV_NT; i++) {
-                if (i >= nt) break;
-                float x[MB_QGEMV_RUN];
-                mb_load16<float>(h + (size_t)(c0 + i) * K + k, x);
-#pragma unroll
-                for (int v = 0; v < MB_QGEMV_RUN; v++)
-                    acc[i] += w[v] * x[v];
-            }
-        }
+        for (int i = 0; i < MB_QGEMV_NT; i++)
+            xr[i] = h + (size_t)(c0 + (i < nt ? i : 0)) * K;
+        float acc[1][MB_QGEMV_NT] = {};
+        mb_qu_row<Q, 1, MB_QGEMV_NT, float>(&m, row, K, xr, nt, lane, acc);
 #pragma unroll
         for (int i = 0; i < MB_QGEMV_NT; i++) {
             if (i >= nt) break;
-            const float a = mb_warp_sum(acc[i]);
+            const float a = mb_warp_sum(acc[0][i]);
             if (lane == 0) y[(size_t)(c0 + i) * N + row] = a;
         }
     }
 }
 
 // tok_off NULL: a one-token request of n_single pairs whose h rows are the
-// pairs' own indices.
+// pairs' own indices. The lanes walk the units of all of the token's pairs
+// as one list (pair j's units, then pair j + 1's), so that a few short rows
+// (Qwen3's d_ff of 768: 12 units) still keep every lane busy; each unit's
+// dot is scaled by its pair's gate as it is added.
 template <int Q, typename P>
 __global__ void __launch_bounds__(MB_QGEMV_WARPS * 32)
 mb_kcuda_qdown_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ tok_off,
@@ -133,14 +97,25 @@ mb_kcuda_qdown_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const i
     const int row = blockIdx.x * MB_QGEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
     const int lane = threadIdx.x & 31;
-    const int j0 = tok_off ? tok_off[t] : 0, j1 = tok_off ? tok_off[t + 1] : n_single;
+    const int j1 = tok_off ? tok_off[t + 1] : n_single;
+    const int n_units = K / mb_qu_traits<Q>::unit;
+    int j = tok_off ? tok_off[t] : 0, u = lane;
+    while (u >= n_units && j < j1) u -= n_units, j++;
     float total = 0.0f;
-    for (int j = j0; j < j1; j++) {
+    while (j < j1) {
         const mb_kcuda_pair pr = pairs[j];
         const mb_qmat m = mb_qmat_make(Q, slots[pr.slot].down, N, K);
-        const float *hr = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
-        total += pr.gate * mb_warp_sum(mb_qdot_f32<Q>(m, row, K, hr, lane));
+        const float *hr[1] = {h + (size_t)(tok_off ? pair_pos[j] : j) * K};
+        // This pair's units of the lane, then on to the pair the next one falls in.
+#pragma unroll 2
+        for (; u < n_units; u += 32) {
+            float acc[1][1] = {};
+            mb_qu_dot<Q, 1, 1, float>(&m, row, u, hr, 1, acc);
+            total = fmaf(pr.gate, acc[0][0], total);
+        }
+        while (u >= n_units && j < j1) u -= n_units, j++;
     }
+    total = mb_warp_sum(total);
     if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
 }
 

@@ -69,6 +69,15 @@ template <class T> static inline T atomicAdd(T *p, T v)
 static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
+// Byte i of the result is byte (selector nibble i & 7) of y:x (no sign mode).
+static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
+{
+    const unsigned long long v = ((unsigned long long)y << 32) | x;
+    unsigned r = 0;
+    for (int n = 0; n < 4; n++)
+        r |= (unsigned)((v >> (8 * ((s >> (4 * n)) & 7u))) & 0xffu) << (8 * n);
+    return r;
+}
 #define __expf(x) expf(x)
 static inline float __uint_as_float(unsigned u)
 {
