@@ -25,7 +25,7 @@ int mb_egpu_weights_parse(const char *name)
 static int mb_egpu_make_quant(mb_egpu_weights *w, const mb_egpu_model *m)
 {
     const int t = w->wdtype;
-    const size_t be = mb_kcuda_qblock_elems(t), bb = mb_kcuda_qblock_bytes(t);
+    const size_t be = mb_kcuda_qblock_elems(t), bb = mb_kq_block_bytes(t);
     const size_t nb = (size_t)m->d_model * m->d_ff / be, mat = nb * bb, chunk = (size_t)1 << 20;
     if (m->d_model % be || m->d_ff % be) return -1;
     const size_t stride = (mat + 255) & ~(size_t)255;
@@ -53,7 +53,7 @@ static int mb_egpu_make_quant(mb_egpu_weights *w, const mb_egpu_model *m)
             if (t == MB_KCUDA_Q4_K) memcpy(blk + 2, &dmin, 2);
         }
         w->off[i] = (size_t)i * stride;
-        mb_kcuda_qlayout_pack(t, blocks, nb, (char *)w->host + w->off[i]);
+        mb_kq_layout_pack(t, blocks, nb, (char *)w->host + w->off[i]);
     }
     free(blocks);
     free(rnd);

@@ -189,8 +189,8 @@ static mb_status mb_cuda_upload(mb_cuda_backend *be, char *dst, const char *src,
 static mb_status mb_cuda_upload_quant(mb_cuda_backend *be, char *dst, const void *src, mb_dtype wdtype,
                                       size_t n_blocks)
 {
-    mb_kcuda_qsection sec[MB_KCUDA_QSECTIONS_MAX];
-    const int n_sec = mb_kcuda_qsections((int)wdtype, sec);
+    mb_kq_section sec[MB_KQ_SECTIONS_MAX];
+    const int n_sec = mb_kq_sections((int)wdtype, sec);
     for (int s = 0; s < n_sec; s++) {
         const size_t per = MB_CUDA_UPLOAD_BYTES / sec[s].bytes;
         for (size_t b0 = 0; b0 < n_blocks; b0 += per) {
@@ -198,7 +198,7 @@ static mb_status mb_cuda_upload_quant(mb_cuda_backend *be, char *dst, const void
             int b = 0;
             mb_status st = mb_cuda_staging_take(be, &b);
             if (st != MB_STATUS_OK) return st;
-            mb_kcuda_qsection_pack((int)wdtype, sec[s], src, b0, nb, be->up_buf[b]);
+            mb_kq_section_pack((int)wdtype, sec[s], src, b0, nb, be->up_buf[b]);
             if ((st = mb_cuda_staging_send(be, b, dst + b0 * sec[s].bytes, nb * sec[s].bytes)) != MB_STATUS_OK)
                 return st;
         }

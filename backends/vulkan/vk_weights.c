@@ -219,8 +219,8 @@ static mb_status mb_vk_upload(mb_vk_backend *be, VkBuffer dst, VkDeviceSize dst_
 static mb_status mb_vk_upload_quant(mb_vk_backend *be, VkBuffer dst, VkDeviceSize dst_off, const void *src,
                                     mb_dtype wdtype, size_t n_blocks)
 {
-    mb_kvk_qsection sec[MB_KVK_QSECTIONS_MAX];
-    const int n_sec = mb_kvk_qsections((int)wdtype, sec);
+    mb_kq_section sec[MB_KQ_SECTIONS_MAX];
+    const int n_sec = mb_kq_sections((int)wdtype, sec);
     for (int s = 0; s < n_sec; s++) {
         size_t b0 = 0;
         while (b0 < n_blocks) {
@@ -233,7 +233,7 @@ static mb_status mb_vk_upload_quant(mb_vk_backend *be, VkBuffer dst, VkDeviceSiz
                 continue;
             }
             const size_t nb = n_blocks - b0 < per ? n_blocks - b0 : per, n = nb * sec[s].bytes;
-            mb_kvk_qsection_pack((int)wdtype, sec[s], src, b0, nb, (char *)u->stage.map + u->used);
+            mb_kq_section_pack((int)wdtype, sec[s], src, b0, nb, (char *)u->stage.map + u->used);
             const VkBufferCopy reg = {.srcOffset = u->used, .dstOffset = dst_off + b0 * sec[s].bytes, .size = n};
             vkCmdCopyBuffer(u->cb, u->stage.buf, dst, 1, &reg);
             u->used = (u->used + n + 15) & ~(VkDeviceSize)15;

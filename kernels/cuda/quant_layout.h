@@ -1,32 +1,12 @@
-/* How the CUDA kernels keep block-quantized weights (Q8_0, Q4_K, Q6_K) in
- * device memory: ggml's blocks split into sections, so that every field the
- * kernels stream sits on a 16-byte boundary (a Q8_0 block is 34 bytes and a
- * Q6_K block 210, so ggml's own layout allows only 2-byte loads). A matrix
- * of n_blocks blocks (row-major, k / block_elems blocks a row) is its
- * sections one after another; section s holds, block after block, bytes
- * [offset, offset + bytes) of each block. The total is the quantized size,
- * byte for byte. With the matrix 16-byte aligned, every section's part of
- * every block is 16-byte aligned, except the f16 scales (2 bytes a block):
- *   Q8_0 (34 bytes):  qs[32] | d
- *   Q4_K (144 bytes): the block as it is (d, dmin, scales[12] fill its first 16 bytes)
- *   Q6_K (210 bytes): ql[128] | qh[64] | scales[16] | d
+/* The CUDA kernels' quantized weights: kernels/quant_layout.h's layout
+ * (shared with the Vulkan backend), and which types the kernels compute.
  * Plain C: the backend packs uploads with it on the host, the kernels
  * address sections with the same numbers. */
 #ifndef MB_KERNELS_CUDA_QUANT_LAYOUT_H
 #define MB_KERNELS_CUDA_QUANT_LAYOUT_H
 
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
-
 #include "kernels/cuda/moe.h"
-
-#define MB_KCUDA_QSECTIONS_MAX 4
-
-typedef struct {
-    uint32_t offset; /* within a ggml block */
-    uint32_t bytes;  /* of each block */
-} mb_kcuda_qsection;
+#include "kernels/quant_layout.h"
 
 /* 1 for the quantized types the CUDA kernels compute. */
 static inline int mb_kcuda_quant_supported(int wdtype)
@@ -34,76 +14,10 @@ static inline int mb_kcuda_quant_supported(int wdtype)
     return wdtype == MB_KCUDA_Q8_0 || wdtype == MB_KCUDA_Q4_K || wdtype == MB_KCUDA_Q6_K;
 }
 
-/* Elements and bytes of one block; 0 for another type. */
+/* Elements of one block; 0 for another type. */
 static inline uint32_t mb_kcuda_qblock_elems(int wdtype)
 {
     return wdtype == MB_KCUDA_Q8_0 ? 32u : mb_kcuda_quant_supported(wdtype) ? 256u : 0u;
-}
-
-static inline uint32_t mb_kcuda_qblock_bytes(int wdtype)
-{
-    return wdtype == MB_KCUDA_Q8_0 ? 34u : wdtype == MB_KCUDA_Q4_K ? 144u : wdtype == MB_KCUDA_Q6_K ? 210u : 0u;
-}
-
-static inline mb_kcuda_qsection mb_kcuda_qsec(uint32_t offset, uint32_t bytes)
-{
-    mb_kcuda_qsection s;
-    s.offset = offset;
-    s.bytes = bytes;
-    return s;
-}
-
-/* Fills sec (MB_KCUDA_QSECTIONS_MAX entries) with the type's sections in
- * layout order; returns how many (0 for another type). */
-static inline int mb_kcuda_qsections(int wdtype, mb_kcuda_qsection *sec)
-{
-    switch (wdtype) {
-    case MB_KCUDA_Q8_0:
-        sec[0] = mb_kcuda_qsec(2, 32);
-        sec[1] = mb_kcuda_qsec(0, 2);
-        return 2;
-    case MB_KCUDA_Q4_K:
-        sec[0] = mb_kcuda_qsec(0, 144);
-        return 1;
-    case MB_KCUDA_Q6_K:
-        sec[0] = mb_kcuda_qsec(0, 128);
-        sec[1] = mb_kcuda_qsec(128, 64);
-        sec[2] = mb_kcuda_qsec(192, 16);
-        sec[3] = mb_kcuda_qsec(208, 2);
-        return 4;
-    default: return 0;
-    }
-}
-
-/* Copies section sec's part of blocks [b0, b0 + nb) of a ggml matrix
- * (blocks, packed) to dst, which receives nb * sec.bytes bytes: the piece
- * of the device layout at (sum of the earlier sections' bytes) * n_blocks
- * + b0 * sec.bytes. Cannot fail. */
-static inline void mb_kcuda_qsection_pack(int wdtype, mb_kcuda_qsection sec, const void *blocks, size_t b0,
-                                          size_t nb, void *dst)
-{
-    const size_t bb = mb_kcuda_qblock_bytes(wdtype);
-    const unsigned char *src = (const unsigned char *)blocks + b0 * bb + sec.offset;
-    unsigned char *d = (unsigned char *)dst;
-    if (sec.bytes == bb) {
-        memcpy(d, src, nb * bb);
-        return;
-    }
-    for (size_t i = 0; i < nb; i++)
-        memcpy(d + i * sec.bytes, src + i * bb, sec.bytes);
-}
-
-/* The whole matrix of n_blocks ggml blocks in the device layout, into dst
- * (n_blocks * block bytes). Cannot fail. */
-static inline void mb_kcuda_qlayout_pack(int wdtype, const void *blocks, size_t n_blocks, void *dst)
-{
-    mb_kcuda_qsection sec[MB_KCUDA_QSECTIONS_MAX];
-    const int n = mb_kcuda_qsections(wdtype, sec);
-    unsigned char *d = (unsigned char *)dst;
-    for (int s = 0; s < n; s++) {
-        mb_kcuda_qsection_pack(wdtype, sec[s], blocks, 0, n_blocks, d);
-        d += n_blocks * sec[s].bytes;
-    }
 }
 
 #endif

@@ -41,7 +41,7 @@ static void test_dequant(int t, size_t rows, size_t k, int mode)
 {
     const size_t be = mb_kcpu_block_elems(t), nb = rows * k / be, bytes = nb * mb_kcpu_block_bytes(t);
     void *blocks = mb_test_quant_blocks(t, nb, mode, &seed), *packed = xmalloc(bytes);
-    mb_kcuda_qlayout_pack(t, blocks, nb, packed);
+    mb_kq_layout_pack(t, blocks, nb, packed);
     void *dw = dev_upload(packed, bytes), *d32 = NULL, *d16 = NULL;
     CU(cudaMalloc(&d32, rows * k * 4));
     CU(cudaMalloc(&d16, rows * k * 2));
@@ -106,7 +106,7 @@ static void qexpert_init(qexpert *e, uint32_t d_model, uint32_t d_ff, const int 
         bytes[m] = nb * mb_kcpu_block_bytes(t[m]);
         void *blocks = mb_test_quant_blocks(t[m], nb, 0, &seed);
         packed[m] = xmalloc(bytes[m]);
-        mb_kcuda_qlayout_pack(t[m], blocks, nb, packed[m]);
+        mb_kq_layout_pack(t[m], blocks, nb, packed[m]);
         e->wr[m] = mb_test_quant_dequant(t[m], blocks, rows, cols);
         free(blocks);
         at = (at + 255) & ~(size_t)255;

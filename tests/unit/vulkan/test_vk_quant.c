@@ -64,12 +64,12 @@ static void vq_bitwise(mb_vk_backend *be, int q, uint32_t rows, uint32_t k, int 
     mb_vk_buffer w = {0}, out = {0};
     REQUIRE(mb_vk_buffer_create(&be->ctx, bytes + 4, MB_VK_MEM_UPLOAD, 0, &w) == MB_STATUS_OK);
     REQUIRE(mb_vk_buffer_create(&be->ctx, n * sizeof(float), MB_VK_MEM_READBACK, 0, &out) == MB_STATUS_OK);
-    mb_kvk_qsection sec[MB_KVK_QSECTIONS_MAX];
-    const int n_sec = mb_kvk_qsections(q, sec);
+    mb_kq_section sec[MB_KQ_SECTIONS_MAX];
+    const int n_sec = mb_kq_sections(q, sec);
     REQUIRE(n_sec > 0);
     char *dst = w.map;
     for (int s = 0; s < n_sec; s++) {
-        mb_kvk_qsection_pack(q, sec[s], blocks, 0, n_blocks, dst);
+        mb_kq_section_pack(q, sec[s], blocks, 0, n_blocks, dst);
         dst += n_blocks * sec[s].bytes;
     }
     REQUIRE(dst == (char *)w.map + bytes);
