@@ -393,11 +393,21 @@ void mb_kcpu_qdot2_rows_scalar(int wdtype, const void *w0, const void *w1, size_
     }
 }
 
+void mb_kcpu_qdot2_rows_nt_scalar(int wdtype, const void *w0, const void *w1, size_t row_bytes,
+                                  size_t n, const void *const *xq, size_t nt, size_t k, float *out0,
+                                  float *out1, size_t ld_out)
+{
+    for (size_t t = 0; t < nt; t++)
+        mb_kcpu_qdot2_rows_scalar(wdtype, w0, w1, row_bytes, n, xq[t], k, out0 + t * ld_out,
+                                  out1 + t * ld_out);
+}
+
 /* ---- dispatch ---------------------------------------------------------- */
 
 static mb_kcpu_qdot_fn qdot_impl = mb_kcpu_qdot_scalar;
 static mb_kcpu_qdot2_fn qdot2_impl = mb_kcpu_qdot2_scalar;
 static mb_kcpu_qdot2_rows_fn qdot2_rows_impl = mb_kcpu_qdot2_rows_scalar;
+static mb_kcpu_qdot2_rows_nt_fn qdot2_rows_nt_impl = mb_kcpu_qdot2_rows_nt_scalar;
 static mb_kcpu_dequant_fn dequant_impl = mb_kcpu_dequant_row;
 static const char *qdot_name = "scalar";
 static pthread_once_t qdot_once = PTHREAD_ONCE_INIT;
@@ -417,6 +427,7 @@ static void qdot_init(void)
         qdot_impl = mb_kcpu_qdot_avx2;
         qdot2_impl = mb_kcpu_qdot2_avx2;
         qdot2_rows_impl = mb_kcpu_qdot2_rows_avx2;
+        qdot2_rows_nt_impl = mb_kcpu_qdot2_rows_nt_avx2;
         dequant_impl = dequant_avx2_any;
         qdot_name = "avx2";
     }
@@ -450,6 +461,11 @@ mb_kcpu_qdot2_fn mb_kcpu_qdot2_get(void)
 mb_kcpu_qdot2_rows_fn mb_kcpu_qdot2_rows_get(void)
 {
     return qdot_simd() ? qdot2_rows_impl : mb_kcpu_qdot2_rows_scalar;
+}
+
+mb_kcpu_qdot2_rows_nt_fn mb_kcpu_qdot2_rows_nt_get(void)
+{
+    return qdot_simd() ? qdot2_rows_nt_impl : mb_kcpu_qdot2_rows_nt_scalar;
 }
 
 mb_kcpu_dequant_fn mb_kcpu_dequant_get(void)
