@@ -395,7 +395,7 @@ MB_INLINE void dot_b32_nt(int nr, int nt, int q4, const void *const *w,
     const __m256i ones = _mm256_set1_epi16(1);
     for (size_t i = 0; i < nb; i++) {
         __m256i q[2], aq[2];
-        float wd[2];
+        __m256 wd[2];
         MB_UNROLL
         for (int r = 0; r < nr; r++) {
             uint16_t dh;
@@ -411,16 +411,17 @@ MB_INLINE void dot_b32_nt(int nr, int nt, int q4, const void *const *w,
                 dh = a->d;
             }
             aq[r] = _mm256_sign_epi8(q[r], q[r]);
-            wd[r] = mb_k2_f16(dh);
+            wd[r] = _mm256_set1_ps(mb_k2_f16(dh));
         }
         MB_UNROLL
         for (int t = 0; t < nt; t++) {
             const __m256i yq = _mm256_loadu_si256((const __m256i *)y[t][i].qs);
-            const float yd = mb_k2_f16(y[t][i].d);
+            const __m256 yd = _mm256_set1_ps(mb_k2_f16(y[t][i].d));
             MB_UNROLL
             for (int r = 0; r < nr; r++) {
                 const __m256i p16 = _mm256_maddubs_epi16(aq[r], _mm256_sign_epi8(yq, q[r]));
-                const __m256 d = _mm256_set1_ps(wd[r] * yd);
+                /* the f32 product of the one-token kernel's scalar one */
+                const __m256 d = _mm256_mul_ps(wd[r], yd);
                 acc[r][t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)),
                                             acc[r][t]);
             }
