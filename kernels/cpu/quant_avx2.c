@@ -653,7 +653,6 @@ MB_INLINE void rows2_nt(int wdtype, int nt, const void *w0, const void *w1, size
 #define MB_QNT_CASE(T)                                                                             \
     case T:                                                                                        \
         switch (nt) {                                                                              \
-        case 1: rows2_nt(T, 1, w0, w1, row_bytes, n, xq, k, out0, out1, ld_out); return;          \
         case 2: rows2_nt(T, 2, w0, w1, row_bytes, n, xq, k, out0, out1, ld_out); return;          \
         case 3: rows2_nt(T, 3, w0, w1, row_bytes, n, xq, k, out0, out1, ld_out); return;          \
         default: rows2_nt(T, 4, w0, w1, row_bytes, n, xq, k, out0, out1, ld_out); return;         \
@@ -672,6 +671,10 @@ void mb_kcpu_qdot2_rows_nt_avx2(int wdtype, const void *w0, const void *w1, size
         out1 += MB_KCPU_QDOT_NT * ld_out;
     }
     if (nt == 0) return;
+    if (nt == 1) { /* one token (decode): the two-stream kernel tuned for it */
+        mb_kcpu_qdot2_rows_avx2(wdtype, w0, w1, row_bytes, n, xq[0], k, out0, out1);
+        return;
+    }
     switch (wdtype) {
         MB_QNT_CASE(MB_KCPU_Q8_0)
         MB_QNT_CASE(MB_KCPU_Q4_0)
