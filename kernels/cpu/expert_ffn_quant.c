@@ -39,23 +39,17 @@
 
 /* Pairs of an expert from which a phase whose matrix has this type runs
  * dequantized tiles rather than integer dots; SIZE_MAX: never. Measured on
- * the 2-core AVX2 VM, dots and tiles alternating call by call at 4..128
- * pairs an expert and both model shapes (bench/notes/cpu-quant-experts.md,
- * "Prefill: integer dots or dequantized tiles"): the dots won at every
- * count for Q8_0, Q4_K and Q6_K (maddubs does 32 multiply-adds where an
- * FMA does 8, and a task's rows stay in L2); tiles won from 16 pairs for
- * Q4_0, and for Q5_K from 32 at Qwen3's shape (by 5-15%) while losing by
- * 3-9% at Mixtral's. */
+ * the 2-core AVX2 VM, dots and tiles alternating call by call
+ * (bench/notes/cpu-quant-experts.md): with one token a weight block
+ * (version 3) the tiles won from 16 pairs for Q4_0 and from 32 for Q5_K at
+ * Qwen3's shape; since the dots take 4 tokens a weight block (version 4)
+ * they win at every type, count and shape measured (Q4_0 1.16-1.31x, Q5_K
+ * 1.6-1.96x, Q8_0 1.34-1.44x, 16-128 pairs). The tiles stay for
+ * mb_kcpu_moe_force_qpath and for machines where that may turn again. */
 static size_t mb_moeq_tiles_from(int wdtype)
 {
-    switch (wdtype) {
-    case MB_KCPU_Q4_0:
-        return 16;
-    case MB_KCPU_Q5_K:
-        return 32;
-    default:
-        return SIZE_MAX;
-    }
+    (void)wdtype;
+    return SIZE_MAX;
 }
 
 static int mb_moeq_forced = MB_KCPU_QPATH_AUTO;
