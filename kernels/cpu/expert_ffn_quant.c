@@ -2,14 +2,15 @@
  * ways to run each of gate/up and down:
  *  - integer dots: the activations of each token are quantized once to
  *    8-bit blocks (as llama.cpp does), weight rows are dotted with them
- *    block by block, and each pair's SiLU product is quantized again for
- *    down. One pass over the weights: what decode wants.
+ *    block by block (each weight block unpacked once for up to 4 of an
+ *    expert's pairs), and each pair's SiLU product is quantized again for
+ *    down. The way both decode and, on the machines measured, prefill take.
  *  - dequantized tiles: a task dequantizes a tile of weight rows to f32
  *    (exactly, as gguf-py does) in its scratch and runs the f32 GEMM tiles
  *    (gemm_<isa>.c) over all the expert's tokens. The activations and SiLU
  *    products are the same 8-bit ones, as f32 values, so both ways compute
  *    the same sums and differ by f32 rounding only. The dequantization is
- *    paid once per tile for many tokens: what prefill wants.
+ *    paid once per tile for many tokens.
  * Each expert picks its way for each phase by the phase's matrix type and
  * its own number of pairs (mb_moeq_tiles_from), never by what else is in
  * the batch, so an expert's results do not depend on which experts share
