@@ -3,7 +3,9 @@
  * integer scales, then one f32 scale per block; the integer sums equal the
  * scalar path's (quant.c) exactly, only the f32 accumulation order differs.
  * Every type has a one-row and a two-row form built from the same inline
- * body, so each row's f32 operations are the same in both. */
+ * body, so each row's f32 operations are the same in both, and a
+ * several-token form (prefill) that repeats those operations per token
+ * while unpacking each weight block once. */
 #include <immintrin.h>
 #include <string.h>
 
