@@ -2,14 +2,15 @@
  * ways to run each of gate/up and down:
  *  - integer dots: the activations of each token are quantized once to
  *    8-bit blocks (as llama.cpp does), weight rows are dotted with them
- *    block by block, and each pair's SiLU product is quantized again for
- *    down. One pass over the weights: what decode wants.
+ *    block by block (each weight block unpacked once for up to 4 of an
+ *    expert's pairs), and each pair's SiLU product is quantized again for
+ *    down. The way both decode and, on the machines measured, prefill take.
  *  - dequantized tiles: a task dequantizes a tile of weight rows to f32
  *    (exactly, as gguf-py does) in its scratch and runs the f32 GEMM tiles
  *    (gemm_<isa>.c) over all the expert's tokens. The activations and SiLU
  *    products are the same 8-bit ones, as f32 values, so both ways compute
  *    the same sums and differ by f32 rounding only. The dequantization is
- *    paid once per tile for many tokens: what prefill wants.
+ *    paid once per tile for many tokens.
  * Each expert picks its way for each phase by the phase's matrix type and
  * its own number of pairs (mb_moeq_tiles_from), never by what else is in
  * the batch, so an expert's results do not depend on which experts share
@@ -39,23 +40,17 @@
 
 /* Pairs of an expert from which a phase whose matrix has this type runs
  * dequantized tiles rather than integer dots; SIZE_MAX: never. Measured on
- * the 2-core AVX2 VM, dots and tiles alternating call by call at 4..128
- * pairs an expert and both model shapes (bench/notes/cpu-quant-experts.md,
- * "Prefill: integer dots or dequantized tiles"): the dots won at every
- * count for Q8_0, Q4_K and Q6_K (maddubs does 32 multiply-adds where an
- * FMA does 8, and a task's rows stay in L2); tiles won from 16 pairs for
- * Q4_0, and for Q5_K from 32 at Qwen3's shape (by 5-15%) while losing by
- * 3-9% at Mixtral's. */
+ * the 2-core AVX2 VM, dots and tiles alternating call by call
+ * (bench/notes/cpu-quant-experts.md): with one token a weight block
+ * (version 3) the tiles won from 16 pairs for Q4_0 and from 32 for Q5_K at
+ * Qwen3's shape; since the dots take 4 tokens a weight block (version 4)
+ * they win at every type, count and shape measured (Q4_0 1.16-1.31x, Q5_K
+ * 1.6-1.96x, Q8_0 1.34-1.44x, 16-128 pairs). The tiles stay for
+ * mb_kcpu_moe_force_qpath and for machines where that may turn again. */
 static size_t mb_moeq_tiles_from(int wdtype)
 {
-    switch (wdtype) {
-    case MB_KCPU_Q4_0:
-        return 16;
-    case MB_KCPU_Q5_K:
-        return 32;
-    default:
-        return SIZE_MAX;
-    }
+    (void)wdtype;
+    return SIZE_MAX;
 }
 
 static int mb_moeq_forced = MB_KCPU_QPATH_AUTO;
@@ -71,6 +66,7 @@ typedef struct {
     const mb_kcpu_isa_impl *isa;
     mb_kcpu_qdot_fn dot;
     mb_kcpu_qdot2_rows_fn dot2_rows;
+    mb_kcpu_qdot2_rows_nt_fn dot2_rows_nt;
     mb_kcpu_dequant_fn dequant;
     size_t from_gu, from_down;        /* pairs from which an expert's phase takes tiles */
     int any_tiles_gu, any_tiles_down; /* some expert takes tiles for gate/up, for down */
@@ -113,9 +109,11 @@ static void mb_moeq_pack_task(void *ctx, size_t t, int thread)
 
 /* ---- integer dots ------------------------------------------------------- */
 
-/* h[pair][r0, r1) for the pairs of expert e: per pair, the rows' gate and
- * up dots (the task's rows stay in L2 across the pairs), then SiLU.
- * Scratch: g, u [rb1]. */
+/* h[pair][r0, r1) for the pairs of expert e: per group of up to
+ * MB_KCPU_QDOT_NT pairs, the rows' gate and up dots with each weight block
+ * unpacked once for the group (the task's rows stay in L2 across the
+ * groups, the group's activations in L1), then SiLU per pair. Results are
+ * those of one pair at a time, bit for bit. Scratch: g, u [NT][rb1]. */
 static void mb_moeq_gate_up_dots(const mb_moeq_job *j, size_t e, size_t r0, size_t r1, int thread)
 {
     const mb_kcpu_moe_problem *p = j->p;
@@ -123,18 +121,28 @@ static void mb_moeq_gate_up_dots(const mb_moeq_job *j, size_t e, size_t r0, size
     const int wg = p->wdtype[MB_KCPU_GATE], wu = p->wdtype[MB_KCPU_UP];
     const char *gate = (const char *)E->gate + r0 * j->rb_gate,
                *up = (const char *)E->up + r0 * j->rb_up;
-    float *g = mb_moeq_scratch(j, thread), *u = g + j->rb1;
-    for (size_t q = p->expert_pair0[e]; q < p->expert_pair0[e + 1]; q++) {
-        const unsigned char *xq = j->ws->qx + (size_t)p->pair_token[q] * j->qx_row;
-        if (j->gate_up_paired) {
-            j->dot2_rows(wg, gate, up, j->rb_gate, r1 - r0, xq, p->d_model, g, u);
+    float *g = mb_moeq_scratch(j, thread), *u = g + MB_KCPU_QDOT_NT * j->rb1;
+    const size_t pe = p->expert_pair0[e + 1];
+    for (size_t q0 = p->expert_pair0[e]; q0 < pe; q0 += MB_KCPU_QDOT_NT) {
+        const size_t nt = pe - q0 < MB_KCPU_QDOT_NT ? pe - q0 : MB_KCPU_QDOT_NT;
+        const void *xq[MB_KCPU_QDOT_NT];
+        for (size_t t = 0; t < nt; t++)
+            xq[t] = j->ws->qx + (size_t)p->pair_token[q0 + t] * j->qx_row;
+        if (j->gate_up_paired && nt > 1) {
+            j->dot2_rows_nt(wg, gate, up, j->rb_gate, r1 - r0, xq, nt, p->d_model, g, u, j->rb1);
+        } else if (j->gate_up_paired) {
+            j->dot2_rows(wg, gate, up, j->rb_gate, r1 - r0, xq[0], p->d_model, g, u);
         } else {
-            for (size_t r = 0; r < r1 - r0; r++) {
-                g[r] = j->dot(wg, gate + r * j->rb_gate, xq, p->d_model);
-                u[r] = j->dot(wu, up + r * j->rb_up, xq + j->qx_up, p->d_model);
-            }
+            for (size_t t = 0; t < nt; t++)
+                for (size_t r = 0; r < r1 - r0; r++) {
+                    g[t * j->rb1 + r] = j->dot(wg, gate + r * j->rb_gate, xq[t], p->d_model);
+                    u[t * j->rb1 + r] = j->dot(wu, up + r * j->rb_up,
+                                               (const unsigned char *)xq[t] + j->qx_up, p->d_model);
+                }
         }
-        j->isa->silu_mul(g, u, j->ws->h + q * p->d_ff + r0, r1 - r0);
+        for (size_t t = 0; t < nt; t++)
+            j->isa->silu_mul(g + t * j->rb1, u + t * j->rb1, j->ws->h + (q0 + t) * p->d_ff + r0,
+                             r1 - r0);
     }
 }
 
@@ -163,24 +171,36 @@ static void mb_moeq_quant_h_task(void *ctx, size_t q, int thread)
 }
 
 /* out[token][c0, c1) += gate * down rows of expert e . quantized h: rows
- * [c0, c0 + half) beside [c0 + half, c0 + 2 half), two read streams.
- * Scratch: v [rb2]. */
+ * [c0, c0 + half) beside [c0 + half, c0 + 2 half), two read streams; per
+ * group of up to MB_KCPU_QDOT_NT pairs each weight block unpacked once, the
+ * pairs then added to out in pair order, as one at a time. Scratch: v
+ * [NT][rb2]. */
 static void mb_moeq_down_dots(const mb_moeq_job *j, size_t e, size_t c0, size_t c1, int thread)
 {
     const mb_kcpu_moe_problem *p = j->p;
     const int wd = p->wdtype[MB_KCPU_DOWN];
     const char *down = (const char *)p->experts[e].down + c0 * j->rb_down;
-    const size_t half = (c1 - c0) / 2;
+    const size_t half = (c1 - c0) / 2, pe = p->expert_pair0[e + 1];
     float *v = mb_moeq_scratch(j, thread);
-    for (size_t q = p->expert_pair0[e]; q < p->expert_pair0[e + 1]; q++) {
-        const unsigned char *hq = j->ws->qh + q * j->qh_row;
-        float *dst = p->out + (size_t)p->pair_token[q] * p->ldo + c0;
-        const float g = p->pair_gate[q];
-        j->dot2_rows(wd, down, down + half * j->rb_down, j->rb_down, half, hq, p->d_ff, v,
-                     v + half);
-        if ((c1 - c0) % 2) v[2 * half] = j->dot(wd, down + 2 * half * j->rb_down, hq, p->d_ff);
-        for (size_t c = 0; c < c1 - c0; c++)
-            dst[c] += g * v[c];
+    for (size_t q0 = p->expert_pair0[e]; q0 < pe; q0 += MB_KCPU_QDOT_NT) {
+        const size_t nt = pe - q0 < MB_KCPU_QDOT_NT ? pe - q0 : MB_KCPU_QDOT_NT;
+        const void *hq[MB_KCPU_QDOT_NT];
+        for (size_t t = 0; t < nt; t++)
+            hq[t] = j->ws->qh + (q0 + t) * j->qh_row;
+        if (nt > 1)
+            j->dot2_rows_nt(wd, down, down + half * j->rb_down, j->rb_down, half, hq, nt, p->d_ff,
+                            v, v + half, j->rb2);
+        else
+            j->dot2_rows(wd, down, down + half * j->rb_down, j->rb_down, half, hq[0], p->d_ff, v,
+                         v + half);
+        for (size_t t = 0; t < nt; t++) {
+            float *vt = v + t * j->rb2;
+            if ((c1 - c0) % 2) vt[2 * half] = j->dot(wd, down + 2 * half * j->rb_down, hq[t], p->d_ff);
+            float *dst = p->out + (size_t)p->pair_token[q0 + t] * p->ldo + c0;
+            const float g = p->pair_gate[q0 + t];
+            for (size_t c = 0; c < c1 - c0; c++)
+                dst[c] += g * vt[c];
+        }
     }
 }
 
@@ -330,6 +350,7 @@ int mb_moeq_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_proble
                      .isa = mb_kcpu_isa_current(),
                      .dot = mb_kcpu_qdot_get(),
                      .dot2_rows = mb_kcpu_qdot2_rows_get(),
+                     .dot2_rows_nt = mb_kcpu_qdot2_rows_nt_get(),
                      .dequant = mb_kcpu_dequant_get()};
     const int wg = p->wdtype[MB_KCPU_GATE], wu = p->wdtype[MB_KCPU_UP],
               wd = p->wdtype[MB_KCPU_DOWN];
@@ -374,10 +395,11 @@ int mb_moeq_run(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_kcpu_moe_proble
     j.nb1 = (p->d_ff + j.rb1 - 1) / j.rb1;
     j.rb2 = mb_moeq_rows(dn_bytes, MB_MOEQ_L2_BYTES, 1, p->d_model, threads);
 
-    /* pack: one f32 row; dots: g and u of gate/up, v of down */
+    /* pack: one f32 row; dots: g and u of gate/up, v of down, for a group
+     * of pairs */
     size_t per = mb_moe_round16(p->d_model);
-    if (per < 2 * j.rb1) per = 2 * j.rb1;
-    if (per < j.rb2) per = j.rb2;
+    if (per < 2 * MB_KCPU_QDOT_NT * j.rb1) per = 2 * MB_KCPU_QDOT_NT * j.rb1;
+    if (per < MB_KCPU_QDOT_NT * j.rb2) per = MB_KCPU_QDOT_NT * j.rb2;
     if (j.any_tiles_gu) {
         const size_t need = mb_moe_round16(2 * j.rb1 * MB_MOEQ_KT + 2 * MB_MOE_NB * j.rb1);
         per = need > per ? need : per;

@@ -393,11 +393,21 @@ void mb_kcpu_qdot2_rows_scalar(int wdtype, const void *w0, const void *w1, size_
     }
 }
 
+void mb_kcpu_qdot2_rows_nt_scalar(int wdtype, const void *w0, const void *w1, size_t row_bytes,
+                                  size_t n, const void *const *xq, size_t nt, size_t k, float *out0,
+                                  float *out1, size_t ld_out)
+{
+    for (size_t t = 0; t < nt; t++)
+        mb_kcpu_qdot2_rows_scalar(wdtype, w0, w1, row_bytes, n, xq[t], k, out0 + t * ld_out,
+                                  out1 + t * ld_out);
+}
+
 /* ---- dispatch ---------------------------------------------------------- */
 
 static mb_kcpu_qdot_fn qdot_impl = mb_kcpu_qdot_scalar;
 static mb_kcpu_qdot2_fn qdot2_impl = mb_kcpu_qdot2_scalar;
 static mb_kcpu_qdot2_rows_fn qdot2_rows_impl = mb_kcpu_qdot2_rows_scalar;
+static mb_kcpu_qdot2_rows_nt_fn qdot2_rows_nt_impl = mb_kcpu_qdot2_rows_nt_scalar;
 static mb_kcpu_dequant_fn dequant_impl = mb_kcpu_dequant_row;
 static const char *qdot_name = "scalar";
 static pthread_once_t qdot_once = PTHREAD_ONCE_INIT;
@@ -417,6 +427,7 @@ static void qdot_init(void)
         qdot_impl = mb_kcpu_qdot_avx2;
         qdot2_impl = mb_kcpu_qdot2_avx2;
         qdot2_rows_impl = mb_kcpu_qdot2_rows_avx2;
+        qdot2_rows_nt_impl = mb_kcpu_qdot2_rows_nt_avx2;
         dequant_impl = dequant_avx2_any;
         qdot_name = "avx2";
     }
@@ -452,6 +463,11 @@ mb_kcpu_qdot2_rows_fn mb_kcpu_qdot2_rows_get(void)
     return qdot_simd() ? qdot2_rows_impl : mb_kcpu_qdot2_rows_scalar;
 }
 
+mb_kcpu_qdot2_rows_nt_fn mb_kcpu_qdot2_rows_nt_get(void)
+{
+    return qdot_simd() ? qdot2_rows_nt_impl : mb_kcpu_qdot2_rows_nt_scalar;
+}
+
 mb_kcpu_dequant_fn mb_kcpu_dequant_get(void)
 {
     return qdot_simd() ? dequant_impl : mb_kcpu_dequant_row;
@@ -466,6 +482,7 @@ float mb_kcpu_qdot(int wdtype, const void *w, const void *xq, size_t k)
 
 typedef struct {
     mb_kcpu_qdot_fn dot;
+    mb_kcpu_qdot2_rows_nt_fn dot2_rows_nt;
     int wdtype;
     const char *w;
     size_t ldw, m, k, n;
@@ -477,20 +494,35 @@ typedef struct {
     size_t rows_per_task;
 } qgemm_job;
 
+/* Rows a multi-token call covers at once (two halves of QGEMM_RB / 2). */
+#define QGEMM_RB 64
+
 /* Rows [r0, r1) for every token; weight rows of a task stay in cache while
- * the tokens sweep over them. */
+ * the tokens sweep over them, MB_KCPU_QDOT_NT tokens a weight block (each
+ * result the single dot's, bit for bit). */
 static void qgemm_task(void *ctx, size_t task, int thread)
 {
     (void)thread;
     const qgemm_job *j = ctx;
     const size_t r0 = task * j->rows_per_task;
     const size_t r1 = r0 + j->rows_per_task < j->m ? r0 + j->rows_per_task : j->m;
-    for (size_t t = 0; t < j->n; t++) {
-        const char *xq = j->xq + t * j->xq_row;
-        float *y = j->y + t * j->ldy;
-        for (size_t r = r0; r < r1; r++) {
-            const float v = j->dot(j->wdtype, j->w + r * j->ldw, xq, j->k);
-            y[r] = j->add ? y[r] + v : v;
+    float v[MB_KCPU_QDOT_NT][QGEMM_RB];
+    for (size_t c0 = r0; c0 < r1; c0 += QGEMM_RB) {
+        const size_t nc = r1 - c0 < QGEMM_RB ? r1 - c0 : QGEMM_RB, half = nc / 2;
+        const char *w = j->w + c0 * j->ldw;
+        for (size_t t0 = 0; t0 < j->n; t0 += MB_KCPU_QDOT_NT) {
+            const size_t nt = j->n - t0 < MB_KCPU_QDOT_NT ? j->n - t0 : MB_KCPU_QDOT_NT;
+            const void *xq[MB_KCPU_QDOT_NT];
+            for (size_t t = 0; t < nt; t++)
+                xq[t] = j->xq + (t0 + t) * j->xq_row;
+            j->dot2_rows_nt(j->wdtype, w, w + half * j->ldw, j->ldw, half, xq, nt, j->k, v[0],
+                            v[0] + half, QGEMM_RB);
+            for (size_t t = 0; t < nt; t++) {
+                if (nc % 2) v[t][nc - 1] = j->dot(j->wdtype, w + (nc - 1) * j->ldw, xq[t], j->k);
+                float *y = j->y + (t0 + t) * j->ldy + c0;
+                for (size_t c = 0; c < nc; c++)
+                    y[c] = j->add ? y[c] + v[t][c] : v[t][c];
+            }
         }
     }
 }
@@ -547,9 +579,10 @@ int mb_kcpu_qgemm(mb_kcpu_pool *pool, int wdtype, const void *w, size_t ldw_byte
     const int threads = mb_kcpu_pool_threads(pool);
     qact_job aj = {wdtype, x, ldx, k, xq, xq_row};
     mb_kcpu_pool_run(n >= 4 ? pool : NULL, n, qact_task, &aj);
-    qgemm_job j = {mb_kcpu_qdot_get(), wdtype, w, ldw_bytes, m, k, n, xq, xq_row, y, ldy, accumulate, m};
+    qgemm_job j = {mb_kcpu_qdot_get(), mb_kcpu_qdot2_rows_nt_get(), wdtype, w, ldw_bytes, m, k, n,
+                   xq, xq_row, y, ldy, accumulate, m};
     if (threads > 1) {
-        size_t rb = 64;
+        size_t rb = QGEMM_RB;
         while (rb > 4 && (m + rb - 1) / rb < (size_t)threads * 4)
             rb /= 2;
         j.rows_per_task = rb;

@@ -39,6 +39,30 @@ void mb_kcpu_qdot2_rows_avx2(int wdtype, const void *w0, const void *w1, size_t 
                              const void *xq, size_t k, float *out0, float *out1);
 mb_kcpu_qdot2_rows_fn mb_kcpu_qdot2_rows_get(void);
 
+/* Tokens a multi-token dot kernel takes at once (its accumulators fill the
+ * 16 ymm registers of AVX2 at 4). */
+#define MB_KCPU_QDOT_NT 4
+
+/* The row pairs of mb_kcpu_qdot2_rows for nt tokens at once (prefill):
+ * out0[t * ld_out + i] = (w0 + i * row_bytes) . xq[t] and out1[t * ld_out +
+ * i] = (w1 + i * row_bytes) . xq[t] for i < n, t < nt. The SIMD paths unpack
+ * each weight block once for up to MB_KCPU_QDOT_NT tokens (more are taken
+ * in groups). Each result is bit-identical to mb_kcpu_qdot2_rows's for
+ * that token alone: the same integer sums and the same f32 operations in
+ * the same order. Cannot fail. */
+typedef void (*mb_kcpu_qdot2_rows_nt_fn)(int wdtype, const void *w0, const void *w1,
+                                         size_t row_bytes, size_t n, const void *const *xq,
+                                         size_t nt, size_t k, float *out0, float *out1,
+                                         size_t ld_out);
+
+void mb_kcpu_qdot2_rows_nt_scalar(int wdtype, const void *w0, const void *w1, size_t row_bytes,
+                                  size_t n, const void *const *xq, size_t nt, size_t k, float *out0,
+                                  float *out1, size_t ld_out);
+void mb_kcpu_qdot2_rows_nt_avx2(int wdtype, const void *w0, const void *w1, size_t row_bytes,
+                                size_t n, const void *const *xq, size_t nt, size_t k, float *out0,
+                                float *out1, size_t ld_out);
+mb_kcpu_qdot2_rows_nt_fn mb_kcpu_qdot2_rows_nt_get(void);
+
 /* dst[k] = the quantized row src as f32, bit-identical to
  * mb_kcpu_dequant_row (k a multiple of the type's block). Returns 0, writing
  * nothing, for a type the path lacks. dequant_avx2.c. */

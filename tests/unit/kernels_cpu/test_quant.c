@@ -239,6 +239,35 @@ int main(void)
         CHECK_MSG(bad == 0, "%s: activation quantization off by more than half a step", names[ti]);
         CHECK_MSG(worst < 1e-5, "%s: dot products off by %g of their magnitude", names[ti], worst);
         CHECK_MSG(pair_bad == 0, "%s: %zu two-row dots differ from single-row ones", names[ti], pair_bad);
+
+        /* Several tokens a weight block (prefill), 1..n tokens (n past the
+         * kernels' group of 4): bit-identical to one token at a time. */
+        {
+            const size_t qrb = mb_kcpu_qact_row_bytes(type, k), ld = m + 3;
+            uint8_t *xs = malloc(qrb * n);
+            float *a0 = malloc(sizeof(float) * ld * n), *a1 = malloc(sizeof(float) * ld * n);
+            REQUIRE(xs && a0 && a1);
+            const void *xp[5];
+            REQUIRE(n <= 5);
+            for (size_t t = 0; t < n; t++) {
+                mb_kcpu_qact_row(type, x + t * k, xs + t * qrb, k);
+                xp[t] = xs + t * qrb;
+            }
+            size_t nt_bad = 0;
+            for (size_t nt = 1; nt <= n; nt++) {
+                mb_kcpu_qdot2_rows_nt_get()(type, w, w + rb, rb, m - 1, xp, nt, k, a0, a1, ld);
+                for (size_t t = 0; t < nt; t++) {
+                    mb_kcpu_qdot2_rows_get()(type, w, w + rb, rb, m - 1, xp[t], k, o0, o1);
+                    nt_bad += memcmp(a0 + t * ld, o0, (m - 1) * sizeof(float)) != 0 ||
+                              memcmp(a1 + t * ld, o1, (m - 1) * sizeof(float)) != 0;
+                }
+            }
+            CHECK_MSG(nt_bad == 0, "%s: %zu multi-token dot rows differ from one token at a time",
+                      names[ti], nt_bad);
+            free(xs);
+            free(a0);
+            free(a1);
+        }
         free(o0);
         free(o1);
 
