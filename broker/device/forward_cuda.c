@@ -825,29 +825,21 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k;
     float *xn = fc->xfer;
-    if (fc->local_step) {
-        /* Everything stays on the device: ids and gate after xn in xfer,
-         * the experts' sums into moe. */
-        int32_t *ids = (int32_t *)(xn + n * d);
-        float *gate = xn + n * (d + k);
-        K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
-        prof_mark(fc, "ffn rmsnorm");
+    if (fc->fuse || fc->local_step) {
+        /* ids and gate after xn: on the device for the local experts (in
+         * xfer), else written straight into pinned host memory by the norm
+         * and the top-k kernel for the dispatcher, with no copy on the
+         * stream. */
+        float *dst = fc->local_step ? xn : fc->h_xfer;
+        if (fc->local_step)
+            K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
+        else
+            K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, dst, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
+        prof_mark(fc, fc->local_step ? "ffn rmsnorm" : "ffn rmsnorm (+ to host)");
         const dev_mat *R = &D->router;
         K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
-                               ids, gate, fc->route_done));
-        prof_mark(fc, "router + top-k");
-        return MB_STATUS_OK;
-    }
-    if (fc->fuse) {
-        /* The dispatcher's arrays written straight into pinned host memory
-         * by the norm and the top-k kernel: no copy on the stream. */
-        float *hx = fc->h_xfer;
-        K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, hx, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
-        prof_mark(fc, "ffn rmsnorm (+ to host)");
-        const dev_mat *R = &D->router;
-        K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
-                               (int32_t *)(hx + n * d), hx + n * (d + k), fc->route_done));
-        prof_mark(fc, "router + top-k (to host)");
+                               (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done));
+        prof_mark(fc, fc->local_step ? "router + top-k" : "router + top-k (to host)");
         return MB_STATUS_OK;
     }
     K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
@@ -946,7 +938,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k, ff = c->d_ff_shared;
     if (l == 0) MB_TRY(run_segment(fc, &fc->graph_a, segment_a, 0, n, pos)); /* later layers' A ran with B */
-    cudaError_t e = cudaEventRecord(fc->copied, fc->stream);
+    cudaError_t e = fc->local_step ? cudaSuccess : cudaEventRecord(fc->copied, fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "recording the copy");
     if (ff) {
         const float *xn = fc->xfer;
@@ -956,18 +948,16 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         K(mb_kcuda_silu_mul(fc->stream, fc->sh_g, fc->sh_u, ff, n, (uint32_t)ff, fc->sh_s));
         prof_mark(fc, "shared expert gate/up (overlapped)");
     }
-    e = cudaEventRecord(fc->wait[l], fc->stream);
     if (fc->local_step) {
-        /* Nothing to wait for: no idle gap on the stream. The experts
-         * replay their own graph, between marks that time them. */
-        if (e == cudaSuccess) e = cudaEventRecord(fc->resume[l], fc->stream);
-        if (e != cudaSuccess) return fail(fc, e, "recording the layer's events");
+        /* Nothing to wait for, so no idle gap to time (head() knows). The
+         * experts replay their own graph, between marks that time them. */
         K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 0));
         MB_TRY(run_segment(fc, &fc->graph_e[l], segment_e, l, n, pos));
         K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 1));
         if (l + 1 < c->n_layers) return run_segment(fc, &fc->graph_b[l], segment_ba, l, n, pos);
         return run_segment(fc, &fc->graph_b[l], segment_b, l, n, pos);
     }
+    e = cudaEventRecord(fc->wait[l], fc->stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
     if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");
     const mb_moe_work w = {.layer = l,
@@ -1039,7 +1029,7 @@ static mb_status head(mb_fwd_cuda *fc, uint32_t n, float *logits, float *last_lo
     float ms = 0;
     if (cudaEventElapsedTime(&ms, fc->t0, fc->t1) != cudaSuccess) return MB_STATUS_OK;
     double busy = ms - (double)local_ns / 1e6; /* the dense part's time: the experts are counted apart */
-    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
+    for (uint32_t l = 0; !fc->local_step && l < fc->cfg.n_layers; l++) {
         float gap = 0;
         if (cudaEventElapsedTime(&gap, fc->wait[l], fc->resume[l]) == cudaSuccess) busy -= gap;
     }

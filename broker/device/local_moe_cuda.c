@@ -116,7 +116,11 @@ mb_status mb_cuda_local_moe_create(int device, const mb_cuda_local_layer *layers
             return MB_STATUS_UNSUPPORTED;
         }
         for (uint32_t e = 0; e < n_experts; e++)
-            if (layers[l].slot_of[e] >= v->max_slots) return MB_STATUS_INVALID_ARG;
+            if (layers[l].slot_of[e] >= v->max_slots) {
+                snprintf(err, err_cap, "layer %u expert %u: slot %u past the backend's %u", l, e,
+                         layers[l].slot_of[e], v->max_slots);
+                return MB_STATUS_INVALID_ARG;
+            }
     }
     mb_cuda_local_moe *lm = calloc(1, sizeof *lm);
     if (!lm) return MB_STATUS_NOMEM;
