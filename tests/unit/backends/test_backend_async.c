@@ -283,6 +283,11 @@ static void test_wrappers(void)
     CHECK_MSG(strstr(why, "bf16") && strstr(why, "weights") && strstr(why, "fake"), "%s", why);
     CHECK_EQ(mb_backend_caps_check(&caps, MB_DTYPE_MASK(MB_DTYPE_F32), MB_DTYPE_F16, why, sizeof why), MB_STATUS_BAD_DTYPE);
     CHECK_MSG(strstr(why, "f16") && strstr(why, "payload"), "%s", why);
+    /* No device view (only the CUDA backend has one): refused, not a crash. */
+    mb_backend_device_view view;
+    CHECK_EQ(mb_backend_device_layer(b, 0, &view), MB_STATUS_UNSUPPORTED);
+    CHECK_EQ(mb_backend_device_layer(b, 0, NULL), MB_STATUS_INVALID_ARG);
+    CHECK_EQ(mb_backend_device_layer(NULL, 0, &view), MB_STATUS_INVALID_ARG);
     load_slots(b);
 
     /* Four in flight, the fifth refused until one is fetched. */

@@ -204,6 +204,18 @@ int main(void)
     /* Reset zeroes the counts. */
     mb_stats_reset(s);
     CHECK_EQ(mb_stats_routed(s, 0, 2), 0);
+    /* Counts made elsewhere (the GPU coordinator's, on its device) add in;
+     * a layer past the table or no counts are refused and change nothing. */
+    const uint64_t counts[3] = {1, 0, 2};
+    CHECK_EQ(mb_stats_add_routed(s, 2, counts), MB_STATUS_INVALID_ARG);
+    CHECK_EQ(mb_stats_add_routed(s, 1, NULL), MB_STATUS_INVALID_ARG);
+    CHECK_EQ(mb_stats_add_routed(s, 1, counts), MB_STATUS_OK);
+    CHECK_EQ(mb_stats_add_routed(s, 1, counts), MB_STATUS_OK);
+    CHECK_EQ(mb_stats_routed(s, 1, 0), 2);
+    CHECK_EQ(mb_stats_routed(s, 1, 1), 0);
+    CHECK_EQ(mb_stats_routed(s, 1, 2), 4);
+    CHECK_EQ(mb_stats_routed(s, 0, 0), 0);
+    CHECK_EQ(mb_stats_routed_to_group(s, 1), 6);
     mb_stats_destroy(s);
     unlink(path);
     rmdir(dir);
