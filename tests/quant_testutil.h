@@ -55,6 +55,37 @@ static inline void *mb_test_quant_blocks(int t, size_t n_blocks, int mode, unsig
     return w;
 }
 
+/* n_blocks random blocks of type t for products (malloc'd): every byte
+ * random, then per block an f16 scale d (and dmin for Q4_K and Q5_K) of
+ * 2^(e_lo - 15) to 2^(e_lo - 12), and no Q8_0 quant of -128, which
+ * llama.cpp's quantizer never writes (its range is -127..127). */
+static inline void *mb_test_quant_blocks_exp(int t, size_t n_blocks, unsigned e_lo, unsigned long long *seed)
+{
+    const size_t bb = mb_kcpu_block_bytes(t);
+    uint8_t *w = (uint8_t *)malloc(n_blocks * bb + 1);
+    REQUIRE(w);
+    for (size_t i = 0; i < n_blocks * bb; i++)
+        w[i] = (uint8_t)mb_test_rand_u64(seed);
+    for (size_t b = 0; b < n_blocks; b++) {
+        uint8_t *blk = w + b * bb;
+        uint16_t sc[2];
+        for (int i = 0; i < 2; i++) {
+            const uint64_t r = mb_test_rand_u64(seed);
+            sc[i] = (uint16_t)((e_lo + (unsigned)(r % 3u)) << 10 | ((r >> 8) & 0x3ffu));
+        }
+        if (t == MB_KCPU_Q6_K) {
+            memcpy(blk + 208, &sc[0], 2);
+            continue;
+        }
+        memcpy(blk, &sc[0], 2);
+        if (t == MB_KCPU_Q4_K || t == MB_KCPU_Q5_K) memcpy(blk + 2, &sc[1], 2);
+        if (t == MB_KCPU_Q8_0)
+            for (int l = 0; l < 32; l++)
+                if (blk[2 + l] == 0x80) blk[2 + l] = 0x81;
+    }
+    return w;
+}
+
 /* The [rows][cols] matrix of blocks (row-major, whole blocks a row)
  * dequantized exactly, as doubles (malloc'd). */
 static inline double *mb_test_quant_dequant(int t, const void *blocks, size_t rows, size_t cols)

@@ -11,35 +11,11 @@
 
 #include "cpu_test.h"
 #include "kernels/cpu/quant.h"
-
-static uint16_t small_scale(unsigned long long *seed)
-{
-    uint64_t r = mb_test_rand_u64(seed);
-    return (uint16_t)((3u + (uint16_t)(r % 3u)) << 10 | ((r >> 8) & 0x3ffu));
-}
+#include "tests/quant_testutil.h"
 
 static void *rand_blocks(mb_dtype t, size_t rows, size_t cols, unsigned long long *seed)
 {
-    const size_t be = mb_dtype_block_elems(t), bb = mb_dtype_block_bytes(t);
-    const size_t nb = rows * cols / be;
-    uint8_t *w = malloc(nb * bb);
-    REQUIRE(w);
-    for (size_t i = 0; i < nb * bb; i++)
-        w[i] = (uint8_t)mb_test_rand_u64(seed);
-    for (size_t b = 0; b < nb; b++) {
-        uint8_t *blk = w + b * bb;
-        uint16_t d = small_scale(seed), dmin = small_scale(seed);
-        if (t == MB_DTYPE_Q6_K) {
-            memcpy(blk + 208, &d, 2);
-        } else {
-            memcpy(blk, &d, 2);
-            if (t == MB_DTYPE_Q4_K || t == MB_DTYPE_Q5_K) memcpy(blk + 2, &dmin, 2);
-            if (t == MB_DTYPE_Q8_0)
-                for (int l = 0; l < 32; l++)
-                    if (blk[2 + l] == 0x80) blk[2 + l] = 0x81;
-        }
-    }
-    return w;
+    return mb_test_quant_blocks_exp((int)t, rows * cols / mb_dtype_block_elems(t), 3, seed);
 }
 
 static void expert_init(ct_expert *e, mb_dtype t, uint32_t d_model, uint32_t d_ff,

@@ -23,6 +23,7 @@
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/quant.h"
+#include "tests/quant_testutil.h"
 
 static const char *mb_kcpu_dtype_name(int type)
 {
@@ -31,49 +32,10 @@ static const char *mb_kcpu_dtype_name(int type)
     return type >= 0 && type < 8 ? names[type] : "?";
 }
 
-static uint16_t rand_scale(unsigned long long *seed)
-{
-    uint64_t r = mb_test_rand_u64(seed);
-    return (uint16_t)((5u + (uint16_t)(r % 3u)) << 10 | ((r >> 8) & 0x3ffu));
-}
-
 /* rows x cols of random blocks with sane scales. */
 static void *rand_blocks(int type, size_t rows, size_t cols, unsigned long long *seed)
 {
-    const size_t bb = mb_kcpu_block_bytes(type), nb = rows * cols / mb_kcpu_block_elems(type);
-    uint8_t *w = malloc(nb * bb);
-    REQUIRE(w);
-    for (size_t i = 0; i < nb * bb; i++)
-        w[i] = (uint8_t)mb_test_rand_u64(seed);
-    for (size_t b = 0; b < nb; b++) {
-        uint8_t *blk = w + b * bb;
-        const uint16_t d = rand_scale(seed), dmin = rand_scale(seed);
-        if (type == MB_KCPU_Q6_K) {
-            memcpy(blk + 208, &d, 2);
-            continue;
-        }
-        memcpy(blk, &d, 2);
-        if (type == MB_KCPU_Q4_K || type == MB_KCPU_Q5_K) memcpy(blk + 2, &dmin, 2);
-        if (type == MB_KCPU_Q8_0)
-            for (int l = 0; l < 32; l++)
-                if (blk[2 + l] == 0x80) blk[2 + l] = 0x81;
-    }
-    return w;
-}
-
-/* The whole matrix as doubles. */
-static double *dequant_all(int type, const void *w, size_t rows, size_t cols)
-{
-    double *d = malloc(sizeof(double) * rows * cols);
-    float *row = malloc(sizeof(float) * cols);
-    REQUIRE(d && row);
-    for (size_t r = 0; r < rows; r++) {
-        mb_kcpu_dequant_row(type, (const char *)w + r * mb_kcpu_row_bytes(type, cols), row, cols);
-        for (size_t c = 0; c < cols; c++)
-            d[r * cols + c] = row[c];
-    }
-    free(row);
-    return d;
+    return mb_test_quant_blocks_exp(type, rows * cols / mb_kcpu_block_elems(type), 5, seed);
 }
 
 /* x[k] as the dots see it after 8-bit quantization for weights of type. */
@@ -123,7 +85,7 @@ static double run_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const qcase *c, i
         for (int m = 0; m < 3; m++) {
             const size_t rows = m == 2 ? dm : dff, cols = m == 2 ? dff : dm;
             w[e][m] = rand_blocks(c->type[m], rows, cols, seed);
-            wr[e][m] = dequant_all(c->type[m], w[e][m], rows, cols);
+            wr[e][m] = mb_test_quant_dequant(c->type[m], w[e][m], rows, cols);
         }
         ex[e] = (mb_kcpu_expert){w[e][0], w[e][1], w[e][2], dm, dff};
     }
