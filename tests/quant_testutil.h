@@ -33,33 +33,12 @@ static inline uint16_t mb_test_quant_scale(int t, int mode, unsigned long long *
     }
 }
 
-/* n_blocks random blocks of type t (malloc'd), scales by mode as above,
- * every other byte random. */
-static inline void *mb_test_quant_blocks(int t, size_t n_blocks, int mode, unsigned long long *seed)
-{
-    const size_t bb = mb_kcpu_block_bytes(t);
-    uint8_t *w = (uint8_t *)malloc(n_blocks * bb + 1);
-    REQUIRE(w);
-    for (size_t i = 0; i < n_blocks * bb; i++)
-        w[i] = (uint8_t)mb_test_rand_u64(seed);
-    for (size_t b = 0; b < n_blocks; b++) {
-        uint8_t *blk = w + b * bb;
-        const uint16_t d = mb_test_quant_scale(t, mode, seed), dmin = mb_test_quant_scale(t, mode, seed);
-        if (t == MB_KCPU_Q6_K) {
-            memcpy(blk + 208, &d, 2);
-        } else {
-            memcpy(blk, &d, 2);
-            if (t == MB_KCPU_Q4_K || t == MB_KCPU_Q5_K) memcpy(blk + 2, &dmin, 2);
-        }
-    }
-    return w;
-}
-
-/* n_blocks random blocks of type t for products (malloc'd): every byte
- * random, then per block an f16 scale d (and dmin for Q4_K and Q5_K) of
- * 2^(e_lo - 15) to 2^(e_lo - 12), and no Q8_0 quant of -128, which
- * llama.cpp's quantizer never writes (its range is -127..127). */
-static inline void *mb_test_quant_blocks_exp(int t, size_t n_blocks, unsigned e_lo, unsigned long long *seed)
+/* n_blocks random blocks of type t (malloc'd): every byte random, then
+ * per block a scale d and a dmin (Q4_K, Q5_K), each from one draw: by
+ * mode as above when e_lo is 0, else of 2^(e_lo - 15) to 2^(e_lo - 12)
+ * with no Q8_0 quant of -128, which llama.cpp's quantizer never writes
+ * (its range is -127..127). */
+static inline void *mb_test_quant_blocks_(int t, size_t n_blocks, int mode, unsigned e_lo, unsigned long long *seed)
 {
     const size_t bb = mb_kcpu_block_bytes(t);
     uint8_t *w = (uint8_t *)malloc(n_blocks * bb + 1);
@@ -70,6 +49,10 @@ static inline void *mb_test_quant_blocks_exp(int t, size_t n_blocks, unsigned e_
         uint8_t *blk = w + b * bb;
         uint16_t sc[2];
         for (int i = 0; i < 2; i++) {
+            if (!e_lo) {
+                sc[i] = mb_test_quant_scale(t, mode, seed);
+                continue;
+            }
             const uint64_t r = mb_test_rand_u64(seed);
             sc[i] = (uint16_t)((e_lo + (unsigned)(r % 3u)) << 10 | ((r >> 8) & 0x3ffu));
         }
@@ -79,11 +62,24 @@ static inline void *mb_test_quant_blocks_exp(int t, size_t n_blocks, unsigned e_
         }
         memcpy(blk, &sc[0], 2);
         if (t == MB_KCPU_Q4_K || t == MB_KCPU_Q5_K) memcpy(blk + 2, &sc[1], 2);
-        if (t == MB_KCPU_Q8_0)
+        if (e_lo && t == MB_KCPU_Q8_0)
             for (int l = 0; l < 32; l++)
                 if (blk[2 + l] == 0x80) blk[2 + l] = 0x81;
     }
     return w;
+}
+
+/* n_blocks random blocks of type t, scales by mode as above. */
+static inline void *mb_test_quant_blocks(int t, size_t n_blocks, int mode, unsigned long long *seed)
+{
+    return mb_test_quant_blocks_(t, n_blocks, mode, 0, seed);
+}
+
+/* n_blocks random blocks of type t for products, scales of 2^(e_lo - 15)
+ * to 2^(e_lo - 12) (e_lo >= 1), no Q8_0 quant of -128. */
+static inline void *mb_test_quant_blocks_exp(int t, size_t n_blocks, unsigned e_lo, unsigned long long *seed)
+{
+    return mb_test_quant_blocks_(t, n_blocks, 0, e_lo, seed);
 }
 
 /* The [rows][cols] matrix of blocks (row-major, whole blocks a row)

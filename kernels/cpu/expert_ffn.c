@@ -121,13 +121,7 @@ static void mb_moe_down_task(void *ctx, size_t task, int thread)
                 p->expert_pair0[e + 1] - q0 < MB_MOE_NB ? p->expert_pair0[e + 1] - q0 : MB_MOE_NB;
             mb_kcpu_gemm_block(j->isa, p->wdtype[MB_KCPU_DOWN], E->down, E->ld_ff, c0, c1,
                                j->hrow + q0, nq, p->d_ff, acc, j->rb2, 0);
-            for (size_t q = 0; q < nq; q++) {
-                const float g = p->pair_gate[q0 + q];
-                const float *src = acc + q * j->rb2;
-                float *dst = p->out + (size_t)p->pair_token[q0 + q] * p->ldo + c0;
-                for (size_t c = 0; c < nc; c++)
-                    dst[c] += g * src[c];
-            }
+            mb_moe_add_gated(p, q0, nq, acc, j->rb2, c0, nc);
         }
     }
     if (p->out_done) p->out_done(p->out_ctx, c0, c1);

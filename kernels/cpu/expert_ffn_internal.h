@@ -56,6 +56,21 @@ static inline size_t mb_moe_mul(size_t a, size_t b)
     return b != 0 && a > SIZE_MAX / b ? SIZE_MAX : a * b;
 }
 
+/* The down projection's results of pairs [q0, q0 + nq) (acc, row q at q *
+ * ld, columns c0..c0 + nc of the output) added into their tokens' output
+ * rows, each scaled by its pair's gate: the combine both paths share. */
+static inline void mb_moe_add_gated(const mb_kcpu_moe_problem *p, size_t q0, size_t nq, const float *acc, size_t ld,
+                                    size_t c0, size_t nc)
+{
+    for (size_t q = 0; q < nq; q++) {
+        const float g = p->pair_gate[q0 + q];
+        const float *src = acc + q * ld;
+        float *dst = p->out + (size_t)p->pair_token[q0 + q] * p->ldo + c0;
+        for (size_t c = 0; c < nc; c++)
+            dst[c] += g * src[c];
+    }
+}
+
 /* The quantized-weight problem (all three matrices quantized, rows
  * unpadded), already validated; n_pairs from validation. Returns 0, or -1
  * when the workspace cannot grow or a row stride is not the unpadded one.

@@ -281,13 +281,7 @@ static void mb_moeq_down_tiles(const mb_moeq_job *j, size_t e, size_t c0, size_t
             for (size_t q = 0; q < nq; q++)
                 hs[q] = j->ws->h + (q0 + q) * p->d_ff + k0;
             mb_kcpu_gemm_block(j->isa, MB_KCPU_F32, td, kt, 0, nc, hs, nq, kt, acc, j->rb2, 0);
-            for (size_t q = 0; q < nq; q++) {
-                const float g = p->pair_gate[q0 + q];
-                const float *src = acc + q * j->rb2;
-                float *dst = p->out + (size_t)p->pair_token[q0 + q] * p->ldo + c0;
-                for (size_t c = 0; c < nc; c++)
-                    dst[c] += g * src[c];
-            }
+            mb_moe_add_gated(p, q0, nq, acc, j->rb2, c0, nc);
         }
     }
 }
