@@ -317,23 +317,7 @@ MB_INLINE void rows2(int wdtype, const void *w0, const void *w1, size_t row_byte
     for (size_t i = 0; i < n; i++) {
         const void *w[2] = {(const char *)w0 + i * row_bytes, (const char *)w1 + i * row_bytes};
         float o[2];
-        switch (wdtype) {
-        case MB_KCPU_Q8_0:
-            dot_b32(2, 0, w, xq, k / 32, o);
-            break;
-        case MB_KCPU_Q4_0:
-            dot_b32(2, 1, w, xq, k / 32, o);
-            break;
-        case MB_KCPU_Q4_K:
-            dot_k4(2, 0, w, xq, k / MB_KCPU_QK, o);
-            break;
-        case MB_KCPU_Q5_K:
-            dot_k4(2, 1, w, xq, k / MB_KCPU_QK, o);
-            break;
-        default:
-            dot_q6_k(2, w, xq, k / MB_KCPU_QK, o);
-            break;
-        }
+        dot_rows(2, wdtype, w, xq, k, o); /* wdtype: one this file has (the caller's switch) */
         out0[i] = o[0];
         out1[i] = o[1];
     }
