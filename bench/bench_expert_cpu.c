@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/bench_rand.h"
+
 #include "backends/backend.h"
 #include "bench/ceiling.h"
 #include "kernels/cpu/expert_ffn.h"
@@ -71,15 +73,12 @@ static unsigned long long mb_rng = 0x9E3779B97F4A7C15ull;
 
 static uint64_t mb_rand(void)
 {
-    mb_rng ^= mb_rng >> 12;
-    mb_rng ^= mb_rng << 25;
-    mb_rng ^= mb_rng >> 27;
-    return mb_rng * 0x2545F4914F6CDD1DULL;
+    return mb_bench_rand(&mb_rng);
 }
 
 static float mb_randf(void)
 {
-    return (float)((double)(mb_rand() >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
+    return mb_bench_randf(&mb_rng);
 }
 
 static uint32_t mb_parse_list(const char *s, uint32_t *out, uint32_t cap)

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/bench_rand.h"
 #include "bench/ceiling.h"
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/cpu/quant.h"
@@ -42,10 +43,7 @@ static unsigned long long mb_qp_rng = 0x9E3779B97F4A7C15ull;
 
 static uint64_t mb_qp_rand(void)
 {
-    mb_qp_rng ^= mb_qp_rng >> 12;
-    mb_qp_rng ^= mb_qp_rng << 25;
-    mb_qp_rng ^= mb_qp_rng >> 27;
-    return mb_qp_rng * 0x2545F4914F6CDD1DULL;
+    return mb_bench_rand(&mb_qp_rng);
 }
 
 static int mb_qp_cmp(const void *a, const void *b)
@@ -94,7 +92,7 @@ static int mb_qp_case(mb_kcpu_pool *pool, mb_kcpu_moe_ws *ws, const mb_qp_shape 
     int rc = -1;
     if (!x || !out || !pair0 || !ptok || !pgate || !ex || !t[0] || !t[1]) goto done;
     for (size_t i = 0; i < pairs * m->d_model; i++)
-        x[i] = (float)((double)(mb_qp_rand() >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
+        x[i] = mb_bench_randf(&mb_qp_rng);
     for (size_t e = 0; e < m->top_k; e++) {
         pair0[e] = e * pairs;
         for (size_t q = 0; q < pairs; q++) {

@@ -4,16 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/bench_rand.h"
 #include "bench/gpu_device.h"
 
-static uint64_t mb_egpu_rng = 0x5DEECE66Dull;
+static unsigned long long mb_egpu_rng = 0x5DEECE66Dull;
 
 uint64_t mb_egpu_rand(void)
 {
-    mb_egpu_rng ^= mb_egpu_rng >> 12;
-    mb_egpu_rng ^= mb_egpu_rng << 25;
-    mb_egpu_rng ^= mb_egpu_rng >> 27;
-    return mb_egpu_rng * 0x2545F4914F6CDD1DULL;
+    return mb_bench_rand(&mb_egpu_rng);
 }
 
 int mb_egpu_route_make(mb_egpu_route *r, const mb_egpu_model *m, uint32_t n_tokens)
