@@ -33,7 +33,8 @@ typedef struct {
     uint32_t layers, prompt, gen, cpu_threads;
     int64_t shm_spin_us; /* the session's --shm-spin; -1: its default */
     const char *json_path;
-    int cpu_coord; /* also run the CPU coordinator */
+    int cpu_coord;  /* also run the CPU coordinator */
+    unsigned cases; /* bit i: placement i of gpu, half, cpu */
 } bd_args;
 
 typedef struct {
@@ -44,15 +45,21 @@ typedef struct {
 static void bd_usage(FILE *f)
 {
     fprintf(f, "usage: bench_e2e_device [--layers N (4)] [--prompt N (1024)] [--gen N (32)]\n"
-               "                        [--cpu-threads N (cores/2)] [--shm-spin US (default)] [--no-cpu-coord]\n"
-               "                        [--json PATH]\n");
+               "                        [--cpu-threads N (cores/2)] [--shm-spin US (default)] "
+               "[--no-cpu-coord]\n"
+               "                        [--cases gpu,half,cpu (all)] [--json PATH]\n");
 }
 
 static int bd_parse(int argc, char **argv, bd_args *a)
 {
     int cores = mb_bench_cpu_count();
-    *a = (bd_args){.layers = 4, .prompt = 1024, .gen = 32, .cpu_threads = cores > 2 ? (uint32_t)cores / 2 : 1,
-                   .shm_spin_us = -1, .cpu_coord = 1};
+    *a = (bd_args){.layers = 4,
+                   .prompt = 1024,
+                   .gen = 32,
+                   .cpu_threads = cores > 2 ? (uint32_t)cores / 2 : 1,
+                   .shm_spin_us = -1,
+                   .cpu_coord = 1,
+                   .cases = 7};
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = 1;
@@ -81,7 +88,23 @@ static int bd_parse(int argc, char **argv, bd_args *a)
         }
         else if (!strcmp(k, "--json"))
             a->json_path = v;
-        else
+        else if (!strcmp(k, "--cases")) {
+            static const char *const names[3] = {"gpu", "half", "cpu"};
+            char buf[64];
+            snprintf(buf, sizeof buf, "%s", v);
+            a->cases = 0;
+            for (char *sv = NULL, *t = strtok_r(buf, ",", &sv); t && ok;
+                 t = strtok_r(NULL, ",", &sv)) {
+                int c = 0;
+                while (c < 3 && strcmp(t, names[c]) != 0)
+                    c++;
+                if (c == 3)
+                    ok = 0;
+                else
+                    a->cases |= 1u << c;
+            }
+            ok = ok && a->cases != 0;
+        } else
             ok = 0;
         if (!ok) {
             fprintf(stderr, "bench_e2e_device: bad or missing value for %s\n", k);
@@ -240,13 +263,24 @@ int main(int argc, char **argv)
     const char *names[3] = {"gpu", "half", "cpu"};
     bd_result dev[3], cpu[3];
     memset(cpu, 0, sizeof cpu);
-    dev[0] = bd_case(&a, m, prompt, 0, NULL, 0, cfg.n_experts, "cuda coordinator, experts on its GPU");
-    dev[1] = bd_case(&a, m, prompt, 0, one_cpu, 1, cfg.n_experts / 2, "cuda coordinator, half on a CPU worker");
-    dev[2] = bd_case(&a, m, prompt, 0, cpu_w, 2, 0, "cuda coordinator, experts on CPU workers");
+    memset(dev, 0, sizeof dev);
+    if (a.cases & 1)
+        dev[0] = bd_case(&a, m, prompt, 0, NULL, 0, cfg.n_experts,
+                         "cuda coordinator, experts on its GPU");
+    if (a.cases & 2)
+        dev[1] = bd_case(&a, m, prompt, 0, one_cpu, 1, cfg.n_experts / 2,
+                         "cuda coordinator, half on a CPU worker");
+    if (a.cases & 4)
+        dev[2] = bd_case(&a, m, prompt, 0, cpu_w, 2, 0, "cuda coordinator, experts on CPU workers");
     if (a.cpu_coord) {
-        cpu[0] = bd_case(&a, m, prompt, -1, gpu_w, 1, 0, "cpu coordinator, a cuda:0 worker");
-        cpu[1] = bd_case(&a, m, prompt, -1, mixed_w, 2, 0, "cpu coordinator, cuda:0 and cpu workers");
-        cpu[2] = bd_case(&a, m, prompt, -1, cpu_w, 2, 0, "cpu coordinator, experts on CPU workers");
+        if (a.cases & 1)
+            cpu[0] = bd_case(&a, m, prompt, -1, gpu_w, 1, 0, "cpu coordinator, a cuda:0 worker");
+        if (a.cases & 2)
+            cpu[1] = bd_case(&a, m, prompt, -1, mixed_w, 2, 0,
+                             "cpu coordinator, cuda:0 and cpu workers");
+        if (a.cases & 4)
+            cpu[2] =
+                bd_case(&a, m, prompt, -1, cpu_w, 2, 0, "cpu coordinator, experts on CPU workers");
     }
 
     char dname[128] = "?";
@@ -277,6 +311,7 @@ int main(int argc, char **argv)
         if (c == 1 && !a.cpu_coord) break;
         cJSON *co = cJSON_AddObjectToObject(cases, c == 0 ? "cuda" : "cpu");
         for (int i = 0; i < 3; i++) {
+            if (!(a.cases & (1u << i))) continue;
             printf("%-6s %-5s %11.1f %11.2f %9.3f %10.3f %10.3f %9.3f %8.1f%%\n", c == 0 ? "cuda" : "cpu", names[i],
                    r[i].prefill_tps, r[i].decode_tps, r[i].step_ms, r[i].dense_ms, r[i].wait_ms, r[i].ipc_ms,
                    r[i].step_ms > 0 ? 100 * r[i].ipc_ms / r[i].step_ms : 0);

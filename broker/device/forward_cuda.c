@@ -150,14 +150,25 @@ struct mb_fwd_cuda {
     int graphs; /* 1: on, 0: off (MB_CUDA_GRAPHS=0, or a capture failed) */
     cudaGraphExec_t graph_a, *graph_b; /* graph_b [n_layers]; NULL until captured */
     cudaGraphExec_t *graph_e;          /* [n_layers]: the local experts (mb_fwd_cuda_set_local) */
+    /* A decode step whose experts are all local has no host wait: it
+     * replays one graph from the token copy to the logits (MB_CUDA_STEP_GRAPH=0:
+     * the per-layer graphs above). capturing: that graph is being
+     * captured, so run_segment enqueues its segments directly. */
+    int step_graph, capturing;
+    cudaGraphExec_t graph_step;
     uint32_t *pos_dev, *h_pos;
     /* MB_CUDA_PROFILE=1: decode steps run without graphs, with an event
      * after every operation; the gaps are summed per operation and printed
-     * at destroy (a launch gap counts toward the operation after it). */
+     * at destroy (a launch gap counts toward the operation after it).
+     * MB_CUDA_PROFILE=graph: the whole-step graphs of local decode steps
+     * stay on, with a clock stamp (mb_kcuda_stamp) after every operation
+     * instead; a stamp is a launch of its own, included in the figures. */
     struct {
         int on, marks, cap;
+        int stamps, graph_marks; /* graph mode; marks captured in graph_step */
         uint64_t steps;
         cudaEvent_t *ev;
+        unsigned long long *ts, *h_ts; /* graph mode: [cap] stamps, device and pinned */
         const char **label;
         struct {
             const char *label;
@@ -527,14 +538,26 @@ static mb_status open_device(mb_fwd_cuda *fc)
     if (e == cudaSuccess) e = cudaEventCreate(&fc->t1);
     const char *g = getenv("MB_CUDA_GRAPHS");
     fc->graphs = !(g && strcmp(g, "0") == 0);
+    const char *sg = getenv("MB_CUDA_STEP_GRAPH");
+    fc->step_graph = !(sg && strcmp(sg, "0") == 0);
     const char *pr = getenv("MB_CUDA_PROFILE");
-    if (pr && strcmp(pr, "1") == 0) {
-        fc->graphs = 0;
+    if (pr && (strcmp(pr, "1") == 0 || strcmp(pr, "graph") == 0)) {
+        fc->prof.stamps = strcmp(pr, "graph") == 0;
+        if (!fc->prof.stamps) fc->graphs = 0;
         fc->prof.cap = (int)fc->cfg.n_layers * 32 + 16;
-        fc->prof.ev = calloc((size_t)fc->prof.cap, sizeof *fc->prof.ev);
         fc->prof.label = calloc((size_t)fc->prof.cap, sizeof *fc->prof.label);
-        if (!fc->prof.ev || !fc->prof.label) return MB_STATUS_NOMEM;
-        for (int i = 0; e == cudaSuccess && i < fc->prof.cap; i++) e = cudaEventCreate(&fc->prof.ev[i]);
+        if (!fc->prof.label) return MB_STATUS_NOMEM;
+        if (fc->prof.stamps) {
+            e = dev_alloc(fc, (size_t)fc->prof.cap * sizeof *fc->prof.ts, (void **)&fc->prof.ts);
+            if (e == cudaSuccess)
+                e = cudaMallocHost((void **)&fc->prof.h_ts,
+                                   (size_t)fc->prof.cap * sizeof *fc->prof.h_ts);
+        } else {
+            fc->prof.ev = calloc((size_t)fc->prof.cap, sizeof *fc->prof.ev);
+            if (!fc->prof.ev) return MB_STATUS_NOMEM;
+            for (int i = 0; e == cudaSuccess && i < fc->prof.cap; i++)
+                e = cudaEventCreate(&fc->prof.ev[i]);
+        }
         fc->prof.on = 1;
     }
     fc->graph_b = calloc(fc->cfg.n_layers, sizeof *fc->graph_b);
@@ -612,11 +635,16 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
 
 /* ---- decode profile (MB_CUDA_PROFILE=1) ------------------------------------ */
 
-/* Records an event after the operation just enqueued, in a profiled step. */
+/* Records an event (or, in graph mode, a clock stamp) after the operation
+ * just enqueued, in a profiled step. */
 static void prof_mark(mb_fwd_cuda *fc, const char *label)
 {
     if (!fc->prof.on || fc->prof.marks < 0 || fc->prof.marks >= fc->prof.cap) return;
-    if (cudaEventRecord(fc->prof.ev[fc->prof.marks], fc->stream) != cudaSuccess) return;
+    if (fc->prof.stamps) {
+        if (mb_kcuda_stamp(fc->stream, fc->prof.ts + fc->prof.marks) != 0) return;
+    } else if (cudaEventRecord(fc->prof.ev[fc->prof.marks], fc->stream) != cudaSuccess) {
+        return;
+    }
     fc->prof.label[fc->prof.marks++] = label;
 }
 
@@ -625,9 +653,20 @@ static void prof_mark(mb_fwd_cuda *fc, const char *label)
 static void prof_collect(mb_fwd_cuda *fc)
 {
     if (!fc->prof.on || fc->prof.marks < 0) return;
+    if (fc->prof.stamps &&
+        cudaMemcpy(fc->prof.h_ts, fc->prof.ts, (size_t)fc->prof.marks * sizeof *fc->prof.ts,
+                   cudaMemcpyDeviceToHost) != cudaSuccess) {
+        fc->prof.marks = -1;
+        return;
+    }
     for (int i = 1; i < fc->prof.marks; i++) {
         float ms = 0;
-        if (cudaEventElapsedTime(&ms, fc->prof.ev[i - 1], fc->prof.ev[i]) != cudaSuccess) continue;
+        if (fc->prof.stamps) {
+            const unsigned long long a = fc->prof.h_ts[i - 1], b = fc->prof.h_ts[i];
+            ms = b > a ? (float)((double)(b - a) / 1e6) : 0.0f;
+        } else if (cudaEventElapsedTime(&ms, fc->prof.ev[i - 1], fc->prof.ev[i]) != cudaSuccess) {
+            continue;
+        }
         int r = 0;
         while (r < fc->prof.rows && strcmp(fc->prof.row[r].label, fc->prof.label[i]) != 0) r++;
         if (r == fc->prof.rows) {
@@ -645,8 +684,11 @@ static void prof_print(const mb_fwd_cuda *fc)
     if (!fc->prof.on || fc->prof.steps == 0) return;
     double total = 0;
     for (int r = 0; r < fc->prof.rows; r++) total += fc->prof.row[r].ms;
-    fprintf(stderr, "cuda decode profile: %llu steps, %u layers, no graphs, %.1f us a step (event gaps)\n",
-            (unsigned long long)fc->prof.steps, fc->cfg.n_layers, 1e3 * total / (double)fc->prof.steps);
+    fprintf(stderr, "cuda decode profile: %llu steps, %u layers, %s, %.1f us a step\n",
+            (unsigned long long)fc->prof.steps, fc->cfg.n_layers,
+            fc->prof.stamps ? "whole-step graphs, clock stamps between operations (each a launch)"
+                            : "no graphs, event gaps",
+            1e3 * total / (double)fc->prof.steps);
     fprintf(stderr, "  %-34s %10s %10s %7s\n", "operation", "us/step", "us/layer", "share");
     for (int r = 0; r < fc->prof.rows; r++) {
         double us = 1e3 * fc->prof.row[r].ms / (double)fc->prof.steps;
@@ -679,6 +721,7 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
         if (fc->graph_e && fc->graph_e[l]) cudaGraphExecDestroy(fc->graph_e[l]);
     }
     if (fc->graph_a) cudaGraphExecDestroy(fc->graph_a);
+    if (fc->graph_step) cudaGraphExecDestroy(fc->graph_step);
     free(fc->graph_b);
     free(fc->graph_e);
     cudaFreeHost(fc->h_pos);
@@ -690,6 +733,7 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
         if (fc->prof.ev[i]) cudaEventDestroy(fc->prof.ev[i]);
     free(fc->prof.ev);
     free(fc->prof.label);
+    cudaFreeHost(fc->prof.h_ts);
     if (fc->stream) cudaStreamDestroy(fc->stream);
     cudaGetLastError();
     free(fc->allocs);
@@ -907,7 +951,7 @@ typedef mb_status (*segment_fn)(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_
 static mb_status run_segment(mb_fwd_cuda *fc, cudaGraphExec_t *exec, segment_fn fn, uint32_t l, uint32_t n,
                              uint32_t pos)
 {
-    if (!use_graph(fc, n)) return fn(fc, l, n, pos);
+    if (!use_graph(fc, n) || fc->capturing) return fn(fc, l, n, pos);
     if (!*exec) {
         cudaError_t e = cudaStreamBeginCapture(fc->stream, cudaStreamCaptureModeThreadLocal);
         mb_status st = e == cudaSuccess ? fn(fc, l, n, pos) : MB_STATUS_DEVICE;
@@ -990,18 +1034,15 @@ static int final_norm(mb_fwd_cuda *fc, uint32_t r0, uint32_t rows)
 }
 
 /* Final norm and lm_head: every row into logits, or the last into
- * last_logits. Ends with the chunk's one full synchronisation. */
-static mb_status head(mb_fwd_cuda *fc, uint32_t n, float *logits, float *last_logits)
+ * fc->h_logits; for a local step, the routed counts' and the experts'
+ * stamps' copy to the host. */
+static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float *last_logits)
 {
     const mb_model_config *c = &fc->cfg;
     const size_t d = c->d_model, V = c->vocab;
     float *xn = fc->xfer;
     cudaError_t e = cudaSuccess;
-    if (logits) {
-        if (!fc->logits_all) { /* [chunk][vocab] is large: only runs that ask for every position pay */
-            e = dev_alloc(fc, (size_t)fc->chunk_cap * V * sizeof(float), (void **)&fc->logits_all);
-            if (e != cudaSuccess) return fail(fc, e, "allocating logits for every position");
-        }
+    if (logits) { /* logits_all was allocated before (never while capturing) */
         K(final_norm(fc, 0, n));
         K(linear(fc, &fc->lm_head, xn, d, n, fc->logits_all, V, NULL, 0));
         e = cudaMemcpyAsync(logits, fc->logits_all, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost,
@@ -1011,9 +1052,70 @@ static mb_status head(mb_fwd_cuda *fc, uint32_t n, float *logits, float *last_lo
         K(linear(fc, &fc->lm_head, xn, d, 1, fc->logits_last, V, NULL, 0));
         e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float), cudaMemcpyDeviceToHost, fc->stream);
     }
-    if (e == cudaSuccess) e = cudaEventRecord(fc->t1, fc->stream);
     prof_mark(fc, "final norm + lm_head + logits copy");
     if (e == cudaSuccess && fc->local_step) e = (cudaError_t)mb_cuda_local_moe_flush(fc->local, fc->stream);
+    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the logits");
+}
+
+/* Everything a chunk of n tokens at pos enqueues, from the token copy to
+ * the logits (h_tok and, for graphs, h_pos hold the step's tokens and
+ * position). */
+static mb_status enqueue_chunk(mb_fwd_cuda *fc, uint32_t n, uint32_t pos, int decode,
+                               mb_moe_fn moe_fn, void *moe_ctx, float *logits, float *last_logits)
+{
+    prof_mark(fc, "start");
+    cudaError_t e = cudaMemcpyAsync(fc->tok, fc->h_tok, n * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                    fc->stream);
+    if (e == cudaSuccess && use_graph(fc, n))
+        e = cudaMemcpyAsync(fc->pos_dev, fc->h_pos, sizeof(uint32_t), cudaMemcpyHostToDevice,
+                            fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "starting the step");
+    K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));
+    prof_mark(fc, "token copy + embed");
+    for (uint32_t l = 0; l < fc->cfg.n_layers; l++)
+        MB_TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));
+    return head_enqueue(fc, n, logits, last_logits);
+}
+
+/* A local decode step as one graph, captured the first time. A capture
+ * that fails turns the whole-step graph off for good: the step is then
+ * enqueued as before (per-layer graphs). */
+static mb_status run_step_graph(mb_fwd_cuda *fc, uint32_t pos, int decode, float *last_logits)
+{
+    if (!fc->graph_step) {
+        cudaError_t e = cudaStreamBeginCapture(fc->stream, cudaStreamCaptureModeThreadLocal);
+        fc->capturing = 1;
+        mb_status st = e == cudaSuccess
+                           ? enqueue_chunk(fc, 1, pos, decode, NULL, NULL, NULL, last_logits)
+                           : MB_STATUS_DEVICE;
+        fc->capturing = 0;
+        cudaGraph_t g = NULL;
+        if (e == cudaSuccess) e = cudaStreamEndCapture(fc->stream, &g);
+        if (e == cudaSuccess && st == MB_STATUS_OK) e = cudaGraphInstantiate(&fc->graph_step, g, 0);
+        if (g) cudaGraphDestroy(g);
+        if (e != cudaSuccess || st != MB_STATUS_OK) {
+            cudaGetLastError();
+            fc->graph_step = NULL;
+            fc->step_graph = 0;
+            fc->err[0] = '\0';
+            fc->prof.marks = fc->prof.on && !fc->prof.stamps ? 0 : -1;
+            return enqueue_chunk(fc, 1, pos, decode, NULL, NULL, NULL, last_logits);
+        }
+        fc->prof.graph_marks = fc->prof.marks;
+    }
+    cudaError_t e = cudaGraphLaunch(fc->graph_step, fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "launching the step's graph");
+    if (fc->prof.on && fc->prof.stamps) fc->prof.marks = fc->prof.graph_marks;
+    return MB_STATUS_OK;
+}
+
+/* After the chunk's enqueue: its one full synchronisation, the logits to
+ * the caller, the local experts' counts and time, the device time. */
+static mb_status finish_chunk(mb_fwd_cuda *fc, uint32_t n, float *logits, float *last_logits)
+{
+    const mb_model_config *c = &fc->cfg;
+    const size_t V = c->vocab;
+    cudaError_t e = cudaEventRecord(fc->t1, fc->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "finishing the step");
     prof_collect(fc);
@@ -1047,22 +1149,22 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
     /* A chunk that failed may have left copies in flight from the pinned
      * buffers this one refills. */
     if (e == cudaSuccess) e = cudaStreamSynchronize(fc->stream);
+    if (e == cudaSuccess && logits &&
+        !fc->logits_all) /* [chunk][vocab] is large: only runs that ask for every position pay */
+        e = dev_alloc(fc, (size_t)fc->chunk_cap * fc->cfg.vocab * sizeof(float),
+                      (void **)&fc->logits_all);
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
     memcpy(fc->h_tok, ids, n * sizeof(int32_t));
-    if (e == cudaSuccess) e = cudaEventRecord(fc->t0, fc->stream);
-    fc->prof.marks = fc->prof.on && n == 1 ? 0 : -1;
-    prof_mark(fc, "start");
-    if (e == cudaSuccess)
-        e = cudaMemcpyAsync(fc->tok, fc->h_tok, n * sizeof(int32_t), cudaMemcpyHostToDevice, fc->stream);
-    if (e == cudaSuccess && use_graph(fc, n)) {
-        *fc->h_pos = pos;
-        e = cudaMemcpyAsync(fc->pos_dev, fc->h_pos, sizeof(uint32_t), cudaMemcpyHostToDevice, fc->stream);
-    }
+    *fc->h_pos = pos;
+    /* Whole-step graph: a local decode step, logits only for its token. */
+    const int whole =
+        fc->local_step && use_graph(fc, n) && fc->step_graph && !logits && last_logits;
+    fc->prof.marks = fc->prof.on && n == 1 && (!fc->prof.stamps || whole) ? 0 : -1;
+    e = cudaEventRecord(fc->t0, fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
-    K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));
-    prof_mark(fc, "token copy + embed");
-    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) MB_TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));
-    return head(fc, n, logits, last_logits);
+    MB_TRY(whole ? run_step_graph(fc, pos, decode, last_logits)
+                 : enqueue_chunk(fc, n, pos, decode, moe_fn, moe_ctx, logits, last_logits));
+    return finish_chunk(fc, n, logits, last_logits);
 }
 
 mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, mb_cuda_local_moe *lm, uint32_t max_tokens)
@@ -1080,6 +1182,8 @@ mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, mb_cuda_local_moe *lm, uint32_t
     }
     if (fc->graph_a) cudaGraphExecDestroy(fc->graph_a);
     fc->graph_a = NULL;
+    if (fc->graph_step) cudaGraphExecDestroy(fc->graph_step);
+    fc->graph_step = NULL;
     fc->local = lm;
     fc->local_max_n = max_tokens < fc->chunk_cap ? max_tokens : fc->chunk_cap;
     return MB_STATUS_OK;

@@ -63,7 +63,6 @@ uint64_t mb_cuda_local_moe_take_ns(mb_cuda_local_moe *lm, uint32_t n_layers, uin
 
 typedef struct {
     mb_backend_device_view view;
-    cudaEvent_t ev0, ev1; /* around the layer's experts */
 } local_layer;
 
 struct mb_cuda_local_moe {
@@ -75,6 +74,8 @@ struct mb_cuda_local_moe {
     void *pairs;         /* device [max_tokens * top_k] of {u32 slot, f32 gate} */
     uint32_t *routed;    /* device [n_layers][n_experts] */
     uint32_t *h_routed;  /* pinned twin */
+    unsigned long long *stamps,
+        *h_stamps; /* [n_layers][2]: device clock around each layer's experts; pinned twin */
     mb_kcuda_moe_ws *ws;
 };
 
@@ -138,10 +139,8 @@ mb_status mb_cuda_local_moe_create(int device, const mb_cuda_local_layer *layers
     const char *what = "selecting the device";
     for (uint32_t l = 0; st == MB_STATUS_OK && e == cudaSuccess && l < n_layers; l++) {
         lm->layers[l].view = layers[l].view;
-        for (uint32_t x = 0; x < n_experts; x++) map[(size_t)l * n_experts + x] = (int32_t)layers[l].slot_of[x];
-        what = "creating events";
-        e = cudaEventCreate(&lm->layers[l].ev0);
-        if (e == cudaSuccess) e = cudaEventCreate(&lm->layers[l].ev1);
+        for (uint32_t x = 0; x < n_experts; x++)
+            map[(size_t)l * n_experts + x] = (int32_t)layers[l].slot_of[x];
     }
     if (st == MB_STATUS_OK && e == cudaSuccess) {
         what = "allocating the routing buffers";
@@ -151,10 +150,17 @@ mb_status mb_cuda_local_moe_create(int device, const mb_cuda_local_layer *layers
         if (e == cudaSuccess) e = cudaMalloc((void **)&lm->routed, n_map * sizeof(uint32_t));
         if (e == cudaSuccess) e = cudaMemset(lm->routed, 0, n_map * sizeof(uint32_t));
         if (e == cudaSuccess) e = cudaMallocHost((void **)&lm->h_routed, n_map * sizeof(uint32_t));
+        if (e == cudaSuccess)
+            e = cudaMalloc((void **)&lm->stamps, 2 * (size_t)n_layers * sizeof *lm->stamps);
+        if (e == cudaSuccess)
+            e = cudaMemset(lm->stamps, 0, 2 * (size_t)n_layers * sizeof *lm->stamps);
+        if (e == cudaSuccess)
+            e = cudaMallocHost((void **)&lm->h_stamps, 2 * (size_t)n_layers * sizeof *lm->h_stamps);
         if (e == cudaSuccess) e = cudaMemcpy(lm->slot_of, map, n_map * sizeof(int32_t), cudaMemcpyHostToDevice);
     }
     if (st == MB_STATUS_OK && e == cudaSuccess) {
         memset(lm->h_routed, 0, n_map * sizeof(uint32_t));
+        memset(lm->h_stamps, 0, 2 * (size_t)n_layers * sizeof *lm->h_stamps);
         what = "creating the expert workspace";
         uint32_t max_slots = 0;
         for (uint32_t l = 0; l < n_layers; l++)
@@ -187,16 +193,14 @@ void mb_cuda_local_moe_destroy(mb_cuda_local_moe *lm)
     if (!lm) return;
     cudaSetDevice(lm->device);
     cudaDeviceSynchronize();
-    for (uint32_t l = 0; lm->layers && l < lm->n_layers; l++) {
-        if (lm->layers[l].ev0) cudaEventDestroy(lm->layers[l].ev0);
-        if (lm->layers[l].ev1) cudaEventDestroy(lm->layers[l].ev1);
-    }
     mb_kcuda_moe_ws_destroy(lm->ws);
     cudaFree(lm->slot_of);
     cudaFree(lm->counts);
     cudaFree(lm->pairs);
     cudaFree(lm->routed);
     cudaFreeHost(lm->h_routed);
+    cudaFree(lm->stamps);
+    cudaFreeHost(lm->h_stamps);
     cudaGetLastError();
     free(lm->layers);
     free(lm);
@@ -218,8 +222,7 @@ int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t laye
 int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, int end)
 {
     if (!lm || layer >= lm->n_layers) return (int)cudaErrorInvalidValue;
-    local_layer *L = &lm->layers[layer];
-    return (int)cudaEventRecord(end ? L->ev1 : L->ev0, (cudaStream_t)stream);
+    return mb_kcuda_stamp(stream, lm->stamps + 2 * (size_t)layer + (end ? 1 : 0));
 }
 
 int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream)
@@ -229,6 +232,11 @@ int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream)
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t e = cudaMemcpyAsync(lm->h_routed, lm->routed, bytes, cudaMemcpyDeviceToHost, s);
     if (e == cudaSuccess) e = cudaMemsetAsync(lm->routed, 0, bytes, s);
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(lm->h_stamps, lm->stamps, 2 * (size_t)lm->n_layers * sizeof *lm->stamps,
+                            cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess)
+        e = cudaMemsetAsync(lm->stamps, 0, 2 * (size_t)lm->n_layers * sizeof *lm->stamps, s);
     return (int)e;
 }
 
@@ -240,17 +248,16 @@ const uint32_t *mb_cuda_local_moe_routed(const mb_cuda_local_moe *lm)
 uint64_t mb_cuda_local_moe_take_ns(mb_cuda_local_moe *lm, uint32_t n_layers, uint64_t *layer_ns)
 {
     if (!lm) return 0;
-    double ms = 0;
+    uint64_t ns = 0;
     for (uint32_t l = 0; l < n_layers && l < lm->n_layers; l++) {
-        float t = 0;
-        if (cudaEventElapsedTime(&t, lm->layers[l].ev0, lm->layers[l].ev1) != cudaSuccess) {
-            cudaGetLastError();
-            continue;
-        }
-        ms += t;
-        if (layer_ns) layer_ns[l] += (uint64_t)((double)t * 1e6);
+        const unsigned long long t0 = lm->h_stamps[2 * l], t1 = lm->h_stamps[2 * l + 1];
+        const uint64_t d =
+            t1 > t0 ? t1 - t0 : 0; /* a layer not marked in the step left both as they were */
+        ns += d;
+        if (layer_ns) layer_ns[l] += d;
     }
-    return (uint64_t)(ms * 1e6);
+    memset(lm->h_stamps, 0, 2 * (size_t)lm->n_layers * sizeof *lm->h_stamps);
+    return ns;
 }
 
 #endif

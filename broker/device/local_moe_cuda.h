@@ -48,23 +48,24 @@ void mb_cuda_local_moe_destroy(mb_cuda_local_moe *lm);
 int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t layer, const float *x,
                               const int32_t *ids, const float *gate, uint32_t n, float *out);
 
-/* Records the start (end 0) or the end (1) of layer's experts on stream,
- * for mb_cuda_local_moe_take_ns. Outside a graph capture: the events of a
- * captured graph cannot be timed. Returns 0 or a CUDA error code. */
+/* Stamps the device clock at the start (end 0) or the end (1) of layer's
+ * experts on stream, for mb_cuda_local_moe_take_ns (mb_kcuda_stamp: unlike
+ * an event, it may be captured in a graph). Returns 0 or a CUDA error code. */
 int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, int end);
 
-/* Enqueues on stream the copy of the routed-pair counts to the host and
- * their reset; after the stream's next synchronisation,
- * mb_cuda_local_moe_routed gives them. Returns 0 or a CUDA error code. */
+/* Enqueues on stream the copy of the routed-pair counts and of the marks'
+ * stamps to the host and the counts' reset; after the stream's next
+ * synchronisation, mb_cuda_local_moe_routed and _take_ns read them.
+ * Capturable. Returns 0 or a CUDA error code. */
 int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream);
 
 /* Pairs routed to expert e of layer l since the flush before the last one
  * ([n_layers][n_experts], pinned host memory). */
 const uint32_t *mb_cuda_local_moe_routed(const mb_cuda_local_moe *lm);
 
-/* After the step's synchronisation: the device time of the experts of
- * layers 0..n_layers-1 in that step (between their marks), and each
- * layer's added to layer_ns[l] when not NULL. */
+/* After the step's flush and synchronisation: the device time of the
+ * experts of layers 0..n_layers-1 in that step (between their marks), and
+ * each layer's added to layer_ns[l] when not NULL. */
 uint64_t mb_cuda_local_moe_take_ns(mb_cuda_local_moe *lm, uint32_t n_layers, uint64_t *layer_ns);
 
 #endif

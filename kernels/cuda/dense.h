@@ -180,6 +180,14 @@ int mb_kcuda_silu_mul(void *stream, float *g, const float *u, size_t ld, uint32_
 /* x[i] += y[i] for i < count. */
 int mb_kcuda_add(void *stream, float *x, const float *y, size_t count);
 
+/* *slot = the device's global nanosecond clock once everything enqueued
+ * before on the stream has finished: one thread, so it costs a launch and
+ * little else. Unlike an event it can be captured in a CUDA graph and
+ * still be read as a time (two slots' difference, after the stream
+ * synchronised): how the coordinator times its local experts and its
+ * profile inside whole-step graphs. */
+int mb_kcuda_stamp(void *stream, unsigned long long *slot);
+
 #ifdef __cplusplus
 }
 #endif

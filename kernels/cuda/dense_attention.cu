@@ -73,6 +73,7 @@ static constexpr size_t mb_fa_smem_floats(int hd)
 // score columns 4 * (tid % 8) + {0..3}, output dims tid % 8 + 8 j.
 template <int HD> __global__ void __launch_bounds__(MB_FA_THREADS) mb_kcuda_attn_flash_kernel(const mb_attn_args a)
 {
+    mb_pdl_enter();
     extern __shared__ float mb_fa_smem[];
     float *qs = mb_fa_smem;
     float *ks = qs + HD * MB_FA_LDQ;
@@ -205,7 +206,7 @@ template <int HD> static cudaError_t mb_attn_flash_launch(const mb_attn_args &a,
         }
     }
     const dim3 grid((unsigned)mb_dense_cdiv(a.n, MB_FA_BQ), a.n_heads);
-    mb_kcuda_attn_flash_kernel<HD><<<grid, MB_FA_THREADS, smem, stream>>>(a);
+    mb_dense_launch(mb_kcuda_attn_flash_kernel<HD>, grid, MB_FA_THREADS, smem, stream, a);
     return cudaGetLastError();
 }
 

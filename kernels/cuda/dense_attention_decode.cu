@@ -66,6 +66,7 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
                             float *__restrict__ work)
 {
+    mb_pdl_enter();
     extern __shared__ float mb_dec_smem[];
     const uint32_t hd = a.hd, hd4 = (hd + 3) / 4, ld = 4 * hd4 + 4;
     float *qs = mb_dec_smem;
@@ -191,6 +192,7 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
 {
+    mb_pdl_enter();
     __shared__ float wsh[MB_MERGE_MAX_SPLIT];
     __shared__ float red[MB_ATTN_DEC_THREADS / 32];
     const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = hd + 2;
@@ -258,7 +260,8 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
         }
     }
     const dim3 grid(n_split, a.n_kv * n_hgroups, a.n);
-    mb_kcuda_attn_decode_kernel<VEC><<<grid, MB_ATTN_DEC_THREADS, smem, stream>>>(a, n_hgroups, want, n_split, work);
+    mb_dense_launch(mb_kcuda_attn_decode_kernel<VEC>, grid, MB_ATTN_DEC_THREADS, smem, stream, a,
+                    n_hgroups, want, n_split, work);
     return cudaGetLastError();
 }
 
@@ -270,6 +273,7 @@ cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroup
                         : mb_dec_launch<false>(a, n_hgroups, want, n_split, work, stream);
     if (e != cudaSuccess || n_split == 1) return e;
     const dim3 mgrid(a.n_heads, a.n);
-    mb_kcuda_attn_merge_kernel<<<mgrid, MB_ATTN_DEC_THREADS, 0, stream>>>(a, want, n_split, work);
+    mb_dense_launch(mb_kcuda_attn_merge_kernel, mgrid, MB_ATTN_DEC_THREADS, 0, stream, a, want,
+                    n_split, work);
     return cudaGetLastError();
 }

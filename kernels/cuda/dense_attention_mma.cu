@@ -28,6 +28,7 @@ static constexpr size_t mb_fam_smem_floats(int hd)
 template <int HD, bool VEC>
 __global__ void __launch_bounds__(MB_FAM_THREADS) mb_kcuda_attn_flash_mma_kernel(const mb_attn_args a)
 {
+    mb_pdl_enter();
     constexpr int LD = HD + 4;
     extern __shared__ float mb_fam_smem[];
     float *qs = mb_fam_smem;
@@ -178,7 +179,7 @@ template <int HD> static cudaError_t mb_fam_launch(const mb_attn_args &a, cudaSt
         }
     }
     const dim3 grid((unsigned)mb_dense_cdiv(a.n, MB_FAM_BQ), a.n_heads);
-    kern<<<grid, MB_FAM_THREADS, smem, stream>>>(a);
+    mb_dense_launch(kern, grid, MB_FAM_THREADS, smem, stream, a);
     return cudaGetLastError();
 }
 

@@ -1,5 +1,5 @@
 // Element-wise ops of the dense path (dense.h): the shared expert's gated
-// SiLU and the residual add. Grid-stride loops; the SiLU follows
+// SiLU and the residual add; and the clock stamp. Grid-stride loops; the SiLU follows
 // broker/forward.c operation by operation (expf, IEEE division).
 #include "kernels/cuda/dense_internal.cuh"
 
@@ -10,6 +10,7 @@ __global__ void __launch_bounds__(MB_ELT_THREADS)
 mb_kcuda_silu_mul_kernel(float *__restrict__ g, const float *__restrict__ u, size_t ld, uint32_t ff, size_t count,
                          const float *__restrict__ sg)
 {
+    mb_pdl_enter();
     for (size_t idx = (size_t)blockIdx.x * MB_ELT_THREADS + threadIdx.x; idx < count;
          idx += (size_t)gridDim.x * MB_ELT_THREADS) {
         const size_t t = idx / ff, o = t * ld + idx % ff;
@@ -25,14 +26,15 @@ extern "C" int mb_kcuda_silu_mul(void *stream, float *g, const float *u, size_t 
 {
     if (!g || !u || n == 0 || ff == 0 || ld < ff) return (int)cudaErrorInvalidValue;
     const size_t count = (size_t)n * ff;
-    mb_kcuda_silu_mul_kernel<<<mb_dense_blocks(count, MB_ELT_THREADS), MB_ELT_THREADS, 0, mb_dense_stream(stream)>>>(
-        g, u, ld, ff, count, sg);
+    mb_dense_launch(mb_kcuda_silu_mul_kernel, mb_dense_blocks(count, MB_ELT_THREADS),
+                    MB_ELT_THREADS, 0, mb_dense_stream(stream), g, u, ld, ff, count, sg);
     return mb_dense_launched();
 }
 
 __global__ void __launch_bounds__(MB_ELT_THREADS)
 mb_kcuda_add_kernel(float *__restrict__ x, const float *__restrict__ y, size_t count)
 {
+    mb_pdl_enter();
     for (size_t i = (size_t)blockIdx.x * MB_ELT_THREADS + threadIdx.x; i < count;
          i += (size_t)gridDim.x * MB_ELT_THREADS)
         x[i] += y[i];
@@ -41,7 +43,20 @@ mb_kcuda_add_kernel(float *__restrict__ x, const float *__restrict__ y, size_t c
 extern "C" int mb_kcuda_add(void *stream, float *x, const float *y, size_t count)
 {
     if (!x || !y || count == 0) return (int)cudaErrorInvalidValue;
-    mb_kcuda_add_kernel<<<mb_dense_blocks(count, MB_ELT_THREADS), MB_ELT_THREADS, 0, mb_dense_stream(stream)>>>(x, y,
-                                                                                                                count);
+    mb_dense_launch(mb_kcuda_add_kernel, mb_dense_blocks(count, MB_ELT_THREADS), MB_ELT_THREADS, 0,
+                    mb_dense_stream(stream), x, y, count);
+    return mb_dense_launched();
+}
+
+__global__ void mb_kcuda_stamp_kernel(unsigned long long *slot)
+{
+    mb_pdl_enter();
+    *slot = mb_dense_globaltimer();
+}
+
+extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
+{
+    if (!slot) return (int)cudaErrorInvalidValue;
+    mb_dense_launch(mb_kcuda_stamp_kernel, 1, 1, 0, mb_dense_stream(stream), slot);
     return mb_dense_launched();
 }

@@ -21,6 +21,7 @@ mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n, ui
                               const float *__restrict__ sin, int interleaved, float *__restrict__ kc,
                               float *__restrict__ vc, uint32_t max_ctx)
 {
+    mb_pdl_enter();
     if (pos_dev) pos0 = *pos_dev;
     const uint32_t slots = nh + 2 * nkv;
     const size_t wid = (size_t)blockIdx.x * MB_QKP_WARPS + threadIdx.x / 32;
@@ -80,9 +81,10 @@ static int mb_qkp_launch(void *stream, float *qkv, size_t ld, uint32_t n, uint32
     const size_t warps = (size_t)n * (n_heads + 2 * kv->n_kv_heads);
     const size_t blocks = (warps + MB_QKP_WARPS - 1) / MB_QKP_WARPS;
     if (blocks > INT32_MAX) return (int)cudaErrorInvalidValue;
-    mb_kcuda_qk_rope_store_kernel<<<(unsigned)blocks, MB_QKP_THREADS, 0, mb_dense_stream(stream)>>>(
-        qkv, ld, n, n_heads, kv->n_kv_heads, kv->head_dim, q_norm, k_norm, eps, pos0, pos_dev, cos, sin,
-        interleaved, kv->k, kv->v, kv->max_ctx);
+    mb_dense_launch(mb_kcuda_qk_rope_store_kernel, (unsigned)blocks, MB_QKP_THREADS, 0,
+                    mb_dense_stream(stream), qkv, ld, n, n_heads, kv->n_kv_heads, kv->head_dim,
+                    q_norm, k_norm, eps, pos0, pos_dev, cos, sin, interleaved, kv->k, kv->v,
+                    kv->max_ctx);
     return mb_dense_launched();
 }
 

@@ -27,6 +27,78 @@ static inline unsigned mb_dense_blocks(size_t count, unsigned threads)
     return (unsigned)(b < 65536 ? (b ? b : 1) : 65536);
 }
 
+// Programmatic dependent launch (sm_90+): a dense kernel is launched so that
+// it may start while the kernel before it on the stream finishes, and that
+// one lets it start once each of its own blocks is running. So every dense
+// kernel begins with mb_pdl_enter(): wait until the previous grid has
+// completed and its writes are visible (before touching memory at all),
+// then allow the next grid to launch. What the overlap saves is the launch
+// and the block ramp-up between two small kernels, a few microseconds each
+// in a decode step. MB_CUDA_PDL=0 launches them plainly (read once).
+__device__ __forceinline__ void mb_pdl_enter()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// The device's global nanosecond clock (%globaltimer), the same on every SM.
+__device__ __forceinline__ unsigned long long mb_dense_globaltimer()
+{
+#ifdef MB_CUDA_EMU
+    return mb_emu_now_ns();
+#else
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+#endif
+}
+
+static int mb_dense_pdl_state = -1; // per file: -1 unread, 0 off, 1 on
+
+static inline bool mb_dense_pdl(void)
+{
+    int &cached = mb_dense_pdl_state;
+    if (cached < 0) {
+        const char *e = getenv("MB_CUDA_PDL");
+        int dev = 0, major = 0;
+        cached =
+            !(e && strcmp(e, "0") == 0) && cudaGetDevice(&dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+            major >= 9;
+    }
+    return cached != 0;
+}
+
+// Launches kern(args...) on grid x block, smem, s, allowed to overlap the kernel
+// before it (mb_dense_pdl); the kernel must start with mb_pdl_enter().
+template <typename... KArgs, typename... Args>
+static inline void mb_dense_launch(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                   cudaStream_t s, Args... args)
+{
+#ifndef MB_CUDA_EMU
+    if (mb_dense_pdl()) {
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = s;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        if (cudaLaunchKernelEx(&cfg, kern, args...) == cudaSuccess) return;
+        // A driver that refuses the attribute: plain launches from now on
+        // (the launch error is not left for mb_dense_launched to report).
+        (void)cudaGetLastError();
+        mb_dense_pdl_state = 0;
+    }
+#endif
+    kern<<<grid, block, smem, s>>>(args...);
+}
+
 // The value a dense.h function returns after its launches.
 static inline int mb_dense_launched(void)
 {

@@ -22,6 +22,7 @@ mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, con
                             size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
                             const float *__restrict__ bias, int accumulate)
 {
+    mb_pdl_enter();
     mb_lin_gemv_block<W, R, VEC>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
 }
 
@@ -43,6 +44,7 @@ mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, con
                             size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
                             const float *__restrict__ bias, int accumulate)
 {
+    mb_pdl_enter();
     __shared__ __align__(16) float xs[2][MB_LIN_BK][MB_LIN_LDS];
     __shared__ __align__(16) float ws[2][MB_LIN_BK][MB_LIN_LDS];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -111,11 +113,11 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
 {
     const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
     if (vec)
-        mb_kcuda_linear_gemv_kernel<W, R, true>
-            <<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
+        mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, true>, blocks, MB_LIN_GEMV_THREADS, 0, s,
+                        w, m, k, x, ldx, n, y, ldy, bias, acc);
     else
-        mb_kcuda_linear_gemv_kernel<W, R, false>
-            <<<blocks, MB_LIN_GEMV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
+        mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, false>, blocks, MB_LIN_GEMV_THREADS, 0, s,
+                        w, m, k, x, ldx, n, y, ldy, bias, acc);
 }
 
 template <typename W>
@@ -140,7 +142,8 @@ static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, 
         return (int)mb_kcuda_linear_mma_launch(s, (const __nv_bfloat16 *)w, m, k, x, ldx, n, y, ldy, bias, acc);
     } else {
         const dim3 grid((unsigned)mb_dense_cdiv(m, MB_LIN_BN), (unsigned)mb_dense_cdiv(n, MB_LIN_BM));
-        mb_kcuda_linear_gemm_kernel<W><<<grid, MB_LIN_GEMM_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, acc);
+        mb_dense_launch(mb_kcuda_linear_gemm_kernel<W>, grid, MB_LIN_GEMM_THREADS, 0, s, w, m, k, x,
+                        ldx, n, y, ldy, bias, acc);
     }
     return mb_dense_launched();
 }

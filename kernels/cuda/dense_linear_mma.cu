@@ -47,6 +47,7 @@ mb_kcuda_linear_mma_kernel(const __nv_bfloat16 *__restrict__ w, uint32_t m, uint
                            size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
                            const float *__restrict__ bias, int accumulate)
 {
+    mb_pdl_enter();
     __shared__ __align__(128) unsigned char smem[MB_LMMA_SMEM];
     __nv_bfloat16 *const st = reinterpret_cast<__nv_bfloat16 *>(smem);
     auto tile = [&](int s, int which) { return st + (size_t)(s * MB_LMMA_STAGE + which) * MB_LMMA_TILE; };
@@ -185,10 +186,11 @@ cudaError_t mb_kcuda_linear_mma_launch(cudaStream_t s, const __nv_bfloat16 *w, u
     const dim3 grid((unsigned)mb_dense_cdiv(m, MB_LMMA_BN), (unsigned)mb_dense_cdiv(n, MB_LMMA_BM));
     const bool vec = k % 8 == 0 && ldx % 4 == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
     if (vec)
-        mb_kcuda_linear_mma_kernel<true><<<grid, MB_LMMA_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+        mb_dense_launch(mb_kcuda_linear_mma_kernel<true>, grid, MB_LMMA_THREADS, 0, s, w, m, k, x,
+                        ldx, n, y, ldy, bias, accumulate);
     else
-        mb_kcuda_linear_mma_kernel<false>
-            <<<grid, MB_LMMA_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+        mb_dense_launch(mb_kcuda_linear_mma_kernel<false>, grid, MB_LMMA_THREADS, 0, s, w, m, k, x,
+                        ldx, n, y, ldy, bias, accumulate);
     return cudaGetLastError();
 }
 
@@ -225,6 +227,7 @@ mb_kcuda_linear_mma_gemv_kernel(const __nv_bfloat16 *__restrict__ w, uint32_t m,
                                 const float *__restrict__ x, size_t ldx, uint32_t n, float *__restrict__ y,
                                 size_t ldy, const float *__restrict__ bias, int accumulate)
 {
+    mb_pdl_enter();
     __shared__ float red[MB_MGV_WARPS][MB_MGV_ROWS * 8]; // each warp's C, [row][token]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, qi = lane & 3;
     const uint32_t r0 = blockIdx.x * MB_MGV_ROWS;
@@ -299,6 +302,7 @@ cudaError_t mb_kcuda_linear_mma_gemv_launch(cudaStream_t s, const __nv_bfloat16 
 {
     if (n > 8) return cudaErrorInvalidValue;
     const unsigned blocks = (unsigned)mb_dense_cdiv(m, MB_MGV_ROWS);
-    mb_kcuda_linear_mma_gemv_kernel<<<blocks, MB_MGV_THREADS, 0, s>>>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    mb_dense_launch(mb_kcuda_linear_mma_gemv_kernel, blocks, MB_MGV_THREADS, 0, s, w, m, k, x, ldx,
+                    n, y, ldy, bias, accumulate);
     return cudaGetLastError();
 }

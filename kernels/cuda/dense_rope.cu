@@ -11,6 +11,7 @@ mb_kcuda_rope_kernel(float *__restrict__ x, size_t ldx, size_t pairs, uint32_t n
                      uint32_t pos0, const uint32_t *__restrict__ pos_dev, const float *__restrict__ cos,
                      const float *__restrict__ sin, int interleaved)
 {
+    mb_pdl_enter();
     const uint32_t half = head_dim / 2;
     if (pos_dev) pos0 = *pos_dev;
     for (size_t idx = (size_t)blockIdx.x * MB_ROPE_THREADS + threadIdx.x; idx < pairs;
@@ -39,8 +40,9 @@ static int mb_rope_launch(void *stream, float *x, size_t ldx, uint32_t n, uint32
         ldx < (size_t)n_heads * head_dim)
         return (int)cudaErrorInvalidValue;
     const size_t pairs = (size_t)n * n_heads * (head_dim / 2);
-    mb_kcuda_rope_kernel<<<mb_dense_blocks(pairs, MB_ROPE_THREADS), MB_ROPE_THREADS, 0, mb_dense_stream(stream)>>>(
-        x, ldx, pairs, n_heads, head_dim, pos0, pos_dev, cos, sin, interleaved);
+    mb_dense_launch(mb_kcuda_rope_kernel, mb_dense_blocks(pairs, MB_ROPE_THREADS), MB_ROPE_THREADS,
+                    0, mb_dense_stream(stream), x, ldx, pairs, n_heads, head_dim, pos0, pos_dev,
+                    cos, sin, interleaved);
     return mb_dense_launched();
 }
 
@@ -63,6 +65,7 @@ mb_kcuda_kv_store_kernel(float *__restrict__ kc, float *__restrict__ vc, uint32_
                          uint32_t max_ctx, uint32_t pos0, const uint32_t *__restrict__ pos_dev, size_t count,
                          const float *__restrict__ k, size_t ldk, const float *__restrict__ v, size_t ldv)
 {
+    mb_pdl_enter();
     if (pos_dev) pos0 = *pos_dev;
     for (size_t idx = (size_t)blockIdx.x * MB_ROPE_THREADS + threadIdx.x; idx < count;
          idx += (size_t)gridDim.x * MB_ROPE_THREADS) {
@@ -87,8 +90,9 @@ static int mb_kv_store_launch(void *stream, const mb_kcuda_kv *kv, uint32_t pos0
     const size_t row = (size_t)kv->n_kv_heads * kv->head_dim;
     if (ldk < row || ldv < row) return (int)cudaErrorInvalidValue;
     const size_t count = (size_t)n * row;
-    mb_kcuda_kv_store_kernel<<<mb_dense_blocks(count, MB_ROPE_THREADS), MB_ROPE_THREADS, 0, mb_dense_stream(stream)>>>(
-        kv->k, kv->v, kv->n_kv_heads, kv->head_dim, kv->max_ctx, pos0, pos_dev, count, k, ldk, v, ldv);
+    mb_dense_launch(mb_kcuda_kv_store_kernel, mb_dense_blocks(count, MB_ROPE_THREADS),
+                    MB_ROPE_THREADS, 0, mb_dense_stream(stream), kv->k, kv->v, kv->n_kv_heads,
+                    kv->head_dim, kv->max_ctx, pos0, pos_dev, count, k, ldk, v, ldv);
     return mb_dense_launched();
 }
 

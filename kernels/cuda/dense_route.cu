@@ -87,6 +87,7 @@ __global__ void __launch_bounds__(MB_ROUTE_WARPS * 32)
 mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
                            int renorm, int32_t *__restrict__ ids, float *__restrict__ gate)
 {
+    mb_pdl_enter();
     extern __shared__ float mb_route_smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const size_t t = (size_t)blockIdx.x * MB_ROUTE_WARPS + warp;
@@ -106,6 +107,7 @@ mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k, co
                             uint32_t n, float *logits, uint32_t top_k, int renorm, int32_t *__restrict__ ids,
                             float *__restrict__ gate, unsigned *done)
 {
+    mb_pdl_enter();
     extern __shared__ float mb_route_smem[];
     __shared__ int last;
     mb_lin_gemv_block<W, 1, VEC>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0);
@@ -136,8 +138,8 @@ extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n
         return (int)cudaErrorInvalidValue;
     const size_t smem = (size_t)MB_ROUTE_WARPS * n_experts * sizeof(float);
     const unsigned blocks = (unsigned)mb_dense_cdiv(n, MB_ROUTE_WARPS);
-    mb_kcuda_route_topk_kernel<<<blocks, MB_ROUTE_WARPS * 32, smem, mb_dense_stream(stream)>>>(
-        logits, n, n_experts, top_k, renorm, ids, gate);
+    mb_dense_launch(mb_kcuda_route_topk_kernel, blocks, MB_ROUTE_WARPS * 32, smem,
+                    mb_dense_stream(stream), logits, n, n_experts, top_k, renorm, ids, gate);
     return mb_dense_launched();
 }
 
@@ -150,11 +152,11 @@ static int mb_router_topk_typed(cudaStream_t s, const W *w, uint32_t ne, uint32_
     const bool vec = k % V == 0 && ldx % 4 == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
     const size_t smem = (size_t)MB_LIN_GEMV_WARPS * ne * sizeof(float);
     if (vec)
-        mb_kcuda_router_topk_kernel<W, true>
-            <<<ne, MB_LIN_GEMV_THREADS, smem, s>>>(w, ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done);
+        mb_dense_launch(mb_kcuda_router_topk_kernel<W, true>, ne, MB_LIN_GEMV_THREADS, smem, s, w,
+                        ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done);
     else
-        mb_kcuda_router_topk_kernel<W, false>
-            <<<ne, MB_LIN_GEMV_THREADS, smem, s>>>(w, ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done);
+        mb_dense_launch(mb_kcuda_router_topk_kernel<W, false>, ne, MB_LIN_GEMV_THREADS, smem, s, w,
+                        ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done);
     return mb_dense_launched();
 }
 
@@ -195,6 +197,7 @@ __global__ void mb_kcuda_local_pairs_kernel(const int32_t *__restrict__ ids, con
                                             uint16_t *__restrict__ counts, uint2 *__restrict__ pairs,
                                             uint32_t *__restrict__ routed)
 {
+    mb_pdl_enter();
     const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) counts[i] = (uint16_t)top_k;
     if (i >= n * top_k) return;
@@ -209,7 +212,8 @@ extern "C" int mb_kcuda_local_pairs(void *stream, const int32_t *ids, const floa
     if (!ids || !gate || !slot_of || !counts || !pairs || n == 0 || top_k == 0 || top_k > MB_ROUTE_MAX_K)
         return (int)cudaErrorInvalidValue;
     const uint32_t total = n * top_k, threads = 128;
-    mb_kcuda_local_pairs_kernel<<<(total + threads - 1) / threads, threads, 0, mb_dense_stream(stream)>>>(
-        ids, gate, n, top_k, slot_of, counts, (uint2 *)pairs, routed);
+    mb_dense_launch(mb_kcuda_local_pairs_kernel, (total + threads - 1) / threads, threads, 0,
+                    mb_dense_stream(stream), ids, gate, n, top_k, slot_of, counts, (uint2 *)pairs,
+                    routed);
     return mb_dense_launched();
 }

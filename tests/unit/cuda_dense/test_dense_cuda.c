@@ -690,6 +690,59 @@ static void test_silu_add(void)
     }
 }
 
+/* The clock stamp: after the work before it, monotonic, and replayable
+ * from a graph (where an event could not be timed). */
+static void test_stamp(void)
+{
+    const size_t cnt = (size_t)1 << 22;
+    float *dx = NULL, *dy = NULL;
+    unsigned long long *ts = NULL, h[4] = {0};
+    CHECK(cudaMalloc((void **)&dx, cnt * sizeof(float)) == cudaSuccess);
+    CHECK(cudaMalloc((void **)&dy, cnt * sizeof(float)) == cudaSuccess);
+    CHECK(cudaMalloc((void **)&ts, sizeof h) == cudaSuccess);
+    CHECK(cudaMemset(dx, 0, cnt * sizeof(float)) == cudaSuccess &&
+          cudaMemset(dy, 0, cnt * sizeof(float)) == cudaSuccess);
+    CHECK(cudaMemset(ts, 0, sizeof h) == cudaSuccess);
+    RUN(mb_kcuda_stamp(NULL, ts));
+    RUN(mb_kcuda_add(NULL, dx, dy, cnt));
+    RUN(mb_kcuda_stamp(NULL, ts + 1));
+    dev_download(h, ts, 2 * sizeof *h);
+    CHECK_MSG(h[0] != 0 && h[1] > h[0], "stamps around an add: %llu, %llu", h[0], h[1]);
+    cudaStream_t s = NULL;
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+    if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) !=
+        cudaSuccess) { /* the CPU emulator has no graphs */
+        cudaGetLastError();
+        cudaStreamDestroy(s);
+        cudaFree(dx);
+        cudaFree(dy);
+        cudaFree(ts);
+        return;
+    }
+    CHECK(mb_kcuda_stamp(s, ts + 2) == 0); /* no synchronisation while capturing */
+    CHECK(mb_kcuda_add(s, dx, dy, cnt) == 0);
+    CHECK(mb_kcuda_stamp(s, ts + 3) == 0);
+    CHECK(cudaStreamEndCapture(s, &g) == cudaSuccess);
+    CHECK(cudaGraphInstantiate(&ge, g, 0) == cudaSuccess);
+    CHECK(cudaGraphLaunch(ge, s) == cudaSuccess && cudaStreamSynchronize(s) == cudaSuccess);
+    dev_download(h, ts, sizeof h);
+    const unsigned long long first = h[2];
+    CHECK_MSG(h[2] >= h[1] && h[3] > h[2], "graph stamps: %llu, %llu after %llu", h[2], h[3], h[1]);
+    CHECK(cudaGraphLaunch(ge, s) == cudaSuccess && cudaStreamSynchronize(s) == cudaSuccess);
+    dev_download(h, ts, sizeof h);
+    CHECK_MSG(h[2] > first && h[3] > h[2], "graph replayed: %llu, %llu after %llu", h[2], h[3],
+              first);
+    CHECK(mb_kcuda_stamp(NULL, NULL) != 0);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    cudaStreamDestroy(s);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(ts);
+}
+
 /* ---- fusions: bit-identical to the sequences they replace ------------------ */
 
 static size_t count_diff(const float *a, const float *b, size_t n)
@@ -1060,14 +1113,15 @@ static void bench(void)
     cudaFree(b);
     printf("\ndevice copy: %.0f GB/s (read + write)\n", ceil_gbps);
     /* Qwen3-30B-A3B: q_proj, k/v_proj, o_proj, router, lm_head. */
-    const uint32_t shapes[][2] = {
-        {4096, 2048}, {512, 2048}, {2048, 4096}, {128, 2048}, {151936, 2048}};
-    for (size_t s = 0; s < 5; s++)
+    const uint32_t shapes[][2] = {{4096, 2048},   {512, 2048},  {2048, 4096}, {128, 2048},
+                                  {151936, 2048}, {5120, 2048}, {32768, 2048}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (uint32_t n = 1; n <= 8; n *= 8)
             bench_linear(MB_KCUDA_BF16, shapes[s][0], shapes[s][1], n, ceil_gbps);
     bench_linear(MB_KCUDA_F32, 4096, 2048, 1, ceil_gbps);
     bench_linear(MB_KCUDA_BF16, 4096, 2048, 512, ceil_gbps);
     bench_linear(MB_KCUDA_BF16, 4096, 2048, 2048, ceil_gbps);
+    bench_attention(128, 32, 4, 1024, 1, ceil_gbps);
     bench_attention(128, 32, 4, 4096, 1, ceil_gbps);
     bench_attention(128, 32, 4, 32768, 1, ceil_gbps);
     bench_attention(128, 32, 4, 2048, 2048, ceil_gbps);
@@ -1092,7 +1146,7 @@ int main(int argc, char **argv)
                   {"rmsnorm", test_rmsnorm},   {"rope", test_rope},
                   {"silu_add", test_silu_add}, {"route", test_route},
                   {"linear", test_linear},     {"attention", test_attention},
-                  {"fused", test_fused}};
+                  {"fused", test_fused},       {"stamp", test_stamp}};
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
         if (wanted(groups[i].name)) groups[i].run();
     print_stats();

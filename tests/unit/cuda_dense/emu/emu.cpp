@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+#include <ctime>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
@@ -105,6 +106,12 @@ void mb_emu_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t)
 
 void *mb_emu_dyn_smem() { return dyn_smem.data(); }
 int mb_emu_lane() { return cur & 31; }
+unsigned long long mb_emu_now_ns()
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
 int mb_emu_warp() { return cur >> 5; }
 
 static void wait(int kind)

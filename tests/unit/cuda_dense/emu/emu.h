@@ -4,6 +4,7 @@
 // and shuffles are barriers of the block or of the warp; a barrier nobody can
 // pass (divergence) or a shuffle from an exited lane aborts with a message.
 #pragma once
+#define MB_CUDA_EMU 1 // kernels/cuda/ leaves out what only a GPU has (griddepcontrol, %globaltimer)
 #define __host__
 #define __device__
 #define __global__
@@ -40,6 +41,7 @@ void __syncthreads();
 void __syncwarp(unsigned mask = 0xffffffffu);
 void mb_emu_xchg(const void *v, void *out, size_t bytes, int src_lane);
 int mb_emu_lane();
+unsigned long long mb_emu_now_ns(); // CLOCK_MONOTONIC, for %globaltimer
 int mb_emu_warp();
 
 template <class T> static inline T __shfl_xor_sync(unsigned, T v, int lm, int = 32)
@@ -84,6 +86,12 @@ static inline float __uint_as_float(unsigned u)
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+static inline unsigned __float_as_uint(float f)
+{
+    unsigned u;
+    memcpy(&u, &f, 4);
+    return u;
 }
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
