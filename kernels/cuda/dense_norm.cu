@@ -41,37 +41,12 @@ extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint3
     return mb_dense_launched();
 }
 
-#define MB_NORM_MAXV 16 // elements a thread keeps in registers: rows up to 16 TPR
-
-// The sum over a row's TPR threads, in a fixed order (a butterfly, then
-// the warps in order).
-template <int TPR> __device__ __forceinline__ double mb_norm_row_sum(double ss)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if constexpr (TPR > 32) {
-        __shared__ double part[TPR / 32];
-        if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = ss;
-        __syncthreads();
-        ss = 0.0;
-#pragma unroll
-        for (int i = 0; i < TPR / 32; i++)
-            ss += part[i];
-    }
-    return ss;
-}
-
 // TPR threads per row (a warp for head-sized rows, the whole block for
 // d_model rows). The mean of squares is accumulated in double, as
 // broker/norm.c does: each square of an f32 is exact in double, so the
 // rounded mean almost always equals the CPU's bit for bit whatever the
 // summation order, and the rest is the same f32 arithmetic. The order is
 // fixed (lane-strided, then a butterfly), so runs are reproducible.
-// Rows up to MB_NORM_MAXV TPR elements are read once into registers, every
-// load of x, a and w issued before the first store (a decode step's norm
-// is one block: its time is its chain of memory round trips); longer rows
-// loop over memory. Both give the same bits.
 template <int TPR>
 __global__ void __launch_bounds__(MB_NORM_THREADS)
 mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *y2, size_t ldy2, float *x, size_t ldx,
@@ -85,44 +60,6 @@ mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *y2, size_t ldy2, float *x, 
     // No early return: TPR == MB_NORM_THREADS syncs the block below.
     const bool live = r < rows;
     float *xr = x + (live ? r : 0) * ldx;
-    float *yr = y + (live ? r : 0) * ldy, *y2r = y2 ? y2 + (live ? r : 0) * ldy2 : nullptr;
-    if (d <= (uint32_t)TPR * MB_NORM_MAXV) {
-        float xv[MB_NORM_MAXV], wv[MB_NORM_MAXV], av[MB_NORM_MAXV];
-        const float *ar = a ? a + (live ? r : 0) * lda : nullptr;
-#pragma unroll
-        for (int j = 0; j < MB_NORM_MAXV; j++) {
-            const uint32_t i = (uint32_t)sub + (uint32_t)j * TPR;
-            const bool in = live && i < d;
-            xv[j] = in ? xr[i] : 0.0f;
-            wv[j] = in ? w[i] : 0.0f;
-            av[j] = in && ar ? ar[i] : 0.0f;
-        }
-        double ss = 0.0;
-#pragma unroll
-        for (int j = 0; j < MB_NORM_MAXV; j++) {
-            const uint32_t i = (uint32_t)sub + (uint32_t)j * TPR;
-            if (!live || i >= d) break;
-            if (ar) { // the residual add folded in: x += a, stored, then normalised
-                xv[j] += av[j];
-                xr[i] = xv[j];
-            }
-            ss += (double)xv[j] * (double)xv[j];
-        }
-        ss = mb_norm_row_sum<TPR>(ss);
-        if (!live) return;
-        const float scale = 1.0f / sqrtf((float)(ss / (double)d) + eps);
-#pragma unroll
-        for (int j = 0; j < MB_NORM_MAXV; j++) {
-            const uint32_t i = (uint32_t)sub + (uint32_t)j * TPR;
-            if (i >= d) break;
-            const float v = wv[j] * (xv[j] * scale);
-            yr[i] = v;
-            if (y2r)
-                y2r[i] =
-                    v; // a second copy (mapped host memory: posted writes, no copy on the stream)
-        }
-        return;
-    }
     if (a && live) { // the residual add folded in: x += a, stored, then normalised
         const float *ar = a + r * lda;
         for (uint32_t i = sub; i < d; i += TPR)
@@ -132,17 +69,35 @@ mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *y2, size_t ldy2, float *x, 
     if (live)
         for (uint32_t i = sub; i < d; i += TPR)
             ss += (double)xr[i] * (double)xr[i];
-    ss = mb_norm_row_sum<TPR>(ss);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if constexpr (TPR > 32) {
+        __shared__ double part[TPR / 32];
+        if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = ss;
+        __syncthreads();
+        ss = 0.0;
+#pragma unroll
+        for (int i = 0; i < TPR / 32; i++)
+            ss += part[i];
+    }
     if (!live) return;
     const float var = (float)(ss / (double)d);
     const float scale = 1.0f / sqrtf(var + eps);
     // y may be x: each element is read above and here by the same thread
     // before it writes it.
-    for (uint32_t i = sub; i < d; i += TPR) {
-        const float v = w[i] * (xr[i] * scale);
-        yr[i] = v;
-        if (y2r) y2r[i] = v;
+    float *yr = y + r * ldy;
+    if (y2) { // a second copy (mapped host memory: posted writes, no copy on the stream)
+        float *y2r = y2 + r * ldy2;
+        for (uint32_t i = sub; i < d; i += TPR) {
+            const float v = w[i] * (xr[i] * scale);
+            yr[i] = v;
+            y2r[i] = v;
+        }
+        return;
     }
+    for (uint32_t i = sub; i < d; i += TPR)
+        yr[i] = w[i] * (xr[i] * scale);
 }
 
 static int mb_rmsnorm_launch(void *stream, float *y, size_t ldy, float *y2, size_t ldy2, float *x, size_t ldx,
