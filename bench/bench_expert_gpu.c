@@ -26,11 +26,13 @@
  *                    [--models qwen3,mixtral] [--decode 1,4,16,64]
  *                    [--prefill 512,4096,16384] [--no-worker] [--register-host]
  *                    [--weights bf16,q8_0,q4_k,q6_k]
- * --weights (default bf16) adds kernel-only cases with quantized experts
- * (random blocks, all three matrices of the type, in the device layout):
- * their decode GB/s and share of copy traffic count the quantized bytes
- * of the distinct experts routed to. The backend and worker depths and the
- * phase split run with bf16 weights only.
+ * --weights (default bf16) adds cases with quantized experts (random
+ * blocks, all three matrices of the type): kernel-only ones in the device
+ * layout, whose decode GB/s and share of copy traffic count the quantized
+ * bytes of the distinct experts routed to, and the backend depth with the
+ * blocks loaded as a GGUF file holds them (so --backend vulkan times the
+ * Vulkan backend's quantized kernels against CUDA's). The worker depth and
+ * the phase split run with bf16 weights only; the goals are bf16's.
  * The budget (default 90 s) is shared out among the cases; a case runs at
  * least 5 repetitions, and a path whose smaller size already overran its
  * share skips the larger ones. The time outside the GEMMs (routing,
@@ -90,10 +92,12 @@ static const char *const eg_path_name[] = {"auto", "gemv", "gemm", "cublas"};
 #define EG_N_PATHS 4
 
 /* Kernel time of model m at n_tokens by AUTO, for the ratios; 0 if none. */
-static double eg_kernel_auto_s(const mb_egpu_run *run, const mb_egpu_model *m, uint32_t n_tokens)
+static double eg_kernel_auto_s(const mb_egpu_run *run, const mb_egpu_model *m, const char *weights,
+                               uint32_t n_tokens)
 {
     for (int i = 0; i < run->n_k; i++)
-        if (run->k[i].m == m && run->k[i].n_tokens == n_tokens && !strcmp(run->k[i].path, "auto"))
+        if (run->k[i].m == m && run->k[i].n_tokens == n_tokens && !strcmp(run->k[i].path, "auto") &&
+            !strcmp(run->k[i].weights, weights))
             return run->k[i].median_s;
     return 0;
 }
@@ -352,12 +356,14 @@ static void eg_req_of(const mb_egpu_model *m, const mb_egpu_route *r, const uint
 }
 
 /* Fills a host-side result from samples (sorted here). */
-static void eg_hres_fill(mb_egpu_hres *h, const mb_egpu_model *m, const char *what, uint32_t n_tokens,
-                         double *s, double *compute, int reps, const mb_egpu_run *run)
+static void eg_hres_fill(mb_egpu_hres *h, const mb_egpu_model *m, const char *what,
+                         const char *weights, uint32_t n_tokens, double *s, double *compute,
+                         int reps, const mb_egpu_run *run)
 {
     qsort(s, (size_t)reps, sizeof *s, eg_cmp_double);
     h->m = m;
     h->what = what;
+    h->weights = weights;
     h->n_tokens = n_tokens;
     h->reps = reps;
     h->median_s = s[reps / 2];
@@ -366,34 +372,38 @@ static void eg_hres_fill(mb_egpu_hres *h, const mb_egpu_model *m, const char *wh
         qsort(compute, (size_t)reps, sizeof *compute, eg_cmp_double);
         h->compute_s = compute[reps / 2];
     }
-    h->kernel_s = eg_kernel_auto_s(run, m, n_tokens);
+    h->kernel_s = eg_kernel_auto_s(run, m, weights, n_tokens);
     h->ratio = h->kernel_s > 0 ? h->median_s / h->kernel_s : 0;
 }
 
 /* For another backend's row: vs_cuda = the CUDA row of the same model,
- * depth and size, median time over this row's (its relative throughput). */
+ * weights, depth and size, median time over this row's (its relative
+ * throughput). */
 static void eg_vs_cuda(mb_egpu_hres *h, const mb_egpu_run *run, const char *cuda_what)
 {
     h->vs_cuda = 0;
     if (!strcmp(h->what, cuda_what)) return;
     for (int i = 0; i < run->n_h; i++) {
         const mb_egpu_hres *c = &run->h[i];
-        if (c->m == h->m && c->n_tokens == h->n_tokens && !strcmp(c->what, cuda_what) && h->median_s > 0)
+        if (c->m == h->m && c->n_tokens == h->n_tokens && !strcmp(c->what, cuda_what) &&
+            !strcmp(c->weights, h->weights) && h->median_s > 0)
             h->vs_cuda = c->median_s / h->median_s;
     }
 }
 
-/* mb_backend_run of every size in this process, on backend:device. */
+/* mb_backend_run of every size in this process, on backend:device, every
+ * expert holding w's matrices (loaded as a checkpoint's). */
 static int eg_backend_cases(const eg_opts *o, const char *backend, int device, const char *what,
-                            const mb_egpu_model *m, const uint16_t *expert, const uint16_t *act,
-                            const eg_sizes *sz, uint32_t max_tokens, double budget_s, mb_egpu_run *run)
+                            const mb_egpu_model *m, const mb_egpu_weights *w, const uint16_t *act,
+                            const eg_sizes *sz, uint32_t max_tokens, double budget_s,
+                            mb_egpu_run *run)
 {
     const mb_backend_ops *ops = mb_backend_find(backend);
     if (!ops) {
         fprintf(stderr, "bench_expert_gpu: this build has no %s backend\n", backend);
         return -1;
     }
-    const size_t per = (size_t)m->d_model * m->d_ff, io_bytes = (size_t)max_tokens * m->d_model * 2;
+    const size_t io_bytes = (size_t)max_tokens * m->d_model * 2;
     const mb_backend_gpu_options gpu = {
         .staging_bytes = (uint64_t)max_tokens * (m->d_model * 2 + m->top_k * 8 + 2) + (4u << 20),
         .max_inflight = 2,
@@ -402,12 +412,21 @@ static int eg_backend_cases(const eg_opts *o, const char *backend, int device, c
     mb_backend *b = NULL;
     mb_status st = mb_backend_open(ops, &cfg, &b);
     if (st == MB_STATUS_OK)
-        st = mb_backend_reserve_layer(b, 0, 0, m->n_experts, m->d_model, m->d_ff, MB_DTYPE_BF16);
+        st = mb_backend_reserve_layer(b, 0, 0, m->n_experts, m->d_model, m->d_ff,
+                                      (mb_dtype)w->wdtype);
     for (uint32_t x = 0; x < m->n_experts && st == MB_STATUS_OK; x++) {
-        const mb_dtype wd = MB_DTYPE_BF16;
-        mb_expert_weights w = {0,      x, x, m->d_model, m->d_ff, {wd, wd, wd}, expert, expert + per,
-                               expert + 2 * per};
-        st = mb_backend_load_expert(b, &w);
+        const mb_dtype wd = (mb_dtype)w->wdtype;
+        const char *raw = (const char *)w->raw;
+        mb_expert_weights ew = {0,
+                                x,
+                                x,
+                                m->d_model,
+                                m->d_ff,
+                                {wd, wd, wd},
+                                raw + w->raw_off[0],
+                                raw + w->raw_off[1],
+                                raw + w->raw_off[2]};
+        st = mb_backend_load_expert(b, &ew);
     }
     if (st == MB_STATUS_OK) st = mb_backend_load_finish(b);
     void *out = eg_page_alloc(io_bytes);
@@ -437,7 +456,7 @@ static int eg_backend_cases(const eg_opts *o, const char *backend, int device, c
             c[r] = (double)ns * 1e-9;
         }
         if (st != MB_STATUS_OK) break;
-        eg_hres_fill(&run->h[run->n_h], m, what, sz->tokens[i], s, c, reps, run);
+        eg_hres_fill(&run->h[run->n_h], m, what, w->name, sz->tokens[i], s, c, reps, run);
         eg_vs_cuda(&run->h[run->n_h], run, "backend");
         mb_egpu_print_host(&run->h[run->n_h++]);
     }
@@ -485,7 +504,7 @@ static int eg_worker_cases(const char *backend, int device, const char *what, co
             c[r] = (double)compute_ns * 1e-9;
         }
         if (st != MB_STATUS_OK) break;
-        eg_hres_fill(&run->h[run->n_h], m, what, sz->tokens[i], s, c, reps, run);
+        eg_hres_fill(&run->h[run->n_h], m, what, "bf16", sz->tokens[i], s, c, reps, run);
         eg_vs_cuda(&run->h[run->n_h], run, "worker");
         mb_egpu_print_host(&run->h[run->n_h++]);
     }
@@ -577,15 +596,18 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, mb_egpu_
             rc = mb_egpu_route_make(&sz->routes[i][r], m, sz->tokens[i]);
     if (rc) fprintf(stderr, "bench_expert_gpu: out of memory building %s's requests\n", m->name);
 
-    /* Kernel cases for each weight type; the backend and worker depths
-     * with bf16 weights only. */
+    /* Kernel cases and the backend depth (CUDA, and the other backend in
+     * the same run) for each weight type; the worker depth with bf16
+     * weights only. */
     int has_bf16 = 0;
     for (int wi = 0; wi < o->n_weights && rc == 0; wi++) {
         mb_egpu_weights w;
         if (o->weights[wi] == MB_KCUDA_BF16) {
             const size_t per = (size_t)m->d_model * m->d_ff * 2;
             has_bf16 = 1;
-            w = (mb_egpu_weights){MB_KCUDA_BF16, "bf16", expert, 3 * per, 3 * per, {0, per, 2 * per}};
+            w = (mb_egpu_weights){
+                MB_KCUDA_BF16,     "bf16", expert, 3 * per, 3 * per, {0, per, 2 * per}, expert,
+                {0, per, 2 * per}, NULL};
         } else if (mb_egpu_weights_make(&w, m, o->weights[wi]) != 0) {
             fprintf(stderr, "bench_expert_gpu: cannot make %s's %s experts\n", m->name,
                     mb_dtype_name(o->weights[wi]));
@@ -599,15 +621,17 @@ static int eg_model_run(const eg_opts *o, int mi, double case_budget_s, mb_egpu_
             rc = eg_kernel_cases(&d, sz, mi, case_budget_s, w.wdtype == MB_KCUDA_BF16, run);
             eg_kdev_fini(&d);
         }
+        if (rc == 0) {
+            mb_egpu_print_host_header();
+            rc = eg_backend_cases(o, "cuda", o->device, "backend", m, &w, act, sz, max_tokens,
+                                  case_budget_s, run);
+            if (rc == 0 && o->other[0])
+                rc = eg_backend_cases(o, o->other, o->other_device, "vulkan-backend", m, &w, act,
+                                      sz, max_tokens, case_budget_s, run);
+        }
         if (w.wdtype != MB_KCUDA_BF16) mb_egpu_weights_free(&w);
     }
-    if (rc == 0 && has_bf16) {
-        mb_egpu_print_host_header();
-        rc = eg_backend_cases(o, "cuda", o->device, "backend", m, expert, act, sz, max_tokens, case_budget_s, run);
-        if (rc == 0 && o->other[0])
-            rc = eg_backend_cases(o, o->other, o->other_device, "vulkan-backend", m, expert, act, sz, max_tokens,
-                                  case_budget_s, run);
-    }
+    if (rc == 0 && has_bf16 && o->worker) mb_egpu_print_host_header();
     if (rc == 0 && has_bf16 && o->worker) rc = eg_worker_cases("cuda", o->device, "worker", m, expert, act, sz, case_budget_s, run);
     if (rc == 0 && has_bf16 && o->worker && o->other[0])
         rc = eg_worker_cases(o->other, o->other_device, "vulkan-worker", m, expert, act, sz, case_budget_s, run);

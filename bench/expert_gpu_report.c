@@ -26,16 +26,17 @@ void mb_egpu_print_kernel(const mb_egpu_kres *k)
 
 void mb_egpu_print_host_header(void)
 {
-    printf("\n%-14s %-14s %6s %5s %10s %10s %10s %10s %7s\n", "model", "depth", "tokens", "reps",
-           "median_us", "p99_us", "compute_us", "kernel_us", "xkernel");
+    printf("\n%-14s %-14s %-4s %6s %5s %10s %10s %10s %10s %7s\n", "model", "depth", "w", "tokens",
+           "reps", "median_us", "p99_us", "compute_us", "kernel_us", "xkernel");
 }
 
 void mb_egpu_print_host(const mb_egpu_hres *h)
 {
     char vs[24] = "";
     if (h->vs_cuda > 0) snprintf(vs, sizeof vs, "  %.2fx cuda", h->vs_cuda);
-    printf("%-14s %-14s %6u %5d %10.1f %10.1f %10.1f %10.1f %7.2f%s\n", h->m->name, h->what, h->n_tokens,
-           h->reps, h->median_s * 1e6, h->p99_s * 1e6, h->compute_s * 1e6, h->kernel_s * 1e6, h->ratio, vs);
+    printf("%-14s %-14s %-4s %6u %5d %10.1f %10.1f %10.1f %10.1f %7.2f%s\n", h->m->name, h->what,
+           h->weights, h->n_tokens, h->reps, h->median_s * 1e6, h->p99_s * 1e6, h->compute_s * 1e6,
+           h->kernel_s * 1e6, h->ratio, vs);
     fflush(stdout);
 }
 
@@ -88,6 +89,7 @@ void mb_egpu_write_json(const char *path, const char *device, const mb_egpu_mode
         cJSON *x = cJSON_CreateObject();
         cJSON_AddStringToObject(x, "model", h->m->name);
         cJSON_AddStringToObject(x, "depth", h->what);
+        cJSON_AddStringToObject(x, "weights", h->weights);
         cJSON_AddNumberToObject(x, "tokens", h->n_tokens);
         cJSON_AddNumberToObject(x, "reps", h->reps);
         cJSON_AddNumberToObject(x, "median_us", h->median_s * 1e6);
@@ -113,13 +115,16 @@ void mb_egpu_write_json(const char *path, const char *device, const mb_egpu_mode
     }
     for (int i = 0; i < run->n_h; i++) {
         const mb_egpu_hres *h = &run->h[i];
-        if (strcmp(h->what, "worker") != 0 || h->n_tokens != 1) continue;
+        if (strcmp(h->what, "worker") != 0 || strcmp(h->weights, "bf16") != 0 || h->n_tokens != 1)
+            continue;
         snprintf(name, sizeof name, "%s_worker_decode1_ratio_to_kernel", h->m->key);
         mb_bench_goal(goals, name, h->ratio, "<= 1.5", h->ratio > 0 && h->ratio <= 1.5);
     }
     for (int i = 0; i < run->n_h; i++) {
         const mb_egpu_hres *h = &run->h[i];
-        if (strcmp(h->what, "vulkan-backend") != 0 || h->vs_cuda <= 0) continue;
+        if (strcmp(h->what, "vulkan-backend") != 0 || strcmp(h->weights, "bf16") != 0 ||
+            h->vs_cuda <= 0)
+            continue;
         if (h->n_tokens != 1 && h->n_tokens != 4096) continue;
         snprintf(name, sizeof name, "%s_vulkan_%s%u_vs_cuda", h->m->key, h->n_tokens == 1 ? "decode" : "prefill",
                  h->n_tokens);

@@ -32,7 +32,8 @@ typedef struct {
 /* One host-clock case: mb_backend_run or a worker round trip. */
 typedef struct {
     const mb_egpu_model *m;
-    const char *what; /* "backend", "worker" (CUDA), "vulkan-backend", "vulkan-worker" */
+    const char *what;    /* "backend", "worker" (CUDA), "vulkan-backend", "vulkan-worker" */
+    const char *weights; /* "bf16", "q8_0", ... */
     uint32_t n_tokens;
     int reps;
     double median_s, p99_s, compute_s, kernel_s, ratio;

@@ -29,7 +29,7 @@ static int mb_egpu_make_quant(mb_egpu_weights *w, const mb_egpu_model *m)
     const size_t nb = (size_t)m->d_model * m->d_ff / be, mat = nb * bb, chunk = (size_t)1 << 20;
     if (m->d_model % be || m->d_ff % be) return -1;
     const size_t stride = (mat + 255) & ~(size_t)255;
-    uint8_t *blocks = malloc(mat), *rnd = malloc(chunk);
+    uint8_t *blocks = malloc(3 * mat), *rnd = malloc(chunk);
     w->host = malloc(3 * stride);
     if (!blocks || !rnd || !w->host) {
         free(blocks);
@@ -42,20 +42,22 @@ static int mb_egpu_make_quant(mb_egpu_weights *w, const mb_egpu_model *m)
     for (size_t i = 0; i < chunk; i++)
         rnd[i] = (uint8_t)mb_egpu_rand();
     for (int i = 0; i < 3; i++) {
+        uint8_t *mb = blocks + (size_t)i * mat;
         for (size_t o = 0; o < mat; o += chunk)
-            memcpy(blocks + o, rnd, mat - o < chunk ? mat - o : chunk);
+            memcpy(mb + o, rnd, mat - o < chunk ? mat - o : chunk);
         for (size_t b = 0; b < nb; b++) {
             const uint64_t r = mb_egpu_rand();
             const uint16_t d = (uint16_t)((e0 + (unsigned)(r % 3)) << 10 | ((r >> 8) & 0x3ff));
             const uint16_t dmin = (uint16_t)((e0 + (unsigned)((r >> 20) % 3)) << 10 | ((r >> 24) & 0x3ff));
-            uint8_t *blk = blocks + b * bb;
+            uint8_t *blk = mb + b * bb;
             memcpy(t == MB_KCUDA_Q6_K ? blk + 208 : blk, &d, 2);
             if (t == MB_KCUDA_Q4_K) memcpy(blk + 2, &dmin, 2);
         }
         w->off[i] = (size_t)i * stride;
-        mb_kq_layout_pack(t, blocks, nb, (char *)w->host + w->off[i]);
+        w->raw_off[i] = (size_t)i * mat;
+        mb_kq_layout_pack(t, mb, nb, (char *)w->host + w->off[i]);
     }
-    free(blocks);
+    w->raw = w->raw_own = blocks;
     free(rnd);
     w->span = 3 * stride;
     w->bytes = 3 * mat;
@@ -73,5 +75,6 @@ int mb_egpu_weights_make(mb_egpu_weights *w, const mb_egpu_model *m, int wdtype)
 void mb_egpu_weights_free(mb_egpu_weights *w)
 {
     free(w->host);
+    free(w->raw_own);
     memset(w, 0, sizeof *w);
 }

@@ -19,12 +19,18 @@ typedef struct {
     size_t span;         /* bytes a slot takes on the device */
     size_t bytes;        /* the weights' own bytes (what decode streams) */
     size_t off[3];       /* gate, up, down */
+    /* The same matrices as a checkpoint holds them (GGUF blocks, or bf16),
+     * at raw + raw_off[]: what mb_backend_load_expert takes. */
+    const void *raw;
+    size_t raw_off[3];
+    void *raw_own; /* raw when this struct allocated it */
 } mb_egpu_weights;
 
 /* Parses "bf16", "q8_0", "q4_k" or "q6_k" into its type; -1 for another. */
 int mb_egpu_weights_parse(const char *name);
 
-/* Makes model m's expert in the quantized type wdtype (see above). Returns
+/* Makes model m's expert in the quantized type wdtype (see above), in
+ * both layouts. Returns
  * 0, or -1 for another type, when out of memory or when m's shape is not
  * whole blocks of the type. */
 int mb_egpu_weights_make(mb_egpu_weights *w, const mb_egpu_model *m, int wdtype);
