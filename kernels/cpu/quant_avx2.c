@@ -2,10 +2,11 @@
  * block, u8 x s8 pair products (maddubs) widened to int32 with the block's
  * integer scales, then one f32 scale per block; the integer sums equal the
  * scalar path's (quant.c) exactly, only the f32 accumulation order differs.
- * Every type has a one-row and a two-row form built from the same inline
- * body, so each row's f32 operations are the same in both, and a
- * several-token form (prefill) that repeats those operations per token
- * while unpacking each weight block once. */
+ * One inline kernel per type takes nr rows (1 or 2) by nt tokens (1 to 4),
+ * constants after inlining: each (row, token) gets the same operations
+ * whatever nr and nt are, so decode (one token, two rows: two weight
+ * streams in flight) and prefill (a weight block unpacked once for several
+ * tokens) give the same bits for a token. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -49,50 +50,7 @@ MB_INLINE float hsum8(__m256 v)
     return hsum4(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
 }
 
-/* int32 lanes of sum over pairs of x * y for signed x and y (|y| <= 127). */
-MB_INLINE __m256i dot_s8(__m256i x, __m256i y)
-{
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-}
-
-/* ---- Q8_0 and Q4_0: 32 weights and one f16 scale a block ---------------- */
-
-/* nr rows (1 or 2, a constant after inlining) of Q8_0 (q4 0) or Q4_0 (q4 1)
- * against nb blocks of y. */
-MB_INLINE void dot_b32(int nr, int q4, const void *const *w, const mb_kcpu_block_q8_0 *y, size_t nb,
-                       float *out)
-{
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    const __m256i m4 = _mm256_set1_epi8(0x0F), off = _mm256_set1_epi8(8);
-    for (size_t i = 0; i < nb; i++) {
-        const __m256i yq = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        const float yd = mb_k2_f16(y[i].d);
-        MB_UNROLL
-        for (int r = 0; r < nr; r++) {
-            __m256i q;
-            uint16_t dh;
-            if (q4) {
-                const mb_kcpu_block_q4_0 *a = (const mb_kcpu_block_q4_0 *)w[r] + i;
-                const __m128i t = _mm_loadu_si128((const __m128i *)a->qs);
-                q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), m4);
-                q = _mm256_sub_epi8(q, off);
-                dh = a->d;
-            } else {
-                const mb_kcpu_block_q8_0 *a = (const mb_kcpu_block_q8_0 *)w[r] + i;
-                q = _mm256_loadu_si256((const __m256i *)a->qs);
-                dh = a->d;
-            }
-            const __m256 d = _mm256_set1_ps(mb_k2_f16(dh) * yd);
-            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot_s8(q, yq)), acc[r]);
-        }
-    }
-    MB_UNROLL
-    for (int r = 0; r < nr; r++)
-        out[r] = hsum8(acc[r]);
-}
-
-/* ---- Q4_K and Q5_K ------------------------------------------------------ */
+/* ---- shuffles of the K-quants ------------------------------------------ */
 
 /* A shuffle that puts 16-bit word lo of a lane in every word of the low
  * lane and word hi in every word of the high lane. */
@@ -126,238 +84,16 @@ MB_INLINE __m256i shift_bit_to_4(__m256i v, int b)
     }
 }
 
-/* One Q4_K/Q5_K super-block of nr rows (1 or 2, a constant after inlining)
- * against y, the activation loads shared by the rows. Two rows from
- * different places keep two read streams in flight, which decode (one pass
- * over weights that are not in cache) needs more than the hot-cache speed,
- * the same for one row or two. Per row: the scales and mins unpacked in
- * SIMD, d and dmin converted together; per 64 elements two maddubs (u4/u5
- * x s8), two madd with the 16-bit sub-block scales (broadcast by a
- * shuffle), int32 sums; one FMA per super-block for the scales and one
- * 4-lane FMA for the mins against the bsums. The integer sums equal the
- * scalar path's; each row's f32 operations are the same whatever nr is. */
-MB_INLINE void block_k4(int nr, int q5, const uint8_t *const *blk, const mb_kcpu_block_q8_k *y,
-                        __m256 *acc, __m128 *accm)
-{
-    /* Block layout (quant.h): d, dmin at 0, scales at 4, then qh (Q5_K) and qs. */
-    const size_t qs_at = q5 ? 48 : 16;
-    const __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsums);
-    const __m128i ysum =
-        _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-    const __m128 yd = _mm_set1_ps(y->d);
-    const __m256i m4 = _mm256_set1_epi8(0x0F), x10 = _mm256_set1_epi8(0x10);
-    __m256i sc[2], hb[2], sumi[2];
-    __m128 dd[2];
+/* ---- the kernels: nr rows x nt tokens ------------------------------------ */
 
-    MB_UNROLL
-    for (int r = 0; r < nr; r++) {
-        uint32_t dw;
-        memcpy(&dw, blk[r], 4);
-        dd[r] = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dw)), yd); /* d*yd, dmin*yd */
-        const __m256i sm = _mm256_cvtepu8_epi16(mb_k2_scales_k4(blk[r] + 4));
-        const __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), ysum);
-        accm[r] = _mm_fmadd_ps(_mm_permute_ps(dd[r], 0x55), _mm_cvtepi32_ps(prod), accm[r]);
-        sc[r] = _mm256_permute2x128_si256(sm, sm, 0x00);
-        hb[r] = q5 ? _mm256_loadu_si256((const __m256i *)(blk[r] + 16)) : _mm256_setzero_si256();
-        sumi[r] = _mm256_setzero_si256();
-    }
-    MB_UNROLL
-    for (int j = 0; j < 4; j++) {
-        const __m256i y0 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * j));
-        const __m256i y1 = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * j + 32));
-        const __m256i sh0 = word_shuffle(2 * j, 2 * j), sh1 = word_shuffle(2 * j + 1, 2 * j + 1);
-        MB_UNROLL
-        for (int r = 0; r < nr; r++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(blk[r] + qs_at + 32 * j));
-            __m256i lo = _mm256_and_si256(q, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if (q5) {
-                /* bit 2j (2j + 1) of each qh byte is the fifth bit of lo
-                 * (hi): moved to bit 4 by a 16-bit shift (the bits it
-                 * carries across the byte boundary are masked off) */
-                lo = _mm256_or_si256(lo, _mm256_and_si256(shift_bit_to_4(hb[r], 2 * j), x10));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(shift_bit_to_4(hb[r], 2 * j + 1), x10));
-            }
-            const __m256i p0 =
-                _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), _mm256_shuffle_epi8(sc[r], sh0));
-            const __m256i p1 =
-                _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), _mm256_shuffle_epi8(sc[r], sh1));
-            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p0, p1));
-        }
-    }
-    MB_UNROLL
-    for (int r = 0; r < nr; r++)
-        acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd[r]), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-}
-
-/* nr rows of Q4_K (q5 0) or Q5_K (q5 1) against nb blocks of x. */
-MB_INLINE void dot_k4(int nr, int q5, const void *const *w, const mb_kcpu_block_q8_k *x, size_t nb,
-                      float *out)
-{
-    const size_t bb = q5 ? sizeof(mb_kcpu_block_q5_k) : sizeof(mb_kcpu_block_q4_k);
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    __m128 accm[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
-    for (size_t i = 0; i < nb; i++) {
-        const uint8_t *blk[2];
-        MB_UNROLL
-        for (int r = 0; r < nr; r++) {
-            blk[r] = (const uint8_t *)w[r] + i * bb;
-            prefetch_block(blk[r], bb);
-        }
-        block_k4(nr, q5, blk, &x[i], acc, accm);
-    }
-    MB_UNROLL
-    for (int r = 0; r < nr; r++)
-        out[r] = hsum8(acc[r]) - hsum4(accm[r]);
-}
-
-/* ---- Q6_K --------------------------------------------------------------- */
-
-/* nr rows of Q6_K, q6 in [0, 64), against nb blocks of y; the offset of 32
- * comes off once per block as 32 * sum_s sc[s] * bsums[s] (one madd), not
- * as a second maddubs per 32 elements. Sixteen 16-bit scales are widened
- * once per block; a shuffle puts sub-block 2g's scale in the low lane and
- * 2g + 1's in the high one. */
-MB_INLINE void dot_q6_k(int nr, const void *const *w, const mb_kcpu_block_q8_k *b, size_t nb,
-                        float *out)
-{
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (size_t i = 0; i < nb; i++) {
-        const mb_kcpu_block_q6_k *a[2];
-        __m256i sc16[2], sumi[2];
-        const __m256i bsums = _mm256_loadu_si256((const __m256i *)b[i].bsums);
-        MB_UNROLL
-        for (int r = 0; r < nr; r++) {
-            a[r] = (const mb_kcpu_block_q6_k *)w[r] + i;
-            prefetch_block(a[r], sizeof *a[r]);
-            sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a[r]->scales));
-            sumi[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                       _mm256_slli_epi32(_mm256_madd_epi16(sc16[r], bsums), 5));
-        }
-        MB_UNROLL
-        for (int h = 0; h < 2; h++) {
-            MB_UNROLL
-            for (int r = 0; r < nr; r++) {
-                /* immediates spelled out: -O0 does not fold h into one */
-                const __m256i sch = h ? _mm256_permute2x128_si256(sc16[r], sc16[r], 0x11)
-                                      : _mm256_permute2x128_si256(sc16[r], sc16[r], 0x00);
-                const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(a[r]->ql + 64 * h));
-                const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(a[r]->ql + 64 * h + 32));
-                const __m256i qh = _mm256_loadu_si256((const __m256i *)(a[r]->qh + 32 * h));
-                __m256i q[4];
-                mb_k2_q6k_unpack(ql0, ql1, qh, q);
-                MB_UNROLL
-                for (int g = 0; g < 4; g++) {
-                    const __m256i y =
-                        _mm256_loadu_si256((const __m256i *)(b[i].qs + 128 * h + 32 * g));
-                    const __m256i sh = word_shuffle(2 * g, 2 * g + 1);
-                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], y),
-                                                        _mm256_shuffle_epi8(sch, sh));
-                    sumi[r] = _mm256_add_epi32(sumi[r], p);
-                }
-            }
-        }
-        MB_UNROLL
-        for (int r = 0; r < nr; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(mb_k2_f16(a[r]->d) * b[i].d),
-                                     _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-    }
-    MB_UNROLL
-    for (int r = 0; r < nr; r++)
-        out[r] = hsum8(acc[r]);
-}
-
-/* ---- entry points ------------------------------------------------------- */
-
-/* nr rows of any type this file has; 0 when it has not the type. */
-MB_INLINE int dot_rows(int nr, int wdtype, const void *const *w, const void *xq, size_t k,
-                       float *out)
-{
-    switch (wdtype) {
-    case MB_KCPU_Q8_0:
-        dot_b32(nr, 0, w, xq, k / 32, out);
-        return 1;
-    case MB_KCPU_Q4_0:
-        dot_b32(nr, 1, w, xq, k / 32, out);
-        return 1;
-    case MB_KCPU_Q4_K:
-        dot_k4(nr, 0, w, xq, k / MB_KCPU_QK, out);
-        return 1;
-    case MB_KCPU_Q5_K:
-        dot_k4(nr, 1, w, xq, k / MB_KCPU_QK, out);
-        return 1;
-    case MB_KCPU_Q6_K:
-        dot_q6_k(nr, w, xq, k / MB_KCPU_QK, out);
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-float mb_kcpu_qdot_avx2(int wdtype, const void *w, const void *xq, size_t k)
-{
-    float out;
-    if (dot_rows(1, wdtype, &w, xq, k, &out)) return out;
-    return mb_kcpu_qdot_scalar(wdtype, w, xq, k);
-}
-
-void mb_kcpu_qdot2_avx2(int wdtype, const void *w0, const void *w1, const void *xq, size_t k,
-                        float out[2])
-{
-    const void *w[2] = {w0, w1};
-    if (!dot_rows(2, wdtype, w, xq, k, out)) mb_kcpu_qdot2_scalar(wdtype, w0, w1, xq, k, out);
-}
-
-/* n row pairs (w0 + i * row_bytes, w1 + i * row_bytes) in one call: the
- * type dispatched once, no call per row (rows of a few blocks, as Qwen3's
- * down rows of 768, spent a good part of their time in it). */
-MB_INLINE void rows2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
-                     const void *xq, size_t k, float *out0, float *out1)
-{
-    for (size_t i = 0; i < n; i++) {
-        const void *w[2] = {(const char *)w0 + i * row_bytes, (const char *)w1 + i * row_bytes};
-        float o[2];
-        dot_rows(2, wdtype, w, xq, k, o); /* wdtype: one this file has (the caller's switch) */
-        out0[i] = o[0];
-        out1[i] = o[1];
-    }
-}
-
-void mb_kcpu_qdot2_rows_avx2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
-                             const void *xq, size_t k, float *out0, float *out1)
-{
-    /* One copy of the loop per type, so each inlines its kernel. */
-    switch (wdtype) {
-    case MB_KCPU_Q8_0:
-        rows2(MB_KCPU_Q8_0, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    case MB_KCPU_Q4_0:
-        rows2(MB_KCPU_Q4_0, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    case MB_KCPU_Q4_K:
-        rows2(MB_KCPU_Q4_K, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    case MB_KCPU_Q5_K:
-        rows2(MB_KCPU_Q5_K, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    case MB_KCPU_Q6_K:
-        rows2(MB_KCPU_Q6_K, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    default:
-        mb_kcpu_qdot2_rows_scalar(wdtype, w0, w1, row_bytes, n, xq, k, out0, out1);
-    }
-}
-
-/* ---- several tokens a weight block (prefill) ---------------------------- */
-
-/* The kernels below unpack a weight block once for nt tokens (nt <= 4, a
- * constant after inlining) and repeat, for each (row, token), exactly the
- * operations of the one-token kernels above: the same integer lanes, the
+/* Each kernel unpacks a weight block once for its nt tokens and repeats,
+ * for each (row, token), the same operations: the same integer lanes, the
  * same f32 multiply for the block scale, the same FMA into the same
- * accumulator lane, the same final horizontal sum. So every output is
- * bit-identical to mb_kcpu_qdot2_rows_avx2's for that token; only the
- * interleaving of independent outputs changes. nr rows at once (1 or 2)
- * trades register pressure (16 ymm on AVX2) against shared loads. */
+ * accumulator lane, the same final horizontal sum. Only the interleaving of
+ * independent outputs depends on nr and nt. Two rows from different places
+ * keep two read streams in flight, which decode (one pass over weights not
+ * in cache) needs; for several tokens, nr trades register pressure (16 ymm
+ * on AVX2) against shared loads. */
 
 /* Pins an accumulator to a register at this point: without it GCC
  * reassociates the integer sums of a block into a tree over all its
@@ -420,9 +156,13 @@ MB_INLINE void dot_b32_nt(int nr, int nt, int q4, const void *const *w,
             out[r * 4 + t] = hsum8(acc[r][t]);
 }
 
-/* nr rows x nt tokens of Q4_K (q5 0) or Q5_K (q5 1), block_k4's operations
- * per (row, token); the nibbles, fifth bits and scale shuffles of each 64
- * weights are made once for the nt tokens. out[r * 4 + t]. */
+/* nr rows x nt tokens of Q4_K (q5 0) or Q5_K (q5 1); out[r * 4 + t]. Per
+ * row and block: the scales and mins unpacked in SIMD, d and dmin converted
+ * together; per 64 weights the nibbles (and fifth bits) and the two
+ * sub-block scale shuffles made once for the nt tokens, then per token two
+ * maddubs (u4/u5 x s8) and two madd with the 16-bit scales into int32 sums;
+ * one FMA per block for the scales and one 4-lane FMA for the mins against
+ * the bsums. */
 MB_INLINE void dot_k4_nt(int nr, int nt, int q5, const void *const *w,
                          const mb_kcpu_block_q8_k *const *x, size_t nb, float *out)
 {
@@ -510,9 +250,12 @@ MB_INLINE void dot_k4_nt(int nr, int nt, int q5, const void *const *w,
             out[r * 4 + t] = hsum8(acc[r][t]) - hsum4(accm[r][t]);
 }
 
-/* nr rows x nt tokens of Q6_K, dot_q6_k's operations per (row, token); the
- * 6-bit unpacking and the scale shuffles made once for the nt tokens.
- * out[r * 4 + t]. */
+/* nr rows x nt tokens of Q6_K, q6 in [0, 64); out[r * 4 + t]. The offset
+ * of 32 comes off once per block as 32 * sum_s sc[s] * bsums[s] (one
+ * madd), not as a second maddubs per 32 weights; the sixteen scales are
+ * widened once per block and a shuffle puts sub-block 2g's in the low lane
+ * and 2g + 1's in the high one; the 6-bit unpacking and the shuffles are
+ * made once for the nt tokens. */
 MB_INLINE void dot_q6_k_nt(int nr, int nt, const void *const *w, const mb_kcpu_block_q8_k *const *b,
                            size_t nb, float *out)
 {
@@ -578,7 +321,8 @@ MB_INLINE void dot_q6_k_nt(int nr, int nt, const void *const *w, const mb_kcpu_b
             out[r * 4 + t] = hsum8(acc[r][t]);
 }
 
-/* Rows a kernel takes at once, per type: 2 where the per-token work is small
+/* Rows a kernel takes at once for several tokens, per type (one token always
+ * takes 2): 2 where the per-token work is small
  * enough for two rows' accumulators (Q8_0/Q4_0: one per row and token),
  * 1 for the K-quants (sumi and the unpacked weights fill the registers). */
 #ifndef MB_QNT_NR_B32
@@ -608,6 +352,77 @@ MB_INLINE void dot_nt(int wdtype, int nr, int nt, const void *const *w, const vo
     default:
         dot_q6_k_nt(nr, nt, w, (const mb_kcpu_block_q8_k *const *)xq, k / MB_KCPU_QK, out);
         break;
+    }
+}
+
+/* ---- entry points ------------------------------------------------------- */
+
+MB_INLINE int has_type(int wdtype)
+{
+    return wdtype == MB_KCPU_Q8_0 || wdtype == MB_KCPU_Q4_0 || wdtype == MB_KCPU_Q4_K ||
+           wdtype == MB_KCPU_Q5_K || wdtype == MB_KCPU_Q6_K;
+}
+
+float mb_kcpu_qdot_avx2(int wdtype, const void *w, const void *xq, size_t k)
+{
+    if (!has_type(wdtype)) return mb_kcpu_qdot_scalar(wdtype, w, xq, k);
+    float o[8];
+    dot_nt(wdtype, 1, 1, &w, &xq, k, o);
+    return o[0];
+}
+
+void mb_kcpu_qdot2_avx2(int wdtype, const void *w0, const void *w1, const void *xq, size_t k,
+                        float out[2])
+{
+    if (!has_type(wdtype)) {
+        mb_kcpu_qdot2_scalar(wdtype, w0, w1, xq, k, out);
+        return;
+    }
+    const void *w[2] = {w0, w1};
+    float o[8];
+    dot_nt(wdtype, 2, 1, w, &xq, k, o);
+    out[0] = o[0];
+    out[1] = o[4];
+}
+
+/* n row pairs (w0 + i * row_bytes, w1 + i * row_bytes), one token, two rows
+ * a kernel call: the type dispatched once, no call per row (rows of a few
+ * blocks, as Qwen3's down rows of 768, spent a good part of their time in
+ * it). */
+MB_INLINE void rows2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
+                     const void *xq, size_t k, float *out0, float *out1)
+{
+    for (size_t i = 0; i < n; i++) {
+        const void *w[2] = {(const char *)w0 + i * row_bytes, (const char *)w1 + i * row_bytes};
+        float o[8];
+        dot_nt(wdtype, 2, 1, w, &xq, k, o);
+        out0[i] = o[0];
+        out1[i] = o[4];
+    }
+}
+
+void mb_kcpu_qdot2_rows_avx2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
+                             const void *xq, size_t k, float *out0, float *out1)
+{
+    /* One copy of the loop per type, so each inlines its kernel. */
+    switch (wdtype) {
+    case MB_KCPU_Q8_0:
+        rows2(MB_KCPU_Q8_0, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    case MB_KCPU_Q4_0:
+        rows2(MB_KCPU_Q4_0, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    case MB_KCPU_Q4_K:
+        rows2(MB_KCPU_Q4_K, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    case MB_KCPU_Q5_K:
+        rows2(MB_KCPU_Q5_K, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    case MB_KCPU_Q6_K:
+        rows2(MB_KCPU_Q6_K, w0, w1, row_bytes, n, xq, k, out0, out1);
+        return;
+    default:
+        mb_kcpu_qdot2_rows_scalar(wdtype, w0, w1, row_bytes, n, xq, k, out0, out1);
     }
 }
 
@@ -657,7 +472,7 @@ void mb_kcpu_qdot2_rows_nt_avx2(int wdtype, const void *w0, const void *w1, size
         out1 += MB_KCPU_QDOT_NT * ld_out;
     }
     if (nt == 0) return;
-    if (nt == 1) { /* one token (decode): the two-stream kernel tuned for it */
+    if (nt == 1) { /* one token (decode): two rows a call, two weight streams */
         mb_kcpu_qdot2_rows_avx2(wdtype, w0, w1, row_bytes, n, xq[0], k, out0, out1);
         return;
     }
