@@ -118,6 +118,12 @@ struct mb_fwd_cuda {
      * and KV store in one kernel; the residual add folded into the next
      * norm). 0 (MB_CUDA_FUSE=0): one kernel per operation, as before. */
     int fuse;
+    /* 1 (default with fuse): a decode step's RMSNorms run inside the
+     * one-token GEMVs that read them (QKV, router, lm_head), and o_proj
+     * adds the previous layer's experts to x as it accumulates, so a
+     * layer has two kernels fewer. 0 (MB_CUDA_FUSE_NORM=0): the norms are
+     * kernels of their own. */
+    int fuse_norm;
     int renorm;
     cudaStream_t stream;
     cudaEvent_t copied, t0, t1;
@@ -618,6 +624,8 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->qkv_dim = fc->q_dim + 2 * fc->kv_dim;
     const char *fz = getenv("MB_CUDA_FUSE");
     fc->fuse = !(fz && strcmp(fz, "0") == 0);
+    const char *fn = getenv("MB_CUDA_FUSE_NORM");
+    fc->fuse_norm = fc->fuse && !(fn && strcmp(fn, "0") == 0);
     /* As mb_attn_init: a window as wide as the context hides nothing. */
     fc->window = fc->cfg.sliding_window < max_ctx ? fc->cfg.sliding_window : 0;
     mb_router r;
@@ -768,28 +776,48 @@ static int use_graph(const mb_fwd_cuda *fc, uint32_t n)
     return fc->graphs && n == 1;
 }
 
+/* Whether the norms run inside the GEMVs that read them (fuse_norm): one
+ * token, and for the attention block one QKV matrix. */
+static int norm_in_gemv(const mb_fwd_cuda *fc, uint32_t n)
+{
+    return fc->fuse_norm && n == 1;
+}
+
 /* The fused attention block: the previous layer's experts added to x in
  * its norm, one QKV projection, head norm + RoPE + KV store in one kernel,
- * attention, o_proj accumulating into x. */
+ * attention, o_proj accumulating into x. With the norm in the QKV GEMV,
+ * x + experts is only read there, and o_proj adds the experts to x as it
+ * accumulates (one token: the experts' row is o_proj's bias). */
 static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
     const mb_model_config *c = &fc->cfg;
     const dev_layer *D = &fc->layers[l];
     float *xn = fc->xfer, *qkv = fc->qkv;
     const size_t d = c->d_model, ld = fc->qkv_dim;
-    if (l == 0)
-        K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm, c->rms_eps));
-    else
-        K(mb_kcuda_add_rmsnorm(fc->stream, xn, d, fc->x, d, fc->moe, d, n, c->d_model, D->attn_norm, c->rms_eps));
-    prof_mark(fc, "(+ experts) attn rmsnorm");
-    if (D->wqkv.w) {
-        K(linear(fc, &D->wqkv, xn, d, n, qkv, ld, D->bqkv, 0));
+    const int nig = norm_in_gemv(fc, n) && D->wqkv.w;
+    if (nig) {
+        const mb_kcuda_norm_in in = {
+            .x = fc->x, .a = l ? fc->moe : NULL, .w = D->attn_norm, .eps = c->rms_eps};
+        const dev_mat *W = &D->wqkv;
+        K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in, qkv, D->bqkv, 0));
+        prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj");
     } else {
-        K(linear(fc, &D->wq, xn, d, n, qkv, ld, D->bq, 0));
-        K(linear(fc, &D->wk, xn, d, n, qkv + fc->q_dim, ld, D->bk, 0));
-        K(linear(fc, &D->wv, xn, d, n, qkv + fc->q_dim + fc->kv_dim, ld, D->bv, 0));
+        if (l == 0)
+            K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm,
+                               c->rms_eps));
+        else
+            K(mb_kcuda_add_rmsnorm(fc->stream, xn, d, fc->x, d, fc->moe, d, n, c->d_model,
+                                   D->attn_norm, c->rms_eps));
+        prof_mark(fc, "(+ experts) attn rmsnorm");
+        if (D->wqkv.w) {
+            K(linear(fc, &D->wqkv, xn, d, n, qkv, ld, D->bqkv, 0));
+        } else {
+            K(linear(fc, &D->wq, xn, d, n, qkv, ld, D->bq, 0));
+            K(linear(fc, &D->wk, xn, d, n, qkv + fc->q_dim, ld, D->bk, 0));
+            K(linear(fc, &D->wv, xn, d, n, qkv + fc->q_dim + fc->kv_dim, ld, D->bv, 0));
+        }
+        prof_mark(fc, "qkv_proj");
     }
-    prof_mark(fc, "qkv_proj");
     const int il = c->rope_interleaved != 0;
     const mb_kcuda_attn_shape s = {.n_heads = c->n_heads, .window = fc->window,
                                    .scale = (float)(1.0 / sqrt((double)c->head_dim))};
@@ -808,8 +836,8 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
                              fc->work_floats));
     }
     prof_mark(fc, "attention (+ merge)");
-    K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, NULL, 1));
-    prof_mark(fc, "o_proj + residual");
+    K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, nig && l ? fc->moe : NULL, 1));
+    prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
     return MB_STATUS_OK;
 }
 
@@ -875,12 +903,25 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
          * and the top-k kernel for the dispatcher, with no copy on the
          * stream. */
         float *dst = fc->local_step ? xn : fc->h_xfer;
+        const dev_mat *R = &D->router;
+        if (norm_in_gemv(fc, n)) {
+            const mb_kcuda_norm_in in = {.x = fc->x,
+                                         .w = D->ffn_norm,
+                                         .eps = c->rms_eps,
+                                         .xn = xn,
+                                         .xn2 = fc->local_step ? NULL : dst};
+            K(mb_kcuda_router_topk_norm(fc->stream, R->dtype, R->w, R->rows, R->cols, &in, fc->rlog,
+                                        c->top_k, fc->renorm, (int32_t *)(dst + n * d),
+                                        dst + n * (d + k), fc->route_done));
+            prof_mark(fc, fc->local_step ? "ffn rmsnorm + router + top-k"
+                                         : "ffn rmsnorm + router + top-k (to host)");
+            return MB_STATUS_OK;
+        }
         if (fc->local_step)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
         else
             K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, dst, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
         prof_mark(fc, fc->local_step ? "ffn rmsnorm" : "ffn rmsnorm (+ to host)");
-        const dev_mat *R = &D->router;
         K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
                                (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done));
         prof_mark(fc, fc->local_step ? "router + top-k" : "router + top-k (to host)");
@@ -1047,6 +1088,18 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
         K(linear(fc, &fc->lm_head, xn, d, n, fc->logits_all, V, NULL, 0));
         e = cudaMemcpyAsync(logits, fc->logits_all, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost,
                             fc->stream);
+    } else if (last_logits &&
+               norm_in_gemv(fc, 1)) { /* only the last row: the others are not read again */
+        const size_t r = (size_t)(n - 1) * d;
+        const mb_kcuda_norm_in in = {.x = fc->x + r,
+                                     .a = fc->fuse ? fc->moe + r : NULL,
+                                     .w = fc->final_norm,
+                                     .eps = c->rms_eps};
+        const dev_mat *W = &fc->lm_head;
+        K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in, fc->logits_last,
+                               NULL, 0));
+        e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float),
+                            cudaMemcpyDeviceToHost, fc->stream);
     } else if (last_logits) {
         K(final_norm(fc, n - 1, 1)); /* only the last row: the other rows of x are not read again */
         K(linear(fc, &fc->lm_head, xn, d, 1, fc->logits_last, V, NULL, 0));

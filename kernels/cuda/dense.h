@@ -163,6 +163,33 @@ int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uint32_t n_exp
                          size_t ldx, uint32_t n, float *logits, uint32_t top_k, int renorm, int32_t *ids, float *gate,
                          unsigned *done);
 
+/* An RMSNorm folded into the one-token projection that reads its output
+ * (decode): the input row is h = x + a (a may be NULL) normalised with
+ * weights w (f32 [k]) and eps, as mb_kcuda_(add_)rmsnorm computes it; x
+ * is not written. When xn is set the normalised row is written there too,
+ * bit for bit mb_kcuda_rmsnorm's output, and also to xn2 when set (pinned
+ * host memory may be it). */
+typedef struct {
+    const float *x, *a, *w;
+    float eps;
+    float *xn, *xn2;
+} mb_kcuda_norm_in;
+
+/* y[m] = W h_norm (+ bias) (+ y) for one token: mb_kcuda_linear with the
+ * norm in the same launch. The sums are scaled by the norm's factor after
+ * the dot product, not before, so y differs from mb_kcuda_rmsnorm then
+ * mb_kcuda_linear by f32 rounding (no more than the summation order does). */
+int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k,
+                         const mb_kcuda_norm_in *in, float *y, const float *bias, int accumulate);
+
+/* mb_kcuda_router_topk for one token whose input is normalised in the same
+ * launch (as mb_kcuda_linear_norm; in->xn gets the normalised row for the
+ * experts). ids and gate are those mb_kcuda_route_topk gives on the logits
+ * written. */
+int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w, uint32_t n_experts,
+                              uint32_t k, const mb_kcuda_norm_in *in, float *logits, uint32_t top_k,
+                              int renorm, int32_t *ids, float *gate, unsigned *done);
+
 /* The routing table as an expert request (kernels/cuda/moe.h) for experts
  * held on this device: counts[t] = top_k and pairs[t * top_k + j] = {slot
  * of expert ids[t][j] (slot_of[n_experts], int32), gate[t][j]} for t < n,

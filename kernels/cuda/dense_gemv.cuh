@@ -24,14 +24,29 @@ static __device__ __forceinline__ void mb_lin_store(float *y, float acc, const f
 // VEC: every row of W and of x starts 16-byte aligned and k is a multiple
 // of the 16-byte chunk, so a thread loads whole chunks; otherwise chunks
 // are single elements.
-template <typename W, int R, bool VEC>
-__device__ __forceinline__ void mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k,
-                                                  const float *__restrict__ x, size_t ldx, uint32_t n,
-                                                  float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                                                  int accumulate)
+// An RMSNorm folded into the GEMV's input (NORM): the block dots W with
+// nw * (x + a) and scales each token's sums by 1 / sqrt(mean((x + a)^2) +
+// eps) at the end; the mean of squares (in double, as mb_kcuda_rmsnorm)
+// comes from the same loads, so the norm costs no pass of its own. With xn
+// set, the blocks also write the normalised rows (each block a share of
+// the elements), with mb_kcuda_rmsnorm's own arithmetic: bit for bit its
+// output. ldx is a's and xn's row stride too.
+struct mb_lin_norm {
+    const float *a;  // added to x first, or nullptr
+    const float *nw; // the norm's weights [k]
+    float eps;
+    float *xn, *xn2; // the normalised rows, or nullptr (xn2: mapped host memory)
+};
+
+template <typename W, int R, bool VEC, bool NORM = false>
+__device__ __forceinline__ void
+mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
+                  size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
+                  const float *__restrict__ bias, int accumulate, const mb_lin_norm nrm = {})
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     __shared__ float red[MB_LIN_GEMV_WARPS][R * MB_LIN_NT];
+    __shared__ double ssred[MB_LIN_GEMV_WARPS][MB_LIN_NT];
     const uint32_t row0 = blockIdx.x * R;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const uint32_t chunks = k / V;
@@ -44,17 +59,34 @@ __device__ __forceinline__ void mb_lin_gemv_block(const W *__restrict__ w, uint3
     for (uint32_t t0 = 0; t0 < n; t0 += MB_LIN_NT) {
         const int nt = (int)min((uint32_t)MB_LIN_NT, n - t0);
         float acc[R][MB_LIN_NT] = {};
+        double ss[MB_LIN_NT] = {};
 #pragma unroll 2
         for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS) {
             float wv[R][V];
 #pragma unroll
             for (int r = 0; r < R; r++)
                 mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
+            float nv[V];
+            if constexpr (NORM) mb_loadv<float, V, VEC>(nrm.nw + (size_t)c * V, nv);
 #pragma unroll
             for (int i = 0; i < MB_LIN_NT; i++) {
                 if (i >= nt) break;
                 float xv[V];
                 mb_loadv<float, V, VEC>(x + (t0 + i) * ldx + (size_t)c * V, xv);
+                if constexpr (NORM) {
+                    if (nrm.a) {
+                        float av[V];
+                        mb_loadv<float, V, VEC>(nrm.a + (t0 + i) * ldx + (size_t)c * V, av);
+#pragma unroll
+                        for (int v = 0; v < V; v++)
+                            xv[v] += av[v];
+                    }
+#pragma unroll
+                    for (int v = 0; v < V; v++) {
+                        ss[i] += (double)xv[v] * (double)xv[v];
+                        xv[v] *= nv[v];
+                    }
+                }
 #pragma unroll
                 for (int r = 0; r < R; r++)
 #pragma unroll
@@ -70,7 +102,29 @@ __device__ __forceinline__ void mb_lin_gemv_block(const W *__restrict__ w, uint3
                 const float s = mb_warp_sum(acc[r][i]);
                 if (lane == 0) red[warp][r * MB_LIN_NT + i] = s;
             }
+        float scale[MB_LIN_NT];
+        if constexpr (NORM) {
+#pragma unroll
+            for (int i = 0; i < MB_LIN_NT; i++) {
+                if (i >= nt) break;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1)
+                    ss[i] += __shfl_xor_sync(0xffffffffu, ss[i], o);
+                if (lane == 0) ssred[warp][i] = ss[i];
+            }
+        }
         __syncthreads();
+        if constexpr (NORM) { // every thread: the same sums in the same order
+#pragma unroll
+            for (int i = 0; i < MB_LIN_NT; i++) {
+                if (i >= nt) break;
+                double t = 0.0;
+#pragma unroll
+                for (int wi = 0; wi < MB_LIN_GEMV_WARPS; wi++)
+                    t += ssred[wi][i];
+                scale[i] = 1.0f / sqrtf((float)(t / (double)k) + nrm.eps);
+            }
+        }
         if (tid < R * MB_LIN_NT) {
             const int r = tid / MB_LIN_NT, i = tid % MB_LIN_NT;
             if (i < nt && row0 + r < m) {
@@ -78,7 +132,26 @@ __device__ __forceinline__ void mb_lin_gemv_block(const W *__restrict__ w, uint3
 #pragma unroll
                 for (int wi = 0; wi < MB_LIN_GEMV_WARPS; wi++)
                     s += red[wi][tid];
+                if constexpr (NORM) s *= scale[i];
                 mb_lin_store(y + (t0 + i) * ldy + row0 + r, s, bias, row0 + r, accumulate);
+            }
+        }
+        if constexpr (NORM) {
+            if (nrm.xn) { // this block's share of the normalised rows
+                const size_t step = (size_t)gridDim.x * MB_LIN_GEMV_THREADS;
+                for (int i = 0; i < nt; i++) {
+                    const float *xr = x + (t0 + i) * ldx,
+                                *ar = nrm.a ? nrm.a + (t0 + i) * ldx : nullptr;
+                    float *o = nrm.xn + (t0 + i) * ldx,
+                          *o2 = nrm.xn2 ? nrm.xn2 + (t0 + i) * ldx : nullptr;
+                    for (size_t e = (size_t)blockIdx.x * MB_LIN_GEMV_THREADS + tid; e < k;
+                         e += step) {
+                        const float h = ar ? xr[e] + ar[e] : xr[e];
+                        const float v = nrm.nw[e] * (h * scale[i]);
+                        o[e] = v;
+                        if (o2) o2[e] = v;
+                    }
+                }
             }
         }
         __syncthreads(); // red is reused by the next pass

@@ -26,6 +26,18 @@ mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, con
     mb_lin_gemv_block<W, R, VEC>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
 }
 
+// The GEMV with an RMSNorm folded into its input (mb_kcuda_linear_norm).
+template <typename W, int R, bool VEC>
+__global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
+    mb_kcuda_linear_norm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
+                                const float *__restrict__ x, float *__restrict__ y,
+                                const float *__restrict__ bias, int accumulate,
+                                const mb_lin_norm nrm)
+{
+    mb_pdl_enter();
+    mb_lin_gemv_block<W, R, VEC, true>(w, m, k, x, k, 1, y, m, bias, accumulate, nrm);
+}
+
 #define MB_LIN_BM 64 // tokens per tile
 #define MB_LIN_BN 64 // rows of W per tile
 #define MB_LIN_BK 16
@@ -161,6 +173,55 @@ extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t
         return mb_lin_typed<__half>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
     case MB_KCUDA_BF16:
         return mb_lin_typed<__nv_bfloat16>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    default:
+        return (int)cudaErrorInvalidValue;
+    }
+}
+
+template <typename W, int R>
+static void mb_lin_norm_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k,
+                             const float *x, float *y, const float *bias, int acc,
+                             const mb_lin_norm &nrm)
+{
+    const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
+    if (vec)
+        mb_dense_launch(mb_kcuda_linear_norm_kernel<W, R, true>, blocks, MB_LIN_GEMV_THREADS, 0, s,
+                        w, m, k, x, y, bias, acc, nrm);
+    else
+        mb_dense_launch(mb_kcuda_linear_norm_kernel<W, R, false>, blocks, MB_LIN_GEMV_THREADS, 0, s,
+                        w, m, k, x, y, bias, acc, nrm);
+}
+
+template <typename W>
+static int mb_lin_norm_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k,
+                             const mb_kcuda_norm_in *in, float *y, const float *bias, int acc)
+{
+    const W *w = (const W *)wv;
+    constexpr size_t V = mb_vec16<W>::n;
+    const bool vec = k % V == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)in->x & 15) == 0 &&
+                     ((uintptr_t)in->a & 15) == 0 && ((uintptr_t)in->w & 15) == 0;
+    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
+    // As mb_lin_typed's SIMT GEMV: four rows a block from 2048 rows.
+    if (m >= 2048)
+        mb_lin_norm_gemv<W, 4>(s, vec, w, m, k, in->x, y, bias, acc, nrm);
+    else
+        mb_lin_norm_gemv<W, 1>(s, vec, w, m, k, in->x, y, bias, acc, nrm);
+    return mb_dense_launched();
+}
+
+extern "C" int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k,
+                                    const mb_kcuda_norm_in *in, float *y, const float *bias,
+                                    int accumulate)
+{
+    if (!w || !in || !in->x || !in->w || !y || m == 0 || k == 0) return (int)cudaErrorInvalidValue;
+    const cudaStream_t s = mb_dense_stream(stream);
+    switch (wdtype) {
+    case MB_KCUDA_F32:
+        return mb_lin_norm_typed<float>(s, w, m, k, in, y, bias, accumulate);
+    case MB_KCUDA_F16:
+        return mb_lin_norm_typed<__half>(s, w, m, k, in, y, bias, accumulate);
+    case MB_KCUDA_BF16:
+        return mb_lin_norm_typed<__nv_bfloat16>(s, w, m, k, in, y, bias, accumulate);
     default:
         return (int)cudaErrorInvalidValue;
     }

@@ -101,16 +101,18 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
 // logits are mb_kcuda_linear's, bit for bit); the last block to finish,
 // found by a counter, routes every token. done returns to 0 for the next
 // launch.
-template <typename W, bool VEC>
+// NORM: the input is RMSNorm(x) (mb_lin_norm), for mb_kcuda_router_topk_norm.
+template <typename W, bool VEC, bool NORM = false>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
-mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k, const float *__restrict__ x, size_t ldx,
-                            uint32_t n, float *logits, uint32_t top_k, int renorm, int32_t *__restrict__ ids,
-                            float *__restrict__ gate, unsigned *done)
+    mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k,
+                                const float *__restrict__ x, size_t ldx, uint32_t n, float *logits,
+                                uint32_t top_k, int renorm, int32_t *__restrict__ ids,
+                                float *__restrict__ gate, unsigned *done, const mb_lin_norm nrm)
 {
     mb_pdl_enter();
     extern __shared__ float mb_route_smem[];
     __shared__ int last;
-    mb_lin_gemv_block<W, 1, VEC>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0);
+    mb_lin_gemv_block<W, 1, VEC, NORM>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm);
     __threadfence(); // this block's logits are visible device-wide before it counts itself done
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
@@ -153,10 +155,10 @@ static int mb_router_topk_typed(cudaStream_t s, const W *w, uint32_t ne, uint32_
     const size_t smem = (size_t)MB_LIN_GEMV_WARPS * ne * sizeof(float);
     if (vec)
         mb_dense_launch(mb_kcuda_router_topk_kernel<W, true>, ne, MB_LIN_GEMV_THREADS, smem, s, w,
-                        ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done);
+                        ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done, mb_lin_norm{});
     else
         mb_dense_launch(mb_kcuda_router_topk_kernel<W, false>, ne, MB_LIN_GEMV_THREADS, smem, s, w,
-                        ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done);
+                        ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done, mb_lin_norm{});
     return mb_dense_launched();
 }
 
@@ -186,6 +188,52 @@ extern "C" int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uin
     case MB_KCUDA_BF16:
         return mb_router_topk_typed<__nv_bfloat16>(s, (const __nv_bfloat16 *)w, n_experts, k, x, ldx, n, logits, top_k,
                                                    renorm, ids, gate, done);
+    default:
+        return (int)cudaErrorInvalidValue;
+    }
+}
+
+template <typename W>
+static int mb_router_topk_norm_typed(cudaStream_t s, const W *w, uint32_t ne, uint32_t k,
+                                     const mb_kcuda_norm_in *in, float *logits, uint32_t top_k,
+                                     int renorm, int32_t *ids, float *gate, unsigned *done)
+{
+    constexpr size_t V = mb_vec16<W>::n;
+    const bool vec = k % V == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)in->x & 15) == 0 &&
+                     ((uintptr_t)in->a & 15) == 0 && ((uintptr_t)in->w & 15) == 0;
+    const size_t smem = (size_t)MB_LIN_GEMV_WARPS * ne * sizeof(float);
+    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
+    if (vec)
+        mb_dense_launch(mb_kcuda_router_topk_kernel<W, true, true>, ne, MB_LIN_GEMV_THREADS, smem,
+                        s, w, ne, k, in->x, (size_t)k, 1u, logits, top_k, renorm, ids, gate, done,
+                        nrm);
+    else
+        mb_dense_launch(mb_kcuda_router_topk_kernel<W, false, true>, ne, MB_LIN_GEMV_THREADS, smem,
+                        s, w, ne, k, in->x, (size_t)k, 1u, logits, top_k, renorm, ids, gate, done,
+                        nrm);
+    return mb_dense_launched();
+}
+
+extern "C" int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w,
+                                         uint32_t n_experts, uint32_t k, const mb_kcuda_norm_in *in,
+                                         float *logits, uint32_t top_k, int renorm, int32_t *ids,
+                                         float *gate, unsigned *done)
+{
+    if (!w || !in || !in->x || !in->w || !logits || !ids || !gate || !done || k == 0 ||
+        n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 ||
+        top_k > MB_ROUTE_MAX_K || top_k > n_experts)
+        return (int)cudaErrorInvalidValue;
+    const cudaStream_t s = mb_dense_stream(stream);
+    switch (wdtype) {
+    case MB_KCUDA_F32:
+        return mb_router_topk_norm_typed<float>(s, (const float *)w, n_experts, k, in, logits,
+                                                top_k, renorm, ids, gate, done);
+    case MB_KCUDA_F16:
+        return mb_router_topk_norm_typed<__half>(s, (const __half *)w, n_experts, k, in, logits,
+                                                 top_k, renorm, ids, gate, done);
+    case MB_KCUDA_BF16:
+        return mb_router_topk_norm_typed<__nv_bfloat16>(s, (const __nv_bfloat16 *)w, n_experts, k,
+                                                        in, logits, top_k, renorm, ids, gate, done);
     default:
         return (int)cudaErrorInvalidValue;
     }

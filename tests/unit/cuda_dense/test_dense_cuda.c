@@ -66,6 +66,7 @@ enum {
     E_SILU,
     E_ADD,
     E_FUSED,
+    E_NORM_IN,
     E_N
 };
 static err_stat stats[E_N] = {
@@ -85,6 +86,7 @@ static err_stat stats[E_N] = {
     [E_SILU] = {"silu_mul (rel)", 0, 1e-6, "", 0},
     [E_ADD] = {"add (exact)", 0, 0, "", 0},
     [E_FUSED] = {"fusions vs unfused sequence (bits differing)", 0, 0, "", 0},
+    [E_NORM_IN] = {"norm folded in GEMV (|err| / sum|w xn| vs unfused)", 0, 1e-5, "", 0},
 };
 
 /* Records err for kernel k at the shape described by the format; returns
@@ -949,6 +951,194 @@ static void router_topk_case(int dt, uint32_t ne, uint32_t k, uint32_t n, uint32
     free(x);
 }
 
+/* |y1 - y2| / sum_i |W[r][i] xn[i]| over the rows: the GEMV metric. */
+static double gemv_rel_err(const float *y1, const float *y2, const float *we, const float *xn,
+                           const float *bias, const float *y0, uint32_t m, uint32_t k)
+{
+    double worst = 0.0;
+    for (uint32_t r = 0; r < m; r++) {
+        double mag = (bias ? fabs(bias[r]) : 0.0) + (y0 ? fabs(y0[r]) : 0.0);
+        for (uint32_t i = 0; i < k; i++)
+            mag += fabs((double)we[(size_t)r * k + i] * xn[i]);
+        const double e = fabs((double)y1[r] - (double)y2[r]) / (mag > 0 ? mag : 1.0);
+        if (e > worst || e != e) worst = e != e ? INFINITY : e;
+    }
+    return worst;
+}
+
+/* mb_kcuda_linear_norm against (add_)rmsnorm then linear: y within the
+ * GEMV bound, xn (device and pinned host) bit for bit, x untouched. */
+static void linear_norm_case(int dt, uint32_t m, uint32_t k, int addend, int bias, int acc,
+                             int want_xn)
+{
+    float *we = NULL;
+    void *w = rand_weights(dt, (size_t)m * k, 0.5f, &we);
+    float *x = rand_f32(k, 3.0f), *a = rand_f32(k, 2.0f), *nw = rand_f32(k, 1.5f),
+          *b = rand_f32(m, 1.0f);
+    float *y0 = rand_f32(m, 1.0f);
+    void *dw = dev_upload(w, (size_t)m * k * wsize(dt));
+    float *dx = dev_upload(x, k * sizeof(float)), *dx2 = dev_upload(x, k * sizeof(float));
+    float *da = dev_upload(a, k * sizeof(float)), *dnw = dev_upload(nw, k * sizeof(float));
+    float *db = dev_upload(b, m * sizeof(float)), *dxn = dev_alloc(k * sizeof(float)),
+          *dxn2 = dev_alloc(k * sizeof(float));
+    float *dy1 = dev_upload(y0, m * sizeof(float)), *dy2 = dev_upload(y0, m * sizeof(float));
+    float *h = NULL;
+    CU(cudaMallocHost((void **)&h, k * sizeof(float)));
+    if (addend)
+        RUN(mb_kcuda_add_rmsnorm(NULL, dxn, k, dx, k, da, k, 1, k, dnw, 1e-6f));
+    else
+        RUN(mb_kcuda_rmsnorm(NULL, dxn, k, dx, k, 1, k, dnw, 1e-6f));
+    RUN(mb_kcuda_linear(NULL, dt, dw, m, k, dxn, k, 1, dy1, m, bias ? db : NULL, acc));
+    const mb_kcuda_norm_in in = {.x = dx2,
+                                 .a = addend ? da : NULL,
+                                 .w = dnw,
+                                 .eps = 1e-6f,
+                                 .xn = want_xn ? dxn2 : NULL,
+                                 .xn2 = want_xn ? h : NULL};
+    RUN(mb_kcuda_linear_norm(NULL, dt, dw, m, k, &in, dy2, bias ? db : NULL, acc));
+    float *y1 = xmalloc(m * sizeof(float)), *y2 = xmalloc(m * sizeof(float)),
+          *xn1 = xmalloc(k * sizeof(float)), *xn2 = xmalloc(k * sizeof(float)),
+          *xb = xmalloc(k * sizeof(float));
+    dev_download(y1, dy1, m * sizeof(float));
+    dev_download(y2, dy2, m * sizeof(float));
+    dev_download(xn1, dxn, k * sizeof(float));
+    dev_download(xn2, dxn2, k * sizeof(float));
+    dev_download(xb, dx2, k * sizeof(float));
+    const double err = gemv_rel_err(y1, y2, we, xn1, bias ? b : NULL, acc ? y0 : NULL, m, k);
+    CHECK_MSG(note(E_NORM_IN, err, "linear_norm %s m=%u k=%u a=%d bias=%d acc=%d", dtname(dt), m, k,
+                   addend, bias, acc),
+              "linear_norm %s m=%u k=%u a=%d bias=%d acc=%d: error %.3g", dtname(dt), m, k, addend,
+              bias, acc, err);
+    size_t bad = count_diff(xb, x, k); /* x is only read */
+    if (want_xn) bad += count_diff(xn1, xn2, k) + count_diff(xn1, h, k);
+    CHECK_MSG(
+        note(E_FUSED, (double)bad, "linear_norm xn %s m=%u k=%u a=%d", dtname(dt), m, k, addend),
+        "linear_norm %s m=%u k=%u a=%d: %zu values of x or xn differ", dtname(dt), m, k, addend,
+        bad);
+    cudaFreeHost(h);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dx2);
+    cudaFree(da);
+    cudaFree(dnw);
+    cudaFree(db);
+    cudaFree(dxn);
+    cudaFree(dxn2);
+    cudaFree(dy1);
+    cudaFree(dy2);
+    free(w);
+    free(we);
+    free(x);
+    free(a);
+    free(nw);
+    free(b);
+    free(y0);
+    free(y1);
+    free(y2);
+    free(xn1);
+    free(xn2);
+    free(xb);
+}
+
+/* mb_kcuda_router_topk_norm against rmsnorm then the router: logits
+ * within the GEMV bound, ids and gate those of mb_kcuda_route_topk on the
+ * logits it wrote, xn bit for bit, the done counter back at 0 (twice). */
+static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, int renorm,
+                             int addend)
+{
+    float *we = NULL;
+    void *w = rand_weights(dt, (size_t)ne * k, 0.5f, &we);
+    float *x = rand_f32(k, 3.0f), *a = rand_f32(k, 2.0f), *nw = rand_f32(k, 1.5f);
+    void *dw = dev_upload(w, (size_t)ne * k * wsize(dt));
+    float *dx = dev_upload(x, k * sizeof(float)), *dx2 = dev_upload(x, k * sizeof(float));
+    float *da = dev_upload(a, k * sizeof(float)), *dnw = dev_upload(nw, k * sizeof(float));
+    float *dxn = dev_alloc(k * sizeof(float)), *dxn2 = dev_alloc(k * sizeof(float));
+    float *l1 = dev_alloc(ne * sizeof(float)), *l2 = dev_alloc(ne * sizeof(float));
+    int32_t *i1 = dev_alloc(top_k * sizeof(int32_t)), *i2 = dev_alloc(top_k * sizeof(int32_t));
+    float *g1 = dev_alloc(top_k * sizeof(float)), *g2 = dev_alloc(top_k * sizeof(float));
+    unsigned zero = 0, *done = dev_upload(&zero, sizeof zero);
+    if (addend)
+        RUN(mb_kcuda_add_rmsnorm(NULL, dxn, k, dx, k, da, k, 1, k, dnw, 1e-6f));
+    else
+        RUN(mb_kcuda_rmsnorm(NULL, dxn, k, dx, k, 1, k, dnw, 1e-6f));
+    RUN(mb_kcuda_linear(NULL, dt, dw, ne, k, dxn, k, 1, l1, ne, NULL, 0));
+    float *a1 = xmalloc(ne * sizeof(float)), *a2 = xmalloc(ne * sizeof(float)),
+          *xn1 = xmalloc(k * sizeof(float)), *xn2 = xmalloc(k * sizeof(float));
+    dev_download(a1, l1, ne * sizeof(float));
+    dev_download(xn1, dxn, k * sizeof(float));
+    const mb_kcuda_norm_in in = {
+        .x = dx2, .a = addend ? da : NULL, .w = dnw, .eps = 1e-6f, .xn = dxn2};
+    size_t bad = 0;
+    double err = 0.0;
+    for (int rep = 0; rep < 2; rep++) {
+        RUN(mb_kcuda_router_topk_norm(NULL, dt, dw, ne, k, &in, l2, top_k, renorm, i2, g2, done));
+        RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, renorm, i1, g1));
+        dev_download(a2, l2, ne * sizeof(float));
+        const double e = gemv_rel_err(a1, a2, we, xn1, NULL, NULL, ne, k);
+        err = e > err ? e : err;
+        int32_t ia[32], ib[32];
+        float ga[32], gb[32];
+        dev_download(ia, i1, top_k * sizeof(int32_t));
+        dev_download(ib, i2, top_k * sizeof(int32_t));
+        dev_download(ga, g1, top_k * sizeof(float));
+        dev_download(gb, g2, top_k * sizeof(float));
+        bad += (size_t)(memcmp(ia, ib, top_k * sizeof(int32_t)) != 0) + count_diff(ga, gb, top_k);
+        dev_download(xn2, dxn2, k * sizeof(float));
+        bad += count_diff(xn1, xn2, k);
+        unsigned left = 1;
+        dev_download(&left, done, sizeof left);
+        bad += left != 0;
+    }
+    CHECK_MSG(
+        note(E_NORM_IN, err, "router_topk_norm %s ne=%u k=%u a=%d", dtname(dt), ne, k, addend),
+        "router_topk_norm %s ne=%u k=%u a=%d: logits error %.3g", dtname(dt), ne, k, addend, err);
+    CHECK_MSG(
+        note(E_FUSED, (double)bad, "router_topk_norm %s ne=%u k=%u top_k=%u", dtname(dt), ne, k,
+             top_k),
+        "router_topk_norm %s ne=%u k=%u top_k=%u: %zu ids, gates, xn values or counters differ",
+        dtname(dt), ne, k, top_k, bad);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dx2);
+    cudaFree(da);
+    cudaFree(dnw);
+    cudaFree(dxn);
+    cudaFree(dxn2);
+    cudaFree(l1);
+    cudaFree(l2);
+    cudaFree(i1);
+    cudaFree(i2);
+    cudaFree(g1);
+    cudaFree(g2);
+    cudaFree(done);
+    free(w);
+    free(we);
+    free(x);
+    free(a);
+    free(nw);
+    free(a1);
+    free(a2);
+    free(xn1);
+    free(xn2);
+}
+
+/* The norm folded into one-token projections (decode): the GEMV's one-row
+ * and four-row blocks, vector and scalar loads (k % 8), every dtype. */
+static void test_norm_in(void)
+{
+    static const uint32_t mk[][2] = {{5120, 2048}, {37, 64}, {2048, 520}, {300, 13}, {1, 8}};
+    for (int dt = 0; dt < 3; dt++)
+        for (size_t s = 0; s < sizeof mk / sizeof *mk; s++) {
+            const int v = (int)s + dt;
+            linear_norm_case(dt, mk[s][0], mk[s][1], v % 2, (v / 2) % 2, (v / 3) % 2, v % 3 == 0);
+        }
+    static const uint32_t rs[][3] = {{128, 2048, 8}, {60, 256, 4}, {8, 13, 2}, {1024, 64, 1}};
+    for (int dt = 0; dt < 3; dt++)
+        for (size_t r = 0; r < sizeof rs / sizeof *rs; r++)
+            router_norm_case(dt, rs[r][0], rs[r][1], rs[r][2], (int)(r & 1),
+                             (int)((r + (size_t)dt) % 2));
+}
+
 static void test_fused(void)
 {
     const uint32_t ds[] = {64, 513, 2048}, rs[] = {1, 5};
@@ -991,6 +1181,12 @@ static void test_refusals(void)
     CHECK(mb_kcuda_rope(NULL, d, 64, 1, 1, 7, 0, d, d, 0) != 0); /* odd head_dim */
     CHECK(mb_kcuda_route_topk(NULL, d, 1, 8, 9, 1, di, d) != 0); /* k > experts */
     CHECK(mb_kcuda_route_topk(NULL, d, 1, 2048, 8, 1, di, d) != 0);
+    const mb_kcuda_norm_in nin = {.x = d, .w = NULL, .eps = 1e-6f};
+    CHECK(mb_kcuda_linear_norm(NULL, MB_KCUDA_F32, d, 4, 4, &nin, d, NULL, 0) !=
+          0); /* no norm weights */
+    CHECK(mb_kcuda_linear_norm(NULL, MB_KCUDA_F32, d, 4, 4, NULL, d, NULL, 0) != 0);
+    CHECK(mb_kcuda_router_topk_norm(NULL, MB_KCUDA_F32, d, 2048, 4, &nin, d, 8, 1, di, d,
+                                    (unsigned *)di) != 0);
     CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
     CHECK(mb_kcuda_add(NULL, d, d, 0) != 0);
     mb_kcuda_kv kv = {.k = d, .v = d, .n_kv_heads = 2, .head_dim = 8, .max_ctx = 16};
@@ -1142,11 +1338,11 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         void (*run)(void);
-    } groups[] = {{"refusals", test_refusals}, {"embed", test_embed},
-                  {"rmsnorm", test_rmsnorm},   {"rope", test_rope},
-                  {"silu_add", test_silu_add}, {"route", test_route},
-                  {"linear", test_linear},     {"attention", test_attention},
-                  {"fused", test_fused},       {"stamp", test_stamp}};
+    } groups[] = {
+        {"refusals", test_refusals}, {"embed", test_embed},         {"rmsnorm", test_rmsnorm},
+        {"rope", test_rope},         {"silu_add", test_silu_add},   {"route", test_route},
+        {"linear", test_linear},     {"attention", test_attention}, {"fused", test_fused},
+        {"norm_in", test_norm_in},   {"stamp", test_stamp}};
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
         if (wanted(groups[i].name)) groups[i].run();
     print_stats();
