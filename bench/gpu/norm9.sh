@@ -2,7 +2,9 @@
 # the decode step's RMSNorms folded into the one-token GEMVs that read them
 # (MB_CUDA_FUSE_NORM) measured against their own kernels in the same run,
 # alternating; the in-graph profile; the full bench_e2e_device; and issue
-# 8's quantized backend depth (CUDA and Vulkan) from the same build.
+# 8's quantized backend depth (CUDA and Vulkan) from the same build. The
+# same tree has attention decode v5 (queries loaded at once, float4 merge)
+# and the local flush as one kernel (mb_kcuda_drain).
 #   bash bench/gpu/norm9.sh     (MB_SKIP_BUILD=1 on a warm machine; MB_NORM9_NO_VK=1 skips Vulkan)
 set -u
 if [ -n "${MB_NORM9_NO_VK:-}" ]; then export MB_WITH_VULKAN=OFF; else export MB_WITH_VULKAN=ON; fi

@@ -72,12 +72,21 @@ struct mb_cuda_local_moe {
     int32_t *slot_of;    /* device [n_layers][n_experts] */
     uint16_t *counts;    /* device [max_tokens] */
     void *pairs;         /* device [max_tokens * top_k] of {u32 slot, f32 gate} */
-    uint32_t *routed;    /* device [n_layers][n_experts] */
-    uint32_t *h_routed;  /* pinned twin */
-    unsigned long long *stamps,
-        *h_stamps; /* [n_layers][2]: device clock around each layer's experts; pinned twin */
+    /* One device buffer and its pinned twin, so that the step's flush is
+     * one launch: stamps [n_layers][2] (the device clock around each
+     * layer's experts), then routed [n_layers][n_experts] (counters); the
+     * flush copies both and resets them. */
+    void *state, *h_state;
+    unsigned long long *stamps, *h_stamps;
+    uint32_t *routed, *h_routed;
     mb_kcuda_moe_ws *ws;
 };
+
+static size_t state_bytes(const mb_cuda_local_moe *lm)
+{
+    return 2 * (size_t)lm->n_layers * sizeof(unsigned long long) +
+           (size_t)lm->n_layers * lm->n_experts * sizeof(uint32_t);
+}
 
 static void problem(const mb_cuda_local_moe *lm, uint32_t layer, uint32_t n, const float *x, float *out,
                     mb_kcuda_moe_problem *p)
@@ -147,20 +156,19 @@ mb_status mb_cuda_local_moe_create(int device, const mb_cuda_local_layer *layers
         e = cudaMalloc((void **)&lm->slot_of, n_map * sizeof(int32_t));
         if (e == cudaSuccess) e = cudaMalloc((void **)&lm->counts, max_tokens * sizeof(uint16_t));
         if (e == cudaSuccess) e = cudaMalloc(&lm->pairs, (size_t)max_tokens * top_k * 8);
-        if (e == cudaSuccess) e = cudaMalloc((void **)&lm->routed, n_map * sizeof(uint32_t));
-        if (e == cudaSuccess) e = cudaMemset(lm->routed, 0, n_map * sizeof(uint32_t));
-        if (e == cudaSuccess) e = cudaMallocHost((void **)&lm->h_routed, n_map * sizeof(uint32_t));
-        if (e == cudaSuccess)
-            e = cudaMalloc((void **)&lm->stamps, 2 * (size_t)n_layers * sizeof *lm->stamps);
-        if (e == cudaSuccess)
-            e = cudaMemset(lm->stamps, 0, 2 * (size_t)n_layers * sizeof *lm->stamps);
-        if (e == cudaSuccess)
-            e = cudaMallocHost((void **)&lm->h_stamps, 2 * (size_t)n_layers * sizeof *lm->h_stamps);
+        if (e == cudaSuccess) e = cudaMalloc(&lm->state, state_bytes(lm));
+        if (e == cudaSuccess) e = cudaMemset(lm->state, 0, state_bytes(lm));
+        if (e == cudaSuccess) e = cudaMallocHost(&lm->h_state, state_bytes(lm));
+        if (e == cudaSuccess) {
+            lm->stamps = lm->state;
+            lm->h_stamps = lm->h_state;
+            lm->routed = (uint32_t *)(lm->stamps + 2 * (size_t)n_layers);
+            lm->h_routed = (uint32_t *)(lm->h_stamps + 2 * (size_t)n_layers);
+        }
         if (e == cudaSuccess) e = cudaMemcpy(lm->slot_of, map, n_map * sizeof(int32_t), cudaMemcpyHostToDevice);
     }
     if (st == MB_STATUS_OK && e == cudaSuccess) {
-        memset(lm->h_routed, 0, n_map * sizeof(uint32_t));
-        memset(lm->h_stamps, 0, 2 * (size_t)n_layers * sizeof *lm->h_stamps);
+        memset(lm->h_state, 0, state_bytes(lm));
         what = "creating the expert workspace";
         uint32_t max_slots = 0;
         for (uint32_t l = 0; l < n_layers; l++)
@@ -197,10 +205,8 @@ void mb_cuda_local_moe_destroy(mb_cuda_local_moe *lm)
     cudaFree(lm->slot_of);
     cudaFree(lm->counts);
     cudaFree(lm->pairs);
-    cudaFree(lm->routed);
-    cudaFreeHost(lm->h_routed);
-    cudaFree(lm->stamps);
-    cudaFreeHost(lm->h_stamps);
+    cudaFree(lm->state);
+    cudaFreeHost(lm->h_state);
     cudaGetLastError();
     free(lm->layers);
     free(lm);
@@ -228,16 +234,8 @@ int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, 
 int mb_cuda_local_moe_flush(mb_cuda_local_moe *lm, void *stream)
 {
     if (!lm) return (int)cudaErrorInvalidValue;
-    const size_t bytes = (size_t)lm->n_layers * lm->n_experts * sizeof(uint32_t);
-    cudaStream_t s = (cudaStream_t)stream;
-    cudaError_t e = cudaMemcpyAsync(lm->h_routed, lm->routed, bytes, cudaMemcpyDeviceToHost, s);
-    if (e == cudaSuccess) e = cudaMemsetAsync(lm->routed, 0, bytes, s);
-    if (e == cudaSuccess)
-        e = cudaMemcpyAsync(lm->h_stamps, lm->stamps, 2 * (size_t)lm->n_layers * sizeof *lm->stamps,
-                            cudaMemcpyDeviceToHost, s);
-    if (e == cudaSuccess)
-        e = cudaMemsetAsync(lm->stamps, 0, 2 * (size_t)lm->n_layers * sizeof *lm->stamps, s);
-    return (int)e;
+    /* Stamps and counters to the host, and both reset, in one launch. */
+    return mb_kcuda_drain(stream, lm->state, lm->h_state, state_bytes(lm) / sizeof(uint32_t), 0);
 }
 
 const uint32_t *mb_cuda_local_moe_routed(const mb_cuda_local_moe *lm)

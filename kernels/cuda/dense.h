@@ -215,6 +215,13 @@ int mb_kcuda_add(void *stream, float *x, const float *y, size_t count);
  * profile inside whole-step graphs. */
 int mb_kcuda_stamp(void *stream, unsigned long long *slot);
 
+/* dst[i] = src[i] for i < count (32-bit words; dst may be pinned host
+ * memory), then src[i] = 0 for zero_from <= i < count: counters and clock
+ * stamps handed to the host and reset in one launch, where a copy and a
+ * memset would be two graph nodes that programmatic launch cannot
+ * overlap. */
+int mb_kcuda_drain(void *stream, uint32_t *src, uint32_t *dst, size_t count, size_t zero_from);
+
 #ifdef __cplusplus
 }
 #endif

@@ -237,7 +237,7 @@ extern "C" size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_
     for (uint32_t nn = 1; nn <= n && nn <= MB_ATTN_DEC_MAX_N; nn++) {
         const size_t split = mb_attn_dec_plan_for(kv->n_kv_heads, n_rep, nn, span, false).n_split;
         if (split <= 1) continue; // one chunk writes the output directly
-        const size_t need = (size_t)nn * s->n_heads * split * ((size_t)kv->head_dim + 2);
+        const size_t need = (size_t)nn * s->n_heads * split * mb_attn_part_stride(kv->head_dim);
         if (need > most) most = need;
     }
     return most;
@@ -282,7 +282,7 @@ static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, bool 
 {
     const mb_attn_dec_plan p = mb_attn_dec_plan_for(a.n_kv, a.n_rep, a.n, max_span, exact);
     if (p.n_split > 1) {
-        const size_t need = (size_t)a.n * a.n_heads * p.n_split * ((size_t)a.hd + 2);
+        const size_t need = (size_t)a.n * a.n_heads * p.n_split * mb_attn_part_stride(a.hd);
         if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
     }
     return (int)mb_kcuda_attn_decode_launch(a, p.n_hgroups, p.want, p.n_split, work, st);

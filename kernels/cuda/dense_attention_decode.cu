@@ -34,7 +34,7 @@ static size_t mb_dec_smem_floats(uint32_t hd)
 __device__ __forceinline__ float *mb_attn_part(float *work, const mb_attn_args &a, uint32_t t, uint32_t h,
                                                uint32_t n_split, uint32_t s)
 {
-    return work + (((size_t)t * a.n_heads + h) * n_split + s) * (a.hd + 2);
+    return work + (((size_t)t * a.n_heads + h) * n_split + s) * mb_attn_part_stride(a.hd);
 }
 
 __device__ __forceinline__ float mb_dot4(float acc, float4 a, float4 b)
@@ -77,19 +77,43 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
     float *s_l = s_m + MB_ATTN_DEC_HEADS;
     const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0, qpos = pos0 + t;
-    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
     const uint32_t h0 = g * a.n_rep + hg * MB_ATTN_DEC_HEADS;
     const int nh = (int)min((uint32_t)MB_ATTN_DEC_HEADS, a.n_rep - hg * MB_ATTN_DEC_HEADS);
+    // Queries as float4 where they are aligned: every load issued at once,
+    // before the position is read, so that one memory trip covers both
+    // (a loop of scalar loads, each waited for before its store, cost
+    // several trips).
+    constexpr int QPT = MB_ATTN_DEC_HEADS * (MB_ATTN_MAX_HD / 4) / MB_ATTN_DEC_THREADS;
+    const bool qvec = VEC && a.ldq % 4 == 0 && ((uintptr_t)a.q & 15) == 0;
+    const int nq4 = nh * (int)hd4;
+    const float *qrow = a.q + (size_t)t * a.ldq + (size_t)h0 * hd;
+    float4 qr[QPT];
+    if (qvec) {
+#pragma unroll
+        for (int u = 0; u < QPT; u++) {
+            const int i = tid + u * MB_ATTN_DEC_THREADS;
+            if (i < nq4)
+                qr[u] = __ldg(reinterpret_cast<const float4 *>(qrow + 4 * i)); // hd % 4 == 0
+        }
+    }
+    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0, qpos = pos0 + t;
+    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
     const uint32_t p0 = mb_attn_first_visible(qpos, a.window) + s * chunk;
     const uint32_t p1 = min(p0 + chunk, qpos + 1);
     if (p0 >= p1) return; // a chunk past this row's positions: the merge stops before it
     const int len = (int)(p1 - p0);
 
-    // Queries, zero past hd (the key tiles are too).
-    for (uint32_t i = tid; i < (uint32_t)nh * 4 * hd4; i += MB_ATTN_DEC_THREADS) {
-        const uint32_t hb = i / (4 * hd4), d = i % (4 * hd4);
-        qs[hb * ld + d] = d < hd ? a.q[(size_t)t * a.ldq + (size_t)(h0 + hb) * hd + d] : 0.0f;
+    if (qvec) {
+#pragma unroll
+        for (int u = 0; u < QPT; u++) {
+            const int i = tid + u * MB_ATTN_DEC_THREADS;
+            if (i < nq4) *reinterpret_cast<float4 *>(qs + (i / hd4) * ld + 4 * (i % hd4)) = qr[u];
+        }
+    } else { // zero past hd (the key tiles are too)
+        for (uint32_t i = tid; i < (uint32_t)nh * 4 * hd4; i += MB_ATTN_DEC_THREADS) {
+            const uint32_t hb = i / (4 * hd4), d = i % (4 * hd4);
+            qs[hb * ld + d] = d < hd ? qrow[(size_t)hb * hd + d] : 0.0f;
+        }
     }
     const float *kc = a.k + ((size_t)g * a.max_ctx + p0) * hd;
     const float *vc = a.v + ((size_t)g * a.max_ctx + p0) * hd;
@@ -185,9 +209,11 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
 // chunks; grid (n_heads, n). The chunks' weights e^(m_s - M) are computed
 // once, by the threads together, into shared memory (v3 had every thread
 // walk every chunk's max and sum three times over, dependent loads one
-// after another: the merge cost as much as the attention); then each
-// thread sums its output dimensions over the chunks in order, the loads of
-// several chunks in flight.
+// after another: the merge cost as much as the attention); then the
+// weighted outputs: with hd % 4 == 0, 128 / (hd / 4) groups of threads
+// each add float4 columns of every G-th chunk and the groups are added in
+// order (v5; v4 walked all chunks a dimension a thread, eight loads in
+// flight, five memory trips at 33 chunks); else a dimension a thread.
 #define MB_MERGE_MAX_SPLIT 1024 // chunks the weights' shared memory holds; more: a second pass
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
@@ -195,7 +221,8 @@ mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split
     mb_pdl_enter();
     __shared__ float wsh[MB_MERGE_MAX_SPLIT];
     __shared__ float red[MB_ATTN_DEC_THREADS / 32];
-    const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = hd + 2;
+    __shared__ float4 sums4[MB_ATTN_DEC_THREADS];
+    const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = mb_attn_part_stride(hd);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
     const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
@@ -228,6 +255,39 @@ mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split
     for (int i = 0; i < MB_ATTN_DEC_THREADS / 32; i++)
         den += red[i];
     const float inv = 1.0f / den;
+    const uint32_t hd4 = hd / 4;
+    if (hd % 4 == 0 && hd4 <= MB_ATTN_DEC_THREADS && ((uintptr_t)work & 15) == 0) {
+        // Thread (group gi, column c4) adds 4 dims of chunks gi, gi + G, ...
+        // (a few float4 loads a thread, all in flight together), then the
+        // first hd4 threads add the G groups in order.
+        const uint32_t G = MB_ATTN_DEC_THREADS / hd4, gi = tid / hd4, c4 = tid % hd4;
+        if (gi < G) {
+            float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+            for (uint32_t s = gi; s < live; s += G) {
+                const float w = s < MB_MERGE_MAX_SPLIT ? wsh[s] : expf(first[s * stride + hd] - M);
+                mb_axpy4(o, w, *reinterpret_cast<const float4 *>(first + s * stride + 4 * c4));
+            }
+            sums4[tid] = o;
+        }
+        __syncthreads();
+        if ((uint32_t)tid < hd4) {
+            float4 o = sums4[tid];
+            for (uint32_t g2 = 1; g2 < G; g2++) {
+                const float4 v = sums4[g2 * hd4 + tid];
+                o.x += v.x;
+                o.y += v.y;
+                o.z += v.z;
+                o.w += v.w;
+            }
+            float *out = a.out + (size_t)t * a.ldo + (size_t)h * hd + 4 * tid;
+            out[0] = o.x * inv;
+            out[1] = o.y * inv;
+            out[2] = o.z * inv;
+            out[3] = o.w * inv;
+        }
+        return;
+    }
     for (uint32_t d = tid; d < hd; d += MB_ATTN_DEC_THREADS) {
         float o = 0.0f;
 #pragma unroll 8

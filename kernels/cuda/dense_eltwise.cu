@@ -60,3 +60,25 @@ extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
     mb_dense_launch(mb_kcuda_stamp_kernel, 1, 1, 0, mb_dense_stream(stream), slot);
     return mb_dense_launched();
 }
+
+// dst[i] = src[i] for i < count, then src[i] = 0 from zero_from on.
+__global__ void __launch_bounds__(MB_ELT_THREADS)
+    mb_kcuda_drain_kernel(uint32_t *__restrict__ src, uint32_t *__restrict__ dst, size_t count,
+                          size_t zero_from)
+{
+    mb_pdl_enter();
+    for (size_t i = (size_t)blockIdx.x * MB_ELT_THREADS + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * MB_ELT_THREADS) {
+        dst[i] = src[i];
+        if (i >= zero_from) src[i] = 0;
+    }
+}
+
+extern "C" int mb_kcuda_drain(void *stream, uint32_t *src, uint32_t *dst, size_t count,
+                              size_t zero_from)
+{
+    if (!src || !dst || count == 0 || zero_from > count) return (int)cudaErrorInvalidValue;
+    mb_dense_launch(mb_kcuda_drain_kernel, mb_dense_blocks(count, MB_ELT_THREADS), MB_ELT_THREADS,
+                    0, mb_dense_stream(stream), src, dst, count, zero_from);
+    return mb_dense_launched();
+}

@@ -178,6 +178,14 @@ __host__ __device__ __forceinline__ uint32_t mb_attn_span(uint32_t last, uint32_
     return last - mb_attn_first_visible(last, window) + 1;
 }
 
+// Floats of one (token, head, chunk) partial in the decode's work: hd
+// output sums, then the chunk's max and sum (at hd, hd + 1), rows padded
+// to 16 bytes so that the merge reads them as float4.
+__host__ __device__ __forceinline__ uint32_t mb_attn_part_stride(uint32_t hd)
+{
+    return 4 * ((hd + 3) / 4) + 4;
+}
+
 #define MB_ATTN_TILE 32          // cache rows a tile (decode and the tensor-core flash kernel)
 #define MB_ATTN_TILE_THREADS 128 // the block that loads it
 #define MB_ATTN_TILE_BATCH 8     // float4 of keys (and of values) a thread loads at once

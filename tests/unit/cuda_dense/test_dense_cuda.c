@@ -745,6 +745,37 @@ static void test_stamp(void)
     cudaFree(ts);
 }
 
+/* mb_kcuda_drain into pinned host memory: every word copied, the source
+ * zeroed from zero_from on and kept below it. */
+static void test_drain(void)
+{
+    const size_t counts[] = {1, 528, 70000}, zf[] = {0, 16, 70000};
+    for (size_t c = 0; c < 3; c++)
+        for (size_t z = 0; z < 3; z++) {
+            const size_t n = counts[c], from = zf[z] < n ? zf[z] : n;
+            uint32_t *h = xmalloc(n * sizeof *h), *back = xmalloc(n * sizeof *back), *pinned = NULL;
+            for (size_t i = 0; i < n; i++)
+                h[i] = (uint32_t)(mb_test_rand_f32(&seed) * 4e9f) ^ (uint32_t)i;
+            uint32_t *d = dev_upload(h, n * sizeof *h);
+            CU(cudaMallocHost((void **)&pinned, n * sizeof *pinned));
+            memset(pinned, 0xab, n * sizeof *pinned);
+            RUN(mb_kcuda_drain(NULL, d, pinned, n, from));
+            dev_download(back, d, n * sizeof *back);
+            size_t bad = 0;
+            for (size_t i = 0; i < n; i++)
+                bad += (pinned[i] != h[i]) + (back[i] != (i >= from ? 0u : h[i]));
+            CHECK_MSG(bad == 0, "drain n=%zu zero_from=%zu: %zu words wrong", n, from, bad);
+            cudaFreeHost(pinned);
+            cudaFree(d);
+            free(h);
+            free(back);
+        }
+    uint32_t *d = dev_alloc(16);
+    CHECK(mb_kcuda_drain(NULL, d, d, 4, 5) != 0); /* zero_from past count */
+    CHECK(mb_kcuda_drain(NULL, d, NULL, 4, 0) != 0);
+    cudaFree(d);
+}
+
 /* ---- fusions: bit-identical to the sequences they replace ------------------ */
 
 static size_t count_diff(const float *a, const float *b, size_t n)
@@ -1342,7 +1373,7 @@ int main(int argc, char **argv)
         {"refusals", test_refusals}, {"embed", test_embed},         {"rmsnorm", test_rmsnorm},
         {"rope", test_rope},         {"silu_add", test_silu_add},   {"route", test_route},
         {"linear", test_linear},     {"attention", test_attention}, {"fused", test_fused},
-        {"norm_in", test_norm_in},   {"stamp", test_stamp}};
+        {"norm_in", test_norm_in},   {"drain", test_drain},         {"stamp", test_stamp}};
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
         if (wanted(groups[i].name)) groups[i].run();
     print_stats();
