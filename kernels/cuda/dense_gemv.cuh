@@ -38,11 +38,34 @@ struct mb_lin_norm {
     float *xn, *xn2; // the normalised rows, or nullptr (xn2: mapped host memory)
 };
 
+// This block's share of the normalised rows t0 .. t0 + nt (scale[i]: row
+// t0 + i's factor), as mb_kcuda_rmsnorm_kernel computes them.
+__device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x, size_t ldx,
+                                                     uint32_t t0, int nt, uint32_t k,
+                                                     const mb_lin_norm &nrm, const float *scale)
+{
+    const size_t step = (size_t)gridDim.x * blockDim.x;
+    for (int i = 0; i < nt; i++) {
+        const float *xr = x + (t0 + i) * ldx, *ar = nrm.a ? nrm.a + (t0 + i) * ldx : nullptr;
+        float *o = nrm.xn + (t0 + i) * ldx, *o2 = nrm.xn2 ? nrm.xn2 + (t0 + i) * ldx : nullptr;
+        for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < k; e += step) {
+            const float h = ar ? xr[e] + ar[e] : xr[e];
+            const float v = nrm.nw[e] * (h * scale[i]);
+            o[e] = v;
+            if (o2) o2[e] = v;
+        }
+    }
+}
+
+// scale_out (n <= MB_LIN_NT, NORM): the rows' factors are left there and
+// the normalised rows are not written, for a caller that writes them later
+// (mb_lin_norm_store_xn) off its critical path.
 template <typename W, int R, bool VEC, bool NORM = false>
 __device__ __forceinline__ void
 mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
                   size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
-                  const float *__restrict__ bias, int accumulate, const mb_lin_norm nrm = {})
+                  const float *__restrict__ bias, int accumulate, const mb_lin_norm nrm = {},
+                  float *scale_out = nullptr)
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     __shared__ float red[MB_LIN_GEMV_WARPS][R * MB_LIN_NT];
@@ -137,21 +160,11 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
             }
         }
         if constexpr (NORM) {
-            if (nrm.xn) { // this block's share of the normalised rows
-                const size_t step = (size_t)gridDim.x * MB_LIN_GEMV_THREADS;
-                for (int i = 0; i < nt; i++) {
-                    const float *xr = x + (t0 + i) * ldx,
-                                *ar = nrm.a ? nrm.a + (t0 + i) * ldx : nullptr;
-                    float *o = nrm.xn + (t0 + i) * ldx,
-                          *o2 = nrm.xn2 ? nrm.xn2 + (t0 + i) * ldx : nullptr;
-                    for (size_t e = (size_t)blockIdx.x * MB_LIN_GEMV_THREADS + tid; e < k;
-                         e += step) {
-                        const float h = ar ? xr[e] + ar[e] : xr[e];
-                        const float v = nrm.nw[e] * (h * scale[i]);
-                        o[e] = v;
-                        if (o2) o2[e] = v;
-                    }
-                }
+            if (scale_out) {
+                for (int i = 0; i < nt; i++)
+                    scale_out[i] = scale[i];
+            } else if (nrm.xn) {
+                mb_lin_norm_store_xn(x, ldx, (uint32_t)t0, nt, k, nrm, scale);
             }
         }
         __syncthreads(); // red is reused by the next pass

@@ -112,11 +112,18 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_pdl_enter();
     extern __shared__ float mb_route_smem[];
     __shared__ int last;
-    mb_lin_gemv_block<W, 1, VEC, NORM>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm);
+    // NORM (one token): the normalised row is written after the block
+    // counts itself done, by the last block after it routes.
+    float scale[MB_LIN_NT];
+    mb_lin_gemv_block<W, 1, VEC, NORM>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm,
+                                       NORM && nrm.xn ? scale : nullptr);
     __threadfence(); // this block's logits are visible device-wide before it counts itself done
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
     __syncthreads();
+    if constexpr (NORM) {
+        if (!last && nrm.xn) mb_lin_norm_store_xn(x, ldx, 0, (int)n, k, nrm, scale);
+    }
     if (!last) return;
     __threadfence(); // every other block's logits are visible to the loads below
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -130,6 +137,9 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         __syncwarp();
     }
     if (threadIdx.x == 0) *done = 0;
+    if constexpr (NORM) {
+        if (nrm.xn) mb_lin_norm_store_xn(x, ldx, 0, (int)n, k, nrm, scale);
+    }
 }
 
 extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
