@@ -1,5 +1,6 @@
 # Issue 9, round 6, on the GPU machine (device tool `run`, carry .carry):
-# checks, the norm fusion's A/B again, the in-graph profile, each decode
+# checks, A/B of the L2 prefetch before the dependency wait
+# (MB_CUDA_PREFETCH) and of the norm fusion, the in-graph profile, each decode
 # kernel's own duration under Nsight Compute (serialised, no launch
 # overlap: what each kernel costs alone), and the full bench_e2e_device.
 #   bash bench/gpu/ncu9.sh     (MB_SKIP_BUILD=1 on a warm machine)
@@ -17,9 +18,10 @@ echo "test_dense_cuda rc=$?"; grep -E "FAIL|failed|norm folded|fusions|attention
     echo "parity_device rc=$?")
 grep -E "CHECK failed|tests passed|Failed" $OUT/ctest_parity_device.txt | head -10
 ARGS="--layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu"
-for v in 1 0 1 0; do
-    MB_CUDA_FUSE_NORM=$v timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/ab.txt 2>&1
-    echo "== MB_CUDA_FUSE_NORM=$v rc=$?"; grep -E "^cuda |^dense" $OUT/ab.txt
+for v in "MB_CUDA_PREFETCH=1" "MB_CUDA_PREFETCH=0" "MB_CUDA_FUSE_NORM=0" "MB_CUDA_PREFETCH=1" "MB_CUDA_PREFETCH=0" \
+         "MB_CUDA_FUSE_NORM=0"; do
+    env $v timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/ab.txt 2>&1
+    echo "== $v rc=$?"; grep -E "^cuda |^dense" $OUT/ab.txt
 done
 rm -f $OUT/ab.txt
 MB_CUDA_PROFILE=graph timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/profile_graph.txt 2>&1

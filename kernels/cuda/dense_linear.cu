@@ -18,10 +18,12 @@
 // The GEMV kernel: one block body (dense_gemv.cuh) per grid block.
 template <typename W, int R, bool VEC>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
-mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
-                            size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
-                            const float *__restrict__ bias, int accumulate)
+    mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
+                                const float *__restrict__ x, size_t ldx, uint32_t n,
+                                float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
+                                int accumulate, int prefetch)
 {
+    if (prefetch) mb_lin_prefetch_rows(w, m, k, R);
     mb_pdl_enter();
     mb_lin_gemv_block<W, R, VEC>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
 }
@@ -32,8 +34,9 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_norm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                 const float *__restrict__ x, float *__restrict__ y,
                                 const float *__restrict__ bias, int accumulate,
-                                const mb_lin_norm nrm)
+                                const mb_lin_norm nrm, int prefetch)
 {
+    if (prefetch) mb_lin_prefetch_rows(w, m, k, R);
     mb_pdl_enter();
     mb_lin_gemv_block<W, R, VEC, true>(w, m, k, x, k, 1, y, m, bias, accumulate, nrm);
 }
@@ -126,10 +129,10 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
     const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
     if (vec)
         mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, true>, blocks, MB_LIN_GEMV_THREADS, 0, s,
-                        w, m, k, x, ldx, n, y, ldy, bias, acc);
+                        w, m, k, x, ldx, n, y, ldy, bias, acc, mb_dense_prefetch());
     else
         mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, false>, blocks, MB_LIN_GEMV_THREADS, 0, s,
-                        w, m, k, x, ldx, n, y, ldy, bias, acc);
+                        w, m, k, x, ldx, n, y, ldy, bias, acc, mb_dense_prefetch());
 }
 
 template <typename W>
@@ -186,10 +189,10 @@ static void mb_lin_norm_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, u
     const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
     if (vec)
         mb_dense_launch(mb_kcuda_linear_norm_kernel<W, R, true>, blocks, MB_LIN_GEMV_THREADS, 0, s,
-                        w, m, k, x, y, bias, acc, nrm);
+                        w, m, k, x, y, bias, acc, nrm, mb_dense_prefetch());
     else
         mb_dense_launch(mb_kcuda_linear_norm_kernel<W, R, false>, blocks, MB_LIN_GEMV_THREADS, 0, s,
-                        w, m, k, x, y, bias, acc, nrm);
+                        w, m, k, x, y, bias, acc, nrm, mb_dense_prefetch());
 }
 
 template <typename W>
