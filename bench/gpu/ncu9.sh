@@ -18,8 +18,7 @@ echo "test_dense_cuda rc=$?"; grep -E "FAIL|failed|norm folded|fusions|attention
     echo "parity_device rc=$?")
 grep -E "CHECK failed|tests passed|Failed" $OUT/ctest_parity_device.txt | head -10
 ARGS="--layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu"
-for v in "MB_CUDA_PREFETCH=1" "MB_CUDA_PREFETCH=0" "MB_CUDA_FUSE_NORM=0" "MB_CUDA_PREFETCH=1" "MB_CUDA_PREFETCH=0" \
-         "MB_CUDA_FUSE_NORM=0"; do
+for v in "MB_CUDA_PREFETCH=1" "MB_CUDA_PREFETCH=0" "MB_CUDA_FUSE_NORM=0" "MB_CUDA_PREFETCH=1" "MB_CUDA_PREFETCH=0"; do
     env $v timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/ab.txt 2>&1
     echo "== $v rc=$?"; grep -E "^cuda |^dense" $OUT/ab.txt
 done
@@ -27,7 +26,7 @@ rm -f $OUT/ab.txt
 MB_CUDA_PROFILE=graph timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/profile_graph.txt 2>&1
 echo "== profile graph rc=$?"; grep -A16 "cuda decode profile" $OUT/profile_graph.txt | head -17
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-timeout 240 $NCU --graph-profiling node --metrics gpu__time_duration.sum --csv \
+timeout 150 $NCU --graph-profiling node --metrics gpu__time_duration.sum --csv \
     $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 2 --no-cpu-coord --cases gpu > $OUT/ncu.csv 2> $OUT/ncu.err
 echo "ncu rc=$?"; tail -3 $OUT/ncu.err; [ -s $OUT/ncu.err ] || rm -f $OUT/ncu.err
 python3 - "$OUT/ncu.csv" <<'PY' || echo "ncu summary failed"
@@ -48,5 +47,5 @@ for n, d in step:
 for n, (c, d) in sorted(agg.items(), key=lambda x: -x[1][1]):
     print("  %-60s %3d x %7.2f us = %8.1f us" % (n[:60], c, d / c, d))
 PY
-timeout 200 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 64 --json $OUT/e2e_device.json > $OUT/e2e_device.txt 2>&1
+timeout 200 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 32 --json $OUT/e2e_device.json > $OUT/e2e_device.txt 2>&1
 echo "e2e rc=$?"; grep -E "^bench_e2e|^device copy|^coord|^cuda |^cpu |^dense|^ipc" $OUT/e2e_device.txt
