@@ -3,7 +3,8 @@
 # (MB_CUDA_PREFETCH) and of the norm fusion, the in-graph profile, each decode
 # kernel's own duration under Nsight Compute (serialised, no launch
 # overlap: what each kernel costs alone), and the full bench_e2e_device.
-#   bash bench/gpu/ncu9.sh     (MB_SKIP_BUILD=1 on a warm machine)
+#   bash bench/gpu/ncu9.sh     (MB_SKIP_BUILD=1 on a warm machine; MB_NCU9_MIN=1:
+#   no standalone kernel timings and no full bench, for a short budget)
 set -u
 export MB_WITH_VULKAN=OFF
 export MB_TARGETS=${MB_TARGETS:-"moe-worker moe-broker test_dense_cuda test_parity_device bench_e2e_device"}
@@ -12,7 +13,7 @@ grep -q "build rc=0" $OUT/build.log 2>/dev/null && rm -f $OUT/build.log
 head -3 $OUT/device.txt 2>/dev/null; rm -f $OUT/device.txt
 B=build-gpu
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
-timeout 150 $B/tests/unit/cuda_dense/test_dense_cuda --bench > $OUT/dense_cuda.txt 2>&1
+timeout 150 $B/tests/unit/cuda_dense/test_dense_cuda ${MB_NCU9_MIN:---bench} > $OUT/dense_cuda.txt 2>&1
 echo "test_dense_cuda rc=$?"; grep -E "FAIL|failed|norm folded|fusions|attention" $OUT/dense_cuda.txt | head -12
 (cd $B && timeout 170 ctest -R test_parity_device --timeout 160 --output-on-failure > $OUT/ctest_parity_device.txt 2>&1;
     echo "parity_device rc=$?")
@@ -47,5 +48,6 @@ for n, d in step:
 for n, (c, d) in sorted(agg.items(), key=lambda x: -x[1][1]):
     print("  %-60s %3d x %7.2f us = %8.1f us" % (n[:60], c, d / c, d))
 PY
+[ -n "${MB_NCU9_MIN:-}" ] && exit 0
 timeout 200 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 32 --json $OUT/e2e_device.json > $OUT/e2e_device.txt 2>&1
 echo "e2e rc=$?"; grep -E "^bench_e2e|^device copy|^coord|^cuda |^cpu |^dense|^ipc" $OUT/e2e_device.txt
