@@ -26,6 +26,7 @@ done
 rm -f $OUT/ab.txt
 MB_CUDA_PROFILE=graph timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/profile_graph.txt 2>&1
 echo "== profile graph rc=$?"; grep -A16 "cuda decode profile" $OUT/profile_graph.txt | head -17
+[ -n "${MB_NCU9_NO_NCU:-}" ] && exit 0 # MB_NCU9_NO_NCU=1: checks, A/B and profile only
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 timeout 100 $NCU --graph-profiling node --metrics gpu__time_duration.sum --csv \
     $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 2 --no-cpu-coord --cases gpu > $OUT/ncu.csv 2> $OUT/ncu.err
