@@ -7,7 +7,7 @@ export MB_WITH_VULKAN=OFF MB_TARGETS="moe-worker moe-broker test_dense_cuda test
 bash bench/gpu/device_run.sh build 2>&1 | tail -1
 B=build-gpu
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
-(cd $B && timeout 100 ctest -R "test_parity_device|test_dense_cuda$" --timeout 90 --output-on-failure > $OUT/ctest_device.txt 2>&1;
+(cd $B && timeout 100 ctest -j2 -R "test_parity_device|test_dense_cuda$" --timeout 90 --output-on-failure > $OUT/ctest_device.txt 2>&1;
     echo "ctest rc=$?")
 grep -E "tests passed|Failed|Passed|norm folded|attention" $OUT/ctest_device.txt | head -8
 for v in 1 0 1 0; do
