@@ -7,7 +7,6 @@
 #include <cstring>
 
 #include "kernels/cuda/dense.h"
-#include "kernels/cuda/moe_cp_async.cuh"
 #include "kernels/cuda/moe_internal.cuh"
 
 static inline cudaStream_t mb_dense_stream(void *stream)
@@ -88,14 +87,16 @@ static inline bool mb_dense_pdl(void)
     return cached != 0;
 }
 
-// MB_CUDA_PREFETCH=0: no mb_prefetch_l2 before the dependency wait (read
-// once per file; it only matters with programmatic launch on).
+// MB_CUDA_PREFETCH=1: mb_prefetch_l2 before the dependency wait (read once
+// per file; it only matters with programmatic launch on). Off by default
+// until a GPU run has measured it (written when no GPU machine could be
+// had; bench/gpu/last9.sh is its A/B).
 static inline int mb_dense_prefetch(void)
 {
     static int cached = -1;
     if (cached < 0) {
         const char *e = getenv("MB_CUDA_PREFETCH");
-        cached = !(e && strcmp(e, "0") == 0);
+        cached = e && strcmp(e, "1") == 0;
     }
     return cached;
 }
@@ -219,27 +220,38 @@ __host__ __device__ __forceinline__ uint32_t mb_attn_part_stride(uint32_t hd)
 
 #define MB_ATTN_TILE 32          // cache rows a tile (decode and the tensor-core flash kernel)
 #define MB_ATTN_TILE_THREADS 128 // the block that loads it
+#define MB_ATTN_TILE_BATCH 8     // float4 of keys (and of values) a thread loads at once
 
 // Copies rows [r0, r0 + rows) of one head's keys and values (hd floats a
 // row, global) into ks and vs (ld floats a row); rows up to MB_ATTN_TILE past
 // `rows` are filled too (VEC: with row r0 again, else zeros) and masked by
-// the caller. VEC: hd % 4 == 0, the cache and ks/vs 16-byte aligned, and
-// the copies are cp.async, all in flight together (the caller's block
-// barrier publishes them).
+// the caller. VEC: hd % 4 == 0 and the cache 16-byte aligned; a batch's
+// loads are all issued before its stores.
 template <bool VEC>
 __device__ __forceinline__ void mb_attn_load_tile(const float *__restrict__ kc, const float *__restrict__ vc,
                                                   uint32_t r0, int rows, uint32_t hd, uint32_t ld, float *ks, float *vs)
 {
-    if (VEC) { // cp.async: every copy of the tile in flight at once, no registers held (v5)
+    if (VEC) {
         const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
-        for (int i = (int)threadIdx.x; i < n4; i += MB_ATTN_TILE_THREADS) {
-            const int c = i / hd4, d4 = i % hd4;
-            const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
-            mb_cp_async16(ks + c * ld + 4 * d4, kc + at, true);
-            mb_cp_async16(vs + c * ld + 4 * d4, vc + at, true);
+        for (int base = 0; base < n4; base += MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH) {
+            float4 kr[MB_ATTN_TILE_BATCH], vr[MB_ATTN_TILE_BATCH];
+#pragma unroll
+            for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+                const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+                const int c = i < n4 ? i / hd4 : 0, d4 = i < n4 ? i % hd4 : 0;
+                const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
+                kr[u] = __ldg(reinterpret_cast<const float4 *>(kc + at));
+                vr[u] = __ldg(reinterpret_cast<const float4 *>(vc + at));
+            }
+#pragma unroll
+            for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+                const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+                if (i >= n4) break;
+                const int c = i / hd4, d4 = i % hd4;
+                *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) = kr[u];
+                *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) = vr[u];
+            }
         }
-        mb_cp_async_commit();
-        mb_cp_async_wait<0>(); // this thread's copies; the caller's barrier publishes the block's
     } else {
         const uint32_t w = ld - 4; // hd rounded up to 4: the tail is zeros
         for (uint32_t i = threadIdx.x; i < MB_ATTN_TILE * w; i += MB_ATTN_TILE_THREADS) {
