@@ -385,54 +385,18 @@ void mb_kcpu_qdot2_avx2(int wdtype, const void *w0, const void *w1, const void *
     out[1] = o[4];
 }
 
-/* n row pairs (w0 + i * row_bytes, w1 + i * row_bytes), one token, two rows
- * a kernel call: the type dispatched once, no call per row (rows of a few
- * blocks, as Qwen3's down rows of 768, spent a good part of their time in
- * it). */
-MB_INLINE void rows2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
-                     const void *xq, size_t k, float *out0, float *out1)
-{
-    for (size_t i = 0; i < n; i++) {
-        const void *w[2] = {(const char *)w0 + i * row_bytes, (const char *)w1 + i * row_bytes};
-        float o[8];
-        dot_nt(wdtype, 2, 1, w, &xq, k, o);
-        out0[i] = o[0];
-        out1[i] = o[4];
-    }
-}
-
-void mb_kcpu_qdot2_rows_avx2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
-                             const void *xq, size_t k, float *out0, float *out1)
-{
-    /* One copy of the loop per type, so each inlines its kernel. */
-    switch (wdtype) {
-    case MB_KCPU_Q8_0:
-        rows2(MB_KCPU_Q8_0, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    case MB_KCPU_Q4_0:
-        rows2(MB_KCPU_Q4_0, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    case MB_KCPU_Q4_K:
-        rows2(MB_KCPU_Q4_K, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    case MB_KCPU_Q5_K:
-        rows2(MB_KCPU_Q5_K, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    case MB_KCPU_Q6_K:
-        rows2(MB_KCPU_Q6_K, w0, w1, row_bytes, n, xq, k, out0, out1);
-        return;
-    default:
-        mb_kcpu_qdot2_rows_scalar(wdtype, w0, w1, row_bytes, n, xq, k, out0, out1);
-    }
-}
-
 /* mb_kcpu_qdot2_rows_nt for one type and token count (constants after
- * inlining). */
+ * inlining). One token (decode) takes two rows a kernel call, two weight
+ * streams, at every type; the type is dispatched once for all n row
+ * pairs, no call per row (rows of a few blocks, as Qwen3's down rows of
+ * 768, spent a good part of their time in it). */
 MB_INLINE void rows2_nt(int wdtype, int nt, const void *w0, const void *w1, size_t row_bytes,
                         size_t n, const void *const *xq, size_t k, float *out0, float *out1,
                         size_t ld_out)
 {
-    const int nr = wdtype == MB_KCPU_Q8_0 || wdtype == MB_KCPU_Q4_0 ? MB_QNT_NR_B32 : MB_QNT_NR_K;
+    const int nr = nt == 1                                            ? 2
+                   : wdtype == MB_KCPU_Q8_0 || wdtype == MB_KCPU_Q4_0 ? MB_QNT_NR_B32
+                                                                      : MB_QNT_NR_K;
     for (size_t i = 0; i < n; i++) {
         const void *w[2] = {(const char *)w0 + i * row_bytes, (const char *)w1 + i * row_bytes};
         float o[8];
@@ -451,13 +415,16 @@ MB_INLINE void rows2_nt(int wdtype, int nt, const void *w0, const void *w1, size
 }
 
 /* One copy per type and token count, so each inlines its kernel. */
+// clang-format off
 #define MB_QNT_CASE(T)                                                                             \
     case T:                                                                                        \
         switch (nt) {                                                                              \
+        case 1: rows2_nt(T, 1, w0, w1, row_bytes, n, xq, k, out0, out1, ld_out); return;          \
         case 2: rows2_nt(T, 2, w0, w1, row_bytes, n, xq, k, out0, out1, ld_out); return;          \
         case 3: rows2_nt(T, 3, w0, w1, row_bytes, n, xq, k, out0, out1, ld_out); return;          \
         default: rows2_nt(T, 4, w0, w1, row_bytes, n, xq, k, out0, out1, ld_out); return;         \
         }
+// clang-format on
 
 void mb_kcpu_qdot2_rows_nt_avx2(int wdtype, const void *w0, const void *w1, size_t row_bytes,
                                 size_t n, const void *const *xq, size_t nt, size_t k, float *out0,
@@ -472,10 +439,6 @@ void mb_kcpu_qdot2_rows_nt_avx2(int wdtype, const void *w0, const void *w1, size
         out1 += MB_KCPU_QDOT_NT * ld_out;
     }
     if (nt == 0) return;
-    if (nt == 1) { /* one token (decode): two rows a call, two weight streams */
-        mb_kcpu_qdot2_rows_avx2(wdtype, w0, w1, row_bytes, n, xq[0], k, out0, out1);
-        return;
-    }
     switch (wdtype) {
         MB_QNT_CASE(MB_KCPU_Q8_0)
         MB_QNT_CASE(MB_KCPU_Q4_0)
@@ -485,4 +448,10 @@ void mb_kcpu_qdot2_rows_nt_avx2(int wdtype, const void *w0, const void *w1, size
     default:
         mb_kcpu_qdot2_rows_nt_scalar(wdtype, w0, w1, row_bytes, n, xq, nt, k, out0, out1, ld_out);
     }
+}
+
+void mb_kcpu_qdot2_rows_avx2(int wdtype, const void *w0, const void *w1, size_t row_bytes, size_t n,
+                             const void *xq, size_t k, float *out0, float *out1)
+{
+    mb_kcpu_qdot2_rows_nt_avx2(wdtype, w0, w1, row_bytes, n, &xq, 1, k, out0, out1, 0);
 }
