@@ -1088,21 +1088,20 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
         K(linear(fc, &fc->lm_head, xn, d, n, fc->logits_all, V, NULL, 0));
         e = cudaMemcpyAsync(logits, fc->logits_all, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost,
                             fc->stream);
-    } else if (last_logits &&
-               norm_in_gemv(fc, 1)) { /* only the last row: the others are not read again */
+    } else if (last_logits) { /* only the last row: the other rows of x are not read again */
         const size_t r = (size_t)(n - 1) * d;
-        const mb_kcuda_norm_in in = {.x = fc->x + r,
-                                     .a = fc->fuse ? fc->moe + r : NULL,
-                                     .w = fc->final_norm,
-                                     .eps = c->rms_eps};
         const dev_mat *W = &fc->lm_head;
-        K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in, fc->logits_last,
-                               NULL, 0));
-        e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float),
-                            cudaMemcpyDeviceToHost, fc->stream);
-    } else if (last_logits) {
-        K(final_norm(fc, n - 1, 1)); /* only the last row: the other rows of x are not read again */
-        K(linear(fc, &fc->lm_head, xn, d, 1, fc->logits_last, V, NULL, 0));
+        if (norm_in_gemv(fc, 1)) {
+            const mb_kcuda_norm_in in = {.x = fc->x + r,
+                                         .a = fc->moe + r,
+                                         .w = fc->final_norm,
+                                         .eps = c->rms_eps}; /* fused: moe not yet in x */
+            K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in,
+                                   fc->logits_last, NULL, 0));
+        } else {
+            K(final_norm(fc, n - 1, 1));
+            K(linear(fc, W, xn, d, 1, fc->logits_last, V, NULL, 0));
+        }
         e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float), cudaMemcpyDeviceToHost, fc->stream);
     }
     prof_mark(fc, "final norm + lm_head + logits copy");

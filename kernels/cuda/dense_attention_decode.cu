@@ -61,6 +61,18 @@ static __device__ __forceinline__ float mb_warp_max(float v)
     return v;
 }
 
+// The cache positions [p0, p1) of this block's chunk (blockIdx.x) of its
+// token's (blockIdx.z) visible span, the call's first position being pos0;
+// empty for a chunk past the span.
+__device__ __forceinline__ void mb_dec_range(const mb_attn_args &a, uint32_t want, uint32_t pos0,
+                                             uint32_t *p0, uint32_t *p1)
+{
+    const uint32_t qpos = pos0 + blockIdx.z;
+    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
+    *p0 = mb_attn_first_visible(qpos, a.window) + blockIdx.x * chunk;
+    *p1 = min(*p0 + chunk, qpos + 1);
+}
+
 template <bool VEC>
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
@@ -72,11 +84,8 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
         // position was copied before the step's first kernel, the rows by
         // earlier steps (the newest by the kernel before: L2 holds the one
         // copy, so asking for it early is never stale).
-        const uint32_t pp = (a.pos_dev ? *a.pos_dev : a.pos0) + blockIdx.z;
-        const uint32_t ch = mb_attn_dec_chunk(
-            mb_attn_span((a.pos_dev ? *a.pos_dev : a.pos0) + a.n - 1, a.window), want);
-        const uint32_t q0 = mb_attn_first_visible(pp, a.window) + blockIdx.x * ch,
-                       q1 = min(q0 + ch, pp + 1);
+        uint32_t q0, q1;
+        mb_dec_range(a, want, a.pos_dev ? *a.pos_dev : a.pos0, &q0, &q1);
         if (q0 < q1) {
             const size_t at = ((size_t)(blockIdx.y / n_hgroups) * a.max_ctx + q0) * hd;
             mb_prefetch_l2(a.k + at, (size_t)(q1 - q0) * hd * sizeof(float));
@@ -112,10 +121,8 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
                 qr[u] = __ldg(reinterpret_cast<const float4 *>(qrow + 4 * i)); // hd % 4 == 0
         }
     }
-    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0, qpos = pos0 + t;
-    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
-    const uint32_t p0 = mb_attn_first_visible(qpos, a.window) + s * chunk;
-    const uint32_t p1 = min(p0 + chunk, qpos + 1);
+    uint32_t p0, p1;
+    mb_dec_range(a, want, a.pos_dev ? *a.pos_dev : a.pos0, &p0, &p1);
     if (p0 >= p1) return; // a chunk past this row's positions: the merge stops before it
     const int len = (int)(p1 - p0);
 

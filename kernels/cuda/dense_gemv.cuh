@@ -35,13 +35,13 @@ static __device__ __forceinline__ void mb_lin_store(float *y, float acc, const f
 // VEC: every row of W and of x starts 16-byte aligned and k is a multiple
 // of the 16-byte chunk, so a thread loads whole chunks; otherwise chunks
 // are single elements.
-// An RMSNorm folded into the GEMV's input (NORM): the block dots W with
-// nw * (x + a) and scales each token's sums by 1 / sqrt(mean((x + a)^2) +
-// eps) at the end; the mean of squares (in double, as mb_kcuda_rmsnorm)
-// comes from the same loads, so the norm costs no pass of its own. With xn
-// set, the blocks also write the normalised rows (each block a share of
-// the elements), with mb_kcuda_rmsnorm's own arithmetic: bit for bit its
-// output. ldx is a's and xn's row stride too.
+// An RMSNorm folded into the GEMV's input (NORM, one pass of tokens: n <=
+// MB_LIN_NT): the block dots W with nw * (x + a) and scales each token's
+// sums by 1 / sqrt(mean((x + a)^2) + eps) at the end; the mean of squares
+// (in double, as mb_kcuda_rmsnorm) comes from the same loads, so the norm
+// costs no pass of its own. The tokens' factors are left in scale_out, for
+// the kernel to write the normalised rows (mb_lin_norm_store_xn) where it
+// suits it. ldx is a's and xn's row stride too.
 struct mb_lin_norm {
     const float *a;  // added to x first, or nullptr
     const float *nw; // the norm's weights [k]
@@ -49,16 +49,28 @@ struct mb_lin_norm {
     float *xn, *xn2; // the normalised rows, or nullptr (xn2: mapped host memory)
 };
 
-// This block's share of the normalised rows t0 .. t0 + nt (scale[i]: row
-// t0 + i's factor), as mb_kcuda_rmsnorm_kernel computes them.
-__device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x, size_t ldx,
-                                                     uint32_t t0, int nt, uint32_t k,
-                                                     const mb_lin_norm &nrm, const float *scale)
+// Whether the GEMV may take 16-byte chunks (VEC) for these operands.
+template <typename W>
+static inline bool mb_lin_vec_ok(uint32_t k, size_t ldx, const void *w, const float *x,
+                                 const mb_lin_norm *nrm)
 {
+    const auto al = [](const void *p) { return ((uintptr_t)p & 15) == 0; };
+    return k % mb_vec16<W>::n == 0 && ldx % 4 == 0 && al(w) && al(x) &&
+           (!nrm || (al(nrm->a) && al(nrm->nw)));
+}
+
+// This block's share of the normalised rows 0 .. nt (scale[i]: row i's
+// factor), as mb_kcuda_rmsnorm_kernel computes them: bit for bit its
+// output.
+__device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x, size_t ldx,
+                                                     int nt, uint32_t k, const mb_lin_norm &nrm,
+                                                     const float *scale)
+{
+    if (!nrm.xn) return;
     const size_t step = (size_t)gridDim.x * blockDim.x;
     for (int i = 0; i < nt; i++) {
-        const float *xr = x + (t0 + i) * ldx, *ar = nrm.a ? nrm.a + (t0 + i) * ldx : nullptr;
-        float *o = nrm.xn + (t0 + i) * ldx, *o2 = nrm.xn2 ? nrm.xn2 + (t0 + i) * ldx : nullptr;
+        const float *xr = x + i * ldx, *ar = nrm.a ? nrm.a + i * ldx : nullptr;
+        float *o = nrm.xn + i * ldx, *o2 = nrm.xn2 ? nrm.xn2 + i * ldx : nullptr;
         for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < k; e += step) {
             const float h = ar ? xr[e] + ar[e] : xr[e];
             const float v = nrm.nw[e] * (h * scale[i]);
@@ -68,9 +80,6 @@ __device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x
     }
 }
 
-// scale_out (n <= MB_LIN_NT, NORM): the rows' factors are left there and
-// the normalised rows are not written, for a caller that writes them later
-// (mb_lin_norm_store_xn) off its critical path.
 template <typename W, int R, bool VEC, bool NORM = false>
 __device__ __forceinline__ void
 mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
@@ -171,12 +180,8 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
             }
         }
         if constexpr (NORM) {
-            if (scale_out) {
-                for (int i = 0; i < nt; i++)
-                    scale_out[i] = scale[i];
-            } else if (nrm.xn) {
-                mb_lin_norm_store_xn(x, ldx, (uint32_t)t0, nt, k, nrm, scale);
-            }
+            for (int i = 0; i < nt; i++)
+                scale_out[i] = scale[i];
         }
         __syncthreads(); // red is reused by the next pass
     }

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cuda/dense.h"
 #include "kernels/cuda/moe_internal.cuh"
@@ -133,6 +134,36 @@ static inline void mb_dense_launch(void (*kern)(KArgs...), dim3 grid, dim3 block
 static inline int mb_dense_launched(void)
 {
     return (int)cudaGetLastError();
+}
+
+// f(W{}) for the weight type wdtype names (float, __half, __nv_bfloat16);
+// cudaErrorInvalidValue for any other.
+template <typename F> static inline int mb_dense_by_wdtype(int wdtype, F &&f)
+{
+    switch (wdtype) {
+    case MB_KCUDA_F32:
+        return f(float{});
+    case MB_KCUDA_F16:
+        return f(__half{});
+    case MB_KCUDA_BF16:
+        return f(__nv_bfloat16{});
+    default:
+        return (int)cudaErrorInvalidValue;
+    }
+}
+
+// f(A{}, B{}) with A, B std::true_type or std::false_type as a and b are:
+// two run-time choices made template arguments (a kernel's variants).
+template <typename F> static inline void mb_dense_by_flags(bool a, bool b, F &&f)
+{
+    if (a && b)
+        f(std::true_type{}, std::true_type{});
+    else if (a)
+        f(std::true_type{}, std::false_type{});
+    else if (b)
+        f(std::false_type{}, std::true_type{});
+    else
+        f(std::false_type{}, std::false_type{});
 }
 
 static inline bool mb_dense_wdtype_ok(int wdtype)

@@ -15,30 +15,21 @@
 
 #include "kernels/cuda/dense_gemv.cuh"
 
-// The GEMV kernel: one block body (dense_gemv.cuh) per grid block.
-template <typename W, int R, bool VEC>
+// The GEMV kernel: one block body (dense_gemv.cuh) per grid block; NORM
+// (one token): the RMSNorm folded in (mb_kcuda_linear_norm), the blocks
+// then writing their shares of the normalised row when asked to.
+template <typename W, int R, bool VEC, bool NORM>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n,
                                 float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                                int accumulate, int prefetch)
+                                int accumulate, const mb_lin_norm nrm, int prefetch)
 {
     if (prefetch) mb_lin_prefetch_rows(w, m, k, R);
     mb_pdl_enter();
-    mb_lin_gemv_block<W, R, VEC>(w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-}
-
-// The GEMV with an RMSNorm folded into its input (mb_kcuda_linear_norm).
-template <typename W, int R, bool VEC>
-__global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
-    mb_kcuda_linear_norm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
-                                const float *__restrict__ x, float *__restrict__ y,
-                                const float *__restrict__ bias, int accumulate,
-                                const mb_lin_norm nrm, int prefetch)
-{
-    if (prefetch) mb_lin_prefetch_rows(w, m, k, R);
-    mb_pdl_enter();
-    mb_lin_gemv_block<W, R, VEC, true>(w, m, k, x, k, 1, y, m, bias, accumulate, nrm);
+    float scale[MB_LIN_NT];
+    mb_lin_gemv_block<W, R, VEC, NORM>(w, m, k, x, ldx, n, y, ldy, bias, accumulate, nrm, scale);
+    if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
 }
 
 #define MB_LIN_BM 64 // tokens per tile
@@ -122,17 +113,20 @@ mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, con
     }
 }
 
+// nrm: the norm folded in (n == 1), or nullptr.
 template <typename W, int R>
-static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k, const float *x, size_t ldx,
-                        uint32_t n, float *y, size_t ldy, const float *bias, int acc)
+static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k,
+                        const float *x, size_t ldx, uint32_t n, float *y, size_t ldy,
+                        const float *bias, int acc, const mb_lin_norm *nrm = nullptr)
 {
     const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
-    if (vec)
-        mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, true>, blocks, MB_LIN_GEMV_THREADS, 0, s,
-                        w, m, k, x, ldx, n, y, ldy, bias, acc, mb_dense_prefetch());
-    else
-        mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, false>, blocks, MB_LIN_GEMV_THREADS, 0, s,
-                        w, m, k, x, ldx, n, y, ldy, bias, acc, mb_dense_prefetch());
+    const mb_lin_norm none = {};
+    const int pf = mb_dense_prefetch();
+    mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
+        mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, decltype(v)::value, decltype(nm)::value>,
+                        blocks, MB_LIN_GEMV_THREADS, 0, s, w, m, k, x, ldx, n, y, ldy, bias, acc,
+                        nrm ? *nrm : none, pf);
+    });
 }
 
 template <typename W>
@@ -141,8 +135,7 @@ static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, 
 {
     const W *w = (const W *)wv;
     if (n <= MB_LIN_GEMV_MAX_N) {
-        constexpr size_t V = mb_vec16<W>::n;
-        const bool vec = k % V == 0 && ldx % 4 == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
+        const bool vec = mb_lin_vec_ok<W>(k, ldx, w, x, nullptr);
         if constexpr (std::is_same<W, __nv_bfloat16>::value) {
             if (vec && n >= 2 && m >= MB_LIN_MMA_GEMV_MIN_M && !mb_dense_force_simt())
                 return (int)mb_kcuda_linear_mma_gemv_launch(s, w, m, k, x, ldx, n, y, ldy, bias, acc);
@@ -181,51 +174,23 @@ extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t
     }
 }
 
-template <typename W, int R>
-static void mb_lin_norm_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k,
-                             const float *x, float *y, const float *bias, int acc,
-                             const mb_lin_norm &nrm)
-{
-    const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
-    if (vec)
-        mb_dense_launch(mb_kcuda_linear_norm_kernel<W, R, true>, blocks, MB_LIN_GEMV_THREADS, 0, s,
-                        w, m, k, x, y, bias, acc, nrm, mb_dense_prefetch());
-    else
-        mb_dense_launch(mb_kcuda_linear_norm_kernel<W, R, false>, blocks, MB_LIN_GEMV_THREADS, 0, s,
-                        w, m, k, x, y, bias, acc, nrm, mb_dense_prefetch());
-}
-
-template <typename W>
-static int mb_lin_norm_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k,
-                             const mb_kcuda_norm_in *in, float *y, const float *bias, int acc)
-{
-    const W *w = (const W *)wv;
-    constexpr size_t V = mb_vec16<W>::n;
-    const bool vec = k % V == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)in->x & 15) == 0 &&
-                     ((uintptr_t)in->a & 15) == 0 && ((uintptr_t)in->w & 15) == 0;
-    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
-    // As mb_lin_typed's SIMT GEMV: four rows a block from 2048 rows.
-    if (m >= 2048)
-        mb_lin_norm_gemv<W, 4>(s, vec, w, m, k, in->x, y, bias, acc, nrm);
-    else
-        mb_lin_norm_gemv<W, 1>(s, vec, w, m, k, in->x, y, bias, acc, nrm);
-    return mb_dense_launched();
-}
-
 extern "C" int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k,
                                     const mb_kcuda_norm_in *in, float *y, const float *bias,
                                     int accumulate)
 {
     if (!w || !in || !in->x || !in->w || !y || m == 0 || k == 0) return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
-    switch (wdtype) {
-    case MB_KCUDA_F32:
-        return mb_lin_norm_typed<float>(s, w, m, k, in, y, bias, accumulate);
-    case MB_KCUDA_F16:
-        return mb_lin_norm_typed<__half>(s, w, m, k, in, y, bias, accumulate);
-    case MB_KCUDA_BF16:
-        return mb_lin_norm_typed<__nv_bfloat16>(s, w, m, k, in, y, bias, accumulate);
-    default:
-        return (int)cudaErrorInvalidValue;
-    }
+    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
+    return mb_dense_by_wdtype(wdtype, [&](auto tag) {
+        using W = decltype(tag);
+        const bool vec = mb_lin_vec_ok<W>(k, k, w, in->x, &nrm);
+        // As mb_lin_typed's SIMT GEMV: four rows a block from 2048 rows.
+        if (m >= 2048)
+            mb_lin_gemv<W, 4>(s, vec, (const W *)w, m, k, in->x, k, 1, y, m, bias, accumulate,
+                              &nrm);
+        else
+            mb_lin_gemv<W, 1>(s, vec, (const W *)w, m, k, in->x, k, 1, y, m, bias, accumulate,
+                              &nrm);
+        return mb_dense_launched();
+    });
 }

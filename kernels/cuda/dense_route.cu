@@ -102,7 +102,7 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
 // found by a counter, routes every token. done returns to 0 for the next
 // launch.
 // NORM: the input is RMSNorm(x) (mb_lin_norm), for mb_kcuda_router_topk_norm.
-template <typename W, bool VEC, bool NORM = false>
+template <typename W, bool VEC, bool NORM>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n, float *logits,
@@ -115,16 +115,15 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     // NORM (one token): the normalised row is written after the block
     // counts itself done, by the last block after it routes.
     float scale[MB_LIN_NT];
-    mb_lin_gemv_block<W, 1, VEC, NORM>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm,
-                                       NORM && nrm.xn ? scale : nullptr);
+    mb_lin_gemv_block<W, 1, VEC, NORM>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm, scale);
     __threadfence(); // this block's logits are visible device-wide before it counts itself done
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
     __syncthreads();
-    if constexpr (NORM) {
-        if (!last && nrm.xn) mb_lin_norm_store_xn(x, ldx, 0, (int)n, k, nrm, scale);
+    if (!last) {
+        if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
+        return;
     }
-    if (!last) return;
     __threadfence(); // every other block's logits are visible to the loads below
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float *p = mb_route_smem + (size_t)warp * ne;
@@ -137,9 +136,7 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         __syncwarp();
     }
     if (threadIdx.x == 0) *done = 0;
-    if constexpr (NORM) {
-        if (nrm.xn) mb_lin_norm_store_xn(x, ldx, 0, (int)n, k, nrm, scale);
-    }
+    if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
 }
 
 extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n, uint32_t n_experts, uint32_t top_k,
@@ -155,21 +152,25 @@ extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n
     return mb_dense_launched();
 }
 
-template <typename W>
-static int mb_router_topk_typed(cudaStream_t s, const W *w, uint32_t ne, uint32_t k, const float *x, size_t ldx,
-                                uint32_t n, float *logits, uint32_t top_k, int renorm, int32_t *ids, float *gate,
-                                unsigned *done)
+// The fused router's launch (nrm: the norm folded in, one token; or nullptr).
+static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint32_t ne, uint32_t k,
+                                 const float *x, size_t ldx, uint32_t n, float *logits,
+                                 uint32_t top_k, int renorm, int32_t *ids, float *gate,
+                                 unsigned *done, const mb_lin_norm *nrm)
 {
-    constexpr size_t V = mb_vec16<W>::n;
-    const bool vec = k % V == 0 && ldx % 4 == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
     const size_t smem = (size_t)MB_LIN_GEMV_WARPS * ne * sizeof(float);
-    if (vec)
-        mb_dense_launch(mb_kcuda_router_topk_kernel<W, true>, ne, MB_LIN_GEMV_THREADS, smem, s, w,
-                        ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done, mb_lin_norm{});
-    else
-        mb_dense_launch(mb_kcuda_router_topk_kernel<W, false>, ne, MB_LIN_GEMV_THREADS, smem, s, w,
-                        ne, k, x, ldx, n, logits, top_k, renorm, ids, gate, done, mb_lin_norm{});
-    return mb_dense_launched();
+    const mb_lin_norm none = {};
+    return mb_dense_by_wdtype(wdtype, [&](auto tag) {
+        using W = decltype(tag);
+        const W *wt = (const W *)w;
+        const bool vec = mb_lin_vec_ok<W>(k, ldx, w, x, nrm);
+        mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
+            mb_dense_launch(mb_kcuda_router_topk_kernel<W, decltype(v)::value, decltype(nm)::value>,
+                            ne, MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits, top_k,
+                            renorm, ids, gate, done, nrm ? *nrm : none);
+        });
+        return mb_dense_launched();
+    });
 }
 
 extern "C" int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uint32_t n_experts, uint32_t k,
@@ -187,41 +188,8 @@ extern "C" int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uin
         int e = mb_kcuda_linear(stream, wdtype, w, n_experts, k, x, ldx, n, logits, n_experts, NULL, 0);
         return e ? e : mb_kcuda_route_topk(stream, logits, n, n_experts, top_k, renorm, ids, gate);
     }
-    const cudaStream_t s = mb_dense_stream(stream);
-    switch (wdtype) {
-    case MB_KCUDA_F32:
-        return mb_router_topk_typed<float>(s, (const float *)w, n_experts, k, x, ldx, n, logits, top_k, renorm, ids,
-                                           gate, done);
-    case MB_KCUDA_F16:
-        return mb_router_topk_typed<__half>(s, (const __half *)w, n_experts, k, x, ldx, n, logits, top_k, renorm, ids,
-                                            gate, done);
-    case MB_KCUDA_BF16:
-        return mb_router_topk_typed<__nv_bfloat16>(s, (const __nv_bfloat16 *)w, n_experts, k, x, ldx, n, logits, top_k,
-                                                   renorm, ids, gate, done);
-    default:
-        return (int)cudaErrorInvalidValue;
-    }
-}
-
-template <typename W>
-static int mb_router_topk_norm_typed(cudaStream_t s, const W *w, uint32_t ne, uint32_t k,
-                                     const mb_kcuda_norm_in *in, float *logits, uint32_t top_k,
-                                     int renorm, int32_t *ids, float *gate, unsigned *done)
-{
-    constexpr size_t V = mb_vec16<W>::n;
-    const bool vec = k % V == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)in->x & 15) == 0 &&
-                     ((uintptr_t)in->a & 15) == 0 && ((uintptr_t)in->w & 15) == 0;
-    const size_t smem = (size_t)MB_LIN_GEMV_WARPS * ne * sizeof(float);
-    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
-    if (vec)
-        mb_dense_launch(mb_kcuda_router_topk_kernel<W, true, true>, ne, MB_LIN_GEMV_THREADS, smem,
-                        s, w, ne, k, in->x, (size_t)k, 1u, logits, top_k, renorm, ids, gate, done,
-                        nrm);
-    else
-        mb_dense_launch(mb_kcuda_router_topk_kernel<W, false, true>, ne, MB_LIN_GEMV_THREADS, smem,
-                        s, w, ne, k, in->x, (size_t)k, 1u, logits, top_k, renorm, ids, gate, done,
-                        nrm);
-    return mb_dense_launched();
+    return mb_router_topk_launch(mb_dense_stream(stream), wdtype, w, n_experts, k, x, ldx, n,
+                                 logits, top_k, renorm, ids, gate, done, nullptr);
 }
 
 extern "C" int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w,
@@ -233,20 +201,9 @@ extern "C" int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w
         n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 ||
         top_k > MB_ROUTE_MAX_K || top_k > n_experts)
         return (int)cudaErrorInvalidValue;
-    const cudaStream_t s = mb_dense_stream(stream);
-    switch (wdtype) {
-    case MB_KCUDA_F32:
-        return mb_router_topk_norm_typed<float>(s, (const float *)w, n_experts, k, in, logits,
-                                                top_k, renorm, ids, gate, done);
-    case MB_KCUDA_F16:
-        return mb_router_topk_norm_typed<__half>(s, (const __half *)w, n_experts, k, in, logits,
-                                                 top_k, renorm, ids, gate, done);
-    case MB_KCUDA_BF16:
-        return mb_router_topk_norm_typed<__nv_bfloat16>(s, (const __nv_bfloat16 *)w, n_experts, k,
-                                                        in, logits, top_k, renorm, ids, gate, done);
-    default:
-        return (int)cudaErrorInvalidValue;
-    }
+    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
+    return mb_router_topk_launch(mb_dense_stream(stream), wdtype, w, n_experts, k, in->x, k, 1,
+                                 logits, top_k, renorm, ids, gate, done, &nrm);
 }
 
 // One thread per (token, choice): the pair the expert kernels read.
