@@ -41,6 +41,31 @@ if(MB_WITH_VULKAN)
   if(Vulkan_FOUND AND GLSLC)
     set(MB_HAVE_VULKAN ON)
     message(STATUS "moe-broker: Vulkan backend ON (glslc: ${GLSLC})")
+    # The VK_NV_cooperative_matrix2 GEMM (kernels/vulkan/cm2/) needs a
+    # glslang newer than Debian 12's (GL_NV_cooperative_matrix2, glslang 14
+    # and up) and Vulkan headers that name the extension: MB_GLSLANG names
+    # such a glslang (bench/gpu/make-devkit.sh builds one); it is used when
+    # it compiles the shader, else the GEMM is left out (the backend then
+    # reports "built without cooperative_matrix2").
+    set(MB_GLSLANG "" CACHE FILEPATH "glslang with GL_NV_cooperative_matrix2, for kernels/vulkan/cm2")
+    set(MB_HAVE_VK_CM2 OFF)
+    if(MB_GLSLANG)
+      execute_process(COMMAND ${MB_GLSLANG} -V --target-env vulkan1.3
+                              -o ${CMAKE_BINARY_DIR}/cm2_probe.spv
+                              ${CMAKE_SOURCE_DIR}/kernels/vulkan/cm2/moe_gemm_cm2.comp
+                      RESULT_VARIABLE cm2_rc OUTPUT_VARIABLE cm2_out ERROR_VARIABLE cm2_out)
+      include(CheckSymbolExists)
+      set(CMAKE_REQUIRED_INCLUDES ${Vulkan_INCLUDE_DIRS})
+      check_symbol_exists(VK_NV_cooperative_matrix2 "vulkan/vulkan.h" MB_VK_HEADERS_CM2)
+      unset(CMAKE_REQUIRED_INCLUDES)
+      if(cm2_rc EQUAL 0 AND MB_VK_HEADERS_CM2)
+        set(MB_HAVE_VK_CM2 ON)
+        message(STATUS "moe-broker: Vulkan cooperative_matrix2 GEMM ON (${MB_GLSLANG})")
+      else()
+        message(STATUS "moe-broker: Vulkan cooperative_matrix2 GEMM OFF: ${MB_GLSLANG} rc ${cm2_rc}, "
+                       "headers name VK_NV_cooperative_matrix2: ${MB_VK_HEADERS_CM2}")
+      endif()
+    endif()
   else()
     message(STATUS "moe-broker: Vulkan backend OFF: need the Vulkan loader headers and glslc (libvulkan-dev, glslc)")
   endif()
@@ -60,6 +85,22 @@ function(mb_spirv out_var)
     add_custom_command(OUTPUT ${spv}
       COMMAND ${GLSLC} --target-env=vulkan1.2 -O -o ${spv} ${src}
       DEPENDS ${src} ${incs} COMMENT "glslc ${name}")
+    list(APPEND outs ${spv})
+  endforeach()
+  set(${out_var} ${outs} PARENT_SCOPE)
+endfunction()
+
+# The same with MB_GLSLANG (shaders that Debian 12's glslc cannot compile).
+function(mb_spirv_glslang out_var)
+  set(outs)
+  foreach(src IN LISTS ARGN)
+    get_filename_component(name ${src} NAME_WE)
+    get_filename_component(dir ${src} DIRECTORY)
+    file(GLOB incs CONFIGURE_DEPENDS ${dir}/*.glsl ${dir}/../*.glsl)
+    set(spv ${CMAKE_CURRENT_BINARY_DIR}/${name}.spv)
+    add_custom_command(OUTPUT ${spv}
+      COMMAND ${MB_GLSLANG} -V --target-env vulkan1.3 --quiet -o ${spv} ${src}
+      DEPENDS ${src} ${incs} COMMENT "glslang ${name}")
     list(APPEND outs ${spv})
   endforeach()
   set(${out_var} ${outs} PARENT_SCOPE)

@@ -3,15 +3,18 @@
  * MB_VULKAN_PATH (gemv, gemm: force a path), MB_VULKAN_HOST_IMPORT (0: never
  * read registered host memory in place; 1, the default: from
  * MB_VK_IMPORT_MIN_BYTES of activations; always: every request, for tests),
- * MB_VULKAN_COOPMAT (the tiled path's GEMMs on cooperative matrices,
- * moe_gemm_coopmat: 0, the default, never (on the H100 it is slower than
- * the portable f32 tiles: 129 against 94 ms for Mixtral's experts at 4096
- * tokens); auto where the device has VK_NV_cooperative_matrix with 16x16x16
- * f16 x f16 + f32; 1 requires it, and open fails with DEVICE and the reason
- * on stderr where it is missing), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
+ * MB_VULKAN_COOPMAT (the tiled path's GEMMs on matrix units: auto, the
+ * default, takes moe_gemm_cm2 (VK_NV_cooperative_matrix2, workgroup-scope
+ * matrices) where the device has it and the build has the shader; 2
+ * requires it; 1 requires moe_gemm_coopmat (VK_NV_cooperative_matrix
+ * 16x16x16 fragments, slower than the portable f32 tiles on the H100: 129
+ * against 94 ms for Mixtral's experts at 4096 tokens); 0 never; a
+ * requirement the device cannot meet fails open with DEVICE and the reason
+ * on stderr), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
  * high f16 half of the hidden row h, one MMA instead of two in the down
  * product, as MB_CUDA_HIDDEN=16 does on the CUDA backend) and
- * MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
+ * MB_VULKAN_CM2_TILE (BNxBK, moe_gemm_cm2's output columns and K step a
+ * tile: 128x32 by default; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
  * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c, registered host
  * memory in vk_host.c, a request's path and commands in vk_record.c,
  * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
@@ -121,11 +124,22 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     const char *verbose = getenv("MB_VULKAN_VERBOSE");
     be->verbose = verbose && verbose[0] && verbose[0] != '0';
     const char *cm = getenv("MB_VULKAN_COOPMAT");
-    /* Off unless asked for: on the H100 it measured slower than the
-     * portable GEMM (bench/notes/vulkan-expert.md). */
-    const int coopmat = cm && cm[0] == '1' ? 1 : cm && !strcmp(cm, "auto") ? -1 : 0;
+    const int coopmat = cm && cm[0] == '0' ? 0 : cm && cm[0] == '1' ? 1 : cm && cm[0] == '2' ? 2 : -1;
     const char *hidden = getenv("MB_VULKAN_HIDDEN");
     be->hidden16 = hidden && !strcmp(hidden, "16");
+    /* moe_gemm_cm2's tile, BNxBK (for measuring; 128x32 by default). */
+    be->cm2_bn = 128;
+    be->cm2_bk = 32;
+    const char *tile = getenv("MB_VULKAN_CM2_TILE");
+    unsigned tbn = 0, tbk = 0;
+    if (tile && sscanf(tile, "%ux%u", &tbn, &tbk) == 2 && (tbn == 64 || tbn == 128 || tbn == 256) &&
+        (tbk == 16 || tbk == 32 || tbk == 64)) {
+        be->cm2_bn = tbn;
+        be->cm2_bk = tbk;
+    } else if (tile) {
+        fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_TILE='%s' ignored (BNxBK: BN 64, 128 or 256; BK 16, 32 or 64)\n",
+                tile);
+    }
     mb_status st = mb_route_table_init(&be->table, max_slots);
     if (st != MB_STATUS_OK) {
         free(be);
@@ -144,9 +158,10 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         char note[256];
         if (be->ctx.has_coopmat)
             snprintf(note, sizeof note,
-                     "prefill GEMMs on cooperative matrices (moe_gemm_coopmat, VK_NV_cooperative_matrix 16x16x16 "
-                     "f16 -> f32, hidden row %s) for f16/bf16 weights with d_model and d_ff multiples of 8; "
-                     "moe_gemm (portable f32) otherwise",
+                     "prefill GEMMs on cooperative matrices (%s, f16 -> f32, hidden row %s) for f16/bf16 weights "
+                     "with d_model and d_ff multiples of 8; moe_gemm (portable f32) otherwise",
+                     be->ctx.has_coopmat == 2 ? "moe_gemm_cm2, VK_NV_cooperative_matrix2 64x128x32 workgroup tiles"
+                                              : "moe_gemm_coopmat, VK_NV_cooperative_matrix 16x16x16",
                      be->hidden16 ? "high half only" : "high + low halves");
         else
             snprintf(note, sizeof note, "prefill GEMMs portable (moe_gemm, f32): no cooperative matrices: %s",

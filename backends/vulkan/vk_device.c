@@ -59,7 +59,7 @@ mb_status mb_vk_instance_create(VkInstance *out)
     const VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
                                    .pApplicationName = "moe-worker",
                                    .pEngineName = "moe-broker",
-                                   .apiVersion = VK_API_VERSION_1_2};
+                                   .apiVersion = VK_API_VERSION_1_3}; /* 1.3: moe_gemm_cm2's SPIR-V 1.6 */
     const VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pApplicationInfo = &app};
     VkResult r = vkCreateInstance(&ci, NULL, out);
     if (r == VK_ERROR_INCOMPATIBLE_DRIVER || r == VK_ERROR_INITIALIZATION_FAILED) return MB_STATUS_DEVICE;
@@ -207,6 +207,74 @@ static const char *mb_vk_coopmat_unfit(VkInstance inst, VkPhysicalDevice phys, u
     return ok ? NULL : "no 16x16x16 f16 x f16 + f32 subgroup configuration";
 }
 
+/* Why moe_gemm_cm2 cannot run on phys, or NULL when it can: the shader was
+ * built (a glslang with GL_NV_cooperative_matrix2: cmake/deps.cmake), the
+ * device speaks Vulkan 1.3 (SPIR-V 1.6), has VK_KHR_cooperative_matrix and
+ * VK_NV_cooperative_matrix2 with workgroup scope, flexible dimensions,
+ * per-element operations, tensor addressing and block loads, 16-bit storage
+ * buffers, shaderFloat16 and the Vulkan memory model, and reports an f16 x
+ * f16 + f32 workgroup configuration for 256 invocations whose granularity
+ * divides the shader's 64 x 128 x 32 tiles. */
+static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys)
+{
+#ifdef VK_NV_cooperative_matrix2
+    if (!mb_kvk_spirv_find("moe_gemm_cm2"))
+        return "moe_gemm_cm2 not built (needs a glslang with GL_NV_cooperative_matrix2: MB_GLSLANG)";
+    VkPhysicalDeviceProperties pp;
+    vkGetPhysicalDeviceProperties(phys, &pp);
+    if (pp.apiVersion < VK_API_VERSION_1_3) return "Vulkan 1.3 needed";
+    if (!mb_vk_has_extension(phys, VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME)) return "no VK_KHR_cooperative_matrix";
+    if (!mb_vk_has_extension(phys, VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME)) return "no VK_NV_cooperative_matrix2";
+    VkPhysicalDeviceCooperativeMatrix2FeaturesNV c2 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV};
+    VkPhysicalDeviceCooperativeMatrixFeaturesKHR c1 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR, .pNext = &c2};
+    VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES,
+                                            .pNext = &c1};
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
+                                            .pNext = &f11};
+    VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
+    vkGetPhysicalDeviceFeatures2(phys, &f);
+    if (!c1.cooperativeMatrix) return "cooperativeMatrix (KHR) feature off";
+    if (!c2.cooperativeMatrixWorkgroupScope || !c2.cooperativeMatrixFlexibleDimensions ||
+        !c2.cooperativeMatrixPerElementOperations || !c2.cooperativeMatrixTensorAddressing ||
+        !c2.cooperativeMatrixBlockLoads)
+        return "a cooperative_matrix2 feature it needs is off";
+    if (!f11.storageBuffer16BitAccess) return "no storageBuffer16BitAccess";
+    if (!f12.shaderFloat16) return "no shaderFloat16";
+    if (!f12.vulkanMemoryModel) return "no vulkanMemoryModel";
+    VkPhysicalDeviceCooperativeMatrix2PropertiesNV cp = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_PROPERTIES_NV};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &cp};
+    vkGetPhysicalDeviceProperties2(phys, &p2);
+    if (cp.cooperativeMatrixWorkgroupScopeMaxWorkgroupSize < 256) return "workgroup scope below 256 invocations";
+    if (cp.cooperativeMatrixFlexibleDimensionsMaxDimension < 128) return "flexible dimensions below 128";
+    PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV get =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV)vkGetInstanceProcAddr(
+            inst, "vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV");
+    uint32_t n = 0;
+    if (!get || get(phys, &n, NULL) != VK_SUCCESS || n == 0) return "no flexible-dimension configurations reported";
+    VkCooperativeMatrixFlexibleDimensionsPropertiesNV *c = calloc(n, sizeof *c);
+    if (!c) return "out of host memory";
+    for (uint32_t i = 0; i < n; i++)
+        c[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_FLEXIBLE_DIMENSIONS_PROPERTIES_NV;
+    int ok = 0;
+    if (get(phys, &n, c) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n && !ok; i++)
+            ok = c[i].scope == VK_SCOPE_WORKGROUP_KHR && c[i].workgroupInvocations == 256 &&
+                 c[i].AType == VK_COMPONENT_TYPE_FLOAT16_KHR && c[i].BType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
+                 c[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR && c[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
+                 c[i].MGranularity && 64 % c[i].MGranularity == 0 && c[i].NGranularity &&
+                 128 % c[i].NGranularity == 0 && c[i].KGranularity && 32 % c[i].KGranularity == 0;
+    free(c);
+    return ok ? NULL : "no f16 x f16 + f32 workgroup configuration of 256 invocations fitting 64 x 128 x 32";
+#else
+    (void)inst;
+    (void)phys;
+    return "built with Vulkan headers that predate VK_NV_cooperative_matrix2";
+#endif
+}
+
 mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat)
 {
     memset(ctx, 0, sizeof *ctx);
@@ -266,7 +334,7 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat)
     ctx->queue_family = fam;
     ctx->timestamp_period = ctx->props.limits.timestampPeriod;
 
-    const char *exts[3];
+    const char *exts[4];
     uint32_t n_ext = 0;
     ctx->has_budget = mb_vk_has_extension(ctx->phys, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
     if (ctx->has_budget) exts[n_ext++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
@@ -284,27 +352,54 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat)
             exts[n_ext++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
         }
     }
-    /* Cooperative matrices: required (1), off (0) or where usable (-1). */
-    const char *cm_why = coopmat == 0 ? "off (MB_VULKAN_COOPMAT=auto or 1 turns them on)"
-                                      : mb_vk_coopmat_unfit(ctx->instance, ctx->phys, ctx->subgroup_size);
+    /* Matrix units for the tiled GEMMs: 0 off, 1 moe_gemm_coopmat
+     * required, 2 moe_gemm_cm2 required, -1 moe_gemm_cm2 where usable. */
+    const char *cm_why = "off (MB_VULKAN_COOPMAT=auto, 1 or 2 turns them on)";
+    if (coopmat == 1) cm_why = mb_vk_coopmat_unfit(ctx->instance, ctx->phys, ctx->subgroup_size);
+    if (coopmat == 2 || coopmat == -1) cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys);
     ctx->coopmat_why = cm_why;
-    if (cm_why && coopmat == 1) {
+    if (cm_why && coopmat > 0) {
         fprintf(stderr,
-                "vulkan backend: MB_VULKAN_COOPMAT=1 but device %d (%s) cannot run the cooperative-matrix GEMM: %s\n",
-                index, ctx->props.deviceName, cm_why);
+                "vulkan backend: MB_VULKAN_COOPMAT=%d but device %d (%s) cannot run the cooperative-matrix GEMM: %s\n",
+                coopmat, index, ctx->props.deviceName, cm_why);
         return MB_STATUS_DEVICE;
     }
-    ctx->has_coopmat = cm_why == NULL;
-    if (ctx->has_coopmat) exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+    ctx->has_coopmat = cm_why ? 0 : coopmat == 1 ? 1 : 2;
+    void *chain = NULL;
     VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV, .cooperativeMatrix = VK_TRUE};
+    if (ctx->has_coopmat == 1) {
+        exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+        chain = &cmf;
+    }
+#ifdef VK_NV_cooperative_matrix2
+    VkPhysicalDeviceCooperativeMatrix2FeaturesNV c2f = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_FEATURES_NV,
+        .cooperativeMatrixWorkgroupScope = VK_TRUE,
+        .cooperativeMatrixFlexibleDimensions = VK_TRUE,
+        .cooperativeMatrixPerElementOperations = VK_TRUE,
+        .cooperativeMatrixTensorAddressing = VK_TRUE,
+        .cooperativeMatrixBlockLoads = VK_TRUE};
+    VkPhysicalDeviceCooperativeMatrixFeaturesKHR c1f = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR,
+        .pNext = &c2f,
+        .cooperativeMatrix = VK_TRUE};
+    if (ctx->has_coopmat == 2) {
+        exts[n_ext++] = VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME;
+        exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME;
+        chain = &c1f;
+    }
+#endif
+    VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES,
+                                            .pNext = chain,
+                                            .storageBuffer16BitAccess = ctx->has_coopmat == 2 ? VK_TRUE : VK_FALSE};
     const float prio = 1.0f;
     const VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                          .queueFamilyIndex = fam,
                                          .queueCount = 1,
                                          .pQueuePriorities = &prio};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
-                                            .pNext = ctx->has_coopmat ? &cmf : NULL,
+                                            .pNext = &f11,
                                             .shaderFloat16 = ctx->has_coopmat ? VK_TRUE : VK_FALSE,
                                             .bufferDeviceAddress = VK_TRUE,
                                             .timelineSemaphore = VK_TRUE,

@@ -84,8 +84,9 @@ typedef struct {
     VkDeviceSize max_alloc;   /* largest single allocation */
     int has_budget;           /* VK_EXT_memory_budget enabled */
     int has_host_import;      /* VK_EXT_external_memory_host enabled */
-    int has_coopmat;          /* VK_NV_cooperative_matrix enabled, 16x16x16 f16 -> f32 on subgroups
-                                 of 32: the tiled path runs moe_gemm_coopmat */
+    int has_coopmat;          /* the tiled path's GEMMs on matrix units: 1 moe_gemm_coopmat
+                                 (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32 on subgroups of
+                                 32), 2 moe_gemm_cm2 (VK_NV_cooperative_matrix2); 0 neither */
     const char *coopmat_why;  /* why not (static string), when has_coopmat is 0 */
     VkDeviceSize host_import_align; /* its minImportedHostPointerAlignment */
     PFN_vkGetMemoryHostPointerPropertiesEXT host_ptr_props;
@@ -117,10 +118,12 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
  * the shaders and the backend need (Vulkan 1.2, buffer device addresses,
  * timeline semaphores, subgroup arithmetic in compute), and enables
  * VK_EXT_memory_budget and VK_EXT_external_memory_host where present, and
- * VK_NV_cooperative_matrix (with shaderFloat16 and vulkanMemoryModel) where
- * moe_gemm_coopmat can run, unless coopmat is 0; coopmat 1 requires it
- * (DEVICE, with the reason on stderr, when it cannot run), -1 takes it
- * where it can. DEVICE when absent or unfit, with the reason on stderr. */
+ * the matrix-unit extensions of the tiled GEMMs: coopmat 1 requires
+ * VK_NV_cooperative_matrix (moe_gemm_coopmat), 2 requires
+ * VK_KHR_cooperative_matrix + VK_NV_cooperative_matrix2 (moe_gemm_cm2), each
+ * with shaderFloat16 and vulkanMemoryModel (DEVICE, with the reason on
+ * stderr, when it cannot run), -1 takes moe_gemm_cm2 where it can, 0
+ * neither. DEVICE when absent or unfit, with the reason on stderr. */
 mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
@@ -290,6 +293,7 @@ typedef struct {
     int host_import; /* MB_VK_IMPORT_* (MB_VULKAN_HOST_IMPORT) */
     int verbose;     /* one-line notes on stderr (MB_VULKAN_VERBOSE) */
     int hidden16;    /* coopmat path: h's high half only (MB_VULKAN_HIDDEN=16) */
+    uint32_t cm2_bn, cm2_bk; /* moe_gemm_cm2's tile: output columns, K step (MB_VULKAN_CM2_TILE) */
     int gemm_noted;  /* verbose: the tiled GEMMs noted (1 coopmat, 2 portable) */
     uint32_t gemv_rows; /* weight rows per moe_gemv workgroup: one per subgroup */
     int spin;           /* poll spins before sleeping (not on a CPU device) */

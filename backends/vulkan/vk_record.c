@@ -190,19 +190,25 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
             char note[160];
             snprintf(note, sizeof note, "tiled request (%s weights, %s payload, %ux%u): %s",
                      mb_dtype_name(pl->wdtype[MB_PROTO_MAT_GATE]), mb_dtype_name(req->dtype), req->d_model, pl->d_ff,
-                     pl->coopmat ? "moe_gemm_coopmat (cooperative matrices)" : "moe_gemm (portable f32)");
+                     !pl->coopmat                ? "moe_gemm (portable f32)"
+                     : ctx->has_coopmat == 2     ? "moe_gemm_cm2 (cooperative_matrix2)"
+                                                 : "moe_gemm_coopmat (cooperative matrices)");
             mb_vk_note(be, note);
         }
-        const uint32_t bn = pl->coopmat ? MB_KVK_GEMM_CM_BN : MB_KVK_GEMM_BN;
+        /* moe_gemm_cm2 reads x gathered into grouped order (OUT 3, 4). */
+        const int cm2 = pl->coopmat && ctx->has_coopmat == 2;
+        const uint32_t bn = cm2 ? be->cm2_bn : pl->coopmat ? MB_KVK_GEMM_CM_BN : MB_KVK_GEMM_BN;
         const uint32_t s_route[MB_VK_SPECS] = {rows, bn}, s_pd[MB_VK_SPECS] = {pd};
-        const uint32_t s_conv[MB_VK_SPECS] = {pd, pl->coopmat ? 1u + (uint32_t)pl->split_x : 0u};
-        const char *gemm = pl->coopmat ? "moe_gemm_coopmat" : "moe_gemm";
+        const uint32_t s_conv[MB_VK_SPECS] = {pd, pl->coopmat ? 1u + (uint32_t)pl->split_x + 2u * cm2 : 0u};
+        const char *gemm = cm2 ? "moe_gemm_cm2" : pl->coopmat ? "moe_gemm_coopmat" : "moe_gemm";
         uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, wu}, s2[MB_VK_SPECS] = {wdd, 0, vec2, wdd};
         if (pl->coopmat) {
             s1[2] = (uint32_t)pl->split_x;
             s1[3] = (uint32_t)pl->split_h;
             s2[2] = (uint32_t)pl->split_h;
             s2[3] = 0;
+            s1[4] = s2[4] = bn;
+            s1[5] = s2[5] = cm2 ? be->cm2_bk : 0;
         }
         st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_conv, &pl->convert);
@@ -262,9 +268,18 @@ static void mb_vk_record_gemm(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan 
                                 .d_ff = pl->d_ff};
     mb_vk_dispatch(be, cb, n, pl->route, &rp, sizeof rp, 1, 1, NULL, 0);
     const size_t nx = (size_t)req->n_tokens * req->d_model;
-    const mb_kvk_convert_pc cp = {.act = in + pl->act_off, .x = ws + r->ws.x, .n = (uint32_t)nx};
-    /* moe_gemm_coopmat's f16 input: one invocation a word of two. */
-    const size_t conv_items = pl->coopmat ? nx / 2 : nx;
+    /* moe_gemm_cm2 takes x gathered into grouped order, [n_pairs][d_model]
+     * f16 halves: the bytes of y (f32 [n_pairs][d_model]), which only the
+     * down product writes, after gate/up has read x. */
+    const int cm2 = pl->coopmat && be->ctx.has_coopmat == 2;
+    const size_t nxg = cm2 ? (size_t)req->n_pairs * req->d_model : nx;
+    const mb_kvk_convert_pc cp = {.act = in + pl->act_off,
+                                  .x = ws + (cm2 ? r->ws.y : r->ws.x),
+                                  .perm_token = rp.perm_token,
+                                  .n = (uint32_t)nxg,
+                                  .k = req->d_model};
+    /* The f16 inputs of the matrix-unit GEMMs: one invocation a word of two. */
+    const size_t conv_items = pl->coopmat ? nxg / 2 : nx;
     mb_vk_dispatch(be, cb, n, pl->convert, &cp, sizeof cp, mb_vk_groups(conv_items, MB_KVK_CONVERT_THREADS), 1, NULL,
                    0);
     const VkBuffer *args = &r->fixed.buf;
@@ -278,7 +293,7 @@ static void mb_vk_record_gemm(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan 
                                 .expert_off = rp.expert_off,
                                 .perm_token = rp.perm_token,
                                 .a_hi = cp.x,
-                                .a_lo = cp.x + (VkDeviceSize)nx * 2,
+                                .a_lo = cp.x + (VkDeviceSize)nxg * 2,
                                 .out = h,
                                 .out_lo = h_lo,
                                 .K = req->d_model,

@@ -41,6 +41,12 @@ if has build; then
     if [ "${MB_WITH_VULKAN:-OFF}" = ON ]; then
         vk=(-DVulkan_INCLUDE_DIR=$PWD/.carry/dev/include -DVulkan_LIBRARY=$PWD/.carry/dev/lib/libvulkan.so
             -DGLSLC=$PWD/.carry/dev/bin/glslc -DVulkan_GLSLC_EXECUTABLE=$PWD/.carry/dev/bin/glslc)
+        # The cooperative_matrix2 GEMM: a newer glslang and Vulkan headers
+        # (bench/gpu/make-glslang.sh), where carried.
+        if [ -x .carry/dev/cm2/bin/glslang ]; then
+            vk[0]=-DVulkan_INCLUDE_DIR=$PWD/.carry/dev/cm2/include
+            vk+=(-DMB_GLSLANG=$PWD/.carry/dev/cm2/bin/glslang)
+        fi
     fi
     cmake -B $B -DCMAKE_BUILD_TYPE=Release -DMB_WERROR=ON -DMB_WITH_VULKAN=${MB_WITH_VULKAN:-OFF} "${vk[@]}" \
         -DCMAKE_INCLUDE_PATH=$PWD/.carry/dev/include -DCMAKE_LIBRARY_PATH=$PWD/.carry/dev/lib \

@@ -132,11 +132,14 @@ typedef struct {
 
 /* moe_convert: x[i] = f32(act[i]), i < n. Specialisation 0: payload dtype;
  * 1: output, 0 f32 as above, 1 f16 (n even, two a 32-bit word), 2 f16 high
- * halves then, n / 2 words after them, the low halves (f32 payloads). */
+ * halves then, n / 2 words after them, the low halves (f32 payloads); 3 and
+ * 4 are 1 and 2 in grouped order (moe_gemm_cm2): n = grouped rows x k, row
+ * r of x is act's row perm_token[r]. */
 typedef struct {
-    uint64_t act; /* payload [n] */
-    uint64_t x;   /* f32 [n] */
-    uint32_t n, pad;
+    uint64_t act;        /* payload [n], or [n_tokens][k] for 3 and 4 */
+    uint64_t x;          /* f32 [n] */
+    uint64_t perm_token; /* 3 and 4: i32 [n / k] token of each grouped row */
+    uint32_t n, k;       /* k: 3 and 4, the row length (even) */
 } mb_kvk_convert_pc;
 
 /* moe_gemv and moe_gemm: moe_gemm's dispatches are indirect, sized by
@@ -168,7 +171,12 @@ typedef struct {
  *   down:    y[row][N = d_model] = h[row] . W_down, K = d_ff
  * K and N multiples of 8, every address 16-byte aligned. Specialisation: 0
  * weight dtype (f16 or bf16), 1 gate/up (1) or down (0), 2 A has a low
- * half (a_lo), 3 gate/up writes h's low half (out_lo). */
+ * half (a_lo), 3 gate/up writes h's low half (out_lo).
+ * moe_gemm_cm2 (VK_NV_cooperative_matrix2, workgroup-scope matrices; built
+ * only with a glslang that has it: kernels/vulkan/cm2/) takes the same push
+ * constants, specialisations and dispatches, except that its gate/up A is
+ * x already gathered into grouped order, [n_pairs][K] (moe_convert OUT 3,
+ * 4), and perm_token is unused. */
 typedef struct {
     uint64_t slots;       /* mb_kvk_slot [max_slots] */
     uint64_t tiles;       /* the tile schedule */

@@ -1,0 +1,75 @@
+#!/bin/bash
+# Issue 8's prefill on VK_NV_cooperative_matrix2 (moe_gemm_cm2), one command
+# on the GPU machine (the device tool's `run`, carrying .carry with
+# .carry/dev/cm2 from bench/gpu/make-glslang.sh): builds with Vulkan and the
+# cm2 shader; the every-case parity test with moe_gemm_cm2 required (and
+# again with every case forced through the tiled path); bench_expert_gpu's
+# Vulkan backend depth with cm2 and with the portable tiles beside the CUDA
+# backend (1 and 4096 tokens, Qwen3-30B-A3B and Mixtral-8x7B experts); the
+# mixed session (a cuda:0, a vulkan:0 and a CPU worker, a third of the
+# experts each) against transformers' logits and its statistics table.
+#   bash bench/gpu/cm2_8.sh   (MB_SKIP_BUILD=1 on a warm machine;
+#   MB_CM2_QUICK=1: parity and the 4096-token benchmark only)
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/mb-out}
+mkdir -p "$OUT"
+t0=$(date +%s)
+export MB_WITH_VULKAN=ON
+export MB_TARGETS=${MB_TARGETS:-"moe-worker moe-broker test_backend_ops bench_expert_gpu test_parity_workers_mixed"}
+[ -n "${MB_SKIP_BUILD:-}" ] || timeout 300 bash bench/gpu/device_run.sh build 2>&1 | tail -3
+grep -m1 "cooperative_matrix2 GEMM" build-gpu/CMakeCache.txt "$OUT/build.log" 2>/dev/null
+grep -q "build rc=0" "$OUT/build.log" 2>/dev/null && rm -f "$OUT/build.log"
+rm -f "$OUT/device.txt"
+B=build-gpu
+export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+OPS=$B/tests/parity/backends/test_backend_ops
+BENCH=$B/bench/bench_expert_gpu
+[ -x "$OPS" ] && [ -x "$BENCH" ] || { echo "build failed"; exit 1; }
+
+ops() { # name, then environment assignments
+    local name=$1; shift
+    env "$@" MB_VULKAN_VERBOSE=1 timeout 90 "$OPS" vulkan > "$OUT/ops_$name.txt" 2>&1
+    echo "== test_backend_ops vulkan, $name ($*): rc=$? ($(( $(date +%s) - t0 )) s)"
+    grep -m3 -E "vulkan:0: (prefill|tiled)|SKIP|cannot run" "$OUT/ops_$name.txt"
+    grep -E "FAIL|CHECK" "$OUT/ops_$name.txt" | head -8
+    grep -A4 "worst normalised error" "$OUT/ops_$name.txt"
+}
+ops cm2 MB_VULKAN_COOPMAT=2
+ops cm2_gemm MB_VULKAN_COOPMAT=2 MB_VULKAN_PATH=gemm
+
+for cm in 2 0; do
+    MB_VULKAN_COOPMAT=$cm MB_VULKAN_VERBOSE=1 timeout 150 "$BENCH" --backend vulkan:0 --models qwen3,mixtral \
+        --decode 1 --prefill 4096 --budget 12 --register-host --no-worker --json "$OUT/expert_vk_cm$cm.json" \
+        > "$OUT/expert_vk_cm$cm.txt" 2>&1
+    echo "== bench_expert_gpu vulkan, MB_VULKAN_COOPMAT=$cm: rc=$? ($(( $(date +%s) - t0 )) s)"
+done
+echo "== backend depth, median us (compute us), Vulkan throughput relative to the CUDA backend"
+for cm in 2 0; do
+    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) " "$OUT/expert_vk_cm$cm.txt" |
+        awk -v cm=$cm '$2 == "vulkan-backend" { printf "coopmat=%s %-14s %5s tok %10s us (%s) %s %s\n", cm, $1, $3, $5, $7, $10, $11 }
+                       $2 == "backend" && cm == 2 { printf "cuda      %-14s %5s tok %10s us (%s)\n", $1, $3, $5, $7 }'
+done
+grep -h -m2 "vulkan:0: tiled" "$OUT"/expert_vk_cm*.txt
+[ -n "${MB_CM2_QUICK:-}" ] && exit 0
+
+# Other cm2 tiles (BNxBK), 4096 tokens only.
+for tile in ${MB_CM2_TILES:-256x32 128x64}; do
+    MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_TILE=$tile timeout 100 "$BENCH" --backend vulkan:0 --models qwen3,mixtral \
+        --decode 1 --prefill 4096 --budget 8 --register-host --no-worker > "$OUT/tile.txt" 2>&1
+    echo "== cm2 tile $tile: rc=$? ($(( $(date +%s) - t0 )) s)"
+    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) " "$OUT/tile.txt" |
+        awk '$2 == "vulkan-backend" && $3 > 1 { printf "  %-14s %5s tok %10s us (%s) %s %s\n", $1, $3, $5, $7, $10, $11 }'
+done
+rm -f "$OUT/tile.txt"
+
+# The mixed session: parity on every fixture (ctest), then one run on the
+# Qwen3-MoE fixture with the statistics table.
+(cd $B && timeout 150 ctest -R test_parity_workers_mixed --timeout 140 --output-on-failure > "$OUT/ctest_mixed.txt" 2>&1;
+    echo "== test_parity_workers_mixed rc=$?")
+grep -E "tests passed|Failed|max" "$OUT/ctest_mixed.txt" | head -6
+MB_VULKAN_VERBOSE=1 timeout 60 $B/bin/moe-broker run --model tests/data/qwen3moe-a --worker cuda:0 --worker vulkan:0 \
+    --worker cpu --prompt-len 200 --gen 32 --stats > "$OUT/mixed_run.txt" 2>&1
+echo "== moe-broker run, 3 workers: rc=$?"
+grep -vE "^loading|^generating" "$OUT/mixed_run.txt" | tail -30
+echo "total $(( $(date +%s) - t0 )) s"
