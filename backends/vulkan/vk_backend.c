@@ -153,6 +153,19 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     }
     memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
     st = mb_vk_ctx_init(&be->ctx, be->device, coopmat);
+    if (st == MB_STATUS_OK && be->ctx.has_coopmat == 2) {
+        /* A driver that lists the extension but cannot build the shader:
+         * the portable tiles under auto, an error where cm2 is required. */
+        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk};
+        VkPipeline probe;
+        if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec, &probe) != MB_STATUS_OK) {
+            fprintf(stderr, "vulkan backend: device %d's driver cannot build moe_gemm_cm2%s\n", be->device,
+                    coopmat == 2 ? "" : ": the prefill GEMMs stay portable");
+            be->ctx.has_coopmat = 0;
+            be->ctx.coopmat_why = "the driver could not build moe_gemm_cm2";
+            if (coopmat == 2) st = MB_STATUS_DEVICE;
+        }
+    }
     if (st == MB_STATUS_OK) {
         mb_vk_describe(be->ctx.phys, be->device_name, sizeof be->device_name, NULL);
         char note[256];
