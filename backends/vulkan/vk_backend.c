@@ -152,7 +152,8 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         return MB_STATUS_NOMEM;
     }
     memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
-    st = mb_vk_ctx_init(&be->ctx, be->device, coopmat);
+    const uint32_t cm2_tile[2] = {be->cm2_bn, be->cm2_bk};
+    st = mb_vk_ctx_init(&be->ctx, be->device, coopmat, cm2_tile);
     if (st == MB_STATUS_OK && be->ctx.has_coopmat == 2) {
         /* A driver that lists the extension but cannot build the shader:
          * the portable tiles under auto, an error where cm2 is required. */

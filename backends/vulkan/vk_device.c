@@ -214,8 +214,9 @@ static const char *mb_vk_coopmat_unfit(VkInstance inst, VkPhysicalDevice phys, u
  * per-element operations, tensor addressing and block loads, 16-bit storage
  * buffers, shaderFloat16 and the Vulkan memory model, and reports an f16 x
  * f16 + f32 workgroup configuration for 256 invocations whose granularity
- * divides the shader's 64 x 128 x 32 tiles. */
-static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys)
+ * divides the shader's product, bn x 64 x bk (M x N x K: the weights' BN
+ * rows by the tile's 64 grouped rows). */
+static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint32_t bn, uint32_t bk)
 {
 #ifdef VK_NV_cooperative_matrix2
     if (!mb_kvk_spirv_find("moe_gemm_cm2"))
@@ -248,7 +249,8 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys)
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &cp};
     vkGetPhysicalDeviceProperties2(phys, &p2);
     if (cp.cooperativeMatrixWorkgroupScopeMaxWorkgroupSize < 256) return "workgroup scope below 256 invocations";
-    if (cp.cooperativeMatrixFlexibleDimensionsMaxDimension < 128) return "flexible dimensions below 128";
+    if (cp.cooperativeMatrixFlexibleDimensionsMaxDimension < bn)
+        return "flexible dimensions below the tile's";
     PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV get =
         (PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV)vkGetInstanceProcAddr(
             inst, "vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV");
@@ -262,20 +264,25 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys)
     if (get(phys, &n, c) == VK_SUCCESS)
         for (uint32_t i = 0; i < n && !ok; i++)
             ok = c[i].scope == VK_SCOPE_WORKGROUP_KHR && c[i].workgroupInvocations == 256 &&
-                 c[i].AType == VK_COMPONENT_TYPE_FLOAT16_KHR && c[i].BType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
-                 c[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR && c[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
-                 c[i].MGranularity && 64 % c[i].MGranularity == 0 && c[i].NGranularity &&
-                 128 % c[i].NGranularity == 0 && c[i].KGranularity && 32 % c[i].KGranularity == 0;
+                 c[i].AType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
+                 c[i].BType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
+                 c[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
+                 c[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR && c[i].MGranularity &&
+                 bn % c[i].MGranularity == 0 && c[i].NGranularity && 64 % c[i].NGranularity == 0 &&
+                 c[i].KGranularity && bk % c[i].KGranularity == 0;
     free(c);
-    return ok ? NULL : "no f16 x f16 + f32 workgroup configuration of 256 invocations fitting 64 x 128 x 32";
+    return ok ? NULL
+              : "no f16 x f16 + f32 workgroup configuration of 256 invocations fitting the tile";
 #else
     (void)inst;
     (void)phys;
+    (void)bn;
+    (void)bk;
     return "built with Vulkan headers that predate VK_NV_cooperative_matrix2";
 #endif
 }
 
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat)
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[2])
 {
     memset(ctx, 0, sizeof *ctx);
     mb_status st = mb_vk_instance_create(&ctx->instance);
@@ -356,7 +363,8 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat)
      * required, 2 moe_gemm_cm2 required, -1 moe_gemm_cm2 where usable. */
     const char *cm_why = "off (MB_VULKAN_COOPMAT=auto, 1 or 2 turns them on)";
     if (coopmat == 1) cm_why = mb_vk_coopmat_unfit(ctx->instance, ctx->phys, ctx->subgroup_size);
-    if (coopmat == 2 || coopmat == -1) cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys);
+    if (coopmat == 2 || coopmat == -1)
+        cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1]);
     ctx->coopmat_why = cm_why;
     if (cm_why && coopmat > 0) {
         fprintf(stderr,

@@ -123,8 +123,9 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
  * VK_KHR_cooperative_matrix + VK_NV_cooperative_matrix2 (moe_gemm_cm2), each
  * with shaderFloat16 and vulkanMemoryModel (DEVICE, with the reason on
  * stderr, when it cannot run), -1 takes moe_gemm_cm2 where it can, 0
- * neither. DEVICE when absent or unfit, with the reason on stderr. */
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat);
+ * neither; cm2_tile is moe_gemm_cm2's {BN, BK}. DEVICE when absent or unfit, with the reason on
+ * stderr. */
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[2]);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
 /* Allocates a buffer of bytes (> 0) with storage, transfer and

@@ -75,20 +75,58 @@ float mb_lo_el(const in uint32_t r, const in uint32_t c, const in float x)
 #define MH coopmat<float16_t, gl_ScopeWorkgroup, BN, BM, gl_MatrixUseAccumulator>
 #define CLAMP gl_CooperativeMatrixClampModeConstantNV
 
+// Two forms of every layout: clamped (rows past the expert's end and
+// columns past N read as zero, stores there dropped) for edge tiles, and
+// unclamped with strides the compiler can see are 16-byte multiples (K is
+// a multiple of 8) for whole tiles, as llama.cpp's GEMMs do.
+#define MB_LAYOUT_C(t) tensorLayoutNV<2, CLAMP> t = createTensorLayoutNV(2, CLAMP)
+#define MB_LAYOUT_U(t) tensorLayoutNV<2> t = createTensorLayoutNV(2)
+
 // W[n0 .. n0 + BN)[k .. k + BK) of the weights at w, [N][K].
-void load_w(inout MW m, uvec2 w, uint n0, uint k)
-{
-    tensorLayoutNV<2, CLAMP> t = createTensorLayoutNV(2, CLAMP);
-    if (WDT == MB_F16) {
-        t = setTensorLayoutDimensionNV(t, p.N, p.K);
-        coopMatLoadTensorNV(m, MbF16s(w).v, 0, sliceTensorLayoutNV(t, n0, BN, k, BK));
-    } else {
-        // Words of two bf16 values along K: blocks of 1 x 2.
-        t = setTensorLayoutBlockSizeNV(t, 1, 2);
-        t = setTensorLayoutDimensionNV(t, p.N, p.K);
-        coopMatLoadTensorNV(m, MbU32(w).v, 0, sliceTensorLayoutNV(t, n0, BN, k, BK), mb_dec_bf16);
+#define MB_LOAD_W(NAME, LAYOUT)                                                                      \
+    void NAME(inout MW m, uvec2 w, uint n0, uint k)                                                  \
+    {                                                                                                \
+        LAYOUT(t);                                                                                   \
+        if (WDT == MB_F16) {                                                                         \
+            t = setTensorLayoutDimensionNV(t, p.N, p.K);                                             \
+            t = setTensorLayoutStrideNV(t, p.K & ~7u, 1);                                            \
+            coopMatLoadTensorNV(m, MbF16s(w).v, 0, sliceTensorLayoutNV(t, n0, BN, k, BK));           \
+        } else { /* words of two bf16 values along K: blocks of 1 x 2 */                             \
+            t = setTensorLayoutBlockSizeNV(t, 1, 2);                                                 \
+            t = setTensorLayoutDimensionNV(t, p.N, p.K);                                             \
+            t = setTensorLayoutStrideNV(t, (p.K >> 1) & ~3u, 1);                                     \
+            coopMatLoadTensorNV(m, MbU32(w).v, 0, sliceTensorLayoutNV(t, n0, BN, k, BK), mb_dec_bf16); \
+        }                                                                                            \
     }
-}
+MB_LOAD_W(load_w_c, MB_LAYOUT_C)
+MB_LOAD_W(load_w_u, MB_LAYOUT_U)
+
+// The K loop: c0 (and c1 for up) += W . A^T over the tile, A the grouped
+// rows up to this expert's last as the B operand (K x rows) through a
+// transposed view.
+#define MB_K_LOOP(LAYOUT, LOAD_W)                                                                    \
+    {                                                                                                \
+        LAYOUT(ta);                                                                                  \
+        ta = setTensorLayoutDimensionNV(ta, row_end, p.K);                                           \
+        ta = setTensorLayoutStrideNV(ta, p.K & ~7u, 1);                                              \
+        for (uint k = 0u; k < p.K; k += BK) {                                                        \
+            MX a;                                                                                    \
+            coopMatLoadTensorNV(a, MbF16s(p.a_hi).v, 0, sliceTensorLayoutNV(ta, row0, BM, k, BK), tr); \
+            MW b0;                                                                                   \
+            LOAD_W(b0, w0, n0, k);                                                                   \
+            c0 = coopMatMulAdd(b0, a, c0);                                                           \
+            MW b1;                                                                                   \
+            if (GATEUP) {                                                                            \
+                LOAD_W(b1, w1, n0, k);                                                               \
+                c1 = coopMatMulAdd(b1, a, c1);                                                       \
+            }                                                                                        \
+            if (SPLIT) {                                                                             \
+                coopMatLoadTensorNV(a, MbF16s(p.a_lo).v, 0, sliceTensorLayoutNV(ta, row0, BM, k, BK), tr); \
+                c0 = coopMatMulAdd(b0, a, c0);                                                       \
+                if (GATEUP) c1 = coopMatMulAdd(b1, a, c1);                                           \
+            }                                                                                        \
+        }                                                                                            \
+    }
 
 void main()
 {
@@ -101,31 +139,14 @@ void main()
     MbU32x2 st = MbU32x2(p.slots);
     const uvec2 w0 = st.v[slot * 3u + (GATEUP ? 0u : 2u)];
     const uvec2 w1 = st.v[slot * 3u + 1u];
-
-    // A: the grouped rows up to this expert's last (later rows read as 0),
-    // as the B operand (K x rows) through a transposed view.
-    tensorLayoutNV<2, CLAMP> ta = createTensorLayoutNV(2, CLAMP);
-    ta = setTensorLayoutDimensionNV(ta, row_end, p.K);
     tensorViewNV<2, false, 1, 0> tr = createTensorViewNV(2, false, 1, 0);
 
     MC c0 = MC(0.0), c1 = MC(0.0);
-    for (uint k = 0u; k < p.K; k += BK) {
-        MX a;
-        coopMatLoadTensorNV(a, MbF16s(p.a_hi).v, 0, sliceTensorLayoutNV(ta, row0, BM, k, BK), tr);
-        MW b0;
-        load_w(b0, w0, n0, k);
-        c0 = coopMatMulAdd(b0, a, c0);
-        MW b1;
-        if (GATEUP) {
-            load_w(b1, w1, n0, k);
-            c1 = coopMatMulAdd(b1, a, c1);
-        }
-        if (SPLIT) {
-            coopMatLoadTensorNV(a, MbF16s(p.a_lo).v, 0, sliceTensorLayoutNV(ta, row0, BM, k, BK), tr);
-            c0 = coopMatMulAdd(b0, a, c0);
-            if (GATEUP) c1 = coopMatMulAdd(b1, a, c1);
-        }
-    }
+    // Workgroup-uniform: the tile's rows, columns and K steps all whole.
+    if (row0 + BM <= row_end && n0 + BN <= p.N && p.K % BK == 0u)
+        MB_K_LOOP(MB_LAYOUT_U, load_w_u)
+    else
+        MB_K_LOOP(MB_LAYOUT_C, load_w_c)
 
     // Output [rows][N] through the transposed view: only this expert's rows
     // and N's columns are stored.
