@@ -9,7 +9,8 @@
 # mixed session (a cuda:0, a vulkan:0 and a CPU worker, a third of the
 # experts each) against transformers' logits and its statistics table.
 #   bash bench/gpu/cm2_8.sh   (MB_SKIP_BUILD=1 on a warm machine;
-#   MB_CM2_QUICK=1: parity and the 4096-token benchmark only)
+#   MB_CM2_QUICK=1: parity and the benchmark only; MB_CM2_WITH9=1 also
+#   builds issue 9's targets and runs its L2-prefetch A/B and device parity)
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
@@ -17,6 +18,7 @@ mkdir -p "$OUT"
 t0=$(date +%s)
 export MB_WITH_VULKAN=ON
 export MB_TARGETS=${MB_TARGETS:-"moe-worker moe-broker test_backend_ops bench_expert_gpu test_parity_workers_mixed"}
+[ -n "${MB_CM2_WITH9:-}" ] && MB_TARGETS="$MB_TARGETS test_dense_cuda test_parity_device bench_e2e_device"
 [ -n "${MB_SKIP_BUILD:-}" ] || timeout 300 bash bench/gpu/device_run.sh build 2>&1 | tail -3
 grep -m1 "cooperative_matrix2 GEMM" build-gpu/CMakeCache.txt "$OUT/build.log" 2>/dev/null
 grep -q "build rc=0" "$OUT/build.log" 2>/dev/null && rm -f "$OUT/build.log"
@@ -29,11 +31,14 @@ BENCH=$B/bench/bench_expert_gpu
 
 ops() { # name, then environment assignments
     local name=$1; shift
-    env "$@" MB_VULKAN_VERBOSE=1 timeout 90 "$OPS" vulkan > "$OUT/ops_$name.txt" 2>&1
+    echo "== $name ($*)" >> "$OUT/ops.txt"
+    env "$@" MB_VULKAN_VERBOSE=1 timeout 90 "$OPS" vulkan > "$OUT/ops_one.txt" 2>&1
     echo "== test_backend_ops vulkan, $name ($*): rc=$? ($(( $(date +%s) - t0 )) s)"
-    grep -m3 -E "vulkan:0: (prefill|tiled)|SKIP|cannot run" "$OUT/ops_$name.txt"
-    grep -E "FAIL|CHECK" "$OUT/ops_$name.txt" | head -8
-    grep -A4 "worst normalised error" "$OUT/ops_$name.txt"
+    cat "$OUT/ops_one.txt" >> "$OUT/ops.txt"
+    grep -m3 -E "vulkan:0: (prefill|tiled)|SKIP|cannot" "$OUT/ops_one.txt"
+    grep -E "FAIL|CHECK" "$OUT/ops_one.txt" | head -8
+    grep -A4 "worst normalised error" "$OUT/ops_one.txt"
+    rm -f "$OUT/ops_one.txt"
 }
 ops cm2 MB_VULKAN_COOPMAT=2
 ops cm2_gemm MB_VULKAN_COOPMAT=2 MB_VULKAN_PATH=gemm
@@ -53,6 +58,31 @@ done
 grep -h -m2 "vulkan:0: tiled" "$OUT"/expert_vk_cm*.txt
 [ -n "${MB_CM2_QUICK:-}" ] && exit 0
 
+# The mixed session: parity on every fixture (ctest), then one run on the
+# Qwen3-MoE fixture with the statistics table.
+(cd $B && timeout 150 ctest -R test_parity_workers_mixed --timeout 140 --output-on-failure > "$OUT/mixed.txt" 2>&1;
+    echo "== test_parity_workers_mixed rc=$?")
+grep -E "tests passed|Failed|max" "$OUT/mixed.txt" | head -6
+MB_VULKAN_VERBOSE=1 timeout 60 $B/bin/moe-broker run --model tests/data/qwen3moe-a --worker cuda:0 --worker vulkan:0 \
+    --worker cpu --prompt-len 200 --gen 32 --stats > "$OUT/mixed_run.txt" 2>&1
+echo "== moe-broker run, 3 workers: rc=$?"
+cat "$OUT/mixed_run.txt" >> "$OUT/mixed.txt"
+grep -vE "^loading|^generating" "$OUT/mixed_run.txt" | tail -30
+rm -f "$OUT/mixed_run.txt"
+
+if [ -n "${MB_CM2_WITH9:-}" ]; then # issue 9: device parity, then the L2 prefetch A/B
+    (cd $B && timeout 100 ctest -j2 -R "test_parity_device|test_dense_cuda$" --timeout 90 --output-on-failure \
+        > "$OUT/ab9.txt" 2>&1; echo "== issue 9 ctest rc=$?")
+    grep -E "tests passed|Failed|Passed" "$OUT/ab9.txt" | head -4
+    for v in 1 0 1 0; do
+        MB_CUDA_PREFETCH=$v timeout 30 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 48 --no-cpu-coord \
+            --cases gpu > "$OUT/ab.txt" 2>&1
+        echo "== MB_CUDA_PREFETCH=$v rc=$?"; grep -E "^device copy|^cuda |^dense" "$OUT/ab.txt"
+        cat "$OUT/ab.txt" >> "$OUT/ab9.txt"
+    done
+    rm -f "$OUT/ab.txt"
+fi
+
 # Other cm2 tiles (BNxBK), 4096 tokens only.
 for tile in ${MB_CM2_TILES:-256x32 128x64}; do
     MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_TILE=$tile timeout 100 "$BENCH" --backend vulkan:0 --models qwen3,mixtral \
@@ -63,13 +93,4 @@ for tile in ${MB_CM2_TILES:-256x32 128x64}; do
 done
 rm -f "$OUT/tile.txt"
 
-# The mixed session: parity on every fixture (ctest), then one run on the
-# Qwen3-MoE fixture with the statistics table.
-(cd $B && timeout 150 ctest -R test_parity_workers_mixed --timeout 140 --output-on-failure > "$OUT/ctest_mixed.txt" 2>&1;
-    echo "== test_parity_workers_mixed rc=$?")
-grep -E "tests passed|Failed|max" "$OUT/ctest_mixed.txt" | head -6
-MB_VULKAN_VERBOSE=1 timeout 60 $B/bin/moe-broker run --model tests/data/qwen3moe-a --worker cuda:0 --worker vulkan:0 \
-    --worker cpu --prompt-len 200 --gen 32 --stats > "$OUT/mixed_run.txt" 2>&1
-echo "== moe-broker run, 3 workers: rc=$?"
-grep -vE "^loading|^generating" "$OUT/mixed_run.txt" | tail -30
 echo "total $(( $(date +%s) - t0 )) s"
