@@ -13,8 +13,8 @@
  * on stderr), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
  * high f16 half of the hidden row h, one MMA instead of two in the down
  * product, as MB_CUDA_HIDDEN=16 does on the CUDA backend) and
- * MB_VULKAN_CM2_TILE (BNxBK, moe_gemm_cm2's output columns and K step a
- * tile: 128x32 by default; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
+ * MB_VULKAN_CM2_TILE (BMxBNxBK, moe_gemm_cm2's grouped rows, output
+ * columns and K step a tile: 64x128x32 by default; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
  * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c, registered host
  * memory in vk_host.c, a request's path and commands in vk_record.c,
  * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
@@ -127,17 +127,21 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     const int coopmat = cm && cm[0] == '0' ? 0 : cm && cm[0] == '1' ? 1 : cm && cm[0] == '2' ? 2 : -1;
     const char *hidden = getenv("MB_VULKAN_HIDDEN");
     be->hidden16 = hidden && !strcmp(hidden, "16");
-    /* moe_gemm_cm2's tile, BNxBK (for measuring; 128x32 by default). */
+    /* moe_gemm_cm2's tile, BMxBNxBK (for measuring; 64x128x32 by default). */
+    be->cm2_bm = 64;
     be->cm2_bn = 128;
     be->cm2_bk = 32;
     const char *tile = getenv("MB_VULKAN_CM2_TILE");
-    unsigned tbn = 0, tbk = 0;
-    if (tile && sscanf(tile, "%ux%u", &tbn, &tbk) == 2 && (tbn == 64 || tbn == 128 || tbn == 256) &&
-        (tbk == 16 || tbk == 32 || tbk == 64)) {
+    unsigned tbm = 0, tbn = 0, tbk = 0;
+    if (tile && sscanf(tile, "%ux%ux%u", &tbm, &tbn, &tbk) == 3 && (tbm == 64 || tbm == 128) &&
+        (tbn == 64 || tbn == 128 || tbn == 256) && (tbk == 16 || tbk == 32 || tbk == 64)) {
+        be->cm2_bm = tbm;
         be->cm2_bn = tbn;
         be->cm2_bk = tbk;
     } else if (tile) {
-        fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_TILE='%s' ignored (BNxBK: BN 64, 128 or 256; BK 16, 32 or 64)\n",
+        fprintf(stderr,
+                "vulkan backend: MB_VULKAN_CM2_TILE='%s' ignored (BMxBNxBK: BM 64 or 128; BN 64, 128 or 256; "
+                "BK 16, 32 or 64)\n",
                 tile);
     }
     mb_status st = mb_route_table_init(&be->table, max_slots);
@@ -152,12 +156,12 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         return MB_STATUS_NOMEM;
     }
     memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
-    const uint32_t cm2_tile[2] = {be->cm2_bn, be->cm2_bk};
+    const uint32_t cm2_tile[3] = {be->cm2_bm, be->cm2_bn, be->cm2_bk};
     st = mb_vk_ctx_init(&be->ctx, be->device, coopmat, cm2_tile);
     if (st == MB_STATUS_OK && be->ctx.has_coopmat == 2) {
         /* A driver that lists the extension but cannot build the shader:
          * the portable tiles under auto, an error where cm2 is required. */
-        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk};
+        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
         VkPipeline probe;
         if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec, &probe) != MB_STATUS_OK) {
             fprintf(stderr, "vulkan backend: device %d's driver cannot build moe_gemm_cm2%s\n", be->device,

@@ -214,9 +214,9 @@ static const char *mb_vk_coopmat_unfit(VkInstance inst, VkPhysicalDevice phys, u
  * per-element operations, tensor addressing and block loads, 16-bit storage
  * buffers, shaderFloat16 and the Vulkan memory model, and reports an f16 x
  * f16 + f32 workgroup configuration for 256 invocations whose granularity
- * divides the shader's product, bn x 64 x bk (M x N x K: the weights' BN
- * rows by the tile's 64 grouped rows). */
-static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint32_t bn, uint32_t bk)
+ * divides the shader's product, bn x bm x bk (M x N x K: the weights' bn
+ * rows by the tile's bm grouped rows). */
+static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint32_t bm, uint32_t bn, uint32_t bk)
 {
 #ifdef VK_NV_cooperative_matrix2
     if (!mb_kvk_spirv_find("moe_gemm_cm2"))
@@ -268,7 +268,7 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
                  c[i].BType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
                  c[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
                  c[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR && c[i].MGranularity &&
-                 bn % c[i].MGranularity == 0 && c[i].NGranularity && 64 % c[i].NGranularity == 0 &&
+                 bn % c[i].MGranularity == 0 && c[i].NGranularity && bm % c[i].NGranularity == 0 &&
                  c[i].KGranularity && bk % c[i].KGranularity == 0;
     free(c);
     return ok ? NULL
@@ -276,13 +276,14 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
 #else
     (void)inst;
     (void)phys;
+    (void)bm;
     (void)bn;
     (void)bk;
     return "built with Vulkan headers that predate VK_NV_cooperative_matrix2";
 #endif
 }
 
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[2])
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[3])
 {
     memset(ctx, 0, sizeof *ctx);
     mb_status st = mb_vk_instance_create(&ctx->instance);
@@ -364,7 +365,7 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
     const char *cm_why = "off (MB_VULKAN_COOPMAT=auto, 1 or 2 turns them on)";
     if (coopmat == 1) cm_why = mb_vk_coopmat_unfit(ctx->instance, ctx->phys, ctx->subgroup_size);
     if (coopmat == 2 || coopmat == -1)
-        cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1]);
+        cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2]);
     ctx->coopmat_why = cm_why;
     if (cm_why && coopmat > 0) {
         fprintf(stderr,

@@ -30,7 +30,7 @@
 #define MB_VK_MAX_PIPELINES 256 /* shader x specialisations: quantized mixes add many */
 #define MB_VK_PUSH_BYTES 128u
 #define MB_VK_ALIGN(x) (((x) + 255) & ~(size_t)255) /* offsets inside request buffers */
-#define MB_VK_SPECS 6u /* specialisation constants 0..5 a pipeline may take */
+#define MB_VK_SPECS 7u /* specialisation constants 0..6 a pipeline may take */
 #define MB_VK_MAX_HOST 8 /* host regions registered at once */
 /* Inputs of a GEMV-path request up to this size are written straight into
  * device-local, host-visible memory, where the device has such a type. */
@@ -123,9 +123,9 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
  * VK_KHR_cooperative_matrix + VK_NV_cooperative_matrix2 (moe_gemm_cm2), each
  * with shaderFloat16 and vulkanMemoryModel (DEVICE, with the reason on
  * stderr, when it cannot run), -1 takes moe_gemm_cm2 where it can, 0
- * neither; cm2_tile is moe_gemm_cm2's {BN, BK}. DEVICE when absent or unfit, with the reason on
+ * neither; cm2_tile is moe_gemm_cm2's {BM, BN, BK}. DEVICE when absent or unfit, with the reason on
  * stderr. */
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[2]);
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[3]);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
 /* Allocates a buffer of bytes (> 0) with storage, transfer and
@@ -294,7 +294,8 @@ typedef struct {
     int host_import; /* MB_VK_IMPORT_* (MB_VULKAN_HOST_IMPORT) */
     int verbose;     /* one-line notes on stderr (MB_VULKAN_VERBOSE) */
     int hidden16;    /* coopmat path: h's high half only (MB_VULKAN_HIDDEN=16) */
-    uint32_t cm2_bn, cm2_bk; /* moe_gemm_cm2's tile: output columns, K step (MB_VULKAN_CM2_TILE) */
+    uint32_t cm2_bm, cm2_bn, cm2_bk; /* moe_gemm_cm2's tile: rows, output columns, K step
+                                        (MB_VULKAN_CM2_TILE) */
     int gemm_noted;  /* verbose: the tiled GEMMs noted (1 coopmat, 2 portable) */
     uint32_t gemv_rows; /* weight rows per moe_gemv workgroup: one per subgroup */
     int spin;           /* poll spins before sleeping (not on a CPU device) */

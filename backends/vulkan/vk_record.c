@@ -198,7 +198,7 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
         /* moe_gemm_cm2 reads x gathered into grouped order (OUT 3, 4). */
         const int cm2 = pl->coopmat && ctx->has_coopmat == 2;
         const uint32_t bn = cm2 ? be->cm2_bn : pl->coopmat ? MB_KVK_GEMM_CM_BN : MB_KVK_GEMM_BN;
-        const uint32_t s_route[MB_VK_SPECS] = {rows, bn}, s_pd[MB_VK_SPECS] = {pd};
+        const uint32_t s_route[MB_VK_SPECS] = {rows, bn, cm2 ? be->cm2_bm : 0}, s_pd[MB_VK_SPECS] = {pd};
         const uint32_t s_conv[MB_VK_SPECS] = {pd, pl->coopmat ? 1u + (uint32_t)pl->split_x + 2u * cm2 : 0u};
         const char *gemm = cm2 ? "moe_gemm_cm2" : pl->coopmat ? "moe_gemm_coopmat" : "moe_gemm";
         uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, wu}, s2[MB_VK_SPECS] = {wdd, 0, vec2, wdd};
@@ -209,6 +209,7 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
             s2[3] = 0;
             s1[4] = s2[4] = bn;
             s1[5] = s2[5] = cm2 ? be->cm2_bk : 0;
+            s1[6] = s2[6] = cm2 ? be->cm2_bm : 0;
         }
         st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_conv, &pl->convert);

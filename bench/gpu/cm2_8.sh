@@ -83,8 +83,8 @@ if [ -n "${MB_CM2_WITH9:-}" ]; then # issue 9: device parity, then the L2 prefet
     rm -f "$OUT/ab.txt"
 fi
 
-# Other cm2 tiles (BNxBK), 4096 tokens only.
-for tile in ${MB_CM2_TILES:-256x32 128x64}; do
+# Other cm2 tiles (BMxBNxBK), 4096 tokens only.
+for tile in ${MB_CM2_TILES:-128x128x32 64x256x32 128x128x64}; do
     MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_TILE=$tile timeout 100 "$BENCH" --backend vulkan:0 --models qwen3,mixtral \
         --decode 1 --prefill 4096 --budget 8 --register-host --no-worker > "$OUT/tile.txt" 2>&1
     echo "== cm2 tile $tile: rc=$? ($(( $(date +%s) - t0 )) s)"

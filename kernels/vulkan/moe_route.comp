@@ -11,7 +11,6 @@
 #include "moe_common.glsl"
 
 #define THREADS 256u
-#define GEMM_BM 64u
 
 layout(local_size_x = 256) in;
 layout(constant_id = 0) const uint GEMV_ROWS = 16u; // moe_gemv's weight rows per workgroup
@@ -19,6 +18,10 @@ layout(constant_id = 0) const uint GEMV_ROWS = 16u; // moe_gemv's weight rows pe
 // moe_gemm_coopmat's 128 (0 counts as 64).
 layout(constant_id = 1) const uint GEMM_BN_SPEC = 64u;
 const uint GEMM_BN = GEMM_BN_SPEC == 0u ? 64u : GEMM_BN_SPEC;
+// Grouped rows per tile: 64 (MB_KVK_GEMM_BM; 0 counts as 64), or
+// moe_gemm_cm2's 128 (the tiles buffer is sized for 64, so it fits).
+layout(constant_id = 2) const uint GEMM_BM_SPEC = 64u;
+const uint GEMM_BM = GEMM_BM_SPEC == 0u ? 64u : GEMM_BM_SPEC;
 
 layout(push_constant) uniform P {
     uvec2 counts, pairs, slot_cnt, slot_eidx, tok_off, expert_slot, expert_off, pair_pos, perm_token, tiles, args;

@@ -3,10 +3,10 @@
 // workgroup-scope matrices and tensor-addressed loads, so that the driver
 // stages and lays out the tiles itself (its own shared memory and matrix
 // instructions) instead of moe_gemm_coopmat's hand-staged 16 x 16 subgroup
-// fragments. Same tile schedule (moe_route: 64 grouped rows of one
-// expert, workgroup x) by BN output columns (workgroup y; specialisation 4,
-// 128 by default, as moe_route's GEMM_BN), K in steps of BK (5, 32), same
-// push constants (mb_kvk_gemm_cm_pc) and the same f16 operands:
+// fragments. moe_route's tile schedule: BM grouped rows of one expert
+// (workgroup x; specialisation 6, 64 by default, moe_route's GEMM_BM) by
+// BN output columns (workgroup y; 4, 128, moe_route's GEMM_BN), K in
+// steps of BK (5, 32); the same push constants (mb_kvk_gemm_cm_pc) and the same f16 operands:
 //   gate/up: h[row][n] = silu(x_g[row] . W_gate[n]) * (x_g[row] . W_up[n])
 //   down:    y[row][n] = h[row] . W_down[n]
 // A (x_g, or h) is [rows][K] f16 in grouped order: moe_convert (OUT 3, 4)
@@ -24,7 +24,6 @@
 #extension GL_EXT_shader_explicit_arithmetic_types : require
 #include "../moe_common.glsl"
 
-#define BM 64u // grouped rows per tile (moe_route's MB_KVK_GEMM_BM)
 
 layout(local_size_x = 256) in;
 layout(constant_id = 0) const uint WDT = 1u;         // weight dtype: f16 or bf16
@@ -33,6 +32,7 @@ layout(constant_id = 2) const bool SPLIT = true;     // A has a low half at a_lo
 layout(constant_id = 3) const bool SPLIT_OUT = true; // gate/up: h's low half to out_lo
 layout(constant_id = 4) const uint BN = 128u;        // output columns per tile (moe_route's GEMM_BN)
 layout(constant_id = 5) const uint BK = 32u;         // K per step
+layout(constant_id = 6) const uint BM = 64u;         // grouped rows per tile (moe_route's GEMM_BM)
 
 layout(push_constant) uniform P {
     uvec2 slots, tiles, expert_slot, expert_off, perm_token;
