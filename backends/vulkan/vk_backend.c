@@ -14,7 +14,7 @@
  * high f16 half of the hidden row h, one MMA instead of two in the down
  * product, as MB_CUDA_HIDDEN=16 does on the CUDA backend) and
  * MB_VULKAN_CM2_TILE (BMxBNxBK, moe_gemm_cm2's grouped rows, output
- * columns and K step a tile: 64x128x32 by default; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
+ * columns and K step a tile: 128x128x64 by default; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
  * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c, registered host
  * memory in vk_host.c, a request's path and commands in vk_record.c,
  * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
@@ -127,21 +127,22 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     const int coopmat = cm && cm[0] == '0' ? 0 : cm && cm[0] == '1' ? 1 : cm && cm[0] == '2' ? 2 : -1;
     const char *hidden = getenv("MB_VULKAN_HIDDEN");
     be->hidden16 = hidden && !strcmp(hidden, "16");
-    /* moe_gemm_cm2's tile, BMxBNxBK (for measuring; 64x128x32 by default). */
-    be->cm2_bm = 64;
+    /* moe_gemm_cm2's tile, BMxBNxBK: 128x128x64 measured fastest on the
+     * H100 (bench/notes/vulkan-expert.md); others for measuring. */
+    be->cm2_bm = 128;
     be->cm2_bn = 128;
-    be->cm2_bk = 32;
+    be->cm2_bk = 64;
     const char *tile = getenv("MB_VULKAN_CM2_TILE");
     unsigned tbm = 0, tbn = 0, tbk = 0;
     if (tile && sscanf(tile, "%ux%ux%u", &tbm, &tbn, &tbk) == 3 && (tbm == 64 || tbm == 128) &&
-        (tbn == 64 || tbn == 128 || tbn == 256) && (tbk == 16 || tbk == 32 || tbk == 64)) {
+        (tbn == 64 || tbn == 128 || tbn == 256) && (tbk == 16 || tbk == 32 || tbk == 64 || tbk == 128)) {
         be->cm2_bm = tbm;
         be->cm2_bn = tbn;
         be->cm2_bk = tbk;
     } else if (tile) {
         fprintf(stderr,
                 "vulkan backend: MB_VULKAN_CM2_TILE='%s' ignored (BMxBNxBK: BM 64 or 128; BN 64, 128 or 256; "
-                "BK 16, 32 or 64)\n",
+                "BK 16, 32, 64 or 128)\n",
                 tile);
     }
     mb_status st = mb_route_table_init(&be->table, max_slots);
@@ -178,7 +179,7 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
             snprintf(note, sizeof note,
                      "prefill GEMMs on cooperative matrices (%s, f16 -> f32, hidden row %s) for f16/bf16 weights "
                      "with d_model and d_ff multiples of 8; moe_gemm (portable f32) otherwise",
-                     be->ctx.has_coopmat == 2 ? "moe_gemm_cm2, VK_NV_cooperative_matrix2 64x128x32 workgroup tiles"
+                     be->ctx.has_coopmat == 2 ? "moe_gemm_cm2, VK_NV_cooperative_matrix2 workgroup tiles"
                                               : "moe_gemm_coopmat, VK_NV_cooperative_matrix 16x16x16",
                      be->hidden16 ? "high half only" : "high + low halves");
         else
