@@ -49,14 +49,15 @@ for cm in 2 0; do
         > "$OUT/expert_vk_cm$cm.txt" 2>&1
     echo "== bench_expert_gpu vulkan, MB_VULKAN_COOPMAT=$cm: rc=$? ($(( $(date +%s) - t0 )) s)"
 done
-echo "== backend depth, median us (compute us), Vulkan throughput relative to the CUDA backend"
+echo "== backend depth: model, backend, weights, tokens, runs, median us, p90, compute us, ..., x CUDA"
 for cm in 2 0; do
-    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) " "$OUT/expert_vk_cm$cm.txt" |
-        awk -v cm=$cm '$2 == "vulkan-backend" { printf "coopmat=%s %-14s %5s tok %10s us (%s) %s %s\n", cm, $1, $3, $5, $7, $10, $11 }
-                       $2 == "backend" && cm == 2 { printf "cuda      %-14s %5s tok %10s us (%s)\n", $1, $3, $5, $7 }'
+    echo "-- MB_VULKAN_COOPMAT=$cm"
+    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) +[a-z0-9_]+ +[0-9]+ " "$OUT/expert_vk_cm$cm.txt"
 done
 grep -h -m2 "vulkan:0: tiled" "$OUT"/expert_vk_cm*.txt
-[ -n "${MB_CM2_QUICK:-}" ] && exit 0
+if [ -n "${MB_CM2_QUICK:-}" ]; then
+    [ -n "${MB_CM2_TILES:-}" ] || exit 0
+else
 
 # The mixed session: parity on every fixture (ctest), then one run on the
 # Qwen3-MoE fixture with the statistics table.
@@ -83,13 +84,14 @@ if [ -n "${MB_CM2_WITH9:-}" ]; then # issue 9: device parity, then the L2 prefet
     rm -f "$OUT/ab.txt"
 fi
 
+fi # MB_CM2_QUICK
+
 # Other cm2 tiles (BMxBNxBK), 4096 tokens only.
-for tile in ${MB_CM2_TILES:-128x128x32 64x256x32 128x128x64}; do
+for tile in ${MB_CM2_TILES:-64x128x32 128x128x128}; do
     MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_TILE=$tile timeout 100 "$BENCH" --backend vulkan:0 --models qwen3,mixtral \
         --decode 1 --prefill 4096 --budget 8 --register-host --no-worker > "$OUT/tile.txt" 2>&1
     echo "== cm2 tile $tile: rc=$? ($(( $(date +%s) - t0 )) s)"
-    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) " "$OUT/tile.txt" |
-        awk '$2 == "vulkan-backend" && $3 > 1 { printf "  %-14s %5s tok %10s us (%s) %s %s\n", $1, $3, $5, $7, $10, $11 }'
+    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) +[a-z0-9_]+ +4096 " "$OUT/tile.txt"
 done
 rm -f "$OUT/tile.txt"
 

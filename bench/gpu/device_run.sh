@@ -43,7 +43,11 @@ if has build; then
             -DGLSLC=$PWD/.carry/dev/bin/glslc -DVulkan_GLSLC_EXECUTABLE=$PWD/.carry/dev/bin/glslc)
         # The cooperative_matrix2 GEMM: a newer glslang and Vulkan headers
         # (bench/gpu/make-glslang.sh), where carried.
+        # The newer headers also replace the carried Debian ones, which
+        # come first on the include path (.carry/dev/include holds the
+        # other libraries' headers too).
         if [ -x .carry/dev/cm2/bin/glslang ]; then
+            cp .carry/dev/cm2/include/vulkan/*.h .carry/dev/include/vulkan/
             vk[0]=-DVulkan_INCLUDE_DIR=$PWD/.carry/dev/cm2/include
             vk+=(-DMB_GLSLANG=$PWD/.carry/dev/cm2/bin/glslang)
         fi
