@@ -61,6 +61,16 @@ if(MB_WITH_VULKAN)
       if(cm2_rc EQUAL 0 AND MB_VK_HEADERS_CM2)
         set(MB_HAVE_VK_CM2 ON)
         message(STATUS "moe-broker: Vulkan cooperative_matrix2 GEMM ON (${MB_GLSLANG})")
+        # Its bf16-matrix form needs GL_EXT_bfloat16 too (glslang 15 and up).
+        execute_process(COMMAND ${MB_GLSLANG} -V --target-env vulkan1.3
+                                -o ${CMAKE_BINARY_DIR}/cm2_bf16_probe.spv
+                                ${CMAKE_SOURCE_DIR}/kernels/vulkan/cm2/moe_gemm_cm2_bf16.comp
+                        RESULT_VARIABLE cm2_bf16_rc OUTPUT_QUIET ERROR_QUIET)
+        set(MB_HAVE_VK_CM2_BF16 OFF)
+        if(cm2_bf16_rc EQUAL 0)
+          set(MB_HAVE_VK_CM2_BF16 ON)
+        endif()
+        message(STATUS "moe-broker: Vulkan cooperative_matrix2 bf16 GEMM ${MB_HAVE_VK_CM2_BF16}")
       else()
         message(STATUS "moe-broker: Vulkan cooperative_matrix2 GEMM OFF: ${MB_GLSLANG} rc ${cm2_rc}, "
                        "headers name VK_NV_cooperative_matrix2: ${MB_VK_HEADERS_CM2}")

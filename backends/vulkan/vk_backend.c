@@ -13,7 +13,9 @@
  * on stderr), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
  * high f16 half of the hidden row h, one MMA instead of two in the down
  * product, as MB_CUDA_HIDDEN=16 does on the CUDA backend) and
- * MB_VULKAN_CM2_TILE (BMxBNxBK, moe_gemm_cm2's grouped rows, output
+ * MB_VULKAN_CM2_BF16 (0: bf16 weights take moe_gemm_cm2's f16 decode even
+ * where the device has bf16 cooperative matrices, which moe_gemm_cm2_bf16
+ * uses by default), MB_VULKAN_CM2_TILE (BMxBNxBK, moe_gemm_cm2's grouped rows, output
  * columns and K step a tile: 128x128x64 by default; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
  * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c, registered host
  * memory in vk_host.c, a request's path and commands in vk_record.c,
@@ -172,15 +174,32 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
             if (coopmat == 2) st = MB_STATUS_DEVICE;
         }
     }
+    if (st == MB_STATUS_OK && be->ctx.cm2_bf16) {
+        /* bf16 matrices: off with MB_VULKAN_CM2_BF16=0 (bf16 weights then
+         * take moe_gemm_cm2's f16 decode), or where the driver cannot
+         * build the shader. */
+        const char *bf = getenv("MB_VULKAN_CM2_BF16");
+        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
+        VkPipeline probe;
+        if (bf && bf[0] == '0') {
+            be->ctx.cm2_bf16 = 0;
+        } else if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec, &probe) != MB_STATUS_OK) {
+            fprintf(stderr, "vulkan backend: device %d's driver cannot build moe_gemm_cm2_bf16: bf16 weights "
+                            "take moe_gemm_cm2's f16 decode\n", be->device);
+            be->ctx.cm2_bf16 = 0;
+        }
+    }
     if (st == MB_STATUS_OK) {
         mb_vk_describe(be->ctx.phys, be->device_name, sizeof be->device_name, NULL);
-        char note[256];
+        char note[384];
         if (be->ctx.has_coopmat)
             snprintf(note, sizeof note,
-                     "prefill GEMMs on cooperative matrices (%s, f16 -> f32, hidden row %s) for f16/bf16 weights "
+                     "prefill GEMMs on cooperative matrices (%s, 16-bit -> f32, hidden row %s) for f16/bf16 weights "
                      "with d_model and d_ff multiples of 8; moe_gemm (portable f32) otherwise",
-                     be->ctx.has_coopmat == 2 ? "moe_gemm_cm2, VK_NV_cooperative_matrix2 workgroup tiles"
-                                              : "moe_gemm_coopmat, VK_NV_cooperative_matrix 16x16x16",
+                     be->ctx.has_coopmat != 2 ? "moe_gemm_coopmat, VK_NV_cooperative_matrix 16x16x16"
+                     : be->ctx.cm2_bf16
+                         ? "moe_gemm_cm2, VK_NV_cooperative_matrix2 workgroup tiles, bf16 matrices for bf16 weights"
+                         : "moe_gemm_cm2, VK_NV_cooperative_matrix2 workgroup tiles",
                      be->hidden16 ? "high half only" : "high + low halves");
         else
             snprintf(note, sizeof note, "prefill GEMMs portable (moe_gemm, f32): no cooperative matrices: %s",

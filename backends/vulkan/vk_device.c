@@ -207,6 +207,51 @@ static const char *mb_vk_coopmat_unfit(VkInstance inst, VkPhysicalDevice phys, u
     return ok ? NULL : "no 16x16x16 f16 x f16 + f32 subgroup configuration";
 }
 
+#ifdef VK_NV_cooperative_matrix2
+/* 1 if phys reports a workgroup-scope configuration of 256 invocations,
+ * operands ab (f16 or bf16) with f32 accumulation, whose granularity
+ * divides the product bn x bm x bk (M x N x K). */
+static int mb_vk_cm2_config(VkInstance inst, VkPhysicalDevice phys, VkComponentTypeKHR ab, uint32_t bm, uint32_t bn,
+                            uint32_t bk)
+{
+    PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV get =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV)vkGetInstanceProcAddr(
+            inst, "vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV");
+    uint32_t n = 0;
+    if (!get || get(phys, &n, NULL) != VK_SUCCESS || n == 0) return 0;
+    VkCooperativeMatrixFlexibleDimensionsPropertiesNV *c = calloc(n, sizeof *c);
+    if (!c) return 0;
+    for (uint32_t i = 0; i < n; i++)
+        c[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_FLEXIBLE_DIMENSIONS_PROPERTIES_NV;
+    int ok = 0;
+    if (get(phys, &n, c) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n && !ok; i++)
+            ok = c[i].scope == VK_SCOPE_WORKGROUP_KHR && c[i].workgroupInvocations == 256 && c[i].AType == ab &&
+                 c[i].BType == ab && c[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
+                 c[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR && c[i].MGranularity &&
+                 bn % c[i].MGranularity == 0 && c[i].NGranularity && bm % c[i].NGranularity == 0 &&
+                 c[i].KGranularity && bk % c[i].KGranularity == 0;
+    free(c);
+    return ok;
+}
+
+/* 1 if moe_gemm_cm2_bf16 can run where moe_gemm_cm2 can: the shader was
+ * built (GL_EXT_bfloat16), the device has VK_KHR_shader_bfloat16 with bf16
+ * cooperative matrices and a bf16 x bf16 + f32 workgroup configuration for
+ * the tile. */
+static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t bm, uint32_t bn, uint32_t bk)
+{
+    if (!mb_kvk_spirv_find("moe_gemm_cm2_bf16")) return 0;
+    if (!mb_vk_has_extension(phys, VK_KHR_SHADER_BFLOAT16_EXTENSION_NAME)) return 0;
+    VkPhysicalDeviceShaderBfloat16FeaturesKHR bf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_BFLOAT16_FEATURES_KHR};
+    VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &bf};
+    vkGetPhysicalDeviceFeatures2(phys, &f);
+    return bf.shaderBFloat16Type && bf.shaderBFloat16CooperativeMatrix &&
+           mb_vk_cm2_config(inst, phys, VK_COMPONENT_TYPE_BFLOAT16_KHR, bm, bn, bk);
+}
+#endif
+
 /* Why moe_gemm_cm2 cannot run on phys, or NULL when it can: the shader was
  * built (a glslang with GL_NV_cooperative_matrix2: cmake/deps.cmake), the
  * device speaks Vulkan 1.3 (SPIR-V 1.6), has VK_KHR_cooperative_matrix and
@@ -251,28 +296,9 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
     if (cp.cooperativeMatrixWorkgroupScopeMaxWorkgroupSize < 256) return "workgroup scope below 256 invocations";
     if (cp.cooperativeMatrixFlexibleDimensionsMaxDimension < bn)
         return "flexible dimensions below the tile's";
-    PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV get =
-        (PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV)vkGetInstanceProcAddr(
-            inst, "vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV");
-    uint32_t n = 0;
-    if (!get || get(phys, &n, NULL) != VK_SUCCESS || n == 0) return "no flexible-dimension configurations reported";
-    VkCooperativeMatrixFlexibleDimensionsPropertiesNV *c = calloc(n, sizeof *c);
-    if (!c) return "out of host memory";
-    for (uint32_t i = 0; i < n; i++)
-        c[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_FLEXIBLE_DIMENSIONS_PROPERTIES_NV;
-    int ok = 0;
-    if (get(phys, &n, c) == VK_SUCCESS)
-        for (uint32_t i = 0; i < n && !ok; i++)
-            ok = c[i].scope == VK_SCOPE_WORKGROUP_KHR && c[i].workgroupInvocations == 256 &&
-                 c[i].AType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
-                 c[i].BType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
-                 c[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
-                 c[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR && c[i].MGranularity &&
-                 bn % c[i].MGranularity == 0 && c[i].NGranularity && bm % c[i].NGranularity == 0 &&
-                 c[i].KGranularity && bk % c[i].KGranularity == 0;
-    free(c);
-    return ok ? NULL
-              : "no f16 x f16 + f32 workgroup configuration of 256 invocations fitting the tile";
+    return mb_vk_cm2_config(inst, phys, VK_COMPONENT_TYPE_FLOAT16_KHR, bm, bn, bk)
+               ? NULL
+               : "no f16 x f16 + f32 workgroup configuration of 256 invocations fitting the tile";
 #else
     (void)inst;
     (void)phys;
@@ -342,7 +368,7 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
     ctx->queue_family = fam;
     ctx->timestamp_period = ctx->props.limits.timestampPeriod;
 
-    const char *exts[4];
+    const char *exts[5];
     uint32_t n_ext = 0;
     ctx->has_budget = mb_vk_has_extension(ctx->phys, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
     if (ctx->has_budget) exts[n_ext++] = VK_EXT_MEMORY_BUDGET_EXTENSION_NAME;
@@ -393,10 +419,19 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR,
         .pNext = &c2f,
         .cooperativeMatrix = VK_TRUE};
+    VkPhysicalDeviceShaderBfloat16FeaturesKHR bff = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_BFLOAT16_FEATURES_KHR,
+        .shaderBFloat16Type = VK_TRUE,
+        .shaderBFloat16CooperativeMatrix = VK_TRUE};
     if (ctx->has_coopmat == 2) {
         exts[n_ext++] = VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME;
         exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME;
         chain = &c1f;
+        ctx->cm2_bf16 = mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2]);
+        if (ctx->cm2_bf16) {
+            exts[n_ext++] = VK_KHR_SHADER_BFLOAT16_EXTENSION_NAME;
+            c2f.pNext = &bff;
+        }
     }
 #endif
     VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES,

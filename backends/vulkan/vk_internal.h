@@ -88,6 +88,8 @@ typedef struct {
                                  (VK_NV_cooperative_matrix, 16x16x16 f16 -> f32 on subgroups of
                                  32), 2 moe_gemm_cm2 (VK_NV_cooperative_matrix2); 0 neither */
     const char *coopmat_why;  /* why not (static string), when has_coopmat is 0 */
+    int cm2_bf16;             /* with has_coopmat 2: VK_KHR_shader_bfloat16 enabled, bf16 weights
+                                 take moe_gemm_cm2_bf16 (bf16 matrices, no decode) */
     VkDeviceSize host_import_align; /* its minImportedHostPointerAlignment */
     PFN_vkGetMemoryHostPointerPropertiesEXT host_ptr_props;
     uint32_t timestamp_bits;  /* 0: no timestamps on the queue */
@@ -275,7 +277,9 @@ typedef struct {
     int gemm;  /* tiled path, routed on the device; else GEMV, routed on the host */
     int fused; /* GEMV: down product and combine in one dispatch */
     int coopmat; /* tiled: moe_gemm_coopmat (f16 operands) instead of moe_gemm */
-    int split_x, split_h; /* coopmat: x (f32 payloads), h (unless hidden16) as two f16 halves */
+    int cm2_bf16; /* coopmat: moe_gemm_cm2_bf16 (bf16 weights on bf16 matrices) */
+    int split_x, split_h; /* coopmat: x (f32 payloads; f16 ones for cm2_bf16), h (unless hidden16) as
+                             two 16-bit halves */
     uint32_t n_experts; /* GEMV: experts with pairs */
     size_t plan_off, tok_off, expert_slot, expert_off, pair_pos, perm_token; /* GEMV grouping */
     int in_direct; /* inputs in r->direct: no copy */

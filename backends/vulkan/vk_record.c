@@ -182,7 +182,10 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
          * tiles dequantize into f32) and other shapes stay portable. */
         pl->coopmat = ctx->has_coopmat && (wd == MB_DTYPE_F16 || wd == MB_DTYPE_BF16) && req->d_model % 8 == 0 &&
                       pl->d_ff % 8 == 0;
-        pl->split_x = pl->coopmat && req->dtype == MB_DTYPE_F32;
+        /* moe_gemm_cm2_bf16 for bf16 weights where the device has bf16
+         * matrices: x in bf16 halves unless the payload is bf16. */
+        pl->cm2_bf16 = pl->coopmat && ctx->has_coopmat == 2 && ctx->cm2_bf16 && wd == MB_DTYPE_BF16;
+        pl->split_x = pl->coopmat && (req->dtype == MB_DTYPE_F32 || (pl->cm2_bf16 && req->dtype == MB_DTYPE_F16));
         pl->split_h = pl->coopmat && !be->hidden16;
         const int seen = pl->coopmat ? 1 : 2;
         if (!(be->gemm_noted & seen)) {
@@ -191,6 +194,7 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
             snprintf(note, sizeof note, "tiled request (%s weights, %s payload, %ux%u): %s",
                      mb_dtype_name(pl->wdtype[MB_PROTO_MAT_GATE]), mb_dtype_name(req->dtype), req->d_model, pl->d_ff,
                      !pl->coopmat                ? "moe_gemm (portable f32)"
+                     : pl->cm2_bf16              ? "moe_gemm_cm2_bf16 (cooperative_matrix2, bf16)"
                      : ctx->has_coopmat == 2     ? "moe_gemm_cm2 (cooperative_matrix2)"
                                                  : "moe_gemm_coopmat (cooperative matrices)");
             mb_vk_note(be, note);
@@ -199,8 +203,12 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
         const int cm2 = pl->coopmat && ctx->has_coopmat == 2;
         const uint32_t bn = cm2 ? be->cm2_bn : pl->coopmat ? MB_KVK_GEMM_CM_BN : MB_KVK_GEMM_BN;
         const uint32_t s_route[MB_VK_SPECS] = {rows, bn, cm2 ? be->cm2_bm : 0}, s_pd[MB_VK_SPECS] = {pd};
-        const uint32_t s_conv[MB_VK_SPECS] = {pd, pl->coopmat ? 1u + (uint32_t)pl->split_x + 2u * cm2 : 0u};
-        const char *gemm = cm2 ? "moe_gemm_cm2" : pl->coopmat ? "moe_gemm_coopmat" : "moe_gemm";
+        const uint32_t s_conv[MB_VK_SPECS] = {
+            pd, pl->coopmat ? 1u + (uint32_t)pl->split_x + 2u * cm2 + 2u * (uint32_t)pl->cm2_bf16 : 0u};
+        const char *gemm = pl->cm2_bf16 ? "moe_gemm_cm2_bf16"
+                           : cm2        ? "moe_gemm_cm2"
+                           : pl->coopmat ? "moe_gemm_coopmat"
+                                         : "moe_gemm";
         uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, wu}, s2[MB_VK_SPECS] = {wdd, 0, vec2, wdd};
         if (pl->coopmat) {
             s1[2] = (uint32_t)pl->split_x;

@@ -7,13 +7,16 @@
 // f16 payloads, and for bf16 ones within f16's normal range. OUT 3 and 4
 // are OUT 1 and 2 gathered into grouped order for moe_gemm_cm2: n elements
 // are n / k grouped rows of k (even), row r a copy of act's row
-// perm_token[r].
+// perm_token[r]. OUT 5 and 6 are 3 and 4 in bf16 for moe_gemm_cm2_bf16:
+// 5 rounds to nearest even (exact for bf16 payloads), 6 splits into bf16
+// halves (hi = the top 16 bits, lo = x - hi rounded: 16 significant bits,
+// exact for f16 payloads).
 #extension GL_GOOGLE_include_directive : require
 #include "moe_common.glsl"
 
 layout(local_size_x = 256) in;
 layout(constant_id = 0) const uint PD = 0u;  // payload dtype
-layout(constant_id = 1) const uint OUT = 0u; // 0 f32; 1 f16; 2 f16 high and low halves; 3, 4 gathered
+layout(constant_id = 1) const uint OUT = 0u; // 0 f32; 1 f16; 2 f16 halves; 3, 4 gathered; 5, 6 bf16 gathered
 
 layout(push_constant) uniform P {
     uvec2 act, x, perm_token;
@@ -42,6 +45,13 @@ void main()
         const vec2 v = vec2(mb_load(p.act, e, PD), mb_load(p.act, e + 1u, PD));
         if (OUT == 1u || OUT == 3u) {
             xw.v[i] = packHalf2x16(v);
+        } else if (OUT == 5u) {
+            xw.v[i] = mb_pack2(v.x, v.y, MB_BF16);
+        } else if (OUT == 6u) {
+            const uvec2 b = floatBitsToUint(v);
+            precise const vec2 l = v - uintBitsToFloat(b & uvec2(0xffff0000u));
+            xw.v[i] = (b.x >> 16) | (b.y & 0xffff0000u);
+            xw.v[words + i] = mb_pack2(l.x, l.y, MB_BF16);
         } else {
             uint hi, lo;
             mb_split_f16(v, hi, lo);

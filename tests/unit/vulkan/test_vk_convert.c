@@ -1,7 +1,8 @@
-/* moe_convert's f16 outputs, which feed the matrix-unit GEMMs: OUT 1 (f16,
- * two a word) and 2 (f16 high and low halves) in token order, and OUT 3
+/* moe_convert's 16-bit outputs, which feed the matrix-unit GEMMs: OUT 1
+ * (f16, two a word) and 2 (f16 high and low halves) in token order, OUT 3
  * and 4, the same gathered into grouped order through perm_token, the form
- * moe_gemm_cm2 reads (a GPU-only shader, so CI checks its input here, on
+ * moe_gemm_cm2 reads, and OUT 5 and 6, gathered bf16 (rounded, or split
+ * into halves bit for bit: moe_gemm_cm2_bf16's input) (a GPU-only shader, so CI checks its input here, on
  * lavapipe). For every payload dtype and random rows (normal, tiny below
  * f16's normal range, zero): each output row is its token's row; f16
  * payloads come out exact; the high half of a split is x with its mantissa
@@ -60,6 +61,23 @@ static uint32_t vc_f32_bits(float f)
     return b;
 }
 
+/* One element's bf16 output(s) against its source value x (OUT 5, 6):
+ * rounded to nearest even, or split into the top 16 bits and the rest
+ * rounded; both bit for bit. */
+static void vc_check_bf16(float x, uint16_t hi, const uint16_t *lo)
+{
+    if (!lo) {
+        CHECK_EQ(hi, mb_f32_to_bf16(x));
+        return;
+    }
+    const uint32_t b = vc_f32_bits(x);
+    CHECK_EQ(hi, (uint16_t)(b >> 16));
+    float h;
+    const uint32_t hb = b & 0xffff0000u;
+    memcpy(&h, &hb, sizeof h);
+    CHECK_EQ(*lo, mb_f32_to_bf16(x - h));
+}
+
 /* One element's f16 output(s) against its source value x. */
 static void vc_check(float x, uint16_t hi, const uint16_t *lo, int exact)
 {
@@ -86,7 +104,7 @@ static void vc_check(float x, uint16_t hi, const uint16_t *lo, int exact)
 }
 
 /* n_tokens rows of k values in payload dtype pd, converted with OUT in
- * {1, 2} (token order) and {3, 4} (gathered through a random perm_token of
+ * {1, 2} (token order) and {3..6} (gathered through a random perm_token of
  * n_rows rows), compared element by element. */
 static void vc_case(mb_vk_backend *be, mb_dtype pd, uint32_t n_tokens, uint32_t n_rows, uint32_t k,
                     unsigned long long seed)
@@ -113,8 +131,8 @@ static void vc_case(mb_vk_backend *be, mb_dtype pd, uint32_t n_tokens, uint32_t 
     /* The source as the shader sees it: the payload decoded. */
     mb_dtype_decode_f32(pd, src, act.map, n_act);
     memcpy(pbuf.map, perm, n_rows * sizeof *perm);
-    for (uint32_t o = 1; o <= 4; o++) {
-        const int gather = o >= 3, split = o == 2 || o == 4;
+    for (uint32_t o = 1; o <= 6; o++) {
+        const int gather = o >= 3, split = o % 2 == 0, bf16 = o >= 5;
         const uint32_t rows = gather ? n_rows : n_tokens;
         const size_t n = (size_t)rows * k;
         memset(out.map, 0xa5, out_bytes);
@@ -126,7 +144,10 @@ static void vc_case(mb_vk_backend *be, mb_dtype pd, uint32_t n_tokens, uint32_t 
             for (uint32_t c = 0; c < k; c++) {
                 const size_t i = (size_t)r * k + c;
                 const float x = src[(size_t)(gather ? (uint32_t)perm[r] : r) * k + c];
-                vc_check(x, h[i], split ? &h[n + i] : NULL, pd == MB_DTYPE_F16);
+                if (bf16)
+                    vc_check_bf16(x, h[i], split ? &h[n + i] : NULL);
+                else
+                    vc_check(x, h[i], split ? &h[n + i] : NULL, pd == MB_DTYPE_F16);
             }
     }
     mb_vk_buffer_destroy(&be->ctx, &act);

@@ -1,0 +1,40 @@
+#!/bin/bash
+# Issue 8, the short cm2 call (about 4 minutes): builds with Vulkan and the
+# cm2 shaders; the every-case parity test with every case forced through
+# moe_gemm_cm2, bf16 weights on bf16 matrices (moe_gemm_cm2_bf16, the
+# default where the device has them) and again through the f16 decode
+# (MB_VULKAN_CM2_BF16=0); bench_expert_gpu's Vulkan backend depth beside
+# the CUDA backend, both forms.
+#   bash bench/gpu/cm2_final.sh
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/mb-out}
+mkdir -p "$OUT"
+t0=$(date +%s)
+export MB_WITH_VULKAN=ON MB_TARGETS="moe-worker test_backend_ops bench_expert_gpu"
+timeout 200 bash bench/gpu/device_run.sh build 2>&1 | tail -1
+grep -q "build rc=0" "$OUT/build.log" 2>/dev/null && rm -f "$OUT/build.log"
+grep -h "cooperative_matrix2" build-gpu/CMakeFiles/CMakeOutput.log 2>/dev/null | head -2
+rm -f "$OUT/device.txt"
+B=build-gpu
+export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+for v in 1 0; do
+    MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_BF16=$v MB_VULKAN_PATH=gemm MB_VULKAN_VERBOSE=1 timeout 80 \
+        $B/tests/parity/backends/test_backend_ops vulkan > "$OUT/ops_bf16_$v.txt" 2>&1
+    echo "== test_backend_ops vulkan, cm2, every case tiled, MB_VULKAN_CM2_BF16=$v: rc=$? ($(( $(date +%s) - t0 )) s)"
+    grep -m4 -E "vulkan:0: (prefill|tiled)|SKIP|cannot" "$OUT/ops_bf16_$v.txt"
+    grep -E "FAIL|CHECK" "$OUT/ops_bf16_$v.txt" | head -6
+    grep -A4 "worst normalised error" "$OUT/ops_bf16_$v.txt"
+done
+r() { # name models, then environment assignments
+    local name=$1 models=$2; shift 2
+    env "$@" MB_VULKAN_COOPMAT=2 MB_VULKAN_VERBOSE=1 timeout 80 $B/bench/bench_expert_gpu --backend vulkan:0 \
+        --models "$models" --decode 1 --prefill 4096 --budget 8 --register-host --no-worker \
+        --json "$OUT/expert_vk_$name.json" > "$OUT/expert_vk_$name.txt" 2>&1
+    echo "== bench $name ($*): rc=$? ($(( $(date +%s) - t0 )) s)"
+    grep -h -m2 "vulkan:0: tiled" "$OUT/expert_vk_$name.txt"
+    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) +[a-z0-9_]+ +[0-9]+ " "$OUT/expert_vk_$name.txt"
+}
+r cm2bf16 qwen3,mixtral MB_VULKAN_CM2_BF16=1
+r cm2f16dec mixtral MB_VULKAN_CM2_BF16=0
+echo "total $(( $(date +%s) - t0 )) s"
