@@ -343,5 +343,8 @@ int main(int argc, char **argv)
     cJSON_Delete(root);
     free(prompt);
     mb_model_destroy(m);
-    return rc || !dev[0].ok || !dev[1].ok || !dev[2].ok;
+    /* A case left out by --cases is not a failure. */
+    for (int i = 0; i < 3; i++)
+        if ((a.cases & (1u << i)) && !dev[i].ok) rc = 1;
+    return rc;
 }
