@@ -13,10 +13,12 @@
  * on stderr), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
  * high f16 half of the hidden row h, one MMA instead of two in the down
  * product, as MB_CUDA_HIDDEN=16 does on the CUDA backend) and
- * MB_VULKAN_CM2_BF16 (0: bf16 weights take moe_gemm_cm2's f16 decode even
- * where the device has bf16 cooperative matrices, which moe_gemm_cm2_bf16
- * uses by default), MB_VULKAN_CM2_TILE (BMxBNxBK, moe_gemm_cm2's grouped rows, output
- * columns and K step a tile: 128x128x64 by default; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
+ * MB_VULKAN_CM2_BF16 (1: bf16 weights on bf16 cooperative matrices,
+ * moe_gemm_cm2_bf16, where the device has them; not yet run on a GPU, so
+ * off by default: bf16 weights take moe_gemm_cm2's f16 decode),
+ * MB_VULKAN_CM2_TILE (BMxBNxBK, moe_gemm_cm2's grouped rows, output
+ * columns and K step a tile: 64x128x32 by default; 128x128x64 measured
+ * faster; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
  * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c, registered host
  * memory in vk_host.c, a request's path and commands in vk_record.c,
  * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
@@ -129,11 +131,12 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     const int coopmat = cm && cm[0] == '0' ? 0 : cm && cm[0] == '1' ? 1 : cm && cm[0] == '2' ? 2 : -1;
     const char *hidden = getenv("MB_VULKAN_HIDDEN");
     be->hidden16 = hidden && !strcmp(hidden, "16");
-    /* moe_gemm_cm2's tile, BMxBNxBK: 128x128x64 measured fastest on the
-     * H100 (bench/notes/vulkan-expert.md); others for measuring. */
-    be->cm2_bm = 128;
+    /* moe_gemm_cm2's tile, BMxBNxBK: 64x128x32, the one whose parity ran
+     * on the H100; 128x128x64 measured fastest there (1.4-1.9x) but its
+     * parity run is still to come (bench/notes/vulkan-expert.md). */
+    be->cm2_bm = 64;
     be->cm2_bn = 128;
-    be->cm2_bk = 64;
+    be->cm2_bk = 32;
     const char *tile = getenv("MB_VULKAN_CM2_TILE");
     unsigned tbm = 0, tbn = 0, tbk = 0;
     if (tile && sscanf(tile, "%ux%ux%u", &tbm, &tbn, &tbk) == 3 && (tbm == 64 || tbm == 128) &&
@@ -175,13 +178,13 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         }
     }
     if (st == MB_STATUS_OK && be->ctx.cm2_bf16) {
-        /* bf16 matrices: off with MB_VULKAN_CM2_BF16=0 (bf16 weights then
-         * take moe_gemm_cm2's f16 decode), or where the driver cannot
-         * build the shader. */
+        /* bf16 matrices: only with MB_VULKAN_CM2_BF16=1 until a GPU run
+         * has checked them (bf16 weights take moe_gemm_cm2's f16 decode
+         * otherwise), and not where the driver cannot build the shader. */
         const char *bf = getenv("MB_VULKAN_CM2_BF16");
         const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
         VkPipeline probe;
-        if (bf && bf[0] == '0') {
+        if (!bf || bf[0] != '1') {
             be->ctx.cm2_bf16 = 0;
         } else if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec, &probe) != MB_STATUS_OK) {
             fprintf(stderr, "vulkan backend: device %d's driver cannot build moe_gemm_cm2_bf16: bf16 weights "

@@ -1,10 +1,11 @@
 #!/bin/bash
 # Issue 8, the short cm2 call (about 4 minutes): builds with Vulkan and the
 # cm2 shaders; the every-case parity test with every case forced through
-# moe_gemm_cm2, bf16 weights on bf16 matrices (moe_gemm_cm2_bf16, the
-# default where the device has them) and again through the f16 decode
-# (MB_VULKAN_CM2_BF16=0); bench_expert_gpu's Vulkan backend depth beside
-# the CUDA backend, both forms.
+# moe_gemm_cm2 at the measured-fastest tile (128x128x64), bf16 weights on
+# bf16 matrices (MB_VULKAN_CM2_BF16=1, moe_gemm_cm2_bf16) and through the
+# f16 decode (0); bench_expert_gpu's Vulkan backend depth beside the CUDA
+# backend, both forms. When both pass, they can become the defaults
+# (backends/vulkan/vk_backend.c).
 #   bash bench/gpu/cm2_final.sh   (MB_CM2_SHORT=1: the default form only,
 #   about 2.5 minutes)
 set -u
@@ -22,7 +23,8 @@ export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
 forms="1 0"
 [ -n "${MB_CM2_SHORT:-}" ] && forms=1
 for v in $forms; do
-    MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_BF16=$v MB_VULKAN_PATH=gemm MB_VULKAN_VERBOSE=1 timeout 80 \
+    MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_BF16=$v MB_VULKAN_CM2_TILE=128x128x64 MB_VULKAN_PATH=gemm \
+        MB_VULKAN_VERBOSE=1 timeout 80 \
         $B/tests/parity/backends/test_backend_ops vulkan > "$OUT/ops_bf16_$v.txt" 2>&1
     echo "== test_backend_ops vulkan, cm2, every case tiled, MB_VULKAN_CM2_BF16=$v: rc=$? ($(( $(date +%s) - t0 )) s)"
     grep -m4 -E "vulkan:0: (prefill|tiled)|SKIP|cannot" "$OUT/ops_bf16_$v.txt"
@@ -31,7 +33,7 @@ for v in $forms; do
 done
 r() { # name models, then environment assignments
     local name=$1 models=$2; shift 2
-    env "$@" MB_VULKAN_COOPMAT=2 MB_VULKAN_VERBOSE=1 timeout 80 $B/bench/bench_expert_gpu --backend vulkan:0 \
+    env "$@" MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_TILE=128x128x64 MB_VULKAN_VERBOSE=1 timeout 80 $B/bench/bench_expert_gpu --backend vulkan:0 \
         --models "$models" --decode 1 --prefill 4096 --budget 8 --register-host --no-worker \
         --json "$OUT/expert_vk_$name.json" > "$OUT/expert_vk_$name.txt" 2>&1
     echo "== bench $name ($*): rc=$? ($(( $(date +%s) - t0 )) s)"
