@@ -20,38 +20,16 @@
 #include "backends/vulkan/vk_internal.h"
 #include "protocol/dtype.h"
 #include "tests/testutil.h"
+#include "tests/unit/vulkan/vk_testutil.h"
 
 /* Runs moe_convert (payload pd, output out) over the request in pc on be's
- * device, waiting for it. */
+ * device, waiting for it: fewer workgroups than items, so the grid-stride
+ * loop runs twice. */
 static void vc_run(mb_vk_backend *be, uint32_t pd, uint32_t out, const mb_kvk_convert_pc *pc, uint32_t items)
 {
-    mb_vk_ctx *ctx = &be->ctx;
     const uint32_t spec[MB_VK_SPECS] = {pd, out};
-    VkPipeline pl = VK_NULL_HANDLE;
-    REQUIRE(mb_vk_pipeline_get(ctx, "moe_convert", spec, &pl) == MB_STATUS_OK);
-    const VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-                                            .commandPool = be->pool,
-                                            .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-                                            .commandBufferCount = 1};
-    VkCommandBuffer cb = VK_NULL_HANDLE;
-    REQUIRE(vkAllocateCommandBuffers(ctx->dev, &ai, &cb) == VK_SUCCESS);
-    const VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-                                         .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-    REQUIRE(vkBeginCommandBuffer(cb, &bi) == VK_SUCCESS);
-    vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, pl);
-    vkCmdPushConstants(cb, ctx->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof *pc, pc);
-    /* Fewer workgroups than items: the grid-stride loop runs twice. */
-    vkCmdDispatch(cb, (items + 2 * MB_KVK_CONVERT_THREADS - 1) / (2 * MB_KVK_CONVERT_THREADS), 1, 1);
-    mb_vk_barrier(cb);
-    REQUIRE(vkEndCommandBuffer(cb) == VK_SUCCESS);
-    const VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
-    VkFence fence = VK_NULL_HANDLE;
-    REQUIRE(vkCreateFence(ctx->dev, &fci, NULL, &fence) == VK_SUCCESS);
-    const VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &cb};
-    REQUIRE(vkQueueSubmit(ctx->queue, 1, &si, fence) == VK_SUCCESS);
-    REQUIRE(vkWaitForFences(ctx->dev, 1, &fence, VK_TRUE, UINT64_MAX) == VK_SUCCESS);
-    vkDestroyFence(ctx->dev, fence, NULL);
-    vkFreeCommandBuffers(ctx->dev, be->pool, 1, &cb);
+    mb_vk_test_dispatch(be, "moe_convert", spec, pc, sizeof *pc,
+                        (items + 2 * MB_KVK_CONVERT_THREADS - 1) / (2 * MB_KVK_CONVERT_THREADS));
 }
 
 static uint32_t vc_f32_bits(float f)

@@ -16,6 +16,7 @@
 #include "kernels/vulkan/quant_layout.h"
 #include "tests/quant_testutil.h"
 #include "tests/testutil.h"
+#include "tests/unit/vulkan/vk_testutil.h"
 
 static const mb_backend_ops *vq_ops;
 
@@ -24,34 +25,11 @@ static const mb_backend_ops *vq_ops;
 static void vq_dequant(mb_vk_backend *be, int q, const mb_vk_buffer *w, const mb_vk_buffer *out, uint32_t rows,
                        uint32_t k)
 {
-    mb_vk_ctx *ctx = &be->ctx;
     const uint32_t spec[MB_VK_SPECS] = {(uint32_t)q};
-    VkPipeline pl = VK_NULL_HANDLE;
-    REQUIRE(mb_vk_pipeline_get(ctx, "moe_qdequant", spec, &pl) == MB_STATUS_OK);
-    const VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-                                            .commandPool = be->pool,
-                                            .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-                                            .commandBufferCount = 1};
-    VkCommandBuffer cb = VK_NULL_HANDLE;
-    REQUIRE(vkAllocateCommandBuffers(ctx->dev, &ai, &cb) == VK_SUCCESS);
-    const VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-                                         .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-    REQUIRE(vkBeginCommandBuffer(cb, &bi) == VK_SUCCESS);
     const mb_kvk_qdequant_pc pc = {.w = w->addr, .out = out->addr, .rows = rows, .K = k};
-    vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, pl);
-    vkCmdPushConstants(cb, ctx->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof pc, &pc);
     const uint32_t runs = rows * (k / 16);
-    vkCmdDispatch(cb, (runs + MB_KVK_QDEQUANT_THREADS - 1) / MB_KVK_QDEQUANT_THREADS, 1, 1);
-    mb_vk_barrier(cb);
-    REQUIRE(vkEndCommandBuffer(cb) == VK_SUCCESS);
-    const VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
-    VkFence fence = VK_NULL_HANDLE;
-    REQUIRE(vkCreateFence(ctx->dev, &fci, NULL, &fence) == VK_SUCCESS);
-    const VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &cb};
-    REQUIRE(vkQueueSubmit(ctx->queue, 1, &si, fence) == VK_SUCCESS);
-    REQUIRE(vkWaitForFences(ctx->dev, 1, &fence, VK_TRUE, UINT64_MAX) == VK_SUCCESS);
-    vkDestroyFence(ctx->dev, fence, NULL);
-    vkFreeCommandBuffers(ctx->dev, be->pool, 1, &cb);
+    mb_vk_test_dispatch(be, "moe_qdequant", spec, &pc, sizeof pc,
+                        (runs + MB_KVK_QDEQUANT_THREADS - 1) / MB_KVK_QDEQUANT_THREADS);
 }
 
 /* rows x k weights of type q, scales of mode (quant_testutil.h), packed

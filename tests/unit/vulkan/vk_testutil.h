@@ -1,0 +1,43 @@
+/* For the Vulkan unit tests: one shader run on an open backend's device. */
+#ifndef MB_TESTS_UNIT_VULKAN_VK_TESTUTIL_H
+#define MB_TESTS_UNIT_VULKAN_VK_TESTUTIL_H
+
+#include "backends/vulkan/vk_internal.h"
+#include "tests/testutil.h"
+
+/* Runs shader (specialisation spec) over groups workgroups with push
+ * constants pc of pc_bytes on be's device, then a barrier, and waits for
+ * it. Any failing Vulkan call ends the test. */
+static inline void mb_vk_test_dispatch(mb_vk_backend *be, const char *shader,
+                                       const uint32_t spec[MB_VK_SPECS], const void *pc,
+                                       uint32_t pc_bytes, uint32_t groups)
+{
+    mb_vk_ctx *ctx = &be->ctx;
+    VkPipeline pl = VK_NULL_HANDLE;
+    REQUIRE(mb_vk_pipeline_get(ctx, shader, spec, &pl) == MB_STATUS_OK);
+    const VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                            .commandPool = be->pool,
+                                            .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                            .commandBufferCount = 1};
+    VkCommandBuffer cb = VK_NULL_HANDLE;
+    REQUIRE(vkAllocateCommandBuffers(ctx->dev, &ai, &cb) == VK_SUCCESS);
+    const VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                         .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    REQUIRE(vkBeginCommandBuffer(cb, &bi) == VK_SUCCESS);
+    vkCmdBindPipeline(cb, VK_PIPELINE_BIND_POINT_COMPUTE, pl);
+    vkCmdPushConstants(cb, ctx->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, pc_bytes, pc);
+    vkCmdDispatch(cb, groups, 1, 1);
+    mb_vk_barrier(cb);
+    REQUIRE(vkEndCommandBuffer(cb) == VK_SUCCESS);
+    const VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    VkFence fence = VK_NULL_HANDLE;
+    REQUIRE(vkCreateFence(ctx->dev, &fci, NULL, &fence) == VK_SUCCESS);
+    const VkSubmitInfo si = {
+        .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &cb};
+    REQUIRE(vkQueueSubmit(ctx->queue, 1, &si, fence) == VK_SUCCESS);
+    REQUIRE(vkWaitForFences(ctx->dev, 1, &fence, VK_TRUE, UINT64_MAX) == VK_SUCCESS);
+    vkDestroyFence(ctx->dev, fence, NULL);
+    vkFreeCommandBuffers(ctx->dev, be->pool, 1, &cb);
+}
+
+#endif
