@@ -55,6 +55,7 @@ if(MB_WITH_VULKAN)
                               ${CMAKE_SOURCE_DIR}/kernels/vulkan/cm2/moe_gemm_cm2.comp
                       RESULT_VARIABLE cm2_rc OUTPUT_VARIABLE cm2_out ERROR_VARIABLE cm2_out)
       include(CheckSymbolExists)
+      unset(MB_VK_HEADERS_CM2 CACHE) # checked again at every configure: Vulkan_INCLUDE_DIR may change
       set(CMAKE_REQUIRED_INCLUDES ${Vulkan_INCLUDE_DIRS})
       check_symbol_exists(VK_NV_cooperative_matrix2 "vulkan/vulkan.h" MB_VK_HEADERS_CM2)
       unset(CMAKE_REQUIRED_INCLUDES)

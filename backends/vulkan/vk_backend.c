@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "backends/vulkan/vk_internal.h"
+#include "kernels/vulkan/spirv.h"
 
 static void mb_vk_close(void *state)
 {
@@ -173,25 +174,35 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
             fprintf(stderr, "vulkan backend: device %d's driver cannot build moe_gemm_cm2%s\n", be->device,
                     coopmat == 2 ? "" : ": the prefill GEMMs stay portable");
             be->ctx.has_coopmat = 0;
+            be->ctx.cm2_bf16 = 0;
             be->ctx.coopmat_why = "the driver could not build moe_gemm_cm2";
             if (coopmat == 2) st = MB_STATUS_DEVICE;
         }
     }
-    if (st == MB_STATUS_OK && be->ctx.cm2_bf16) {
-        /* bf16 matrices: only with MB_VULKAN_CM2_BF16=1 until a GPU run
-         * has checked them (bf16 weights take moe_gemm_cm2's f16 decode
-         * otherwise), and not where the driver cannot build the shader. */
-        const char *bf = getenv("MB_VULKAN_CM2_BF16");
+    /* bf16 matrices only with MB_VULKAN_CM2_BF16=1 until a GPU run has
+     * checked them (bf16 weights take moe_gemm_cm2's f16 decode otherwise);
+     * asked for where the build, the device or its driver lacks them, a
+     * clear error, as for MB_VULKAN_COOPMAT=2. */
+    const char *bf = getenv("MB_VULKAN_CM2_BF16");
+    const int want_bf16 = bf && bf[0] == '1';
+    if (st == MB_STATUS_OK && want_bf16 && be->ctx.has_coopmat == 2) {
         const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
         VkPipeline probe;
-        if (!bf || bf[0] != '1') {
-            be->ctx.cm2_bf16 = 0;
-        } else if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec, &probe) != MB_STATUS_OK) {
-            fprintf(stderr, "vulkan backend: device %d's driver cannot build moe_gemm_cm2_bf16: bf16 weights "
-                            "take moe_gemm_cm2's f16 decode\n", be->device);
-            be->ctx.cm2_bf16 = 0;
+        const char *why =
+            !mb_kvk_spirv_find("moe_gemm_cm2_bf16") ? "moe_gemm_cm2_bf16 is not built (MB_GLSLANG "
+                                                      "without GL_EXT_bfloat16)"
+            : !be->ctx.cm2_bf16
+                ? "no bf16 cooperative matrices (VK_KHR_shader_bfloat16) for the tile"
+            : mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec, &probe) != MB_STATUS_OK
+                ? "the driver cannot build moe_gemm_cm2_bf16"
+                : NULL;
+        if (why) {
+            fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_BF16=1 but device %d: %s\n", be->device,
+                    why);
+            st = MB_STATUS_DEVICE;
         }
     }
+    if (!want_bf16) be->ctx.cm2_bf16 = 0;
     if (st == MB_STATUS_OK) {
         mb_vk_describe(be->ctx.phys, be->device_name, sizeof be->device_name, NULL);
         char note[384];

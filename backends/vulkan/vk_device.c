@@ -235,6 +235,7 @@ static int mb_vk_cm2_config(VkInstance inst, VkPhysicalDevice phys, VkComponentT
     return ok;
 }
 
+#ifdef VK_KHR_shader_bfloat16
 /* 1 if moe_gemm_cm2_bf16 can run where moe_gemm_cm2 can: the shader was
  * built (GL_EXT_bfloat16), the device has VK_KHR_shader_bfloat16 with bf16
  * cooperative matrices and a bf16 x bf16 + f32 workgroup configuration for
@@ -250,6 +251,18 @@ static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t 
     return bf.shaderBFloat16Type && bf.shaderBFloat16CooperativeMatrix &&
            mb_vk_cm2_config(inst, phys, VK_COMPONENT_TYPE_BFLOAT16_KHR, bm, bn, bk);
 }
+#else
+static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t bm, uint32_t bn,
+                               uint32_t bk)
+{
+    (void)inst;
+    (void)phys;
+    (void)bm;
+    (void)bn;
+    (void)bk;
+    return 0; /* headers that predate VK_KHR_shader_bfloat16 */
+}
+#endif
 #endif
 
 /* Why moe_gemm_cm2 cannot run on phys, or NULL when it can: the shader was
@@ -294,7 +307,8 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &cp};
     vkGetPhysicalDeviceProperties2(phys, &p2);
     if (cp.cooperativeMatrixWorkgroupScopeMaxWorkgroupSize < 256) return "workgroup scope below 256 invocations";
-    if (cp.cooperativeMatrixFlexibleDimensionsMaxDimension < bn)
+    const uint32_t dim = bm > bn ? (bm > bk ? bm : bk) : (bn > bk ? bn : bk);
+    if (cp.cooperativeMatrixFlexibleDimensionsMaxDimension < dim)
         return "flexible dimensions below the tile's";
     return mb_vk_cm2_config(inst, phys, VK_COMPONENT_TYPE_FLOAT16_KHR, bm, bn, bk)
                ? NULL
@@ -419,19 +433,23 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR,
         .pNext = &c2f,
         .cooperativeMatrix = VK_TRUE};
+#ifdef VK_KHR_shader_bfloat16
     VkPhysicalDeviceShaderBfloat16FeaturesKHR bff = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_BFLOAT16_FEATURES_KHR,
         .shaderBFloat16Type = VK_TRUE,
         .shaderBFloat16CooperativeMatrix = VK_TRUE};
+#endif
     if (ctx->has_coopmat == 2) {
         exts[n_ext++] = VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME;
         exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME;
         chain = &c1f;
         ctx->cm2_bf16 = mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2]);
+#ifdef VK_KHR_shader_bfloat16
         if (ctx->cm2_bf16) {
             exts[n_ext++] = VK_KHR_SHADER_BFLOAT16_EXTENSION_NAME;
             c2f.pNext = &bff;
         }
+#endif
     }
 #endif
     VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES,

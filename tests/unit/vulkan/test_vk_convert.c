@@ -2,15 +2,13 @@
  * (f16, two a word) and 2 (f16 high and low halves) in token order, OUT 3
  * and 4, the same gathered into grouped order through perm_token, the form
  * moe_gemm_cm2 reads, and OUT 5 and 6, gathered bf16 (rounded, or split
- * into halves bit for bit: moe_gemm_cm2_bf16's input) (a GPU-only shader, so CI checks its input here, on
- * lavapipe). For every payload dtype and random rows (normal, tiny below
- * f16's normal range, zero): each output row is its token's row; f16
- * payloads come out exact; the high half of a split is x with its mantissa
- * cut to 10 bits (exactly mb_split_f16's masking), and high + low is x to
- * within 2^-21 of |x| (2^-25 absolute below f16's normal range); the plain
- * f16 form is within half an f16 ulp (the rounding direction of packHalf2x16
- * is the driver's). Drives the backend's pipelines directly. Exits 77
- * without a Vulkan device. */
+ * into halves bit for bit: moe_gemm_cm2_bf16's input) (a GPU-only shader, so CI checks its input
+ * here, on lavapipe). For every payload dtype and random rows (normal, tiny below f16's normal
+ * range, zero): each output row is its token's row; f16 payloads come out exact; the high half of a
+ * split is x with its mantissa cut to 10 bits (exactly mb_split_f16's masking), and high + low is x
+ * to within 2^-21 of |x| (2^-25 absolute below f16's normal range); the plain f16 form is within
+ * half an f16 ulp (the rounding direction of packHalf2x16 is the driver's); nothing past the output
+ * is written. Drives the backend's pipelines directly. Exits 77 without a Vulkan device. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -101,7 +99,9 @@ static void vc_case(mb_vk_backend *be, mb_dtype pd, uint32_t n_tokens, uint32_t 
     for (uint32_t r = 0; r < n_rows; r++)
         perm[r] = (int32_t)(mb_test_rand_u64(&seed) % n_tokens);
     mb_vk_buffer act = {0}, pbuf = {0}, out = {0};
-    const size_t out_bytes = (size_t)(n_rows > n_tokens ? n_rows : n_tokens) * k * 4;
+    /* Room for the largest output (n 16-bit values and as many low halves)
+     * and a guard of 64 bytes after it, which must stay untouched. */
+    const size_t out_bytes = (size_t)(n_rows > n_tokens ? n_rows : n_tokens) * k * 4 + 64;
     REQUIRE(mb_vk_buffer_create(&be->ctx, n_act * esz + 4, MB_VK_MEM_UPLOAD, 0, &act) == MB_STATUS_OK);
     REQUIRE(mb_vk_buffer_create(&be->ctx, n_rows * sizeof *perm, MB_VK_MEM_UPLOAD, 0, &pbuf) == MB_STATUS_OK);
     REQUIRE(mb_vk_buffer_create(&be->ctx, out_bytes, MB_VK_MEM_READBACK, 0, &out) == MB_STATUS_OK);
@@ -127,6 +127,13 @@ static void vc_case(mb_vk_backend *be, mb_dtype pd, uint32_t n_tokens, uint32_t 
                 else
                     vc_check(x, h[i], split ? &h[n + i] : NULL, pd == MB_DTYPE_F16);
             }
+        /* Nothing past the output: n values, and n low halves when split. */
+        const unsigned char *tail = (const unsigned char *)out.map + n * 2 * (split ? 2 : 1);
+        const size_t tail_n = out_bytes - n * 2 * (split ? 2 : 1);
+        size_t touched = 0;
+        for (size_t i = 0; i < tail_n; i++)
+            touched += tail[i] != 0xa5;
+        CHECK_EQ(touched, 0);
     }
     mb_vk_buffer_destroy(&be->ctx, &act);
     mb_vk_buffer_destroy(&be->ctx, &pbuf);
