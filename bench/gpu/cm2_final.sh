@@ -7,7 +7,8 @@
 # backend, both forms. When both pass, they can become the defaults
 # (backends/vulkan/vk_backend.c).
 #   bash bench/gpu/cm2_final.sh   (MB_CM2_SHORT=1: the default form only,
-#   about 2.5 minutes)
+#   about 2.5 minutes; MB_CM2_TILES="128x128x128 128x256x64": more tiles
+#   for the bf16 form, Mixtral at 4096 tokens, about 25 s each)
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
@@ -42,4 +43,13 @@ r() { # name models, then environment assignments
 }
 r cm2bf16 qwen3,mixtral MB_VULKAN_CM2_BF16=1
 [ -n "${MB_CM2_SHORT:-}" ] || r cm2f16dec mixtral MB_VULKAN_CM2_BF16=0
+# Other tiles for the bf16 form, Mixtral only (MB_CM2_TILES="BMxBNxBK ...").
+for t in ${MB_CM2_TILES:-}; do
+    MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_BF16=1 MB_VULKAN_CM2_TILE=$t timeout 60 $B/bench/bench_expert_gpu \
+        --backend vulkan:0 --models mixtral --decode 1 --prefill 4096 --budget 6 --register-host --no-worker \
+        > "$OUT/tile.txt" 2>&1
+    echo "== bf16 tile $t: rc=$?"
+    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) +[a-z0-9_]+ +4096 " "$OUT/tile.txt"
+done
+rm -f "$OUT/tile.txt"
 echo "total $(( $(date +%s) - t0 )) s"
