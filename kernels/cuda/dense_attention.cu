@@ -265,7 +265,6 @@ static mb_attn_args mb_attn_args_for(const mb_kcuda_kv *kv, const mb_kcuda_attn_
     a.ldq = ldq;
     a.out = out;
     a.ldo = ldo;
-    a.prefetch = mb_dense_prefetch();
     return a;
 }
 

@@ -78,22 +78,9 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
                             float *__restrict__ work)
 {
-    const uint32_t hd = a.hd, hd4 = (hd + 3) / 4, ld = 4 * hd4 + 4;
-    if (a.prefetch) {
-        // This block's cache rows asked into L2 before the wait. The
-        // position was copied before the step's first kernel, the rows by
-        // earlier steps (the newest by the kernel before: L2 holds the one
-        // copy, so asking for it early is never stale).
-        uint32_t q0, q1;
-        mb_dec_range(a, want, a.pos_dev ? *a.pos_dev : a.pos0, &q0, &q1);
-        if (q0 < q1) {
-            const size_t at = ((size_t)(blockIdx.y / n_hgroups) * a.max_ctx + q0) * hd;
-            mb_prefetch_l2(a.k + at, (size_t)(q1 - q0) * hd * sizeof(float));
-            mb_prefetch_l2(a.v + at, (size_t)(q1 - q0) * hd * sizeof(float));
-        }
-    }
     mb_pdl_enter();
     extern __shared__ float mb_dec_smem[];
+    const uint32_t hd = a.hd, hd4 = (hd + 3) / 4, ld = 4 * hd4 + 4;
     float *qs = mb_dec_smem;
     float *ks = qs + MB_ATTN_DEC_HEADS * ld;
     float *vs = ks + MB_DEC_TS * ld;

@@ -13,17 +13,6 @@
 // Below this m the tensor-core GEMV (16 rows a block) has too few blocks.
 #define MB_LIN_MMA_GEMV_MIN_M 1024
 
-// This block's R rows of W asked into L2 before the dependency wait
-// (mb_prefetch_l2): the rows are contiguous, R * k elements.
-template <typename W>
-__device__ __forceinline__ void mb_lin_prefetch_rows(const W *w, uint32_t m, uint32_t k, int R)
-{
-    const uint32_t row0 = blockIdx.x * (uint32_t)R;
-    if (row0 >= m) return;
-    const uint32_t rows = min((uint32_t)R, m - row0);
-    mb_prefetch_l2(w + (size_t)row0 * k, (size_t)rows * k * sizeof(W));
-}
-
 // The epilogue both paths share: bias, then the old y when accumulating.
 static __device__ __forceinline__ void mb_lin_store(float *y, float acc, const float *bias, uint32_t r, int accumulate)
 {

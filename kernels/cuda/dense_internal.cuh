@@ -44,22 +44,6 @@ __device__ __forceinline__ void mb_pdl_enter()
 #endif
 }
 
-// Weights (and other bytes no kernel of the step writes) asked into L2 by
-// the block's threads, one 128-byte line each a turn: called before
-// mb_pdl_enter(), so that under programmatic launch a kernel's first
-// memory trip overlaps the kernel before it instead of following it. A
-// hint: the loads after the wait read the same bytes either way.
-__device__ __forceinline__ void mb_prefetch_l2(const void *p, size_t bytes)
-{
-#if defined(__CUDA_ARCH__) && !defined(MB_CUDA_EMU)
-    const char *c = (const char *)p;
-    for (size_t off = (size_t)threadIdx.x * 128; off < bytes; off += (size_t)blockDim.x * 128)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
-#else
-    (void)p, (void)bytes;
-#endif
-}
-
 // The device's global nanosecond clock (%globaltimer), the same on every SM.
 __device__ __forceinline__ unsigned long long mb_dense_globaltimer()
 {
@@ -86,20 +70,6 @@ static inline bool mb_dense_pdl(void)
             major >= 9;
     }
     return cached != 0;
-}
-
-// MB_CUDA_PREFETCH=1: mb_prefetch_l2 before the dependency wait (read once
-// per file; it only matters with programmatic launch on). Off by default
-// until a GPU run has measured it (written when no GPU machine could be
-// had; bench/gpu/last9.sh is its A/B).
-static inline int mb_dense_prefetch(void)
-{
-    static int cached = -1;
-    if (cached < 0) {
-        const char *e = getenv("MB_CUDA_PREFETCH");
-        cached = e && strcmp(e, "1") == 0;
-    }
-    return cached;
 }
 
 // Launches kern(args...) on grid x block, smem, s, allowed to overlap the kernel
@@ -205,8 +175,6 @@ struct mb_attn_args {
     size_t ldq;
     float *out;
     size_t ldo;
-    int prefetch; // decode: the block's cache rows asked into L2 before the dependency wait
-                  // (mb_prefetch_l2)
 };
 
 #define MB_ATTN_MAX_HD 256  // head_dim attention takes

@@ -23,9 +23,8 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n,
                                 float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                                int accumulate, const mb_lin_norm nrm, int prefetch)
+                                int accumulate, const mb_lin_norm nrm)
 {
-    if (prefetch) mb_lin_prefetch_rows(w, m, k, R);
     mb_pdl_enter();
     float scale[MB_LIN_NT];
     mb_lin_gemv_block<W, R, VEC, NORM>(w, m, k, x, ldx, n, y, ldy, bias, accumulate, nrm, scale);
@@ -113,20 +112,28 @@ mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, con
     }
 }
 
-// nrm: the norm folded in (n == 1), or nullptr.
-template <typename W, int R>
+// The SIMT GEMV (nrm: the norm folded in, n == 1; or nullptr). Four rows
+// a block share each x load four ways; below 2048 rows one row a block
+// keeps blocks enough to fill the GPU.
+template <typename W>
 static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k,
                         const float *x, size_t ldx, uint32_t n, float *y, size_t ldy,
                         const float *bias, int acc, const mb_lin_norm *nrm = nullptr)
 {
-    const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
     const mb_lin_norm none = {};
-    const int pf = mb_dense_prefetch();
-    mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
-        mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, decltype(v)::value, decltype(nm)::value>,
-                        blocks, MB_LIN_GEMV_THREADS, 0, s, w, m, k, x, ldx, n, y, ldy, bias, acc,
-                        nrm ? *nrm : none, pf);
-    });
+    const auto launch = [&](auto r) {
+        constexpr int R = decltype(r)::value;
+        mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
+            mb_dense_launch(
+                mb_kcuda_linear_gemv_kernel<W, R, decltype(v)::value, decltype(nm)::value>,
+                (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, 0, s, w, m, k, x, ldx, n, y,
+                ldy, bias, acc, nrm ? *nrm : none);
+        });
+    };
+    if (m >= 2048)
+        launch(std::integral_constant<int, 4>{});
+    else
+        launch(std::integral_constant<int, 1>{});
 }
 
 template <typename W>
@@ -140,12 +147,7 @@ static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, 
             if (vec && n >= 2 && m >= MB_LIN_MMA_GEMV_MIN_M && !mb_dense_force_simt())
                 return (int)mb_kcuda_linear_mma_gemv_launch(s, w, m, k, x, ldx, n, y, ldy, bias, acc);
         }
-        // Four rows a block share each x load four ways; small m keeps one
-        // row a block so that there are blocks enough to fill the GPU.
-        if (m >= 2048)
-            mb_lin_gemv<W, 4>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
-        else
-            mb_lin_gemv<W, 1>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
+        mb_lin_gemv<W>(s, vec, w, m, k, x, ldx, n, y, ldy, bias, acc);
     } else if (std::is_same<W, __nv_bfloat16>::value && !mb_dense_force_simt()) {
         return (int)mb_kcuda_linear_mma_launch(s, (const __nv_bfloat16 *)w, m, k, x, ldx, n, y, ldy, bias, acc);
     } else {
@@ -162,16 +164,9 @@ extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t
     if (!w || !x || !y || m == 0 || k == 0 || n == 0 || ldx < k || ldy < m || n > 65535u * MB_LIN_BM)
         return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
-    switch (wdtype) {
-    case MB_KCUDA_F32:
-        return mb_lin_typed<float>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    case MB_KCUDA_F16:
-        return mb_lin_typed<__half>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    case MB_KCUDA_BF16:
-        return mb_lin_typed<__nv_bfloat16>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
-    default:
-        return (int)cudaErrorInvalidValue;
-    }
+    return mb_dense_by_wdtype(wdtype, [&](auto tag) {
+        return mb_lin_typed<decltype(tag)>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
+    });
 }
 
 extern "C" int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k,
@@ -184,13 +179,7 @@ extern "C" int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uin
     return mb_dense_by_wdtype(wdtype, [&](auto tag) {
         using W = decltype(tag);
         const bool vec = mb_lin_vec_ok<W>(k, k, w, in->x, &nrm);
-        // As mb_lin_typed's SIMT GEMV: four rows a block from 2048 rows.
-        if (m >= 2048)
-            mb_lin_gemv<W, 4>(s, vec, (const W *)w, m, k, in->x, k, 1, y, m, bias, accumulate,
-                              &nrm);
-        else
-            mb_lin_gemv<W, 1>(s, vec, (const W *)w, m, k, in->x, k, 1, y, m, bias, accumulate,
-                              &nrm);
+        mb_lin_gemv<W>(s, vec, (const W *)w, m, k, in->x, k, 1, y, m, bias, accumulate, &nrm);
         return mb_dense_launched();
     });
 }

@@ -22,23 +22,12 @@ extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint3
 {
     if (!table || !ids || !x || d == 0 || n == 0 || n > INT32_MAX) return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
-    switch (wdtype) {
-    case MB_KCUDA_F32:
-        mb_dense_launch(mb_kcuda_embed_kernel<float>, n, MB_NORM_THREADS, 0, s,
-                        (const float *)table, d, ids, x);
-        break;
-    case MB_KCUDA_F16:
-        mb_dense_launch(mb_kcuda_embed_kernel<__half>, n, MB_NORM_THREADS, 0, s,
-                        (const __half *)table, d, ids, x);
-        break;
-    case MB_KCUDA_BF16:
-        mb_dense_launch(mb_kcuda_embed_kernel<__nv_bfloat16>, n, MB_NORM_THREADS, 0, s,
-                        (const __nv_bfloat16 *)table, d, ids, x);
-        break;
-    default:
-        return (int)cudaErrorInvalidValue;
-    }
-    return mb_dense_launched();
+    return mb_dense_by_wdtype(wdtype, [&](auto tag) {
+        using W = decltype(tag);
+        mb_dense_launch(mb_kcuda_embed_kernel<W>, n, MB_NORM_THREADS, 0, s, (const W *)table, d,
+                        ids, x);
+        return mb_dense_launched();
+    });
 }
 
 // TPR threads per row (a warp for head-sized rows, the whole block for
