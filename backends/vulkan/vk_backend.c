@@ -185,6 +185,13 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
      * clear error, as for MB_VULKAN_COOPMAT=2. */
     const char *bf = getenv("MB_VULKAN_CM2_BF16");
     const int want_bf16 = bf && bf[0] == '1';
+    if (st == MB_STATUS_OK && want_bf16 && be->ctx.has_coopmat != 2) {
+        fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_BF16=1 but device %d's prefill GEMMs are not on "
+                        "cooperative_matrix2: %s\n", be->device,
+                be->ctx.has_coopmat ? "MB_VULKAN_COOPMAT=1 (moe_gemm_coopmat)"
+                                    : be->ctx.coopmat_why ? be->ctx.coopmat_why : "?");
+        st = MB_STATUS_DEVICE;
+    }
     if (st == MB_STATUS_OK && want_bf16 && be->ctx.has_coopmat == 2) {
         const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
         VkPipeline probe;

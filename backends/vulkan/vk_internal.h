@@ -44,6 +44,15 @@
  * expert's down rows once per pair). */
 #define MB_VK_FUSED_MAX_TOKENS 4u
 
+/* The tiled path's GEMM (moe_convert's output follows: f32, f16, f16 in
+ * grouped order, bf16 in grouped order). */
+typedef enum {
+    MB_VK_GEMM_PORTABLE = 0, /* moe_gemm, f32 FMAs */
+    MB_VK_GEMM_COOPMAT = 1,  /* moe_gemm_coopmat, VK_NV_cooperative_matrix fragments */
+    MB_VK_GEMM_CM2 = 2,      /* moe_gemm_cm2, VK_NV_cooperative_matrix2, f16 matrices */
+    MB_VK_GEMM_CM2_BF16 = 3, /* moe_gemm_cm2_bf16, bf16 matrices */
+} mb_vk_gemm_kind;
+
 /* A buffer with its own memory, its device address and, for host-visible
  * memory, a persistent mapping. */
 typedef struct {
@@ -276,10 +285,9 @@ typedef struct {
     size_t in_bytes, out_bytes, pairs_off, act_off;
     int gemm;  /* tiled path, routed on the device; else GEMV, routed on the host */
     int fused; /* GEMV: down product and combine in one dispatch */
-    int coopmat; /* tiled: moe_gemm_coopmat (f16 operands) instead of moe_gemm */
-    int cm2_bf16; /* coopmat: moe_gemm_cm2_bf16 (bf16 weights on bf16 matrices) */
-    int split_x, split_h; /* coopmat: x (f32 payloads; f16 ones for cm2_bf16), h (unless hidden16) as
-                             two 16-bit halves */
+    mb_vk_gemm_kind coopmat; /* tiled: which GEMM (16-bit operands unless portable) */
+    int split_x, split_h;    /* not portable: x (f32 payloads; f16 ones for cm2 bf16), h (unless
+                                hidden16) as two 16-bit halves */
     uint32_t n_experts; /* GEMV: experts with pairs */
     size_t plan_off, tok_off, expert_slot, expert_off, pair_pos, perm_token; /* GEMV grouping */
     int in_direct; /* inputs in r->direct: no copy */
@@ -300,7 +308,7 @@ typedef struct {
     int hidden16;    /* coopmat path: h's high half only (MB_VULKAN_HIDDEN=16) */
     uint32_t cm2_bm, cm2_bn, cm2_bk; /* moe_gemm_cm2's tile: rows, output columns, K step
                                         (MB_VULKAN_CM2_TILE) */
-    int gemm_noted;  /* verbose: the tiled GEMMs noted (1 coopmat, 2 portable) */
+    int gemm_noted;                  /* verbose: the tiled GEMMs noted (bit 1 << mb_vk_gemm_kind) */
     uint32_t gemv_rows; /* weight rows per moe_gemv workgroup: one per subgroup */
     int spin;           /* poll spins before sleeping (not on a CPU device) */
     char device_name[MB_PROTO_NAME_BYTES];

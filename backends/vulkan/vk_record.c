@@ -180,37 +180,39 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
         /* Matrix units need 16-bit weights and whole 16-byte chunks of K
          * and N both ways; f32 and quantized weights (which the portable
          * tiles dequantize into f32) and other shapes stay portable. */
-        pl->coopmat = ctx->has_coopmat && (wd == MB_DTYPE_F16 || wd == MB_DTYPE_BF16) && req->d_model % 8 == 0 &&
-                      pl->d_ff % 8 == 0;
+        const int units = ctx->has_coopmat && (wd == MB_DTYPE_F16 || wd == MB_DTYPE_BF16) &&
+                          req->d_model % 8 == 0 && pl->d_ff % 8 == 0;
         /* moe_gemm_cm2_bf16 for bf16 weights where the device has bf16
          * matrices: x in bf16 halves unless the payload is bf16. */
-        pl->cm2_bf16 = pl->coopmat && ctx->has_coopmat == 2 && ctx->cm2_bf16 && wd == MB_DTYPE_BF16;
-        pl->split_x = pl->coopmat && (req->dtype == MB_DTYPE_F32 || (pl->cm2_bf16 && req->dtype == MB_DTYPE_F16));
-        pl->split_h = pl->coopmat && !be->hidden16;
-        const int seen = pl->coopmat ? 1 : 2;
-        if (!(be->gemm_noted & seen)) {
-            be->gemm_noted |= seen;
+        pl->coopmat = !units                                 ? MB_VK_GEMM_PORTABLE
+                      : ctx->has_coopmat == 1                ? MB_VK_GEMM_COOPMAT
+                      : ctx->cm2_bf16 && wd == MB_DTYPE_BF16 ? MB_VK_GEMM_CM2_BF16
+                                                             : MB_VK_GEMM_CM2;
+        const int cm2 = pl->coopmat >= MB_VK_GEMM_CM2;
+        pl->split_x = units && (req->dtype == MB_DTYPE_F32 ||
+                                (pl->coopmat == MB_VK_GEMM_CM2_BF16 && req->dtype == MB_DTYPE_F16));
+        pl->split_h = units && !be->hidden16;
+        static const char *const gemms[] = {"moe_gemm", "moe_gemm_coopmat", "moe_gemm_cm2",
+                                            "moe_gemm_cm2_bf16"};
+        const char *gemm = gemms[pl->coopmat];
+        if (!(be->gemm_noted & (1 << pl->coopmat))) {
+            be->gemm_noted |= 1 << pl->coopmat;
             char note[160];
             snprintf(note, sizeof note, "tiled request (%s weights, %s payload, %ux%u): %s",
-                     mb_dtype_name(pl->wdtype[MB_PROTO_MAT_GATE]), mb_dtype_name(req->dtype), req->d_model, pl->d_ff,
-                     !pl->coopmat                ? "moe_gemm (portable f32)"
-                     : pl->cm2_bf16              ? "moe_gemm_cm2_bf16 (cooperative_matrix2, bf16)"
-                     : ctx->has_coopmat == 2     ? "moe_gemm_cm2 (cooperative_matrix2)"
-                                                 : "moe_gemm_coopmat (cooperative matrices)");
+                     mb_dtype_name(pl->wdtype[MB_PROTO_MAT_GATE]), mb_dtype_name(req->dtype),
+                     req->d_model, pl->d_ff, gemm);
             mb_vk_note(be, note);
         }
-        /* moe_gemm_cm2 reads x gathered into grouped order (OUT 3, 4). */
-        const int cm2 = pl->coopmat && ctx->has_coopmat == 2;
-        const uint32_t bn = cm2 ? be->cm2_bn : pl->coopmat ? MB_KVK_GEMM_CM_BN : MB_KVK_GEMM_BN;
+        const uint32_t bn = cm2 ? be->cm2_bn : units ? MB_KVK_GEMM_CM_BN : MB_KVK_GEMM_BN;
         const uint32_t s_route[MB_VK_SPECS] = {rows, bn, cm2 ? be->cm2_bm : 0}, s_pd[MB_VK_SPECS] = {pd};
+        /* moe_convert's output: f32 (0), f16 (1, 2 with low halves), the
+         * same gathered into grouped order for cm2 (3, 4), or bf16 (5, 6). */
         const uint32_t s_conv[MB_VK_SPECS] = {
-            pd, pl->coopmat ? 1u + (uint32_t)pl->split_x + 2u * cm2 + 2u * (uint32_t)pl->cm2_bf16 : 0u};
-        const char *gemm = pl->cm2_bf16 ? "moe_gemm_cm2_bf16"
-                           : cm2        ? "moe_gemm_cm2"
-                           : pl->coopmat ? "moe_gemm_coopmat"
-                                         : "moe_gemm";
+            pd, units
+                    ? 1u + (uint32_t)pl->split_x + 2u * (uint32_t)(pl->coopmat - MB_VK_GEMM_COOPMAT)
+                    : 0u};
         uint32_t s1[MB_VK_SPECS] = {wd, 1, vec1, wu}, s2[MB_VK_SPECS] = {wdd, 0, vec2, wdd};
-        if (pl->coopmat) {
+        if (units) {
             s1[2] = (uint32_t)pl->split_x;
             s1[3] = (uint32_t)pl->split_h;
             s2[2] = (uint32_t)pl->split_h;
@@ -280,7 +282,7 @@ static void mb_vk_record_gemm(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan 
     /* moe_gemm_cm2 takes x gathered into grouped order, [n_pairs][d_model]
      * f16 halves: the bytes of y (f32 [n_pairs][d_model]), which only the
      * down product writes, after gate/up has read x. */
-    const int cm2 = pl->coopmat && be->ctx.has_coopmat == 2;
+    const int cm2 = pl->coopmat >= MB_VK_GEMM_CM2;
     const size_t nxg = cm2 ? (size_t)req->n_pairs * req->d_model : nx;
     const mb_kvk_convert_pc cp = {.act = in + pl->act_off,
                                   .x = ws + (cm2 ? r->ws.y : r->ws.x),

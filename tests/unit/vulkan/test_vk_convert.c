@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backends/backend.h"
-#include "backends/vulkan/vk_internal.h"
 #include "protocol/dtype.h"
 #include "tests/testutil.h"
 #include "tests/unit/vulkan/vk_testutil.h"
@@ -144,21 +142,14 @@ static void vc_case(mb_vk_backend *be, mb_dtype pd, uint32_t n_tokens, uint32_t 
 
 int main(void)
 {
-    const mb_backend_ops *ops = mb_backend_find("vulkan");
-    if (!ops) MB_TEST_SKIP("this build has no vulkan backend");
-    const mb_backend_gpu_options opt = {.staging_bytes = 16u << 20, .max_inflight = 2, .progress = 0};
-    const mb_backend_config cfg = {.device = -1, .max_slots = 16, .options = &opt};
-    void *state = NULL;
-    mb_status st = ops->open(&cfg, &state);
-    if (st == MB_STATUS_DEVICE) MB_TEST_SKIP("no Vulkan device");
-    REQUIRE(st == MB_STATUS_OK);
-    mb_vk_backend *be = state;
+    const mb_backend_ops *ops = mb_vk_test_ops();
+    mb_vk_backend *be = mb_vk_test_open(ops, 16, 16, NULL);
     static const mb_dtype pds[] = {MB_DTYPE_F32, MB_DTYPE_F16, MB_DTYPE_BF16};
     for (size_t i = 0; i < 3; i++) {
         vc_case(be, pds[i], 5, 9, 24, 0x51ull + i);      /* more grouped rows than tokens (top-k > 1) */
         vc_case(be, pds[i], 7, 3, 2, 0x77ull + 3 * i);    /* fewer, and the shortest even rows */
         vc_case(be, pds[i], 3, 700, 64, 0x3bull + 5 * i); /* several workgroups, grid-stride */
     }
-    ops->close(state);
+    ops->close(be);
     return mb_test_finish("test_vk_convert");
 }

@@ -18,6 +18,7 @@
 #include "backends/backend.h"
 #include "backends/vulkan/vk_internal.h"
 #include "tests/testutil.h"
+#include "tests/unit/vulkan/vk_testutil.h"
 
 #define HI_D_MODEL 256u
 #define HI_D_FF 128u
@@ -123,13 +124,7 @@ static void hi_reference(void *be, uint32_t n_tokens, unsigned long long seed, v
 static void *hi_open(const char *import_env)
 {
     setenv("MB_VULKAN_HOST_IMPORT", import_env, 1);
-    const mb_backend_gpu_options opt = {.staging_bytes = 64u << 20, .max_inflight = 2, .progress = 0};
-    const mb_backend_config cfg = {.device = -1, .max_slots = 64, .options = &opt};
-    void *be = NULL;
-    mb_status st = hi_ops->open(&cfg, &be);
-    if (st == MB_STATUS_DEVICE) MB_TEST_SKIP("no Vulkan device");
-    REQUIRE(st == MB_STATUS_OK);
-    return be;
+    return mb_vk_test_open(hi_ops, 64, 64, NULL);
 }
 
 /* Imported in and out, for a decode-sized and a prefill-sized request,
@@ -214,8 +209,7 @@ static void hi_decode_commands(mb_vk_backend *be)
 
 int main(void)
 {
-    hi_ops = mb_backend_find("vulkan");
-    if (!hi_ops) MB_TEST_SKIP("this build has no Vulkan backend");
+    hi_ops = mb_vk_test_ops();
     mb_vk_backend *be = hi_open("always");
     if (!be->ctx.has_host_import) {
         hi_ops->close(be);

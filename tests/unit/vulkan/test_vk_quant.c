@@ -113,15 +113,8 @@ static void vq_load(mb_vk_backend *be)
 
 int main(void)
 {
-    vq_ops = mb_backend_find("vulkan");
-    if (!vq_ops) MB_TEST_SKIP("this build has no vulkan backend");
-    const mb_backend_gpu_options opt = {.staging_bytes = 16u << 20, .max_inflight = 2, .progress = 0};
-    const mb_backend_config cfg = {.device = -1, .max_slots = 16, .options = &opt};
-    void *state = NULL;
-    mb_status st = vq_ops->open(&cfg, &state);
-    if (st == MB_STATUS_DEVICE) MB_TEST_SKIP("no Vulkan device");
-    REQUIRE(st == MB_STATUS_OK);
-    mb_vk_backend *be = state;
+    vq_ops = mb_vk_test_ops();
+    mb_vk_backend *be = mb_vk_test_open(vq_ops, 16, 16, NULL);
     static const int types[] = {MB_KCPU_Q8_0, MB_KCPU_Q4_K, MB_KCPU_Q6_K};
     for (size_t i = 0; i < 3; i++)
         for (int mode = 0; mode < 2; mode++) {
@@ -129,6 +122,6 @@ int main(void)
             vq_bitwise(be, types[i], 4, 256, mode, 0x7f4aull + 17 * i + (unsigned long long)mode);
         }
     vq_load(be);
-    vq_ops->close(state);
+    vq_ops->close(be);
     return mb_test_finish("test_vk_quant");
 }

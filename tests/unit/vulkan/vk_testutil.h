@@ -2,8 +2,37 @@
 #ifndef MB_TESTS_UNIT_VULKAN_VK_TESTUTIL_H
 #define MB_TESTS_UNIT_VULKAN_VK_TESTUTIL_H
 
+#include "backends/backend.h"
 #include "backends/vulkan/vk_internal.h"
 #include "tests/testutil.h"
+
+/* The Vulkan backend's table; the test skips (77) where the build has none. */
+static inline const mb_backend_ops *mb_vk_test_ops(void)
+{
+    const mb_backend_ops *ops = mb_backend_find("vulkan");
+    if (!ops) MB_TEST_SKIP("this build has no vulkan backend");
+    return ops;
+}
+
+/* Opens the first device with max_slots slots and staging_mib MiB of
+ * staging; *st (optional) receives open's status, and any status other
+ * than OK returns NULL; without st, no device skips (77) and any other
+ * failure ends the test. */
+static inline mb_vk_backend *mb_vk_test_open(const mb_backend_ops *ops, uint32_t max_slots, uint32_t staging_mib,
+                                             mb_status *st)
+{
+    const mb_backend_gpu_options opt = {.staging_bytes = (size_t)staging_mib << 20, .max_inflight = 2, .progress = 0};
+    const mb_backend_config cfg = {.device = -1, .max_slots = max_slots, .options = &opt};
+    void *state = NULL;
+    const mb_status s = ops->open(&cfg, &state);
+    if (st) {
+        *st = s;
+        return s == MB_STATUS_OK ? state : NULL;
+    }
+    if (s == MB_STATUS_DEVICE) MB_TEST_SKIP("no Vulkan device");
+    REQUIRE(s == MB_STATUS_OK);
+    return state;
+}
 
 /* Runs shader (specialisation spec) over groups workgroups with push
  * constants pc of pc_bytes on be's device, then a barrier, and waits for
