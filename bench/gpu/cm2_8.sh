@@ -10,7 +10,8 @@
 # experts each) against transformers' logits and its statistics table.
 #   bash bench/gpu/cm2_8.sh   (MB_SKIP_BUILD=1 on a warm machine;
 #   MB_CM2_QUICK=1: parity and the benchmark only; MB_CM2_WITH9=1 also
-#   builds issue 9's targets and runs its L2-prefetch A/B and device parity)
+#   builds issue 9's targets and runs its device parity and two timings of
+#   bench_e2e_device)
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
@@ -29,19 +30,9 @@ OPS=$B/tests/parity/backends/test_backend_ops
 BENCH=$B/bench/bench_expert_gpu
 [ -x "$OPS" ] && [ -x "$BENCH" ] || { echo "build failed"; exit 1; }
 
-ops() { # name, then environment assignments
-    local name=$1; shift
-    echo "== $name ($*)" >> "$OUT/ops.txt"
-    env "$@" MB_VULKAN_VERBOSE=1 timeout 90 "$OPS" vulkan > "$OUT/ops_one.txt" 2>&1
-    echo "== test_backend_ops vulkan, $name ($*): rc=$? ($(( $(date +%s) - t0 )) s)"
-    cat "$OUT/ops_one.txt" >> "$OUT/ops.txt"
-    grep -m3 -E "vulkan:0: (prefill|tiled)|SKIP|cannot" "$OUT/ops_one.txt"
-    grep -E "FAIL|CHECK" "$OUT/ops_one.txt" | head -8
-    grep -A4 "worst normalised error" "$OUT/ops_one.txt"
-    rm -f "$OUT/ops_one.txt"
-}
-ops cm2 MB_VULKAN_COOPMAT=2
-ops cm2_gemm MB_VULKAN_COOPMAT=2 MB_VULKAN_PATH=gemm
+. bench/gpu/vk_ops.sh
+vk_ops cm2 MB_VULKAN_COOPMAT=2
+vk_ops cm2_gemm MB_VULKAN_COOPMAT=2 MB_VULKAN_PATH=gemm
 
 for cm in 2 0; do
     MB_VULKAN_COOPMAT=$cm MB_VULKAN_VERBOSE=1 timeout 150 "$BENCH" --backend vulkan:0 --models qwen3,mixtral \
@@ -52,7 +43,7 @@ done
 echo "== backend depth: model, backend, weights, tokens, runs, median us, p90, compute us, ..., x CUDA"
 for cm in 2 0; do
     echo "-- MB_VULKAN_COOPMAT=$cm"
-    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) +[a-z0-9_]+ +[0-9]+ " "$OUT/expert_vk_cm$cm.txt"
+    vk_rows "$OUT/expert_vk_cm$cm.txt"
 done
 grep -h -m2 "vulkan:0: tiled" "$OUT"/expert_vk_cm*.txt
 if [ -n "${MB_CM2_QUICK:-}" ]; then
@@ -71,14 +62,14 @@ cat "$OUT/mixed_run.txt" >> "$OUT/mixed.txt"
 grep -vE "^loading|^generating" "$OUT/mixed_run.txt" | tail -30
 rm -f "$OUT/mixed_run.txt"
 
-if [ -n "${MB_CM2_WITH9:-}" ]; then # issue 9: device parity, then the L2 prefetch A/B
+if [ -n "${MB_CM2_WITH9:-}" ]; then # issue 9: device parity, then bench_e2e_device twice
     (cd $B && timeout 100 ctest -j2 -R "test_parity_device|test_dense_cuda$" --timeout 90 --output-on-failure \
         > "$OUT/ab9.txt" 2>&1; echo "== issue 9 ctest rc=$?")
     grep -E "tests passed|Failed|Passed" "$OUT/ab9.txt" | head -4
-    for v in 1 0 1 0; do
-        MB_CUDA_PREFETCH=$v timeout 30 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 48 --no-cpu-coord \
-            --cases gpu > "$OUT/ab.txt" 2>&1
-        echo "== MB_CUDA_PREFETCH=$v rc=$?"; grep -E "^device copy|^cuda |^dense" "$OUT/ab.txt"
+    for i in 1 2; do
+        timeout 30 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 48 --no-cpu-coord --cases gpu \
+            > "$OUT/ab.txt" 2>&1
+        echo "== bench_e2e_device $i rc=$?"; grep -E "^device copy|^cuda |^dense" "$OUT/ab.txt"
         cat "$OUT/ab.txt" >> "$OUT/ab9.txt"
     done
     rm -f "$OUT/ab.txt"
@@ -91,7 +82,7 @@ for tile in ${MB_CM2_TILES:-64x128x32 128x128x128}; do
     MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_TILE=$tile timeout 100 "$BENCH" --backend vulkan:0 --models qwen3,mixtral \
         --decode 1 --prefill 4096 --budget 8 --register-host --no-worker > "$OUT/tile.txt" 2>&1
     echo "== cm2 tile $tile: rc=$? ($(( $(date +%s) - t0 )) s)"
-    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) +[a-z0-9_]+ +4096 " "$OUT/tile.txt"
+    vk_rows "$OUT/tile.txt" 4096
 done
 rm -f "$OUT/tile.txt"
 

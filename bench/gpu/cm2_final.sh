@@ -17,20 +17,15 @@ t0=$(date +%s)
 export MB_WITH_VULKAN=ON MB_TARGETS="moe-worker test_backend_ops bench_expert_gpu"
 timeout 200 bash bench/gpu/device_run.sh build 2>&1 | tail -1
 grep -q "build rc=0" "$OUT/build.log" 2>/dev/null && rm -f "$OUT/build.log"
-grep -h "cooperative_matrix2" build-gpu/CMakeFiles/CMakeOutput.log 2>/dev/null | head -2
 rm -f "$OUT/device.txt"
 B=build-gpu
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+OPS=$B/tests/parity/backends/test_backend_ops
+. bench/gpu/vk_ops.sh
 forms="1 0"
 [ -n "${MB_CM2_SHORT:-}" ] && forms=1
 for v in $forms; do
-    MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_BF16=$v MB_VULKAN_CM2_TILE=128x128x64 MB_VULKAN_PATH=gemm \
-        MB_VULKAN_VERBOSE=1 timeout 80 \
-        $B/tests/parity/backends/test_backend_ops vulkan > "$OUT/ops_bf16_$v.txt" 2>&1
-    echo "== test_backend_ops vulkan, cm2, every case tiled, MB_VULKAN_CM2_BF16=$v: rc=$? ($(( $(date +%s) - t0 )) s)"
-    grep -m4 -E "vulkan:0: (prefill|tiled)|SKIP|cannot" "$OUT/ops_bf16_$v.txt"
-    grep -E "FAIL|CHECK" "$OUT/ops_bf16_$v.txt" | head -6
-    grep -A4 "worst normalised error" "$OUT/ops_bf16_$v.txt"
+    vk_ops "cm2_bf16_$v" MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_BF16=$v MB_VULKAN_CM2_TILE=128x128x64 MB_VULKAN_PATH=gemm
 done
 r() { # name models, then environment assignments
     local name=$1 models=$2; shift 2
@@ -39,7 +34,7 @@ r() { # name models, then environment assignments
         --json "$OUT/expert_vk_$name.json" > "$OUT/expert_vk_$name.txt" 2>&1
     echo "== bench $name ($*): rc=$? ($(( $(date +%s) - t0 )) s)"
     grep -h -m2 "vulkan:0: tiled" "$OUT/expert_vk_$name.txt"
-    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) +[a-z0-9_]+ +[0-9]+ " "$OUT/expert_vk_$name.txt"
+    vk_rows "$OUT/expert_vk_$name.txt"
 }
 r cm2bf16 qwen3,mixtral MB_VULKAN_CM2_BF16=1
 [ -n "${MB_CM2_SHORT:-}" ] || r cm2f16dec mixtral MB_VULKAN_CM2_BF16=0
@@ -49,7 +44,7 @@ for t in ${MB_CM2_TILES:-}; do
         --backend vulkan:0 --models mixtral --decode 1 --prefill 4096 --budget 6 --register-host --no-worker \
         > "$OUT/tile.txt" 2>&1
     echo "== bf16 tile $t: rc=$?"
-    grep -E "^[a-z0-9-]+ +(backend|vulkan-backend) +[a-z0-9_]+ +4096 " "$OUT/tile.txt"
+    vk_rows "$OUT/tile.txt" 4096
 done
 rm -f "$OUT/tile.txt"
 echo "total $(( $(date +%s) - t0 )) s"

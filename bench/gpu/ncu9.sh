@@ -1,6 +1,5 @@
-# Issue 9, round 6, on the GPU machine (device tool `run`, carry .carry):
-# checks, A/B of the L2 prefetch before the dependency wait
-# (MB_CUDA_PREFETCH) and of the norm fusion, the in-graph profile, each decode
+# Issue 9 on the GPU machine (device tool `run`, carry .carry): checks, the
+# A/B of the norm fusion (MB_CUDA_FUSE_NORM), the in-graph profile, each decode
 # kernel's own duration under Nsight Compute (serialised, no launch
 # overlap: what each kernel costs alone), and the full bench_e2e_device.
 #   bash bench/gpu/ncu9.sh     (MB_SKIP_BUILD=1 on a warm machine; MB_NCU9_MIN=1:
@@ -19,7 +18,7 @@ echo "test_dense_cuda rc=$?"; grep -E "FAIL|failed|norm folded|fusions|attention
     echo "parity_device rc=$?")
 grep -E "CHECK failed|tests passed|Failed" $OUT/ctest_parity_device.txt | head -10
 ARGS="--layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu"
-for v in "MB_CUDA_PREFETCH=1" "MB_CUDA_PREFETCH=0" "MB_CUDA_FUSE_NORM=0" "MB_CUDA_PREFETCH=1" "MB_CUDA_PREFETCH=0"; do
+for v in "MB_CUDA_FUSE_NORM=1" "MB_CUDA_FUSE_NORM=0" "MB_CUDA_FUSE_NORM=1" "MB_CUDA_FUSE_NORM=0"; do
     env $v timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/ab.txt 2>&1
     echo "== $v rc=$?"; grep -E "^cuda |^dense" $OUT/ab.txt
 done

@@ -22,18 +22,11 @@ BENCH=$B/bench/bench_expert_gpu
 [ -x "$OPS" ] && [ -x "$BENCH" ] || { echo "build failed: see $OUT/build.log"; exit 1; }
 
 # Parity: the worst normalised error per (weight, payload) dtype pair, the
-# path the backend took (MB_VULKAN_VERBOSE notes), any failed check.
-ops() { # name, then environment assignments
-    local name=$1; shift
-    env "$@" MB_VULKAN_VERBOSE=1 timeout 75 "$OPS" vulkan > "$OUT/ops_$name.txt" 2>&1
-    echo "== test_backend_ops vulkan, $name ($*): rc=$? ($(( $(date +%s) - t0 )) s)"
-    grep -m3 -E "vulkan:0: (prefill|tiled)|SKIP|cannot run" "$OUT/ops_$name.txt"
-    grep -E "FAIL|CHECK" "$OUT/ops_$name.txt" | head -8
-    grep -A4 "worst normalised error" "$OUT/ops_$name.txt"
-}
-ops coopmat MB_VULKAN_COOPMAT=1
-ops coopmat_gemm MB_VULKAN_COOPMAT=1 MB_VULKAN_PATH=gemm
-ops portable MB_VULKAN_COOPMAT=0
+# path the backend took, any failed check (all in $OUT/ops.txt).
+. bench/gpu/vk_ops.sh
+vk_ops coopmat MB_VULKAN_COOPMAT=1
+vk_ops coopmat_gemm MB_VULKAN_COOPMAT=1 MB_VULKAN_PATH=gemm
+vk_ops portable MB_VULKAN_COOPMAT=0
 
 # Benchmarks: the Vulkan backend beside the CUDA backend (xN cuda is
 # CUDA's backend time over Vulkan's), coopmat first.
