@@ -140,14 +140,14 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     be->cm2_bk = 32;
     const char *tile = getenv("MB_VULKAN_CM2_TILE");
     unsigned tbm = 0, tbn = 0, tbk = 0;
-    if (tile && sscanf(tile, "%ux%ux%u", &tbm, &tbn, &tbk) == 3 && (tbm == 64 || tbm == 128) &&
+    if (tile && sscanf(tile, "%ux%ux%u", &tbm, &tbn, &tbk) == 3 && (tbm == 64 || tbm == 128 || tbm == 256) &&
         (tbn == 64 || tbn == 128 || tbn == 256) && (tbk == 16 || tbk == 32 || tbk == 64 || tbk == 128)) {
         be->cm2_bm = tbm;
         be->cm2_bn = tbn;
         be->cm2_bk = tbk;
     } else if (tile) {
         fprintf(stderr,
-                "vulkan backend: MB_VULKAN_CM2_TILE='%s' ignored (BMxBNxBK: BM 64 or 128; BN 64, 128 or 256; "
+                "vulkan backend: MB_VULKAN_CM2_TILE='%s' ignored (BMxBNxBK: BM 64, 128 or 256; BN 64, 128 or 256; "
                 "BK 16, 32, 64 or 128)\n",
                 tile);
     }

@@ -4,10 +4,10 @@
 # moe_gemm_cm2 at the measured-fastest tile (128x128x64), bf16 weights on
 # bf16 matrices (MB_VULKAN_CM2_BF16=1, moe_gemm_cm2_bf16) and through the
 # f16 decode (0); bench_expert_gpu's Vulkan backend depth beside the CUDA
-# backend, both forms. When both pass, they can become the defaults
-# (backends/vulkan/vk_backend.c).
+# backend (the f16-decode form's bench only with MB_CM2_F16DEC=1). When
+# both pass, they can become the defaults (backends/vulkan/vk_backend.c).
 #   bash bench/gpu/cm2_final.sh   (MB_CM2_SHORT=1: the default form only,
-#   about 2.5 minutes; MB_CM2_TILES="128x128x128 128x256x64": more tiles
+#   about 2.5 minutes; MB_CM2_TILES="256x64x64 128x128x128": more tiles
 #   for the bf16 form, Mixtral at 4096 tokens, about 25 s each)
 set -u
 cd "$(dirname "$0")/../.."
@@ -37,7 +37,7 @@ r() { # name models, then environment assignments
     vk_rows "$OUT/expert_vk_$name.txt"
 }
 r cm2bf16 qwen3,mixtral MB_VULKAN_CM2_BF16=1
-[ -n "${MB_CM2_SHORT:-}" ] || r cm2f16dec mixtral MB_VULKAN_CM2_BF16=0
+[ -n "${MB_CM2_F16DEC:-}" ] && r cm2f16dec mixtral MB_VULKAN_CM2_BF16=0
 # Other tiles for the bf16 form, Mixtral only (MB_CM2_TILES="BMxBNxBK ...").
 for t in ${MB_CM2_TILES:-}; do
     MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_BF16=1 MB_VULKAN_CM2_TILE=$t timeout 60 $B/bench/bench_expert_gpu \

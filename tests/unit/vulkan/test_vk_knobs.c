@@ -31,7 +31,8 @@ int main(void)
     vk_tile(ops, NULL, 64, 128, 32);
     vk_tile(ops, "128x128x64", 128, 128, 64);
     vk_tile(ops, "64x256x128", 64, 256, 128);
-    vk_tile(ops, "96x128x32", 64, 128, 32); /* BM not 64 or 128 */
+    vk_tile(ops, "256x64x64", 256, 64, 64);
+    vk_tile(ops, "96x128x32", 64, 128, 32); /* BM not 64, 128 or 256 */
     vk_tile(ops, "128x128", 64, 128, 32);   /* a size missing */
     vk_tile(ops, "tile", 64, 128, 32);
     unsetenv("MB_VULKAN_CM2_TILE");
