@@ -133,6 +133,28 @@ mb_status mb_backend_caps_get(mb_backend *b, mb_backend_caps *caps)
     return MB_STATUS_OK;
 }
 
+void mb_backend_gpu_caps(mb_backend_caps *caps, const char *name, const char *device,
+                         uint64_t mem_total, uint64_t mem_free, uint32_t max_slots,
+                         uint32_t max_inflight, uint64_t max_request_bytes)
+{
+    memset(caps, 0, sizeof *caps);
+    snprintf(caps->name, sizeof caps->name, "%s", name);
+    snprintf(caps->device, sizeof caps->device, "%s", device);
+    const uint64_t gib = (uint64_t)1 << 30, floor = mem_total / 4 < gib ? mem_total / 4 : gib;
+    const uint64_t reserve = mem_total / 25 > floor ? mem_total / 25 : floor;
+    caps->mem_total_bytes = mem_total;
+    caps->mem_free_bytes = mem_free > reserve ? mem_free - reserve : 0;
+    caps->payload_dtype_mask = MB_DTYPE_MASK_ALL;
+    /* Q4_0 and Q5_K have no GPU kernels: placement refuses them by name. */
+    caps->weight_dtype_mask = MB_DTYPE_MASK_ALL | MB_DTYPE_MASK(MB_DTYPE_Q8_0) |
+                              MB_DTYPE_MASK(MB_DTYPE_Q4_K) | MB_DTYPE_MASK(MB_DTYPE_Q6_K);
+    caps->preferred_batch = 4096;
+    caps->n_threads = 1;
+    caps->max_slots = max_slots;
+    caps->max_inflight = max_inflight;
+    caps->max_request_bytes = max_request_bytes;
+}
+
 /* Appends the names of the dtypes in mask ("f32, bf16") to buf. */
 static void mb_backend_mask_names(uint32_t mask, char *buf, size_t cap)
 {

@@ -211,6 +211,17 @@ mb_status mb_backend_open(const mb_backend_ops *ops, const mb_backend_config *cf
 void mb_backend_close(mb_backend *b);
 mb_status mb_backend_caps_get(mb_backend *b, mb_backend_caps *caps);
 
+/* The capabilities the GPU backends (CUDA, Vulkan) share: every payload
+ * dtype, the element weight dtypes and the quantized types that have
+ * kernels (Q8_0, Q4_K, Q6_K), 4096-token batches, one host thread. Of the
+ * device's free memory, placement sees what is left after a reserve for
+ * request workspaces and staging: 1/25 of the total, at least 1 GiB (about
+ * what a 4096-token prefill of Mixtral-sized layers takes) or a quarter of
+ * a small card. Fills every field of caps. */
+void mb_backend_gpu_caps(mb_backend_caps *caps, const char *name, const char *device,
+                         uint64_t mem_total, uint64_t mem_free, uint32_t max_slots,
+                         uint32_t max_inflight, uint64_t max_request_bytes);
+
 /* Whether a backend with caps can hold expert weights of every dtype in
  * weight_mask (MB_DTYPE_MASK bits, nonzero) and take payloads of payload.
  * Returns OK, or BAD_DTYPE with the reason written into why, naming each

@@ -146,28 +146,11 @@ static mb_status mb_cuda_caps(void *state, mb_backend_caps *caps)
 {
     mb_cuda_backend *be = state;
     if (!be || !caps) return MB_STATUS_INVALID_ARG;
-    memset(caps, 0, sizeof *caps);
-    snprintf(caps->name, sizeof caps->name, "cuda");
-    snprintf(caps->device, sizeof caps->device, "%s", be->device_name);
     size_t fr = 0, tot = 0;
     cudaSetDevice(be->device);
     if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) cudaGetLastError();
-    /* Keep room for request workspaces and staging twins (about 1 GiB for
-     * 4096-token prefills of Mixtral-sized layers): placement sees only
-     * what weights may use. */
-    const size_t reserve = tot / 25 > ((size_t)1 << 30) ? tot / 25 : ((size_t)1 << 30);
-    caps->mem_total_bytes = tot;
-    caps->mem_free_bytes = fr > reserve ? fr - reserve : 0;
-    caps->payload_dtype_mask = MB_DTYPE_MASK_ALL;
-    /* Quantized experts: the types of Q8_0, Q4_K_M and Q6_K files (kernels
-     * for Q4_0 and Q5_K are not written, so placement refuses them by name). */
-    caps->weight_dtype_mask = MB_DTYPE_MASK_ALL | MB_DTYPE_MASK(MB_DTYPE_Q8_0) | MB_DTYPE_MASK(MB_DTYPE_Q4_K) |
-                              MB_DTYPE_MASK(MB_DTYPE_Q6_K);
-    caps->preferred_batch = 4096;
-    caps->n_threads = 1;
-    caps->max_slots = be->max_slots;
-    caps->max_inflight = be->max_inflight;
-    caps->max_request_bytes = be->staging_max;
+    mb_backend_gpu_caps(caps, "cuda", be->device_name, tot, fr, be->max_slots, be->max_inflight,
+                        be->staging_max);
     return MB_STATUS_OK;
 }
 

@@ -244,29 +244,10 @@ static mb_status mb_vk_caps(void *state, mb_backend_caps *caps)
 {
     mb_vk_backend *be = state;
     if (!be || !caps) return MB_STATUS_INVALID_ARG;
-    memset(caps, 0, sizeof *caps);
-    snprintf(caps->name, sizeof caps->name, "vulkan");
-    snprintf(caps->device, sizeof caps->device, "%s", be->device_name);
     uint64_t total = 0, avail = 0;
     mb_vk_memory(&be->ctx, &total, &avail);
-    /* Keep room for request workspaces and staging (about 1 GiB for
-     * 4096-token prefills of Mixtral-sized layers on a large card, a
-     * quarter of a small one): placement sees only what weights may use. */
-    uint64_t reserve = total / 25;
-    const uint64_t floor = total / 4 < ((uint64_t)1 << 30) ? total / 4 : ((uint64_t)1 << 30);
-    if (reserve < floor) reserve = floor;
-    caps->mem_total_bytes = total;
-    caps->mem_free_bytes = avail > reserve ? avail - reserve : 0;
-    caps->payload_dtype_mask = MB_DTYPE_MASK_ALL;
-    /* Quantized experts: the types of Q8_0, Q4_K_M and Q6_K files (no
-     * shaders for Q4_0 and Q5_K, so placement refuses them by name). */
-    caps->weight_dtype_mask = MB_DTYPE_MASK_ALL | MB_DTYPE_MASK(MB_DTYPE_Q8_0) | MB_DTYPE_MASK(MB_DTYPE_Q4_K) |
-                              MB_DTYPE_MASK(MB_DTYPE_Q6_K);
-    caps->preferred_batch = 4096;
-    caps->n_threads = 1;
-    caps->max_slots = be->max_slots;
-    caps->max_inflight = be->max_inflight;
-    caps->max_request_bytes = be->staging_max;
+    mb_backend_gpu_caps(caps, "vulkan", be->device_name, total, avail, be->max_slots,
+                        be->max_inflight, be->staging_max);
     return MB_STATUS_OK;
 }
 
