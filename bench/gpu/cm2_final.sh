@@ -35,7 +35,7 @@ r() { # name models, then environment assignments
     grep -h -m2 "vulkan:0: tiled" "$OUT/expert_vk_$name.txt"
     vk_rows "$OUT/expert_vk_$name.txt"
 }
-r cm2bf16 qwen3,mixtral MB_VULKAN_CM2_BF16=1
+r cm2bf16 "${MB_CM2_MODELS:-qwen3,mixtral}" MB_VULKAN_CM2_BF16=1
 [ -n "${MB_CM2_SHORT:-}" ] || ops_form 0
 [ -n "${MB_CM2_F16DEC:-}" ] && r cm2f16dec mixtral MB_VULKAN_CM2_BF16=0
 # Other tiles for the bf16 form, Mixtral only (MB_CM2_TILES="BMxBNxBK ...").
