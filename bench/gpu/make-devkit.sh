@@ -5,9 +5,16 @@
 # the project itself with its own nvcc. Run from the project root after
 # ../shared/device/make-carry.sh; device_run.sh uses the result.
 set -e
+# Without the Debian packages (.ci/install-deps) the copies below would
+# find nothing and leave a kit the GPU machine's build fails on minutes
+# into a device call: refuse here instead.
+for h in /usr/include/zmq.h /usr/include/numa.h /usr/include/cjson/cJSON.h /usr/include/pcre2.h; do
+    [ -e "$h" ] || { echo "make-devkit: $h missing: run .ci/install-deps first" >&2; exit 1; }
+done
 top=$(realpath -m "${1:-.carry}")
 dev="$top/dev"
-rm -rf "$dev"
+# Everything but cm2/ (make-glslang.sh's, which takes a while to rebuild).
+[ -d "$dev" ] && find "$dev" -mindepth 1 -maxdepth 1 ! -name cm2 -exec rm -rf {} +
 mkdir -p "$dev/include" "$dev/lib/pkgconfig"
 copy_hdr() { for h in "$@"; do [ -e "$h" ] && cp -a "$h" "$dev/include/"; done; return 0; }
 copy_hdr /usr/include/zmq.h /usr/include/zmq_utils.h /usr/include/numa.h /usr/include/numaif.h \
