@@ -124,6 +124,13 @@ struct mb_fwd_cuda {
      * layer has two kernels fewer. 0 (MB_CUDA_FUSE_NORM=0): the norms are
      * kernels of their own. */
     int fuse_norm;
+    /* 1 (MB_CUDA_FUSE_QKV=1, with fuse_norm): a decode step's QKV GEMV
+     * also runs the head norms, RoPE and the KV store
+     * (mb_kcuda_qkv_rope_store), the block finishing a head's rows doing
+     * that head: one kernel fewer a layer. Checked bit for bit against
+     * the two kernels on the emulator only, so off by default until a GPU
+     * run has passed test_parity_device with it (bench/gpu/fuse9b.sh). */
+    int fuse_qkv;
     int renorm;
     cudaStream_t stream;
     cudaEvent_t copied, t0, t1;
@@ -142,6 +149,7 @@ struct mb_fwd_cuda {
     float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last, *logits_all, *work;
     int32_t *tok;
     unsigned *route_done; /* mb_kcuda_router_topk's counter, 0 between calls */
+    unsigned *qkv_done;   /* mb_kcuda_qkv_rope_store's counters, a head each, 0 between calls */
     size_t work_floats;
     /* Pinned host twins. */
     float *h_xfer, *h_moe, *h_logits;
@@ -483,6 +491,7 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
         {&fc->work, fc->work_floats},
         {(float **)&fc->tok, n},
         {(float **)&fc->route_done, 1},
+        {(float **)&fc->qkv_done, c->n_heads + 2 * c->n_kv_heads},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         cudaError_t e = dev_alloc(fc, bufs[i].floats * sizeof(float), (void **)bufs[i].p);
@@ -492,6 +501,9 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
         }
     }
     cudaError_t e = cudaMemset(fc->route_done, 0, sizeof *fc->route_done);
+    if (e == cudaSuccess)
+        e = cudaMemset(fc->qkv_done, 0,
+                       (c->n_heads + 2 * (size_t)c->n_kv_heads) * sizeof *fc->qkv_done);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_moe, n * d * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_logits, (size_t)c->vocab * sizeof(float));
@@ -626,6 +638,8 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->fuse = !(fz && strcmp(fz, "0") == 0);
     const char *fn = getenv("MB_CUDA_FUSE_NORM");
     fc->fuse_norm = fc->fuse && !(fn && strcmp(fn, "0") == 0);
+    const char *fq = getenv("MB_CUDA_FUSE_QKV");
+    fc->fuse_qkv = fc->fuse_norm && fq && strcmp(fq, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
     fc->window = fc->cfg.sliding_window < max_ctx ? fc->cfg.sliding_window : 0;
     mb_router r;
@@ -783,6 +797,26 @@ static int norm_in_gemv(const mb_fwd_cuda *fc, uint32_t n)
     return fc->fuse_norm && n == 1;
 }
 
+/* Attention over the cache (the position from p on the device when set)
+ * and o_proj accumulating into x, with the experts' row as its bias where
+ * the norm ran in the QKV GEMV (nig). */
+static mb_status attention_rest(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos,
+                                const uint32_t *p, const mb_kcuda_attn_shape *s, int nig)
+{
+    const dev_layer *D = &fc->layers[l];
+    const size_t d = fc->cfg.d_model, ld = fc->qkv_dim;
+    if (p)
+        K(mb_kcuda_attention_at(fc->stream, &D->kv, s, p, n, fc->qkv, ld, fc->att, fc->q_dim,
+                                fc->work, fc->work_floats));
+    else
+        K(mb_kcuda_attention(fc->stream, &D->kv, s, pos, n, fc->qkv, ld, fc->att, fc->q_dim,
+                             fc->work, fc->work_floats));
+    prof_mark(fc, "attention (+ merge)");
+    K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, nig && l ? fc->moe : NULL, 1));
+    prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
+    return MB_STATUS_OK;
+}
+
 /* The fused attention block: the previous layer's experts added to x in
  * its norm, one QKV projection, head norm + RoPE + KV store in one kernel,
  * attention, o_proj accumulating into x. With the norm in the QKV GEMV,
@@ -795,10 +829,28 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
     float *xn = fc->xfer, *qkv = fc->qkv;
     const size_t d = c->d_model, ld = fc->qkv_dim;
     const int nig = norm_in_gemv(fc, n) && D->wqkv.w;
+    const int il = c->rope_interleaved != 0;
+    const mb_kcuda_attn_shape s = {.n_heads = c->n_heads,
+                                   .window = fc->window,
+                                   .scale = (float)(1.0 / sqrt((double)c->head_dim))};
+    const uint32_t *p =
+        use_graph(fc, n) ? fc->pos_dev : NULL; /* a graph reads the position on the device */
     if (nig) {
         const mb_kcuda_norm_in in = {
             .x = fc->x, .a = l ? fc->moe : NULL, .w = D->attn_norm, .eps = c->rms_eps};
         const dev_mat *W = &D->wqkv;
+        if (fc->fuse_qkv && c->head_dim <= 256) {
+            if (p)
+                K(mb_kcuda_qkv_rope_store_at(fc->stream, W->dtype, W->w, W->cols, &in, qkv, D->bqkv,
+                                             c->n_heads, D->q_norm, D->k_norm, c->rms_eps, p,
+                                             fc->cos, fc->sin, il, &D->kv, fc->qkv_done));
+            else
+                K(mb_kcuda_qkv_rope_store(fc->stream, W->dtype, W->w, W->cols, &in, qkv, D->bqkv,
+                                          c->n_heads, D->q_norm, D->k_norm, c->rms_eps, pos,
+                                          fc->cos, fc->sin, il, &D->kv, fc->qkv_done));
+            prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj + head norms + rope + kv store");
+            return attention_rest(fc, l, n, pos, p, &s, nig);
+        }
         K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in, qkv, D->bqkv, 0));
         prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj");
     } else {
@@ -818,27 +870,14 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         }
         prof_mark(fc, "qkv_proj");
     }
-    const int il = c->rope_interleaved != 0;
-    const mb_kcuda_attn_shape s = {.n_heads = c->n_heads, .window = fc->window,
-                                   .scale = (float)(1.0 / sqrt((double)c->head_dim))};
-    if (use_graph(fc, n)) { /* the position comes from pos_dev */
-        const uint32_t *p = fc->pos_dev;
+    if (p)
         K(mb_kcuda_qk_rope_store_at(fc->stream, qkv, ld, n, c->n_heads, D->q_norm, D->k_norm, c->rms_eps, p, fc->cos,
                                     fc->sin, il, &D->kv));
-        prof_mark(fc, "head norms + rope + kv store");
-        K(mb_kcuda_attention_at(fc->stream, &D->kv, &s, p, n, qkv, ld, fc->att, fc->q_dim, fc->work,
-                                fc->work_floats));
-    } else {
+    else
         K(mb_kcuda_qk_rope_store(fc->stream, qkv, ld, n, c->n_heads, D->q_norm, D->k_norm, c->rms_eps, pos, fc->cos,
                                  fc->sin, il, &D->kv));
-        prof_mark(fc, "head norms + rope + kv store");
-        K(mb_kcuda_attention(fc->stream, &D->kv, &s, pos, n, qkv, ld, fc->att, fc->q_dim, fc->work,
-                             fc->work_floats));
-    }
-    prof_mark(fc, "attention (+ merge)");
-    K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, nig && l ? fc->moe : NULL, 1));
-    prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
-    return MB_STATUS_OK;
+    prof_mark(fc, "head norms + rope + kv store");
+    return attention_rest(fc, l, n, pos, p, &s, nig);
 }
 
 /* x += o_proj(attention(rope(q), rope(k), v)) for n tokens at pos. */

@@ -190,6 +190,25 @@ int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w, uint32_t 
                               uint32_t k, const mb_kcuda_norm_in *in, float *logits, uint32_t top_k,
                               int renorm, int32_t *ids, float *gate, unsigned *done);
 
+/* mb_kcuda_linear_norm into qkv (W [(n_heads + 2 kv->n_kv_heads) *
+ * kv->head_dim][k], one token; bias may be NULL) and mb_kcuda_qk_rope_store
+ * on the row it writes, in one launch: bit for bit those two calls (the
+ * head pass of a head runs once all its rows are in). cnt is device
+ * unsigned [n_heads + 2 kv->n_kv_heads], 0 before the first call and left 0
+ * by each (calls in flight at once on different streams need their own).
+ * head_dim <= 256. The _at variant reads the position from *pos on the
+ * device. */
+int mb_kcuda_qkv_rope_store(void *stream, int wdtype, const void *w, uint32_t k,
+                            const mb_kcuda_norm_in *in, float *qkv, const float *bias,
+                            uint32_t n_heads, const float *q_norm, const float *k_norm, float eps,
+                            uint32_t pos0, const float *cos, const float *sin, int interleaved,
+                            const mb_kcuda_kv *kv, unsigned *cnt);
+int mb_kcuda_qkv_rope_store_at(void *stream, int wdtype, const void *w, uint32_t k,
+                               const mb_kcuda_norm_in *in, float *qkv, const float *bias,
+                               uint32_t n_heads, const float *q_norm, const float *k_norm,
+                               float eps, const uint32_t *pos, const float *cos, const float *sin,
+                               int interleaved, const mb_kcuda_kv *kv, unsigned *cnt);
+
 /* The routing table as an expert request (kernels/cuda/moe.h) for experts
  * held on this device: counts[t] = top_k and pairs[t * top_k + j] = {slot
  * of expert ids[t][j] (slot_of[n_experts], int32), gate[t][j]} for t < n,

@@ -6,39 +6,51 @@
 //   mb_kcuda_qk_rope_store(_at): after one projection into qkv[t][q | k | v],
 //     per head and token one warp does Qwen3's head RMSNorm, RoPE and, for
 //     key and value heads, the store into the cache.
+//   mb_kcuda_qkv_rope_store(_at): the one-token projection with its norm
+//     folded in (mb_kcuda_linear_norm) and the above in one launch: the
+//     block that finishes a head's last rows, found by a counter a head,
+//     does that head's norm, rotation and store.
 // The residual add folded into the next RMSNorm is in dense_norm.cu.
-#include "kernels/cuda/dense_internal.cuh"
+#include "kernels/cuda/dense_gemv.cuh"
 
 #define MB_QKP_THREADS 256
 #define MB_QKP_WARPS (MB_QKP_THREADS / 32)
 
-// Warp w of the grid owns slot s = w % slots of token t = w / slots: query
-// heads first, then key heads, then value heads, the column order of qkv.
-__global__ void __launch_bounds__(MB_QKP_THREADS)
-mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n, uint32_t nh, uint32_t nkv,
-                              uint32_t hd, const float *__restrict__ qn, const float *__restrict__ kn, float eps,
-                              uint32_t pos0, const uint32_t *__restrict__ pos_dev, const float *__restrict__ cos,
-                              const float *__restrict__ sin, int interleaved, float *__restrict__ kc,
-                              float *__restrict__ vc, uint32_t max_ctx)
+// What the head pass needs besides the rows: nh query, nkv key and value
+// heads of hd; the norms' weights (or nullptr) and eps; the first token's
+// position (pos_dev, when set, holds it on the device); the RoPE tables;
+// the cache.
+struct mb_qkp_args {
+    uint32_t nh, nkv, hd;
+    const float *qn, *kn;
+    float eps;
+    uint32_t pos0;
+    const uint32_t *pos_dev;
+    const float *cos, *sin;
+    int interleaved;
+    float *kc, *vc;
+    uint32_t max_ctx;
+};
+
+// Head slot s (query heads first, then key heads, then value heads, the
+// column order of qkv) of the token at pos, by one warp: h holds the
+// head's values and is worked on in place; out, when it is not h, gets the
+// rotated query and key values too (the fused projection works on a copy
+// in shared memory, qkv already holds the values).
+static __device__ __forceinline__ void
+mb_qkp_slot(float *h, float *out, uint32_t s, const mb_qkp_args &a, uint32_t pos, uint32_t lane)
 {
-    mb_pdl_enter();
-    if (pos_dev) pos0 = *pos_dev;
-    const uint32_t slots = nh + 2 * nkv;
-    const size_t wid = (size_t)blockIdx.x * MB_QKP_WARPS + threadIdx.x / 32;
-    const uint32_t lane = threadIdx.x & 31;
-    if (wid >= (size_t)n * slots) return; // a whole warp: no block barrier below
-    const uint32_t t = (uint32_t)(wid / slots), s = (uint32_t)(wid % slots);
-    const uint32_t pos = pos0 + t;
-    float *h = qkv + (size_t)t * ld + (size_t)s * hd;
-    if (s >= nh + nkv) { // a value head: only stored
-        if (pos >= max_ctx) return; // a device position past the cache (the caller checks; never write there)
-        float *dst = vc + ((size_t)(s - nh - nkv) * max_ctx + pos) * hd;
+    const uint32_t hd = a.hd;
+    if (s >= a.nh + a.nkv) { // a value head: only stored
+        if (pos >= a.max_ctx)
+            return; // a device position past the cache (the caller checks; never write there)
+        float *dst = a.vc + ((size_t)(s - a.nh - a.nkv) * a.max_ctx + pos) * hd;
         for (uint32_t i = lane; i < hd; i += 32)
             dst[i] = h[i];
         return;
     }
-    const bool is_k = s >= nh;
-    const float *nw = is_k ? kn : qn;
+    const bool is_k = s >= a.nh;
+    const float *nw = is_k ? a.kn : a.qn;
     if (nw) { // as mb_kcuda_rmsnorm_kernel<32>: the same sums in the same order
         double ss = 0.0;
         for (uint32_t i = lane; i < hd; i += 32)
@@ -47,22 +59,27 @@ mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n, ui
         for (int o = 16; o > 0; o >>= 1)
             ss += __shfl_xor_sync(0xffffffffu, ss, o);
         const float var = (float)(ss / (double)hd);
-        const float scale = 1.0f / sqrtf(var + eps);
+        const float scale = 1.0f / sqrtf(var + a.eps);
         for (uint32_t i = lane; i < hd; i += 32)
             h[i] = nw[i] * (h[i] * scale);
         __syncwarp(); // the rotation below pairs elements other lanes wrote
     }
     const uint32_t half = hd / 2;
-    float *dst = is_k && pos < max_ctx ? kc + ((size_t)(s - nh) * max_ctx + pos) * hd : nullptr;
+    float *dst =
+        is_k && pos < a.max_ctx ? a.kc + ((size_t)(s - a.nh) * a.max_ctx + pos) * hd : nullptr;
     for (uint32_t i = lane; i < half; i += 32) { // as mb_kcuda_rope_kernel
         const size_t tab = (size_t)pos * half + i;
-        const float c = cos[tab], sn = sin[tab];
-        const uint32_t ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
-        const float a = h[ia], b = h[ib];
-        const float ra = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, sn));
-        const float rb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, sn));
+        const float c = a.cos[tab], sn = a.sin[tab];
+        const uint32_t ia = a.interleaved ? 2 * i : i, ib = a.interleaved ? 2 * i + 1 : i + half;
+        const float va = h[ia], vb = h[ib];
+        const float ra = __fsub_rn(__fmul_rn(va, c), __fmul_rn(vb, sn));
+        const float rb = __fadd_rn(__fmul_rn(vb, c), __fmul_rn(va, sn));
         h[ia] = ra;
         h[ib] = rb;
+        if (out != h) {
+            out[ia] = ra;
+            out[ib] = rb;
+        }
         if (dst) {
             dst[ia] = ra;
             dst[ib] = rb;
@@ -70,21 +87,101 @@ mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n, ui
     }
 }
 
+// Warp w of the grid owns slot s = w % slots of token t = w / slots.
+__global__ void __launch_bounds__(MB_QKP_THREADS)
+    mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n,
+                                  const mb_qkp_args a)
+{
+    mb_pdl_enter();
+    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    const uint32_t slots = a.nh + 2 * a.nkv;
+    const size_t wid = (size_t)blockIdx.x * MB_QKP_WARPS + threadIdx.x / 32;
+    if (wid >= (size_t)n * slots) return; // a whole warp: no block barrier below
+    const uint32_t t = (uint32_t)(wid / slots), s = (uint32_t)(wid % slots);
+    float *h = qkv + (size_t)t * ld + (size_t)s * a.hd;
+    mb_qkp_slot(h, h, s, a, pos0 + t, threadIdx.x & 31);
+}
+
+// The fused projection: mb_kcuda_linear_norm's GEMV blocks (the same body,
+// so qkv is bit for bit its output), each then counting its rows into its
+// heads' counters; the block that completes a head (R rows a block span
+// at most two: hd is even) copies the head's row through L2 into shared
+// memory and runs the head pass on it, one warp a head. A completed
+// counter returns to 0 for the next launch.
+template <typename W, int R, bool VEC>
+__global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
+    mb_kcuda_qkv_rope_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
+                             const float *__restrict__ x, const float *__restrict__ bias,
+                             const mb_lin_norm nrm, float *qkv, const mb_qkp_args a, unsigned *cnt)
+{
+    static_assert(MB_LIN_GEMV_WARPS >= 2, "a warp for each head a block can complete");
+    mb_pdl_enter();
+    __shared__ float hs[2][MB_ATTN_MAX_HD];
+    __shared__ int done_slot[2];
+    float scale[MB_LIN_NT];
+    mb_lin_gemv_block<W, R, VEC, true>(w, m, k, x, k, 1, qkv, m, bias, 0, nrm, scale);
+    __threadfence(); // this block's rows are visible device-wide before it counts them
+    __syncthreads();
+    if (threadIdx.x < 2) {
+        const uint32_t row0 = blockIdx.x * R, row1 = min(row0 + R, m);
+        const uint32_t s = row0 / a.hd + threadIdx.x;
+        const uint32_t lo = max(row0, s * a.hd), hi = min(row1, (s + 1) * a.hd);
+        int slot = -1;
+        if (lo < hi) {
+            const unsigned rows = hi - lo;
+            if (atomicAdd(cnt + s, rows) + rows == a.hd) {
+                cnt[s] =
+                    0; // every row of head s is in: no other block touches it again in this launch
+                slot = (int)s;
+            }
+        }
+        done_slot[threadIdx.x] = slot;
+    }
+    __syncthreads();
+    mb_lin_norm_store_xn(x, k, 1, k, nrm, scale);
+    const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (warp >= 2 || done_slot[warp] < 0) return;
+    __threadfence(); // the other blocks' rows of the head are visible to the loads below
+    const uint32_t s = (uint32_t)done_slot[warp];
+    float *row = qkv + (size_t)s * a.hd;
+    for (uint32_t i = lane; i < a.hd; i += 32)
+        hs[warp][i] = __ldcg(row + i); // through L2: other blocks wrote most of the row
+    __syncwarp();
+    mb_qkp_slot(hs[warp], row, s, a, a.pos_dev ? *a.pos_dev : a.pos0, lane);
+}
+
+static bool mb_qkp_ok(uint32_t n, uint32_t n_heads, uint32_t pos0, const uint32_t *pos_dev,
+                      const float *cos, const float *sin, const mb_kcuda_kv *kv)
+{
+    if (!cos || !sin || !kv || !kv->k || !kv->v || n == 0 || n_heads == 0 || kv->n_kv_heads == 0 ||
+        kv->head_dim == 0 || (kv->head_dim & 1u))
+        return false;
+    return pos_dev || (pos0 <= kv->max_ctx && n <= kv->max_ctx - pos0);
+}
+
+static mb_qkp_args mb_qkp_make(uint32_t n_heads, const float *q_norm, const float *k_norm,
+                               float eps, uint32_t pos0, const uint32_t *pos_dev, const float *cos,
+                               const float *sin, int interleaved, const mb_kcuda_kv *kv)
+{
+    return mb_qkp_args{n_heads,     kv->n_kv_heads, kv->head_dim, q_norm,     k_norm,
+                       eps,         pos0,           pos_dev,      cos,        sin,
+                       interleaved, kv->k,          kv->v,        kv->max_ctx};
+}
+
 static int mb_qkp_launch(void *stream, float *qkv, size_t ld, uint32_t n, uint32_t n_heads, const float *q_norm,
                          const float *k_norm, float eps, uint32_t pos0, const uint32_t *pos_dev, const float *cos,
                          const float *sin, int interleaved, const mb_kcuda_kv *kv)
 {
-    if (!qkv || !cos || !sin || !kv || !kv->k || !kv->v || n == 0 || n_heads == 0 || kv->n_kv_heads == 0 ||
-        kv->head_dim == 0 || (kv->head_dim & 1u) || ld < (size_t)(n_heads + 2 * kv->n_kv_heads) * kv->head_dim)
+    if (!qkv || !mb_qkp_ok(n, n_heads, pos0, pos_dev, cos, sin, kv) ||
+        ld < (size_t)(n_heads + 2 * kv->n_kv_heads) * kv->head_dim)
         return (int)cudaErrorInvalidValue;
-    if (!pos_dev && (pos0 > kv->max_ctx || n > kv->max_ctx - pos0)) return (int)cudaErrorInvalidValue;
     const size_t warps = (size_t)n * (n_heads + 2 * kv->n_kv_heads);
     const size_t blocks = (warps + MB_QKP_WARPS - 1) / MB_QKP_WARPS;
     if (blocks > INT32_MAX) return (int)cudaErrorInvalidValue;
-    mb_dense_launch(mb_kcuda_qk_rope_store_kernel, (unsigned)blocks, MB_QKP_THREADS, 0,
-                    mb_dense_stream(stream), qkv, ld, n, n_heads, kv->n_kv_heads, kv->head_dim,
-                    q_norm, k_norm, eps, pos0, pos_dev, cos, sin, interleaved, kv->k, kv->v,
-                    kv->max_ctx);
+    mb_dense_launch(
+        mb_kcuda_qk_rope_store_kernel, (unsigned)blocks, MB_QKP_THREADS, 0, mb_dense_stream(stream),
+        qkv, ld, n,
+        mb_qkp_make(n_heads, q_norm, k_norm, eps, pos0, pos_dev, cos, sin, interleaved, kv));
     return mb_dense_launched();
 }
 
@@ -101,4 +198,57 @@ extern "C" int mb_kcuda_qk_rope_store_at(void *stream, float *qkv, size_t ld, ui
 {
     if (!pos) return (int)cudaErrorInvalidValue;
     return mb_qkp_launch(stream, qkv, ld, n, n_heads, q_norm, k_norm, eps, 0, pos, cos, sin, interleaved, kv);
+}
+
+static int mb_qkv_rope_launch(void *stream, int wdtype, const void *w, uint32_t k,
+                              const mb_kcuda_norm_in *in, float *qkv, const float *bias,
+                              uint32_t n_heads, const float *q_norm, const float *k_norm, float eps,
+                              uint32_t pos0, const uint32_t *pos_dev, const float *cos,
+                              const float *sin, int interleaved, const mb_kcuda_kv *kv,
+                              unsigned *cnt)
+{
+    if (!w || !in || !in->x || !in->w || !qkv || !cnt || k == 0 ||
+        !mb_qkp_ok(1, n_heads, pos0, pos_dev, cos, sin, kv) || kv->head_dim > MB_ATTN_MAX_HD)
+        return (int)cudaErrorInvalidValue;
+    const uint64_t m64 = (uint64_t)(n_heads + 2ull * kv->n_kv_heads) * kv->head_dim;
+    if (m64 > INT32_MAX) return (int)cudaErrorInvalidValue;
+    const uint32_t m = (uint32_t)m64;
+    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
+    const mb_qkp_args a =
+        mb_qkp_make(n_heads, q_norm, k_norm, eps, pos0, pos_dev, cos, sin, interleaved, kv);
+    const cudaStream_t s = mb_dense_stream(stream);
+    return mb_dense_by_wdtype(wdtype, [&](auto tag) {
+        using W = decltype(tag);
+        const bool vec = mb_lin_vec_ok<W>(k, k, w, in->x, &nrm);
+        // mb_lin_gemv's rows a block, so the products are its own.
+        mb_dense_by_flags(vec, m >= 2048, [&](auto v, auto four) {
+            constexpr int R = decltype(four)::value ? 4 : 1;
+            mb_dense_launch(mb_kcuda_qkv_rope_kernel<W, R, decltype(v)::value>,
+                            (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, 0, s, (const W *)w,
+                            m, k, in->x, bias, nrm, qkv, a, cnt);
+        });
+        return mb_dense_launched();
+    });
+}
+
+extern "C" int mb_kcuda_qkv_rope_store(void *stream, int wdtype, const void *w, uint32_t k,
+                                       const mb_kcuda_norm_in *in, float *qkv, const float *bias,
+                                       uint32_t n_heads, const float *q_norm, const float *k_norm,
+                                       float eps, uint32_t pos0, const float *cos, const float *sin,
+                                       int interleaved, const mb_kcuda_kv *kv, unsigned *cnt)
+{
+    return mb_qkv_rope_launch(stream, wdtype, w, k, in, qkv, bias, n_heads, q_norm, k_norm, eps,
+                              pos0, NULL, cos, sin, interleaved, kv, cnt);
+}
+
+extern "C" int mb_kcuda_qkv_rope_store_at(void *stream, int wdtype, const void *w, uint32_t k,
+                                          const mb_kcuda_norm_in *in, float *qkv, const float *bias,
+                                          uint32_t n_heads, const float *q_norm,
+                                          const float *k_norm, float eps, const uint32_t *pos,
+                                          const float *cos, const float *sin, int interleaved,
+                                          const mb_kcuda_kv *kv, unsigned *cnt)
+{
+    if (!pos) return (int)cudaErrorInvalidValue;
+    return mb_qkv_rope_launch(stream, wdtype, w, k, in, qkv, bias, n_heads, q_norm, k_norm, eps, 0,
+                              pos, cos, sin, interleaved, kv, cnt);
 }

@@ -929,6 +929,85 @@ static void qk_rope_store_case(uint32_t hd, uint32_t nh, uint32_t nkv, uint32_t 
     mb_rope_fini(&r);
 }
 
+/* mb_kcuda_qkv_rope_store(_at) against mb_kcuda_linear_norm then
+ * mb_kcuda_qk_rope_store(_at), bit for bit (qkv and both caches), at two
+ * positions in a row (the head counters must be back at 0 after each). */
+static void qkv_rope_case(int dt, uint32_t hd, uint32_t nh, uint32_t nkv, uint32_t k, uint32_t pos0,
+                          int norms, int il, int at, int extra)
+{
+    mb_rope r;
+    REQUIRE(mb_rope_init(&r, hd, 64, 1e6f) == MB_STATUS_OK);
+    const uint32_t slots = nh + 2 * nkv, m = slots * hd, ctx = 64;
+    const size_t cache = (size_t)nkv * hd * ctx;
+    float *we = NULL;
+    void *w = rand_weights(dt, (size_t)m * k, 0.5f, &we);
+    float *x = rand_f32(k, 3.0f), *a = rand_f32(k, 2.0f), *nw = rand_f32(k, 1.5f),
+          *b = rand_f32(m, 1.0f);
+    float *qn = rand_f32(hd, 1.5f), *kn = rand_f32(hd, 1.5f);
+    const size_t tab = (size_t)r.n_pos * (hd / 2) * sizeof(float);
+    float *dc = dev_upload(r.cos, tab), *ds = dev_upload(r.sin, tab);
+    float *dqn = dev_upload(qn, hd * sizeof(float)), *dkn = dev_upload(kn, hd * sizeof(float));
+    void *dw = dev_upload(w, (size_t)m * k * wsize(dt));
+    float *dx = dev_upload(x, k * sizeof(float)), *da = dev_upload(a, k * sizeof(float));
+    float *dnw = dev_upload(nw, k * sizeof(float)), *db = dev_upload(b, m * sizeof(float));
+    float *q1 = dev_alloc(m * sizeof(float)), *q2 = dev_alloc(m * sizeof(float));
+    float *fill = xmalloc(2 * cache * sizeof(float));
+    for (size_t i = 0; i < 2 * cache; i++)
+        fill[i] = -5.0f;
+    float *c1 = dev_upload(fill, 2 * cache * sizeof(float)),
+          *c2 = dev_upload(fill, 2 * cache * sizeof(float));
+    unsigned *cnt = dev_alloc(slots * sizeof(unsigned));
+    CU(cudaMemset(cnt, 0, slots * sizeof(unsigned)));
+    const mb_kcuda_kv
+        kv1 = {.k = c1, .v = c1 + cache, .n_kv_heads = nkv, .head_dim = hd, .max_ctx = ctx},
+        kv2 = {.k = c2, .v = c2 + cache, .n_kv_heads = nkv, .head_dim = hd, .max_ctx = ctx};
+    const mb_kcuda_norm_in in = {.x = dx, .a = extra ? da : NULL, .w = dnw, .eps = 1e-6f};
+    const float *bias = extra ? db : NULL, *fq = norms ? dqn : NULL, *fk = norms ? dkn : NULL;
+    float *g1 = xmalloc(m * sizeof(float)), *g2 = xmalloc(m * sizeof(float));
+    float *k1 = xmalloc(2 * cache * sizeof(float)), *k2 = xmalloc(2 * cache * sizeof(float));
+    unsigned *hc = xmalloc(slots * sizeof(unsigned));
+    size_t bad = 0;
+    for (uint32_t step = 0; step < 2; step++) {
+        const uint32_t pos = pos0 + step;
+        RUN(mb_kcuda_linear_norm(NULL, dt, dw, m, k, &in, q1, bias, 0));
+        if (at) {
+            uint32_t *dpos = dev_upload(&pos, sizeof pos);
+            RUN(mb_kcuda_qk_rope_store_at(NULL, q1, m, 1, nh, fq, fk, 1e-6f, dpos, dc, ds, il,
+                                          &kv1));
+            RUN(mb_kcuda_qkv_rope_store_at(NULL, dt, dw, k, &in, q2, bias, nh, fq, fk, 1e-6f, dpos,
+                                           dc, ds, il, &kv2, cnt));
+            CU(cudaDeviceSynchronize());
+            cudaFree(dpos);
+        } else {
+            RUN(mb_kcuda_qk_rope_store(NULL, q1, m, 1, nh, fq, fk, 1e-6f, pos, dc, ds, il, &kv1));
+            RUN(mb_kcuda_qkv_rope_store(NULL, dt, dw, k, &in, q2, bias, nh, fq, fk, 1e-6f, pos, dc,
+                                        ds, il, &kv2, cnt));
+        }
+        dev_download(g1, q1, m * sizeof(float));
+        dev_download(g2, q2, m * sizeof(float));
+        dev_download(hc, cnt, slots * sizeof(unsigned));
+        bad += count_diff(g1, g2, m);
+        for (uint32_t i = 0; i < slots; i++)
+            bad += hc[i] != 0;
+    }
+    dev_download(k1, c1, 2 * cache * sizeof(float));
+    dev_download(k2, c2, 2 * cache * sizeof(float));
+    bad += count_diff(k1, k2, 2 * cache);
+    CHECK_MSG(note(E_FUSED, (double)bad,
+                   "qkv_rope %s hd=%u heads=%u/%u k=%u pos0=%u norms=%d il=%d at=%d extra=%d",
+                   dtname(dt), hd, nh, nkv, k, pos0, norms, il, at, extra),
+              "qkv_rope %s hd=%u heads=%u/%u k=%u pos0=%u norms=%d il=%d at=%d extra=%d: %zu "
+              "values differ",
+              dtname(dt), hd, nh, nkv, k, pos0, norms, il, at, extra, bad);
+    void *bufs[] = {dc, ds, dqn, dkn, dw, dx, da, dnw, db, q1, q2, c1, c2, cnt};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        cudaFree(bufs[i]);
+    void *hbufs[] = {w, we, x, a, nw, b, qn, kn, fill, g1, g2, k1, k2, hc};
+    for (size_t i = 0; i < sizeof hbufs / sizeof *hbufs; i++)
+        free(hbufs[i]);
+    mb_rope_fini(&r);
+}
+
 /* The fused router + routing against mb_kcuda_linear then
  * mb_kcuda_route_topk, twice in a row (the done counter must be back at 0). */
 static void router_topk_case(int dt, uint32_t ne, uint32_t k, uint32_t n, uint32_t top_k, int renorm)
@@ -1196,6 +1275,16 @@ static void test_fused(void)
                         for (int at = 0; at < 2; at++)
                             qk_rope_store_case(shapes[sh][0], shapes[sh][1], shapes[sh][2], ns[a], p0s[b], norms, il,
                                                at);
+    /* The projection with the head pass: one-row blocks (m < 2048) and four-row blocks, a block
+     * across two heads (hd 6), vector and scalar loads (k % 8), every dtype. */
+    static const uint32_t qshapes[][4] = {
+        {128, 8, 2, 256}, {64, 4, 4, 200}, {6, 3, 1, 13}, {128, 16, 4, 64}, {6, 300, 21, 16}};
+    for (int di = 0; di < 3; di++)
+        for (size_t q = 0; q < sizeof qshapes / sizeof *qshapes; q++) {
+            const int v = di + (int)q;
+            qkv_rope_case(dts[di], qshapes[q][0], qshapes[q][1], qshapes[q][2], qshapes[q][3],
+                          v % 2 ? 17 : 0, v % 2, (v / 2) % 2, v % 3 != 0, (v + 1) % 2);
+        }
 }
 
 /* ---- refused arguments -------------------------------------------------------------- */
@@ -1218,6 +1307,15 @@ static void test_refusals(void)
     CHECK(mb_kcuda_linear_norm(NULL, MB_KCUDA_F32, d, 4, 4, NULL, d, NULL, 0) != 0);
     CHECK(mb_kcuda_router_topk_norm(NULL, MB_KCUDA_F32, d, 2048, 4, &nin, d, 8, 1, di, d,
                                     (unsigned *)di) != 0);
+    mb_kcuda_kv kvq = {.k = d, .v = d, .n_kv_heads = 1, .head_dim = 8, .max_ctx = 16};
+    const mb_kcuda_norm_in qin = {.x = d, .w = d, .eps = 1e-6f};
+    CHECK(mb_kcuda_qkv_rope_store(NULL, MB_KCUDA_F32, d, 8, &qin, d, NULL, 1, NULL, NULL, 1e-6f, 0,
+                                  d, d, 0, &kvq, NULL) != 0); /* no counters */
+    CHECK(mb_kcuda_qkv_rope_store(NULL, MB_KCUDA_F32, d, 8, &qin, d, NULL, 1, NULL, NULL, 1e-6f, 16,
+                                  d, d, 0, &kvq, (unsigned *)di) != 0); /* past max_ctx */
+    kvq.head_dim = 258;
+    CHECK(mb_kcuda_qkv_rope_store(NULL, MB_KCUDA_F32, d, 8, &qin, d, NULL, 1, NULL, NULL, 1e-6f, 0,
+                                  d, d, 0, &kvq, (unsigned *)di) != 0); /* head_dim past 256 */
     CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
     CHECK(mb_kcuda_add(NULL, d, d, 0) != 0);
     mb_kcuda_kv kv = {.k = d, .v = d, .n_kv_heads = 2, .head_dim = 8, .max_ctx = 16};
