@@ -103,26 +103,27 @@ __global__ void __launch_bounds__(MB_QKP_THREADS)
 }
 
 // The fused projection: mb_kcuda_linear_norm's GEMV blocks (the same body,
-// so qkv is bit for bit its output), each then counting its rows into its
-// heads' counters; the block that completes a head (R rows a block span
-// at most two: hd is even) copies the head's row through L2 into shared
-// memory and runs the head pass on it, one warp a head. A completed
-// counter returns to 0 for the next launch.
+// so qkv is bit for bit its output), each then counting its rows into the
+// counters of the heads they belong to (R rows touch at most R / 2 + 1
+// heads: hd is even); the block that completes a head copies the head's
+// row through L2 into shared memory and runs the head pass on it, a warp
+// a head. A completed counter returns to 0 for the next launch.
 template <typename W, int R, bool VEC>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_qkv_rope_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                              const float *__restrict__ x, const float *__restrict__ bias,
                              const mb_lin_norm nrm, float *qkv, const mb_qkp_args a, unsigned *cnt)
 {
-    static_assert(MB_LIN_GEMV_WARPS >= 2, "a warp for each head a block can complete");
+    constexpr int MAXS = R / 2 + 1;
+    static_assert(MAXS <= MB_LIN_GEMV_THREADS, "a thread for each head a block touches");
     mb_pdl_enter();
-    __shared__ float hs[2][MB_ATTN_MAX_HD];
-    __shared__ int done_slot[2];
+    __shared__ float hs[MB_LIN_GEMV_WARPS][MB_ATTN_MAX_HD];
+    __shared__ int done_slot[MAXS];
     float scale[MB_LIN_NT];
     mb_lin_gemv_block<W, R, VEC, true>(w, m, k, x, k, 1, qkv, m, bias, 0, nrm, scale);
     __threadfence(); // this block's rows are visible device-wide before it counts them
     __syncthreads();
-    if (threadIdx.x < 2) {
+    if (threadIdx.x < MAXS) {
         const uint32_t row0 = blockIdx.x * R, row1 = min(row0 + R, m);
         const uint32_t s = row0 / a.hd + threadIdx.x;
         const uint32_t lo = max(row0, s * a.hd), hi = min(row1, (s + 1) * a.hd);
@@ -130,8 +131,7 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         if (lo < hi) {
             const unsigned rows = hi - lo;
             if (atomicAdd(cnt + s, rows) + rows == a.hd) {
-                cnt[s] =
-                    0; // every row of head s is in: no other block touches it again in this launch
+                cnt[s] = 0; // all of head s is in: no block counts it again in this launch
                 slot = (int)s;
             }
         }
@@ -139,15 +139,19 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     }
     __syncthreads();
     mb_lin_norm_store_xn(x, k, 1, k, nrm, scale);
+    __threadfence(); // the other blocks' rows of a completed head are visible to the loads below
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (warp >= 2 || done_slot[warp] < 0) return;
-    __threadfence(); // the other blocks' rows of the head are visible to the loads below
-    const uint32_t s = (uint32_t)done_slot[warp];
-    float *row = qkv + (size_t)s * a.hd;
-    for (uint32_t i = lane; i < a.hd; i += 32)
-        hs[warp][i] = __ldcg(row + i); // through L2: other blocks wrote most of the row
-    __syncwarp();
-    mb_qkp_slot(hs[warp], row, s, a, a.pos_dev ? *a.pos_dev : a.pos0, lane);
+    const uint32_t pos = a.pos_dev ? *a.pos_dev : a.pos0;
+    for (int j = (int)warp; j < MAXS; j += MB_LIN_GEMV_WARPS) {
+        if (done_slot[j] < 0) continue;
+        const uint32_t s = (uint32_t)done_slot[j];
+        float *row = qkv + (size_t)s * a.hd;
+        for (uint32_t i = lane; i < a.hd; i += 32)
+            hs[warp][i] = __ldcg(row + i); // through L2: other blocks wrote most of the row
+        __syncwarp();
+        mb_qkp_slot(hs[warp], row, s, a, pos, lane);
+        __syncwarp(); // hs[warp] is reused by the warp's next head
+    }
 }
 
 static bool mb_qkp_ok(uint32_t n, uint32_t n_heads, uint32_t pos0, const uint32_t *pos_dev,
@@ -221,11 +225,13 @@ static int mb_qkv_rope_launch(void *stream, int wdtype, const void *w, uint32_t 
         using W = decltype(tag);
         const bool vec = mb_lin_vec_ok<W>(k, k, w, in->x, &nrm);
         // mb_lin_gemv's rows a block, so the products are its own.
-        mb_dense_by_flags(vec, m >= 2048, [&](auto v, auto four) {
-            constexpr int R = decltype(four)::value ? 4 : 1;
-            mb_dense_launch(mb_kcuda_qkv_rope_kernel<W, R, decltype(v)::value>,
-                            (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, 0, s, (const W *)w,
-                            m, k, in->x, bias, nrm, qkv, a, cnt);
+        mb_lin_by_rows(m, [&](auto r) {
+            constexpr int R = decltype(r)::value;
+            mb_dense_by_flags(vec, false, [&](auto v, auto) {
+                mb_dense_launch(mb_kcuda_qkv_rope_kernel<W, R, decltype(v)::value>,
+                                (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, 0, s,
+                                (const W *)w, m, k, in->x, bias, nrm, qkv, a, cnt);
+            });
         });
         return mb_dense_launched();
     });

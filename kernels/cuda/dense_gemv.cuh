@@ -4,6 +4,10 @@
 // Private to kernels/cuda/.
 #pragma once
 
+#include <stdlib.h>
+
+#include <type_traits>
+
 #include "kernels/cuda/dense_internal.cuh"
 
 #define MB_LIN_GEMV_MAX_N 8
@@ -12,6 +16,35 @@
 #define MB_LIN_NT 8 // tokens a GEMV pass holds accumulators for
 // Below this m the tensor-core GEMV (16 rows a block) has too few blocks.
 #define MB_LIN_MMA_GEMV_MIN_M 1024
+
+// Rows of W a SIMT GEMV block owns: from 2048 rows 4 (each x load shared
+// four ways; with a norm folded in, x, its addend and the norm's weights
+// are read by every block, so fewer blocks read them fewer times), 8 with
+// MB_CUDA_GEMV_ROWS=8 (for measuring); below 2048 rows one row a block
+// keeps blocks enough to fill the GPU. Every row's sum is the same
+// whichever: its threads split k the same way.
+static inline int mb_lin_rows(uint32_t m)
+{
+    if (m < 2048) return 1;
+    const char *e = getenv("MB_CUDA_GEMV_ROWS");
+    return e && e[0] == '8' && e[1] == '\0' ? 8 : 4;
+}
+
+// f(std::integral_constant<int, R>{}) for R = mb_lin_rows(m).
+template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
+{
+    switch (mb_lin_rows(m)) {
+    case 8:
+        f(std::integral_constant<int, 8>{});
+        break;
+    case 4:
+        f(std::integral_constant<int, 4>{});
+        break;
+    default:
+        f(std::integral_constant<int, 1>{});
+        break;
+    }
+}
 
 // The epilogue both paths share: bias, then the old y when accumulating.
 static __device__ __forceinline__ void mb_lin_store(float *y, float acc, const float *bias, uint32_t r, int accumulate)

@@ -112,9 +112,8 @@ mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, con
     }
 }
 
-// The SIMT GEMV (nrm: the norm folded in, n == 1; or nullptr). Four rows
-// a block share each x load four ways; below 2048 rows one row a block
-// keeps blocks enough to fill the GPU.
+// The SIMT GEMV (nrm: the norm folded in, n == 1; or nullptr), R rows a
+// block as mb_lin_rows says.
 template <typename W>
 static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k,
                         const float *x, size_t ldx, uint32_t n, float *y, size_t ldy,
@@ -130,10 +129,7 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
                 ldy, bias, acc, nrm ? *nrm : none);
         });
     };
-    if (m >= 2048)
-        launch(std::integral_constant<int, 4>{});
-    else
-        launch(std::integral_constant<int, 1>{});
+    mb_lin_by_rows(m, launch);
 }
 
 template <typename W>
