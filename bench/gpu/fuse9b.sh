@@ -1,12 +1,14 @@
 # Issue 9, round 7 on the GPU machine (device tool `run`, carry .carry),
-# about 6 minutes: the QKV + head-pass fusion (MB_CUDA_FUSE_QKV=1,
-# mb_kcuda_qkv_rope_store) and eight rows a SIMT GEMV block from 2048 rows
-# (MB_CUDA_GEMV_ROWS=8: a folded norm's x, addend and weights read by half
-# as many blocks). test_dense_cuda (the fused kernel bit for bit against
-# the two it replaces; the GEMV groups with 8 rows too), test_parity_device
-# with and without the fusion, an A/B of the decode step for each knob,
-# alternating, and the in-graph profile with both. What passes and gains
-# becomes the default (broker/device/forward_cuda.c fuse_qkv,
+# about 7 minutes. Three knobs, each off by default until this has run:
+# the QKV + head-pass fusion (MB_CUDA_FUSE_QKV=1, mb_kcuda_qkv_rope_store),
+# the decode attention's merge in its last blocks (MB_CUDA_FUSE_MERGE=1,
+# mb_kcuda_attn_shape.merge_done) and eight rows a SIMT GEMV block from
+# 2048 rows (MB_CUDA_GEMV_ROWS=8: a folded norm's x, addend and weights
+# read by half as many blocks). test_dense_cuda (fused, merge, refusals;
+# the GEMV groups with 8 rows too), test_parity_device with all three and
+# with none, an A/B of the decode step for each knob, alternating, and the
+# in-graph profile with all three. What passes and gains becomes the
+# default (broker/device/forward_cuda.c fuse_qkv and fuse_merge,
 # kernels/cuda/dense_gemv.cuh mb_lin_rows).
 #   bash bench/gpu/fuse9b.sh   (MB_SKIP_BUILD=1 on a warm machine)
 set -u
@@ -19,22 +21,26 @@ grep -q "build rc=0" $OUT/build.log 2>/dev/null && rm -f $OUT/build.log
 head -3 $OUT/device.txt 2>/dev/null; rm -f $OUT/device.txt
 B=build-gpu
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
-MB_DENSE_TESTS=fused,refusals timeout 120 $B/tests/unit/cuda_dense/test_dense_cuda > $OUT/dense_cuda.txt 2>&1
-echo "test_dense_cuda (fused, refusals) rc=$?"; grep -E "FAIL|failed|fusions" $OUT/dense_cuda.txt | head -8
+MB_DENSE_TESTS=fused,merge,refusals timeout 120 $B/tests/unit/cuda_dense/test_dense_cuda > $OUT/dense_cuda.txt 2>&1
+echo "test_dense_cuda (fused, merge, refusals) rc=$?"; grep -E "FAIL|failed|fusions|attention" $OUT/dense_cuda.txt | head -8
 MB_CUDA_GEMV_ROWS=8 MB_DENSE_TESTS=fused,norm_in,linear timeout 120 $B/tests/unit/cuda_dense/test_dense_cuda \
     > $OUT/dense_cuda_rows8.txt 2>&1
 echo "test_dense_cuda (MB_CUDA_GEMV_ROWS=8) rc=$?"; grep -E "FAIL|failed|fusions|norm folded" $OUT/dense_cuda_rows8.txt | head -8
-for v in 1 0; do
-    (cd $B && MB_CUDA_FUSE_QKV=$v timeout 170 ctest -R test_parity_device --timeout 160 --output-on-failure \
-        > $OUT/ctest_parity_device_fuseqkv$v.txt 2>&1; echo "parity_device MB_CUDA_FUSE_QKV=$v rc=$?")
-    grep -E "CHECK failed|tests passed|Failed" $OUT/ctest_parity_device_fuseqkv$v.txt | head -6
+ALL="MB_CUDA_FUSE_QKV=1 MB_CUDA_FUSE_MERGE=1 MB_CUDA_GEMV_ROWS=8"
+for v in "$ALL" "MB_CUDA_FUSE_QKV=0"; do
+    (cd $B && env $v timeout 170 ctest -R test_parity_device --timeout 160 --output-on-failure \
+        > $OUT/ctest_parity_device.txt 2>&1; echo "parity_device ($v) rc=$?")
+    grep -E "CHECK failed|tests passed|Failed" $OUT/ctest_parity_device.txt | head -6
+    cat $OUT/ctest_parity_device.txt >> $OUT/ctest_parity_device_all.txt
 done
+rm -f $OUT/ctest_parity_device.txt
 ARGS="--layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu"
 for v in "MB_CUDA_FUSE_QKV=1" "MB_CUDA_FUSE_QKV=0" "MB_CUDA_FUSE_QKV=1" "MB_CUDA_FUSE_QKV=0" \
-    "MB_CUDA_GEMV_ROWS=8" "MB_CUDA_GEMV_ROWS=4" "MB_CUDA_GEMV_ROWS=8" "MB_CUDA_GEMV_ROWS=4"; do
+    "MB_CUDA_FUSE_MERGE=1" "MB_CUDA_FUSE_MERGE=0" "MB_CUDA_FUSE_MERGE=1" "MB_CUDA_FUSE_MERGE=0" \
+    "MB_CUDA_GEMV_ROWS=8" "MB_CUDA_GEMV_ROWS=4" "MB_CUDA_GEMV_ROWS=8" "MB_CUDA_GEMV_ROWS=4" "$ALL" "MB_CUDA_FUSE_QKV=0"; do
     env $v timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/ab.txt 2>&1
     echo "== $v rc=$?"; grep -E "^cuda |^dense" $OUT/ab.txt
 done
 rm -f $OUT/ab.txt
-MB_CUDA_FUSE_QKV=1 MB_CUDA_GEMV_ROWS=8 MB_CUDA_PROFILE=graph timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/profile_graph.txt 2>&1
-echo "== profile graph (MB_CUDA_FUSE_QKV=1 MB_CUDA_GEMV_ROWS=8) rc=$?"; grep -A16 "cuda decode profile" $OUT/profile_graph.txt | head -17
+env $ALL MB_CUDA_PROFILE=graph timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/profile_graph.txt 2>&1
+echo "== profile graph ($ALL) rc=$?"; grep -A16 "cuda decode profile" $OUT/profile_graph.txt | head -17

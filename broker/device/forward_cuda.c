@@ -131,6 +131,11 @@ struct mb_fwd_cuda {
      * the two kernels on the emulator only, so off by default until a GPU
      * run has passed test_parity_device with it (bench/gpu/fuse9b.sh). */
     int fuse_qkv;
+    /* 1 (MB_CUDA_FUSE_MERGE=1, with fuse): the split-K decode attention
+     * merges its chunks in the blocks that finish them last (the shape's
+     * merge_done) instead of in a second kernel. Checked on the emulator
+     * only, so off by default until a GPU run (bench/gpu/fuse9b.sh). */
+    int fuse_merge;
     int renorm;
     cudaStream_t stream;
     cudaEvent_t copied, t0, t1;
@@ -150,6 +155,8 @@ struct mb_fwd_cuda {
     int32_t *tok;
     unsigned *route_done; /* mb_kcuda_router_topk's counter, 0 between calls */
     unsigned *qkv_done;   /* mb_kcuda_qkv_rope_store's counters, a head each, 0 between calls */
+    unsigned
+        *merge_done; /* the attention's merge counters (mb_kcuda_attn_shape), 0 between calls */
     size_t work_floats;
     /* Pinned host twins. */
     float *h_xfer, *h_moe, *h_logits;
@@ -492,6 +499,7 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
         {(float **)&fc->tok, n},
         {(float **)&fc->route_done, 1},
         {(float **)&fc->qkv_done, c->n_heads + 2 * c->n_kv_heads},
+        {(float **)&fc->merge_done, MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads)},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         cudaError_t e = dev_alloc(fc, bufs[i].floats * sizeof(float), (void **)bufs[i].p);
@@ -504,6 +512,9 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
     if (e == cudaSuccess)
         e = cudaMemset(fc->qkv_done, 0,
                        (c->n_heads + 2 * (size_t)c->n_kv_heads) * sizeof *fc->qkv_done);
+    if (e == cudaSuccess)
+        e = cudaMemset(fc->merge_done, 0,
+                       MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads) * sizeof *fc->merge_done);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_moe, n * d * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_logits, (size_t)c->vocab * sizeof(float));
@@ -640,6 +651,8 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->fuse_norm = fc->fuse && !(fn && strcmp(fn, "0") == 0);
     const char *fq = getenv("MB_CUDA_FUSE_QKV");
     fc->fuse_qkv = fc->fuse_norm && fq && strcmp(fq, "1") == 0;
+    const char *fm = getenv("MB_CUDA_FUSE_MERGE");
+    fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
     fc->window = fc->cfg.sliding_window < max_ctx ? fc->cfg.sliding_window : 0;
     mb_router r;
@@ -832,7 +845,8 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
     const int il = c->rope_interleaved != 0;
     const mb_kcuda_attn_shape s = {.n_heads = c->n_heads,
                                    .window = fc->window,
-                                   .scale = (float)(1.0 / sqrt((double)c->head_dim))};
+                                   .scale = (float)(1.0 / sqrt((double)c->head_dim)),
+                                   .merge_done = fc->fuse_merge ? fc->merge_done : NULL};
     const uint32_t *p =
         use_graph(fc, n) ? fc->pos_dev : NULL; /* a graph reads the position on the device */
     if (nig) {

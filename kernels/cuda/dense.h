@@ -99,7 +99,14 @@ typedef struct {
     uint32_t n_heads;
     uint32_t window; /* 0: full causal */
     float scale;     /* head_dim^-0.5 */
+    /* NULL, or MB_KCUDA_ATTN_MERGE_COUNTERS(n_heads) device counters, 0
+     * before the first call and left 0 by each (calls in flight at once on
+     * different streams need their own): the split-K decode then merges a
+     * row's chunks in the block that finishes them last instead of in a
+     * second kernel (the same log-sum-exp, summed in chunk order). */
+    unsigned *merge_done;
 } mb_kcuda_attn_shape;
+#define MB_KCUDA_ATTN_MERGE_COUNTERS(n_heads) (8u * (n_heads))
 
 /* Floats of work attention needs for n query tokens over up to max_ctx
  * positions (0 when it needs none). Non-decreasing in n: work sized once

@@ -73,6 +73,80 @@ __device__ __forceinline__ void mb_dec_range(const mb_attn_args &a, uint32_t wan
     *p1 = min(*p0 + chunk, qpos + 1);
 }
 
+// The chunks of token t's rows that hold positions: a chunk past them
+// returns before writing a partial (the merge kernel's count too).
+__device__ __forceinline__ uint32_t mb_dec_live(const mb_attn_args &a, uint32_t want,
+                                                uint32_t n_split, uint32_t pos0, uint32_t t)
+{
+    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
+    return (uint32_t)min(n_split, (mb_attn_span(pos0 + t, a.window) + chunk - 1) / chunk);
+}
+
+// The merge fused into the decode kernel (a.done): each block of a row
+// group (token t, kv head, its nh query heads from h0) counts itself done
+// after its partials are fenced; the last of the live chunks merges the
+// group's heads as mb_kcuda_attn_merge_kernel does (the chunks' maximum,
+// weights e^(m_s - M), the denominator), a warp a head for M and the
+// denominator, then a thread per (head, 4 dims) adding the chunks in
+// order, and returns the counter to 0. sM, sInv: MB_ATTN_DEC_HEADS floats
+// of shared memory the kernel is done with.
+static __device__ void mb_dec_merge_last(const mb_attn_args &a, uint32_t want, uint32_t n_split,
+                                         uint32_t pos0, uint32_t t, uint32_t h0, int nh,
+                                         const float *work, float *sM, float *sInv)
+{
+    __shared__ uint32_t live_sh;
+    __shared__ int last;
+    __threadfence(); // this block's partials are visible device-wide before it counts itself done
+    __syncthreads();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (tid == 0) {
+        const uint32_t live = mb_dec_live(a, want, n_split, pos0, t);
+        unsigned *c = a.done + (size_t)t * gridDim.y + blockIdx.y;
+        last = atomicAdd(c, 1u) + 1u == live;
+        if (last) *c = 0; // every live chunk has counted: back to 0 for the next launch
+        live_sh = live;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence(); // the other chunks' partials are visible to the loads below
+    const uint32_t live = live_sh, hd = a.hd, stride = mb_attn_part_stride(hd);
+    for (int hb = warp; hb < nh; hb += MB_ATTN_DEC_THREADS / 32) {
+        const float *first = mb_attn_part((float *)work, a, t, h0 + hb, n_split, 0);
+        float M = -INFINITY;
+        for (uint32_t s = lane; s < live; s += 32)
+            M = fmaxf(M, __ldcg(first + s * stride + hd));
+        M = mb_warp_max(M);
+        float den = 0.0f;
+        for (uint32_t s = lane; s < live; s += 32)
+            den += expf(__ldcg(first + s * stride + hd) - M) * __ldcg(first + s * stride + hd + 1);
+        den = mb_warp_sum(den);
+        if (lane == 0) {
+            sM[hb] = M;
+            sInv[hb] = 1.0f / den;
+        }
+    }
+    __syncthreads();
+    const uint32_t hd4 = (hd + 3) / 4;
+    for (uint32_t gi = tid; gi < (uint32_t)nh * hd4; gi += MB_ATTN_DEC_THREADS) {
+        const uint32_t hb = gi / hd4, d = 4 * (gi % hd4);
+        const float *first = mb_attn_part((float *)work, a, t, h0 + hb, n_split, 0);
+        const float M = sM[hb];
+        float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
+        for (uint32_t s = 0; s < live; s++) {
+            const float *ps = first + s * stride;
+            const float wgt = expf(__ldcg(ps + hd) - M);
+#pragma unroll
+            for (uint32_t i = 0; i < 4; i++)
+                if (d + i < hd) o[i] += wgt * __ldcg(ps + d + i);
+        }
+        float *out = a.out + (size_t)t * a.ldo + (size_t)(h0 + hb) * hd;
+#pragma unroll
+        for (uint32_t i = 0; i < 4; i++)
+            if (d + i < hd) out[d + i] = o[i] * sInv[hb];
+    }
+}
+
 template <bool VEC>
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
@@ -109,7 +183,8 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
         }
     }
     uint32_t p0, p1;
-    mb_dec_range(a, want, a.pos_dev ? *a.pos_dev : a.pos0, &p0, &p1);
+    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    mb_dec_range(a, want, pos0, &p0, &p1);
     if (p0 >= p1) return; // a chunk past this row's positions: the merge stops before it
     const int len = (int)(p1 - p0);
 
@@ -213,6 +288,8 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
             o[hd + 1] = s_l[hb];
         }
     }
+    if (n_split > 1 && a.done)
+        mb_dec_merge_last(a, want, n_split, pos0, t, h0, nh, work, s_alpha, s_m);
 }
 
 // out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s over the row's
@@ -234,9 +311,7 @@ mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split
     __shared__ float4 sums4[MB_ATTN_DEC_THREADS];
     const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = mb_attn_part_stride(hd);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
-    const uint32_t chunk = mb_attn_dec_chunk(mb_attn_span(pos0 + a.n - 1, a.window), want);
-    const uint32_t live = (uint32_t)min(n_split, (mb_attn_span(pos0 + t, a.window) + chunk - 1) / chunk);
+    const uint32_t live = mb_dec_live(a, want, n_split, a.pos_dev ? *a.pos_dev : a.pos0, t);
     const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
     // M: the chunks' maxima, a strided pass then a fixed butterfly and warp order.
     float M = -INFINITY;
@@ -341,7 +416,7 @@ cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroup
     const bool vec = a.hd % 4 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
     cudaError_t e = vec ? mb_dec_launch<true>(a, n_hgroups, want, n_split, work, stream)
                         : mb_dec_launch<false>(a, n_hgroups, want, n_split, work, stream);
-    if (e != cudaSuccess || n_split == 1) return e;
+    if (e != cudaSuccess || n_split == 1 || a.done) return e; // a.done: merged by the last blocks
     const dim3 mgrid(a.n_heads, a.n);
     mb_dense_launch(mb_kcuda_attn_merge_kernel, mgrid, MB_ATTN_DEC_THREADS, 0, stream, a, want,
                     n_split, work);

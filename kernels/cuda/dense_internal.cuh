@@ -175,6 +175,8 @@ struct mb_attn_args {
     size_t ldq;
     float *out;
     size_t ldo;
+    unsigned
+        *done; // decode: merge in the last block of a row group (mb_kcuda_attn_shape.merge_done)
 };
 
 #define MB_ATTN_MAX_HD 256  // head_dim attention takes

@@ -404,6 +404,7 @@ typedef struct {
     uint32_t hd, heads, kv, window, max_ctx;
     const uint32_t *steps;
     size_t n_steps;
+    int merge; /* the decode's merge in its last blocks (merge_done) */
 } attn_cfg;
 
 static void attn_run(const attn_cfg *c)
@@ -421,6 +422,13 @@ static void attn_run(const attn_cfg *c)
     kv2.v = dev_alloc(cache * sizeof(float));
     uint32_t *dpos = dev_alloc(sizeof(uint32_t));
     mb_kcuda_attn_shape sh = {.n_heads = c->heads, .window = c->window, .scale = a.scale};
+    const size_t n_done = MB_KCUDA_ATTN_MERGE_COUNTERS(c->heads);
+    unsigned *done = NULL;
+    if (c->merge) {
+        done = dev_alloc(n_done * sizeof(unsigned));
+        CU(cudaMemset(done, 0, n_done * sizeof(unsigned)));
+        sh.merge_done = done;
+    }
     uint32_t max_n = 1;
     for (size_t s = 0; s < c->n_steps; s++)
         max_n = c->steps[s] > max_n ? c->steps[s] : max_n;
@@ -525,6 +533,17 @@ static void attn_run(const attn_cfg *c)
         free(v);
         pos += n;
     }
+    if (done) { /* every launch left its counters at 0 */
+        unsigned *hd = xmalloc(n_done * sizeof(unsigned));
+        dev_download(hd, done, n_done * sizeof(unsigned));
+        size_t left = 0;
+        for (size_t i = 0; i < n_done; i++)
+            left += hd[i] != 0;
+        CHECK_MSG(left == 0, "attention merge hd=%u heads=%u/%u: %zu counters not back at 0", c->hd,
+                  c->heads, c->kv, left);
+        free(hd);
+        cudaFree(done);
+    }
     cudaFree(kv.k);
     cudaFree(kv.v);
     cudaFree(kv2.k);
@@ -551,16 +570,37 @@ static void test_attention(void)
     static const uint32_t longer[] = {1100, 1, 8, 300, 1, 1};
     static const uint32_t deep[] = {3, 1000, 1, 1200, 1, 5};
     const attn_cfg cfgs[] = {
-        {16, 4, 4, 0, 512, mixed, sizeof mixed / sizeof *mixed},      /* ratio 1 */
-        {64, 8, 2, 0, 512, mixed, sizeof mixed / sizeof *mixed},      /* ratio 4 */
-        {128, 8, 1, 0, 1500, longer, sizeof longer / sizeof *longer}, /* ratio 8 */
-        {64, 4, 1, 37, 512, mixed, sizeof mixed / sizeof *mixed},     /* small window */
-        {128, 16, 2, 100, 1500, longer, sizeof longer / sizeof *longer},
-        {18, 6, 3, 0, 512, mixed, sizeof mixed / sizeof *mixed},  /* head_dim not a multiple of 4 */
-        {256, 4, 2, 0, 512, mixed, sizeof mixed / sizeof *mixed}, /* largest head_dim */
-        {32, 16, 1, 0, 512, mixed, sizeof mixed / sizeof *mixed}, /* 16 query heads a kv head */
-        {128, 4, 4, 0, 2300, deep, sizeof deep / sizeof *deep},   /* many chunks, one a block */
-        {128, 8, 2, 700, 2300, deep, sizeof deep / sizeof *deep}, /* window below the context */
+        {16, 4, 4, 0, 512, mixed, sizeof mixed / sizeof *mixed, 0},      /* ratio 1 */
+        {64, 8, 2, 0, 512, mixed, sizeof mixed / sizeof *mixed, 0},      /* ratio 4 */
+        {128, 8, 1, 0, 1500, longer, sizeof longer / sizeof *longer, 0}, /* ratio 8 */
+        {64, 4, 1, 37, 512, mixed, sizeof mixed / sizeof *mixed, 0},     /* small window */
+        {128, 16, 2, 100, 1500, longer, sizeof longer / sizeof *longer, 0},
+        {18, 6, 3, 0, 512, mixed, sizeof mixed / sizeof *mixed,
+         0}, /* head_dim not a multiple of 4 */
+        {256, 4, 2, 0, 512, mixed, sizeof mixed / sizeof *mixed, 0}, /* largest head_dim */
+        {32, 16, 1, 0, 512, mixed, sizeof mixed / sizeof *mixed, 0}, /* 16 query heads a kv head */
+        {128, 4, 4, 0, 2300, deep, sizeof deep / sizeof *deep, 0},   /* many chunks, one a block */
+        {128, 8, 2, 700, 2300, deep, sizeof deep / sizeof *deep, 0}, /* window below the context */
+    };
+    for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++)
+        attn_run(&cfgs[i]);
+}
+
+/* The decode's merge in its last blocks (merge_done), against the CPU as
+ * the merge kernel is: decode steps (and a short flash step between) at
+ * positions growing over several chunks, through both entry points (the
+ * device-position one sizes chunks for the whole cache, so most blocks
+ * return before counting); head_dim not a multiple of 4, two head groups
+ * a kv head, a window. */
+static void test_merge(void)
+{
+    static const uint32_t steps[] = {5, 1, 2, 60, 1, 8, 1, 2, 5, 1, 40, 1, 3};
+    const size_t ns = sizeof steps / sizeof *steps;
+    const attn_cfg cfgs[] = {
+        {64, 8, 2, 0, 512, steps, ns, 1},
+        {18, 6, 3, 0, 512, steps, ns, 1},
+        {32, 16, 1, 37, 512, steps, ns, 1},
+        {128, 8, 1, 0, 256, steps, ns, 1},
     };
     for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++)
         attn_run(&cfgs[i]);
@@ -1471,8 +1511,9 @@ int main(int argc, char **argv)
     } groups[] = {
         {"refusals", test_refusals}, {"embed", test_embed},         {"rmsnorm", test_rmsnorm},
         {"rope", test_rope},         {"silu_add", test_silu_add},   {"route", test_route},
-        {"linear", test_linear},     {"attention", test_attention}, {"fused", test_fused},
-        {"norm_in", test_norm_in},   {"drain", test_drain},         {"stamp", test_stamp}};
+        {"linear", test_linear},     {"attention", test_attention}, {"merge", test_merge},
+        {"fused", test_fused},       {"norm_in", test_norm_in},     {"drain", test_drain},
+        {"stamp", test_stamp}};
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
         if (wanted(groups[i].name)) groups[i].run();
     print_stats();
