@@ -515,6 +515,9 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
     if (e == cudaSuccess)
         e = cudaMemset(fc->merge_done, 0,
                        MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads) * sizeof *fc->merge_done);
+    /* The counters are zero before any kernel on the (non-blocking) stream
+     * reads them: a counter starting elsewhere would never complete. */
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_moe, n * d * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_logits, (size_t)c->vocab * sizeof(float));

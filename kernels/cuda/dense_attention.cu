@@ -243,6 +243,10 @@ extern "C" size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_
     return most;
 }
 
+static_assert(
+    MB_ATTN_DEC_MAX_N <= 8 && MB_ATTN_DEC_HEADS >= 1,
+    "MB_KCUDA_ATTN_MERGE_COUNTERS (dense.h): 8 decode rows by at most n_heads row groups");
+
 // Fills the arguments both entry points share.
 static mb_attn_args mb_attn_args_for(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,
                                      const uint32_t *pos_dev, uint32_t n, const float *q, size_t ldq, float *out,
