@@ -14,13 +14,7 @@
 set -u
 OUT=${OUT:-/tmp/mb-out}
 mkdir -p "$OUT"
-export MB_WITH_VULKAN=OFF
-export MB_TARGETS=${MB_TARGETS:-"moe-worker moe-broker test_dense_cuda test_parity_device bench_e2e_device"}
-[ -n "${MB_SKIP_BUILD:-}" ] || bash bench/gpu/device_run.sh build 2>&1 | tail -3
-grep -q "build rc=0" $OUT/build.log 2>/dev/null && rm -f $OUT/build.log
-head -3 $OUT/device.txt 2>/dev/null; rm -f $OUT/device.txt
-B=build-gpu
-export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+. bench/gpu/build9.sh
 MB_DENSE_TESTS=fused,merge,refusals timeout 120 $B/tests/unit/cuda_dense/test_dense_cuda > $OUT/dense_cuda.txt 2>&1
 echo "test_dense_cuda (fused, merge, refusals) rc=$?"; grep -E "FAIL|failed|fusions|attention" $OUT/dense_cuda.txt | head -8
 MB_CUDA_GEMV_ROWS=8 MB_DENSE_TESTS=fused,norm_in,linear timeout 120 $B/tests/unit/cuda_dense/test_dense_cuda \

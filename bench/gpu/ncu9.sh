@@ -5,13 +5,7 @@
 #   bash bench/gpu/ncu9.sh     (MB_SKIP_BUILD=1 on a warm machine; MB_NCU9_MIN=1:
 #   no standalone kernel timings and no full bench, for a short budget)
 set -u
-export MB_WITH_VULKAN=OFF
-export MB_TARGETS=${MB_TARGETS:-"moe-worker moe-broker test_dense_cuda test_parity_device bench_e2e_device"}
-[ -n "${MB_SKIP_BUILD:-}" ] || bash bench/gpu/device_run.sh build 2>&1 | tail -3
-grep -q "build rc=0" $OUT/build.log 2>/dev/null && rm -f $OUT/build.log
-head -3 $OUT/device.txt 2>/dev/null; rm -f $OUT/device.txt
-B=build-gpu
-export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+. bench/gpu/build9.sh
 timeout 150 $B/tests/unit/cuda_dense/test_dense_cuda ${MB_NCU9_MIN:---bench} > $OUT/dense_cuda.txt 2>&1
 echo "test_dense_cuda rc=$?"; grep -E "FAIL|failed|norm folded|fusions|attention" $OUT/dense_cuda.txt | head -12
 (cd $B && timeout 170 ctest -R test_parity_device --timeout 160 --output-on-failure > $OUT/ctest_parity_device.txt 2>&1;
