@@ -230,12 +230,17 @@ void mb_emu_run(const std::function<void()> &b)
     blockDim = cfg_block;
     gridDim = cfg_grid;
     dyn_smem.assign(cfg_smem + 16, 0xff); // NaN garbage: reads before writes show
-    for (unsigned z = 0; z < cfg_grid.z; z++)
-        for (unsigned y = 0; y < cfg_grid.y; y++)
-            for (unsigned x = 0; x < cfg_grid.x; x++) {
-                blockIdx = make_uint3(x, y, z);
-                run_block(nt);
-            }
+    // MB_EMU_BLOCKS=reverse runs the grid's blocks last to first: a kernel
+    // where the last block to finish does extra work (a counter) then has
+    // a different block do it, as a GPU may.
+    static const int rev = getenv("MB_EMU_BLOCKS") && !strcmp(getenv("MB_EMU_BLOCKS"), "reverse");
+    const size_t nb = (size_t)cfg_grid.x * cfg_grid.y * cfg_grid.z;
+    for (size_t i = 0; i < nb; i++) {
+        const size_t b = rev ? nb - 1 - i : i;
+        blockIdx = make_uint3((unsigned)(b % cfg_grid.x), (unsigned)(b / cfg_grid.x % cfg_grid.y),
+                              (unsigned)(b / ((size_t)cfg_grid.x * cfg_grid.y)));
+        run_block(nt);
+    }
 }
 
 // ---- runtime ---------------------------------------------------------------

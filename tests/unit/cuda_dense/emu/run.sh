@@ -17,8 +17,10 @@
 # The build dir needs the CPU libraries built (dense: mb_broker and what it
 # links; quant: mb_kernels, mb_protocol; backend: mb_backends).
 # Env: SAN="" to build without ASan/UBSan (about 4x faster), OUT=dir for
-# the emulator's files (default build/emu), and for quant the test's own
-# variables (MB_QUANT_TEST_QUICK=1: fewer cases).
+# the emulator's files (default build/emu), MB_EMU_BLOCKS=reverse to run
+# each grid's blocks last to first (another block is then the last to
+# finish, for kernels that count their blocks done), and for quant the
+# test's own variables (MB_QUANT_TEST_QUICK=1: fewer cases).
 set -e
 E=$(cd "$(dirname "$0")" && pwd)
 R=$(cd "$E/../../../.." && pwd)
