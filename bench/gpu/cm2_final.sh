@@ -8,14 +8,16 @@
 # both pass, they can become the defaults (backends/vulkan/vk_backend.c).
 #   bash bench/gpu/cm2_final.sh   (MB_CM2_SHORT=1: the default form only,
 #   about 2.5 minutes; MB_CM2_TILES="256x64x64 128x128x128": more tiles
-#   for the bf16 form, Mixtral at 4096 tokens, about 25 s each)
+#   for the bf16 form, Mixtral at 4096 tokens, about 25 s each;
+#   MB_SKIP_BUILD=1 on a machine that built already; MB_CM2_PART=first:
+#   the bf16 form's parity and bench only, rest: the others only)
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
 mkdir -p "$OUT"
 t0=$(date +%s)
 export MB_WITH_VULKAN=ON MB_TARGETS="moe-worker test_backend_ops bench_expert_gpu"
-timeout 200 bash bench/gpu/device_run.sh build 2>&1 | tail -1
+[ -n "${MB_SKIP_BUILD:-}" ] || timeout 200 bash bench/gpu/device_run.sh build 2>&1 | tail -1
 grep -q "build rc=0" "$OUT/build.log" 2>/dev/null && rm -f "$OUT/build.log"
 rm -f "$OUT/device.txt"
 B=build-gpu
@@ -25,7 +27,8 @@ OPS=$B/tests/parity/backends/test_backend_ops
 # The most wanted first: a call cut short by the device's time limit still
 # brings back the bf16 form's parity and timing.
 ops_form() { vk_ops "cm2_bf16_$1" MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_BF16=$1 MB_VULKAN_CM2_TILE=128x128x64 MB_VULKAN_PATH=gemm; }
-ops_form 1
+part=${MB_CM2_PART:-all}
+[ "$part" = rest ] || ops_form 1
 r() { # name models, then environment assignments
     local name=$1 models=$2; shift 2
     env "$@" MB_VULKAN_COOPMAT=2 MB_VULKAN_CM2_TILE=128x128x64 MB_VULKAN_VERBOSE=1 timeout 80 $B/bench/bench_expert_gpu --backend vulkan:0 \
@@ -35,7 +38,8 @@ r() { # name models, then environment assignments
     grep -h -m2 "vulkan:0: tiled" "$OUT/expert_vk_$name.txt"
     vk_rows "$OUT/expert_vk_$name.txt"
 }
-r cm2bf16 "${MB_CM2_MODELS:-qwen3,mixtral}" MB_VULKAN_CM2_BF16=1
+[ "$part" = rest ] || r cm2bf16 "${MB_CM2_MODELS:-qwen3,mixtral}" MB_VULKAN_CM2_BF16=1
+[ "$part" = first ] && { echo "total $(( $(date +%s) - t0 )) s"; exit 0; }
 [ -n "${MB_CM2_SHORT:-}" ] || ops_form 0
 [ -n "${MB_CM2_F16DEC:-}" ] && r cm2f16dec mixtral MB_VULKAN_CM2_BF16=0
 # Other tiles for the bf16 form, Mixtral only (MB_CM2_TILES="BMxBNxBK ...").

@@ -1,3 +1,4 @@
+#!/bin/bash
 # Issue 9, round 7 on the GPU machine (device tool `run`, carry .carry),
 # about 7 minutes. Three knobs, each off by default until this has run:
 # the QKV + head-pass fusion (MB_CUDA_FUSE_QKV=1, mb_kcuda_qkv_rope_store),
@@ -10,7 +11,8 @@
 # in-graph profile with all three. What passes and gains becomes the
 # default (broker/device/forward_cuda.c fuse_qkv and fuse_merge,
 # kernels/cuda/dense_gemv.cuh mb_lin_rows).
-#   bash bench/gpu/fuse9b.sh   (MB_SKIP_BUILD=1 on a warm machine)
+#   bash bench/gpu/fuse9b.sh   (MB_SKIP_BUILD=1 on a warm machine;
+#   MB_FUSE9B_QUICK=1: one alternation of each A/B instead of two)
 set -u
 OUT=${OUT:-/tmp/mb-out}
 mkdir -p "$OUT"
@@ -29,9 +31,10 @@ for v in "$ALL" "MB_CUDA_FUSE_QKV=0"; do
 done
 rm -f $OUT/ctest_parity_device.txt
 ARGS="--layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu"
-for v in "MB_CUDA_FUSE_QKV=1" "MB_CUDA_FUSE_QKV=0" "MB_CUDA_FUSE_QKV=1" "MB_CUDA_FUSE_QKV=0" \
-    "MB_CUDA_FUSE_MERGE=1" "MB_CUDA_FUSE_MERGE=0" "MB_CUDA_FUSE_MERGE=1" "MB_CUDA_FUSE_MERGE=0" \
-    "MB_CUDA_GEMV_ROWS=8" "MB_CUDA_GEMV_ROWS=4" "MB_CUDA_GEMV_ROWS=8" "MB_CUDA_GEMV_ROWS=4" "$ALL" "MB_CUDA_FUSE_QKV=0"; do
+AB=("MB_CUDA_FUSE_QKV=1" "MB_CUDA_FUSE_QKV=0" "MB_CUDA_FUSE_MERGE=1" "MB_CUDA_FUSE_MERGE=0"
+    "MB_CUDA_GEMV_ROWS=8" "MB_CUDA_GEMV_ROWS=4" "$ALL" "MB_CUDA_FUSE_QKV=0")
+[ -n "${MB_FUSE9B_QUICK:-}" ] || AB+=("${AB[@]}")
+for v in "${AB[@]}"; do
     env $v timeout 60 $B/bench/bench_e2e_device $ARGS > $OUT/ab.txt 2>&1
     echo "== $v rc=$?"; grep -E "^cuda |^dense" $OUT/ab.txt
 done
