@@ -164,7 +164,11 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     }
     memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
     const uint32_t cm2_tile[3] = {be->cm2_bm, be->cm2_bn, be->cm2_bk};
-    st = mb_vk_ctx_init(&be->ctx, be->device, coopmat, cm2_tile);
+    /* bf16 matrices only with MB_VULKAN_CM2_BF16=1 until a GPU run has
+     * checked them (bf16 weights take moe_gemm_cm2's f16 decode otherwise). */
+    const char *bf = getenv("MB_VULKAN_CM2_BF16");
+    const int want_bf16 = bf && bf[0] == '1';
+    st = mb_vk_ctx_init(&be->ctx, be->device, coopmat, cm2_tile, want_bf16);
     if (st == MB_STATUS_OK && be->ctx.has_coopmat == 2) {
         /* A driver that lists the extension but cannot build the shader:
          * the portable tiles under auto, an error where cm2 is required. */
@@ -179,12 +183,8 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
             if (coopmat == 2) st = MB_STATUS_DEVICE;
         }
     }
-    /* bf16 matrices only with MB_VULKAN_CM2_BF16=1 until a GPU run has
-     * checked them (bf16 weights take moe_gemm_cm2's f16 decode otherwise);
-     * asked for where the build, the device or its driver lacks them, a
-     * clear error, as for MB_VULKAN_COOPMAT=2. */
-    const char *bf = getenv("MB_VULKAN_CM2_BF16");
-    const int want_bf16 = bf && bf[0] == '1';
+    /* bf16 matrices asked for where the build, the device or its driver
+     * lacks them: a clear error, as for MB_VULKAN_COOPMAT=2. */
     if (st == MB_STATUS_OK && want_bf16 && be->ctx.has_coopmat != 2) {
         fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_BF16=1 but device %d's prefill GEMMs are not on "
                         "cooperative_matrix2: %s\n", be->device,
@@ -209,7 +209,6 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
             st = MB_STATUS_DEVICE;
         }
     }
-    if (!want_bf16) be->ctx.cm2_bf16 = 0;
     if (st == MB_STATUS_OK) {
         mb_vk_describe(be->ctx.phys, be->device_name, sizeof be->device_name, NULL);
         char note[384];

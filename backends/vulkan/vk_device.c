@@ -323,7 +323,8 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
 #endif
 }
 
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[3])
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[3],
+                         int cm2_bf16)
 {
     memset(ctx, 0, sizeof *ctx);
     mb_status st = mb_vk_instance_create(&ctx->instance);
@@ -443,7 +444,8 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
         exts[n_ext++] = VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME;
         exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME;
         chain = &c1f;
-        ctx->cm2_bf16 = mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2]);
+        ctx->cm2_bf16 = cm2_bf16 && mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0],
+                                                        cm2_tile[1], cm2_tile[2]);
 #ifdef VK_KHR_shader_bfloat16
         if (ctx->cm2_bf16) {
             exts[n_ext++] = VK_KHR_SHADER_BFLOAT16_EXTENSION_NAME;

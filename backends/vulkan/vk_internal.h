@@ -134,9 +134,12 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
  * VK_KHR_cooperative_matrix + VK_NV_cooperative_matrix2 (moe_gemm_cm2), each
  * with shaderFloat16 and vulkanMemoryModel (DEVICE, with the reason on
  * stderr, when it cannot run), -1 takes moe_gemm_cm2 where it can, 0
- * neither; cm2_tile is moe_gemm_cm2's {BM, BN, BK}. DEVICE when absent or unfit, with the reason on
- * stderr. */
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[3]);
+ * neither; cm2_tile is moe_gemm_cm2's {BM, BN, BK}; with cm2_bf16 (and
+ * moe_gemm_cm2 chosen) VK_KHR_shader_bfloat16 is enabled where the device
+ * has bf16 matrices for the tile (ctx->cm2_bf16 says whether). DEVICE
+ * when absent or unfit, with the reason on stderr. */
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[3],
+                         int cm2_bf16);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
 /* Allocates a buffer of bytes (> 0) with storage, transfer and
