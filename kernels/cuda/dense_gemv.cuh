@@ -23,11 +23,16 @@
 // MB_CUDA_GEMV_ROWS=8 (for measuring); below 2048 rows one row a block
 // keeps blocks enough to fill the GPU. Every row's sum is the same
 // whichever: its threads split k the same way.
+// (The variable is read once, as the other MB_CUDA_* knobs: every launch
+// of a decode step asks.)
 static inline int mb_lin_rows(uint32_t m)
 {
-    if (m < 2048) return 1;
-    const char *e = getenv("MB_CUDA_GEMV_ROWS");
-    return e && e[0] == '8' && e[1] == '\0' ? 8 : 4;
+    static int large = 0;
+    if (!large) {
+        const char *e = getenv("MB_CUDA_GEMV_ROWS");
+        large = e && e[0] == '8' && e[1] == '\0' ? 8 : 4;
+    }
+    return m < 2048 ? 1 : large;
 }
 
 // f(std::integral_constant<int, R>{}) for R = mb_lin_rows(m).
