@@ -92,7 +92,7 @@ __device__ __forceinline__ uint32_t mb_dec_live(const mb_attn_args &a, uint32_t 
 // of shared memory the kernel is done with.
 static __device__ void mb_dec_merge_last(const mb_attn_args &a, uint32_t want, uint32_t n_split,
                                          uint32_t pos0, uint32_t t, uint32_t h0, int nh,
-                                         const float *work, float *sM, float *sInv)
+                                         float *work, float *sM, float *sInv)
 {
     __shared__ uint32_t live_sh;
     __shared__ int last;
@@ -111,7 +111,7 @@ static __device__ void mb_dec_merge_last(const mb_attn_args &a, uint32_t want, u
     __threadfence(); // the other chunks' partials are visible to the loads below
     const uint32_t live = live_sh, hd = a.hd, stride = mb_attn_part_stride(hd);
     for (int hb = warp; hb < nh; hb += MB_ATTN_DEC_THREADS / 32) {
-        const float *first = mb_attn_part((float *)work, a, t, h0 + hb, n_split, 0);
+        const float *first = mb_attn_part(work, a, t, h0 + hb, n_split, 0);
         float M = -INFINITY;
         for (uint32_t s = lane; s < live; s += 32)
             M = fmaxf(M, __ldcg(first + s * stride + hd));
@@ -129,7 +129,7 @@ static __device__ void mb_dec_merge_last(const mb_attn_args &a, uint32_t want, u
     const uint32_t hd4 = (hd + 3) / 4;
     for (uint32_t gi = tid; gi < (uint32_t)nh * hd4; gi += MB_ATTN_DEC_THREADS) {
         const uint32_t hb = gi / hd4, d = 4 * (gi % hd4);
-        const float *first = mb_attn_part((float *)work, a, t, h0 + hb, n_split, 0);
+        const float *first = mb_attn_part(work, a, t, h0 + hb, n_split, 0);
         const float M = sM[hb];
         float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll 4

@@ -227,7 +227,7 @@ static int mb_qkv_rope_launch(void *stream, int wdtype, const void *w, uint32_t 
         // mb_lin_gemv's rows a block, so the products are its own.
         mb_lin_by_rows(m, [&](auto r) {
             constexpr int R = decltype(r)::value;
-            mb_dense_by_flags(vec, false, [&](auto v, auto) {
+            mb_dense_by_flag(vec, [&](auto v) {
                 mb_dense_launch(mb_kcuda_qkv_rope_kernel<W, R, decltype(v)::value>,
                                 (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, 0, s,
                                 (const W *)w, m, k, in->x, bias, nrm, qkv, a, cnt);

@@ -122,18 +122,20 @@ template <typename F> static inline int mb_dense_by_wdtype(int wdtype, F &&f)
     }
 }
 
-// f(A{}, B{}) with A, B std::true_type or std::false_type as a and b are:
-// two run-time choices made template arguments (a kernel's variants).
+// f(A{}) with A std::true_type or std::false_type as a is: a run-time
+// choice made a template argument (a kernel's variants).
+template <typename F> static inline void mb_dense_by_flag(bool a, F &&f)
+{
+    if (a)
+        f(std::true_type{});
+    else
+        f(std::false_type{});
+}
+
+// The same for two choices: f(A{}, B{}).
 template <typename F> static inline void mb_dense_by_flags(bool a, bool b, F &&f)
 {
-    if (a && b)
-        f(std::true_type{}, std::true_type{});
-    else if (a)
-        f(std::true_type{}, std::false_type{});
-    else if (b)
-        f(std::false_type{}, std::true_type{});
-    else
-        f(std::false_type{}, std::false_type{});
+    mb_dense_by_flag(a, [&](auto av) { mb_dense_by_flag(b, [&](auto bv) { f(av, bv); }); });
 }
 
 static inline bool mb_dense_wdtype_ok(int wdtype)
