@@ -153,10 +153,10 @@ struct mb_fwd_cuda {
      * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three. */
     float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last, *logits_all, *work;
     int32_t *tok;
-    unsigned *route_done; /* mb_kcuda_router_topk's counter, 0 between calls */
-    unsigned *qkv_done;   /* mb_kcuda_qkv_rope_store's counters, a head each, 0 between calls */
-    unsigned
-        *merge_done; /* the attention's merge counters (mb_kcuda_attn_shape), 0 between calls */
+    /* The kernels' counters, 0 between calls, in one allocation (at
+     * route_done): mb_kcuda_router_topk's, mb_kcuda_qkv_rope_store's (a
+     * head each), the attention's merge (mb_kcuda_attn_shape). */
+    unsigned *route_done, *qkv_done, *merge_done;
     size_t work_floats;
     /* Pinned host twins. */
     float *h_xfer, *h_moe, *h_logits;
@@ -478,6 +478,10 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
     const size_t n = fc->chunk_cap, d = c->d_model, k = c->top_k;
     fc->work_floats = attention_work(fc);
     const size_t xfer = n * (d + 2 * k);
+    /* The kernels' counters, one buffer: route_done | qkv_done (a head
+     * each) | merge_done. */
+    const size_t n_qkv = c->n_heads + 2 * (size_t)c->n_kv_heads,
+                 n_cnt = 1 + n_qkv + MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads);
     struct {
         float **p;
         size_t floats;
@@ -497,9 +501,7 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
         {&fc->logits_last, c->vocab},
         {&fc->work, fc->work_floats},
         {(float **)&fc->tok, n},
-        {(float **)&fc->route_done, 1},
-        {(float **)&fc->qkv_done, c->n_heads + 2 * c->n_kv_heads},
-        {(float **)&fc->merge_done, MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads)},
+        {(float **)&fc->route_done, n_cnt},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         cudaError_t e = dev_alloc(fc, bufs[i].floats * sizeof(float), (void **)bufs[i].p);
@@ -508,17 +510,18 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
             return MB_STATUS_NOMEM;
         }
     }
-    cudaError_t e = cudaMemset(fc->route_done, 0, sizeof *fc->route_done);
-    if (e == cudaSuccess)
-        e = cudaMemset(fc->qkv_done, 0,
-                       (c->n_heads + 2 * (size_t)c->n_kv_heads) * sizeof *fc->qkv_done);
-    if (e == cudaSuccess)
-        e = cudaMemset(fc->merge_done, 0,
-                       MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads) * sizeof *fc->merge_done);
+    fc->qkv_done = fc->route_done + 1;
+    fc->merge_done = fc->qkv_done + n_qkv;
     /* The counters are zero before any kernel on the (non-blocking) stream
      * reads them: a counter starting elsewhere would never complete. */
+    cudaError_t e = cudaMemset(fc->route_done, 0, n_cnt * sizeof *fc->route_done);
     if (e == cudaSuccess) e = cudaDeviceSynchronize();
-    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
+    if (e != cudaSuccess) {
+        set_err(fc, "--device cuda:%d: zeroing the kernels' counters: %s", fc->device,
+                cudaGetErrorString(e));
+        return MB_STATUS_DEVICE;
+    }
+    e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_moe, n * d * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_logits, (size_t)c->vocab * sizeof(float));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_tok, n * sizeof(int32_t));
@@ -638,6 +641,11 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
 {
     if (!m || !out || max_ctx == 0 || chunk_cap == 0 || chunk_cap > max_ctx || device < 0)
         return MB_STATUS_INVALID_ARG;
+    if (m->cfg.head_dim > MB_KCUDA_MAX_HEAD_DIM) { /* before: the first step's attention failed */
+        snprintf(err, err_cap, "--device cuda:%d: head_dim %u: the GPU attention takes up to %u",
+                 device, m->cfg.head_dim, MB_KCUDA_MAX_HEAD_DIM);
+        return MB_STATUS_UNSUPPORTED;
+    }
     mb_fwd_cuda *fc = calloc(1, sizeof *fc);
     if (!fc) return MB_STATUS_NOMEM;
     fc->m = m;
@@ -856,7 +864,7 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         const mb_kcuda_norm_in in = {
             .x = fc->x, .a = l ? fc->moe : NULL, .w = D->attn_norm, .eps = c->rms_eps};
         const dev_mat *W = &D->wqkv;
-        if (fc->fuse_qkv && c->head_dim <= 256) {
+        if (fc->fuse_qkv) {
             if (p)
                 K(mb_kcuda_qkv_rope_store_at(fc->stream, W->dtype, W->w, W->cols, &in, qkv, D->bqkv,
                                              c->n_heads, D->q_norm, D->k_norm, c->rms_eps, p,

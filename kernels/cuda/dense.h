@@ -107,6 +107,8 @@ typedef struct {
     unsigned *merge_done;
 } mb_kcuda_attn_shape;
 #define MB_KCUDA_ATTN_MERGE_COUNTERS(n_heads) (8u * (n_heads))
+/* The largest head_dim attention (and the fused head pass) takes. */
+#define MB_KCUDA_MAX_HEAD_DIM 256u
 
 /* Floats of work attention needs for n query tokens over up to max_ctx
  * positions (0 when it needs none). Non-decreasing in n: work sized once

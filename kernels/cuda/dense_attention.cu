@@ -243,6 +243,7 @@ extern "C" size_t mb_kcuda_attention_work(const mb_kcuda_kv *kv, const mb_kcuda_
     return most;
 }
 
+static_assert(MB_KCUDA_MAX_HEAD_DIM == MB_ATTN_MAX_HD, "dense.h's head_dim bound is the kernels'");
 static_assert(
     MB_ATTN_DEC_MAX_N <= 8 && MB_ATTN_DEC_HEADS >= 1,
     "MB_KCUDA_ATTN_MERGE_COUNTERS (dense.h): 8 decode rows by at most n_heads row groups");

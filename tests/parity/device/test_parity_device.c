@@ -15,13 +15,17 @@
  * 1e-2), and, for f32 payloads, with the CPU coordinator's logits on the
  * same workers (relative 1e-4: both compute in f32, in different orders).
  * Without a CUDA device, `--device cuda:0` must fail at once with a message
- * saying so; then the test exits 77. */
+ * saying so; then the test exits 77. With a device or without, a checkpoint
+ * whose head_dim the GPU attention does not take is refused when the
+ * forward pass is created, naming it. */
 #include <math.h>
 #include <string.h>
 
+#include "broker/device/forward_cuda.h"
 #include "broker/model.h"
 #include "broker/safetensors.h"
 #include "broker/session.h"
+#include "kernels/cuda/dense.h"
 #include "kernels/cuda/device_query.h"
 #include "tests/parity/fixtures.h"
 #include "tests/testutil.h"
@@ -133,6 +137,20 @@ static void check_no_device(const mb_model *m)
     mb_session_close(s);
 }
 
+/* m with a head_dim past MB_KCUDA_MAX_HEAD_DIM: refused at create (before
+ * any device call), the message naming it. */
+static void check_head_dim(const mb_model *m)
+{
+    mb_model big = *m;
+    big.cfg.head_dim = MB_KCUDA_MAX_HEAD_DIM + 2;
+    mb_fwd_cuda *fc = NULL;
+    char err[256] = "";
+    mb_status st = mb_fwd_cuda_create(&big, 64, 16, 0, 0, &fc, err, sizeof err);
+    CHECK_EQ(st, MB_STATUS_UNSUPPORTED);
+    CHECK(fc == NULL);
+    CHECK_MSG(strstr(err, "head_dim") != NULL, "message does not name head_dim: %s", err);
+}
+
 static void run_model(const char *name, const mb_model *m, const mb_reference *ref)
 {
     const size_t n = (size_t)ref->n_tokens * ref->vocab;
@@ -190,6 +208,7 @@ static void run_no_device(const char *name, const mb_model *m, const mb_referenc
 {
     (void)name, (void)ref;
     int *checked = ctx;
+    check_head_dim(m);
     if (!*checked) check_no_device(m);
     *checked = 1;
 }
@@ -197,6 +216,7 @@ static void run_no_device(const char *name, const mb_model *m, const mb_referenc
 static void run_fixture(const char *name, const mb_model *m, const mb_reference *ref, void *ctx)
 {
     (void)ctx;
+    check_head_dim(m);
     run_model(name, m, ref);
 }
 
