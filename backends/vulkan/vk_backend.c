@@ -13,12 +13,15 @@
  * on stderr), MB_VULKAN_HIDDEN (16: the cooperative-matrix path keeps only the
  * high f16 half of the hidden row h, one MMA instead of two in the down
  * product, as MB_CUDA_HIDDEN=16 does on the CUDA backend) and
- * MB_VULKAN_CM2_BF16 (1: bf16 weights on bf16 cooperative matrices,
- * moe_gemm_cm2_bf16, where the device has them; not yet run on a GPU, so
- * off by default: bf16 weights take moe_gemm_cm2's f16 decode),
+ * MB_VULKAN_CM2_BF16 (bf16 weights on bf16 cooperative matrices,
+ * moe_gemm_cm2_bf16: by default where the build, device and driver have
+ * them, else moe_gemm_cm2's f16 decode; 0: never; 1: required),
  * MB_VULKAN_CM2_TILE (BMxBNxBK, moe_gemm_cm2's grouped rows, output
- * columns and K step a tile: 64x128x32 by default; 128x128x64 measured
- * faster; for measuring), MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
+ * columns and K step a tile: 128x128x64 by default, the fastest measured
+ * on the H100), MB_VULKAN_CM2_DOWN (BNxBK: the down product's own columns
+ * and K step; gate/up's by default), MB_VULKAN_PROFILE (1: each dispatch of
+ * a request timed on the device, a table on stderr at close),
+ * MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
  * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c, registered host
  * memory in vk_host.c, a request's path and commands in vk_record.c,
  * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
@@ -29,10 +32,26 @@
 #include "backends/vulkan/vk_internal.h"
 #include "kernels/vulkan/spirv.h"
 
+/* MB_VULKAN_PROFILE's table on stderr: each timed dispatch's mean device
+ * time (from the previous stamp: the first dispatch's includes the copy
+ * in), by its place in the request and its shader. */
+static void mb_vk_prof_print(const mb_vk_backend *be)
+{
+    if (!be->profile || !be->prof_requests) return;
+    fprintf(stderr, "vulkan:%d profile: %llu requests timed dispatch by dispatch\n", be->device,
+            (unsigned long long)be->prof_requests);
+    fprintf(stderr, "  #  %-22s %8s %12s\n", "shader", "calls", "mean_us");
+    for (uint32_t i = 0; i < be->n_prof; i++)
+        fprintf(stderr, "  %-2u %-22s %8llu %12.1f\n", be->prof[i].index,
+                be->prof[i].name ? be->prof[i].name : "(copies after)", (unsigned long long)be->prof[i].calls,
+                (double)be->prof[i].ns / 1e3 / (double)be->prof[i].calls);
+}
+
 static void mb_vk_close(void *state)
 {
     mb_vk_backend *be = state;
     if (!be) return;
+    mb_vk_prof_print(be);
     mb_vk_ctx *ctx = &be->ctx;
     if (ctx->dev) {
         /* Abandon whatever is in flight: wait for the device, then free. */
@@ -132,12 +151,14 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     const int coopmat = cm && cm[0] == '0' ? 0 : cm && cm[0] == '1' ? 1 : cm && cm[0] == '2' ? 2 : -1;
     const char *hidden = getenv("MB_VULKAN_HIDDEN");
     be->hidden16 = hidden && !strcmp(hidden, "16");
-    /* moe_gemm_cm2's tile, BMxBNxBK: 64x128x32, the one whose parity ran
-     * on the H100; 128x128x64 measured fastest there (1.4-1.9x) but its
-     * parity run is still to come (bench/notes/vulkan-expert.md). */
-    be->cm2_bm = 64;
+    /* moe_gemm_cm2's tile, BMxBNxBK: 128x128x64, the fastest measured on
+     * the H100 (1.4-1.9x 64x128x32's; bench/notes/vulkan-expert.md), its
+     * parity checked there in both forms. */
+    be->cm2_bm = 128;
     be->cm2_bn = 128;
-    be->cm2_bk = 32;
+    be->cm2_bk = 64;
+    const char *prof = getenv("MB_VULKAN_PROFILE");
+    be->profile = prof && prof[0] && prof[0] != '0';
     const char *tile = getenv("MB_VULKAN_CM2_TILE");
     unsigned tbm = 0, tbn = 0, tbk = 0;
     if (tile && sscanf(tile, "%ux%ux%u", &tbm, &tbn, &tbk) == 3 && (tbm == 64 || tbm == 128 || tbm == 256) &&
@@ -151,6 +172,19 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
                 "BK 16, 32, 64 or 128)\n",
                 tile);
     }
+    /* The down product's own columns and K step (one accumulator where
+     * gate/up holds two); its rows are the tile table's, BM. */
+    be->cm2_bn2 = be->cm2_bn;
+    be->cm2_bk2 = be->cm2_bk;
+    const char *down = getenv("MB_VULKAN_CM2_DOWN");
+    if (down && sscanf(down, "%ux%u", &tbn, &tbk) == 2 && (tbn == 64 || tbn == 128 || tbn == 256) &&
+        (tbk == 16 || tbk == 32 || tbk == 64 || tbk == 128)) {
+        be->cm2_bn2 = tbn;
+        be->cm2_bk2 = tbk;
+    } else if (down) {
+        fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_DOWN='%s' ignored (BNxBK: BN 64, 128 or 256; BK 16, 32, 64 or "
+                        "128)\n", down);
+    }
     mb_status st = mb_route_table_init(&be->table, max_slots);
     if (st != MB_STATUS_OK) {
         free(be);
@@ -163,18 +197,22 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         return MB_STATUS_NOMEM;
     }
     memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
-    const uint32_t cm2_tile[3] = {be->cm2_bm, be->cm2_bn, be->cm2_bk};
-    /* bf16 matrices only with MB_VULKAN_CM2_BF16=1 until a GPU run has
-     * checked them (bf16 weights take moe_gemm_cm2's f16 decode otherwise). */
+    const uint32_t cm2_tile[5] = {be->cm2_bm, be->cm2_bn, be->cm2_bk, be->cm2_bn2, be->cm2_bk2};
+    /* bf16 matrices for bf16 weights where the build, device and driver
+     * have them (faster than moe_gemm_cm2's f16 decode: 0.80x against 0.67x
+     * of the CUDA backend, Mixtral at 4096 tokens on the H100); 0 never
+     * (the decode), 1 required. */
     const char *bf = getenv("MB_VULKAN_CM2_BF16");
-    const int want_bf16 = bf && bf[0] == '1';
+    const int need_bf16 = bf && bf[0] == '1', want_bf16 = !(bf && bf[0] == '0');
     st = mb_vk_ctx_init(&be->ctx, be->device, coopmat, cm2_tile, want_bf16);
     if (st == MB_STATUS_OK && be->ctx.has_coopmat == 2) {
         /* A driver that lists the extension but cannot build the shader:
          * the portable tiles under auto, an error where cm2 is required. */
         const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
+        const uint32_t spec2[MB_VK_SPECS] = {MB_DTYPE_BF16, 0, 1, 0, be->cm2_bn2, be->cm2_bk2, be->cm2_bm};
         VkPipeline probe;
-        if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec, &probe) != MB_STATUS_OK) {
+        if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec, &probe) != MB_STATUS_OK ||
+            mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec2, &probe) != MB_STATUS_OK) {
             fprintf(stderr, "vulkan backend: device %d's driver cannot build moe_gemm_cm2%s\n", be->device,
                     coopmat == 2 ? "" : ": the prefill GEMMs stay portable");
             be->ctx.has_coopmat = 0;
@@ -185,7 +223,7 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     }
     /* bf16 matrices asked for where the build, the device or its driver
      * lacks them: a clear error, as for MB_VULKAN_COOPMAT=2. */
-    if (st == MB_STATUS_OK && want_bf16 && be->ctx.has_coopmat != 2) {
+    if (st == MB_STATUS_OK && need_bf16 && be->ctx.has_coopmat != 2) {
         fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_BF16=1 but device %d's prefill GEMMs are not on "
                         "cooperative_matrix2: %s\n", be->device,
                 be->ctx.has_coopmat ? "MB_VULKAN_COOPMAT=1 (moe_gemm_coopmat)"
@@ -194,19 +232,25 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     }
     if (st == MB_STATUS_OK && want_bf16 && be->ctx.has_coopmat == 2) {
         const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
+        const uint32_t spec2[MB_VK_SPECS] = {MB_DTYPE_BF16, 0, 1, 0, be->cm2_bn2, be->cm2_bk2, be->cm2_bm};
         VkPipeline probe;
         const char *why =
             !mb_kvk_spirv_find("moe_gemm_cm2_bf16") ? "moe_gemm_cm2_bf16 is not built (MB_GLSLANG "
                                                       "without GL_EXT_bfloat16)"
             : !be->ctx.cm2_bf16
                 ? "no bf16 cooperative matrices (VK_KHR_shader_bfloat16) for the tile"
-            : mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec, &probe) != MB_STATUS_OK
+            : mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec, &probe) != MB_STATUS_OK ||
+                    mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec2, &probe) != MB_STATUS_OK
                 ? "the driver cannot build moe_gemm_cm2_bf16"
                 : NULL;
-        if (why) {
+        if (why && need_bf16) {
             fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_BF16=1 but device %d: %s\n", be->device,
                     why);
             st = MB_STATUS_DEVICE;
+        } else if (why) {
+            /* The default: bf16 weights take moe_gemm_cm2's f16 decode. */
+            be->ctx.cm2_bf16 = 0;
+            if (be->verbose) fprintf(stderr, "vulkan:%d: no bf16 matrices: %s\n", be->device, why);
         }
     }
     if (st == MB_STATUS_OK) {

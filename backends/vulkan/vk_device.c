@@ -323,7 +323,7 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
 #endif
 }
 
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[3],
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[5],
                          int cm2_bf16)
 {
     memset(ctx, 0, sizeof *ctx);
@@ -406,7 +406,11 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
     const char *cm_why = "off (MB_VULKAN_COOPMAT=auto, 1 or 2 turns them on)";
     if (coopmat == 1) cm_why = mb_vk_coopmat_unfit(ctx->instance, ctx->phys, ctx->subgroup_size);
     if (coopmat == 2 || coopmat == -1)
+    {
+        /* Both products' tiles: gate/up's, then down's (same rows). */
         cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2]);
+        if (!cm_why) cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3], cm2_tile[4]);
+    }
     ctx->coopmat_why = cm_why;
     if (cm_why && coopmat > 0) {
         fprintf(stderr,
@@ -444,8 +448,9 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
         exts[n_ext++] = VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME;
         exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME;
         chain = &c1f;
-        ctx->cm2_bf16 = cm2_bf16 && mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0],
-                                                        cm2_tile[1], cm2_tile[2]);
+        ctx->cm2_bf16 = cm2_bf16 &&
+                        mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2]) &&
+                        mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3], cm2_tile[4]);
 #ifdef VK_KHR_shader_bfloat16
         if (ctx->cm2_bf16) {
             exts[n_ext++] = VK_KHR_SHADER_BFLOAT16_EXTENSION_NAME;
@@ -672,6 +677,13 @@ void mb_vk_buffer_destroy(mb_vk_ctx *ctx, mb_vk_buffer *b)
         vkFreeMemory(ctx->dev, b->mem, NULL);
     }
     memset(b, 0, sizeof *b);
+}
+
+const char *mb_vk_pipeline_name(const mb_vk_ctx *ctx, VkPipeline pipeline)
+{
+    for (int i = 0; i < ctx->n_pipelines; i++)
+        if (ctx->pipelines[i].pipeline == pipeline) return ctx->pipelines[i].shader;
+    return "?";
 }
 
 mb_status mb_vk_pipeline_get(mb_vk_ctx *ctx, const char *shader, const uint32_t spec[MB_VK_SPECS], VkPipeline *out)

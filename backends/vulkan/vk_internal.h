@@ -134,11 +134,12 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
  * VK_KHR_cooperative_matrix + VK_NV_cooperative_matrix2 (moe_gemm_cm2), each
  * with shaderFloat16 and vulkanMemoryModel (DEVICE, with the reason on
  * stderr, when it cannot run), -1 takes moe_gemm_cm2 where it can, 0
- * neither; cm2_tile is moe_gemm_cm2's {BM, BN, BK}; with cm2_bf16 (and
+ * neither; cm2_tile is moe_gemm_cm2's {BM, BN, BK} for gate/up and
+ * {BN, BK} for down (same BM), both of which must fit; with cm2_bf16 (and
  * moe_gemm_cm2 chosen) VK_KHR_shader_bfloat16 is enabled where the device
- * has bf16 matrices for the tile (ctx->cm2_bf16 says whether). DEVICE
+ * has bf16 matrices for both tiles (ctx->cm2_bf16 says whether). DEVICE
  * when absent or unfit, with the reason on stderr. */
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[3],
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[5],
                          int cm2_bf16);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
@@ -162,6 +163,8 @@ mb_status mb_vk_buffer_import(mb_vk_ctx *ctx, void *ptr, VkDeviceSize bytes, mb_
  * spec[0..MB_VK_SPECS), created on first use and cached for the context's
  * life (constants a shader does not declare are ignored). */
 mb_status mb_vk_pipeline_get(mb_vk_ctx *ctx, const char *shader, const uint32_t spec[MB_VK_SPECS], VkPipeline *out);
+/* The shader a pipeline of ctx's was made from ("?" for none of them). */
+const char *mb_vk_pipeline_name(const mb_vk_ctx *ctx, VkPipeline pipeline);
 
 /* Device-local memory for placement: total (largest device-local heap) and
  * what may still be allocated (the budget when VK_EXT_memory_budget is
@@ -219,6 +222,9 @@ typedef struct {
     mb_dtype dtype, wdtype[MB_PROTO_MATS];
 } mb_vk_rec_key;
 
+/* MB_VULKAN_PROFILE: the first dispatches of a request timed one by one. */
+#define MB_VK_PROF_STAMPS 16
+
 /* Commands recorded for one request, for tests and notes. */
 typedef struct {
     uint32_t dispatches, copies, barriers, submits; /* submits: batches */
@@ -245,7 +251,9 @@ typedef struct {
     VkCommandBuffer cb_out; /* fetch's copy into registered host memory */
     VkSemaphore sem;        /* timeline */
     uint64_t sem_value, sem_consumed, sem_done;
-    VkQueryPool queries; /* 2 timestamps, or null */
+    VkQueryPool queries; /* 2 timestamps (2 + MB_VK_PROF_STAMPS with profile), or null */
+    const char *prof_name[MB_VK_PROF_STAMPS]; /* profile: the shader of each timed dispatch */
+    uint32_t prof_n;                          /* profile: dispatches timed in cb */
     mb_vk_buffer h_in, d_in, d_out, h_out;
     mb_vk_buffer direct; /* inputs of small GEMV requests, device-local and host-mapped */
     int direct_none;     /* the device has no memory for direct */
@@ -311,6 +319,16 @@ typedef struct {
     int hidden16;    /* coopmat path: h's high half only (MB_VULKAN_HIDDEN=16) */
     uint32_t cm2_bm, cm2_bn, cm2_bk; /* moe_gemm_cm2's tile: rows, output columns, K step
                                         (MB_VULKAN_CM2_TILE) */
+    uint32_t cm2_bn2, cm2_bk2;       /* the down product's columns and K step (MB_VULKAN_CM2_DOWN) */
+    int profile;                     /* MB_VULKAN_PROFILE: per-dispatch timestamps, a table at close */
+    mb_vk_req *rec_req;              /* profile: the request whose main cb is being recorded */
+    struct {
+        const char *name; /* shader; NULL: the copies and barriers after the last dispatch */
+        uint32_t index;   /* dispatch's place in its request */
+        uint64_t ns, calls;
+    } prof[MB_VK_PROF_STAMPS + 4];
+    uint32_t n_prof;
+    uint64_t prof_requests;
     int gemm_noted;                  /* verbose: the tiled GEMMs noted (bit 1 << mb_vk_gemm_kind) */
     uint32_t gemv_rows; /* weight rows per moe_gemv workgroup: one per subgroup */
     int spin;           /* poll spins before sleeping (not on a CPU device) */

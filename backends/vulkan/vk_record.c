@@ -47,6 +47,12 @@ static void mb_vk_dispatch(mb_vk_backend *be, VkCommandBuffer cb, mb_vk_rec_coun
         vkCmdDispatchIndirect(cb, *indirect, indirect_off);
     else
         vkCmdDispatch(cb, gx, gy, 1);
+    mb_vk_req *r = be->rec_req; /* MB_VULKAN_PROFILE: this dispatch's end */
+    if (r && n->dispatches < MB_VK_PROF_STAMPS) {
+        vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, r->queries, 2 + n->dispatches);
+        r->prof_name[n->dispatches] = mb_vk_pipeline_name(&be->ctx, pl);
+        r->prof_n = n->dispatches + 1;
+    }
     n->dispatches++;
     mb_vk_count_barrier(cb, n);
 }
@@ -204,7 +210,8 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
             mb_vk_note(be, note);
         }
         const uint32_t bn = cm2 ? be->cm2_bn : units ? MB_KVK_GEMM_CM_BN : MB_KVK_GEMM_BN;
-        const uint32_t s_route[MB_VK_SPECS] = {rows, bn, cm2 ? be->cm2_bm : 0}, s_pd[MB_VK_SPECS] = {pd};
+        const uint32_t s_route[MB_VK_SPECS] = {rows, bn, cm2 ? be->cm2_bm : 0, cm2 ? be->cm2_bn2 : 0},
+                       s_pd[MB_VK_SPECS] = {pd};
         /* moe_convert's output: f32 (0), f16 (1, 2 with low halves), the
          * same gathered into grouped order for cm2 (3, 4), or bf16 (5, 6). */
         const uint32_t s_conv[MB_VK_SPECS] = {
@@ -217,8 +224,10 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
             s1[3] = (uint32_t)pl->split_h;
             s2[2] = (uint32_t)pl->split_h;
             s2[3] = 0;
-            s1[4] = s2[4] = bn;
-            s1[5] = s2[5] = cm2 ? be->cm2_bk : 0;
+            s1[4] = bn;
+            s2[4] = cm2 ? be->cm2_bn2 : bn;
+            s1[5] = cm2 ? be->cm2_bk : 0;
+            s2[5] = cm2 ? be->cm2_bk2 : 0;
             s1[6] = s2[6] = cm2 ? be->cm2_bm : 0;
         }
         st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
@@ -408,7 +417,7 @@ static VkResult mb_vk_begin(VkCommandBuffer cb)
 static void mb_vk_record_head(mb_vk_backend *be, mb_vk_req *r, VkCommandBuffer cb, mb_vk_rec_count *n)
 {
     if (r->queries) {
-        vkCmdResetQueryPool(cb, r->queries, 0, 2);
+        vkCmdResetQueryPool(cb, r->queries, 0, be->profile ? 2 + MB_VK_PROF_STAMPS : 2);
         vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, r->queries, 0);
     }
     /* The slot counters start at zero once; moe_route keeps them so. */
@@ -501,6 +510,8 @@ VkResult mb_vk_record(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan *pl)
      * shader can write it there directly (GEMV), else device memory and a
      * copy (tiled: the copy engine is faster over the bus), or device
      * memory alone when fetch copies it into registered host memory. */
+    r->prof_n = 0;
+    be->rec_req = be->profile && r->queries ? r : NULL;
     const int to_host = !pl->src && !pl->gemm;
     const VkDeviceAddress out = to_host ? r->h_out.addr : r->d_out.addr;
     const mb_vk_buffer *out_buf = to_host ? &r->h_out : &r->d_out;
@@ -521,6 +532,7 @@ VkResult mb_vk_record(mb_vk_backend *be, mb_vk_req *r, const mb_vk_plan *pl)
             mb_vk_count_barrier(cb, &n); /* host reads after the semaphore */
         }
     }
+    be->rec_req = NULL;
     if (r->queries) vkCmdWriteTimestamp(cb, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, r->queries, 1);
     if ((res = vkEndCommandBuffer(cb)) != VK_SUCCESS) return res;
     r->key = key;

@@ -65,7 +65,7 @@ static mb_status mb_vk_req_init(mb_vk_backend *be, mb_vk_req *r)
     if (res == VK_SUCCESS && ctx->timestamp_bits) {
         const VkQueryPoolCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
                                            .queryType = VK_QUERY_TYPE_TIMESTAMP,
-                                           .queryCount = 2};
+                                           .queryCount = be->profile ? 2 + MB_VK_PROF_STAMPS : 2};
         res = vkCreateQueryPool(ctx->dev, &qci, NULL, &r->queries);
         if (res != VK_SUCCESS) r->queries = VK_NULL_HANDLE;
     }
@@ -255,16 +255,44 @@ mb_status mb_vk_submit(void *state, uint64_t tag, const mb_proto_expert_req *req
     return MB_STATUS_OK;
 }
 
-/* Device time of a finished request: its timestamps, else wall time since
- * submission. */
-static uint64_t mb_vk_req_ns(const mb_vk_backend *be, const mb_vk_req *r)
+/* MB_VULKAN_PROFILE: the span since the previous stamp (dispatch index's,
+ * or the request's head) into the table entry of (index, name). */
+static void mb_vk_prof_add(mb_vk_backend *be, uint32_t index, const char *name, uint64_t ns)
 {
-    uint64_t t[2] = {0, 0};
-    if (r->queries && vkGetQueryPoolResults(be->ctx.dev, r->queries, 0, 2, sizeof t, t, sizeof t[0],
+    uint32_t i = 0;
+    while (i < be->n_prof && (be->prof[i].index != index || be->prof[i].name != name))
+        i++;
+    if (i == be->n_prof) {
+        if (i == sizeof be->prof / sizeof be->prof[0]) return; /* full: dropped */
+        be->prof[i].index = index;
+        be->prof[i].name = name;
+        be->n_prof++;
+    }
+    be->prof[i].ns += ns;
+    be->prof[i].calls++;
+}
+
+/* Device time of a finished request: its timestamps, else wall time since
+ * submission; with MB_VULKAN_PROFILE, each timed dispatch's share too. */
+static uint64_t mb_vk_req_ns(mb_vk_backend *be, const mb_vk_req *r)
+{
+    uint64_t t[2 + MB_VK_PROF_STAMPS] = {0};
+    const uint32_t nq = be->profile ? 2 + r->prof_n : 2;
+    if (r->queries && vkGetQueryPoolResults(be->ctx.dev, r->queries, 0, nq, sizeof t, t, sizeof t[0],
                                             VK_QUERY_RESULT_64_BIT) == VK_SUCCESS) {
         const uint32_t bits = be->ctx.timestamp_bits;
         const uint64_t mask = bits >= 64 ? ~0ull : ((1ull << bits) - 1);
-        return (uint64_t)((double)((t[1] - t[0]) & mask) * be->ctx.timestamp_period);
+        const double per = be->ctx.timestamp_period;
+        if (be->profile && r->prof_n) {
+            uint64_t prev = t[0];
+            for (uint32_t i = 0; i < r->prof_n; i++) {
+                mb_vk_prof_add(be, i, r->prof_name[i], (uint64_t)((double)((t[2 + i] - prev) & mask) * per));
+                prev = t[2 + i];
+            }
+            mb_vk_prof_add(be, r->prof_n, NULL, (uint64_t)((double)((t[1] - prev) & mask) * per));
+            be->prof_requests++;
+        }
+        return (uint64_t)((double)((t[1] - t[0]) & mask) * per);
     }
     return mb_vk_now_ns() - r->t_submit_ns;
 }

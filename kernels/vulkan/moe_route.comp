@@ -22,6 +22,10 @@ const uint GEMM_BN = GEMM_BN_SPEC == 0u ? 64u : GEMM_BN_SPEC;
 // moe_gemm_cm2's 128 (the tiles buffer is sized for 64, so it fits).
 layout(constant_id = 2) const uint GEMM_BM_SPEC = 64u;
 const uint GEMM_BM = GEMM_BM_SPEC == 0u ? 64u : GEMM_BM_SPEC;
+// The down product's output columns per tile where they differ from
+// gate/up's (moe_gemm_cm2's MB_VULKAN_CM2_DOWN; 0: GEMM_BN).
+layout(constant_id = 3) const uint GEMM_BN2_SPEC = 0u;
+const uint GEMM_BN2 = GEMM_BN2_SPEC == 0u ? GEMM_BN : GEMM_BN2_SPEC;
 
 layout(push_constant) uniform P {
     uvec2 counts, pairs, slot_cnt, slot_eidx, tok_off, expert_slot, expert_off, pair_pos, perm_token, tiles, args;
@@ -144,7 +148,7 @@ void main()
         a.v[7] = (p.d_ff + GEMM_BN - 1u) / GEMM_BN;
         a.v[8] = 1u;
         a.v[9] = s_carry2;
-        a.v[10] = (p.d_model + GEMM_BN - 1u) / GEMM_BN;
+        a.v[10] = (p.d_model + GEMM_BN2 - 1u) / GEMM_BN2;
         a.v[11] = 1u;
         a.v[12] = n_active;
         a.v[13] = s_carry2;
