@@ -19,13 +19,13 @@
  * MB_VULKAN_CM2_TILE (BMxBNxBK, moe_gemm_cm2's grouped rows, output
  * columns and K step a tile: 128x128x64 by default, the fastest measured
  * on the H100), MB_VULKAN_CM2_DOWN (BNxBK: the down product's own columns
- * and K step; gate/up's by default), MB_VULKAN_PROFILE (1: each dispatch of
+ * and K step; gate/up's by default), MB_VULKAN_CM2_THREADS (its workgroup:
+ * 128, 256 (the default) or 512 invocations), MB_VULKAN_PROFILE (1: each dispatch of
  * a request timed on the device, a table on stderr at close),
  * MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
- * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c, registered host
- * memory in vk_host.c, a request's path and commands in vk_record.c,
- * requests in vk_run.c, the device helpers in vk_device.c, the arithmetic
- * in kernels/vulkan/. */
+ * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c,
+ * registered host memory in vk_host.c, a request's path and commands in vk_record.c, requests in
+ * vk_run.c, the device helpers in vk_device.c, the arithmetic in kernels/vulkan/. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,6 +176,13 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
      * gate/up holds two); its rows are the tile table's, BM. */
     be->cm2_bn2 = be->cm2_bn;
     be->cm2_bk2 = be->cm2_bk;
+    be->cm2_threads = 256;
+    const char *thr = getenv("MB_VULKAN_CM2_THREADS");
+    if (thr && (!strcmp(thr, "128") || !strcmp(thr, "256") || !strcmp(thr, "512")))
+        be->cm2_threads = (uint32_t)atoi(thr);
+    else if (thr)
+        fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_THREADS='%s' ignored (128, 256 or 512)\n",
+                thr);
     const char *down = getenv("MB_VULKAN_CM2_DOWN");
     if (down && sscanf(down, "%ux%u", &tbn, &tbk) == 2 && (tbn == 64 || tbn == 128 || tbn == 256) &&
         (tbk == 16 || tbk == 32 || tbk == 64 || tbk == 128)) {
@@ -197,7 +204,8 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         return MB_STATUS_NOMEM;
     }
     memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
-    const uint32_t cm2_tile[5] = {be->cm2_bm, be->cm2_bn, be->cm2_bk, be->cm2_bn2, be->cm2_bk2};
+    const uint32_t cm2_tile[6] = {be->cm2_bm,  be->cm2_bn,  be->cm2_bk,
+                                  be->cm2_bn2, be->cm2_bk2, be->cm2_threads};
     /* bf16 matrices for bf16 weights where the build, device and driver
      * have them (faster than moe_gemm_cm2's f16 decode: 0.80x against 0.67x
      * of the CUDA backend, Mixtral at 4096 tokens on the H100); 0 never
@@ -208,8 +216,10 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     if (st == MB_STATUS_OK && be->ctx.has_coopmat == 2) {
         /* A driver that lists the extension but cannot build the shader:
          * the portable tiles under auto, an error where cm2 is required. */
-        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
-        const uint32_t spec2[MB_VK_SPECS] = {MB_DTYPE_BF16, 0, 1, 0, be->cm2_bn2, be->cm2_bk2, be->cm2_bm};
+        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1,          1,          1,
+                                            be->cm2_bn,    be->cm2_bk, be->cm2_bm, be->cm2_threads};
+        const uint32_t spec2[MB_VK_SPECS] = {
+            MB_DTYPE_BF16, 0, 1, 0, be->cm2_bn2, be->cm2_bk2, be->cm2_bm, be->cm2_threads};
         VkPipeline probe;
         if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec, &probe) != MB_STATUS_OK ||
             mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec2, &probe) != MB_STATUS_OK) {
@@ -231,8 +241,10 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         st = MB_STATUS_DEVICE;
     }
     if (st == MB_STATUS_OK && want_bf16 && be->ctx.has_coopmat == 2) {
-        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1, 1, 1, be->cm2_bn, be->cm2_bk, be->cm2_bm};
-        const uint32_t spec2[MB_VK_SPECS] = {MB_DTYPE_BF16, 0, 1, 0, be->cm2_bn2, be->cm2_bk2, be->cm2_bm};
+        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1,          1,          1,
+                                            be->cm2_bn,    be->cm2_bk, be->cm2_bm, be->cm2_threads};
+        const uint32_t spec2[MB_VK_SPECS] = {
+            MB_DTYPE_BF16, 0, 1, 0, be->cm2_bn2, be->cm2_bk2, be->cm2_bm, be->cm2_threads};
         VkPipeline probe;
         const char *why =
             !mb_kvk_spirv_find("moe_gemm_cm2_bf16") ? "moe_gemm_cm2_bf16 is not built (MB_GLSLANG "
@@ -269,6 +281,7 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
             snprintf(note, sizeof note, "prefill GEMMs portable (moe_gemm, f32): no cooperative matrices: %s",
                      be->ctx.coopmat_why ? be->ctx.coopmat_why : "?");
         mb_vk_note(be, note);
+        if (be->verbose && be->ctx.has_coopmat == 2) mb_vk_cm2_configs_print(&be->ctx, be->device);
         be->gemv_rows = MB_KVK_GEMV_THREADS / be->ctx.subgroup_size;
         /* On a CPU device (lavapipe) a spinning poll takes a core from the
          * shaders; on a GPU it saves the driver's wake-up latency. */

@@ -208,11 +208,11 @@ static const char *mb_vk_coopmat_unfit(VkInstance inst, VkPhysicalDevice phys, u
 }
 
 #ifdef VK_NV_cooperative_matrix2
-/* 1 if phys reports a workgroup-scope configuration of 256 invocations,
+/* 1 if phys reports a workgroup-scope configuration of wg invocations,
  * operands ab (f16 or bf16) with f32 accumulation, whose granularity
  * divides the product bn x bm x bk (M x N x K). */
-static int mb_vk_cm2_config(VkInstance inst, VkPhysicalDevice phys, VkComponentTypeKHR ab, uint32_t bm, uint32_t bn,
-                            uint32_t bk)
+static int mb_vk_cm2_config(VkInstance inst, VkPhysicalDevice phys, VkComponentTypeKHR ab,
+                            uint32_t bm, uint32_t bn, uint32_t bk, uint32_t wg)
 {
     PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV get =
         (PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV)vkGetInstanceProcAddr(
@@ -226,8 +226,9 @@ static int mb_vk_cm2_config(VkInstance inst, VkPhysicalDevice phys, VkComponentT
     int ok = 0;
     if (get(phys, &n, c) == VK_SUCCESS)
         for (uint32_t i = 0; i < n && !ok; i++)
-            ok = c[i].scope == VK_SCOPE_WORKGROUP_KHR && c[i].workgroupInvocations == 256 && c[i].AType == ab &&
-                 c[i].BType == ab && c[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
+            ok = c[i].scope == VK_SCOPE_WORKGROUP_KHR && c[i].workgroupInvocations == wg &&
+                 c[i].AType == ab && c[i].BType == ab &&
+                 c[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
                  c[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR && c[i].MGranularity &&
                  bn % c[i].MGranularity == 0 && c[i].NGranularity && bm % c[i].NGranularity == 0 &&
                  c[i].KGranularity && bk % c[i].KGranularity == 0;
@@ -240,7 +241,8 @@ static int mb_vk_cm2_config(VkInstance inst, VkPhysicalDevice phys, VkComponentT
  * built (GL_EXT_bfloat16), the device has VK_KHR_shader_bfloat16 with bf16
  * cooperative matrices and a bf16 x bf16 + f32 workgroup configuration for
  * the tile. */
-static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t bm, uint32_t bn, uint32_t bk)
+static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t bm, uint32_t bn,
+                               uint32_t bk, uint32_t wg)
 {
     if (!mb_kvk_spirv_find("moe_gemm_cm2_bf16")) return 0;
     if (!mb_vk_has_extension(phys, VK_KHR_SHADER_BFLOAT16_EXTENSION_NAME)) return 0;
@@ -249,12 +251,13 @@ static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t 
     VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &bf};
     vkGetPhysicalDeviceFeatures2(phys, &f);
     return bf.shaderBFloat16Type && bf.shaderBFloat16CooperativeMatrix &&
-           mb_vk_cm2_config(inst, phys, VK_COMPONENT_TYPE_BFLOAT16_KHR, bm, bn, bk);
+           mb_vk_cm2_config(inst, phys, VK_COMPONENT_TYPE_BFLOAT16_KHR, bm, bn, bk, wg);
 }
 #else
 static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t bm, uint32_t bn,
-                               uint32_t bk)
+                               uint32_t bk, uint32_t wg)
 {
+    (void)wg;
     (void)inst;
     (void)phys;
     (void)bm;
@@ -265,6 +268,36 @@ static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t 
 #endif
 #endif
 
+void mb_vk_cm2_configs_print(const mb_vk_ctx *ctx, int device)
+{
+#ifdef VK_NV_cooperative_matrix2
+    PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV get =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV)
+            vkGetInstanceProcAddr(
+                ctx->instance,
+                "vkGetPhysicalDeviceCooperativeMatrixFlexibleDimensionsPropertiesNV");
+    uint32_t n = 0;
+    if (!get || get(ctx->phys, &n, NULL) != VK_SUCCESS || n == 0) return;
+    VkCooperativeMatrixFlexibleDimensionsPropertiesNV *c = calloc(n, sizeof *c);
+    if (!c) return;
+    for (uint32_t i = 0; i < n; i++)
+        c[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_FLEXIBLE_DIMENSIONS_PROPERTIES_NV;
+    if (get(ctx->phys, &n, c) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n; i++)
+            if (c[i].scope == VK_SCOPE_WORKGROUP_KHR)
+                fprintf(
+                    stderr,
+                    "vulkan:%d: cm2 workgroup configuration: %u invocations, granularity %ux%ux%u, "
+                    "A/B type %d, C type %d\n",
+                    device, c[i].workgroupInvocations, c[i].MGranularity, c[i].NGranularity,
+                    c[i].KGranularity, (int)c[i].AType, (int)c[i].CType);
+    free(c);
+#else
+    (void)ctx;
+    (void)device;
+#endif
+}
+
 /* Why moe_gemm_cm2 cannot run on phys, or NULL when it can: the shader was
  * built (a glslang with GL_NV_cooperative_matrix2: cmake/deps.cmake), the
  * device speaks Vulkan 1.3 (SPIR-V 1.6), has VK_KHR_cooperative_matrix and
@@ -274,7 +307,8 @@ static int mb_vk_cm2_bf16_fits(VkInstance inst, VkPhysicalDevice phys, uint32_t 
  * f16 + f32 workgroup configuration for 256 invocations whose granularity
  * divides the shader's product, bn x bm x bk (M x N x K: the weights' bn
  * rows by the tile's bm grouped rows). */
-static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint32_t bm, uint32_t bn, uint32_t bk)
+static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint32_t bm, uint32_t bn,
+                                   uint32_t bk, uint32_t wg)
 {
 #ifdef VK_NV_cooperative_matrix2
     if (!mb_kvk_spirv_find("moe_gemm_cm2"))
@@ -306,14 +340,17 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_2_PROPERTIES_NV};
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &cp};
     vkGetPhysicalDeviceProperties2(phys, &p2);
-    if (cp.cooperativeMatrixWorkgroupScopeMaxWorkgroupSize < 256) return "workgroup scope below 256 invocations";
+    if (cp.cooperativeMatrixWorkgroupScopeMaxWorkgroupSize < wg)
+        return "workgroup scope below the tile's invocations";
     const uint32_t dim = bm > bn ? (bm > bk ? bm : bk) : (bn > bk ? bn : bk);
     if (cp.cooperativeMatrixFlexibleDimensionsMaxDimension < dim)
         return "flexible dimensions below the tile's";
-    return mb_vk_cm2_config(inst, phys, VK_COMPONENT_TYPE_FLOAT16_KHR, bm, bn, bk)
+    return mb_vk_cm2_config(inst, phys, VK_COMPONENT_TYPE_FLOAT16_KHR, bm, bn, bk, wg)
                ? NULL
-               : "no f16 x f16 + f32 workgroup configuration of 256 invocations fitting the tile";
+               : "no f16 x f16 + f32 workgroup configuration of the tile's invocations fitting the "
+                 "tile";
 #else
+    (void)wg;
     (void)inst;
     (void)phys;
     (void)bm;
@@ -323,7 +360,7 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
 #endif
 }
 
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[5],
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[6],
                          int cm2_bf16)
 {
     memset(ctx, 0, sizeof *ctx);
@@ -408,8 +445,11 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
     if (coopmat == 2 || coopmat == -1)
     {
         /* Both products' tiles: gate/up's, then down's (same rows). */
-        cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2]);
-        if (!cm_why) cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3], cm2_tile[4]);
+        cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2],
+                                 cm2_tile[5]);
+        if (!cm_why)
+            cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3],
+                                     cm2_tile[4], cm2_tile[5]);
     }
     ctx->coopmat_why = cm_why;
     if (cm_why && coopmat > 0) {
@@ -449,8 +489,10 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
         exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_2_EXTENSION_NAME;
         chain = &c1f;
         ctx->cm2_bf16 = cm2_bf16 &&
-                        mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2]) &&
-                        mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3], cm2_tile[4]);
+                        mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1],
+                                            cm2_tile[2], cm2_tile[5]) &&
+                        mb_vk_cm2_bf16_fits(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3],
+                                            cm2_tile[4], cm2_tile[5]);
 #ifdef VK_KHR_shader_bfloat16
         if (ctx->cm2_bf16) {
             exts[n_ext++] = VK_KHR_SHADER_BFLOAT16_EXTENSION_NAME;

@@ -30,7 +30,7 @@
 #define MB_VK_MAX_PIPELINES 256 /* shader x specialisations: quantized mixes add many */
 #define MB_VK_PUSH_BYTES 128u
 #define MB_VK_ALIGN(x) (((x) + 255) & ~(size_t)255) /* offsets inside request buffers */
-#define MB_VK_SPECS 7u /* specialisation constants 0..6 a pipeline may take */
+#define MB_VK_SPECS 8u   /* specialisation constants 0..7 a pipeline may take */
 #define MB_VK_MAX_HOST 8 /* host regions registered at once */
 /* Inputs of a GEMV-path request up to this size are written straight into
  * device-local, host-visible memory, where the device has such a type. */
@@ -134,12 +134,13 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
  * VK_KHR_cooperative_matrix + VK_NV_cooperative_matrix2 (moe_gemm_cm2), each
  * with shaderFloat16 and vulkanMemoryModel (DEVICE, with the reason on
  * stderr, when it cannot run), -1 takes moe_gemm_cm2 where it can, 0
- * neither; cm2_tile is moe_gemm_cm2's {BM, BN, BK} for gate/up and
- * {BN, BK} for down (same BM), both of which must fit; with cm2_bf16 (and
+ * neither; cm2_tile is moe_gemm_cm2's {BM, BN, BK} for gate/up,
+ * {BN, BK} for down (same BM) and the workgroup's invocations, both tiles
+ * of which must fit; with cm2_bf16 (and
  * moe_gemm_cm2 chosen) VK_KHR_shader_bfloat16 is enabled where the device
  * has bf16 matrices for both tiles (ctx->cm2_bf16 says whether). DEVICE
  * when absent or unfit, with the reason on stderr. */
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[5],
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[6],
                          int cm2_bf16);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
@@ -163,6 +164,9 @@ mb_status mb_vk_buffer_import(mb_vk_ctx *ctx, void *ptr, VkDeviceSize bytes, mb_
  * spec[0..MB_VK_SPECS), created on first use and cached for the context's
  * life (constants a shader does not declare are ignored). */
 mb_status mb_vk_pipeline_get(mb_vk_ctx *ctx, const char *shader, const uint32_t spec[MB_VK_SPECS], VkPipeline *out);
+/* The device's workgroup-scope cooperative_matrix2 configurations on
+ * stderr, one a line (MB_VULKAN_VERBOSE); nothing without the extension. */
+void mb_vk_cm2_configs_print(const mb_vk_ctx *ctx, int device);
 /* The shader a pipeline of ctx's was made from ("?" for none of them). */
 const char *mb_vk_pipeline_name(const mb_vk_ctx *ctx, VkPipeline pipeline);
 
@@ -320,6 +324,7 @@ typedef struct {
     uint32_t cm2_bm, cm2_bn, cm2_bk; /* moe_gemm_cm2's tile: rows, output columns, K step
                                         (MB_VULKAN_CM2_TILE) */
     uint32_t cm2_bn2, cm2_bk2;       /* the down product's columns and K step (MB_VULKAN_CM2_DOWN) */
+    uint32_t cm2_threads;            /* moe_gemm_cm2's workgroup (MB_VULKAN_CM2_THREADS) */
     int profile;                     /* MB_VULKAN_PROFILE: per-dispatch timestamps, a table at close */
     mb_vk_req *rec_req;              /* profile: the request whose main cb is being recorded */
     struct {

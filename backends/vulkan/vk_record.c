@@ -229,6 +229,7 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
             s1[5] = cm2 ? be->cm2_bk : 0;
             s2[5] = cm2 ? be->cm2_bk2 : 0;
             s1[6] = s2[6] = cm2 ? be->cm2_bm : 0;
+            s1[7] = s2[7] = cm2 ? be->cm2_threads : 0;
         }
         st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_conv, &pl->convert);

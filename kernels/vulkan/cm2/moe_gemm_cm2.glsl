@@ -18,7 +18,9 @@
 // two a word (exact within f16's normal range, as moe_gemm_coopmat). Rows past the expert's and columns past N read as
 // zero and are never stored (clamped tensor layouts). f32 accumulation in
 // a fixed K order: deterministic.
-layout(local_size_x = 256) in;
+// The workgroup: 256 invocations unless specialisation 7 says otherwise
+// (128 or 512, MB_VULKAN_CM2_THREADS).
+layout(local_size_x_id = 7) in;
 layout(constant_id = 0) const uint WDT = 1u;         // weight dtype: f16 or bf16
 layout(constant_id = 1) const bool GATEUP = true;    // gate/up + SiLU, else down
 layout(constant_id = 2) const bool SPLIT = true;     // A has a low half at a_lo
@@ -26,6 +28,7 @@ layout(constant_id = 3) const bool SPLIT_OUT = true; // gate/up: h's low half to
 layout(constant_id = 4) const uint BN = 128u;        // output columns per tile (moe_route's GEMM_BN)
 layout(constant_id = 5) const uint BK = 32u;         // K per step
 layout(constant_id = 6) const uint BM = 64u;         // grouped rows per tile (moe_route's GEMM_BM)
+layout(constant_id = 7) const uint THREADS = 256u;   // the workgroup's invocations
 
 layout(push_constant) uniform P {
     uvec2 slots, tiles, expert_slot, expert_off, perm_token;

@@ -2,7 +2,8 @@
  * it on lavapipe): MB_VULKAN_CM2_TILE takes BMxBNxBK from the listed sizes
  * and leaves the default tile (128x128x64) for anything else;
  * MB_VULKAN_CM2_DOWN takes BNxBK for the down product, gate/up's by
- * default; MB_VULKAN_COOPMAT=2 and MB_VULKAN_CM2_BF16=1 are refused with DEVICE
+ * default; MB_VULKAN_CM2_THREADS 128, 256 (default) or 512;
+ * MB_VULKAN_COOPMAT=2 and MB_VULKAN_CM2_BF16=1 are refused with DEVICE
  * where the build or device cannot run what they ask for (a clear error,
  * never a silent fallback), and where they are accepted the backend runs
  * what they asked for; unset, bf16 matrices are taken where they run and
@@ -57,6 +58,18 @@ int main(void)
     vk_tiles(ops, NULL, "256", 128, 128, 64, 128, 64);   /* BK missing */
     unsetenv("MB_VULKAN_CM2_TILE");
     unsetenv("MB_VULKAN_CM2_DOWN");
+    /* The workgroup: 128, 256 (default) or 512 invocations. */
+    static const struct {
+        const char *v;
+        uint32_t want;
+    } thr[] = {{NULL, 256}, {"512", 512}, {"128", 128}, {"384", 256}, {"many", 256}};
+    for (size_t i = 0; i < sizeof thr / sizeof thr[0]; i++) {
+        vk_env("MB_VULKAN_CM2_THREADS", thr[i].v);
+        mb_vk_backend *tb = mb_vk_test_open(ops, 4, 1, NULL);
+        CHECK_EQ(tb->cm2_threads, thr[i].want);
+        ops->close(tb);
+    }
+    unsetenv("MB_VULKAN_CM2_THREADS");
 
     /* What the default (auto) picks on this device; bf16 matrices (unset)
      * only where cm2 runs, and never a refusal. */
