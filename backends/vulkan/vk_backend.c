@@ -20,7 +20,9 @@
  * columns and K step a tile: 128x128x64 by default, the fastest measured
  * on the H100), MB_VULKAN_CM2_DOWN (BNxBK: the down product's own columns
  * and K step; gate/up's by default), MB_VULKAN_CM2_THREADS (its workgroup:
- * 128, 256 (the default) or 512 invocations), MB_VULKAN_PROFILE (1: each dispatch of
+ * 128, 256 (the default) or 512 invocations), MB_VULKAN_CM2_KSPEC (1: K and
+ * N fixed in each GEMM pipeline, one pipeline a model shape; for
+ * measuring), MB_VULKAN_PROFILE (1: each dispatch of
  * a request timed on the device, a table on stderr at close),
  * MB_VULKAN_VERBOSE (1: one-line notes: which GEMM the tiled path takes and
  * why, and when host memory import is unavailable or fails). Weights are in vk_weights.c,
@@ -183,6 +185,8 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     else if (thr)
         fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_THREADS='%s' ignored (128, 256 or 512)\n",
                 thr);
+    const char *kspec = getenv("MB_VULKAN_CM2_KSPEC");
+    be->cm2_kspec = kspec && kspec[0] == '1';
     const char *down = getenv("MB_VULKAN_CM2_DOWN");
     if (down && sscanf(down, "%ux%u", &tbn, &tbk) == 2 && (tbn == 64 || tbn == 128 || tbn == 256) &&
         (tbk == 16 || tbk == 32 || tbk == 64 || tbk == 128)) {

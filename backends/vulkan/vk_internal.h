@@ -30,7 +30,7 @@
 #define MB_VK_MAX_PIPELINES 256 /* shader x specialisations: quantized mixes add many */
 #define MB_VK_PUSH_BYTES 128u
 #define MB_VK_ALIGN(x) (((x) + 255) & ~(size_t)255) /* offsets inside request buffers */
-#define MB_VK_SPECS 8u   /* specialisation constants 0..7 a pipeline may take */
+#define MB_VK_SPECS 10u /* specialisation constants 0..9 a pipeline may take */
 #define MB_VK_MAX_HOST 8 /* host regions registered at once */
 /* Inputs of a GEMV-path request up to this size are written straight into
  * device-local, host-visible memory, where the device has such a type. */
@@ -325,6 +325,7 @@ typedef struct {
                                         (MB_VULKAN_CM2_TILE) */
     uint32_t cm2_bn2, cm2_bk2;       /* the down product's columns and K step (MB_VULKAN_CM2_DOWN) */
     uint32_t cm2_threads;            /* moe_gemm_cm2's workgroup (MB_VULKAN_CM2_THREADS) */
+    int cm2_kspec; /* K and N as specialisations (MB_VULKAN_CM2_KSPEC=1) */
     int profile;                     /* MB_VULKAN_PROFILE: per-dispatch timestamps, a table at close */
     mb_vk_req *rec_req;              /* profile: the request whose main cb is being recorded */
     struct {

@@ -230,6 +230,10 @@ mb_status mb_vk_plan_make(mb_vk_backend *be, mb_vk_plan *pl)
             s2[5] = cm2 ? be->cm2_bk2 : 0;
             s1[6] = s2[6] = cm2 ? be->cm2_bm : 0;
             s1[7] = s2[7] = cm2 ? be->cm2_threads : 0;
+            if (cm2 && be->cm2_kspec) {
+                s1[8] = s2[9] = req->d_model;
+                s1[9] = s2[8] = pl->d_ff;
+            }
         }
         st = mb_vk_pipeline_get(ctx, "moe_route", s_route, &pl->route);
         if (st == MB_STATUS_OK) st = mb_vk_pipeline_get(ctx, "moe_convert", s_conv, &pl->convert);

@@ -6,7 +6,7 @@
 # beside the CUDA backend; then the fastest pair's parity (every case
 # through the tiled path), its bench three times (Mixtral) and once
 # (Qwen3), and the Vulkan-labelled tests with the defaults. About 8 minutes.
-#   bash bench/gpu/cm2_down.sh   (MB_SWEEP="TILE:DOWN[:THREADS] ...";
+#   bash bench/gpu/cm2_down.sh   (MB_SWEEP="TILE:DOWN[:THREADS[:KSPEC]] ...";
 #   MB_SKIP_BUILD=1 on a machine that built already)
 set -u
 cd "$(dirname "$0")/../.."
@@ -35,11 +35,12 @@ sweep="$OUT/sweep.txt"
 : > "$sweep"
 echo "=== sweep ($(( $(date +%s) - t0 )) s)"
 for pair in ${MB_SWEEP:-128x128x64:128x64 128x128x64:256x64 128x128x32:256x32 128x64x64:128x128 128x128x128:256x128 64x128x64:256x64 64x256x64:128x128}; do
-    IFS=: read -r tile down thr <<< "$pair"
+    IFS=: read -r tile down thr ks <<< "$pair"
     thr=${thr:-256}
     BT=45 bench "$OUT/s.txt" mixtral MB_VULKAN_PROFILE=1 MB_VULKAN_CM2_TILE=$tile MB_VULKAN_CM2_DOWN=$down \
-        MB_VULKAN_CM2_THREADS=$thr
+        MB_VULKAN_CM2_THREADS=$thr MB_VULKAN_CM2_KSPEC=${ks:-0}
     rc=$?
+    [ "${ks:-0}" = 1 ] && thr=${thr}k
     row=$(vk_rows "$OUT/s.txt" 4096 | grep vulkan-backend)
     echo "$tile $down $thr rc=$rc gateup_us=$(mean "$OUT/s.txt" 2) down_us=$(mean "$OUT/s.txt" 3) | $row" | tee -a "$sweep"
     grep -q "cm2 workgroup configuration" "$OUT/configs.txt" 2>/dev/null ||
@@ -54,10 +55,11 @@ read -r best_g best_t <<< "$(awk '$4 == "rc=0" { split($5, g, "="); if (g[2] != 
 bm=${best_g%%x*}
 best_d=$(awk -v bm="$bm" -v th="${best_t:-256}" '$4 == "rc=0" && index($1, bm "x") == 1 && $3 == th { split($6, d, "="); if (d[2] != "" && (b == "" || d[2] + 0 < b)) { b = d[2] + 0; t = $2 } } END { print t }' "$sweep")
 best_g=${best_g:-128x128x64} best_d=${best_d:-128x64} best_t=${best_t:-256}
-pick="MB_VULKAN_CM2_TILE=$best_g MB_VULKAN_CM2_DOWN=$best_d MB_VULKAN_CM2_THREADS=$best_t"
+pick="MB_VULKAN_CM2_TILE=$best_g MB_VULKAN_CM2_DOWN=$best_d MB_VULKAN_CM2_THREADS=${best_t%k}"
+[ "${best_t%k}" != "$best_t" ] && pick="$pick MB_VULKAN_CM2_KSPEC=1"
 echo "=== pick: $pick ($(( $(date +%s) - t0 )) s)"
 vk_ops "pick" MB_VULKAN_COOPMAT=2 $pick MB_VULKAN_PATH=gemm
-for i in 1 2 3; do
+for i in $(seq ${MB_PICK_RUNS:-3}); do
     bench "$OUT/expert_vk_pick$i.txt" mixtral $pick
     echo "== pick, Mixtral run $i: rc=$? ($(( $(date +%s) - t0 )) s)"
     vk_rows "$OUT/expert_vk_pick$i.txt"

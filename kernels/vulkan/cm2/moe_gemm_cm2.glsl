@@ -29,6 +29,10 @@ layout(constant_id = 4) const uint BN = 128u;        // output columns per tile 
 layout(constant_id = 5) const uint BK = 32u;         // K per step
 layout(constant_id = 6) const uint BM = 64u;         // grouped rows per tile (moe_route's GEMM_BM)
 layout(constant_id = 7) const uint THREADS = 256u;   // the workgroup's invocations
+// K and N fixed at pipeline creation (MB_VULKAN_CM2_KSPEC=1: the loop's
+// trip count and the strides known to the compiler); 0: the push constants.
+layout(constant_id = 8) const uint KSPEC = 0u;
+layout(constant_id = 9) const uint NSPEC = 0u;
 
 layout(push_constant) uniform P {
     uvec2 slots, tiles, expert_slot, expert_off, perm_token;
@@ -36,6 +40,8 @@ layout(push_constant) uniform P {
     uvec2 out_, out_lo;
     uint K, N;
 } p;
+#define KD (KSPEC != 0u ? KSPEC : p.K)
+#define ND (NSPEC != 0u ? NSPEC : p.N)
 
 layout(buffer_reference, std430, buffer_reference_align = 2) buffer MbF16s { float16_t v[]; };
 layout(buffer_reference, std430, buffer_reference_align = 4) buffer MbWord { uint v; };
@@ -58,8 +64,8 @@ float16_t mb_dec_bf16(const in MbWord b, const in uint32_t block[2], const in ui
 // bf16 weights into f16 matrices: words of two along K, blocks of 1 x 2.
 #define MB_LOAD_W_DECODED(t, m, w, n0, k)                                                            \
     t = setTensorLayoutBlockSizeNV(t, 1, 2);                                                         \
-    t = setTensorLayoutDimensionNV(t, p.N, p.K);                                                     \
-    t = setTensorLayoutStrideNV(t, (p.K >> 1) & ~3u, 1);                                             \
+    t = setTensorLayoutDimensionNV(t, ND, KD);                                                     \
+    t = setTensorLayoutStrideNV(t, (KD >> 1) & ~3u, 1);                                             \
     coopMatLoadTensorNV(m, MbU32(w).v, 0, sliceTensorLayoutNV(t, n0, BN, k, BK), mb_dec_bf16)
 #else
 #define MB_LOAD_W_DECODED(t, m, w, n0, k) /* bf16 matrices take bf16 weights as they are */
@@ -108,8 +114,8 @@ float mb_lo_el(const in uint32_t r, const in uint32_t c, const in float x)
     {                                                                                                \
         LAYOUT(t);                                                                                   \
         if (MB_CM2_BF16 != 0 || WDT == MB_F16) { /* as they are */                                   \
-            t = setTensorLayoutDimensionNV(t, p.N, p.K);                                             \
-            t = setTensorLayoutStrideNV(t, p.K & ~7u, 1);                                            \
+            t = setTensorLayoutDimensionNV(t, ND, KD);                                             \
+            t = setTensorLayoutStrideNV(t, KD & ~7u, 1);                                            \
             coopMatLoadTensorNV(m, MB_ELS(w).v, 0, sliceTensorLayoutNV(t, n0, BN, k, BK));           \
         } else {                                                                                     \
             MB_LOAD_W_DECODED(t, m, w, n0, k);                                                       \
@@ -124,9 +130,9 @@ MB_LOAD_W(load_w_u, MB_LAYOUT_U)
 #define MB_K_LOOP(LAYOUT, LOAD_W)                                                                    \
     {                                                                                                \
         LAYOUT(ta);                                                                                  \
-        ta = setTensorLayoutDimensionNV(ta, row_end, p.K);                                           \
-        ta = setTensorLayoutStrideNV(ta, p.K & ~7u, 1);                                              \
-        for (uint k = 0u; k < p.K; k += BK) {                                                        \
+        ta = setTensorLayoutDimensionNV(ta, row_end, KD);                                           \
+        ta = setTensorLayoutStrideNV(ta, KD & ~7u, 1);                                              \
+        for (uint k = 0u; k < KD; k += BK) {                                                        \
             MX a;                                                                                    \
             coopMatLoadTensorNV(a, MB_ELS(p.a_hi).v, 0, sliceTensorLayoutNV(ta, row0, BM, k, BK), tr); \
             MW b0;                                                                                   \
@@ -160,7 +166,7 @@ void main()
 
     MC c0 = MC(0.0), c1 = MC(0.0);
     // Workgroup-uniform: the tile's rows, columns and K steps all whole.
-    if (row0 + BM <= row_end && n0 + BN <= p.N && p.K % BK == 0u)
+    if (row0 + BM <= row_end && n0 + BN <= ND && KD % BK == 0u)
         MB_K_LOOP(MB_LAYOUT_U, load_w_u)
     else
         MB_K_LOOP(MB_LAYOUT_C, load_w_c)
@@ -168,7 +174,7 @@ void main()
     // Output [rows][N] through the transposed view: only this expert's rows
     // and N's columns are stored.
     tensorLayoutNV<2, CLAMP> to = createTensorLayoutNV(2, CLAMP);
-    to = setTensorLayoutDimensionNV(to, row_end, p.N);
+    to = setTensorLayoutDimensionNV(to, row_end, ND);
     if (!GATEUP) {
         coopMatStoreTensorNV(c0, MbF32(p.out_).v, 0, sliceTensorLayoutNV(to, row0, BM, n0, BN), tr);
         return;
