@@ -1,8 +1,8 @@
 /* The Vulkan backend's prefill-GEMM knobs at open, on any device (CI runs
  * it on lavapipe): MB_VULKAN_CM2_TILE takes BMxBNxBK from the listed sizes
  * and leaves the default tile (128x128x64) for anything else;
- * MB_VULKAN_CM2_DOWN takes BNxBK for the down product, gate/up's by
- * default; MB_VULKAN_CM2_THREADS 128, 256 (default) or 512;
+ * MB_VULKAN_CM2_DOWN takes BNxBK for the down product, 256x32 by
+ * default; MB_VULKAN_CM2_KSPEC is on unless 0; MB_VULKAN_CM2_THREADS 128, 256 (default) or 512;
  * MB_VULKAN_COOPMAT=2 and MB_VULKAN_CM2_BF16=1 are refused with DEVICE
  * where the build or device cannot run what they ask for (a clear error,
  * never a silent fallback), and where they are accepted the backend runs
@@ -26,7 +26,11 @@ static void vk_tiles(const mb_backend_ops *ops, const char *tile, const char *do
 {
     vk_env("MB_VULKAN_CM2_TILE", tile);
     vk_env("MB_VULKAN_CM2_DOWN", down);
+    /* Parsing only: no cooperative matrices, so that no open compiles the
+     * cm2 probes (seconds each on NVIDIA's driver). */
+    setenv("MB_VULKAN_COOPMAT", "0", 1);
     mb_vk_backend *be = mb_vk_test_open(ops, 4, 1, NULL);
+    unsetenv("MB_VULKAN_COOPMAT");
     CHECK_EQ(be->cm2_bm, bm);
     CHECK_EQ(be->cm2_bn, bn);
     CHECK_EQ(be->cm2_bk, bk);
@@ -37,7 +41,7 @@ static void vk_tiles(const mb_backend_ops *ops, const char *tile, const char *do
 
 static void vk_tile(const mb_backend_ops *ops, const char *tile, uint32_t bm, uint32_t bn, uint32_t bk)
 {
-    vk_tiles(ops, tile, NULL, bm, bn, bk, bn, bk);
+    vk_tiles(ops, tile, NULL, bm, bn, bk, 256, 32);
 }
 
 int main(void)
@@ -52,10 +56,10 @@ int main(void)
     vk_tile(ops, "96x128x32", 128, 128, 64); /* BM not 64, 128 or 256 */
     vk_tile(ops, "128x128", 128, 128, 64);   /* a size missing */
     vk_tile(ops, "tile", 128, 128, 64);
-    vk_tiles(ops, NULL, "256x32", 128, 128, 64, 256, 32);
+    vk_tiles(ops, NULL, "128x64", 128, 128, 64, 128, 64);
     vk_tiles(ops, "64x128x32", "64x128", 64, 128, 32, 64, 128);
-    vk_tiles(ops, NULL, "96x32", 128, 128, 64, 128, 64); /* BN not 64, 128 or 256 */
-    vk_tiles(ops, NULL, "256", 128, 128, 64, 128, 64);   /* BK missing */
+    vk_tiles(ops, NULL, "96x32", 128, 128, 64, 256, 32); /* BN not 64, 128 or 256 */
+    vk_tiles(ops, NULL, "256", 128, 128, 64, 256, 32);   /* BK missing */
     unsetenv("MB_VULKAN_CM2_TILE");
     unsetenv("MB_VULKAN_CM2_DOWN");
     /* The workgroup: 128, 256 (default) or 512 invocations. */
@@ -63,6 +67,7 @@ int main(void)
         const char *v;
         uint32_t want;
     } thr[] = {{NULL, 256}, {"512", 512}, {"128", 128}, {"384", 256}, {"many", 256}};
+    setenv("MB_VULKAN_COOPMAT", "0", 1);
     for (size_t i = 0; i < sizeof thr / sizeof thr[0]; i++) {
         vk_env("MB_VULKAN_CM2_THREADS", thr[i].v);
         mb_vk_backend *tb = mb_vk_test_open(ops, 4, 1, NULL);
@@ -70,6 +75,19 @@ int main(void)
         ops->close(tb);
     }
     unsetenv("MB_VULKAN_CM2_THREADS");
+    /* K and N as specialisations: on unless 0. */
+    static const struct {
+        const char *v;
+        int want;
+    } ks[] = {{NULL, 1}, {"0", 0}, {"1", 1}};
+    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+        vk_env("MB_VULKAN_CM2_KSPEC", ks[i].v);
+        mb_vk_backend *tb = mb_vk_test_open(ops, 4, 1, NULL);
+        CHECK_EQ(tb->cm2_kspec, ks[i].want);
+        ops->close(tb);
+    }
+    unsetenv("MB_VULKAN_CM2_KSPEC");
+    unsetenv("MB_VULKAN_COOPMAT");
 
     /* What the default (auto) picks on this device; bf16 matrices (unset)
      * only where cm2 runs, and never a refusal. */
