@@ -9,6 +9,7 @@
  * what they asked for; unset, bf16 matrices are taken where they run and
  * never refused. Exits 77 without a Vulkan device. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "tests/unit/vulkan/vk_testutil.h"
 
@@ -20,17 +21,26 @@ static void vk_env(const char *name, const char *value)
         unsetenv(name);
 }
 
-/* Opens with the knobs' current values, checks both tiles, closes. */
+/* Opens with the knobs' current values, name=value (unset for NULL) and
+ * MB_VULKAN_COOPMAT=coopmat ("0" for parsing only: no open compiles the
+ * cm2 probes, seconds each on NVIDIA's driver); the open must succeed
+ * (exit 77 without a device). The caller checks and closes. */
+static mb_vk_backend *vk_open_with(const mb_backend_ops *ops, const char *name, const char *value,
+                                   const char *coopmat)
+{
+    vk_env(name, value);
+    vk_env("MB_VULKAN_COOPMAT", coopmat);
+    mb_vk_backend *be = mb_vk_test_open(ops, 4, 1, NULL);
+    unsetenv("MB_VULKAN_COOPMAT");
+    return be;
+}
+
+/* Checks both tiles for MB_VULKAN_CM2_TILE=tile, MB_VULKAN_CM2_DOWN=down. */
 static void vk_tiles(const mb_backend_ops *ops, const char *tile, const char *down, uint32_t bm, uint32_t bn,
                      uint32_t bk, uint32_t bn2, uint32_t bk2)
 {
     vk_env("MB_VULKAN_CM2_TILE", tile);
-    vk_env("MB_VULKAN_CM2_DOWN", down);
-    /* Parsing only: no cooperative matrices, so that no open compiles the
-     * cm2 probes (seconds each on NVIDIA's driver). */
-    setenv("MB_VULKAN_COOPMAT", "0", 1);
-    mb_vk_backend *be = mb_vk_test_open(ops, 4, 1, NULL);
-    unsetenv("MB_VULKAN_COOPMAT");
+    mb_vk_backend *be = vk_open_with(ops, "MB_VULKAN_CM2_DOWN", down, "0");
     CHECK_EQ(be->cm2_bm, bm);
     CHECK_EQ(be->cm2_bn, bn);
     CHECK_EQ(be->cm2_bk, bk);
@@ -42,6 +52,28 @@ static void vk_tiles(const mb_backend_ops *ops, const char *tile, const char *do
 static void vk_tile(const mb_backend_ops *ops, const char *tile, uint32_t bm, uint32_t bn, uint32_t bk)
 {
     vk_tiles(ops, tile, NULL, bm, bn, bk, 256, 32);
+}
+
+/* One knob's parsed value: the workgroup, or K/N as specialisations. */
+static void vk_knob(const mb_backend_ops *ops, const char *name, const char *value, uint32_t want)
+{
+    mb_vk_backend *be = vk_open_with(ops, name, value, "0");
+    CHECK_EQ(!strcmp(name, "MB_VULKAN_CM2_THREADS") ? be->cm2_threads : (uint32_t)be->cm2_kspec,
+             want);
+    ops->close(be);
+    unsetenv(name);
+}
+
+/* Whether bf16 matrices are on with MB_VULKAN_CM2_BF16=bf16 (unset for
+ * NULL) and MB_VULKAN_COOPMAT=coopmat: never refused unless required. */
+static int vk_bf16_on(const mb_backend_ops *ops, const char *bf16, const char *coopmat)
+{
+    mb_vk_backend *be = vk_open_with(ops, "MB_VULKAN_CM2_BF16", bf16, coopmat);
+    const int on = be->ctx.cm2_bf16, cm2 = be->ctx.has_coopmat == 2;
+    ops->close(be);
+    unsetenv("MB_VULKAN_CM2_BF16");
+    CHECK(cm2 || !on);
+    return on;
 }
 
 int main(void)
@@ -63,53 +95,27 @@ int main(void)
     unsetenv("MB_VULKAN_CM2_TILE");
     unsetenv("MB_VULKAN_CM2_DOWN");
     /* The workgroup: 128, 256 (default) or 512 invocations. */
-    static const struct {
-        const char *v;
-        uint32_t want;
-    } thr[] = {{NULL, 256}, {"512", 512}, {"128", 128}, {"384", 256}, {"many", 256}};
-    setenv("MB_VULKAN_COOPMAT", "0", 1);
-    for (size_t i = 0; i < sizeof thr / sizeof thr[0]; i++) {
-        vk_env("MB_VULKAN_CM2_THREADS", thr[i].v);
-        mb_vk_backend *tb = mb_vk_test_open(ops, 4, 1, NULL);
-        CHECK_EQ(tb->cm2_threads, thr[i].want);
-        ops->close(tb);
-    }
-    unsetenv("MB_VULKAN_CM2_THREADS");
+    vk_knob(ops, "MB_VULKAN_CM2_THREADS", NULL, 256);
+    vk_knob(ops, "MB_VULKAN_CM2_THREADS", "512", 512);
+    vk_knob(ops, "MB_VULKAN_CM2_THREADS", "128", 128);
+    vk_knob(ops, "MB_VULKAN_CM2_THREADS", "384", 256);
+    vk_knob(ops, "MB_VULKAN_CM2_THREADS", "many", 256);
     /* K and N as specialisations: on unless 0. */
-    static const struct {
-        const char *v;
-        int want;
-    } ks[] = {{NULL, 1}, {"0", 0}, {"1", 1}};
-    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
-        vk_env("MB_VULKAN_CM2_KSPEC", ks[i].v);
-        mb_vk_backend *tb = mb_vk_test_open(ops, 4, 1, NULL);
-        CHECK_EQ(tb->cm2_kspec, ks[i].want);
-        ops->close(tb);
-    }
-    unsetenv("MB_VULKAN_CM2_KSPEC");
-    unsetenv("MB_VULKAN_COOPMAT");
+    vk_knob(ops, "MB_VULKAN_CM2_KSPEC", NULL, 1);
+    vk_knob(ops, "MB_VULKAN_CM2_KSPEC", "0", 0);
+    vk_knob(ops, "MB_VULKAN_CM2_KSPEC", "1", 1);
 
-    /* What the default (auto) picks on this device; bf16 matrices (unset)
-     * only where cm2 runs, and never a refusal. */
-    mb_status st = MB_STATUS_OK;
-    mb_vk_backend *be = mb_vk_test_open(ops, 4, 1, &st);
-    CHECK_EQ(st, MB_STATUS_OK);
+    /* What the default (auto) picks on this device; bf16 matrices unless
+     * asked for: only where cm2 runs, never with MB_VULKAN_COOPMAT=0 or
+     * MB_VULKAN_CM2_BF16=0, and never a refusal. */
+    mb_vk_backend *be = vk_open_with(ops, "MB_VULKAN_CM2_BF16", NULL, NULL);
     const int cm2 = be->ctx.has_coopmat == 2;
-    if (!cm2) CHECK_EQ(be->ctx.cm2_bf16, 0);
+    CHECK(cm2 || !be->ctx.cm2_bf16);
     ops->close(be);
-    setenv("MB_VULKAN_COOPMAT", "0", 1);
-    be = mb_vk_test_open(ops, 4, 1, &st);
-    CHECK_EQ(st, MB_STATUS_OK);
-    CHECK_EQ(be->ctx.cm2_bf16, 0);
-    ops->close(be);
-    unsetenv("MB_VULKAN_COOPMAT");
-    setenv("MB_VULKAN_CM2_BF16", "0", 1);
-    be = mb_vk_test_open(ops, 4, 1, &st);
-    CHECK_EQ(st, MB_STATUS_OK);
-    CHECK_EQ(be->ctx.cm2_bf16, 0);
-    ops->close(be);
-    unsetenv("MB_VULKAN_CM2_BF16");
+    CHECK_EQ(vk_bf16_on(ops, NULL, "0"), 0);
+    CHECK_EQ(vk_bf16_on(ops, "0", NULL), 0);
 
+    mb_status st = MB_STATUS_OK;
     setenv("MB_VULKAN_COOPMAT", "2", 1);
     be = mb_vk_test_open(ops, 4, 1, &st);
     CHECK_EQ(st, cm2 ? MB_STATUS_OK : MB_STATUS_DEVICE);
