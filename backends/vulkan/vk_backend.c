@@ -215,15 +215,17 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         return MB_STATUS_NOMEM;
     }
     memset(be->host_eidx, 0xff, max_slots * sizeof *be->host_eidx); /* all -1 */
-    const uint32_t cm2_tile[6] = {be->cm2_bm,  be->cm2_bn,  be->cm2_bk,
-                                  be->cm2_bn2, be->cm2_bk2, be->cm2_threads};
+    uint32_t cm2_tile[6] = {be->cm2_bm,  be->cm2_bn,  be->cm2_bk,
+                            be->cm2_bn2, be->cm2_bk2, be->cm2_threads};
     /* bf16 matrices for bf16 weights where the build, device and driver
      * have them (faster than moe_gemm_cm2's f16 decode: 0.80x against 0.67x
      * of the CUDA backend, Mixtral at 4096 tokens on the H100); 0 never
      * (the decode), 1 required. */
     const char *bf = getenv("MB_VULKAN_CM2_BF16");
     const int need_bf16 = bf && bf[0] == '1', want_bf16 = !(bf && bf[0] == '0');
-    st = mb_vk_ctx_init(&be->ctx, be->device, coopmat, cm2_tile, want_bf16);
+    st = mb_vk_ctx_init(&be->ctx, be->device, coopmat, cm2_tile, !down, want_bf16);
+    be->cm2_bn2 = cm2_tile[3]; /* the default down tile, where the device lacks it: gate/up's */
+    be->cm2_bk2 = cm2_tile[4];
     if (st == MB_STATUS_OK && be->ctx.has_coopmat == 2) {
         /* A driver that lists the extension but cannot build the shader:
          * the portable tiles under auto, an error where cm2 is required. */

@@ -360,8 +360,8 @@ static const char *mb_vk_cm2_unfit(VkInstance inst, VkPhysicalDevice phys, uint3
 #endif
 }
 
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[6],
-                         int cm2_bf16)
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, uint32_t cm2_tile[6],
+                         int down_default, int cm2_bf16)
 {
     memset(ctx, 0, sizeof *ctx);
     mb_status st = mb_vk_instance_create(&ctx->instance);
@@ -442,11 +442,17 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t 
      * required, 2 moe_gemm_cm2 required, -1 moe_gemm_cm2 where usable. */
     const char *cm_why = "off (MB_VULKAN_COOPMAT=auto, 1 or 2 turns them on)";
     if (coopmat == 1) cm_why = mb_vk_coopmat_unfit(ctx->instance, ctx->phys, ctx->subgroup_size);
-    if (coopmat == 2 || coopmat == -1)
-    {
-        /* Both products' tiles: gate/up's, then down's (same rows). */
+    if (coopmat == 2 || coopmat == -1) {
+        /* Both products' tiles: gate/up's, then down's (same rows); a
+         * default down tile the device cannot take becomes gate/up's. */
         cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2],
                                  cm2_tile[5]);
+        if (!cm_why && down_default &&
+            mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3], cm2_tile[4],
+                            cm2_tile[5])) {
+            cm2_tile[3] = cm2_tile[1];
+            cm2_tile[4] = cm2_tile[2];
+        }
         if (!cm_why)
             cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3],
                                      cm2_tile[4], cm2_tile[5]);

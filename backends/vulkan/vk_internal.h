@@ -136,12 +136,13 @@ void mb_vk_describe(VkPhysicalDevice phys, char *buf, size_t cap, uint64_t *heap
  * stderr, when it cannot run), -1 takes moe_gemm_cm2 where it can, 0
  * neither; cm2_tile is moe_gemm_cm2's {BM, BN, BK} for gate/up,
  * {BN, BK} for down (same BM) and the workgroup's invocations, both tiles
- * of which must fit; with cm2_bf16 (and
+ * of which must fit (with down_default, a down tile that does not is
+ * replaced by gate/up's BN and BK in cm2_tile); with cm2_bf16 (and
  * moe_gemm_cm2 chosen) VK_KHR_shader_bfloat16 is enabled where the device
  * has bf16 matrices for both tiles (ctx->cm2_bf16 says whether). DEVICE
  * when absent or unfit, with the reason on stderr. */
-mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, const uint32_t cm2_tile[6],
-                         int cm2_bf16);
+mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, uint32_t cm2_tile[6],
+                         int down_default, int cm2_bf16);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
 /* Allocates a buffer of bytes (> 0) with storage, transfer and
