@@ -1,12 +1,9 @@
 #!/bin/bash
-# The next GPU call for both open issues at once (machine starts, not
-# device time, are what the sessions ran short of): one build of every
-# target both need (CUDA, and Vulkan with the cm2 shaders), then issue 8's
-# most wanted part (cm2_final.sh first: the bf16 form's parity and its
-# bench beside CUDA), then issue 9's round 7 (fuse9b.sh, one alternation
-# of each A/B), then the rest of issue 8's (the f16-decode form's parity,
-# the 256-row tiles) while the call's time lasts. About 9 minutes; a call
-# cut short keeps what ran first.
+# The next GPU call (about 7 minutes): one build of every target, then
+# issue 8's defaults as they now are, with no knob in the environment
+# (bench_expert_gpu's Vulkan backend beside CUDA, Qwen3 and Mixtral; the
+# Vulkan-labelled tests, test_vk_knobs included), then issue 9's baseline
+# (bench_e2e_device, the gpu case) for the next round's A/B.
 #   bash bench/gpu/next.sh
 set -u
 cd "$(dirname "$0")/../.."
@@ -14,14 +11,25 @@ export OUT=${OUT:-/tmp/mb-out}
 mkdir -p "$OUT"
 t0=$(date +%s)
 export MB_WITH_VULKAN=ON
-export MB_TARGETS="moe-worker moe-broker test_backend_ops bench_expert_gpu test_dense_cuda test_parity_device bench_e2e_device"
+export MB_TARGETS="moe-worker moe-broker test_backend_ops bench_expert_gpu bench_e2e_device test_parity_gguf_workers test_parity_workers_mixed test_parity_workers_vulkan test_spirv_built test_vk_convert test_vk_host_import test_vk_knobs test_vk_quant"
 timeout 260 bash bench/gpu/device_run.sh build 2>&1 | tail -2
 head -3 "$OUT/device.txt" 2>/dev/null
-export MB_SKIP_BUILD=1
-echo "=== issue 8, first ($(( $(date +%s) - t0 )) s)"
-MB_CM2_PART=first timeout 200 bash bench/gpu/cm2_final.sh
-echo "=== issue 9 ($(( $(date +%s) - t0 )) s)"
-MB_FUSE9B_QUICK=1 timeout 220 bash bench/gpu/fuse9b.sh
-echo "=== issue 8, rest ($(( $(date +%s) - t0 )) s)"
-MB_CM2_PART=rest MB_CM2_TILES=${MB_CM2_TILES:-"256x64x64 256x128x32"} timeout 150 bash bench/gpu/cm2_final.sh
+B=build-gpu
+export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+. bench/gpu/vk_ops.sh
+echo "=== issue 8, defaults ($(( $(date +%s) - t0 )) s)"
+MB_VULKAN_VERBOSE=1 timeout 100 $B/bench/bench_expert_gpu --backend vulkan:0 --models qwen3,mixtral --decode 1 \
+    --prefill 4096 --budget 6 --register-host --no-worker --json "$OUT/expert_vk_defaults.json" \
+    > "$OUT/expert_vk_defaults.txt" 2>&1
+echo "bench rc=$?"
+grep -h -m3 "vulkan:0: tiled" "$OUT/expert_vk_defaults.txt"
+vk_rows "$OUT/expert_vk_defaults.txt"
+(cd $B && timeout 200 ctest -L vulkan -j4 --output-on-failure > "$OUT/ctest_vulkan.txt" 2>&1)
+echo "ctest rc=$? ($(( $(date +%s) - t0 )) s)"
+grep -E "tests passed|\*\*\*Failed|Timeout" "$OUT/ctest_vulkan.txt" | head -10
+echo "=== issue 9 baseline ($(( $(date +%s) - t0 )) s)"
+timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu \
+    > "$OUT/e2e_baseline.txt" 2>&1
+echo "e2e rc=$?"
+grep -E "^cuda|dense decode" "$OUT/e2e_baseline.txt"
 echo "total $(( $(date +%s) - t0 )) s"
