@@ -51,6 +51,26 @@ static void mb_vk_prof_print(const mb_vk_backend *be)
                 (double)be->prof[i].ns / 1e3 / (double)be->prof[i].calls);
 }
 
+/* Whether v is a power of two in [lo, hi]: a tile size the knobs take. */
+static int mb_vk_pow2_in(unsigned v, unsigned lo, unsigned hi)
+{
+    return v >= lo && v <= hi && (v & (v - 1)) == 0;
+}
+
+/* Whether the driver builds shader (moe_gemm_cm2 or its bf16 form) for the
+ * gate/up tile as requests do, K and N left to the push constants: a
+ * driver can list cooperative_matrix2 and still fail to compile it. One
+ * build a shader (seconds on NVIDIA's driver): the tiles' fit to the
+ * device's workgroup configurations was checked in mb_vk_ctx_init, down's
+ * included, and down is the same shader with other constants. */
+static int mb_vk_cm2_builds(mb_vk_backend *be, const char *shader)
+{
+    const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1,          1,          1,
+                                        be->cm2_bn,    be->cm2_bk, be->cm2_bm, be->cm2_threads};
+    VkPipeline probe;
+    return mb_vk_pipeline_get(&be->ctx, shader, spec, &probe) == MB_STATUS_OK;
+}
+
 static void mb_vk_close(void *state)
 {
     mb_vk_backend *be = state;
@@ -165,8 +185,8 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     be->profile = prof && prof[0] && prof[0] != '0';
     const char *tile = getenv("MB_VULKAN_CM2_TILE");
     unsigned tbm = 0, tbn = 0, tbk = 0;
-    if (tile && sscanf(tile, "%ux%ux%u", &tbm, &tbn, &tbk) == 3 && (tbm == 64 || tbm == 128 || tbm == 256) &&
-        (tbn == 64 || tbn == 128 || tbn == 256) && (tbk == 16 || tbk == 32 || tbk == 64 || tbk == 128)) {
+    if (tile && sscanf(tile, "%ux%ux%u", &tbm, &tbn, &tbk) == 3 && mb_vk_pow2_in(tbm, 64, 256) &&
+        mb_vk_pow2_in(tbn, 64, 256) && mb_vk_pow2_in(tbk, 16, 128)) {
         be->cm2_bm = tbm;
         be->cm2_bn = tbn;
         be->cm2_bk = tbk;
@@ -195,8 +215,8 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     const char *kspec = getenv("MB_VULKAN_CM2_KSPEC");
     be->cm2_kspec = !(kspec && kspec[0] == '0');
     const char *down = getenv("MB_VULKAN_CM2_DOWN");
-    if (down && sscanf(down, "%ux%u", &tbn, &tbk) == 2 && (tbn == 64 || tbn == 128 || tbn == 256) &&
-        (tbk == 16 || tbk == 32 || tbk == 64 || tbk == 128)) {
+    if (down && sscanf(down, "%ux%u", &tbn, &tbk) == 2 && mb_vk_pow2_in(tbn, 64, 256) &&
+        mb_vk_pow2_in(tbk, 16, 128)) {
         be->cm2_bn2 = tbn;
         be->cm2_bk2 = tbk;
     } else if (down) {
@@ -229,13 +249,7 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
     if (st == MB_STATUS_OK && be->ctx.has_coopmat == 2) {
         /* A driver that lists the extension but cannot build the shader:
          * the portable tiles under auto, an error where cm2 is required. */
-        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1,          1,          1,
-                                            be->cm2_bn,    be->cm2_bk, be->cm2_bm, be->cm2_threads};
-        const uint32_t spec2[MB_VK_SPECS] = {
-            MB_DTYPE_BF16, 0, 1, 0, be->cm2_bn2, be->cm2_bk2, be->cm2_bm, be->cm2_threads};
-        VkPipeline probe;
-        if (mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec, &probe) != MB_STATUS_OK ||
-            mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2", spec2, &probe) != MB_STATUS_OK) {
+        if (!mb_vk_cm2_builds(be, "moe_gemm_cm2")) {
             fprintf(stderr, "vulkan backend: device %d's driver cannot build moe_gemm_cm2%s\n", be->device,
                     coopmat == 2 ? "" : ": the prefill GEMMs stay portable");
             be->ctx.has_coopmat = 0;
@@ -254,20 +268,14 @@ static mb_status mb_vk_open(const mb_backend_config *cfg, void **state)
         st = MB_STATUS_DEVICE;
     }
     if (st == MB_STATUS_OK && want_bf16 && be->ctx.has_coopmat == 2) {
-        const uint32_t spec[MB_VK_SPECS] = {MB_DTYPE_BF16, 1,          1,          1,
-                                            be->cm2_bn,    be->cm2_bk, be->cm2_bm, be->cm2_threads};
-        const uint32_t spec2[MB_VK_SPECS] = {
-            MB_DTYPE_BF16, 0, 1, 0, be->cm2_bn2, be->cm2_bk2, be->cm2_bm, be->cm2_threads};
-        VkPipeline probe;
-        const char *why =
-            !mb_kvk_spirv_find("moe_gemm_cm2_bf16") ? "moe_gemm_cm2_bf16 is not built (MB_GLSLANG "
-                                                      "without GL_EXT_bfloat16)"
-            : !be->ctx.cm2_bf16
-                ? "no bf16 cooperative matrices (VK_KHR_shader_bfloat16) for the tile"
-            : mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec, &probe) != MB_STATUS_OK ||
-                    mb_vk_pipeline_get(&be->ctx, "moe_gemm_cm2_bf16", spec2, &probe) != MB_STATUS_OK
-                ? "the driver cannot build moe_gemm_cm2_bf16"
-                : NULL;
+        const char *why = !mb_kvk_spirv_find("moe_gemm_cm2_bf16")
+                              ? "moe_gemm_cm2_bf16 is not built (MB_GLSLANG "
+                                "without GL_EXT_bfloat16)"
+                          : !be->ctx.cm2_bf16
+                              ? "no bf16 cooperative matrices (VK_KHR_shader_bfloat16) for the tile"
+                          : !mb_vk_cm2_builds(be, "moe_gemm_cm2_bf16")
+                              ? "the driver cannot build moe_gemm_cm2_bf16"
+                              : NULL;
         if (why && need_bf16) {
             fprintf(stderr, "vulkan backend: MB_VULKAN_CM2_BF16=1 but device %d: %s\n", be->device,
                     why);

@@ -326,7 +326,7 @@ typedef struct {
                                         (MB_VULKAN_CM2_TILE) */
     uint32_t cm2_bn2, cm2_bk2;       /* the down product's columns and K step (MB_VULKAN_CM2_DOWN) */
     uint32_t cm2_threads;            /* moe_gemm_cm2's workgroup (MB_VULKAN_CM2_THREADS) */
-    int cm2_kspec; /* K and N as specialisations (MB_VULKAN_CM2_KSPEC=1) */
+    int cm2_kspec; /* K and N as specialisations (MB_VULKAN_CM2_KSPEC; 0: push constants) */
     int profile;                     /* MB_VULKAN_PROFILE: per-dispatch timestamps, a table at close */
     mb_vk_req *rec_req;              /* profile: the request whose main cb is being recorded */
     struct {
