@@ -4,8 +4,6 @@
 // Private to kernels/cuda/.
 #pragma once
 
-#include <stdlib.h>
-
 #include <type_traits>
 
 #include "kernels/cuda/dense_internal.cuh"
@@ -17,38 +15,22 @@
 // Below this m the tensor-core GEMV (16 rows a block) has too few blocks.
 #define MB_LIN_MMA_GEMV_MIN_M 1024
 
-// Rows of W a SIMT GEMV block owns: from 2048 rows 4 (each x load shared
-// four ways; with a norm folded in, x, its addend and the norm's weights
-// are read by every block, so fewer blocks read them fewer times), 8 with
-// MB_CUDA_GEMV_ROWS=8 (for measuring); below 2048 rows one row a block
-// keeps blocks enough to fill the GPU. Every row's sum is the same
-// whichever: its threads split k the same way.
-// (The variable is read once, as the other MB_CUDA_* knobs: every launch
-// of a decode step asks.)
+// Rows of W a SIMT GEMV block owns: from 2048 rows four (each x load
+// shared four ways), below that one (blocks enough to fill the GPU).
+// Eight a block (MB_CUDA_GEMV_ROWS=8, round 7) measured no faster on the
+// H100 (0.287 against 0.281 ms of dense decode), so it went.
 static inline int mb_lin_rows(uint32_t m)
 {
-    static int large = 0;
-    if (!large) {
-        const char *e = getenv("MB_CUDA_GEMV_ROWS");
-        large = e && e[0] == '8' && e[1] == '\0' ? 8 : 4;
-    }
-    return m < 2048 ? 1 : large;
+    return m < 2048 ? 1 : 4;
 }
 
 // f(std::integral_constant<int, R>{}) for R = mb_lin_rows(m).
 template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
 {
-    switch (mb_lin_rows(m)) {
-    case 8:
-        f(std::integral_constant<int, 8>{});
-        break;
-    case 4:
+    if (mb_lin_rows(m) == 4)
         f(std::integral_constant<int, 4>{});
-        break;
-    default:
+    else
         f(std::integral_constant<int, 1>{});
-        break;
-    }
 }
 
 // The epilogue both paths share: bias, then the old y when accumulating.

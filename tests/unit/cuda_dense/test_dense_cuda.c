@@ -1315,8 +1315,8 @@ static void test_fused(void)
                         for (int at = 0; at < 2; at++)
                             qk_rope_store_case(shapes[sh][0], shapes[sh][1], shapes[sh][2], ns[a], p0s[b], norms, il,
                                                at);
-    /* The projection with the head pass: one-row blocks (m < 2048) and four-row blocks (eight with
-     * MB_CUDA_GEMV_ROWS=8), a block across two heads (hd 6) and across several (hd 2), vector and
+    /* The projection with the head pass: one-row blocks (m < 2048) and four-row blocks, a block
+     * across two heads (hd 6) and across several (hd 2), vector and
      * scalar loads (k % 8), every dtype. */
     static const uint32_t qshapes[][4] = {{128, 8, 2, 256}, {64, 4, 4, 200},  {6, 3, 1, 13},
                                           {128, 16, 4, 64}, {6, 300, 21, 16}, {2, 1000, 24, 16}};
