@@ -11,13 +11,8 @@
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
-mkdir -p "$OUT"
-t0=$(date +%s)
 export MB_WITH_VULKAN=ON MB_TARGETS="moe-worker moe-broker test_backend_ops bench_expert_gpu test_parity_gguf_workers test_parity_workers_mixed test_parity_workers_vulkan test_spirv_built test_vk_convert test_vk_host_import test_vk_knobs test_vk_quant"
-[ -n "${MB_SKIP_BUILD:-}" ] || timeout 240 bash bench/gpu/device_run.sh build 2>&1 | tail -1
-head -3 "$OUT/device.txt" 2>/dev/null
-B=build-gpu
-export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+. bench/gpu/preamble.sh
 OPS=$B/tests/parity/backends/test_backend_ops
 . bench/gpu/vk_ops.sh
 # bench FILE MODELS [VAR=VALUE ...]: bench_expert_gpu's backend depth,

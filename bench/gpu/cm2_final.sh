@@ -14,14 +14,8 @@
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
-mkdir -p "$OUT"
-t0=$(date +%s)
 export MB_WITH_VULKAN=ON MB_TARGETS="moe-worker test_backend_ops bench_expert_gpu"
-[ -n "${MB_SKIP_BUILD:-}" ] || timeout 200 bash bench/gpu/device_run.sh build 2>&1 | tail -1
-grep -q "build rc=0" "$OUT/build.log" 2>/dev/null && rm -f "$OUT/build.log"
-rm -f "$OUT/device.txt"
-B=build-gpu
-export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+. bench/gpu/preamble.sh
 OPS=$B/tests/parity/backends/test_backend_ops
 . bench/gpu/vk_ops.sh
 # The most wanted first: a call cut short by the device's time limit still

@@ -8,14 +8,9 @@
 set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
-mkdir -p "$OUT"
-t0=$(date +%s)
 export MB_WITH_VULKAN=ON
 export MB_TARGETS="moe-worker moe-broker test_backend_ops bench_expert_gpu bench_e2e_device test_parity_gguf_workers test_parity_workers_mixed test_parity_workers_vulkan test_spirv_built test_vk_convert test_vk_host_import test_vk_knobs test_vk_quant"
-timeout 260 bash bench/gpu/device_run.sh build 2>&1 | tail -2
-head -3 "$OUT/device.txt" 2>/dev/null
-B=build-gpu
-export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
+. bench/gpu/preamble.sh
 . bench/gpu/vk_ops.sh
 echo "=== issue 8, defaults ($(( $(date +%s) - t0 )) s)"
 MB_VULKAN_VERBOSE=1 timeout 100 $B/bench/bench_expert_gpu --backend vulkan:0 --models qwen3,mixtral --decode 1 \
