@@ -25,12 +25,11 @@ grep -m1 "cooperative_matrix2 GEMM" build-gpu/CMakeCache.txt "$OUT/build.log" 2>
 grep -q "build rc=0" "$OUT/build.log" 2>/dev/null && rm -f "$OUT/build.log"
 rm -f "$OUT/device.txt"
 B=build-gpu
+. bench/gpu/vk_ops.sh
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
-OPS=$B/tests/parity/backends/test_backend_ops
 BENCH=$B/bench/bench_expert_gpu
 [ -x "$OPS" ] && [ -x "$BENCH" ] || { echo "build failed"; exit 1; }
 
-. bench/gpu/vk_ops.sh
 vk_ops cm2 MB_VULKAN_COOPMAT=2
 vk_ops cm2_gemm MB_VULKAN_COOPMAT=2 MB_VULKAN_PATH=gemm
 

@@ -13,7 +13,6 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
 export MB_WITH_VULKAN=ON MB_TARGETS="moe-worker moe-broker test_backend_ops bench_expert_gpu test_parity_gguf_workers test_parity_workers_mixed test_parity_workers_vulkan test_spirv_built test_vk_convert test_vk_host_import test_vk_knobs test_vk_quant"
 . bench/gpu/preamble.sh
-OPS=$B/tests/parity/backends/test_backend_ops
 . bench/gpu/vk_ops.sh
 # bench FILE MODELS [VAR=VALUE ...]: bench_expert_gpu's backend depth,
 # Vulkan beside CUDA, into FILE.

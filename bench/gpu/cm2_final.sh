@@ -16,7 +16,6 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mb-out}
 export MB_WITH_VULKAN=ON MB_TARGETS="moe-worker test_backend_ops bench_expert_gpu"
 . bench/gpu/preamble.sh
-OPS=$B/tests/parity/backends/test_backend_ops
 . bench/gpu/vk_ops.sh
 # The most wanted first: a call cut short by the device's time limit still
 # brings back the bf16 form's parity and timing.

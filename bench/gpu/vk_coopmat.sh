@@ -16,14 +16,13 @@ t0=$(date +%s)
 [ -n "${MB_SKIP_BUILD:-}" ] || MB_WITH_VULKAN=ON MB_TARGETS="test_backend_ops bench_expert_gpu" timeout 200 bash bench/gpu/device_run.sh build 2>&1 |
     tail -4
 B=build-gpu
+. bench/gpu/vk_ops.sh
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$PWD/.carry/dev/lib
-OPS=$B/tests/parity/backends/test_backend_ops
 BENCH=$B/bench/bench_expert_gpu
 [ -x "$OPS" ] && [ -x "$BENCH" ] || { echo "build failed: see $OUT/build.log"; exit 1; }
 
 # Parity: the worst normalised error per (weight, payload) dtype pair, the
 # path the backend took, any failed check (all in $OUT/ops.txt).
-. bench/gpu/vk_ops.sh
 vk_ops coopmat MB_VULKAN_COOPMAT=1
 vk_ops coopmat_gemm MB_VULKAN_COOPMAT=1 MB_VULKAN_PATH=gemm
 vk_ops portable MB_VULKAN_COOPMAT=0

@@ -1,11 +1,13 @@
-# Sourced by the Vulkan GPU scripts (vk_coopmat.sh, cm2_8.sh, cm2_final.sh),
-# which set OUT, t0 and OPS (test_backend_ops) first.
+# Sourced by the Vulkan GPU scripts (vk_coopmat.sh, cm2_8.sh, cm2_final.sh,
+# cm2_down.sh, next.sh), which set OUT, t0 and B first (OPS, the
+# test_backend_ops binary, defaults to B's).
 #   vk_ops NAME [VAR=VALUE ...]: test_backend_ops vulkan with that
 #   environment (and MB_VULKAN_VERBOSE=1), its output appended to
 #   $OUT/ops.txt under "== NAME"; prints its status, the GEMM it took, any
 #   failed check and the worst-error table.
 #   vk_rows FILE [TOKENS]: the backend-depth rows bench_expert_gpu printed
 #   (all sizes, or TOKENS only).
+OPS=${OPS:-$B/tests/parity/backends/test_backend_ops}
 vk_ops() {
     local name=$1 one="$OUT/ops_one.txt"
     shift
