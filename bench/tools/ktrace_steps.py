@@ -79,7 +79,11 @@ def main():
     for i, name in enumerate(shape):
         durs = [(s[i][1] - s[i][0]) / 1e3 for s in same]
         gaps = [(s[i][0] - max(r[1] for r in s[:i])) / 1e3 if i else 0.0 for s in same]
-        per.append((name, statistics.median(durs), statistics.median(gaps), same[0][i][4], same[0][i][2]))
+        # What it adds to the step: how much later the step's last end is.
+        adds = [max(0, s[i][1] - max(r[1] for r in s[:i])) / 1e3 if i else (s[0][1] - s[0][0]) / 1e3
+                for s in same]
+        per.append((name, statistics.median(durs), statistics.median(gaps), same[0][i][4], same[0][i][2],
+                    statistics.median(adds)))
     spans, busy = [], []
     for s in same:
         spans.append((s[-1][1] - s[0][0]) / 1e3)
@@ -93,26 +97,30 @@ def main():
                 ce = max(ce, b)
         busy.append((tot + ce - cs) / 1e3)
     span, bsy = statistics.median(spans), statistics.median(busy)
-    print("  #   operation                                                  grid/bytes  device us   gap us")
-    for i, (name, d, g, grid, kind) in enumerate(per):
-        print("  %3d %-60s %10d %10.2f %8.2f" % (i, (name if kind == "kernel" else kind + " " + name)[:60],
-                                                  grid, d, g))
+    # device us: start to end (with programmatic launch a kernel starts
+    # before the one it waits for ends); gap: start less the latest end
+    # before it; adds: how much later it makes the step's latest end.
+    print("  #   operation                                                  grid/bytes  device us   gap us  adds us")
+    for i, (name, d, g, grid, kind, ad) in enumerate(per):
+        print("  %3d %-60s %10d %10.2f %8.2f %8.2f" % (i, (name if kind == "kernel" else kind + " " + name)[:60],
+                                                        grid, d, g, ad))
     agg = {}
-    for name, d, g, _, _ in per:
+    for name, d, g, _, _, ad in per:
         a = agg.setdefault(name, [0, 0.0, 0.0])
         a[0] += 1
         a[1] += d
-        a[2] += g
-    print("by operation (a step):")
-    for name, (c, d, g) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
-        print("  %-64s %3d x %7.2f us = %8.1f us, gaps before %6.1f us" % (name[:64], c, d / c, d, g))
+        a[2] += ad
+    print("by operation (a step), by what they add to it:")
+    for name, (c, d, ad) in sorted(agg.items(), key=lambda kv: -kv[1][2]):
+        print("  %-64s %3d x %7.2f us device, adds %8.1f us" % (name[:64], c, d / c, ad))
     print("step span %.1f us (median of %d), kernels busy %.1f us, idle %.1f us (%.0f%%)"
           % (span, len(same), bsy, span - bsy, 100.0 * (span - bsy) / span))
     if args.json:
         import json
         with open(args.json, "w") as f:
             json.dump({"span_us": span, "busy_us": bsy, "ops": [
-                {"name": n, "device_us": d, "gap_us": g, "grid": gr, "kind": k} for n, d, g, gr, k in per]},
+                {"name": n, "device_us": d, "gap_us": g, "adds_us": ad, "grid": gr, "kind": k}
+                for n, d, g, gr, k, ad in per]},
                 f, indent=1)
 
 

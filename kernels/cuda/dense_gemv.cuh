@@ -33,6 +33,41 @@ template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
         f(std::integral_constant<int, 1>{});
 }
 
+// Rows a block for one token (the decode step's projections, whose
+// kernels keep one accumulator a row): mb_lin_rows, or from 2048 rows
+// MB_CUDA_GEMV1_R (4, 8 or 16; read once). More rows a block amortise
+// what every block reads besides its rows (x, and with a norm folded in
+// the residual addend and the norm's weights: 24 KB at k = 2048, more
+// than four bf16 rows' 16 KB).
+static inline int mb_lin_rows1(uint32_t m)
+{
+    static int forced = -1;
+    if (forced < 0) {
+        const char *e = getenv("MB_CUDA_GEMV1_R");
+        const int v = e ? atoi(e) : 0;
+        forced = v == 4 || v == 8 || v == 16 ? v : 0;
+    }
+    return forced && m >= 2048 ? forced : mb_lin_rows(m);
+}
+
+template <typename F> static inline void mb_lin_by_rows1(uint32_t m, F &&f)
+{
+    switch (mb_lin_rows1(m)) {
+    case 16:
+        f(std::integral_constant<int, 16>{});
+        break;
+    case 8:
+        f(std::integral_constant<int, 8>{});
+        break;
+    case 4:
+        f(std::integral_constant<int, 4>{});
+        break;
+    default:
+        f(std::integral_constant<int, 1>{});
+        break;
+    }
+}
+
 // The epilogue both paths share: bias, then the old y when accumulating.
 static __device__ __forceinline__ void mb_lin_store(float *y, float acc, const float *bias, uint32_t r, int accumulate)
 {
@@ -89,7 +124,10 @@ __device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x
     }
 }
 
-template <typename W, int R, bool VEC, bool NORM = false>
+// NT: tokens a pass holds accumulators for (MB_LIN_NT, or 1 for the
+// one-token kernels, which then keep R accumulators instead of R x 8).
+// Neither R nor NT changes the order in which a row's products are added.
+template <typename W, int R, bool VEC, bool NORM = false, int NT = MB_LIN_NT>
 __device__ __forceinline__ void
 mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
                   size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
@@ -97,8 +135,8 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
                   float *scale_out = nullptr)
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
-    __shared__ float red[MB_LIN_GEMV_WARPS][R * MB_LIN_NT];
-    __shared__ double ssred[MB_LIN_GEMV_WARPS][MB_LIN_NT];
+    __shared__ float red[MB_LIN_GEMV_WARPS][R * NT];
+    __shared__ double ssred[MB_LIN_GEMV_WARPS][NT];
     const uint32_t row0 = blockIdx.x * R;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const uint32_t chunks = k / V;
@@ -108,11 +146,13 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
     for (int r = 0; r < R; r++)
         wr[r] = w + (size_t)min(row0 + r, m - 1) * k;
 
-    for (uint32_t t0 = 0; t0 < n; t0 += MB_LIN_NT) {
-        const int nt = (int)min((uint32_t)MB_LIN_NT, n - t0);
-        float acc[R][MB_LIN_NT] = {};
-        double ss[MB_LIN_NT] = {};
-#pragma unroll 2
+    for (uint32_t t0 = 0; t0 < n; t0 += NT) {
+        const int nt = (int)min((uint32_t)NT, n - t0);
+        float acc[R][NT] = {};
+        double ss[NT] = {};
+        // Two chunks' loads in flight a thread, one with 16 rows (whose
+        // 64 registers of raw weights are already enough in flight).
+#pragma unroll(R >= 16 ? 1 : 2)
         for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS) {
             float wv[R][V];
 #pragma unroll
@@ -121,7 +161,7 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
             float nv[V];
             if constexpr (NORM) mb_loadv<float, V, VEC>(nrm.nw + (size_t)c * V, nv);
 #pragma unroll
-            for (int i = 0; i < MB_LIN_NT; i++) {
+            for (int i = 0; i < NT; i++) {
                 if (i >= nt) break;
                 float xv[V];
                 mb_loadv<float, V, VEC>(x + (t0 + i) * ldx + (size_t)c * V, xv);
@@ -149,15 +189,15 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
 #pragma unroll
         for (int r = 0; r < R; r++)
 #pragma unroll
-            for (int i = 0; i < MB_LIN_NT; i++) {
+            for (int i = 0; i < NT; i++) {
                 if (i >= nt) break;
                 const float s = mb_warp_sum(acc[r][i]);
-                if (lane == 0) red[warp][r * MB_LIN_NT + i] = s;
+                if (lane == 0) red[warp][r * NT + i] = s;
             }
-        float scale[MB_LIN_NT];
+        float scale[NT];
         if constexpr (NORM) {
 #pragma unroll
-            for (int i = 0; i < MB_LIN_NT; i++) {
+            for (int i = 0; i < NT; i++) {
                 if (i >= nt) break;
 #pragma unroll
                 for (int o = 16; o > 0; o >>= 1)
@@ -168,7 +208,7 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
         __syncthreads();
         if constexpr (NORM) { // every thread: the same sums in the same order
 #pragma unroll
-            for (int i = 0; i < MB_LIN_NT; i++) {
+            for (int i = 0; i < NT; i++) {
                 if (i >= nt) break;
                 double t = 0.0;
 #pragma unroll
@@ -177,8 +217,8 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
                 scale[i] = 1.0f / sqrtf((float)(t / (double)k) + nrm.eps);
             }
         }
-        if (tid < R * MB_LIN_NT) {
-            const int r = tid / MB_LIN_NT, i = tid % MB_LIN_NT;
+        if (tid < R * NT) {
+            const int r = tid / NT, i = tid % NT;
             if (i < nt && row0 + r < m) {
                 float s = 0.0f;
 #pragma unroll

@@ -17,8 +17,9 @@
 
 // The GEMV kernel: one block body (dense_gemv.cuh) per grid block; NORM
 // (one token): the RMSNorm folded in (mb_kcuda_linear_norm), the blocks
-// then writing their shares of the normalised row when asked to.
-template <typename W, int R, bool VEC, bool NORM>
+// then writing their shares of the normalised row when asked to. NT: 1
+// for one token (mb_lin_rows1 rows a block), else MB_LIN_NT.
+template <typename W, int R, bool VEC, bool NORM, int NT>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n,
@@ -26,8 +27,9 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
                                 int accumulate, const mb_lin_norm nrm)
 {
     mb_pdl_enter();
-    float scale[MB_LIN_NT];
-    mb_lin_gemv_block<W, R, VEC, NORM>(w, m, k, x, ldx, n, y, ldy, bias, accumulate, nrm, scale);
+    float scale[NT];
+    mb_lin_gemv_block<W, R, VEC, NORM, NT>(w, m, k, x, ldx, n, y, ldy, bias, accumulate, nrm,
+                                           scale);
     if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
 }
 
@@ -113,23 +115,26 @@ mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, con
 }
 
 // The SIMT GEMV (nrm: the norm folded in, n == 1; or nullptr), R rows a
-// block as mb_lin_rows says.
+// block as mb_lin_rows says (mb_lin_rows1 for one token).
 template <typename W>
 static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k,
                         const float *x, size_t ldx, uint32_t n, float *y, size_t ldy,
                         const float *bias, int acc, const mb_lin_norm *nrm = nullptr)
 {
     const mb_lin_norm none = {};
-    const auto launch = [&](auto r) {
-        constexpr int R = decltype(r)::value;
+    const auto launch = [&](auto r, auto nt) {
+        constexpr int R = decltype(r)::value, NT = decltype(nt)::value;
         mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
             mb_dense_launch(
-                mb_kcuda_linear_gemv_kernel<W, R, decltype(v)::value, decltype(nm)::value>,
+                mb_kcuda_linear_gemv_kernel<W, R, decltype(v)::value, decltype(nm)::value, NT>,
                 (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, 0, s, w, m, k, x, ldx, n, y,
                 ldy, bias, acc, nrm ? *nrm : none);
         });
     };
-    mb_lin_by_rows(m, launch);
+    if (n == 1)
+        mb_lin_by_rows1(m, [&](auto r) { launch(r, std::integral_constant<int, 1>{}); });
+    else
+        mb_lin_by_rows(m, [&](auto r) { launch(r, std::integral_constant<int, MB_LIN_NT>{}); });
 }
 
 template <typename W>
