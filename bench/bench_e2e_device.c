@@ -188,6 +188,8 @@ static bd_result bd_case(const bd_args *a, const mb_model *m, const int32_t *pro
     } else {
         mb_stats_steps steps;
         mb_stats_get_steps(s->stats, MB_STATS_PHASE_DECODE, &steps);
+        if (getenv("MB_BENCH_STATS")) /* the decode's statistics table, for where IPC time goes */
+            mb_stats_print_table(s->stats, stdout);
         uint64_t ipc = 0, local_ns = 0;
         for (uint32_t b = 0; b < mb_stats_n_backends(s->stats); b++) {
             mb_stats_counters c;

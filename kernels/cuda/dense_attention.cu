@@ -16,6 +16,21 @@
 
 #define MB_ATTN_DEC_TARGET_BLOCKS 264 // two per SM of an H100
 
+// The decode kernel's target block count: MB_ATTN_DEC_TARGET_BLOCKS, or
+// MB_CUDA_ATTN_BLOCKS (8 to 4096; read once). Fewer blocks mean longer
+// chunks (more tiles a block, walked one after another) and fewer partial
+// results for the merge to read.
+static size_t mb_attn_dec_target()
+{
+    static long t = -1;
+    if (t < 0) {
+        const char *e = getenv("MB_CUDA_ATTN_BLOCKS");
+        const long v = e ? atol(e) : 0;
+        t = v >= 8 && v <= 4096 ? v : MB_ATTN_DEC_TARGET_BLOCKS;
+    }
+    return (size_t)t;
+}
+
 // ---- decode: split-K over positions ---------------------------------------
 
 struct mb_attn_dec_plan {
@@ -28,8 +43,8 @@ struct mb_attn_dec_plan {
 // n_kv * n_hgroups * n * n_split reaches the target.
 static size_t mb_attn_dec_want(uint32_t n_kv, uint32_t n_hgroups, uint32_t n)
 {
-    const size_t base = (size_t)n_kv * n_hgroups * n;
-    return base >= MB_ATTN_DEC_TARGET_BLOCKS ? 1 : mb_dense_cdiv(MB_ATTN_DEC_TARGET_BLOCKS, base);
+    const size_t base = (size_t)n_kv * n_hgroups * n, target = mb_attn_dec_target();
+    return base >= target ? 1 : mb_dense_cdiv(target, base);
 }
 
 static uint32_t mb_attn_dec_hgroups(uint32_t n_rep)

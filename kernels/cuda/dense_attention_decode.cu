@@ -211,9 +211,22 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
         acc[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     const int n_groups = nh * (int)hd4;
 
+    // With hd <= 128 (one load batch a tile) the next tile's loads are
+    // issued before this tile's arithmetic, so a chunk of several tiles
+    // pays about one memory trip instead of one a tile; same values.
+    const bool pipe = VEC && hd * MB_ATTN_TILE <= 4u * MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH;
+    mb_attn_tile_regs next;
+    if (pipe) mb_attn_fetch_tile(kc, vc, 0, min(MB_DEC_TS, len), hd, next);
     for (int c0 = 0; c0 < len; c0 += MB_DEC_TS) {
         const int rows = min(MB_DEC_TS, len - c0);
-        mb_attn_load_tile<VEC>(kc, vc, (uint32_t)c0, rows, hd, ld, ks, vs);
+        if (pipe) {
+            mb_attn_store_tile(next, hd, ld, ks, vs);
+            if (c0 + MB_DEC_TS < len)
+                mb_attn_fetch_tile(kc, vc, (uint32_t)(c0 + MB_DEC_TS),
+                                   min(MB_DEC_TS, len - c0 - MB_DEC_TS), hd, next);
+        } else {
+            mb_attn_load_tile<VEC>(kc, vc, (uint32_t)c0, rows, hd, ld, ks, vs);
+        }
         __syncthreads(); // the tile (and the queries) are in; the last tile's readers are done
 
         // Scores: a thread a (head, position).

@@ -34,12 +34,18 @@ template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
 }
 
 // Rows a block for one token (the decode step's projections, whose
-// kernels keep one accumulator a row): mb_lin_rows, or from 2048 rows
-// MB_CUDA_GEMV1_R (4, 8 or 16; read once). More rows a block amortise
-// what every block reads besides its rows (x, and with a norm folded in
-// the residual addend and the norm's weights: 24 KB at k = 2048, more
-// than four bf16 rows' 16 KB).
-static inline int mb_lin_rows1(uint32_t m)
+// kernels keep one accumulator a row). More rows a block amortise what
+// every block reads besides its rows: x, and with a norm folded in the
+// residual addend and the norm's weights (24 KB at k = 2048, more than
+// four bf16 rows' 16 KB); fewer rows, more blocks in flight. With the norm
+// folded in, 16 rows where that still leaves two blocks an SM of an H100
+// (264): on the H100, with weights streamed from memory, the QKV
+// projection (5120 x 2048) took 10.1 us against 11.3 with 4 rows and
+// lm_head (32768 x 2048) 45.9 against 49.1, while o_proj (2048 x 4096,
+// no norm) took 14.9 against 7.5 (test_dense_cuda --bench, cold rows).
+// Otherwise mb_lin_rows. MB_CUDA_GEMV1_R (4, 8 or 16; read once) forces
+// the rows from 2048 on.
+static inline int mb_lin_rows1(uint32_t m, bool norm)
 {
     static int forced = -1;
     if (forced < 0) {
@@ -47,12 +53,13 @@ static inline int mb_lin_rows1(uint32_t m)
         const int v = e ? atoi(e) : 0;
         forced = v == 4 || v == 8 || v == 16 ? v : 0;
     }
-    return forced && m >= 2048 ? forced : mb_lin_rows(m);
+    if (forced && m >= 2048) return forced;
+    return norm && m / 16 >= 264 ? 16 : mb_lin_rows(m);
 }
 
-template <typename F> static inline void mb_lin_by_rows1(uint32_t m, F &&f)
+template <typename F> static inline void mb_lin_by_rows1(uint32_t m, bool norm, F &&f)
 {
-    switch (mb_lin_rows1(m)) {
+    switch (mb_lin_rows1(m, norm)) {
     case 16:
         f(std::integral_constant<int, 16>{});
         break;

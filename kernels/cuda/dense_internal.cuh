@@ -267,6 +267,43 @@ __device__ __forceinline__ void mb_attn_load_tile(const float *__restrict__ kc, 
     }
 }
 
+// A tile in registers, for kernels that load the next tile while they
+// compute on this one (decode with hd <= MB_ATTN_TILE_THREADS *
+// MB_ATTN_TILE_BATCH * 4 / MB_ATTN_TILE: one batch covers the tile): the
+// same loads as mb_attn_load_tile<true>'s batch, then the same stores.
+struct mb_attn_tile_regs {
+    float4 k[MB_ATTN_TILE_BATCH], v[MB_ATTN_TILE_BATCH];
+};
+
+__device__ __forceinline__ void mb_attn_fetch_tile(const float *__restrict__ kc,
+                                                   const float *__restrict__ vc, uint32_t r0,
+                                                   int rows, uint32_t hd, mb_attn_tile_regs &t)
+{
+    const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
+#pragma unroll
+    for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+        const int i = (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+        const int c = i < n4 ? i / hd4 : 0, d4 = i < n4 ? i % hd4 : 0;
+        const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
+        t.k[u] = __ldg(reinterpret_cast<const float4 *>(kc + at));
+        t.v[u] = __ldg(reinterpret_cast<const float4 *>(vc + at));
+    }
+}
+
+__device__ __forceinline__ void mb_attn_store_tile(const mb_attn_tile_regs &t, uint32_t hd,
+                                                   uint32_t ld, float *ks, float *vs)
+{
+    const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
+#pragma unroll
+    for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+        const int i = (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+        if (i >= n4) break;
+        const int c = i / hd4, d4 = i % hd4;
+        *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) = t.k[u];
+        *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) = t.v[u];
+    }
+}
+
 // The split-K decode kernels (dense_attention_decode.cu): grid (n_split,
 // n_kv * n_hgroups, n), then the merge when n_split > 1 (work holds
 // [n][n_heads][n_split][hd + 2] partials).

@@ -132,7 +132,8 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
         });
     };
     if (n == 1)
-        mb_lin_by_rows1(m, [&](auto r) { launch(r, std::integral_constant<int, 1>{}); });
+        mb_lin_by_rows1(m, nrm != nullptr,
+                        [&](auto r) { launch(r, std::integral_constant<int, 1>{}); });
     else
         mb_lin_by_rows(m, [&](auto r) { launch(r, std::integral_constant<int, MB_LIN_NT>{}); });
 }
