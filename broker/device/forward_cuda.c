@@ -161,6 +161,10 @@ struct mb_fwd_cuda {
     /* Pinned host twins. */
     float *h_xfer, *h_moe, *h_logits;
     int32_t *h_tok;
+    /* h_logits as the device sees it (mapped pinned memory), or NULL: a
+     * one-token lm_head with the norm folded in writes the logits there
+     * itself, with no copy after it (MB_CUDA_LOGITS_DIRECT=0: the copy). */
+    float *logits_direct;
     uint64_t device_ns;
     /* Decode (one-token) steps replay one CUDA graph per layer, captured at
      * the first decode step: graph_a is layer 0 up to the routed tokens;
@@ -528,6 +532,12 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
     if (e != cudaSuccess) {
         set_err(fc, "--device cuda:%d: pinned host buffers: %s", fc->device, cudaGetErrorString(e));
         return MB_STATUS_NOMEM;
+    }
+    const char *ld = getenv("MB_CUDA_LOGITS_DIRECT");
+    if (!(ld && strcmp(ld, "0") == 0) &&
+        cudaHostGetDevicePointer((void **)&fc->logits_direct, fc->h_logits, 0) != cudaSuccess) {
+        cudaGetLastError(); /* not mapped on this system: the copy */
+        fc->logits_direct = NULL;
     }
     return MB_STATUS_OK;
 }
@@ -1153,6 +1163,14 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
         e = cudaMemcpyAsync(logits, fc->logits_all, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost,
                             fc->stream);
     } else if (last_logits) { /* only the last row: the other rows of x are not read again */
+        /* The local experts' stamps and counts are final once the last
+         * layer's experts ran: their flush goes before lm_head, so the
+         * step ends with lm_head (a kernel after it would wait for all of
+         * it, plus its own launch). */
+        if (fc->local_step) {
+            e = (cudaError_t)mb_cuda_local_moe_flush(fc->local, fc->stream);
+            if (e != cudaSuccess) return fail(fc, e, "flushing the local experts' counters");
+        }
         const size_t r = (size_t)(n - 1) * d;
         const dev_mat *W = &fc->lm_head;
         if (norm_in_gemv(fc, 1)) {
@@ -1160,13 +1178,23 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
                                          .a = fc->moe + r,
                                          .w = fc->final_norm,
                                          .eps = c->rms_eps}; /* fused: moe not yet in x */
+            /* Straight into the pinned logits where they are mapped: the
+             * GEMV's stores leave as it streams W, instead of a copy of
+             * the whole row after it. */
             K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in,
-                                   fc->logits_last, NULL, 0));
+                                   fc->logits_direct ? fc->logits_direct : fc->logits_last, NULL,
+                                   0));
+            if (fc->logits_direct) {
+                prof_mark(fc, "final norm + lm_head (logits to host)");
+                return MB_STATUS_OK;
+            }
         } else {
             K(final_norm(fc, n - 1, 1));
             K(linear(fc, W, xn, d, 1, fc->logits_last, V, NULL, 0));
         }
         e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float), cudaMemcpyDeviceToHost, fc->stream);
+        prof_mark(fc, "final norm + lm_head + logits copy");
+        return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the logits");
     }
     prof_mark(fc, "final norm + lm_head + logits copy");
     if (e == cudaSuccess && fc->local_step) e = (cudaError_t)mb_cuda_local_moe_flush(fc->local, fc->stream);
