@@ -136,6 +136,10 @@ struct mb_fwd_cuda {
      * merge_done) instead of in a second kernel. Checked on the emulator
      * only, so off by default until a GPU run (bench/gpu/fuse9b.sh). */
     int fuse_merge;
+    /* 1 (unless MB_CUDA_FUSE_ATTN=0, with fuse; head_dim % 4 == 0 and <=
+     * 128): a one-token step's head pass runs inside the decode attention
+     * (mb_kcuda_qkp_attention), one kernel fewer a layer. */
+    int fuse_attn;
     int renorm;
     cudaStream_t stream;
     cudaEvent_t copied, t0, t1;
@@ -672,6 +676,12 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->fuse_norm = fc->fuse && !(fn && strcmp(fn, "0") == 0);
     const char *fq = getenv("MB_CUDA_FUSE_QKV");
     fc->fuse_qkv = fc->fuse_norm && fq && strcmp(fq, "1") == 0;
+    /* The decode attention runs the head pass itself (one kernel fewer a
+     * layer) where its pipelined tiles take the heads: head_dim % 4 == 0
+     * and <= 128 (MB_CUDA_FUSE_ATTN=0: a kernel of its own). */
+    const char *fa = getenv("MB_CUDA_FUSE_ATTN");
+    fc->fuse_attn = fc->fuse && !(fa && strcmp(fa, "0") == 0) && fc->cfg.head_dim % 4 == 0 &&
+                    fc->cfg.head_dim <= 128;
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
     fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
@@ -839,13 +849,15 @@ static mb_status attention_rest(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_
 {
     const dev_layer *D = &fc->layers[l];
     const size_t d = fc->cfg.d_model, ld = fc->qkv_dim;
-    if (p)
+    if (!s) /* done with the head pass (mb_kcuda_qkp_attention) */
+        ;
+    else if (p)
         K(mb_kcuda_attention_at(fc->stream, &D->kv, s, p, n, fc->qkv, ld, fc->att, fc->q_dim,
                                 fc->work, fc->work_floats));
     else
         K(mb_kcuda_attention(fc->stream, &D->kv, s, pos, n, fc->qkv, ld, fc->att, fc->q_dim,
                              fc->work, fc->work_floats));
-    prof_mark(fc, "attention (+ merge)");
+    if (s) prof_mark(fc, "attention (+ merge)");
     K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, nig && l ? fc->moe : NULL, 1));
     prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
     return MB_STATUS_OK;
@@ -904,6 +916,13 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
             K(linear(fc, &D->wv, xn, d, n, qkv + fc->q_dim + fc->kv_dim, ld, D->bv, 0));
         }
         prof_mark(fc, "qkv_proj");
+    }
+    if (n == 1 && fc->fuse_attn) { /* the head pass inside the attention's blocks */
+        K(mb_kcuda_qkp_attention(fc->stream, qkv, ld, D->q_norm, D->k_norm, c->rms_eps, fc->cos,
+                                 fc->sin, il, &D->kv, &s, pos, p, fc->att, fc->q_dim, fc->work,
+                                 fc->work_floats));
+        prof_mark(fc, "head norms + rope + kv store + attention (+ merge)");
+        return attention_rest(fc, l, n, pos, p, NULL, nig);
     }
     if (p)
         K(mb_kcuda_qk_rope_store_at(fc->stream, qkv, ld, n, c->n_heads, D->q_norm, D->k_norm, c->rms_eps, p, fc->cos,

@@ -151,6 +151,21 @@ int mb_kcuda_qk_rope_store_at(void *stream, float *qkv, size_t ld, uint32_t n, u
                               const float *q_norm, const float *k_norm, float eps, const uint32_t *pos,
                               const float *cos, const float *sin, int interleaved, const mb_kcuda_kv *kv);
 
+/* mb_kcuda_qk_rope_store then mb_kcuda_attention for one token (decode)
+ * in one launch, bit for bit those two calls except that qkv is not
+ * written: the attention's blocks run the head pass on their own query
+ * heads, and the block holding the token's own position on its key and
+ * value heads, which it stores in the cache. The position is pos0, or
+ * *pos on the device when pos is not NULL (as the _at variants). Needs
+ * head_dim % 4 == 0, head_dim <= 128 and a 16-byte aligned cache
+ * (cudaErrorInvalidValue otherwise: the caller then makes the two calls);
+ * work as mb_kcuda_attention_work(kv, s, 1). */
+int mb_kcuda_qkp_attention(void *stream, const float *qkv, size_t ld, const float *q_norm,
+                           const float *k_norm, float eps, const float *cos, const float *sin,
+                           int interleaved, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s,
+                           uint32_t pos0, const uint32_t *pos, float *out, size_t ldo, float *work,
+                           size_t work_floats);
+
 /* Routing, as mb_router_select, fused in one kernel: for each of n rows of
  * logits[n][n_experts] (f32), softmax in f32, the top_k largest
  * probabilities in descending order (ties: the lower index first) into

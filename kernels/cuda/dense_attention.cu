@@ -12,7 +12,7 @@
 //   query rows by four keys of the score tile and two rows by head_dim/8
 //   columns of the output. Bound by shared-memory loads and FMAs.
 // Summation orders depend only on the shape: deterministic.
-#include "kernels/cuda/dense_internal.cuh"
+#include "kernels/cuda/dense_qkp.cuh"
 
 #define MB_ATTN_DEC_TARGET_BLOCKS 264 // two per SM of an H100
 
@@ -298,15 +298,16 @@ static bool mb_attn_call_ok(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s,
 
 // The split-K decode over rows of up to max_span positions (exactly, or at
 // most: see mb_attn_dec_plan_for).
-static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, bool exact, float *work, size_t work_floats,
-                                 cudaStream_t st)
+static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, bool exact, float *work,
+                                 size_t work_floats, cudaStream_t st,
+                                 const mb_qkp_args *qkp = nullptr)
 {
     const mb_attn_dec_plan p = mb_attn_dec_plan_for(a.n_kv, a.n_rep, a.n, max_span, exact);
     if (p.n_split > 1) {
         const size_t need = (size_t)a.n * a.n_heads * p.n_split * mb_attn_part_stride(a.hd);
         if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
     }
-    return (int)mb_kcuda_attn_decode_launch(a, p.n_hgroups, p.want, p.n_split, work, st);
+    return (int)mb_kcuda_attn_decode_launch(a, p.n_hgroups, p.want, p.n_split, work, st, qkp);
 }
 
 extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,
@@ -343,4 +344,26 @@ extern "C" int mb_kcuda_attention_at(void *stream, const mb_kcuda_kv *kv, const 
     // chunk return at once.
     return mb_attn_decode_launch(a, mb_attn_max_span(0, kv->max_ctx, a.window), false, work, work_floats,
                                  mb_dense_stream(stream));
+}
+
+extern "C" int mb_kcuda_qkp_attention(void *stream, const float *qkv, size_t ld,
+                                      const float *q_norm, const float *k_norm, float eps,
+                                      const float *cos, const float *sin, int interleaved,
+                                      const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s,
+                                      uint32_t pos0, const uint32_t *pos, float *out, size_t ldo,
+                                      float *work, size_t work_floats)
+{
+    if (!mb_attn_call_ok(kv, s, 1, qkv, ld, out, ldo) || !cos || !sin || (kv->head_dim & 1u) ||
+        ld < (size_t)(s->n_heads + 2 * kv->n_kv_heads) * kv->head_dim ||
+        (!pos && pos0 >= kv->max_ctx))
+        return (int)cudaErrorInvalidValue;
+    const mb_attn_args a = mb_attn_args_for(kv, s, pos0, pos, 1, qkv, ld, out, ldo);
+    const mb_qkp_args qa = {s->n_heads,  kv->n_kv_heads, kv->head_dim, q_norm,     k_norm,
+                            eps,         pos0,           pos,          cos,        sin,
+                            interleaved, kv->k,          kv->v,        kv->max_ctx};
+    // As mb_kcuda_attention (the exact span at pos0) or mb_kcuda_attention_at
+    // (blocks for the longest span the cache allows).
+    const uint32_t span =
+        pos ? mb_attn_max_span(0, kv->max_ctx, a.window) : mb_attn_max_span(pos0, 1, a.window);
+    return mb_attn_decode_launch(a, span, !pos, work, work_floats, mb_dense_stream(stream), &qa);
 }

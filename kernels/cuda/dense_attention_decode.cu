@@ -12,7 +12,7 @@
 // block writes the output itself. The chunk size follows from the call's
 // longest row (mb_attn_dec_chunk), which both kernels compute from the
 // position they read, so a decode graph replays at any position.
-#include "kernels/cuda/dense_internal.cuh"
+#include "kernels/cuda/dense_qkp.cuh"
 
 #define MB_DEC_TS MB_ATTN_TILE // positions a tile: one a lane in the softmax
 #define MB_DEC_GROUPS 4        // (head, 4 dims) output groups a thread owns: 8 heads x 64 / 128 threads
@@ -22,12 +22,14 @@ static_assert(MB_ATTN_DEC_THREADS == MB_ATTN_TILE_THREADS, "mb_attn_load_tile's 
 static_assert(MB_ATTN_DEC_HEADS * MB_ATTN_MAX_HD / 4 <= MB_DEC_GROUPS * MB_ATTN_DEC_THREADS, "groups cover heads");
 
 // Shared floats: qs [HEADS][ld], ks and vs [TS][ld], sc [HEADS][TS], then
-// alpha, m, l [HEADS]; ld = 4 ceil(hd / 4) + 4 (16-byte rows, the extra 4
-// spreading a column's float4 over the banks).
+// alpha, m, l [HEADS], then (head pass) the token's key and value rows
+// [2][ld]; ld = 4 ceil(hd / 4) + 4 (16-byte rows, the extra 4 spreading a
+// column's float4 over the banks).
 static size_t mb_dec_smem_floats(uint32_t hd)
 {
     const size_t ld = 4 * ((hd + 3) / 4) + 4;
-    return (MB_ATTN_DEC_HEADS + 2 * MB_DEC_TS) * ld + MB_ATTN_DEC_HEADS * MB_DEC_TS + 3 * MB_ATTN_DEC_HEADS;
+    return (MB_ATTN_DEC_HEADS + 2 * MB_DEC_TS + 2) * ld + MB_ATTN_DEC_HEADS * MB_DEC_TS +
+           4 * MB_ATTN_DEC_HEADS;
 }
 
 // Partial results of one (token, head, chunk): hd output sums, max, sum.
@@ -147,10 +149,10 @@ static __device__ void mb_dec_merge_last(const mb_attn_args &a, uint32_t want, u
     }
 }
 
-template <bool VEC>
+template <bool VEC, bool QKP>
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
-mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
-                            float *__restrict__ work)
+    mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want,
+                                uint32_t n_split, float *__restrict__ work, const mb_qkp_args qa)
 {
     mb_pdl_enter();
     extern __shared__ float mb_dec_smem[];
@@ -161,6 +163,10 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
     float *sc = vs + MB_DEC_TS * ld;
     float *s_alpha = sc + MB_ATTN_DEC_HEADS * MB_DEC_TS, *s_m = s_alpha + MB_ATTN_DEC_HEADS;
     float *s_l = s_m + MB_ATTN_DEC_HEADS;
+    // QKP: the token's own key and value rows, 16-byte aligned (every size
+    // before them is a multiple of 4 floats: 4 HEADS floats of alpha, m, l
+    // and padding).
+    float *kown = s_l + 2 * MB_ATTN_DEC_HEADS, *vown = kown + ld;
     const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const uint32_t h0 = g * a.n_rep + hg * MB_ATTN_DEC_HEADS;
@@ -217,10 +223,35 @@ mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t w
     const bool pipe = VEC && hd * MB_ATTN_TILE <= 4u * MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH;
     mb_attn_tile_regs next;
     if (pipe) mb_attn_fetch_tile(kc, vc, 0, min(MB_DEC_TS, len), hd, next);
+    // The head pass (one token, t = 0), while the first tile's loads fly:
+    // the block's query heads in qs, and in the chunk holding the token's
+    // own position its key and value rows, which also go to the cache. The
+    // fetched copy of that row is stale; the tile takes kown and vown.
+    int own = -1;
+    if constexpr (QKP) {
+        const uint32_t qpos = pos0;
+        if (qpos < p1) { // the last chunk: p1 is qpos + 1
+            own = (int)(qpos - p0);
+            const float *kr = a.q + (size_t)(qa.nh + g) * hd,
+                        *vr = a.q + (size_t)(qa.nh + qa.nkv + g) * hd;
+            for (uint32_t i = tid; i < hd; i += MB_ATTN_DEC_THREADS) {
+                kown[i] = kr[i];
+                vown[i] = vr[i];
+            }
+        }
+        __syncthreads(); // the raw query heads (qs) and own rows are in
+        for (int hb = warp; hb < nh; hb += MB_ATTN_DEC_THREADS / 32)
+            mb_qkp_slot(qs + hb * ld, qs + hb * ld, h0 + hb, qa, qpos, lane);
+        if (own >= 0 && warp == nh % (MB_ATTN_DEC_THREADS / 32)) {
+            mb_qkp_slot(kown, kown, qa.nh + g, qa, qpos, lane);
+            mb_qkp_slot(vown, vown, qa.nh + qa.nkv + g, qa, qpos, lane);
+        }
+        __syncthreads(); // before the tiles take kown and the scores read qs
+    }
     for (int c0 = 0; c0 < len; c0 += MB_DEC_TS) {
         const int rows = min(MB_DEC_TS, len - c0);
         if (pipe) {
-            mb_attn_store_tile(next, hd, ld, ks, vs);
+            mb_attn_store_tile(next, hd, ld, ks, vs, own - c0, kown, vown);
             if (c0 + MB_DEC_TS < len)
                 mb_attn_fetch_tile(kc, vc, (uint32_t)(c0 + MB_DEC_TS),
                                    min(MB_DEC_TS, len - c0 - MB_DEC_TS), hd, next);
@@ -397,9 +428,10 @@ mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split
     }
 }
 
-template <bool VEC>
-static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
-                                 float *work, cudaStream_t stream)
+template <bool VEC, bool QKP>
+static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want,
+                                 uint32_t n_split, float *work, cudaStream_t stream,
+                                 const mb_qkp_args &qa)
 {
     const size_t smem = mb_dec_smem_floats(a.hd) * sizeof(float);
     // Above 48 KiB (head_dim > 160) a kernel must opt in, once per device;
@@ -411,24 +443,35 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
         cudaError_t e = cudaGetDevice(&dev);
         if (e != cudaSuccess) return e;
         if (dev < 0 || dev >= 64 || !opted[dev]) {
-            e = cudaFuncSetAttribute(mb_kcuda_attn_decode_kernel<VEC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            e = cudaFuncSetAttribute(mb_kcuda_attn_decode_kernel<VEC, QKP>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int)mb_dec_smem_floats(MB_ATTN_MAX_HD) * (int)sizeof(float));
             if (e != cudaSuccess) return e;
             if (dev >= 0 && dev < 64) opted[dev] = true;
         }
     }
     const dim3 grid(n_split, a.n_kv * n_hgroups, a.n);
-    mb_dense_launch(mb_kcuda_attn_decode_kernel<VEC>, grid, MB_ATTN_DEC_THREADS, smem, stream, a,
-                    n_hgroups, want, n_split, work);
+    mb_dense_launch(mb_kcuda_attn_decode_kernel<VEC, QKP>, grid, MB_ATTN_DEC_THREADS, smem, stream,
+                    a, n_hgroups, want, n_split, work, qa);
     return cudaGetLastError();
 }
 
-cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
-                                        float *work, cudaStream_t stream)
+cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want,
+                                        uint32_t n_split, float *work, cudaStream_t stream,
+                                        const mb_qkp_args *qkp)
 {
     const bool vec = a.hd % 4 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
-    cudaError_t e = vec ? mb_dec_launch<true>(a, n_hgroups, want, n_split, work, stream)
-                        : mb_dec_launch<false>(a, n_hgroups, want, n_split, work, stream);
+    const mb_qkp_args none = {};
+    cudaError_t e;
+    if (qkp) {
+        if (!vec || a.hd > 4u * MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH / MB_ATTN_TILE ||
+            a.n != 1)
+            return cudaErrorInvalidValue; // the head pass rides on the pipelined tiles
+        e = mb_dec_launch<true, true>(a, n_hgroups, want, n_split, work, stream, *qkp);
+    } else {
+        e = vec ? mb_dec_launch<true, false>(a, n_hgroups, want, n_split, work, stream, none)
+                : mb_dec_launch<false, false>(a, n_hgroups, want, n_split, work, stream, none);
+    }
     if (e != cudaSuccess || n_split == 1 || a.done) return e; // a.done: merged by the last blocks
     const dim3 mgrid(a.n_heads, a.n);
     mb_dense_launch(mb_kcuda_attn_merge_kernel, mgrid, MB_ATTN_DEC_THREADS, 0, stream, a, want,

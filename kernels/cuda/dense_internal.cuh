@@ -290,8 +290,13 @@ __device__ __forceinline__ void mb_attn_fetch_tile(const float *__restrict__ kc,
     }
 }
 
+// own >= 0: the tile's row own takes kown and vown (16-byte aligned,
+// shared memory) instead of what was fetched (a row the kernel computes
+// itself and has not read back from the cache).
 __device__ __forceinline__ void mb_attn_store_tile(const mb_attn_tile_regs &t, uint32_t hd,
-                                                   uint32_t ld, float *ks, float *vs)
+                                                   uint32_t ld, float *ks, float *vs, int own = -1,
+                                                   const float *kown = nullptr,
+                                                   const float *vown = nullptr)
 {
     const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
 #pragma unroll
@@ -299,16 +304,27 @@ __device__ __forceinline__ void mb_attn_store_tile(const mb_attn_tile_regs &t, u
         const int i = (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
         if (i >= n4) break;
         const int c = i / hd4, d4 = i % hd4;
-        *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) = t.k[u];
-        *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) = t.v[u];
+        const bool mine = c == own;
+        *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) =
+            mine ? *reinterpret_cast<const float4 *>(kown + 4 * d4) : t.k[u];
+        *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) =
+            mine ? *reinterpret_cast<const float4 *>(vown + 4 * d4) : t.v[u];
     }
 }
 
 // The split-K decode kernels (dense_attention_decode.cu): grid (n_split,
 // n_kv * n_hgroups, n), then the merge when n_split > 1 (work holds
 // [n][n_heads][n_split][hd + 2] partials).
-cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want, uint32_t n_split,
-                                        float *work, cudaStream_t stream);
+struct mb_qkp_args;
+// qkp: one token whose query and key heads are still raw in a.q's row
+// (qkv: q heads, then k, then v): the blocks run the head pass on their
+// own query heads, and the block whose chunk holds the token's position
+// on its key and value head, which it stores into the cache (as
+// mb_kcuda_qk_rope_store) and uses without reading it back. Needs the
+// pipelined tiles (hd % 4 == 0, hd <= 128, 16-byte aligned cache).
+cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want,
+                                        uint32_t n_split, float *work, cudaStream_t stream,
+                                        const mb_qkp_args *qkp = nullptr);
 
 // The prefill attention kernel on tensor cores (dense_attention_mma.cu),
 // for head_dim a multiple of 8 up to 128.

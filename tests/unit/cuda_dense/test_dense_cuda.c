@@ -969,6 +969,92 @@ static void qk_rope_store_case(uint32_t hd, uint32_t nh, uint32_t nkv, uint32_t 
     mb_rope_fini(&r);
 }
 
+/* mb_kcuda_qkp_attention against mb_kcuda_qk_rope_store(_at) then
+ * mb_kcuda_attention(_at), bit for bit: the output, both caches, and qkv
+ * left as it was by the fused call. Positions before pos hold random
+ * keys and values; the token's own row holds a sentinel the fused call
+ * must not read. */
+static void qkp_attention_case(uint32_t hd, uint32_t nh, uint32_t nkv, uint32_t pos,
+                               uint32_t window, int norms, int il, int at)
+{
+    mb_rope r;
+    const uint32_t ctx = pos + 3;
+    REQUIRE(mb_rope_init(&r, hd, ctx, 1e6f) == MB_STATUS_OK);
+    const uint32_t qd = nh * hd, kd = nkv * hd;
+    const size_t ld = qd + 2 * (size_t)kd + 4, cache = (size_t)kd * ctx;
+    float *qkv = rand_f32(ld, 2.0f), *qn = rand_f32(hd, 1.5f), *kn = rand_f32(hd, 1.5f);
+    float *kvh = rand_f32(2 * cache, 1.0f);
+    for (uint32_t h = 0; h < 2 * nkv; h++) /* the own row and past it: sentinels */
+        for (uint32_t p = pos; p < ctx; p++)
+            for (uint32_t d = 0; d < hd; d++)
+                kvh[((size_t)h * ctx + p) * hd + d] = 1e4f;
+    const size_t tab = (size_t)r.n_pos * (hd / 2) * sizeof(float);
+    float *dc = dev_upload(r.cos, tab), *ds = dev_upload(r.sin, tab);
+    float *dqn = dev_upload(qn, hd * sizeof(float)), *dkn = dev_upload(kn, hd * sizeof(float));
+    float *d1 = dev_upload(qkv, ld * sizeof(float)), *d2 = dev_upload(qkv, ld * sizeof(float));
+    float *c1 = dev_upload(kvh, 2 * cache * sizeof(float)),
+          *c2 = dev_upload(kvh, 2 * cache * sizeof(float));
+    const mb_kcuda_kv
+        kv1 = {.k = c1, .v = c1 + cache, .n_kv_heads = nkv, .head_dim = hd, .max_ctx = ctx},
+        kv2 = {.k = c2, .v = c2 + cache, .n_kv_heads = nkv, .head_dim = hd, .max_ctx = ctx};
+    const mb_kcuda_attn_shape sh = {
+        .n_heads = nh, .window = window, .scale = 1.0f / sqrtf((float)hd)};
+    const size_t wf = mb_kcuda_attention_work(&kv1, &sh, 1);
+    float *w1 = dev_alloc((wf ? wf : 1) * sizeof(float)),
+          *w2 = dev_alloc((wf ? wf : 1) * sizeof(float));
+    float *o1 = dev_alloc(qd * sizeof(float)), *o2 = dev_alloc(qd * sizeof(float));
+    const float *qnp = norms ? dqn : NULL, *knp = norms ? dkn : NULL;
+    uint32_t *dpos = at ? dev_upload(&pos, sizeof pos) : NULL;
+    if (at) {
+        RUN(mb_kcuda_qk_rope_store_at(NULL, d1, ld, 1, nh, qnp, knp, 1e-6f, dpos, dc, ds, il,
+                                      &kv1));
+        RUN(mb_kcuda_attention_at(NULL, &kv1, &sh, dpos, 1, d1, ld, o1, qd, w1, wf));
+    } else {
+        RUN(mb_kcuda_qk_rope_store(NULL, d1, ld, 1, nh, qnp, knp, 1e-6f, pos, dc, ds, il, &kv1));
+        RUN(mb_kcuda_attention(NULL, &kv1, &sh, pos, 1, d1, ld, o1, qd, w1, wf));
+    }
+    RUN(mb_kcuda_qkp_attention(NULL, d2, ld, qnp, knp, 1e-6f, dc, ds, il, &kv2, &sh, at ? 0 : pos,
+                               dpos, o2, qd, w2, wf));
+    float *g1 = xmalloc(qd * sizeof(float)), *g2 = xmalloc(qd * sizeof(float)),
+          *q2 = xmalloc(ld * sizeof(float));
+    float *k1 = xmalloc(2 * cache * sizeof(float)), *k2 = xmalloc(2 * cache * sizeof(float));
+    dev_download(g1, o1, qd * sizeof(float));
+    dev_download(g2, o2, qd * sizeof(float));
+    dev_download(q2, d2, ld * sizeof(float));
+    dev_download(k1, c1, 2 * cache * sizeof(float));
+    dev_download(k2, c2, 2 * cache * sizeof(float));
+    size_t bad = count_diff(g1, g2, qd) + count_diff(k1, k2, 2 * cache) + count_diff(qkv, q2, ld);
+    CHECK_MSG(
+        note(E_FUSED, (double)bad,
+             "qkp_attention hd=%u heads=%u/%u pos=%u win=%u norms=%d il=%d at=%d", hd, nh, nkv, pos,
+             window, norms, il, at),
+        "qkp_attention hd=%u heads=%u/%u pos=%u win=%u norms=%d il=%d at=%d: %zu values differ", hd,
+        nh, nkv, pos, window, norms, il, at, bad);
+    cudaFree(d1);
+    cudaFree(d2);
+    cudaFree(c1);
+    cudaFree(c2);
+    cudaFree(w1);
+    cudaFree(w2);
+    cudaFree(o1);
+    cudaFree(o2);
+    cudaFree(dc);
+    cudaFree(ds);
+    cudaFree(dqn);
+    cudaFree(dkn);
+    if (dpos) cudaFree(dpos);
+    free(qkv);
+    free(qn);
+    free(kn);
+    free(kvh);
+    free(g1);
+    free(g2);
+    free(q2);
+    free(k1);
+    free(k2);
+    mb_rope_fini(&r);
+}
+
 /* mb_kcuda_qkv_rope_store(_at) against mb_kcuda_linear_norm then
  * mb_kcuda_qk_rope_store(_at), bit for bit (qkv and both caches), at two
  * positions in a row (the head counters must be back at 0 after each). */
@@ -1315,6 +1401,16 @@ static void test_fused(void)
                         for (int at = 0; at < 2; at++)
                             qk_rope_store_case(shapes[sh][0], shapes[sh][1], shapes[sh][2], ns[a], p0s[b], norms, il,
                                                at);
+    /* The head pass inside the decode attention: every head_dim it takes,
+     * 8 to 1 query heads a kv head, the first position, one tile, several
+     * tiles and chunks, a window, with and without head norms, both RoPE
+     * layouts, the position on the host and on the device. */
+    static const uint32_t ashapes[][5] = {{128, 8, 1, 0, 0},     {128, 32, 4, 1100, 0},
+                                          {64, 16, 2, 45, 0},    {8, 12, 4, 300, 0},
+                                          {128, 8, 1, 200, 100}, {4, 2, 2, 33, 0}};
+    for (size_t a = 0; a < sizeof ashapes / sizeof *ashapes; a++)
+        qkp_attention_case(ashapes[a][0], ashapes[a][1], ashapes[a][2], ashapes[a][3],
+                           ashapes[a][4], (int)(a % 2), (int)(a / 2 % 2), (int)((a + 1) % 2));
     /* The projection with the head pass: one-row blocks (m < 2048) and four-row blocks, a block
      * across two heads (hd 6) and across several (hd 2), vector and
      * scalar loads (k % 8), every dtype. */
@@ -1357,6 +1453,12 @@ static void test_refusals(void)
     kvq.head_dim = 258;
     CHECK(mb_kcuda_qkv_rope_store(NULL, MB_KCUDA_F32, d, 8, &qin, d, NULL, 1, NULL, NULL, 1e-6f, 0,
                                   d, d, 0, &kvq, (unsigned *)di) != 0); /* head_dim past 256 */
+    {
+        const mb_kcuda_kv kvw = {.k = d, .v = d, .n_kv_heads = 1, .head_dim = 256, .max_ctx = 4};
+        const mb_kcuda_attn_shape shw = {.n_heads = 1, .scale = 0.1f};
+        CHECK(mb_kcuda_qkp_attention(NULL, d, 768, NULL, NULL, 1e-6f, d, d, 0, &kvw, &shw, 0, NULL,
+                                     d, 256, d, 4096) != 0); /* head_dim past the pipelined tiles */
+    }
     CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
     CHECK(mb_kcuda_add(NULL, d, d, 0) != 0);
     mb_kcuda_kv kv = {.k = d, .v = d, .n_kv_heads = 2, .head_dim = 8, .max_ctx = 16};
