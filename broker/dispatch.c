@@ -565,7 +565,7 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
         if (w->expert_ids[i] < 0 || (uint32_t)w->expert_ids[i] >= c->placement->n_experts)
             return MB_STATUS_INVALID_ARG;
     uint64_t t_start = mb_now_ns();
-    uint64_t waited = 0;
+    uint64_t waited = 0, last_progress_ns = 0, spin_mark = 0;
     /* Once per layer and chunk, however often failover sends it again. */
     mb_stats_record_routing(c->stats, w->layer, w->expert_ids, (size_t)w->n_tokens * w->top_k);
     d->err[0] = '\0';
@@ -634,12 +634,24 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             st = MB_STATUS_CLOSED;
             goto fail;
         }
+        if (progress) last_progress_ns = spin_mark = 0;
         if (!progress && oldest >= 0) {
             /* Nothing moved: block on the oldest request. With one link busy
              * the transport's own spin-then-sleep wait is right; with
-             * several, wake up often to serve the others. */
+             * several, wake up often to serve the others, or, within
+             * cfg.poll_spin_ns of the last reply, only poll them all. */
             int n_busy = 0;
             for (uint32_t i = 0; i < c->n_links; i++) n_busy += d->dl[i].n_inflight > 0;
+            if (n_busy > 1 && c->poll_spin_ns > 0) {
+                const uint64_t now = mb_now_ns();
+                if (!last_progress_ns) last_progress_ns = now;
+                if ((int64_t)(now - last_progress_ns) < c->poll_spin_ns) {
+                    if (spin_mark) waited += now - spin_mark;
+                    spin_mark = now;
+                    continue;
+                }
+            }
+            spin_mark = 0;
             int64_t slice = n_busy > 1 ? 50000 : 100000000;
             uint64_t t0 = mb_now_ns();
             int got = 0;

@@ -63,6 +63,17 @@ static int64_t mb_session_shm_spin_ns(const mb_options *opt)
     return us ? (int64_t)us * 1000 : -1;
 }
 
+/* The dispatcher's poll of several busy links (mb_dispatch_config
+ * poll_spin_ns): a coordinator on a GPU polls as long as the rings spin;
+ * MB_DISPATCH_POLL_SPIN_US overrides (0: block on the oldest at once, the
+ * CPU coordinator's way, whose cores compute). */
+static int64_t mb_session_poll_spin_ns(const mb_options *opt)
+{
+    const char *e = getenv("MB_DISPATCH_POLL_SPIN_US");
+    if (e && *e) return (int64_t)strtoul(e, NULL, 10) * 1000;
+    return opt->cuda_device >= 0 ? mb_session_shm_spin_ns(opt) : 0;
+}
+
 /* Starts link i from a --worker spec. */
 static mb_status mb_session_start_link(const mb_options *opt, const char *spec_text, uint32_t n_workers, int index,
                                        uint32_t max_slots, const mb_session_roots *roots, mb_link *out, char *err,
@@ -426,10 +437,22 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     mb_stats_set_config_int(s->stats, "replicas", opt->replicas);
     mb_stats_set_config_int(s->stats, "worker_timeout_ms", opt->worker_timeout_ms);
     mb_dispatch_config dc = {
-        .links = s->links, .n_links = s->n_links, .placement = &s->placement, .mode = opt->ipc_mode,
-        .batch_capacity = opt->batch_capacity, .stream_slice = opt->stream_slice, .payload = opt->payload_dtype,
-        .d_model = c->d_model, .top_k = c->top_k, .max_tokens = chunk, .stats = s->stats,
-        .on_loss = mb_failover_on_loss, .loss_ctx = s->failover,
+        .links = s->links,
+        .n_links = s->n_links,
+        .placement = &s->placement,
+        .mode = opt->ipc_mode,
+        .batch_capacity = opt->batch_capacity,
+        .stream_slice = opt->stream_slice,
+        .payload = opt->payload_dtype,
+        .d_model = c->d_model,
+        .top_k = c->top_k,
+        .max_tokens = chunk,
+        .stats = s->stats,
+        /* A coordinator on a GPU has its thread to spare while the experts
+         * run: it polls every busy link for as long as the rings spin. */
+        .poll_spin_ns = mb_session_poll_spin_ns(opt),
+        .on_loss = mb_failover_on_loss,
+        .loss_ctx = s->failover,
     };
     st = mb_dispatch_create(&dc, &s->dispatch);
     if (st != MB_STATUS_OK) {

@@ -136,10 +136,19 @@ struct mb_fwd_cuda {
      * merge_done) instead of in a second kernel. Checked on the emulator
      * only, so off by default until a GPU run (bench/gpu/fuse9b.sh). */
     int fuse_merge;
-    /* 1 (unless MB_CUDA_FUSE_ATTN=0, with fuse; head_dim % 4 == 0 and <=
-     * 128): a one-token step's head pass runs inside the decode attention
-     * (mb_kcuda_qkp_attention), one kernel fewer a layer. */
+    /* 1 (MB_CUDA_FUSE_ATTN=1, with fuse; head_dim % 4 == 0 and <= 128): a
+     * one-token step's head pass runs inside the decode attention
+     * (mb_kcuda_qkp_attention), one kernel fewer a layer; measured slower,
+     * so off by default. */
     int fuse_attn;
+    /* 1 (unless MB_CUDA_L2_PREFETCH=0, with fuse): a one-token step asks
+     * the L2 cache for o_proj's and the router's weights on a second
+     * stream (side) once the QKV projection is enqueued, so they stream
+     * while the head pass and attention, latency-bound, run; joined back
+     * at the end of the layer's segment A. */
+    int l2_prefetch, side_pending;
+    cudaStream_t side;
+    cudaEvent_t fork, join;
     int renorm;
     cudaStream_t stream;
     cudaEvent_t copied, t0, t1;
@@ -582,6 +591,9 @@ static mb_status open_device(mb_fwd_cuda *fc)
     }
     e = cudaSetDevice(fc->device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&fc->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&fc->side, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fc->fork, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fc->join, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fc->copied, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaEventCreate(&fc->t0);
     if (e == cudaSuccess) e = cudaEventCreate(&fc->t1);
@@ -676,12 +688,17 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->fuse_norm = fc->fuse && !(fn && strcmp(fn, "0") == 0);
     const char *fq = getenv("MB_CUDA_FUSE_QKV");
     fc->fuse_qkv = fc->fuse_norm && fq && strcmp(fq, "1") == 0;
-    /* The decode attention runs the head pass itself (one kernel fewer a
-     * layer) where its pipelined tiles take the heads: head_dim % 4 == 0
-     * and <= 128 (MB_CUDA_FUSE_ATTN=0: a kernel of its own). */
+    /* MB_CUDA_FUSE_ATTN=1: the decode attention runs the head pass itself
+     * where its pipelined tiles take the heads (head_dim % 4 == 0, <= 128).
+     * Off: on the H100 a decode step's dense part took 0.250-0.253 ms with
+     * it against 0.230-0.232 without (every one of the attention's blocks
+     * then runs a head pass, serial work in each, where the kernel it
+     * replaces spreads it over warps). */
     const char *fa = getenv("MB_CUDA_FUSE_ATTN");
-    fc->fuse_attn = fc->fuse && !(fa && strcmp(fa, "0") == 0) && fc->cfg.head_dim % 4 == 0 &&
+    fc->fuse_attn = fc->fuse && fa && strcmp(fa, "1") == 0 && fc->cfg.head_dim % 4 == 0 &&
                     fc->cfg.head_dim <= 128;
+    const char *pf = getenv("MB_CUDA_L2_PREFETCH");
+    fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
     fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
@@ -774,6 +791,8 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
     cudaFreeHost(fc->h_logits);
     cudaFreeHost(fc->h_tok);
     if (fc->copied) cudaEventDestroy(fc->copied);
+    if (fc->fork) cudaEventDestroy(fc->fork);
+    if (fc->join) cudaEventDestroy(fc->join);
     if (fc->t0) cudaEventDestroy(fc->t0);
     if (fc->t1) cudaEventDestroy(fc->t1);
     for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
@@ -801,6 +820,7 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
     free(fc->prof.label);
     cudaFreeHost(fc->prof.h_ts);
     if (fc->stream) cudaStreamDestroy(fc->stream);
+    if (fc->side) cudaStreamDestroy(fc->side);
     cudaGetLastError();
     free(fc->allocs);
     free(fc->layers);
@@ -863,6 +883,28 @@ static mb_status attention_rest(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_
     return MB_STATUS_OK;
 }
 
+static size_t dev_mat_bytes(const dev_mat *m)
+{
+    return (size_t)m->rows * m->cols * (m->dtype == MB_KCUDA_F32 ? 4u : 2u);
+}
+
+/* One token: o_proj's and the router's weights asked into L2 from the
+ * side stream, forked here (after the QKV projection is enqueued). */
+static mb_status side_prefetch(mb_fwd_cuda *fc, const dev_layer *D, uint32_t n)
+{
+    if (!fc->l2_prefetch || n != 1) return MB_STATUS_OK;
+    cudaError_t e = cudaEventRecord(fc->fork, fc->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, fc->fork, 0);
+    if (e == cudaSuccess)
+        e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, D->wo.w, dev_mat_bytes(&D->wo));
+    if (e == cudaSuccess && D->router.w)
+        e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, D->router.w, dev_mat_bytes(&D->router));
+    if (e == cudaSuccess) e = cudaEventRecord(fc->join, fc->side);
+    if (e != cudaSuccess) return fail(fc, e, "prefetching weights into L2");
+    fc->side_pending = 1;
+    return MB_STATUS_OK;
+}
+
 /* The fused attention block: the previous layer's experts added to x in
  * its norm, one QKV projection, head norm + RoPE + KV store in one kernel,
  * attention, o_proj accumulating into x. With the norm in the QKV GEMV,
@@ -900,6 +942,7 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         }
         K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in, qkv, D->bqkv, 0));
         prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj");
+        MB_TRY(side_prefetch(fc, D, n));
     } else {
         if (l == 0)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm,
@@ -1045,10 +1088,40 @@ static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     return MB_STATUS_OK;
 }
 
+/* The side stream's work joined back: before a segment ends (a graph's
+ * capture must end with it joined). */
+static mb_status side_join(mb_fwd_cuda *fc)
+{
+    if (!fc->side_pending) return MB_STATUS_OK;
+    fc->side_pending = 0;
+    cudaError_t e = cudaStreamWaitEvent(fc->stream, fc->join, 0);
+    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "joining the prefetch stream");
+}
+
+/* Experts elsewhere: while the host waits for them the GPU idles, so the
+ * next layer's QKV weights are asked into L2 then (from the side stream;
+ * the experts on this GPU would evict them). */
+static mb_status side_prefetch_next(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
+{
+    if (!fc->l2_prefetch || n != 1 || fc->local_step || l + 1 >= fc->cfg.n_layers)
+        return MB_STATUS_OK;
+    const dev_mat *W = &fc->layers[l + 1].wqkv;
+    if (!W->w) return MB_STATUS_OK;
+    cudaError_t e = cudaEventRecord(fc->fork, fc->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, fc->fork, 0);
+    if (e == cudaSuccess) e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, W->w, dev_mat_bytes(W));
+    if (e == cudaSuccess) e = cudaEventRecord(fc->join, fc->side);
+    if (e != cudaSuccess) return fail(fc, e, "prefetching weights into L2");
+    fc->side_pending = 1;
+    return MB_STATUS_OK;
+}
+
 static mb_status segment_a(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
     MB_TRY(attention_block(fc, l, n, pos));
-    return route_out(fc, l, n);
+    MB_TRY(route_out(fc, l, n));
+    MB_TRY(side_prefetch_next(fc, l, n));
+    return side_join(fc);
 }
 
 /* Segment B: the experts' sums back, the shared expert's down projection

@@ -258,6 +258,13 @@ int mb_kcuda_add(void *stream, float *x, const float *y, size_t count);
  * profile inside whole-step graphs. */
 int mb_kcuda_stamp(void *stream, unsigned long long *slot);
 
+/* Asks the L2 cache for bytes at p (device memory; p 16-byte aligned) and
+ * returns without waiting for them: a few threads issue bulk prefetches
+ * (sm_90; elsewhere, and on the emulator, it does nothing). For a second
+ * stream while the main one runs latency-bound kernels, so that weights
+ * read next come from L2. */
+int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes);
+
 /* dst[i] = src[i] for i < count (32-bit words; dst may be pinned host
  * memory), then src[i] = 0 for zero_from <= i < count: counters and clock
  * stamps handed to the host and reset in one launch, where a copy and a

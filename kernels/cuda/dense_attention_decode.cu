@@ -346,6 +346,7 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 // order (v5; v4 walked all chunks a dimension a thread, eight loads in
 // flight, five memory trips at 33 chunks); else a dimension a thread.
 #define MB_MERGE_MAX_SPLIT 1024 // chunks the weights' shared memory holds; more: a second pass
+#define MB_MERGE_REGS 16        // float4 of outputs a thread may hold from the start
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
 {
@@ -357,6 +358,22 @@ mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const uint32_t live = mb_dec_live(a, want, n_split, a.pos_dev ? *a.pos_dev : a.pos0, t);
     const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
+    // Where the float4 path below takes every chunk in MB_MERGE_REGS loads a
+    // thread, those loads are issued now, with the maxima's: the outputs
+    // do not depend on M, so the kernel pays one memory trip, not two.
+    const uint32_t hd4 = hd / 4;
+    const bool vec4 = hd % 4 == 0 && hd4 <= MB_ATTN_DEC_THREADS && ((uintptr_t)work & 15) == 0;
+    const uint32_t G = vec4 ? MB_ATTN_DEC_THREADS / hd4 : 1, gi = tid / (vec4 ? hd4 : 1),
+                   c4 = tid % (vec4 ? hd4 : 1);
+    const bool pre = vec4 && live <= G * MB_MERGE_REGS && live <= MB_MERGE_MAX_SPLIT;
+    float4 ov[MB_MERGE_REGS];
+    if (pre && gi < G) {
+#pragma unroll
+        for (int u = 0; u < MB_MERGE_REGS; u++) {
+            const uint32_t s = gi + (uint32_t)u * G;
+            if (s < live) ov[u] = *reinterpret_cast<const float4 *>(first + s * stride + 4 * c4);
+        }
+    }
     // M: the chunks' maxima, a strided pass then a fixed butterfly and warp order.
     float M = -INFINITY;
     for (uint32_t s = tid; s < live; s += MB_ATTN_DEC_THREADS)
@@ -384,18 +401,25 @@ mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split
     for (int i = 0; i < MB_ATTN_DEC_THREADS / 32; i++)
         den += red[i];
     const float inv = 1.0f / den;
-    const uint32_t hd4 = hd / 4;
-    if (hd % 4 == 0 && hd4 <= MB_ATTN_DEC_THREADS && ((uintptr_t)work & 15) == 0) {
+    if (vec4) {
         // Thread (group gi, column c4) adds 4 dims of chunks gi, gi + G, ...
-        // (a few float4 loads a thread, all in flight together), then the
-        // first hd4 threads add the G groups in order.
-        const uint32_t G = MB_ATTN_DEC_THREADS / hd4, gi = tid / hd4, c4 = tid % hd4;
+        // (a few float4 loads a thread, all in flight together, or already
+        // in ov), then the first hd4 threads add the G groups in order.
         if (gi < G) {
             float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (pre) {
+#pragma unroll
+                for (int u = 0; u < MB_MERGE_REGS; u++) {
+                    const uint32_t s = gi + (uint32_t)u * G;
+                    if (s < live) mb_axpy4(o, wsh[s], ov[u]);
+                }
+            } else {
 #pragma unroll 8
-            for (uint32_t s = gi; s < live; s += G) {
-                const float w = s < MB_MERGE_MAX_SPLIT ? wsh[s] : expf(first[s * stride + hd] - M);
-                mb_axpy4(o, w, *reinterpret_cast<const float4 *>(first + s * stride + 4 * c4));
+                for (uint32_t s = gi; s < live; s += G) {
+                    const float w =
+                        s < MB_MERGE_MAX_SPLIT ? wsh[s] : expf(first[s * stride + hd] - M);
+                    mb_axpy4(o, w, *reinterpret_cast<const float4 *>(first + s * stride + 4 * c4));
+                }
             }
             sums4[tid] = o;
         }

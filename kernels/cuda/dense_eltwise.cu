@@ -61,6 +61,43 @@ extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
     return mb_dense_launched();
 }
 
+#define MB_L2PF_CHUNK 16384u // bytes a bulk prefetch asks for
+#define MB_L2PF_THREADS 32
+
+// No programmatic launch: it runs on a stream of its own, beside the work.
+__global__ void __launch_bounds__(MB_L2PF_THREADS)
+    mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const size_t step = (size_t)gridDim.x * MB_L2PF_THREADS * MB_L2PF_CHUNK;
+    for (size_t off = ((size_t)blockIdx.x * MB_L2PF_THREADS + threadIdx.x) * MB_L2PF_CHUNK;
+         off < bytes; off += step) {
+        const size_t left = bytes - off;
+        const uint32_t n = (uint32_t)(left < MB_L2PF_CHUNK ? left : MB_L2PF_CHUNK) & ~15u;
+        if (n)
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(n)
+                         : "memory");
+    }
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
+{
+    if (!p || ((uintptr_t)p & 15)) return (int)cudaErrorInvalidValue;
+    if (bytes < 16) return 0;
+    const size_t per_block =
+        (size_t)MB_L2PF_THREADS * MB_L2PF_CHUNK * 8; // eight prefetches a thread
+    const unsigned blocks =
+        (unsigned)((bytes + per_block - 1) / per_block < 16 ? (bytes + per_block - 1) / per_block
+                                                            : 16);
+    mb_kcuda_l2_prefetch_kernel<<<blocks, MB_L2PF_THREADS, 0, mb_dense_stream(stream)>>>(
+        (const char *)p, bytes);
+    return mb_dense_launched();
+}
+
 // dst[i] = src[i] for i < count, then src[i] = 0 from zero_from on.
 __global__ void __launch_bounds__(MB_ELT_THREADS)
     mb_kcuda_drain_kernel(uint32_t *__restrict__ src, uint32_t *__restrict__ dst, size_t count,

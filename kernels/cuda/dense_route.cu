@@ -102,7 +102,8 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
 // found by a counter, routes every token. done returns to 0 for the next
 // launch.
 // NORM: the input is RMSNorm(x) (mb_lin_norm), for mb_kcuda_router_topk_norm.
-template <typename W, bool VEC, bool NORM>
+// NT: 1 for one token (one accumulator a block), else MB_LIN_NT.
+template <typename W, bool VEC, bool NORM, int NT>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n, float *logits,
@@ -114,8 +115,8 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     __shared__ int last;
     // NORM (one token): the normalised row is written after the block
     // counts itself done, by the last block after it routes.
-    float scale[MB_LIN_NT];
-    mb_lin_gemv_block<W, 1, VEC, NORM>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm, scale);
+    float scale[NT];
+    mb_lin_gemv_block<W, 1, VEC, NORM, NT>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm, scale);
     __threadfence(); // this block's logits are visible device-wide before it counts itself done
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
@@ -165,9 +166,15 @@ static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint
         const W *wt = (const W *)w;
         const bool vec = mb_lin_vec_ok<W>(k, ldx, w, x, nrm);
         mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
-            mb_dense_launch(mb_kcuda_router_topk_kernel<W, decltype(v)::value, decltype(nm)::value>,
-                            ne, MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits, top_k,
-                            renorm, ids, gate, done, nrm ? *nrm : none);
+            constexpr bool V = decltype(v)::value, N = decltype(nm)::value;
+            if (n == 1)
+                mb_dense_launch(mb_kcuda_router_topk_kernel<W, V, N, 1>, ne, MB_LIN_GEMV_THREADS,
+                                smem, s, wt, ne, k, x, ldx, n, logits, top_k, renorm, ids, gate,
+                                done, nrm ? *nrm : none);
+            else
+                mb_dense_launch(mb_kcuda_router_topk_kernel<W, V, N, MB_LIN_NT>, ne,
+                                MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits, top_k,
+                                renorm, ids, gate, done, nrm ? *nrm : none);
         });
         return mb_dense_launched();
     });

@@ -83,9 +83,21 @@ static mb_status run(mb_link *links, const mb_placement *pl, mb_ipc_mode mode, m
     const char *names[N_LINKS] = {links[0].name, links[1].name};
     mb_stats *stats = NULL;
     REQUIRE(mb_stats_create(N_LINKS, names, 2, 0, &stats) == MB_STATUS_OK);
-    mb_dispatch_config dc = {.links = links, .n_links = N_LINKS, .placement = pl, .mode = mode,
-                             .batch_capacity = 16, .stream_slice = 4, .payload = dt, .d_model = 64, .top_k = 3,
-                             .max_tokens = N_PREFILL, .stats = stats};
+    /* Every other call polls the busy links for up to 1 ms before blocking
+     * (as a coordinator on a GPU does): the same results either way. */
+    static unsigned calls;
+    mb_dispatch_config dc = {.links = links,
+                             .n_links = N_LINKS,
+                             .placement = pl,
+                             .mode = mode,
+                             .batch_capacity = 16,
+                             .stream_slice = 4,
+                             .payload = dt,
+                             .d_model = 64,
+                             .top_k = 3,
+                             .max_tokens = N_PREFILL,
+                             .stats = stats,
+                             .poll_spin_ns = calls++ % 2 ? 1000000 : 0};
     mb_dispatch *d = NULL;
     REQUIRE(mb_dispatch_create(&dc, &d) == MB_STATUS_OK);
     mb_moe_work w = {.layer = layer, .n_tokens = r->n, .top_k = 3, .decode = r->n == 1, .expert_ids = r->ids,
