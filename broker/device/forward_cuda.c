@@ -698,7 +698,9 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->fuse_attn = fc->fuse && fa && strcmp(fa, "1") == 0 && fc->cfg.head_dim % 4 == 0 &&
                     fc->cfg.head_dim <= 128;
     const char *pf = getenv("MB_CUDA_L2_PREFETCH");
-    fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
+    fc->l2_prefetch = !fc->fuse || (pf && strcmp(pf, "0") == 0) ? 0
+                      : pf && strcmp(pf, "2") == 0              ? 2
+                                                                : 1;
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
     fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
@@ -1098,29 +1100,34 @@ static mb_status side_join(mb_fwd_cuda *fc)
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "joining the prefetch stream");
 }
 
-/* Experts elsewhere: while the host waits for them the GPU idles, so the
- * next layer's QKV weights are asked into L2 then (from the side stream;
- * the experts on this GPU would evict them). */
-static mb_status side_prefetch_next(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
+/* The next layer's QKV weights asked into L2 (one token) while this
+ * layer's experts run: with the experts elsewhere (the GPU idles while the
+ * host waits; launched outside any graph, after the routed tokens' copy,
+ * and never waited for), or with them on this GPU with
+ * MB_CUDA_L2_PREFETCH=2 (they stream tens of megabytes through L2 in
+ * between, with evict-first loads). Inside the whole-step graph's capture
+ * the side stream is joined back at the step's end. */
+static mb_status side_prefetch_next(mb_fwd_cuda *fc, uint32_t l, uint32_t n, cudaEvent_t after)
 {
-    if (!fc->l2_prefetch || n != 1 || fc->local_step || l + 1 >= fc->cfg.n_layers)
+    if (!fc->l2_prefetch || n != 1 || (fc->local_step && fc->l2_prefetch < 2) ||
+        l + 1 >= fc->cfg.n_layers)
         return MB_STATUS_OK;
     const dev_mat *W = &fc->layers[l + 1].wqkv;
     if (!W->w) return MB_STATUS_OK;
-    cudaError_t e = cudaEventRecord(fc->fork, fc->stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, fc->fork, 0);
+    cudaError_t e = after ? cudaSuccess : cudaEventRecord(fc->fork, fc->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, after ? after : fc->fork, 0);
     if (e == cudaSuccess) e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, W->w, dev_mat_bytes(W));
-    if (e == cudaSuccess) e = cudaEventRecord(fc->join, fc->side);
-    if (e != cudaSuccess) return fail(fc, e, "prefetching weights into L2");
-    fc->side_pending = 1;
-    return MB_STATUS_OK;
+    if (e == cudaSuccess && fc->capturing) {
+        e = cudaEventRecord(fc->join, fc->side);
+        fc->side_pending = 1;
+    }
+    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "prefetching weights into L2");
 }
 
 static mb_status segment_a(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
     MB_TRY(attention_block(fc, l, n, pos));
     MB_TRY(route_out(fc, l, n));
-    MB_TRY(side_prefetch_next(fc, l, n));
     return side_join(fc);
 }
 
@@ -1199,6 +1206,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         K(mb_kcuda_silu_mul(fc->stream, fc->sh_g, fc->sh_u, ff, n, (uint32_t)ff, fc->sh_s));
         prof_mark(fc, "shared expert gate/up (overlapped)");
     }
+    MB_TRY(side_prefetch_next(fc, l, n, fc->local_step ? NULL : fc->copied));
     if (fc->local_step) {
         /* Nothing to wait for, so no idle gap to time (head() knows). The
          * experts replay their own graph, between marks that time them. */
@@ -1278,7 +1286,7 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
                                    0));
             if (fc->logits_direct) {
                 prof_mark(fc, "final norm + lm_head (logits to host)");
-                return MB_STATUS_OK;
+                return side_join(fc);
             }
         } else {
             K(final_norm(fc, n - 1, 1));
@@ -1286,11 +1294,13 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
         }
         e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float), cudaMemcpyDeviceToHost, fc->stream);
         prof_mark(fc, "final norm + lm_head + logits copy");
-        return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the logits");
+        if (e != cudaSuccess) return fail(fc, e, "copying the logits");
+        return side_join(fc);
     }
     prof_mark(fc, "final norm + lm_head + logits copy");
     if (e == cudaSuccess && fc->local_step) e = (cudaError_t)mb_cuda_local_moe_flush(fc->local, fc->stream);
-    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the logits");
+    if (e != cudaSuccess) return fail(fc, e, "copying the logits");
+    return side_join(fc);
 }
 
 /* Everything a chunk of n tokens at pos enqueues, from the token copy to
