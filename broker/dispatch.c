@@ -634,7 +634,10 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             st = MB_STATUS_CLOSED;
             goto fail;
         }
-        if (progress) last_progress_ns = spin_mark = 0;
+        if (progress) {
+            if (spin_mark) waited += mb_now_ns() - spin_mark; /* the polls until this reply */
+            last_progress_ns = spin_mark = 0;
+        }
         if (!progress && oldest >= 0) {
             /* Nothing moved: block on the oldest request. With one link busy
              * the transport's own spin-then-sleep wait is right; with
@@ -645,11 +648,9 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             if (n_busy > 1 && c->poll_spin_ns > 0) {
                 const uint64_t now = mb_now_ns();
                 if (!last_progress_ns) last_progress_ns = now;
-                if ((int64_t)(now - last_progress_ns) < c->poll_spin_ns) {
-                    if (spin_mark) waited += now - spin_mark;
-                    spin_mark = now;
-                    continue;
-                }
+                if (spin_mark) waited += now - spin_mark;
+                spin_mark = now;
+                if ((int64_t)(now - last_progress_ns) < c->poll_spin_ns) continue;
             }
             spin_mark = 0;
             int64_t slice = n_busy > 1 ? 50000 : 100000000;

@@ -1177,6 +1177,7 @@ static mb_status run_segment(mb_fwd_cuda *fc, cudaGraphExec_t *exec, segment_fn 
             cudaGetLastError();
             *exec = NULL;
             fc->graphs = 0;
+            fc->side_pending = 0; /* a join recorded in the discarded capture */
             fc->err[0] = '\0';
             return fn(fc, l, n, pos);
         }
@@ -1343,6 +1344,7 @@ static mb_status run_step_graph(mb_fwd_cuda *fc, uint32_t pos, int decode, float
             cudaGetLastError();
             fc->graph_step = NULL;
             fc->step_graph = 0;
+            fc->side_pending = 0; /* a join recorded in the discarded capture */
             fc->err[0] = '\0';
             fc->prof.marks = fc->prof.on && !fc->prof.stamps ? 0 : -1;
             return enqueue_chunk(fc, 1, pos, decode, NULL, NULL, NULL, last_logits);

@@ -458,7 +458,7 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
                                  const mb_qkp_args &qa)
 {
     const size_t smem = mb_dec_smem_floats(a.hd) * sizeof(float);
-    // Above 48 KiB (head_dim > 160) a kernel must opt in, once per device;
+    // Above 48 KiB (head_dim > 156) a kernel must opt in, once per device;
     // setting the attribute twice is harmless, so racing first calls are
     // fine.
     static bool opted[64];

@@ -1413,9 +1413,11 @@ static void test_fused(void)
                            ashapes[a][4], (int)(a % 2), (int)(a / 2 % 2), (int)((a + 1) % 2));
     /* The projection with the head pass: one-row blocks (m < 2048) and four-row blocks, a block
      * across two heads (hd 6) and across several (hd 2), vector and
-     * scalar loads (k % 8), every dtype. */
+     * scalar loads (k % 8), every dtype; m = 5120 against mb_kcuda_linear_norm's
+     * sixteen-row blocks (mb_lin_rows1), bit for bit. */
     static const uint32_t qshapes[][4] = {{128, 8, 2, 256}, {64, 4, 4, 200},  {6, 3, 1, 13},
-                                          {128, 16, 4, 64}, {6, 300, 21, 16}, {2, 1000, 24, 16}};
+                                          {128, 16, 4, 64}, {6, 300, 21, 16}, {2, 1000, 24, 16},
+                                          {128, 32, 4, 64}};
     for (int di = 0; di < 3; di++)
         for (size_t q = 0; q < sizeof qshapes / sizeof *qshapes; q++) {
             const int v = di + (int)q;
