@@ -4,6 +4,8 @@
 # is launched after their copy and never waited for) and, with the
 # experts on the GPU, tried with MB_CUDA_L2_PREFETCH=2 (the experts' GEMVs
 # now load with evict-first); test_parity_device; the full bench.
+# MB_CUDA_L2_PREFETCH=2 and the evict-first loads were removed after this
+# call (no gain); =2 now means the default.
 #   bash bench/gpu/round11.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
 cd "$(dirname "$0")/../.."

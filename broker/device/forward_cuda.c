@@ -142,10 +142,10 @@ struct mb_fwd_cuda {
      * so off by default. */
     int fuse_attn;
     /* 1 (unless MB_CUDA_L2_PREFETCH=0, with fuse): a one-token step asks
-     * the L2 cache for o_proj's and the router's weights on a second
-     * stream (side) once the QKV projection is enqueued, so they stream
-     * while the head pass and attention, latency-bound, run; joined back
-     * at the end of the layer's segment A. */
+     * the L2 cache for weights on a second stream (side): o_proj's and the
+     * router's once the QKV projection is enqueued, joined back at the end
+     * of the layer's segment A; with the experts elsewhere, the next
+     * layer's QKV weights while the host waits (side_prefetch). */
     int l2_prefetch, side_pending;
     cudaStream_t side;
     cudaEvent_t fork, join;
@@ -698,9 +698,7 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->fuse_attn = fc->fuse && fa && strcmp(fa, "1") == 0 && fc->cfg.head_dim % 4 == 0 &&
                     fc->cfg.head_dim <= 128;
     const char *pf = getenv("MB_CUDA_L2_PREFETCH");
-    fc->l2_prefetch = !fc->fuse || (pf && strcmp(pf, "0") == 0) ? 0
-                      : pf && strcmp(pf, "2") == 0              ? 2
-                                                                : 1;
+    fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
     fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
@@ -863,26 +861,31 @@ static int norm_in_gemv(const mb_fwd_cuda *fc, uint32_t n)
     return fc->fuse_norm && n == 1;
 }
 
-/* Attention over the cache (the position from p on the device when set)
- * and o_proj accumulating into x, with the experts' row as its bias where
- * the norm ran in the QKV GEMV (nig). */
+/* o_proj accumulating the attention's output into x, with the experts'
+ * row as its bias where the norm ran in the QKV GEMV (nig). */
+static mb_status o_proj(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int nig)
+{
+    K(linear(fc, &fc->layers[l].wo, fc->att, fc->q_dim, n, fc->x, fc->cfg.d_model,
+             nig && l ? fc->moe : NULL, 1));
+    prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
+    return MB_STATUS_OK;
+}
+
+/* Attention over the cache (the position from p on the device when set),
+ * then o_proj. */
 static mb_status attention_rest(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos,
                                 const uint32_t *p, const mb_kcuda_attn_shape *s, int nig)
 {
     const dev_layer *D = &fc->layers[l];
-    const size_t d = fc->cfg.d_model, ld = fc->qkv_dim;
-    if (!s) /* done with the head pass (mb_kcuda_qkp_attention) */
-        ;
-    else if (p)
+    const size_t ld = fc->qkv_dim;
+    if (p)
         K(mb_kcuda_attention_at(fc->stream, &D->kv, s, p, n, fc->qkv, ld, fc->att, fc->q_dim,
                                 fc->work, fc->work_floats));
     else
         K(mb_kcuda_attention(fc->stream, &D->kv, s, pos, n, fc->qkv, ld, fc->att, fc->q_dim,
                              fc->work, fc->work_floats));
-    if (s) prof_mark(fc, "attention (+ merge)");
-    K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, nig && l ? fc->moe : NULL, 1));
-    prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
-    return MB_STATUS_OK;
+    prof_mark(fc, "attention (+ merge)");
+    return o_proj(fc, l, n, nig);
 }
 
 static size_t dev_mat_bytes(const dev_mat *m)
@@ -890,21 +893,26 @@ static size_t dev_mat_bytes(const dev_mat *m)
     return (size_t)m->rows * m->cols * (m->dtype == MB_KCUDA_F32 ? 4u : 2u);
 }
 
-/* One token: o_proj's and the router's weights asked into L2 from the
- * side stream, forked here (after the QKV projection is enqueued). */
-static mb_status side_prefetch(mb_fwd_cuda *fc, const dev_layer *D, uint32_t n)
+/* Weights asked into L2 from the side stream once the main stream has
+ * reached this point (after: an event recorded there already, or NULL: one
+ * recorded now), for kernels that read them soon while the DRAM idles.
+ * join: the side stream is joined back at the end of the segment
+ * (side_join; a graph's capture must end joined); else it is never waited
+ * for (outside any graph). Matrices without weights are skipped. */
+static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat *a,
+                               const dev_mat *b, int join)
 {
-    if (!fc->l2_prefetch || n != 1) return MB_STATUS_OK;
-    cudaError_t e = cudaEventRecord(fc->fork, fc->stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, fc->fork, 0);
-    if (e == cudaSuccess)
-        e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, D->wo.w, dev_mat_bytes(&D->wo));
-    if (e == cudaSuccess && D->router.w)
-        e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, D->router.w, dev_mat_bytes(&D->router));
-    if (e == cudaSuccess) e = cudaEventRecord(fc->join, fc->side);
-    if (e != cudaSuccess) return fail(fc, e, "prefetching weights into L2");
-    fc->side_pending = 1;
-    return MB_STATUS_OK;
+    cudaError_t e = after ? cudaSuccess : cudaEventRecord(fc->fork, fc->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, after ? after : fc->fork, 0);
+    const dev_mat *m[2] = {a, b};
+    for (int i = 0; i < 2 && e == cudaSuccess; i++)
+        if (m[i] && m[i]->w)
+            e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, m[i]->w, dev_mat_bytes(m[i]));
+    if (e == cudaSuccess && join) {
+        e = cudaEventRecord(fc->join, fc->side);
+        fc->side_pending = e == cudaSuccess;
+    }
+    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "prefetching weights into L2");
 }
 
 /* The fused attention block: the previous layer's experts added to x in
@@ -944,7 +952,9 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         }
         K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in, qkv, D->bqkv, 0));
         prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj");
-        MB_TRY(side_prefetch(fc, D, n));
+        /* o_proj's and the router's weights stream into L2 while the head
+         * pass and attention, latency-bound, run. */
+        if (fc->l2_prefetch && n == 1) MB_TRY(side_prefetch(fc, NULL, &D->wo, &D->router, 1));
     } else {
         if (l == 0)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm,
@@ -967,7 +977,7 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
                                  fc->sin, il, &D->kv, &s, pos, p, fc->att, fc->q_dim, fc->work,
                                  fc->work_floats));
         prof_mark(fc, "head norms + rope + kv store + attention (+ merge)");
-        return attention_rest(fc, l, n, pos, p, NULL, nig);
+        return o_proj(fc, l, n, nig);
     }
     if (p)
         K(mb_kcuda_qk_rope_store_at(fc->stream, qkv, ld, n, c->n_heads, D->q_norm, D->k_norm, c->rms_eps, p, fc->cos,
@@ -1100,30 +1110,6 @@ static mb_status side_join(mb_fwd_cuda *fc)
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "joining the prefetch stream");
 }
 
-/* The next layer's QKV weights asked into L2 (one token) while this
- * layer's experts run: with the experts elsewhere (the GPU idles while the
- * host waits; launched outside any graph, after the routed tokens' copy,
- * and never waited for), or with them on this GPU with
- * MB_CUDA_L2_PREFETCH=2 (they stream tens of megabytes through L2 in
- * between, with evict-first loads). Inside the whole-step graph's capture
- * the side stream is joined back at the step's end. */
-static mb_status side_prefetch_next(mb_fwd_cuda *fc, uint32_t l, uint32_t n, cudaEvent_t after)
-{
-    if (!fc->l2_prefetch || n != 1 || (fc->local_step && fc->l2_prefetch < 2) ||
-        l + 1 >= fc->cfg.n_layers)
-        return MB_STATUS_OK;
-    const dev_mat *W = &fc->layers[l + 1].wqkv;
-    if (!W->w) return MB_STATUS_OK;
-    cudaError_t e = after ? cudaSuccess : cudaEventRecord(fc->fork, fc->stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, after ? after : fc->fork, 0);
-    if (e == cudaSuccess) e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, W->w, dev_mat_bytes(W));
-    if (e == cudaSuccess && fc->capturing) {
-        e = cudaEventRecord(fc->join, fc->side);
-        fc->side_pending = 1;
-    }
-    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "prefetching weights into L2");
-}
-
 static mb_status segment_a(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
     MB_TRY(attention_block(fc, l, n, pos));
@@ -1207,7 +1193,6 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         K(mb_kcuda_silu_mul(fc->stream, fc->sh_g, fc->sh_u, ff, n, (uint32_t)ff, fc->sh_s));
         prof_mark(fc, "shared expert gate/up (overlapped)");
     }
-    MB_TRY(side_prefetch_next(fc, l, n, fc->local_step ? NULL : fc->copied));
     if (fc->local_step) {
         /* Nothing to wait for, so no idle gap to time (head() knows). The
          * experts replay their own graph, between marks that time them. */
@@ -1217,6 +1202,13 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         if (l + 1 < c->n_layers) return run_segment(fc, &fc->graph_b[l], segment_ba, l, n, pos);
         return run_segment(fc, &fc->graph_b[l], segment_b, l, n, pos);
     }
+    /* Experts elsewhere: while the host waits for them the GPU idles, so
+     * the next layer's QKV weights are asked into L2 then, after the routed
+     * tokens' copy, outside any graph and never waited for. (Beside experts
+     * on this GPU it measured no gain: they stream tens of megabytes
+     * through L2 in between.) */
+    if (fc->l2_prefetch && n == 1 && l + 1 < c->n_layers)
+        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, 0));
     e = cudaEventRecord(fc->wait[l], fc->stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
     if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");
@@ -1287,7 +1279,7 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
                                    0));
             if (fc->logits_direct) {
                 prof_mark(fc, "final norm + lm_head (logits to host)");
-                return side_join(fc);
+                return MB_STATUS_OK;
             }
         } else {
             K(final_norm(fc, n - 1, 1));
@@ -1295,13 +1287,11 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
         }
         e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float), cudaMemcpyDeviceToHost, fc->stream);
         prof_mark(fc, "final norm + lm_head + logits copy");
-        if (e != cudaSuccess) return fail(fc, e, "copying the logits");
-        return side_join(fc);
+        return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the logits");
     }
     prof_mark(fc, "final norm + lm_head + logits copy");
     if (e == cudaSuccess && fc->local_step) e = (cudaError_t)mb_cuda_local_moe_flush(fc->local, fc->stream);
-    if (e != cudaSuccess) return fail(fc, e, "copying the logits");
-    return side_join(fc);
+    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the logits");
 }
 
 /* Everything a chunk of n tokens at pos enqueues, from the token copy to

@@ -48,8 +48,8 @@ mb_kcuda_gateup_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t 
 #pragma unroll 4
         for (int k = lane * V; k < K; k += 32 * V) {
             float fa[V], fb[V];
-            mb_loadv_stream<W, V, VEC>(wa + k, fa);
-            mb_loadv_stream<W, V, VEC>(wb + k, fb);
+            mb_loadv<W, V, VEC>(wa + k, fa);
+            mb_loadv<W, V, VEC>(wb + k, fb);
 #pragma unroll
             for (int i = 0; i < MB_GEMV_NT; i++) {
                 if (i >= nt) break;
@@ -92,7 +92,7 @@ mb_kcuda_down_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *_
 #pragma unroll 4
         for (int k = lane * V; k < K; k += 32 * V) {
             float fa[V];
-            mb_loadv_stream<W, V, VEC>(wa + k, fa);
+            mb_loadv<W, V, VEC>(wa + k, fa);
 #pragma unroll
             for (int i = 0; i < MB_GEMV_NT; i++) {
                 if (i >= nt) break;
@@ -136,7 +136,7 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
 #pragma unroll 4
         for (int k = lane * V; k < K; k += 32 * V) {
             float fa[V], x[V];
-            mb_loadv_stream<W, V, VEC>(wa + k, fa);
+            mb_loadv<W, V, VEC>(wa + k, fa);
             mb_loadv<float, V, VEC>(hr + k, x);
 #pragma unroll
             for (int v = 0; v < V; v++)

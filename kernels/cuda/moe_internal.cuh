@@ -115,26 +115,6 @@ template <typename T, int V, bool VEC> __device__ __forceinline__ void mb_loadv(
     }
 }
 
-// mb_loadv for weights read once a call (the one-token expert GEMVs):
-// streaming loads (ld.global.cs), whose lines L2 evicts first, so that an
-// expert layer's tens of megabytes pass through without evicting what was
-// asked into L2 for the coordinator's next kernels. Same values.
-template <typename T, int V, bool VEC>
-__device__ __forceinline__ void mb_loadv_stream(const T *p, float *f)
-{
-    if constexpr (!VEC || (sizeof(T) != 4 && V != 8)) {
-        mb_loadv<T, V, VEC>(p, f);
-    } else if constexpr (sizeof(T) == 4) {
-#pragma unroll
-        for (int i = 0; i < V; i += 4) {
-            const float4 a = __ldcs(reinterpret_cast<const float4 *>(p + i));
-            f[i] = a.x, f[i + 1] = a.y, f[i + 2] = a.z, f[i + 3] = a.w;
-        }
-    } else {
-        mb_unpack8<T>(__ldcs(reinterpret_cast<const uint4 *>(p)), f);
-    }
-}
-
 __device__ __forceinline__ float mb_warp_sum(float v)
 {
 #pragma unroll

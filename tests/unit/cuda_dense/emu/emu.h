@@ -169,7 +169,7 @@ template <class T> static inline T mb_emu_ldg_aligned(const T *p)
 }
 static inline float4 __ldg(const float4 *p) { return mb_emu_ldg_aligned(p); }
 static inline uint4 __ldg(const uint4 *p) { return mb_emu_ldg_aligned(p); }
-static inline uint2 __ldg(const uint2 *p) { return mb_emu_ldg_aligned(p); }
-/* Streaming loads (ld.global.cs): a cache hint, the same value. */
-static inline float4 __ldcs(const float4 *p) { return mb_emu_ldg_aligned(p); }
-static inline uint4 __ldcs(const uint4 *p) { return mb_emu_ldg_aligned(p); }
+static inline uint2 __ldg(const uint2 *p)
+{
+    return mb_emu_ldg_aligned(p);
+}
