@@ -22,14 +22,14 @@ static_assert(MB_ATTN_DEC_THREADS == MB_ATTN_TILE_THREADS, "mb_attn_load_tile's 
 static_assert(MB_ATTN_DEC_HEADS * MB_ATTN_MAX_HD / 4 <= MB_DEC_GROUPS * MB_ATTN_DEC_THREADS, "groups cover heads");
 
 // Shared floats: qs [HEADS][ld], ks and vs [TS][ld], sc [HEADS][TS], then
-// alpha, m, l [HEADS], then (head pass) the token's key and value rows
-// [2][ld]; ld = 4 ceil(hd / 4) + 4 (16-byte rows, the extra 4 spreading a
-// column's float4 over the banks).
-static size_t mb_dec_smem_floats(uint32_t hd)
+// alpha, m, l [HEADS]; with the head pass (qkp) HEADS floats of padding and
+// the token's key and value rows [2][ld]. ld = 4 ceil(hd / 4) + 4 (16-byte
+// rows, the extra 4 spreading a column's float4 over the banks).
+static size_t mb_dec_smem_floats(uint32_t hd, bool qkp)
 {
     const size_t ld = 4 * ((hd + 3) / 4) + 4;
-    return (MB_ATTN_DEC_HEADS + 2 * MB_DEC_TS + 2) * ld + MB_ATTN_DEC_HEADS * MB_DEC_TS +
-           4 * MB_ATTN_DEC_HEADS;
+    return (MB_ATTN_DEC_HEADS + 2 * MB_DEC_TS) * ld + MB_ATTN_DEC_HEADS * MB_DEC_TS +
+           3 * MB_ATTN_DEC_HEADS + (qkp ? MB_ATTN_DEC_HEADS + 2 * ld : 0);
 }
 
 // Partial results of one (token, head, chunk): hd output sums, max, sum.
@@ -457,8 +457,8 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
                                  uint32_t n_split, float *work, cudaStream_t stream,
                                  const mb_qkp_args &qa)
 {
-    const size_t smem = mb_dec_smem_floats(a.hd) * sizeof(float);
-    // Above 48 KiB (head_dim > 156) a kernel must opt in, once per device;
+    const size_t smem = mb_dec_smem_floats(a.hd, QKP) * sizeof(float);
+    // Above 48 KiB (head_dim > 160) a kernel must opt in, once per device;
     // setting the attribute twice is harmless, so racing first calls are
     // fine.
     static bool opted[64];
@@ -467,9 +467,9 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
         cudaError_t e = cudaGetDevice(&dev);
         if (e != cudaSuccess) return e;
         if (dev < 0 || dev >= 64 || !opted[dev]) {
-            e = cudaFuncSetAttribute(mb_kcuda_attn_decode_kernel<VEC, QKP>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)mb_dec_smem_floats(MB_ATTN_MAX_HD) * (int)sizeof(float));
+            e = cudaFuncSetAttribute(
+                mb_kcuda_attn_decode_kernel<VEC, QKP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                (int)mb_dec_smem_floats(MB_ATTN_MAX_HD, QKP) * (int)sizeof(float));
             if (e != cudaSuccess) return e;
             if (dev >= 0 && dev < 64) opted[dev] = true;
         }

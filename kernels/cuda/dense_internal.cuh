@@ -225,35 +225,72 @@ __host__ __device__ __forceinline__ uint32_t mb_attn_part_stride(uint32_t hd)
 #define MB_ATTN_TILE_THREADS 128 // the block that loads it
 #define MB_ATTN_TILE_BATCH 8     // float4 of keys (and of values) a thread loads at once
 
+// One batch of a tile in registers: MB_ATTN_TILE_BATCH float4 of keys and
+// of values a thread. Decode with hd <= MB_ATTN_TILE_THREADS *
+// MB_ATTN_TILE_BATCH * 4 / MB_ATTN_TILE has a whole tile in one batch, so
+// it loads the next tile while it computes on this one.
+struct mb_attn_tile_regs {
+    float4 k[MB_ATTN_TILE_BATCH], v[MB_ATTN_TILE_BATCH];
+};
+
+// The loads of the batch from float4 base of rows [r0, r0 + rows) of one
+// head's keys and values (hd floats a row, hd % 4 == 0, 16-byte aligned);
+// float4 past the tile and rows past `rows` load row r0 again (in bounds).
+__device__ __forceinline__ void mb_attn_fetch_tile(const float *__restrict__ kc,
+                                                   const float *__restrict__ vc, uint32_t r0,
+                                                   int rows, uint32_t hd, mb_attn_tile_regs &t,
+                                                   int base = 0)
+{
+    const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
+#pragma unroll
+    for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+        const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+        const int c = i < n4 ? i / hd4 : 0, d4 = i < n4 ? i % hd4 : 0;
+        const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
+        t.k[u] = __ldg(reinterpret_cast<const float4 *>(kc + at));
+        t.v[u] = __ldg(reinterpret_cast<const float4 *>(vc + at));
+    }
+}
+
+// The batch's stores into ks and vs (ld floats a row). own >= 0: the
+// tile's row own takes kown and vown (16-byte aligned, shared memory)
+// instead of what was fetched (a row the kernel computes itself and has
+// not read back from the cache).
+__device__ __forceinline__ void mb_attn_store_tile(const mb_attn_tile_regs &t, uint32_t hd,
+                                                   uint32_t ld, float *ks, float *vs, int own = -1,
+                                                   const float *kown = nullptr,
+                                                   const float *vown = nullptr, int base = 0)
+{
+    const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
+#pragma unroll
+    for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
+        const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
+        if (i >= n4) break;
+        const int c = i / hd4, d4 = i % hd4;
+        const bool mine = c == own;
+        *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) =
+            mine ? *reinterpret_cast<const float4 *>(kown + 4 * d4) : t.k[u];
+        *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) =
+            mine ? *reinterpret_cast<const float4 *>(vown + 4 * d4) : t.v[u];
+    }
+}
+
 // Copies rows [r0, r0 + rows) of one head's keys and values (hd floats a
 // row, global) into ks and vs (ld floats a row); rows up to MB_ATTN_TILE past
 // `rows` are filled too (VEC: with row r0 again, else zeros) and masked by
 // the caller. VEC: hd % 4 == 0 and the cache 16-byte aligned; a batch's
 // loads are all issued before its stores.
 template <bool VEC>
-__device__ __forceinline__ void mb_attn_load_tile(const float *__restrict__ kc, const float *__restrict__ vc,
-                                                  uint32_t r0, int rows, uint32_t hd, uint32_t ld, float *ks, float *vs)
+__device__ __forceinline__ void
+mb_attn_load_tile(const float *__restrict__ kc, const float *__restrict__ vc, uint32_t r0, int rows,
+                  uint32_t hd, uint32_t ld, float *ks, float *vs)
 {
     if (VEC) {
-        const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
+        const int n4 = MB_ATTN_TILE * ((int)hd / 4);
         for (int base = 0; base < n4; base += MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH) {
-            float4 kr[MB_ATTN_TILE_BATCH], vr[MB_ATTN_TILE_BATCH];
-#pragma unroll
-            for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
-                const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
-                const int c = i < n4 ? i / hd4 : 0, d4 = i < n4 ? i % hd4 : 0;
-                const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
-                kr[u] = __ldg(reinterpret_cast<const float4 *>(kc + at));
-                vr[u] = __ldg(reinterpret_cast<const float4 *>(vc + at));
-            }
-#pragma unroll
-            for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
-                const int i = base + (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
-                if (i >= n4) break;
-                const int c = i / hd4, d4 = i % hd4;
-                *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) = kr[u];
-                *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) = vr[u];
-            }
+            mb_attn_tile_regs t;
+            mb_attn_fetch_tile(kc, vc, r0, rows, hd, t, base);
+            mb_attn_store_tile(t, hd, ld, ks, vs, -1, nullptr, nullptr, base);
         }
     } else {
         const uint32_t w = ld - 4; // hd rounded up to 4: the tail is zeros
@@ -264,51 +301,6 @@ __device__ __forceinline__ void mb_attn_load_tile(const float *__restrict__ kc, 
             ks[c * ld + d] = ok ? __ldg(kc + at) : 0.0f;
             vs[c * ld + d] = ok ? __ldg(vc + at) : 0.0f;
         }
-    }
-}
-
-// A tile in registers, for kernels that load the next tile while they
-// compute on this one (decode with hd <= MB_ATTN_TILE_THREADS *
-// MB_ATTN_TILE_BATCH * 4 / MB_ATTN_TILE: one batch covers the tile): the
-// same loads as mb_attn_load_tile<true>'s batch, then the same stores.
-struct mb_attn_tile_regs {
-    float4 k[MB_ATTN_TILE_BATCH], v[MB_ATTN_TILE_BATCH];
-};
-
-__device__ __forceinline__ void mb_attn_fetch_tile(const float *__restrict__ kc,
-                                                   const float *__restrict__ vc, uint32_t r0,
-                                                   int rows, uint32_t hd, mb_attn_tile_regs &t)
-{
-    const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
-#pragma unroll
-    for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
-        const int i = (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
-        const int c = i < n4 ? i / hd4 : 0, d4 = i < n4 ? i % hd4 : 0;
-        const size_t at = (size_t)(r0 + (c < rows ? c : 0)) * hd + 4 * d4;
-        t.k[u] = __ldg(reinterpret_cast<const float4 *>(kc + at));
-        t.v[u] = __ldg(reinterpret_cast<const float4 *>(vc + at));
-    }
-}
-
-// own >= 0: the tile's row own takes kown and vown (16-byte aligned,
-// shared memory) instead of what was fetched (a row the kernel computes
-// itself and has not read back from the cache).
-__device__ __forceinline__ void mb_attn_store_tile(const mb_attn_tile_regs &t, uint32_t hd,
-                                                   uint32_t ld, float *ks, float *vs, int own = -1,
-                                                   const float *kown = nullptr,
-                                                   const float *vown = nullptr)
-{
-    const int hd4 = (int)hd / 4, n4 = MB_ATTN_TILE * hd4;
-#pragma unroll
-    for (int u = 0; u < MB_ATTN_TILE_BATCH; u++) {
-        const int i = (int)threadIdx.x + u * MB_ATTN_TILE_THREADS;
-        if (i >= n4) break;
-        const int c = i / hd4, d4 = i % hd4;
-        const bool mine = c == own;
-        *reinterpret_cast<float4 *>(ks + c * ld + 4 * d4) =
-            mine ? *reinterpret_cast<const float4 *>(kown + 4 * d4) : t.k[u];
-        *reinterpret_cast<float4 *>(vs + c * ld + 4 * d4) =
-            mine ? *reinterpret_cast<const float4 *>(vown + 4 * d4) : t.v[u];
     }
 }
 

@@ -166,15 +166,17 @@ static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint
         const W *wt = (const W *)w;
         const bool vec = mb_lin_vec_ok<W>(k, ldx, w, x, nrm);
         mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
-            constexpr bool V = decltype(v)::value, N = decltype(nm)::value;
-            if (n == 1)
-                mb_dense_launch(mb_kcuda_router_topk_kernel<W, V, N, 1>, ne, MB_LIN_GEMV_THREADS,
-                                smem, s, wt, ne, k, x, ldx, n, logits, top_k, renorm, ids, gate,
-                                done, nrm ? *nrm : none);
+            const auto go = [&](auto nt) {
+                mb_dense_launch(
+                    mb_kcuda_router_topk_kernel<W, decltype(v)::value, decltype(nm)::value,
+                                                decltype(nt)::value>,
+                    ne, MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits, top_k, renorm,
+                    ids, gate, done, nrm ? *nrm : none);
+            };
+            if (n == 1) // one accumulator a block
+                go(std::integral_constant<int, 1>{});
             else
-                mb_dense_launch(mb_kcuda_router_topk_kernel<W, V, N, MB_LIN_NT>, ne,
-                                MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits, top_k,
-                                renorm, ids, gate, done, nrm ? *nrm : none);
+                go(std::integral_constant<int, MB_LIN_NT>{});
         });
         return mb_dense_launched();
     });
