@@ -5,6 +5,7 @@
 #include "broker/failover.h"
 #include "broker/hotness.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,12 +66,19 @@ static int64_t mb_session_shm_spin_ns(const mb_options *opt)
 
 /* The dispatcher's poll of several busy links (mb_dispatch_config
  * poll_spin_ns): a coordinator on a GPU polls as long as the rings spin;
- * MB_DISPATCH_POLL_SPIN_US overrides (0: block on the oldest at once, the
- * CPU coordinator's way, whose cores compute). */
+ * MB_DISPATCH_POLL_SPIN_US (0 to 1000000, for measuring) overrides (0:
+ * block on the oldest at once, the CPU coordinator's way, whose cores
+ * compute). Another value is ignored, with a warning. */
 static int64_t mb_session_poll_spin_ns(const mb_options *opt)
 {
     const char *e = getenv("MB_DISPATCH_POLL_SPIN_US");
-    if (e && *e) return (int64_t)strtoul(e, NULL, 10) * 1000;
+    if (e && *e) {
+        char *end = NULL;
+        errno = 0;
+        const unsigned long us = strtoul(e, &end, 10);
+        if (errno == 0 && *end == '\0' && e[0] != '-' && us <= 1000000ul) return (int64_t)us * 1000;
+        fprintf(stderr, "MB_DISPATCH_POLL_SPIN_US='%s' ignored (microseconds, 0 to 1000000)\n", e);
+    }
     return opt->cuda_device >= 0 ? mb_session_shm_spin_ns(opt) : 0;
 }
 
@@ -436,6 +444,9 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     mb_stats_set_config(s->stats, "on_worker_loss", mb_on_worker_loss_name(opt->on_worker_loss));
     mb_stats_set_config_int(s->stats, "replicas", opt->replicas);
     mb_stats_set_config_int(s->stats, "worker_timeout_ms", opt->worker_timeout_ms);
+    /* A coordinator on a GPU has its thread to spare while the experts run:
+     * it polls every busy link for as long as the rings spin. */
+    const int64_t poll_spin_ns = mb_session_poll_spin_ns(opt);
     mb_dispatch_config dc = {
         .links = s->links,
         .n_links = s->n_links,
@@ -448,9 +459,7 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
         .top_k = c->top_k,
         .max_tokens = chunk,
         .stats = s->stats,
-        /* A coordinator on a GPU has its thread to spare while the experts
-         * run: it polls every busy link for as long as the rings spin. */
-        .poll_spin_ns = mb_session_poll_spin_ns(opt),
+        .poll_spin_ns = poll_spin_ns,
         .on_loss = mb_failover_on_loss,
         .loss_ctx = s->failover,
     };
