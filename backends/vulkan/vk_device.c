@@ -447,15 +447,15 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, uint32_t cm2_ti
          * default down tile the device cannot take becomes gate/up's. */
         cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[1], cm2_tile[2],
                                  cm2_tile[5]);
-        if (!cm_why && down_default &&
-            mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3], cm2_tile[4],
-                            cm2_tile[5])) {
+        const char *down_why = cm_why ? NULL
+                                      : mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0],
+                                                        cm2_tile[3], cm2_tile[4], cm2_tile[5]);
+        if (down_why && down_default) { /* gate/up's tile, which fits */
             cm2_tile[3] = cm2_tile[1];
             cm2_tile[4] = cm2_tile[2];
+        } else if (down_why) {
+            cm_why = down_why;
         }
-        if (!cm_why)
-            cm_why = mb_vk_cm2_unfit(ctx->instance, ctx->phys, cm2_tile[0], cm2_tile[3],
-                                     cm2_tile[4], cm2_tile[5]);
     }
     ctx->coopmat_why = cm_why;
     if (cm_why && coopmat > 0) {
