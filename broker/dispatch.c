@@ -554,6 +554,17 @@ static mb_status mb_dispatch_failover(mb_dispatch *d, const mb_moe_work *w)
     return MB_STATUS_OK;
 }
 
+/* A spin-wait's pause: the sibling hyperthread (a worker's, maybe) keeps
+ * the core. */
+static inline void mb_dispatch_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
 {
     mb_dispatch *d = ctx;
@@ -639,18 +650,24 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             last_progress_ns = spin_mark = 0;
         }
         if (!progress && oldest >= 0) {
-            /* Nothing moved: block on the oldest request. With one link busy
-             * the transport's own spin-then-sleep wait is right; with
-             * several, wake up often to serve the others, or, within
-             * cfg.poll_spin_ns of the last reply, only poll them all. */
+            /* Nothing moved. Within cfg.poll_spin_ns of the last reply, poll
+             * every busy link without blocking (a coordinator whose thread
+             * has nothing else to do: a reply is seen within a poll's time,
+             * with no futex sleep and wake-up, whichever link sends it);
+             * then block on the oldest request: with one link busy, in the
+             * transport's own spin-then-sleep wait, with several, in short
+             * slices, to serve the others. */
             int n_busy = 0;
             for (uint32_t i = 0; i < c->n_links; i++) n_busy += d->dl[i].n_inflight > 0;
-            if (n_busy > 1 && c->poll_spin_ns > 0) {
+            if (c->poll_spin_ns > 0) {
                 const uint64_t now = mb_now_ns();
                 if (!last_progress_ns) last_progress_ns = now;
                 if (spin_mark) waited += now - spin_mark;
                 spin_mark = now;
-                if ((int64_t)(now - last_progress_ns) < c->poll_spin_ns) continue;
+                if ((int64_t)(now - last_progress_ns) < c->poll_spin_ns) {
+                    mb_dispatch_relax();
+                    continue;
+                }
             }
             spin_mark = 0;
             int64_t slice = n_busy > 1 ? 50000 : 100000000;

@@ -64,11 +64,11 @@ typedef struct {
     uint32_t window;              /* requests in flight per link, 0: 2 */
     int64_t timeout_ns;           /* per request; 0: none, liveness is the transport's heartbeat */
     mb_stats *stats;              /* may be NULL */
-    /* With several links busy: how long the dispatcher polls them all
-     * without blocking, after the last reply, before it blocks on the
-     * oldest in 50 us slices (0: at once). A reply is then seen within
-     * a poll's time whichever link sends it, not a slice later; for a
-     * coordinator whose thread has nothing else to do (on a GPU). */
+    /* How long the dispatcher polls every busy link without blocking,
+     * after the last reply, before it blocks on the oldest request (0: at
+     * once). A reply is then seen within a poll's time whichever link
+     * sends it, with no sleep and wake-up; for a coordinator whose thread
+     * has nothing else to do while the experts run (on a GPU). */
     int64_t poll_spin_ns;
     mb_dispatch_loss_fn on_loss;  /* NULL: a lost link fails the layer */
     void *loss_ctx;

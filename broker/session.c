@@ -15,6 +15,10 @@
 #define MB_SESSION_HELLO_TIMEOUT_NS 20000000000LL
 #define MB_SESSION_LOAD_TIMEOUT_NS 120000000000LL
 #define MB_SESSION_GPU_SHM_SPIN_US 1000u /* --shm-spin's default with --device cuda (the rings' most) */
+/* How long a coordinator on a GPU polls its busy links after a reply: past
+ * a layer's expert work on CPU workers (1-2 ms a layer in
+ * bench_e2e_device), which the rings' 1 ms spin is not. */
+#define MB_SESSION_GPU_POLL_SPIN_US 20000u
 
 static uint32_t mb_session_cpus(void)
 {
@@ -64,8 +68,9 @@ static int64_t mb_session_shm_spin_ns(const mb_options *opt)
     return us ? (int64_t)us * 1000 : -1;
 }
 
-/* The dispatcher's poll of several busy links (mb_dispatch_config
- * poll_spin_ns): a coordinator on a GPU polls as long as the rings spin;
+/* The dispatcher's poll of its busy links (mb_dispatch_config
+ * poll_spin_ns): a coordinator on a GPU polls for MB_SESSION_GPU_POLL_SPIN_US,
+ * or as long as the rings spin where --shm-spin is given (0: not at all);
  * MB_DISPATCH_POLL_SPIN_US (0 to 1000000, for measuring) overrides (0:
  * block on the oldest at once, the CPU coordinator's way, whose cores
  * compute). Another value is ignored, with a warning. */
@@ -79,7 +84,11 @@ static int64_t mb_session_poll_spin_ns(const mb_options *opt)
         if (errno == 0 && *end == '\0' && e[0] != '-' && us <= 1000000ul) return (int64_t)us * 1000;
         fprintf(stderr, "MB_DISPATCH_POLL_SPIN_US='%s' ignored (microseconds, 0 to 1000000)\n", e);
     }
-    return opt->cuda_device >= 0 ? mb_session_shm_spin_ns(opt) : 0;
+    if (opt->cuda_device < 0) return 0;
+    if (!mb_options_given(opt, MB_OPTION_SHM_SPIN))
+        return (int64_t)MB_SESSION_GPU_POLL_SPIN_US * 1000;
+    const int64_t spin = mb_session_shm_spin_ns(opt);
+    return spin > 0 ? spin : 0;
 }
 
 /* Starts link i from a --worker spec. */
@@ -445,7 +454,7 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     mb_stats_set_config_int(s->stats, "replicas", opt->replicas);
     mb_stats_set_config_int(s->stats, "worker_timeout_ms", opt->worker_timeout_ms);
     /* A coordinator on a GPU has its thread to spare while the experts run:
-     * it polls every busy link for as long as the rings spin. */
+     * it polls every busy link instead of sleeping on one. */
     const int64_t poll_spin_ns = mb_session_poll_spin_ns(opt);
     mb_dispatch_config dc = {
         .links = s->links,
