@@ -72,6 +72,43 @@ static inline bool mb_dense_pdl(void)
     return cached != 0;
 }
 
+static int mb_dense_prewait_state = -1; // per file: -1 unread, 0 off, 1 on
+
+// Whether a one-token GEMV asks L2 for its weights before its
+// griddepcontrol.wait (MB_CUDA_PREWAIT=0: not).
+static inline bool mb_dense_prewait(void)
+{
+    int &cached = mb_dense_prewait_state;
+    if (cached < 0) {
+        const char *e = getenv("MB_CUDA_PREWAIT");
+        cached = !(e && strcmp(e, "0") == 0);
+    }
+    return cached != 0;
+}
+
+#define MB_L2PF_CHUNK 16384u // bytes a bulk prefetch asks for
+
+// Asks L2 for bytes at p (16-byte aligned; a tail under 16 bytes is left
+// out), a chunk a thread of the block's first warp a request; a hint, with
+// no effect on results (none on the emulator).
+__device__ __forceinline__ void mb_l2_prefetch_rows(const void *p, size_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr size_t chunk = MB_L2PF_CHUNK;
+    for (size_t off = (size_t)threadIdx.x * chunk; threadIdx.x < 32 && off < bytes;
+         off += 32 * chunk) {
+        const uint32_t n = (uint32_t)(bytes - off < chunk ? bytes - off : chunk) & ~15u;
+        if (n)
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char *)p + off),
+                         "r"(n)
+                         : "memory");
+    }
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 // Launches kern(args...) on grid x block, smem, s, allowed to overlap the kernel
 // before it (mb_dense_pdl); the kernel must start with mb_pdl_enter().
 template <typename... KArgs, typename... Args>
