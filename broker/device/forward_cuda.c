@@ -147,6 +147,10 @@ struct mb_fwd_cuda {
      * of the layer's segment A; with the experts elsewhere, the next
      * layer's QKV weights while the host waits (side_prefetch). */
     int l2_prefetch, side_pending;
+    /* 1 (unless MB_CUDA_ROUTE_PAIRS=0, with fuse): a one-token step with
+     * local experts has the router's last block write their pairs and
+     * start mark (route_paired), with no launches of their own. */
+    int route_pairs;
     cudaStream_t side;
     cudaEvent_t fork, join;
     int renorm;
@@ -713,6 +717,8 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
                     fc->cfg.head_dim <= 128;
     const char *pf = getenv("MB_CUDA_L2_PREFETCH");
     fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
+    const char *rp = getenv("MB_CUDA_ROUTE_PAIRS");
+    fc->route_pairs = fc->fuse && !(rp && strcmp(rp, "0") == 0);
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
     fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
@@ -873,6 +879,14 @@ static int use_graph(const mb_fwd_cuda *fc, uint32_t n)
 static int norm_in_gemv(const mb_fwd_cuda *fc, uint32_t n)
 {
     return fc->fuse_norm && n == 1;
+}
+
+/* Whether the router's last block writes the local experts' pairs and
+ * start mark (route_pairs): a local step whose router has the norm folded
+ * in. A function of the step's shape, so the graphs replayed agree. */
+static int route_paired(const mb_fwd_cuda *fc, uint32_t n)
+{
+    return fc->local_step && fc->route_pairs && norm_in_gemv(fc, n);
 }
 
 /* o_proj accumulating the attention's output into x, with the experts'
@@ -1072,11 +1086,15 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                                          .eps = c->rms_eps,
                                          .xn = xn,
                                          .xn2 = fc->local_step ? NULL : dst};
-            K(mb_kcuda_router_topk_norm(fc->stream, R->dtype, R->w, R->rows, R->cols, &in, fc->rlog,
-                                        c->top_k, fc->renorm, (int32_t *)(dst + n * d),
-                                        dst + n * (d + k), fc->route_done));
-            prof_mark(fc, fc->local_step ? "ffn rmsnorm + router + top-k"
-                                         : "ffn rmsnorm + router + top-k (to host)");
+            mb_kcuda_route_local loc;
+            const int paired = route_paired(fc, n);
+            if (paired) K(mb_cuda_local_moe_route_local(fc->local, l, &loc));
+            K(mb_kcuda_router_topk_norm_local(
+                fc->stream, R->dtype, R->w, R->rows, R->cols, &in, fc->rlog, c->top_k, fc->renorm,
+                (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done, paired ? &loc : NULL));
+            prof_mark(fc, paired           ? "ffn rmsnorm + router + top-k + local pairs"
+                          : fc->local_step ? "ffn rmsnorm + router + top-k"
+                                           : "ffn rmsnorm + router + top-k (to host)");
             return MB_STATUS_OK;
         }
         if (fc->local_step)
@@ -1108,8 +1126,11 @@ static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     (void)pos;
     const size_t d = fc->cfg.d_model, k = fc->cfg.top_k;
     float *xn = fc->xfer;
-    K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, (const int32_t *)(xn + n * d), xn + n * (d + k), n,
-                                fc->moe));
+    if (route_paired(fc, n))
+        K(mb_cuda_local_moe_enqueue_paired(fc->local, fc->stream, l, xn, n, fc->moe));
+    else
+        K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, (const int32_t *)(xn + n * d),
+                                    xn + n * (d + k), n, fc->moe));
     prof_mark(fc, "local experts (same device)");
     return MB_STATUS_OK;
 }
@@ -1210,7 +1231,8 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     if (fc->local_step) {
         /* Nothing to wait for, so no idle gap to time (head() knows). The
          * experts replay their own graph, between marks that time them. */
-        K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 0));
+        if (!route_paired(fc, n))
+            K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 0)); /* else the router's */
         MB_TRY(run_segment(fc, &fc->graph_e[l], segment_e, l, n, pos));
         K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 1));
         if (l + 1 < c->n_layers) return run_segment(fc, &fc->graph_b[l], segment_ba, l, n, pos);

@@ -212,17 +212,39 @@ void mb_cuda_local_moe_destroy(mb_cuda_local_moe *lm)
     free(lm);
 }
 
+int mb_cuda_local_moe_enqueue_paired(mb_cuda_local_moe *lm, void *stream, uint32_t layer,
+                                     const float *x, uint32_t n, float *out)
+{
+    if (!lm || layer >= lm->n_layers || n == 0 || n > lm->max_tokens)
+        return (int)cudaErrorInvalidValue;
+    mb_kcuda_moe_problem p;
+    problem(lm, layer, n, x, out, &p);
+    int e = mb_kcuda_moe_ws_reserve(lm->ws, &p); /* reserved at create: a check, no allocation */
+    if (!e) e = mb_kcuda_moe_enqueue(lm->ws, &p, stream);
+    return e;
+}
+
 int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t layer, const float *x,
                               const int32_t *ids, const float *gate, uint32_t n, float *out)
 {
-    if (!lm || layer >= lm->n_layers || n == 0 || n > lm->max_tokens) return (int)cudaErrorInvalidValue;
-    int e = mb_kcuda_local_pairs(stream, ids, gate, n, lm->top_k, lm->slot_of + (size_t)layer * lm->n_experts,
-                                 lm->counts, lm->pairs, lm->routed + (size_t)layer * lm->n_experts);
-    mb_kcuda_moe_problem p;
-    problem(lm, layer, n, x, out, &p);
-    if (!e) e = mb_kcuda_moe_ws_reserve(lm->ws, &p); /* reserved at create: a check, no allocation */
-    if (!e) e = mb_kcuda_moe_enqueue(lm->ws, &p, stream);
-    return e;
+    if (!lm || layer >= lm->n_layers || n == 0 || n > lm->max_tokens)
+        return (int)cudaErrorInvalidValue;
+    int e = mb_kcuda_local_pairs(stream, ids, gate, n, lm->top_k,
+                                 lm->slot_of + (size_t)layer * lm->n_experts, lm->counts, lm->pairs,
+                                 lm->routed + (size_t)layer * lm->n_experts);
+    return e ? e : mb_cuda_local_moe_enqueue_paired(lm, stream, layer, x, n, out);
+}
+
+int mb_cuda_local_moe_route_local(const mb_cuda_local_moe *lm, uint32_t layer,
+                                  mb_kcuda_route_local *out)
+{
+    if (!lm || !out || layer >= lm->n_layers) return (int)cudaErrorInvalidValue;
+    *out = (mb_kcuda_route_local){.slot_of = lm->slot_of + (size_t)layer * lm->n_experts,
+                                  .counts = lm->counts,
+                                  .pairs = lm->pairs,
+                                  .routed = lm->routed + (size_t)layer * lm->n_experts,
+                                  .stamp = lm->stamps + 2 * (size_t)layer};
+    return 0;
 }
 
 int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, int end)

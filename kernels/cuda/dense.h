@@ -221,6 +221,24 @@ int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w, uint32_t 
                               uint32_t k, const mb_kcuda_norm_in *in, float *logits, uint32_t top_k,
                               int renorm, int32_t *ids, float *gate, unsigned *done);
 
+/* What mb_kcuda_local_pairs writes (its arguments of the same names), and
+ * stamp (device, or NULL): the device clock once the routing is written. */
+typedef struct {
+    const int32_t *slot_of;
+    uint16_t *counts;
+    void *pairs;
+    uint32_t *routed;
+    unsigned long long *stamp;
+} mb_kcuda_route_local;
+
+/* mb_kcuda_router_topk_norm whose last block also writes, from the ids and
+ * gate it routed, what mb_kcuda_local_pairs would (loc, or NULL: nothing):
+ * the experts on this device need no launch of their own for it. */
+int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const void *w, uint32_t n_experts,
+                                    uint32_t k, const mb_kcuda_norm_in *in, float *logits,
+                                    uint32_t top_k, int renorm, int32_t *ids, float *gate,
+                                    unsigned *done, const mb_kcuda_route_local *loc);
+
 /* mb_kcuda_linear_norm into qkv (W [(n_heads + 2 kv->n_kv_heads) *
  * kv->head_dim][k], one token; bias may be NULL) and mb_kcuda_qk_rope_store
  * on the row it writes, in one launch: bit for bit those two calls (the

@@ -96,6 +96,20 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
                  ids + t * top_k, gate + t * top_k, lane);
 }
 
+// Pair i (token i / top_k, choice i % top_k) of the routing table as the
+// expert kernels read it (mb_kcuda_local_pairs).
+static __device__ __forceinline__ void mb_local_pair(uint32_t i, const int32_t *ids,
+                                                     const float *gate, uint32_t n, uint32_t top_k,
+                                                     const int32_t *slot_of, uint16_t *counts,
+                                                     uint2 *pairs, uint32_t *routed)
+{
+    if (i < n) counts[i] = (uint16_t)top_k;
+    if (i >= n * top_k) return;
+    const int32_t e = ids[i];
+    pairs[i] = make_uint2((uint32_t)slot_of[e], __float_as_uint(gate[i]));
+    if (routed) atomicAdd(&routed[e], 1u);
+}
+
 // The router GEMV and the routing in one launch: each block computes one
 // expert's logit for every token with the GEMV's own block body (so the
 // logits are mb_kcuda_linear's, bit for bit); the last block to finish,
@@ -108,7 +122,8 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n, float *logits,
                                 uint32_t top_k, int renorm, int32_t *__restrict__ ids,
-                                float *__restrict__ gate, unsigned *done, const mb_lin_norm nrm)
+                                float *__restrict__ gate, unsigned *done, const mb_lin_norm nrm,
+                                const mb_kcuda_route_local loc)
 {
     mb_pdl_enter();
     extern __shared__ float mb_route_smem[];
@@ -136,6 +151,13 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         mb_route_row(p, p, (int)ne, (int)top_k, renorm, ids + (size_t)t * top_k, gate + (size_t)t * top_k, lane);
         __syncwarp();
     }
+    if (loc.pairs) {
+        __syncthreads(); // every warp's ids and gates are out (the block reads them back)
+        for (uint32_t i = threadIdx.x; i < n * top_k; i += blockDim.x)
+            mb_local_pair(i, ids, gate, n, top_k, loc.slot_of, loc.counts, (uint2 *)loc.pairs,
+                          loc.routed);
+        if (loc.stamp && threadIdx.x == 0) *loc.stamp = mb_dense_globaltimer();
+    }
     if (threadIdx.x == 0) *done = 0;
     if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
 }
@@ -157,10 +179,12 @@ extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n
 static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint32_t ne, uint32_t k,
                                  const float *x, size_t ldx, uint32_t n, float *logits,
                                  uint32_t top_k, int renorm, int32_t *ids, float *gate,
-                                 unsigned *done, const mb_lin_norm *nrm)
+                                 unsigned *done, const mb_lin_norm *nrm,
+                                 const mb_kcuda_route_local *loc)
 {
     const size_t smem = (size_t)MB_LIN_GEMV_WARPS * ne * sizeof(float);
     const mb_lin_norm none = {};
+    const mb_kcuda_route_local no_loc = {};
     return mb_dense_by_wdtype(wdtype, [&](auto tag) {
         using W = decltype(tag);
         const W *wt = (const W *)w;
@@ -171,7 +195,7 @@ static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint
                     mb_kcuda_router_topk_kernel<W, decltype(v)::value, decltype(nm)::value,
                                                 decltype(nt)::value>,
                     ne, MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits, top_k, renorm,
-                    ids, gate, done, nrm ? *nrm : none);
+                    ids, gate, done, nrm ? *nrm : none, loc ? *loc : no_loc);
             };
             if (n == 1) // one accumulator a block
                 go(std::integral_constant<int, 1>{});
@@ -198,7 +222,24 @@ extern "C" int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uin
         return e ? e : mb_kcuda_route_topk(stream, logits, n, n_experts, top_k, renorm, ids, gate);
     }
     return mb_router_topk_launch(mb_dense_stream(stream), wdtype, w, n_experts, k, x, ldx, n,
-                                 logits, top_k, renorm, ids, gate, done, nullptr);
+                                 logits, top_k, renorm, ids, gate, done, nullptr, nullptr);
+}
+
+extern "C" int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const void *w,
+                                               uint32_t n_experts, uint32_t k,
+                                               const mb_kcuda_norm_in *in, float *logits,
+                                               uint32_t top_k, int renorm, int32_t *ids,
+                                               float *gate, unsigned *done,
+                                               const mb_kcuda_route_local *loc)
+{
+    if (!w || !in || !in->x || !in->w || !logits || !ids || !gate || !done || k == 0 ||
+        n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 ||
+        top_k > MB_ROUTE_MAX_K || top_k > n_experts ||
+        (loc && (!loc->slot_of || !loc->counts || !loc->pairs)))
+        return (int)cudaErrorInvalidValue;
+    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
+    return mb_router_topk_launch(mb_dense_stream(stream), wdtype, w, n_experts, k, in->x, k, 1,
+                                 logits, top_k, renorm, ids, gate, done, &nrm, loc);
 }
 
 extern "C" int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w,
@@ -206,13 +247,8 @@ extern "C" int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w
                                          float *logits, uint32_t top_k, int renorm, int32_t *ids,
                                          float *gate, unsigned *done)
 {
-    if (!w || !in || !in->x || !in->w || !logits || !ids || !gate || !done || k == 0 ||
-        n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 ||
-        top_k > MB_ROUTE_MAX_K || top_k > n_experts)
-        return (int)cudaErrorInvalidValue;
-    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
-    return mb_router_topk_launch(mb_dense_stream(stream), wdtype, w, n_experts, k, in->x, k, 1,
-                                 logits, top_k, renorm, ids, gate, done, &nrm);
+    return mb_kcuda_router_topk_norm_local(stream, wdtype, w, n_experts, k, in, logits, top_k,
+                                           renorm, ids, gate, done, NULL);
 }
 
 // One thread per (token, choice): the pair the expert kernels read.
@@ -222,12 +258,8 @@ __global__ void mb_kcuda_local_pairs_kernel(const int32_t *__restrict__ ids, con
                                             uint32_t *__restrict__ routed)
 {
     mb_pdl_enter();
-    const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) counts[i] = (uint16_t)top_k;
-    if (i >= n * top_k) return;
-    const int32_t e = ids[i];
-    pairs[i] = make_uint2((uint32_t)slot_of[e], __float_as_uint(gate[i]));
-    if (routed) atomicAdd(&routed[e], 1u);
+    mb_local_pair(blockIdx.x * blockDim.x + threadIdx.x, ids, gate, n, top_k, slot_of, counts,
+                  pairs, routed);
 }
 
 extern "C" int mb_kcuda_local_pairs(void *stream, const int32_t *ids, const float *gate, uint32_t n, uint32_t top_k,

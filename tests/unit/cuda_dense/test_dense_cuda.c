@@ -1327,11 +1327,48 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
     dev_download(xn1, dxn, k * sizeof(float));
     const mb_kcuda_norm_in in = {
         .x = dx2, .a = addend ? da : NULL, .w = dnw, .eps = 1e-6f, .xn = dxn2};
+    /* The second call also writes the local experts' pairs (slots a
+     * permutation of the experts), which must be mb_kcuda_local_pairs' on
+     * the same ids and gates, routed counts and all, with its stamp. */
+    int32_t *slot_of = xmalloc(ne * sizeof(int32_t));
+    for (uint32_t e = 0; e < ne; e++)
+        slot_of[e] = (int32_t)((e * 7u + 3u) % ne);
+    int32_t *dslot = dev_upload(slot_of, ne * sizeof(int32_t));
+    uint16_t *cnt1 = dev_alloc(sizeof(uint16_t)), *cnt2 = dev_alloc(sizeof(uint16_t));
+    void *pr1 = dev_alloc(top_k * 8), *pr2 = dev_alloc(top_k * 8);
+    uint32_t *rt1 = dev_alloc(ne * sizeof(uint32_t)), *rt2 = dev_alloc(ne * sizeof(uint32_t));
+    unsigned long long *stamp = dev_alloc(sizeof *stamp);
+    CU(cudaMemset(rt1, 0, ne * sizeof(uint32_t)));
+    CU(cudaMemset(rt2, 0, ne * sizeof(uint32_t)));
+    CU(cudaMemset(stamp, 0, sizeof *stamp));
+    const mb_kcuda_route_local loc = {
+        .slot_of = dslot, .counts = cnt2, .pairs = pr2, .routed = rt2, .stamp = stamp};
     size_t bad = 0;
     double err = 0.0;
     for (int rep = 0; rep < 2; rep++) {
-        RUN(mb_kcuda_router_topk_norm(NULL, dt, dw, ne, k, &in, l2, top_k, renorm, i2, g2, done));
+        if (rep == 0)
+            RUN(mb_kcuda_router_topk_norm(NULL, dt, dw, ne, k, &in, l2, top_k, renorm, i2, g2,
+                                          done));
+        else
+            RUN(mb_kcuda_router_topk_norm_local(NULL, dt, dw, ne, k, &in, l2, top_k, renorm, i2, g2,
+                                                done, &loc));
         RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, renorm, i1, g1));
+        if (rep == 1) {
+            RUN(mb_kcuda_local_pairs(NULL, i1, g1, 1, top_k, dslot, cnt1, pr1, rt1));
+            unsigned char b1[32 * 8], b2[32 * 8];
+            uint32_t r1[1024], r2[1024];
+            uint16_t c1 = 0, c2 = 1;
+            unsigned long long st = 0;
+            dev_download(b1, pr1, top_k * 8);
+            dev_download(b2, pr2, top_k * 8);
+            dev_download(r1, rt1, ne * sizeof(uint32_t));
+            dev_download(r2, rt2, ne * sizeof(uint32_t));
+            dev_download(&c1, cnt1, sizeof c1);
+            dev_download(&c2, cnt2, sizeof c2);
+            dev_download(&st, stamp, sizeof st);
+            bad += (size_t)(memcmp(b1, b2, top_k * 8) != 0) +
+                   (size_t)(memcmp(r1, r2, ne * sizeof(uint32_t)) != 0) + (c1 != c2) + (st == 0);
+        }
         dev_download(a2, l2, ne * sizeof(float));
         const double e = gemv_rel_err(a1, a2, we, xn1, NULL, NULL, ne, k);
         err = e > err ? e : err;
@@ -1370,6 +1407,15 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
     cudaFree(g1);
     cudaFree(g2);
     cudaFree(done);
+    cudaFree(dslot);
+    cudaFree(cnt1);
+    cudaFree(cnt2);
+    cudaFree(pr1);
+    cudaFree(pr2);
+    cudaFree(rt1);
+    cudaFree(rt2);
+    cudaFree(stamp);
+    free(slot_of);
     free(w);
     free(we);
     free(x);
@@ -1470,6 +1516,10 @@ static void test_refusals(void)
     CHECK(mb_kcuda_linear_norm(NULL, MB_KCUDA_F32, d, 4, 4, NULL, d, NULL, 0) != 0);
     CHECK(mb_kcuda_router_topk_norm(NULL, MB_KCUDA_F32, d, 2048, 4, &nin, d, 8, 1, di, d,
                                     (unsigned *)di) != 0);
+    const mb_kcuda_norm_in rin = {.x = d, .w = d, .eps = 1e-6f};
+    const mb_kcuda_route_local no_counts = {.slot_of = di, .counts = NULL, .pairs = d};
+    CHECK(mb_kcuda_router_topk_norm_local(NULL, MB_KCUDA_F32, d, 8, 4, &rin, d, 2, 1, di, d,
+                                          (unsigned *)di, &no_counts) != 0); /* pairs, no counts */
     mb_kcuda_kv kvq = {.k = d, .v = d, .n_kv_heads = 1, .head_dim = 8, .max_ctx = 16};
     const mb_kcuda_norm_in qin = {.x = d, .w = d, .eps = 1e-6f};
     CHECK(mb_kcuda_qkv_rope_store(NULL, MB_KCUDA_F32, d, 8, &qin, d, NULL, 1, NULL, NULL, 1e-6f, 0,
