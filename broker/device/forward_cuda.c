@@ -199,12 +199,6 @@ struct mb_fwd_cuda {
     int step_graph, capturing;
     cudaGraphExec_t graph_step;
     uint32_t *pos_dev, *h_pos;
-    /* h_tok and h_pos as the device sees them (mapped pinned memory), or
-     * NULL: a graph's step then starts with the embedding reading its token
-     * and position there, with no copies before it
-     * (MB_CUDA_TOKEN_DIRECT=0: the copies). */
-    int32_t *tok_direct;
-    uint32_t *pos_direct;
     /* MB_CUDA_PROFILE=1: decode steps run without graphs, with an event
      * after every operation; the gaps are summed per operation and printed
      * at destroy (a launch gap counts toward the operation after it).
@@ -636,14 +630,6 @@ static mb_status open_device(mb_fwd_cuda *fc)
     if (!fc->graph_b || !fc->graph_e) return MB_STATUS_NOMEM;
     if (e == cudaSuccess) e = dev_alloc(fc, sizeof(uint32_t), (void **)&fc->pos_dev);
     if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_pos, sizeof(uint32_t));
-    const char *td = getenv("MB_CUDA_TOKEN_DIRECT");
-    if (e == cudaSuccess && !(td && strcmp(td, "0") == 0) &&
-        (cudaHostGetDevicePointer((void **)&fc->tok_direct, fc->h_tok, 0) != cudaSuccess ||
-         cudaHostGetDevicePointer((void **)&fc->pos_direct, fc->h_pos, 0) != cudaSuccess)) {
-        cudaGetLastError(); /* not mapped on this system: the copies */
-        fc->tok_direct = NULL;
-        fc->pos_direct = NULL;
-    }
     fc->wait = calloc(fc->cfg.n_layers, sizeof *fc->wait);
     fc->resume = calloc(fc->cfg.n_layers, sizeof *fc->resume);
     if (!fc->wait || !fc->resume) return MB_STATUS_NOMEM;
@@ -1337,19 +1323,13 @@ static mb_status enqueue_chunk(mb_fwd_cuda *fc, uint32_t n, uint32_t pos, int de
                                mb_moe_fn moe_fn, void *moe_ctx, float *logits, float *last_logits)
 {
     prof_mark(fc, "start");
-    const size_t d = fc->cfg.d_model;
-    if (use_graph(fc, n) && fc->tok_direct && fc->pos_direct) {
-        K(mb_kcuda_embed_at(fc->stream, fc->embed.dtype, fc->embed.w, d, fc->tok_direct, n, fc->x,
-                            fc->pos_direct, fc->pos_dev));
-    } else {
-        cudaError_t e = cudaMemcpyAsync(fc->tok, fc->h_tok, n * sizeof(int32_t),
-                                        cudaMemcpyHostToDevice, fc->stream);
-        if (e == cudaSuccess && use_graph(fc, n))
-            e = cudaMemcpyAsync(fc->pos_dev, fc->h_pos, sizeof(uint32_t), cudaMemcpyHostToDevice,
-                                fc->stream);
-        if (e != cudaSuccess) return fail(fc, e, "starting the step");
-        K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, d, fc->tok, n, fc->x));
-    }
+    cudaError_t e = cudaMemcpyAsync(fc->tok, fc->h_tok, n * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                    fc->stream);
+    if (e == cudaSuccess && use_graph(fc, n))
+        e = cudaMemcpyAsync(fc->pos_dev, fc->h_pos, sizeof(uint32_t), cudaMemcpyHostToDevice,
+                            fc->stream);
+    if (e != cudaSuccess) return fail(fc, e, "starting the step");
+    K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));
     prof_mark(fc, "token copy + embed");
     for (uint32_t l = 0; l < fc->cfg.n_layers; l++)
         MB_TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));

@@ -34,13 +34,6 @@ extern "C" {
 int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d, const int32_t *ids,
                    uint32_t n, float *x);
 
-/* mb_kcuda_embed, also copying *pos_in to *pos_out (both or neither
- * given): a decode step's first kernel, reading its token and position
- * from mapped pinned memory (cudaHostGetDevicePointer) instead of copies
- * before it. */
-int mb_kcuda_embed_at(void *stream, int wdtype, const void *table, uint32_t d, const int32_t *ids,
-                      uint32_t n, float *x, const uint32_t *pos_in, uint32_t *pos_out);
-
 /* y[r][0..d) = x[r] * rsqrt(mean(x[r]^2) + eps) * w, for r < rows; row
  * strides ldx, ldy (>= d) in floats; y may equal x. w is f32 [d]. The
  * per-head q/k norm of Qwen3 is this with rows = tokens * heads, d =

@@ -72,20 +72,6 @@ static inline bool mb_dense_pdl(void)
     return cached != 0;
 }
 
-static int mb_dense_prewait_state = -1; // per file: -1 unread, 0 off, 1 on
-
-// Whether a one-token GEMV asks L2 for its weights before its
-// griddepcontrol.wait (MB_CUDA_PREWAIT=0: not).
-static inline bool mb_dense_prewait(void)
-{
-    int &cached = mb_dense_prewait_state;
-    if (cached < 0) {
-        const char *e = getenv("MB_CUDA_PREWAIT");
-        cached = !(e && strcmp(e, "0") == 0);
-    }
-    return cached != 0;
-}
-
 #define MB_L2PF_CHUNK 16384u // bytes a bulk prefetch asks for
 
 // Asks L2 for bytes at p (16-byte aligned; a tail under 16 bytes is left

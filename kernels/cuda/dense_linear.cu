@@ -19,21 +19,13 @@
 // (one token): the RMSNorm folded in (mb_kcuda_linear_norm), the blocks
 // then writing their shares of the normalised row when asked to. NT: 1
 // for one token (mb_lin_rows1 rows a block), else MB_LIN_NT.
-// pf: the block first asks L2 for its rows of W (mb_l2_prefetch_rows), before it
-// waits for the kernel before it: weights are constant, so they may stream
-// while that kernel finishes.
 template <typename W, int R, bool VEC, bool NORM, int NT>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n,
                                 float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
-                                int accumulate, const mb_lin_norm nrm, int pf)
+                                int accumulate, const mb_lin_norm nrm)
 {
-    if (pf) {
-        const uint32_t row0 = blockIdx.x * R;
-        mb_l2_prefetch_rows(w + (size_t)row0 * k,
-                            (size_t)min((uint32_t)R, m - row0) * k * sizeof(W));
-    }
     mb_pdl_enter();
     float scale[NT];
     mb_lin_gemv_block<W, R, VEC, NORM, NT>(w, m, k, x, ldx, n, y, ldy, bias, accumulate, nrm,
@@ -136,7 +128,7 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
             mb_dense_launch(
                 mb_kcuda_linear_gemv_kernel<W, R, decltype(v)::value, decltype(nm)::value, NT>,
                 (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, 0, s, w, m, k, x, ldx, n, y,
-                ldy, bias, acc, nrm ? *nrm : none, (int)(n == 1 && vec && mb_dense_prewait()));
+                ldy, bias, acc, nrm ? *nrm : none);
         });
     };
     if (n == 1)

@@ -5,39 +5,30 @@
 #define MB_NORM_THREADS 256
 
 // x[t][0..d) = table[ids[t]][0..d) widened; one block per token.
-// pos_in, pos_out: block 0 also copies the step's position (or nullptr).
 template <typename T>
 __global__ void __launch_bounds__(MB_NORM_THREADS)
     mb_kcuda_embed_kernel(const T *__restrict__ table, uint32_t d, const int32_t *__restrict__ ids,
-                          float *__restrict__ x, const uint32_t *pos_in, uint32_t *pos_out)
+                          float *__restrict__ x)
 {
     mb_pdl_enter();
-    if (pos_in && blockIdx.x == 0 && threadIdx.x == 0) *pos_out = *pos_in;
     const T *row = table + (size_t)ids[blockIdx.x] * d;
     float *out = x + (size_t)blockIdx.x * d;
     for (uint32_t i = threadIdx.x; i < d; i += MB_NORM_THREADS)
         out[i] = mb_to_f32<T>(row[i]);
 }
 
-extern "C" int mb_kcuda_embed_at(void *stream, int wdtype, const void *table, uint32_t d,
-                                 const int32_t *ids, uint32_t n, float *x, const uint32_t *pos_in,
-                                 uint32_t *pos_out)
+extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d,
+                              const int32_t *ids, uint32_t n, float *x)
 {
-    if (!table || !ids || !x || d == 0 || n == 0 || n > INT32_MAX || !pos_in != !pos_out)
+    if (!table || !ids || !x || d == 0 || n == 0 || n > INT32_MAX)
         return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
     return mb_dense_by_wdtype(wdtype, [&](auto tag) {
         using W = decltype(tag);
         mb_dense_launch(mb_kcuda_embed_kernel<W>, n, MB_NORM_THREADS, 0, s, (const W *)table, d,
-                        ids, x, pos_in, pos_out);
+                        ids, x);
         return mb_dense_launched();
     });
-}
-
-extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d,
-                              const int32_t *ids, uint32_t n, float *x)
-{
-    return mb_kcuda_embed_at(stream, wdtype, table, d, ids, n, x, NULL, NULL);
 }
 
 // TPR threads per row (a warp for head-sized rows, the whole block for

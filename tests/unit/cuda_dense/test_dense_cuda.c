@@ -170,29 +170,6 @@ static void test_embed(void)
                         err = fmax(err, fabs(x[(size_t)t * d + i] - exact[(size_t)ids[t] * d + i]));
                 CHECK_MSG(note(E_EMBED, err, "%s d=%u n=%u", dtname(dt), d, n),
                           "embed %s d=%u n=%u err %g", dtname(dt), d, n, err);
-                /* A decode step's form: ids and position read from pinned
-                 * host memory, the position copied to the device. */
-                int32_t *hids = NULL;
-                uint32_t *hpos = NULL, *dpos = dev_alloc(sizeof(uint32_t)), pos = 0;
-                CU(cudaMallocHost((void **)&hids, n * sizeof(int32_t)));
-                CU(cudaMallocHost((void **)&hpos, sizeof(uint32_t)));
-                memcpy(hids, ids, n * sizeof(int32_t));
-                *hpos = 1000u + n;
-                CU(cudaMemset(dx, 0, (size_t)n * d * sizeof(float)));
-                RUN(mb_kcuda_embed_at(NULL, dt, dtab, d, hids, n, dx, hpos, dpos));
-                dev_download(x, dx, (size_t)n * d * sizeof(float));
-                dev_download(&pos, dpos, sizeof pos);
-                double err2 = 0;
-                for (uint32_t t = 0; t < n; t++)
-                    for (uint32_t i = 0; i < d; i++)
-                        err2 =
-                            fmax(err2, fabs(x[(size_t)t * d + i] - exact[(size_t)ids[t] * d + i]));
-                CHECK_MSG(note(E_EMBED, err2, "embed_at %s d=%u n=%u", dtname(dt), d, n) &&
-                              pos == *hpos,
-                          "embed_at %s d=%u n=%u err %g pos %u", dtname(dt), d, n, err2, pos);
-                cudaFreeHost(hids);
-                cudaFreeHost(hpos);
-                cudaFree(dpos);
                 cudaFree(dtab);
                 cudaFree(dids);
                 cudaFree(dx);
@@ -1505,7 +1482,6 @@ static void test_refusals(void)
     CHECK(mb_kcuda_linear(NULL, MB_KCUDA_F32, d, 0, 4, d, 4, 1, d, 4, NULL, 0) != 0);
     CHECK(mb_kcuda_linear(NULL, MB_KCUDA_F32, d, 4, 4, d, 3, 1, d, 4, NULL, 0) != 0); /* ldx < k */
     CHECK(mb_kcuda_embed(NULL, MB_KCUDA_F32, d, 0, di, 1, d) != 0);
-    CHECK(mb_kcuda_embed_at(NULL, MB_KCUDA_F32, d, 4, di, 1, d, (const uint32_t *)di, NULL) != 0);
     CHECK(mb_kcuda_rmsnorm(NULL, d, 8, d, 8, 0, 8, d, 1e-6f) != 0);
     CHECK(mb_kcuda_rope(NULL, d, 64, 1, 1, 7, 0, d, d, 0) != 0); /* odd head_dim */
     CHECK(mb_kcuda_route_topk(NULL, d, 1, 8, 9, 1, di, d) != 0); /* k > experts */
