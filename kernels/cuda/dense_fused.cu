@@ -17,19 +17,49 @@
 #define MB_QKP_THREADS 256
 #define MB_QKP_WARPS (MB_QKP_THREADS / 32)
 
-// Warp w of the grid owns slot s = w % slots of token t = w / slots.
+// Warp w of the grid owns slot s = w % slots of token t = w / slots. The
+// warp loads its head's row into shared memory with every load at once
+// (issued before the position is read, so one memory trip covers both)
+// and asks L1 for the norm's weights and the position's rotation rows
+// meanwhile; mb_qkp_slot then works on the shared row and writes the
+// result back (the pass read the row, the weights and the tables from L2
+// one after another: about 4.7 us a layer on the H100). The same values;
+// a head_dim above MB_ATTN_MAX_HD works in place as before.
 __global__ void __launch_bounds__(MB_QKP_THREADS)
     mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n,
                                   const mb_qkp_args a)
 {
     mb_pdl_enter();
-    const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
-    const uint32_t slots = a.nh + 2 * a.nkv;
+    __shared__ float hs[MB_QKP_WARPS][MB_ATTN_MAX_HD];
+    const uint32_t slots = a.nh + 2 * a.nkv, hd = a.hd, lane = threadIdx.x & 31;
     const size_t wid = (size_t)blockIdx.x * MB_QKP_WARPS + threadIdx.x / 32;
     if (wid >= (size_t)n * slots) return; // a whole warp: no block barrier below
     const uint32_t t = (uint32_t)(wid / slots), s = (uint32_t)(wid % slots);
-    float *h = qkv + (size_t)t * ld + (size_t)s * a.hd;
-    mb_qkp_slot(h, h, s, a, pos0 + t, threadIdx.x & 31);
+    float *h = qkv + (size_t)t * ld + (size_t)s * hd;
+    float v[MB_ATTN_MAX_HD / 32];
+#pragma unroll
+    for (uint32_t j = 0; j < MB_ATTN_MAX_HD / 32; j++)
+        if (lane + 32 * j < hd) v[j] = h[lane + 32 * j];
+    const uint32_t pos = (a.pos_dev ? *a.pos_dev : a.pos0) + t;
+    if (hd > MB_ATTN_MAX_HD) { // longer than the shared row: in place, from L2
+        mb_qkp_slot(h, h, s, a, pos, lane);
+        return;
+    }
+    if (s < a.nh + a.nkv) { // a query or key head: norm and rotation
+        const float *nw = s >= a.nh ? a.kn : a.qn;
+        if (nw && 32 * lane < hd) mb_l1_prefetch(nw + 32 * lane);
+        const uint32_t half = hd / 2;
+        if (pos < a.max_ctx && 32 * lane < half) {
+            mb_l1_prefetch(a.cos + (size_t)pos * half + 32 * lane);
+            mb_l1_prefetch(a.sin + (size_t)pos * half + 32 * lane);
+        }
+    }
+    float *hw = hs[threadIdx.x / 32];
+#pragma unroll
+    for (uint32_t j = 0; j < MB_ATTN_MAX_HD / 32; j++)
+        if (lane + 32 * j < hd) hw[lane + 32 * j] = v[j];
+    __syncwarp();
+    mb_qkp_slot(hw, h, s, a, pos, lane);
 }
 
 // The fused projection: mb_kcuda_linear_norm's GEMV blocks (the same body,

@@ -4,15 +4,42 @@
 
 #define MB_NORM_THREADS 256
 
-// x[t][0..d) = table[ids[t]][0..d) widened; one block per token.
+// x[t][0..d) = table[ids[t]][0..d) widened; one block per token. Where
+// rows are 16-byte aligned, a thread loads up to MB_EMBED_BATCH 16-byte
+// chunks of the row at once, then widens and stores them: a row of a few
+// thousand is one memory trip (the element loop, waiting on one load after
+// another, took 4.4 us for one token on the H100).
+#define MB_EMBED_BATCH 4
 template <typename T>
 __global__ void __launch_bounds__(MB_NORM_THREADS)
     mb_kcuda_embed_kernel(const T *__restrict__ table, uint32_t d, const int32_t *__restrict__ ids,
                           float *__restrict__ x)
 {
     mb_pdl_enter();
+    constexpr int V = mb_vec16<T>::n;
     const T *row = table + (size_t)ids[blockIdx.x] * d;
     float *out = x + (size_t)blockIdx.x * d;
+    if (d % V == 0 && ((uintptr_t)row & 15) == 0 && ((uintptr_t)out & 15) == 0) {
+        const uint32_t chunks = d / V;
+        for (uint32_t c0 = 0; c0 < chunks; c0 += MB_EMBED_BATCH * MB_NORM_THREADS) {
+            float f[MB_EMBED_BATCH][V];
+#pragma unroll
+            for (int b = 0; b < MB_EMBED_BATCH; b++) {
+                const uint32_t c = c0 + b * MB_NORM_THREADS + threadIdx.x;
+                if (c < chunks) mb_loadv<T, V, true>(row + (size_t)c * V, f[b]);
+            }
+#pragma unroll
+            for (int b = 0; b < MB_EMBED_BATCH; b++) {
+                const uint32_t c = c0 + b * MB_NORM_THREADS + threadIdx.x;
+                if (c >= chunks) break;
+#pragma unroll
+                for (int i = 0; i < V; i += 4)
+                    *reinterpret_cast<float4 *>(out + (size_t)c * V + i) =
+                        make_float4(f[b][i], f[b][i + 1], f[b][i + 2], f[b][i + 3]);
+            }
+        }
+        return;
+    }
     for (uint32_t i = threadIdx.x; i < d; i += MB_NORM_THREADS)
         out[i] = mb_to_f32<T>(row[i]);
 }

@@ -20,12 +20,27 @@ static __device__ __forceinline__ float mb_warp_max(float v)
     return v;
 }
 
+// Pair i (token i / top_k, choice i % top_k) of the routing table as the
+// expert kernels read it: expert e's slot on this device and its gate g;
+// routed (or nullptr) counts the choice.
+static __device__ __forceinline__ void mb_local_pair(uint32_t i, int32_t e, float g,
+                                                     const int32_t *slot_of, uint2 *pairs,
+                                                     uint32_t *routed)
+{
+    pairs[i] = make_uint2((uint32_t)slot_of[e], __float_as_uint(g));
+    if (routed) atomicAdd(&routed[e], 1u);
+}
+
 // One token's routing by one warp: row holds its n_experts logits, p is
 // the warp's n_experts floats of shared memory (p may equal row: each lane
 // reads an element before it writes it). ids_t and gate_t get top_k
-// entries.
-static __device__ __forceinline__ void mb_route_row(const float *row, float *p, int ne, int top_k, int renorm,
-                                                    int32_t *__restrict__ ids_t, float *__restrict__ gate_t, int lane)
+// entries; with loc (or nullptr), token t's pairs for the experts on this
+// device too (mb_local_pair's, from the lanes' own choices).
+static __device__ __forceinline__ void mb_route_row(const float *row, float *p, int ne, int top_k,
+                                                    int renorm, int32_t *__restrict__ ids_t,
+                                                    float *__restrict__ gate_t, int lane,
+                                                    const mb_kcuda_route_local *loc = nullptr,
+                                                    uint32_t t = 0)
 {
     float mx = -INFINITY;
     for (int e = lane; e < ne; e += 32)
@@ -77,8 +92,14 @@ static __device__ __forceinline__ void mb_route_row(const float *row, float *p, 
     for (int j = 0; j < top_k; j++)
         ksum += __shfl_sync(0xffffffffu, my_g, j);
     if (lane < top_k) {
+        const float g = renorm ? my_g / ksum : my_g;
         ids_t[lane] = my_id;
-        gate_t[lane] = renorm ? my_g / ksum : my_g;
+        gate_t[lane] = g;
+        if (loc) {
+            if (lane == 0) loc->counts[t] = (uint16_t)top_k;
+            mb_local_pair(t * (uint32_t)top_k + (uint32_t)lane, my_id, g, loc->slot_of,
+                          reinterpret_cast<uint2 *>(loc->pairs), loc->routed);
+        }
     }
 }
 
@@ -94,20 +115,6 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
     if (t >= n) return; // whole warps leave; no block-wide sync below
     mb_route_row(logits + t * n_experts, mb_route_smem + (size_t)warp * n_experts, (int)n_experts, (int)top_k, renorm,
                  ids + t * top_k, gate + t * top_k, lane);
-}
-
-// Pair i (token i / top_k, choice i % top_k) of the routing table as the
-// expert kernels read it (mb_kcuda_local_pairs).
-static __device__ __forceinline__ void mb_local_pair(uint32_t i, const int32_t *ids,
-                                                     const float *gate, uint32_t n, uint32_t top_k,
-                                                     const int32_t *slot_of, uint16_t *counts,
-                                                     uint2 *pairs, uint32_t *routed)
-{
-    if (i < n) counts[i] = (uint16_t)top_k;
-    if (i >= n * top_k) return;
-    const int32_t e = ids[i];
-    pairs[i] = make_uint2((uint32_t)slot_of[e], __float_as_uint(gate[i]));
-    if (routed) atomicAdd(&routed[e], 1u);
 }
 
 // The router GEMV and the routing in one launch: each block computes one
@@ -148,15 +155,13 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         for (uint32_t e = lane; e < ne; e += 32)
             p[e] = __ldcg(logits + (size_t)t * ne + e);
         __syncwarp();
-        mb_route_row(p, p, (int)ne, (int)top_k, renorm, ids + (size_t)t * top_k, gate + (size_t)t * top_k, lane);
+        mb_route_row(p, p, (int)ne, (int)top_k, renorm, ids + (size_t)t * top_k,
+                     gate + (size_t)t * top_k, lane, loc.pairs ? &loc : nullptr, t);
         __syncwarp();
     }
-    if (loc.pairs) {
-        __syncthreads(); // every warp's ids and gates are out (the block reads them back)
-        for (uint32_t i = threadIdx.x; i < n * top_k; i += blockDim.x)
-            mb_local_pair(i, ids, gate, n, top_k, loc.slot_of, loc.counts, (uint2 *)loc.pairs,
-                          loc.routed);
-        if (loc.stamp && threadIdx.x == 0) *loc.stamp = mb_dense_globaltimer();
+    if (loc.stamp) {
+        __syncthreads(); // every token routed
+        if (threadIdx.x == 0) *loc.stamp = mb_dense_globaltimer();
     }
     if (threadIdx.x == 0) *done = 0;
     if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
@@ -258,8 +263,9 @@ __global__ void mb_kcuda_local_pairs_kernel(const int32_t *__restrict__ ids, con
                                             uint32_t *__restrict__ routed)
 {
     mb_pdl_enter();
-    mb_local_pair(blockIdx.x * blockDim.x + threadIdx.x, ids, gate, n, top_k, slot_of, counts,
-                  pairs, routed);
+    const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) counts[i] = (uint16_t)top_k;
+    if (i < n * top_k) mb_local_pair(i, ids[i], gate[i], slot_of, pairs, routed);
 }
 
 extern "C" int mb_kcuda_local_pairs(void *stream, const int32_t *ids, const float *gate, uint32_t n, uint32_t top_k,
