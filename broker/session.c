@@ -68,12 +68,32 @@ static int64_t mb_session_shm_spin_ns(const mb_options *opt)
     return us ? (int64_t)us * 1000 : -1;
 }
 
+/* Whether the CPU workers this coordinator starts leave it a core of its
+ * own: their threads (a worker's default: every core) fewer than the
+ * host's cores. */
+static int mb_session_core_to_spare(const mb_options *opt)
+{
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores <= 1) return 0;
+    long busy = 0;
+    for (size_t i = 0; i < opt->n_workers; i++) {
+        mb_worker_spec ws;
+        char err[256];
+        if (mb_worker_spec_parse(opt->workers[i], &ws, err, sizeof err) != MB_STATUS_OK) continue;
+        if (ws.kind == MB_WORKER_KIND_LOCAL && strcmp(ws.backend, "cpu") == 0)
+            busy += ws.threads ? (long)ws.threads : cores;
+    }
+    return busy < cores;
+}
+
 /* The dispatcher's poll of its busy links (mb_dispatch_config
- * poll_spin_ns): a coordinator on a GPU polls for MB_SESSION_GPU_POLL_SPIN_US,
- * or as long as the rings spin where --shm-spin is given (0: not at all);
- * MB_DISPATCH_POLL_SPIN_US (0 to 1000000, for measuring) overrides (0:
- * block on the oldest at once, the CPU coordinator's way, whose cores
- * compute). Another value is ignored, with a warning. */
+ * poll_spin_ns): a coordinator on a GPU polls for MB_SESSION_GPU_POLL_SPIN_US
+ * where its CPU workers leave it a core, else (and where --shm-spin is
+ * given) as long as the rings spin: spinning longer would take a worker
+ * thread's core (--shm-spin 0: not at all). MB_DISPATCH_POLL_SPIN_US (0 to
+ * 1000000, for measuring) overrides (0: block on the oldest at once, the
+ * CPU coordinator's way, whose cores compute). Another value is ignored,
+ * with a warning. */
 static int64_t mb_session_poll_spin_ns(const mb_options *opt)
 {
     const char *e = getenv("MB_DISPATCH_POLL_SPIN_US");
@@ -85,7 +105,7 @@ static int64_t mb_session_poll_spin_ns(const mb_options *opt)
         fprintf(stderr, "MB_DISPATCH_POLL_SPIN_US='%s' ignored (microseconds, 0 to 1000000)\n", e);
     }
     if (opt->cuda_device < 0) return 0;
-    if (!mb_options_given(opt, MB_OPTION_SHM_SPIN))
+    if (!mb_options_given(opt, MB_OPTION_SHM_SPIN) && mb_session_core_to_spare(opt))
         return (int64_t)MB_SESSION_GPU_POLL_SPIN_US * 1000;
     const int64_t spin = mb_session_shm_spin_ns(opt);
     return spin > 0 ? spin : 0;
