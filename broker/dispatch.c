@@ -675,6 +675,7 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
             int got = 0;
             st = mb_dispatch_poll(d, (uint32_t)oldest, w, slice, &got);
             waited += mb_now_ns() - t0;
+            if (got) last_progress_ns = 0; /* a reply: poll the others again */
         }
     }
     /* Combine: links' partial sums in link order, so the result does not

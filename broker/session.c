@@ -68,22 +68,22 @@ static int64_t mb_session_shm_spin_ns(const mb_options *opt)
     return us ? (int64_t)us * 1000 : -1;
 }
 
-/* Whether the CPU workers this coordinator starts leave it a core of its
- * own: their threads (a worker's default: every core) fewer than the
- * host's cores. */
-static int mb_session_core_to_spare(const mb_options *opt)
+/* Whether the n CPU workers this coordinator starts from specs leave it a
+ * core of its own: their threads (mb_session_start_link's, a worker given
+ * none taking cores / n) fewer than the host's cores. */
+static int mb_session_core_to_spare(const char *const *specs, uint32_t n)
 {
-    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    if (cores <= 1) return 0;
-    long busy = 0;
-    for (size_t i = 0; i < opt->n_workers; i++) {
+    const uint32_t cpus = mb_session_cpus();
+    uint32_t busy = 0;
+    for (uint32_t i = 0; i < n; i++) {
         mb_worker_spec ws;
         char err[256];
-        if (mb_worker_spec_parse(opt->workers[i], &ws, err, sizeof err) != MB_STATUS_OK) continue;
-        if (ws.kind == MB_WORKER_KIND_LOCAL && strcmp(ws.backend, "cpu") == 0)
-            busy += ws.threads ? (long)ws.threads : cores;
+        if (mb_worker_spec_parse(specs[i], &ws, err, sizeof err) != MB_STATUS_OK) continue;
+        if (ws.kind != MB_WORKER_KIND_LOCAL || strcmp(ws.backend, "cpu") != 0) continue;
+        const uint32_t t = ws.threads ? ws.threads : cpus / n;
+        busy += t ? t : 1;
     }
-    return busy < cores;
+    return busy < cpus;
 }
 
 /* The dispatcher's poll of its busy links (mb_dispatch_config
@@ -94,7 +94,8 @@ static int mb_session_core_to_spare(const mb_options *opt)
  * 1000000, for measuring) overrides (0: block on the oldest at once, the
  * CPU coordinator's way, whose cores compute). Another value is ignored,
  * with a warning. */
-static int64_t mb_session_poll_spin_ns(const mb_options *opt)
+static int64_t mb_session_poll_spin_ns(const mb_options *opt, const char *const *specs,
+                                       uint32_t n_workers)
 {
     const char *e = getenv("MB_DISPATCH_POLL_SPIN_US");
     if (e && *e) {
@@ -105,7 +106,7 @@ static int64_t mb_session_poll_spin_ns(const mb_options *opt)
         fprintf(stderr, "MB_DISPATCH_POLL_SPIN_US='%s' ignored (microseconds, 0 to 1000000)\n", e);
     }
     if (opt->cuda_device < 0) return 0;
-    if (!mb_options_given(opt, MB_OPTION_SHM_SPIN) && mb_session_core_to_spare(opt))
+    if (!mb_options_given(opt, MB_OPTION_SHM_SPIN) && mb_session_core_to_spare(specs, n_workers))
         return (int64_t)MB_SESSION_GPU_POLL_SPIN_US * 1000;
     const int64_t spin = mb_session_shm_spin_ns(opt);
     return spin > 0 ? spin : 0;
@@ -475,7 +476,7 @@ mb_status mb_session_open(const mb_options *opt, const mb_model *model, uint32_t
     mb_stats_set_config_int(s->stats, "worker_timeout_ms", opt->worker_timeout_ms);
     /* A coordinator on a GPU has its thread to spare while the experts run:
      * it polls every busy link instead of sleeping on one. */
-    const int64_t poll_spin_ns = mb_session_poll_spin_ns(opt);
+    const int64_t poll_spin_ns = mb_session_poll_spin_ns(opt, specs, n_workers);
     mb_dispatch_config dc = {
         .links = s->links,
         .n_links = s->n_links,

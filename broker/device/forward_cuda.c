@@ -1074,7 +1074,12 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                                          .xn2 = fc->local_step ? NULL : dst};
             mb_kcuda_route_local loc;
             const int paired = route_paired(fc, n);
-            if (paired) K(mb_cuda_local_moe_route_local(fc->local, l, &loc));
+            if (paired) {
+                K(mb_cuda_local_moe_route_local(fc->local, l, &loc));
+                /* A shared expert runs between the router and the experts:
+                 * their start is marked after it (run_layer), not here. */
+                if (c->d_ff_shared) loc.stamp = NULL;
+            }
             K(mb_kcuda_router_topk_norm_local(
                 fc->stream, R->dtype, R->w, R->rows, R->cols, &in, fc->rlog, c->top_k, fc->renorm,
                 (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done, paired ? &loc : NULL));
@@ -1217,8 +1222,8 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     if (fc->local_step) {
         /* Nothing to wait for, so no idle gap to time (head() knows). The
          * experts replay their own graph, between marks that time them. */
-        if (!route_paired(fc, n))
-            K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 0)); /* else the router's */
+        if (!route_paired(fc, n) || ff) /* else the router marked it */
+            K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 0));
         MB_TRY(run_segment(fc, &fc->graph_e[l], segment_e, l, n, pos));
         K(mb_cuda_local_moe_mark(fc->local, fc->stream, l, 1));
         if (l + 1 < c->n_layers) return run_segment(fc, &fc->graph_b[l], segment_ba, l, n, pos);

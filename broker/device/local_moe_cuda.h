@@ -49,15 +49,15 @@ void mb_cuda_local_moe_destroy(mb_cuda_local_moe *lm);
 int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t layer, const float *x,
                               const int32_t *ids, const float *gate, uint32_t n, float *out);
 
-/* The same, where the router already wrote layer's pairs and its start
- * mark (with what mb_cuda_local_moe_route_local gave it): the expert
- * kernels only. */
+/* The same, where the router already wrote layer's pairs (with what
+ * mb_cuda_local_moe_route_local gave it): the expert kernels only. */
 int mb_cuda_local_moe_enqueue_paired(mb_cuda_local_moe *lm, void *stream, uint32_t layer,
                                      const float *x, uint32_t n, float *out);
 
 /* Where the router writes layer's pairs, its routed counts and the start
- * mark of its experts (mb_kcuda_router_topk_norm_local). Returns 0 or a
- * CUDA error code. */
+ * mark of its experts (mb_kcuda_router_topk_norm_local; the caller may drop
+ * the mark and take it with mb_cuda_local_moe_mark). Returns 0 or a CUDA
+ * error code. */
 int mb_cuda_local_moe_route_local(const mb_cuda_local_moe *lm, uint32_t layer,
                                   mb_kcuda_route_local *out);
 

@@ -346,8 +346,7 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 // order (v5; v4 walked all chunks a dimension a thread, eight loads in
 // flight, five memory trips at 33 chunks); else a dimension a thread.
 #define MB_MERGE_MAX_SPLIT 1024 // chunks the weights' shared memory holds; more: a second pass
-#define MB_MERGE_REGS 24        // float4 of outputs a thread may hold from the start
-static_assert(MB_ATTN_DEC_THREADS < MB_MERGE_MAX_SPLIT, "a thread's chunk has its weight in wsh");
+#define MB_MERGE_REGS 16        // float4 of outputs a thread may hold from the start
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
 {
@@ -357,42 +356,28 @@ mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split
     __shared__ float4 sums4[MB_ATTN_DEC_THREADS];
     const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = mb_attn_part_stride(hd);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const uint32_t live = mb_dec_live(a, want, n_split, a.pos_dev ? *a.pos_dev : a.pos0, t);
     const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
-    // Where the float4 path below takes every chunk of the launch (n_split,
-    // whichever are live) in MB_MERGE_REGS loads a thread, those loads are
-    // issued first, with the chunks' maxima and sums where a thread takes
-    // one chunk's, and with the position that says how many chunks are
-    // live: every chunk lies in work, and the outputs do not depend on M,
-    // so the kernel pays one memory trip, not three. (The loads past the
-    // live chunks read stale partials that are never used.)
+    // Where the float4 path below takes every chunk in MB_MERGE_REGS loads a
+    // thread, those loads are issued now, with the maxima's: the outputs
+    // do not depend on M, so the kernel pays one memory trip, not two.
     const uint32_t hd4 = hd / 4;
     const bool vec4 = hd % 4 == 0 && hd4 <= MB_ATTN_DEC_THREADS && ((uintptr_t)work & 15) == 0;
     const uint32_t G = vec4 ? MB_ATTN_DEC_THREADS / hd4 : 1, gi = tid / (vec4 ? hd4 : 1),
                    c4 = tid % (vec4 ? hd4 : 1);
-    const bool pre = vec4 && n_split <= G * MB_MERGE_REGS && n_split <= MB_MERGE_MAX_SPLIT;
+    const bool pre = vec4 && live <= G * MB_MERGE_REGS && live <= MB_MERGE_MAX_SPLIT;
     float4 ov[MB_MERGE_REGS];
     if (pre && gi < G) {
 #pragma unroll
         for (int u = 0; u < MB_MERGE_REGS; u++) {
             const uint32_t s = gi + (uint32_t)u * G;
-            if (s < n_split) ov[u] = *reinterpret_cast<const float4 *>(first + s * stride + 4 * c4);
+            if (s < live) ov[u] = *reinterpret_cast<const float4 *>(first + s * stride + 4 * c4);
         }
     }
-    const bool one = n_split <= MB_ATTN_DEC_THREADS; // a thread a chunk's max and sum
-    float m_own = -INFINITY, l_own = 0.0f;
-    if (one && (uint32_t)tid < n_split) {
-        m_own = first[(uint32_t)tid * stride + hd];
-        l_own = first[(uint32_t)tid * stride + hd + 1];
-    }
-    const uint32_t live = mb_dec_live(a, want, n_split, a.pos_dev ? *a.pos_dev : a.pos0, t);
     // M: the chunks' maxima, a strided pass then a fixed butterfly and warp order.
     float M = -INFINITY;
-    if (one) {
-        if ((uint32_t)tid < live) M = m_own;
-    } else {
-        for (uint32_t s = tid; s < live; s += MB_ATTN_DEC_THREADS)
-            M = fmaxf(M, first[s * stride + hd]);
-    }
+    for (uint32_t s = tid; s < live; s += MB_ATTN_DEC_THREADS)
+        M = fmaxf(M, first[s * stride + hd]);
     M = mb_warp_max(M);
     if (lane == 0) red[warp] = M;
     __syncthreads();
@@ -403,18 +388,10 @@ mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split
     __syncthreads(); // red is reused below
     // Weights, and the denominator in the same fixed order.
     float den = 0.0f;
-    if (one) {
-        if ((uint32_t)tid < live) {
-            const float w = expf(m_own - M);
-            wsh[tid] = w; // n_split <= MB_ATTN_DEC_THREADS < MB_MERGE_MAX_SPLIT
-            den += w * l_own;
-        }
-    } else {
-        for (uint32_t s = tid; s < live; s += MB_ATTN_DEC_THREADS) {
-            const float w = expf(first[s * stride + hd] - M);
-            if (s < MB_MERGE_MAX_SPLIT) wsh[s] = w;
-            den += w * first[s * stride + hd + 1];
-        }
+    for (uint32_t s = tid; s < live; s += MB_ATTN_DEC_THREADS) {
+        const float w = expf(first[s * stride + hd] - M);
+        if (s < MB_MERGE_MAX_SPLIT) wsh[s] = w;
+        den += w * first[s * stride + hd + 1];
     }
     den = mb_warp_sum(den);
     if (lane == 0) red[warp] = den;

@@ -36,15 +36,15 @@ __global__ void __launch_bounds__(MB_QKP_THREADS)
     if (wid >= (size_t)n * slots) return; // a whole warp: no block barrier below
     const uint32_t t = (uint32_t)(wid / slots), s = (uint32_t)(wid % slots);
     float *h = qkv + (size_t)t * ld + (size_t)s * hd;
+    if (hd > MB_ATTN_MAX_HD) { // longer than the shared row: in place, from L2
+        mb_qkp_slot(h, h, s, a, (a.pos_dev ? *a.pos_dev : a.pos0) + t, lane);
+        return;
+    }
     float v[MB_ATTN_MAX_HD / 32];
 #pragma unroll
     for (uint32_t j = 0; j < MB_ATTN_MAX_HD / 32; j++)
         if (lane + 32 * j < hd) v[j] = h[lane + 32 * j];
     const uint32_t pos = (a.pos_dev ? *a.pos_dev : a.pos0) + t;
-    if (hd > MB_ATTN_MAX_HD) { // longer than the shared row: in place, from L2
-        mb_qkp_slot(h, h, s, a, pos, lane);
-        return;
-    }
     if (s < a.nh + a.nkv) { // a query or key head: norm and rotation
         const float *nw = s >= a.nh ? a.kn : a.qn;
         if (nw && 32 * lane < hd) mb_l1_prefetch(nw + 32 * lane);

@@ -86,8 +86,8 @@ __device__ __forceinline__ void mb_l1_prefetch(const void *p)
 #define MB_L2PF_CHUNK 16384u // bytes a bulk prefetch asks for
 
 // Asks L2 for bytes at p (16-byte aligned; a tail under 16 bytes is left
-// out), a chunk a thread of the block's first warp a request; a hint, with
-// no effect on results (none on the emulator).
+// out), a chunk a lane of a one-warp block a request (mb_kcuda_l2_prefetch's
+// kernel); a hint, with no effect on results (none on the emulator).
 __device__ __forceinline__ void mb_l2_prefetch_rows(const void *p, size_t bytes)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
