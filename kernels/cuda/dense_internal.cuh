@@ -83,29 +83,6 @@ __device__ __forceinline__ void mb_l1_prefetch(const void *p)
 #endif
 }
 
-#define MB_L2PF_CHUNK 16384u // bytes a bulk prefetch asks for
-
-// Asks L2 for bytes at p (16-byte aligned; a tail under 16 bytes is left
-// out), a chunk a lane of a one-warp block a request (mb_kcuda_l2_prefetch's
-// kernel); a hint, with no effect on results (none on the emulator).
-__device__ __forceinline__ void mb_l2_prefetch_rows(const void *p, size_t bytes)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    constexpr size_t chunk = MB_L2PF_CHUNK;
-    for (size_t off = (size_t)threadIdx.x * chunk; threadIdx.x < 32 && off < bytes;
-         off += 32 * chunk) {
-        const uint32_t n = (uint32_t)(bytes - off < chunk ? bytes - off : chunk) & ~15u;
-        if (n)
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char *)p + off),
-                         "r"(n)
-                         : "memory");
-    }
-#else
-    (void)p;
-    (void)bytes;
-#endif
-}
-
 // Launches kern(args...) on grid x block, smem, s, allowed to overlap the kernel
 // before it (mb_dense_pdl); the kernel must start with mb_pdl_enter().
 template <typename... KArgs, typename... Args>
