@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "protocol/message.h"
+#include "shm/shm.h"
 
 #define MB_DISPATCH_MAX_WINDOW 8u
 #define MB_DISPATCH_MAX_LINKS 64u
@@ -554,17 +555,6 @@ static mb_status mb_dispatch_failover(mb_dispatch *d, const mb_moe_work *w)
     return MB_STATUS_OK;
 }
 
-/* A spin-wait's pause: the sibling hyperthread (a worker's, maybe) keeps
- * the core. */
-static inline void mb_dispatch_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
 {
     mb_dispatch *d = ctx;
@@ -665,7 +655,7 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
                 if (spin_mark) waited += now - spin_mark;
                 spin_mark = now;
                 if ((int64_t)(now - last_progress_ns) < c->poll_spin_ns) {
-                    mb_dispatch_relax();
+                    mb_shm_cpu_relax();
                     continue;
                 }
             }

@@ -1,6 +1,7 @@
 /* Spin-then-sleep waiting on a cross-process futex word, with bounded sleeps
  * so the caller can check its peer's liveness between them. */
 #include "shm/doorbell.h"
+#include "shm/shm.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -14,15 +15,6 @@ int64_t mb_shm_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
-}
-
-static inline void mb_shm_cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
 }
 
 /* Not FUTEX_PRIVATE: the word is shared with another process. */

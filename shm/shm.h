@@ -30,6 +30,17 @@ typedef struct {
     (64ull << 20) /* a 4096 x 2048 x f32 prefill chunk (32 MiB) fits */
 #define MB_SHM_DEFAULT_SPIN_NS 30000
 
+/* One pause of a spin-wait (the rings' and the dispatcher's): the sibling
+ * hyperthread keeps the core meanwhile. */
+static inline void mb_shm_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* Coordinator side: creates the segment (a sealed memfd, mode 0600, counted
  * against memory only as pages are touched) and the transport on it.
  * opt may be NULL for the defaults. *fd_for_peer is a new fd for the
