@@ -15,6 +15,11 @@
 
 /* Longest spin the adaptive rule in mb_shm_recv may choose. */
 #define MB_SHM_ADAPTIVE_SPIN_CAP_NS 400000
+/* The process check (a pidfd poll, or kill and /proc where there is no
+ * pidfd) runs at most this often: a caller polling with timeout 0 (the
+ * dispatcher's spin over its links) would otherwise make a system call or
+ * more per poll. A death is still seen within this much more. */
+#define MB_SHM_PEER_CHECK_NS 100000
 
 typedef struct {
     mb_shm_segment seg;
@@ -26,6 +31,7 @@ typedef struct {
     int64_t spin_ns;
     int64_t recv_wait_avg_ns; /* decaying mean of recent receive waits (local) */
     int corrupt; /* sticky: the segment failed validation once */
+    int64_t peer_checked_ns; /* when the process check last said alive (0: never) */
 
     /* Coordinator side: the worker's heartbeat as last seen. */
     int64_t peer_timeout_ns; /* 0: heartbeats not watched */
@@ -55,13 +61,13 @@ static int mb_shm_peer_closed(const mb_shm_transport *t)
 /* PEER_DEAD once the worker's heartbeat has not moved for peer_timeout_ns
  * (sticky). A counter still at 0 is a worker not yet started: its death is
  * the pidfd's business, its slowness the spawner's. */
-static mb_status mb_shm_check_heartbeat(mb_shm_transport *t)
+static mb_status mb_shm_check_heartbeat(mb_shm_transport *t, int64_t now)
 {
     if (t->silent) return MB_STATUS_PEER_DEAD;
     if (t->peer_timeout_ns <= 0) return MB_STATUS_OK;
     /* relaxed: only the value's change matters, it publishes nothing. */
-    uint64_t beat = atomic_load_explicit(&t->state->heartbeat[MB_SHM_SIDE_WORKER], memory_order_relaxed);
-    int64_t now = mb_shm_now_ns();
+    uint64_t beat =
+        atomic_load_explicit(&t->state->heartbeat[MB_SHM_SIDE_WORKER], memory_order_relaxed);
     if (beat != t->beat_seen) {
         t->beat_seen = beat;
         t->beat_seen_ns = now;
@@ -79,8 +85,13 @@ static mb_status mb_shm_alive(void *ctx)
     mb_shm_transport *t = ctx;
     if (t->corrupt) return MB_STATUS_CORRUPT;
     if (mb_shm_peer_closed(t)) return MB_STATUS_PEER_DEAD;
-    mb_status st = mb_shm_peer_check(&t->peer);
-    return st != MB_STATUS_OK ? st : mb_shm_check_heartbeat(t);
+    const int64_t now = mb_shm_now_ns();
+    if (!t->peer_checked_ns || now - t->peer_checked_ns >= MB_SHM_PEER_CHECK_NS) {
+        mb_status st = mb_shm_peer_check(&t->peer);
+        if (st != MB_STATUS_OK) return st;
+        t->peer_checked_ns = now;
+    }
+    return mb_shm_check_heartbeat(t, now);
 }
 
 /* Worker side: bumps our heartbeat every MB_SHM_HEARTBEAT_NS until destroy.
