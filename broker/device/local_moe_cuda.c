@@ -29,6 +29,20 @@ int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t laye
     return 1;
 }
 
+int mb_cuda_local_moe_enqueue_paired(mb_cuda_local_moe *lm, void *stream, uint32_t layer,
+                                     const float *x, uint32_t n, float *out)
+{
+    (void)lm, (void)stream, (void)layer, (void)x, (void)n, (void)out;
+    return 1;
+}
+
+int mb_cuda_local_moe_route_local(const mb_cuda_local_moe *lm, uint32_t layer,
+                                  mb_kcuda_route_local *out)
+{
+    (void)lm, (void)layer, (void)out;
+    return 1;
+}
+
 int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, int end)
 {
     (void)lm, (void)stream, (void)layer, (void)end;
@@ -224,17 +238,6 @@ int mb_cuda_local_moe_enqueue_paired(mb_cuda_local_moe *lm, void *stream, uint32
     return e;
 }
 
-int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t layer, const float *x,
-                              const int32_t *ids, const float *gate, uint32_t n, float *out)
-{
-    if (!lm || layer >= lm->n_layers || n == 0 || n > lm->max_tokens)
-        return (int)cudaErrorInvalidValue;
-    int e = mb_kcuda_local_pairs(stream, ids, gate, n, lm->top_k,
-                                 lm->slot_of + (size_t)layer * lm->n_experts, lm->counts, lm->pairs,
-                                 lm->routed + (size_t)layer * lm->n_experts);
-    return e ? e : mb_cuda_local_moe_enqueue_paired(lm, stream, layer, x, n, out);
-}
-
 int mb_cuda_local_moe_route_local(const mb_cuda_local_moe *lm, uint32_t layer,
                                   mb_kcuda_route_local *out)
 {
@@ -245,6 +248,19 @@ int mb_cuda_local_moe_route_local(const mb_cuda_local_moe *lm, uint32_t layer,
                                   .routed = lm->routed + (size_t)layer * lm->n_experts,
                                   .stamp = lm->stamps + 2 * (size_t)layer};
     return 0;
+}
+
+int mb_cuda_local_moe_enqueue(mb_cuda_local_moe *lm, void *stream, uint32_t layer, const float *x,
+                              const int32_t *ids, const float *gate, uint32_t n, float *out)
+{
+    mb_kcuda_route_local loc;
+    if (!lm || layer >= lm->n_layers || n == 0 || n > lm->max_tokens)
+        return (int)cudaErrorInvalidValue;
+    int e = mb_cuda_local_moe_route_local(lm, layer, &loc);
+    if (!e)
+        e = mb_kcuda_local_pairs(stream, ids, gate, n, lm->top_k, loc.slot_of, loc.counts,
+                                 loc.pairs, loc.routed);
+    return e ? e : mb_cuda_local_moe_enqueue_paired(lm, stream, layer, x, n, out);
 }
 
 int mb_cuda_local_moe_mark(mb_cuda_local_moe *lm, void *stream, uint32_t layer, int end)
