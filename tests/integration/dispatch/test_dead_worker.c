@@ -1,6 +1,7 @@
 /* A worker killed with SIGKILL in the middle of a request: the dispatcher
  * reports an error naming that worker within a second, nothing hangs, and
- * no socket file is left behind. Over shm and over ZeroMQ ipc. */
+ * no socket file is left behind. Over shm and over ZeroMQ ipc; and a worker
+ * frozen (SIGSTOP) while the dispatcher polls: the request's timeout. */
 #include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
@@ -21,7 +22,7 @@
 
 typedef struct {
     pid_t pid;
-    int delay_ms;
+    int delay_ms, sig;
 } killer_arg;
 
 static void *killer(void *p)
@@ -29,7 +30,7 @@ static void *killer(void *p)
     killer_arg *a = p;
     struct timespec ts = {0, a->delay_ms * 1000000L};
     nanosleep(&ts, NULL);
-    kill(a->pid, SIGKILL);
+    kill(a->pid, a->sig);
     return NULL;
 }
 
@@ -67,9 +68,11 @@ int main(void)
 
     /* Pass 2: shm again, the dispatcher polling both busy links for up to
      * a second (as a coordinator on a GPU does) instead of blocking on one:
-     * the death must still be seen at once, not when the spin ends. */
-    const char *kinds[] = {"shm", "zmq ipc", "shm, polling"};
-    for (int pass = 0; pass < 3; pass++) {
+     * the death must still be seen at once, not when the spin ends. Pass 3:
+     * the same poll, worker 1 frozen instead: its request's 300 ms timeout
+     * must end the call while the dispatcher still polls. */
+    const char *kinds[] = {"shm", "zmq ipc", "shm, polling", "shm, polling, frozen"};
+    for (int pass = 0; pass < 4; pass++) {
         const int kind = pass == 1;
         int fds_before = count_fds();
         mb_link links[2];
@@ -93,7 +96,8 @@ int main(void)
                                  .d_model = cfg.d_model,
                                  .top_k = 2,
                                  .max_tokens = N_TOK,
-                                 .poll_spin_ns = pass == 2 ? 1000000000 : 0};
+                                 .timeout_ns = pass == 3 ? 300000000 : 0,
+                                 .poll_spin_ns = pass >= 2 ? 1000000000 : 0};
         mb_dispatch *d = NULL;
         REQUIRE(mb_dispatch_create(&dc, &d) == MB_STATUS_OK);
         mb_moe_work w = {.layer = 0, .n_tokens = N_TOK, .top_k = 2, .expert_ids = ids, .gate = gate, .x = x,
@@ -103,7 +107,7 @@ int main(void)
         /* Then kill worker 1 a few milliseconds into a call that takes far
          * longer than that in stream mode. */
         pthread_t th;
-        killer_arg ka = {.pid = links[1].pid, .delay_ms = 5};
+        killer_arg ka = {.pid = links[1].pid, .delay_ms = 5, .sig = pass == 3 ? SIGSTOP : SIGKILL};
         pthread_create(&th, NULL, killer, &ka);
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -113,7 +117,13 @@ int main(void)
         double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
         const char *msg = mb_dispatch_error(d);
         printf("%s: status %s after %.3f s: %s\n", kinds[pass], mb_status_name(st), s, msg);
-        CHECK(st == MB_STATUS_PEER_DEAD || st == MB_STATUS_CLOSED);
+        if (pass == 3) {
+            CHECK_MSG(st == MB_STATUS_TIMEOUT, "status %s", mb_status_name(st));
+            CHECK_MSG(s >= 0.3, "the timeout ended the call after %.3f s", s);
+            kill(links[1].pid, SIGKILL); /* a stopped worker would not see the close */
+        } else {
+            CHECK(st == MB_STATUS_PEER_DEAD || st == MB_STATUS_CLOSED);
+        }
         CHECK_MSG(strstr(msg, links[1].name) != NULL, "message does not name the worker: %s", msg);
         CHECK_MSG(s < 1.0 + 0.005, "took %.3f s", s);
         mb_dispatch_destroy(d);
