@@ -11,6 +11,7 @@
 #define MB_ROUTE_WARPS 4
 #define MB_ROUTE_MAX_EXPERTS 1024
 #define MB_ROUTE_MAX_K 32
+#define MB_ROUTE_NAN_KEY -0.5f // a NaN probability's rank in the top-k (mb_route_row)
 
 static __device__ __forceinline__ float mb_warp_max(float v)
 {
@@ -58,16 +59,21 @@ static __device__ __forceinline__ void mb_route_row(const float *row, float *p, 
     __syncwarp();
 
     // Round j: the largest remaining probability, lowest index on ties;
-    // lane j keeps it. Taken entries become -1 (probabilities are >= 0).
+    // lane j keeps it. Taken entries become -1 (probabilities are >= 0). A
+    // NaN (a NaN or infinite logit makes the whole row NaN) ranks as
+    // MB_ROUTE_NAN_KEY, below every probability and above a taken entry, so
+    // every round still takes an untaken expert, the lowest NaN first, as
+    // broker/router.c does; its gate stays NaN.
     float my_g = 0.0f;
     int my_id = 0;
     for (int j = 0; j < top_k; j++) {
-        float bv = -1.0f;
+        float bv = -2.0f; // below every key: some lane finds an untaken entry
         int bi = INT_MAX;
         for (int e = lane; e < ne; e += 32) {
             const float v = p[e];
-            if (v > bv) { // e ascends: a tie keeps the lower index
-                bv = v;
+            const float key = v == v ? v : MB_ROUTE_NAN_KEY;
+            if (key > bv) { // e ascends: a tie keeps the lower index
+                bv = key;
                 bi = e;
             }
         }
@@ -81,7 +87,7 @@ static __device__ __forceinline__ void mb_route_row(const float *row, float *p, 
             }
         }
         if (lane == j) {
-            my_g = bv;
+            my_g = bv == MB_ROUTE_NAN_KEY ? NAN : bv;
             my_id = bi;
         }
         if (lane == 0) p[bi] = -1.0f;

@@ -608,6 +608,53 @@ static void test_merge(void)
 
 /* ---- routing ---------------------------------------------------------------------- */
 
+/* Logits with a NaN (a malformed checkpoint's or an overflow's): the row's
+ * softmax is all NaN, and the routing must still name k distinct experts
+ * in range, the CPU's (the lowest first), with NaN gates, by both routing
+ * kernels: an id past the experts would index the pair tables out of
+ * bounds. */
+static void route_nan_case(uint32_t ne, uint32_t k)
+{
+    float *lg = rand_f32(ne, 4.0f);
+    lg[ne / 2] = NAN;
+    float *dl = dev_upload(lg, ne * sizeof(float));
+    int32_t *dids = dev_alloc(k * sizeof(int32_t));
+    float *dg = dev_alloc(k * sizeof(float));
+    int32_t ids[32], ref_ids[32];
+    float g[32], ref_g[32];
+    const mb_router r = {.n_experts = ne, .top_k = k, .renorm = 1};
+    mb_router_select(&r, lg, 1, ref_ids, ref_g);
+    RUN(mb_kcuda_route_topk(NULL, dl, 1, ne, k, 1, dids, dg));
+    dev_download(ids, dids, k * sizeof(int32_t));
+    dev_download(g, dg, k * sizeof(float));
+    int bad = memcmp(ids, ref_ids, k * sizeof(int32_t)) != 0;
+    for (uint32_t j = 0; j < k; j++)
+        bad += g[j] == g[j]; /* NaN, as the CPU's */
+    /* The fused router on a weight matrix whose row ne / 2 is NaN. */
+    float *w = xmalloc((size_t)ne * 8 * sizeof(float)), x[8];
+    for (size_t i = 0; i < (size_t)ne * 8; i++)
+        w[i] = i / 8 == ne / 2 ? NAN : 0.25f;
+    for (int i = 0; i < 8; i++)
+        x[i] = 1.0f;
+    float *dw = dev_upload(w, (size_t)ne * 8 * sizeof(float)), *dx = dev_upload(x, sizeof x);
+    float *dlog = dev_alloc(ne * sizeof(float));
+    unsigned zero = 0, *done = dev_upload(&zero, sizeof zero);
+    RUN(mb_kcuda_router_topk(NULL, MB_KCUDA_F32, dw, ne, 8, dx, 8, 1, dlog, k, 1, dids, dg, done));
+    dev_download(ids, dids, k * sizeof(int32_t));
+    bad += memcmp(ids, ref_ids, k * sizeof(int32_t)) != 0;
+    CHECK_MSG(!bad, "route with a NaN logit ne=%u k=%u: ids 0..%u expected (%d, %d, ...)", ne, k,
+              k - 1, ids[0], ids[1]);
+    cudaFree(dl);
+    cudaFree(dids);
+    cudaFree(dg);
+    cudaFree(dw);
+    cudaFree(dx);
+    cudaFree(dlog);
+    cudaFree(done);
+    free(lg);
+    free(w);
+}
+
 static void route_case(uint32_t n, uint32_t ne, uint32_t k, int renorm, int ties)
 {
     /* Logits on a grid: distinct values are far apart next to f32
@@ -668,6 +715,9 @@ static void test_route(void)
                 for (int ties = 0; ties < 2; ties++)
                     route_case(ns[a], nes[b], ks[c], (int)((a + b + c) % 2), ties);
             }
+    route_nan_case(8, 4);
+    route_nan_case(128, 8);
+    route_nan_case(60, 32);
 }
 
 /* ---- silu_mul, add ---------------------------------------------------------------- */
