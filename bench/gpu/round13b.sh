@@ -1,5 +1,6 @@
 #!/bin/bash
-# Issue 9, round 13's last call: the state after the review fixes (the merge's
+# Issue 9, round 13's last call: the state after the review fixes (the routing with a NaN
+# logit, the merge's
 # speculative loads reverted, the head pass past head_dim 256, the local
 # experts' start mark after a shared expert): test_dense_cuda,
 # test_parity_device, one plain bench row.
