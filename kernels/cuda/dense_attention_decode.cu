@@ -149,12 +149,18 @@ static __device__ void mb_dec_merge_last(const mb_attn_args &a, uint32_t want, u
     }
 }
 
+// pre (one token, the pipelined tiles: mb_dense_preload 'a'): the
+// position is read and the first tile's loads issued before the wait for
+// the kernel before, which writes the token's own key and value rows: the
+// block whose chunk holds them reads them after the wait, into kown and
+// vown, and the tile takes them there (as with QKP).
 template <bool VEC, bool QKP>
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want,
-                                uint32_t n_split, float *__restrict__ work, const mb_qkp_args qa)
+                                uint32_t n_split, float *__restrict__ work, const mb_qkp_args qa,
+                                int pre)
 {
-    mb_pdl_enter();
+    if (!pre) mb_pdl_enter();
     extern __shared__ float mb_dec_smem[];
     const uint32_t hd = a.hd, hd4 = (hd + 3) / 4, ld = 4 * hd4 + 4;
     float *qs = mb_dec_smem;
@@ -163,9 +169,9 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     float *sc = vs + MB_DEC_TS * ld;
     float *s_alpha = sc + MB_ATTN_DEC_HEADS * MB_DEC_TS, *s_m = s_alpha + MB_ATTN_DEC_HEADS;
     float *s_l = s_m + MB_ATTN_DEC_HEADS;
-    // QKP: the token's own key and value rows, 16-byte aligned (every size
-    // before them is a multiple of 4 floats: 4 HEADS floats of alpha, m, l
-    // and padding).
+    // QKP or pre: the token's own key and value rows, 16-byte aligned
+    // (every size before them is a multiple of 4 floats: 4 HEADS floats of
+    // alpha, m, l and padding).
     float *kown = s_l + 2 * MB_ATTN_DEC_HEADS, *vown = kown + ld;
     const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -174,25 +180,50 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     // Queries as float4 where they are aligned: every load issued at once,
     // before the position is read, so that one memory trip covers both
     // (a loop of scalar loads, each waited for before its store, cost
-    // several trips).
+    // several trips); with pre, after the wait, with the own rows'.
     constexpr int QPT = MB_ATTN_DEC_HEADS * (MB_ATTN_MAX_HD / 4) / MB_ATTN_DEC_THREADS;
     const bool qvec = VEC && a.ldq % 4 == 0 && ((uintptr_t)a.q & 15) == 0;
     const int nq4 = nh * (int)hd4;
     const float *qrow = a.q + (size_t)t * a.ldq + (size_t)h0 * hd;
     float4 qr[QPT];
-    if (qvec) {
+    const auto load_q = [&] {
 #pragma unroll
         for (int u = 0; u < QPT; u++) {
             const int i = tid + u * MB_ATTN_DEC_THREADS;
             if (i < nq4)
                 qr[u] = __ldg(reinterpret_cast<const float4 *>(qrow + 4 * i)); // hd % 4 == 0
         }
-    }
+    };
+    if (qvec && !pre) load_q();
     uint32_t p0, p1;
     const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
     mb_dec_range(a, want, pos0, &p0, &p1);
     if (p0 >= p1) return; // a chunk past this row's positions: the merge stops before it
     const int len = (int)(p1 - p0);
+    const float *kc = a.k + ((size_t)g * a.max_ctx + p0) * hd;
+    const float *vc = a.v + ((size_t)g * a.max_ctx + p0) * hd;
+
+    // With hd <= 128 (one load batch a tile) the next tile's loads are
+    // issued before this tile's arithmetic, so a chunk of several tiles
+    // pays about one memory trip instead of one a tile; same values.
+    const bool pipe = VEC && hd * MB_ATTN_TILE <= 4u * MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH;
+    mb_attn_tile_regs next;
+    if (pipe) mb_attn_fetch_tile(kc, vc, 0, min(MB_DEC_TS, len), hd, next);
+    int own = -1;
+    if (pre) {
+        mb_pdl_enter();
+        if (qvec) load_q();
+        if (!QKP && pipe &&
+            pos0 < p1) { // the last chunk (pos0: the token's position): its own rows
+            own = (int)(pos0 - p0);
+            const float4 *kr = reinterpret_cast<const float4 *>(kc + (size_t)own * hd),
+                         *vr = reinterpret_cast<const float4 *>(vc + (size_t)own * hd);
+            for (uint32_t i = tid; i < hd4; i += MB_ATTN_DEC_THREADS) {
+                reinterpret_cast<float4 *>(kown)[i] = kr[i];
+                reinterpret_cast<float4 *>(vown)[i] = vr[i];
+            }
+        }
+    }
 
     if (qvec) {
 #pragma unroll
@@ -206,8 +237,7 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
             qs[hb * ld + d] = d < hd ? qrow[(size_t)hb * hd + d] : 0.0f;
         }
     }
-    const float *kc = a.k + ((size_t)g * a.max_ctx + p0) * hd;
-    const float *vc = a.v + ((size_t)g * a.max_ctx + p0) * hd;
+    if (!QKP && own >= 0) __syncthreads(); // kown and vown are in before the tile takes them
     // Warp w keeps the running max and sum of heads w and w + 4; thread tid
     // the outputs of groups tid + 128 j: head gi / hd4, dims 4 (gi % hd4).
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
@@ -217,17 +247,10 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
         acc[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     const int n_groups = nh * (int)hd4;
 
-    // With hd <= 128 (one load batch a tile) the next tile's loads are
-    // issued before this tile's arithmetic, so a chunk of several tiles
-    // pays about one memory trip instead of one a tile; same values.
-    const bool pipe = VEC && hd * MB_ATTN_TILE <= 4u * MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH;
-    mb_attn_tile_regs next;
-    if (pipe) mb_attn_fetch_tile(kc, vc, 0, min(MB_DEC_TS, len), hd, next);
     // The head pass (one token, t = 0), while the first tile's loads fly:
     // the block's query heads in qs, and in the chunk holding the token's
     // own position its key and value rows, which also go to the cache. The
     // fetched copy of that row is stale; the tile takes kown and vown.
-    int own = -1;
     if constexpr (QKP) {
         const uint32_t qpos = pos0;
         if (qpos < p1) { // the last chunk: p1 is qpos + 1
@@ -347,16 +370,22 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 // flight, five memory trips at 33 chunks); else a dimension a thread.
 #define MB_MERGE_MAX_SPLIT 1024 // chunks the weights' shared memory holds; more: a second pass
 #define MB_MERGE_REGS 16        // float4 of outputs a thread may hold from the start
+// pos_early (mb_dense_preload 'm'): the position, which no kernel of the
+// step writes, is read before the wait for the attention.
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
-mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split, const float *__restrict__ work)
+    mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split,
+                               const float *__restrict__ work, int pos_early)
 {
+    uint32_t pos = 0;
+    if (pos_early) pos = a.pos_dev ? *a.pos_dev : a.pos0;
     mb_pdl_enter();
+    if (!pos_early) pos = a.pos_dev ? *a.pos_dev : a.pos0;
     __shared__ float wsh[MB_MERGE_MAX_SPLIT];
     __shared__ float red[MB_ATTN_DEC_THREADS / 32];
     __shared__ float4 sums4[MB_ATTN_DEC_THREADS];
     const uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.hd, stride = mb_attn_part_stride(hd);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t live = mb_dec_live(a, want, n_split, a.pos_dev ? *a.pos_dev : a.pos0, t);
+    const uint32_t live = mb_dec_live(a, want, n_split, pos, t);
     const float *first = work + ((size_t)t * a.n_heads + h) * n_split * stride;
     // Where the float4 path below takes every chunk in MB_MERGE_REGS loads a
     // thread, those loads are issued now, with the maxima's: the outputs
@@ -457,7 +486,8 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
                                  uint32_t n_split, float *work, cudaStream_t stream,
                                  const mb_qkp_args &qa)
 {
-    const size_t smem = mb_dec_smem_floats(a.hd, QKP) * sizeof(float);
+    const bool pre = a.n == 1 && mb_dense_preload('a');
+    const size_t smem = mb_dec_smem_floats(a.hd, QKP || pre) * sizeof(float);
     // Above 48 KiB (head_dim > 160) a kernel must opt in, once per device;
     // setting the attribute twice is harmless, so racing first calls are
     // fine.
@@ -469,14 +499,14 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
         if (dev < 0 || dev >= 64 || !opted[dev]) {
             e = cudaFuncSetAttribute(
                 mb_kcuda_attn_decode_kernel<VEC, QKP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                (int)mb_dec_smem_floats(MB_ATTN_MAX_HD, QKP) * (int)sizeof(float));
+                (int)mb_dec_smem_floats(MB_ATTN_MAX_HD, true) * (int)sizeof(float));
             if (e != cudaSuccess) return e;
             if (dev >= 0 && dev < 64) opted[dev] = true;
         }
     }
     const dim3 grid(n_split, a.n_kv * n_hgroups, a.n);
     mb_dense_launch(mb_kcuda_attn_decode_kernel<VEC, QKP>, grid, MB_ATTN_DEC_THREADS, smem, stream,
-                    a, n_hgroups, want, n_split, work, qa);
+                    a, n_hgroups, want, n_split, work, qa, (int)pre);
     return cudaGetLastError();
 }
 
@@ -499,6 +529,6 @@ cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroup
     if (e != cudaSuccess || n_split == 1 || a.done) return e; // a.done: merged by the last blocks
     const dim3 mgrid(a.n_heads, a.n);
     mb_dense_launch(mb_kcuda_attn_merge_kernel, mgrid, MB_ATTN_DEC_THREADS, 0, stream, a, want,
-                    n_split, work);
+                    n_split, work, (int)mb_dense_preload('m'));
     return cudaGetLastError();
 }

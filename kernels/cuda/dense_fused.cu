@@ -25,11 +25,13 @@
 // result back (the pass read the row, the weights and the tables from L2
 // one after another: about 4.7 us a layer on the H100). The same values;
 // a head_dim above MB_ATTN_MAX_HD works in place as before.
+// pre (mb_dense_preload 'h', one token): the position is read and the
+// weights and rows asked for before the wait for the projection.
 __global__ void __launch_bounds__(MB_QKP_THREADS)
     mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n,
-                                  const mb_qkp_args a)
+                                  const mb_qkp_args a, int pre)
 {
-    mb_pdl_enter();
+    if (!pre) mb_pdl_enter();
     __shared__ float hs[MB_QKP_WARPS][MB_ATTN_MAX_HD];
     const uint32_t slots = a.nh + 2 * a.nkv, hd = a.hd, lane = threadIdx.x & 31;
     const size_t wid = (size_t)blockIdx.x * MB_QKP_WARPS + threadIdx.x / 32;
@@ -37,23 +39,32 @@ __global__ void __launch_bounds__(MB_QKP_THREADS)
     const uint32_t t = (uint32_t)(wid / slots), s = (uint32_t)(wid % slots);
     float *h = qkv + (size_t)t * ld + (size_t)s * hd;
     if (hd > MB_ATTN_MAX_HD) { // longer than the shared row: in place, from L2
+        if (pre) mb_pdl_enter();
         mb_qkp_slot(h, h, s, a, (a.pos_dev ? *a.pos_dev : a.pos0) + t, lane);
         return;
+    }
+    uint32_t pos = 0;
+    const auto ask = [&] { // the norm's weights and the position's rotation rows into L1
+        pos = (a.pos_dev ? *a.pos_dev : a.pos0) + t;
+        if (s < a.nh + a.nkv) { // a query or key head: norm and rotation
+            const float *nw = s >= a.nh ? a.kn : a.qn;
+            if (nw && 32 * lane < hd) mb_l1_prefetch(nw + 32 * lane);
+            const uint32_t half = hd / 2;
+            if (pos < a.max_ctx && 32 * lane < half) {
+                mb_l1_prefetch(a.cos + (size_t)pos * half + 32 * lane);
+                mb_l1_prefetch(a.sin + (size_t)pos * half + 32 * lane);
+            }
+        }
+    };
+    if (pre) {
+        ask();
+        mb_pdl_enter();
     }
     float v[MB_ATTN_MAX_HD / 32];
 #pragma unroll
     for (uint32_t j = 0; j < MB_ATTN_MAX_HD / 32; j++)
         if (lane + 32 * j < hd) v[j] = h[lane + 32 * j];
-    const uint32_t pos = (a.pos_dev ? *a.pos_dev : a.pos0) + t;
-    if (s < a.nh + a.nkv) { // a query or key head: norm and rotation
-        const float *nw = s >= a.nh ? a.kn : a.qn;
-        if (nw && 32 * lane < hd) mb_l1_prefetch(nw + 32 * lane);
-        const uint32_t half = hd / 2;
-        if (pos < a.max_ctx && 32 * lane < half) {
-            mb_l1_prefetch(a.cos + (size_t)pos * half + 32 * lane);
-            mb_l1_prefetch(a.sin + (size_t)pos * half + 32 * lane);
-        }
-    }
+    if (!pre) ask();
     float *hw = hs[threadIdx.x / 32];
 #pragma unroll
     for (uint32_t j = 0; j < MB_ATTN_MAX_HD / 32; j++)
@@ -145,7 +156,8 @@ static int mb_qkp_launch(void *stream, float *qkv, size_t ld, uint32_t n, uint32
     mb_dense_launch(
         mb_kcuda_qk_rope_store_kernel, (unsigned)blocks, MB_QKP_THREADS, 0, mb_dense_stream(stream),
         qkv, ld, n,
-        mb_qkp_make(n_heads, q_norm, k_norm, eps, pos0, pos_dev, cos, sin, interleaved, kv));
+        mb_qkp_make(n_heads, q_norm, k_norm, eps, pos0, pos_dev, cos, sin, interleaved, kv),
+        (int)(n == 1 && mb_dense_preload('h')));
     return mb_dense_launched();
 }
 

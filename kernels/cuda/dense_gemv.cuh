@@ -134,7 +134,15 @@ __device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x
 // NT: tokens a pass holds accumulators for (MB_LIN_NT, or 1 for the
 // one-token kernels, which then keep R accumulators instead of R x 8).
 // Neither R nor NT changes the order in which a row's products are added.
-template <typename W, int R, bool VEC, bool NORM = false, int NT = MB_LIN_NT>
+// PRE (one pass, n <= NT): the kernel has not waited for the grid before
+// it yet (mb_pdl_enter); the block loads the weights of its threads' first
+// MB_LIN_PRE_ITERS chunks, which no kernel writes, then waits, so that
+// those loads fly while the kernel before it finishes.
+template <typename W, int R> struct mb_lin_pre_iters {
+    static constexpr int n = R >= 16 ? 1 : 2; // the loop's unrolling below
+};
+
+template <typename W, int R, bool VEC, bool NORM = false, int NT = MB_LIN_NT, bool PRE = false>
 __device__ __forceinline__ void
 mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
                   size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
@@ -142,6 +150,7 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
                   float *scale_out = nullptr)
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
+    constexpr int PI = mb_lin_pre_iters<W, R>::n;
     __shared__ float red[MB_LIN_GEMV_WARPS][R * NT];
     __shared__ double ssred[MB_LIN_GEMV_WARPS][NT];
     const uint32_t row0 = blockIdx.x * R;
@@ -152,19 +161,26 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
 #pragma unroll
     for (int r = 0; r < R; r++)
         wr[r] = w + (size_t)min(row0 + r, m - 1) * k;
+    float wpre[PRE ? PI : 1][R][V];
+    if constexpr (PRE) {
+#pragma unroll
+        for (int p = 0; p < PI; p++) {
+            const uint32_t c = tid + p * MB_LIN_GEMV_THREADS;
+            if (c < chunks) {
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wpre[p][r]);
+            }
+        }
+        mb_pdl_enter();
+    }
 
     for (uint32_t t0 = 0; t0 < n; t0 += NT) {
         const int nt = (int)min((uint32_t)NT, n - t0);
         float acc[R][NT] = {};
         double ss[NT] = {};
-        // Two chunks' loads in flight a thread, one with 16 rows (whose
-        // 64 registers of raw weights are already enough in flight).
-#pragma unroll(R >= 16 ? 1 : 2)
-        for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS) {
-            float wv[R][V];
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
+        // Chunk c's products with weights wv, added in ascending c.
+        const auto chunk = [&](uint32_t c, const float(&wv)[R][V]) {
             float nv[V];
             if constexpr (NORM) mb_loadv<float, V, VEC>(nrm.nw + (size_t)c * V, nv);
 #pragma unroll
@@ -192,6 +208,24 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
                     for (int v = 0; v < V; v++)
                         acc[r][i] += wv[r][v] * xv[v];
             }
+        };
+        uint32_t c0 = tid;
+        if (PRE && t0 == 0) { // the preloaded chunks first
+#pragma unroll
+            for (int p = 0; p < (PRE ? PI : 0); p++)
+                if (tid + p * MB_LIN_GEMV_THREADS < chunks)
+                    chunk(tid + p * MB_LIN_GEMV_THREADS, wpre[p]);
+            c0 = tid + PI * MB_LIN_GEMV_THREADS;
+        }
+        // Two chunks' loads in flight a thread, one with 16 rows (whose
+        // 64 registers of raw weights are already enough in flight).
+#pragma unroll(R >= 16 ? 1 : 2)
+        for (uint32_t c = c0; c < chunks; c += MB_LIN_GEMV_THREADS) {
+            float wv[R][V];
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
+            chunk(c, wv);
         }
 #pragma unroll
         for (int r = 0; r < R; r++)

@@ -3,6 +3,7 @@
 // to kernels/cuda/.
 #pragma once
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -70,6 +71,34 @@ static inline bool mb_dense_pdl(void)
             major >= 9;
     }
     return cached != 0;
+}
+
+// Loads a kernel issues before its wait for the kernel before it
+// (mb_pdl_enter), of data no kernel of the step writes: weights, the KV
+// cache's older rows, the step's position. They fly while that kernel
+// finishes. MB_CUDA_PRELOAD (read once) picks the kernels that do, by
+// letter: n the one-token GEMVs with a norm folded in (QKV), g the other
+// one-token GEMVs (o_proj, lm_head), r the router, h the head pass, a the
+// decode attention, m its merge; default "rham" ("0" none): on an H200
+// (round 14) n cost 0.011 ms of the dense decode step (QKV's weights then
+// race the experts' before it) and g gained nothing. Only where PDL is
+// on (else a kernel starts after the one before it anyway), but always on
+// the emulator (tests/unit/cuda_dense/emu), which runs kernels one after
+// another.
+static inline bool mb_dense_preload(char what)
+{
+    static char set[16] = {0};
+    static int read = 0;
+    if (!read) {
+        const char *e = getenv("MB_CUDA_PRELOAD");
+        snprintf(set, sizeof set, "%s", e ? e : "rham");
+        read = 1;
+    }
+#ifdef MB_CUDA_EMU // no PDL there, but the paths are worth running
+    return strchr(set, what) != nullptr;
+#else
+    return mb_dense_pdl() && strchr(set, what) != nullptr;
+#endif
 }
 
 // Asks L1 for the 128-byte line holding p: a hint for read-only data a

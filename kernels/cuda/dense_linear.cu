@@ -19,17 +19,19 @@
 // (one token): the RMSNorm folded in (mb_kcuda_linear_norm), the blocks
 // then writing their shares of the normalised row when asked to. NT: 1
 // for one token (mb_lin_rows1 rows a block), else MB_LIN_NT.
-template <typename W, int R, bool VEC, bool NORM, int NT>
+// PRE (one token): the first weights loaded before the wait
+// (mb_dense_preload).
+template <typename W, int R, bool VEC, bool NORM, int NT, bool PRE>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_gemv_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n,
                                 float *__restrict__ y, size_t ldy, const float *__restrict__ bias,
                                 int accumulate, const mb_lin_norm nrm)
 {
-    mb_pdl_enter();
+    if constexpr (!PRE) mb_pdl_enter();
     float scale[NT];
-    mb_lin_gemv_block<W, R, VEC, NORM, NT>(w, m, k, x, ldx, n, y, ldy, bias, accumulate, nrm,
-                                           scale);
+    mb_lin_gemv_block<W, R, VEC, NORM, NT, PRE>(w, m, k, x, ldx, n, y, ldy, bias, accumulate, nrm,
+                                                scale);
     if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
 }
 
@@ -122,13 +124,23 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
                         const float *bias, int acc, const mb_lin_norm *nrm = nullptr)
 {
     const mb_lin_norm none = {};
+    const bool pre = vec && n == 1 && mb_dense_preload(nrm ? 'n' : 'g');
     const auto launch = [&](auto r, auto nt) {
         constexpr int R = decltype(r)::value, NT = decltype(nt)::value;
+        const unsigned blocks = (unsigned)mb_dense_cdiv(m, R);
         mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
-            mb_dense_launch(
-                mb_kcuda_linear_gemv_kernel<W, R, decltype(v)::value, decltype(nm)::value, NT>,
-                (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, 0, s, w, m, k, x, ldx, n, y,
-                ldy, bias, acc, nrm ? *nrm : none);
+            constexpr bool VEC = decltype(v)::value, NORM = decltype(nm)::value;
+            if constexpr (VEC && NT == 1) {
+                if (pre) {
+                    mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, true, NORM, 1, true>, blocks,
+                                    MB_LIN_GEMV_THREADS, 0, s, w, m, k, x, ldx, n, y, ldy, bias,
+                                    acc, nrm ? *nrm : none);
+                    return;
+                }
+            }
+            mb_dense_launch(mb_kcuda_linear_gemv_kernel<W, R, VEC, NORM, NT, false>, blocks,
+                            MB_LIN_GEMV_THREADS, 0, s, w, m, k, x, ldx, n, y, ldy, bias, acc,
+                            nrm ? *nrm : none);
         });
     };
     if (n == 1)

@@ -11,7 +11,6 @@
 #define MB_ROUTE_WARPS 4
 #define MB_ROUTE_MAX_EXPERTS 1024
 #define MB_ROUTE_MAX_K 32
-#define MB_ROUTE_NAN_KEY -0.5f // a NaN probability's rank in the top-k (mb_route_row)
 
 static __device__ __forceinline__ float mb_warp_max(float v)
 {
@@ -60,34 +59,43 @@ static __device__ __forceinline__ void mb_route_row(const float *row, float *p, 
 
     // Round j: the largest remaining probability, lowest index on ties;
     // lane j keeps it. Taken entries become -1 (probabilities are >= 0). A
-    // NaN (a NaN or infinite logit makes the whole row NaN) ranks as
-    // MB_ROUTE_NAN_KEY, below every probability and above a taken entry, so
-    // every round still takes an untaken expert, the lowest NaN first, as
-    // broker/router.c does; its gate stays NaN.
+    // NaN (a NaN or infinite logit makes the whole row NaN) ranks below
+    // every probability and above a taken entry, so every round still
+    // takes an untaken expert, the lowest NaN first, as broker/router.c
+    // does; its gate stays NaN. The ranks are unsigned keys: a taken entry
+    // 0, a NaN 1, a probability its bits + 2 (non-negative floats order as
+    // their bits), so that from sm_80 two warp reductions (redux.sync) find
+    // the round's winner where a butterfly of ten shuffles did.
     float my_g = 0.0f;
     int my_id = 0;
     for (int j = 0; j < top_k; j++) {
-        float bv = -2.0f; // below every key: some lane finds an untaken entry
+        unsigned bk = 0; // some lane finds an untaken entry: top_k <= ne
         int bi = INT_MAX;
         for (int e = lane; e < ne; e += 32) {
             const float v = p[e];
-            const float key = v == v ? v : MB_ROUTE_NAN_KEY;
-            if (key > bv) { // e ascends: a tie keeps the lower index
-                bv = key;
+            const unsigned key = v < 0.0f ? 0u : v == v ? __float_as_uint(v) + 2u : 1u;
+            if (key > bk) { // e ascends: a tie keeps the lower index
+                bk = key;
                 bi = e;
             }
         }
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+        const unsigned mk = __reduce_max_sync(0xffffffffu, bk);
+        bi = (int)__reduce_min_sync(0xffffffffu, bk == mk ? (unsigned)bi : 0xffffffffu);
+        bk = mk;
+#else
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const unsigned ok = __shfl_xor_sync(0xffffffffu, bk, o);
             const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) {
-                bv = ov;
+            if (ok > bk || (ok == bk && oi < bi)) {
+                bk = ok;
                 bi = oi;
             }
         }
+#endif
         if (lane == j) {
-            my_g = bv == MB_ROUTE_NAN_KEY ? NAN : bv;
+            my_g = bk == 1u ? NAN : __uint_as_float(bk - 2u);
             my_id = bi;
         }
         if (lane == 0) p[bi] = -1.0f;
@@ -130,7 +138,8 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
 // launch.
 // NORM: the input is RMSNorm(x) (mb_lin_norm), for mb_kcuda_router_topk_norm.
 // NT: 1 for one token (one accumulator a block), else MB_LIN_NT.
-template <typename W, bool VEC, bool NORM, int NT>
+// PRE (one token): the weights loaded before the wait (mb_dense_preload).
+template <typename W, bool VEC, bool NORM, int NT, bool PRE>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n, float *logits,
@@ -138,13 +147,14 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
                                 float *__restrict__ gate, unsigned *done, const mb_lin_norm nrm,
                                 const mb_kcuda_route_local loc)
 {
-    mb_pdl_enter();
+    if constexpr (!PRE) mb_pdl_enter();
     extern __shared__ float mb_route_smem[];
     __shared__ int last;
     // NORM (one token): the normalised row is written after the block
     // counts itself done, by the last block after it routes.
     float scale[NT];
-    mb_lin_gemv_block<W, 1, VEC, NORM, NT>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm, scale);
+    mb_lin_gemv_block<W, 1, VEC, NORM, NT, PRE>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm,
+                                                scale);
     __threadfence(); // this block's logits are visible device-wide before it counts itself done
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
@@ -200,18 +210,27 @@ static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint
         using W = decltype(tag);
         const W *wt = (const W *)w;
         const bool vec = mb_lin_vec_ok<W>(k, ldx, w, x, nrm);
+        const bool pre = vec && n == 1 && mb_dense_preload('r');
         mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
-            const auto go = [&](auto nt) {
-                mb_dense_launch(
-                    mb_kcuda_router_topk_kernel<W, decltype(v)::value, decltype(nm)::value,
-                                                decltype(nt)::value>,
-                    ne, MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits, top_k, renorm,
-                    ids, gate, done, nrm ? *nrm : none, loc ? *loc : no_loc);
+            constexpr bool VEC = decltype(v)::value, NORM = decltype(nm)::value;
+            const auto go = [&](auto nt, auto p) {
+                mb_dense_launch(mb_kcuda_router_topk_kernel<W, VEC, NORM, decltype(nt)::value,
+                                                            decltype(p)::value>,
+                                ne, MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits,
+                                top_k, renorm, ids, gate, done, nrm ? *nrm : none,
+                                loc ? *loc : no_loc);
             };
+            using one = std::integral_constant<int, 1>;
+            if constexpr (VEC) {
+                if (pre) {
+                    go(one{}, std::true_type{});
+                    return;
+                }
+            }
             if (n == 1) // one accumulator a block
-                go(std::integral_constant<int, 1>{});
+                go(one{}, std::false_type{});
             else
-                go(std::integral_constant<int, MB_LIN_NT>{});
+                go(std::integral_constant<int, MB_LIN_NT>{}, std::false_type{});
         });
         return mb_dense_launched();
     });

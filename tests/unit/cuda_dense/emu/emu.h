@@ -56,6 +56,23 @@ template <class T> static inline T __shfl_sync(unsigned, T v, int src, int = 32)
     mb_emu_xchg(&v, &r, sizeof(T), src & 31);
     return r;
 }
+// redux.sync's warp-wide maximum and minimum, by a butterfly.
+static inline unsigned __reduce_max_sync(unsigned, unsigned v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+static inline unsigned __reduce_min_sync(unsigned, unsigned v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w < v ? w : v;
+    }
+    return v;
+}
 template <class T> static inline T __ldg(const T *p) { return *p; }
 template <class T> static inline T __ldcg(const T *p) { return *p; }
 // Blocks run one after another, and a block's fibers switch only at
