@@ -47,9 +47,26 @@ static size_t mb_attn_dec_want(uint32_t n_kv, uint32_t n_hgroups, uint32_t n)
     return base >= target ? 1 : mb_dense_cdiv(target, base);
 }
 
+// Query heads a decode block takes: MB_ATTN_DEC_HEADS, or
+// MB_CUDA_ATTN_HEADS (1 to MB_ATTN_DEC_HEADS; read once): fewer heads, more
+// blocks, each reading its kv head's rows (from L2 after the first).
+static uint32_t mb_attn_dec_heads()
+{
+    static int h = -1;
+    if (h < 0) {
+        const char *e = getenv("MB_CUDA_ATTN_HEADS");
+        const int v = e ? atoi(e) : 0;
+        h = v >= 1 && v <= MB_ATTN_DEC_HEADS ? v : MB_ATTN_DEC_HEADS;
+    }
+    return (uint32_t)h;
+}
+
+// Blocks along a kv head's query heads; the kernel gives each
+// ceil(n_rep / n_hgroups) of them.
 static uint32_t mb_attn_dec_hgroups(uint32_t n_rep)
 {
-    return (n_rep + MB_ATTN_DEC_HEADS - 1) / MB_ATTN_DEC_HEADS;
+    const uint32_t hb = mb_attn_dec_heads();
+    return (n_rep + hb - 1) / hb;
 }
 
 // exact: the rows' longest span is max_span, so n_split is its chunk

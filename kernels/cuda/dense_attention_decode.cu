@@ -175,8 +175,10 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     float *kown = s_l + 2 * MB_ATTN_DEC_HEADS, *vown = kown + ld;
     const uint32_t s = blockIdx.x, g = blockIdx.y / n_hgroups, hg = blockIdx.y % n_hgroups, t = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t h0 = g * a.n_rep + hg * MB_ATTN_DEC_HEADS;
-    const int nh = (int)min((uint32_t)MB_ATTN_DEC_HEADS, a.n_rep - hg * MB_ATTN_DEC_HEADS);
+    // ceil(n_rep / n_hgroups) <= MB_ATTN_DEC_HEADS query heads a block
+    const uint32_t hpb = (a.n_rep + n_hgroups - 1) / n_hgroups;
+    const uint32_t h0 = g * a.n_rep + hg * hpb;
+    const int nh = (int)min(hpb, a.n_rep - hg * hpb);
     // Queries as float4 where they are aligned: every load issued at once,
     // before the position is read, so that one memory trip covers both
     // (a loop of scalar loads, each waited for before its store, cost

@@ -44,16 +44,22 @@ template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
 // lm_head (32768 x 2048) 45.9 against 49.1, while o_proj (2048 x 4096,
 // no norm) took 14.9 against 7.5 (test_dense_cuda --bench, cold rows).
 // Otherwise mb_lin_rows. MB_CUDA_GEMV1_R (4, 8 or 16; read once) forces
-// the rows from 2048 on.
+// the rows from 2048 on; MB_CUDA_GEMV1_RP those without a norm only
+// (o_proj, whose weights come from L2 in a decode step).
 static inline int mb_lin_rows1(uint32_t m, bool norm)
 {
-    static int forced = -1;
+    static int forced = -1, forced_plain = -1;
     if (forced < 0) {
-        const char *e = getenv("MB_CUDA_GEMV1_R");
-        const int v = e ? atoi(e) : 0;
-        forced = v == 4 || v == 8 || v == 16 ? v : 0;
+        const auto rows = [](const char *name) {
+            const char *e = getenv(name);
+            const int v = e ? atoi(e) : 0;
+            return v == 4 || v == 8 || v == 16 ? v : 0;
+        };
+        forced = rows("MB_CUDA_GEMV1_R");
+        forced_plain = rows("MB_CUDA_GEMV1_RP");
     }
     if (forced && m >= 2048) return forced;
+    if (forced_plain && !norm && m >= 2048) return forced_plain;
     return norm && m / 16 >= 264 ? 16 : mb_lin_rows(m);
 }
 

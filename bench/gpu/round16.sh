@@ -1,0 +1,26 @@
+#!/bin/bash
+# Issue 9, round 16 on the GPU machine (device tool `run`, carry .carry):
+# knobs of the decode step's layout: query heads a decode attention block
+# takes (MB_CUDA_ATTN_HEADS), o_proj's rows a block (MB_CUDA_GEMV1_RP),
+# the L2 prefetch's spread (MB_CUDA_L2PF_EACH); rows alternating with the
+# default; then test_dense_cuda and test_parity_device with the
+# candidates all set.
+#   bash bench/gpu/round16.sh      (MB_SKIP_BUILD=1 on a warm machine)
+set -u
+cd "$(dirname "$0")/../.."
+export OUT=${OUT:-/tmp/mb-out}
+. bench/gpu/build9.sh
+row() { # row "VAR=1 VAR2=2" (or X=default): one bench row
+    env $1 timeout 60 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 64 --no-cpu-coord \
+        --cases gpu > "$OUT/ab.txt" 2>&1
+    echo "== $1 rc=$? $(grep -E '^cuda ' "$OUT/ab.txt")"
+}
+for s in X=default MB_CUDA_ATTN_HEADS=4 MB_CUDA_ATTN_HEADS=2 MB_CUDA_GEMV1_RP=8 MB_CUDA_GEMV1_RP=16 \
+    X=default MB_CUDA_L2PF_EACH=2 MB_CUDA_L2PF_EACH=1 MB_CUDA_ATTN_HEADS=4 X=default; do
+    row "$s"
+done
+rm -f "$OUT/ab.txt"
+CAND="MB_CUDA_ATTN_HEADS=4 MB_CUDA_GEMV1_RP=8 MB_CUDA_L2PF_EACH=2"
+dense_tests dense_cuda-round16.txt $CAND MB_DENSE_TESTS=linear,fused,attention,merge,route
+(export $CAND; parity round16)
+echo "total $(( $(date +%s) - t0 )) s"
