@@ -16,7 +16,7 @@ row() { # row "VAR=1 VAR2=2" (or X=default): one bench row
     echo "== $1 rc=$? $(grep -E '^cuda ' "$OUT/ab.txt")"
 }
 for s in X=default MB_CUDA_ATTN_HEADS=4 MB_CUDA_ATTN_HEADS=2 MB_CUDA_GEMV1_RP=8 MB_CUDA_GEMV1_RP=16 \
-    X=default MB_CUDA_L2PF_EACH=2 MB_CUDA_L2PF_EACH=1 MB_CUDA_ATTN_HEADS=4 X=default; do
+    X=default MB_CUDA_L2PF_EACH=2 MB_CUDA_L2PF_EACH=1 MB_CUDA_GEMV1_R=8 MB_CUDA_ATTN_HEADS=4 X=default; do
     row "$s"
 done
 rm -f "$OUT/ab.txt"
