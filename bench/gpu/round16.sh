@@ -3,8 +3,8 @@
 # knobs of the decode step's layout: query heads a decode attention block
 # takes (MB_CUDA_ATTN_HEADS), o_proj's rows a block (MB_CUDA_GEMV1_RP),
 # the L2 prefetch's spread (MB_CUDA_L2PF_EACH); rows alternating with the
-# default; then test_dense_cuda with the candidates all set (the
-# session's device time allowed no more).
+# default; then test_dense_cuda with the candidates all set. Written in
+# the sixth session, not yet run: its device time was spent.
 #   bash bench/gpu/round16.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
 cd "$(dirname "$0")/../.."
