@@ -9,15 +9,9 @@ set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
-row() { # row "VAR=1 VAR2=2" (or X=default): one bench row
-    env $1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 64 --no-cpu-coord \
-        --cases gpu > "$OUT/ab.txt" 2>&1
-    echo "== $1 rc=$? $(grep -E '^cuda ' "$OUT/ab.txt")"
-}
 for s in X=default MB_CUDA_FUSE_ATTN=1 MB_CUDA_FUSE_MERGE=1 "MB_CUDA_FUSE_ATTN=1 MB_CUDA_FUSE_MERGE=1" \
     X=default MB_CUDA_ATTN_BLOCKS=132 MB_CUDA_ATTN_BLOCKS=64 MB_CUDA_FUSE_ATTN=1 X=default; do
     row "$s"
 done
-rm -f "$OUT/ab.txt"
 full_e2e round15
 echo "total $(( $(date +%s) - t0 )) s"

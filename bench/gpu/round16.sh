@@ -10,16 +10,10 @@ set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
-row() { # row "VAR=1 VAR2=2" (or X=default): one bench row
-    env $1 timeout 60 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 64 --no-cpu-coord \
-        --cases gpu > "$OUT/ab.txt" 2>&1
-    echo "== $1 rc=$? $(grep -E '^cuda ' "$OUT/ab.txt")"
-}
 for s in X=default MB_CUDA_ATTN_HEADS=4 MB_CUDA_GEMV1_RP=8 MB_CUDA_L2PF_EACH=2 MB_CUDA_GEMV1_R=8 \
     X=default MB_CUDA_ATTN_HEADS=4; do
     row "$s"
 done
-rm -f "$OUT/ab.txt"
 CAND="MB_CUDA_ATTN_HEADS=4 MB_CUDA_GEMV1_RP=8 MB_CUDA_L2PF_EACH=2"
 dense_tests dense_cuda-round16.txt $CAND MB_DENSE_TESTS=linear,attention,merge
 echo "total $(( $(date +%s) - t0 )) s"
