@@ -220,9 +220,11 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
             own = (int)(pos0 - p0);
             const float4 *kr = reinterpret_cast<const float4 *>(kc + (size_t)own * hd),
                          *vr = reinterpret_cast<const float4 *>(vc + (size_t)own * hd);
+            // Through L2 (__ldcg): the tile fetched before the wait may have
+            // brought these rows' old lines into this SM's L1.
             for (uint32_t i = tid; i < hd4; i += MB_ATTN_DEC_THREADS) {
-                reinterpret_cast<float4 *>(kown)[i] = kr[i];
-                reinterpret_cast<float4 *>(vown)[i] = vr[i];
+                reinterpret_cast<float4 *>(kown)[i] = __ldcg(kr + i);
+                reinterpret_cast<float4 *>(vown)[i] = __ldcg(vr + i);
             }
         }
     }
@@ -490,9 +492,9 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
 {
     const bool pre = a.n == 1 && mb_dense_preload('a');
     const size_t smem = mb_dec_smem_floats(a.hd, QKP || pre) * sizeof(float);
-    // Above 48 KiB (head_dim > 160) a kernel must opt in, once per device;
-    // setting the attribute twice is harmless, so racing first calls are
-    // fine.
+    // Above 48 KiB (head_dim > 160, or 160 with the own rows) a kernel must
+    // opt in, once per device; setting the attribute twice is harmless, so
+    // racing first calls are fine.
     static bool opted[64];
     if (smem > 48 * 1024) {
         int dev = 0;
