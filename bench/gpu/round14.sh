@@ -1,8 +1,8 @@
 #!/bin/bash
 # Issue 9, round 14 on the GPU machine (device tool `run`, carry .carry):
 # loads issued before a kernel's wait for the one before it (PDL), of
-# what no kernel of the step writes (MB_CUDA_PRELOAD letters: n QKV's
-# first weights, g o_proj's and lm_head's, r the router's, h the head
+# what no kernel of the step writes (MB_CUDA_PRELOAD letters: n QKV's and
+# lm_head's first weights, g o_proj's, r the router's, h the head
 # pass's position and tables, a the attention's first key/value tile, m
 # the merge's position). test_parity_device (again with the preloads off
 # if it fails), test_dense_cuda, the bench row with each preload alone and

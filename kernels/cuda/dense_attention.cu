@@ -22,12 +22,8 @@
 // results for the merge to read.
 static size_t mb_attn_dec_target()
 {
-    static long t = -1;
-    if (t < 0) {
-        const char *e = getenv("MB_CUDA_ATTN_BLOCKS");
-        const long v = e ? atol(e) : 0;
-        t = v >= 8 && v <= 4096 ? v : MB_ATTN_DEC_TARGET_BLOCKS;
-    }
+    static const int t =
+        mb_dense_env_int("MB_CUDA_ATTN_BLOCKS", 8, 4096, MB_ATTN_DEC_TARGET_BLOCKS);
     return (size_t)t;
 }
 
@@ -52,12 +48,8 @@ static size_t mb_attn_dec_want(uint32_t n_kv, uint32_t n_hgroups, uint32_t n)
 // blocks, each reading its kv head's rows (from L2 after the first).
 static uint32_t mb_attn_dec_heads()
 {
-    static int h = -1;
-    if (h < 0) {
-        const char *e = getenv("MB_CUDA_ATTN_HEADS");
-        const int v = e ? atoi(e) : 0;
-        h = v >= 1 && v <= MB_ATTN_DEC_HEADS ? v : MB_ATTN_DEC_HEADS;
-    }
+    static const int h =
+        mb_dense_env_int("MB_CUDA_ATTN_HEADS", 1, MB_ATTN_DEC_HEADS, MB_ATTN_DEC_HEADS);
     return (uint32_t)h;
 }
 

@@ -91,15 +91,11 @@ extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
     if (!p || ((uintptr_t)p & 15)) return (int)cudaErrorInvalidValue;
     if (bytes < 16) return 0;
     // Eight prefetches a thread, at most 16 blocks; MB_CUDA_L2PF_EACH (1 to
-    // 64; read once) sets the prefetches a thread, and so the blocks.
-    static int each = -1;
-    if (each < 0) {
-        const char *e = getenv("MB_CUDA_L2PF_EACH");
-        const int v = e ? atoi(e) : 0;
-        each = v >= 1 && v <= 64 ? v : 8;
-    }
+    // 64; read once) sets the prefetches a thread, and so the blocks (at
+    // most 128 / each: as many requests in flight at once).
+    static const int each = mb_dense_env_int("MB_CUDA_L2PF_EACH", 1, 64, 8);
     const size_t per_block = (size_t)MB_L2PF_THREADS * MB_L2PF_CHUNK * (size_t)each;
-    const size_t want = (bytes + per_block - 1) / per_block, most = each < 8 ? 128 : 16;
+    const size_t want = (bytes + per_block - 1) / per_block, most = (size_t)(128 / each);
     const unsigned blocks = (unsigned)(want < most ? want : most);
     mb_kcuda_l2_prefetch_kernel<<<blocks, MB_L2PF_THREADS, 0, mb_dense_stream(stream)>>>(
         (const char *)p, bytes);

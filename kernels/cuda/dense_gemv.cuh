@@ -48,16 +48,11 @@ template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
 // (o_proj, whose weights come from L2 in a decode step).
 static inline int mb_lin_rows1(uint32_t m, bool norm)
 {
-    static int forced = -1, forced_plain = -1;
-    if (forced < 0) {
-        const auto rows = [](const char *name) {
-            const char *e = getenv(name);
-            const int v = e ? atoi(e) : 0;
-            return v == 4 || v == 8 || v == 16 ? v : 0;
-        };
-        forced = rows("MB_CUDA_GEMV1_R");
-        forced_plain = rows("MB_CUDA_GEMV1_RP");
-    }
+    const auto rows = [](const char *name) {
+        const int v = mb_dense_env_int(name, 4, 16, 0);
+        return v == 4 || v == 8 || v == 16 ? v : 0;
+    };
+    static const int forced = rows("MB_CUDA_GEMV1_R"), forced_plain = rows("MB_CUDA_GEMV1_RP");
     if (forced && m >= 2048) return forced;
     if (forced_plain && !norm && m >= 2048) return forced_plain;
     return norm && m / 16 >= 264 ? 16 : mb_lin_rows(m);
@@ -142,11 +137,9 @@ __device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x
 // Neither R nor NT changes the order in which a row's products are added.
 // PRE (one pass, n <= NT): the kernel has not waited for the grid before
 // it yet (mb_pdl_enter); the block loads the weights of its threads' first
-// MB_LIN_PRE_ITERS chunks, which no kernel writes, then waits, so that
-// those loads fly while the kernel before it finishes.
-template <typename W, int R> struct mb_lin_pre_iters {
-    static constexpr int n = R >= 16 ? 1 : 2; // the loop's unrolling below
-};
+// PI chunks (as many as the loop below has in flight), which no kernel
+// writes, then waits, so that those loads fly while the kernel before it
+// finishes.
 
 template <typename W, int R, bool VEC, bool NORM = false, int NT = MB_LIN_NT, bool PRE = false>
 __device__ __forceinline__ void
@@ -156,7 +149,7 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
                   float *scale_out = nullptr)
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
-    constexpr int PI = mb_lin_pre_iters<W, R>::n;
+    constexpr int PI = R >= 16 ? 1 : 2;
     __shared__ float red[MB_LIN_GEMV_WARPS][R * NT];
     __shared__ double ssred[MB_LIN_GEMV_WARPS][NT];
     const uint32_t row0 = blockIdx.x * R;
@@ -223,9 +216,9 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
                     chunk(tid + p * MB_LIN_GEMV_THREADS, wpre[p]);
             c0 = tid + PI * MB_LIN_GEMV_THREADS;
         }
-        // Two chunks' loads in flight a thread, one with 16 rows (whose
+        // PI chunks' loads in flight a thread: two, one with 16 rows (whose
         // 64 registers of raw weights are already enough in flight).
-#pragma unroll(R >= 16 ? 1 : 2)
+#pragma unroll(PI)
         for (uint32_t c = c0; c < chunks; c += MB_LIN_GEMV_THREADS) {
             float wv[R][V];
 #pragma unroll

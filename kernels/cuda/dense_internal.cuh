@@ -73,12 +73,23 @@ static inline bool mb_dense_pdl(void)
     return cached != 0;
 }
 
+// The integer in environment variable name (a knob for measuring; the
+// caller reads it once) where it is all digits within [lo, hi], else dflt.
+static inline int mb_dense_env_int(const char *name, int lo, int hi, int dflt)
+{
+    const char *e = getenv(name);
+    if (!e || !*e) return dflt;
+    char *end = nullptr;
+    const long v = strtol(e, &end, 10);
+    return *end == '\0' && v >= lo && v <= hi ? (int)v : dflt;
+}
+
 // Loads a kernel issues before its wait for the kernel before it
 // (mb_pdl_enter), of data no kernel of the step writes: weights, the KV
 // cache's older rows, the step's position. They fly while that kernel
 // finishes. MB_CUDA_PRELOAD (read once) picks the kernels that do, by
-// letter: n the one-token GEMVs with a norm folded in (QKV), g the other
-// one-token GEMVs (o_proj, lm_head), r the router, h the head pass, a the
+// letter: n the one-token GEMVs with a norm folded in (QKV, lm_head), g the
+// other one-token GEMVs (o_proj), r the router, h the head pass, a the
 // decode attention, m its merge; default "rham" ("0" none): on an H200
 // (round 14) n cost 0.011 ms of the dense decode step (QKV's weights then
 // race the experts' before it) and g gained nothing. Only where PDL is

@@ -190,3 +190,8 @@ static inline uint2 __ldg(const uint2 *p)
 {
     return mb_emu_ldg_aligned(p);
 }
+/* Loads through L2 only (ld.global.cg): a cache hint, the same value. */
+static inline float4 __ldcg(const float4 *p)
+{
+    return mb_emu_ldg_aligned(p);
+}
