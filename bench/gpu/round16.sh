@@ -17,5 +17,6 @@ for s in X=default MB_CUDA_ATTN_HEADS=4 MB_CUDA_GEMV1_RP=8 MB_CUDA_L2PF_EACH=2 M
 done
 CAND="MB_CUDA_ATTN_HEADS=4 MB_CUDA_GEMV1_RP=8 MB_CUDA_L2PF_EACH=2"
 dense_tests dense_cuda-round16.txt $CAND MB_DENSE_TESTS=linear,attention,merge
+trace round16 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
 parity round16 # the defaults, with the own rows' re-read through L2 (after round 16)
 echo "total $(( $(date +%s) - t0 )) s"
