@@ -967,8 +967,13 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in, qkv, D->bqkv, 0));
         prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj");
         /* o_proj's and the router's weights stream into L2 while the head
-         * pass and attention, latency-bound, run. */
-        if (fc->l2_prefetch && n == 1) MB_TRY(side_prefetch(fc, NULL, &D->wo, &D->router, 1));
+         * pass and attention, latency-bound, run; a staged o_proj streams
+         * its own into shared memory then. */
+        if (fc->l2_prefetch && n == 1) {
+            const dev_mat *wo = &D->wo;
+            if (wo->w && mb_kcuda_linear_staged(wo->dtype, wo->rows, wo->cols)) wo = NULL;
+            MB_TRY(side_prefetch(fc, NULL, wo, &D->router, 1));
+        }
     } else {
         if (l == 0)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm,

@@ -62,6 +62,12 @@ int mb_kcuda_add_rmsnorm(void *stream, float *y, size_t ldy, float *x, size_t ld
 int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k, const float *x,
                     size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int accumulate);
 
+/* Whether mb_kcuda_linear takes one token of this shape (x and y of rows
+ * k and m, no norm) through the staged GEMV: every weight of a block in
+ * its shared memory, streamed while the kernels before it run (preload
+ * letter s of MB_CUDA_PRELOAD; its weights need no L2 prefetch then). */
+int mb_kcuda_linear_staged(int wdtype, uint32_t m, uint32_t k);
+
 /* Rotary embedding in place: x[t] holds n_heads heads of head_dim values
  * (row stride ldx floats) for the token at position pos0 + t, t < n.
  * cos and sin are the tables of broker/rope.h ([n_pos][head_dim/2], f32,

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/dense_internal.cuh"
+#include "kernels/cuda/moe_cp_async.cuh"
 
 #define MB_LIN_GEMV_MAX_N 8
 #define MB_LIN_GEMV_THREADS 128
@@ -132,6 +133,18 @@ __device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x
     }
 }
 
+// 16 bytes of W read from shared memory (a staged row, VEC) as floats.
+template <typename W, int V>
+__device__ __forceinline__ void mb_lin_unpack16(const uint4 &u, float *f)
+{
+    if constexpr (sizeof(W) == 4) {
+        f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y);
+        f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
+    } else {
+        mb_unpack8<W>(u, f);
+    }
+}
+
 // NT: tokens a pass holds accumulators for (MB_LIN_NT, or 1 for the
 // one-token kernels, which then keep R accumulators instead of R x 8).
 // Neither R nor NT changes the order in which a row's products are added.
@@ -140,8 +153,14 @@ __device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x
 // PI chunks (as many as the loop below has in flight), which no kernel
 // writes, then waits, so that those loads fly while the kernel before it
 // finishes.
+// STAGE (VEC, one pass, not PRE): the same, for every chunk of the block's
+// rows, into the dynamic shared memory (R x k weights, cp.async): the whole
+// slice streams in while the kernels before it run (mb_lin_staged says
+// when), and the loop reads it from there. Each thread copies exactly the
+// chunks it later reads, so its own cp.async wait is the only sync.
 
-template <typename W, int R, bool VEC, bool NORM = false, int NT = MB_LIN_NT, bool PRE = false>
+template <typename W, int R, bool VEC, bool NORM = false, int NT = MB_LIN_NT, bool PRE = false,
+          bool STAGE = false>
 __device__ __forceinline__ void
 mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
                   size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
@@ -150,6 +169,7 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     constexpr int PI = R >= 16 ? 1 : 2;
+    static_assert(!STAGE || (VEC && !PRE), "a staged block takes 16-byte chunks, all of them");
     __shared__ float red[MB_LIN_GEMV_WARPS][R * NT];
     __shared__ double ssred[MB_LIN_GEMV_WARPS][NT];
     const uint32_t row0 = blockIdx.x * R;
@@ -172,6 +192,18 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
             }
         }
         mb_pdl_enter();
+    }
+    const uint4 *stage = nullptr;
+    if constexpr (STAGE) {
+        extern __shared__ uint4 mb_lin_stage[];
+        stage = mb_lin_stage;
+        for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                mb_cp_async16(&mb_lin_stage[(size_t)r * chunks + c], wr[r] + (size_t)c * V, true);
+        mb_cp_async_commit();
+        mb_pdl_enter();
+        mb_cp_async_wait<0>();
     }
 
     for (uint32_t t0 = 0; t0 < n; t0 += NT) {
@@ -222,8 +254,12 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
         for (uint32_t c = c0; c < chunks; c += MB_LIN_GEMV_THREADS) {
             float wv[R][V];
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
+            for (int r = 0; r < R; r++) {
+                if constexpr (STAGE)
+                    mb_lin_unpack16<W, V>(stage[(size_t)r * chunks + c], wv[r]);
+                else
+                    mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
+            }
             chunk(c, wv);
         }
 #pragma unroll

@@ -45,6 +45,19 @@ __device__ __forceinline__ void mb_pdl_enter()
 #endif
 }
 
+// Lets the next grid launch before this one waits (the merge before a
+// staged GEMV, mb_lin_staged): that grid's wait then still follows this
+// one's completion, and this one's wait the grid before it, so what it
+// reads after its wait is as complete as with mb_pdl_enter alone. Its
+// blocks take only what the running ones leave; every block of this grid
+// is running by then, so none waits on them.
+__device__ __forceinline__ void mb_pdl_trigger()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // The device's global nanosecond clock (%globaltimer), the same on every SM.
 __device__ __forceinline__ unsigned long long mb_dense_globaltimer()
 {
@@ -90,7 +103,9 @@ static inline int mb_dense_env_int(const char *name, int lo, int hi, int dflt)
 // finishes. MB_CUDA_PRELOAD (read once) picks the kernels that do, by
 // letter: n the one-token GEMVs with a norm folded in (QKV, lm_head), g the
 // other one-token GEMVs (o_proj), r the router, h the head pass, a the
-// decode attention, m its merge; default "rham" ("0" none): on an H200
+// decode attention, m its merge, s the one-token GEMVs without a norm
+// (o_proj) staging all their weights in shared memory while the attention
+// runs (mb_lin_staged); default "rham" ("0" none): on an H200
 // (round 14) n cost 0.011 ms of the dense decode step (QKV's weights then
 // race the experts' before it) and g gained nothing. Only where PDL is
 // on (else a kernel starts after the one before it anyway), but always on
@@ -121,6 +136,18 @@ __device__ __forceinline__ void mb_l1_prefetch(const void *p)
 #else
     (void)p;
 #endif
+}
+
+// The device's SM count (cached per device; 0 when unknown).
+static inline int mb_dense_sms(void)
+{
+    static int sms[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+    if (!sms[dev] &&
+        cudaDeviceGetAttribute(&sms[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+        sms[dev] = 0;
+    return sms[dev];
 }
 
 // Launches kern(args...) on grid x block, smem, s, allowed to overlap the kernel

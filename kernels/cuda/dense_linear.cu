@@ -35,6 +35,48 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
 }
 
+// The staged one-token GEMV (mb_lin_staged): the block's rows stream into
+// shared memory before the wait.
+template <typename W, int R>
+__global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
+    mb_kcuda_linear_gemv_staged_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
+                                       const float *__restrict__ x, float *__restrict__ y,
+                                       const float *__restrict__ bias, int accumulate)
+{
+    mb_lin_gemv_block<W, R, true, false, 1, false, true>(w, m, k, x, k, 1, y, m, bias, accumulate);
+}
+
+#define MB_LIN_STAGE_MAX (160u * 1024u) // shared bytes a staged block may take
+
+// Rows a block of the staged one-token GEMV (no norm, 16-byte chunks, the
+// preload letter s): the fewest of 4, 8, 16 that fit the grid in one wave
+// of a block an SM, where those rows' weights fit MB_LIN_STAGE_MAX; else 0,
+// the plain GEMV. One wave, so that every block is running, its weights in
+// flight, while the attention before it runs (its merge launches it
+// early); o_proj at 2048 rows of 4096 bf16 on 132 SMs: 16 rows, 128 KB.
+static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize)
+{
+    if (!mb_dense_preload('s')) return 0;
+    const size_t sms = (size_t)mb_dense_sms();
+    for (int r = 4; r <= 16; r *= 2)
+        if (mb_dense_cdiv(m, r) <= sms) return r * k * wsize <= MB_LIN_STAGE_MAX ? r : 0;
+    return 0;
+}
+
+template <typename W, int R>
+static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_t k, const float *x,
+                                 float *y, const float *bias, int acc)
+{
+    const auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R>;
+    const size_t smem = (size_t)R * k * sizeof(W);
+    if (smem > 48 * 1024 && // opting in above 48 KiB, at the most any call takes, once
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)MB_LIN_STAGE_MAX) != cudaSuccess)
+        return; // the error stays for mb_dense_launched
+    mb_dense_launch(kern, (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, smem, s, w, m, k, x,
+                    y, bias, acc);
+}
+
 #define MB_LIN_BM 64 // tokens per tile
 #define MB_LIN_BN 64 // rows of W per tile
 #define MB_LIN_BK 16
@@ -124,6 +166,16 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
                         const float *bias, int acc, const mb_lin_norm *nrm = nullptr)
 {
     const mb_lin_norm none = {};
+    if (vec && n == 1 && !nrm && ldx == k && ldy >= m) {
+        switch (mb_lin_staged(m, k, sizeof(W))) {
+        case 4:
+            return mb_lin_staged_launch<W, 4>(s, w, m, k, x, y, bias, acc);
+        case 8:
+            return mb_lin_staged_launch<W, 8>(s, w, m, k, x, y, bias, acc);
+        case 16:
+            return mb_lin_staged_launch<W, 16>(s, w, m, k, x, y, bias, acc);
+        }
+    }
     const bool pre = vec && n == 1 && mb_dense_preload(nrm ? 'n' : 'g');
     const auto launch = [&](auto r, auto nt) {
         constexpr int R = decltype(r)::value, NT = decltype(nt)::value;
@@ -181,6 +233,14 @@ extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t
     return mb_dense_by_wdtype(wdtype, [&](auto tag) {
         return mb_lin_typed<decltype(tag)>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
     });
+}
+
+extern "C" int mb_kcuda_linear_staged(int wdtype, uint32_t m, uint32_t k)
+{
+    const size_t wsize = wdtype == MB_KCUDA_F32                              ? 4
+                         : wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16 ? 2
+                                                                             : 0;
+    return wsize && mb_lin_staged(m, k, wsize) != 0;
 }
 
 extern "C" int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k,

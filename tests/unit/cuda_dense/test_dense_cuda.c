@@ -396,6 +396,12 @@ static void test_linear(void)
     linear_case(MB_KCUDA_F16, 130, 2048, 8, 0, 0, 0);
     linear_case(MB_KCUDA_BF16, 1030, 2048, 8, 0, 1, 1); /* tensor-core GEMV, a short last block */
     linear_case(MB_KCUDA_BF16, 1030, 2048, 3, 4, 0, 0);
+    /* One token, rows in one wave of 132 SMs (the staged GEMV with preload
+     * s): o_proj's shape, accumulating onto the residual with the experts'
+     * row as bias; a short last block; four rows a block. */
+    linear_case(MB_KCUDA_BF16, 2048, 4096, 1, 0, 1, 1);
+    linear_case(MB_KCUDA_F32, 2051, 200, 1, 0, 1, 0);
+    linear_case(MB_KCUDA_F16, 513, 256, 1, 0, 0, 1);
 }
 
 /* ---- kv_store + attention ---------------------------------------------------- */

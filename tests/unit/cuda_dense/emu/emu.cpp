@@ -315,6 +315,14 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
     p->multiProcessorCount = 1;
     return cudaSuccess;
 }
+// An H100's SM count, so that grids sized by it (the staged GEMV) take
+// their GPU shapes.
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d)
+{
+    if (d != 0) return cudaErrorInvalidDevice;
+    *v = a == cudaDevAttrMultiProcessorCount ? 132 : a == cudaDevAttrComputeCapabilityMajor ? 9 : 0;
+    return cudaSuccess;
+}
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int) { return cudaEventCreate(e); }
 cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
 cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) { return cudaErrorNotSupported; }

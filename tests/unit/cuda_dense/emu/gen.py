@@ -8,7 +8,7 @@ src, dst = sys.argv[1], sys.argv[2]
 s = open(src).read()
 s = s.replace('#include <mma.h>', '')
 s = re.sub(r'\bdl(open|sym|close)\(', r'mb_emu_dl\1(', s)
-s = re.sub(r'extern __shared__ float (\w+)\[\];', r'float *\1 = (float *)mb_emu_dyn_smem();', s)
+s = re.sub(r'extern __shared__ (\w+) (\w+)\[\];', r"\1 *\2 = (\1 *)mb_emu_dyn_smem();", s)
 out = []
 i = 0
 while True:
