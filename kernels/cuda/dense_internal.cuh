@@ -105,9 +105,10 @@ static inline int mb_dense_env_int(const char *name, int lo, int hi, int dflt)
 // other one-token GEMVs (o_proj), r the router, h the head pass, a the
 // decode attention, m its merge, s the one-token GEMVs without a norm
 // (o_proj) staging all their weights in shared memory while the attention
-// runs (mb_lin_staged); default "rham" ("0" none): on an H200
+// runs (mb_lin_staged); default "rhams" ("0" none): on an H200
 // (round 14) n cost 0.011 ms of the dense decode step (QKV's weights then
-// race the experts' before it) and g gained nothing. Only where PDL is
+// race the experts' before it) and g gained nothing; s gained 0.002 ms on
+// the H100 (round 17). Only where PDL is
 // on (else a kernel starts after the one before it anyway), but always on
 // the emulator (tests/unit/cuda_dense/emu), which runs kernels one after
 // another.
@@ -117,7 +118,7 @@ static inline bool mb_dense_preload(char what)
     static int read = 0;
     if (!read) {
         const char *e = getenv("MB_CUDA_PRELOAD");
-        snprintf(set, sizeof set, "%s", e ? e : "rham");
+        snprintf(set, sizeof set, "%s", e ? e : "rhams");
         read = 1;
     }
 #ifdef MB_CUDA_EMU // no PDL there, but the paths are worth running
