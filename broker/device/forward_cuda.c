@@ -90,10 +90,6 @@ uint64_t *mb_fwd_cuda_local_layer_ns(mb_fwd_cuda *fc)
 #include "kernels/cuda/dense.h"
 #include "protocol/dtype.h"
 
-/* A layer's handoffs (mb_fwd_cuda.hand), by the kernel that signals it. */
-enum { HAND_ROPE, HAND_ATTN, HAND_MERGE, HAND_OPROJ, HAND_SLOTS };
-#define HAND_COUNTERS (2 * HAND_SLOTS)
-
 /* A weight matrix on the device, in its checkpoint dtype. */
 typedef struct {
     const void *w;
@@ -178,14 +174,6 @@ struct mb_fwd_cuda {
      * route_done): mb_kcuda_router_topk's, mb_kcuda_qkv_rope_store's (a
      * head each), the attention's merge (mb_kcuda_attn_shape). */
     unsigned *route_done, *qkv_done, *merge_done;
-    /* Handoffs (MB_CUDA_HANDOFF, letters of the hand-offs taken by device
-     * counters instead of PDL's grid wait in a one-token step: a head pass
-     * to attention, m attention to merge, o merge to o_proj, r o_proj to
-     * the router; o and r only with o_proj staged, see hand_letters):
-     * HAND_SLOTS handoffs of two counters a layer, cleared at the start
-     * of each such step. */
-    unsigned *hand;
-    char hand_on[8];
     size_t work_floats;
     /* Pinned host twins. */
     float *h_xfer, *h_moe, *h_logits;
@@ -514,8 +502,7 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
     /* The kernels' counters, one buffer: route_done | qkv_done (a head
      * each) | merge_done. */
     const size_t n_qkv = c->n_heads + 2 * (size_t)c->n_kv_heads,
-                 n_cnt = 1 + n_qkv + MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads) +
-                         HAND_COUNTERS * (size_t)c->n_layers;
+                 n_cnt = 1 + n_qkv + MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads);
     struct {
         float **p;
         size_t floats;
@@ -546,7 +533,6 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
     }
     fc->qkv_done = fc->route_done + 1;
     fc->merge_done = fc->qkv_done + n_qkv;
-    fc->hand = fc->merge_done + MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads);
     /* The counters are zero before any kernel on the (non-blocking) stream
      * reads them: a counter starting elsewhere would never complete. */
     cudaError_t e = cudaMemset(fc->route_done, 0, n_cnt * sizeof *fc->route_done);
@@ -721,8 +707,6 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->route_pairs = fc->fuse && !(rp && strcmp(rp, "0") == 0);
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
     fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
-    const char *ho = getenv("MB_CUDA_HANDOFF");
-    snprintf(fc->hand_on, sizeof fc->hand_on, "%s", ho && strcmp(ho, "0") != 0 ? ho : "");
     /* As mb_attn_init: a window as wide as the context hides nothing. */
     fc->window = fc->cfg.sliding_window < max_ctx ? fc->cfg.sliding_window : 0;
     mb_router r;
@@ -891,38 +875,10 @@ static int route_paired(const mb_fwd_cuda *fc, uint32_t n)
     return fc->local_step && fc->route_pairs && norm_in_gemv(fc, n);
 }
 
-/* Whether handoff c (the letters of hand_on) runs in this call: one token
- * through the fused layer with the norms in the GEMVs (the kernels that
- * take handoffs), the head pass and the merge kernels of their own; o and
- * r where o_proj is staged (the GEMV that takes one). */
-static int hand_use(const mb_fwd_cuda *fc, uint32_t l, uint32_t n, char c)
-{
-    if (n != 1 || !fc->hand_on[0] || !strchr(fc->hand_on, c) || !fc->fuse || fc->fuse_qkv ||
-        fc->fuse_attn || fc->fuse_merge || !norm_in_gemv(fc, n) || !fc->layers[l].wqkv.w)
-        return 0;
-    const dev_mat *wo = &fc->layers[l].wo;
-    return (c != 'o' && c != 'r') ||
-           (wo->w && mb_kcuda_linear_staged(wo->dtype, wo->rows, wo->cols));
-}
-
-/* Layer l's handoff slot s where letter c runs, else NULL. */
-static unsigned *hand_at(const mb_fwd_cuda *fc, uint32_t l, uint32_t n, char c, int slot)
-{
-    return hand_use(fc, l, n, c) ? fc->hand + (size_t)l * HAND_COUNTERS + 2 * slot : NULL;
-}
-
-/* Sets the handoff of the next dense call (mb_kcuda_handoff) where any
- * pointer is set. */
-static void hand_next(const unsigned *wait, unsigned *mid, unsigned *signal)
-{
-    if (wait || mid || signal) mb_kcuda_handoff(wait, mid, signal);
-}
-
 /* o_proj accumulating the attention's output into x, with the experts'
  * row as its bias where the norm ran in the QKV GEMV (nig). */
 static mb_status o_proj(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int nig)
 {
-    hand_next(hand_at(fc, l, n, 'o', HAND_MERGE), NULL, hand_at(fc, l, n, 'r', HAND_OPROJ));
     K(linear(fc, &fc->layers[l].wo, fc->att, fc->q_dim, n, fc->x, fc->cfg.d_model,
              nig && l ? fc->moe : NULL, 1));
     prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
@@ -936,8 +892,6 @@ static mb_status attention_rest(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_
 {
     const dev_layer *D = &fc->layers[l];
     const size_t ld = fc->qkv_dim;
-    hand_next(hand_at(fc, l, n, 'a', HAND_ROPE), hand_at(fc, l, n, 'm', HAND_ATTN),
-              hand_at(fc, l, n, 'o', HAND_MERGE));
     if (p)
         K(mb_kcuda_attention_at(fc->stream, &D->kv, s, p, n, fc->qkv, ld, fc->att, fc->q_dim,
                                 fc->work, fc->work_floats));
@@ -1044,7 +998,6 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         prof_mark(fc, "head norms + rope + kv store + attention (+ merge)");
         return o_proj(fc, l, n, nig);
     }
-    hand_next(NULL, NULL, hand_at(fc, l, n, 'a', HAND_ROPE));
     if (p)
         K(mb_kcuda_qk_rope_store_at(fc->stream, qkv, ld, n, c->n_heads, D->q_norm, D->k_norm, c->rms_eps, p, fc->cos,
                                     fc->sin, il, &D->kv));
@@ -1132,7 +1085,6 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                  * their start is marked after it (run_layer), not here. */
                 if (c->d_ff_shared) loc.stamp = NULL;
             }
-            hand_next(hand_at(fc, l, n, 'r', HAND_OPROJ), NULL, NULL);
             K(mb_kcuda_router_topk_norm_local(
                 fc->stream, R->dtype, R->w, R->rows, R->cols, &in, fc->rlog, c->top_k, fc->renorm,
                 (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done, paired ? &loc : NULL));
@@ -1385,9 +1337,6 @@ static mb_status enqueue_chunk(mb_fwd_cuda *fc, uint32_t n, uint32_t pos, int de
                                     fc->stream);
     if (e == cudaSuccess && use_graph(fc, n))
         e = cudaMemcpyAsync(fc->pos_dev, fc->h_pos, sizeof(uint32_t), cudaMemcpyHostToDevice,
-                            fc->stream);
-    if (e == cudaSuccess && n == 1 && fc->hand_on[0]) /* the handoffs' counters from 0 */
-        e = cudaMemsetAsync(fc->hand, 0, HAND_COUNTERS * sizeof(unsigned) * fc->cfg.n_layers,
                             fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
     K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));

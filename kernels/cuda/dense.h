@@ -62,25 +62,6 @@ int mb_kcuda_add_rmsnorm(void *stream, float *y, size_t ldy, float *x, size_t ld
 int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k, const float *x,
                     size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int accumulate);
 
-/* Handoffs between the decode step's kernels through device counters, in
- * place of PDL's wait for the whole kernel before (MB_CUDA_HANDOFF in the
- * forward pass): a kernel that signals counts its blocks as each
- * finishes; one that waits spins until all have. Each is two unsigned
- * zeros the caller clears before the step (the count and the grid's size).
- * Set here, it applies to the next of these calls on this thread, which
- * takes it (every other call leaves it):
- *   mb_kcuda_qk_rope_store(_at)      signal (it waits as before);
- *   mb_kcuda_attention(_at), mb_kcuda_qkp_attention, up to 8 tokens: the
- *     attention waits on wait and signals mid, its merge waits on mid and
- *     signals signal (with one chunk, no merge: the attention signals
- *     signal);
- *   mb_kcuda_linear, one token, staged (mb_kcuda_linear_staged): wait,
- *     signal;
- *   mb_kcuda_router_topk_norm(_local): wait.
- * A call given one it cannot honour (another path, an unexpected pointer)
- * fails with nothing launched. */
-void mb_kcuda_handoff(const unsigned *wait, unsigned *mid, unsigned *signal);
-
 /* Whether mb_kcuda_linear takes one token of this shape (x and y of rows
  * k and m, no norm) through the staged GEMV: every weight of a block in
  * its shared memory, streamed while the kernels before it run (preload

@@ -307,9 +307,8 @@ static bool mb_attn_call_ok(const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s,
 
 // The split-K decode over rows of up to max_span positions (exactly, or at
 // most: see mb_attn_dec_plan_for).
-// hp: the handoffs the call took (mb_dense_take_handoff).
 static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, bool exact, float *work,
-                                 size_t work_floats, cudaStream_t st, const mb_hand_pending &hp,
+                                 size_t work_floats, cudaStream_t st,
                                  const mb_qkp_args *qkp = nullptr)
 {
     const mb_attn_dec_plan p = mb_attn_dec_plan_for(a.n_kv, a.n_rep, a.n, max_span, exact);
@@ -317,20 +316,18 @@ static int mb_attn_decode_launch(const mb_attn_args &a, uint32_t max_span, bool 
         const size_t need = (size_t)a.n * a.n_heads * p.n_split * mb_attn_part_stride(a.hd);
         if (!work || work_floats < need) return (int)cudaErrorInvalidValue;
     }
-    return (int)mb_kcuda_attn_decode_launch(a, p.n_hgroups, p.want, p.n_split, work, st, qkp, hp);
+    return (int)mb_kcuda_attn_decode_launch(a, p.n_hgroups, p.want, p.n_split, work, st, qkp);
 }
 
 extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s, uint32_t pos0,
                                   uint32_t n, const float *q, size_t ldq, float *out, size_t ldo, float *work,
                                   size_t work_floats)
 {
-    const mb_hand_pending hp = mb_dense_take_handoff();
     if (!mb_attn_call_ok(kv, s, n, q, ldq, out, ldo) || pos0 > kv->max_ctx || n > kv->max_ctx - pos0)
         return (int)cudaErrorInvalidValue;
     const cudaStream_t st = mb_dense_stream(stream);
     const mb_attn_args a = mb_attn_args_for(kv, s, pos0, NULL, n, q, ldq, out, ldo);
     if (n > MB_ATTN_DEC_MAX_N) {
-        if (!mb_hand_none(hp)) return (int)cudaErrorInvalidValue; // decode only
         if (a.hd % 8 == 0 && a.hd <= 128 && !mb_dense_force_simt()) return (int)mb_kcuda_attn_flash_mma_launch(a, st);
         cudaError_t e;
         if (a.hd <= 64)
@@ -341,23 +338,21 @@ extern "C" int mb_kcuda_attention(void *stream, const mb_kcuda_kv *kv, const mb_
             e = mb_attn_flash_launch<256>(a, st);
         return (int)e;
     }
-    return mb_attn_decode_launch(a, mb_attn_max_span(pos0, n, a.window), true, work, work_floats,
-                                 st, hp);
+    return mb_attn_decode_launch(a, mb_attn_max_span(pos0, n, a.window), true, work, work_floats, st);
 }
 
 extern "C" int mb_kcuda_attention_at(void *stream, const mb_kcuda_kv *kv, const mb_kcuda_attn_shape *s,
                                      const uint32_t *pos, uint32_t n, const float *q, size_t ldq, float *out,
                                      size_t ldo, float *work, size_t work_floats)
 {
-    const mb_hand_pending hp = mb_dense_take_handoff();
     if (!mb_attn_call_ok(kv, s, n, q, ldq, out, ldo) || !pos || n > MB_ATTN_DEC_MAX_N || n > kv->max_ctx)
         return (int)cudaErrorInvalidValue;
     const mb_attn_args a = mb_attn_args_for(kv, s, 0, pos, n, q, ldq, out, ldo);
     // Blocks for the longest span the cache allows; the kernels size the
     // chunks from the position they read, and blocks past a row's last
     // chunk return at once.
-    return mb_attn_decode_launch(a, mb_attn_max_span(0, kv->max_ctx, a.window), false, work,
-                                 work_floats, mb_dense_stream(stream), hp);
+    return mb_attn_decode_launch(a, mb_attn_max_span(0, kv->max_ctx, a.window), false, work, work_floats,
+                                 mb_dense_stream(stream));
 }
 
 extern "C" int mb_kcuda_qkp_attention(void *stream, const float *qkv, size_t ld,
@@ -367,7 +362,6 @@ extern "C" int mb_kcuda_qkp_attention(void *stream, const float *qkv, size_t ld,
                                       uint32_t pos0, const uint32_t *pos, float *out, size_t ldo,
                                       float *work, size_t work_floats)
 {
-    const mb_hand_pending hp = mb_dense_take_handoff();
     if (!mb_attn_call_ok(kv, s, 1, qkv, ld, out, ldo) || !cos || !sin || (kv->head_dim & 1u) ||
         ld < (size_t)(s->n_heads + 2 * kv->n_kv_heads) * kv->head_dim ||
         (!pos && pos0 >= kv->max_ctx))
@@ -380,6 +374,5 @@ extern "C" int mb_kcuda_qkp_attention(void *stream, const float *qkv, size_t ld,
     // (blocks for the longest span the cache allows).
     const uint32_t span =
         pos ? mb_attn_max_span(0, kv->max_ctx, a.window) : mb_attn_max_span(pos0, 1, a.window);
-    return mb_attn_decode_launch(a, span, !pos, work, work_floats, mb_dense_stream(stream), hp,
-                                 &qa);
+    return mb_attn_decode_launch(a, span, !pos, work, work_floats, mb_dense_stream(stream), &qa);
 }

@@ -154,15 +154,13 @@ static __device__ void mb_dec_merge_last(const mb_attn_args &a, uint32_t want, u
 // the kernel before, which writes the token's own key and value rows: the
 // block whose chunk holds them reads them after the wait, into kown and
 // vown, and the tile takes them there (as with QKP).
-// h: the handoffs waited on and signalled (mb_hand_enter, mb_hand_leave;
-// not with the merge fused in, a.done).
 template <bool VEC, bool QKP>
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     mb_kcuda_attn_decode_kernel(const mb_attn_args a, uint32_t n_hgroups, uint32_t want,
                                 uint32_t n_split, float *__restrict__ work, const mb_qkp_args qa,
-                                int pre, const mb_handoff h)
+                                int pre)
 {
-    if (!pre) mb_hand_enter(h);
+    if (!pre) mb_pdl_enter();
     extern __shared__ float mb_dec_smem[];
     const uint32_t hd = a.hd, hd4 = (hd + 3) / 4, ld = 4 * hd4 + 4;
     float *qs = mb_dec_smem;
@@ -202,10 +200,7 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     uint32_t p0, p1;
     const uint32_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
     mb_dec_range(a, want, pos0, &p0, &p1);
-    if (p0 >= p1) { // a chunk past this row's positions: the merge stops before it
-        mb_hand_leave(h);
-        return;
-    }
+    if (p0 >= p1) return; // a chunk past this row's positions: the merge stops before it
     const int len = (int)(p1 - p0);
     const float *kc = a.k + ((size_t)g * a.max_ctx + p0) * hd;
     const float *vc = a.v + ((size_t)g * a.max_ctx + p0) * hd;
@@ -218,7 +213,7 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     if (pipe) mb_attn_fetch_tile(kc, vc, 0, min(MB_DEC_TS, len), hd, next);
     int own = -1;
     if (pre) {
-        mb_hand_enter(h);
+        mb_pdl_enter();
         if (qvec) load_q();
         if (!QKP && pipe &&
             pos0 < p1) { // the last chunk (pos0: the token's position): its own rows
@@ -366,7 +361,6 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     }
     if (n_split > 1 && a.done)
         mb_dec_merge_last(a, want, n_split, pos0, t, h0, nh, work, s_alpha, s_m);
-    mb_hand_leave(h);
 }
 
 // out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s over the row's
@@ -383,28 +377,16 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 // pos_early (mb_dense_preload 'm'): the position, which no kernel of the
 // step writes, is read before the wait for the attention. early (preload
 // 's'): the next kernel (o_proj, staged) launches before that wait, so
-// that its weights stream in while the attention runs. h: the handoffs.
-static __device__ void mb_merge_body(const mb_attn_args &a, uint32_t want, uint32_t n_split,
-                                     const float *__restrict__ work, uint32_t pos);
-
+// that its weights stream in while the attention runs.
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split,
-                               const float *__restrict__ work, int pos_early, int early,
-                               const mb_handoff h)
+                               const float *__restrict__ work, int pos_early, int early)
 {
     if (early) mb_pdl_trigger();
     uint32_t pos = 0;
     if (pos_early) pos = a.pos_dev ? *a.pos_dev : a.pos0;
-    mb_hand_enter(h);
+    mb_pdl_enter();
     if (!pos_early) pos = a.pos_dev ? *a.pos_dev : a.pos0;
-    mb_merge_body(a, want, n_split, work, pos);
-    mb_hand_leave(h);
-}
-
-// The merge of one (head, token) row: blockIdx (h, t).
-static __device__ void mb_merge_body(const mb_attn_args &a, uint32_t want, uint32_t n_split,
-                                     const float *__restrict__ work, uint32_t pos)
-{
     __shared__ float wsh[MB_MERGE_MAX_SPLIT];
     __shared__ float red[MB_ATTN_DEC_THREADS / 32];
     __shared__ float4 sums4[MB_ATTN_DEC_THREADS];
@@ -509,7 +491,7 @@ static __device__ void mb_merge_body(const mb_attn_args &a, uint32_t want, uint3
 template <bool VEC, bool QKP>
 static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want,
                                  uint32_t n_split, float *work, cudaStream_t stream,
-                                 const mb_qkp_args &qa, const mb_handoff &h)
+                                 const mb_qkp_args &qa)
 {
     const bool pre = a.n == 1 && mb_dense_preload('a');
     const size_t smem = mb_dec_smem_floats(a.hd, QKP || pre) * sizeof(float);
@@ -531,33 +513,29 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
     }
     const dim3 grid(n_split, a.n_kv * n_hgroups, a.n);
     mb_dense_launch(mb_kcuda_attn_decode_kernel<VEC, QKP>, grid, MB_ATTN_DEC_THREADS, smem, stream,
-                    a, n_hgroups, want, n_split, work, qa, (int)pre, h);
+                    a, n_hgroups, want, n_split, work, qa, (int)pre);
     return cudaGetLastError();
 }
 
 cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want,
                                         uint32_t n_split, float *work, cudaStream_t stream,
-                                        const mb_qkp_args *qkp, const mb_hand_pending &hp)
+                                        const mb_qkp_args *qkp)
 {
     const bool vec = a.hd % 4 == 0 && ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0;
     const mb_qkp_args none = {};
-    // Handoffs: the attention waits on hp.wait and signals the merge through
-    // hp.mid, the merge signals hp.signal (one chunk: the attention does).
-    if (!mb_hand_none(hp) && a.done) return cudaErrorInvalidValue;
-    const mb_handoff h = {hp.wait, n_split > 1 ? hp.mid : hp.signal}, hm = {hp.mid, hp.signal};
     cudaError_t e;
     if (qkp) {
         if (!vec || a.hd > 4u * MB_ATTN_TILE_THREADS * MB_ATTN_TILE_BATCH / MB_ATTN_TILE ||
             a.n != 1)
             return cudaErrorInvalidValue; // the head pass rides on the pipelined tiles
-        e = mb_dec_launch<true, true>(a, n_hgroups, want, n_split, work, stream, *qkp, h);
+        e = mb_dec_launch<true, true>(a, n_hgroups, want, n_split, work, stream, *qkp);
     } else {
-        e = vec ? mb_dec_launch<true, false>(a, n_hgroups, want, n_split, work, stream, none, h)
-                : mb_dec_launch<false, false>(a, n_hgroups, want, n_split, work, stream, none, h);
+        e = vec ? mb_dec_launch<true, false>(a, n_hgroups, want, n_split, work, stream, none)
+                : mb_dec_launch<false, false>(a, n_hgroups, want, n_split, work, stream, none);
     }
     if (e != cudaSuccess || n_split == 1 || a.done) return e; // a.done: merged by the last blocks
     const dim3 mgrid(a.n_heads, a.n);
     mb_dense_launch(mb_kcuda_attn_merge_kernel, mgrid, MB_ATTN_DEC_THREADS, 0, stream, a, want,
-                    n_split, work, (int)mb_dense_preload('m'), (int)mb_dense_preload('s'), hm);
+                    n_split, work, (int)mb_dense_preload('m'), (int)mb_dense_preload('s'));
     return cudaGetLastError();
 }

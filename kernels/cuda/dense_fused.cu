@@ -14,20 +14,6 @@
 #include "kernels/cuda/dense_gemv.cuh"
 #include "kernels/cuda/dense_qkp.cuh"
 
-static thread_local mb_hand_pending mb_hand_next;
-
-extern "C" void mb_kcuda_handoff(const unsigned *wait, unsigned *mid, unsigned *signal)
-{
-    mb_hand_next = mb_hand_pending{wait, mid, signal};
-}
-
-mb_hand_pending mb_dense_take_handoff(void)
-{
-    const mb_hand_pending h = mb_hand_next;
-    mb_hand_next = mb_hand_pending{};
-    return h;
-}
-
 #define MB_QKP_THREADS 256
 #define MB_QKP_WARPS (MB_QKP_THREADS / 32)
 
@@ -41,12 +27,15 @@ mb_hand_pending mb_dense_take_handoff(void)
 // a head_dim above MB_ATTN_MAX_HD works in place as before.
 // pre (mb_dense_preload 'h', one token): the position is read and the
 // weights and rows asked for before the wait for the projection.
-// One (token, slot) of the pass, by one warp (hw: its shared row).
-static __device__ __forceinline__ void mb_qkp_warp(float *__restrict__ qkv, size_t ld,
-                                                   const mb_qkp_args &a, int pre, size_t wid,
-                                                   float *hw)
+__global__ void __launch_bounds__(MB_QKP_THREADS)
+    mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n,
+                                  const mb_qkp_args a, int pre)
 {
+    if (!pre) mb_pdl_enter();
+    __shared__ float hs[MB_QKP_WARPS][MB_ATTN_MAX_HD];
     const uint32_t slots = a.nh + 2 * a.nkv, hd = a.hd, lane = threadIdx.x & 31;
+    const size_t wid = (size_t)blockIdx.x * MB_QKP_WARPS + threadIdx.x / 32;
+    if (wid >= (size_t)n * slots) return; // a whole warp: no block barrier below
     const uint32_t t = (uint32_t)(wid / slots), s = (uint32_t)(wid % slots);
     float *h = qkv + (size_t)t * ld + (size_t)s * hd;
     if (hd > MB_ATTN_MAX_HD) { // longer than the shared row: in place, from L2
@@ -76,24 +65,12 @@ static __device__ __forceinline__ void mb_qkp_warp(float *__restrict__ qkv, size
     for (uint32_t j = 0; j < MB_ATTN_MAX_HD / 32; j++)
         if (lane + 32 * j < hd) v[j] = h[lane + 32 * j];
     if (!pre) ask();
+    float *hw = hs[threadIdx.x / 32];
 #pragma unroll
     for (uint32_t j = 0; j < MB_ATTN_MAX_HD / 32; j++)
         if (lane + 32 * j < hd) hw[lane + 32 * j] = v[j];
     __syncwarp();
     mb_qkp_slot(hw, h, s, a, pos, lane);
-}
-
-// signal: the handoff this grid counts into (mb_hand_leave), or nullptr.
-__global__ void __launch_bounds__(MB_QKP_THREADS)
-    mb_kcuda_qk_rope_store_kernel(float *__restrict__ qkv, size_t ld, uint32_t n,
-                                  const mb_qkp_args a, int pre, unsigned *signal)
-{
-    if (!pre) mb_pdl_enter();
-    __shared__ float hs[MB_QKP_WARPS][MB_ATTN_MAX_HD];
-    const size_t wid = (size_t)blockIdx.x * MB_QKP_WARPS + threadIdx.x / 32;
-    if (wid < (size_t)n * (a.nh + 2 * a.nkv)) // whole warps: no block barrier inside
-        mb_qkp_warp(qkv, ld, a, pre, wid, hs[threadIdx.x / 32]);
-    mb_hand_leave(mb_handoff{nullptr, signal});
 }
 
 // The fused projection: mb_kcuda_linear_norm's GEMV blocks (the same body,
@@ -170,19 +147,17 @@ static int mb_qkp_launch(void *stream, float *qkv, size_t ld, uint32_t n, uint32
                          const float *k_norm, float eps, uint32_t pos0, const uint32_t *pos_dev, const float *cos,
                          const float *sin, int interleaved, const mb_kcuda_kv *kv)
 {
-    const mb_hand_pending h = mb_dense_take_handoff(); // signal only: it waits as PDL does
     if (!qkv || !mb_qkp_ok(n, n_heads, pos0, pos_dev, cos, sin, kv) ||
         ld < (size_t)(n_heads + 2 * kv->n_kv_heads) * kv->head_dim)
         return (int)cudaErrorInvalidValue;
     const size_t warps = (size_t)n * (n_heads + 2 * kv->n_kv_heads);
     const size_t blocks = (warps + MB_QKP_WARPS - 1) / MB_QKP_WARPS;
     if (blocks > INT32_MAX) return (int)cudaErrorInvalidValue;
-    if (h.wait || h.mid) return (int)cudaErrorInvalidValue;
     mb_dense_launch(
         mb_kcuda_qk_rope_store_kernel, (unsigned)blocks, MB_QKP_THREADS, 0, mb_dense_stream(stream),
         qkv, ld, n,
         mb_qkp_make(n_heads, q_norm, k_norm, eps, pos0, pos_dev, cos, sin, interleaved, kv),
-        (int)(n == 1 && mb_dense_preload('h')), h.signal);
+        (int)(n == 1 && mb_dense_preload('h')));
     return mb_dense_launched();
 }
 

@@ -158,8 +158,6 @@ __device__ __forceinline__ void mb_lin_unpack16(const uint4 &u, float *f)
 // slice streams in while the kernels before it run (mb_lin_staged says
 // when), and the loop reads it from there. Each thread copies exactly the
 // chunks it later reads, so its own cp.async wait is the only sync.
-// hand: with PRE or STAGE, the handoff waited on (mb_hand_enter) instead of
-// the PDL wait.
 
 template <typename W, int R, bool VEC, bool NORM = false, int NT = MB_LIN_NT, bool PRE = false,
           bool STAGE = false>
@@ -167,7 +165,7 @@ __device__ __forceinline__ void
 mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *__restrict__ x,
                   size_t ldx, uint32_t n, float *__restrict__ y, size_t ldy,
                   const float *__restrict__ bias, int accumulate, const mb_lin_norm nrm = {},
-                  float *scale_out = nullptr, const mb_handoff hand = {})
+                  float *scale_out = nullptr)
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     constexpr int PI = R >= 16 ? 1 : 2;
@@ -193,7 +191,7 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
                     mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wpre[p][r]);
             }
         }
-        mb_hand_enter(hand);
+        mb_pdl_enter();
     }
     const uint4 *stage = nullptr;
     if constexpr (STAGE) {
@@ -204,7 +202,7 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
             for (int r = 0; r < R; r++)
                 mb_cp_async16(&mb_lin_stage[(size_t)r * chunks + c], wr[r] + (size_t)c * V, true);
         mb_cp_async_commit();
-        mb_hand_enter(hand);
+        mb_pdl_enter();
         mb_cp_async_wait<0>();
     }
 

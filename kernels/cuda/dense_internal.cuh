@@ -58,20 +58,6 @@ __device__ __forceinline__ void mb_pdl_trigger()
 #endif
 }
 
-// Handoffs (dense.h mb_kcuda_handoff): a grid that signals counts its
-// blocks into signal[0] as each finishes (after a fence, with the grid's
-// size in signal[1]); a grid that waits on it spins, one thread a block,
-// until wait[0] reaches wait[1], instead of PDL's wait for the whole grid
-// before it to complete. A producer's block counts itself only after all
-// its memory accesses, and waited (on its own producer) before its first
-// read of what that one wrote, so a chain of handoffs orders every access
-// as PDL's waits do. The counters are zero before the producer starts
-// (the caller clears them).
-struct mb_handoff {
-    const unsigned *wait; // the producer's {count, total}, or nullptr: mb_pdl_enter
-    unsigned *signal;     // this grid's {count, total}, or nullptr
-};
-
 // The device's global nanosecond clock (%globaltimer), the same on every SM.
 __device__ __forceinline__ unsigned long long mb_dense_globaltimer()
 {
@@ -82,71 +68,6 @@ __device__ __forceinline__ unsigned long long mb_dense_globaltimer()
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 #endif
-}
-
-// Waits as mb_pdl_enter does, or for the handoff's producer (a spin of
-// thread 0, then the block's barrier), then lets the next grid launch.
-// The whole block calls it. A producer that never finishes its count (a
-// bug) stops the kernel with a trap after 2 s instead of hanging.
-__device__ __forceinline__ void mb_hand_enter(const mb_handoff &h)
-{
-    if (!h.wait) {
-        mb_pdl_enter();
-        return;
-    }
-    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
-#ifdef MB_CUDA_EMU // grids run one after another: the producer is done
-        if (!h.wait[0] || h.wait[0] != h.wait[1]) {
-            fprintf(stderr, "handoff: the producer counted %u of %u blocks\n", h.wait[0],
-                    h.wait[1]);
-            abort();
-        }
-#else
-        const unsigned long long t0 = mb_dense_globaltimer();
-        for (;;) {
-            unsigned c, t;
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(c) : "l"(h.wait) : "memory");
-            if (c) {
-                asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];"
-                             : "=r"(t)
-                             : "l"(h.wait + 1)
-                             : "memory");
-                if (c == t) break;
-            }
-            if (mb_dense_globaltimer() - t0 > 2000000000ull) __trap();
-        }
-#endif
-        __threadfence();
-    }
-    __syncthreads();
-    mb_pdl_trigger();
-}
-
-// This block's count into the handoff's signal, after every thread of the
-// block is done with memory (the whole block calls it, at every exit).
-__device__ __forceinline__ void mb_hand_leave(const mb_handoff &h)
-{
-    if (!h.signal) return;
-    __syncthreads();
-    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
-        h.signal[1] = gridDim.x * gridDim.y * gridDim.z;
-        __threadfence(); // the block's writes (ordered by the barrier) and the total, then the
-                         // count
-        atomicAdd(h.signal, 1u);
-    }
-}
-
-// The handoff the next dense.h call that takes one uses (mb_kcuda_handoff),
-// cleared as it is taken; a call that takes one but cannot honour it fails
-// (cudaErrorInvalidValue) rather than leave a waiter spinning.
-struct mb_hand_pending {
-    const unsigned *wait;
-    unsigned *mid, *signal;
-};
-mb_hand_pending mb_dense_take_handoff(void);
-static inline bool mb_hand_none(const mb_hand_pending &h)
-{
-    return !h.wait && !h.mid && !h.signal;
 }
 
 static int mb_dense_pdl_state = -1; // per file: -1 unread, 0 off, 1 on
@@ -474,7 +395,7 @@ struct mb_qkp_args;
 // pipelined tiles (hd % 4 == 0, hd <= 128, 16-byte aligned cache).
 cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroups, uint32_t want,
                                         uint32_t n_split, float *work, cudaStream_t stream,
-                                        const mb_qkp_args *qkp, const mb_hand_pending &hp);
+                                        const mb_qkp_args *qkp = nullptr);
 
 // The prefill attention kernel on tensor cores (dense_attention_mma.cu),
 // for head_dim a multiple of 8 up to 128.

@@ -37,18 +37,13 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
 
 // The staged one-token GEMV (mb_lin_staged): the block's rows stream into
 // shared memory before the wait.
-// shared memory before the wait (h.wait: a handoff's), then counts itself
-// into h.signal.
 template <typename W, int R>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_gemv_staged_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                        const float *__restrict__ x, float *__restrict__ y,
-                                       const float *__restrict__ bias, int accumulate,
-                                       const mb_handoff h)
+                                       const float *__restrict__ bias, int accumulate)
 {
-    mb_lin_gemv_block<W, R, true, false, 1, false, true>(w, m, k, x, k, 1, y, m, bias, accumulate,
-                                                         {}, nullptr, h);
-    mb_hand_leave(h);
+    mb_lin_gemv_block<W, R, true, false, 1, false, true>(w, m, k, x, k, 1, y, m, bias, accumulate);
 }
 
 #define MB_LIN_STAGE_MAX (160u * 1024u) // shared bytes a staged block may take
@@ -70,7 +65,7 @@ static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize)
 
 template <typename W, int R>
 static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_t k, const float *x,
-                                 float *y, const float *bias, int acc, const mb_handoff &h)
+                                 float *y, const float *bias, int acc)
 {
     const auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R>;
     const size_t smem = (size_t)R * k * sizeof(W);
@@ -86,7 +81,7 @@ static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_
         }
     }
     mb_dense_launch(kern, (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, smem, s, w, m, k, x,
-                    y, bias, acc, h);
+                    y, bias, acc);
 }
 
 #define MB_LIN_BM 64 // tokens per tile
@@ -171,28 +166,23 @@ mb_kcuda_linear_gemm_kernel(const W *__restrict__ w, uint32_t m, uint32_t k, con
 }
 
 // The SIMT GEMV (nrm: the norm folded in, n == 1; or nullptr), R rows a
-// block as mb_lin_rows says (mb_lin_rows1 for one token). A handoff (h,
-// from the caller's mb_kcuda_handoff) only the staged GEMV takes: false
-// when one was given and the call is not staged, with nothing launched.
+// block as mb_lin_rows says (mb_lin_rows1 for one token).
 template <typename W>
-static bool mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k,
+static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32_t k,
                         const float *x, size_t ldx, uint32_t n, float *y, size_t ldy,
-                        const float *bias, int acc, const mb_lin_norm *nrm = nullptr,
-                        const mb_hand_pending &h = {})
+                        const float *bias, int acc, const mb_lin_norm *nrm = nullptr)
 {
     const mb_lin_norm none = {};
-    if (vec && n == 1 && !nrm && ldx == k && ldy >= m && !h.mid) {
-        const mb_handoff hs = {h.wait, h.signal};
+    if (vec && n == 1 && !nrm && ldx == k && ldy >= m) {
         switch (mb_lin_staged(m, k, sizeof(W))) {
         case 4:
-            return mb_lin_staged_launch<W, 4>(s, w, m, k, x, y, bias, acc, hs), true;
+            return mb_lin_staged_launch<W, 4>(s, w, m, k, x, y, bias, acc);
         case 8:
-            return mb_lin_staged_launch<W, 8>(s, w, m, k, x, y, bias, acc, hs), true;
+            return mb_lin_staged_launch<W, 8>(s, w, m, k, x, y, bias, acc);
         case 16:
-            return mb_lin_staged_launch<W, 16>(s, w, m, k, x, y, bias, acc, hs), true;
+            return mb_lin_staged_launch<W, 16>(s, w, m, k, x, y, bias, acc);
         }
     }
-    if (!mb_hand_none(h)) return false;
     const bool pre = vec && n == 1 && mb_dense_preload(nrm ? 'n' : 'g');
     const auto launch = [&](auto r, auto nt) {
         constexpr int R = decltype(r)::value, NT = decltype(nt)::value;
@@ -217,22 +207,14 @@ static bool mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
                         [&](auto r) { launch(r, std::integral_constant<int, 1>{}); });
     else
         mb_lin_by_rows(m, [&](auto r) { launch(r, std::integral_constant<int, MB_LIN_NT>{}); });
-    return true;
 }
 
 template <typename W>
-static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, const float *x,
-                        size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int acc,
-                        const mb_hand_pending &h)
+static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, const float *x, size_t ldx, uint32_t n,
+                        float *y, size_t ldy, const float *bias, int acc)
 {
     const W *w = (const W *)wv;
-    if (n == 1) { // where a handoff may go (mb_lin_gemv)
-        if (!mb_lin_gemv<W>(s, mb_lin_vec_ok<W>(k, ldx, w, x, nullptr), w, m, k, x, ldx, n, y, ldy,
-                            bias, acc, nullptr, h))
-            return (int)cudaErrorInvalidValue;
-    } else if (!mb_hand_none(h)) {
-        return (int)cudaErrorInvalidValue;
-    } else if (n <= MB_LIN_GEMV_MAX_N) {
+    if (n <= MB_LIN_GEMV_MAX_N) {
         const bool vec = mb_lin_vec_ok<W>(k, ldx, w, x, nullptr);
         if constexpr (std::is_same<W, __nv_bfloat16>::value) {
             if (vec && n >= 2 && m >= MB_LIN_MMA_GEMV_MIN_M && !mb_dense_force_simt())
@@ -252,12 +234,11 @@ static int mb_lin_typed(cudaStream_t s, const void *wv, uint32_t m, uint32_t k, 
 extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k, const float *x,
                                size_t ldx, uint32_t n, float *y, size_t ldy, const float *bias, int accumulate)
 {
-    const mb_hand_pending h = mb_dense_take_handoff();
     if (!w || !x || !y || m == 0 || k == 0 || n == 0 || ldx < k || ldy < m || n > 65535u * MB_LIN_BM)
         return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
     return mb_dense_by_wdtype(wdtype, [&](auto tag) {
-        return mb_lin_typed<decltype(tag)>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate, h);
+        return mb_lin_typed<decltype(tag)>(s, w, m, k, x, ldx, n, y, ldy, bias, accumulate);
     });
 }
 

@@ -139,23 +139,22 @@ mb_kcuda_route_topk_kernel(const float *__restrict__ logits, uint32_t n, uint32_
 // NORM: the input is RMSNorm(x) (mb_lin_norm), for mb_kcuda_router_topk_norm.
 // NT: 1 for one token (one accumulator a block), else MB_LIN_NT.
 // PRE (one token): the weights loaded before the wait (mb_dense_preload).
-// hand.wait: a handoff waited on instead of the PDL wait.
 template <typename W, bool VEC, bool NORM, int NT, bool PRE>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_router_topk_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k,
                                 const float *__restrict__ x, size_t ldx, uint32_t n, float *logits,
                                 uint32_t top_k, int renorm, int32_t *__restrict__ ids,
                                 float *__restrict__ gate, unsigned *done, const mb_lin_norm nrm,
-                                const mb_kcuda_route_local loc, const mb_handoff hand)
+                                const mb_kcuda_route_local loc)
 {
-    if constexpr (!PRE) mb_hand_enter(hand);
+    if constexpr (!PRE) mb_pdl_enter();
     extern __shared__ float mb_route_smem[];
     __shared__ int last;
     // NORM (one token): the normalised row is written after the block
     // counts itself done, by the last block after it routes.
     float scale[NT];
     mb_lin_gemv_block<W, 1, VEC, NORM, NT, PRE>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm,
-                                                scale, hand);
+                                                scale);
     __threadfence(); // this block's logits are visible device-wide before it counts itself done
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
@@ -197,13 +196,12 @@ extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n
     return mb_dense_launched();
 }
 
-// The fused router's launch (nrm: the norm folded in, one token; or nullptr;
-// hand: a handoff to wait on, or none).
+// The fused router's launch (nrm: the norm folded in, one token; or nullptr).
 static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint32_t ne, uint32_t k,
                                  const float *x, size_t ldx, uint32_t n, float *logits,
                                  uint32_t top_k, int renorm, int32_t *ids, float *gate,
                                  unsigned *done, const mb_lin_norm *nrm,
-                                 const mb_kcuda_route_local *loc, const mb_handoff hand = {})
+                                 const mb_kcuda_route_local *loc)
 {
     const size_t smem = (size_t)MB_LIN_GEMV_WARPS * ne * sizeof(float);
     const mb_lin_norm none = {};
@@ -220,7 +218,7 @@ static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint
                                                             decltype(p)::value>,
                                 ne, MB_LIN_GEMV_THREADS, smem, s, wt, ne, k, x, ldx, n, logits,
                                 top_k, renorm, ids, gate, done, nrm ? *nrm : none,
-                                loc ? *loc : no_loc, hand);
+                                loc ? *loc : no_loc);
             };
             using one = std::integral_constant<int, 1>;
             if constexpr (VEC) {
@@ -264,9 +262,6 @@ extern "C" int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const v
                                                float *gate, unsigned *done,
                                                const mb_kcuda_route_local *loc)
 {
-    const mb_hand_pending h =
-        mb_dense_take_handoff(); // a wait only: the experts' kernels follow by PDL
-    if (h.mid || h.signal) return (int)cudaErrorInvalidValue;
     if (!w || !in || !in->x || !in->w || !logits || !ids || !gate || !done || k == 0 ||
         n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 ||
         top_k > MB_ROUTE_MAX_K || top_k > n_experts ||
@@ -274,8 +269,7 @@ extern "C" int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const v
         return (int)cudaErrorInvalidValue;
     const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
     return mb_router_topk_launch(mb_dense_stream(stream), wdtype, w, n_experts, k, in->x, k, 1,
-                                 logits, top_k, renorm, ids, gate, done, &nrm, loc,
-                                 mb_handoff{h.wait, nullptr});
+                                 logits, top_k, renorm, ids, gate, done, &nrm, loc);
 }
 
 extern "C" int mb_kcuda_router_topk_norm(void *stream, int wdtype, const void *w,

@@ -7,7 +7,6 @@
  * without a CUDA device. */
 #include <cuda_runtime_api.h>
 #include <stdarg.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -1530,174 +1529,6 @@ static void test_fused(void)
         }
 }
 
-/* ---- handoffs -------------------------------------------------------------------- */
-
-/* One decode layer's chain from the head pass to the router (head pass,
- * attention and merge, o_proj staged where it is, router with the norm
- * folded in) with every handoff mb_kcuda_handoff allows, against the same
- * chain with PDL's waits, bit for bit: the cache, the attention's output,
- * x, the normalised row, the logits, ids and gates; three times over
- * (the counters cleared before each), for races. */
-static void handoff_case(int dt, uint32_t hd, uint32_t nh, uint32_t nkv, uint32_t pos, uint32_t d,
-                         uint32_t ne, uint32_t top_k)
-{
-    mb_rope r;
-    const uint32_t ctx = pos + 2;
-    REQUIRE(mb_rope_init(&r, hd, ctx, 1e6f) == MB_STATUS_OK);
-    const uint32_t qd = nh * hd, kd = nkv * hd;
-    const size_t ld = qd + 2 * (size_t)kd, cache = (size_t)kd * ctx;
-    float *qkv = rand_f32(ld, 2.0f), *qn = rand_f32(hd, 1.5f), *kn = rand_f32(hd, 1.5f);
-    float *kvh = rand_f32(2 * cache, 1.0f), *x = rand_f32(d, 3.0f), *moe = rand_f32(d, 1.0f);
-    float *nw = rand_f32(d, 1.5f), *we = NULL;
-    void *wo = rand_weights(dt, (size_t)d * qd, 0.2f, &we);
-    free(we);
-    void *wr = rand_weights(dt, (size_t)ne * d, 0.5f, &we);
-    free(we);
-    const size_t tab = (size_t)r.n_pos * (hd / 2) * sizeof(float);
-    float *dc = dev_upload(r.cos, tab), *ds = dev_upload(r.sin, tab);
-    float *dqn = dev_upload(qn, hd * sizeof(float)), *dkn = dev_upload(kn, hd * sizeof(float));
-    float *dnw = dev_upload(nw, d * sizeof(float)), *dmoe = dev_upload(moe, d * sizeof(float));
-    void *dwo = dev_upload(wo, (size_t)d * qd * wsize(dt)),
-         *dwr = dev_upload(wr, (size_t)ne * d * wsize(dt));
-    uint32_t *dpos = dev_upload(&pos, sizeof pos);
-    const mb_kcuda_attn_shape sh = {.n_heads = nh, .scale = 1.0f / sqrtf((float)hd)};
-    const int staged = mb_kcuda_linear_staged(dt, d, qd);
-    /* Per run: qkv, cache, x (inputs it changes), work, att, xn, logits,
-     * ids, gate, the router's counter, the handoffs. */
-    struct run {
-        float *qkv, *cache, *x, *work, *att, *xn, *logits, *gate;
-        int32_t *ids;
-        unsigned *done, *hand;
-    } R[2];
-    const mb_kcuda_kv kv0 = {.n_kv_heads = nkv, .head_dim = hd, .max_ctx = ctx};
-    const size_t wf = mb_kcuda_attention_work(&kv0, &sh, 1);
-    for (int i = 0; i < 2; i++) {
-        R[i].qkv = dev_alloc(ld * sizeof(float));
-        R[i].cache = dev_alloc(2 * cache * sizeof(float));
-        R[i].x = dev_alloc(d * sizeof(float));
-        R[i].work = dev_alloc((wf ? wf : 1) * sizeof(float));
-        R[i].att = dev_alloc(qd * sizeof(float));
-        R[i].xn = dev_alloc(d * sizeof(float));
-        R[i].logits = dev_alloc(ne * sizeof(float));
-        R[i].gate = dev_alloc(top_k * sizeof(float));
-        R[i].ids = dev_alloc(top_k * sizeof(int32_t));
-        R[i].done = dev_alloc(sizeof(unsigned));
-        R[i].hand = dev_alloc(8 * sizeof(unsigned));
-        CU(cudaMemset(R[i].done, 0, sizeof(unsigned)));
-    }
-    size_t bad = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        for (int i = 0; i < 2; i++) {
-            struct run *u = &R[i];
-            CU(cudaMemcpy(u->qkv, qkv, ld * sizeof(float), cudaMemcpyHostToDevice));
-            CU(cudaMemcpy(u->cache, kvh, 2 * cache * sizeof(float), cudaMemcpyHostToDevice));
-            CU(cudaMemcpy(u->x, x, d * sizeof(float), cudaMemcpyHostToDevice));
-            CU(cudaMemset(u->hand, 0, 8 * sizeof(unsigned)));
-            CU(cudaDeviceSynchronize());
-            unsigned *h = i ? u->hand : NULL; /* run 1: rope, attn, merge, o_proj's signals */
-            const mb_kcuda_kv kv = {.k = u->cache,
-                                    .v = u->cache + cache,
-                                    .n_kv_heads = nkv,
-                                    .head_dim = hd,
-                                    .max_ctx = ctx};
-            if (h) mb_kcuda_handoff(NULL, NULL, h);
-            RUN(mb_kcuda_qk_rope_store_at(NULL, u->qkv, ld, 1, nh, dqn, dkn, 1e-6f, dpos, dc, ds, 0,
-                                          &kv));
-            if (h) mb_kcuda_handoff(h, h + 2, staged ? h + 4 : NULL);
-            RUN(mb_kcuda_attention_at(NULL, &kv, &sh, dpos, 1, u->qkv, ld, u->att, qd, u->work,
-                                      wf));
-            if (h && staged) mb_kcuda_handoff(h + 4, NULL, h + 6);
-            RUN(mb_kcuda_linear(NULL, dt, dwo, d, qd, u->att, qd, 1, u->x, d, dmoe, 1));
-            const mb_kcuda_norm_in in = {.x = u->x, .w = dnw, .eps = 1e-6f, .xn = u->xn};
-            if (h && staged) mb_kcuda_handoff(h + 6, NULL, NULL);
-            RUN(mb_kcuda_router_topk_norm(NULL, dt, dwr, ne, d, &in, u->logits, top_k, 1, u->ids,
-                                          u->gate, u->done));
-        }
-        CU(cudaDeviceSynchronize());
-        const struct {
-            size_t off, n; /* floats of struct run's member */
-        } outs[] = {{offsetof(struct run, cache), 2 * cache},
-                    {offsetof(struct run, att), qd},
-                    {offsetof(struct run, x), d},
-                    {offsetof(struct run, xn), d},
-                    {offsetof(struct run, logits), ne},
-                    {offsetof(struct run, gate), top_k},
-                    {offsetof(struct run, ids), top_k}};
-        for (size_t o = 0; o < sizeof outs / sizeof *outs; o++) {
-            float *a = xmalloc(outs[o].n * sizeof(float)), *b = xmalloc(outs[o].n * sizeof(float));
-            dev_download(a, *(float **)((char *)&R[0] + outs[o].off), outs[o].n * sizeof(float));
-            dev_download(b, *(float **)((char *)&R[1] + outs[o].off), outs[o].n * sizeof(float));
-            bad += memcmp(a, b, outs[o].n * sizeof(float)) != 0;
-            free(a);
-            free(b);
-        }
-        unsigned cnt[8];
-        dev_download(cnt, R[1].hand, sizeof cnt);
-        for (int c = 0; c < (staged ? 4 : 3); c++) /* every signal counted its whole grid */
-            bad += cnt[2 * c] == 0 || cnt[2 * c] != cnt[2 * c + 1];
-    }
-    CHECK_MSG(note(E_FUSED, (double)bad,
-                   "handoffs %s hd=%u heads=%u/%u pos=%u d=%u experts=%u/%u staged=%d", dtname(dt),
-                   hd, nh, nkv, pos, d, top_k, ne, staged),
-              "handoffs %s hd=%u heads=%u/%u pos=%u d=%u: %zu outputs differ", dtname(dt), hd, nh,
-              nkv, pos, d, bad);
-    for (int i = 0; i < 2; i++) {
-        cudaFree(R[i].qkv);
-        cudaFree(R[i].cache);
-        cudaFree(R[i].x);
-        cudaFree(R[i].work);
-        cudaFree(R[i].att);
-        cudaFree(R[i].xn);
-        cudaFree(R[i].logits);
-        cudaFree(R[i].gate);
-        cudaFree(R[i].ids);
-        cudaFree(R[i].done);
-        cudaFree(R[i].hand);
-    }
-    cudaFree(dc);
-    cudaFree(ds);
-    cudaFree(dqn);
-    cudaFree(dkn);
-    cudaFree(dnw);
-    cudaFree(dmoe);
-    cudaFree(dwo);
-    cudaFree(dwr);
-    cudaFree(dpos);
-    free(qkv);
-    free(qn);
-    free(kn);
-    free(kvh);
-    free(x);
-    free(moe);
-    free(nw);
-    free(wo);
-    free(wr);
-    mb_rope_fini(&r);
-}
-
-static void test_handoff(void)
-{
-    handoff_case(MB_KCUDA_BF16, 128, 32, 4, 300, 2048, 128, 8); /* Qwen3-30B-A3B's layer */
-    handoff_case(MB_KCUDA_F32, 64, 4, 2, 40, 256, 8, 2);
-    handoff_case(MB_KCUDA_F16, 32, 6, 3, 0, 520, 60, 4);
-    /* Given where it cannot go, the call fails and the handoff is gone. */
-    float *dx = dev_alloc(64 * 2 * sizeof(float)), *dy = dev_alloc(64 * 2 * sizeof(float));
-    float *dw = dev_alloc(64 * 64 * sizeof(float));
-    CU(cudaMemset(dw, 0, 64 * 64 * sizeof(float)));
-    CU(cudaMemset(dx, 0, 64 * 2 * sizeof(float)));
-    unsigned *h = dev_alloc(8 * sizeof(unsigned));
-    mb_kcuda_handoff(h, NULL, h + 2);
-    CHECK(mb_kcuda_linear(NULL, MB_KCUDA_F32, dw, 64, 64, dx, 64, 2, dy, 64, NULL, 0) != 0);
-    RUN(mb_kcuda_linear(NULL, MB_KCUDA_F32, dw, 64, 64, dx, 64, 2, dy, 64, NULL, 0));
-    mb_kcuda_handoff(h, NULL, NULL);
-    CHECK(mb_kcuda_qk_rope_store(NULL, dx, 64, 1, 1, NULL, NULL, 1e-6f, 0, dx, dx, 0, NULL) != 0);
-    CU(cudaDeviceSynchronize());
-    cudaFree(dx);
-    cudaFree(dy);
-    cudaFree(dw);
-    cudaFree(h);
-}
-
 /* ---- refused arguments -------------------------------------------------------------- */
 
 static void test_refusals(void)
@@ -1934,7 +1765,7 @@ int main(int argc, char **argv)
         {"rope", test_rope},         {"silu_add", test_silu_add},   {"route", test_route},
         {"linear", test_linear},     {"attention", test_attention}, {"merge", test_merge},
         {"fused", test_fused},       {"norm_in", test_norm_in},     {"drain", test_drain},
-        {"stamp", test_stamp},       {"handoff", test_handoff}};
+        {"stamp", test_stamp}};
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
         if (wanted(groups[i].name)) groups[i].run();
     print_stats();
