@@ -142,8 +142,9 @@ struct mb_fwd_cuda {
      * so off by default. */
     int fuse_attn;
     /* 1 (unless MB_CUDA_L2_PREFETCH=0, with fuse): a one-token step asks
-     * the L2 cache for weights on a second stream (side): o_proj's and the
-     * router's once the QKV projection is enqueued, joined back at the end
+     * the L2 cache for weights on a second stream (side): o_proj's (unless
+     * staged: mb_kcuda_linear_staged) and the router's once the QKV
+     * projection is enqueued, joined back at the end
      * of the layer's segment A; with the experts elsewhere, the next
      * layer's QKV weights while the host waits (side_prefetch). */
     int l2_prefetch, side_pending;
