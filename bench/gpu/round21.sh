@@ -4,7 +4,6 @@
 # block's shared memory (MB_CUDA_ROUTE_CLUSTER=1) instead of a fence, a
 # counter and a read from L2 by the last block; rows alternating with the
 # default, test_dense_cuda's router groups and test_parity_device with it.
-
 #   bash bench/gpu/round21.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
 cd "$(dirname "$0")/../.."
