@@ -151,6 +151,21 @@ static inline int mb_dense_sms(void)
     return sms[dev];
 }
 
+// Lets kernel KERN take up to most bytes of dynamic shared memory, where
+// a launch needs more than 48 KiB (smem): the attribute is set once a
+// device (setting it twice, from racing first calls, is harmless).
+template <auto KERN> static inline cudaError_t mb_dense_opt_in(size_t smem, size_t most)
+{
+    static bool opted[64];
+    if (smem <= 48 * 1024) return cudaSuccess;
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess || (dev >= 0 && dev < 64 && opted[dev])) return e;
+    e = cudaFuncSetAttribute(KERN, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)most);
+    if (e == cudaSuccess && dev >= 0 && dev < 64) opted[dev] = true;
+    return e;
+}
+
 // Launches kern(args...) on grid x block, smem, s, allowed to overlap the kernel
 // before it (mb_dense_pdl); the kernel must start with mb_pdl_enter().
 template <typename... KArgs, typename... Args>

@@ -69,17 +69,9 @@ static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_
 {
     const auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R>;
     const size_t smem = (size_t)R * k * sizeof(W);
-    static bool opted[64]; // above 48 KiB a kernel opts in, once a device (racing twice is harmless)
-    if (smem > 48 * 1024) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess) return; // the error stays for mb_dense_launched
-        if (dev < 0 || dev >= 64 || !opted[dev]) {
-            if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)MB_LIN_STAGE_MAX) != cudaSuccess)
-                return;
-            if (dev >= 0 && dev < 64) opted[dev] = true;
-        }
-    }
+    if (mb_dense_opt_in<mb_kcuda_linear_gemv_staged_kernel<W, R>>(smem, MB_LIN_STAGE_MAX) !=
+        cudaSuccess)
+        return; // the error stays for mb_dense_launched
     mb_dense_launch(kern, (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, smem, s, w, m, k, x,
                     y, bias, acc);
 }

@@ -276,15 +276,9 @@ static int mb_router_cluster_launch(cudaStream_t s, const W *w, uint32_t ne, uin
                                     const mb_kcuda_route_local &loc)
 {
     const auto kern = mb_kcuda_router_cluster_kernel<W, R>;
-    static bool opted[64]; // above 48 KiB a kernel opts in, once a device
     const size_t smem = (size_t)R * k * sizeof(W) + ne * sizeof(float);
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess && smem > 48 * 1024 && (dev < 0 || dev >= 64 || !opted[dev])) {
-        e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)MB_ROUTE_CL_SMEM);
-        if (e == cudaSuccess && dev >= 0 && dev < 64) opted[dev] = true;
-    }
+    const cudaError_t e =
+        mb_dense_opt_in<mb_kcuda_router_cluster_kernel<W, R>>(smem, MB_ROUTE_CL_SMEM);
     if (e != cudaSuccess) return (int)e;
     cudaLaunchAttribute at[2];
     at[0].id = cudaLaunchAttributeClusterDimension;
