@@ -7,10 +7,6 @@
 #include <climits>
 
 #include "kernels/cuda/dense_gemv.cuh"
-#if !defined(MB_CUDA_EMU)
-#include <cooperative_groups.h>
-namespace cg = cooperative_groups;
-#endif
 
 #define MB_ROUTE_WARPS 4
 #define MB_ROUTE_MAX_EXPERTS 1024
@@ -200,105 +196,6 @@ extern "C" int mb_kcuda_route_topk(void *stream, const float *logits, uint32_t n
     return mb_dense_launched();
 }
 
-// The router of one token in one cluster of MB_ROUTE_CLUSTER blocks (sm_90,
-// MB_CUDA_ROUTE_CLUSTER=1; mb_route_cluster_rows says when): block b stages
-// rows b R .. b R + R - 1 in shared memory before its wait (the staged GEMV
-// body, so the logits are the fused router's, bit for bit) and stores its
-// logits straight into the shared memory of the cluster's first block;
-// after the cluster's barrier that block routes them from there, as the
-// last block of mb_kcuda_router_topk_kernel does from L2 after a fence and
-// a counter. The shared memory: the staged rows, then ne floats of logits.
-#define MB_ROUTE_CLUSTER 8
-#if !defined(MB_CUDA_EMU)
-template <typename W, int R>
-__global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
-    mb_kcuda_router_cluster_kernel(const W *__restrict__ w, uint32_t ne, uint32_t k,
-                                   const float *__restrict__ x, float *logits, uint32_t top_k,
-                                   int renorm, int32_t *__restrict__ ids, float *__restrict__ gate,
-                                   const mb_lin_norm nrm, const mb_kcuda_route_local loc)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    extern __shared__ uint4 mb_route_cl_smem[];
-    float *lg = reinterpret_cast<float *>(mb_route_cl_smem + (size_t)R * (k / mb_vec16<W>::n));
-    cg::cluster_group cl = cg::this_cluster();
-    float scale[1];
-    mb_lin_gemv_block<W, R, true, true, 1, false, true>(
-        w, ne, k, x, k, 1, cl.map_shared_rank(lg, 0), ne, nullptr, 0, nrm, scale);
-    cl.sync(); // every block's logits are in the first block's shared memory
-    if (cl.block_rank() == 0) {
-        const int lane = threadIdx.x & 31;
-        if (threadIdx.x < 32) {
-            for (uint32_t e = lane; e < ne; e += 32)
-                logits[e] = lg[e];
-            __syncwarp();
-            mb_route_row(lg, lg, (int)ne, (int)top_k, renorm, ids, gate, lane,
-                         loc.pairs ? &loc : nullptr, 0);
-        }
-        if (loc.stamp) {
-            __syncthreads(); // the token routed
-            if (threadIdx.x == 0) *loc.stamp = mb_dense_globaltimer();
-        }
-    }
-    mb_lin_norm_store_xn(x, k, 1, k, nrm, scale);
-#endif
-}
-#endif
-
-// Rows a block of the cluster router for ne experts of k weights of wsize
-// bytes (the fewest of 1, 4, 8, 16 that cover them), or 0: the counter's
-// router. MB_CUDA_ROUTE_CLUSTER=1 (read once) and an sm_90 device, one
-// token, 16-byte chunks, the rows and logits within MB_ROUTE_CL_SMEM.
-#define MB_ROUTE_CL_SMEM (160u * 1024u)
-static int mb_route_cluster_rows(uint32_t ne, uint32_t k, size_t wsize, bool vec)
-{
-#ifdef MB_CUDA_EMU
-    (void)ne, (void)k, (void)wsize, (void)vec;
-    return 0; // the emulator runs a grid's blocks one after another: no cluster barrier
-#else
-    static const int on = mb_dense_env_int("MB_CUDA_ROUTE_CLUSTER", 0, 1, 0);
-    int dev = 0, major = 0;
-    if (!on || !vec || cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        major < 9)
-        return 0;
-    for (int r = 1; r <= 16; r = r == 1 ? 4 : 2 * r)
-        if ((uint32_t)(MB_ROUTE_CLUSTER * r) >= ne)
-            return r * k * wsize + ne * sizeof(float) <= MB_ROUTE_CL_SMEM ? r : 0;
-    return 0;
-#endif
-}
-
-#if !defined(MB_CUDA_EMU)
-template <typename W, int R>
-static int mb_router_cluster_launch(cudaStream_t s, const W *w, uint32_t ne, uint32_t k,
-                                    const float *x, float *logits, uint32_t top_k, int renorm,
-                                    int32_t *ids, float *gate, const mb_lin_norm &nrm,
-                                    const mb_kcuda_route_local &loc)
-{
-    const auto kern = mb_kcuda_router_cluster_kernel<W, R>;
-    const size_t smem = (size_t)R * k * sizeof(W) + ne * sizeof(float);
-    const cudaError_t e =
-        mb_dense_opt_in<mb_kcuda_router_cluster_kernel<W, R>>(smem, MB_ROUTE_CL_SMEM);
-    if (e != cudaSuccess) return (int)e;
-    cudaLaunchAttribute at[2];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = MB_ROUTE_CLUSTER;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[1].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(MB_ROUTE_CLUSTER);
-    cfg.blockDim = dim3(MB_LIN_GEMV_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cfg.attrs = at;
-    cfg.numAttrs = mb_dense_pdl() ? 2 : 1;
-    return (int)cudaLaunchKernelEx(&cfg, kern, w, ne, k, x, logits, top_k, renorm, ids, gate, nrm,
-                                   loc);
-}
-#endif
-
 // The fused router's launch (nrm: the norm folded in, one token; or nullptr).
 static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint32_t ne, uint32_t k,
                                  const float *x, size_t ldx, uint32_t n, float *logits,
@@ -313,25 +210,6 @@ static int mb_router_topk_launch(cudaStream_t s, int wdtype, const void *w, uint
         using W = decltype(tag);
         const W *wt = (const W *)w;
         const bool vec = mb_lin_vec_ok<W>(k, ldx, w, x, nrm);
-#if !defined(MB_CUDA_EMU)
-        if (n == 1 && nrm && ldx == k) {
-            const mb_kcuda_route_local lc = loc ? *loc : no_loc;
-            switch (mb_route_cluster_rows(ne, k, sizeof(W), vec)) {
-            case 1:
-                return mb_router_cluster_launch<W, 1>(s, wt, ne, k, x, logits, top_k, renorm, ids,
-                                                      gate, *nrm, lc);
-            case 4:
-                return mb_router_cluster_launch<W, 4>(s, wt, ne, k, x, logits, top_k, renorm, ids,
-                                                      gate, *nrm, lc);
-            case 8:
-                return mb_router_cluster_launch<W, 8>(s, wt, ne, k, x, logits, top_k, renorm, ids,
-                                                      gate, *nrm, lc);
-            case 16:
-                return mb_router_cluster_launch<W, 16>(s, wt, ne, k, x, logits, top_k, renorm, ids,
-                                                       gate, *nrm, lc);
-            }
-        }
-#endif
         const bool pre = vec && n == 1 && mb_dense_preload('r');
         mb_dense_by_flags(vec, nrm != nullptr, [&](auto v, auto nm) {
             constexpr bool VEC = decltype(v)::value, NORM = decltype(nm)::value;
