@@ -148,6 +148,13 @@ struct mb_fwd_cuda {
      * of the layer's segment A; with the experts elsewhere, the next
      * layer's QKV weights while the host waits (side_prefetch). */
     int l2_prefetch, side_pending;
+    /* 1 (MB_CUDA_L2_KEEP=1, with l2_prefetch; written after round 21, not
+     * yet run on a GPU): with the experts on this GPU, the side stream also
+     * asks L2 for the next layer's QKV weights during the attention, with
+     * evict_last priority so that the experts' stream evicts its own lines
+     * first, and returns this layer's (read by now) to normal priority
+     * (mb_kcuda_l2_keep). */
+    int l2_keep;
     /* 1 (unless MB_CUDA_ROUTE_PAIRS=0, with fuse): a one-token step with
      * local experts has the router's last block write their pairs and
      * start mark (route_paired), with no launches of their own. */
@@ -704,6 +711,8 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
                     fc->cfg.head_dim <= 128;
     const char *pf = getenv("MB_CUDA_L2_PREFETCH");
     fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
+    const char *lk = getenv("MB_CUDA_L2_KEEP");
+    fc->l2_keep = fc->l2_prefetch && lk && strcmp(lk, "1") == 0;
     const char *rp = getenv("MB_CUDA_ROUTE_PAIRS");
     fc->route_pairs = fc->fuse && !(rp && strcmp(rp, "0") == 0);
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
@@ -910,12 +919,14 @@ static size_t dev_mat_bytes(const dev_mat *m)
 
 /* Weights asked into L2 from the side stream once the main stream has
  * reached this point (after: an event recorded there already, or NULL: one
- * recorded now), for kernels that read them soon while the DRAM idles.
- * join: the side stream is joined back at the end of the segment
- * (side_join; a graph's capture must end joined); else it is never waited
- * for (outside any graph). Matrices without weights are skipped. */
+ * recorded now), for kernels that read them soon while the DRAM idles;
+ * keep (or NULL) with evict_last priority, drop's lines returned to normal
+ * priority first (mb_kcuda_l2_keep). join: the side stream is joined back
+ * at the end of the segment (side_join; a graph's capture must end
+ * joined); else it is never waited for (outside any graph). Matrices
+ * without weights are skipped. */
 static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat *a,
-                               const dev_mat *b, int join)
+                               const dev_mat *b, const dev_mat *keep, const dev_mat *drop, int join)
 {
     cudaError_t e = after ? cudaSuccess : cudaEventRecord(fc->fork, fc->stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, after ? after : fc->fork, 0);
@@ -923,6 +934,10 @@ static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat
     for (int i = 0; i < 2 && e == cudaSuccess; i++)
         if (m[i] && m[i]->w)
             e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, m[i]->w, dev_mat_bytes(m[i]));
+    if (e == cudaSuccess && keep && keep->w)
+        e = (cudaError_t)mb_kcuda_l2_keep(fc->side, keep->w, dev_mat_bytes(keep),
+                                          drop && drop->w ? drop->w : NULL,
+                                          drop && drop->w ? dev_mat_bytes(drop) : 0);
     if (e == cudaSuccess && join) {
         e = cudaEventRecord(fc->join, fc->side);
         fc->side_pending = e == cudaSuccess;
@@ -973,7 +988,9 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         if (fc->l2_prefetch && n == 1) {
             const dev_mat *wo = &D->wo;
             if (wo->w && mb_kcuda_linear_staged(wo->dtype, wo->rows, wo->cols)) wo = NULL;
-            MB_TRY(side_prefetch(fc, NULL, wo, &D->router, 1));
+            const int keep = fc->l2_keep && fc->local_step && l + 1 < c->n_layers;
+            MB_TRY(side_prefetch(fc, NULL, wo, &D->router, keep ? &fc->layers[l + 1].wqkv : NULL, W,
+                                 1));
         }
     } else {
         if (l == 0)
@@ -1241,7 +1258,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
      * on this GPU it measured no gain: they stream tens of megabytes
      * through L2 in between.) */
     if (fc->l2_prefetch && n == 1 && l + 1 < c->n_layers)
-        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, 0));
+        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, NULL, NULL, 0));
     e = cudaEventRecord(fc->wait[l], fc->stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
     if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");

@@ -289,6 +289,14 @@ int mb_kcuda_stamp(void *stream, unsigned long long *slot);
  * read next come from L2. */
 int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes);
 
+/* mb_kcuda_l2_prefetch with evict_last priority, so that L2 evicts lines
+ * of normal priority (a stream of other weights) before these; the whole
+ * 128-byte lines in drop's range (or none: NULL) go back to normal
+ * priority first.
+ * Hints only, as mb_kcuda_l2_prefetch. */
+int mb_kcuda_l2_keep(void *stream, const void *p, size_t bytes, const void *drop,
+                     size_t drop_bytes);
+
 /* dst[i] = src[i] for i < count (32-bit words; dst may be pinned host
  * memory), then src[i] = 0 for zero_from <= i < count: counters and clock
  * stamps handed to the host and reset in one launch, where a copy and a

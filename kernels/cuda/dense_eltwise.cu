@@ -66,27 +66,62 @@ extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
 
 // No programmatic launch: it runs on a stream of its own, beside the work.
 // A thread asks L2 for a chunk at a time (a hint: no effect on results,
-// none on the emulator); a tail under 16 bytes is left out.
+// none on the emulator); a tail under 16 bytes is left out. keep: with
+// evict_last priority, so that lines of normal priority go first; drop
+// (or nullptr): lines returned to normal priority first, a 128-byte line
+// an instruction (mb_kcuda_l2_keep).
 __global__ void __launch_bounds__(MB_L2PF_THREADS)
-    mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes)
+    mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes, int keep, const char *drop,
+                                size_t drop_bytes)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const size_t step = (size_t)gridDim.x * MB_L2PF_THREADS * MB_L2PF_CHUNK;
-    for (size_t off = ((size_t)blockIdx.x * MB_L2PF_THREADS + threadIdx.x) * MB_L2PF_CHUNK;
-         off < bytes; off += step) {
+    const size_t tid = (size_t)blockIdx.x * MB_L2PF_THREADS + threadIdx.x,
+                 threads = (size_t)gridDim.x * MB_L2PF_THREADS;
+    if (drop)
+        for (size_t off = tid * 128; off + 128 <= drop_bytes; off += threads * 128)
+            asm volatile("applypriority.global.L2::evict_normal [%0], 128;" ::"l"(drop + off)
+                         : "memory");
+    unsigned long long pol = 0;
+    if (keep) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+    for (size_t off = tid * MB_L2PF_CHUNK; off < bytes; off += threads * MB_L2PF_CHUNK) {
         const size_t left = bytes - off;
         const uint32_t n = (uint32_t)(left < MB_L2PF_CHUNK ? left : MB_L2PF_CHUNK) & ~15u;
-        if (n)
+        if (!n) continue;
+        if (keep)
+            asm volatile(
+                "cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(p + off),
+                "r"(n), "l"(pol)
+                : "memory");
+        else
             asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(n)
                          : "memory");
     }
 #else
-    (void)p;
-    (void)bytes;
+    (void)p, (void)bytes, (void)keep, (void)drop, (void)drop_bytes;
 #endif
 }
 
+static int mb_l2_prefetch_launch(void *stream, const void *p, size_t bytes, int keep,
+                                 const void *drop, size_t drop_bytes);
+
 extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
+{
+    return mb_l2_prefetch_launch(stream, p, bytes, 0, nullptr, 0);
+}
+
+extern "C" int mb_kcuda_l2_keep(void *stream, const void *p, size_t bytes, const void *drop,
+                                size_t drop_bytes)
+{
+    if (drop) { // whole 128-byte lines within [drop, drop + drop_bytes)
+        const size_t lead = (128 - ((uintptr_t)drop & 127)) & 127;
+        drop_bytes = drop_bytes > lead ? drop_bytes - lead : 0;
+        drop = drop_bytes ? (const char *)drop + lead : nullptr;
+    }
+    return mb_l2_prefetch_launch(stream, p, bytes, 1, drop, drop_bytes);
+}
+
+static int mb_l2_prefetch_launch(void *stream, const void *p, size_t bytes, int keep,
+                                 const void *drop, size_t drop_bytes)
 {
     if (!p || ((uintptr_t)p & 15)) return (int)cudaErrorInvalidValue;
     if (bytes < 16) return 0;
@@ -98,7 +133,7 @@ extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
     const size_t want = (bytes + per_block - 1) / per_block, most = (size_t)(128 / each);
     const unsigned blocks = (unsigned)(want < most ? want : most);
     mb_kcuda_l2_prefetch_kernel<<<blocks, MB_L2PF_THREADS, 0, mb_dense_stream(stream)>>>(
-        (const char *)p, bytes);
+        (const char *)p, bytes, keep, (const char *)drop, drop ? drop_bytes : 0);
     return mb_dense_launched();
 }
 
