@@ -139,16 +139,26 @@ __device__ __forceinline__ void mb_l1_prefetch(const void *p)
 #endif
 }
 
-// The device's SM count (cached per device; 0 when unknown).
-static inline int mb_dense_sms(void)
+// Device attribute a of the current device (cached per device and
+// attribute slot; 0 when unknown).
+template <cudaDeviceAttr A> static inline int mb_dense_attr(void)
 {
-    static int sms[64];
+    static int v[64];
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-    if (!sms[dev] &&
-        cudaDeviceGetAttribute(&sms[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-        sms[dev] = 0;
-    return sms[dev];
+    if (!v[dev] && cudaDeviceGetAttribute(&v[dev], A, dev) != cudaSuccess) v[dev] = 0;
+    return v[dev];
+}
+
+// The device's SM count, and the most dynamic shared memory a block may
+// opt in to (99 KiB on consumer Ada and Blackwell, 227 on an H100).
+static inline int mb_dense_sms(void)
+{
+    return mb_dense_attr<cudaDevAttrMultiProcessorCount>();
+}
+static inline size_t mb_dense_smem_optin(void)
+{
+    return (size_t)mb_dense_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>();
 }
 
 // Lets kernel KERN take up to most bytes of dynamic shared memory, where

@@ -50,16 +50,24 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
 
 // Rows a block of the staged one-token GEMV (no norm, 16-byte chunks, the
 // preload letter s): the fewest of 4, 8, 16 that fit the grid in one wave
-// of a block an SM, where those rows' weights fit MB_LIN_STAGE_MAX; else 0,
+// of a block an SM, where those rows' weights fit mb_lin_stage_max(); else 0,
 // the plain GEMV. One wave, so that every block is running, its weights in
 // flight, while the attention before it runs (its merge launches it
 // early); o_proj at 2048 rows of 4096 bf16 on 132 SMs: 16 rows, 128 KB.
+// The most a staged block takes: MB_LIN_STAGE_MAX, or less where the
+// device allows less (its opt-in bound less 4 KiB for the static arrays).
+static size_t mb_lin_stage_max(void)
+{
+    const size_t optin = mb_dense_smem_optin();
+    return optin < MB_LIN_STAGE_MAX + 4096 ? (optin > 4096 ? optin - 4096 : 0) : MB_LIN_STAGE_MAX;
+}
+
 static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize)
 {
     if (!mb_dense_preload('s')) return 0;
     const size_t sms = (size_t)mb_dense_sms();
     for (int r = 4; r <= 16; r *= 2)
-        if (mb_dense_cdiv(m, r) <= sms) return r * k * wsize <= MB_LIN_STAGE_MAX ? r : 0;
+        if (mb_dense_cdiv(m, r) <= sms) return r * k * wsize <= mb_lin_stage_max() ? r : 0;
     return 0;
 }
 
@@ -69,7 +77,7 @@ static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_
 {
     const auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R>;
     const size_t smem = (size_t)R * k * sizeof(W);
-    if (mb_dense_opt_in<mb_kcuda_linear_gemv_staged_kernel<W, R>>(smem, MB_LIN_STAGE_MAX) !=
+    if (mb_dense_opt_in<mb_kcuda_linear_gemv_staged_kernel<W, R>>(smem, mb_lin_stage_max()) !=
         cudaSuccess)
         return; // the error stays for mb_dense_launched
     mb_dense_launch(kern, (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, smem, s, w, m, k, x,

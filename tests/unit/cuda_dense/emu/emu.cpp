@@ -315,12 +315,15 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
     p->multiProcessorCount = 1;
     return cudaSuccess;
 }
-// An H100's SM count, so that grids sized by it (the staged GEMV) take
-// their GPU shapes.
+// An H100's SM count and shared memory, so that what is sized by them (the
+// staged GEMV) takes its GPU shapes.
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d)
 {
     if (d != 0) return cudaErrorInvalidDevice;
-    *v = a == cudaDevAttrMultiProcessorCount ? 132 : a == cudaDevAttrComputeCapabilityMajor ? 9 : 0;
+    *v = a == cudaDevAttrMultiProcessorCount            ? 132
+         : a == cudaDevAttrComputeCapabilityMajor       ? 9
+         : a == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 227 * 1024
+                                                        : 0;
     return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int) { return cudaEventCreate(e); }
