@@ -920,8 +920,8 @@ static size_t dev_mat_bytes(const dev_mat *m)
 /* Weights asked into L2 from the side stream once the main stream has
  * reached this point (after: an event recorded there already, or NULL: one
  * recorded now), for kernels that read them soon while the DRAM idles;
- * keep (or NULL) with evict_last priority, drop's lines returned to normal
- * priority first (mb_kcuda_l2_keep). join: the side stream is joined back
+ * keep (or NULL) with evict_last priority, drop's lines (or NULL) returned
+ * to normal priority (mb_kcuda_l2_keep). join: the side stream is joined back
  * at the end of the segment (side_join; a graph's capture must end
  * joined); else it is never waited for (outside any graph). Matrices
  * without weights are skipped. */
@@ -934,10 +934,12 @@ static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat
     for (int i = 0; i < 2 && e == cudaSuccess; i++)
         if (m[i] && m[i]->w)
             e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, m[i]->w, dev_mat_bytes(m[i]));
-    if (e == cudaSuccess && keep && keep->w)
-        e = (cudaError_t)mb_kcuda_l2_keep(fc->side, keep->w, dev_mat_bytes(keep),
-                                          drop && drop->w ? drop->w : NULL,
-                                          drop && drop->w ? dev_mat_bytes(drop) : 0);
+    if (keep && !keep->w) keep = NULL;
+    if (drop && !drop->w) drop = NULL;
+    if (e == cudaSuccess && (keep || drop))
+        e = (cudaError_t)mb_kcuda_l2_keep(fc->side, keep ? keep->w : NULL,
+                                          keep ? dev_mat_bytes(keep) : 0, drop ? drop->w : NULL,
+                                          drop ? dev_mat_bytes(drop) : 0);
     if (e == cudaSuccess && join) {
         e = cudaEventRecord(fc->join, fc->side);
         fc->side_pending = e == cudaSuccess;
@@ -988,9 +990,12 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         if (fc->l2_prefetch && n == 1) {
             const dev_mat *wo = &D->wo;
             if (wo->w && mb_kcuda_linear_staged(wo->dtype, wo->rows, wo->cols)) wo = NULL;
-            const int keep = fc->l2_keep && fc->local_step && l + 1 < c->n_layers;
-            MB_TRY(side_prefetch(fc, NULL, wo, &D->router, keep ? &fc->layers[l + 1].wqkv : NULL, W,
-                                 1));
+            /* With l2_keep: this layer's QKV lines, read by now, back to
+             * normal priority (the last layer's too), the next layer's kept. */
+            const int keep = fc->l2_keep && fc->local_step;
+            MB_TRY(side_prefetch(fc, NULL, wo, &D->router,
+                                 keep && l + 1 < c->n_layers ? &fc->layers[l + 1].wqkv : NULL,
+                                 keep ? W : NULL, 1));
         }
     } else {
         if (l == 0)

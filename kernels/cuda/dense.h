@@ -292,7 +292,7 @@ int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes);
 /* mb_kcuda_l2_prefetch with evict_last priority, so that L2 evicts lines
  * of normal priority (a stream of other weights) before these; the whole
  * 128-byte lines in drop's range (or none: NULL) go back to normal
- * priority first.
+ * priority after. p may be NULL with a drop (the drop alone).
  * Hints only, as mb_kcuda_l2_prefetch. */
 int mb_kcuda_l2_keep(void *stream, const void *p, size_t bytes, const void *drop,
                      size_t drop_bytes);

@@ -536,6 +536,7 @@ cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroup
     if (e != cudaSuccess || n_split == 1 || a.done) return e; // a.done: merged by the last blocks
     const dim3 mgrid(a.n_heads, a.n);
     mb_dense_launch(mb_kcuda_attn_merge_kernel, mgrid, MB_ATTN_DEC_THREADS, 0, stream, a, want,
-                    n_split, work, (int)mb_dense_preload('m'), (int)mb_dense_preload('s'));
+                    n_split, work, (int)mb_dense_preload('m'),
+                    (int)(a.n == 1 && mb_dense_preload('s'))); // one token: o_proj staged next
     return cudaGetLastError();
 }

@@ -67,7 +67,7 @@ static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize)
     if (!mb_dense_preload('s')) return 0;
     const size_t sms = (size_t)mb_dense_sms();
     for (int r = 4; r <= 16; r *= 2)
-        if (mb_dense_cdiv(m, r) <= sms) return r * k * wsize <= mb_lin_stage_max() ? r : 0;
+        if (mb_dense_cdiv(m, r) <= sms) return (size_t)r * k * wsize <= mb_lin_stage_max() ? r : 0;
     return 0;
 }
 
