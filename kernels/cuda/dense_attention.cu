@@ -215,20 +215,8 @@ template <int HD> __global__ void __launch_bounds__(MB_FA_THREADS) mb_kcuda_attn
 template <int HD> static cudaError_t mb_attn_flash_launch(const mb_attn_args &a, cudaStream_t stream)
 {
     constexpr size_t smem = mb_fa_smem_floats(HD) * sizeof(float);
-    // Above 48 KiB a kernel must opt in, once per device; setting the
-    // attribute twice is harmless, so racing first calls are fine.
-    static bool opted[64];
-    int dev = 0;
-    if (smem > 48 * 1024) {
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e != cudaSuccess) return e;
-        if (dev < 0 || dev >= 64 || !opted[dev]) {
-            e = cudaFuncSetAttribute(mb_kcuda_attn_flash_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)smem);
-            if (e != cudaSuccess) return e;
-            if (dev >= 0 && dev < 64) opted[dev] = true;
-        }
-    }
+    const cudaError_t e = mb_dense_opt_in<mb_kcuda_attn_flash_kernel<HD>>(smem, smem);
+    if (e != cudaSuccess) return e;
     const dim3 grid((unsigned)mb_dense_cdiv(a.n, MB_FA_BQ), a.n_heads);
     mb_dense_launch(mb_kcuda_attn_flash_kernel<HD>, grid, MB_FA_THREADS, smem, stream, a);
     return cudaGetLastError();

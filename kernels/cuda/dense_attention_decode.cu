@@ -495,22 +495,11 @@ static cudaError_t mb_dec_launch(const mb_attn_args &a, uint32_t n_hgroups, uint
 {
     const bool pre = a.n == 1 && mb_dense_preload('a');
     const size_t smem = mb_dec_smem_floats(a.hd, QKP || pre) * sizeof(float);
-    // Above 48 KiB (head_dim > 160, or 160 with the own rows) a kernel must
-    // opt in, once per device; setting the attribute twice is harmless, so
-    // racing first calls are fine.
-    static bool opted[64];
-    if (smem > 48 * 1024) {
-        int dev = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e != cudaSuccess) return e;
-        if (dev < 0 || dev >= 64 || !opted[dev]) {
-            e = cudaFuncSetAttribute(
-                mb_kcuda_attn_decode_kernel<VEC, QKP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                (int)mb_dec_smem_floats(MB_ATTN_MAX_HD, true) * (int)sizeof(float));
-            if (e != cudaSuccess) return e;
-            if (dev >= 0 && dev < 64) opted[dev] = true;
-        }
-    }
+    // Above 48 KiB (head_dim > 160, or 160 with the own rows): the most
+    // any call of this kernel takes.
+    const cudaError_t e = mb_dense_opt_in<mb_kcuda_attn_decode_kernel<VEC, QKP>>(
+        smem, mb_dec_smem_floats(MB_ATTN_MAX_HD, true) * sizeof(float));
+    if (e != cudaSuccess) return e;
     const dim3 grid(n_split, a.n_kv * n_hgroups, a.n);
     mb_dense_launch(mb_kcuda_attn_decode_kernel<VEC, QKP>, grid, MB_ATTN_DEC_THREADS, smem, stream,
                     a, n_hgroups, want, n_split, work, qa, (int)pre);

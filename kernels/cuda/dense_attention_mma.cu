@@ -165,19 +165,10 @@ template <int HD> static cudaError_t mb_fam_launch(const mb_attn_args &a, cudaSt
     constexpr size_t smem = mb_fam_smem_floats(HD) * sizeof(float);
     const bool vec = ((uintptr_t)a.k & 15) == 0 && ((uintptr_t)a.v & 15) == 0; // hd % 8 == 0 already
     auto kern = vec ? mb_kcuda_attn_flash_mma_kernel<HD, true> : mb_kcuda_attn_flash_mma_kernel<HD, false>;
-    // Above 48 KiB a kernel must opt in, once per device; setting the
-    // attribute twice is harmless, so racing first calls are fine.
-    static bool opted[2][64];
-    if (smem > 48 * 1024) {
-        int dev = 0;
-        cudaError_t e = cudaGetDevice(&dev);
-        if (e != cudaSuccess) return e;
-        if (dev < 0 || dev >= 64 || !opted[vec][dev]) {
-            e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-            if (e != cudaSuccess) return e;
-            if (dev >= 0 && dev < 64) opted[vec][dev] = true;
-        }
-    }
+    const cudaError_t e =
+        vec ? mb_dense_opt_in<mb_kcuda_attn_flash_mma_kernel<HD, true>>(smem, smem)
+            : mb_dense_opt_in<mb_kcuda_attn_flash_mma_kernel<HD, false>>(smem, smem);
+    if (e != cudaSuccess) return e;
     const dim3 grid((unsigned)mb_dense_cdiv(a.n, MB_FAM_BQ), a.n_heads);
     mb_dense_launch(kern, grid, MB_FAM_THREADS, smem, stream, a);
     return cudaGetLastError();

@@ -75,10 +75,9 @@ template <typename W, int R>
 static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_t k, const float *x,
                                  float *y, const float *bias, int acc)
 {
-    const auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R>;
+    constexpr auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R>;
     const size_t smem = (size_t)R * k * sizeof(W);
-    if (mb_dense_opt_in<mb_kcuda_linear_gemv_staged_kernel<W, R>>(smem, mb_lin_stage_max()) !=
-        cudaSuccess)
+    if (mb_dense_opt_in<kern>(smem, mb_lin_stage_max()) != cudaSuccess)
         return; // the error stays for mb_dense_launched
     mb_dense_launch(kern, (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, smem, s, w, m, k, x,
                     y, bias, acc);
