@@ -960,10 +960,13 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
     const size_t d = c->d_model, ld = fc->qkv_dim;
     const int nig = norm_in_gemv(fc, n) && D->wqkv.w;
     const int il = c->rope_interleaved != 0;
+    const dev_mat *wo = &D->wo;
+    const int wo_staged = n == 1 && wo->w && mb_kcuda_linear_staged(wo->dtype, wo->rows, wo->cols);
     const mb_kcuda_attn_shape s = {.n_heads = c->n_heads,
                                    .window = fc->window,
                                    .scale = (float)(1.0 / sqrt((double)c->head_dim)),
-                                   .merge_done = fc->fuse_merge ? fc->merge_done : NULL};
+                                   .merge_done = fc->fuse_merge ? fc->merge_done : NULL,
+                                   .next_early = wo_staged};
     const uint32_t *p =
         use_graph(fc, n) ? fc->pos_dev : NULL; /* a graph reads the position on the device */
     if (nig) {
@@ -988,12 +991,10 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
          * pass and attention, latency-bound, run; a staged o_proj streams
          * its own into shared memory then. */
         if (fc->l2_prefetch && n == 1) {
-            const dev_mat *wo = &D->wo;
-            if (wo->w && mb_kcuda_linear_staged(wo->dtype, wo->rows, wo->cols)) wo = NULL;
             /* With l2_keep: this layer's QKV lines, read by now, back to
              * normal priority (the last layer's too), the next layer's kept. */
             const int keep = fc->l2_keep && fc->local_step;
-            MB_TRY(side_prefetch(fc, NULL, wo, &D->router,
+            MB_TRY(side_prefetch(fc, NULL, wo_staged ? NULL : wo, &D->router,
                                  keep && l + 1 < c->n_layers ? &fc->layers[l + 1].wqkv : NULL,
                                  keep ? W : NULL, 1));
         }

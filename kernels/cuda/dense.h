@@ -111,6 +111,11 @@ typedef struct {
      * row's chunks in the block that finishes them last instead of in a
      * second kernel (the same log-sum-exp, summed in chunk order). */
     unsigned *merge_done;
+    /* 1: the caller's next kernel stages its weights before its wait (one
+     * token's mb_kcuda_linear where mb_kcuda_linear_staged says so): the
+     * split-K decode's merge then lets it launch before the merge itself
+     * waits, so those weights stream in while the attention runs. */
+    int next_early;
 } mb_kcuda_attn_shape;
 #define MB_KCUDA_ATTN_MERGE_COUNTERS(n_heads) (8u * (n_heads))
 /* The largest head_dim attention (and the fused head pass) takes. */

@@ -282,6 +282,7 @@ static mb_attn_args mb_attn_args_for(const mb_kcuda_kv *kv, const mb_kcuda_attn_
     a.ldq = ldq;
     a.out = out;
     a.ldo = ldo;
+    a.next_early = s->next_early;
     a.done = s->merge_done;
     return a;
 }

@@ -375,9 +375,9 @@ __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
 #define MB_MERGE_MAX_SPLIT 1024 // chunks the weights' shared memory holds; more: a second pass
 #define MB_MERGE_REGS 16        // float4 of outputs a thread may hold from the start
 // pos_early (mb_dense_preload 'm'): the position, which no kernel of the
-// step writes, is read before the wait for the attention. early (preload
-// 's'): the next kernel (o_proj, staged) launches before that wait, so
-// that its weights stream in while the attention runs.
+// step writes, is read before the wait for the attention. early (one
+// token, a.next_early): the next kernel (o_proj, staged) launches before
+// that wait, so that its weights stream in while the attention runs.
 __global__ void __launch_bounds__(MB_ATTN_DEC_THREADS)
     mb_kcuda_attn_merge_kernel(const mb_attn_args a, uint32_t want, uint32_t n_split,
                                const float *__restrict__ work, int pos_early, int early)
@@ -525,7 +525,6 @@ cudaError_t mb_kcuda_attn_decode_launch(const mb_attn_args &a, uint32_t n_hgroup
     if (e != cudaSuccess || n_split == 1 || a.done) return e; // a.done: merged by the last blocks
     const dim3 mgrid(a.n_heads, a.n);
     mb_dense_launch(mb_kcuda_attn_merge_kernel, mgrid, MB_ATTN_DEC_THREADS, 0, stream, a, want,
-                    n_split, work, (int)mb_dense_preload('m'),
-                    (int)(a.n == 1 && mb_dense_preload('s'))); // one token: o_proj staged next
+                    n_split, work, (int)mb_dense_preload('m'), (int)(a.n == 1 && a.next_early));
     return cudaGetLastError();
 }

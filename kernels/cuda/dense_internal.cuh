@@ -283,6 +283,7 @@ struct mb_attn_args {
     size_t ldo;
     unsigned
         *done; // decode: merge in the last block of a row group (mb_kcuda_attn_shape.merge_done)
+    int next_early; // mb_kcuda_attn_shape.next_early
 };
 
 #define MB_ATTN_MAX_HD 256  // head_dim attention takes
