@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
 for s in X=default MB_CUDA_PRELOAD=rhams X=default MB_CUDA_PRELOAD=rhams \
-    MB_CUDA_ATTN_HEADS=4 MB_CUDA_GEMV1_RP=8 MB_CUDA_L2PF_EACH=2; do
+    MB_CUDA_ATTN_HEADS=4 MB_CUDA_L2PF_EACH=2; do
     row "$s"
 done
 dense_tests dense_cuda-round17.txt MB_CUDA_PRELOAD=ngrhams MB_CUDA_ATTN_HEADS=4 MB_CUDA_L2PF_EACH=2 \

@@ -45,17 +45,14 @@ template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
 // lm_head (32768 x 2048) 45.9 against 49.1, while o_proj (2048 x 4096,
 // no norm) took 14.9 against 7.5 (test_dense_cuda --bench, cold rows).
 // Otherwise mb_lin_rows. MB_CUDA_GEMV1_R (4, 8 or 16; read once) forces
-// the rows from 2048 on; MB_CUDA_GEMV1_RP those without a norm only
-// (o_proj, whose weights come from L2 in a decode step).
+// the rows from 2048 on (8: 0.215 against 0.202 ms of dense decode on the
+// H100, round 20). (o_proj's own knob went with round 17's staged GEMV,
+// which takes o_proj by default: 8 rows had measured 0.206 against 0.205.)
 static inline int mb_lin_rows1(uint32_t m, bool norm)
 {
-    const auto rows = [](const char *name) {
-        const int v = mb_dense_env_int(name, 4, 16, 0);
-        return v == 4 || v == 8 || v == 16 ? v : 0;
-    };
-    static const int forced = rows("MB_CUDA_GEMV1_R"), forced_plain = rows("MB_CUDA_GEMV1_RP");
+    static const int v = mb_dense_env_int("MB_CUDA_GEMV1_R", 4, 16, 0),
+                     forced = v == 4 || v == 8 || v == 16 ? v : 0;
     if (forced && m >= 2048) return forced;
-    if (forced_plain && !norm && m >= 2048) return forced_plain;
     return norm && m / 16 >= 264 ? 16 : mb_lin_rows(m);
 }
 
