@@ -6,9 +6,9 @@
 #   ab CASE ARGS -- SETTING...       bench_e2e_device ARGS --cases CASE once
 #                                    per setting (VAR=VALUE, or X=default),
 #                                    a row each
-#   row "VAR=1 VAR2=2"               one row of the decode A/B (case gpu,
-#                                    4 layers, prompt 1024, gen 64) with
-#                                    those settings (or X=default)
+#   row SETTING...                   a row of the decode A/B (case gpu,
+#                                    4 layers, prompt 1024, gen 64) per
+#                                    setting ("VAR=1 VAR2=2", or X=default)
 #   parity TAG                       ctest test_parity_device into
 #                                    $OUT/parity_device-TAG.txt
 #   trace TAG ARGS                   the decode step's kernel timeline
@@ -41,9 +41,12 @@ ab() {
 }
 
 row() {
-    env $1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 64 --no-cpu-coord \
-        --cases gpu > "$OUT/ab.txt" 2>&1
-    echo "== $1 rc=$? $(grep -E '^cuda ' "$OUT/ab.txt")"
+    local s
+    for s in "$@"; do
+        env $s timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 64 \
+            --no-cpu-coord --cases gpu > "$OUT/ab.txt" 2>&1
+        echo "== $s rc=$? $(grep -E '^cuda ' "$OUT/ab.txt")"
+    done
     rm -f "$OUT/ab.txt"
 }
 

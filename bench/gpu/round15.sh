@@ -9,9 +9,7 @@ set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
-for s in X=default MB_CUDA_FUSE_ATTN=1 MB_CUDA_FUSE_MERGE=1 "MB_CUDA_FUSE_ATTN=1 MB_CUDA_FUSE_MERGE=1" \
-    X=default MB_CUDA_ATTN_BLOCKS=132 MB_CUDA_ATTN_BLOCKS=64 MB_CUDA_FUSE_ATTN=1 X=default; do
-    row "$s"
-done
+row X=default MB_CUDA_FUSE_ATTN=1 MB_CUDA_FUSE_MERGE=1 "MB_CUDA_FUSE_ATTN=1 MB_CUDA_FUSE_MERGE=1" \
+    X=default MB_CUDA_ATTN_BLOCKS=132 MB_CUDA_ATTN_BLOCKS=64 MB_CUDA_FUSE_ATTN=1 X=default
 full_e2e round15
 echo "total $(( $(date +%s) - t0 )) s"

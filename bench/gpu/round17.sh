@@ -11,10 +11,8 @@ set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
-for s in X=default MB_CUDA_PRELOAD=rhams X=default MB_CUDA_PRELOAD=rhams \
-    MB_CUDA_ATTN_HEADS=4 MB_CUDA_L2PF_EACH=2; do
-    row "$s"
-done
+row X=default MB_CUDA_PRELOAD=rhams X=default MB_CUDA_PRELOAD=rhams \
+    MB_CUDA_ATTN_HEADS=4 MB_CUDA_L2PF_EACH=2
 dense_tests dense_cuda-round17.txt MB_CUDA_PRELOAD=ngrhams MB_CUDA_ATTN_HEADS=4 MB_CUDA_L2PF_EACH=2 \
     MB_DENSE_TESTS=linear,attention,merge
 trace round17 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu

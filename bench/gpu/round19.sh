@@ -9,10 +9,8 @@ set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
-for s in X=default MB_CUDA_FUSE_QKV=1 MB_CUDA_FUSE_MERGE=1 "MB_CUDA_FUSE_MERGE=1 MB_CUDA_ATTN_BLOCKS=64" \
+row X=default MB_CUDA_FUSE_QKV=1 MB_CUDA_FUSE_MERGE=1 "MB_CUDA_FUSE_MERGE=1 MB_CUDA_ATTN_BLOCKS=64" \
     "MB_CUDA_FUSE_MERGE=1 MB_CUDA_ATTN_BLOCKS=128" X=default MB_CUDA_PRELOAD=nrhams \
-    MB_CUDA_ATTN_BLOCKS=396 "MB_CUDA_FUSE_QKV=1 MB_CUDA_FUSE_MERGE=1"; do
-    row "$s"
-done
+    MB_CUDA_ATTN_BLOCKS=396 "MB_CUDA_FUSE_QKV=1 MB_CUDA_FUSE_MERGE=1"
 full_e2e round19
 echo "total $(( $(date +%s) - t0 )) s"

@@ -10,9 +10,7 @@ set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
-for s in X=default MB_CUDA_GEMV1_R=8 X=default MB_CUDA_GEMV1_R=8; do
-    row "$s"
-done
+row X=default MB_CUDA_GEMV1_R=8 X=default MB_CUDA_GEMV1_R=8
 (cd $B && timeout 330 ctest -R "test_dense_cuda|test_parity_device" --timeout 300 --output-on-failure \
     > "$OUT/ctest-cuda-round20.txt" 2>&1; echo "== ctest rc=$? ($(( $(date +%s) - t0 )) s)")
 grep -E "Test +#|tests passed|Failed" "$OUT/ctest-cuda-round20.txt" | head -12

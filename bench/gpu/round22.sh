@@ -10,9 +10,7 @@ set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
-for s in X=default MB_CUDA_L2_KEEP=1 X=default MB_CUDA_L2_KEEP=1; do
-    row "$s"
-done
+row X=default MB_CUDA_L2_KEEP=1 X=default MB_CUDA_L2_KEEP=1
 dense_tests dense_cuda-round22.txt MB_DENSE_TESTS=refusals
 MB_CUDA_L2_KEEP=1 parity round22-keep
 MB_CUDA_L2_KEEP=1 trace round22-keep --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
