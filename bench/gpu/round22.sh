@@ -12,6 +12,8 @@ export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
 row X=default MB_CUDA_L2_KEEP=1 X=default MB_CUDA_L2_KEEP=1
 dense_tests dense_cuda-round22.txt MB_DENSE_TESTS=refusals
+dense_tests dense_cuda-round22-all.txt X=default
 MB_CUDA_L2_KEEP=1 parity round22-keep
+trace round22 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
 MB_CUDA_L2_KEEP=1 trace round22-keep --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
 echo "total $(( $(date +%s) - t0 )) s"

@@ -155,6 +155,12 @@ struct mb_fwd_cuda {
      * first, and returns this layer's (read by now) to normal priority
      * (mb_kcuda_l2_keep). */
     int l2_keep;
+    /* >= 0 (MB_CUDA_L2_EXPERTS=N, with l2_prefetch; round 23, measuring):
+     * with the experts on this GPU, the side stream asks L2 for the next
+     * layer's QKV weights N us after the experts start (their down
+     * projection reads at about half the copy bound), with l2_keep's
+     * priority where that is on; -1: off. */
+    int l2_experts;
     /* 1 (unless MB_CUDA_ROUTE_PAIRS=0, with fuse): a one-token step with
      * local experts has the router's last block write their pairs and
      * start mark (route_paired), with no launches of their own. */
@@ -713,6 +719,9 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
     const char *lk = getenv("MB_CUDA_L2_KEEP");
     fc->l2_keep = fc->l2_prefetch && lk && strcmp(lk, "1") == 0;
+    const char *le = getenv("MB_CUDA_L2_EXPERTS");
+    fc->l2_experts = fc->l2_prefetch && le && *le ? atoi(le) : -1;
+    if (fc->l2_experts > 1000) fc->l2_experts = 1000;
     const char *rp = getenv("MB_CUDA_ROUTE_PAIRS");
     fc->route_pairs = fc->fuse && !(rp && strcmp(rp, "0") == 0);
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
@@ -995,7 +1004,9 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
              * normal priority (the last layer's too), the next layer's kept. */
             const int keep = fc->l2_keep && fc->local_step;
             MB_TRY(side_prefetch(fc, NULL, wo_staged ? NULL : wo, &D->router,
-                                 keep && l + 1 < c->n_layers ? &fc->layers[l + 1].wqkv : NULL,
+                                 keep && fc->l2_experts < 0 && l + 1 < c->n_layers
+                                     ? &fc->layers[l + 1].wqkv
+                                     : NULL,
                                  keep ? W : NULL, 1));
         }
     } else {
@@ -1141,18 +1152,32 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
 }
 
 /* The local experts of layer l, from xfer's xn | ids | gate into moe. */
+static mb_status side_join(mb_fwd_cuda *fc);
+
 static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
     (void)pos;
     const size_t d = fc->cfg.d_model, k = fc->cfg.top_k;
     float *xn = fc->xfer;
+    const dev_mat *next = l + 1 < fc->cfg.n_layers ? &fc->layers[l + 1].wqkv : NULL;
+    const int pf = fc->l2_experts >= 0 && n == 1 && next && next->w;
+    if (pf) {
+        cudaError_t e = cudaEventRecord(fc->fork, fc->stream);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, fc->fork, 0);
+        if (e == cudaSuccess)
+            e = (cudaError_t)mb_kcuda_l2_prefetch_late(fc->side, next->w, dev_mat_bytes(next),
+                                                       fc->l2_keep, (uint32_t)fc->l2_experts * 1000u);
+        if (e == cudaSuccess) e = cudaEventRecord(fc->join, fc->side);
+        if (e != cudaSuccess) return fail(fc, e, "prefetching weights into L2");
+        fc->side_pending = 1;
+    }
     if (route_paired(fc, n))
         K(mb_cuda_local_moe_enqueue_paired(fc->local, fc->stream, l, xn, n, fc->moe));
     else
         K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, (const int32_t *)(xn + n * d),
                                     xn + n * (d + k), n, fc->moe));
     prof_mark(fc, "local experts (same device)");
-    return MB_STATUS_OK;
+    return pf ? side_join(fc) : MB_STATUS_OK;
 }
 
 /* The side stream's work joined back: before a segment ends (a graph's

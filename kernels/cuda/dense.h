@@ -302,6 +302,11 @@ int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes);
 int mb_kcuda_l2_keep(void *stream, const void *p, size_t bytes, const void *drop,
                      size_t drop_bytes);
 
+/* mb_kcuda_l2_prefetch (keep: with mb_kcuda_l2_keep's evict_last
+ * priority) asked delay_ns after the kernel starts: for a side stream forked
+ * where the bytes it would compete with are still streaming. Hints only. */
+int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes, int keep, uint32_t delay_ns);
+
 /* dst[i] = src[i] for i < count (32-bit words; dst may be pinned host
  * memory), then src[i] = 0 for zero_from <= i < count: counters and clock
  * stamps handed to the host and reset in one launch, where a copy and a

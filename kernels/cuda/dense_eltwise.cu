@@ -72,9 +72,17 @@ extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
 // an instruction (mb_kcuda_l2_keep).
 __global__ void __launch_bounds__(MB_L2PF_THREADS)
     mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes, int keep, const char *drop,
-                                size_t drop_bytes)
+                                size_t drop_bytes, uint32_t delay_ns)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (delay_ns) { // asked later than launched: a block's clock from its start
+        unsigned long long t0, t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+        do {
+            __nanosleep(256);
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        } while (t - t0 < delay_ns);
+    }
     const size_t tid = (size_t)blockIdx.x * MB_L2PF_THREADS + threadIdx.x,
                  threads = (size_t)gridDim.x * MB_L2PF_THREADS;
     unsigned long long pol = 0;
@@ -97,12 +105,12 @@ __global__ void __launch_bounds__(MB_L2PF_THREADS)
             asm volatile("applypriority.global.L2::evict_normal [%0], 128;" ::"l"(drop + off)
                          : "memory");
 #else
-    (void)p, (void)bytes, (void)keep, (void)drop, (void)drop_bytes;
+    (void)p, (void)bytes, (void)keep, (void)drop, (void)drop_bytes, (void)delay_ns;
 #endif
 }
 
 static int mb_l2_prefetch_launch(void *stream, const void *p, size_t bytes, int keep,
-                                 const void *drop, size_t drop_bytes);
+                                 const void *drop, size_t drop_bytes, uint32_t delay_ns = 0);
 
 extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
 {
@@ -122,8 +130,14 @@ extern "C" int mb_kcuda_l2_keep(void *stream, const void *p, size_t bytes, const
     return mb_l2_prefetch_launch(stream, p, bytes, 1, drop, drop_bytes);
 }
 
+extern "C" int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes, int keep,
+                                         uint32_t delay_ns)
+{
+    return mb_l2_prefetch_launch(stream, p, bytes, keep != 0, nullptr, 0, delay_ns);
+}
+
 static int mb_l2_prefetch_launch(void *stream, const void *p, size_t bytes, int keep,
-                                 const void *drop, size_t drop_bytes)
+                                 const void *drop, size_t drop_bytes, uint32_t delay_ns)
 {
     if (!p || ((uintptr_t)p & 15)) return (int)cudaErrorInvalidValue;
     if (bytes < 16 && !(drop && drop_bytes >= 128)) return 0;
@@ -140,7 +154,7 @@ static int mb_l2_prefetch_launch(void *stream, const void *p, size_t bytes, int 
     const size_t most = (size_t)(128 / each);
     const unsigned blocks = (unsigned)(want < most ? want : most);
     mb_kcuda_l2_prefetch_kernel<<<blocks, MB_L2PF_THREADS, 0, mb_dense_stream(stream)>>>(
-        (const char *)p, bytes, keep, (const char *)drop, drop ? drop_bytes : 0);
+        (const char *)p, bytes, keep, (const char *)drop, drop ? drop_bytes : 0, delay_ns);
     return mb_dense_launched();
 }
 
