@@ -238,6 +238,44 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
             }
         };
         uint32_t c0 = tid;
+        if constexpr (STAGE) {
+            // Row by row from shared memory: R x V weights need not sit in
+            // registers at once (a staged block may own 40 rows); each
+            // row's products still add in chunk(c)'s order.
+            for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS) {
+                float nv[V];
+                if constexpr (NORM) mb_loadv<float, V, VEC>(nrm.nw + (size_t)c * V, nv);
+#pragma unroll
+                for (int i = 0; i < NT; i++) {
+                    if (i >= nt) break;
+                    float xv[V];
+                    mb_loadv<float, V, VEC>(x + (t0 + i) * ldx + (size_t)c * V, xv);
+                    if constexpr (NORM) {
+                        if (nrm.a) {
+                            float av[V];
+                            mb_loadv<float, V, VEC>(nrm.a + (t0 + i) * ldx + (size_t)c * V, av);
+#pragma unroll
+                            for (int v = 0; v < V; v++)
+                                xv[v] += av[v];
+                        }
+#pragma unroll
+                        for (int v = 0; v < V; v++) {
+                            ss[i] += (double)xv[v] * (double)xv[v];
+                            xv[v] *= nv[v];
+                        }
+                    }
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        float wv[V];
+                        mb_lin_unpack16<W, V>(stage[(size_t)r * chunks + c], wv);
+#pragma unroll
+                        for (int v = 0; v < V; v++)
+                            acc[r][i] += wv[v] * xv[v];
+                    }
+                }
+            }
+            c0 = chunks; // nothing left for the loop below
+        }
         if (PRE && t0 == 0) { // the preloaded chunks first
 #pragma unroll
             for (int p = 0; p < (PRE ? PI : 0); p++)
@@ -247,17 +285,15 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
         }
         // PI chunks' loads in flight a thread: two, one with 16 rows (whose
         // 64 registers of raw weights are already enough in flight).
+        if constexpr (!STAGE) {
 #pragma unroll(PI)
-        for (uint32_t c = c0; c < chunks; c += MB_LIN_GEMV_THREADS) {
-            float wv[R][V];
+            for (uint32_t c = c0; c < chunks; c += MB_LIN_GEMV_THREADS) {
+                float wv[R][V];
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                if constexpr (STAGE)
-                    mb_lin_unpack16<W, V>(stage[(size_t)r * chunks + c], wv[r]);
-                else
+                for (int r = 0; r < R; r++)
                     mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
+                chunk(c, wv);
             }
-            chunk(c, wv);
         }
 #pragma unroll
         for (int r = 0; r < R; r++)

@@ -105,7 +105,9 @@ static inline int mb_dense_env_int(const char *name, int lo, int hi, int dflt)
 // other one-token GEMVs (o_proj), r the router, h the head pass, a the
 // decode attention, m its merge, s the one-token GEMVs without a norm
 // (o_proj) staging all their weights in shared memory while the attention
-// runs (mb_lin_staged); default "rhams" ("0" none): on an H200
+// runs (mb_lin_staged), q those with a norm (QKV) doing so while the local
+// experts run (their end stamp lets it launch early; round 23, measuring);
+// default "rhams" ("0" none): on an H200
 // (round 14) n cost 0.011 ms of the dense decode step (QKV's weights then
 // race the experts' before it) and g gained nothing; s gained 0.002 ms on
 // the H100 (round 17). Only where PDL is

@@ -36,24 +36,32 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
 }
 
 // The staged one-token GEMV (mb_lin_staged): the block's rows stream into
-// shared memory before the wait.
-template <typename W, int R>
+// shared memory before the wait. NORM: the RMSNorm folded in, as
+// mb_kcuda_linear_gemv_kernel's.
+template <typename W, int R, bool NORM>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_gemv_staged_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                        const float *__restrict__ x, float *__restrict__ y,
-                                       const float *__restrict__ bias, int accumulate)
+                                       const float *__restrict__ bias, int accumulate,
+                                       const mb_lin_norm nrm)
 {
-    mb_lin_gemv_block<W, R, true, false, 1, false, true>(w, m, k, x, k, 1, y, m, bias, accumulate);
+    float scale[1];
+    mb_lin_gemv_block<W, R, true, NORM, 1, false, true>(w, m, k, x, k, 1, y, m, bias, accumulate,
+                                                        nrm, scale);
+    if constexpr (NORM) mb_lin_norm_store_xn(x, k, 1, k, nrm, scale);
 }
 
 #define MB_LIN_STAGE_MAX (160u * 1024u) // shared bytes a staged block may take
 
-// Rows a block of the staged one-token GEMV (no norm, 16-byte chunks, the
-// preload letter s): the fewest of 4, 8, 16 that fit the grid in one wave
-// of a block an SM, where those rows' weights fit mb_lin_stage_max(); else 0,
-// the plain GEMV. One wave, so that every block is running, its weights in
-// flight, while the attention before it runs (its merge launches it
-// early); o_proj at 2048 rows of 4096 bf16 on 132 SMs: 16 rows, 128 KB.
+// Rows a block of the staged one-token GEMV (16-byte chunks): the fewest
+// of mb_lin_stage_rows that fit the grid in one wave of a block an SM,
+// where those rows' weights fit mb_lin_stage_max(); else 0, the plain
+// GEMV. One wave, so that every block is running, its weights in flight,
+// while the kernels before it run. Without a norm (preload letter s):
+// o_proj, launched early by the merge, at 2048 rows of 4096 bf16 on 132
+// SMs takes 16 rows, 128 KB. With one (letter q): the QKV projection,
+// launched early by the local experts' end stamp (mb_kcuda_stamp),
+// at 5120 rows of 2048 bf16 takes 40 rows, 160 KB.
 // The most a staged block takes: MB_LIN_STAGE_MAX, or less where the
 // device allows less (its opt-in bound less 4 KiB for the static arrays).
 static size_t mb_lin_stage_max(void)
@@ -62,25 +70,44 @@ static size_t mb_lin_stage_max(void)
     return optin < MB_LIN_STAGE_MAX + 4096 ? (optin > 4096 ? optin - 4096 : 0) : MB_LIN_STAGE_MAX;
 }
 
-static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize)
+static const int mb_lin_stage_rows[] = {4, 8, 16, 24, 32, 40, 48};
+
+static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm)
 {
-    if (!mb_dense_preload('s')) return 0;
+    if (!mb_dense_preload(norm ? 'q' : 's')) return 0;
     const size_t sms = (size_t)mb_dense_sms();
-    for (int r = 4; r <= 16; r *= 2)
+    for (int r : mb_lin_stage_rows)
         if (mb_dense_cdiv(m, r) <= sms) return (size_t)r * k * wsize <= mb_lin_stage_max() ? r : 0;
     return 0;
 }
 
-template <typename W, int R>
+template <typename W, int R, bool NORM>
 static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_t k, const float *x,
-                                 float *y, const float *bias, int acc)
+                                 float *y, const float *bias, int acc, const mb_lin_norm &nrm)
 {
-    constexpr auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R>;
+    constexpr auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R, NORM>;
     const size_t smem = (size_t)R * k * sizeof(W);
     if (mb_dense_opt_in<kern>(smem, mb_lin_stage_max()) != cudaSuccess)
         return; // the error stays for mb_dense_launched
     mb_dense_launch(kern, (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, smem, s, w, m, k, x,
-                    y, bias, acc);
+                    y, bias, acc, nrm);
+}
+
+// The staged GEMV with rows rows a block (mb_lin_staged's answer).
+template <typename W, bool NORM>
+static void mb_lin_staged_by_rows(int rows, cudaStream_t s, const W *w, uint32_t m, uint32_t k,
+                                  const float *x, float *y, const float *bias, int acc,
+                                  const mb_lin_norm &nrm)
+{
+    switch (rows) {
+    case 4: return mb_lin_staged_launch<W, 4, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    case 8: return mb_lin_staged_launch<W, 8, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    case 16: return mb_lin_staged_launch<W, 16, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    case 24: return mb_lin_staged_launch<W, 24, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    case 32: return mb_lin_staged_launch<W, 32, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    case 40: return mb_lin_staged_launch<W, 40, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    default: return mb_lin_staged_launch<W, 48, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    }
 }
 
 #define MB_LIN_BM 64 // tokens per tile
@@ -172,14 +199,11 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
                         const float *bias, int acc, const mb_lin_norm *nrm = nullptr)
 {
     const mb_lin_norm none = {};
-    if (vec && n == 1 && !nrm && ldx == k && ldy >= m) {
-        switch (mb_lin_staged(m, k, sizeof(W))) {
-        case 4:
-            return mb_lin_staged_launch<W, 4>(s, w, m, k, x, y, bias, acc);
-        case 8:
-            return mb_lin_staged_launch<W, 8>(s, w, m, k, x, y, bias, acc);
-        case 16:
-            return mb_lin_staged_launch<W, 16>(s, w, m, k, x, y, bias, acc);
+    if (vec && n == 1 && ldx == k && ldy >= m) {
+        if (const int rows = mb_lin_staged(m, k, sizeof(W), nrm != nullptr)) {
+            if (nrm)
+                return mb_lin_staged_by_rows<W, true>(rows, s, w, m, k, x, y, bias, acc, *nrm);
+            return mb_lin_staged_by_rows<W, false>(rows, s, w, m, k, x, y, bias, acc, none);
         }
     }
     const bool pre = vec && n == 1 && mb_dense_preload(nrm ? 'n' : 'g');
@@ -246,7 +270,7 @@ extern "C" int mb_kcuda_linear_staged(int wdtype, uint32_t m, uint32_t k)
     const size_t wsize = wdtype == MB_KCUDA_F32                              ? 4
                          : wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16 ? 2
                                                                              : 0;
-    return wsize && mb_lin_staged(m, k, wsize) != 0;
+    return wsize && mb_lin_staged(m, k, wsize, false) != 0;
 }
 
 extern "C" int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k,

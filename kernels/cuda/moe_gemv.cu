@@ -121,6 +121,13 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
                              const mb_kcuda_pair *__restrict__ pairs, const int32_t *__restrict__ pair_pos,
                              const float *__restrict__ h, P *__restrict__ out, int K, int N, int n_single)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // A kernel launched after it with programmatic serialization (the
+    // coordinator's end stamp, then its staged QKV projection) may start
+    // now; it waits for this grid's completion before it reads anything
+    // this one writes. Without such a kernel, nothing changes.
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const int t = blockIdx.y;
     const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
