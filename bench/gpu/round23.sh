@@ -15,6 +15,6 @@ Q=MB_CUDA_PRELOAD=rhamsq
 row X=default $Q MB_CUDA_L2_EXPERTS=0 MB_CUDA_L2_EXPERTS=12 X=default $Q \
     "MB_CUDA_L2_EXPERTS=12 MB_CUDA_L2_KEEP=1"
 dense_tests dense_cuda-round23-q.txt $Q MB_DENSE_TESTS=linear,norm_in,fused,refusals
-$Q parity round23-q
-$Q trace round23-q --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
+MB_CUDA_PRELOAD=rhamsq parity round23-q
+MB_CUDA_PRELOAD=rhamsq trace round23-q --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
 echo "total $(( $(date +%s) - t0 )) s"
