@@ -207,80 +207,63 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
         const int nt = (int)min((uint32_t)NT, n - t0);
         float acc[R][NT] = {};
         double ss[NT] = {};
-        // Chunk c's products with weights wv, added in ascending c.
-        const auto chunk = [&](uint32_t c, const float(&wv)[R][V]) {
+        // Token i's chunk c of the input (with the norm: its addend added,
+        // its squares summed, its weights nv applied) into xv.
+        const auto input = [&](uint32_t c, int i, const float(&nv)[V], float(&xv)[V]) {
+            mb_loadv<float, V, VEC>(x + (t0 + i) * ldx + (size_t)c * V, xv);
+            if constexpr (NORM) {
+                if (nrm.a) {
+                    float av[V];
+                    mb_loadv<float, V, VEC>(nrm.a + (t0 + i) * ldx + (size_t)c * V, av);
+#pragma unroll
+                    for (int v = 0; v < V; v++)
+                        xv[v] += av[v];
+                }
+#pragma unroll
+                for (int v = 0; v < V; v++) {
+                    ss[i] += (double)xv[v] * (double)xv[v];
+                    xv[v] *= nv[v];
+                }
+            }
+        };
+        // Chunk c's products with weights wv(r, row r's V floats), added in
+        // ascending c. A staged block reads a row at a time from shared
+        // memory, so R x V weights need not sit in registers at once (it
+        // may own 40 rows); the order of each row's products is the same.
+        const auto chunk = [&](uint32_t c, auto &&wv) {
             float nv[V];
             if constexpr (NORM) mb_loadv<float, V, VEC>(nrm.nw + (size_t)c * V, nv);
 #pragma unroll
             for (int i = 0; i < NT; i++) {
                 if (i >= nt) break;
                 float xv[V];
-                mb_loadv<float, V, VEC>(x + (t0 + i) * ldx + (size_t)c * V, xv);
-                if constexpr (NORM) {
-                    if (nrm.a) {
-                        float av[V];
-                        mb_loadv<float, V, VEC>(nrm.a + (t0 + i) * ldx + (size_t)c * V, av);
+                input(c, i, nv, xv);
 #pragma unroll
-                        for (int v = 0; v < V; v++)
-                            xv[v] += av[v];
-                    }
-#pragma unroll
-                    for (int v = 0; v < V; v++) {
-                        ss[i] += (double)xv[v] * (double)xv[v];
-                        xv[v] *= nv[v];
-                    }
-                }
-#pragma unroll
-                for (int r = 0; r < R; r++)
+                for (int r = 0; r < R; r++) {
+                    float w1[V];
+                    wv(r, w1);
 #pragma unroll
                     for (int v = 0; v < V; v++)
-                        acc[r][i] += wv[r][v] * xv[v];
+                        acc[r][i] += w1[v] * xv[v];
+                }
             }
         };
         uint32_t c0 = tid;
-        if constexpr (STAGE) {
-            // Row by row from shared memory: R x V weights need not sit in
-            // registers at once (a staged block may own 40 rows); each
-            // row's products still add in chunk(c)'s order.
-            for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS) {
-                float nv[V];
-                if constexpr (NORM) mb_loadv<float, V, VEC>(nrm.nw + (size_t)c * V, nv);
-#pragma unroll
-                for (int i = 0; i < NT; i++) {
-                    if (i >= nt) break;
-                    float xv[V];
-                    mb_loadv<float, V, VEC>(x + (t0 + i) * ldx + (size_t)c * V, xv);
-                    if constexpr (NORM) {
-                        if (nrm.a) {
-                            float av[V];
-                            mb_loadv<float, V, VEC>(nrm.a + (t0 + i) * ldx + (size_t)c * V, av);
-#pragma unroll
-                            for (int v = 0; v < V; v++)
-                                xv[v] += av[v];
-                        }
-#pragma unroll
-                        for (int v = 0; v < V; v++) {
-                            ss[i] += (double)xv[v] * (double)xv[v];
-                            xv[v] *= nv[v];
-                        }
-                    }
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        float wv[V];
-                        mb_lin_unpack16<W, V>(stage[(size_t)r * chunks + c], wv);
-#pragma unroll
-                        for (int v = 0; v < V; v++)
-                            acc[r][i] += wv[v] * xv[v];
-                    }
-                }
-            }
-            c0 = chunks; // nothing left for the loop below
+        if constexpr (STAGE) { // every chunk from shared memory
+            for (uint32_t c = tid; c < chunks; c += MB_LIN_GEMV_THREADS)
+                chunk(c, [&](int r, float(&o)[V]) {
+                    mb_lin_unpack16<W, V>(stage[(size_t)r * chunks + c], o);
+                });
         }
         if (PRE && t0 == 0) { // the preloaded chunks first
 #pragma unroll
             for (int p = 0; p < (PRE ? PI : 0); p++)
                 if (tid + p * MB_LIN_GEMV_THREADS < chunks)
-                    chunk(tid + p * MB_LIN_GEMV_THREADS, wpre[p]);
+                    chunk(tid + p * MB_LIN_GEMV_THREADS, [&](int r, float(&o)[V]) {
+#pragma unroll
+                        for (int v = 0; v < V; v++)
+                            o[v] = wpre[p][r][v];
+                    });
             c0 = tid + PI * MB_LIN_GEMV_THREADS;
         }
         // PI chunks' loads in flight a thread: two, one with 16 rows (whose
@@ -292,7 +275,11 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
 #pragma unroll
                 for (int r = 0; r < R; r++)
                     mb_loadv<W, V, VEC>(wr[r] + (size_t)c * V, wv[r]);
-                chunk(c, wv);
+                chunk(c, [&](int r, float(&o)[V]) {
+#pragma unroll
+                    for (int v = 0; v < V; v++)
+                        o[v] = wv[r][v];
+                });
             }
         }
 #pragma unroll
