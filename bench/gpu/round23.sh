@@ -13,7 +13,8 @@ cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
 Q=MB_CUDA_PRELOAD=rhamsq
-row X=default $Q MB_CUDA_L2_EXPERTS=12 X=default $Q "MB_CUDA_L2_EXPERTS=12 MB_CUDA_L2_KEEP=1" | tee "$OUT/rows23.txt"
+row X=default $Q MB_CUDA_L2_EXPERTS=12 X=default $Q "MB_CUDA_L2_EXPERTS=12 MB_CUDA_L2_KEEP=1" \
+    "$Q MB_CUDA_FUSE_ATTN=1" | tee "$OUT/rows23.txt"
 dense_tests dense_cuda-round23-q.txt $Q MB_DENSE_TESTS=linear,norm_in,fused,refusals
 MB_CUDA_PRELOAD=rhamsq parity round23-q
 MB_CUDA_PRELOAD=rhamsq trace round23-q --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
