@@ -19,7 +19,7 @@ dense_tests dense_cuda-round23-q.txt $Q MB_DENSE_TESTS=linear,norm_in,fused,refu
 MB_CUDA_PRELOAD=rhamsq parity round23-q
 MB_CUDA_PRELOAD=rhamsq trace round23-q --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
 # columns of a row: == SETTING rc=0 cuda gpu prefill decode step dense ...
-win=$(awk '/^== X=default/ {ds+=$(NF-4); dd+=$(NF-3); n++} /^== MB_CUDA_PRELOAD=rhamsq/ {qs+=$(NF-4); qd+=$(NF-3); m++}
+win=$(awk '/^== X=default rc=/ {ds+=$(NF-4); dd+=$(NF-3); n++} /^== MB_CUDA_PRELOAD=rhamsq rc=/ {qs+=$(NF-4); qd+=$(NF-3); m++}
     END {print (n && m && qs/m < ds/n && qd/m < dd/n) ? "q" : "default"}' "$OUT/rows23.txt")
 echo "== full bench with: $win"
 if [ "$win" = q ]; then MB_CUDA_PRELOAD=rhamsq full_e2e round23-q; else full_e2e round23; fi
