@@ -5,22 +5,19 @@
 # MB_CUDA_L2_KEEP=1 at evict_last priority), or staged in shared memory by
 # a QKV GEMV launched early (preload letter q: MB_CUDA_PRELOAD=rhamsq).
 # Rows alternating with the default (step ms as well as dense ms), then
-# test_dense_cuda and test_parity_device with q, its timeline, and the
-# full bench with q where its rows beat the default's on both figures.
+# test_dense_cuda and test_parity_device with q, the gpu case's JSON and
+# its timeline (no full bench: the session's device time ran short).
 #   bash bench/gpu/round23.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
 Q=MB_CUDA_PRELOAD=rhamsq
-row X=default $Q MB_CUDA_L2_EXPERTS=12 X=default $Q "MB_CUDA_L2_EXPERTS=12 MB_CUDA_L2_KEEP=1" \
-    "$Q MB_CUDA_FUSE_ATTN=1" | tee "$OUT/rows23.txt"
+row X=default $Q X=default $Q MB_CUDA_L2_EXPERTS=12 "$Q MB_CUDA_FUSE_ATTN=1"
 dense_tests dense_cuda-round23-q.txt $Q MB_DENSE_TESTS=linear,norm_in,fused,refusals
 MB_CUDA_PRELOAD=rhamsq parity round23-q
+MB_CUDA_PRELOAD=rhamsq timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 1024 --gen 64 --no-cpu-coord \
+    --cases gpu --json "$OUT/e2e_device-round23-q-gpu.json" > "$OUT/e2e_device-round23-q-gpu.txt" 2>&1
+grep -E "^device copy|^cuda |^dense" "$OUT/e2e_device-round23-q-gpu.txt"
 MB_CUDA_PRELOAD=rhamsq trace round23-q --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
-# columns of a row: == SETTING rc=0 cuda gpu prefill decode step dense ...
-win=$(awk '/^== X=default rc=/ {ds+=$(NF-4); dd+=$(NF-3); n++} /^== MB_CUDA_PRELOAD=rhamsq rc=/ {qs+=$(NF-4); qd+=$(NF-3); m++}
-    END {print (n && m && qs/m < ds/n && qd/m < dd/n) ? "q" : "default"}' "$OUT/rows23.txt")
-echo "== full bench with: $win"
-if [ "$win" = q ]; then MB_CUDA_PRELOAD=rhamsq full_e2e round23-q; else full_e2e round23; fi
 echo "total $(( $(date +%s) - t0 )) s"
