@@ -180,6 +180,19 @@ static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem
     if (fused) {
         const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, p->n_tokens);
         const mb_kcuda_pair *pairs = (const mb_kcuda_pair *)p->pairs;
+        // The SMs keep 164 KB of shared memory configured while this kernel
+        // (which takes none) runs, so that the blocks of a staged GEMV it
+        // lets launch early (its griddepcontrol) fit beside its own; a
+        // hint, set once a process (its first device).
+        static const bool carved = [] {
+            cudaFuncSetAttribute(mb_kcuda_down_combine_kernel<W, P, true>,
+                                 cudaFuncAttributePreferredSharedMemoryCarveout, 72);
+            cudaFuncSetAttribute(mb_kcuda_down_combine_kernel<W, P, false>,
+                                 cudaFuncAttributePreferredSharedMemoryCarveout, 72);
+            (void)cudaGetLastError();
+            return true;
+        }();
+        (void)carved;
         if (vec_ff)
             mb_kcuda_down_combine_kernel<W, P, true><<<g2, blk, 0, stream>>>(
                 p->slots, single ? nullptr : ws->tok_off, pairs, ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
