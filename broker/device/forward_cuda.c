@@ -148,18 +148,11 @@ struct mb_fwd_cuda {
      * of the layer's segment A; with the experts elsewhere, the next
      * layer's QKV weights while the host waits (side_prefetch). */
     int l2_prefetch, side_pending;
-    /* 1 (MB_CUDA_L2_KEEP=1, with l2_prefetch; written after round 21, not
-     * yet run on a GPU): with the experts on this GPU, the side stream also
-     * asks L2 for the next layer's QKV weights during the attention, with
-     * evict_last priority so that the experts' stream evicts its own lines
-     * first, and returns this layer's (read by now) to normal priority
-     * (mb_kcuda_l2_keep). */
-    int l2_keep;
     /* >= 0 (MB_CUDA_L2_EXPERTS=N, with l2_prefetch; round 23, measuring):
      * with the experts on this GPU, the side stream asks L2 for the next
      * layer's QKV weights N us after the experts start (their down
-     * projection reads at about half the copy bound), with l2_keep's
-     * priority where that is on; -1: off. */
+     * projection reads at about half the copy bound); -1: off. Unmeasured:
+     * the session's device time ran out first. */
     int l2_experts;
     /* 1 (unless MB_CUDA_ROUTE_PAIRS=0, with fuse): a one-token step with
      * local experts has the router's last block write their pairs and
@@ -717,8 +710,6 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
                     fc->cfg.head_dim <= 128;
     const char *pf = getenv("MB_CUDA_L2_PREFETCH");
     fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
-    const char *lk = getenv("MB_CUDA_L2_KEEP");
-    fc->l2_keep = fc->l2_prefetch && lk && strcmp(lk, "1") == 0;
     const char *le = getenv("MB_CUDA_L2_EXPERTS");
     fc->l2_experts = fc->l2_prefetch && le && *le ? atoi(le) : -1;
     if (fc->l2_experts > 1000) fc->l2_experts = 1000;
@@ -928,14 +919,12 @@ static size_t dev_mat_bytes(const dev_mat *m)
 
 /* Weights asked into L2 from the side stream once the main stream has
  * reached this point (after: an event recorded there already, or NULL: one
- * recorded now), for kernels that read them soon while the DRAM idles;
- * keep (or NULL) with evict_last priority, drop's lines (or NULL) returned
- * to normal priority (mb_kcuda_l2_keep). join: the side stream is joined back
- * at the end of the segment (side_join; a graph's capture must end
- * joined); else it is never waited for (outside any graph). Matrices
- * without weights are skipped. */
+ * recorded now), for kernels that read them soon while the DRAM idles.
+ * join: the side stream is joined back at the end of the segment
+ * (side_join; a graph's capture must end joined); else it is never waited
+ * for (outside any graph). Matrices without weights are skipped. */
 static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat *a,
-                               const dev_mat *b, const dev_mat *keep, const dev_mat *drop, int join)
+                               const dev_mat *b, int join)
 {
     cudaError_t e = after ? cudaSuccess : cudaEventRecord(fc->fork, fc->stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, after ? after : fc->fork, 0);
@@ -943,12 +932,6 @@ static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat
     for (int i = 0; i < 2 && e == cudaSuccess; i++)
         if (m[i] && m[i]->w)
             e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, m[i]->w, dev_mat_bytes(m[i]));
-    if (keep && !keep->w) keep = NULL;
-    if (drop && !drop->w) drop = NULL;
-    if (e == cudaSuccess && (keep || drop))
-        e = (cudaError_t)mb_kcuda_l2_keep(fc->side, keep ? keep->w : NULL,
-                                          keep ? dev_mat_bytes(keep) : 0, drop ? drop->w : NULL,
-                                          drop ? dev_mat_bytes(drop) : 0);
     if (e == cudaSuccess && join) {
         e = cudaEventRecord(fc->join, fc->side);
         fc->side_pending = e == cudaSuccess;
@@ -999,16 +982,8 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         /* o_proj's and the router's weights stream into L2 while the head
          * pass and attention, latency-bound, run; a staged o_proj streams
          * its own into shared memory then. */
-        if (fc->l2_prefetch && n == 1) {
-            /* With l2_keep: this layer's QKV lines, read by now, back to
-             * normal priority (the last layer's too), the next layer's kept. */
-            const int keep = fc->l2_keep && fc->local_step;
-            MB_TRY(side_prefetch(fc, NULL, wo_staged ? NULL : wo, &D->router,
-                                 keep && fc->l2_experts < 0 && l + 1 < c->n_layers
-                                     ? &fc->layers[l + 1].wqkv
-                                     : NULL,
-                                 keep ? W : NULL, 1));
-        }
+        if (fc->l2_prefetch && n == 1)
+            MB_TRY(side_prefetch(fc, NULL, wo_staged ? NULL : wo, &D->router, 1));
     } else {
         if (l == 0)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm,
@@ -1166,7 +1141,7 @@ static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, fc->fork, 0);
         if (e == cudaSuccess)
             e = (cudaError_t)mb_kcuda_l2_prefetch_late(fc->side, next->w, dev_mat_bytes(next),
-                                                       fc->l2_keep, (uint32_t)fc->l2_experts * 1000u);
+                                                       (uint32_t)fc->l2_experts * 1000u);
         if (e == cudaSuccess) e = cudaEventRecord(fc->join, fc->side);
         if (e != cudaSuccess) return fail(fc, e, "prefetching weights into L2");
         fc->side_pending = 1;
@@ -1289,7 +1264,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
      * on this GPU it measured no gain: they stream tens of megabytes
      * through L2 in between.) */
     if (fc->l2_prefetch && n == 1 && l + 1 < c->n_layers)
-        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, NULL, NULL, 0));
+        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, 0));
     e = cudaEventRecord(fc->wait[l], fc->stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
     if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");

@@ -294,18 +294,10 @@ int mb_kcuda_stamp(void *stream, unsigned long long *slot);
  * read next come from L2. */
 int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes);
 
-/* mb_kcuda_l2_prefetch with evict_last priority, so that L2 evicts lines
- * of normal priority (a stream of other weights) before these; the whole
- * 128-byte lines in drop's range (or none: NULL) go back to normal
- * priority after. p may be NULL with a drop (the drop alone).
- * Hints only, as mb_kcuda_l2_prefetch. */
-int mb_kcuda_l2_keep(void *stream, const void *p, size_t bytes, const void *drop,
-                     size_t drop_bytes);
-
-/* mb_kcuda_l2_prefetch (keep: with mb_kcuda_l2_keep's evict_last
- * priority) asked delay_ns after the kernel starts: for a side stream forked
- * where the bytes it would compete with are still streaming. Hints only. */
-int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes, int keep, uint32_t delay_ns);
+/* mb_kcuda_l2_prefetch asked delay_ns after the kernel starts: for a side
+ * stream forked where the bytes it would compete with still stream (the
+ * local experts' first kernel). A hint, as mb_kcuda_l2_prefetch. */
+int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes, uint32_t delay_ns);
 
 /* dst[i] = src[i] for i < count (32-bit words; dst may be pinned host
  * memory), then src[i] = 0 for zero_from <= i < count: counters and clock

@@ -71,96 +71,51 @@ extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
 
 // No programmatic launch: it runs on a stream of its own, beside the work.
 // A thread asks L2 for a chunk at a time (a hint: no effect on results,
-// none on the emulator); a tail under 16 bytes is left out. keep: with
-// evict_last priority, so that lines of normal priority go first; drop
-// (or nullptr): lines returned to normal priority after, a 128-byte line
-// an instruction (mb_kcuda_l2_keep).
+// none on the emulator); a tail under 16 bytes is left out. delay_ns: each
+// block first waits that long from its start (mb_kcuda_l2_prefetch_late).
 __global__ void __launch_bounds__(MB_L2PF_THREADS)
-    mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes, int keep, const char *drop,
-                                size_t drop_bytes, uint32_t delay_ns)
+    mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes, uint32_t delay_ns)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (delay_ns) { // asked later than launched: a block's clock from its start
-        unsigned long long t0, t;
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-        do {
+    if (delay_ns) {
+        const unsigned long long t0 = mb_dense_globaltimer();
+        while (mb_dense_globaltimer() - t0 < delay_ns)
             __nanosleep(256);
-            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        } while (t - t0 < delay_ns);
     }
     const size_t tid = (size_t)blockIdx.x * MB_L2PF_THREADS + threadIdx.x,
                  threads = (size_t)gridDim.x * MB_L2PF_THREADS;
-    unsigned long long pol = 0;
-    if (keep) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
     for (size_t off = tid * MB_L2PF_CHUNK; off < bytes; off += threads * MB_L2PF_CHUNK) {
         const size_t left = bytes - off;
         const uint32_t n = (uint32_t)(left < MB_L2PF_CHUNK ? left : MB_L2PF_CHUNK) & ~15u;
-        if (!n) continue;
-        if (keep)
-            asm volatile(
-                "cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(p + off),
-                "r"(n), "l"(pol)
-                : "memory");
-        else
+        if (n)
             asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(n)
                          : "memory");
     }
-    if (drop) // after the prefetches are asked for, so as not to delay them
-        for (size_t off = tid * 128; off + 128 <= drop_bytes; off += threads * 128)
-            asm volatile("applypriority.global.L2::evict_normal [%0], 128;" ::"l"(drop + off)
-                         : "memory");
 #else
-    (void)p, (void)bytes, (void)keep, (void)drop, (void)drop_bytes, (void)delay_ns;
+    (void)p, (void)bytes, (void)delay_ns;
 #endif
 }
 
-static int mb_l2_prefetch_launch(void *stream, const void *p, size_t bytes, int keep,
-                                 const void *drop, size_t drop_bytes, uint32_t delay_ns = 0);
-
-extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
-{
-    return mb_l2_prefetch_launch(stream, p, bytes, 0, nullptr, 0);
-}
-
-extern "C" int mb_kcuda_l2_keep(void *stream, const void *p, size_t bytes, const void *drop,
-                                size_t drop_bytes)
-{
-    if (drop) { // whole 128-byte lines within [drop, drop + drop_bytes)
-        const size_t lead = (128 - ((uintptr_t)drop & 127)) & 127;
-        drop_bytes = drop_bytes > lead ? drop_bytes - lead : 0;
-        drop = drop_bytes ? (const char *)drop + lead : nullptr;
-    }
-    if (!p && drop) // only the drop: one block
-        return mb_l2_prefetch_launch(stream, drop, 0, 1, drop, drop_bytes);
-    return mb_l2_prefetch_launch(stream, p, bytes, 1, drop, drop_bytes);
-}
-
-extern "C" int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes, int keep,
+extern "C" int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes,
                                          uint32_t delay_ns)
 {
-    return mb_l2_prefetch_launch(stream, p, bytes, keep != 0, nullptr, 0, delay_ns);
-}
-
-static int mb_l2_prefetch_launch(void *stream, const void *p, size_t bytes, int keep,
-                                 const void *drop, size_t drop_bytes, uint32_t delay_ns)
-{
     if (!p || ((uintptr_t)p & 15)) return (int)cudaErrorInvalidValue;
-    if (bytes < 16 && !(drop && drop_bytes >= 128)) return 0;
+    if (bytes < 16) return 0;
     // Eight prefetches a thread, at most 16 blocks; MB_CUDA_L2PF_EACH (1 to
     // 64; read once) sets the prefetches a thread, and so the blocks (at
     // most 128 / each: as many requests in flight at once).
     static const int each = mb_dense_env_int("MB_CUDA_L2PF_EACH", 1, 64, 8);
     const size_t per_block = (size_t)MB_L2PF_THREADS * MB_L2PF_CHUNK * (size_t)each;
-    // A drop's lines: 256 a thread (one block at least).
-    const size_t dropping =
-        drop ? mb_dense_cdiv(drop_bytes, (size_t)MB_L2PF_THREADS * 128 * 256) : 0;
-    size_t want = (bytes + per_block - 1) / per_block;
-    want = want > dropping ? want : dropping ? dropping : 1;
-    const size_t most = (size_t)(128 / each);
+    const size_t want = (bytes + per_block - 1) / per_block, most = (size_t)(128 / each);
     const unsigned blocks = (unsigned)(want < most ? want : most);
     mb_kcuda_l2_prefetch_kernel<<<blocks, MB_L2PF_THREADS, 0, mb_dense_stream(stream)>>>(
-        (const char *)p, bytes, keep, (const char *)drop, drop ? drop_bytes : 0, delay_ns);
+        (const char *)p, bytes, delay_ns);
     return mb_dense_launched();
+}
+
+extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
+{
+    return mb_kcuda_l2_prefetch_late(stream, p, bytes, 0);
 }
 
 // dst[i] = src[i] for i < count, then src[i] = 0 from zero_from on.

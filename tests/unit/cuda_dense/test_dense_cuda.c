@@ -1570,8 +1570,8 @@ static void test_refusals(void)
     }
     CHECK(mb_kcuda_l2_prefetch(NULL, (const char *)d + 4, 64) != 0); /* not 16-byte aligned */
     RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float)));        /* asks, changes nothing */
-    RUN(mb_kcuda_l2_keep(NULL, d, 4096 * sizeof(float), d + 3, 2048 * sizeof(float))); /* so too */
-    RUN(mb_kcuda_l2_keep(NULL, NULL, 0, d, 4096 * sizeof(float))); /* the drop alone */
+    RUN(mb_kcuda_l2_prefetch_late(NULL, d, 4096 * sizeof(float), 2000)); /* so too, 2 us on */
+    CHECK(mb_kcuda_l2_prefetch_late(NULL, (const char *)d + 4, 64, 0) != 0);
     CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
     CHECK(mb_kcuda_add(NULL, d, d, 0) != 0);
     mb_kcuda_kv kv = {.k = d, .v = d, .n_kv_heads = 2, .head_dim = 8, .max_ctx = 16};
