@@ -1,12 +1,12 @@
 #!/bin/bash
 # Issue 9, round 23 on the GPU machine (device tool `run`, carry .carry):
-# the next layer's QKV weights read while the local experts run, two ways:
-# asked into L2 (MB_CUDA_L2_EXPERTS=N: N us after they start; with
-# MB_CUDA_L2_KEEP=1 at evict_last priority), or staged in shared memory by
-# a QKV GEMV launched early (preload letter q: MB_CUDA_PRELOAD=rhamsq).
-# Rows alternating with the default (step ms as well as dense ms), then
-# test_dense_cuda and test_parity_device with q. (No L2 rows, timeline or
-# full bench: the session's device time ran short.)
+# the next layer's QKV weights staged in shared memory by a QKV GEMV
+# launched early, while the local experts run (preload letter q:
+# MB_CUDA_PRELOAD=rhamsq). Rows alternating with the default (step ms as
+# well as dense ms), then test_dense_cuda and test_parity_device with q.
+# Short, for a session with little device time left; with more, add rows
+# of MB_CUDA_L2_EXPERTS=N (the same weights asked into L2 N us after the
+# experts start), a timeline (trace) and the full bench (full_e2e).
 #   bash bench/gpu/round23.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
 cd "$(dirname "$0")/../.."
