@@ -148,11 +148,11 @@ struct mb_fwd_cuda {
      * of the layer's segment A; with the experts elsewhere, the next
      * layer's QKV weights while the host waits (side_prefetch). */
     int l2_prefetch, side_pending;
-    /* >= 0 (MB_CUDA_L2_EXPERTS=N, with l2_prefetch; round 23, measuring):
-     * with the experts on this GPU, the side stream asks L2 for the next
-     * layer's QKV weights N us after the experts start (their down
-     * projection reads at about half the copy bound); -1: off. Unmeasured:
-     * the session's device time ran out first. */
+    /* >= 0 (MB_CUDA_L2_EXPERTS=N, 0 to 50, with l2_prefetch; round 23,
+     * measuring): with the experts on this GPU, the side stream asks L2
+     * for the next layer's QKV weights N us after the experts start (their
+     * down projection reads at about half the copy bound); -1: off.
+     * Unmeasured: the session's device time ran out first. */
     int l2_experts;
     /* 1 (unless MB_CUDA_ROUTE_PAIRS=0, with fuse): a one-token step with
      * local experts has the router's last block write their pairs and
@@ -711,8 +711,10 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
     const char *pf = getenv("MB_CUDA_L2_PREFETCH");
     fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
     const char *le = getenv("MB_CUDA_L2_EXPERTS");
-    fc->l2_experts = fc->l2_prefetch && le && *le ? atoi(le) : -1;
-    if (fc->l2_experts > 1000) fc->l2_experts = 1000;
+    char *le_end = NULL;
+    const long le_us = le && *le ? strtol(le, &le_end, 10) : -1;
+    fc->l2_experts =
+        fc->l2_prefetch && le_end && *le_end == '\0' && le_us >= 0 && le_us <= 50 ? (int)le_us : -1;
     const char *rp = getenv("MB_CUDA_ROUTE_PAIRS");
     fc->route_pairs = fc->fuse && !(rp && strcmp(rp, "0") == 0);
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
@@ -1126,9 +1128,11 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the routed tokens to the host");
 }
 
-/* The local experts of layer l, from xfer's xn | ids | gate into moe. */
 static mb_status side_join(mb_fwd_cuda *fc);
 
+/* The local experts of layer l, from xfer's xn | ids | gate into moe; with
+ * l2_experts, the next layer's QKV asked into L2 beside them (the join at
+ * the end waits for the prefetch kernel, its delay included). */
 static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
     (void)pos;

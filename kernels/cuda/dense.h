@@ -294,9 +294,10 @@ int mb_kcuda_stamp(void *stream, unsigned long long *slot);
  * read next come from L2. */
 int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes);
 
-/* mb_kcuda_l2_prefetch asked delay_ns after the kernel starts: for a side
- * stream forked where the bytes it would compete with still stream (the
- * local experts' first kernel). A hint, as mb_kcuda_l2_prefetch. */
+/* mb_kcuda_l2_prefetch asked delay_ns (at most 100 us) after each of its
+ * blocks starts: for a side stream forked where the bytes it would compete
+ * with still stream (the local experts' first kernel); the kernel lasts the
+ * delay at least. A hint, as mb_kcuda_l2_prefetch. */
 int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes, uint32_t delay_ns);
 
 /* dst[i] = src[i] for i < count (32-bit words; dst may be pinned host

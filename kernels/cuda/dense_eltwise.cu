@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(MB_L2PF_THREADS)
 extern "C" int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes,
                                          uint32_t delay_ns)
 {
-    if (!p || ((uintptr_t)p & 15)) return (int)cudaErrorInvalidValue;
+    if (!p || ((uintptr_t)p & 15) || delay_ns > 100000) return (int)cudaErrorInvalidValue;
     if (bytes < 16) return 0;
     // Eight prefetches a thread, at most 16 blocks; MB_CUDA_L2PF_EACH (1 to
     // 64; read once) sets the prefetches a thread, and so the blocks (at

@@ -167,6 +167,7 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
     constexpr int PI = R >= 16 ? 1 : 2;
     static_assert(!STAGE || (VEC && !PRE), "a staged block takes 16-byte chunks, all of them");
+    static_assert(R * NT <= MB_LIN_GEMV_THREADS, "a thread a row and token sums the warps");
     __shared__ float red[MB_LIN_GEMV_WARPS][R * NT];
     __shared__ double ssred[MB_LIN_GEMV_WARPS][NT];
     const uint32_t row0 = blockIdx.x * R;

@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
 #define MB_LIN_STAGE_MAX (160u * 1024u) // shared bytes a staged block may take
 
 // Rows a block of the staged one-token GEMV (16-byte chunks): the fewest
-// of mb_lin_stage_rows that fit the grid in one wave of a block an SM,
+// of mb_lin_stage_rows (up to 16 without a norm) that fit the grid in one wave of a block an SM,
 // where those rows' weights fit mb_lin_stage_max(); else 0, the plain
 // GEMV. One wave, so that every block is running, its weights in flight,
 // while the kernels before it run. Without a norm (preload letter s):
@@ -70,14 +70,18 @@ static size_t mb_lin_stage_max(void)
     return optin < MB_LIN_STAGE_MAX + 4096 ? (optin > 4096 ? optin - 4096 : 0) : MB_LIN_STAGE_MAX;
 }
 
+// Without a norm up to 16 rows (the default's letter s, measured so);
+// with one up to 48 (letter q).
 static const int mb_lin_stage_rows[] = {4, 8, 16, 24, 32, 40, 48};
 
 static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm)
 {
     if (!mb_dense_preload(norm ? 'q' : 's')) return 0;
     const size_t sms = (size_t)mb_dense_sms();
+    const int most = norm ? 48 : 16;
     for (int r : mb_lin_stage_rows)
-        if (mb_dense_cdiv(m, r) <= sms) return (size_t)r * k * wsize <= mb_lin_stage_max() ? r : 0;
+        if (r <= most && mb_dense_cdiv(m, r) <= sms)
+            return (size_t)r * k * wsize <= mb_lin_stage_max() ? r : 0;
     return 0;
 }
 
@@ -93,20 +97,37 @@ static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_
                     y, bias, acc, nrm);
 }
 
-// The staged GEMV with rows rows a block (mb_lin_staged's answer).
+// The staged GEMV with rows rows a block (mb_lin_staged's answer); false,
+// launching nothing, for a count it has no kernel for.
 template <typename W, bool NORM>
-static void mb_lin_staged_by_rows(int rows, cudaStream_t s, const W *w, uint32_t m, uint32_t k,
+static bool mb_lin_staged_by_rows(int rows, cudaStream_t s, const W *w, uint32_t m, uint32_t k,
                                   const float *x, float *y, const float *bias, int acc,
                                   const mb_lin_norm &nrm)
 {
     switch (rows) {
-    case 4: return mb_lin_staged_launch<W, 4, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-    case 8: return mb_lin_staged_launch<W, 8, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-    case 16: return mb_lin_staged_launch<W, 16, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-    case 24: return mb_lin_staged_launch<W, 24, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-    case 32: return mb_lin_staged_launch<W, 32, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-    case 40: return mb_lin_staged_launch<W, 40, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-    default: return mb_lin_staged_launch<W, 48, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    case 4:
+        mb_lin_staged_launch<W, 4, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+        return true;
+    case 8:
+        mb_lin_staged_launch<W, 8, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+        return true;
+    case 16:
+        mb_lin_staged_launch<W, 16, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+        return true;
+    case 24:
+        mb_lin_staged_launch<W, 24, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+        return true;
+    case 32:
+        mb_lin_staged_launch<W, 32, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+        return true;
+    case 40:
+        mb_lin_staged_launch<W, 40, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+        return true;
+    case 48:
+        mb_lin_staged_launch<W, 48, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+        return true;
+    default:
+        return false;
     }
 }
 
@@ -200,11 +221,10 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
 {
     const mb_lin_norm none = {};
     if (vec && n == 1 && ldx == k && ldy >= m) {
-        if (const int rows = mb_lin_staged(m, k, sizeof(W), nrm != nullptr)) {
-            if (nrm)
-                return mb_lin_staged_by_rows<W, true>(rows, s, w, m, k, x, y, bias, acc, *nrm);
-            return mb_lin_staged_by_rows<W, false>(rows, s, w, m, k, x, y, bias, acc, none);
-        }
+        const int rows = mb_lin_staged(m, k, sizeof(W), nrm != nullptr);
+        if (nrm ? mb_lin_staged_by_rows<W, true>(rows, s, w, m, k, x, y, bias, acc, *nrm)
+                : mb_lin_staged_by_rows<W, false>(rows, s, w, m, k, x, y, bias, acc, none))
+            return;
     }
     const bool pre = vec && n == 1 && mb_dense_preload(nrm ? 'n' : 'g');
     const auto launch = [&](auto r, auto nt) {

@@ -10,6 +10,9 @@
 //   gate/up: h[pos][r] = silu(W_gate[r] . x[token(pos)]) * (W_up[r] . x[token(pos)])
 //   down:    y[pos][n] = W_down[n] . h[pos]
 //   fused:   out[t][n] = sum_j gate_j * (W_down(j)[n] . h[pos_j])   (j: t's pairs)
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/cuda/moe_internal.cuh"
 
 #define MB_GEMV_WARPS 8
@@ -122,10 +125,11 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
                              const float *__restrict__ h, P *__restrict__ out, int K, int N, int n_single)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // A kernel launched after it with programmatic serialization (the
-    // coordinator's end stamp, then its staged QKV projection) may start
-    // now; it waits for this grid's completion before it reads anything
-    // this one writes. Without such a kernel, nothing changes.
+    // A kernel launched after it with programmatic serialization may start
+    // now (the coordinator's end stamp, and with preload letter q the
+    // staged QKV projection after it); such a kernel waits for this grid's
+    // completion before it reads anything this one writes. A plainly
+    // launched kernel after it is not affected.
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
     const int t = blockIdx.y;
@@ -154,6 +158,30 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
     if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
 }
 
+// With the coordinator's preload letter q (MB_CUDA_PRELOAD, read once), the
+// SMs keep 164 KB of shared memory configured while the fused down kernel
+// (which takes none) runs: an SM changes its carveout only with no block
+// resident, so the staged QKV blocks it lets launch early (its
+// griddepcontrol) would otherwise wait for its blocks to drain. 71% of
+// sm_90's 228 KB rounds to the 164 KB configuration. A hint, set once a
+// process (on its first device); a refusal is cleared, not reported.
+template <typename W, typename P> static void mb_gemv_carve(void)
+{
+    static const bool done = [] {
+        const char *pre = getenv("MB_CUDA_PRELOAD");
+        if (!pre || !strchr(pre, 'q')) return true;
+        const auto k1 = mb_kcuda_down_combine_kernel<W, P, true>;
+        const auto k2 = mb_kcuda_down_combine_kernel<W, P, false>;
+        if (cudaFuncSetAttribute(k1, cudaFuncAttributePreferredSharedMemoryCarveout, 71) !=
+                cudaSuccess ||
+            cudaFuncSetAttribute(k2, cudaFuncAttributePreferredSharedMemoryCarveout, 71) !=
+                cudaSuccess)
+            (void)cudaGetLastError();
+        return true;
+    }();
+    (void)done;
+}
+
 template <typename W, typename P>
 static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused,
                                  cudaStream_t stream)
@@ -169,6 +197,7 @@ static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem
     float *h = (float *)ws->h;
     const dim3 blk(MB_GEMV_WARPS * 32);
     const dim3 g1((dff + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, single ? (unsigned)n_single : ne);
+    if (fused) mb_gemv_carve<W, P>();
     if (vec_in)
         mb_kcuda_gateup_kernel<W, P, true><<<g1, blk, 0, stream>>>(p->slots, ws->scalars, ws->expert_slot,
                                                                    ws->expert_off, ws->perm_token, act, h, dm, dff,
@@ -180,19 +209,6 @@ static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem
     if (fused) {
         const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, p->n_tokens);
         const mb_kcuda_pair *pairs = (const mb_kcuda_pair *)p->pairs;
-        // The SMs keep 164 KB of shared memory configured while this kernel
-        // (which takes none) runs, so that the blocks of a staged GEMV it
-        // lets launch early (its griddepcontrol) fit beside its own; a
-        // hint, set once a process (its first device).
-        static const bool carved = [] {
-            cudaFuncSetAttribute(mb_kcuda_down_combine_kernel<W, P, true>,
-                                 cudaFuncAttributePreferredSharedMemoryCarveout, 72);
-            cudaFuncSetAttribute(mb_kcuda_down_combine_kernel<W, P, false>,
-                                 cudaFuncAttributePreferredSharedMemoryCarveout, 72);
-            (void)cudaGetLastError();
-            return true;
-        }();
-        (void)carved;
         if (vec_ff)
             mb_kcuda_down_combine_kernel<W, P, true><<<g2, blk, 0, stream>>>(
                 p->slots, single ? nullptr : ws->tok_off, pairs, ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
