@@ -72,7 +72,8 @@ static size_t mb_lin_stage_max(void)
 
 // Without a norm up to 16 rows (the default's letter s, measured so);
 // with one up to 48 (letter q).
-static const int mb_lin_stage_rows[] = {4, 8, 16, 24, 32, 40, 48};
+#define MB_LIN_STAGE_ROWS 4, 8, 16, 24, 32, 40, 48
+static const int mb_lin_stage_rows[] = {MB_LIN_STAGE_ROWS};
 
 static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm)
 {
@@ -97,38 +98,20 @@ static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_
                     y, bias, acc, nrm);
 }
 
-// The staged GEMV with rows rows a block (mb_lin_staged's answer); false,
-// launching nothing, for a count it has no kernel for.
-template <typename W, bool NORM>
+// The staged GEMV with rows rows a block (mb_lin_staged's answer), one of
+// R, Rs...; false, launching nothing, for a count it has no kernel for.
+template <typename W, bool NORM, int R, int... Rs>
 static bool mb_lin_staged_by_rows(int rows, cudaStream_t s, const W *w, uint32_t m, uint32_t k,
                                   const float *x, float *y, const float *bias, int acc,
                                   const mb_lin_norm &nrm)
 {
-    switch (rows) {
-    case 4:
-        mb_lin_staged_launch<W, 4, NORM>(s, w, m, k, x, y, bias, acc, nrm);
+    if (rows == R) {
+        mb_lin_staged_launch<W, R, NORM>(s, w, m, k, x, y, bias, acc, nrm);
         return true;
-    case 8:
-        mb_lin_staged_launch<W, 8, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-        return true;
-    case 16:
-        mb_lin_staged_launch<W, 16, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-        return true;
-    case 24:
-        mb_lin_staged_launch<W, 24, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-        return true;
-    case 32:
-        mb_lin_staged_launch<W, 32, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-        return true;
-    case 40:
-        mb_lin_staged_launch<W, 40, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-        return true;
-    case 48:
-        mb_lin_staged_launch<W, 48, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-        return true;
-    default:
-        return false;
     }
+    if constexpr (sizeof...(Rs) > 0)
+        return mb_lin_staged_by_rows<W, NORM, Rs...>(rows, s, w, m, k, x, y, bias, acc, nrm);
+    return false;
 }
 
 #define MB_LIN_BM 64 // tokens per tile
@@ -222,8 +205,10 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
     const mb_lin_norm none = {};
     if (vec && n == 1 && ldx == k && ldy >= m) {
         const int rows = mb_lin_staged(m, k, sizeof(W), nrm != nullptr);
-        if (nrm ? mb_lin_staged_by_rows<W, true>(rows, s, w, m, k, x, y, bias, acc, *nrm)
-                : mb_lin_staged_by_rows<W, false>(rows, s, w, m, k, x, y, bias, acc, none))
+        if (nrm ? mb_lin_staged_by_rows<W, true, MB_LIN_STAGE_ROWS>(rows, s, w, m, k, x, y, bias,
+                                                                    acc, *nrm)
+                : mb_lin_staged_by_rows<W, false, MB_LIN_STAGE_ROWS>(rows, s, w, m, k, x, y, bias,
+                                                                     acc, none))
             return;
     }
     const bool pre = vec && n == 1 && mb_dense_preload(nrm ? 'n' : 'g');
