@@ -921,19 +921,21 @@ static size_t dev_mat_bytes(const dev_mat *m)
 
 /* Weights asked into L2 from the side stream once the main stream has
  * reached this point (after: an event recorded there already, or NULL: one
- * recorded now), for kernels that read them soon while the DRAM idles.
- * join: the side stream is joined back at the end of the segment
- * (side_join; a graph's capture must end joined); else it is never waited
- * for (outside any graph). Matrices without weights are skipped. */
+ * recorded now) and delay_us more have passed, for kernels that read them
+ * soon while the DRAM idles. join: the side stream is joined back at the
+ * end of the segment (side_join, which then waits for the delay too; a
+ * graph's capture must end joined); else it is never waited for (outside
+ * any graph). Matrices without weights are skipped. */
 static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat *a,
-                               const dev_mat *b, int join)
+                               const dev_mat *b, uint32_t delay_us, int join)
 {
     cudaError_t e = after ? cudaSuccess : cudaEventRecord(fc->fork, fc->stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, after ? after : fc->fork, 0);
     const dev_mat *m[2] = {a, b};
     for (int i = 0; i < 2 && e == cudaSuccess; i++)
         if (m[i] && m[i]->w)
-            e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, m[i]->w, dev_mat_bytes(m[i]));
+            e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, m[i]->w, dev_mat_bytes(m[i]),
+                                                  delay_us * 1000u);
     if (e == cudaSuccess && join) {
         e = cudaEventRecord(fc->join, fc->side);
         fc->side_pending = e == cudaSuccess;
@@ -985,7 +987,7 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
          * pass and attention, latency-bound, run; a staged o_proj streams
          * its own into shared memory then. */
         if (fc->l2_prefetch && n == 1)
-            MB_TRY(side_prefetch(fc, NULL, wo_staged ? NULL : wo, &D->router, 1));
+            MB_TRY(side_prefetch(fc, NULL, wo_staged ? NULL : wo, &D->router, 0, 1));
     } else {
         if (l == 0)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm,
@@ -1128,7 +1130,15 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the routed tokens to the host");
 }
 
-static mb_status side_join(mb_fwd_cuda *fc);
+/* The side stream's work joined back: before a segment ends (a graph's
+ * capture must end with it joined). */
+static mb_status side_join(mb_fwd_cuda *fc)
+{
+    if (!fc->side_pending) return MB_STATUS_OK;
+    fc->side_pending = 0;
+    cudaError_t e = cudaStreamWaitEvent(fc->stream, fc->join, 0);
+    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "joining the prefetch stream");
+}
 
 /* The local experts of layer l, from xfer's xn | ids | gate into moe; with
  * l2_experts, the next layer's QKV asked into L2 beside them (the join at
@@ -1139,34 +1149,15 @@ static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     const size_t d = fc->cfg.d_model, k = fc->cfg.top_k;
     float *xn = fc->xfer;
     const dev_mat *next = l + 1 < fc->cfg.n_layers ? &fc->layers[l + 1].wqkv : NULL;
-    const int pf = fc->l2_experts >= 0 && n == 1 && next && next->w;
-    if (pf) {
-        cudaError_t e = cudaEventRecord(fc->fork, fc->stream);
-        if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, fc->fork, 0);
-        if (e == cudaSuccess)
-            e = (cudaError_t)mb_kcuda_l2_prefetch_late(fc->side, next->w, dev_mat_bytes(next),
-                                                       (uint32_t)fc->l2_experts * 1000u);
-        if (e == cudaSuccess) e = cudaEventRecord(fc->join, fc->side);
-        if (e != cudaSuccess) return fail(fc, e, "prefetching weights into L2");
-        fc->side_pending = 1;
-    }
+    if (fc->l2_experts >= 0 && n == 1 && next)
+        MB_TRY(side_prefetch(fc, NULL, next, NULL, (uint32_t)fc->l2_experts, 1));
     if (route_paired(fc, n))
         K(mb_cuda_local_moe_enqueue_paired(fc->local, fc->stream, l, xn, n, fc->moe));
     else
         K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, (const int32_t *)(xn + n * d),
                                     xn + n * (d + k), n, fc->moe));
     prof_mark(fc, "local experts (same device)");
-    return pf ? side_join(fc) : MB_STATUS_OK;
-}
-
-/* The side stream's work joined back: before a segment ends (a graph's
- * capture must end with it joined). */
-static mb_status side_join(mb_fwd_cuda *fc)
-{
-    if (!fc->side_pending) return MB_STATUS_OK;
-    fc->side_pending = 0;
-    cudaError_t e = cudaStreamWaitEvent(fc->stream, fc->join, 0);
-    return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "joining the prefetch stream");
+    return side_join(fc);
 }
 
 static mb_status segment_a(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
@@ -1268,7 +1259,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
      * on this GPU it measured no gain: they stream tens of megabytes
      * through L2 in between.) */
     if (fc->l2_prefetch && n == 1 && l + 1 < c->n_layers)
-        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, 0));
+        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, 0, 0));
     e = cudaEventRecord(fc->wait[l], fc->stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
     if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");

@@ -291,14 +291,10 @@ int mb_kcuda_stamp(void *stream, unsigned long long *slot);
  * returns without waiting for them: a few threads issue bulk prefetches
  * (sm_90; elsewhere, and on the emulator, it does nothing). For a second
  * stream while the main one runs latency-bound kernels, so that weights
- * read next come from L2. */
-int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes);
-
-/* mb_kcuda_l2_prefetch asked delay_ns (at most 100 us) after each of its
- * blocks starts: for a side stream forked where the bytes it would compete
- * with still stream (the local experts' first kernel); the kernel lasts the
- * delay at least. A hint, as mb_kcuda_l2_prefetch. */
-int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes, uint32_t delay_ns);
+ * read next come from L2. delay_ns (at most 100 us): asked that long after
+ * each of its blocks starts, for a side stream forked where the bytes it
+ * would compete with still stream; the kernel lasts the delay at least. */
+int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes, uint32_t delay_ns);
 
 /* dst[i] = src[i] for i < count (32-bit words; dst may be pinned host
  * memory), then src[i] = 0 for zero_from <= i < count: counters and clock

@@ -72,7 +72,7 @@ extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
 // No programmatic launch: it runs on a stream of its own, beside the work.
 // A thread asks L2 for a chunk at a time (a hint: no effect on results,
 // none on the emulator); a tail under 16 bytes is left out. delay_ns: each
-// block first waits that long from its start (mb_kcuda_l2_prefetch_late).
+// block first waits that long from its start.
 __global__ void __launch_bounds__(MB_L2PF_THREADS)
     mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes, uint32_t delay_ns)
 {
@@ -96,8 +96,7 @@ __global__ void __launch_bounds__(MB_L2PF_THREADS)
 #endif
 }
 
-extern "C" int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t bytes,
-                                         uint32_t delay_ns)
+extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes, uint32_t delay_ns)
 {
     if (!p || ((uintptr_t)p & 15) || delay_ns > 100000) return (int)cudaErrorInvalidValue;
     if (bytes < 16) return 0;
@@ -111,11 +110,6 @@ extern "C" int mb_kcuda_l2_prefetch_late(void *stream, const void *p, size_t byt
     mb_kcuda_l2_prefetch_kernel<<<blocks, MB_L2PF_THREADS, 0, mb_dense_stream(stream)>>>(
         (const char *)p, bytes, delay_ns);
     return mb_dense_launched();
-}
-
-extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
-{
-    return mb_kcuda_l2_prefetch_late(stream, p, bytes, 0);
 }
 
 // dst[i] = src[i] for i < count, then src[i] = 0 from zero_from on.

@@ -11,6 +11,7 @@
 //   f32 FMA, for f32 and f16 weights (and for bf16 with MB_CUDA_DENSE=simt);
 //   bf16 weights take the tensor-core GEMM of dense_linear_mma.cu instead.
 // Every output's summation order depends only on the shape: deterministic.
+#include <initializer_list>
 #include <type_traits>
 
 #include "kernels/cuda/dense_gemv.cuh"
@@ -54,7 +55,7 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
 #define MB_LIN_STAGE_MAX (160u * 1024u) // shared bytes a staged block may take
 
 // Rows a block of the staged one-token GEMV (16-byte chunks): the fewest
-// of mb_lin_stage_rows (up to 16 without a norm) that fit the grid in one wave of a block an SM,
+// of its letter's row counts that fit the grid in one wave of a block an SM,
 // where those rows' weights fit mb_lin_stage_max(); else 0, the plain
 // GEMV. One wave, so that every block is running, its weights in flight,
 // while the kernels before it run. Without a norm (preload letter s):
@@ -70,20 +71,24 @@ static size_t mb_lin_stage_max(void)
     return optin < MB_LIN_STAGE_MAX + 4096 ? (optin > 4096 ? optin - 4096 : 0) : MB_LIN_STAGE_MAX;
 }
 
-// Without a norm up to 16 rows (the default's letter s, measured so);
-// with one up to 48 (letter q).
-#define MB_LIN_STAGE_ROWS 4, 8, 16, 24, 32, 40, 48
-static const int mb_lin_stage_rows[] = {MB_LIN_STAGE_ROWS};
+// The row counts a staged block may take: without a norm (letter s) up to
+// 16, as measured; with one (letter q) up to 48.
+#define MB_LIN_STAGE_ROWS_S 4, 8, 16
+#define MB_LIN_STAGE_ROWS_Q MB_LIN_STAGE_ROWS_S, 24, 32, 40, 48
+
+template <int... Rs> static int mb_lin_stage_fewest(uint32_t m, uint32_t k, size_t wsize)
+{
+    const size_t sms = (size_t)mb_dense_sms();
+    for (int r : {Rs...})
+        if (mb_dense_cdiv(m, r) <= sms) return (size_t)r * k * wsize <= mb_lin_stage_max() ? r : 0;
+    return 0;
+}
 
 static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm)
 {
     if (!mb_dense_preload(norm ? 'q' : 's')) return 0;
-    const size_t sms = (size_t)mb_dense_sms();
-    const int most = norm ? 48 : 16;
-    for (int r : mb_lin_stage_rows)
-        if (r <= most && mb_dense_cdiv(m, r) <= sms)
-            return (size_t)r * k * wsize <= mb_lin_stage_max() ? r : 0;
-    return 0;
+    return norm ? mb_lin_stage_fewest<MB_LIN_STAGE_ROWS_Q>(m, k, wsize)
+                : mb_lin_stage_fewest<MB_LIN_STAGE_ROWS_S>(m, k, wsize);
 }
 
 template <typename W, int R, bool NORM>
@@ -205,10 +210,10 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
     const mb_lin_norm none = {};
     if (vec && n == 1 && ldx == k && ldy >= m) {
         const int rows = mb_lin_staged(m, k, sizeof(W), nrm != nullptr);
-        if (nrm ? mb_lin_staged_by_rows<W, true, MB_LIN_STAGE_ROWS>(rows, s, w, m, k, x, y, bias,
-                                                                    acc, *nrm)
-                : mb_lin_staged_by_rows<W, false, MB_LIN_STAGE_ROWS>(rows, s, w, m, k, x, y, bias,
-                                                                     acc, none))
+        if (nrm ? mb_lin_staged_by_rows<W, true, MB_LIN_STAGE_ROWS_Q>(rows, s, w, m, k, x, y, bias,
+                                                                      acc, *nrm)
+                : mb_lin_staged_by_rows<W, false, MB_LIN_STAGE_ROWS_S>(rows, s, w, m, k, x, y, bias,
+                                                                       acc, none))
             return;
     }
     const bool pre = vec && n == 1 && mb_dense_preload(nrm ? 'n' : 'g');

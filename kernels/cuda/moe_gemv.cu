@@ -10,10 +10,7 @@
 //   gate/up: h[pos][r] = silu(W_gate[r] . x[token(pos)]) * (W_up[r] . x[token(pos)])
 //   down:    y[pos][n] = W_down[n] . h[pos]
 //   fused:   out[t][n] = sum_j gate_j * (W_down(j)[n] . h[pos_j])   (j: t's pairs)
-#include <cstdlib>
-#include <cstring>
-
-#include "kernels/cuda/moe_internal.cuh"
+#include "kernels/cuda/dense_internal.cuh" // mb_dense_preload; moe_internal.cuh
 
 #define MB_GEMV_WARPS 8
 #define MB_GEMV_NT 4
@@ -158,9 +155,9 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
     if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
 }
 
-// With the coordinator's preload letter q (MB_CUDA_PRELOAD, read once), the
-// SMs keep 164 KB of shared memory configured while the fused down kernel
-// (which takes none) runs: an SM changes its carveout only with no block
+// With the coordinator's preload letter q (mb_dense_preload), the SMs keep
+// 164 KB of shared memory configured while the fused down kernel (which
+// takes none) runs: an SM changes its carveout only with no block
 // resident, so the staged QKV blocks it lets launch early (its
 // griddepcontrol) would otherwise wait for its blocks to drain. 71% of
 // sm_90's 228 KB rounds to the 164 KB configuration. A hint, set once a
@@ -168,8 +165,7 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
 template <typename W, typename P> static void mb_gemv_carve(void)
 {
     static const bool done = [] {
-        const char *pre = getenv("MB_CUDA_PRELOAD");
-        if (!pre || !strchr(pre, 'q')) return true;
+        if (!mb_dense_preload('q')) return true;
         const auto k1 = mb_kcuda_down_combine_kernel<W, P, true>;
         const auto k2 = mb_kcuda_down_combine_kernel<W, P, false>;
         if (cudaFuncSetAttribute(k1, cudaFuncAttributePreferredSharedMemoryCarveout, 71) !=

@@ -1571,10 +1571,11 @@ static void test_refusals(void)
         CHECK(mb_kcuda_qkp_attention(NULL, d, 768, NULL, NULL, 1e-6f, d, d, 0, &kvw, &shw, 0, NULL,
                                      d, 256, d, 4096) != 0); /* head_dim past the pipelined tiles */
     }
-    CHECK(mb_kcuda_l2_prefetch(NULL, (const char *)d + 4, 64) != 0); /* not 16-byte aligned */
-    RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float)));        /* asks, changes nothing */
-    RUN(mb_kcuda_l2_prefetch_late(NULL, d, 4096 * sizeof(float), 2000)); /* so too, 2 us on */
-    CHECK(mb_kcuda_l2_prefetch_late(NULL, (const char *)d + 4, 64, 0) != 0);
+    CHECK(mb_kcuda_l2_prefetch(NULL, (const char *)d + 4, 64, 0) != 0); /* not 16-byte aligned */
+    RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 0));        /* asks, changes nothing */
+    RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 2000));     /* so too, 2 us on */
+    CHECK(mb_kcuda_l2_prefetch(NULL, (const char *)d + 4, 64, 0) != 0);
+    CHECK(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 100001) != 0); /* over 100 us */
     CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
     CHECK(mb_kcuda_add(NULL, d, d, 0) != 0);
     mb_kcuda_kv kv = {.k = d, .v = d, .n_kv_heads = 2, .head_dim = 8, .max_ctx = 16};
