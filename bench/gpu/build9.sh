@@ -51,7 +51,7 @@ row() {
 }
 
 parity() {
-    (cd $B && timeout 170 ctest -R test_parity_device --timeout 160 --output-on-failure \
+    (cd $B && timeout 170 ctest -R "^test_parity_device$" --timeout 160 --output-on-failure \
         > "$OUT/parity_device-$1.txt" 2>&1; echo "== parity_device rc=$? ($(( $(date +%s) - t0 )) s)")
     grep -E "CHECK failed|tests passed|Failed" "$OUT/parity_device-$1.txt" | head -5
 }

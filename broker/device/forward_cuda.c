@@ -158,6 +158,12 @@ struct mb_fwd_cuda {
      * local experts has the router's last block write their pairs and
      * start mark (route_paired), with no launches of their own. */
     int route_pairs;
+    /* 1 (MB_CUDA_OROUTE=1, with fuse_norm; round 24, measuring): a
+     * one-token step's o_proj and router run as one kernel
+     * (mb_kcuda_oproj_router, where it takes the shapes and o_proj and
+     * the router share a dtype): one kernel boundary a layer fewer, the
+     * logits summed in another order. Unmeasured on a GPU, so off. */
+    int oroute;
     cudaStream_t side;
     cudaEvent_t fork, join;
     int renorm;
@@ -176,6 +182,7 @@ struct mb_fwd_cuda {
      * needs, laid out for the current chunk's n: xn [n][d_model], then ids
      * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three. */
     float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last, *logits_all, *work;
+    float *or_part; /* mb_kcuda_oproj_router's partial sums (oroute), else NULL */
     int32_t *tok;
     /* The kernels' counters, 0 between calls, in one allocation (at
      * route_done): mb_kcuda_router_topk's, mb_kcuda_qkv_rope_store's (a
@@ -530,6 +537,7 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
         {&fc->work, fc->work_floats},
         {(float **)&fc->tok, n},
         {(float **)&fc->route_done, n_cnt},
+        {&fc->or_part, fc->oroute ? (mb_kcuda_oproj_router_part_bytes(c->n_experts) + 3) / 4 : 0},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         cudaError_t e = dev_alloc(fc, bufs[i].floats * sizeof(float), (void **)bufs[i].p);
@@ -717,6 +725,8 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
         fc->l2_prefetch && le_end && *le_end == '\0' && le_us >= 0 && le_us <= 50 ? (int)le_us : -1;
     const char *rp = getenv("MB_CUDA_ROUTE_PAIRS");
     fc->route_pairs = fc->fuse && !(rp && strcmp(rp, "0") == 0);
+    const char *orr = getenv("MB_CUDA_OROUTE");
+    fc->oroute = fc->fuse_norm && orr && strcmp(orr, "1") == 0;
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
     fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
@@ -887,10 +897,24 @@ static int route_paired(const mb_fwd_cuda *fc, uint32_t n)
     return fc->local_step && fc->route_pairs && norm_in_gemv(fc, n);
 }
 
+/* Whether layer l's o_proj runs inside the router's launch (oroute):
+ * one token with the norms in the GEMVs (route_out's fused branch), one
+ * QKV matrix (attention_block_fused's nig), o_proj and the router in one
+ * dtype, shapes mb_kcuda_oproj_router takes. */
+static int oproj_routed(const mb_fwd_cuda *fc, uint32_t l, uint32_t n)
+{
+    const dev_layer *D = &fc->layers[l];
+    return fc->oroute && norm_in_gemv(fc, n) && D->wqkv.w && D->wo.w && D->router.w &&
+           D->wo.dtype == D->router.dtype &&
+           mb_kcuda_oproj_router_ok(D->wo.dtype, D->wo.rows, D->wo.cols, D->router.rows);
+}
+
 /* o_proj accumulating the attention's output into x, with the experts'
- * row as its bias where the norm ran in the QKV GEMV (nig). */
+ * row as its bias where the norm ran in the QKV GEMV (nig); launched by
+ * route_out instead where oproj_routed. */
 static mb_status o_proj(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int nig)
 {
+    if (oproj_routed(fc, l, n)) return MB_STATUS_OK;
     K(linear(fc, &fc->layers[l].wo, fc->att, fc->q_dim, n, fc->x, fc->cfg.d_model,
              nig && l ? fc->moe : NULL, 1));
     prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
@@ -1099,9 +1123,20 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                  * their start is marked after it (run_layer), not here. */
                 if (c->d_ff_shared) loc.stamp = NULL;
             }
-            K(mb_kcuda_router_topk_norm_local(
-                fc->stream, R->dtype, R->w, R->rows, R->cols, &in, fc->rlog, c->top_k, fc->renorm,
-                (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done, paired ? &loc : NULL));
+            int32_t *ids = (int32_t *)(dst + n * d);
+            float *gate = dst + n * (d + k);
+            if (oproj_routed(fc, l, n)) {
+                const dev_mat *O = &D->wo;
+                K(mb_kcuda_oproj_router(fc->stream, O->dtype, O->w, O->rows, O->cols, fc->att,
+                                        l ? fc->moe : NULL, fc->x, R->w, R->rows, D->ffn_norm,
+                                        c->rms_eps, xn, in.xn2, fc->rlog, c->top_k, fc->renorm, ids,
+                                        gate, fc->route_done, fc->or_part, paired ? &loc : NULL));
+                prof_mark(fc, "o_proj + experts + residual + ffn rmsnorm + router + top-k");
+                return MB_STATUS_OK;
+            }
+            K(mb_kcuda_router_topk_norm_local(fc->stream, R->dtype, R->w, R->rows, R->cols, &in,
+                                              fc->rlog, c->top_k, fc->renorm, ids, gate,
+                                              fc->route_done, paired ? &loc : NULL));
             prof_mark(fc, paired           ? "ffn rmsnorm + router + top-k + local pairs"
                           : fc->local_step ? "ffn rmsnorm + router + top-k"
                                            : "ffn rmsnorm + router + top-k (to host)");

@@ -243,6 +243,32 @@ int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const void *w, uin
                                     uint32_t top_k, int renorm, int32_t *ids, float *gate,
                                     unsigned *done, const mb_kcuda_route_local *loc);
 
+/* o_proj and the router in one launch, one token (issue 9, round 24,
+ * MB_CUDA_OROUTE): x[m] += Wo[m][k] att (+ bias), as mb_kcuda_linear with
+ * accumulate (bit for bit: the staged GEMV's body), then the router on
+ * RMSNorm(x) (weights norm_w, eps) as mb_kcuda_router_topk_norm_local
+ * with the normalised row into xn (and xn2 when set). Each block dots its
+ * rows of the new x, times the norm's weights, with the router's columns
+ * for those rows and leaves the partial logits and squares in part; the
+ * last block adds them in block order, scales by the norm's factor and
+ * routes. The logits differ from mb_kcuda_router_topk_norm's by f32
+ * summation order; ids and gate are mb_kcuda_route_topk's on the logits
+ * written; xn is the norm's formula with the factor from the same squares
+ * added in another order. Wo and the router share wdtype. part:
+ * mb_kcuda_oproj_router_part_bytes of device memory.
+ * cudaErrorNotSupported where mb_kcuda_oproj_router_ok says no. */
+int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, uint32_t m, uint32_t k,
+                          const float *att, const float *bias, float *x, const void *wr,
+                          uint32_t n_experts, const float *norm_w, float eps, float *xn, float *xn2,
+                          float *logits, uint32_t top_k, int renorm, int32_t *ids, float *gate,
+                          unsigned *done, void *part, const mb_kcuda_route_local *loc);
+/* Whether mb_kcuda_oproj_router takes these shapes on this device: where
+ * the staged GEMV takes Wo (mb_kcuda_linear_staged, preload letter s) and
+ * its shared memory also holds the router's columns. */
+int mb_kcuda_oproj_router_ok(int wdtype, uint32_t m, uint32_t k, uint32_t n_experts);
+/* Bytes of part for n_experts on this device. */
+size_t mb_kcuda_oproj_router_part_bytes(uint32_t n_experts);
+
 /* mb_kcuda_linear_norm into qkv (W [(n_heads + 2 kv->n_kv_heads) *
  * kv->head_dim][k], one token; bias may be NULL) and mb_kcuda_qk_rope_store
  * on the row it writes, in one launch: bit for bit those two calls (the

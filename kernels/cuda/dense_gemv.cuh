@@ -25,6 +25,12 @@ static inline int mb_lin_rows(uint32_t m)
     return m < 2048 ? 1 : 4;
 }
 
+// The staged one-token GEMV (dense_linear.cu): rows a block for W [m][k]
+// of wsize-byte elements (norm: folded in, preload letter q; else s), 0
+// where it does not stage; and the most shared bytes a staged block takes.
+int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm);
+size_t mb_lin_stage_max(void);
+
 // f(std::integral_constant<int, R>{}) for R = mb_lin_rows(m).
 template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
 {

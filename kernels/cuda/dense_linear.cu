@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
 // at 5120 rows of 2048 bf16 takes 40 rows, 160 KB.
 // The most a staged block takes: MB_LIN_STAGE_MAX, or less where the
 // device allows less (its opt-in bound less 4 KiB for the static arrays).
-static size_t mb_lin_stage_max(void)
+size_t mb_lin_stage_max(void)
 {
     const size_t optin = mb_dense_smem_optin();
     return optin < MB_LIN_STAGE_MAX + 4096 ? (optin > 4096 ? optin - 4096 : 0) : MB_LIN_STAGE_MAX;
@@ -84,7 +84,7 @@ template <int... Rs> static int mb_lin_stage_fewest(uint32_t m, uint32_t k, size
     return 0;
 }
 
-static int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm)
+int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm)
 {
     if (!mb_dense_preload(norm ? 'q' : 's')) return 0;
     return norm ? mb_lin_stage_fewest<MB_LIN_STAGE_ROWS_Q>(m, k, wsize)

@@ -1460,6 +1460,143 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
     free(xn2);
 }
 
+/* mb_kcuda_oproj_router against o_proj (mb_kcuda_linear, accumulating)
+ * then mb_kcuda_router_topk_norm: x bit for bit, the logits within the
+ * GEMV bound of the reference's normalised row, ids and gate those of
+ * mb_kcuda_route_topk on the logits it wrote, xn within f32 rounding of
+ * the reference's (the norm's factor from the squares in another order),
+ * the host copy equal to xn, the local pairs mb_kcuda_local_pairs', and
+ * the counter back at 0, twice. Shapes it does not take: refused. */
+static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t top_k, int bias)
+{
+    if (!mb_kcuda_oproj_router_ok(dt, m, k, ne)) {
+        const int e = mb_kcuda_oproj_router(NULL, dt, &m, m, k, (float *)&m, NULL, (float *)&m, &m,
+                                            ne, (float *)&m, 1e-6f, NULL, NULL, (float *)&m, top_k,
+                                            1, (int32_t *)&m, (float *)&m, &m, &m, NULL);
+        CHECK_MSG(e == cudaErrorNotSupported, "oproj_router %s m=%u k=%u ne=%u: not refused (%d)",
+                  dtname(dt), m, k, ne, e);
+        return;
+    }
+    float *woe = NULL, *wre = NULL;
+    void *wo = rand_weights(dt, (size_t)m * k, 0.3f, &woe);
+    void *wr = rand_weights(dt, (size_t)ne * m, 0.5f, &wre);
+    float *att = rand_f32(k, 1.0f), *x = rand_f32(m, 3.0f), *b = rand_f32(m, 1.0f),
+          *nw = rand_f32(m, 1.5f);
+    void *dwo = dev_upload(wo, (size_t)m * k * wsize(dt)),
+         *dwr = dev_upload(wr, (size_t)ne * m * wsize(dt));
+    float *datt = dev_upload(att, k * sizeof(float)), *db = dev_upload(b, m * sizeof(float));
+    float *dnw = dev_upload(nw, m * sizeof(float));
+    float *dx1 = dev_upload(x, m * sizeof(float)), *dx2 = dev_alloc(m * sizeof(float));
+    float *dxn1 = dev_alloc(m * sizeof(float)), *dxn2 = dev_alloc(m * sizeof(float));
+    float *l1 = dev_alloc(ne * sizeof(float)), *l2 = dev_alloc(ne * sizeof(float));
+    int32_t *i1 = dev_alloc(top_k * sizeof(int32_t)), *i2 = dev_alloc(top_k * sizeof(int32_t));
+    float *g1 = dev_alloc(top_k * sizeof(float)), *g2 = dev_alloc(top_k * sizeof(float));
+    unsigned zero = 0, *done1 = dev_upload(&zero, sizeof zero),
+             *done2 = dev_upload(&zero, sizeof zero);
+    void *part = dev_alloc(mb_kcuda_oproj_router_part_bytes(ne));
+    float *h = NULL;
+    CU(cudaMallocHost((void **)&h, m * sizeof(float)));
+    RUN(mb_kcuda_linear(NULL, dt, dwo, m, k, datt, k, 1, dx1, m, bias ? db : NULL, 1));
+    const mb_kcuda_norm_in in = {.x = dx1, .w = dnw, .eps = 1e-6f, .xn = dxn1};
+    RUN(mb_kcuda_router_topk_norm(NULL, dt, dwr, ne, m, &in, l1, top_k, 1, i1, g1, done1));
+    float *x1 = xmalloc(m * sizeof(float)), *x2 = xmalloc(m * sizeof(float)),
+          *xn1 = xmalloc(m * sizeof(float)), *xn2 = xmalloc(m * sizeof(float)),
+          *a1 = xmalloc(ne * sizeof(float)), *a2 = xmalloc(ne * sizeof(float));
+    dev_download(x1, dx1, m * sizeof(float));
+    dev_download(xn1, dxn1, m * sizeof(float));
+    dev_download(a1, l1, ne * sizeof(float));
+    int32_t *slot_of = xmalloc(ne * sizeof(int32_t));
+    for (uint32_t e = 0; e < ne; e++)
+        slot_of[e] = (int32_t)((e * 7u + 3u) % ne);
+    int32_t *dslot = dev_upload(slot_of, ne * sizeof(int32_t));
+    uint16_t *cnt1 = dev_alloc(sizeof(uint16_t)), *cnt2 = dev_alloc(sizeof(uint16_t));
+    void *pr1 = dev_alloc(top_k * 8), *pr2 = dev_alloc(top_k * 8);
+    uint32_t *rt1 = dev_alloc(ne * sizeof(uint32_t)), *rt2 = dev_alloc(ne * sizeof(uint32_t));
+    unsigned long long *stamp = dev_alloc(sizeof *stamp);
+    CU(cudaMemset(rt1, 0, ne * sizeof(uint32_t)));
+    CU(cudaMemset(rt2, 0, ne * sizeof(uint32_t)));
+    CU(cudaMemset(stamp, 0, sizeof *stamp));
+    const mb_kcuda_route_local loc = {
+        .slot_of = dslot, .counts = cnt2, .pairs = pr2, .routed = rt2, .stamp = stamp};
+    size_t bad = 0;
+    double err = 0.0, xerr = 0.0;
+    for (int rep = 0; rep < 2; rep++) {
+        CU(cudaMemcpy(dx2, x, m * sizeof(float), cudaMemcpyHostToDevice));
+        RUN(mb_kcuda_oproj_router(NULL, dt, dwo, m, k, datt, bias ? db : NULL, dx2, dwr, ne, dnw,
+                                  1e-6f, dxn2, rep ? h : NULL, l2, top_k, 1, i2, g2, done2, part,
+                                  rep ? &loc : NULL));
+        RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, 1, i1, g1));
+        if (rep == 1) {
+            RUN(mb_kcuda_local_pairs(NULL, i1, g1, 1, top_k, dslot, cnt1, pr1, rt1));
+            unsigned char b1[32 * 8], b2[32 * 8];
+            uint32_t *r1 = xmalloc(ne * sizeof(uint32_t)), *r2 = xmalloc(ne * sizeof(uint32_t));
+            uint16_t c1 = 0, c2 = 1;
+            unsigned long long st = 0;
+            dev_download(b1, pr1, top_k * 8);
+            dev_download(b2, pr2, top_k * 8);
+            dev_download(r1, rt1, ne * sizeof(uint32_t));
+            dev_download(r2, rt2, ne * sizeof(uint32_t));
+            dev_download(&c1, cnt1, sizeof c1);
+            dev_download(&c2, cnt2, sizeof c2);
+            dev_download(&st, stamp, sizeof st);
+            bad += (size_t)(memcmp(b1, b2, top_k * 8) != 0) +
+                   (size_t)(memcmp(r1, r2, ne * sizeof(uint32_t)) != 0) + (c1 != c2) + (st == 0);
+            free(r1);
+            free(r2);
+        }
+        dev_download(x2, dx2, m * sizeof(float));
+        dev_download(a2, l2, ne * sizeof(float));
+        dev_download(xn2, dxn2, m * sizeof(float));
+        bad += count_diff(x1, x2, m);
+        if (rep == 1) bad += count_diff(xn2, h, m);
+        const double e = gemv_rel_err(a1, a2, wre, xn1, NULL, NULL, ne, m);
+        err = e > err ? e : err;
+        for (uint32_t j = 0; j < m; j++) {
+            const double d = fabs((double)xn1[j] - xn2[j]) / (fabs((double)xn1[j]) + 1e-30);
+            if (d > xerr || d != d) xerr = d != d ? INFINITY : d;
+        }
+        int32_t ia[32], ib[32];
+        float ga[32], gb[32];
+        dev_download(ia, i1, top_k * sizeof(int32_t));
+        dev_download(ib, i2, top_k * sizeof(int32_t));
+        dev_download(ga, g1, top_k * sizeof(float));
+        dev_download(gb, g2, top_k * sizeof(float));
+        bad += (size_t)(memcmp(ia, ib, top_k * sizeof(int32_t)) != 0) + count_diff(ga, gb, top_k);
+        unsigned left = 1;
+        dev_download(&left, done2, sizeof left);
+        bad += left != 0;
+    }
+    err = xerr > err ? xerr : err;
+    CHECK_MSG(note(E_NORM_IN, err, "oproj_router %s m=%u k=%u ne=%u", dtname(dt), m, k, ne),
+              "oproj_router %s m=%u k=%u ne=%u: logits or xn error %.3g", dtname(dt), m, k, ne,
+              err);
+    CHECK_MSG(
+        note(E_FUSED, (double)bad, "oproj_router %s m=%u k=%u ne=%u top_k=%u bias=%d", dtname(dt),
+             m, k, ne, top_k, bias),
+        "oproj_router %s m=%u k=%u ne=%u top_k=%u: %zu x values, ids, gates or counters differ",
+        dtname(dt), m, k, ne, top_k, bad);
+    cudaFreeHost(h);
+    void *dev[] = {dwo, dwr, datt,  db,    dnw,  dx1,   dx2,  dxn1, dxn2, l1,  l2,  i1,  i2,
+                   g1,  g2,  done1, done2, part, dslot, cnt1, cnt2, pr1,  pr2, rt1, rt2, stamp};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
+        cudaFree(dev[i]);
+    void *host[] = {wo, woe, wr, wre, att, x, b, nw, x1, x2, xn1, xn2, a1, a2, slot_of};
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++)
+        free(host[i]);
+}
+
+/* o_proj and the router in one launch: Qwen3-30B-A3B's shape (16 rows a
+ * block on 132 SMs), 4 and 8 rows, a last block past m, 1024 experts, and
+ * f32 at a size the staged GEMV does not take (refused). */
+static void test_oroute(void)
+{
+    static const uint32_t sh[][4] = {
+        {2048, 4096, 128, 8}, {256, 512, 60, 4}, {1000, 64, 8, 2}, {128, 64, 1024, 8}};
+    for (int dt = 0; dt < 3; dt++)
+        for (size_t i = 0; i < sizeof sh / sizeof *sh; i++)
+            oroute_case(dt, sh[i][0], sh[i][1], sh[i][2], sh[i][3], (int)((i + (size_t)dt) % 2));
+}
+
 /* The norm folded into one-token projections (decode): the GEMV's one-row
  * and four-row blocks, vector and scalar loads (k % 8), every dtype; with
  * preload letter q on 132 SMs the staged GEMV's 40, 32 and 48 rows a block
@@ -1771,7 +1908,7 @@ int main(int argc, char **argv)
         {"rope", test_rope},         {"silu_add", test_silu_add},   {"route", test_route},
         {"linear", test_linear},     {"attention", test_attention}, {"merge", test_merge},
         {"fused", test_fused},       {"norm_in", test_norm_in},     {"drain", test_drain},
-        {"stamp", test_stamp}};
+        {"stamp", test_stamp},       {"oroute", test_oroute}};
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
         if (wanted(groups[i].name)) groups[i].run();
     print_stats();
