@@ -1332,6 +1332,77 @@ static void linear_norm_case(int dt, uint32_t m, uint32_t k, int addend, int bia
     free(xb);
 }
 
+/* The local experts' pairs a routing kernel writes with loc (slots a
+ * permutation of the experts, routed counts, its stamp), checked against
+ * mb_kcuda_local_pairs' on the same ids and gates. */
+typedef struct {
+    uint32_t ne, top_k;
+    int32_t *slot_of, *dslot;
+    uint16_t *cnt1, *cnt2;
+    void *pr1, *pr2;
+    uint32_t *rt1, *rt2;
+    unsigned long long *stamp;
+    mb_kcuda_route_local loc;
+} local_check;
+
+static void local_check_init(local_check *c, uint32_t ne, uint32_t top_k)
+{
+    c->ne = ne;
+    c->top_k = top_k;
+    c->slot_of = xmalloc(ne * sizeof(int32_t));
+    for (uint32_t e = 0; e < ne; e++)
+        c->slot_of[e] = (int32_t)((e * 7u + 3u) % ne);
+    c->dslot = dev_upload(c->slot_of, ne * sizeof(int32_t));
+    c->cnt1 = dev_alloc(sizeof(uint16_t));
+    c->cnt2 = dev_alloc(sizeof(uint16_t));
+    c->pr1 = dev_alloc(top_k * 8);
+    c->pr2 = dev_alloc(top_k * 8);
+    c->rt1 = dev_alloc(ne * sizeof(uint32_t));
+    c->rt2 = dev_alloc(ne * sizeof(uint32_t));
+    c->stamp = dev_alloc(sizeof *c->stamp);
+    CU(cudaMemset(c->rt1, 0, ne * sizeof(uint32_t)));
+    CU(cudaMemset(c->rt2, 0, ne * sizeof(uint32_t)));
+    CU(cudaMemset(c->stamp, 0, sizeof *c->stamp));
+    c->loc = (mb_kcuda_route_local){.slot_of = c->dslot,
+                                    .counts = c->cnt2,
+                                    .pairs = c->pr2,
+                                    .routed = c->rt2,
+                                    .stamp = c->stamp};
+}
+
+/* What differs from mb_kcuda_local_pairs on ids and gate (device, one
+ * token): pairs, routed counts, count, and a stamp never written. */
+static size_t local_check_diff(local_check *c, const int32_t *ids, const float *gate)
+{
+    const uint32_t ne = c->ne, top_k = c->top_k;
+    RUN(mb_kcuda_local_pairs(NULL, ids, gate, 1, top_k, c->dslot, c->cnt1, c->pr1, c->rt1));
+    unsigned char b1[32 * 8], b2[32 * 8];
+    uint32_t *r1 = xmalloc(ne * sizeof(uint32_t)), *r2 = xmalloc(ne * sizeof(uint32_t));
+    uint16_t c1 = 0, c2 = 1;
+    unsigned long long st = 0;
+    dev_download(b1, c->pr1, top_k * 8);
+    dev_download(b2, c->pr2, top_k * 8);
+    dev_download(r1, c->rt1, ne * sizeof(uint32_t));
+    dev_download(r2, c->rt2, ne * sizeof(uint32_t));
+    dev_download(&c1, c->cnt1, sizeof c1);
+    dev_download(&c2, c->cnt2, sizeof c2);
+    dev_download(&st, c->stamp, sizeof st);
+    const size_t bad = (size_t)(memcmp(b1, b2, top_k * 8) != 0) +
+                       (size_t)(memcmp(r1, r2, ne * sizeof(uint32_t)) != 0) + (c1 != c2) +
+                       (st == 0);
+    free(r1);
+    free(r2);
+    return bad;
+}
+
+static void local_check_free(local_check *c)
+{
+    void *dev[] = {c->dslot, c->cnt1, c->cnt2, c->pr1, c->pr2, c->rt1, c->rt2, c->stamp};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
+        cudaFree(dev[i]);
+    free(c->slot_of);
+}
+
 /* mb_kcuda_router_topk_norm against rmsnorm then the router: logits
  * within the GEMV bound, ids and gate those of mb_kcuda_route_topk on the
  * logits it wrote, xn bit for bit, the done counter back at 0 (twice). */
@@ -1363,19 +1434,8 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
     /* The second call also writes the local experts' pairs (slots a
      * permutation of the experts), which must be mb_kcuda_local_pairs' on
      * the same ids and gates, routed counts and all, with its stamp. */
-    int32_t *slot_of = xmalloc(ne * sizeof(int32_t));
-    for (uint32_t e = 0; e < ne; e++)
-        slot_of[e] = (int32_t)((e * 7u + 3u) % ne);
-    int32_t *dslot = dev_upload(slot_of, ne * sizeof(int32_t));
-    uint16_t *cnt1 = dev_alloc(sizeof(uint16_t)), *cnt2 = dev_alloc(sizeof(uint16_t));
-    void *pr1 = dev_alloc(top_k * 8), *pr2 = dev_alloc(top_k * 8);
-    uint32_t *rt1 = dev_alloc(ne * sizeof(uint32_t)), *rt2 = dev_alloc(ne * sizeof(uint32_t));
-    unsigned long long *stamp = dev_alloc(sizeof *stamp);
-    CU(cudaMemset(rt1, 0, ne * sizeof(uint32_t)));
-    CU(cudaMemset(rt2, 0, ne * sizeof(uint32_t)));
-    CU(cudaMemset(stamp, 0, sizeof *stamp));
-    const mb_kcuda_route_local loc = {
-        .slot_of = dslot, .counts = cnt2, .pairs = pr2, .routed = rt2, .stamp = stamp};
+    local_check lc;
+    local_check_init(&lc, ne, top_k);
     size_t bad = 0;
     double err = 0.0;
     for (int rep = 0; rep < 2; rep++) {
@@ -1384,24 +1444,9 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
                                           done));
         else
             RUN(mb_kcuda_router_topk_norm_local(NULL, dt, dw, ne, k, &in, l2, top_k, renorm, i2, g2,
-                                                done, &loc));
+                                                done, &lc.loc));
         RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, renorm, i1, g1));
-        if (rep == 1) {
-            RUN(mb_kcuda_local_pairs(NULL, i1, g1, 1, top_k, dslot, cnt1, pr1, rt1));
-            unsigned char b1[32 * 8], b2[32 * 8];
-            uint32_t r1[1024], r2[1024];
-            uint16_t c1 = 0, c2 = 1;
-            unsigned long long st = 0;
-            dev_download(b1, pr1, top_k * 8);
-            dev_download(b2, pr2, top_k * 8);
-            dev_download(r1, rt1, ne * sizeof(uint32_t));
-            dev_download(r2, rt2, ne * sizeof(uint32_t));
-            dev_download(&c1, cnt1, sizeof c1);
-            dev_download(&c2, cnt2, sizeof c2);
-            dev_download(&st, stamp, sizeof st);
-            bad += (size_t)(memcmp(b1, b2, top_k * 8) != 0) +
-                   (size_t)(memcmp(r1, r2, ne * sizeof(uint32_t)) != 0) + (c1 != c2) + (st == 0);
-        }
+        if (rep == 1) bad += local_check_diff(&lc, i1, g1);
         dev_download(a2, l2, ne * sizeof(float));
         const double e = gemv_rel_err(a1, a2, we, xn1, NULL, NULL, ne, k);
         err = e > err ? e : err;
@@ -1440,15 +1485,7 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
     cudaFree(g1);
     cudaFree(g2);
     cudaFree(done);
-    cudaFree(dslot);
-    cudaFree(cnt1);
-    cudaFree(cnt2);
-    cudaFree(pr1);
-    cudaFree(pr2);
-    cudaFree(rt1);
-    cudaFree(rt2);
-    cudaFree(stamp);
-    free(slot_of);
+    local_check_free(&lc);
     free(w);
     free(we);
     free(x);
@@ -1505,45 +1542,17 @@ static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t to
     dev_download(x1, dx1, m * sizeof(float));
     dev_download(xn1, dxn1, m * sizeof(float));
     dev_download(a1, l1, ne * sizeof(float));
-    int32_t *slot_of = xmalloc(ne * sizeof(int32_t));
-    for (uint32_t e = 0; e < ne; e++)
-        slot_of[e] = (int32_t)((e * 7u + 3u) % ne);
-    int32_t *dslot = dev_upload(slot_of, ne * sizeof(int32_t));
-    uint16_t *cnt1 = dev_alloc(sizeof(uint16_t)), *cnt2 = dev_alloc(sizeof(uint16_t));
-    void *pr1 = dev_alloc(top_k * 8), *pr2 = dev_alloc(top_k * 8);
-    uint32_t *rt1 = dev_alloc(ne * sizeof(uint32_t)), *rt2 = dev_alloc(ne * sizeof(uint32_t));
-    unsigned long long *stamp = dev_alloc(sizeof *stamp);
-    CU(cudaMemset(rt1, 0, ne * sizeof(uint32_t)));
-    CU(cudaMemset(rt2, 0, ne * sizeof(uint32_t)));
-    CU(cudaMemset(stamp, 0, sizeof *stamp));
-    const mb_kcuda_route_local loc = {
-        .slot_of = dslot, .counts = cnt2, .pairs = pr2, .routed = rt2, .stamp = stamp};
+    local_check lc;
+    local_check_init(&lc, ne, top_k);
     size_t bad = 0;
     double err = 0.0, xerr = 0.0;
     for (int rep = 0; rep < 2; rep++) {
         CU(cudaMemcpy(dx2, x, m * sizeof(float), cudaMemcpyHostToDevice));
         RUN(mb_kcuda_oproj_router(NULL, dt, dwo, m, k, datt, bias ? db : NULL, dx2, dwr, ne, dnw,
                                   1e-6f, dxn2, rep ? h : NULL, l2, top_k, 1, i2, g2, done2, part,
-                                  rep ? &loc : NULL));
+                                  rep ? &lc.loc : NULL));
         RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, 1, i1, g1));
-        if (rep == 1) {
-            RUN(mb_kcuda_local_pairs(NULL, i1, g1, 1, top_k, dslot, cnt1, pr1, rt1));
-            unsigned char b1[32 * 8], b2[32 * 8];
-            uint32_t *r1 = xmalloc(ne * sizeof(uint32_t)), *r2 = xmalloc(ne * sizeof(uint32_t));
-            uint16_t c1 = 0, c2 = 1;
-            unsigned long long st = 0;
-            dev_download(b1, pr1, top_k * 8);
-            dev_download(b2, pr2, top_k * 8);
-            dev_download(r1, rt1, ne * sizeof(uint32_t));
-            dev_download(r2, rt2, ne * sizeof(uint32_t));
-            dev_download(&c1, cnt1, sizeof c1);
-            dev_download(&c2, cnt2, sizeof c2);
-            dev_download(&st, stamp, sizeof st);
-            bad += (size_t)(memcmp(b1, b2, top_k * 8) != 0) +
-                   (size_t)(memcmp(r1, r2, ne * sizeof(uint32_t)) != 0) + (c1 != c2) + (st == 0);
-            free(r1);
-            free(r2);
-        }
+        if (rep == 1) bad += local_check_diff(&lc, i1, g1);
         dev_download(x2, dx2, m * sizeof(float));
         dev_download(a2, l2, ne * sizeof(float));
         dev_download(xn2, dxn2, m * sizeof(float));
@@ -1576,11 +1585,12 @@ static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t to
         "oproj_router %s m=%u k=%u ne=%u top_k=%u: %zu x values, ids, gates or counters differ",
         dtname(dt), m, k, ne, top_k, bad);
     cudaFreeHost(h);
-    void *dev[] = {dwo, dwr, datt,  db,    dnw,  dx1,   dx2,  dxn1, dxn2, l1,  l2,  i1,  i2,
-                   g1,  g2,  done1, done2, part, dslot, cnt1, cnt2, pr1,  pr2, rt1, rt2, stamp};
+    void *dev[] = {dwo, dwr, datt, db, dnw, dx1, dx2,   dxn1,  dxn2,
+                   l1,  l2,  i1,   i2, g1,  g2,  done1, done2, part};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
         cudaFree(dev[i]);
-    void *host[] = {wo, woe, wr, wre, att, x, b, nw, x1, x2, xn1, xn2, a1, a2, slot_of};
+    local_check_free(&lc);
+    void *host[] = {wo, woe, wr, wre, att, x, b, nw, x1, x2, xn1, xn2, a1, a2};
     for (size_t i = 0; i < sizeof host / sizeof *host; i++)
         free(host[i]);
 }
