@@ -1332,6 +1332,20 @@ static void linear_norm_case(int dt, uint32_t m, uint32_t k, int addend, int bia
     free(xb);
 }
 
+/* Whether two routings of one token (device ids and gates) differ: 1 for
+ * the ids, plus the gates that differ. */
+static size_t routing_diff(const int32_t *i1, const float *g1, const int32_t *i2, const float *g2,
+                           uint32_t top_k)
+{
+    int32_t ia[32], ib[32];
+    float ga[32], gb[32];
+    dev_download(ia, i1, top_k * sizeof(int32_t));
+    dev_download(ib, i2, top_k * sizeof(int32_t));
+    dev_download(ga, g1, top_k * sizeof(float));
+    dev_download(gb, g2, top_k * sizeof(float));
+    return (size_t)(memcmp(ia, ib, top_k * sizeof(int32_t)) != 0) + count_diff(ga, gb, top_k);
+}
+
 /* The local experts' pairs a routing kernel writes with loc (slots a
  * permutation of the experts, routed counts, its stamp), checked against
  * mb_kcuda_local_pairs' on the same ids and gates. */
@@ -1450,13 +1464,7 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
         dev_download(a2, l2, ne * sizeof(float));
         const double e = gemv_rel_err(a1, a2, we, xn1, NULL, NULL, ne, k);
         err = e > err ? e : err;
-        int32_t ia[32], ib[32];
-        float ga[32], gb[32];
-        dev_download(ia, i1, top_k * sizeof(int32_t));
-        dev_download(ib, i2, top_k * sizeof(int32_t));
-        dev_download(ga, g1, top_k * sizeof(float));
-        dev_download(gb, g2, top_k * sizeof(float));
-        bad += (size_t)(memcmp(ia, ib, top_k * sizeof(int32_t)) != 0) + count_diff(ga, gb, top_k);
+        bad += routing_diff(i1, g1, i2, g2, top_k);
         dev_download(xn2, dxn2, k * sizeof(float));
         bad += count_diff(xn1, xn2, k);
         unsigned left = 1;
@@ -1564,13 +1572,7 @@ static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t to
             const double d = fabs((double)xn1[j] - xn2[j]) / (fabs((double)xn1[j]) + 1e-30);
             if (d > xerr || d != d) xerr = d != d ? INFINITY : d;
         }
-        int32_t ia[32], ib[32];
-        float ga[32], gb[32];
-        dev_download(ia, i1, top_k * sizeof(int32_t));
-        dev_download(ib, i2, top_k * sizeof(int32_t));
-        dev_download(ga, g1, top_k * sizeof(float));
-        dev_download(gb, g2, top_k * sizeof(float));
-        bad += (size_t)(memcmp(ia, ib, top_k * sizeof(int32_t)) != 0) + count_diff(ga, gb, top_k);
+        bad += routing_diff(i1, g1, i2, g2, top_k);
         unsigned left = 1;
         dev_download(&left, done2, sizeof left);
         bad += left != 0;
