@@ -164,6 +164,7 @@ struct mb_fwd_cuda {
      * the router share a dtype): one kernel boundary a layer fewer, the
      * logits summed in another order. Unmeasured on a GPU, so off. */
     int oroute;
+    int oroute_next; /* 1: o_proj() left this layer's o_proj to route_out */
     cudaStream_t side;
     cudaEvent_t fork, join;
     int renorm;
@@ -905,7 +906,7 @@ static int oproj_routed(const mb_fwd_cuda *fc, uint32_t l, uint32_t n)
 {
     const dev_layer *D = &fc->layers[l];
     return fc->oroute && norm_in_gemv(fc, n) && D->wqkv.w && D->wo.w && D->router.w &&
-           D->wo.dtype == D->router.dtype &&
+           D->wo.dtype == D->router.dtype && D->router.cols == D->wo.rows &&
            mb_kcuda_oproj_router_ok(D->wo.dtype, D->wo.rows, D->wo.cols, D->router.rows);
 }
 
@@ -914,7 +915,10 @@ static int oproj_routed(const mb_fwd_cuda *fc, uint32_t l, uint32_t n)
  * route_out instead where oproj_routed. */
 static mb_status o_proj(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int nig)
 {
-    if (oproj_routed(fc, l, n)) return MB_STATUS_OK;
+    if (oproj_routed(fc, l, n)) {
+        fc->oroute_next = 1;
+        return MB_STATUS_OK;
+    }
     K(linear(fc, &fc->layers[l].wo, fc->att, fc->q_dim, n, fc->x, fc->cfg.d_model,
              nig && l ? fc->moe : NULL, 1));
     prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
@@ -1102,6 +1106,12 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k;
     float *xn = fc->xfer;
+    const int with_oproj = fc->oroute_next; /* decided once, by o_proj() */
+    fc->oroute_next = 0;
+    if (with_oproj && !norm_in_gemv(fc, n)) { /* oproj_routed implies it: never */
+        set_err(fc, "layer %u: o_proj was left to a router launch that does not run it", l);
+        return MB_STATUS_DEVICE;
+    }
     if (fc->fuse || fc->local_step) {
         /* ids and gate after xn: on the device for the local experts (in
          * xfer), else written straight into pinned host memory by the norm
@@ -1125,7 +1135,7 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
             }
             int32_t *ids = (int32_t *)(dst + n * d);
             float *gate = dst + n * (d + k);
-            if (oproj_routed(fc, l, n)) {
+            if (with_oproj) {
                 const dev_mat *O = &D->wo;
                 K(mb_kcuda_oproj_router(fc->stream, O->dtype, O->w, O->rows, O->cols, fc->att,
                                         l ? fc->moe : NULL, fc->x, R->w, R->rows, D->ffn_norm,

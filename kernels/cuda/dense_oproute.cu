@@ -13,17 +13,23 @@
 #include "kernels/cuda/dense_gemv.cuh"
 #include "kernels/cuda/dense_route.cuh"
 
-// Dynamic shared memory: the staged Wo rows (R x k weights), then the
-// router's columns for those rows as floats [R][ne + 1] (an expert a
-// thread in the dots, so a row's reads are consecutive; the extra column
-// spreads an expert's R values over the banks when they are stored);
-// after the GEMV the last block reuses the front for the logits (ne
-// floats). part: the partial logits [blocks][ne], then from an even float
-// the blocks' sums of squares (double).
+// Dynamic shared memory: the staged Wo rows (R x k weights); after the
+// GEMV the last block reuses the front for the logits (ne floats).
+// part: the partial logits expert by expert, [ne][ldp] with ldp the
+// blocks rounded up to 4 (a row read as float4), then the blocks' sums of
+// squares (double).
 static size_t mb_or_smem(uint32_t k, uint32_t ne, int rows, size_t wsize)
 {
-    return (size_t)rows * k * wsize + (size_t)rows * (ne + 1) * sizeof(float);
+    const size_t staged = (size_t)rows * k * wsize, logits = (size_t)ne * sizeof(float);
+    return staged > logits ? staged : logits;
 }
+
+static __device__ __forceinline__ uint32_t mb_or_ldp(uint32_t blocks)
+{
+    return (blocks + 3u) & ~3u;
+}
+
+#define MB_OR_UM 16 // router weights a thread holds for a chunk of experts
 
 template <typename W, int R>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
@@ -34,46 +40,67 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
                                  int32_t *__restrict__ ids, float *__restrict__ gate,
                                  unsigned *done, const mb_kcuda_route_local loc)
 {
+    constexpr int T = MB_LIN_GEMV_THREADS, EPI = T / R, EC = MB_OR_UM * EPI;
+    static_assert(T % R == 0 && 32 % R == 0, "a row group of R lanes inside a warp");
     extern __shared__ uint4 mb_or_dyn[];
     __shared__ float ys[R], sq[R];
     __shared__ double ssw[MB_LIN_GEMV_WARPS];
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t row0 = blockIdx.x * R;
-    float *cols = reinterpret_cast<float *>(reinterpret_cast<W *>(mb_or_dyn) + (size_t)R * k);
-    // The router's columns row0 .. row0 + R (weights: before the wait,
-    // while the kernels before this one run); rows past m are 0.
-    // Consecutive threads read an expert's R consecutive weights.
-    const uint32_t ldc = ne + 1;
-    for (uint32_t i = tid; i < (uint32_t)R * ne; i += MB_LIN_GEMV_THREADS) {
-        const uint32_t e = i / R, r = i % R;
-        cols[r * ldc + e] = row0 + r < m ? mb_to_f32<W>(wr[(size_t)e * m + row0 + r]) : 0.0f;
-    }
+    // Thread tid holds the router's weight of row row0 + r for experts
+    // eg, eg + EPI, ... of each chunk of EC experts: R lanes a group of
+    // experts, so the dot over the block's rows is a shuffle within them.
+    const int r = tid % R, eg = tid / R;
+    const uint32_t row0 = blockIdx.x * R, ldp = mb_or_ldp(gridDim.x);
+    const bool rin = row0 + (uint32_t)r < m;
+    const auto load_chunk = [&](uint32_t base, float(&w)[MB_OR_UM]) {
+#pragma unroll
+        for (int u = 0; u < MB_OR_UM; u++) {
+            const uint32_t e = base + (uint32_t)(eg + u * EPI);
+            w[u] = rin && e < ne ? mb_to_f32<W>(wr[(size_t)e * m + row0 + r]) : 0.0f;
+        }
+    };
+    // The first chunk's weights are loaded before the wait (in registers,
+    // all in flight while Wo's rows stream into shared memory).
+    float w0[MB_OR_UM];
+    load_chunk(0, w0);
     // o_proj, accumulating into x (waits for the kernel before it).
     float unused[1];
     mb_lin_gemv_block<W, R, true, false, 1, false, true>(wo, m, k, att, k, 1, x, m, bias, 1, {},
                                                          unused);
     // Thread r stored row row0 + r of x itself: its own write, read back.
     if (tid < R) {
-        const bool in = row0 + tid < m;
-        const float y = in ? x[row0 + tid] : 0.0f;
-        ys[tid] = in ? nrm.nw[row0 + tid] * y : 0.0f;
+        const float y = rin ? x[row0 + tid] : 0.0f;
+        ys[tid] = rin ? nrm.nw[row0 + tid] * y : 0.0f;
         sq[tid] = y;
     }
-    __syncthreads(); // ys, sq and cols are in
-    double *ssp = reinterpret_cast<double *>(part + (((size_t)gridDim.x * ne + 1) & ~(size_t)1));
+    __syncthreads(); // ys and sq are in
+    double *ssp = reinterpret_cast<double *>(part + (size_t)ne * ldp);
     if (tid == 0) {
         double s = 0.0;
-        for (int r = 0; r < R; r++)
-            s += (double)sq[r] * (double)sq[r];
+        for (int i = 0; i < R; i++)
+            s += (double)sq[i] * (double)sq[i];
         ssp[blockIdx.x] = s;
     }
-    for (uint32_t e = tid; e < ne; e += MB_LIN_GEMV_THREADS) {
-        float s = 0.0f;
+    // Partial logits: products over the group's R lanes by a fixed
+    // butterfly; its first lane stores the sum.
+    const float yr = ys[r];
+    const auto dot_chunk = [&](uint32_t base, const float(&w)[MB_OR_UM]) {
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            s += cols[r * ldc + e] * ys[r];
-        part[(size_t)blockIdx.x * ne + e] = s;
+        for (int u = 0; u < MB_OR_UM; u++) {
+            float v = w[u] * yr;
+#pragma unroll
+            for (int o = R / 2; o > 0; o >>= 1)
+                v += __shfl_xor_sync(0xffffffffu, v, o);
+            const uint32_t e = base + (uint32_t)(eg + u * EPI);
+            if (r == 0 && e < ne) part[(size_t)e * ldp + blockIdx.x] = v;
+        }
+    };
+    dot_chunk(0, w0);
+    for (uint32_t base = EC; base < ne; base += EC) { // more experts than a chunk: after the wait
+        float w[MB_OR_UM];
+        load_chunk(base, w);
+        dot_chunk(base, w);
     }
     __threadfence(); // this block's partials are visible device-wide before it counts itself done
     __syncthreads();
@@ -85,7 +112,7 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     // The squares in block order: a thread's blocks, then a fixed butterfly
     // and the warps in order.
     double ss = 0.0;
-    for (uint32_t b = tid; b < gridDim.x; b += MB_LIN_GEMV_THREADS)
+    for (uint32_t b = tid; b < gridDim.x; b += T)
         ss += __ldcg(ssp + b);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
@@ -98,13 +125,28 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         t += ssw[wi];
     const float scale = 1.0f / sqrtf((float)(t / (double)m) + nrm.eps);
 
-    // Logits: expert e's partials in block order (loads in flight four at a time).
+    // Logits: a thread an expert, its row of partials in block order,
+    // sixteen float4 loads in flight at a time.
     float *p = reinterpret_cast<float *>(mb_or_dyn);
-    for (uint32_t e = tid; e < ne; e += MB_LIN_GEMV_THREADS) {
+    const uint32_t G = gridDim.x, n4 = ldp / 4;
+    for (uint32_t e = tid; e < ne; e += T) {
+        const float4 *row = reinterpret_cast<const float4 *>(part + (size_t)e * ldp);
         float s = 0.0f;
-#pragma unroll 4
-        for (uint32_t b = 0; b < gridDim.x; b++)
-            s += __ldcg(part + (size_t)b * ne + e);
+        for (uint32_t c0 = 0; c0 < n4; c0 += 16) {
+            float4 v[16];
+#pragma unroll
+            for (int u = 0; u < 16; u++)
+                if (c0 + u < n4) v[u] = __ldcg(row + c0 + u);
+#pragma unroll
+            for (int u = 0; u < 16; u++) {
+                if (c0 + u >= n4) break;
+                const uint32_t b = 4 * (c0 + u); // b < G: ldp - 4 < G
+                s += v[u].x;
+                if (b + 1 < G) s += v[u].y;
+                if (b + 2 < G) s += v[u].z;
+                if (b + 3 < G) s += v[u].w;
+            }
+        }
         const float l = s * scale;
         p[e] = l;
         logits[e] = l;
@@ -114,10 +156,24 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         mb_route_row(p, p, (int)ne, (int)top_k, renorm, ids, gate, lane, loc.pairs ? &loc : nullptr,
                      0);
     } else if (nrm.xn) { // the normalised row, as mb_lin_norm_store_xn computes it
-        for (uint32_t j = (uint32_t)(tid - 32); j < m; j += MB_LIN_GEMV_THREADS - 32) {
-            const float v = nrm.nw[j] * (__ldcg(x + j) * scale);
-            nrm.xn[j] = v;
-            if (nrm.xn2) nrm.xn2[j] = v;
+        const auto al = [](const void *q) { return ((uintptr_t)q & 15) == 0; };
+        const uint32_t t0 = (uint32_t)(tid - 32), step = T - 32;
+        if (m % 4 == 0 && al(x) && al(nrm.nw) && al(nrm.xn) && (!nrm.xn2 || al(nrm.xn2))) {
+#pragma unroll 4
+            for (uint32_t j = t0; j < m / 4; j += step) {
+                const float4 h = __ldcg(reinterpret_cast<const float4 *>(x) + j);
+                const float4 g = reinterpret_cast<const float4 *>(nrm.nw)[j];
+                const float4 v = make_float4(g.x * (h.x * scale), g.y * (h.y * scale),
+                                             g.z * (h.z * scale), g.w * (h.w * scale));
+                reinterpret_cast<float4 *>(nrm.xn)[j] = v;
+                if (nrm.xn2) reinterpret_cast<float4 *>(nrm.xn2)[j] = v;
+            }
+        } else {
+            for (uint32_t j = t0; j < m; j += step) {
+                const float v = nrm.nw[j] * (__ldcg(x + j) * scale);
+                nrm.xn[j] = v;
+                if (nrm.xn2) nrm.xn2[j] = v;
+            }
         }
     }
     __syncthreads(); // routed and normalised
@@ -132,7 +188,8 @@ static int mb_or_rows(uint32_t m, uint32_t k, uint32_t ne, size_t wsize)
 {
     if (ne == 0 || ne > MB_ROUTE_MAX_EXPERTS || k % (16 / wsize) != 0) return 0;
     const int rows = mb_lin_staged(m, k, wsize, false);
-    if (rows == 0) return 0;
+    if ((rows != 4 && rows != 8 && rows != 16) || mb_dense_cdiv(m, rows) > (size_t)mb_dense_sms())
+        return 0; // a count without a kernel here, or more blocks than part holds
     return mb_or_smem(k, ne, rows, wsize) <= mb_lin_stage_max() ? rows : 0;
 }
 
@@ -149,8 +206,8 @@ extern "C" int mb_kcuda_oproj_router_ok(int wdtype, uint32_t m, uint32_t k, uint
 
 extern "C" size_t mb_kcuda_oproj_router_part_bytes(uint32_t n_experts)
 {
-    const size_t blocks = (size_t)mb_dense_sms();
-    return blocks * n_experts * sizeof(float) + 8 + blocks * sizeof(double);
+    const size_t blocks = (size_t)mb_dense_sms(), ldp = (blocks + 3) & ~(size_t)3;
+    return (size_t)n_experts * ldp * sizeof(float) + blocks * sizeof(double);
 }
 
 template <typename W, int R>
@@ -183,7 +240,8 @@ extern "C" int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, u
     const int rows = mb_or_rows(m, k, n_experts, ws);
     if (rows == 0) return (int)cudaErrorNotSupported;
     const auto al = [](const void *p) { return ((uintptr_t)p & 15) == 0; };
-    if (!al(wo) || !al(att)) return (int)cudaErrorInvalidValue;
+    if (!al(wo) || !al(att) || !al(part) || (loc && (!loc->slot_of || !loc->counts || !loc->pairs)))
+        return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
     const mb_lin_norm nrm = {nullptr, norm_w, eps, xn, xn2};
     const mb_kcuda_route_local no_loc = {};

@@ -1512,12 +1512,16 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
  * the reference's (the norm's factor from the squares in another order),
  * the host copy equal to xn, the local pairs mb_kcuda_local_pairs', and
  * the counter back at 0, twice. Shapes it does not take: refused. */
-static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t top_k, int bias)
+static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t top_k, int bias,
+                        int renorm)
 {
-    if (!mb_kcuda_oproj_router_ok(dt, m, k, ne)) {
-        const int e = mb_kcuda_oproj_router(NULL, dt, &m, m, k, (float *)&m, NULL, (float *)&m, &m,
-                                            ne, (float *)&m, 1e-6f, NULL, NULL, (float *)&m, top_k,
-                                            1, (int32_t *)&m, (float *)&m, &m, &m, NULL);
+    if (!mb_kcuda_oproj_router_ok(dt, m, k, ne)) { /* device memory, should it launch after all */
+        float *dm = dev_alloc(4096);
+        const int e =
+            mb_kcuda_oproj_router(NULL, dt, dm, m, k, dm, NULL, dm, dm, ne, dm, 1e-6f, NULL, NULL,
+                                  dm, top_k, renorm, (int32_t *)dm, dm, (unsigned *)dm, dm, NULL);
+        cudaGetLastError();
+        cudaFree(dm);
         CHECK_MSG(e == cudaErrorNotSupported, "oproj_router %s m=%u k=%u ne=%u: not refused (%d)",
                   dtname(dt), m, k, ne, e);
         return;
@@ -1543,7 +1547,7 @@ static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t to
     CU(cudaMallocHost((void **)&h, m * sizeof(float)));
     RUN(mb_kcuda_linear(NULL, dt, dwo, m, k, datt, k, 1, dx1, m, bias ? db : NULL, 1));
     const mb_kcuda_norm_in in = {.x = dx1, .w = dnw, .eps = 1e-6f, .xn = dxn1};
-    RUN(mb_kcuda_router_topk_norm(NULL, dt, dwr, ne, m, &in, l1, top_k, 1, i1, g1, done1));
+    RUN(mb_kcuda_router_topk_norm(NULL, dt, dwr, ne, m, &in, l1, top_k, renorm, i1, g1, done1));
     float *x1 = xmalloc(m * sizeof(float)), *x2 = xmalloc(m * sizeof(float)),
           *xn1 = xmalloc(m * sizeof(float)), *xn2 = xmalloc(m * sizeof(float)),
           *a1 = xmalloc(ne * sizeof(float)), *a2 = xmalloc(ne * sizeof(float));
@@ -1557,9 +1561,9 @@ static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t to
     for (int rep = 0; rep < 2; rep++) {
         CU(cudaMemcpy(dx2, x, m * sizeof(float), cudaMemcpyHostToDevice));
         RUN(mb_kcuda_oproj_router(NULL, dt, dwo, m, k, datt, bias ? db : NULL, dx2, dwr, ne, dnw,
-                                  1e-6f, dxn2, rep ? h : NULL, l2, top_k, 1, i2, g2, done2, part,
-                                  rep ? &lc.loc : NULL));
-        RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, 1, i1, g1));
+                                  1e-6f, dxn2, rep ? h : NULL, l2, top_k, renorm, i2, g2, done2,
+                                  part, rep ? &lc.loc : NULL));
+        RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, renorm, i1, g1));
         if (rep == 1) bad += local_check_diff(&lc, i1, g1);
         dev_download(x2, dx2, m * sizeof(float));
         dev_download(a2, l2, ne * sizeof(float));
@@ -1597,16 +1601,21 @@ static void oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t to
         free(host[i]);
 }
 
-/* o_proj and the router in one launch: Qwen3-30B-A3B's shape (16 rows a
- * block on 132 SMs), 4 and 8 rows, a last block past m, 1024 experts, and
- * f32 at a size the staged GEMV does not take (refused). */
+/* o_proj and the router in one launch on 132 SMs: Qwen3-30B-A3B's shape
+ * (16 rows a block, 128 experts: one chunk of a thread's weights), 200
+ * experts at 16 rows (two chunks), 4 and 8 rows a block, last blocks past
+ * m (1004 and 1009 rows at 8, 3 rows at 4), an odd count of partials a
+ * row (61 experts x 127 blocks), 1024 experts, and f32 at a size the
+ * staged GEMV does not take (refused); renorm on and off. */
 static void test_oroute(void)
 {
-    static const uint32_t sh[][4] = {
-        {2048, 4096, 128, 8}, {256, 512, 60, 4}, {1000, 64, 8, 2}, {128, 64, 1024, 8}};
+    static const uint32_t sh[][4] = {{2048, 4096, 128, 8}, {2048, 256, 200, 8}, {256, 512, 60, 4},
+                                     {1000, 64, 8, 2},     {1004, 64, 8, 2},    {1009, 64, 61, 4},
+                                     {3, 64, 8, 2},        {128, 64, 1024, 8}};
     for (int dt = 0; dt < 3; dt++)
         for (size_t i = 0; i < sizeof sh / sizeof *sh; i++)
-            oroute_case(dt, sh[i][0], sh[i][1], sh[i][2], sh[i][3], (int)((i + (size_t)dt) % 2));
+            oroute_case(dt, sh[i][0], sh[i][1], sh[i][2], sh[i][3], (int)((i + (size_t)dt) % 2),
+                        (int)((i / 2 + (size_t)dt) % 2));
 }
 
 /* The norm folded into one-token projections (decode): the GEMV's one-row

@@ -1,0 +1,19 @@
+#!/bin/bash
+# Issue 9, round 25 on the GPU machine (device tool `run`, carry .carry):
+# MB_CUDA_OROUTE=1's second form (o_proj and the router in one kernel; the
+# router's weights held in registers before the wait, the partials summed
+# expert by expert with sixteen float4 loads in flight, xn as float4),
+# after round 24's first form lost 0.046 ms of dense decode. Rows
+# alternating with the default, then test_dense_cuda's oroute group and
+# test_parity_device_oroute. About 4 minutes with a build.
+#   bash bench/gpu/round25.sh      (MB_SKIP_BUILD=1 on a warm machine)
+set -u
+cd "$(dirname "$0")/../.."
+export OUT=${OUT:-/tmp/mb-out}
+. bench/gpu/build9.sh
+row X=default MB_CUDA_OROUTE=1 X=default MB_CUDA_OROUTE=1 | tee "$OUT/rows25.txt"
+dense_tests dense_cuda-round25-or.txt MB_CUDA_OROUTE=1 MB_DENSE_TESTS=oroute,stamp
+(cd $B && timeout 170 ctest -R "^test_parity_device_oroute$" --timeout 160 --output-on-failure \
+    > "$OUT/parity_device-round25-or.txt" 2>&1; echo "== parity_device_oroute rc=$?")
+grep -E "CHECK failed|tests passed|Failed" "$OUT/parity_device-round25-or.txt" | head -5
+echo "total $(( $(date +%s) - t0 )) s"
