@@ -907,6 +907,7 @@ static int oproj_routed(const mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     const dev_layer *D = &fc->layers[l];
     return fc->oroute && norm_in_gemv(fc, n) && D->wqkv.w && D->wo.w && D->router.w &&
            D->wo.dtype == D->router.dtype && D->router.cols == D->wo.rows &&
+           D->router.rows == fc->cfg.n_experts && /* or_part's size */
            mb_kcuda_oproj_router_ok(D->wo.dtype, D->wo.rows, D->wo.cols, D->router.rows);
 }
 

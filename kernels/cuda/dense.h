@@ -263,10 +263,12 @@ int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, uint32_t m, 
                           float *logits, uint32_t top_k, int renorm, int32_t *ids, float *gate,
                           unsigned *done, void *part, const mb_kcuda_route_local *loc);
 /* Whether mb_kcuda_oproj_router takes these shapes on this device: where
- * the staged GEMV takes Wo (mb_kcuda_linear_staged, preload letter s) and
- * its shared memory also holds the router's columns. */
+ * the staged GEMV takes Wo (mb_kcuda_linear_staged, preload letter s) with
+ * a block an SM at most. */
 int mb_kcuda_oproj_router_ok(int wdtype, uint32_t m, uint32_t k, uint32_t n_experts);
-/* Bytes of part for n_experts on this device. */
+/* Bytes of part for n_experts on this device; part is 16-byte aligned,
+ * and loc (or NULL) has slot_of, counts and pairs set
+ * (cudaErrorInvalidValue otherwise). */
 size_t mb_kcuda_oproj_router_part_bytes(uint32_t n_experts);
 
 /* mb_kcuda_linear_norm into qkv (W [(n_heads + 2 kv->n_kv_heads) *

@@ -1,11 +1,12 @@
 // o_proj and the router in one launch (dense.h mb_kcuda_oproj_router; issue
-// 9, round 24). The router's kernel after o_proj costs a kernel boundary
-// and its own dependent trips (the residual's read for the norm, the
-// logits, the last block's counter) for half a megabyte of weights. Here
-// each block of the staged o_proj GEMV, once its rows of the new residual
-// are written, dots them (times the norm's weights) with the router's
-// columns for those rows, which it loaded before its wait, and leaves the
-// partial logits and its rows' squares in part. The norm's factor is a
+// 9, rounds 24 and 25). The router's kernel after o_proj costs a kernel
+// boundary and its own dependent trips (the residual's read for the norm,
+// the logits, the last block's counter) for half a megabyte of weights.
+// Here each block of the staged o_proj GEMV, once its rows of the new
+// residual are written, dots them (times the norm's weights) with the
+// router's columns for those rows (the first chunk of experts loaded
+// before its wait, into registers) and leaves the partial logits and its
+// rows' squares in part. The norm's factor is a
 // scalar over the whole row, so it applies after the sums: the last block
 // to finish adds the partials in block order, scales them, routes (as
 // mb_kcuda_router_topk_norm_local does, local pairs and stamp included)
@@ -152,8 +153,9 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         logits[e] = l;
     }
     __syncthreads();
-    if (warp == 0) {
-        mb_route_row(p, p, (int)ne, (int)top_k, renorm, ids, gate, lane, loc.pairs ? &loc : nullptr,
+    if (warp == 0) { // a copy here: taking the parameter's address copies it in every block
+        const mb_kcuda_route_local lc = loc;
+        mb_route_row(p, p, (int)ne, (int)top_k, renorm, ids, gate, lane, lc.pairs ? &lc : nullptr,
                      0);
     } else if (nrm.xn) { // the normalised row, as mb_lin_norm_store_xn computes it
         const auto al = [](const void *q) { return ((uintptr_t)q & 15) == 0; };

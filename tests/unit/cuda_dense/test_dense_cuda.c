@@ -1611,15 +1611,18 @@ static int oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t top
 
 /* o_proj and the router in one launch on 132 SMs: Qwen3-30B-A3B's shape
  * (16 rows a block, 128 experts: one chunk of a thread's weights), 200
- * experts at 16 rows (two chunks), 4 and 8 rows a block, last blocks past
- * m (1004 and 1009 rows at 8, 3 rows at 4), an odd count of partials a
- * row (61 experts x 127 blocks), 1024 experts, and f32 at a size the
- * staged GEMV does not take (refused); renorm on and off. */
+ * and 300 experts at 16 rows (two and three chunks), 4 and 8 rows a block
+ * (257 experts at 8 rows, 513 at 4: a last chunk of one expert), last
+ * blocks past m (1004 and 1009 rows at 8, 3 rows at 4, 2104 at 16), an
+ * odd count of partials a row (61 experts x 127 blocks), every SM a block
+ * (2112 rows: part full), 1024 experts, and f32 at a size the staged GEMV
+ * does not take (refused); renorm on and off. */
 static void test_oroute(void)
 {
-    static const uint32_t sh[][4] = {{2048, 4096, 128, 8}, {2048, 256, 200, 8}, {256, 512, 60, 4},
-                                     {1000, 64, 8, 2},     {1004, 64, 8, 2},    {1009, 64, 61, 4},
-                                     {3, 64, 8, 2},        {128, 64, 1024, 8}};
+    static const uint32_t sh[][4] = {
+        {2048, 4096, 128, 8}, {2048, 256, 200, 8}, {256, 512, 60, 4}, {1000, 64, 8, 2},
+        {1004, 64, 8, 2},     {1009, 64, 61, 4},   {3, 64, 8, 2},     {128, 64, 1024, 8},
+        {2112, 256, 300, 8},  {1056, 64, 257, 4},  {527, 64, 513, 8}, {2104, 128, 129, 3}};
     int ran = 0;
     for (int dt = 0; dt < 3; dt++)
         for (size_t i = 0; i < sizeof sh / sizeof *sh; i++)
