@@ -5,7 +5,10 @@
 # expert by expert with sixteen float4 loads in flight, xn as float4),
 # after round 24's first form lost 0.046 ms of dense decode. Rows
 # alternating with the default, then test_dense_cuda's oroute group and
-# test_parity_device_oroute. About 4 minutes with a build.
+# test_parity_device_oroute, and test_parity_device with the defaults
+# (round 23 changed the default path: the down kernel's early trigger,
+# the GEMV body; the ninth session ran it only with q and oroute on).
+# About 5 minutes with a build.
 #   bash bench/gpu/round25.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
 cd "$(dirname "$0")/../.."
@@ -16,4 +19,5 @@ dense_tests dense_cuda-round25-or.txt MB_CUDA_OROUTE=1 MB_DENSE_TESTS=oroute,sta
 (cd $B && timeout 170 ctest -R "^test_parity_device_oroute$" --timeout 160 --output-on-failure \
     > "$OUT/parity_device-round25-or.txt" 2>&1; echo "== parity_device_oroute rc=$?")
 grep -E "CHECK failed|tests passed|Failed" "$OUT/parity_device-round25-or.txt" | head -5
+parity round25-default
 echo "total $(( $(date +%s) - t0 )) s"
