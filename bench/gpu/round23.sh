@@ -1,4 +1,6 @@
 #!/bin/bash
+# A record of what ran: preload letter q went after round 24 (the step did
+# not improve), so MB_CUDA_PRELOAD=rhamsq now runs as the default rhams.
 # Issue 9, round 23 on the GPU machine (device tool `run`, carry .carry):
 # the next layer's QKV weights staged in shared memory by a QKV GEMV
 # launched early, while the local experts run (preload letter q:

@@ -1,4 +1,6 @@
 #!/bin/bash
+# A record of what ran: preload letter q went after round 24 (the step did
+# not improve), so MB_CUDA_PRELOAD=rhamsq now runs as the default rhams.
 # Issue 9, rounds 23 and 24 on the GPU machine in one call (device tool
 # `run`, carry .carry), both unmeasured so far and off by default:
 #   q      MB_CUDA_PRELOAD=rhamsq: the next layer's QKV weights staged in

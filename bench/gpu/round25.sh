@@ -3,18 +3,20 @@
 # MB_CUDA_OROUTE=1's second form (o_proj and the router in one kernel; the
 # router's weights held in registers before the wait, the partials summed
 # expert by expert with sixteen float4 loads in flight, xn as float4),
-# after round 24's first form lost 0.046 ms of dense decode. Rows
-# alternating with the default, then test_dense_cuda's oroute group and
+# after round 24's first form lost 0.046 ms of dense decode, and round
+# 23's MB_CUDA_L2_EXPERTS=8, never yet run. Rows alternating with the
+# default, then test_dense_cuda's oroute group and
 # test_parity_device_oroute, and test_parity_device with the defaults
-# (round 23 changed the default path: the down kernel's early trigger,
-# the GEMV body; the ninth session ran it only with q and oroute on).
-# About 5 minutes with a build.
+# (round 23 refactored the GEMV body, on the default path; the ninth
+# session ran test_parity_device only with q and oroute on). About 5
+# minutes with a build.
 #   bash bench/gpu/round25.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
 cd "$(dirname "$0")/../.."
 export OUT=${OUT:-/tmp/mb-out}
 . bench/gpu/build9.sh
-row X=default MB_CUDA_OROUTE=1 X=default MB_CUDA_OROUTE=1 | tee "$OUT/rows25.txt"
+row X=default MB_CUDA_OROUTE=1 MB_CUDA_L2_EXPERTS=8 X=default MB_CUDA_OROUTE=1 \
+    MB_CUDA_L2_EXPERTS=8 | tee "$OUT/rows25.txt"
 dense_tests dense_cuda-round25-or.txt MB_CUDA_OROUTE=1 MB_DENSE_TESTS=oroute,stamp
 (cd $B && timeout 170 ctest -R "^test_parity_device_oroute$" --timeout 160 --output-on-failure \
     > "$OUT/parity_device-round25-or.txt" 2>&1; echo "== parity_device_oroute rc=$?")

@@ -48,12 +48,8 @@ extern "C" int mb_kcuda_add(void *stream, float *x, const float *y, size_t count
     return mb_dense_launched();
 }
 
-// early: the next kernel may launch before this one waits (mb_pdl_trigger),
-// so that a staged QKV projection (preload letter q) streams its weights
-// in while the local experts before this stamp run.
-__global__ void mb_kcuda_stamp_kernel(unsigned long long *slot, int early)
+__global__ void mb_kcuda_stamp_kernel(unsigned long long *slot)
 {
-    if (early) mb_pdl_trigger();
     mb_pdl_enter();
     *slot = mb_dense_globaltimer();
 }
@@ -61,8 +57,7 @@ __global__ void mb_kcuda_stamp_kernel(unsigned long long *slot, int early)
 extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
 {
     if (!slot) return (int)cudaErrorInvalidValue;
-    static const int early = mb_dense_preload('q');
-    mb_dense_launch(mb_kcuda_stamp_kernel, 1, 1, 0, mb_dense_stream(stream), slot, early);
+    mb_dense_launch(mb_kcuda_stamp_kernel, 1, 1, 0, mb_dense_stream(stream), slot);
     return mb_dense_launched();
 }
 

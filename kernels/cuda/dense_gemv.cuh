@@ -25,11 +25,25 @@ static inline int mb_lin_rows(uint32_t m)
     return m < 2048 ? 1 : 4;
 }
 
-// The staged one-token GEMV (dense_linear.cu): rows a block for W [m][k]
-// of wsize-byte elements (norm: folded in, preload letter q; else s), 0
-// where it does not stage; and the most shared bytes a staged block takes.
-int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm);
+// The staged one-token GEMV without a norm (dense_linear.cu, preload
+// letter s): rows a block for W [m][k] of wsize-byte elements, one of
+// MB_LIN_STAGE_ROWS, 0 where it does not stage; and the most shared bytes
+// a staged block takes.
+#define MB_LIN_STAGE_ROWS 4, 8, 16
+int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize);
 size_t mb_lin_stage_max(void);
+
+// f(std::integral_constant<int, R>{}) for rows == R, one of R, Rs...;
+// false, calling nothing, for a count it has no instance for.
+template <int R, int... Rs, typename F> static inline bool mb_lin_with_rows(int rows, F &&f)
+{
+    if (rows == R) {
+        f(std::integral_constant<int, R>{});
+        return true;
+    }
+    if constexpr (sizeof...(Rs) > 0) return mb_lin_with_rows<Rs...>(rows, static_cast<F &&>(f));
+    return false;
+}
 
 // f(std::integral_constant<int, R>{}) for R = mb_lin_rows(m).
 template <typename F> static inline void mb_lin_by_rows(uint32_t m, F &&f)
@@ -235,8 +249,8 @@ mb_lin_gemv_block(const W *__restrict__ w, uint32_t m, uint32_t k, const float *
         };
         // Chunk c's products with weights wv(r, row r's V floats), added in
         // ascending c. A staged block reads a row at a time from shared
-        // memory, so R x V weights need not sit in registers at once (it
-        // may own 40 rows); the order of each row's products is the same.
+        // memory, so R x V weights need not sit in registers at once; the
+        // order of each row's products is the same.
         const auto chunk = [&](uint32_t c, auto &&wv) {
             float nv[V];
             if constexpr (NORM) mb_loadv<float, V, VEC>(nrm.nw + (size_t)c * V, nv);

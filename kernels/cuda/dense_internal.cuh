@@ -105,12 +105,12 @@ static inline int mb_dense_env_int(const char *name, int lo, int hi, int dflt)
 // other one-token GEMVs (o_proj), r the router, h the head pass, a the
 // decode attention, m its merge, s the one-token GEMVs without a norm
 // (o_proj) staging all their weights in shared memory while the attention
-// runs (mb_lin_staged), q those with a norm (QKV) doing so while the local
-// experts run (their end stamp lets it launch early; round 23, measuring);
-// default "rhams" ("0" none): on an H200
+// runs (mb_lin_staged); default "rhams" ("0" none): on an H200
 // (round 14) n cost 0.011 ms of the dense decode step (QKV's weights then
 // race the experts' before it) and g gained nothing; s gained 0.002 ms on
-// the H100 (round 17). Only where PDL is
+// the H100 (round 17). (A letter q staged QKV's weights while the local
+// experts ran: on the H100 the experts' down kernel slowed by what QKV
+// gained, the step by nothing, so it went after round 24.) Only where PDL is
 // on (else a kernel starts after the one before it anyway), but always on
 // the emulator (tests/unit/cuda_dense/emu), which runs kernels one after
 // another.
@@ -247,6 +247,12 @@ template <typename F> static inline void mb_dense_by_flags(bool a, bool b, F &&f
 static inline bool mb_dense_wdtype_ok(int wdtype)
 {
     return wdtype == MB_KCUDA_F32 || wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16;
+}
+
+// Bytes a weight of wdtype takes; 0 for a dtype the dense kernels lack.
+static inline size_t mb_dense_wsize(int wdtype)
+{
+    return wdtype == MB_KCUDA_F32 ? 4 : mb_dense_wdtype_ok(wdtype) ? 2 : 0;
 }
 
 // MB_CUDA_DENSE=simt keeps every dense kernel off the tensor cores (the

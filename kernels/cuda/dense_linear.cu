@@ -12,7 +12,6 @@
 //   bf16 weights take the tensor-core GEMM of dense_linear_mma.cu instead.
 // Every output's summation order depends only on the shape: deterministic.
 #include <initializer_list>
-#include <type_traits>
 
 #include "kernels/cuda/dense_gemv.cuh"
 
@@ -37,32 +36,25 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
 }
 
 // The staged one-token GEMV (mb_lin_staged): the block's rows stream into
-// shared memory before the wait. NORM: the RMSNorm folded in, as
-// mb_kcuda_linear_gemv_kernel's.
-template <typename W, int R, bool NORM>
+// shared memory before the wait.
+template <typename W, int R>
 __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     mb_kcuda_linear_gemv_staged_kernel(const W *__restrict__ w, uint32_t m, uint32_t k,
                                        const float *__restrict__ x, float *__restrict__ y,
-                                       const float *__restrict__ bias, int accumulate,
-                                       const mb_lin_norm nrm)
+                                       const float *__restrict__ bias, int accumulate)
 {
-    float scale[1];
-    mb_lin_gemv_block<W, R, true, NORM, 1, false, true>(w, m, k, x, k, 1, y, m, bias, accumulate,
-                                                        nrm, scale);
-    if constexpr (NORM) mb_lin_norm_store_xn(x, k, 1, k, nrm, scale);
+    mb_lin_gemv_block<W, R, true, false, 1, false, true>(w, m, k, x, k, 1, y, m, bias, accumulate);
 }
 
 #define MB_LIN_STAGE_MAX (160u * 1024u) // shared bytes a staged block may take
 
-// Rows a block of the staged one-token GEMV (16-byte chunks): the fewest
-// of its letter's row counts that fit the grid in one wave of a block an SM,
-// where those rows' weights fit mb_lin_stage_max(); else 0, the plain
-// GEMV. One wave, so that every block is running, its weights in flight,
-// while the kernels before it run. Without a norm (preload letter s):
-// o_proj, launched early by the merge, at 2048 rows of 4096 bf16 on 132
-// SMs takes 16 rows, 128 KB. With one (letter q): the QKV projection,
-// launched early by the local experts' end stamp (mb_kcuda_stamp),
-// at 5120 rows of 2048 bf16 takes 40 rows, 160 KB.
+// Rows a block of the staged one-token GEMV (no norm, 16-byte chunks, the
+// preload letter s): the fewest of MB_LIN_STAGE_ROWS that fit the grid in
+// one wave of a block an SM, where those rows' weights fit
+// mb_lin_stage_max(); else 0, the plain GEMV. One wave, so that every block
+// is running, its weights in flight, while the attention before it runs
+// (its merge launches it early); o_proj at 2048 rows of 4096 bf16 on 132
+// SMs: 16 rows, 128 KB.
 // The most a staged block takes: MB_LIN_STAGE_MAX, or less where the
 // device allows less (its opt-in bound less 4 KiB for the static arrays).
 size_t mb_lin_stage_max(void)
@@ -71,52 +63,25 @@ size_t mb_lin_stage_max(void)
     return optin < MB_LIN_STAGE_MAX + 4096 ? (optin > 4096 ? optin - 4096 : 0) : MB_LIN_STAGE_MAX;
 }
 
-// The row counts a staged block may take: without a norm (letter s) up to
-// 16, as measured; with one (letter q) up to 48.
-#define MB_LIN_STAGE_ROWS_S 4, 8, 16
-#define MB_LIN_STAGE_ROWS_Q MB_LIN_STAGE_ROWS_S, 24, 32, 40, 48
-
-template <int... Rs> static int mb_lin_stage_fewest(uint32_t m, uint32_t k, size_t wsize)
+int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize)
 {
+    if (!mb_dense_preload('s')) return 0;
     const size_t sms = (size_t)mb_dense_sms();
-    for (int r : {Rs...})
+    for (int r : {MB_LIN_STAGE_ROWS})
         if (mb_dense_cdiv(m, r) <= sms) return (size_t)r * k * wsize <= mb_lin_stage_max() ? r : 0;
     return 0;
 }
 
-int mb_lin_staged(uint32_t m, uint32_t k, size_t wsize, bool norm)
-{
-    if (!mb_dense_preload(norm ? 'q' : 's')) return 0;
-    return norm ? mb_lin_stage_fewest<MB_LIN_STAGE_ROWS_Q>(m, k, wsize)
-                : mb_lin_stage_fewest<MB_LIN_STAGE_ROWS_S>(m, k, wsize);
-}
-
-template <typename W, int R, bool NORM>
+template <typename W, int R>
 static void mb_lin_staged_launch(cudaStream_t s, const W *w, uint32_t m, uint32_t k, const float *x,
-                                 float *y, const float *bias, int acc, const mb_lin_norm &nrm)
+                                 float *y, const float *bias, int acc)
 {
-    constexpr auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R, NORM>;
+    constexpr auto kern = mb_kcuda_linear_gemv_staged_kernel<W, R>;
     const size_t smem = (size_t)R * k * sizeof(W);
     if (mb_dense_opt_in<kern>(smem, mb_lin_stage_max()) != cudaSuccess)
         return; // the error stays for mb_dense_launched
     mb_dense_launch(kern, (unsigned)mb_dense_cdiv(m, R), MB_LIN_GEMV_THREADS, smem, s, w, m, k, x,
-                    y, bias, acc, nrm);
-}
-
-// The staged GEMV with rows rows a block (mb_lin_staged's answer), one of
-// R, Rs...; false, launching nothing, for a count it has no kernel for.
-template <typename W, bool NORM, int R, int... Rs>
-static bool mb_lin_staged_by_rows(int rows, cudaStream_t s, const W *w, uint32_t m, uint32_t k,
-                                  const float *x, float *y, const float *bias, int acc,
-                                  const mb_lin_norm &nrm)
-{
-    if (rows == R) {
-        mb_lin_staged_launch<W, R, NORM>(s, w, m, k, x, y, bias, acc, nrm);
-        return true;
-    }
-    if constexpr (sizeof...(Rs) > 0)
-        return mb_lin_staged_by_rows<W, NORM, Rs...>(rows, s, w, m, k, x, y, bias, acc, nrm);
-    return false;
+                    y, bias, acc);
 }
 
 #define MB_LIN_BM 64 // tokens per tile
@@ -208,14 +173,11 @@ static void mb_lin_gemv(cudaStream_t s, bool vec, const W *w, uint32_t m, uint32
                         const float *bias, int acc, const mb_lin_norm *nrm = nullptr)
 {
     const mb_lin_norm none = {};
-    if (vec && n == 1 && ldx == k && ldy >= m) {
-        const int rows = mb_lin_staged(m, k, sizeof(W), nrm != nullptr);
-        if (nrm ? mb_lin_staged_by_rows<W, true, MB_LIN_STAGE_ROWS_Q>(rows, s, w, m, k, x, y, bias,
-                                                                      acc, *nrm)
-                : mb_lin_staged_by_rows<W, false, MB_LIN_STAGE_ROWS_S>(rows, s, w, m, k, x, y, bias,
-                                                                       acc, none))
-            return;
-    }
+    if (vec && n == 1 && !nrm && ldx == k && ldy >= m &&
+        mb_lin_with_rows<MB_LIN_STAGE_ROWS>(mb_lin_staged(m, k, sizeof(W)), [&](auto r) {
+            mb_lin_staged_launch<W, decltype(r)::value>(s, w, m, k, x, y, bias, acc);
+        }))
+        return;
     const bool pre = vec && n == 1 && mb_dense_preload(nrm ? 'n' : 'g');
     const auto launch = [&](auto r, auto nt) {
         constexpr int R = decltype(r)::value, NT = decltype(nt)::value;
@@ -277,10 +239,8 @@ extern "C" int mb_kcuda_linear(void *stream, int wdtype, const void *w, uint32_t
 
 extern "C" int mb_kcuda_linear_staged(int wdtype, uint32_t m, uint32_t k)
 {
-    const size_t wsize = wdtype == MB_KCUDA_F32                              ? 4
-                         : wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16 ? 2
-                                                                             : 0;
-    return wsize && mb_lin_staged(m, k, wsize, false) != 0;
+    const size_t wsize = mb_dense_wsize(wdtype);
+    return wsize && mb_lin_staged(m, k, wsize) != 0;
 }
 
 extern "C" int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uint32_t m, uint32_t k,

@@ -185,24 +185,19 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     }
 }
 
-// The rows a block for these shapes, or 0 where the kernel does not take them.
+// The rows a block for these shapes (the staged o_proj's: one of
+// MB_LIN_STAGE_ROWS, at most a block an SM, which part is sized for), or 0
+// where the kernel does not take them.
 static int mb_or_rows(uint32_t m, uint32_t k, uint32_t ne, size_t wsize)
 {
     if (ne == 0 || ne > MB_ROUTE_MAX_EXPERTS || k % (16 / wsize) != 0) return 0;
-    const int rows = mb_lin_staged(m, k, wsize, false);
-    if ((rows != 4 && rows != 8 && rows != 16) || mb_dense_cdiv(m, rows) > (size_t)mb_dense_sms())
-        return 0; // a count without a kernel here, or more blocks than part holds
-    return mb_or_smem(k, ne, rows, wsize) <= mb_lin_stage_max() ? rows : 0;
-}
-
-static size_t mb_or_wsize(int wdtype)
-{
-    return wdtype == MB_KCUDA_F32 ? 4 : wdtype == MB_KCUDA_F16 || wdtype == MB_KCUDA_BF16 ? 2 : 0;
+    const int rows = mb_lin_staged(m, k, wsize);
+    return rows && mb_or_smem(k, ne, rows, wsize) <= mb_lin_stage_max() ? rows : 0;
 }
 
 extern "C" int mb_kcuda_oproj_router_ok(int wdtype, uint32_t m, uint32_t k, uint32_t n_experts)
 {
-    const size_t ws = mb_or_wsize(wdtype);
+    const size_t ws = mb_dense_wsize(wdtype);
     return ws && m && k && mb_or_rows(m, k, n_experts, ws) != 0;
 }
 
@@ -237,7 +232,7 @@ extern "C" int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, u
         m == 0 || k == 0 || n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 ||
         top_k > MB_ROUTE_MAX_K || top_k > n_experts)
         return (int)cudaErrorInvalidValue;
-    const size_t ws = mb_or_wsize(wdtype);
+    const size_t ws = mb_dense_wsize(wdtype);
     if (!ws) return (int)cudaErrorInvalidValue;
     const int rows = mb_or_rows(m, k, n_experts, ws);
     if (rows == 0) return (int)cudaErrorNotSupported;
@@ -249,17 +244,11 @@ extern "C" int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, u
     const mb_kcuda_route_local no_loc = {};
     return mb_dense_by_wdtype(wdtype, [&](auto tag) {
         using W = decltype(tag);
-        const auto go = [&](auto r) {
+        mb_lin_with_rows<MB_LIN_STAGE_ROWS>(rows, [&](auto r) {
             mb_or_launch<W, decltype(r)::value>(s, (const W *)wo, m, k, att, bias, (const W *)wr,
                                                 n_experts, nrm, x, (float *)part, logits, top_k,
                                                 renorm, ids, gate, done, loc ? *loc : no_loc);
-        };
-        if (rows == 16)
-            go(std::integral_constant<int, 16>{});
-        else if (rows == 8)
-            go(std::integral_constant<int, 8>{});
-        else
-            go(std::integral_constant<int, 4>{});
+        });
         return mb_dense_launched();
     });
 }

@@ -10,7 +10,7 @@
 //   gate/up: h[pos][r] = silu(W_gate[r] . x[token(pos)]) * (W_up[r] . x[token(pos)])
 //   down:    y[pos][n] = W_down[n] . h[pos]
 //   fused:   out[t][n] = sum_j gate_j * (W_down(j)[n] . h[pos_j])   (j: t's pairs)
-#include "kernels/cuda/dense_internal.cuh" // mb_dense_preload; moe_internal.cuh
+#include "kernels/cuda/moe_internal.cuh"
 
 #define MB_GEMV_WARPS 8
 #define MB_GEMV_NT 4
@@ -121,14 +121,6 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
                              const mb_kcuda_pair *__restrict__ pairs, const int32_t *__restrict__ pair_pos,
                              const float *__restrict__ h, P *__restrict__ out, int K, int N, int n_single)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // A kernel launched after it with programmatic serialization may start
-    // now (the coordinator's end stamp, and with preload letter q the
-    // staged QKV projection after it); such a kernel waits for this grid's
-    // completion before it reads anything this one writes. A plainly
-    // launched kernel after it is not affected.
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
     const int t = blockIdx.y;
     const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
@@ -155,29 +147,6 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
     if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
 }
 
-// With the coordinator's preload letter q (mb_dense_preload), the SMs keep
-// 164 KB of shared memory configured while the fused down kernel (which
-// takes none) runs: an SM changes its carveout only with no block
-// resident, so the staged QKV blocks it lets launch early (its
-// griddepcontrol) would otherwise wait for its blocks to drain. 71% of
-// sm_90's 228 KB rounds to the 164 KB configuration. A hint, set once a
-// process (on its first device); a refusal is cleared, not reported.
-template <typename W, typename P> static void mb_gemv_carve(void)
-{
-    static const bool done = [] {
-        if (!mb_dense_preload('q')) return true;
-        const auto k1 = mb_kcuda_down_combine_kernel<W, P, true>;
-        const auto k2 = mb_kcuda_down_combine_kernel<W, P, false>;
-        if (cudaFuncSetAttribute(k1, cudaFuncAttributePreferredSharedMemoryCarveout, 71) !=
-                cudaSuccess ||
-            cudaFuncSetAttribute(k2, cudaFuncAttributePreferredSharedMemoryCarveout, 71) !=
-                cudaSuccess)
-            (void)cudaGetLastError();
-        return true;
-    }();
-    (void)done;
-}
-
 template <typename W, typename P>
 static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused,
                                  cudaStream_t stream)
@@ -193,7 +162,6 @@ static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem
     float *h = (float *)ws->h;
     const dim3 blk(MB_GEMV_WARPS * 32);
     const dim3 g1((dff + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, single ? (unsigned)n_single : ne);
-    if (fused) mb_gemv_carve<W, P>();
     if (vec_in)
         mb_kcuda_gateup_kernel<W, P, true><<<g1, blk, 0, stream>>>(p->slots, ws->scalars, ws->expert_slot,
                                                                    ws->expert_off, ws->perm_token, act, h, dm, dff,
