@@ -107,6 +107,9 @@ typedef struct {
     dev_mat sh_gate, sh_up, sh_down, sh_sg; /* Qwen2-MoE shared expert */
     float *attn_norm, *ffn_norm, *bq, *bk, *bv, *q_norm, *k_norm;
     mb_kcuda_kv kv;
+    /* 1: a one-token step with the norms in the GEMVs runs o_proj inside
+     * the router's launch (oroute; set at upload, see oproj_routed). */
+    int oproj_routed;
 } dev_layer;
 
 struct mb_fwd_cuda {
@@ -164,7 +167,6 @@ struct mb_fwd_cuda {
      * the router share a dtype): one kernel boundary a layer fewer, the
      * logits summed in another order. Unmeasured on a GPU, so off. */
     int oroute;
-    int oroute_next; /* 1: o_proj() left this layer's o_proj to route_out */
     cudaStream_t side;
     cudaEvent_t fork, join;
     int renorm;
@@ -455,6 +457,12 @@ static mb_status upload_layer(mb_fwd_cuda *fc, uint32_t l, progress_line *p)
         MB_TRY(upload_vec(fc, &L->q_norm, c->head_dim, &D->q_norm));
         MB_TRY(upload_vec(fc, &L->k_norm, c->head_dim, &D->k_norm));
     }
+    /* One QKV matrix (attention_block_fused's nig), o_proj and the router
+     * in one dtype, the router as wide as o_proj's output and as tall as
+     * or_part is sized for, shapes mb_kcuda_oproj_router takes. */
+    D->oproj_routed = fc->oroute && D->wqkv.w && D->wo.dtype == D->router.dtype &&
+                      D->router.cols == D->wo.rows && D->router.rows == c->n_experts &&
+                      mb_kcuda_oproj_router_ok(D->wo.dtype, D->wo.rows, D->wo.cols, D->router.rows);
     return MB_STATUS_OK;
 }
 
@@ -898,17 +906,13 @@ static int route_paired(const mb_fwd_cuda *fc, uint32_t n)
     return fc->local_step && fc->route_pairs && norm_in_gemv(fc, n);
 }
 
-/* Whether layer l's o_proj runs inside the router's launch (oroute):
- * one token with the norms in the GEMVs (route_out's fused branch), one
- * QKV matrix (attention_block_fused's nig), o_proj and the router in one
- * dtype, shapes mb_kcuda_oproj_router takes. */
+/* Whether layer l's o_proj runs inside the router's launch: one token
+ * with the norms in the GEMVs (route_out's fused branch) on a layer that
+ * takes it (dev_layer.oproj_routed). o_proj() and route_out() both ask;
+ * the answer depends on nothing that changes after upload. */
 static int oproj_routed(const mb_fwd_cuda *fc, uint32_t l, uint32_t n)
 {
-    const dev_layer *D = &fc->layers[l];
-    return fc->oroute && norm_in_gemv(fc, n) && D->wqkv.w && D->wo.w && D->router.w &&
-           D->wo.dtype == D->router.dtype && D->router.cols == D->wo.rows &&
-           D->router.rows == fc->cfg.n_experts && /* or_part's size */
-           mb_kcuda_oproj_router_ok(D->wo.dtype, D->wo.rows, D->wo.cols, D->router.rows);
+    return norm_in_gemv(fc, n) && fc->layers[l].oproj_routed;
 }
 
 /* o_proj accumulating the attention's output into x, with the experts'
@@ -916,10 +920,7 @@ static int oproj_routed(const mb_fwd_cuda *fc, uint32_t l, uint32_t n)
  * route_out instead where oproj_routed. */
 static mb_status o_proj(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int nig)
 {
-    if (oproj_routed(fc, l, n)) {
-        fc->oroute_next = 1;
-        return MB_STATUS_OK;
-    }
+    if (oproj_routed(fc, l, n)) return MB_STATUS_OK;
     K(linear(fc, &fc->layers[l].wo, fc->att, fc->q_dim, n, fc->x, fc->cfg.d_model,
              nig && l ? fc->moe : NULL, 1));
     prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
@@ -1107,12 +1108,6 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
     const dev_layer *D = &fc->layers[l];
     const size_t d = c->d_model, k = c->top_k;
     float *xn = fc->xfer;
-    const int with_oproj = fc->oroute_next; /* decided once, by o_proj() */
-    fc->oroute_next = 0;
-    if (with_oproj && !norm_in_gemv(fc, n)) { /* oproj_routed implies it: never */
-        set_err(fc, "layer %u: o_proj was left to a router launch that does not run it", l);
-        return MB_STATUS_DEVICE;
-    }
     if (fc->fuse || fc->local_step) {
         /* ids and gate after xn: on the device for the local experts (in
          * xfer), else written straight into pinned host memory by the norm
@@ -1136,7 +1131,7 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
             }
             int32_t *ids = (int32_t *)(dst + n * d);
             float *gate = dst + n * (d + k);
-            if (with_oproj) {
+            if (oproj_routed(fc, l, n)) {
                 const dev_mat *O = &D->wo;
                 K(mb_kcuda_oproj_router(fc->stream, O->dtype, O->w, O->rows, O->cols, fc->att,
                                         l ? fc->moe : NULL, fc->x, R->w, R->rows, D->ffn_norm,
