@@ -46,7 +46,6 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
     extern __shared__ uint4 mb_or_dyn[];
     __shared__ float ys[R], sq[R];
     __shared__ double ssw[MB_LIN_GEMV_WARPS];
-    __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     // Thread tid holds the router's weight of row row0 + r for experts
     // eg, eg + EPI, ... of each chunk of EC experts: R lanes a group of
@@ -103,12 +102,7 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
         load_chunk(base, w);
         dot_chunk(base, w);
     }
-    __threadfence(); // this block's partials are visible device-wide before it counts itself done
-    __syncthreads();
-    if (tid == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence(); // every other block's partials (and rows of x) are visible to the loads below
+    if (!mb_route_last_block(done)) return; // the last sums the partials (and reads x's rows)
 
     // The squares in block order: a thread's blocks, then a fixed butterfly
     // and the warps in order.

@@ -39,21 +39,15 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
 {
     if constexpr (!PRE) mb_pdl_enter();
     extern __shared__ float mb_route_smem[];
-    __shared__ int last;
     // NORM (one token): the normalised row is written after the block
     // counts itself done, by the last block after it routes.
     float scale[NT];
     mb_lin_gemv_block<W, 1, VEC, NORM, NT, PRE>(w, ne, k, x, ldx, n, logits, ne, nullptr, 0, nrm,
                                                 scale);
-    __threadfence(); // this block's logits are visible device-wide before it counts itself done
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) {
+    if (!mb_route_last_block(done)) { // the last routes every token from all blocks' logits
         if constexpr (NORM) mb_lin_norm_store_xn(x, ldx, (int)n, k, nrm, scale);
         return;
     }
-    __threadfence(); // every other block's logits are visible to the loads below
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float *p = mb_route_smem + (size_t)warp * ne;
     for (uint32_t t = warp; t < n; t += MB_LIN_GEMV_WARPS) {

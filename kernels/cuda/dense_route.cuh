@@ -6,6 +6,22 @@
 
 #include "kernels/cuda/dense_internal.cuh"
 
+// Whether this block is the last of its grid to get here, counted on done
+// (0 before the launch; the last block puts it back). What every block
+// wrote before the call is visible to the last block's loads after it
+// (through L2: __ldcg). Every thread of the block calls it.
+static __device__ __forceinline__ bool mb_route_last_block(unsigned *done)
+{
+    __shared__ int last;
+    __threadfence(); // this block's writes are visible device-wide before it counts itself done
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence(); // every other block's writes are visible to the loads that follow
+    return true;
+}
+
 #define MB_ROUTE_WARPS 4
 #define MB_ROUTE_MAX_EXPERTS 1024
 #define MB_ROUTE_MAX_K 32
