@@ -1746,8 +1746,25 @@ static void test_refusals(void)
     CHECK(mb_kcuda_l2_prefetch(NULL, (const char *)d + 4, 64, 0) != 0); /* not 16-byte aligned */
     RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 0));        /* asks, changes nothing */
     RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 2000));     /* so too, 2 us on */
-    CHECK(mb_kcuda_l2_prefetch(NULL, (const char *)d + 4, 64, 0) != 0);
     CHECK(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 100001) != 0); /* over 100 us */
+    /* o_proj with the router: arguments refused before any launch (64 x 64
+     * f32 with 8 experts is a shape it takes wherever o_proj is staged) */
+    unsigned *dc = (unsigned *)di;
+    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, NULL, d, 8, d, 1e-6f, d,
+                                NULL, d, 2, 1, di, d, dc, d, NULL) != 0); /* no x */
+    CHECK(mb_kcuda_oproj_router(NULL, 7, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL, d, 2, 1,
+                                di, d, dc, d, NULL) != 0); /* dtype */
+    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
+                                d, 9, 1, di, d, dc, d, NULL) != 0); /* top_k > experts */
+    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 2048, d, 1e-6f, d,
+                                NULL, d, 8, 1, di, d, dc, d, NULL) != 0); /* experts past 1024 */
+    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
+                                d, 2, 1, di, d, dc, d + 1,
+                                NULL) != 0); /* part not 16-byte aligned */
+    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
+                                d, 2, 1, di, d, dc, d, &no_counts) != 0); /* pairs, no counts */
+    CHECK(!mb_kcuda_oproj_router_ok(MB_KCUDA_F32, 64, 64, 2048));
+    CHECK(!mb_kcuda_oproj_router_ok(7, 64, 64, 8));
     CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
     CHECK(mb_kcuda_add(NULL, d, d, 0) != 0);
     mb_kcuda_kv kv = {.k = d, .v = d, .n_kv_heads = 2, .head_dim = 8, .max_ctx = 16};
