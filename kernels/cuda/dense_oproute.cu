@@ -25,7 +25,7 @@ static size_t mb_or_smem(uint32_t k, uint32_t ne, int rows, size_t wsize)
     return staged > logits ? staged : logits;
 }
 
-static __device__ __forceinline__ uint32_t mb_or_ldp(uint32_t blocks)
+static __host__ __device__ __forceinline__ uint32_t mb_or_ldp(uint32_t blocks)
 {
     return (blocks + 3u) & ~3u;
 }
@@ -197,8 +197,8 @@ extern "C" int mb_kcuda_oproj_router_ok(int wdtype, uint32_t m, uint32_t k, uint
 
 extern "C" size_t mb_kcuda_oproj_router_part_bytes(uint32_t n_experts)
 {
-    const size_t blocks = (size_t)mb_dense_sms(), ldp = (blocks + 3) & ~(size_t)3;
-    return (size_t)n_experts * ldp * sizeof(float) + blocks * sizeof(double);
+    const uint32_t blocks = (uint32_t)mb_dense_sms();
+    return (size_t)n_experts * mb_or_ldp(blocks) * sizeof(float) + blocks * sizeof(double);
 }
 
 template <typename W, int R>
