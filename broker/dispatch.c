@@ -313,9 +313,15 @@ static mb_status mb_dispatch_send(mb_dispatch *d, uint32_t li, const mb_moe_work
     if (l->slot_map)
         for (uint32_t i = 0; i < n_pairs; i++) wr.pairs[i].slot = l->slot_map[wr.pairs[i].slot];
     const size_t row_bytes = (size_t)c->d_model * mb_dtype_size(c->payload);
-    for (uint32_t i = 0; i < n; i++)
-        mb_dtype_encode_f32(c->payload, (unsigned char *)wr.act + i * row_bytes,
-                            w->x + (size_t)l->tok[first + i] * c->d_model, c->d_model);
+    if (w->x_wire) /* already in the payload dtype (mb_dispatch_moe checked) */
+        for (uint32_t i = 0; i < n; i++)
+            memcpy((unsigned char *)wr.act + i * row_bytes,
+                   (const unsigned char *)w->x_wire + (size_t)l->tok[first + i] * row_bytes,
+                   row_bytes);
+    else
+        for (uint32_t i = 0; i < n; i++)
+            mb_dtype_encode_f32(c->payload, (unsigned char *)wr.act + i * row_bytes,
+                                w->x + (size_t)l->tok[first + i] * c->d_model, c->d_model);
     uint64_t t1 = mb_now_ns();
     st = mb_transport_send_commit(&link->transport, wr.bytes);
     uint64_t t2 = mb_now_ns();
@@ -562,6 +568,11 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
     if (!d || !w || !w->out || w->n_tokens > c->max_tokens || w->top_k != c->top_k ||
         w->layer >= c->placement->n_layers)
         return MB_STATUS_INVALID_ARG;
+    if (w->x_wire ? w->x_wire_dtype != c->payload : !w->x) {
+        snprintf(d->err, sizeof d->err, "layer %u: activations in %s, the links carry %s", w->layer,
+                 w->x_wire ? mb_dtype_name(w->x_wire_dtype) : "none", mb_dtype_name(c->payload));
+        return MB_STATUS_INVALID_ARG;
+    }
     for (size_t i = 0; i < (size_t)w->n_tokens * w->top_k; i++)
         if (w->expert_ids[i] < 0 || (uint32_t)w->expert_ids[i] >= c->placement->n_experts)
             return MB_STATUS_INVALID_ARG;

@@ -10,6 +10,7 @@
 
 #include "broker/model.h"
 #include "kernels/cpu/pool.h"
+#include "protocol/dtype.h"
 #include "protocol/status.h"
 
 /* Longest run of tokens pushed through the layers at once; longer steps are
@@ -24,7 +25,11 @@ typedef struct {
     int decode;        /* 1 when the step is a single token */
     const int32_t *expert_ids; /* [n_tokens][top_k], each in [0, n_experts) */
     const float *gate;         /* [n_tokens][top_k] routing weights */
-    const float *x;            /* [n_tokens][d_model] post-attention-norm input */
+    const float *x;            /* [n_tokens][d_model] post-attention-norm input, or NULL
+                                * when x_wire holds it */
+    const void *x_wire;        /* NULL, or the same rows already in x_wire_dtype (the
+                                * experts' payload dtype; a GPU wrote them so) */
+    mb_dtype x_wire_dtype;
     float *out;                /* [n_tokens][d_model]: the callback overwrites it with
                                 * sum_k gate[t][k] * FFN_{expert_ids[t][k]}(x[t]) */
 } mb_moe_work;

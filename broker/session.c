@@ -306,6 +306,9 @@ static mb_status open_forward(mb_session *s, const mb_options *opt, int verbosit
     mb_status st = mb_forward_create_on(s->model, s->max_ctx, s->pool, &place, session_moe, s, &s->fwd, msg,
                                         sizeof msg);
     if (st == MB_STATUS_OK && chunk < MB_FORWARD_CHUNK_DEFAULT) st = mb_forward_set_chunk(s->fwd, chunk);
+    /* On a GPU the routed tokens reach the host in the payload dtype. */
+    if (st == MB_STATUS_OK && mb_forward_cuda(s->fwd))
+        st = mb_fwd_cuda_set_wire(mb_forward_cuda(s->fwd), opt->payload_dtype);
     if (st != MB_STATUS_OK) snprintf(err, err_cap, "forward pass: %s", msg[0] ? msg : mb_status_str(st));
     else if (verbosity >= MB_SESSION_INFO && opt->cuda_device >= 0)
         fprintf(stderr, "coordinator on cuda:%d (dense layers, KV cache, routing)\n", opt->cuda_device);

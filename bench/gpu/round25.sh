@@ -21,5 +21,13 @@ dense_tests dense_cuda-round25-or.txt MB_CUDA_OROUTE=1 MB_DENSE_TESTS=oroute,sta
 (cd $B && timeout 170 ctest -R "^test_parity_device_oroute$" --timeout 160 --output-on-failure \
     > "$OUT/parity_device-round25-or.txt" 2>&1; echo "== parity_device_oroute rc=$?")
 grep -E "CHECK failed|tests passed|Failed" "$OUT/parity_device-round25-or.txt" | head -5
+# The tenth session's change: the routed rows reach the host in the
+# payload dtype (mb_fwd_cuda_set_wire); its kernel cases, then the parity
+# with CPU workers in every payload dtype, then the IPC share's row with
+# the statistics (pack ms now a copy of encoded rows).
+dense_tests dense_cuda-round25-wire.txt MB_DENSE_TESTS=fused,norm_in,refusals
 parity round25-default
+MB_BENCH_STATS=1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 256 --gen 32 --no-cpu-coord \
+    --cases cpu > "$OUT/e2e_device-round25-cpu-stats.txt" 2>&1
+echo "== cpu stats rc=$?"; grep -E "decode|^cuda|ipc share" "$OUT/e2e_device-round25-cpu-stats.txt" | head -12
 echo "total $(( $(date +%s) - t0 )) s"

@@ -60,6 +60,12 @@ mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, struct mb_cuda_local_moe *lm, u
     return MB_STATUS_UNSUPPORTED;
 }
 
+mb_status mb_fwd_cuda_set_wire(mb_fwd_cuda *fc, mb_dtype wire)
+{
+    (void)fc, (void)wire;
+    return MB_STATUS_UNSUPPORTED;
+}
+
 uint64_t mb_fwd_cuda_take_local_ns(mb_fwd_cuda *fc)
 {
     (void)fc;
@@ -121,6 +127,11 @@ struct mb_fwd_cuda {
      * and KV store in one kernel; the residual add folded into the next
      * norm). 0 (MB_CUDA_FUSE=0): one kernel per operation, as before. */
     int fuse;
+    /* The dtype the experts' links carry activations in (MB_DTYPE_F32
+     * until mb_fwd_cuda_set_wire): with fuse, the kernels that write the
+     * normalised rows into pinned host memory write them in it, and the
+     * dispatcher sends those bytes as they are. */
+    int wire;
     /* 1 (default with fuse): a decode step's RMSNorms run inside the
      * one-token GEMVs that read them (QKV, router, lm_head), and o_proj
      * adds the previous layer's experts to x as it accumulates, so a
@@ -1120,7 +1131,8 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                                          .w = D->ffn_norm,
                                          .eps = c->rms_eps,
                                          .xn = xn,
-                                         .xn2 = fc->local_step ? NULL : dst};
+                                         .xn2 = fc->local_step ? NULL : dst,
+                                         .xn2_dtype = fc->wire};
             mb_kcuda_route_local loc;
             const int paired = route_paired(fc, n);
             if (paired) {
@@ -1135,8 +1147,9 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                 const dev_mat *O = &D->wo;
                 K(mb_kcuda_oproj_router(fc->stream, O->dtype, O->w, O->rows, O->cols, fc->att,
                                         l ? fc->moe : NULL, fc->x, R->w, R->rows, D->ffn_norm,
-                                        c->rms_eps, xn, in.xn2, fc->rlog, c->top_k, fc->renorm, ids,
-                                        gate, fc->route_done, fc->or_part, paired ? &loc : NULL));
+                                        c->rms_eps, xn, in.xn2, fc->wire, fc->rlog, c->top_k,
+                                        fc->renorm, ids, gate, fc->route_done, fc->or_part,
+                                        paired ? &loc : NULL));
                 prof_mark(fc, "o_proj + experts + residual + ffn rmsnorm + router + top-k");
                 return MB_STATUS_OK;
             }
@@ -1151,7 +1164,8 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
         if (fc->local_step)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
         else
-            K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, dst, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
+            K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, dst, fc->wire, d, fc->x, d, n, c->d_model,
+                                    D->ffn_norm, c->rms_eps));
         prof_mark(fc, fc->local_step ? "ffn rmsnorm" : "ffn rmsnorm (+ to host)");
         K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
                                (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done));
@@ -1310,7 +1324,11 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
                            .decode = decode,
                            .expert_ids = (const int32_t *)(fc->h_xfer + n * d),
                            .gate = fc->h_xfer + n * (d + k),
-                           .x = fc->h_xfer,
+                           /* The rows in the wire's dtype where the norm wrote them so
+                            * (route_out), else as computed. */
+                           .x = fc->fuse && fc->wire != MB_DTYPE_F32 ? NULL : fc->h_xfer,
+                           .x_wire = fc->fuse && fc->wire != MB_DTYPE_F32 ? fc->h_xfer : NULL,
+                           .x_wire_dtype = fc->wire,
                            .out = fc->h_moe};
     mb_status st = moe_fn(moe_ctx, &w);
     if (st != MB_STATUS_OK) return st;
@@ -1497,13 +1515,9 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
     return finish_chunk(fc, n, logits, last_logits);
 }
 
-mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, mb_cuda_local_moe *lm, uint32_t max_tokens)
+/* Every captured graph destroyed, to be captured again at the next step. */
+static void drop_graphs(mb_fwd_cuda *fc)
 {
-    if (!fc || !lm || fc->local) return MB_STATUS_INVALID_ARG;
-    fc->routed_acc = calloc((size_t)fc->cfg.n_layers * fc->cfg.n_experts, sizeof *fc->routed_acc);
-    fc->local_layer_ns = calloc(fc->cfg.n_layers, sizeof *fc->local_layer_ns);
-    if (!fc->routed_acc || !fc->local_layer_ns) return MB_STATUS_NOMEM;
-    /* Graphs captured so far ran the experts through the host. */
     cudaSetDevice(fc->device);
     cudaStreamSynchronize(fc->stream);
     for (uint32_t l = 0; fc->graph_b && l < fc->cfg.n_layers; l++) {
@@ -1514,8 +1528,28 @@ mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, mb_cuda_local_moe *lm, uint32_t
     fc->graph_a = NULL;
     if (fc->graph_step) cudaGraphExecDestroy(fc->graph_step);
     fc->graph_step = NULL;
+}
+
+mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, mb_cuda_local_moe *lm, uint32_t max_tokens)
+{
+    if (!fc || !lm || fc->local) return MB_STATUS_INVALID_ARG;
+    fc->routed_acc = calloc((size_t)fc->cfg.n_layers * fc->cfg.n_experts, sizeof *fc->routed_acc);
+    fc->local_layer_ns = calloc(fc->cfg.n_layers, sizeof *fc->local_layer_ns);
+    if (!fc->routed_acc || !fc->local_layer_ns) return MB_STATUS_NOMEM;
+    /* Graphs captured so far ran the experts through the host. */
+    drop_graphs(fc);
     fc->local = lm;
     fc->local_max_n = max_tokens < fc->chunk_cap ? max_tokens : fc->chunk_cap;
+    return MB_STATUS_OK;
+}
+
+mb_status mb_fwd_cuda_set_wire(mb_fwd_cuda *fc, mb_dtype wire)
+{
+    if (!fc || (wire != MB_DTYPE_F32 && wire != MB_DTYPE_F16 && wire != MB_DTYPE_BF16))
+        return MB_STATUS_INVALID_ARG;
+    if ((int)wire == fc->wire) return MB_STATUS_OK;
+    drop_graphs(fc); /* they hold the kernels' arguments */
+    fc->wire = (int)wire;
     return MB_STATUS_OK;
 }
 

@@ -48,6 +48,14 @@ uint64_t mb_fwd_cuda_take_device_ns(mb_fwd_cuda *fc);
 struct mb_cuda_local_moe;
 mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, struct mb_cuda_local_moe *lm, uint32_t max_tokens);
 
+/* The dtype the experts' links carry activations in (f32, f16 or bf16;
+ * f32 until called). The routed tokens' rows then reach the host in it,
+ * written there by the norm's kernel (rounded as the CPU's
+ * mb_dtype_encode_f32), and the layer's mb_moe_work carries them as
+ * x_wire, with x NULL (MB_CUDA_FUSE=0: as f32 in x). Drops the captured
+ * graphs when it changes. INVALID_ARG for another dtype. */
+mb_status mb_fwd_cuda_set_wire(mb_fwd_cuda *fc, mb_dtype wire);
+
 /* Device time of the local experts since the last call (CUDA events), then
  * zero. Not part of mb_fwd_cuda_take_device_ns. */
 uint64_t mb_fwd_cuda_take_local_ns(mb_fwd_cuda *fc);

@@ -41,11 +41,13 @@ int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint32_t d, cons
 int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float *x, size_t ldx, uint32_t rows,
                      uint32_t d, const float *w, float eps);
 
-/* mb_kcuda_rmsnorm writing its result to y and to y2 (row stride ldy2):
- * y2 may be pinned host memory (the device writes it directly, so no copy
- * on the stream is needed). y may equal x. */
-int mb_kcuda_rmsnorm_copy(void *stream, float *y, size_t ldy, float *y2, size_t ldy2, const float *x, size_t ldx,
-                          uint32_t rows, uint32_t d, const float *w, float eps);
+/* mb_kcuda_rmsnorm writing its result to y and to y2 (row stride ldy2
+ * elements) in y2_dtype (MB_KCUDA_F32, F16 or BF16, rounded as
+ * mb_kcuda_norm_in's xn2): y2 may be pinned host memory (the device
+ * writes it directly, so no copy on the stream is needed). y may equal x. */
+int mb_kcuda_rmsnorm_copy(void *stream, float *y, size_t ldy, void *y2, int y2_dtype, size_t ldy2,
+                          const float *x, size_t ldx, uint32_t rows, uint32_t d, const float *w,
+                          float eps);
 
 /* The residual add folded into the norm that follows it: x[r] += a[r]
  * (stored), then y[r] = RMSNorm(x[r]) * w as mb_kcuda_rmsnorm, for r <
@@ -203,11 +205,15 @@ int mb_kcuda_router_topk(void *stream, int wdtype, const void *w, uint32_t n_exp
  * weights w (f32 [k]) and eps, as mb_kcuda_(add_)rmsnorm computes it; x
  * is not written. When xn is set the normalised row is written there too,
  * bit for bit mb_kcuda_rmsnorm's output, and also to xn2 when set (pinned
- * host memory may be it). */
+ * host memory may be it) in xn2_dtype (MB_KCUDA_F32, the default, F16 or
+ * BF16: each element rounded to nearest even, as the CPU's
+ * mb_dtype_encode_f32 rounds it; the experts' wire payload). */
 typedef struct {
     const float *x, *a, *w;
     float eps;
-    float *xn, *xn2;
+    float *xn;
+    void *xn2;
+    int xn2_dtype;
 } mb_kcuda_norm_in;
 
 /* y[m] = W h_norm (+ bias) (+ y) for one token: mb_kcuda_linear with the
@@ -247,7 +253,8 @@ int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const void *w, uin
  * MB_CUDA_OROUTE): x[m] += Wo[m][k] att (+ bias), as mb_kcuda_linear with
  * accumulate (bit for bit: the staged GEMV's body), then the router on
  * RMSNorm(x) (weights norm_w, eps) as mb_kcuda_router_topk_norm_local
- * with the normalised row into xn (and xn2 when set). Each block dots its
+ * with the normalised row into xn (and xn2 when set, in xn2_dtype as
+ * mb_kcuda_norm_in says). Each block dots its
  * rows of the new x, times the norm's weights, with the router's columns
  * for those rows and leaves the partial logits and squares in part; the
  * last block adds them in block order, scales by the norm's factor and
@@ -259,9 +266,9 @@ int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const void *w, uin
  * cudaErrorNotSupported where mb_kcuda_oproj_router_ok says no. */
 int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, uint32_t m, uint32_t k,
                           const float *att, const float *bias, float *x, const void *wr,
-                          uint32_t n_experts, const float *norm_w, float eps, float *xn, float *xn2,
-                          float *logits, uint32_t top_k, int renorm, int32_t *ids, float *gate,
-                          unsigned *done, void *part, const mb_kcuda_route_local *loc);
+                          uint32_t n_experts, const float *norm_w, float eps, float *xn, void *xn2,
+                          int xn2_dtype, float *logits, uint32_t top_k, int renorm, int32_t *ids,
+                          float *gate, unsigned *done, void *part, const mb_kcuda_route_local *loc);
 /* Whether mb_kcuda_oproj_router takes these shapes on this device: where
  * the staged GEMV takes Wo (mb_kcuda_linear_staged, preload letter s) with
  * a block an SM at most. */

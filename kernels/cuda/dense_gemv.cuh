@@ -116,7 +116,9 @@ struct mb_lin_norm {
     const float *a;  // added to x first, or nullptr
     const float *nw; // the norm's weights [k]
     float eps;
-    float *xn, *xn2; // the normalised rows, or nullptr (xn2: mapped host memory)
+    float *xn;  // the normalised rows, or nullptr
+    void *xn2;  // a second copy (mapped host memory), or nullptr,
+    int xn2_dt; // in this dtype (mb_store_as)
 };
 
 // Whether the GEMV may take 16-byte chunks (VEC) for these operands.
@@ -140,12 +142,12 @@ __device__ __forceinline__ void mb_lin_norm_store_xn(const float *__restrict__ x
     const size_t step = (size_t)gridDim.x * blockDim.x;
     for (int i = 0; i < nt; i++) {
         const float *xr = x + i * ldx, *ar = nrm.a ? nrm.a + i * ldx : nullptr;
-        float *o = nrm.xn + i * ldx, *o2 = nrm.xn2 ? nrm.xn2 + i * ldx : nullptr;
+        float *o = nrm.xn + i * ldx;
         for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < k; e += step) {
             const float h = ar ? xr[e] + ar[e] : xr[e];
             const float v = nrm.nw[e] * (h * scale[i]);
             o[e] = v;
-            if (o2) o2[e] = v;
+            if (nrm.xn2) mb_store_as(nrm.xn2, nrm.xn2_dt, i * ldx + e, v);
         }
     }
 }

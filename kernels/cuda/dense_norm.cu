@@ -66,9 +66,9 @@ extern "C" int mb_kcuda_embed(void *stream, int wdtype, const void *table, uint3
 // fixed (lane-strided, then a butterfly), so runs are reproducible.
 template <int TPR>
 __global__ void __launch_bounds__(MB_NORM_THREADS)
-mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *y2, size_t ldy2, float *x, size_t ldx,
-                        const float *__restrict__ a, size_t lda, uint32_t rows, uint32_t d,
-                        const float *__restrict__ w, float eps)
+    mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, void *y2, int y2dt, size_t ldy2, float *x,
+                            size_t ldx, const float *__restrict__ a, size_t lda, uint32_t rows,
+                            uint32_t d, const float *__restrict__ w, float eps)
 {
     mb_pdl_enter();
     constexpr int RPB = MB_NORM_THREADS / TPR; // rows per block
@@ -105,11 +105,10 @@ mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *y2, size_t ldy2, float *x, 
     // before it writes it.
     float *yr = y + r * ldy;
     if (y2) { // a second copy (mapped host memory: posted writes, no copy on the stream)
-        float *y2r = y2 + r * ldy2;
         for (uint32_t i = sub; i < d; i += TPR) {
             const float v = w[i] * (xr[i] * scale);
             yr[i] = v;
-            y2r[i] = v;
+            mb_store_as(y2, y2dt, r * ldy2 + i, v);
         }
         return;
     }
@@ -117,20 +116,22 @@ mb_kcuda_rmsnorm_kernel(float *y, size_t ldy, float *y2, size_t ldy2, float *x, 
         yr[i] = w[i] * (xr[i] * scale);
 }
 
-static int mb_rmsnorm_launch(void *stream, float *y, size_t ldy, float *y2, size_t ldy2, float *x, size_t ldx,
-                             const float *a, size_t lda, uint32_t rows, uint32_t d, const float *w, float eps)
+static int mb_rmsnorm_launch(void *stream, float *y, size_t ldy, void *y2, int y2dt, size_t ldy2,
+                             float *x, size_t ldx, const float *a, size_t lda, uint32_t rows,
+                             uint32_t d, const float *w, float eps)
 {
-    if (!y || !x || !w || rows == 0 || d == 0 || ldx < d || ldy < d || (a && lda < d) || (y2 && ldy2 < d))
+    if (!y || !x || !w || rows == 0 || d == 0 || ldx < d || ldy < d || (a && lda < d) ||
+        (y2 && (ldy2 < d || !mb_dense_wdtype_ok(y2dt))))
         return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
     if (d <= 512) {
         constexpr int rpb = MB_NORM_THREADS / 32;
         const unsigned blocks = (unsigned)mb_dense_cdiv(rows, rpb);
         mb_dense_launch(mb_kcuda_rmsnorm_kernel<32>, blocks, MB_NORM_THREADS, 0, s, y, ldy, y2,
-                        ldy2, x, ldx, a, lda, rows, d, w, eps);
+                        y2dt, ldy2, x, ldx, a, lda, rows, d, w, eps);
     } else {
         mb_dense_launch(mb_kcuda_rmsnorm_kernel<MB_NORM_THREADS>, rows, MB_NORM_THREADS, 0, s, y,
-                        ldy, y2, ldy2, x, ldx, a, lda, rows, d, w, eps);
+                        ldy, y2, y2dt, ldy2, x, ldx, a, lda, rows, d, w, eps);
     }
     return mb_dense_launched();
 }
@@ -139,19 +140,21 @@ extern "C" int mb_kcuda_rmsnorm(void *stream, float *y, size_t ldy, const float 
                                 uint32_t d, const float *w, float eps)
 {
     // Without an addend the kernel never writes x.
-    return mb_rmsnorm_launch(stream, y, ldy, NULL, 0, (float *)x, ldx, NULL, 0, rows, d, w, eps);
+    return mb_rmsnorm_launch(stream, y, ldy, NULL, 0, 0, (float *)x, ldx, NULL, 0, rows, d, w, eps);
 }
 
-extern "C" int mb_kcuda_rmsnorm_copy(void *stream, float *y, size_t ldy, float *y2, size_t ldy2, const float *x,
-                                     size_t ldx, uint32_t rows, uint32_t d, const float *w, float eps)
+extern "C" int mb_kcuda_rmsnorm_copy(void *stream, float *y, size_t ldy, void *y2, int y2_dtype,
+                                     size_t ldy2, const float *x, size_t ldx, uint32_t rows,
+                                     uint32_t d, const float *w, float eps)
 {
     if (!y2) return (int)cudaErrorInvalidValue;
-    return mb_rmsnorm_launch(stream, y, ldy, y2, ldy2, (float *)x, ldx, NULL, 0, rows, d, w, eps);
+    return mb_rmsnorm_launch(stream, y, ldy, y2, y2_dtype, ldy2, (float *)x, ldx, NULL, 0, rows, d,
+                             w, eps);
 }
 
 extern "C" int mb_kcuda_add_rmsnorm(void *stream, float *y, size_t ldy, float *x, size_t ldx, const float *a,
                                     size_t lda, uint32_t rows, uint32_t d, const float *w, float eps)
 {
     if (!a) return (int)cudaErrorInvalidValue;
-    return mb_rmsnorm_launch(stream, y, ldy, NULL, 0, x, ldx, a, lda, rows, d, w, eps);
+    return mb_rmsnorm_launch(stream, y, ldy, NULL, 0, 0, x, ldx, a, lda, rows, d, w, eps);
 }

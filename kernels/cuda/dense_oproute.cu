@@ -162,13 +162,13 @@ __global__ void __launch_bounds__(MB_LIN_GEMV_THREADS)
                 const float4 v = make_float4(g.x * (h.x * scale), g.y * (h.y * scale),
                                              g.z * (h.z * scale), g.w * (h.w * scale));
                 reinterpret_cast<float4 *>(nrm.xn)[j] = v;
-                if (nrm.xn2) reinterpret_cast<float4 *>(nrm.xn2)[j] = v;
+                if (nrm.xn2) mb_store4_as(nrm.xn2, nrm.xn2_dt, j, v);
             }
         } else {
             for (uint32_t j = t0; j < m; j += step) {
                 const float v = nrm.nw[j] * (__ldcg(x + j) * scale);
                 nrm.xn[j] = v;
-                if (nrm.xn2) nrm.xn2[j] = v;
+                if (nrm.xn2) mb_store_as(nrm.xn2, nrm.xn2_dt, j, v);
             }
         }
     }
@@ -218,13 +218,14 @@ static void mb_or_launch(cudaStream_t s, const W *wo, uint32_t m, uint32_t k, co
 extern "C" int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, uint32_t m,
                                      uint32_t k, const float *att, const float *bias, float *x,
                                      const void *wr, uint32_t n_experts, const float *norm_w,
-                                     float eps, float *xn, float *xn2, float *logits,
+                                     float eps, float *xn, void *xn2, int xn2_dtype, float *logits,
                                      uint32_t top_k, int renorm, int32_t *ids, float *gate,
                                      unsigned *done, void *part, const mb_kcuda_route_local *loc)
 {
-    if (!wo || !att || !x || !wr || !norm_w || !logits || !ids || !gate || !done || !part ||
-        m == 0 || k == 0 || n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 ||
-        top_k > MB_ROUTE_MAX_K || top_k > n_experts)
+    if (!wo || !att || !x || !wr || !norm_w || !mb_dense_wdtype_ok(xn2_dtype) || !logits || !ids ||
+        !gate || !done || !part || m == 0 || k == 0 || n_experts == 0 ||
+        n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 || top_k > MB_ROUTE_MAX_K ||
+        top_k > n_experts)
         return (int)cudaErrorInvalidValue;
     const size_t ws = mb_dense_wsize(wdtype);
     if (!ws) return (int)cudaErrorInvalidValue;
@@ -234,7 +235,7 @@ extern "C" int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, u
     if (!al(wo) || !al(att) || !al(part) || (loc && (!loc->slot_of || !loc->counts || !loc->pairs)))
         return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
-    const mb_lin_norm nrm = {nullptr, norm_w, eps, xn, xn2};
+    const mb_lin_norm nrm = {nullptr, norm_w, eps, xn, xn2, xn2_dtype};
     const mb_kcuda_route_local no_loc = {};
     return mb_dense_by_wdtype(wdtype, [&](auto tag) {
         using W = decltype(tag);

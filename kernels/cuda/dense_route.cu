@@ -146,12 +146,12 @@ extern "C" int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const v
                                                float *gate, unsigned *done,
                                                const mb_kcuda_route_local *loc)
 {
-    if (!w || !in || !in->x || !in->w || !logits || !ids || !gate || !done || k == 0 ||
-        n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS || top_k == 0 ||
-        top_k > MB_ROUTE_MAX_K || top_k > n_experts ||
+    if (!w || !in || !in->x || !in->w || !mb_dense_wdtype_ok(in->xn2_dtype) || !logits || !ids ||
+        !gate || !done || k == 0 || n_experts == 0 || n_experts > MB_ROUTE_MAX_EXPERTS ||
+        top_k == 0 || top_k > MB_ROUTE_MAX_K || top_k > n_experts ||
         (loc && (!loc->slot_of || !loc->counts || !loc->pairs)))
         return (int)cudaErrorInvalidValue;
-    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2};
+    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2, in->xn2_dtype};
     return mb_router_topk_launch(mb_dense_stream(stream), wdtype, w, n_experts, k, in->x, k, 1,
                                  logits, top_k, renorm, ids, gate, done, &nrm, loc);
 }

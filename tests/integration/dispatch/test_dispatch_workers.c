@@ -77,8 +77,12 @@ static void make_routing(routing *r, uint32_t n, unsigned long long seed)
     for (uint32_t i = 0; i < n * 64; i++) r->x[i] = mb_test_rand_f32(&seed);
 }
 
-static mb_status run(mb_link *links, const mb_placement *pl, mb_ipc_mode mode, mb_dtype dt, const routing *r,
-                     uint32_t layer, float *out, mb_stats **stats_out)
+/* One layer through the dispatcher. wire: the activations handed over
+ * already encoded in the payload dtype (x_wire, as a coordinator on a GPU
+ * hands them), 2: in another dtype than the payload's, 3: none at all
+ * (both refused). */
+static mb_status run(mb_link *links, const mb_placement *pl, mb_ipc_mode mode, mb_dtype dt,
+                     const routing *r, uint32_t layer, int wire, float *out, mb_stats **stats_out)
 {
     const char *names[N_LINKS] = {links[0].name, links[1].name};
     mb_stats *stats = NULL;
@@ -102,6 +106,13 @@ static mb_status run(mb_link *links, const mb_placement *pl, mb_ipc_mode mode, m
     REQUIRE(mb_dispatch_create(&dc, &d) == MB_STATUS_OK);
     mb_moe_work w = {.layer = layer, .n_tokens = r->n, .top_k = 3, .decode = r->n == 1, .expert_ids = r->ids,
                      .gate = r->gate, .x = r->x, .out = out};
+    static unsigned char enc[N_PREFILL * 64 * 4];
+    if (wire) {
+        w.x_wire_dtype = wire == 2 ? (dt == MB_DTYPE_F32 ? MB_DTYPE_BF16 : MB_DTYPE_F32) : dt;
+        mb_dtype_encode_f32(w.x_wire_dtype, enc, r->x, (size_t)r->n * 64);
+        w.x_wire = wire == 3 ? NULL : enc;
+        w.x = NULL;
+    }
     for (uint32_t i = 0; i < r->n * 64; i++) out[i] = NAN;
     mb_status st = mb_dispatch_moe(d, &w);
     if (st != MB_STATUS_OK) fprintf(stderr, "dispatch: %s\n", mb_dispatch_error(d));
@@ -207,10 +218,22 @@ int main(void)
                     const routing *r = which ? &r_decode : &r_prefill;
                     for (uint32_t layer = 0; layer < 2; layer++) {
                         mb_stats *s_ref = NULL, *s_got = NULL;
-                        CHECK(run(ref_links, &pl, (mb_ipc_mode)mode, (mb_dtype)dt, r, layer, ref, &s_ref) ==
-                              MB_STATUS_OK);
-                        CHECK(run(links, &pl, (mb_ipc_mode)mode, (mb_dtype)dt, r, layer, got, &s_got) ==
-                              MB_STATUS_OK);
+                        CHECK(run(ref_links, &pl, (mb_ipc_mode)mode, (mb_dtype)dt, r, layer, 0, ref,
+                                  &s_ref) == MB_STATUS_OK);
+                        CHECK(run(links, &pl, (mb_ipc_mode)mode, (mb_dtype)dt, r, layer, 0, got,
+                                  &s_got) == MB_STATUS_OK);
+                        /* Rows handed over already encoded: the same bytes sent, so
+                         * the same sums bit for bit, and the same statistics. */
+                        static float got_wire[N_PREFILL * 64];
+                        mb_stats *s_wire = NULL;
+                        CHECK(run(links, &pl, (mb_ipc_mode)mode, (mb_dtype)dt, r, layer, 1,
+                                  got_wire, &s_wire) == MB_STATUS_OK);
+                        CHECK_MSG(memcmp(got_wire, got, r->n * 64 * sizeof(float)) == 0,
+                                  "%s mode %d dtype %d: encoded rows gave other sums", kinds[kind],
+                                  mode, dt);
+                        for (uint32_t li = 0; li < N_LINKS; li++)
+                            check_stats(s_wire, &pl, li, (mb_ipc_mode)mode, (mb_dtype)dt, r, layer);
+                        mb_stats_destroy(s_wire);
                         double max_ref = 0, max_diff = 0;
                         int nan = 0;
                         for (uint32_t i = 0; i < r->n * 64; i++) {
@@ -236,6 +259,18 @@ int main(void)
                 }
             }
         }
+        /* Rows in another dtype than the links carry, or none: refused
+         * before anything is sent, and the links still answer after. */
+        for (int wire = 2; wire <= 3; wire++) {
+            mb_stats *s_bad = NULL;
+            CHECK(run(links, &pl, MB_IPC_MODE_BATCHED, MB_DTYPE_F16, &r_decode, 0, wire, got,
+                      &s_bad) == MB_STATUS_INVALID_ARG);
+            mb_stats_destroy(s_bad);
+        }
+        mb_stats *s_after = NULL;
+        CHECK(run(links, &pl, MB_IPC_MODE_BATCHED, MB_DTYPE_F16, &r_decode, 1, 1, got, &s_after) ==
+              MB_STATUS_OK);
+        mb_stats_destroy(s_after);
         for (int i = 0; i < N_LINKS; i++) {
             mb_link_close(&links[i]);
             mb_test_stop_worker(pids[i]);

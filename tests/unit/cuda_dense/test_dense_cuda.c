@@ -882,6 +882,21 @@ static size_t count_diff(const float *a, const float *b, size_t n)
     return k;
 }
 
+/* Elements of got (n, in dtype dt: the experts' wire copy of a row) that
+ * differ from ref encoded by the CPU's mb_dtype_encode_f32: the kernels
+ * must round as the dispatcher would have. */
+static size_t count_wire_diff(const float *ref, const void *got, int dt, size_t n)
+{
+    if (dt == MB_DTYPE_F32) return count_diff(ref, got, n);
+    uint16_t *enc = xmalloc(n * sizeof *enc);
+    mb_dtype_encode_f32((mb_dtype)dt, enc, ref, n);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += enc[i] != ((const uint16_t *)got)[i];
+    free(enc);
+    return k;
+}
+
 static void add_rmsnorm_case(uint32_t d, uint32_t rows, int inplace)
 {
     const size_t ldx = d + 3, lda = d + 1, ldy = inplace ? ldx : d + 2;
@@ -922,26 +937,27 @@ static void add_rmsnorm_case(uint32_t d, uint32_t rows, int inplace)
     free(g2);
 }
 
-/* rmsnorm_copy into device memory and pinned host memory: both copies equal
- * mb_kcuda_rmsnorm's result, bit for bit. */
-static void rmsnorm_copy_case(uint32_t d, uint32_t rows)
+/* rmsnorm_copy into device memory and pinned host memory (in dtype dt):
+ * both copies equal mb_kcuda_rmsnorm's result, bit for bit, the host's
+ * as the CPU encodes it in dt. */
+static void rmsnorm_copy_case(uint32_t d, uint32_t rows, int dt)
 {
-    const size_t ldx = d + 3, ldy = d + 1, ldh = d + 2;
+    const size_t ldx = d + 3, ldy = d + 1, ldh = d + 2, es = mb_dtype_size(dt);
     float *x = rand_f32(rows * ldx, 3.0f), *w = rand_f32(d, 1.5f);
     float *dx = dev_upload(x, rows * ldx * sizeof(float)), *dw = dev_upload(w, d * sizeof(float));
     float *dy1 = dev_upload(x, rows * ldy * sizeof(float)), *dy2 = dev_upload(x, rows * ldy * sizeof(float));
-    float *h = NULL;
-    CU(cudaMallocHost((void **)&h, rows * ldh * sizeof(float)));
+    unsigned char *h = NULL;
+    CU(cudaMallocHost((void **)&h, rows * ldh * es));
     RUN(mb_kcuda_rmsnorm(NULL, dy1, ldy, dx, ldx, rows, d, dw, 1e-6f));
-    RUN(mb_kcuda_rmsnorm_copy(NULL, dy2, ldy, h, ldh, dx, ldx, rows, d, dw, 1e-6f));
+    RUN(mb_kcuda_rmsnorm_copy(NULL, dy2, ldy, h, dt, ldh, dx, ldx, rows, d, dw, 1e-6f));
     float *g1 = xmalloc(rows * ldy * sizeof(float)), *g2 = xmalloc(rows * ldy * sizeof(float));
     dev_download(g1, dy1, rows * ldy * sizeof(float));
     dev_download(g2, dy2, rows * ldy * sizeof(float));
     size_t bad = count_diff(g1, g2, rows * ldy);
     for (uint32_t r = 0; r < rows; r++)
-        bad += count_diff(g1 + r * ldy, h + r * ldh, d);
-    CHECK_MSG(note(E_FUSED, (double)bad, "rmsnorm_copy d=%u rows=%u", d, rows),
-              "rmsnorm_copy d=%u rows=%u: %zu values differ from rmsnorm", d, rows, bad);
+        bad += count_wire_diff(g1 + r * ldy, h + r * ldh * es, dt, d);
+    CHECK_MSG(note(E_FUSED, (double)bad, "rmsnorm_copy d=%u rows=%u dt=%d", d, rows, dt),
+              "rmsnorm_copy d=%u rows=%u dt=%d: %zu values differ from rmsnorm", d, rows, dt, bad);
     cudaFreeHost(h);
     cudaFree(dx);
     cudaFree(dw);
@@ -1259,7 +1275,8 @@ static double gemv_rel_err(const float *y1, const float *y2, const float *we, co
 }
 
 /* mb_kcuda_linear_norm against (add_)rmsnorm then linear: y within the
- * GEMV bound, xn (device and pinned host) bit for bit, x untouched. */
+ * GEMV bound, xn (device, and pinned host in a wire dtype that varies
+ * with the shape) bit for bit, x untouched. */
 static void linear_norm_case(int dt, uint32_t m, uint32_t k, int addend, int bias, int acc,
                              int want_xn)
 {
@@ -1274,6 +1291,7 @@ static void linear_norm_case(int dt, uint32_t m, uint32_t k, int addend, int bia
     float *db = dev_upload(b, m * sizeof(float)), *dxn = dev_alloc(k * sizeof(float)),
           *dxn2 = dev_alloc(k * sizeof(float));
     float *dy1 = dev_upload(y0, m * sizeof(float)), *dy2 = dev_upload(y0, m * sizeof(float));
+    const int wire = (int)((m + k + (uint32_t)addend + (uint32_t)dt) % 3); /* f32, f16, bf16 */
     float *h = NULL;
     CU(cudaMallocHost((void **)&h, k * sizeof(float)));
     if (addend)
@@ -1286,7 +1304,8 @@ static void linear_norm_case(int dt, uint32_t m, uint32_t k, int addend, int bia
                                  .w = dnw,
                                  .eps = 1e-6f,
                                  .xn = want_xn ? dxn2 : NULL,
-                                 .xn2 = want_xn ? h : NULL};
+                                 .xn2 = want_xn ? h : NULL,
+                                 .xn2_dtype = wire};
     RUN(mb_kcuda_linear_norm(NULL, dt, dw, m, k, &in, dy2, bias ? db : NULL, acc));
     float *y1 = xmalloc(m * sizeof(float)), *y2 = xmalloc(m * sizeof(float)),
           *xn1 = xmalloc(k * sizeof(float)), *xn2 = xmalloc(k * sizeof(float)),
@@ -1302,11 +1321,11 @@ static void linear_norm_case(int dt, uint32_t m, uint32_t k, int addend, int bia
               "linear_norm %s m=%u k=%u a=%d bias=%d acc=%d: error %.3g", dtname(dt), m, k, addend,
               bias, acc, err);
     size_t bad = count_diff(xb, x, k); /* x is only read */
-    if (want_xn) bad += count_diff(xn1, xn2, k) + count_diff(xn1, h, k);
-    CHECK_MSG(
-        note(E_FUSED, (double)bad, "linear_norm xn %s m=%u k=%u a=%d", dtname(dt), m, k, addend),
-        "linear_norm %s m=%u k=%u a=%d: %zu values of x or xn differ", dtname(dt), m, k, addend,
-        bad);
+    if (want_xn) bad += count_diff(xn1, xn2, k) + count_wire_diff(xn1, h, wire, k);
+    CHECK_MSG(note(E_FUSED, (double)bad, "linear_norm xn %s m=%u k=%u a=%d wire=%d", dtname(dt), m,
+                   k, addend, wire),
+              "linear_norm %s m=%u k=%u a=%d wire=%d: %zu values of x or xn differ", dtname(dt), m,
+              k, addend, wire, bad);
     cudaFreeHost(h);
     cudaFree(dw);
     cudaFree(dx);
@@ -1443,8 +1462,18 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
           *xn1 = xmalloc(k * sizeof(float)), *xn2 = xmalloc(k * sizeof(float));
     dev_download(a1, l1, ne * sizeof(float));
     dev_download(xn1, dxn, k * sizeof(float));
-    const mb_kcuda_norm_in in = {
-        .x = dx2, .a = addend ? da : NULL, .w = dnw, .eps = 1e-6f, .xn = dxn2};
+    /* The row's host copy for the experts' links, in a wire dtype that
+     * varies with the shape. */
+    const int wire = (int)((ne + k + top_k + (uint32_t)dt) % 3);
+    void *h = NULL;
+    CU(cudaMallocHost(&h, k * sizeof(float)));
+    const mb_kcuda_norm_in in = {.x = dx2,
+                                 .a = addend ? da : NULL,
+                                 .w = dnw,
+                                 .eps = 1e-6f,
+                                 .xn = dxn2,
+                                 .xn2 = h,
+                                 .xn2_dtype = wire};
     /* The second call also writes the local experts' pairs (slots a
      * permutation of the experts), which must be mb_kcuda_local_pairs' on
      * the same ids and gates, routed counts and all, with its stamp. */
@@ -1466,7 +1495,8 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
         err = e > err ? e : err;
         bad += routing_diff(i1, g1, i2, g2, top_k);
         dev_download(xn2, dxn2, k * sizeof(float));
-        bad += count_diff(xn1, xn2, k);
+        bad += count_diff(xn1, xn2, k) + count_wire_diff(xn1, h, wire, k);
+        memset(h, 0xff, k * sizeof(float));
         unsigned left = 1;
         dev_download(&left, done, sizeof left);
         bad += left != 0;
@@ -1479,6 +1509,7 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
              top_k),
         "router_topk_norm %s ne=%u k=%u top_k=%u: %zu ids, gates, xn values or counters differ",
         dtname(dt), ne, k, top_k, bad);
+    cudaFreeHost(h);
     cudaFree(dw);
     cudaFree(dx);
     cudaFree(dx2);
@@ -1517,9 +1548,9 @@ static int oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t top
 {
     if (!mb_kcuda_oproj_router_ok(dt, m, k, ne)) { /* device memory, should it launch after all */
         float *dm = dev_alloc(4096);
-        const int e =
-            mb_kcuda_oproj_router(NULL, dt, dm, m, k, dm, NULL, dm, dm, ne, dm, 1e-6f, NULL, NULL,
-                                  dm, top_k, renorm, (int32_t *)dm, dm, (unsigned *)dm, dm, NULL);
+        const int e = mb_kcuda_oproj_router(NULL, dt, dm, m, k, dm, NULL, dm, dm, ne, dm, 1e-6f,
+                                            NULL, NULL, 0, dm, top_k, renorm, (int32_t *)dm, dm,
+                                            (unsigned *)dm, dm, NULL);
         cudaGetLastError();
         cudaFree(dm);
         CHECK_MSG(e == cudaErrorNotSupported, "oproj_router %s m=%u k=%u ne=%u: not refused (%d)",
@@ -1544,8 +1575,11 @@ static int oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t top
     unsigned zero = 0, *done1 = dev_upload(&zero, sizeof zero),
              *done2 = dev_upload(&zero, sizeof zero);
     void *part = dev_alloc(mb_kcuda_oproj_router_part_bytes(ne));
-    float *h = NULL;
-    CU(cudaMallocHost((void **)&h, m * sizeof(float)));
+    /* The row's host copy for the experts' links, in a wire dtype that
+     * varies with the shape and dt (each shape gets all three). */
+    const int wire = (int)((m + ne + (uint32_t)dt) % 3);
+    void *h = NULL;
+    CU(cudaMallocHost(&h, m * sizeof(float)));
     RUN(mb_kcuda_linear(NULL, dt, dwo, m, k, datt, k, 1, dx1, m, bias ? db : NULL, 1));
     const mb_kcuda_norm_in in = {.x = dx1, .w = dnw, .eps = 1e-6f, .xn = dxn1};
     RUN(mb_kcuda_router_topk_norm(NULL, dt, dwr, ne, m, &in, l1, top_k, renorm, i1, g1, done1));
@@ -1568,15 +1602,15 @@ static int oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t top
         CU(mb_kcuda_add(NULL, datt2, datt, k));
         CU(mb_kcuda_add(NULL, dx2, dx0, m));
         RUN(mb_kcuda_oproj_router(NULL, dt, dwo, m, k, datt2, bias ? db : NULL, dx2, dwr, ne, dnw,
-                                  1e-6f, dxn2, rep ? h : NULL, l2, top_k, renorm, i2, g2, done2,
-                                  part, rep ? &lc.loc : NULL));
+                                  1e-6f, dxn2, rep ? h : NULL, wire, l2, top_k, renorm, i2, g2,
+                                  done2, part, rep ? &lc.loc : NULL));
         RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, renorm, i1, g1));
         if (rep == 1) bad += local_check_diff(&lc, i1, g1);
         dev_download(x2, dx2, m * sizeof(float));
         dev_download(a2, l2, ne * sizeof(float));
         dev_download(xn2, dxn2, m * sizeof(float));
         bad += count_diff(x1, x2, m);
-        if (rep == 1) bad += count_diff(xn2, h, m);
+        if (rep == 1) bad += count_wire_diff(xn2, h, wire, m);
         const double e = gemv_rel_err(a1, a2, wre, xn1, NULL, NULL, ne, m);
         err = e > err ? e : err;
         for (uint32_t j = 0; j < m; j++) {
@@ -1661,7 +1695,8 @@ static void test_fused(void)
                 add_rmsnorm_case(ds[a], rs[b], inplace);
     for (size_t a = 0; a < 3; a++)
         for (size_t b = 0; b < 2; b++)
-            rmsnorm_copy_case(ds[a], rs[b]);
+            for (int dt = MB_DTYPE_F32; dt <= MB_DTYPE_BF16; dt++)
+                rmsnorm_copy_case(ds[a], rs[b], dt);
     const int dts[] = {MB_KCUDA_F32, MB_KCUDA_F16, MB_KCUDA_BF16};
     static const uint32_t rshapes[][4] = {{128, 2048, 1, 8}, {60, 256, 3, 4}, {8, 13, 8, 2}, {128, 64, 9, 8},
                                           {1024, 64, 2, 1}};
@@ -1728,6 +1763,13 @@ static void test_refusals(void)
     const mb_kcuda_route_local no_counts = {.slot_of = di, .counts = NULL, .pairs = d};
     CHECK(mb_kcuda_router_topk_norm_local(NULL, MB_KCUDA_F32, d, 8, 4, &rin, d, 2, 1, di, d,
                                           (unsigned *)di, &no_counts) != 0); /* pairs, no counts */
+    /* the host copy's dtype: f32, f16 or bf16 only */
+    const mb_kcuda_norm_in win = {.x = d, .w = d, .eps = 1e-6f, .xn = d, .xn2 = d, .xn2_dtype = 3};
+    CHECK(mb_kcuda_router_topk_norm(NULL, MB_KCUDA_F32, d, 8, 4, &win, d, 2, 1, di, d,
+                                    (unsigned *)di) != 0);
+    CHECK(mb_kcuda_linear_norm(NULL, MB_KCUDA_F32, d, 4, 4, &win, d, NULL, 0) != 0);
+    CHECK(mb_kcuda_rmsnorm_copy(NULL, d, 8, d, 3, 8, d, 8, 1, 8, d, 1e-6f) != 0);
+    CHECK(mb_kcuda_rmsnorm_copy(NULL, d, 8, d, -1, 8, d, 8, 1, 8, d, 1e-6f) != 0);
     mb_kcuda_kv kvq = {.k = d, .v = d, .n_kv_heads = 1, .head_dim = 8, .max_ctx = 16};
     const mb_kcuda_norm_in qin = {.x = d, .w = d, .eps = 1e-6f};
     CHECK(mb_kcuda_qkv_rope_store(NULL, MB_KCUDA_F32, d, 8, &qin, d, NULL, 1, NULL, NULL, 1e-6f, 0,
@@ -1751,18 +1793,20 @@ static void test_refusals(void)
      * f32 with 8 experts is a shape it takes wherever o_proj is staged) */
     unsigned *dc = (unsigned *)di;
     CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, NULL, d, 8, d, 1e-6f, d,
-                                NULL, d, 2, 1, di, d, dc, d, NULL) != 0); /* no x */
-    CHECK(mb_kcuda_oproj_router(NULL, 7, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL, d, 2, 1,
+                                NULL, 0, d, 2, 1, di, d, dc, d, NULL) != 0); /* no x */
+    CHECK(mb_kcuda_oproj_router(NULL, 7, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL, 0, d, 2, 1,
                                 di, d, dc, d, NULL) != 0); /* dtype */
     CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
-                                d, 9, 1, di, d, dc, d, NULL) != 0); /* top_k > experts */
+                                0, d, 9, 1, di, d, dc, d, NULL) != 0); /* top_k > experts */
     CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 2048, d, 1e-6f, d,
-                                NULL, d, 8, 1, di, d, dc, d, NULL) != 0); /* experts past 1024 */
+                                NULL, 0, d, 8, 1, di, d, dc, d, NULL) != 0); /* experts past 1024 */
     CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
-                                d, 2, 1, di, d, dc, d + 1,
+                                0, d, 2, 1, di, d, dc, d + 1,
                                 NULL) != 0); /* part not 16-byte aligned */
     CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
-                                d, 2, 1, di, d, dc, d, &no_counts) != 0); /* pairs, no counts */
+                                0, d, 2, 1, di, d, dc, d, &no_counts) != 0); /* pairs, no counts */
+    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, d, 3,
+                                d, 2, 1, di, d, dc, d, NULL) != 0); /* xn2's dtype */
     CHECK(!mb_kcuda_oproj_router_ok(MB_KCUDA_F32, 64, 64, 2048));
     CHECK(!mb_kcuda_oproj_router_ok(7, 64, 64, 8));
     CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
