@@ -33,6 +33,7 @@
 typedef struct {
     uint32_t layers, prompt, gen, cpu_threads;
     int64_t shm_spin_us; /* the session's --shm-spin; -1: its default */
+    mb_dtype payload;    /* the session's --payload-dtype */
     const char *json_path;
     int cpu_coord;  /* also run the CPU coordinator */
     unsigned cases; /* bit i: placement i of gpu, half, cpu */
@@ -48,7 +49,8 @@ static void bd_usage(FILE *f)
     fprintf(f, "usage: bench_e2e_device [--layers N (4)] [--prompt N (1024)] [--gen N (32)]\n"
                "                        [--cpu-threads N (cores/2)] [--shm-spin US (default)] "
                "[--no-cpu-coord]\n"
-               "                        [--cases gpu,half,cpu (all)] [--json PATH]\n");
+               "                        [--cases gpu,half,cpu (all)] [--payload f32|f16|bf16 (f32)]\n"
+               "                        [--json PATH]\n");
 }
 
 static int bd_parse(int argc, char **argv, bd_args *a)
@@ -89,6 +91,10 @@ static int bd_parse(int argc, char **argv, bd_args *a)
         }
         else if (!strcmp(k, "--json"))
             a->json_path = v;
+        else if (!strcmp(k, "--payload")) {
+            ok = mb_dtype_parse(v, &a->payload) == MB_STATUS_OK &&
+                 (a->payload == MB_DTYPE_F32 || a->payload == MB_DTYPE_F16 || a->payload == MB_DTYPE_BF16);
+        }
         else if (!strcmp(k, "--cases")) {
             static const char *const names[3] = {"gpu", "half", "cpu"};
             char buf[64];
@@ -157,6 +163,7 @@ static bd_result bd_case(const bd_args *a, const mb_model *m, const int32_t *pro
         opt.given_mask |= 1ull << MB_OPTION_SHM_SPIN;
     }
     opt.transport = MB_TRANSPORT_SHM;
+    opt.payload_dtype = a->payload;
     char err[512];
     mb_session *s = NULL;
     fprintf(stderr, "case %s: opening\n", name);
@@ -298,8 +305,8 @@ int main(int argc, char **argv)
     char spin_text[64] = "default (30 us; 1000 us with the GPU coordinator)";
     if (a.shm_spin_us >= 0) snprintf(spin_text, sizeof spin_text, "%lld us", (long long)a.shm_spin_us);
     printf("bench_e2e_device: %s; Qwen3-30B-A3B shapes, %u layers, bf16; prompt %u, gen %u; CPU threads %u; "
-           "shm spin %s\n",
-           dname, a.layers, a.prompt, a.gen, a.cpu_threads, spin_text);
+           "shm spin %s; payload %s\n",
+           dname, a.layers, a.prompt, a.gen, a.cpu_threads, spin_text, mb_dtype_name(a.payload));
     printf("device copy %.0f GB/s (read-equivalent %.0f GB/s%s); dense bytes per decode token %.1f MiB -> %.3f ms "
            "ideal\n",
            copy_gbs, read_gbs, ce ? ", FAILED" : "", (double)dense_b / (1 << 20), dense_ideal_ms);
@@ -311,6 +318,7 @@ int main(int argc, char **argv)
     cJSON_AddNumberToObject(root, "prompt", a.prompt);
     cJSON_AddNumberToObject(root, "gen", a.gen);
     cJSON_AddNumberToObject(root, "shm_spin_us", a.shm_spin_us);
+    cJSON_AddStringToObject(root, "payload", mb_dtype_name(a.payload));
     cJSON_AddNumberToObject(root, "copy_gbs", copy_gbs);
     cJSON_AddNumberToObject(root, "dense_decode_bytes", (double)dense_b);
     cJSON_AddNumberToObject(root, "dense_ideal_ms", dense_ideal_ms);

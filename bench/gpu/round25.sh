@@ -27,7 +27,10 @@ grep -E "CHECK failed|tests passed|Failed" "$OUT/parity_device-round25-or.txt" |
 # the statistics (pack ms now a copy of encoded rows).
 dense_tests dense_cuda-round25-wire.txt MB_DENSE_TESTS=fused,norm_in,refusals
 parity round25-default
-MB_BENCH_STATS=1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 256 --gen 32 --no-cpu-coord \
-    --cases cpu > "$OUT/e2e_device-round25-cpu-stats.txt" 2>&1
-echo "== cpu stats rc=$?"; grep -E "decode|^cuda|ipc share" "$OUT/e2e_device-round25-cpu-stats.txt" | head -12
+for w in 1 0; do
+    MB_CUDA_WIRE=$w MB_BENCH_STATS=1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 256 --gen 32 \
+        --no-cpu-coord --cases cpu --payload bf16 > "$OUT/e2e_device-round25-cpu-stats-wire$w.txt" 2>&1
+    echo "== cpu stats bf16 MB_CUDA_WIRE=$w rc=$?"
+    grep -E "decode|prefill|^cuda|ipc share" "$OUT/e2e_device-round25-cpu-stats-wire$w.txt" | head -12
+done
 echo "total $(( $(date +%s) - t0 )) s"
