@@ -113,9 +113,6 @@ typedef struct {
     dev_mat sh_gate, sh_up, sh_down, sh_sg; /* Qwen2-MoE shared expert */
     float *attn_norm, *ffn_norm, *bq, *bk, *bv, *q_norm, *k_norm;
     mb_kcuda_kv kv;
-    /* 1: a one-token step with the norms in the GEMVs runs o_proj inside
-     * the router's launch (oroute; set at upload, see oproj_routed). */
-    int oproj_routed;
 } dev_layer;
 
 struct mb_fwd_cuda {
@@ -162,22 +159,10 @@ struct mb_fwd_cuda {
      * of the layer's segment A; with the experts elsewhere, the next
      * layer's QKV weights while the host waits (side_prefetch). */
     int l2_prefetch, side_pending;
-    /* >= 0 (MB_CUDA_L2_EXPERTS=N, 0 to 50, with l2_prefetch; round 23,
-     * measuring): with the experts on this GPU, the side stream asks L2
-     * for the next layer's QKV weights N us after the experts start (their
-     * down projection reads at about half the copy bound); -1: off.
-     * Unmeasured: the session's device time ran out first. */
-    int l2_experts;
     /* 1 (unless MB_CUDA_ROUTE_PAIRS=0, with fuse): a one-token step with
      * local experts has the router's last block write their pairs and
      * start mark (route_paired), with no launches of their own. */
     int route_pairs;
-    /* 1 (MB_CUDA_OROUTE=1, with fuse_norm; round 24, measuring): a
-     * one-token step's o_proj and router run as one kernel
-     * (mb_kcuda_oproj_router, where it takes the shapes and o_proj and
-     * the router share a dtype): one kernel boundary a layer fewer, the
-     * logits summed in another order. Unmeasured on a GPU, so off. */
-    int oroute;
     cudaStream_t side;
     cudaEvent_t fork, join;
     int renorm;
@@ -195,8 +180,8 @@ struct mb_fwd_cuda {
     /* Device scratch for chunk_cap tokens. xfer is what the dispatcher
      * needs, laid out for the current chunk's n: xn [n][d_model], then ids
      * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three. */
-    float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last, *logits_all, *work;
-    float *or_part; /* mb_kcuda_oproj_router's partial sums (oroute), else NULL */
+    float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last,
+        *logits_all, *work;
     int32_t *tok;
     /* The kernels' counters, 0 between calls, in one allocation (at
      * route_done): mb_kcuda_router_topk's, mb_kcuda_qkv_rope_store's (a
@@ -468,12 +453,6 @@ static mb_status upload_layer(mb_fwd_cuda *fc, uint32_t l, progress_line *p)
         MB_TRY(upload_vec(fc, &L->q_norm, c->head_dim, &D->q_norm));
         MB_TRY(upload_vec(fc, &L->k_norm, c->head_dim, &D->k_norm));
     }
-    /* One QKV matrix (attention_block_fused's nig), o_proj and the router
-     * in one dtype, the router as wide as o_proj's output and as tall as
-     * or_part is sized for, shapes mb_kcuda_oproj_router takes. */
-    D->oproj_routed = fc->oroute && D->wqkv.w && D->wo.dtype == D->router.dtype &&
-                      D->router.cols == D->wo.rows && D->router.rows == c->n_experts &&
-                      mb_kcuda_oproj_router_ok(D->wo.dtype, D->wo.rows, D->wo.cols, D->router.rows);
     return MB_STATUS_OK;
 }
 
@@ -557,7 +536,6 @@ static mb_status alloc_scratch(mb_fwd_cuda *fc)
         {&fc->work, fc->work_floats},
         {(float **)&fc->tok, n},
         {(float **)&fc->route_done, n_cnt},
-        {&fc->or_part, fc->oroute ? (mb_kcuda_oproj_router_part_bytes(c->n_experts) + 3) / 4 : 0},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         cudaError_t e = dev_alloc(fc, bufs[i].floats * sizeof(float), (void **)bufs[i].p);
@@ -738,15 +716,8 @@ mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk
                     fc->cfg.head_dim <= 128;
     const char *pf = getenv("MB_CUDA_L2_PREFETCH");
     fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
-    const char *le = getenv("MB_CUDA_L2_EXPERTS");
-    char *le_end = NULL;
-    const long le_us = le && *le ? strtol(le, &le_end, 10) : -1;
-    fc->l2_experts =
-        fc->l2_prefetch && le_end && *le_end == '\0' && le_us >= 0 && le_us <= 50 ? (int)le_us : -1;
     const char *rp = getenv("MB_CUDA_ROUTE_PAIRS");
     fc->route_pairs = fc->fuse && !(rp && strcmp(rp, "0") == 0);
-    const char *orr = getenv("MB_CUDA_OROUTE");
-    fc->oroute = fc->fuse_norm && orr && strcmp(orr, "1") == 0;
     const char *fm = getenv("MB_CUDA_FUSE_MERGE");
     fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
     /* As mb_attn_init: a window as wide as the context hides nothing. */
@@ -917,21 +888,10 @@ static int route_paired(const mb_fwd_cuda *fc, uint32_t n)
     return fc->local_step && fc->route_pairs && norm_in_gemv(fc, n);
 }
 
-/* Whether layer l's o_proj runs inside the router's launch: one token
- * with the norms in the GEMVs (route_out's fused branch) on a layer that
- * takes it (dev_layer.oproj_routed). o_proj() and route_out() both ask;
- * the answer depends on nothing that changes after upload. */
-static int oproj_routed(const mb_fwd_cuda *fc, uint32_t l, uint32_t n)
-{
-    return norm_in_gemv(fc, n) && fc->layers[l].oproj_routed;
-}
-
 /* o_proj accumulating the attention's output into x, with the experts'
- * row as its bias where the norm ran in the QKV GEMV (nig); launched by
- * route_out instead where oproj_routed. */
+ * row as its bias where the norm ran in the QKV GEMV (nig). */
 static mb_status o_proj(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int nig)
 {
-    if (oproj_routed(fc, l, n)) return MB_STATUS_OK;
     K(linear(fc, &fc->layers[l].wo, fc->att, fc->q_dim, n, fc->x, fc->cfg.d_model,
              nig && l ? fc->moe : NULL, 1));
     prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
@@ -968,15 +928,14 @@ static size_t dev_mat_bytes(const dev_mat *m)
  * graph's capture must end joined); else it is never waited for (outside
  * any graph). Matrices without weights are skipped. */
 static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat *a,
-                               const dev_mat *b, uint32_t delay_us, int join)
+                               const dev_mat *b, int join)
 {
     cudaError_t e = after ? cudaSuccess : cudaEventRecord(fc->fork, fc->stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(fc->side, after ? after : fc->fork, 0);
     const dev_mat *m[2] = {a, b};
     for (int i = 0; i < 2 && e == cudaSuccess; i++)
         if (m[i] && m[i]->w)
-            e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, m[i]->w, dev_mat_bytes(m[i]),
-                                                  delay_us * 1000u);
+            e = (cudaError_t)mb_kcuda_l2_prefetch(fc->side, m[i]->w, dev_mat_bytes(m[i]));
     if (e == cudaSuccess && join) {
         e = cudaEventRecord(fc->join, fc->side);
         fc->side_pending = e == cudaSuccess;
@@ -1028,7 +987,7 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
          * pass and attention, latency-bound, run; a staged o_proj streams
          * its own into shared memory then. */
         if (fc->l2_prefetch && n == 1)
-            MB_TRY(side_prefetch(fc, NULL, wo_staged ? NULL : wo, &D->router, 0, 1));
+            MB_TRY(side_prefetch(fc, NULL, wo_staged ? NULL : wo, &D->router, 1));
     } else {
         if (l == 0)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm,
@@ -1143,16 +1102,6 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
             }
             int32_t *ids = (int32_t *)(dst + n * d);
             float *gate = dst + n * (d + k);
-            if (oproj_routed(fc, l, n)) {
-                const dev_mat *O = &D->wo;
-                K(mb_kcuda_oproj_router(fc->stream, O->dtype, O->w, O->rows, O->cols, fc->att,
-                                        l ? fc->moe : NULL, fc->x, R->w, R->rows, D->ffn_norm,
-                                        c->rms_eps, xn, in.xn2, fc->wire, fc->rlog, c->top_k,
-                                        fc->renorm, ids, gate, fc->route_done, fc->or_part,
-                                        paired ? &loc : NULL));
-                prof_mark(fc, "o_proj + experts + residual + ffn rmsnorm + router + top-k");
-                return MB_STATUS_OK;
-            }
             K(mb_kcuda_router_topk_norm_local(fc->stream, R->dtype, R->w, R->rows, R->cols, &in,
                                               fc->rlog, c->top_k, fc->renorm, ids, gate,
                                               fc->route_done, paired ? &loc : NULL));
@@ -1195,24 +1144,19 @@ static mb_status side_join(mb_fwd_cuda *fc)
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "joining the prefetch stream");
 }
 
-/* The local experts of layer l, from xfer's xn | ids | gate into moe; with
- * l2_experts, the next layer's QKV asked into L2 beside them (the join at
- * the end waits for the prefetch kernel, its delay included). */
+/* The local experts of layer l, from xfer's xn | ids | gate into moe. */
 static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
 {
     (void)pos;
     const size_t d = fc->cfg.d_model, k = fc->cfg.top_k;
     float *xn = fc->xfer;
-    const dev_mat *next = l + 1 < fc->cfg.n_layers ? &fc->layers[l + 1].wqkv : NULL;
-    if (fc->l2_experts >= 0 && n == 1 && next)
-        MB_TRY(side_prefetch(fc, NULL, next, NULL, (uint32_t)fc->l2_experts, 1));
     if (route_paired(fc, n))
         K(mb_cuda_local_moe_enqueue_paired(fc->local, fc->stream, l, xn, n, fc->moe));
     else
         K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, (const int32_t *)(xn + n * d),
                                     xn + n * (d + k), n, fc->moe));
     prof_mark(fc, "local experts (same device)");
-    return side_join(fc);
+    return MB_STATUS_OK;
 }
 
 static mb_status segment_a(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos)
@@ -1314,7 +1258,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
      * on this GPU it measured no gain: they stream tens of megabytes
      * through L2 in between.) */
     if (fc->l2_prefetch && n == 1 && l + 1 < c->n_layers)
-        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, 0, 0));
+        MB_TRY(side_prefetch(fc, fc->copied, &fc->layers[l + 1].wqkv, NULL, 0));
     e = cudaEventRecord(fc->wait[l], fc->stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
     if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");

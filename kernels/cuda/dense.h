@@ -249,35 +249,6 @@ int mb_kcuda_router_topk_norm_local(void *stream, int wdtype, const void *w, uin
                                     uint32_t top_k, int renorm, int32_t *ids, float *gate,
                                     unsigned *done, const mb_kcuda_route_local *loc);
 
-/* o_proj and the router in one launch, one token (issue 9, round 24,
- * MB_CUDA_OROUTE): x[m] += Wo[m][k] att (+ bias), as mb_kcuda_linear with
- * accumulate (bit for bit: the staged GEMV's body), then the router on
- * RMSNorm(x) (weights norm_w, eps) as mb_kcuda_router_topk_norm_local
- * with the normalised row into xn (and xn2 when set, in xn2_dtype as
- * mb_kcuda_norm_in says). Each block dots its
- * rows of the new x, times the norm's weights, with the router's columns
- * for those rows and leaves the partial logits and squares in part; the
- * last block adds them in block order, scales by the norm's factor and
- * routes. The logits differ from mb_kcuda_router_topk_norm's by f32
- * summation order; ids and gate are mb_kcuda_route_topk's on the logits
- * written; xn is the norm's formula with the factor from the same squares
- * added in another order. Wo and the router share wdtype. part:
- * mb_kcuda_oproj_router_part_bytes of device memory.
- * cudaErrorNotSupported where mb_kcuda_oproj_router_ok says no. */
-int mb_kcuda_oproj_router(void *stream, int wdtype, const void *wo, uint32_t m, uint32_t k,
-                          const float *att, const float *bias, float *x, const void *wr,
-                          uint32_t n_experts, const float *norm_w, float eps, float *xn, void *xn2,
-                          int xn2_dtype, float *logits, uint32_t top_k, int renorm, int32_t *ids,
-                          float *gate, unsigned *done, void *part, const mb_kcuda_route_local *loc);
-/* Whether mb_kcuda_oproj_router takes these shapes on this device: where
- * the staged GEMV takes Wo (mb_kcuda_linear_staged, preload letter s) with
- * a block an SM at most. */
-int mb_kcuda_oproj_router_ok(int wdtype, uint32_t m, uint32_t k, uint32_t n_experts);
-/* Bytes of part for n_experts on this device; part is 16-byte aligned,
- * and loc (or NULL) has slot_of, counts and pairs set
- * (cudaErrorInvalidValue otherwise). */
-size_t mb_kcuda_oproj_router_part_bytes(uint32_t n_experts);
-
 /* mb_kcuda_linear_norm into qkv (W [(n_heads + 2 kv->n_kv_heads) *
  * kv->head_dim][k], one token; bias may be NULL) and mb_kcuda_qk_rope_store
  * on the row it writes, in one launch: bit for bit those two calls (the
@@ -326,10 +297,8 @@ int mb_kcuda_stamp(void *stream, unsigned long long *slot);
  * returns without waiting for them: a few threads issue bulk prefetches
  * (sm_90; elsewhere, and on the emulator, it does nothing). For a second
  * stream while the main one runs latency-bound kernels, so that weights
- * read next come from L2. delay_ns (at most 100 us): asked that long after
- * each of its blocks starts, for a side stream forked where the bytes it
- * would compete with still stream; the kernel lasts the delay at least. */
-int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes, uint32_t delay_ns);
+ * read next come from L2. */
+int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes);
 
 /* dst[i] = src[i] for i < count (32-bit words; dst may be pinned host
  * memory), then src[i] = 0 for zero_from <= i < count: counters and clock

@@ -66,17 +66,11 @@ extern "C" int mb_kcuda_stamp(void *stream, unsigned long long *slot)
 
 // No programmatic launch: it runs on a stream of its own, beside the work.
 // A thread asks L2 for a chunk at a time (a hint: no effect on results,
-// none on the emulator); a tail under 16 bytes is left out. delay_ns: each
-// block first waits that long from its start.
+// none on the emulator); a tail under 16 bytes is left out.
 __global__ void __launch_bounds__(MB_L2PF_THREADS)
-    mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes, uint32_t delay_ns)
+    mb_kcuda_l2_prefetch_kernel(const char *p, size_t bytes)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (delay_ns) {
-        const unsigned long long t0 = mb_dense_globaltimer();
-        while (mb_dense_globaltimer() - t0 < delay_ns)
-            __nanosleep(256);
-    }
     const size_t tid = (size_t)blockIdx.x * MB_L2PF_THREADS + threadIdx.x,
                  threads = (size_t)gridDim.x * MB_L2PF_THREADS;
     for (size_t off = tid * MB_L2PF_CHUNK; off < bytes; off += threads * MB_L2PF_CHUNK) {
@@ -87,13 +81,13 @@ __global__ void __launch_bounds__(MB_L2PF_THREADS)
                          : "memory");
     }
 #else
-    (void)p, (void)bytes, (void)delay_ns;
+    (void)p, (void)bytes;
 #endif
 }
 
-extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes, uint32_t delay_ns)
+extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes)
 {
-    if (!p || ((uintptr_t)p & 15) || delay_ns > 100000) return (int)cudaErrorInvalidValue;
+    if (!p || ((uintptr_t)p & 15)) return (int)cudaErrorInvalidValue;
     if (bytes < 16) return 0;
     // Eight prefetches a thread, at most 16 blocks; MB_CUDA_L2PF_EACH (1 to
     // 64; read once) sets the prefetches a thread, and so the blocks (at
@@ -103,7 +97,7 @@ extern "C" int mb_kcuda_l2_prefetch(void *stream, const void *p, size_t bytes, u
     const size_t want = (bytes + per_block - 1) / per_block, most = (size_t)(128 / each);
     const unsigned blocks = (unsigned)(want < most ? want : most);
     mb_kcuda_l2_prefetch_kernel<<<blocks, MB_L2PF_THREADS, 0, mb_dense_stream(stream)>>>(
-        (const char *)p, bytes, delay_ns);
+        (const char *)p, bytes);
     return mb_dense_launched();
 }
 

@@ -1536,137 +1536,6 @@ static void router_norm_case(int dt, uint32_t ne, uint32_t k, uint32_t top_k, in
     free(xn2);
 }
 
-/* mb_kcuda_oproj_router against o_proj (mb_kcuda_linear, accumulating)
- * then mb_kcuda_router_topk_norm: x bit for bit, the logits within the
- * GEMV bound of the reference's normalised row, ids and gate those of
- * mb_kcuda_route_topk on the logits it wrote, xn within f32 rounding of
- * the reference's (the norm's factor from the squares in another order),
- * the host copy equal to xn, the local pairs mb_kcuda_local_pairs', and
- * the counter back at 0, twice. Shapes it does not take: refused. */
-static int oroute_case(int dt, uint32_t m, uint32_t k, uint32_t ne, uint32_t top_k, int bias,
-                       int renorm)
-{
-    if (!mb_kcuda_oproj_router_ok(dt, m, k, ne)) { /* device memory, should it launch after all */
-        float *dm = dev_alloc(4096);
-        const int e = mb_kcuda_oproj_router(NULL, dt, dm, m, k, dm, NULL, dm, dm, ne, dm, 1e-6f,
-                                            NULL, NULL, 0, dm, top_k, renorm, (int32_t *)dm, dm,
-                                            (unsigned *)dm, dm, NULL);
-        cudaGetLastError();
-        cudaFree(dm);
-        CHECK_MSG(e == cudaErrorNotSupported, "oproj_router %s m=%u k=%u ne=%u: not refused (%d)",
-                  dtname(dt), m, k, ne, e);
-        return 0;
-    }
-    float *woe = NULL, *wre = NULL;
-    void *wo = rand_weights(dt, (size_t)m * k, 0.3f, &woe);
-    void *wr = rand_weights(dt, (size_t)ne * m, 0.5f, &wre);
-    float *att = rand_f32(k, 1.0f), *x = rand_f32(m, 3.0f), *b = rand_f32(m, 1.0f),
-          *nw = rand_f32(m, 1.5f);
-    void *dwo = dev_upload(wo, (size_t)m * k * wsize(dt)),
-         *dwr = dev_upload(wr, (size_t)ne * m * wsize(dt));
-    float *datt = dev_upload(att, k * sizeof(float)), *db = dev_upload(b, m * sizeof(float));
-    float *dnw = dev_upload(nw, m * sizeof(float));
-    float *dx1 = dev_upload(x, m * sizeof(float)), *dx2 = dev_alloc(m * sizeof(float));
-    float *dx0 = dev_upload(x, m * sizeof(float)), *datt2 = dev_alloc(k * sizeof(float));
-    float *dxn1 = dev_alloc(m * sizeof(float)), *dxn2 = dev_alloc(m * sizeof(float));
-    float *l1 = dev_alloc(ne * sizeof(float)), *l2 = dev_alloc(ne * sizeof(float));
-    int32_t *i1 = dev_alloc(top_k * sizeof(int32_t)), *i2 = dev_alloc(top_k * sizeof(int32_t));
-    float *g1 = dev_alloc(top_k * sizeof(float)), *g2 = dev_alloc(top_k * sizeof(float));
-    unsigned zero = 0, *done1 = dev_upload(&zero, sizeof zero),
-             *done2 = dev_upload(&zero, sizeof zero);
-    void *part = dev_alloc(mb_kcuda_oproj_router_part_bytes(ne));
-    /* The row's host copy for the experts' links, in a wire dtype that
-     * varies with the shape and dt (each shape gets all three). */
-    const int wire = (int)((m + ne + (uint32_t)dt) % 3);
-    void *h = NULL;
-    CU(cudaMallocHost(&h, m * sizeof(float)));
-    RUN(mb_kcuda_linear(NULL, dt, dwo, m, k, datt, k, 1, dx1, m, bias ? db : NULL, 1));
-    const mb_kcuda_norm_in in = {.x = dx1, .w = dnw, .eps = 1e-6f, .xn = dxn1};
-    RUN(mb_kcuda_router_topk_norm(NULL, dt, dwr, ne, m, &in, l1, top_k, renorm, i1, g1, done1));
-    float *x1 = xmalloc(m * sizeof(float)), *x2 = xmalloc(m * sizeof(float)),
-          *xn1 = xmalloc(m * sizeof(float)), *xn2 = xmalloc(m * sizeof(float)),
-          *a1 = xmalloc(ne * sizeof(float)), *a2 = xmalloc(ne * sizeof(float));
-    dev_download(x1, dx1, m * sizeof(float));
-    dev_download(xn1, dxn1, m * sizeof(float));
-    dev_download(a1, l1, ne * sizeof(float));
-    local_check lc;
-    local_check_init(&lc, ne, top_k);
-    size_t bad = 0;
-    double err = 0.0, xerr = 0.0;
-    for (int rep = 0; rep < 2; rep++) {
-        /* att and x written by kernels just before, with no sync between:
-         * the fused kernel may start before they finish (PDL), and must
-         * read them only after its wait. */
-        CU(cudaMemset(datt2, 0, k * sizeof(float)));
-        CU(cudaMemset(dx2, 0, m * sizeof(float)));
-        CU(mb_kcuda_add(NULL, datt2, datt, k));
-        CU(mb_kcuda_add(NULL, dx2, dx0, m));
-        RUN(mb_kcuda_oproj_router(NULL, dt, dwo, m, k, datt2, bias ? db : NULL, dx2, dwr, ne, dnw,
-                                  1e-6f, dxn2, rep ? h : NULL, wire, l2, top_k, renorm, i2, g2,
-                                  done2, part, rep ? &lc.loc : NULL));
-        RUN(mb_kcuda_route_topk(NULL, l2, 1, ne, top_k, renorm, i1, g1));
-        if (rep == 1) bad += local_check_diff(&lc, i1, g1);
-        dev_download(x2, dx2, m * sizeof(float));
-        dev_download(a2, l2, ne * sizeof(float));
-        dev_download(xn2, dxn2, m * sizeof(float));
-        bad += count_diff(x1, x2, m);
-        if (rep == 1) bad += count_wire_diff(xn2, h, wire, m);
-        const double e = gemv_rel_err(a1, a2, wre, xn1, NULL, NULL, ne, m);
-        err = e > err ? e : err;
-        for (uint32_t j = 0; j < m; j++) {
-            const double d = fabs((double)xn1[j] - xn2[j]) / (fabs((double)xn1[j]) + 1e-30);
-            if (d > xerr || d != d) xerr = d != d ? INFINITY : d;
-        }
-        bad += routing_diff(i1, g1, i2, g2, top_k);
-        unsigned left = 1;
-        dev_download(&left, done2, sizeof left);
-        bad += left != 0;
-    }
-    err = xerr > err ? xerr : err;
-    CHECK_MSG(note(E_NORM_IN, err, "oproj_router %s m=%u k=%u ne=%u", dtname(dt), m, k, ne),
-              "oproj_router %s m=%u k=%u ne=%u: logits or xn error %.3g", dtname(dt), m, k, ne,
-              err);
-    CHECK_MSG(
-        note(E_FUSED, (double)bad, "oproj_router %s m=%u k=%u ne=%u top_k=%u bias=%d", dtname(dt),
-             m, k, ne, top_k, bias),
-        "oproj_router %s m=%u k=%u ne=%u top_k=%u: %zu x values, ids, gates or counters differ",
-        dtname(dt), m, k, ne, top_k, bad);
-    cudaFreeHost(h);
-    void *dev[] = {dwo,  dwr, datt, datt2, db, dnw, dx0, dx1,   dx2,   dxn1,
-                   dxn2, l1,  l2,   i1,    i2, g1,  g2,  done1, done2, part};
-    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
-        cudaFree(dev[i]);
-    local_check_free(&lc);
-    void *host[] = {wo, woe, wr, wre, att, x, b, nw, x1, x2, xn1, xn2, a1, a2};
-    for (size_t i = 0; i < sizeof host / sizeof *host; i++)
-        free(host[i]);
-    return 1;
-}
-
-/* o_proj and the router in one launch on 132 SMs: Qwen3-30B-A3B's shape
- * (16 rows a block, 128 experts: one chunk of a thread's weights), 200
- * and 300 experts at 16 rows (two and three chunks), 4 and 8 rows a block
- * (257 experts at 8 rows, 513 at 4: a last chunk of one expert), last
- * blocks past m (1004 and 1009 rows at 8, 3 rows at 4, 2104 at 16), an
- * odd count of partials a row (61 experts x 127 blocks), every SM a block
- * (2112 rows: part full), 1024 experts, and f32 at a size the staged GEMV
- * does not take (refused); renorm on and off. */
-static void test_oroute(void)
-{
-    static const uint32_t sh[][4] = {
-        {2048, 4096, 128, 8}, {2048, 256, 200, 8}, {256, 512, 60, 4}, {1000, 64, 8, 2},
-        {1004, 64, 8, 2},     {1009, 64, 61, 4},   {3, 64, 8, 2},     {128, 64, 1024, 8},
-        {2112, 256, 300, 8},  {1056, 64, 257, 4},  {527, 64, 513, 8}, {2104, 128, 129, 3}};
-    int ran = 0;
-    for (int dt = 0; dt < 3; dt++)
-        for (size_t i = 0; i < sizeof sh / sizeof *sh; i++)
-            ran += oroute_case(dt, sh[i][0], sh[i][1], sh[i][2], sh[i][3],
-                               (int)((i + (size_t)dt) % 2), (int)((i / 2 + (size_t)dt) % 2));
-    if (!ran)
-        printf(
-            "oroute: every shape refused (o_proj not staged here: no PDL, or preload without s)\n");
-}
-
 /* The norm folded into one-token projections (decode): the GEMV's one-row
  * and four-row blocks, vector and scalar loads (k % 8), every dtype, and
  * row counts past 4096 at a narrower k (4200, 6000). */
@@ -1785,30 +1654,8 @@ static void test_refusals(void)
         CHECK(mb_kcuda_qkp_attention(NULL, d, 768, NULL, NULL, 1e-6f, d, d, 0, &kvw, &shw, 0, NULL,
                                      d, 256, d, 4096) != 0); /* head_dim past the pipelined tiles */
     }
-    CHECK(mb_kcuda_l2_prefetch(NULL, (const char *)d + 4, 64, 0) != 0); /* not 16-byte aligned */
-    RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 0));        /* asks, changes nothing */
-    RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 2000));     /* so too, 2 us on */
-    CHECK(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float), 100001) != 0); /* over 100 us */
-    /* o_proj with the router: arguments refused before any launch (64 x 64
-     * f32 with 8 experts is a shape it takes wherever o_proj is staged) */
-    unsigned *dc = (unsigned *)di;
-    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, NULL, d, 8, d, 1e-6f, d,
-                                NULL, 0, d, 2, 1, di, d, dc, d, NULL) != 0); /* no x */
-    CHECK(mb_kcuda_oproj_router(NULL, 7, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL, 0, d, 2, 1,
-                                di, d, dc, d, NULL) != 0); /* dtype */
-    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
-                                0, d, 9, 1, di, d, dc, d, NULL) != 0); /* top_k > experts */
-    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 2048, d, 1e-6f, d,
-                                NULL, 0, d, 8, 1, di, d, dc, d, NULL) != 0); /* experts past 1024 */
-    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
-                                0, d, 2, 1, di, d, dc, d + 1,
-                                NULL) != 0); /* part not 16-byte aligned */
-    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, NULL,
-                                0, d, 2, 1, di, d, dc, d, &no_counts) != 0); /* pairs, no counts */
-    CHECK(mb_kcuda_oproj_router(NULL, MB_KCUDA_F32, d, 64, 64, d, NULL, d, d, 8, d, 1e-6f, d, d, 3,
-                                d, 2, 1, di, d, dc, d, NULL) != 0); /* xn2's dtype */
-    CHECK(!mb_kcuda_oproj_router_ok(MB_KCUDA_F32, 64, 64, 2048));
-    CHECK(!mb_kcuda_oproj_router_ok(7, 64, 64, 8));
+    CHECK(mb_kcuda_l2_prefetch(NULL, (const char *)d + 4, 64) != 0); /* not 16-byte aligned */
+    RUN(mb_kcuda_l2_prefetch(NULL, d, 4096 * sizeof(float)));        /* asks, changes nothing */
     CHECK(mb_kcuda_silu_mul(NULL, d, d, 4, 1, 0, NULL) != 0);
     CHECK(mb_kcuda_add(NULL, d, d, 0) != 0);
     mb_kcuda_kv kv = {.k = d, .v = d, .n_kv_heads = 2, .head_dim = 8, .max_ctx = 16};
@@ -2004,7 +1851,7 @@ int main(int argc, char **argv)
         {"rope", test_rope},         {"silu_add", test_silu_add},   {"route", test_route},
         {"linear", test_linear},     {"attention", test_attention}, {"merge", test_merge},
         {"fused", test_fused},       {"norm_in", test_norm_in},     {"drain", test_drain},
-        {"stamp", test_stamp},       {"oroute", test_oroute}};
+        {"stamp", test_stamp}};
     for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
         if (wanted(groups[i].name)) groups[i].run();
     print_stats();
