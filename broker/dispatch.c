@@ -564,8 +564,9 @@ static mb_status mb_dispatch_failover(mb_dispatch *d, const mb_moe_work *w)
 mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
 {
     mb_dispatch *d = ctx;
+    if (!d) return MB_STATUS_INVALID_ARG;
     const mb_dispatch_config *c = &d->cfg;
-    if (!d || !w || !w->out || w->n_tokens > c->max_tokens || w->top_k != c->top_k ||
+    if (!w || !w->out || w->n_tokens > c->max_tokens || w->top_k != c->top_k ||
         w->layer >= c->placement->n_layers)
         return MB_STATUS_INVALID_ARG;
     if (w->x_wire ? w->x_wire_dtype != c->payload : !w->x) {

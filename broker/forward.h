@@ -26,7 +26,7 @@ typedef struct {
     const int32_t *expert_ids; /* [n_tokens][top_k], each in [0, n_experts) */
     const float *gate;         /* [n_tokens][top_k] routing weights */
     const float *x;            /* [n_tokens][d_model] post-attention-norm input, or NULL
-                                * when x_wire holds it */
+                                * when x_wire holds it (a callback must take either) */
     const void *x_wire;        /* NULL, or the same rows already in x_wire_dtype (the
                                 * experts' payload dtype; a GPU wrote them so) */
     mb_dtype x_wire_dtype;

@@ -128,7 +128,7 @@ struct mb_fwd_cuda {
      * until mb_fwd_cuda_set_wire): with fuse, the kernels that write the
      * normalised rows into pinned host memory write them in it, and the
      * dispatcher sends those bytes as they are. */
-    int wire;
+    mb_dtype wire;
     /* 1 (default with fuse): a decode step's RMSNorms run inside the
      * one-token GEMVs that read them (QKV, router, lm_head), and o_proj
      * adds the previous layer's experts to x as it accumulates, so a
@@ -179,7 +179,11 @@ struct mb_fwd_cuda {
     size_t n_allocs, cap_allocs;
     /* Device scratch for chunk_cap tokens. xfer is what the dispatcher
      * needs, laid out for the current chunk's n: xn [n][d_model], then ids
-     * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three. */
+     * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three.
+     * h_xfer has the same layout; where the kernels write it themselves
+     * (fuse), its xn rows are in the wire's dtype, packed from the start
+     * of the xn region (a 2-byte dtype leaves the region's second half
+     * unused). */
     float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last,
         *logits_all, *work;
     int32_t *tok;
@@ -922,11 +926,10 @@ static size_t dev_mat_bytes(const dev_mat *m)
 
 /* Weights asked into L2 from the side stream once the main stream has
  * reached this point (after: an event recorded there already, or NULL: one
- * recorded now) and delay_us more have passed, for kernels that read them
- * soon while the DRAM idles. join: the side stream is joined back at the
- * end of the segment (side_join, which then waits for the delay too; a
- * graph's capture must end joined); else it is never waited for (outside
- * any graph). Matrices without weights are skipped. */
+ * recorded now), for kernels that read them soon while the DRAM idles.
+ * join: the side stream is joined back at the end of the segment
+ * (side_join; a graph's capture must end joined); else it is never waited
+ * for (outside any graph). Matrices without weights are skipped. */
 static mb_status side_prefetch(mb_fwd_cuda *fc, cudaEvent_t after, const dev_mat *a,
                                const dev_mat *b, int join)
 {
@@ -1091,7 +1094,7 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                                          .eps = c->rms_eps,
                                          .xn = xn,
                                          .xn2 = fc->local_step ? NULL : dst,
-                                         .xn2_dtype = fc->wire};
+                                         .xn2_dtype = kcuda_dtype(fc->wire)};
             mb_kcuda_route_local loc;
             const int paired = route_paired(fc, n);
             if (paired) {
@@ -1113,8 +1116,8 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
         if (fc->local_step)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
         else
-            K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, dst, fc->wire, d, fc->x, d, n, c->d_model,
-                                    D->ffn_norm, c->rms_eps));
+            K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, dst, kcuda_dtype(fc->wire), d, fc->x, d, n,
+                                    c->d_model, D->ffn_norm, c->rms_eps));
         prof_mark(fc, fc->local_step ? "ffn rmsnorm" : "ffn rmsnorm (+ to host)");
         K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
                                (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done));
@@ -1495,9 +1498,9 @@ mb_status mb_fwd_cuda_set_wire(mb_fwd_cuda *fc, mb_dtype wire)
      * them (the way before, for measuring). */
     const char *off = getenv("MB_CUDA_WIRE");
     if (off && strcmp(off, "0") == 0) wire = MB_DTYPE_F32;
-    if ((int)wire == fc->wire) return MB_STATUS_OK;
+    if (wire == fc->wire) return MB_STATUS_OK;
     drop_graphs(fc); /* they hold the kernels' arguments */
-    fc->wire = (int)wire;
+    fc->wire = wire;
     return MB_STATUS_OK;
 }
 

@@ -52,7 +52,8 @@ mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, struct mb_cuda_local_moe *lm, u
  * f32 until called). The routed tokens' rows then reach the host in it,
  * written there by the norm's kernel (rounded as the CPU's
  * mb_dtype_encode_f32), and the layer's mb_moe_work carries them as
- * x_wire, with x NULL (MB_CUDA_FUSE=0: as f32 in x). Drops the captured
+ * x_wire, with x NULL (MB_CUDA_FUSE=0 or MB_CUDA_WIRE=0: as f32 in x,
+ * converted by the dispatcher). Drops the captured
  * graphs when it changes. INVALID_ARG for another dtype. */
 mb_status mb_fwd_cuda_set_wire(mb_fwd_cuda *fc, mb_dtype wire);
 

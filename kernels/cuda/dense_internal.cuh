@@ -155,20 +155,6 @@ __device__ __forceinline__ void mb_store_as(void *p, int dt, size_t e, float v)
         static_cast<float *>(p)[e] = v;
 }
 
-// Elements 4j .. 4j + 3 of such a row, in one store (p 16-byte aligned).
-__device__ __forceinline__ void mb_store4_as(void *p, int dt, size_t j, float4 v)
-{
-    if (dt == MB_KCUDA_F32) {
-        static_cast<float4 *>(p)[j] = v;
-        return;
-    }
-    const auto h = [dt](float f) -> uint32_t {
-        return dt == MB_KCUDA_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(f))
-                                   : __half_as_ushort(__float2half_rn(f));
-    };
-    static_cast<uint2 *>(p)[j] = make_uint2(h(v.x) | h(v.y) << 16, h(v.z) | h(v.w) << 16);
-}
-
 // Device attribute a of the current device (cached per device and
 // attribute slot; 0 when unknown).
 template <cudaDeviceAttr A> static inline int mb_dense_attr(void)

@@ -1,5 +1,5 @@
 // One token's routing by one warp (mb_route_row), shared by the kernels
-// that route (dense_route.cu, dense_oproute.cu). Private to kernels/cuda/.
+// that route (dense_route.cu). Private to kernels/cuda/.
 #pragma once
 
 #include <climits>

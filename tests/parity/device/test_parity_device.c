@@ -2,7 +2,9 @@
  * under MB_TEST_DATA (transformers fixtures with their float32 reference
  * logits) is prefilled in chunks and decoded teacher-forced, with the dense
  * layers, KV cache and routing on the device and the experts
- *   - on two CPU workers over shared memory, every payload dtype;
+ *   - on two CPU workers over shared memory, every payload dtype (f16
+ *     and bf16 also with the rows converted by the dispatcher instead of
+ *     the GPU, MB_CUDA_WIRE=0: logits identical bit for bit);
  *   - on a cuda:0 worker, every payload dtype;
  *   - in-process on the same GPU (--local-experts covering every expert);
  *   - and with decode steps launched directly instead of replayed from
@@ -161,6 +163,18 @@ static void run_model(const char *name, const mb_model *m, const mb_reference *r
     for (int dt = 0; dt < 3; dt++) {
         snprintf(what, sizeof what, "%s cuda coord, 2 cpu workers %s", name, mb_dtype_name(dt));
         if (run_seq(what, m, ref, 0, cpu_workers, 2, 0, (mb_dtype)dt, got) == 0) compare_ref(what, got, ref, dt);
+        if (dt != MB_DTYPE_F32) {
+            /* The GPU wrote the routed rows in the payload dtype; the
+             * dispatcher encoding f32 rows (MB_CUDA_WIRE=0) must have sent
+             * the same bytes, so the logits match bit for bit. */
+            setenv("MB_CUDA_WIRE", "0", 1);
+            int ok = run_seq("f32 rows", m, ref, 0, cpu_workers, 2, 0, (mb_dtype)dt, cpu) == 0;
+            unsetenv("MB_CUDA_WIRE");
+            const int same = ok && memcmp(got, cpu, n * sizeof *got) == 0;
+            printf("  %-44s rows encoded by the GPU vs by the dispatcher: %s\n", what,
+                   same ? "identical" : "DIFFER");
+            CHECK_MSG(same, "%s: logits differ when the dispatcher encodes the rows", what);
+        }
         if (dt == MB_DTYPE_F32 && run_seq("cpu coord", m, ref, -1, cpu_workers, 2, 0, MB_DTYPE_F32, cpu) == 0) {
             uint32_t bad = 0;
             double rel = rel_diff(got, cpu, n, ref->vocab, &bad);

@@ -887,6 +887,10 @@ static size_t count_diff(const float *a, const float *b, size_t n)
  * must round as the dispatcher would have. */
 static size_t count_wire_diff(const float *ref, const void *got, int dt, size_t n)
 {
+    _Static_assert(
+        (int)MB_DTYPE_F32 == (int)MB_KCUDA_F32 && (int)MB_DTYPE_F16 == (int)MB_KCUDA_F16 &&
+            (int)MB_DTYPE_BF16 == (int)MB_KCUDA_BF16,
+        "the cases pass one wire dtype number to the kernels and to mb_dtype_encode_f32");
     if (dt == MB_DTYPE_F32) return count_diff(ref, got, n);
     uint16_t *enc = xmalloc(n * sizeof *enc);
     mb_dtype_encode_f32((mb_dtype)dt, enc, ref, n);
