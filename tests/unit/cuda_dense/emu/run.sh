@@ -35,6 +35,9 @@ case "$MODE" in
   backend) KERNELS="moe_"; TEST="$R/tests/parity/backends/test_backend_ops.c" ;;
   *) echo "usage: run.sh [build dir] [dense|quant|backend]" >&2; exit 2 ;;
 esac
+# Generated anew each run: a kernel file removed from the tree must not
+# linger here.
+rm -rf "$OUT/gen/kernels/cuda" "$OUT/obj/$MODE"
 mkdir -p "$OUT/gen/kernels/cuda" "$OUT/gen/cub/block" "$OUT/obj/$MODE"
 SRCS="$R/kernels/cuda/${KERNELS}*.cu"
 [ "$MODE" = backend ] && SRCS="$SRCS $R/kernels/cuda/device_query.cu"
