@@ -10,6 +10,8 @@
 //   gate/up: h[pos][r] = silu(W_gate[r] . x[token(pos)]) * (W_up[r] . x[token(pos)])
 //   down:    y[pos][n] = W_down[n] . h[pos]
 //   fused:   out[t][n] = sum_j gate_j * (W_down(j)[n] . h[pos_j])   (j: t's pairs)
+#include <cstdlib>
+
 #include "kernels/cuda/moe_internal.cuh"
 
 #define MB_GEMV_WARPS 8
@@ -114,12 +116,113 @@ mb_kcuda_down_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *_
 
 // out[t][n] with the combine fused: token t's pairs in request order.
 // tok_off NULL: a one-token request of n_single pairs whose h rows are the
-// pairs' own indices.
+// pairs' own indices. The block reads its token's pairs (each expert's
+// down matrix, h row and gate) into shared memory once, MB_DOWN_PJ at a
+// time, so that a warp has the weight loads of all of them in flight
+// together instead of one pair's pointer chain and loads after another's
+// (round 27). Each pair's dot is still summed over the warp on its own and
+// added gate-weighted in request order: the same f32 operations as one
+// pair at a time.
+#define MB_DOWN_PJ 8
+
+// One warp's row over NJ pairs whose loads are all issued each step.
+template <typename W, bool VEC, int NJ>
+__device__ __forceinline__ float mb_down_pairs(const W *const *w, const float *const *hr,
+                                               const float *g, int row, int K, int lane,
+                                               float total)
+{
+    constexpr int V = VEC ? mb_vec16<W>::n : 1;
+    float acc[NJ] = {};
+#pragma unroll 1
+    for (int k = lane * V; k < K; k += 32 * V) {
+#pragma unroll
+        for (int i = 0; i < NJ; i++) {
+            float fa[V], x[V];
+            mb_loadv<W, V, VEC>(w[i] + (size_t)row * K + k, fa);
+            mb_loadv<float, V, VEC>(hr[i] + k, x);
+#pragma unroll
+            for (int v = 0; v < V; v++)
+                acc[i] += fa[v] * x[v];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < NJ; i++)
+        total += g[i] * mb_warp_sum(acc[i]);
+    return total;
+}
+
 template <typename W, typename P, bool VEC>
 __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
 mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ tok_off,
                              const mb_kcuda_pair *__restrict__ pairs, const int32_t *__restrict__ pair_pos,
                              const float *__restrict__ h, P *__restrict__ out, int K, int N, int n_single)
+{
+    __shared__ const W *s_w[MB_DOWN_PJ];
+    __shared__ const float *s_h[MB_DOWN_PJ];
+    __shared__ float s_g[MB_DOWN_PJ];
+    const int t = blockIdx.y;
+    const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
+    const bool live = row < N; // warps past N still meet the block's barriers
+    const int lane = threadIdx.x & 31;
+    const int j0 = tok_off ? tok_off[t] : 0, j1 = tok_off ? tok_off[t + 1] : n_single;
+    float total = 0.0f;
+    for (int jb = j0; jb < j1; jb += MB_DOWN_PJ) {
+        const int nj = min(MB_DOWN_PJ, j1 - jb);
+        if ((int)threadIdx.x < nj) {
+            const int j = jb + (int)threadIdx.x;
+            const mb_kcuda_pair pr = pairs[j];
+            s_w[threadIdx.x] = (const W *)slots[pr.slot].down;
+            s_h[threadIdx.x] = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
+            s_g[threadIdx.x] = pr.gate;
+        }
+        __syncthreads();
+        if (live) {
+            const W *w[MB_DOWN_PJ];
+            const float *hr[MB_DOWN_PJ];
+            float g[MB_DOWN_PJ];
+#pragma unroll
+            for (int i = 0; i < MB_DOWN_PJ; i++)
+                w[i] = s_w[i], hr[i] = s_h[i], g[i] = s_g[i];
+            switch (nj) {
+            case 8:
+                total = mb_down_pairs<W, VEC, 8>(w, hr, g, row, K, lane, total);
+                break;
+            case 7:
+                total = mb_down_pairs<W, VEC, 7>(w, hr, g, row, K, lane, total);
+                break;
+            case 6:
+                total = mb_down_pairs<W, VEC, 6>(w, hr, g, row, K, lane, total);
+                break;
+            case 5:
+                total = mb_down_pairs<W, VEC, 5>(w, hr, g, row, K, lane, total);
+                break;
+            case 4:
+                total = mb_down_pairs<W, VEC, 4>(w, hr, g, row, K, lane, total);
+                break;
+            case 3:
+                total = mb_down_pairs<W, VEC, 3>(w, hr, g, row, K, lane, total);
+                break;
+            case 2:
+                total = mb_down_pairs<W, VEC, 2>(w, hr, g, row, K, lane, total);
+                break;
+            default:
+                total = mb_down_pairs<W, VEC, 1>(w, hr, g, row, K, lane, total);
+                break;
+            }
+        }
+        __syncthreads(); // every warp has read this chunk's pairs
+    }
+    if (live && lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
+}
+
+// The same one pair at a time (MB_CUDA_DOWN1=1; round 27, measuring).
+template <typename W, typename P, bool VEC>
+__global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
+    mb_kcuda_down_combine1_kernel(const mb_kcuda_expert *__restrict__ slots,
+                                  const int32_t *__restrict__ tok_off,
+                                  const mb_kcuda_pair *__restrict__ pairs,
+                                  const int32_t *__restrict__ pair_pos, const float *__restrict__ h,
+                                  P *__restrict__ out, int K, int N, int n_single)
 {
     const int t = blockIdx.y;
     const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
@@ -173,7 +276,19 @@ static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem
     if (fused) {
         const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, p->n_tokens);
         const mb_kcuda_pair *pairs = (const mb_kcuda_pair *)p->pairs;
-        if (vec_ff)
+        static const bool one = [] {
+            const char *v = getenv("MB_CUDA_DOWN1");
+            return v && v[0] == '1';
+        }();
+        if (one && vec_ff)
+            mb_kcuda_down_combine1_kernel<W, P, true>
+                <<<g2, blk, 0, stream>>>(p->slots, single ? nullptr : ws->tok_off, pairs,
+                                         ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
+        else if (one)
+            mb_kcuda_down_combine1_kernel<W, P, false>
+                <<<g2, blk, 0, stream>>>(p->slots, single ? nullptr : ws->tok_off, pairs,
+                                         ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
+        else if (vec_ff)
             mb_kcuda_down_combine_kernel<W, P, true><<<g2, blk, 0, stream>>>(
                 p->slots, single ? nullptr : ws->tok_off, pairs, ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
         else

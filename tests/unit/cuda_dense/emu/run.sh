@@ -13,7 +13,9 @@
 #   backend: tests/parity/backends/test_backend_ops.c cuda, the CUDA backend
 #            (backends/cuda/, from the build's libmb_backends.a) on the
 #            emulated moe_*.cu: quantized groups only, requests of up to 64
-#            tokens, AUTO and then each path forced (MB_CUDA_PATH)
+#            tokens, AUTO and then each path forced (MB_CUDA_PATH); MB_EMU_ONLY=elem
+#            runs the f32/f16/bf16 groups instead, MB_EMU_PATHS the paths
+#            named, MB_EMU_MAX_TOKENS another request size limit
 # The build dir needs the CPU libraries built (dense: mb_broker and what it
 # links; quant: mb_kernels, mb_protocol; backend: mb_backends).
 # Env: SAN="" to build without ASan/UBSan (about 4x faster), OUT=dir for
@@ -73,9 +75,9 @@ else
   g++ $SAN -o "$OUT/test_backend_ops_emu" "$OUT/obj/backend/test.o" $objs "$OUT/obj/backend/emu.o" \
     "$B/backends/libmb_backends.a" "$B/shm/libmb_shm.a" "$B/protocol/libmb_protocol.a" "$B/kernels/libmb_kernels.a" \
     $VK -lnuma -lzmq -lpthread -lm -ldl -lrt
-  for path in auto gemv gemm cublas; do
+  for path in ${MB_EMU_PATHS:-auto gemv gemm cublas}; do
     echo "== MB_CUDA_PATH=$path"
-    ASAN_OPTIONS=detect_leaks=0 MB_BACKEND_OPS_ONLY=quant MB_BACKEND_OPS_MAX_TOKENS=64 MB_CUDA_GRAPHS=0 \
-      MB_CUDA_PATH=$path "$OUT/test_backend_ops_emu" cuda
+    ASAN_OPTIONS=detect_leaks=0 MB_BACKEND_OPS_ONLY=${MB_EMU_ONLY:-quant} MB_BACKEND_OPS_MAX_TOKENS=${MB_EMU_MAX_TOKENS:-64} \
+      MB_CUDA_GRAPHS=0 MB_CUDA_PATH=$path "$OUT/test_backend_ops_emu" cuda
   done
 fi
