@@ -5,7 +5,7 @@
 # loads in flight together, against the one-pair-at-a-time kernel
 # (MB_CUDA_DOWN1=1). The CUDA backend's parity (every dtype, the GEMV
 # path and the default), test_parity_device, decode rows alternating the
-# two, the kernel timeline of each, then the full bench. About 5 minutes
+# two and the kernel timeline of each. About 4 minutes
 # with a build.
 #   bash bench/gpu/round27.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
@@ -21,5 +21,4 @@ row X=default MB_CUDA_DOWN1=1 X=default MB_CUDA_DOWN1=1 | tee "$OUT/rows27.txt"
 trace round27 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 | grep -E "== trace|down_combine|gateup"
 MB_CUDA_DOWN1=1 trace round27-down1 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 |
     grep -E "== trace|down_combine|gateup"
-full_e2e round27
 echo "total $(( $(date +%s) - t0 )) s"
