@@ -124,11 +124,18 @@ static const bo_case_spec bo_large_cases[] = {
 };
 
 #define BO_N(a) (sizeof(a) / sizeof((a)[0]))
+static const bo_case_spec bo_top8_cases[] = {
+    {1, BO_UNIFORM, 0}, {4, BO_UNIFORM, 0}, {16, BO_SKEWED, 0}, {4, BO_SPARSE, 0},
+};
 static const bo_shape bo_shapes[] = {
     {"128x64", 128, 64, 8, 2, 0, 0, bo_small_cases, BO_N(bo_small_cases)},
     {"264x344", 264, 344, 6, 3, 0, 0, bo_odd_cases, BO_N(bo_odd_cases)},
     {"100x52", 100, 52, 5, 2, 0, 1, bo_ragged_cases, BO_N(bo_ragged_cases)},
     {"1024x768", 1024, 768, 8, 2, 1, 0, bo_large_cases, BO_N(bo_large_cases)},
+    /* Eight experts a token (Qwen3's top_k): the GPU kernels that hold a
+     * token's pairs together take all of them at once; skewed gives
+     * tokens every count from 1 to 8. */
+    {"72x48", 72, 48, 8, 8, 0, 0, bo_top8_cases, BO_N(bo_top8_cases)},
 };
 #define BO_N_SHAPES BO_N(bo_shapes)
 
