@@ -116,11 +116,47 @@ mb_kcuda_down_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *_
 
 // out[t][n] with the combine fused: token t's pairs in request order.
 // tok_off NULL: a one-token request of n_single pairs whose h rows are the
-// pairs' own indices. The block reads its token's pairs (each expert's
-// down matrix, h row and gate) into shared memory once, MB_DOWN_PJ at a
-// time, so that a warp has the weight loads of all of them in flight
-// together instead of one pair's pointer chain and loads after another's
-// (round 27). Each pair's dot is still summed over the warp on its own and
+// pairs' own indices.
+template <typename W, typename P, bool VEC>
+__global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
+    mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots,
+                                 const int32_t *__restrict__ tok_off,
+                                 const mb_kcuda_pair *__restrict__ pairs,
+                                 const int32_t *__restrict__ pair_pos, const float *__restrict__ h,
+                                 P *__restrict__ out, int K, int N, int n_single)
+{
+    const int t = blockIdx.y;
+    const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int lane = threadIdx.x & 31;
+    constexpr int V = VEC ? mb_vec16<W>::n : 1;
+    const int j0 = tok_off ? tok_off[t] : 0, j1 = tok_off ? tok_off[t + 1] : n_single;
+    float total = 0.0f;
+    for (int j = j0; j < j1; j++) {
+        const mb_kcuda_pair pr = pairs[j];
+        const W *wa = (const W *)slots[pr.slot].down + (size_t)row * K;
+        const float *hr = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
+        float acc = 0.0f;
+#pragma unroll 4
+        for (int k = lane * V; k < K; k += 32 * V) {
+            float fa[V], x[V];
+            mb_loadv<W, V, VEC>(wa + k, fa);
+            mb_loadv<float, V, VEC>(hr + k, x);
+#pragma unroll
+            for (int v = 0; v < V; v++)
+                acc += fa[v] * x[v];
+        }
+        total += pr.gate * mb_warp_sum(acc);
+    }
+    if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
+}
+
+// The same with a token's pairs taken together (MB_CUDA_DOWN8=1; round
+// 27, not yet run on a GPU, so off by default): the block reads the pairs
+// (each expert's down matrix, h row and gate) into shared memory once,
+// MB_DOWN_PJ at a time, so that a warp has the weight loads of all of them
+// in flight together instead of one pair's pointer chain and loads after
+// another's. Each pair's dot is still summed over the warp on its own and
 // added gate-weighted in request order: the same f32 operations as one
 // pair at a time.
 #define MB_DOWN_PJ 8
@@ -153,9 +189,11 @@ __device__ __forceinline__ float mb_down_pairs(const W *const *w, const float *c
 
 template <typename W, typename P, bool VEC>
 __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
-mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *__restrict__ tok_off,
-                             const mb_kcuda_pair *__restrict__ pairs, const int32_t *__restrict__ pair_pos,
-                             const float *__restrict__ h, P *__restrict__ out, int K, int N, int n_single)
+    mb_kcuda_down_combine8_kernel(const mb_kcuda_expert *__restrict__ slots,
+                                  const int32_t *__restrict__ tok_off,
+                                  const mb_kcuda_pair *__restrict__ pairs,
+                                  const int32_t *__restrict__ pair_pos, const float *__restrict__ h,
+                                  P *__restrict__ out, int K, int N, int n_single)
 {
     __shared__ const W *s_w[MB_DOWN_PJ];
     __shared__ const float *s_h[MB_DOWN_PJ];
@@ -215,41 +253,6 @@ mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots, const in
     if (live && lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
 }
 
-// The same one pair at a time (MB_CUDA_DOWN1=1; round 27, measuring).
-template <typename W, typename P, bool VEC>
-__global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
-    mb_kcuda_down_combine1_kernel(const mb_kcuda_expert *__restrict__ slots,
-                                  const int32_t *__restrict__ tok_off,
-                                  const mb_kcuda_pair *__restrict__ pairs,
-                                  const int32_t *__restrict__ pair_pos, const float *__restrict__ h,
-                                  P *__restrict__ out, int K, int N, int n_single)
-{
-    const int t = blockIdx.y;
-    const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
-    if (row >= N) return;
-    const int lane = threadIdx.x & 31;
-    constexpr int V = VEC ? mb_vec16<W>::n : 1;
-    const int j0 = tok_off ? tok_off[t] : 0, j1 = tok_off ? tok_off[t + 1] : n_single;
-    float total = 0.0f;
-    for (int j = j0; j < j1; j++) {
-        const mb_kcuda_pair pr = pairs[j];
-        const W *wa = (const W *)slots[pr.slot].down + (size_t)row * K;
-        const float *hr = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
-        float acc = 0.0f;
-#pragma unroll 4
-        for (int k = lane * V; k < K; k += 32 * V) {
-            float fa[V], x[V];
-            mb_loadv<W, V, VEC>(wa + k, fa);
-            mb_loadv<float, V, VEC>(hr + k, x);
-#pragma unroll
-            for (int v = 0; v < V; v++)
-                acc += fa[v] * x[v];
-        }
-        total += pr.gate * mb_warp_sum(acc);
-    }
-    if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
-}
-
 template <typename W, typename P>
 static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem *p, int fused,
                                  cudaStream_t stream)
@@ -276,16 +279,16 @@ static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem
     if (fused) {
         const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, p->n_tokens);
         const mb_kcuda_pair *pairs = (const mb_kcuda_pair *)p->pairs;
-        static const bool one = [] {
-            const char *v = getenv("MB_CUDA_DOWN1");
+        static const bool eight = [] {
+            const char *v = getenv("MB_CUDA_DOWN8");
             return v && v[0] == '1';
         }();
-        if (one && vec_ff)
-            mb_kcuda_down_combine1_kernel<W, P, true>
+        if (eight && vec_ff)
+            mb_kcuda_down_combine8_kernel<W, P, true>
                 <<<g2, blk, 0, stream>>>(p->slots, single ? nullptr : ws->tok_off, pairs,
                                          ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
-        else if (one)
-            mb_kcuda_down_combine1_kernel<W, P, false>
+        else if (eight)
+            mb_kcuda_down_combine8_kernel<W, P, false>
                 <<<g2, blk, 0, stream>>>(p->slots, single ? nullptr : ws->tok_off, pairs,
                                          ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
         else if (vec_ff)
