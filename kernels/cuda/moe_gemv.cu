@@ -187,6 +187,18 @@ __device__ __forceinline__ float mb_down_pairs(const W *const *w, const float *c
     return total;
 }
 
+// mb_down_pairs for a chunk of nj pairs (1..NJ): its instantiation for
+// that count, picked without a run-time bound inside the loads.
+template <typename W, bool VEC, int NJ = MB_DOWN_PJ>
+__device__ __forceinline__ float mb_down_chunk(int nj, const W *const *w, const float *const *hr,
+                                               const float *g, int row, int K, int lane,
+                                               float total)
+{
+    if constexpr (NJ > 1)
+        if (nj < NJ) return mb_down_chunk<W, VEC, NJ - 1>(nj, w, hr, g, row, K, lane, total);
+    return mb_down_pairs<W, VEC, NJ>(w, hr, g, row, K, lane, total);
+}
+
 template <typename W, typename P, bool VEC>
 __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
     mb_kcuda_down_combine8_kernel(const mb_kcuda_expert *__restrict__ slots,
@@ -221,32 +233,7 @@ __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
 #pragma unroll
             for (int i = 0; i < MB_DOWN_PJ; i++)
                 w[i] = s_w[i], hr[i] = s_h[i], g[i] = s_g[i];
-            switch (nj) {
-            case 8:
-                total = mb_down_pairs<W, VEC, 8>(w, hr, g, row, K, lane, total);
-                break;
-            case 7:
-                total = mb_down_pairs<W, VEC, 7>(w, hr, g, row, K, lane, total);
-                break;
-            case 6:
-                total = mb_down_pairs<W, VEC, 6>(w, hr, g, row, K, lane, total);
-                break;
-            case 5:
-                total = mb_down_pairs<W, VEC, 5>(w, hr, g, row, K, lane, total);
-                break;
-            case 4:
-                total = mb_down_pairs<W, VEC, 4>(w, hr, g, row, K, lane, total);
-                break;
-            case 3:
-                total = mb_down_pairs<W, VEC, 3>(w, hr, g, row, K, lane, total);
-                break;
-            case 2:
-                total = mb_down_pairs<W, VEC, 2>(w, hr, g, row, K, lane, total);
-                break;
-            default:
-                total = mb_down_pairs<W, VEC, 1>(w, hr, g, row, K, lane, total);
-                break;
-            }
+            total = mb_down_chunk<W, VEC>(nj, w, hr, g, row, K, lane, total);
         }
         __syncthreads(); // every warp has read this chunk's pairs
     }
