@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
             float g[MB_DOWN_PJ];
 #pragma unroll
             for (int i = 0; i < MB_DOWN_PJ; i++)
-                w[i] = s_w[i], hr[i] = s_h[i], g[i] = s_g[i];
+                if (i < nj) w[i] = s_w[i], hr[i] = s_h[i], g[i] = s_g[i];
             total = mb_down_chunk<W, VEC>(nj, w, hr, g, row, K, lane, total);
         }
         __syncthreads(); // every warp has read this chunk's pairs

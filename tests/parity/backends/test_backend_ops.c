@@ -80,7 +80,7 @@ static const double bo_bound[3][3] = {
 };
 
 #define BO_POLL_TIMEOUT_NS 60000000000LL /* a hung backend fails, not hangs */
-#define BO_MAX_SLOTS 256u
+#define BO_MAX_SLOTS 512u
 #define BO_SLOTS_PER_LAYER 8u
 
 typedef enum { BO_UNIFORM, BO_SKEWED, BO_SPARSE, BO_EMPTY } bo_routing;
@@ -127,15 +127,25 @@ static const bo_case_spec bo_large_cases[] = {
 static const bo_case_spec bo_top8_cases[] = {
     {1, BO_UNIFORM, 0}, {4, BO_UNIFORM, 0}, {16, BO_SKEWED, 0}, {4, BO_SPARSE, 0},
 };
+static const bo_case_spec bo_top6_cases[] = {
+    {1, BO_UNIFORM, 0},
+    {2, BO_UNIFORM, 0},
+    {16, BO_SKEWED, 0},
+};
 static const bo_shape bo_shapes[] = {
     {"128x64", 128, 64, 8, 2, 0, 0, bo_small_cases, BO_N(bo_small_cases)},
     {"264x344", 264, 344, 6, 3, 0, 0, bo_odd_cases, BO_N(bo_odd_cases)},
     {"100x52", 100, 52, 5, 2, 0, 1, bo_ragged_cases, BO_N(bo_ragged_cases)},
     {"1024x768", 1024, 768, 8, 2, 1, 0, bo_large_cases, BO_N(bo_large_cases)},
-    /* Eight experts a token (Qwen3's top_k): the GPU kernels that hold a
-     * token's pairs together take all of them at once; skewed gives
-     * tokens every count from 1 to 8. */
+    /* Five to eight experts a token (Qwen3 routes eight): requests of
+     * up to 12 pairs, which the CUDA backend's GEMV path computes with the
+     * down projection and the combine in one kernel (moe_launch.cu), so
+     * that kernel sees each of these counts a token, one and two tokens a
+     * request, and (d_model 76) a last block of rows past d_model. */
     {"72x48", 72, 48, 8, 8, 0, 0, bo_top8_cases, BO_N(bo_top8_cases)},
+    {"76x48", 76, 48, 8, 7, 0, 0, bo_top8_cases, BO_N(bo_top8_cases)},
+    {"72x40", 72, 40, 8, 6, 0, 0, bo_top6_cases, BO_N(bo_top6_cases)},
+    {"76x40", 76, 40, 8, 5, 0, 0, bo_top6_cases, BO_N(bo_top6_cases)},
 };
 #define BO_N_SHAPES BO_N(bo_shapes)
 
