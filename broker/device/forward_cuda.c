@@ -1265,16 +1265,17 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     e = cudaEventRecord(fc->wait[l], fc->stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(fc->copied);
     if (e != cudaSuccess) return fail(fc, e, "waiting for the routed tokens");
+    /* Where route_out's kernels wrote the rows (fuse), they are in the
+     * wire's dtype; else f32, as computed. */
+    const int wire_rows = fc->fuse && fc->wire != MB_DTYPE_F32;
     const mb_moe_work w = {.layer = l,
                            .n_tokens = n,
                            .top_k = c->top_k,
                            .decode = decode,
                            .expert_ids = (const int32_t *)(fc->h_xfer + n * d),
                            .gate = fc->h_xfer + n * (d + k),
-                           /* The rows in the wire's dtype where the norm wrote them so
-                            * (route_out), else as computed. */
-                           .x = fc->fuse && fc->wire != MB_DTYPE_F32 ? NULL : fc->h_xfer,
-                           .x_wire = fc->fuse && fc->wire != MB_DTYPE_F32 ? fc->h_xfer : NULL,
+                           .x = wire_rows ? NULL : fc->h_xfer,
+                           .x_wire = wire_rows ? fc->h_xfer : NULL,
                            .x_wire_dtype = fc->wire,
                            .out = fc->h_moe};
     mb_status st = moe_fn(moe_ctx, &w);

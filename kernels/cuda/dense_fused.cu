@@ -183,14 +183,13 @@ static int mb_qkv_rope_launch(void *stream, int wdtype, const void *w, uint32_t 
                               const float *sin, int interleaved, const mb_kcuda_kv *kv,
                               unsigned *cnt)
 {
-    if (!w || !in || !in->x || !in->w || !mb_dense_wdtype_ok(in->xn2_dtype) || !qkv || !cnt ||
-        k == 0 || !mb_qkp_ok(1, n_heads, pos0, pos_dev, cos, sin, kv) ||
-        kv->head_dim > MB_ATTN_MAX_HD)
+    if (!w || !mb_lin_norm_in_ok(in) || !qkv || !cnt || k == 0 ||
+        !mb_qkp_ok(1, n_heads, pos0, pos_dev, cos, sin, kv) || kv->head_dim > MB_ATTN_MAX_HD)
         return (int)cudaErrorInvalidValue;
     const uint64_t m64 = (uint64_t)(n_heads + 2ull * kv->n_kv_heads) * kv->head_dim;
     if (m64 > INT32_MAX) return (int)cudaErrorInvalidValue;
     const uint32_t m = (uint32_t)m64;
-    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2, in->xn2_dtype};
+    const mb_lin_norm nrm = mb_lin_norm_of(in);
     const mb_qkp_args a =
         mb_qkp_make(n_heads, q_norm, k_norm, eps, pos0, pos_dev, cos, sin, interleaved, kv);
     const cudaStream_t s = mb_dense_stream(stream);

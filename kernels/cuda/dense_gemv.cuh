@@ -121,6 +121,19 @@ struct mb_lin_norm {
     int xn2_dt; // in this dtype (mb_store_as)
 };
 
+// The launchers' check of a mb_kcuda_norm_in (dense.h): the row and the
+// norm's weights set, the host copy's dtype one the wire carries.
+static inline bool mb_lin_norm_in_ok(const mb_kcuda_norm_in *in)
+{
+    return in && in->x && in->w && mb_dense_wdtype_ok(in->xn2_dtype);
+}
+
+// A checked mb_kcuda_norm_in as the kernels take it.
+static inline mb_lin_norm mb_lin_norm_of(const mb_kcuda_norm_in *in)
+{
+    return {in->a, in->w, in->eps, in->xn, in->xn2, in->xn2_dtype};
+}
+
 // Whether the GEMV may take 16-byte chunks (VEC) for these operands.
 template <typename W>
 static inline bool mb_lin_vec_ok(uint32_t k, size_t ldx, const void *w, const float *x,

@@ -247,11 +247,9 @@ extern "C" int mb_kcuda_linear_norm(void *stream, int wdtype, const void *w, uin
                                     const mb_kcuda_norm_in *in, float *y, const float *bias,
                                     int accumulate)
 {
-    if (!w || !in || !in->x || !in->w || !mb_dense_wdtype_ok(in->xn2_dtype) || !y || m == 0 ||
-        k == 0)
-        return (int)cudaErrorInvalidValue;
+    if (!w || !mb_lin_norm_in_ok(in) || !y || m == 0 || k == 0) return (int)cudaErrorInvalidValue;
     const cudaStream_t s = mb_dense_stream(stream);
-    const mb_lin_norm nrm = {in->a, in->w, in->eps, in->xn, in->xn2, in->xn2_dtype};
+    const mb_lin_norm nrm = mb_lin_norm_of(in);
     return mb_dense_by_wdtype(wdtype, [&](auto tag) {
         using W = decltype(tag);
         const bool vec = mb_lin_vec_ok<W>(k, k, w, in->x, &nrm);

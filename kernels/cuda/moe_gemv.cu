@@ -270,20 +270,12 @@ static cudaError_t mb_gemv_typed(mb_kcuda_moe_ws *ws, const mb_kcuda_moe_problem
             const char *v = getenv("MB_CUDA_DOWN8");
             return v && v[0] == '1';
         }();
-        if (eight && vec_ff)
-            mb_kcuda_down_combine8_kernel<W, P, true>
-                <<<g2, blk, 0, stream>>>(p->slots, single ? nullptr : ws->tok_off, pairs,
-                                         ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
-        else if (eight)
-            mb_kcuda_down_combine8_kernel<W, P, false>
-                <<<g2, blk, 0, stream>>>(p->slots, single ? nullptr : ws->tok_off, pairs,
-                                         ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
-        else if (vec_ff)
-            mb_kcuda_down_combine_kernel<W, P, true><<<g2, blk, 0, stream>>>(
-                p->slots, single ? nullptr : ws->tok_off, pairs, ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
-        else
-            mb_kcuda_down_combine_kernel<W, P, false><<<g2, blk, 0, stream>>>(
-                p->slots, single ? nullptr : ws->tok_off, pairs, ws->pair_pos, h, (P *)p->out, dff, dm, n_single);
+        const auto kern = eight ? (vec_ff ? mb_kcuda_down_combine8_kernel<W, P, true>
+                                          : mb_kcuda_down_combine8_kernel<W, P, false>)
+                                : (vec_ff ? mb_kcuda_down_combine_kernel<W, P, true>
+                                          : mb_kcuda_down_combine_kernel<W, P, false>);
+        kern<<<g2, blk, 0, stream>>>(p->slots, single ? nullptr : ws->tok_off, pairs, ws->pair_pos,
+                                     h, (P *)p->out, dff, dm, n_single);
     } else {
         const dim3 g2((dm + MB_GEMV_WARPS - 1) / MB_GEMV_WARPS, ne);
         if (vec_ff)
