@@ -29,4 +29,11 @@ MB_CUDA_DOWN8=1 parity round27-down8
 trace round27 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 | grep -E "== trace|down_combine|gateup"
 MB_CUDA_DOWN8=1 trace round27-down8 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 |
     grep -E "== trace|down_combine|gateup"
+# Where the IPC time of the GPU coordinator with two CPU workers goes
+# (the statistics table per backend), twice.
+for i in 1 2; do
+    MB_BENCH_STATS=1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 256 --gen 32 --no-cpu-coord \
+        --cases cpu > "$OUT/ipc27-$i.txt" 2>&1
+    echo "== ipc $i rc=$? $(grep -E '^cuda ' "$OUT/ipc27-$i.txt")"
+done
 echo "total $(( $(date +%s) - t0 )) s"
