@@ -168,8 +168,11 @@ __device__ __forceinline__ float mb_down_pairs(const W *const *w, const float *c
                                                float total)
 {
     constexpr int V = VEC ? mb_vec16<W>::n : 1;
+    // Loads in flight a step: NJ pairs' own, times the unrolling, which
+    // keeps few pairs (Mixtral's two) at the one-pair kernel's four.
+    constexpr int U = NJ >= 4 ? 1 : 4 / NJ;
     float acc[NJ] = {};
-#pragma unroll 1
+#pragma unroll(U)
     for (int k = lane * V; k < K; k += 32 * V) {
 #pragma unroll
         for (int i = 0; i < NJ; i++) {
