@@ -20,15 +20,12 @@ export MB_TARGETS="moe-worker moe-broker test_parity_device bench_e2e_device tes
 grep -E "tests passed|Failed|CHECK failed" "$OUT/backend_ops_cuda-round27.txt" | head -5
 row X=default MB_CUDA_DOWN8=1 X=default MB_CUDA_DOWN8=1 | tee "$OUT/rows27.txt"
 # The kernel alone at Qwen3's top-8 and Mixtral's top-2 (one and four tokens).
-for v in 0 1 0 1; do
+for v in 0 1; do
     echo "== expert kernel MB_CUDA_DOWN8=$v"
     MB_CUDA_DOWN8=$v timeout 60 $B/bench/bench_expert_gpu --models qwen3,mixtral --decode 1,4 --prefill 512 \
         --no-worker --budget 12 2>&1 | grep -E "decode .* gemv +gemv"
 done | tee "$OUT/expert27.txt"
 MB_CUDA_DOWN8=1 parity round27-down8
-trace round27 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 | grep -E "== trace|down_combine|gateup"
-MB_CUDA_DOWN8=1 trace round27-down8 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 |
-    grep -E "== trace|down_combine|gateup"
 # Where the IPC time of the GPU coordinator with two CPU workers goes
 # (the statistics table per backend), twice.
 for i in 1 2; do
@@ -36,4 +33,7 @@ for i in 1 2; do
         --cases cpu > "$OUT/ipc27-$i.txt" 2>&1
     echo "== ipc $i rc=$? $(grep -E '^cuda ' "$OUT/ipc27-$i.txt")"
 done
+trace round27 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 | grep -E "== trace|down_combine|gateup"
+MB_CUDA_DOWN8=1 trace round27-down8 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 |
+    grep -E "== trace|down_combine|gateup"
 echo "total $(( $(date +%s) - t0 )) s"
