@@ -86,7 +86,7 @@ static int bd_parse(int argc, char **argv, bd_args *a)
             ok = !mb_bench_parse_u32(v, 1, 1024, &a->cpu_threads);
         else if (!strcmp(k, "--shm-spin")) {
             uint32_t us = 0;
-            ok = !mb_bench_parse_u32(v, 0, 1000, &us);
+            ok = !mb_bench_parse_u32(v, 0, 20000, &us);
             a->shm_spin_us = us;
         }
         else if (!strcmp(k, "--json"))

@@ -95,7 +95,7 @@ static const knob knobs[MB_OPTION_COUNT_] = {
                                  .names = dtype_names, .arg = "DTYPE",
                                  .help = "element type of activations sent to workers"},
     [MB_OPTION_SHM_SPIN] = {.flag = "shm-spin", .env = "MB_SHM_SPIN", .kind = KNOB_U32, .offset = OFF(shm_spin_us),
-                            .min = 0, .max = 1000, .arg = "US", .dflt = "30, 1000 with --device cuda",
+                            .min = 0, .max = 20000, .arg = "US", .dflt = "30, 1000 with --device cuda",
                             .help = "shm workers: both sides busy-wait this long for the next message\n"
                                     "before sleeping (0: never spin); a wait longer than the spin\n"
                                     "pays a futex wake-up, a longer spin burns a core while idle"},

@@ -14,10 +14,10 @@
 
 #define MB_SESSION_HELLO_TIMEOUT_NS 20000000000LL
 #define MB_SESSION_LOAD_TIMEOUT_NS 120000000000LL
-#define MB_SESSION_GPU_SHM_SPIN_US 1000u /* --shm-spin's default with --device cuda (the rings' most) */
+#define MB_SESSION_GPU_SHM_SPIN_US 1000u /* --shm-spin's default with --device cuda */
 /* How long a coordinator on a GPU polls its busy links after a reply: past
  * a layer's expert work on CPU workers (1-2 ms a layer in
- * bench_e2e_device), which the rings' 1 ms spin is not. */
+ * bench_e2e_device), which that 1 ms ring spin is not. */
 #define MB_SESSION_GPU_POLL_SPIN_US 20000u
 
 static uint32_t mb_session_cpus(void)

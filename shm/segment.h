@@ -27,7 +27,7 @@
 #define MB_SHM_MAX_SLOTS 65536u
 #define MB_SHM_MIN_RING_BYTES 4096u
 #define MB_SHM_MAX_RING_BYTES (1ull << 40)
-#define MB_SHM_MAX_SPIN_NS 1000000u
+#define MB_SHM_MAX_SPIN_NS 20000000u
 /* A message is at least a protocol header (MB_PROTO_HEADER_BYTES). */
 #define MB_SHM_MIN_MESSAGE_BYTES 32u
 

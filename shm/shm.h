@@ -21,7 +21,7 @@ typedef struct {
     uint64_t
         request_bytes;    /* coordinator->worker payload ring, multiple of 8, >= 4096; 0: 64 MiB */
     uint64_t reply_bytes; /* worker->coordinator payload ring, likewise; 0: 64 MiB */
-    int64_t spin_ns;      /* busy-wait before sleeping, <= 1 ms; 0: 30 us; < 0: never spin */
+    int64_t spin_ns;      /* busy-wait before sleeping, <= 20 ms; 0: 30 us; < 0: never spin */
     int peer_fd_inheritable; /* nonzero: *fd_for_peer comes without FD_CLOEXEC */
 } mb_shm_options;
 

@@ -4,6 +4,7 @@
 #include "shm/shm.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
@@ -21,6 +22,10 @@
  * more per poll. A death is still seen within this much more. */
 #define MB_SHM_PEER_CHECK_NS 100000
 
+/* MB_SHM_STATS's buckets of a receive wait: under 10 us, 100 us, 1 ms,
+ * 10 ms, longer. */
+#define MB_SHM_WAIT_BUCKETS 5
+
 typedef struct {
     mb_shm_segment seg;
     mb_shm_ring tx; /* we produce: requests (coordinator) or replies (worker) */
@@ -30,6 +35,11 @@ typedef struct {
     mb_shm_peer peer;
     int64_t spin_ns;
     int64_t recv_wait_avg_ns; /* decaying mean of recent receive waits (local) */
+    /* MB_SHM_STATS=1: receive waits counted by length, printed at close (to
+     * see whether a side sleeps past its spin between messages). */
+    int wait_report;
+    uint64_t waits[MB_SHM_WAIT_BUCKETS];
+    int64_t wait_past_spin_ns; /* summed over waits longer than the spin */
     int corrupt; /* sticky: the segment failed validation once */
     int64_t peer_checked_ns; /* when the process check last said alive (0: never) */
 
@@ -206,7 +216,17 @@ static mb_status mb_shm_recv(void *impl, int64_t timeout_ns, const void **buf, s
     int64_t t0 = mb_shm_now_ns();
     mb_status st = mb_shm_bell_wait(&t->rx.ctrl->data, mb_shm_try_peek, mb_shm_alive, t, timeout_ns, spin);
     if (st != MB_STATUS_OK) return st;
-    if (timeout_ns != 0) t->recv_wait_avg_ns += (mb_shm_now_ns() - t0 - t->recv_wait_avg_ns) / 4;
+    if (timeout_ns != 0) {
+        const int64_t waited = mb_shm_now_ns() - t0;
+        t->recv_wait_avg_ns += (waited - t->recv_wait_avg_ns) / 4;
+        if (t->wait_report) {
+            int b = 0;
+            for (int64_t edge = 10000; b < MB_SHM_WAIT_BUCKETS - 1 && waited >= edge; edge *= 10)
+                b++;
+            t->waits[b]++;
+            if (waited > spin) t->wait_past_spin_ns += waited - spin;
+        }
+    }
     *buf = t->rx_buf;
     *bytes = t->rx_bytes;
     return MB_STATUS_OK;
@@ -240,6 +260,16 @@ static void mb_shm_free(mb_shm_transport *t)
 static void mb_shm_destroy(void *impl)
 {
     mb_shm_transport *t = impl;
+    if (t->wait_report)
+        fprintf(
+            stderr,
+            "shm stats (pid %d, %s): receive waits <10us %llu, <100us %llu, <1ms %llu, <10ms %llu, "
+            "longer %llu; spin %lld us, %.3f ms waited past it\n",
+            (int)getpid(), t->side == MB_SHM_SIDE_COORDINATOR ? "coordinator" : "worker",
+            (unsigned long long)t->waits[0], (unsigned long long)t->waits[1],
+            (unsigned long long)t->waits[2], (unsigned long long)t->waits[3],
+            (unsigned long long)t->waits[4], (long long)(t->spin_ns / 1000),
+            t->wait_past_spin_ns / 1e6);
     /* release: everything we published is visible to a peer that sees the flag. */
     atomic_store_explicit(&t->state->closed[t->side], 1, memory_order_release);
     /* Wake the peer wherever it may sleep on us, so it sees the hang-up now. */
@@ -280,6 +310,8 @@ static mb_status mb_shm_transport_open(mb_shm_segment *seg, int side, mb_transpo
     t->seg = *seg;
     t->side = side;
     t->spin_ns = (int64_t)seg->hdr.spin_ns;
+    const char *report = getenv("MB_SHM_STATS");
+    t->wait_report = report && report[0] == '1';
     t->state = mb_shm_segment_state(&t->seg);
     mb_shm_peer_init(&t->peer);
     int tx = side == MB_SHM_SIDE_COORDINATOR ? MB_SHM_RING_REQUEST : MB_SHM_RING_REPLY;

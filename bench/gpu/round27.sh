@@ -26,12 +26,16 @@ for v in 0 1; do
         --no-worker --budget 12 2>&1 | grep -E "decode .* gemv +gemv"
 done | tee "$OUT/expert27.txt"
 MB_CUDA_DOWN8=1 parity round27-down8
-# Where the IPC time of the GPU coordinator with two CPU workers goes
-# (the statistics table per backend), twice.
-for i in 1 2; do
-    MB_BENCH_STATS=1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 256 --gen 32 --no-cpu-coord \
-        --cases cpu > "$OUT/ipc27-$i.txt" 2>&1
-    echo "== ipc $i rc=$? $(grep -E '^cuda ' "$OUT/ipc27-$i.txt")"
+# Where the IPC time of the GPU coordinator with two CPU workers goes (the
+# statistics table per backend, and each side's receive waits by length,
+# MB_SHM_STATS): with the default 1 ms ring spin, then with workers that
+# spin 20 ms (do they sleep between layers?).
+for sp in default 20000; do
+    a=(); [ $sp = default ] || a=(--shm-spin $sp)
+    MB_SHM_STATS=1 MB_BENCH_STATS=1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 256 --gen 32 \
+        --no-cpu-coord --cases cpu "${a[@]}" > "$OUT/ipc27-$sp.txt" 2>&1
+    echo "== ipc spin $sp rc=$? $(grep -E '^cuda ' "$OUT/ipc27-$sp.txt")"
+    grep -E "shm stats" "$OUT/ipc27-$sp.txt" | cut -c1-200
 done
 trace round27 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 | grep -E "== trace|down_combine|gateup"
 MB_CUDA_DOWN8=1 trace round27-down8 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 |
