@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include "shm/segment.h"
 #include "shm/shm.h"
 #include "tests/unit/shm/shm_test_util.h"
 
@@ -179,9 +180,10 @@ static void test_misuse(void)
     mb_transport t;
     int fd;
     mb_shm_options bad[] = {
-        {.n_slots = 3},          {.n_slots = 1},        {.n_slots = 1u << 17},
-        {.request_bytes = 4097}, {.reply_bytes = 1024}, {.request_bytes = 1ull << 41},
-        {.spin_ns = 2000000000},
+        {.n_slots = 3},          {.n_slots = 1},
+        {.n_slots = 1u << 17},   {.request_bytes = 4097},
+        {.reply_bytes = 1024},   {.request_bytes = 1ull << 41},
+        {.spin_ns = 2000000000}, {.spin_ns = (int64_t)MB_SHM_MAX_SPIN_NS + 1},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECK_EQ(mb_shm_transport_create(&bad[i], &t, &fd), MB_STATUS_INVALID_ARG);
