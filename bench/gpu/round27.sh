@@ -23,27 +23,27 @@ under() { [ $(( $(date +%s) - t0 )) -lt "$1" ] || { echo "== skipped past $1 s: 
     > "$OUT/backend_ops_cuda-round27.txt" 2>&1; echo "== backend ops cuda rc=$? ($(( $(date +%s) - t0 )) s)")
 grep -E "tests passed|Failed|CHECK failed" "$OUT/backend_ops_cuda-round27.txt" | head -5
 row X=default MB_CUDA_DOWN8=1 X=default MB_CUDA_DOWN8=1 | tee "$OUT/rows27.txt"
-# The kernel alone at Qwen3's top-8 and Mixtral's top-2 (one and four tokens).
-for v in 0 1; do
-    under $((L - 160)) "expert $v" || break
-    echo "== expert kernel MB_CUDA_DOWN8=$v"
-    MB_CUDA_DOWN8=$v timeout 60 $B/bench/bench_expert_gpu --models qwen3,mixtral --decode 1,4 --prefill 512 \
-        --no-worker --budget 12 2>&1 | grep -E "decode .* gemv +gemv"
-done | tee "$OUT/expert27.txt"
-under $((L - 40)) parity && MB_CUDA_DOWN8=1 parity round27-down8
 # Where the IPC time of the GPU coordinator with two CPU workers goes (the
 # statistics table per backend, and each side's receive waits by length,
 # MB_SHM_STATS): with the default 1 ms ring spin, then with workers that
 # spin 20 ms (do they sleep between layers?).
 for sp in default 20000; do
-    under $((L - 90)) "ipc $sp" || break
+    under $((L - 70)) "ipc $sp" || break
     a=(); [ $sp = default ] || a=(--shm-spin $sp)
     MB_SHM_STATS=1 MB_BENCH_STATS=1 timeout 90 $B/bench/bench_e2e_device --layers 4 --prompt 256 --gen 32 \
         --no-cpu-coord --cases cpu "${a[@]}" > "$OUT/ipc27-$sp.txt" 2>&1
     echo "== ipc spin $sp rc=$? $(grep -E '^cuda ' "$OUT/ipc27-$sp.txt")"
     grep -E "shm stats" "$OUT/ipc27-$sp.txt" | cut -c1-200
 done
-under $((L - 40)) trace && trace round27 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 | grep -E "== trace|down_combine|gateup"
+# The kernel alone at Qwen3's top-8 and Mixtral's top-2 (one and four tokens).
+for v in 0 1; do
+    under $((L - 60)) "expert $v" || break
+    echo "== expert kernel MB_CUDA_DOWN8=$v"
+    MB_CUDA_DOWN8=$v timeout 60 $B/bench/bench_expert_gpu --models qwen3,mixtral --decode 1,4 --prefill 512 \
+        --no-worker --budget 12 2>&1 | grep -E "decode .* gemv +gemv"
+done | tee "$OUT/expert27.txt"
+under $((L - 20)) parity && MB_CUDA_DOWN8=1 parity round27-down8
+under $((L - 30)) trace && trace round27 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 | grep -E "== trace|down_combine|gateup"
 under $L trace-down8 && MB_CUDA_DOWN8=1 trace round27-down8 --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu 2>&1 |
     grep -E "== trace|down_combine|gateup"
 echo "total $(( $(date +%s) - t0 )) s"
