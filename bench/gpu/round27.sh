@@ -1,14 +1,20 @@
 #!/bin/bash
-# Issue 9, round 27 (written in the tenth session, not run: its device
-# time was spent; device tool `run`, carry .carry): the experts' down
-# projection with the combine (moe_gemv.cu) with a token's pairs read into
-# shared memory once and all their weight loads in flight together
-# (MB_CUDA_DOWN8=1, off by default) against the default one pair at a
-# time. The CUDA backend's parity with it on (every dtype), decode rows
-# alternating the two, test_parity_device with it on, and the kernel
-# timeline of each (in that order: the device time left may cut the end).
-# About 4 minutes with a build. If it wins on step ms, make it the default
-# and drop the old kernel and the knob.
+# Issue 9, round 27 (written in the tenth session; the eleventh's GPU
+# machine never started, so not yet run; device tool `run`, carry .carry):
+# the experts' down projection with the combine (moe_gemv.cu) with a
+# token's pairs read into shared memory once and all their weight loads in
+# flight together (MB_CUDA_DOWN8=1, off by default) against the default
+# one pair at a time, then whether CPU workers sleep between a GPU
+# coordinator's layers. In order (a call cut short keeps the first):
+# the CUDA backend's parity with it on (every dtype), decode rows
+# alternating the two, the GPU coordinator with two CPU workers at the
+# default ring spin and at 20 ms (statistics table, MB_SHM_STATS wait
+# counts), the expert kernel alone at Qwen3's top 8 and Mixtral's top 2
+# with and without it, test_parity_device with it on, and the kernel
+# timeline of each. About 6 minutes with a build; R27_LIMIT (seconds
+# after the build starts, default 420) skips what would not fit. If it
+# wins on step ms (and does not lose at top 2), make it the default and
+# drop the old kernel and the knob.
 #   bash bench/gpu/round27.sh      (MB_SKIP_BUILD=1 on a warm machine)
 set -u
 cd "$(dirname "$0")/../.."
