@@ -55,14 +55,6 @@ __device__ __forceinline__ void mb_axpy4(float4 &acc, float e, float4 v)
     acc.w += e * v.w;
 }
 
-static __device__ __forceinline__ float mb_warp_max(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 // The cache positions [p0, p1) of this block's chunk (blockIdx.x) of its
 // token's (blockIdx.z) visible span, the call's first position being pos0;
 // empty for a chunk past the span.

@@ -28,14 +28,6 @@ static __device__ __forceinline__ bool mb_route_last_block(unsigned *done)
 #define MB_ROUTE_MAX_EXPERTS 1024
 #define MB_ROUTE_MAX_K 32
 
-static __device__ __forceinline__ float mb_warp_max(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 // Pair i (token i / top_k, choice i % top_k) of the routing table as the
 // expert kernels read it: expert e's slot on this device and its gate g;
 // routed (or nullptr) counts the choice.

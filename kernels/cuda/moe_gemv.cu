@@ -114,54 +114,9 @@ mb_kcuda_down_kernel(const mb_kcuda_expert *__restrict__ slots, const int32_t *_
     }
 }
 
-// out[t][n] with the combine fused: token t's pairs in request order.
-// tok_off NULL: a one-token request of n_single pairs whose h rows are the
-// pairs' own indices.
-template <typename W, typename P, bool VEC>
-__global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
-    mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots,
-                                 const int32_t *__restrict__ tok_off,
-                                 const mb_kcuda_pair *__restrict__ pairs,
-                                 const int32_t *__restrict__ pair_pos, const float *__restrict__ h,
-                                 P *__restrict__ out, int K, int N, int n_single)
-{
-    const int t = blockIdx.y;
-    const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
-    if (row >= N) return;
-    const int lane = threadIdx.x & 31;
-    constexpr int V = VEC ? mb_vec16<W>::n : 1;
-    const int j0 = tok_off ? tok_off[t] : 0, j1 = tok_off ? tok_off[t + 1] : n_single;
-    float total = 0.0f;
-    for (int j = j0; j < j1; j++) {
-        const mb_kcuda_pair pr = pairs[j];
-        const W *wa = (const W *)slots[pr.slot].down + (size_t)row * K;
-        const float *hr = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
-        float acc = 0.0f;
-#pragma unroll 4
-        for (int k = lane * V; k < K; k += 32 * V) {
-            float fa[V], x[V];
-            mb_loadv<W, V, VEC>(wa + k, fa);
-            mb_loadv<float, V, VEC>(hr + k, x);
-#pragma unroll
-            for (int v = 0; v < V; v++)
-                acc += fa[v] * x[v];
-        }
-        total += pr.gate * mb_warp_sum(acc);
-    }
-    if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
-}
-
-// The same with a token's pairs taken together (MB_CUDA_DOWN8=1; round
-// 27, not yet run on a GPU, so off by default): the block reads the pairs
-// (each expert's down matrix, h row and gate) into shared memory once,
-// MB_DOWN_PJ at a time, so that a warp has the weight loads of all of them
-// in flight together instead of one pair's pointer chain and loads after
-// another's. Each pair's dot is still summed over the warp on its own and
-// added gate-weighted in request order: the same f32 operations as one
-// pair at a time.
-#define MB_DOWN_PJ 8
-
-// One warp's row over NJ pairs whose loads are all issued each step.
+// One warp's row of the down projection over NJ pairs (expert rows w,
+// h rows hr, gates g), all their loads issued each step; each pair's dot
+// summed over the warp on its own and added gate-weighted in order.
 template <typename W, bool VEC, int NJ>
 __device__ __forceinline__ float mb_down_pairs(const W *const *w, const float *const *hr,
                                                const float *g, int row, int K, int lane,
@@ -189,6 +144,42 @@ __device__ __forceinline__ float mb_down_pairs(const W *const *w, const float *c
         total += g[i] * mb_warp_sum(acc[i]);
     return total;
 }
+
+// out[t][n] with the combine fused: token t's pairs in request order.
+// tok_off NULL: a one-token request of n_single pairs whose h rows are the
+// pairs' own indices.
+template <typename W, typename P, bool VEC>
+__global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
+    mb_kcuda_down_combine_kernel(const mb_kcuda_expert *__restrict__ slots,
+                                 const int32_t *__restrict__ tok_off,
+                                 const mb_kcuda_pair *__restrict__ pairs,
+                                 const int32_t *__restrict__ pair_pos, const float *__restrict__ h,
+                                 P *__restrict__ out, int K, int N, int n_single)
+{
+    const int t = blockIdx.y;
+    const int row = blockIdx.x * MB_GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int lane = threadIdx.x & 31;
+    const int j0 = tok_off ? tok_off[t] : 0, j1 = tok_off ? tok_off[t + 1] : n_single;
+    float total = 0.0f;
+    for (int j = j0; j < j1; j++) {
+        const mb_kcuda_pair pr = pairs[j];
+        const W *wa = (const W *)slots[pr.slot].down;
+        const float *hr = h + (size_t)(tok_off ? pair_pos[j] : j) * K;
+        total = mb_down_pairs<W, VEC, 1>(&wa, &hr, &pr.gate, row, K, lane, total);
+    }
+    if (lane == 0) out[(size_t)t * N + row] = mb_from_f32<P>(total);
+}
+
+// The same with a token's pairs taken together (MB_CUDA_DOWN8=1; round
+// 27, not yet run on a GPU, so off by default): the block reads the pairs
+// (each expert's down matrix, h row and gate) into shared memory once,
+// MB_DOWN_PJ at a time, so that a warp has the weight loads of all of them
+// in flight together instead of one pair's pointer chain and loads after
+// another's. Each pair's dot is still summed over the warp on its own and
+// added gate-weighted in request order: the same f32 operations as one
+// pair at a time.
+#define MB_DOWN_PJ 8
 
 // mb_down_pairs for a chunk of nj pairs (1..NJ): its instantiation for
 // that count, picked without a run-time bound inside the loads.

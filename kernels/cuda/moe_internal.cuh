@@ -123,6 +123,14 @@ __device__ __forceinline__ float mb_warp_sum(float v)
     return v;
 }
 
+__device__ __forceinline__ float mb_warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 // Grid upper bounds the host can compute without reading device results.
 static inline uint32_t mb_kcuda_max_experts(const mb_kcuda_moe_problem *p)
 {
