@@ -176,9 +176,8 @@ __global__ void __launch_bounds__(MB_GEMV_WARPS * 32)
 // (each expert's down matrix, h row and gate) into shared memory once,
 // MB_DOWN_PJ at a time, so that a warp has the weight loads of all of them
 // in flight together instead of one pair's pointer chain and loads after
-// another's. Each pair's dot is still summed over the warp on its own and
-// added gate-weighted in request order: the same f32 operations as one
-// pair at a time.
+// another's. Both kernels sum through mb_down_pairs: the same f32
+// operations in the same order.
 #define MB_DOWN_PJ 8
 
 // mb_down_pairs for a chunk of nj pairs (1..NJ): its instantiation for

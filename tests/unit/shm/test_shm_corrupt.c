@@ -45,6 +45,10 @@ static void test_header(void)
     CHECK_EQ(ATTACH_U64(segment_bytes, h.segment_bytes * 2), MB_STATUS_CORRUPT);
     CHECK_EQ(ATTACH_U32(creator_pid, 0), MB_STATUS_CORRUPT);
     CHECK_EQ(ATTACH_U64(spin_ns, UINT64_MAX), MB_STATUS_CORRUPT);
+    /* The ceiling is a worker's to enforce: one past it is refused, the
+     * ceiling itself (a 20 ms spin) attaches. */
+    CHECK_EQ(ATTACH_U64(spin_ns, MB_SHM_MAX_SPIN_NS + 1ull), MB_STATUS_CORRUPT);
+    CHECK_EQ(ATTACH_U64(spin_ns, MB_SHM_MAX_SPIN_NS), MB_STATUS_OK);
     CHECK_EQ(ATTACH_U64(state_offset, UINT64_MAX - 8), MB_STATUS_CORRUPT);
     CHECK_EQ(ATTACH_U64(ring[0].payload_offset, UINT64_MAX - 4095), MB_STATUS_CORRUPT);
     CHECK_EQ(ATTACH_U64(ring[0].payload_bytes, UINT64_MAX - 7), MB_STATUS_CORRUPT);
