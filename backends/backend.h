@@ -38,6 +38,8 @@ typedef enum {
 typedef struct {
     int n_threads;       /* threads to use; 0 = all the process may use */
     mb_numa_policy numa; /* weight placement */
+    uint32_t idle_spin_us; /* how long an idle thread spins before it sleeps;
+                              0 = the pool's default (MB_KCPU_POOL_SPIN_US_DEFAULT) */
 } mb_backend_cpu_options;
 
 /* Options only GPU backends read (config.options when opening "cuda" or

@@ -15,6 +15,7 @@
 #include "backends/backend.h"
 #include "backends/worker.h"
 #include "backends/worker_internal.h"
+#include "kernels/cpu/pool.h"
 #include "protocol/message.h"
 #include "protocol/transport.h"
 #include "shm/shm.h"
@@ -439,6 +440,13 @@ int main(int argc, char **argv)
             return 2;
         }
         st = mb_shm_transport_attach((int)shm_fd, &transport);
+        /* Between requests the pool's threads wait as long as the ring's
+         * receive does: a coordinator that asks for a long spin (one on a
+         * GPU sends the next layer's request within the dense part's
+         * microseconds) should not find them asleep. */
+        const int64_t ring_spin_us = mb_shm_transport_spin_ns(&transport) / 1000;
+        if (st == MB_STATUS_OK && ring_spin_us > (int64_t)MB_KCPU_POOL_SPIN_US_DEFAULT)
+            cpu_opt.idle_spin_us = (uint32_t)ring_spin_us;
     } else {
         st = mb_zmq_transport_listen(listen, &net.zopt, &transport);
     }

@@ -81,4 +81,9 @@ mb_status mb_shm_transport_set_peer_timeout(mb_transport *t, int64_t timeout_ns)
  * prctl(PR_SET_PDEATHSIG) is left to the worker's main. Never blocks. */
 mb_status mb_shm_transport_attach(int fd, mb_transport *out);
 
+/* Either side: how long a receive spins before it sleeps, in ns, as the
+ * coordinator set it in the segment (0: never); -1 if t is not an shm
+ * transport. A worker's other idle threads can follow it. */
+int64_t mb_shm_transport_spin_ns(const mb_transport *t);
+
 #endif

@@ -389,6 +389,12 @@ mb_status mb_shm_transport_set_peer_timeout(mb_transport *t, int64_t timeout_ns)
     return MB_STATUS_OK;
 }
 
+int64_t mb_shm_transport_spin_ns(const mb_transport *t)
+{
+    if (!t || t->ops != &mb_shm_ops || !t->impl) return -1;
+    return ((const mb_shm_transport *)t->impl)->spin_ns;
+}
+
 mb_status mb_shm_transport_attach(int fd, mb_transport *out)
 {
     if (!out) return MB_STATUS_INVALID_ARG;

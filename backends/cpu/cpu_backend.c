@@ -119,6 +119,7 @@ static mb_status mb_cpu_open(const mb_backend_config *cfg, void **state)
     be->pool = mb_kcpu_pool_create(opt.n_threads, be->node);
     if (!be->pool) goto fail;
     be->n_threads = mb_kcpu_pool_threads(be->pool);
+    if (opt.idle_spin_us) mb_kcpu_pool_set_spin_us(be->pool, opt.idle_spin_us);
     if (opt.numa == MB_NUMA_BIND && be->numa_ok && be->node >= 0) mb_cpu_pin_caller(be->node);
 
     char model[48];

@@ -22,12 +22,6 @@
 #include <string.h>
 #include <time.h>
 
-/* How long an idle worker spins before sleeping, unless set with
- * mb_kcpu_pool_set_spin_us. On the development VM a call that found the
- * other worker asleep after a 5 ms pause ran ~35% slower (2 threads, decode),
- * so the window should cover the usual gap between dispatches (one layer's
- * other work); spinning yields the CPU every few microseconds. */
-#define MB_POOL_SPIN_NS_DEFAULT 1000000ull
 /* How long a caller waiting for straggling tasks spins before yielding. */
 #define MB_POOL_WAIT_SPIN_NS 200000ull
 
@@ -212,7 +206,7 @@ mb_kcpu_pool *mb_kcpu_pool_create(int n_threads, int numa_node)
     atomic_init(&p->done, 0);
     atomic_init(&p->sleepers, 0);
     atomic_init(&p->stop, 0);
-    atomic_init(&p->spin_ns, MB_POOL_SPIN_NS_DEFAULT);
+    atomic_init(&p->spin_ns, MB_KCPU_POOL_SPIN_US_DEFAULT * 1000ull);
     atomic_init(&p->n_tasks[0], 0);
     atomic_init(&p->n_tasks[1], 0);
     if (pthread_mutex_init(&p->mu, NULL) != 0) goto fail_free;

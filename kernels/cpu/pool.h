@@ -24,6 +24,13 @@ void mb_kcpu_pool_destroy(mb_kcpu_pool *pool);
 /* Threads of the pool (1 for NULL). */
 int mb_kcpu_pool_threads(const mb_kcpu_pool *pool);
 
+/* How long an idle worker spins before sleeping unless set below. On the
+ * development VM a call that found the other worker asleep after a 5 ms
+ * pause ran ~35% slower (2 threads, decode), so the window should cover
+ * the usual gap between dispatches (one layer's other work); spinning
+ * yields the CPU every few microseconds. */
+#define MB_KCPU_POOL_SPIN_US_DEFAULT 1000u
+
 /* How long idle workers spin before sleeping (0: sleep at once). Longer
  * windows keep dispatches after a pause fast (a sleeping thread can take
  * about a millisecond to wake on a virtual machine) at the price of CPU

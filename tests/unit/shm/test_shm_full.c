@@ -211,7 +211,26 @@ static void test_misuse(void)
     CHECK_EQ(mb_shm_transport_set_peer_pid(&p.wk, getpid()), MB_STATUS_INVALID_ARG);
     CHECK_EQ(mb_shm_transport_set_peer_pid(&p.co, 0), MB_STATUS_INVALID_ARG);
     CHECK_EQ(mb_shm_transport_set_peer_pid(&p.co, getpid()), MB_STATUS_OK);
+    CHECK_EQ(mb_shm_transport_spin_ns(&p.co), 0); /* never spin */
+    CHECK_EQ(mb_shm_transport_spin_ns(&p.wk), 0);
+    CHECK_EQ(mb_shm_transport_spin_ns(NULL), -1);
     pair_close(&p);
+}
+
+/* The worker reads the spin the coordinator set: the default, the ceiling. */
+static void test_spin_seen(void)
+{
+    const int64_t asked[] = {0, (int64_t)MB_SHM_MAX_SPIN_NS};
+    const int64_t seen[] = {MB_SHM_DEFAULT_SPIN_NS, (int64_t)MB_SHM_MAX_SPIN_NS};
+    for (int i = 0; i < 2; i++) {
+        mb_shm_options opt = {
+            .n_slots = 4, .request_bytes = 8192, .reply_bytes = 8192, .spin_ns = asked[i]};
+        pair p;
+        pair_open(&p, &opt);
+        CHECK_EQ(mb_shm_transport_spin_ns(&p.co), seen[i]);
+        CHECK_EQ(mb_shm_transport_spin_ns(&p.wk), seen[i]);
+        pair_close(&p);
+    }
 }
 
 int main(void)
@@ -221,5 +240,6 @@ int main(void)
     test_default_capacity();
     test_hang_up();
     test_misuse();
+    test_spin_seen();
     return mb_test_finish("test_shm_full");
 }
