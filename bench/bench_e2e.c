@@ -57,28 +57,12 @@ typedef struct {
     int same_tokens;         /* generated what the first lane generated */
     /* Per phase: wall time inside the dispatcher, and the part of it the
      * slowest backend of each call spent computing (its critical path). */
-    uint64_t disp_ns[MB_STATS_PHASE_COUNT_], crit_ns[MB_STATS_PHASE_COUNT_];
 } be_lane;
 
 static mb_status be_moe(void *ctx, const mb_moe_work *w)
 {
     be_lane *ln = ctx;
-    if (ln->use_fill) return mb_dispatch_moe(ln->fill, w);
-    const mb_stats_phase ph = w->decode ? MB_STATS_PHASE_DECODE : MB_STATS_PHASE_PREFILL;
-    uint64_t before[BE_MAX_LINKS];
-    mb_stats_counters c;
-    for (uint32_t i = 0; i < ln->n_links; i++)
-        before[i] = mb_stats_get(ln->stats, i, ph, &c) == MB_STATUS_OK ? c.worker_compute_ns : 0;
-    uint64_t t0 = mb_now_ns();
-    mb_status st = mb_dispatch_moe(ln->d, w);
-    ln->disp_ns[ph] += mb_now_ns() - t0;
-    uint64_t crit = 0;
-    for (uint32_t i = 0; i < ln->n_links; i++)
-        if (mb_stats_get(ln->stats, i, ph, &c) == MB_STATUS_OK &&
-            c.worker_compute_ns - before[i] > crit)
-            crit = c.worker_compute_ns - before[i];
-    ln->crit_ns[ph] += crit;
-    return st;
+    return mb_dispatch_moe(ln->use_fill ? ln->fill : ln->d, w);
 }
 
 static void be_lane_destroy(be_lane *ln)
@@ -145,11 +129,11 @@ static mb_status be_step(be_lane *ln, const int32_t *ids, uint32_t n, int want_l
 {
     uint64_t t0 = mb_now_ns();
     mb_status st = mb_forward_step(ln->fwd, ids, n, NULL, want_logits ? ln->logits : NULL);
-    uint64_t dt = mb_now_ns() - t0, dispatch_ns = 0, wait_ns = 0;
-    mb_dispatch_take_times(ln->d, &dispatch_ns, &wait_ns);
+    uint64_t dt = mb_now_ns() - t0, dispatch_ns = 0, wait_ns = 0, critical_ns = 0;
+    mb_dispatch_take_times(ln->d, &dispatch_ns, &wait_ns, &critical_ns);
     if (st == MB_STATUS_OK)
         mb_stats_record_step(ln->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, n,
-                             dt, dispatch_ns, wait_ns);
+                             dt, dispatch_ns, wait_ns, critical_ns);
     *ns = dt;
     return st;
 }
@@ -264,14 +248,18 @@ static void be_figures(const be_args *a, const be_lane *ln, be_fig *f)
     }
     double steps = n_steps ? (double)n_steps : 1, us = 1e-3 / steps;
     f->pack_us *= us, f->send_us *= us, f->unpack_us *= us;
-    f->dispatch_us = (double)ln->disp_ns[MB_STATS_PHASE_DECODE] * us;
-    f->crit_us = (double)ln->crit_ns[MB_STATS_PHASE_DECODE] * us;
+    /* The timed steps' dispatch calls (untimed prefill chunks go through
+     * ln->fill, without statistics). */
+    mb_stats_steps pre, dec;
+    mb_stats_get_steps(ln->stats, MB_STATS_PHASE_PREFILL, &pre);
+    mb_stats_get_steps(ln->stats, MB_STATS_PHASE_DECODE, &dec);
+    f->dispatch_us = (double)dec.dispatch_ns * us;
+    f->crit_us = (double)dec.critical_ns * us;
     f->step_us = (double)ln->dec_ns * us;
     f->ipc_share = f->step_us > 0 ? (f->dispatch_us - f->crit_us) / f->step_us : 0;
     f->ipc_share_dispatch = f->dispatch_us > 0 ? (f->dispatch_us - f->crit_us) / f->dispatch_us : 0;
-    double pre_disp = (double)ln->disp_ns[MB_STATS_PHASE_PREFILL],
-           pre_crit = (double)ln->crit_ns[MB_STATS_PHASE_PREFILL];
-    f->prefill_ipc_share = ln->pre_ns ? (pre_disp - pre_crit) / (double)ln->pre_ns : 0;
+    f->prefill_ipc_share =
+        ln->pre_ns ? ((double)pre.dispatch_ns - (double)pre.critical_ns) / (double)ln->pre_ns : 0;
 }
 
 static double be_mib(uint64_t bytes)

@@ -11,8 +11,11 @@
  *   cpu   every expert on CPU workers.
  * Per case: prefill and decode tok/s, and a decode step split into the
  * coordinator GPU's busy time (CUDA events), the dispatcher's wait for the
- * experts and the IPC time (pack + send + unpack + the part of each wait
- * the workers did not compute), with IPC's share of the step. The dense
+ * experts and the IPC time, with IPC's share of the step, two ways: on the
+ * critical path (each dispatch call's wall time less its slowest backend's
+ * compute, as bench_e2e measures it; the goal's figure), and summed over
+ * backends (pack + send + unpack + the part of each wait the workers did
+ * not compute; overlapping waits count once per backend). The dense
  * part's decode time is set against the time its weight bytes take at the
  * device-to-device copy bandwidth measured here (goal >= 70%). Table and
  * JSON. */
@@ -40,7 +43,7 @@ typedef struct {
 } bd_args;
 
 typedef struct {
-    double prefill_tps, decode_tps, step_ms, dense_ms, wait_ms, ipc_ms;
+    double prefill_tps, decode_tps, step_ms, dense_ms, wait_ms, ipc_ms, crit_ipc_ms;
     int ok;
 } bd_result;
 
@@ -217,6 +220,10 @@ static bd_result bd_case(const bd_args *a, const mb_model *m, const int32_t *pro
                         .dense_ms = (double)steps.device_ns / 1e6 / n,
                         .wait_ms = (double)(steps.wait_ns + local_ns) / 1e6 / n,
                         .ipc_ms = (double)ipc / 1e6 / n,
+                        .crit_ipc_ms =
+                            steps.dispatch_ns > steps.critical_ns
+                                ? (double)(steps.dispatch_ns - steps.critical_ns) / 1e6 / n
+                                : 0,
                         .ok = 1};
     }
     free(logits);
@@ -235,6 +242,9 @@ static cJSON *bd_json(const bd_result *r)
     cJSON_AddNumberToObject(o, "decode_expert_wait_ms", r->wait_ms);
     cJSON_AddNumberToObject(o, "decode_ipc_ms", r->ipc_ms);
     cJSON_AddNumberToObject(o, "decode_ipc_share", r->step_ms > 0 ? r->ipc_ms / r->step_ms : 0);
+    cJSON_AddNumberToObject(o, "decode_ipc_critical_ms", r->crit_ipc_ms);
+    cJSON_AddNumberToObject(o, "decode_ipc_critical_share",
+                            r->step_ms > 0 ? r->crit_ipc_ms / r->step_ms : 0);
     return o;
 }
 
@@ -310,8 +320,9 @@ int main(int argc, char **argv)
     printf("device copy %.0f GB/s (read-equivalent %.0f GB/s%s); dense bytes per decode token %.1f MiB -> %.3f ms "
            "ideal\n",
            copy_gbs, read_gbs, ce ? ", FAILED" : "", (double)dense_b / (1 << 20), dense_ideal_ms);
-    printf("%-6s %-5s %11s %11s %9s %10s %10s %9s %9s\n", "coord", "case", "prefill t/s", "decode t/s", "step ms",
-           "dense ms", "expert ms", "ipc ms", "ipc share");
+    printf("%-6s %-5s %11s %11s %9s %10s %10s %9s %9s %9s %9s\n", "coord", "case", "prefill t/s",
+           "decode t/s", "step ms", "dense ms", "expert ms", "ipc ms", "ipc share", "ipc sum",
+           "sum share");
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "device", dname);
     cJSON_AddNumberToObject(root, "layers", a.layers);
@@ -329,9 +340,11 @@ int main(int argc, char **argv)
         cJSON *co = cJSON_AddObjectToObject(cases, c == 0 ? "cuda" : "cpu");
         for (int i = 0; i < 3; i++) {
             if (!(a.cases & (1u << i))) continue;
-            printf("%-6s %-5s %11.1f %11.2f %9.3f %10.3f %10.3f %9.3f %8.1f%%\n", c == 0 ? "cuda" : "cpu", names[i],
-                   r[i].prefill_tps, r[i].decode_tps, r[i].step_ms, r[i].dense_ms, r[i].wait_ms, r[i].ipc_ms,
-                   r[i].step_ms > 0 ? 100 * r[i].ipc_ms / r[i].step_ms : 0);
+            const double k = r[i].step_ms > 0 ? 100 / r[i].step_ms : 0;
+            printf("%-6s %-5s %11.1f %11.2f %9.3f %10.3f %10.3f %9.3f %8.2f%% %9.3f %8.1f%%\n",
+                   c == 0 ? "cuda" : "cpu", names[i], r[i].prefill_tps, r[i].decode_tps,
+                   r[i].step_ms, r[i].dense_ms, r[i].wait_ms, r[i].crit_ipc_ms,
+                   k * r[i].crit_ipc_ms, r[i].ipc_ms, k * r[i].ipc_ms);
             cJSON_AddItemToObject(co, names[i], bd_json(&r[i]));
         }
     }
@@ -343,8 +356,12 @@ int main(int argc, char **argv)
         mb_bench_goal(goals, "dense_decode_share_of_copy_bw", share, ">= 0.70", share >= 0.70);
     }
     if (dev[2].ok) {
-        double share = dev[2].step_ms > 0 ? dev[2].ipc_ms / dev[2].step_ms : 0;
-        printf("ipc share of a decode step, cuda coordinator with CPU workers: %.2f%% (goal <= 2%%)\n", 100 * share);
+        double share = dev[2].step_ms > 0 ? dev[2].crit_ipc_ms / dev[2].step_ms : 0;
+        double summed = dev[2].step_ms > 0 ? dev[2].ipc_ms / dev[2].step_ms : 0;
+        printf("ipc share of a decode step, cuda coordinator with CPU workers: %.2f%% on the "
+               "critical path "
+               "(goal <= 2%%), %.2f%% summed over the workers\n",
+               100 * share, 100 * summed);
         mb_bench_goal(goals, "decode_ipc_share_local_workers", share, "<= 0.02", share <= 0.02);
     }
     char *text = cJSON_Print(root);

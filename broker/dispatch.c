@@ -62,6 +62,7 @@ typedef struct {
     uint32_t next;       /* next listed token to send */
     uint32_t slice;      /* tokens per request this call */
     uint64_t last_reply_ns;
+    uint64_t compute_ns;   /* the link's expert compute in this call, as its worker reports it */
     mb_cost_model cost[2]; /* [decode] */
     /* Where the lane goes. */
     mb_link *via;
@@ -76,7 +77,7 @@ struct mb_dispatch {
     char err[256];
     mb_link *lost;       /* set with a transport failure: the link that failed */
     const volatile sig_atomic_t *cancel;
-    uint64_t acc_dispatch_ns, acc_wait_ns;
+    uint64_t acc_dispatch_ns, acc_wait_ns, acc_critical_ns;
 };
 
 static void *mb_dispatch_alloc(size_t n, size_t size)
@@ -182,11 +183,13 @@ const char *mb_dispatch_error(const mb_dispatch *d)
     return d ? d->err : "";
 }
 
-void mb_dispatch_take_times(mb_dispatch *d, uint64_t *dispatch_ns, uint64_t *wait_ns)
+void mb_dispatch_take_times(mb_dispatch *d, uint64_t *dispatch_ns, uint64_t *wait_ns,
+                            uint64_t *critical_ns)
 {
     if (dispatch_ns) *dispatch_ns = d->acc_dispatch_ns;
     if (wait_ns) *wait_ns = d->acc_wait_ns;
-    d->acc_dispatch_ns = d->acc_wait_ns = 0;
+    if (critical_ns) *critical_ns = d->acc_critical_ns;
+    d->acc_dispatch_ns = d->acc_wait_ns = d->acc_critical_ns = 0;
 }
 
 /* ---- auto: the cost model ---- */
@@ -412,6 +415,7 @@ static mb_status mb_dispatch_unpack(mb_dispatch *d, uint32_t li, const mb_moe_wo
     uint64_t t1 = mb_now_ns();
     /* Service time: from when the link could start on this request (its
      * commit, or the previous reply if it was still busy) to its reply. */
+    l->compute_ns += r.timings.compute_ns;
     uint64_t start = f->committed_ns > l->last_reply_ns ? f->committed_ns : l->last_reply_ns;
     uint64_t service = received_ns > start ? received_ns - start : 0;
     l->last_reply_ns = received_ns;
@@ -592,6 +596,7 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
         memset(l->win, 0, sizeof l->win);
         l->n_inflight = 0;
         l->last_reply_ns = 0;
+        l->compute_ns = 0;
         mb_dispatch_plan(d, i, w);
         exploring[i] = c->mode == MB_IPC_MODE_AUTO && mb_dispatch_auto_slice(d, i, w->decode, l->n_tok) == 0;
     }
@@ -699,6 +704,19 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
         }
         if (first) memset(o, 0, D * sizeof *o);
     }
+    /* The backends compute side by side: the slowest one's compute is the
+     * part of this call that is expert work; the rest of its wall time
+     * (packing, transport, wake-ups, unpacking, the sum) is IPC on the
+     * step's critical path. Lanes rerouted onto one worker (failover)
+     * computed one after the other there. */
+    uint64_t critical = 0;
+    for (uint32_t i = 0; i < c->n_links; i++) {
+        uint64_t worker = 0;
+        for (uint32_t j = 0; j < c->n_links; j++)
+            if (d->dl[j].via == d->dl[i].via) worker += d->dl[j].compute_ns;
+        if (worker > critical) critical = worker;
+    }
+    d->acc_critical_ns += critical;
     d->acc_dispatch_ns += mb_now_ns() - t_start;
     d->acc_wait_ns += waited;
     return MB_STATUS_OK;

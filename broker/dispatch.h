@@ -107,9 +107,13 @@ void mb_dispatch_set_error(mb_dispatch *d, const char *msg);
 /* The last failure's message, "" if none. */
 const char *mb_dispatch_error(const mb_dispatch *d);
 
-/* Time the last mb_dispatch_moe spent blocked waiting for replies, and its
- * whole duration (ns), for per-step timing. Cumulative until reset. */
-void mb_dispatch_take_times(mb_dispatch *d, uint64_t *dispatch_ns, uint64_t *wait_ns);
+/* For per-step timing, since the last take (ns; any pointer may be NULL):
+ * the calls' whole duration, the part spent blocked waiting for replies,
+ * and the slowest backend's expert compute of each successful call (as its
+ * worker reports it), summed over calls. dispatch - critical is the IPC on
+ * the step's critical path. Resets all three. */
+void mb_dispatch_take_times(mb_dispatch *d, uint64_t *dispatch_ns, uint64_t *wait_ns,
+                            uint64_t *critical_ns);
 
 /* Slice size auto would pick now for link and phase for n tokens (tests and
  * the statistics report). */

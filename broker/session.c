@@ -532,8 +532,8 @@ mb_status mb_session_step(mb_session *s, const int32_t *ids, uint32_t n, float *
     uint64_t t0 = mb_now_ns();
     mb_status st = mb_forward_step(s->fwd, ids, n, logits, last_logits);
     uint64_t t1 = mb_now_ns();
-    uint64_t dispatch_ns = 0, wait_ns = 0;
-    mb_dispatch_take_times(s->dispatch, &dispatch_ns, &wait_ns);
+    uint64_t dispatch_ns = 0, wait_ns = 0, critical_ns = 0;
+    mb_dispatch_take_times(s->dispatch, &dispatch_ns, &wait_ns, &critical_ns);
     const uint64_t device_ns = mb_forward_take_device_ns(s->fwd);
     if (st != MB_STATUS_OK) {
         const char *why = mb_dispatch_error(s->dispatch);
@@ -543,7 +543,7 @@ mb_status mb_session_step(mb_session *s, const int32_t *ids, uint32_t n, float *
     }
     if (s->device_local) session_device_local_stats(s, n);
     if (device_ns) mb_stats_record_device(s->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, device_ns);
-    mb_stats_record_step(s->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, n, t1 - t0, dispatch_ns,
-                         wait_ns);
+    mb_stats_record_step(s->stats, n > 1 ? MB_STATS_PHASE_PREFILL : MB_STATS_PHASE_DECODE, n,
+                         t1 - t0, dispatch_ns, wait_ns, critical_ns);
     return MB_STATUS_OK;
 }

@@ -155,7 +155,8 @@ mb_status mb_stats_record_call(mb_stats *s, uint32_t backend, uint32_t layer, mb
 }
 
 mb_status mb_stats_record_step(mb_stats *s, mb_stats_phase phase, uint64_t n_tokens,
-                               uint64_t step_ns, uint64_t dispatch_ns, uint64_t wait_ns)
+                               uint64_t step_ns, uint64_t dispatch_ns, uint64_t wait_ns,
+                               uint64_t critical_ns)
 {
     if (!s) return MB_STATUS_OK;
     if ((unsigned)phase >= MB_STATS_PHASE_COUNT_) return MB_STATUS_INVALID_ARG;
@@ -165,13 +166,15 @@ mb_status mb_stats_record_step(mb_stats *s, mb_stats_phase phase, uint64_t n_tok
     t->time_ns += step_ns;
     t->dispatch_ns += dispatch_ns;
     t->wait_ns += wait_ns;
+    t->critical_ns += critical_ns;
     if (s->step_file) {
+        const uint64_t ipc_ns = dispatch_ns > critical_ns ? dispatch_ns - critical_ns : 0;
         int n = fprintf(s->step_file,
                         "{\"step\":%llu,\"phase\":\"%s\",\"tokens\":%llu,\"step_ms\":%.6f,"
-                        "\"dispatch_ms\":%.6f,\"wait_ms\":%.6f}\n",
+                        "\"dispatch_ms\":%.6f,\"wait_ms\":%.6f,\"ipc_ms\":%.6f}\n",
                         (unsigned long long)s->step_index, mb_stats_phase_name(phase),
                         (unsigned long long)n_tokens, (double)step_ns / 1e6,
-                        (double)dispatch_ns / 1e6, (double)wait_ns / 1e6);
+                        (double)dispatch_ns / 1e6, (double)wait_ns / 1e6, (double)ipc_ns / 1e6);
         if (n < 0) s->step_file_error = 1;
     }
     s->step_index++;

@@ -58,6 +58,8 @@ typedef struct {
     uint64_t time_ns;     /* step wall time */
     uint64_t dispatch_ns; /* time inside expert dispatch */
     uint64_t wait_ns;     /* time the dispatcher waited on workers */
+    uint64_t critical_ns; /* per dispatch call, the slowest backend's expert compute: dispatch_ns -
+                             critical_ns is the IPC on the steps' critical path */
     uint64_t device_ns;   /* the coordinator's GPU busy (CUDA events; its waits for the experts excluded; 0 on the CPU) */
 } mb_stats_steps;
 
@@ -91,14 +93,17 @@ void mb_stats_reset(mb_stats *s);
 mb_status mb_stats_record_call(mb_stats *s, uint32_t backend, uint32_t layer, mb_stats_phase phase,
                                const mb_stats_call *c);
 
-/* Adds one forward step to phase's totals and, when a step-timing file is
- * open, appends one JSON line to its stdio buffer (no flush per line):
- * {"step":N,"phase":"prefill","tokens":T,"step_ms":..,"dispatch_ms":..,"wait_ms":..}
+/* Adds one forward step to phase's totals (the times as
+ * mb_dispatch_take_times gives them) and, when a step-timing file is open,
+ * appends one JSON line to its stdio buffer (no flush per line):
+ * {"step":N,"phase":"prefill","tokens":T,"step_ms":..,"dispatch_ms":..,"wait_ms":..,"ipc_ms":..}
+ * where ipc_ms is dispatch less critical.
  * N counts steps from 0 over both phases. s == NULL is a no-op returning OK;
  * MB_STATUS_INVALID_ARG for a bad phase. A write error surfaces at
  * mb_stats_close_step_timing. */
 mb_status mb_stats_record_step(mb_stats *s, mb_stats_phase phase, uint64_t n_tokens,
-                               uint64_t step_ns, uint64_t dispatch_ns, uint64_t wait_ns);
+                               uint64_t step_ns, uint64_t dispatch_ns, uint64_t wait_ns,
+                               uint64_t critical_ns);
 
 /* Adds the coordinator's own device time (CUDA events, read after the
  * step) to phase's totals. s == NULL is a no-op; INVALID_ARG for a bad

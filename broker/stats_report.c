@@ -67,15 +67,18 @@ static void print_backends(const mb_stats *s, FILE *f)
     if (rows == 0) fprintf(f, "(no dispatch calls recorded)\n");
 }
 
-/* Per phase: the summed IPC time against the step time (a ratio, not a
+/* Per phase: the IPC on the steps' critical path (each dispatch call's
+ * wall time less its slowest backend's compute) as a share of the step
+ * time; the IPC summed over backends against the step time (a ratio, not a
  * share: backends wait at the same time, so it passes 1 when their IPC
- * overlaps), and the coordinator's own IPC work (pack + send + unpack, done
- * one call after another on the dispatch thread) as a true share of the step
+ * overlaps); and the coordinator's own IPC work (pack + send + unpack, done
+ * one call after another on the dispatch thread) as a share of the step
  * time. */
 static void print_steps(const mb_stats *s, FILE *f)
 {
-    fprintf(f, "\n%-7s %8s %10s %12s %12s %12s %12s %9s %10s\n", "phase", "steps", "tokens",
-            "step ms", "dispatch ms", "wait ms", "ipc ms", "ipc/step", "coord ipc");
+    fprintf(f, "\n%-7s %8s %10s %12s %12s %12s %12s %9s %12s %9s %10s\n", "phase", "steps",
+            "tokens", "step ms", "dispatch ms", "wait ms", "crit ipc ms", "crit ipc", "ipc ms",
+            "ipc/step", "coord ipc");
     for (int p = 0; p < MB_STATS_PHASE_COUNT_; p++) {
         const mb_stats_steps *t = &s->steps[p];
         uint64_t ipc = 0, coord = 0;
@@ -85,16 +88,19 @@ static void print_steps(const mb_stats *s, FILE *f)
             coord += c->pack_ns + c->send_ns + c->unpack_ns;
         }
         if (t->count == 0 && ipc == 0) continue;
-        char ratio[16] = "-", share[16] = "-";
+        const uint64_t crit = t->dispatch_ns > t->critical_ns ? t->dispatch_ns - t->critical_ns : 0;
+        char ratio[16] = "-", share[16] = "-", crit_share[16] = "-";
         if (t->time_ns > 0) {
             snprintf(ratio, sizeof ratio, "%.2fx", (double)ipc / (double)t->time_ns);
             double frac = (double)coord / (double)t->time_ns;
             snprintf(share, sizeof share, "%.1f%%", 100.0 * (frac < 1.0 ? frac : 1.0));
+            frac = (double)crit / (double)t->time_ns;
+            snprintf(crit_share, sizeof crit_share, "%.2f%%", 100.0 * (frac < 1.0 ? frac : 1.0));
         }
-        fprintf(f, "%-7s %8llu %10llu %12.3f %12.3f %12.3f %12.3f %9s %10s\n",
-                mb_stats_phase_name(p), (unsigned long long)t->count,
-                (unsigned long long)t->tokens, ms(t->time_ns), ms(t->dispatch_ns), ms(t->wait_ns),
-                ms(ipc), ratio, share);
+        fprintf(f, "%-7s %8llu %10llu %12.3f %12.3f %12.3f %12.3f %9s %12.3f %9s %10s\n",
+                mb_stats_phase_name(p), (unsigned long long)t->count, (unsigned long long)t->tokens,
+                ms(t->time_ns), ms(t->dispatch_ns), ms(t->wait_ns), ms(crit), crit_share, ms(ipc),
+                ratio, share);
     }
     for (int p = 0; p < MB_STATS_PHASE_COUNT_; p++) {
         const mb_stats_steps *t = &s->steps[p];
@@ -102,7 +108,9 @@ static void print_steps(const mb_stats *s, FILE *f)
             fprintf(f, "%-7s coordinator GPU busy %.3f ms (%.1f%% of step time)\n", mb_stats_phase_name(p),
                     ms(t->device_ns), 100.0 * (double)t->device_ns / (double)t->time_ns);
     }
-    fprintf(f, "(ipc ms = pack + send + unpack + (wait - worker time), summed over backends;\n"
+    fprintf(f, "(crit ipc ms = dispatch ms - each call's slowest backend's compute: the IPC\n"
+               " on the step's critical path; crit ipc = its share of step time;\n"
+               " ipc ms = pack + send + unpack + (wait - worker time), summed over backends;\n"
                " ipc/step = ipc ms / step ms, above 1x when backends' IPC overlaps;\n"
                " coord ipc = the share of step time the coordinator spent packing, sending\n"
                " and unpacking)\n");
@@ -234,6 +242,7 @@ static cJSON *steps_json(const mb_stats *s, int *failed)
         add_num(po, "time_ns", t->time_ns, failed);
         add_num(po, "dispatch_ns", t->dispatch_ns, failed);
         add_num(po, "wait_ns", t->wait_ns, failed);
+        add_num(po, "critical_ns", t->critical_ns, failed);
         add_num(po, "device_ns", t->device_ns, failed);
         add_obj(o, mb_stats_phase_name(p), po, failed);
     }

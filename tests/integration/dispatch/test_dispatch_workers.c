@@ -116,6 +116,20 @@ static mb_status run(mb_link *links, const mb_placement *pl, mb_ipc_mode mode, m
     for (uint32_t i = 0; i < r->n * 64; i++) out[i] = NAN;
     mb_status st = mb_dispatch_moe(d, &w);
     if (st != MB_STATUS_OK) fprintf(stderr, "dispatch: %s\n", mb_dispatch_error(d));
+    /* The call's critical path: its slowest link's compute, as the workers
+     * reported it, within the call's wall time; only successful calls. */
+    uint64_t disp = 0, wait = 0, crit = 1, slowest = 0;
+    mb_dispatch_take_times(d, &disp, &wait, &crit);
+    for (uint32_t li = 0; li < N_LINKS; li++) {
+        mb_stats_counters c;
+        REQUIRE(mb_stats_get(stats, li, w.decode ? MB_STATS_PHASE_DECODE : MB_STATS_PHASE_PREFILL,
+                             &c) == MB_STATUS_OK);
+        if (c.worker_compute_ns > slowest) slowest = c.worker_compute_ns;
+    }
+    CHECK_EQ(crit, st == MB_STATUS_OK ? slowest : 0);
+    CHECK(crit <= disp && wait <= disp);
+    mb_dispatch_take_times(d, &disp, &wait, &crit);
+    CHECK(disp == 0 && wait == 0 && crit == 0);
     mb_dispatch_destroy(d);
     *stats_out = stats;
     return st;

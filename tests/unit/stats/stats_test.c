@@ -143,7 +143,7 @@ static void test_totals(mb_stats *s)
     check_counters(&got, &want);
     /* Statistics off: a NULL object takes records silently. */
     CHECK_EQ(mb_stats_record_call(NULL, 99, 99, MB_STATS_PHASE_DECODE, &c), MB_STATUS_OK);
-    CHECK_EQ(mb_stats_record_step(NULL, MB_STATS_PHASE_DECODE, 1, 1, 1, 1), MB_STATUS_OK);
+    CHECK_EQ(mb_stats_record_step(NULL, MB_STATS_PHASE_DECODE, 1, 1, 1, 1, 1), MB_STATUS_OK);
 
     CHECK_EQ(mb_stats_n_backends(s), N_BACKENDS);
     CHECK_EQ(mb_stats_n_layers(s), N_LAYERS);
@@ -154,18 +154,21 @@ static void test_totals(mb_stats *s)
 /* Steps: 2 prefill, 3 decode, each also a line in the step-timing file. */
 static void record_steps(mb_stats *s)
 {
-    CHECK_EQ(mb_stats_record_step(s, MB_STATS_PHASE_PREFILL, 512, 40000000, 30000000, 20000000),
+    CHECK_EQ(mb_stats_record_step(s, MB_STATS_PHASE_PREFILL, 512, 40000000, 30000000, 20000000,
+                                  26000000),
              MB_STATUS_OK);
-    CHECK_EQ(mb_stats_record_step(s, MB_STATS_PHASE_PREFILL, 100, 10000000, 6000000, 5000000),
-             MB_STATUS_OK);
+    CHECK_EQ(
+        mb_stats_record_step(s, MB_STATS_PHASE_PREFILL, 100, 10000000, 6000000, 5000000, 5500000),
+        MB_STATUS_OK);
     for (int i = 0; i < 3; i++)
-        CHECK_EQ(mb_stats_record_step(s, MB_STATS_PHASE_DECODE, 1, 2500000, 1500000, 1000000),
-                 MB_STATUS_OK);
-    CHECK_EQ(mb_stats_record_step(s, MB_STATS_PHASE_COUNT_, 1, 1, 1, 1), MB_STATUS_INVALID_ARG);
+        CHECK_EQ(
+            mb_stats_record_step(s, MB_STATS_PHASE_DECODE, 1, 2500000, 1500000, 1000000, 1450000),
+            MB_STATUS_OK);
+    CHECK_EQ(mb_stats_record_step(s, MB_STATS_PHASE_COUNT_, 1, 1, 1, 1, 1), MB_STATUS_INVALID_ARG);
     mb_stats_steps st;
     CHECK_EQ(mb_stats_get_steps(s, MB_STATS_PHASE_PREFILL, &st), MB_STATUS_OK);
     CHECK(st.count == 2 && st.tokens == 612 && st.time_ns == 50000000 &&
-          st.dispatch_ns == 36000000 && st.wait_ns == 25000000);
+          st.dispatch_ns == 36000000 && st.wait_ns == 25000000 && st.critical_ns == 31500000);
     CHECK_EQ(mb_stats_get_steps(s, MB_STATS_PHASE_DECODE, &st), MB_STATUS_OK);
     CHECK(st.count == 3 && st.tokens == 3 && st.time_ns == 7500000);
 }
@@ -188,6 +191,7 @@ static void test_step_lines(const char *path)
             CHECK(num(o, "step_ms") == 40.0);
             CHECK(num(o, "dispatch_ms") == 30.0);
             CHECK(num(o, "wait_ms") == 20.0);
+            CHECK(num(o, "ipc_ms") == 4.0); /* dispatch less critical */
         }
         if (line == 4) CHECK(num(o, "step_ms") == 2.5 && num(o, "tokens") == 1);
         cJSON_Delete(o);
@@ -231,7 +235,8 @@ static void test_json(mb_stats *s, const char *path)
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(steps, "prefill");
     const cJSON *dec = cJSON_GetObjectItemCaseSensitive(steps, "decode");
     CHECK(num(pre, "count") == 2 && num(pre, "tokens") == 612 && num(pre, "time_ns") == 5e7);
-    CHECK(num(pre, "dispatch_ns") == 3.6e7 && num(pre, "wait_ns") == 2.5e7);
+    CHECK(num(pre, "dispatch_ns") == 3.6e7 && num(pre, "wait_ns") == 2.5e7 &&
+          num(pre, "critical_ns") == 3.15e7);
     CHECK(num(dec, "count") == 3 && num(dec, "tokens") == 3 && num(dec, "time_ns") == 7.5e6);
     const cJSON *config = cJSON_GetObjectItemCaseSensitive(root, "config");
     const cJSON *mode = cJSON_GetObjectItemCaseSensitive(config, "ipc_mode");
@@ -250,11 +255,16 @@ static void test_table(mb_stats *s)
     CHECK_EQ(mb_stats_print_table(s, f), MB_STATUS_OK);
     char *text = slurp(f);
     fclose(f);
-    static const char *const needles[] = {"IPC statistics", "w0 cpu shm", "local",
-                                          "prefill",        "decode",     "MiB sent",
-                                          "compute ms",     "ipc/step",   "coord ipc", "per layer"};
+    static const char *const needles[] = {"IPC statistics", "w0 cpu shm", "local",      "prefill",
+                                          "decode",         "MiB sent",   "compute ms", "ipc/step",
+                                          "coord ipc",      "per layer",  "crit ipc ms"};
     for (size_t i = 0; i < sizeof needles / sizeof needles[0]; i++)
         CHECK_MSG(strstr(text, needles[i]), "table lacks \"%s\"", needles[i]);
+    /* Decode's critical-path IPC: 4.5 ms of dispatch less 4.35 of the
+     * slowest backends' compute, against 7.5 ms of steps. */
+    const char *dec_row = strstr(text, "\ndecode         3");
+    CHECK_MSG(dec_row && strstr(dec_row, "0.150") && strstr(dec_row, "2.00%"),
+              "decode step row: %s", dec_row ? dec_row : "(none)");
     /* Backend 0 prefill: the calls column holds the expected count. */
     mb_stats_counters want = expected(0, 0, -1);
     char row[128];
@@ -301,7 +311,7 @@ static void test_flat_and_limits(void)
     unlink(path);
 
     /* Reset zeroes counters and steps. */
-    CHECK_EQ(mb_stats_record_step(s, MB_STATS_PHASE_DECODE, 1, 5, 4, 3), MB_STATUS_OK);
+    CHECK_EQ(mb_stats_record_step(s, MB_STATS_PHASE_DECODE, 1, 5, 4, 3, 2), MB_STATUS_OK);
     mb_stats_reset(s);
     mb_stats_steps st;
     CHECK_EQ(mb_stats_get(s, 2, MB_STATS_PHASE_DECODE, &got), MB_STATUS_OK);
