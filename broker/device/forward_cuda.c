@@ -1,854 +1,16 @@
-/* The dense layers on a CUDA device: weights uploaded once, the layer loop
- * enqueued on one stream, and per layer one wait for the copy that hands
- * the routed tokens to the dispatcher (seed 000: no other host sync in a
- * layer). The shared expert's gate and up projections are enqueued before
- * that wait, so they run while the workers compute. */
-#include "broker/device/forward_cuda.h"
-
-#include <stdarg.h>
+/* The dense layers on a CUDA device, run: the layer loop enqueued on one
+ * stream (decode steps replaying CUDA graphs), and per layer one wait for
+ * the copy that hands the routed tokens to the dispatcher (seed 000: no
+ * other host sync in a layer). The shared expert's gate and up projections
+ * are enqueued before that wait, so they run while the workers compute.
+ * Creation is forward_cuda_create.c's. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef MB_HAVE_CUDA
+#ifdef MB_HAVE_CUDA
 
-struct mb_fwd_cuda {
-    int unused;
-};
-
-int mb_fwd_cuda_built(void)
-{
-    return 0;
-}
-
-mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk_cap, int device, int progress,
-                             mb_fwd_cuda **out, char *err, size_t err_cap)
-{
-    (void)m, (void)max_ctx, (void)chunk_cap, (void)progress, (void)out;
-    snprintf(err, err_cap, "--device cuda:%d: this build has no CUDA support (nvcc was not found)", device);
-    return MB_STATUS_UNSUPPORTED;
-}
-
-void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
-{
-    (void)fc;
-}
-
-mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uint32_t pos, int decode,
-                            mb_moe_fn moe_fn, void *moe_ctx, float *logits, float *last_logits)
-{
-    (void)fc, (void)ids, (void)n, (void)pos, (void)decode, (void)moe_fn, (void)moe_ctx, (void)logits,
-        (void)last_logits;
-    return MB_STATUS_UNSUPPORTED;
-}
-
-uint64_t mb_fwd_cuda_take_device_ns(mb_fwd_cuda *fc)
-{
-    (void)fc;
-    return 0;
-}
-
-const char *mb_fwd_cuda_error(const mb_fwd_cuda *fc)
-{
-    (void)fc;
-    return "";
-}
-
-mb_status mb_fwd_cuda_set_local(mb_fwd_cuda *fc, struct mb_cuda_local_moe *lm, uint32_t max_tokens)
-{
-    (void)fc, (void)lm, (void)max_tokens;
-    return MB_STATUS_UNSUPPORTED;
-}
-
-mb_status mb_fwd_cuda_set_wire(mb_fwd_cuda *fc, mb_dtype wire)
-{
-    (void)fc, (void)wire;
-    return MB_STATUS_UNSUPPORTED;
-}
-
-uint64_t mb_fwd_cuda_take_local_ns(mb_fwd_cuda *fc)
-{
-    (void)fc;
-    return 0;
-}
-
-uint64_t *mb_fwd_cuda_routed(mb_fwd_cuda *fc)
-{
-    (void)fc;
-    return NULL;
-}
-
-uint64_t *mb_fwd_cuda_local_layer_ns(mb_fwd_cuda *fc)
-{
-    (void)fc;
-    return NULL;
-}
-
-#else
-
-#include <cuda_runtime_api.h>
-#include <math.h>
-#include <unistd.h>
-
-#include "broker/rope.h"
-#include "broker/device/local_moe_cuda.h"
-#include "broker/router.h"
-#include "kernels/cuda/dense.h"
-#include "protocol/dtype.h"
-
-/* A weight matrix on the device, in its checkpoint dtype. */
-typedef struct {
-    const void *w;
-    int dtype; /* MB_KCUDA_* */
-    uint32_t rows, cols;
-} dev_mat;
-
-typedef struct {
-    dev_mat wq, wk, wv, wo, router;
-    /* With fusions on: q_proj, k_proj and v_proj stacked in one matrix
-     * [q_dim + 2 kv_dim][d_model] (one GEMV instead of three) when they
-     * share a dtype, and their biases as one vector; else wq/wk/wv. */
-    dev_mat wqkv;
-    float *bqkv;
-    dev_mat sh_gate, sh_up, sh_down, sh_sg; /* Qwen2-MoE shared expert */
-    float *attn_norm, *ffn_norm, *bq, *bk, *bv, *q_norm, *k_norm;
-    mb_kcuda_kv kv;
-} dev_layer;
-
-struct mb_fwd_cuda {
-    const mb_model *m;
-    mb_model_config cfg;
-    int device;
-    uint32_t max_ctx, chunk_cap, q_dim, kv_dim, qkv_dim, window;
-    /* 1 (default): the fused decode path (one QKV GEMV; head norm, RoPE
-     * and KV store in one kernel; the residual add folded into the next
-     * norm). 0 (MB_CUDA_FUSE=0): one kernel per operation, as before. */
-    int fuse;
-    /* The dtype the experts' links carry activations in (MB_DTYPE_F32
-     * until mb_fwd_cuda_set_wire): with fuse, the kernels that write the
-     * normalised rows into pinned host memory write them in it, and the
-     * dispatcher sends those bytes as they are. */
-    mb_dtype wire;
-    /* 1 (default with fuse): a decode step's RMSNorms run inside the
-     * one-token GEMVs that read them (QKV, router, lm_head), and o_proj
-     * adds the previous layer's experts to x as it accumulates, so a
-     * layer has two kernels fewer. 0 (MB_CUDA_FUSE_NORM=0): the norms are
-     * kernels of their own. */
-    int fuse_norm;
-    /* 1 (MB_CUDA_FUSE_QKV=1, with fuse_norm): a decode step's QKV GEMV
-     * also runs the head norms, RoPE and the KV store
-     * (mb_kcuda_qkv_rope_store), the block finishing a head's rows doing
-     * that head: one kernel fewer a layer. Checked bit for bit against
-     * the two kernels on the emulator only, so off by default until a GPU
-     * run has passed test_parity_device with it (bench/gpu/fuse9b.sh). */
-    int fuse_qkv;
-    /* 1 (MB_CUDA_FUSE_MERGE=1, with fuse): the split-K decode attention
-     * merges its chunks in the blocks that finish them last (the shape's
-     * merge_done) instead of in a second kernel. Checked on the emulator
-     * only, so off by default until a GPU run (bench/gpu/fuse9b.sh). */
-    int fuse_merge;
-    /* 1 (MB_CUDA_FUSE_ATTN=1, with fuse; head_dim % 4 == 0 and <= 128): a
-     * one-token step's head pass runs inside the decode attention
-     * (mb_kcuda_qkp_attention), one kernel fewer a layer; measured slower,
-     * so off by default. */
-    int fuse_attn;
-    /* 1 (unless MB_CUDA_L2_PREFETCH=0, with fuse): a one-token step asks
-     * the L2 cache for weights on a second stream (side): o_proj's (unless
-     * staged: mb_kcuda_linear_staged) and the router's once the QKV
-     * projection is enqueued, joined back at the end
-     * of the layer's segment A; with the experts elsewhere, the next
-     * layer's QKV weights while the host waits (side_prefetch). */
-    int l2_prefetch, side_pending;
-    /* 1 (unless MB_CUDA_ROUTE_PAIRS=0, with fuse): a one-token step with
-     * local experts has the router's last block write their pairs and
-     * start mark (route_paired), with no launches of their own. */
-    int route_pairs;
-    cudaStream_t side;
-    cudaEvent_t fork, join;
-    int renorm;
-    cudaStream_t stream;
-    cudaEvent_t copied, t0, t1;
-    /* Per layer, around the host's wait for the experts: the stream is
-     * idle from wait[l] to resume[l] unless work was still queued, so the
-     * device's own time is t1 - t0 less those gaps. */
-    cudaEvent_t *wait, *resume;
-    dev_layer *layers;
-    dev_mat embed, lm_head;
-    float *final_norm, *cos, *sin;
-    void **allocs; /* every cudaMalloc, for destroy */
-    size_t n_allocs, cap_allocs;
-    /* Device scratch for chunk_cap tokens. xfer is what the dispatcher
-     * needs, laid out for the current chunk's n: xn [n][d_model], then ids
-     * [n][top_k] (int32), then gate [n][top_k]: one copy moves all three.
-     * h_xfer has the same layout; where the kernels write it themselves
-     * (fuse), its xn rows are in the wire's dtype, packed from the start
-     * of the xn region (a 2-byte dtype leaves the region's second half
-     * unused). */
-    float *x, *xfer, *q, *k, *v, *qkv, *att, *rlog, *moe, *sh_g, *sh_u, *sh_s, *logits_last,
-        *logits_all, *work;
-    int32_t *tok;
-    /* The kernels' counters, 0 between calls, in one allocation (at
-     * route_done): mb_kcuda_router_topk's, mb_kcuda_qkv_rope_store's (a
-     * head each), the attention's merge (mb_kcuda_attn_shape). */
-    unsigned *route_done, *qkv_done, *merge_done;
-    size_t work_floats;
-    /* Pinned host twins. */
-    float *h_xfer, *h_moe, *h_logits;
-    int32_t *h_tok;
-    /* h_logits as the device sees it (mapped pinned memory), or NULL: a
-     * one-token lm_head with the norm folded in writes the logits there
-     * itself, with no copy after it (MB_CUDA_LOGITS_DIRECT=0: the copy). */
-    float *logits_direct;
-    uint64_t device_ns;
-    /* Decode (one-token) steps replay one CUDA graph per layer, captured at
-     * the first decode step: graph_a is layer 0 up to the routed tokens;
-     * graph_b[l] takes layer l from the experts' sums on and runs layer
-     * l + 1 up to its routed tokens (the last layer's ends with the sums),
-     * so the host launches once per wait. Their kernels read the position
-     * from pos_dev, so the graphs serve every position. */
-    int graphs; /* 1: on, 0: off (MB_CUDA_GRAPHS=0, or a capture failed) */
-    cudaGraphExec_t graph_a, *graph_b; /* graph_b [n_layers]; NULL until captured */
-    cudaGraphExec_t *graph_e;          /* [n_layers]: the local experts (mb_fwd_cuda_set_local) */
-    /* A decode step whose experts are all local has no host wait: it
-     * replays one graph from the token copy to the logits (MB_CUDA_STEP_GRAPH=0:
-     * the per-layer graphs above). capturing: that graph is being
-     * captured, so run_segment enqueues its segments directly. */
-    int step_graph, capturing;
-    cudaGraphExec_t graph_step;
-    uint32_t *pos_dev, *h_pos;
-    /* MB_CUDA_PROFILE=1: decode steps run without graphs, with an event
-     * after every operation; the gaps are summed per operation and printed
-     * at destroy (a launch gap counts toward the operation after it).
-     * MB_CUDA_PROFILE=graph: the whole-step graphs of local decode steps
-     * stay on, with a clock stamp (mb_kcuda_stamp) after every operation
-     * instead; a stamp is a launch of its own, included in the figures. */
-    struct {
-        int on, marks, cap;
-        int stamps, graph_marks; /* graph mode; marks captured in graph_step */
-        uint64_t steps;
-        cudaEvent_t *ev;
-        unsigned long long *ts, *h_ts; /* graph mode: [cap] stamps, device and pinned */
-        const char **label;
-        struct {
-            const char *label;
-            double ms;
-        } row[40];
-        int rows;
-    } prof;
-    /* Experts on this device computed from its buffers
-     * (mb_fwd_cuda_set_local) in steps of at most local_max_n tokens:
-     * no host wait in such a layer. routed_acc sums the routed pairs per
-     * (layer, expert) over those steps, for the statistics. */
-    mb_cuda_local_moe *local;
-    uint32_t local_max_n;
-    int local_step; /* the chunk now running takes the local path */
-    uint64_t local_ns;
-    uint64_t *routed_acc;
-    uint64_t *local_layer_ns; /* [n_layers], summed over steps */
-    char err[256];
-};
-
-int mb_fwd_cuda_built(void)
-{
-    return 1;
-}
-
-static void set_err(mb_fwd_cuda *fc, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(fc->err, sizeof fc->err, fmt, ap);
-    va_end(ap);
-}
-
-/* ---- creation ------------------------------------------------------------ */
-
-static int track(mb_fwd_cuda *fc, void *p)
-{
-    if (fc->n_allocs == fc->cap_allocs) {
-        size_t cap = fc->cap_allocs ? 2 * fc->cap_allocs : 64;
-        void **a = realloc(fc->allocs, cap * sizeof *a);
-        if (!a) return 0;
-        fc->allocs = a;
-        fc->cap_allocs = cap;
-    }
-    fc->allocs[fc->n_allocs++] = p;
-    return 1;
-}
-
-static cudaError_t dev_alloc(mb_fwd_cuda *fc, size_t bytes, void **out)
-{
-    void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
-    if (e != cudaSuccess) return e;
-    if (!track(fc, p)) {
-        cudaFree(p);
-        return cudaErrorMemoryAllocation;
-    }
-    *out = p;
-    return cudaSuccess;
-}
-
-/* Loading progress: bytes uploaded of the dense total, on a terminal. */
-typedef struct {
-    int on;
-    uint64_t done, total, last_print;
-} progress_line;
-
-static void progress_add(progress_line *p, uint64_t bytes)
-{
-    p->done += bytes;
-    if (!p->on || (p->done - p->last_print < ((uint64_t)256 << 20) && p->done != p->total)) return;
-    p->last_print = p->done;
-    fprintf(stderr, "\rloading dense weights to the GPU: %.2f / %.2f GiB", (double)p->done / (1u << 30),
-            (double)p->total / (1u << 30));
-    if (p->done == p->total) fputc('\n', stderr);
-}
-
-static int kcuda_dtype(mb_dtype d)
-{
-    switch (d) {
-    case MB_DTYPE_F32: return MB_KCUDA_F32;
-    case MB_DTYPE_F16: return MB_KCUDA_F16;
-    case MB_DTYPE_BF16: return MB_KCUDA_BF16;
-    default: return -1;
-    }
-}
-
-static uint64_t mat_bytes(const mb_tensor *t)
-{
-    return t->data ? t->rows * t->cols * mb_dtype_size(t->dtype) : 0;
-}
-
-/* Uploads a matrix as it is stored. A matrix absent from the model (an
- * optional tensor) stays NULL. */
-static mb_status upload_mat(mb_fwd_cuda *fc, const mb_tensor *t, const char *what, uint32_t layer, dev_mat *out,
-                            progress_line *p)
-{
-    memset(out, 0, sizeof *out);
-    if (!t->data) return MB_STATUS_OK;
-    int dt = kcuda_dtype(t->dtype);
-    if (dt < 0) {
-        set_err(fc, "--device cuda:%d: layer %u %s is %s; the GPU coordinator takes f32, f16 and bf16 dense weights",
-                fc->device, layer, what, mb_dtype_name(t->dtype));
-        return MB_STATUS_BAD_DTYPE;
-    }
-    uint64_t bytes = mat_bytes(t);
-    void *d = NULL;
-    cudaError_t e = dev_alloc(fc, bytes, &d);
-    if (e == cudaSuccess) e = cudaMemcpy(d, t->data, bytes, cudaMemcpyHostToDevice);
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: uploading layer %u %s: %s", fc->device, layer, what, cudaGetErrorString(e));
-        return MB_STATUS_DEVICE;
-    }
-    progress_add(p, bytes);
-    *out = (dev_mat){.w = d, .dtype = dt, .rows = (uint32_t)t->rows, .cols = (uint32_t)t->cols};
-    return MB_STATUS_OK;
-}
-
-/* Uploads a 1-D tensor widened to f32 (norm weights, biases); NULL stays. */
-static mb_status upload_vec(mb_fwd_cuda *fc, const mb_tensor *t, size_t n, float **out)
-{
-    *out = NULL;
-    if (!t->data) return MB_STATUS_OK;
-    float *h = malloc(n * sizeof *h);
-    if (!h) return MB_STATUS_NOMEM;
-    mb_dtype_decode_f32(t->dtype, h, t->data, n);
-    void *d = NULL;
-    cudaError_t e = dev_alloc(fc, n * sizeof(float), &d);
-    if (e == cudaSuccess) e = cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice);
-    free(h);
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: uploading a norm or bias: %s", fc->device, cudaGetErrorString(e));
-        return MB_STATUS_DEVICE;
-    }
-    *out = d;
-    return MB_STATUS_OK;
-}
-
-static uint64_t dense_bytes(const mb_model *m)
-{
-    uint64_t b = mat_bytes(&m->embed) + (m->lm_head.data != m->embed.data ? mat_bytes(&m->lm_head) : 0);
-    for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
-        const mb_layer_weights *L = &m->layers[l];
-        b += mat_bytes(&L->wq) + mat_bytes(&L->wk) + mat_bytes(&L->wv) + mat_bytes(&L->wo) + mat_bytes(&L->router);
-        b += mat_bytes(&L->shared.gate) + mat_bytes(&L->shared.up) + mat_bytes(&L->shared.down) +
-             mat_bytes(&L->shared_gate);
-    }
-    return b;
-}
-
-/* q_proj, k_proj and v_proj stacked into one device matrix, rows in that
- * order (the columns of the qkv scratch). The caller checked that the
- * three share a dtype. */
-static mb_status upload_qkv(mb_fwd_cuda *fc, const mb_layer_weights *L, uint32_t layer, dev_mat *out,
-                            progress_line *p)
-{
-    memset(out, 0, sizeof *out);
-    const mb_tensor *part[3] = {&L->wq, &L->wk, &L->wv};
-    int dt = kcuda_dtype(L->wq.dtype);
-    if (dt < 0) {
-        set_err(fc, "--device cuda:%d: layer %u q_proj is %s; the GPU coordinator takes f32, f16 and bf16 dense weights",
-                fc->device, layer, mb_dtype_name(L->wq.dtype));
-        return MB_STATUS_BAD_DTYPE;
-    }
-    uint64_t bytes = 0;
-    for (int i = 0; i < 3; i++) bytes += mat_bytes(part[i]);
-    char *d = NULL;
-    cudaError_t e = dev_alloc(fc, bytes, (void **)&d);
-    for (uint64_t off = 0, i = 0; e == cudaSuccess && i < 3; off += mat_bytes(part[i]), i++)
-        e = cudaMemcpy(d + off, part[i]->data, mat_bytes(part[i]), cudaMemcpyHostToDevice);
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: uploading layer %u q/k/v_proj: %s", fc->device, layer, cudaGetErrorString(e));
-        return MB_STATUS_DEVICE;
-    }
-    progress_add(p, bytes);
-    *out = (dev_mat){.w = d, .dtype = dt, .rows = fc->qkv_dim, .cols = (uint32_t)L->wq.cols};
-    return MB_STATUS_OK;
-}
-
-/* The q, k and v biases as one f32 vector [q_dim + 2 kv_dim] (an absent
- * one is zeros); bq, bk and bv point into it. */
-static mb_status upload_qkv_bias(mb_fwd_cuda *fc, const mb_layer_weights *L, dev_layer *D)
-{
-    const mb_tensor *part[3] = {&L->bq, &L->bk, &L->bv};
-    const size_t len[3] = {fc->q_dim, fc->kv_dim, fc->kv_dim};
-    float *h = calloc(fc->qkv_dim, sizeof *h);
-    if (!h) return MB_STATUS_NOMEM;
-    for (size_t i = 0, off = 0; i < 3; off += len[i], i++)
-        if (part[i]->data) mb_dtype_decode_f32(part[i]->dtype, h + off, part[i]->data, len[i]);
-    cudaError_t e = dev_alloc(fc, fc->qkv_dim * sizeof(float), (void **)&D->bqkv);
-    if (e == cudaSuccess) e = cudaMemcpy(D->bqkv, h, fc->qkv_dim * sizeof(float), cudaMemcpyHostToDevice);
-    free(h);
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: uploading the q/k/v biases: %s", fc->device, cudaGetErrorString(e));
-        return MB_STATUS_DEVICE;
-    }
-    D->bq = L->bq.data ? D->bqkv : NULL;
-    D->bk = L->bk.data ? D->bqkv + fc->q_dim : NULL;
-    D->bv = L->bv.data ? D->bqkv + fc->q_dim + fc->kv_dim : NULL;
-    return MB_STATUS_OK;
-}
-
-static mb_status upload_layer(mb_fwd_cuda *fc, uint32_t l, progress_line *p)
-{
-    const mb_model_config *c = &fc->cfg;
-    const mb_layer_weights *L = &fc->m->layers[l];
-    dev_layer *D = &fc->layers[l];
-    if (fc->fuse && L->wq.dtype == L->wk.dtype && L->wq.dtype == L->wv.dtype)
-        MB_TRY(upload_qkv(fc, L, l, &D->wqkv, p));
-    if (!D->wqkv.w) {
-        MB_TRY(upload_mat(fc, &L->wq, "q_proj", l, &D->wq, p));
-        MB_TRY(upload_mat(fc, &L->wk, "k_proj", l, &D->wk, p));
-        MB_TRY(upload_mat(fc, &L->wv, "v_proj", l, &D->wv, p));
-    }
-    MB_TRY(upload_mat(fc, &L->wo, "o_proj", l, &D->wo, p));
-    MB_TRY(upload_mat(fc, &L->router, "router", l, &D->router, p));
-    if (c->d_ff_shared) {
-        MB_TRY(upload_mat(fc, &L->shared.gate, "shared_expert.gate_proj", l, &D->sh_gate, p));
-        MB_TRY(upload_mat(fc, &L->shared.up, "shared_expert.up_proj", l, &D->sh_up, p));
-        MB_TRY(upload_mat(fc, &L->shared.down, "shared_expert.down_proj", l, &D->sh_down, p));
-        MB_TRY(upload_mat(fc, &L->shared_gate, "shared_expert_gate", l, &D->sh_sg, p));
-    }
-    MB_TRY(upload_vec(fc, &L->attn_norm, c->d_model, &D->attn_norm));
-    MB_TRY(upload_vec(fc, &L->ffn_norm, c->d_model, &D->ffn_norm));
-    if (c->qkv_bias) MB_TRY(upload_qkv_bias(fc, L, D));
-    if (c->qk_norm) {
-        MB_TRY(upload_vec(fc, &L->q_norm, c->head_dim, &D->q_norm));
-        MB_TRY(upload_vec(fc, &L->k_norm, c->head_dim, &D->k_norm));
-    }
-    return MB_STATUS_OK;
-}
-
-/* RoPE tables computed on the host exactly as the CPU coordinator's. */
-static mb_status upload_rope(mb_fwd_cuda *fc)
-{
-    mb_rope r;
-    MB_TRY(mb_rope_init(&r, fc->cfg.head_dim, fc->max_ctx, fc->cfg.rope_theta));
-    size_t bytes = (size_t)fc->max_ctx * (fc->cfg.head_dim / 2) * sizeof(float);
-    cudaError_t e = dev_alloc(fc, bytes, (void **)&fc->cos);
-    if (e == cudaSuccess) e = dev_alloc(fc, bytes, (void **)&fc->sin);
-    if (e == cudaSuccess) e = cudaMemcpy(fc->cos, r.cos, bytes, cudaMemcpyHostToDevice);
-    if (e == cudaSuccess) e = cudaMemcpy(fc->sin, r.sin, bytes, cudaMemcpyHostToDevice);
-    mb_rope_fini(&r);
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: RoPE tables: %s", fc->device, cudaGetErrorString(e));
-        return MB_STATUS_DEVICE;
-    }
-    return MB_STATUS_OK;
-}
-
-/* Bytes of the KV cache and of the scratch for chunk_cap tokens. */
-static uint64_t cache_bytes(const mb_fwd_cuda *fc)
-{
-    return 2ull * fc->cfg.n_layers * fc->kv_dim * fc->max_ctx * sizeof(float);
-}
-
-static mb_status alloc_cache(mb_fwd_cuda *fc)
-{
-    const mb_model_config *c = &fc->cfg;
-    float *kv = NULL;
-    cudaError_t e = dev_alloc(fc, cache_bytes(fc), (void **)&kv);
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: KV cache for %u positions (%.2f GiB): %s", fc->device, fc->max_ctx,
-                (double)cache_bytes(fc) / (1u << 30), cudaGetErrorString(e));
-        return MB_STATUS_NOMEM;
-    }
-    const size_t per = (size_t)fc->kv_dim * fc->max_ctx;
-    for (uint32_t l = 0; l < c->n_layers; l++)
-        fc->layers[l].kv = (mb_kcuda_kv){.k = kv + 2 * l * per, .v = kv + (2 * l + 1) * per,
-                                         .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
-                                         .max_ctx = fc->max_ctx};
-    return MB_STATUS_OK;
-}
-
-/* Work for the longest step: mb_kcuda_attention_work is non-decreasing in
- * n (dense.h), so it serves every shorter one. */
-static size_t attention_work(const mb_fwd_cuda *fc)
-{
-    const mb_kcuda_attn_shape s = {.n_heads = fc->cfg.n_heads, .window = fc->window, .scale = 1.0f};
-    return mb_kcuda_attention_work(&fc->layers[0].kv, &s, fc->chunk_cap);
-}
-
-static mb_status alloc_scratch(mb_fwd_cuda *fc)
-{
-    const mb_model_config *c = &fc->cfg;
-    const size_t n = fc->chunk_cap, d = c->d_model, k = c->top_k;
-    fc->work_floats = attention_work(fc);
-    const size_t xfer = n * (d + 2 * k);
-    /* The kernels' counters, one buffer: route_done | qkv_done (a head
-     * each) | merge_done. */
-    const size_t n_qkv = c->n_heads + 2 * (size_t)c->n_kv_heads,
-                 n_cnt = 1 + n_qkv + MB_KCUDA_ATTN_MERGE_COUNTERS(c->n_heads);
-    struct {
-        float **p;
-        size_t floats;
-    } bufs[] = {
-        {&fc->x, n * d},
-        {&fc->xfer, xfer},
-        {&fc->q, n * fc->q_dim},
-        {&fc->k, n * fc->kv_dim},
-        {&fc->v, n * fc->kv_dim},
-        {&fc->qkv, n * fc->qkv_dim},
-        {&fc->att, n * fc->q_dim},
-        {&fc->rlog, n * c->n_experts},
-        {&fc->moe, n * d},
-        {&fc->sh_g, n * c->d_ff_shared},
-        {&fc->sh_u, n * c->d_ff_shared},
-        {&fc->sh_s, n},
-        {&fc->logits_last, c->vocab},
-        {&fc->work, fc->work_floats},
-        {(float **)&fc->tok, n},
-        {(float **)&fc->route_done, n_cnt},
-    };
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        cudaError_t e = dev_alloc(fc, bufs[i].floats * sizeof(float), (void **)bufs[i].p);
-        if (e != cudaSuccess) {
-            set_err(fc, "--device cuda:%d: scratch for %zu tokens: %s", fc->device, n, cudaGetErrorString(e));
-            return MB_STATUS_NOMEM;
-        }
-    }
-    fc->qkv_done = fc->route_done + 1;
-    fc->merge_done = fc->qkv_done + n_qkv;
-    /* The counters are zero before any kernel on the (non-blocking) stream
-     * reads them: a counter starting elsewhere would never complete. */
-    cudaError_t e = cudaMemset(fc->route_done, 0, n_cnt * sizeof *fc->route_done);
-    if (e == cudaSuccess) e = cudaDeviceSynchronize();
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: zeroing the kernels' counters: %s", fc->device,
-                cudaGetErrorString(e));
-        return MB_STATUS_DEVICE;
-    }
-    e = cudaMallocHost((void **)&fc->h_xfer, xfer * sizeof(float));
-    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_moe, n * d * sizeof(float));
-    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_logits, (size_t)c->vocab * sizeof(float));
-    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_tok, n * sizeof(int32_t));
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: pinned host buffers: %s", fc->device, cudaGetErrorString(e));
-        return MB_STATUS_NOMEM;
-    }
-    const char *ld = getenv("MB_CUDA_LOGITS_DIRECT");
-    if (!(ld && strcmp(ld, "0") == 0) &&
-        cudaHostGetDevicePointer((void **)&fc->logits_direct, fc->h_logits, 0) != cudaSuccess) {
-        cudaGetLastError(); /* not mapped on this system: the copy */
-        fc->logits_direct = NULL;
-    }
-    return MB_STATUS_OK;
-}
-
-/* Fails early, with figures, when the dense part cannot fit. */
-static mb_status check_memory(mb_fwd_cuda *fc, uint64_t weights)
-{
-    size_t free_b = 0, total_b = 0;
-    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return MB_STATUS_OK; /* the allocations will say */
-    const mb_model_config *c = &fc->cfg;
-    uint64_t scratch = (uint64_t)fc->chunk_cap * (4ull * c->d_model + 3ull * fc->q_dim + c->n_experts) * 4u;
-    uint64_t need = weights + cache_bytes(fc) + scratch;
-    if (need > free_b) {
-        set_err(fc,
-                "--device cuda:%d: the dense part needs %.2f GiB (weights %.2f, KV cache for %u positions %.2f) "
-                "but the device has %.2f GiB free: lower --max-ctx or use --device cpu",
-                fc->device, (double)need / (1u << 30), (double)weights / (1u << 30), fc->max_ctx,
-                (double)cache_bytes(fc) / (1u << 30), (double)free_b / (1u << 30));
-        return MB_STATUS_NOMEM;
-    }
-    return MB_STATUS_OK;
-}
-
-static mb_status open_device(mb_fwd_cuda *fc)
-{
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0) {
-        set_err(fc, "--device cuda:%d: no CUDA device (%s)", fc->device,
-                e != cudaSuccess ? cudaGetErrorString(e) : "the driver reports none");
-        cudaGetLastError();
-        return MB_STATUS_DEVICE;
-    }
-    if (fc->device >= count) {
-        set_err(fc, "--device cuda:%d: this host has %d CUDA device%s (cuda:0..%d)", fc->device, count,
-                count == 1 ? "" : "s", count - 1);
-        return MB_STATUS_DEVICE;
-    }
-    e = cudaSetDevice(fc->device);
-    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&fc->stream, cudaStreamNonBlocking);
-    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&fc->side, cudaStreamNonBlocking);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fc->fork, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fc->join, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&fc->copied, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventCreate(&fc->t0);
-    if (e == cudaSuccess) e = cudaEventCreate(&fc->t1);
-    const char *g = getenv("MB_CUDA_GRAPHS");
-    fc->graphs = !(g && strcmp(g, "0") == 0);
-    const char *sg = getenv("MB_CUDA_STEP_GRAPH");
-    fc->step_graph = !(sg && strcmp(sg, "0") == 0);
-    const char *pr = getenv("MB_CUDA_PROFILE");
-    if (pr && (strcmp(pr, "1") == 0 || strcmp(pr, "graph") == 0)) {
-        fc->prof.stamps = strcmp(pr, "graph") == 0;
-        if (!fc->prof.stamps) fc->graphs = 0;
-        fc->prof.cap = (int)fc->cfg.n_layers * 32 + 16;
-        fc->prof.label = calloc((size_t)fc->prof.cap, sizeof *fc->prof.label);
-        if (!fc->prof.label) return MB_STATUS_NOMEM;
-        if (fc->prof.stamps) {
-            e = dev_alloc(fc, (size_t)fc->prof.cap * sizeof *fc->prof.ts, (void **)&fc->prof.ts);
-            if (e == cudaSuccess)
-                e = cudaMallocHost((void **)&fc->prof.h_ts,
-                                   (size_t)fc->prof.cap * sizeof *fc->prof.h_ts);
-        } else {
-            fc->prof.ev = calloc((size_t)fc->prof.cap, sizeof *fc->prof.ev);
-            if (!fc->prof.ev) return MB_STATUS_NOMEM;
-            for (int i = 0; e == cudaSuccess && i < fc->prof.cap; i++)
-                e = cudaEventCreate(&fc->prof.ev[i]);
-        }
-        fc->prof.on = 1;
-    }
-    fc->graph_b = calloc(fc->cfg.n_layers, sizeof *fc->graph_b);
-    fc->graph_e = calloc(fc->cfg.n_layers, sizeof *fc->graph_e);
-    if (!fc->graph_b || !fc->graph_e) return MB_STATUS_NOMEM;
-    if (e == cudaSuccess) e = dev_alloc(fc, sizeof(uint32_t), (void **)&fc->pos_dev);
-    if (e == cudaSuccess) e = cudaMallocHost((void **)&fc->h_pos, sizeof(uint32_t));
-    fc->wait = calloc(fc->cfg.n_layers, sizeof *fc->wait);
-    fc->resume = calloc(fc->cfg.n_layers, sizeof *fc->resume);
-    if (!fc->wait || !fc->resume) return MB_STATUS_NOMEM;
-    for (uint32_t l = 0; e == cudaSuccess && l < fc->cfg.n_layers; l++) {
-        e = cudaEventCreate(&fc->wait[l]);
-        if (e == cudaSuccess) e = cudaEventCreate(&fc->resume[l]);
-    }
-    if (e != cudaSuccess) {
-        set_err(fc, "--device cuda:%d: %s", fc->device, cudaGetErrorString(e));
-        return MB_STATUS_DEVICE;
-    }
-    return MB_STATUS_OK;
-}
-
-static mb_status create_all(mb_fwd_cuda *fc, int progress)
-{
-    const mb_model_config *c = &fc->cfg;
-    MB_TRY(open_device(fc));
-    uint64_t weights = dense_bytes(fc->m);
-    MB_TRY(check_memory(fc, weights));
-    fc->layers = calloc(c->n_layers, sizeof *fc->layers);
-    if (!fc->layers) return MB_STATUS_NOMEM;
-    progress_line p = {.on = progress, .total = weights};
-    MB_TRY(upload_mat(fc, &fc->m->embed, "embed_tokens", 0, &fc->embed, &p));
-    if (fc->m->lm_head.data == fc->m->embed.data && fc->m->lm_head.dtype == fc->m->embed.dtype)
-        fc->lm_head = fc->embed; /* tied: one copy */
-    else
-        MB_TRY(upload_mat(fc, &fc->m->lm_head, "lm_head", 0, &fc->lm_head, &p));
-    for (uint32_t l = 0; l < c->n_layers; l++) MB_TRY(upload_layer(fc, l, &p));
-    MB_TRY(upload_vec(fc, &fc->m->final_norm, c->d_model, &fc->final_norm));
-    MB_TRY(upload_rope(fc));
-    MB_TRY(alloc_cache(fc));
-    MB_TRY(alloc_scratch(fc));
-    return MB_STATUS_OK;
-}
-
-mb_status mb_fwd_cuda_create(const mb_model *m, uint32_t max_ctx, uint32_t chunk_cap, int device, int progress,
-                             mb_fwd_cuda **out, char *err, size_t err_cap)
-{
-    if (!m || !out || max_ctx == 0 || chunk_cap == 0 || chunk_cap > max_ctx || device < 0)
-        return MB_STATUS_INVALID_ARG;
-    if (m->cfg.head_dim > MB_KCUDA_MAX_HEAD_DIM) { /* before: the first step's attention failed */
-        snprintf(err, err_cap, "--device cuda:%d: head_dim %u: the GPU attention takes up to %u",
-                 device, m->cfg.head_dim, MB_KCUDA_MAX_HEAD_DIM);
-        return MB_STATUS_UNSUPPORTED;
-    }
-    mb_fwd_cuda *fc = calloc(1, sizeof *fc);
-    if (!fc) return MB_STATUS_NOMEM;
-    fc->m = m;
-    fc->cfg = m->cfg;
-    fc->device = device;
-    fc->max_ctx = max_ctx;
-    fc->chunk_cap = chunk_cap;
-    fc->q_dim = fc->cfg.n_heads * fc->cfg.head_dim;
-    fc->kv_dim = fc->cfg.n_kv_heads * fc->cfg.head_dim;
-    fc->qkv_dim = fc->q_dim + 2 * fc->kv_dim;
-    const char *fz = getenv("MB_CUDA_FUSE");
-    fc->fuse = !(fz && strcmp(fz, "0") == 0);
-    const char *fn = getenv("MB_CUDA_FUSE_NORM");
-    fc->fuse_norm = fc->fuse && !(fn && strcmp(fn, "0") == 0);
-    const char *fq = getenv("MB_CUDA_FUSE_QKV");
-    fc->fuse_qkv = fc->fuse_norm && fq && strcmp(fq, "1") == 0;
-    /* MB_CUDA_FUSE_ATTN=1: the decode attention runs the head pass itself
-     * where its pipelined tiles take the heads (head_dim % 4 == 0, <= 128).
-     * Off: on the H100 a decode step's dense part took 0.250-0.253 ms with
-     * it against 0.230-0.232 without (every one of the attention's blocks
-     * then runs a head pass, serial work in each, where the kernel it
-     * replaces spreads it over warps). */
-    const char *fa = getenv("MB_CUDA_FUSE_ATTN");
-    fc->fuse_attn = fc->fuse && fa && strcmp(fa, "1") == 0 && fc->cfg.head_dim % 4 == 0 &&
-                    fc->cfg.head_dim <= 128;
-    const char *pf = getenv("MB_CUDA_L2_PREFETCH");
-    fc->l2_prefetch = fc->fuse && !(pf && strcmp(pf, "0") == 0);
-    const char *rp = getenv("MB_CUDA_ROUTE_PAIRS");
-    fc->route_pairs = fc->fuse && !(rp && strcmp(rp, "0") == 0);
-    const char *fm = getenv("MB_CUDA_FUSE_MERGE");
-    fc->fuse_merge = fc->fuse && fm && strcmp(fm, "1") == 0;
-    /* As mb_attn_init: a window as wide as the context hides nothing. */
-    fc->window = fc->cfg.sliding_window < max_ctx ? fc->cfg.sliding_window : 0;
-    mb_router r;
-    mb_status st = mb_router_init(&r, &fc->cfg);
-    fc->renorm = r.renorm;
-    if (st == MB_STATUS_OK) st = create_all(fc, progress && isatty(STDERR_FILENO));
-    if (st != MB_STATUS_OK) {
-        snprintf(err, err_cap, "%s", fc->err[0] ? fc->err : mb_status_str(st));
-        mb_fwd_cuda_destroy(fc);
-        return st;
-    }
-    *out = fc;
-    return MB_STATUS_OK;
-}
-
-/* ---- decode profile (MB_CUDA_PROFILE=1) ------------------------------------ */
-
-/* Records an event (or, in graph mode, a clock stamp) after the operation
- * just enqueued, in a profiled step. */
-static void prof_mark(mb_fwd_cuda *fc, const char *label)
-{
-    if (!fc->prof.on || fc->prof.marks < 0 || fc->prof.marks >= fc->prof.cap) return;
-    if (fc->prof.stamps) {
-        if (mb_kcuda_stamp(fc->stream, fc->prof.ts + fc->prof.marks) != 0) return;
-    } else if (cudaEventRecord(fc->prof.ev[fc->prof.marks], fc->stream) != cudaSuccess) {
-        return;
-    }
-    fc->prof.label[fc->prof.marks++] = label;
-}
-
-/* After the step's synchronisation: each gap between marks goes to the
- * label of the mark that ends it. */
-static void prof_collect(mb_fwd_cuda *fc)
-{
-    if (!fc->prof.on || fc->prof.marks < 0) return;
-    if (fc->prof.stamps &&
-        cudaMemcpy(fc->prof.h_ts, fc->prof.ts, (size_t)fc->prof.marks * sizeof *fc->prof.ts,
-                   cudaMemcpyDeviceToHost) != cudaSuccess) {
-        fc->prof.marks = -1;
-        return;
-    }
-    for (int i = 1; i < fc->prof.marks; i++) {
-        float ms = 0;
-        if (fc->prof.stamps) {
-            const unsigned long long a = fc->prof.h_ts[i - 1], b = fc->prof.h_ts[i];
-            ms = b > a ? (float)((double)(b - a) / 1e6) : 0.0f;
-        } else if (cudaEventElapsedTime(&ms, fc->prof.ev[i - 1], fc->prof.ev[i]) != cudaSuccess) {
-            continue;
-        }
-        int r = 0;
-        while (r < fc->prof.rows && strcmp(fc->prof.row[r].label, fc->prof.label[i]) != 0) r++;
-        if (r == fc->prof.rows) {
-            if (r == (int)(sizeof fc->prof.row / sizeof fc->prof.row[0])) continue;
-            fc->prof.row[fc->prof.rows++].label = fc->prof.label[i];
-        }
-        fc->prof.row[r].ms += ms;
-    }
-    fc->prof.steps++;
-    fc->prof.marks = -1;
-}
-
-static void prof_print(const mb_fwd_cuda *fc)
-{
-    if (!fc->prof.on || fc->prof.steps == 0) return;
-    double total = 0;
-    for (int r = 0; r < fc->prof.rows; r++) total += fc->prof.row[r].ms;
-    fprintf(stderr, "cuda decode profile: %llu steps, %u layers, %s, %.1f us a step\n",
-            (unsigned long long)fc->prof.steps, fc->cfg.n_layers,
-            fc->prof.stamps ? "whole-step graphs, clock stamps between operations (each a launch)"
-                            : "no graphs, event gaps",
-            1e3 * total / (double)fc->prof.steps);
-    fprintf(stderr, "  %-34s %10s %10s %7s\n", "operation", "us/step", "us/layer", "share");
-    for (int r = 0; r < fc->prof.rows; r++) {
-        double us = 1e3 * fc->prof.row[r].ms / (double)fc->prof.steps;
-        fprintf(stderr, "  %-34s %10.1f %10.2f %6.1f%%\n", fc->prof.row[r].label, us,
-                us / (fc->cfg.n_layers ? fc->cfg.n_layers : 1), 100.0 * fc->prof.row[r].ms / total);
-    }
-}
-
-void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
-{
-    if (!fc) return;
-    cudaSetDevice(fc->device);
-    if (fc->stream) cudaStreamSynchronize(fc->stream);
-    for (size_t i = 0; i < fc->n_allocs; i++) cudaFree(fc->allocs[i]);
-    cudaFreeHost(fc->h_xfer);
-    cudaFreeHost(fc->h_moe);
-    cudaFreeHost(fc->h_logits);
-    cudaFreeHost(fc->h_tok);
-    if (fc->copied) cudaEventDestroy(fc->copied);
-    if (fc->fork) cudaEventDestroy(fc->fork);
-    if (fc->join) cudaEventDestroy(fc->join);
-    if (fc->t0) cudaEventDestroy(fc->t0);
-    if (fc->t1) cudaEventDestroy(fc->t1);
-    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
-        if (fc->wait && fc->wait[l]) cudaEventDestroy(fc->wait[l]);
-        if (fc->resume && fc->resume[l]) cudaEventDestroy(fc->resume[l]);
-    }
-    free(fc->wait);
-    free(fc->resume);
-    for (uint32_t l = 0; l < fc->cfg.n_layers; l++) {
-        if (fc->graph_b && fc->graph_b[l]) cudaGraphExecDestroy(fc->graph_b[l]);
-        if (fc->graph_e && fc->graph_e[l]) cudaGraphExecDestroy(fc->graph_e[l]);
-    }
-    if (fc->graph_a) cudaGraphExecDestroy(fc->graph_a);
-    if (fc->graph_step) cudaGraphExecDestroy(fc->graph_step);
-    free(fc->graph_b);
-    free(fc->graph_e);
-    cudaFreeHost(fc->h_pos);
-    mb_cuda_local_moe_destroy(fc->local);
-    free(fc->routed_acc);
-    free(fc->local_layer_ns);
-    prof_print(fc);
-    for (int i = 0; fc->prof.ev && i < fc->prof.cap; i++)
-        if (fc->prof.ev[i]) cudaEventDestroy(fc->prof.ev[i]);
-    free(fc->prof.ev);
-    free(fc->prof.label);
-    cudaFreeHost(fc->prof.h_ts);
-    if (fc->stream) cudaStreamDestroy(fc->stream);
-    if (fc->side) cudaStreamDestroy(fc->side);
-    cudaGetLastError();
-    free(fc->allocs);
-    free(fc->layers);
-    free(fc);
-}
+#include "broker/device/forward_cuda_internal.h"
 
 /* ---- the layer loop -------------------------------------------------------- */
 
@@ -861,7 +23,7 @@ void mb_fwd_cuda_destroy(mb_fwd_cuda *fc)
 
 static mb_status fail(mb_fwd_cuda *fc, int e, const char *what)
 {
-    set_err(fc, "cuda:%d: %s: %s", fc->device, what, mb_kcuda_error_str(e));
+    mb_fwdc_set_err(fc, "cuda:%d: %s: %s", fc->device, what, mb_kcuda_error_str(e));
     return MB_STATUS_DEVICE;
 }
 
@@ -898,7 +60,7 @@ static mb_status o_proj(mb_fwd_cuda *fc, uint32_t l, uint32_t n, int nig)
 {
     K(linear(fc, &fc->layers[l].wo, fc->att, fc->q_dim, n, fc->x, fc->cfg.d_model,
              nig && l ? fc->moe : NULL, 1));
-    prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
+    mb_fwdc_prof_mark(fc, nig && l ? "o_proj + experts + residual" : "o_proj + residual");
     return MB_STATUS_OK;
 }
 
@@ -915,7 +77,7 @@ static mb_status attention_rest(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_
     else
         K(mb_kcuda_attention(fc->stream, &D->kv, s, pos, n, fc->qkv, ld, fc->att, fc->q_dim,
                              fc->work, fc->work_floats));
-    prof_mark(fc, "attention (+ merge)");
+    mb_fwdc_prof_mark(fc, "attention (+ merge)");
     return o_proj(fc, l, n, nig);
 }
 
@@ -981,11 +143,12 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
                 K(mb_kcuda_qkv_rope_store(fc->stream, W->dtype, W->w, W->cols, &in, qkv, D->bqkv,
                                           c->n_heads, D->q_norm, D->k_norm, c->rms_eps, pos,
                                           fc->cos, fc->sin, il, &D->kv, fc->qkv_done));
-            prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj + head norms + rope + kv store");
+            mb_fwdc_prof_mark(fc,
+                              "(+ experts) attn rmsnorm + qkv_proj + head norms + rope + kv store");
             return attention_rest(fc, l, n, pos, p, &s, nig);
         }
         K(mb_kcuda_linear_norm(fc->stream, W->dtype, W->w, W->rows, W->cols, &in, qkv, D->bqkv, 0));
-        prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj");
+        mb_fwdc_prof_mark(fc, "(+ experts) attn rmsnorm + qkv_proj");
         /* o_proj's and the router's weights stream into L2 while the head
          * pass and attention, latency-bound, run; a staged o_proj streams
          * its own into shared memory then. */
@@ -998,7 +161,7 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
         else
             K(mb_kcuda_add_rmsnorm(fc->stream, xn, d, fc->x, d, fc->moe, d, n, c->d_model,
                                    D->attn_norm, c->rms_eps));
-        prof_mark(fc, "(+ experts) attn rmsnorm");
+        mb_fwdc_prof_mark(fc, "(+ experts) attn rmsnorm");
         if (D->wqkv.w) {
             K(linear(fc, &D->wqkv, xn, d, n, qkv, ld, D->bqkv, 0));
         } else {
@@ -1006,13 +169,13 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
             K(linear(fc, &D->wk, xn, d, n, qkv + fc->q_dim, ld, D->bk, 0));
             K(linear(fc, &D->wv, xn, d, n, qkv + fc->q_dim + fc->kv_dim, ld, D->bv, 0));
         }
-        prof_mark(fc, "qkv_proj");
+        mb_fwdc_prof_mark(fc, "qkv_proj");
     }
     if (n == 1 && fc->fuse_attn) { /* the head pass inside the attention's blocks */
         K(mb_kcuda_qkp_attention(fc->stream, qkv, ld, D->q_norm, D->k_norm, c->rms_eps, fc->cos,
                                  fc->sin, il, &D->kv, &s, pos, p, fc->att, fc->q_dim, fc->work,
                                  fc->work_floats));
-        prof_mark(fc, "head norms + rope + kv store + attention (+ merge)");
+        mb_fwdc_prof_mark(fc, "head norms + rope + kv store + attention (+ merge)");
         return o_proj(fc, l, n, nig);
     }
     if (p)
@@ -1021,7 +184,7 @@ static mb_status attention_block_fused(mb_fwd_cuda *fc, uint32_t l, uint32_t n, 
     else
         K(mb_kcuda_qk_rope_store(fc->stream, qkv, ld, n, c->n_heads, D->q_norm, D->k_norm, c->rms_eps, pos, fc->cos,
                                  fc->sin, il, &D->kv));
-    prof_mark(fc, "head norms + rope + kv store");
+    mb_fwdc_prof_mark(fc, "head norms + rope + kv store");
     return attention_rest(fc, l, n, pos, p, &s, nig);
 }
 
@@ -1034,19 +197,19 @@ static mb_status attention_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32
     float *xn = fc->xfer;
     const size_t d = c->d_model;
     K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->attn_norm, c->rms_eps));
-    prof_mark(fc, "attn rmsnorm");
+    mb_fwdc_prof_mark(fc, "attn rmsnorm");
     K(linear(fc, &D->wq, xn, d, n, fc->q, fc->q_dim, D->bq, 0));
-    prof_mark(fc, "q_proj");
+    mb_fwdc_prof_mark(fc, "q_proj");
     K(linear(fc, &D->wk, xn, d, n, fc->k, fc->kv_dim, D->bk, 0));
-    prof_mark(fc, "k_proj");
+    mb_fwdc_prof_mark(fc, "k_proj");
     K(linear(fc, &D->wv, xn, d, n, fc->v, fc->kv_dim, D->bv, 0));
-    prof_mark(fc, "v_proj");
+    mb_fwdc_prof_mark(fc, "v_proj");
     if (c->qk_norm) { /* Qwen3: RMSNorm over each head, before RoPE */
         K(mb_kcuda_rmsnorm(fc->stream, fc->q, c->head_dim, fc->q, c->head_dim, n * c->n_heads, c->head_dim,
                            D->q_norm, c->rms_eps));
         K(mb_kcuda_rmsnorm(fc->stream, fc->k, c->head_dim, fc->k, c->head_dim, n * c->n_kv_heads, c->head_dim,
                            D->k_norm, c->rms_eps));
-        prof_mark(fc, "q/k head norms");
+        mb_fwdc_prof_mark(fc, "q/k head norms");
     }
     const int il = c->rope_interleaved != 0;
     const mb_kcuda_attn_shape s = {.n_heads = c->n_heads, .window = fc->window,
@@ -1061,15 +224,15 @@ static mb_status attention_block(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32
     } else {
         K(mb_kcuda_rope(fc->stream, fc->q, fc->q_dim, n, c->n_heads, c->head_dim, pos, fc->cos, fc->sin, il));
         K(mb_kcuda_rope(fc->stream, fc->k, fc->kv_dim, n, c->n_kv_heads, c->head_dim, pos, fc->cos, fc->sin, il));
-        prof_mark(fc, "rope q, k");
+        mb_fwdc_prof_mark(fc, "rope q, k");
         K(mb_kcuda_kv_store(fc->stream, &D->kv, pos, n, fc->k, fc->kv_dim, fc->v, fc->kv_dim));
-        prof_mark(fc, "kv store");
+        mb_fwdc_prof_mark(fc, "kv store");
         K(mb_kcuda_attention(fc->stream, &D->kv, &s, pos, n, fc->q, fc->q_dim, fc->att, fc->q_dim, fc->work,
                              fc->work_floats));
-        prof_mark(fc, "attention (+ merge)");
+        mb_fwdc_prof_mark(fc, "attention (+ merge)");
     }
     K(linear(fc, &D->wo, fc->att, fc->q_dim, n, fc->x, d, NULL, 1));
-    prof_mark(fc, "o_proj + residual");
+    mb_fwdc_prof_mark(fc, "o_proj + residual");
     return MB_STATUS_OK;
 }
 
@@ -1094,7 +257,7 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
                                          .eps = c->rms_eps,
                                          .xn = xn,
                                          .xn2 = fc->local_step ? NULL : dst,
-                                         .xn2_dtype = kcuda_dtype(fc->wire)};
+                                         .xn2_dtype = mb_fwdc_kcuda_dtype(fc->wire)};
             mb_kcuda_route_local loc;
             const int paired = route_paired(fc, n);
             if (paired) {
@@ -1108,32 +271,32 @@ static mb_status route_out(mb_fwd_cuda *fc, uint32_t l, uint32_t n)
             K(mb_kcuda_router_topk_norm_local(fc->stream, R->dtype, R->w, R->rows, R->cols, &in,
                                               fc->rlog, c->top_k, fc->renorm, ids, gate,
                                               fc->route_done, paired ? &loc : NULL));
-            prof_mark(fc, paired           ? "ffn rmsnorm + router + top-k + local pairs"
-                          : fc->local_step ? "ffn rmsnorm + router + top-k"
-                                           : "ffn rmsnorm + router + top-k (to host)");
+            mb_fwdc_prof_mark(fc, paired           ? "ffn rmsnorm + router + top-k + local pairs"
+                                  : fc->local_step ? "ffn rmsnorm + router + top-k"
+                                                   : "ffn rmsnorm + router + top-k (to host)");
             return MB_STATUS_OK;
         }
         if (fc->local_step)
             K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
         else
-            K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, dst, kcuda_dtype(fc->wire), d, fc->x, d, n,
-                                    c->d_model, D->ffn_norm, c->rms_eps));
-        prof_mark(fc, fc->local_step ? "ffn rmsnorm" : "ffn rmsnorm (+ to host)");
+            K(mb_kcuda_rmsnorm_copy(fc->stream, xn, d, dst, mb_fwdc_kcuda_dtype(fc->wire), d, fc->x,
+                                    d, n, c->d_model, D->ffn_norm, c->rms_eps));
+        mb_fwdc_prof_mark(fc, fc->local_step ? "ffn rmsnorm" : "ffn rmsnorm (+ to host)");
         K(mb_kcuda_router_topk(fc->stream, R->dtype, R->w, R->rows, R->cols, xn, d, n, fc->rlog, c->top_k, fc->renorm,
                                (int32_t *)(dst + n * d), dst + n * (d + k), fc->route_done));
-        prof_mark(fc, fc->local_step ? "router + top-k" : "router + top-k (to host)");
+        mb_fwdc_prof_mark(fc, fc->local_step ? "router + top-k" : "router + top-k (to host)");
         return MB_STATUS_OK;
     }
     K(mb_kcuda_rmsnorm(fc->stream, xn, d, fc->x, d, n, c->d_model, D->ffn_norm, c->rms_eps));
-    prof_mark(fc, "ffn rmsnorm");
+    mb_fwdc_prof_mark(fc, "ffn rmsnorm");
     K(linear(fc, &D->router, xn, d, n, fc->rlog, c->n_experts, NULL, 0));
-    prof_mark(fc, "router GEMV");
+    mb_fwdc_prof_mark(fc, "router GEMV");
     K(mb_kcuda_route_topk(fc->stream, fc->rlog, n, c->n_experts, c->top_k, fc->renorm, (int32_t *)(xn + n * d),
                           xn + n * (d + k)));
-    prof_mark(fc, "top-k");
+    mb_fwdc_prof_mark(fc, "top-k");
     cudaError_t e = cudaMemcpyAsync(fc->h_xfer, fc->xfer, (size_t)n * (d + 2 * k) * sizeof(float),
                                     cudaMemcpyDeviceToHost, fc->stream);
-    prof_mark(fc, "copy to host (xn|ids|gate)");
+    mb_fwdc_prof_mark(fc, "copy to host (xn|ids|gate)");
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the routed tokens to the host");
 }
 
@@ -1158,7 +321,7 @@ static mb_status segment_e(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     else
         K(mb_cuda_local_moe_enqueue(fc->local, fc->stream, l, xn, (const int32_t *)(xn + n * d),
                                     xn + n * (d + k), n, fc->moe));
-    prof_mark(fc, "local experts (same device)");
+    mb_fwdc_prof_mark(fc, "local experts (same device)");
     return MB_STATUS_OK;
 }
 
@@ -1179,12 +342,12 @@ static mb_status segment_b(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         cudaError_t e =
             cudaMemcpyAsync(fc->moe, fc->h_moe, (size_t)n * d * sizeof(float), cudaMemcpyHostToDevice, fc->stream);
         if (e != cudaSuccess) return fail(fc, e, "copying the experts' sums to the device");
-        prof_mark(fc, "copy sums to device");
+        mb_fwdc_prof_mark(fc, "copy sums to device");
     }
     if (ff) K(linear(fc, &fc->layers[l].sh_down, fc->sh_g, ff, n, fc->moe, d, NULL, 1));
     /* Fused: the next norm (the next layer's, or the final one) adds moe. */
     if (!fc->fuse) K(mb_kcuda_add(fc->stream, fc->x, fc->moe, (size_t)n * d));
-    prof_mark(fc, "shared down + residual add");
+    mb_fwdc_prof_mark(fc, "shared down + residual add");
     return MB_STATUS_OK;
 }
 
@@ -1243,7 +406,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
         K(linear(fc, &D->sh_up, xn, d, n, fc->sh_u, ff, NULL, 0));
         K(linear(fc, &D->sh_sg, xn, d, n, fc->sh_s, 1, NULL, 0));
         K(mb_kcuda_silu_mul(fc->stream, fc->sh_g, fc->sh_u, ff, n, (uint32_t)ff, fc->sh_s));
-        prof_mark(fc, "shared expert gate/up (overlapped)");
+        mb_fwdc_prof_mark(fc, "shared expert gate/up (overlapped)");
     }
     if (fc->local_step) {
         /* Nothing to wait for, so no idle gap to time (head() knows). The
@@ -1282,7 +445,7 @@ static mb_status run_layer(mb_fwd_cuda *fc, uint32_t l, uint32_t n, uint32_t pos
     if (st != MB_STATUS_OK) return st;
     e = cudaEventRecord(fc->resume[l], fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "recording the experts' return");
-    prof_mark(fc, "(idle: host waits for the experts)");
+    mb_fwdc_prof_mark(fc, "(idle: host waits for the experts)");
     if (l + 1 < c->n_layers) return run_segment(fc, &fc->graph_b[l], segment_ba, l, n, pos);
     return run_segment(fc, &fc->graph_b[l], segment_b, l, n, pos);
 }
@@ -1336,7 +499,7 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
                                    fc->logits_direct ? fc->logits_direct : fc->logits_last, NULL,
                                    0));
             if (fc->logits_direct) {
-                prof_mark(fc, "final norm + lm_head (logits to host)");
+                mb_fwdc_prof_mark(fc, "final norm + lm_head (logits to host)");
                 return MB_STATUS_OK;
             }
         } else {
@@ -1344,10 +507,10 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
             K(linear(fc, W, xn, d, 1, fc->logits_last, V, NULL, 0));
         }
         e = cudaMemcpyAsync(fc->h_logits, fc->logits_last, V * sizeof(float), cudaMemcpyDeviceToHost, fc->stream);
-        prof_mark(fc, "final norm + lm_head + logits copy");
+        mb_fwdc_prof_mark(fc, "final norm + lm_head + logits copy");
         return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the logits");
     }
-    prof_mark(fc, "final norm + lm_head + logits copy");
+    mb_fwdc_prof_mark(fc, "final norm + lm_head + logits copy");
     if (e == cudaSuccess && fc->local_step) e = (cudaError_t)mb_cuda_local_moe_flush(fc->local, fc->stream);
     return e == cudaSuccess ? MB_STATUS_OK : fail(fc, e, "copying the logits");
 }
@@ -1358,7 +521,7 @@ static mb_status head_enqueue(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
 static mb_status enqueue_chunk(mb_fwd_cuda *fc, uint32_t n, uint32_t pos, int decode,
                                mb_moe_fn moe_fn, void *moe_ctx, float *logits, float *last_logits)
 {
-    prof_mark(fc, "start");
+    mb_fwdc_prof_mark(fc, "start");
     cudaError_t e = cudaMemcpyAsync(fc->tok, fc->h_tok, n * sizeof(int32_t), cudaMemcpyHostToDevice,
                                     fc->stream);
     if (e == cudaSuccess && use_graph(fc, n))
@@ -1366,7 +529,7 @@ static mb_status enqueue_chunk(mb_fwd_cuda *fc, uint32_t n, uint32_t pos, int de
                             fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
     K(mb_kcuda_embed(fc->stream, fc->embed.dtype, fc->embed.w, fc->cfg.d_model, fc->tok, n, fc->x));
-    prof_mark(fc, "token copy + embed");
+    mb_fwdc_prof_mark(fc, "token copy + embed");
     for (uint32_t l = 0; l < fc->cfg.n_layers; l++)
         MB_TRY(run_layer(fc, l, n, pos, decode, moe_fn, moe_ctx));
     return head_enqueue(fc, n, logits, last_logits);
@@ -1414,7 +577,7 @@ static mb_status finish_chunk(mb_fwd_cuda *fc, uint32_t n, float *logits, float 
     cudaError_t e = cudaEventRecord(fc->t1, fc->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(fc->stream);
     if (e != cudaSuccess) return fail(fc, e, "finishing the step");
-    prof_collect(fc);
+    mb_fwdc_prof_collect(fc);
     uint64_t local_ns = 0;
     if (fc->local_step) {
         local_ns = mb_cuda_local_moe_take_ns(fc->local, c->n_layers, fc->local_layer_ns);
@@ -1447,8 +610,8 @@ mb_status mb_fwd_cuda_chunk(mb_fwd_cuda *fc, const int32_t *ids, uint32_t n, uin
     if (e == cudaSuccess) e = cudaStreamSynchronize(fc->stream);
     if (e == cudaSuccess && logits &&
         !fc->logits_all) /* [chunk][vocab] is large: only runs that ask for every position pay */
-        e = dev_alloc(fc, (size_t)fc->chunk_cap * fc->cfg.vocab * sizeof(float),
-                      (void **)&fc->logits_all);
+        e = mb_fwdc_dev_alloc(fc, (size_t)fc->chunk_cap * fc->cfg.vocab * sizeof(float),
+                              (void **)&fc->logits_all);
     if (e != cudaSuccess) return fail(fc, e, "starting the step");
     memcpy(fc->h_tok, ids, n * sizeof(int32_t));
     *fc->h_pos = pos;
