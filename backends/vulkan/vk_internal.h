@@ -1,7 +1,7 @@
 /* Private state of the Vulkan backend, shared by its files: vk_device.c
  * (the small helper layer over the loader: instance, physical devices,
- * logical device and queue, buffers, host-memory import, pipelines, error
- * mapping), vk_backend.c (open, close, capabilities, the function table),
+ * logical device and queue, pipelines, error mapping), vk_buffer.c
+ * (buffers, host-memory import), vk_backend.c (open, close, capabilities, the function table),
  * vk_weights.c (expert slots in device-local arenas, uploads through
  * host-visible staging), vk_host.c (registered host memory, imported where
  * VK_EXT_external_memory_host allows), vk_record.c (a request's path and
@@ -145,6 +145,8 @@ mb_status mb_vk_ctx_init(mb_vk_ctx *ctx, int index, int coopmat, uint32_t cm2_ti
                          int down_default, int cm2_bf16);
 void mb_vk_ctx_fini(mb_vk_ctx *ctx);
 
+/* vk_buffer.c */
+
 /* Allocates a buffer of bytes (> 0) with storage, transfer and
  * device-address usage (plus extra_usage) in memory of kind. NOMEM when
  * the device has no room. */
@@ -160,6 +162,8 @@ void mb_vk_buffer_destroy(mb_vk_ctx *ctx, mb_vk_buffer *b);
  * nothing printed: callers fall back to staging. out->map is NULL (the host
  * has ptr). */
 mb_status mb_vk_buffer_import(mb_vk_ctx *ctx, void *ptr, VkDeviceSize bytes, mb_vk_buffer *out);
+
+/* vk_device.c, continued */
 
 /* The compute pipeline of shader with specialisation constants
  * spec[0..MB_VK_SPECS), created on first use and cached for the context's
