@@ -32,7 +32,10 @@ row X=default MB_CUDA_DOWN8=1 X=default MB_CUDA_DOWN8=1 | tee "$OUT/rows27.txt"
 # Where the IPC time of the GPU coordinator with two CPU workers goes (the
 # statistics table per backend, and each side's receive waits by length,
 # MB_SHM_STATS): with the default 1 ms ring spin, then with workers that
-# spin 20 ms (do they sleep between layers?).
+# spin 20 ms (do they sleep between layers?). A CPU worker's thread pool
+# spins as long as its ring (twelfth session). The row's "ipc share" is
+# the critical path's (each dispatch's wall less its slowest worker's
+# compute), "sum share" the figure summed over workers, as before.
 for sp in default 20000; do
     under $((L - 70)) "ipc $sp" || break
     a=(); [ $sp = default ] || a=(--shm-spin $sp)
