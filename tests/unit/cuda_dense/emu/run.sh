@@ -7,7 +7,7 @@
 # existing build. It checks indexing, barriers and results, not speed or
 # the GPU's own rounding (no FMA contraction).
 #   tests/unit/cuda_dense/emu/run.sh [build dir, default build/dev] [dense|quant|backend]
-#   dense:   tests/unit/cuda_dense/test_dense_cuda.c on kernels/cuda/dense_*.cu
+#   dense:   tests/unit/cuda_dense/*.c (test_dense_cuda) on kernels/cuda/dense_*.cu
 #   quant:   tests/unit/cuda_quant/test_quant_cuda_kernels.c on kernels/cuda/moe_*.cu
 #            (the MoE pipeline with quantized weights, every path)
 #   backend: tests/parity/backends/test_backend_ops.c cuda, the CUDA backend
@@ -32,7 +32,7 @@ OUT=${OUT:-$R/build/emu}
 SAN=${SAN--fsanitize=address,undefined -fno-omit-frame-pointer}
 CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
 case "$MODE" in
-  dense) KERNELS="dense_"; TEST="$R/tests/unit/cuda_dense/test_dense_cuda.c" ;;
+  dense) KERNELS="dense_"; TEST="$R/tests/unit/cuda_dense/*.c" ;; # one test, several files
   quant) KERNELS="moe_"; TEST="$R/tests/unit/cuda_quant/test_quant_cuda_kernels.c" ;;
   backend) KERNELS="moe_"; TEST="$R/tests/parity/backends/test_backend_ops.c" ;;
   *) echo "usage: run.sh [build dir] [dense|quant|backend]" >&2; exit 2 ;;
@@ -59,20 +59,28 @@ for f in $GSRCS; do
   objs="$objs $o"
 done
 g++ -std=c++17 $FLAGS -c "$E/emu.cpp" -o "$OUT/obj/$MODE/emu.o"
-gcc -std=c11 -D_GNU_SOURCE $FLAGS -c "$TEST" -o "$OUT/obj/$MODE/test.o"
+# The test's objects, in their own folder: a test file may share its name
+# with a kernel's.
+mkdir -p "$OUT/obj/$MODE/test"
+tobjs=""
+for f in $TEST; do
+  o="$OUT/obj/$MODE/test/$(basename "$f" .c).o"
+  gcc -std=c11 -D_GNU_SOURCE $FLAGS -c "$f" -o "$o"
+  tobjs="$tobjs $o"
+done
 if [ "$MODE" = dense ]; then
-  g++ $SAN -o "$OUT/test_dense_emu" "$OUT/obj/dense/test.o" $objs "$OUT/obj/dense/emu.o" \
+  g++ $SAN -o "$OUT/test_dense_emu" $tobjs $objs "$OUT/obj/dense/emu.o" \
     "$B/broker/libmb_broker.a" "$B/backends/libmb_backends.a" "$B/shm/libmb_shm.a" "$B/protocol/libmb_protocol.a" \
     "$B/kernels/libmb_kernels.a" -lnuma -lzmq -lcjson -lpcre2-8 -lutf8proc -lpthread -lm -ldl -lrt
   ASAN_OPTIONS=detect_leaks=0 "$OUT/test_dense_emu"
 elif [ "$MODE" = quant ]; then
-  g++ $SAN -o "$OUT/test_quant_emu" "$OUT/obj/quant/test.o" $objs "$OUT/obj/quant/emu.o" \
+  g++ $SAN -o "$OUT/test_quant_emu" $tobjs $objs "$OUT/obj/quant/emu.o" \
     "$B/protocol/libmb_protocol.a" "$B/kernels/libmb_kernels.a" -lpthread -lm
   ASAN_OPTIONS=detect_leaks=0 "$OUT/test_quant_emu"
 else
   VK=""
   [ -f "$B/kernels/libmb_kernels_vulkan.a" ] && VK="$B/kernels/libmb_kernels_vulkan.a -lvulkan"
-  g++ $SAN -o "$OUT/test_backend_ops_emu" "$OUT/obj/backend/test.o" $objs "$OUT/obj/backend/emu.o" \
+  g++ $SAN -o "$OUT/test_backend_ops_emu" $tobjs $objs "$OUT/obj/backend/emu.o" \
     "$B/backends/libmb_backends.a" "$B/shm/libmb_shm.a" "$B/protocol/libmb_protocol.a" "$B/kernels/libmb_kernels.a" \
     $VK -lnuma -lzmq -lpthread -lm -ldl -lrt
   for path in ${MB_EMU_PATHS:-auto gemv gemm cublas}; do
