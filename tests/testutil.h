@@ -7,7 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static int mb_test_failures_;
+/* The failed checks, one counter for the whole executable: a weak
+ * definition in every file that includes this header, which the linker
+ * merges, so that a test split over several files counts the checks of
+ * each (a static counter per file would lose all but main's). */
+__attribute__((weak)) int mb_test_failures_;
 
 /* MB_TEST_TSAN: a ThreadSanitizer build, where every memory access is
  * checked and the CPU kernels run many times slower. The integration suite

@@ -83,14 +83,4 @@ void test_refusals(void);
 /* test_dense_bench.c: `--bench`, after the checks */
 void dense_bench(void);
 
-/* tests/testutil.h counts failed checks in a static, one count per source
- * file, and mb_test_finish reads main's alone: each file with checks hands
- * its count to main through these. */
-int dense_ops_failures(void);
-int dense_attention_failures(void);
-int dense_route_failures(void);
-int dense_fused_failures(void);
-int dense_norm_in_failures(void);
-int dense_refusals_failures(void);
-
 #endif

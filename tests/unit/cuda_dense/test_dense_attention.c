@@ -220,8 +220,3 @@ void test_merge(void)
     for (size_t i = 0; i < sizeof cfgs / sizeof *cfgs; i++)
         attn_run(&cfgs[i]);
 }
-
-int dense_attention_failures(void)
-{
-    return mb_test_failures_;
-}

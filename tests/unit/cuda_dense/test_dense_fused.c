@@ -473,8 +473,3 @@ void test_fused(void)
                           v % 2 ? 17 : 0, v % 2, (v / 2) % 2, v % 3 != 0, (v + 1) % 2);
         }
 }
-
-int dense_fused_failures(void)
-{
-    return mb_test_failures_;
-}

@@ -307,8 +307,3 @@ void test_norm_in(void)
             router_norm_case(dt, rs[r][0], rs[r][1], rs[r][2], (int)(r & 1),
                              (int)((r + (size_t)dt) % 2));
 }
-
-int dense_norm_in_failures(void)
-{
-    return mb_test_failures_;
-}

@@ -430,8 +430,3 @@ void test_drain(void)
     CHECK(mb_kcuda_drain(NULL, d, NULL, 4, 0) != 0);
     cudaFree(d);
 }
-
-int dense_ops_failures(void)
-{
-    return mb_test_failures_;
-}

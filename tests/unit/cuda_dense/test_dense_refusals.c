@@ -69,8 +69,3 @@ void test_refusals(void)
     cudaFree(d);
     cudaFree(di);
 }
-
-int dense_refusals_failures(void)
-{
-    return mb_test_failures_;
-}

@@ -125,8 +125,3 @@ void test_route(void)
     route_nan_case(128, 8);
     route_nan_case(60, 32);
 }
-
-int dense_route_failures(void)
-{
-    return mb_test_failures_;
-}

@@ -10,7 +10,7 @@
 #   dense:   tests/unit/cuda_dense/*.c (test_dense_cuda) on kernels/cuda/dense_*.cu
 #   quant:   tests/unit/cuda_quant/test_quant_cuda_kernels.c on kernels/cuda/moe_*.cu
 #            (the MoE pipeline with quantized weights, every path)
-#   backend: tests/parity/backends/test_backend_ops.c cuda, the CUDA backend
+#   backend: tests/parity/backends/*.c (test_backend_ops) cuda, the CUDA backend
 #            (backends/cuda/, from the build's libmb_backends.a) on the
 #            emulated moe_*.cu: quantized groups only, requests of up to 64
 #            tokens, AUTO and then each path forced (MB_CUDA_PATH); MB_EMU_ONLY=elem
@@ -34,7 +34,7 @@ CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
 case "$MODE" in
   dense) KERNELS="dense_"; TEST="$R/tests/unit/cuda_dense/*.c" ;; # one test, several files
   quant) KERNELS="moe_"; TEST="$R/tests/unit/cuda_quant/test_quant_cuda_kernels.c" ;;
-  backend) KERNELS="moe_"; TEST="$R/tests/parity/backends/test_backend_ops.c" ;;
+  backend) KERNELS="moe_"; TEST="$R/tests/parity/backends/*.c" ;; # test_backend_ops
   *) echo "usage: run.sh [build dir] [dense|quant|backend]" >&2; exit 2 ;;
 esac
 # Generated anew each run: a kernel file removed from the tree must not
