@@ -97,8 +97,10 @@ static const knob knobs[MB_OPTION_COUNT_] = {
     [MB_OPTION_SHM_SPIN] = {.flag = "shm-spin", .env = "MB_SHM_SPIN", .kind = KNOB_U32, .offset = OFF(shm_spin_us),
                             .min = 0, .max = 20000, .arg = "US", .dflt = "30, 1000 with --device cuda",
                             .help = "shm workers: both sides busy-wait this long for the next message\n"
-                                    "before sleeping (0: never spin); a wait longer than the spin\n"
-                                    "pays a futex wake-up, a longer spin burns a core while idle"},
+                                    "before sleeping (0: never spin), and a CPU worker's compute\n"
+                                    "threads as long when it passes their own 1 ms; a wait longer\n"
+                                    "than the spin pays a futex wake-up, a longer spin burns a core\n"
+                                    "while idle"},
     [MB_OPTION_THREADS] = {.flag = "threads", .env = "MB_THREADS", .kind = KNOB_U32,
                            .offset = OFF(threads), .max = 1024, .arg = "N", .dflt = "0 (auto)",
                            .help = "coordinator threads (attention, local experts)"},
