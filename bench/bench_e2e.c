@@ -55,8 +55,6 @@ typedef struct {
     uint64_t pre_ns, dec_ns; /* over all repeats */
     mb_bench_samples steps;  /* decode step times */
     int same_tokens;         /* generated what the first lane generated */
-    /* Per phase: wall time inside the dispatcher, and the part of it the
-     * slowest backend of each call spent computing (its critical path). */
 } be_lane;
 
 static mb_status be_moe(void *ctx, const mb_moe_work *w)

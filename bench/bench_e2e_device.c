@@ -320,8 +320,8 @@ int main(int argc, char **argv)
     printf("device copy %.0f GB/s (read-equivalent %.0f GB/s%s); dense bytes per decode token %.1f MiB -> %.3f ms "
            "ideal\n",
            copy_gbs, read_gbs, ce ? ", FAILED" : "", (double)dense_b / (1 << 20), dense_ideal_ms);
-    printf("%-6s %-5s %11s %11s %9s %10s %10s %9s %9s %9s %9s\n", "coord", "case", "prefill t/s",
-           "decode t/s", "step ms", "dense ms", "expert ms", "ipc ms", "ipc share", "ipc sum",
+    printf("%-6s %-5s %11s %11s %9s %10s %10s %9s %10s %9s %9s\n", "coord", "case", "prefill t/s",
+           "decode t/s", "step ms", "dense ms", "expert ms", "crit ipc", "crit share", "ipc sum",
            "sum share");
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "device", dname);
@@ -341,7 +341,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < 3; i++) {
             if (!(a.cases & (1u << i))) continue;
             const double k = r[i].step_ms > 0 ? 100 / r[i].step_ms : 0;
-            printf("%-6s %-5s %11.1f %11.2f %9.3f %10.3f %10.3f %9.3f %8.2f%% %9.3f %8.1f%%\n",
+            printf("%-6s %-5s %11.1f %11.2f %9.3f %10.3f %10.3f %9.3f %9.2f%% %9.3f %8.1f%%\n",
                    c == 0 ? "cuda" : "cpu", names[i], r[i].prefill_tps, r[i].decode_tps,
                    r[i].step_ms, r[i].dense_ms, r[i].wait_ms, r[i].crit_ipc_ms,
                    k * r[i].crit_ipc_ms, r[i].ipc_ms, k * r[i].ipc_ms);
@@ -362,7 +362,8 @@ int main(int argc, char **argv)
                "critical path "
                "(goal <= 2%%), %.2f%% summed over the workers\n",
                100 * share, 100 * summed);
-        mb_bench_goal(goals, "decode_ipc_share_local_workers", share, "<= 0.02", share <= 0.02);
+        mb_bench_goal(goals, "decode_ipc_critical_share_local_workers", share, "<= 0.02",
+                      share <= 0.02);
     }
     char *text = cJSON_Print(root);
     int rc = mb_bench_emit_json(text, a.json_path, "bench_e2e_device");

@@ -510,6 +510,7 @@ static void mb_dlink_restart(mb_dlink *l)
     l->n_inflight = 0;
     l->next = 0;
     l->last_reply_ns = 0;
+    l->compute_ns = 0; /* the lane's share is computed again, elsewhere */
 }
 
 /* d->lost failed during layer w: lets every other lane's requests in flight
@@ -707,17 +708,22 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
     /* The backends compute side by side: the slowest one's compute is the
      * part of this call that is expert work; the rest of its wall time
      * (packing, transport, wake-ups, unpacking, the sum) is IPC on the
-     * step's critical path. Lanes rerouted onto one worker (failover)
-     * computed one after the other there. */
+     * step's critical path. A worker's requests are summed, and lanes
+     * rerouted onto one worker (failover) with them: an approximation for
+     * a GPU worker whose requests in flight overlap, so the figure is
+     * capped at the call's wall time (as against a worker reporting
+     * nonsense). */
+    const uint64_t wall = mb_now_ns() - t_start;
     uint64_t critical = 0;
     for (uint32_t i = 0; i < c->n_links; i++) {
         uint64_t worker = 0;
         for (uint32_t j = 0; j < c->n_links; j++)
-            if (d->dl[j].via == d->dl[i].via) worker += d->dl[j].compute_ns;
+            if (d->dl[j].via == d->dl[i].via)
+                worker += d->dl[j].compute_ns < wall ? d->dl[j].compute_ns : wall;
         if (worker > critical) critical = worker;
     }
-    d->acc_critical_ns += critical;
-    d->acc_dispatch_ns += mb_now_ns() - t_start;
+    d->acc_critical_ns += critical < wall ? critical : wall;
+    d->acc_dispatch_ns += wall;
     d->acc_wait_ns += waited;
     return MB_STATUS_OK;
 fail:

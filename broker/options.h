@@ -108,7 +108,7 @@ typedef struct {
     uint32_t batch_capacity;     /* tokens per batched message, 1..4096, default 1024 */
     uint32_t stream_slice;       /* tokens per stream slice, 1..4096, default 4 */
     mb_dtype payload_dtype;      /* activations on the wire, default f32 */
-    uint32_t shm_spin_us;        /* shm: busy-wait before sleeping, 0..1000 us, default 30 */
+    uint32_t shm_spin_us;        /* shm: busy-wait before sleeping, 0..20000 us, default 30 */
     uint32_t threads;            /* coordinator threads, 0 = auto */
     char *device;                /* --device cpu|cuda[:N]; NULL = cpu */
     int cuda_device;             /* from device: the GPU the dense part runs on, -1 = CPU */

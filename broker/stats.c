@@ -171,7 +171,7 @@ mb_status mb_stats_record_step(mb_stats *s, mb_stats_phase phase, uint64_t n_tok
         const uint64_t ipc_ns = dispatch_ns > critical_ns ? dispatch_ns - critical_ns : 0;
         int n = fprintf(s->step_file,
                         "{\"step\":%llu,\"phase\":\"%s\",\"tokens\":%llu,\"step_ms\":%.6f,"
-                        "\"dispatch_ms\":%.6f,\"wait_ms\":%.6f,\"ipc_ms\":%.6f}\n",
+                        "\"dispatch_ms\":%.6f,\"wait_ms\":%.6f,\"crit_ipc_ms\":%.6f}\n",
                         (unsigned long long)s->step_index, mb_stats_phase_name(phase),
                         (unsigned long long)n_tokens, (double)step_ns / 1e6,
                         (double)dispatch_ns / 1e6, (double)wait_ns / 1e6, (double)ipc_ns / 1e6);

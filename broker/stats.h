@@ -58,8 +58,8 @@ typedef struct {
     uint64_t time_ns;     /* step wall time */
     uint64_t dispatch_ns; /* time inside expert dispatch */
     uint64_t wait_ns;     /* time the dispatcher waited on workers */
-    uint64_t critical_ns; /* per dispatch call, the slowest backend's expert compute: dispatch_ns -
-                             critical_ns is the IPC on the steps' critical path */
+    uint64_t critical_ns; /* per dispatch call, the slowest backend's expert compute (a compute
+                             time): dispatch_ns - critical_ns is the IPC on the critical path */
     uint64_t device_ns;   /* the coordinator's GPU busy (CUDA events; its waits for the experts excluded; 0 on the CPU) */
 } mb_stats_steps;
 
@@ -96,8 +96,8 @@ mb_status mb_stats_record_call(mb_stats *s, uint32_t backend, uint32_t layer, mb
 /* Adds one forward step to phase's totals (the times as
  * mb_dispatch_take_times gives them) and, when a step-timing file is open,
  * appends one JSON line to its stdio buffer (no flush per line):
- * {"step":N,"phase":"prefill","tokens":T,"step_ms":..,"dispatch_ms":..,"wait_ms":..,"ipc_ms":..}
- * where ipc_ms is dispatch less critical.
+ * {"step":N,"phase":"prefill","tokens":T,"step_ms":..,"dispatch_ms":..,"wait_ms":..,"crit_ipc_ms":..}
+ * where crit_ipc_ms is dispatch less critical (the IPC on the critical path).
  * N counts steps from 0 over both phases. s == NULL is a no-op returning OK;
  * MB_STATUS_INVALID_ARG for a bad phase. A write error surfaces at
  * mb_stats_close_step_timing. */
@@ -205,8 +205,10 @@ const char *mb_stats_phase_name(int phase);
 
 /* Prints the human table: a row per backend and phase with calls, tokens,
  * MiB sent and received, and pack/send/wait/unpack/worker-compute ms; per
- * phase, step time, the IPC time (pack+send+unpack+(wait-worker) summed over
- * backends), its ratio to the step time ("ipc/step": above 1x when backends
+ * phase, step time, dispatch and wait time, the IPC on the critical path
+ * (dispatch less each call's slowest backend's compute) and its share of the
+ * step time ("crit ipc"), the IPC time (pack+send+unpack+(wait-worker)
+ * summed over backends), its ratio to the step time ("ipc/step": above 1x when backends
  * overlap) and the coordinator's pack+send+unpack as a true share of the
  * step time ("coord ipc"); and,
  * when per-layer, a row per layer and phase summed over backends. Rows with
@@ -217,7 +219,8 @@ mb_status mb_stats_print_table(const mb_stats *s, FILE *f);
  * {"backends":[{"name":..,"prefill":{"calls":..,"tokens":.., ...every
  *   mb_stats_call field..},"decode":{..},"layers":[{"layer":0,"prefill":{..},
  *   "decode":{..}},..] (per-layer only)}],
- *  "steps":{"prefill":{"count","tokens","time_ns","dispatch_ns","wait_ns"},
+ *  "steps":{"prefill":{"count","tokens","time_ns","dispatch_ns","wait_ns",
+ *   "critical_ns" (the slowest backend's compute per call, summed),"device_ns"},
  *   "decode":{..}}, "config":{..}, "events":[..],
  *  "routing":{"n_layers":L,"n_experts":E,"counts":[[pairs per expert]..]}
  *   (when tracked: what --hotness reads), "replicas":[{"backend":..,"name":..,

@@ -161,20 +161,22 @@ run_broker() {
 }
 
 # One JSON object per run for the summary: throughput from the run's
-# timing line, decode IPC from its statistics table (ipc/step: the summed
-# IPC time over the decode step time; coord ipc: the coordinator's own
-# share of it).
+# timing line, decode IPC from its statistics table (crit ipc: the IPC on
+# the critical path, each dispatch's wall time less its slowest worker's
+# compute, over the decode step time; ipc/step: the summed IPC time over
+# the decode step time; coord ipc: the coordinator's own share of it).
 summarize_run() {
     local name=$model-$1 f=$OUT/$model-$1.txt status=$2
     awk -v name="$name" -v status="$status" '
         /^prefill: [0-9]+ tokens in/ { pt = $2; ptps = substr($7, 2); dt = $10; dtps = substr($15, 2) }
-        /^decode +[0-9]+ +[0-9]+ +[0-9.]+ / { ipc = $7; ratio = $8; coord = $9 }
+        /^decode +[0-9]+ +[0-9]+ +[0-9.]+ / { crit = $7; crit_share = $8; ipc = $9; ratio = $10; coord = $11 }
         /^generated:/ { sub(/^generated: */, ""); gen = $0 }
         END {
             printf "{\"run\":\"%s\",\"status\":\"%s\",\"prefill_tokens\":%s,\"prefill_tok_s\":%s,", name, status,
                    pt == "" ? "null" : pt, ptps == "" ? "null" : ptps
-            printf "\"decode_steps\":%s,\"decode_tok_s\":%s,\"decode_ipc_ms\":%s,\"decode_ipc_per_step\":\"%s\",",
-                   dt == "" ? "null" : dt, dtps == "" ? "null" : dtps, ipc == "" ? "null" : ipc, ratio
+            printf "\"decode_steps\":%s,\"decode_tok_s\":%s,\"decode_crit_ipc_ms\":%s,\"decode_crit_ipc_share\":\"%s\",",
+                   dt == "" ? "null" : dt, dtps == "" ? "null" : dtps, crit == "" ? "null" : crit, crit_share
+            printf "\"decode_ipc_ms\":%s,\"decode_ipc_per_step\":\"%s\",", ipc == "" ? "null" : ipc, ratio
             printf "\"decode_coord_ipc\":\"%s\",\"generated\":\"%s\"}\n", coord, gen
         }' "$f" >> "$OUT/runs.jsonl"
 }

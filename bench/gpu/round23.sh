@@ -22,9 +22,9 @@ MB_CUDA_PRELOAD=rhamsq parity round23-q
 if [ "${SHORT:-0}" != 1 ]; then
     row MB_CUDA_L2_EXPERTS=0 MB_CUDA_L2_EXPERTS=8 MB_CUDA_L2_EXPERTS=14
     MB_CUDA_PRELOAD=rhamsq trace round23-q --layers 4 --prompt 1024 --gen 64 --no-cpu-coord --cases gpu
-    # a row's columns: == SETTING rc=0 cuda gpu prefill decode step dense expert ipc share
-    win=$(awk '/^== X=default rc=/ {ds+=$(NF-4); dd+=$(NF-3); n++}
-        /^== MB_CUDA_PRELOAD=rhamsq rc=/ {qs+=$(NF-4); qd+=$(NF-3); m++}
+    # a row's columns: == SETTING rc=0 cuda gpu prefill decode step dense expert crit-ipc crit-share ipc-sum sum-share
+    win=$(awk '/^== X=default rc=/ {ds+=$(NF-6); dd+=$(NF-5); n++}
+        /^== MB_CUDA_PRELOAD=rhamsq rc=/ {qs+=$(NF-6); qd+=$(NF-5); m++}
         END {print (n && m && qs/m < ds/n && qd/m < dd/n) ? "q" : "default"}' "$OUT/rows23.txt")
     echo "== full bench with: $win"
     if [ "$win" = q ]; then MB_CUDA_PRELOAD=rhamsq full_e2e round23-q; else full_e2e round23; fi

@@ -25,11 +25,11 @@ row X=default "$Q" "$O" "$QO" X=default "$Q" "$O" "$QO" | tee "$OUT/rows24.txt"
 dense_tests dense_cuda-round24-or.txt "$O" MB_DENSE_TESTS=oroute,norm_in,stamp
 dense_tests dense_cuda-round24-q.txt "$Q" MB_DENSE_TESTS=linear,norm_in,fused,refusals,oroute
 MB_CUDA_PRELOAD=rhamsq MB_CUDA_OROUTE=1 parity round24-qo
-# a row's columns: == SETTING rc=0 cuda gpu prefill decode step dense expert ipc share
+# a row's columns: == SETTING rc=0 cuda gpu prefill decode step dense expert crit-ipc crit-share ipc-sum sum-share
 best=$(awk '/^== .* rc=/ {
         s = $0; sub(/^== /, "", s); sub(/ rc=.*/, "", s)
         if ($0 !~ / rc=0 cuda /) { bad[s] = 1; next }
-        st[s] += $(NF-4); de[s] += $(NF-3); n[s]++ }
+        st[s] += $(NF-6); de[s] += $(NF-5); n[s]++ }
     END { b = "X=default"; bs = st[b] / n[b]; bd = de[b] / n[b]
         for (s in n) if (!(s in bad) && st[s] / n[s] < bs && de[s] / n[s] < bd) {
             b = s; bs = st[s] / n[s]; bd = de[s] / n[s] }

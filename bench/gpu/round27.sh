@@ -33,7 +33,7 @@ row X=default MB_CUDA_DOWN8=1 X=default MB_CUDA_DOWN8=1 | tee "$OUT/rows27.txt"
 # statistics table per backend, and each side's receive waits by length,
 # MB_SHM_STATS): with the default 1 ms ring spin, then with workers that
 # spin 20 ms (do they sleep between layers?). A CPU worker's thread pool
-# spins as long as its ring (twelfth session). The row's "ipc share" is
+# spins as long as its ring (twelfth session). The row's "crit share" is
 # the critical path's (each dispatch's wall less its slowest worker's
 # compute), "sum share" the figure summed over workers, as before.
 for sp in default 20000; do

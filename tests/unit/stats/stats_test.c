@@ -191,7 +191,7 @@ static void test_step_lines(const char *path)
             CHECK(num(o, "step_ms") == 40.0);
             CHECK(num(o, "dispatch_ms") == 30.0);
             CHECK(num(o, "wait_ms") == 20.0);
-            CHECK(num(o, "ipc_ms") == 4.0); /* dispatch less critical */
+            CHECK(num(o, "crit_ipc_ms") == 4.0); /* dispatch less critical */
         }
         if (line == 4) CHECK(num(o, "step_ms") == 2.5 && num(o, "tokens") == 1);
         cJSON_Delete(o);
