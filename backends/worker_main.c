@@ -444,8 +444,9 @@ int main(int argc, char **argv)
          * receive does: a coordinator that asks for a long spin (one on a
          * GPU sends the next layer's request within the dense part's
          * microseconds) should not find them asleep. */
-        const int64_t ring_spin_us = mb_shm_transport_spin_ns(&transport) / 1000;
-        if (st == MB_STATUS_OK && ring_spin_us > (int64_t)MB_KCPU_POOL_SPIN_US_DEFAULT)
+        const int64_t ring_spin_us =
+            st == MB_STATUS_OK ? mb_shm_transport_spin_ns(&transport) / 1000 : 0;
+        if (ring_spin_us > (int64_t)MB_KCPU_POOL_SPIN_US_DEFAULT)
             cpu_opt.idle_spin_us = (uint32_t)ring_spin_us;
     } else {
         st = mb_zmq_transport_listen(listen, &net.zopt, &transport);
