@@ -413,9 +413,11 @@ static mb_status mb_dispatch_unpack(mb_dispatch *d, uint32_t li, const mb_moe_wo
     }
     mb_dtype_decode_f32(c->payload, l->partial + (size_t)f->first * c->d_model, r.out, (size_t)f->n * c->d_model);
     uint64_t t1 = mb_now_ns();
+    /* The worker's own figure, unchecked: saturate rather than wrap. */
+    l->compute_ns += r.timings.compute_ns < UINT64_MAX - l->compute_ns ? r.timings.compute_ns
+                                                                       : UINT64_MAX - l->compute_ns;
     /* Service time: from when the link could start on this request (its
      * commit, or the previous reply if it was still busy) to its reply. */
-    l->compute_ns += r.timings.compute_ns;
     uint64_t start = f->committed_ns > l->last_reply_ns ? f->committed_ns : l->last_reply_ns;
     uint64_t service = received_ns > start ? received_ns - start : 0;
     l->last_reply_ns = received_ns;
@@ -511,6 +513,25 @@ static void mb_dlink_restart(mb_dlink *l)
     l->next = 0;
     l->last_reply_ns = 0;
     l->compute_ns = 0; /* the lane's share is computed again, elsewhere */
+}
+
+/* The expert work of a call that took wall ns: the backends compute side
+ * by side, so the slowest worker's compute (its lanes' requests summed,
+ * lanes rerouted onto it by failover included); the rest of the wall time
+ * (packing, transport, wake-ups, unpacking, the sum) is IPC on the step's
+ * critical path. A GPU worker's requests in flight overlap, and a worker
+ * may report nonsense, so each lane and the result are capped at wall. */
+static uint64_t mb_dispatch_critical_ns(const mb_dispatch *d, uint64_t wall)
+{
+    uint64_t critical = 0;
+    for (uint32_t i = 0; i < d->cfg.n_links; i++) {
+        uint64_t worker = 0;
+        for (uint32_t j = 0; j < d->cfg.n_links; j++)
+            if (d->dl[j].via == d->dl[i].via)
+                worker += d->dl[j].compute_ns < wall ? d->dl[j].compute_ns : wall;
+        if (worker > critical) critical = worker;
+    }
+    return critical < wall ? critical : wall;
 }
 
 /* d->lost failed during layer w: lets every other lane's requests in flight
@@ -705,24 +726,8 @@ mb_status mb_dispatch_moe(void *ctx, const mb_moe_work *w)
         }
         if (first) memset(o, 0, D * sizeof *o);
     }
-    /* The backends compute side by side: the slowest one's compute is the
-     * part of this call that is expert work; the rest of its wall time
-     * (packing, transport, wake-ups, unpacking, the sum) is IPC on the
-     * step's critical path. A worker's requests are summed, and lanes
-     * rerouted onto one worker (failover) with them: an approximation for
-     * a GPU worker whose requests in flight overlap, so the figure is
-     * capped at the call's wall time (as against a worker reporting
-     * nonsense). */
     const uint64_t wall = mb_now_ns() - t_start;
-    uint64_t critical = 0;
-    for (uint32_t i = 0; i < c->n_links; i++) {
-        uint64_t worker = 0;
-        for (uint32_t j = 0; j < c->n_links; j++)
-            if (d->dl[j].via == d->dl[i].via)
-                worker += d->dl[j].compute_ns < wall ? d->dl[j].compute_ns : wall;
-        if (worker > critical) critical = worker;
-    }
-    d->acc_critical_ns += critical < wall ? critical : wall;
+    d->acc_critical_ns += mb_dispatch_critical_ns(d, wall);
     d->acc_dispatch_ns += wall;
     d->acc_wait_ns += waited;
     return MB_STATUS_OK;

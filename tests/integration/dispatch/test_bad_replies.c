@@ -1,9 +1,12 @@
 /* A worker that answers badly: an error status, a stale tag, the wrong
  * token count or dtype, a truncated or garbage message, or no answer at all.
  * The dispatcher must return an error naming the worker, never crash, hang
- * or write a partial result as if it were whole. The fake worker is a
+ * or write a partial result as if it were whole. A reply that is whole but
+ * claims absurd compute times (more than half of 2^64 ns each, so two would
+ * wrap) is accepted, and the call's critical compute stays its wall time. The fake worker is a
  * handler behind the in-process transport, so each reply is exactly what
  * the test wrote. */
+#include <stdint.h>
 #include <string.h>
 
 #include "broker/dispatch.h"
@@ -21,11 +24,13 @@ typedef enum {
     REPLY_TRUNCATED,
     REPLY_GARBAGE,
     REPLY_NONE,
+    REPLY_BOGUS_TIMINGS,
     REPLY_COUNT_
 } reply_kind;
 
-static const char *const kind_names[] = {"ok", "status error", "stale tag", "wrong tokens", "wrong dtype",
-                                         "truncated", "garbage", "no reply"};
+static const char *const kind_names[] = {"ok",           "status error", "stale tag",
+                                         "wrong tokens", "wrong dtype",  "truncated",
+                                         "garbage",      "no reply",     "bogus timings"};
 
 typedef struct {
     reply_kind kind;
@@ -57,6 +62,11 @@ static mb_status fake_handle(void *ctx, const void *msg, size_t len)
     size_t b = 0;
     REQUIRE(mb_proto_encode_expert_reply(buf, bytes, tag, n, req.d_model, dt, &out, &b) == MB_STATUS_OK);
     memset(out, 0, (size_t)n * req.d_model * mb_dtype_size(dt));
+    if (fw->kind == REPLY_BOGUS_TIMINGS) {
+        const mb_proto_timings t = {
+            .decode_ns = UINT64_MAX, .compute_ns = UINT64_MAX / 2 + 1, .encode_ns = UINT64_MAX};
+        mb_proto_expert_reply_set_timings(buf, &t);
+    }
     if (fw->kind == REPLY_TRUNCATED) b -= 8;
     if (fw->kind == REPLY_GARBAGE) memset(buf, 0xa5, b);
     return mb_transport_send_commit(fw->reply_end, b);
@@ -87,9 +97,19 @@ int main(void)
         fake_worker fw = {.kind = (reply_kind)kind, .reply_end = &link.handler_end};
         REQUIRE(mb_inproc_transport_create(&link.transport, &link.handler_end) == MB_STATUS_OK);
         mb_inproc_transport_set_handler(&link.transport, fake_handle, &fw);
-        mb_dispatch_config dc = {.links = &link, .n_links = 1, .placement = &pl, .mode = MB_IPC_MODE_BATCHED,
-                                 .batch_capacity = 64, .stream_slice = 4, .payload = MB_DTYPE_F32,
-                                 .d_model = D_MODEL, .top_k = TOP_K, .max_tokens = N_TOK,
+        /* Bogus timings in several replies (slices of 4 tokens). */
+        const mb_ipc_mode mode =
+            kind == REPLY_BOGUS_TIMINGS ? MB_IPC_MODE_STREAM : MB_IPC_MODE_BATCHED;
+        mb_dispatch_config dc = {.links = &link,
+                                 .n_links = 1,
+                                 .placement = &pl,
+                                 .mode = mode,
+                                 .batch_capacity = 64,
+                                 .stream_slice = 4,
+                                 .payload = MB_DTYPE_F32,
+                                 .d_model = D_MODEL,
+                                 .top_k = TOP_K,
+                                 .max_tokens = N_TOK,
                                  .timeout_ns = 50000000};
         mb_dispatch *d = NULL;
         REQUIRE(mb_dispatch_create(&dc, &d) == MB_STATUS_OK);
@@ -98,9 +118,14 @@ int main(void)
         mb_status st = mb_dispatch_moe(d, &w);
         const char *msg = mb_dispatch_error(d);
         printf("%-13s -> %s: %s\n", kind_names[kind], mb_status_name(st), msg);
-        if (kind == REPLY_OK) {
+        if (kind == REPLY_OK || kind == REPLY_BOGUS_TIMINGS) {
             CHECK_EQ(st, MB_STATUS_OK);
             for (int i = 0; i < N_TOK * D_MODEL; i++) CHECK(out[i] == 0.0f);
+            uint64_t disp = 0, crit = 0;
+            mb_dispatch_take_times(d, &disp, NULL, &crit);
+            CHECK_MSG(kind == REPLY_OK ? crit == 0 : crit == disp && disp > 0,
+                      "%s: critical compute %llu of a %llu ns call", kind_names[kind],
+                      (unsigned long long)crit, (unsigned long long)disp);
         } else {
             CHECK_MSG(st != MB_STATUS_OK, "%s accepted", kind_names[kind]);
             CHECK_MSG(strstr(msg, "fake-worker") != NULL, "%s: message does not name the worker", kind_names[kind]);
