@@ -254,10 +254,13 @@ static void be_figures(const be_args *a, const be_lane *ln, be_fig *f)
     f->dispatch_us = (double)dec.dispatch_ns * us;
     f->crit_us = (double)dec.critical_ns * us;
     f->step_us = (double)ln->dec_ns * us;
-    f->ipc_share = f->step_us > 0 ? (f->dispatch_us - f->crit_us) / f->step_us : 0;
-    f->ipc_share_dispatch = f->dispatch_us > 0 ? (f->dispatch_us - f->crit_us) / f->dispatch_us : 0;
+    const double ipc_us = (double)mb_stats_crit_ipc_ns(dec.dispatch_ns, dec.critical_ns) * us;
+    f->ipc_share = f->step_us > 0 ? ipc_us / f->step_us : 0;
+    f->ipc_share_dispatch = f->dispatch_us > 0 ? ipc_us / f->dispatch_us : 0;
     f->prefill_ipc_share =
-        ln->pre_ns ? ((double)pre.dispatch_ns - (double)pre.critical_ns) / (double)ln->pre_ns : 0;
+        ln->pre_ns
+            ? (double)mb_stats_crit_ipc_ns(pre.dispatch_ns, pre.critical_ns) / (double)ln->pre_ns
+            : 0;
 }
 
 static double be_mib(uint64_t bytes)

@@ -221,9 +221,8 @@ static bd_result bd_case(const bd_args *a, const mb_model *m, const int32_t *pro
                         .wait_ms = (double)(steps.wait_ns + local_ns) / 1e6 / n,
                         .ipc_ms = (double)ipc / 1e6 / n,
                         .crit_ipc_ms =
-                            steps.dispatch_ns > steps.critical_ns
-                                ? (double)(steps.dispatch_ns - steps.critical_ns) / 1e6 / n
-                                : 0,
+                            (double)mb_stats_crit_ipc_ns(steps.dispatch_ns, steps.critical_ns) /
+                            1e6 / n,
                         .ok = 1};
     }
     free(logits);

@@ -168,7 +168,7 @@ mb_status mb_stats_record_step(mb_stats *s, mb_stats_phase phase, uint64_t n_tok
     t->wait_ns += wait_ns;
     t->critical_ns += critical_ns;
     if (s->step_file) {
-        const uint64_t ipc_ns = dispatch_ns > critical_ns ? dispatch_ns - critical_ns : 0;
+        const uint64_t ipc_ns = mb_stats_crit_ipc_ns(dispatch_ns, critical_ns);
         int n = fprintf(s->step_file,
                         "{\"step\":%llu,\"phase\":\"%s\",\"tokens\":%llu,\"step_ms\":%.6f,"
                         "\"dispatch_ms\":%.6f,\"wait_ms\":%.6f,\"crit_ipc_ms\":%.6f}\n",

@@ -63,6 +63,14 @@ typedef struct {
     uint64_t device_ns;   /* the coordinator's GPU busy (CUDA events; its waits for the experts excluded; 0 on the CPU) */
 } mb_stats_steps;
 
+/* The IPC on the critical path of steps that spent dispatch_ns in dispatch
+ * calls whose slowest backends computed critical_ns (as mb_stats_steps
+ * holds them): the difference, 0 if critical is the larger. */
+static inline uint64_t mb_stats_crit_ipc_ns(uint64_t dispatch_ns, uint64_t critical_ns)
+{
+    return dispatch_ns > critical_ns ? dispatch_ns - critical_ns : 0;
+}
+
 typedef struct mb_stats mb_stats;
 
 /* Most backends and layers a stats object holds. */

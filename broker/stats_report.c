@@ -88,7 +88,7 @@ static void print_steps(const mb_stats *s, FILE *f)
             coord += c->pack_ns + c->send_ns + c->unpack_ns;
         }
         if (t->count == 0 && ipc == 0) continue;
-        const uint64_t crit = t->dispatch_ns > t->critical_ns ? t->dispatch_ns - t->critical_ns : 0;
+        const uint64_t crit = mb_stats_crit_ipc_ns(t->dispatch_ns, t->critical_ns);
         char ratio[16] = "-", share[16] = "-", crit_share[16] = "-";
         if (t->time_ns > 0) {
             snprintf(ratio, sizeof ratio, "%.2fx", (double)ipc / (double)t->time_ns);
