@@ -13,6 +13,7 @@
 
 #include "backends/backend.h"
 #include "protocol/dtype.h"
+#include "tests/expert_testutil.h"
 #include "tests/testutil.h"
 
 typedef struct {
@@ -28,22 +29,7 @@ static inline void ct_expert_init(ct_expert *e, mb_dtype wd, uint32_t d_model, u
     e->d_model = d_model;
     e->d_ff = d_ff;
     e->wd = wd;
-    size_t n = (size_t)d_model * d_ff, esz = mb_dtype_size(wd);
-    float *tmp = malloc(sizeof(float) * n);
-    REQUIRE(tmp);
-    for (int m = 0; m < 3; m++) {
-        float scale = 2.0f / sqrtf((float)(m == 2 ? d_ff : d_model));
-        for (size_t i = 0; i < n; i++)
-            tmp[i] = mb_test_rand_f32(seed) * scale;
-        e->w[m] = malloc(n * esz);
-        e->wr[m] = malloc(n * sizeof(double));
-        REQUIRE(e->w[m] && e->wr[m]);
-        mb_dtype_encode_f32(wd, e->w[m], tmp, n);
-        mb_dtype_decode_f32(wd, tmp, e->w[m], n);
-        for (size_t i = 0; i < n; i++)
-            e->wr[m][i] = tmp[i];
-    }
-    free(tmp);
+    mb_test_expert_weights(wd, d_model, d_ff, seed, e->w, e->wr);
 }
 
 static inline void ct_expert_fini(ct_expert *e)
